@@ -1,0 +1,85 @@
+"""The one place that turns config nodes into objects (nothing else calls `instantiate`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from medtrain.data.base import SPLITS
+from medtrain.data.loading import EpochLoader, make_loader
+from medtrain.data.transforms import SeededAugment
+from medtrain.errors import ConfigError, MedtrainError
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate `node` (the config at `key`), reporting medtrain's own errors without Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, MedtrainError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, MedtrainError):
+            raise cause from None
+        raise ConfigError(f"{key}: cannot build {node.get('_target_')}: {cause or err}") from err
+
+
+def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
+    """Build the train/val/test datasets and write what they inferred (channels, classes, label type)
+    back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for the model."""
+    datasets = {}
+    for split in SPLITS:
+        pipeline = build(cfg.augmentation["train" if split == "train" else "eval"],
+                         f"augmentation.{'train' if split == 'train' else 'eval'}")
+        transform = SeededAugment(pipeline, seed=cfg.seed)
+        datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform)
+        if len(datasets[split]) == 0:
+            raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
+    train = datasets["train"]
+    with open_dict(cfg):
+        for key in ("in_channels", "num_classes", "multilabel", "class_names"):
+            cfg.dataset[key] = getattr(train, key)
+    return datasets
+
+
+def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict[str, EpochLoader]:
+    trainer = cfg.trainer
+    loaders = {}
+    for split, dataset in datasets.items():
+        train = split == "train"
+        batch_size = trainer.batch_size if train else trainer.eval_batch_size
+        loaders[split] = make_loader(
+            dataset, batch_size=batch_size, shuffle=train, seed=cfg.seed, num_workers=trainer.num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=train and len(dataset) % batch_size == 1,  # a batch of 1 breaks batch norm
+        )
+    return loaders
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    return build(cfg.model, "model")
+
+
+def build_task(cfg: DictConfig):
+    return build(cfg.task, "task", loss=build(cfg.loss, "loss"))
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return build(cfg.optimizer, "optimizer")(params=[p for p in model.parameters() if p.requires_grad])
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, train_batches: int):
+    steps_per_epoch = math.ceil(train_batches / cfg.trainer.accumulate_grad_batches)
+    return build(cfg.scheduler, "scheduler")(optimizer, epochs=cfg.trainer.max_epochs,
+                                               steps_per_epoch=steps_per_epoch)
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers (what a checkpoint stores)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,96 @@
+"""Checks of the composed config that Hydra cannot do, run before anything is built or trained.
+
+Hydra already rejects a misspelt option (listing the valid ones) and an unknown key (struct mode);
+this module rejects values that would only fail later, or silently do the wrong thing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from medtrain.errors import ConfigError
+
+PRECISIONS = ("32", "bf16", "fp16")
+
+
+def choice(group: str) -> str:
+    """The option chosen for a config group (e.g. `medmnist` for `dataset`), or '?' outside Hydra."""
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group, "?"))
+    except ValueError:
+        return "?"
+
+
+def require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks CUDA when available; `cuda` / `cuda:N` must exist on this machine."""
+    spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    require(match is not None, "trainer.device", spec, "choose one of auto, cpu, cuda, cuda:N")
+    require(torch.cuda.is_available(), "trainer.device", spec,
+            "CUDA is not available on this machine; use trainer.device=cpu or auto")
+    index = int(match.group(1) or 0)
+    require(index < torch.cuda.device_count(), "trainer.device", spec,
+            f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(spec)
+
+
+def validate(cfg: DictConfig) -> torch.device:
+    """Check values (learning rate, batch size, epochs, device, precision, data path ...).
+
+    Returns:
+        The device to train on.
+    """
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        first = sorted(missing)[0]
+        hint = " (the file or folder to read)" if first == "dataset.path" else ""
+        raise ConfigError(f"{first} is required for {first.split('.')[0]}={choice(first.split('.')[0])}"
+                          f" but not set{hint}: add {first}=<value> to the command line")
+    try:
+        OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
+    except Exception as err:  # an interpolation that points nowhere
+        raise ConfigError(f"config: {err}") from err
+    require(isinstance(cfg.seed, int), "seed", cfg.seed, "must be an integer")
+    lr = cfg.optimizer.get("lr")
+    require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "must be a number > 0")
+    t = cfg.trainer
+    for key in ("batch_size", "eval_batch_size", "max_epochs", "accumulate_grad_batches"):
+        require(isinstance(t[key], int) and t[key] >= 1, f"trainer.{key}", t[key], "must be an integer >= 1")
+    require(isinstance(t.num_workers, int) and t.num_workers >= 0, "trainer.num_workers", t.num_workers,
+            "must be an integer >= 0")
+    clip, patience = t.gradient_clip_norm, t.early_stopping_patience
+    require(clip is None or clip > 0, "trainer.gradient_clip_norm", clip, "must be null or > 0")
+    require(patience is None or (isinstance(patience, int) and patience >= 1),
+            "trainer.early_stopping_patience", patience, "must be null or an integer >= 1")
+    precision = str(t.precision)
+    require(precision in PRECISIONS, "trainer.precision", t.precision, f"choose one of {PRECISIONS}")
+    device = resolve_device(t.device)
+    require(not (precision == "fp16" and device.type == "cpu"), "trainer.precision", precision,
+            "fp16 needs CUDA; use 32 or bf16 on the CPU")
+    path = cfg.dataset.get("path")
+    if path is not None:
+        require(Path(path).exists(), "dataset.path", path,
+                f"does not exist (relative paths start at {Path.cwd()})")
+    return device
+
+
+def check_loss_fits_labels(cfg: DictConfig) -> None:
+    """Run after the datasets said whether labels are multi-label: softmax losses cannot train them."""
+    if cfg.dataset.multilabel and choice("loss") == "cross_entropy":
+        raise ConfigError("loss=cross_entropy cannot train multi-label targets "
+                          f"(dataset {cfg.dataset.get('path')}); use loss=bce or loss=focal")
+

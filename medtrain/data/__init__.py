@@ -1,0 +1,1 @@
+"""Datasets (dict samples), image transforms and seeded batch loading."""

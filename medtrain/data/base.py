@@ -1,0 +1,121 @@
+"""The base of every classification dataset: raw images in, preprocessed dict samples out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medtrain.data.transforms import Normalize, as_hwc, match_channels, resize, to_float01
+from medtrain.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+
+
+class ImageDataset(Dataset):
+    """A split of images with labels; subclasses load them and implement `read_image`.
+
+    Each sample is a dict: `image` (float32 C x H x W after scaling to [0, 1], augmentation and
+    normalization), `label` (int64 class index, or float32 vector of 0/1 for multi-label) and `id`.
+
+    Args:
+        split: `train`, `val` or `test`.
+        transform: a `SeededAugment` (or any callable `(index, image=...) -> {"image": ...}`), or None.
+        normalize: keyword arguments of `Normalize` (mode, mean, std).
+        in_channels: channels the model expects; images are converted (grey <-> RGB). None: as stored.
+        num_classes: number of classes; None: inferred from the labels.
+        multilabel: whether labels are 0/1 vectors; None: inferred from the label shape.
+        class_names: display names; None: the class indices as strings.
+        image_size: resize every image to this size (int for square, or [height, width]); None: as stored.
+    """
+
+    def __init__(
+        self,
+        split: str,
+        transform: Callable[..., Mapping[str, np.ndarray]] | None = None,
+        normalize: Mapping[str, Any] | None = None,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
+        multilabel: bool | None = None,
+        class_names: Sequence[str] | None = None,
+        image_size: int | Sequence[int] | None = None,
+    ):
+        if split not in SPLITS:
+            raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+        self.split = split
+        self.transform = transform
+        self.normalize = Normalize(**(normalize or {}))
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.class_names = list(class_names) if class_names is not None else None
+        self.image_size = image_size
+        self.ids: list[str] = []
+        self.labels: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    # Subclasses implement this and fill self.ids / self.labels in their constructor.
+    def read_image(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_labels(self, labels: np.ndarray, source: str, all_labels: np.ndarray | None = None) -> None:
+        """Store labels, inferring or checking `multilabel`, `num_classes` and `class_names`.
+
+        Args:
+            labels: this split's labels, (N,) or (N, 1) class indices or (N, K) 0/1 vectors.
+            source: file or folder named in error messages.
+            all_labels: labels of every split, so that inference sees every class.
+        """
+        labels = np.asarray(labels)
+        everything = np.asarray(all_labels) if all_labels is not None else labels
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels, everything = labels[:, 0], everything.reshape(len(everything), -1)[:, 0]
+        is_multilabel = labels.ndim == 2
+        if self.multilabel is None:
+            self.multilabel = is_multilabel
+        elif self.multilabel != is_multilabel:
+            shape = "(N, K) 0/1 vectors" if is_multilabel else "one class index per image"
+            raise DataError(f"{source}: labels are {shape}, but dataset.multilabel={self.multilabel}")
+        if labels.size and labels.min() < 0:
+            raise DataError(f"{source}: negative label {labels.min()} in split {self.split!r}")
+        inferred = everything.shape[1] if is_multilabel else int(everything.max()) + 1 if everything.size else 0
+        if self.num_classes is None:
+            self.num_classes = max(inferred, 2)
+        elif not is_multilabel and labels.size and labels.max() >= self.num_classes:
+            raise DataError(
+                f"{source}: label {int(labels.max())} in split {self.split!r} is outside the "
+                f"{self.num_classes} classes of dataset.num_classes={self.num_classes}"
+            )
+        elif is_multilabel and labels.shape[1] != self.num_classes:
+            raise DataError(f"{source}: {labels.shape[1]} label columns, dataset.num_classes={self.num_classes}")
+        if self.class_names is None:
+            self.class_names = [str(k) for k in range(self.num_classes)]
+        elif len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"dataset.class_names has {len(self.class_names)} names for {self.num_classes} classes"
+            )
+        self.labels = labels.astype(np.float32 if is_multilabel else np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = to_float01(as_hwc(self.read_image(index)))
+        image = match_channels(image, self.in_channels)
+        if self.image_size is not None:
+            image = resize(image, self.image_size)
+        if self.transform is not None:
+            image = as_hwc(self.transform(index, image=image)["image"])
+        image = self.normalize(image)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "label": torch.as_tensor(self.labels[index]),
+            "id": self.ids[index],
+        }
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the augmentation stream to `epoch` (called by the loader before each epoch)."""
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)

@@ -1,0 +1,128 @@
+"""Images in one sub-folder per class (PNG, JPEG, TIFF; 8- or 16-bit), with split folders or a
+seeded stratified split by fractions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+
+from medtrain.data.base import SPLITS, ImageDataset
+from medtrain.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF into an array keeping its bit depth (uint8 or uint16, grey or colour)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
+                img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
+            array = np.array(img)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image ({err})") from err
+    if array.dtype == np.int32 or array.dtype == np.uint32:  # PIL's mode "I" for 16-bit PNG/TIFF
+        if array.min() < 0 or array.max() > 65535:
+            raise DataError(f"{path}: 32-bit integer pixels outside 0..65535 are not supported")
+        array = array.astype(np.uint16)
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    return array
+
+
+def list_class_folders(root: Path, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
+    """Map each class folder name under `root` to its sorted image files."""
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = {c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in extensions) for c in classes}
+    return {name: files for name, files in found.items() if files}
+
+
+class ImageFolder(ImageDataset):
+    """Classification images stored as `<path>/<class>/<image>` or `<path>/<split>/<class>/<image>`.
+
+    With split folders (`train/`, and optionally `val/` and `test/`) those are used; a missing `val/`
+    or `test/` is carved out of `train/` by the fractions. Without them one seeded stratified split by
+    `val_fraction` and `test_fraction` is made, the same on every run with the same seed.
+
+    Args:
+        path: the root folder.
+        split: `train`, `val` or `test`.
+        val_fraction: share of images held out for validation when no `val/` folder exists.
+        test_fraction: share held out for testing when no `test/` folder exists.
+        seed: seed of the split.
+        extensions: file suffixes read as images.
+        **kwargs: passed to `ImageDataset` (set `image_size` when the images differ in size).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        **kwargs: Any,
+    ):
+        super().__init__(split, **kwargs)
+        root = Path(path)
+        if not root.is_dir():
+            raise DataError(f"dataset.path={path!r}: no such folder")
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"dataset.{key}={value} must be in [0, 1)")
+        extensions = tuple(e.lower() for e in extensions)
+        files, labels, class_names = self._collect(root, extensions, val_fraction, test_fraction, seed)
+        if self.class_names is None:
+            self.class_names = class_names
+        self.files = files[split]
+        self.ids = [str(f.relative_to(root)) for f in self.files]
+        self.set_labels(np.array(labels[split], dtype=np.int64), source=str(root),
+                        all_labels=np.concatenate([np.array(labels[s], dtype=np.int64) for s in SPLITS]))
+        if self.in_channels is None and self.files:
+            image = read_image_file(self.files[0])
+            self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
+
+    @staticmethod
+    def _collect(root, extensions, val_fraction, test_fraction, seed):
+        split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+        base = list_class_folders(split_dirs.get("train", root), extensions)
+        if not base:
+            raise DataError(f"{split_dirs.get('train', root)}: no class sub-folders with {list(extensions)} images")
+        class_names = sorted(base)
+        index = {name: k for k, name in enumerate(class_names)}
+        files = {s: [] for s in SPLITS}
+        labels = {s: [] for s in SPLITS}
+        pool_files = [f for name in class_names for f in base[name]]
+        pool_labels = [index[name] for name in class_names for _ in base[name]]
+        for split in ("val", "test"):
+            if split not in split_dirs:
+                continue
+            for name, paths in list_class_folders(split_dirs[split], extensions).items():
+                if name not in index:
+                    raise DataError(f"{split_dirs[split] / name}: class {name!r} does not exist in train "
+                                    f"(classes: {class_names})")
+                files[split] += paths
+                labels[split] += [index[name]] * len(paths)
+        taken = 0.0  # fractions are of the whole pool: val keeps its share after test is taken
+        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+            if split in split_dirs or fraction == 0:
+                continue
+            share = fraction / (1 - taken)
+            taken += fraction
+            try:
+                pool_files, held_files, pool_labels, held_labels = train_test_split(
+                    pool_files, pool_labels, test_size=share, random_state=seed, stratify=pool_labels)
+            except ValueError as err:
+                raise DataError(f"{root}: cannot make a stratified {split} split of {fraction} ({err})") from err
+            files[split], labels[split] = list(held_files), list(held_labels)
+        files["train"], labels["train"] = list(pool_files), list(pool_labels)
+        return files, labels, class_names
+
+    def read_image(self, index: int) -> np.ndarray:
+        return read_image_file(self.files[index])

@@ -1,0 +1,60 @@
+"""MedMNIST-format `.npz` files: any size, grey or RGB, binary, multi-class or multi-label labels."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrain.data.base import SPLITS, ImageDataset
+from medtrain.errors import DataError
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Read every `<split>_images` / `<split>_labels` array of a MedMNIST file, checking keys and sizes."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset.path={str(path)!r}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            needed = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
+            missing = [k for k in needed if k not in keys]
+            if missing:
+                raise DataError(f"{path}: missing keys {missing}; a MedMNIST file holds {needed}")
+            arrays = {k: npz[k] for k in needed}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim not in (3, 4):
+            raise DataError(f"{path}: {split}_images has shape {images.shape}; expected N x H x W [x C]")
+        if len(images) != len(labels):
+            raise DataError(f"{path}: {len(images)} {split}_images but {len(labels)} {split}_labels")
+    return arrays
+
+
+class MedMNIST(ImageDataset):
+    """One split of a MedMNIST-format `.npz`; channels, classes and label type inferred when not given.
+
+    Args:
+        path: the `.npz` file.
+        split: `train`, `val` or `test` (the file's official split).
+        **kwargs: passed to `ImageDataset` (transform, normalize, in_channels, num_classes, ...).
+    """
+
+    def __init__(self, path: str, split: str, **kwargs: Any):
+        super().__init__(split, **kwargs)
+        arrays = load_npz(path)
+        self.images = arrays[f"{split}_images"]
+        if self.in_channels is None:
+            self.in_channels = 1 if self.images.ndim == 3 else self.images.shape[-1]
+        every_label = np.concatenate([arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1)
+                                      for s in SPLITS])
+        self.set_labels(arrays[f"{split}_labels"], source=str(path), all_labels=every_label)
+        self.ids = [f"{split}_{i}" for i in range(len(self.images))]
+
+    def read_image(self, index: int) -> np.ndarray:
+        return self.images[index]

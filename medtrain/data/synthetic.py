@@ -1,0 +1,78 @@
+"""A built-in synthetic classification dataset: grey 'scans' where the positive class carries a
+lesion-like blob. Generated from a seed, so it needs no files and is identical on every machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from medtrain.data.base import SPLITS, ImageDataset
+
+
+def make_scans(num: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth textured backgrounds with a darker round 'organ' outline, float32 in [0, 1]."""
+    coarse = rng.normal(0.0, 1.0, size=(num, size // 4, size // 4)).astype(np.float32)
+    images = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC) for c in coarse])
+    images = 0.45 + 0.06 * images + rng.normal(0.0, 0.03, size=images.shape).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    centre = (size - 1) / 2
+    body = ((yy - centre) ** 2 + (xx - centre) ** 2) > (0.45 * size) ** 2
+    images[:, body] -= 0.2
+    return images
+
+
+def add_blob(image: np.ndarray, rng: np.random.Generator, contrast: float) -> None:
+    """Add one Gaussian blob (random radius, position and brightness) inside the body, in place."""
+    size = image.shape[0]
+    radius = rng.uniform(0.06, 0.14) * size
+    angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.3 * size)
+    cy, cx = (size - 1) / 2 + dist * np.sin(angle), (size - 1) / 2 + dist * np.cos(angle)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+    image += contrast * rng.uniform(0.6, 1.4) * blob
+
+
+class SyntheticLesions(ImageDataset):
+    """Binary classification: label 1 images carry a faint bright blob, label 0 images do not.
+
+    Args:
+        split: `train`, `val` or `test`; each split is drawn from its own seeded stream.
+        seed: generation seed (the run's `seed` by default).
+        image_size: side length in pixels.
+        num_train, num_val, num_test: number of images per split (half of them positive).
+        contrast: peak brightness of the blob relative to the background (lower is harder).
+        path: unused (the data are built in); kept so that every dataset config has `path`.
+        **kwargs: passed to `ImageDataset`.
+    """
+
+    def __init__(
+        self,
+        split: str,
+        seed: int = 0,
+        image_size: int = 32,
+        num_train: int = 2000,
+        num_val: int = 400,
+        num_test: int = 400,
+        contrast: float = 0.15,
+        path: str | None = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("num_classes", 2)
+        kwargs.setdefault("class_names", ["normal", "lesion"])
+        super().__init__(split, **kwargs)
+        num = {"train": num_train, "val": num_val, "test": num_test}[split]
+        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        labels = (np.arange(num) % 2).astype(np.int64)
+        rng.shuffle(labels)
+        self.images = make_scans(num, image_size, rng)
+        for image, label in zip(self.images, labels, strict=True):
+            if label:
+                add_blob(image, rng, contrast)
+        np.clip(self.images, 0.0, 1.0, out=self.images)
+        self.ids = [f"{split}_{i:05d}" for i in range(num)]
+        self.set_labels(labels, source="synthetic dataset")
+
+    def read_image(self, index: int) -> np.ndarray:
+        return self.images[index]

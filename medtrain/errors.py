@@ -1,0 +1,13 @@
+"""Errors that medtrain reports to the user as one clear message instead of a traceback."""
+
+
+class MedtrainError(Exception):
+    """Base class: the entry points print the message and exit with status 2."""
+
+
+class ConfigError(MedtrainError):
+    """A config key holds a value medtrain cannot use; the message names the key and what is valid."""
+
+
+class DataError(MedtrainError):
+    """A data file or its content is unusable; the message names the file (and row or key)."""

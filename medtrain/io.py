@@ -1,0 +1,55 @@
+"""Atomic file writing: a reader never sees a half-written checkpoint, CSV or JSON file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w") -> Path:
+    """Write a file through `write(handle)` into a temporary sibling, then rename it into place.
+
+    The rename is atomic on POSIX, so an interrupted run leaves either the old file or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    return atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+
+
+def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: list[str]) -> Path:
+    def write(handle: IO) -> None:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    return atomic_write(path, write)
+
+
+def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
+    return atomic_write(path, lambda f: torch.save(dict(checkpoint), f), mode="wb")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a medtrain checkpoint without unpickling arbitrary objects (`weights_only=True`)."""
+    return torch.load(path, map_location=map_location, weights_only=True)

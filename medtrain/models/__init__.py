@@ -1,0 +1,1 @@
+"""Network architectures, one per file; each is selected by a `conf/model/<name>.yaml`."""

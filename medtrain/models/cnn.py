@@ -1,0 +1,54 @@
+"""The simple CNN of the product brief: conv-BN-ReLU blocks with max pooling and a dense head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions with batch norm and ReLU, then 2x2 max pooling (halves the size)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2, ceil_mode=True),
+    )
+
+
+class SimpleCNN(nn.Module):
+    """Conv-pool blocks, global average pooling and a dense head; works for any input size.
+
+    Args:
+        in_channels: image channels.
+        num_classes: number of outputs (logits).
+        widths: channels of each conv block; each block halves the spatial size.
+        hidden: width of the dense hidden layer (0 for a linear head).
+        dropout: dropout before the output layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 128,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        channels = [in_channels, *widths]
+        self.features = nn.Sequential(*(conv_block(a, b) for a, b in zip(channels, channels[1:])))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        head: list[nn.Module] = [nn.Flatten()]
+        if hidden:
+            head += [nn.Linear(channels[-1], hidden), nn.ReLU(inplace=True)]
+        head += [nn.Dropout(dropout), nn.Linear(hidden or channels[-1], num_classes)]
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))

@@ -1,0 +1,64 @@
+"""Learning-rate schedules. All but reduce-on-plateau step once per optimizer step; their lengths are
+given in epochs (or fractions of training) so a config does not depend on the dataset size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
+
+
+def constant(optimizer: Optimizer, epochs: int, steps_per_epoch: int) -> LambdaLR:
+    """No schedule: the optimizer's learning rate throughout."""
+    return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def cosine_with_warmup(
+    optimizer: Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
+    min_lr_ratio: float = 0.0,
+) -> LambdaLR:
+    """Linear warm-up for `warmup_epochs`, then cosine decay to `min_lr_ratio` x the base rate."""
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = int(warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def multistep(
+    optimizer: Optimizer, epochs: int, steps_per_epoch: int,
+    milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1,
+) -> LambdaLR:
+    """Multiply the rate by `gamma` at each milestone, a fraction of training (0.5 = half-way)."""
+    steps = sorted(int(m * epochs * steps_per_epoch) for m in milestones)
+    return LambdaLR(optimizer, lambda step: gamma ** sum(step >= s for s in steps))
+
+
+def one_cycle(
+    optimizer: Optimizer, epochs: int, steps_per_epoch: int, pct_start: float = 0.3,
+    div_factor: float = 25.0, final_div_factor: float = 1e4,
+) -> OneCycleLR:
+    """Smith's one-cycle policy peaking at the optimizer's learning rate."""
+    return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                      total_steps=max(epochs * steps_per_epoch, 1), pct_start=pct_start,
+                      div_factor=div_factor, final_div_factor=final_div_factor)
+
+
+def reduce_on_plateau(
+    optimizer: Optimizer, epochs: int, steps_per_epoch: int, mode: str = "max",
+    factor: float = 0.1, patience: int = 3, min_lr: float = 0.0,
+) -> ReduceLROnPlateau:
+    """Cut the rate by `factor` when the monitored validation metric stalls (stepped once per epoch)."""
+    return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+
+
+def steps_per_batch(scheduler: LRScheduler | ReduceLROnPlateau) -> bool:
+    """Whether the trainer steps this scheduler after every optimizer step (else once per epoch)."""
+    return not isinstance(scheduler, ReduceLROnPlateau)

@@ -1,0 +1,202 @@
+"""The one training/evaluation loop for every task: fit, train_one_epoch, evaluate, test."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from medtrain.errors import ConfigError
+from medtrain.io import load_checkpoint, save_checkpoint, save_csv
+from medtrain.schedulers import steps_per_batch
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) global random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision on request (bf16 or fp16); full float32 otherwise."""
+    if str(precision) == "32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_one_epoch(model, loader, task, optimizer, scheduler, scaler, device, cfg: DictConfig,
+                    epoch: int) -> dict[str, float]:
+    """One pass over the training split; returns `train/loss` (mean over batches) and `train/lr`."""
+    model.train()
+    total, batches = 0.0, 0
+    accumulate = cfg.accumulate_grad_batches
+    per_batch_schedule = steps_per_batch(scheduler)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", leave=False, disable=None if cfg.progress else True)
+    for i, batch in enumerate(bar):
+        batch = to_device(batch, device)
+        with autocast(device, cfg.precision):
+            loss = task.loss(task.forward(model, batch), batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
+                                     "lower optimizer.lr or set trainer.gradient_clip_norm")
+        scaler.scale(loss / accumulate).backward()
+        # Step after `accumulate` batches (or at the end of the epoch): the effective batch is larger.
+        if (i + 1) % accumulate == 0 or i + 1 == len(loader):
+            if cfg.gradient_clip_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if per_batch_schedule:
+                scheduler.step()
+        total, batches = total + loss.item(), batches + 1
+        bar.set_postfix(loss=f"{total / batches:.4f}")
+    return {"train/loss": total / max(batches, 1), "train/lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def evaluate(model, loader, task, device, precision: str = "32", progress: bool = False):
+    """Run the model over a split; returns the task's collector (metrics, predictions) and mean loss."""
+    model.eval()
+    collector, total, batches = task.collector(), 0.0, 0
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            outputs = task.forward(model, batch)
+        total, batches = total + task.loss(outputs, batch).item(), batches + 1
+        collector.update(outputs, batch)
+    return collector, total / max(batches, 1)
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def fit(model, task, loaders, optimizer, scheduler, device, cfg: DictConfig, run_dir: Path,
+        extra_state: dict[str, Any]) -> dict[str, Any]:
+    """Train with validation after every epoch, keeping `checkpoints/best.pt` and `last.pt`.
+
+    Args:
+        cfg: the `trainer` config node.
+        extra_state: saved into every checkpoint (config, class names, seed, ...).
+
+    Returns:
+        The last checkpoint dict (history, best epoch and metric, ...).
+    """
+    seed = int(extra_state["seed"])
+    ckpt_dir = run_dir / "checkpoints"
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    state: dict[str, Any] = {"epoch": 0, "best_metric": None, "best_epoch": None, "stale_epochs": 0,
+                             "history": []}
+    if cfg.resume:
+        state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler)
+    monitor, mode = task.monitor, task.monitor_mode
+    for epoch in range(state["epoch"], cfg.max_epochs):
+        if cfg.early_stopping_patience and state["stale_epochs"] >= cfg.early_stopping_patience:
+            break
+        # Randomness (shuffling, augmentation, dropout) is a function of (seed, epoch): resuming at
+        # epoch k sees exactly what an uninterrupted run sees.
+        seed_everything(seed * 1_000 + epoch)
+        loaders["train"].set_epoch(epoch)
+        start = time.perf_counter()
+        row = {"epoch": epoch + 1}
+        row |= train_one_epoch(model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch)
+        collector, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
+        row |= {"val/loss": val_loss, **collector.metrics("val")}
+        if monitor not in row:
+            raise ConfigError(f"task.monitor={monitor!r} is not a validation metric; "
+                              f"choose one of {sorted(k for k in row if k.startswith('val/'))}")
+        if not steps_per_batch(scheduler):
+            scheduler.step(row[monitor])
+        row["time_s"] = round(time.perf_counter() - start, 3)
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        improved = is_better(row[monitor], state["best_metric"], mode)
+        if improved:
+            state |= {"best_metric": row[monitor], "best_epoch": epoch + 1, "stale_epochs": 0}
+        else:
+            state["stale_epochs"] += 1
+        checkpoint = {**extra_state, **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+        if improved:
+            save_checkpoint(ckpt_dir / "best.pt", checkpoint)
+        save_checkpoint(ckpt_dir / "last.pt", checkpoint)
+        save_history(run_dir / "history.csv", state["history"])
+        if writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, epoch + 1)
+        log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f%s  (%.1fs)", epoch + 1, cfg.max_epochs,
+                 row["train/loss"], val_loss, monitor, row[monitor], "  *best*" if improved else "",
+                 row["time_s"])
+    if writer is not None:
+        writer.close()
+    return state
+
+
+def resume(resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint)."""
+    path = ckpt_dir / "last.pt" if resume is True else Path(str(resume))
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
+    checkpoint = load_checkpoint(path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    log.info("resumed from %s after epoch %d", path, checkpoint["epoch"])
+    return {key: checkpoint[key] for key in ("epoch", "best_metric", "best_epoch", "stale_epochs", "history")}
+
+
+def save_history(path: Path, history: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(key for row in history for key in row))
+    save_csv(path, history, fields)
+
+
+def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Evaluate the best checkpoint: choose the threshold on val, then touch the test split once.
+
+    The task's collector writes its files (`predictions.csv`, ...); the chosen threshold is stored in
+    `best.pt` so that prediction and serving use it. Returns the final metrics.
+    """
+    best_path = run_dir / "checkpoints" / "best.pt"
+    checkpoint = load_checkpoint(best_path)
+    model.load_state_dict(checkpoint["model"])
+    val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
+    threshold = task.fit_threshold(val)
+    test_collector, test_loss = evaluate(model, loaders["test"], task, device, cfg.precision)
+    results = {**test_collector.metrics("test"), "test/loss": test_loss,
+               **val.metrics("val"), "val/loss": val_loss,
+               "best_epoch": checkpoint["best_epoch"], "epochs_trained": checkpoint["epoch"],
+               "threshold": threshold}
+    test_collector.save(run_dir)
+    checkpoint["threshold"] = threshold
+    save_checkpoint(best_path, checkpoint)
+    return results
