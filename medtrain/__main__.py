@@ -13,9 +13,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from medtrain import __version__
-from medtrain.build import (build_datasets, build_loaders, build_model, build_optimizer, build_scheduler,
-                            build_task, plain)
-from medtrain.config import check_loss_fits_labels, validate
+from medtrain.build import (
+    build_datasets,
+    build_loaders,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_task,
+    plain,
+)
+from medtrain.config import check_loss_fits_labels, unknown_key_hint, validate
 from medtrain.errors import MedtrainError
 from medtrain.io import save_json
 from medtrain.trainer import fit, seed_everything, test
@@ -29,10 +36,9 @@ def configure_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run one experiment in Hydra's run folder and return its final metrics."""
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run one experiment, writing into `run_dir`, and return its final metrics."""
     device = validate(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     configure_determinism(cfg.trainer.deterministic)
     seed_everything(cfg.seed)
 
@@ -45,23 +51,52 @@ def train(cfg: DictConfig) -> dict:
     task.loss_fn.to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(loaders["train"]))
-    log.info("data: %s | model: %s (%.2fM parameters) | device: %s | run folder: %s",
-             {s: len(d) for s, d in datasets.items()}, type(model).__name__,
-             sum(p.numel() for p in model.parameters()) / 1e6, device, run_dir)
+    log.info(
+        "data: %s | model: %s (%.2fM parameters) | device: %s | run folder: %s",
+        {s: len(d) for s, d in datasets.items()},
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+        run_dir,
+    )
 
     start = time.perf_counter()
-    extra_state = {"config": plain(cfg), "task": task.name, "class_names": task.class_names,
-                   "seed": cfg.seed, "medtrain_version": __version__}
-    state = fit(model, task, loaders, optimizer, scheduler, device, cfg.trainer, run_dir, extra_state)
+    extra_state = {
+        "config": plain(cfg),
+        "task": task.name,
+        "class_names": task.class_names,
+        "seed": cfg.seed,
+        "medtrain_version": __version__,
+    }
+    state = fit(
+        model, task, loaders, optimizer, scheduler, device, cfg.trainer, run_dir, extra_state
+    )
     train_seconds = time.perf_counter() - start
-    metrics = test(model, task, loaders, device, cfg.trainer, run_dir)
+    metrics = test(model, task, loaders, device, cfg.trainer, run_dir) | {
+        "epochs_trained": state["epoch"]
+    }
     save_json(run_dir / "metrics.json", metrics)
-    save_json(run_dir / "run_info.json", {"train_seconds": round(train_seconds, 2), "device": str(device),
-                                          "torch": torch.__version__, "medtrain": __version__,
-                                          "epochs_trained": state["epoch"]})
-    summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                        if k.startswith("test/") and k.count("_") == 0 and isinstance(v, float))
-    log.info("done in %.1fs of training; best epoch %s; %s", train_seconds, metrics["best_epoch"], summary)
+    save_json(
+        run_dir / "run_info.json",
+        {
+            "train_seconds": round(train_seconds, 2),
+            "device": str(device),
+            "torch": torch.__version__,
+            "medtrain": __version__,
+            "epochs_trained": state["epoch"],
+        },
+    )
+    summary = "  ".join(
+        f"{k} {v:.4f}"
+        for k, v in metrics.items()
+        if k.startswith("test/") and k.count("_") == 0 and isinstance(v, float)
+    )
+    log.info(
+        "done in %.1fs of training; best epoch %s; %s",
+        train_seconds,
+        metrics["best_epoch"],
+        summary,
+    )
     log.info("results in %s", run_dir)
     return metrics
 
@@ -69,7 +104,7 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except MedtrainError as err:
         log.error("%s", err)
         sys.exit(2)
@@ -77,5 +112,17 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.task.monitor)
 
 
+def cli() -> None:
+    """Entry point: Hydra's main, plus a list of valid keys when Hydra refuses an unknown one."""
+    try:
+        main()
+    except SystemExit as exit_:
+        if exit_.code == 1:
+            hint = unknown_key_hint(sys.argv[1:])
+            if hint:
+                print(hint, file=sys.stderr)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

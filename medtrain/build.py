@@ -23,7 +23,11 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs, _convert_="all")
     except InstantiationException as err:
         cause = err.__cause__
-        while cause is not None and not isinstance(cause, MedtrainError) and cause.__cause__ is not None:
+        while (
+            cause is not None
+            and not isinstance(cause, MedtrainError)
+            and cause.__cause__ is not None
+        ):
             cause = cause.__cause__
         if isinstance(cause, MedtrainError):
             raise cause from None
@@ -35,8 +39,10 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
     back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for the model."""
     datasets = {}
     for split in SPLITS:
-        pipeline = build(cfg.augmentation["train" if split == "train" else "eval"],
-                         f"augmentation.{'train' if split == 'train' else 'eval'}")
+        pipeline = build(
+            cfg.augmentation["train" if split == "train" else "eval"],
+            f"augmentation.{'train' if split == 'train' else 'eval'}",
+        )
         transform = SeededAugment(pipeline, seed=cfg.seed)
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform)
         if len(datasets[split]) == 0:
@@ -55,7 +61,11 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
         train = split == "train"
         batch_size = trainer.batch_size if train else trainer.eval_batch_size
         loaders[split] = make_loader(
-            dataset, batch_size=batch_size, shuffle=train, seed=cfg.seed, num_workers=trainer.num_workers,
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            seed=cfg.seed,
+            num_workers=trainer.num_workers,
             pin_memory=device.type == "cuda",
             drop_last=train and len(dataset) % batch_size == 1,  # a batch of 1 breaks batch norm
         )
@@ -71,13 +81,16 @@ def build_task(cfg: DictConfig):
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return build(cfg.optimizer, "optimizer")(params=[p for p in model.parameters() if p.requires_grad])
+    return build(cfg.optimizer, "optimizer")(
+        params=[p for p in model.parameters() if p.requires_grad]
+    )
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, train_batches: int):
     steps_per_epoch = math.ceil(train_batches / cfg.trainer.accumulate_grad_batches)
-    return build(cfg.scheduler, "scheduler")(optimizer, epochs=cfg.trainer.max_epochs,
-                                               steps_per_epoch=steps_per_epoch)
+    return build(cfg.scheduler, "scheduler")(
+        optimizer, epochs=cfg.trainer.max_epochs, steps_per_epoch=steps_per_epoch
+    )
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

@@ -6,6 +6,7 @@ this module rejects values that would only fail later, or silently do the wrong 
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -40,11 +41,19 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     require(match is not None, "trainer.device", spec, "choose one of auto, cpu, cuda, cuda:N")
-    require(torch.cuda.is_available(), "trainer.device", spec,
-            "CUDA is not available on this machine; use trainer.device=cpu or auto")
+    require(
+        torch.cuda.is_available(),
+        "trainer.device",
+        spec,
+        "CUDA is not available on this machine; use trainer.device=cpu or auto",
+    )
     index = int(match.group(1) or 0)
-    require(index < torch.cuda.device_count(), "trainer.device", spec,
-            f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+    require(
+        index < torch.cuda.device_count(),
+        "trainer.device",
+        spec,
+        f"this machine has {torch.cuda.device_count()} CUDA device(s)",
+    )
     return torch.device(spec)
 
 
@@ -58,8 +67,10 @@ def validate(cfg: DictConfig) -> torch.device:
     if missing:
         first = sorted(missing)[0]
         hint = " (the file or folder to read)" if first == "dataset.path" else ""
-        raise ConfigError(f"{first} is required for {first.split('.')[0]}={choice(first.split('.')[0])}"
-                          f" but not set{hint}: add {first}=<value> to the command line")
+        raise ConfigError(
+            f"{first} is required for {first.split('.')[0]}={choice(first.split('.')[0])}"
+            f" but not set{hint}: add {first}=<value> to the command line"
+        )
     try:
         OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
     except Exception as err:  # an interpolation that points nowhere
@@ -69,28 +80,85 @@ def validate(cfg: DictConfig) -> torch.device:
     require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "must be a number > 0")
     t = cfg.trainer
     for key in ("batch_size", "eval_batch_size", "max_epochs", "accumulate_grad_batches"):
-        require(isinstance(t[key], int) and t[key] >= 1, f"trainer.{key}", t[key], "must be an integer >= 1")
-    require(isinstance(t.num_workers, int) and t.num_workers >= 0, "trainer.num_workers", t.num_workers,
-            "must be an integer >= 0")
+        require(
+            isinstance(t[key], int) and t[key] >= 1,
+            f"trainer.{key}",
+            t[key],
+            "must be an integer >= 1",
+        )
+    require(
+        isinstance(t.num_workers, int) and t.num_workers >= 0,
+        "trainer.num_workers",
+        t.num_workers,
+        "must be an integer >= 0",
+    )
     clip, patience = t.gradient_clip_norm, t.early_stopping_patience
     require(clip is None or clip > 0, "trainer.gradient_clip_norm", clip, "must be null or > 0")
-    require(patience is None or (isinstance(patience, int) and patience >= 1),
-            "trainer.early_stopping_patience", patience, "must be null or an integer >= 1")
+    require(
+        patience is None or (isinstance(patience, int) and patience >= 1),
+        "trainer.early_stopping_patience",
+        patience,
+        "must be null or an integer >= 1",
+    )
     precision = str(t.precision)
-    require(precision in PRECISIONS, "trainer.precision", t.precision, f"choose one of {PRECISIONS}")
+    require(
+        precision in PRECISIONS, "trainer.precision", t.precision, f"choose one of {PRECISIONS}"
+    )
     device = resolve_device(t.device)
-    require(not (precision == "fp16" and device.type == "cpu"), "trainer.precision", precision,
-            "fp16 needs CUDA; use 32 or bf16 on the CPU")
+    require(
+        not (precision == "fp16" and device.type == "cpu"),
+        "trainer.precision",
+        precision,
+        "fp16 needs CUDA; use 32 or bf16 on the CPU",
+    )
     path = cfg.dataset.get("path")
     if path is not None:
-        require(Path(path).exists(), "dataset.path", path,
-                f"does not exist (relative paths start at {Path.cwd()})")
+        require(
+            Path(path).exists(),
+            "dataset.path",
+            path,
+            f"does not exist (relative paths start at {Path.cwd()})",
+        )
     return device
 
 
 def check_loss_fits_labels(cfg: DictConfig) -> None:
     """Run after the datasets said whether labels are multi-label: softmax losses cannot train them."""
-    if cfg.dataset.multilabel and choice("loss") == "cross_entropy":
-        raise ConfigError("loss=cross_entropy cannot train multi-label targets "
-                          f"(dataset {cfg.dataset.get('path')}); use loss=bce or loss=focal")
+    if cfg.dataset.multilabel and str(cfg.loss.get("_target_", "")).endswith("CrossEntropy"):
+        raise ConfigError(
+            "loss=cross_entropy cannot train multi-label targets "
+            f"(dataset {cfg.dataset.get('path')}); use loss=bce or loss=focal"
+        )
 
+
+def unknown_key_hint(args: list[str]) -> str | None:
+    """After Hydra refused the command line: for each `a.b=value` whose key does not exist, name the
+    keys that do (and the closest one), so a typo is fixed without reading YAML files."""
+    if any(a.startswith("--config") for a in args):
+        return None
+    overrides = [a for a in args if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
+    groups = [a for a in overrides if "." not in a.split("=")[0]]
+    keys = [a.split("=")[0] for a in overrides if "." in a.split("=")[0]]
+    if not keys:
+        return None
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(
+            str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"
+        ):
+            cfg = compose("train", overrides=groups)
+    except Exception:  # the group choices themselves are wrong: Hydra's message already says so
+        return None
+    lines = []
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if isinstance(node, DictConfig) and leaf not in node:
+            valid = [str(k) for k in node]
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            guess = f" Did you mean {parent}.{close[0]}?" if close else ""
+            lines.append(
+                f"medtrain: unknown key '{key}'. Keys of '{parent}': {', '.join(valid)}.{guess}"
+            )
+    return "\n".join(lines) or None

@@ -30,8 +30,9 @@ class CrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target.long(), weight=self.weight,
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            logits, target.long(), weight=self.weight, label_smoothing=self.label_smoothing
+        )
 
 
 class BCEWithLogits(nn.Module):
@@ -43,7 +44,8 @@ class BCEWithLogits(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(
-            logits, _multi_hot(target, logits.shape[1]), pos_weight=self.pos_weight)
+            logits, _multi_hot(target, logits.shape[1]), pos_weight=self.pos_weight
+        )
 
 
 class FocalLoss(nn.Module):

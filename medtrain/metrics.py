@@ -37,14 +37,19 @@ def binary_metrics(target: np.ndarray, prob: np.ndarray, threshold: float) -> di
     }
 
 
-def multiclass_metrics(target: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+def multiclass_metrics(
+    target: np.ndarray, probs: np.ndarray, names: Sequence[str]
+) -> dict[str, float]:
     """Metrics of softmax probabilities (N x K) against class indices; predictions are the argmax."""
     labels = list(range(probs.shape[1]))
     pred = probs.argmax(axis=1)
     per_class_auc = [_safe_auc(target == k, probs[:, k]) for k in labels]
     present = np.isin(labels, target)
-    auc = float(skm.roc_auc_score(target, probs, multi_class="ovr", average="macro", labels=labels)) \
-        if present.all() else float(np.nanmean(per_class_auc))
+    auc = (
+        float(skm.roc_auc_score(target, probs, multi_class="ovr", average="macro", labels=labels))
+        if present.all()
+        else float(np.nanmean(per_class_auc))
+    )
     recall = skm.recall_score(target, pred, labels=labels, average=None, zero_division=0)
     specificity = _specificity(target, pred, labels)
     f1 = skm.f1_score(target, pred, labels=labels, average=None, zero_division=0)
@@ -57,8 +62,12 @@ def multiclass_metrics(target: np.ndarray, probs: np.ndarray, names: Sequence[st
         "f1": float(skm.f1_score(target, pred, labels=labels, average="macro", zero_division=0)),
     }
     for k, name in enumerate(names):
-        out |= {f"auc_{name}": per_class_auc[k], f"sensitivity_{name}": float(recall[k]),
-                f"specificity_{name}": float(specificity[k]), f"f1_{name}": float(f1[k])}
+        out |= {
+            f"auc_{name}": per_class_auc[k],
+            f"sensitivity_{name}": float(recall[k]),
+            f"specificity_{name}": float(specificity[k]),
+            f"f1_{name}": float(f1[k]),
+        }
     return out
 
 
@@ -66,7 +75,9 @@ def multilabel_metrics(
     target: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], names: Sequence[str]
 ) -> dict[str, float]:
     """Metrics of independent sigmoid outputs (N x K) against 0/1 targets, averaged over labels."""
-    per_label = [binary_metrics(target[:, k], probs[:, k], thresholds[k]) for k in range(probs.shape[1])]
+    per_label = [
+        binary_metrics(target[:, k], probs[:, k], thresholds[k]) for k in range(probs.shape[1])
+    ]
     out = {key: float(np.nanmean([m[key] for m in per_label])) for key in per_label[0]}
     out["subset_acc"] = float(skm.accuracy_score(target, probs >= np.asarray(thresholds)))
     for name, m in zip(names, per_label, strict=True):
@@ -74,8 +85,9 @@ def multilabel_metrics(
     return out
 
 
-def choose_threshold(target: np.ndarray, prob: np.ndarray, method: str,
-                     target_sensitivity: float = 0.9) -> float:
+def choose_threshold(
+    target: np.ndarray, prob: np.ndarray, method: str, target_sensitivity: float = 0.9
+) -> float:
     """Pick a decision threshold on validation data.
 
     Args:
@@ -87,7 +99,7 @@ def choose_threshold(target: np.ndarray, prob: np.ndarray, method: str,
     """
     if len(np.unique(target)) < 2:
         return 0.5
-    fpr, tpr, thresholds = skm.roc_curve(target, prob)
+    fpr, tpr, thresholds = skm.roc_curve(target, prob, drop_intermediate=False)
     thresholds = np.clip(thresholds, 0.0, 1.0)  # the first one is +inf by convention
     if method == "youden":
         best = int(np.argmax(tpr - fpr))

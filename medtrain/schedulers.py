@@ -16,7 +16,10 @@ def constant(optimizer: Optimizer, epochs: int, steps_per_epoch: int) -> LambdaL
 
 
 def cosine_with_warmup(
-    optimizer: Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
+    optimizer: Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
     """Linear warm-up for `warmup_epochs`, then cosine decay to `min_lr_ratio` x the base rate."""
@@ -33,8 +36,11 @@ def cosine_with_warmup(
 
 
 def multistep(
-    optimizer: Optimizer, epochs: int, steps_per_epoch: int,
-    milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1,
+    optimizer: Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
 ) -> LambdaLR:
     """Multiply the rate by `gamma` at each milestone, a fraction of training (0.5 = half-way)."""
     steps = sorted(int(m * epochs * steps_per_epoch) for m in milestones)
@@ -42,18 +48,32 @@ def multistep(
 
 
 def one_cycle(
-    optimizer: Optimizer, epochs: int, steps_per_epoch: int, pct_start: float = 0.3,
-    div_factor: float = 25.0, final_div_factor: float = 1e4,
+    optimizer: Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
 ) -> OneCycleLR:
     """Smith's one-cycle policy peaking at the optimizer's learning rate."""
-    return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                      total_steps=max(epochs * steps_per_epoch, 1), pct_start=pct_start,
-                      div_factor=div_factor, final_div_factor=final_div_factor)
+    return OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=max(epochs * steps_per_epoch, 1),
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
 
 
 def reduce_on_plateau(
-    optimizer: Optimizer, epochs: int, steps_per_epoch: int, mode: str = "max",
-    factor: float = 0.1, patience: int = 3, min_lr: float = 0.0,
+    optimizer: Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    mode: str = "max",
+    factor: float = 0.1,
+    patience: int = 3,
+    min_lr: float = 0.0,
 ) -> ReduceLROnPlateau:
     """Cut the rate by `factor` when the monitored validation metric stalls (stepped once per epoch)."""
     return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)

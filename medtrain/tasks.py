@@ -47,8 +47,10 @@ class ClassificationTask:
         monitor_mode: str = "max",
     ):
         if isinstance(threshold, str) and threshold not in M.THRESHOLD_METHODS:
-            raise ConfigError(f"task.threshold={threshold!r}: use a number in (0, 1) or one of "
-                              f"{M.THRESHOLD_METHODS}")
+            raise ConfigError(
+                f"task.threshold={threshold!r}: use a number in (0, 1) or one of "
+                f"{M.THRESHOLD_METHODS}"
+            )
         if not isinstance(threshold, str) and not 0 < threshold < 1:
             raise ConfigError(f"task.threshold={threshold} must be in (0, 1)")
         if monitor_mode not in ("max", "min"):
@@ -61,7 +63,9 @@ class ClassificationTask:
         self.monitor = monitor
         self.monitor_mode = monitor_mode
         # Until chosen on validation data, a rule-based threshold evaluates at 0.5.
-        self.threshold: float | list[float] = 0.5 if isinstance(threshold, str) else float(threshold)
+        self.threshold: float | list[float] = (
+            0.5 if isinstance(threshold, str) else float(threshold)
+        )
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return model(batch["image"])
@@ -70,7 +74,11 @@ class ClassificationTask:
         return self.loss_fn(logits.float(), batch["label"])
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits.float()) if self.multilabel else torch.softmax(logits.float(), dim=1)
+        return (
+            torch.sigmoid(logits.float())
+            if self.multilabel
+            else torch.softmax(logits.float(), dim=1)
+        )
 
     def collector(self) -> ClassificationCollector:
         return ClassificationCollector(self)
@@ -80,11 +88,16 @@ class ClassificationTask:
         if isinstance(self.threshold_rule, str):
             target, probs = val.arrays()
             if self.multilabel:
-                self.threshold = [M.choose_threshold(target[:, k], probs[:, k], self.threshold_rule,
-                                                     self.target_sensitivity) for k in range(probs.shape[1])]
+                self.threshold = [
+                    M.choose_threshold(
+                        target[:, k], probs[:, k], self.threshold_rule, self.target_sensitivity
+                    )
+                    for k in range(probs.shape[1])
+                ]
             elif probs.shape[1] == 2:
-                self.threshold = M.choose_threshold(target, probs[:, 1], self.threshold_rule,
-                                                    self.target_sensitivity)
+                self.threshold = M.choose_threshold(
+                    target, probs[:, 1], self.threshold_rule, self.target_sensitivity
+                )
         return self.threshold
 
 
@@ -125,12 +138,17 @@ class ClassificationCollector:
         matrix = M.confusion(target, probs, self.task.multilabel, self.task.threshold)
         names = self.task.class_names
         if self.task.multilabel:
-            cm_rows = [{"label": names[k], "true": t, "pred_0": int(m[t, 0]), "pred_1": int(m[t, 1])}
-                       for k, m in enumerate(matrix) for t in (0, 1)]
+            cm_rows = [
+                {"label": names[k], "true": t, "pred_0": int(m[t, 0]), "pred_1": int(m[t, 1])}
+                for k, m in enumerate(matrix)
+                for t in (0, 1)
+            ]
             cm_fields = ["label", "true", "pred_0", "pred_1"]
         else:
-            cm_rows = [{"true": names[t], **{f"pred_{n}": int(v) for n, v in zip(names, row)}}
-                       for t, row in enumerate(matrix)]
+            cm_rows = [
+                {"true": names[t], **{f"pred_{n}": int(v) for n, v in zip(names, row, strict=False)}}
+                for t, row in enumerate(matrix)
+            ]
             cm_fields = ["true"] + [f"pred_{n}" for n in names]
         save_csv(run_dir / "confusion_matrix.csv", cm_rows, cm_fields)
 
@@ -141,12 +159,25 @@ class ClassificationCollector:
         if self.task.multilabel:
             pred = (probs >= np.asarray(self.task.threshold)).astype(int)
             fields = ["id"] + [f"target_{k}" for k in k_range] + [f"pred_{k}" for k in k_range]
-            rows = [{"id": i, **{f"target_{k}": int(t[k]) for k in k_range},
-                     **{f"pred_{k}": int(p[k]) for k in k_range}} for i, t, p in zip(self.ids, target, pred)]
+            rows = [
+                {
+                    "id": i,
+                    **{f"target_{k}": int(t[k]) for k in k_range},
+                    **{f"pred_{k}": int(p[k]) for k in k_range},
+                }
+                for i, t, p in zip(self.ids, target, pred, strict=False)
+            ]
         else:
-            pred = (probs[:, 1] >= self.task.threshold).astype(int) if probs.shape[1] == 2 else probs.argmax(1)
+            pred = (
+                (probs[:, 1] >= self.task.threshold).astype(int)
+                if probs.shape[1] == 2
+                else probs.argmax(1)
+            )
             fields = ["id", "target", "pred"]
-            rows = [{"id": i, "target": int(t), "pred": int(p)} for i, t, p in zip(self.ids, target, pred)]
+            rows = [
+                {"id": i, "target": int(t), "pred": int(p)}
+                for i, t, p in zip(self.ids, target, pred, strict=False)
+            ]
         fields += [f"prob_{k}" for k in k_range]
         for row, p in zip(rows, probs, strict=True):
             row.update({f"prob_{k}": repr(float(p[k])) for k in k_range})

@@ -34,28 +34,40 @@ def autocast(device: torch.device, precision: str):
     """Mixed precision on request (bf16 or fp16); full float32 otherwise."""
     if str(precision) == "32":
         return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
+    )
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
 
 
-def train_one_epoch(model, loader, task, optimizer, scheduler, scaler, device, cfg: DictConfig,
-                    epoch: int) -> dict[str, float]:
+def train_one_epoch(
+    model, loader, task, optimizer, scheduler, scaler, device, cfg: DictConfig, epoch: int
+) -> dict[str, float]:
     """One pass over the training split; returns `train/loss` (mean over batches) and `train/lr`."""
     model.train()
     total, batches = 0.0, 0
     accumulate = cfg.accumulate_grad_batches
     per_batch_schedule = steps_per_batch(scheduler)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", leave=False, disable=None if cfg.progress else True)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
+        leave=False,
+        disable=None if cfg.progress else True,
+    )
     for i, batch in enumerate(bar):
         batch = to_device(batch, device)
         with autocast(device, cfg.precision):
             loss = task.loss(task.forward(model, batch), batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
-                                     "lower optimizer.lr or set trainer.gradient_clip_norm")
+            raise FloatingPointError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
+                "lower optimizer.lr or set trainer.gradient_clip_norm"
+            )
         scaler.scale(loss / accumulate).backward()
         # Step after `accumulate` batches (or at the end of the epoch): the effective batch is larger.
         if (i + 1) % accumulate == 0 or i + 1 == len(loader):
@@ -92,8 +104,17 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def fit(model, task, loaders, optimizer, scheduler, device, cfg: DictConfig, run_dir: Path,
-        extra_state: dict[str, Any]) -> dict[str, Any]:
+def fit(
+    model,
+    task,
+    loaders,
+    optimizer,
+    scheduler,
+    device,
+    cfg: DictConfig,
+    run_dir: Path,
+    extra_state: dict[str, Any],
+) -> dict[str, Any]:
     """Train with validation after every epoch, keeping `checkpoints/best.pt` and `last.pt`.
 
     Args:
@@ -111,8 +132,13 @@ def fit(model, task, loaders, optimizer, scheduler, device, cfg: DictConfig, run
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    state: dict[str, Any] = {"epoch": 0, "best_metric": None, "best_epoch": None, "stale_epochs": 0,
-                             "history": []}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_metric": None,
+        "best_epoch": None,
+        "stale_epochs": 0,
+        "history": [],
+    }
     if cfg.resume:
         state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler)
     monitor, mode = task.monitor, task.monitor_mode
@@ -125,12 +151,16 @@ def fit(model, task, loaders, optimizer, scheduler, device, cfg: DictConfig, run
         loaders["train"].set_epoch(epoch)
         start = time.perf_counter()
         row = {"epoch": epoch + 1}
-        row |= train_one_epoch(model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch)
+        row |= train_one_epoch(
+            model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch
+        )
         collector, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
         row |= {"val/loss": val_loss, **collector.metrics("val")}
         if monitor not in row:
-            raise ConfigError(f"task.monitor={monitor!r} is not a validation metric; "
-                              f"choose one of {sorted(k for k in row if k.startswith('val/'))}")
+            raise ConfigError(
+                f"task.monitor={monitor!r} is not a validation metric; "
+                f"choose one of {sorted(k for k in row if k.startswith('val/'))}"
+            )
         if not steps_per_batch(scheduler):
             scheduler.step(row[monitor])
         row["time_s"] = round(time.perf_counter() - start, 3)
@@ -141,8 +171,14 @@ def fit(model, task, loaders, optimizer, scheduler, device, cfg: DictConfig, run
             state |= {"best_metric": row[monitor], "best_epoch": epoch + 1, "stale_epochs": 0}
         else:
             state["stale_epochs"] += 1
-        checkpoint = {**extra_state, **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+        checkpoint = {
+            **extra_state,
+            **state,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+        }
         if improved:
             save_checkpoint(ckpt_dir / "best.pt", checkpoint)
         save_checkpoint(ckpt_dir / "last.pt", checkpoint)
@@ -151,15 +187,25 @@ def fit(model, task, loaders, optimizer, scheduler, device, cfg: DictConfig, run
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     writer.add_scalar(key, value, epoch + 1)
-        log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f%s  (%.1fs)", epoch + 1, cfg.max_epochs,
-                 row["train/loss"], val_loss, monitor, row[monitor], "  *best*" if improved else "",
-                 row["time_s"])
+        log.info(
+            "epoch %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f%s  (%.1fs)",
+            epoch + 1,
+            cfg.max_epochs,
+            row["train/loss"],
+            val_loss,
+            monitor,
+            row[monitor],
+            "  *best*" if improved else "",
+            row["time_s"],
+        )
     if writer is not None:
         writer.close()
     return state
 
 
-def resume(resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
+def resume(
+    resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scaler
+) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint)."""
     path = ckpt_dir / "last.pt" if resume is True else Path(str(resume))
     if path.is_dir():
@@ -172,7 +218,10 @@ def resume(resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scal
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
     log.info("resumed from %s after epoch %d", path, checkpoint["epoch"])
-    return {key: checkpoint[key] for key in ("epoch", "best_metric", "best_epoch", "stale_epochs", "history")}
+    return {
+        key: checkpoint[key]
+        for key in ("epoch", "best_metric", "best_epoch", "stale_epochs", "history")
+    }
 
 
 def save_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -192,10 +241,14 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
     threshold = task.fit_threshold(val)
     test_collector, test_loss = evaluate(model, loaders["test"], task, device, cfg.precision)
-    results = {**test_collector.metrics("test"), "test/loss": test_loss,
-               **val.metrics("val"), "val/loss": val_loss,
-               "best_epoch": checkpoint["best_epoch"], "epochs_trained": checkpoint["epoch"],
-               "threshold": threshold}
+    results = {
+        **test_collector.metrics("test"),
+        "test/loss": test_loss,
+        **val.metrics("val"),
+        "val/loss": val_loss,
+        "best_epoch": checkpoint["best_epoch"],
+        "threshold": threshold,
+    }
     test_collector.save(run_dir)
     checkpoint["threshold"] = threshold
     save_checkpoint(best_path, checkpoint)

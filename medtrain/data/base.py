@@ -60,7 +60,9 @@ class ImageDataset(Dataset):
     def read_image(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
-    def set_labels(self, labels: np.ndarray, source: str, all_labels: np.ndarray | None = None) -> None:
+    def set_labels(
+        self, labels: np.ndarray, source: str, all_labels: np.ndarray | None = None
+    ) -> None:
         """Store labels, inferring or checking `multilabel`, `num_classes` and `class_names`.
 
         Args:
@@ -77,10 +79,18 @@ class ImageDataset(Dataset):
             self.multilabel = is_multilabel
         elif self.multilabel != is_multilabel:
             shape = "(N, K) 0/1 vectors" if is_multilabel else "one class index per image"
-            raise DataError(f"{source}: labels are {shape}, but dataset.multilabel={self.multilabel}")
+            raise DataError(
+                f"{source}: labels are {shape}, but dataset.multilabel={self.multilabel}"
+            )
         if labels.size and labels.min() < 0:
             raise DataError(f"{source}: negative label {labels.min()} in split {self.split!r}")
-        inferred = everything.shape[1] if is_multilabel else int(everything.max()) + 1 if everything.size else 0
+        inferred = (
+            everything.shape[1]
+            if is_multilabel
+            else int(everything.max()) + 1
+            if everything.size
+            else 0
+        )
         if self.num_classes is None:
             self.num_classes = max(inferred, 2)
         elif not is_multilabel and labels.size and labels.max() >= self.num_classes:
@@ -89,7 +99,9 @@ class ImageDataset(Dataset):
                 f"{self.num_classes} classes of dataset.num_classes={self.num_classes}"
             )
         elif is_multilabel and labels.shape[1] != self.num_classes:
-            raise DataError(f"{source}: {labels.shape[1]} label columns, dataset.num_classes={self.num_classes}")
+            raise DataError(
+                f"{source}: {labels.shape[1]} label columns, dataset.num_classes={self.num_classes}"
+            )
         if self.class_names is None:
             self.class_names = [str(k) for k in range(self.num_classes)]
         elif len(self.class_names) != self.num_classes:
@@ -110,7 +122,9 @@ class ImageDataset(Dataset):
             image = as_hwc(self.transform(index, image=image)["image"])
         image = self.normalize(image)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "image": torch.from_numpy(
+                np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+            ),
             "label": torch.as_tensor(self.labels[index]),
             "id": self.ids[index],
         }

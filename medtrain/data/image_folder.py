@@ -38,7 +38,9 @@ def read_image_file(path: str | Path) -> np.ndarray:
 def list_class_folders(root: Path, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
     """Map each class folder name under `root` to its sorted image files."""
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    found = {c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in extensions) for c in classes}
+    found = {
+        c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in extensions) for c in classes
+    }
     return {name: files for name, files in found.items() if files}
 
 
@@ -77,13 +79,18 @@ class ImageFolder(ImageDataset):
             if not 0 <= value < 1:
                 raise ConfigError(f"dataset.{key}={value} must be in [0, 1)")
         extensions = tuple(e.lower() for e in extensions)
-        files, labels, class_names = self._collect(root, extensions, val_fraction, test_fraction, seed)
+        files, labels, class_names = self._collect(
+            root, extensions, val_fraction, test_fraction, seed
+        )
         if self.class_names is None:
             self.class_names = class_names
         self.files = files[split]
         self.ids = [str(f.relative_to(root)) for f in self.files]
-        self.set_labels(np.array(labels[split], dtype=np.int64), source=str(root),
-                        all_labels=np.concatenate([np.array(labels[s], dtype=np.int64) for s in SPLITS]))
+        self.set_labels(
+            np.array(labels[split], dtype=np.int64),
+            source=str(root),
+            all_labels=np.concatenate([np.array(labels[s], dtype=np.int64) for s in SPLITS]),
+        )
         if self.in_channels is None and self.files:
             image = read_image_file(self.files[0])
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
@@ -93,7 +100,14 @@ class ImageFolder(ImageDataset):
         split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
         base = list_class_folders(split_dirs.get("train", root), extensions)
         if not base:
-            raise DataError(f"{split_dirs.get('train', root)}: no class sub-folders with {list(extensions)} images")
+            raise DataError(
+                f"{split_dirs.get('train', root)}: no class sub-folders with {list(extensions)} images"
+            )
+        if len(base) < 2:
+            raise DataError(
+                f"{split_dirs.get('train', root)}: found {len(base)} class folder(s) {sorted(base)} "
+                "with images; classification needs one sub-folder per class, at least 2"
+            )
         class_names = sorted(base)
         index = {name: k for k, name in enumerate(class_names)}
         files = {s: [] for s in SPLITS}
@@ -105,8 +119,10 @@ class ImageFolder(ImageDataset):
                 continue
             for name, paths in list_class_folders(split_dirs[split], extensions).items():
                 if name not in index:
-                    raise DataError(f"{split_dirs[split] / name}: class {name!r} does not exist in train "
-                                    f"(classes: {class_names})")
+                    raise DataError(
+                        f"{split_dirs[split] / name}: class {name!r} does not exist in train "
+                        f"(classes: {class_names})"
+                    )
                 files[split] += paths
                 labels[split] += [index[name]] * len(paths)
         taken = 0.0  # fractions are of the whole pool: val keeps its share after test is taken
@@ -117,9 +133,16 @@ class ImageFolder(ImageDataset):
             taken += fraction
             try:
                 pool_files, held_files, pool_labels, held_labels = train_test_split(
-                    pool_files, pool_labels, test_size=share, random_state=seed, stratify=pool_labels)
+                    pool_files,
+                    pool_labels,
+                    test_size=share,
+                    random_state=seed,
+                    stratify=pool_labels,
+                )
             except ValueError as err:
-                raise DataError(f"{root}: cannot make a stratified {split} split of {fraction} ({err})") from err
+                raise DataError(
+                    f"{root}: cannot make a stratified {split} split of {fraction} ({err})"
+                ) from err
             files[split], labels[split] = list(held_files), list(held_labels)
         files["train"], labels["train"] = list(pool_files), list(pool_labels)
         return files, labels, class_names

@@ -27,8 +27,13 @@ class EpochLoader(DataLoader):
         self.generator_ = torch.Generator()
         self.base_seed = seed
         sampler = RandomSampler(dataset, generator=self.generator_) if shuffle else None
-        super().__init__(dataset, sampler=sampler, generator=self.generator_,
-                         worker_init_fn=seed_worker, **kwargs)
+        super().__init__(
+            dataset,
+            sampler=sampler,
+            generator=self.generator_,
+            worker_init_fn=seed_worker,
+            **kwargs,
+        )
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:

@@ -30,9 +30,13 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim not in (3, 4):
-            raise DataError(f"{path}: {split}_images has shape {images.shape}; expected N x H x W [x C]")
+            raise DataError(
+                f"{path}: {split}_images has shape {images.shape}; expected N x H x W [x C]"
+            )
         if len(images) != len(labels):
-            raise DataError(f"{path}: {len(images)} {split}_images but {len(labels)} {split}_labels")
+            raise DataError(
+                f"{path}: {len(images)} {split}_images but {len(labels)} {split}_labels"
+            )
     return arrays
 
 
@@ -51,8 +55,9 @@ class MedMNIST(ImageDataset):
         self.images = arrays[f"{split}_images"]
         if self.in_channels is None:
             self.in_channels = 1 if self.images.ndim == 3 else self.images.shape[-1]
-        every_label = np.concatenate([arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1)
-                                      for s in SPLITS])
+        every_label = np.concatenate(
+            [arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1) for s in SPLITS]
+        )
         self.set_labels(arrays[f"{split}_labels"], source=str(path), all_labels=every_label)
         self.ids = [f"{split}_{i}" for i in range(len(self.images))]
 

@@ -51,7 +51,9 @@ def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     shrink = height * width < image.shape[0] * image.shape[1]
-    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    out = cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
     return as_hwc(out)
 
 
@@ -65,9 +67,13 @@ class Normalize:
         std: per-channel standard deviations for `fixed`.
     """
 
-    def __init__(self, mode: str = "fixed", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
+    def __init__(
+        self, mode: str = "fixed", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)
+    ):
         if mode not in NORMALIZE_MODES:
-            raise ConfigError(f"dataset.normalize.mode={mode!r} is not valid; choose one of {NORMALIZE_MODES}")
+            raise ConfigError(
+                f"dataset.normalize.mode={mode!r} is not valid; choose one of {NORMALIZE_MODES}"
+            )
         if mode == "fixed" and any(s <= 0 for s in std):
             raise ConfigError(f"dataset.normalize.std={list(std)} must be > 0")
         self.mode = mode

@@ -35,11 +35,16 @@ def _adapt_stem(model: nn.Module, in_channels: int, small_input: bool) -> None:
         kernel, stride, padding = (3, 3), (1, 1), (1, 1)
     if not small_input and in_channels == old.in_channels:
         return
-    new = nn.Conv2d(in_channels, old.out_channels, kernel, stride, padding, bias=old.bias is not None)
+    new = nn.Conv2d(
+        in_channels, old.out_channels, kernel, stride, padding, bias=old.bias is not None
+    )
     if kernel == old.kernel_size:
         with torch.no_grad():
-            weight = old.weight.sum(dim=1, keepdim=True) if in_channels == 1 else \
-                old.weight.repeat(1, -(-in_channels // old.in_channels), 1, 1)[:, :in_channels]
+            weight = (
+                old.weight.sum(dim=1, keepdim=True)
+                if in_channels == 1
+                else old.weight.repeat(1, -(-in_channels // old.in_channels), 1, 1)[:, :in_channels]
+            )
             new.weight.copy_(weight * (1.0 if in_channels == 1 else old.in_channels / in_channels))
     setattr(parent, name, new)
     if small_input:

@@ -1,0 +1,70 @@
+"""Shared fixtures: compose the real config (shrunk for speed), run medtrain in-process or as the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# A synthetic run small enough for a unit test (a few seconds on 2 CPU cores).
+TINY = [
+    "dataset.num_train=96",
+    "dataset.num_val=48",
+    "dataset.num_test=48",
+    "dataset.image_size=16",
+    "dataset.contrast=0.5",
+    "trainer.max_epochs=2",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None):
+    """Compose conf/train.yaml with overrides, as `python -m medtrain` would."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides or [], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def train_in_process(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    from medtrain.__main__ import train
+
+    return train(compose_cfg(overrides), Path(run_dir))
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m medtrain <args>` as a user would; returns the finished process."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "medtrain", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)

@@ -1,0 +1,96 @@
+"""Config errors stop before training with a message naming the key and the valid choices."""
+
+import pytest
+import torch
+
+from medtrain.config import resolve_device, unknown_key_hint, validate
+from medtrain.errors import ConfigError
+from tests.conftest import CONF, compose_cfg, run_cli
+
+GROUPS = [
+    "dataset",
+    "augmentation",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "task",
+    "experiment",
+]
+
+
+def test_every_group_exists_and_every_option_composes():
+    for group in GROUPS:
+        options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        assert options, group
+        for option in options:
+            overrides = [f"{group}={option}"]
+            if group == "dataset" and option != "synthetic":
+                overrides.append("dataset.path=.")
+            compose_cfg(overrides)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
+        ("optimizer.lr=-1e-3", "optimizer.lr=-0.001: must be a number > 0"),
+        ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1"),
+        ("trainer.num_workers=-1", "trainer.num_workers=-1: must be an integer >= 0"),
+        ("trainer.precision=16", "trainer.precision=16: choose one of ('32', 'bf16', 'fp16')"),
+        ("trainer.device=gpu", "trainer.device='gpu': choose one of auto, cpu, cuda, cuda:N"),
+        ("trainer.gradient_clip_norm=0", "trainer.gradient_clip_norm=0: must be null or > 0"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg([override]))
+    assert message in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused():
+    with pytest.raises(ConfigError, match="trainer.device='cuda': CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        validate(compose_cfg(["trainer.precision=fp16", "trainer.device=cpu"]))
+
+
+def test_missing_and_absent_dataset_path(tmp_path):
+    with pytest.raises(ConfigError, match="dataset.path is required for dataset="):
+        validate(compose_cfg(["dataset=medmnist"]))
+    with pytest.raises(ConfigError, match=r"dataset.path='.*nope.npz': does not exist"):
+        validate(compose_cfg(["dataset=medmnist", f"dataset.path={tmp_path / 'nope.npz'}"]))
+
+
+def test_unknown_key_hint_lists_valid_keys_and_the_closest():
+    hint = unknown_key_hint(["model=resnet18", "trainer.max_epoch=3", "optimizer.lr=1"])
+    assert "unknown key 'trainer.max_epoch'" in hint and "Did you mean trainer.max_epochs?" in hint
+    assert "batch_size" in hint and "optimizer.lr" not in hint
+    assert "arch" in unknown_key_hint(["model=resnet18", "model.archh=x"])
+
+
+@pytest.mark.slow
+def test_cli_errors_stop_before_training(tmp_path):
+    misspelt = run_cli("model=resnt18", f"hydra.run.dir={tmp_path / 'a'}")
+    assert misspelt.returncode != 0
+    assert "Could not find 'model/resnt18'" in misspelt.stderr and "resnet18" in misspelt.stderr
+    unknown = run_cli("trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'b'}")
+    assert unknown.returncode != 0 and "Did you mean trainer.max_epochs?" in unknown.stderr
+    bad = run_cli("optimizer.lr=-1", f"hydra.run.dir={tmp_path / 'c'}")
+    assert (
+        bad.returncode == 2 and "optimizer.lr=-1: must be a number > 0" in bad.stdout + bad.stderr
+    )
+    assert "Traceback" not in bad.stderr and not (tmp_path / "c" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_cli_help_lists_groups():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    assert "== medtrain ==" in done.stdout
+    for group in GROUPS:
+        assert f"{group}:" in done.stdout
+    assert "resnet18" in done.stdout and "pneumoniamnist" in done.stdout

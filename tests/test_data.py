@@ -1,0 +1,197 @@
+"""Datasets, preprocessing and seeded loading."""
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medtrain.data.image_folder import ImageFolder, read_image_file
+from medtrain.data.loading import make_loader
+from medtrain.data.medmnist import MedMNIST
+from medtrain.data.synthetic import SyntheticLesions
+from medtrain.data.transforms import Normalize, SeededAugment, match_channels, to_float01
+from medtrain.errors import DataError
+from tests.conftest import SHARED_DATA
+
+
+def write_npz(path: Path, shape=(28, 28), labels_per_split=None, n=(20, 6, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n, strict=False):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (
+            labels_per_split(count, rng)
+            if labels_per_split
+            else rng.integers(0, 3, (count, 1), dtype=np.uint8)
+        )
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_synthetic_is_seeded_and_balanced():
+    a, b = (
+        SyntheticLesions("train", seed=3, num_train=50),
+        SyntheticLesions("train", seed=3, num_train=50),
+    )
+    c = SyntheticLesions("train", seed=4, num_train=50)
+    assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
+    assert a.labels.sum() == 25
+    sample = a[0]
+    assert sample["image"].shape == (1, 32, 32) and sample["image"].dtype == torch.float32
+    assert sample["label"].dtype == torch.int64 and sample["id"] == "train_00000"
+    # Positive images are brighter in the centre region on average (the blob).
+    pos, neg = a.images[a.labels == 1].mean(), a.images[a.labels == 0].mean()
+    assert pos > neg
+
+
+def test_medmnist_infers_grey_multiclass(tmp_path):
+    arrays = write_npz(tmp_path / "d.npz")
+    ds = MedMNIST(str(tmp_path / "d.npz"), "val")
+    assert (ds.in_channels, ds.multilabel, len(ds)) == (1, False, 6)
+    every = np.concatenate([arrays[f"{s}_labels"] for s in ("train", "val", "test")])
+    assert ds.num_classes == int(every.max()) + 1
+    assert ds[2]["label"].item() == arrays["val_labels"][2, 0]
+    expected = (arrays["val_images"][2] / 255.0 - 0.5) / 0.5
+    assert torch.allclose(
+        ds[2]["image"][0], torch.from_numpy(expected.astype(np.float32)), atol=1e-6
+    )
+
+
+def test_medmnist_rgb_multilabel_and_resize(tmp_path):
+    write_npz(
+        tmp_path / "m.npz",
+        shape=(64, 64, 3),
+        labels_per_split=lambda c, rng: rng.integers(0, 2, (c, 5), dtype=np.uint8),
+    )
+    ds = MedMNIST(str(tmp_path / "m.npz"), "train", image_size=32)
+    assert (ds.in_channels, ds.num_classes, ds.multilabel) == (3, 5, True)
+    sample = ds[0]
+    assert sample["image"].shape == (3, 32, 32)
+    assert sample["label"].dtype == torch.float32 and sample["label"].shape == (5,)
+    grey = MedMNIST(str(tmp_path / "m.npz"), "train", in_channels=1)
+    assert grey[0]["image"].shape == (1, 64, 64)
+
+
+def test_medmnist_errors_name_the_file_and_key(tmp_path):
+    np.savez(tmp_path / "bad.npz", train_images=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match=r"bad.npz: missing keys .*'train_labels'"):
+        MedMNIST(str(tmp_path / "bad.npz"), "train")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="junk.npz: not a readable"):
+        MedMNIST(str(tmp_path / "junk.npz"), "train")
+    write_npz(tmp_path / "d.npz")
+    with pytest.raises(DataError, match="outside the 2 classes"):
+        MedMNIST(str(tmp_path / "d.npz"), "train", num_classes=2)
+
+
+def make_folder(root: Path, per_class=10, bits=8, size=(12, 10), ext=".png"):
+    rng = np.random.default_rng(0)
+    for name in ("benign", "malignant"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            dtype = np.uint8 if bits == 8 else np.uint16
+            pixels = rng.integers(0, np.iinfo(dtype).max, size, dtype=dtype)
+            Image.fromarray(pixels).save(root / name / f"{i}{ext}")
+
+
+@pytest.mark.parametrize(("bits", "ext"), [(8, ".png"), (16, ".png"), (16, ".tif"), (8, ".jpg")])
+def test_read_image_keeps_bit_depth(tmp_path, bits, ext):
+    pixels = (np.arange(120).reshape(12, 10) * (200 if bits == 16 else 2)).astype(
+        np.uint16 if bits == 16 else np.uint8
+    )
+    Image.fromarray(pixels).save(tmp_path / f"x{ext}")
+    read = read_image_file(tmp_path / f"x{ext}")
+    assert read.dtype == (np.uint16 if bits == 16 else np.uint8)
+    if ext != ".jpg":
+        assert np.array_equal(read, pixels)
+    assert to_float01(read).max() <= 1.0
+
+
+def test_image_folder_stratified_split_is_seeded_and_disjoint(tmp_path):
+    make_folder(tmp_path, per_class=20, bits=16)
+    splits = {
+        s: ImageFolder(str(tmp_path), s, val_fraction=0.2, test_fraction=0.2, seed=1, image_size=8)
+        for s in ("train", "val", "test")
+    }
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [24, 8, 8]
+    assert all(splits[s].labels.sum() == len(splits[s]) // 2 for s in splits)  # stratified
+    ids = [set(d.ids) for d in splits.values()]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    again = ImageFolder(
+        str(tmp_path), "val", val_fraction=0.2, test_fraction=0.2, seed=1, image_size=8
+    )
+    assert again.ids == splits["val"].ids
+    assert splits["train"].class_names == ["benign", "malignant"]
+    assert splits["train"][0]["image"].shape == (1, 8, 8)
+
+
+def test_image_folder_with_split_folders(tmp_path):
+    make_folder(tmp_path / "train", per_class=6)
+    make_folder(tmp_path / "test", per_class=2)
+    train = ImageFolder(str(tmp_path), "train", val_fraction=0.5, image_size=8)
+    test = ImageFolder(str(tmp_path), "test", val_fraction=0.5, image_size=8)
+    val = ImageFolder(str(tmp_path), "val", val_fraction=0.5, image_size=8)
+    assert (len(train), len(val), len(test)) == (6, 6, 4)
+    assert all(i.startswith("test/") for i in test.ids)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        ImageFolder(str(tmp_path / "missing"), "train")
+    make_folder(tmp_path, per_class=4)
+    (tmp_path / "benign" / "3.png").write_bytes(b"\x89PNG broken")
+    # The broken file is reported by name whether it is met while building a split or while loading it.
+    with pytest.raises(DataError, match="3.png: cannot read image"):
+        for split in ("train", "val", "test"):
+            ds = ImageFolder(
+                str(tmp_path), split, val_fraction=0.25, test_fraction=0.25, image_size=8
+            )
+            [ds[i] for i in range(len(ds))]
+
+
+def test_normalize_modes():
+    image = np.array([[[0.2], [0.6]], [[0.4], [1.0]]], dtype=np.float32)
+    assert np.allclose(Normalize("fixed", [0.5], [0.25])(image), (image - 0.5) / 0.25)
+    z = Normalize("zscore")(image)
+    assert z.mean() == pytest.approx(0, abs=1e-6) and z.std() == pytest.approx(1, abs=1e-5)
+    mm = Normalize("minmax")(image)
+    assert mm.min() == 0 and mm.max() == pytest.approx(1)
+    assert np.array_equal(Normalize("none")(image), image)
+
+
+def test_channel_conversion():
+    rgb = np.random.default_rng(0).random((4, 4, 3)).astype(np.float32)
+    grey = match_channels(rgb, 1)
+    assert grey.shape == (4, 4, 1)
+    assert grey[0, 0, 0] == pytest.approx(rgb[0, 0] @ np.array([0.299, 0.587, 0.114]))
+    assert match_channels(grey, 3).shape == (4, 4, 3)
+
+
+def augmented_stream(num_workers: int, epoch: int) -> torch.Tensor:
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-30, 30), p=1.0)])
+    ds = SyntheticLesions("train", seed=0, num_train=24, transform=SeededAugment(pipeline, seed=7))
+    loader = make_loader(ds, batch_size=8, shuffle=True, seed=7, num_workers=num_workers)
+    loader.set_epoch(epoch)
+    return torch.cat([b["image"] for b in loader])
+
+
+def test_augmented_stream_is_identical_across_runs_and_workers():
+    first = augmented_stream(0, epoch=1)
+    assert torch.equal(first, augmented_stream(0, epoch=1))
+    assert torch.equal(first, augmented_stream(2, epoch=1))
+    assert not torch.equal(first, augmented_stream(0, epoch=2))
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(
+    not (SHARED_DATA / "medmnist" / "pneumoniamnist.npz").exists(), reason="shared data absent"
+)
+def test_pneumoniamnist_official_split():
+    path = str(SHARED_DATA / "medmnist" / "pneumoniamnist.npz")
+    sizes = {s: len(MedMNIST(path, s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 4708, "val": 524, "test": 624}
+    ds = MedMNIST(path, "test")
+    assert (ds.in_channels, ds.num_classes, ds.multilabel) == (1, 2, False)

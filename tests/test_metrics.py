@@ -1,0 +1,82 @@
+"""Metrics and thresholds against scikit-learn and hand computations."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from medtrain import metrics as M
+
+
+def test_binary_metrics_match_sklearn_and_hand_counts():
+    target = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    prob = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.2, 0.6, 0.55, 0.45])
+    m = M.binary_metrics(target, prob, threshold=0.5)
+    # By hand: predictions >= 0.5 -> [0,0,0,1,1,1,0,1,1,0]: TP=4, FN=2, TN=3, FP=1.
+    assert m["acc"] == pytest.approx(7 / 10)
+    assert m["sensitivity"] == pytest.approx(4 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["balanced_acc"] == pytest.approx((4 / 6 + 3 / 4) / 2)
+    assert m["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(target, prob))
+    assert M.binary_metrics(target, prob, threshold=0.3)["acc"] == pytest.approx(6 / 10)
+
+
+def test_multiclass_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3)) + 2 * np.eye(3)[target]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = M.multiclass_metrics(target, probs, ["a", "b", "c"])
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(target, probs, multi_class="ovr"))
+    assert m["acc"] == pytest.approx(skm.accuracy_score(target, probs.argmax(1)))
+    assert m["f1"] == pytest.approx(skm.f1_score(target, probs.argmax(1), average="macro"))
+    assert m["auc_b"] == pytest.approx(skm.roc_auc_score(target == 1, probs[:, 1]))
+    cm = skm.confusion_matrix(target, probs.argmax(1))
+    spec_a = cm[1:, 1:].sum() / cm[1:, :].sum()
+    assert m["specificity_a"] == pytest.approx(spec_a)
+
+
+def test_multiclass_auc_with_a_class_missing_from_targets_is_finite():
+    target = np.array([0, 1, 0, 1])
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    m = M.multiclass_metrics(target, probs, ["a", "b", "c"])
+    assert m["auc"] == pytest.approx(1.0)
+    assert np.isnan(m["auc_c"])
+
+
+def test_multilabel_metrics_average_labels():
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 2, (100, 4))
+    probs = np.clip(target * 0.6 + rng.uniform(0, 0.5, (100, 4)), 0, 1)
+    m = M.multilabel_metrics(target, probs, [0.5] * 4, ["w", "x", "y", "z"])
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(target, probs, average="macro"))
+    per_label_acc = [skm.accuracy_score(target[:, k], probs[:, k] >= 0.5) for k in range(4)]
+    assert m["acc"] == pytest.approx(np.mean(per_label_acc))
+    assert m["subset_acc"] == pytest.approx(skm.accuracy_score(target, probs >= 0.5))
+
+
+def test_youden_threshold_maximises_sensitivity_plus_specificity():
+    target = np.array([0, 0, 0, 1, 1, 1])
+    prob = np.array([0.1, 0.2, 0.65, 0.6, 0.8, 0.9])
+    t = M.choose_threshold(target, prob, "youden")
+    # Best split: 0.8 gives sens 2/3, spec 1 (J=0.667); 0.6 gives sens 1, spec 2/3 (J=0.667): the first wins.
+    m = M.binary_metrics(target, prob, t)
+    assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(2 / 3)
+
+
+def test_sensitivity_threshold_reaches_target():
+    rng = np.random.default_rng(2)
+    target = rng.integers(0, 2, 500)
+    prob = np.clip(0.3 * target + rng.uniform(0, 0.7, 500), 0, 1)
+    t = M.choose_threshold(target, prob, "sensitivity", target_sensitivity=0.95)
+    sens = M.binary_metrics(target, prob, t)["sensitivity"]
+    assert sens >= 0.95
+    # The highest threshold that reaches it: any higher one falls short.
+    assert M.binary_metrics(target, prob, t + 1e-9)["sensitivity"] < 0.95
+
+
+def test_confusion_matrix_uses_threshold_for_binary():
+    target = np.array([0, 1, 1])
+    probs = np.array([[0.6, 0.4], [0.7, 0.3], [0.2, 0.8]])
+    assert M.confusion(target, probs, False, 0.5).tolist() == [[1, 0], [1, 1]]
+    assert M.confusion(target, probs, False, 0.25).tolist() == [[0, 1], [0, 2]]

@@ -1,0 +1,60 @@
+"""Every model config in conf/model/ is built and checked: forward, backward, shape, finite output.
+
+A new model (medtrain/models/<name>.py + conf/model/<name>.yaml) is picked up here without edits.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from medtrain.build import build_model
+from medtrain.errors import ConfigError
+from medtrain.models.torchvision_nets import torchvision_classifier
+from tests.conftest import CONF, compose_cfg
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(("channels", "classes", "size"), [(1, 2, 28), (3, 5, 33)])
+def test_model_forward_backward(name, channels, classes, size):
+    cfg = compose_cfg([f"model={name}"])
+    cfg.dataset.in_channels, cfg.dataset.num_classes = channels, classes
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = torch.randn(2, channels, size, size)
+    out = model(x)
+    assert out.shape == (2, classes)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_small_input_keeps_resolution_in_the_stem():
+    small = torchvision_classifier("resnet18", in_channels=1, num_classes=2, small_input=True)
+    large = torchvision_classifier("resnet18", in_channels=1, num_classes=2, small_input=False)
+    x = torch.randn(1, 1, 28, 28)
+    assert small.layer1(small.maxpool(small.relu(small.bn1(small.conv1(x))))).shape[-1] == 28
+    assert large.layer1(large.maxpool(large.relu(large.bn1(large.conv1(x))))).shape[-1] == 7
+
+
+def test_local_weights_are_loaded_and_grey_stem_sums_rgb_filters(tmp_path: Path):
+    reference = torchvision.models.resnet18(weights=None)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    model = torchvision_classifier("resnet18", in_channels=1, num_classes=3, weights=str(weights))
+    assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+    assert model.fc.out_features == 3
+
+
+def test_missing_or_mismatched_weights_give_config_errors(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no such file"):
+        torchvision_classifier("resnet18", 1, 2, weights=str(tmp_path / "none.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"fc.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ConfigError, match="does not fit resnet18"):
+        torchvision_classifier("resnet18", 1, 2, weights=str(bad))

@@ -1,0 +1,208 @@
+"""End-to-end training on synthetic data: every model family, the run-folder contract, predictions
+that recompute to the reported metrics, resume = uninterrupted, rerun = original, a sweep."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+import medtrain.trainer
+from medtrain.io import load_checkpoint
+from tests.conftest import TINY, read_metrics, run_cli, train_in_process
+
+
+def read_predictions(run_dir: Path) -> list[dict]:
+    with open(run_dir / "predictions.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet18", "densenet121", "efficientnet_b0", "resnet50"])
+def test_each_model_family_trains_end_to_end(tmp_path, model):
+    extra = [
+        "dataset.num_train=32",
+        "dataset.num_val=16",
+        "dataset.num_test=16",
+        "trainer.max_epochs=1",
+    ]
+    metrics = train_in_process(tmp_path, [*TINY, f"model={model}", *extra])
+    assert 0.0 <= metrics["test/auc"] <= 1.0
+    for name in (
+        "metrics.json",
+        "history.csv",
+        "predictions.csv",
+        "confusion_matrix.csv",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_run_folder_contract_and_metrics_recompute_from_predictions(tmp_path):
+    metrics = train_in_process(tmp_path, [*TINY, "trainer.max_epochs=3", "task.threshold=youden"])
+    assert read_metrics(tmp_path) == json.loads(json.dumps(metrics))
+    rows = read_predictions(tmp_path)
+    assert len(rows) == 48 and list(rows[0]) == ["id", "target", "pred", "prob_0", "prob_1"]
+    target = np.array([int(r["target"]) for r in rows])
+    prob = np.array([float(r["prob_1"]) for r in rows])
+    pred = np.array([int(r["pred"]) for r in rows])
+    threshold = metrics["threshold"]
+    assert np.array_equal(pred, (prob >= threshold).astype(int))
+    assert metrics["test/auc"] == pytest.approx(skm.roc_auc_score(target, prob), abs=1e-6)
+    assert metrics["test/acc"] == pytest.approx(skm.accuracy_score(target, pred), abs=1e-6)
+    assert metrics["test/acc@0.5"] == pytest.approx(
+        skm.accuracy_score(target, prob >= 0.5), abs=1e-6
+    )
+    assert np.allclose(prob + np.array([float(r["prob_0"]) for r in rows]), 1.0)
+    with open(tmp_path / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    assert [int(h["epoch"]) for h in history] == [1, 2, 3]
+    assert {"train/loss", "val/loss", "val/auc", "val/acc"} <= set(history[0])
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["threshold"] == threshold and best["best_epoch"] == metrics["best_epoch"]
+    assert max(float(h["val/auc"]) for h in history) == pytest.approx(best["best_metric"])
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
+    overrides = [*TINY, "trainer.max_epochs=3", "augmentation=strong", "scheduler=onecycle"]
+    full = train_in_process(tmp_path / "full", overrides)
+
+    original = medtrain.trainer.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if kwargs.get("epoch", args[-1]) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(medtrain.trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_in_process(tmp_path / "cut", overrides)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(medtrain.trainer, "train_one_epoch", original)
+    resumed = train_in_process(tmp_path / "cut", [*overrides, "trainer.resume=true"])
+    assert resumed == full
+
+    def history(run):  # everything but the wall-clock column
+        with open(tmp_path / run / "history.csv", newline="") as f:
+            return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(f)]
+
+    assert len(history("cut")) == 3 and history("cut") == history("full")
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    from medtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.resume=True: no checkpoint"):
+        train_in_process(tmp_path, [*TINY, "trainer.resume=true"])
+
+
+def test_multilabel_and_multiclass_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 64), ("val", 32), ("test", 32)):
+        labels = rng.integers(0, 2, (n, 3)).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 16, 16), dtype=np.uint8)
+        for k in range(3):  # each label brightens its own third of the image
+            images[labels[:, k] == 1, :, k * 5 : (k + 1) * 5] += 150
+        arrays |= {f"{split}_images": images, f"{split}_labels": labels}
+    np.savez(tmp_path / "ml.npz", **arrays)
+    run = tmp_path / "run"
+    metrics = train_in_process(
+        run,
+        [
+            "dataset=medmnist",
+            f"dataset.path={tmp_path / 'ml.npz'}",
+            "loss=bce",
+            "trainer.max_epochs=4",
+            "trainer.batch_size=16",
+            "trainer.progress=false",
+            "augmentation=none",
+            "task.threshold=youden",
+        ],
+    )
+    assert metrics["test/auc"] > 0.8
+    assert isinstance(metrics["threshold"], list) and len(metrics["threshold"]) == 3
+    header = read_predictions(run)[0].keys()
+    assert {"target_0", "target_2", "pred_1", "prob_2"} <= set(header)
+
+
+def test_cross_entropy_on_multilabel_data_is_refused(tmp_path):
+    from medtrain.errors import ConfigError
+
+    labels = np.zeros((4, 3), dtype=np.uint8)
+    np.savez(
+        tmp_path / "ml.npz",
+        **{
+            f"{s}_{k}": (np.zeros((4, 8, 8), np.uint8) if k == "images" else labels)
+            for s in ("train", "val", "test")
+            for k in ("images", "labels")
+        },
+    )
+    with pytest.raises(ConfigError, match="loss=cross_entropy cannot train multi-label"):
+        train_in_process(
+            tmp_path / "r", ["dataset=medmnist", f"dataset.path={tmp_path / 'ml.npz'}"]
+        )
+
+
+def test_tensorboard_scalars_are_written(tmp_path):
+    train_in_process(tmp_path, [*TINY, "trainer.max_epochs=1", "trainer.tensorboard=true"])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_gradient_accumulation_and_clipping_run(tmp_path):
+    metrics = train_in_process(
+        tmp_path,
+        [
+            *TINY,
+            "trainer.accumulate_grad_batches=3",
+            "trainer.gradient_clip_norm=1.0",
+            "optimizer=sgd",
+            "scheduler=multistep",
+            "trainer.early_stopping_patience=1",
+        ],
+    )
+    assert metrics["epochs_trained"] >= 1
+
+
+@pytest.mark.slow
+def test_cli_rerun_from_saved_config_equals_original(tmp_path):
+    first = tmp_path / "first"
+    done = run_cli(*TINY, "augmentation=strong", f"hydra.run.dir={first}")
+    assert done.returncode == 0, done.stderr
+    assert (first / "train.log").is_file() and (first / ".hydra" / "config.yaml").is_file()
+    again = run_cli(
+        "--config-path",
+        str(first / ".hydra"),
+        "--config-name",
+        "config",
+        f"hydra.run.dir={tmp_path / 'again'}",
+    )
+    assert again.returncode == 0, again.stderr
+    assert read_metrics(tmp_path / "again") == read_metrics(first)
+    assert (tmp_path / "again" / "predictions.csv").read_text() == (
+        first / "predictions.csv"
+    ).read_text()
+
+
+@pytest.mark.slow
+def test_cli_two_job_sweep(tmp_path):
+    done = run_cli(
+        "-m", *TINY, "trainer.max_epochs=1", "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert done.returncode == 0, done.stderr
+    runs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
+    assert [p.name for p in runs] == ["0", "1"]
+    lrs = {
+        float(load_checkpoint(p / "checkpoints" / "best.pt")["config"]["optimizer"]["lr"])
+        for p in runs
+    }
+    assert lrs == {1e-3, 1e-2}
+
+
+@pytest.mark.slow
+def test_default_experiment_meets_the_auc_bar(tmp_path):
+    """`python -m medtrain` with no overrides: test AUC >= 0.95 (timing is in benchmarks/)."""
+    metrics = train_in_process(tmp_path, ["trainer.progress=false"])
+    assert metrics["test/auc"] >= 0.95
