@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ log = logging.getLogger("medtrain")
 
 def configure_determinism(deterministic: bool) -> None:
     """Deterministic mode trades speed for bitwise-repeatable CUDA kernels (CPU runs already repeat)."""
+    if deterministic:  # cuBLAS needs a fixed workspace for repeatable matrix products
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
 

@@ -146,7 +146,10 @@ class ClassificationCollector:
             cm_fields = ["label", "true", "pred_0", "pred_1"]
         else:
             cm_rows = [
-                {"true": names[t], **{f"pred_{n}": int(v) for n, v in zip(names, row, strict=False)}}
+                {
+                    "true": names[t],
+                    **{f"pred_{n}": int(v) for n, v in zip(names, row, strict=False)},
+                }
                 for t, row in enumerate(matrix)
             ]
             cm_fields = ["true"] + [f"pred_{n}" for n in names]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn import metrics as skm
 
 import medtrain.trainer
@@ -206,3 +207,17 @@ def test_default_experiment_meets_the_auc_bar(tmp_path):
     """`python -m medtrain` with no overrides: test AUC >= 0.95 (timing is in benchmarks/)."""
     metrics = train_in_process(tmp_path, ["trainer.progress=false"])
     assert metrics["test/auc"] >= 0.95
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    metrics = train_in_process(tmp_path, [*TINY, "trainer.max_epochs=1", "trainer.precision=bf16"])
+    assert 0.0 <= metrics["test/auc"] <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["32", "bf16", "fp16"])
+def test_cuda_training(tmp_path, precision):
+    metrics = train_in_process(
+        tmp_path, [*TINY, "trainer.device=cuda", f"trainer.precision={precision}"]
+    )
+    assert metrics["test/auc"] > 0.5

@@ -55,7 +55,7 @@ class SyntheticLesions(ImageDataset):
         num_train: int = 2000,
         num_val: int = 400,
         num_test: int = 400,
-        contrast: float = 0.15,
+        contrast: float = 0.25,
         path: str | None = None,
         **kwargs: Any,
     ):

@@ -42,7 +42,9 @@ class SimpleCNN(nn.Module):
     ):
         super().__init__()
         channels = [in_channels, *widths]
-        self.features = nn.Sequential(*(conv_block(a, b) for a, b in zip(channels, channels[1:], strict=False)))
+        self.features = nn.Sequential(
+            *(conv_block(a, b) for a, b in zip(channels, channels[1:], strict=False))
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         head: list[nn.Module] = [nn.Flatten()]
         if hidden:

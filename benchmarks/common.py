@@ -1,0 +1,55 @@
+"""Helpers for the benchmark scripts: run `python -m medtrain` and read back its run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn import metrics as skm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"{platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}, CPU"
+
+
+def run_medtrain(run_dir: Path, *overrides: str) -> dict:
+    """Train one run; returns its metrics plus `train_seconds` and `wall_seconds`."""
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medtrain",
+            *overrides,
+            "trainer.progress=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - start
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    info = json.loads((run_dir / "run_info.json").read_text())
+    return {**metrics, "train_seconds": info["train_seconds"], "wall_seconds": round(wall, 1)}
+
+
+def recompute_from_predictions(run_dir: Path, threshold: float) -> tuple[float, float]:
+    """Test AUC and accuracy recomputed with scikit-learn from predictions.csv (binary runs)."""
+    with open(run_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    target = np.array([int(r["target"]) for r in rows])
+    prob = np.array([float(r["prob_1"]) for r in rows])
+    return float(skm.roc_auc_score(target, prob)), float(
+        skm.accuracy_score(target, prob >= threshold)
+    )
