@@ -23,7 +23,7 @@ from medtrain.build import (
     build_task,
     plain,
 )
-from medtrain.config import check_loss_fits_labels, unknown_key_hint, validate
+from medtrain.config import check_against_data, unknown_key_hint, validate
 from medtrain.errors import MedtrainError
 from medtrain.io import save_json
 from medtrain.trainer import fit, seed_everything, test
@@ -36,7 +36,8 @@ def configure_determinism(deterministic: bool) -> None:
     if deterministic:  # cuBLAS needs a fixed workspace for repeatable matrix products
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = not deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    # warn_only: an op without a deterministic CUDA kernel is logged by torch instead of failing the run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -46,7 +47,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(cfg.seed)
 
     datasets = build_datasets(cfg)
-    check_loss_fits_labels(cfg)
+    check_against_data(cfg)
     loaders = build_loaders(cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg).to(device)
@@ -89,10 +90,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "epochs_trained": state["epoch"],
         },
     )
+    headline = ("auc", "acc", "balanced_acc", "sensitivity", "specificity", "f1", "acc@0.5")
     summary = "  ".join(
-        f"{k} {v:.4f}"
-        for k, v in metrics.items()
-        if k.startswith("test/") and k.count("_") == 0 and isinstance(v, float)
+        f"test/{k} {metrics[f'test/{k}']:.4f}" for k in headline if f"test/{k}" in metrics
     )
     log.info(
         "done in %.1fs of training; best epoch %s; %s",

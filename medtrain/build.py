@@ -34,6 +34,14 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{key}: cannot build {node.get('_target_')}: {cause or err}") from err
 
 
+def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a `_partial_` factory (optimizer, scheduler), reporting a bad argument under `key`."""
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
 def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
     """Build the train/val/test datasets and write what they inferred (channels, classes, label type)
     back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for the model."""
@@ -55,6 +63,7 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
 
 
 def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict[str, EpochLoader]:
+    """One seeded loader per split; only the training loader shuffles."""
     trainer = cfg.trainer
     loaders = {}
     for split, dataset in datasets.items():
@@ -73,23 +82,31 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
+    """The network of `cfg.model` (its channels and classes interpolated from the dataset)."""
     return build(cfg.model, "model")
 
 
-def build_task(cfg: DictConfig):
+def build_task(cfg: DictConfig) -> Any:
+    """The task object of `cfg.task`, holding the loss of `cfg.loss`."""
     return build(cfg.task, "task", loss=build(cfg.loss, "loss"))
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return build(cfg.optimizer, "optimizer")(
-        params=[p for p in model.parameters() if p.requires_grad]
-    )
+    """The optimizer over the model's trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return call(build(cfg.optimizer, "optimizer"), "optimizer", params=params)
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, train_batches: int):
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, train_batches: int) -> Any:
+    """The learning-rate schedule, sized by epochs and optimizer steps per epoch."""
     steps_per_epoch = math.ceil(train_batches / cfg.trainer.accumulate_grad_batches)
-    return build(cfg.scheduler, "scheduler")(
-        optimizer, epochs=cfg.trainer.max_epochs, steps_per_epoch=steps_per_epoch
+    factory = build(cfg.scheduler, "scheduler")
+    return call(
+        factory,
+        "scheduler",
+        optimizer,
+        epochs=cfg.trainer.max_epochs,
+        steps_per_epoch=steps_per_epoch,
     )
 
 

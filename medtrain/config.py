@@ -122,13 +122,49 @@ def validate(cfg: DictConfig) -> torch.device:
     return device
 
 
-def check_loss_fits_labels(cfg: DictConfig) -> None:
-    """Run after the datasets said whether labels are multi-label: softmax losses cannot train them."""
-    if cfg.dataset.multilabel and str(cfg.loss.get("_target_", "")).endswith("CrossEntropy"):
+def check_against_data(cfg: DictConfig) -> None:
+    """Checks that need what the datasets inferred (classes, channels, label type); run before the
+    model is built, so that a mismatch is reported by key instead of failing inside torch."""
+    data, loss, task = cfg.dataset, cfg.loss, cfg.task
+    target = str(loss.get("_target_", ""))
+    sigmoid_loss = target.endswith("BCEWithLogits")
+    if data.multilabel and target.endswith("CrossEntropy"):
         raise ConfigError(
             "loss=cross_entropy cannot train multi-label targets "
-            f"(dataset {cfg.dataset.get('path')}); use loss=bce or loss=focal"
+            f"(dataset {data.get('path')}); use loss=bce or loss=focal"
         )
+    if not data.multilabel and sigmoid_loss:
+        raise ConfigError(
+            "loss=bce trains independent sigmoid outputs, but the labels are one class per image; "
+            "use loss=cross_entropy or loss=focal"
+        )
+    for key in ("class_weights", "pos_weight", "alpha"):
+        values = loss.get(key)
+        if values is not None and len(values) != data.num_classes:
+            raise ConfigError(
+                f"loss.{key} has {len(values)} values for {data.num_classes} classes; "
+                "give one per class or null"
+            )
+        if values is not None and min(values) < 0:
+            raise ConfigError(f"loss.{key}={list(values)}: weights must be >= 0")
+    rule = task.get("threshold")
+    if isinstance(rule, str) and not data.multilabel and data.num_classes > 2:
+        raise ConfigError(
+            f"task.threshold={rule!r} applies to binary and multi-label tasks; this dataset has "
+            f"{data.num_classes} classes (the prediction is the most probable one): use 0.5"
+        )
+    sensitivity = task.get("target_sensitivity", 0.9)
+    require(0 < sensitivity <= 1, "task.target_sensitivity", sensitivity, "must be in (0, 1]")
+    norm = data.get("normalize") or {}
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if norm.get("mode", "fixed") == "fixed" and values is not None:
+            require(
+                len(values) in (1, data.in_channels),
+                f"dataset.normalize.{key}",
+                list(values),
+                f"give 1 value or {data.in_channels} (one per channel)",
+            )
 
 
 def unknown_key_hint(args: list[str]) -> str | None:

@@ -9,5 +9,9 @@ class ConfigError(MedtrainError):
     """A config key holds a value medtrain cannot use; the message names the key and what is valid."""
 
 
+class TrainingError(MedtrainError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
 class DataError(MedtrainError):
     """A data file or its content is unusable; the message names the file (and row or key)."""

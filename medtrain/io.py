@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -34,7 +35,13 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
 
 
 def save_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    return atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+    """Write strict JSON: NaN and infinities (undefined metrics) become null."""
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()
+    }
+    return atomic_write(
+        path, lambda f: f.write(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    )
 
 
 def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: list[str]) -> Path:

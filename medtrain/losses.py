@@ -53,7 +53,8 @@ class FocalLoss(nn.Module):
 
     Args:
         gamma: focusing parameter; 0 gives cross-entropy.
-        alpha: per-class weights (a list), or None.
+        alpha: per-class weights (a list, >= 0): the weight of each sample's class for class
+            targets, the weight of each label's term for multi-hot targets; None weighs all equally.
     """
 
     def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | None = None):
@@ -73,5 +74,5 @@ class FocalLoss(nn.Module):
         p_true = torch.exp(-bce)
         loss = (1 - p_true) ** self.gamma * bce
         if self.alpha is not None:
-            loss = loss * (self.alpha * target + (1 - self.alpha) * (1 - target))
+            loss = loss * self.alpha
         return loss.mean()

@@ -1,8 +1,9 @@
 """What differs between tasks, as data on a small object chosen by `conf/task/`: which batch keys feed
 the model, the loss, how logits become predictions, the metrics and the monitored metric.
 
-The trainer only calls: `forward`, `loss`, `collector()` (per evaluation: `update`, `metrics`,
-`prediction_rows`), `fit_threshold`, `monitor` and `monitor_mode`.
+The trainer only uses: `name`, `class_names`, `forward`, `loss`, `collector()` (per evaluation:
+`update`, `metrics`, `save`), `fit_threshold`, `monitor` and `monitor_mode`. A segmentation or
+regression task provides the same, and the loop serves it unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ClassificationTask:
         target_sensitivity: the sensitivity that `threshold=sensitivity` aims for.
         monitor: the validation metric that picks the best checkpoint (e.g. `val/auc`).
         monitor_mode: `max` or `min`.
+        flip_tta: at evaluation, average the logits of the image and its left-right mirror.
     """
 
     name = "classification"
@@ -45,6 +47,7 @@ class ClassificationTask:
         target_sensitivity: float = 0.9,
         monitor: str = "val/auc",
         monitor_mode: str = "max",
+        flip_tta: bool = False,
     ):
         if isinstance(threshold, str) and threshold not in M.THRESHOLD_METHODS:
             raise ConfigError(
@@ -62,13 +65,17 @@ class ClassificationTask:
         self.target_sensitivity = target_sensitivity
         self.monitor = monitor
         self.monitor_mode = monitor_mode
+        self.flip_tta = flip_tta
         # Until chosen on validation data, a rule-based threshold evaluates at 0.5.
         self.threshold: float | list[float] = (
             0.5 if isinstance(threshold, str) else float(threshold)
         )
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return model(batch["image"])
+        logits = model(batch["image"])
+        if self.flip_tta and not model.training:
+            logits = (logits + model(batch["image"].flip(-1))) / 2
+        return logits
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_fn(logits.float(), batch["label"])

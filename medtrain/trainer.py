@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, TrainingError
 from medtrain.io import load_checkpoint, save_checkpoint, save_csv
 from medtrain.schedulers import steps_per_batch
 
@@ -51,6 +52,7 @@ def train_one_epoch(
     """One pass over the training split; returns `train/loss` (mean over batches) and `train/lr`."""
     model.train()
     total, batches = 0.0, 0
+    lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
     accumulate = cfg.accumulate_grad_batches
     per_batch_schedule = steps_per_batch(scheduler)
     bar = tqdm(
@@ -64,11 +66,13 @@ def train_one_epoch(
         with autocast(device, cfg.precision):
             loss = task.loss(task.forward(model, batch), batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise TrainingError(
                 f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
                 "lower optimizer.lr or set trainer.gradient_clip_norm"
             )
-        scaler.scale(loss / accumulate).backward()
+        # Average over the accumulation window (the last window of an epoch may be shorter).
+        window = min(accumulate, len(loader) - (i // accumulate) * accumulate)
+        scaler.scale(loss / window).backward()
         # Step after `accumulate` batches (or at the end of the epoch): the effective batch is larger.
         if (i + 1) % accumulate == 0 or i + 1 == len(loader):
             if cfg.gradient_clip_norm:
@@ -81,7 +85,7 @@ def train_one_epoch(
                 scheduler.step()
         total, batches = total + loss.item(), batches + 1
         bar.set_postfix(loss=f"{total / batches:.4f}")
-    return {"train/loss": total / max(batches, 1), "train/lr": optimizer.param_groups[0]["lr"]}
+    return {"train/loss": total / max(batches, 1), "train/lr": lr}
 
 
 @torch.no_grad()
@@ -99,9 +103,13 @@ def evaluate(model, loader, task, device, precision: str = "32", progress: bool 
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
-    if best is None or math.isnan(best):
+    """Whether `value` beats `best`; a NaN (e.g. AUC of a one-class split) never does, except as the
+    first value, so that a best checkpoint always exists."""
+    if best is None:
         return True
-    return value > best if mode == "max" else value < best
+    if math.isnan(value):
+        return False
+    return math.isnan(best) or (value > best if mode == "max" else value < best)
 
 
 def fit(
@@ -161,7 +169,11 @@ def fit(
                 f"task.monitor={monitor!r} is not a validation metric; "
                 f"choose one of {sorted(k for k in row if k.startswith('val/'))}"
             )
-        if not steps_per_batch(scheduler):
+        if math.isnan(row[monitor]):
+            log.warning(
+                "%s is NaN at epoch %d (does the val split hold every class?)", monitor, epoch + 1
+            )
+        elif not steps_per_batch(scheduler):
             scheduler.step(row[monitor])
         row["time_s"] = round(time.perf_counter() - start, 3)
         state["history"].append(row)
@@ -206,17 +218,28 @@ def fit(
 def resume(
     resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scaler
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint)."""
+    """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint
+    or run folder). Resuming from another folder copies its `best.pt` here, so the run stays whole."""
     path = ckpt_dir / "last.pt" if resume is True else Path(str(resume))
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
     checkpoint = load_checkpoint(path)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"trainer.resume={resume!r}: {path} was saved by a different model or optimizer "
+            f"config ({str(err).splitlines()[0]})"
+        ) from err
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
+    source_best = path.parent / "best.pt"
+    if source_best.resolve() != (ckpt_dir / "best.pt").resolve() and source_best.is_file():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_best, ckpt_dir / "best.pt")
     log.info("resumed from %s after epoch %d", path, checkpoint["epoch"])
     return {
         key: checkpoint[key]
@@ -241,13 +264,18 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
     threshold = task.fit_threshold(val)
     test_collector, test_loss = evaluate(model, loaders["test"], task, device, cfg.precision)
+    thresholds = (
+        {f"threshold_{name}": t for name, t in zip(task.class_names, threshold, strict=True)}
+        if isinstance(threshold, list)
+        else {"threshold": threshold}
+    )
     results = {
         **test_collector.metrics("test"),
         "test/loss": test_loss,
         **val.metrics("val"),
         "val/loss": val_loss,
         "best_epoch": checkpoint["best_epoch"],
-        "threshold": threshold,
+        **thresholds,
     }
     test_collector.save(run_dir)
     checkpoint["threshold"] = threshold

@@ -94,3 +94,42 @@ def test_cli_help_lists_groups():
     for group in GROUPS:
         assert f"{group}:" in done.stdout
     assert "resnet18" in done.stdout and "pneumoniamnist" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss=bce"], "loss=bce trains independent sigmoid outputs"),
+        (["loss.class_weights=[1.0,2.0,3.0]"], "loss.class_weights has 3 values for 2 classes"),
+        (["loss=focal", "loss.alpha=[1.0,-1.0]"], "loss.alpha=[1.0, -1.0]: weights must be >= 0"),
+        (
+            ["dataset.normalize.mean=[0.1,0.2]"],
+            "dataset.normalize.mean=[0.1, 0.2]: give 1 value or 1",
+        ),
+        (["task.target_sensitivity=90"], "task.target_sensitivity=90: must be in (0, 1]"),
+    ],
+)
+def test_config_checked_against_the_data(overrides, message):
+    from medtrain.config import check_against_data
+
+    with pytest.raises(ConfigError) as err:
+        check_against_data(compose_cfg(overrides))
+    assert message in str(err.value)
+
+
+def test_threshold_rule_on_multiclass_is_refused():
+    from medtrain.config import check_against_data
+
+    cfg = compose_cfg(["task.threshold=youden"])
+    cfg.dataset.num_classes = 4
+    with pytest.raises(
+        ConfigError, match="task.threshold='youden' applies to binary and multi-label"
+    ):
+        check_against_data(cfg)
+
+
+def test_bad_optimizer_argument_names_the_group(tmp_path):
+    from tests.conftest import TINY, train_in_process
+
+    with pytest.raises(ConfigError, match="optimizer: Nesterov momentum requires"):
+        train_in_process(tmp_path, [*TINY, "optimizer=sgd", "optimizer.momentum=0"])

@@ -195,3 +195,34 @@ def test_pneumoniamnist_official_split():
     assert sizes == {"train": 4708, "val": 524, "test": 624}
     ds = MedMNIST(path, "test")
     assert (ds.in_channels, ds.num_classes, ds.multilabel) == (1, 2, False)
+
+
+def test_image_folder_ignores_archive_debris_and_reads_big_endian_tiff(tmp_path):
+    make_folder(tmp_path, per_class=6)
+    (tmp_path / "__MACOSX" / "benign").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "benign" / "0.png").write_bytes(b"junk")
+    (tmp_path / "benign" / "._0.png").write_bytes(b"junk")
+    ds = ImageFolder(str(tmp_path), "train", val_fraction=0.25, test_fraction=0.25, image_size=8)
+    assert ds.class_names == ["benign", "malignant"] and not any("._" in i for i in ds.ids)
+    big = (np.arange(120).reshape(12, 10) * 500).astype(">u2")
+    Image.fromarray(big.astype(np.uint16)).save(tmp_path / "le.tif")
+    Image.frombytes("I;16B", (10, 12), big.tobytes()).save(tmp_path / "be.tif")
+    read = read_image_file(tmp_path / "be.tif")
+    assert read.dtype == np.uint16 and np.array_equal(read, big.astype(np.uint16))
+    assert to_float01(read).max() == pytest.approx(119 * 500 / 65535)
+
+
+def test_image_folder_channels_decided_once_for_all_splits(tmp_path):
+    make_folder(tmp_path, per_class=6)
+    rgb = np.zeros((12, 10, 3), dtype=np.uint8)
+    for name in ("benign", "malignant"):
+        for i in range(3, 6):
+            Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
+    splits = [
+        ImageFolder(str(tmp_path), s, val_fraction=0.25, test_fraction=0.25, image_size=8)
+        for s in ("train", "val", "test")
+    ]
+    assert len({d.in_channels for d in splits}) == 1
+    assert {d[i]["image"].shape[0] for d in splits for i in range(len(d))} == {
+        splits[0].in_channels
+    }

@@ -49,3 +49,19 @@ def test_focal_matches_formula_for_softmax_and_sigmoid():
     assert FocalLoss(gamma=2)(ml_logits, ml_target).item() == pytest.approx(
         expected_ml.item(), rel=1e-5
     )
+
+
+def test_focal_alpha_weighs_classes_and_labels_and_stays_positive():
+    logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    unweighted = FocalLoss(gamma=2, alpha=None)
+    per_sample = (
+        -((1 - torch.softmax(logits, 1)[torch.arange(6), target]) ** 2)
+        * torch.log_softmax(logits, 1)[torch.arange(6), target]
+    )
+    weights = torch.tensor([1.0, 3.0, 0.5])
+    assert FocalLoss(gamma=2, alpha=weights.tolist())(logits, target).item() == pytest.approx(
+        (per_sample * weights[target]).mean().item(), rel=1e-5
+    )
+    assert unweighted(logits, target).item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
+    multi_hot = torch.zeros(4, 2)  # all negative: every term must stay >= 0 whatever the weights
+    assert FocalLoss(alpha=[1.0, 3.0])(torch.randn(4, 2), multi_hot).item() >= 0

@@ -56,12 +56,13 @@ def test_multilabel_metrics_average_labels():
 
 
 def test_youden_threshold_maximises_sensitivity_plus_specificity():
-    target = np.array([0, 0, 0, 1, 1, 1])
-    prob = np.array([0.1, 0.2, 0.65, 0.6, 0.8, 0.9])
+    target = np.array([0, 0, 0, 0, 1, 1, 1])
+    prob = np.array([0.1, 0.2, 0.3, 0.65, 0.6, 0.8, 0.9])
     t = M.choose_threshold(target, prob, "youden")
-    # Best split: 0.8 gives sens 2/3, spec 1 (J=0.667); 0.6 gives sens 1, spec 2/3 (J=0.667): the first wins.
+    # By hand: at 0.8, J = 2/3 - 0 = 0.667; at 0.6, J = 1 - 1/4 = 0.75 (the best); at 0.3, J = 1 - 2/4.
+    assert t == pytest.approx(0.6)
     m = M.binary_metrics(target, prob, t)
-    assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(2 / 3)
+    assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(0.75)
 
 
 def test_sensitivity_threshold_reaches_target():

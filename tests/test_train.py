@@ -99,7 +99,50 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         train_in_process(tmp_path, [*TINY, "trainer.resume=true"])
 
 
-def test_multilabel_and_multiclass_runs(tmp_path):
+def test_multiclass_image_folder_run(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["cyst", "normal", "tumour"]):  # classes differ in mean brightness
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(30):
+            pixels = rng.normal(15000 + 15000 * k, 3000, (20, 24)).clip(0, 65535).astype(np.uint16)
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
+    run = tmp_path / "run"
+    metrics = train_in_process(
+        run,
+        [
+            "dataset=image_folder",
+            f"dataset.path={tmp_path / 'data'}",
+            "dataset.image_size=16",
+            "dataset.normalize.mode=fixed",
+            "trainer.max_epochs=4",
+            "trainer.batch_size=16",
+            "trainer.progress=false",
+            "optimizer.lr=3e-3",
+        ],
+    )
+    assert metrics["test/auc"] > 0.9
+    assert {"test/auc_cyst", "test/f1_tumour", "test/sensitivity_normal"} <= set(metrics)
+    rows = read_predictions(run)
+    assert len(rows) == 14 and list(rows[0]) == [
+        "id",
+        "target",
+        "pred",
+        "prob_0",
+        "prob_1",
+        "prob_2",
+    ]
+    probs = np.array([[float(r[f"prob_{k}"]) for k in range(3)] for r in rows])
+    target = np.array([int(r["target"]) for r in rows])
+    assert metrics["test/auc"] == pytest.approx(
+        skm.roc_auc_score(target, probs, multi_class="ovr"), abs=1e-6
+    )
+    header = (run / "confusion_matrix.csv").read_text().splitlines()[0]
+    assert header == "true,pred_cyst,pred_normal,pred_tumour"
+
+
+def test_multilabel_run(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", 64), ("val", 32), ("test", 32)):
@@ -124,7 +167,9 @@ def test_multilabel_and_multiclass_runs(tmp_path):
         ],
     )
     assert metrics["test/auc"] > 0.8
-    assert isinstance(metrics["threshold"], list) and len(metrics["threshold"]) == 3
+    assert {"threshold_0", "threshold_1", "threshold_2"} <= set(
+        metrics
+    ) and "threshold" not in metrics
     header = read_predictions(run)[0].keys()
     assert {"target_0", "target_2", "pred_1", "prob_2"} <= set(header)
 
@@ -152,19 +197,23 @@ def test_tensorboard_scalars_are_written(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_gradient_accumulation_and_clipping_run(tmp_path):
-    metrics = train_in_process(
-        tmp_path,
-        [
-            *TINY,
-            "trainer.accumulate_grad_batches=3",
-            "trainer.gradient_clip_norm=1.0",
-            "optimizer=sgd",
-            "scheduler=multistep",
-            "trainer.early_stopping_patience=1",
-        ],
-    )
-    assert metrics["epochs_trained"] >= 1
+def test_gradient_accumulation_steps_and_early_stopping(tmp_path):
+    overrides = [
+        *TINY,
+        "trainer.max_epochs=6",
+        "trainer.accumulate_grad_batches=4",
+        "trainer.gradient_clip_norm=1.0",
+        "optimizer=sgd",
+        "scheduler=multistep",
+        "trainer.early_stopping_patience=1",
+    ]
+    metrics = train_in_process(tmp_path, overrides)
+    # 96 images / batch 16 = 6 batches; windows of 4 and 2 -> 2 optimizer (and scheduler) steps an epoch.
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["scheduler"]["last_epoch"] == 2 * metrics["epochs_trained"]
+    assert last["optimizer"]["state"][0]["momentum_buffer"] is not None
+    # Patience 1: training stops right after the first epoch that does not improve.
+    assert metrics["epochs_trained"] == min(6, metrics["best_epoch"] + 1)
 
 
 @pytest.mark.slow
@@ -221,3 +270,22 @@ def test_cuda_training(tmp_path, precision):
         tmp_path, [*TINY, "trainer.device=cuda", f"trainer.precision={precision}"]
     )
     assert metrics["test/auc"] > 0.5
+
+
+def test_nan_monitor_never_counts_as_improvement():
+    from medtrain.trainer import is_better
+
+    nan = float("nan")
+    assert is_better(nan, None, "max")  # the first epoch always gives a best checkpoint
+    assert not is_better(nan, 0.7, "max") and is_better(0.6, nan, "max")
+    assert is_better(0.2, 0.3, "min") and not is_better(0.3, 0.2, "min")
+
+
+def test_resume_from_another_run_folder_copies_its_best_checkpoint(tmp_path):
+    first = tmp_path / "first"
+    train_in_process(first, [*TINY, "trainer.max_epochs=2"])
+    metrics = train_in_process(
+        tmp_path / "second", [*TINY, "trainer.max_epochs=3", f"trainer.resume={first}"]
+    )
+    assert (tmp_path / "second" / "checkpoints" / "best.pt").is_file()
+    assert metrics["epochs_trained"] == 3

@@ -30,6 +30,8 @@ def read_image_file(path: str | Path) -> np.ndarray:
         if array.min() < 0 or array.max() > 65535:
             raise DataError(f"{path}: 32-bit integer pixels outside 0..65535 are not supported")
         array = array.astype(np.uint16)
+    if array.dtype.byteorder == ">":  # big-endian 16-bit TIFF: native order, so uint16 checks hold
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., :3]
     return array
@@ -37,9 +39,13 @@ def read_image_file(path: str | Path) -> np.ndarray:
 
 def list_class_folders(root: Path, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
     """Map each class folder name under `root` to its sorted image files."""
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # Hidden entries and archive debris (__MACOSX/, ._name.png) are not classes or images.
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     found = {
-        c.name: sorted(f for f in c.rglob("*") if f.suffix.lower() in extensions) for c in classes
+        c.name: sorted(
+            f for f in c.rglob("*") if f.suffix.lower() in extensions and not f.name.startswith(".")
+        )
+        for c in classes
     }
     return {name: files for name, files in found.items() if files}
 
@@ -91,8 +97,8 @@ class ImageFolder(ImageDataset):
             source=str(root),
             all_labels=np.concatenate([np.array(labels[s], dtype=np.int64) for s in SPLITS]),
         )
-        if self.in_channels is None and self.files:
-            image = read_image_file(self.files[0])
+        if self.in_channels is None:  # decided once, from the first training image, for every split
+            image = read_image_file(files["train"][0])
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
 
     @staticmethod

@@ -12,8 +12,8 @@ from medtrain.data.base import SPLITS, ImageDataset
 from medtrain.errors import DataError
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Read every `<split>_images` / `<split>_labels` array of a MedMNIST file, checking keys and sizes."""
+def load_npz(path: str | Path, split: str) -> dict[str, np.ndarray]:
+    """Read one split's images and every split's labels from a MedMNIST file, checking keys and sizes."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dataset.path={str(path)!r}: no such file")
@@ -24,19 +24,16 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
             missing = [k for k in needed if k not in keys]
             if missing:
                 raise DataError(f"{path}: missing keys {missing}; a MedMNIST file holds {needed}")
-            arrays = {k: npz[k] for k in needed}
+            arrays = {k: npz[k] for k in needed if k.endswith("_labels") or k == f"{split}_images"}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
-    for split in SPLITS:
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim not in (3, 4):
-            raise DataError(
-                f"{path}: {split}_images has shape {images.shape}; expected N x H x W [x C]"
-            )
-        if len(images) != len(labels):
-            raise DataError(
-                f"{path}: {len(images)} {split}_images but {len(labels)} {split}_labels"
-            )
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if images.ndim not in (3, 4):
+        raise DataError(
+            f"{path}: {split}_images has shape {images.shape}; expected N x H x W [x C]"
+        )
+    if len(images) != len(labels):
+        raise DataError(f"{path}: {len(images)} {split}_images but {len(labels)} {split}_labels")
     return arrays
 
 
@@ -51,7 +48,7 @@ class MedMNIST(ImageDataset):
 
     def __init__(self, path: str, split: str, **kwargs: Any):
         super().__init__(split, **kwargs)
-        arrays = load_npz(path)
+        arrays = load_npz(path, split)
         self.images = arrays[f"{split}_images"]
         if self.in_channels is None:
             self.in_channels = 1 if self.images.ndim == 3 else self.images.shape[-1]

@@ -42,7 +42,9 @@ def match_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
         return np.repeat(image, 3, axis=-1)
     if channels == 3 and have == 4:
         return image[..., :3]
-    raise ValueError(f"cannot convert an image with {have} channels to {channels} channels")
+    raise ConfigError(
+        f"dataset.in_channels={channels}: cannot convert images with {have} channels; use 1 or 3"
+    )
 
 
 def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:

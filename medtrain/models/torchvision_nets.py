@@ -11,7 +11,7 @@ from torch import nn
 
 from medtrain.errors import ConfigError
 
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
+ARCHITECTURES = ("resnet18", "resnet50", "densenet121", "efficientnet_b0")
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str]:

@@ -1,0 +1,35 @@
+"""Atomic writes and strict JSON."""
+
+import json
+
+import pytest
+import torch
+
+from medtrain.io import atomic_write, load_checkpoint, save_checkpoint, save_json
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    save_json(target, {"test/auc": 0.9})
+
+    def explode(handle):
+        handle.write('{"half": ')
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, explode)
+    assert json.loads(target.read_text()) == {"test/auc": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
+
+
+def test_json_is_strict_nan_becomes_null(tmp_path):
+    save_json(tmp_path / "m.json", {"val/auc": float("nan"), "test/acc": 0.5})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"val/auc": None, "test/acc": 0.5}
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    save_checkpoint(
+        tmp_path / "c.pt", {"model": {"w": torch.ones(2)}, "epoch": 3, "history": [{"a": 1.0}]}
+    )
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))

@@ -1,0 +1,53 @@
+"""The classification task object: forward (with flip TTA), thresholds, collector outputs."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medtrain.errors import ConfigError
+from medtrain.losses import CrossEntropy
+from medtrain.tasks import ClassificationTask
+
+
+class LeftHalfModel(nn.Module):
+    """Logit 1 = mean of the left half of the image: changes when the image is mirrored."""
+
+    def forward(self, x):
+        left = x[..., : x.shape[-1] // 2].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(left), left], dim=1)
+
+
+def test_flip_tta_averages_image_and_mirror_only_in_eval():
+    x = torch.zeros(1, 1, 2, 4)
+    x[..., :2] = 1.0  # bright left half
+    batch = {"image": x}
+    model = LeftHalfModel().eval()
+    plain = ClassificationTask(CrossEntropy()).forward(model, batch)
+    tta = ClassificationTask(CrossEntropy(), flip_tta=True).forward(model, batch)
+    assert plain[0, 1].item() == pytest.approx(1.0) and tta[0, 1].item() == pytest.approx(0.5)
+    model.train()
+    assert (
+        ClassificationTask(CrossEntropy(), flip_tta=True).forward(model, batch)[0, 1].item() == 1.0
+    )
+
+
+def test_threshold_rules_are_checked():
+    with pytest.raises(ConfigError, match="task.threshold='best'"):
+        ClassificationTask(CrossEntropy(), threshold="best")
+    with pytest.raises(ConfigError, match=r"task.threshold=1.5 must be in \(0, 1\)"):
+        ClassificationTask(CrossEntropy(), threshold=1.5)
+
+
+def test_youden_threshold_is_fitted_on_validation_outputs():
+    task = ClassificationTask(CrossEntropy(), threshold="youden", class_names=["a", "b"])
+    val = task.collector()
+    logits = torch.tensor([[0.0, -2.0], [0.0, -1.0], [0.0, 0.5], [0.0, 1.0]])
+    val.update(logits, {"id": list("wxyz"), "label": torch.tensor([0, 0, 1, 1])})
+    threshold = task.fit_threshold(val)
+    assert threshold == pytest.approx(torch.sigmoid(torch.tensor(0.5)).item())
+    assert val.metrics("val")["val/acc"] == 1.0
+    rows, fields = val.prediction_rows()
+    assert fields == ["id", "target", "pred", "prob_0", "prob_1"]
+    assert [r["pred"] for r in rows] == [0, 0, 1, 1]
+    assert np.isclose(float(rows[2]["prob_1"]), threshold)
