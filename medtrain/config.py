@@ -92,6 +92,8 @@ def validate(cfg: DictConfig) -> torch.device:
         t.num_workers,
         "must be an integer >= 0",
     )
+    ema = t.ema_decay
+    require(ema is None or 0 < ema < 1, "trainer.ema_decay", ema, "must be null or in (0, 1)")
     clip, patience = t.gradient_clip_norm, t.early_stopping_patience
     require(clip is None or clip > 0, "trainer.gradient_clip_norm", clip, "must be null or > 0")
     require(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from medtrain.errors import ConfigError, TrainingError
@@ -47,9 +48,12 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def train_one_epoch(
-    model, loader, task, optimizer, scheduler, scaler, device, cfg: DictConfig, epoch: int
+    model, loader, task, optimizer, scheduler, scaler, device, cfg: DictConfig, epoch: int, ema=None
 ) -> dict[str, float]:
-    """One pass over the training split; returns `train/loss` (mean over batches) and `train/lr`."""
+    """One pass over the training split; returns `train/loss` (mean over batches) and `train/lr`.
+
+    `ema`, when given, is a `torch.optim.swa_utils.AveragedModel` updated after every optimizer step.
+    """
     model.train()
     total, batches = 0.0, 0
     lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
@@ -83,6 +87,8 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             if per_batch_schedule:
                 scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
         total, batches = total + loss.item(), batches + 1
         bar.set_postfix(loss=f"{total / batches:.4f}")
     return {"train/loss": total / max(batches, 1), "train/lr": lr}
@@ -147,8 +153,16 @@ def fit(
         "stale_epochs": 0,
         "history": [],
     }
+    # With an exponential moving average of the weights, the average is what is validated, saved
+    # as "model" and tested; the raw weights are kept in the checkpoint to resume training.
+    ema = None
+    if cfg.ema_decay:
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+    eval_model = model if ema is None else ema.module
     if cfg.resume:
-        state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler)
+        state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler, ema)
     monitor, mode = task.monitor, task.monitor_mode
     for epoch in range(state["epoch"], cfg.max_epochs):
         if cfg.early_stopping_patience and state["stale_epochs"] >= cfg.early_stopping_patience:
@@ -160,9 +174,9 @@ def fit(
         start = time.perf_counter()
         row = {"epoch": epoch + 1}
         row |= train_one_epoch(
-            model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch
+            model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch, ema
         )
-        collector, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
+        collector, val_loss = evaluate(eval_model, loaders["val"], task, device, cfg.precision)
         row |= {"val/loss": val_loss, **collector.metrics("val")}
         if monitor not in row:
             raise ConfigError(
@@ -186,11 +200,13 @@ def fit(
         checkpoint = {
             **extra_state,
             **state,
-            "model": model.state_dict(),
+            "model": eval_model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
         }
+        if ema is not None:
+            checkpoint |= {"training_model": model.state_dict(), "ema_steps": int(ema.n_averaged)}
         if improved:
             save_checkpoint(ckpt_dir / "best.pt", checkpoint)
         save_checkpoint(ckpt_dir / "last.pt", checkpoint)
@@ -216,7 +232,7 @@ def fit(
 
 
 def resume(
-    resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scaler
+    resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scaler, ema=None
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint
     or run folder). Resuming from another folder copies its `best.pt` here, so the run stays whole."""
@@ -226,8 +242,17 @@ def resume(
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
     checkpoint = load_checkpoint(path)
+    if (ema is None) != ("training_model" not in checkpoint):
+        raise ConfigError(
+            f"trainer.resume={resume!r}: trainer.ema_decay differs from the checkpoint's run"
+        )
     try:
-        model.load_state_dict(checkpoint["model"])
+        if ema is None:
+            model.load_state_dict(checkpoint["model"])
+        else:
+            model.load_state_dict(checkpoint["training_model"])
+            ema.module.load_state_dict(checkpoint["model"])
+            ema.n_averaged.fill_(checkpoint["ema_steps"])
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError) as err:
         raise ConfigError(

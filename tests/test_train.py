@@ -67,13 +67,22 @@ def test_run_folder_contract_and_metrics_recompute_from_predictions(tmp_path):
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
-    overrides = [*TINY, "trainer.max_epochs=3", "augmentation=strong", "scheduler=onecycle"]
+    overrides = [
+        *TINY,
+        "trainer.max_epochs=3",
+        "augmentation=strong",
+        "scheduler=onecycle",
+        "trainer.ema_decay=0.9",
+    ]
     full = train_in_process(tmp_path / "full", overrides)
+    last = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    assert last["ema_steps"] == 3 * 6  # the average saved as "model" followed every optimizer step
+    assert not torch.equal(last["model"]["head.3.weight"], last["training_model"]["head.3.weight"])
 
     original = medtrain.trainer.train_one_epoch
 
     def interrupted(*args, **kwargs):
-        if kwargs.get("epoch", args[-1]) == 2:
+        if args[8] == 2:  # the epoch argument
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 

@@ -45,7 +45,7 @@ class SimpleCNN(nn.Module):
         self.features = nn.Sequential(
             *(conv_block(a, b) for a, b in zip(channels, channels[1:], strict=False))
         )
-        head: list[nn.Module] = [nn.Flatten()]
+        head: list[nn.Module] = []
         if hidden:
             head += [nn.Linear(channels[-1], hidden), nn.ReLU(inplace=True)]
         head += [nn.Dropout(dropout), nn.Linear(hidden or channels[-1], num_classes)]
