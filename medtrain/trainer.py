@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -162,7 +163,9 @@ def fit(
         )
     eval_model = model if ema is None else ema.module
     if cfg.resume:
-        state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler, ema)
+        state = resume(
+            cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler, ema, extra_state["config"]
+        )
     monitor, mode = task.monitor, task.monitor_mode
     for epoch in range(state["epoch"], cfg.max_epochs):
         if cfg.early_stopping_patience and state["stale_epochs"] >= cfg.early_stopping_patience:
@@ -231,17 +234,56 @@ def fit(
     return state
 
 
+def resume_path(resume: bool | str, ckpt_dir: Path) -> Path:
+    """The checkpoint `trainer.resume` points at: this run's last.pt, a file, or a run folder's."""
+    path = ckpt_dir / "last.pt" if resume is True else Path(str(resume))
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {
+        k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()
+    }
+
+
+def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
+    """Warn about config values that changed since the checkpoint; refuse what cannot continue."""
+    ignore = ("trainer.resume.", "trainer.progress.", "trainer.tensorboard.")
+    old, new = flatten(saved), flatten(current)
+    changed = sorted(
+        k[:-1] for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore
+    )
+    if changed:
+        log.warning(
+            "resuming with config values that differ from the checkpoint's: %s", ", ".join(changed)
+        )
+    if isinstance(scheduler, OneCycleLR) and "trainer.max_epochs" in changed:
+        raise ConfigError(
+            "trainer.max_epochs cannot change when resuming a one-cycle schedule "
+            "(its length is fixed); keep the checkpoint's value"
+        )
+
+
 def resume(
-    resume: bool | str, ckpt_dir: Path, model, optimizer, scheduler, scaler, ema=None
+    resume: bool | str,
+    ckpt_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    ema=None,
+    config: dict | None = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint
     or run folder). Resuming from another folder copies its `best.pt` here, so the run stays whole."""
-    path = ckpt_dir / "last.pt" if resume is True else Path(str(resume))
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+    path = resume_path(resume, ckpt_dir)
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
     checkpoint = load_checkpoint(path)
+    if config is not None:
+        check_resumed_config(checkpoint["config"], config, scheduler)
     if (ema is None) != ("training_model" not in checkpoint):
         raise ConfigError(
             f"trainer.resume={resume!r}: trainer.ema_decay differs from the checkpoint's run"

@@ -298,3 +298,24 @@ def test_resume_from_another_run_folder_copies_its_best_checkpoint(tmp_path):
     )
     assert (tmp_path / "second" / "checkpoints" / "best.pt").is_file()
     assert metrics["epochs_trained"] == 3
+
+
+def test_resume_checks_the_config_against_the_checkpoint(tmp_path, caplog):
+    from medtrain.errors import ConfigError
+
+    train_in_process(tmp_path, [*TINY, "scheduler=onecycle"])
+    with pytest.raises(
+        ConfigError, match="trainer.max_epochs cannot change when resuming a one-cycle"
+    ):
+        train_in_process(
+            tmp_path, [*TINY, "scheduler=onecycle", "trainer.max_epochs=3", "trainer.resume=true"]
+        )
+    with pytest.raises(ConfigError, match="saved by a different model or optimizer"):
+        train_in_process(
+            tmp_path, [*TINY, "scheduler=onecycle", "model=resnet18", "trainer.resume=true"]
+        )
+    with caplog.at_level("WARNING"):
+        train_in_process(
+            tmp_path, [*TINY, "scheduler=onecycle", "optimizer.lr=0.01", "trainer.resume=true"]
+        )
+    assert "differ from the checkpoint's: optimizer.lr" in caplog.text
