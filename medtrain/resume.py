@@ -1,0 +1,96 @@
+"""Resuming an interrupted run: restore model, optimizer, schedule and loop state from a checkpoint,
+checking that the config still fits it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch.optim.lr_scheduler import OneCycleLR
+
+from medtrain.errors import ConfigError
+from medtrain.io import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def resume_path(resume: bool | str, ckpt_dir: Path) -> Path:
+    """The checkpoint `trainer.resume` points at: this run's last.pt, a file, or a run folder's."""
+    path = ckpt_dir / "last.pt" if resume is True else Path(str(resume))
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {
+        k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()
+    }
+
+
+def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
+    """Warn about config values that changed since the checkpoint; refuse what cannot continue."""
+    ignore = ("trainer.resume.", "trainer.progress.", "trainer.tensorboard.")
+    old, new = flatten(saved), flatten(current)
+    changed = sorted(
+        k[:-1] for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore
+    )
+    if changed:
+        log.warning(
+            "resuming with config values that differ from the checkpoint's: %s", ", ".join(changed)
+        )
+    if isinstance(scheduler, OneCycleLR) and "trainer.max_epochs" in changed:
+        raise ConfigError(
+            "trainer.max_epochs cannot change when resuming a one-cycle schedule "
+            "(its length is fixed); keep the checkpoint's value"
+        )
+
+
+def resume(
+    resume: bool | str,
+    ckpt_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    ema=None,
+    config: dict | None = None,
+) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint
+    or run folder). Resuming from another folder copies its `best.pt` here, so the run stays whole."""
+    path = resume_path(resume, ckpt_dir)
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
+    checkpoint = load_checkpoint(path)
+    if config is not None:
+        check_resumed_config(checkpoint["config"], config, scheduler)
+    if (ema is None) != ("training_model" not in checkpoint):
+        raise ConfigError(
+            f"trainer.resume={resume!r}: trainer.ema_decay differs from the checkpoint's run"
+        )
+    try:
+        if ema is None:
+            model.load_state_dict(checkpoint["model"])
+        else:
+            model.load_state_dict(checkpoint["training_model"])
+            ema.module.load_state_dict(checkpoint["model"])
+            ema.n_averaged.fill_(checkpoint["ema_steps"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"trainer.resume={resume!r}: {path} was saved by a different model or optimizer "
+            f"config ({str(err).splitlines()[0]})"
+        ) from err
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    source_best = path.parent / "best.pt"
+    if source_best.resolve() != (ckpt_dir / "best.pt").resolve() and source_best.is_file():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_best, ckpt_dir / "best.pt")
+    log.info("resumed from %s after epoch %d", path, checkpoint["epoch"])
+    return {
+        key: checkpoint[key]
+        for key in ("epoch", "best_metric", "best_epoch", "stale_epochs", "history")
+    }
