@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import hydra
@@ -29,6 +31,7 @@ from medtrain.io import save_json
 from medtrain.trainer import fit, seed_everything, test
 
 log = logging.getLogger("medtrain")
+VERSIONED = ("torch", "torchvision", "numpy", "hydra-core", "albumentations", "scikit-learn")
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -85,7 +88,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         {
             "train_seconds": round(train_seconds, 2),
             "device": str(device),
-            "torch": torch.__version__,
+            "python": platform.python_version(),
+            **{f"{name}": version(name) for name in VERSIONED},
             "medtrain": __version__,
             "epochs_trained": state["epoch"],
         },
@@ -117,6 +121,16 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """Entry point: Hydra's main, plus a list of valid keys when Hydra refuses an unknown one."""
+    args = sys.argv[1:]
+    if any(a.startswith("--config-name") or a.startswith("-cn") for a in args):
+        # A rerun from a saved .hydra/config.yaml lacks conf/train.yaml's hydra settings: keep the
+        # run-folder contract (train.log, outputs/multirun) unless the command line says otherwise.
+        for key, value in (
+            ("hydra.job.name", "train"),
+            ("hydra.sweep.dir", "outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}"),
+        ):
+            if not any(a.startswith(f"{key}=") for a in args):
+                sys.argv.append(f"{key}={value}")
     try:
         main()
     except SystemExit as exit_:

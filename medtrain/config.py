@@ -170,33 +170,32 @@ def check_against_data(cfg: DictConfig) -> None:
 
 
 def unknown_key_hint(args: list[str]) -> str | None:
-    """After Hydra refused the command line: for each `a.b=value` whose key does not exist, name the
-    keys that do (and the closest one), so a typo is fixed without reading YAML files."""
+    """After Hydra refused the command line: for each `a.b=value` (or `a=value`) whose key does not
+    exist, name the keys that do and the closest one, so a typo is fixed without reading YAML files."""
     if any(a.startswith("--config") for a in args):
         return None
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    known_groups = {p.name for p in conf.iterdir() if p.is_dir() and p.name != "hydra"}
     overrides = [a for a in args if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
-    groups = [a for a in overrides if "." not in a.split("=")[0]]
-    keys = [a.split("=")[0] for a in overrides if "." in a.split("=")[0]]
+    groups = [a for a in overrides if a.split("=")[0] in known_groups]
+    keys = [a.split("=")[0] for a in overrides if a.split("=")[0] not in known_groups]
     if not keys:
         return None
     from hydra import compose, initialize_config_dir
 
     try:
-        with initialize_config_dir(
-            str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"
-        ):
+        with initialize_config_dir(str(conf), version_base="1.3"):
             cfg = compose("train", overrides=groups)
     except Exception:  # the group choices themselves are wrong: Hydra's message already says so
         return None
     lines = []
     for key in keys:
         parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
         if isinstance(node, DictConfig) and leaf not in node:
-            valid = [str(k) for k in node]
+            valid = sorted({str(k) for k in node} | (known_groups if not parent else set()))
             close = difflib.get_close_matches(leaf, valid, n=1)
-            guess = f" Did you mean {parent}.{close[0]}?" if close else ""
-            lines.append(
-                f"medtrain: unknown key '{key}'. Keys of '{parent}': {', '.join(valid)}.{guess}"
-            )
+            guess = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+            where = f"Keys of '{parent}'" if parent else "Top-level keys and groups"
+            lines.append(f"medtrain: unknown key '{key}'. {where}: {', '.join(valid)}.{guess}")
     return "\n".join(lines) or None

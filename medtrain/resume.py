@@ -30,22 +30,36 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     }
 
 
+# What may change between an interrupted run and its continuation: how it runs, not what it learns.
+MAY_CHANGE = (
+    "resume",
+    "progress",
+    "tensorboard",
+    "max_epochs",
+    "early_stopping_patience",
+    "num_workers",
+    "device",
+    "eval_batch_size",
+)
+
+
 def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
-    """Warn about config values that changed since the checkpoint; refuse what cannot continue."""
-    ignore = ("trainer.resume.", "trainer.progress.", "trainer.tensorboard.")
+    """Refuse to continue a run with a config that differs from its checkpoint's, naming the values
+    to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ."""
     old, new = flatten(saved), flatten(current)
-    changed = sorted(
-        k[:-1] for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignore
-    )
-    if changed:
-        log.warning(
-            "resuming with config values that differ from the checkpoint's: %s", ", ".join(changed)
-        )
-    if isinstance(scheduler, OneCycleLR) and "trainer.max_epochs" in changed:
+    changed = sorted(k[:-1] for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    allowed = {f"trainer.{key}" for key in MAY_CHANGE}
+    if isinstance(scheduler, OneCycleLR):  # its length is fixed at construction
+        allowed.discard("trainer.max_epochs")
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        restore = " ".join(f"{k}={old.get(k + '.', 'null')}" for k in refused)
         raise ConfigError(
-            "trainer.max_epochs cannot change when resuming a one-cycle schedule "
-            "(its length is fixed); keep the checkpoint's value"
+            f"trainer.resume: the checkpoint was trained with other values of {', '.join(refused)}; "
+            f"repeat the original overrides (add: {restore})"
         )
+    if changed:
+        log.info("resuming with changed %s", ", ".join(k for k in changed if k != "trainer.resume"))
 
 
 def resume(
@@ -59,7 +73,7 @@ def resume(
     config: dict | None = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint
-    or run folder). Resuming from another folder copies its `best.pt` here, so the run stays whole."""
+    or run folder). Resuming from another folder copies its checkpoints here, so the run stays whole."""
     path = resume_path(resume, ckpt_dir)
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
@@ -85,10 +99,13 @@ def resume(
         ) from err
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
-    source_best = path.parent / "best.pt"
-    if source_best.resolve() != (ckpt_dir / "best.pt").resolve() and source_best.is_file():
+    if (
+        path.parent.resolve() != ckpt_dir.resolve()
+    ):  # continuing into a new folder: bring the run along
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source_best, ckpt_dir / "best.pt")
+        for name in ("best.pt", "last.pt"):
+            if (path.parent / name).is_file():
+                shutil.copyfile(path.parent / name, ckpt_dir / name)
     log.info("resumed from %s after epoch %d", path, checkpoint["epoch"])
     return {
         key: checkpoint[key]

@@ -90,10 +90,15 @@ class ClassificationTask:
     def collector(self) -> ClassificationCollector:
         return ClassificationCollector(self)
 
-    def fit_threshold(self, val: ClassificationCollector) -> float | list[float]:
-        """Choose the decision threshold(s) on validation outputs when the config asks for it."""
+    def fit_threshold(self, val: ClassificationCollector) -> float | list[float] | None:
+        """Choose the decision threshold(s) on validation outputs when the config asks for it.
+
+        Returns None for multi-class tasks, whose prediction is the most probable class.
+        """
+        target, probs = val.arrays()
+        if not self.multilabel and probs.shape[1] > 2:
+            return None
         if isinstance(self.threshold_rule, str):
-            target, probs = val.arrays()
             if self.multilabel:
                 self.threshold = [
                     M.choose_threshold(

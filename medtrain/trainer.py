@@ -165,6 +165,7 @@ def fit(
         state = resume(
             cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler, ema, extra_state["config"]
         )
+        save_history(run_dir / "history.csv", state["history"])
     monitor, mode = task.monitor, task.monitor_mode
     for epoch in range(state["epoch"], cfg.max_epochs):
         if cfg.early_stopping_patience and state["stale_epochs"] >= cfg.early_stopping_patience:
@@ -250,11 +251,10 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
     threshold = task.fit_threshold(val)
     test_collector, test_loss = evaluate(model, loaders["test"], task, device, cfg.precision)
-    thresholds = (
-        {f"threshold_{name}": t for name, t in zip(task.class_names, threshold, strict=True)}
-        if isinstance(threshold, list)
-        else {"threshold": threshold}
-    )
+    if isinstance(threshold, list):  # multi-label: one per label, as flat keys
+        thresholds = {f"threshold_{n}": t for n, t in zip(task.class_names, threshold, strict=True)}
+    else:  # binary: one number; multi-class: none (the prediction is the most probable class)
+        thresholds = {} if threshold is None else {"threshold": threshold}
     results = {
         **test_collector.metrics("test"),
         "test/loss": test_loss,

@@ -70,6 +70,8 @@ def test_unknown_key_hint_lists_valid_keys_and_the_closest():
     assert "unknown key 'trainer.max_epoch'" in hint and "Did you mean trainer.max_epochs?" in hint
     assert "batch_size" in hint and "optimizer.lr" not in hint
     assert "arch" in unknown_key_hint(["model=resnet18", "model.archh=x"])
+    top = unknown_key_hint(["modle=resnet18"])
+    assert "unknown key 'modle'" in top and "Did you mean model?" in top
 
 
 @pytest.mark.slow

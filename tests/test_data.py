@@ -226,3 +226,11 @@ def test_image_folder_channels_decided_once_for_all_splits(tmp_path):
     assert {d[i]["image"].shape[0] for d in splits for i in range(len(d))} == {
         splits[0].in_channels
     }
+
+
+def test_medmnist_3d_volumes_are_refused_with_the_shape(tmp_path):
+    write_npz(tmp_path / "vol.npz", shape=(8, 8, 8))
+    with pytest.raises(
+        DataError, match=r"vol.npz: train_images has shape \(20, 8, 8, 8\); expected 2D"
+    ):
+        MedMNIST(str(tmp_path / "vol.npz"), "train")

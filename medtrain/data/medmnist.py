@@ -28,9 +28,10 @@ def load_npz(path: str | Path, split: str) -> dict[str, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    if images.ndim not in (3, 4):
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
         raise DataError(
-            f"{path}: {split}_images has shape {images.shape}; expected N x H x W [x C]"
+            f"{path}: {split}_images has shape {images.shape}; expected 2D images, N x H x W "
+            "(grey) or N x H x W x C with C in 1, 3, 4 (3D volumes are not read by dataset=medmnist)"
         )
     if len(images) != len(labels):
         raise DataError(f"{path}: {len(images)} {split}_images but {len(labels)} {split}_labels")
