@@ -75,7 +75,9 @@ def validate(cfg: DictConfig) -> torch.device:
         OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
     except Exception as err:  # an interpolation that points nowhere
         raise ConfigError(f"config: {err}") from err
-    require(isinstance(cfg.seed, int), "seed", cfg.seed, "must be an integer")
+    require(
+        isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0"
+    )
     lr = cfg.optimizer.get("lr")
     require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "must be a number > 0")
     t = cfg.trainer

@@ -82,12 +82,15 @@ def train_one_epoch(
             if cfg.gradient_clip_norm:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip_norm)
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if per_batch_schedule:
+            # fp16: a lowered loss scale means inf/NaN gradients, and the optimizer step was skipped.
+            stepped = scaler.get_scale() >= scale
+            if stepped and per_batch_schedule:
                 scheduler.step()
-            if ema is not None:
+            if stepped and ema is not None:
                 ema.update_parameters(model)
         total, batches = total + loss.item(), batches + 1
         bar.set_postfix(loss=f"{total / batches:.4f}")

@@ -135,3 +135,16 @@ def test_bad_optimizer_argument_names_the_group(tmp_path):
 
     with pytest.raises(ConfigError, match="optimizer: Nesterov momentum requires"):
         train_in_process(tmp_path, [*TINY, "optimizer=sgd", "optimizer.momentum=0"])
+
+
+def test_seed_path_and_class_count_values_are_checked(tmp_path):
+    from medtrain.data.synthetic import SyntheticLesions
+
+    with pytest.raises(ConfigError, match="seed=-1: must be an integer >= 0"):
+        validate(compose_cfg(["seed=-1"]))
+    with pytest.raises(
+        ConfigError, match="dataset=synthetic generates its images and reads no files"
+    ):
+        SyntheticLesions("train", path=str(tmp_path))
+    with pytest.raises(ConfigError, match="dataset.num_classes=1: classification needs at least 2"):
+        SyntheticLesions("train", num_classes=1)

@@ -43,6 +43,8 @@ class ImageDataset(Dataset):
         class_names: Sequence[str] | None = None,
         image_size: int | Sequence[int] | None = None,
     ):
+        if num_classes is not None and num_classes < 2:
+            raise ConfigError(f"dataset.num_classes={num_classes}: classification needs at least 2")
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
         self.split = split

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from medtrain.data.base import SPLITS, ImageDataset
+from medtrain.errors import ConfigError
 
 
 def make_scans(num: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,6 +60,11 @@ class SyntheticLesions(ImageDataset):
         path: str | None = None,
         **kwargs: Any,
     ):
+        if path is not None:
+            raise ConfigError(
+                f"dataset.path={path!r}: dataset=synthetic generates its images and reads no files; "
+                "choose dataset=medmnist or dataset=image_folder to read data"
+            )
         kwargs.setdefault("num_classes", 2)
         kwargs.setdefault("class_names", ["normal", "lesion"])
         super().__init__(split, **kwargs)
