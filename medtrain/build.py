@@ -47,11 +47,8 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
     back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for the model."""
     datasets = {}
     for split in SPLITS:
-        pipeline = build(
-            cfg.augmentation["train" if split == "train" else "eval"],
-            f"augmentation.{'train' if split == 'train' else 'eval'}",
-        )
-        transform = SeededAugment(pipeline, seed=cfg.seed)
+        stage = "train" if split == "train" else "eval"
+        transform = SeededAugment(build(cfg.augmentation[stage], f"augmentation.{stage}"), cfg.seed)
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform)
         if len(datasets[split]) == 0:
             raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")

@@ -110,10 +110,19 @@ def choose_threshold(
     return float(thresholds[best])
 
 
+def decide(probs: np.ndarray, multilabel: bool, threshold) -> np.ndarray:
+    """Predictions from probabilities: 0/1 per label (multi-label), the positive class at or above
+    `threshold` (binary), or the most probable class (multi-class)."""
+    if multilabel:
+        return (probs >= np.asarray(threshold)).astype(int)
+    if probs.shape[1] == 2:
+        return (probs[:, 1] >= threshold).astype(int)
+    return probs.argmax(axis=1)
+
+
 def confusion(target: np.ndarray, probs: np.ndarray, multilabel: bool, threshold) -> np.ndarray:
     """Confusion matrix (K x K), or per-label 2 x 2 matrices (K x 2 x 2) for multi-label."""
+    pred = decide(probs, multilabel, threshold)
     if multilabel:
-        return skm.multilabel_confusion_matrix(target, (probs >= np.asarray(threshold)).astype(int))
-    labels = list(range(probs.shape[1]))
-    pred = (probs[:, 1] >= threshold).astype(int) if probs.shape[1] == 2 else probs.argmax(axis=1)
-    return skm.confusion_matrix(target, pred, labels=labels)
+        return skm.multilabel_confusion_matrix(target, pred)
+    return skm.confusion_matrix(target, pred, labels=list(range(probs.shape[1])))

@@ -23,10 +23,13 @@ def resume_path(resume: bool | str, ckpt_dir: Path) -> Path:
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"a.b.c": value}."""
     if not isinstance(node, dict):
         return {prefix: node}
     return {
-        k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()
+        k: v
+        for key, value in node.items()
+        for k, v in flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()
     }
 
 
@@ -47,13 +50,13 @@ def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
     """Refuse to continue a run with a config that differs from its checkpoint's, naming the values
     to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ."""
     old, new = flatten(saved), flatten(current)
-    changed = sorted(k[:-1] for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     allowed = {f"trainer.{key}" for key in MAY_CHANGE}
     if isinstance(scheduler, OneCycleLR):  # its length is fixed at construction
         allowed.discard("trainer.max_epochs")
     refused = [k for k in changed if k not in allowed]
     if refused:
-        restore = " ".join(f"{k}={old.get(k + '.', 'null')}" for k in refused)
+        restore = " ".join(f"{k}={old.get(k, 'null')}" for k in refused)
         raise ConfigError(
             f"trainer.resume: the checkpoint was trained with other values of {', '.join(refused)}; "
             f"repeat the original overrides (add: {restore})"

@@ -160,7 +160,7 @@ class ClassificationCollector:
             cm_rows = [
                 {
                     "true": names[t],
-                    **{f"pred_{n}": int(v) for n, v in zip(names, row, strict=False)},
+                    **{f"pred_{n}": int(v) for n, v in zip(names, row, strict=True)},
                 }
                 for t, row in enumerate(matrix)
             ]
@@ -170,9 +170,9 @@ class ClassificationCollector:
     def prediction_rows(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Rows of `predictions.csv` and its columns: id, target(s), pred(s), prob_k."""
         target, probs = self.arrays()
+        pred = M.decide(probs, self.task.multilabel, self.task.threshold)
         k_range = range(probs.shape[1])
         if self.task.multilabel:
-            pred = (probs >= np.asarray(self.task.threshold)).astype(int)
             fields = ["id"] + [f"target_{k}" for k in k_range] + [f"pred_{k}" for k in k_range]
             rows = [
                 {
@@ -180,18 +180,13 @@ class ClassificationCollector:
                     **{f"target_{k}": int(t[k]) for k in k_range},
                     **{f"pred_{k}": int(p[k]) for k in k_range},
                 }
-                for i, t, p in zip(self.ids, target, pred, strict=False)
+                for i, t, p in zip(self.ids, target, pred, strict=True)
             ]
         else:
-            pred = (
-                (probs[:, 1] >= self.task.threshold).astype(int)
-                if probs.shape[1] == 2
-                else probs.argmax(1)
-            )
             fields = ["id", "target", "pred"]
             rows = [
                 {"id": i, "target": int(t), "pred": int(p)}
-                for i, t, p in zip(self.ids, target, pred, strict=False)
+                for i, t, p in zip(self.ids, target, pred, strict=True)
             ]
         fields += [f"prob_{k}" for k in k_range]
         for row, p in zip(rows, probs, strict=True):

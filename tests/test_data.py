@@ -20,7 +20,7 @@ from tests.conftest import SHARED_DATA
 def write_npz(path: Path, shape=(28, 28), labels_per_split=None, n=(20, 6, 8), seed=0):
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, count in zip(("train", "val", "test"), n, strict=False):
+    for split, count in zip(("train", "val", "test"), n, strict=True):
         arrays[f"{split}_images"] = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
         arrays[f"{split}_labels"] = (
             labels_per_split(count, rng)

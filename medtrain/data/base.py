@@ -86,15 +86,9 @@ class ImageDataset(Dataset):
             )
         if labels.size and labels.min() < 0:
             raise DataError(f"{source}: negative label {labels.min()} in split {self.split!r}")
-        inferred = (
-            everything.shape[1]
-            if is_multilabel
-            else int(everything.max()) + 1
-            if everything.size
-            else 0
-        )
-        if self.num_classes is None:
-            self.num_classes = max(inferred, 2)
+        if self.num_classes is None:  # at least 2, even if one split (or the file) lacks a class
+            seen = everything.shape[1] if is_multilabel else int(everything.max(initial=-1)) + 1
+            self.num_classes = max(seen, 2)
         elif not is_multilabel and labels.size and labels.max() >= self.num_classes:
             raise DataError(
                 f"{source}: label {int(labels.max())} in split {self.split!r} is outside the "
