@@ -87,7 +87,10 @@ class ImageDataset(Dataset):
         if labels.size and labels.min() < 0:
             raise DataError(f"{source}: negative label {labels.min()} in split {self.split!r}")
         if self.num_classes is None:  # at least 2, even if one split (or the file) lacks a class
-            seen = everything.shape[1] if is_multilabel else int(everything.max(initial=-1)) + 1
+            if is_multilabel:
+                seen = everything.shape[1]
+            else:
+                seen = int(everything.max()) + 1 if everything.size else 0
             self.num_classes = max(seen, 2)
         elif not is_multilabel and labels.size and labels.max() >= self.num_classes:
             raise DataError(
