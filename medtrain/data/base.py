@@ -32,6 +32,8 @@ class ImageDataset(Dataset):
         image_size: resize every image to this size (int for square, or [height, width]); None: as stored.
     """
 
+    task = "classification"  # what the samples serve (checked against `task=` before training)
+
     def __init__(
         self,
         split: str,

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 
 def seed_worker(worker_id: int) -> None:
@@ -14,6 +14,19 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples into a batch; a key whose tensors differ in shape (whole images of several
+    sizes, native-size masks) stays a list of tensors."""
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if torch.is_tensor(values[0]) and len({tuple(v.shape) for v in values}) > 1:
+            batch[key] = values
+        else:
+            batch[key] = default_collate(values)
+    return batch
 
 
 class EpochLoader(DataLoader):
@@ -32,6 +45,7 @@ class EpochLoader(DataLoader):
             sampler=sampler,
             generator=self.generator_,
             worker_init_fn=seed_worker,
+            collate_fn=collate,
             **kwargs,
         )
         self.set_epoch(0)

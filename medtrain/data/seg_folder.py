@@ -1,0 +1,168 @@
+"""Segmentation data as an `images/` and a `masks/` folder matched by file name, split by seeded
+fractions or by explicit lists."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrain.data.base import SPLITS
+from medtrain.data.image_folder import IMAGE_EXTENSIONS, read_image_file
+from medtrain.data.masks import file_spacing, read_mask_file
+from medtrain.data.segmentation import SegmentationDataset
+from medtrain.errors import ConfigError, DataError
+
+MASK_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy")
+
+
+def list_files(folder: Path, extensions: Sequence[str]) -> dict[str, Path]:
+    """Map file stems to files in `folder` (hidden files and archive debris skipped)."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith((".", "__")) or path.suffix.lower() not in extensions:
+            continue
+        if path.stem in files:
+            raise DataError(
+                f"{folder}: two files named {path.stem!r} ({files[path.stem].name}, {path.name})"
+            )
+        files[path.stem] = path
+    return files
+
+
+def split_counts(total: int, val_size: float, test_size: float) -> tuple[int, int]:
+    """Numbers of val and test images from sizes given as fractions (< 1) or counts (>= 1)."""
+    counts = []
+    for key, size in (("val_size", val_size), ("test_size", test_size)):
+        if size < 0:
+            raise ConfigError(f"dataset.{key}={size} must be >= 0")
+        counts.append(int(size) if size >= 1 else round(size * total))
+    if sum(counts) >= total:
+        raise ConfigError(
+            f"dataset.val_size={val_size} and dataset.test_size={test_size} leave no training "
+            f"images out of {total}"
+        )
+    return counts[0], counts[1]
+
+
+def read_split_file(path: str) -> dict[str, list[str]]:
+    """A JSON file {"train": [ids], "val": [...], "test": [...]} (a run folder's `splits.json`)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"dataset.split_file={path!r}: cannot read it ({err})") from err
+
+
+class SegFolder(SegmentationDataset):
+    """`<path>/images/<name>.<ext>` with `<path>/masks/<name><mask_suffix>.<ext>`.
+
+    Images are PNG/JPEG/TIFF (8 or 16 bit, grey or colour); masks PNG/TIFF/JPEG/NPY holding class
+    indices, {0, 255} binary masks, or values mapped by `class_values`; JPEG masks are thresholded.
+
+    Args:
+        path: the root folder holding `images/` and `masks/`.
+        split: `train`, `val` or `test`.
+        val_size, test_size: held-out images, as a fraction (< 1) or a count (>= 1); a seeded
+            shuffle of the sorted names decides which.
+        splits: explicit {split: [names]} instead of a seeded split (names are file stems).
+        split_file: a JSON file of such lists (e.g. an earlier run's `splits.json`).
+        seed: seed of the split.
+        mask_suffix: text after the image's stem in mask names (`_mask` for `a.png` -> `a_mask.png`).
+        class_values: stored mask value -> class index, e.g. {0: 0, 128: 1, 255: 2}.
+        file_spacing: take the pixel spacing from metric PNG/TIFF resolution tags when present
+            (False: always use `spacing`).
+        **kwargs: passed to `SegmentationDataset`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        val_size: float = 0.15,
+        test_size: float = 0.15,
+        splits: Mapping[str, Sequence[str]] | None = None,
+        split_file: str | None = None,
+        seed: int = 0,
+        mask_suffix: str = "",
+        class_values: Mapping[int, int] | None = None,
+        file_spacing: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(split, seed=seed, **kwargs)
+        root = Path(path)
+        for folder in (root, root / "images", root / "masks"):
+            if not folder.is_dir():
+                raise DataError(
+                    f"dataset.path={path!r}: no folder {folder} (expected <path>/images and "
+                    "<path>/masks)"
+                )
+        images = list_files(root / "images", IMAGE_EXTENSIONS)
+        masks = list_files(root / "masks", MASK_EXTENSIONS)
+        if not images:
+            raise DataError(f"{root / 'images'}: no {list(IMAGE_EXTENSIONS)} images")
+        missing = [name for name in images if f"{name}{mask_suffix}" not in masks]
+        if missing:
+            raise DataError(
+                f"{root / 'masks'}: no mask for {len(missing)} image(s), e.g. "
+                f"{missing[0]}{mask_suffix}.png for images/{images[missing[0]].name}"
+            )
+        if class_values:
+            bad = [(v, k) for v, k in class_values.items() if not 0 <= int(k) < self.num_classes]
+            if bad:
+                raise ConfigError(
+                    f"dataset.class_values maps {bad[0][0]} to class {bad[0][1]}, outside the "
+                    f"{self.num_classes} classes of dataset.num_classes"
+                )
+        names = self._split(sorted(images), val_size, test_size, splits, split_file, seed)
+        self.ids = names[split]
+        self.image_files = [images[n] for n in self.ids]
+        self.mask_files = [masks[f"{n}{mask_suffix}"] for n in self.ids]
+        self.use_file_spacing = file_spacing
+        self.class_values = (
+            {int(v): int(k) for v, k in class_values.items()} if class_values else None
+        )
+        if self.in_channels is None:  # decided once, from the first training image, for every split
+            first = read_image_file(images[names["train"][0]])
+            self.in_channels = 1 if first.ndim == 2 else first.shape[-1]
+
+    @staticmethod
+    def _split(names, val_size, test_size, splits, split_file, seed) -> dict[str, list[str]]:
+        if splits is not None and split_file is not None:
+            raise ConfigError("dataset.splits and dataset.split_file: give one of them, not both")
+        if split_file is not None:
+            splits = read_split_file(split_file)
+        if splits is not None:
+            known = set(names)
+            for split in SPLITS:
+                if split not in splits:
+                    raise ConfigError(f"dataset.splits has no {split!r} list (give {list(SPLITS)})")
+                unknown = [n for n in splits[split] if n not in known]
+                if unknown:
+                    raise DataError(
+                        f"dataset.splits[{split}] names {unknown[:3]} not found in images/"
+                    )
+            return {s: list(splits[s]) for s in SPLITS}
+        n_val, n_test = split_counts(len(names), val_size, test_size)
+        order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+        return {
+            "test": sorted(order[:n_test]),
+            "val": sorted(order[n_test : n_test + n_val]),
+            "train": sorted(order[n_test + n_val :]),
+        }
+
+    def source(self, index: int) -> str:
+        return str(self.mask_files[index])
+
+    def read_image(self, index: int) -> np.ndarray:
+        return read_image_file(self.image_files[index])
+
+    def read_mask(self, index: int) -> np.ndarray:
+        return read_mask_file(self.mask_files[index], self.class_values)
+
+    def read_spacing(self, index: int) -> tuple[float, float] | None:
+        if not self.use_file_spacing:
+            return None
+        return file_spacing(self.image_files[index]) or file_spacing(self.mask_files[index])

@@ -1,0 +1,242 @@
+"""The base of every segmentation dataset: an image and its class mask in, aligned dict samples out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medtrain.data.base import SPLITS
+from medtrain.data.transforms import (
+    Normalize,
+    as_hwc,
+    match_channels,
+    resize,
+    sample_seed,
+    to_float01,
+)
+from medtrain.errors import ConfigError, DataError
+
+
+def pair(value: int | Sequence[int] | None, key: str) -> tuple[int, int] | None:
+    """An int (square) or [height, width] as a (height, width) tuple of positive ints."""
+    if value is None:
+        return None
+    size = (value, value) if isinstance(value, int) else tuple(value)
+    if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
+        raise ConfigError(f"{key}={value!r}: give a positive int or [height, width]")
+    return size
+
+
+def random_patch(
+    image: np.ndarray,
+    mask: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    foreground_fraction: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop an aligned (image, mask) patch; images smaller than the patch are padded first.
+
+    With probability `foreground_fraction` the patch is centred on a random foreground pixel, which
+    keeps small structures from being outnumbered by background patches.
+    """
+    pad_h, pad_w = max(size[0] - mask.shape[0], 0), max(size[1] - mask.shape[1], 0)
+    if pad_h or pad_w:
+        padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+        image = np.pad(
+            image, (*padding, (0, 0)), mode="reflect" if _fits(image, padding) else "edge"
+        )
+        mask = np.pad(mask, padding, mode="constant")  # padding is background
+    height, width = mask.shape
+    top = int(rng.integers(0, height - size[0] + 1))
+    left = int(rng.integers(0, width - size[1] + 1))
+    if foreground_fraction and rng.random() < foreground_fraction:
+        rows, cols = np.nonzero(mask)
+        if rows.size:
+            k = int(rng.integers(rows.size))
+            top = int(np.clip(rows[k] - size[0] // 2, 0, height - size[0]))
+            left = int(np.clip(cols[k] - size[1] // 2, 0, width - size[1]))
+    window = (slice(top, top + size[0]), slice(left, left + size[1]))
+    return image[window], mask[window]
+
+
+def _fits(image: np.ndarray, padding) -> bool:
+    return all(
+        before < side and after < side
+        for (before, after), side in zip(padding, image.shape[:2], strict=True)
+    )
+
+
+class SegmentationDataset(Dataset):
+    """A split of images with class masks; subclasses fill `self.ids` and implement `read_image`,
+    `read_mask` and (optionally) `read_spacing`.
+
+    Each sample is a dict: `image` (float32 C x H x W), `mask` (int64 H x W class indices), `id`,
+    `spacing` (float64 [row_mm, col_mm], NaN when unknown) and, for val/test, `intensity` (the
+    image before normalization, float32 H x W x C, for measurements and overlays).
+
+    Geometry: the augmentation pipeline moves image and mask together (albumentations warps masks
+    with nearest-neighbour interpolation and applies intensity transforms to the image only). Then
+    training samples are resized to `image_size` and/or cropped to random `patch_size` patches;
+    validation and test images are resized for the model only, and their masks keep the native size,
+    so metrics and measurements are always computed at native resolution.
+
+    Args:
+        split: `train`, `val` or `test`.
+        transform: a `SeededAugment` (called with `image=` and `mask=`), or None.
+        normalize: keyword arguments of `Normalize`.
+        in_channels: channels the model expects (grey <-> RGB converted); None: as stored.
+        num_classes: classes including background (2 for a binary mask).
+        class_names: one name per class, background first; None: `background`, `class_1`, ...
+        image_size: resize images to this size (int or [height, width]); None: native size.
+        patch_size: train on random patches of this size (int or [height, width]); None: whole images.
+        foreground_fraction: share of training patches centred on a foreground pixel.
+        patches_per_image: training samples drawn from each image per epoch (different patches
+            and augmentations), so that an epoch of a few large images is not a few steps.
+        spacing: pixel spacing [row_mm, col_mm] used when the files do not state one.
+        seed: seed of the patch positions (with the epoch and the sample index).
+    """
+
+    task = "segmentation"  # what the samples serve (checked against `task=` before training)
+
+    def __init__(
+        self,
+        split: str,
+        transform: Callable[..., Mapping[str, np.ndarray]] | None = None,
+        normalize: Mapping[str, Any] | None = None,
+        in_channels: int | None = None,
+        num_classes: int = 2,
+        class_names: Sequence[str] | None = None,
+        image_size: int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | None = None,
+        foreground_fraction: float = 0.0,
+        patches_per_image: int = 1,
+        spacing: Sequence[float] | None = None,
+        seed: int = 0,
+        multilabel: bool = False,
+    ):
+        if split not in SPLITS:
+            raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+        if multilabel:
+            raise ConfigError("dataset.multilabel: segmentation masks hold one class per pixel")
+        if num_classes is None or num_classes < 2:
+            raise ConfigError(
+                f"dataset.num_classes={num_classes}: give the number of classes including "
+                "background (2 for a binary mask)"
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(
+                f"dataset.class_names has {len(class_names)} names for {num_classes} classes "
+                "(background included)"
+            )
+        if spacing is not None and (len(spacing) != 2 or any(s <= 0 for s in spacing)):
+            raise ConfigError(f"dataset.spacing={list(spacing)}: give [row_mm, col_mm], both > 0")
+        if not 0 <= foreground_fraction <= 1:
+            raise ConfigError(
+                f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]"
+            )
+        self.split = split
+        self.transform = transform
+        self.normalize = Normalize(**(normalize or {}))
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.multilabel = False
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else [
+                "background",
+                *(f"class_{k}" for k in range(1, num_classes)),
+            ]
+        )
+        self.image_size = pair(image_size, "dataset.image_size")
+        self.patch_size = pair(patch_size, "dataset.patch_size")
+        self.foreground_fraction = foreground_fraction
+        if not isinstance(patches_per_image, int) or patches_per_image < 1:
+            raise ConfigError(
+                f"dataset.patches_per_image={patches_per_image} must be an integer >= 1"
+            )
+        self.repeats = patches_per_image if split == "train" else 1
+        self.spacing = tuple(float(s) for s in spacing) if spacing is not None else None
+        self.seed = seed
+        self.epoch = 0
+        self.ids: list[str] = []
+
+    # Subclasses implement these.
+    def read_image(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_mask(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_spacing(self, index: int) -> tuple[float, float] | None:
+        """Spacing stated by the file itself (DICOM, NIfTI, metric PNG/TIFF); None if it states none."""
+        return None
+
+    def source(self, index: int) -> str:
+        """What error messages name for a sample (a file path for file-based datasets)."""
+        return self.ids[index]
+
+    def __len__(self) -> int:
+        return len(self.ids) * self.repeats
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image (float H x W x C, channels matched) and its checked class mask, native size."""
+        image = match_channels(to_float01(as_hwc(self.read_image(index))), self.in_channels)
+        mask = self.read_mask(index)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{self.source(index)}: mask is {mask.shape[0]}x{mask.shape[1]} but the image is "
+                f"{image.shape[0]}x{image.shape[1]}"
+            )
+        if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
+            raise DataError(
+                f"{self.source(index)}: mask value {int(mask.max())} is outside the "
+                f"{self.num_classes} classes of dataset.num_classes={self.num_classes} "
+                "(map stored values with dataset.class_values)"
+            )
+        return image, mask.astype(np.int64)
+
+    def __getitem__(self, sample_index: int) -> dict[str, Any]:
+        # Repeated training samples of one image differ through the seeds of `sample_index`.
+        index = sample_index % len(self.ids)
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(sample_index, image=image, mask=mask)
+            image, mask = as_hwc(out["image"]), out["mask"]
+        sample: dict[str, Any] = {"id": self.ids[index]}
+        if self.split != "train":
+            sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        # Normalize the whole image before cropping: a patch is scaled as in whole-image evaluation.
+        image = self.normalize(image)
+        if self.split == "train":
+            if self.image_size is not None:
+                image = resize(image, self.image_size)
+                size = self.image_size[::-1]
+                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            if self.patch_size is not None:
+                rng = np.random.default_rng(sample_seed(self.seed, self.epoch, sample_index))
+                image, mask = random_patch(
+                    image, mask, self.patch_size, rng, self.foreground_fraction
+                )
+        elif self.image_size is not None:
+            image = resize(image, self.image_size)
+        spacing = self.read_spacing(index) or self.spacing or (float("nan"), float("nan"))
+        sample |= {
+            "image": torch.from_numpy(
+                np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+            ),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "spacing": torch.tensor(spacing, dtype=torch.float64),
+        }
+        return sample
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the augmentation and patch streams to `epoch` (called by the loader)."""
+        self.epoch = epoch
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)

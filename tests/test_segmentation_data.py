@@ -1,0 +1,231 @@
+"""Segmentation datasets: masks from files, splits, joint augmentation, patches, and clear errors."""
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrain.build import build
+from medtrain.data.loading import collate
+from medtrain.data.masks import file_spacing, read_mask_file
+from medtrain.data.seg_folder import SegFolder
+from medtrain.data.segmentation import random_patch
+from medtrain.data.synthetic_segmentation import SyntheticShapes
+from medtrain.data.transforms import SeededAugment
+from medtrain.errors import ConfigError, DataError
+from tests.conftest import compose_cfg
+
+
+def disc_pair(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 image and its {0, 255} mask with a few discs."""
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(3):
+        centre = tuple(int(v) for v in rng.integers(8, size - 8, 2))
+        cv2.circle(mask, centre, int(rng.integers(3, 8)), 255, -1)
+    image = (40 + mask // 2 + rng.integers(0, 20, mask.shape)).astype(np.uint8)
+    return image, mask
+
+
+def make_folder(root: Path, n: int = 20, size: int = 40, mask_ext: str = ".png") -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image, mask = disc_pair(size + i % 3, rng)
+        Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"case{i:02d}{mask_ext}")
+    return root
+
+
+def test_mask_values_become_classes(tmp_path):
+    binary = np.array([[0, 255], [255, 0]], np.uint8)
+    Image.fromarray(binary).save(tmp_path / "b.png")
+    assert read_mask_file(tmp_path / "b.png").tolist() == [[0, 1], [1, 0]]
+    multi = np.array([[0, 128], [255, 0]], np.uint8)
+    Image.fromarray(multi).save(tmp_path / "m.png")
+    mapped = read_mask_file(tmp_path / "m.png", {0: 0, 128: 1, 255: 2})
+    assert mapped.tolist() == [[0, 1], [2, 0]]
+    with pytest.raises(DataError, match=r"m.png: mask values \[128\]"):
+        read_mask_file(tmp_path / "m.png", {0: 0, 255: 1})
+    indices = np.array([[0, 1], [2, 3]], np.uint8)
+    Image.fromarray(indices).save(tmp_path / "i.png")
+    assert read_mask_file(tmp_path / "i.png").tolist() == [[0, 1], [2, 3]]
+    colour = np.zeros((2, 2, 3), np.uint8)
+    colour[0, 0] = (255, 0, 0)
+    Image.fromarray(colour).save(tmp_path / "c.png")
+    with pytest.raises(DataError, match="c.png: colour mask"):
+        read_mask_file(tmp_path / "c.png")
+
+
+def test_jpeg_masks_are_thresholded(tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.circle(mask, (32, 32), 15, 255, -1)
+    Image.fromarray(mask).save(tmp_path / "m.jpg", quality=60)
+    read = read_mask_file(tmp_path / "m.jpg")
+    assert set(np.unique(read)) == {0, 1}
+    assert np.mean(read == (mask > 0)) > 0.99
+
+
+def test_spacing_from_metric_png_and_tiff_but_not_screen_dpi(tmp_path):
+    image = Image.fromarray(np.zeros((4, 4), np.uint8))
+    # 0.25 mm per pixel = 4000 pixels per metre = 101.6 dpi
+    image.save(tmp_path / "metric.png", dpi=(101.6, 101.6))
+    assert file_spacing(tmp_path / "metric.png") == pytest.approx((0.25, 0.25), rel=1e-3)
+    image.save(tmp_path / "screen.png", dpi=(72, 72))
+    assert file_spacing(tmp_path / "screen.png") is None
+    image.save(tmp_path / "plain.png")
+    assert file_spacing(tmp_path / "plain.png") is None
+    image.save(tmp_path / "cm.tif", resolution=20.0, resolution_unit=3)  # 20 px/cm = 0.5 mm
+    assert file_spacing(tmp_path / "cm.tif") == pytest.approx((0.5, 0.5))
+    image.save(tmp_path / "inch.tif", resolution=300.0, resolution_unit=2)
+    assert file_spacing(tmp_path / "inch.tif") is None
+
+
+def test_seg_folder_seeded_split_by_counts_and_explicit_lists(tmp_path):
+    root = make_folder(tmp_path / "data", n=20)
+    splits = {
+        s: SegFolder(str(root), s, val_size=4, test_size=3, seed=5).ids
+        for s in ("train", "val", "test")
+    }
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [13, 4, 3]
+    assert sorted(sum(splits.values(), [])) == [f"case{i:02d}" for i in range(20)]
+    again = SegFolder(str(root), "test", val_size=4, test_size=3, seed=5).ids
+    other = SegFolder(str(root), "test", val_size=4, test_size=3, seed=6).ids
+    assert again == splits["test"] and other != splits["test"]
+    fractions = SegFolder(str(root), "val", val_size=0.25, test_size=0.1, seed=5)
+    assert len(fractions) == 5
+    explicit = {"train": ["case00", "case01"], "val": ["case02"], "test": ["case03"]}
+    assert SegFolder(str(root), "val", splits=explicit).ids == ["case02"]
+    split_file = tmp_path / "splits.json"
+    split_file.write_text('{"train": ["case05"], "val": ["case06"], "test": ["case07", "case08"]}')
+    assert SegFolder(str(root), "test", split_file=str(split_file)).ids == ["case07", "case08"]
+    with pytest.raises(DataError, match="not found in images"):
+        SegFolder(str(root), "val", splits={"train": ["nope"], "val": [], "test": []})
+    with pytest.raises(ConfigError, match="leave no training images"):
+        SegFolder(str(root), "val", val_size=15, test_size=5)
+
+
+def test_seg_folder_sample_and_native_size_evaluation(tmp_path):
+    root = make_folder(tmp_path / "data", n=6)
+    train = SegFolder(
+        str(root), "train", val_size=1, test_size=1, image_size=32, spacing=[0.5, 0.5]
+    )
+    sample = train[0]
+    assert sample["image"].shape == (1, 32, 32) and sample["mask"].shape == (32, 32)
+    assert set(np.unique(sample["mask"].numpy())) <= {0, 1}
+    test = SegFolder(str(root), "test", val_size=1, test_size=1, image_size=32, spacing=[0.5, 0.5])
+    sample = test[0]
+    native = np.array(Image.open(root / "masks" / f"{test.ids[0]}.png")) > 0
+    assert sample["image"].shape == (1, 32, 32)  # the model sees the resized image ...
+    assert np.array_equal(sample["mask"].numpy(), native)  # ... scored against the native mask
+    assert sample["spacing"].tolist() == [0.5, 0.5]
+    assert sample["intensity"].shape == (*native.shape, 1)
+
+
+def test_seg_folder_errors_name_the_file(tmp_path):
+    root = make_folder(tmp_path / "data", n=6)
+    (root / "masks" / "case03.png").unlink()
+    with pytest.raises(DataError, match="no mask for 1 image.*case03.png"):
+        SegFolder(str(root), "train", val_size=1, test_size=1)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "masks" / "case03.png")
+    data = {s: SegFolder(str(root), s, val_size=1, test_size=1) for s in ("train", "val", "test")}
+    holder = next(d for d in data.values() if "case03" in d.ids)
+    with pytest.raises(DataError, match=r"case03.png: mask is 5x5 but the image is"):
+        holder[holder.ids.index("case03")]
+    Image.fromarray(np.full((41, 41), 3, np.uint8)).save(root / "masks" / "case01.png")
+    holder = next(
+        SegFolder(str(root), s, val_size=1, test_size=1)
+        for s in ("train", "val", "test")
+        if "case01" in SegFolder(str(root), s, val_size=1, test_size=1).ids
+    )
+    with pytest.raises(DataError, match="case01.png: mask value 3 is outside the 2 classes"):
+        holder[holder.ids.index("case01")]
+    with pytest.raises(DataError, match="no folder"):
+        SegFolder(str(tmp_path / "missing"), "train")
+
+
+def test_augmentation_moves_image_and_mask_together():
+    """A rotated, scaled and cropped mask stays on its image (nearest interpolation for both, so
+    the image, which encodes the mask, must equal it exactly)."""
+    rng = np.random.default_rng(1)
+    _, mask = disc_pair(64, rng)
+    mask = (mask > 0).astype(np.uint8)
+    image = mask.astype(np.float32)[..., None]
+    pipeline = A.Compose(
+        [
+            A.Affine(rotate=(-40, 40), scale=(0.7, 1.3), interpolation=cv2.INTER_NEAREST, p=1),
+            A.RandomCrop(40, 40),
+            A.HorizontalFlip(p=0.5),
+            A.RandomRotate90(p=1),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.0, p=1),
+        ]
+    )
+    augment = SeededAugment(pipeline, seed=3)
+    for index in range(20):
+        out = augment(index, image=image, mask=mask)
+        assert out["mask"].shape == (40, 40)
+        assert np.array_equal(out["image"][..., 0] > 0.5, out["mask"] == 1)
+        assert set(np.unique(out["mask"])) <= {0, 1}  # nearest neighbour: no new values
+
+
+def test_shipped_segmentation_augmentation_keeps_alignment():
+    cfg = compose_cfg(["augmentation=segmentation"])
+    augment = SeededAugment(build(cfg.augmentation.train, "augmentation.train"), seed=0)
+    rng = np.random.default_rng(2)
+    _, mask = disc_pair(64, rng)
+    mask = (mask > 0).astype(np.uint8)
+    image = (0.2 + 0.6 * mask).astype(np.float32)[..., None]
+    changed = 0
+    for index in range(30):
+        out = augment(index, image=image, mask=mask)
+        changed += not np.array_equal(out["mask"], mask)
+        # Bilinear image vs nearest mask differ only along edges: almost every pixel agrees.
+        level = (out["image"].min() + out["image"].max()) / 2
+        agree = (out["image"][..., 0] > level) == (out["mask"] == 1)
+        assert agree.mean() > 0.98
+    assert changed > 10  # the geometry did change
+
+
+def test_random_patch_is_aligned_and_pads_small_images():
+    rng = np.random.default_rng(0)
+    mask = np.arange(100).reshape(10, 10) % 2
+    image = mask.astype(np.float32)[..., None]
+    patch_image, patch_mask = random_patch(image, mask, (6, 6), rng)
+    assert np.array_equal(patch_image[..., 0], patch_mask)
+    patch_image, patch_mask = random_patch(image, mask, (16, 12), rng)
+    assert patch_mask.shape == (16, 12) and patch_image.shape == (16, 12, 1)
+    sparse = np.zeros((200, 200), np.int64)
+    sparse[150, 20] = 1
+    hits = sum(
+        random_patch(sparse[..., None], sparse, (16, 16), rng, 1.0)[1].any() for _ in range(10)
+    )
+    assert hits == 10
+
+
+def test_synthetic_shapes_are_reproducible_and_sized():
+    a = SyntheticShapes(
+        "test", seed=1, image_size=32, test_image_size=48, num_test=4, num_classes=3
+    )
+    b = SyntheticShapes(
+        "test", seed=1, image_size=32, test_image_size=48, num_test=4, num_classes=3
+    )
+    assert np.array_equal(a[2]["mask"].numpy(), b[2]["mask"].numpy())
+    assert a[0]["image"].shape == (1, 48, 48)
+    masks = np.stack([a[i]["mask"].numpy() for i in range(4)])
+    assert masks.max() <= 2 and (masks > 0).any()
+    with pytest.raises(ConfigError, match="reads no files"):
+        SyntheticShapes("train", path="x")
+
+
+def test_collate_keeps_different_sizes_as_lists():
+    import torch
+
+    same = collate(
+        [{"image": torch.zeros(1, 4, 4), "id": "a"}, {"image": torch.ones(1, 4, 4), "id": "b"}]
+    )
+    assert same["image"].shape == (2, 1, 4, 4) and same["id"] == ["a", "b"]
+    mixed = collate([{"image": torch.zeros(1, 4, 4)}, {"image": torch.zeros(1, 5, 4)}])
+    assert isinstance(mixed["image"], list) and mixed["image"][1].shape == (1, 5, 4)
