@@ -26,7 +26,9 @@ def test_model_forward_backward(name, channels, classes, size):
     model = build_model(cfg)
     x = torch.randn(2, channels, size, size)
     out = model(x)
-    assert out.shape == (2, classes)
+    # Segmentation models give one prediction per pixel, classifiers one per image.
+    expected = (2, classes, size, size) if out.ndim == 4 else (2, classes)
+    assert out.shape == expected
     assert torch.isfinite(out).all()
     out.sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,47 @@
+"""medtrain's U-Net: any input size, every normalization and up-sampling, deep supervision."""
+
+import pytest
+import torch
+
+from medtrain.errors import ConfigError
+from medtrain.models.unet import UNet
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "group"])
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+def test_any_size_gives_logits_of_that_size(norm, upsample):
+    torch.manual_seed(0)
+    model = UNet(2, 3, depth=3, base_width=8, norm=norm, upsample=upsample, dropout=0.1)
+    for height, width in ((37, 50), (16, 16), (13, 9), (64, 40)):
+        out = model(torch.randn(2, 2, height, width))
+        assert out.shape == (2, 3, height, width)
+        assert torch.isfinite(out).all()
+
+
+def test_inputs_are_reflection_padded_to_a_multiple_of_2_to_the_depth_and_cropped_back():
+    torch.manual_seed(0)
+    model = UNet(1, 2, depth=2, base_width=4).eval()
+    x = torch.randn(1, 1, 30, 29)
+    with torch.no_grad():
+        padded = model(torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect"))
+        assert torch.equal(model(x), padded[..., :30, :29])
+
+
+def test_deep_supervision_outputs_in_training_only():
+    model = UNet(1, 2, depth=4, base_width=4, deep_supervision=True)
+    outputs = model(torch.randn(2, 1, 35, 33))
+    assert isinstance(outputs, tuple) and len(outputs) == 4
+    assert all(o.shape == (2, 2, 35, 33) for o in outputs)
+    sum(o.sum() for o in outputs).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    assert model(torch.randn(1, 1, 35, 33)).shape == (1, 2, 35, 33)
+
+
+def test_bad_arguments_name_the_key():
+    with pytest.raises(ConfigError, match="model.norm='layer'"):
+        UNet(1, 2, norm="layer")
+    with pytest.raises(ConfigError, match="model.upsample"):
+        UNet(1, 2, upsample="nearest")
+    with pytest.raises(ConfigError, match="model.dropout"):
+        UNet(1, 2, dropout=1.5)
