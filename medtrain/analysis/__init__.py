@@ -1,0 +1,1 @@
+"""Quantitative analysis of segmentations: object measurements, agreement with ground truth, overlays."""

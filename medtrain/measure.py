@@ -1,0 +1,297 @@
+"""`python -m medtrain.measure masks=...`: measure objects in mask files made by any tool."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from medtrain.analysis.measurements import (
+    MEASUREMENT_FIELDS,
+    TOTAL_FIELDS,
+    check_spacing,
+    measure_mask,
+    totals,
+)
+from medtrain.data.image_folder import read_image_file
+from medtrain.data.masks import file_spacing, read_mask_file
+from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.io import save_csv
+
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
+DEFAULTS: dict[str, Any] = {
+    "masks": None,
+    "images": None,
+    "spacing": None,
+    "output": "measurements.csv",
+    "class_values": None,
+    "class_names": None,
+    "connectivity": 2,
+    "min_size": 0,
+    "source": "mask",
+}
+# Taken as typed, never parsed as YAML, which would turn a source `true` or a class `no` into booleans.
+TEXT_KEYS = ("masks", "images", "output", "source", "class_names")
+USAGE = """\
+usage: python -m medtrain.measure masks=<folder or file> [key=value ...]
+
+  masks=PATH          a mask file, or a folder of .png/.tif/.tiff/.jpg/.jpeg/.npy masks
+  images=FOLDER       images with the masks' file names (any extension): adds mean_intensity
+  spacing=[ROW,COL]   pixel size in mm (default: from the mask's or image's file, else pixels)
+  output=FILE.csv     object table (default measurements.csv); totals go to FILE_totals.csv
+  class_values='{0:0,128:1,255:2}'   mask pixel value -> class index (quote the braces)
+  class_names=[background,nucleus]   name of each class index
+  connectivity=2      2: pixels touching at corners are one object, 1: only through edges
+  min_size=0          drop objects of fewer pixels
+  source=mask         text of the `source` column (e.g. true or pred)
+"""
+
+
+def parse_args(argv: Sequence[str]) -> DictConfig:
+    """Read `key=value` arguments over the defaults.
+
+    Raises:
+        ConfigError: an argument without `=`, an unknown or repeated key, or a value that does not
+            parse.
+    """
+    given: dict[str, str] = {}
+    class_pairs: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"expected key=value, got {arg!r}; valid keys: {', '.join(DEFAULTS)}")
+        if key not in DEFAULTS:
+            raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(DEFAULTS)}")
+        if key == "class_values" and re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", value):
+            # An unquoted class_values={0:0,128:1} reaches us split by the shell: class_values=0:0 ...
+            class_pairs.append(value)
+            continue
+        if key in given:
+            raise ConfigError(f"{key} is given twice")
+        given[key] = value
+    if class_pairs:
+        if "class_values" in given:
+            raise ConfigError("class_values is given twice")
+        given["class_values"] = "{" + ",".join(class_pairs) + "}"
+    dotlist = []
+    for key, value in given.items():
+        if key in TEXT_KEYS:
+            continue
+        if value.lstrip().startswith("{"):
+            # YAML reads "128:1" as the base-60 number 7681; "128: 1" is the mapping meant.
+            value = re.sub(r":(?=\S)", ": ", value)
+        dotlist.append(f"{key}={value}")
+    try:
+        parsed = OmegaConf.from_dotlist(dotlist)
+    except Exception as err:  # YAML reports syntax errors with several exception types
+        raise ConfigError(f"cannot parse {' '.join(dotlist)!r}: {err}".splitlines()[0]) from err
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), parsed)
+    for key in TEXT_KEYS:
+        if key in given:
+            cfg[key] = _names(given[key]) if key == "class_names" else given[key]
+    return cfg
+
+
+def _names(text: str) -> list[str]:
+    """`[a,b]` or `a,b` as a list of names, quotes stripped."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [name.strip().strip("'\"") for name in text.split(",")]
+
+
+def list_masks(path: Path) -> list[Path]:
+    """The mask file, or the mask files of a folder (sorted, hidden files skipped)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"masks={str(path)!r}: no such file or folder")
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in MASK_EXTENSIONS and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"masks={str(path)!r}: no {'/'.join(MASK_EXTENSIONS)} files in this folder")
+    return files
+
+
+def match_images(masks: list[Path], images: Path) -> dict[Path, Path]:
+    """The image of each mask: the file in `images` with the mask's stem (or `images` itself)."""
+    if images.is_file() and len(masks) == 1:
+        return {masks[0]: images}
+    if not images.is_dir():
+        what = (
+            "is a file; give a folder for a folder of masks"
+            if images.is_file()
+            else "no such folder"
+        )
+        raise DataError(f"images={str(images)!r}: {what}")
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(images.iterdir()):
+        if (
+            path.is_file()
+            and path.suffix.lower() in MASK_EXTENSIONS
+            and not path.name.startswith(".")
+        ):
+            by_stem.setdefault(path.stem, []).append(path)
+    matched = {}
+    for mask in masks:
+        found = by_stem.get(mask.stem, [])
+        if not found:
+            raise DataError(f"{mask}: no image named {mask.stem}.* in images={str(images)!r}")
+        if len(found) > 1:
+            raise DataError(f"{mask}: several images match it: {[p.name for p in found]}")
+        matched[mask] = found[0]
+    return matched
+
+
+def read_image(path: Path) -> np.ndarray:
+    if path.suffix.lower() != ".npy":
+        return read_image_file(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image ({err})") from err
+
+
+def _class_values(cfg: DictConfig) -> dict[int, int] | None:
+    values = cfg.class_values
+    if values is None:
+        return None
+    if not isinstance(values, DictConfig):
+        raise ConfigError(f"class_values={values!r} must be a mapping like {{0:0,128:1,255:2}}")
+    try:
+        return {int(k): int(v) for k, v in values.items()}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"class_values={dict(values)!r} must map whole numbers") from err
+
+
+def _class_names(cfg: DictConfig) -> list[str] | None:
+    names = cfg.class_names
+    if names is None:
+        return None
+    if len(names) < 2 or not all(names):
+        raise ConfigError(
+            f"class_names={list(names)!r} must list a name per class index, background first, "
+            "e.g. [background,nucleus]"
+        )
+    return [str(n) for n in names]
+
+
+def _spacing(cfg: DictConfig) -> tuple[float, float] | None:
+    spacing = cfg.spacing
+    if spacing is None:
+        return None
+    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
+        spacing = [spacing, spacing]  # one number: square pixels
+    if not isinstance(spacing, (ListConfig, list)):
+        raise ConfigError(f"spacing={spacing!r} must be [row_mm,col_mm] or one number")
+    return check_spacing(list(spacing))
+
+
+def _whole(cfg: DictConfig, key: str) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} must be a whole number")
+    return value
+
+
+def measure_files(cfg: DictConfig) -> dict[str, Any]:
+    """Measure every mask named by `cfg` and write the object and totals tables.
+
+    Returns:
+        A summary: files, objects per class, units per file count, the paths written.
+    """
+    if not cfg.masks:
+        raise ConfigError("masks=<folder or file> is required")
+    class_values = _class_values(cfg)
+    class_names = _class_names(cfg)
+    spacing = _spacing(cfg)
+    connectivity, min_size = _whole(cfg, "connectivity"), _whole(cfg, "min_size")
+    masks = list_masks(Path(cfg.masks))
+    images = match_images(masks, Path(cfg.images)) if cfg.images else {}
+    ids = [m.stem for m in masks]
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    if repeated:
+        raise DataError(f"masks={cfg.masks!r}: several masks share the name {repeated[0]!r}")
+
+    rows, units, found_classes = [], {}, set()
+    for mask_path in masks:
+        mask = read_mask_file(mask_path, class_values)
+        image = read_image(images[mask_path]) if mask_path in images else None
+        # The spacing argument wins over file metadata; the mask's metadata over the image's.
+        file_mm = spacing or file_spacing(mask_path)
+        if file_mm is None and mask_path in images:
+            file_mm = file_spacing(images[mask_path])
+        try:
+            measured = measure_mask(
+                mask,
+                spacing=file_mm,
+                image=image,
+                class_names=class_names,
+                image_id=mask_path.stem,
+                source=str(cfg.source),
+                connectivity=connectivity,
+                min_size=min_size,
+            )
+        except DataError as err:
+            raise DataError(f"{mask_path}: {err}") from err
+        rows.extend(measured)
+        units[mask_path.stem] = "mm" if file_mm else "px"
+        found_classes.update(int(k) for k in np.unique(mask) if k != 0)
+
+    if class_names is not None:
+        classes = class_names[1:]
+    else:
+        indices = found_classes | {k for k in (class_values or {}).values() if k != 0}
+        classes = [str(k) for k in sorted(indices)]
+    object_table = Path(cfg.output)
+    if object_table.is_dir():
+        raise ConfigError(
+            f"output={cfg.output!r} is a folder; give a file name such as results.csv"
+        )
+    totals_table = object_table.with_name(f"{object_table.stem}_totals.csv")
+    try:
+        save_csv(object_table, rows, MEASUREMENT_FIELDS)
+        save_csv(
+            totals_table,
+            totals(rows, ids, classes, source=str(cfg.source), units=units),
+            TOTAL_FIELDS,
+        )
+    except OSError as err:
+        raise DataError(f"cannot write {object_table} ({err})") from err
+    return {
+        "files": len(masks),
+        "objects": {c: sum(r["class"] == c for r in rows) for c in classes},
+        "units": dict(Counter(units.values())),
+        "written": [object_table, totals_table],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    try:
+        summary = measure_files(parse_args(argv))
+    except (MedtrainError, OSError) as err:  # OSError: e.g. a folder without read permission
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    objects = ", ".join(f"{c}: {n}" for c, n in summary["objects"].items()) or "no classes"
+    units = ", ".join(f"{n} in {u}" for u, n in sorted(summary["units"].items()))
+    print(f"measured {summary['files']} mask file(s) ({units}); objects per class: {objects}")
+    print("wrote " + " and ".join(str(p) for p in summary["written"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The `python -m medtrain.measure` command on hand-made mask folders."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS
+from medtrain.measure import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """masks/a.png with two squares (255 = object), masks/b.png empty, images/ with the same stems."""
+    masks, images = tmp_path / "masks", tmp_path / "images"
+    masks.mkdir()
+    images.mkdir()
+    a = np.zeros((40, 50), np.uint8)
+    a[5:15, 5:15] = 255
+    a[20:30, 20:40] = 255
+    Image.fromarray(a).save(masks / "a.png")
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(masks / "b.png")
+    (masks / ".hidden.png").write_bytes(b"not an image")
+    (masks / "notes.txt").write_text("ignored")
+    Image.fromarray(np.full((40, 50), 10, np.uint8)).save(images / "a.png")
+    Image.fromarray(np.full((40, 50), 20, np.uint8)).save(images / "b.tif")
+    return tmp_path
+
+
+def test_folder_with_images_and_spacing(folder, capsys):
+    out = folder / "out" / "objects.csv"
+    code = main(
+        [
+            f"masks={folder / 'masks'}",
+            f"images={folder / 'images'}",
+            "spacing=[0.5,0.25]",
+            f"output={out}",
+            "class_names=[background, no]",  # "no" stays a name, not YAML's false
+            "source=true",
+        ]
+    )
+    assert code == 0
+    rows = read_csv(out)
+    assert list(rows[0]) == MEASUREMENT_FIELDS
+    assert [(r["id"], r["class"], r["object"], r["area_px"]) for r in rows] == [
+        ("a", "no", "1", "100"),
+        ("a", "no", "2", "200"),
+    ]
+    assert float(rows[1]["area_mm2"]) == 200 * 0.5 * 0.25
+    assert float(rows[1]["mean_intensity"]) == 10.0
+    assert (rows[1]["unit"], rows[1]["spacing_row"], rows[1]["spacing_col"]) == (
+        "mm",
+        "0.5",
+        "0.25",
+    )
+    assert rows[1]["source"] == "true"
+    totals = read_csv(folder / "out" / "objects_totals.csv")
+    assert list(totals[0]) == TOTAL_FIELDS
+    assert [(t["id"], t["count"], t["total_area_px"], t["mean_area_mm2"]) for t in totals] == [
+        ("a", "2", "300", str(150 * 0.125)),
+        ("b", "0", "0", ""),
+    ]
+    printed = capsys.readouterr().out
+    assert "2 mask file(s)" in printed and "no: 2" in printed and str(out) in printed
+
+
+def test_class_values_and_npy_masks(tmp_path, monkeypatch):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[0:2, 0:2] = 128
+    mask[5:9, 5:9] = 255
+    np.save(tmp_path / "m.npy", mask)
+    monkeypatch.chdir(tmp_path)
+    assert main([f"masks={tmp_path / 'm.npy'}", "class_values={0:0,128:1,255:2}"]) == 0
+    rows = read_csv(tmp_path / "measurements.csv")
+    assert [(r["class"], r["area_px"], r["unit"]) for r in rows] == [
+        ("1", "4", "px"),
+        ("2", "16", "px"),
+    ]
+    # Unquoted in a shell, the braces are expanded into one argument per pair: accept that too.
+    args = ["class_values=0:0", "class_values=128:1", "class_values=255:2", "output=b.csv"]
+    assert main([f"masks={tmp_path / 'm.npy'}", *args]) == 0
+    assert read_csv(tmp_path / "b.csv") == rows
+
+
+def test_spacing_from_file_metadata_unless_given(tmp_path):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:6, 2:6] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png", dpi=(101.6, 101.6))  # 0.25 mm per pixel
+    assert main([f"masks={tmp_path / 'm.png'}", f"output={tmp_path / 'x.csv'}"]) == 0
+    (row,) = read_csv(tmp_path / "x.csv")
+    assert float(row["spacing_row"]) == pytest.approx(0.25, rel=1e-3)
+    assert float(row["area_mm2"]) == pytest.approx(16 * 0.0625, rel=1e-3)
+    assert main([f"masks={tmp_path / 'm.png'}", "spacing=0.5", f"output={tmp_path / 'y.csv'}"]) == 0
+    (row,) = read_csv(tmp_path / "y.csv")
+    assert float(row["area_mm2"]) == 16 * 0.25
+
+
+def test_connectivity_and_min_size(tmp_path):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2, 2] = mask[3, 3] = 1
+    mask[6:9, 6:9] = 1
+    np.save(tmp_path / "m.npy", mask)
+    out = tmp_path / "o.csv"
+    assert main([f"masks={tmp_path}", "connectivity=1", "min_size=1", f"output={out}"]) == 0
+    assert len(read_csv(out)) == 3
+    assert main([f"masks={tmp_path}", "connectivity=2", "min_size=3", f"output={out}"]) == 0
+    assert [r["area_px"] for r in read_csv(out)] == ["9"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["masks={tmp}/nowhere"], "no such file or folder"),
+        (["masks={tmp}/empty"], "no .png"),
+        (["masks={tmp}/bad"], "cannot read"),
+        (["masks={tmp}/good", "spacing=[0.5,-1]"], "positive"),
+        (["masks={tmp}/good", "spacing=[0.5"], "cannot parse"),
+        (["masks={tmp}/good", "colour=red"], "unknown key 'colour'; valid keys: masks, images"),
+        (["masks={tmp}/good", "images={tmp}/empty"], "good/m.png: no image named m"),
+        (["masks={tmp}/good", "class_names=[bg]"], "class_names"),
+        (["masks={tmp}/good", "connectivity=4"], "connectivity"),
+        (["masks={tmp}/good", "masks=x"], "given twice"),
+        (["spacing=1"], "masks=<folder or file> is required"),
+        (["{tmp}/good"], "expected key=value"),
+    ],
+)
+def test_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
+    for name in ("empty", "bad", "good"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "bad" / "m.png").write_bytes(b"not a png")
+    Image.fromarray(np.eye(5, dtype=np.uint8) * 255).save(tmp_path / "good" / "m.png")
+    code = main([a.format(tmp=tmp_path) for a in args] + [f"output={tmp_path / 'o.csv'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_command_line_runs_as_a_module(folder):
+    # One real process (a few seconds, mostly importing torch through medtrain.data); the error
+    # paths run in-process above.
+    out = folder / "cli.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "medtrain.measure", f"masks={folder / 'masks'}", f"output={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(read_csv(out)) == 2
+    assert (folder / "cli_totals.csv").exists()
+    assert "wrote" in done.stdout
