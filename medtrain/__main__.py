@@ -25,7 +25,7 @@ from medtrain.build import (
     build_task,
     plain,
 )
-from medtrain.config import check_against_data, unknown_key_hint, validate
+from medtrain.config import check_against_data, check_model_output, unknown_key_hint, validate
 from medtrain.errors import MedtrainError
 from medtrain.io import save_json
 from medtrain.trainer import fit, seed_everything, test
@@ -51,9 +51,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     datasets = build_datasets(cfg)
     check_against_data(cfg)
+    # Which images are in which split, so that the split can be reused (dataset.split_file=...).
+    save_json(run_dir / "splits.json", {split: list(d.ids) for split, d in datasets.items()})
     loaders = build_loaders(cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    check_model_output(model, cfg)
+    model = model.to(device)
     task = build_task(cfg)
     task.loss_fn.to(device)
     optimizer = build_optimizer(cfg, model)
@@ -95,6 +99,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         },
     )
     headline = ("auc", "acc", "balanced_acc", "sensitivity", "specificity", "f1", "acc@0.5")
+    headline += ("dice", "iou", "hd95_mm", "precision", "recall")
     summary = "  ".join(
         f"test/{k} {metrics[f'test/{k}']:.4f}" for k in headline if f"test/{k}" in metrics
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from medtrain.errors import ConfigError
@@ -63,6 +64,7 @@ def validate(cfg: DictConfig) -> torch.device:
     Returns:
         The device to train on.
     """
+    check_task(cfg)  # first: a task/dataset mismatch also breaks interpolations between them
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         first = sorted(missing)[0]
@@ -126,6 +128,73 @@ def validate(cfg: DictConfig) -> torch.device:
     return device
 
 
+def task_kind(node: DictConfig) -> str | None:
+    """`classification` or `segmentation`: what a dataset or task config's class serves (its
+    `task` or `name` attribute), None when the class does not say."""
+    try:
+        cls = get_class(str(node.get("_target_")))
+    except Exception:  # a missing class is reported when it is built
+        return None
+    return getattr(cls, "task", None) or getattr(cls, "name", None)
+
+
+def check_task(cfg: DictConfig) -> None:
+    """The dataset, task and loss must serve the same task: say which overrides fix a mismatch."""
+    data, task = task_kind(cfg.dataset), task_kind(cfg.task)
+    recipe = "task=segmentation model=unet loss=dice_ce (see experiment=synthetic_segmentation)"
+    if data == "segmentation" and task not in (None, "segmentation"):
+        raise ConfigError(
+            f"dataset={choice('dataset')} holds masks for segmentation, but task={choice('task')}: "
+            f"add {recipe}"
+        )
+    if task == "segmentation" and data not in (None, "segmentation"):
+        raise ConfigError(
+            f"task=segmentation needs masks, but dataset={choice('dataset')} holds one label per "
+            "image: use dataset=seg_folder or dataset=synthetic_segmentation"
+        )
+    target = str(cfg.loss.get("_target_", ""))
+    if task == "segmentation" and target.startswith("medtrain.losses"):
+        raise ConfigError(
+            f"loss={choice('loss')} is a classification loss; for task=segmentation use loss=dice_ce, "
+            "dice, dice_bce, dice_focal, tversky or seg_focal"
+        )
+    if task == "classification" and target.startswith("monai.losses"):
+        raise ConfigError(
+            f"loss={choice('loss')} is a segmentation loss; for task=classification use "
+            "loss=cross_entropy, bce or focal"
+        )
+
+
+def check_model_output(model: torch.nn.Module, cfg: DictConfig) -> None:
+    """One forward pass on a small blank batch: the output must fit the task (one label per image,
+    or one per pixel), so that a wrong `model=` is named here instead of failing inside a loss."""
+    kind = task_kind(cfg.task)
+    size = 64
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, cfg.dataset.in_channels, size, size))
+    except Exception as err:
+        raise ConfigError(
+            f"model={choice('model')} cannot take a {cfg.dataset.in_channels}-channel "
+            f"{size}x{size} image: {err}"
+        ) from err
+    finally:
+        model.train(was_training)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if kind == "segmentation" and out.ndim != 4:
+        raise ConfigError(
+            f"model={choice('model')} outputs {tuple(out.shape)}, one value per image; "
+            "task=segmentation needs a mask per image: use model=unet or model=basic_unet"
+        )
+    if kind == "classification" and out.ndim != 2:
+        raise ConfigError(
+            f"model={choice('model')} outputs {tuple(out.shape)}; task=classification needs "
+            "(batch, classes): use model=cnn, resnet18, ..."
+        )
+
+
 def check_against_data(cfg: DictConfig) -> None:
     """Checks that need what the datasets inferred (classes, channels, label type); run before the
     model is built, so that a mismatch is reported by key instead of failing inside torch."""
@@ -142,9 +211,11 @@ def check_against_data(cfg: DictConfig) -> None:
             "loss=bce trains independent sigmoid outputs, but the labels are one class per image; "
             "use loss=cross_entropy or loss=focal"
         )
-    for key in ("class_weights", "pos_weight", "alpha"):
+    for key in ("class_weights", "pos_weight", "alpha", "weight"):
         values = loss.get(key)
-        if values is not None and len(values) != data.num_classes:
+        if not OmegaConf.is_list(values):  # a scalar (MONAI focal alpha) applies to every class
+            continue
+        if len(values) != data.num_classes:
             raise ConfigError(
                 f"loss.{key} has {len(values)} values for {data.num_classes} classes; "
                 "give one per class or null"

@@ -42,9 +42,16 @@ def autocast(device: torch.device, precision: str):
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
+    """Move a batch's tensors (and lists of tensors of different sizes) to `device`."""
+
+    def move(value):
+        if torch.is_tensor(value):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, list) and value and torch.is_tensor(value[0]):
+            return [v.to(device, non_blocking=True) for v in value]
+        return value
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def train_one_epoch(
@@ -98,10 +105,15 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, device, precision: str = "32", progress: bool = False):
-    """Run the model over a split; returns the task's collector (metrics, predictions) and mean loss."""
+def evaluate(
+    model, loader, task, device, precision: str = "32", progress: bool = False, final: bool = False
+):
+    """Run the model over a split; returns the task's collector (metrics, predictions) and mean loss.
+
+    `final` marks the test pass, whose collector keeps what its `save` writes (masks, ...).
+    """
     model.eval()
-    collector, total, batches = task.collector(), 0.0, 0
+    collector, total, batches = task.collector(final), 0.0, 0
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
         batch = to_device(batch, device)
         with autocast(device, precision):
@@ -253,20 +265,23 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     model.load_state_dict(checkpoint["model"])
     val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
     threshold = task.fit_threshold(val)
-    test_collector, test_loss = evaluate(model, loaders["test"], task, device, cfg.precision)
+    test_collector, test_loss = evaluate(
+        model, loaders["test"], task, device, cfg.precision, final=True
+    )
     if isinstance(threshold, list):  # multi-label: one per label, as flat keys
         thresholds = {f"threshold_{n}": t for n, t in zip(task.class_names, threshold, strict=True)}
     else:  # binary: one number; multi-class: none (the prediction is the most probable class)
         thresholds = {} if threshold is None else {"threshold": threshold}
+    saved = test_collector.save(run_dir) or {}  # task files; some tasks add summary numbers
     results = {
         **test_collector.metrics("test"),
+        **{f"test/{key}": value for key, value in saved.items()},
         "test/loss": test_loss,
         **val.metrics("val"),
         "val/loss": val_loss,
         "best_epoch": checkpoint["best_epoch"],
         **thresholds,
     }
-    test_collector.save(run_dir)
     checkpoint["threshold"] = threshold
     save_checkpoint(best_path, checkpoint)
     return results

@@ -1,10 +1,4 @@
-"""What differs between tasks, as data on a small object chosen by `conf/task/`: which batch keys feed
-the model, the loss, how logits become predictions, the metrics and the monitored metric.
-
-The trainer only uses: `name`, `class_names`, `forward`, `loss`, `collector()` (per evaluation:
-`update`, `metrics`, `save`), `fit_threshold`, `monitor` and `monitor_mode`. A segmentation or
-regression task provides the same, and the loop serves it unchanged.
-"""
+"""Classification of whole images: binary, multi-class and multi-label."""
 
 from __future__ import annotations
 
@@ -87,7 +81,7 @@ class ClassificationTask:
             else torch.softmax(logits.float(), dim=1)
         )
 
-    def collector(self) -> ClassificationCollector:
+    def collector(self, final: bool = False) -> ClassificationCollector:
         return ClassificationCollector(self)
 
     def fit_threshold(self, val: ClassificationCollector) -> float | list[float] | None:

@@ -1,0 +1,289 @@
+"""Segmentation of every pixel into classes: losses over masks, whole-image tiled inference, per-image
+metrics, and at test time masks, measurements in physical units and overlays."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.morphology import remove_small_objects
+from torch import nn
+
+from medtrain.analysis.agreement import measurement_agreement
+from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS, measure_mask, totals
+from medtrain.analysis.overlays import safe_name, save_overlays
+from medtrain.errors import ConfigError
+from medtrain.io import atomic_write, save_csv, save_json
+from medtrain.segmentation_metrics import case_metrics, summarize
+from medtrain.sliding_window import sliding_window_inference
+
+Logits = torch.Tensor | list[torch.Tensor]
+
+
+class SegmentationTask:
+    """Binary or multi-class segmentation (one class per pixel, background = class 0).
+
+    Training sees batches of equal-size patches or resized images; evaluation segments each whole
+    image, tiled into overlapping windows when `inference.window` is set, and scores it against its
+    mask at native size.
+
+    Args:
+        loss: a loss module taking (logits B x K x H x W, target B x 1 x H x W), e.g. MONAI's.
+        class_names: one name per class, background first (metric keys use them).
+        monitor: the validation metric that picks the best checkpoint (e.g. `val/dice`).
+        monitor_mode: `max` or `min`.
+        inference: `window` (int, [h, w] or None for one pass over the whole image), `overlap`
+            (fraction of the window), `blend` (`gaussian` or `constant`), `batch_size` (windows per
+            forward pass).
+        flip_tta: at evaluation, average the logits of the image and its left-right mirror.
+        deep_supervision_decay: weight ratio between successive coarser outputs of a
+            deep-supervision model (1, r, r^2, ..., normalised to sum to 1).
+        min_object_size: predicted components of this many pixels or fewer are removed before
+            scoring and measuring (0 keeps everything).
+        connectivity: 1 (4-connected) or 2 (8-connected) components when counting objects.
+        num_overlays: test cases drawn in `overlays/`.
+    """
+
+    name = "segmentation"
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        class_names: Sequence[str],
+        monitor: str = "val/dice",
+        monitor_mode: str = "max",
+        inference: Mapping[str, Any] | None = None,
+        flip_tta: bool = False,
+        deep_supervision_decay: float = 0.5,
+        min_object_size: int = 0,
+        connectivity: int = 2,
+        num_overlays: int = 16,
+    ):
+        if monitor_mode not in ("max", "min"):
+            raise ConfigError(f"task.monitor_mode={monitor_mode!r}: choose 'max' or 'min'")
+        if connectivity not in (1, 2):
+            raise ConfigError(f"task.connectivity={connectivity}: use 1 (4-) or 2 (8-connected)")
+        if min_object_size < 0 or num_overlays < 0:
+            raise ConfigError("task.min_object_size and task.num_overlays must be >= 0")
+        inference = dict(inference or {})
+        unknown = set(inference) - {"window", "overlap", "blend", "batch_size"}
+        if unknown:
+            raise ConfigError(
+                f"task.inference has unknown keys {sorted(unknown)}; valid: window, overlap, "
+                "blend, batch_size"
+            )
+        self.loss_fn = loss
+        self.class_names = list(class_names)
+        self.monitor = monitor
+        self.monitor_mode = monitor_mode
+        self.window = inference.get("window")
+        self.overlap = float(inference.get("overlap", 0.5))
+        self.blend = inference.get("blend", "gaussian")
+        self.window_batch = int(inference.get("batch_size", 8))
+        self.flip_tta = flip_tta
+        self.decay = deep_supervision_decay
+        self.min_object_size = int(min_object_size)
+        self.connectivity = connectivity
+        self.num_overlays = num_overlays
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
+        """Training: the model's raw output (a tuple for deep supervision). Evaluation: logits at each
+        mask's native size (a list when the images differ in size)."""
+        images = batch["image"]
+        if model.training:
+            if isinstance(images, list):  # whole images of different sizes: one at a time
+                return [model(image[None]) for image in images]
+            return model(images)
+        if isinstance(images, list) or isinstance(batch["mask"], list):
+            images = images if isinstance(images, list) else list(images)
+            return [
+                self._native(self.infer(model, image[None]), mask)
+                for image, mask in zip(images, batch["mask"], strict=True)
+            ]
+        return self._native(self.infer(model, images), batch["mask"])
+
+    def infer(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits of whole images: tiled when `inference.window` is set, flip-averaged on request."""
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            if self.window is None:
+                return model(x)
+            return sliding_window_inference(
+                model, x, self.window, self.overlap, self.blend, self.window_batch
+            )
+
+        logits = predict(images).float()
+        if self.flip_tta:
+            logits = (logits + predict(images.flip(-1)).float().flip(-1)) / 2
+        return logits
+
+    @staticmethod
+    def _native(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Resize logits to the mask's size (when the image was resized for the model)."""
+        size = mask.shape[-2:]
+        if logits.shape[-2:] == size:
+            return logits
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        masks = batch["mask"]
+        if isinstance(outputs, list):
+            masks = masks if isinstance(masks, list) else list(masks)
+            losses = [self._loss(o, m[None]) for o, m in zip(outputs, masks, strict=True)]
+            return torch.stack(losses).mean()
+        return self._loss(outputs, masks)
+
+    def _loss(self, outputs: torch.Tensor | tuple, masks: torch.Tensor) -> torch.Tensor:
+        target = masks[:, None]
+        if isinstance(outputs, tuple):  # deep supervision: finest output first, coarser weigh less
+            weights = [self.decay**k for k in range(len(outputs))]
+            return sum(
+                w * self.loss_fn(o.float(), target) for w, o in zip(weights, outputs, strict=True)
+            ) / sum(weights)
+        return self.loss_fn(outputs.float(), target)
+
+    def predict_masks(self, logits: torch.Tensor) -> np.ndarray:
+        """Class masks (uint8, B x H x W) from logits, with small predicted objects removed."""
+        masks = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        if self.min_object_size:
+            for mask in masks:
+                for klass in range(1, len(self.class_names)):
+                    keep = remove_small_objects(
+                        mask == klass, max_size=self.min_object_size, connectivity=self.connectivity
+                    )
+                    mask[(mask == klass) & ~keep] = 0
+        return masks
+
+    def collector(self, final: bool = False) -> SegmentationCollector:
+        return SegmentationCollector(self, final)
+
+    def fit_threshold(self, val: SegmentationCollector) -> None:
+        """Segmentation predicts the most probable class per pixel: there is no threshold to fit."""
+        return None
+
+
+def _spacing(value: torch.Tensor) -> tuple[float, float] | None:
+    row, col = (float(v) for v in value)
+    return None if math.isnan(row) or math.isnan(col) else (row, col)
+
+
+class SegmentationCollector:
+    """Scores each image as it arrives (`per_case_metrics.csv`); in the final (test) pass it also
+    keeps the masks to write prediction masks, measurements and overlays."""
+
+    def __init__(self, task: SegmentationTask, final: bool = False):
+        self.task = task
+        self.final = final
+        self.rows: list[dict[str, Any]] = []
+        self.cases: list[dict[str, Any]] = []
+
+    def update(self, logits: Logits, batch: dict[str, Any]) -> None:
+        outputs = logits if isinstance(logits, list) else list(logits[:, None])
+        masks = batch["mask"]
+        for k, (output, case_id) in enumerate(zip(outputs, batch["id"], strict=True)):
+            pred = self.task.predict_masks(output)[0]
+            true = masks[k].cpu().numpy().astype(np.uint8)
+            spacing = _spacing(batch["spacing"][k])
+            self.rows.append(
+                {"id": case_id, **case_metrics(pred, true, self.task.class_names, spacing)}
+            )
+            if self.final:
+                self.cases.append(
+                    {
+                        "id": case_id,
+                        "pred": pred,
+                        "true": true,
+                        "spacing": spacing,
+                        "image": batch["intensity"][k].cpu().numpy(),
+                    }
+                )
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        values = summarize(
+            [{k: v for k, v in r.items() if k != "id"} for r in self.rows], self.task.class_names
+        )
+        return {f"{prefix}/{key}": value for key, value in values.items()}
+
+    def save(self, run_dir: Path) -> dict[str, float]:
+        """Write per-case metrics, prediction masks, measurements, their agreement with the ground
+        truth, and overlays; return count and area agreement as flat metrics."""
+        run_dir = Path(run_dir)
+        fields = list(dict.fromkeys(key for row in self.rows for key in row))
+        save_csv(run_dir / "per_case_metrics.csv", self.rows, fields)
+        names = self.task.class_names
+        objects: list[dict[str, Any]] = []
+        summaries = {"pred": [], "true": []}
+        for case in self.cases:
+            for source in ("pred", "true"):
+                rows = measure_mask(
+                    case[source],
+                    spacing=case["spacing"],
+                    image=case["image"],
+                    class_names=names,
+                    image_id=case["id"],
+                    source=source,
+                    connectivity=self.task.connectivity,
+                )
+                objects += rows
+                units = "px" if case["spacing"] is None else "mm"
+                summaries[source] += totals(
+                    rows, [case["id"]], names[1:], source=source, units=units
+                )
+            write_mask(run_dir / "masks" / f"{safe_name(case['id'])}.png", case["pred"], len(names))
+        save_csv(run_dir / "measurements.csv", objects, MEASUREMENT_FIELDS)
+        save_csv(
+            run_dir / "measurement_totals.csv", summaries["true"] + summaries["pred"], TOTAL_FIELDS
+        )
+        agreement = measurement_agreement(summaries["true"], summaries["pred"])
+        save_json(run_dir / "measurement_agreement.json", agreement)
+        self._save_predictions(run_dir, summaries["pred"])
+        if self.task.num_overlays:
+            save_overlays(run_dir / "overlays", self.cases, max_cases=self.task.num_overlays)
+        return headline_agreement(agreement)
+
+    def _save_predictions(self, run_dir: Path, pred_totals: list[dict[str, Any]]) -> None:
+        """`predictions.csv`: one row per test image with its mask file and per-class count and area."""
+        by_case: dict[str, dict[str, Any]] = {}
+        for case in self.cases:
+            by_case[case["id"]] = {
+                "id": case["id"],
+                "mask": f"masks/{safe_name(case['id'])}.png",
+            }
+        for total in pred_totals:
+            row = by_case[total["id"]]
+            row[f"count_{total['class']}"] = total["count"]
+            row[f"area_mm2_{total['class']}"] = total["total_area_mm2"]
+        rows = list(by_case.values())
+        fields = list(dict.fromkeys(key for row in rows for key in row)) or ["id", "mask"]
+        save_csv(run_dir / "predictions.csv", rows, fields)
+
+
+def headline_agreement(agreement: dict[str, Any]) -> dict[str, float | None]:
+    """Count and area agreement per class as flat metric keys (`count_mae_<class>`, ...)."""
+    keys = {
+        "count_mae": "count_mean_absolute_error",
+        "count_median_abs_rel_error": "count_median_absolute_relative_error",
+        "area_mae_mm2": "area_mean_absolute_error_mm2",
+        "area_mean_abs_rel_error": "area_mean_absolute_relative_error",
+    }
+    return {
+        f"{short}_{klass}": entry["summary"][long]
+        for klass, entry in agreement["classes"].items()
+        for short, long in keys.items()
+    }
+
+
+def write_mask(path: Path, mask: np.ndarray, num_classes: int) -> None:
+    """Save a predicted mask as PNG: binary masks as 0/255 (viewable), multi-class as class indices."""
+    values = (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
+    ok, encoded = cv2.imencode(".png", values)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda handle: handle.write(encoded.tobytes()), mode="wb")
