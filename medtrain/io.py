@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -11,7 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w") -> Path:
@@ -51,6 +54,13 @@ def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: li
         writer.writerows(rows)
 
     return atomic_write(path, write)
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write a grey (H x W) or RGB (H x W x 3) uint8 array as PNG, atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()), mode="wb")
 
 
 def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:

@@ -152,15 +152,6 @@ def match_images(masks: list[Path], images: Path) -> dict[Path, Path]:
     return matched
 
 
-def read_image(path: Path) -> np.ndarray:
-    if path.suffix.lower() != ".npy":
-        return read_image_file(path)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from err
-
-
 def _class_values(cfg: DictConfig) -> dict[int, int] | None:
     values = cfg.class_values
     if values is None:
@@ -225,7 +216,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     rows, units, found_classes = [], {}, set()
     for mask_path in masks:
         mask = read_mask_file(mask_path, class_values)
-        image = read_image(images[mask_path]) if mask_path in images else None
+        image = read_image_file(images[mask_path]) if mask_path in images else None
         # The spacing argument wins over file metadata; the mask's metadata over the image's.
         file_mm = spacing or file_spacing(mask_path)
         if file_mm is None and mask_path in images:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import re
@@ -12,11 +11,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
 
 from medtrain.errors import ConfigError, DataError
-from medtrain.io import atomic_write
+from medtrain.io import save_png
 
 TRUE_COLOUR = (0, 255, 0)  # green
 PRED_COLOUR = (255, 0, 255)  # magenta
@@ -143,13 +141,6 @@ def _unique(name: str, used: set[str]) -> str:
         candidate, suffix = f"{name}_{suffix}", suffix + 1
     used.add(candidate.lower())
     return candidate
-
-
-def save_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write an RGB uint8 array as PNG atomically (a reader never sees half a file)."""
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()), mode="wb")
 
 
 def _thumbnail(rgb: np.ndarray) -> np.ndarray:

@@ -17,7 +17,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
-    """Read a PNG/JPEG/TIFF into an array keeping its bit depth (uint8 or uint16, grey or colour)."""
+    """Read a PNG/JPEG/TIFF (or NPY) into an array keeping its bit depth (uint8 or uint16, grey or
+    colour)."""
+    if Path(path).suffix.lower() == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read array ({err})") from err
     try:
         with Image.open(path) as img:
             img.load()

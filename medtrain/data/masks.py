@@ -31,13 +31,7 @@ def read_mask_file(path: str | Path, class_values: Mapping[int, int] | None = No
         DataError: naming the file, for unreadable files, colour masks and unknown values.
     """
     path = Path(path)
-    if path.suffix.lower() == ".npy":
-        try:
-            mask = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read mask ({err})") from err
-    else:
-        mask = read_image_file(path)
+    mask = read_image_file(path)
     if mask.ndim == 3:
         if not (mask == mask[..., :1]).all():
             raise DataError(

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,7 +18,7 @@ from medtrain.analysis.agreement import measurement_agreement
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS, measure_mask, totals
 from medtrain.analysis.overlays import safe_name, save_overlays
 from medtrain.errors import ConfigError
-from medtrain.io import atomic_write, save_csv, save_json
+from medtrain.io import save_csv, save_json, save_png
 from medtrain.segmentation_metrics import case_metrics, summarize
 from medtrain.sliding_window import sliding_window_inference
 
@@ -281,9 +280,4 @@ def headline_agreement(agreement: dict[str, Any]) -> dict[str, float | None]:
 
 def write_mask(path: Path, mask: np.ndarray, num_classes: int) -> None:
     """Save a predicted mask as PNG: binary masks as 0/255 (viewable), multi-class as class indices."""
-    values = (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
-    ok, encoded = cv2.imencode(".png", values)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: handle.write(encoded.tobytes()), mode="wb")
+    save_png(path, (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8))
