@@ -13,7 +13,7 @@ from medtrain.data.loading import make_loader
 from medtrain.data.medmnist import MedMNIST
 from medtrain.data.synthetic import SyntheticLesions
 from medtrain.data.transforms import Normalize, SeededAugment, match_channels, to_float01
-from medtrain.errors import DataError
+from medtrain.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 
 
@@ -160,6 +160,29 @@ def test_normalize_modes():
     mm = Normalize("minmax")(image)
     assert mm.min() == 0 and mm.max() == pytest.approx(1)
     assert np.array_equal(Normalize("none")(image), image)
+
+
+def test_normalize_percentile_and_invert():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.2, 0.4, size=(40, 50, 1)).astype(np.float32)
+    image[0, 0] = 1.0  # one saturated pixel does not set the scale
+    out = Normalize("percentile", percentiles=(1, 99))(image)
+    low, high = np.percentile(image, [1, 99])
+    expected = np.clip((image - low) / (high - low), 0, 1)
+    assert np.allclose(out, expected) and out.min() == 0.0 and out.max() == 1.0
+    assert np.allclose(Normalize("none", invert=True)(image), 1 - image)
+    bright = 1 - image  # median > 0.5: a bright-field-like image
+    assert np.allclose(Normalize("none", invert="auto")(bright), image)
+    assert np.array_equal(Normalize("none", invert="auto")(image), image)  # dark: unchanged
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"percentiles": (50, 10)}, "percentiles"), ({"invert": "yes"}, "invert")],
+)
+def test_normalize_rejects_bad_values(kwargs, key):
+    with pytest.raises(ConfigError, match=f"dataset.normalize.{key}"):
+        Normalize("percentile", **kwargs)
 
 
 def test_channel_conversion():

@@ -12,7 +12,8 @@ import numpy as np
 
 from medtrain.errors import ConfigError
 
-NORMALIZE_MODES = ("fixed", "zscore", "minmax", "none")
+NORMALIZE_MODES = ("fixed", "zscore", "minmax", "percentile", "none")
+INVERT_MODES = (False, True, "auto")
 
 
 def to_float01(image: np.ndarray) -> np.ndarray:
@@ -64,13 +65,24 @@ class Normalize:
 
     Args:
         mode: `fixed` (subtract `mean`, divide by `std`, per channel), `zscore` (each image to mean 0,
-            std 1), `minmax` (each image to [0, 1]) or `none`.
+            std 1), `minmax` (each image to [0, 1]), `percentile` (each image's `percentiles` to 0 and
+            1, values beyond clipped: robust to a few saturated pixels and to nearly empty images, whose
+            noise z-scoring would blow up) or `none`.
         mean: per-channel means for `fixed`; one value is used for every channel.
         std: per-channel standard deviations for `fixed`.
+        percentiles: (low, high) for `percentile`.
+        invert: `True` inverts every image (x -> 1 - x, on [0, 1] data) before scaling; `auto` inverts
+            only images whose median is above 0.5, so objects that are dark on a bright background
+            (bright-field microscopy) look like objects that are bright on a dark one (fluorescence).
     """
 
     def __init__(
-        self, mode: str = "fixed", mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)
+        self,
+        mode: str = "fixed",
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        percentiles: Sequence[float] = (1.0, 99.8),
+        invert: bool | str = False,
     ):
         if mode not in NORMALIZE_MODES:
             raise ConfigError(
@@ -78,11 +90,24 @@ class Normalize:
             )
         if mode == "fixed" and any(s <= 0 for s in std):
             raise ConfigError(f"dataset.normalize.std={list(std)} must be > 0")
+        if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+            raise ConfigError(
+                f"dataset.normalize.percentiles={list(percentiles)} must be [low, high] with "
+                "0 <= low < high <= 100"
+            )
+        if invert not in INVERT_MODES:
+            raise ConfigError(
+                f"dataset.normalize.invert={invert!r} is not valid; choose false, true or auto"
+            )
         self.mode = mode
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
+        self.percentiles = (float(percentiles[0]), float(percentiles[1]))
+        self.invert = invert
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self.invert is True or (self.invert == "auto" and float(np.median(image)) > 0.5):
+            image = 1.0 - image
         if self.mode == "fixed":
             return (image - self.mean) / self.std
         if self.mode == "zscore":
@@ -90,6 +115,9 @@ class Normalize:
         if self.mode == "minmax":
             low, high = float(image.min()), float(image.max())
             return (image - low) / max(high - low, 1e-6)
+        if self.mode == "percentile":
+            low, high = np.percentile(image, self.percentiles)
+            return np.clip((image - low) / max(float(high - low), 1e-6), 0.0, 1.0)
         return image
 
 
