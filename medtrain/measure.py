@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from medtrain.analysis.measurements import (
     MEASUREMENT_FIELDS,
@@ -19,6 +19,7 @@ from medtrain.analysis.measurements import (
     measure_mask,
     totals,
 )
+from medtrain.cli import parse_key_values
 from medtrain.data.image_folder import read_image_file
 from medtrain.data.masks import file_spacing, read_mask_file
 from medtrain.errors import ConfigError, DataError, MedtrainError
@@ -37,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "source": "mask",
 }
 # Taken as typed, never parsed as YAML, which would turn a source `true` or a class `no` into booleans.
-TEXT_KEYS = ("masks", "images", "output", "source", "class_names")
+TEXT_KEYS = ("masks", "images", "output", "source")
 USAGE = """\
 usage: python -m medtrain.measure masks=<folder or file> [key=value ...]
 
@@ -60,50 +61,19 @@ def parse_args(argv: Sequence[str]) -> DictConfig:
         ConfigError: an argument without `=`, an unknown or repeated key, or a value that does not
             parse.
     """
-    given: dict[str, str] = {}
-    class_pairs: list[str] = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError(f"expected key=value, got {arg!r}; valid keys: {', '.join(DEFAULTS)}")
-        if key not in DEFAULTS:
-            raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(DEFAULTS)}")
-        if key == "class_values" and re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", value):
-            # An unquoted class_values={0:0,128:1} reaches us split by the shell: class_values=0:0 ...
-            class_pairs.append(value)
-            continue
-        if key in given:
-            raise ConfigError(f"{key} is given twice")
-        given[key] = value
-    if class_pairs:
-        if "class_values" in given:
-            raise ConfigError("class_values is given twice")
-        given["class_values"] = "{" + ",".join(class_pairs) + "}"
-    dotlist = []
-    for key, value in given.items():
-        if key in TEXT_KEYS:
-            continue
-        if value.lstrip().startswith("{"):
-            # YAML reads "128:1" as the base-60 number 7681; "128: 1" is the mapping meant.
-            value = re.sub(r":(?=\S)", ": ", value)
-        dotlist.append(f"{key}={value}")
-    try:
-        parsed = OmegaConf.from_dotlist(dotlist)
-    except Exception as err:  # YAML reports syntax errors with several exception types
-        raise ConfigError(f"cannot parse {' '.join(dotlist)!r}: {err}".splitlines()[0]) from err
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), parsed)
-    for key in TEXT_KEYS:
-        if key in given:
-            cfg[key] = _names(given[key]) if key == "class_names" else given[key]
-    return cfg
-
-
-def _names(text: str) -> list[str]:
-    """`[a,b]` or `a,b` as a list of names, quotes stripped."""
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return [name.strip().strip("'\"") for name in text.split(",")]
+    # An unquoted class_values={0:0,128:1} reaches us split by the shell: class_values=0:0 ...
+    pairs = [
+        a.partition("=")[2]
+        for a in argv
+        if a.startswith("class_values=")
+        and re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", a.partition("=")[2])
+    ]
+    if pairs:
+        argv = [
+            a for a in argv if a.partition("=")[2] not in pairs or not a.startswith("class_values=")
+        ]
+        argv.append("class_values={" + ",".join(pairs) + "}")
+    return parse_key_values(argv, DEFAULTS, TEXT_KEYS, list_keys=("class_names",))
 
 
 def list_masks(path: Path) -> list[Path]:
