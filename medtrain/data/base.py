@@ -1,4 +1,5 @@
-"""The base of every classification dataset: raw images in, preprocessed dict samples out."""
+"""The base of every image-level dataset (classification or regression): raw images, and optional
+tabular columns, in; preprocessed dict samples out."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ class ImageDataset(Dataset):
     """A split of images with labels; subclasses load them and implement `read_image`.
 
     Each sample is a dict: `image` (float32 C x H x W after scaling to [0, 1], augmentation and
-    normalization), `label` (int64 class index, or float32 vector of 0/1 for multi-label) and `id`.
+    normalization), `label` (int64 class index, float32 vector of 0/1 for multi-label, or float32
+    vector of target values for regression), `id`, and `tabular` (float32 vector) when the dataset
+    has tabular columns.
 
     Args:
         split: `train`, `val` or `test`.
@@ -30,9 +33,12 @@ class ImageDataset(Dataset):
         multilabel: whether labels are 0/1 vectors; None: inferred from the label shape.
         class_names: display names; None: the class indices as strings.
         image_size: resize every image to this size (int for square, or [height, width]); None: as stored.
+        regression: labels are values to predict (passed by `build_datasets` for `task=regression`):
+            `num_classes` is then the number of values per image and `class_names` their names.
     """
 
     task = "classification"  # what the samples serve (checked against `task=` before training)
+    regression_ready = True  # whether `regression=True` makes sense (not for class folders)
 
     def __init__(
         self,
@@ -44,8 +50,9 @@ class ImageDataset(Dataset):
         multilabel: bool | None = None,
         class_names: Sequence[str] | None = None,
         image_size: int | Sequence[int] | None = None,
+        regression: bool = False,
     ):
-        if num_classes is not None and num_classes < 2:
+        if num_classes is not None and num_classes < (1 if regression else 2):
             raise ConfigError(f"dataset.num_classes={num_classes}: classification needs at least 2")
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
@@ -57,8 +64,18 @@ class ImageDataset(Dataset):
         self.multilabel = multilabel
         self.class_names = list(class_names) if class_names is not None else None
         self.image_size = image_size
+        self.regression = bool(regression)
         self.ids: list[str] = []
         self.labels: np.ndarray = np.zeros(0, dtype=np.int64)
+        # Subclasses with clinical columns fill these: one float32 row per image, and the names of
+        # the columns (after one-hot encoding of categories).
+        self.tabular: np.ndarray | None = None
+        self.tabular_names: list[str] = []
+
+    @property
+    def num_features(self) -> int:
+        """Width of the `tabular` vector (0 without tabular columns)."""
+        return 0 if self.tabular is None else int(self.tabular.shape[1])
 
     # Subclasses implement this and fill self.ids / self.labels in their constructor.
     def read_image(self, index: int) -> np.ndarray:
@@ -74,6 +91,9 @@ class ImageDataset(Dataset):
             source: file or folder named in error messages.
             all_labels: labels of every split, so that inference sees every class.
         """
+        if self.regression:
+            self._set_targets(labels, source)
+            return
         labels = np.asarray(labels)
         everything = np.asarray(all_labels) if all_labels is not None else labels
         if labels.ndim == 2 and labels.shape[1] == 1:
@@ -111,6 +131,36 @@ class ImageDataset(Dataset):
             )
         self.labels = labels.astype(np.float32 if is_multilabel else np.int64)
 
+    def _set_targets(self, values: np.ndarray, source: str) -> None:
+        """Store regression targets as float32 (N x K), checking that they are finite numbers."""
+        try:
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{source}: regression targets must be numbers ({err})") from err
+        values = values.reshape(len(values), -1)
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            raise DataError(
+                f"{source}: target of {self.ids[bad[0][0]] if self.ids else f'row {bad[0][0]}'} "
+                f"in split {self.split!r} is {values[tuple(bad[0])]}; regression needs finite values"
+            )
+        if self.num_classes is None:
+            self.num_classes = values.shape[1]
+        elif values.shape[1] != self.num_classes:
+            raise DataError(
+                f"{source}: {values.shape[1]} target value(s) per image, "
+                f"dataset.num_classes={self.num_classes}"
+            )
+        self.multilabel = False
+        if self.class_names is None or len(self.class_names) != self.num_classes:
+            # Class names of the classification view (e.g. 5 grade names) do not name one value.
+            self.class_names = (
+                ["target"]
+                if self.num_classes == 1
+                else [f"target_{k}" for k in range(self.num_classes)]
+            )
+        self.labels = values.astype(np.float32)
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -122,13 +172,16 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             image = as_hwc(self.transform(index, image=image)["image"])
         image = self.normalize(image)
-        return {
+        sample = {
             "image": torch.from_numpy(
                 np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
             ),
             "label": torch.as_tensor(self.labels[index]),
             "id": self.ids[index],
         }
+        if self.tabular is not None:
+            sample["tabular"] = torch.from_numpy(self.tabular[index])
+        return sample
 
     def set_epoch(self, epoch: int) -> None:
         """Move the augmentation stream to `epoch` (called by the loader before each epoch)."""

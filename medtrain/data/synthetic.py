@@ -48,6 +48,8 @@ class SyntheticLesions(ImageDataset):
         **kwargs: passed to `ImageDataset`.
     """
 
+    regression_ready = False  # class labels only
+
     def __init__(
         self,
         split: str,

@@ -1,0 +1,346 @@
+"""Images listed in a CSV manifest: one row per image with its target, optional split and clinical
+columns; every row is checked before anything is trained."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from medtrain.data.base import SPLITS, ImageDataset
+from medtrain.data.image_folder import IMAGE_EXTENSIONS, read_image_file
+from medtrain.data.tabular import encode_tabular, is_missing, parse_number
+from medtrain.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def listed(problems: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` problems joined, then `and N more`."""
+    text = "; ".join(problems[:limit])
+    return text + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """Read a CSV with a header into one dict per data row, and the line on which each row starts.
+
+    Blank lines are skipped; a row with more or fewer cells than the header is an error.
+    """
+    if not path.is_file():
+        kind = "a folder; dataset=manifest reads a CSV file" if path.is_dir() else "no such file"
+        raise DataError(f"dataset.path={str(path)!r}: {kind}")
+    rows, lines = [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+            reader = csv.reader(f)
+            header = next((r for r in reader if any(c.strip() for c in r)), None)
+            if header is None:
+                raise DataError(
+                    f"{path}: the file is empty; its first line must be a header naming the "
+                    "columns (e.g. image,target,split)"
+                )
+            header = [c.strip() for c in header]
+            header_line = reader.line_num
+            duplicated = sorted({c for c in header if header.count(c) > 1})
+            if duplicated or "" in header:
+                what = f"repeats {duplicated}" if duplicated else "has an unnamed column"
+                raise DataError(f"{path}: line {header_line}: the header {header} {what}")
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) != len(header):
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has {len(cells)} cells, the header "
+                        f"{header} names {len(header)}"
+                    )
+                rows.append({name: c.strip() for name, c in zip(header, cells, strict=True)})
+                lines.append(reader.line_num)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a UTF-8 text file ({err})") from err
+    except csv.Error as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from err
+    if not rows:
+        raise DataError(f"{path}: the header {header} is followed by no data rows")
+    return header, rows, lines
+
+
+def check_columns(path: Path, header: list[str], wanted: dict[str, str]) -> None:
+    """Every wanted column (`dataset.<key>` -> column name) must be in the header."""
+    problems = []
+    for key, name in wanted.items():
+        if name in header:
+            continue
+        lower = {c.lower(): c for c in header}  # `Age` for `age` is a close match too
+        close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
+        hint = f" (closest: {lower[close[0]]!r})" if close else ""
+        problems.append(f"no column {name!r} for dataset.{key}{hint}")
+    if problems:
+        looks_like_data = any(Path(c).suffix.lower() in IMAGE_EXTENSIONS for c in header)
+        note = "; the first line looks like data: add a header line" if looks_like_data else ""
+        raise DataError(f"{path}: {'; '.join(problems)}; the CSV has columns {header}{note}")
+
+
+def hold_out(
+    pool: np.ndarray, share: float, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `pool` into kept and held-out parts, stratified by `labels` when every class allows it."""
+    if labels is not None:
+        try:
+            return train_test_split(pool, test_size=share, random_state=seed, stratify=labels)
+        except ValueError:  # a class too rare to stratify: a plain split, still the same each run
+            pass
+    return train_test_split(pool, test_size=share, random_state=seed)
+
+
+class Manifest(ImageDataset):
+    """The images a CSV lists, with a class or a number per image and optional clinical columns.
+
+    The CSV has a header line and one row per image. Image paths are relative to the CSV's folder
+    (absolute paths work too). Every row is checked when the dataset is built: files, targets, ids,
+    split values and clinical columns, so that a bad row is reported by its line number before any
+    training. Every split reads the whole file and makes the same assignment.
+
+    Args:
+        path: the CSV file.
+        split: `train`, `val` or `test`.
+        image_column: column of image paths (PNG, JPEG, TIFF or NPY).
+        target_column: column of targets: class names or indices 0..K-1 for classification (names
+            are sorted to give the class indices), a number for regression.
+        split_column: column of `train`, `val` (or `valid`, `validation`) and `test`. When the CSV has
+            no such column, a seeded split by `val_fraction` and `test_fraction` is made, stratified
+            by class for classification when every class has enough rows.
+        id_column: column of unique case ids; None: the image paths as written.
+        tabular_columns: clinical columns given to the model as `sample["tabular"]` (numbers are
+            standardised, categories one-hot encoded, both with the training rows' statistics).
+        val_fraction: share of rows held out for validation without a split column.
+        test_fraction: share held out for testing without a split column.
+        seed: seed of the split.
+        num_features: ignored; the width of `tabular`, written back into the config once built.
+        **kwargs: passed to `ImageDataset` (set `image_size` when the images differ in size).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        image_column: str = "image",
+        target_column: str = "target",
+        split_column: str | None = "split",
+        id_column: str | None = None,
+        tabular_columns: Sequence[str] = (),
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        num_features: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(split, **kwargs)
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"dataset.{key}={value} must be in [0, 1)")
+        if val_fraction + test_fraction >= 1:
+            raise ConfigError(
+                f"dataset.val_fraction + dataset.test_fraction = {val_fraction + test_fraction} "
+                "leaves no training rows; their sum must be below 1"
+            )
+        if isinstance(tabular_columns, str):  # dataset.tabular_columns=age on the command line
+            tabular_columns = [tabular_columns]
+        tabular_columns = list(tabular_columns)
+        for name in tabular_columns:
+            if name in (image_column, target_column, split_column, id_column):
+                raise ConfigError(
+                    f"dataset.tabular_columns={tabular_columns}: {name!r} is the image, target, split "
+                    "or id column, not a clinical input"
+                )
+        if len(set(tabular_columns)) < len(tabular_columns):
+            raise ConfigError(f"dataset.tabular_columns={tabular_columns} names a column twice")
+
+        csv_path = Path(path)
+        self.source = str(csv_path)
+        header, rows, self._lines = read_csv(csv_path)  # lines of every row, for messages
+        wanted = {"image_column": image_column, "target_column": target_column}
+        if id_column is not None:
+            wanted["id_column"] = id_column
+        wanted |= {f"tabular_columns[{k}]": name for k, name in enumerate(tabular_columns)}
+        check_columns(csv_path, header, wanted)
+
+        every_file = self._image_files(rows, image_column, csv_path.absolute().parent)
+        every_id = self._ids(rows, id_column or image_column)
+        targets = self._targets(rows, target_column)
+        split_column = split_column if split_column in header else None
+        if split_column is not None:
+            assignment = self._read_splits(rows, split_column)
+        else:
+            assignment = self._seeded_splits(targets, val_fraction, test_fraction, seed)
+        chosen = np.flatnonzero(assignment == SPLITS.index(split))
+
+        self.files = [every_file[i] for i in chosen]
+        self.ids = [every_id[i] for i in chosen]
+        self.set_labels(targets[chosen], source=self.source, all_labels=targets)
+        if tabular_columns:
+            matrix, self.tabular_names = encode_tabular(
+                {name: [row[name] for row in rows] for name in tabular_columns},
+                train_rows=np.flatnonzero(assignment == 0).tolist(),
+                source=self.source,
+                row_label=lambda i: f"line {self._lines[i]}",
+            )
+            self.tabular = matrix[chosen]
+        if self.in_channels is None:  # decided once, from the first training image, for every split
+            image = read_image_file(every_file[int(np.flatnonzero(assignment == 0)[0])])
+            self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
+
+    def _error(self, rule: str, problems: list[str]) -> DataError:
+        return DataError(f"{self.source}: {rule}: {listed(problems)}")
+
+    def _image_files(self, rows: list[dict], column: str, root: Path) -> list[Path]:
+        files = [root / row[column] for row in rows]  # an absolute path replaces the root
+        empty = [
+            f"line {line}" for row, line in zip(rows, self._lines, strict=True) if not row[column]
+        ]
+        if empty:
+            raise self._error(f"column {column!r} is empty (every row needs an image path)", empty)
+        absent = [
+            f"line {line}: {file}"
+            for file, line in zip(files, self._lines, strict=True)
+            if not file.is_file()
+        ]
+        if absent:
+            raise self._error(
+                f"no such image file ({len(absent)} of {len(rows)} rows; paths in column "
+                f"{column!r} are relative to {root})",
+                absent,
+            )
+        return files
+
+    def _ids(self, rows: list[dict], column: str) -> list[str]:
+        ids = [row[column] for row in rows]
+        empty = [f"line {line}" for i, line in zip(ids, self._lines, strict=True) if not i]
+        if empty:
+            raise self._error(f"column {column!r} is empty (every row needs an id)", empty)
+        first: dict[str, int] = {}
+        repeated = []
+        for i, line in zip(ids, self._lines, strict=True):
+            if i in first:
+                repeated.append(f"line {line} repeats {i!r} of line {first[i]}")
+            first.setdefault(i, line)
+        if repeated:
+            raise self._error(f"column {column!r} must name each case once", repeated)
+        return ids
+
+    def _targets(self, rows: list[dict], column: str) -> np.ndarray:
+        values = [row[column] for row in rows]
+        empty = [
+            f"line {line}: {v!r}" if v else f"line {line}"
+            for v, line in zip(values, self._lines, strict=True)
+            if is_missing(v)
+        ]
+        if empty:
+            raise self._error(f"column {column!r} is missing a target", empty)
+        numbers = [parse_number(v) for v in values]
+        if self.regression:
+            bad = [
+                f"line {line}: {v!r}"
+                for v, x, line in zip(values, numbers, self._lines, strict=True)
+                if x is None or not math.isfinite(x)
+            ]
+            if bad:
+                raise self._error(f"task=regression needs a number in column {column!r}", bad)
+            if self.class_names is None:  # the column names the value in predictions and plots
+                self.class_names = [column]
+            return np.array(numbers, dtype=np.float32)
+        if all(x is not None for x in numbers):
+            fractional = [
+                f"line {line}: {v!r}"
+                for v, x, line in zip(values, numbers, self._lines, strict=True)
+                if not float(x).is_integer()
+            ]
+            if fractional:
+                raise self._error(
+                    f"column {column!r} holds numbers that are not class indices (to predict a "
+                    "number, add task=regression loss=mse)",
+                    fractional,
+                )
+            labels = np.array(numbers, dtype=np.int64)
+            if labels.min() < 0:
+                bad = [f"line {self._lines[i]}: {values[i]!r}" for i in np.flatnonzero(labels < 0)]
+                raise self._error(
+                    f"class indices in column {column!r} must be 0..K-1 (or write class names)", bad
+                )
+        else:
+            names = self.class_names or sorted(set(values))
+            index = {name: k for k, name in enumerate(names)}
+            unknown = [
+                f"line {line}: {v!r}"
+                for v, line in zip(values, self._lines, strict=True)
+                if v not in index
+            ]
+            if unknown:
+                raise self._error(
+                    f"column {column!r} holds names not in dataset.class_names={names}", unknown
+                )
+            self.class_names = list(names)
+            labels = np.array([index[v] for v in values], dtype=np.int64)
+        if len(np.unique(labels)) < 2:
+            raise DataError(
+                f"{self.source}: column {column!r} holds {values[0]!r} in every row; "
+                "classification needs at least 2 classes (to predict a number, add "
+                "task=regression loss=mse)"
+            )
+        return labels
+
+    def _read_splits(self, rows: list[dict], column: str) -> np.ndarray:
+        values = [row[column].lower() for row in rows]
+        bad = [
+            f"line {line}: {row[column]!r}"
+            for row, v, line in zip(rows, values, self._lines, strict=True)
+            if v not in SPLIT_NAMES
+        ]
+        if bad:
+            raise self._error(
+                f"column {column!r} must hold train, val (or valid, validation) or test (or remove "
+                "the column to split by dataset.val_fraction and dataset.test_fraction)",
+                bad,
+            )
+        assignment = np.array([SPLITS.index(SPLIT_NAMES[v]) for v in values])
+        counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
+        if min(counts.values()) == 0:
+            raise DataError(
+                f"{self.source}: column {column!r} leaves a split empty ({counts}); every split "
+                "needs at least one row"
+            )
+        return assignment
+
+    def _seeded_splits(self, targets, val_fraction, test_fraction, seed) -> np.ndarray:
+        """0, 1 or 2 (train, val, test) per row; test is drawn first, then val from the rest."""
+        assignment = np.zeros(len(targets), dtype=np.int64)
+        pool = np.arange(len(targets))
+        taken = 0.0  # fractions are of all rows: val keeps its share after test is taken
+        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+            if fraction == 0:
+                continue
+            share = fraction / (1 - taken)
+            taken += fraction
+            try:
+                pool, held = hold_out(pool, share, seed, None if self.regression else targets[pool])
+            except ValueError as err:
+                raise DataError(
+                    f"{self.source}: cannot hold out a {split} split of {fraction} from "
+                    f"{len(targets)} rows ({err})"
+                ) from err
+            assignment[held] = SPLITS.index(split)
+        if self.split == "train":  # said once per run, not once per split
+            counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
+            log.info("%s has no split column: seeded split %s", self.source, counts)
+        return assignment
+
+    def read_image(self, index: int) -> np.ndarray:
+        return read_image_file(self.files[index])

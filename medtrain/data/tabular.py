@@ -1,0 +1,191 @@
+"""Clinical columns (numbers and categories, as read from a CSV) to a float32 matrix for the model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medtrain.errors import DataError
+
+MISSING = ("", "na", "nan", "null")  # compared after stripping spaces and lower-casing
+
+
+def is_missing(value: str) -> bool:
+    """Whether a raw cell counts as missing: empty, NA, NaN or null (any case)."""
+    return value.strip().lower() in MISSING
+
+
+def parse_number(value: str) -> float | None:
+    """The cell as a float, or None when it is not a number."""
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+@dataclass
+class ColumnCode:
+    """How one column is encoded: standardised number (with a missing indicator) or one-hot."""
+
+    name: str
+    numeric: bool
+    mean: float = 0.0
+    std: float = 1.0
+    indicator: bool = False  # numeric only: adds `<name>_missing`
+    categories: list[str] = field(default_factory=list)  # categorical only: sorted training values
+
+    @property
+    def names(self) -> list[str]:
+        if self.numeric:
+            return [self.name] + ([f"{self.name}_missing"] if self.indicator else [])
+        return [f"{self.name}={c}" for c in self.categories]
+
+
+class TabularEncoder:
+    """Turn raw string columns into a float32 matrix, learning every statistic from training rows.
+
+    A column whose present training values all parse as numbers is numeric: it is standardised with
+    the training mean and standard deviation (a standard deviation of 0 is taken as 1). A missing cell
+    (empty, NA, NaN or null, any case) is filled with the training mean, so it reads 0, and when a
+    numeric column has a missing cell in any row an indicator column `<name>_missing` (1.0 where
+    missing) follows it. Any other column is categorical and one-hot encoded over the categories of
+    the training rows, sorted, as columns `<name>=<category>`; a category that no training row holds,
+    and a missing category, give all zeros in that column's block.
+
+    Args:
+        source: what the columns come from (e.g. the CSV file), named in error messages.
+        row_label: how error messages name row `i` of the columns (e.g. `line {i + 2}` for a CSV
+            with a header); default `row {i}`.
+
+    Attributes:
+        names: the name of every output column, in order (set by `fit`).
+    """
+
+    def __init__(self, source: str = "tabular data", row_label: Callable[[int], str] | None = None):
+        self.source = source
+        self.row_label = row_label or (lambda i: f"row {i}")
+        self.codes: list[ColumnCode] | None = None
+        self.names: list[str] = []
+
+    def fit(self, columns: Mapping[str, Sequence[str]], rows: Sequence[int]) -> TabularEncoder:
+        """Learn each column's encoding from the training rows.
+
+        Args:
+            columns: column name -> raw values, one per row of the table (every row, so that the
+                missing indicators are the same whichever rows are transformed later).
+            rows: indices of the training rows; only their values set means, deviations and
+                categories.
+
+        Returns:
+            The encoder itself.
+        """
+        self._check_lengths(columns)
+        self.codes = [self._fit_column(name, values, rows) for name, values in columns.items()]
+        self.names = [name for code in self.codes for name in code.names]
+        return self
+
+    def transform(
+        self, columns: Mapping[str, Sequence[str]], rows: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Encode the given rows (all rows by default) as a float32 matrix (rows x `len(names)`).
+
+        Raises:
+            DataError: a numeric column holds a value that is not a finite number.
+        """
+        if self.codes is None:
+            raise RuntimeError("TabularEncoder.transform called before fit")
+        length = self._check_lengths(columns)
+        rows = range(length) if rows is None else list(rows)
+        blocks = []
+        for code in self.codes:
+            if code.name not in columns:
+                raise DataError(f"{self.source}: no column {code.name!r} to encode")
+            values = columns[code.name]
+            encode = self._encode_numeric if code.numeric else self._encode_categorical
+            blocks.append(encode(code, [values[i] for i in rows], rows))
+        if not blocks:
+            return np.zeros((len(rows), 0), dtype=np.float32)
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def _check_lengths(self, columns: Mapping[str, Sequence[str]]) -> int:
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"columns of different lengths: {lengths}")
+        return next(iter(lengths.values()), 0)
+
+    def _fit_column(self, name: str, values: Sequence[str], rows: Sequence[int]) -> ColumnCode:
+        present = [values[i].strip() for i in rows if not is_missing(values[i])]
+        if not present:
+            raise DataError(
+                f"{self.source}: column {name!r} is empty in all {len(rows)} training rows; "
+                "nothing can be learnt from it (leave it out of the tabular columns)"
+            )
+        numbers = [parse_number(v) for v in present]
+        if any(x is None for x in numbers):
+            return ColumnCode(name, numeric=False, categories=sorted(set(present)))
+        for i in rows:  # a training value such as `inf` would poison the mean
+            self._number(name, values[i], i)
+        numbers = np.array(numbers, dtype=np.float64)
+        std = float(numbers.std())
+        return ColumnCode(
+            name,
+            numeric=True,
+            mean=float(numbers.mean()),
+            std=std if std > 0 else 1.0,
+            indicator=any(is_missing(v) for v in values),
+        )
+
+    def _number(self, name: str, value: str, row: int) -> float | None:
+        """A numeric column's cell as a float (None when missing), or a DataError naming it."""
+        if is_missing(value):
+            return None
+        number = parse_number(value)
+        if number is None or not math.isfinite(number):
+            raise DataError(
+                f"{self.source}: {self.row_label(row)}: column {name!r} holds {value!r}, but its "
+                "training values are numbers; write a number, or leave the cell empty (or NA) for "
+                "a missing value"
+            )
+        return number
+
+    def _encode_numeric(self, code: ColumnCode, values: list[str], rows: Sequence[int]):
+        numbers = [self._number(code.name, v, i) for v, i in zip(values, rows, strict=True)]
+        missing = np.array([x is None for x in numbers], dtype=bool)
+        filled = np.array([code.mean if x is None else x for x in numbers], dtype=np.float64)
+        block = [(filled - code.mean) / code.std]
+        if code.indicator:
+            block.append(missing.astype(np.float64))
+        return np.stack(block, axis=1)
+
+    def _encode_categorical(self, code: ColumnCode, values: list[str], rows: Sequence[int]):
+        index = {category: k for k, category in enumerate(code.categories)}
+        block = np.zeros((len(values), len(code.categories)), dtype=np.float64)
+        for r, value in enumerate(values):
+            k = index.get(value.strip())  # missing or unseen in training: the block stays zero
+            if k is not None:
+                block[r, k] = 1.0
+        return block
+
+
+def encode_tabular(
+    columns: Mapping[str, Sequence[str]],
+    train_rows: Sequence[int],
+    source: str = "tabular data",
+    row_label: Callable[[int], str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Fit a `TabularEncoder` on the training rows and encode every row.
+
+    Args:
+        columns: column name -> raw string values, one per row.
+        train_rows: indices of the training rows.
+        source: named in error messages.
+        row_label: how error messages name row `i` (see `TabularEncoder`).
+
+    Returns:
+        The float32 matrix (rows x features) and the name of each feature.
+    """
+    encoder = TabularEncoder(source, row_label).fit(columns, train_rows)
+    return encoder.transform(columns), encoder.names

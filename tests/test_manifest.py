@@ -1,0 +1,257 @@
+"""CSV manifests: targets, splits, clinical columns and the errors a user sees for a bad row."""
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medtrain.data.manifest import Manifest
+from medtrain.errors import ConfigError, DataError
+from tests.conftest import train_in_process
+
+
+def write_png(path: Path, brightness: int, size: int = 16, seed: int = 0) -> None:
+    noise = np.random.default_rng(seed).integers(-20, 21, (size, size))
+    pixels = np.clip(brightness + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def make_cases(folder: Path, targets: list, extra: dict[str, list] | None = None) -> Path:
+    """One PNG per target under `folder/images` (brighter for class 1 / larger targets) and a
+    `cases.csv` with columns image, target and any `extra` columns."""
+    extra = extra or {}
+    rows = []
+    for i, target in enumerate(targets):
+        name = f"images/case{i:03d}.png"
+        bright = target > 50 if isinstance(target, float) else target in (1, "malignant")
+        write_png(folder / name, 180 if bright else 60, seed=i)
+        rows.append([name, target, *(values[i] for values in extra.values())])
+    return write_csv(folder / "cases.csv", ["image", "target", *extra], rows)
+
+
+def build_all(csv_path: Path, **kwargs) -> dict[str, Manifest]:
+    return {s: Manifest(str(csv_path), s, **kwargs) for s in ("train", "val", "test")}
+
+
+def test_class_names_are_sorted_strings_and_labels_follow_them(tmp_path):
+    names = ["malignant", "benign", "cyst"] * 4
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    path = make_cases(tmp_path, names, {"split": splits})
+    data = build_all(path)
+    for ds in data.values():
+        assert ds.class_names == ["benign", "cyst", "malignant"] and ds.num_classes == 3
+    train = data["train"]
+    assert train.in_channels == 1 and len(train) == 6
+    for i in range(len(train)):
+        row = int(train.ids[i][len("images/case") : -len(".png")])
+        assert train.class_names[train[i]["label"].item()] == names[row]
+    sample = train[0]
+    assert sample["image"].shape == (1, 16, 16) and sample["label"].dtype == torch.int64
+    assert "tabular" not in sample
+
+
+def test_integer_targets_are_class_indices(tmp_path):
+    path = make_cases(tmp_path, [0, 1, 2, 1] * 5)
+    ds = Manifest(str(path), "train", val_fraction=0.2, test_fraction=0.2)
+    assert ds.num_classes == 3 and ds.class_names == ["0", "1", "2"]
+
+
+def test_regression_targets_are_the_csv_values(tmp_path):
+    values = [12.5, 80.0, 33.25, 71.0, 5.0, 64.5, 18.0, 90.0, 44.0, 52.5]
+    splits = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    path = make_cases(tmp_path, values, {"split": splits})
+    ds = Manifest(str(path), "train", regression=True)
+    assert ds.num_classes == 1 and ds.multilabel is False
+    assert ds.labels.dtype == np.float32 and ds.labels.shape == (6, 1)
+    np.testing.assert_array_equal(ds.labels[:, 0], np.float32(values[:6]))
+    assert ds[1]["label"].tolist() == [80.0]
+    test = Manifest(str(path), "test", regression=True)
+    np.testing.assert_array_equal(test.labels[:, 0], np.float32(values[8:]))
+
+
+def test_split_column_is_honoured_with_its_aliases(tmp_path):
+    splits = ["train", "Valid", "test", "TRAIN", "validation", "val", "train", "test"]
+    path = make_cases(tmp_path, [0, 1] * 4, {"split": splits, "case": list("abcdefgh")})
+    data = build_all(path, id_column="case")
+    assert data["train"].ids == ["a", "d", "g"]
+    assert data["val"].ids == ["b", "e", "f"]
+    assert data["test"].ids == ["c", "h"]
+
+
+def test_seeded_split_is_the_same_for_every_split_and_run(tmp_path):
+    path = make_cases(tmp_path, [0, 1] * 20)
+    first, again = build_all(path, seed=3), build_all(path, seed=3)
+    for split in first:
+        assert first[split].ids == again[split].ids
+    ids = [set(first[s].ids) for s in ("train", "val", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert set.union(*ids) == {f"images/case{i:03d}.png" for i in range(40)}
+    assert [len(first[s]) for s in ("train", "val", "test")] == [28, 6, 6]
+    for ds in first.values():  # stratified: each split holds both classes equally
+        assert ds.labels.sum() * 2 == len(ds)
+    other = build_all(path, seed=4)
+    assert other["test"].ids != first["test"].ids
+
+
+def test_tabular_columns_are_encoded_from_training_rows(tmp_path):
+    n = 12
+    ages = ["50", "61", "", "45", "70", "38", "59", "66", "NA", "72", "41", "55"]
+    sex = ["F", "M"] * 6
+    splits = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
+    path = make_cases(tmp_path, [0, 1] * 6, {"split": splits, "age": ages, "sex": sex})
+    data = build_all(path, tabular_columns=["age", "sex"])
+    train = data["train"]
+    assert train.tabular_names == ["age", "age_missing", "sex=F", "sex=M"]
+    assert train.num_features == 4 and data["test"].num_features == 4
+    sample = data["val"][0]
+    assert sample["tabular"].dtype == torch.float32 and sample["tabular"].shape == (4,)
+    present = np.array([float(a) for a in ages[:8] if a])
+    expected = (float(ages[0]) - present.mean()) / present.std()
+    assert train[0]["tabular"][0].item() == pytest.approx(expected, rel=1e-5)
+    assert sample["tabular"][1].item() == 1.0  # line 10 (the first val row) holds NA
+    assert len(train) + len(data["val"]) + len(data["test"]) == n
+
+
+def test_missing_column_names_the_closest_one(tmp_path):
+    path = make_cases(tmp_path, [0, 1] * 3)
+    with pytest.raises(DataError, match=r"no column 'Targets' for dataset.target_column") as err:
+        Manifest(str(path), "train", target_column="Targets")
+    assert "closest: 'target'" in str(err.value) and "['image', 'target']" in str(err.value)
+    with pytest.raises(DataError, match=r"no column 'label' .* has columns") as err:
+        Manifest(str(path), "train", target_column="label")
+    assert "closest" not in str(err.value)
+
+
+def test_missing_image_names_the_line_and_path(tmp_path):
+    path = make_cases(tmp_path, [0, 1] * 3)
+    (tmp_path / "images" / "case001.png").unlink()
+    with pytest.raises(DataError, match=r"cases.csv: no such image file") as err:
+        Manifest(str(path), "val")
+    assert f"line 3: {tmp_path / 'images' / 'case001.png'}" in str(err.value)
+
+
+def test_many_missing_images_are_summarised(tmp_path):
+    path = make_cases(tmp_path, [0, 1] * 4)
+    for i in range(5):
+        (tmp_path / "images" / f"case{i:03d}.png").unlink()
+    with pytest.raises(DataError, match=r"line 2: .*line 3: .*line 4: .*; and 2 more$"):
+        Manifest(str(path), "train")
+
+
+def test_bad_split_value_names_the_line(tmp_path):
+    path = make_cases(tmp_path, [0, 1, 0], {"split": ["train", "trian", "test"]})
+    with pytest.raises(DataError, match=r"must hold train, val .*: line 3: 'trian'"):
+        Manifest(str(path), "train")
+
+
+def test_non_numeric_regression_target_names_the_line(tmp_path):
+    path = make_cases(tmp_path, [1.5, 2.5, 3.5, 4.5])
+    rows = read_rows(path)
+    rows[4][1] = "n/a?"
+    write_csv(path, rows[0], rows[1:])
+    with pytest.raises(DataError, match=r"task=regression needs a number .*: line 5: 'n/a\?'"):
+        Manifest(str(path), "train", regression=True)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: rows[2].__setitem__(1, ""), r"column 'target' is missing a target: line 3"),
+        (lambda rows: rows[3].__setitem__(0, rows[1][0]), r"line 4 repeats .* of line 2"),
+        (lambda rows: rows[1].__setitem__(1, "0.5"), r"not class indices .*: line 2: '0.5'"),
+    ],
+)
+def test_bad_rows_are_reported_by_line(tmp_path, edit, message):
+    path = make_cases(tmp_path, [0, 1] * 3)
+    rows = read_rows(path)
+    edit(rows)
+    write_csv(path, rows[0], rows[1:])
+    with pytest.raises(DataError, match=message):
+        Manifest(str(path), "train")
+
+
+def test_unusable_files_and_config_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match=r"no such file"):
+        Manifest(str(tmp_path / "absent.csv"), "train")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty.csv: the file is empty"):
+        Manifest(str(tmp_path / "empty.csv"), "train")
+    write_png(tmp_path / "a.png", 0)
+    write_csv(tmp_path / "noheader.csv", ["a.png", "0"], [["a.png", "1"]])
+    with pytest.raises(DataError, match=r"looks like data: add a header line"):
+        Manifest(str(tmp_path / "noheader.csv"), "train")
+    path = make_cases(tmp_path, [0, 1] * 3)
+    with pytest.raises(ConfigError, match=r"dataset.tabular_columns=\['target'\]"):
+        Manifest(str(path), "train", tabular_columns=["target"])
+    with pytest.raises(ConfigError, match=r"dataset.val_fraction=1.5"):
+        Manifest(str(path), "train", val_fraction=1.5)
+
+
+def test_absolute_paths_and_rgb_images(tmp_path):
+    rows = []
+    for i in range(6):
+        file = tmp_path / "elsewhere" / f"{i}.png"
+        file.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * (i % 2), dtype=np.uint8)).save(file)
+        rows.append([str(file), i % 2, ["train", "train", "val", "val", "test", "test"][i]])
+    path = write_csv(tmp_path / "m.csv", ["image", "target", "split"], rows)
+    ds = Manifest(str(path), "test")
+    assert ds.in_channels == 3 and ds[0]["image"].shape == (3, 8, 8)
+
+
+def classification_run(tmp_path: Path, extra: list[str]) -> dict:
+    path = make_cases(tmp_path / "data", [0, 1] * 20)
+    overrides = [
+        "dataset=manifest",
+        f"dataset.path={path}",
+        "dataset.image_size=16",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=8",
+        "trainer.progress=false",
+        *extra,
+    ]
+    return train_in_process(tmp_path / "run", overrides)
+
+
+def test_trains_end_to_end_through_the_config(tmp_path):
+    metrics = classification_run(tmp_path, [])
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert math.isfinite(metrics["test/auc"]) and math.isfinite(metrics["test/loss"])
+
+
+def test_regression_trains_end_to_end_through_the_config(tmp_path):
+    targets = [float(v) for v in np.linspace(10, 90, 40)]
+    path = make_cases(tmp_path / "data", targets, {"age": [str(30 + i) for i in range(40)]})
+    overrides = [
+        "dataset=manifest",
+        f"dataset.path={path}",
+        "dataset.image_size=16",
+        "dataset.tabular_columns=[age]",
+        "model=fusion",  # the image and the tabular column both reach the model
+        "task=regression",
+        "loss=mse",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=8",
+        "trainer.progress=false",
+    ]
+    metrics = train_in_process(tmp_path / "run", overrides)
+    assert (tmp_path / "run" / "predictions.csv").is_file()
+    assert math.isfinite(metrics["test/mae"]) and math.isfinite(metrics["test/loss"])

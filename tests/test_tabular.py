@@ -1,0 +1,66 @@
+"""Encoding of clinical columns: statistics from the training rows only."""
+
+import numpy as np
+import pytest
+
+from medtrain.data.tabular import TabularEncoder, encode_tabular, is_missing
+from medtrain.errors import DataError
+
+
+def test_numbers_are_standardised_with_training_rows_only():
+    ages = [50.0, 60.0, 70.0, 100.0, 5.0]
+    columns = {"age": [str(a) for a in ages]}
+    train = [0, 1, 2]
+    matrix, names = encode_tabular(columns, train, source="cases.csv")
+    reference = np.array(ages)[train]
+    expected = (np.array(ages) - reference.mean()) / reference.std()
+    assert names == ["age"]
+    assert matrix.dtype == np.float32 and matrix.shape == (5, 1)
+    np.testing.assert_allclose(matrix[:, 0], expected, rtol=1e-6)
+
+
+def test_constant_column_keeps_unit_scale():
+    matrix, _ = encode_tabular({"x": ["3", "3", "4"]}, [0, 1])
+    np.testing.assert_allclose(matrix[:, 0], [0.0, 0.0, 1.0])
+
+
+def test_categories_are_one_hot_sorted_and_unseen_gives_zeros():
+    columns = {"sex": ["M", "F", "M", "X", ""]}
+    encoder = TabularEncoder().fit(columns, rows=[0, 1, 2])
+    assert encoder.names == ["sex=F", "sex=M"]
+    matrix = encoder.transform(columns)
+    np.testing.assert_array_equal(matrix, [[0, 1], [1, 0], [0, 1], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(encoder.transform(columns, rows=[1]), [[1, 0]])
+
+
+def test_missing_numbers_get_the_mean_and_an_indicator():
+    columns = {"age": ["40", "NA", "60", "", "nan"], "bmi": ["20", "22", "24", "26", "28"]}
+    matrix, names = encode_tabular(columns, [0, 1, 2, 3])
+    assert names == ["age", "age_missing", "bmi"]
+    mean, std = np.mean([40, 60]), np.std([40, 60])
+    np.testing.assert_allclose(matrix[:, 0], [(40 - mean) / std, 0, (60 - mean) / std, 0, 0])
+    np.testing.assert_array_equal(matrix[:, 1], [0, 1, 0, 1, 1])
+    assert all(is_missing(v) for v in ["", " NA ", "NaN", "NULL", "null"])
+
+
+def test_indicator_only_where_a_value_is_missing_in_some_row():
+    # Missing only in a test row: still flagged, so every split has the same columns.
+    _, names = encode_tabular({"age": ["1", "2", "3", "null"]}, [0, 1, 2])
+    assert names == ["age", "age_missing"]
+
+
+def test_bad_number_in_a_non_training_row_names_column_and_value():
+    columns = {"age": ["40", "50", "sixty"]}
+    with pytest.raises(DataError, match=r"cases.csv: line 4: column 'age' holds 'sixty'"):
+        encode_tabular(columns, [0, 1], source="cases.csv", row_label=lambda i: f"line {i + 2}")
+
+
+def test_non_numeric_training_value_makes_the_column_categorical():
+    matrix, names = encode_tabular({"grade": ["1", "2", "high"]}, [0, 1, 2])
+    assert names == ["grade=1", "grade=2", "grade=high"]
+    np.testing.assert_array_equal(matrix, np.eye(3))
+
+
+def test_column_empty_in_training_rows_is_an_error():
+    with pytest.raises(DataError, match=r"column 'x' is empty in all 2 training rows"):
+        encode_tabular({"x": ["", "NA", "3"]}, [0, 1])
