@@ -1,6 +1,7 @@
 """Every model config in conf/model/ is built and checked: forward, backward, shape, finite output.
 
-A new model (medtrain/models/<name>.py + conf/model/<name>.yaml) is picked up here without edits.
+A new model (medtrain/models/<name>.py + conf/model/<name>.yaml) is picked up here without edits; it
+receives the batch keys it declares in `input_keys` (`image` by default, `tabular` for clinical data).
 """
 
 from pathlib import Path
@@ -8,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from omegaconf import open_dict
 
 from medtrain.build import build_model
 from medtrain.errors import ConfigError
+from medtrain.models import call_model
 from medtrain.models.torchvision_nets import torchvision_classifier
 from tests.conftest import CONF, compose_cfg
 
@@ -21,11 +24,13 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 @pytest.mark.parametrize(("channels", "classes", "size"), [(1, 2, 28), (3, 5, 33)])
 def test_model_forward_backward(name, channels, classes, size):
     cfg = compose_cfg([f"model={name}"])
+    with open_dict(cfg):  # tabular models (and fusion branches) read a vector of 6 columns
+        cfg.dataset.num_features = 6
     cfg.dataset.in_channels, cfg.dataset.num_classes = channels, classes
     torch.manual_seed(0)
     model = build_model(cfg)
-    x = torch.randn(2, channels, size, size)
-    out = model(x)
+    batch = {"image": torch.randn(2, channels, size, size), "tabular": torch.randn(2, 6)}
+    out = call_model(model, batch)
     # Segmentation models give one prediction per pixel, classifiers one per image.
     expected = (2, classes, size, size) if out.ndim == 4 else (2, classes)
     assert out.shape == expected

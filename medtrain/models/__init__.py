@@ -1,1 +1,31 @@
-"""Network architectures, one per file; each is selected by a `conf/model/<name>.yaml`."""
+"""Networks, one architecture per file; `call_model` feeds a batch to any of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from medtrain.errors import ConfigError
+
+
+def input_keys(model: nn.Module) -> tuple[str, ...]:
+    """The batch keys a model reads, in the order of its `forward` arguments: its `input_keys`
+    attribute (fusion and tabular models declare one), else just the image."""
+    return tuple(getattr(model, "input_keys", ("image",)))
+
+
+def call_model(model: nn.Module, batch: dict[str, Any], flip: bool = False) -> torch.Tensor:
+    """Run `model` on the batch keys it reads; `flip` mirrors the image left-right (for TTA)."""
+    keys = input_keys(model)
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ConfigError(
+            f"the model reads batch keys {list(keys)}, but the dataset's samples lack {missing} "
+            f"(they hold {sorted(k for k in batch if k != 'id')}); tabular branches need a dataset "
+            "with tabular columns (dataset=manifest with dataset.tabular_columns, or "
+            "dataset=synthetic_clinical)"
+        )
+    inputs = [batch[k].flip(-1) if flip and k == "image" else batch[k] for k in keys]
+    return model(*inputs)
