@@ -26,6 +26,7 @@ from medtrain.build import (
     plain,
 )
 from medtrain.config import check_against_data, check_model_output, unknown_key_hint, validate
+from medtrain.data.loading import collate
 from medtrain.errors import MedtrainError
 from medtrain.io import save_json
 from medtrain.trainer import fit, seed_everything, test
@@ -56,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     loaders = build_loaders(cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)
-    check_model_output(model, cfg)
+    check_model_output(model, cfg, collate([datasets["train"][0]]))
     model = model.to(device)
     task = build_task(cfg)
     task.loss_fn.to(device)
@@ -100,6 +101,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
     headline = ("auc", "acc", "balanced_acc", "sensitivity", "specificity", "f1", "acc@0.5")
     headline += ("dice", "iou", "hd95_mm", "precision", "recall")
+    headline += ("mae", "rmse", "r2", "pearson", "qwk")
     summary = "  ".join(
         f"test/{k} {metrics[f'test/{k}']:.4f}" for k in headline if f"test/{k}" in metrics
     )

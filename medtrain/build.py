@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from medtrain.config import task_kind
 from medtrain.data.base import SPLITS
 from medtrain.data.loading import EpochLoader, make_loader
 from medtrain.data.transforms import SeededAugment
@@ -43,20 +45,42 @@ def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
-    """Build the train/val/test datasets and write what they inferred (channels, classes, label type)
-    back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for the model."""
+    """Build the train/val/test datasets and write what they inferred (channels, classes, label type,
+    tabular width) back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for
+    the model; for regression, also the training split's target statistics into `cfg.task`."""
+    regression = task_kind(cfg.task) == "regression"
     datasets = {}
     for split in SPLITS:
         stage = "train" if split == "train" else "eval"
         transform = SeededAugment(build(cfg.augmentation[stage], f"augmentation.{stage}"), cfg.seed)
-        datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform)
+        extra = {"regression": True} if regression else {}
+        datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
         if len(datasets[split]) == 0:
             raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
     train = datasets["train"]
     with open_dict(cfg):
         for key in ("in_channels", "num_classes", "multilabel", "class_names"):
             cfg.dataset[key] = getattr(train, key)
+        if "num_features" in cfg.dataset:  # datasets with tabular columns declare the key
+            cfg.dataset.num_features = train.num_features
+        if regression:
+            for key, value in target_statistics(train.labels).items():
+                if key == "grade_range" and not cfg.task.get("ordinal"):
+                    continue
+                if cfg.task.get(key) is None:  # values given in the config win
+                    cfg.task[key] = value
     return datasets
+
+
+def target_statistics(values: np.ndarray) -> dict[str, list[float]]:
+    """Per-value mean and standard deviation of regression targets (N x K), and their range."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    std = values.std(axis=0)
+    return {
+        "target_mean": values.mean(axis=0).tolist(),
+        "target_std": np.where(std > 0, std, 1.0).tolist(),  # a constant target is left unscaled
+        "grade_range": [float(values.min()), float(values.max())],
+    }
 
 
 def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict[str, EpochLoader]:

@@ -76,6 +76,12 @@ def validate(cfg: DictConfig) -> torch.device:
     try:
         OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
     except Exception as err:  # an interpolation that points nowhere
+        if "num_features" in str(err):
+            raise ConfigError(
+                f"model={choice('model')} has a tabular branch, but dataset={choice('dataset')} has "
+                "no tabular columns: use dataset=manifest with dataset.tabular_columns=[...] or "
+                "dataset=synthetic_clinical, or drop the branch (~model@model.branches.tabular)"
+            ) from err
         raise ConfigError(f"config: {err}") from err
     require(
         isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0"
@@ -128,14 +134,27 @@ def validate(cfg: DictConfig) -> torch.device:
     return device
 
 
-def task_kind(node: DictConfig) -> str | None:
-    """`classification` or `segmentation`: what a dataset or task config's class serves (its
-    `task` or `name` attribute), None when the class does not say."""
+def _target_class(node: DictConfig):
+    """The class a config node's `_target_` names, or None (a missing class is reported when built)."""
     try:
-        cls = get_class(str(node.get("_target_")))
-    except Exception:  # a missing class is reported when it is built
+        return get_class(str(node.get("_target_")))
+    except Exception:
         return None
+
+
+def task_kind(node: DictConfig) -> str | None:
+    """`classification`, `segmentation` or `regression`: what a dataset or task config's class
+    serves (its `task` or `name` attribute), None when the class does not say."""
+    cls = _target_class(node)
     return getattr(cls, "task", None) or getattr(cls, "name", None)
+
+
+REGRESSION_LOSSES = (
+    "torch.nn.MSELoss",
+    "torch.nn.L1Loss",
+    "torch.nn.HuberLoss",
+    "torch.nn.SmoothL1Loss",
+)
 
 
 def check_task(cfg: DictConfig) -> None:
@@ -152,7 +171,23 @@ def check_task(cfg: DictConfig) -> None:
             f"task=segmentation needs masks, but dataset={choice('dataset')} holds one label per "
             "image: use dataset=seg_folder or dataset=synthetic_segmentation"
         )
+    if task == "regression" and not getattr(_target_class(cfg.dataset), "regression_ready", True):
+        raise ConfigError(
+            f"task=regression needs a number per image, but dataset={choice('dataset')} holds class "
+            "labels only: use dataset=manifest (a target column), medmnist or synthetic_clinical"
+        )
     target = str(cfg.loss.get("_target_", ""))
+    regression_loss = target in REGRESSION_LOSSES
+    if task == "regression" and not regression_loss:
+        raise ConfigError(
+            f"loss={choice('loss')} does not compare values; for task=regression use loss=mse, l1 "
+            "or huber"
+        )
+    if task in ("classification", "segmentation") and regression_loss:
+        raise ConfigError(
+            f"loss={choice('loss')} is a regression loss; task={task} needs a classification or "
+            "segmentation loss (cross_entropy, bce, focal; dice_ce, dice, ...), or use task=regression"
+        )
     if task == "segmentation" and target.startswith("medtrain.losses"):
         raise ConfigError(
             f"loss={choice('loss')} is a classification loss; for task=segmentation use loss=dice_ce, "
@@ -165,33 +200,43 @@ def check_task(cfg: DictConfig) -> None:
         )
 
 
-def check_model_output(model: torch.nn.Module, cfg: DictConfig) -> None:
-    """One forward pass on a small blank batch: the output must fit the task (one label per image,
-    or one per pixel), so that a wrong `model=` is named here instead of failing inside a loss."""
+def check_model_output(model: torch.nn.Module, cfg: DictConfig, batch: dict) -> None:
+    """One forward pass on a batch of one training sample: the output must fit the task (one row of
+    outputs per image, or one map per image), so that a wrong `model=` is named here instead of
+    failing inside a loss."""
+    from medtrain.models import call_model  # models import errors only; kept local for clarity
+
     kind = task_kind(cfg.task)
-    size = 64
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, cfg.dataset.in_channels, size, size))
+            out = call_model(model, batch)
+    except ConfigError:
+        raise
     except Exception as err:
-        raise ConfigError(
-            f"model={choice('model')} cannot take a {cfg.dataset.in_channels}-channel "
-            f"{size}x{size} image: {err}"
-        ) from err
+        shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
+        raise ConfigError(f"model={choice('model')} cannot take the batch {shapes}: {err}") from err
     finally:
         model.train(was_training)
     out = out[0] if isinstance(out, (tuple, list)) else out
+    outputs = cfg.dataset.num_classes
     if kind == "segmentation" and out.ndim != 4:
         raise ConfigError(
             f"model={choice('model')} outputs {tuple(out.shape)}, one value per image; "
             "task=segmentation needs a mask per image: use model=unet or model=basic_unet"
         )
-    if kind == "classification" and out.ndim != 2:
+    if kind == "classification" and (out.ndim != 2 or out.shape[1] != outputs):
         raise ConfigError(
             f"model={choice('model')} outputs {tuple(out.shape)}; task=classification needs "
-            "(batch, classes): use model=cnn, resnet18, ..."
+            f"(batch, {outputs}) for {outputs} classes: use model=cnn, resnet18, ... with "
+            "num_classes=${dataset.num_classes}"
+        )
+    if kind == "regression" and (out.ndim != 2 or out.shape[1] != outputs):
+        raise ConfigError(
+            f"model={choice('model')} outputs {tuple(out.shape)}; task=regression needs "
+            f"(batch, {outputs}), one output per target value: use model=cnn, resnet18, fusion, "
+            "... with num_classes=${dataset.num_classes}"
         )
 
 

@@ -268,10 +268,7 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     test_collector, test_loss = evaluate(
         model, loaders["test"], task, device, cfg.precision, final=True
     )
-    if isinstance(threshold, list):  # multi-label: one per label, as flat keys
-        thresholds = {f"threshold_{n}": t for n, t in zip(task.class_names, threshold, strict=True)}
-    else:  # binary: one number; multi-class: none (the prediction is the most probable class)
-        thresholds = {} if threshold is None else {"threshold": threshold}
+    thresholds = threshold_entries(threshold, task.class_names)
     saved = test_collector.save(run_dir) or {}  # task files; some tasks add summary numbers
     results = {
         **test_collector.metrics("test"),
@@ -285,3 +282,11 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     checkpoint["threshold"] = threshold
     save_checkpoint(best_path, checkpoint)
     return results
+
+
+def threshold_entries(threshold: float | list[float] | None, names: list[str]) -> dict[str, float]:
+    """The decision threshold(s) as flat metrics.json entries: `threshold` (binary), one
+    `threshold_<label>` per label (multi-label), none (multi-class, segmentation, regression)."""
+    if isinstance(threshold, list):
+        return {f"threshold_{n}": t for n, t in zip(names, threshold, strict=True)}
+    return {} if threshold is None else {"threshold": threshold}

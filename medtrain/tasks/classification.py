@@ -13,6 +13,7 @@ from torch import nn
 from medtrain import metrics as M
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv
+from medtrain.models import call_model
 
 
 class ClassificationTask:
@@ -66,9 +67,9 @@ class ClassificationTask:
         )
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        logits = model(batch["image"])
+        logits = call_model(model, batch)
         if self.flip_tta and not model.training:
-            logits = (logits + model(batch["image"].flip(-1))) / 2
+            logits = (logits + call_model(model, batch, flip=True)) / 2
         return logits
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -80,6 +81,13 @@ class ClassificationTask:
             if self.multilabel
             else torch.softmax(logits.float(), dim=1)
         )
+
+    def combine(self, outputs: list[torch.Tensor], tasks: list[ClassificationTask]) -> torch.Tensor:
+        """Ensemble: the mean of the members' probabilities, as logits of this task (their softmax,
+        or sigmoid for multi-label, gives the mean back)."""
+        probs = torch.stack([t.probabilities(o) for o, t in zip(outputs, tasks, strict=True)])
+        probs = probs.mean(0).clamp(1e-12, 1 - 1e-7)
+        return torch.logit(probs) if self.multilabel else probs.log()
 
     def collector(self, final: bool = False) -> ClassificationCollector:
         return ClassificationCollector(self)

@@ -159,6 +159,18 @@ class SegmentationTask:
                     mask[(mask == klass) & ~keep] = 0
         return masks
 
+    def combine(self, outputs: list[Logits], tasks: list[SegmentationTask]) -> Logits:
+        """Ensemble: the mean of the members' per-pixel class probabilities, as logits (their
+        softmax gives the mean back); outputs are lists when the images differ in size."""
+
+        def mean_log_prob(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+            probs = torch.stack([m.float().softmax(1) for m in maps]).mean(0)
+            return probs.clamp_min(1e-12).log()
+
+        if isinstance(outputs[0], list):
+            return [mean_log_prob(maps) for maps in zip(*outputs, strict=True)]
+        return mean_log_prob(outputs)
+
     def collector(self, final: bool = False) -> SegmentationCollector:
         return SegmentationCollector(self, final)
 

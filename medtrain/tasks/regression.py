@@ -1,0 +1,177 @@
+"""Regression: one or more numbers per image (a size in mm^2, an age, a disease grade), learned on
+standardised targets and reported in the targets' own units."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtrain import metrics as M
+from medtrain.analysis.agreement import bland_altman
+from medtrain.analysis.plots import save_agreement_plots
+from medtrain.errors import ConfigError
+from medtrain.io import save_csv
+from medtrain.models import call_model
+
+
+class RegressionTask:
+    """Predict values per image with any backbone whose head has one output per value.
+
+    The network learns standardised targets, `(y - mean) / std` with the training split's statistics
+    (written into the run's config, so predictions map back identically later); metrics, predictions
+    and plots are in the targets' units.
+
+    Args:
+        loss: a loss module taking (outputs B x K, standardised targets B x K): MSE, L1, Huber.
+        target_names: one name per predicted value (metric keys and prediction columns use them).
+        target_mean: per-value mean used for standardising; None: 0 (set from the training split by
+            `build_datasets`).
+        target_std: per-value standard deviation; None: 1.
+        standardize: learn standardised targets (recommended); False learns raw values.
+        ordinal: the targets are integer grades: adds `acc` (of the prediction rounded and clipped to
+            `grade_range`) and `qwk` (quadratic-weighted Cohen's kappa).
+        grade_range: [lowest, highest] grade; None: the training split's range.
+        monitor: the validation metric that picks the best checkpoint (e.g. `val/mae`).
+        monitor_mode: `max` or `min`.
+        flip_tta: at evaluation, average the outputs of the image and its left-right mirror.
+        plots: write `scatter.png` and `bland_altman.png` at test time.
+    """
+
+    name = "regression"
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        target_names: Sequence[str] | None = None,
+        target_mean: Sequence[float] | float | None = None,
+        target_std: Sequence[float] | float | None = None,
+        standardize: bool = True,
+        ordinal: bool = False,
+        grade_range: Sequence[float] | None = None,
+        monitor: str = "val/mae",
+        monitor_mode: str = "min",
+        flip_tta: bool = False,
+        plots: bool = True,
+    ):
+        if monitor_mode not in ("max", "min"):
+            raise ConfigError(f"task.monitor_mode={monitor_mode!r}: choose 'max' or 'min'")
+        if grade_range is not None and (len(grade_range) != 2 or grade_range[0] >= grade_range[1]):
+            raise ConfigError(f"task.grade_range={list(grade_range)} must be [lowest, highest]")
+        std = np.atleast_1d(np.asarray(1.0 if target_std is None else target_std, dtype=np.float64))
+        if (std <= 0).any():
+            raise ConfigError(f"task.target_std={std.tolist()} must be > 0")
+        self.loss_fn = loss
+        self.class_names = list(target_names or ["target"])
+        use = bool(standardize)
+        self.mean = np.atleast_1d(np.asarray(target_mean or 0.0, dtype=np.float64)) * use
+        self.std = std if use else np.ones_like(std)
+        self.ordinal = bool(ordinal)
+        self.grade_range = None if grade_range is None else (grade_range[0], grade_range[1])
+        self.monitor = monitor
+        self.monitor_mode = monitor_mode
+        self.flip_tta = flip_tta
+        self.plots = plots
+        self.threshold = None
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        outputs = call_model(model, batch)
+        if self.flip_tta and not model.training:
+            outputs = (outputs + call_model(model, batch, flip=True)) / 2
+        return outputs
+
+    def standardized(self, values: torch.Tensor) -> torch.Tensor:
+        """Targets in target units (B x K) -> what the network learns."""
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=values.device)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=values.device)
+        return (values.float().reshape(len(values), -1) - mean) / std
+
+    def values(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Network outputs -> predictions in target units (float64, B x K)."""
+        mean = torch.as_tensor(self.mean, dtype=torch.float64, device=outputs.device)
+        std = torch.as_tensor(self.std, dtype=torch.float64, device=outputs.device)
+        return outputs.double() * std + mean
+
+    def loss(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        target = self.standardized(batch["label"])
+        if outputs.shape != target.shape:
+            raise ConfigError(
+                f"the model outputs {tuple(outputs.shape)} per batch, the targets are "
+                f"{tuple(target.shape)}: the head needs one output per value "
+                "(model.num_classes=${dataset.num_classes})"
+            )
+        return self.loss_fn(outputs.float(), target)
+
+    def combine(self, outputs: list[torch.Tensor], tasks: list[RegressionTask]) -> torch.Tensor:
+        """Ensemble: the mean of the members' predictions (each in target units, through each
+        member's own standardisation), as outputs of this task."""
+        mean = torch.stack([t.values(o) for o, t in zip(outputs, tasks, strict=True)]).mean(0)
+        return self.standardized(mean)
+
+    def collector(self, final: bool = False) -> RegressionCollector:
+        return RegressionCollector(self)
+
+    def fit_threshold(self, val: RegressionCollector) -> None:
+        return None
+
+
+class RegressionCollector:
+    """Accumulates one evaluation pass: ids, targets and predictions in target units."""
+
+    def __init__(self, task: RegressionTask):
+        self.task = task
+        self.ids: list[str] = []
+        self.targets: list[np.ndarray] = []
+        self.preds: list[np.ndarray] = []
+
+    def update(self, outputs: torch.Tensor, batch: dict[str, Any]) -> None:
+        self.ids += list(batch["id"])
+        target = batch["label"].double().reshape(len(batch["label"]), -1)
+        self.targets.append(target.cpu().numpy())
+        self.preds.append(self.task.values(outputs).cpu().numpy())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.targets), np.concatenate(self.preds)
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        target, pred = self.arrays()
+        grades = self.task.grade_range if self.task.ordinal else None
+        values = M.regression_metrics(target, pred, self.task.class_names, grades)
+        return {f"{prefix}/{key}": value for key, value in values.items()}
+
+    def save(self, run_dir: Path) -> dict[str, Any]:
+        """Write `predictions.csv` (id, target, pred; one pair per value when there are several)
+        and the plots; return the Bland-Altman bias and limits of agreement of each value."""
+        target, pred = self.arrays()
+        names = self.task.class_names
+        pairs = (
+            [("target", "pred")]
+            if len(names) == 1
+            else [(f"target_{n}", f"pred_{n}") for n in names]
+        )
+        rows = [
+            {
+                "id": i,
+                **{t: repr(float(v)) for (t, _), v in zip(pairs, tv, strict=True)},
+                **{p: repr(float(v)) for (_, p), v in zip(pairs, pv, strict=True)},
+            }
+            for i, tv, pv in zip(self.ids, target, pred, strict=True)
+        ]
+        fields = ["id"] + [t for t, _ in pairs] + [p for _, p in pairs]
+        save_csv(run_dir / "predictions.csv", rows, fields)
+        summary: dict[str, Any] = {}
+        for k, name in enumerate(names):
+            suffix = "" if len(names) == 1 else f"_{name}"
+            agreement = bland_altman(pred[:, k] - target[:, k])
+            summary |= {
+                f"bias{suffix}": agreement["mean_difference"],
+                f"loa_lower{suffix}": agreement["lower_limit"],
+                f"loa_upper{suffix}": agreement["upper_limit"],
+            }
+            if self.task.plots:
+                save_agreement_plots(run_dir, target[:, k], pred[:, k], name, suffix)
+        return summary

@@ -1,0 +1,183 @@
+"""Regression: metrics against hand computations, standardisation, checks, and end-to-end runs whose
+written metrics are recomputed from predictions.csv."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medtrain import metrics as M
+from medtrain.build import target_statistics
+from medtrain.errors import ConfigError
+from medtrain.io import load_checkpoint
+from medtrain.tasks import RegressionTask
+from tests.conftest import compose_cfg, run_cli, train_in_process
+
+TINY_CLINICAL = [
+    "dataset=synthetic_clinical",
+    "dataset.num_train=160",
+    "dataset.num_val=48",
+    "dataset.num_test=48",
+    "dataset.image_size=24",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+]
+
+
+def read_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    with (run_dir / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return (
+        np.array([float(r["target"]) for r in rows]),
+        np.array([float(r["pred"]) for r in rows]),
+    )
+
+
+def test_regression_metrics_match_hand_computation():
+    rng = np.random.default_rng(0)
+    target = rng.normal(10, 3, size=(50, 1))
+    pred = target + rng.normal(0.5, 1, size=(50, 1))
+    values = M.regression_metrics(target, pred, ["size"])
+    error = (pred - target)[:, 0]
+    assert values["mae"] == pytest.approx(np.abs(error).mean())
+    assert values["rmse"] == pytest.approx(np.sqrt((error**2).mean()))
+    ss_res, ss_tot = (error**2).sum(), ((target - target.mean()) ** 2).sum()
+    assert values["r2"] == pytest.approx(1 - ss_res / ss_tot)
+    assert values["pearson"] == pytest.approx(np.corrcoef(target[:, 0], pred[:, 0])[0, 1])
+
+
+def test_ordinal_accuracy_and_quadratic_kappa():
+    target = np.array([0, 1, 2, 3, 4, 4, 2, 0], dtype=float)
+    pred = np.array([-0.7, 1.4, 2.6, 2.9, 5.8, 3.4, 1.5, 0.2])
+    values = M.ordinal_metrics(target, pred, (0, 4))
+    rounded = np.array([0, 1, 3, 3, 4, 3, 2, 0])  # rounded half to even, clipped to 0..4
+    assert values["acc"] == pytest.approx((rounded == target).mean())
+    # Quadratic-weighted kappa by hand: 1 - sum(w * observed) / sum(w * expected).
+    k = 5
+    observed = np.zeros((k, k))
+    for t, p in zip(target.astype(int), rounded, strict=True):
+        observed[t, p] += 1
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    weights = np.subtract.outer(np.arange(k), np.arange(k)) ** 2 / (k - 1) ** 2
+    assert values["qwk"] == pytest.approx(
+        1 - (weights * observed).sum() / (weights * expected).sum()
+    )
+
+
+def test_several_values_are_averaged_and_named():
+    target = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 35.0]])
+    pred = np.array([[1.5, 10.0], [2.0, 22.0], [2.0, 30.0]])
+    values = M.regression_metrics(target, pred, ["a", "b"])
+    assert values["mae_a"] == pytest.approx(0.5) and values["mae_b"] == pytest.approx(7 / 3)
+    assert values["mae"] == pytest.approx((0.5 + 7 / 3) / 2)
+
+
+def test_standardisation_round_trip_and_statistics():
+    values = np.array([[2.0], [4.0], [9.0]])
+    stats = target_statistics(values)
+    assert stats["target_mean"] == [5.0] and stats["target_std"] == [pytest.approx(values.std())]
+    assert stats["grade_range"] == [2.0, 9.0]
+    task = RegressionTask(torch.nn.MSELoss(), target_mean=[5.0], target_std=[2.0])
+    z = task.standardized(torch.tensor([2.0, 9.0]))
+    assert torch.allclose(z, torch.tensor([[-1.5], [2.0]]))
+    assert torch.allclose(task.values(z), torch.tensor([[2.0], [9.0]], dtype=torch.float64))
+    assert target_statistics(np.ones((4, 1)))["target_std"] == [1.0]  # constant: left unscaled
+
+
+def test_bad_task_values_are_config_errors():
+    with pytest.raises(ConfigError, match="task.target_std"):
+        RegressionTask(torch.nn.MSELoss(), target_std=[0.0])
+    with pytest.raises(ConfigError, match="task.grade_range"):
+        RegressionTask(torch.nn.MSELoss(), grade_range=[4, 0])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["task=regression", "dataset=synthetic_clinical"], "loss=cross_entropy does not compare"),
+        (["task=regression", "loss=mse"], "dataset=synthetic holds class labels"),
+        (["task=regression", "loss=mse", "dataset=image_folder", "dataset.path=."], "class labels"),
+        (["loss=mse"], "regression loss"),
+        (["task=regression", "loss=l1", "dataset=synthetic_segmentation"], "holds masks"),
+    ],
+)
+def test_mismatched_task_dataset_and_loss_are_refused(overrides, message):
+    from medtrain.config import check_task
+
+    with pytest.raises(ConfigError, match=message):
+        check_task(compose_cfg(overrides))
+
+
+def test_regression_end_to_end_on_lesion_area(tmp_path):
+    run = tmp_path / "run"
+    metrics = train_in_process(
+        run, [*TINY_CLINICAL, "task=regression", "loss=huber", "trainer.max_epochs=6"]
+    )
+    target, pred = read_predictions(run)
+    assert metrics["test/mae"] == pytest.approx(np.abs(pred - target).mean(), rel=1e-9)
+    assert metrics["test/rmse"] == pytest.approx(np.sqrt(((pred - target) ** 2).mean()), rel=1e-9)
+    assert metrics["test/bias"] == pytest.approx((pred - target).mean(), rel=1e-9)
+    assert metrics["test/pearson"] > 0.8  # the lesion area (mm^2) is learnt from the image
+    assert (run / "scatter.png").stat().st_size > 0 and (run / "bland_altman.png").is_file()
+    # The training split's statistics are stored with the weights, so predictions map back later.
+    config = load_checkpoint(run / "checkpoints" / "best.pt")["config"]
+    assert config["task"]["target_mean"][0] == pytest.approx(np.mean(_train_areas(tmp_path)))
+    assert config["dataset"]["class_names"] == ["area_mm2"]
+
+
+def _train_areas(tmp_path) -> np.ndarray:
+    from medtrain.build import build_datasets
+
+    cfg = compose_cfg([*TINY_CLINICAL, "task=regression", "loss=mse"])
+    return build_datasets(cfg)["train"].labels[:, 0]
+
+
+def test_ordinal_regression_on_grades(tmp_path):
+    rng = np.random.default_rng(1)
+    npz = tmp_path / "grades.npz"
+    arrays = {}
+    for split, n in (("train", 120), ("val", 40), ("test", 40)):
+        grades = rng.integers(0, 5, n)
+        images = (rng.normal(0, 8, (n, 12, 12)) + 40 * grades[:, None, None] + 20).clip(0, 255)
+        arrays |= {f"{split}_images": images.astype(np.uint8), f"{split}_labels": grades[:, None]}
+    np.savez(npz, **arrays)
+    run = tmp_path / "run"
+    metrics = train_in_process(
+        run,
+        [
+            "dataset=medmnist",
+            f"dataset.path={npz}",
+            "task=regression",
+            "task.ordinal=true",
+            "task.monitor=val/qwk",
+            "task.monitor_mode=max",
+            "loss=mse",
+            "model.widths=[16,32]",
+            "trainer.max_epochs=4",
+            "trainer.batch_size=16",
+            "trainer.progress=false",
+        ],
+    )
+    target, pred = read_predictions(run)
+    rounded = np.clip(np.rint(pred), 0, 4)
+    assert metrics["test/acc"] == pytest.approx((rounded == target).mean())
+    assert metrics["test/qwk"] > 0.5
+    config = load_checkpoint(run / "checkpoints" / "best.pt")["config"]
+    assert config["task"]["grade_range"] == [0.0, 4.0]
+    assert config["dataset"]["num_classes"] == 1  # one value per image, not five classes
+
+
+def test_wrong_head_width_is_named_before_training(tmp_path):
+    result = run_cli(
+        *TINY_CLINICAL,
+        "task=regression",
+        "loss=mse",
+        "model.num_classes=3",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 2
+    assert "task=regression needs (batch, 1)" in result.stderr + result.stdout
