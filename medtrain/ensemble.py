@@ -1,0 +1,240 @@
+"""`python -m medtrain.ensemble run_dirs=[<run>,<run>,...] hydra.run.dir=<out>`: evaluate finished
+runs together, averaging their probabilities (classification), values (regression) or probability
+maps (segmentation), and write the run-folder contract (metrics.json, predictions.csv, ...)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from medtrain.build import build_datasets, build_model, build_task
+from medtrain.cli import parse_key_values
+from medtrain.config import resolve_device
+from medtrain.data.loading import make_loader
+from medtrain.errors import ConfigError, MedtrainError
+from medtrain.io import load_checkpoint, save_csv, save_json
+from medtrain.trainer import autocast, threshold_entries, to_device
+
+log = logging.getLogger("medtrain.ensemble")
+DEFAULTS: dict[str, Any] = {"run_dirs": None, "output": None, "device": "auto", "batch_size": None}
+USAGE = """\
+usage: python -m medtrain.ensemble run_dirs=[RUN,RUN,...] [key=value ...]
+
+  run_dirs=[A,B,C]     finished runs (folders with checkpoints/best.pt), two or more
+  hydra.run.dir=OUT    where to write metrics.json, predictions.csv, members.csv (alias: output=OUT;
+                       default outputs/ensemble/<date>/<time>)
+  device=auto          auto | cpu | cuda | cuda:N
+  batch_size=N         evaluation batch size (default: the first run's trainer.eval_batch_size)
+"""
+
+
+@dataclass
+class Member:
+    """One finished run: its config, network (best checkpoint), task and val/test datasets."""
+
+    run_dir: Path
+    cfg: DictConfig
+    model: nn.Module
+    task: Any
+    datasets: dict[str, Any]
+
+
+def load_member(run_dir: Path) -> Member:
+    """Rebuild a finished run from `checkpoints/best.pt`: the config it trained with (resolved, with
+    what its data inferred), its weights, and the threshold chosen on its validation split."""
+    best = run_dir / "checkpoints" / "best.pt"
+    if not best.is_file():
+        raise ConfigError(f"run_dirs: {run_dir} has no checkpoints/best.pt (is it a finished run?)")
+    checkpoint = load_checkpoint(best)
+    cfg = OmegaConf.create(checkpoint["config"])
+    with open_dict(cfg):
+        cfg.trainer.num_workers = 0
+    path = cfg.dataset.get("path")
+    if path is not None and not Path(path).exists():
+        raise ConfigError(
+            f"run_dirs: {run_dir} read dataset.path={path!r}, which does not exist from "
+            f"{Path.cwd()}; run the ensemble from the folder the run was trained in"
+        )
+    datasets = build_datasets(cfg)
+    model = build_model(cfg)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    task = build_task(cfg)
+    if checkpoint.get("threshold") is not None:
+        task.threshold = checkpoint["threshold"]
+    return Member(run_dir, cfg, model, task, datasets)
+
+
+def check_compatible(members: Sequence[Member]) -> None:
+    """Refuse runs that do not predict the same thing on the same data: different tasks, classes,
+    or val/test images and labels."""
+    first = members[0]
+    for other in members[1:]:
+        pair = f"{first.run_dir} and {other.run_dir}"
+        if first.task.name != other.task.name:
+            raise ConfigError(
+                f"run_dirs: {pair} solve different tasks ({first.task.name} against "
+                f"{other.task.name}); an ensemble averages runs of one task"
+            )
+        if first.task.class_names != other.task.class_names:
+            raise ConfigError(
+                f"run_dirs: {pair} have different classes ({first.task.class_names} against "
+                f"{other.task.class_names})"
+            )
+        for split in ("val", "test"):
+            a, b = first.datasets[split], other.datasets[split]
+            if list(a.ids) != list(b.ids):
+                only = sorted(set(a.ids) ^ set(b.ids))[:3]
+                detail = f"e.g. {only} in one only" if only else "the same images in another order"
+                raise ConfigError(
+                    f"run_dirs: {pair} have different {split} data ({len(a.ids)} against "
+                    f"{len(b.ids)} images; {detail}); an ensemble needs the same {split} split"
+                )
+            labels_a, labels_b = getattr(a, "labels", None), getattr(b, "labels", None)
+            if labels_a is not None and not np.array_equal(labels_a, labels_b):
+                raise ConfigError(
+                    f"run_dirs: {pair} have different {split} labels for the same images"
+                )
+
+
+@torch.no_grad()
+def evaluate_members(
+    members: Sequence[Member], split: str, device: torch.device, batch_size: int, final: bool
+):
+    """Run every member over `split` in lockstep (each with its own preprocessing) and combine
+    their outputs batch by batch; returns the ensemble's collector and mean loss, and each
+    member's own collector."""
+    task = members[0].task
+    loaders = [
+        make_loader(m.datasets[split], batch_size=batch_size, shuffle=False, seed=0, num_workers=0)
+        for m in members
+    ]
+    collector, own = task.collector(final), [m.task.collector() for m in members]
+    total, batches = 0.0, 0
+    precision = str(members[0].cfg.trainer.precision)
+    for batches_of_members in zip(*loaders, strict=True):
+        batches_of_members = [to_device(b, device) for b in batches_of_members]
+        outputs = []
+        for member, batch, mine in zip(members, batches_of_members, own, strict=True):
+            with autocast(device, precision):
+                output = member.task.forward(member.model, batch)
+            mine.update(output, batch)
+            outputs.append(output)
+        batch = batches_of_members[0]
+        combined = task.combine(outputs, [m.task for m in members])
+        total, batches = total + task.loss(combined, batch).item(), batches + 1
+        collector.update(combined, batch)
+    return collector, total / max(batches, 1), own
+
+
+def run_ensemble(
+    run_dirs: Sequence[str | Path],
+    out_dir: Path,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate the runs' best checkpoints together on val (to choose a threshold, when the first
+    run's task chooses one) and test; write the run folder and return the metrics."""
+    if len(run_dirs) < 2:
+        raise ConfigError(f"run_dirs={list(run_dirs)}: an ensemble needs at least 2 runs")
+    dev = resolve_device(device)
+    members = [load_member(Path(d)) for d in run_dirs]
+    check_compatible(members)
+    for member in members:
+        member.model.to(dev)
+        member.task.loss_fn.to(dev)
+    batch_size = batch_size or int(members[0].cfg.trainer.eval_batch_size)
+    start = time.perf_counter()
+    val, val_loss, _ = evaluate_members(members, "val", dev, batch_size, final=False)
+    task = members[0].task
+    if getattr(task, "threshold_rule", None) is not None and isinstance(task.threshold_rule, str):
+        task.fit_threshold(val)  # a rule (youden, ...) is applied to the ensemble's own val outputs
+    test, test_loss, own = evaluate_members(members, "test", dev, batch_size, final=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = test.save(out_dir) or {}
+    metrics = {
+        **test.metrics("test"),
+        **{f"test/{k}": v for k, v in saved.items()},
+        "test/loss": test_loss,
+        **val.metrics("val"),
+        "val/loss": val_loss,
+        "members": len(members),
+    }
+    metrics |= threshold_entries(getattr(task, "threshold", None), task.class_names)
+    rows = []
+    for member, collector in zip(members, own, strict=True):
+        rows.append({"run_dir": str(member.run_dir), **collector.metrics("test")})
+    rows.append({"run_dir": "ensemble", **test.metrics("test")})
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    save_csv(out_dir / "members.csv", rows, fields)
+    save_json(out_dir / "metrics.json", metrics)
+    save_json(
+        out_dir / "ensemble.json",
+        {
+            "run_dirs": [str(m.run_dir) for m in members],
+            "task": task.name,
+            "combine": "mean of probabilities"
+            if task.name != "regression"
+            else "mean of predicted values",
+            "seconds": round(time.perf_counter() - start, 2),
+            "device": str(dev),
+        },
+    )
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = parse_key_values(
+            argv,
+            DEFAULTS,
+            text_keys=("output", "device"),
+            list_keys=("run_dirs",),
+            aliases={"hydra.run.dir": "output"},
+        )
+        if not cfg.run_dirs:
+            raise ConfigError("run_dirs is required: run_dirs=[<run>,<run>,...]")
+        out = Path(cfg.output or time.strftime("outputs/ensemble/%Y-%m-%d/%H-%M-%S"))
+        metrics = run_ensemble(list(cfg.run_dirs), out, cfg.device, cfg.batch_size)
+    except MedtrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary_table(out / "members.csv"))
+    print(f"results in {out}")
+    return 0 if metrics else 1
+
+
+HEADLINE = ("test/auc", "test/acc", "test/dice", "test/mae", "test/rmse", "test/r2", "test/qwk")
+
+
+def summary_table(members_csv: Path) -> str:
+    """The headline test metrics of each member and of the ensemble, one line each."""
+    import csv
+
+    with members_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    keys = [k for k in HEADLINE if rows and rows[0].get(k) not in (None, "")]
+    lines = [" ".join(f"{k:>10}" for k in keys) + "  run"]
+    for row in rows:
+        lines.append(" ".join(f"{float(row[k]):10.4f}" for k in keys) + f"  {row['run_dir']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

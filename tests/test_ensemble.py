@@ -1,0 +1,138 @@
+"""Ensembles of finished runs: averaged probabilities, values and probability maps, recomputed from
+the members' own prediction files, and refusals of runs that do not fit together."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medtrain.ensemble import run_ensemble
+from medtrain.errors import ConfigError
+from tests.conftest import ROOT, TINY, train_in_process
+from tests.test_regression import TINY_CLINICAL
+from tests.test_segmentation_task import TINY_SEG
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def classification_runs(tmp_path_factory) -> list[Path]:
+    """Two runs on the same synthetic data (dataset.seed fixed) with different training seeds."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for seed in (1, 2):
+        run = root / f"seed{seed}"
+        train_in_process(run, [*TINY, "dataset.seed=0", f"seed={seed}", "task.threshold=youden"])
+        runs.append(run)
+    return runs
+
+
+def test_classification_ensemble_averages_member_probabilities(classification_runs, tmp_path):
+    out = tmp_path / "ensemble"
+    metrics = run_ensemble(classification_runs, out)
+    members = [read_rows(run / "predictions.csv") for run in classification_runs]
+    mean_prob = np.mean([[float(r["prob_1"]) for r in rows] for rows in members], axis=0)
+    rows = read_rows(out / "predictions.csv")
+    assert [r["id"] for r in rows] == [r["id"] for r in members[0]]
+    assert np.allclose([float(r["prob_1"]) for r in rows], mean_prob, atol=1e-6)
+    target = np.array([int(r["target"]) for r in rows])
+    assert metrics["test/auc"] == pytest.approx(roc_auc_score(target, mean_prob), abs=1e-6)
+    assert metrics["members"] == 2 and 0 < metrics["threshold"] < 1  # youden, on the ensemble's val
+    pred = (mean_prob >= metrics["threshold"]).astype(int)
+    assert metrics["test/acc"] == pytest.approx((pred == target).mean())
+    table = read_rows(out / "members.csv")
+    assert [r["run_dir"] for r in table] == [*map(str, classification_runs), "ensemble"]
+    for run, row in zip(classification_runs, table, strict=False):
+        own = json.loads((run / "metrics.json").read_text())
+        assert float(row["test/auc"]) == pytest.approx(own["test/auc"], abs=1e-9)
+    assert json.loads((out / "metrics.json").read_text())["test/auc"] == metrics["test/auc"]
+
+
+def test_runs_on_other_data_or_tasks_are_refused(classification_runs, tmp_path):
+    other_data = tmp_path / "other_data"
+    train_in_process(other_data, [*TINY, "dataset.seed=5", "trainer.max_epochs=1"])
+    with pytest.raises(ConfigError, match="different (val|test) labels"):
+        run_ensemble([classification_runs[0], other_data], tmp_path / "e1")
+    regression = tmp_path / "regression"
+    train_in_process(
+        regression, [*TINY_CLINICAL, "task=regression", "loss=mse", "trainer.max_epochs=1"]
+    )
+    with pytest.raises(ConfigError, match="different tasks"):
+        run_ensemble([classification_runs[0], regression], tmp_path / "e2")
+    with pytest.raises(ConfigError, match="at least 2 runs"):
+        run_ensemble([classification_runs[0]], tmp_path / "e3")
+    with pytest.raises(ConfigError, match="no checkpoints/best.pt"):
+        run_ensemble([classification_runs[0], tmp_path], tmp_path / "e4")
+
+
+def test_regression_ensemble_averages_values(tmp_path):
+    runs = []
+    for seed in (1, 2):
+        run = tmp_path / f"seed{seed}"
+        train_in_process(
+            run,
+            [
+                *TINY_CLINICAL,
+                "task=regression",
+                "loss=mse",
+                "dataset.seed=0",
+                f"seed={seed}",
+                "trainer.max_epochs=2",
+            ],
+        )
+        runs.append(run)
+    out = tmp_path / "ensemble"
+    metrics = run_ensemble(runs, out)
+    preds = [
+        np.array([float(r["pred"]) for r in read_rows(run / "predictions.csv")]) for run in runs
+    ]
+    rows = read_rows(out / "predictions.csv")
+    target = np.array([float(r["target"]) for r in rows])
+    assert np.allclose([float(r["pred"]) for r in rows], np.mean(preds, axis=0), rtol=1e-6)
+    assert metrics["test/mae"] == pytest.approx(np.abs(np.mean(preds, 0) - target).mean(), rel=1e-5)
+    assert (out / "scatter.png").is_file()
+
+
+def test_segmentation_ensemble_averages_probability_maps(tmp_path):
+    runs = []
+    for seed in (1, 2):
+        run = tmp_path / f"seed{seed}"
+        train_in_process(run, [*TINY_SEG, "dataset.seed=0", f"seed={seed}"])
+        runs.append(run)
+    out = tmp_path / "ensemble"
+    metrics = run_ensemble(runs, out)
+    assert 0 <= metrics["test/dice"] <= 1
+    assert (out / "per_case_metrics.csv").is_file() and (out / "measurements.csv").is_file()
+    assert len(read_rows(out / "members.csv")) == 3
+
+
+def test_cli_usage_and_errors(classification_runs, tmp_path):
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "medtrain.ensemble", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    one = cli(f"run_dirs=[{classification_runs[0]}]")
+    assert one.returncode == 2 and "at least 2 runs" in one.stderr
+    typo = cli("run_dir=[a,b]")
+    assert typo.returncode == 2 and "unknown key 'run_dir'" in typo.stderr
+    out = tmp_path / "cli"
+    ok = cli(
+        f"run_dirs=[{classification_runs[0]},{classification_runs[1]}]", f"hydra.run.dir={out}"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "ensemble" in ok.stdout and (out / "metrics.json").is_file()
