@@ -67,6 +67,11 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
             for key, value in target_statistics(train.labels).items():
                 if key == "grade_range" and not cfg.task.get("ordinal"):
                     continue
+                if key == "grade_range" and cfg.task.get(key) is None and value[0] == value[1]:
+                    raise ConfigError(
+                        f"task.ordinal=true: every training target is {value[0]}; set "
+                        "task.grade_range=[lowest,highest] or check the training split"
+                    )
                 if cfg.task.get(key) is None:  # values given in the config win
                     cfg.task[key] = value
     return datasets

@@ -267,6 +267,14 @@ def check_against_data(cfg: DictConfig) -> None:
             )
         if values is not None and min(values) < 0:
             raise ConfigError(f"loss.{key}={list(values)}: weights must be >= 0")
+    if task_kind(task) == "regression":
+        for key in ("target_names", "target_mean", "target_std"):
+            values = task.get(key)
+            if OmegaConf.is_list(values) and len(values) != data.num_classes:
+                raise ConfigError(
+                    f"task.{key} has {len(values)} values for {data.num_classes} predicted "
+                    "value(s) per image; give one per value"
+                )
     rule = task.get("threshold")
     if isinstance(rule, str) and not data.multilabel and data.num_classes > 2:
         raise ConfigError(

@@ -55,8 +55,11 @@ def load_member(run_dir: Path) -> Member:
     best = run_dir / "checkpoints" / "best.pt"
     if not best.is_file():
         raise ConfigError(f"run_dirs: {run_dir} has no checkpoints/best.pt (is it a finished run?)")
-    checkpoint = load_checkpoint(best)
-    cfg = OmegaConf.create(checkpoint["config"])
+    try:
+        checkpoint = load_checkpoint(best)
+        cfg = OmegaConf.create(checkpoint["config"])
+    except Exception as err:  # not a medtrain checkpoint, or written by an incompatible version
+        raise ConfigError(f"run_dirs: cannot read {best} as a medtrain checkpoint ({err})") from err
     with open_dict(cfg):
         cfg.trainer.num_workers = 0
     path = cfg.dataset.get("path")
@@ -67,7 +70,13 @@ def load_member(run_dir: Path) -> Member:
         )
     datasets = build_datasets(cfg)
     model = build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(
+            f"run_dirs: the weights in {best} do not fit its model config ({first})"
+        ) from err
     model.eval()
     task = build_task(cfg)
     if checkpoint.get("threshold") is not None:
@@ -109,12 +118,16 @@ def check_compatible(members: Sequence[Member]) -> None:
 
 @torch.no_grad()
 def evaluate_members(
-    members: Sequence[Member], split: str, device: torch.device, batch_size: int, final: bool
+    members: Sequence[Member],
+    task: Any,
+    split: str,
+    device: torch.device,
+    batch_size: int,
+    final: bool,
 ):
     """Run every member over `split` in lockstep (each with its own preprocessing) and combine
-    their outputs batch by batch; returns the ensemble's collector and mean loss, and each
-    member's own collector."""
-    task = members[0].task
+    their outputs batch by batch with `task`; returns the ensemble's collector and mean loss, and
+    each member's own collector."""
     loaders = [
         make_loader(m.datasets[split], batch_size=batch_size, shuffle=False, seed=0, num_workers=0)
         for m in members
@@ -147,19 +160,31 @@ def run_ensemble(
     run's task chooses one) and test; write the run folder and return the metrics."""
     if len(run_dirs) < 2:
         raise ConfigError(f"run_dirs={list(run_dirs)}: an ensemble needs at least 2 runs")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
+    for run in run_dirs:
+        if Path(out_dir).resolve().is_relative_to(Path(run).resolve()):
+            raise ConfigError(
+                f"hydra.run.dir={out_dir} is inside the member run {run}: writing there would "
+                "replace that run's files; choose another folder"
+            )
     dev = resolve_device(device)
     members = [load_member(Path(d)) for d in run_dirs]
     check_compatible(members)
+    # The ensemble's own task: fitting its threshold must not change the first member's.
+    task = build_task(members[0].cfg)
+    if hasattr(members[0].task, "threshold"):
+        task.threshold = members[0].task.threshold
     for member in members:
         member.model.to(dev)
         member.task.loss_fn.to(dev)
     batch_size = batch_size or int(members[0].cfg.trainer.eval_batch_size)
     start = time.perf_counter()
-    val, val_loss, _ = evaluate_members(members, "val", dev, batch_size, final=False)
-    task = members[0].task
-    if getattr(task, "threshold_rule", None) is not None and isinstance(task.threshold_rule, str):
-        task.fit_threshold(val)  # a rule (youden, ...) is applied to the ensemble's own val outputs
-    test, test_loss, own = evaluate_members(members, "test", dev, batch_size, final=True)
+    task.loss_fn.to(dev)
+    val, val_loss, _ = evaluate_members(members, task, "val", dev, batch_size, final=False)
+    # A rule (youden, ...) is applied to the ensemble's own validation outputs, as for one run.
+    threshold = task.fit_threshold(val)
+    test, test_loss, own = evaluate_members(members, task, "test", dev, batch_size, final=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = test.save(out_dir) or {}
     metrics = {
@@ -170,7 +195,7 @@ def run_ensemble(
         "val/loss": val_loss,
         "members": len(members),
     }
-    metrics |= threshold_entries(getattr(task, "threshold", None), task.class_names)
+    metrics |= threshold_entries(threshold, task.class_names)
     rows = []
     for member, collector in zip(members, own, strict=True):
         rows.append({"run_dir": str(member.run_dir), **collector.metrics("test")})

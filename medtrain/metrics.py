@@ -148,7 +148,8 @@ def ordinal_metrics(
     low, high = grade_range
     rounded = np.clip(np.rint(pred), low, high).astype(int)
     truth = np.rint(target).astype(int)
-    labels = list(range(int(low), int(high) + 1))
+    # Grades outside the range seen in training still count (scikit-learn drops unlisted labels).
+    labels = list(range(min(int(low), truth.min()), max(int(high), truth.max()) + 1))
     return {
         "acc": float(skm.accuracy_score(truth, rounded)),
         "qwk": float(skm.cohen_kappa_score(truth, rounded, labels=labels, weights="quadratic")),

@@ -53,8 +53,10 @@ def test_classification_ensemble_averages_member_probabilities(classification_ru
     table = read_rows(out / "members.csv")
     assert [r["run_dir"] for r in table] == [*map(str, classification_runs), "ensemble"]
     for run, row in zip(classification_runs, table, strict=False):
-        own = json.loads((run / "metrics.json").read_text())
-        assert float(row["test/auc"]) == pytest.approx(own["test/auc"], abs=1e-9)
+        own = json.loads((run / "metrics.json").read_text())  # each member at its own threshold
+        for key, value in row.items():
+            if key.startswith("test/") and key != "test/loss":
+                assert float(value) == pytest.approx(own[key], abs=1e-9), key
     assert json.loads((out / "metrics.json").read_text())["test/auc"] == metrics["test/auc"]
 
 
@@ -72,7 +74,18 @@ def test_runs_on_other_data_or_tasks_are_refused(classification_runs, tmp_path):
     with pytest.raises(ConfigError, match="at least 2 runs"):
         run_ensemble([classification_runs[0]], tmp_path / "e3")
     with pytest.raises(ConfigError, match="no checkpoints/best.pt"):
-        run_ensemble([classification_runs[0], tmp_path], tmp_path / "e4")
+        run_ensemble([classification_runs[0], tmp_path / "e1"], tmp_path / "e4")
+    with pytest.raises(ConfigError, match="inside the member run"):
+        run_ensemble(classification_runs, classification_runs[1] / "ensemble")
+    with pytest.raises(ConfigError, match="batch_size"):
+        run_ensemble(classification_runs, tmp_path / "e5", batch_size=0)
+    renamed = tmp_path / "renamed"
+    train_in_process(
+        renamed,
+        [*TINY, "dataset.seed=0", "trainer.max_epochs=1", "dataset.class_names=[healthy,lesion]"],
+    )
+    with pytest.raises(ConfigError, match="different classes"):
+        run_ensemble([classification_runs[0], renamed], tmp_path / "e6")
 
 
 def test_regression_ensemble_averages_values(tmp_path):
@@ -136,3 +149,31 @@ def test_cli_usage_and_errors(classification_runs, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert "ensemble" in ok.stdout and (out / "metrics.json").is_file()
+
+
+def test_combine_averages_in_probability_space():
+    """Members' logits are averaged as probabilities (softmax, sigmoid, per-pixel softmax) and
+    handed back as logits whose probabilities are that mean; regression averages target units."""
+    import torch
+
+    from medtrain.losses import BCEWithLogits, CrossEntropy
+    from medtrain.tasks import ClassificationTask, RegressionTask, SegmentationTask
+
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    task = ClassificationTask(CrossEntropy())
+    combined = task.combine([a, b], [task, task])
+    assert torch.allclose(combined.softmax(1), (a.softmax(1) + b.softmax(1)) / 2, atol=1e-6)
+    multilabel = ClassificationTask(BCEWithLogits(), multilabel=True)
+    combined = multilabel.combine([a, b], [multilabel, multilabel])
+    assert torch.allclose(combined.sigmoid(), (a.sigmoid() + b.sigmoid()) / 2, atol=1e-6)
+    seg = SegmentationTask(CrossEntropy(), class_names=["bg", "fg"])
+    maps = [[torch.randn(1, 2, 5, 7), torch.randn(1, 2, 9, 4)] for _ in range(2)]  # two sizes
+    combined = seg.combine(maps, [seg, seg])
+    for k in range(2):
+        expected = (maps[0][k].softmax(1) + maps[1][k].softmax(1)) / 2
+        assert torch.allclose(combined[k].softmax(1), expected, atol=1e-6)
+    first = RegressionTask(torch.nn.MSELoss(), target_mean=[10.0], target_std=[2.0])
+    second = RegressionTask(torch.nn.MSELoss(), target_mean=[12.0], target_std=[4.0])
+    out = first.combine([torch.tensor([[1.0]]), torch.tensor([[0.5]])], [first, second])
+    assert first.values(out).item() == pytest.approx((12.0 + 14.0) / 2)

@@ -75,6 +75,8 @@ def test_fusion_errors():
         Fusion(branches(), num_classes=3, mode="max")
     with pytest.raises(ConfigError, match="tabular columns"):
         TabularMLP(0, 2)
+    with pytest.raises(ConfigError, match="single linear layer"):
+        Fusion({"image": SimpleCNN(1, 2), "tabular": TabularMLP(4, 2, hidden=())}, num_classes=2)
     with pytest.raises(ConfigError, match="lack \\['tabular'\\]"):
         call_model(Fusion(branches(), num_classes=3), {"image": torch.randn(1, 1, 8, 8)})
 

@@ -68,6 +68,25 @@ def test_ordinal_accuracy_and_quadratic_kappa():
     )
 
 
+def test_offset_and_scale_leave_r2_and_pearson_unchanged():
+    rng = np.random.default_rng(2)
+    target = rng.normal(0, 1, size=(40, 1))
+    pred = target + rng.normal(0, 0.3, size=(40, 1))
+    base = M.regression_metrics(target, pred, ["y"])
+    moved = M.regression_metrics(1000 + 5 * target, 1000 + 5 * pred, ["y"])
+    assert moved["r2"] == pytest.approx(base["r2"]) and moved["pearson"] == pytest.approx(
+        base["pearson"]
+    )
+    assert moved["mae"] == pytest.approx(5 * base["mae"])
+
+
+def test_grades_outside_the_training_range_still_count_in_kappa():
+    target = np.array([0.0, 1.0, 2.0, 4.0])
+    pred = np.array([0.0, 1.0, 2.0, 2.0])
+    values = M.ordinal_metrics(target, pred, (0, 2))  # grade 4 never seen in training
+    assert values["qwk"] < 1.0 and values["acc"] == pytest.approx(0.75)
+
+
 def test_several_values_are_averaged_and_named():
     target = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 35.0]])
     pred = np.array([[1.5, 10.0], [2.0, 22.0], [2.0, 30.0]])
@@ -121,11 +140,15 @@ def test_regression_end_to_end_on_lesion_area(tmp_path):
     assert metrics["test/mae"] == pytest.approx(np.abs(pred - target).mean(), rel=1e-9)
     assert metrics["test/rmse"] == pytest.approx(np.sqrt(((pred - target) ** 2).mean()), rel=1e-9)
     assert metrics["test/bias"] == pytest.approx((pred - target).mean(), rel=1e-9)
-    assert metrics["test/pearson"] > 0.8  # the lesion area (mm^2) is learnt from the image
+    # The lesion area (mm^2) is learnt from the image, in the right units (no scale or offset slip).
+    assert metrics["test/pearson"] > 0.8 and metrics["test/r2"] > 0.5
+    assert abs(metrics["test/bias"]) < 0.25 * target.std()
     assert (run / "scatter.png").stat().st_size > 0 and (run / "bland_altman.png").is_file()
     # The training split's statistics are stored with the weights, so predictions map back later.
     config = load_checkpoint(run / "checkpoints" / "best.pt")["config"]
-    assert config["task"]["target_mean"][0] == pytest.approx(np.mean(_train_areas(tmp_path)))
+    areas = _train_areas(tmp_path)
+    assert config["task"]["target_mean"][0] == pytest.approx(areas.mean())
+    assert config["task"]["target_std"][0] == pytest.approx(areas.std(), rel=1e-6)
     assert config["dataset"]["class_names"] == ["area_mm2"]
 
 

@@ -53,7 +53,12 @@ class ImageDataset(Dataset):
         regression: bool = False,
     ):
         if num_classes is not None and num_classes < (1 if regression else 2):
-            raise ConfigError(f"dataset.num_classes={num_classes}: classification needs at least 2")
+            need = (
+                "regression needs at least 1 value"
+                if regression
+                else "classification needs at least 2"
+            )
+            raise ConfigError(f"dataset.num_classes={num_classes}: {need}")
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
         self.split = split

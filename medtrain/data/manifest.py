@@ -176,6 +176,9 @@ class Manifest(ImageDataset):
         every_file = self._image_files(rows, image_column, csv_path.absolute().parent)
         every_id = self._ids(rows, id_column or image_column)
         targets = self._targets(rows, target_column)
+        if split_column not in (None, "split") and split_column not in header:
+            # A column named on purpose must exist: a typo would silently give a seeded split.
+            check_columns(Path(path), header, {"split_column": split_column})
         split_column = split_column if split_column in header else None
         if split_column is not None:
             assignment = self._read_splits(rows, split_column)

@@ -17,10 +17,14 @@ FUSION_MODES = ("concat", "mean", "weighted")
 def strip_head(branch: nn.Module) -> int:
     """Replace the branch's last `nn.Linear` (its output layer) with an identity, in place, so that
     the branch returns its penultimate features; returns their width."""
-    last = None
-    for name, module in branch.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
+    linears = [name for name, module in branch.named_modules() if isinstance(module, nn.Linear)]
+    layers = [m for m in branch.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    if len(linears) == 1 and len(layers) == 1:
+        raise ConfigError(
+            f"model.mode=concat: {type(branch).__name__} is a single linear layer, so without its "
+            "head it would pass its raw input on; give it a hidden layer or use model.mode=mean"
+        )
+    last = linears[-1] if linears else None
     if last is None:
         raise ConfigError(
             f"model.mode=concat needs each branch to end in a linear layer; {type(branch).__name__} "
@@ -86,7 +90,10 @@ class Fusion(nn.Module):
         """The weights of the branches' outputs (`weighted`; equal for `mean`)."""
         if self.mode == "weighted":
             return torch.softmax(self.weights, dim=0)
-        return torch.full((len(self.branches),), 1.0 / len(self.branches))
+        return torch.full((len(self.branches),), 1.0 / len(self.branches), device=self.device())
+
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         named = dict(zip(self.input_keys, inputs, strict=True))
