@@ -44,8 +44,10 @@ def configure_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one experiment, writing into `run_dir`, and return its final metrics."""
+def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
+    """Run one experiment, writing into `run_dir`, and return its final metrics.
+
+    `on_epoch(epoch, row)` is called after every epoch (see `trainer.fit`)."""
     device = validate(cfg)
     configure_determinism(cfg.trainer.deterministic)
     seed_everything(cfg.seed)
@@ -81,7 +83,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "medtrain_version": __version__,
     }
     state = fit(
-        model, task, loaders, optimizer, scheduler, device, cfg.trainer, run_dir, extra_state
+        model,
+        task,
+        loaders,
+        optimizer,
+        scheduler,
+        device,
+        cfg.trainer,
+        run_dir,
+        extra_state,
+        on_epoch=on_epoch,
     )
     train_seconds = time.perf_counter() - start
     metrics = test(model, task, loaders, device, cfg.trainer, run_dir) | {

@@ -6,6 +6,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,15 @@ def fit(
     cfg: DictConfig,
     run_dir: Path,
     extra_state: dict[str, Any],
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train with validation after every epoch, keeping `checkpoints/best.pt` and `last.pt`.
 
     Args:
         cfg: the `trainer` config node.
         extra_state: saved into every checkpoint (config, class names, seed, ...).
+        on_epoch: called as `on_epoch(epoch, row)` after each epoch is saved (row: the epoch's
+            `history.csv` entry); a hyperparameter search uses it to prune a trial by raising.
 
     Returns:
         The last checkpoint dict (history, best epoch and metric, ...).
@@ -244,6 +248,8 @@ def fit(
             "  *best*" if improved else "",
             row["time_s"],
         )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, row)
     if writer is not None:
         writer.close()
     return state
