@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import platform
@@ -53,3 +54,42 @@ def recompute_from_predictions(run_dir: Path, threshold: float) -> tuple[float, 
     return float(skm.roc_auc_score(target, prob)), float(
         skm.accuracy_score(target, prob >= threshold)
     )
+
+
+def medmnist_args(name: str, seeds: bool = True) -> argparse.Namespace:
+    """The common command line of the MedMNIST benchmarks: --seeds, --data, --out and extra
+    overrides; exits with a `skipped:` line when the data file is absent."""
+    parser = argparse.ArgumentParser()
+    if seeds:
+        parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--data", type=Path, default=ROOT.parent / f"shared/data/medmnist/{name}.npz"
+    )
+    parser.add_argument("--out", type=Path, default=Path(f"/tmp/medtrain-bench/{name}"))
+    parser.add_argument("overrides", nargs="*", help="extra config overrides")
+    args = parser.parse_args()
+    if not args.data.is_file():
+        print(f"skipped: {args.data} not found")
+        sys.exit(0)
+    print(f"machine: {machine()}")
+    return args
+
+
+def run_ensemble(runs: list[Path], out: Path) -> dict:
+    """`python -m medtrain.ensemble` over finished runs; returns the ensemble's metrics plus
+    `seconds` (wall time of the evaluation)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medtrain.ensemble",
+            f"run_dirs=[{','.join(map(str, runs))}]",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {**metrics, "seconds": round(time.perf_counter() - start, 1)}

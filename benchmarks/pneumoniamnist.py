@@ -6,27 +6,13 @@ Target: mean test AUC >= 0.985 and accuracy >= 0.92, each seed trained in under 
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
-from pathlib import Path
 
-from common import ROOT, machine, recompute_from_predictions, run_medtrain
+from common import medmnist_args, recompute_from_predictions, run_medtrain
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
-    )
-    parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/pneumoniamnist"))
-    parser.add_argument("overrides", nargs="*", help="extra config overrides")
-    args = parser.parse_args()
-    if not args.data.is_file():
-        print(f"skipped: {args.data} not found")
-        sys.exit(0)
-    print(f"machine: {machine()}")
+    args = medmnist_args("pneumoniamnist")
     keys = ("test/auc", "test/acc", "test/acc@0.5", "test/sensitivity", "test/specificity")
     results = []
     for seed in args.seeds:
