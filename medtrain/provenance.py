@@ -1,0 +1,254 @@
+"""What a run needs to be reproduced and checked: the environment, the git state, a fingerprint of the
+data, the seeds and the determinism settings, written to `<run>/provenance.json`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import medtrain
+from medtrain.io import atomic_write, save_json
+
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "hydra-core",
+    "omegaconf",
+    "albumentations",
+    "scikit-learn",
+    "scikit-image",
+    "monai",
+    "scipy",
+    "pillow",
+    "opencv-python-headless",
+)
+CHUNK = 1 << 20  # hash files in 1 MiB pieces: a 100 MB npz never sits in memory whole
+GIT_TIMEOUT_S = 10
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform, torch with its CUDA and cuDNN builds, the GPUs seen, and package versions."""
+    cuda = torch.cuda.is_available()
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cuda_available": cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda
+        else [],
+        "medtrain": medtrain.__version__,
+        "packages": packages,
+    }
+
+
+def _git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",  # a diff of a Latin-1 file must not stop the run
+        timeout=GIT_TIMEOUT_S,
+        check=True,
+    )
+    return result.stdout
+
+
+def git_state(repo: Path) -> dict[str, Any]:
+    """The commit, branch and uncommitted changes of the checkout at `repo`.
+
+    Returns:
+        `commit`, `branch`, `dirty` (tracked changes, staged or not, or untracked files), `diff`
+        (`git diff HEAD`), `diff_sha256` (None without a diff), `untracked` (names only) and
+        `reason`: why `commit` is None when `repo` is not the top of a git checkout or git cannot
+        be run.
+    """
+    state: dict[str, Any] = {
+        "commit": None,
+        "branch": None,
+        "dirty": None,
+        "diff": "",
+        "diff_sha256": None,
+        "untracked": [],
+        "reason": None,
+    }
+    repo = Path(repo).resolve()
+    try:
+        top = _git(repo, "rev-parse", "--show-toplevel").strip()
+        # An installed (non-editable) medtrain lives in site-packages, which may sit inside some
+        # other checkout (a .venv in a project): that checkout's commit says nothing about medtrain.
+        if Path(top).resolve() != repo:
+            state["reason"] = f"{repo} is not the top of a git checkout (it is inside {top})"
+            return state
+        state["commit"] = _git(repo, "rev-parse", "HEAD").strip()
+        branch = _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip()
+        state["branch"] = None if branch == "HEAD" else branch  # detached HEAD has no branch
+        state["diff"] = _git(repo, "diff", "HEAD")
+        untracked = _git(repo, "ls-files", "--others", "--exclude-standard").splitlines()
+    except FileNotFoundError:
+        state["reason"] = "git is not installed"
+        return state
+    except subprocess.TimeoutExpired:
+        state["reason"] = f"git did not answer within {GIT_TIMEOUT_S} s"
+        return state
+    except subprocess.CalledProcessError as err:
+        message = (err.stderr or "").strip().splitlines()
+        state["commit"] = None
+        state["reason"] = f"not a git checkout, or no commit yet ({message[0] if message else err})"
+        return state
+    state["untracked"] = untracked
+    state["dirty"] = bool(state["diff"]) or bool(untracked)
+    if state["diff"]:
+        state["diff_sha256"] = hashlib.sha256(state["diff"].encode()).hexdigest()
+    return state
+
+
+def _hash_file(path: Path, digest: Any) -> int:
+    """Feed the bytes of `path` into `digest`; returns their number."""
+    size = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with path.open("rb") as handle:
+        while n := handle.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+    return size
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Every file below `folder`, hidden files and folders left out, sorted by relative path."""
+    files = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(root) / n for n in names if not n.startswith(".")]
+    return sorted(files, key=lambda f: f.relative_to(folder).as_posix())
+
+
+def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """A SHA-256 of the data a run reads.
+
+    A file (`dataset.path`) is hashed byte for byte; a folder by its files' relative paths and bytes
+    (hidden files left out); built-in generated data (`dataset.path` null) by the resolved dataset
+    settings, which determine every generated sample.
+
+    Returns:
+        `kind` (file, folder, generated or missing), `path`, `sha256`, `files`, `bytes`.
+    """
+    if "dataset" not in cfg or OmegaConf.is_missing(cfg.dataset, "path"):
+        return {"kind": "missing", "path": None, "sha256": None, "files": 0, "bytes": 0}
+    raw = cfg.dataset.get("path")
+    digest = hashlib.sha256()
+    if raw is None:
+        try:
+            settings = OmegaConf.to_container(cfg.dataset, resolve=True)
+        except Exception:  # an interpolation that cannot resolve: fingerprint the text instead
+            settings = OmegaConf.to_container(cfg.dataset, resolve=False)
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        return {
+            "kind": "generated",
+            "path": None,
+            "sha256": digest.hexdigest(),
+            "files": 0,
+            "bytes": 0,
+        }
+    path = Path(str(raw))
+    if path.is_file():
+        size = _hash_file(path, digest)
+        return {
+            "kind": "file",
+            "path": str(path),
+            "sha256": digest.hexdigest(),
+            "files": 1,
+            "bytes": size,
+        }
+    if path.is_dir():
+        files = _visible_files(path)
+        size = 0
+        for file in files:
+            name = file.relative_to(path).as_posix().encode()
+            # The name's length and a separator keep (name, bytes) pairs from running into each other.
+            digest.update(len(name).to_bytes(8, "little") + name + b"\0")
+            size += _hash_file(file, digest)
+        return {
+            "kind": "folder",
+            "path": str(path),
+            "sha256": digest.hexdigest(),
+            "files": len(files),
+            "bytes": size,
+        }
+    return {"kind": "missing", "path": str(path), "sha256": None, "files": 0, "bytes": 0}
+
+
+def determinism() -> dict[str, Any]:
+    """The settings that decide whether kernels repeat bit for bit (set by configure_determinism)."""
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+def collect_provenance(cfg: DictConfig, device: torch.device | str) -> dict[str, Any]:
+    """Everything `write_provenance` records, with the git diff kept under `git.diff`."""
+    seeds = {"seed": cfg.get("seed")}
+    if "dataset" in cfg and "seed" in cfg.dataset:
+        try:
+            seeds["dataset.seed"] = cfg.dataset.seed
+        except Exception:  # an unresolvable interpolation
+            seeds["dataset.seed"] = None
+    trainer = cfg.get("trainer") or {}
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": list(sys.argv),
+        "cwd": str(Path.cwd()),
+        "device": str(device),
+        "seeds": seeds,
+        "determinism": {"trainer.deterministic": trainer.get("deterministic"), **determinism()},
+        "environment": environment(),
+        "git": git_state(Path(medtrain.__file__).resolve().parents[1]),
+        "data": data_fingerprint(cfg),
+    }
+
+
+def write_provenance(run_dir: Path, cfg: DictConfig, device: torch.device | str) -> dict[str, Any]:
+    """Write `provenance.json` into `run_dir` (and, when the checkout is dirty, `git_diff.patch`: the
+    untracked files' names as comments, then `git diff HEAD`).
+
+    Call it after the determinism settings are applied and before `build_datasets`, which fills in
+    inferred dataset keys (the fingerprint of generated data is taken over the settings as given).
+
+    Returns:
+        What `provenance.json` holds.
+    """
+    run_dir = Path(run_dir)
+    provenance = collect_provenance(cfg, device)
+    diff = provenance["git"].pop("diff")
+    if provenance["git"]["dirty"]:
+        # `git apply` skips the lines before the first diff, so the untracked names can go there.
+        untracked = "".join(f"# untracked: {name}\n" for name in provenance["git"]["untracked"])
+        atomic_write(run_dir / "git_diff.patch", lambda f: f.write(untracked + diff))
+    save_json(run_dir / "provenance.json", provenance)
+    return provenance

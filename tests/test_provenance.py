@@ -1,0 +1,140 @@
+"""Provenance of a run: environment, git state, data fingerprint (checked against hashlib), seeds and
+determinism settings in provenance.json."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+from importlib.metadata import version
+
+import numpy as np
+import pytest
+import torch
+
+import medtrain
+from medtrain.provenance import data_fingerprint, environment, git_state, write_provenance
+from tests.conftest import TINY, compose_cfg
+
+
+def test_environment_names_python_torch_and_package_versions():
+    env = environment()
+    assert env["torch"] == torch.__version__
+    assert env["cuda"] == torch.version.cuda
+    assert env["cuda_available"] == torch.cuda.is_available()
+    assert len(env["gpus"]) == (torch.cuda.device_count() if env["cuda_available"] else 0)
+    assert env["medtrain"] == medtrain.__version__
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["packages"]["hydra-core"] == version("hydra-core")
+    assert env["python"].count(".") == 2
+
+
+def test_git_state_outside_a_checkout_names_the_reason(tmp_path):
+    state = git_state(tmp_path)
+    assert state["commit"] is None and state["reason"]
+
+
+def test_git_state_without_git_installed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable on the path
+    state = git_state(tmp_path)
+    assert state["commit"] is None and state["reason"] == "git is not installed"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_state_of_a_checkout_clean_and_dirty(tmp_path):
+    def git(*args):
+        identity = ["-c", "user.name=t", "-c", "user.email=t@example.org"]
+        return subprocess.run(
+            ["git", *identity, "-C", str(tmp_path), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "first")
+    clean = git_state(tmp_path)
+    assert clean["commit"] == git("rev-parse", "HEAD") and clean["reason"] is None
+    assert clean["dirty"] is False and clean["diff"] == "" and clean["diff_sha256"] is None
+
+    (tmp_path / "a.py").write_text("x = 2\n")
+    (tmp_path / "new.py").write_text("")
+    dirty = git_state(tmp_path)
+    assert dirty["dirty"] is True and "+x = 2" in dirty["diff"]
+    assert dirty["untracked"] == ["new.py"]
+    assert dirty["diff_sha256"] == hashlib.sha256(dirty["diff"].encode()).hexdigest()
+    # A folder inside a checkout is not the checkout (an installed medtrain inside some project).
+    (tmp_path / "sub").mkdir()
+    assert git_state(tmp_path / "sub")["commit"] is None
+
+
+def fingerprint(path):
+    return data_fingerprint(compose_cfg([f"dataset.path={path}"]))
+
+
+def test_fingerprint_of_a_file_is_its_sha256_and_changes_with_one_byte(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 3 * 2**20 + 5, dtype=np.uint8).tobytes()
+    path = tmp_path / "data.npz"
+    path.write_bytes(data)  # several 1 MiB chunks and a remainder
+    first = fingerprint(path)
+    assert first["kind"] == "file" and first["files"] == 1 and first["bytes"] == len(data)
+    assert first["sha256"] == hashlib.sha256(data).hexdigest()
+    changed = bytearray(data)
+    changed[2**20 + 7] ^= 1
+    path.write_bytes(bytes(changed))
+    assert fingerprint(path)["sha256"] != first["sha256"]
+
+
+def write_tree(root, files):
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+
+
+def test_fingerprint_of_a_folder_covers_names_and_bytes_not_hidden_files(tmp_path):
+    files = {"images/a.png": b"aaa", "images/b.png": b"bb", "masks/a.png": b"m"}
+    write_tree(tmp_path / "one", files)
+    write_tree(tmp_path / "two", files | {".DS_Store": b"x", ".cache/z": b"y"})
+    one, two = fingerprint(tmp_path / "one"), fingerprint(tmp_path / "two")
+    assert one["kind"] == "folder" and one["files"] == 3 and one["bytes"] == 6
+    assert one["sha256"] == two["sha256"]
+    write_tree(tmp_path / "renamed", {**files, "images/c.png": files["images/b.png"]})
+    (tmp_path / "renamed" / "images" / "b.png").unlink()
+    assert fingerprint(tmp_path / "renamed")["sha256"] != one["sha256"]
+    write_tree(tmp_path / "two", {"masks/a.png": b"n"})
+    assert fingerprint(tmp_path / "two")["sha256"] != one["sha256"]
+    # A folder is not the same data as a file holding the same bytes.
+    (tmp_path / "flat").write_bytes(b"aaabbm")
+    assert fingerprint(tmp_path / "flat")["sha256"] != one["sha256"]
+
+
+def test_fingerprint_of_generated_data_is_that_of_its_settings(tmp_path):
+    base = data_fingerprint(compose_cfg(TINY))
+    assert base["kind"] == "generated" and base["path"] is None
+    assert data_fingerprint(compose_cfg(TINY))["sha256"] == base["sha256"]
+    assert data_fingerprint(compose_cfg([*TINY, "seed=1"]))["sha256"] != base["sha256"]
+    assert (
+        data_fingerprint(compose_cfg([*TINY, "dataset.contrast=0.4"]))["sha256"] != base["sha256"]
+    )
+    # Training settings do not change the data.
+    assert data_fingerprint(compose_cfg([*TINY, "optimizer.lr=0.1"]))["sha256"] == base["sha256"]
+    assert fingerprint(tmp_path / "absent")["kind"] == "missing"
+
+
+def test_write_provenance_records_seeds_determinism_device_and_command(tmp_path):
+    cfg = compose_cfg([*TINY, "seed=7"])
+    written = write_provenance(tmp_path, cfg, torch.device("cpu"))
+    stored = json.loads((tmp_path / "provenance.json").read_text())
+    assert stored == written
+    assert stored["seeds"] == {"seed": 7, "dataset.seed": 7}
+    assert stored["device"] == "cpu" and isinstance(stored["command"], list)
+    assert stored["determinism"]["trainer.deterministic"] is False
+    assert stored["determinism"]["deterministic_algorithms"] == (
+        torch.are_deterministic_algorithms_enabled()
+    )
+    assert stored["data"]["kind"] == "generated"
+    assert stored["environment"]["torch"] == torch.__version__
+    git = stored["git"]
+    assert "diff" not in git  # the diff goes to git_diff.patch, not into the JSON
+    assert (tmp_path / "git_diff.patch").is_file() == bool(git["dirty"])

@@ -1,0 +1,234 @@
+"""`python -m medtrain.rerun`: reruns of classification, segmentation and regression runs reproduce
+their metrics bit for bit on the CPU; an edited saved config, a changed environment and bad input are
+named; the metric, config and environment comparisons on their own."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from medtrain.provenance import write_provenance
+from medtrain.rerun import (
+    compare_metrics,
+    config_changes,
+    environment_changes,
+    main,
+    metric_tolerance,
+)
+from tests.conftest import ROOT, TINY, read_metrics, run_cli
+from tests.test_regression import TINY_CLINICAL
+from tests.test_segmentation_task import TINY_SEG
+
+# Smaller still than the shared tiny configs (later overrides win): 7 trainings in this file.
+RUNS = {
+    "classification": [*TINY, "dataset.num_train=48", "dataset.num_val=24", "dataset.num_test=24"],
+    "segmentation": [
+        *TINY_SEG,
+        "dataset.num_train=16",
+        "dataset.num_val=2",
+        "dataset.num_test=2",
+        "dataset.test_image_size=64",
+        "task.num_overlays=1",
+        "trainer.max_epochs=1",
+    ],
+    "regression": [
+        *TINY_CLINICAL,
+        "task=regression",
+        "loss=mse",
+        "dataset.num_train=48",
+        "dataset.num_val=24",
+        "dataset.num_test=24",
+        "dataset.image_size=16",
+        "trainer.max_epochs=1",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`trained(name)`: a finished run of RUNS[name] made with the CLI (so .hydra/ exists), once."""
+    runs = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            run = tmp_path_factory.mktemp(name) / "run"
+            done = run_cli(*RUNS[name], f"hydra.run.dir={run}")
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            # Once __main__ writes provenance at the start of every run this file is always there.
+            if not (run / "provenance.json").is_file():
+                device = json.loads((run / "run_info.json").read_text())["device"]
+                write_provenance(run, OmegaConf.load(run / ".hydra" / "config.yaml"), device)
+            runs[name] = run
+        return runs[name]
+
+    return get
+
+
+def test_compare_metrics_exact_within_tolerance_missing_and_null():
+    a = {"test/auc": 0.91, "test/hd95": None, "best_epoch": 2}
+    assert compare_metrics(a, dict(a), 0.0) == []
+    assert compare_metrics(a, {**a, "test/auc": 0.91 + 1e-12}, 0.0) == [
+        "test/auc 0.91 -> 0.910000000001"
+    ]
+    assert compare_metrics(a, {**a, "test/auc": 0.91 + 1e-6}, 1e-5) == []
+    assert compare_metrics(a, {**a, "test/auc": 0.93}, 1e-5) == ["test/auc 0.91 -> 0.93"]
+    assert compare_metrics(a, {**a, "test/hd95": 3.5}, 0.0) == ["test/hd95 null -> 3.5"]
+    assert compare_metrics(a, {**a, "best_epoch": 1}, 0.0) == ["best_epoch 2 -> 1"]
+    fewer = {k: v for k, v in a.items() if k != "best_epoch"}
+    assert compare_metrics(a, fewer, 0.0) == ["best_epoch only in the original (2)"]
+    assert compare_metrics(fewer, a, 0.0) == ["best_epoch only in the rerun (2)"]
+
+
+def test_tolerance_is_cuda_atol_when_either_run_used_cuda():
+    assert metric_tolerance(["cpu", "cpu"], 0.0, 1e-4) == 0.0
+    assert metric_tolerance(["cpu", "cuda:0"], 0.0, 1e-4) == 1e-4
+    assert metric_tolerance(["cuda", None], 0.0, 1e-4) == 1e-4
+
+
+def test_environment_changes_name_versions_commit_data_and_determinism():
+    a = {
+        "created": "2026-01-01",
+        "command": ["a"],
+        "device": "cpu",
+        "environment": {"torch": "2.14.1", "packages": {"numpy": "2.4.6", "torch": "2.14.1"}},
+        "git": {"commit": "a" * 40, "dirty": False, "branch": "main"},
+        "data": {"sha256": "1" * 64, "files": 3},
+        "determinism": {"cudnn_benchmark": False},
+    }
+    b = json.loads(json.dumps(a))
+    assert environment_changes(a, b) == []
+    b |= {"created": "2026-02-02", "command": ["b"], "device": "cuda:0"}
+    b["environment"] = {"torch": "2.15.0", "packages": {"numpy": "2.4.6", "scipy": "1.17.1"}}
+    b["git"] = {"commit": "b" * 40, "dirty": True, "branch": "other"}
+    b["data"] = {"sha256": "2" * 64, "files": 4}
+    del b["determinism"]  # a section that one side lacks is not compared
+    assert environment_changes(a, b) == [
+        "device cpu -> cuda:0",
+        "torch 2.14.1 -> 2.15.0",
+        "scipy (absent) -> 1.17.1",
+        "git commit aaaaaaaaaaaa -> bbbbbbbbbbbb",
+        "git dirty false -> true",
+        "data fingerprint 111111111111 -> 222222222222",
+    ]
+
+
+def fake_run(root: Path, yaml: dict, trained_config: dict) -> Path:
+    """A run folder with just a saved config and a checkpoint config (no training)."""
+    (root / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(yaml), root / ".hydra" / "config.yaml")
+    (root / "checkpoints").mkdir()
+    torch.save({"config": trained_config}, root / "checkpoints" / "best.pt")
+    return root
+
+
+def test_config_changes_ignore_inferred_keys_and_name_edits(tmp_path):
+    yaml = {
+        "dataset": {"num_classes": None, "class_names": None, "size": 16},
+        "model": {"num_classes": "${dataset.num_classes}", "widths": [8, 16]},
+        "optimizer": {"lr": 1e-3},
+        "task": {"target_mean": None},
+    }
+    trained_config = {
+        "dataset": {"num_classes": 2, "class_names": ["a", "b"], "size": 16},
+        "model": {"num_classes": 2, "widths": [8, 16]},
+        "optimizer": {"lr": 1e-3},
+        "task": {"target_mean": [3.5]},
+    }
+    assert config_changes(fake_run(tmp_path / "same", yaml, trained_config)) == []
+    edited = json.loads(json.dumps(yaml))
+    edited["optimizer"]["lr"] = 1e-2
+    edited["model"]["widths"] = [8, 32]
+    edited["dataset"]["extra"] = True
+    del edited["dataset"]["size"]
+    assert config_changes(fake_run(tmp_path / "edited", edited, trained_config)) == [
+        "dataset.extra (not in the run) -> true",
+        "model.widths.1 16 -> 32",
+        "optimizer.lr 0.001 -> 0.01",
+        "dataset.size 16 -> (not in the config)",
+    ]
+
+
+@pytest.mark.parametrize("name", ["classification", "segmentation", "regression"])
+def test_rerun_reproduces_metrics_exactly_on_the_cpu(name, trained, tmp_path, capsys):
+    run = trained(name)
+    # Three spellings of where to write: output=, its alias hydra.run.dir=, and the default.
+    where = {
+        "classification": [f"output={tmp_path / 'again'}"],
+        "regression": [f"hydra.run.dir={tmp_path / 'again'}"],
+        "segmentation": [],
+    }[name]
+    assert main([f"run_dir={run}", *where]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    again = tmp_path / "again" if where else next(run.parent.glob("run_rerun_*"))
+    metrics = read_metrics(run)
+    assert lines[-1] == f"verdict: REPRODUCED ({len(metrics)} metrics identical, tolerance 0)"
+    assert not any(line.startswith(("config changed", "metric differs")) for line in lines)
+    assert read_metrics(again) == metrics
+    report = json.loads((again / "rerun.json").read_text())
+    assert report["verdict"] == "REPRODUCED" and report["tolerance"] == 0
+    assert report["original"] == str(run) and report["rerun"] == str(again)
+    if name == "segmentation":
+        shutil.rmtree(again)  # keep the module's run folder for other tests tidy
+
+
+def test_an_edited_saved_config_is_a_mismatch_that_names_the_key(trained, tmp_path, capsys):
+    run = tmp_path / "edited"
+    shutil.copytree(trained("classification"), run)
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    lr = saved.optimizer.lr
+    saved.optimizer.lr = lr * 10
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    provenance = json.loads((run / "provenance.json").read_text())
+    provenance["environment"]["torch"] = "0.0.1"  # as if trained with another torch
+    (run / "provenance.json").write_text(json.dumps(provenance))
+
+    assert main([f"run_dir={run}", f"output={tmp_path / 'again'}"]) == 1
+    out = capsys.readouterr().out
+    assert f"config changed since the run: optimizer.lr {lr:g} -> {lr * 10:g}" in out
+    assert f"environment changed: torch 0.0.1 -> {torch.__version__}" in out
+    assert "metric differs: test/" in out  # it still ran, with the edited learning rate
+    verdict = out.strip().splitlines()[-1]
+    assert verdict.startswith("verdict: MISMATCH: test/")
+    assert "; config changed: optimizer.lr" in verdict and "environment changed: torch" in verdict
+    report = json.loads((tmp_path / "again" / "rerun.json").read_text())
+    assert report["verdict"] == "MISMATCH" and report["config_changes"]
+
+
+def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    done = subprocess.run(
+        [sys.executable, "-m", "medtrain.rerun", f"run_dir={missing}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: run_dir: {missing} is not a folder"]
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cases = [
+        ([f"run_dir={run}"], str(run / ".hydra" / "config.yaml")),
+        (["run_dir=" + str(run), "atol=-1"], "atol=-1"),
+        (["run_dir=" + str(run), "tolerance=1"], "unknown key 'tolerance'"),
+        (["output=x"], "run_dir is required"),
+    ]
+    for argv, named in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    assert main([f"run_dir={run}"]) == 2
+    assert str(run / "metrics.json") in capsys.readouterr().err
+    (run / "metrics.json").write_text("{}")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("")
+    assert main([f"run_dir={run}", f"output={tmp_path / 'taken'}"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
