@@ -17,6 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from medtrain.analysis.report import write_report
+from medtrain.analysis.statistics import confidence_intervals
 from medtrain.build import build_datasets, build_model, build_task
 from medtrain.cli import parse_key_values
 from medtrain.config import resolve_device
@@ -203,6 +205,8 @@ def run_ensemble(
     fields = list(dict.fromkeys(k for row in rows for k in row))
     save_csv(out_dir / "members.csv", rows, fields)
     save_json(out_dir / "metrics.json", metrics)
+    metrics |= confidence_intervals(out_dir)  # from the files just written, as for one run
+    save_json(out_dir / "metrics.json", metrics)
     save_json(
         out_dir / "ensemble.json",
         {
@@ -215,6 +219,7 @@ def run_ensemble(
             "device": str(dev),
         },
     )
+    write_report(out_dir)
     return metrics
 
 
