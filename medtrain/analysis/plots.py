@@ -12,7 +12,7 @@ from medtrain.analysis.agreement import bland_altman
 from medtrain.io import atomic_write
 
 
-def _save_figure(path: Path, figure) -> None:
+def save_figure(path: Path, figure) -> None:
     """Render to memory, then write atomically (an interrupted run never leaves half a PNG)."""
     import matplotlib.pyplot as plt
 
@@ -51,7 +51,7 @@ def save_agreement_plots(
     ax.set_ylabel(f"predicted {name}")
     ax.set_title(f"{name}: predicted against true (n={target.size})")
     ax.legend(loc="upper left")
-    _save_figure(paths[0], figure)
+    save_figure(paths[0], figure)
 
     figure, ax = plt.subplots(figsize=(5.5, 4.0))
     mean, difference = (pred + target) / 2, pred - target
@@ -71,5 +71,5 @@ def save_agreement_plots(
     ax.set_xlabel(f"mean of predicted and true {name}")
     ax.set_ylabel(f"predicted - true {name}")
     ax.set_title("Bland-Altman")
-    _save_figure(paths[1], figure)
+    save_figure(paths[1], figure)
     return paths

@@ -1,0 +1,249 @@
+"""Sweeps: the Optuna search (pruning, resume after a kill, failing trials, bad arguments), the
+summary of a sweep folder and the Hydra grid multirun that writes it."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from medtrain import sweep_summary
+from medtrain.callbacks import SweepSummary
+from medtrain.sweep import main
+from tests.conftest import ROOT, TINY, read_metrics, run_cli
+
+# Trials of well under a second: a small CNN on tiny synthetic images, three epochs.
+FAST = [
+    *TINY,
+    "trainer.max_epochs=3",
+    "model.widths=[8,16]",
+    "model.hidden=16",
+    "augmentation=none",
+]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One torch thread: on 2 shared cores more threads only wait on each other."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for subprocesses
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_study(sweep_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="medtrain", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "sweep_summary.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread):
+    # A log-uniform lr up to 1 gives trials that collapse to val/auc 0.5 after one epoch: the
+    # median pruner stops them once two trials have completed. The seeded sampler makes it repeat.
+    argv = [f"sweep.dir={tmp_path}", "sweep.trials=6", "sweep.params.optimizer.lr=log(1e-4,1)"]
+    argv += ["sweep.pruner=median", "sweep.min_epochs=1", "sweep.startup_trials=2", *FAST]
+    assert main(argv) == 0
+
+    trials = load_study(tmp_path).trials
+    assert len(trials) == 6 and all(t.state in FINISHED for t in trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and len(complete) >= 2
+    for trial in pruned:  # stopped early: fewer epochs than max_epochs, no test metrics
+        assert len(trial.intermediate_values) < 3
+        assert not (tmp_path / str(trial.number) / "metrics.json").exists()
+    for trial in complete:  # the objective is the monitored validation value of the run
+        assert trial.value == pytest.approx(read_metrics(tmp_path / str(trial.number))["val/auc"])
+        saved = OmegaConf.load(tmp_path / str(trial.number) / ".hydra" / "config.yaml")
+        assert saved.optimizer.lr == trial.params["optimizer.lr"]
+
+    rows = read_summary(tmp_path)
+    assert len(rows) == 6
+    status = {int(r["job"]): r["status"] for r in rows}
+    assert status == {
+        t.number: {"COMPLETE": "complete", "PRUNED": "pruned"}[t.state.name] for t in trials
+    }
+    done = [float(r["val/auc"]) for r in rows if r["status"] == "complete"]
+    assert done == sorted(done, reverse=True) and rows[0]["status"] == "complete"
+    assert rows[0]["overrides"].startswith("optimizer.lr=") and rows[0]["test/auc"]
+    assert all(r["val/auc"] and r["train_seconds"] for r in rows)  # pruned: their last epoch
+    assert (tmp_path / "sweep_summary.md").read_text().count("\n| ") == 7  # header + 6 jobs
+    assert (tmp_path / "sweep_optimizer.lr.png").stat().st_size > 0
+
+    (tmp_path / "sweep_summary.csv").unlink()  # the CLI writes it again for an old sweep
+    assert sweep_summary.main([str(tmp_path)]) == 0
+    assert read_summary(tmp_path) == rows
+
+
+def _states(db: Path) -> dict[int, str]:
+    try:
+        with closing(sqlite3.connect(db, timeout=1)) as con:
+            return dict(con.execute("SELECT number, state FROM trials"))
+    except sqlite3.Error:  # not created yet, or being written
+        return {}
+
+
+def test_killed_sweep_resumes_without_repeating_trials(tmp_path, one_thread):
+    command = [sys.executable, "-m", "medtrain.sweep", f"sweep.dir={tmp_path}", "sweep.trials=4"]
+    command += ["sweep.params.optimizer.lr=log(1e-4,1e-2)", "sweep.pruner=none", *FAST]
+    command += ["trainer.max_epochs=4"]  # long enough to be caught running
+    log = (tmp_path / "first.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        states = _states(tmp_path / "study.db")
+        done = [n for n, s in states.items() if s != "RUNNING"]
+        if len(done) >= 2 and "RUNNING" in states.values():
+            process.send_signal(signal.SIGKILL)
+            break
+        assert process.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the sweep did not reach two finished trials"
+        time.sleep(0.05)
+    process.wait()
+    log.close()
+
+    study = load_study(tmp_path)
+    before = {t.number: (t.state, t.params, t.value) for t in study.trials if t.state in FINISHED}
+    killed = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(before) >= 2 and killed
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = {t.number: t for t in load_study(tmp_path).trials}
+    for number in killed:  # recorded as failed, and not counted towards the four
+        assert trials[number].state == TrialState.FAIL
+        assert trials[number].user_attrs["error"] == "interrupted"
+        assert (tmp_path / str(number) / "error.txt").read_text().strip() == "interrupted"
+    counted = [t for n, t in trials.items() if t.state in FINISHED and n not in killed]
+    assert len(counted) == 4 and len(trials) == 4 + len(killed)
+    for number, finished in before.items():  # finished trials keep their number, params and value
+        assert (trials[number].state, trials[number].params, trials[number].value) == finished
+    new = [t for n, t in trials.items() if n not in before and n not in killed]
+    assert min(t.number for t in new) > max([*before, *killed])
+    old_values = {p["optimizer.lr"] for _, p, _ in before.values()}
+    assert not old_values & {t.params["optimizer.lr"] for t in new}
+    statuses = {r["job"]: (r["status"], r["error"]) for r in read_summary(tmp_path)}
+    assert all(statuses[str(n)] == ("failed", "interrupted") for n in killed)
+
+
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, one_thread):
+    argv = [f"sweep.dir={tmp_path}", "sweep.trials=3", "sweep.params.optimizer.lr=choice(0.001,-1)"]
+    assert main([*argv, *FAST]) == 0  # exit 0: at least one trial completed
+
+    trials = load_study(tmp_path).trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(trials) == 3 and failed and complete
+    for trial in failed:
+        assert trial.params["optimizer.lr"] == -1
+        assert "optimizer.lr=-1: must be a number > 0" in trial.user_attrs["error"]
+        error = (tmp_path / str(trial.number) / "error.txt").read_text()
+        assert error.startswith("ConfigError: optimizer.lr=-1")
+    assert all(t.params["optimizer.lr"] == 0.001 for t in complete)
+    rows = {r["job"]: r for r in read_summary(tmp_path)}
+    for trial in failed:
+        assert rows[str(trial.number)]["status"] == "failed"
+        assert "must be a number > 0" in rows[str(trial.number)]["error"]
+    # choice(...) is categorical: labelled points
+    assert (tmp_path / "sweep_optimizer.lr.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sweep.trails=3", "sweep.params.optimizer.lr=log(1e-4,1)"], "unknown key 'sweep.trails'"),
+        (["trainer.max_epochs=1"], "nothing to search"),
+        (["sweep.params.optimizer.lr=uniform(1,2)"], "expected float(low,high)"),
+        (["sweep.params.optimizer.lr=log(0,1)"], "log bounds must be > 0"),
+        (["sweep.params.trainer.max_epochs=int(5,2)"], "low must be below high"),
+        (["sweep.params.model=choice(cnn,resnt18)"], "no option ['resnt18'] in group 'model'"),
+        (["sweep.params.model=float(0,1)"], "is a config group"),
+        (["sweep.params.optimizer.lr=log(1e-4,1)", "optimizer.lr=0.1"], "fixes a searched key"),
+        (["sweep.params.optimizer.lr=log(1e-4,1)", "sweep.pruner=asha"], "choose one of"),
+        (["sweep.params.optimizer.lr=log(1e-4,1)", "trainer.max_epoch=3"], "trainer.max_epochs"),
+        (["sweep.params.optimizer.lrr=log(1e-4,1)"], "optimizer.lrr"),
+    ],
+)
+def test_bad_sweep_arguments_exit_2_before_anything_runs(tmp_path, capsys, argv, message):
+    sweep_dir = tmp_path / "sweep"
+    assert main([f"sweep.dir={sweep_dir}", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not sweep_dir.exists()
+
+
+def test_grid_multirun_writes_the_summary(tmp_path, one_thread):
+    sweep_dir = tmp_path / "grid"
+    done = run_cli(
+        "-m",
+        *TINY,
+        "trainer.max_epochs=1",
+        "optimizer.lr=1e-3,1e-2",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_summary(sweep_dir)
+    assert sorted(r["overrides"] for r in rows) == ["optimizer.lr=0.001", "optimizer.lr=0.01"]
+    for row in rows:
+        metrics = read_metrics(sweep_dir / row["job"])
+        assert row["status"] == "complete"
+        assert float(row["val/auc"]) == pytest.approx(metrics["val/auc"])
+        assert float(row["test/auc"]) == pytest.approx(metrics["test/auc"])
+        assert float(row["train_seconds"]) > 0
+    assert float(rows[0]["val/auc"]) >= float(rows[1]["val/auc"])
+    assert "trainer.max_epochs=1" in (sweep_dir / "sweep_summary.md").read_text()  # common values
+    assert (sweep_dir / "sweep_optimizer.lr.png").exists()
+
+
+def test_summary_of_a_grid_with_a_failed_job(tmp_path):
+    # Job folders as Hydra writes them; job 1 stopped with an error before metrics.json.
+    for job, lr in (("0", "0.001"), ("1", "10.0")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(
+            f"- optimizer.lr={lr}\n- seed=1\n"
+        )
+        (tmp_path / job / ".hydra" / "config.yaml").write_text(
+            "task: {monitor: val/loss, monitor_mode: min}\n"
+        )
+    (tmp_path / "0" / "metrics.json").write_text('{"val/loss": 0.3, "test/mae": 1.5}')
+    (tmp_path / "0" / "run_info.json").write_text('{"train_seconds": 2.5}')
+    (tmp_path / "1" / "train.log").write_text(
+        "[t][medtrain][INFO] - epoch 1\n[t][medtrain][ERROR] - the loss became NaN at epoch 2\n"
+    )
+    sweep_summary.write_sweep_summary(tmp_path)
+    rows = read_summary(tmp_path)
+    assert [(r["job"], r["overrides"], r["status"]) for r in rows] == [
+        ("0", "optimizer.lr=0.001", "complete"),
+        ("1", "optimizer.lr=10.0", "failed"),
+    ]
+    assert rows[0]["val/loss"] == "0.3" and rows[0]["test/mae"] == "1.5"
+    assert rows[1]["error"] == "the loss became NaN at epoch 2"
+    assert "Every job: `seed=1`" in (tmp_path / "sweep_summary.md").read_text()
+
+
+def test_callback_leaves_single_runs_alone_and_never_raises(tmp_path, caplog):
+    config = OmegaConf.create({"hydra": {"mode": RunMode.RUN, "sweep": {"dir": str(tmp_path)}}})
+    SweepSummary().on_job_end(config, job_return=None)
+    assert not list(tmp_path.iterdir())
+    config.hydra.mode = RunMode.MULTIRUN
+    SweepSummary().on_multirun_end(config)  # an empty sweep folder: a warning, not an exception
+    assert "no sweep summary" in caplog.text
+    assert os.listdir(tmp_path) == []
