@@ -13,9 +13,12 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from medtrain import __version__
+from medtrain.analysis.report import write_report
+from medtrain.analysis.statistics import confidence_intervals
 from medtrain.build import (
     build_datasets,
     build_loaders,
@@ -29,6 +32,7 @@ from medtrain.config import check_against_data, check_model_output, unknown_key_
 from medtrain.data.loading import collate
 from medtrain.errors import MedtrainError
 from medtrain.io import save_json
+from medtrain.provenance import write_provenance
 from medtrain.trainer import fit, seed_everything, test
 
 log = logging.getLogger("medtrain")
@@ -50,6 +54,8 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
     `on_epoch(epoch, row)` is called after every epoch (see `trainer.fit`)."""
     device = validate(cfg)
     configure_determinism(cfg.trainer.deterministic)
+    # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.
+    write_provenance(run_dir, cfg, device)
     seed_everything(cfg.seed)
 
     datasets = build_datasets(cfg)
@@ -99,6 +105,10 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
         "epochs_trained": state["epoch"]
     }
     save_json(run_dir / "metrics.json", metrics)
+    # Bootstrap 95% intervals (and calibration) from the files test() just wrote, with a fixed seed
+    # so that a rerun writes the same metrics.json.
+    metrics |= confidence_intervals(run_dir)
+    save_json(run_dir / "metrics.json", metrics)
     save_json(
         run_dir / "run_info.json",
         {
@@ -122,6 +132,7 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
         metrics["best_epoch"],
         summary,
     )
+    log.info("report: %s", write_report(run_dir))
     log.info("results in %s", run_dir)
     return metrics
 
@@ -132,6 +143,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except MedtrainError as err:
         log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None  # this job is recorded as failed (no metrics.json); the grid goes on
         sys.exit(2)
     # The monitored validation value (never a test value) is returned for sweepers that optimise it.
     return metrics.get(cfg.task.monitor)
@@ -146,8 +159,9 @@ def cli() -> None:
         for key, value in (
             ("hydra.job.name", "train"),
             ("hydra.sweep.dir", "outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}"),
+            ("+hydra.callbacks.sweep_summary._target_", "medtrain.callbacks.SweepSummary"),
         ):
-            if not any(a.startswith(f"{key}=") for a in args):
+            if not any(a.lstrip("+").startswith(f"{key.lstrip('+')}=") for a in args):
                 sys.argv.append(f"{key}={value}")
     try:
         main()

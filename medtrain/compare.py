@@ -1,0 +1,131 @@
+"""`python -m medtrain.compare run_dirs=[<run>,<run>,...] [output=<folder>]`: finished runs side by
+side (the config values that differ between them, then every metric), printed and written as
+`comparison.csv` and `comparison.md`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from medtrain.cli import parse_key_values
+from medtrain.errors import ConfigError, MedtrainError
+from medtrain.io import atomic_write, load_checkpoint, save_csv
+
+DEFAULTS: dict[str, Any] = {"run_dirs": None, "output": "."}
+USAGE = """\
+usage: python -m medtrain.compare run_dirs=[RUN,RUN,...] [output=FOLDER]
+
+  run_dirs=[A,B,...]   finished runs (folders with metrics.json)
+  output=FOLDER        where comparison.csv and comparison.md go (default: the current folder)
+"""
+
+
+def flat_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config as `dotted.key -> value` leaves: the trained config in best.pt (with what
+    the data inferred), else `.hydra/config.yaml`; empty when neither exists."""
+    best = run_dir / "checkpoints" / "best.pt"
+    saved = run_dir / ".hydra" / "config.yaml"
+    if best.is_file():
+        config = load_checkpoint(best).get("config") or {}
+    elif saved.is_file():
+        config = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    else:
+        return {}
+    leaves: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            leaves[prefix] = node
+
+    walk(config, "")
+    return leaves
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics.json plus `train_seconds` from run_info.json, flat config) of one run."""
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (is it a finished run?)")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"run_dirs: {metrics_path} is not valid JSON ({err})") from err
+    info = run_dir / "run_info.json"
+    if info.is_file():
+        metrics["train_seconds"] = json.loads(info.read_text()).get("train_seconds")
+    return metrics, flat_config(run_dir)
+
+
+def compare(run_dirs: Sequence[str | Path], output: str | Path = ".") -> list[dict[str, Any]]:
+    """Build the side-by-side table (one row per differing config value, then one per metric; one
+    column per run), write it as CSV and Markdown into `output`, and return its rows."""
+    if len(run_dirs) < 2:
+        raise ConfigError(f"run_dirs={list(run_dirs)}: give at least 2 runs to compare")
+    runs = [Path(d) for d in run_dirs]
+    names = [_column_name(run, runs) for run in runs]
+    read = [read_run(run) for run in runs]
+    rows: list[dict[str, Any]] = []
+    config_keys = sorted({k for _, config in read for k in config})
+    for key in config_keys:
+        values = [config.get(key) for _, config in read]
+        if any(v != values[0] for v in values[1:]):
+            rows.append({"key": f"config: {key}", **dict(zip(names, values, strict=True))})
+    metric_keys = list(dict.fromkeys(k for metrics, _ in read for k in metrics))
+    for key in metric_keys:
+        rows.append({"key": key, **{n: m.get(key) for n, (m, _) in zip(names, read, strict=True)}})
+    output = Path(output)
+    save_csv(output / "comparison.csv", rows, ["key", *names])
+    atomic_write(output / "comparison.md", lambda f: f.write(markdown(rows, names)))
+    return rows
+
+
+def _column_name(run: Path, runs: list[Path]) -> str:
+    """The run's folder name, or its full path when two runs share a folder name."""
+    return run.name if sum(r.name == run.name for r in runs) == 1 else str(run)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def markdown(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """The table as Markdown: a header of run names, one line per row."""
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [
+        f"| {row['key']} | " + " | ".join(_cell(row[n]) for n in names) + " |" for row in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    try:
+        cfg = parse_key_values(argv, DEFAULTS, text_keys=("output",), list_keys=("run_dirs",))
+        if not cfg.run_dirs:
+            raise ConfigError("run_dirs is required: run_dirs=[<run>,<run>,...]")
+        rows = compare(list(cfg.run_dirs), cfg.output)
+    except MedtrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    names = [k for k in rows[0] if k != "key"] if rows else []
+    print(markdown(rows, names), end="")
+    print(f"wrote {Path(cfg.output) / 'comparison.csv'} and comparison.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`python -m medtrain.compare`: runs side by side, values straight from their metrics.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from medtrain.compare import compare, main
+from medtrain.errors import ConfigError
+from tests.conftest import TINY, train_in_process
+
+
+def test_two_runs_side_by_side(tmp_path, capsys):
+    runs = [tmp_path / "slow", tmp_path / "fast"]
+    for run, lr in zip(runs, ("1e-3", "1e-2"), strict=True):
+        train_in_process(run, [*TINY, "trainer.max_epochs=1", f"optimizer.lr={lr}"])
+    out = tmp_path / "cmp"
+    rows = compare(runs, out)
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["config: optimizer.lr"]["slow"] == pytest.approx(1e-3)
+    assert by_key["config: optimizer.lr"]["fast"] == pytest.approx(1e-2)
+    assert "config: seed" not in by_key  # equal values are not repeated
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert by_key["test/auc"][run.name] == metrics["test/auc"]
+    with (out / "comparison.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["key"] for r in table] == [r["key"] for r in rows]
+    assert "| test/auc |" in (out / "comparison.md").read_text()
+    assert main([f"run_dirs=[{runs[0]},{runs[1]}]", f"output={out}"]) == 0
+    assert "config: optimizer.lr" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_error_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="at least 2 runs"):
+        compare([tmp_path], tmp_path)
+    assert main([f"run_dirs=[{tmp_path},{tmp_path}]"]) == 2
+    assert "has no metrics.json" in capsys.readouterr().err
