@@ -443,6 +443,10 @@ def _operating_point_section(run: Run) -> str:
 def _gradcam_section(run: Run, num_images: int) -> str:
     from medtrain.analysis.gradcam import gradcam_figures
 
+    if not (run.dir / "checkpoints" / "best.pt").is_file():  # an ensemble folder: no one model
+        return _note(
+            "Grad-CAM not available: it needs the run's model, checkpoints/best.pt, which this folder does not have."
+        )
     try:
         figures = gradcam_figures(run.dir, num_images)
     except Exception as err:  # optional: a failure is reported on the page, never raised
