@@ -4,12 +4,24 @@ defaults: one clear error for a missing `=`, an unknown or repeated key, or a va
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from medtrain.errors import ConfigError
+
+
+def tool_args(argv: Sequence[str] | None, usage: str) -> tuple[list[str], int | None]:
+    """A tool's arguments (`sys.argv[1:]` by default) and, when there is nothing to run, its exit
+    status: 0 after printing `usage` for -h / --help / help, 2 after printing it to stderr when no
+    argument is given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] not in ("-h", "--help", "help"):
+        return argv, None
+    print(usage, end="", file=sys.stdout if argv else sys.stderr)
+    return argv, 0 if argv else 2
 
 
 def names(text: str) -> list[str]:

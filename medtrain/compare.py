@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from medtrain.cli import parse_key_values
+from medtrain.cli import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
 from medtrain.io import atomic_write, load_checkpoint, save_csv
 
@@ -109,10 +109,9 @@ def markdown(rows: list[dict[str, Any]], names: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=("output",), list_keys=("run_dirs",))
         if not cfg.run_dirs:

@@ -20,7 +20,7 @@ from torch import nn
 from medtrain.analysis.report import write_report
 from medtrain.analysis.statistics import confidence_intervals
 from medtrain.build import build_datasets, build_model, build_task
-from medtrain.cli import parse_key_values
+from medtrain.cli import parse_key_values, tool_args
 from medtrain.config import resolve_device
 from medtrain.data.loading import make_loader
 from medtrain.errors import ConfigError, MedtrainError
@@ -225,10 +225,9 @@ def run_ensemble(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = parse_key_values(

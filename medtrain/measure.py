@@ -19,7 +19,7 @@ from medtrain.analysis.measurements import (
     measure_mask,
     totals,
 )
-from medtrain.cli import parse_key_values
+from medtrain.cli import parse_key_values, tool_args
 from medtrain.data.image_folder import read_image_file
 from medtrain.data.masks import file_spacing, read_mask_file
 from medtrain.errors import ConfigError, DataError, MedtrainError
@@ -238,10 +238,9 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
     try:
         summary = measure_files(parse_args(argv))
     except (MedtrainError, OSError) as err:  # OSError: e.g. a folder without read permission

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medtrain.analysis.report import write_report
-from medtrain.cli import parse_key_values
+from medtrain.cli import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
 
 DEFAULTS: dict[str, Any] = {"run_dir": None}
@@ -23,10 +23,9 @@ usage: python -m medtrain.report run_dir=<run folder>
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         args = parse_key_values(argv, DEFAULTS, text_keys=("run_dir",))

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from medtrain.cli import parse_key_values
+from medtrain.cli import parse_key_values, tool_args
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.io import load_checkpoint, save_json
 from medtrain.provenance import collect_provenance
@@ -391,10 +391,9 @@ def rerun(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 reproduced, 1 mismatch, 2 error)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="", file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
     try:
         cfg = parse_key_values(
             argv,
