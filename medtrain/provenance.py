@@ -3,6 +3,7 @@ data, the seeds and the determinism settings, written to `<run>/provenance.json`
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -145,10 +146,24 @@ def _visible_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda f: f.relative_to(folder).as_posix())
 
 
+def _listed_images(manifest: Path, column: str | None) -> list[Path]:
+    """The existing files that a CSV manifest's `column` names (relative to the CSV), in row order;
+    none for other files."""
+    if column is None or manifest.suffix.lower() != ".csv":
+        return []
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            values = [row.get(column) for row in csv.DictReader(handle)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # the dataset reports an unreadable manifest, with its line
+    files = [manifest.parent / v.strip() for v in values if v and v.strip()]
+    return [f for f in files if f.is_file()]
+
+
 def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """A SHA-256 of the data a run reads.
 
-    A file (`dataset.path`) is hashed byte for byte; a folder by its files' relative paths and bytes
+    A file (`dataset.path`) is hashed byte for byte, a CSV manifest with the images it lists; a folder by its files' relative paths and bytes
     (hidden files left out); built-in generated data (`dataset.path` null) by the resolved dataset
     settings, which determine every generated sample.
 
@@ -175,11 +190,14 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     path = Path(str(raw))
     if path.is_file():
         size = _hash_file(path, digest)
+        listed = _listed_images(path, cfg.dataset.get("image_column"))
+        for file in listed:  # a manifest: the images it lists are the data too
+            size += _hash_file(file, digest)
         return {
             "kind": "file",
             "path": str(path),
             "sha256": digest.hexdigest(),
-            "files": 1,
+            "files": 1 + len(listed),
             "bytes": size,
         }
     if path.is_dir():

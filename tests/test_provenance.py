@@ -86,6 +86,21 @@ def test_fingerprint_of_a_file_is_its_sha256_and_changes_with_one_byte(tmp_path)
     assert fingerprint(path)["sha256"] != first["sha256"]
 
 
+def test_fingerprint_of_a_manifest_covers_the_images_it_lists(tmp_path):
+    from omegaconf import OmegaConf
+
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "img" / name).write_bytes(name.encode() * 10)
+    csv_path = tmp_path / "cases.csv"
+    csv_path.write_text("image,target\nimg/a.png,0\nimg/b.png,1\n")
+    cfg = OmegaConf.create({"dataset": {"path": str(csv_path), "image_column": "image"}})
+    first = data_fingerprint(cfg)
+    assert first["files"] == 3 and first["bytes"] == csv_path.stat().st_size + 100
+    (tmp_path / "img" / "b.png").write_bytes(b"changed")  # the CSV is unchanged
+    assert data_fingerprint(cfg)["sha256"] != first["sha256"]
+
+
 def write_tree(root, files):
     for name, content in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
