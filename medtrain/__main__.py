@@ -36,6 +36,7 @@ from medtrain.provenance import write_provenance
 from medtrain.trainer import fit, seed_everything, test
 
 log = logging.getLogger("medtrain")
+FAILED_JOBS: list[int] = []  # multirun jobs stopped by a config or data error
 VERSIONED = ("torch", "torchvision", "numpy", "hydra-core", "albumentations", "scikit-learn")
 
 
@@ -144,6 +145,7 @@ def main(cfg: DictConfig) -> float | None:
     except MedtrainError as err:
         log.error("%s", err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            FAILED_JOBS.append(HydraConfig.get().job.num)
             return None  # this job is recorded as failed (no metrics.json); the grid goes on
         sys.exit(2)
     # The monitored validation value (never a test value) is returned for sweepers that optimise it.
@@ -165,6 +167,13 @@ def cli() -> None:
                 sys.argv.append(f"{key}={value}")
     try:
         main()
+        if FAILED_JOBS:  # a grid went on past failed jobs; its exit status still says so
+            print(
+                f"medtrain: {len(FAILED_JOBS)} job(s) failed (job {', '.join(map(str, FAILED_JOBS))}); "
+                "see sweep_summary.md in the sweep folder",
+                file=sys.stderr,
+            )
+            sys.exit(1)
     except SystemExit as exit_:
         if exit_.code == 1:
             hint = unknown_key_hint(sys.argv[1:])

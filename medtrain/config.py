@@ -65,15 +65,8 @@ def validate(cfg: DictConfig) -> torch.device:
         The device to train on.
     """
     check_task(cfg)  # first: a task/dataset mismatch also breaks interpolations between them
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
-        first = sorted(missing)[0]
-        hint = " (the file or folder to read)" if first == "dataset.path" else ""
-        raise ConfigError(
-            f"{first} is required for {first.split('.')[0]}={choice(first.split('.')[0])}"
-            f" but not set{hint}: add {first}=<value> to the command line"
-        )
     try:
+        missing = OmegaConf.missing_keys(cfg)
         OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
     except Exception as err:  # an interpolation that points nowhere
         if "num_features" in str(err):
@@ -81,8 +74,15 @@ def validate(cfg: DictConfig) -> torch.device:
                 f"model={choice('model')} has a tabular branch, but dataset={choice('dataset')} has "
                 "no tabular columns: use dataset=manifest with dataset.tabular_columns=[...] or "
                 "dataset=synthetic_clinical, or drop the branch (~model@model.branches.tabular)"
-            ) from err
-        raise ConfigError(f"config: {err}") from err
+            ) from None
+        raise ConfigError(f"config: {err}".splitlines()[0]) from None
+    if missing:
+        first = sorted(missing)[0]
+        hint = " (the file or folder to read)" if first == "dataset.path" else ""
+        raise ConfigError(
+            f"{first} is required for {first.split('.')[0]}={choice(first.split('.')[0])}"
+            f" but not set{hint}: add {first}=<value> to the command line"
+        )
     require(
         isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0"
     )

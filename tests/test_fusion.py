@@ -14,7 +14,7 @@ from medtrain.models import call_model, input_keys
 from medtrain.models.cnn import SimpleCNN
 from medtrain.models.fusion import Fusion, strip_head
 from medtrain.models.tabular import TabularMLP
-from tests.conftest import compose_cfg, train_in_process
+from tests.conftest import compose_cfg, run_cli, train_in_process
 
 
 def branches(classes: int = 3) -> dict[str, nn.Module]:
@@ -122,3 +122,11 @@ def test_fusion_beats_image_only_and_tabular_only(tmp_path):
     }
     assert auc["fusion"] > auc["image"] + 0.05, auc
     assert auc["fusion"] > auc["tabular"] + 0.05, auc
+
+
+@pytest.mark.parametrize("model", ["fusion", "tabular_mlp"])
+def test_tabular_models_on_image_only_data_get_one_error_line(model, tmp_path):
+    done = run_cli(f"model={model}", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 2
+    out = done.stdout + done.stderr
+    assert "has no tabular columns" in out and "Traceback" not in out

@@ -80,11 +80,11 @@ def test_regression_targets_are_the_csv_values(tmp_path):
     path = make_cases(tmp_path, values, {"split": splits})
     ds = Manifest(str(path), "train", regression=True)
     assert ds.num_classes == 1 and ds.multilabel is False
-    assert ds.labels.dtype == np.float32 and ds.labels.shape == (6, 1)
-    np.testing.assert_array_equal(ds.labels[:, 0], np.float32(values[:6]))
+    assert ds.labels.dtype == np.float64 and ds.labels.shape == (6, 1)
+    np.testing.assert_array_equal(ds.labels[:, 0], np.asarray(values[:6], dtype=float))
     assert ds[1]["label"].tolist() == [80.0]
     test = Manifest(str(path), "test", regression=True)
-    np.testing.assert_array_equal(test.labels[:, 0], np.float32(values[8:]))
+    np.testing.assert_array_equal(test.labels[:, 0], np.asarray(values[8:], dtype=float))
 
 
 def test_split_column_is_honoured_with_its_aliases(tmp_path):

@@ -263,6 +263,20 @@ def test_cli_two_job_sweep(tmp_path):
 
 
 @pytest.mark.slow
+def test_grid_goes_on_past_a_failed_job_and_says_so(tmp_path):
+    done = run_cli(
+        "-m", *TINY, "trainer.max_epochs=1", "optimizer.lr=-1,1e-2", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert done.returncode == 1
+    assert "1 job(s) failed (job 0)" in done.stderr
+    assert (tmp_path / "1" / "metrics.json").is_file() and not (
+        tmp_path / "0" / "metrics.json"
+    ).exists()
+    summary = (tmp_path / "sweep_summary.md").read_text()
+    assert "failed" in summary and "optimizer.lr" in summary
+
+
+@pytest.mark.slow
 def test_default_experiment_meets_the_auc_bar(tmp_path):
     """`python -m medtrain` with no overrides: test AUC >= 0.95 (timing is in benchmarks/)."""
     metrics = train_in_process(tmp_path, ["trainer.progress=false"])

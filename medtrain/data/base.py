@@ -20,7 +20,7 @@ class ImageDataset(Dataset):
     """A split of images with labels; subclasses load them and implement `read_image`.
 
     Each sample is a dict: `image` (float32 C x H x W after scaling to [0, 1], augmentation and
-    normalization), `label` (int64 class index, float32 vector of 0/1 for multi-label, or float32
+    normalization), `label` (int64 class index, float32 vector of 0/1 for multi-label, or float64
     vector of target values for regression), `id`, and `tabular` (float32 vector) when the dataset
     has tabular columns.
 
@@ -137,7 +137,8 @@ class ImageDataset(Dataset):
         self.labels = labels.astype(np.float32 if is_multilabel else np.int64)
 
     def _set_targets(self, values: np.ndarray, source: str) -> None:
-        """Store regression targets as float32 (N x K), checking that they are finite numbers."""
+        """Store regression targets as float64 (N x K; the values as written, without float32
+        rounding in predictions.csv), checking that they are finite numbers."""
         try:
             values = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError) as err:
@@ -164,7 +165,7 @@ class ImageDataset(Dataset):
                 if self.num_classes == 1
                 else [f"target_{k}" for k in range(self.num_classes)]
             )
-        self.labels = values.astype(np.float32)
+        self.labels = values
 
     def __len__(self) -> int:
         return len(self.ids)
