@@ -105,10 +105,9 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
     metrics = test(model, task, loaders, device, cfg.trainer, run_dir) | {
         "epochs_trained": state["epoch"]
     }
-    save_json(run_dir / "metrics.json", metrics)
     # Bootstrap 95% intervals (and calibration) from the files test() just wrote, with a fixed seed
     # so that a rerun writes the same metrics.json.
-    metrics |= confidence_intervals(run_dir)
+    metrics |= confidence_intervals(run_dir, metrics=metrics)
     save_json(run_dir / "metrics.json", metrics)
     save_json(
         run_dir / "run_info.json",

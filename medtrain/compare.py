@@ -4,7 +4,6 @@ side (the config values that differ between them, then every metric), printed an
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from omegaconf import OmegaConf
 
 from medtrain.cli import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.io import atomic_write, load_checkpoint, save_csv
+from medtrain.io import atomic_write, load_checkpoint, read_json, save_csv
 
 DEFAULTS: dict[str, Any] = {"run_dirs": None, "output": "."}
 USAGE = """\
@@ -51,16 +50,12 @@ def flat_config(run_dir: Path) -> dict[str, Any]:
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics.json plus `train_seconds` from run_info.json, flat config) of one run."""
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
+    metrics = read_json(run_dir / "metrics.json")
+    if metrics is None:
         raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (is it a finished run?)")
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"run_dirs: {metrics_path} is not valid JSON ({err})") from err
-    info = run_dir / "run_info.json"
-    if info.is_file():
-        metrics["train_seconds"] = json.loads(info.read_text()).get("train_seconds")
+    info = read_json(run_dir / "run_info.json")
+    if info is not None:
+        metrics["train_seconds"] = info.get("train_seconds")
     return metrics, flat_config(run_dir)
 
 

@@ -204,8 +204,7 @@ def run_ensemble(
     rows.append({"run_dir": "ensemble", **test.metrics("test")})
     fields = list(dict.fromkeys(k for row in rows for k in row))
     save_csv(out_dir / "members.csv", rows, fields)
-    save_json(out_dir / "metrics.json", metrics)
-    metrics |= confidence_intervals(out_dir)  # from the files just written, as for one run
+    metrics |= confidence_intervals(out_dir, metrics=metrics)  # from the files just written
     save_json(out_dir / "metrics.json", metrics)
     save_json(
         out_dir / "ensemble.json",

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medtrain.errors import DataError
+
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w") -> Path:
     """Write a file through `write(handle)` into a temporary sibling, then rename it into place.
@@ -45,6 +47,21 @@ def save_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     return atomic_write(
         path, lambda f: f.write(json.dumps(clean, indent=2, allow_nan=False) + "\n")
     )
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON file's content; None when the file does not exist.
+
+    Raises:
+        DataError: the file exists but cannot be read or parsed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path} ({err})") from err
 
 
 def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: list[str]) -> Path:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtrain.cli import parse_key_values, tool_args
 from medtrain.errors import ConfigError, DataError, MedtrainError
-from medtrain.io import load_checkpoint, save_json
+from medtrain.io import load_checkpoint, read_json, save_json
 from medtrain.provenance import collect_provenance
 
 DEFAULTS: dict[str, Any] = {
@@ -225,20 +225,11 @@ def metric_tolerance(devices: Iterable[str | None], atol: float, cuda_atol: floa
     return cuda_atol if any(str(d).startswith("cuda") for d in devices if d) else atol
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path} ({err})") from err
-
-
 def _device(run_dir: Path, provenance: Mapping[str, Any] | None) -> str | None:
     """The device a run trained on: from provenance.json, else from run_info.json."""
     if provenance and provenance.get("device"):
         return str(provenance["device"])
-    info = _read_json(run_dir / "run_info.json") or {}
+    info = read_json(run_dir / "run_info.json") or {}
     return info.get("device")
 
 
@@ -260,7 +251,7 @@ def _check_run(run_dir: Path) -> tuple[Path, DictConfig, dict[str, Any]]:
         saved = OmegaConf.load(config)
     except Exception as err:  # YAML reports syntax errors with several exception types
         raise DataError(f"cannot read {config}: {str(err).splitlines()[0]}") from err
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json")
     if metrics is None:
         raise ConfigError(f"{run_dir / 'metrics.json'} not found: did the run finish?")
     return config, saved, metrics
@@ -319,12 +310,12 @@ def rerun(
             f"the rerun exited with status {finished.returncode}{context}; the last lines of its "
             "output:\n" + "\n".join(tail)
         )
-    rerun_metrics = _read_json(out / "metrics.json")
+    rerun_metrics = read_json(out / "metrics.json")
     if rerun_metrics is None:
         raise RerunFailed(f"the rerun finished without writing {out / 'metrics.json'}")
 
-    provenance = _read_json(run_dir / "provenance.json")
-    rerun_provenance = _read_json(out / "provenance.json")
+    provenance = read_json(run_dir / "provenance.json")
+    rerun_provenance = read_json(out / "provenance.json")
     if provenance is not None and rerun_provenance is None:
         # A rerun by a medtrain that does not write provenance yet: this process runs the same
         # interpreter, packages, checkout and data, so it can describe the rerun's environment

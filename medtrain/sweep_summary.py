@@ -5,7 +5,6 @@ against each swept parameter). `python -m medtrain.sweep_summary <sweep_dir>` wr
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import sys
@@ -15,7 +14,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from medtrain.io import atomic_write, save_csv
+from medtrain.errors import DataError
+from medtrain.io import atomic_write, read_json, save_csv
 
 HEADLINE = ("auc", "acc", "balanced_acc", "f1", "dice", "iou", "hd95_mm")
 HEADLINE += ("mae", "rmse", "r2", "pearson", "qwk")
@@ -23,9 +23,10 @@ STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A job file's content, None when missing or unreadable (a summary lists broken jobs too)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path)
+    except DataError:
         return None
 
 

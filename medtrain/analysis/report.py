@@ -24,11 +24,10 @@ from medtrain.analysis.statistics import (
     expected_calibration_error,
     read_classification,
     read_csv_rows,
-    read_json,
     regression_pairs,
     reliability_bins,
 )
-from medtrain.io import atomic_write, load_checkpoint
+from medtrain.io import atomic_write, load_checkpoint, read_json
 
 log = logging.getLogger("medtrain.report")
 
@@ -169,7 +168,7 @@ def _config_section(run: Run) -> str:
         for k in ("max_epochs", "batch_size", "precision", "device")
     ]
     rows.append(["seed", _select(cfg, "seed")])
-    info = read_json(run.dir / "run_info.json")
+    info = read_json(run.dir / "run_info.json") or {}
     rows += [[f"run_info.{k}", v] for k, v in info.items()]
     full = escape(OmegaConf.to_yaml(cfg))
     return (
@@ -222,7 +221,7 @@ def _test_distribution(run: Run) -> str:
 
 
 def _data_section(run: Run) -> str:
-    splits = read_json(run.dir / "splits.json")
+    splits = read_json(run.dir / "splits.json") or {}
     if splits:
         sizes = _table(["split", "cases"], [[s, len(ids)] for s, ids in splits.items()])
     else:
@@ -564,7 +563,7 @@ def write_report(run_dir: Path, gradcam_images: int = 6) -> Path:
     run_dir = Path(run_dir)
     cfg, source = load_run_config(run_dir)
     task = run_task(run_dir, cfg)
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json") or {}
     extra = {} if any("_ci_" in k for k in metrics) else confidence_intervals(run_dir)
     values = metrics | {k: v for k, v in extra.items() if k not in metrics}
     run = Run(run_dir, cfg, source, task, values)

@@ -4,7 +4,6 @@ the test metrics, and calibration (reliability bins, expected calibration error)
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from medtrain.io import read_json
 
 CALIBRATION_BINS = 10
 
@@ -37,10 +38,6 @@ def column(rows: list[dict[str, str]], key: str) -> np.ndarray:
     return np.array([as_number(row[key]) for row in rows], dtype=float)
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 @dataclass
 class Classified:
     """A classification run's test outputs, from `predictions.csv`."""
@@ -51,11 +48,13 @@ class Classified:
     names: list[str]
 
 
-def _class_names(run_dir: Path, k: int, multilabel: bool) -> list[str]:
+def _class_names(
+    run_dir: Path, k: int, multilabel: bool, metrics: dict[str, Any] | None = None
+) -> list[str]:
     """Class names from the run's files: the confusion matrix's rows, or (multi-label) the labels of
-    the thresholds in metrics.json; indices when neither fits."""
+    the thresholds in `metrics` (default: metrics.json); indices when neither fits."""
     if multilabel:
-        metrics = read_json(run_dir / "metrics.json")
+        metrics = metrics if metrics is not None else read_json(run_dir / "metrics.json") or {}
         names = [key.removeprefix("threshold_") for key in metrics if key.startswith("threshold_")]
     elif (run_dir / "confusion_matrix.csv").is_file():
         names = [row["true"] for row in read_csv_rows(run_dir / "confusion_matrix.csv")[1]]
@@ -64,8 +63,11 @@ def _class_names(run_dir: Path, k: int, multilabel: bool) -> list[str]:
     return names if len(names) == k else [str(j) for j in range(k)]
 
 
-def read_classification(run_dir: Path, names: list[str] | None = None) -> Classified:
-    """Targets and probabilities of `predictions.csv` (`prob_k` columns; multi-label `target_k`)."""
+def read_classification(
+    run_dir: Path, names: list[str] | None = None, metrics: dict[str, Any] | None = None
+) -> Classified:
+    """Targets and probabilities of `predictions.csv` (`prob_k` columns; multi-label `target_k`);
+    `metrics` (default: metrics.json) names multi-label classes."""
     fields, rows = read_csv_rows(run_dir / "predictions.csv")
     k = sum(field.startswith("prob_") for field in fields)
     probs = np.stack([column(rows, f"prob_{j}") for j in range(k)], axis=1)
@@ -75,7 +77,7 @@ def read_classification(run_dir: Path, names: list[str] | None = None) -> Classi
     else:
         target = column(rows, "target").astype(int)
     if not names or len(names) != k:
-        names = _class_names(run_dir, k, multilabel)
+        names = _class_names(run_dir, k, multilabel, metrics)
     return Classified(target, probs, multilabel, list(names))
 
 
@@ -247,7 +249,9 @@ def _bootstrap(
     return out
 
 
-def confidence_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+def confidence_intervals(
+    run_dir: Path, n_boot: int = 1000, seed: int = 0, metrics: dict[str, Any] | None = None
+) -> dict[str, float]:
     """Bootstrap 95% confidence intervals of the test metrics, from the run folder's files only.
 
     Classification (`predictions.csv`; binary at metrics.json's `threshold`): `auc`, `acc`,
@@ -259,6 +263,7 @@ def confidence_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> di
     Args:
         n_boot: resamples of the test cases (with replacement).
         seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
+        metrics: the run's final metrics (threshold, multi-label names); default: its metrics.json.
 
     Returns:
         `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
@@ -281,8 +286,10 @@ def confidence_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> di
         return {}
     fields, rows = read_csv_rows(predictions)
     if any(field.startswith("prob_") for field in fields):
-        classified = read_classification(run_dir)
-        threshold = read_json(run_dir / "metrics.json").get("threshold")
+        if metrics is None:
+            metrics = read_json(run_dir / "metrics.json") or {}
+        classified = read_classification(run_dir, metrics=metrics)
+        threshold = metrics.get("threshold")
         statistics = _classification_statistics(classified, 0.5 if threshold is None else threshold)
         width = classified.probs.shape[1]
         out = _bootstrap(len(rows), statistics, n_boot, seed, width)
