@@ -66,7 +66,8 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
     loaders = build_loaders(cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)
-    check_model_output(model, cfg, collate([datasets["train"][0]]))
+    first = collate([datasets["train"][0]])
+    check_model_output(model, cfg, first)
     model = model.to(device)
     task = build_task(cfg)
     task.loss_fn.to(device)
@@ -88,6 +89,9 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
         "class_names": task.class_names,
         "seed": cfg.seed,
         "medtrain_version": __version__,
+        # Evaluation preprocessing and the training input size (H, W): what serving rebuilds.
+        "preprocessing": datasets["test"].preprocessing()
+        | {"input_size": list(first["image"].shape[-2:])},
     }
     state = fit(
         model,

@@ -14,17 +14,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
 from medtrain.analysis.report import write_report
 from medtrain.analysis.statistics import confidence_intervals
-from medtrain.build import build_datasets, build_model, build_task
+from medtrain.build import build_datasets, build_task
 from medtrain.cli import parse_key_values, tool_args
 from medtrain.config import resolve_device
 from medtrain.data.loading import make_loader
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.io import load_checkpoint, save_csv, save_json
+from medtrain.inference import load_run
+from medtrain.io import save_csv, save_json
 from medtrain.trainer import autocast, threshold_entries, to_device
 
 log = logging.getLogger("medtrain.ensemble")
@@ -54,16 +55,8 @@ class Member:
 def load_member(run_dir: Path) -> Member:
     """Rebuild a finished run from `checkpoints/best.pt`: the config it trained with (resolved, with
     what its data inferred), its weights, and the threshold chosen on its validation split."""
-    best = run_dir / "checkpoints" / "best.pt"
-    if not best.is_file():
-        raise ConfigError(f"run_dirs: {run_dir} has no checkpoints/best.pt (is it a finished run?)")
-    try:
-        checkpoint = load_checkpoint(best)
-        cfg = OmegaConf.create(checkpoint["config"])
-    except Exception as err:  # not a medtrain checkpoint, or written by an incompatible version
-        raise ConfigError(f"run_dirs: cannot read {best} as a medtrain checkpoint ({err})") from err
-    with open_dict(cfg):
-        cfg.trainer.num_workers = 0
+    run = load_run(run_dir, key="run_dirs")
+    cfg = run.cfg
     path = cfg.dataset.get("path")
     if path is not None and not Path(path).exists():
         raise ConfigError(
@@ -71,19 +64,7 @@ def load_member(run_dir: Path) -> Member:
             f"{Path.cwd()}; run the ensemble from the folder the run was trained in"
         )
     datasets = build_datasets(cfg)
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(
-            f"run_dirs: the weights in {best} do not fit its model config ({first})"
-        ) from err
-    model.eval()
-    task = build_task(cfg)
-    if checkpoint.get("threshold") is not None:
-        task.threshold = checkpoint["threshold"]
-    return Member(run_dir, cfg, model, task, datasets)
+    return Member(run_dir, cfg, run.model, run.task, datasets)
 
 
 def check_compatible(members: Sequence[Member]) -> None:

@@ -20,8 +20,8 @@ from medtrain.analysis.measurements import (
     totals,
 )
 from medtrain.cli import parse_key_values, tool_args
-from medtrain.data.image_folder import read_image_file
-from medtrain.data.masks import file_spacing, read_mask_file
+from medtrain.data.masks import read_mask_file
+from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.io import save_csv
 

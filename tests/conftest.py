@@ -68,3 +68,39 @@ def read_metrics(run_dir: Path) -> dict:
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+# Finished runs of each task, small enough to train in seconds: what prediction, serving and export
+# are tested on.
+FINISHED_RUNS = {
+    "classification": TINY,
+    "regression": [
+        "dataset=synthetic_clinical",
+        "task=regression",
+        "loss=mse",
+        "dataset.num_train=96",
+        "dataset.num_val=32",
+        "dataset.num_test=32",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=16",
+        "trainer.progress=false",
+    ],
+    "segmentation": [
+        "experiment=synthetic_segmentation",
+        "dataset.num_train=32",
+        "dataset.num_val=8",
+        "dataset.num_test=8",
+        "trainer.max_epochs=2",
+        "trainer.progress=false",
+        "task.num_overlays=0",
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory) -> dict[str, Path]:
+    """One finished run folder per task (classification, regression, segmentation)."""
+    root = tmp_path_factory.mktemp("finished_runs")
+    for task, overrides in FINISHED_RUNS.items():
+        train_in_process(root / task, list(overrides))
+    return {task: root / task for task in FINISHED_RUNS}

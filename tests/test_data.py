@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medtrain.data.image_folder import ImageFolder, read_image_file
+from medtrain.data.image_folder import ImageFolder
 from medtrain.data.loading import make_loader
 from medtrain.data.medmnist import MedMNIST
+from medtrain.data.readers import read_image_file
 from medtrain.data.synthetic import SyntheticLesions
 from medtrain.data.transforms import Normalize, SeededAugment, match_channels, to_float01
 from medtrain.errors import ConfigError, DataError

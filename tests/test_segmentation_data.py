@@ -10,7 +10,8 @@ from PIL import Image
 
 from medtrain.build import build
 from medtrain.data.loading import collate
-from medtrain.data.masks import file_spacing, read_mask_file
+from medtrain.data.masks import read_mask_file
+from medtrain.data.readers import file_spacing
 from medtrain.data.seg_folder import SegFolder
 from medtrain.data.segmentation import random_patch
 from medtrain.data.synthetic_segmentation import SyntheticShapes

@@ -170,18 +170,33 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = to_float01(as_hwc(self.read_image(index)))
+    def preprocessing(self) -> dict[str, Any]:
+        """The evaluation preprocessing as constructor arguments of this class (saved in each
+        checkpoint, so that prediction, serving and export rebuild exactly this)."""
+        size = self.image_size
+        return {
+            "in_channels": self.in_channels,
+            "image_size": list(size) if isinstance(size, (list, tuple)) else size,
+            "normalize": dict(self.normalize.params),
+            "regression": self.regression,
+        }
+
+    def prepare(self, image: np.ndarray, index: int = 0) -> torch.Tensor:
+        """A stored image (H x W [x C], any bit depth) -> the model's input (float32 C x H x W):
+        scaling to [0, 1], channels, resizing, this split's augmentation (seeded by `index`) and
+        normalization. Evaluation, `medtrain.predict` and `medtrain.serve` all go through here."""
+        image = to_float01(as_hwc(image))
         image = match_channels(image, self.in_channels)
         if self.image_size is not None:
             image = resize(image, self.image_size)
         if self.transform is not None:
             image = as_hwc(self.transform(index, image=image)["image"])
         image = self.normalize(image)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
         sample = {
-            "image": torch.from_numpy(
-                np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-            ),
+            "image": self.prepare(self.read_image(index), index),
             "label": torch.as_tensor(self.labels[index]),
             "id": self.ids[index],
         }

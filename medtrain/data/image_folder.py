@@ -7,40 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset
+from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.errors import ConfigError, DataError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-def read_image_file(path: str | Path) -> np.ndarray:
-    """Read a PNG/JPEG/TIFF (or NPY) into an array keeping its bit depth (uint8 or uint16, grey or
-    colour)."""
-    if Path(path).suffix.lower() == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read array ({err})") from err
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
-                img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
-            array = np.array(img)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from err
-    if array.dtype == np.int32 or array.dtype == np.uint32:  # PIL's mode "I" for 16-bit PNG/TIFF
-        if array.min() < 0 or array.max() > 65535:
-            raise DataError(f"{path}: 32-bit integer pixels outside 0..65535 are not supported")
-        array = array.astype(np.uint16)
-    if array.dtype.byteorder == ">":  # big-endian 16-bit TIFF: native order, so uint16 checks hold
-        array = array.astype(array.dtype.newbyteorder("="))
-    if array.ndim == 3 and array.shape[-1] == 4:
-        array = array[..., :3]
-    return array
 
 
 def list_class_folders(root: Path, extensions: tuple[str, ...]) -> dict[str, list[Path]]:

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset
-from medtrain.data.image_folder import IMAGE_EXTENSIONS, read_image_file
+from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.data.tabular import encode_tabular, is_missing, parse_number
 from medtrain.errors import ConfigError, DataError
 

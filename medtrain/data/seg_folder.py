@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from medtrain.data.base import SPLITS
-from medtrain.data.image_folder import IMAGE_EXTENSIONS, read_image_file
-from medtrain.data.masks import file_spacing, read_mask_file
+from medtrain.data.masks import read_mask_file
+from medtrain.data.readers import IMAGE_EXTENSIONS, file_spacing, read_image_file
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.errors import ConfigError, DataError
 

@@ -184,9 +184,42 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids) * self.repeats
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The evaluation preprocessing as constructor arguments of this class (saved in each
+        checkpoint, so that prediction, serving and export rebuild exactly this)."""
+        return {
+            "in_channels": self.in_channels,
+            "image_size": None if self.image_size is None else list(self.image_size),
+            "normalize": dict(self.normalize.params),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "spacing": None if self.spacing is None else list(self.spacing),
+        }
+
+    def scaled(self, image: np.ndarray) -> np.ndarray:
+        """A stored image (H x W [x C], any bit depth) as float H x W x C in [0, 1], channels matched."""
+        return match_channels(to_float01(as_hwc(image)), self.in_channels)
+
+    def model_input(self, image: np.ndarray) -> torch.Tensor:
+        """An augmented evaluation image (float H x W x C) -> the model's input (float32 C x H x W):
+        normalized, then resized when `image_size` is set."""
+        image = self.normalize(image)
+        if self.image_size is not None:
+            image = resize(image, self.image_size)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+    def prepare(self, image: np.ndarray, index: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+        """A stored image without a mask -> (the model's input, the intensity image at native size
+        for measurements and overlays), exactly as evaluation prepares it. `medtrain.predict` and
+        `medtrain.serve` go through here."""
+        image = self.scaled(image)
+        if self.transform is not None:
+            image = as_hwc(self.transform(index, image=image)["image"])
+        return self.model_input(image), np.ascontiguousarray(image, dtype=np.float32)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image (float H x W x C, channels matched) and its checked class mask, native size."""
-        image = match_channels(to_float01(as_hwc(self.read_image(index))), self.in_channels)
+        image = self.scaled(self.read_image(index))
         mask = self.read_mask(index)
         if mask.shape != image.shape[:2]:
             raise DataError(
@@ -211,9 +244,10 @@ class SegmentationDataset(Dataset):
         sample: dict[str, Any] = {"id": self.ids[index]}
         if self.split != "train":
             sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        # Normalize the whole image before cropping: a patch is scaled as in whole-image evaluation.
-        image = self.normalize(image)
-        if self.split == "train":
+            sample["image"] = self.model_input(image)
+        else:
+            # Normalize the whole image before cropping: a patch is scaled as in evaluation.
+            image = self.normalize(image)
             if self.image_size is not None:
                 image = resize(image, self.image_size)
                 size = self.image_size[::-1]
@@ -223,13 +257,11 @@ class SegmentationDataset(Dataset):
                 image, mask = random_patch(
                     image, mask, self.patch_size, rng, self.foreground_fraction
                 )
-        elif self.image_size is not None:
-            image = resize(image, self.image_size)
+            sample["image"] = torch.from_numpy(
+                np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+            )
         spacing = self.read_spacing(index) or self.spacing or (float("nan"), float("nan"))
         sample |= {
-            "image": torch.from_numpy(
-                np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-            ),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "spacing": torch.tensor(spacing, dtype=torch.float64),
         }

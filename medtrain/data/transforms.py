@@ -100,6 +100,14 @@ class Normalize:
                 f"dataset.normalize.invert={invert!r} is not valid; choose false, true or auto"
             )
         self.mode = mode
+        # The arguments as plain values: saved with a run so that serving and export reuse them.
+        self.params = {
+            "mode": mode,
+            "mean": [float(m) for m in mean],
+            "std": [float(v) for v in std],
+            "percentiles": [float(p) for p in percentiles],
+            "invert": invert,
+        }
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
