@@ -146,7 +146,8 @@ def _class_names(cfg: DictConfig) -> list[str] | None:
     return [str(n) for n in names]
 
 
-def _spacing(cfg: DictConfig) -> tuple[float, float] | None:
+def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
+    """The `spacing=` argument as (row_mm, col_mm): one number for square pixels; None if unset."""
     spacing = cfg.spacing
     if spacing is None:
         return None
@@ -174,7 +175,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("masks=<folder or file> is required")
     class_values = _class_values(cfg)
     class_names = _class_names(cfg)
-    spacing = _spacing(cfg)
+    spacing = spacing_arg(cfg)
     connectivity, min_size = _whole(cfg, "connectivity"), _whole(cfg, "min_size")
     masks = list_masks(Path(cfg.masks))
     images = match_images(masks, Path(cfg.images)) if cfg.images else {}

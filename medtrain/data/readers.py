@@ -133,13 +133,9 @@ def _decode_pil(
             array = np.array(img)
     except DataError:
         raise
-    except (
-        OSError,
-        UnidentifiedImageError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as err:
+    except Image.DecompressionBombError as err:  # PIL's own limit, met while opening the header
+        raise ImageTooLargeError(f"{name}: {err}") from err
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise DataError(
             f"{name}: cannot read image ({err})".replace(
                 "<_io.BytesIO object", "<bytes"

@@ -1,0 +1,153 @@
+"""medtrain.predict: a finished run's predictions for new files equal what its evaluation wrote."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrain.build import build_datasets
+from medtrain.data.readers import read_image
+from medtrain.inference import Predictor
+from medtrain.predict import main
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def split_of(run_dir: Path):
+    """The run's test split, rebuilt from its own config."""
+    return build_datasets(Predictor(run_dir).cfg)["test"]
+
+
+def save_npy_inputs(dataset, folder: Path, count: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        np.save(folder / f"{dataset.ids[i]}.npy", dataset.read_image(i))
+    return [f"{dataset.ids[i]}.npy" for i in range(count)]
+
+
+def test_classification_equals_evaluation(finished_runs, tmp_path):
+    run = finished_runs["classification"]
+    dataset = split_of(run)
+    names = save_npy_inputs(dataset, tmp_path / "in", 20)
+    out = tmp_path / "pred.csv"
+    assert (
+        main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}", "batch_size=7"]) == 0
+    )
+    rows = read_rows(out)
+    assert [r["file"] for r in rows] == names
+    expected = {r["id"]: r for r in read_rows(run / "predictions.csv")}
+    classes = Predictor(run).class_names
+    for row in rows:
+        truth = expected[Path(row["file"]).stem]
+        for k, name in enumerate(classes):
+            # Equal up to float32 rounding of a different batch composition.
+            assert float(row[f"prob_{name}"]) == pytest.approx(float(truth[f"prob_{k}"]), abs=1e-6)
+        assert row["label"] == classes[int(truth["pred"])]
+        assert row["error"] == ""
+
+
+def test_other_formats_sizes_and_channels(finished_runs, tmp_path):
+    """An 8-bit PNG, the same image as 16-bit PNG, as RGB with equal channels and as DICOM-free
+    JPEG-free NPY of another size all go through the run's preprocessing (resize, channels)."""
+    run = finished_runs["classification"]
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (40, 52), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(grey).save(tmp_path / "in" / "a_grey.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "in" / "b_grey16.png")
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)).save(tmp_path / "in" / "c_rgb.png")
+    out = tmp_path / "pred.csv"
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'in' / '*.png'}", f"output={out}"]) == 0
+    rows = read_rows(out)
+    assert len(rows) == 3
+    probs = [[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows]
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)  # 16-bit: same values / 65535
+    np.testing.assert_allclose(probs[0], probs[2], atol=1e-6)  # RGB of equal channels: grey
+    assert abs(sum(probs[0]) - 1) < 1e-9
+    predictor = Predictor(run)
+    direct = predictor.predict([read_image(tmp_path / "in" / "a_grey.png")], ["a"])[0]
+    assert list(direct["probabilities"].values()) == pytest.approx(probs[0], abs=1e-6)
+
+
+def test_manifest_inputs_and_bad_files(finished_runs, tmp_path):
+    run = finished_runs["classification"]
+    dataset = split_of(run)
+    names = save_npy_inputs(dataset, tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    np.save(tmp_path / "imgs" / "two_channels.npy", np.zeros((16, 16, 2), np.float32))
+    lines = ["image,age"] + [f"imgs/{n},50" for n in names]
+    lines += ["imgs/broken.png,1", "imgs/missing.png,2", "imgs/two_channels.npy,3"]
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out" / "pred.csv"
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={out}", "progress=false"]) == 1
+    rows = {r["file"]: r for r in read_rows(out)}
+    assert list(rows) == [f"imgs/{n}" for n in names] + [
+        "imgs/broken.png",
+        "imgs/missing.png",
+        "imgs/two_channels.npy",
+    ]
+    assert all(rows[f"imgs/{n}"]["error"] == "" and rows[f"imgs/{n}"]["label"] for n in names)
+    assert "broken.png: cannot read image" in rows["imgs/broken.png"]["error"]
+    assert "missing.png: cannot read file" in rows["imgs/missing.png"]["error"]
+    assert "two_channels.npy" in rows["imgs/two_channels.npy"]["error"]
+    assert "(16, 16, 2) is not a 2D image" in rows["imgs/two_channels.npy"]["error"]
+
+
+def test_regression_equals_evaluation(finished_runs, tmp_path):
+    run = finished_runs["regression"]
+    dataset = split_of(run)
+    save_npy_inputs(dataset, tmp_path / "in", 10)
+    out = tmp_path / "pred.csv"
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 0
+    expected = {r["id"]: float(r["pred"]) for r in read_rows(run / "predictions.csv")}
+    rows = read_rows(out)
+    assert len(rows) == 10
+    for row in rows:
+        assert float(row["value"]) == pytest.approx(expected[Path(row["file"]).stem], rel=1e-6)
+
+
+def test_segmentation_masks_and_measurements(finished_runs, tmp_path):
+    run = finished_runs["segmentation"]
+    dataset = split_of(run)
+    save_npy_inputs(dataset, tmp_path / "in", 4)
+    out = tmp_path / "res" / "pred.csv"
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 0
+    rows = read_rows(out)
+    classes = Predictor(run).class_names
+    objects = read_rows(out.parent / "measurements.csv")
+    for row in rows:
+        stem = Path(row["file"]).stem
+        mask = np.array(Image.open(out.parent / row["mask"]))
+        evaluated = np.array(Image.open(run / "masks" / f"{stem}.png"))
+        np.testing.assert_array_equal(mask, evaluated)  # the evaluation's own mask
+        assert row["units"] == "mm"  # the run's dataset.spacing [0.5, 0.5]
+        for k, name in enumerate(classes[1:], start=1):
+            area = float(row[f"area_{name}"])
+            assert area == pytest.approx((mask == k).sum() * 0.25)  # hand count x 0.5 mm x 0.5 mm
+            mine = [o for o in objects if o["id"] == row["file"] and o["class"] == name]
+            assert int(row[f"count_{name}"]) == len(mine)
+            assert sum(float(o["area_mm2"]) for o in mine) == pytest.approx(area)
+
+
+def test_argument_errors(finished_runs, tmp_path, capsys):
+    assert main([f"inputs={tmp_path}"]) == 2
+    assert "run_dir=<run>" in capsys.readouterr().err
+    assert main([f"run_dir={tmp_path}", f"inputs={tmp_path}"]) == 2
+    assert "has no checkpoints/best.pt" in capsys.readouterr().err
+    run = finished_runs["classification"]
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'nothing*.png'}"]) == 2
+    assert "no file matches it" in capsys.readouterr().err
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na.png,1\n")
+    assert main([f"run_dir={run}", f"inputs={manifest}"]) == 2
+    assert "no 'image' column" in capsys.readouterr().err
+    assert main([f"run_dir={run}", f"inputs={manifest}", "batch_size=0"]) == 2
+    assert "batch_size=0" in capsys.readouterr().err
