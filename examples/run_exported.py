@@ -1,0 +1,200 @@
+"""Run a model exported by `python -m medtrain.export` on image files, without medtrain.
+
+    python examples/run_exported.py <export folder> scan1.png scan2.png ... [--masks FOLDER]
+
+Needs numpy, Pillow, OpenCV and onnxruntime (or torch for a TorchScript export); manifest.json holds
+the preprocessing. Prints CSV to stdout, one row per image: the label and class probabilities, the
+predicted values, or (segmentation) the mask file written and its pixels per class. Segmentation
+runs with an inference window are tiled into blended windows, as medtrain evaluates them.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Pixels (H x W x C) as medtrain reads them: palette images as RGB, alpha dropped, 16-bit kept."""
+    with Image.open(path) as img:
+        if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
+            img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
+        array = np.array(img)
+    if array.dtype in (np.int32, np.uint32):  # Pillow's mode "I" holds 16-bit PNG and TIFF
+        array = array.astype(np.uint16)
+    return (array[..., None] if array.ndim == 2 else array)[..., :3]
+
+
+def match_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
+    if channels is None or image.shape[-1] == channels:
+        return image
+    if channels == 1:
+        return (image @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    return np.repeat(image, 3, axis=-1)
+
+
+def resize(image: np.ndarray, size: list[int] | None) -> np.ndarray:
+    if size is None or list(image.shape[:2]) == size:
+        return image
+    shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
+    mode = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    out = cv2.resize(image, (size[1], size[0]), interpolation=mode)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def normalize(image: np.ndarray, n: dict) -> np.ndarray:
+    if n["invert"] is True or (n["invert"] == "auto" and float(np.median(image)) > 0.5):
+        image = 1.0 - image
+    if n["mode"] == "fixed":
+        return (image - np.asarray(n["mean"], np.float32)) / np.asarray(n["std"], np.float32)
+    if n["mode"] == "zscore":
+        return (image - image.mean()) / max(float(image.std()), 1e-6)
+    if n["mode"] == "minmax":
+        low, high = float(image.min()), float(image.max())
+        return (image - low) / max(high - low, 1e-6)
+    if n["mode"] == "percentile":
+        low, high = np.percentile(image, n["percentiles"])
+        return np.clip((image - low) / max(float(high - low), 1e-6), 0.0, 1.0)
+    return image
+
+
+def prepare(pixels: np.ndarray, pre: dict) -> np.ndarray:
+    """The model's input (float32 C x H x W): the manifest's steps in the manifest's order."""
+    divisor = {"uint8": pre["scale"]["uint8"], "uint16": pre["scale"]["uint16"]}
+    image = pixels.astype(np.float32) / divisor.get(pixels.dtype.name, 1.0)
+    steps = {
+        "scale": lambda x: x,
+        "channels": lambda x: match_channels(x, pre["channels"]["to"]),
+        "resize": lambda x: resize(x, pre["resize"] and pre["resize"]["size"]),
+        "normalize": lambda x: normalize(x, pre["normalize"]),
+    }
+    for step in pre["order"]:
+        image = steps[step](image)
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+
+def load_model(folder: Path, manifest: dict):
+    """A function from a float32 N x C x H x W batch to the model's outputs (numpy arrays)."""
+    path = str(folder / manifest["model_file"])
+    if manifest["format"] == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda batch: session.run(None, {"image": batch})
+    import torch
+
+    warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but still works
+    module = torch.jit.load(path).eval()
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(torch.from_numpy(batch))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+    return run
+
+
+def gaussian(size: list[int]) -> np.ndarray:
+    axes = [np.arange(s, dtype=np.float32) - (s - 1) / 2 for s in size]
+    axes = [np.exp(-(a**2) / (2 * (0.125 * s) ** 2)) for a, s in zip(axes, size, strict=True)]
+    return np.maximum(axes[0][:, None] * axes[1][None, :], np.float32(1e-3))
+
+
+def tiled_logits(run, image: np.ndarray, seg: dict) -> np.ndarray:
+    """Logits (K x H x W) of a C x H x W image, blended over overlapping windows as medtrain does."""
+    if seg["window"] is None:
+        return run(image[None])[1][0]
+    (wh, ww), (height, width) = seg["window"], image.shape[-2:]
+    pad_h, pad_w = max(wh - height, 0), max(ww - width, 0)
+    top, left = pad_h // 2, pad_w // 2
+    image = np.pad(image, ((0, 0), (top, pad_h - top), (left, pad_w - left)))
+    crop = (slice(None), slice(top, top + height), slice(left, left + width))
+    if height <= wh and width <= ww:
+        return run(image[None])[1][0][crop]
+    full = image.shape[-2:]
+    starts = [
+        [*range(0, n - w, max(int(w * (1 - seg["overlap"])), 1)), n - w]
+        for n, w in zip(full, (wh, ww), strict=True)
+    ]
+    corners = [(r, c) for r in starts[0] for c in starts[1]]
+    weight = gaussian([wh, ww]) if seg["blend"] == "gaussian" else np.ones((wh, ww), np.float32)
+    total = np.zeros((seg["num_classes"], *full), np.float32)
+    norm = np.zeros(full, np.float32)
+    for first in range(0, len(corners), seg["batch_size"]):
+        chunk = corners[first : first + seg["batch_size"]]
+        logits = run(np.stack([image[:, r : r + wh, c : c + ww] for r, c in chunk]))[1]
+        for (r, c), window_logits in zip(chunk, logits, strict=True):
+            total[:, r : r + wh, c : c + ww] += window_logits * weight
+            norm[r : r + wh, c : c + ww] += weight
+    return (total / norm)[crop]
+
+
+def segment(run, image: np.ndarray, native: tuple, seg: dict) -> np.ndarray:
+    """Class mask (uint8, the image's native size), small objects removed as the manifest says."""
+    logits = tiled_logits(run, image, seg)
+    if logits.shape[1:] != native:  # the image was resized for the model
+        resized = cv2.resize(
+            logits.transpose(1, 2, 0), native[::-1], interpolation=cv2.INTER_LINEAR
+        )
+        logits = resized.transpose(2, 0, 1)
+    mask = logits.argmax(0).astype(np.uint8)
+    if not seg["min_object_size"]:
+        return mask
+    for k in range(1, logits.shape[0]):
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(
+            (mask == k).astype(np.uint8), connectivity=4 if seg["connectivity"] == 1 else 8
+        )
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= seg["min_object_size"])
+        mask[np.isin(labels, small[small > 0])] = 0  # component 0 is everything else
+    return mask
+
+
+def decide(output: np.ndarray, manifest: dict) -> str:
+    """The label (multi-label: labels joined by ;) from class probabilities."""
+    names, threshold = manifest["class_names"], manifest["threshold"]
+    if manifest["multilabel"]:
+        return ";".join(n for n, p, t in zip(names, output, threshold, strict=True) if p >= t)
+    return names[int(output[1] >= threshold) if len(names) == 2 else int(output.argmax())]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export", type=Path, help="folder with manifest.json and the model")
+    parser.add_argument("images", type=Path, nargs="+", help="PNG, JPEG or TIFF files")
+    parser.add_argument("--masks", type=Path, default=Path("masks"), help="where masks go")
+    args = parser.parse_args()
+    manifest = json.loads((args.export / "manifest.json").read_text())
+    run, task, names = load_model(args.export, manifest), manifest["task"], manifest["class_names"]
+    label = "labels" if manifest.get("multilabel") else "label"
+    columns = {
+        "classification": [label, *(f"prob_{n}" for n in names)],
+        "regression": names,
+        "segmentation": ["mask", *(f"pixels_{n}" for n in names)],
+    }
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["file", *columns[task]])
+    for path in args.images:
+        pixels = read_image(path)
+        image = prepare(pixels, manifest["preprocessing"])
+        if task == "segmentation":
+            mask = segment(run, image, pixels.shape[:2], manifest["segmentation"])
+            args.masks.mkdir(parents=True, exist_ok=True)
+            out = args.masks / f"{path.stem}.png"
+            # As medtrain's masks/: binary masks as 0/255, multi-class masks as class indices.
+            Image.fromarray(mask * 255 if len(names) == 2 else mask).save(out)
+            row = [out, *np.bincount(mask.ravel(), minlength=len(names))]
+        else:
+            output = run(image[None])[0][0]
+            row = [decide(output, manifest)] if task == "classification" else []
+            row += [repr(v) for v in output.tolist()]
+        writer.writerow([path, *row])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Export of finished runs: the files compute what PyTorch computes, the manifest holds the run's
+numbers, and examples/run_exported.py reproduces `Predictor` without medtrain."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from omegaconf import open_dict
+from PIL import Image
+from torch import nn
+
+from medtrain.data.readers import read_image
+from medtrain.data.transforms import Normalize
+from medtrain.errors import ConfigError
+from medtrain.export import export_run, main
+from medtrain.inference import Predictor, load_run
+from medtrain.models.cnn import SimpleCNN
+from medtrain.models.fusion import Fusion
+from medtrain.models.tabular import TabularMLP
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run_exported.py"
+TASKS = ("classification", "regression", "segmentation")
+FORMATS = ("onnx", "torchscript")
+# Blocks medtrain (sys.modules[name] = None makes `import medtrain` fail), then runs the example.
+NO_MEDTRAIN = (
+    "import runpy, sys; sys.modules['medtrain'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One thread, here and in the example's process: tiny models gain nothing from more, and on
+    shared cores threads waiting for each other cost seconds."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def scan(height: int, width: int, seed: int, kind: str = "L") -> np.ndarray:
+    """A synthetic image: a bright blob on a noisy background, 8-bit grey, RGB or 16-bit grey."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:height, :width]
+    centre = rng.uniform(0.3, 0.7, 2) * (height, width)
+    blob = np.exp(-((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) / (2 * (height / 8) ** 2))
+    image = np.clip(0.3 + 0.5 * blob + 0.1 * rng.standard_normal((height, width)), 0, 1)
+    if kind == "RGB":
+        return (np.stack([image, 0.9 * image, 0.8 * image], -1) * 255).astype(np.uint8)
+    return (image * 65535).astype(np.uint16) if kind == "I;16" else (image * 255).astype(np.uint8)
+
+
+def write_scans(folder: Path) -> list[Path]:
+    """PNG files of several sizes and storage types (8-bit grey, RGB, 16-bit grey)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = [(96, 96, "L"), (80, 120, "RGB"), (40, 30, "I;16"), (130, 100, "L")]
+    paths = []
+    for k, (height, width, kind) in enumerate(shapes):
+        paths.append(folder / f"scan{k}.png")
+        Image.fromarray(scan(height, width, k, kind)).save(paths[-1])
+    return paths
+
+
+def load_exported(folder: Path, manifest: dict):
+    """The exported file as a function from a numpy batch to numpy outputs."""
+    path = folder / manifest["model_file"]
+    if manifest["format"] == "onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda images: session.run(None, {"image": images})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path))
+
+    @torch.no_grad()
+    def run(images):
+        out = module(torch.from_numpy(images))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+    return run
+
+
+@torch.no_grad()
+def reference(run, images: torch.Tensor) -> list[np.ndarray]:
+    """What the exported model should output, from the task's own code: probabilities, values in
+    target units, or per-pixel probabilities and logits of the whole image (no window)."""
+    task, kind = run.task, run.task.name
+    if kind == "segmentation":
+        window, task.window = task.window, None
+        logits = task.infer(run.model, images)
+        task.window = window
+        return [logits.softmax(1).numpy(), logits.numpy()]
+    outputs = task.forward(run.model, {"image": images})
+    if kind == "classification":
+        return [task.probabilities(outputs).numpy()]
+    return [task.values(outputs).numpy()]
+
+
+def run_example(export_dir: Path, files: list[Path], masks: Path) -> list[dict]:
+    """The example's CSV rows, run isolated (-I) and with medtrain made unimportable."""
+    args = [str(EXAMPLE), str(export_dir), *map(str, files), "--masks", str(masks)]
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", NO_MEDTRAIN, *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return list(csv.DictReader(io.StringIO(done.stdout)))
+
+
+def assert_same_predictions(rows: list[dict], expected: list[dict], kind: str, names) -> None:
+    assert len(rows) == len(expected)
+    for row, want in zip(rows, expected, strict=True):
+        if kind == "classification":
+            probs = [float(row[f"prob_{n}"]) for n in names]
+            np.testing.assert_allclose(probs, list(want["probabilities"].values()), atol=1e-4)
+            if "labels" in want:
+                assert row["labels"] == ";".join(want["labels"])
+            else:
+                assert row["label"] == want["label"]
+        elif kind == "regression":
+            values = [float(row[n]) for n in names]
+            np.testing.assert_allclose(values, list(want["values"].values()), rtol=1e-6, atol=1e-4)
+        else:
+            mask = np.asarray(Image.open(row["mask"]))
+            mask = mask // 255 if len(names) == 2 else mask
+            np.testing.assert_array_equal(mask, want["mask"])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", TASKS)
+def test_export_matches_pytorch_predictor_and_manifest(finished_runs, tmp_path, kind, fmt):
+    predictor = Predictor(finished_runs[kind])
+    run = predictor.run
+    out = tmp_path / "export"
+    manifest = export_run(run, fmt, out)
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", manifest["model_file"]]
+    )
+
+    # 16 images through the run's own evaluation preprocessing, in the file and in PyTorch.
+    size = (96, 96) if kind == "segmentation" else (40, 40)
+    prepared = [predictor.preprocess.prepare(scan(*size, seed=k), k) for k in range(16)]
+    images = torch.stack([p[0] if isinstance(p, tuple) else p for p in prepared])
+    got = load_exported(out, manifest)(images.numpy())
+    for have, want in zip(got, reference(run, images), strict=True):
+        assert have.shape == want.shape
+        np.testing.assert_allclose(have, want, rtol=1e-6, atol=1e-4)
+
+    # The example script, without medtrain, predicts image files as Predictor does.
+    files = write_scans(tmp_path / "scans")
+    expected = predictor.predict([read_image(f) for f in files], [f.name for f in files])
+    rows = run_example(out, files, tmp_path / "masks")
+    assert_same_predictions(rows, expected, kind, predictor.class_names)
+
+    saved = run.checkpoint["preprocessing"]
+    normalize = {k: v for k, v in manifest["preprocessing"]["normalize"].items() if k != "rule"}
+    assert normalize == saved["normalize"]
+    assert manifest["task"] == kind
+    assert manifest["class_names"] == run.checkpoint["class_names"]
+    assert manifest["input"]["channels"] == saved["in_channels"]
+    assert manifest["input"]["dtype"] == "float32" and manifest["input"]["layout"] == "NCHW"
+    assert manifest["weights_sha256"] == predictor.weights_sha256
+    model_bytes = (out / manifest["model_file"]).read_bytes()
+    assert manifest["files"] == {manifest["model_file"]: hashlib.sha256(model_bytes).hexdigest()}
+    assert manifest["exporter"]["opset"] == (17 if fmt == "onnx" else None)
+    assert manifest["flip_tta"] is False
+    if kind == "classification":
+        assert manifest["threshold"] == run.checkpoint["threshold"] == 0.5
+        assert manifest["input"]["size"] == saved["input_size"]
+        assert manifest["preprocessing"]["resize"]["size"] == saved["input_size"]
+        assert manifest["preprocessing"]["order"][-1] == "normalize"
+    elif kind == "regression":
+        assert manifest["regression"]["target_names"] == ["area_mm2"]
+        assert manifest["regression"]["target_mean"] == list(run.cfg.task.target_mean)
+        assert manifest["regression"]["target_std"] == list(run.cfg.task.target_std)
+        assert manifest["outputs"][0]["dtype"] == "float64"
+    else:
+        assert manifest["input"]["size"] is None
+        assert manifest["input"]["dynamic_axes"] == ["batch", "height", "width"]
+        assert manifest["preprocessing"]["order"][-1] == "resize"
+        assert manifest["segmentation"]["window"] == [48, 48]
+        assert [o["name"] for o in manifest["outputs"]] == ["probabilities", "logits"]
+
+
+def test_example_script_does_not_import_medtrain():
+    source = EXAMPLE.read_text()
+    assert "import medtrain" not in source and "from medtrain" not in source
+
+
+def test_example_script_follows_other_settings(finished_runs, tmp_path):
+    """Multi-label decisions, per-image normalization, flip TTA; for segmentation a fixed model
+    size (logits resized back to each image's size), percentile normalization and small-object
+    removal."""
+    classifier = Predictor(finished_runs["classification"])
+    task = classifier.task
+    task.multilabel, task.threshold, task.flip_tta = True, [0.45, 0.55], True
+    params = {"mode": "zscore", "invert": "auto"}
+    classifier.preprocess.normalize = Normalize(**params)
+    classifier.run.checkpoint["preprocessing"]["normalize"] = params
+
+    segmenter = Predictor(finished_runs["segmentation"])
+    segmenter.task.min_object_size = 20
+    params = {"mode": "percentile", "percentiles": [2.0, 98.0], "invert": True}
+    segmenter.preprocess.normalize = Normalize(**params)
+    segmenter.preprocess.image_size = (64, 64)
+    segmenter.run.checkpoint["preprocessing"] |= {"normalize": params, "image_size": [64, 64]}
+
+    files = write_scans(tmp_path / "scans")
+    for name, predictor in {"classification": classifier, "segmentation": segmenter}.items():
+        manifest = export_run(predictor.run, "onnx", tmp_path / name)
+        expected = predictor.predict([read_image(f) for f in files], [f.name for f in files])
+        rows = run_example(tmp_path / name, files, tmp_path / f"masks_{name}")
+        assert_same_predictions(rows, expected, name, predictor.class_names)
+    # The network sees 48 x 48 windows of the 64 x 64 resized image: the export takes any size.
+    assert manifest["input"]["size"] is None and manifest["segmentation"]["min_object_size"] == 20
+    assert manifest["preprocessing"]["resize"]["size"] == [64, 64]
+
+
+def test_flip_tta_is_inside_the_export(finished_runs, tmp_path):
+    run = load_run(finished_runs["segmentation"])
+    run.task.flip_tta = True
+    manifest = export_run(run, "onnx", tmp_path)
+    assert manifest["flip_tta"] is True
+    images = torch.randn(2, 1, 40, 56, generator=torch.Generator().manual_seed(1))
+    got = load_exported(tmp_path, manifest)(images.numpy())
+    for have, want in zip(got, reference(run, images), strict=True):
+        np.testing.assert_allclose(have, want, atol=1e-4)
+
+
+def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_runs["classification"], run_dir)
+    assert main([f"run_dir={run_dir}"]) == 0
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    assert manifest["format"] == "onnx" and (run_dir / "export" / "model.onnx").is_file()
+    assert not list((run_dir / "export").glob(".*"))  # no temporary files left behind
+
+    assert main([f"run_dir={run_dir}", "format=tflite"]) == 2
+    assert "format='tflite'" in capsys.readouterr().err
+    assert main(["format=onnx"]) == 2
+    assert "run_dir=<finished run> is required" in capsys.readouterr().err
+    assert main([f"run_dir={tmp_path / 'missing'}"]) == 2
+    assert "has no checkpoints/best.pt" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_refuses_fusion_models_and_eval_augmentation(finished_runs, tmp_path):
+    run = load_run(finished_runs["classification"])
+    branches = {"image": SimpleCNN(1, 2, widths=(4,), hidden=8), "lab": TabularMLP(3, 2, (4,))}
+    image_model, run.model = run.model, Fusion(branches, num_classes=2)
+    with pytest.raises(ConfigError, match=r"reads \['image', 'tabular'\]"):
+        export_run(run, "onnx", tmp_path)
+
+    run.model = image_model
+    with open_dict(run.cfg):
+        run.cfg.augmentation.eval.transforms = [{"_target_": "albumentations.CLAHE", "p": 1.0}]
+    with pytest.raises(ConfigError, match="augmentation.eval runs \\['CLAHE'\\]"):
+        export_run(run, "torchscript", tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written when refused
+
+
+class SizeDependent(nn.Module):
+    """Segmentation logits that a trace cannot generalize: a Python branch on the input width."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.conv(image) * (2.0 if image.shape[-1] % 2 else 1.0)
+
+
+def test_export_is_checked_at_other_sizes(finished_runs, tmp_path):
+    """A trace that does not generalize: with a window, the export takes the window size (all that
+    tiling feeds the network); without one, it is refused."""
+    predictor = Predictor(finished_runs["segmentation"])
+    predictor.model = predictor.run.model = SizeDependent().eval()
+    manifest = export_run(predictor.run, "onnx", tmp_path / "window")
+    assert manifest["input"]["size"] == [48, 48] and manifest["checked"]["sizes"] == [[48, 48]]
+    files = write_scans(tmp_path / "scans")
+    expected = predictor.predict([read_image(f) for f in files], [f.name for f in files])
+    rows = run_example(tmp_path / "window", files, tmp_path / "masks")
+    assert_same_predictions(rows, expected, "segmentation", predictor.class_names)
+
+    predictor.task.window = None
+    with pytest.raises(ConfigError, match="differs from PyTorch .* on 48x48 inputs"):
+        export_run(predictor.run, "onnx", tmp_path / "whole")
+    assert not (tmp_path / "whole").exists()
