@@ -28,6 +28,7 @@ from medtrain.build import (
     build_task,
     plain,
 )
+from medtrain.check_data import check_before_training
 from medtrain.config import check_against_data, check_model_output, unknown_key_hint, validate
 from medtrain.data.loading import collate
 from medtrain.errors import MedtrainError
@@ -61,6 +62,10 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
 
     datasets = build_datasets(cfg)
     check_against_data(cfg)
+    if cfg.trainer.get("check_data", True):  # runs saved before the key existed: on
+        # Every sample is read once before training: a bad file stops the run here, one line per
+        # problem, instead of mid-epoch; data_report.json in the run folder lists everything.
+        check_before_training(cfg, datasets, run_dir)
     # Which images are in which split, so that the split can be reused (dataset.split_file=...).
     save_json(run_dir / "splits.json", {split: list(d.ids) for split, d in datasets.items()})
     loaders = build_loaders(cfg, datasets, device)

@@ -11,9 +11,11 @@ import re
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medtrain.errors import ConfigError
 
@@ -101,6 +103,15 @@ def validate(cfg: DictConfig) -> torch.device:
         "trainer.num_workers",
         t.num_workers,
         "must be an integer >= 0",
+    )
+    check = t.get("check_data", True)
+    require(isinstance(check, bool), "trainer.check_data", check, "must be true or false")
+    duplicates = t.get("check_data_duplicates", "warn")
+    require(
+        duplicates in ("warn", "error"),
+        "trainer.check_data_duplicates",
+        duplicates,
+        "choose warn or error",
     )
     ema = t.ema_decay
     require(ema is None or 0 < ema < 1, "trainer.ema_decay", ema, "must be null or in (0, 1)")
@@ -325,3 +336,25 @@ def unknown_key_hint(args: list[str]) -> str | None:
             where = f"Keys of '{parent}'" if parent else "Top-level keys and groups"
             lines.append(f"medtrain: unknown key '{key}'. {where}: {', '.join(valid)}.{guess}")
     return "\n".join(lines) or None
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose conf/train.yaml with training's overrides, as `python -m medtrain` would (for tools
+    that take training's command line: the sweeper and the data check)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    except Exception as err:  # Hydra reports a bad override with several exception types
+        message = (str(err).strip() or repr(err)).splitlines()[0]
+        hint = unknown_key_hint(list(overrides))
+        raise ConfigError(message + (f"\n{hint}" if hint else "")) from err
+    HydraConfig.instance().set_config(
+        cfg
+    )  # ${now:...} and the chosen groups resolve as in training
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

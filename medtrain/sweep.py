@@ -17,21 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from medtrain.__main__ import train
-from medtrain.config import unknown_key_hint
+from medtrain.config import CONF, compose_config
 from medtrain.errors import ConfigError
 from medtrain.io import atomic_write
 from medtrain.sweep_summary import write_sweep_summary
 
 log = logging.getLogger("medtrain.sweep")
-CONF = Path(__file__).resolve().parents[1] / "conf"
 STUDY_NAME = "medtrain"
 INTERRUPTED = "interrupted"
 USAGE = """\
@@ -204,22 +200,6 @@ def parse_args(argv: list[str]) -> Sweep:
             raise ConfigError(f"sweep.{name}={settings[name]}: choose one of {', '.join(valid)}")
     directory = settings.pop("dir") or datetime.now().strftime("outputs/sweeps/%Y-%m-%d/%H-%M-%S")
     return Sweep(dir=Path(directory).resolve(), params=params, overrides=overrides, **settings)
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose conf/train.yaml as `python -m medtrain` would, and make Hydra's choices readable."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    except Exception as err:  # Hydra reports a bad override with several exception types
-        message = (str(err).strip() or repr(err)).splitlines()[0]
-        hint = unknown_key_hint(overrides)
-        raise ConfigError(message + (f"\n{hint}" if hint else "")) from err
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def open_study(sweep: Sweep, cfg: DictConfig):

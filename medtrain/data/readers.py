@@ -182,9 +182,8 @@ def _decode_array(data: bytes, name: str, kind: str, max_pixels: int) -> np.ndar
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise DataError(f"{name}: cannot read array ({err})") from err
     _check_size(array.shape, name, max_pixels)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    numeric = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if not (numeric or array.dtype == bool):  # bool stays bool: it scales to 0 and 1
         raise DataError(f"{name}: array of {array.dtype} is not an image")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(f"{name}: the array holds NaN or infinite values")

@@ -1,0 +1,316 @@
+"""The data check: every bad input gets one message naming its file or manifest row, and the report's
+duplicates, class counts and intensities match an independent computation."""
+
+import csv
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrain.build import build_datasets
+from medtrain.check_data import (
+    check_before_training,
+    check_config,
+    check_datasets,
+    compose_config,
+    exit_status,
+    main,
+)
+from medtrain.errors import DataError
+from tests.conftest import ROOT, SHARED_DATA
+from tests.test_readers import make_dicom
+
+PNEUMONIA = SHARED_DATA / "medmnist" / "pneumoniamnist.npz"
+
+
+def write_png(path: Path, seed: int, size: int | tuple[int, int] = 16) -> np.ndarray:
+    shape = (size, size) if isinstance(size, int) else size
+    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def write_manifest(folder: Path, rows: list[tuple[str, object, str]]) -> Path:
+    """`cases.csv` with columns image, target, split; the header is line 1, row k is line k + 2."""
+    path = folder / "cases.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "target", "split"])
+        writer.writerows(rows)
+    return path
+
+
+def good_rows(folder: Path, start: int = 0) -> list[tuple[str, int, str]]:
+    """Two readable images per split, one of each class."""
+    rows = []
+    for k, split in enumerate(("train", "train", "val", "val", "test", "test")):
+        name = f"images/ok{start + k}.png"
+        write_png(folder / name, seed=100 + start + k)
+        rows.append((name, k % 2, split))
+    return rows
+
+
+def check(overrides: list[str], **kwargs) -> dict:
+    return check_config(compose_config(overrides), workers=2, progress=False, **kwargs)
+
+
+def manifest_overrides(path: Path, *extra: str) -> list[str]:
+    return ["dataset=manifest", f"dataset.path={path}", *extra]
+
+
+def test_unreadable_files_name_the_manifest_row_and_file(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "empty.png").write_bytes(b"")
+    (images / "noise.png").write_bytes(np.random.default_rng(0).bytes(300))
+    dicom = make_dicom(np.zeros((32, 32), np.uint16))
+    (images / "cut.dcm").write_bytes(dicom[: len(dicom) - 1000])
+    # The empty file is the first training row: the dataset reads it to decide the channels, so the
+    # construction fails there, and the check still reads every other row.
+    bad = [("images/empty.png", 0, "train"), ("images/noise.png", 1, "train")]
+    bad += [("images/cut.dcm", 0, "val")]
+    path = write_manifest(tmp_path, bad + good_rows(tmp_path))
+    report = check(manifest_overrides(path))
+
+    assert exit_status(report) == 1 and not report["ok"]
+    errors = report["errors"]
+    assert len(errors) == 3, errors
+    for line, name in ((2, "empty.png"), (3, "noise.png"), (4, "cut.dcm")):
+        [message] = [e for e in errors if name in e]
+        assert message.startswith(f"{path} line {line}: {images / name}: ")
+    assert "empty" in errors[0]
+    assert report["splits"]["train"]["unreadable"] == 2
+    assert report["splits"]["val"]["unreadable"] == 1
+
+
+def test_missing_file_and_missing_column_are_data_errors_naming_the_csv(tmp_path):
+    rows = good_rows(tmp_path) + [("images/gone.png", 1, "train")]
+    path = write_manifest(tmp_path, rows)
+    report = check(manifest_overrides(path))
+    [message] = report["errors"]
+    assert exit_status(report) == 1
+    assert str(path) in message and "line 8" in message and "gone.png" in message
+
+    no_column = manifest_overrides(path, "dataset.image_column=picture")
+    [message] = check(no_column)["errors"]
+    assert str(path) in message and "no column 'picture'" in message
+
+
+def test_label_outside_the_classes_names_the_row(tmp_path):
+    rows = good_rows(tmp_path)
+    write_png(tmp_path / "images/five.png", seed=7)
+    path = write_manifest(tmp_path, [*rows[:2], ("images/five.png", 5, "train"), *rows[2:]])
+    report = check(manifest_overrides(path, "dataset.num_classes=2"))
+    assert exit_status(report) == 1
+    # The constructor's summary first, then the row it was about.
+    assert "label 5" in report["errors"][0]
+    assert (
+        f"{path} line 4: {tmp_path / 'images/five.png'}: label 5 is outside the 2 classes"
+        in (report["errors"][1])
+    )
+
+
+def test_medmnist_label_outside_the_classes_names_the_array_entry(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
+    arrays["train_labels"][3] = 5
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    report = check(["dataset=medmnist", f"dataset.path={path}", "dataset.num_classes=2"])
+    assert exit_status(report) == 1
+    assert any(
+        e.startswith(f"{path} train_images[3]: label 5 is outside") for e in report["errors"]
+    )
+
+
+def write_seg_folder(root: Path, names: list[str]) -> None:
+    """16 x 16 images with {0, 255} masks whose every fifth pixel is foreground."""
+    (root / "masks").mkdir(parents=True)
+    mask = (np.arange(256).reshape(16, 16) % 5 == 0).astype(np.uint8) * 255
+    for k, name in enumerate(names):
+        write_png(root / "images" / f"{name}.png", seed=k)
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+
+
+def test_segmentation_mask_of_the_wrong_size_or_class_names_the_mask(tmp_path):
+    write_seg_folder(tmp_path, [f"img{k}" for k in range(6)])
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "masks/img2.png")
+    three = np.zeros((16, 16), np.uint8)
+    three[0, :3] = [1, 2, 3]
+    Image.fromarray(three).save(tmp_path / "masks/img4.png")
+    report = check(
+        ["experiment=dsb2018_nuclei", f"dataset.path={tmp_path}", "dataset.val_size=1"]
+        + ["dataset.test_size=1"]
+    )
+    assert exit_status(report) == 1
+    assert sorted(report["errors"]) == [
+        f"{tmp_path / 'masks/img2.png'}: mask is 12x12 but the image is 16x16",
+        f"{tmp_path / 'masks/img4.png'}: mask value 3 is outside the 2 classes of "
+        "dataset.num_classes=2 (map stored values with dataset.class_values)",
+    ]
+    shares = report["splits"]["train"]["balance"]["pixel_fraction"]
+    assert shares["nucleus"] == pytest.approx(52 / 256, abs=0.01)
+
+
+def test_image_folder_random_bytes_and_empty_file(tmp_path):
+    for k in range(12):
+        write_png(tmp_path / f"class{k % 2}" / f"{k}.png", seed=k)
+    (tmp_path / "class0/random.png").write_bytes(np.random.default_rng(1).bytes(200))
+    (tmp_path / "class1/empty.png").write_bytes(b"")
+    report = check(["dataset=image_folder", f"dataset.path={tmp_path}"])
+    assert exit_status(report) == 1
+    errors = sorted(report["errors"])
+    assert len(errors) == 2
+    assert errors[0].startswith(f"{tmp_path / 'class0/random.png'}: ")
+    assert errors[1] == f"{tmp_path / 'class1/empty.png'}: the file is empty"
+
+
+def test_duplicates_balance_and_intensity_match_numpy(tmp_path):
+    pixels = {}
+    rows = []
+    layout = [
+        ("a", 0, "train", 1),
+        ("b", 1, "train", 2),
+        ("b2", 1, "train", 2),
+        ("c", 0, "train", 3),
+    ]
+    layout += [("d", 1, "val", 1), ("e", 0, "val", 4), ("f", 1, "test", 5), ("g", 0, "test", 6)]
+    for name, target, split, seed in layout:
+        pixels[name] = write_png(tmp_path / f"images/{name}.png", seed=seed)
+        rows.append((f"images/{name}.png", target, split))
+    path = write_manifest(tmp_path, rows)
+    report = check(manifest_overrides(path))
+
+    assert exit_status(report) == 0 and report["errors"] == []
+    a, d = (
+        f"{tmp_path / f'images/{n}.png'} ({path} line {line})" for n, line in (("a", 2), ("d", 6))
+    )
+    assert report["duplicates"]["across_splits"] == {"train/val": {"images": 1, "pairs": [[a, d]]}}
+    assert f"val image {d} is identical to train image {a}" in report["warnings"]
+    assert any("different labels" in w and "(0)" in w and "(1)" in w for w in report["warnings"])
+    within = report["duplicates"]["within_split"]["train"]
+    assert (within["images"], within["copies"], len(within["groups"][0])) == (1, 1, 2)
+    assert report["notes"] == [
+        "train: 1 image(s) stored more than once (1 extra copies; duplicates.within_split.train "
+        "lists them)"
+    ]
+    for split in ("train", "val", "test"):
+        mine = [(n, t) for n, t, s, _ in layout if s == split]
+        counts = Counter(t for _, t in mine)
+        assert report["splits"][split]["balance"]["counts"] == {"0": counts[0], "1": counts[1]}
+        values = np.concatenate([pixels[n].ravel() for n, _ in mine]).astype(np.float64)
+        stats = report["splits"][split]["intensity"]
+        assert stats["mean"] == pytest.approx(values.mean())
+        assert stats["std"] == pytest.approx(values.std())
+        assert (stats["min"], stats["max"]) == (values.min(), values.max())
+        assert stats["dtypes"] == {"uint8": len(mine)} and stats["channels"] == {"1": len(mine)}
+
+    strict = check(manifest_overrides(path), duplicates="error")
+    assert exit_status(strict) == 1 and strict["errors"] == [
+        f"val image {d} is identical to train image {a}"
+    ]
+
+
+def test_images_of_several_sizes_need_an_image_size(tmp_path):
+    rows = good_rows(tmp_path)
+    write_png(tmp_path / "images/wide.png", seed=9, size=(16, 20))
+    path = write_manifest(tmp_path, [*rows, ("images/wide.png", 0, "train")])
+    report = check(manifest_overrides(path, "dataset.image_size=null"))
+    assert report["errors"] == [
+        "train: images have 2 sizes (16x16 ... 16x20) and dataset.image_size is null, so batches "
+        "cannot be stacked: set dataset.image_size"
+    ]
+    assert exit_status(check(manifest_overrides(path))) == 0  # resized to 64 x 64 by default
+
+
+def test_regression_targets_and_an_empty_split(tmp_path):
+    cfg = compose_config(
+        ["dataset=synthetic_clinical", "task=regression", "loss=mse"]
+        + ["dataset.num_train=20", "dataset.num_val=6", "dataset.num_test=6"]
+    )
+    datasets = build_datasets(cfg)
+    targets = datasets["train"].labels[:, 0].copy()
+    datasets["val"].labels[2] = np.nan
+    datasets["test"].ids, datasets["test"].labels = [], datasets["test"].labels[:0]
+    report = check_datasets(cfg, datasets, workers=2, progress=False)
+    assert report["errors"] == [
+        "val sample val_00002: target [nan] is not a finite number",
+        "test: the split is empty",
+    ]
+    [summary] = report["splits"]["train"]["balance"]["targets"].values()
+    assert summary == pytest.approx(
+        {"min": targets.min(), "mean": targets.mean(), "max": targets.max()}
+    )
+
+
+def test_training_hook_writes_the_report_and_stops_on_errors(tmp_path):
+    cfg = compose_config(["dataset.num_train=40", "dataset.num_val=10", "dataset.num_test=10"])
+    datasets = build_datasets(cfg)
+    report = check_before_training(cfg, datasets, tmp_path / "ok")
+    assert report["ok"] and (tmp_path / "ok/data_report.json").is_file()
+    assert report["splits"]["train"]["balance"]["counts"] == {"normal": 20, "lesion": 20}
+
+    datasets["val"].labels[0] = 7
+    with pytest.raises(DataError, match=r"1 problem.*\nval sample val_00000: label 7 is outside"):
+        check_before_training(cfg, datasets, tmp_path / "bad")
+    saved = json.loads((tmp_path / "bad/data_report.json").read_text())
+    assert saved["ok"] is False and len(saved["errors"]) == 1
+
+
+def test_cli_options_and_config_errors(tmp_path, capsys):
+    assert main(["--help"]) == 0 and "check.duplicates" in capsys.readouterr().out
+    assert main(["check.nope=1"]) == 2 and "unknown key 'nope'" in capsys.readouterr().err
+    assert main(["check.workers=0"]) == 2
+    assert main(["dataset.nope=1"]) == 2 and "nope" in capsys.readouterr().err
+    # A config error found while building (no such folder) still writes the report.
+    status = main(
+        ["dataset=image_folder", f"dataset.path={tmp_path / 'none'}"] + [f"check.output={tmp_path}"]
+    )
+    assert status == 2 and "config error: dataset.path=" in capsys.readouterr().err
+    assert json.loads((tmp_path / "data_report.json").read_text())["config_errors"]
+
+
+def test_python_m_check_data_prints_one_line_per_problem(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/empty.png").write_bytes(b"")
+    path = write_manifest(tmp_path, good_rows(tmp_path) + [("images/empty.png", 1, "val")])
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "medtrain.check_data", "dataset=manifest", f"dataset.path={path}"]
+        + [f"check.output={out}", "check.workers=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: {path} line 8: {tmp_path / 'images/empty.png'}: the file is empty"
+    ]
+    assert f"report: {out / 'data_report.json'}" in done.stdout
+    assert json.loads((out / "data_report.json").read_text())["splits"]["val"]["samples"] == 3
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not PNEUMONIA.is_file(), reason="needs ../shared/data/medmnist")
+def test_pneumoniamnist_train_and_val_share_8_images():
+    report = check(["experiment=pneumoniamnist", f"dataset.path={PNEUMONIA}"])
+    across = report["duplicates"]["across_splits"]
+    # 8 distinct images occur in both splits; 2 of them twice in train, hence 10 pairs.
+    assert list(across) == ["train/val"]
+    assert across["train/val"]["images"] == 8 and len(across["train/val"]["pairs"]) == 10
+    within = report["duplicates"]["within_split"]
+    assert (within["train"]["images"], within["train"]["copies"]) == (18, 18)
+    assert (within["test"]["images"], within["test"]["copies"]) == (3, 3)
+    assert exit_status(report) == 0 and len(report["warnings"]) == 10
+    assert report["splits"]["train"]["balance"]["counts"] == {"normal": 1214, "pneumonia": 3494}
