@@ -30,8 +30,6 @@ from scipy.spatial import cKDTree
 
 METRIC_NAMES = ("dice", "iou", "hd95", "hd95_mm", "precision", "recall")
 
-# MONAI finds mask edges with scipy's default erosion, whose structuring element is this cross.
-_CROSS = ndimage.generate_binary_structure(2, 1)
 
 # Measured crossover on CPU: a KD-tree query costs about as much per surface pixel as the distance
 # transform costs for six image pixels.
@@ -39,12 +37,14 @@ _KDTREE_PIXELS_PER_POINT = 6
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    """Pixels of `mask` that erosion removes; outside the array counts as background."""
-    return mask & ~ndimage.binary_erosion(mask, structure=_CROSS)
+    """Pixels (voxels) of `mask` that erosion removes; outside the array counts as background."""
+    # MONAI finds mask edges with scipy's default erosion, whose structuring element is a cross.
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=cross)
 
 
 def _directed_distances(
-    from_surface: np.ndarray, to_surface: np.ndarray, sampling: tuple[float, float] | None
+    from_surface: np.ndarray, to_surface: np.ndarray, sampling: tuple[float, ...] | None
 ) -> np.ndarray:
     """Distance from every pixel of `from_surface` to the nearest pixel of `to_surface`."""
     # Both ways give the exact Euclidean distance. A KD-tree over the surface pixels is the cheaper
@@ -52,14 +52,14 @@ def _directed_distances(
     # only on the image size, is cheaper for speckled masks with very many surface pixels.
     n_points = np.count_nonzero(from_surface) + np.count_nonzero(to_surface)
     if n_points * _KDTREE_PIXELS_PER_POINT < from_surface.size:
-        scale = np.ones(2) if sampling is None else np.asarray(sampling)
+        scale = np.ones(from_surface.ndim) if sampling is None else np.asarray(sampling)
         targets = np.argwhere(to_surface) * scale
         return cKDTree(targets).query(np.argwhere(from_surface) * scale)[0]
     return ndimage.distance_transform_edt(~to_surface, sampling=sampling)[from_surface]
 
 
 def _hd95(
-    pred_surface: np.ndarray, true_surface: np.ndarray, sampling: tuple[float, float] | None
+    pred_surface: np.ndarray, true_surface: np.ndarray, sampling: tuple[float, ...] | None
 ) -> float:
     """Symmetric 95th-percentile surface distance between two non-empty surfaces."""
     pred_to_true = _directed_distances(pred_surface, true_surface, sampling)
@@ -67,11 +67,14 @@ def _hd95(
     return float(max(np.percentile(pred_to_true, 95), np.percentile(true_to_pred, 95)))
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
-    """The smallest rectangle holding every True pixel of a non-empty 2D mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box holding every True pixel of a non-empty 2D (or 3D) mask."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        found = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(found[0], found[-1] + 1))
+    return tuple(box)
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -79,7 +82,7 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 
 def _class_metrics(
-    pred: np.ndarray, true: np.ndarray, spacing: tuple[float, float] | None
+    pred: np.ndarray, true: np.ndarray, spacing: tuple[float, ...] | None
 ) -> dict[str, float]:
     """All metrics of one binary class mask pair, following the module's empty-mask conventions."""
     n_pred, n_true = int(np.count_nonzero(pred)), int(np.count_nonzero(true))
@@ -111,13 +114,15 @@ def case_metrics(
     class_names: Sequence[str],
     spacing: Sequence[float] | None = None,
 ) -> dict[str, float]:
-    """Dice, IoU, HD95 (pixels and mm), precision and recall of every foreground class of one image.
+    """Dice, IoU, HD95 (pixels and mm), precision and recall of every foreground class of one image
+    (or one volume: the same definitions over voxels).
 
     Args:
-        pred: Predicted H x W mask of class indices (0 = background).
-        true: Ground-truth H x W mask of class indices, same shape as `pred`.
+        pred: Predicted H x W (or D x H x W) mask of class indices (0 = background).
+        true: Ground-truth mask of class indices, same shape as `pred`.
         class_names: Name of every class, background first; only indices 1.. are scored.
-        spacing: Pixel size (row_mm, col_mm) for `hd95_mm_<name>`; None means 1 pixel = 1 unit.
+        spacing: Pixel size (row_mm, col_mm), one per axis, for `hd95_mm_<name>`; None means
+            1 pixel = 1 unit.
 
     Returns:
         `dice_<name>`, `iou_<name>`, `hd95_<name>`, `hd95_mm_<name>`, `precision_<name>` and
@@ -125,19 +130,20 @@ def case_metrics(
         module docstring).
 
     Raises:
-        ValueError: If the masks are not 2D arrays of the same shape or `spacing` is not two
-            positive numbers.
+        ValueError: If the masks are not 2D (or 3D) arrays of the same shape or `spacing` is not
+            one positive number per axis.
     """
     pred, true = np.asarray(pred), np.asarray(true)
-    if pred.ndim != 2 or pred.shape != true.shape:
+    if pred.ndim not in (2, 3) or pred.shape != true.shape:
         raise ValueError(
-            f"pred and true must be H x W masks of the same shape, got {pred.shape} and {true.shape}"
+            f"pred and true must be 2D or 3D masks of the same shape, got {pred.shape} and "
+            f"{true.shape}"
         )
     if spacing is not None:
         spacing = tuple(float(s) for s in spacing)
-        if len(spacing) != 2 or min(spacing) <= 0:
+        if len(spacing) != pred.ndim or min(spacing) <= 0:
             raise ValueError(
-                f"spacing must be two positive numbers (row_mm, col_mm), got {spacing}"
+                f"spacing must be one positive number per axis ({pred.ndim}), got {spacing}"
             )
     out: dict[str, float] = {}
     for index, name in enumerate(class_names):

@@ -198,6 +198,7 @@ def test_random_patch_is_aligned_and_pads_small_images():
     assert np.array_equal(patch_image[..., 0], patch_mask)
     patch_image, patch_mask = random_patch(image, mask, (16, 12), rng)
     assert patch_mask.shape == (16, 12) and patch_image.shape == (16, 12, 1)
+    assert np.array_equal(patch_image[..., 0], patch_mask)  # padded alike
     sparse = np.zeros((200, 200), np.int64)
     sparse[150, 20] = 1
     hits = sum(

@@ -196,3 +196,21 @@ def test_invalid_inputs():
         SM.case_metrics(mask, np.zeros((8, 9), dtype=np.int64), CLASSES)
     with pytest.raises(ValueError, match="spacing"):
         SM.case_metrics(mask, mask, CLASSES, spacing=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("spacing", [None, (2.0, 0.5, 0.75)])
+def test_3d_volumes_match_monai(spacing):
+    """Volumes (slices reassembled) use the same definitions over voxels."""
+    pred, true = blob_mask((12, 20, 16), 7, 2.0), blob_mask((12, 20, 16), 8, 2.0)
+    m = SM.case_metrics(pred, true, CLASSES, spacing)
+
+    def hot(mask):
+        return torch.nn.functional.one_hot(torch.as_tensor(mask), 3).permute(3, 0, 1, 2)[None]
+
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
+    ref_dice = dice(hot(pred), hot(true))[0].numpy()
+    ref_hd = compute_hausdorff_distance(
+        hot(pred), hot(true), percentile=95, distance_metric="euclidean", spacing=spacing
+    )[0].numpy()
+    np.testing.assert_allclose([m["dice_liver"], m["dice_tumour"]], ref_dice, atol=1e-6)
+    np.testing.assert_allclose([m["hd95_mm_liver"], m["hd95_mm_tumour"]], ref_hd, atol=1e-5)

@@ -39,7 +39,8 @@ def random_patch(
     rng: np.random.Generator,
     foreground_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Crop an aligned (image, mask) patch; images smaller than the patch are padded first.
+    """Crop an aligned (image, mask) patch; images smaller than the patch are padded first, the mask
+    in the same way as the image.
 
     With probability `foreground_fraction` the patch is centred on a random foreground pixel, which
     keeps small structures from being outnumbered by background patches.
@@ -47,10 +48,11 @@ def random_patch(
     pad_h, pad_w = max(size[0] - mask.shape[0], 0), max(size[1] - mask.shape[1], 0)
     if pad_h or pad_w:
         padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
-        image = np.pad(
-            image, (*padding, (0, 0)), mode="reflect" if _fits(image, padding) else "edge"
-        )
-        mask = np.pad(mask, padding, mode="constant")  # padding is background
+        # Image and mask are padded alike (mirrored, or edge-repeated when too small to mirror):
+        # a mirrored structure keeps its label, so the patch never shows unlabelled anatomy.
+        mode = "reflect" if _fits(image, padding) else "edge"
+        image = np.pad(image, (*padding, (0, 0)), mode=mode)
+        mask = np.pad(mask, padding, mode=mode)
     height, width = mask.shape
     top = int(rng.integers(0, height - size[0] + 1))
     left = int(rng.integers(0, width - size[1] + 1))

@@ -17,6 +17,7 @@ from torch import nn
 from medtrain.analysis.agreement import measurement_agreement
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS, measure_mask, totals
 from medtrain.analysis.overlays import safe_name, save_overlays
+from medtrain.analysis.volumes import VolumeAssembler
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv, save_json, save_png
 from medtrain.segmentation_metrics import case_metrics, summarize
@@ -193,6 +194,7 @@ class SegmentationCollector:
         self.final = final
         self.rows: list[dict[str, Any]] = []
         self.cases: list[dict[str, Any]] = []
+        self.volumes = VolumeAssembler(task, final, self.rows)
 
     def update(self, logits: Logits, batch: dict[str, Any]) -> None:
         outputs = logits if isinstance(logits, list) else list(logits[:, None])
@@ -200,6 +202,9 @@ class SegmentationCollector:
         for k, (output, case_id) in enumerate(zip(outputs, batch["id"], strict=True)):
             pred = self.task.predict_masks(output)[0]
             true = masks[k].cpu().numpy().astype(np.uint8)
+            if "volume" in batch:  # slices of volumes: scored per reassembled volume
+                self.volumes.add(batch, k, pred, true)
+                continue
             spacing = _spacing(batch["spacing"][k])
             self.rows.append(
                 {"id": case_id, **case_metrics(pred, true, self.task.class_names, spacing)}
@@ -216,6 +221,7 @@ class SegmentationCollector:
                 )
 
     def metrics(self, prefix: str) -> dict[str, float]:
+        self.volumes.check_complete()
         values = summarize(
             [{k: v for k, v in r.items() if k != "id"} for r in self.rows], self.task.class_names
         )
@@ -227,6 +233,8 @@ class SegmentationCollector:
         run_dir = Path(run_dir)
         fields = list(dict.fromkeys(key for row in self.rows for key in row))
         save_csv(run_dir / "per_case_metrics.csv", self.rows, fields)
+        if self.volumes.done:
+            return self.volumes.save(run_dir)
         names = self.task.class_names
         objects: list[dict[str, Any]] = []
         summaries = {"pred": [], "true": []}

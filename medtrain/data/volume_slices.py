@@ -1,0 +1,249 @@
+"""2D slices of 3D volumes (NIfTI, DICOM series) with label volumes, split by volume, for slice-wise
+segmentation whose predictions are reassembled and scored per volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medtrain.data.base import SPLITS
+from medtrain.data.manifest import read_csv
+from medtrain.data.seg_folder import read_split_file, split_counts
+from medtrain.data.segmentation import SegmentationDataset
+from medtrain.data.volumes import NIFTI_SUFFIXES, VolumeCache, read_volume
+from medtrain.errors import ConfigError, DataError
+
+VOLUME_NORMALIZE = ("zscore", "nonzero_zscore", "none")
+
+
+def case_name(path: Path) -> str:
+    """`hippocampus_001` for `hippocampus_001.nii.gz`, a folder's name for a DICOM series."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.is_file() else name
+
+
+class VolumeSlices(SegmentationDataset):
+    """Slices along `axis` of image volumes with label volumes of the same shape.
+
+    The data are `<path>/<images>/<case>.nii.gz` with `<path>/<labels>/<case>.nii.gz` (the Medical
+    Segmentation Decathlon layout; a DICOM series folder per case also works), or a CSV manifest
+    with `image` and `mask` columns (paths relative to the CSV) and an optional `split` column.
+    Splits are made by volume, never by slice, so no patient is in two splits. Each volume is
+    z-scored as a whole (`volume_normalize`) before slicing, so that a slice keeps its brightness
+    relative to its volume. Training may skip slices without foreground; validation and test keep
+    every slice, and the segmentation task reassembles them into volumes to score them in 3D.
+
+    Sample ids are `<case>#<slice>`; samples also hold `volume` (the case), `slice` (its index),
+    `slice_axis` and `volume_spacing` (mm per volume axis) and `affine`.
+
+    Args:
+        path: the data folder, or a CSV manifest.
+        split: `train`, `val` or `test`.
+        axis: the volume axis the slices are taken along (0, 1 or 2).
+        images, labels: sub-folder names of the folder layout.
+        val_size, test_size: held-out volumes, as a fraction (< 1) or a count (>= 1).
+        split_file: a JSON {split: [cases]} (an earlier run's `splits.json`, whose slice ids are
+            read back as their cases, also works).
+        seed: seed of the split.
+        skip_empty: drop training slices whose label is all background.
+        volume_normalize: `zscore` (over the volume), `nonzero_zscore` (over its non-zero voxels,
+            for skull-stripped MRI) or `none`.
+        cache: `memory` (decode each volume once per process), `disk` (.npy files in `cache_dir`,
+            reused by later runs) or `none` (decode on every access; slow).
+        cache_dir: the disk cache's folder.
+        **kwargs: passed to `SegmentationDataset` (num_classes, class_names, patch_size, ...).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        axis: int = 0,
+        images: str = "images",
+        labels: str = "labels",
+        val_size: float = 0.1,
+        test_size: float = 0.2,
+        split_file: str | None = None,
+        seed: int = 0,
+        skip_empty: bool = True,
+        volume_normalize: str = "zscore",
+        cache: str = "memory",
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(split, seed=seed, **kwargs)
+        if axis not in (0, 1, 2):
+            raise ConfigError(f"dataset.axis={axis} must be 0, 1 or 2")
+        if volume_normalize not in VOLUME_NORMALIZE:
+            raise ConfigError(
+                f"dataset.volume_normalize={volume_normalize!r}: choose one of {VOLUME_NORMALIZE}"
+            )
+        self.axis = axis
+        self.volume_normalize = volume_normalize
+        self.cache = VolumeCache(cache, cache_dir)
+        pairs, given_splits = self._pairs(Path(path), images, labels)
+        names = self._split(sorted(pairs), val_size, test_size, split_file, given_splits, seed)
+        self.cases = names[split]
+        self.pairs = {case: pairs[case] for case in self.cases}
+        self.geometry: dict[str, Any] = {}
+        self.index: list[tuple[str, int]] = []  # (case, slice) of every sample
+        for case in self.cases:
+            image_path, label_path = self.pairs[case]
+            label_volume = read_volume(label_path)  # its geometry is the case's geometry
+            labels_volume = self._checked_labels(label_volume.array, label_path)
+            if self.cache.mode == "memory":
+                self.cache.memory[str(label_path)] = labels_volume
+            shape = self._image_volume(case).shape
+            if labels_volume.shape != shape:
+                raise DataError(
+                    f"{label_path}: label volume {labels_volume.shape} does not match the image "
+                    f"volume {shape} of {image_path}"
+                )
+            self.geometry[case] = {
+                "shape": shape,
+                "spacing": label_volume.spacing,
+                "affine": label_volume.affine,
+            }
+            keep = range(shape[axis])
+            if split == "train" and skip_empty:
+                other = tuple(a for a in range(3) if a != axis)
+                keep = np.flatnonzero(labels_volume.any(axis=other)).tolist()
+            self.index += [(case, k) for k in keep]
+        self.ids = [f"{case}#{k:03d}" for case, k in self.index]
+        if self.in_channels is None:
+            self.in_channels = 1
+
+    # -- discovering the data ---------------------------------------------------------------
+    @staticmethod
+    def _pairs(root: Path, images: str, labels: str):
+        """{case: (image path, label path)} and the manifest's splits (or None)."""
+        if root.is_file() and root.suffix.lower() == ".csv":
+            header, rows, lines = read_csv(root)
+            missing = [c for c in ("image", "mask") if c not in header]
+            if missing:
+                raise DataError(f"{root}: no {missing} column (the header is {header})")
+            pairs, splits = {}, {}
+            for row, line in zip(rows, lines, strict=True):
+                image, mask = (root.parent / row[c] for c in ("image", "mask"))
+                case = case_name(image)
+                if case in pairs:
+                    raise DataError(f"{root}: line {line}: case {case!r} is listed twice")
+                for file in (image, mask):
+                    if not file.exists():
+                        raise DataError(f"{root}: line {line}: {file} does not exist")
+                pairs[case] = (image, mask)
+                if "split" in header:
+                    if row["split"] not in SPLITS:
+                        raise DataError(
+                            f"{root}: line {line}: split {row['split']!r} is not one of {SPLITS}"
+                        )
+                    splits.setdefault(row["split"], []).append(case)
+            return pairs, ({s: splits.get(s, []) for s in SPLITS} if "split" in header else None)
+        image_dir, label_dir = root / images, root / labels
+        for folder in (root, image_dir, label_dir):
+            if not folder.is_dir():
+                raise DataError(
+                    f"dataset.path={str(root)!r}: no folder {folder} (expected <path>/{images} and "
+                    f"<path>/{labels}, or a CSV manifest)"
+                )
+
+        def cases(folder: Path) -> dict[str, Path]:
+            found = {}
+            for p in sorted(folder.iterdir()):
+                if p.name.startswith((".", "_")):
+                    continue
+                if p.is_dir() or p.name.lower().endswith((*NIFTI_SUFFIXES, ".dcm")):
+                    found[case_name(p)] = p
+            return found
+
+        found_images, found_labels = cases(image_dir), cases(label_dir)
+        if not found_images:
+            raise DataError(f"{image_dir}: no .nii/.nii.gz volumes or DICOM series folders")
+        missing = sorted(set(found_images) - set(found_labels))
+        if missing:
+            raise DataError(
+                f"{label_dir}: no label volume for {len(missing)} case(s), e.g. {missing[0]}"
+            )
+        return {c: (found_images[c], found_labels[c]) for c in found_images}, None
+
+    @staticmethod
+    def _split(cases, val_size, test_size, split_file, given, seed) -> dict[str, list[str]]:
+        if split_file is not None:
+            saved = read_split_file(split_file)
+            given = {s: sorted({i.split("#")[0] for i in saved.get(s, [])}) for s in SPLITS}
+        if given is not None:
+            known = set(cases)
+            for split in SPLITS:
+                unknown = [c for c in given.get(split, []) if c not in known]
+                if unknown:
+                    raise DataError(f"dataset split {split!r} names unknown cases {unknown[:3]}")
+            return {s: sorted(given.get(s, [])) for s in SPLITS}
+        n_val, n_test = split_counts(len(cases), val_size, test_size)
+        order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+        return {
+            "test": sorted(order[:n_test]),
+            "val": sorted(order[n_test : n_test + n_val]),
+            "train": sorted(order[n_test + n_val :]),
+        }
+
+    # -- reading -----------------------------------------------------------------------------
+    def _image_volume(self, case: str) -> np.ndarray:
+        def read(path):
+            array = read_volume(path).array.astype(np.float32)
+            if self.volume_normalize == "none":
+                return array
+            values = array[array != 0] if self.volume_normalize == "nonzero_zscore" else array
+            values = values if values.size else array
+            return (array - values.mean()) / max(float(values.std()), 1e-6)
+
+        return self.cache.array(self.pairs[case][0], read)
+
+    def _labels(self, case: str) -> np.ndarray:
+        path = self.pairs[case][1]
+        return self.cache.array(path, lambda p: self._checked_labels(read_volume(p).array, p))
+
+    @staticmethod
+    def _checked_labels(array: np.ndarray, path) -> np.ndarray:
+        if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+            raise DataError(f"{path}: label values must be whole numbers")
+        if array.size and array.min() < 0:
+            raise DataError(f"{path}: negative label value {array.min()}")
+        return array.astype(np.uint8)
+
+    def source(self, index: int) -> str:
+        case, k = self.index[index]
+        return f"{self.pairs[case][1]} (slice {k} along axis {self.axis})"
+
+    def read_image(self, index: int) -> np.ndarray:
+        case, k = self.index[index]
+        return np.take(self._image_volume(case), k, axis=self.axis)
+
+    def read_mask(self, index: int) -> np.ndarray:
+        case, k = self.index[index]
+        return np.take(self._labels(case), k, axis=self.axis).astype(np.int64)
+
+    def read_spacing(self, index: int) -> tuple[float, float] | None:
+        case, _ = self.index[index]
+        spacing = self.geometry[case]["spacing"]
+        row, col = (spacing[a] for a in range(3) if a != self.axis)
+        return row, col
+
+    def __getitem__(self, sample_index: int) -> dict[str, Any]:
+        sample = super().__getitem__(sample_index)
+        case, k = self.index[sample_index % len(self.index)]
+        geometry = self.geometry[case]
+        sample |= {
+            "volume": case,
+            "slice": k,
+            "num_slices": geometry["shape"][self.axis],
+            "slice_axis": self.axis,
+            "volume_spacing": torch.tensor(geometry["spacing"], dtype=torch.float64),
+            "affine": torch.from_numpy(np.asarray(geometry["affine"], dtype=np.float64)),
+        }
+        return sample

@@ -1,0 +1,245 @@
+"""Reading 3D volumes: NIfTI files (nibabel), DICOM series folders ordered by slice position, and
+multi-frame DICOM files; a cache so that decoded volumes are read once; slices back into volumes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medtrain.errors import ConfigError, DataError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Volume:
+    """A decoded volume: `array` (3D, modality values: CT in Hounsfield units), `spacing` in mm
+    per array axis, the voxel-to-world `affine` (4 x 4, RAS+ for NIfTI, LPS+ for DICOM) and the
+    orientation codes of the array axes (e.g. ('R', 'A', 'S'))."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    orientation: tuple[str, str, str]
+    source: str
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_volume(path: str | Path) -> Volume:
+    """A NIfTI file, a DICOM series folder or a multi-frame DICOM file as a `Volume`.
+
+    Raises:
+        DataError: naming the file or folder and what is wrong.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or folder")
+    if is_nifti(path):
+        return read_nifti(path)
+    return read_dicom_frames(path)
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """A NIfTI-1/2 volume in its stored voxel order, with the zooms as spacing and the affine kept
+    (4D files must hold one volume)."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(str(path))
+        array = np.asarray(image.dataobj)
+        zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as err:  # nibabel raises many types for broken, truncated or non-NIfTI files
+        raise DataError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from err
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise DataError(f"{path}: NIfTI of shape {array.shape}; a 3D volume is needed")
+    if min(zooms) <= 0:
+        raise DataError(f"{path}: voxel sizes {zooms} must be > 0")
+    return Volume(array, zooms, affine, _axcodes(affine), str(path))
+
+
+def _axcodes(affine: np.ndarray) -> tuple[str, str, str]:
+    import nibabel as nib
+
+    return tuple(nib.aff2axcodes(affine))
+
+
+def read_dicom_series(folder: str | Path) -> Volume:
+    """The DICOM files of a folder holding one series, as a volume (slices x rows x columns).
+
+    Slices are ordered by their position along the slice normal (Image Position Patient projected on
+    the cross product of the Image Orientation Patient vectors), never by file name or Instance
+    Number alone; the slice spacing is the median distance between neighbouring positions. Pixel
+    values go through the modality transform (rescale slope and intercept).
+
+    Raises:
+        DataError: no DICOM files, several series, missing or inconsistent geometry, duplicate
+            positions, or slices of different sizes (naming the folder and files).
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    headers = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM (a README, a thumbnail): skipped
+            continue
+        if "ImagePositionPatient" in ds and "Rows" in ds:
+            headers.append((path, ds))
+    if not headers:
+        raise DataError(f"{folder}: no DICOM images with Image Position Patient in this folder")
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
+    if len(series) > 1:
+        raise DataError(
+            f"{folder}: holds {len(series)} series ({sorted(series)[:3]}); give one folder per series"
+        )
+    orientation = np.asarray(
+        headers[0][1].get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float
+    )
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = [
+        float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))) for _, ds in headers
+    ]
+    order = np.argsort(positions, kind="stable")
+    ordered = [headers[k] for k in order]
+    sorted_positions = np.asarray(positions)[order]
+    gaps = np.diff(sorted_positions)
+    if len(gaps) and np.min(np.abs(gaps)) < 1e-4:
+        k = int(np.argmin(np.abs(gaps)))
+        raise DataError(
+            f"{folder}: {ordered[k][0].name} and {ordered[k + 1][0].name} lie at the same position"
+        )
+    first = ordered[0][1]
+    slice_spacing = (
+        float(np.median(gaps)) if len(gaps) else float(first.get("SliceThickness", 1) or 1)
+    )
+    pixel_spacing = [float(v) for v in first.get("PixelSpacing", [1.0, 1.0])]
+    slices = []
+    for path, _ in ordered:
+        ds = pydicom.dcmread(path)
+        try:
+            pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+        except Exception as err:
+            raise DataError(
+                f"{path}: cannot decode DICOM pixel data ({err})".splitlines()[0]
+            ) from err
+        if slices and pixels.shape != slices[0].shape:
+            raise DataError(
+                f"{path}: slice of {pixels.shape}, the series' first is {slices[0].shape}"
+            )
+        slices.append(pixels)
+    array = np.stack(slices)
+    affine = np.eye(4)
+    # Columns of the affine: slice direction, row direction (down the image), column direction.
+    affine[:3, 0] = normal * slice_spacing
+    affine[:3, 1] = orientation[3:] * pixel_spacing[0]
+    affine[:3, 2] = orientation[:3] * pixel_spacing[1]
+    affine[:3, 3] = np.asarray(ordered[0][1].ImagePositionPatient, float)
+    spacing = (abs(slice_spacing), pixel_spacing[0], pixel_spacing[1])
+    return Volume(array, spacing, affine, _lps_codes(affine), str(folder))
+
+
+def _lps_codes(affine: np.ndarray) -> tuple[str, str, str]:
+    """Orientation codes of a DICOM (LPS+) affine, in the RAS letters nibabel uses."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS -> RAS
+    return _axcodes(flip @ affine)
+
+
+def read_dicom_frames(path: str | Path) -> Volume:
+    """A multi-frame DICOM file (frames x rows x columns) with the modality transform applied."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as err:
+        raise DataError(
+            f"{path}: cannot read DICOM ({type(err).__name__}: {err})".splitlines()[0]
+        ) from err
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DataError(f"{path}: colour DICOM is not a volume")
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    array = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    measures = ds
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and "PixelMeasuresSequence" in shared[0]:  # enhanced multi-frame objects
+        measures = shared[0].PixelMeasuresSequence[0]
+    row, col = [float(v) for v in measures.get("PixelSpacing", [1.0, 1.0])]
+    between = measures.get("SpacingBetweenSlices") or measures.get("SliceThickness") or 1.0
+    spacing = (float(between), row, col)
+    affine = np.diag([*spacing, 1.0])
+    return Volume(array, spacing, affine, ("?", "?", "?"), str(path))
+
+
+class VolumeCache:
+    """Decoded volumes kept so that later epochs (and, on disk, later runs) do not decode again.
+
+    Args:
+        mode: `memory` (a dict for this process), `disk` (uncompressed .npy files in `folder`,
+            memory-mapped when read, shared by runs and loader workers) or `none`.
+        folder: the disk cache's folder (required for `disk`).
+    """
+
+    MODES = ("memory", "disk", "none")
+
+    def __init__(self, mode: str = "memory", folder: str | Path | None = None):
+        if mode not in self.MODES:
+            raise ConfigError(f"dataset.cache={mode!r}: choose one of {self.MODES}")
+        if mode == "disk" and not folder:
+            raise ConfigError("dataset.cache=disk needs dataset.cache_dir=<folder>")
+        self.mode = mode
+        self.folder = Path(folder) if folder else None
+        self.memory: dict[str, np.ndarray] = {}
+
+    def array(self, path: str | Path, read=None) -> np.ndarray:
+        """The volume array of `path` (decoded by `read(path)`, default `read_volume`)."""
+        read = read or (lambda p: read_volume(p).array)
+        key = str(path)
+        if self.mode == "none":
+            return read(path)
+        if self.mode == "memory":
+            if key not in self.memory:
+                self.memory[key] = read(path)
+            return self.memory[key]
+        file = self.folder / f"{self._key(path)}.npy"
+        if file.is_file():
+            return np.load(file, mmap_mode="r")
+        array = np.ascontiguousarray(read(path))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        from medtrain.io import atomic_write  # a half-written cache file must never be read
+
+        atomic_write(file, lambda handle: handle.write(buffer.getvalue()), mode="wb")
+        return array
+
+    @staticmethod
+    def _key(path: str | Path) -> str:
+        """The file's path, size and modification time: an edited file is decoded again."""
+        stat = Path(path).stat()
+        text = f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def stack_slices(slices: Sequence[np.ndarray], axis: int) -> np.ndarray:
+    """Reassemble 2D slices (in order) into a volume, the slices lying along `axis`."""
+    return np.stack(list(slices), axis=axis)

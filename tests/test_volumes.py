@@ -1,0 +1,220 @@
+"""Volumes: NIfTI and DICOM series reading, the decode cache, slice datasets split by volume, and
+slice predictions reassembled into volumes scored in 3D with volumes in mL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medtrain.data.volume_slices import VolumeSlices
+from medtrain.data.volumes import VolumeCache, read_volume, stack_slices
+from medtrain.errors import DataError
+from tests.conftest import SHARED_DATA, read_metrics, train_in_process
+
+
+def save_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def make_cases(root: Path, count: int = 10, shape=(12, 20, 16), spacing=(1.0, 0.8, 1.5)) -> None:
+    """`count` volumes: a bright box (class 1) and a dimmer ball (class 2) on noise."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(count):
+        labels = np.zeros(shape, np.uint8)
+        x0 = 2 + n % 3
+        labels[x0 : x0 + 5, 4:12, 3:9] = 1
+        zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+        labels[(zz - 6) ** 2 + (yy - 14) ** 2 + (xx - 11) ** 2 <= 9] = 2
+        image = rng.normal(0, 0.3, shape).astype(np.float32) + labels * 1.5
+        save_nifti(root / "images" / f"case_{n:02d}.nii.gz", image, spacing)
+        save_nifti(root / "labels" / f"case_{n:02d}.nii.gz", labels, spacing)
+
+
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_nifti_keeps_spacing_affine_and_orientation(tmp_path):
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    save_nifti(tmp_path / "v.nii.gz", array, (0.5, 2.0, 3.0))
+    volume = read_volume(tmp_path / "v.nii.gz")
+    np.testing.assert_array_equal(volume.array, array)
+    assert volume.spacing == (0.5, 2.0, 3.0)
+    assert volume.orientation == ("R", "A", "S")
+    assert volume.affine[:3, 3].tolist() == [10.0, -20.0, 5.0]
+    (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="bad.nii.gz: cannot read NIfTI"):
+        read_volume(tmp_path / "bad.nii.gz")
+    with pytest.raises(DataError, match="nothing.nii: no such file"):
+        read_volume(tmp_path / "nothing.nii")
+
+
+def write_series(folder: Path, positions, series_uid="1.2.3", rows=4, cols=3) -> None:
+    """DICOM slices whose file names do NOT follow their positions (and whose instance numbers
+    are reversed), each filled with its z position so the order can be checked."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, z in enumerate(positions):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(f"s{k}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID = "MR", series_uid
+        ds.InstanceNumber = len(positions) - k
+        ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.5, 0.6]
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -100
+        ds.PixelData = np.full((rows, cols), int(z * 10) + 1000, np.uint16).tobytes()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        (folder / f"file_{k:02d}.dcm").write_bytes(buffer.getvalue())
+
+
+def test_dicom_series_is_ordered_by_position_not_name(tmp_path):
+    positions = [6.0, 0.0, 9.0, 3.0, 12.0]
+    write_series(tmp_path / "series", positions)
+    volume = read_volume(tmp_path / "series")
+    assert volume.array.shape == (5, 4, 3)
+    assert volume.spacing == (3.0, 0.5, 0.6)
+    # Each slice holds 10 z + 1000 - 100 (the rescale intercept): ordered by z.
+    np.testing.assert_array_equal(volume.array[:, 0, 0], [900, 930, 960, 990, 1020])
+    write_series(tmp_path / "two", [0.0, 1.0])
+    write_series(tmp_path / "two", [2.0], series_uid="9.9.9")
+    with pytest.raises(DataError, match="holds 2 series"):
+        read_volume(tmp_path / "two")
+    write_series(tmp_path / "same", [1.0, 1.0])
+    with pytest.raises(DataError, match="lie at the same position"):
+        read_volume(tmp_path / "same")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SHARED_DATA / "dicom").is_dir(), reason="needs ../shared/data/dicom")
+def test_shared_series_is_a_17_slice_volume_with_2mm_spacing():
+    volume = read_volume(SHARED_DATA / "dicom" / "series_t1_brain_17")
+    assert volume.array.shape == (17, 128, 88)
+    assert volume.spacing == (2.0, 2.0, 2.0)
+
+
+def test_cache_decodes_once_and_disk_cache_survives(tmp_path):
+    calls = []
+
+    def read(path):
+        calls.append(path)
+        return np.arange(6.0).reshape(2, 3)
+
+    (tmp_path / "v.nii").write_bytes(b"x")
+    memory = VolumeCache("memory")
+    assert memory.array(tmp_path / "v.nii", read) is memory.array(tmp_path / "v.nii", read)
+    assert len(calls) == 1
+    disk = VolumeCache("disk", tmp_path / "cache")
+    disk.array(tmp_path / "v.nii", read)
+    again = VolumeCache("disk", tmp_path / "cache").array(tmp_path / "v.nii", read)  # a new run
+    assert len(calls) == 2  # read once per cache: the second disk cache found the file
+    np.testing.assert_array_equal(again, np.arange(6.0).reshape(2, 3))
+    (tmp_path / "v.nii").write_bytes(b"edited")  # a changed file is decoded again
+    VolumeCache("disk", tmp_path / "cache").array(tmp_path / "v.nii", read)
+    assert len(calls) == 3
+
+
+def test_slices_split_by_volume_and_skip_empty_training_slices(tmp_path):
+    make_cases(tmp_path, count=10)
+    kwargs = {"num_classes": 3, "val_size": 2, "test_size": 2, "seed": 1, "axis": 0}
+    splits = {s: VolumeSlices(str(tmp_path), s, **kwargs) for s in ("train", "val", "test")}
+    cases = {s: set(d.cases) for s, d in splits.items()}
+    assert len(cases["train"]) == 6 and len(cases["val"]) == 2 and len(cases["test"]) == 2
+    assert not (cases["train"] & cases["val"]) and not (cases["train"] & cases["test"])
+    assert len(splits["val"]) == 2 * 12  # every slice of every volume
+    train = splits["train"]
+    assert all(train.read_mask(i).any() for i in range(len(train)))  # empty slices skipped
+    sample = splits["test"][3]
+    assert sample["id"] == f"{splits['test'].cases[0]}#003"
+    assert sample["image"].shape == (1, 20, 16) and sample["mask"].shape == (20, 16)
+    assert sample["spacing"].tolist() == pytest.approx([0.8, 1.5])  # the slice plane's axes
+    # The same split again from a run's splits.json (slice ids name their cases).
+    saved = tmp_path / "splits.json"
+    saved.write_text(json.dumps({s: list(d.ids) for s, d in splits.items()}))
+    again = VolumeSlices(str(tmp_path), "test", num_classes=3, split_file=str(saved))
+    assert again.cases == splits["test"].cases
+
+
+def test_mismatched_label_volume_is_named(tmp_path):
+    make_cases(tmp_path, count=4)
+    save_nifti(tmp_path / "labels" / "case_02.nii.gz", np.zeros((12, 20, 15), np.uint8))
+    with pytest.raises(DataError, match=r"case_02.nii.gz: label volume \(12, 20, 15\) does not"):
+        for split in ("train", "val", "test"):
+            VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
+
+
+def test_stack_slices_reassembles_along_the_axis():
+    volume = np.arange(60).reshape(3, 4, 5)
+    for axis in range(3):
+        slices = [np.take(volume, k, axis=axis) for k in range(volume.shape[axis])]
+        np.testing.assert_array_equal(stack_slices(slices, axis), volume)
+
+
+@pytest.mark.slow
+def test_training_scores_reassembled_volumes(tmp_path):
+    """Slices are trained on, then each test volume is reassembled: its NIfTI mask keeps the
+    case's affine, volumes.csv holds the hand count x voxel volume, and the 3D Dice in
+    per_case_metrics.csv is the Dice of the saved mask against the label volume."""
+    data = tmp_path / "data"
+    make_cases(data, count=8)
+    run = tmp_path / "run"
+    train_in_process(
+        run,
+        [
+            "experiment=hippocampus2d",
+            f"dataset.path={data}",
+            "dataset.val_size=2",
+            "dataset.test_size=2",
+            "dataset.patch_size=[24,16]",
+            "dataset.class_names=[background,box,ball]",
+            "model.base_width=8",
+            "trainer.max_epochs=3",
+            "trainer.batch_size=8",
+            "trainer.progress=false",
+            "optimizer.lr=1e-2",
+        ],
+    )
+    metrics = read_metrics(run)
+    assert metrics["test/dice"] > 0.5
+    voxel_ml = 1.0 * 0.8 * 1.5 / 1000
+    rows = rows_of(run / "volumes.csv")
+    per_case = {r["id"]: r for r in rows_of(run / "per_case_metrics.csv")}
+    assert len(per_case) == 2
+    for case in per_case:
+        labels = np.asarray(nib.load(str(data / "labels" / f"{case}.nii.gz")).dataobj)
+        saved = nib.load(str(run / "masks" / f"{case}.nii.gz"))
+        pred = np.asarray(saved.dataobj)
+        assert pred.shape == labels.shape
+        np.testing.assert_allclose(
+            saved.affine, nib.load(str(data / "labels" / f"{case}.nii.gz")).affine
+        )
+        for k, name in ((1, "box"), (2, "ball")):
+            row = next(r for r in rows if r["id"] == case and r["class"] == name)
+            assert float(row["true_ml"]) == pytest.approx((labels == k).sum() * voxel_ml)
+            assert float(row["pred_ml"]) == pytest.approx((pred == k).sum() * voxel_ml)
+            both = np.logical_and(pred == k, labels == k).sum()
+            dice = 2 * both / ((pred == k).sum() + (labels == k).sum())
+            assert float(per_case[case][f"dice_{name}"]) == pytest.approx(dice)
+    assert "test/volume_mae_ml_box" in metrics and "test/dice_ball" in metrics
