@@ -9,6 +9,7 @@ from the header, before anything is decoded), a plain `DataError` when a known f
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +138,8 @@ def _decode_pil(
         raise ImageTooLargeError(f"{name}: {err}") from err
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise DataError(
-            f"{name}: cannot read image ({err})".replace(
-                "<_io.BytesIO object", "<bytes"
+            re.sub(
+                r" <[^>]* at 0x[0-9a-f]+>", "", f"{name}: cannot read image ({err})"
             ).splitlines()[0]
         ) from err
     if array.dtype in (np.int32, np.uint32):  # PIL's mode "I" for 16-bit PNG/TIFF

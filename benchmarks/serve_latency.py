@@ -1,0 +1,223 @@
+"""Latency and throughput of `python -m medtrain.serve` against direct `Predictor.predict` calls.
+
+Usage: python benchmarks/serve_latency.py [--run-dir RUN] [--requests 2000] [--concurrency 16]
+       [--output serve_latency.json]
+Without --run-dir it trains the default experiment (`python -m medtrain`: synthetic data, the small
+CNN) once into --out and reuses it afterwards. The server runs as its own process on loopback, started
+by the same command a user types; clients are threads of this process with keep-alive connections, so
+on a small machine they share its cores with the server.
+Target: p50 under 10 ms for the small CNN on 2 cores, the HTTP layer adding under 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import ROOT, machine, run_medtrain
+from PIL import Image
+
+from medtrain.inference import Predictor
+
+BOUNDARY = "medtrain-benchmark-boundary"
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
+
+
+def multipart(data: bytes, name: str) -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def test_image(predictor: Predictor) -> bytes:
+    """A PNG of the run's input size (random pixels: latency does not depend on content)."""
+    size = predictor.info()["input"]["size"] or [64, 64]
+    pixels = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def time_direct(predictor: Predictor, data: bytes, calls: int) -> dict[str, float]:
+    """Decode + predict in-process, as the server does for one upload, and predict alone."""
+    for _ in range(50):
+        predictor.predict([predictor.decode(data, "x.png")], ["x.png"])
+    full, model = [], []
+    decoded = predictor.decode(data, "x.png")
+    for _ in range(calls):
+        start = time.perf_counter()
+        predictor.predict([predictor.decode(data, "x.png")], ["x.png"])
+        full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        predictor.predict([decoded], ["x.png"])
+        model.append(time.perf_counter() - start)
+    return {
+        **percentiles(full),
+        "predict_only_p50_ms": percentiles(model)["p50_ms"],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(run_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "medtrain.serve", f"run_dir={run_dir}", f"port={port}"]
+    with open(log, "w") as handle:
+        server = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server exited ({server.returncode}); see {log}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    sys.exit(f"the server did not answer /health within 120 s; see {log}")
+
+
+def client(port: int, body: bytes, count: int, latencies: list, errors: list) -> None:
+    """Send `count` POST /predict requests over one keep-alive connection."""
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(count):
+        start = time.perf_counter()
+        try:
+            connection.request("POST", "/predict", body, headers)
+            response = connection.getresponse()
+            payload = response.read()
+            ok = response.status == 200 and b'"label"' in payload
+        except (OSError, http.client.HTTPException) as err:
+            errors.append(repr(err))
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            continue
+        latencies.append(time.perf_counter() - start)
+        if not ok:
+            errors.append(f"{response.status}: {payload[:200]!r}")
+
+
+def load(port: int, body: bytes, requests: int, concurrency: int) -> dict[str, float]:
+    """`requests` requests from `concurrency` threads: latency percentiles, errors, requests/s."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    shares = [requests // concurrency + (k < requests % concurrency) for k in range(concurrency)]
+    threads = [
+        threading.Thread(target=client, args=(port, body, n, latencies, errors)) for n in shares
+    ]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        **percentiles(latencies),
+        "requests_per_s": round(requests / wall, 1),
+    }
+
+
+def default_run(out: Path) -> Path:
+    run_dir = out / "default_run"
+    if not (run_dir / "checkpoints" / "best.pt").is_file():
+        print(f"training the default experiment into {run_dir} ...")
+        run_medtrain(run_dir)
+    return run_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", type=Path, help="a finished classification run")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/serve"))
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--direct-calls", type=int, default=500)
+    parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_dir = args.run_dir or default_run(args.out)
+
+    # The server's own thread setting (medtrain.serve.main), so both paths use the same cores.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    predictor = Predictor(run_dir)
+    data = test_image(predictor)
+    direct = time_direct(predictor, data, args.direct_calls)
+
+    load_average = os.getloadavg()[0]
+    port = free_port()
+    server = start_server(run_dir, port, args.out / "server.log")
+    try:
+        body = multipart(data, "bench.png")
+        load(port, body, 100, 1)  # warm-up
+        sequential = load(port, body, args.direct_calls, 1)
+        concurrent = load(port, body, args.requests, args.concurrency)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    results = {
+        "machine": machine(),
+        "run_dir": str(run_dir),
+        "model": predictor.cfg.model.get("_target_"),
+        "image": "{}x{} PNG, {} bytes".format(*Image.open(io.BytesIO(data)).size, len(data)),
+        "load_average_1min": round(load_average, 2),  # other processes on a shared machine
+        "torch_threads": torch.get_num_threads(),
+        "direct": direct,
+        "http_sequential": sequential,
+        "http_concurrent": concurrent,
+        "http_overhead_p50_ms": round(sequential["p50_ms"] - direct["p50_ms"], 3),
+    }
+    print(
+        f"machine: {results['machine']} (load {results['load_average_1min']}); "
+        f"model {results['model']}; image {results['image']}"
+    )
+    print("| path | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | requests/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| Predictor.predict (decode + predict) | {args.direct_calls} | 1 | 0 "
+        f"| {direct['p50_ms']} | {direct['p95_ms']} | {direct['p99_ms']} | |"
+    )
+    for name, row in (("HTTP POST /predict", sequential), ("HTTP POST /predict", concurrent)):
+        print(
+            f"| {name} | {row['requests']} | {row['concurrency']} | {row['errors']} "
+            f"| {row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} | {row['requests_per_s']} |"
+        )
+    print(
+        f"HTTP overhead at concurrency 1 (p50 HTTP - p50 direct): "
+        f"{results['http_overhead_p50_ms']} ms; predict alone p50 {direct['predict_only_p50_ms']} ms"
+    )
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    if concurrent["errors"] or sequential["errors"]:
+        sys.exit(f"errors: {concurrent['first_error'] or sequential['first_error']}")
+
+
+if __name__ == "__main__":
+    main()

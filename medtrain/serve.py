@@ -1,0 +1,425 @@
+"""`python -m medtrain.serve run_dir=<run>`: a finished run behind an HTTP API (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI, File, Form, Query, Request, Security, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
+from PIL import Image
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from medtrain import __version__
+from medtrain.analysis.measurements import check_spacing
+from medtrain.analysis.overlays import draw_overlay
+from medtrain.cli import names, parse_key_values, tool_args
+from medtrain.data.readers import ImageTooLargeError, UnsupportedFormatError
+from medtrain.errors import ConfigError, MedtrainError
+from medtrain.inference import Predictor
+
+DEFAULTS: dict[str, Any] = {
+    "run_dir": None,
+    "host": "127.0.0.1",
+    "port": 8000,
+    "device": "cpu",
+    "max_upload_mb": 20,
+    "max_batch": 32,
+    "api_key": None,
+}
+TEXT_KEYS = ("run_dir", "host", "device", "api_key")
+USAGE = """\
+usage: python -m medtrain.serve run_dir=<run> [key=value ...]
+
+  run_dir=RUN          a finished run (a folder with checkpoints/best.pt)
+  host=127.0.0.1       address to listen on (0.0.0.0: every interface; set an api_key then)
+  port=8000            TCP port
+  device=cpu           auto | cpu | cuda | cuda:N
+  max_upload_mb=20     largest request body (all files of a batch together); larger: 413
+  max_batch=32         most files in one POST /predict/batch
+  api_key=SECRET       require header X-API-Key on /predict and /predict/batch (default: the
+                       MEDTRAIN_API_KEY environment variable; unset: no key)
+
+endpoints: GET /health, GET /info, POST /predict (field `file`), POST /predict/batch (fields
+`files`); interactive docs at /docs, the schema at /openapi.json
+"""
+API_KEY_HEADER = "X-API-Key"
+PROTECTED_PATHS = ("/predict", "/predict/batch")
+MAX_NAME_CHARS = 200  # upload names are echoed in results and errors
+
+
+def error_status(err: MedtrainError) -> int:
+    """The HTTP status of a refused upload: 415 unknown format, 413 too many pixels, else 422."""
+    if isinstance(err, UnsupportedFormatError):
+        return 415
+    if isinstance(err, ImageTooLargeError):
+        return 413
+    return 422
+
+
+def json_response(content: Any, status_code: int = 200, headers=None) -> Response:
+    """JSON without FastAPI's generic encoder (results are plain already); NaN and inf become null."""
+    body = json.dumps(_finite(content), separators=(",", ":"), allow_nan=False)
+    return Response(body, status_code, headers, media_type="application/json")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def png_base64(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def parse_spacing(text: str | None) -> tuple[float, float] | None:
+    """`0.5,0.5`, `[0.5,0.5]` or one number (square pixels) as (row_mm, col_mm); None: not given.
+
+    Raises:
+        ConfigError: anything but one or two positive numbers.
+    """
+    if text is None or not text.strip():
+        return None
+    parts = names(text)
+    try:
+        values = [float(p) for p in parts]
+    except ValueError as err:
+        raise ConfigError(f"spacing={text!r} must be row_mm,col_mm (e.g. 0.5,0.5)") from err
+    return check_spacing(values * 2 if len(values) == 1 else values)
+
+
+class RequestGuard:
+    """ASGI middleware that refuses a request before its body is read: a missing or wrong API key on
+    the prediction paths (401), a declared Content-Length over the limit (413); and stops one whose
+    body grows over the limit while it arrives (chunked, or a Content-Length that lies)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, api_key: str | None = None):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.api_key = api_key.encode() if api_key else None
+        self.too_large = (
+            f"the request is over the upload limit of {max_bytes / 2**20:g} MB (max_upload_mb)"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])  # names arrive lower-cased
+        refusal = self._refusal(scope["path"], headers)
+        if refusal is not None:
+            await json_response({"detail": refusal[1]}, refusal[0])(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            # Raised inside FastAPI's body parsing, which passes HTTPExceptions on to the handler.
+            if received > self.max_bytes:
+                raise HTTPException(413, self.too_large)
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        if self.api_key is not None and path.rstrip("/") in PROTECTED_PATHS:
+            given = headers.get(API_KEY_HEADER.lower().encode(), b"")
+            if not hmac.compare_digest(given, self.api_key):
+                what = "wrong" if given else "missing"
+                return 401, f"{what} API key: send it in the {API_KEY_HEADER} header"
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return 413, self.too_large
+        return None
+
+
+@dataclass(eq=False)  # compared by identity: a request's job, whatever it holds
+class Job:
+    """One request's uploads (bytes, name) and, once predicted, its results or its error."""
+
+    uploads: list[tuple[bytes, str]]
+    spacing: tuple[float, float] | None
+    overlay: bool
+    results: list[dict[str, Any]] | None = None
+    error: Exception | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.results is not None or self.error is not None
+
+
+class BatchingPredictor:
+    """A `Predictor` shared by concurrent requests: one model call at a time, run in a worker thread
+    (so the event loop keeps reading requests and answering /health), each call taking the requests
+    that queued up behind it as one batch of at most `max_images` images.
+
+    Batching spreads the fixed cost of a call (Python, torch dispatch) over the requests waiting;
+    batched and single predictions agree to float rounding (about 1e-7). One request's bad upload
+    fails only that request.
+    """
+
+    def __init__(self, predictor: Predictor, max_images: int = 32):
+        self.predictor = predictor
+        self.max_images = max_images
+        self.pending: list[Job] = []
+        self.lock = anyio.Lock()  # first come, first served
+
+    async def predict(
+        self, uploads: list[tuple[bytes, str]], spacing=None, overlay: bool = False
+    ) -> list[dict[str, Any]]:
+        """The JSON-ready results of one request's uploads, in order (see `to_json`).
+
+        Raises:
+            MedtrainError: an upload that cannot be read or predicted (naming it); anything else
+                the predictor raised.
+        """
+        job = Job(uploads, spacing, overlay)
+        self.pending.append(job)
+        async with self.lock:
+            if not job.done:  # else an earlier holder of the lock took it along
+                await run_in_threadpool(self.run, self.take(job))
+        if job.error is not None:
+            raise job.error
+        return job.results  # type: ignore[return-value]
+
+    def take(self, job: Job) -> list[Job]:
+        """`job` and the requests queued behind it, up to `max_images` images in all."""
+        if job in self.pending:
+            self.pending.remove(job)
+        jobs, images = [job], len(job.uploads)
+        while self.pending and images + len(self.pending[0].uploads) <= self.max_images:
+            images += len(self.pending[0].uploads)
+            jobs.append(self.pending.pop(0))
+        return jobs
+
+    def run(self, jobs: list[Job]) -> None:
+        """Decode and predict `jobs` (in a worker thread), setting each one's results or error."""
+        groups: dict[Any, list[tuple[Job, list]]] = {}
+        for job in jobs:
+            try:
+                images = [self.predictor.decode(data, name) for data, name in job.uploads]
+            except Exception as err:
+                job.error = err
+                continue
+            groups.setdefault(job.spacing, []).append((job, images))
+        for spacing, members in groups.items():
+            self._predict(members, spacing)
+
+    def _predict(self, members: list[tuple[Job, list]], spacing) -> None:
+        images = [image for _, decoded in members for image in decoded]
+        names = [name for job, _ in members for _, name in job.uploads]
+        try:
+            results = self.predictor.predict(images, names, spacing)
+        except Exception as err:
+            if len(members) == 1:
+                members[0][0].error = err
+            else:  # find the request at fault: each alone
+                for member in members:
+                    self._predict([member], spacing)
+            return
+        start = 0
+        class_names = self.predictor.class_names
+        for job, decoded in members:
+            mine = results[start : start + len(decoded)]
+            start += len(decoded)
+            try:
+                job.results = [
+                    {"file": name, **to_json(result, class_names, job.overlay)}
+                    for (_, name), result in zip(job.uploads, mine, strict=True)
+                ]
+            except Exception as err:
+                job.error = err
+
+
+def create_app(
+    predictor: Predictor,
+    max_upload_bytes: int = 20 * 2**20,
+    api_key: str | None = None,
+    max_batch: int = 32,
+) -> FastAPI:
+    """The HTTP API of one `medtrain.inference.Predictor`; concurrent requests are predicted in
+    batches (`BatchingPredictor`).
+
+    Errors are JSON `{"detail": "..."}`: 413 body over `max_upload_bytes`, an image declaring more
+    pixels than the predictor allows, or more than `max_batch` files; 415 bytes of no readable
+    format; 422 a file that does not decode or fit the model, a missing `file` field or a bad
+    parameter; 400 a malformed multipart body; 401 a missing or wrong `X-API-Key` when `api_key`
+    is set; 404/405 unknown paths and methods; 500 anything unexpected (logged by the server with
+    its traceback, which the client never sees).
+
+    Args:
+        predictor: a `Predictor` (or an object with its `info`, `decode`, `predict`, `kind`,
+            `class_names`).
+        api_key: required on POST /predict and /predict/batch when given.
+    """
+    info = predictor.info()  # a finished run does not change: read metrics.json once
+    batcher = BatchingPredictor(predictor, max_images=max_batch)
+    # Declared so /docs shows the key (its Authorize button); RequestGuard enforces it.
+    security = [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] if api_key else []
+    app = FastAPI(
+        title=f"medtrain {predictor.kind}",
+        version=__version__,
+        description=f"Predictions of a finished medtrain run ({predictor.kind}; classes "
+        f"{', '.join(predictor.class_names)}), through its own evaluation preprocessing.",
+    )
+
+    async def run(files: Sequence[UploadFile], overlay: bool, spacing: str | None) -> list[dict]:
+        spacing_mm = parse_spacing(spacing)  # checked always, used by segmentation only
+        uploads = [(await f.read(), (f.filename or "upload")[-MAX_NAME_CHARS:]) for f in files]
+        use = spacing_mm if predictor.kind == "segmentation" else None
+        return await batcher.predict(uploads, use, overlay)
+
+    @app.get("/health", summary="Liveness check")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info", summary="Task, classes, expected input, test metrics, weights checksum")
+    async def get_info() -> Response:
+        return json_response(info)
+
+    @app.post("/predict", summary="Predict one image", dependencies=security)
+    async def predict(
+        file: UploadFile = File(..., description="PNG, JPEG, TIFF, DICOM, NPY or NPZ"),
+        overlay: bool = Query(False, description="segmentation: add a base64 PNG overlay"),
+        overlay_form: bool | None = Form(None, alias="overlay"),
+        spacing: str | None = Query(None, description="segmentation: row_mm,col_mm"),
+        spacing_form: str | None = Form(None, alias="spacing"),
+    ) -> Response:
+        """Classification: `probabilities` and `label`; regression: `values` (and `value`);
+        segmentation: `mask` (base64 PNG: pixel values per class in `mask_values`),
+        `measurements` and `totals` in `units` of the `spacing` used (the form or query field,
+        else the file's, else the run's, else pixels)."""
+        overlay = overlay_form if overlay_form is not None else overlay
+        return json_response((await run([file], overlay, spacing_form or spacing))[0])
+
+    @app.post("/predict/batch", summary="Predict several images", dependencies=security)
+    async def predict_batch(
+        files: list[UploadFile] = File(..., description="one field `files` per image"),
+        overlay: bool = Query(False),
+        overlay_form: bool | None = Form(None, alias="overlay"),
+        spacing: str | None = Query(None),
+        spacing_form: str | None = Form(None, alias="spacing"),
+    ) -> Response:
+        """A list of results in the order of the files, each as from /predict. All or nothing: one
+        file that cannot be read or predicted fails the whole request, its error naming the file."""
+        if len(files) > max_batch:
+            raise HTTPException(413, f"{len(files)} files; at most {max_batch} per request")
+        overlay = overlay_form if overlay_form is not None else overlay
+        return json_response(await run(files, overlay, spacing_form or spacing))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> Response:
+        return json_response({"detail": str(err.detail)}, err.status_code, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> Response:
+        return json_response({"detail": validation_message(err)}, 422)
+
+    @app.exception_handler(MedtrainError)
+    async def refused_input(request: Request, err: MedtrainError) -> Response:
+        return json_response({"detail": str(err)}, error_status(err))
+
+    @app.exception_handler(Exception)  # uvicorn logs the traceback; the server keeps running
+    async def internal_error(request: Request, err: Exception) -> Response:
+        return json_response({"detail": "internal server error (details in the server log)"}, 500)
+
+    app.add_middleware(RequestGuard, max_bytes=int(max_upload_bytes), api_key=api_key)
+    return app
+
+
+def to_json(result: dict[str, Any], class_names: Sequence[str], overlay: bool) -> dict[str, Any]:
+    """A `Predictor.predict` result as JSON: segmentation masks (and overlays) as base64 PNG."""
+    if "mask" not in result:
+        return result
+    mask = result["mask"]
+    binary = len(class_names) == 2  # 0/255 so that the PNG is viewable, as the run's masks/ are
+    out = {k: v for k, v in result.items() if k not in ("mask", "intensity")}
+    out["mask"] = png_base64((mask * 255 if binary else mask).astype(np.uint8))
+    out["mask_values"] = {n: k * 255 if binary else k for k, n in enumerate(class_names)}
+    out["mask_shape"] = list(mask.shape)
+    if overlay:
+        out["overlay"] = png_base64(draw_overlay(result["intensity"], None, mask))
+    return out
+
+
+def validation_message(err: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line, with a hint for a missing upload."""
+    parts = []
+    for error in err.errors():
+        where = ".".join(str(x) for x in error.get("loc", ()) if x not in ("body", "query"))
+        message = f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "")
+        if where in ("file", "files") and error.get("type") == "missing":
+            message += f" (send each image as a multipart/form-data file field named {where!r})"
+        parts.append(message)
+    return "; ".join(parts) or "invalid request"
+
+
+def _settings(cfg) -> dict[str, Any]:
+    if not cfg.run_dir:
+        raise ConfigError("run_dir=<run> is required (a finished run with checkpoints/best.pt)")
+    port, batch, upload = cfg.port, cfg.max_batch, cfg.max_upload_mb
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port={port!r} must be a whole number from 0 to 65535")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"max_batch={batch!r} must be a whole number of at least 1")
+    if isinstance(upload, bool) or not isinstance(upload, (int, float)) or not upload > 0:
+        raise ConfigError(f"max_upload_mb={upload!r} must be a positive number")
+    return {
+        "max_upload_bytes": int(upload * 2**20),
+        "max_batch": batch,
+        "api_key": cfg.api_key or os.environ.get("MEDTRAIN_API_KEY") or None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
+    try:
+        cfg = parse_key_values(argv, DEFAULTS, text_keys=TEXT_KEYS)
+        settings = _settings(cfg)
+        predictor = Predictor(cfg.run_dir, device=cfg.device)
+    except MedtrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # The event loop parses uploads while the model runs: half the cores for torch leaves it the
+    # rest. On a shared 2-core machine 2 torch threads were also slower for the small CNN than 1.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    if settings["api_key"] is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {cfg.host} without an api_key", file=sys.stderr)
+    print(
+        f"serving {cfg.run_dir} ({predictor.kind}, weights sha256 "
+        f"{predictor.weights_sha256[:12]}) on http://{cfg.host}:{cfg.port} (docs: /docs)"
+    )
+    uvicorn.run(create_app(predictor, **settings), host=cfg.host, port=cfg.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
