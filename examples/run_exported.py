@@ -48,10 +48,21 @@ def resize(image: np.ndarray, size: list[int] | None) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+def crop_or_pad(image: np.ndarray, size: list[int] | None) -> np.ndarray:
+    if size is None:
+        return image
+    out = np.zeros((*size, image.shape[-1]), image.dtype)
+    h, w = min(size[0], image.shape[0]), min(size[1], image.shape[1])
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    o_top, o_left = (size[0] - h) // 2, (size[1] - w) // 2
+    out[o_top : o_top + h, o_left : o_left + w] = image[top : top + h, left : left + w]
+    return out
+
+
 def normalize(image: np.ndarray, n: dict) -> np.ndarray:
     if n["invert"] is True or (n["invert"] == "auto" and float(np.median(image)) > 0.5):
         image = 1.0 - image
-    if n["mode"] == "fixed":
+    if n["mode"] in ("fixed", "dataset"):
         return (image - np.asarray(n["mean"], np.float32)) / np.asarray(n["std"], np.float32)
     if n["mode"] == "zscore":
         return (image - image.mean()) / max(float(image.std()), 1e-6)
@@ -66,12 +77,21 @@ def normalize(image: np.ndarray, n: dict) -> np.ndarray:
 
 def prepare(pixels: np.ndarray, pre: dict) -> np.ndarray:
     """The model's input (float32 C x H x W): the manifest's steps in the manifest's order."""
-    divisor = {"uint8": pre["scale"]["uint8"], "uint16": pre["scale"]["uint16"]}
-    image = pixels.astype(np.float32) / divisor.get(pixels.dtype.name, 1.0)
+    if pre.get("target_spacing"):
+        sys.exit("this example does not resample to a target spacing (manifest: target_spacing)")
+    if pre.get("window"):  # grey values in modality units (e.g. HU), one channel per window
+        values = pixels[..., 0].astype(np.float32)
+        image = np.stack(
+            [np.clip((values - (c - w / 2)) / w, 0, 1) for c, w in pre["window"]["windows"]], -1
+        )
+    else:
+        divisor = {"uint8": pre["scale"]["uint8"], "uint16": pre["scale"]["uint16"]}
+        image = pixels.astype(np.float32) / divisor.get(pixels.dtype.name, 1.0)
+    fit = crop_or_pad if (pre["resize"] or {}).get("mode") == "crop_or_pad" else resize
     steps = {
         "scale": lambda x: x,
         "channels": lambda x: match_channels(x, pre["channels"]["to"]),
-        "resize": lambda x: resize(x, pre["resize"] and pre["resize"]["size"]),
+        "resize": lambda x: fit(x, pre["resize"] and pre["resize"]["size"]),
         "normalize": lambda x: normalize(x, pre["normalize"]),
     }
     for step in pre["order"]:

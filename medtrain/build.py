@@ -15,7 +15,7 @@ from torch import nn
 from medtrain.config import task_kind
 from medtrain.data.base import SPLITS
 from medtrain.data.loading import EpochLoader, make_loader
-from medtrain.data.transforms import SeededAugment
+from medtrain.data.transforms import Normalize, SeededAugment
 from medtrain.errors import ConfigError, MedtrainError
 
 
@@ -58,6 +58,14 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
         if len(datasets[split]) == 0:
             raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
     train = datasets["train"]
+    if train.normalize.mode == "dataset":
+        # Statistics of the training split only, written into the config (and so into best.pt and
+        # every place that rebuilds the preprocessing): evaluation and serving use these numbers.
+        mean, std = channel_statistics(train)
+        for dataset in datasets.values():
+            dataset.normalize = Normalize(**{**dataset.normalize.params, "mean": mean, "std": std})
+        with open_dict(cfg):
+            cfg.dataset.normalize.mean, cfg.dataset.normalize.std = mean, std
     with open_dict(cfg):
         for key in ("in_channels", "num_classes", "multilabel", "class_names"):
             cfg.dataset[key] = getattr(train, key)
@@ -75,6 +83,25 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
                 if cfg.task.get(key) is None:  # values given in the config win
                     cfg.task[key] = value
     return datasets
+
+
+def channel_statistics(dataset: Any, max_images: int = 2000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of a split's images as the model would see them
+    before augmentation (windowed or scaled, channels matched, resized, inverted if asked), over up
+    to `max_images` evenly spaced images."""
+    count = len(dataset.ids)
+    picks = np.unique(np.linspace(0, count - 1, min(count, max_images)).astype(int))
+    total = total_sq = pixels = 0
+    for index in picks:
+        image = dataset.scaled(dataset.read_image(int(index)))
+        image = dataset.normalize.inverted(image).astype(np.float64)
+        flat = image.reshape(-1, image.shape[-1])
+        total = total + flat.sum(0)
+        total_sq = total_sq + (flat**2).sum(0)
+        pixels += flat.shape[0]
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
+    return mean.tolist(), np.where(std > 1e-6, std, 1.0).tolist()
 
 
 def target_statistics(values: np.ndarray) -> dict[str, list[float]]:

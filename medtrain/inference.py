@@ -175,14 +175,17 @@ class Predictor:
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, path: str | Path) -> Decoded:
-        return read_image(path, self.max_pixels)
+        return read_image(path, self.max_pixels, self.preprocess.reads_modality)
 
     def decode(self, data: bytes, name: str) -> Decoded:
-        return decode(data, name, self.max_pixels)
+        return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
 
     def _prepare(self, image: Decoded, name: str, index: int) -> tuple[torch.Tensor, Any]:
         try:
-            prepared = self.preprocess.prepare(image.array, index)
+            if self.kind == "segmentation":  # the file's spacing, for `target_spacing`
+                prepared = self.preprocess.prepare(image.array, index, image.spacing)
+            else:
+                prepared = self.preprocess.prepare(image.array, index)
         except MedtrainError as err:  # e.g. a 2-channel image for a grey model
             raise DataError(f"{name}: {err}") from err
         return prepared if isinstance(prepared, tuple) else (prepared, None)

@@ -10,7 +10,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medtrain.data.transforms import Normalize, as_hwc, match_channels, resize, to_float01
+from medtrain.data.transforms import (
+    RESIZE_MODES,
+    Normalize,
+    as_hwc,
+    crop_or_pad,
+    match_channels,
+    parse_windows,
+    resize,
+    to_float01,
+    window_ct,
+)
 from medtrain.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -35,6 +45,11 @@ class ImageDataset(Dataset):
         image_size: resize every image to this size (int for square, or [height, width]); None: as stored.
         regression: labels are values to predict (passed by `build_datasets` for `task=regression`):
             `num_classes` is then the number of values per image and `class_names` their names.
+        window: CT windowing of images in modality units (DICOM in Hounsfield units): a preset
+            (`lung`, `mediastinum`, `abdomen`, `bone`, `brain`), [centre, width], or a list of them
+            stacked as channels; None: images are scaled by their storage type.
+        resize_mode: how `image_size` is reached: `resize` (interpolation) or `crop_or_pad`
+            (centre crop or zero padding, keeping the pixel spacing).
     """
 
     task = "classification"  # what the samples serve (checked against `task=` before training)
@@ -51,6 +66,8 @@ class ImageDataset(Dataset):
         class_names: Sequence[str] | None = None,
         image_size: int | Sequence[int] | None = None,
         regression: bool = False,
+        window: Any = None,
+        resize_mode: str = "resize",
     ):
         if num_classes is not None and num_classes < (1 if regression else 2):
             need = (
@@ -61,9 +78,17 @@ class ImageDataset(Dataset):
             raise ConfigError(f"dataset.num_classes={num_classes}: {need}")
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+        if resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"dataset.resize_mode={resize_mode!r}: choose one of {RESIZE_MODES}")
         self.split = split
         self.transform = transform
         self.normalize = Normalize(**(normalize or {}))
+        self.windows = parse_windows(window)
+        # Windowed data are read in modality units; one channel per window.
+        self.reads_modality = self.windows is not None
+        self.resize_mode = resize_mode
+        if self.windows is not None and in_channels is None:
+            in_channels = len(self.windows)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.multilabel = multilabel
@@ -179,16 +204,24 @@ class ImageDataset(Dataset):
             "image_size": list(size) if isinstance(size, (list, tuple)) else size,
             "normalize": dict(self.normalize.params),
             "regression": self.regression,
+            "window": None if self.windows is None else [list(w) for w in self.windows],
+            "resize_mode": self.resize_mode,
         }
+
+    def scaled(self, image: np.ndarray) -> np.ndarray:
+        """A stored image as float H x W x C before augmentation and normalization: windowed (or
+        scaled to [0, 1] by its storage type), channels matched, resized or cropped/padded."""
+        image = window_ct(image, self.windows) if self.windows else to_float01(as_hwc(image))
+        image = match_channels(image, self.in_channels)
+        if self.image_size is not None:
+            fit = crop_or_pad if self.resize_mode == "crop_or_pad" else resize
+            image = fit(image, self.image_size)
+        return image
 
     def prepare(self, image: np.ndarray, index: int = 0) -> torch.Tensor:
         """A stored image (H x W [x C], any bit depth) -> the model's input (float32 C x H x W):
-        scaling to [0, 1], channels, resizing, this split's augmentation (seeded by `index`) and
-        normalization. Evaluation, `medtrain.predict` and `medtrain.serve` all go through here."""
-        image = to_float01(as_hwc(image))
-        image = match_channels(image, self.in_channels)
-        if self.image_size is not None:
-            image = resize(image, self.image_size)
+        `scaled`, then this split's augmentation (seeded by `index`) and normalization. Evaluation, `medtrain.predict` and `medtrain.serve` all go through here."""
+        image = self.scaled(image)
         if self.transform is not None:
             image = as_hwc(self.transform(index, image=image)["image"])
         image = self.normalize(image)

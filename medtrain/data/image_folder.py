@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset
-from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
+from medtrain.data.readers import READABLE_EXTENSIONS, read_image_file
 from medtrain.errors import ConfigError, DataError
 
 
@@ -53,7 +53,7 @@ class ImageFolder(ImageDataset):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         seed: int = 0,
-        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        extensions: tuple[str, ...] = READABLE_EXTENSIONS,
         **kwargs: Any,
     ):
         super().__init__(split, **kwargs)
@@ -133,4 +133,4 @@ class ImageFolder(ImageDataset):
         return files, labels, class_names
 
     def read_image(self, index: int) -> np.ndarray:
-        return read_image_file(self.files[index])
+        return read_image_file(self.files[index], modality=self.reads_modality)

@@ -101,7 +101,98 @@ def hold_out(
     return train_test_split(pool, test_size=share, random_state=seed)
 
 
-class Manifest(ImageDataset):
+class ManifestRows:
+    """Checks shared by the manifest datasets: every row's file, id and split, named by CSV line.
+
+    Subclasses set `self.manifest_path` (the CSV path), `self._lines` (each row's line) and `self.split`.
+    """
+
+    def _error(self, rule: str, problems: list[str]) -> DataError:
+        return DataError(f"{self.manifest_path}: {rule}: {listed(problems)}")
+
+    def _image_files(self, rows: list[dict], column: str, root: Path) -> list[Path]:
+        files = [root / row[column] for row in rows]  # an absolute path replaces the root
+        empty = [
+            f"line {line}" for row, line in zip(rows, self._lines, strict=True) if not row[column]
+        ]
+        if empty:
+            raise self._error(f"column {column!r} is empty (every row needs an image path)", empty)
+        absent = [
+            f"line {line}: {file}"
+            for file, line in zip(files, self._lines, strict=True)
+            if not file.is_file()
+        ]
+        if absent:
+            raise self._error(
+                f"no such image file ({len(absent)} of {len(rows)} rows; paths in column "
+                f"{column!r} are relative to {root})",
+                absent,
+            )
+        return files
+
+    def _ids(self, rows: list[dict], column: str) -> list[str]:
+        ids = [row[column] for row in rows]
+        empty = [f"line {line}" for i, line in zip(ids, self._lines, strict=True) if not i]
+        if empty:
+            raise self._error(f"column {column!r} is empty (every row needs an id)", empty)
+        first: dict[str, int] = {}
+        repeated = []
+        for i, line in zip(ids, self._lines, strict=True):
+            if i in first:
+                repeated.append(f"line {line} repeats {i!r} of line {first[i]}")
+            first.setdefault(i, line)
+        if repeated:
+            raise self._error(f"column {column!r} must name each case once", repeated)
+        return ids
+
+    def _read_splits(self, rows: list[dict], column: str) -> np.ndarray:
+        values = [row[column].lower() for row in rows]
+        bad = [
+            f"line {line}: {row[column]!r}"
+            for row, v, line in zip(rows, values, self._lines, strict=True)
+            if v not in SPLIT_NAMES
+        ]
+        if bad:
+            raise self._error(
+                f"column {column!r} must hold train, val (or valid, validation) or test (or remove "
+                "the column to split by dataset.val_fraction and dataset.test_fraction)",
+                bad,
+            )
+        assignment = np.array([SPLITS.index(SPLIT_NAMES[v]) for v in values])
+        counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
+        if min(counts.values()) == 0:
+            raise DataError(
+                f"{self.manifest_path}: column {column!r} leaves a split empty ({counts}); every split "
+                "needs at least one row"
+            )
+        return assignment
+
+    def _seeded_splits(self, count, val_fraction, test_fraction, seed, labels=None) -> np.ndarray:
+        """0, 1 or 2 (train, val, test) per row; test is drawn first, then val from the rest;
+        stratified by `labels` (class targets) when given."""
+        assignment = np.zeros(count, dtype=np.int64)
+        pool = np.arange(count)
+        taken = 0.0  # fractions are of all rows: val keeps its share after test is taken
+        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+            if fraction == 0:
+                continue
+            share = fraction / (1 - taken)
+            taken += fraction
+            try:
+                pool, held = hold_out(pool, share, seed, None if labels is None else labels[pool])
+            except ValueError as err:
+                raise DataError(
+                    f"{self.manifest_path}: cannot hold out a {split} split of {fraction} from "
+                    f"{count} rows ({err})"
+                ) from err
+            assignment[held] = SPLITS.index(split)
+        if self.split == "train":  # said once per run, not once per split
+            counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
+            log.info("%s has no split column: seeded split %s", self.manifest_path, counts)
+        return assignment
+
+
+class Manifest(ManifestRows, ImageDataset):
     """The images a CSV lists, with a class or a number per image and optional clinical columns.
 
     The CSV has a header line and one row per image. Image paths are relative to the CSV's folder
@@ -165,7 +256,7 @@ class Manifest(ImageDataset):
             raise ConfigError(f"dataset.tabular_columns={tabular_columns} names a column twice")
 
         csv_path = Path(path)
-        self.source = str(csv_path)
+        self.source = self.manifest_path = str(csv_path)
         header, rows, self._lines = read_csv(csv_path)  # lines of every row, for messages
         wanted = {"image_column": image_column, "target_column": target_column}
         if id_column is not None:
@@ -183,7 +274,8 @@ class Manifest(ImageDataset):
         if split_column is not None:
             assignment = self._read_splits(rows, split_column)
         else:
-            assignment = self._seeded_splits(targets, val_fraction, test_fraction, seed)
+            labels = None if self.regression else targets
+            assignment = self._seeded_splits(len(rows), val_fraction, test_fraction, seed, labels)
         chosen = np.flatnonzero(assignment == SPLITS.index(split))
 
         self.files = [every_file[i] for i in chosen]
@@ -200,44 +292,6 @@ class Manifest(ImageDataset):
         if self.in_channels is None:  # decided once, from the first training image, for every split
             image = read_image_file(every_file[int(np.flatnonzero(assignment == 0)[0])])
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
-
-    def _error(self, rule: str, problems: list[str]) -> DataError:
-        return DataError(f"{self.source}: {rule}: {listed(problems)}")
-
-    def _image_files(self, rows: list[dict], column: str, root: Path) -> list[Path]:
-        files = [root / row[column] for row in rows]  # an absolute path replaces the root
-        empty = [
-            f"line {line}" for row, line in zip(rows, self._lines, strict=True) if not row[column]
-        ]
-        if empty:
-            raise self._error(f"column {column!r} is empty (every row needs an image path)", empty)
-        absent = [
-            f"line {line}: {file}"
-            for file, line in zip(files, self._lines, strict=True)
-            if not file.is_file()
-        ]
-        if absent:
-            raise self._error(
-                f"no such image file ({len(absent)} of {len(rows)} rows; paths in column "
-                f"{column!r} are relative to {root})",
-                absent,
-            )
-        return files
-
-    def _ids(self, rows: list[dict], column: str) -> list[str]:
-        ids = [row[column] for row in rows]
-        empty = [f"line {line}" for i, line in zip(ids, self._lines, strict=True) if not i]
-        if empty:
-            raise self._error(f"column {column!r} is empty (every row needs an id)", empty)
-        first: dict[str, int] = {}
-        repeated = []
-        for i, line in zip(ids, self._lines, strict=True):
-            if i in first:
-                repeated.append(f"line {line} repeats {i!r} of line {first[i]}")
-            first.setdefault(i, line)
-        if repeated:
-            raise self._error(f"column {column!r} must name each case once", repeated)
-        return ids
 
     def _targets(self, rows: list[dict], column: str) -> np.ndarray:
         values = [row[column] for row in rows]
@@ -300,50 +354,5 @@ class Manifest(ImageDataset):
             )
         return labels
 
-    def _read_splits(self, rows: list[dict], column: str) -> np.ndarray:
-        values = [row[column].lower() for row in rows]
-        bad = [
-            f"line {line}: {row[column]!r}"
-            for row, v, line in zip(rows, values, self._lines, strict=True)
-            if v not in SPLIT_NAMES
-        ]
-        if bad:
-            raise self._error(
-                f"column {column!r} must hold train, val (or valid, validation) or test (or remove "
-                "the column to split by dataset.val_fraction and dataset.test_fraction)",
-                bad,
-            )
-        assignment = np.array([SPLITS.index(SPLIT_NAMES[v]) for v in values])
-        counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
-        if min(counts.values()) == 0:
-            raise DataError(
-                f"{self.source}: column {column!r} leaves a split empty ({counts}); every split "
-                "needs at least one row"
-            )
-        return assignment
-
-    def _seeded_splits(self, targets, val_fraction, test_fraction, seed) -> np.ndarray:
-        """0, 1 or 2 (train, val, test) per row; test is drawn first, then val from the rest."""
-        assignment = np.zeros(len(targets), dtype=np.int64)
-        pool = np.arange(len(targets))
-        taken = 0.0  # fractions are of all rows: val keeps its share after test is taken
-        for split, fraction in (("test", test_fraction), ("val", val_fraction)):
-            if fraction == 0:
-                continue
-            share = fraction / (1 - taken)
-            taken += fraction
-            try:
-                pool, held = hold_out(pool, share, seed, None if self.regression else targets[pool])
-            except ValueError as err:
-                raise DataError(
-                    f"{self.source}: cannot hold out a {split} split of {fraction} from "
-                    f"{len(targets)} rows ({err})"
-                ) from err
-            assignment[held] = SPLITS.index(split)
-        if self.split == "train":  # said once per run, not once per split
-            counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
-            log.info("%s has no split column: seeded split %s", self.source, counts)
-        return assignment
-
     def read_image(self, index: int) -> np.ndarray:
-        return read_image_file(self.files[index])
+        return read_image_file(self.files[index], modality=self.reads_modality)

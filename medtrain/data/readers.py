@@ -80,22 +80,25 @@ def sniff(data: bytes, name: str = "") -> str:
     )
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Decoded:
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, modality: bool = False) -> Decoded:
     """Read an image file (see `decode`), naming the file in every error."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
-    return decode(data, str(path), max_pixels)
+    return decode(data, str(path), max_pixels, modality)
 
 
-def read_image_file(path: str | Path) -> np.ndarray:
-    """Read an image file into an array keeping its bit depth (uint8 or uint16, grey or colour)."""
-    return read_image(path).array
+def read_image_file(path: str | Path, modality: bool = False) -> np.ndarray:
+    """Read an image file into an array keeping its bit depth (uint8 or uint16, grey or colour);
+    `modality`: DICOM in modality units (e.g. Hounsfield units), for CT windowing."""
+    return read_image(path, modality=modality).array
 
 
-def decode(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Decoded:
+def decode(
+    data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS, modality: bool = False
+) -> Decoded:
     """Decode one 2D image from bytes.
 
     PNG/JPEG/TIFF keep their bit depth (palette images become RGB, alpha is dropped, a multi-page
@@ -106,12 +109,14 @@ def decode(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> D
         data: the file's bytes.
         name: the file name (or upload name) used in messages and as an extension hint.
         max_pixels: refuse images that declare more pixels than this, before decoding them.
+        modality: keep DICOM values in modality units (CT: Hounsfield units) instead of mapping
+            them to [0, 1] through the file's display window; for `dataset.window`.
     """
     if not data:
         raise DataError(f"{name}: the file is empty")
     kind = sniff(data, name)
     if kind == "dicom":
-        return decode_dicom(data, name, max_pixels)
+        return decode_dicom(data, name, max_pixels, modality)
     if kind in ("npy", "npz"):
         return Decoded(_decode_array(data, name, kind, max_pixels), None, kind)
     return Decoded(*_decode_pil(data, name, max_pixels), kind)
@@ -263,8 +268,11 @@ def png_phys(data: bytes) -> tuple[int, int, int] | None:
 
 
 def file_spacing(path: str | Path) -> tuple[float, float] | None:
-    """Pixel spacing (row, column) in mm that an image file states, else None (see `decode`)."""
+    """Pixel spacing (row, column) in mm that an image file states (metric PNG/TIFF resolution,
+    DICOM Pixel Spacing read from the header only), else None."""
     path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return _dicom_spacing(path)
     if path.suffix.lower() not in (".png", ".tif", ".tiff"):
         return None
     try:
@@ -275,8 +283,25 @@ def file_spacing(path: str | Path) -> tuple[float, float] | None:
         return None
 
 
-def decode_dicom(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Decoded:
-    """Decode a single-frame DICOM image into float32 values in [0, 1].
+def _dicom_spacing(path: Path) -> tuple[float, float] | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # unreadable here: decoding reports it with its reason
+        return None
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(key)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return float(value[0]), float(value[1])
+    return None
+
+
+def decode_dicom(
+    data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS, modality: bool = False
+) -> Decoded:
+    """Decode a single-frame DICOM image into float32 values in [0, 1] (or, with `modality`, in
+    modality units such as Hounsfield units, for CT windowing).
 
     The stored values go through the modality transform (rescale slope and intercept: CT in
     Hounsfield units), then the file's own display window (Window Center / Width) when it has one,
@@ -295,7 +320,7 @@ def decode_dicom(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS
             "frame per file"
         )
     image = volume[0]
-    if image.ndim == 2:
+    if image.ndim == 2 and not modality:
         image = _display_range(image, ds)
     return Decoded(image, spacing, "dicom")
 

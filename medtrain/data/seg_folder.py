@@ -12,7 +12,12 @@ import numpy as np
 
 from medtrain.data.base import SPLITS
 from medtrain.data.masks import read_mask_file
-from medtrain.data.readers import IMAGE_EXTENSIONS, file_spacing, read_image_file
+from medtrain.data.readers import (
+    IMAGE_EXTENSIONS,
+    READABLE_EXTENSIONS,
+    file_spacing,
+    read_image_file,
+)
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.errors import ConfigError, DataError
 
@@ -99,10 +104,10 @@ class SegFolder(SegmentationDataset):
                     f"dataset.path={path!r}: no folder {folder} (expected <path>/images and "
                     "<path>/masks)"
                 )
-        images = list_files(root / "images", IMAGE_EXTENSIONS)
+        images = list_files(root / "images", READABLE_EXTENSIONS)
         masks = list_files(root / "masks", MASK_EXTENSIONS)
         if not images:
-            raise DataError(f"{root / 'images'}: no {list(IMAGE_EXTENSIONS)} images")
+            raise DataError(f"{root / 'images'}: no {list(READABLE_EXTENSIONS)} images")
         missing = [name for name in images if f"{name}{mask_suffix}" not in masks]
         if missing:
             raise DataError(
@@ -157,7 +162,7 @@ class SegFolder(SegmentationDataset):
         return str(self.mask_files[index])
 
     def read_image(self, index: int) -> np.ndarray:
-        return read_image_file(self.image_files[index])
+        return read_image_file(self.image_files[index], modality=self.reads_modality)
 
     def read_mask(self, index: int) -> np.ndarray:
         return read_mask_file(self.mask_files[index], self.class_values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,9 +16,11 @@ from medtrain.data.transforms import (
     Normalize,
     as_hwc,
     match_channels,
+    parse_windows,
     resize,
     sample_seed,
     to_float01,
+    window_ct,
 )
 from medtrain.errors import ConfigError, DataError
 
@@ -101,6 +104,10 @@ class SegmentationDataset(Dataset):
             and augmentations), so that an epoch of a few large images is not a few steps.
         spacing: pixel spacing [row_mm, col_mm] used when the files do not state one.
         seed: seed of the patch positions (with the epoch and the sample index).
+        window: CT windowing of images in modality units (see `ImageDataset`).
+        target_spacing: resample every image to this pixel spacing [row_mm, col_mm] for the model
+            (training masks alike; evaluation masks stay native, like `image_size`); needs the
+            files' or `spacing`'s pixel size.
     """
 
     task = "segmentation"  # what the samples serve (checked against `task=` before training)
@@ -120,6 +127,8 @@ class SegmentationDataset(Dataset):
         spacing: Sequence[float] | None = None,
         seed: int = 0,
         multilabel: bool = False,
+        window: Any = None,
+        target_spacing: Sequence[float] | None = None,
     ):
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
@@ -141,9 +150,24 @@ class SegmentationDataset(Dataset):
             raise ConfigError(
                 f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]"
             )
+        if target_spacing is not None and (
+            len(target_spacing) != 2 or any(s <= 0 for s in target_spacing)
+        ):
+            raise ConfigError(
+                f"dataset.target_spacing={list(target_spacing)}: give [row_mm, col_mm], both > 0"
+            )
+        if target_spacing is not None and image_size is not None:
+            raise ConfigError("dataset.target_spacing and dataset.image_size: set one of them")
         self.split = split
         self.transform = transform
         self.normalize = Normalize(**(normalize or {}))
+        self.windows = parse_windows(window)
+        self.reads_modality = self.windows is not None
+        if self.windows is not None and in_channels is None:
+            in_channels = len(self.windows)
+        self.target_spacing = (
+            None if target_spacing is None else tuple(float(s) for s in target_spacing)
+        )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.multilabel = False
@@ -196,28 +220,56 @@ class SegmentationDataset(Dataset):
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "spacing": None if self.spacing is None else list(self.spacing),
+            "window": None if self.windows is None else [list(w) for w in self.windows],
+            "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
         }
 
     def scaled(self, image: np.ndarray) -> np.ndarray:
         """A stored image (H x W [x C], any bit depth) as float H x W x C in [0, 1], channels matched."""
-        return match_channels(to_float01(as_hwc(image)), self.in_channels)
+        image = window_ct(image, self.windows) if self.windows else to_float01(as_hwc(image))
+        return match_channels(image, self.in_channels)
 
-    def model_input(self, image: np.ndarray) -> torch.Tensor:
-        """An augmented evaluation image (float H x W x C) -> the model's input (float32 C x H x W):
-        normalized, then resized when `image_size` is set."""
-        image = self.normalize(image)
+    def model_size(
+        self, shape: Sequence[int], spacing: Sequence[float] | None
+    ) -> tuple[int, int] | None:
+        """The (height, width) the model sees for an image of `shape`: `image_size`, the size at
+        `target_spacing`, or None (native)."""
         if self.image_size is not None:
-            image = resize(image, self.image_size)
+            return self.image_size
+        if self.target_spacing is None:
+            return None
+        if spacing is None or any(math.isnan(s) for s in spacing):
+            raise DataError(
+                "dataset.target_spacing needs each image's pixel spacing: the file states none; "
+                "set dataset.spacing"
+            )
+        return tuple(
+            max(1, round(n * s / t))
+            for n, s, t in zip(tuple(shape[:2]), spacing, self.target_spacing, strict=True)
+        )
+
+    def model_input(
+        self, image: np.ndarray, spacing: Sequence[float] | None = None
+    ) -> torch.Tensor:
+        """An augmented evaluation image (float H x W x C) -> the model's input (float32 C x H x W):
+        normalized, then resized when `image_size` or `target_spacing` is set."""
+        image = self.normalize(image)
+        size = self.model_size(image.shape, spacing)
+        if size is not None:
+            image = resize(image, size)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
-    def prepare(self, image: np.ndarray, index: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    def prepare(
+        self, image: np.ndarray, index: int = 0, spacing: Sequence[float] | None = None
+    ) -> tuple[torch.Tensor, np.ndarray]:
         """A stored image without a mask -> (the model's input, the intensity image at native size
         for measurements and overlays), exactly as evaluation prepares it. `medtrain.predict` and
         `medtrain.serve` go through here."""
         image = self.scaled(image)
         if self.transform is not None:
             image = as_hwc(self.transform(index, image=image)["image"])
-        return self.model_input(image), np.ascontiguousarray(image, dtype=np.float32)
+        spacing = spacing or self.spacing
+        return self.model_input(image, spacing), np.ascontiguousarray(image, dtype=np.float32)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image (float H x W x C, channels matched) and its checked class mask, native size."""
@@ -244,16 +296,19 @@ class SegmentationDataset(Dataset):
             out = self.transform(sample_index, image=image, mask=mask)
             image, mask = as_hwc(out["image"]), out["mask"]
         sample: dict[str, Any] = {"id": self.ids[index]}
+        spacing = self.read_spacing(index) or self.spacing or (float("nan"), float("nan"))
         if self.split != "train":
             sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-            sample["image"] = self.model_input(image)
+            sample["image"] = self.model_input(image, spacing)
         else:
             # Normalize the whole image before cropping: a patch is scaled as in evaluation.
             image = self.normalize(image)
-            if self.image_size is not None:
-                image = resize(image, self.image_size)
-                size = self.image_size[::-1]
-                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            size = self.model_size(image.shape, spacing)
+            if size is not None:
+                image = resize(image, size)
+                mask = cv2.resize(
+                    mask.astype(np.uint8), size[::-1], interpolation=cv2.INTER_NEAREST
+                )
             if self.patch_size is not None:
                 rng = np.random.default_rng(sample_seed(self.seed, self.epoch, sample_index))
                 image, mask = random_patch(
@@ -262,7 +317,6 @@ class SegmentationDataset(Dataset):
             sample["image"] = torch.from_numpy(
                 np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
             )
-        spacing = self.read_spacing(index) or self.spacing or (float("nan"), float("nan"))
         sample |= {
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "spacing": torch.tensor(spacing, dtype=torch.float64),

@@ -12,7 +12,16 @@ import numpy as np
 
 from medtrain.errors import ConfigError
 
-NORMALIZE_MODES = ("fixed", "zscore", "minmax", "percentile", "none")
+NORMALIZE_MODES = ("fixed", "dataset", "zscore", "minmax", "percentile", "none")
+RESIZE_MODES = ("resize", "crop_or_pad")
+# CT display windows (centre, width) in Hounsfield units, as radiologists use them.
+WINDOW_PRESETS = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
 INVERT_MODES = (False, True, "auto")
 
 
@@ -25,6 +34,69 @@ def to_float01(image: np.ndarray) -> np.ndarray:
     if image.dtype == bool:
         return image.astype(np.float32)
     return image.astype(np.float32, copy=False)
+
+
+def parse_windows(spec) -> list[tuple[float, float]] | None:
+    """`dataset.window` as a list of (centre, width): a preset name, [centre, width], or a list of
+    those (one channel each); None: no windowing.
+
+    Raises:
+        ConfigError: an unknown preset or a width that is not positive.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str) or (
+        len(spec) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
+    ):
+        spec = [spec]
+    windows = []
+    for item in spec:
+        if isinstance(item, str):
+            if item not in WINDOW_PRESETS:
+                raise ConfigError(
+                    f"dataset.window={item!r} is not a preset; choose one of "
+                    f"{sorted(WINDOW_PRESETS)} or give [centre, width] in HU"
+                )
+            windows.append(WINDOW_PRESETS[item])
+            continue
+        try:
+            centre, width = (float(v) for v in item)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"dataset.window entry {item!r}: give a preset name or [centre, width]"
+            ) from err
+        if width <= 0:
+            raise ConfigError(f"dataset.window entry {list(item)}: the width must be > 0")
+        windows.append((centre, width))
+    if not windows:
+        raise ConfigError("dataset.window=[]: give a preset, [centre, width], or null")
+    return windows
+
+
+def window_ct(image: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Map modality values (H x W, or H x W x 1) through each window to [0, 1], clipped: one
+    channel per window (H x W x len(windows), float32)."""
+    values = image[..., 0] if image.ndim == 3 else image
+    if image.ndim == 3 and image.shape[-1] != 1:
+        raise ConfigError(
+            f"dataset.window: windowing needs grey images in modality units, got {image.shape[-1]} "
+            "channels"
+        )
+    values = values.astype(np.float32, copy=False)
+    channels = [np.clip((values - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
+    return np.stack(channels, axis=-1).astype(np.float32, copy=False)
+
+
+def crop_or_pad(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """Centre-crop or zero-pad H x W x C to `size` without rescaling (pixel spacing is kept)."""
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    out = np.zeros((height, width, image.shape[-1]), dtype=image.dtype)
+    h, w = min(height, image.shape[0]), min(width, image.shape[1])
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    out_top, out_left = (height - h) // 2, (width - w) // 2
+    out[out_top : out_top + h, out_left : out_left + w] = image[top : top + h, left : left + w]
+    return out
 
 
 def as_hwc(image: np.ndarray) -> np.ndarray:
@@ -64,7 +136,9 @@ class Normalize:
     """Intensity normalization after augmentation.
 
     Args:
-        mode: `fixed` (subtract `mean`, divide by `std`, per channel), `zscore` (each image to mean 0,
+        mode: `fixed` (subtract `mean`, divide by `std`, per channel), `dataset` (the same with the
+            training split's per-channel mean and std, computed by `build_datasets` and saved with
+            the run), `zscore` (each image to mean 0,
             std 1), `minmax` (each image to [0, 1]), `percentile` (each image's `percentiles` to 0 and
             1, values beyond clipped: robust to a few saturated pixels and to nearly empty images, whose
             noise z-scoring would blow up) or `none`.
@@ -79,8 +153,8 @@ class Normalize:
     def __init__(
         self,
         mode: str = "fixed",
-        mean: Sequence[float] = (0.5,),
-        std: Sequence[float] = (0.5,),
+        mean: Sequence[float] | None = (0.5,),
+        std: Sequence[float] | None = (0.5,),
         percentiles: Sequence[float] = (1.0, 99.8),
         invert: bool | str = False,
     ):
@@ -88,7 +162,14 @@ class Normalize:
             raise ConfigError(
                 f"dataset.normalize.mode={mode!r} is not valid; choose one of {NORMALIZE_MODES}"
             )
-        if mode == "fixed" and any(s <= 0 for s in std):
+        if mode == "fixed" and (mean is None or std is None):
+            raise ConfigError(
+                "dataset.normalize.mode=fixed needs mean and std; mode=dataset computes them on the "
+                "training split"
+            )
+        mean = [] if mean is None else mean
+        std = [] if std is None else std
+        if mode in ("fixed", "dataset") and any(s <= 0 for s in std):
             raise ConfigError(f"dataset.normalize.std={list(std)} must be > 0")
         if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
             raise ConfigError(
@@ -113,10 +194,20 @@ class Normalize:
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.invert = invert
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def inverted(self, image: np.ndarray) -> np.ndarray:
+        """The image after the `invert` rule (the first step of normalization)."""
         if self.invert is True or (self.invert == "auto" and float(np.median(image)) > 0.5):
-            image = 1.0 - image
-        if self.mode == "fixed":
+            return 1.0 - image
+        return image
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        image = self.inverted(image)
+        if self.mode in ("fixed", "dataset"):
+            if not self.std.size:
+                raise ConfigError(
+                    "dataset.normalize.mode=dataset: the training split's statistics were not "
+                    "computed (build the datasets with build_datasets)"
+                )
             return (image - self.mean) / self.std
         if self.mode == "zscore":
             return (image - image.mean()) / max(float(image.std()), 1e-6)

@@ -1,0 +1,133 @@
+"""Images and masks listed in a CSV manifest (image, mask, optional split and spacing per row), checked
+row by row like the classification manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrain.data.base import SPLITS
+from medtrain.data.manifest import ManifestRows, check_columns, read_csv
+from medtrain.data.masks import read_mask_file
+from medtrain.data.readers import file_spacing, read_image
+from medtrain.data.segmentation import SegmentationDataset
+from medtrain.errors import ConfigError
+
+
+class SegManifest(ManifestRows, SegmentationDataset):
+    """Segmentation pairs from a CSV: `image,mask[,split][,spacing]`, paths relative to the CSV.
+
+    Every row is checked when the dataset is built (files exist, ids unique, split values, spacing
+    numbers), with the CSV line in each message.
+
+    Args:
+        path: the CSV file.
+        split: `train`, `val` or `test`.
+        image_column, mask_column: columns of image and mask paths (images: PNG/JPEG/TIFF/NPY/DICOM;
+            masks: PNG/TIFF/NPY class values, {0, 255} binary, or values mapped by `class_values`).
+        split_column: column of train / val / test; without it a seeded split by the fractions.
+        spacing_column: column of pixel spacing in mm, `0.5` (square) or `0.5 0.6` / `0.5x0.6`
+            (row, column); an empty cell falls back to the file's own spacing, then `spacing`.
+        id_column: column of unique case ids; None: the image paths as written.
+        val_fraction, test_fraction: held-out shares without a split column.
+        seed: seed of the split.
+        class_values: stored mask value -> class index, e.g. {0: 0, 128: 1, 255: 2}.
+        **kwargs: passed to `SegmentationDataset`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        image_column: str = "image",
+        mask_column: str = "mask",
+        split_column: str | None = "split",
+        spacing_column: str | None = "spacing",
+        id_column: str | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        class_values: Mapping[int, int] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(split, seed=seed, **kwargs)
+        if (
+            not (0 <= val_fraction < 1 and 0 <= test_fraction < 1)
+            or val_fraction + test_fraction >= 1
+        ):
+            raise ConfigError(
+                f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} "
+                "must be in [0, 1) and leave training rows"
+            )
+        csv_path = Path(path)
+        self.manifest_path = str(csv_path)
+        header, rows, self._lines = read_csv(csv_path)
+        wanted = {"image_column": image_column, "mask_column": mask_column}
+        if id_column is not None:
+            wanted["id_column"] = id_column
+        check_columns(csv_path, header, wanted)
+        root = csv_path.absolute().parent
+        images = self._image_files(rows, image_column, root)
+        masks = self._image_files(rows, mask_column, root)
+        ids = self._ids(rows, id_column or image_column)
+        spacings = (
+            self._spacings(rows, spacing_column) if spacing_column in header else [None] * len(rows)
+        )
+        if split_column in header:
+            assignment = self._read_splits(rows, split_column)
+        else:
+            assignment = self._seeded_splits(len(rows), val_fraction, test_fraction, seed)
+        chosen = np.flatnonzero(assignment == SPLITS.index(split))
+        self.ids = [ids[i] for i in chosen]
+        self.image_files = [images[i] for i in chosen]
+        self.mask_files = [masks[i] for i in chosen]
+        self.row_spacing = [spacings[i] for i in chosen]
+        self.chosen_lines = [self._lines[i] for i in chosen]
+        self.class_values = (
+            {int(v): int(k) for v, k in class_values.items()} if class_values else None
+        )
+        if self.in_channels is None:  # decided once, from the first training image, for every split
+            first = read_image(images[int(np.flatnonzero(assignment == 0)[0])]).array
+            self.in_channels = 1 if first.ndim == 2 else first.shape[-1]
+
+    def _spacings(self, rows: list[dict], column: str) -> list[tuple[float, float] | None]:
+        found, bad = [], []
+        for row, line in zip(rows, self._lines, strict=True):
+            text = row[column].replace("x", " ").replace(",", " ").split()
+            try:
+                values = [float(v) for v in text]
+            except ValueError:
+                values = [-1.0]
+            if not text:
+                found.append(None)
+            elif len(values) in (1, 2) and min(values) > 0:
+                found.append((values[0], values[-1]))
+            else:
+                found.append(None)
+                bad.append(f"line {line}: {row[column]!r}")
+        if bad:
+            raise self._error(
+                f"column {column!r} must hold a pixel size in mm (0.5, or 0.5 0.6 for row and column)",
+                bad,
+            )
+        return found
+
+    def source(self, index: int) -> str:
+        return f"{self.manifest_path} line {self.chosen_lines[index]}: {self.mask_files[index]}"
+
+    def read_image(self, index: int) -> np.ndarray:
+        return read_image(self.image_files[index], modality=self.reads_modality).array
+
+    def read_mask(self, index: int) -> np.ndarray:
+        return read_mask_file(self.mask_files[index], self.class_values)
+
+    def read_spacing(self, index: int) -> tuple[float, float] | None:
+        """The row's spacing, else what the image file (DICOM, metric PNG/TIFF) or mask states."""
+        return (
+            self.row_spacing[index]
+            or file_spacing(self.image_files[index])
+            or file_spacing(self.mask_files[index])
+        )

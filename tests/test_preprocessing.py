@@ -1,0 +1,158 @@
+"""Preprocessing configured in YAML: CT windows, training-split statistics saved with the run,
+crop/pad, resampling to a target spacing, and the segmentation manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrain.build import build_datasets
+from medtrain.data.manifest import Manifest
+from medtrain.data.seg_manifest import SegManifest
+from medtrain.data.synthetic_segmentation import SyntheticShapes
+from medtrain.data.transforms import WINDOW_PRESETS, crop_or_pad, parse_windows, window_ct
+from medtrain.errors import ConfigError, DataError
+from medtrain.inference import Predictor
+from tests.conftest import compose_cfg, read_metrics, train_in_process
+from tests.test_readers import make_dicom
+
+
+def test_window_presets_custom_and_stacked():
+    assert parse_windows(None) is None
+    assert parse_windows("lung") == [(-600.0, 1500.0)]
+    assert parse_windows([40, 80]) == [(40.0, 80.0)]
+    assert parse_windows(["brain", [300, 1500]]) == [WINDOW_PRESETS["brain"], (300.0, 1500.0)]
+    with pytest.raises(ConfigError, match="'lungs' is not a preset"):
+        parse_windows("lungs")
+    with pytest.raises(ConfigError, match="width must be > 0"):
+        parse_windows([[40, 0]])
+    hu = np.array([[-1000.0, 0.0], [40.0, 1000.0]], np.float32)
+    brain = window_ct(hu, [(40.0, 80.0)])  # 0..80 HU -> 0..1
+    np.testing.assert_allclose(brain[..., 0], [[0, 0], [0.5, 1]])
+    stacked = window_ct(hu, parse_windows(["brain", "lung"]))
+    assert stacked.shape == (2, 2, 2)
+    np.testing.assert_allclose(stacked[0, 0, 1], (-1000 + 1350) / 1500)  # lung: -1350..150
+
+
+def test_manifest_of_ct_dicom_files_windowed_as_channels(tmp_path):
+    """DICOM read in Hounsfield units (rescale applied), two windows -> two channels."""
+    raw = np.array([[0, 1024], [1064, 2024]], np.uint16)  # HU = raw - 1024: -1024, 0, 40, 1000
+    lines = ["image,target,split"]
+    for k, split in enumerate(["train", "train", "val", "test"]):
+        (tmp_path / f"{k}.dcm").write_bytes(make_dicom(raw, 1.0, -1024.0, window=(500, 100)))
+        lines.append(f"{k}.dcm,{'ab'[k % 2]},{split}")
+    (tmp_path / "cases.csv").write_text("\n".join(lines) + "\n")
+    data = Manifest(
+        str(tmp_path / "cases.csv"),
+        "train",
+        window=["brain", [0, 2000]],
+        image_size=None,
+        normalize={"mode": "none"},
+    )
+    assert data.in_channels == 2
+    image = data[0]["image"].numpy()
+    np.testing.assert_allclose(image[0], [[0, 0], [0.5, 1]], atol=1e-6)  # brain 0..80 HU
+    np.testing.assert_allclose(image[1], [[0, 0.5], [0.52, 1]], atol=1e-6)  # -1000..1000 HU
+
+
+def test_dataset_statistics_come_from_the_training_split_and_are_saved(tmp_path, tiny):
+    overrides = [*tiny, "dataset.normalize.mode=dataset", "trainer.max_epochs=1"]
+    cfg = compose_cfg(overrides)
+    datasets = build_datasets(cfg)
+    train = np.stack([datasets["train"].read_image(i) for i in range(len(datasets["train"]))])
+    assert cfg.dataset.normalize.mean[0] == pytest.approx(train.mean(), rel=1e-6)
+    assert cfg.dataset.normalize.std[0] == pytest.approx(train.std(), rel=1e-6)
+    sample = datasets["test"][0]["image"].numpy()[0]
+    raw = datasets["test"].read_image(0)
+    expected = (raw - cfg.dataset.normalize.mean[0]) / cfg.dataset.normalize.std[0]
+    np.testing.assert_allclose(sample, expected, atol=1e-5)  # test images: training numbers
+    run = tmp_path / "run"
+    train_in_process(run, overrides)
+    saved = Predictor(run).preprocess.normalize.params
+    assert saved["mode"] == "dataset"
+    assert saved["mean"][0] == pytest.approx(train.mean(), rel=1e-6)
+    assert read_metrics(run)["test/auc"] > 0.5
+
+
+def test_crop_or_pad_keeps_pixels_unscaled():
+    image = np.arange(4 * 6, dtype=np.float32).reshape(4, 6, 1)
+    padded = crop_or_pad(image, [6, 8])
+    assert padded.shape == (6, 8, 1) and padded[0].sum() == 0
+    np.testing.assert_array_equal(padded[1:5, 1:7], image)
+    np.testing.assert_array_equal(crop_or_pad(image, 2)[..., 0], image[1:3, 2:4, 0])
+
+
+def test_target_spacing_resamples_for_the_model_only():
+    kwargs = {"num_classes": 2, "spacing": [0.5, 0.5], "target_spacing": [1.0, 1.0]}
+    kwargs |= {"num_train": 2, "num_val": 2, "num_test": 2, "test_image_size": 96}
+    val = SyntheticShapes("val", **kwargs)
+    sample = val[0]
+    assert sample["image"].shape == (1, 48, 48)  # 96 px at 0.5 mm -> 48 px at 1 mm
+    assert sample["mask"].shape == (96, 96)  # scored at native size
+    train = SyntheticShapes("train", image_size=64, **kwargs)
+    assert train[0]["image"].shape == (1, 32, 32) and train[0]["mask"].shape == (32, 32)
+    with pytest.raises(ConfigError, match="target_spacing"):
+        SyntheticShapes("val", num_classes=2, target_spacing=[1.0])
+
+
+def write_pairs(root, count=12, size=32):
+    (root / "img").mkdir(parents=True)
+    (root / "msk").mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["image,mask,split,spacing"]
+    for k in range(count):
+        mask = np.zeros((size, size), np.uint8)
+        top, left = rng.integers(2, size - 12, 2)
+        mask[top : top + 9, left : left + 9] = 255
+        image = (rng.normal(60, 10, (size, size)) + (mask > 0) * 120).clip(0, 255)
+        Image.fromarray(image.astype(np.uint8)).save(root / "img" / f"{k}.png")
+        Image.fromarray(mask).save(root / "msk" / f"{k}.png")
+        split = "train" if k < 8 else ("val" if k < 10 else "test")
+        lines.append(f"img/{k}.png,msk/{k}.png,{split},{'0.5' if k % 2 else '0.5 0.25'}")
+    (root / "cases.csv").write_text("\n".join(lines) + "\n")
+    return root / "cases.csv"
+
+
+def test_segmentation_manifest_rows_splits_and_spacing(tmp_path):
+    csv_path = write_pairs(tmp_path)
+    train = SegManifest(str(csv_path), "train", num_classes=2)
+    test = SegManifest(str(csv_path), "test", num_classes=2)
+    assert len(train) == 8 and test.ids == ["img/10.png", "img/11.png"]
+    assert test.read_spacing(0) == (0.5, 0.25) and test.read_spacing(1) == (0.5, 0.5)
+    assert test[0]["mask"].max() == 1  # {0, 255} is binary
+    text = csv_path.read_text().replace("msk/3.png,train,0.5", "msk/3.png,train,fast")
+    csv_path.write_text(text)
+    with pytest.raises(DataError, match=r"cases.csv: column 'spacing' .* line 5: 'fast'"):
+        SegManifest(str(csv_path), "train", num_classes=2)
+    csv_path.write_text(text.replace("fast", "0.5").replace("msk/4.png", "msk/missing.png"))
+    with pytest.raises(DataError, match="line 6: .*missing.png"):
+        SegManifest(str(csv_path), "train", num_classes=2)
+    csv_path.write_text(text.replace("fast", "0.5"))
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "msk" / "2.png")
+    with pytest.raises(DataError, match=r"cases.csv line 4: .*2.png: mask is 20x20"):
+        SegManifest(str(csv_path), "train", num_classes=2).load(2)
+
+
+def test_segmentation_manifest_trains(tmp_path):
+    csv_path = write_pairs(tmp_path / "data")
+    run = tmp_path / "run"
+    metrics = train_in_process(
+        run,
+        [
+            "task=segmentation",
+            "model=unet",
+            "model.depth=2",
+            "model.base_width=8",
+            "loss=dice_ce",
+            "augmentation=none",
+            "dataset=seg_manifest",
+            f"dataset.path={csv_path}",
+            "trainer.max_epochs=2",
+            "trainer.batch_size=4",
+            "trainer.progress=false",
+            "task.num_overlays=0",
+        ],
+    )
+    assert metrics["test/dice"] >= 0
+    assert (run / "data_report.json").is_file() and (run / "masks").is_dir()
