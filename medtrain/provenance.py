@@ -146,24 +146,33 @@ def _visible_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda f: f.relative_to(folder).as_posix())
 
 
-def _listed_images(manifest: Path, column: str | None) -> list[Path]:
-    """The existing files that a CSV manifest's `column` names (relative to the CSV), in row order;
-    none for other files."""
-    if column is None or manifest.suffix.lower() != ".csv":
+def _listed_images(manifest: Path, columns: list[str]) -> list[Path]:
+    """The existing files that a CSV manifest's `columns` (image, mask) name, relative to the CSV,
+    in row order (a listed folder, such as a DICOM series, by its files); none for other files."""
+    if manifest.suffix.lower() != ".csv":
         return []
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
-            values = [row.get(column) for row in csv.DictReader(handle)]
+            rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error):
         return []  # the dataset reports an unreadable manifest, with its line
-    files = [manifest.parent / v.strip() for v in values if v and v.strip()]
-    return [f for f in files if f.is_file()]
+    files = []
+    for row in rows:
+        for column in columns:
+            value = (row.get(column) or "").strip()
+            path = manifest.parent / value
+            if value and path.is_file():
+                files.append(path)
+            elif value and path.is_dir():
+                files += _visible_files(path)
+    return files
 
 
 def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """A SHA-256 of the data a run reads.
 
-    A file (`dataset.path`) is hashed byte for byte, a CSV manifest with the images it lists; a folder by its files' relative paths and bytes
+    A file (`dataset.path`) is hashed byte for byte, a CSV manifest with the images and masks it
+    lists; a folder by its files' relative paths and bytes
     (hidden files left out); built-in generated data (`dataset.path` null) by the resolved dataset
     settings, which determine every generated sample.
 
@@ -190,7 +199,8 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     path = Path(str(raw))
     if path.is_file():
         size = _hash_file(path, digest)
-        listed = _listed_images(path, cfg.dataset.get("image_column"))
+        columns = [cfg.dataset.get("image_column", "image"), cfg.dataset.get("mask_column", "mask")]
+        listed = _listed_images(path, [c for c in columns if c])
         for file in listed:  # a manifest: the images it lists are the data too
             size += _hash_file(file, digest)
         return {
