@@ -53,6 +53,19 @@ def split_counts(total: int, val_size: float, test_size: float) -> tuple[int, in
     return counts[0], counts[1]
 
 
+def seeded_split(
+    names: Sequence[str], val_size: float, test_size: float, seed: int
+) -> dict[str, list[str]]:
+    """A seeded shuffle of `names` cut into test, val and train (sizes as in `split_counts`)."""
+    n_val, n_test = split_counts(len(names), val_size, test_size)
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return {
+        "test": sorted(order[:n_test]),
+        "val": sorted(order[n_test : n_test + n_val]),
+        "train": sorted(order[n_test + n_val :]),
+    }
+
+
 def read_split_file(path: str) -> dict[str, list[str]]:
     """A JSON file {"train": [ids], "val": [...], "test": [...]} (a run folder's `splits.json`)."""
     try:
@@ -150,13 +163,7 @@ class SegFolder(SegmentationDataset):
                         f"dataset.splits[{split}] names {unknown[:3]} not found in images/"
                     )
             return {s: list(splits[s]) for s in SPLITS}
-        n_val, n_test = split_counts(len(names), val_size, test_size)
-        order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-        return {
-            "test": sorted(order[:n_test]),
-            "val": sorted(order[n_test : n_test + n_val]),
-            "train": sorted(order[n_test + n_val :]),
-        }
+        return seeded_split(names, val_size, test_size, seed)
 
     def source(self, index: int) -> str:
         return str(self.mask_files[index])

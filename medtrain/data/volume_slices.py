@@ -11,7 +11,7 @@ import torch
 
 from medtrain.data.base import SPLITS
 from medtrain.data.manifest import read_csv
-from medtrain.data.seg_folder import read_split_file, split_counts
+from medtrain.data.seg_folder import read_split_file, seeded_split
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.data.volumes import NIFTI_SUFFIXES, VolumeCache, read_volume
 from medtrain.errors import ConfigError, DataError
@@ -184,13 +184,7 @@ class VolumeSlices(SegmentationDataset):
                 if unknown:
                     raise DataError(f"dataset split {split!r} names unknown cases {unknown[:3]}")
             return {s: sorted(given.get(s, [])) for s in SPLITS}
-        n_val, n_test = split_counts(len(cases), val_size, test_size)
-        order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
-        return {
-            "test": sorted(order[:n_test]),
-            "val": sorted(order[n_test : n_test + n_val]),
-            "train": sorted(order[n_test + n_val :]),
-        }
+        return seeded_split(cases, val_size, test_size, seed)
 
     # -- reading -----------------------------------------------------------------------------
     def _image_volume(self, case: str) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medtrain.errors import ConfigError, DataError
+from medtrain.io import atomic_write
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -195,7 +196,8 @@ class VolumeCache:
 
     Args:
         mode: `memory` (a dict for this process), `disk` (uncompressed .npy files in `folder`,
-            memory-mapped when read, shared by runs and loader workers) or `none`.
+            memory-mapped when read and kept open, shared by later runs and loader workers) or
+            `none`.
         folder: the disk cache's folder (required for `disk`).
     """
 
@@ -220,16 +222,19 @@ class VolumeCache:
             if key not in self.memory:
                 self.memory[key] = read(path)
             return self.memory[key]
+        if key in self.memory:  # opened once per process, then kept (memory-mapped)
+            return self.memory[key]
         file = self.folder / f"{self._key(path)}.npy"
         if file.is_file():
-            return np.load(file, mmap_mode="r")
-        array = np.ascontiguousarray(read(path))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.save(buffer, array)
-        from medtrain.io import atomic_write  # a half-written cache file must never be read
-
-        atomic_write(file, lambda handle: handle.write(buffer.getvalue()), mode="wb")
+            array = np.load(file, mmap_mode="r")
+        else:
+            array = np.ascontiguousarray(read(path))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            # Written atomically: a half-written cache file is never read.
+            atomic_write(file, lambda handle: handle.write(buffer.getvalue()), mode="wb")
+        self.memory[key] = array
         return array
 
     @staticmethod
