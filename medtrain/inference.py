@@ -24,6 +24,7 @@ from medtrain.data.base import ImageDataset
 from medtrain.data.readers import MAX_PIXELS, Decoded, decode, read_image
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.data.transforms import SeededAugment
+from medtrain.data.volumes import normalize_volume, read_volume, stack_slices
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.io import load_checkpoint, read_json
 from medtrain.models import input_keys
@@ -271,4 +272,44 @@ class Predictor:
             "units": units,
             "measurements": rows,
             "totals": summary,
+        }
+
+    # -- volumes -----------------------------------------------------------------------------
+    @property
+    def slices_volumes(self) -> bool:
+        """Whether the run was trained on slices of volumes (`dataset=volume_slices`)."""
+        return str(self.cfg.dataset.get("_target_", "")).endswith("VolumeSlices")
+
+    @torch.no_grad()
+    def predict_volume(self, path: str | Path, name: str) -> dict[str, Any]:
+        """Segment a volume (NIfTI file, DICOM series folder) slice by slice, as the run's evaluation
+        does (the same axis and volume normalization), and reassemble the slices.
+
+        Returns:
+            `mask` (the label volume), `affine`, `spacing` (mm per axis) and `volumes_ml` (per
+            foreground class).
+        """
+        if not self.slices_volumes:
+            raise ConfigError(
+                f"{name}: a volume needs a run trained on slices of volumes (dataset=volume_slices)"
+            )
+        data = self.cfg.dataset
+        axis = int(data.get("axis", 0))
+        volume = read_volume(path)
+        array = normalize_volume(volume.array, data.get("volume_normalize", "zscore"))
+        plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
+        slices = [
+            Decoded(np.take(array, k, axis=axis), plane, "volume") for k in range(array.shape[axis])
+        ]
+        names = [f"{name}#{k:03d}" for k in range(len(slices))]
+        results = self.predict(slices, names, spacing=plane)
+        mask = stack_slices([r["mask"] for r in results], axis)
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        return {
+            "mask": mask,
+            "affine": volume.affine,
+            "spacing": list(volume.spacing),
+            "volumes_ml": {
+                n: float((mask == c).sum() * voxel_ml) for c, n in enumerate(self.class_names) if c
+            },
         }

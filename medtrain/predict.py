@@ -15,9 +15,12 @@ from tqdm import tqdm
 
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS
 from medtrain.analysis.overlays import safe_name
+from medtrain.analysis.volumes import write_nifti
 from medtrain.cli import parse_key_values, tool_args
 from medtrain.data.manifest import read_csv
 from medtrain.data.readers import READABLE_EXTENSIONS
+from medtrain.data.volume_slices import case_name
+from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.inference import Predictor
 from medtrain.io import save_csv
@@ -53,8 +56,10 @@ usage: python -m medtrain.predict run_dir=RUN inputs=PATH [key=value ...]
   measurements=FILE    segmentation: per-object table (default: measurements.csv beside the output)
   progress=true        show a progress bar
 
-Formats: PNG, JPEG, TIFF (8/16 bit, grey or colour), DICOM, NPY, NPZ. An input that cannot be read
-gets its reason in the `error` column; the exit status is then 1.
+Formats: PNG, JPEG, TIFF (8/16 bit, grey or colour), DICOM, NPY, NPZ. A run trained on slices of
+volumes (dataset=volume_slices) also takes volumes: NIfTI files and DICOM series folders, segmented
+slice by slice and reassembled (masks/<case>.nii.gz, volume_ml_<class> per row). An input that cannot
+be read gets its reason in the `error` column; the exit status is then 1.
 """
 
 
@@ -97,6 +102,46 @@ def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]
     if not matches:
         raise ConfigError(f"inputs={spec!r}: no such file or folder, and no file matches it")
     return [(f, str(f)) for f in matches]
+
+
+def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:
+    """The volumes named by `inputs=` for a run trained on slices of volumes: NIfTI files, DICOM
+    series folders (a folder of .dcm files is one series; a folder of such folders, one each)."""
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() == ".csv" or not path.is_dir():
+        return list_inputs(spec, image_column)
+    found = [p for p in sorted(path.iterdir()) if is_nifti(p) and not p.name.startswith(".")]
+    series = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if any(p.suffix.lower() == ".dcm" for p in path.iterdir()):
+        return [(path, path.name)]
+    found += series
+    if not found:
+        raise ConfigError(f"inputs={spec!r}: no .nii/.nii.gz volumes or DICOM series folders here")
+    return [(p, p.name) for p in found]
+
+
+def predict_volumes(cfg: DictConfig, predictor: Predictor) -> dict[str, Any]:
+    """Segment each input volume slice by slice; write its label volume and volumes in mL."""
+    inputs = list_volumes(str(cfg.inputs), cfg.image_column)
+    output = Path(cfg.output)
+    masks_dir = Path(cfg.masks) if cfg.masks else output.parent / "masks"
+    names = predictor.class_names[1:]
+    rows = []
+    for file, name in tqdm(inputs, desc="predict", disable=None if cfg.progress else True):
+        try:
+            result = predictor.predict_volume(file, name)
+        except DataError as err:
+            rows.append({"file": name, "error": str(err)})
+            continue
+        stem = safe_name(case_name(Path(name)))
+        mask_path = write_nifti(masks_dir / f"{stem}.nii.gz", result["mask"], result["affine"])
+        row = {"file": name, "mask": _relative(mask_path, output.parent), "error": ""}
+        row |= {f"volume_ml_{n}": repr(result["volumes_ml"][n]) for n in names}
+        rows.append(row)
+    fields = ["file", "mask", *(f"volume_ml_{n}" for n in names), "error"]
+    save_csv(output, rows, fields)
+    failed = [r for r in rows if r.get("error")]
+    return {"inputs": len(inputs), "failed": failed, "written": [output]}
 
 
 def result_row(
@@ -146,6 +191,8 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size={batch_size!r} must be a whole number >= 1")
     spacing = spacing_arg(cfg)
     predictor = Predictor(cfg.run_dir, device=cfg.device)
+    if predictor.slices_volumes and _names_volumes(str(cfg.inputs)):
+        return predict_volumes(cfg, predictor)
     inputs = list_inputs(str(cfg.inputs), cfg.image_column)
     output = Path(cfg.output)
     masks_dir = Path(cfg.masks) if cfg.masks else output.parent / "masks"
@@ -200,6 +247,23 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         written.append(measurements_path)
     failed = [r for r in rows if r.get("error")]
     return {"inputs": len(inputs), "failed": failed, "written": written}
+
+
+def _names_volumes(spec: str) -> bool:
+    """Whether `inputs=` names volumes (NIfTI, DICOM series folders) rather than 2D images."""
+    path = Path(spec)
+    if is_nifti(path) or "nii" in path.name.lower():
+        return True
+    if path.is_dir():
+        entries = list(path.iterdir())
+        return any(is_nifti(p) or p.is_dir() for p in entries) or any(
+            p.suffix.lower() == ".dcm" for p in entries
+        )
+    if path.is_file() and path.suffix.lower() == ".csv":
+        header, rows, _ = read_csv(path)
+        first = rows[0].get("image", "") if rows else ""
+        return is_nifti(first) or (path.parent / first).is_dir()
+    return False
 
 
 def _relative(path: Path, base: Path) -> str:

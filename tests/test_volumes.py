@@ -218,3 +218,19 @@ def test_training_scores_reassembled_volumes(tmp_path):
             dice = 2 * both / ((pred == k).sum() + (labels == k).sum())
             assert float(per_case[case][f"dice_{name}"]) == pytest.approx(dice)
     assert "test/volume_mae_ml_box" in metrics and "test/dice_ball" in metrics
+    # medtrain.predict on the test volumes gives the evaluation's own label volumes and volumes.
+    from medtrain.predict import main as predict
+
+    out = tmp_path / "predicted" / "preds.csv"
+    files = [data / "images" / f"{case}.nii.gz" for case in per_case]
+    manifest = tmp_path / "volumes.csv"
+    manifest.write_text("image\n" + "\n".join(str(f) for f in files) + "\n")
+    assert predict([f"run_dir={run}", f"inputs={manifest}", f"output={out}"]) == 0
+    for row in rows_of(out):
+        case = Path(row["file"]).name.removesuffix(".nii.gz")
+        mine = np.asarray(nib.load(str(out.parent / row["mask"])).dataobj)
+        np.testing.assert_array_equal(
+            mine, np.asarray(nib.load(str(run / "masks" / f"{case}.nii.gz")).dataobj)
+        )
+        evaluated = next(r for r in rows if r["id"] == case and r["class"] == "box")
+        assert float(row["volume_ml_box"]) == pytest.approx(float(evaluated["pred_ml"]))

@@ -13,10 +13,14 @@ from medtrain.data.base import SPLITS
 from medtrain.data.manifest import read_csv
 from medtrain.data.seg_folder import read_split_file, seeded_split
 from medtrain.data.segmentation import SegmentationDataset
-from medtrain.data.volumes import NIFTI_SUFFIXES, VolumeCache, read_volume
+from medtrain.data.volumes import (
+    NIFTI_SUFFIXES,
+    VOLUME_NORMALIZE,
+    VolumeCache,
+    normalize_volume,
+    read_volume,
+)
 from medtrain.errors import ConfigError, DataError
-
-VOLUME_NORMALIZE = ("zscore", "nonzero_zscore", "none")
 
 
 def case_name(path: Path) -> str:
@@ -189,12 +193,7 @@ class VolumeSlices(SegmentationDataset):
     # -- reading -----------------------------------------------------------------------------
     def _image_volume(self, case: str) -> np.ndarray:
         def read(path):
-            array = read_volume(path).array.astype(np.float32)
-            if self.volume_normalize == "none":
-                return array
-            values = array[array != 0] if self.volume_normalize == "nonzero_zscore" else array
-            values = values if values.size else array
-            return (array - values.mean()) / max(float(values.std()), 1e-6)
+            return normalize_volume(read_volume(path).array, self.volume_normalize)
 
         return self.cache.array(self.pairs[case][0], read)
 

@@ -245,6 +245,22 @@ class VolumeCache:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+VOLUME_NORMALIZE = ("zscore", "nonzero_zscore", "none")
+
+
+def normalize_volume(array: np.ndarray, mode: str) -> np.ndarray:
+    """A volume as float32, z-scored over all its voxels (`zscore`), over its non-zero voxels
+    (`nonzero_zscore`, for skull-stripped MRI) or unchanged (`none`)."""
+    if mode not in VOLUME_NORMALIZE:
+        raise ConfigError(f"dataset.volume_normalize={mode!r}: choose one of {VOLUME_NORMALIZE}")
+    array = array.astype(np.float32)
+    if mode == "none":
+        return array
+    values = array[array != 0] if mode == "nonzero_zscore" else array
+    values = values if values.size else array
+    return (array - values.mean()) / max(float(values.std()), 1e-6)
+
+
 def stack_slices(slices: Sequence[np.ndarray], axis: int) -> np.ndarray:
     """Reassemble 2D slices (in order) into a volume, the slices lying along `axis`."""
     return np.stack(list(slices), axis=axis)
