@@ -1,0 +1,402 @@
+"""Reading every sample of a run's splits to find what would break or bias training: unreadable
+files, labels outside the classes, empty splits, identical images across splits, class balance and
+intensity summaries (the core of `python -m medtrain.check_data`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from medtrain.data.base import SPLITS
+from medtrain.data.manifest import Manifest, read_csv
+from medtrain.data.medmnist import MedMNIST
+from medtrain.data.segmentation import SegmentationDataset
+from medtrain.errors import ConfigError, DataError
+
+CHUNK = 32  # samples per thread task: fewer futures for large datasets of small images
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+@dataclass
+class Sample:
+    """What reading one sample showed: a problem, or its hash and intensity sums."""
+
+    index: int
+    problem: str | None = None
+    digest: bytes = b""
+    dtype: str = ""
+    shape: tuple[int, int] = (0, 0)
+    channels: int = 0
+    low: float = 0.0
+    high: float = 0.0
+    total: float = 0.0
+    squares: float = 0.0
+    values: int = 0
+    class_pixels: np.ndarray | None = None  # segmentation: pixels per class in the mask
+
+
+class Names:
+    """How messages name the samples of one split: manifest row and file, file, or array entry."""
+
+    def __init__(self, cfg: DictConfig, dataset: Any):
+        self.dataset = dataset
+        self.path = cfg.dataset.get("path")
+        self.lines: list[int | None] = []
+        if isinstance(dataset, Manifest):  # the dataset keeps each row's line for every split only
+            _, rows, lines = read_csv(Path(dataset.source))
+            column = cfg.dataset.get("id_column") or cfg.dataset.get("image_column", "image")
+            line_of = {row.get(column): line for row, line in zip(rows, lines, strict=True)}
+            self.lines = [line_of.get(i) for i in dataset.ids]
+
+    def files(self, index: int) -> list[str]:
+        ds = self.dataset
+        if hasattr(ds, "image_files"):
+            return [str(ds.image_files[index]), str(ds.mask_files[index])]
+        return [str(ds.files[index])] if hasattr(ds, "files") else []
+
+    def row(self, index: int) -> str:
+        line = self.lines[index] if self.lines else None
+        return f"{self.dataset.source} line {line}" if line else ""
+
+    def name(self, index: int) -> str:
+        """The sample as listed among duplicates: `file (manifest line N)`, `file`, `npz entry`."""
+        files, row = self.files(index), self.row(index)
+        if files:
+            return f"{files[0]} ({row})" if row else files[0]
+        if isinstance(self.dataset, MedMNIST):
+            return f"{self.path} {self.dataset.split}_images[{index}]"
+        return f"{self.dataset.split} sample {self.dataset.ids[index]}"
+
+    def problem(self, index: int, text: str) -> str:
+        """One message line: the manifest row first, then the file (unless `text` names it)."""
+        files, row = self.files(index), self.row(index)
+        row = f"{row}: " if row else ""
+        if any(f in text for f in files):
+            return row + text
+        return f"{row}{files[0]}: {text}" if files else f"{self.name(index)}: {text}"
+
+
+def read_sample(dataset: Any, index: int) -> Sample:
+    """Read sample `index` as training would; every failure becomes `Sample.problem`."""
+    try:
+        raw = np.asarray(dataset.read_image(index))
+        if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[-1] not in (1, 3, 4)):
+            return Sample(index, f"not a 2D image: shape {raw.shape} (expected H x W or H x W x C)")
+        if raw.size == 0:
+            return Sample(index, f"the image has no pixels (shape {raw.shape})")
+        if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
+            return Sample(index, f"pixel type {raw.dtype} is not numeric")
+        values = raw.astype(np.float64).ravel()
+        if not np.isfinite(values).all():
+            return Sample(index, "the image holds NaN or infinite values")
+        class_pixels = None
+        if isinstance(dataset, SegmentationDataset):
+            # load() reads the image again, but it is what training calls: mask size and values
+            # are checked exactly as there, with the same messages.
+            _, mask = dataset.load(index)
+            class_pixels = np.bincount(mask.ravel(), minlength=dataset.num_classes)
+    except DataError as err:
+        return Sample(index, str(err))
+    # Any other reader failure is this sample's problem too, never a crash of the whole check.
+    except Exception as err:
+        return Sample(index, f"cannot be read ({type(err).__name__}: {err})")
+    digest = hashlib.blake2b(f"{raw.shape}{raw.dtype}".encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(raw).data)
+    return Sample(
+        index,
+        digest=digest.digest(),
+        dtype=str(raw.dtype),
+        shape=(int(raw.shape[0]), int(raw.shape[1])),
+        channels=1 if raw.ndim == 2 else int(raw.shape[-1]),
+        low=float(values.min()),
+        high=float(values.max()),
+        total=float(values.sum()),
+        squares=float(values @ values),
+        values=int(values.size),
+        class_pixels=class_pixels,
+    )
+
+
+def read_range(dataset: Any, start: int, stop: int) -> list[Sample]:
+    return [read_sample(dataset, i) for i in range(start, stop)]
+
+
+def read_all(datasets: dict, workers: int, progress: bool) -> dict[str, list[Sample]]:
+    """Every sample of every split, read by a thread pool (decoding mostly releases the GIL)."""
+    sizes = {split: len(ds.ids) for split, ds in datasets.items()}  # ids: images, not repeats
+    found: dict[str, list[Sample]] = {split: [] for split in datasets}
+    bar = tqdm(
+        total=sum(sizes.values()),
+        desc="check data",
+        unit="image",
+        disable=None if progress else True,
+    )
+    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
+        jobs = {
+            pool.submit(read_range, ds, start, min(start + CHUNK, sizes[split])): split
+            for split, ds in datasets.items()
+            for start in range(0, sizes[split], CHUNK)
+        }
+        for job in as_completed(jobs):
+            samples = job.result()
+            found[jobs[job]] += samples
+            bar.update(len(samples))
+    return {split: sorted(samples, key=lambda s: s.index) for split, samples in found.items()}
+
+
+def class_name(dataset: Any, k: int) -> str:
+    names = dataset.class_names or []
+    return str(names[k]) if k < len(names) else str(k)
+
+
+def label_text(dataset: Any, index: int) -> str | None:
+    """A sample's label as shown among duplicates (None for segmentation: masks are not compared)."""
+    if isinstance(dataset, SegmentationDataset):
+        return None
+    label = np.asarray(dataset.labels[index])
+    if label.ndim == 0 and not dataset.regression:
+        return class_name(dataset, int(label))
+    return str(label.tolist())
+
+
+def label_problems(dataset: Any, names: Names) -> list[str]:
+    """Labels outside the classes (or not 0/1 for multi-label), and regression targets that are
+    not finite numbers; segmentation masks are checked when read."""
+    if isinstance(dataset, SegmentationDataset):
+        return []
+    labels, k = np.asarray(dataset.labels), dataset.num_classes
+    if len(labels) != len(dataset.ids):
+        return [f"{dataset.split}: {len(labels)} labels for {len(dataset.ids)} images"]
+    if dataset.regression:
+        values = labels.reshape(len(labels), -1).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        return [
+            names.problem(i, f"target {values[i].tolist()} is not a finite number") for i in bad
+        ]
+    if labels.ndim == 2:
+        if labels.shape[1] != k:
+            return [f"{dataset.split}: {labels.shape[1]} label columns, dataset.num_classes={k}"]
+        bad = np.flatnonzero(~np.isin(labels, (0, 1)).all(axis=1))
+        return [names.problem(i, f"multi-label {labels[i].tolist()} is not 0/1") for i in bad]
+    bad = np.flatnonzero((labels < 0) | (labels >= k))
+    return [
+        names.problem(
+            i, f"label {int(labels[i])} is outside the {k} classes 0..{k - 1} (dataset.num_classes)"
+        )
+        for i in bad
+    ]
+
+
+def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, list[str]]:
+    """Class counts (segmentation: pixel shares and images per class; regression: target range) and
+    the classes this split lacks."""
+    k, split = dataset.num_classes, dataset.split
+    if isinstance(dataset, SegmentationDataset):
+        masks = np.array([s.class_pixels for s in samples if s.class_pixels is not None])
+        masks = masks.reshape(len(masks), k)
+        pixels, images = masks.sum(axis=0), (masks > 0).sum(axis=0)
+        shares = pixels / max(int(pixels.sum()), 1)
+        section = {
+            "pixel_fraction": {
+                class_name(dataset, c): round(float(shares[c]), 6) for c in range(k)
+            },
+            "images_with": {class_name(dataset, c): int(images[c]) for c in range(k)},
+        }
+        absent = [c for c in range(k) if images[c] == 0]
+        return section, [f"{split}: no mask holds class {class_name(dataset, c)!r}" for c in absent]
+    labels = np.asarray(dataset.labels)
+    if dataset.regression:
+        values = labels.reshape(len(labels), -1).astype(np.float64)
+        values = values[np.isfinite(values).all(axis=1)]
+        stats = {
+            class_name(dataset, c): {
+                f: float(getattr(np, f)(values[:, c])) if len(values) else None
+                for f in ("min", "mean", "max")
+            }
+            for c in range(values.shape[1])
+        }
+        return {"targets": stats}, []
+    if labels.ndim == 2:
+        counts = labels.sum(axis=0) if labels.shape[1] == k else np.zeros(k)
+        key, what = "positives", "positive sample"
+    else:
+        counts = np.bincount(labels[(labels >= 0) & (labels < k)].astype(np.int64), minlength=k)
+        key, what = "counts", "sample"
+    section = {key: {class_name(dataset, c): int(counts[c]) for c in range(k)}}
+    absent = [c for c in range(k) if counts[c] == 0]
+    return section, [f"{split}: no {what} of class {class_name(dataset, c)!r}" for c in absent]
+
+
+def intensity(samples: list[Sample]) -> dict[str, Any]:
+    """Stored pixel types, channels, sizes and value range, mean and std over every read image."""
+    read = [s for s in samples if s.problem is None]
+    if not read:
+        return {"images": 0}
+    values = sum(s.values for s in read)
+    mean = sum(s.total for s in read) / values
+    variance = max(sum(s.squares for s in read) / values - mean**2, 0.0)
+    heights, widths = [s.shape[0] for s in read], [s.shape[1] for s in read]
+    return {
+        "images": len(read),
+        "dtypes": dict(Counter(s.dtype for s in read)),
+        "channels": {str(c): n for c, n in sorted(Counter(s.channels for s in read).items())},
+        "height": [min(heights), max(heights)],
+        "width": [min(widths), max(widths)],
+        "min": min(s.low for s in read),
+        "max": max(s.high for s in read),
+        "mean": mean,
+        "std": variance**0.5,
+    }
+
+
+def size_problem(dataset: Any, samples: list[Sample]) -> list[str]:
+    """Images of several sizes cannot be stacked into a batch for an image-level model."""
+    sizes = sorted({s.shape for s in samples if s.problem is None})
+    if isinstance(dataset, SegmentationDataset) or dataset.image_size is not None or len(sizes) < 2:
+        return []
+    (h0, w0), (h1, w1) = sizes[0], sizes[-1]
+    return [
+        f"{dataset.split}: images have {len(sizes)} sizes ({h0}x{w0} ... {h1}x{w1}) and "
+        "dataset.image_size is null, so batches cannot be stacked: set dataset.image_size"
+    ]
+
+
+def find_duplicates(
+    datasets: dict, samples: dict[str, list[Sample]], names: dict[str, Names]
+) -> tuple[dict, list[str], list[str], list[str]]:
+    """Identical decoded images (same bytes, shape and dtype).
+
+    Returns:
+        The report section, one line per pair shared between two splits, one line per group of
+        identical images with different labels, and one note per split holding repeated images.
+    """
+    groups: dict[bytes, list[tuple[str, int]]] = defaultdict(list)
+    for split, found in samples.items():
+        for s in found:
+            if s.problem is None:
+                groups[s.digest].append((split, s.index))
+    across: dict[str, dict] = {}
+    within: dict[str, dict] = {}
+    pairs, conflicts = [], []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        by_split: dict[str, list[int]] = defaultdict(list)
+        for split, index in members:
+            by_split[split].append(index)
+        for split, indices in by_split.items():
+            if len(indices) > 1:
+                entry = within.setdefault(split, {"images": 0, "copies": 0, "groups": []})
+                entry["images"] += 1
+                entry["copies"] += len(indices) - 1
+                entry["groups"].append([names[split].name(i) for i in indices])
+        present = [s for s in SPLITS if s in by_split]
+        for n, a in enumerate(present):
+            for b in present[n + 1 :]:
+                entry = across.setdefault(f"{a}/{b}", {"images": 0, "pairs": []})
+                entry["images"] += 1
+                for i in by_split[a]:
+                    for j in by_split[b]:
+                        entry["pairs"].append([names[a].name(i), names[b].name(j)])
+                        pairs.append(
+                            f"{b} image {names[b].name(j)} is identical to {a} image "
+                            f"{names[a].name(i)}"
+                        )
+        labels = {(s, i): label_text(datasets[s], i) for s, i in members}
+        if len(set(labels.values())) > 1:
+            listed = ", ".join(f"{names[s].name(i)} ({text})" for (s, i), text in labels.items())
+            conflicts.append(f"identical images with different labels: {listed}")
+    notes = [
+        f"{split}: {e['images']} image(s) stored more than once ({e['copies']} extra copies; "
+        f"duplicates.within_split.{split} lists them)"
+        for split, e in within.items()
+    ]
+    return {"across_splits": across, "within_split": within}, pairs, conflicts, notes
+
+
+def new_report(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "dataset": {"target": cfg.dataset.get("_target_"), "path": cfg.dataset.get("path")},
+        "ok": True,
+        "config_errors": [],
+        "errors": [],
+        "warnings": [],
+        "notes": [],
+        "splits": {},
+        "duplicates": {"across_splits": {}, "within_split": {}},
+        "workers": None,
+        "seconds": 0.0,
+    }
+
+
+def check_datasets(
+    cfg: DictConfig,
+    datasets: dict,
+    workers: int | None = None,
+    duplicates: str = "warn",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Read every sample of every split and report what would break or bias training.
+
+    Args:
+        cfg: the composed config (`cfg.dataset` names the data in messages).
+        datasets: {split: dataset} from `build_datasets`.
+        workers: reading threads; None: min(8, CPU count).
+        duplicates: `warn` or `error`: how images shared between splits count.
+        progress: show a progress bar (on a terminal).
+
+    Returns:
+        The report, as written to `data_report.json`:
+        `dataset` ({target, path}); `ok` (no errors); `config_errors`, `errors`, `warnings`,
+        `notes`: one line each; `splits`: per split `samples`, `unreadable`, `balance` (`counts`
+        per class, `positives` for multi-label, `targets` {name: {min, mean, max}} for regression,
+        `pixel_fraction` and `images_with` per class for segmentation) and `intensity` (`images`,
+        `dtypes`, `channels`, `height` and `width` [min, max], `min`, `max`, `mean`, `std` of the
+        stored values over every image); `duplicates`: `across_splits` {"train/val": {images,
+        pairs: [[name, name]]}} and `within_split` {split: {images, copies, groups: [[names]]}};
+        `workers`; `seconds` (reading time).
+    """
+    if duplicates not in ("warn", "error"):
+        raise ConfigError(f"duplicates={duplicates!r}: choose warn or error")
+    start = time.perf_counter()
+    workers = workers or default_workers()
+    report = new_report(cfg)
+    names = {split: Names(cfg, ds) for split, ds in datasets.items()}
+    samples = read_all(datasets, workers, progress)
+    for split, ds in datasets.items():
+        found = samples[split]
+        if not found:
+            report["errors"].append(f"{split}: the split is empty")
+            report["splits"][split] = {"samples": 0}
+            continue
+        report["errors"] += [names[split].problem(s.index, s.problem) for s in found if s.problem]
+        report["errors"] += label_problems(ds, names[split]) + size_problem(ds, found)
+        section, absent = balance(ds, found)
+        report["warnings"] += absent
+        report["splits"][split] = {
+            "samples": len(found),
+            "unreadable": sum(s.problem is not None for s in found),
+            "balance": section,
+            "intensity": intensity(found),
+        }
+    section, pairs, conflicts, notes = find_duplicates(datasets, samples, names)
+    report["duplicates"] = section
+    report["errors" if duplicates == "error" else "warnings"] += pairs
+    report["warnings"] += conflicts
+    report["notes"] += notes
+    report["ok"] = not report["errors"]
+    report |= {"workers": workers, "seconds": round(time.perf_counter() - start, 3)}
+    return report
