@@ -234,3 +234,20 @@ def test_training_scores_reassembled_volumes(tmp_path):
         )
         evaluated = next(r for r in rows if r["id"] == case and r["class"] == "box")
         assert float(row["volume_ml_box"]) == pytest.approx(float(evaluated["pred_ml"]))
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SHARED_DATA / "dicom").is_dir(), reason="needs ../shared/data/dicom")
+@pytest.mark.parametrize(
+    "name, shape, spacing",
+    [
+        ("eCT_Supplemental.dcm", (2, 512, 512), (10.0, 0.388672, 0.388672)),  # enhanced CT
+        ("emri_small.dcm", (10, 64, 64), (1.2, 1.0, 1.0)),
+        ("liver.dcm", (3, 512, 512), (1.0, 0.810547, 0.810547)),  # DICOM SEG frames {0, 1}
+    ],
+)
+def test_shared_multi_frame_files_load_as_volumes(name, shape, spacing):
+    volume = read_volume(SHARED_DATA / "dicom" / "single" / name)
+    assert volume.array.shape == shape
+    assert volume.spacing == pytest.approx(spacing)
+    assert volume.array.max() > volume.array.min()
