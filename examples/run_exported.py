@@ -21,7 +21,11 @@ from PIL import Image
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Pixels (H x W x C) as medtrain reads them: palette images as RGB, alpha dropped, 16-bit kept."""
+    """Pixels (H x W x C) as medtrain reads them: palette images as RGB, alpha dropped, 16-bit kept;
+    an .npy array as stored (e.g. Hounsfield units for a CT-windowed model)."""
+    if path.suffix.lower() == ".npy":
+        array = np.load(path, allow_pickle=False)
+        return (array[..., None] if array.ndim == 2 else array)[..., :3]
     with Image.open(path) as img:
         if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
             img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
@@ -77,6 +81,8 @@ def normalize(image: np.ndarray, n: dict) -> np.ndarray:
 
 def prepare(pixels: np.ndarray, pre: dict) -> np.ndarray:
     """The model's input (float32 C x H x W): the manifest's steps in the manifest's order."""
+    if pre.get("volume"):
+        sys.exit("this model was trained on slices of volumes (manifest: preprocessing.volume)")
     if pre.get("target_spacing"):
         sys.exit("this example does not resample to a target spacing (manifest: target_spacing)")
     if pre.get("window"):  # grey values in modality units (e.g. HU), one channel per window
@@ -186,7 +192,7 @@ def decide(output: np.ndarray, manifest: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path, help="folder with manifest.json and the model")
-    parser.add_argument("images", type=Path, nargs="+", help="PNG, JPEG or TIFF files")
+    parser.add_argument("images", type=Path, nargs="+", help="PNG, JPEG, TIFF or NPY files")
     parser.add_argument("--masks", type=Path, default=Path("masks"), help="where masks go")
     args = parser.parse_args()
     manifest = json.loads((args.export / "manifest.json").read_text())
@@ -198,9 +204,15 @@ def main() -> None:
         "segmentation": ["mask", *(f"pixels_{n}" for n in names)],
     }
     writer = csv.writer(sys.stdout)
-    writer.writerow(["file", *columns[task]])
+    writer.writerow(["file", *columns[task], "error"])
+    failed = 0
     for path in args.images:
-        pixels = read_image(path)
+        try:  # one unreadable file is reported in its row; the others still run
+            pixels = read_image(path)
+        except Exception as err:
+            writer.writerow([path, *[""] * len(columns[task]), f"cannot read: {err}"])
+            failed += 1
+            continue
         image = prepare(pixels, manifest["preprocessing"])
         if task == "segmentation":
             mask = segment(run, image, pixels.shape[:2], manifest["segmentation"])
@@ -213,7 +225,8 @@ def main() -> None:
             output = run(image[None])[0][0]
             row = [decide(output, manifest)] if task == "classification" else []
             row += [repr(v) for v in output.tolist()]
-        writer.writerow([path, *row])
+        writer.writerow([path, *row, ""])
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

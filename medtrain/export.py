@@ -278,12 +278,23 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         raise refused
     name = MODEL_FILES[fmt]
     atomic_write(Path(output) / name, lambda handle: handle.write(data), mode="wb")
+    for other in set(MODEL_FILES.values()) - {name}:  # one format per folder: no stale model file
+        (Path(output) / other).unlink(missing_ok=True)
+    preprocessing = preprocessing_manifest(preprocess, kind)
+    if str(run.cfg.dataset.get("_target_", "")).endswith("VolumeSlices"):
+        preprocessing["volume"] = {
+            "axis": int(run.cfg.dataset.get("axis", 0)),
+            "volume_normalize": run.cfg.dataset.get("volume_normalize", "zscore"),
+            "rule": "trained on 2D slices along `axis` of volumes z-scored as a whole (zscore: over "
+            "all voxels; nonzero_zscore: over non-zero voxels) before slicing; slice the "
+            "normalized volume, run each slice, stack the masks back along `axis`",
+        }
     manifest = {
         "format": fmt,
         "model_file": name,
         "task": kind,
         **io_manifest(kind, channels, None if any_size else sizes[0], len(run.task.class_names)),
-        "preprocessing": preprocessing_manifest(preprocess, kind),
+        "preprocessing": preprocessing,
         **task_manifest(run, kind, preprocess),
         "flip_tta": model.flip_tta,
         "exporter": {

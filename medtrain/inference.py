@@ -163,9 +163,22 @@ class Predictor:
                 "channels": pre.in_channels,
                 "size": [size, size] if isinstance(size, int) else size and list(size),
                 "normalize": dict(pre.normalize.params),
-                "formats": ["png", "jpeg", "tiff", "dicom", "npy", "npz"],
+                "formats": ["dicom", "npy", "npz"]
+                if pre.reads_modality
+                else ["png", "jpeg", "tiff", "dicom", "npy", "npz"],
+                "window": None if pre.windows is None else [list(w) for w in pre.windows],
+                "target_spacing": getattr(pre, "target_spacing", None),
+                "volumes": {
+                    "axis": int(self.cfg.dataset.get("axis", 0)),
+                    "volume_normalize": self.cfg.dataset.get("volume_normalize", "zscore"),
+                    "note": "trained on slices of volumes: predict whole volumes (NIfTI, DICOM "
+                    "series) with medtrain.predict; single images are refused",
+                }
+                if self.slices_volumes
+                else None,
                 "note": "any size, bit depth and grey/colour: converted by the run's evaluation "
-                "preprocessing",
+                "preprocessing"
+                + ("; CT windows need values in Hounsfield units" if pre.reads_modality else ""),
             },
             "model": self.cfg.model.get("_target_"),
             "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
@@ -181,7 +194,27 @@ class Predictor:
     def decode(self, data: bytes, name: str) -> Decoded:
         return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
 
+    def accepts(self, image: Decoded, name: str) -> None:
+        """Refuse inputs this run cannot read correctly.
+
+        Raises:
+            DataError: a 2D image for a run trained on slices of volumes (which are z-scored per
+                volume: give the volume), or an 8/16-bit picture for a run that windows CT values
+                (PNG/JPEG/TIFF hold display values, not Hounsfield units: give DICOM or NPY).
+        """
+        if self.slices_volumes and image.format != "volume":
+            raise DataError(
+                f"{name}: this run was trained on slices of volumes, each z-scored as a whole; "
+                "give the volume (NIfTI file or DICOM series) to medtrain.predict"
+            )
+        if self.preprocess.reads_modality and image.format in ("png", "jpeg", "tiff"):
+            raise DataError(
+                f"{name}: this run windows CT values in Hounsfield units; a {image.format.upper()} "
+                "holds display values. Send the DICOM (or an NPY of HU values)"
+            )
+
     def _prepare(self, image: Decoded, name: str, index: int) -> tuple[torch.Tensor, Any]:
+        self.accepts(image, name)
         try:
             if self.kind == "segmentation":  # the file's spacing, for `target_spacing`
                 prepared = self.preprocess.prepare(image.array, index, image.spacing)

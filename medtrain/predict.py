@@ -126,14 +126,14 @@ def predict_volumes(cfg: DictConfig, predictor: Predictor) -> dict[str, Any]:
     output = Path(cfg.output)
     masks_dir = Path(cfg.masks) if cfg.masks else output.parent / "masks"
     names = predictor.class_names[1:]
-    rows = []
+    rows, used = [], set()
     for file, name in tqdm(inputs, desc="predict", disable=None if cfg.progress else True):
         try:
             result = predictor.predict_volume(file, name)
         except DataError as err:
             rows.append({"file": name, "error": str(err)})
             continue
-        stem = safe_name(case_name(Path(name)))
+        stem = unique_stem(case_name(Path(name)) if "/" not in name else name, used)
         mask_path = write_nifti(masks_dir / f"{stem}.nii.gz", result["mask"], result["affine"])
         row = {"file": name, "mask": _relative(mask_path, output.parent), "error": ""}
         row |= {f"volume_ml_{n}": repr(result["volumes_ml"][n]) for n in names}
@@ -227,10 +227,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
                 continue
             mask_file = None
             if predictor.kind == "segmentation":
-                stem = safe_name(Path(name).with_suffix("").as_posix())
-                while stem.lower() in used:
-                    stem += "_"
-                used.add(stem.lower())
+                stem = unique_stem(Path(name).with_suffix("").as_posix(), used)
                 mask_path = masks_dir / f"{stem}.png"
                 write_mask(mask_path, result["mask"], len(predictor.class_names))
                 mask_file = _relative(mask_path, output.parent)
@@ -247,6 +244,16 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         written.append(measurements_path)
     failed = [r for r in rows if r.get("error")]
     return {"inputs": len(inputs), "failed": failed, "written": written}
+
+
+def unique_stem(name: str, used: set[str]) -> str:
+    """A file-name stem for `name` that no earlier input took (compared ignoring case): two inputs
+    called `case0` in different folders must not overwrite each other's mask."""
+    stem = safe_name(name.removesuffix(".nii.gz").removesuffix(".nii"))
+    while stem.lower() in used:
+        stem += "_"
+    used.add(stem.lower())
+    return stem
 
 
 def _names_volumes(spec: str) -> bool:

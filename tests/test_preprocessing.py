@@ -56,6 +56,17 @@ def test_manifest_of_ct_dicom_files_windowed_as_channels(tmp_path):
     np.testing.assert_allclose(image[1], [[0, 0.5], [0.52, 1]], atol=1e-6)  # -1000..1000 HU
 
 
+def test_windowed_runs_refuse_display_images(tmp_path, finished_runs):
+    """A run that windows HU values refuses PNG/JPEG/TIFF uploads (display values, not HU)."""
+    from medtrain.data.readers import Decoded
+
+    predictor = Predictor(finished_runs["classification"])
+    predictor.preprocess.windows, predictor.preprocess.reads_modality = [(40.0, 80.0)], True
+    with pytest.raises(DataError, match="x.png: this run windows CT values in Hounsfield units"):
+        predictor.predict([Decoded(np.zeros((8, 8), np.uint8), None, "png")], ["x.png"])
+    assert predictor.info()["input"]["window"] == [[40.0, 80.0]]
+
+
 def test_dataset_statistics_come_from_the_training_split_and_are_saved(tmp_path, tiny):
     overrides = [*tiny, "dataset.normalize.mode=dataset", "trainer.max_epochs=1"]
     cfg = compose_cfg(overrides)
@@ -128,6 +139,12 @@ def test_segmentation_manifest_rows_splits_and_spacing(tmp_path):
     csv_path.write_text(text.replace("fast", "0.5").replace("msk/4.png", "msk/missing.png"))
     with pytest.raises(DataError, match="line 6: .*missing.png"):
         SegManifest(str(csv_path), "train", num_classes=2)
+    mixed = text.replace("fast", "0.5").replace("msk/5.png,train,0.5", "msk/5.png,train,")
+    csv_path.write_text(mixed)
+    with pytest.raises(DataError, match=r"11 rows state a pixel spacing and 1 do not.*line 7"):
+        SegManifest(str(csv_path), "train", num_classes=2)  # measurements need one unit
+    fallback = SegManifest(str(csv_path), "train", num_classes=2, spacing=[1, 1])
+    assert fallback[5]["spacing"].tolist() == [1.0, 1.0]  # the row without one: dataset.spacing
     csv_path.write_text(text.replace("fast", "0.5"))
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "msk" / "2.png")
     with pytest.raises(DataError, match=r"cases.csv line 4: .*2.png: mask is 20x20"):

@@ -225,8 +225,25 @@ def test_training_scores_reassembled_volumes(tmp_path):
     files = [data / "images" / f"{case}.nii.gz" for case in per_case]
     manifest = tmp_path / "volumes.csv"
     manifest.write_text("image\n" + "\n".join(str(f) for f in files) + "\n")
+    twin = tmp_path / "other" / files[0].name  # the same file name in another folder
+    twin.parent.mkdir()
+    twin.write_bytes(files[1].read_bytes())
+    manifest.write_text("image\n" + "\n".join(str(f) for f in [*files, twin]) + "\n")
     assert predict([f"run_dir={run}", f"inputs={manifest}", f"output={out}"]) == 0
-    for row in rows_of(out):
+    predicted = rows_of(out)
+    assert len({r["mask"] for r in predicted}) == 3  # no mask overwrites another
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(str(out.parent / predicted[2]["mask"])).dataobj),
+        np.asarray(nib.load(str(out.parent / predicted[1]["mask"])).dataobj),
+    )
+    # Single slices would miss the per-volume normalization: refused with the reason.
+    from medtrain.data.readers import Decoded
+    from medtrain.errors import DataError
+    from medtrain.inference import Predictor
+
+    with pytest.raises(DataError, match="trained on slices of volumes"):
+        Predictor(run).predict([Decoded(np.zeros((20, 16), np.float32), None, "npy")], ["x"])
+    for row in predicted[:2]:
         case = Path(row["file"]).name.removesuffix(".nii.gz")
         mine = np.asarray(nib.load(str(out.parent / row["mask"])).dataobj)
         np.testing.assert_array_equal(

@@ -76,6 +76,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
         spacings = (
             self._spacings(rows, spacing_column) if spacing_column in header else [None] * len(rows)
         )
+        self._check_spacing_everywhere(spacings, images, masks)
         if split_column in header:
             assignment = self._read_splits(rows, split_column)
         else:
@@ -114,6 +115,24 @@ class SegManifest(ManifestRows, SegmentationDataset):
                 bad,
             )
         return found
+
+    def _check_spacing_everywhere(self, spacings, images, masks) -> None:
+        """Measurements are compared in one unit: either every image has a spacing (its row, its
+        file, or `dataset.spacing`) or none has."""
+        if self.spacing is not None:
+            return
+        known = [
+            s is not None or file_spacing(i) is not None or file_spacing(m) is not None
+            for s, i, m in zip(spacings, images, masks, strict=True)
+        ]
+        if any(known) and not all(known):
+            missing = [f"line {line}" for line, k in zip(self._lines, known, strict=True) if not k]
+            raise self._error(
+                f"{sum(known)} rows state a pixel spacing and {len(missing)} do not (neither the "
+                "spacing column nor the files); measurements need one unit: fill the column, or "
+                "set dataset.spacing=[row_mm,col_mm] for the others",
+                missing,
+            )
 
     def source(self, index: int) -> str:
         return f"{self.manifest_path} line {self.chosen_lines[index]}: {self.mask_files[index]}"

@@ -283,8 +283,12 @@ class SegmentationDataset(Dataset):
         if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
             raise DataError(
                 f"{self.source(index)}: mask value {int(mask.max())} is outside the "
-                f"{self.num_classes} classes of dataset.num_classes={self.num_classes} "
-                "(map stored values with dataset.class_values)"
+                f"{self.num_classes} classes of dataset.num_classes={self.num_classes}"
+                + (
+                    " (map stored values with dataset.class_values)"
+                    if hasattr(self, "class_values")
+                    else ""
+                )
             )
         return image, mask.astype(np.int64)
 
