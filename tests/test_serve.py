@@ -155,9 +155,12 @@ def test_health_info_and_openapi(servers, finished_runs):
     assert info["test_metrics"]["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-12)
     assert set(info["test_metrics"]) == {k for k in metrics if k.startswith("test/")}
     status, _, body = fetch(port, "GET", "/openapi.json")
-    assert status == 200 and {"/predict", "/predict/batch", "/info"} <= set(
-        json.loads(body)["paths"]
-    )
+    paths = json.loads(body)["paths"]
+    assert status == 200 and {"/predict", "/predict/batch", "/info"} <= set(paths)
+    for path, field in (("/predict", "file"), ("/predict/batch", "files")):  # the upload fields
+        form = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert form["required"] == [field]
+        assert set(form["properties"]) == {field, "overlay", "spacing"}
     assert fetch(port, "GET", "/docs")[0] == 200
 
 
@@ -210,8 +213,11 @@ def decode_mask(result: dict) -> np.ndarray:
 @pytest.mark.parametrize("spacing", [None, "0.25,0.5"])
 def test_segmentation_mask_measurements_overlay(servers, predictors, spacing):
     data = encode(grey(7, (40, 36)), "PNG")
-    fields = [("file", "s.png", data)] + ([("spacing", None, spacing.encode())] if spacing else [])
-    status, result = post(servers["segmentation"].port, "/predict?overlay=true", *fields)
+    fields = [("file", "s.png", data)]
+    if spacing:  # both parameters as form fields; else overlay in the query
+        fields += [("spacing", None, spacing.encode()), ("overlay", None, b"true")]
+    path = "/predict" if spacing else "/predict?overlay=true"
+    status, result = post(servers["segmentation"].port, path, *fields)
     spacing_mm = None if spacing is None else (0.25, 0.5)
     expected = direct(predictors["segmentation"], data, "s.png", spacing_mm)
     assert status == 200 and result["mask_shape"] == [40, 36]
@@ -350,6 +356,8 @@ def test_cli_errors(capsys, tmp_path):
     assert "port" in capsys.readouterr().err
     assert main(["run_dir=x", "colour=red"]) == 2
     assert "unknown key" in capsys.readouterr().err
+    assert main(["run_dir=x", "access_log=maybe"]) == 2
+    assert "access_log" in capsys.readouterr().err
     assert main(["--help"]) == 0 and "X-API-Key" in capsys.readouterr().out
 
 
@@ -483,6 +491,13 @@ PROTOCOL = [
         422,  # the lenient parser drops the unfinished part
     ),
     ("bad-overlay", "POST", "/predict?overlay=maybe", *form(("file", "a.png", PNG)), 422),
+    (
+        "bad-overlay-field",
+        "POST",
+        "/predict",
+        *form(("file", "a.png", PNG), ("overlay", None, b"maybe")),
+        422,
+    ),
     (
         "bad-spacing",
         "POST",
