@@ -27,8 +27,8 @@ from medtrain.export_manifest import (
     size_pair,
     task_manifest,
 )
-from medtrain.inference import LoadedRun, eval_preprocessing, file_sha256, load_run
-from medtrain.io import atomic_write, save_json
+from medtrain.inference import LoadedRun, eval_preprocessing, load_run, volume_settings
+from medtrain.io import atomic_write, file_sha256, save_json
 from medtrain.models import input_keys
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -281,10 +281,10 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
     for other in set(MODEL_FILES.values()) - {name}:  # one format per folder: no stale model file
         (Path(output) / other).unlink(missing_ok=True)
     preprocessing = preprocessing_manifest(preprocess, kind)
-    if str(run.cfg.dataset.get("_target_", "")).endswith("VolumeSlices"):
+    slicing = volume_settings(run.cfg)
+    if slicing is not None:
         preprocessing["volume"] = {
-            "axis": int(run.cfg.dataset.get("axis", 0)),
-            "volume_normalize": run.cfg.dataset.get("volume_normalize", "zscore"),
+            **slicing,
             "rule": "trained on 2D slices along `axis` of volumes z-scored as a whole (zscore: over "
             "all voxels; nonzero_zscore: over non-zero voxels) before slicing; slice the "
             "normalized volume, run each slice, stack the masks back along `axis`",

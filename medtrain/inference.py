@@ -3,7 +3,6 @@ preprocessing. `medtrain.predict`, `medtrain.serve` and `medtrain.export` share 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from torch import nn
 from medtrain import __version__
 from medtrain import metrics as M
 from medtrain.analysis.measurements import measure_mask, totals
+from medtrain.analysis.volumes import structure_volumes_ml
 from medtrain.build import build, build_model, build_task
 from medtrain.config import resolve_device, task_kind
 from medtrain.data.base import ImageDataset
@@ -26,7 +26,7 @@ from medtrain.data.segmentation import SegmentationDataset
 from medtrain.data.transforms import SeededAugment
 from medtrain.data.volumes import normalize_volume, read_volume, stack_slices
 from medtrain.errors import ConfigError, DataError, MedtrainError
-from medtrain.io import load_checkpoint, read_json
+from medtrain.io import file_sha256, load_checkpoint, read_json
 from medtrain.models import input_keys
 from medtrain.trainer import autocast
 
@@ -109,12 +109,16 @@ def eval_preprocessing(
     return base("test", transform=SeededAugment(pipeline, cfg.seed), **kwargs)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def volume_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """How a run trained on slices of volumes (`dataset=volume_slices`) made its slices: the
+    `axis` and the whole-volume normalization; None for runs trained on 2D images."""
+    data = cfg.dataset
+    if not str(data.get("_target_", "")).endswith("VolumeSlices"):
+        return None
+    return {
+        "axis": int(data.get("axis", 0)),
+        "volume_normalize": data.get("volume_normalize", "zscore"),
+    }
 
 
 class Predictor:
@@ -168,14 +172,13 @@ class Predictor:
                 else ["png", "jpeg", "tiff", "dicom", "npy", "npz"],
                 "window": None if pre.windows is None else [list(w) for w in pre.windows],
                 "target_spacing": getattr(pre, "target_spacing", None),
-                "volumes": {
-                    "axis": int(self.cfg.dataset.get("axis", 0)),
-                    "volume_normalize": self.cfg.dataset.get("volume_normalize", "zscore"),
+                "volumes": None
+                if not self.slices_volumes
+                else {
+                    **volume_settings(self.cfg),
                     "note": "trained on slices of volumes: predict whole volumes (NIfTI, DICOM "
                     "series) with medtrain.predict; single images are refused",
-                }
-                if self.slices_volumes
-                else None,
+                },
                 "note": "any size, bit depth and grey/colour: converted by the run's evaluation "
                 "preprocessing"
                 + ("; CT windows need values in Hounsfield units" if pre.reads_modality else ""),
@@ -231,6 +234,7 @@ class Predictor:
         images: Sequence[Decoded],
         names: Sequence[str],
         spacing: Sequence[float] | None = None,
+        measure: bool = True,
     ) -> list[dict[str, Any]]:
         """One result dict per image (see `result_*`), batching images that share a shape.
 
@@ -239,6 +243,8 @@ class Predictor:
             names: their ids, used in errors and measurement rows.
             spacing: pixel spacing (row_mm, col_mm) for segmentation measurements; None: what
                 each file states, else the run's `dataset.spacing`, else pixels.
+            measure: segmentation: measure the objects of each mask (off for slices of a volume,
+                which is measured whole).
         """
         prepared = [
             self._prepare(im, n, k) for k, (im, n) in enumerate(zip(images, names, strict=True))
@@ -256,11 +262,13 @@ class Predictor:
                 outputs = self.task.forward(self.model, batch)
             for j, k in enumerate(members):
                 results[k] = self._result(
-                    outputs[j : j + 1], images[k], names[k], prepared[k][1], spacing
+                    outputs[j : j + 1], images[k], names[k], prepared[k][1], spacing, measure
                 )
         return results  # type: ignore[return-value]
 
-    def _result(self, output, image: Decoded, name: str, intensity, spacing) -> dict[str, Any]:
+    def _result(
+        self, output, image: Decoded, name: str, intensity, spacing, measure: bool
+    ) -> dict[str, Any]:
         if self.kind == "classification":
             return self.result_classification(output)
         if self.kind == "regression":
@@ -269,7 +277,10 @@ class Predictor:
                 "values": {n: float(v) for n, v in zip(self.class_names, values, strict=True)},
                 **({"value": float(values[0])} if len(values) == 1 else {}),
             }
-        return self.result_segmentation(output, image, name, intensity, spacing)
+        mask = self.task.predict_masks(output)[0]
+        if not measure:
+            return {"mask": mask}
+        return self.result_segmentation(mask, image, name, intensity, spacing)
 
     def result_classification(self, logits: torch.Tensor) -> dict[str, Any]:
         probs = self.task.probabilities(logits).cpu().numpy().astype(np.float64)
@@ -283,9 +294,8 @@ class Predictor:
         return out
 
     def result_segmentation(
-        self, logits, image: Decoded, name: str, intensity, spacing
+        self, mask: np.ndarray, image: Decoded, name: str, intensity, spacing
     ) -> dict[str, Any]:
-        mask = self.task.predict_masks(logits)[0]
         spacing = tuple(spacing) if spacing is not None else image.spacing or self.spacing
         units = "px" if spacing is None else "mm"
         rows = measure_mask(
@@ -311,7 +321,7 @@ class Predictor:
     @property
     def slices_volumes(self) -> bool:
         """Whether the run was trained on slices of volumes (`dataset=volume_slices`)."""
-        return str(self.cfg.dataset.get("_target_", "")).endswith("VolumeSlices")
+        return volume_settings(self.cfg) is not None
 
     @torch.no_grad()
     def predict_volume(self, path: str | Path, name: str) -> dict[str, Any]:
@@ -326,23 +336,20 @@ class Predictor:
             raise ConfigError(
                 f"{name}: a volume needs a run trained on slices of volumes (dataset=volume_slices)"
             )
-        data = self.cfg.dataset
-        axis = int(data.get("axis", 0))
+        settings = volume_settings(self.cfg)
+        axis = settings["axis"]
         volume = read_volume(path)
-        array = normalize_volume(volume.array, data.get("volume_normalize", "zscore"))
+        array = normalize_volume(volume.array, settings["volume_normalize"])
         plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
         slices = [
             Decoded(np.take(array, k, axis=axis), plane, "volume") for k in range(array.shape[axis])
         ]
         names = [f"{name}#{k:03d}" for k in range(len(slices))]
-        results = self.predict(slices, names, spacing=plane)
+        results = self.predict(slices, names, spacing=plane, measure=False)
         mask = stack_slices([r["mask"] for r in results], axis)
-        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         return {
             "mask": mask,
             "affine": volume.affine,
             "spacing": list(volume.spacing),
-            "volumes_ml": {
-                n: float((mask == c).sum() * voxel_ml) for c, n in enumerate(self.class_names) if c
-            },
+            "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
         }

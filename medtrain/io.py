@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -37,6 +38,28 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+CHUNK = 1 << 20  # hash files in 1 MiB pieces: a 100 MB npz never sits in memory whole
+
+
+def hash_file(path: str | Path, digest: Any) -> int:
+    """Feed the bytes of `path` into `digest` (a hashlib object); returns their number."""
+    size = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with Path(path).open("rb") as handle:
+        while n := handle.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+    return size
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    hash_file(path, digest)
+    return digest.hexdigest()
 
 
 def save_json(path: str | Path, data: Mapping[str, Any]) -> Path:

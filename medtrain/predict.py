@@ -110,11 +110,10 @@ def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".csv" or not path.is_dir():
         return list_inputs(spec, image_column)
-    found = [p for p in sorted(path.iterdir()) if is_nifti(p) and not p.name.startswith(".")]
-    series = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    if any(p.suffix.lower() == ".dcm" for p in path.iterdir()):
+    entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+    if any(p.suffix.lower() == ".dcm" for p in entries):
         return [(path, path.name)]
-    found += series
+    found = [p for p in entries if is_nifti(p)] + [p for p in entries if p.is_dir()]
     if not found:
         raise ConfigError(f"inputs={spec!r}: no .nii/.nii.gz volumes or DICOM series folders here")
     return [(p, p.name) for p in found]
@@ -191,7 +190,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size={batch_size!r} must be a whole number >= 1")
     spacing = spacing_arg(cfg)
     predictor = Predictor(cfg.run_dir, device=cfg.device)
-    if predictor.slices_volumes and _names_volumes(str(cfg.inputs)):
+    if predictor.slices_volumes and _names_volumes(str(cfg.inputs), cfg.image_column):
         return predict_volumes(cfg, predictor)
     inputs = list_inputs(str(cfg.inputs), cfg.image_column)
     output = Path(cfg.output)
@@ -256,7 +255,7 @@ def unique_stem(name: str, used: set[str]) -> str:
     return stem
 
 
-def _names_volumes(spec: str) -> bool:
+def _names_volumes(spec: str, image_column: str) -> bool:
     """Whether `inputs=` names volumes (NIfTI, DICOM series folders) rather than 2D images."""
     path = Path(spec)
     if is_nifti(path) or "nii" in path.name.lower():
@@ -268,7 +267,7 @@ def _names_volumes(spec: str) -> bool:
         )
     if path.is_file() and path.suffix.lower() == ".csv":
         header, rows, _ = read_csv(path)
-        first = rows[0].get("image", "") if rows else ""
+        first = rows[0].get(image_column, "") if rows else ""
         return is_nifti(first) or (path.parent / first).is_dir()
     return False
 

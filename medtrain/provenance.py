@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import medtrain
-from medtrain.io import atomic_write, save_json
+from medtrain.io import atomic_write, hash_file, save_json
 
 PACKAGES = (
     "torch",
@@ -35,7 +35,6 @@ PACKAGES = (
     "pillow",
     "opencv-python-headless",
 )
-CHUNK = 1 << 20  # hash files in 1 MiB pieces: a 100 MB npz never sits in memory whole
 GIT_TIMEOUT_S = 10
 
 
@@ -125,18 +124,6 @@ def git_state(repo: Path) -> dict[str, Any]:
     return state
 
 
-def _hash_file(path: Path, digest: Any) -> int:
-    """Feed the bytes of `path` into `digest`; returns their number."""
-    size = 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with path.open("rb") as handle:
-        while n := handle.readinto(buffer):
-            digest.update(view[:n])
-            size += n
-    return size
-
-
 def _visible_files(folder: Path) -> list[Path]:
     """Every file below `folder`, hidden files and folders left out, sorted by relative path."""
     files = []
@@ -198,11 +185,11 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
         }
     path = Path(str(raw))
     if path.is_file():
-        size = _hash_file(path, digest)
+        size = hash_file(path, digest)
         columns = [cfg.dataset.get("image_column", "image"), cfg.dataset.get("mask_column", "mask")]
         listed = _listed_images(path, [c for c in columns if c])
         for file in listed:  # a manifest: the images it lists are the data too
-            size += _hash_file(file, digest)
+            size += hash_file(file, digest)
         return {
             "kind": "file",
             "path": str(path),
@@ -217,7 +204,7 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
             name = file.relative_to(path).as_posix().encode()
             # The name's length and a separator keep (name, bytes) pairs from running into each other.
             digest.update(len(name).to_bytes(8, "little") + name + b"\0")
-            size += _hash_file(file, digest)
+            size += hash_file(file, digest)
         return {
             "kind": "folder",
             "path": str(path),

@@ -3,6 +3,8 @@ crop/pad, resampling to a target spacing, and the segmentation manifest."""
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -171,5 +173,13 @@ def test_segmentation_manifest_trains(tmp_path):
             "task.num_overlays=0",
         ],
     )
-    assert metrics["test/dice"] >= 0
+    assert 0 <= metrics["test/dice"] <= 1
     assert (run / "data_report.json").is_file() and (run / "masks").is_dir()
+    # The spacing column reaches the measurements: img/10 is 0.5 x 0.25 mm, img/11 0.5 x 0.5 mm.
+    with open(run / "measurements.csv", newline="") as f:
+        truth = [r for r in csv.DictReader(f) if r["source"] == "true"]
+    pixel_mm2 = {"img/10.png": 0.125, "img/11.png": 0.25}
+    assert {r["id"] for r in truth} == set(pixel_mm2)
+    for row in truth:
+        assert float(row["area_mm2"]) == pytest.approx(float(row["area_px"]) * pixel_mm2[row["id"]])
+        assert float(row["area_px"]) == 81  # each 9 x 9 square, counted by hand

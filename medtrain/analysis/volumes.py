@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,9 @@ class VolumeAssembler:
         true = stack_slices([t for _, t, _ in order], entry["axis"])
         names = self.task.class_names
         self.rows.append({"id": case, **case_metrics(pred, true, names, entry["spacing"])})
-        voxel_ml = math.prod(entry["spacing"]) / 1000.0  # mm^3 -> mL
-        volumes = {
-            name: (float((true == c).sum() * voxel_ml), float((pred == c).sum() * voxel_ml))
-            for c, name in enumerate(names)
-            if c
-        }
+        true_ml = structure_volumes_ml(true, entry["spacing"], names)
+        pred_ml = structure_volumes_ml(pred, entry["spacing"], names)
+        volumes = {name: (true_ml[name], pred_ml[name]) for name in true_ml}
         result = {"id": case, "volumes": volumes}
         if self.final:
             # The slice with the most ground truth, drawn as the volume's overlay.
@@ -123,6 +121,14 @@ class VolumeAssembler:
             cases = (r["overlay"] for r in self.done)
             save_overlays(run_dir / "overlays", cases, max_cases=self.task.num_overlays)
         return volume_agreement(self.done, names)
+
+
+def structure_volumes_ml(
+    mask: np.ndarray, spacing: Sequence[float], class_names: Sequence[str]
+) -> dict[str, float]:
+    """The volume in mL of each foreground class of a label volume with `spacing` mm per axis."""
+    voxel_ml = math.prod(spacing) / 1000.0  # mm^3 -> mL
+    return {name: float((mask == c).sum() * voxel_ml) for c, name in enumerate(class_names) if c}
 
 
 def volume_agreement(done: list[dict[str, Any]], names: list[str]) -> dict[str, float | None]:

@@ -25,6 +25,18 @@ MAX_PIXELS = 64_000_000  # per image (8000 x 8000); bigger declared sizes are re
 # 72 and 96 dpi in pixels per metre, as rounded by common writers: display defaults, not a spacing.
 SCREEN_PPM = {2834, 2835, 2836, 3779, 3780, 3781}
 FORMATS = "PNG, JPEG, TIFF, DICOM, NPY or NPZ"
+# The format an extension names, when the content has no signature medtrain knows.
+FORMAT_OF_SUFFIX = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".npy": "npy",
+    ".npz": "npz",
+    ".dcm": "dicom",
+    ".dicom": "dicom",
+}
 
 
 class UnsupportedFormatError(DataError):
@@ -63,17 +75,11 @@ def sniff(data: bytes, name: str = "") -> str:
         return "npy"
     if data.startswith(b"PK\x03\x04"):
         return "npz"
-    by_extension = {".dcm": "dicom", ".dicom": "dicom", ".npy": "npy", ".npz": "npz"}
-    by_extension |= {
-        ".png": "png",
-        ".jpg": "jpeg",
-        ".jpeg": "jpeg",
-        ".tif": "tiff",
-        ".tiff": "tiff",
-    }
     suffix = Path(name).suffix.lower()
-    if suffix in by_extension:  # e.g. DICOM without the 128-byte preamble; else a decoding error
-        return by_extension[suffix]
+    if (
+        suffix in FORMAT_OF_SUFFIX
+    ):  # e.g. DICOM without its 128-byte preamble; else a decoding error
+        return FORMAT_OF_SUFFIX[suffix]
     head = data[:8].hex(" ") if data else "nothing"
     raise UnsupportedFormatError(
         f"{name or 'upload'}: not a {FORMATS} file (it starts with {head})"
@@ -290,6 +296,12 @@ def _dicom_spacing(path: Path) -> tuple[float, float] | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except Exception:  # unreadable here: decoding reports it with its reason
         return None
+    return dicom_pixel_spacing(ds)
+
+
+def dicom_pixel_spacing(ds) -> tuple[float, float] | None:
+    """(row, column) mm of a DICOM data set: Pixel Spacing, else Imager Pixel Spacing (projection
+    radiographs); None when neither holds two positive numbers."""
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(key)
         if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
@@ -373,13 +385,7 @@ def _read_dicom(data: bytes, name: str, max_pixels: int):
         volume = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
         if photometric == "MONOCHROME1":
             volume = volume.max() + volume.min() - volume
-    spacing = None
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(key)
-        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
-            spacing = (float(value[0]), float(value[1]))
-            break
-    return volume, spacing, ds
+    return volume, dicom_pixel_spacing(ds), ds
 
 
 def _display_range(image: np.ndarray, ds) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medtrain.data.readers import dicom_pixel_spacing
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import atomic_write
 
@@ -130,7 +131,7 @@ def read_dicom_series(folder: str | Path) -> Volume:
     slice_spacing = (
         float(np.median(gaps)) if len(gaps) else float(first.get("SliceThickness", 1) or 1)
     )
-    pixel_spacing = [float(v) for v in first.get("PixelSpacing", [1.0, 1.0])]
+    pixel_spacing = dicom_pixel_spacing(first) or (1.0, 1.0)
     slices = []
     for path, _ in ordered:
         ds = pydicom.dcmread(path)
@@ -184,7 +185,7 @@ def read_dicom_frames(path: str | Path) -> Volume:
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared and "PixelMeasuresSequence" in shared[0]:  # enhanced multi-frame objects
         measures = shared[0].PixelMeasuresSequence[0]
-    row, col = [float(v) for v in measures.get("PixelSpacing", [1.0, 1.0])]
+    row, col = dicom_pixel_spacing(measures) or (1.0, 1.0)
     between = measures.get("SpacingBetweenSlices") or measures.get("SliceThickness") or 1.0
     spacing = (float(between), row, col)
     affine = np.diag([*spacing, 1.0])
