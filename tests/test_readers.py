@@ -154,7 +154,10 @@ def huge_png(width: int, height: int) -> bytes:
 
 
 def test_declared_sizes_over_the_limit_are_refused_unread():
-    with pytest.raises(ImageTooLargeError, match="bomb.png: .*(100000x100000 pixels is over the limit|exceeds limit)"):
+    with pytest.raises(
+        ImageTooLargeError,
+        match="bomb.png: .*(100000x100000 pixels is over the limit|exceeds limit)",
+    ):
         decode(huge_png(100_000, 100_000), "bomb.png")
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
