@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from medtrain.build import build_datasets
-from medtrain.cli import parse_key_values
+from medtrain.cli import parse_key_values, true_or_false, whole_number
 from medtrain.config import check_against_data, compose_config, task_kind, validate
 from medtrain.data.validation import check_datasets, new_report
 from medtrain.errors import ConfigError, DataError, MedtrainError
@@ -122,18 +122,15 @@ def check_before_training(cfg: DictConfig, datasets: dict, run_dir: Path) -> dic
     )
     path = save_json(Path(run_dir) / REPORT, report)
     warnings = report["warnings"]
-    for line in warnings[:PRINTED]:
+    for line in capped(warnings, f"warnings in {path}"):
         log.warning("data: %s", line)
-    if len(warnings) > PRINTED:
-        log.warning("data: ... and %d more warnings in %s", len(warnings) - PRINTED, path)
     for line in report["notes"]:
         log.info("data: %s", line)
     errors = report["errors"]
     if errors:
-        more = f"\n... and {len(errors) - PRINTED} more" if len(errors) > PRINTED else ""
         raise DataError(
             f"the data check found {len(errors)} problem(s), listed in {path} "
-            "(trainer.check_data=false skips the check):\n" + "\n".join(errors[:PRINTED]) + more
+            "(trainer.check_data=false skips the check):\n" + "\n".join(capped(errors))
         )
     return report
 
@@ -141,14 +138,18 @@ def check_before_training(cfg: DictConfig, datasets: dict, run_dir: Path) -> dic
 def parse_options(argv: Sequence[str]) -> DictConfig:
     """The `check.KEY=VALUE` arguments (without the prefix) over `DEFAULTS`."""
     options = parse_key_values(argv, DEFAULTS, text_keys=("output", "duplicates"))
-    workers = options.workers
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"check.workers={workers!r} must be an integer >= 1")
+    if options.workers is not None:
+        whole_number(options.workers, "check.workers", 1)
     if options.duplicates not in ("warn", "error"):
         raise ConfigError(f"check.duplicates={options.duplicates!r}: choose warn or error")
-    if not isinstance(options.progress, bool):
-        raise ConfigError(f"check.progress={options.progress!r}: choose true or false")
+    true_or_false(options.progress, "check.progress")
     return options
+
+
+def capped(lines: list[str], where: str = "") -> list[str]:
+    """The first `PRINTED` lines, then `... and N more <where>` when there are more."""
+    more = len(lines) - PRINTED
+    return lines[:PRINTED] + ([f"... and {more} more {where}".rstrip()] if more > 0 else [])
 
 
 def print_report(report: dict[str, Any], path: Path) -> None:
@@ -158,11 +159,8 @@ def print_report(report: dict[str, Any], path: Path) -> None:
         ("error", "errors"),
         ("warning", "warnings"),
     ):
-        lines = report[key]
-        for line in lines[:PRINTED]:
+        for line in capped(report[key], f"in {path}"):
             print(f"{kind}: {line}", file=sys.stderr)
-        if len(lines) > PRINTED:
-            print(f"{kind}: ... and {len(lines) - PRINTED} more in {path}", file=sys.stderr)
     for line in report["notes"]:
         print(f"note: {line}")
     counts = (

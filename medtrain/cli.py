@@ -3,6 +3,7 @@ defaults: one clear error for a missing `=`, an unknown or repeated key, or a va
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -83,3 +84,32 @@ def parse_key_values(
         elif key in text_keys:
             cfg[key] = value
     return cfg
+
+
+def whole_number(
+    value: Any, key: str, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """`value` of argument `key` as an int within [minimum, maximum] (YAML's true/false are not
+    numbers here, although Python counts them as ints).
+
+    Raises:
+        ConfigError: naming the key and the allowed range.
+    """
+    low = -math.inf if minimum is None else minimum
+    high = math.inf if maximum is None else maximum
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        if minimum is not None and maximum is not None:
+            allowed = f" from {minimum} to {maximum}"
+        elif minimum is not None:
+            allowed = f" >= {minimum}"
+        else:
+            allowed = ""
+        raise ConfigError(f"{key}={value!r} must be a whole number{allowed}")
+    return value
+
+
+def true_or_false(value: Any, key: str) -> bool:
+    """`value` of argument `key`, which must be true or false."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value

@@ -19,16 +19,16 @@ from torch import nn
 from medtrain import __version__
 from medtrain.cli import parse_key_values, tool_args
 from medtrain.config import task_kind
+from medtrain.data.segmentation import pair
 from medtrain.errors import ConfigError, MedtrainError
 from medtrain.export_manifest import (
     OUTPUTS,
     io_manifest,
     preprocessing_manifest,
-    size_pair,
     task_manifest,
 )
 from medtrain.inference import LoadedRun, eval_preprocessing, load_run, volume_settings
-from medtrain.io import atomic_write, file_sha256, save_json
+from medtrain.io import atomic_write, save_json
 from medtrain.models import input_keys
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -145,11 +145,13 @@ def size_plans(run: LoadedRun, preprocess: Any) -> list[tuple[list[tuple[int, in
     window size alone when a trace does not generalize (e.g. MONAI's BasicUNet pads odd sides in
     a Python branch), as tiling feeds the network nothing else.
     """
-    fixed = size_pair(preprocess.image_size)
-    window = size_pair(getattr(run.task, "window", None))
+    fixed = pair(preprocess.image_size, "dataset.image_size")
+    window = pair(getattr(run.task, "window", None), "task.inference.window")
     if fixed is not None and window is None:
         return [([fixed], False)]
-    base = window or size_pair((run.checkpoint.get("preprocessing") or {}).get("input_size"))
+    base = window or pair(
+        (run.checkpoint.get("preprocessing") or {}).get("input_size"), "input_size"
+    )
     base = base or (64, 64)
     # Traced at a size no network divides evenly, so that size-dependent padding inside it (the
     # U-Net pads to a multiple of 2**depth) is recorded as computed rather than left out.
@@ -309,7 +311,7 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
             "sizes": [list(s) for s in sizes],
             "max_abs_difference": difference,
         },
-        "weights_sha256": file_sha256(run.checkpoint_path),
+        "weights_sha256": run.weights_sha256,
         "checkpoint": str(run.checkpoint_path),
         "medtrain_version": __version__,
         "trained_with": run.checkpoint.get("medtrain_version"),

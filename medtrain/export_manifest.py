@@ -3,18 +3,10 @@ and rules, and how outputs become decisions, so that it runs without medtrain.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
+from medtrain.data.segmentation import pair
 from medtrain.inference import LoadedRun
-
-
-def size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    """An int (square) or [height, width] as (height, width); None stays None."""
-    if size is None:
-        return None
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
 
 # The model file's outputs per task, in order, and what they hold.
 OUTPUTS = {
@@ -39,7 +31,7 @@ NORMALIZE_RULE = (
 
 def preprocessing_manifest(preprocess: Any, kind: str) -> dict[str, Any]:
     """The evaluation preprocessing in numbers and rules (medtrain.data.transforms)."""
-    size = size_pair(preprocess.image_size)
+    size = pair(preprocess.image_size, "dataset.image_size")
     # Segmentation normalizes the native image before resizing it; image-level tasks the reverse.
     resize_last = kind == "segmentation"
     return {
@@ -101,7 +93,7 @@ def task_manifest(run: LoadedRun, kind: str, preprocess: Any) -> dict[str, Any]:
             },
         }
     if kind == "segmentation":
-        window = size_pair(task.window)
+        window = pair(task.window, "task.inference.window")
         return {
             "class_names": names,
             "segmentation": {

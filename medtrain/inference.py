@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from medtrain.build import build, build_model, build_task
 from medtrain.config import resolve_device, task_kind
 from medtrain.data.base import ImageDataset
 from medtrain.data.readers import MAX_PIXELS, Decoded, decode, read_image
-from medtrain.data.segmentation import SegmentationDataset
+from medtrain.data.segmentation import SegmentationDataset, pair
 from medtrain.data.transforms import SeededAugment
 from medtrain.data.volumes import normalize_volume, read_volume, stack_slices
 from medtrain.errors import ConfigError, DataError, MedtrainError
@@ -43,6 +44,11 @@ class LoadedRun:
     model: nn.Module
     task: Any
     checkpoint: dict[str, Any]
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """The checkpoint file's SHA-256 (what /info and export manifests report), hashed once."""
+        return file_sha256(self.checkpoint_path)
 
 
 def load_run(run_dir: str | Path, key: str = "run_dir", checkpoint: str = "best") -> LoadedRun:
@@ -147,7 +153,7 @@ class Predictor:
         self.preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))
         self.max_pixels = int(max_pixels)
         self.class_names = list(self.task.class_names)
-        self.weights_sha256 = file_sha256(run.checkpoint_path)
+        self.weights_sha256 = run.weights_sha256
         # Segmentation datasets may state one pixel spacing for files that state none.
         spacing = getattr(self.preprocess, "spacing", None)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
@@ -157,7 +163,7 @@ class Predictor:
         """What a client needs to know: task, classes, expected input, test metrics, checksum."""
         metrics = read_json(self.run.run_dir / "metrics.json") or {}
         pre = self.preprocess
-        size = pre.image_size
+        size = pair(pre.image_size, "dataset.image_size")
         return {
             "task": self.kind,
             "class_names": self.class_names,
@@ -165,7 +171,7 @@ class Predictor:
             "threshold": getattr(self.task, "threshold", None),
             "input": {
                 "channels": pre.in_channels,
-                "size": [size, size] if isinstance(size, int) else size and list(size),
+                "size": None if size is None else list(size),
                 "normalize": dict(pre.normalize.params),
                 "formats": ["dicom", "npy", "npz"]
                 if pre.reads_modality

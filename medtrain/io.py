@@ -62,14 +62,22 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN and infinity (undefined metrics), at any depth, as None: strict
+    JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def save_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Write strict JSON: NaN and infinities (undefined metrics) become null."""
-    clean = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()
-    }
-    return atomic_write(
-        path, lambda f: f.write(json.dumps(clean, indent=2, allow_nan=False) + "\n")
-    )
+    """Write strict JSON: NaN and infinities (undefined metrics) become null, at any depth."""
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:
@@ -96,11 +104,17 @@ def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: li
     return atomic_write(path, write)
 
 
-def save_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a grey (H x W) or RGB (H x W x 3) uint8 array as PNG, atomically."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """A grey (H x W) or RGB (H x W x 3) uint8 array encoded as PNG."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()), mode="wb")
+    return buffer.getvalue()
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write a grey (H x W) or RGB (H x W x 3) uint8 array as PNG, atomically."""
+    data = png_bytes(array)
+    return atomic_write(path, lambda handle: handle.write(data), mode="wb")
 
 
 def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:

@@ -19,7 +19,7 @@ from medtrain.analysis.measurements import (
     measure_mask,
     totals,
 )
-from medtrain.cli import parse_key_values, tool_args
+from medtrain.cli import parse_key_values, tool_args, whole_number
 from medtrain.data.masks import read_mask_file
 from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError, MedtrainError
@@ -158,13 +158,6 @@ def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
     return check_spacing(list(spacing))
 
 
-def _whole(cfg: DictConfig, key: str) -> int:
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}={value!r} must be a whole number")
-    return value
-
-
 def measure_files(cfg: DictConfig) -> dict[str, Any]:
     """Measure every mask named by `cfg` and write the object and totals tables.
 
@@ -176,7 +169,8 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     class_values = _class_values(cfg)
     class_names = _class_names(cfg)
     spacing = spacing_arg(cfg)
-    connectivity, min_size = _whole(cfg, "connectivity"), _whole(cfg, "min_size")
+    connectivity = whole_number(cfg.connectivity, "connectivity")
+    min_size = whole_number(cfg.min_size, "min_size")
     masks = list_masks(Path(cfg.masks))
     images = match_images(masks, Path(cfg.images)) if cfg.images else {}
     ids = [m.stem for m in masks]

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS
 from medtrain.analysis.overlays import safe_name
 from medtrain.analysis.volumes import write_nifti
-from medtrain.cli import parse_key_values, tool_args
+from medtrain.cli import parse_key_values, tool_args, whole_number
 from medtrain.data.manifest import read_csv
 from medtrain.data.readers import READABLE_EXTENSIONS
 from medtrain.data.volume_slices import case_name
@@ -185,9 +185,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     segmentation). Returns a summary: counts, failures, the paths written."""
     if not cfg.run_dir or not cfg.inputs:
         raise ConfigError("run_dir=<run> and inputs=<file|folder|glob|manifest> are required")
-    batch_size = cfg.batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size!r} must be a whole number >= 1")
+    batch_size = whole_number(cfg.batch_size, "batch_size", 1)
     spacing = spacing_arg(cfg)
     predictor = Predictor(cfg.run_dir, device=cfg.device)
     if predictor.slices_volumes and _names_volumes(str(cfg.inputs), cfg.image_column):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-import io
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,7 +18,6 @@ import uvicorn
 from fastapi import FastAPI, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
-from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -29,10 +26,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from medtrain import __version__
 from medtrain.analysis.measurements import check_spacing
 from medtrain.analysis.overlays import draw_overlay
-from medtrain.cli import names, parse_key_values, tool_args
+from medtrain.cli import names, parse_key_values, tool_args, true_or_false, whole_number
 from medtrain.data.readers import ImageTooLargeError, UnsupportedFormatError
 from medtrain.errors import ConfigError, MedtrainError
 from medtrain.inference import Predictor
+from medtrain.io import json_safe, png_bytes
+from medtrain.tasks.segmentation import mask_pixels
 
 DEFAULTS: dict[str, Any] = {
     "run_dir": None,
@@ -77,24 +76,12 @@ def error_status(err: MedtrainError) -> int:
 
 def json_response(content: Any, status_code: int = 200, headers=None) -> Response:
     """JSON without FastAPI's generic encoder (results are plain already); NaN and inf become null."""
-    body = json.dumps(_finite(content), separators=(",", ":"), allow_nan=False)
+    body = json.dumps(json_safe(content), separators=(",", ":"), allow_nan=False)
     return Response(body, status_code, headers, media_type="application/json")
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def png_base64(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(array)).decode("ascii")
 
 
 def parse_spacing(text: str | None) -> tuple[float, float] | None:
@@ -421,10 +408,10 @@ def to_json(result: dict[str, Any], class_names: Sequence[str], overlay: bool) -
     if "mask" not in result:
         return result
     mask = result["mask"]
-    binary = len(class_names) == 2  # 0/255 so that the PNG is viewable, as the run's masks/ are
+    pixels = mask_pixels(np.arange(len(class_names)), len(class_names))  # as the run's masks/
     out = {k: v for k, v in result.items() if k not in ("mask", "intensity")}
-    out["mask"] = png_base64((mask * 255 if binary else mask).astype(np.uint8))
-    out["mask_values"] = {n: k * 255 if binary else k for k, n in enumerate(class_names)}
+    out["mask"] = png_base64(mask_pixels(mask, len(class_names)))
+    out["mask_values"] = {n: int(v) for n, v in zip(class_names, pixels, strict=True)}
     out["mask_shape"] = list(mask.shape)
     if overlay:
         out["overlay"] = png_base64(draw_overlay(result["intensity"], None, mask))
@@ -434,15 +421,11 @@ def to_json(result: dict[str, Any], class_names: Sequence[str], overlay: bool) -
 def _settings(cfg) -> dict[str, Any]:
     if not cfg.run_dir:
         raise ConfigError("run_dir=<run> is required (a finished run with checkpoints/best.pt)")
-    port, batch, upload = cfg.port, cfg.max_batch, cfg.max_upload_mb
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"port={port!r} must be a whole number from 0 to 65535")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"max_batch={batch!r} must be a whole number of at least 1")
+    whole_number(cfg.port, "port", 0, 65535)
+    batch, upload = whole_number(cfg.max_batch, "max_batch", 1), cfg.max_upload_mb
     if isinstance(upload, bool) or not isinstance(upload, (int, float)) or not upload > 0:
         raise ConfigError(f"max_upload_mb={upload!r} must be a positive number")
-    if not isinstance(cfg.access_log, bool):
-        raise ConfigError(f"access_log={cfg.access_log!r} must be true or false")
+    true_or_false(cfg.access_log, "access_log")
     return {
         "max_upload_bytes": int(upload * 2**20),
         "max_batch": batch,

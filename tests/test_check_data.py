@@ -13,14 +13,9 @@ import pytest
 from PIL import Image
 
 from medtrain.build import build_datasets
-from medtrain.check_data import (
-    check_before_training,
-    check_config,
-    check_datasets,
-    compose_config,
-    exit_status,
-    main,
-)
+from medtrain.check_data import check_before_training, check_config, exit_status, main
+from medtrain.config import compose_config
+from medtrain.data.validation import check_datasets
 from medtrain.errors import DataError
 from tests.conftest import ROOT, SHARED_DATA
 from tests.test_readers import make_dicom
@@ -269,7 +264,8 @@ def test_training_hook_writes_the_report_and_stops_on_errors(tmp_path):
 def test_cli_options_and_config_errors(tmp_path, capsys):
     assert main(["--help"]) == 0 and "check.duplicates" in capsys.readouterr().out
     assert main(["check.nope=1"]) == 2 and "unknown key 'nope'" in capsys.readouterr().err
-    assert main(["check.workers=0"]) == 2
+    assert main(["check.workers=0"]) == 2 and "check.workers=0" in capsys.readouterr().err
+    assert main(["check.workers=true"]) == 2 and "whole number" in capsys.readouterr().err
     assert main(["dataset.nope=1"]) == 2 and "nope" in capsys.readouterr().err
     # A config error found while building (no such folder) still writes the report.
     status = main(

@@ -255,11 +255,26 @@ def test_concurrent_requests_get_their_own_results(servers, predictors):
     def client(k: int) -> None:
         answers[k] = post(port, "/predict", ("file", f"{k}.png", images[k]))
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(len(images))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # Each model call is slowed so that requests arriving meanwhile queue up: they must then go
+    # into the next call together rather than one call each.
+    calls: list[int] = []
+    original = predictor.predict
+
+    def slow_predict(images, names, *args, **kwargs):
+        calls.append(len(images))
+        time.sleep(0.05)
+        return original(images, names, *args, **kwargs)
+
+    predictor.predict = slow_predict
+    try:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(len(images))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        del predictor.predict  # the class's method again
+    assert sum(calls) == len(images) and len(calls) < len(images) and max(calls) > 1
     for k, data in enumerate(images):
         status, result = answers[k]
         expected = direct(predictor, data, f"{k}.png")

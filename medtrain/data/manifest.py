@@ -280,6 +280,7 @@ class Manifest(ManifestRows, ImageDataset):
 
         self.files = [every_file[i] for i in chosen]
         self.ids = [every_id[i] for i in chosen]
+        self.chosen_lines = [self._lines[i] for i in chosen]  # this split's CSV lines, for messages
         self.set_labels(targets[chosen], source=self.source, all_labels=targets)
         if tabular_columns:
             matrix, self.tabular_names = encode_tabular(

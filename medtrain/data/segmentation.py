@@ -274,11 +274,16 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image (float H x W x C, channels matched) and its checked class mask, native size."""
         image = self.scaled(self.read_image(index))
+        return image, self.checked_mask(index, image.shape[:2])
+
+    def checked_mask(self, index: int, image_shape: tuple[int, ...]) -> np.ndarray:
+        """Sample `index`'s class mask (int64), checked against its image's (height, width) and
+        the classes; errors name the file."""
         mask = self.read_mask(index)
-        if mask.shape != image.shape[:2]:
+        if mask.shape != tuple(image_shape[:2]):
             raise DataError(
                 f"{self.source(index)}: mask is {mask.shape[0]}x{mask.shape[1]} but the image is "
-                f"{image.shape[0]}x{image.shape[1]}"
+                f"{image_shape[0]}x{image_shape[1]}"
             )
         if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
             raise DataError(
@@ -290,7 +295,7 @@ class SegmentationDataset(Dataset):
                     else ""
                 )
             )
-        return image, mask.astype(np.int64)
+        return mask.astype(np.int64)
 
     def __getitem__(self, sample_index: int) -> dict[str, Any]:
         # Repeated training samples of one image differ through the seeds of `sample_index`.

@@ -10,7 +10,6 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from medtrain.data.base import SPLITS
-from medtrain.data.manifest import Manifest, read_csv
+from medtrain.data.manifest import Manifest
 from medtrain.data.medmnist import MedMNIST
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.errors import ConfigError, DataError
@@ -54,12 +53,9 @@ class Names:
     def __init__(self, cfg: DictConfig, dataset: Any):
         self.dataset = dataset
         self.path = cfg.dataset.get("path")
-        self.lines: list[int | None] = []
-        if isinstance(dataset, Manifest):  # the dataset keeps each row's line for every split only
-            _, rows, lines = read_csv(Path(dataset.source))
-            column = cfg.dataset.get("id_column") or cfg.dataset.get("image_column", "image")
-            line_of = {row.get(column): line for row, line in zip(rows, lines, strict=True)}
-            self.lines = [line_of.get(i) for i in dataset.ids]
+        self.lines: list[int | None] = (
+            list(dataset.chosen_lines) if isinstance(dataset, Manifest) else []
+        )
 
     def files(self, index: int) -> list[str]:
         ds = self.dataset
@@ -104,9 +100,8 @@ def read_sample(dataset: Any, index: int) -> Sample:
             return Sample(index, "the image holds NaN or infinite values")
         class_pixels = None
         if isinstance(dataset, SegmentationDataset):
-            # load() reads the image again, but it is what training calls: mask size and values
-            # are checked exactly as there, with the same messages.
-            _, mask = dataset.load(index)
+            # The check training's load() makes: mask size and values, with the same messages.
+            mask = dataset.checked_mask(index, raw.shape[:2])
             class_pixels = np.bincount(mask.ravel(), minlength=dataset.num_classes)
     except DataError as err:
         return Sample(index, str(err))

@@ -298,6 +298,12 @@ def headline_agreement(agreement: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def mask_pixels(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """A class mask as stored pixels (uint8): binary masks as 0/255 (viewable), multi-class masks
+    as class indices."""
+    return (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
+
+
 def write_mask(path: Path, mask: np.ndarray, num_classes: int) -> None:
-    """Save a predicted mask as PNG: binary masks as 0/255 (viewable), multi-class as class indices."""
-    save_png(path, (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8))
+    """Save a predicted mask as PNG (see `mask_pixels`)."""
+    save_png(path, mask_pixels(mask, num_classes))
