@@ -191,6 +191,7 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.ids: list[str] = []
+        self._file_spacing: dict[int, tuple[float, float] | None] = {}
 
     # Subclasses implement these.
     def read_image(self, index: int) -> np.ndarray:
@@ -305,7 +306,9 @@ class SegmentationDataset(Dataset):
             out = self.transform(sample_index, image=image, mask=mask)
             image, mask = as_hwc(out["image"]), out["mask"]
         sample: dict[str, Any] = {"id": self.ids[index]}
-        spacing = self.read_spacing(index) or self.spacing or (float("nan"), float("nan"))
+        if index not in self._file_spacing:  # a file's spacing is read once, not every epoch
+            self._file_spacing[index] = self.read_spacing(index)
+        spacing = self._file_spacing[index] or self.spacing or (float("nan"), float("nan"))
         if self.split != "train":
             sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
             sample["image"] = self.model_input(image, spacing)
