@@ -18,12 +18,11 @@ from skimage.measure import label
 
 from medtrain.build import build_datasets
 from medtrain.inference import load_run
-from medtrain.segmentation_metrics import case_metrics
+from medtrain.segmentation_metrics import case_metrics, summarize
 
 
-def split_logits(run, split: str, flip: bool) -> list[tuple[str, torch.Tensor, np.ndarray]]:
-    """(id, logits at native size, true mask) of every image of `split`."""
-    dataset = build_datasets(run.cfg)[split]
+def split_logits(run, dataset, flip: bool) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+    """(id, logits at native size, true mask) of every image of `dataset`."""
     run.task.flip_tta = flip
     out = []
     with torch.no_grad():
@@ -35,21 +34,20 @@ def split_logits(run, split: str, flip: bool) -> list[tuple[str, torch.Tensor, n
     return out
 
 
-def score(run, cases, min_size: int) -> tuple[float, float, list[float]]:
-    """Mean Dice, median |relative count error| and per-image Dice with `min_size` applied."""
+def score(run, cases, min_size: int) -> tuple[float, float]:
+    """Mean foreground Dice and median |relative count error| with `min_size` applied."""
     task = run.task
     task.min_object_size = min_size
-    dices, count_errors = [], []
+    rows, count_errors = [], []
     for _, logits, true in cases:
         pred = task.predict_masks(logits)[0]
-        metrics = case_metrics(pred, true, task.class_names)
-        dices.append(float(np.nanmean([metrics[f"dice_{n}"] for n in task.class_names[1:]])))
+        rows.append(case_metrics(pred, true, task.class_names))
         for klass in range(1, len(task.class_names)):
             n_true = label(true == klass, connectivity=task.connectivity).max()
             n_pred = label(pred == klass, connectivity=task.connectivity).max()
             if n_true:
                 count_errors.append(abs(n_pred - n_true) / n_true)
-    return float(np.mean(dices)), float(np.median(count_errors)), dices
+    return summarize(rows, task.class_names)["dice"], float(np.median(count_errors))
 
 
 def main() -> None:
@@ -59,14 +57,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     run = load_run(args.run_dir)
+    datasets = build_datasets(run.cfg)  # once: the splits are scored with and without flip TTA
     print(
         "| flip TTA | min object size | val Dice | val count error | test Dice | test count error |"
     )
     print("|---|---|---|---|---|---|")
     for flip in (False, True):
-        cases = {split: split_logits(run, split, flip) for split in ("val", "test")}
+        cases = {split: split_logits(run, datasets[split], flip) for split in ("val", "test")}
         for min_size in args.min_sizes:
-            (val_dice, val_count, _), (test_dice, test_count, _) = (
+            (val_dice, val_count), (test_dice, test_count) = (
                 score(run, cases[split], min_size) for split in ("val", "test")
             )
             print(
