@@ -83,6 +83,7 @@ def main() -> None:
             )
             summary.append((seed, m))
         print("| split seed | test Dice | median count error | training s |")
+        print("|---|---|---|---|")
         for seed, m in summary:
             print(
                 f"| {seed} | {m['test/dice']:.4f} | "
