@@ -166,6 +166,7 @@ REGRESSION_LOSSES = (
     "torch.nn.HuberLoss",
     "torch.nn.SmoothL1Loss",
 )
+SEGMENTATION_LOSS_MODULES = ("monai.losses", "medtrain.segmentation_losses")
 
 
 def check_task(cfg: DictConfig) -> None:
@@ -204,7 +205,7 @@ def check_task(cfg: DictConfig) -> None:
             f"loss={choice('loss')} is a classification loss; for task=segmentation use loss=dice_ce, "
             "dice, dice_bce, dice_focal, tversky or seg_focal"
         )
-    if task == "classification" and target.startswith("monai.losses"):
+    if task == "classification" and target.startswith(SEGMENTATION_LOSS_MODULES):
         raise ConfigError(
             f"loss={choice('loss')} is a segmentation loss; for task=classification use "
             "loss=cross_entropy, bce or focal"

@@ -1,0 +1,43 @@
+"""medtrain.segmentation_losses: Dice + BCE checked against MONAI's Dice and scikit-learn's log loss."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from sklearn.metrics import log_loss
+
+from medtrain.build import build
+from medtrain.segmentation_losses import DiceBCELoss
+from tests.conftest import compose_cfg
+
+
+def _example():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=generator) * 3
+    target = torch.randint(0, 3, (2, 1, 8, 8), generator=generator)
+    one_hot = F.one_hot(target[:, 0], 3).permute(0, 3, 1, 2).numpy()
+    return logits, target, one_hot
+
+
+def test_dice_bce_is_sigmoid_dice_plus_binary_cross_entropy_on_every_channel():
+    logits, target, one_hot = _example()
+    loss = build(compose_cfg(["experiment=synthetic_segmentation", "loss=dice_bce"]).loss, "loss")
+    assert isinstance(loss, DiceBCELoss)
+    probs = torch.sigmoid(logits).numpy()
+    bce = log_loss(one_hot.ravel(), probs.ravel(), labels=[0, 1])
+    dice = DiceLoss(include_background=False, to_onehot_y=True, sigmoid=True, batch=True)
+    expected = float(dice(logits, target)) + bce
+    assert np.isclose(float(loss(logits, target)), expected, rtol=1e-5)
+    # not the softmax cross-entropy that MONAI's DiceCELoss(sigmoid=True) uses for 3 channels
+    softmax_ce = float(F.cross_entropy(logits, target[:, 0]))
+    assert not np.isclose(float(loss(logits, target)), float(dice(logits, target)) + softmax_ce)
+
+
+def test_dice_bce_pos_weight_weighs_the_positive_pixels_of_each_class():
+    logits, target, one_hot = _example()
+    weights = np.array([1.0, 4.0, 0.5])
+    loss = DiceBCELoss(pos_weight=weights.tolist(), lambda_dice=0.0)
+    probs = torch.sigmoid(logits.double()).numpy()
+    w = weights[None, :, None, None]
+    expected = -(w * one_hot * np.log(probs) + (1 - one_hot) * np.log(1 - probs)).mean()
+    assert np.isclose(float(loss(logits, target)), expected, rtol=1e-5)
