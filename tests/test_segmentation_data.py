@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtrain.build import build
+from medtrain.build import build, build_datasets
 from medtrain.data.loading import collate
 from medtrain.data.masks import read_mask_file
 from medtrain.data.readers import file_spacing
@@ -17,7 +17,7 @@ from medtrain.data.segmentation import random_patch
 from medtrain.data.synthetic_segmentation import SyntheticShapes
 from medtrain.data.transforms import SeededAugment
 from medtrain.errors import ConfigError, DataError
-from tests.conftest import compose_cfg
+from tests.conftest import SHARED_DATA, compose_cfg
 
 
 def disc_pair(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +61,29 @@ def test_mask_values_become_classes(tmp_path):
         read_mask_file(tmp_path / "c.png")
 
 
+def test_multi_class_masks_keep_class_two_when_it_is_the_only_class(tmp_path):
+    only_two = np.array([[0, 2], [2, 0]], np.uint8)
+    Image.fromarray(only_two).save(tmp_path / "two.png")
+    assert read_mask_file(tmp_path / "two.png", num_classes=3).tolist() == [[0, 2], [2, 0]]
+    assert read_mask_file(tmp_path / "two.png").tolist() == [[0, 1], [1, 0]]  # {0, v}: binary
+    # through the dataset: with dataset.num_classes=3 a mask showing only class 2 is not relabelled
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name, values in (("a", (0, 2)), ("b", (0, 1, 2)), ("c", (0, 1))):
+        mask = np.resize(np.array(values, np.uint8), (8, 8))
+        Image.fromarray(mask * 40).save(root / "images" / f"{name}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    splits = {"train": ["b"], "val": ["c"], "test": ["a"]}
+    test = SegFolder(str(root), "test", splits=splits, num_classes=3)
+    assert set(np.unique(test[0]["mask"].numpy())) == {0, 2}
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "c.jpg")
+    with pytest.raises(
+        DataError, match=r"c.jpg: a JPEG mask of 3 classes needs dataset.class_values"
+    ):
+        read_mask_file(root / "masks" / "c.jpg", num_classes=3)
+
+
 def test_jpeg_masks_are_thresholded(tmp_path):
     mask = np.zeros((64, 64), np.uint8)
     cv2.circle(mask, (32, 32), 15, 255, -1)
@@ -83,6 +106,42 @@ def test_spacing_from_metric_png_and_tiff_but_not_screen_dpi(tmp_path):
     assert file_spacing(tmp_path / "cm.tif") == pytest.approx((0.5, 0.5))
     image.save(tmp_path / "inch.tif", resolution=300.0, resolution_unit=2)
     assert file_spacing(tmp_path / "inch.tif") is None
+
+
+def test_spacing_from_imagej_and_ome_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    pixels = np.zeros((6, 8), np.uint8)
+    # ImageJ/Fiji: pixels per unit in X/YResolution, the unit in the description (as Fiji writes µm)
+    for unit in ("um", "\\u00B5m", "micron"):
+        path = tmp_path / f"imagej_{len(unit)}.tif"
+        tifffile.imwrite(
+            path, pixels, imagej=True, resolution=(1 / 0.65, 1 / 0.5), metadata={"unit": unit}
+        )
+        assert file_spacing(path) == pytest.approx((0.0005, 0.00065))
+    tifffile.imwrite(tmp_path / "imagej_no_unit.tif", pixels, imagej=True)
+    assert file_spacing(tmp_path / "imagej_no_unit.tif") is None
+    # OME-TIFF: PhysicalSizeX/Y, in µm unless the unit attribute says otherwise
+    ome = {"axes": "YX", "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.5}
+    tifffile.imwrite(tmp_path / "ome.tif", pixels, ome=True, metadata=ome)
+    assert file_spacing(tmp_path / "ome.tif") == pytest.approx((0.0005, 0.000325))
+    in_mm = {**ome, "PhysicalSizeXUnit": "mm", "PhysicalSizeYUnit": "mm"}
+    tifffile.imwrite(tmp_path / "ome_mm.tif", pixels, ome=True, metadata=in_mm)
+    assert file_spacing(tmp_path / "ome_mm.tif") == pytest.approx((0.5, 0.325))
+
+
+def test_seg_folder_refuses_images_with_and_without_a_pixel_spacing(tmp_path):
+    root = make_folder(tmp_path / "data", n=6)
+    image = np.array(Image.open(root / "images" / "case02.png"))
+    Image.fromarray(image).save(root / "images" / "case02.png", dpi=(101.6, 101.6))  # 0.25 mm
+    with pytest.raises(DataError, match=r"1 image states a pixel spacing.*5 do not.*case00"):
+        SegFolder(str(root), "train", val_size=1, test_size=1)
+    # dataset.spacing fills in for the others; file_spacing=false ignores the files
+    SegFolder(str(root), "train", val_size=1, test_size=1, spacing=[0.25, 0.25])
+    assert (
+        SegFolder(str(root), "test", val_size=1, test_size=1, file_spacing=False)[0]["spacing"]
+        .isnan()
+        .all()
+    )
 
 
 def test_seg_folder_seeded_split_by_counts_and_explicit_lists(tmp_path):
@@ -231,3 +290,26 @@ def test_collate_keeps_different_sizes_as_lists():
     assert same["image"].shape == (2, 1, 4, 4) and same["id"] == ["a", "b"]
     mixed = collate([{"image": torch.zeros(1, 4, 4)}, {"image": torch.zeros(1, 5, 4)}])
     assert isinstance(mixed["image"], list) and mixed["image"][1].shape == (1, 5, 4)
+
+
+DSB = SHARED_DATA / "dsb2018_nuclei"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not DSB.is_dir(), reason="shared data absent")
+def test_dsb2018_experiment_loads_the_recorded_47_10_10_split():
+    cfg = compose_cfg(["experiment=dsb2018_nuclei", f"dataset.path={DSB}"])
+    datasets = build_datasets(cfg)
+    assert {s: len(d.ids) for s, d in datasets.items()} == {"train": 47, "val": 10, "test": 10}
+    assert len(datasets["train"]) == 47 * 4  # patches_per_image
+    # the test images listed in docs/benchmarks.md for split seed 42
+    prefixes = (
+        "220b37f4 34c9f4eb 358e47ea 3bfd6bb1 5953af50 610f32e2 80632d6b a4c44fc5 a7a581e6 d0f2a00d"
+    )
+    assert [i[:8] for i in datasets["test"].ids] == prefixes.split()
+    assert not set(datasets["train"].ids) & set(datasets["val"].ids + datasets["test"].ids)
+    sample = datasets["test"][0]
+    stored = np.array(Image.open(DSB / "masks" / f"{datasets['test'].ids[0]}.png"))
+    assert sample["image"].shape[0] == 3 and sample["image"].shape[1:] == stored.shape
+    assert np.array_equal(sample["mask"].numpy(), stored > 0)
+    assert sample["spacing"].isnan().all()  # these PNGs state no pixel size: measured in px

@@ -14,15 +14,23 @@ from medtrain.errors import DataError
 LOSSY = (".jpg", ".jpeg")
 
 
-def read_mask_file(path: str | Path, class_values: Mapping[int, int] | None = None) -> np.ndarray:
+def read_mask_file(
+    path: str | Path,
+    class_values: Mapping[int, int] | None = None,
+    num_classes: int | None = None,
+) -> np.ndarray:
     """Read a mask file (PNG, TIFF, JPEG or NPY) as an H x W int64 array of class indices.
 
     Args:
         path: the mask file. Colour masks must be grey (all channels equal).
         class_values: pixel value -> class index, for multi-class masks stored with other values
-            (e.g. {0: 0, 128: 1, 255: 2}). None: a mask holding only {0, v} is binary (v -> 1), any
-            other mask holds class indices already. JPEG masks, blurred by compression, are snapped
-            to the nearest listed value (binary: thresholded at half the maximum).
+            (e.g. {0: 0, 128: 1, 255: 2}). None: the values are class indices, except that a binary
+            mask (`num_classes` 2 or unknown) holding only {0, v} maps v -> 1 ({0, 255} masks).
+            JPEG masks, blurred by compression, are snapped to the nearest listed value (binary:
+            thresholded at half the maximum).
+        num_classes: classes including background, when known. Above 2 a mask holding only {0, 2}
+            keeps class 2 (it is not taken for a binary {0, v} mask), and a JPEG mask needs
+            `class_values` (compression noise cannot be told from class indices).
 
     Raises:
         DataError: naming the file, for unreadable files, colour masks and unknown values.
@@ -55,11 +63,18 @@ def read_mask_file(path: str | Path, class_values: Mapping[int, int] | None = No
         for value, klass in class_values.items():
             lookup[int(value)] = int(klass)
         return lookup[mask]
+    multi_class = num_classes is not None and num_classes > 2
+    if lossy and multi_class:
+        raise DataError(
+            f"{path}: a JPEG mask of {num_classes} classes needs dataset.class_values (stored value "
+            "-> class index) so that compression noise is snapped to the listed values; better, "
+            "store multi-class masks as PNG"
+        )
     if lossy:
         return (mask > mask.max() / 2).astype(np.int64) if mask.max() > 0 else mask
     if mask.min() < 0:
         raise DataError(f"{path}: negative mask value {mask.min()}")
     present = np.unique(mask)
-    if len(present) <= 2 and present.max() > 1 and present.min() == 0:
+    if not multi_class and len(present) <= 2 and present.max() > 1 and present.min() == 0:
         return (mask > 0).astype(np.int64)  # {0, 255} (or any {0, v}): binary
     return mask

@@ -8,6 +8,7 @@ from the header, before anything is decoded), a plain `DataError` when a known f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import zipfile
@@ -228,8 +229,9 @@ def _checked(array: np.ndarray, name: str) -> np.ndarray:
 def _pil_spacing(img: Image.Image, data: bytes) -> tuple[float, float] | None:
     """Pixel spacing when a PNG or TIFF states a metric resolution, else None.
 
-    Resolutions given in inches (TIFF), and the 72 or 96 dpi that most software writes into PNGs by
-    default, describe a screen rather than the specimen and are ignored.
+    TIFFs: OME-TIFF `PhysicalSizeX/Y`, then ImageJ/Fiji's `unit=` with X/YResolution, then a
+    resolution in centimetres. Resolutions given in inches (TIFF), and the 72 or 96 dpi that most
+    software writes into PNGs by default, describe a screen rather than the specimen and are ignored.
     """
     if img.format == "PNG":
         phys = png_phys(data)
@@ -246,12 +248,77 @@ def _pil_spacing(img: Image.Image, data: bytes) -> tuple[float, float] | None:
         return 1000.0 / per_metre_y, 1000.0 / per_metre_x
     if img.format == "TIFF":
         tags = img.tag_v2
+        description = tags.get(270)
+        if isinstance(description, str):  # PIL reads the tag as Latin-1; OME-XML is UTF-8 (µm)
+            with contextlib.suppress(UnicodeError):
+                description = description.encode("latin-1").decode("utf-8")
+        if isinstance(description, bytes):
+            description = description.decode("utf-8", "replace")
+        if isinstance(description, str):
+            stated = _ome_spacing(description) or _imagej_spacing(description, tags)
+            if stated:
+                return stated
         unit = tags.get(296, 2)  # ResolutionUnit: 1 none, 2 inch, 3 centimetre
         x_res, y_res = tags.get(282), tags.get(283)
         if unit != 3 or not x_res or not y_res:
             return None
         return 10.0 / float(y_res), 10.0 / float(x_res)
     return None
+
+
+# Length units that microscopy software writes, in mm.
+LENGTH_UNITS_MM = {
+    "nm": 1e-6,
+    "um": 1e-3,
+    "µm": 1e-3,
+    "μm": 1e-3,
+    "micron": 1e-3,
+    "microns": 1e-3,
+    "micrometer": 1e-3,
+    "micrometre": 1e-3,
+    "mm": 1.0,
+    "millimeter": 1.0,
+    "millimetre": 1.0,
+    "cm": 10.0,
+    "m": 1000.0,
+}
+
+
+def _unit_mm(unit: str) -> float | None:
+    unit = unit.strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    return LENGTH_UNITS_MM.get(unit) or LENGTH_UNITS_MM.get(unit.lower())
+
+
+def _imagej_spacing(description: str, tags) -> tuple[float, float] | None:
+    """ImageJ/Fiji TIFFs: `unit=` in the ImageDescription, X/YResolution in pixels per that unit."""
+    if not description.startswith("ImageJ="):
+        return None
+    found = re.search(r"^unit=(.+)$", description, re.MULTILINE)
+    scale = _unit_mm(found.group(1)) if found else None
+    x_res, y_res = tags.get(282), tags.get(283)
+    if scale is None or not x_res or not y_res or float(x_res) <= 0 or float(y_res) <= 0:
+        return None
+    return scale / float(y_res), scale / float(x_res)
+
+
+def _ome_spacing(description: str) -> tuple[float, float] | None:
+    """OME-TIFF: PhysicalSizeX/Y of the first `Pixels` element (unit attribute, default µm)."""
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", description)
+    if pixels is None:
+        return None
+    sizes = []
+    for axis in ("Y", "X"):
+        size = re.search(rf'\bPhysicalSize{axis}="([^"]+)"', pixels.group(0))
+        unit = re.search(rf'\bPhysicalSize{axis}Unit="([^"]+)"', pixels.group(0))
+        scale = _unit_mm(unit.group(1)) if unit else 1e-3
+        try:
+            value = float(size.group(1)) if size else 0.0
+        except ValueError:
+            return None
+        if scale is None or not value > 0:
+            return None
+        sizes.append(value * scale)
+    return sizes[0], sizes[1]
 
 
 def png_phys(data: bytes) -> tuple[int, int, int] | None:

@@ -139,6 +139,8 @@ class SegFolder(SegmentationDataset):
         self.image_files = [images[n] for n in self.ids]
         self.mask_files = [masks[f"{n}{mask_suffix}"] for n in self.ids]
         self.use_file_spacing = file_spacing
+        if file_spacing and self.spacing is None:
+            self._check_one_unit(root, images, masks, mask_suffix)
         self.class_values = (
             {int(v): int(k) for v, k in class_values.items()} if class_values else None
         )
@@ -165,6 +167,27 @@ class SegFolder(SegmentationDataset):
             return {s: list(splits[s]) for s in SPLITS}
         return seeded_split(names, val_size, test_size, seed)
 
+    @staticmethod
+    def _check_one_unit(root: Path, images: dict, masks: dict, mask_suffix: str) -> None:
+        """Measurements and mm distances are compared across images, so either every image states
+        a pixel spacing in its file (image or mask) or none does."""
+        stated = [
+            name
+            for name in images
+            if file_spacing(images[name]) or file_spacing(masks[f"{name}{mask_suffix}"])
+        ]
+        if not stated or len(stated) == len(images):
+            return
+        without = [name for name in images if name not in set(stated)]
+        raise DataError(
+            f"{root}: {len(stated)} image{'s state' if len(stated) > 1 else ' states'} a pixel "
+            f"spacing in the file (e.g. {images[stated[0]].name}) and {len(without)} "
+            f"{'do' if len(without) > 1 else 'does'} not (e.g. "
+            f"{', '.join(without[:3])}); measurements need one unit: set "
+            "dataset.spacing=[row_mm,col_mm] for the images without one, or "
+            "dataset.file_spacing=false to ignore the files' spacing"
+        )
+
     def source(self, index: int) -> str:
         return str(self.mask_files[index])
 
@@ -172,7 +195,7 @@ class SegFolder(SegmentationDataset):
         return read_image_file(self.image_files[index], modality=self.reads_modality)
 
     def read_mask(self, index: int) -> np.ndarray:
-        return read_mask_file(self.mask_files[index], self.class_values)
+        return read_mask_file(self.mask_files[index], self.class_values, self.num_classes)
 
     def read_spacing(self, index: int) -> tuple[float, float] | None:
         if not self.use_file_spacing:

@@ -141,7 +141,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
         return read_image(self.image_files[index], modality=self.reads_modality).array
 
     def read_mask(self, index: int) -> np.ndarray:
-        return read_mask_file(self.mask_files[index], self.class_values)
+        return read_mask_file(self.mask_files[index], self.class_values, self.num_classes)
 
     def read_spacing(self, index: int) -> tuple[float, float] | None:
         """The row's spacing, else what the image file (DICOM, metric PNG/TIFF) or mask states."""
