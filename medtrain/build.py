@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -33,7 +34,25 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, MedtrainError):
             raise cause from None
-        raise ConfigError(f"{key}: cannot build {node.get('_target_')}: {cause or err}") from err
+        raise ConfigError(
+            f"{key}: cannot build {node.get('_target_')}: {cause or err}{_unknown_keys_hint(node, key)}"
+        ) from err
+
+
+def _unknown_keys_hint(node: DictConfig, key: str) -> str:
+    """Name every key of `node` its class does not take, e.g. `model.depth` left by an experiment
+    written for `model=unet` when `model=basic_unet` is chosen."""
+    try:
+        parameters = inspect.signature(get_class(str(node.get("_target_")))).parameters
+    except Exception:  # not a class, or no signature: Hydra's message stands alone
+        return ""
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return ""
+    unknown = [k for k in node if not str(k).startswith("_") and k not in parameters]
+    if not unknown:
+        return ""
+    removals = " ".join(f"'~{key}.{k}'" for k in unknown)
+    return f". It does not take {', '.join(f'{key}.{k}' for k in unknown)}: remove them with {removals}"
 
 
 def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "connectivity": 2,
     "min_size": 0,
     "source": "mask",
+    "instances": False,
 }
 # Taken as typed, never parsed as YAML, which would turn a source `true` or a class `no` into booleans.
 TEXT_KEYS = ("masks", "images", "output", "source")
@@ -51,6 +52,8 @@ usage: python -m medtrain.measure masks=<folder or file> [key=value ...]
   connectivity=2      2: pixels touching at corners are one object, 1: only through edges
   min_size=0          drop objects of fewer pixels
   source=mask         text of the `source` column (e.g. true or pred)
+  instances=false     true: each mask value is one object (instance labels from Cellpose,
+                      StarDist...): touching objects stay apart, all of class_names[1] or "object"
 """
 
 
@@ -171,6 +174,11 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     spacing = spacing_arg(cfg)
     connectivity = whole_number(cfg.connectivity, "connectivity")
     min_size = whole_number(cfg.min_size, "min_size")
+    instances = cfg.instances
+    if not isinstance(instances, bool):
+        raise ConfigError(f"instances={instances!r} must be true or false")
+    if instances and class_values:
+        raise ConfigError("instances=true reads mask values as object labels; drop class_values")
     masks = list_masks(Path(cfg.masks))
     images = match_images(masks, Path(cfg.images)) if cfg.images else {}
     ids = [m.stem for m in masks]
@@ -180,7 +188,10 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
 
     rows, units, found_classes = [], {}, set()
     for mask_path in masks:
-        mask = read_mask_file(mask_path, class_values)
+        if instances and mask_path.suffix.lower() in (".jpg", ".jpeg"):
+            raise DataError(f"{mask_path}: JPEG compression mixes object labels; store PNG or TIFF")
+        num_classes = len(class_names) if class_names and not instances else None
+        mask = read_mask_file(mask_path, class_values, num_classes)
         image = read_image_file(images[mask_path]) if mask_path in images else None
         # The spacing argument wins over file metadata; the mask's metadata over the image's.
         file_mm = spacing or file_spacing(mask_path)
@@ -196,6 +207,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
                 source=str(cfg.source),
                 connectivity=connectivity,
                 min_size=min_size,
+                instances=instances,
             )
         except DataError as err:
             raise DataError(f"{mask_path}: {err}") from err
@@ -203,7 +215,9 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         units[mask_path.stem] = "mm" if file_mm else "px"
         found_classes.update(int(k) for k in np.unique(mask) if k != 0)
 
-    if class_names is not None:
+    if instances:
+        classes = [class_names[1] if class_names else "object"]
+    elif class_names is not None:
         classes = class_names[1:]
     else:
         indices = found_classes | {k for k in (class_values or {}).values() if k != 0}

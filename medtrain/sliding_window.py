@@ -27,6 +27,28 @@ def _window_size(window: int | Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def check_inference(
+    window: int | Sequence[int], overlap: float, blend: str, batch_size: int
+) -> tuple[int, int]:
+    """Check the `task.inference` settings (before training, so that a typo does not surface at
+    the first validation); returns the window size (h, w).
+
+    Raises:
+        ConfigError: naming the `task.inference` key that is wrong.
+    """
+    size = _window_size(window)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        raise ConfigError(f"task.inference.overlap must be a number in [0, 1), got {overlap!r}")
+    if blend not in BLEND_MODES:
+        raise ConfigError(f"task.inference.blend must be one of {BLEND_MODES}, got {blend!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ConfigError(
+            f"task.inference.batch_size must be a whole number >= 1 (windows per forward pass), "
+            f"got {batch_size!r}"
+        )
+    return size
+
+
 def _starts(length: int, window: int, stride: int) -> list[int]:
     """Window starts along one axis: every `stride`, with the last window ending at the image end."""
     return [*range(0, length - window, stride), length - window]
@@ -94,19 +116,13 @@ def sliding_window_inference(
         (B, K, H, W) float32 logits on the device of `image`.
 
     Raises:
-        ConfigError: If `window`, `overlap` or `blend` is invalid.
-        ValueError: If `image` is not 4D, `batch_size` is not positive, or `predict` returns
-            logits of another spatial size than the window.
+        ConfigError: If `window`, `overlap`, `blend` or `batch_size` is invalid.
+        ValueError: If `image` is not 4D, or `predict` returns logits of another spatial size
+            than the window.
     """
-    size = _window_size(window)
-    if not 0 <= overlap < 1:
-        raise ConfigError(f"task.inference.overlap must be in [0, 1), got {overlap!r}")
-    if blend not in BLEND_MODES:
-        raise ConfigError(f"task.inference.blend must be one of {BLEND_MODES}, got {blend!r}")
+    size = check_inference(window, overlap, blend, batch_size)
     if image.ndim != 4:
         raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
     height, width = image.shape[-2:]
     pad_h, pad_w = max(size[0] - height, 0), max(size[1] - width, 0)

@@ -120,6 +120,37 @@ def test_connectivity_and_min_size(tmp_path):
     assert [r["area_px"] for r in read_csv(out)] == ["9"]
 
 
+def test_instance_label_masks_keep_touching_objects_apart(tmp_path):
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:8, 2:8] = 7  # 36 px, touching object 300 along a whole edge
+    labels[2:8, 8:12] = 300  # 24 px: needs 16 bits, as Cellpose writes many objects
+    labels[12:18, 20:25] = 12  # 30 px
+    Image.fromarray(labels).save(tmp_path / "cells.png")
+    out = tmp_path / "o.csv"
+    args = [f"masks={tmp_path / 'cells.png'}", f"output={out}"]
+    assert main([*args, "instances=true", "class_names=[background,cell]"]) == 0
+    rows = read_csv(out)
+    assert [(r["class"], r["object"], r["area_px"]) for r in rows] == [
+        ("cell", "7", "36"),
+        ("cell", "12", "30"),
+        ("cell", "300", "24"),
+    ]
+    (total,) = read_csv(tmp_path / "o_totals.csv")
+    assert (total["class"], total["count"], total["total_area_px"]) == ("cell", "3", "90")
+    # read as classes instead, the labels are classes 7, 12 and 300 (one object each)
+    assert main([*args, "instances=false"]) == 0
+    assert sorted(r["class"] for r in read_csv(out)) == ["12", "300", "7"]
+
+
+def test_multi_class_names_keep_a_mask_that_shows_only_class_two(tmp_path):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 2:5] = 2
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "o.csv"
+    assert main([f"masks={tmp_path}", "class_names=[bg,liver,tumour]", f"output={out}"]) == 0
+    assert [(r["class"], r["area_px"]) for r in read_csv(out)] == [("tumour", "9")]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -135,6 +166,8 @@ def test_connectivity_and_min_size(tmp_path):
         (["masks={tmp}/good", "masks=x"], "given twice"),
         (["spacing=1"], "masks=<folder or file> is required"),
         (["{tmp}/good"], "expected key=value"),
+        (["masks={tmp}/good", "instances=maybe"], "instances='maybe' must be true or false"),
+        (["masks={tmp}/good", "instances=true", "class_values={{0:0,255:1}}"], "drop class_values"),
     ],
 )
 def test_errors_exit_2_with_one_line(tmp_path, capsys, args, message):

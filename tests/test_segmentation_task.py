@@ -82,6 +82,16 @@ def test_unknown_inference_key_is_named():
         SegmentationTask(torch.nn.Identity(), ["b", "a"], inference={"windw": 8})
 
 
+@pytest.mark.parametrize(
+    "override, key",
+    [("task.inference.batch_size=0", "batch_size"), ("task.inference.blend=linear", "blend")],
+)
+def test_bad_inference_settings_are_refused_before_training(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=f"task.inference.{key}"):
+        train_in_process(tmp_path, [*TINY_SEG, "dataset.patch_size=32", override])
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_classification_loss_or_model_with_segmentation_data_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="classification loss; for task=segmentation"):
         train_in_process(tmp_path / "a", [*TINY_SEG, "loss=cross_entropy"])
@@ -129,6 +139,9 @@ def test_run_folder_files_agree_with_an_independent_recomputation(seg_run):
         measured = measure_mask(pred, spacing=(0.5, 0.5), class_names=names, image_id=row["id"])
         objects += len(measured)
         assert int(row["count_ellipse"]) == sum(m["class"] == "ellipse" for m in measured)
+        area = sum(m["area_px"] for m in measured if m["class"] == "rectangle")
+        assert int(row["area_px_rectangle"]) == area and row["unit"] == "mm"
+        assert float(row["area_mm2_rectangle"]) == pytest.approx(area * 0.25)
     metrics = read_metrics(seg_run)
     expected = summarize(rows, names)
     for key in ("dice", "dice_ellipse", "iou_rectangle", "hd95_mm", "precision", "recall"):
@@ -203,3 +216,64 @@ def test_segmentation_rerun_gives_identical_metrics(tmp_path):
     first = train_in_process(tmp_path / "a", TINY_SEG)
     second = train_in_process(tmp_path / "b", TINY_SEG)
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    "training",
+    [
+        ["dataset.patch_size=32"],  # 32 px patches; whole images are tiled at evaluation
+        ["dataset.patch_size=null", "trainer.batch_size=4"],  # whole images of 3 sizes per batch
+    ],
+)
+def test_seg_folder_run_trains_and_scores_whole_native_images(tmp_path, training):
+    from tests.test_segmentation_data import make_folder
+
+    root = make_folder(tmp_path / "data", n=12, size=40)  # images 40, 41 and 42 px square
+    run = tmp_path / "run"
+    train_in_process(
+        run,
+        [
+            "dataset=seg_folder",
+            f"dataset.path={root}",
+            "dataset.val_size=2",
+            "dataset.test_size=3",
+            *training,
+            "dataset.spacing=[0.5,0.5]",
+            "task=segmentation",
+            "loss=dice_ce",
+            "augmentation=segmentation",
+            "model=unet",
+            "model.base_width=8",
+            "model.depth=2",
+            "trainer.max_epochs=2",
+            "trainer.progress=false",
+        ],
+    )
+    splits = json.loads((run / "splits.json").read_text())
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [7, 2, 3]
+    predictions = read_csv(run / "predictions.csv")
+    per_case = {r["id"]: r for r in read_csv(run / "per_case_metrics.csv")}
+    assert [r["id"] for r in predictions] == splits["test"]
+    names = ["background", "class_1"]
+    for row in predictions:
+        true = (np.array(Image.open(root / "masks" / f"{row['id']}.png")) > 0).astype(np.uint8)
+        pred = (np.array(Image.open(run / row["mask"])) > 0).astype(np.uint8)
+        assert pred.shape == true.shape  # scored at native size
+        expected = case_metrics(pred, true, names, (0.5, 0.5))
+        assert float(per_case[row["id"]]["dice_class_1"]) == pytest.approx(expected["dice_class_1"])
+    metrics = read_metrics(run)
+    assert 0.0 <= metrics["test/dice"] <= 1.0 and "test/count_mae_class_1" in metrics
+
+
+def test_basic_unet_trains_through_the_same_loop_and_leftover_keys_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not take model.depth, model.base_width: remove"):
+        train_in_process(tmp_path / "a", [*TINY_SEG, "model=basic_unet"])
+    basic = [
+        "model=basic_unet",
+        "~model.depth",
+        "~model.base_width",
+        "model.features=[8,8,16,16,32,8]",
+    ]
+    train_in_process(tmp_path / "b", [*TINY_SEG, *basic, "trainer.max_epochs=1"])
+    metrics = read_metrics(tmp_path / "b")
+    assert 0.0 <= metrics["test/dice"] <= 1.0 and (tmp_path / "b" / "measurements.csv").exists()

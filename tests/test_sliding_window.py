@@ -166,6 +166,9 @@ def test_gaussian_importance_map():
         ({"window": (32, -1)}, "task.inference.window"),
         ({"window": (32,)}, "task.inference.window"),
         ({"window": 3.5}, "task.inference.window"),
+        ({"batch_size": 0}, "task.inference.batch_size"),
+        ({"batch_size": 2.5}, "task.inference.batch_size"),
+        ({"overlap": "half"}, "task.inference.overlap"),
     ],
 )
 def test_invalid_arguments_name_the_config_key(kwargs, key):

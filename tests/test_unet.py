@@ -27,6 +27,16 @@ def test_inputs_are_reflection_padded_to_a_multiple_of_2_to_the_depth_and_croppe
         assert torch.equal(model(x), padded[..., :30, :29])
 
 
+def test_images_smaller_than_the_pad_are_edge_padded_instead():
+    # reflection cannot pad 5 columns onto a 3-column image: the model pads with the edge values
+    torch.manual_seed(0)
+    model = UNet(1, 2, depth=3, base_width=4).eval()
+    x = torch.randn(1, 1, 5, 3)
+    with torch.no_grad():
+        padded = model(torch.nn.functional.pad(x, (0, 5, 0, 3), mode="replicate"))
+        assert torch.equal(model(x), padded[..., :5, :3])
+
+
 def test_deep_supervision_outputs_in_training_only():
     model = UNet(1, 2, depth=4, base_width=4, deep_supervision=True)
     outputs = model(torch.randn(2, 1, 35, 33))

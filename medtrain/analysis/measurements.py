@@ -119,8 +119,10 @@ def measure_mask(
     source: str = "pred",
     connectivity: int = 2,
     min_size: int = 0,
+    instances: bool = False,
 ) -> list[dict[str, Any]]:
-    """Measure every connected object of every foreground class in a class mask.
+    """Measure every connected object of every foreground class in a class mask (or every object
+    of an instance-label mask).
 
     Pixel-space values equal scikit-image `regionprops` (`area`, `perimeter_crofton`,
     `equivalent_diameter_area`, `axis_major_length`, `axis_minor_length`, `centroid`, `bbox`); the
@@ -140,9 +142,14 @@ def measure_mask(
         source: the `source` written on every row (e.g. "true" or "pred").
         connectivity: 1 = objects joined through edges (4-connected), 2 = also corners (8-connected).
         min_size: objects of fewer pixels are dropped.
+        instances: `mask` is an instance-label image (0 background, each other value one object,
+            as Cellpose, StarDist or CellProfiler write them): touching objects stay apart, every
+            object is of one class (`class_names[1]`, default `object`) and keeps its label as its
+            `object` number. `connectivity` does not apply.
 
     Returns:
-        One dict per object with the keys of `MEASUREMENT_FIELDS`, objects numbered 1..n per class.
+        One dict per object with the keys of `MEASUREMENT_FIELDS`, objects numbered 1..n per class
+        (instance masks: by label).
 
     Raises:
         DataError: a mask that is not 2D whole non-negative numbers, an image of another shape, a class
@@ -161,20 +168,34 @@ def measure_mask(
     scale = physical or (1.0, 1.0)
     unit = "mm" if physical else "px"
 
+    if instances:
+        name = str(class_names[1]) if class_names and len(class_names) > 1 else "object"
+        groups = [(name, regionprops(mask))]
+    else:
+        groups = [
+            (
+                _class_name(int(klass), class_names),
+                regionprops(label(mask == klass, connectivity=connectivity)),
+            )
+            for klass in np.unique(mask)
+            if klass != 0
+        ]
     rows = []
-    for klass in np.unique(mask):
-        if klass == 0:
-            continue
-        name = _class_name(int(klass), class_names)
-        labels = label(mask == klass, connectivity=connectivity)
+    for name, regions in groups:
         number = 0
-        for region in regionprops(labels):
+        for region in regions:
             if region.area < min_size:
                 continue
             number += 1
             rows.append(
                 _measure_region(region, scale, intensity)
-                | {"id": image_id, "source": source, "class": name, "object": number, "unit": unit}
+                | {
+                    "id": image_id,
+                    "source": source,
+                    "class": name,
+                    "object": int(region.label) if instances else number,
+                    "unit": unit,
+                }
             )
     return [{key: row[key] for key in MEASUREMENT_FIELDS} for row in rows]
 

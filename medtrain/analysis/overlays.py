@@ -120,7 +120,7 @@ def save_overlays(
             overlay = draw_overlay(case["image"], case.get("true"), case["pred"])
         except DataError as err:
             raise DataError(f"case {case['id']!r}: {err}") from err
-        name = _unique(safe_name(str(case["id"])), used)
+        name = unique_name(safe_name(str(case["id"])), used)
         paths.append(save_png(out_dir / f"{name}.png", overlay))
         tiles.append((str(case["id"]), overlay))
     if tiles:
@@ -134,7 +134,7 @@ def safe_name(text: str) -> str:
     return name or "case"
 
 
-def _unique(name: str, used: set[str]) -> str:
+def unique_name(name: str, used: set[str]) -> str:
     """`name`, or `name_2`, `name_3`... when taken (compared ignoring case, as some disks do)."""
     candidate, suffix = name, 2
     while candidate.lower() in used:

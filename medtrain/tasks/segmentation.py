@@ -16,12 +16,12 @@ from torch import nn
 
 from medtrain.analysis.agreement import measurement_agreement
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS, measure_mask, totals
-from medtrain.analysis.overlays import safe_name, save_overlays
+from medtrain.analysis.overlays import safe_name, save_overlays, unique_name
 from medtrain.analysis.volumes import VolumeAssembler
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv, save_json, save_png
 from medtrain.segmentation_metrics import case_metrics, summarize
-from medtrain.sliding_window import sliding_window_inference
+from medtrain.sliding_window import check_inference, sliding_window_inference
 
 Logits = torch.Tensor | list[torch.Tensor]
 
@@ -83,9 +83,11 @@ class SegmentationTask:
         self.monitor = monitor
         self.monitor_mode = monitor_mode
         self.window = inference.get("window")
-        self.overlap = float(inference.get("overlap", 0.5))
+        self.overlap = inference.get("overlap", 0.5)
         self.blend = inference.get("blend", "gaussian")
-        self.window_batch = int(inference.get("batch_size", 8))
+        self.window_batch = inference.get("batch_size", 8)
+        if self.window is not None:
+            check_inference(self.window, self.overlap, self.blend, self.window_batch)
         self.flip_tta = flip_tta
         self.decay = deep_supervision_decay
         self.min_object_size = int(min_object_size)
@@ -238,6 +240,11 @@ class SegmentationCollector:
         names = self.task.class_names
         objects: list[dict[str, Any]] = []
         summaries = {"pred": [], "true": []}
+        used: set[str] = set()  # ids that differ only in punctuation or case get _2, _3 ...
+        mask_files = {
+            case["id"]: f"masks/{unique_name(safe_name(str(case['id'])), used)}.png"
+            for case in self.cases
+        }
         for case in self.cases:
             for source in ("pred", "true"):
                 rows = measure_mask(
@@ -254,33 +261,42 @@ class SegmentationCollector:
                 summaries[source] += totals(
                     rows, [case["id"]], names[1:], source=source, units=units
                 )
-            write_mask(run_dir / "masks" / f"{safe_name(case['id'])}.png", case["pred"], len(names))
+            write_mask(run_dir / mask_files[case["id"]], case["pred"], len(names))
         save_csv(run_dir / "measurements.csv", objects, MEASUREMENT_FIELDS)
         save_csv(
             run_dir / "measurement_totals.csv", summaries["true"] + summaries["pred"], TOTAL_FIELDS
         )
         agreement = measurement_agreement(summaries["true"], summaries["pred"])
         save_json(run_dir / "measurement_agreement.json", agreement)
-        self._save_predictions(run_dir, summaries["pred"])
+        self._save_predictions(run_dir, summaries["pred"], mask_files)
         if self.task.num_overlays:
             save_overlays(run_dir / "overlays", self.cases, max_cases=self.task.num_overlays)
         return headline_agreement(agreement)
 
-    def _save_predictions(self, run_dir: Path, pred_totals: list[dict[str, Any]]) -> None:
-        """`predictions.csv`: one row per test image with its mask file and per-class count and area."""
-        by_case: dict[str, dict[str, Any]] = {}
-        for case in self.cases:
-            by_case[case["id"]] = {
+    def _save_predictions(
+        self, run_dir: Path, pred_totals: list[dict[str, Any]], mask_files: Mapping[str, str]
+    ) -> None:
+        """`predictions.csv`: one row per test image with its mask file, per-class count and area
+        in pixels and (when the image has a pixel spacing) in mm^2, and the unit."""
+        by_case = {
+            case["id"]: {
                 "id": case["id"],
-                "mask": f"masks/{safe_name(case['id'])}.png",
+                "mask": mask_files[case["id"]],
+                "unit": "px" if case["spacing"] is None else "mm",
             }
+            for case in self.cases
+        }
         for total in pred_totals:
             row = by_case[total["id"]]
             row[f"count_{total['class']}"] = total["count"]
-            row[f"area_mm2_{total['class']}"] = total["total_area_mm2"]
+            row[f"area_px_{total['class']}"] = total["total_area_px"]
+            row[f"area_mm2_{total['class']}"] = (
+                total["total_area_mm2"] if row["unit"] == "mm" else ""
+            )
         rows = list(by_case.values())
-        fields = list(dict.fromkeys(key for row in rows for key in row)) or ["id", "mask"]
-        save_csv(run_dir / "predictions.csv", rows, fields)
+        first = ["id", "mask"]
+        fields = [*first, *dict.fromkeys(k for r in rows for k in r if k not in (*first, "unit"))]
+        save_csv(run_dir / "predictions.csv", rows, [*fields, "unit"])
 
 
 def headline_agreement(agreement: dict[str, Any]) -> dict[str, float | None]:
