@@ -18,23 +18,21 @@ def test_any_size_gives_logits_of_that_size(norm, upsample):
         assert torch.isfinite(out).all()
 
 
-def test_inputs_are_reflection_padded_to_a_multiple_of_2_to_the_depth_and_cropped_back():
+@pytest.mark.parametrize(
+    "depth, size, pad, mode",
+    [
+        (2, (30, 29), (0, 3, 0, 2), "reflect"),
+        # reflection cannot pad 5 columns onto a 3-column image: the model pads with the edge values
+        (3, (5, 3), (0, 5, 0, 3), "replicate"),
+    ],
+)
+def test_inputs_are_padded_to_a_multiple_of_2_to_the_depth_and_cropped_back(depth, size, pad, mode):
     torch.manual_seed(0)
-    model = UNet(1, 2, depth=2, base_width=4).eval()
-    x = torch.randn(1, 1, 30, 29)
+    model = UNet(1, 2, depth=depth, base_width=4).eval()
+    x = torch.randn(1, 1, *size)
     with torch.no_grad():
-        padded = model(torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect"))
-        assert torch.equal(model(x), padded[..., :30, :29])
-
-
-def test_images_smaller_than_the_pad_are_edge_padded_instead():
-    # reflection cannot pad 5 columns onto a 3-column image: the model pads with the edge values
-    torch.manual_seed(0)
-    model = UNet(1, 2, depth=3, base_width=4).eval()
-    x = torch.randn(1, 1, 5, 3)
-    with torch.no_grad():
-        padded = model(torch.nn.functional.pad(x, (0, 5, 0, 3), mode="replicate"))
-        assert torch.equal(model(x), padded[..., :5, :3])
+        padded = model(torch.nn.functional.pad(x, pad, mode=mode))
+        assert torch.equal(model(x), padded[..., : size[0], : size[1]])
 
 
 def test_deep_supervision_outputs_in_training_only():
