@@ -66,9 +66,9 @@ def read_mask_file(
     multi_class = num_classes is not None and num_classes > 2
     if lossy and multi_class:
         raise DataError(
-            f"{path}: a JPEG mask of {num_classes} classes needs dataset.class_values (stored value "
-            "-> class index) so that compression noise is snapped to the listed values; better, "
-            "store multi-class masks as PNG"
+            f"{path}: a JPEG mask of {num_classes} classes needs class_values (stored value -> "
+            "class index: dataset.class_values in a run, class_values= for medtrain.measure) so "
+            "that compression noise is snapped to the listed values; better, store it as PNG"
         )
     if lossy:
         return (mask > mask.max() / 2).astype(np.int64) if mask.max() > 0 else mask
