@@ -78,9 +78,7 @@ def test_multi_class_masks_keep_class_two_when_it_is_the_only_class(tmp_path):
     test = SegFolder(str(root), "test", splits=splits, num_classes=3)
     assert set(np.unique(test[0]["mask"].numpy())) == {0, 2}
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "c.jpg")
-    with pytest.raises(
-        DataError, match=r"c.jpg: a JPEG mask of 3 classes needs class_values"
-    ):
+    with pytest.raises(DataError, match=r"c.jpg: a JPEG mask of 3 classes needs class_values"):
         read_mask_file(root / "masks" / "c.jpg", num_classes=3)
 
 
