@@ -188,10 +188,8 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
 
     rows, units, found_classes = [], {}, set()
     for mask_path in masks:
-        if instances and mask_path.suffix.lower() in (".jpg", ".jpeg"):
-            raise DataError(f"{mask_path}: JPEG compression mixes object labels; store PNG or TIFF")
         num_classes = len(class_names) if class_names and not instances else None
-        mask = read_mask_file(mask_path, class_values, num_classes)
+        mask = read_mask_file(mask_path, class_values, num_classes, labels=instances)
         image = read_image_file(images[mask_path]) if mask_path in images else None
         # The spacing argument wins over file metadata; the mask's metadata over the image's.
         file_mm = spacing or file_spacing(mask_path)

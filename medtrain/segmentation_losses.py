@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
+from medtrain.errors import ConfigError
+
 
 class DiceBCELoss(nn.Module):
     """Soft Dice plus binary cross-entropy on independent sigmoid outputs, one per class.
@@ -60,6 +62,11 @@ class DiceBCELoss(nn.Module):
         one_hot = F.one_hot(target[:, 0].long(), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
         pos_weight = None
         if self.pos_weight is not None:  # per class: broadcast over the pixels
+            if self.pos_weight.numel() != logits.shape[1]:
+                raise ConfigError(
+                    f"loss.pos_weight has {self.pos_weight.numel()} values for "
+                    f"{logits.shape[1]} classes (one per class, background first)"
+                )
             pos_weight = self.pos_weight.view(-1, *([1] * (logits.ndim - 2)))
         bce = F.binary_cross_entropy_with_logits(logits, one_hot, pos_weight=pos_weight)
         return self.lambda_dice * self.dice(logits, target) + self.lambda_bce * bce

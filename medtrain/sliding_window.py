@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from numbers import Integral
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +37,14 @@ def check_inference(
         ConfigError: naming the `task.inference` key that is wrong.
     """
     size = _window_size(window)
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+    if isinstance(overlap, bool) or not isinstance(overlap, Real) or not 0 <= overlap < 1:
         raise ConfigError(f"task.inference.overlap must be a number in [0, 1), got {overlap!r}")
     if blend not in BLEND_MODES:
         raise ConfigError(f"task.inference.blend must be one of {BLEND_MODES}, got {blend!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+    whole = isinstance(batch_size, Integral) or (
+        isinstance(batch_size, Real) and float(batch_size).is_integer()
+    )
+    if isinstance(batch_size, bool) or not whole or batch_size < 1:
         raise ConfigError(
             f"task.inference.batch_size must be a whole number >= 1 (windows per forward pass), "
             f"got {batch_size!r}"
@@ -121,6 +124,7 @@ def sliding_window_inference(
             than the window.
     """
     size = check_inference(window, overlap, blend, batch_size)
+    overlap, batch_size = float(overlap), int(batch_size)
     if image.ndim != 4:
         raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
 

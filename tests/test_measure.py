@@ -140,6 +140,13 @@ def test_instance_label_masks_keep_touching_objects_apart(tmp_path):
     # read as classes instead, the labels are classes 7, 12 and 300 (one object each)
     assert main([*args, "instances=false"]) == 0
     assert sorted(r["class"] for r in read_csv(out)) == ["12", "300", "7"]
+    # a mask with a single object keeps its label (it is not a binary {0, v} mask here)
+    single = np.where(labels == 300, 300, 0).astype(np.uint16)
+    Image.fromarray(single).save(tmp_path / "one.png")
+    assert main([f"masks={tmp_path / 'one.png'}", f"output={out}", "instances=true"]) == 0
+    assert [(r["class"], r["object"], r["area_px"]) for r in read_csv(out)] == [
+        ("object", "300", "24")
+    ]
 
 
 def test_multi_class_names_keep_a_mask_that_shows_only_class_two(tmp_path):

@@ -1,12 +1,14 @@
 """medtrain.segmentation_losses: Dice + BCE checked against MONAI's Dice and scikit-learn's log loss."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from sklearn.metrics import log_loss
 
 from medtrain.build import build
+from medtrain.errors import ConfigError
 from medtrain.segmentation_losses import DiceBCELoss
 from tests.conftest import compose_cfg
 
@@ -41,3 +43,5 @@ def test_dice_bce_pos_weight_weighs_the_positive_pixels_of_each_class():
     w = weights[None, :, None, None]
     expected = -(w * one_hot * np.log(probs) + (1 - one_hot) * np.log(1 - probs)).mean()
     assert np.isclose(float(loss(logits, target)), expected, rtol=1e-5)
+    with pytest.raises(ConfigError, match="loss.pos_weight has 2 values for 3 classes"):
+        DiceBCELoss(pos_weight=[1.0, 2.0])(logits, target)

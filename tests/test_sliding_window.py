@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,6 +176,13 @@ def test_invalid_arguments_name_the_config_key(kwargs, key):
     args = {"window": 32, **kwargs}
     with pytest.raises(ConfigError, match=key):
         sliding_window_inference(small_net(), torch.randn(1, 3, 40, 40), **args)
+
+
+def test_numpy_and_whole_float_settings_are_accepted():
+    net, image = small_net(), torch.randn(1, 3, 40, 40)
+    expected = sliding_window_inference(net, image, 32, overlap=0.5, batch_size=8)
+    same = sliding_window_inference(net, image, 32, overlap=np.float32(0.5), batch_size=8.0)
+    assert torch.equal(same, expected)
 
 
 def test_predict_with_wrong_output_size_is_reported():

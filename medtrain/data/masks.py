@@ -18,6 +18,7 @@ def read_mask_file(
     path: str | Path,
     class_values: Mapping[int, int] | None = None,
     num_classes: int | None = None,
+    labels: bool = False,
 ) -> np.ndarray:
     """Read a mask file (PNG, TIFF, JPEG or NPY) as an H x W int64 array of class indices.
 
@@ -31,6 +32,8 @@ def read_mask_file(
         num_classes: classes including background, when known. Above 2 a mask holding only {0, 2}
             keeps class 2 (it is not taken for a binary {0, v} mask), and a JPEG mask needs
             `class_values` (compression noise cannot be told from class indices).
+        labels: the values are object labels (instance masks): returned as stored, never remapped
+            (a mask with one object keeps its label); JPEG is refused.
 
     Raises:
         DataError: naming the file, for unreadable files, colour masks and unknown values.
@@ -63,6 +66,12 @@ def read_mask_file(
         for value, klass in class_values.items():
             lookup[int(value)] = int(klass)
         return lookup[mask]
+    if labels:
+        if lossy:
+            raise DataError(f"{path}: JPEG compression mixes object labels; store PNG or TIFF")
+        if mask.min() < 0:
+            raise DataError(f"{path}: negative label {mask.min()}")
+        return mask
     multi_class = num_classes is not None and num_classes > 2
     if lossy and multi_class:
         raise DataError(

@@ -139,8 +139,9 @@ class SegFolder(SegmentationDataset):
         self.image_files = [images[n] for n in self.ids]
         self.mask_files = [masks[f"{n}{mask_suffix}"] for n in self.ids]
         self.use_file_spacing = file_spacing
-        if file_spacing and self.spacing is None:
-            self._check_one_unit(root, images, masks, mask_suffix)
+        if file_spacing and self.spacing is None and split == "train":  # once per run
+            used = {name: images[name] for part in names.values() for name in part}
+            self._check_one_unit(root, used, masks, mask_suffix)
         self.class_values = (
             {int(v): int(k) for v, k in class_values.items()} if class_values else None
         )
@@ -169,8 +170,9 @@ class SegFolder(SegmentationDataset):
 
     @staticmethod
     def _check_one_unit(root: Path, images: dict, masks: dict, mask_suffix: str) -> None:
-        """Measurements and mm distances are compared across images, so either every image states
-        a pixel spacing in its file (image or mask) or none does."""
+        """Measurements and mm distances are compared across images, so either every image of the
+        splits states a pixel spacing in its file (image or mask) or none does. Checked when the
+        train split is built (the run builds it first), not again for val and test."""
         stated = [
             name
             for name in images

@@ -88,6 +88,7 @@ class SegmentationTask:
         self.window_batch = inference.get("batch_size", 8)
         if self.window is not None:
             check_inference(self.window, self.overlap, self.blend, self.window_batch)
+            self.overlap, self.window_batch = float(self.overlap), int(self.window_batch)
         self.flip_tta = flip_tta
         self.decay = deep_supervision_decay
         self.min_object_size = int(min_object_size)
