@@ -186,9 +186,9 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     if repeated:
         raise DataError(f"masks={cfg.masks!r}: several masks share the name {repeated[0]!r}")
 
+    num_classes = len(class_names) if class_names and not instances else None
     rows, units, found_classes = [], {}, set()
     for mask_path in masks:
-        num_classes = len(class_names) if class_names and not instances else None
         mask = read_mask_file(mask_path, class_values, num_classes, labels=instances)
         image = read_image_file(images[mask_path]) if mask_path in images else None
         # The spacing argument wins over file metadata; the mask's metadata over the image's.

@@ -14,6 +14,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -139,7 +140,7 @@ def _decode_pil(
                 raise ImageTooLargeError(
                     f"{name}: {width}x{height} pixels is over the limit of {max_pixels}"
                 )
-            spacing = _pil_spacing(img, data)
+            spacing = _pil_spacing(img, io.BytesIO(data))
             img.load()
             if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
                 img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
@@ -226,7 +227,7 @@ def _checked(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def _pil_spacing(img: Image.Image, data: bytes) -> tuple[float, float] | None:
+def _pil_spacing(img: Image.Image, stream: BinaryIO) -> tuple[float, float] | None:
     """Pixel spacing when a PNG or TIFF states a metric resolution, else None.
 
     TIFFs: OME-TIFF `PhysicalSizeX/Y`, then ImageJ/Fiji's `unit=` with X/YResolution, then a
@@ -234,7 +235,7 @@ def _pil_spacing(img: Image.Image, data: bytes) -> tuple[float, float] | None:
     software writes into PNGs by default, describe a screen rather than the specimen and are ignored.
     """
     if img.format == "PNG":
-        phys = png_phys(data)
+        phys = png_phys(stream)
         if phys is None:
             return None
         per_metre_x, per_metre_y, unit = phys
@@ -249,15 +250,15 @@ def _pil_spacing(img: Image.Image, data: bytes) -> tuple[float, float] | None:
     if img.format == "TIFF":
         tags = img.tag_v2
         description = tags.get(270)
-        if isinstance(description, str):  # PIL reads the tag as Latin-1; OME-XML is UTF-8 (µm)
-            with contextlib.suppress(UnicodeError):
-                description = description.encode("latin-1").decode("utf-8")
         if isinstance(description, bytes):
             description = description.decode("utf-8", "replace")
-        if isinstance(description, str):
-            stated = _ome_spacing(description) or _imagej_spacing(description, tags)
-            if stated:
-                return stated
+        elif isinstance(description, str):  # PIL reads the tag as Latin-1; OME-XML is UTF-8 (µm)
+            with contextlib.suppress(UnicodeError):
+                description = description.encode("latin-1").decode("utf-8")
+        if isinstance(description, str) and (
+            stated := _ome_spacing(description) or _imagej_spacing(description, tags)
+        ):
+            return stated
         unit = tags.get(296, 2)  # ResolutionUnit: 1 none, 2 inch, 3 centimetre
         x_res, y_res = tags.get(282), tags.get(283)
         if unit != 3 or not x_res or not y_res:
@@ -321,22 +322,20 @@ def _ome_spacing(description: str) -> tuple[float, float] | None:
     return sizes[0], sizes[1]
 
 
-def png_phys(data: bytes) -> tuple[int, int, int] | None:
-    """The pHYs chunk of a PNG: pixels per unit in x and y, and the unit (1 = metre)."""
-    position = 8  # after the signature
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position : position + 4], "big")
-        kind = data[position + 4 : position + 8]
+def png_phys(stream: BinaryIO) -> tuple[int, int, int] | None:
+    """The pHYs chunk of a PNG read from `stream` (at its start): pixels per unit in x and y, and
+    the unit (1 = metre). Only chunk headers are read; chunk bodies are skipped with seeks."""
+    stream.seek(8)  # after the signature
+    while len(header := stream.read(8)) == 8:
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
         if kind == b"pHYs" and length == 9:
-            body = data[position + 8 : position + 17]
-            return (
-                int.from_bytes(body[0:4], "big"),
-                int.from_bytes(body[4:8], "big"),
-                body[8],
-            )
+            body = stream.read(9)
+            if len(body) < 9:
+                return None
+            return int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big"), body[8]
         if kind in (b"IDAT", b"IEND"):
             return None  # pHYs must come before the image data
-        position += 12 + length
+        stream.seek(length + 4, io.SEEK_CUR)  # the body and its CRC
     return None
 
 
@@ -349,9 +348,10 @@ def file_spacing(path: str | Path) -> tuple[float, float] | None:
     if path.suffix.lower() not in (".png", ".tif", ".tiff"):
         return None
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            return _pil_spacing(img, data)
+        # Headers only: PIL reads the TIFF tags lazily and png_phys skips chunk bodies, so checking
+        # a folder's spacing does not read its pixels.
+        with open(path, "rb") as handle, Image.open(handle) as img:
+            return _pil_spacing(img, handle)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
 

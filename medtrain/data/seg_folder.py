@@ -173,14 +173,12 @@ class SegFolder(SegmentationDataset):
         """Measurements and mm distances are compared across images, so either every image of the
         splits states a pixel spacing in its file (image or mask) or none does. Checked when the
         train split is built (the run builds it first), not again for val and test."""
-        stated = [
-            name
-            for name in images
-            if file_spacing(images[name]) or file_spacing(masks[f"{name}{mask_suffix}"])
-        ]
-        if not stated or len(stated) == len(images):
+        stated, without = [], []
+        for name, image in images.items():
+            has = file_spacing(image) or file_spacing(masks[f"{name}{mask_suffix}"])
+            (stated if has else without).append(name)
+        if not stated or not without:
             return
-        without = [name for name in images if name not in set(stated)]
         raise DataError(
             f"{root}: {len(stated)} image{'s state' if len(stated) > 1 else ' states'} a pixel "
             f"spacing in the file (e.g. {images[stated[0]].name}) and {len(without)} "

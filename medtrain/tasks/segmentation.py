@@ -83,10 +83,10 @@ class SegmentationTask:
         self.monitor = monitor
         self.monitor_mode = monitor_mode
         self.window = inference.get("window")
-        self.overlap = inference.get("overlap", 0.5)
         self.blend = inference.get("blend", "gaussian")
+        self.overlap = inference.get("overlap", 0.5)
         self.window_batch = inference.get("batch_size", 8)
-        if self.window is not None:
+        if self.window is not None:  # without a window the image is predicted in one pass
             check_inference(self.window, self.overlap, self.blend, self.window_batch)
             self.overlap, self.window_batch = float(self.overlap), int(self.window_batch)
         self.flip_tta = flip_tta
@@ -279,25 +279,17 @@ class SegmentationCollector:
     ) -> None:
         """`predictions.csv`: one row per test image with its mask file, per-class count and area
         in pixels and (when the image has a pixel spacing) in mm^2, and the unit."""
-        by_case = {
-            case["id"]: {
-                "id": case["id"],
-                "mask": mask_files[case["id"]],
-                "unit": "px" if case["spacing"] is None else "mm",
-            }
-            for case in self.cases
-        }
+        units = {case["id"]: "px" if case["spacing"] is None else "mm" for case in self.cases}
+        by_case = {case_id: {"id": case_id, "mask": mask_files[case_id]} for case_id in units}
         for total in pred_totals:
-            row = by_case[total["id"]]
-            row[f"count_{total['class']}"] = total["count"]
-            row[f"area_px_{total['class']}"] = total["total_area_px"]
-            row[f"area_mm2_{total['class']}"] = (
-                total["total_area_mm2"] if row["unit"] == "mm" else ""
-            )
-        rows = list(by_case.values())
-        first = ["id", "mask"]
-        fields = [*first, *dict.fromkeys(k for r in rows for k in r if k not in (*first, "unit"))]
-        save_csv(run_dir / "predictions.csv", rows, [*fields, "unit"])
+            case_id, klass = total["id"], total["class"]
+            by_case[case_id][f"count_{klass}"] = total["count"]
+            by_case[case_id][f"area_px_{klass}"] = total["total_area_px"]
+            mm2 = total["total_area_mm2"] if units[case_id] == "mm" else ""
+            by_case[case_id][f"area_mm2_{klass}"] = mm2
+        rows = [row | {"unit": units[case_id]} for case_id, row in by_case.items()]
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        save_csv(run_dir / "predictions.csv", rows, fields)
 
 
 def headline_agreement(agreement: dict[str, Any]) -> dict[str, float | None]:
