@@ -70,10 +70,16 @@ def tiny() -> list[str]:
     return list(TINY)
 
 
+# Tests that compare two trainings, or a prediction with a run's evaluation, bit for bit train on the
+# CPU also where CUDA is available: CUDA kernels repeat only with trainer.deterministic=true, and
+# then within rounding (the CUDA tests in test_train, test_segmentation_task and test_rerun train on
+# the GPU).
+ON_CPU = "trainer.device=cpu"
+
 # Finished runs of each task, small enough to train in seconds: what prediction, serving and export
 # are tested on.
 FINISHED_RUNS = {
-    "classification": TINY,
+    "classification": [*TINY, ON_CPU],
     "regression": [
         "dataset=synthetic_clinical",
         "task=regression",
@@ -84,6 +90,7 @@ FINISHED_RUNS = {
         "trainer.max_epochs=2",
         "trainer.batch_size=16",
         "trainer.progress=false",
+        ON_CPU,
     ],
     "segmentation": [
         "experiment=synthetic_segmentation",
@@ -93,6 +100,7 @@ FINISHED_RUNS = {
         "trainer.max_epochs=2",
         "trainer.progress=false",
         "task.num_overlays=0",
+        ON_CPU,
     ],
 }
 

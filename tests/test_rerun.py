@@ -1,6 +1,7 @@
 """`python -m medtrain.rerun`: reruns of classification, segmentation and regression runs reproduce
-their metrics bit for bit on the CPU; an edited saved config, a changed environment and bad input are
-named; the metric, config and environment comparisons on their own."""
+their metrics bit for bit on the CPU (and within the CUDA tolerance on a GPU); an edited saved config,
+a changed environment and bad input are named; the metric, config and environment comparisons on
+their own."""
 
 import json
 import shutil
@@ -20,13 +21,19 @@ from medtrain.rerun import (
     main,
     metric_tolerance,
 )
-from tests.conftest import ROOT, TINY, read_metrics, run_cli
+from tests.conftest import ON_CPU, ROOT, TINY, read_metrics, run_cli
 from tests.test_regression import TINY_CLINICAL
 from tests.test_segmentation_task import TINY_SEG
 
 # Smaller still than the shared tiny configs (later overrides win): 7 trainings in this file.
 RUNS = {
-    "classification": [*TINY, "dataset.num_train=48", "dataset.num_val=24", "dataset.num_test=24"],
+    "classification": [
+        *TINY,
+        "dataset.num_train=48",
+        "dataset.num_val=24",
+        "dataset.num_test=24",
+        ON_CPU,
+    ],
     "segmentation": [
         *TINY_SEG,
         "dataset.num_train=16",
@@ -35,6 +42,7 @@ RUNS = {
         "dataset.test_image_size=64",
         "task.num_overlays=1",
         "trainer.max_epochs=1",
+        ON_CPU,
     ],
     "regression": [
         *TINY_CLINICAL,
@@ -45,6 +53,7 @@ RUNS = {
         "dataset.num_test=24",
         "dataset.image_size=16",
         "trainer.max_epochs=1",
+        ON_CPU,
     ],
 }
 
@@ -174,6 +183,27 @@ def test_rerun_reproduces_metrics_exactly_on_the_cpu(name, trained, tmp_path, ca
     assert report["original"] == str(run) and report["rerun"] == str(again)
     if name == "segmentation":
         shutil.rmtree(again)  # keep the module's run folder for other tests tidy
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rerun_of_a_cuda_run_reproduces_within_the_cuda_tolerance(tmp_path):
+    """Deterministic kernels, each run in a fresh process (cuBLAS reads its workspace setting when
+    a process first uses it)."""
+    run = tmp_path / "run"
+    overrides = [o for o in RUNS["segmentation"] if o != ON_CPU]
+    done = run_cli(
+        *overrides, "trainer.device=cuda", "trainer.deterministic=true", f"hydra.run.dir={run}"
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again = subprocess.run(
+        [sys.executable, "-m", "medtrain.rerun", f"run_dir={run}", f"output={tmp_path / 'again'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    report = json.loads((tmp_path / "again" / "rerun.json").read_text())
+    assert report["verdict"] == "REPRODUCED" and report["tolerance"] == 1e-4
 
 
 def test_an_edited_saved_config_is_a_mismatch_that_names_the_key(trained, tmp_path, capsys):

@@ -16,7 +16,7 @@ from medtrain.data.synthetic_segmentation import SyntheticShapes
 from medtrain.errors import ConfigError
 from medtrain.segmentation_metrics import case_metrics, summarize
 from medtrain.tasks import SegmentationTask
-from tests.conftest import compose_cfg, read_metrics, train_in_process
+from tests.conftest import ON_CPU, compose_cfg, read_metrics, train_in_process
 
 SEG = ["experiment=synthetic_segmentation", "trainer.progress=false"]
 TINY_SEG = [
@@ -213,8 +213,8 @@ def test_tiled_inference_gives_the_whole_image_mask_away_from_tile_borders(seg_r
 
 
 def test_segmentation_rerun_gives_identical_metrics(tmp_path):
-    first = train_in_process(tmp_path / "a", TINY_SEG)
-    second = train_in_process(tmp_path / "b", TINY_SEG)
+    first = train_in_process(tmp_path / "a", [*TINY_SEG, ON_CPU])
+    second = train_in_process(tmp_path / "b", [*TINY_SEG, ON_CPU])
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
 
 
@@ -277,3 +277,46 @@ def test_basic_unet_trains_through_the_same_loop_and_leftover_keys_are_named(tmp
     train_in_process(tmp_path / "b", [*TINY_SEG, *basic, "trainer.max_epochs=1"])
     metrics = read_metrics(tmp_path / "b")
     assert 0.0 <= metrics["test/dice"] <= 1.0 and (tmp_path / "b" / "measurements.csv").exists()
+
+
+def train_and_compare_devices(tmp_path: Path, device: str, precision: str) -> tuple[dict, float]:
+    """Train experiment=synthetic_segmentation on `device` with deep supervision and per-class BCE weights (a buffer of the
+    loss, which must follow the model to the device), then predict the run's test images with its
+    best weights on `device` and on the CPU; returns the metrics and the share of mask pixels
+    on which the two devices agree."""
+    from medtrain.build import build_datasets
+    from medtrain.data.readers import Decoded
+    from medtrain.inference import Predictor
+
+    run = tmp_path / "run"
+    metrics = train_in_process(
+        run,
+        [
+            *SEG,
+            f"trainer.device={device}",
+            f"trainer.precision={precision}",
+            "model.deep_supervision=true",
+            "loss=dice_bce",
+            "loss.pos_weight=[1.0,2.0,2.0]",
+        ],
+    )
+    on_device, on_cpu = Predictor(run, device=device), Predictor(run, device="cpu")
+    test = build_datasets(on_cpu.cfg)["test"]
+    images = [Decoded(test.read_image(i), None, "npy") for i in range(len(test))]
+    names = [str(i) for i in range(len(test))]
+    same = [
+        (a["mask"] == b["mask"]).mean()
+        for a, b in zip(
+            on_device.predict(images, names), on_cpu.predict(images, names), strict=True
+        )
+    ]
+    return metrics, float(np.mean(same))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_cuda_segmentation_trains_and_its_weights_give_the_cpu_masks(tmp_path, precision):
+    metrics, agreement = train_and_compare_devices(tmp_path, "cuda", precision)
+    assert metrics["test/dice"] > 0.85
+    # TF32 / bf16 arithmetic on the GPU may flip a pixel on an object border, nothing more.
+    assert agreement > 0.99

@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 import medtrain.trainer
 from medtrain.io import load_checkpoint
-from tests.conftest import TINY, read_metrics, run_cli, train_in_process
+from tests.conftest import ON_CPU, TINY, read_metrics, run_cli, train_in_process
 
 
 def read_predictions(run_dir: Path) -> list[dict]:
@@ -73,6 +73,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
         "augmentation=strong",
         "scheduler=onecycle",
         "trainer.ema_decay=0.9",
+        ON_CPU,
     ]
     full = train_in_process(tmp_path / "full", overrides)
     last = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
@@ -229,7 +230,7 @@ def test_gradient_accumulation_steps_and_early_stopping(tmp_path):
 @pytest.mark.slow
 def test_cli_rerun_from_saved_config_equals_original(tmp_path):
     first = tmp_path / "first"
-    done = run_cli(*TINY, "augmentation=strong", f"hydra.run.dir={first}")
+    done = run_cli(*TINY, "augmentation=strong", ON_CPU, f"hydra.run.dir={first}")
     assert done.returncode == 0, done.stderr
     assert (first / "train.log").is_file() and (first / ".hydra" / "config.yaml").is_file()
     again = run_cli(
