@@ -72,7 +72,8 @@ def main() -> None:
     run = load_run(args.run_dir)
     datasets = build_datasets(run.cfg)  # once: the splits are scored with and without flip TTA
     print(
-        "| flip TTA | min object size | val Dice | val count error | test Dice | test count error |"
+        "| flip TTA | min object size | val Dice | val median abs. rel. count error "
+        "| test Dice | test median abs. rel. count error |"
     )
     print("|---|---|---|---|---|---|")
     for flip in (False, True):

@@ -185,8 +185,9 @@ def cli() -> None:
     except SystemExit as exit_:
         if exit_.code == 1:
             hint = unknown_key_hint(sys.argv[1:])
-            if hint:
+            if hint:  # Hydra refused an unknown key: a config error, with exit status 2 as the rest
                 print(hint, file=sys.stderr)
+                sys.exit(2)
         raise
 
 

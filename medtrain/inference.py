@@ -172,7 +172,7 @@ class Predictor:
             "input": {
                 "channels": pre.in_channels,
                 "size": None if size is None else list(size),
-                "normalize": dict(pre.normalize.params),
+                "normalize": pre.normalize.described(),
                 "formats": ["dicom", "npy", "npz"]
                 if pre.reads_modality
                 else ["png", "jpeg", "tiff", "dicom", "npy", "npz"],

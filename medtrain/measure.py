@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig
+from scipy import ndimage as ndi
 
 from medtrain.analysis.measurements import (
     MEASUREMENT_FIELDS,
@@ -48,7 +49,7 @@ usage: python -m medtrain.measure masks=<folder or file> [key=value ...]
   spacing=[ROW,COL]   pixel size in mm (default: from the mask's or image's file, else pixels)
   output=FILE.csv     object table (default measurements.csv); totals go to FILE_totals.csv
   class_values='{0:0,128:1,255:2}'   mask pixel value -> class index (quote the braces)
-  class_names=[background,nucleus]   name of each class index
+  class_names=[background,nucleus]   name of each class index (default class_1, class_2, ...)
   connectivity=2      2: pixels touching at corners are one object, 1: only through edges
   min_size=0          drop objects of fewer pixels
   source=mask         text of the `source` column (e.g. true or pred)
@@ -188,8 +189,13 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
 
     num_classes = len(class_names) if class_names and not instances else None
     rows, units, found_classes = [], {}, set()
+    suspicious: list[str] = []  # masks that look read the wrong way (labels vs classes)
     for mask_path in masks:
         mask = read_mask_file(mask_path, class_values, num_classes, labels=instances)
+        if instances or not (class_values or class_names):
+            hint = _reading_hint(mask, instances, connectivity)
+            if hint:
+                suspicious.append(f"{mask_path.name}: {hint}")
         image = read_image_file(images[mask_path]) if mask_path in images else None
         # The spacing argument wins over file metadata; the mask's metadata over the image's.
         file_mm = spacing or file_spacing(mask_path)
@@ -212,6 +218,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         rows.extend(measured)
         units[mask_path.stem] = "mm" if file_mm else "px"
         found_classes.update(int(k) for k in np.unique(mask) if k != 0)
+    _check_one_unit(cfg.masks, units)
 
     if instances:
         classes = [class_names[1] if class_names else "object"]
@@ -219,7 +226,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         classes = class_names[1:]
     else:
         indices = found_classes | {k for k in (class_values or {}).values() if k != 0}
-        classes = [str(k) for k in sorted(indices)]
+        classes = [f"class_{k}" for k in sorted(indices)]
     object_table = Path(cfg.output)
     if object_table.is_dir():
         raise ConfigError(
@@ -240,7 +247,57 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         "objects": {c: sum(r["class"] == c for r in rows) for c in classes},
         "units": dict(Counter(units.values())),
         "written": [object_table, totals_table],
+        "warnings": _reading_warning(suspicious, len(masks), instances),
     }
+
+
+def _check_one_unit(masks: str, units: dict[str, str]) -> None:
+    """One table, one unit: refuse masks of which some state a pixel spacing and others do not
+    (before anything is written), as training on such a folder is refused."""
+    stated = [i for i, u in units.items() if u == "mm"]
+    without = [i for i, u in units.items() if u == "px"]
+    if stated and without:
+        raise DataError(
+            f"masks={masks!r}: {len(stated)} mask(s) state a pixel spacing in the file or their "
+            f"image (e.g. {stated[0]}) and {len(without)} do not (e.g. {', '.join(without[:3])}); "
+            "one table needs one unit: give spacing=[row_mm,col_mm], or measure the two groups "
+            "separately"
+        )
+
+
+def _reading_hint(mask: np.ndarray, instances: bool, connectivity: int) -> str | None:
+    """Why `mask` may be read the wrong way, or None: with instances=true a single label value
+    spread over several separate regions (a binary mask); without it, ten or more values that are
+    each one connected region (object labels read as classes; class masks rarely look so)."""
+    structure = ndi.generate_binary_structure(2, connectivity)
+    values = [int(v) for v in np.unique(mask) if v != 0]
+    if instances:
+        if len(values) != 1:
+            return None
+        regions = ndi.label(mask == values[0], structure)[1]
+        return (
+            f"one label value ({values[0]}) over {regions} separate regions"
+            if regions > 1
+            else None
+        )
+    if len(values) < 10:
+        return None
+    boxes = ndi.find_objects(mask.astype(np.int64))
+    for value in values:
+        if ndi.label(mask[boxes[value - 1]] == value, structure)[1] != 1:
+            return None
+    return f"{len(values)} values, each one connected region"
+
+
+def _reading_warning(suspicious: list[str], total: int, instances: bool) -> str | None:
+    if not suspicious:
+        return None
+    advice = (
+        "with instances=true each value is one object: drop it for binary or class masks"
+        if instances
+        else "read as classes; if they are object labels (Cellpose, StarDist), pass instances=true"
+    )
+    return f"{len(suspicious)} of {total} masks look misread ({suspicious[0]}): {advice}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     objects = ", ".join(f"{c}: {n}" for c, n in summary["objects"].items()) or "no classes"
     units = ", ".join(f"{n} in {u}" for u, n in sorted(summary["units"].items()))
+    if summary["warnings"]:
+        print(f"warning: {summary['warnings']}", file=sys.stderr)
     print(f"measured {summary['files']} mask file(s) ({units}); objects per class: {objects}")
     print("wrote " + " and ".join(str(p) for p in summary["written"]))
     return 0

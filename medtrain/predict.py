@@ -159,12 +159,13 @@ def result_row(
         row |= {f"value_{n}": repr(v) for n, v in result["values"].items()}
         if "value" in result:
             row["value"] = repr(result["value"])
-    else:
-        area = "total_area_mm2" if result["units"] == "mm" else "total_area_px"
-        row |= {"mask": mask_file, "units": result["units"]}
+    else:  # the columns of a run's own predictions.csv
+        row |= {"mask": mask_file, "unit": result["units"]}
         for total in result["totals"]:
             row[f"count_{total['class']}"] = total["count"]
-            row[f"area_{total['class']}"] = total[area]
+            row[f"area_px_{total['class']}"] = total["total_area_px"]
+            mm2 = repr(float(total["total_area_mm2"])) if result["units"] == "mm" else ""
+            row[f"area_mm2_{total['class']}"] = mm2
     return row
 
 
@@ -176,8 +177,8 @@ def fields_for(predictor: Predictor) -> list[str]:
     if predictor.kind == "regression":
         value = ["value"] if len(names) == 1 else []
         return ["file", *value, *(f"value_{n}" for n in names), "error"]
-    per_class = [f"{what}_{n}" for n in names[1:] for what in ("count", "area")]
-    return ["file", "mask", "units", *per_class, "error"]
+    per_class = [f"{what}_{n}" for n in names[1:] for what in ("count", "area_px", "area_mm2")]
+    return ["file", "mask", *per_class, "unit", "error"]
 
 
 def predict_files(cfg: DictConfig) -> dict[str, Any]:

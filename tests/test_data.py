@@ -161,6 +161,15 @@ def test_normalize_modes():
     mm = Normalize("minmax")(image)
     assert mm.min() == 0 and mm.max() == pytest.approx(1)
     assert np.array_equal(Normalize("none")(image), image)
+    # what /info shows: only the settings the mode uses (params keeps all, to rebuild it)
+    assert Normalize("zscore", invert="auto").described() == {"mode": "zscore", "invert": "auto"}
+    assert Normalize("fixed", [0.5], [0.25]).described() == {
+        "mode": "fixed",
+        "mean": [0.5],
+        "std": [0.25],
+        "invert": False,
+    }
+    assert Normalize("percentile").described()["percentiles"] == [1.0, 99.8]
 
 
 def test_normalize_percentile_and_invert():

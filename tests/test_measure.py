@@ -86,8 +86,8 @@ def test_class_values_and_npy_masks(tmp_path, monkeypatch):
     assert main([f"masks={tmp_path / 'm.npy'}", "class_values={0:0,128:1,255:2}"]) == 0
     rows = read_csv(tmp_path / "measurements.csv")
     assert [(r["class"], r["area_px"], r["unit"]) for r in rows] == [
-        ("1", "4", "px"),
-        ("2", "16", "px"),
+        ("class_1", "4", "px"),
+        ("class_2", "16", "px"),
     ]
     # Unquoted in a shell, the braces are expanded into one argument per pair: accept that too.
     args = ["class_values=0:0", "class_values=128:1", "class_values=255:2", "output=b.csv"]
@@ -139,7 +139,7 @@ def test_instance_label_masks_keep_touching_objects_apart(tmp_path):
     assert (total["class"], total["count"], total["total_area_px"]) == ("cell", "3", "90")
     # read as classes instead, the labels are classes 7, 12 and 300 (one object each)
     assert main([*args, "instances=false"]) == 0
-    assert sorted(r["class"] for r in read_csv(out)) == ["12", "300", "7"]
+    assert sorted(r["class"] for r in read_csv(out)) == ["class_12", "class_300", "class_7"]
     # a mask with a single object keeps its label (it is not a binary {0, v} mask here)
     single = np.where(labels == 300, 300, 0).astype(np.uint16)
     Image.fromarray(single).save(tmp_path / "one.png")
@@ -156,6 +156,53 @@ def test_multi_class_names_keep_a_mask_that_shows_only_class_two(tmp_path):
     out = tmp_path / "o.csv"
     assert main([f"masks={tmp_path}", "class_names=[bg,liver,tumour]", f"output={out}"]) == 0
     assert [(r["class"], r["area_px"]) for r in read_csv(out)] == [("tumour", "9")]
+
+
+def test_masks_with_and_without_a_file_spacing_are_refused_unless_spacing_is_given(
+    tmp_path, capsys
+):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 2:5] = 255
+    Image.fromarray(mask).save(tmp_path / "a.png", dpi=(101.6, 101.6))  # states 0.25 mm
+    Image.fromarray(mask).save(tmp_path / "b.png")  # states nothing
+    out = tmp_path / "o.csv"
+    assert main([f"masks={tmp_path}", f"output={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "1 mask(s) state a pixel spacing" in err and "(e.g. a)" in err and "e.g. b)" in err
+    assert not out.exists()  # refused before anything is written
+    assert main([f"masks={tmp_path}", f"output={out}", "spacing=0.5"]) == 0
+    assert {r["unit"] for r in read_csv(out)} == {"mm"}
+
+
+def test_masks_that_look_read_the_wrong_way_are_named(tmp_path, capsys):
+    binary = np.zeros((20, 20), np.uint8)
+    binary[2:5, 2:5] = binary[10:15, 10:15] = 255  # two nuclei of a binary mask
+    Image.fromarray(binary).save(tmp_path / "binary.png")
+    assert (
+        main([f"masks={tmp_path / 'binary.png'}", f"output={tmp_path / 'o.csv'}", "instances=true"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert (
+        "1 of 1 masks look misread (binary.png: one label value (255) over 2 separate regions)"
+        in err
+    )
+    assert "drop it for binary or class masks" in err
+    assert main([f"masks={tmp_path / 'binary.png'}", f"output={tmp_path / 'o.csv'}"]) == 0
+    assert "warning" not in capsys.readouterr().err  # read as a binary mask: two objects, no doubt
+
+    labels = np.zeros((40, 40), np.uint16)
+    for k in range(12):  # 12 cells, one label each, as Cellpose writes them
+        labels[(k // 4) * 10 : (k // 4) * 10 + 6, (k % 4) * 10 : (k % 4) * 10 + 6] = k + 1
+    (tmp_path / "cells").mkdir()
+    Image.fromarray(labels).save(tmp_path / "cells" / "c.png")
+    args = [f"masks={tmp_path / 'cells'}", f"output={tmp_path / 'c.csv'}"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "c.png: 12 values, each one connected region" in err and "pass instances=true" in err
+    assert main([*args, "instances=true"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert len(read_csv(tmp_path / "c.csv")) == 12
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,12 @@ def test_small_disc_perimeter_bias_is_as_documented(radius, bias):
 def test_columns_and_defaults_without_spacing():
     (row,) = measure_mask(disc(5, size=21), image_id="case 1")
     assert list(row) == MEASUREMENT_FIELDS
-    assert (row["id"], row["source"], row["class"], row["object"]) == ("case 1", "pred", "1", 1)
+    assert (row["id"], row["source"], row["class"], row["object"]) == (
+        "case 1",
+        "pred",
+        "class_1",
+        1,
+    )
     assert (row["unit"], row["spacing_row"], row["spacing_col"], row["mean_intensity"]) == (
         "px",
         1.0,
@@ -127,7 +132,7 @@ def test_anisotropic_spacing_on_a_physical_circle():
 def test_physical_values_match_regionprops_with_spacing():
     mask = blobs(1)
     labels = label(mask == 1)
-    rows = [r for r in measure_mask(mask, spacing=(0.4, 0.7)) if r["class"] == "1"]
+    rows = [r for r in measure_mask(mask, spacing=(0.4, 0.7)) if r["class"] == "class_1"]
     props = regionprops(labels, spacing=(0.4, 0.7))
     assert len(rows) == len(props) > 3
     for row, prop in zip(rows, props, strict=True):
@@ -156,7 +161,7 @@ def test_pixel_columns_match_regionprops_on_random_blobs():
     expected = []
     for klass in (1, 2):
         for prop in regionprops(label(mask == klass, connectivity=2)):
-            expected.append((str(klass), prop))
+            expected.append((f"class_{klass}", prop))
     assert len(rows) == len(expected) > 5
     for row, (klass, prop) in zip(rows, expected, strict=True):
         assert row["class"] == klass
@@ -251,7 +256,7 @@ def test_totals_refuse_unlisted_classes_and_wrong_units():
     with pytest.raises(DataError, match="not among"):
         totals(rows, ["a"], ["nucleus"], source="pred")
     with pytest.raises(DataError, match="expected 'mm'"):
-        totals(rows, ["a"], ["1"], source="pred", units={"a": "mm"})
+        totals(rows, ["a"], ["class_1"], source="pred", units={"a": "mm"})
     with pytest.raises(DataError, match="no unit"):
-        totals(rows, ["a"], ["1"], source="pred", units={})
-    assert totals(rows, ["a"], ["1"], source="true")[0]["count"] == 0  # other sources ignored
+        totals(rows, ["a"], ["class_1"], source="pred", units={})
+    assert totals(rows, ["a"], ["class_1"], source="true")[0]["count"] == 0  # other sources ignored

@@ -128,9 +128,10 @@ def test_segmentation_masks_and_measurements(finished_runs, tmp_path):
         mask = np.array(Image.open(out.parent / row["mask"]))
         evaluated = np.array(Image.open(run / "masks" / f"{stem}.png"))
         np.testing.assert_array_equal(mask, evaluated)  # the evaluation's own mask
-        assert row["units"] == "mm"  # the run's dataset.spacing [0.5, 0.5]
+        assert row["unit"] == "mm"  # the run's dataset.spacing [0.5, 0.5]
         for k, name in enumerate(classes[1:], start=1):
-            area = float(row[f"area_{name}"])
+            assert int(row[f"area_px_{name}"]) == (mask == k).sum()
+            area = float(row[f"area_mm2_{name}"])
             assert area == pytest.approx((mask == k).sum() * 0.25)  # hand count x 0.5 mm x 0.5 mm
             mine = [o for o in objects if o["id"] == row["file"] and o["class"] == name]
             assert int(row[f"count_{name}"]) == len(mine)

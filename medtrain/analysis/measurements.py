@@ -137,7 +137,7 @@ def measure_mask(
             and the CSV says px (`unit` column).
         image: H x W or H x W x C intensities; `mean_intensity` is their mean inside the object
             (channels averaged). None: `mean_intensity` is "".
-        class_names: name of each class index (default: the index as text).
+        class_names: name of each class index (default: `class_<index>`, as a run names them).
         image_id: the `id` written on every row.
         source: the `source` written on every row (e.g. "true" or "pred").
         connectivity: 1 = objects joined through edges (4-connected), 2 = also corners (8-connected).
@@ -266,8 +266,8 @@ def _check_image(image: Any, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def _class_name(klass: int, class_names: Sequence[str] | None) -> str:
-    if class_names is None:
-        return str(klass)
+    if class_names is None:  # the default names of a run's classes
+        return f"class_{klass}"
     if klass >= len(class_names):
         raise DataError(
             f"mask holds class index {klass} but only {len(class_names)} class names are given "

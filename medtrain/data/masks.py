@@ -59,8 +59,9 @@ def read_mask_file(
         unknown = np.setdiff1d(np.unique(mask), values)
         if unknown.size:
             raise DataError(
-                f"{path}: mask values {unknown[:10].tolist()} are not in dataset.class_values "
-                f"{sorted(class_values)}"
+                f"{path}: mask values {unknown[:10].tolist()} are not in class_values "
+                f"{sorted(class_values)} (dataset.class_values in a run, class_values= for "
+                "medtrain.measure)"
             )
         lookup = np.zeros(int(values.max()) + 1, dtype=np.int64)
         for value, klass in class_values.items():

@@ -194,6 +194,16 @@ class Normalize:
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.invert = invert
 
+    def described(self) -> dict:
+        """`params` without the values this mode ignores (mean and std outside fixed and dataset,
+        percentiles outside percentile): what a person reading the settings needs."""
+        unused = {
+            "mean": self.mode not in ("fixed", "dataset"),
+            "std": self.mode not in ("fixed", "dataset"),
+            "percentiles": self.mode != "percentile",
+        }
+        return {k: v for k, v in self.params.items() if not unused.get(k, False)}
+
     def inverted(self, image: np.ndarray) -> np.ndarray:
         """The image after the `invert` rule (the first step of normalization)."""
         if self.invert is True or (self.invert == "auto" and float(np.median(image)) > 0.5):
