@@ -38,6 +38,7 @@ from medtrain.trainer import fit, seed_everything, test
 
 log = logging.getLogger("medtrain")
 FAILED_JOBS: list[int] = []  # multirun jobs stopped by a config or data error
+JOBS_STARTED: list[int] = []  # jobs Hydra ran; once one ran, its exit 1 is no command-line error
 VERSIONED = ("torch", "torchvision", "numpy", "hydra-core", "albumentations", "scikit-learn")
 
 
@@ -148,6 +149,7 @@ def train(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    JOBS_STARTED.append(len(JOBS_STARTED) + 1)
     try:
         metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except MedtrainError as err:
@@ -175,20 +177,22 @@ def cli() -> None:
                 sys.argv.append(f"{key}={value}")
     try:
         main()
-        if FAILED_JOBS:  # a grid went on past failed jobs; its exit status still says so
-            print(
-                f"medtrain: {len(FAILED_JOBS)} job(s) failed (job {', '.join(map(str, FAILED_JOBS))}); "
-                "see sweep_summary.md in the sweep folder",
-                file=sys.stderr,
-            )
-            sys.exit(1)
     except SystemExit as exit_:
-        if exit_.code == 1:
+        # Hydra exits 1 both when it refuses the command line and after an error inside a job:
+        # only the first, before any job started, is a config error (status 2, as the others).
+        if exit_.code == 1 and not JOBS_STARTED:
             hint = unknown_key_hint(sys.argv[1:])
-            if hint:  # Hydra refused an unknown key: a config error, with exit status 2 as the rest
+            if hint:
                 print(hint, file=sys.stderr)
                 sys.exit(2)
         raise
+    if FAILED_JOBS:  # a grid went on past failed jobs; its exit status still says so
+        print(
+            f"medtrain: {len(FAILED_JOBS)} job(s) failed (job {', '.join(map(str, FAILED_JOBS))}); "
+            "see sweep_summary.md in the sweep folder",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

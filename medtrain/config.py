@@ -314,7 +314,13 @@ def unknown_key_hint(args: list[str]) -> str | None:
         return None
     conf = Path(__file__).resolve().parents[1] / "conf"
     known_groups = {p.name for p in conf.iterdir() if p.is_dir() and p.name != "hydra"}
-    overrides = [a for a in args if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
+    overrides = [
+        a
+        for a in args
+        if "=" in a
+        and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))
+        and "/" not in a.split("=")[0]  # a group path (model/..., hydra/launcher): Hydra's own
+    ]
     groups = [a for a in overrides if a.split("=")[0] in known_groups]
     keys = [a.split("=")[0] for a in overrides if a.split("=")[0] not in known_groups]
     if not keys:

@@ -187,8 +187,16 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     if repeated:
         raise DataError(f"masks={cfg.masks!r}: several masks share the name {repeated[0]!r}")
 
+    # The spacing argument wins over file metadata; the mask's metadata over the image's. Read from
+    # the file headers first, so that a folder of mixed units is refused before any measuring.
+    spacings = {
+        m: spacing or file_spacing(m) or (file_spacing(images[m]) if m in images else None)
+        for m in masks
+    }
+    units = {m.stem: "mm" if spacings[m] else "px" for m in masks}
+    _check_one_unit(cfg.masks, units)
     num_classes = len(class_names) if class_names and not instances else None
-    rows, units, found_classes = [], {}, set()
+    rows, found_classes = [], set()
     suspicious: list[str] = []  # masks that look read the wrong way (labels vs classes)
     for mask_path in masks:
         mask = read_mask_file(mask_path, class_values, num_classes, labels=instances)
@@ -197,14 +205,10 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
             if hint:
                 suspicious.append(f"{mask_path.name}: {hint}")
         image = read_image_file(images[mask_path]) if mask_path in images else None
-        # The spacing argument wins over file metadata; the mask's metadata over the image's.
-        file_mm = spacing or file_spacing(mask_path)
-        if file_mm is None and mask_path in images:
-            file_mm = file_spacing(images[mask_path])
         try:
             measured = measure_mask(
                 mask,
-                spacing=file_mm,
+                spacing=spacings[mask_path],
                 image=image,
                 class_names=class_names,
                 image_id=mask_path.stem,
@@ -216,9 +220,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         except DataError as err:
             raise DataError(f"{mask_path}: {err}") from err
         rows.extend(measured)
-        units[mask_path.stem] = "mm" if file_mm else "px"
         found_classes.update(int(k) for k in np.unique(mask) if k != 0)
-    _check_one_unit(cfg.masks, units)
 
     if instances:
         classes = [class_names[1] if class_names else "object"]
@@ -266,27 +268,30 @@ def _check_one_unit(masks: str, units: dict[str, str]) -> None:
 
 
 def _reading_hint(mask: np.ndarray, instances: bool, connectivity: int) -> str | None:
-    """Why `mask` may be read the wrong way, or None: with instances=true a single label value
-    spread over several separate regions (a binary mask); without it, ten or more values that are
-    each one connected region (object labels read as classes; class masks rarely look so)."""
-    structure = ndi.generate_binary_structure(2, connectivity)
-    values = [int(v) for v in np.unique(mask) if v != 0]
-    if instances:
-        if len(values) != 1:
-            return None
-        regions = ndi.label(mask == values[0], structure)[1]
-        return (
-            f"one label value ({values[0]}) over {regions} separate regions"
-            if regions > 1
-            else None
-        )
-    if len(values) < 10:
+    """Why `mask` may be read the wrong way, or None: with instances=true, most label values
+    spread over several separate regions (a binary or class mask); without it, ten or more values
+    that are each one connected region (object labels read as classes)."""
+    values, inverse = np.unique(mask, return_inverse=True)
+    offset = 0 if values[0] == 0 else 1  # find_objects skips 0: keep it for the background only
+    compact = (
+        inverse.reshape(mask.shape) + offset
+    )  # values renumbered 1..n: large labels cost nothing
+    labels = [(i + offset, int(v)) for i, v in enumerate(values) if v != 0]
+    if not labels or (not instances and len(labels) < 10):
         return None
-    boxes = ndi.find_objects(mask.astype(np.int64))
-    for value in values:
-        if ndi.label(mask[boxes[value - 1]] == value, structure)[1] != 1:
+    structure = ndi.generate_binary_structure(2, connectivity)
+    boxes = ndi.find_objects(compact)
+    regions = {v: ndi.label(compact[boxes[k - 1]] == k, structure)[1] for k, v in labels}
+    if instances:
+        split = [v for v, n in regions.items() if n > 1]
+        if 2 * len(split) <= len(labels):
             return None
-    return f"{len(values)} values, each one connected region"
+        return f"label {split[0]} covers {regions[split[0]]} separate regions" + (
+            f" (and {len(split) - 1} more labels do too)" if len(split) > 1 else ""
+        )
+    if any(n != 1 for n in regions.values()):
+        return None
+    return f"{len(labels)} values, each one connected region"
 
 
 def _reading_warning(suspicious: list[str], total: int, instances: bool) -> str | None:
@@ -295,7 +300,8 @@ def _reading_warning(suspicious: list[str], total: int, instances: bool) -> str 
     advice = (
         "with instances=true each value is one object: drop it for binary or class masks"
         if instances
-        else "read as classes; if they are object labels (Cellpose, StarDist), pass instances=true"
+        else "read as classes; if they are object labels (Cellpose, StarDist), pass instances=true "
+        "(class masks of that many classes can ignore this)"
     )
     return f"{len(suspicious)} of {total} masks look misread ({suspicious[0]}): {advice}"
 

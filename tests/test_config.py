@@ -72,6 +72,8 @@ def test_unknown_key_hint_lists_valid_keys_and_the_closest():
     assert "arch" in unknown_key_hint(["model=resnet18", "model.archh=x"])
     top = unknown_key_hint(["modle=resnet18"])
     assert "unknown key 'modle'" in top and "Did you mean model?" in top
+    # group paths are Hydra's to judge (a grid's exit 1 with them must not read as a typo)
+    assert unknown_key_hint(["hydra/launcher=basic", "hydra/job_logging=disabled"]) is None
 
 
 @pytest.mark.slow

@@ -183,11 +183,15 @@ def test_masks_that_look_read_the_wrong_way_are_named(tmp_path, capsys):
         == 0
     )
     err = capsys.readouterr().err
-    assert (
-        "1 of 1 masks look misread (binary.png: one label value (255) over 2 separate regions)"
-        in err
-    )
+    assert "1 of 1 masks look misread (binary.png: label 255 covers 2 separate regions)" in err
     assert "drop it for binary or class masks" in err
+    classes = np.zeros((20, 20), np.uint8)  # a class mask: classes 1 and 2, two regions each
+    classes[0:3, 0:3] = classes[8:10, 8:10] = 1
+    classes[15:18, 0:3] = classes[15:18, 15:18] = 2
+    Image.fromarray(classes).save(tmp_path / "classes.png")
+    args = [f"masks={tmp_path / 'classes.png'}", f"output={tmp_path / 'k.csv'}", "instances=true"]
+    assert main(args) == 0
+    assert "label 1 covers 2 separate regions (and 1 more labels do too)" in capsys.readouterr().err
     assert main([f"masks={tmp_path / 'binary.png'}", f"output={tmp_path / 'o.csv'}"]) == 0
     assert "warning" not in capsys.readouterr().err  # read as a binary mask: two objects, no doubt
 
@@ -203,6 +207,12 @@ def test_masks_that_look_read_the_wrong_way_are_named(tmp_path, capsys):
     assert main([*args, "instances=true"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert len(read_csv(tmp_path / "c.csv")) == 12
+    # labels far apart in value (Cellpose after filtering) cost no more: they are renumbered
+    big = np.where(labels > 0, labels.astype(np.int64) + 10**9, 0)
+    np.save(tmp_path / "cells" / "c.npy", big)
+    (tmp_path / "cells" / "c.png").unlink()
+    assert main(args) == 0
+    assert "c.npy: 12 values, each one connected region" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,10 @@ def test_segmentation_masks_and_measurements(finished_runs, tmp_path):
     assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 0
     rows = read_rows(out)
     classes = Predictor(run).class_names
+    # the columns of the run's own predictions.csv, with `file` for `id` and an `error` column
+    with open(out, newline="") as f, open(run / "predictions.csv", newline="") as g:
+        header, run_header = next(csv.reader(f)), next(csv.reader(g))
+    assert header[0] == "file" and header[-1] == "error" and header[1:-1] == run_header[1:]
     objects = read_rows(out.parent / "measurements.csv")
     for row in rows:
         stem = Path(row["file"]).stem
@@ -136,6 +140,19 @@ def test_segmentation_masks_and_measurements(finished_runs, tmp_path):
             mine = [o for o in objects if o["id"] == row["file"] and o["class"] == name]
             assert int(row[f"count_{name}"]) == len(mine)
             assert sum(float(o["area_mm2"]) for o in mine) == pytest.approx(area)
+
+
+def test_segmentation_row_without_a_spacing_leaves_the_mm2_column_empty(finished_runs):
+    from medtrain.predict import result_row
+
+    predictor = Predictor(finished_runs["segmentation"])
+    totals = [
+        {"class": name, "count": 2, "total_area_px": 40, "total_area_mm2": 40.0}
+        for name in predictor.class_names[1:]
+    ]
+    row = result_row(predictor, "x.png", {"units": "px", "totals": totals}, "masks/x.png")
+    name = predictor.class_names[1]
+    assert (row["unit"], row[f"area_px_{name}"], row[f"area_mm2_{name}"]) == ("px", 40, "")
 
 
 def test_argument_errors(finished_runs, tmp_path, capsys):

@@ -150,6 +150,12 @@ def test_health_info_and_openapi(servers, finished_runs):
     best = finished_runs["classification"] / "checkpoints" / "best.pt"
     assert status == 200 and info["task"] == "classification"
     assert info["class_names"] == ["normal", "lesion"]
+    assert info["input"]["normalize"] == {
+        "mode": "fixed",
+        "mean": [0.4],
+        "std": [0.15],
+        "invert": False,
+    }
     assert info["weights_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
     metrics = json.loads((finished_runs["classification"] / "metrics.json").read_text())
     assert info["test_metrics"]["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-12)
