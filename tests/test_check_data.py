@@ -154,6 +154,15 @@ def test_segmentation_mask_of_the_wrong_size_or_class_names_the_mask(tmp_path):
     ]
     shares = report["splits"]["train"]["balance"]["pixel_fraction"]
     assert shares["nucleus"] == pytest.approx(52 / 256, abs=0.01)
+    # every mask unreadable as classes: the errors say so, no "no mask holds class" warnings
+    for k in range(6):
+        Image.fromarray(three).save(tmp_path / f"masks/img{k}.png")
+    report = check(
+        ["experiment=dsb2018_nuclei", f"dataset.path={tmp_path}", "dataset.val_size=1"]
+        + ["dataset.test_size=1"]
+    )
+    assert len(report["errors"]) == 6
+    assert not [w for w in report["warnings"] if "no mask holds" in w]
 
 
 def test_image_folder_random_bytes_and_empty_file(tmp_path):

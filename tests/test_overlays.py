@@ -76,11 +76,14 @@ def test_files_grid_and_safe_names(tmp_path):
     pred = square(2, 2, 8, (30, 60))
     cases = [
         {"id": name, "image": np.full((30, 60), i, np.uint8), "true": None, "pred": pred}
-        for i, name in enumerate(["a/b:c", "a_b_c", "grid", "..", "ok.1"])
+        for i, name in enumerate(["a/b:c", "a_b_c", "grid", "..", "ok.1", "img/x.PNG"])
     ]
     paths = save_overlays(tmp_path / "overlays", cases, columns=2)
     names = [p.name for p in paths]
-    assert names == ["a_b_c.png", "a_b_c_2.png", "grid_2.png", "case.png", "ok.1.png", "grid.png"]
+    assert names == [
+        *("a_b_c.png", "a_b_c_2.png", "grid_2.png", "case.png", "ok.1.png", "img_x.png"),
+        "grid.png",
+    ]
     for path in paths:
         with Image.open(path) as img:
             img.load()
@@ -89,7 +92,7 @@ def test_files_grid_and_safe_names(tmp_path):
         assert img.size == (60, 30)
     with Image.open(paths[-1]) as grid:
         width, height = grid.size
-    assert width >= 2 * 160 and height >= 3 * 160  # 5 tiles in 2 columns: 3 rows
+    assert width >= 2 * 160 and height >= 3 * 160  # 6 tiles in 2 columns: 3 rows
     assert not list((tmp_path / "overlays").glob(".*"))  # no temporary files left
 
 

@@ -107,6 +107,11 @@ def test_target_spacing_resamples_for_the_model_only():
     assert train[0]["image"].shape == (1, 32, 32) and train[0]["mask"].shape == (32, 32)
     with pytest.raises(ConfigError, match="target_spacing"):
         SyntheticShapes("val", num_classes=2, target_spacing=[1.0])
+    for bad in ([float("inf"), 0.5], [float("nan"), 0.5], [0.5, 0], "abc"):
+        with pytest.raises(ConfigError, match=r"dataset.spacing=.*finite and > 0"):
+            SyntheticShapes("val", num_classes=2, spacing=bad)
+    square = SyntheticShapes("val", num_classes=2, spacing=0.5, num_val=1)  # one number: square
+    assert square.spacing == (0.5, 0.5)
 
 
 def write_pairs(root, count=12, size=32):
@@ -137,6 +142,9 @@ def test_segmentation_manifest_rows_splits_and_spacing(tmp_path):
     text = csv_path.read_text().replace("msk/3.png,train,0.5", "msk/3.png,train,fast")
     csv_path.write_text(text)
     with pytest.raises(DataError, match=r"cases.csv: column 'spacing' .* line 5: 'fast'"):
+        SegManifest(str(csv_path), "train", num_classes=2)
+    csv_path.write_text(text.replace("fast", "inf"))  # an infinite pixel would end the run late
+    with pytest.raises(DataError, match=r"column 'spacing' .* line 5: 'inf'"):
         SegManifest(str(csv_path), "train", num_classes=2)
     csv_path.write_text(text.replace("fast", "0.5").replace("msk/4.png", "msk/missing.png"))
     with pytest.raises(DataError, match="line 6: .*missing.png"):

@@ -160,10 +160,44 @@ def test_seg_folder_seeded_split_by_counts_and_explicit_lists(tmp_path):
     split_file = tmp_path / "splits.json"
     split_file.write_text('{"train": ["case05"], "val": ["case06"], "test": ["case07", "case08"]}')
     assert SegFolder(str(root), "test", split_file=str(split_file)).ids == ["case07", "case08"]
-    with pytest.raises(DataError, match="not found in images"):
+    with pytest.raises(DataError, match="not found among the images"):
         SegFolder(str(root), "val", splits={"train": ["nope"], "val": [], "test": []})
     with pytest.raises(ConfigError, match="leave no training images"):
         SegFolder(str(root), "val", val_size=15, test_size=5)
+
+
+@pytest.mark.parametrize(
+    "splits, message",
+    [
+        (  # an image in two splits would leak the test set into training
+            {"train": ["case00", "case15"], "val": ["case01"], "test": ["case15"]},
+            "dataset.splits: 'case15' is in both the train and the test list",
+        ),
+        (
+            {"train": ["case00"], "val": ["case01"], "test": ["case02"], "tset": ["case03"]},
+            "dataset.splits has a list 'tset': the splits are ['train', 'val', 'test']",
+        ),
+        ({"train": [], "val": ["case01"], "test": ["case02"]}, "the train list is empty"),
+        ({"train": ["case00"], "val": ["case01"]}, "dataset.splits has no 'test' list"),
+    ],
+)
+def test_seg_folder_explicit_splits_are_checked(tmp_path, splits, message):
+    root = make_folder(tmp_path / "data", n=20)
+    with pytest.raises(ConfigError) as err:
+        SegFolder(str(root), "train", splits=splits)
+    assert message in str(err.value)
+
+
+def test_seg_folder_split_file_errors_name_the_file_and_unused_images_are_logged(tmp_path, caplog):
+    root = make_folder(tmp_path / "data", n=20)
+    split_file = tmp_path / "splits.json"
+    split_file.write_text('{"train": ["case05"], "val": ["case06"]}')
+    with pytest.raises(ConfigError, match=r"dataset.split_file='.*splits.json' has no 'test' list"):
+        SegFolder(str(root), "train", split_file=str(split_file))
+    split_file.write_text('{"train": ["case05"], "val": ["case06"], "test": ["case07"]}')
+    with caplog.at_level("WARNING"):
+        SegFolder(str(root), "train", split_file=str(split_file))
+    assert "17 of 20 images of images/ are in no split and not used (e.g. case00" in caplog.text
 
 
 def test_seg_folder_sample_and_native_size_evaluation(tmp_path):

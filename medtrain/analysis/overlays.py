@@ -128,9 +128,13 @@ def save_overlays(
     return paths
 
 
+IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|tiff?|bmp|npy|npz|dcm)$", re.IGNORECASE)
+
+
 def safe_name(text: str) -> str:
-    """A file name stem made of letters, digits, `.`, `_` and `-` only."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:120]
+    """A file name stem made of letters, digits, `.`, `_` and `-` only, without the image file
+    extension that ids taken from paths carry (a manifest's `img/a.png` -> `img_a`)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", IMAGE_SUFFIX.sub("", text)).strip("._")[:120]
     return name or "case"
 
 

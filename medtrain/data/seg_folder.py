@@ -4,6 +4,7 @@ fractions or by explicit lists."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from medtrain.data.readers import (
 )
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 MASK_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy")
 
@@ -69,9 +72,56 @@ def seeded_split(
 def read_split_file(path: str) -> dict[str, list[str]]:
     """A JSON file {"train": [ids], "val": [...], "test": [...]} (a run folder's `splits.json`)."""
     try:
-        return json.loads(Path(path).read_text())
+        splits = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"dataset.split_file={path!r}: cannot read it ({err})") from err
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise ConfigError(f"dataset.split_file={path!r}: expected {{split: [ids]}} lists")
+    return splits
+
+
+def check_split_lists(
+    splits: Mapping[str, Sequence[str]], known: Sequence[str], where: str, what: str = "images"
+) -> None:
+    """Explicit split lists (`where` names them in errors: `dataset.splits` or the split file):
+    only train, val and test, a non-empty train list, no id in two lists, every id known; ids in
+    no list are left out of the run, which is logged.
+
+    Raises:
+        ConfigError: an unknown split name, an empty train list or an id in two lists.
+        DataError: an id that is not among `known`.
+    """
+    unknown_splits = sorted(set(splits) - set(SPLITS))
+    if unknown_splits:
+        raise ConfigError(
+            f"{where} has a list {unknown_splits[0]!r}: the splits are {list(SPLITS)}"
+        )
+    if not splits.get("train"):
+        raise ConfigError(f"{where}: the train list is empty")
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        for name in splits.get(split, []):
+            if name in seen:
+                raise ConfigError(
+                    f"{where}: {name!r} is in both the {seen[name]} and the {split} list; "
+                    "an image may be in one split only"
+                )
+            seen[name] = split
+    known_set = set(known)
+    for split in SPLITS:
+        unknown = [n for n in splits.get(split, []) if n not in known_set]
+        if unknown:
+            raise DataError(f"{where}[{split}] names {unknown[:3]} not found among the {what}")
+    left_out = [n for n in known if n not in seen]
+    if left_out:
+        log.warning(
+            "%s: %d of %d %s are in no split and not used (e.g. %s)",
+            where,
+            len(left_out),
+            len(known),
+            what,
+            ", ".join(left_out[:3]),
+        )
 
 
 class SegFolder(SegmentationDataset):
@@ -153,18 +203,14 @@ class SegFolder(SegmentationDataset):
     def _split(names, val_size, test_size, splits, split_file, seed) -> dict[str, list[str]]:
         if splits is not None and split_file is not None:
             raise ConfigError("dataset.splits and dataset.split_file: give one of them, not both")
+        where = "dataset.splits"
         if split_file is not None:
-            splits = read_split_file(split_file)
+            splits, where = read_split_file(split_file), f"dataset.split_file={split_file!r}"
         if splits is not None:
-            known = set(names)
             for split in SPLITS:
                 if split not in splits:
-                    raise ConfigError(f"dataset.splits has no {split!r} list (give {list(SPLITS)})")
-                unknown = [n for n in splits[split] if n not in known]
-                if unknown:
-                    raise DataError(
-                        f"dataset.splits[{split}] names {unknown[:3]} not found in images/"
-                    )
+                    raise ConfigError(f"{where} has no {split!r} list (give {list(SPLITS)})")
+            check_split_lists(splits, names, where, "images of images/")
             return {s: list(splits[s]) for s in SPLITS}
         return seeded_split(names, val_size, test_size, seed)
 

@@ -3,6 +3,7 @@ row by row like the classification manifest."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
                 values = [-1.0]
             if not text:
                 found.append(None)
-            elif len(values) in (1, 2) and min(values) > 0:
+            elif len(values) in (1, 2) and all(math.isfinite(v) and v > 0 for v in values):
                 found.append((values[0], values[-1]))
             else:
                 found.append(None)

@@ -76,6 +76,29 @@ def _fits(image: np.ndarray, padding) -> bool:
     )
 
 
+def pixel_size(value: Any, key: str) -> tuple[float, float] | None:
+    """A configured pixel size in mm as (row_mm, col_mm): `[row, col]`, or one number for square
+    pixels; None stays None.
+
+    Raises:
+        ConfigError: naming `key`, unless the values are finite and > 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value, value]
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(
+            f"{key}={value!r}: give [row_mm, col_mm] (or one number for square pixels), "
+            "finite and > 0"
+        )
+    return values  # type: ignore[return-value]
+
+
 class SegmentationDataset(Dataset):
     """A split of images with class masks; subclasses fill `self.ids` and implement `read_image`,
     `read_mask` and (optionally) `read_spacing`.
@@ -142,19 +165,13 @@ class SegmentationDataset(Dataset):
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(
                 f"dataset.class_names has {len(class_names)} names for {num_classes} classes "
-                "(background included)"
+                "(background included; set dataset.num_classes to match)"
             )
-        if spacing is not None and (len(spacing) != 2 or any(s <= 0 for s in spacing)):
-            raise ConfigError(f"dataset.spacing={list(spacing)}: give [row_mm, col_mm], both > 0")
+        spacing = pixel_size(spacing, "dataset.spacing")
+        target_spacing = pixel_size(target_spacing, "dataset.target_spacing")
         if not 0 <= foreground_fraction <= 1:
             raise ConfigError(
                 f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]"
-            )
-        if target_spacing is not None and (
-            len(target_spacing) != 2 or any(s <= 0 for s in target_spacing)
-        ):
-            raise ConfigError(
-                f"dataset.target_spacing={list(target_spacing)}: give [row_mm, col_mm], both > 0"
             )
         if target_spacing is not None and image_size is not None:
             raise ConfigError("dataset.target_spacing and dataset.image_size: set one of them")
@@ -165,9 +182,7 @@ class SegmentationDataset(Dataset):
         self.reads_modality = self.windows is not None
         if self.windows is not None and in_channels is None:
             in_channels = len(self.windows)
-        self.target_spacing = (
-            None if target_spacing is None else tuple(float(s) for s in target_spacing)
-        )
+        self.target_spacing = target_spacing
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.multilabel = False
@@ -187,7 +202,7 @@ class SegmentationDataset(Dataset):
                 f"dataset.patches_per_image={patches_per_image} must be an integer >= 1"
             )
         self.repeats = patches_per_image if split == "train" else 1
-        self.spacing = tuple(float(s) for s in spacing) if spacing is not None else None
+        self.spacing = spacing
         self.seed = seed
         self.epoch = 0
         self.ids: list[str] = []

@@ -210,6 +210,8 @@ def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, list[str]]:
             },
             "images_with": {class_name(dataset, c): int(images[c]) for c in range(k)},
         }
+        if len(masks) < len(samples):  # unreadable masks are errors already: absence means nothing
+            return section, []
         absent = [c for c in range(k) if images[c] == 0]
         return section, [f"{split}: no mask holds class {class_name(dataset, c)!r}" for c in absent]
     labels = np.asarray(dataset.labels)

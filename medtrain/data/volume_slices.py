@@ -11,7 +11,7 @@ import torch
 
 from medtrain.data.base import SPLITS
 from medtrain.data.manifest import read_csv
-from medtrain.data.seg_folder import read_split_file, seeded_split
+from medtrain.data.seg_folder import check_split_lists, read_split_file, seeded_split
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.data.volumes import (
     NIFTI_SUFFIXES,
@@ -178,15 +178,13 @@ class VolumeSlices(SegmentationDataset):
 
     @staticmethod
     def _split(cases, val_size, test_size, split_file, given, seed) -> dict[str, list[str]]:
+        where = "the manifest's split column"
         if split_file is not None:
             saved = read_split_file(split_file)
-            given = {s: sorted({i.split("#")[0] for i in saved.get(s, [])}) for s in SPLITS}
+            where = f"dataset.split_file={split_file!r}"
+            given = {s: sorted({i.split("#")[0] for i in ids}) for s, ids in saved.items()}
         if given is not None:
-            known = set(cases)
-            for split in SPLITS:
-                unknown = [c for c in given.get(split, []) if c not in known]
-                if unknown:
-                    raise DataError(f"dataset split {split!r} names unknown cases {unknown[:3]}")
+            check_split_lists(given, cases, where, "cases")
             return {s: sorted(given.get(s, [])) for s in SPLITS}
         return seeded_split(cases, val_size, test_size, seed)
 
