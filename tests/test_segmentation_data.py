@@ -178,6 +178,10 @@ def test_seg_folder_seeded_split_by_counts_and_explicit_lists(tmp_path):
             "dataset.splits has a list 'tset': the splits are ['train', 'val', 'test']",
         ),
         ({"train": [], "val": ["case01"], "test": ["case02"]}, "the train list is empty"),
+        (
+            {"train": ["case00", "case00"], "val": ["case01"], "test": ["case02"]},
+            "'case00' is twice in the train list",
+        ),
         ({"train": ["case00"], "val": ["case01"]}, "dataset.splits has no 'test' list"),
     ],
 )

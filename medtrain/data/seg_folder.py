@@ -102,9 +102,13 @@ def check_split_lists(
     for split in SPLITS:
         for name in splits.get(split, []):
             if name in seen:
+                both = (
+                    f"twice in the {split} list"
+                    if seen[name] == split
+                    else f"in both the {seen[name]} and the {split} list"
+                )
                 raise ConfigError(
-                    f"{where}: {name!r} is in both the {seen[name]} and the {split} list; "
-                    "an image may be in one split only"
+                    f"{where}: {name!r} is {both}; each image belongs in one list, once"
                 )
             seen[name] = split
     known_set = set(known)
