@@ -2,6 +2,8 @@
 
     python examples/run_exported.py <export folder> scan1.png scan2.png ... [--masks FOLDER]
 
+Segmentation masks go to FOLDER (default: `masks/` inside the export folder).
+
 Needs numpy, Pillow, OpenCV and onnxruntime (or torch for a TorchScript export); manifest.json holds
 the preprocessing. Prints CSV to stdout, one row per image: the label and class probabilities, the
 predicted values, or (segmentation) the mask file written and its pixels per class. Segmentation
@@ -193,7 +195,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path, help="folder with manifest.json and the model")
     parser.add_argument("images", type=Path, nargs="+", help="PNG, JPEG, TIFF or NPY files")
-    parser.add_argument("--masks", type=Path, default=Path("masks"), help="where masks go")
+    parser.add_argument(
+        "--masks", type=Path, default=None, help="where masks go (default: <export>/masks)"
+    )
     args = parser.parse_args()
     manifest = json.loads((args.export / "manifest.json").read_text())
     run, task, names = load_model(args.export, manifest), manifest["task"], manifest["class_names"]
@@ -216,8 +220,9 @@ def main() -> None:
         image = prepare(pixels, manifest["preprocessing"])
         if task == "segmentation":
             mask = segment(run, image, pixels.shape[:2], manifest["segmentation"])
-            args.masks.mkdir(parents=True, exist_ok=True)
-            out = args.masks / f"{path.stem}.png"
+            masks = args.masks or args.export / "masks"
+            masks.mkdir(parents=True, exist_ok=True)
+            out = masks / f"{path.stem}.png"
             # As medtrain's masks/: binary masks as 0/255, multi-class masks as class indices.
             Image.fromarray(mask * 255 if len(names) == 2 else mask).save(out)
             row = [out, *np.bincount(mask.ravel(), minlength=len(names))]

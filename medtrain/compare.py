@@ -65,7 +65,7 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path = ".") -> list[di
     if len(run_dirs) < 2:
         raise ConfigError(f"run_dirs={list(run_dirs)}: give at least 2 runs to compare")
     runs = [Path(d) for d in run_dirs]
-    names = [_column_name(run, runs) for run in runs]
+    names = column_names(runs)
     read = [read_run(run) for run in runs]
     rows: list[dict[str, Any]] = []
     config_keys = sorted({k for _, config in read for k in config})
@@ -82,9 +82,11 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path = ".") -> list[di
     return rows
 
 
-def _column_name(run: Path, runs: list[Path]) -> str:
-    """The run's folder name, or its full path when two runs share a folder name."""
-    return run.name if sum(r.name == run.name for r in runs) == 1 else str(run)
+def column_names(runs: list[Path]) -> list[str]:
+    """The runs' folder names, or, when two runs share a folder name, every run's full path (a
+    mix would make a bare name such as `0` read as an index)."""
+    names = [run.name for run in runs]
+    return names if len(set(names)) == len(names) else [str(run) for run in runs]
 
 
 def _cell(value: Any) -> str:

@@ -97,6 +97,26 @@ def check_compatible(members: Sequence[Member]) -> None:
                 raise ConfigError(
                     f"run_dirs: {pair} have different {split} labels for the same images"
                 )
+            differs = _first_different_case(a, b)
+            if differs is not None:
+                raise ConfigError(
+                    f"run_dirs: {pair} read different {split} data under the same ids (first: "
+                    f"{differs}; another dataset.path or dataset.seed?); an ensemble needs the same "
+                    f"{split} images"
+                )
+
+
+def _first_different_case(a, b) -> str | None:
+    """The id of the first case whose image (or mask) differs between two datasets of the same
+    ids, or None: the same names in another folder, or synthetic data of another seed, are
+    other data."""
+    masks = hasattr(a, "read_mask") and hasattr(b, "read_mask")
+    for index, case_id in enumerate(a.ids):
+        if not np.array_equal(a.read_image(index), b.read_image(index)):
+            return str(case_id)
+        if masks and not np.array_equal(a.read_mask(index), b.read_mask(index)):
+            return str(case_id)
+    return None
 
 
 @torch.no_grad()
@@ -145,12 +165,23 @@ def run_ensemble(
         raise ConfigError(f"run_dirs={list(run_dirs)}: an ensemble needs at least 2 runs")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
+    resolved = [Path(run).resolve() for run in run_dirs]
+    twice = [
+        str(run) for run, path in zip(run_dirs, resolved, strict=True) if resolved.count(path) > 1
+    ]
+    if twice:
+        raise ConfigError(f"run_dirs lists {twice[0]} twice: each member is one run")
     for run in run_dirs:
         if Path(out_dir).resolve().is_relative_to(Path(run).resolve()):
             raise ConfigError(
                 f"hydra.run.dir={out_dir} is inside the member run {run}: writing there would "
                 "replace that run's files; choose another folder"
             )
+    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} exists and is not empty: the ensemble would mix its files "
+            "with what is there; name a new folder"
+        )
     dev = resolve_device(device)
     members = [load_member(Path(d)) for d in run_dirs]
     check_compatible(members)

@@ -217,6 +217,10 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
 
 def determinism() -> dict[str, Any]:
     """The settings that decide whether kernels repeat bit for bit (set by configure_determinism)."""
+    # MONAI sets CUBLAS_WORKSPACE_CONFIG (if unset) when imported, and every run imports it: import
+    # it first, so that the first job of a process records the value it runs with, as later jobs do.
+    import monai.utils  # noqa: F401
+
     return {
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),

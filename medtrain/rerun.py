@@ -38,7 +38,8 @@ usage: python -m medtrain.rerun run_dir=RUN [key=value ...]
   cuda_atol=1e-4       the same when either run trained on CUDA (kernels may differ in the last bits)
   device=DEVICE        train the rerun on cpu | cuda | cuda:N (default: the run's trainer.device)
 
-Exit status: 0 reproduced, 1 mismatch (metrics differ or the saved config changed), 2 error.
+Exit status: 0 reproduced, 1 mismatch (metrics differ or the saved config changed, other than
+progress bars, TensorBoard and overlay counts), 2 error.
 """
 # Keys that build_datasets fills in from the data (null in .hydra/config.yaml, values in best.pt).
 INFERRED = (
@@ -130,6 +131,11 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
 def _prefixes(key: str) -> list[str]:
     parts = key.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+# Settings of how a run shows its progress, not of what it computes: a change is reported but is
+# no mismatch.
+NO_EFFECT_KEYS = frozenset({"trainer.progress", "trainer.tensorboard", "task.num_overlays"})
 
 
 def config_changes(run_dir: Path) -> list[str]:
@@ -282,8 +288,14 @@ def rerun(
         raise ConfigError(f"output: {out} is inside the run being checked ({run_dir})")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output: {out} exists and is not empty; name a new folder")
-    changed = config_changes(run_dir)
+    changes = config_changes(run_dir)
+    changed = [c for c in changes if c.split(" ", 1)[0] not in NO_EFFECT_KEYS]
     lines = [f"config changed since the run: {change}" for change in changed]
+    lines += [
+        f"config changed since the run (no effect on results): {change}"
+        for change in changes
+        if change not in changed
+    ]
     if not (run_dir / "checkpoints" / "best.pt").is_file():
         lines.append("note: no checkpoints/best.pt, so the saved config was not checked")
 

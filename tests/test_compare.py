@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,15 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         compare([tmp_path], tmp_path)
     assert main([f"run_dirs=[{tmp_path},{tmp_path}]"]) == 2
     assert "has no metrics.json" in capsys.readouterr().err
+
+
+def test_column_names_are_folder_names_or_all_full_paths():
+    from medtrain.compare import column_names
+
+    assert column_names([Path("o/a"), Path("o/b")]) == ["a", "b"]
+    # two folders named 0: every column is a full path, not "0" beside paths
+    assert column_names([Path("grid/0"), Path("sweep/0"), Path("x/1")]) == [
+        "grid/0",
+        "sweep/0",
+        "x/1",
+    ]

@@ -79,6 +79,12 @@ def test_runs_on_other_data_or_tasks_are_refused(classification_runs, tmp_path):
         run_ensemble(classification_runs, classification_runs[1] / "ensemble")
     with pytest.raises(ConfigError, match="batch_size"):
         run_ensemble(classification_runs, tmp_path / "e5", batch_size=0)
+    with pytest.raises(ConfigError, match="lists .*seed1 twice"):
+        run_ensemble([classification_runs[0], classification_runs[0]], tmp_path / "e7")
+    taken = tmp_path / "taken"  # another run's folder: its files would be half replaced
+    (taken / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        run_ensemble(classification_runs, taken)
     renamed = tmp_path / "renamed"
     train_in_process(
         renamed,
@@ -127,6 +133,11 @@ def test_segmentation_ensemble_averages_probability_maps(tmp_path):
     assert 0 <= metrics["test/dice"] <= 1
     assert (out / "per_case_metrics.csv").is_file() and (out / "measurements.csv").is_file()
     assert len(read_rows(out / "members.csv")) == 3
+    # the same ids, other images and masks (another dataset.seed): not the same test set
+    other = tmp_path / "other_seed"
+    train_in_process(other, [*TINY_SEG, "dataset.seed=7", "trainer.max_epochs=1"])
+    with pytest.raises(ConfigError, match="read different val data under the same ids"):
+        run_ensemble([runs[0], other], tmp_path / "mixed")
 
 
 def test_cli_usage_and_errors(classification_runs, tmp_path):

@@ -108,9 +108,10 @@ def reference(run, images: torch.Tensor) -> list[np.ndarray]:
     return [task.values(outputs).numpy()]
 
 
-def run_example(export_dir: Path, files: list[Path], masks: Path) -> list[dict]:
+def run_example(export_dir: Path, files: list[Path], masks: Path | None) -> list[dict]:
     """The example's CSV rows, run isolated (-I) and with medtrain made unimportable."""
-    args = [str(EXAMPLE), str(export_dir), *map(str, files), "--masks", str(masks)]
+    args = [str(EXAMPLE), str(export_dir), *map(str, files)]
+    args += [] if masks is None else ["--masks", str(masks)]
     done = subprocess.run(
         [sys.executable, "-I", "-c", NO_MEDTRAIN, *args], capture_output=True, text=True
     )
@@ -161,8 +162,11 @@ def test_export_matches_pytorch_predictor_and_manifest(finished_runs, tmp_path, 
     # The example script, without medtrain, predicts image files as Predictor does.
     files = write_scans(tmp_path / "scans")
     expected = predictor.predict([read_image(f) for f in files], [f.name for f in files])
-    rows = run_example(out, files, tmp_path / "masks")
+    # segmentation masks go to the export's masks/ unless --masks says (never the working folder)
+    rows = run_example(out, files, None if kind == "segmentation" else tmp_path / "masks")
     assert_same_predictions(rows, expected, kind, predictor.class_names)
+    if kind == "segmentation":
+        assert (out / "masks" / f"{files[0].stem}.png").is_file()
 
     saved = run.checkpoint["preprocessing"]
     normalize = {k: v for k, v in manifest["preprocessing"]["normalize"].items() if k != "rule"}

@@ -3,8 +3,10 @@ determinism settings in provenance.json."""
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 from importlib.metadata import version
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 
 import medtrain
 from medtrain.provenance import data_fingerprint, environment, git_state, write_provenance
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import ROOT, TINY, compose_cfg
 
 
 def test_environment_names_python_torch_and_package_versions():
@@ -153,3 +155,14 @@ def test_write_provenance_records_seeds_determinism_device_and_command(tmp_path)
     git = stored["git"]
     assert "diff" not in git  # the diff goes to git_diff.patch, not into the JSON
     assert (tmp_path / "git_diff.patch").is_file() == bool(git["dirty"])
+
+
+def test_cublas_setting_is_recorded_as_the_run_uses_it():
+    """MONAI sets CUBLAS_WORKSPACE_CONFIG when imported: the first job of a process must record
+    it as later jobs (and reruns in a fresh process) do, or a rerun reports a change that is not."""
+    code = "from medtrain.provenance import determinism; print(determinism()['cublas_workspace_config'])"
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.stdout.strip() == ":4096:8", done.stderr[-2000:]

@@ -229,6 +229,18 @@ def test_an_edited_saved_config_is_a_mismatch_that_names_the_key(trained, tmp_pa
     assert report["verdict"] == "MISMATCH" and report["config_changes"]
 
 
+def test_an_edit_of_how_progress_is_shown_is_reported_but_no_mismatch(trained, tmp_path, capsys):
+    run = tmp_path / "quiet"
+    shutil.copytree(trained("classification"), run)
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    saved.trainer.progress = not saved.trainer.progress
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    assert main([f"run_dir={run}", f"output={tmp_path / 'again'}"]) == 0
+    out = capsys.readouterr().out
+    assert "config changed since the run (no effect on results): trainer.progress" in out
+    assert out.strip().splitlines()[-1].startswith("verdict: REPRODUCED")
+
+
 def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys):
     missing = tmp_path / "missing"
     done = subprocess.run(
