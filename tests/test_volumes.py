@@ -105,6 +105,35 @@ def test_dicom_series_is_ordered_by_position_not_name(tmp_path):
     write_series(tmp_path / "same", [1.0, 1.0])
     with pytest.raises(DataError, match="lie at the same position"):
         read_volume(tmp_path / "same")
+    write_series(tmp_path / "gap", [0.0, 3.0, 9.0, 12.0])  # the slice at 6 mm is missing
+    with pytest.raises(DataError, match="a gap of 6 mm .* where the slices are 3 mm apart"):
+        read_volume(tmp_path / "gap")
+
+
+def test_dicom_series_affine_is_ras_so_written_masks_lie_on_the_image(tmp_path):
+    """DICOM positions are LPS+; the volume's affine (what a predicted NIfTI mask is written
+    with) is RAS+, as nibabel and every NIfTI viewer read it."""
+    import nibabel as nib
+
+    from medtrain.analysis.volumes import write_nifti
+
+    write_series(tmp_path / "series", [0.0, 3.0, 6.0])  # axial: rows run posterior, columns left
+    volume = read_volume(tmp_path / "series")
+    assert volume.orientation == ("S", "P", "L")  # slices up, rows to P, columns to L (LPS +x)
+    corner = volume.affine @ [0, 1, 1, 1]  # voxel (slice 0, row 1, column 1)
+    # in LPS that voxel is at (+0.6, +0.5, 0): in RAS, (-0.6, -0.5, 0)
+    np.testing.assert_allclose(corner[:3], [-0.6, -0.5, 0.0])
+    path = write_nifti(tmp_path / "mask.nii.gz", np.zeros((3, 4, 3), np.uint8), volume.affine)
+    assert nib.aff2axcodes(nib.load(str(path)).affine) == ("S", "P", "L")
+
+
+def test_volumes_with_nan_voxels_are_refused_naming_the_file(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    array = np.zeros((4, 5, 6), np.float32)
+    array[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / "bad.nii.gz"))
+    with pytest.raises(DataError, match=r"bad.nii.gz: 1 voxel\(s\) are NaN or infinite"):
+        read_volume(tmp_path / "bad.nii.gz")
 
 
 @pytest.mark.realdata
@@ -161,6 +190,18 @@ def test_mismatched_label_volume_is_named(tmp_path):
     make_cases(tmp_path, count=4)
     save_nifti(tmp_path / "labels" / "case_02.nii.gz", np.zeros((12, 20, 15), np.uint8))
     with pytest.raises(DataError, match=r"case_02.nii.gz: label volume \(12, 20, 15\) does not"):
+        for split in ("train", "val", "test"):
+            VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
+
+
+def test_label_volume_of_another_voxel_size_is_named(tmp_path):
+    make_cases(tmp_path, count=4)  # voxels of 1 x 0.8 x 1.5 mm
+    labels = np.asarray(nib.load(str(tmp_path / "labels" / "case_01.nii.gz")).dataobj)
+    save_nifti(tmp_path / "labels" / "case_01.nii.gz", labels, spacing=(2.0, 0.8, 1.5))
+    with pytest.raises(
+        DataError,
+        match=r"case_01.nii.gz: voxels of 2 x 0.8 x 1.5 mm, the image's are 1 x 0.8 x 1.5 mm",
+    ):
         for split in ("train", "val", "test"):
             VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
 

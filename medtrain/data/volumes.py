@@ -21,7 +21,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 @dataclass
 class Volume:
     """A decoded volume: `array` (3D, modality values: CT in Hounsfield units), `spacing` in mm
-    per array axis, the voxel-to-world `affine` (4 x 4, RAS+ for NIfTI, LPS+ for DICOM) and the
+    per array axis, the voxel-to-world `affine` (4 x 4, RAS+ as in NIfTI: DICOM's LPS+ patient
+    coordinates are converted, so a mask written with it lies where the image does) and the
     orientation codes of the array axes (e.g. ('R', 'A', 'S'))."""
 
     array: np.ndarray
@@ -39,16 +40,22 @@ def read_volume(path: str | Path) -> Volume:
     """A NIfTI file, a DICOM series folder or a multi-frame DICOM file as a `Volume`.
 
     Raises:
-        DataError: naming the file or folder and what is wrong.
+        DataError: naming the file or folder and what is wrong (NaN or infinite voxels included).
     """
     path = Path(path)
     if path.is_dir():
-        return read_dicom_series(path)
-    if not path.is_file():
+        volume = read_dicom_series(path)
+    elif not path.is_file():
         raise DataError(f"{path}: no such file or folder")
-    if is_nifti(path):
-        return read_nifti(path)
-    return read_dicom_frames(path)
+    else:
+        volume = read_nifti(path) if is_nifti(path) else read_dicom_frames(path)
+    if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(volume.array).all():
+        bad = int((~np.isfinite(volume.array)).sum())
+        raise DataError(
+            f"{path}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "
+            "value) before training or prediction"
+        )
+    return volume
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -71,6 +78,19 @@ def read_nifti(path: str | Path) -> Volume:
     if min(zooms) <= 0:
         raise DataError(f"{path}: voxel sizes {zooms} must be > 0")
     return Volume(array, zooms, affine, _axcodes(affine), str(path))
+
+
+def nifti_spacing(path: str | Path) -> tuple[float, float, float] | None:
+    """The voxel size a NIfTI header states (the header only, no voxels read); None for other
+    files or an unreadable header."""
+    import nibabel as nib
+
+    if not is_nifti(path):
+        return None
+    try:
+        return tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3])
+    except Exception:  # read_volume names what is wrong with the file
+        return None
 
 
 def _axcodes(affine: np.ndarray) -> tuple[str, str, str]:
@@ -131,6 +151,13 @@ def read_dicom_series(folder: str | Path) -> Volume:
     slice_spacing = (
         float(np.median(gaps)) if len(gaps) else float(first.get("SliceThickness", 1) or 1)
     )
+    if len(gaps) and np.max(gaps) > 1.5 * slice_spacing:  # a file missing from the series
+        k = int(np.argmax(gaps))
+        raise DataError(
+            f"{folder}: a gap of {gaps[k]:.3g} mm between {ordered[k][0].name} and "
+            f"{ordered[k + 1][0].name}, where the slices are {slice_spacing:.3g} mm apart: a slice "
+            "is missing from the series (volumes and measurements would be wrong)"
+        )
     pixel_spacing = dicom_pixel_spacing(first) or (1.0, 1.0)
     slices = []
     for path, _ in ordered:
@@ -153,14 +180,9 @@ def read_dicom_series(folder: str | Path) -> Volume:
     affine[:3, 1] = orientation[3:] * pixel_spacing[0]
     affine[:3, 2] = orientation[:3] * pixel_spacing[1]
     affine[:3, 3] = np.asarray(ordered[0][1].ImagePositionPatient, float)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS+ -> NIfTI's RAS+
     spacing = (abs(slice_spacing), pixel_spacing[0], pixel_spacing[1])
-    return Volume(array, spacing, affine, _lps_codes(affine), str(folder))
-
-
-def _lps_codes(affine: np.ndarray) -> tuple[str, str, str]:
-    """Orientation codes of a DICOM (LPS+) affine, in the RAS letters nibabel uses."""
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS -> RAS
-    return _axcodes(flip @ affine)
+    return Volume(array, spacing, affine, _axcodes(affine), str(folder))
 
 
 def read_dicom_frames(path: str | Path) -> Volume:
