@@ -80,6 +80,24 @@ def read_nifti(path: str | Path) -> Volume:
     return Volume(array, zooms, affine, _axcodes(affine), str(path))
 
 
+def _frame_rescale(ds, frames: int) -> list[tuple[float, float]]:
+    """(slope, intercept) of each frame of an enhanced multi-frame DICOM: its own Pixel Value
+    Transformation, else the shared one, else (1, 0)."""
+
+    def transform(group) -> tuple[float, float] | None:
+        if group is None or "PixelValueTransformationSequence" not in group:
+            return None
+        item = group.PixelValueTransformationSequence[0]
+        return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0)
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    common = transform(shared[0] if shared else None) or (1.0, 0.0)
+    return [
+        (transform(per_frame[k]) if k < len(per_frame) else None) or common for k in range(frames)
+    ]
+
+
 def nifti_spacing(path: str | Path) -> tuple[float, float, float] | None:
     """The voxel size a NIfTI header states (the header only, no voxels read); None for other
     files or an unreadable header."""
@@ -203,6 +221,10 @@ def read_dicom_frames(path: str | Path) -> Volume:
     if pixels.ndim == 2:
         pixels = pixels[None]
     array = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    if "RescaleIntercept" not in ds and "ModalityLUTSequence" not in ds:
+        # Enhanced multi-frame objects keep slope and intercept in the functional groups.
+        for k, (slope, intercept) in enumerate(_frame_rescale(ds, len(array))):
+            array[k] = array[k] * slope + intercept
     measures = ds
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared and "PixelMeasuresSequence" in shared[0]:  # enhanced multi-frame objects
