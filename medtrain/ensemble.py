@@ -4,6 +4,7 @@ maps (segmentation), and write the run-folder contract (metrics.json, prediction
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -97,26 +98,36 @@ def check_compatible(members: Sequence[Member]) -> None:
                 raise ConfigError(
                     f"run_dirs: {pair} have different {split} labels for the same images"
                 )
-            differs = _first_different_case(a, b)
-            if differs is not None:
+    # The same ids may still be other data: compare what each member reads (once per case).
+    for split in ("val", "test"):
+        ids, reference = first.datasets[split].ids, _case_digests(first.datasets[split])
+        for other in members[1:]:
+            theirs = _case_digests(other.datasets[split])
+            differs = [i for i, a, b in zip(ids, reference, theirs, strict=True) if a != b]
+            if differs:
                 raise ConfigError(
-                    f"run_dirs: {pair} read different {split} data under the same ids (first: "
-                    f"{differs}; another dataset.path or dataset.seed?); an ensemble needs the same "
-                    f"{split} images"
+                    f"run_dirs: {first.run_dir} and {other.run_dir} read different {split} data "
+                    f"under the same ids (first: {differs[0]}; another dataset.path or "
+                    f"dataset.seed?); an ensemble needs the same {split} images"
                 )
 
 
-def _first_different_case(a, b) -> str | None:
-    """The id of the first case whose image (or mask) differs between two datasets of the same
-    ids, or None: the same names in another folder, or synthetic data of another seed, are
+def _case_digests(dataset) -> list[str]:
+    """A digest of each case's image (and mask) as read, so that members are compared with one
+    read per case each: the same names in another folder, or synthetic data of another seed, are
     other data."""
-    masks = hasattr(a, "read_mask") and hasattr(b, "read_mask")
-    for index, case_id in enumerate(a.ids):
-        if not np.array_equal(a.read_image(index), b.read_image(index)):
-            return str(case_id)
-        if masks and not np.array_equal(a.read_mask(index), b.read_mask(index)):
-            return str(case_id)
-    return None
+    digests = []
+    for index in range(len(dataset.ids)):
+        arrays = [dataset.read_image(index)]
+        if hasattr(dataset, "read_mask"):
+            arrays.append(dataset.read_mask(index))
+        digest = hashlib.sha256()
+        for array in arrays:
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        digests.append(digest.hexdigest())
+    return digests
 
 
 @torch.no_grad()

@@ -271,17 +271,16 @@ def _reading_hint(mask: np.ndarray, instances: bool, connectivity: int) -> str |
     """Why `mask` may be read the wrong way, or None: with instances=true, most label values
     spread over several separate regions (a binary or class mask); without it, ten or more values
     that are each one connected region (object labels read as classes)."""
-    values, inverse = np.unique(mask, return_inverse=True)
-    offset = 0 if values[0] == 0 else 1  # find_objects skips 0: keep it for the background only
-    compact = (
-        inverse.reshape(mask.shape) + offset
-    )  # values renumbered 1..n: large labels cost nothing
-    labels = [(i + offset, int(v)) for i, v in enumerate(values) if v != 0]
+    values = np.unique(mask)
+    labels = [int(v) for v in values if v != 0]
     if not labels or (not instances and len(labels) < 10):
         return None
+    # Values renumbered 1..n (0 stays background), so that large labels cost find_objects nothing.
+    compact = np.searchsorted(values[values != 0], mask) + 1
+    compact[mask == 0] = 0
     structure = ndi.generate_binary_structure(2, connectivity)
     boxes = ndi.find_objects(compact)
-    regions = {v: ndi.label(compact[boxes[k - 1]] == k, structure)[1] for k, v in labels}
+    regions = {v: ndi.label(compact[boxes[k]] == k + 1, structure)[1] for k, v in enumerate(labels)}
     if instances:
         split = [v for v, n in regions.items() if n > 1]
         if 2 * len(split) <= len(labels):
