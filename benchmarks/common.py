@@ -83,7 +83,8 @@ def run_ensemble(runs: list[Path], out: Path) -> dict:
         [
             sys.executable,
             "-m",
-            "medtrain.ensemble",
+            "medtrain",
+            "ensemble",
             f"run_dirs=[{','.join(map(str, runs))}]",
             f"hydra.run.dir={out}",
         ],

@@ -14,8 +14,8 @@ import time
 import torch
 from common import machine
 
+from medtrain.engine.loop import autocast
 from medtrain.models.unet import UNet
-from medtrain.trainer import autocast
 
 
 def step_seconds(width: int, precision: str, device: torch.device, steps: int, batch: int) -> float:

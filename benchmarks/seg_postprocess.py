@@ -18,9 +18,9 @@ import torch
 
 from medtrain.analysis.agreement import measurement_agreement
 from medtrain.analysis.measurements import measure_mask, totals
-from medtrain.build import build_datasets
-from medtrain.inference import load_run
-from medtrain.segmentation_metrics import case_metrics, summarize
+from medtrain.engine.build import build_datasets
+from medtrain.inference.run import load_run
+from medtrain.metrics.segmentation import case_metrics, summarize
 
 
 def split_logits(run, dataset, flip: bool) -> list[tuple[str, torch.Tensor, np.ndarray]]:

@@ -28,7 +28,7 @@ import torch
 from common import ROOT, machine, run_medtrain
 from PIL import Image
 
-from medtrain.inference import Predictor
+from medtrain.inference.predictor import Predictor
 
 BOUNDARY = "medtrain-benchmark-boundary"
 
@@ -81,7 +81,7 @@ def free_port() -> int:
 
 
 def start_server(run_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "medtrain.serve", f"run_dir={run_dir}", f"port={port}"]
+    command = [sys.executable, "-m", "medtrain", "serve", f"run_dir={run_dir}", f"port={port}"]
     with open(log, "w") as handle:
         server = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.time() + 120

@@ -43,7 +43,7 @@ def compose_cfg(overrides: list[str] | None = None):
 
 
 def train_in_process(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    from medtrain.__main__ import train
+    from medtrain.engine.training import train
 
     return train(compose_cfg(overrides), Path(run_dir))
 

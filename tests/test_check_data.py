@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtrain.build import build_datasets
-from medtrain.check_data import check_before_training, check_config, exit_status, main
-from medtrain.config import compose_config
+from medtrain.commands.check_data import exit_status, main
 from medtrain.data.validation import check_datasets
+from medtrain.engine.build import build_datasets
+from medtrain.engine.config import compose_config
+from medtrain.engine.data_check import check_before_training, check_config
 from medtrain.errors import DataError
 from tests.conftest import ROOT, SHARED_DATA
 from tests.test_readers import make_dicom
@@ -290,7 +291,7 @@ def test_python_m_check_data_prints_one_line_per_problem(tmp_path):
     path = write_manifest(tmp_path, good_rows(tmp_path) + [("images/empty.png", 1, "val")])
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "medtrain.check_data", "dataset=manifest", f"dataset.path={path}"]
+        [sys.executable, "-m", "medtrain", "check-data", "dataset=manifest", f"dataset.path={path}"]
         + [f"check.output={out}", "check.workers=2"],
         cwd=ROOT,
         capture_output=True,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from medtrain.compare import compare, main
+from medtrain.commands.compare import main
 from medtrain.errors import ConfigError
+from medtrain.experiments.compare import compare
 from tests.conftest import TINY, train_in_process
 
 
@@ -42,7 +43,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
 
 
 def test_column_names_are_folder_names_or_all_full_paths():
-    from medtrain.compare import column_names
+    from medtrain.experiments.compare import column_names
 
     assert column_names([Path("o/a"), Path("o/b")]) == ["a", "b"]
     # two folders named 0: every column is a full path, not "0" beside paths

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medtrain.config import resolve_device, unknown_key_hint, validate
+from medtrain.engine.config import resolve_device, unknown_key_hint, validate
 from medtrain.errors import ConfigError
 from tests.conftest import CONF, compose_cfg, run_cli
 
@@ -92,9 +92,9 @@ def test_cli_errors_stop_before_training(tmp_path):
 
 @pytest.mark.slow
 def test_cli_help_lists_groups():
-    done = run_cli("--help")
+    done = run_cli("train", "--help")
     assert done.returncode == 0
-    assert "== medtrain ==" in done.stdout
+    assert "== medtrain train ==" in done.stdout
     for group in GROUPS:
         assert f"{group}:" in done.stdout
     assert "resnet18" in done.stdout and "pneumoniamnist" in done.stdout
@@ -114,7 +114,7 @@ def test_cli_help_lists_groups():
     ],
 )
 def test_config_checked_against_the_data(overrides, message):
-    from medtrain.config import check_against_data
+    from medtrain.engine.config import check_against_data
 
     with pytest.raises(ConfigError) as err:
         check_against_data(compose_cfg(overrides))
@@ -122,7 +122,7 @@ def test_config_checked_against_the_data(overrides, message):
 
 
 def test_threshold_rule_on_multiclass_is_refused():
-    from medtrain.config import check_against_data
+    from medtrain.engine.config import check_against_data
 
     cfg = compose_cfg(["task.threshold=youden"])
     cfg.dataset.num_classes = 4

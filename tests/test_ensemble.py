@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medtrain.ensemble import run_ensemble
 from medtrain.errors import ConfigError
+from medtrain.inference.ensemble import run_ensemble
 from tests.conftest import ROOT, TINY, train_in_process
 from tests.test_regression import TINY_CLINICAL
 from tests.test_segmentation_task import TINY_SEG
@@ -143,7 +143,7 @@ def test_segmentation_ensemble_averages_probability_maps(tmp_path):
 def test_cli_usage_and_errors(classification_runs, tmp_path):
     def cli(*args):
         return subprocess.run(
-            [sys.executable, "-m", "medtrain.ensemble", *args],
+            [sys.executable, "-m", "medtrain", "ensemble", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -21,11 +21,12 @@ from omegaconf import open_dict
 from PIL import Image
 from torch import nn
 
+from medtrain.commands.export import main
 from medtrain.data.readers import read_image
 from medtrain.data.transforms import Normalize
 from medtrain.errors import ConfigError
-from medtrain.export import export_run, main
 from medtrain.inference import Predictor, load_run
+from medtrain.inference.export import export_run
 from medtrain.models.cnn import SimpleCNN
 from medtrain.models.fusion import Fusion
 from medtrain.models.tabular import TabularMLP

@@ -8,7 +8,7 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
-from medtrain.build import build_model
+from medtrain.engine.build import build_model
 from medtrain.errors import ConfigError
 from medtrain.models import call_model, input_keys
 from medtrain.models.cnn import SimpleCNN

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS
-from medtrain.measure import main
+from medtrain.commands.measure import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,7 +251,7 @@ def test_command_line_runs_as_a_module(folder):
     # paths run in-process above.
     out = folder / "cli.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "medtrain.measure", f"masks={folder / 'masks'}", f"output={out}"],
+        [sys.executable, "-m", "medtrain", "measure", f"masks={folder / 'masks'}", f"output={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

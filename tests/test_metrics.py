@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from medtrain import metrics as M
+from medtrain.metrics import classification as M
 
 
 def test_binary_metrics_match_sklearn_and_hand_counts():

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from omegaconf import open_dict
 
-from medtrain.build import build_model
+from medtrain.engine.build import build_model
 from medtrain.errors import ConfigError
 from medtrain.models import call_model
 from medtrain.models.torchvision_nets import torchvision_classifier

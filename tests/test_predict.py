@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtrain.build import build_datasets
+from medtrain.commands.predict import main
 from medtrain.data.readers import read_image
-from medtrain.inference import Predictor
-from medtrain.predict import main
+from medtrain.engine.build import build_datasets
+from medtrain.inference.predictor import Predictor
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -142,17 +142,20 @@ def test_segmentation_masks_and_measurements(finished_runs, tmp_path):
             assert sum(float(o["area_mm2"]) for o in mine) == pytest.approx(area)
 
 
-def test_segmentation_row_without_a_spacing_leaves_the_mm2_column_empty(finished_runs):
-    from medtrain.predict import result_row
+def test_segmentation_row_without_a_spacing_leaves_the_mm2_column_empty(finished_runs, tmp_path):
+    from medtrain.inference.predict import PredictionFiles
 
     predictor = Predictor(finished_runs["segmentation"])
     totals = [
         {"class": name, "count": 2, "total_area_px": 40, "total_area_mm2": 40.0}
         for name in predictor.class_names[1:]
     ]
-    row = result_row(predictor, "x.png", {"units": "px", "totals": totals}, "masks/x.png")
+    result = {"units": "px", "totals": totals, "mask": np.zeros((4, 5), np.uint8)}
+    files = PredictionFiles(tmp_path / "predictions.csv", tmp_path / "masks")
+    row = predictor.task.prediction_row("x.png", result, files)
     name = predictor.class_names[1]
     assert (row["unit"], row[f"area_px_{name}"], row[f"area_mm2_{name}"]) == ("px", 40, "")
+    assert row["mask"] == "masks/x.png" and (tmp_path / "masks" / "x.png").is_file()
 
 
 def test_argument_errors(finished_runs, tmp_path, capsys):

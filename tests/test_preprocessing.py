@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtrain.build import build_datasets
 from medtrain.data.manifest import Manifest
 from medtrain.data.seg_manifest import SegManifest
 from medtrain.data.synthetic_segmentation import SyntheticShapes
 from medtrain.data.transforms import WINDOW_PRESETS, crop_or_pad, parse_windows, window_ct
+from medtrain.engine.build import build_datasets
 from medtrain.errors import ConfigError, DataError
-from medtrain.inference import Predictor
+from medtrain.inference.predictor import Predictor
 from tests.conftest import compose_cfg, read_metrics, train_in_process
 from tests.test_readers import make_dicom
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import medtrain
-from medtrain.provenance import data_fingerprint, environment, git_state, write_provenance
+from medtrain.engine.provenance import data_fingerprint, environment, git_state, write_provenance
 from tests.conftest import ROOT, TINY, compose_cfg
 
 
@@ -160,7 +160,7 @@ def test_write_provenance_records_seeds_determinism_device_and_command(tmp_path)
 def test_cublas_setting_is_recorded_as_the_run_uses_it():
     """MONAI sets CUBLAS_WORKSPACE_CONFIG when imported: the first job of a process must record
     it as later jobs (and reruns in a fresh process) do, or a rerun reports a change that is not."""
-    code = "from medtrain.provenance import determinism; print(determinism()['cublas_workspace_config'])"
+    code = "from medtrain.engine.provenance import determinism; print(determinism()['cublas_workspace_config'])"
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT

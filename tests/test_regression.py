@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from medtrain import metrics as M
-from medtrain.build import target_statistics
 from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
+from medtrain.metrics import regression as M
 from medtrain.tasks import RegressionTask
+from medtrain.tasks.regression import target_statistics
 from tests.conftest import compose_cfg, run_cli, train_in_process
 
 TINY_CLINICAL = [
@@ -125,7 +125,7 @@ def test_bad_task_values_are_config_errors():
     ],
 )
 def test_mismatched_task_dataset_and_loss_are_refused(overrides, message):
-    from medtrain.config import check_task
+    from medtrain.engine.config import check_task
 
     with pytest.raises(ConfigError, match=message):
         check_task(compose_cfg(overrides))
@@ -153,7 +153,7 @@ def test_regression_end_to_end_on_lesion_area(tmp_path):
 
 
 def _train_areas(tmp_path) -> np.ndarray:
-    from medtrain.build import build_datasets
+    from medtrain.engine.build import build_datasets
 
     cfg = compose_cfg([*TINY_CLINICAL, "task=regression", "loss=mse"])
     return build_datasets(cfg)["train"].labels[:, 0]

@@ -20,16 +20,36 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medtrain.analysis.gradcam import gradcam
-from medtrain.analysis.report import COMMON_SECTIONS, TASK_SECTIONS, write_report
-from medtrain.analysis.statistics import confidence_intervals, rank_auc
-from medtrain.build import build_datasets, build_model
+from medtrain.analysis.report import COMMON_SECTIONS, write_report
+from medtrain.analysis.statistics import (
+    classification_intervals,
+    rank_auc,
+    regression_intervals,
+    segmentation_intervals,
+)
+from medtrain.commands.report import main as report_main
 from medtrain.data.loading import collate
+from medtrain.engine.build import build_datasets, build_model
 from medtrain.models.tabular import TabularMLP
 from medtrain.models.torchvision_nets import torchvision_classifier
-from medtrain.report import main as report_main
+from medtrain.tasks import ClassificationTask, RegressionTask, SegmentationTask
 from tests.conftest import TINY, compose_cfg, read_metrics, train_in_process
 from tests.test_regression import TINY_CLINICAL
 from tests.test_segmentation_task import TINY_SEG
+
+INTERVALS = {
+    "classification": classification_intervals,
+    "segmentation": segmentation_intervals,
+    "regression": regression_intervals,
+}
+TASK_SECTIONS = {
+    name: task.report_sections
+    for name, task in (
+        ("classification", ClassificationTask),
+        ("segmentation", SegmentationTask),
+        ("regression", RegressionTask),
+    )
+}
 
 RUNS = {
     "classification": [*TINY, "task.threshold=youden"],
@@ -91,15 +111,15 @@ def regression_run(tmp_path_factory) -> Path:
 def test_intervals_bracket_the_point_estimates_and_repeat(request, task, names):
     run_dir = request.getfixturevalue(f"{task}_run")
     metrics = read_metrics(run_dir)
-    intervals = confidence_intervals(run_dir)
+    intervals = INTERVALS[task](run_dir)
     for name in names:
         low, high = intervals[f"test/{name}_ci_low"], intervals[f"test/{name}_ci_high"]
         assert low <= metrics[f"test/{name}"] + 1e-12 and metrics[f"test/{name}"] <= high + 1e-12
         if name in ("acc", "mae"):
             assert low < high
     # Deterministic: a rerun (same seed) gives the same numbers; another seed other resamples.
-    assert json.dumps(confidence_intervals(run_dir)) == json.dumps(intervals)
-    assert confidence_intervals(run_dir, seed=1) != intervals
+    assert json.dumps(INTERVALS[task](run_dir)) == json.dumps(intervals)
+    assert INTERVALS[task](run_dir, seed=1) != intervals
     assert ("test/ece" in intervals) == (task == "classification")
 
 
@@ -120,12 +140,12 @@ def test_expected_calibration_error_by_hand(tmp_path):
     positive = [0.05, 0.15, 0.25, 0.72, 0.78, 0.95]
     _write_predictions(tmp_path / "binary", [0, 0, 1, 1, 0, 1], [[1 - p, p] for p in positive])
     expected = (0.05 + 0.15 + 0.75 + 2 * 0.25 + 0.05) / 6
-    assert confidence_intervals(tmp_path / "binary")["test/ece"] == pytest.approx(expected)
+    assert classification_intervals(tmp_path / "binary")["test/ece"] == pytest.approx(expected)
     # Multi-class: the top probability against whether the top class is right.
     probs = [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]]
     _write_predictions(tmp_path / "multi", [0, 2, 2, 1], probs, threshold=None)
     expected = (abs(1 - 0.6) + abs(0 - 0.7) + abs(1 - 0.8) + abs(0 - 0.34)) / 4
-    assert confidence_intervals(tmp_path / "multi")["test/ece"] == pytest.approx(expected)
+    assert classification_intervals(tmp_path / "multi")["test/ece"] == pytest.approx(expected)
 
 
 def test_bootstrap_auc_equals_scikit_learn_and_skips_one_class_resamples(tmp_path):
@@ -138,7 +158,7 @@ def test_bootstrap_auc_equals_scikit_learn_and_skips_one_class_resamples(tmp_pat
     # Two positives among 40 cases: some resamples hold none; they are left out, not counted as 0.
     target = [1, 1] + [0] * 38
     _write_predictions(tmp_path, target, [[0.1, 0.9]] * 2 + [[0.8, 0.2]] * 38)
-    intervals = confidence_intervals(tmp_path, n_boot=200)
+    intervals = classification_intervals(tmp_path, n_boot=200)
     assert intervals["test/auc_ci_low"] == intervals["test/auc_ci_high"] == 1.0
 
 
@@ -224,7 +244,7 @@ def test_report_has_every_section_and_only_valid_inline_pngs(request, task):
             image.verify()
     metrics = read_metrics(run_dir)
     headline = {"classification": "auc", "segmentation": "dice", "regression": "mae"}[task]
-    low = confidence_intervals(run_dir)[f"test/{headline}_ci_low"]
+    low = INTERVALS[task](run_dir)[f"test/{headline}_ci_low"]
     assert f"{low:.4g} - " in html  # the interval is in the metrics table
     assert f"{metrics[f'test/{headline}']:.4g}" in html
     if task == "classification":
@@ -289,7 +309,7 @@ def _fake_classification_run(run_dir: Path, multilabel: bool) -> dict:
 def test_report_of_multiclass_and_multilabel_runs(tmp_path, multilabel):
     run_dir = tmp_path / "run"
     metrics = _fake_classification_run(run_dir, multilabel)
-    intervals = confidence_intervals(run_dir, n_boot=300)
+    intervals = classification_intervals(run_dir, n_boot=300)
     keys = ["auc"] + (["auc_a", "auc_c"] if multilabel else ["acc"])
     for key in keys:
         point = metrics[f"test/{key}"]

@@ -13,12 +13,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medtrain.provenance import write_provenance
-from medtrain.rerun import (
+from medtrain.commands.rerun import main
+from medtrain.engine.provenance import write_provenance
+from medtrain.experiments.rerun import (
     compare_metrics,
     config_changes,
     environment_changes,
-    main,
     metric_tolerance,
 )
 from tests.conftest import ON_CPU, ROOT, TINY, read_metrics, run_cli
@@ -196,7 +196,14 @@ def test_rerun_of_a_cuda_run_reproduces_within_the_cuda_tolerance(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     again = subprocess.run(
-        [sys.executable, "-m", "medtrain.rerun", f"run_dir={run}", f"output={tmp_path / 'again'}"],
+        [
+            sys.executable,
+            "-m",
+            "medtrain",
+            "rerun",
+            f"run_dir={run}",
+            f"output={tmp_path / 'again'}",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -244,7 +251,7 @@ def test_an_edit_of_how_progress_is_shown_is_reported_but_no_mismatch(trained, t
 def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys):
     missing = tmp_path / "missing"
     done = subprocess.run(
-        [sys.executable, "-m", "medtrain.rerun", f"run_dir={missing}"],
+        [sys.executable, "-m", "medtrain", "rerun", f"run_dir={missing}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

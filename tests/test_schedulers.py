@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medtrain import schedulers as S
+from medtrain.engine import schedulers as S
 
 
 def rates(scheduler, optimizer, steps):

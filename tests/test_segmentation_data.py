@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtrain.build import build, build_datasets
 from medtrain.data.loading import collate
 from medtrain.data.masks import read_mask_file
 from medtrain.data.readers import file_spacing
@@ -16,6 +15,7 @@ from medtrain.data.seg_folder import SegFolder
 from medtrain.data.segmentation import random_patch
 from medtrain.data.synthetic_segmentation import SyntheticShapes
 from medtrain.data.transforms import SeededAugment
+from medtrain.engine.build import build, build_datasets
 from medtrain.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA, compose_cfg
 

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from sklearn.metrics import log_loss
 
-from medtrain.build import build
+from medtrain.engine.build import build
 from medtrain.errors import ConfigError
-from medtrain.segmentation_losses import DiceBCELoss
+from medtrain.losses.segmentation import DiceBCELoss
 from tests.conftest import compose_cfg
 
 

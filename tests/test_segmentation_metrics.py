@@ -10,7 +10,7 @@ from monai.metrics import DiceMetric, MeanIoU, compute_hausdorff_distance
 from scipy import ndimage
 from sklearn import metrics as skm
 
-from medtrain import segmentation_metrics as SM
+from medtrain.metrics import segmentation as SM
 
 CLASSES = ["background", "liver", "tumour"]
 # MONAI warns about classes that are empty in a mask (the conventions here are tested explicitly)

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from medtrain.analysis.measurements import measure_mask
-from medtrain.build import build, build_model
 from medtrain.data.synthetic_segmentation import SyntheticShapes
+from medtrain.engine.build import build, build_model
 from medtrain.errors import ConfigError
-from medtrain.segmentation_metrics import case_metrics, summarize
+from medtrain.metrics.segmentation import case_metrics, summarize
 from medtrain.tasks import SegmentationTask
 from tests.conftest import ON_CPU, compose_cfg, read_metrics, train_in_process
 
@@ -284,9 +284,9 @@ def train_and_compare_devices(tmp_path: Path, device: str, precision: str) -> tu
     loss, which must follow the model to the device), then predict the run's test images with its
     best weights on `device` and on the CPU; returns the metrics and the share of mask pixels
     on which the two devices agree."""
-    from medtrain.build import build_datasets
     from medtrain.data.readers import Decoded
-    from medtrain.inference import Predictor
+    from medtrain.engine.build import build_datasets
+    from medtrain.inference.predictor import Predictor
 
     run = tmp_path / "run"
     metrics = train_in_process(

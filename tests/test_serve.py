@@ -23,8 +23,9 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from medtrain.inference import Predictor
-from medtrain.serve import create_app, main
+from medtrain.commands.serve import main
+from medtrain.inference.predictor import Predictor
+from medtrain.inference.serve import create_app
 from tests.conftest import ROOT, SHARED_DATA
 from tests.test_readers import make_dicom
 
@@ -323,7 +324,7 @@ def test_unexpected_error_is_json_500_without_traceback(predictors):
         """A predictor whose model call fails unexpectedly."""
 
         def __init__(self, predictor):
-            self.kind, self.class_names = predictor.kind, predictor.class_names
+            self.task, self.class_names = predictor.task, predictor.class_names
             self.info, self.decode = predictor.info, predictor.decode
 
         def predict(self, *args):
@@ -344,7 +345,7 @@ def test_cli_serves_with_key_from_environment(finished_runs):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "MEDTRAIN_API_KEY": "from-env"}
-    command = [sys.executable, "-m", "medtrain.serve", f"run_dir={finished_runs['regression']}"]
+    command = [sys.executable, "-m", "medtrain", "serve", f"run_dir={finished_runs['regression']}"]
     process = subprocess.Popen(
         [*command, f"port={port}"],
         cwd=ROOT,

@@ -20,9 +20,10 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from medtrain import sweep_summary
-from medtrain.callbacks import SweepSummary
-from medtrain.sweep import main
+from medtrain.commands.report import main as report_main
+from medtrain.commands.sweep import main
+from medtrain.experiments import sweep_summary
+from medtrain.experiments.hydra_callbacks import SweepSummary
 from tests.conftest import ROOT, TINY, read_metrics, run_cli
 
 # Trials of well under a second: a small CNN on tiny synthetic images, three epochs.
@@ -89,7 +90,7 @@ def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread):
     assert (tmp_path / "sweep_optimizer.lr.png").stat().st_size > 0
 
     (tmp_path / "sweep_summary.csv").unlink()  # the CLI writes it again for an old sweep
-    assert sweep_summary.main([str(tmp_path)]) == 0
+    assert report_main([f"sweep_dir={tmp_path}"]) == 0
     assert read_summary(tmp_path) == rows
 
 
@@ -102,7 +103,7 @@ def _states(db: Path) -> dict[int, str]:
 
 
 def test_killed_sweep_resumes_without_repeating_trials(tmp_path, one_thread):
-    command = [sys.executable, "-m", "medtrain.sweep", f"sweep.dir={tmp_path}", "sweep.trials=4"]
+    command = [sys.executable, "-m", "medtrain", "sweep", f"sweep.dir={tmp_path}", "sweep.trials=4"]
     command += ["sweep.params.optimizer.lr=log(1e-4,1e-2)", "sweep.pruner=none", *FAST]
     command += ["trainer.max_epochs=4"]  # long enough to be caught running
     log = (tmp_path / "first.log").open("w")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-import medtrain.trainer
+import medtrain.engine.loop
 from medtrain.io import load_checkpoint
 from tests.conftest import ON_CPU, TINY, read_metrics, run_cli, train_in_process
 
@@ -80,18 +80,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert last["ema_steps"] == 3 * 6  # the average saved as "model" followed every optimizer step
     assert not torch.equal(last["model"]["head.3.weight"], last["training_model"]["head.3.weight"])
 
-    original = medtrain.trainer.train_one_epoch
+    original = medtrain.engine.loop.train_one_epoch
 
     def interrupted(*args, **kwargs):
         if args[8] == 2:  # the epoch argument
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(medtrain.trainer, "train_one_epoch", interrupted)
+    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_in_process(tmp_path / "cut", overrides)
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(medtrain.trainer, "train_one_epoch", original)
+    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", original)
     resumed = train_in_process(tmp_path / "cut", [*overrides, "trainer.resume=true"])
     assert resumed == full
 
@@ -299,7 +299,7 @@ def test_cuda_training(tmp_path, precision):
 
 
 def test_nan_monitor_never_counts_as_improvement():
-    from medtrain.trainer import is_better
+    from medtrain.engine.loop import is_better
 
     nan = float("nan")
     assert is_better(nan, None, "max")  # the first epoch always gives a best checkpoint

@@ -115,7 +115,7 @@ def test_dicom_series_affine_is_ras_so_written_masks_lie_on_the_image(tmp_path):
     with) is RAS+, as nibabel and every NIfTI viewer read it."""
     import nibabel as nib
 
-    from medtrain.analysis.volumes import write_nifti
+    from medtrain.analysis.volume_results import write_nifti
 
     write_series(tmp_path / "series", [0.0, 3.0, 6.0])  # axial: rows run posterior, columns left
     volume = read_volume(tmp_path / "series")
@@ -260,7 +260,7 @@ def test_training_scores_reassembled_volumes(tmp_path):
             assert float(per_case[case][f"dice_{name}"]) == pytest.approx(dice)
     assert "test/volume_mae_ml_box" in metrics and "test/dice_ball" in metrics
     # medtrain.predict on the test volumes gives the evaluation's own label volumes and volumes.
-    from medtrain.predict import main as predict
+    from medtrain.commands.predict import main as predict
 
     out = tmp_path / "predicted" / "preds.csv"
     files = [data / "images" / f"{case}.nii.gz" for case in per_case]
@@ -280,7 +280,7 @@ def test_training_scores_reassembled_volumes(tmp_path):
     # Single slices would miss the per-volume normalization: refused with the reason.
     from medtrain.data.readers import Decoded
     from medtrain.errors import DataError
-    from medtrain.inference import Predictor
+    from medtrain.inference.predictor import Predictor
 
     with pytest.raises(DataError, match="trained on slices of volumes"):
         Predictor(run).predict([Decoded(np.zeros((20, 16), np.float32), None, "npy")], ["x"])

@@ -114,12 +114,12 @@ def gradcam_figures(run_dir: str | Path, num_images: int = 6) -> list[bytes]:
     """
     from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
 
-    from medtrain.build import build_datasets, build_model
     from medtrain.data.loading import collate
+    from medtrain.engine.build import build_datasets, build_model, target_class
 
     checkpoint = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
     cfg = OmegaConf.create(checkpoint["config"])
-    if not str(cfg.task.get("_target_", "")).endswith("ClassificationTask"):
+    if getattr(target_class(cfg.task), "targets", None) != "classes":
         raise ValueError(f"Grad-CAM explains classifiers; this run's task is {cfg.task._target_}")
     with open_dict(cfg):
         cfg.trainer.num_workers = 0

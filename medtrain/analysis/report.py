@@ -20,29 +20,20 @@ from medtrain.analysis.statistics import (
     as_number,
     calibration_inputs,
     column,
-    confidence_intervals,
     expected_calibration_error,
     read_classification,
     read_csv_rows,
     regression_pairs,
     reliability_bins,
 )
+from medtrain.engine.build import target_class
 from medtrain.io import atomic_write, load_checkpoint, read_json
+from medtrain.tasks import task_from_files
 
 log = logging.getLogger("medtrain.report")
 
+# Every report has these; the task adds its own (`Task.report_sections`).
 COMMON_SECTIONS = ("config", "data", "metrics", "curves")
-TASK_SECTIONS = {
-    "classification": ("roc", "pr", "confusion", "calibration", "operating_point", "gradcam"),
-    "segmentation": ("overlays",),
-    "regression": ("scatter", "bland_altman"),
-}
-TASK_CLASSES = {
-    "ClassificationTask": "classification",
-    "SegmentationTask": "segmentation",
-    "RegressionTask": "regression",
-}
-DEFAULT_MONITOR = {"classification": "val/auc", "segmentation": "val/dice", "regression": "val/mae"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,17 +104,14 @@ def _select(cfg: DictConfig | None, key: str) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def run_task(run_dir: Path, cfg: DictConfig | None = None) -> str:
-    """`classification`, `segmentation` or `regression`: from `task._target_`, else from the files."""
-    target = str(_select(cfg, "task._target_") or "")
-    for name, task in TASK_CLASSES.items():
-        if target.endswith(name):
-            return task
-    if (run_dir / "per_case_metrics.csv").is_file():
-        return "segmentation"
-    predictions = run_dir / "predictions.csv"
-    fields = read_csv_rows(predictions)[0] if predictions.is_file() else []
-    return "classification" if any(f.startswith("prob_") for f in fields) else "regression"
+def run_task(run_dir: Path, cfg: DictConfig | None = None) -> type:
+    """The run's task class (`medtrain.tasks.base.Task`): from `task._target_` of its config, else
+    from `ensemble.json` (an ensemble folder), else guessed from its files."""
+    target = _select(cfg, "task._target_")
+    if target is None:
+        target = (read_json(run_dir / "ensemble.json") or {}).get("task_target")
+    task = target_class(OmegaConf.create({"_target_": target})) if target else None
+    return task if task is not None else task_from_files(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +125,7 @@ class Run:
     dir: Path
     cfg: DictConfig | None
     config_source: str
-    task: str
+    task: type  # the task class: its sections, test-target table, keys and default monitor
     values: dict[str, Any]
 
 
@@ -146,8 +134,7 @@ def _config_section(run: Run) -> str:
     if cfg is None:
         return _note("No config found (.hydra/config.yaml or checkpoints/best.pt).")
     rows: list[list[Any]] = [["task", _select(cfg, "task._target_")]]
-    if run.task == "classification":
-        rows.append(["task.threshold", _select(cfg, "task.threshold")])
+    rows += [[f"task.{key}", _select(cfg, f"task.{key}")] for key in run.task.report_keys]
     rows += [["task.monitor", _select(cfg, "task.monitor")]]
     rows += [[f"dataset.{k}", _select(cfg, f"dataset.{k}")] for k in ("_target_", "path")]
     for key in cfg.get("model", {}):
@@ -178,31 +165,34 @@ def _config_section(run: Run) -> str:
     )
 
 
-def _test_distribution(run: Run) -> str:
-    """The test targets: cases per class (classification), summary statistics (regression) or
-    ground-truth objects per class (segmentation)."""
-    if run.task == "classification":
-        classified = read_classification(run.dir, _select(run.cfg, "dataset.class_names"))
-        n = len(classified.target)
-        if classified.multilabel:
-            counts = classified.target.sum(axis=0)
-        else:
-            counts = np.bincount(classified.target, minlength=len(classified.names))
-        rows = [
-            [name, int(c), f"{100 * c / n:.1f}%"]
-            for name, c in zip(classified.names, counts, strict=False)
-        ]
-        header = "label" if classified.multilabel else "class"
-        return _table([header, "test cases", "share"], rows)
-    if run.task == "regression":
-        fields, rows_ = read_csv_rows(run.dir / "predictions.csv")
-        rows = []
-        for name, (target, _) in regression_pairs(fields).items():
-            t = column(rows_, target)
-            rows.append(
-                [name or "target", t.size, t.mean(), t.std(), t.min(), np.median(t), t.max()]
-            )
-        return _table(["value", "n", "mean", "sd", "min", "median", "max"], rows)
+def _class_counts(run: Run) -> str:
+    """Test cases per class (or per label)."""
+    classified = read_classification(run.dir, _select(run.cfg, "dataset.class_names"))
+    n = len(classified.target)
+    if classified.multilabel:
+        counts = classified.target.sum(axis=0)
+    else:
+        counts = np.bincount(classified.target, minlength=len(classified.names))
+    rows = [
+        [name, int(c), f"{100 * c / n:.1f}%"]
+        for name, c in zip(classified.names, counts, strict=False)
+    ]
+    header = "label" if classified.multilabel else "class"
+    return _table([header, "test cases", "share"], rows)
+
+
+def _value_summary(run: Run) -> str:
+    """Summary statistics of each test target value."""
+    fields, rows_ = read_csv_rows(run.dir / "predictions.csv")
+    rows = []
+    for name, (target, _) in regression_pairs(fields).items():
+        t = column(rows_, target)
+        rows.append([name or "target", t.size, t.mean(), t.std(), t.min(), np.median(t), t.max()])
+    return _table(["value", "n", "mean", "sd", "min", "median", "max"], rows)
+
+
+def _object_counts(run: Run) -> str:
+    """Ground-truth objects per class in the test images."""
     totals = run.dir / "measurement_totals.csv"
     if not totals.is_file():
         return _note("measurement_totals.csv not found: no ground-truth object counts.")
@@ -218,6 +208,20 @@ def _test_distribution(run: Run) -> str:
     rows = [[name, *values] for name, values in per_class.items()]
     area = "total area (mm^2)" if unit == "mm" else "total area (px)"
     return _table(["class", "test images with it", "objects", area], rows)
+
+
+# The table of test targets a task names in `Task.report_targets`.
+TARGET_TABLES: dict[str, Callable[[Run], str]] = {
+    "classes": _class_counts,
+    "values": _value_summary,
+    "objects": _object_counts,
+}
+
+
+def _test_distribution(run: Run) -> str:
+    """The test targets, as the task's `report_targets` table shows them."""
+    table = TARGET_TABLES.get(run.task.report_targets or "")
+    return table(run) if table else _note("No table of test targets for this task.")
 
 
 def _data_section(run: Run) -> str:
@@ -260,7 +264,7 @@ def _curves_section(run: Run) -> str:
         return _note("history.csv not found.")
     fields, rows = read_csv_rows(path)
     epoch = column(rows, "epoch")
-    monitor = _select(run.cfg, "task.monitor") or DEFAULT_MONITOR[run.task]
+    monitor = _select(run.cfg, "task.monitor") or run.task.default_monitor[0]
     figure, (loss_ax, metric_ax) = _figure(9.0, 3.5, ncols=2)
     for key in ("train/loss", "val/loss"):
         if key in fields:
@@ -552,10 +556,10 @@ def write_report(run_dir: Path, gradcam_images: int = 6) -> Path:
 
     The page is self-contained (images are inline PNG data URIs; no external CSS, scripts or
     fonts). Sections, each an `<h2>` whose `id` is the section name: `config`, `data`, `metrics`,
-    `curves`, then per task `roc`, `pr`, `confusion`, `calibration`, `operating_point`, `gradcam`
-    (classification), `overlays` (segmentation) or `scatter`, `bland_altman` (regression). The
-    intervals and ECE are metrics.json's when it holds them, else computed as
-    `confidence_intervals` does (the same numbers).
+    `curves`, then the task's `report_sections` (classification: `roc`, `pr`, `confusion`,
+    `calibration`, `operating_point`, `gradcam`; segmentation: `overlays`; regression: `scatter`,
+    `bland_altman`). The intervals and ECE are metrics.json's when it holds them, else computed by
+    the task's `intervals` (the same numbers).
 
     Args:
         gradcam_images: test images shown with Grad-CAM heat maps (classification).
@@ -564,16 +568,16 @@ def write_report(run_dir: Path, gradcam_images: int = 6) -> Path:
     cfg, source = load_run_config(run_dir)
     task = run_task(run_dir, cfg)
     metrics = read_json(run_dir / "metrics.json") or {}
-    extra = {} if any("_ci_" in k for k in metrics) else confidence_intervals(run_dir)
+    extra = {} if any("_ci_" in k for k in metrics) else task.intervals(run_dir)
     values = metrics | {k: v for k, v in extra.items() if k not in metrics}
     run = Run(run_dir, cfg, source, task, values)
-    sections = COMMON_SECTIONS + TASK_SECTIONS[task]
+    sections = COMMON_SECTIONS + tuple(s for s in task.report_sections if s in TITLES)
     nav = "".join(f'<a href="#{s}">{escape(TITLES[s])}</a>' for s in sections)
     body = "".join(
         f'<h2 id="{s}">{escape(TITLES[s])}</h2>\n{_section(run, s, gradcam_images)}\n'
         for s in sections
     )
-    title = f"medtrain {task} run {run_dir.resolve().name}"
+    title = f"medtrain {task.name} run {run_dir.resolve().name}"
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body>"

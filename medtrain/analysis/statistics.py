@@ -249,51 +249,66 @@ def _bootstrap(
     return out
 
 
-def confidence_intervals(
-    run_dir: Path, n_boot: int = 1000, seed: int = 0, metrics: dict[str, Any] | None = None
-) -> dict[str, float]:
-    """Bootstrap 95% confidence intervals of the test metrics, from the run folder's files only.
-
-    Classification (`predictions.csv`; binary at metrics.json's `threshold`): `auc`, `acc`,
-    `sensitivity`, `specificity` (binary), `acc`, macro one-vs-rest `auc` (multi-class), each label's
-    `auc_<label>` and their mean `auc` (multi-label); plus `test/ece`, the expected calibration error
-    (a point value, 10 equal-width bins). Regression (`predictions.csv`): `mae`, `rmse`, `r2`.
-    Segmentation (`per_case_metrics.csv`): `dice` and `iou`, per class and over foreground classes.
-
+INTERVALS_DOC = """
     Args:
         n_boot: resamples of the test cases (with replacement).
         seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
-        metrics: the run's final metrics (threshold, multi-label names); default: its metrics.json.
 
     Returns:
         `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
-        metric), and `test/ece` for classification; empty when the files are missing.
+        metric); empty when the files are missing."""
+
+
+def classification_intervals(
+    run_dir: Path, metrics: dict[str, Any] | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Bootstrap 95% intervals of a classification run's test metrics, from `predictions.csv`
+    (binary at metrics.json's `threshold`): `auc`, `acc`, `sensitivity`, `specificity` (binary),
+    `acc`, macro one-vs-rest `auc` (multi-class), each label's `auc_<label>` and their mean `auc`
+    (multi-label); plus `test/ece`, the expected calibration error (a point value, 10 equal-width
+    bins). `metrics`: the run's final metrics (threshold, label names); default its metrics.json.
     """
-    run_dir = Path(run_dir)
-    per_case = run_dir / "per_case_metrics.csv"
-    if per_case.is_file():
-        fields, rows = read_csv_rows(per_case)
-        classes = [f.removeprefix("dice_") for f in fields if f.startswith("dice_")]
-        per_metric = {
-            metric: np.stack([column(rows, f"{metric}_{c}") for c in classes], axis=1)
-            for metric in ("dice", "iou")
-            if classes and all(f"{metric}_{c}" in fields for c in classes)
-        }
-        statistics = _segmentation_statistics(per_metric, classes)
-        return _bootstrap(len(rows), statistics, n_boot, seed, width=2 * len(classes))
-    predictions = run_dir / "predictions.csv"
+    predictions = Path(run_dir) / "predictions.csv"
+    if not predictions.is_file():
+        return {}
+    if metrics is None:
+        metrics = read_json(Path(run_dir) / "metrics.json") or {}
+    classified = read_classification(run_dir, metrics=metrics)
+    threshold = metrics.get("threshold")
+    statistics = _classification_statistics(classified, 0.5 if threshold is None else threshold)
+    width = classified.probs.shape[1]
+    out = _bootstrap(len(classified.target), statistics, n_boot, seed, width)
+    return out | {"test/ece": expected_calibration_error(*calibration_inputs(classified)[:2])}
+
+
+def regression_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Bootstrap 95% intervals of a regression run's `mae`, `rmse` and `r2`, from
+    `predictions.csv`."""
+    predictions = Path(run_dir) / "predictions.csv"
     if not predictions.is_file():
         return {}
     fields, rows = read_csv_rows(predictions)
-    if any(field.startswith("prob_") for field in fields):
-        if metrics is None:
-            metrics = read_json(run_dir / "metrics.json") or {}
-        classified = read_classification(run_dir, metrics=metrics)
-        threshold = metrics.get("threshold")
-        statistics = _classification_statistics(classified, 0.5 if threshold is None else threshold)
-        width = classified.probs.shape[1]
-        out = _bootstrap(len(rows), statistics, n_boot, seed, width)
-        return out | {"test/ece": expected_calibration_error(*calibration_inputs(classified)[:2])}
     pairs = regression_pairs(fields)
     values = {name: (column(rows, t), column(rows, p)) for name, (t, p) in pairs.items()}
     return _bootstrap(len(rows), _regression_statistics(values), n_boot, seed, width=len(values))
+
+
+def segmentation_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Bootstrap 95% intervals of a segmentation run's `dice` and `iou`, per class and over the
+    foreground classes, from `per_case_metrics.csv` (the resampled unit is the test case)."""
+    per_case = Path(run_dir) / "per_case_metrics.csv"
+    if not per_case.is_file():
+        return {}
+    fields, rows = read_csv_rows(per_case)
+    classes = [f.removeprefix("dice_") for f in fields if f.startswith("dice_")]
+    per_metric = {
+        metric: np.stack([column(rows, f"{metric}_{c}") for c in classes], axis=1)
+        for metric in ("dice", "iou")
+        if classes and all(f"{metric}_{c}" in fields for c in classes)
+    }
+    statistics = _segmentation_statistics(per_metric, classes)
+    return _bootstrap(len(rows), statistics, n_boot, seed, width=2 * len(classes))
+
+
+for _function in (classification_intervals, regression_intervals, segmentation_intervals):
+    _function.__doc__ += INTERVALS_DOC

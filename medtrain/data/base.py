@@ -52,8 +52,13 @@ class ImageDataset(Dataset):
             (centre crop or zero padding, keeping the pixel spacing).
     """
 
-    task = "classification"  # what the samples serve (checked against `task=` before training)
-    regression_ready = True  # whether `regression=True` makes sense (not for class folders)
+    # What the samples can hold for a task (`Task.targets`): a class per image, or numbers per
+    # image with `regression=True` (datasets of class labels only say just "classes").
+    provides: tuple[str, ...] = ("classes", "values")
+    # Evaluation preprocessing for prediction: images of another size than the training images are
+    # resized to the training input size (an image-level head sees one size); resize, then normalize.
+    resize_to_input_size = True
+    normalizes_before_resize = False
 
     def __init__(
         self,
@@ -218,9 +223,13 @@ class ImageDataset(Dataset):
             image = fit(image, self.image_size)
         return image
 
-    def prepare(self, image: np.ndarray, index: int = 0) -> torch.Tensor:
+    def prepare(
+        self, image: np.ndarray, index: int = 0, spacing: Sequence[float] | None = None
+    ) -> torch.Tensor:
         """A stored image (H x W [x C], any bit depth) -> the model's input (float32 C x H x W):
-        `scaled`, then this split's augmentation (seeded by `index`) and normalization. Evaluation, `medtrain.predict` and `medtrain.serve` all go through here."""
+        `scaled`, then this split's augmentation (seeded by `index`) and normalization. Evaluation,
+        `medtrain predict` and `medtrain serve` all go through here. `spacing` (the file's pixel
+        size) is not used: image-level preprocessing does not resample."""
         image = self.scaled(image)
         if self.transform is not None:
             image = as_hwc(self.transform(index, image=image)["image"])

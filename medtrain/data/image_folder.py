@@ -44,7 +44,7 @@ class ImageFolder(ImageDataset):
         **kwargs: passed to `ImageDataset` (set `image_size` when the images differ in size).
     """
 
-    regression_ready = False  # class labels only
+    provides = ("classes",)  # class labels only
 
     def __init__(
         self,

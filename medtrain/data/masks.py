@@ -61,7 +61,7 @@ def read_mask_file(
             raise DataError(
                 f"{path}: mask values {unknown[:10].tolist()} are not in class_values "
                 f"{sorted(class_values)} (dataset.class_values in a run, class_values= for "
-                "medtrain.measure)"
+                "medtrain measure)"
             )
         lookup = np.zeros(int(values.max()) + 1, dtype=np.int64)
         for value, klass in class_values.items():
@@ -77,7 +77,7 @@ def read_mask_file(
     if lossy and multi_class:
         raise DataError(
             f"{path}: a JPEG mask of {num_classes} classes needs class_values (stored value -> "
-            "class index: dataset.class_values in a run, class_values= for medtrain.measure) so "
+            "class index: dataset.class_values in a run, class_values= for medtrain measure) so "
             "that compression noise is snapped to the listed values; better, store it as PNG"
         )
     if lossy:

@@ -133,7 +133,10 @@ class SegmentationDataset(Dataset):
             files' or `spacing`'s pixel size.
     """
 
-    task = "segmentation"  # what the samples serve (checked against `task=` before training)
+    provides: tuple[str, ...] = ("masks",)  # what the samples hold for a task (`Task.targets`)
+    # Evaluation keeps the native size (logits are resized back), and normalizes before resizing.
+    resize_to_input_size = False
+    normalizes_before_resize = True
 
     def __init__(
         self,
@@ -279,8 +282,8 @@ class SegmentationDataset(Dataset):
         self, image: np.ndarray, index: int = 0, spacing: Sequence[float] | None = None
     ) -> tuple[torch.Tensor, np.ndarray]:
         """A stored image without a mask -> (the model's input, the intensity image at native size
-        for measurements and overlays), exactly as evaluation prepares it. `medtrain.predict` and
-        `medtrain.serve` go through here."""
+        for measurements and overlays), exactly as evaluation prepares it. `medtrain predict` and
+        `medtrain serve` go through here."""
         image = self.scaled(image)
         if self.transform is not None:
             image = as_hwc(self.transform(index, image=image)["image"])

@@ -48,7 +48,7 @@ class SyntheticLesions(ImageDataset):
         **kwargs: passed to `ImageDataset`.
     """
 
-    regression_ready = False  # class labels only
+    provides = ("classes",)  # class labels only
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Reading every sample of a run's splits to find what would break or bias training: unreadable
 files, labels outside the classes, empty splits, identical images across splits, class balance and
-intensity summaries (the core of `python -m medtrain.check_data`)."""
+intensity summaries (the core of `medtrain check-data`)."""
 
 from __future__ import annotations
 

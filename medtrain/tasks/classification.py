@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from medtrain import metrics as M
+from medtrain.analysis.statistics import classification_intervals
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv
-from medtrain.models import call_model
+from medtrain.losses import loss_family
+from medtrain.metrics import classification as M
+from medtrain.tasks.base import Choices, Input, Task
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Binary, multi-class and multi-label image classification.
 
     Args:
@@ -32,6 +35,22 @@ class ClassificationTask:
     """
 
     name = "classification"
+    targets = "classes"
+    default_monitor = ("val/auc", "max")
+    headline = (
+        "auc",
+        "acc",
+        "balanced_acc",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "acc@0.5",
+        "precision",
+    )
+    combine_rule = "mean of probabilities"
+    report_sections = ("roc", "pr", "confusion", "calibration", "operating_point", "gradcam")
+    report_targets = "classes"
+    report_keys = ("threshold",)
 
     def __init__(
         self,
@@ -51,26 +70,61 @@ class ClassificationTask:
             )
         if not isinstance(threshold, str) and not 0 < threshold < 1:
             raise ConfigError(f"task.threshold={threshold} must be in (0, 1)")
-        if monitor_mode not in ("max", "min"):
-            raise ConfigError(f"task.monitor_mode={monitor_mode!r}: choose 'max' or 'min'")
-        self.loss_fn = loss
+        super().__init__(loss, class_names, monitor, monitor_mode, flip_tta)
         self.multilabel = bool(multilabel)
-        self.class_names = list(class_names or [])
         self.threshold_rule = threshold
         self.target_sensitivity = target_sensitivity
-        self.monitor = monitor
-        self.monitor_mode = monitor_mode
-        self.flip_tta = flip_tta
         # Until chosen on validation data, a rule-based threshold evaluates at 0.5.
         self.threshold: float | list[float] = (
             0.5 if isinstance(threshold, str) else float(threshold)
         )
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        logits = call_model(model, batch)
-        if self.flip_tta and not model.training:
-            logits = (logits + call_model(model, batch, flip=True)) / 2
-        return logits
+    @classmethod
+    def check_config(
+        cls, cfg: DictConfig, provides: Sequence[str] | None, choices: Choices
+    ) -> None:
+        if provides is not None and "classes" not in provides:
+            raise ConfigError(
+                f"dataset={choices['dataset']} holds masks for segmentation, but "
+                f"task={choices['task']}: add task=segmentation model=unet loss=dice_ce (see "
+                "experiment=synthetic_segmentation)"
+            )
+        family = loss_family(cfg.loss.get("_target_"))
+        if family == "values":
+            raise ConfigError(
+                f"loss={choices['loss']} is a regression loss; task={choices['task']} needs a "
+                "classification or segmentation loss (cross_entropy, bce, focal; dice_ce, dice, "
+                "...), or use task=regression"
+            )
+        if family == "masks":
+            raise ConfigError(
+                f"loss={choices['loss']} is a segmentation loss; for task=classification use "
+                "loss=cross_entropy, bce or focal"
+            )
+
+    @classmethod
+    def check_against_data(cls, cfg: DictConfig) -> None:
+        data, task = cfg.dataset, cfg.task
+        target = str(cfg.loss.get("_target_", ""))
+        if data.multilabel and target.endswith("CrossEntropy"):
+            raise ConfigError(
+                "loss=cross_entropy cannot train multi-label targets "
+                f"(dataset {data.get('path')}); use loss=bce or loss=focal"
+            )
+        if not data.multilabel and target.endswith("BCEWithLogits"):
+            raise ConfigError(
+                "loss=bce trains independent sigmoid outputs, but the labels are one class per "
+                "image; use loss=cross_entropy or loss=focal"
+            )
+        rule = task.get("threshold")
+        if isinstance(rule, str) and not data.multilabel and data.num_classes > 2:
+            raise ConfigError(
+                f"task.threshold={rule!r} applies to binary and multi-label tasks; this dataset "
+                f"has {data.num_classes} classes (the prediction is the most probable one): use 0.5"
+            )
+        sensitivity = task.get("target_sensitivity", 0.9)
+        if not 0 < sensitivity <= 1:
+            raise ConfigError(f"task.target_sensitivity={sensitivity!r}: must be in (0, 1]")
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_fn(logits.float(), batch["label"])
@@ -113,6 +167,71 @@ class ClassificationTask:
                     target, probs[:, 1], self.threshold_rule, self.target_sensitivity
                 )
         return self.threshold
+
+    @classmethod
+    def intervals(cls, run_dir: Path, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return classification_intervals(run_dir, None if metrics is None else dict(metrics))
+
+    # -- finished runs ---------------------------------------------------------------------------
+    def prediction(self, output: torch.Tensor, item: Input) -> dict[str, Any]:
+        """`probabilities` per class, and `label` (with `label_index`) or, multi-label, `labels`."""
+        probs = self.probabilities(output).cpu().numpy().astype(np.float64)
+        pred = M.decide(probs, self.multilabel, self.threshold)[0]
+        names = self.class_names
+        out: dict[str, Any] = {"probabilities": dict(zip(names, map(float, probs[0]), strict=True))}
+        if self.multilabel:
+            out["labels"] = [n for n, p in zip(names, pred, strict=True) if p]
+        else:
+            out |= {"label": names[int(pred)], "label_index": int(pred)}
+        return out
+
+    def prediction_fields(self) -> list[str]:
+        label = ["labels"] if self.multilabel else ["label"]
+        return [*label, *(f"prob_{n}" for n in self.class_names)]
+
+    def prediction_row(self, name: str, result: dict[str, Any], files: Any) -> dict[str, Any]:
+        """The label(s) and each class's probability (full precision)."""
+        row: dict[str, Any] = {}
+        if "labels" in result:
+            row["labels"] = ";".join(result["labels"])
+        else:
+            row["label"] = result["label"]
+        return row | {f"prob_{n}": repr(p) for n, p in result["probabilities"].items()}
+
+    def info(self) -> dict[str, Any]:
+        return {"multilabel": self.multilabel, "threshold": self.threshold}
+
+    # -- export ----------------------------------------------------------------------------------
+    def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(outputs)
+
+    def export_outputs(self, width: int, pixels: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "probabilities",
+                "dtype": "float32",
+                "shape": ["batch", width],
+                "meaning": "class probabilities (softmax; sigmoid per label for multi-label)",
+            }
+        ]
+
+    def export_manifest(self, preprocess: Any) -> dict[str, Any]:
+        names = [str(n) for n in self.class_names]
+        if self.multilabel:
+            threshold = self.threshold
+            threshold = threshold if isinstance(threshold, list) else [threshold] * len(names)
+            decision = "label k is present when probabilities[k] >= threshold[k]"
+        elif len(names) == 2:
+            threshold = self.threshold
+            decision = f"{names[1]} when probabilities[1] >= threshold, else {names[0]}"
+        else:
+            threshold, decision = None, "the most probable class"
+        return {
+            "class_names": names,
+            "multilabel": self.multilabel,
+            "threshold": threshold,
+            "decision": decision,
+        }
 
 
 class ClassificationCollector:

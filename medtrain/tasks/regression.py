@@ -3,23 +3,37 @@ standardised targets and reported in the targets' own units."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from medtrain import metrics as M
 from medtrain.analysis.agreement import bland_altman
 from medtrain.analysis.plots import save_agreement_plots
+from medtrain.analysis.statistics import regression_intervals
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv
-from medtrain.models import call_model
+from medtrain.losses import loss_family
+from medtrain.metrics import regression as M
+from medtrain.tasks.base import Choices, Input, Task
 
 
-class RegressionTask:
+def target_statistics(values: np.ndarray) -> dict[str, list[float]]:
+    """Per-value mean and standard deviation of regression targets (N x K), and their range."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    std = values.std(axis=0)
+    return {
+        "target_mean": values.mean(axis=0).tolist(),
+        "target_std": np.where(std > 0, std, 1.0).tolist(),  # a constant target is left unscaled
+        "grade_range": [float(values.min()), float(values.max())],
+    }
+
+
+class RegressionTask(Task):
     """Predict values per image with any backbone whose head has one output per value.
 
     The network learns standardised targets, `(y - mean) / std` with the training split's statistics
@@ -43,6 +57,13 @@ class RegressionTask:
     """
 
     name = "regression"
+    targets = "values"
+    default_monitor = ("val/mae", "min")
+    headline = ("acc", "mae", "rmse", "r2", "pearson", "qwk")
+    combine_rule = "mean of predicted values"
+    output_unit = "target value"
+    report_sections = ("scatter", "bland_altman")
+    report_targets = "values"
 
     def __init__(
         self,
@@ -58,31 +79,70 @@ class RegressionTask:
         flip_tta: bool = False,
         plots: bool = True,
     ):
-        if monitor_mode not in ("max", "min"):
-            raise ConfigError(f"task.monitor_mode={monitor_mode!r}: choose 'max' or 'min'")
         if grade_range is not None and (len(grade_range) != 2 or grade_range[0] >= grade_range[1]):
             raise ConfigError(f"task.grade_range={list(grade_range)} must be [lowest, highest]")
         std = np.atleast_1d(np.asarray(1.0 if target_std is None else target_std, dtype=np.float64))
         if (std <= 0).any():
             raise ConfigError(f"task.target_std={std.tolist()} must be > 0")
-        self.loss_fn = loss
-        self.class_names = list(target_names or ["target"])
+        super().__init__(loss, target_names or ["target"], monitor, monitor_mode, flip_tta)
         use = bool(standardize)
         self.mean = np.atleast_1d(np.asarray(target_mean or 0.0, dtype=np.float64)) * use
         self.std = std if use else np.ones_like(std)
         self.ordinal = bool(ordinal)
         self.grade_range = None if grade_range is None else (grade_range[0], grade_range[1])
-        self.monitor = monitor
-        self.monitor_mode = monitor_mode
-        self.flip_tta = flip_tta
         self.plots = plots
-        self.threshold = None
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        outputs = call_model(model, batch)
-        if self.flip_tta and not model.training:
-            outputs = (outputs + call_model(model, batch, flip=True)) / 2
-        return outputs
+    @classmethod
+    def check_config(
+        cls, cfg: DictConfig, provides: Sequence[str] | None, choices: Choices
+    ) -> None:
+        if provides is not None and "masks" in provides:
+            raise ConfigError(
+                f"dataset={choices['dataset']} holds masks for segmentation, but "
+                f"task={choices['task']}: add task=segmentation model=unet loss=dice_ce (see "
+                "experiment=synthetic_segmentation)"
+            )
+        if provides is not None and "values" not in provides:
+            raise ConfigError(
+                f"task=regression needs a number per image, but dataset={choices['dataset']} holds "
+                "class labels only: use dataset=manifest (a target column), medmnist or "
+                "synthetic_clinical"
+            )
+        if loss_family(cfg.loss.get("_target_")) != "values":
+            raise ConfigError(
+                f"loss={choices['loss']} does not compare values; for task=regression use "
+                "loss=mse, l1 or huber"
+            )
+
+    @classmethod
+    def dataset_options(cls, cfg: DictConfig) -> dict[str, Any]:
+        return {"regression": True}  # labels are values to predict, not classes
+
+    @classmethod
+    def fit_to_data(cls, cfg: DictConfig, train: Any) -> None:
+        """The training split's target mean and standard deviation (and, for ordinal grades, their
+        range), unless the config gives them."""
+        for key, value in target_statistics(train.labels).items():
+            if key == "grade_range" and not cfg.task.get("ordinal"):
+                continue
+            if key == "grade_range" and cfg.task.get(key) is None and value[0] == value[1]:
+                raise ConfigError(
+                    f"task.ordinal=true: every training target is {value[0]}; set "
+                    "task.grade_range=[lowest,highest] or check the training split"
+                )
+            if cfg.task.get(key) is None:  # values given in the config win
+                cfg.task[key] = value
+
+    @classmethod
+    def check_against_data(cls, cfg: DictConfig) -> None:
+        values = cfg.dataset.num_classes
+        for key in ("target_names", "target_mean", "target_std"):
+            given = cfg.task.get(key)
+            if OmegaConf.is_list(given) and len(given) != values:
+                raise ConfigError(
+                    f"task.{key} has {len(given)} values for {values} predicted value(s) per "
+                    "image; give one per value"
+                )
 
     def standardized(self, values: torch.Tensor) -> torch.Tensor:
         """Targets in target units (B x K) -> what the network learns."""
@@ -115,8 +175,61 @@ class RegressionTask:
     def collector(self, final: bool = False) -> RegressionCollector:
         return RegressionCollector(self)
 
-    def fit_threshold(self, val: RegressionCollector) -> None:
-        return None
+    @classmethod
+    def intervals(cls, run_dir: Path, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return regression_intervals(run_dir)
+
+    # -- finished runs ---------------------------------------------------------------------------
+    def prediction(self, output: torch.Tensor, item: Input) -> dict[str, Any]:
+        """`values` per target name in target units (and `value` when there is one)."""
+        values = self.values(output)[0].cpu().numpy()
+        return {
+            "values": {n: float(v) for n, v in zip(self.class_names, values, strict=True)},
+            **({"value": float(values[0])} if len(values) == 1 else {}),
+        }
+
+    def prediction_fields(self) -> list[str]:
+        value = ["value"] if len(self.class_names) == 1 else []
+        return [*value, *(f"value_{n}" for n in self.class_names)]
+
+    def prediction_row(self, name: str, result: dict[str, Any], files: Any) -> dict[str, Any]:
+        row = {f"value_{n}": repr(v) for n, v in result["values"].items()}
+        if "value" in result:
+            row["value"] = repr(result["value"])
+        return row
+
+    # -- export ----------------------------------------------------------------------------------
+    def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Values in target units (float64): outputs * std + mean."""
+        std = torch.as_tensor(self.std, dtype=torch.float64)
+        mean = torch.as_tensor(self.mean, dtype=torch.float64)
+        return outputs.double() * std + mean
+
+    def export_outputs(self, width: int, pixels: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "values",
+                "dtype": "float64",
+                "shape": ["batch", width],
+                "meaning": "predicted values in the targets' units (float64)",
+            }
+        ]
+
+    def export_manifest(self, preprocess: Any) -> dict[str, Any]:
+        names = [str(n) for n in self.class_names]
+        return {
+            "class_names": names,
+            "regression": {
+                "target_names": names,
+                "target_mean": [float(m) for m in self.mean],
+                "target_std": [float(s) for s in self.std],
+                "note": "`values` are in the targets' units: outputs * std + mean is in the model",
+            },
+        }
+
+    def export_tolerance(self) -> float:
+        """Values are compared in units of the targets' spread."""
+        return max(float(np.max(self.std)), 1.0)
 
 
 class RegressionCollector:

@@ -3,6 +3,7 @@ metrics, and at test time masks, measurements in physical units and overlays."""
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,22 +12,27 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from skimage.morphology import remove_small_objects
 from torch import nn
 
 from medtrain.analysis.agreement import measurement_agreement
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS, measure_mask, totals
-from medtrain.analysis.overlays import safe_name, save_overlays, unique_name
-from medtrain.analysis.volumes import VolumeAssembler
+from medtrain.analysis.overlays import draw_overlay, safe_name, save_overlays, unique_name
+from medtrain.analysis.statistics import segmentation_intervals
+from medtrain.analysis.volume_results import VolumeAssembler
+from medtrain.data.segmentation import SegmentationDataset, pair
 from medtrain.errors import ConfigError
-from medtrain.io import save_csv, save_json, save_png
-from medtrain.segmentation_metrics import case_metrics, summarize
-from medtrain.sliding_window import check_inference, sliding_window_inference
+from medtrain.inference.sliding_window import check_inference, sliding_window_inference
+from medtrain.io import png_bytes, save_csv, save_json, save_png
+from medtrain.losses import loss_family
+from medtrain.metrics.segmentation import case_metrics, summarize
+from medtrain.tasks.base import Choices, Input, Task
 
 Logits = torch.Tensor | list[torch.Tensor]
 
 
-class SegmentationTask:
+class SegmentationTask(Task):
     """Binary or multi-class segmentation (one class per pixel, background = class 0).
 
     Training sees batches of equal-size patches or resized images; evaluation segments each whole
@@ -51,6 +57,14 @@ class SegmentationTask:
     """
 
     name = "segmentation"
+    targets = "masks"
+    default_monitor = ("val/dice", "max")
+    headline = ("dice", "iou", "hd95_mm", "precision", "recall")
+    preprocessing_class = SegmentationDataset
+    combine_rule = "mean of probabilities"
+    report_sections = ("overlays",)
+    report_targets = "objects"
+    uses_spacing = True
 
     def __init__(
         self,
@@ -65,8 +79,6 @@ class SegmentationTask:
         connectivity: int = 2,
         num_overlays: int = 16,
     ):
-        if monitor_mode not in ("max", "min"):
-            raise ConfigError(f"task.monitor_mode={monitor_mode!r}: choose 'max' or 'min'")
         if connectivity not in (1, 2):
             raise ConfigError(f"task.connectivity={connectivity}: use 1 (4-) or 2 (8-connected)")
         if min_object_size < 0 or num_overlays < 0:
@@ -78,10 +90,7 @@ class SegmentationTask:
                 f"task.inference has unknown keys {sorted(unknown)}; valid: window, overlap, "
                 "blend, batch_size"
             )
-        self.loss_fn = loss
-        self.class_names = list(class_names)
-        self.monitor = monitor
-        self.monitor_mode = monitor_mode
+        super().__init__(loss, class_names, monitor, monitor_mode, flip_tta)
         self.window = inference.get("window")
         self.blend = inference.get("blend", "gaussian")
         self.overlap = inference.get("overlap", 0.5)
@@ -89,11 +98,39 @@ class SegmentationTask:
         if self.window is not None:  # without a window the image is predicted in one pass
             check_inference(self.window, self.overlap, self.blend, self.window_batch)
             self.overlap, self.window_batch = float(self.overlap), int(self.window_batch)
-        self.flip_tta = flip_tta
         self.decay = deep_supervision_decay
         self.min_object_size = int(min_object_size)
         self.connectivity = connectivity
         self.num_overlays = num_overlays
+
+    @classmethod
+    def check_config(
+        cls, cfg: DictConfig, provides: Sequence[str] | None, choices: Choices
+    ) -> None:
+        if provides is not None and "masks" not in provides:
+            raise ConfigError(
+                f"task=segmentation needs masks, but dataset={choices['dataset']} holds one label "
+                "per image: use dataset=seg_folder or dataset=synthetic_segmentation"
+            )
+        family = loss_family(cfg.loss.get("_target_"))
+        if family == "values":
+            raise ConfigError(
+                f"loss={choices['loss']} is a regression loss; task={choices['task']} needs a "
+                "classification or segmentation loss (cross_entropy, bce, focal; dice_ce, dice, "
+                "...), or use task=regression"
+            )
+        if family == "classes":
+            raise ConfigError(
+                f"loss={choices['loss']} is a classification loss; for task=segmentation use "
+                "loss=dice_ce, dice, dice_bce, dice_focal, tversky or seg_focal"
+            )
+
+    def check_output(self, output: torch.Tensor, model: str) -> None:
+        if output.ndim != 4:
+            raise ConfigError(
+                f"model={model} outputs {tuple(output.shape)}, one value per image; "
+                "task=segmentation needs a mask per image: use model=unet or model=basic_unet"
+            )
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
         """Training: the model's raw output (a tuple for deep supervision). Evaluation: logits at each
@@ -106,13 +143,16 @@ class SegmentationTask:
         if isinstance(images, list) or isinstance(batch["mask"], list):
             images = images if isinstance(images, list) else list(images)
             return [
-                self._native(self.infer(model, image[None]), mask)
+                self.infer(model, image[None], tuple(mask.shape[-2:]))
                 for image, mask in zip(images, batch["mask"], strict=True)
             ]
-        return self._native(self.infer(model, images), batch["mask"])
+        return self.infer(model, images, tuple(batch["mask"].shape[-2:]))
 
-    def infer(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Logits of whole images: tiled when `inference.window` is set, flip-averaged on request."""
+    def infer(
+        self, model: nn.Module, images: torch.Tensor, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Logits of whole images: tiled when `inference.window` is set, flip-averaged on request,
+        resized to `size` (the images' native height and width) when the model saw them resized."""
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             if self.window is None:
@@ -123,16 +163,13 @@ class SegmentationTask:
 
         logits = predict(images).float()
         if self.flip_tta:
-            logits = (logits + predict(images.flip(-1)).float().flip(-1)) / 2
-        return logits
-
-    @staticmethod
-    def _native(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Resize logits to the mask's size (when the image was resized for the model)."""
-        size = mask.shape[-2:]
-        if logits.shape[-2:] == size:
+            logits = (logits + self.unflip(predict(images.flip(-1)).float())) / 2
+        if size is None or tuple(logits.shape[-2:]) == tuple(size):
             return logits
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def unflip(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.flip(-1)
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         masks = batch["mask"]
@@ -178,9 +215,123 @@ class SegmentationTask:
     def collector(self, final: bool = False) -> SegmentationCollector:
         return SegmentationCollector(self, final)
 
-    def fit_threshold(self, val: SegmentationCollector) -> None:
-        """Segmentation predicts the most probable class per pixel: there is no threshold to fit."""
-        return None
+    @classmethod
+    def intervals(cls, run_dir: Path, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return segmentation_intervals(run_dir)
+
+    # -- finished runs ---------------------------------------------------------------------------
+    def prediction(self, output: torch.Tensor, item: Input) -> dict[str, Any]:
+        """The class `mask` and, when measuring, each object's `measurements`, per-class `totals`,
+        the `spacing` used and its `units` (mm, or px without a spacing)."""
+        mask = self.predict_masks(output)[0]
+        if not item.measure:
+            return {"mask": mask}
+        spacing = item.spacing
+        units = "px" if spacing is None else "mm"
+        rows = measure_mask(
+            mask,
+            spacing=spacing,
+            image=item.intensity,
+            class_names=self.class_names,
+            image_id=item.name,
+            source="pred",
+            connectivity=self.connectivity,
+        )
+        summary = totals(rows, [item.name], self.class_names[1:], source="pred", units=units)
+        return {
+            "mask": mask,
+            "intensity": item.intensity,
+            "spacing": None if spacing is None else [float(s) for s in spacing],
+            "units": units,
+            "measurements": rows,
+            "totals": summary,
+        }
+
+    def to_json(self, result: dict[str, Any], overlay: bool = False) -> dict[str, Any]:
+        """The mask (and overlay) as base64 PNG, with the pixel value of each class."""
+        names = self.class_names
+        mask = result["mask"]
+        pixels = mask_pixels(np.arange(len(names)), len(names))  # as the run's masks/
+        out = {k: v for k, v in result.items() if k not in ("mask", "intensity")}
+        out["mask"] = base64.b64encode(png_bytes(mask_pixels(mask, len(names)))).decode("ascii")
+        out["mask_values"] = {n: int(v) for n, v in zip(names, pixels, strict=True)}
+        out["mask_shape"] = list(mask.shape)
+        if overlay:
+            picture = draw_overlay(result["intensity"], None, mask)
+            out["overlay"] = base64.b64encode(png_bytes(picture)).decode("ascii")
+        return out
+
+    def prediction_fields(self) -> list[str]:
+        """The columns of a run's own predictions.csv: the mask file, per class the count and area
+        (pixels, and mm^2 when the image has a spacing), the unit."""
+        per_class = [
+            f"{what}_{n}" for n in self.class_names[1:] for what in ("count", "area_px", "area_mm2")
+        ]
+        return ["mask", *per_class, "unit"]
+
+    def prediction_row(self, name: str, result: dict[str, Any], files: Any) -> dict[str, Any]:
+        mask_path, shown = files.new_file(name, ".png")
+        write_mask(mask_path, result["mask"], len(self.class_names))
+        row: dict[str, Any] = {"mask": shown, "unit": result["units"]}
+        for total in result["totals"]:
+            row[f"count_{total['class']}"] = total["count"]
+            row[f"area_px_{total['class']}"] = total["total_area_px"]
+            mm2 = repr(float(total["total_area_mm2"])) if result["units"] == "mm" else ""
+            row[f"area_mm2_{total['class']}"] = mm2
+        return row
+
+    def prediction_tables(self, results: Sequence[dict[str, Any]]) -> dict[str, tuple[list, list]]:
+        """`measurements`: one row per predicted object."""
+        objects = [row for result in results for row in result["measurements"]]
+        return {"measurements": (objects, MEASUREMENT_FIELDS)}
+
+    # -- export ----------------------------------------------------------------------------------
+    def postprocess(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.softmax(outputs, dim=1), outputs
+
+    def export_outputs(self, width: int, pixels: Sequence[Any]) -> list[dict[str, Any]]:
+        shape = ["batch", width, *pixels]
+        return [
+            {
+                "name": "probabilities",
+                "dtype": "float32",
+                "shape": shape,
+                "meaning": "per-pixel class probabilities (softmax over classes)",
+            },
+            {
+                "name": "logits",
+                "dtype": "float32",
+                "shape": shape,
+                "meaning": "per-pixel class logits: blend these over windows and resize them to "
+                "the image's size before taking the most probable class, as medtrain does",
+            },
+        ]
+
+    def export_manifest(self, preprocess: Any) -> dict[str, Any]:
+        names = [str(n) for n in self.class_names]
+        window = pair(self.window, "task.inference.window")
+        return {
+            "class_names": names,
+            "segmentation": {
+                "num_classes": len(names),
+                "window": None if window is None else list(window),
+                "overlap": self.overlap,
+                "blend": self.blend,
+                "batch_size": self.window_batch,
+                "min_object_size": self.min_object_size,
+                "connectivity": self.connectivity,
+                "spacing": None if preprocess.spacing is None else list(preprocess.spacing),
+                "mask": "the most probable class of each pixel; then objects of min_object_size "
+                "pixels or fewer (connectivity 1: 4-, 2: 8-connected) become background",
+                "note": "the model file is the whole-image network; with a window, medtrain blends "
+                "the logits of overlapping windows (starts every window * (1 - overlap) pixels, "
+                "the last one at the image end; images smaller than the window zero-padded "
+                "around; gaussian weights: sigma 0.125 * window, floor 1e-3, as MONAI), as "
+                "examples/run_exported.py does; with flip_tta each window is averaged with its "
+                "mirror inside the model, which equals medtrain's whole-image mirror where the "
+                "window starts are symmetric",
+            },
+        }
 
 
 def _spacing(value: torch.Tensor) -> tuple[float, float] | None:

@@ -1,0 +1,1 @@
+"""medtrain's config groups (Hydra), shipped inside the package as `medtrain.conf`."""

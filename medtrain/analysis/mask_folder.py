@@ -1,0 +1,251 @@
+"""`medtrain measure masks=...`: measure objects in mask files made by any tool."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig
+from scipy import ndimage as ndi
+
+from medtrain.analysis.measurements import (
+    MEASUREMENT_FIELDS,
+    TOTAL_FIELDS,
+    check_spacing,
+    measure_mask,
+    totals,
+)
+from medtrain.data.masks import read_mask_file
+from medtrain.data.readers import file_spacing, read_image_file
+from medtrain.errors import ConfigError, DataError
+from medtrain.io import save_csv
+from medtrain.values import whole_number
+
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
+
+
+def list_masks(path: Path) -> list[Path]:
+    """The mask file, or the mask files of a folder (sorted, hidden files skipped)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"masks={str(path)!r}: no such file or folder")
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in MASK_EXTENSIONS and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"masks={str(path)!r}: no {'/'.join(MASK_EXTENSIONS)} files in this folder")
+    return files
+
+
+def match_images(masks: list[Path], images: Path) -> dict[Path, Path]:
+    """The image of each mask: the file in `images` with the mask's stem (or `images` itself)."""
+    if images.is_file() and len(masks) == 1:
+        return {masks[0]: images}
+    if not images.is_dir():
+        what = (
+            "is a file; give a folder for a folder of masks"
+            if images.is_file()
+            else "no such folder"
+        )
+        raise DataError(f"images={str(images)!r}: {what}")
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(images.iterdir()):
+        if (
+            path.is_file()
+            and path.suffix.lower() in MASK_EXTENSIONS
+            and not path.name.startswith(".")
+        ):
+            by_stem.setdefault(path.stem, []).append(path)
+    matched = {}
+    for mask in masks:
+        found = by_stem.get(mask.stem, [])
+        if not found:
+            raise DataError(f"{mask}: no image named {mask.stem}.* in images={str(images)!r}")
+        if len(found) > 1:
+            raise DataError(f"{mask}: several images match it: {[p.name for p in found]}")
+        matched[mask] = found[0]
+    return matched
+
+
+def _class_values(cfg: DictConfig) -> dict[int, int] | None:
+    values = cfg.class_values
+    if values is None:
+        return None
+    if not isinstance(values, DictConfig):
+        raise ConfigError(f"class_values={values!r} must be a mapping like {{0:0,128:1,255:2}}")
+    try:
+        return {int(k): int(v) for k, v in values.items()}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"class_values={dict(values)!r} must map whole numbers") from err
+
+
+def _class_names(cfg: DictConfig) -> list[str] | None:
+    names = cfg.class_names
+    if names is None:
+        return None
+    if len(names) < 2 or not all(names):
+        raise ConfigError(
+            f"class_names={list(names)!r} must list a name per class index, background first, "
+            "e.g. [background,nucleus]"
+        )
+    return [str(n) for n in names]
+
+
+def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
+    """The `spacing=` argument as (row_mm, col_mm): one number for square pixels; None if unset."""
+    spacing = cfg.spacing
+    if spacing is None:
+        return None
+    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
+        spacing = [spacing, spacing]  # one number: square pixels
+    if not isinstance(spacing, (ListConfig, list)):
+        raise ConfigError(f"spacing={spacing!r} must be [row_mm,col_mm] or one number")
+    return check_spacing(list(spacing))
+
+
+def measure_files(cfg: DictConfig) -> dict[str, Any]:
+    """Measure every mask named by `cfg` and write the object and totals tables.
+
+    Returns:
+        A summary: files, objects per class, units per file count, the paths written.
+    """
+    if not cfg.masks:
+        raise ConfigError("masks=<folder or file> is required")
+    class_values = _class_values(cfg)
+    class_names = _class_names(cfg)
+    spacing = spacing_arg(cfg)
+    connectivity = whole_number(cfg.connectivity, "connectivity")
+    min_size = whole_number(cfg.min_size, "min_size")
+    instances = cfg.instances
+    if not isinstance(instances, bool):
+        raise ConfigError(f"instances={instances!r} must be true or false")
+    if instances and class_values:
+        raise ConfigError("instances=true reads mask values as object labels; drop class_values")
+    masks = list_masks(Path(cfg.masks))
+    images = match_images(masks, Path(cfg.images)) if cfg.images else {}
+    ids = [m.stem for m in masks]
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    if repeated:
+        raise DataError(f"masks={cfg.masks!r}: several masks share the name {repeated[0]!r}")
+
+    # The spacing argument wins over file metadata; the mask's metadata over the image's. Read from
+    # the file headers first, so that a folder of mixed units is refused before any measuring.
+    spacings = {
+        m: spacing or file_spacing(m) or (file_spacing(images[m]) if m in images else None)
+        for m in masks
+    }
+    units = {m.stem: "mm" if spacings[m] else "px" for m in masks}
+    _check_one_unit(cfg.masks, units)
+    num_classes = len(class_names) if class_names and not instances else None
+    rows, found_classes = [], set()
+    suspicious: list[str] = []  # masks that look read the wrong way (labels vs classes)
+    for mask_path in masks:
+        mask = read_mask_file(mask_path, class_values, num_classes, labels=instances)
+        if instances or not (class_values or class_names):
+            hint = _reading_hint(mask, instances, connectivity)
+            if hint:
+                suspicious.append(f"{mask_path.name}: {hint}")
+        image = read_image_file(images[mask_path]) if mask_path in images else None
+        try:
+            measured = measure_mask(
+                mask,
+                spacing=spacings[mask_path],
+                image=image,
+                class_names=class_names,
+                image_id=mask_path.stem,
+                source=str(cfg.source),
+                connectivity=connectivity,
+                min_size=min_size,
+                instances=instances,
+            )
+        except DataError as err:
+            raise DataError(f"{mask_path}: {err}") from err
+        rows.extend(measured)
+        found_classes.update(int(k) for k in np.unique(mask) if k != 0)
+
+    if instances:
+        classes = [class_names[1] if class_names else "object"]
+    elif class_names is not None:
+        classes = class_names[1:]
+    else:
+        indices = found_classes | {k for k in (class_values or {}).values() if k != 0}
+        classes = [f"class_{k}" for k in sorted(indices)]
+    object_table = Path(cfg.output)
+    if object_table.is_dir():
+        raise ConfigError(
+            f"output={cfg.output!r} is a folder; give a file name such as results.csv"
+        )
+    totals_table = object_table.with_name(f"{object_table.stem}_totals.csv")
+    try:
+        save_csv(object_table, rows, MEASUREMENT_FIELDS)
+        save_csv(
+            totals_table,
+            totals(rows, ids, classes, source=str(cfg.source), units=units),
+            TOTAL_FIELDS,
+        )
+    except OSError as err:
+        raise DataError(f"cannot write {object_table} ({err})") from err
+    return {
+        "files": len(masks),
+        "objects": {c: sum(r["class"] == c for r in rows) for c in classes},
+        "units": dict(Counter(units.values())),
+        "written": [object_table, totals_table],
+        "warnings": _reading_warning(suspicious, len(masks), instances),
+    }
+
+
+def _check_one_unit(masks: str, units: dict[str, str]) -> None:
+    """One table, one unit: refuse masks of which some state a pixel spacing and others do not
+    (before anything is written), as training on such a folder is refused."""
+    stated = [i for i, u in units.items() if u == "mm"]
+    without = [i for i, u in units.items() if u == "px"]
+    if stated and without:
+        raise DataError(
+            f"masks={masks!r}: {len(stated)} mask(s) state a pixel spacing in the file or their "
+            f"image (e.g. {stated[0]}) and {len(without)} do not (e.g. {', '.join(without[:3])}); "
+            "one table needs one unit: give spacing=[row_mm,col_mm], or measure the two groups "
+            "separately"
+        )
+
+
+def _reading_hint(mask: np.ndarray, instances: bool, connectivity: int) -> str | None:
+    """Why `mask` may be read the wrong way, or None: with instances=true, most label values
+    spread over several separate regions (a binary or class mask); without it, ten or more values
+    that are each one connected region (object labels read as classes)."""
+    values = np.unique(mask)
+    labels = [int(v) for v in values if v != 0]
+    if not labels or (not instances and len(labels) < 10):
+        return None
+    # Values renumbered 1..n (0 stays background), so that large labels cost find_objects nothing.
+    compact = np.searchsorted(values[values != 0], mask) + 1
+    compact[mask == 0] = 0
+    structure = ndi.generate_binary_structure(2, connectivity)
+    boxes = ndi.find_objects(compact)
+    regions = {v: ndi.label(compact[boxes[k]] == k + 1, structure)[1] for k, v in enumerate(labels)}
+    if instances:
+        split = [v for v, n in regions.items() if n > 1]
+        if 2 * len(split) <= len(labels):
+            return None
+        return f"label {split[0]} covers {regions[split[0]]} separate regions" + (
+            f" (and {len(split) - 1} more labels do too)" if len(split) > 1 else ""
+        )
+    if any(n != 1 for n in regions.values()):
+        return None
+    return f"{len(labels)} values, each one connected region"
+
+
+def _reading_warning(suspicious: list[str], total: int, instances: bool) -> str | None:
+    if not suspicious:
+        return None
+    advice = (
+        "with instances=true each value is one object: drop it for binary or class masks"
+        if instances
+        else "read as classes; if they are object labels (Cellpose, StarDist), pass instances=true "
+        "(class masks of that many classes can ignore this)"
+    )
+    return f"{len(suspicious)} of {total} masks look misread ({suspicious[0]}): {advice}"

@@ -1,0 +1,164 @@
+"""Slice predictions reassembled into volumes: 3D metrics per volume, structure volumes in mL against
+the ground truth, and the predicted label volumes written as NIfTI."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrain.analysis.agreement import bland_altman
+from medtrain.analysis.overlays import safe_name, save_overlays
+from medtrain.data.volumes import stack_slices
+from medtrain.errors import DataError
+from medtrain.io import atomic_write, save_csv
+from medtrain.metrics.segmentation import case_metrics
+
+VOLUME_FIELDS = ["id", "class", "true_ml", "pred_ml", "difference_ml", "abs_rel_error"]
+
+
+class VolumeAssembler:
+    """Collects the evaluated slices of each volume; when a volume is complete, stacks them and
+    scores it in 3D (a row of `rows`, the collector's per-case metrics).
+
+    Args:
+        task: the segmentation task (class names).
+        final: the test pass: keep the volumes to write masks and overlays.
+        rows: the collector's per-case metric rows, appended to.
+    """
+
+    def __init__(self, task: Any, final: bool, rows: list[dict[str, Any]]):
+        self.task = task
+        self.final = final
+        self.rows = rows
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.done: list[dict[str, Any]] = []
+
+    def add(self, batch: dict[str, Any], k: int, pred: np.ndarray, true: np.ndarray) -> None:
+        """Add sample `k` of a batch of slices (keys `volume`, `slice`, `num_slices`, ...)."""
+        case = batch["volume"][k]
+        entry = self.pending.setdefault(
+            case,
+            {
+                "count": int(batch["num_slices"][k]),
+                "axis": int(batch["slice_axis"][k]),
+                "spacing": tuple(float(v) for v in batch["volume_spacing"][k]),
+                "affine": batch["affine"][k].cpu().numpy(),
+                "slices": {},
+            },
+        )
+        image = batch["intensity"][k].cpu().numpy() if self.final else None
+        entry["slices"][int(batch["slice"][k])] = (pred, true, image)
+        if len(entry["slices"]) == entry["count"]:
+            self._finish(case)
+
+    def _finish(self, case: str) -> None:
+        entry = self.pending.pop(case)
+        order = [entry["slices"][i] for i in range(entry["count"])]
+        pred = stack_slices([p for p, _, _ in order], entry["axis"])
+        true = stack_slices([t for _, t, _ in order], entry["axis"])
+        names = self.task.class_names
+        self.rows.append({"id": case, **case_metrics(pred, true, names, entry["spacing"])})
+        true_ml = structure_volumes_ml(true, entry["spacing"], names)
+        pred_ml = structure_volumes_ml(pred, entry["spacing"], names)
+        volumes = {name: (true_ml[name], pred_ml[name]) for name in true_ml}
+        result = {"id": case, "volumes": volumes}
+        if self.final:
+            # The slice with the most ground truth, drawn as the volume's overlay.
+            best = max(range(len(order)), key=lambda i: int((order[i][1] > 0).sum()))
+            result |= {
+                "pred": pred,
+                "affine": entry["affine"],
+                "overlay": {
+                    "id": case,
+                    "image": order[best][2],
+                    "true": order[best][1],
+                    "pred": order[best][0],
+                },
+            }
+        self.done.append(result)
+
+    def check_complete(self) -> None:
+        """Every volume seen must have had all its slices evaluated."""
+        for case, entry in self.pending.items():
+            raise DataError(
+                f"volume {case}: {len(entry['slices'])} of its {entry['count']} slices were "
+                "evaluated; validation and test splits must hold every slice"
+            )
+
+    def save(self, run_dir: Path) -> dict[str, float]:
+        """Write `masks/<case>.nii.gz`, `volumes.csv`, `predictions.csv` and overlays; return the
+        volume agreement per class as flat metrics."""
+        self.check_complete()
+        names = self.task.class_names[1:]
+        rows, predictions = [], []
+        for result in self.done:
+            mask_file = f"masks/{safe_name(result['id'])}.nii.gz"
+            write_nifti(run_dir / mask_file, result["pred"], result["affine"])
+            prediction = {"id": result["id"], "mask": mask_file}
+            for name in names:
+                true_ml, pred_ml = result["volumes"][name]
+                rows.append(
+                    {
+                        "id": result["id"],
+                        "class": name,
+                        "true_ml": repr(true_ml),
+                        "pred_ml": repr(pred_ml),
+                        "difference_ml": repr(pred_ml - true_ml),
+                        "abs_rel_error": repr(abs(pred_ml - true_ml) / true_ml) if true_ml else "",
+                    }
+                )
+                prediction[f"volume_ml_{name}"] = repr(pred_ml)
+            predictions.append(prediction)
+        save_csv(run_dir / "volumes.csv", rows, VOLUME_FIELDS)
+        fields = ["id", "mask", *(f"volume_ml_{n}" for n in names)]
+        save_csv(run_dir / "predictions.csv", predictions, fields)
+        if self.task.num_overlays:
+            cases = (r["overlay"] for r in self.done)
+            save_overlays(run_dir / "overlays", cases, max_cases=self.task.num_overlays)
+        return volume_agreement(self.done, names)
+
+
+def structure_volumes_ml(
+    mask: np.ndarray, spacing: Sequence[float], class_names: Sequence[str]
+) -> dict[str, float]:
+    """The volume in mL of each foreground class of a label volume with `spacing` mm per axis."""
+    voxel_ml = math.prod(spacing) / 1000.0  # mm^3 -> mL
+    return {name: float((mask == c).sum() * voxel_ml) for c, name in enumerate(class_names) if c}
+
+
+def volume_agreement(done: list[dict[str, Any]], names: list[str]) -> dict[str, float | None]:
+    """Per class: mean absolute error (mL), mean absolute relative error, and Bland-Altman bias and
+    limits of the predicted against the true structure volumes."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        true = np.array([r["volumes"][name][0] for r in done])
+        pred = np.array([r["volumes"][name][1] for r in done])
+        present = true > 0
+        agreement = bland_altman(pred - true)
+        out |= {
+            f"volume_mae_ml_{name}": float(np.abs(pred - true).mean()) if len(true) else None,
+            f"volume_mean_abs_rel_error_{name}": float(
+                (np.abs(pred - true)[present] / true[present]).mean()
+            )
+            if present.any()
+            else None,
+            f"volume_bias_ml_{name}": agreement["mean_difference"],
+            f"volume_loa_lower_ml_{name}": agreement["lower_limit"],
+            f"volume_loa_upper_ml_{name}": agreement["upper_limit"],
+        }
+    return out
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a label volume as .nii.gz with the case's affine, atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(array, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
+    data = gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+    return atomic_write(path, lambda handle: handle.write(data), mode="wb")

@@ -1,0 +1,46 @@
+"""`medtrain export run_dir=<run> format=onnx|torchscript`: a finished run as one model file with a
+manifest.json that describes its inputs, outputs and preprocessing."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtrain.commands.args import parse_key_values, tool_args
+from medtrain.errors import ConfigError, MedtrainError
+from medtrain.inference.export import (
+    export,
+)
+
+DEFAULTS: dict[str, Any] = {"run_dir": None, "format": "onnx", "output": None}
+
+
+USAGE = """\
+usage: medtrain export run_dir=<finished run> [format=onnx|torchscript] [output=<folder>]
+
+  run_dir=PATH      a finished run (with checkpoints/best.pt)
+  format=onnx       onnx (model.onnx, for onnxruntime) or torchscript (model.pt, for torch.jit.load)
+  output=FOLDER     where model and manifest.json go (default <run_dir>/export; one format per folder)
+
+examples/run_exported.py runs the export on image files without medtrain.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
+    try:
+        cfg = parse_key_values(argv, DEFAULTS, text_keys=("run_dir", "format", "output"))
+        if not cfg.run_dir:
+            raise ConfigError("run_dir=<finished run> is required")
+        output = Path(cfg.output) if cfg.output else Path(cfg.run_dir) / "export"
+        manifest = export(cfg.run_dir, cfg.format, output)
+    except (MedtrainError, OSError) as err:  # OSError: e.g. an output folder without permission
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {output / manifest['model_file']} and {output / 'manifest.json'}")
+    return 0

@@ -1,0 +1,78 @@
+"""`medtrain predict run_dir=<run> inputs=<file|folder|glob|manifest.csv>`: a finished run's
+predictions for new images, written as a CSV (and masks and measurements for segmentation)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from medtrain.commands.args import parse_key_values, tool_args
+from medtrain.errors import MedtrainError
+from medtrain.inference.predict import (
+    log,
+    predict_files,
+)
+
+DEFAULTS: dict[str, Any] = {
+    "run_dir": None,
+    "inputs": None,
+    "output": "predictions.csv",
+    "device": "auto",
+    "batch_size": 32,
+    "spacing": None,
+    "image_column": "image",
+    "masks": None,
+    "measurements": None,
+    "progress": True,
+}
+
+
+TEXT_KEYS = ("run_dir", "inputs", "output", "device", "image_column", "masks", "measurements")
+
+
+USAGE = """\
+usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
+
+  run_dir=RUN          a finished run (its checkpoints/best.pt and its evaluation preprocessing)
+  inputs=PATH          an image file, a folder (searched recursively), a quoted glob ('scans/*.dcm')
+                       or a CSV manifest with an `image` column (paths relative to the CSV)
+  output=FILE.csv      one row per input (default predictions.csv)
+  device=auto          auto | cpu | cuda | cuda:N
+  batch_size=32        images per forward pass
+  spacing=[ROW,COL]    segmentation: pixel size in mm (default: the file's, else the run's)
+  image_column=image   the manifest's image column
+  masks=DIR            segmentation: where mask PNGs go (default: masks/ beside the output)
+  measurements=FILE    segmentation: per-object table (default: measurements.csv beside the output)
+  progress=true        show a progress bar
+
+Formats: PNG, JPEG, TIFF (8/16 bit, grey or colour), DICOM, NPY, NPZ. A run trained on slices of
+volumes (dataset=volume_slices) also takes volumes: NIfTI files and DICOM series folders, segmented
+slice by slice and reassembled (masks/<case>.nii.gz, volume_ml_<class> per row). An input that cannot
+be read gets its reason in the `error` column; the exit status is then 1.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv, done = tool_args(argv, USAGE)
+    if done is not None:
+        return done
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS)
+        summary = predict_files(cfg)
+    except MedtrainError as err:
+        print(f"medtrain predict: error: {err}", file=sys.stderr)
+        return 2
+    failed = summary["failed"]
+    log.info(
+        "%d input(s), %d predicted, %d failed; wrote %s",
+        summary["inputs"],
+        summary["inputs"] - len(failed),
+        len(failed),
+        ", ".join(map(str, summary["written"])),
+    )
+    for row in failed[:10]:
+        print(f"medtrain predict: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0

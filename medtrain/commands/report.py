@@ -1,0 +1,67 @@
+"""`medtrain report run_dir=<run>`: (re)write a finished run's `report.html`; `medtrain report
+sweep_dir=<sweep>`: (re)write a sweep's summary table and plots."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtrain.analysis.report import write_report
+from medtrain.commands.args import parse_key_values, tool_args
+from medtrain.errors import ConfigError, MedtrainError
+from medtrain.experiments.sweep_summary import write_sweep_summary
+
+DEFAULTS: dict[str, Any] = {"run_dir": None, "sweep_dir": None, "monitor": None}
+USAGE = """\
+usage: medtrain report run_dir=<run folder>
+       medtrain report sweep_dir=<sweep folder> [monitor=val/auc]
+
+  run_dir=PATH    a finished run (a folder with metrics.json); writes PATH/report.html
+                  (Grad-CAM reads the run's data: run it from the folder the run was trained in)
+  sweep_dir=PATH  a grid (medtrain -m ...) or search (medtrain sweep) folder; writes
+                  sweep_summary.csv/.md and one plot per swept value into it
+  monitor=KEY     the metric the sweep summary ranks by (default: the runs' task.monitor)
+"""
+
+
+def report_run(run_dir: Path) -> Path:
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir: {run_dir} is not a folder")
+    if not (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"run_dir: {run_dir} has no metrics.json (is it a finished run?)")
+    return write_report(run_dir)
+
+
+def report_sweep(sweep_dir: Path, monitor: str | None) -> Path:
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"sweep_dir: {sweep_dir} is not a folder")
+    try:
+        return write_sweep_summary(sweep_dir, monitor)
+    except FileNotFoundError as err:
+        raise ConfigError(f"sweep_dir: {err}") from err
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 with one `error:` line on bad input)."""
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        args = parse_key_values(argv, DEFAULTS, text_keys=("run_dir", "sweep_dir", "monitor"))
+        if bool(args.run_dir) == bool(args.sweep_dir):
+            raise ConfigError("give run_dir=<run folder> or sweep_dir=<sweep folder> (one of them)")
+        if args.monitor and not args.sweep_dir:
+            raise ConfigError("monitor= ranks a sweep: use it with sweep_dir=")
+        if args.run_dir:
+            print(report_run(Path(args.run_dir)))
+        else:
+            path = report_sweep(Path(args.sweep_dir), args.monitor)
+            print(f"summary: {path}, {path.with_suffix('.md')}")
+    except (MedtrainError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,68 @@
+"""`medtrain rerun run_dir=<run>`: train a finished run again from its saved config and say whether
+it reproduces (exit 0 REPRODUCED, 1 MISMATCH, 2 bad input)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtrain.commands.args import parse_key_values, tool_args
+from medtrain.errors import ConfigError, MedtrainError
+from medtrain.experiments.rerun import (
+    _is_number,
+    rerun,
+)
+
+DEFAULTS: dict[str, Any] = {
+    "run_dir": None,
+    "output": None,
+    "atol": 0.0,
+    "cuda_atol": 1e-4,
+    "device": None,
+}
+
+
+USAGE = """\
+usage: medtrain rerun run_dir=RUN [key=value ...]
+
+  run_dir=RUN          a finished run (its .hydra/config.yaml and metrics.json)
+  output=OUT           where the rerun writes its run folder (alias: hydra.run.dir=OUT;
+                       default RUN_rerun_<YYYYmmdd-HHMMSS> next to RUN)
+  atol=0               largest metric difference that still counts as equal (0: bit-identical)
+  cuda_atol=1e-4       the same when either run trained on CUDA (kernels may differ in the last bits)
+  device=DEVICE        train the rerun on cpu | cuda | cuda:N (default: the run's trainer.device)
+
+Exit status: 0 reproduced, 1 mismatch (metrics differ or the saved config changed, other than
+progress bars, TensorBoard and overlay counts), 2 error.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 reproduced, 1 mismatch, 2 error)."""
+    argv, status = tool_args(argv, USAGE)
+    if status is not None:
+        return status
+    try:
+        cfg = parse_key_values(
+            argv,
+            DEFAULTS,
+            text_keys=("run_dir", "output", "device"),
+            aliases={"hydra.run.dir": "output"},
+        )
+        if not cfg.run_dir:
+            raise ConfigError("run_dir is required: run_dir=<run folder>")
+        for key in ("atol", "cuda_atol"):
+            value = cfg[key]
+            if not _is_number(value) or not value >= 0:
+                raise ConfigError(f"{key}={value}: must be a number >= 0")
+        result = rerun(cfg.run_dir, cfg.output, cfg.atol, cfg.cuda_atol, cfg.device)
+    except MedtrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in result["lines"]:
+        print(line)
+    print(f"details in {Path(result['rerun']) / 'rerun.json'}")
+    print(result["line"])
+    return 0 if result["verdict"] == "REPRODUCED" else 1

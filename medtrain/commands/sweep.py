@@ -1,0 +1,86 @@
+"""`medtrain sweep 'sweep.params.KEY=SPEC' ... [overrides]`: an Optuna search over config values,
+printed one line per trial, resumable with the same command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from optuna.trial import TrialState
+
+from medtrain.errors import ConfigError
+from medtrain.experiments.sweep import (
+    log,
+    parse_args,
+    run_sweep,
+)
+from medtrain.experiments.sweep_summary import write_sweep_summary
+
+USAGE = """\
+usage: medtrain sweep 'sweep.params.KEY=SPEC' ... [sweep.KEY=VALUE ...] [override ...]
+
+  sweep.params.KEY=SPEC  a searched value; SPEC is float(low,high), log(low,high) (log-uniform),
+                         int(low,high) or choice(a,b,...); KEY a config key (optimizer.lr) or a
+                         group (model=choice(cnn,resnet18)); quote it: the shell reads brackets
+  sweep.dir=DIR          the sweep folder: study.db, one folder per trial, the summary
+                         (default outputs/sweeps/<date>/<time>); the same command resumes it
+  sweep.trials=10        finished trials wanted (complete, pruned or failed), resumed ones included
+  sweep.sampler=tpe      tpe (seeded by `seed`) | random
+  sweep.pruner=median    median | hyperband | none
+  sweep.min_epochs=1     epochs a trial trains before it can be pruned
+  sweep.startup_trials=3 complete trials before the median pruner prunes anything
+  override               any `medtrain train` override, applied to every trial
+"""
+
+
+class _ConsoleFilter(logging.Filter):
+    """The console shows one line per trial; each trial's full log goes to its train.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "console", True):
+            return False
+        return record.name.startswith("medtrain.sweep") or record.levelno >= logging.WARNING
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    console.addFilter(_ConsoleFilter())
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    try:
+        sweep = parse_args(argv)
+        study = run_sweep(sweep)
+    except ConfigError as err:
+        print(f"error: {err}\n(medtrain sweep --help lists the sweep keys)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted; the same command resumes the sweep")
+        return 130
+    finally:
+        root.removeHandler(console)
+        root.setLevel(previous_level)
+
+    try:
+        summary = write_sweep_summary(sweep.dir, study.user_attrs.get("monitor"))
+        print(f"summary: {summary}")
+    except Exception as err:  # the study holds every result; the summary can be written again
+        print(
+            f"warning: no summary ({err}); medtrain report sweep_dir={sweep.dir}",
+            file=sys.stderr,
+        )
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        print("error: no trial completed; see error.txt in the trial folders", file=sys.stderr)
+        return 1
+    best = study.best_trial
+    print(
+        f"best: trial {best.number}  {best.params}  {study.user_attrs.get('monitor')} {best.value:.4f}"
+    )
+    return 0

@@ -1,0 +1,100 @@
+"""`medtrain [train] [overrides]`: compose the config with Hydra, train and test, write the run
+folder. Hydra's own flags work as with any Hydra app: `-m` (a grid of jobs), `--cfg job` (print the
+config), `--config-dir` (add your own config folder), `--help` (the groups and the current config).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra._internal.utils import _run_hydra, get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from medtrain.engine.config import CONFIG_MODULE, unknown_key_hint
+from medtrain.engine.training import train
+from medtrain.errors import MedtrainError
+
+log = logging.getLogger("medtrain")
+
+# A rerun composes a saved .hydra/config.yaml, which lacks conf/train.yaml's `hydra:` settings: keep
+# the run-folder contract (train.log, outputs/multirun, the sweep summary) unless the command
+# line sets them itself.
+SAVED_CONFIG_DEFAULTS = (
+    ("hydra.job.name", "train"),
+    ("hydra.sweep.dir", "outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}"),
+    (
+        "+hydra.callbacks.sweep_summary._target_",
+        "medtrain.experiments.hydra_callbacks.SweepSummary",
+    ),
+)
+
+
+@dataclass
+class TrainJobs:
+    """Hydra's task function for one command line: trains each job and remembers which ran and
+    which failed (a grid goes on past a job with a config or data error, and the command's exit
+    status still says so)."""
+
+    started: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+    def __call__(self, cfg: DictConfig) -> float | None:
+        self.started.append(len(self.started) + 1)
+        hydra = HydraConfig.get()
+        try:
+            metrics = train(cfg, Path(hydra.runtime.output_dir))
+        except MedtrainError as err:
+            log.error("%s", err)
+            if hydra.mode == RunMode.MULTIRUN:
+                self.failed.append(hydra.job.num)
+                return None  # recorded as failed (no metrics.json); the grid goes on
+            sys.exit(2)
+        # The monitored validation value (never a test value), for sweepers that optimise it.
+        return metrics.get(cfg.task.monitor)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Train as `argv` (Hydra's command line) says; returns the exit status: 0 done, 1 a job
+    failed, 2 a config or data error (or a command line Hydra refused)."""
+    parser = get_args_parser()
+    args = parser.parse_args(list(argv))
+    if args.config_name is not None:
+        given = [a.lstrip("+") for a in args.overrides]
+        args.overrides += [
+            f"{key}={value}"
+            for key, value in SAVED_CONFIG_DEFAULTS
+            if not any(a.startswith(f"{key.lstrip('+')}=") for a in given)
+        ]
+    jobs = TrainJobs()
+    try:
+        # Hydra's public decorator reads sys.argv; its runner takes the parsed arguments instead.
+        _run_hydra(
+            args=args,
+            args_parser=parser,
+            task_function=jobs,
+            config_path=f"pkg://{CONFIG_MODULE}",
+            config_name="train",
+        )
+    except SystemExit as exit_:
+        # Hydra exits 1 both when it refuses the command line and after an error inside a job:
+        # only the first, before any job started, is a config error (status 2, as the others).
+        if exit_.code == 1 and not jobs.started:
+            hint = unknown_key_hint(args.overrides, args.config_name is not None)
+            if hint:
+                print(hint, file=sys.stderr)
+                return 2
+        return exit_.code if isinstance(exit_.code, int) else 1
+    if jobs.failed:
+        print(
+            f"medtrain: {len(jobs.failed)} job(s) failed (job "
+            f"{', '.join(map(str, jobs.failed))}); see sweep_summary.md in the sweep folder",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,195 @@
+"""The one place that turns config nodes into objects (nothing else calls `instantiate`), and so the
+one place where the `_target_` paths of runs saved by earlier releases are mapped to today's
+(`medtrain.engine.legacy`)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from medtrain.data.base import SPLITS
+from medtrain.data.loading import EpochLoader, make_loader
+from medtrain.data.transforms import Normalize, SeededAugment
+from medtrain.engine.legacy import upgrade_targets
+from medtrain.errors import ConfigError, MedtrainError
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate `node` (the config at `key`), reporting medtrain's own errors without Hydra's
+    wrapper. `_target_` paths of earlier releases are rewritten in `node` first."""
+    upgrade_targets(node)
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        while (
+            cause is not None
+            and not isinstance(cause, MedtrainError)
+            and cause.__cause__ is not None
+        ):
+            cause = cause.__cause__
+        if isinstance(cause, MedtrainError):
+            raise cause from None
+        raise ConfigError(
+            f"{key}: cannot build {node.get('_target_')}: {cause or err}{_unknown_keys_hint(node, key)}"
+        ) from err
+
+
+def _unknown_keys_hint(node: DictConfig, key: str) -> str:
+    """Name every key of `node` its class does not take, e.g. `model.depth` left by an experiment
+    written for `model=unet` when `model=basic_unet` is chosen."""
+    try:
+        parameters = inspect.signature(get_class(str(node.get("_target_")))).parameters
+    except Exception:  # not a class, or no signature: Hydra's message stands alone
+        return ""
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return ""
+    unknown = [k for k in node if not str(k).startswith("_") and k not in parameters]
+    if not unknown:
+        return ""
+    removals = " ".join(f"'~{key}.{k}'" for k in unknown)
+    return f". It does not take {', '.join(f'{key}.{k}' for k in unknown)}: remove them with {removals}"
+
+
+def target_class(node: DictConfig | None) -> type | None:
+    """The class (or function) a config node's `_target_` names, old paths mapped; None when it
+    names nothing importable (that is reported when the node is built)."""
+    if node is None or node.get("_target_") is None:
+        return None
+    upgrade_targets(node)
+    try:
+        return get_class(str(node.get("_target_")))
+    except Exception:
+        return None
+
+
+def task_class(cfg: DictConfig) -> type:
+    """The task class of `cfg.task` (see `medtrain.tasks.base.Task`).
+
+    Raises:
+        ConfigError: `task._target_` names nothing importable.
+    """
+    cls = target_class(cfg.task)
+    if cls is None:
+        raise ConfigError(f"task: cannot import {cfg.task.get('_target_')!r}")
+    return cls
+
+
+def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a `_partial_` factory (optimizer, scheduler), reporting a bad argument under `key`."""
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
+def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
+    """Build the train/val/test datasets and write what they inferred (channels, classes, label type,
+    tabular width) back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for
+    the model; then the task writes what the training split decides for it (`Task.fit_to_data`,
+    e.g. regression target statistics) into `cfg.task`."""
+    task = task_class(cfg)
+    extra = task.dataset_options(cfg)
+    datasets = {}
+    for split in SPLITS:
+        stage = "train" if split == "train" else "eval"
+        transform = SeededAugment(build(cfg.augmentation[stage], f"augmentation.{stage}"), cfg.seed)
+        datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
+        if len(datasets[split]) == 0:
+            raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
+    train = datasets["train"]
+    if train.normalize.mode == "dataset":
+        # Statistics of the training split only, written into the config (and so into best.pt and
+        # every place that rebuilds the preprocessing): evaluation and serving use these numbers.
+        mean, std = channel_statistics(train)
+        for dataset in datasets.values():
+            dataset.normalize = Normalize(**{**dataset.normalize.params, "mean": mean, "std": std})
+        with open_dict(cfg):
+            cfg.dataset.normalize.mean, cfg.dataset.normalize.std = mean, std
+    with open_dict(cfg):
+        for key in ("in_channels", "num_classes", "multilabel", "class_names"):
+            cfg.dataset[key] = getattr(train, key)
+        if "num_features" in cfg.dataset:  # datasets with tabular columns declare the key
+            cfg.dataset.num_features = train.num_features
+        task.fit_to_data(cfg, train)
+    return datasets
+
+
+def channel_statistics(dataset: Any, max_images: int = 2000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of a split's images as the model would see them
+    before augmentation (windowed or scaled, channels matched, resized, inverted if asked), over up
+    to `max_images` evenly spaced images."""
+    count = len(dataset.ids)
+    picks = np.unique(np.linspace(0, count - 1, min(count, max_images)).astype(int))
+    total = total_sq = pixels = 0
+    for index in picks:
+        image = dataset.scaled(dataset.read_image(int(index)))
+        image = dataset.normalize.inverted(image).astype(np.float64)
+        flat = image.reshape(-1, image.shape[-1])
+        total = total + flat.sum(0)
+        total_sq = total_sq + (flat**2).sum(0)
+        pixels += flat.shape[0]
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
+    return mean.tolist(), np.where(std > 1e-6, std, 1.0).tolist()
+
+
+def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict[str, EpochLoader]:
+    """One seeded loader per split; only the training loader shuffles."""
+    trainer = cfg.trainer
+    loaders = {}
+    for split, dataset in datasets.items():
+        train = split == "train"
+        batch_size = trainer.batch_size if train else trainer.eval_batch_size
+        loaders[split] = make_loader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            seed=cfg.seed,
+            num_workers=trainer.num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=train and len(dataset) % batch_size == 1,  # a batch of 1 breaks batch norm
+        )
+    return loaders
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The network of `cfg.model` (its channels and classes interpolated from the dataset)."""
+    return build(cfg.model, "model")
+
+
+def build_task(cfg: DictConfig) -> Any:
+    """The task object of `cfg.task`, holding the loss of `cfg.loss`."""
+    return build(cfg.task, "task", loss=build(cfg.loss, "loss"))
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer over the model's trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return call(build(cfg.optimizer, "optimizer"), "optimizer", params=params)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, train_batches: int) -> Any:
+    """The learning-rate schedule, sized by epochs and optimizer steps per epoch."""
+    steps_per_epoch = math.ceil(train_batches / cfg.trainer.accumulate_grad_batches)
+    factory = build(cfg.scheduler, "scheduler")
+    return call(
+        factory,
+        "scheduler",
+        optimizer,
+        epochs=cfg.trainer.max_epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers (what a checkpoint stores)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,275 @@
+"""Checks of the composed config that Hydra cannot do, run before anything is built or trained.
+
+Hydra already rejects a misspelt option (listing the valid ones) and an unknown key (struct mode);
+this module rejects values that would only fail later, or silently do the wrong thing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from medtrain.engine.build import target_class
+from medtrain.engine.legacy import upgrade_targets
+from medtrain.errors import ConfigError
+from medtrain.models import call_model
+
+PRECISIONS = ("32", "bf16", "fp16")
+# The config groups ship inside the package (the repository's conf/ folder, see pyproject.toml).
+CONFIG_MODULE = "medtrain.conf"
+CONF = Path(str(importlib.resources.files(CONFIG_MODULE)))
+IGNORED_DIRS = {"hydra", "__pycache__"}
+
+
+def choice(group: str) -> str:
+    """The option chosen for a config group (e.g. `medmnist` for `dataset`), or '?' outside Hydra."""
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group, "?"))
+    except ValueError:
+        return "?"
+
+
+def require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks CUDA when available; `cuda` / `cuda:N` must exist on this machine."""
+    spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    require(match is not None, "trainer.device", spec, "choose one of auto, cpu, cuda, cuda:N")
+    require(
+        torch.cuda.is_available(),
+        "trainer.device",
+        spec,
+        "CUDA is not available on this machine; use trainer.device=cpu or auto",
+    )
+    index = int(match.group(1) or 0)
+    require(
+        index < torch.cuda.device_count(),
+        "trainer.device",
+        spec,
+        f"this machine has {torch.cuda.device_count()} CUDA device(s)",
+    )
+    return torch.device(spec)
+
+
+def validate(cfg: DictConfig) -> torch.device:
+    """Check values (learning rate, batch size, epochs, device, precision, data path ...).
+
+    Returns:
+        The device to train on.
+    """
+    upgrade_targets(cfg)  # runs saved by earlier releases name classes by their old paths
+    check_task(cfg)  # first: a task/dataset mismatch also breaks interpolations between them
+    try:
+        missing = OmegaConf.missing_keys(cfg)
+        OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
+    except Exception as err:  # an interpolation that points nowhere
+        if "num_features" in str(err):
+            raise ConfigError(
+                f"model={choice('model')} has a tabular branch, but dataset={choice('dataset')} has "
+                "no tabular columns: use dataset=manifest with dataset.tabular_columns=[...] or "
+                "dataset=synthetic_clinical, or drop the branch (~model@model.branches.tabular)"
+            ) from None
+        raise ConfigError(f"config: {err}".splitlines()[0]) from None
+    if missing:
+        first = sorted(missing)[0]
+        hint = " (the file or folder to read)" if first == "dataset.path" else ""
+        raise ConfigError(
+            f"{first} is required for {first.split('.')[0]}={choice(first.split('.')[0])}"
+            f" but not set{hint}: add {first}=<value> to the command line"
+        )
+    require(
+        isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0"
+    )
+    lr = cfg.optimizer.get("lr")
+    require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "must be a number > 0")
+    t = cfg.trainer
+    for key in ("batch_size", "eval_batch_size", "max_epochs", "accumulate_grad_batches"):
+        require(
+            isinstance(t[key], int) and t[key] >= 1,
+            f"trainer.{key}",
+            t[key],
+            "must be an integer >= 1",
+        )
+    require(
+        isinstance(t.num_workers, int) and t.num_workers >= 0,
+        "trainer.num_workers",
+        t.num_workers,
+        "must be an integer >= 0",
+    )
+    check = t.get("check_data", True)
+    require(isinstance(check, bool), "trainer.check_data", check, "must be true or false")
+    duplicates = t.get("check_data_duplicates", "warn")
+    require(
+        duplicates in ("warn", "error"),
+        "trainer.check_data_duplicates",
+        duplicates,
+        "choose warn or error",
+    )
+    ema = t.ema_decay
+    require(ema is None or 0 < ema < 1, "trainer.ema_decay", ema, "must be null or in (0, 1)")
+    clip, patience = t.gradient_clip_norm, t.early_stopping_patience
+    require(clip is None or clip > 0, "trainer.gradient_clip_norm", clip, "must be null or > 0")
+    require(
+        patience is None or (isinstance(patience, int) and patience >= 1),
+        "trainer.early_stopping_patience",
+        patience,
+        "must be null or an integer >= 1",
+    )
+    precision = str(t.precision)
+    require(
+        precision in PRECISIONS, "trainer.precision", t.precision, f"choose one of {PRECISIONS}"
+    )
+    device = resolve_device(t.device)
+    require(
+        not (precision == "fp16" and device.type == "cpu"),
+        "trainer.precision",
+        precision,
+        "fp16 needs CUDA; use 32 or bf16 on the CPU",
+    )
+    path = cfg.dataset.get("path")
+    if path is not None:
+        require(
+            Path(path).exists(),
+            "dataset.path",
+            path,
+            f"does not exist (relative paths start at {Path.cwd()})",
+        )
+    return device
+
+
+def choices() -> dict[str, str]:
+    """The option chosen for each config group ('?' for groups Hydra did not record)."""
+    return {g: choice(g) for g in ("dataset", "model", "loss", "task", "optimizer", "scheduler")}
+
+
+def check_task(cfg: DictConfig) -> None:
+    """The dataset and the loss must fit the task (`Task.check_config`, which names the overrides
+    that fix a mismatch); nothing is checked when the task class cannot be imported (reported when
+    it is built)."""
+    task = target_class(cfg.task)
+    if task is None or not hasattr(task, "check_config"):
+        return
+    dataset = target_class(cfg.dataset)
+    provides = getattr(dataset, "provides", None)
+    task.check_config(cfg, None if provides is None else tuple(provides), choices())
+
+
+def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
+    """One forward pass on a batch of one training sample: the output must fit the task
+    (`Task.check_output`), so that a wrong `model=` is named here instead of failing inside a
+    loss."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = call_model(model, batch)
+    except ConfigError:
+        raise
+    except Exception as err:
+        shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
+        raise ConfigError(f"model={choice('model')} cannot take the batch {shapes}: {err}") from err
+    finally:
+        model.train(was_training)
+    task.check_output(out[0] if isinstance(out, (tuple, list)) else out, choice("model"))
+
+
+def check_against_data(cfg: DictConfig) -> None:
+    """Checks that need what the datasets inferred (classes, channels, label type); run before the
+    model is built, so that a mismatch is reported by key instead of failing inside torch."""
+    data, loss = cfg.dataset, cfg.loss
+    for key in ("class_weights", "pos_weight", "alpha", "weight"):
+        values = loss.get(key)
+        if not OmegaConf.is_list(values):  # a scalar (MONAI focal alpha) applies to every class
+            continue
+        if len(values) != data.num_classes:
+            raise ConfigError(
+                f"loss.{key} has {len(values)} values for {data.num_classes} classes; "
+                "give one per class or null"
+            )
+        if values is not None and min(values) < 0:
+            raise ConfigError(f"loss.{key}={list(values)}: weights must be >= 0")
+    task = target_class(cfg.task)
+    if task is not None and hasattr(task, "check_against_data"):
+        task.check_against_data(cfg)
+    norm = data.get("normalize") or {}
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if norm.get("mode", "fixed") == "fixed" and values is not None:
+            require(
+                len(values) in (1, data.in_channels),
+                f"dataset.normalize.{key}",
+                list(values),
+                f"give 1 value or {data.in_channels} (one per channel)",
+            )
+
+
+def unknown_key_hint(args: list[str], saved_config: bool = False) -> str | None:
+    """After Hydra refused the command line: for each `a.b=value` (or `a=value`) whose key does not
+    exist, name the keys that do and the closest one, so a typo is fixed without reading YAML files.
+    None for a saved config (`--config-name`), whose keys are not conf/train.yaml's."""
+    if saved_config:
+        return None
+    known_groups = {p.name for p in CONF.iterdir() if p.is_dir() and p.name not in IGNORED_DIRS}
+    overrides = [
+        a
+        for a in args
+        if "=" in a
+        and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))
+        and "/" not in a.split("=")[0]  # a group path (model/..., hydra/launcher): Hydra's own
+    ]
+    groups = [a for a in overrides if a.split("=")[0] in known_groups]
+    keys = [a.split("=")[0] for a in overrides if a.split("=")[0] not in known_groups]
+    if not keys:
+        return None
+    try:
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=groups)
+    except Exception:  # the group choices themselves are wrong: Hydra's message already says so
+        return None
+    lines = []
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf not in node:
+            valid = sorted({str(k) for k in node} | (known_groups if not parent else set()))
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            guess = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+            where = f"Keys of '{parent}'" if parent else "Top-level keys and groups"
+            lines.append(f"medtrain: unknown key '{key}'. {where}: {', '.join(valid)}.{guess}")
+    return "\n".join(lines) or None
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose conf/train.yaml with training's overrides, as `python -m medtrain` would (for tools
+    that take training's command line: the sweeper and the data check)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    except Exception as err:  # Hydra reports a bad override with several exception types
+        message = (str(err).strip() or repr(err)).splitlines()[0]
+        hint = unknown_key_hint(list(overrides))
+        raise ConfigError(message + (f"\n{hint}" if hint else "")) from err
+    HydraConfig.instance().set_config(
+        cfg
+    )  # ${now:...} and the chosen groups resolve as in training
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

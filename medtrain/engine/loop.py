@@ -1,0 +1,276 @@
+"""The one training/evaluation loop for every task: fit, train_one_epoch, evaluate, test."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from medtrain.engine.callbacks import Epoch, EpochCallback, default_callbacks, save_history
+from medtrain.engine.resume import resume
+from medtrain.engine.schedulers import steps_per_batch
+from medtrain.errors import ConfigError, TrainingError
+from medtrain.io import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) global random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision on request (bf16 or fp16); full float32 otherwise."""
+    if str(precision) == "32":
+        return nullcontext()
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
+    )
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move a batch's tensors (and lists of tensors of different sizes) to `device`."""
+
+    def move(value):
+        if torch.is_tensor(value):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, list) and value and torch.is_tensor(value[0]):
+            return [v.to(device, non_blocking=True) for v in value]
+        return value
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+def train_one_epoch(
+    model, loader, task, optimizer, scheduler, scaler, device, cfg: DictConfig, epoch: int, ema=None
+) -> dict[str, float]:
+    """One pass over the training split; returns `train/loss` (mean over batches) and `train/lr`.
+
+    `ema`, when given, is a `torch.optim.swa_utils.AveragedModel` updated after every optimizer step.
+    """
+    model.train()
+    total, batches = 0.0, 0
+    lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
+    accumulate = cfg.accumulate_grad_batches
+    per_batch_schedule = steps_per_batch(scheduler)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
+        leave=False,
+        disable=None if cfg.progress else True,
+    )
+    for i, batch in enumerate(bar):
+        batch = to_device(batch, device)
+        with autocast(device, cfg.precision):
+            loss = task.loss(task.forward(model, batch), batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
+                "lower optimizer.lr or set trainer.gradient_clip_norm"
+            )
+        # Average over the accumulation window (the last window of an epoch may be shorter).
+        window = min(accumulate, len(loader) - (i // accumulate) * accumulate)
+        scaler.scale(loss / window).backward()
+        # Step after `accumulate` batches (or at the end of the epoch): the effective batch is larger.
+        if (i + 1) % accumulate == 0 or i + 1 == len(loader):
+            if cfg.gradient_clip_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip_norm)
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            # fp16: a lowered loss scale means inf/NaN gradients, and the optimizer step was skipped.
+            stepped = scaler.get_scale() >= scale
+            if stepped and per_batch_schedule:
+                scheduler.step()
+            if stepped and ema is not None:
+                ema.update_parameters(model)
+        total, batches = total + loss.item(), batches + 1
+        bar.set_postfix(loss=f"{total / batches:.4f}")
+    return {"train/loss": total / max(batches, 1), "train/lr": lr}
+
+
+@torch.no_grad()
+def evaluate(
+    model, loader, task, device, precision: str = "32", progress: bool = False, final: bool = False
+):
+    """Run the model over a split; returns the task's collector (metrics, predictions) and mean loss.
+
+    `final` marks the test pass, whose collector keeps what its `save` writes (masks, ...).
+    """
+    model.eval()
+    collector, total, batches = task.collector(final), 0.0, 0
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            outputs = task.forward(model, batch)
+        total, batches = total + task.loss(outputs, batch).item(), batches + 1
+        collector.update(outputs, batch)
+    return collector, total / max(batches, 1)
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best`; a NaN (e.g. AUC of a one-class split) never does, except as the
+    first value, so that a best checkpoint always exists."""
+    if best is None:
+        return True
+    if math.isnan(value):
+        return False
+    return math.isnan(best) or (value > best if mode == "max" else value < best)
+
+
+def new_state() -> dict[str, Any]:
+    """The loop state a checkpoint carries (and resuming restores)."""
+    return {"epoch": 0, "best_metric": None, "best_epoch": None, "stale_epochs": 0, "history": []}
+
+
+def fit(
+    model,
+    task,
+    loaders,
+    optimizer,
+    scheduler,
+    device,
+    cfg: DictConfig,
+    run_dir: Path,
+    extra_state: dict[str, Any],
+    callbacks: Sequence[EpochCallback] = (),
+) -> dict[str, Any]:
+    """Train with validation after every epoch; then the epoch callbacks run in order: checkpoints
+    (`checkpoints/best.pt`, `last.pt`), `history.csv`, TensorBoard, the log line, then `callbacks`.
+
+    Args:
+        cfg: the `trainer` config node.
+        extra_state: saved into every checkpoint (config, class names, seed, ...).
+        callbacks: called as `callback(epoch)` (a `medtrain.engine.callbacks.Epoch`) after the
+            default ones; a hyperparameter search prunes a trial by raising from one.
+
+    Returns:
+        The loop state (history, best epoch and metric, ...).
+    """
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    # With an exponential moving average of the weights, the average is what is validated, saved
+    # as "model" and tested; the raw weights are kept in the checkpoint to resume training.
+    ema = None
+    if cfg.ema_decay:
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+    evaluated = model if ema is None else ema.module
+    state = new_state()
+    if cfg.resume:
+        ckpt_dir, config = run_dir / "checkpoints", extra_state["config"]
+        state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler, ema, config)
+        save_history(run_dir / "history.csv", state["history"])
+    every_epoch = default_callbacks(
+        run_dir, cfg, task.monitor, model, optimizer, scheduler, scaler, ema, extra_state
+    )
+    every_epoch += list(callbacks)
+    try:
+        for epoch in range(state["epoch"], cfg.max_epochs):
+            if cfg.early_stopping_patience and state["stale_epochs"] >= cfg.early_stopping_patience:
+                break
+            # Randomness (shuffling, augmentation, dropout) is a function of (seed, epoch): resuming
+            # at epoch k sees exactly what an uninterrupted run sees.
+            seed_everything(int(extra_state["seed"]) * 1_000 + epoch)
+            loaders["train"].set_epoch(epoch)
+            start = time.perf_counter()
+            row = {"epoch": epoch + 1}
+            row |= train_one_epoch(
+                model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch, ema
+            )
+            collector, val_loss = evaluate(evaluated, loaders["val"], task, device, cfg.precision)
+            row |= {"val/loss": val_loss, **collector.metrics("val")}
+            step_on_plateau(scheduler, row, task.monitor, epoch)
+            row["time_s"] = round(time.perf_counter() - start, 3)
+            improved = record(state, row, task.monitor, task.monitor_mode)
+            for callback in every_epoch:  # the place to add per-epoch work: pass `callbacks`
+                callback(Epoch(epoch + 1, row, improved, state))
+    finally:
+        for callback in every_epoch:
+            if hasattr(callback, "close"):
+                callback.close()
+    return state
+
+
+def step_on_plateau(scheduler, row: dict[str, Any], monitor: str, epoch: int) -> None:
+    """Check that the monitored metric exists; step a schedule that follows it (reduce on
+    plateau) unless it is NaN, which is logged instead."""
+    if monitor not in row:
+        raise ConfigError(
+            f"task.monitor={monitor!r} is not a validation metric; "
+            f"choose one of {sorted(k for k in row if k.startswith('val/'))}"
+        )
+    if math.isnan(row[monitor]):
+        log.warning(
+            "%s is NaN at epoch %d (does the val split hold every class?)", monitor, epoch + 1
+        )
+    elif not steps_per_batch(scheduler):
+        scheduler.step(row[monitor])
+
+
+def record(state: dict[str, Any], row: dict[str, Any], monitor: str, mode: str) -> bool:
+    """Append the epoch to the state's history and update the best epoch; returns whether the
+    monitored metric improved."""
+    state["history"].append(row)
+    state["epoch"] = row["epoch"]
+    improved = is_better(row[monitor], state["best_metric"], mode)
+    if improved:
+        state |= {"best_metric": row[monitor], "best_epoch": row["epoch"], "stale_epochs": 0}
+    else:
+        state["stale_epochs"] += 1
+    return improved
+
+
+def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Evaluate the best checkpoint: choose the threshold on val, then touch the test split once.
+
+    The task's collector writes its files (`predictions.csv`, ...); the chosen threshold is stored in
+    `best.pt` so that prediction and serving use it. Returns the final metrics.
+    """
+    best_path = run_dir / "checkpoints" / "best.pt"
+    checkpoint = load_checkpoint(best_path)
+    model.load_state_dict(checkpoint["model"])
+    val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
+    threshold = task.fit_threshold(val)
+    test_collector, test_loss = evaluate(
+        model, loaders["test"], task, device, cfg.precision, final=True
+    )
+    thresholds = threshold_entries(threshold, task.class_names)
+    saved = test_collector.save(run_dir) or {}  # task files; some tasks add summary numbers
+    results = {
+        **test_collector.metrics("test"),
+        **{f"test/{key}": value for key, value in saved.items()},
+        "test/loss": test_loss,
+        **val.metrics("val"),
+        "val/loss": val_loss,
+        "best_epoch": checkpoint["best_epoch"],
+        **thresholds,
+    }
+    checkpoint["threshold"] = threshold
+    save_checkpoint(best_path, checkpoint)
+    return results
+
+
+def threshold_entries(threshold: float | list[float] | None, names: list[str]) -> dict[str, float]:
+    """The decision threshold(s) as flat metrics.json entries: `threshold` (binary), one
+    `threshold_<label>` per label (multi-label), none (multi-class, segmentation, regression)."""
+    if isinstance(threshold, list):
+        return {f"threshold_{n}": t for n, t in zip(names, threshold, strict=True)}
+    return {} if threshold is None else {"threshold": threshold}

@@ -1,0 +1,143 @@
+"""One experiment end to end: check the config, build data, model and task, fit, test, and write
+the run folder (metrics, predictions, report, provenance)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from medtrain import __version__
+from medtrain.analysis.report import write_report
+from medtrain.data.loading import collate
+from medtrain.engine.build import (
+    build_datasets,
+    build_loaders,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_task,
+    plain,
+)
+from medtrain.engine.callbacks import EpochCallback
+from medtrain.engine.config import (
+    check_against_data,
+    check_model_output,
+    validate,
+)
+from medtrain.engine.data_check import check_before_training
+from medtrain.engine.loop import fit, seed_everything, test
+from medtrain.engine.provenance import write_provenance
+from medtrain.io import save_json
+
+log = logging.getLogger("medtrain")
+VERSIONED = ("torch", "torchvision", "numpy", "hydra-core", "albumentations", "scikit-learn")
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Deterministic mode trades speed for bitwise-repeatable CUDA kernels (CPU runs already repeat)."""
+    if deterministic:  # cuBLAS needs a fixed workspace for repeatable matrix products
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    # warn_only: an op without a deterministic CUDA kernel is logged by torch instead of failing the run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = ()) -> dict:
+    """Run one experiment, writing into `run_dir`, and return its final metrics.
+
+    `callbacks` run after every epoch, after the default ones (see `medtrain.engine.callbacks`)."""
+    device = validate(cfg)
+    configure_determinism(cfg.trainer.deterministic)
+    # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.
+    write_provenance(run_dir, cfg, device)
+    seed_everything(cfg.seed)
+
+    datasets = build_datasets(cfg)
+    check_against_data(cfg)
+    if cfg.trainer.get("check_data", True):  # runs saved before the key existed: on
+        # Every sample is read once before training: a bad file stops the run here, one line per
+        # problem, instead of mid-epoch; data_report.json in the run folder lists everything.
+        check_before_training(cfg, datasets, run_dir)
+    # Which images are in which split, so that the split can be reused (dataset.split_file=...).
+    save_json(run_dir / "splits.json", {split: list(d.ids) for split, d in datasets.items()})
+    loaders = build_loaders(cfg, datasets, device)
+    seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
+    model = build_model(cfg)
+    task = build_task(cfg)
+    first = collate([datasets["train"][0]])
+    check_model_output(model, task, first)
+    model = model.to(device)
+    task.loss_fn.to(device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, len(loaders["train"]))
+    log.info(
+        "data: %s | model: %s (%.2fM parameters) | device: %s | run folder: %s",
+        {s: len(d) for s, d in datasets.items()},
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+        run_dir,
+    )
+
+    start = time.perf_counter()
+    extra_state = {
+        "config": plain(cfg),
+        "task": task.name,
+        "class_names": task.class_names,
+        "seed": cfg.seed,
+        "medtrain_version": __version__,
+        # Evaluation preprocessing and the training input size (H, W): what serving rebuilds.
+        "preprocessing": datasets["test"].preprocessing()
+        | {"input_size": list(first["image"].shape[-2:])},
+    }
+    state = fit(
+        model,
+        task,
+        loaders,
+        optimizer,
+        scheduler,
+        device,
+        cfg.trainer,
+        run_dir,
+        extra_state,
+        callbacks,
+    )
+    train_seconds = time.perf_counter() - start
+    metrics = test(model, task, loaders, device, cfg.trainer, run_dir) | {
+        "epochs_trained": state["epoch"]
+    }
+    # Bootstrap 95% intervals (and calibration) from the files test() just wrote, with a fixed seed
+    # so that a rerun writes the same metrics.json.
+    metrics |= task.intervals(run_dir, metrics)
+    save_json(run_dir / "metrics.json", metrics)
+    save_json(
+        run_dir / "run_info.json",
+        {
+            "train_seconds": round(train_seconds, 2),
+            "device": str(device),
+            "python": platform.python_version(),
+            **{f"{name}": version(name) for name in VERSIONED},
+            "medtrain": __version__,
+            "epochs_trained": state["epoch"],
+        },
+    )
+    summary = "  ".join(
+        f"test/{k} {metrics[f'test/{k}']:.4f}" for k in task.headline if f"test/{k}" in metrics
+    )
+    log.info(
+        "done in %.1fs of training; best epoch %s; %s",
+        train_seconds,
+        metrics["best_epoch"],
+        summary,
+    )
+    log.info("report: %s", write_report(run_dir))
+    log.info("results in %s", run_dir)
+    return metrics

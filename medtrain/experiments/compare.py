@@ -1,0 +1,94 @@
+"""`medtrain compare run_dirs=[<run>,<run>,...] [output=<folder>]`: finished runs side by
+side (the config values that differ between them, then every metric), printed and written as
+`comparison.csv` and `comparison.md`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from medtrain.errors import ConfigError
+from medtrain.io import atomic_write, load_checkpoint, read_json, save_csv
+
+
+def flat_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config as `dotted.key -> value` leaves: the trained config in best.pt (with what
+    the data inferred), else `.hydra/config.yaml`; empty when neither exists."""
+    best = run_dir / "checkpoints" / "best.pt"
+    saved = run_dir / ".hydra" / "config.yaml"
+    if best.is_file():
+        config = load_checkpoint(best).get("config") or {}
+    elif saved.is_file():
+        config = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    else:
+        return {}
+    leaves: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            leaves[prefix] = node
+
+    walk(config, "")
+    return leaves
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics.json plus `train_seconds` from run_info.json, flat config) of one run."""
+    metrics = read_json(run_dir / "metrics.json")
+    if metrics is None:
+        raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (is it a finished run?)")
+    info = read_json(run_dir / "run_info.json")
+    if info is not None:
+        metrics["train_seconds"] = info.get("train_seconds")
+    return metrics, flat_config(run_dir)
+
+
+def compare(run_dirs: Sequence[str | Path], output: str | Path = ".") -> list[dict[str, Any]]:
+    """Build the side-by-side table (one row per differing config value, then one per metric; one
+    column per run), write it as CSV and Markdown into `output`, and return its rows."""
+    if len(run_dirs) < 2:
+        raise ConfigError(f"run_dirs={list(run_dirs)}: give at least 2 runs to compare")
+    runs = [Path(d) for d in run_dirs]
+    names = column_names(runs)
+    read = [read_run(run) for run in runs]
+    rows: list[dict[str, Any]] = []
+    config_keys = sorted({k for _, config in read for k in config})
+    for key in config_keys:
+        values = [config.get(key) for _, config in read]
+        if any(v != values[0] for v in values[1:]):
+            rows.append({"key": f"config: {key}", **dict(zip(names, values, strict=True))})
+    metric_keys = list(dict.fromkeys(k for metrics, _ in read for k in metrics))
+    for key in metric_keys:
+        rows.append({"key": key, **{n: m.get(key) for n, (m, _) in zip(names, read, strict=True)}})
+    output = Path(output)
+    save_csv(output / "comparison.csv", rows, ["key", *names])
+    atomic_write(output / "comparison.md", lambda f: f.write(markdown(rows, names)))
+    return rows
+
+
+def column_names(runs: list[Path]) -> list[str]:
+    """The runs' folder names, or, when two runs share a folder name, every run's full path (a
+    mix would make a bare name such as `0` read as an index)."""
+    names = [run.name for run in runs]
+    return names if len(set(names)) == len(names) else [str(run) for run in runs]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def markdown(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """The table as Markdown: a header of run names, one line per row."""
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [
+        f"| {row['key']} | " + " | ".join(_cell(row[n]) for n in names) + " |" for row in rows
+    ]
+    return "\n".join(lines) + "\n"

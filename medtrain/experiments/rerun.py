@@ -1,0 +1,371 @@
+"""`medtrain rerun run_dir=<run>`: train a finished run again from its saved config into a
+new folder and check that it reproduces: the same metrics (bit for bit on the CPU, within a stated
+tolerance on CUDA), naming what differs, what changed in the config and what in the environment."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from medtrain.engine.provenance import collect_provenance
+from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.io import load_checkpoint, read_json, save_json
+
+# Keys that build_datasets fills in from the data (null in .hydra/config.yaml, values in best.pt).
+INFERRED = (
+    "dataset.in_channels",
+    "dataset.num_classes",
+    "dataset.multilabel",
+    "dataset.class_names",
+    "dataset.num_features",
+    "task.target_mean",
+    "task.target_std",
+    "task.grade_range",
+)
+# Provenance entries that say nothing about reproducibility: when and how the run was started.
+IGNORED_PROVENANCE = {"created", "command", "cwd", "git.branch", "git.reason", "git.untracked"}
+IGNORED_PROVENANCE |= {"data.files", "data.bytes", "environment.packages.torch"}  # said elsewhere
+SHOWN_AT_MOST = 5  # differences named in the verdict line; rerun.json and the lines above list all
+
+
+class RerunFailed(MedtrainError):
+    """The rerun's training process exited with an error."""
+
+
+def _text(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _pair(a: Any, b: Any) -> str:
+    """`a -> b`, numbers with 6 significant digits unless that hides their difference."""
+    if _is_number(a) and _is_number(b):
+        short = f"{a:.6g} -> {b:.6g}"
+        if f"{a:.6g}" != f"{b:.6g}":
+            return short
+    return f"{_text(a)} -> {_text(b)}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def compare_metrics(a: Mapping[str, Any], b: Mapping[str, Any], tol: float) -> list[str]:
+    """The metrics of `b` (rerun) that differ from `a` (original) by more than `tol`.
+
+    Numbers are equal when `abs(a - b) <= tol`; nulls (undefined metrics) equal nulls; anything else
+    must be equal; a key in one run only is a difference.
+
+    Returns:
+        One `key a -> b` (or `key only in the original/rerun`) per difference, in `a`'s key order.
+    """
+    differences = []
+    for key in [*a, *(k for k in b if k not in a)]:
+        if key not in b:
+            differences.append(f"{key} only in the original ({_text(a[key])})")
+            continue
+        if key not in a:
+            differences.append(f"{key} only in the rerun ({_text(b[key])})")
+            continue
+        x, y = a[key], b[key]
+        if _is_number(x) and _is_number(y):
+            finite = math.isfinite(x) and math.isfinite(y)
+            same = abs(x - y) <= tol if finite else (x == y or (math.isnan(x) and math.isnan(y)))
+        else:
+            same = x == y
+        if not same:
+            differences.append(f"{key} {_pair(x, y)}")
+    return differences
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every leaf of nested dicts and lists (`a.b.0.c`)."""
+    if isinstance(node, Mapping) and node:
+        items = node.items()
+    elif isinstance(node, list) and node:
+        items = enumerate(node)
+    else:
+        return {prefix: node}
+    leaves = {}
+    for key, value in items:
+        leaves |= _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    return leaves
+
+
+def _prefixes(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+# Settings of how a run shows its progress, not of what it computes: a change is reported but is
+# no mismatch.
+NO_EFFECT_KEYS = frozenset({"trainer.progress", "trainer.tensorboard", "task.num_overlays"})
+
+
+def config_changes(run_dir: Path) -> list[str]:
+    """What `.hydra/config.yaml` (the config a rerun uses) says differently from the config the run
+    trained with (stored, resolved, in `checkpoints/best.pt`).
+
+    A key that is null in the YAML and has a value in the checkpoint was inferred from the data
+    (channels, classes, target statistics) and is not a change.
+
+    Returns:
+        One `key old -> new` per change (old: the run's value); empty when the run has no best.pt.
+
+    Raises:
+        DataError: the YAML or the checkpoint cannot be read.
+    """
+    run_dir = Path(run_dir)
+    yaml_path = run_dir / ".hydra" / "config.yaml"
+    best = run_dir / "checkpoints" / "best.pt"
+    if not best.is_file():
+        return []
+    try:
+        trained = load_checkpoint(best)["config"]
+    except Exception as err:  # not a medtrain checkpoint, or unreadable
+        raise DataError(f"cannot read the config stored in {best} ({err})") from err
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=True)
+    except Exception as err:  # bad YAML, or an interpolation that points nowhere
+        raise DataError(f"cannot read {yaml_path}: {str(err).splitlines()[0]}") from err
+    new, old = _leaves(saved), _leaves(trained)
+    nulls = {key for key, value in new.items() if value is None}
+    changes = []
+    for key, value in new.items():
+        if value is None:
+            continue  # inferred from the data when the run started (or null in both)
+        if key not in old:
+            if not any(p in nulls for p in _prefixes(key)[:-1]):
+                changes.append(f"{key} (not in the run) -> {_text(value)}")
+        elif old[key] != value or isinstance(old[key], bool) != isinstance(value, bool):
+            changes.append(f"{key} {_pair(old[key], value)}")
+    for key, value in old.items():
+        if key in new or any(p in nulls or p in INFERRED for p in _prefixes(key)):
+            continue
+        changes.append(f"{key} {_text(value)} -> (not in the config)")
+    return changes
+
+
+def _short(key: str, value: Any) -> Any:
+    """Hashes cut to 12 characters: enough to tell them apart in a message."""
+    if isinstance(value, str) and key.endswith(("sha256", "commit")) and len(value) > 12:
+        return value[:12]
+    return value
+
+
+def _label(key: str) -> str:
+    for prefix in ("environment.packages.", "environment."):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return {
+        "git.diff_sha256": "uncommitted changes (git diff sha256)",
+        "git.dirty": "git dirty",
+        "git.commit": "git commit",
+        "data.sha256": "data fingerprint",
+    }.get(key, key)
+
+
+def environment_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """What differs between two runs' provenance (`a` original, `b` rerun): package versions, Python,
+    CUDA, GPUs, git commit and uncommitted changes, data fingerprint, device, seeds, determinism.
+
+    Sections missing from either side are not compared.
+
+    Returns:
+        One `name old -> new` per difference.
+    """
+    changes = []
+    for section in a:
+        if section not in b or section in IGNORED_PROVENANCE:
+            continue
+        old = _leaves(a[section], section)
+        new = _leaves(b[section], section)
+        for key in [*old, *(k for k in new if k not in old)]:
+            if any(p in IGNORED_PROVENANCE for p in _prefixes(key)):
+                continue
+            x, y = old.get(key, "(absent)"), new.get(key, "(absent)")
+            if x != y:
+                changes.append(f"{_label(key)} {_pair(_short(key, x), _short(key, y))}")
+    return changes
+
+
+def metric_tolerance(devices: Iterable[str | None], atol: float, cuda_atol: float) -> float:
+    """`cuda_atol` when either run trained on CUDA (its kernels may round differently from run to
+    run), else `atol`."""
+    return cuda_atol if any(str(d).startswith("cuda") for d in devices if d) else atol
+
+
+def _device(run_dir: Path, provenance: Mapping[str, Any] | None) -> str | None:
+    """The device a run trained on: from provenance.json, else from run_info.json."""
+    if provenance and provenance.get("device"):
+        return str(provenance["device"])
+    info = read_json(run_dir / "run_info.json") or {}
+    return info.get("device")
+
+
+def _override_value(text: str) -> str:
+    """Quote a value for Hydra's override grammar unless it is a plain path."""
+    if re.fullmatch(r"[\w./:+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _check_run(run_dir: Path) -> tuple[Path, DictConfig, dict[str, Any]]:
+    """The run's saved config (path and content) and metrics, or an error naming the bad file."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir: {run_dir} is not a folder")
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{config} not found: run_dir must be a run folder of python -m medtrain")
+    try:
+        saved = OmegaConf.load(config)
+    except Exception as err:  # YAML reports syntax errors with several exception types
+        raise DataError(f"cannot read {config}: {str(err).splitlines()[0]}") from err
+    metrics = read_json(run_dir / "metrics.json")
+    if metrics is None:
+        raise ConfigError(f"{run_dir / 'metrics.json'} not found: did the run finish?")
+    return config, saved, metrics
+
+
+def rerun(
+    run_dir: str | Path,
+    output: str | Path | None = None,
+    atol: float = 0.0,
+    cuda_atol: float = 1e-4,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train `run_dir` again from its `.hydra/config.yaml` into `output` and compare the two runs.
+
+    Returns:
+        What `rerun.json` (in `output`) holds: `verdict` (REPRODUCED or MISMATCH), `line` (the verdict
+        line), `lines` (the report), `tolerance`, the differences, both folders.
+
+    Raises:
+        ConfigError: a missing run folder, config or metrics file, or an unusable `output`.
+        RerunFailed: the rerun's training exited with an error (the message ends with its output).
+    """
+    run_dir = Path(run_dir).resolve()
+    config, saved, original_metrics = _check_run(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(output).resolve() if output else run_dir.parent / f"{run_dir.name}_rerun_{stamp}"
+    if out == run_dir or run_dir in out.parents:
+        raise ConfigError(f"output: {out} is inside the run being checked ({run_dir})")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output: {out} exists and is not empty; name a new folder")
+    changes = config_changes(run_dir)
+    changed = [c for c in changes if c.split(" ", 1)[0] not in NO_EFFECT_KEYS]
+    lines = [f"config changed since the run: {change}" for change in changed]
+    lines += [
+        f"config changed since the run (no effect on results): {change}"
+        for change in changes
+        if change not in changed
+    ]
+    if not (run_dir / "checkpoints" / "best.pt").is_file():
+        lines.append("note: no checkpoints/best.pt, so the saved config was not checked")
+
+    overrides = [f"hydra.run.dir={_override_value(str(out))}"]
+    if device:
+        overrides.append(f"trainer.device={_override_value(device)}")
+    if OmegaConf.select(saved, "trainer.resume", default=False):
+        overrides.append("trainer.resume=false")  # a rerun trains from scratch into a new folder
+        lines.append(
+            "note: the run was resumed; the rerun trains from scratch (trainer.resume=false)"
+        )
+    command = [sys.executable, "-m", "medtrain", "--config-path", str(config.parent)]
+    command += ["--config-name", "config", *overrides]
+    print(f"rerunning {run_dir} into {out} ...", flush=True)
+    # Relative dataset paths resolve from the current folder, as they did for the original run.
+    # One stream, stdout and stderr interleaved: Hydra logs errors to stdout, Python to stderr.
+    finished = subprocess.run(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    if finished.returncode != 0:
+        tail = finished.stdout.strip().splitlines()[-20:]
+        context = f" (config changed since the run: {', '.join(changed)})" if changed else ""
+        raise RerunFailed(
+            f"the rerun exited with status {finished.returncode}{context}; the last lines of its "
+            "output:\n" + "\n".join(tail)
+        )
+    rerun_metrics = read_json(out / "metrics.json")
+    if rerun_metrics is None:
+        raise RerunFailed(f"the rerun finished without writing {out / 'metrics.json'}")
+
+    provenance = read_json(run_dir / "provenance.json")
+    rerun_provenance = read_json(out / "provenance.json")
+    if provenance is not None and rerun_provenance is None:
+        # A rerun by a medtrain that does not write provenance yet: this process runs the same
+        # interpreter, packages, checkout and data, so it can describe the rerun's environment
+        # (determinism flags are the training process's own and are left out).
+        rerun_provenance = collect_provenance(saved, _device(out, None) or "unknown")
+        rerun_provenance["git"].pop("diff", None)
+        rerun_provenance.pop("determinism")
+    devices = {"original": _device(run_dir, provenance), "rerun": _device(out, rerun_provenance)}
+    on_cuda = any(str(d).startswith("cuda") for d in devices.values() if d)
+    tolerance = metric_tolerance(devices.values(), atol, cuda_atol)
+    differences = compare_metrics(original_metrics, rerun_metrics, tolerance)
+    environment = environment_changes(provenance, rerun_provenance) if provenance else []
+    if provenance is None:
+        lines.append("note: the run has no provenance.json; its environment was not compared")
+    elif provenance.get("cwd") not in (None, str(Path.cwd())):
+        lines.append(
+            f"note: the run started in {provenance['cwd']}, the rerun in {Path.cwd()} (relative "
+            "dataset paths resolve from there)"
+        )
+
+    lines += [f"metric differs: {d}" for d in differences]
+    lines += [f"environment changed: {change}" for change in environment]
+    where = "CUDA" if on_cuda else "CPU"
+    compared = len(set(original_metrics) | set(rerun_metrics))
+    lines.append(
+        f"compared {compared} metrics of {run_dir} (device {devices['original']}) and {out} "
+        f"(device {devices['rerun']}) with tolerance {tolerance:g} ({where})"
+    )
+    reproduced = not differences and not changed
+    if reproduced:
+        equal = "identical" if tolerance == 0 else "equal within"
+        line = f"verdict: REPRODUCED ({compared} metrics {equal}, tolerance {tolerance:g})"
+    else:
+        parts = []
+        for name, items in (
+            ("", differences),
+            ("config changed: ", changed),
+            ("environment changed: ", environment),
+        ):
+            if items:
+                more = len(items) - SHOWN_AT_MOST
+                shown = ", ".join(items[:SHOWN_AT_MOST]) + (
+                    f", ... ({more} more)" if more > 0 else ""
+                )
+                parts.append(name + shown)
+        line = "verdict: MISMATCH: " + "; ".join(parts)
+    result = {
+        "verdict": "REPRODUCED" if reproduced else "MISMATCH",
+        "line": line,
+        "lines": lines,
+        "original": str(run_dir),
+        "rerun": str(out),
+        "tolerance": tolerance,
+        "devices": devices,
+        "metrics_compared": compared,
+        "metric_differences": differences,
+        "config_changes": changed,
+        "environment_changes": environment,
+        "command": command,
+    }
+    save_json(out / "rerun.json", result)
+    return result

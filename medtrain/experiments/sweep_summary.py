@@ -1,0 +1,288 @@
+"""The summary of a sweep folder (a Hydra multirun or `medtrain.sweep`): `sweep_summary.csv`,
+`sweep_summary.md` (one row per job, best first) and `sweep_<param>.png` (the monitored metric
+against each swept parameter). `python -m medtrain.sweep_summary <sweep_dir>` writes it again."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from medtrain.errors import DataError
+from medtrain.io import atomic_write, read_json, save_csv
+
+HEADLINE = ("auc", "acc", "balanced_acc", "f1", "dice", "iou", "hd95_mm")
+HEADLINE += ("mae", "rmse", "r2", "pearson", "qwk")
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A job file's content, None when missing or unreadable (a summary lists broken jobs too)."""
+    try:
+        return read_json(path)
+    except DataError:
+        return None
+
+
+def _overrides(job_dir: Path) -> list[str]:
+    for path in (job_dir / ".hydra" / "overrides.yaml", job_dir / "overrides.yaml"):
+        if path.exists():
+            return [str(o) for o in OmegaConf.load(path)]
+    return []
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job folders (`0/`, `1/`, ...): Hydra's with `.hydra/overrides.yaml`, the sweep's with
+    `overrides.yaml`; in job-number order."""
+    found = [
+        d
+        for d in Path(sweep_dir).iterdir()
+        if d.is_dir()
+        and ((d / ".hydra" / "overrides.yaml").exists() or (d / "overrides.yaml").exists())
+    ]
+    return sorted(found, key=_job_order)
+
+
+def _job_order(job_dir: Path) -> tuple:
+    name = job_dir.name
+    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
+def study_trials(sweep_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[str, str]]:
+    """From `<sweep_dir>/study.db` (a `medtrain.sweep`): {trial number: its status, error and
+    overrides} and {param: 'log' or 'categorical'} for params searched on a log scale or by choice."""
+    if not (Path(sweep_dir) / "study.db").exists():
+        return {}, {}
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{Path(sweep_dir) / 'study.db'}")
+    base = list(study.user_attrs.get("overrides", []))
+    trials, scales = {}, {}
+    for trial in study.get_trials(deepcopy=False):
+        trials[trial.number] = {
+            "status": STATES.get(trial.state.name, trial.state.name.lower()),
+            "error": trial.user_attrs.get("error", ""),
+            # what the trial folder's overrides.yaml says (a trial killed at once has none)
+            "overrides": base + [f"{k}={v}" for k, v in trial.params.items()],
+        }
+        for key, dist in trial.distributions.items():
+            if getattr(dist, "log", False) or hasattr(dist, "choices"):
+                scales[key] = "log" if getattr(dist, "log", False) else "categorical"
+    return trials, scales
+
+
+def _last_error(job_dir: Path) -> str:
+    for name in ("error.txt", "train.log"):
+        path = job_dir / name
+        if not path.exists():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        if name == "error.txt":
+            return lines[0] if lines else ""
+        errors = [line.split(" - ", 1)[-1] for line in lines if "[ERROR]" in line]
+        if errors:
+            return errors[-1]
+    return ""
+
+
+def _history(job_dir: Path) -> list[dict[str, str]]:
+    path = job_dir / "history.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def read_job(job_dir: Path, monitor: str, trial: tuple[str, str] | None) -> dict[str, Any]:
+    """One summary row: overrides, status, monitored metric, test headline metrics, time, error."""
+    metrics = _read_json(job_dir / "metrics.json")
+    history = _history(job_dir)
+    if trial is not None:
+        status, error = trial
+    else:  # a Hydra job: finished when it wrote metrics.json
+        status, error = (
+            ("complete", "") if metrics is not None else ("failed", _last_error(job_dir))
+        )
+    if status == "failed" and not error:
+        error = _last_error(job_dir)
+    row: dict[str, Any] = {"job": job_dir.name, "status": status, "error": error}
+    if metrics is not None:
+        row[monitor] = _float(metrics.get(monitor))
+        row |= {f"test/{k}": metrics[f"test/{k}"] for k in HEADLINE if f"test/{k}" in metrics}
+    elif history:  # pruned, failed or unfinished: the last validated epoch
+        row[monitor] = _float(history[-1].get(monitor))
+    info = _read_json(job_dir / "run_info.json")
+    if info is not None:
+        row["train_seconds"] = info.get("train_seconds")
+    elif history:  # stopped before the end: the epochs it trained
+        row["train_seconds"] = round(sum(_float(r.get("time_s")) or 0.0 for r in history), 2)
+    return row
+
+
+def _job_config(job_dir: Path):
+    path = job_dir / ".hydra" / "config.yaml"
+    return OmegaConf.load(path) if path.exists() else None
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+"), value
+
+
+def write_sweep_summary(sweep_dir: Path, monitor: str | None = None, plots: bool = True) -> Path:
+    """Write `sweep_summary.csv`, `sweep_summary.md` and (with `plots`) `sweep_<param>.png` into
+    `sweep_dir`; return the CSV's path.
+
+    Args:
+        monitor: the metric to rank by; default the jobs' `task.monitor`.
+
+    Raises:
+        FileNotFoundError: `sweep_dir` holds no job folder.
+    """
+    sweep_dir = Path(sweep_dir)
+    jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    trials, scales = study_trials(sweep_dir)
+    jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in trials}, key=_job_order)
+    if not jobs:
+        raise FileNotFoundError(
+            f"{sweep_dir}: no job folders (with .hydra/overrides.yaml or overrides.yaml)"
+        )
+    numbers = {job.name: int(job.name) if job.name.isdigit() else None for job in jobs}
+    configs = [c for c in map(_job_config, jobs) if c is not None]
+    tasks = Counter((c.task.monitor, c.task.monitor_mode) for c in configs if "task" in c)
+    monitor = monitor or (tasks.most_common(1)[0][0][0] if tasks else "val/loss")
+    mode = next(
+        (m for (k, m), _ in tasks.most_common() if k == monitor),
+        "min" if "loss" in monitor else "max",
+    )
+    overrides = {
+        job.name: dict(
+            map(_split, _overrides(job) or trials.get(numbers[job.name], {}).get("overrides", []))
+        )
+        for job in jobs
+    }
+    keys = list(dict.fromkeys(k for o in overrides.values() for k in o))
+    swept = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
+    common = [f"{k}={overrides[jobs[0].name][k]}" for k in keys if k not in swept and swept]
+    rows = []
+    for job in jobs:
+        trial = trials.get(numbers[job.name])
+        row = read_job(job, monitor, (trial["status"], trial["error"]) if trial else None)
+        shown = swept or keys
+        row["overrides"] = " ".join(
+            f"{k}={overrides[job.name][k]}" for k in shown if k in overrides[job.name]
+        )
+        row["params"] = {k: overrides[job.name].get(k) for k in swept}
+        rows.append(row)
+    sign = 1 if mode == "min" else -1
+    rows.sort(
+        key=lambda r: (
+            r.get(monitor) is None,
+            r["status"] != "complete",
+            sign * (r.get(monitor) or 0.0),
+        )
+    )
+
+    metric_columns = [c for c in (f"test/{k}" for k in HEADLINE) if any(c in r for r in rows)]
+    fields = ["job", "overrides", "status", monitor, *metric_columns, "train_seconds", "error"]
+    csv_path = save_csv(sweep_dir / "sweep_summary.csv", rows, fields)
+    markdown = _markdown(sweep_dir, rows, fields, monitor, mode, common)
+    atomic_write(sweep_dir / "sweep_summary.md", lambda handle: handle.write(markdown))
+    if plots:
+        for key in swept:
+            plot_param(sweep_dir, rows, key, monitor, scales.get(key, ""))
+    return csv_path
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    # Long sampled floats (0.0012345678912345) are shortened for reading; the CSV keeps them exact.
+    text = re.sub(r"(?<==)(-?\d+\.\d{5,}(?:e-?\d+)?)", lambda m: f"{float(m.group(1)):.4g}", text)
+    return " ".join(text.split()).replace("|", "\\|")  # one table row per job
+
+
+def _markdown(sweep_dir: Path, rows, fields, monitor: str, mode: str, common: list[str]) -> str:
+    counts = Counter(r["status"] for r in rows)
+    lines = [
+        f"# Sweep summary: {sweep_dir}",
+        "",
+        f"{len(rows)} jobs: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f"; ranked by {monitor} ({mode}).",
+    ]
+    if common:
+        lines.append(f"Every job: `{' '.join(common)}`.")
+    lines += ["", "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(_cell(r.get(f)) for f in fields) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_param(sweep_dir: Path, rows, key: str, monitor: str, scale: str = "") -> Path | None:
+    """`sweep_<key>.png`: the monitored metric against one swept parameter, for complete and pruned
+    jobs. Categorical (labelled points) for choices and text values; a log x axis for `scale='log'`
+    or positive values spanning more than two decades."""
+    points = [
+        (r["params"].get(key), r[monitor], r["status"]) for r in rows if r.get(monitor) is not None
+    ]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display is needed or wanted
+    import matplotlib.pyplot as plt
+
+    from medtrain.analysis.plots import save_figure
+
+    numbers = [_float(x) for x, _, _ in points]
+    figure, ax = plt.subplots(figsize=(5.0, 3.8))
+    if scale != "categorical" and None not in numbers:
+        xs = numbers
+        if scale == "log" or (min(xs) > 0 and max(xs) / min(xs) > 100):
+            ax.set_xscale("log")
+    else:
+        labels = sorted(
+            {str(x) for x, _, _ in points}, key=lambda t: (_float(t) is None, _float(t) or 0.0, t)
+        )
+        xs = [labels.index(str(x)) for x, _, _ in points]
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+    for status, marker in (("complete", "o"), ("pruned", "x"), ("failed", "v"), ("running", "s")):
+        chosen = [(x, y) for x, (_, y, s) in zip(xs, points, strict=True) if s == status]
+        if chosen:
+            ax.scatter(
+                *zip(*chosen, strict=True),
+                marker=marker,
+                label=f"{status} ({len(chosen)})",
+                alpha=0.8,
+            )
+    ax.set_xlabel(key)
+    ax.set_ylabel(
+        monitor + ("  (pruned: last epoch)" if any(s == "pruned" for *_, s in points) else "")
+    )
+    missing = len(rows) - len(points)
+    ax.set_title(
+        f"{monitor} against {key}"
+        + (f"\n({missing} jobs without a value not shown)" if missing else "")
+    )
+    ax.legend(fontsize=8)
+    path = sweep_dir / f"sweep_{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.png"
+    save_figure(path, figure)
+    return path

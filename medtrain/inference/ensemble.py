@@ -1,0 +1,232 @@
+"""`medtrain ensemble run_dirs=[<run>,<run>,...] hydra.run.dir=<out>`: evaluate finished
+runs together, averaging their probabilities (classification), values (regression) or probability
+maps (segmentation), and write the run-folder contract (metrics.json, predictions.csv, ...)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from medtrain.analysis.report import write_report
+from medtrain.data.loading import make_loader
+from medtrain.engine.build import build_datasets, build_task
+from medtrain.engine.config import resolve_device
+from medtrain.engine.loop import autocast, threshold_entries, to_device
+from medtrain.errors import ConfigError
+from medtrain.inference.run import load_run
+from medtrain.io import save_csv, save_json
+
+log = logging.getLogger("medtrain.ensemble")
+
+
+@dataclass
+class Member:
+    """One finished run: its config, network (best checkpoint), task and val/test datasets."""
+
+    run_dir: Path
+    cfg: DictConfig
+    model: nn.Module
+    task: Any
+    datasets: dict[str, Any]
+
+
+def load_member(run_dir: Path) -> Member:
+    """Rebuild a finished run from `checkpoints/best.pt`: the config it trained with (resolved, with
+    what its data inferred), its weights, and the threshold chosen on its validation split."""
+    run = load_run(run_dir, key="run_dirs")
+    cfg = run.cfg
+    path = cfg.dataset.get("path")
+    if path is not None and not Path(path).exists():
+        raise ConfigError(
+            f"run_dirs: {run_dir} read dataset.path={path!r}, which does not exist from "
+            f"{Path.cwd()}; run the ensemble from the folder the run was trained in"
+        )
+    datasets = build_datasets(cfg)
+    return Member(run_dir, cfg, run.model, run.task, datasets)
+
+
+def check_compatible(members: Sequence[Member]) -> None:
+    """Refuse runs that do not predict the same thing on the same data: different tasks, classes,
+    or val/test images and labels."""
+    first = members[0]
+    for other in members[1:]:
+        pair = f"{first.run_dir} and {other.run_dir}"
+        if type(first.task) is not type(other.task):
+            raise ConfigError(
+                f"run_dirs: {pair} solve different tasks ({first.task.name} against "
+                f"{other.task.name}); an ensemble averages runs of one task"
+            )
+        if first.task.class_names != other.task.class_names:
+            raise ConfigError(
+                f"run_dirs: {pair} have different classes ({first.task.class_names} against "
+                f"{other.task.class_names})"
+            )
+        for split in ("val", "test"):
+            a, b = first.datasets[split], other.datasets[split]
+            if list(a.ids) != list(b.ids):
+                only = sorted(set(a.ids) ^ set(b.ids))[:3]
+                detail = f"e.g. {only} in one only" if only else "the same images in another order"
+                raise ConfigError(
+                    f"run_dirs: {pair} have different {split} data ({len(a.ids)} against "
+                    f"{len(b.ids)} images; {detail}); an ensemble needs the same {split} split"
+                )
+            labels_a, labels_b = getattr(a, "labels", None), getattr(b, "labels", None)
+            if labels_a is not None and not np.array_equal(labels_a, labels_b):
+                raise ConfigError(
+                    f"run_dirs: {pair} have different {split} labels for the same images"
+                )
+    # The same ids may still be other data: compare what each member reads (once per case).
+    for split in ("val", "test"):
+        ids, reference = first.datasets[split].ids, _case_digests(first.datasets[split])
+        for other in members[1:]:
+            theirs = _case_digests(other.datasets[split])
+            differs = [i for i, a, b in zip(ids, reference, theirs, strict=True) if a != b]
+            if differs:
+                raise ConfigError(
+                    f"run_dirs: {first.run_dir} and {other.run_dir} read different {split} data "
+                    f"under the same ids (first: {differs[0]}; another dataset.path or "
+                    f"dataset.seed?); an ensemble needs the same {split} images"
+                )
+
+
+def _case_digests(dataset) -> list[str]:
+    """A digest of each case's image (and mask) as read, so that members are compared with one
+    read per case each: the same names in another folder, or synthetic data of another seed, are
+    other data."""
+    digests = []
+    for index in range(len(dataset.ids)):
+        arrays = [dataset.read_image(index)]
+        if hasattr(dataset, "read_mask"):
+            arrays.append(dataset.read_mask(index))
+        digest = hashlib.sha256()
+        for array in arrays:
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        digests.append(digest.hexdigest())
+    return digests
+
+
+@torch.no_grad()
+def evaluate_members(
+    members: Sequence[Member],
+    task: Any,
+    split: str,
+    device: torch.device,
+    batch_size: int,
+    final: bool,
+):
+    """Run every member over `split` in lockstep (each with its own preprocessing) and combine
+    their outputs batch by batch with `task`; returns the ensemble's collector and mean loss, and
+    each member's own collector."""
+    loaders = [
+        make_loader(m.datasets[split], batch_size=batch_size, shuffle=False, seed=0, num_workers=0)
+        for m in members
+    ]
+    collector, own = task.collector(final), [m.task.collector() for m in members]
+    total, batches = 0.0, 0
+    precision = str(members[0].cfg.trainer.precision)
+    for batches_of_members in zip(*loaders, strict=True):
+        batches_of_members = [to_device(b, device) for b in batches_of_members]
+        outputs = []
+        for member, batch, mine in zip(members, batches_of_members, own, strict=True):
+            with autocast(device, precision):
+                output = member.task.forward(member.model, batch)
+            mine.update(output, batch)
+            outputs.append(output)
+        batch = batches_of_members[0]
+        combined = task.combine(outputs, [m.task for m in members])
+        total, batches = total + task.loss(combined, batch).item(), batches + 1
+        collector.update(combined, batch)
+    return collector, total / max(batches, 1), own
+
+
+def run_ensemble(
+    run_dirs: Sequence[str | Path],
+    out_dir: Path,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate the runs' best checkpoints together on val (to choose a threshold, when the first
+    run's task chooses one) and test; write the run folder and return the metrics."""
+    if len(run_dirs) < 2:
+        raise ConfigError(f"run_dirs={list(run_dirs)}: an ensemble needs at least 2 runs")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
+    resolved = [Path(run).resolve() for run in run_dirs]
+    twice = [
+        str(run) for run, path in zip(run_dirs, resolved, strict=True) if resolved.count(path) > 1
+    ]
+    if twice:
+        raise ConfigError(f"run_dirs lists {twice[0]} twice: each member is one run")
+    for run in run_dirs:
+        if Path(out_dir).resolve().is_relative_to(Path(run).resolve()):
+            raise ConfigError(
+                f"hydra.run.dir={out_dir} is inside the member run {run}: writing there would "
+                "replace that run's files; choose another folder"
+            )
+    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} exists and is not empty: the ensemble would mix its files "
+            "with what is there; name a new folder"
+        )
+    dev = resolve_device(device)
+    members = [load_member(Path(d)) for d in run_dirs]
+    check_compatible(members)
+    # The ensemble's own task: fitting its threshold must not change the first member's.
+    task = build_task(members[0].cfg)
+    if hasattr(members[0].task, "threshold"):
+        task.threshold = members[0].task.threshold
+    for member in members:
+        member.model.to(dev)
+        member.task.loss_fn.to(dev)
+    batch_size = batch_size or int(members[0].cfg.trainer.eval_batch_size)
+    start = time.perf_counter()
+    task.loss_fn.to(dev)
+    val, val_loss, _ = evaluate_members(members, task, "val", dev, batch_size, final=False)
+    # A rule (youden, ...) is applied to the ensemble's own validation outputs, as for one run.
+    threshold = task.fit_threshold(val)
+    test, test_loss, own = evaluate_members(members, task, "test", dev, batch_size, final=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = test.save(out_dir) or {}
+    metrics = {
+        **test.metrics("test"),
+        **{f"test/{k}": v for k, v in saved.items()},
+        "test/loss": test_loss,
+        **val.metrics("val"),
+        "val/loss": val_loss,
+        "members": len(members),
+    }
+    metrics |= threshold_entries(threshold, task.class_names)
+    rows = []
+    for member, collector in zip(members, own, strict=True):
+        rows.append({"run_dir": str(member.run_dir), **collector.metrics("test")})
+    rows.append({"run_dir": "ensemble", **test.metrics("test")})
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    save_csv(out_dir / "members.csv", rows, fields)
+    metrics |= task.intervals(out_dir, metrics)  # from the files just written
+    save_json(out_dir / "metrics.json", metrics)
+    save_json(
+        out_dir / "ensemble.json",
+        {
+            "run_dirs": [str(m.run_dir) for m in members],
+            "task": task.name,
+            # The task's config path: the report rebuilds the task from it (no best.pt here).
+            "task_target": type(task).__module__ + "." + type(task).__qualname__,
+            "combine": task.combine_rule,
+            "seconds": round(time.perf_counter() - start, 2),
+            "device": str(dev),
+        },
+    )
+    write_report(out_dir)
+    return metrics

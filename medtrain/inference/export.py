@@ -1,0 +1,297 @@
+"""A finished run as one model file (ONNX or TorchScript) with its task's postprocessing inside,
+checked against PyTorch, and a manifest.json that describes everything else; the library behind
+`medtrain export`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch import nn
+
+from medtrain import __version__
+from medtrain.data.segmentation import pair
+from medtrain.errors import ConfigError
+from medtrain.inference.export_manifest import (
+    io_manifest,
+    preprocessing_manifest,
+)
+from medtrain.inference.run import LoadedRun, eval_preprocessing, load_run, volume_settings
+from medtrain.io import atomic_write, save_json
+from medtrain.models import input_keys
+
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+OPSET = 17
+# Largest difference allowed between the exported model and PyTorch on random inputs (for regression
+# in units of the target's standard deviation).
+TOLERANCE = 1e-4
+
+
+class ExportedModel(nn.Module):
+    """The run's network followed by its task's postprocessing (`Task.postprocess`), as `Predictor`
+    computes it: e.g. class probabilities, values in target units, or per-pixel probabilities and
+    logits. With flip TTA the outputs of the image and of its left-right mirror (brought back by
+    `Task.unflip`) are averaged inside.
+    """
+
+    def __init__(self, network: nn.Module, task: Any):
+        super().__init__()
+        self.network = network
+        self.task = task  # a plain attribute: its loss is no part of the exported model
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.network(image)
+        if self.task.flip_tta:
+            out = (out + self.task.unflip(self.network(image.flip(-1)))) / 2
+        return out.float()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.task.postprocess(self.logits(image))
+
+
+def wrap(run: LoadedRun) -> ExportedModel:
+    """The run's network with its task's postprocessing (eval mode)."""
+    return ExportedModel(run.model, run.task).eval()
+
+
+def check_exportable(model: nn.Module, preprocess: Any) -> None:
+    """Refuse what a manifest cannot describe: models reading more than the image, and an
+    `augmentation.eval` pipeline that is not empty.
+
+    Raises:
+        ConfigError: naming what is refused.
+    """
+    keys = input_keys(model)
+    if keys != ("image",):
+        raise ConfigError(
+            f"run_dir: the model reads {list(keys)}; export serves image-only models (tabular "
+            "columns and fusion branches have no place in an image manifest)"
+        )
+    pipeline = getattr(preprocess.transform, "pipeline", None)
+    steps = getattr(pipeline, "transforms", None)
+    if pipeline is not None and (not isinstance(pipeline, A.BaseCompose) or len(steps)):
+        names = [type(t).__name__ for t in steps] if steps else [type(pipeline).__name__]
+        raise ConfigError(
+            f"run_dir: augmentation.eval runs {names}; the manifest describes channels, resizing "
+            "and normalization only, so an exported model would see other inputs than evaluation "
+            "did (export runs whose augmentation.eval is empty)"
+        )
+
+
+def _channels(model: nn.Module, preprocess: Any) -> int:
+    if preprocess.in_channels is not None:
+        return int(preprocess.in_channels)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ConfigError(
+            "run_dir: cannot tell the model's input channels (set dataset.in_channels)"
+        )
+    return int(conv.in_channels)
+
+
+def size_plans(run: LoadedRun, preprocess: Any) -> list[tuple[list[tuple[int, int]], bool]]:
+    """Ways to export, in order of preference: the input sizes to trace and check the file at, and
+    whether it takes any height and width.
+
+    A fixed size when the network only ever sees one: the resized image of an image-level task,
+    or of a segmentation run without a window. Otherwise any size, checked at one odd size and at
+    the size the example script feeds (the window, else the training size); with a window, the
+    window size alone when a trace does not generalize (e.g. MONAI's BasicUNet pads odd sides in
+    a Python branch), as tiling feeds the network nothing else.
+    """
+    fixed = pair(preprocess.image_size, "dataset.image_size")
+    window = pair(getattr(run.task, "window", None), "task.inference.window")
+    if fixed is not None and window is None:
+        return [([fixed], False)]
+    base = window or pair(
+        (run.checkpoint.get("preprocessing") or {}).get("input_size"), "input_size"
+    )
+    base = base or (64, 64)
+    # Traced at a size no network divides evenly, so that size-dependent padding inside it (the
+    # U-Net pads to a multiple of 2**depth) is recorded as computed rather than left out.
+    plans = [([(base[0] + 1, base[1] + 1), base], True)]
+    return plans + [([window], False)] if window else plans
+
+
+def trace(
+    model: ExportedModel, fmt: str, example: torch.Tensor, any_size: bool, outputs: list[dict]
+) -> bytes:
+    """The model file's bytes: ONNX (the TorchScript-based exporter, which needs no onnxscript)
+    with a dynamic batch (and height and width for `any_size`, also of the outputs whose shape
+    ends with them), or TorchScript. `outputs`: `Task.export_outputs`."""
+    buffer = io.BytesIO()
+    # Tracing warns about every shape-dependent Python branch and about its own deprecation; what
+    # matters is whether the file computes what PyTorch does, which `compare` checks afterwards.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(model, example, check_trace=False), buffer)
+        else:
+            names = [output["name"] for output in outputs]
+            pixels = {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}
+            axes = {"image": pixels} | {
+                o["name"]: pixels if "height" in o["shape"] else {0: "batch"} for o in outputs
+            }
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=names,
+                dynamic_axes=axes,
+            )
+    return buffer.getvalue()
+
+
+def load_file(data: bytes, fmt: str) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """The exported model as its users run it: a float32 batch in, numpy outputs out."""
+    if fmt == "onnx":
+        import onnxruntime  # imported here: only ONNX exports need it
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4  # failures reach the caller as exceptions; no log lines
+        session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return lambda images: session.run(None, {"image": images})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet works
+        module = torch.jit.load(io.BytesIO(data))
+
+    def run(images: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(torch.from_numpy(images))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+    return run
+
+
+def compare(model: ExportedModel, data: bytes, fmt: str, sizes, channels: int) -> float:
+    """Largest difference between the exported file and PyTorch on random batches of each size.
+
+    Raises:
+        ConfigError: the file computes something else (e.g. a network whose forward depends on
+            the input size in a way that tracing cannot record).
+    """
+    run = load_file(data, fmt)
+    generator = torch.Generator().manual_seed(0)
+    # Outputs are compared in units of their spread (e.g. regression values in target units).
+    allowed = TOLERANCE * model.task.export_tolerance()
+    worst = 0.0
+    for size in sizes:
+        images = torch.randn(3, channels, *size, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        try:
+            got = run(images.numpy())
+        except Exception as err:  # onnxruntime and TorchScript raise their own error types
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise _size_error(f"fails ({first})", size) from err
+        for want, have in zip(expected, got, strict=True):
+            if have.shape != tuple(want.shape):
+                raise ConfigError(
+                    f"the exported model gives outputs of shape {have.shape} for {size[0]}x"
+                    f"{size[1]} inputs, PyTorch {tuple(want.shape)}"
+                )
+            worst = max(worst, float(np.abs(have - want.numpy()).max()))
+        if worst > allowed:
+            raise _size_error(f"differs from PyTorch by {worst:.2g}", size)
+    return worst
+
+
+def _size_error(what: str, size: tuple[int, int]) -> ConfigError:
+    return ConfigError(
+        f"the exported model {what} on {size[0]}x{size[1]} inputs: its network depends on the "
+        "input size in a way tracing cannot record; set dataset.image_size to train and export "
+        "a fixed size"
+    )
+
+
+def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
+    """Write `model.onnx` or `model.pt`, then `manifest.json`, into `output` (each atomically; the
+    manifest last, so that its presence means a complete export).
+
+    Returns:
+        The manifest.
+
+    Raises:
+        ConfigError: an unknown format, a model or preprocessing that cannot be exported, or an
+            exported file that does not compute what PyTorch does.
+    """
+    if fmt not in MODEL_FILES:
+        raise ConfigError(f"format={fmt!r}: choose one of {list(MODEL_FILES)}")
+    preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))
+    check_exportable(run.model, preprocess)
+    model = wrap(run)
+    channels = _channels(run.model, preprocess)
+    width = len(run.task.class_names)
+    for sizes, any_size in size_plans(run, preprocess):
+        pixels = ["height", "width"] if any_size else list(sizes[0])
+        outputs = run.task.export_outputs(width, pixels)
+        data = trace(model, fmt, torch.zeros(2, channels, *sizes[0]), any_size, outputs)
+        try:
+            difference = compare(model, data, fmt, sizes, channels)
+            break
+        except ConfigError as err:
+            refused = err
+    else:
+        raise refused
+    name = MODEL_FILES[fmt]
+    atomic_write(Path(output) / name, lambda handle: handle.write(data), mode="wb")
+    for other in set(MODEL_FILES.values()) - {name}:  # one format per folder: no stale model file
+        (Path(output) / other).unlink(missing_ok=True)
+    preprocessing = preprocessing_manifest(preprocess)
+    slicing = volume_settings(run.cfg)
+    if slicing is not None:
+        preprocessing["volume"] = {
+            **slicing,
+            "rule": "trained on 2D slices along `axis` of volumes z-scored as a whole (zscore: over "
+            "all voxels; nonzero_zscore: over non-zero voxels) before slicing; slice the "
+            "normalized volume, run each slice, stack the masks back along `axis`",
+        }
+    manifest = {
+        "format": fmt,
+        "model_file": name,
+        "task": run.task.name,
+        **io_manifest(outputs, channels, None if any_size else sizes[0]),
+        "preprocessing": preprocessing,
+        **run.task.export_manifest(preprocess),
+        "flip_tta": run.task.flip_tta,
+        "exporter": {
+            "name": "torch.onnx.export (TorchScript-based, dynamo=False)"
+            if fmt == "onnx"
+            else "torch.jit.trace",
+            "opset": OPSET if fmt == "onnx" else None,
+            "torch": torch.__version__,
+        },
+        "checked": {
+            "against": "PyTorch, on random inputs of these sizes",
+            "sizes": [list(s) for s in sizes],
+            "max_abs_difference": difference,
+        },
+        "weights_sha256": run.weights_sha256,
+        "checkpoint": str(run.checkpoint_path),
+        "medtrain_version": __version__,
+        "trained_with": run.checkpoint.get("medtrain_version"),
+        "files": {name: hashlib.sha256(data).hexdigest()},
+    }
+    save_json(Path(output) / "manifest.json", manifest)
+    return manifest
+
+
+def export(
+    run_dir: str | Path, fmt: str = "onnx", output: str | Path | None = None
+) -> dict[str, Any]:
+    """Export a finished run (see `export_run`); `output` defaults to `<run_dir>/export`."""
+    if fmt not in MODEL_FILES:  # before the run is loaded: a typo gets its answer at once
+        raise ConfigError(f"format={fmt!r}: choose one of {list(MODEL_FILES)}")
+    run = load_run(run_dir)
+    return export_run(run, fmt, Path(output) if output else run.run_dir / "export")

@@ -1,0 +1,222 @@
+"""A finished run's predictions for image files, folders, globs or CSV manifests (and, for runs
+trained on slices of volumes, for NIfTI files and DICOM series), written as a CSV with the task's
+columns plus its per-image files and tables; the library behind `medtrain predict`."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from medtrain.analysis.mask_folder import spacing_arg
+from medtrain.analysis.overlays import safe_name
+from medtrain.analysis.volume_results import write_nifti
+from medtrain.data.manifest import read_csv
+from medtrain.data.readers import READABLE_EXTENSIONS
+from medtrain.data.volume_slices import case_name
+from medtrain.data.volumes import is_nifti
+from medtrain.errors import ConfigError, DataError
+from medtrain.inference.predictor import Predictor
+from medtrain.io import save_csv
+from medtrain.values import whole_number
+
+log = logging.getLogger("medtrain.predict")
+
+
+def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:
+    """The files named by `inputs=`, each with the name its row shows.
+
+    Raises:
+        ConfigError: nothing matches, or a manifest lacks the image column.
+    """
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        header, rows, lines = read_csv(path)
+        if image_column not in header:
+            raise ConfigError(
+                f"inputs={spec!r}: the manifest has no {image_column!r} column (it has {header}); "
+                "set image_column=<name>"
+            )
+        found = []
+        for row, line in zip(rows, lines, strict=True):
+            name = row[image_column]
+            if not name:
+                raise DataError(f"{path}: line {line}: the {image_column!r} cell is empty")
+            file = Path(name) if Path(name).is_absolute() else path.parent / name
+            found.append((file, name))
+        return found
+    if path.is_file():
+        return [(path, path.name)]
+    if path.is_dir():
+        files = sorted(
+            f
+            for f in path.rglob("*")
+            if f.is_file()
+            and f.suffix.lower() in READABLE_EXTENSIONS
+            and not any(part.startswith(".") for part in f.relative_to(path).parts)
+        )
+        if not files:
+            raise ConfigError(f"inputs={spec!r}: no {'/'.join(READABLE_EXTENSIONS)} files here")
+        return [(f, str(f.relative_to(path))) for f in files]
+    matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if not matches:
+        raise ConfigError(f"inputs={spec!r}: no such file or folder, and no file matches it")
+    return [(f, str(f)) for f in matches]
+
+
+def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:
+    """The volumes named by `inputs=` for a run trained on slices of volumes: NIfTI files, DICOM
+    series folders (a folder of .dcm files is one series; a folder of such folders, one each)."""
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() == ".csv" or not path.is_dir():
+        return list_inputs(spec, image_column)
+    entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+    if any(p.suffix.lower() == ".dcm" for p in entries):
+        return [(path, path.name)]
+    found = [p for p in entries if is_nifti(p)] + [p for p in entries if p.is_dir()]
+    if not found:
+        raise ConfigError(f"inputs={spec!r}: no .nii/.nii.gz volumes or DICOM series folders here")
+    return [(p, p.name) for p in found]
+
+
+def predict_volumes(cfg: DictConfig, predictor: Predictor) -> dict[str, Any]:
+    """Segment each input volume slice by slice; write its label volume and volumes in mL."""
+    inputs = list_volumes(str(cfg.inputs), cfg.image_column)
+    output = Path(cfg.output)
+    masks_dir = Path(cfg.masks) if cfg.masks else output.parent / "masks"
+    names = predictor.class_names[1:]
+    rows, used = [], set()
+    for file, name in tqdm(inputs, desc="predict", disable=None if cfg.progress else True):
+        try:
+            result = predictor.predict_volume(file, name)
+        except DataError as err:
+            rows.append({"file": name, "error": str(err)})
+            continue
+        stem = unique_stem(case_name(Path(name)) if "/" not in name else name, used)
+        mask_path = write_nifti(masks_dir / f"{stem}.nii.gz", result["mask"], result["affine"])
+        row = {"file": name, "mask": _relative(mask_path, output.parent), "error": ""}
+        row |= {f"volume_ml_{n}": repr(result["volumes_ml"][n]) for n in names}
+        rows.append(row)
+    fields = ["file", "mask", *(f"volume_ml_{n}" for n in names), "error"]
+    save_csv(output, rows, fields)
+    failed = [r for r in rows if r.get("error")]
+    return {"inputs": len(inputs), "failed": failed, "written": [output]}
+
+
+@dataclass
+class PredictionFiles:
+    """Where a prediction run writes: its CSV (`output`), per-image files such as masks (`folder`)
+    and further tables (`tables`: name -> path, default `<name>.csv` beside the CSV)."""
+
+    output: Path
+    folder: Path
+    tables: dict[str, Path] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+
+    def new_file(self, name: str, suffix: str) -> tuple[Path, str]:
+        """A path in `folder` for input `name` that no earlier input took, and how the CSV shows
+        it (relative to the CSV's folder when inside it)."""
+        path = (
+            self.folder / f"{unique_stem(Path(name).with_suffix('').as_posix(), self.used)}{suffix}"
+        )
+        return path, _relative(path, self.output.parent)
+
+    def table(self, name: str) -> Path:
+        return self.tables.get(name) or self.output.parent / f"{name}.csv"
+
+
+def predict_files(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every input named by `cfg`, writing the output CSV (the task's columns) and the
+    task's files (e.g. masks and per-object measurements). Returns a summary: counts, failures,
+    the paths written."""
+    if not cfg.run_dir or not cfg.inputs:
+        raise ConfigError("run_dir=<run> and inputs=<file|folder|glob|manifest> are required")
+    batch_size = whole_number(cfg.batch_size, "batch_size", 1)
+    spacing = spacing_arg(cfg)
+    predictor = Predictor(cfg.run_dir, device=cfg.device)
+    if predictor.slices_volumes and _names_volumes(str(cfg.inputs), cfg.image_column):
+        return predict_volumes(cfg, predictor)
+    inputs = list_inputs(str(cfg.inputs), cfg.image_column)
+    output = Path(cfg.output)
+    files = PredictionFiles(
+        output,
+        Path(cfg.masks) if cfg.masks else output.parent / "masks",
+        {"measurements": Path(cfg.measurements)} if cfg.measurements else {},
+    )
+    task = predictor.task
+    rows: list[dict[str, Any]] = []
+    predicted: list[dict[str, Any]] = []
+    bar = tqdm(total=len(inputs), desc="predict", disable=None if cfg.progress else True)
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        decoded, names = [], []
+        for file, name in chunk:
+            try:
+                decoded.append(predictor.read(file))
+                names.append(name)
+            except DataError as err:
+                rows.append({"file": name, "error": str(err)})
+        try:
+            results = predictor.predict(decoded, names, spacing) if decoded else []
+        except DataError:  # one unusable image (e.g. 2 channels for a grey model): find it
+            results = []
+            for image, name in zip(decoded, names, strict=True):
+                try:
+                    results += predictor.predict([image], [name], spacing)
+                except DataError as err:
+                    results.append(err)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, Exception):
+                rows.append({"file": name, "error": str(result)})
+                continue
+            rows.append({"file": name, **task.prediction_row(name, result, files), "error": ""})
+            predicted.append(result)
+        bar.update(len(chunk))
+    bar.close()
+    order = {name: k for k, (_, name) in enumerate(inputs)}
+    rows.sort(key=lambda r: order[r["file"]])
+    save_csv(output, rows, ["file", *task.prediction_fields(), "error"])
+    written = [output]
+    for table, (table_rows, fields) in task.prediction_tables(predicted).items():
+        written.append(save_csv(files.table(table), table_rows, fields))
+    failed = [r for r in rows if r.get("error")]
+    return {"inputs": len(inputs), "failed": failed, "written": written}
+
+
+def unique_stem(name: str, used: set[str]) -> str:
+    """A file-name stem for `name` that no earlier input took (compared ignoring case): two inputs
+    called `case0` in different folders must not overwrite each other's mask."""
+    stem = safe_name(name.removesuffix(".nii.gz").removesuffix(".nii"))
+    while stem.lower() in used:
+        stem += "_"
+    used.add(stem.lower())
+    return stem
+
+
+def _names_volumes(spec: str, image_column: str) -> bool:
+    """Whether `inputs=` names volumes (NIfTI, DICOM series folders) rather than 2D images."""
+    path = Path(spec)
+    if is_nifti(path) or "nii" in path.name.lower():
+        return True
+    if path.is_dir():
+        entries = list(path.iterdir())
+        return any(is_nifti(p) or p.is_dir() for p in entries) or any(
+            p.suffix.lower() == ".dcm" for p in entries
+        )
+    if path.is_file() and path.suffix.lower() == ".csv":
+        header, rows, _ = read_csv(path)
+        first = rows[0].get(image_column, "") if rows else ""
+        return is_nifti(first) or (path.parent / first).is_dir()
+    return False
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return str(path)

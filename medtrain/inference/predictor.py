@@ -1,0 +1,205 @@
+"""`Predictor`: a finished run's predictions for new images, through its own evaluation
+preprocessing; prediction files, the HTTP service and export checks all call it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medtrain import __version__
+from medtrain.analysis.volume_results import structure_volumes_ml
+from medtrain.data.readers import MAX_PIXELS, Decoded, decode, read_image
+from medtrain.data.segmentation import pair
+from medtrain.data.volumes import normalize_volume, read_volume, stack_slices
+from medtrain.engine.config import resolve_device
+from medtrain.engine.loop import autocast
+from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.inference.run import eval_preprocessing, load_run, volume_settings
+from medtrain.io import read_json
+from medtrain.models import input_keys
+from medtrain.tasks.base import Input
+
+
+class Predictor:
+    """Predictions of a finished run for new images, as its evaluation computes them.
+
+    Args:
+        run_dir: a finished run (with `checkpoints/best.pt`).
+        device: auto, cpu, cuda or cuda:N.
+        max_pixels: images declaring more pixels are refused before decoding.
+    """
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu", max_pixels: int = MAX_PIXELS):
+        run = load_run(run_dir)
+        keys = input_keys(run.model)
+        if keys != ("image",):
+            raise ConfigError(
+                f"run_dir: {run.run_dir} has a model reading {list(keys)}; prediction from image "
+                "files serves image-only models (tabular columns are not part of an upload)"
+            )
+        self.run = run
+        self.cfg = run.cfg
+        self.task = run.task
+        self.device = resolve_device(device)
+        self.model = run.model.to(self.device)
+        self.preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))
+        self.max_pixels = int(max_pixels)
+        self.class_names = list(self.task.class_names)
+        self.weights_sha256 = run.weights_sha256
+        # Segmentation datasets may state one pixel spacing for files that state none.
+        spacing = getattr(self.preprocess, "spacing", None)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+
+    # -- description ---------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """What a client needs to know: task, classes, expected input, test metrics, checksum."""
+        metrics = read_json(self.run.run_dir / "metrics.json") or {}
+        pre = self.preprocess
+        size = pair(pre.image_size, "dataset.image_size")
+        return {
+            "task": self.task.name,
+            "class_names": self.class_names,
+            **self.task.info(),
+            "input": {
+                "channels": pre.in_channels,
+                "size": None if size is None else list(size),
+                "normalize": pre.normalize.described(),
+                "formats": ["dicom", "npy", "npz"]
+                if pre.reads_modality
+                else ["png", "jpeg", "tiff", "dicom", "npy", "npz"],
+                "window": None if pre.windows is None else [list(w) for w in pre.windows],
+                "target_spacing": getattr(pre, "target_spacing", None),
+                "volumes": None
+                if not self.slices_volumes
+                else {
+                    **volume_settings(self.cfg),
+                    "note": "trained on slices of volumes: predict whole volumes (NIfTI, DICOM "
+                    "series) with medtrain predict; single images are refused",
+                },
+                "note": "any size, bit depth and grey/colour: converted by the run's evaluation "
+                "preprocessing"
+                + ("; CT windows need values in Hounsfield units" if pre.reads_modality else ""),
+            },
+            "model": self.cfg.model.get("_target_"),
+            "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
+            "weights_sha256": self.weights_sha256,
+            "medtrain_version": __version__,
+            "trained_with": self.run.checkpoint.get("medtrain_version"),
+        }
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self, path: str | Path) -> Decoded:
+        return read_image(path, self.max_pixels, self.preprocess.reads_modality)
+
+    def decode(self, data: bytes, name: str) -> Decoded:
+        return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
+
+    def accepts(self, image: Decoded, name: str) -> None:
+        """Refuse inputs this run cannot read correctly.
+
+        Raises:
+            DataError: a 2D image for a run trained on slices of volumes (which are z-scored per
+                volume: give the volume), or an 8/16-bit picture for a run that windows CT values
+                (PNG/JPEG/TIFF hold display values, not Hounsfield units: give DICOM or NPY).
+        """
+        if self.slices_volumes and image.format != "volume":
+            raise DataError(
+                f"{name}: this run was trained on slices of volumes, each z-scored as a whole; "
+                "give the volume (NIfTI file or DICOM series) to medtrain predict"
+            )
+        if self.preprocess.reads_modality and image.format in ("png", "jpeg", "tiff"):
+            raise DataError(
+                f"{name}: this run windows CT values in Hounsfield units; a {image.format.upper()} "
+                "holds display values. Send the DICOM (or an NPY of HU values)"
+            )
+
+    def _prepare(self, image: Decoded, name: str, index: int) -> tuple[torch.Tensor, Any]:
+        self.accepts(image, name)
+        try:  # the file's spacing, for preprocessing that resamples (`target_spacing`)
+            prepared = self.preprocess.prepare(image.array, index, image.spacing)
+        except MedtrainError as err:  # e.g. a 2-channel image for a grey model
+            raise DataError(f"{name}: {err}") from err
+        return prepared if isinstance(prepared, tuple) else (prepared, None)
+
+    # -- predicting ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Sequence[Decoded],
+        names: Sequence[str],
+        spacing: Sequence[float] | None = None,
+        measure: bool = True,
+    ) -> list[dict[str, Any]]:
+        """One result dict per image (the task's `prediction`), batching images that share a
+        shape.
+
+        Args:
+            images: decoded images (`read` or `decode`).
+            names: their ids, used in errors and measurement rows.
+            spacing: pixel spacing (row_mm, col_mm), e.g. for measurements; None: what each file
+                states, else the run's `dataset.spacing`, else pixels.
+            measure: measure what was found (off for slices of a volume, measured whole).
+        """
+        prepared = [
+            self._prepare(im, n, k) for k, (im, n) in enumerate(zip(images, names, strict=True))
+        ]
+        results: list[dict[str, Any] | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for k, (tensor, intensity) in enumerate(prepared):
+            native = () if intensity is None else intensity.shape[:2]
+            groups.setdefault((tuple(tensor.shape), native), []).append(k)
+        for (_, native), members in groups.items():
+            images_in = torch.stack([prepared[k][0] for k in members]).to(self.device)
+            with autocast(self.device, self.cfg.trainer.precision):
+                outputs = self.task.infer(self.model, images_in, native or None)
+            for j, k in enumerate(members):
+                given = tuple(spacing) if spacing is not None else None
+                item = Input(
+                    name=names[k],
+                    intensity=prepared[k][1],
+                    spacing=given or images[k].spacing or self.spacing,
+                    measure=measure,
+                )
+                results[k] = self.task.prediction(outputs[j : j + 1], item)
+        return results  # type: ignore[return-value]
+
+    # -- volumes -----------------------------------------------------------------------------
+    @property
+    def slices_volumes(self) -> bool:
+        """Whether the run was trained on slices of volumes (`dataset=volume_slices`)."""
+        return volume_settings(self.cfg) is not None
+
+    @torch.no_grad()
+    def predict_volume(self, path: str | Path, name: str) -> dict[str, Any]:
+        """Segment a volume (NIfTI file, DICOM series folder) slice by slice, as the run's evaluation
+        does (the same axis and volume normalization), and reassemble the slices.
+
+        Returns:
+            `mask` (the label volume), `affine`, `spacing` (mm per axis) and `volumes_ml` (per
+            foreground class).
+        """
+        if not self.slices_volumes:
+            raise ConfigError(
+                f"{name}: a volume needs a run trained on slices of volumes (dataset=volume_slices)"
+            )
+        settings = volume_settings(self.cfg)
+        axis = settings["axis"]
+        volume = read_volume(path)
+        array = normalize_volume(volume.array, settings["volume_normalize"])
+        plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
+        slices = [
+            Decoded(np.take(array, k, axis=axis), plane, "volume") for k in range(array.shape[axis])
+        ]
+        names = [f"{name}#{k:03d}" for k in range(len(slices))]
+        results = self.predict(slices, names, spacing=plane, measure=False)
+        mask = stack_slices([r["mask"] for r in results], axis)
+        return {
+            "mask": mask,
+            "affine": volume.affine,
+            "spacing": list(volume.spacing),
+            "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
+        }

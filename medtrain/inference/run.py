@@ -1,0 +1,115 @@
+"""A finished run rebuilt from its best checkpoint (`load_run`) and its evaluation preprocessing
+(`eval_preprocessing`): what prediction, serving, export and ensembles start from."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from medtrain.data.transforms import SeededAugment
+from medtrain.engine.build import build, build_model, build_task, task_class
+from medtrain.errors import ConfigError
+from medtrain.io import file_sha256, load_checkpoint
+
+
+@dataclass
+class LoadedRun:
+    """A run rebuilt from a checkpoint: the config it trained with (resolved, with what its data
+    inferred), its network with the checkpoint's weights (in eval mode), its task with the threshold
+    chosen on validation, and the checkpoint dict itself."""
+
+    run_dir: Path
+    checkpoint_path: Path
+    cfg: DictConfig
+    model: nn.Module
+    task: Any
+    checkpoint: dict[str, Any]
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """The checkpoint file's SHA-256 (what /info and export manifests report), hashed once."""
+        return file_sha256(self.checkpoint_path)
+
+
+def load_run(run_dir: str | Path, key: str = "run_dir", checkpoint: str = "best") -> LoadedRun:
+    """Rebuild a finished run from `checkpoints/<checkpoint>.pt` (loaded with `weights_only=True`).
+
+    Args:
+        key: the argument named in error messages.
+
+    Raises:
+        ConfigError: no such run, not a medtrain checkpoint, or weights that do not fit the config.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: {run_dir} has no checkpoints/{checkpoint}.pt (is it a finished run?)"
+        )
+    try:
+        state = load_checkpoint(path)
+        cfg = OmegaConf.create(state["config"])
+    except Exception as err:  # not a medtrain checkpoint, or written by an incompatible version
+        raise ConfigError(f"{key}: cannot read {path} as a medtrain checkpoint ({err})") from err
+    with open_dict(cfg):
+        cfg.trainer.num_workers = 0
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(
+            f"{key}: the weights in {path} do not fit its model config ({first})"
+        ) from err
+    model.eval()
+    task = build_task(cfg)
+    if state.get("threshold") is not None:
+        task.threshold = state["threshold"]
+    return LoadedRun(run_dir, path, cfg, model, task, state)
+
+
+def eval_preprocessing(cfg: DictConfig, saved: dict[str, Any] | None = None) -> Any:
+    """An empty dataset of the task's `preprocessing_class` holding the run's evaluation
+    preprocessing (channels, size, normalization, the `augmentation.eval` pipeline): its `prepare`
+    is what evaluation runs.
+
+    Args:
+        saved: the checkpoint's `preprocessing` entry (the dataset's own `preprocessing()` plus the
+            training `input_size`). When the class resizes to the input size (image-level models)
+            and the data were not resized, images of another size are resized to the training
+            size. None (runs saved before it existed): taken from `cfg.dataset`.
+    """
+    task = task_class(cfg)
+    base = task.preprocessing_class
+    if saved is not None:
+        kwargs = {k: v for k, v in saved.items() if k != "input_size"}
+        if (
+            base.resize_to_input_size
+            and kwargs.get("image_size") is None
+            and saved.get("input_size")
+        ):
+            kwargs["image_size"] = list(saved["input_size"])
+    else:
+        accepted = set(inspect.signature(base.__init__).parameters) - {"self", "split", "transform"}
+        settings = OmegaConf.to_container(cfg.dataset) | task.dataset_options(cfg)
+        kwargs = {k: v for k, v in settings.items() if k in accepted}
+    pipeline = build(cfg.augmentation.eval, "augmentation.eval")
+    return base("test", transform=SeededAugment(pipeline, cfg.seed), **kwargs)
+
+
+def volume_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """How a run trained on slices of volumes (`dataset=volume_slices`) made its slices: the
+    `axis` and the whole-volume normalization; None for runs trained on 2D images."""
+    data = cfg.dataset
+    if not str(data.get("_target_", "")).endswith("VolumeSlices"):
+        return None
+    return {
+        "axis": int(data.get("axis", 0)),
+        "volume_normalize": data.get("volume_normalize", "zscore"),
+    }
