@@ -76,7 +76,7 @@ def medmnist_args(name: str, seeds: bool = True) -> argparse.Namespace:
 
 
 def run_ensemble(runs: list[Path], out: Path) -> dict:
-    """`python -m medtrain.ensemble` over finished runs; returns the ensemble's metrics plus
+    """`medtrain ensemble` over finished runs; returns the ensemble's metrics plus
     `seconds` (wall time of the evaluation)."""
     start = time.perf_counter()
     subprocess.run(

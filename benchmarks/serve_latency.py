@@ -1,4 +1,4 @@
-"""Latency and throughput of `python -m medtrain.serve` against direct `Predictor.predict` calls.
+"""Latency and throughput of `medtrain serve` against direct `Predictor.predict` calls.
 
 Usage: python benchmarks/serve_latency.py [--run-dir RUN] [--requests 2000] [--concurrency 16]
        [--output serve_latency.json]
@@ -163,7 +163,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.run_dir or default_run(args.out)
 
-    # The server's own thread setting (medtrain.serve.main), so both paths use the same cores.
+    # The server's own thread setting (medtrain serve), so both paths use the same cores.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     predictor = Predictor(run_dir)
     data = test_image(predictor)

@@ -1,4 +1,4 @@
-"""Run a model exported by `python -m medtrain.export` on image files, without medtrain.
+"""Run a model exported by `medtrain export` on image files, without medtrain.
 
     python examples/run_exported.py <export folder> scan1.png scan2.png ... [--masks FOLDER]
 

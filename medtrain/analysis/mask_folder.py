@@ -1,4 +1,5 @@
-"""`medtrain measure masks=...`: measure objects in mask files made by any tool."""
+"""Objects measured in mask files made by any tool (one file or a folder of masks): areas,
+perimeters, counts per class, in mm when a spacing is known; the library behind `medtrain measure`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`key=value` command lines for medtrain's small tools (measure, ensemble), checked against their
-defaults: one clear error for a missing `=`, an unknown or repeated key, or a value that does not parse."""
+"""`key=value` command lines of the verbs other than train and sweep, checked against each verb's
+defaults: one clear error for a missing `=`, an unknown or repeated key, or a value that does not
+parse."""
 
 from __future__ import annotations
 

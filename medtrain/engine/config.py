@@ -257,7 +257,7 @@ def unknown_key_hint(args: list[str], saved_config: bool = False) -> str | None:
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose conf/train.yaml with training's overrides, as `python -m medtrain` would (for tools
+    """Compose conf/train.yaml with training's overrides, as `medtrain train` would (for tools
     that take training's command line: the sweeper and the data check)."""
     GlobalHydra.instance().clear()
     try:

@@ -35,7 +35,7 @@ MOVED = {
     "medtrain.segmentation_losses": "medtrain.losses.segmentation",
     "medtrain.segmentation_metrics": "medtrain.metrics.segmentation",
     "medtrain.serve": "medtrain.inference.serve",
-    "medtrain.sliding_window": "medtrain.inference.sliding_window",
+    "medtrain.sliding_window": "medtrain.models.sliding_window",
     "medtrain.sweep": "medtrain.experiments.sweep",
     "medtrain.sweep_summary": "medtrain.experiments.sweep_summary",
     "medtrain.trainer": "medtrain.engine.loop",

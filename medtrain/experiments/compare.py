@@ -1,6 +1,5 @@
-"""`medtrain compare run_dirs=[<run>,<run>,...] [output=<folder>]`: finished runs side by
-side (the config values that differ between them, then every metric), printed and written as
-`comparison.csv` and `comparison.md`."""
+"""Finished runs side by side: the config values that differ between them, then every metric, as
+`comparison.csv` and `comparison.md` (the library behind `medtrain compare`)."""
 
 from __future__ import annotations
 

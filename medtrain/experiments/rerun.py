@@ -1,5 +1,5 @@
-"""`medtrain rerun run_dir=<run>`: train a finished run again from its saved config into a
-new folder and check that it reproduces: the same metrics (bit for bit on the CPU, within a stated
+"""Reruns (the library behind `medtrain rerun`): train a finished run again from its saved config
+into a new folder and check that it reproduces: the same metrics (bit for bit on the CPU, within a stated
 tolerance on CUDA), naming what differs, what changed in the config and what in the environment."""
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def _check_run(run_dir: Path) -> tuple[Path, DictConfig, dict[str, Any]]:
         raise ConfigError(f"run_dir: {run_dir} is not a folder")
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
-        raise ConfigError(f"{config} not found: run_dir must be a run folder of python -m medtrain")
+        raise ConfigError(f"{config} not found: run_dir must be a run folder of medtrain train")
     try:
         saved = OmegaConf.load(config)
     except Exception as err:  # YAML reports syntax errors with several exception types

@@ -1,4 +1,4 @@
-"""`medtrain sweep`: an Optuna search over config values that maximises (or minimises) the
+"""Hyperparameter searches (the library behind `medtrain sweep`): an Optuna search over config values that maximises (or minimises) the
 monitored validation metric, prunes poor trials epoch by epoch, resumes from its study file and
 records a failing trial without stopping."""
 
@@ -107,8 +107,21 @@ def _items(text: str) -> list[str]:
     return [item for item in (*items, current.strip()) if item]
 
 
-def parse_spec(key: str, spec: str) -> Param:
-    """`float(1e-4,1)`, `log(1e-4,1)`, `int(1,8)` or `choice(a,b)` as a `Param`."""
+def config_dirs(overrides: list[str]) -> list[Path]:
+    """medtrain's config folder and those a `hydra.searchpath=[file://...]` override adds."""
+    dirs = [CONF]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            for entry in value.strip("[]").split(","):
+                if entry.strip().startswith("file://"):
+                    dirs.append(Path(entry.strip().removeprefix("file://")))
+    return dirs
+
+
+def parse_spec(key: str, spec: str, dirs: list[Path] | None = None) -> Param:
+    """`float(1e-4,1)`, `log(1e-4,1)`, `int(1,8)` or `choice(a,b)` as a `Param`; a config group's
+    options are looked up in `dirs` (default: medtrain's config folder)."""
     where = f"sweep.params.{key}={spec}"
     match = re.fullmatch(r"\s*(float|log|int|choice)\((.*)\)\s*", spec)
     if not match:
@@ -116,15 +129,15 @@ def parse_spec(key: str, spec: str) -> Param:
             f"{where}: expected float(low,high), log(low,high), int(low,high) or choice(a,b,...)"
         )
     kind, items = match.group(1), _items(match.group(2))
-    group_dir = CONF / key.split("@")[0]
-    is_group = group_dir.is_dir() and "." not in key.split("@")[0]
+    group_dirs = [d / key.split("@")[0] for d in dirs or [CONF]]
+    is_group = any(d.is_dir() for d in group_dirs) and "." not in key.split("@")[0]
     if kind == "choice":
         if not items:
             raise ConfigError(f"{where}: choice needs at least one value")
         if is_group:
-            missing = [o for o in items if not (group_dir / f"{o}.yaml").exists()]
+            missing = [o for o in items if not any((d / f"{o}.yaml").exists() for d in group_dirs)]
             if missing:
-                options = sorted(p.stem for p in group_dir.glob("*.yaml"))
+                options = sorted({p.stem for d in group_dirs for p in d.glob("*.yaml")})
                 raise ConfigError(
                     f"{where}: no option {missing} in group {key!r}; options: {options}"
                 )
@@ -149,12 +162,13 @@ def parse_spec(key: str, spec: str) -> Param:
 def parse_args(argv: list[str]) -> Sweep:
     """Split the command line into sweep settings, searched params and ordinary overrides."""
     settings, params, overrides = dict(DEFAULTS), [], []
+    dirs = config_dirs(list(argv))
     for arg in argv:
         key, sep, value = arg.partition("=")
         if arg.startswith("-") or not sep:
             raise ConfigError(f"expected key=value, got {arg!r}")
         if key.startswith("sweep.params."):
-            params.append(parse_spec(key.removeprefix("sweep.params."), value))
+            params.append(parse_spec(key.removeprefix("sweep.params."), value, dirs))
         elif key.startswith("sweep."):
             name = key.removeprefix("sweep.")
             if name not in DEFAULTS:

@@ -1,6 +1,7 @@
-"""The summary of a sweep folder (a Hydra multirun or `medtrain.sweep`): `sweep_summary.csv`,
-`sweep_summary.md` (one row per job, best first) and `sweep_<param>.png` (the monitored metric
-against each swept parameter). `python -m medtrain.sweep_summary <sweep_dir>` writes it again."""
+"""The summary of a sweep folder (a grid, `medtrain -m ...`, or a search, `medtrain sweep`):
+`sweep_summary.csv`, `sweep_summary.md` (one row per job, best first) and `sweep_<param>.png` (the
+monitored metric against each swept parameter). `medtrain report sweep_dir=<folder>` writes it
+again."""
 
 from __future__ import annotations
 

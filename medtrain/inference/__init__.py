@@ -1,10 +1,10 @@
 """Finished runs applied to new data: rebuilding a run (`run`), predicting images (`predictor`) and
-files (`predict`), serving them over HTTP (`serve`), exporting them (`export`, `export_manifest`),
-tiling large images (`sliding_window`) and averaging several runs (`ensemble`).
+files (`predict`), serving them over HTTP (`serve`), exporting them (`export`, `export_manifest`)
+and averaging several runs (`ensemble`).
 
 `from medtrain.inference import Predictor` (and `LoadedRun`, `load_run`, `eval_preprocessing`)
-still works: the names are loaded on first use, so that the tasks can use `sliding_window`
-without importing the rest."""
+works as in release 0.1; the names are loaded on first use, so that importing one module of the
+package does not import them all."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`medtrain ensemble run_dirs=[<run>,<run>,...] hydra.run.dir=<out>`: evaluate finished
-runs together, averaging their probabilities (classification), values (regression) or probability
-maps (segmentation), and write the run-folder contract (metrics.json, predictions.csv, ...)."""
+"""Ensembles of finished runs (the library behind `medtrain ensemble`): evaluate the runs together,
+their outputs combined by their task (`Task.combine`: the mean of probabilities, values or
+probability maps), and write the run-folder contract (metrics.json, predictions.csv, ...)."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ from medtrain.analysis.statistics import segmentation_intervals
 from medtrain.analysis.volume_results import VolumeAssembler
 from medtrain.data.segmentation import SegmentationDataset, pair
 from medtrain.errors import ConfigError
-from medtrain.inference.sliding_window import check_inference, sliding_window_inference
 from medtrain.io import png_bytes, save_csv, save_json, save_png
 from medtrain.losses import loss_family
 from medtrain.metrics.segmentation import case_metrics, summarize
+from medtrain.models.sliding_window import check_inference, sliding_window_inference
 from medtrain.tasks.base import Choices, Input, Task
 
 Logits = torch.Tensor | list[torch.Tensor]

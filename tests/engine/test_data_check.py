@@ -19,7 +19,7 @@ from medtrain.engine.config import compose_config
 from medtrain.engine.data_check import check_before_training, check_config
 from medtrain.errors import DataError
 from tests.conftest import ROOT, SHARED_DATA
-from tests.test_readers import make_dicom
+from tests.data.test_readers import make_dicom
 
 PNEUMONIA = SHARED_DATA / "medmnist" / "pneumoniamnist.npz"
 

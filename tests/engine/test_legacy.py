@@ -26,7 +26,7 @@ from medtrain.engine.legacy import current_target, upgrade_targets
 from medtrain.io import load_checkpoint, save_checkpoint
 from tests.conftest import CONF, ON_CPU, run_cli
 
-FIXTURES = Path(__file__).parent / "fixtures" / "runs_0.1"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "runs_0.1"
 
 # Every medtrain `_target_` that release 0.1's conf/ named, as it named it (frozen here: these
 # strings are what saved runs hold, whatever the code says today).
@@ -164,7 +164,7 @@ def test_old_runs_serve_export_and_join_an_ensemble(old_runs, tmp_path):
     from medtrain.inference.export import export
     from medtrain.inference.predictor import Predictor
     from medtrain.inference.serve import create_app
-    from tests.test_serve import fetch, npy, post, start, stop
+    from tests.inference.test_serve import fetch, npy, post, start, stop
 
     for name in ("classification_a", "segmentation", "regression"):
         predictor = Predictor(old_runs[name])

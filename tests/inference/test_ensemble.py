@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 from medtrain.errors import ConfigError
 from medtrain.inference.ensemble import run_ensemble
 from tests.conftest import ROOT, TINY, train_in_process
-from tests.test_regression import TINY_CLINICAL
-from tests.test_segmentation_task import TINY_SEG
+from tests.tasks.test_regression import TINY_CLINICAL
+from tests.tasks.test_segmentation import TINY_SEG
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -14,7 +14,7 @@ from PIL import Image
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS
 from medtrain.commands.measure import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -27,7 +27,7 @@ from medtrain.commands.serve import main
 from medtrain.inference.predictor import Predictor
 from medtrain.inference.serve import create_app
 from tests.conftest import ROOT, SHARED_DATA
-from tests.test_readers import make_dicom
+from tests.data.test_readers import make_dicom
 
 BOUNDARY = "test-boundary-7d1f"
 CT_SMALL = SHARED_DATA / "dicom" / "single" / "CT_small.dcm"

@@ -214,7 +214,7 @@ def test_predict_serve_export_and_rerun(plugin, tmp_path):
     from medtrain.engine.build import build_datasets
     from medtrain.inference.predictor import Predictor
     from medtrain.inference.serve import create_app
-    from tests.test_serve import fetch, post, start, stop
+    from tests.inference.test_serve import fetch, post, start, stop
 
     run = plugin["run"]
     # predict: the run's own test predictions, from files

@@ -17,7 +17,7 @@ from medtrain.engine.build import build_datasets
 from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predictor import Predictor
 from tests.conftest import compose_cfg, read_metrics, train_in_process
-from tests.test_readers import make_dicom
+from tests.data.test_readers import make_dicom
 
 
 def test_window_presets_custom_and_stacked():

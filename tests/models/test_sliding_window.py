@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference as monai_sliding_window
 
 from medtrain.errors import ConfigError
-from medtrain.inference.sliding_window import importance_map, sliding_window_inference
+from medtrain.models.sliding_window import importance_map, sliding_window_inference
 
 
 def small_net(in_channels=3, classes=4, seed=0):

@@ -34,8 +34,8 @@ from medtrain.models.tabular import TabularMLP
 from medtrain.models.torchvision_nets import torchvision_classifier
 from medtrain.tasks import ClassificationTask, RegressionTask, SegmentationTask
 from tests.conftest import TINY, compose_cfg, read_metrics, train_in_process
-from tests.test_regression import TINY_CLINICAL
-from tests.test_segmentation_task import TINY_SEG
+from tests.tasks.test_regression import TINY_CLINICAL
+from tests.tasks.test_segmentation import TINY_SEG
 
 INTERVALS = {
     "classification": classification_intervals,

@@ -226,7 +226,7 @@ def test_segmentation_rerun_gives_identical_metrics(tmp_path):
     ],
 )
 def test_seg_folder_run_trains_and_scores_whole_native_images(tmp_path, training):
-    from tests.test_segmentation_data import make_folder
+    from tests.data.test_segmentation import make_folder
 
     root = make_folder(tmp_path / "data", n=12, size=40)  # images 40, 41 and 42 px square
     run = tmp_path / "run"

@@ -21,7 +21,7 @@ from medtrain.data.readers import (
 )
 from medtrain.errors import DataError
 
-SHARED_DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
+SHARED_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
 
 
 def png_bytes(array: np.ndarray, **save) -> bytes:

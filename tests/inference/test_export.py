@@ -31,7 +31,7 @@ from medtrain.models.cnn import SimpleCNN
 from medtrain.models.fusion import Fusion
 from medtrain.models.tabular import TabularMLP
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run_exported.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "run_exported.py"
 TASKS = ("classification", "regression", "segmentation")
 FORMATS = ("onnx", "torchscript")
 # Blocks medtrain (sys.modules[name] = None makes `import medtrain` fail), then runs the example.

@@ -22,8 +22,8 @@ from medtrain.experiments.rerun import (
     metric_tolerance,
 )
 from tests.conftest import ON_CPU, ROOT, TINY, read_metrics, run_cli
-from tests.test_regression import TINY_CLINICAL
-from tests.test_segmentation_task import TINY_SEG
+from tests.tasks.test_regression import TINY_CLINICAL
+from tests.tasks.test_segmentation import TINY_SEG
 
 # Smaller still than the shared tiny configs (later overrides win): 7 trainings in this file.
 RUNS = {
