@@ -54,7 +54,9 @@ def blocks(page: Path) -> list[Block]:
                 body.append(lines[k])
                 k += 1
             joined = re.sub(r"\\\n\s*", " ", "\n".join(body))
-            commands = [c for c in joined.splitlines() if c.strip() and not c.lstrip().startswith("#")]
+            commands = [
+                c for c in joined.splitlines() if c.strip() and not c.lstrip().startswith("#")
+            ]
             found.append(Block(page, start + 1, commands, previous == RUN_MARK))
         k += 1
     return found
@@ -123,7 +125,9 @@ def check_verb(verb: str, args: list[str], where: str) -> None:
     for arg in args:
         key, sep, _ = arg.partition("=")
         assert sep, f"{where}: {arg!r} is not key=value"
-        assert aliases.get(key, key) in module.DEFAULTS, f"{where}: medtrain {verb} takes no {key!r}"
+        assert aliases.get(key, key) in module.DEFAULTS, (
+            f"{where}: medtrain {verb} takes no {key!r}"
+        )
 
 
 def all_commands():
@@ -180,7 +184,9 @@ def runnable(command: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [p for p in PAGES if any(b.run for b in blocks(p))], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "page", [p for p in PAGES if any(b.run for b in blocks(p))], ids=lambda p: p.name
+)
 def test_run_blocks_run(page, tmp_path):
     for block in blocks(page):
         if not block.run:
