@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomllib
 
@@ -46,9 +48,16 @@ def test_the_config_groups_are_package_resources():
 def test_the_wheel_runs_outside_the_repository(tmp_path):
     """Build the wheel, unpack it into a folder of its own and run it from an unrelated folder:
     `medtrain` trains the default experiment (made small) and `medtrain predict` uses its run."""
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("medtrain", "conf"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path / "dist"), str(ROOT)],
+        + ["-w", str(tmp_path / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -63,17 +72,23 @@ def test_the_wheel_runs_outside_the_repository(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # The unpacked wheel first on the path: the editable install of the repository is not used.
-    env = {**os.environ, "PYTHONPATH": str(site)}
     work = tmp_path / "work"
     work.mkdir()
-    where = subprocess.run(
-        [sys.executable, "-c", "import medtrain.conf as c; print(c.__file__)"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+
+    def python(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, *args],
+            cwd=work,
+            env={**os.environ, "PYTHONPATH": str(site)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+        return done
+
+    where = python("-c", "import medtrain.conf as c; print(c.__file__)").stdout
+    assert where.strip().startswith(str(site))
     # Every shipped experiment composes from the installed package alone.
     experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
     compose = (
@@ -82,47 +97,13 @@ def test_the_wheel_runs_outside_the_repository(tmp_path):
         "    cfg = compose_config([f'experiment={name}'])\n"
         "    print(name, cfg.task._target_)\n"
     )
-    composed = subprocess.run(
-        [sys.executable, "-c", compose, *experiments],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert composed.returncode == 0, composed.stderr[-2000:]
-    assert [line.split()[0] for line in composed.stdout.splitlines()] == experiments
+    composed = python("-c", compose, *experiments).stdout
+    assert [line.split()[0] for line in composed.splitlines()] == experiments
     small = ["dataset.num_train=64", "dataset.num_val=32", "dataset.num_test=32"]
     small += ["trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu"]
-    train = subprocess.run(
-        [sys.executable, "-m", "medtrain", *small, "hydra.run.dir=run"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert train.returncode == 0, train.stderr[-2000:]
+    python("-m", "medtrain", *small, "hydra.run.dir=run")
     assert json.loads((work / "run" / "metrics.json").read_text())["test/auc"] > 0.5
     (work / "scans").mkdir()
-    import numpy as np
-
     np.save(work / "scans" / "a.npy", np.random.default_rng(0).random((32, 32)).astype(np.float32))
-    predict = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medtrain",
-            "predict",
-            "run_dir=run",
-            "inputs=scans",
-            "output=p.csv",
-        ],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert predict.returncode == 0, predict.stderr[-2000:]
+    python("-m", "medtrain", "predict", "run_dir=run", "inputs=scans", "output=p.csv")
     assert (work / "p.csv").read_text().startswith("file,label,prob_normal,prob_lesion,error")

@@ -12,12 +12,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from medtrain.commands.args import parse_key_values
-from medtrain.engine.config import compose_config
-from medtrain.engine.data_check import (
-    REPORT,
-    capped,
-    check_config,
-)
 from medtrain.errors import ConfigError
 from medtrain.io import save_json
 from medtrain.values import true_or_false, whole_number
@@ -59,6 +53,8 @@ def parse_options(argv: Sequence[str]) -> DictConfig:
 
 def print_report(report: dict[str, Any], path: Path) -> None:
     """One line per problem (at most `PRINTED` of each kind), then a summary line."""
+    from medtrain.engine.data_check import capped
+
     for kind, key in (
         ("config error", "config_errors"),
         ("error", "errors"),
@@ -85,6 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE, end="")
         return 0
+    # The work's modules load only now, so that `--help` answers at once.
+    from medtrain.engine.config import compose_config
+    from medtrain.engine.data_check import (
+        REPORT,
+        check_config,
+    )
+
     own = [a.removeprefix("check.") for a in argv if a.startswith("check.")]
     overrides = [a for a in argv if not a.startswith("check.")]
     try:

@@ -10,10 +10,6 @@ from typing import Any
 
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.experiments.compare import (
-    compare,
-    markdown,
-)
 
 DEFAULTS: dict[str, Any] = {"run_dirs": None, "output": "."}
 
@@ -31,6 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
+    # The work's modules load only now, so that `--help` answers at once.
+    from medtrain.experiments.compare import (
+        compare,
+        markdown,
+    )
+
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=("output",), list_keys=("run_dirs",))
         if not cfg.run_dirs:

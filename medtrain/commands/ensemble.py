@@ -11,14 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from medtrain.commands.args import parse_key_values, tool_args
-from medtrain.engine.build import target_class
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.inference.ensemble import (
-    run_ensemble,
-)
 from medtrain.io import read_json
 
 DEFAULTS: dict[str, Any] = {"run_dirs": None, "output": None, "device": "auto", "batch_size": None}
@@ -40,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
+    # The work's modules load only now, so that `--help` answers at once.
+    from medtrain.inference.ensemble import (
+        run_ensemble,
+    )
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = parse_key_values(
@@ -63,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def summary_table(out: Path) -> str:
     """The task's headline test metrics of each member and of the ensemble, one line each."""
+    from omegaconf import OmegaConf
+
+    from medtrain.engine.build import target_class
+
     task = target_class(
         OmegaConf.create({"_target_": read_json(out / "ensemble.json")["task_target"]})
     )

@@ -10,9 +10,6 @@ from typing import Any
 
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.inference.export import (
-    export,
-)
 
 DEFAULTS: dict[str, Any] = {"run_dir": None, "format": "onnx", "output": None}
 
@@ -33,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
+    # The work's modules load only now, so that `--help` answers at once.
+    from medtrain.inference.export import (
+        export,
+    )
+
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=("run_dir", "format", "output"))
         if not cfg.run_dir:

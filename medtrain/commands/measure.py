@@ -9,9 +9,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from medtrain.analysis.mask_folder import (
-    measure_files,
-)
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import MedtrainError
 
@@ -77,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
+    # The work's modules load only now, so that `--help` answers at once.
+    from medtrain.analysis.mask_folder import (
+        measure_files,
+    )
+
     try:
         summary = measure_files(parse_args(argv))
     except (MedtrainError, OSError) as err:  # OSError: e.g. a folder without read permission

@@ -10,10 +10,6 @@ from typing import Any
 
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import MedtrainError
-from medtrain.inference.predict import (
-    log,
-    predict_files,
-)
 
 DEFAULTS: dict[str, Any] = {
     "run_dir": None,
@@ -58,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, done = tool_args(argv, USAGE)
     if done is not None:
         return done
+    # The work's modules load only now, so that `--help` answers at once.
+    from medtrain.inference.predict import (
+        log,
+        predict_files,
+    )
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS)

@@ -9,10 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medtrain.analysis.report import write_report
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.experiments.sweep_summary import write_sweep_summary
 
 DEFAULTS: dict[str, Any] = {"run_dir": None, "sweep_dir": None, "monitor": None}
 USAGE = """\
@@ -28,6 +26,8 @@ usage: medtrain report run_dir=<run folder>
 
 
 def report_run(run_dir: Path) -> Path:
+    from medtrain.analysis.report import write_report  # loaded only when used: `--help` is quick
+
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: {run_dir} is not a folder")
     if not (run_dir / "metrics.json").is_file():
@@ -36,6 +36,8 @@ def report_run(run_dir: Path) -> Path:
 
 
 def report_sweep(sweep_dir: Path, monitor: str | None) -> Path:
+    from medtrain.experiments.sweep_summary import write_sweep_summary
+
     if not sweep_dir.is_dir():
         raise ConfigError(f"sweep_dir: {sweep_dir} is not a folder")
     try:

@@ -10,10 +10,6 @@ from typing import Any
 
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.experiments.rerun import (
-    _is_number,
-    rerun,
-)
 
 DEFAULTS: dict[str, Any] = {
     "run_dir": None,
@@ -44,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
+    # The work's modules load only now, so that `--help` answers at once.
+    from medtrain.experiments.rerun import (
+        _is_number,
+        rerun,
+    )
+
     try:
         cfg = parse_key_values(
             argv,

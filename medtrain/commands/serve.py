@@ -7,15 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-import uvicorn
-
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.inference.predictor import Predictor
-from medtrain.inference.serve import (
-    create_app,
-)
 from medtrain.values import true_or_false, whole_number
 
 DEFAULTS: dict[str, Any] = {
@@ -71,6 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
+    # The work's modules load only now, so that `--help` answers at once.
+    import torch
+    import uvicorn
+
+    from medtrain.inference.predictor import Predictor
+    from medtrain.inference.serve import (
+        create_app,
+    )
+
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=TEXT_KEYS)
         settings = _settings(cfg)

@@ -6,15 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from optuna.trial import TrialState
-
 from medtrain.errors import ConfigError
-from medtrain.experiments.sweep import (
-    log,
-    parse_args,
-    run_sweep,
-)
-from medtrain.experiments.sweep_summary import write_sweep_summary
 
 USAGE = """\
 usage: medtrain sweep 'sweep.params.KEY=SPEC' ... [sweep.KEY=VALUE ...] [override ...]
@@ -47,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
+    # The work's modules load only now, so that `--help` answers at once.
+    from optuna.trial import TrialState
+
+    from medtrain.experiments.sweep import (
+        log,
+        parse_args,
+        run_sweep,
+    )
+    from medtrain.experiments.sweep_summary import write_sweep_summary
+
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     console.addFilter(_ConsoleFilter())

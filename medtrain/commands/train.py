@@ -16,8 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from medtrain.engine.config import CONFIG_MODULE, unknown_key_hint
-from medtrain.engine.training import train
 from medtrain.errors import MedtrainError
 
 log = logging.getLogger("medtrain")
@@ -45,6 +43,9 @@ class TrainJobs:
     failed: list[int] = field(default_factory=list)
 
     def __call__(self, cfg: DictConfig) -> float | None:
+        # Loaded with the first job: `--help` and `--cfg job` answer without torch.
+        from medtrain.engine.training import train
+
         self.started.append(len(self.started) + 1)
         hydra = HydraConfig.get()
         try:
@@ -78,13 +79,15 @@ def main(argv: Sequence[str]) -> int:
             args=args,
             args_parser=parser,
             task_function=jobs,
-            config_path=f"pkg://{CONFIG_MODULE}",
+            config_path="pkg://medtrain.conf",  # conf/, installed as a package (pyproject.toml)
             config_name="train",
         )
     except SystemExit as exit_:
         # Hydra exits 1 both when it refuses the command line and after an error inside a job:
         # only the first, before any job started, is a config error (status 2, as the others).
         if exit_.code == 1 and not jobs.started:
+            from medtrain.engine.config import unknown_key_hint
+
             hint = unknown_key_hint(args.overrides, args.config_name is not None)
             if hint:
                 print(hint, file=sys.stderr)

@@ -134,21 +134,10 @@ def log_epoch(max_epochs: int, monitor: str) -> EpochCallback:
 
 
 def default_callbacks(
-    run_dir: Path,
-    cfg: Any,
-    monitor: str,
-    model: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any,
-    ema: AveragedModel | None,
-    extra_state: dict[str, Any],
+    run_dir: Path, cfg: Any, monitor: str, checkpoints: EpochCallback
 ) -> list[EpochCallback]:
-    """The callbacks every run has, in order: checkpoints, history, TensorBoard (with
-    `trainer.tensorboard`), the log line."""
-    checkpoints = save_checkpoints(
-        run_dir / "checkpoints", model, optimizer, scheduler, scaler, ema, extra_state
-    )
+    """The callbacks every run has, in order: `checkpoints` (see `save_checkpoints`), history,
+    TensorBoard (with `trainer.tensorboard`), the log line."""
     callbacks: list[EpochCallback] = [checkpoints, write_history(run_dir / "history.csv")]
     if cfg.tensorboard:
         callbacks.append(TensorBoard(run_dir / "tensorboard"))

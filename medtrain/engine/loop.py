@@ -18,7 +18,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from medtrain.engine.callbacks import Epoch, EpochCallback, default_callbacks, save_history
+from medtrain.engine.callbacks import (
+    Epoch,
+    EpochCallback,
+    default_callbacks,
+    save_checkpoints,
+    save_history,
+)
 from medtrain.engine.resume import resume
 from medtrain.engine.schedulers import steps_per_batch
 from medtrain.errors import ConfigError, TrainingError
@@ -178,10 +184,10 @@ def fit(
         ckpt_dir, config = run_dir / "checkpoints", extra_state["config"]
         state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler, ema, config)
         save_history(run_dir / "history.csv", state["history"])
-    every_epoch = default_callbacks(
-        run_dir, cfg, task.monitor, model, optimizer, scheduler, scaler, ema, extra_state
+    checkpoints = save_checkpoints(
+        run_dir / "checkpoints", model, optimizer, scheduler, scaler, ema, extra_state
     )
-    every_epoch += list(callbacks)
+    every_epoch = default_callbacks(run_dir, cfg, task.monitor, checkpoints) + list(callbacks)
     try:
         for epoch in range(state["epoch"], cfg.max_epochs):
             if cfg.early_stopping_patience and state["stale_epochs"] >= cfg.early_stopping_patience:

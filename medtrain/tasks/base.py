@@ -40,9 +40,34 @@ from torch import nn
 
 from medtrain.data.base import ImageDataset
 from medtrain.errors import ConfigError
+from medtrain.losses import loss_family
 from medtrain.models import call_model
 
 Choices = Mapping[str, str]  # config group -> the option chosen (`dataset` -> `seg_folder`)
+
+
+# Refusals of `Task.check_config` that several tasks share, formatted with the chosen options.
+MASKS_FOR_AN_IMAGE_TASK = (
+    "dataset={dataset} holds masks for segmentation, but task={task}: add task=segmentation "
+    "model=unet loss=dice_ce (see experiment=synthetic_segmentation)"
+)
+REGRESSION_LOSS = (
+    "loss={loss} is a regression loss; task={task} needs a classification or segmentation loss "
+    "(cross_entropy, bce, focal; dice_ce, dice, ...), or use task=regression"
+)
+
+
+def refuse_loss(cfg: DictConfig, choices: Choices, **refused: str) -> None:
+    """Refuse the configured loss when its family (`medtrain.losses.loss_family`: `values`,
+    `masks`, `classes`, or `other` for a loss it does not know) is a key of `refused`, with that
+    message formatted with the chosen options (`{dataset}`, `{loss}`, `{task}`, ...).
+
+    Raises:
+        ConfigError: the message.
+    """
+    family = loss_family(cfg.loss.get("_target_")) or "other"
+    if family in refused:
+        raise ConfigError(refused[family].format(**choices))
 
 
 class Collector(Protocol):

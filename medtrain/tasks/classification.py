@@ -14,9 +14,15 @@ from torch import nn
 from medtrain.analysis.statistics import classification_intervals
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv
-from medtrain.losses import loss_family
 from medtrain.metrics import classification as M
-from medtrain.tasks.base import Choices, Input, Task
+from medtrain.tasks.base import (
+    MASKS_FOR_AN_IMAGE_TASK,
+    REGRESSION_LOSS,
+    Choices,
+    Input,
+    Task,
+    refuse_loss,
+)
 
 
 class ClassificationTask(Task):
@@ -84,23 +90,12 @@ class ClassificationTask(Task):
         cls, cfg: DictConfig, provides: Sequence[str] | None, choices: Choices
     ) -> None:
         if provides is not None and "classes" not in provides:
-            raise ConfigError(
-                f"dataset={choices['dataset']} holds masks for segmentation, but "
-                f"task={choices['task']}: add task=segmentation model=unet loss=dice_ce (see "
-                "experiment=synthetic_segmentation)"
-            )
-        family = loss_family(cfg.loss.get("_target_"))
-        if family == "values":
-            raise ConfigError(
-                f"loss={choices['loss']} is a regression loss; task={choices['task']} needs a "
-                "classification or segmentation loss (cross_entropy, bce, focal; dice_ce, dice, "
-                "...), or use task=regression"
-            )
-        if family == "masks":
-            raise ConfigError(
-                f"loss={choices['loss']} is a segmentation loss; for task=classification use "
-                "loss=cross_entropy, bce or focal"
-            )
+            raise ConfigError(MASKS_FOR_AN_IMAGE_TASK.format(**choices))
+        masks = (
+            "loss={loss} is a segmentation loss; for task=classification use loss=cross_entropy, "
+            "bce or focal"
+        )
+        refuse_loss(cfg, choices, values=REGRESSION_LOSS, masks=masks)
 
     @classmethod
     def check_against_data(cls, cfg: DictConfig) -> None:

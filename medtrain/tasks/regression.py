@@ -17,9 +17,8 @@ from medtrain.analysis.plots import save_agreement_plots
 from medtrain.analysis.statistics import regression_intervals
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv
-from medtrain.losses import loss_family
 from medtrain.metrics import regression as M
-from medtrain.tasks.base import Choices, Input, Task
+from medtrain.tasks.base import MASKS_FOR_AN_IMAGE_TASK, Choices, Input, Task, refuse_loss
 
 
 def target_statistics(values: np.ndarray) -> dict[str, list[float]]:
@@ -97,22 +96,15 @@ class RegressionTask(Task):
         cls, cfg: DictConfig, provides: Sequence[str] | None, choices: Choices
     ) -> None:
         if provides is not None and "masks" in provides:
-            raise ConfigError(
-                f"dataset={choices['dataset']} holds masks for segmentation, but "
-                f"task={choices['task']}: add task=segmentation model=unet loss=dice_ce (see "
-                "experiment=synthetic_segmentation)"
-            )
+            raise ConfigError(MASKS_FOR_AN_IMAGE_TASK.format(**choices))
         if provides is not None and "values" not in provides:
             raise ConfigError(
                 f"task=regression needs a number per image, but dataset={choices['dataset']} holds "
                 "class labels only: use dataset=manifest (a target column), medmnist or "
                 "synthetic_clinical"
             )
-        if loss_family(cfg.loss.get("_target_")) != "values":
-            raise ConfigError(
-                f"loss={choices['loss']} does not compare values; for task=regression use "
-                "loss=mse, l1 or huber"
-            )
+        other = "loss={loss} does not compare values; for task=regression use loss=mse, l1 or huber"
+        refuse_loss(cfg, choices, classes=other, masks=other, other=other)
 
     @classmethod
     def dataset_options(cls, cfg: DictConfig) -> dict[str, Any]:

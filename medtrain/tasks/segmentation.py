@@ -24,10 +24,9 @@ from medtrain.analysis.volume_results import VolumeAssembler
 from medtrain.data.segmentation import SegmentationDataset, pair
 from medtrain.errors import ConfigError
 from medtrain.io import png_bytes, save_csv, save_json, save_png
-from medtrain.losses import loss_family
 from medtrain.metrics.segmentation import case_metrics, summarize
 from medtrain.models.sliding_window import check_inference, sliding_window_inference
-from medtrain.tasks.base import Choices, Input, Task
+from medtrain.tasks.base import REGRESSION_LOSS, Choices, Input, Task, refuse_loss
 
 Logits = torch.Tensor | list[torch.Tensor]
 
@@ -112,18 +111,11 @@ class SegmentationTask(Task):
                 f"task=segmentation needs masks, but dataset={choices['dataset']} holds one label "
                 "per image: use dataset=seg_folder or dataset=synthetic_segmentation"
             )
-        family = loss_family(cfg.loss.get("_target_"))
-        if family == "values":
-            raise ConfigError(
-                f"loss={choices['loss']} is a regression loss; task={choices['task']} needs a "
-                "classification or segmentation loss (cross_entropy, bce, focal; dice_ce, dice, "
-                "...), or use task=regression"
-            )
-        if family == "classes":
-            raise ConfigError(
-                f"loss={choices['loss']} is a classification loss; for task=segmentation use "
-                "loss=dice_ce, dice, dice_bce, dice_focal, tversky or seg_focal"
-            )
+        classes = (
+            "loss={loss} is a classification loss; for task=segmentation use loss=dice_ce, "
+            "dice, dice_bce, dice_focal, tversky or seg_focal"
+        )
+        refuse_loss(cfg, choices, values=REGRESSION_LOSS, classes=classes)
 
     def check_output(self, output: torch.Tensor, model: str) -> None:
         if output.ndim != 4:

@@ -1,4 +1,4 @@
-"""The `python -m medtrain.measure` command on hand-made mask folders."""
+"""The `medtrain measure` command on hand-made mask folders."""
 
 from __future__ import annotations
 

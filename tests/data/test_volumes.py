@@ -259,7 +259,7 @@ def test_training_scores_reassembled_volumes(tmp_path):
             dice = 2 * both / ((pred == k).sum() + (labels == k).sum())
             assert float(per_case[case][f"dice_{name}"]) == pytest.approx(dice)
     assert "test/volume_mae_ml_box" in metrics and "test/dice_ball" in metrics
-    # medtrain.predict on the test volumes gives the evaluation's own label volumes and volumes.
+    # medtrain predict on the test volumes gives the evaluation's own label volumes and volumes.
     from medtrain.commands.predict import main as predict
 
     out = tmp_path / "predicted" / "preds.csv"

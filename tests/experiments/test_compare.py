@@ -1,4 +1,4 @@
-"""`python -m medtrain.compare`: runs side by side, values straight from their metrics.json."""
+"""`medtrain compare`: runs side by side, values straight from their metrics.json."""
 
 from __future__ import annotations
 

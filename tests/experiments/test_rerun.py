@@ -1,4 +1,4 @@
-"""`python -m medtrain.rerun`: reruns of classification, segmentation and regression runs reproduce
+"""`medtrain rerun`: reruns of classification, segmentation and regression runs reproduce
 their metrics bit for bit on the CPU (and within the CUDA tolerance on a GPU); an edited saved config,
 a changed environment and bad input are named; the metric, config and environment comparisons on
 their own."""

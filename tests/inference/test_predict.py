@@ -1,4 +1,4 @@
-"""medtrain.predict: a finished run's predictions for new files equal what its evaluation wrote."""
+"""`medtrain predict`: a finished run's predictions for new files equal what its evaluation wrote."""
 
 from __future__ import annotations
 

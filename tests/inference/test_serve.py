@@ -1,4 +1,4 @@
-"""medtrain.serve: the real server (uvicorn on a loopback port) spoken to over HTTP with the standard
+"""`medtrain serve`: the real server (uvicorn on a loopback port) spoken to over HTTP with the standard
 library: results equal to `Predictor.predict`, limits, API key, and 100+ hostile uploads."""
 
 from __future__ import annotations

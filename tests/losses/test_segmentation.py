@@ -1,4 +1,4 @@
-"""medtrain.segmentation_losses: Dice + BCE checked against MONAI's Dice and scikit-learn's log loss."""
+"""medtrain.losses.segmentation: Dice + BCE checked against MONAI's Dice and scikit-learn's log loss."""
 
 import numpy as np
 import pytest
