@@ -131,6 +131,7 @@ class Task:
     # Whether predictions use the pixel spacing (measurements in mm); the HTTP service then keeps
     # the requested `spacing` apart per request.
     uses_spacing: ClassVar[bool] = False
+    output_unit: ClassVar[str] = "class"  # what each output is, in `check_output`'s message
     threshold: Any = None
 
     def __init__(
@@ -206,8 +207,6 @@ class Task:
                 f"(batch, {width}), one output per {self.output_unit}: use model=cnn, resnet18, "
                 "... with num_classes=${dataset.num_classes}"
             )
-
-    output_unit: ClassVar[str] = "class"
 
     def collector(self, final: bool = False) -> Collector:
         """A collector for one evaluation pass; `final` marks the test pass, whose `save` writes
