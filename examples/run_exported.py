@@ -202,19 +202,21 @@ def main() -> None:
     manifest = json.loads((args.export / "manifest.json").read_text())
     run, task, names = load_model(args.export, manifest), manifest["task"], manifest["class_names"]
     label = "labels" if manifest.get("multilabel") else "label"
+    # A task of your own (medtrain's task protocol): its first output's values, one per name.
+    first = manifest["outputs"][0]["name"]
     columns = {
         "classification": [label, *(f"prob_{n}" for n in names)],
         "regression": names,
         "segmentation": ["mask", *(f"pixels_{n}" for n in names)],
-    }
+    }.get(task, [f"{first}_{n}" for n in names])
     writer = csv.writer(sys.stdout)
-    writer.writerow(["file", *columns[task], "error"])
+    writer.writerow(["file", *columns, "error"])
     failed = 0
     for path in args.images:
         try:  # one unreadable file is reported in its row; the others still run
             pixels = read_image(path)
         except Exception as err:
-            writer.writerow([path, *[""] * len(columns[task]), f"cannot read: {err}"])
+            writer.writerow([path, *[""] * len(columns), f"cannot read: {err}"])
             failed += 1
             continue
         image = prepare(pixels, manifest["preprocessing"])

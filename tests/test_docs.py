@@ -9,6 +9,7 @@ import importlib
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +144,11 @@ def test_the_pages_have_commands_and_run_blocks():
 
 
 def test_no_page_shows_the_commands_of_release_0_1():
+    """Only the upgrading page names them, beside today's."""
     stale = re.compile(r"python -m medtrain\.\w+")
     for page in PAGES:
+        if page.name == "upgrading.md":
+            continue
         for k, line in enumerate(page.read_text().splitlines(), 1):
             if stale.search(line) and "release 0.1" not in line:
                 pytest.fail(f"{page.relative_to(ROOT)}:{k}: {line.strip()}")
@@ -176,6 +180,9 @@ def run(command: str, folder: Path) -> None:
     `medtrain` script calls, with small data for training), anything else with bash."""
     args = medtrain_args(command)
     if args is None:
+        words = shlex.split(command)
+        if words[0] == "python":  # this interpreter, where medtrain is installed
+            command = shlex.join([sys.executable, *words[1:]])
         done = subprocess.run(["bash", "-c", command], cwd=folder, capture_output=True, text=True)
         assert done.returncode == 0, f"{command}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
         return

@@ -149,8 +149,8 @@ def gradcam_figures(run_dir: str | Path, num_images: int = 6) -> list[bytes]:
         with torch.no_grad():
             logits = call_model(model, batch)
         probs = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1))[0].numpy()
-        target_class, predicted = _predicted(probs, multilabel, threshold)
-        cam = gradcam(model, batch["image"], target_class, layer, inputs)
+        explained, predicted = _predicted(probs, multilabel, threshold)
+        cam = gradcam(model, batch["image"], explained, layer, inputs)
         label = batch["label"][0]
         truth = (
             ",".join(name(str(k)) for k in np.flatnonzero(label.numpy())) or "none"
@@ -164,7 +164,7 @@ def gradcam_figures(run_dir: str | Path, num_images: int = 6) -> list[bytes]:
         ax.set_axis_off()
         shown = ",".join(name(k) for k in predicted.split(","))
         ax.set_title(
-            f"{batch['id'][0]}\ntrue: {truth} | pred: {shown}\nmap of {name(str(target_class))}",
+            f"{batch['id'][0]}\ntrue: {truth} | pred: {shown}\nmap of {name(str(explained))}",
             fontsize=8,
         )
         buffer = io.BytesIO()

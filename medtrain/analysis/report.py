@@ -30,7 +30,7 @@ from medtrain.engine.build import target_class
 from medtrain.io import atomic_write, load_checkpoint, read_json
 from medtrain.tasks import task_from_files
 
-log = logging.getLogger("medtrain.report")
+log = logging.getLogger(__name__)
 
 # Every report has these; the task adds its own (`Task.report_sections`).
 COMMON_SECTIONS = ("config", "data", "metrics", "curves")
@@ -524,7 +524,10 @@ window.addEventListener("load", function () {
 """
 
 
-def _section(run: Run, section: str, gradcam_images: int) -> str:
+def _section(
+    run: Run, section: str, gradcam_images: int, build: Callable[[Run], str] | None = None
+) -> str:
+    """The HTML of one section: a built-in one by name, or a task's own (`build`)."""
     builders: dict[str, Callable[[], str]] = {
         "config": lambda: _config_section(run),
         "data": lambda: _data_section(run),
@@ -545,7 +548,7 @@ def _section(run: Run, section: str, gradcam_images: int) -> str:
         ),
     }
     try:
-        return builders[section]()
+        return build(run) if build is not None else builders[section]()
     except Exception as err:  # one unreadable file costs its section, not the whole report
         log.warning("report: section %s failed (%s: %s)", section, type(err).__name__, err)
         return _note(f"This section could not be built: {type(err).__name__}: {err}")
@@ -571,11 +574,15 @@ def write_report(run_dir: Path, gradcam_images: int = 6) -> Path:
     extra = {} if any("_ci_" in k for k in metrics) else task.intervals(run_dir)
     values = metrics | {k: v for k, v in extra.items() if k not in metrics}
     run = Run(run_dir, cfg, source, task, values)
-    sections = COMMON_SECTIONS + tuple(s for s in task.report_sections if s in TITLES)
-    nav = "".join(f'<a href="#{s}">{escape(TITLES[s])}</a>' for s in sections)
+    # A task names built-in sections, or gives its own as (name, title, function of the Run).
+    sections = [
+        (entry, TITLES.get(entry, entry), None) if isinstance(entry, str) else tuple(entry)
+        for entry in (*COMMON_SECTIONS, *task.report_sections)
+    ]
+    nav = "".join(f'<a href="#{name}">{escape(title)}</a>' for name, title, _ in sections)
     body = "".join(
-        f'<h2 id="{s}">{escape(TITLES[s])}</h2>\n{_section(run, s, gradcam_images)}\n'
-        for s in sections
+        f'<h2 id="{name}">{escape(title)}</h2>\n{_section(run, name, gradcam_images, build)}\n'
+        for name, title, build in sections
     )
     title = f"medtrain {task.name} run {run_dir.resolve().name}"
     page = (

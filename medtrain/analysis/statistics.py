@@ -249,16 +249,6 @@ def _bootstrap(
     return out
 
 
-INTERVALS_DOC = """
-    Args:
-        n_boot: resamples of the test cases (with replacement).
-        seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
-
-    Returns:
-        `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
-        metric); empty when the files are missing."""
-
-
 def classification_intervals(
     run_dir: Path, metrics: dict[str, Any] | None = None, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, float]:
@@ -266,7 +256,16 @@ def classification_intervals(
     (binary at metrics.json's `threshold`): `auc`, `acc`, `sensitivity`, `specificity` (binary),
     `acc`, macro one-vs-rest `auc` (multi-class), each label's `auc_<label>` and their mean `auc`
     (multi-label); plus `test/ece`, the expected calibration error (a point value, 10 equal-width
-    bins). `metrics`: the run's final metrics (threshold, label names); default its metrics.json.
+    bins).
+
+    Args:
+        metrics: the run's final metrics (threshold, label names); default: its metrics.json.
+        n_boot: resamples of the test cases (with replacement).
+        seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
+
+    Returns:
+        `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
+        metric); empty when the files are missing.
     """
     predictions = Path(run_dir) / "predictions.csv"
     if not predictions.is_file():
@@ -283,7 +282,16 @@ def classification_intervals(
 
 def regression_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Bootstrap 95% intervals of a regression run's `mae`, `rmse` and `r2`, from
-    `predictions.csv`."""
+    `predictions.csv`.
+
+    Args:
+        n_boot: resamples of the test cases (with replacement).
+        seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
+
+    Returns:
+        `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
+        metric); empty when the files are missing.
+    """
     predictions = Path(run_dir) / "predictions.csv"
     if not predictions.is_file():
         return {}
@@ -295,7 +303,16 @@ def regression_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> di
 
 def segmentation_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Bootstrap 95% intervals of a segmentation run's `dice` and `iou`, per class and over the
-    foreground classes, from `per_case_metrics.csv` (the resampled unit is the test case)."""
+    foreground classes, from `per_case_metrics.csv` (the resampled unit is the test case).
+
+    Args:
+        n_boot: resamples of the test cases (with replacement).
+        seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
+
+    Returns:
+        `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
+        metric); empty when the files are missing.
+    """
     per_case = Path(run_dir) / "per_case_metrics.csv"
     if not per_case.is_file():
         return {}
@@ -308,7 +325,3 @@ def segmentation_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> 
     }
     statistics = _segmentation_statistics(per_metric, classes)
     return _bootstrap(len(rows), statistics, n_boot, seed, width=2 * len(classes))
-
-
-for _function in (classification_intervals, regression_intervals, segmentation_intervals):
-    _function.__doc__ += INTERVALS_DOC

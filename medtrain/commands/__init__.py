@@ -14,6 +14,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from medtrain import __version__
+
 # verb -> (module, one line for `medtrain --help`), in the order a user meets them.
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("train", "train and test a model from the config (the default verb)"),
@@ -43,26 +45,57 @@ def usage() -> str:
     )
 
 
+# Hydra's flags that take a value (`--config-dir my_conf`); `--info` may take one of its words.
+VALUE_FLAGS = frozenset(
+    ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-p", "--package")
+    + ("-c", "--cfg", "--experimental-rerun")
+)
+INFO_WORDS = frozenset(("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"))
+SEARCHPATH_HINT = "your config folder as 'hydra.searchpath=[file://FOLDER]'"
+
+
+def first_word(argv: Sequence[str]) -> int:
+    """The index of the first argument that is neither a Hydra flag nor a flag's value."""
+    k = 0
+    while k < len(argv) and argv[k].startswith("-"):
+        flag = argv[k]
+        takes_value = flag in VALUE_FLAGS or (
+            flag == "--info" and k + 1 < len(argv) and argv[k + 1] in INFO_WORDS
+        )
+        k += 2 if takes_value else 1
+    return k
+
+
 def verb_of(argv: Sequence[str]) -> tuple[str, list[str]]:
-    """The verb named first on the command line and the rest of it; `train` when the first
-    argument is an override or a Hydra flag (`model=cnn`, `-m`, `+key=value`, `~key`).
+    """The verb of a command line and the rest of it: the first word, after any Hydra flags
+    (`medtrain --config-dir my_conf train ...`); `train` when that word is an override
+    (`model=cnn`, `+key=value`, `~key`) or there is none.
 
     Raises:
-        SystemExit: 2 (with the closest verb) for a first word that is neither.
+        SystemExit: 2, with a message, for a word that is no verb (naming the closest one), and
+            for another verb after Hydra's flags, which belong to training.
     """
     argv = list(argv)
-    if not argv:
-        return "train", []
-    if argv[0] in HELP:
+    if argv[:1] and argv[0] in HELP:
         return "help", argv[1:]
-    first = argv[0]
-    if first in VERBS:
-        return first, argv[1:]
-    if "=" in first or first.startswith(("-", "+", "~")):
+    if argv[:1] and argv[0] in ("--version", "-V"):
+        return "version", argv[1:]
+    k = first_word(argv)
+    if k == len(argv) or "=" in argv[k] or argv[k].startswith(("+", "~")):
         return "train", argv
-    close = difflib.get_close_matches(first.replace("_", "-"), list(VERBS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    print(f"medtrain: unknown verb {first!r}{hint} (medtrain --help lists them)", file=sys.stderr)
+    word = argv[k]
+    if word in VERBS and (k == 0 or word == "train"):
+        return word, argv[:k] + argv[k + 1 :]
+    if word in VERBS:
+        message = (
+            f"put the verb first (medtrain {word} ...): {' '.join(argv[:k])} are Hydra flags of "
+            f"training; the verbs that take training overrides take {SEARCHPATH_HINT}"
+        )
+    else:
+        close = difflib.get_close_matches(word.replace("_", "-"), list(VERBS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        message = f"unknown verb {word!r}{hint} (medtrain --help lists them)"
+    print(f"medtrain: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -74,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     if verb == "help":
         print(usage(), end="")
+        return 0
+    if verb == "version":
+        print(f"medtrain {__version__}")
         return 0
     module = importlib.import_module(f"medtrain.commands.{VERBS[verb][0]}")
     return module.main(rest)

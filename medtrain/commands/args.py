@@ -1,6 +1,7 @@
-"""`key=value` command lines of the verbs other than train and sweep, checked against each verb's
-defaults: one clear error for a missing `=`, an unknown or repeated key, or a value that does not
-parse."""
+"""`key=value` command lines of the verbs that take no training overrides (predict, serve, export,
+rerun, compare, report, measure, ensemble; check-data for its `check.*` keys), checked against each
+verb's defaults: one clear error for a missing `=`, an unknown or repeated key, or a value that
+does not parse."""
 
 from __future__ import annotations
 

@@ -91,10 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     own = [a.removeprefix("check.") for a in argv if a.startswith("check.")]
     overrides = [a for a in argv if not a.startswith("check.")]
     try:
+        flags = [a for a in overrides if a.startswith("-")]
+        if flags:
+            raise ConfigError(
+                f"{flags[0]}: check-data takes key=value arguments (your config folder: "
+                "'hydra.searchpath=[file://FOLDER]')"
+            )
         options = parse_options(own)
         cfg = compose_config(overrides)
     except ConfigError as err:
-        print(f"error: {err}\n(medtrain check-data --help lists its keys)", file=sys.stderr)
+        print(
+            f"error: {err}\n(medtrain check-data --help lists its own keys; medtrain train "
+            "--help the config's)",
+            file=sys.stderr,
+        )
         return 2
     output = options.output or datetime.now().strftime("outputs/check_data/%Y-%m-%d/%H-%M-%S")
     report = check_config(cfg, options.workers, options.duplicates, options.progress)

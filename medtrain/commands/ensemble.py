@@ -73,7 +73,9 @@ def summary_table(out: Path) -> str:
         rows = list(csv.DictReader(handle))
     headline = [f"test/{k}" for k in getattr(task, "headline", ())]
     keys = [k for k in headline if rows and rows[0].get(k) not in (None, "")]
-    lines = [" ".join(f"{k:>10}" for k in keys) + "  run"]
+    widths = [max(len(k), 10) for k in keys]
+    lines = [" ".join(f"{k:>{w}}" for k, w in zip(keys, widths, strict=True)) + "  run"]
     for row in rows:
-        lines.append(" ".join(f"{float(row[k]):10.4f}" for k in keys) + f"  {row['run_dir']}")
+        values = (f"{float(row[k]):{w}.4f}" for k, w in zip(keys, widths, strict=True))
+        lines.append(" ".join(values) + f"  {row['run_dir']}")
     return "\n".join(lines)

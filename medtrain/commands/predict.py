@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS)
         summary = predict_files(cfg)
     except MedtrainError as err:
-        print(f"medtrain predict: error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     failed = summary["failed"]
     log.info(
@@ -76,5 +76,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         ", ".join(map(str, summary["written"])),
     )
     for row in failed[:10]:
-        print(f"medtrain predict: {row['error']}", file=sys.stderr)
+        print(f"error: {row['error']}", file=sys.stderr)
     return 1 if failed else 0

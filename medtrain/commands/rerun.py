@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     # The work's modules load only now, so that `--help` answers at once.
     from medtrain.experiments.rerun import (
-        _is_number,
+        is_number,
         rerun,
     )
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("run_dir is required: run_dir=<run folder>")
         for key in ("atol", "cuda_atol"):
             value = cfg[key]
-            if not _is_number(value) or not value >= 0:
+            if not is_number(value) or not value >= 0:
                 raise ConfigError(f"{key}={value}: must be a number >= 0")
         result = rerun(cfg.run_dir, cfg.output, cfg.atol, cfg.cuda_atol, cfg.device)
     except MedtrainError as err:

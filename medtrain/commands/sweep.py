@@ -25,18 +25,21 @@ usage: medtrain sweep 'sweep.params.KEY=SPEC' ... [sweep.KEY=VALUE ...] [overrid
 """
 
 
+SWEEP_LOG = "medtrain.experiments.sweep"  # the logger of the per-trial lines
+
+
 class _ConsoleFilter(logging.Filter):
     """The console shows one line per trial; each trial's full log goes to its train.log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "console", True):
             return False
-        return record.name.startswith("medtrain.sweep") or record.levelno >= logging.WARNING
+        return record.name == SWEEP_LOG or record.levelno >= logging.WARNING
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
+    if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0
     # The work's modules load only now, so that `--help` answers at once.

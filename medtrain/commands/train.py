@@ -83,15 +83,19 @@ def main(argv: Sequence[str]) -> int:
             config_name="train",
         )
     except SystemExit as exit_:
-        # Hydra exits 1 both when it refuses the command line and after an error inside a job:
-        # only the first, before any job started, is a config error (status 2, as the others).
+        # Hydra exits 1 both when it refuses the command line (a misspelt option or key, bad
+        # grammar) and after an error inside a job: only the first, before any job started, is
+        # a config error (status 2, as the others), with the valid keys when a key is unknown.
         if exit_.code == 1 and not jobs.started:
             from medtrain.engine.config import unknown_key_hint
 
-            hint = unknown_key_hint(args.overrides, args.config_name is not None)
+            overrides = list(args.overrides)
+            if args.config_dir:
+                overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
+            hint = unknown_key_hint(overrides, args.config_name is not None)
             if hint:
                 print(hint, file=sys.stderr)
-                return 2
+            return 2
         return exit_.code if isinstance(exit_.code, int) else 1
     if jobs.failed:
         print(

@@ -4,6 +4,7 @@ one place where the `_target_` paths of runs saved by earlier releases are mappe
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from typing import Any
@@ -59,16 +60,31 @@ def _unknown_keys_hint(node: DictConfig, key: str) -> str:
     return f". It does not take {', '.join(f'{key}.{k}' for k in unknown)}: remove them with {removals}"
 
 
+def locate(path: str) -> Any:
+    """The object a dotted path names (`package.module.Class`), importing the longest importable
+    module prefix; None when there is none (quietly: Hydra's `get_class` logs an error first)."""
+    parts = str(path).split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[k:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            return None
+        return obj
+    return None
+
+
 def target_class(node: DictConfig | None) -> type | None:
     """The class (or function) a config node's `_target_` names, old paths mapped; None when it
     names nothing importable (that is reported when the node is built)."""
     if node is None or node.get("_target_") is None:
         return None
     upgrade_targets(node)
-    try:
-        return get_class(str(node.get("_target_")))
-    except Exception:
-        return None
+    return locate(str(node.get("_target_")))
 
 
 def task_class(cfg: DictConfig) -> type:

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medtrain.io import save_checkpoint, save_csv
 
-log = logging.getLogger("medtrain.engine.loop")
+log = logging.getLogger("medtrain.engine.loop")  # the epoch lines are the loop's
 
 
 @dataclass

@@ -43,25 +43,26 @@ def require(ok: bool, key: str, value, rule: str) -> None:
         raise ConfigError(f"{key}={value!r}: {rule}")
 
 
-def resolve_device(spec: str) -> torch.device:
-    """`auto` picks CUDA when available; `cuda` / `cuda:N` must exist on this machine."""
+def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
+    """`auto` picks CUDA when available; `cuda` / `cuda:N` must exist on this machine. `key`: the
+    argument named in errors (`device` for the verbs that take one)."""
     spec = str(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    require(match is not None, "trainer.device", spec, "choose one of auto, cpu, cuda, cuda:N")
+    require(match is not None, key, spec, "choose one of auto, cpu, cuda, cuda:N")
     require(
         torch.cuda.is_available(),
-        "trainer.device",
+        key,
         spec,
-        "CUDA is not available on this machine; use trainer.device=cpu or auto",
+        f"CUDA is not available on this machine; use {key}=cpu or auto",
     )
     index = int(match.group(1) or 0)
     require(
         index < torch.cuda.device_count(),
-        "trainer.device",
+        key,
         spec,
         f"this machine has {torch.cuda.device_count()} CUDA device(s)",
     )
@@ -227,6 +228,8 @@ def unknown_key_hint(args: list[str], saved_config: bool = False) -> str | None:
     if saved_config:
         return None
     known_groups = {p.name for p in CONF.iterdir() if p.is_dir() and p.name not in IGNORED_DIRS}
+    # A config folder of the user's (hydra.searchpath) adds its options to the groups.
+    searchpath = [a for a in args if a.lstrip("+").startswith("hydra.searchpath=")]
     overrides = [
         a
         for a in args
@@ -234,7 +237,7 @@ def unknown_key_hint(args: list[str], saved_config: bool = False) -> str | None:
         and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))
         and "/" not in a.split("=")[0]  # a group path (model/..., hydra/launcher): Hydra's own
     ]
-    groups = [a for a in overrides if a.split("=")[0] in known_groups]
+    groups = searchpath + [a for a in overrides if a.split("=")[0] in known_groups]
     keys = [a.split("=")[0] for a in overrides if a.split("=")[0] not in known_groups]
     if not keys:
         return None

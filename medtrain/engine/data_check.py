@@ -16,7 +16,7 @@ from medtrain.engine.config import check_against_data, validate
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.io import save_json
 
-log = logging.getLogger("medtrain.check_data")
+log = logging.getLogger(__name__)
 REPORT = "data_report.json"
 PRINTED = 50  # problems printed per kind; the report lists them all
 

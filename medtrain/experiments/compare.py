@@ -9,13 +9,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from medtrain.engine.legacy import current_target
 from medtrain.errors import ConfigError
 from medtrain.io import atomic_write, load_checkpoint, read_json, save_csv
 
 
 def flat_config(run_dir: Path) -> dict[str, Any]:
     """The run's config as `dotted.key -> value` leaves: the trained config in best.pt (with what
-    the data inferred), else `.hydra/config.yaml`; empty when neither exists."""
+    the data inferred), else `.hydra/config.yaml`; empty when neither exists. `_target_` paths of
+    earlier releases are shown as today's, so that runs of two releases differ only where their
+    configs do."""
     best = run_dir / "checkpoints" / "best.pt"
     saved = run_dir / ".hydra" / "config.yaml"
     if best.is_file():
@@ -31,7 +34,7 @@ def flat_config(run_dir: Path) -> dict[str, Any]:
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         else:
-            leaves[prefix] = node
+            leaves[prefix] = current_target(node) if prefix.endswith("_target_") else node
 
     walk(config, "")
     return leaves

@@ -54,14 +54,14 @@ def _text(value: Any, width: int = 60) -> str:
 
 def _pair(a: Any, b: Any) -> str:
     """`a -> b`, numbers with 6 significant digits unless that hides their difference."""
-    if _is_number(a) and _is_number(b):
+    if is_number(a) and is_number(b):
         short = f"{a:.6g} -> {b:.6g}"
         if f"{a:.6g}" != f"{b:.6g}":
             return short
     return f"{_text(a)} -> {_text(b)}"
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -83,7 +83,7 @@ def compare_metrics(a: Mapping[str, Any], b: Mapping[str, Any], tol: float) -> l
             differences.append(f"{key} only in the rerun ({_text(b[key])})")
             continue
         x, y = a[key], b[key]
-        if _is_number(x) and _is_number(y):
+        if is_number(x) and is_number(y):
             finite = math.isfinite(x) and math.isfinite(y)
             same = abs(x - y) <= tol if finite else (x == y or (math.isnan(x) and math.isnan(y)))
         else:

@@ -26,7 +26,7 @@ from medtrain.engine.training import train
 from medtrain.errors import ConfigError
 from medtrain.io import atomic_write
 
-log = logging.getLogger("medtrain.sweep")
+log = logging.getLogger(__name__)
 STUDY_NAME = "medtrain"
 INTERRUPTED = "interrupted"
 DEFAULTS: dict[str, Any] = {
@@ -166,7 +166,12 @@ def parse_args(argv: list[str]) -> Sweep:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if arg.startswith("-") or not sep:
-            raise ConfigError(f"expected key=value, got {arg!r}")
+            hint = (
+                " (your config folder: 'hydra.searchpath=[file://FOLDER]')"
+                if arg.startswith("-")
+                else ""
+            )
+            raise ConfigError(f"expected key=value, got {arg!r}{hint}")
         if key.startswith("sweep.params."):
             params.append(parse_spec(key.removeprefix("sweep.params."), value, dirs))
         elif key.startswith("sweep."):

@@ -55,7 +55,7 @@ def _job_order(job_dir: Path) -> tuple:
 
 
 def study_trials(sweep_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[str, str]]:
-    """From `<sweep_dir>/study.db` (a `medtrain.sweep`): {trial number: its status, error and
+    """From `<sweep_dir>/study.db` (a `medtrain sweep` search): {trial number: its status, error and
     overrides} and {param: 'log' or 'categorical'} for params searched on a log scale or by choice."""
     if not (Path(sweep_dir) / "study.db").exists():
         return {}, {}

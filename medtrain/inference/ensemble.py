@@ -26,7 +26,7 @@ from medtrain.errors import ConfigError
 from medtrain.inference.run import load_run
 from medtrain.io import save_csv, save_json
 
-log = logging.getLogger("medtrain.ensemble")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,13 +180,12 @@ def run_ensemble(
             f"hydra.run.dir={out_dir} exists and is not empty: the ensemble would mix its files "
             "with what is there; name a new folder"
         )
-    dev = resolve_device(device)
+    dev = resolve_device(device, "device")
     members = [load_member(Path(d)) for d in run_dirs]
     check_compatible(members)
     # The ensemble's own task: fitting its threshold must not change the first member's.
     task = build_task(members[0].cfg)
-    if hasattr(members[0].task, "threshold"):
-        task.threshold = members[0].task.threshold
+    task.threshold = members[0].task.threshold
     for member in members:
         member.model.to(dev)
         member.task.loss_fn.to(dev)

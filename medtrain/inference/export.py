@@ -107,7 +107,7 @@ def size_plans(run: LoadedRun, preprocess: Any) -> list[tuple[list[tuple[int, in
     a Python branch), as tiling feeds the network nothing else.
     """
     fixed = pair(preprocess.image_size, "dataset.image_size")
-    window = pair(getattr(run.task, "window", None), "task.inference.window")
+    window = pair(run.task.window, "task.inference.window")
     if fixed is not None and window is None:
         return [([fixed], False)]
     base = window or pair(

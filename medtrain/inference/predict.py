@@ -25,7 +25,7 @@ from medtrain.inference.predictor import Predictor
 from medtrain.io import save_csv
 from medtrain.values import whole_number
 
-log = logging.getLogger("medtrain.predict")
+log = logging.getLogger(__name__)
 
 
 def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:

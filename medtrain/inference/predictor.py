@@ -44,7 +44,7 @@ class Predictor:
         self.run = run
         self.cfg = run.cfg
         self.task = run.task
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "device")
         self.model = run.model.to(self.device)
         self.preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))
         self.max_pixels = int(max_pixels)

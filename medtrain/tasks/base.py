@@ -123,16 +123,18 @@ class Task:
     headline: ClassVar[tuple[str, ...]] = ()
     preprocessing_class: ClassVar[type] = ImageDataset
     combine_rule: ClassVar[str] = "mean of the outputs"
-    # Names of medtrain.analysis.report's sections (after config, data, metrics and curves), the
-    # table of test targets in the data section, and task.* keys listed in the config section.
-    report_sections: ClassVar[tuple[str, ...]] = ()
+    # report.html after its config, data, metrics and curves: names of medtrain.analysis.report's
+    # sections, or a task's own as (name, title, function of the report's `Run` returning HTML);
+    # then the table of test targets in the data section, and task.* keys in the config section.
+    report_sections: ClassVar[tuple[Any, ...]] = ()
     report_targets: ClassVar[str | None] = None
     report_keys: ClassVar[tuple[str, ...]] = ()
     # Whether predictions use the pixel spacing (measurements in mm); the HTTP service then keeps
     # the requested `spacing` apart per request.
     uses_spacing: ClassVar[bool] = False
     output_unit: ClassVar[str] = "class"  # what each output is, in `check_output`'s message
-    threshold: Any = None
+    threshold: Any = None  # decision threshold(s) chosen by `fit_threshold`, stored in best.pt
+    window: Any = None  # the tile size evaluation feeds the network (None: whole images)
 
     def __init__(
         self,

@@ -65,6 +65,29 @@ def test_the_first_argument_picks_the_verb(capsys):
     assert main(["check_data"]) == 2 and "'check-data'" in capsys.readouterr().err
 
 
+def test_hydra_flags_may_come_before_train_only(capsys):
+    flags = ["--config-dir", "my_conf", "-m"]
+    assert verb_of([*flags, "train", "--help"]) == ("train", [*flags, "--help"])
+    assert verb_of([*flags, "seed=1,2"]) == ("train", [*flags, "seed=1,2"])
+    assert verb_of(["--info", "searchpath"]) == ("train", ["--info", "searchpath"])
+    with pytest.raises(SystemExit) as exit_:
+        verb_of(["--config-dir", "my_conf", "check-data", "dataset=x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "put the verb first (medtrain check-data ...)" in err
+    assert "hydra.searchpath=[file://FOLDER]" in err
+
+
+def test_version_and_help_words(capsys):
+    from medtrain import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"medtrain {__version__}\n"
+    assert main(["sweep", "help"]) == 0 and "sweep.params" in capsys.readouterr().out
+    assert main(["check-data", "--config-dir", "x"]) == 2
+    assert "hydra.searchpath" in capsys.readouterr().err
+    assert main(["sweep", "--config-dir", "x"]) == 2
+    assert "hydra.searchpath" in capsys.readouterr().err
+
+
 def test_no_command_module_keeps_state_or_rewrites_argv():
     """Commands take their arguments as a list and keep no module-level lists or dicts that a run
     changes; nothing assigns to sys.argv; nothing outside the command layer imports it."""

@@ -79,7 +79,7 @@ def test_unknown_key_hint_lists_valid_keys_and_the_closest():
 @pytest.mark.slow
 def test_cli_errors_stop_before_training(tmp_path):
     misspelt = run_cli("model=resnt18", f"hydra.run.dir={tmp_path / 'a'}")
-    assert misspelt.returncode != 0
+    assert misspelt.returncode == 2
     assert "Could not find 'model/resnt18'" in misspelt.stderr and "resnet18" in misspelt.stderr
     unknown = run_cli("trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'b'}")
     assert unknown.returncode == 2 and "Did you mean trainer.max_epochs?" in unknown.stderr

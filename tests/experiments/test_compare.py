@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,4 +52,29 @@ def test_column_names_are_folder_names_or_all_full_paths():
         "grid/0",
         "sweep/0",
         "x/1",
+    ]
+
+
+def test_a_release_0_1_run_differs_only_where_its_config_does(tmp_path):
+    """Its `_target_` paths (medtrain.losses.CrossEntropy, ...) are compared as today's: the
+    copy saved with today's paths differs from it in nothing but the edited value."""
+    from omegaconf import OmegaConf
+
+    from medtrain.engine.legacy import upgrade_targets
+    from medtrain.io import load_checkpoint, save_checkpoint
+
+    fixtures = Path(__file__).parents[1] / "fixtures" / "runs_0.1"
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(fixtures / "classification_a", old)
+    shutil.copytree(fixtures / "classification_a", new)
+    checkpoint = load_checkpoint(new / "checkpoints" / "best.pt")
+    config = OmegaConf.create(checkpoint["config"])
+    upgrade_targets(config)
+    config.optimizer.weight_decay = 0.5
+    checkpoint["config"] = OmegaConf.to_container(config)
+    assert checkpoint["config"]["loss"]["_target_"] == "medtrain.losses.classification.CrossEntropy"
+    save_checkpoint(new / "checkpoints" / "best.pt", checkpoint)
+    rows = compare([old, new], tmp_path / "cmp")
+    assert [r["key"] for r in rows if r["key"].startswith("config: ")] == [
+        "config: optimizer.weight_decay"
     ]

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 TASK_MODULE = '''
 """Counting objects: one number per image, learned from the number of objects in its mask."""
 
+import csv
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,14 @@ from medtrain.errors import ConfigError
 from medtrain.io import save_csv
 from medtrain.losses import loss_family
 from medtrain.tasks.base import Task
+
+
+def exact_counts(run) -> str:
+    """A report section of this task's own: how many test images were counted exactly."""
+    with open(run.dir / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    exact = sum(float(r["count"]) == round(float(r["pred"])) for r in rows)
+    return f"<p>{exact} of {len(rows)} test images counted exactly.</p>"
 
 
 def count_objects(mask) -> int:
@@ -49,6 +58,7 @@ class CountingTask(Task):
     preprocessing_class = SegmentationDataset
     combine_rule = "mean of predicted counts"
     output_unit = "count"
+    report_sections = (("counts", "Counts", exact_counts),)
 
     @classmethod
     def check_config(cls, cfg, provides, choices):
@@ -204,7 +214,11 @@ def test_the_run_scores_counts_of_the_masks(plugin):
     errors = [abs(float(r["count"]) - float(r["pred"])) for r in table]
     assert metrics["test/count_mae"] == pytest.approx(np.mean(errors), abs=1e-9)
     assert metrics["epochs_trained"] == 2 and "test/count_exact" in metrics
-    assert (run / "report.html").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    exact = sum(float(r["count"]) == round(float(r["pred"])) for r in table)
+    html = (run / "report.html").read_text()
+    assert '<h2 id="counts">Counts</h2>' in html  # the task's own section
+    assert f"<p>{exact} of {len(table)} test images counted exactly.</p>" in html
+    assert "could not be built" not in html and (run / "checkpoints" / "best.pt").is_file()
 
 
 def test_predict_serve_export_and_rerun(plugin, tmp_path):
@@ -253,6 +267,17 @@ def test_predict_serve_export_and_rerun(plugin, tmp_path):
     image = predictor.preprocess.prepare(dataset.read_image(0))[0][None].numpy()
     (count,) = session.run(None, {"image": image})
     assert float(count[0, 0]) == pytest.approx(predicted[dataset.ids[0]], abs=1e-4)
+    # ... and the example that runs an export without medtrain reads it from the manifest
+    example = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "run_exported.py"), str(tmp_path / "export")]
+        + [str(tmp_path / "in" / f"{dataset.ids[0]}.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert example.returncode == 0, example.stderr[-2000:]
+    (row,) = csv.DictReader(example.stdout.splitlines())
+    assert float(row["count_objects"]) == pytest.approx(predicted[dataset.ids[0]], abs=1e-4)
 
     # rerun: the same metrics from the saved config
     assert rerun([f"run_dir={run}", f"output={tmp_path / 'again'}"]) == 0
