@@ -282,16 +282,7 @@ def classification_intervals(
 
 def regression_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Bootstrap 95% intervals of a regression run's `mae`, `rmse` and `r2`, from
-    `predictions.csv`.
-
-    Args:
-        n_boot: resamples of the test cases (with replacement).
-        seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
-
-    Returns:
-        `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
-        metric); empty when the files are missing.
-    """
+    `predictions.csv`; `n_boot`, `seed` and the keys returned as in `classification_intervals`."""
     predictions = Path(run_dir) / "predictions.csv"
     if not predictions.is_file():
         return {}
@@ -303,16 +294,8 @@ def regression_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> di
 
 def segmentation_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Bootstrap 95% intervals of a segmentation run's `dice` and `iou`, per class and over the
-    foreground classes, from `per_case_metrics.csv` (the resampled unit is the test case).
-
-    Args:
-        n_boot: resamples of the test cases (with replacement).
-        seed: seeds numpy's `default_rng`: the same run folder always gives the same intervals.
-
-    Returns:
-        `test/<metric>_ci_low` and `test/<metric>_ci_high` (NaN when no resample defines the
-        metric); empty when the files are missing.
-    """
+    foreground classes, from `per_case_metrics.csv` (the resampled unit is the test case);
+    `n_boot`, `seed` and the keys returned as in `classification_intervals`."""
     per_case = Path(run_dir) / "per_case_metrics.csv"
     if not per_case.is_file():
         return {}

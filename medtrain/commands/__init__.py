@@ -2,7 +2,8 @@
 
 Each verb is a module of this package with a `main(argv) -> int` (the exit status: 0 done, 1 the
 work failed, 2 bad input). Modules are imported only when their verb runs, so `medtrain --help`
-and training never load the web server or the exporter. Without a verb, the arguments are
+and training never load the web server or the exporter; and a verb imports the modules that do
+its work inside `main`, after its own `--help`, which so answers at once. Without a verb, the arguments are
 training overrides: `medtrain model=resnet18` equals `medtrain train model=resnet18`, and
 `python -m medtrain ...` equals `medtrain ...`.
 """

@@ -81,12 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE, end="")
         return 0
-    # The work's modules load only now, so that `--help` answers at once.
     from medtrain.engine.config import compose_config
-    from medtrain.engine.data_check import (
-        REPORT,
-        check_config,
-    )
+    from medtrain.engine.data_check import REPORT, check_config
 
     own = [a.removeprefix("check.") for a in argv if a.startswith("check.")]
     overrides = [a for a in argv if not a.startswith("check.")]

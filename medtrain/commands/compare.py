@@ -27,11 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    # The work's modules load only now, so that `--help` answers at once.
-    from medtrain.experiments.compare import (
-        compare,
-        markdown,
-    )
+    from medtrain.experiments.compare import compare, markdown
 
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=("output",), list_keys=("run_dirs",))

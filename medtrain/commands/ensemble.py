@@ -34,10 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    # The work's modules load only now, so that `--help` answers at once.
-    from medtrain.inference.ensemble import (
-        run_ensemble,
-    )
+    from medtrain.inference.ensemble import run_ensemble
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

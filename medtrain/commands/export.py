@@ -30,10 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    # The work's modules load only now, so that `--help` answers at once.
-    from medtrain.inference.export import (
-        export,
-    )
+    from medtrain.inference.export import export
 
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=("run_dir", "format", "output"))

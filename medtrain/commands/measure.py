@@ -74,10 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    # The work's modules load only now, so that `--help` answers at once.
-    from medtrain.analysis.mask_folder import (
-        measure_files,
-    )
+    from medtrain.analysis.mask_folder import measure_files
 
     try:
         summary = measure_files(parse_args(argv))

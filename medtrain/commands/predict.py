@@ -54,11 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, done = tool_args(argv, USAGE)
     if done is not None:
         return done
-    # The work's modules load only now, so that `--help` answers at once.
-    from medtrain.inference.predict import (
-        log,
-        predict_files,
-    )
+    from medtrain.inference.predict import log, predict_files
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -40,11 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    # The work's modules load only now, so that `--help` answers at once.
-    from medtrain.experiments.rerun import (
-        is_number,
-        rerun,
-    )
+    from medtrain.experiments.rerun import is_number, rerun
 
     try:
         cfg = parse_key_values(

@@ -64,14 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    # The work's modules load only now, so that `--help` answers at once.
     import torch
     import uvicorn
 
     from medtrain.inference.predictor import Predictor
-    from medtrain.inference.serve import (
-        create_app,
-    )
+    from medtrain.inference.serve import create_app
 
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=TEXT_KEYS)

@@ -42,14 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0
-    # The work's modules load only now, so that `--help` answers at once.
     from optuna.trial import TrialState
 
-    from medtrain.experiments.sweep import (
-        log,
-        parse_args,
-        run_sweep,
-    )
+    from medtrain.experiments.sweep import log, parse_args, run_sweep
     from medtrain.experiments.sweep_summary import write_sweep_summary
 
     console = logging.StreamHandler()
