@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +101,23 @@ def _predicted(probs: np.ndarray, multilabel: bool, threshold) -> tuple[int, str
     return int(probs.argmax()), str(int(probs.argmax()))
 
 
-def gradcam_figures(run_dir: str | Path, num_images: int = 6) -> list[bytes]:
+def gradcam_figures(
+    run_dir: str | Path, num_images: int = 6, trust: Sequence[str] = (), checked: bool = True
+) -> list[bytes]:
     """Grad-CAM overlays (PNG bytes) of the first `num_images` test images of a finished
     classification run, from `checkpoints/best.pt` and the data its config describes.
 
     Each figure shows the image with the heat map of the predicted class (jet, alpha 0.4), titled with
     the true and predicted class.
 
+    Args:
+        trust: `_target_` names (or module prefixes ending in `.`) the run may build besides the
+            allowed ones (`medtrain.engine.trust`).
+        checked: False only for a run this process has just trained from its user's own config
+            (nothing of it is checked then).
+
     Raises:
+        ConfigError: the config names what a run folder may not build.
         ValueError: not a classification run, or a model without `nn.Conv2d`.
         FileNotFoundError: no `checkpoints/best.pt`.
     """
@@ -116,8 +125,12 @@ def gradcam_figures(run_dir: str | Path, num_images: int = 6) -> list[bytes]:
 
     from medtrain.data.loading import collate
     from medtrain.engine.build import build_datasets, build_model, target_class
+    from medtrain.engine.trust import check_targets
 
-    checkpoint = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
+    path = Path(run_dir) / "checkpoints" / "best.pt"
+    checkpoint = load_checkpoint(path)
+    if checked:  # before anything the config names is imported or built
+        check_targets(checkpoint["config"], path, trust)
     cfg = OmegaConf.create(checkpoint["config"])
     if getattr(target_class(cfg.task), "targets", None) != "classes":
         raise ValueError(f"Grad-CAM explains classifiers; this run's task is {cfg.task._target_}")

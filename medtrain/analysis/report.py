@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -27,6 +27,7 @@ from medtrain.analysis.statistics import (
     reliability_bins,
 )
 from medtrain.engine.build import target_class
+from medtrain.engine.trust import check_run_folder, check_target
 from medtrain.io import atomic_write, load_checkpoint, read_json
 from medtrain.tasks import task_from_files
 
@@ -104,12 +105,20 @@ def _select(cfg: DictConfig | None, key: str) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def run_task(run_dir: Path, cfg: DictConfig | None = None) -> type:
+def run_task(
+    run_dir: Path, cfg: DictConfig | None = None, trust: Sequence[str] = (), checked: bool = True
+) -> type:
     """The run's task class (`medtrain.tasks.base.Task`): from `task._target_` of its config, else
-    from `ensemble.json` (an ensemble folder), else guessed from its files."""
+    from `ensemble.json` (an ensemble folder), else guessed from its files.
+
+    Args:
+        trust, checked: as for `write_report` (`ensemble.json`'s `task_target` is checked here).
+    """
     target = _select(cfg, "task._target_")
     if target is None:
         target = (read_json(run_dir / "ensemble.json") or {}).get("task_target")
+        if target is not None and checked:  # before it is imported
+            check_target(target, "task_target", run_dir / "ensemble.json", trust)
     task = target_class(OmegaConf.create({"_target_": target})) if target else None
     return task if task is not None else task_from_files(run_dir)
 
@@ -127,6 +136,8 @@ class Run:
     config_source: str
     task: type  # the task class: its sections, test-target table, keys and default monitor
     values: dict[str, Any]
+    trust: Sequence[str] = ()  # what Grad-CAM may build besides the allow-list
+    checked: bool = True  # False: a run this process has just trained
 
 
 def _config_section(run: Run) -> str:
@@ -451,7 +462,7 @@ def _gradcam_section(run: Run, num_images: int) -> str:
             "Grad-CAM not available: it needs the run's model, checkpoints/best.pt, which this folder does not have."
         )
     try:
-        figures = gradcam_figures(run.dir, num_images)
+        figures = gradcam_figures(run.dir, num_images, run.trust, run.checked)
     except Exception as err:  # optional: a failure is reported on the page, never raised
         log.warning("report: no Grad-CAM (%s)", err)
         return _note(f"Grad-CAM not available: {type(err).__name__}: {err}")
@@ -554,7 +565,9 @@ def _section(
         return _note(f"This section could not be built: {type(err).__name__}: {err}")
 
 
-def write_report(run_dir: Path, gradcam_images: int = 6) -> Path:
+def write_report(
+    run_dir: Path, gradcam_images: int = 6, trust: Sequence[str] = (), checked: bool = True
+) -> Path:
     """Write `report.html` into a finished run folder, atomically, and return its path.
 
     The page is self-contained (images are inline PNG data URIs; no external CSS, scripts or
@@ -566,14 +579,25 @@ def write_report(run_dir: Path, gradcam_images: int = 6) -> Path:
 
     Args:
         gradcam_images: test images shown with Grad-CAM heat maps (classification).
+        trust: `_target_` names (or module prefixes ending in `.`) the run's configs may build
+            besides the allowed ones (`medtrain.engine.trust`). The report imports the task
+            class, Grad-CAM builds the model and data, and the config section resolves
+            interpolations: the run folder's configs are checked before any of it.
+        checked: False only for a run this process has just trained from its user's own config
+            (nothing of it is checked then).
+
+    Raises:
+        ConfigError: a config of the folder names what a run folder may not build.
     """
     run_dir = Path(run_dir)
+    if checked:
+        check_run_folder(run_dir, trust)
     cfg, source = load_run_config(run_dir)
-    task = run_task(run_dir, cfg)
+    task = run_task(run_dir, cfg, trust, checked)
     metrics = read_json(run_dir / "metrics.json") or {}
     extra = {} if any("_ci_" in k for k in metrics) else task.intervals(run_dir)
     values = metrics | {k: v for k, v in extra.items() if k not in metrics}
-    run = Run(run_dir, cfg, source, task, values)
+    run = Run(run_dir, cfg, source, task, values, tuple(trust), checked)
     # A task names built-in sections, or gives its own as (name, title, function of the Run).
     sections = [
         (entry, TITLES.get(entry, entry), None) if isinstance(entry, str) else tuple(entry)

@@ -15,7 +15,13 @@ from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
 from medtrain.io import read_json
 
-DEFAULTS: dict[str, Any] = {"run_dirs": None, "output": None, "device": "auto", "batch_size": None}
+DEFAULTS: dict[str, Any] = {
+    "run_dirs": None,
+    "output": None,
+    "device": "auto",
+    "batch_size": None,
+    "trust": [],
+}
 
 
 USAGE = """\
@@ -26,6 +32,9 @@ usage: medtrain ensemble run_dirs=[RUN,RUN,...] [key=value ...]
                        default outputs/ensemble/<date>/<time>)
   device=auto          auto | cpu | cuda | cuda:N
   batch_size=N         evaluation batch size (default: the first run's trainer.eval_batch_size)
+  trust=[NAME,...]     _target_ classes (or module prefixes ending in '.') of your own that the
+                       runs may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS; a run
+                       folder is code: docs/deployment.md)
 """
 
 
@@ -42,13 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv,
             DEFAULTS,
             text_keys=("output", "device"),
-            list_keys=("run_dirs",),
+            list_keys=("run_dirs", "trust"),
             aliases={"hydra.run.dir": "output"},
         )
         if not cfg.run_dirs:
             raise ConfigError("run_dirs is required: run_dirs=[<run>,<run>,...]")
         out = Path(cfg.output or time.strftime("outputs/ensemble/%Y-%m-%d/%H-%M-%S"))
-        metrics = run_ensemble(list(cfg.run_dirs), out, cfg.device, cfg.batch_size)
+        metrics = run_ensemble(
+            list(cfg.run_dirs), out, cfg.device, cfg.batch_size, trust=list(cfg.trust)
+        )
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

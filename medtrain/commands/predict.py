@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "masks": None,
     "measurements": None,
     "progress": True,
+    "trust": [],
 }
 
 
@@ -42,6 +43,9 @@ usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
   masks=DIR            segmentation: where mask PNGs go (default: masks/ beside the output)
   measurements=FILE    segmentation: per-object table (default: measurements.csv beside the output)
   progress=true        show a progress bar
+  trust=[NAME,...]     _target_ classes (or module prefixes ending in '.') of your own that the
+                       run may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS; a run
+                       folder is code: docs/deployment.md)
 
 Formats: PNG, JPEG, TIFF (8/16 bit, grey or colour), DICOM, NPY, NPZ. A run trained on slices of
 volumes (dataset=volume_slices) also takes volumes: NIfTI files and DICOM series folders, segmented
@@ -58,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS)
+        cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS, list_keys=("trust",))
         summary = predict_files(cfg)
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import Any
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
 
-DEFAULTS: dict[str, Any] = {"run_dir": None, "sweep_dir": None, "monitor": None}
+DEFAULTS: dict[str, Any] = {"run_dir": None, "sweep_dir": None, "monitor": None, "trust": []}
 USAGE = """\
 usage: medtrain report run_dir=<run folder>
        medtrain report sweep_dir=<sweep folder> [monitor=val/auc]
@@ -22,17 +22,19 @@ usage: medtrain report run_dir=<run folder>
   sweep_dir=PATH  a grid (medtrain -m ...) or search (medtrain sweep) folder; writes
                   sweep_summary.csv/.md and one plot per swept value into it
   monitor=KEY     the metric the sweep summary ranks by (default: the runs' task.monitor)
+  trust=[NAME,..] _target_ classes (or module prefixes ending in '.') of your own that the run
+                  may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS)
 """
 
 
-def report_run(run_dir: Path) -> Path:
+def report_run(run_dir: Path, trust: Sequence[str] = ()) -> Path:
     from medtrain.analysis.report import write_report  # loaded only when used: `--help` is quick
 
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: {run_dir} is not a folder")
     if not (run_dir / "metrics.json").is_file():
         raise ConfigError(f"run_dir: {run_dir} has no metrics.json (is it a finished run?)")
-    return write_report(run_dir)
+    return write_report(run_dir, trust=trust)
 
 
 def report_sweep(sweep_dir: Path, monitor: str | None) -> Path:
@@ -53,13 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
-        args = parse_key_values(argv, DEFAULTS, text_keys=("run_dir", "sweep_dir", "monitor"))
+        args = parse_key_values(
+            argv, DEFAULTS, text_keys=("run_dir", "sweep_dir", "monitor"), list_keys=("trust",)
+        )
         if bool(args.run_dir) == bool(args.sweep_dir):
             raise ConfigError("give run_dir=<run folder> or sweep_dir=<sweep folder> (one of them)")
         if args.monitor and not args.sweep_dir:
             raise ConfigError("monitor= ranks a sweep: use it with sweep_dir=")
         if args.run_dir:
-            print(report_run(Path(args.run_dir)))
+            print(report_run(Path(args.run_dir), list(args.trust)))
         else:
             path = report_sweep(Path(args.sweep_dir), args.monitor)
             print(f"summary: {path}, {path.with_suffix('.md')}")

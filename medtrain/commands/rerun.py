@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "atol": 0.0,
     "cuda_atol": 1e-4,
     "device": None,
+    "trust": [],
 }
 
 
@@ -29,6 +30,9 @@ usage: medtrain rerun run_dir=RUN [key=value ...]
   atol=0               largest metric difference that still counts as equal (0: bit-identical)
   cuda_atol=1e-4       the same when either run trained on CUDA (kernels may differ in the last bits)
   device=DEVICE        train the rerun on cpu | cuda | cuda:N (default: the run's trainer.device)
+  trust=[NAME,...]     _target_ classes (or module prefixes ending in '.') of your own that the
+                       run may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS; a run
+                       folder is code: docs/deployment.md); checked before the rerun starts
 
 Exit status: 0 reproduced, 1 mismatch (metrics differ or the saved config changed, other than
 progress bars, TensorBoard and overlay counts), 2 error.
@@ -47,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv,
             DEFAULTS,
             text_keys=("run_dir", "output", "device"),
+            list_keys=("trust",),
             aliases={"hydra.run.dir": "output"},
         )
         if not cfg.run_dir:
@@ -55,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = cfg[key]
             if not is_number(value) or not value >= 0:
                 raise ConfigError(f"{key}={value}: must be a number >= 0")
-        result = rerun(cfg.run_dir, cfg.output, cfg.atol, cfg.cuda_atol, cfg.device)
+        result = rerun(
+            cfg.run_dir, cfg.output, cfg.atol, cfg.cuda_atol, cfg.device, trust=list(cfg.trust)
+        )
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

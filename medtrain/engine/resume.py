@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.optim.lr_scheduler import OneCycleLR
 
+from medtrain.engine.trust import check_targets, configured_targets
 from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
 
@@ -76,11 +77,17 @@ def resume(
     config: dict | None = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and loop state from `last.pt` (or the given checkpoint
-    or run folder). Resuming from another folder copies its checkpoints here, so the run stays whole."""
+    or run folder). Resuming from another folder copies its checkpoints here, so the run stays whole.
+
+    The checkpoint's config is checked against the allow-list of `medtrain.engine.trust` first
+    (trusting the `_target_`s of `config`, which its user composed): nothing of it is built, but
+    a refused difference would be named as an override to repeat.
+    """
     path = resume_path(resume, ckpt_dir)
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
     checkpoint = load_checkpoint(path)
+    check_targets(checkpoint.get("config") or {}, path, configured_targets(config or {}))
     if config is not None:
         check_resumed_config(checkpoint["config"], config, scheduler)
     if (ema is None) != ("training_model" not in checkpoint):

@@ -138,6 +138,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         metrics["best_epoch"],
         summary,
     )
-    log.info("report: %s", write_report(run_dir))
+    # The config was composed by this run's user and has just been built: not checked again.
+    log.info("report: %s", write_report(run_dir, checked=False))
     log.info("results in %s", run_dir)
     return metrics

@@ -10,13 +10,14 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from medtrain.engine.provenance import collect_provenance
+from medtrain.engine.trust import check_run_folder
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.io import load_checkpoint, read_json, save_json
 
@@ -225,8 +226,10 @@ def _override_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _check_run(run_dir: Path) -> tuple[Path, DictConfig, dict[str, Any]]:
-    """The run's saved config (path and content) and metrics, or an error naming the bad file."""
+def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConfig, dict[str, Any]]:
+    """The run's saved config (path and content) and metrics, or an error naming the bad file or
+    what its configs may not build (`medtrain.engine.trust`: checked here, before the rerun's
+    process composes and trains `.hydra/config.yaml`, and before anything resolves it)."""
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: {run_dir} is not a folder")
     config = run_dir / ".hydra" / "config.yaml"
@@ -236,6 +239,7 @@ def _check_run(run_dir: Path) -> tuple[Path, DictConfig, dict[str, Any]]:
         saved = OmegaConf.load(config)
     except Exception as err:  # YAML reports syntax errors with several exception types
         raise DataError(f"cannot read {config}: {str(err).splitlines()[0]}") from err
+    check_run_folder(run_dir, trust)  # .hydra/config.yaml and the config in checkpoints/best.pt
     metrics = read_json(run_dir / "metrics.json")
     if metrics is None:
         raise ConfigError(f"{run_dir / 'metrics.json'} not found: did the run finish?")
@@ -248,19 +252,25 @@ def rerun(
     atol: float = 0.0,
     cuda_atol: float = 1e-4,
     device: str | None = None,
+    trust: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train `run_dir` again from its `.hydra/config.yaml` into `output` and compare the two runs.
+
+    Args:
+        trust: `_target_` names (or module prefixes ending in `.`) the run's configs may build
+            besides the allowed ones (`medtrain.engine.trust`).
 
     Returns:
         What `rerun.json` (in `output`) holds: `verdict` (REPRODUCED or MISMATCH), `line` (the verdict
         line), `lines` (the report), `tolerance`, the differences, both folders.
 
     Raises:
-        ConfigError: a missing run folder, config or metrics file, or an unusable `output`.
+        ConfigError: a missing run folder, config or metrics file, a config naming what a run
+            folder may not build, or an unusable `output`.
         RerunFailed: the rerun's training exited with an error (the message ends with its output).
     """
     run_dir = Path(run_dir).resolve()
-    config, saved, original_metrics = _check_run(run_dir)
+    config, saved, original_metrics = _check_run(run_dir, trust)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(output).resolve() if output else run_dir.parent / f"{run_dir.name}_rerun_{stamp}"
     if out == run_dir or run_dir in out.parents:

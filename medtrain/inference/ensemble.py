@@ -23,7 +23,7 @@ from medtrain.engine.build import build_datasets, build_task
 from medtrain.engine.config import resolve_device
 from medtrain.engine.loop import autocast, threshold_entries, to_device
 from medtrain.errors import ConfigError
-from medtrain.inference.run import load_run
+from medtrain.inference.run import LoadedRun, load_run
 from medtrain.io import save_csv, save_json
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,20 @@ class Member:
     datasets: dict[str, Any]
 
 
-def load_member(run_dir: Path) -> Member:
+def load_member(run_dir: Path, trust: Sequence[str] = ()) -> Member:
     """Rebuild a finished run from `checkpoints/best.pt`: the config it trained with (resolved, with
-    what its data inferred), its weights, and the threshold chosen on its validation split."""
-    run = load_run(run_dir, key="run_dirs")
-    cfg = run.cfg
+    what its data inferred), its weights, and the threshold chosen on its validation split.
+
+    Args:
+        trust: `_target_` names (or module prefixes ending in `.`) the run may build besides the
+            allowed ones (`medtrain.engine.trust`).
+    """
+    return member_of(load_run(run_dir, key="run_dirs", trust=trust))
+
+
+def member_of(run: LoadedRun) -> Member:
+    """A loaded run with its val/test datasets built."""
+    run_dir, cfg = run.run_dir, run.cfg
     path = cfg.dataset.get("path")
     if path is not None and not Path(path).exists():
         raise ConfigError(
@@ -156,9 +165,15 @@ def run_ensemble(
     out_dir: Path,
     device: str = "auto",
     batch_size: int | None = None,
+    trust: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate the runs' best checkpoints together on val (to choose a threshold, when the first
-    run's task chooses one) and test; write the run folder and return the metrics."""
+    run's task chooses one) and test; write the run folder and return the metrics.
+
+    Args:
+        trust: `_target_` names (or module prefixes ending in `.`) the runs may build besides the
+            allowed ones (`medtrain.engine.trust`).
+    """
     if len(run_dirs) < 2:
         raise ConfigError(f"run_dirs={list(run_dirs)}: an ensemble needs at least 2 runs")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -181,7 +196,9 @@ def run_ensemble(
             "with what is there; name a new folder"
         )
     dev = resolve_device(device, "device")
-    members = [load_member(Path(d)) for d in run_dirs]
+    # Every run's config is checked (and its network built) before any member reads data.
+    runs = [load_run(Path(d), key="run_dirs", trust=trust) for d in run_dirs]
+    members = [member_of(run) for run in runs]
     check_compatible(members)
     # The ensemble's own task: fitting its threshold must not change the first member's.
     task = build_task(members[0].cfg)
@@ -227,5 +244,5 @@ def run_ensemble(
             "device": str(dev),
         },
     )
-    write_report(out_dir)
+    write_report(out_dir, trust=trust)
     return metrics

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,10 +288,18 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
 
 
 def export(
-    run_dir: str | Path, fmt: str = "onnx", output: str | Path | None = None
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    output: str | Path | None = None,
+    trust: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Export a finished run (see `export_run`); `output` defaults to `<run_dir>/export`."""
+    """Export a finished run (see `export_run`); `output` defaults to `<run_dir>/export`.
+
+    Args:
+        trust: `_target_` names (or module prefixes ending in `.`) the run may build besides the
+            allowed ones (`medtrain.engine.trust`).
+    """
     if fmt not in MODEL_FILES:  # before the run is loaded: a typo gets its answer at once
         raise ConfigError(f"format={fmt!r}: choose one of {list(MODEL_FILES)}")
-    run = load_run(run_dir)
+    run = load_run(run_dir, trust=trust)
     return export_run(run, fmt, Path(output) if output else run.run_dir / "export")

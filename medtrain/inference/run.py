@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 
 from medtrain.data.transforms import SeededAugment
 from medtrain.engine.build import build, build_model, build_task, task_class
+from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError
 from medtrain.io import file_sha256, load_checkpoint
 
@@ -37,14 +39,22 @@ class LoadedRun:
         return file_sha256(self.checkpoint_path)
 
 
-def load_run(run_dir: str | Path, key: str = "run_dir", checkpoint: str = "best") -> LoadedRun:
+def load_run(
+    run_dir: str | Path,
+    key: str = "run_dir",
+    checkpoint: str = "best",
+    trust: Sequence[str] = (),
+) -> LoadedRun:
     """Rebuild a finished run from `checkpoints/<checkpoint>.pt` (loaded with `weights_only=True`).
 
     Args:
         key: the argument named in error messages.
+        trust: `_target_` names (or module prefixes ending in `.`) to build besides the allowed
+            ones (see `medtrain.engine.trust`).
 
     Raises:
-        ConfigError: no such run, not a medtrain checkpoint, or weights that do not fit the config.
+        ConfigError: no such run, not a medtrain checkpoint, a config naming what a run folder
+            may not build (`medtrain.engine.trust`), or weights that do not fit the config.
     """
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
@@ -57,6 +67,7 @@ def load_run(run_dir: str | Path, key: str = "run_dir", checkpoint: str = "best"
         cfg = OmegaConf.create(state["config"])
     except Exception as err:  # not a medtrain checkpoint, or written by an incompatible version
         raise ConfigError(f"{key}: cannot read {path} as a medtrain checkpoint ({err})") from err
+    check_targets(state["config"], path, trust)  # before anything it names is imported or built
     with open_dict(cfg):
         cfg.trainer.num_workers = 0
     model = build_model(cfg)

@@ -191,6 +191,11 @@ def plugin(counting, monkeypatch):
     return counting
 
 
+# The task's module is the user's own code: a run that names it loads only when trusted on
+# purpose (`trust=` or MEDTRAIN_TRUSTED_TARGETS; see medtrain.engine.trust).
+TRUST = ["counting_task."]
+
+
 def rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -204,7 +209,7 @@ def test_the_run_scores_counts_of_the_masks(plugin):
     run = plugin["run"]
     metrics = json.loads((run / "metrics.json").read_text())
     table = rows(run / "predictions.csv")
-    test = build_datasets(Predictor(run).cfg)["test"]
+    test = build_datasets(Predictor(run, trust=TRUST).cfg)["test"]
     by_id = {case: k for k, case in enumerate(test.ids)}
     assert sorted(r["id"] for r in table) == sorted(test.ids)
     for row in table:
@@ -221,24 +226,29 @@ def test_the_run_scores_counts_of_the_masks(plugin):
     assert "could not be built" not in html and (run / "checkpoints" / "best.pt").is_file()
 
 
-def test_predict_serve_export_and_rerun(plugin, tmp_path):
+def test_predict_serve_export_and_rerun(plugin, tmp_path, monkeypatch):
     from medtrain.commands.export import main as export
     from medtrain.commands.predict import main as predict
     from medtrain.commands.rerun import main as rerun
     from medtrain.engine.build import build_datasets
+    from medtrain.errors import ConfigError
     from medtrain.inference.predictor import Predictor
     from medtrain.inference.serve import create_app
     from tests.inference.test_serve import fetch, post, start, stop
 
     run = plugin["run"]
+    # a run naming the user's module is refused until trusted, which the verbs below do
+    with pytest.raises(ConfigError, match=r"task\._target_='counting_task\.CountingTask'"):
+        Predictor(run)
     # predict: the run's own test predictions, from files
-    predictor = Predictor(run)
+    predictor = Predictor(run, trust=TRUST)
     dataset = build_datasets(predictor.cfg)["test"]
     (tmp_path / "in").mkdir()
     for k in range(4):
         np.save(tmp_path / "in" / f"{dataset.ids[k]}.npy", dataset.read_image(k))
     out = tmp_path / "pred.csv"
-    assert predict([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 0
+    trust = "trust=[counting_task.CountingTask]"
+    assert predict([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}", trust]) == 0
     evaluated = {r["id"]: float(r["pred"]) for r in rows(run / "predictions.csv")}
     predicted = {Path(r["file"]).stem: float(r["count"]) for r in rows(out)}
     assert list(predicted) == dataset.ids[:4]
@@ -257,7 +267,7 @@ def test_predict_serve_export_and_rerun(plugin, tmp_path):
     assert answer["count"] == pytest.approx(predicted[dataset.ids[0]], abs=1e-5)
 
     # export: ONNX with the task's output, equal to PyTorch
-    assert export([f"run_dir={run}", f"output={tmp_path / 'export'}"]) == 0
+    assert export([f"run_dir={run}", f"output={tmp_path / 'export'}", trust]) == 0
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert manifest["task"] == "counting"
     assert [o["name"] for o in manifest["outputs"]] == ["count"]
@@ -279,6 +289,7 @@ def test_predict_serve_export_and_rerun(plugin, tmp_path):
     (row,) = csv.DictReader(example.stdout.splitlines())
     assert float(row["count_objects"]) == pytest.approx(predicted[dataset.ids[0]], abs=1e-4)
 
-    # rerun: the same metrics from the saved config
+    # rerun: the same metrics from the saved config (trusted here through the variable)
+    monkeypatch.setenv("MEDTRAIN_TRUSTED_TARGETS", "counting_task.")
     assert rerun([f"run_dir={run}", f"output={tmp_path / 'again'}"]) == 0
     assert json.loads((tmp_path / "again" / "rerun.json").read_text())["verdict"] == "REPRODUCED"
