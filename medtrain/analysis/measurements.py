@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from skimage.measure import label, regionprops
 
+from medtrain.data.readers import spacing_problem
 from medtrain.errors import ConfigError, DataError
 
 MEASUREMENT_FIELDS = [
@@ -53,7 +54,8 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float] | None
     """Return `spacing` as (row_mm, col_mm) floats, or None when not given.
 
     Raises:
-        ConfigError: unless it is two finite positive numbers.
+        ConfigError: unless it is two finite numbers from 1e-6 to 1e4 mm (`SPACING_RANGE_MM` of
+            `medtrain.data.readers`, the bounds a file's own spacing must meet too).
     """
     if spacing is None:
         return None
@@ -61,9 +63,10 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float] | None
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"spacing={spacing!r} must be two numbers (row_mm, col_mm)") from err
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+    problem = spacing_problem(values) if len(values) == 2 else f"{len(values)} values given"
+    if problem:
         raise ConfigError(
-            f"spacing={list(spacing)!r} must be two positive numbers (row_mm, col_mm)"
+            f"spacing={list(spacing)!r} must be two positive numbers (row_mm, col_mm): {problem}"
         )
     return values
 

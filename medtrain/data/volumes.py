@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtrain.data.readers import dicom_pixel_spacing
+from medtrain.data.readers import checked_spacing, dicom_pixel_spacing
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import atomic_write
 
@@ -75,8 +75,7 @@ def read_nifti(path: str | Path) -> Volume:
         array = array[..., 0]
     if array.ndim != 3:
         raise DataError(f"{path}: NIfTI of shape {array.shape}; a 3D volume is needed")
-    if min(zooms) <= 0:
-        raise DataError(f"{path}: voxel sizes {zooms} must be > 0")
+    zooms = checked_spacing(zooms, str(path), "its header's voxel sizes (pixdim)")
     return Volume(array, zooms, affine, _axcodes(affine), str(path))
 
 
@@ -176,7 +175,10 @@ def read_dicom_series(folder: str | Path) -> Volume:
             f"{ordered[k + 1][0].name}, where the slices are {slice_spacing:.3g} mm apart: a slice "
             "is missing from the series (volumes and measurements would be wrong)"
         )
-    pixel_spacing = dicom_pixel_spacing(first) or (1.0, 1.0)
+    pixel_spacing = dicom_pixel_spacing(first, str(ordered[0][0])) or (1.0, 1.0)
+    spacing = checked_spacing(
+        (abs(slice_spacing), *pixel_spacing), str(folder), "its slice positions and PixelSpacing"
+    )
     slices = []
     for path, _ in ordered:
         ds = pydicom.dcmread(path)
@@ -199,7 +201,6 @@ def read_dicom_series(folder: str | Path) -> Volume:
     affine[:3, 2] = orientation[:3] * pixel_spacing[1]
     affine[:3, 3] = np.asarray(ordered[0][1].ImagePositionPatient, float)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS+ -> NIfTI's RAS+
-    spacing = (abs(slice_spacing), pixel_spacing[0], pixel_spacing[1])
     return Volume(array, spacing, affine, _axcodes(affine), str(folder))
 
 
@@ -229,9 +230,11 @@ def read_dicom_frames(path: str | Path) -> Volume:
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared and "PixelMeasuresSequence" in shared[0]:  # enhanced multi-frame objects
         measures = shared[0].PixelMeasuresSequence[0]
-    row, col = dicom_pixel_spacing(measures) or (1.0, 1.0)
+    row, col = dicom_pixel_spacing(measures, str(path)) or (1.0, 1.0)
     between = measures.get("SpacingBetweenSlices") or measures.get("SliceThickness") or 1.0
-    spacing = (float(between), row, col)
+    spacing = checked_spacing(
+        (between, row, col), str(path), "its SpacingBetweenSlices/SliceThickness and PixelSpacing"
+    )
     affine = np.diag([*spacing, 1.0])
     return Volume(array, spacing, affine, ("?", "?", "?"), str(path))
 

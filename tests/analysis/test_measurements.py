@@ -12,6 +12,7 @@ from skimage.measure import label, perimeter_crofton, regionprops
 from medtrain.analysis.measurements import (
     MEASUREMENT_FIELDS,
     TOTAL_FIELDS,
+    check_spacing,
     crofton_perimeter,
     measure_mask,
     totals,
@@ -260,3 +261,17 @@ def test_totals_refuse_unlisted_classes_and_wrong_units():
     with pytest.raises(DataError, match="no unit"):
         totals(rows, ["a"], ["class_1"], source="pred", units={})
     assert totals(rows, ["a"], ["class_1"], source="true")[0]["count"] == 0  # other sources ignored
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e308, 0.0, -0.5, 1e-7, 2e4])
+def test_check_spacing_refuses_non_finite_and_absurd_values(value):
+    with pytest.raises(
+        ConfigError, match=r"two positive numbers \(row_mm, col_mm\): .* from 1e-06 to 10000 mm"
+    ):
+        check_spacing((0.5, value))
+
+
+def test_check_spacing_accepts_microscopy_to_metres():
+    assert check_spacing((1e-4, 1e4)) == (1e-4, 1e4)  # 0.1 µm pixels, and 10 m
+    assert check_spacing(["0.5", 2]) == (0.5, 2.0)
+    assert check_spacing(None) is None

@@ -3,9 +3,15 @@ clear error naming the file for everything else."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
+import resource
 import struct
+import time
+import tracemalloc
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +22,31 @@ from medtrain.data.readers import (
     ImageTooLargeError,
     UnsupportedFormatError,
     decode,
+    file_spacing,
     read_image,
     sniff,
 )
 from medtrain.errors import DataError
+from tests.hostile_files import (
+    big_png,
+    bmp_named_jpg,
+    deflate_dicom,
+    deflated_dicom_bomb,
+    dicom_rescale_slope,
+    dicom_with_spacing,
+    encode,
+    eps_named_png,
+    gif_named_png,
+    make_dicom,  # also imported from here by the server tests
+    nan_tiff,
+    npy_header,
+    npy_huge_header,
+    npy_of,
+    npz_bomb,
+    png_chunk,
+    png_declaring,
+    png_with_dicm_at_128,
+)
 
 SHARED_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
 
@@ -27,43 +54,6 @@ SHARED_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
 def png_bytes(array: np.ndarray, **save) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", **save)
-    return buffer.getvalue()
-
-
-def make_dicom(
-    pixels: np.ndarray,
-    slope: float = 1.0,
-    intercept: float = 0.0,
-    photometric: str = "MONOCHROME2",
-    window: tuple[float, float] | None = None,
-    spacing: tuple[float, float] | None = (0.7, 0.8),
-) -> bytes:
-    """A minimal single-frame DICOM file (explicit VR little endian) built with pydicom."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("test.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if spacing is not None:
-        ds.PixelSpacing = list(spacing)
-    ds.PixelData = pixels.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -136,7 +126,9 @@ def test_decoding_errors_name_the_file(tmp_path):
         decode(buffer.getvalue(), "two.npy")
     buffer = io.BytesIO()
     np.save(buffer, np.array([[np.nan, 1.0]]))
-    with pytest.raises(DataError, match="nan.npy: the array holds NaN"):
+    with pytest.raises(
+        DataError, match=r"nan.npy: pixel values are not finite \(NaN or infinite\)"
+    ):
         decode(buffer.getvalue(), "nan.npy")
     assert sniff(b"\x93NUMPY") == "npy"
 
@@ -214,3 +206,316 @@ def test_shared_series_slices_load_with_2mm_spacing():
     for path in files:
         image = read_image(path)
         assert image.array.shape == (128, 88) and image.spacing == (2.0, 2.0)
+
+
+# -- hostile files: bombs, formats in disguise, non-finite pixels, absurd spacings ---------------
+@dataclass
+class Cost:
+    """What decoding one file cost: the peak of Python and numpy allocations (tracemalloc), the
+    growth of the process's peak resident size (ru_maxrss: it can only under-report, as an earlier
+    test may have set the peak higher) and the wall time."""
+
+    traced_mib: float = 0.0
+    peak_rss_growth_mib: float = 0.0
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def measured():
+    """Measure the block's `Cost` (filled in when the block ends)."""
+    cost = Cost()
+    gc.collect()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.seconds = time.perf_counter() - start
+        cost.traced_mib = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        cost.peak_rss_growth_mib = (rss_after - rss_before) / 1024
+
+
+BOMBS = [
+    # (id, file name, payload builder, error, words in the message)
+    ("deflated-dicom-private-tag", "bomb.dcm", lambda: deflated_dicom_bomb("private"),
+     ImageTooLargeError, "over 16 MiB before its image size"),
+    ("deflated-dicom-pixels", "bomb.dcm", lambda: deflated_dicom_bomb("pixels"),
+     ImageTooLargeError, "1x10240x15360x1 (frames x rows x columns x samples)"),
+    ("deflated-dicom-padding", "bomb.dcm", lambda: deflated_dicom_bomb("padding"),
+     ImageTooLargeError, "more than its declared image"),
+    ("npz-member", "bomb.npz", npz_bomb, ImageTooLargeError, "16384x16384 is over the limit"),
+    ("npz-lying-header", "bomb.npz", lambda: npz_bomb((64, 64)), DataError,
+     "its NPY header declares 4,224"),
+    ("npy-header-1x1x1e12", "huge.npy", npy_huge_header, ImageTooLargeError,
+     "1x1x1000000000000 is over the limit"),
+    ("png-declaring-100000x100000", "bomb.png", lambda: png_declaring(100_000, 100_000),
+     ImageTooLargeError, "over the limit"),
+    ("png-9000x9000", "big.png", lambda: big_png(9000), ImageTooLargeError,
+     "9000x9000x1 (rows x columns x bands) is over the limit: 81,000,000 pixels"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, build, error, words", [b[1:] for b in BOMBS], ids=[b[0] for b in BOMBS]
+)
+def test_bombs_are_refused_before_they_inflate(name, build, error, words):
+    """Each bomb is refused from its header under 100 MiB and 1 s (unprotected, the deflated DICOMs
+    cost +600 MiB and ~2 s, the NPZ +257 MiB, the NPY header a MemoryError)."""
+    data = build()
+    assert len(data) < 400 * 1024
+    with measured() as cost, pytest.raises(error) as refused:
+        decode(data, name)
+    message = str(refused.value)
+    assert message.startswith(f"{name}: ") and words in message
+    assert cost.traced_mib < 100, cost
+    assert cost.peak_rss_growth_mib < 100, cost
+    assert cost.seconds < 1.0, cost
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, too_large",
+    [
+        ((10, 10), "<u1", False),
+        ((10, 10, 4), "<f8", False),  # 4 channels of float64: 32 bytes per pixel, the most
+        ((10, 11), "<u1", True),
+        ((2, 10, 10), "<u1", True),  # frames count as pixels
+        ((10, 10, 5), "<u1", True),  # a trailing axis over 4 is no channel axis
+        ((1, 1, 10**30), "<u1", True),  # no integer overflow
+        ((10, 10, 3), "V40", False),  # not numeric: refused as no image, unread
+    ],
+)
+def test_every_declared_dimension_counts_towards_the_limit(shape, dtype, too_large):
+    """Spatial pixels (all axes but a trailing channel axis of at most 4) <= max_pixels, values <=
+    4 x max_pixels, bytes <= 32 x max_pixels; the header alone decides."""
+    with pytest.raises(ImageTooLargeError if too_large else DataError) as refused:
+        decode(npy_header(shape, dtype), "h.npy", max_pixels=100)
+    if not too_large:  # refused for its missing data or its dtype, never for its size
+        assert not isinstance(refused.value, ImageTooLargeError)
+
+
+def test_pillow_and_dicom_sizes_count_bands_and_frames():
+    rgb = png_bytes(np.zeros((10, 10, 3), np.uint8))
+    assert decode(rgb, "rgb.png", max_pixels=100).array.shape == (10, 10, 3)
+    with pytest.raises(ImageTooLargeError, match=r"10x11x3 \(rows x columns x bands\)"):
+        decode(png_bytes(np.zeros((10, 11, 3), np.uint8)), "rgb.png", max_pixels=100)
+    with pytest.raises(ImageTooLargeError, match="1x10x11x1 .frames x rows x columns x samples"):
+        decode(make_dicom(np.zeros((10, 11), np.uint16)), "ct.dcm", max_pixels=100)
+
+
+def test_valid_deflated_dicom_decodes_as_its_explicit_original():
+    raw = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    plain = make_dicom(raw, slope=2, intercept=-1024)
+    deflated = deflate_dicom(plain)
+    want = decode(plain, "plain.dcm", modality=True)
+    for data in (deflated, deflated[132:]):  # with and without the preamble
+        got = decode(data, "deflated.dcm", modality=True)
+        np.testing.assert_array_equal(got.array, want.array)
+        assert got.spacing == want.spacing == (0.7, 0.8)
+    with pytest.raises(DataError, match="cut.dcm: truncated deflated DICOM data"):
+        decode(deflated[:-100], "cut.dcm")
+    broken = deflated[:-500] + bytes(range(256)) * 2
+    with pytest.raises(DataError, match="broken.dcm: "):
+        decode(broken, "broken.dcm")
+
+
+@pytest.mark.parametrize(
+    "build, name, words",
+    [
+        (gif_named_png, "a.png", "a GIF file"),
+        (bmp_named_jpg, "a.jpg", "a BMP file"),
+        (eps_named_png, "a.png", "a PostScript (EPS) file"),
+    ],
+)
+def test_other_formats_are_refused_unopened_whatever_their_name(monkeypatch, build, name, words):
+    def no_pillow(*args, **kwargs):
+        raise AssertionError("Pillow was asked to open the file")
+
+    monkeypatch.setattr(Image, "open", no_pillow)
+    with pytest.raises(UnsupportedFormatError) as refused:
+        decode(build(), name)
+    assert str(refused.value).startswith(f"{name}: {words}; medtrain reads PNG, JPEG, TIFF")
+
+
+def test_pillow_tries_only_the_format_the_magic_bytes_name(monkeypatch, tmp_path):
+    opened = []
+    real_open = Image.open
+
+    def spy(fp, mode="r", formats=None):
+        opened.append(formats)
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(Image, "open", spy)
+    grey = np.zeros((8, 8), np.uint8)
+    for image_format, name in (("PNG", "a.png"), ("JPEG", "b.png"), ("TIFF", "c.jpg")):
+        decode(png_bytes(grey) if image_format == "PNG" else encode(grey, image_format), name)
+    assert opened == [["PNG"], ["JPEG"], ["TIFF"]]
+    # Noise under an image's name: only that format's plugin is tried, and refuses it.
+    with pytest.raises(DataError, match="noise.tif: cannot read image"):
+        decode(np.random.default_rng(3).bytes(500), "noise.tif")
+    assert opened[-1] == ["TIFF"]
+
+
+def test_dicm_at_offset_128_makes_dicom_only_without_an_image_signature():
+    png = png_with_dicm_at_128()
+    assert sniff(png, "x.dcm") == "png"
+    np.testing.assert_array_equal(decode(png, "x.dcm").array, np.full((16, 16), 7, np.uint8))
+    # A DICOM preamble is 128 arbitrary bytes; one that looks like a TIFF header is still DICOM.
+    dicom = make_dicom(np.full((4, 4), 9, np.uint16))
+    tiff_looking = b"II*\x00" + dicom[4:]
+    assert sniff(tiff_looking) == "dicom"
+    assert decode(tiff_looking, "t.dcm", modality=True).array.max() == 9
+
+
+def test_multi_page_tiff_gives_its_first_page():
+    pages = [Image.fromarray(np.full((8, 8), k, np.uint8)) for k in (1, 2, 3)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    np.testing.assert_array_equal(decode(buffer.getvalue(), "p.tif").array, np.full((8, 8), 1))
+
+
+@pytest.mark.parametrize(
+    "data, name, words",
+    [
+        (nan_tiff(), "nan.tif", "pixel values are not finite (NaN or infinite): 256 of 256"),
+        (npy_of(np.inf), "inf.npy", "pixel values are not finite (NaN or infinite)"),
+        (
+            npy_of(-1e300, "<f8"),
+            "big.npy",
+            "pixel values overflow float32: magnitudes up to 1e+300",
+        ),
+        (dicom_rescale_slope("NaN"), "s.dcm", "DICOM RescaleSlope is NaN, not a finite number"),
+        (dicom_rescale_slope("-inf"), "s.dcm", "DICOM RescaleSlope is -inf, not a finite number"),
+        (
+            dicom_rescale_slope(1e308),
+            "s.dcm",
+            "pixel values are not finite (NaN or infinite) after the rescale (slope 1e+308",
+        ),
+        (
+            make_dicom(np.ones((4, 4), np.uint16), intercept=1e300),
+            "i.dcm",
+            "pixel values overflow float32 after the rescale (slope 1.0, intercept 1e+300)",
+        ),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+def test_non_finite_pixels_are_refused_naming_the_file(data, name, words):
+    with pytest.raises(DataError) as refused:
+        decode(data, name)
+    assert str(refused.value).startswith(f"{name}: {words}")
+
+
+def test_finite_float32_extremes_pass_the_reader():
+    """3e38 is a finite float32: the reader passes it (preprocessing must normalise it without
+    overflow); 1e300 does not fit float32 and is refused above."""
+    assert decode(npy_of(3e38), "big.npy").array.max() == np.float32(3e38)
+
+
+def png_with_phys(per_metre: int) -> bytes:
+    """A 4 x 4 PNG whose pHYs chunk states `per_metre` pixels per metre on both axes."""
+    real = png_bytes(np.zeros((4, 4), np.uint8))
+    phys = png_chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1))
+    return real[:33] + phys + real[33:]
+
+
+def tiff_with(**save) -> bytes:
+    return encode(np.zeros((4, 4), np.uint8), "TIFF", **save)
+
+
+def ome(size_x: str) -> dict:
+    xml = f'<OME><Image><Pixels PhysicalSizeX="{size_x}" PhysicalSizeY="0.5"/></Image></OME>'
+    return {"tiffinfo": {270: xml}}
+
+
+@pytest.mark.parametrize(
+    "data, name, words",
+    [
+        (dicom_with_spacing(1e308), "a.dcm", "PixelSpacing states a pixel spacing of (1e+308"),
+        (dicom_with_spacing("NaN"), "a.dcm", "PixelSpacing states a pixel spacing of (nan"),
+        (dicom_with_spacing(0), "a.dcm", "PixelSpacing states a pixel spacing of (0.0"),
+        (dicom_with_spacing(-1), "a.dcm", "PixelSpacing states a pixel spacing of (-1.0"),
+        (png_with_phys(0), "a.png", "its pHYs chunk states a pixel spacing of (inf, inf)"),
+        (
+            tiff_with(resolution_unit=3, resolution=0.0001),
+            "a.tif",
+            "its X/YResolution tags (per cm) states a pixel spacing of (100000.0",
+        ),
+        (tiff_with(**ome("NaN")), "a.tif", "its OME-XML PhysicalSizeY/X states"),
+        (tiff_with(**ome("-2")), "a.tif", "-0.002 is not a number from 1e-06 to 10000 mm"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+def test_absurd_spacings_in_a_header_are_refused_naming_file_and_value(tmp_path, data, name, words):
+    with pytest.raises(DataError) as refused:
+        decode(data, name)
+    assert str(refused.value).startswith(f"{name}: ") and words in str(refused.value)
+    (tmp_path / name).write_bytes(data)  # dataset folders read spacings with file_spacing
+    with pytest.raises(DataError, match="states a pixel spacing"):
+        file_spacing(tmp_path / name)
+
+
+def test_microscopy_spacings_are_accepted():
+    assert decode(tiff_with(**ome("0.1")), "m.tif").spacing == pytest.approx((5e-4, 1e-4))
+    assert decode(dicom_with_spacing("1e-4"), "m.dcm").spacing == pytest.approx((1e-4, 1e-4))
+
+
+@pytest.mark.parametrize(
+    "error, shown",
+    [
+        (MemoryError(), "(MemoryError)"),
+        (struct.error("unpack"), "(struct.error: unpack)"),
+        (zlib.error("bad"), "(zlib.error: bad)"),
+        (ValueError("no"), "(ValueError: no)"),
+        (KeyError("k"), "(KeyError: 'k')"),
+        (RecursionError(), "(RecursionError)"),
+    ],
+)
+def test_no_decoder_exception_leaves_decode_but_as_a_data_error(monkeypatch, error, shown):
+    files = (
+        (npy_of(1.0), "a.npy", "array"),
+        (png_bytes(np.zeros((4, 4), np.uint8)), "a.png", "image"),
+    )
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(np, "load", fails)
+    monkeypatch.setattr(Image.Image, "load", fails)
+    for data, name, what in files:
+        with pytest.raises(DataError) as refused:
+            decode(data, name)
+        assert str(refused.value) == f"{name}: cannot read {what} {shown}"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_corrupted_files_of_every_format_raise_data_errors_only():
+    """Bytes flipped and files cut at random in a valid file of each format: a decoded image or a
+    DataError naming the file, never another exception."""
+    rng = np.random.default_rng(7)
+    grey = rng.integers(0, 256, (24, 24), dtype=np.uint8)
+    archive = io.BytesIO()
+    np.savez_compressed(archive, image=grey)
+    dicom = make_dicom(grey.astype(np.uint16))
+    valid = {
+        "a.png": png_bytes(grey),
+        "a.jpg": encode(grey, "JPEG"),
+        "a.tif": encode(grey.astype(np.float32), "TIFF"),
+        "a.npy": npy_of(1.0),
+        "a.npz": archive.getvalue(),
+        "a.dcm": dicom,
+        "d.dcm": deflate_dicom(dicom),
+    }
+    for name, data in valid.items():
+        for trial in range(40):
+            broken = bytearray(data)
+            if trial % 4 == 0:
+                broken = broken[: rng.integers(1, len(data))]
+            else:
+                for at in rng.integers(0, len(data), rng.integers(1, 9)):
+                    broken[at] = rng.integers(0, 256)
+            try:
+                decode(bytes(broken), name)
+            except DataError as err:
+                assert str(err).startswith(f"{name}: ")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -311,3 +312,54 @@ def test_shared_multi_frame_files_load_as_volumes(name, shape, spacing):
     assert volume.array.max() > volume.array.min()
     if name == "eCT_Supplemental.dcm":  # the intercept sits in the shared functional groups
         assert (volume.array.min(), volume.array.max()) == (-1024.0, 172.0)  # Hounsfield units
+
+
+@pytest.mark.parametrize("zoom", [np.nan, np.inf, 1e30, 1e-9])  # nibabel reads a 0 as 1
+def test_nifti_voxel_sizes_out_of_bounds_are_refused(tmp_path, zoom):
+    image = nib.Nifti1Image(np.zeros((2, 3, 4), np.float32), np.eye(4))
+    image.header["pixdim"][1:4] = [1.0, zoom, 1.0]
+    nib.save(image, str(tmp_path / "z.nii.gz"))
+    with pytest.raises(DataError, match=r"z.nii.gz: its header's voxel sizes \(pixdim\) states"):
+        read_volume(tmp_path / "z.nii.gz")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize(
+    "value, shown", [("1e308", "1e+308"), ("NaN", "nan"), ("0", "0.0"), ("-1", "-1.0")]
+)
+def test_dicom_volume_spacings_out_of_bounds_are_refused(tmp_path, value, shown):
+    import pydicom
+
+    write_series(tmp_path / "series", [0.0, 3.0, 6.0])
+    first = tmp_path / "series" / "file_00.dcm"
+    ds = pydicom.dcmread(first)
+    ds.PixelSpacing = [value, value]
+    ds.save_as(first)
+    expected = f"file_00.dcm: PixelSpacing states a pixel spacing of ({shown}, {shown})"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_volume(tmp_path / "series")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize("value", ["1e308", "NaN", "-1"])  # a thickness of 0 reads as unknown: 1 mm
+def test_multi_frame_slice_thickness_out_of_bounds_is_refused(tmp_path, value):
+    import pydicom
+
+    write_series(tmp_path / "series", [0.0])
+    ds = pydicom.dcmread(tmp_path / "series" / "file_00.dcm")
+    ds.NumberOfFrames, ds.SliceThickness = 1, value  # a one-frame "volume" file
+    ds.save_as(tmp_path / "frames.dcm")
+    with pytest.raises(DataError, match="frames.dcm: its SpacingBetweenSlices/SliceThickness"):
+        read_volume(tmp_path / "frames.dcm")
+
+
+def test_dicom_series_slices_too_far_apart_are_refused(tmp_path):
+    import pydicom
+
+    write_series(tmp_path / "far", [0.0, 1.0, 2.0])
+    for k, path in enumerate(sorted((tmp_path / "far").glob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [0.0, 0.0, 2e4 * k]  # slices 20 m apart
+        ds.save_as(path)
+    with pytest.raises(DataError, match=r"far: its slice positions and PixelSpacing .*20000.0"):
+        read_volume(tmp_path / "far")
