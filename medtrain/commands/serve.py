@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -16,47 +17,109 @@ DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 8000,
     "device": "cpu",
-    "max_upload_mb": 20,
-    "max_batch": 32,
     "api_key": None,
     "access_log": False,
+    "trust": [],
+    "max_upload_mb": 20,
+    "max_batch": 32,
+    "max_pixels": "auto",
+    "max_request_mb": 256,
+    "max_objects": 1000,
+    "max_concurrent": 32,
+    "max_connections": 256,
+    "workers": 2,
+    "header_timeout_s": 10,
+    "body_timeout_s": 60,
+    "idle_timeout_s": 5,
+    "shutdown_s": 10,
+    "drain_s": 0,
 }
 
 
-TEXT_KEYS = ("run_dir", "host", "device", "api_key")
+TEXT_KEYS = ("run_dir", "host", "device", "api_key", "max_pixels")
 
 
 USAGE = """\
 usage: medtrain serve run_dir=<run> [key=value ...]
 
-  run_dir=RUN          a finished run (a folder with checkpoints/best.pt)
-  host=127.0.0.1       address to listen on (0.0.0.0: every interface; set an api_key then)
-  port=8000            TCP port
-  device=cpu           auto | cpu | cuda | cuda:N
-  max_upload_mb=20     largest request body (all files of a batch together); larger: 413
-  max_batch=32         most files in one POST /predict/batch
-  api_key=SECRET       require header X-API-Key on /predict and /predict/batch (default: the
-                       MEDTRAIN_API_KEY environment variable; unset: no key)
-  access_log=false     true: one log line per request (off: it cost about 0.07 ms a request)
+  run_dir=RUN            a finished run (a folder with checkpoints/best.pt)
+  host=127.0.0.1         address to listen on (0.0.0.0: every interface; set an API key then)
+  port=8000              TCP port
+  device=cpu             auto | cpu | cuda | cuda:N
+  api_key=SECRET         require header X-API-Key on /predict, /predict/batch and /info. Better:
+                         the MEDTRAIN_API_KEY environment variable (a command line is visible to
+                         every user of the machine in its process list)
+  access_log=false       true: one log line per request (off: it cost about 0.07 ms a request)
+  trust=[NAME,...]       _target_ classes (or module prefixes ending in '.') of your own that
+                         the run may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS)
 
-endpoints: GET /health, GET /info, POST /predict (field `file`), POST /predict/batch (fields
-`files`); interactive docs at /docs, the schema at /openapi.json
+limits (413 / 503 beyond them; docs/deployment.md says what memory they bound):
+  max_upload_mb=20       largest request body (all files of a batch together)
+  max_batch=32           most files in one POST /predict/batch
+  max_pixels=auto        most pixels of one image, from its header before decoding; auto: 64x
+                         the model's input, at least 2048x2048 (2048x2048 for runs that predict
+                         at the image's own size)
+  max_request_mb=256     memory the decoded images of one request may hold
+  max_objects=1000       objects measured one by one per image (segmentation; beyond: totals)
+  max_concurrent=32      prediction requests in flight; more: 503 with Retry-After
+  max_connections=256    open connections; more: 503 and closed
+  workers=2              requests decoding, preprocessing or measuring at once
+
+timeouts (seconds):
+  header_timeout_s=10    for a request's headers (and a new connection's first bytes): 408
+  body_timeout_s=60      for a request's whole body: 408
+  idle_timeout_s=5       between requests on a kept-alive connection
+  shutdown_s=10          on SIGTERM, requests in flight may finish for this long
+  drain_s=0              on SIGTERM, /ready answers 503 this long before the shutdown starts
+
+endpoints: GET / (a web page), GET /health (liveness), GET /ready (readiness), GET /info,
+POST /predict (field `file`), POST /predict/batch (fields `files`); interactive docs at /docs,
+the schema at /openapi.json
 """
 
 
-def _settings(cfg) -> dict[str, Any]:
-    if not cfg.run_dir:
-        raise ConfigError("run_dir=<run> is required (a finished run with checkpoints/best.pt)")
-    whole_number(cfg.port, "port", 0, 65535)
-    batch, upload = whole_number(cfg.max_batch, "max_batch", 1), cfg.max_upload_mb
-    if isinstance(upload, bool) or not isinstance(upload, (int, float)) or not upload > 0:
-        raise ConfigError(f"max_upload_mb={upload!r} must be a positive number")
-    true_or_false(cfg.access_log, "access_log")
-    return {
-        "max_upload_bytes": int(upload * 2**20),
-        "max_batch": batch,
-        "api_key": cfg.api_key or os.environ.get("MEDTRAIN_API_KEY") or None,
-    }
+def _positive(value: Any, key: str) -> float:
+    """A positive finite number (int or float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{key}={value!r} must be a positive number")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
+    return float(value)
+
+
+def _limits(cfg):
+    """The `ServeLimits` the keys ask for."""
+    from medtrain.inference.guard import Timeouts
+    from medtrain.inference.serve import ServeLimits
+
+    pixels = cfg.max_pixels
+    if str(pixels).strip().lower() != "auto":
+        try:
+            pixels = int(str(pixels).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"max_pixels={pixels!r} must be auto or a whole number") from None
+        whole_number(pixels, "max_pixels", 1)
+    timeouts = Timeouts(
+        header=_positive(cfg.header_timeout_s, "header_timeout_s"),
+        body=_positive(cfg.body_timeout_s, "body_timeout_s"),
+        idle=_positive(cfg.idle_timeout_s, "idle_timeout_s"),
+        max_connections=whole_number(cfg.max_connections, "max_connections", 1),
+    )
+    drain = cfg.drain_s
+    if drain != 0:
+        drain = _positive(drain, "drain_s")
+    return ServeLimits(
+        max_upload_mb=_positive(cfg.max_upload_mb, "max_upload_mb"),
+        max_batch=whole_number(cfg.max_batch, "max_batch", 1),
+        max_pixels=None if isinstance(pixels, str) else pixels,
+        max_request_mb=_positive(cfg.max_request_mb, "max_request_mb"),
+        max_objects=whole_number(cfg.max_objects, "max_objects", 0),
+        max_concurrent=whole_number(cfg.max_concurrent, "max_concurrent", 1),
+        workers=whole_number(cfg.workers, "workers", 1),
+        timeouts=timeouts,
+        shutdown_s=_positive(cfg.shutdown_s, "shutdown_s"),
+        drain_s=float(drain),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,27 +128,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status is not None:
         return status
     import torch
-    import uvicorn
 
     from medtrain.inference.predictor import Predictor
-    from medtrain.inference.serve import create_app
+    from medtrain.inference.serve import create_app, make_server
 
     try:
-        cfg = parse_key_values(argv, DEFAULTS, text_keys=TEXT_KEYS)
-        settings = _settings(cfg)
-        predictor = Predictor(cfg.run_dir, device=cfg.device)
+        cfg = parse_key_values(argv, DEFAULTS, text_keys=TEXT_KEYS, list_keys=("trust",))
+        if not cfg.run_dir:
+            raise ConfigError("run_dir=<run> is required (a finished run with checkpoints/best.pt)")
+        whole_number(cfg.port, "port", 0, 65535)
+        true_or_false(cfg.access_log, "access_log")
+        limits = _limits(cfg)
+        api_key = cfg.api_key or os.environ.get("MEDTRAIN_API_KEY") or None
+        predictor = Predictor(cfg.run_dir, device=cfg.device, trust=list(cfg.trust))
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # The event loop parses uploads while the model runs: half the cores for torch leaves it the
     # rest. On a shared 2-core machine 2 torch threads were also slower for the small CNN than 1.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    if settings["api_key"] is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {cfg.host} without an api_key", file=sys.stderr)
+    if api_key is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {cfg.host} without an API key", file=sys.stderr)
+    if cfg.api_key:
+        print(
+            "warning: api_key= on the command line is visible in the process list; "
+            "prefer the MEDTRAIN_API_KEY environment variable",
+            file=sys.stderr,
+        )
+    app = create_app(predictor, api_key=api_key, limits=limits)
     print(
         f"serving {cfg.run_dir} ({predictor.task.name}, weights sha256 "
-        f"{predictor.weights_sha256[:12]}) on http://{cfg.host}:{cfg.port} (docs: /docs)"
+        f"{predictor.weights_sha256[:12]}, max_pixels {predictor.max_pixels}) on "
+        f"http://{cfg.host}:{cfg.port} (page: /, docs: /docs)"
     )
-    app = create_app(predictor, **settings)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log)
+    make_server(app, cfg.host, cfg.port, access_log=cfg.access_log).run()
     return 0

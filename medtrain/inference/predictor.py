@@ -4,6 +4,7 @@ preprocessing; prediction files, the HTTP service and export checks all call it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,29 @@ from medtrain.models import input_keys
 from medtrain.tasks.base import Input
 
 
+@dataclass
+class Prepared:
+    """One image ready for the model: its `name`, the preprocessed `tensor` (C x H x W), the
+    `intensity` kept for measurements and overlays (or None), the file's `spacing` (or None)."""
+
+    name: str
+    tensor: torch.Tensor
+    intensity: np.ndarray | None
+    spacing: tuple[float, ...] | None
+
+    @property
+    def shape_key(self) -> tuple:
+        """Images with equal keys go through the model together."""
+        native = () if self.intensity is None else self.intensity.shape[:2]
+        return tuple(self.tensor.shape), native
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the tensor and the intensity image."""
+        held = self.tensor.element_size() * self.tensor.nelement()
+        return held + (0 if self.intensity is None else self.intensity.nbytes)
+
+
 class Predictor:
     """Predictions of a finished run for new images, as its evaluation computes them.
 
@@ -31,10 +55,17 @@ class Predictor:
         run_dir: a finished run (with `checkpoints/best.pt`).
         device: auto, cpu, cuda or cuda:N.
         max_pixels: images declaring more pixels are refused before decoding.
+        trust: `_target_` names the run may build besides the allowed ones (`load_run`).
     """
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", max_pixels: int = MAX_PIXELS):
-        run = load_run(run_dir)
+    def __init__(
+        self,
+        run_dir: str | Path,
+        device: str = "cpu",
+        max_pixels: int = MAX_PIXELS,
+        trust: Sequence[str] = (),
+    ):
+        run = load_run(run_dir, trust=trust)
         keys = input_keys(run.model)
         if keys != ("image",):
             raise ConfigError(
@@ -117,16 +148,73 @@ class Predictor:
                 "holds display values. Send the DICOM (or an NPY of HU values)"
             )
 
-    def _prepare(self, image: Decoded, name: str, index: int) -> tuple[torch.Tensor, Any]:
+    def prepare(self, image: Decoded, name: str, index: int = 0) -> Prepared:
+        """One decoded image as the model's input (the run's evaluation preprocessing): the part of
+        a prediction that needs no model, run by the server outside its model lock.
+
+        Raises:
+            DataError: an input this run does not read (`accepts`), one its preprocessing refuses,
+                or one whose values overflow to NaN or infinity in preprocessing (e.g. 3e38
+                everywhere), naming `name`.
+        """
         self.accepts(image, name)
         try:  # the file's spacing, for preprocessing that resamples (`target_spacing`)
-            prepared = self.preprocess.prepare(image.array, index, image.spacing)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused below
+                prepared = self.preprocess.prepare(image.array, index, image.spacing)
         except MedtrainError as err:  # e.g. a 2-channel image for a grey model
             raise DataError(f"{name}: {err}") from err
-        return prepared if isinstance(prepared, tuple) else (prepared, None)
+        tensor, intensity = prepared if isinstance(prepared, tuple) else (prepared, None)
+        if not torch.isfinite(tensor).all():
+            raise DataError(
+                f"{name}: its pixel values overflow to NaN or infinity in the run's preprocessing "
+                "(normalization); check the file's values and rescaling"
+            )
+        return Prepared(name, tensor, intensity, image.spacing)
 
-    # -- predicting ----------------------------------------------------------------------------
     @torch.no_grad()
+    def forward(self, items: Sequence[Prepared]) -> list[torch.Tensor]:
+        """The model's outputs for prepared images, one 1 x ... tensor each, in order; images of
+        the same shape go through the model together."""
+        outputs: list[torch.Tensor | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for k, item in enumerate(items):
+            groups.setdefault(item.shape_key, []).append(k)
+        for (_, native), members in groups.items():
+            batch = torch.stack([items[k].tensor for k in members]).to(self.device)
+            with autocast(self.device, self.cfg.trainer.precision):
+                out = self.task.infer(self.model, batch, native or None)
+            for j, k in enumerate(members):
+                outputs[k] = out[j : j + 1]
+        return outputs  # type: ignore[return-value]
+
+    def result(
+        self,
+        item: Prepared,
+        output: torch.Tensor,
+        spacing: Sequence[float] | None = None,
+        measure: bool = True,
+        max_objects: int | None = None,
+    ) -> dict[str, Any]:
+        """The task's result dict for one image from its model output (`prediction`).
+
+        Raises:
+            DataError: an output with NaN or infinite values (never reported as a finding).
+        """
+        if not torch.isfinite(output).all():
+            raise DataError(
+                f"{item.name}: the model's output is not finite (NaN or infinite) for this input; "
+                "no prediction is made from it"
+            )
+        given = tuple(spacing) if spacing is not None else None
+        found = Input(
+            name=item.name,
+            intensity=item.intensity,
+            spacing=given or item.spacing or self.spacing,
+            measure=measure,
+            max_objects=max_objects,
+        )
+        return self.task.prediction(output, found)
+
     def predict(
         self,
         images: Sequence[Decoded],
@@ -134,8 +222,7 @@ class Predictor:
         spacing: Sequence[float] | None = None,
         measure: bool = True,
     ) -> list[dict[str, Any]]:
-        """One result dict per image (the task's `prediction`), batching images that share a
-        shape.
+        """One result dict per image (the task's `prediction`): `prepare`, `forward`, `result`.
 
         Args:
             images: decoded images (`read` or `decode`).
@@ -144,28 +231,11 @@ class Predictor:
                 states, else the run's `dataset.spacing`, else pixels.
             measure: measure what was found (off for slices of a volume, measured whole).
         """
-        prepared = [
-            self._prepare(im, n, k) for k, (im, n) in enumerate(zip(images, names, strict=True))
+        items = [
+            self.prepare(im, n, k) for k, (im, n) in enumerate(zip(images, names, strict=True))
         ]
-        results: list[dict[str, Any] | None] = [None] * len(images)
-        groups: dict[tuple, list[int]] = {}
-        for k, (tensor, intensity) in enumerate(prepared):
-            native = () if intensity is None else intensity.shape[:2]
-            groups.setdefault((tuple(tensor.shape), native), []).append(k)
-        for (_, native), members in groups.items():
-            images_in = torch.stack([prepared[k][0] for k in members]).to(self.device)
-            with autocast(self.device, self.cfg.trainer.precision):
-                outputs = self.task.infer(self.model, images_in, native or None)
-            for j, k in enumerate(members):
-                given = tuple(spacing) if spacing is not None else None
-                item = Input(
-                    name=names[k],
-                    intensity=prepared[k][1],
-                    spacing=given or images[k].spacing or self.spacing,
-                    measure=measure,
-                )
-                results[k] = self.task.prediction(outputs[j : j + 1], item)
-        return results  # type: ignore[return-value]
+        outputs = self.forward(items)
+        return [self.result(i, o, spacing, measure) for i, o in zip(items, outputs, strict=True)]
 
     # -- volumes -----------------------------------------------------------------------------
     @property

@@ -1,33 +1,46 @@
 """A finished run behind an HTTP API (FastAPI + uvicorn): `/predict`, `/predict/batch`, `/info`,
-`/health`, with request batching, upload limits and an optional API key; the library behind
-`medtrain serve`."""
+`/health`, `/ready` and a web page, with request batching, bounded work per request and an
+optional API key; the library behind `medtrain serve`. The protections below the application
+(timeouts, connection limit, draining) are in `medtrain.inference.guard`."""
 
 from __future__ import annotations
 
-import hmac
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import torch
+import uvicorn
 from fastapi import FastAPI, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medtrain import __version__
 from medtrain.analysis.measurements import check_spacing
-from medtrain.data.readers import ImageTooLargeError, UnsupportedFormatError
-from medtrain.errors import ConfigError, MedtrainError
-from medtrain.inference.predictor import Predictor
+from medtrain.data.readers import MAX_PIXELS, ImageTooLargeError, UnsupportedFormatError
+from medtrain.data.segmentation import pair
+from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.inference.guard import (
+    API_KEY_HEADER,
+    MAX_HEADER_BYTES,
+    RETRY_AFTER_S,
+    DrainingServer,
+    RequestGuard,
+    ServiceState,
+    Timeouts,
+    protocol_with,
+)
+from medtrain.inference.predictor import Predictor, Prepared
+from medtrain.inference.web import add_web_routes
 from medtrain.io import json_safe
 from medtrain.values import names
 
-API_KEY_HEADER = "X-API-Key"
-PROTECTED_PATHS = ("/predict", "/predict/batch")
+logger = logging.getLogger(__name__)
 MAX_NAME_CHARS = 200  # upload names are echoed in results and errors
 
 
@@ -110,75 +123,74 @@ def upload_schema(field: str, description: str) -> dict[str, Any]:
     }
 
 
-class RequestGuard:
-    """ASGI middleware that refuses a request before its body is read: a missing or wrong API key on
-    the prediction paths (401), a declared Content-Length over the limit (413); and stops one whose
-    body grows over the limit while it arrives (chunked, or a Content-Length that lies)."""
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request, and the service as a whole, may cost (the `medtrain serve` keys of the
+    same names; docs/deployment.md lists them with the memory they bound).
 
-    def __init__(self, app: ASGIApp, max_bytes: int, api_key: str | None = None):
-        self.app = app
-        self.max_bytes = max_bytes
-        self.api_key = api_key.encode() if api_key else None
-        self.too_large = (
-            f"the request is over the upload limit of {max_bytes / 2**20:g} MB (max_upload_mb)"
-        )
+    Attributes:
+        max_upload_mb: largest request body (all files of a batch together): 413 beyond it.
+        max_batch: most files in one /predict/batch request.
+        max_pixels: most pixels of one image, read from its header before decoding (413 beyond);
+            None: what the run's preprocessing can use (`pixel_limit`).
+        max_request_mb: memory the decoded and preprocessed images of one request may hold.
+        max_objects: objects measured one by one per image (segmentation); beyond it the answer
+            gives totals only.
+        max_concurrent: prediction requests in flight (queued or running); more: 503 with
+            Retry-After, and /ready answers 503.
+        workers: requests decoding, preprocessing or measuring at once (outside the model lock).
+        timeouts: header, body and idle timeouts and the connection limit (`guard.Timeouts`).
+        shutdown_s: on SIGTERM, how long requests in flight may take before they are cancelled.
+        drain_s: on SIGTERM, how long /ready says 503 while requests are still served, before
+            the shutdown starts (for a load balancer to notice).
+    """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])  # names arrive lower-cased
-        refusal = self._refusal(scope["path"], headers)
-        if refusal is not None:
-            await json_response({"detail": refusal[1]}, refusal[0])(scope, receive, send)
-            return
-        received = 0
+    max_upload_mb: float = 20
+    max_batch: int = 32
+    max_pixels: int | None = None
+    max_request_mb: float = 256
+    max_objects: int = 1000
+    max_concurrent: int = 32
+    workers: int = 2
+    timeouts: Timeouts = Timeouts()
+    shutdown_s: float = 10.0
+    drain_s: float = 0.0
 
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            # Raised inside FastAPI's body parsing, which passes HTTPExceptions on to the handler.
-            if received > self.max_bytes:
-                raise HTTPException(413, self.too_large)
-            return message
 
-        await self.app(scope, counted_receive, send)
+FLOOR_PIXELS = 2048 * 2048  # any run accepts images this large
 
-    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
-        if self.api_key is not None and path.rstrip("/") in PROTECTED_PATHS:
-            given = headers.get(API_KEY_HEADER.lower().encode(), b"")
-            if not hmac.compare_digest(given, self.api_key):
-                what = "wrong" if given else "missing"
-                return 401, f"{what} API key: send it in the {API_KEY_HEADER} header"
-        declared = headers.get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return 413, self.too_large
-        return None
+
+def pixel_limit(predictor: Predictor) -> int:
+    """The most pixels an image sent to this run may declare: 64 times the model's input for a
+    run that resizes its images (detail beyond that is averaged away), at least 2048 x 2048 and
+    at most `MAX_PIXELS`; 2048 x 2048 for runs that predict at the image's own size."""
+    size = pair(getattr(predictor.preprocess, "image_size", None), "dataset.image_size")
+    if size is None or not predictor.preprocess.resize_to_input_size:
+        return FLOOR_PIXELS
+    return min(MAX_PIXELS, max(FLOOR_PIXELS, 64 * size[0] * size[1]))
 
 
 @dataclass(eq=False)  # compared by identity: a request's job, whatever it holds
 class Job:
-    """One request's uploads (bytes, name) and, once predicted, its results or its error."""
+    """One request's prepared images and, once through the model, its outputs or its error."""
 
-    uploads: list[tuple[bytes, str]]
-    spacing: tuple[float, float] | None
-    overlay: bool
-    results: list[dict[str, Any]] | None = None
+    items: list[Prepared]
+    outputs: list[torch.Tensor] | None = None
     error: Exception | None = None
 
     @property
     def done(self) -> bool:
-        return self.results is not None or self.error is not None
+        return self.outputs is not None or self.error is not None
 
 
-class BatchingPredictor:
-    """A `Predictor` shared by concurrent requests: one model call at a time, run in a worker thread
-    (so the event loop keeps reading requests and answering /health), each call taking the requests
-    that queued up behind it as one batch of at most `max_images` images.
+class ModelQueue:
+    """A `Predictor`'s model shared by concurrent requests: one model call at a time, run in a
+    worker thread (so the event loop keeps reading requests and answering /health), each call
+    taking the requests that queued up behind it as one batch of at most `max_images` images.
+    Decoding, preprocessing and measuring happen outside, in the requests' own threads.
 
     Batching spreads the fixed cost of a call (Python, torch dispatch) over the requests waiting;
-    batched and single predictions agree to float rounding (about 1e-7). One request's bad upload
+    batched and single predictions agree to float rounding (about 1e-7). One request's bad input
     fails only that request.
     """
 
@@ -188,96 +200,85 @@ class BatchingPredictor:
         self.pending: list[Job] = []
         self.lock = anyio.Lock()  # first come, first served
 
-    async def predict(
-        self, uploads: list[tuple[bytes, str]], spacing=None, overlay: bool = False
-    ) -> list[dict[str, Any]]:
-        """The JSON-ready results of one request's uploads, in order (the task's `to_json`).
+    async def forward(self, items: list[Prepared]) -> list[torch.Tensor]:
+        """The model's outputs for one request's prepared images, in order.
 
         Raises:
-            MedtrainError: an upload that cannot be read or predicted (naming it); anything else
-                the predictor raised.
+            Exception: what the model raised for this request's images.
         """
-        job = Job(uploads, spacing, overlay)
+        job = Job(items)
         self.pending.append(job)
         async with self.lock:
             if not job.done:  # else an earlier holder of the lock took it along
                 await run_in_threadpool(self.run, self.take(job))
         if job.error is not None:
             raise job.error
-        return job.results  # type: ignore[return-value]
+        return job.outputs  # type: ignore[return-value]
 
     def take(self, job: Job) -> list[Job]:
         """`job` and the requests queued behind it, up to `max_images` images in all."""
         if job in self.pending:
             self.pending.remove(job)
-        jobs, images = [job], len(job.uploads)
-        while self.pending and images + len(self.pending[0].uploads) <= self.max_images:
-            images += len(self.pending[0].uploads)
+        jobs, images = [job], len(job.items)
+        while self.pending and images + len(self.pending[0].items) <= self.max_images:
+            images += len(self.pending[0].items)
             jobs.append(self.pending.pop(0))
         return jobs
 
     def run(self, jobs: list[Job]) -> None:
-        """Decode and predict `jobs` (in a worker thread), setting each one's results or error."""
-        groups: dict[Any, list[tuple[Job, list]]] = {}
-        for job in jobs:
-            try:
-                images = [self.predictor.decode(data, name) for data, name in job.uploads]
-            except Exception as err:
-                job.error = err
-                continue
-            groups.setdefault(job.spacing, []).append((job, images))
-        for spacing, members in groups.items():
-            self._predict(members, spacing)
-
-    def _predict(self, members: list[tuple[Job, list]], spacing) -> None:
-        images = [image for _, decoded in members for image in decoded]
-        names = [name for job, _ in members for _, name in job.uploads]
+        """Run the model on `jobs` (in a worker thread), setting each one's outputs or error."""
+        items = [item for job in jobs for item in job.items]
         try:
-            results = self.predictor.predict(images, names, spacing)
+            outputs = self.predictor.forward(items)
         except Exception as err:
-            if len(members) == 1:
-                members[0][0].error = err
+            if len(jobs) == 1:
+                jobs[0].error = err
             else:  # find the request at fault: each alone
-                for member in members:
-                    self._predict([member], spacing)
+                for job in jobs:
+                    self.run([job])
             return
         start = 0
-        task = self.predictor.task
-        for job, decoded in members:
-            mine = results[start : start + len(decoded)]
-            start += len(decoded)
-            try:
-                job.results = [
-                    {"file": name, **task.to_json(result, job.overlay)}
-                    for (_, name), result in zip(job.uploads, mine, strict=True)
-                ]
-            except Exception as err:
-                job.error = err
+        for job in jobs:
+            job.outputs = outputs[start : start + len(job.items)]
+            start += len(job.items)
 
 
 def create_app(
-    predictor: Predictor,
-    max_upload_bytes: int = 20 * 2**20,
-    api_key: str | None = None,
-    max_batch: int = 32,
+    predictor: Predictor, api_key: str | None = None, limits: ServeLimits | None = None
 ) -> FastAPI:
-    """The HTTP API of one `medtrain.inference.Predictor`; concurrent requests are predicted in
-    batches (`BatchingPredictor`).
+    """The HTTP API of one `medtrain.inference.Predictor`, bounded by `limits`; run it with
+    `make_server` (timeouts, connection limit, draining).
 
-    Errors are JSON `{"detail": "..."}`: 413 body over `max_upload_bytes`, an image declaring more
-    pixels than the predictor allows, or more than `max_batch` files; 415 bytes of no readable
-    format; 422 a file that does not decode or fit the model, a missing `file` field or a bad
-    parameter; 400 a malformed multipart body; 401 a missing or wrong `X-API-Key` when `api_key`
-    is set; 404/405 unknown paths and methods; 500 anything unexpected (logged by the server with
-    its traceback, which the client never sees).
+    Errors are JSON `{"detail": "..."}`: 413 body over `max_upload_mb`, an image declaring more
+    pixels than `max_pixels`, images needing more than `max_request_mb`, or more than `max_batch`
+    files; 415 bytes of no accepted format; 422 a file that does not decode, holds NaN/infinite
+    values or does not fit the model, a missing or repeated `file` field or a bad parameter; 400 a
+    malformed request; 401 a missing or wrong `X-API-Key` when `api_key` is set (on /predict,
+    /predict/batch and /info); 503 over `max_concurrent` requests in flight (Retry-After); 404/405
+    unknown paths and methods; 500 anything unexpected (logged by the server with its traceback,
+    which the client never sees). Every answer carries the model's weights hash
+    (`X-Model-SHA256`).
 
     Args:
-        predictor: a `Predictor` (or an object with its `info`, `decode`, `predict`, `task`,
-            `class_names`).
-        api_key: required on POST /predict and /predict/batch when given.
+        predictor: a `Predictor` (or an object with its `info`, `decode`, `prepare`, `forward`,
+            `result`, `task`, `class_names`, `weights_sha256`).
+        api_key: required on POST /predict, /predict/batch and GET /info when given.
     """
+    limits = limits or ServeLimits()
+    max_pixels = limits.max_pixels or pixel_limit(predictor)
+    predictor.max_pixels = max_pixels
     info = predictor.info()  # a finished run does not change: read metrics.json once
-    batcher = BatchingPredictor(predictor, max_images=max_batch)
+    info["limits"] = {
+        "max_upload_mb": limits.max_upload_mb,
+        "max_batch": limits.max_batch,
+        "max_pixels": max_pixels,
+        "max_objects": limits.max_objects,
+    }
+    queue = ModelQueue(predictor, max_images=limits.max_batch)
+    state = ServiceState(max_in_flight=limits.max_concurrent)
+    working = anyio.CapacityLimiter(limits.workers)
+    max_request_bytes = int(limits.max_request_mb * 2**20)
+    sha = predictor.weights_sha256
     # Declared so /docs shows the key (its Authorize button); RequestGuard enforces it.
     security = [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] if api_key else []
     app = FastAPI(
@@ -285,11 +286,57 @@ def create_app(
         version=__version__,
         description=f"Predictions of a finished medtrain run ({predictor.task.name}; classes "
         f"{', '.join(predictor.class_names)}), through its own evaluation preprocessing.",
+        docs_url=None,  # served from local assets by add_web_routes: nothing loads from a CDN
+        redoc_url=None,
     )
+    app.state.service = state
+    app.state.limits = limits
+    add_web_routes(app)
+
+    def prepare_all(uploads: list[tuple[bytes, str]]) -> list[Prepared]:
+        """Decode and preprocess one request's files (one at a time, so that at most one
+        decoded image is held beside the prepared ones)."""
+        items, held = [], 0
+        for data, name in uploads:
+            item = prepare_one(data, name)
+            held += item.nbytes
+            if held > max_request_bytes:
+                raise ImageTooLargeError(
+                    f"{name}: the images of this request need over {limits.max_request_mb:g} MB "
+                    "once decoded (max_request_mb); send fewer or smaller images"
+                )
+            items.append(item)
+        return items
+
+    def prepare_one(data: bytes, name: str) -> Prepared:
+        """One upload decoded and preprocessed; an input is never answered 500: what the readers
+        did not foresee is refused naming the file (and logged with its traceback)."""
+        try:
+            return predictor.prepare(predictor.decode(data, name), name)
+        except MedtrainError:
+            raise
+        except MemoryError as err:
+            raise ImageTooLargeError(f"{name}: too large to decode") from err
+        except Exception as err:
+            logger.exception("reading upload %r failed", name)
+            raise DataError(f"{name}: cannot be read ({type(err).__name__})") from err
+
+    def finish(items, outputs, spacing, overlay: bool) -> list[dict[str, Any]]:
+        task = predictor.task
+        return [
+            {
+                "file": item.name,
+                **task.to_json(
+                    predictor.result(item, out, spacing, True, limits.max_objects), overlay
+                ),
+                "weights_sha256": sha,
+            }
+            for item, out in zip(items, outputs, strict=True)
+        ]
 
     async def predict_form(request: Request, field: str, many: bool) -> list[dict]:
-        """The results of the uploads in form field `field` (the last one unless `many`), in order;
-        `overlay` and `spacing` from the form, else the query.
+        """The results of the uploads in form field `field` (exactly one unless `many`), in
+        order; `overlay` and `spacing` from the form, else the query.
 
         The handlers read the request themselves: FastAPI's validation of a declared signature of
         five parameters took 0.07 ms a request (a quarter of the framework's time; more once the
@@ -301,29 +348,48 @@ def create_app(
         except Exception as err:  # the multipart parser's other refusals, as FastAPI answered them
             raise HTTPException(400, "There was an error parsing the body") from err
         try:
-            files = form.getlist(field) if many else form.getlist(field)[-1:]
+            files = form.getlist(field)
             hint = f"send each image as a multipart/form-data file field named {field!r}"
             if not files:
                 raise HTTPException(422, f"{field}: Field required ({hint})")
             if not all(isinstance(f, UploadFile) for f in files):
                 raise HTTPException(422, f"{field}: expected a file, got a text field ({hint})")
-            if len(files) > max_batch:
-                raise HTTPException(413, f"{len(files)} files; at most {max_batch} per request")
+            if not many and len(files) > 1:
+                raise HTTPException(
+                    422, f"{len(files)} fields named {field!r}: send one (or use /predict/batch)"
+                )
+            if len(files) > limits.max_batch:
+                raise HTTPException(
+                    413, f"{len(files)} files; at most {limits.max_batch} per request"
+                )
             overlay = parse_flag("overlay", form_or_query(form, request, "overlay") or "false")
             spacing_mm = parse_spacing(form_or_query(form, request, "spacing"))
             uploads = [(await f.read(), (f.filename or "upload")[-MAX_NAME_CHARS:]) for f in files]
         finally:
             await form.close()
-        # Checked always; kept only where the task measures in mm, so that requests of other
-        # tasks batch together whatever spacing they sent.
-        use = spacing_mm if predictor.task.uses_spacing else None
-        return await batcher.predict(uploads, use, overlay)
+        # Checked always; used only where the task measures in mm.
+        spacing = spacing_mm if predictor.task.uses_spacing else None
+        items = await run_in_threadpool_limited(working, prepare_all, uploads)
+        del uploads
+        outputs = await queue.forward(items)
+        return await run_in_threadpool_limited(working, finish, items, outputs, spacing, overlay)
 
-    @app.get("/health", summary="Liveness check")
+    @app.get("/health", summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/info", summary="Task, classes, expected input, test metrics, weights checksum")
+    @app.get("/ready", summary="Readiness: model loaded, not draining, not saturated")
+    async def ready() -> Response:
+        ok, why = state.readiness()
+        body = {"ready": ok, "status": why, "in_flight": state.in_flight}
+        headers = None if ok else {"Retry-After": str(RETRY_AFTER_S)}
+        return json_response(body, 200 if ok else 503, headers)
+
+    @app.get(
+        "/info",
+        summary="Task, classes, expected input, limits, test metrics, weights checksum",
+        dependencies=security,
+    )
     async def get_info() -> Response:
         return json_response(info)
 
@@ -336,8 +402,9 @@ def create_app(
     async def predict(request: Request) -> Response:
         """Classification: `probabilities` and `label`; regression: `values` (and `value`);
         segmentation: `mask` (base64 PNG: pixel values per class in `mask_values`),
-        `measurements` and `totals` in `units` of the `spacing` used (the form or query field,
-        else the file's, else the run's, else pixels)."""
+        `measurements` (at most `max_objects` objects per image, else totals only) and `totals`
+        in `units` of the `spacing` used (the form or query field, else the file's, else the
+        run's, else pixels). Every result names the model's `weights_sha256`."""
         return json_response((await predict_form(request, "file", many=False))[0])
 
     @app.post(
@@ -363,5 +430,42 @@ def create_app(
     async def internal_error(request: Request, err: Exception) -> Response:
         return json_response({"detail": "internal server error (details in the server log)"}, 500)
 
-    app.add_middleware(RequestGuard, max_bytes=int(max_upload_bytes), api_key=api_key)
+    app.add_middleware(
+        RequestGuard,
+        max_bytes=int(limits.max_upload_mb * 2**20),
+        state=state,
+        weights_sha256=sha,
+        api_key=api_key,
+        protected=("/predict", "/predict/batch", "/info"),
+        limited=("/predict", "/predict/batch"),
+    )
     return app
+
+
+async def run_in_threadpool_limited(limiter: anyio.CapacityLimiter, fn, *args) -> Any:
+    """`fn(*args)` in a worker thread once one of `limiter`'s slots is free."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+
+def make_server(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False, **config
+) -> DrainingServer:
+    """A uvicorn server for an app of `create_app`, with its limits' timeouts, connection limit
+    and shutdown deadline (`server.run()` serves until SIGTERM/SIGINT).
+
+    Args:
+        config: other `uvicorn.Config` arguments (e.g. `log_level`).
+    """
+    limits: ServeLimits = app.state.limits
+    settings = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=access_log,
+        http=protocol_with(limits.timeouts),
+        timeout_keep_alive=max(1, round(limits.timeouts.idle)),
+        timeout_graceful_shutdown=max(1, round(limits.shutdown_s)),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        **config,
+    )
+    return DrainingServer(settings, app.state.service, limits.drain_s)

@@ -96,12 +96,15 @@ class Input:
         spacing: pixel size (row_mm, col_mm): the one asked for, else the file's, else the
             run's `dataset.spacing`; None: pixels.
         measure: measure what was found (off for slices of a volume, measured whole).
+        max_objects: the most objects measured one by one (a server's bound on work and answer
+            size); beyond it only totals are given. None: no limit.
     """
 
     name: str
     intensity: np.ndarray | None = None
     spacing: tuple[float, float] | None = None
     measure: bool = True
+    max_objects: int | None = None
 
 
 class Task:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from scipy import ndimage
 from skimage.morphology import remove_small_objects
 from torch import nn
 
@@ -220,6 +221,21 @@ class SegmentationTask(Task):
             return {"mask": mask}
         spacing = item.spacing
         units = "px" if spacing is None else "mm"
+        counted = self.count_objects(mask) if item.max_objects is not None else {}
+        found = sum(count for count, _ in counted.values())
+        if item.max_objects is not None and found > item.max_objects:
+            return {
+                "mask": mask,
+                "intensity": item.intensity,
+                "spacing": None if spacing is None else [float(s) for s in spacing],
+                "units": units,
+                "measurements": [],
+                "measurements_left_out": found,
+                "note": f"{found} objects: over the {item.max_objects} measured one by one "
+                "(max_objects), so only totals are given; `medtrain measure` on the mask "
+                "measures every object",
+                "totals": self.count_totals(counted, item.name, spacing, units),
+            }
         rows = measure_mask(
             mask,
             spacing=spacing,
@@ -238,6 +254,35 @@ class SegmentationTask(Task):
             "measurements": rows,
             "totals": summary,
         }
+
+    def count_objects(self, mask: np.ndarray) -> dict[str, tuple[int, int]]:
+        """Per foreground class, its (object count, area in pixels): cheap, unlike measuring."""
+        structure = ndimage.generate_binary_structure(2, self.connectivity)
+        counted = {}
+        for klass, name in enumerate(self.class_names[1:], start=1):
+            inside = mask == klass
+            counted[name] = (int(ndimage.label(inside, structure)[1]), int(inside.sum()))
+        return counted
+
+    @staticmethod
+    def count_totals(
+        counted: Mapping[str, tuple[int, int]], name: str, spacing, units: str
+    ) -> list[dict[str, Any]]:
+        """`totals` rows (`TOTAL_FIELDS`) from `count_objects`, without measuring each object."""
+        pixel_mm2 = 1.0 if spacing is None else float(spacing[0]) * float(spacing[1])
+        return [
+            {
+                "id": name,
+                "source": "pred",
+                "class": klass,
+                "count": count,
+                "total_area_px": area,
+                "total_area_mm2": area * pixel_mm2,
+                "mean_area_mm2": area * pixel_mm2 / count if count else "",
+                "unit": units,
+            }
+            for klass, (count, area) in counted.items()
+        ]
 
     def to_json(self, result: dict[str, Any], overlay: bool = False) -> dict[str, Any]:
         """The mask (and overlay) as base64 PNG, with the pixel value of each class."""

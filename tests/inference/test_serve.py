@@ -11,8 +11,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -25,8 +23,8 @@ from PIL import Image
 
 from medtrain.commands.serve import main
 from medtrain.inference.predictor import Predictor
-from medtrain.inference.serve import create_app
-from tests.conftest import ROOT, SHARED_DATA
+from medtrain.inference.serve import ServeLimits, create_app, make_server
+from tests.conftest import SHARED_DATA
 from tests.data.test_readers import make_dicom
 
 BOUNDARY = "test-boundary-7d1f"
@@ -47,8 +45,7 @@ def start(app) -> Running:
     """Serve `app` with uvicorn on a free loopback port, in a background thread."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="critical", access_log=False)
-    server = uvicorn.Server(config)
+    server = make_server(app, log_level="critical")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -126,7 +123,9 @@ def servers(predictors):
     """One server per task; the classification one with small limits for the limit tests."""
     running = {
         "classification": start(
-            create_app(predictors["classification"], max_upload_bytes=64 * 1024, max_batch=4)
+            create_app(
+                predictors["classification"], limits=ServeLimits(max_upload_mb=1 / 16, max_batch=4)
+            )
         ),
         "regression": start(create_app(predictors["regression"])),
         "segmentation": start(create_app(predictors["segmentation"])),
@@ -265,14 +264,14 @@ def test_concurrent_requests_get_their_own_results(servers, predictors):
     # Each model call is slowed so that requests arriving meanwhile queue up: they must then go
     # into the next call together rather than one call each.
     calls: list[int] = []
-    original = predictor.predict
+    original = predictor.forward
 
-    def slow_predict(images, names, *args, **kwargs):
-        calls.append(len(images))
+    def slow_forward(items):
+        calls.append(len(items))
         time.sleep(0.05)
-        return original(images, names, *args, **kwargs)
+        return original(items)
 
-    predictor.predict = slow_predict
+    predictor.forward = slow_forward
     try:
         threads = [threading.Thread(target=client, args=(k,)) for k in range(len(images))]
         for thread in threads:
@@ -280,7 +279,7 @@ def test_concurrent_requests_get_their_own_results(servers, predictors):
         for thread in threads:
             thread.join()
     finally:
-        del predictor.predict  # the class's method again
+        del predictor.forward  # the class's method again
     assert sum(calls) == len(images) and len(calls) < len(images) and max(calls) > 1
     for k, data in enumerate(images):
         status, result = answers[k]
@@ -300,7 +299,8 @@ def test_api_key(servers):
         port, "/predict", ("file", "a.png", data), headers={"X-API-Key": "s3cret"}
     )
     assert status == 200 and "value" in result
-    assert fetch(port, "GET", "/health")[0] == 200 and fetch(port, "GET", "/info")[0] == 200
+    assert fetch(port, "GET", "/health")[0] == 200 and fetch(port, "GET", "/info")[0] == 401
+    assert fetch(port, "GET", "/info", headers={"X-API-Key": "s3cret"})[0] == 200
 
 
 def test_upload_over_the_limit_is_413_declared_or_streamed(servers):
@@ -325,9 +325,14 @@ def test_unexpected_error_is_json_500_without_traceback(predictors):
 
         def __init__(self, predictor):
             self.task, self.class_names = predictor.task, predictor.class_names
-            self.info, self.decode = predictor.info, predictor.decode
+            self.info, self.decode, self.prepare = (
+                predictor.info,
+                predictor.decode,
+                predictor.prepare,
+            )
+            self.preprocess, self.weights_sha256 = predictor.preprocess, predictor.weights_sha256
 
-        def predict(self, *args):
+        def forward(self, *args):
             raise RuntimeError("secret internal detail")
 
     running = start(create_app(Failing(predictors["classification"])))
@@ -338,37 +343,6 @@ def test_unexpected_error_is_json_500_without_traceback(predictors):
         assert fetch(running.port, "GET", "/health")[0] == 200 and running.thread.is_alive()
     finally:
         stop(running)
-
-
-def test_cli_serves_with_key_from_environment(finished_runs):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MEDTRAIN_API_KEY": "from-env"}
-    command = [sys.executable, "-m", "medtrain", "serve", f"run_dir={finished_runs['regression']}"]
-    process = subprocess.Popen(
-        [*command, f"port={port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert process.poll() is None and time.time() < deadline, "the server did not start"
-            try:
-                if fetch(port, "GET", "/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        data = encode(grey(8), "PNG")
-        assert post(port, "/predict", ("file", "a.png", data))[0] == 401
-        key = {"X-API-Key": "from-env"}
-        assert post(port, "/predict", ("file", "a.png", data), headers=key)[0] == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_cli_errors(capsys, tmp_path):
