@@ -69,6 +69,8 @@ def test_the_wheel_runs_outside_the_repository(tmp_path):
     for path in (ROOT / "conf").rglob("*.yaml"):
         assert str(path.relative_to(ROOT / "conf")) in shipped
     assert not any(n.startswith(("tests/", "conf/")) for n in names)
+    for path in (ROOT / "medtrain" / "inference" / "static").iterdir():  # the service's web page
+        assert f"medtrain/inference/static/{path.name}" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # The unpacked wheel first on the path: the editable install of the repository is not used.
