@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import select
 import socket
 import sys
 import threading
@@ -134,10 +135,10 @@ def exchange(port: int, request: bytes, trickle: float = 0.0) -> bytes:
             if trickle:
                 for k in range(len(request)):
                     sock.sendall(request[k : k + 1])
-                    time.sleep(trickle)
+                    if select.select([sock], [], [], trickle)[0]:
+                        break  # the server answered (or closed): stop sending, read it
             else:
                 sock.sendall(request)
-            sock.shutdown(socket.SHUT_WR) if not trickle else None
         except OSError:
             pass
         answer = b""
@@ -155,35 +156,34 @@ def exchange(port: int, request: bytes, trickle: float = 0.0) -> bytes:
 
 
 def hostile_client(port: int, stop: threading.Event, outcomes: list) -> None:
-    """Hostile requests back to back until `stop`, each checked against its expected status;
-    every fifth round also a slow-header and a stalled-body request."""
+    """Hostile requests back to back until `stop`, each checked against its expected status,
+    beside one request sending its headers a byte every 0.5 s and one whose body stalls."""
     requests = hostile_requests()
     slow = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
     stalled = (
         f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {HEADERS['Content-Type']}\r\n"
         "Content-Length: 5000000\r\n\r\n"
     ).encode() + multipart(b"x" * 2048, "a.png")[:-40]
-    rounds = 0
+    slow_ones = [
+        threading.Thread(
+            target=lambda: outcomes.append(
+                ("slow headers", 408, status_of(exchange(port, slow, trickle=0.5)))
+            )
+        ),
+        threading.Thread(
+            target=lambda: outcomes.append(
+                ("stalled body", 408, status_of(exchange(port, stalled, trickle=0.0)))
+            )
+        ),
+    ]
+    for thread in slow_ones:  # they take the server's header and body timeouts (10 s, 60 s)
+        thread.start()
     while not stop.is_set():
         for name, request, expected in requests:
             got = status_of(exchange(port, request))
             outcomes.append((name, expected, got))
-        if rounds % 5 == 0:
-            threads = [
-                threading.Thread(
-                    target=lambda: outcomes.append(
-                        ("slow headers", 408, status_of(exchange(port, slow, trickle=0.5)))
-                    )
-                ),
-                threading.Thread(
-                    target=lambda: outcomes.append(
-                        ("stalled body", 408, status_of(exchange(port, stalled, trickle=0.0)))
-                    )
-                ),
-            ]
-            for thread in threads:
-                thread.start()
-        rounds += 1
+    for thread in slow_ones:
+        thread.join()
 
 
 def large_client(port: int, body: bytes, stop: threading.Event, latencies: list, errors: list):

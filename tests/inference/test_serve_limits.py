@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -239,7 +240,8 @@ def raw_exchange(port: int, chunks: list[bytes], pause: float = 0.0, wait: float
         try:
             for chunk in chunks:
                 sock.sendall(chunk)
-                time.sleep(pause)
+                if select.select([sock], [], [], pause)[0]:
+                    break  # the server answered (or closed): read it
         except OSError:  # closed by the server while we were still sending
             pass
         answer = b""
