@@ -129,6 +129,17 @@ def test_image_folder_stratified_split_is_seeded_and_disjoint(tmp_path):
     assert splits["train"][0]["image"].shape == (1, 8, 8)
 
 
+def test_training_data_with_non_finite_pixels_is_refused_naming_the_file(tmp_path):
+    from tests.hostile_files import nan_tiff
+
+    make_folder(tmp_path, per_class=4, bits=8)
+    (tmp_path / "benign" / "corrupt.tif").write_bytes(nan_tiff())
+    splits = [ImageFolder(str(tmp_path), s, image_size=8) for s in ("train", "val", "test")]
+    (split,) = [d for d in splits if "benign/corrupt.tif" in d.ids]
+    with pytest.raises(DataError, match=r"corrupt\.tif: pixel values are not finite"):
+        split[split.ids.index("benign/corrupt.tif")]
+
+
 def test_image_folder_with_split_folders(tmp_path):
     make_folder(tmp_path / "train", per_class=6)
     make_folder(tmp_path / "test", per_class=2)

@@ -82,8 +82,11 @@ def test_manifest_inputs_and_bad_files(finished_runs, tmp_path):
     names = save_npy_inputs(dataset, tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     np.save(tmp_path / "imgs" / "two_channels.npy", np.zeros((16, 16, 2), np.float32))
+    np.save(tmp_path / "imgs" / "nan.npy", np.full((16, 16), np.nan, np.float32))
+    np.save(tmp_path / "imgs" / "huge.npy", np.full((16, 16), 3e38, np.float32))
     lines = ["image,age"] + [f"imgs/{n},50" for n in names]
     lines += ["imgs/broken.png,1", "imgs/missing.png,2", "imgs/two_channels.npy,3"]
+    lines += ["imgs/nan.npy,4", "imgs/huge.npy,5"]
     manifest = tmp_path / "cases.csv"
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out" / "pred.csv"
@@ -93,7 +96,14 @@ def test_manifest_inputs_and_bad_files(finished_runs, tmp_path):
         "imgs/broken.png",
         "imgs/missing.png",
         "imgs/two_channels.npy",
+        "imgs/nan.npy",
+        "imgs/huge.npy",
     ]
+    # A corrupt scan is never given a label: no "normal" for NaN or overflowing values.
+    assert "nan.npy: pixel values are not finite" in rows["imgs/nan.npy"]["error"]
+    assert rows["imgs/nan.npy"]["label"] == ""
+    assert "huge.npy: its pixel values overflow" in rows["imgs/huge.npy"]["error"]
+    assert rows["imgs/huge.npy"]["label"] == ""
     assert all(rows[f"imgs/{n}"]["error"] == "" and rows[f"imgs/{n}"]["label"] for n in names)
     assert "broken.png: cannot read image" in rows["imgs/broken.png"]["error"]
     assert "missing.png: cannot read file" in rows["imgs/missing.png"]["error"]
