@@ -151,14 +151,27 @@ def default_run(out: Path) -> Path:
     return run_dir
 
 
-def main() -> None:
+def load_arguments() -> argparse.ArgumentParser:
+    """The options of the serving benchmarks: the run, a scratch folder, the load, the output."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", type=Path, help="a finished classification run")
     parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/serve"))
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--direct-calls", type=int, default=500)
     parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    return parser
+
+
+def write_results(path: Path | None, results: dict) -> None:
+    """`results` as JSON into `path` (when given)."""
+    if path:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = load_arguments()
+    parser.add_argument("--direct-calls", type=int, default=500)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.run_dir or default_run(args.out)
@@ -212,9 +225,7 @@ def main() -> None:
         f"HTTP overhead at concurrency 1 (p50 HTTP - p50 direct): "
         f"{results['http_overhead_p50_ms']} ms; predict alone p50 {direct['predict_only_p50_ms']} ms"
     )
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.output}")
+    write_results(args.output, results)
     if concurrent["errors"] or sequential["errors"]:
         sys.exit(f"errors: {concurrent['first_error'] or sequential['first_error']}")
 

@@ -16,7 +16,7 @@ most twice the p99 without it.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import http.client
 import io
 import json
@@ -32,7 +32,16 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, machine
 from PIL import Image
-from serve_latency import BOUNDARY, default_run, free_port, multipart, percentiles, start_server
+from serve_latency import (
+    BOUNDARY,
+    default_run,
+    free_port,
+    load_arguments,
+    multipart,
+    percentiles,
+    start_server,
+    write_results,
+)
 
 sys.path.insert(0, str(ROOT))
 from tests import hostile_files  # noqa: E402  (the payloads the tests send)
@@ -243,13 +252,7 @@ def phase(port, pid, bodies, expected, requests, concurrency, extra=None) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--run-dir", type=Path, help="a finished classification run")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/serve"))
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--output", type=Path, default=None, help="JSON results file")
-    args = parser.parse_args()
+    args = load_arguments().parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.run_dir or default_run(args.out)
     bodies = [multipart(data, f"v{k}.png") for k, data in enumerate(images(args.concurrency))]
@@ -263,27 +266,16 @@ def main() -> None:
         expected = answers_alone(port, bodies)
         idle_rss = peak_rss_mib(server.pid)
         answers_alone(port, bodies * 10)  # warm-up
-        alone = phase(port, server.pid, bodies, expected, args.requests, args.concurrency)
-        outcomes: list = []
-        hostile = phase(
-            port,
-            server.pid,
-            bodies,
-            expected,
-            args.requests,
-            args.concurrency,
-            lambda stop: hostile_client(port, stop, outcomes),
+        load = functools.partial(
+            phase, port, server.pid, bodies, expected, args.requests, args.concurrency
         )
+        alone = load()
+        outcomes: list = []
+        hostile = load(lambda stop: hostile_client(port, stop, outcomes))
         large_latencies: list[float] = []
         large_errors: list[str] = []
-        with_large = phase(
-            port,
-            server.pid,
-            bodies,
-            expected,
-            args.requests,
-            args.concurrency,
-            lambda stop: large_client(port, large, stop, large_latencies, large_errors),
+        with_large = load(
+            lambda stop: large_client(port, large, stop, large_latencies, large_errors)
         )
     finally:
         server.terminate()
@@ -332,9 +324,7 @@ def main() -> None:
         f"large uploads answered: {len(large_latencies)} (p50 {results['with_large_upload']['large_p50_ms']} ms), "
         f"errors {len(large_errors)}; valid p99 ratio with/without: {results['p99_ratio_large']}"
     )
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.output}")
+    write_results(args.output, results)
     failed = alone["errors"] or hostile["errors"] or with_large["errors"] or wrong or large_errors
     if failed:
         sys.exit("FAILED: errors on valid requests or a hostile request with the wrong status")
