@@ -152,8 +152,8 @@ def decode(
 ) -> Decoded:
     """Decode one 2D image from bytes.
 
-    PNG/JPEG/TIFF keep their bit depth (palette images become RGB, alpha is dropped, a multi-page
-    TIFF gives its first page: the other pages are never read); NPY/NPZ arrays must be 2D, or
+    PNG/JPEG/TIFF keep their bit depth (palette images become RGB, alpha is dropped; a TIFF of
+    several pages is refused, as is an animated PNG); NPY/NPZ arrays must be 2D, or
     H x W x C with 1, 3 or 4 channels; an NPZ holds one array (or one named `image`). DICOM: see
     `decode_dicom`. Floating-point pixels must be finite and within float32's range; finite values
     up to 3.4e38 pass (normalising them without overflow is the preprocessing's task).
@@ -190,20 +190,28 @@ def decode(
 def _decode_pil(
     data: bytes, name: str, kind: str, max_pixels: int
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """A PNG, JPEG or TIFF (its first page) read by Pillow, allowed to try that format only; its
+    """A PNG, JPEG or TIFF of one page read by Pillow, allowed to try that format only; its
     rows x columns x bands are checked from the header before any pixel is decoded."""
     try:
         with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[kind]]) as img:
             width, height = img.size
             bands = len(img.getbands())
             check_size((height, width, bands), name, max_pixels, axes="rows x columns x bands")
+            if getattr(img, "is_animated", False):  # reading one page would be a guess
+                raise DataError(
+                    f"{name}: the {kind.upper()} holds several pages (a stack or series); "
+                    "send one 2D image"
+                )
             spacing = _pil_spacing(img, io.BytesIO(data), name)
             img.load()
             if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
                 img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
             array = np.array(img)
     except Image.DecompressionBombError as err:  # Pillow's own limit, met while opening the header
-        raise ImageTooLargeError(f"{name}: the declared size is over the limit ({err})") from err
+        raise ImageTooLargeError(
+            f"{name}: the declared size is over the limit of {max_pixels:,} pixels "
+            f"(and over Pillow's own: {err})"
+        ) from err
     if array.dtype in (np.int32, np.uint32):  # PIL's mode "I" for 16-bit PNG/TIFF
         if array.size and (array.min() < 0 or array.max() > 65535):
             raise DataError(f"{name}: 32-bit integer pixels outside 0..65535 are not supported")

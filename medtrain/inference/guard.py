@@ -52,8 +52,11 @@ def json_bytes(content: Any) -> bytes:
     return json.dumps(content, separators=(",", ":")).encode()
 
 
-def raw_response(status: int, reason: str, detail: str, retry: bool = False) -> bytes:
-    """A complete HTTP/1.1 answer that closes the connection, for refusals made below ASGI."""
+def raw_response(
+    status: int, reason: str, detail: str, retry: bool = False, model: str = ""
+) -> bytes:
+    """A complete HTTP/1.1 answer that closes the connection, for refusals made below ASGI;
+    `model`: the weights hash for its `X-Model-SHA256` header."""
     body = json_bytes({"detail": detail})
     head = [
         f"HTTP/1.1 {status} {reason}",
@@ -61,6 +64,8 @@ def raw_response(status: int, reason: str, detail: str, retry: bool = False) -> 
         f"content-length: {len(body)}",
         "connection: close",
     ]
+    if model:
+        head.append(f"{MODEL_HEADER.lower()}: {model}")
     if retry:
         head.append(f"retry-after: {RETRY_AFTER_S}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
@@ -109,7 +114,8 @@ class RequestGuard:
             await send(message)
 
         path = scope["path"].rstrip("/") or "/"
-        refusal = self._refusal(path, scope["headers"])
+        line = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        refusal = self._refusal(path, scope["headers"], line)
         if refusal is not None:
             status, detail, headers = refusal
             response = Response(json_bytes({"detail": detail}), status, headers, "application/json")
@@ -139,10 +145,11 @@ class RequestGuard:
         return counted_receive
 
     def _refusal(
-        self, path: str, raw: list[tuple[bytes, bytes]]
+        self, path: str, raw: list[tuple[bytes, bytes]], head_bytes: int = 0
     ) -> tuple[int, str, dict[str, str]] | None:
-        if sum(len(name) + len(value) + 4 for name, value in raw) > MAX_HEADER_BYTES:
-            return 431, f"the request's headers are over {MAX_HEADER_BYTES // 1024} KiB", {}
+        if head_bytes + sum(len(name) + len(value) + 4 for name, value in raw) > MAX_HEADER_BYTES:
+            detail = f"the request's line and headers are over {MAX_HEADER_BYTES // 1024} KiB"
+            return 431, detail, {}
         headers: dict[bytes, list[bytes]] = {}
         for name, value in raw:  # names arrive lower-cased
             headers.setdefault(name, []).append(value)
@@ -187,14 +194,19 @@ class GuardedProtocol(H11Protocol):
     anything) and closed; one over `max_connections` is answered 503 and closed."""
 
     timeouts = Timeouts()
+    model_sha256 = ""  # named on its own answers too, as RequestGuard names it on the app's
+
+    def refuse(self, status: int, reason: str, detail: str, retry: bool = False) -> None:
+        """Answer `status` below the application and close the connection."""
+        self.transport.write(raw_response(status, reason, detail, retry, self.model_sha256))
+        self.transport.close()
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.deadline = None
         if len(self.connections) > self.timeouts.max_connections:
             detail = "too many connections (max_connections): retry later"
-            transport.write(raw_response(503, "Service Unavailable", detail, retry=True))
-            transport.close()
+            self.refuse(503, "Service Unavailable", detail, retry=True)
             return
         self._await_head()
 
@@ -227,7 +239,9 @@ class GuardedProtocol(H11Protocol):
         # A request began to arrive (h11 stays IDLE until its head is whole): say why it is closed.
         if not started and (self.partial or self.conn.their_state is not h11.IDLE):
             detail = f"{what} did not arrive within {seconds:g} s"
-            self.transport.write(raw_response(408, "Request Timeout", detail))
+            self.transport.write(
+                raw_response(408, "Request Timeout", detail, model=self.model_sha256)
+            )
         if self.cycle is not None:
             self.cycle.disconnected = True
             self.cycle.message_event.set()
@@ -245,14 +259,22 @@ class GuardedProtocol(H11Protocol):
             self._cancel_deadline()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
+        super().on_response_complete()  # may start a pipelined request (its body deadline set)
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._await_head()  # the keep-alive timer closes it idle; this one, trickling
 
+    def send_400_response(self, msg: str) -> None:
+        """h11's refusals (a malformed request, a head over `MAX_HEADER_BYTES` that arrived in
+        pieces) as JSON like every other error, with the model's hash."""
+        detail = f"{msg} (malformed, or headers over {MAX_HEADER_BYTES // 1024} KiB)"
+        self.refuse(400, "Bad Request", detail)
 
-def protocol_with(timeouts: Timeouts) -> type[GuardedProtocol]:
-    """`GuardedProtocol` with these timeouts (uvicorn builds one protocol object a connection)."""
-    return type("GuardedProtocol", (GuardedProtocol,), {"timeouts": timeouts})
+
+def protocol_with(timeouts: Timeouts, model_sha256: str = "") -> type[GuardedProtocol]:
+    """`GuardedProtocol` with these timeouts, naming this model on its own answers (uvicorn
+    builds one protocol object a connection)."""
+    settings = {"timeouts": timeouts, "model_sha256": model_sha256}
+    return type("GuardedProtocol", (GuardedProtocol,), settings)
 
 
 class DrainingServer(uvicorn.Server):

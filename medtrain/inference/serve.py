@@ -291,6 +291,7 @@ def create_app(
     )
     app.state.service = state
     app.state.limits = limits
+    app.state.weights_sha256 = sha
     add_web_routes(app)
 
     def prepare_all(uploads: list[tuple[bytes, str]]) -> list[Prepared]:
@@ -462,7 +463,7 @@ def make_server(
         host=host,
         port=port,
         access_log=access_log,
-        http=protocol_with(limits.timeouts),
+        http=protocol_with(limits.timeouts, app.state.weights_sha256),
         timeout_keep_alive=max(1, round(limits.timeouts.idle)),
         timeout_graceful_shutdown=max(1, round(limits.shutdown_s)),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,

@@ -369,11 +369,16 @@ def test_dicm_at_offset_128_makes_dicom_only_without_an_image_signature():
     assert decode(tiff_looking, "t.dcm", modality=True).array.max() == 9
 
 
-def test_multi_page_tiff_gives_its_first_page():
+def test_multi_page_tiff_and_animated_png_are_refused_not_guessed():
     pages = [Image.fromarray(np.full((8, 8), k, np.uint8)) for k in (1, 2, 3)]
+    for image_format, name in (("TIFF", "p.tif"), ("PNG", "p.png")):
+        buffer = io.BytesIO()
+        pages[0].save(buffer, format=image_format, save_all=True, append_images=pages[1:])
+        with pytest.raises(DataError, match=rf"{name}: the {image_format} holds several pages"):
+            decode(buffer.getvalue(), name)
     buffer = io.BytesIO()
-    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
-    np.testing.assert_array_equal(decode(buffer.getvalue(), "p.tif").array, np.full((8, 8), 1))
+    pages[0].save(buffer, format="TIFF")  # one page: read
+    np.testing.assert_array_equal(decode(buffer.getvalue(), "q.tif").array, np.full((8, 8), 1))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ server's peak resident memory while it was answered."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from PIL import Image
 
 from medtrain.inference.guard import Timeouts
 from medtrain.inference.predictor import Predictor
@@ -128,7 +130,16 @@ HOSTILE = [
     ("NPY of 3e38 (overflows in normalization)", "k.npy", lambda: hostile.npy_of(3e38), 422),
     ("DICOM PixelSpacing 1e308", "l.dcm", lambda: hostile.dicom_with_spacing(1e308), 422),
     ("PNG with DICM at byte 128", "m.png", hostile.png_with_dicm_at_128, 200),
+    ("TIFF of 3 pages", "n.tif", lambda: multi_page_tiff(3), 422),
 ]
+
+
+def multi_page_tiff(pages: int) -> bytes:
+    """A TIFF holding `pages` small grey pages (a stack): reading one would be a guess."""
+    buffer = io.BytesIO()
+    frames = [Image.fromarray(grey(k, (16, 16))) for k in range(pages)]
+    frames[0].save(buffer, format="TIFF", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(("what", "name", "make", "expected"), HOSTILE, ids=[h[0] for h in HOSTILE])
@@ -273,6 +284,7 @@ def test_idle_connections_are_closed_and_their_number_is_limited(classifier):
     try:
         extra = raw_exchange(classifier.port, [])
         assert extra.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in extra.lower()
+        assert b"x-model-sha256: " in extra  # answers below the application name the model too
         began = time.perf_counter()
         for sock in sockets:
             sock.settimeout(5)
@@ -294,6 +306,42 @@ def test_malformed_framing_and_repeated_fields_are_refused(classifier, predictor
     assert fetch(port, "GET", "/health", headers=huge)[0] == 431
     status, error = post(port, "/predict", ("file", "a.png", small), ("file", "b.png", small))
     assert status == 422 and "/predict/batch" in error["detail"]
+
+
+def test_a_long_request_line_and_headers_in_pieces_are_refused_as_json(classifier):
+    status, _, body = fetch(classifier.port, "GET", "/health?" + "a" * 20_000)
+    assert status == 431 and "KiB" in json.loads(body)["detail"]
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-Filler-%d: %s\r\n" % (k, b"y" * 1000) for k in range(20)
+    )
+    answer = raw_exchange(
+        classifier.port, [head[k : k + 4096] for k in range(0, len(head), 4096)], 0.05
+    )
+    assert answer.startswith(b"HTTP/1.1 400") and b"application/json" in answer
+
+
+def test_a_pipelined_request_keeps_its_body_deadline(predictors):
+    """A request queued behind another on one connection has arrived whole: its body may take
+    `body` seconds, not `header`."""
+    limits = ServeLimits(timeouts=Timeouts(header=0.5, body=5.0, idle=5.0))
+    running = start(create_app(predictors["classification"], limits=limits))
+    try:
+        body, headers = form(("file", "a.png", encode(grey(1), "PNG")))
+        post_head = (
+            f"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        pipelined = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + post_head + body[:10]
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(pipelined)
+            time.sleep(1.0)  # longer than the header timeout, well within the body's
+            sock.sendall(body[10:])
+            answer = b""
+            while data := sock.recv(65536):
+                answer += data
+        assert answer.count(b"HTTP/1.1 200") == 2, answer[:300]
+    finally:
+        stop(running)
 
 
 def test_repeated_api_key_headers_are_refused(predictors):
