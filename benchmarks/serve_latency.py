@@ -123,10 +123,20 @@ def load(port: int, body: bytes, requests: int, concurrency: int) -> dict[str, f
     """`requests` requests from `concurrency` threads: latency percentiles, errors, requests/s."""
     latencies: list[float] = []
     errors: list[str] = []
-    shares = [requests // concurrency + (k < requests % concurrency) for k in range(concurrency)]
     threads = [
-        threading.Thread(target=client, args=(port, body, n, latencies, errors)) for n in shares
+        threading.Thread(target=client, args=(port, body, n, latencies, errors))
+        for n in shares(requests, concurrency)
     ]
+    return {"concurrency": concurrency, **run_clients(threads, latencies, errors, requests)}
+
+
+def shares(requests: int, concurrency: int) -> list[int]:
+    """`requests` split as evenly as possible over `concurrency` clients."""
+    return [requests // concurrency + (k < requests % concurrency) for k in range(concurrency)]
+
+
+def run_clients(threads: list, latencies: list[float], errors: list[str], requests: int) -> dict:
+    """Start the client `threads`, wait for them: errors, latency percentiles, requests/s."""
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -135,7 +145,6 @@ def load(port: int, body: bytes, requests: int, concurrency: int) -> dict[str, f
     wall = time.perf_counter() - start
     return {
         "requests": requests,
-        "concurrency": concurrency,
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
         **percentiles(latencies),

@@ -39,6 +39,8 @@ from serve_latency import (
     load_arguments,
     multipart,
     percentiles,
+    run_clients,
+    shares,
     start_server,
     write_results,
 )
@@ -219,36 +221,23 @@ def phase(port, pid, bodies, expected, requests, concurrency, extra=None) -> dic
     reset_peak(pid)
     latencies: list[float] = []
     errors: list[str] = []
-    shares = [requests // concurrency + (k < requests % concurrency) for k in range(concurrency)]
     threads = [
         threading.Thread(
             target=valid_client,
             args=(port, bodies[k % len(bodies)], expected[k % len(bodies)], n, latencies, errors),
         )
-        for k, n in enumerate(shares)
+        for k, n in enumerate(shares(requests, concurrency))
     ]
     stop = threading.Event()
     side = threading.Thread(target=extra, args=(stop,)) if extra else None
     if side:
         side.start()
         time.sleep(0.5)
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
+    result = run_clients(threads, latencies, errors, requests)
     stop.set()
     if side:
         side.join()
-    return {
-        "requests": requests,
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
-        **percentiles(latencies),
-        "requests_per_s": round(requests / wall, 1),
-        "server_peak_rss_mib": round(peak_rss_mib(pid), 1),
-    }
+    return result | {"server_peak_rss_mib": round(peak_rss_mib(pid), 1)}
 
 
 def main() -> None:

@@ -321,21 +321,26 @@ def totals(
         found[key].append((int(row["area_px"]), float(row["area_mm2"])))
     out = []
     for (image_id, klass), objects in found.items():
-        count = len(objects)
-        area_mm2 = math.fsum(a for _, a in objects)
-        out.append(
-            {
-                "id": image_id,
-                "source": source,
-                "class": klass,
-                "count": count,
-                "total_area_px": sum(a for a, _ in objects),
-                "total_area_mm2": area_mm2,
-                "mean_area_mm2": area_mm2 / count if count else "",
-                "unit": _unit(units, image_id),
-            }
-        )
+        area_px, area_mm2 = sum(a for a, _ in objects), math.fsum(a for _, a in objects)
+        unit = _unit(units, image_id)
+        out.append(total_row(image_id, klass, len(objects), area_px, area_mm2, source, unit))
     return out
+
+
+def total_row(
+    image_id: str, klass: str, count: int, area_px: int, area_mm2: float, source: str, unit: str
+) -> dict[str, Any]:
+    """One row of `totals` (the keys of `TOTAL_FIELDS`); `mean_area_mm2` is "" without objects."""
+    return {
+        "id": image_id,
+        "source": source,
+        "class": klass,
+        "count": count,
+        "total_area_px": area_px,
+        "total_area_mm2": area_mm2,
+        "mean_area_mm2": area_mm2 / count if count else "",
+        "unit": unit,
+    }
 
 
 def _unit(units: str | Mapping[str, str], image_id: str) -> str:

@@ -6,6 +6,7 @@ shutdown with a deadline)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import threading
@@ -195,6 +196,8 @@ class GuardedProtocol(H11Protocol):
 
     timeouts = Timeouts()
     model_sha256 = ""  # named on its own answers too, as RequestGuard names it on the app's
+    deadline: asyncio.TimerHandle | None = None  # the one timer running, if any
+    partial = False  # bytes of a request's head have arrived, not yet all of it
 
     def refuse(self, status: int, reason: str, detail: str, retry: bool = False) -> None:
         """Answer `status` below the application and close the connection."""
@@ -203,7 +206,6 @@ class GuardedProtocol(H11Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.deadline = None
         if len(self.connections) > self.timeouts.max_connections:
             detail = "too many connections (max_connections): retry later"
             self.refuse(503, "Service Unavailable", detail, retry=True)
@@ -227,7 +229,7 @@ class GuardedProtocol(H11Protocol):
         self.deadline = self.loop.call_later(seconds, self._too_slow, what, seconds)
 
     def _cancel_deadline(self) -> None:
-        if getattr(self, "deadline", None) is not None:
+        if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
 
@@ -242,7 +244,7 @@ class GuardedProtocol(H11Protocol):
             self.transport.write(
                 raw_response(408, "Request Timeout", detail, model=self.model_sha256)
             )
-        if self.cycle is not None:
+        if self.cycle is not None:  # the application's receive() returns a disconnect
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.transport.close()
@@ -290,11 +292,10 @@ class DrainingServer(uvicorn.Server):
         self.drain_s = drain_s
 
     def handle_exit(self, sig: int, frame) -> None:
-        if self.state.draining or self.drain_s <= 0:
-            self.state.draining = True
+        drained, self.state.draining = self.state.draining, True
+        if drained or self.drain_s <= 0:
             super().handle_exit(sig, frame)
             return
-        self.state.draining = True
         timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
         timer.daemon = True
         timer.start()

@@ -18,7 +18,13 @@ from skimage.morphology import remove_small_objects
 from torch import nn
 
 from medtrain.analysis.agreement import measurement_agreement
-from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS, measure_mask, totals
+from medtrain.analysis.measurements import (
+    MEASUREMENT_FIELDS,
+    TOTAL_FIELDS,
+    measure_mask,
+    total_row,
+    totals,
+)
 from medtrain.analysis.overlays import draw_overlay, safe_name, save_overlays, unique_name
 from medtrain.analysis.statistics import segmentation_intervals
 from medtrain.analysis.volume_results import VolumeAssembler
@@ -221,14 +227,16 @@ class SegmentationTask(Task):
             return {"mask": mask}
         spacing = item.spacing
         units = "px" if spacing is None else "mm"
+        result = {
+            "mask": mask,
+            "intensity": item.intensity,
+            "spacing": None if spacing is None else [float(s) for s in spacing],
+            "units": units,
+        }
         counted = self.count_objects(mask) if item.max_objects is not None else {}
         found = sum(count for count, _ in counted.values())
         if item.max_objects is not None and found > item.max_objects:
-            return {
-                "mask": mask,
-                "intensity": item.intensity,
-                "spacing": None if spacing is None else [float(s) for s in spacing],
-                "units": units,
+            return result | {
                 "measurements": [],
                 "measurements_left_out": found,
                 "note": f"{found} objects: over the {item.max_objects} measured one by one "
@@ -246,14 +254,7 @@ class SegmentationTask(Task):
             connectivity=self.connectivity,
         )
         summary = totals(rows, [item.name], self.class_names[1:], source="pred", units=units)
-        return {
-            "mask": mask,
-            "intensity": item.intensity,
-            "spacing": None if spacing is None else [float(s) for s in spacing],
-            "units": units,
-            "measurements": rows,
-            "totals": summary,
-        }
+        return result | {"measurements": rows, "totals": summary}
 
     def count_objects(self, mask: np.ndarray) -> dict[str, tuple[int, int]]:
         """Per foreground class, its (object count, area in pixels): cheap, unlike measuring."""
@@ -271,16 +272,7 @@ class SegmentationTask(Task):
         """`totals` rows (`TOTAL_FIELDS`) from `count_objects`, without measuring each object."""
         pixel_mm2 = 1.0 if spacing is None else float(spacing[0]) * float(spacing[1])
         return [
-            {
-                "id": name,
-                "source": "pred",
-                "class": klass,
-                "count": count,
-                "total_area_px": area,
-                "total_area_mm2": area * pixel_mm2,
-                "mean_area_mm2": area * pixel_mm2 / count if count else "",
-                "unit": units,
-            }
+            total_row(name, klass, count, area, area * pixel_mm2, "pred", units)
             for klass, (count, area) in counted.items()
         ]
 

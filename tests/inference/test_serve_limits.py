@@ -59,11 +59,7 @@ def bounded(mib: float = 100, seconds: float = 5):
 # -- servers -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def predictors(finished_runs) -> dict[str, Predictor]:
-    return {
-        task: Predictor(run)
-        for task in ("classification", "segmentation")
-        for run in [finished_runs[task]]
-    }
+    return {task: Predictor(finished_runs[task]) for task in ("classification", "segmentation")}
 
 
 @pytest.fixture(scope="module")
