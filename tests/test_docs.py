@@ -69,6 +69,11 @@ def medtrain_args(command: str) -> list[str] | None:
         return words[1:]
     if words[:3] == ["python", "-m", "medtrain"]:
         return words[3:]
+    launcher = words[1:] if words[:1] == ["srun"] else words
+    if launcher[:1] == ["torchrun"] and "medtrain" in launcher:  # torchrun [flags] -m medtrain
+        k = launcher.index("medtrain")
+        assert launcher[k - 1] == "-m", command
+        return launcher[k + 1 :]
     return None
 
 

@@ -112,5 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb == "version":
         print(f"medtrain {__version__}")
         return 0
+    from medtrain.engine.ranks import under_torchrun
+
+    if verb != "train" and under_torchrun():
+        print(
+            f"medtrain: `medtrain {verb}` runs as one process; under torchrun only training runs "
+            "(torchrun ... -m medtrain [train] overrides). Sweeps take several workers with "
+            "sweep.storage=...; `medtrain rerun` starts torchrun itself (docs/scaling.md)",
+            file=sys.stderr,
+        )
+        return 2
     module = importlib.import_module(f"medtrain.commands.{VERBS[verb][0]}")
     return module.main(rest)

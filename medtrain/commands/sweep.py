@@ -21,6 +21,12 @@ usage: medtrain sweep 'sweep.params.KEY=SPEC' ... [sweep.KEY=VALUE ...] [overrid
   sweep.pruner=median    median | hyperband | none
   sweep.min_epochs=1     epochs a trial trains before it can be pruned
   sweep.startup_trials=3 complete trials before the median pruner prunes anything
+  sweep.storage=PATH|URL a study shared by several workers, each started with the same command
+                         (on one machine or many): an Optuna journal file (one machine or a
+                         shared file system) or an SQL URL (postgresql://user@host/db, ...);
+                         they draw trials until sweep.trials are done (default: <dir>/study.db,
+                         one worker)
+  sweep.study=medtrain   the study's name in the storage (one database can hold several)
   override               any `medtrain train` override, applied to every trial
 """
 

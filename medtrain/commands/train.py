@@ -1,12 +1,19 @@
 """`medtrain [train] [overrides]`: compose the config with Hydra, train and test, write the run
 folder. Hydra's own flags work as with any Hydra app: `-m` (a grid of jobs), `--cfg job` (print the
 config), `--config-dir` (add your own config folder), `--help` (the groups and the current config).
+
+Under torchrun (`torchrun --nproc_per_node=N -m medtrain ...`) every process runs this; the ranks
+other than 0 compose the same config, but their Hydra writes nothing into the run folder (no
+`.hydra/`, no log file: they log warnings and errors to stderr with their rank), and they train
+into rank 0's folder (`medtrain.engine.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +51,23 @@ class TrainJobs:
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
+        from medtrain.engine import distributed
         from medtrain.engine.training import train
 
         self.started.append(len(self.started) + 1)
         hydra = HydraConfig.get()
         try:
-            metrics = train(cfg, Path(hydra.runtime.output_dir))
+            try:
+                metrics = train(cfg, Path(hydra.runtime.output_dir))
+            except Exception as err:
+                if distributed.is_distributed() and distributed.is_communication_error(err):
+                    raise distributed.peer_failed(err) from err
+                raise
         except MedtrainError as err:
-            log.error("%s", err)
+            if not distributed.from_main(err):  # rank 0's own error: rank 0 has logged it
+                log.error("%s", err)
+            if isinstance(err, distributed.PeerFailed):
+                sys.exit(1)  # the run broke: no later job of a multirun can run in step
             if hydra.mode == RunMode.MULTIRUN:
                 self.failed.append(hydra.job.num)
                 return None  # recorded as failed (no metrics.json); the grid goes on
@@ -72,7 +88,47 @@ def main(argv: Sequence[str]) -> int:
             for key, value in SAVED_CONFIG_DEFAULTS
             if not any(a.startswith(f"{key.lstrip('+')}=") for a in given)
         ]
+    from medtrain.engine.ranks import launched_rank
+
+    rank = launched_rank()
+    scratch = None
+    if rank > 0:
+        # Hydra runs in every process; only rank 0's writes the run folder. The others get a
+        # scratch folder (removed at the end), no .hydra/ and no log file.
+        scratch = tempfile.TemporaryDirectory(prefix=f"medtrain-rank{rank}-")
+        mine = ("hydra.run.dir", "hydra.sweep.dir", "hydra.output_subdir")
+        args.overrides = [a for a in args.overrides if a.lstrip("+").split("=")[0] not in mine]
+        args.overrides += [
+            f"hydra.run.dir={scratch.name}",
+            f"hydra.sweep.dir={scratch.name}",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
+        from medtrain.engine.distributed import configure_rank_logging
+
+        configure_rank_logging(rank)
     jobs = TrainJobs()
+    try:
+        return _run(args, parser, jobs)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Close the process group of a distributed run that ended normally (torch warns otherwise)."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):  # the run is over; a peer already gone is no error
+            dist.destroy_process_group()
+
+
+def _run(args, parser, jobs: TrainJobs) -> int:
     try:
         # Hydra's public decorator reads sys.argv; its runner takes the parsed arguments instead.
         _run_hydra(

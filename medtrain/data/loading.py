@@ -1,12 +1,14 @@
-"""Batched loading: seeded shuffling and workers, so a run's batches are the same on every rerun."""
+"""Batched loading: seeded shuffling and workers, so a run's batches are the same on every rerun,
+and the batches of one process when several train together (`medtrain.engine.distributed`)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
 
 def seed_worker(worker_id: int) -> None:
@@ -29,23 +31,112 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def last_batch_dropped(size: int, batch_size: int, processes: int = 1) -> bool:
+    """Whether an epoch leaves out its last, short batch: one of a single sample breaks batch
+    norm, and one smaller than the number of processes would leave a process without data."""
+    rest = size % batch_size
+    return rest == 1 or 0 < rest < processes
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """One process's training batches: the global batches a single process would draw from the
+    (seed, epoch) permutation, each shared out among the processes (this one takes the positions
+    `rank`, `rank + processes`, ...). The processes' shards are disjoint, and together they see
+    every global batch a single-process run sees, whatever their number.
+
+    Attributes:
+        shares: for each batch, this process's part of the global batch (its size over the global
+            size): the weight that makes the processes' mean gradient the global batch's.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, processes: int, generator, shuffle):
+        self.size, self.batch_size = size, batch_size
+        self.rank, self.processes = rank, processes
+        self.generator, self.shuffle = generator, shuffle
+        kept = size - size % batch_size if last_batch_dropped(size, batch_size, processes) else size
+        starts = range(0, kept, batch_size)
+        self.shares = [
+            len(range(rank, min(batch_size, kept - s), processes)) / min(batch_size, kept - s)
+            for s in starts
+        ]
+        self.kept = kept
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # The same draw from the same generator as RandomSampler: a single process's permutation.
+        order = (
+            torch.randperm(self.size, generator=self.generator).tolist()
+            if self.shuffle
+            else list(range(self.size))
+        )
+        for start in range(0, self.kept, self.batch_size):
+            yield order[start : start + self.batch_size][self.rank :: self.processes]
+
+    def __len__(self) -> int:
+        return len(self.shares)
+
+
+class DealtBatches(Sampler[list[int]]):
+    """One process's evaluation batches: the batches of a single-process evaluation (in order,
+    `batch_size` each), dealt out whole in turn (batch k to process k mod `processes`), so that
+    every batch is computed exactly as a single process computes it.
+
+    Attributes:
+        total: the number of batches over all processes.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, processes: int):
+        self.size, self.batch_size = size, batch_size
+        self.total = -(-size // batch_size)
+        self.mine = list(range(rank, self.total, processes))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for k in self.mine:
+            yield list(range(k * self.batch_size, min((k + 1) * self.batch_size, self.size)))
+
+    def __len__(self) -> int:
+        return len(self.mine)
+
+
 class EpochLoader(DataLoader):
     """A DataLoader whose shuffling and augmentation are fixed by (seed, epoch).
 
     Call `set_epoch(epoch)` before iterating: resuming at epoch k then yields exactly the batches an
-    uninterrupted run sees at epoch k.
+    uninterrupted run sees at epoch k. With `shard=(rank, processes)` and several processes it
+    yields this process's batches: `ShardedBatches` when shuffling (training), `DealtBatches`
+    otherwise (evaluation).
     """
 
-    def __init__(self, dataset: Dataset, *, seed: int, shuffle: bool, **kwargs):
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        seed: int,
+        shuffle: bool,
+        batch_size: int,
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+        **kwargs,
+    ):
         self.generator_ = torch.Generator()
         self.base_seed = seed
-        sampler = RandomSampler(dataset, generator=self.generator_) if shuffle else None
+        rank, processes = shard
+        if processes > 1:
+            if shuffle:
+                batches = ShardedBatches(
+                    len(dataset), batch_size, rank, processes, self.generator_, shuffle
+                )
+            else:
+                batches = DealtBatches(len(dataset), batch_size, rank, processes)
+            sizes: dict = {"batch_sampler": batches}
+        else:
+            sampler = RandomSampler(dataset, generator=self.generator_) if shuffle else None
+            sizes = {"sampler": sampler, "batch_size": batch_size, "drop_last": drop_last}
         super().__init__(
             dataset,
-            sampler=sampler,
             generator=self.generator_,
             worker_init_fn=seed_worker,
             collate_fn=collate,
+            **sizes,
             **kwargs,
         )
         self.set_epoch(0)
@@ -65,8 +156,10 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> EpochLoader:
-    """Build the loader of one split; `pin_memory` only matters when training on CUDA."""
+    """Build the loader of one split; `pin_memory` only matters when training on CUDA; `shard`
+    (rank, processes) picks one process's batches when several train together."""
     return EpochLoader(
         dataset,
         seed=seed,
@@ -75,5 +168,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        shard=shard,
         persistent_workers=False,  # workers must see set_epoch's new augmentation epoch
     )

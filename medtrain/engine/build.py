@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from medtrain.data.base import SPLITS
-from medtrain.data.loading import EpochLoader, make_loader
+from medtrain.data.loading import EpochLoader, last_batch_dropped, make_loader
 from medtrain.data.transforms import Normalize, SeededAugment
+from medtrain.engine import distributed
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError, MedtrainError
 
@@ -159,8 +160,22 @@ def channel_statistics(dataset: Any, max_images: int = 2000) -> tuple[list[float
 
 
 def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict[str, EpochLoader]:
-    """One seeded loader per split; only the training loader shuffles."""
+    """One seeded loader per split; only the training loader shuffles.
+
+    With several processes, `trainer.batch_size` stays the global batch (what one optimizer step
+    averages, before accumulation): each process loads its share of every global batch. The
+    evaluation batches (`trainer.eval_batch_size`, a memory setting) are dealt out whole.
+
+    Raises:
+        ConfigError: a global batch smaller than the number of processes.
+    """
     trainer = cfg.trainer
+    shard = (distributed.rank(), distributed.world_size())
+    if trainer.batch_size < shard[1]:
+        raise ConfigError(
+            f"trainer.batch_size={trainer.batch_size} is the global batch, shared by {shard[1]} "
+            f"processes: it must be at least {shard[1]}"
+        )
     loaders = {}
     for split, dataset in datasets.items():
         train = split == "train"
@@ -172,7 +187,8 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
             seed=cfg.seed,
             num_workers=trainer.num_workers,
             pin_memory=device.type == "cuda",
-            drop_last=train and len(dataset) % batch_size == 1,  # a batch of 1 breaks batch norm
+            drop_last=train and last_batch_dropped(len(dataset), batch_size),
+            shard=shard,
         )
     return loaders
 

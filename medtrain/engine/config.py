@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from medtrain.engine import distributed
 from medtrain.engine.build import target_class
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError
@@ -133,6 +134,7 @@ def validate(cfg: DictConfig) -> torch.device:
         patience,
         "must be null or an integer >= 1",
     )
+    distributed.check_settings(t)
     precision = str(t.precision)
     require(
         precision in PRECISIONS, "trainer.precision", t.precision, f"choose one of {PRECISIONS}"

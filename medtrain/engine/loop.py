@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from medtrain.engine import distributed
 from medtrain.engine.callbacks import (
     Epoch,
     EpochCallback,
@@ -68,32 +69,45 @@ def train_one_epoch(
     """One pass over the training split; returns `train/loss` (mean over batches) and `train/lr`.
 
     `ema`, when given, is a `torch.optim.swa_utils.AveragedModel` updated after every optimizer step.
+    With several processes `model` is DistributedDataParallel and `loader` yields this process's
+    share of each global batch; `train/loss` is then the global batches' mean loss.
     """
     model.train()
     total, batches = 0.0, 0
     lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
     accumulate = cfg.accumulate_grad_batches
     per_batch_schedule = steps_per_batch(scheduler)
+    processes = distributed.world_size()
+    shares = getattr(loader.batch_sampler, "shares", None)  # several processes: see ShardedBatches
     bar = tqdm(
         loader,
         desc=f"epoch {epoch + 1}/{cfg.max_epochs}",
         leave=False,
-        disable=None if cfg.progress else True,
+        disable=None if cfg.progress and distributed.is_main() else True,
     )
     for i, batch in enumerate(bar):
         batch = to_device(batch, device)
-        with autocast(device, cfg.precision):
-            loss = task.loss(task.forward(model, batch), batch)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
-                "lower optimizer.lr or set trainer.gradient_clip_norm"
-            )
-        # Average over the accumulation window (the last window of an epoch may be shorter).
-        window = min(accumulate, len(loader) - (i // accumulate) * accumulate)
-        scaler.scale(loss / window).backward()
         # Step after `accumulate` batches (or at the end of the epoch): the effective batch is larger.
-        if (i + 1) % accumulate == 0 or i + 1 == len(loader):
+        steps = (i + 1) % accumulate == 0 or i + 1 == len(loader)
+        share = shares[i] if shares else 1.0
+        with distributed.no_sync(model, steps):  # accumulated gradients are exchanged once
+            with autocast(device, cfg.precision):
+                loss = task.loss(task.forward(model, batch), batch)
+            # The global batch's loss (each process weighs its share): every process sees the
+            # same value, so that a NaN stops them all at the same batch.
+            batch_loss = distributed.sum_across(loss.detach().float() * share)
+            if not torch.isfinite(batch_loss):
+                raise TrainingError(
+                    f"loss became {batch_loss.item()} at epoch {epoch + 1}, batch {i}; "
+                    "lower optimizer.lr or set trainer.gradient_clip_norm"
+                )
+            # Average over the accumulation window (the last window of an epoch may be shorter).
+            window = min(accumulate, len(loader) - (i // accumulate) * accumulate)
+            # DDP averages the processes' gradients; weighing each by share x processes makes that
+            # the gradient of the global batch's mean loss, also for a last batch shared unevenly.
+            weight = share * processes if processes > 1 else 1.0
+            scaler.scale(loss * weight / window if processes > 1 else loss / window).backward()
+        if steps:
             if cfg.gradient_clip_norm:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.gradient_clip_norm)
@@ -106,8 +120,8 @@ def train_one_epoch(
             if stepped and per_batch_schedule:
                 scheduler.step()
             if stepped and ema is not None:
-                ema.update_parameters(model)
-        total, batches = total + loss.item(), batches + 1
+                ema.update_parameters(distributed.unwrap(model))
+        total, batches = total + batch_loss.item(), batches + 1
         bar.set_postfix(loss=f"{total / batches:.4f}")
     return {"train/loss": total / max(batches, 1), "train/lr": lr}
 
@@ -118,17 +132,37 @@ def evaluate(
 ):
     """Run the model over a split; returns the task's collector (metrics, predictions) and mean loss.
 
-    `final` marks the test pass, whose collector keeps what its `save` writes (masks, ...).
+    `final` marks the test pass, whose collector keeps what its `save` writes (masks, ...). With
+    several processes each evaluates whole batches of the split dealt out in turn, and rank 0's
+    collector receives every batch in the order of a single-process evaluation (without the model
+    input `image`), so its metrics and files equal one process's; the other ranks' collectors stay
+    empty and their loss is NaN.
     """
     model.eval()
     collector, total, batches = task.collector(final), 0.0, 0
-    for batch in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
-        batch = to_device(batch, device)
-        with autocast(device, precision):
-            outputs = task.forward(model, batch)
-        total, batches = total + task.loss(outputs, batch).item(), batches + 1
+
+    def computed():
+        bar = tqdm(
+            loader,
+            desc="evaluate",
+            leave=False,
+            disable=None if progress and distributed.is_main() else True,
+        )
+        for batch in bar:
+            batch = to_device(batch, device)
+            with autocast(device, precision):
+                outputs = task.forward(model, batch)
+            loss = task.loss(outputs, batch).item()
+            if distributed.is_distributed():  # sent to rank 0
+                batch = {k: v for k, v in batch.items() if k != "image"}
+                outputs, batch = distributed.to_cpu(outputs), distributed.to_cpu(batch)
+            yield outputs, batch, loss
+
+    total_batches = getattr(loader.batch_sampler, "total", len(loader))
+    for outputs, batch, loss in distributed.in_batch_order(computed(), total_batches):
+        total, batches = total + loss, batches + 1
         collector.update(outputs, batch)
-    return collector, total / max(batches, 1)
+    return collector, total / batches if batches else math.nan
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -171,48 +205,63 @@ def fit(
         The loop state (history, best epoch and metric, ...).
     """
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    main = distributed.is_main()
+    net = distributed.unwrap(model)  # `model` is DistributedDataParallel with several processes
     # With an exponential moving average of the weights, the average is what is validated, saved
     # as "model" and tested; the raw weights are kept in the checkpoint to resume training.
     ema = None
     if cfg.ema_decay:
-        ema = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-        )
-    evaluated = model if ema is None else ema.module
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    evaluated = net if ema is None else ema.module
     state = new_state()
     if cfg.resume:
         ckpt_dir, config = run_dir / "checkpoints", extra_state["config"]
-        state = resume(cfg.resume, ckpt_dir, model, optimizer, scheduler, scaler, ema, config)
-        save_history(run_dir / "history.csv", state["history"])
+        state = resume(cfg.resume, ckpt_dir, net, optimizer, scheduler, scaler, ema, config)
+        if main:
+            save_history(run_dir / "history.csv", state["history"])
     checkpoints = save_checkpoints(
-        run_dir / "checkpoints", model, optimizer, scheduler, scaler, ema, extra_state
+        run_dir / "checkpoints", net, optimizer, scheduler, scaler, ema, extra_state
     )
-    every_epoch = default_callbacks(run_dir, cfg, task.monitor, checkpoints) + list(callbacks)
+    # Only rank 0 writes (checkpoints, history, TensorBoard) and runs `callbacks`; what they
+    # raise (a sweep's pruning, a full disk) stops every rank.
+    every_epoch = default_callbacks(run_dir, cfg, task.monitor, checkpoints) if main else []
+    every_epoch += list(callbacks) if main else []
+    seed = int(extra_state["seed"])
     try:
         for epoch in range(state["epoch"], cfg.max_epochs):
             if cfg.early_stopping_patience and state["stale_epochs"] >= cfg.early_stopping_patience:
                 break
             # Randomness (shuffling, augmentation, dropout) is a function of (seed, epoch): resuming
-            # at epoch k sees exactly what an uninterrupted run sees.
-            seed_everything(int(extra_state["seed"]) * 1_000 + epoch)
+            # at epoch k sees exactly what an uninterrupted run sees. Shuffling and augmentation
+            # are the same on every rank; dropout is drawn per rank.
+            seed_everything(seed * 1_000 + epoch + 1_000_003 * distributed.rank())
             loaders["train"].set_epoch(epoch)
             start = time.perf_counter()
             row = {"epoch": epoch + 1}
             row |= train_one_epoch(
                 model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch, ema
             )
+            # Batch-norm statistics are each rank's own after its last batch: evaluate rank 0's.
+            distributed.broadcast_module(evaluated)
             collector, val_loss = evaluate(evaluated, loaders["val"], task, device, cfg.precision)
-            row |= {"val/loss": val_loss, **collector.metrics("val")}
+            row |= distributed.decided(
+                lambda c=collector, v=val_loss: {"val/loss": v, **c.metrics("val")}
+            )
             step_on_plateau(scheduler, row, task.monitor, epoch)
             row["time_s"] = round(time.perf_counter() - start, 3)
+            # Every rank keeps the same state from rank 0's numbers (early stopping agrees).
             improved = record(state, row, task.monitor, task.monitor_mode)
-            for callback in every_epoch:  # the place to add per-epoch work: pass `callbacks`
-                callback(Epoch(epoch + 1, row, improved, state))
+            distributed.decided(run_callbacks, every_epoch, Epoch(epoch + 1, row, improved, state))
     finally:
         for callback in every_epoch:
             if hasattr(callback, "close"):
                 callback.close()
     return state
+
+
+def run_callbacks(callbacks: Sequence[EpochCallback], epoch: Epoch) -> None:
+    for callback in callbacks:  # the place to add per-epoch work: pass `callbacks` to `fit`
+        callback(epoch)
 
 
 def step_on_plateau(scheduler, row: dict[str, Any], monitor: str, epoch: int) -> None:
@@ -248,30 +297,37 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     """Evaluate the best checkpoint: choose the threshold on val, then touch the test split once.
 
     The task's collector writes its files (`predictions.csv`, ...); the chosen threshold is stored in
-    `best.pt` so that prediction and serving use it. Returns the final metrics.
+    `best.pt` so that prediction and serving use it. Returns the final metrics (on every rank; rank
+    0 reads the checkpoint, sends its weights, and computes and writes everything).
     """
     best_path = run_dir / "checkpoints" / "best.pt"
-    checkpoint = load_checkpoint(best_path)
-    model.load_state_dict(checkpoint["model"])
+    checkpoint = None
+    if distributed.is_main():
+        checkpoint = load_checkpoint(best_path)
+        model.load_state_dict(checkpoint["model"])
+    distributed.broadcast_module(model)
     val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
-    threshold = task.fit_threshold(val)
+    threshold = task.fit_threshold(val) if distributed.is_main() else None
     test_collector, test_loss = evaluate(
         model, loaders["test"], task, device, cfg.precision, final=True
     )
-    thresholds = threshold_entries(threshold, task.class_names)
-    saved = test_collector.save(run_dir) or {}  # task files; some tasks add summary numbers
-    results = {
-        **test_collector.metrics("test"),
-        **{f"test/{key}": value for key, value in saved.items()},
-        "test/loss": test_loss,
-        **val.metrics("val"),
-        "val/loss": val_loss,
-        "best_epoch": checkpoint["best_epoch"],
-        **thresholds,
-    }
-    checkpoint["threshold"] = threshold
-    save_checkpoint(best_path, checkpoint)
-    return results
+
+    def results() -> dict[str, Any]:
+        saved = test_collector.save(run_dir) or {}  # task files; some tasks add summary numbers
+        values = {
+            **test_collector.metrics("test"),
+            **{f"test/{key}": value for key, value in saved.items()},
+            "test/loss": test_loss,
+            **val.metrics("val"),
+            "val/loss": val_loss,
+            "best_epoch": checkpoint["best_epoch"],
+            **threshold_entries(threshold, task.class_names),
+        }
+        checkpoint["threshold"] = threshold
+        save_checkpoint(best_path, checkpoint)
+        return values
+
+    return distributed.decided(results)
 
 
 def threshold_entries(threshold: float | list[float] | None, names: list[str]) -> dict[str, float]:

@@ -252,18 +252,25 @@ def collect_provenance(cfg: DictConfig, device: torch.device | str) -> dict[str,
     }
 
 
-def write_provenance(run_dir: Path, cfg: DictConfig, device: torch.device | str) -> dict[str, Any]:
+def write_provenance(
+    run_dir: Path, cfg: DictConfig, device: torch.device | str, world: dict | None = None
+) -> dict[str, Any]:
     """Write `provenance.json` into `run_dir` (and, when the checkout is dirty, `git_diff.patch`: the
     untracked files' names as comments, then `git diff HEAD`).
 
     Call it after the determinism settings are applied and before `build_datasets`, which fills in
     inferred dataset keys (the fingerprint of generated data is taken over the settings as given).
 
+    `world` (`medtrain.engine.distributed.describe`): the processes of a distributed run, recorded
+    as `distributed` (what `medtrain rerun` launches again); a single process records nothing.
+
     Returns:
         What `provenance.json` holds.
     """
     run_dir = Path(run_dir)
     provenance = collect_provenance(cfg, device)
+    if world and world.get("world_size", 1) > 1:
+        provenance["distributed"] = world
     diff = provenance["git"].pop("diff")
     if provenance["git"]["dirty"]:
         # `git apply` skips the lines before the first diff, so the untracked names can go there.

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.optim.lr_scheduler import OneCycleLR
 
+from medtrain.engine import distributed
 from medtrain.engine.trust import check_targets, configured_targets
 from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
@@ -44,6 +45,9 @@ MAY_CHANGE = (
     "num_workers",
     "device",
     "eval_batch_size",
+    "distributed.timeout_s",
+    "distributed.backend",
+    "distributed.find_unused_parameters",
 )
 
 
@@ -66,6 +70,21 @@ def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
         log.info("resuming with changed %s", ", ".join(k for k in changed if k != "trainer.resume"))
 
 
+def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None) -> dict:
+    """The checkpoint at `path`, after the checks of `resume`."""
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
+    checkpoint = load_checkpoint(path)
+    check_targets(checkpoint.get("config") or {}, path, configured_targets(config or {}))
+    if config is not None:
+        check_resumed_config(checkpoint["config"], config, scheduler)
+    if (ema is None) != ("training_model" not in checkpoint):
+        raise ConfigError(
+            f"trainer.resume={resume!r}: trainer.ema_decay differs from the checkpoint's run"
+        )
+    return checkpoint
+
+
 def resume(
     resume: bool | str,
     ckpt_dir: Path,
@@ -84,16 +103,9 @@ def resume(
     a refused difference would be named as an override to repeat.
     """
     path = resume_path(resume, ckpt_dir)
-    if not path.is_file():
-        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
-    checkpoint = load_checkpoint(path)
-    check_targets(checkpoint.get("config") or {}, path, configured_targets(config or {}))
-    if config is not None:
-        check_resumed_config(checkpoint["config"], config, scheduler)
-    if (ema is None) != ("training_model" not in checkpoint):
-        raise ConfigError(
-            f"trainer.resume={resume!r}: trainer.ema_decay differs from the checkpoint's run"
-        )
+    # Rank 0 reads and checks the checkpoint and sends it on: the other ranks need no access to
+    # the run folder (another node).
+    checkpoint = distributed.decided(_checked_checkpoint, resume, path, scheduler, ema, config)
     try:
         if ema is None:
             model.load_state_dict(checkpoint["model"])
@@ -109,9 +121,17 @@ def resume(
         ) from err
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
-    if (
-        path.parent.resolve() != ckpt_dir.resolve()
-    ):  # continuing into a new folder: bring the run along
+    saved_world, world = checkpoint.get("world_size", 1), distributed.world_size()
+    if saved_world != world and distributed.is_main():
+        log.warning(
+            "resuming a run trained by %d process(es) with %d: the global batches are the same, "
+            "but dropout and batch-norm statistics differ, so the result will not equal the "
+            "uninterrupted run's",
+            saved_world,
+            world,
+        )
+    if distributed.is_main() and path.parent.resolve() != ckpt_dir.resolve():
+        # continuing into a new folder: bring the run along
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         for name in ("best.pt", "last.pt"):
             if (path.parent / name).is_file():

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from medtrain import __version__
 from medtrain.analysis.report import write_report
 from medtrain.data.loading import collate
+from medtrain.engine import distributed
 from medtrain.engine.build import (
     build_datasets,
     build_loaders,
@@ -53,11 +54,19 @@ def configure_determinism(deterministic: bool) -> None:
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = ()) -> dict:
     """Run one experiment, writing into `run_dir`, and return its final metrics.
 
-    `callbacks` run after every epoch, after the default ones (see `medtrain.engine.callbacks`)."""
-    device = validate(cfg)
+    `callbacks` run after every epoch, after the default ones (see `medtrain.engine.callbacks`).
+    Under torchrun every process calls this; they train one model with DistributedDataParallel,
+    rank 0's `run_dir` is the run folder, and only rank 0 writes (`medtrain.engine.distributed`).
+    """
+    device = distributed.setup(cfg, validate(cfg))
+    run_dir = Path(
+        distributed.decided(str, run_dir)
+    )  # rank 0's folder (each rank's Hydra made one)
+    main = distributed.is_main()
     configure_determinism(cfg.trainer.deterministic)
     # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.
-    write_provenance(run_dir, cfg, device)
+    if main:
+        write_provenance(run_dir, cfg, device, distributed.describe())
     seed_everything(cfg.seed)
 
     datasets = build_datasets(cfg)
@@ -65,9 +74,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     if cfg.trainer.get("check_data", True):  # runs saved before the key existed: on
         # Every sample is read once before training: a bad file stops the run here, one line per
         # problem, instead of mid-epoch; data_report.json in the run folder lists everything.
-        check_before_training(cfg, datasets, run_dir)
-    # Which images are in which split, so that the split can be reused (dataset.split_file=...).
-    save_json(run_dir / "splits.json", {split: list(d.ids) for split, d in datasets.items()})
+        distributed.decided(check_before_training, cfg, datasets, run_dir)
+    if (
+        main
+    ):  # which images are in which split, so that the split can be reused (dataset.split_file=...)
+        save_json(run_dir / "splits.json", {split: list(d.ids) for split, d in datasets.items()})
     loaders = build_loaders(cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)
@@ -76,6 +87,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     check_model_output(model, task, first)
     model = model.to(device)
     task.loss_fn.to(device)
+    trained = distributed.wrap(model, cfg.trainer, device)  # DistributedDataParallel, or itself
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(loaders["train"]))
     log.info(
@@ -86,6 +98,18 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         device,
         run_dir,
     )
+    world = distributed.world_size()
+    if world > 1:
+        log.info(
+            "distributed: %d processes (%s); global batch %d (about %d per process) x %d "
+            "accumulated = %d samples per optimizer step",
+            world,
+            distributed.describe()["backend"],
+            cfg.trainer.batch_size,
+            cfg.trainer.batch_size // world,
+            cfg.trainer.accumulate_grad_batches,
+            cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches,
+        )
 
     start = time.perf_counter()
     extra_state = {
@@ -98,8 +122,10 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         "preprocessing": datasets["test"].preprocessing()
         | {"input_size": list(first["image"].shape[-2:])},
     }
+    if world > 1:  # what resuming compares (a single-process run's checkpoint has no entry)
+        extra_state["world_size"] = world
     state = fit(
-        model,
+        trained,
         task,
         loaders,
         optimizer,
@@ -111,13 +137,25 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         callbacks,
     )
     train_seconds = time.perf_counter() - start
+    # The replicas must be in step (DDP averages the same gradient into each): checked, not assumed.
+    checksums = distributed.parameter_checksums(model) if world > 1 else []
+    if len(set(checksums)) > 1:
+        log.warning("the processes' parameters differ after training: %s", checksums)
     metrics = test(model, task, loaders, device, cfg.trainer, run_dir) | {
         "epochs_trained": state["epoch"]
     }
+    run_info = {"world": distributed.describe(), "parameter_checksums": checksums}
+    return distributed.decided(finish, cfg, task, run_dir, metrics, train_seconds, device, run_info)
+
+
+def finish(cfg, task, run_dir: Path, metrics: dict, train_seconds: float, device, run_info) -> dict:
+    """Rank 0's end of a run: intervals, metrics.json, run_info.json, the report; returns the
+    metrics."""
     # Bootstrap 95% intervals (and calibration) from the files test() just wrote, with a fixed seed
     # so that a rerun writes the same metrics.json.
     metrics |= task.intervals(run_dir, metrics)
     save_json(run_dir / "metrics.json", metrics)
+    distributed_info = run_info if run_info["world"]["world_size"] > 1 else {}
     save_json(
         run_dir / "run_info.json",
         {
@@ -126,7 +164,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
             "python": platform.python_version(),
             **{f"{name}": version(name) for name in VERSIONED},
             "medtrain": __version__,
-            "epochs_trained": state["epoch"],
+            "epochs_trained": metrics["epochs_trained"],
+            **distributed_info,
         },
     )
     summary = "  ".join(

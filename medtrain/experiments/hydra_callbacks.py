@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from medtrain.engine.ranks import launched_rank
 from medtrain.experiments.sweep_summary import write_sweep_summary
 
 log = logging.getLogger("medtrain")
@@ -33,6 +34,8 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _write(config: DictConfig, plots: bool) -> Path | None:
+        if launched_rank() > 0:  # under torchrun only rank 0 writes the sweep folder
+            return None
         try:
             return write_sweep_summary(Path(config.hydra.sweep.dir), plots=plots)
         except Exception as err:  # a summary must never break the multirun

@@ -246,6 +246,39 @@ def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConf
     return config, saved, metrics
 
 
+def processes(provenance: Mapping[str, Any] | None) -> int:
+    """How many processes trained a run (provenance.json's `distributed`; 1 without it)."""
+    return int(((provenance or {}).get("distributed") or {}).get("world_size", 1))
+
+
+def launch_command(world: int, device: str) -> list[str]:
+    """How the rerun's training starts: `python -m medtrain`, or, for a run trained by `world`
+    processes, torchrun with as many processes on this machine: the same global batches and, for
+    the same number of processes, the same exchanges, so the same result.
+
+    Raises:
+        ConfigError: the rerun trains on CUDA and this machine has fewer GPUs than processes.
+    """
+    if world <= 1:
+        return [sys.executable, "-m", "medtrain"]
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() < world:
+            raise ConfigError(
+                f"the run trained with {world} processes on CUDA, and this machine has "
+                f"{torch.cuda.device_count()} GPU(s): rerun it where {world} GPUs are (on "
+                "several nodes: torchrun --nnodes=... -m medtrain --config-path RUN/.hydra "
+                "--config-name config hydra.run.dir=OUT, then medtrain compare RUN OUT), or "
+                "with device=cpu"
+            )
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone"] + [
+        f"--nproc_per_node={world}",
+        "-m",
+        "medtrain",
+    ]
+
+
 def rerun(
     run_dir: str | Path,
     output: str | Path | None = None,
@@ -296,8 +329,13 @@ def rerun(
         lines.append(
             "note: the run was resumed; the rerun trains from scratch (trainer.resume=false)"
         )
-    command = [sys.executable, "-m", "medtrain", "--config-path", str(config.parent)]
+    provenance = read_json(run_dir / "provenance.json")
+    world = processes(provenance)
+    trained_on = _device(run_dir, provenance) or "cpu"
+    command = [*launch_command(world, device or trained_on), "--config-path", str(config.parent)]
     command += ["--config-name", "config", *overrides]
+    if world > 1:
+        lines.append(f"note: the run trained with {world} processes; the rerun too (torchrun)")
     print(f"rerunning {run_dir} into {out} ...", flush=True)
     # Relative dataset paths resolve from the current folder, as they did for the original run.
     # One stream, stdout and stderr interleaved: Hydra logs errors to stdout, Python to stderr.
@@ -315,7 +353,6 @@ def rerun(
     if rerun_metrics is None:
         raise RerunFailed(f"the rerun finished without writing {out / 'metrics.json'}")
 
-    provenance = read_json(run_dir / "provenance.json")
     rerun_provenance = read_json(out / "provenance.json")
     if provenance is not None and rerun_provenance is None:
         # A rerun by a medtrain that does not write provenance yet: this process runs the same

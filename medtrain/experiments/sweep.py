@@ -1,15 +1,25 @@
-"""Hyperparameter searches (the library behind `medtrain sweep`): an Optuna search over config values that maximises (or minimises) the
-monitored validation metric, prunes poor trials epoch by epoch, resumes from its study file and
-records a failing trial without stopping."""
+"""Hyperparameter searches (the library behind `medtrain sweep`): an Optuna search over config values
+that maximises (or minimises) the monitored validation metric, prunes poor trials epoch by epoch,
+resumes from its study file and records a failing trial without stopping.
+
+One worker keeps the study in `<sweep.dir>/study.db`. Several workers, started independently on
+one machine or many, share a study through `sweep.storage` (an Optuna journal file, or an SQL
+database URL): each draws trials until `sweep.trials` are done or running, and a worker that was
+killed leaves a trial that the others (or the same command run again) record as interrupted.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import re
+import socket
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +39,10 @@ from medtrain.io import atomic_write
 log = logging.getLogger(__name__)
 STUDY_NAME = "medtrain"
 INTERRUPTED = "interrupted"
+SURPLUS = "surplus"  # a trial drawn when the others already made up the number: never run
+STUDY_FILE = "study.json"  # where a shared study is kept: what `medtrain report` reopens
+HEARTBEAT_S = 60  # a running trial's worker says it is alive this often
+STALE_AFTER_S = 600  # a trial of another machine without a heartbeat for this long was killed
 DEFAULTS: dict[str, Any] = {
     "dir": None,
     "trials": 10,
@@ -36,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "pruner": "median",
     "min_epochs": 1,
     "startup_trials": 3,
+    "storage": None,
+    "study": STUDY_NAME,
 }
 CHOICES = {"sampler": ("tpe", "random"), "pruner": ("median", "hyperband", "none")}
 
@@ -75,6 +91,8 @@ class Sweep:
     startup_trials: int
     params: list[Param]
     overrides: list[str] = field(default_factory=list)
+    storage: str | None = None  # a journal file or an SQL URL shared by several workers
+    study: str = STUDY_NAME
 
 
 def _number(text: str, key: str) -> float:
@@ -202,11 +220,57 @@ def parse_args(argv: list[str]) -> Sweep:
         if settings[name] not in valid:
             raise ConfigError(f"sweep.{name}={settings[name]}: choose one of {', '.join(valid)}")
     directory = settings.pop("dir") or datetime.now().strftime("outputs/sweeps/%Y-%m-%d/%H-%M-%S")
+    if settings["storage"] in ("", "null", "None"):
+        settings["storage"] = None
+    if settings["storage"] is not None and "://" not in settings["storage"]:
+        settings["storage"] = str(Path(settings["storage"]).resolve())  # a journal file
+    if not re.fullmatch(r"[\w.-]+", str(settings["study"])):
+        raise ConfigError(f"sweep.study={settings['study']}: letters, digits, '.', '-', '_' only")
     return Sweep(dir=Path(directory).resolve(), params=params, overrides=overrides, **settings)
 
 
+def open_storage(spec: str | None, sweep_dir: Path):
+    """The Optuna storage of a sweep: `<sweep_dir>/study.db` by default; an SQL database for a URL
+    (`postgresql://...`, `mysql://...`, `sqlite:///...`); else an Optuna journal file (one
+    machine, or a shared file system: it is locked while written)."""
+    if spec is None:
+        return f"sqlite:///{Path(sweep_dir) / 'study.db'}"
+    if "://" in spec:
+        try:
+            return optuna.storages.RDBStorage(spec)
+        except Exception as err:  # a bad URL, a missing driver, a database that refuses
+            raise ConfigError(f"sweep.storage={_masked(spec)}: cannot open it ({err})") from err
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(spec)
+    if path.is_dir():
+        raise ConfigError(f"sweep.storage={spec} is a folder; name a journal file in it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _masked(url: str) -> str:
+    """A database URL without its password (what is written into the sweep folder and logs)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def read_study(sweep_dir: Path):
+    """The study of a sweep folder (`study.json`'s shared storage, or `study.db`); None when the
+    folder has neither (a grid of `medtrain -m`)."""
+    sweep_dir = Path(sweep_dir)
+    pointer = sweep_dir / STUDY_FILE
+    if pointer.is_file():
+        where = json.loads(pointer.read_text())
+        storage = open_storage(where["storage"], sweep_dir)
+        return optuna.load_study(study_name=where.get("study", STUDY_NAME), storage=storage)
+    if (sweep_dir / "study.db").exists():
+        return optuna.load_study(study_name=None, storage=open_storage(None, sweep_dir))
+    return None
+
+
 def open_study(sweep: Sweep, cfg: DictConfig):
-    """Create `<dir>/study.db`, or load it and check that it belongs to the same search."""
+    """Create the study (in `<dir>/study.db`, or the shared `sweep.storage`), or load it and check
+    that it belongs to the same search."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep.dir.mkdir(parents=True, exist_ok=True)
     if sweep.pruner == "median":
@@ -221,19 +285,31 @@ def open_study(sweep: Sweep, cfg: DictConfig):
     else:
         pruner = optuna.pruners.NopPruner()
     study = optuna.create_study(
-        storage=f"sqlite:///{sweep.dir / 'study.db'}",
+        storage=open_storage(sweep.storage, sweep.dir),
         pruner=pruner,
-        study_name=STUDY_NAME,
+        study_name=sweep.study,
         direction="maximize" if cfg.task.monitor_mode == "max" else "minimize",
         load_if_exists=True,
     )
-    # Seeded by `seed` plus the trials so far: a resumed sweep draws new values instead of
-    # replaying the first run's draws.
-    seed = cfg.seed + len(study.get_trials(deepcopy=False))
-    sampler = (
-        optuna.samplers.TPESampler if sweep.sampler == "tpe" else optuna.samplers.RandomSampler
-    )
-    study.sampler = sampler(seed=seed)
+    if sweep.storage is None:
+        # Seeded by `seed` plus the trials so far: a resumed sweep draws new values instead of
+        # replaying the first run's draws.
+        seed = cfg.seed + len(study.get_trials(deepcopy=False))
+    else:
+        # Workers started together must not draw the same values: each seeds its own sampler
+        # (a shared sweep is reproducible trial by trial, from each trial's saved config).
+        seed = (cfg.seed * 1_000_003 + os.getpid() + hash(socket.gethostname())) % 2**31
+        _write_text(
+            sweep.dir / STUDY_FILE,
+            json.dumps({"storage": _masked(sweep.storage), "study": sweep.study}) + "\n",
+        )
+    if sweep.sampler == "tpe":
+        # constant_liar: a trial still running counts as a poor one, so parallel workers spread
+        study.sampler = optuna.samplers.TPESampler(
+            seed=seed, constant_liar=sweep.storage is not None
+        )
+    else:
+        study.sampler = optuna.samplers.RandomSampler(seed=seed)
     search = {
         "overrides": sweep.overrides,
         "params": {p.key: [p.kind, *p.values] for p in sweep.params},
@@ -259,32 +335,102 @@ def _jsonish(value):
     return json.loads(json.dumps(value))
 
 
+def counts(trial) -> bool:
+    """Whether a trial counts towards `sweep.trials`: neither interrupted nor surplus."""
+    return trial.user_attrs.get("error") != INTERRUPTED and not trial.user_attrs.get(SURPLUS)
+
+
 def finished_trials(study) -> list:
     """Trials that count towards `sweep.trials`: complete, pruned or failed, but not interrupted."""
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=done)
-        if t.user_attrs.get("error") != INTERRUPTED
-    ]
+    return [t for t in study.get_trials(deepcopy=False, states=done) if counts(t)]
 
 
-def mark_interrupted(study, sweep_dir: Path) -> None:
-    """A trial still RUNNING belongs to a killed process: record it as failed, 'interrupted'."""
+def this_worker() -> str:
+    """`host:pid`: which worker runs a trial."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_stale(trial, shared: bool, now: float | None = None) -> bool:
+    """Whether a RUNNING trial's worker is gone. Alone on a study (the default `study.db`, locked),
+    every running trial is a killed sweep's. Shared: a trial of this machine whose process is dead,
+    or one whose worker sent no heartbeat for `STALE_AFTER_S`."""
+    if not shared:
+        return True
+    worker = str(trial.user_attrs.get("worker", ""))
+    host, _, pid = worker.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+    beat = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp())
+    return (now or time.time()) - float(beat) > STALE_AFTER_S
+
+
+def mark_interrupted(study, sweep_dir: Path, shared: bool = False) -> None:
+    """A trial still RUNNING whose worker is gone (see `is_stale`) belongs to a killed sweep:
+    record it as failed, 'interrupted' (it does not count; another trial takes its place)."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_stale(trial, shared):
+            continue
         study._storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
         study.tell(trial.number, state=TrialState.FAIL)
         _write_text(sweep_dir / str(trial.number) / "error.txt", INTERRUPTED + "\n")
         log.info("trial %d: marked failed (interrupted by a killed sweep)", trial.number)
 
 
+def claim_trial(study, sweep: Sweep):
+    """Draw the next trial, or None when the trials counted before it (done or running, by any
+    worker) already make up `sweep.trials`: two workers asking for the last trial at once both
+    draw one, and the later one (by trial number) is recorded as surplus and not run."""
+    trial = study.ask({p.key: p.distribution for p in sweep.params})
+    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts(t)]
+    if len(earlier) >= sweep.trials:
+        trial.set_user_attr(SURPLUS, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    trial.set_user_attr("worker", this_worker())
+    return trial
+
+
+@contextmanager
+def heartbeat(trial, every_s: float = HEARTBEAT_S):
+    """While a trial runs, record the time in its `heartbeat` attribute every `every_s` seconds:
+    the other workers of a shared sweep tell a live trial from a killed worker's by it."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                trial.set_user_attr("heartbeat", time.time())
+            except Exception as err:  # a storage hiccup must not stop the trial
+                log.debug("heartbeat of trial %d: %s", trial.number, err)
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text))
 
 
-def run_trial(study, sweep: Sweep, monitor: str) -> None:
-    """Sample one trial, train it in `<dir>/<number>/`, and tell the study how it ended."""
-    trial = study.ask({p.key: p.distribution for p in sweep.params})
+def run_trial(study, sweep: Sweep, monitor: str) -> bool:
+    """Draw one trial (see `claim_trial`), train it in `<dir>/<number>/`, and tell the study how it
+    ended; False when no trial was left to draw."""
+    trial = claim_trial(study, sweep)
+    if trial is None:
+        return False
     sampled = [p.override(trial.params[p.key]) for p in sweep.params]
     trial_dir = sweep.dir / str(trial.number)
     _write_text(
@@ -312,9 +458,14 @@ def run_trial(study, sweep: Sweep, monitor: str) -> None:
     try:
         cfg = compose_config(sweep.overrides + sampled)
         _write_text(trial_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
-        value = train(cfg, trial_dir, callbacks=[prune]).get(monitor)
+        with heartbeat(trial):
+            metrics = train(cfg, trial_dir, callbacks=[prune])
+        value = metrics.get(monitor)
         if value is None or not math.isfinite(value):
             raise ValueError(f"{monitor} is {value}")
+        # What the summary shows of a trial whose folder is on another machine.
+        trial.set_user_attr("folder", f"{socket.gethostname()}:{trial_dir}")
+        trial.set_user_attr("test_metrics", _headline(metrics))
         study.tell(trial, value)
         outcome = f"{monitor} {value:.4f}"
     except optuna.TrialPruned as pruned:
@@ -339,20 +490,31 @@ def run_trial(study, sweep: Sweep, monitor: str) -> None:
             )
         logging.getLogger().removeHandler(trial_log)
         trial_log.close()
+    return True
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    from medtrain.experiments.sweep_summary import HEADLINE
+
+    values = {k: metrics.get(f"test/{k}") for k in HEADLINE}
+    values["train_seconds"] = metrics.get("train_seconds")
+    return {k: v for k, v in values.items() if isinstance(v, (int, float))}
 
 
 def run_sweep(sweep: Sweep) -> Any:
-    """Run (or resume) the search until `sweep.trials` trials have finished; return the study."""
+    """Run (or resume, or join) the search until `sweep.trials` trials have finished or are running
+    in other workers; return the study."""
     # The base config and one trial's config must compose: a typo stops the sweep before it starts.
     cfg = compose_config(sweep.overrides)
     compose_config(sweep.overrides + [p.override(p.values[0]) for p in sweep.params])
     study = open_study(sweep, cfg)
-    lock = _lock(sweep.dir)
+    shared = sweep.storage is not None
+    lock = None if shared else _lock(sweep.dir)
     try:
-        mark_interrupted(study, sweep.dir)
+        mark_interrupted(study, sweep.dir, shared)
         done = len(finished_trials(study))
         log.info(
-            "sweep %s: %d of %d trials finished; %s %s (%s); resume with the same command and sweep.dir=%s",
+            "sweep %s: %d of %d trials finished; %s %s (%s); resume with the same command and sweep.dir=%s%s",
             sweep.dir,
             done,
             sweep.trials,
@@ -360,17 +522,24 @@ def run_sweep(sweep: Sweep) -> Any:
             cfg.task.monitor,
             ", ".join(f"{p.key}={p.kind}{p.values}" for p in sweep.params),
             sweep.dir,
+            f"; shared through {_masked(sweep.storage)} as worker {this_worker()}"
+            if shared
+            else "",
         )
-        for _ in range(sweep.trials - done):
-            run_trial(study, sweep, cfg.task.monitor)
+        while len([t for t in study.get_trials(deepcopy=False) if counts(t)]) < sweep.trials:
+            if not run_trial(study, sweep, cfg.task.monitor):
+                break
+            if shared:
+                mark_interrupted(study, sweep.dir, shared)
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
     return study
 
 
 def _lock(sweep_dir: Path):
-    """Hold `<dir>/.lock` while running: two processes on one study would mark each other's
-    running trials as interrupted."""
+    """Hold `<dir>/.lock` while running on the default `study.db`: two processes on it would mark
+    each other's running trials as interrupted (several workers share `sweep.storage` instead)."""
     handle = open(sweep_dir / ".lock", "w")  # noqa: SIM115  (closed by run_sweep)
     try:
         import fcntl
@@ -380,5 +549,8 @@ def _lock(sweep_dir: Path):
         pass
     except OSError:
         handle.close()
-        raise ConfigError(f"another process is running the sweep in {sweep_dir}") from None
+        raise ConfigError(
+            f"another process is running the sweep in {sweep_dir}; to run several workers on one "
+            "search, give each the same sweep.storage=<journal file or SQL URL>"
+        ) from None
     return handle

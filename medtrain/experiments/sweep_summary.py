@@ -55,22 +55,36 @@ def _job_order(job_dir: Path) -> tuple:
 
 
 def study_trials(sweep_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[str, str]]:
-    """From `<sweep_dir>/study.db` (a `medtrain sweep` search): {trial number: its status, error and
-    overrides} and {param: 'log' or 'categorical'} for params searched on a log scale or by choice."""
-    if not (Path(sweep_dir) / "study.db").exists():
-        return {}, {}
+    """From the study of a `medtrain sweep` search (`study.db`, or the shared storage that
+    `study.json` names): {trial number: its status, error, overrides, and what a worker on another
+    machine recorded of it} and {param: 'log' or 'categorical'} for params searched on a log scale
+    or by choice. Surplus draws of a shared sweep (never run) are left out."""
     import optuna
 
+    from medtrain.experiments.sweep import SURPLUS, read_study
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{Path(sweep_dir) / 'study.db'}")
+    study = read_study(sweep_dir)
+    if study is None:
+        return {}, {}
     base = list(study.user_attrs.get("overrides", []))
     trials, scales = {}, {}
     for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(SURPLUS):
+            continue
+        last = (
+            trial.intermediate_values[max(trial.intermediate_values)]
+            if trial.intermediate_values
+            else None
+        )
         trials[trial.number] = {
             "status": STATES.get(trial.state.name, trial.state.name.lower()),
             "error": trial.user_attrs.get("error", ""),
             # what the trial folder's overrides.yaml says (a trial killed at once has none)
             "overrides": base + [f"{k}={v}" for k, v in trial.params.items()],
+            "value": trial.value if trial.value is not None else last,
+            "test_metrics": trial.user_attrs.get("test_metrics", {}),
+            "folder": trial.user_attrs.get("folder", ""),
         }
         for key, dist in trial.distributions.items():
             if getattr(dist, "log", False) or hasattr(dist, "choices"):
@@ -108,12 +122,22 @@ def _float(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def read_job(job_dir: Path, monitor: str, trial: tuple[str, str] | None) -> dict[str, Any]:
-    """One summary row: overrides, status, monitored metric, test headline metrics, time, error."""
+def read_job(job_dir: Path, monitor: str, trial: dict[str, Any] | None) -> dict[str, Any]:
+    """One summary row: overrides, status, monitored metric, test headline metrics, time, error.
+    A search's trial whose folder is not here (a worker on another machine) is described by what
+    the study recorded of it."""
     metrics = _read_json(job_dir / "metrics.json")
     history = _history(job_dir)
+    if trial is not None and not job_dir.is_dir():
+        remote = dict(trial.get("test_metrics") or {})
+        row = {"job": job_dir.name, "status": trial["status"], "error": trial["error"]}
+        row[monitor] = _float(trial.get("value"))
+        row |= {f"test/{k}": remote[k] for k in HEADLINE if k in remote}
+        row["train_seconds"] = remote.get("train_seconds")
+        row["folder"] = trial.get("folder", "")
+        return row
     if trial is not None:
-        status, error = trial
+        status, error = trial["status"], trial["error"]
     else:  # a Hydra job: finished when it wrote metrics.json
         status, error = (
             ("complete", "") if metrics is not None else ("failed", _last_error(job_dir))
@@ -182,7 +206,7 @@ def write_sweep_summary(sweep_dir: Path, monitor: str | None = None, plots: bool
     rows = []
     for job in jobs:
         trial = trials.get(numbers[job.name])
-        row = read_job(job, monitor, (trial["status"], trial["error"]) if trial else None)
+        row = read_job(job, monitor, trial)
         shown = swept or keys
         row["overrides"] = " ".join(
             f"{k}={overrides[job.name][k]}" for k in shown if k in overrides[job.name]

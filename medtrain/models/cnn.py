@@ -8,15 +8,17 @@ import torch
 from torch import nn
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two 3x3 convolutions with batch norm and ReLU, then 2x2 max pooling (halves the size)."""
+def conv_block(in_channels: int, out_channels: int, batch_norm: bool = True) -> nn.Sequential:
+    """Two 3x3 convolutions with batch norm (or a bias) and ReLU, then 2x2 max pooling (halves the
+    size)."""
+
+    def conv(a: int, b: int) -> list[nn.Module]:
+        norm = [nn.BatchNorm2d(b)] if batch_norm else []
+        return [nn.Conv2d(a, b, 3, padding=1, bias=not batch_norm), *norm, nn.ReLU(inplace=True)]
+
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        *conv(in_channels, out_channels),
+        *conv(out_channels, out_channels),
         nn.MaxPool2d(2, ceil_mode=True),
     )
 
@@ -30,6 +32,8 @@ class SimpleCNN(nn.Module):
         widths: channels of each conv block; each block halves the spatial size.
         hidden: width of the dense hidden layer (0 for a linear head).
         dropout: dropout before the output layer.
+        batch_norm: batch norm after each convolution; false gives the convolutions a bias instead
+            (a model whose result does not depend on how a batch is split across processes).
     """
 
     def __init__(
@@ -39,11 +43,12 @@ class SimpleCNN(nn.Module):
         widths: Sequence[int] = (32, 64, 128),
         hidden: int = 128,
         dropout: float = 0.2,
+        batch_norm: bool = True,
     ):
         super().__init__()
         channels = [in_channels, *widths]
         self.features = nn.Sequential(
-            *(conv_block(a, b) for a, b in zip(channels, channels[1:], strict=False))
+            *(conv_block(a, b, batch_norm) for a, b in zip(channels, channels[1:], strict=False))
         )
         head: list[nn.Module] = []
         if hidden:

@@ -248,3 +248,91 @@ def test_callback_leaves_single_runs_alone_and_never_raises(tmp_path, caplog):
     SweepSummary().on_multirun_end(config)  # an empty sweep folder: a warning, not an exception
     assert "no sweep summary" in caplog.text
     assert os.listdir(tmp_path) == []
+
+
+def test_two_workers_on_one_journal_finish_exactly_the_trials_asked(tmp_path, one_thread):
+    """Two worker processes started independently on one journal file draw trials from one study
+    until 5 are done: exactly 5, none run twice, and each worker's summary lists them all."""
+    journal = tmp_path / "journal.log"
+    command = [sys.executable, "-m", "medtrain", "sweep", f"sweep.dir={tmp_path / 'sweep'}"]
+    command += [f"sweep.storage={journal}", "sweep.trials=5", "sweep.pruner=none"]
+    command += ["sweep.params.optimizer.lr=log(1e-4,1e-2)", *FAST, "trainer.max_epochs=2"]
+    workers = [
+        subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(
+        study_name="medtrain", storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+    ran = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    assert len(ran) == 5 and all(t.state == TrialState.COMPLETE for t in ran)
+    # every trial trained once, by one worker, in its own folder
+    lines = [line for out in outputs for line in out.splitlines() if " - trial " in line]
+    assert sorted(int(line.split(" - trial ")[1].split()[0]) for line in lines) == [
+        t.number for t in ran
+    ]
+    for trial in ran:
+        log = (tmp_path / "sweep" / str(trial.number) / "train.log").read_text()
+        assert log.count("done in ") == 1
+        assert trial.user_attrs["worker"].rsplit(":", 1)[1] in {str(w.pid) for w in workers}
+    surplus = [t for t in study.trials if t.user_attrs.get("surplus")]
+    assert all(t.state == TrialState.FAIL for t in surplus)
+    rows = read_summary(tmp_path / "sweep")
+    assert sorted(int(r["job"]) for r in rows) == [t.number for t in ran]
+    assert all(r["status"] == "complete" for r in rows)
+
+
+def test_a_summary_lists_trials_run_on_another_machine(tmp_path, one_thread):
+    """A shared study's trials whose folders are elsewhere come into the summary from the study."""
+    journal = tmp_path / "journal.log"
+    assert (
+        main(
+            [f"sweep.dir={tmp_path / 'here'}", f"sweep.storage={journal}", "sweep.trials=1"]
+            + ["sweep.params.optimizer.lr=log(1e-4,1e-2)", *FAST]
+        )
+        == 0
+    )
+    # the same study, as seen from another machine's sweep folder: no trial folder there
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "study.json").write_text((tmp_path / "here" / "study.json").read_text())
+    row = sweep_summary.read_job(
+        elsewhere / "0", "val/auc", sweep_summary.study_trials(elsewhere)[0][0]
+    )
+    local = read_metrics(tmp_path / "here" / "0")
+    assert row["status"] == "complete"
+    assert row["val/auc"] == pytest.approx(local["val/auc"])
+    assert row["test/auc"] == pytest.approx(local["test/auc"])
+    assert row["folder"].endswith(str(tmp_path / "here" / "0"))
+
+
+def test_stale_trials_are_those_of_dead_workers():
+    from types import SimpleNamespace
+
+    from medtrain.experiments.sweep import STALE_AFTER_S, is_stale, this_worker
+
+    now = time.time()
+
+    def trial(worker: str, beat: float):
+        start = SimpleNamespace(timestamp=lambda: beat)
+        return SimpleNamespace(
+            user_attrs={"worker": worker, "heartbeat": beat}, datetime_start=start
+        )
+
+    assert not is_stale(trial(this_worker(), now), shared=True)  # this process: alive
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = this_worker().rsplit(":", 1)[0]
+    assert is_stale(trial(f"{host}:{dead.stdout.strip()}", now), shared=True)
+    assert not is_stale(trial("other-host:1", now - 60), shared=True, now=now)
+    assert is_stale(trial("other-host:1", now - STALE_AFTER_S - 1), shared=True, now=now)
+    assert is_stale(trial(this_worker(), now), shared=False)  # alone on study.db: a killed sweep's
