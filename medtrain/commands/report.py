@@ -12,7 +12,13 @@ from typing import Any
 from medtrain.commands.args import parse_key_values, tool_args
 from medtrain.errors import ConfigError, MedtrainError
 
-DEFAULTS: dict[str, Any] = {"run_dir": None, "sweep_dir": None, "monitor": None, "trust": []}
+DEFAULTS: dict[str, Any] = {
+    "run_dir": None,
+    "sweep_dir": None,
+    "monitor": None,
+    "storage": None,
+    "trust": [],
+}
 USAGE = """\
 usage: medtrain report run_dir=<run folder>
        medtrain report sweep_dir=<sweep folder> [monitor=val/auc]
@@ -22,6 +28,8 @@ usage: medtrain report run_dir=<run folder>
   sweep_dir=PATH  a grid (medtrain -m ...) or search (medtrain sweep) folder; writes
                   sweep_summary.csv/.md and one plot per swept value into it
   monitor=KEY     the metric the sweep summary ranks by (default: the runs' task.monitor)
+  storage=URL     a shared sweep's study when study.json cannot name it in full (an SQL URL
+                  with a password, which the sweep folder does not keep)
   trust=[NAME,..] _target_ classes (or module prefixes ending in '.') of your own that the run
                   may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS)
 """
@@ -37,13 +45,14 @@ def report_run(run_dir: Path, trust: Sequence[str] = ()) -> Path:
     return write_report(run_dir, trust=trust)
 
 
-def report_sweep(sweep_dir: Path, monitor: str | None) -> Path:
+def report_sweep(sweep_dir: Path, monitor: str | None, storage: str | None = None) -> Path:
+    from medtrain.experiments.studies import read_study
     from medtrain.experiments.sweep_summary import write_sweep_summary
 
     if not sweep_dir.is_dir():
         raise ConfigError(f"sweep_dir: {sweep_dir} is not a folder")
     try:
-        return write_sweep_summary(sweep_dir, monitor)
+        return write_sweep_summary(sweep_dir, monitor, study=read_study(sweep_dir, storage))
     except FileNotFoundError as err:
         raise ConfigError(f"sweep_dir: {err}") from err
 
@@ -56,16 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         args = parse_key_values(
-            argv, DEFAULTS, text_keys=("run_dir", "sweep_dir", "monitor"), list_keys=("trust",)
+            argv,
+            DEFAULTS,
+            text_keys=("run_dir", "sweep_dir", "monitor", "storage"),
+            list_keys=("trust",),
         )
         if bool(args.run_dir) == bool(args.sweep_dir):
             raise ConfigError("give run_dir=<run folder> or sweep_dir=<sweep folder> (one of them)")
-        if args.monitor and not args.sweep_dir:
-            raise ConfigError("monitor= ranks a sweep: use it with sweep_dir=")
+        if (args.monitor or args.storage) and not args.sweep_dir:
+            raise ConfigError("monitor= and storage= are for a sweep: use them with sweep_dir=")
         if args.run_dir:
             print(report_run(Path(args.run_dir), list(args.trust)))
         else:
-            path = report_sweep(Path(args.sweep_dir), args.monitor)
+            path = report_sweep(Path(args.sweep_dir), args.monitor, args.storage)
             print(f"summary: {path}, {path.with_suffix('.md')}")
     except (MedtrainError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -74,7 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         root.setLevel(previous_level)
 
     try:
-        summary = write_sweep_summary(sweep.dir, study.user_attrs.get("monitor"))
+        # Another worker may finish a trial while this one writes: write again until the study
+        # stood still meanwhile, so that the last worker to stop leaves the complete summary.
+        for _ in range(5):
+            before = [(t.number, t.state) for t in study.get_trials(deepcopy=False)]
+            summary = write_sweep_summary(sweep.dir, study.user_attrs.get("monitor"), study=study)
+            if before == [(t.number, t.state) for t in study.get_trials(deepcopy=False)]:
+                break
         print(f"summary: {summary}")
     except Exception as err:  # the study holds every result; the summary can be written again
         print(

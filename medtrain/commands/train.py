@@ -62,12 +62,18 @@ class TrainJobs:
             except Exception as err:
                 if distributed.is_distributed() and distributed.is_communication_error(err):
                     raise distributed.peer_failed(err) from err
+                if distributed.is_distributed() and not isinstance(err, MedtrainError):
+                    # this rank alone (an out-of-memory GPU, a bug): the others cannot go on
+                    log.exception("rank %d failed", distributed.rank())
+                    sys.exit(1)
                 raise
         except MedtrainError as err:
             if not distributed.from_main(err):  # rank 0's own error: rank 0 has logged it
                 log.error("%s", err)
-            if isinstance(err, distributed.PeerFailed):
-                sys.exit(1)  # the run broke: no later job of a multirun can run in step
+            if distributed.is_distributed() and not distributed.raised_everywhere(err):
+                # Raised by this rank alone (or a peer failed): the ranks are out of step, so no
+                # later job of a multirun can run; every process stops.
+                sys.exit(1 if isinstance(err, distributed.PeerFailed) else 2)
             if hydra.mode == RunMode.MULTIRUN:
                 self.failed.append(hydra.job.num)
                 return None  # recorded as failed (no metrics.json); the grid goes on

@@ -32,10 +32,12 @@ def collate(samples: list[dict]) -> dict:
 
 
 def last_batch_dropped(size: int, batch_size: int, processes: int = 1) -> bool:
-    """Whether an epoch leaves out its last, short batch: one of a single sample breaks batch
-    norm, and one smaller than the number of processes would leave a process without data."""
+    """Whether an epoch leaves out its last, short batch: when a process would get no sample of
+    it, or a single one while the other batches give it several (a batch of one sample breaks
+    batch norm)."""
     rest = size % batch_size
-    return rest == 1 or 0 < rest < processes
+    fewest = rest // processes  # the positions rank, rank + processes, ... of the batch
+    return rest > 0 and (fewest == 0 or (fewest == 1 and batch_size // processes >= 2))
 
 
 class ShardedBatches(Sampler[list[int]]):

@@ -38,6 +38,10 @@ DEFAULTS = {"backend": "auto", "timeout_s": 1800, "sync_batchnorm": False}
 DEFAULTS |= {"find_unused_parameters": False}
 
 
+# The settings this process joined its process group with (one group for all jobs of a multirun).
+_joined: dict[str, Any] = {}
+
+
 class PeerFailed(MedtrainError):
     """Another process of the run failed, was killed, or stopped answering."""
 
@@ -126,29 +130,35 @@ def setup(cfg: DictConfig, device: torch.device) -> torch.device:
         raise ConfigError(
             "trainer.distributed.backend=nccl needs CUDA; use gloo (or auto) on the CPU"
         )
+    chosen = {"backend": backend, "timeout_s": float(options["timeout_s"])}
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=float(options["timeout_s"])))
-    elif dist.get_backend() not in backend:
+        dist.init_process_group(backend, timeout=timedelta(seconds=chosen["timeout_s"]))
+        _joined.update(chosen)
+    elif _joined and _joined != chosen:
         raise ConfigError(
-            f"trainer.distributed.backend: this process already uses {dist.get_backend()} "
-            "(the jobs of one multirun must use the same backend)"
+            f"trainer.distributed: this process joined its group with {_joined}; the jobs of one "
+            f"multirun under torchrun must keep the backend, device type and timeout ({chosen})"
         )
     check_same_config(cfg)
     return device
 
 
-def check_same_config(cfg: DictConfig) -> None:
+def check_same_config(cfg: DictConfig, datasets: dict | None = None) -> None:
     """Refuse to train when the ranks composed different configs (other overrides or config files
-    on another node): each rank would train a different model."""
+    on another node), or, given the datasets, read different data (another copy on another node:
+    other cases, or other inferred classes or statistics): each rank would train something else."""
     text = OmegaConf.to_yaml(cfg, resolve=False)
+    if datasets is not None:
+        text += repr({split: list(d.ids) for split, d in datasets.items()})
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     digests = [None] * world_size()
     dist.all_gather_object(digests, digest)
     if len(set(digests)) > 1:
         odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        what = "read different data" if datasets is not None else "composed different configs"
         raise ConfigError(
-            f"the processes composed different configs (rank(s) {odd} differ from rank 0): "
-            "start every rank with the same overrides and the same config files"
+            f"the processes {what} (rank(s) {odd} differ from rank 0): start every rank with the "
+            "same overrides and config files, and give every node the same data"
         )
 
 
@@ -168,11 +178,12 @@ def decided(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             message[0] = (False, _picklable(err))
     dist.broadcast_object_list(message, src=0)
     if error is not None:
+        error.decided = True  # every rank raises it: the processes stay in step
         raise error
     ok, value = message[0]
     if ok:
         return value
-    value.from_main = True
+    value.from_main = value.decided = True
     raise value
 
 
@@ -189,6 +200,12 @@ def _picklable(err: BaseException) -> BaseException:
 def from_main(err: BaseException) -> bool:
     """Whether `err` is rank 0's error re-raised here by `decided` (rank 0 reports it)."""
     return bool(getattr(err, "from_main", False))
+
+
+def raised_everywhere(err: BaseException) -> bool:
+    """Whether every rank raised `err` together (through `decided`), so that they can go on
+    together (to a multirun's next job); any other error leaves the ranks out of step."""
+    return bool(getattr(err, "decided", False))
 
 
 def sum_across(value: torch.Tensor) -> torch.Tensor:
@@ -297,8 +314,7 @@ def is_communication_error(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(
-        word in text
-        for word in ("Gloo", "gloo", "NCCL", "Connection closed", "timed out", "Timeout")
+        word in text for word in ("gloo", "Gloo", "NCCL", "Connection closed by peer")
     )
 
 

@@ -217,8 +217,7 @@ def fit(
     if cfg.resume:
         ckpt_dir, config = run_dir / "checkpoints", extra_state["config"]
         state = resume(cfg.resume, ckpt_dir, net, optimizer, scheduler, scaler, ema, config)
-        if main:
-            save_history(run_dir / "history.csv", state["history"])
+        distributed.decided(lambda: save_history(run_dir / "history.csv", state["history"]))
     checkpoints = save_checkpoints(
         run_dir / "checkpoints", net, optimizer, scheduler, scaler, ema, extra_state
     )
@@ -301,13 +300,17 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     0 reads the checkpoint, sends its weights, and computes and writes everything).
     """
     best_path = run_dir / "checkpoints" / "best.pt"
-    checkpoint = None
-    if distributed.is_main():
-        checkpoint = load_checkpoint(best_path)
-        model.load_state_dict(checkpoint["model"])
+    held: dict[str, Any] = {}
+
+    def load() -> None:  # rank 0; its weights are then sent to the other ranks
+        held["checkpoint"] = load_checkpoint(best_path)
+        model.load_state_dict(held["checkpoint"]["model"])
+
+    distributed.decided(load)
+    checkpoint = held.get("checkpoint")
     distributed.broadcast_module(model)
     val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
-    threshold = task.fit_threshold(val) if distributed.is_main() else None
+    threshold = distributed.decided(task.fit_threshold, val)  # only rank 0's collector is filled
     test_collector, test_loss = evaluate(
         model, loaders["test"], task, device, cfg.precision, final=True
     )

@@ -3,6 +3,7 @@ checking that the config still fits it."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 from pathlib import Path
@@ -51,23 +52,56 @@ MAY_CHANGE = (
 )
 
 
+def is_default(config: dict, key: str, value: Any) -> bool:
+    """Whether `value` at `key` is what a config without the key meant: a key added by a later
+    release (`trainer.distributed.*`, `model.batch_norm`) that a checkpoint's config lacks. The
+    default is `trainer.distributed`'s, or that of the parameter of the node's `_target_` class."""
+    parent, _, name = key.rpartition(".")
+    if parent == "trainer.distributed":
+        return distributed.DEFAULTS.get(name, object()) == value
+    node = config
+    for part in parent.split(".") if parent else []:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    target = node.get("_target_") if isinstance(node, dict) else None
+    if not target:
+        return False
+    from medtrain.engine.build import locate
+
+    try:
+        parameter = inspect.signature(locate(str(target))).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default == value
+
+
 def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
     """Refuse to continue a run with a config that differs from its checkpoint's, naming the values
     to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ."""
     old, new = flatten(saved), flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and not (k not in old and is_default(current, k, new[k]))
+    )
     allowed = {f"trainer.{key}" for key in MAY_CHANGE}
     if isinstance(scheduler, OneCycleLR):  # its length is fixed at construction
         allowed.discard("trainer.max_epochs")
     refused = [k for k in changed if k not in allowed]
     if refused:
-        restore = " ".join(f"{k}={old.get(k, 'null')}" for k in refused)
+        restore = " ".join(f"{k}={old[k]}" if k in old else f"~{k}" for k in refused)
         raise ConfigError(
             f"trainer.resume: the checkpoint was trained with other values of {', '.join(refused)}; "
             f"repeat the original overrides (add: {restore})"
         )
     if changed:
         log.info("resuming with changed %s", ", ".join(k for k in changed if k != "trainer.resume"))
+
+
+def _copy_checkpoints(source: Path, ckpt_dir: Path) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("best.pt", "last.pt"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, ckpt_dir / name)
 
 
 def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None) -> dict:
@@ -130,12 +164,8 @@ def resume(
             saved_world,
             world,
         )
-    if distributed.is_main() and path.parent.resolve() != ckpt_dir.resolve():
-        # continuing into a new folder: bring the run along
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("best.pt", "last.pt"):
-            if (path.parent / name).is_file():
-                shutil.copyfile(path.parent / name, ckpt_dir / name)
+    if path.parent.resolve() != ckpt_dir.resolve():  # continuing into a new folder: bring it along
+        distributed.decided(_copy_checkpoints, path.parent, ckpt_dir)
     log.info("resumed from %s after epoch %d", path, checkpoint["epoch"])
     return {
         key: checkpoint[key]

@@ -59,26 +59,25 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     rank 0's `run_dir` is the run folder, and only rank 0 writes (`medtrain.engine.distributed`).
     """
     device = distributed.setup(cfg, validate(cfg))
-    run_dir = Path(
-        distributed.decided(str, run_dir)
-    )  # rank 0's folder (each rank's Hydra made one)
-    main = distributed.is_main()
+    # Under torchrun, rank 0's folder (every rank's Hydra resolved its own).
+    run_dir = Path(distributed.decided(str, run_dir))
     configure_determinism(cfg.trainer.deterministic)
     # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.
-    if main:
-        write_provenance(run_dir, cfg, device, distributed.describe())
+    world = distributed.describe()
+    distributed.decided(lambda: write_provenance(run_dir, cfg, device, world) and None)
     seed_everything(cfg.seed)
 
     datasets = build_datasets(cfg)
+    if distributed.is_distributed():  # the same cases and inferred values on every node
+        distributed.check_same_config(cfg, datasets)
     check_against_data(cfg)
     if cfg.trainer.get("check_data", True):  # runs saved before the key existed: on
         # Every sample is read once before training: a bad file stops the run here, one line per
         # problem, instead of mid-epoch; data_report.json in the run folder lists everything.
         distributed.decided(check_before_training, cfg, datasets, run_dir)
-    if (
-        main
-    ):  # which images are in which split, so that the split can be reused (dataset.split_file=...)
-        save_json(run_dir / "splits.json", {split: list(d.ids) for split, d in datasets.items()})
+    # Which images are in which split, so that the split can be reused (dataset.split_file=...).
+    splits = {split: list(d.ids) for split, d in datasets.items()}
+    distributed.decided(lambda: save_json(run_dir / "splits.json", splits) and None)
     loaders = build_loaders(cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)
@@ -98,15 +97,15 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         device,
         run_dir,
     )
-    world = distributed.world_size()
-    if world > 1:
+    processes = distributed.world_size()
+    if processes > 1:
         log.info(
             "distributed: %d processes (%s); global batch %d (about %d per process) x %d "
             "accumulated = %d samples per optimizer step",
-            world,
-            distributed.describe()["backend"],
+            processes,
+            world["backend"],
             cfg.trainer.batch_size,
-            cfg.trainer.batch_size // world,
+            cfg.trainer.batch_size // processes,
             cfg.trainer.accumulate_grad_batches,
             cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches,
         )
@@ -122,8 +121,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         "preprocessing": datasets["test"].preprocessing()
         | {"input_size": list(first["image"].shape[-2:])},
     }
-    if world > 1:  # what resuming compares (a single-process run's checkpoint has no entry)
-        extra_state["world_size"] = world
+    if processes > 1:  # what resuming compares (a single-process checkpoint has no entry)
+        extra_state["world_size"] = processes
     state = fit(
         trained,
         task,
@@ -138,13 +137,13 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     )
     train_seconds = time.perf_counter() - start
     # The replicas must be in step (DDP averages the same gradient into each): checked, not assumed.
-    checksums = distributed.parameter_checksums(model) if world > 1 else []
+    checksums = distributed.parameter_checksums(model) if processes > 1 else []
     if len(set(checksums)) > 1:
         log.warning("the processes' parameters differ after training: %s", checksums)
     metrics = test(model, task, loaders, device, cfg.trainer, run_dir) | {
         "epochs_trained": state["epoch"]
     }
-    run_info = {"world": distributed.describe(), "parameter_checksums": checksums}
+    run_info = {"world": world, "parameter_checksums": checksums}
     return distributed.decided(finish, cfg, task, run_dir, metrics, train_seconds, device, run_info)
 
 

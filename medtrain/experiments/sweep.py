@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,19 +28,24 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from medtrain.engine.callbacks import Epoch
 from medtrain.engine.config import CONF, compose_config
 from medtrain.engine.training import train
 from medtrain.errors import ConfigError
+from medtrain.experiments.studies import (
+    INTERRUPTED,
+    STUDY_FILE,
+    STUDY_NAME,
+    SURPLUS,
+    masked_url,
+    open_storage,
+)
 from medtrain.io import atomic_write
 
 log = logging.getLogger(__name__)
-STUDY_NAME = "medtrain"
-INTERRUPTED = "interrupted"
-SURPLUS = "surplus"  # a trial drawn when the others already made up the number: never run
-STUDY_FILE = "study.json"  # where a shared study is kept: what `medtrain report` reopens
 HEARTBEAT_S = 60  # a running trial's worker says it is alive this often
 STALE_AFTER_S = 600  # a trial of another machine without a heartbeat for this long was killed
 DEFAULTS: dict[str, Any] = {
@@ -229,45 +234,6 @@ def parse_args(argv: list[str]) -> Sweep:
     return Sweep(dir=Path(directory).resolve(), params=params, overrides=overrides, **settings)
 
 
-def open_storage(spec: str | None, sweep_dir: Path):
-    """The Optuna storage of a sweep: `<sweep_dir>/study.db` by default; an SQL database for a URL
-    (`postgresql://...`, `mysql://...`, `sqlite:///...`); else an Optuna journal file (one
-    machine, or a shared file system: it is locked while written)."""
-    if spec is None:
-        return f"sqlite:///{Path(sweep_dir) / 'study.db'}"
-    if "://" in spec:
-        try:
-            return optuna.storages.RDBStorage(spec)
-        except Exception as err:  # a bad URL, a missing driver, a database that refuses
-            raise ConfigError(f"sweep.storage={_masked(spec)}: cannot open it ({err})") from err
-    from optuna.storages.journal import JournalFileBackend
-
-    path = Path(spec)
-    if path.is_dir():
-        raise ConfigError(f"sweep.storage={spec} is a folder; name a journal file in it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def _masked(url: str) -> str:
-    """A database URL without its password (what is written into the sweep folder and logs)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def read_study(sweep_dir: Path):
-    """The study of a sweep folder (`study.json`'s shared storage, or `study.db`); None when the
-    folder has neither (a grid of `medtrain -m`)."""
-    sweep_dir = Path(sweep_dir)
-    pointer = sweep_dir / STUDY_FILE
-    if pointer.is_file():
-        where = json.loads(pointer.read_text())
-        storage = open_storage(where["storage"], sweep_dir)
-        return optuna.load_study(study_name=where.get("study", STUDY_NAME), storage=storage)
-    if (sweep_dir / "study.db").exists():
-        return optuna.load_study(study_name=None, storage=open_storage(None, sweep_dir))
-    return None
-
-
 def open_study(sweep: Sweep, cfg: DictConfig):
     """Create the study (in `<dir>/study.db`, or the shared `sweep.storage`), or load it and check
     that it belongs to the same search."""
@@ -301,7 +267,7 @@ def open_study(sweep: Sweep, cfg: DictConfig):
         seed = (cfg.seed * 1_000_003 + os.getpid() + hash(socket.gethostname())) % 2**31
         _write_text(
             sweep.dir / STUDY_FILE,
-            json.dumps({"storage": _masked(sweep.storage), "study": sweep.study}) + "\n",
+            json.dumps({"storage": masked_url(sweep.storage), "study": sweep.study}) + "\n",
         )
     if sweep.sampler == "tpe":
         # constant_liar: a trial still running counts as a poor one, so parallel workers spread
@@ -353,12 +319,17 @@ def this_worker() -> str:
 
 def is_stale(trial, shared: bool, now: float | None = None) -> bool:
     """Whether a RUNNING trial's worker is gone. Alone on a study (the default `study.db`, locked),
-    every running trial is a killed sweep's. Shared: a trial of this machine whose process is dead,
-    or one whose worker sent no heartbeat for `STALE_AFTER_S`."""
+    every running trial is a killed sweep's. Shared: one whose worker sent no heartbeat for
+    `STALE_AFTER_S` (written every `HEARTBEAT_S`; the hosts' clocks must agree within minutes), or,
+    on this machine, whose process is dead."""
     if not shared:
         return True
-    worker = str(trial.user_attrs.get("worker", ""))
-    host, _, pid = worker.rpartition(":")
+    beat = trial.user_attrs.get("heartbeat")
+    if beat is None and trial.datetime_start is not None:  # killed before its first heartbeat
+        beat = trial.datetime_start.timestamp()
+    if beat is None or (now or time.time()) - float(beat) > STALE_AFTER_S:
+        return True
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
             os.kill(int(pid), 0)
@@ -366,9 +337,7 @@ def is_stale(trial, shared: bool, now: float | None = None) -> bool:
             return True
         except PermissionError:  # alive, another user's
             return False
-        return False
-    beat = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp())
-    return (now or time.time()) - float(beat) > STALE_AFTER_S
+    return False
 
 
 def mark_interrupted(study, sweep_dir: Path, shared: bool = False) -> None:
@@ -377,8 +346,11 @@ def mark_interrupted(study, sweep_dir: Path, shared: bool = False) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not is_stale(trial, shared):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
-        study.tell(trial.number, state=TrialState.FAIL)
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (ValueError, UpdateFinishedTrialError):  # another worker marked it first
+            continue
         _write_text(sweep_dir / str(trial.number) / "error.txt", INTERRUPTED + "\n")
         log.info("trial %d: marked failed (interrupted by a killed sweep)", trial.number)
 
@@ -394,6 +366,7 @@ def claim_trial(study, sweep: Sweep):
         study.tell(trial, state=TrialState.FAIL)
         return None
     trial.set_user_attr("worker", this_worker())
+    trial.set_user_attr("heartbeat", time.time())
     return trial
 
 
@@ -408,7 +381,7 @@ def heartbeat(trial, every_s: float = HEARTBEAT_S):
             try:
                 trial.set_user_attr("heartbeat", time.time())
             except Exception as err:  # a storage hiccup must not stop the trial
-                log.debug("heartbeat of trial %d: %s", trial.number, err)
+                log.warning("heartbeat of trial %d not recorded: %s", trial.number, err)
             if stop.wait(every_s):
                 return
 
@@ -450,35 +423,45 @@ def run_trial(study, sweep: Sweep, monitor: str) -> bool:
             raise optuna.TrialPruned(f"pruned at epoch {epoch.number}: {monitor} {value:.4g}")
 
     def fail(message: str, details: str = "") -> None:
-        trial.set_user_attr("error", message)
         _write_text(trial_dir / "error.txt", message + "\n" + (f"\n{details}" if details else ""))
+        trial.set_user_attr("error", message)
         study.tell(trial, state=TrialState.FAIL)
 
     outcome = ""
     try:
-        cfg = compose_config(sweep.overrides + sampled)
-        _write_text(trial_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
-        with heartbeat(trial):
-            metrics = train(cfg, trial_dir, callbacks=[prune])
-        value = metrics.get(monitor)
-        if value is None or not math.isfinite(value):
-            raise ValueError(f"{monitor} is {value}")
-        # What the summary shows of a trial whose folder is on another machine.
-        trial.set_user_attr("folder", f"{socket.gethostname()}:{trial_dir}")
-        trial.set_user_attr("test_metrics", _headline(metrics))
-        study.tell(trial, value)
-        outcome = f"{monitor} {value:.4f}"
-    except optuna.TrialPruned as pruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        outcome = str(pruned)
-    except KeyboardInterrupt:
-        fail(INTERRUPTED)
-        raise
-    except Exception as err:  # a failing trial is recorded, and the search goes on
-        message = f"{type(err).__name__}: {err}"
-        logging.getLogger("medtrain").error("%s", message, extra={"console": False})
-        fail(message, traceback.format_exc())
-        outcome = f"failed: {message}"
+        try:
+            cfg = compose_config(sweep.overrides + sampled)
+            _write_text(trial_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+            with heartbeat(trial) if sweep.storage else nullcontext():
+                metrics = train(cfg, trial_dir, callbacks=[prune])
+            value = metrics.get(monitor)
+            if value is None or not math.isfinite(value):
+                raise ValueError(f"{monitor} is {value}")
+            # What the summary shows of a trial whose folder is on another machine.
+            trial.set_user_attr("folder", f"{socket.gethostname()}:{trial_dir}")
+            trial.set_user_attr("test_metrics", _headline(metrics, trial_dir))
+            study.tell(trial, value)
+            outcome = f"{monitor} {value:.4f}"
+        except optuna.TrialPruned as pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            outcome = str(pruned)
+        except KeyboardInterrupt:
+            fail(INTERRUPTED)
+            raise
+        except Exception as err:  # a failing trial is recorded, and the search goes on
+            if _taken_away(study, trial):
+                raise
+            message = f"{type(err).__name__}: {err}"
+            logging.getLogger("medtrain").error("%s", message, extra={"console": False})
+            fail(message, traceback.format_exc())
+            outcome = f"failed: {message}"
+    except Exception:
+        if not _taken_away(study, trial):
+            raise
+        # Another worker saw no heartbeat for STALE_AFTER_S (a storage outage, clocks apart) and
+        # recorded this trial as interrupted; a replacement counts in its place.
+        outcome = "recorded as interrupted by another worker meanwhile; its result does not count"
+        log.warning("trial %d: %s (folder %s)", trial.number, outcome, trial_dir)
     finally:
         if outcome:  # one line per trial, on the console and in the trial's train.log
             log.info(
@@ -493,11 +476,21 @@ def run_trial(study, sweep: Sweep, monitor: str) -> bool:
     return True
 
 
-def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+def _taken_away(study, trial) -> bool:
+    """Whether another worker has finished (marked interrupted) this worker's running trial."""
+    try:
+        return study._storage.get_trial(trial._trial_id).state.is_finished()
+    except Exception:  # the storage cannot say: not taken away as far as we know
+        return False
+
+
+def _headline(metrics: dict[str, Any], trial_dir: Path) -> dict[str, float]:
+    """The test headline metrics and training time that a summary shows of the trial."""
     from medtrain.experiments.sweep_summary import HEADLINE
 
     values = {k: metrics.get(f"test/{k}") for k in HEADLINE}
-    values["train_seconds"] = metrics.get("train_seconds")
+    info = json.loads((trial_dir / "run_info.json").read_text())
+    values["train_seconds"] = info.get("train_seconds")
     return {k: v for k, v in values.items() if isinstance(v, (int, float))}
 
 
@@ -522,7 +515,7 @@ def run_sweep(sweep: Sweep) -> Any:
             cfg.task.monitor,
             ", ".join(f"{p.key}={p.kind}{p.values}" for p in sweep.params),
             sweep.dir,
-            f"; shared through {_masked(sweep.storage)} as worker {this_worker()}"
+            f"; shared through {masked_url(sweep.storage)} as worker {this_worker()}"
             if shared
             else "",
         )

@@ -54,17 +54,18 @@ def _job_order(job_dir: Path) -> tuple:
     return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
 
 
-def study_trials(sweep_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[str, str]]:
+def study_trials(sweep_dir: Path, study=None) -> tuple[dict[int, dict[str, Any]], dict[str, str]]:
     """From the study of a `medtrain sweep` search (`study.db`, or the shared storage that
     `study.json` names): {trial number: its status, error, overrides, and what a worker on another
     machine recorded of it} and {param: 'log' or 'categorical'} for params searched on a log scale
-    or by choice. Surplus draws of a shared sweep (never run) are left out."""
+    or by choice. Surplus draws of a shared sweep (never run) are left out. `study`: the study
+    itself, when the caller holds it open."""
     import optuna
 
-    from medtrain.experiments.sweep import SURPLUS, read_study
+    from medtrain.experiments.studies import SURPLUS, read_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = read_study(sweep_dir)
+    study = study if study is not None else read_study(sweep_dir)
     if study is None:
         return {}, {}
     base = list(study.user_attrs.get("overrides", []))
@@ -168,19 +169,22 @@ def _split(override: str) -> tuple[str, str]:
     return key.lstrip("+"), value
 
 
-def write_sweep_summary(sweep_dir: Path, monitor: str | None = None, plots: bool = True) -> Path:
+def write_sweep_summary(
+    sweep_dir: Path, monitor: str | None = None, plots: bool = True, study=None
+) -> Path:
     """Write `sweep_summary.csv`, `sweep_summary.md` and (with `plots`) `sweep_<param>.png` into
     `sweep_dir`; return the CSV's path.
 
     Args:
         monitor: the metric to rank by; default the jobs' `task.monitor`.
+        study: a search's study, when the caller holds it (else read from the folder).
 
     Raises:
         FileNotFoundError: `sweep_dir` holds no job folder.
     """
     sweep_dir = Path(sweep_dir)
     jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
-    trials, scales = study_trials(sweep_dir)
+    trials, scales = study_trials(sweep_dir, study)
     jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in trials}, key=_job_order)
     if not jobs:
         raise FileNotFoundError(
@@ -224,6 +228,8 @@ def write_sweep_summary(sweep_dir: Path, monitor: str | None = None, plots: bool
 
     metric_columns = [c for c in (f"test/{k}" for k in HEADLINE) if any(c in r for r in rows)]
     fields = ["job", "overrides", "status", monitor, *metric_columns, "train_seconds", "error"]
+    if any(r.get("folder") for r in rows):  # a shared search's trials run on other machines
+        fields.append("folder")
     csv_path = save_csv(sweep_dir / "sweep_summary.csv", rows, fields)
     markdown = _markdown(sweep_dir, rows, fields, monitor, mode, common)
     atomic_write(sweep_dir / "sweep_summary.md", lambda handle: handle.write(markdown))

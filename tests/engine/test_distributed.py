@@ -30,11 +30,11 @@ from medtrain.io import load_checkpoint
 from tests.conftest import compose_cfg, read_metrics, train_in_process
 
 RANKS = Path(__file__).with_name("distributed_ranks.py")
-# No batch norm, dropout or augmentation, plain SGD: a result that does not depend on how the
-# global batch is split. 99 training images in global batches of 16: the last batch (3 images) is
-# shared 2 + 1, which the gradient weighting must get right.
+# No batch norm, dropout or augmentation, SGD: a result that does not depend on how the global
+# batch is split. 101 training images in global batches of 16: the last batch (5 images) is shared
+# 3 + 2, which the gradient weighting must get right.
 EXACT = [
-    "dataset.num_train=99",
+    "dataset.num_train=101",
     "dataset.num_val=40",
     "dataset.num_test=40",
     "dataset.image_size=16",
@@ -107,13 +107,15 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same experiment trained by torchrun with 2 processes and by 1 process."""
+    """The same experiment trained by 2 processes (started as torchrun starts its workers; the
+    rerun test goes through torchrun itself) and by 1 process."""
     base = tmp_path_factory.mktemp("ddp")
-    launched = torchrun([*EXACT, "hydra.run.dir=ddp"], base)
-    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    outputs = finish(start_ranks(["-m", "medtrain", *EXACT, "hydra.run.dir=ddp"], base))
+    for status, output in outputs:
+        assert status == 0, output[-3000:]
     single = tmp_path_factory.mktemp("single") / "run"
     train_in_process(single, EXACT)
-    return {"base": base, "ddp": base / "ddp", "single": single, "launched": launched}
+    return {"base": base, "ddp": base / "ddp", "single": single, "outputs": outputs}
 
 
 def _history(run: Path) -> list[dict]:
@@ -121,7 +123,7 @@ def _history(run: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(f)]
 
 
-def test_torchrun_trains_one_model_into_one_run_folder(runs):
+def test_two_processes_train_one_model_into_one_run_folder(runs):
     base, ddp = runs["base"], runs["ddp"]
     assert sorted(p.name for p in base.iterdir()) == ["ddp"]  # no rank made a folder of its own
     assert [p.relative_to(ddp) for p in ddp.rglob(".hydra")] == [Path(".hydra")]
@@ -137,8 +139,9 @@ def test_torchrun_trains_one_model_into_one_run_folder(runs):
     log = (ddp / "train.log").read_text()
     assert "distributed: 2 processes (gloo); global batch 16 (about 8 per process)" in log
     assert "[rank 1]" not in log  # rank 0 alone writes the log
-    output = runs["launched"].stdout + runs["launched"].stderr
-    assert not [line for line in output.splitlines() if "[rank 1]" in line and "[INFO]" in line]
+    rank_1 = runs["outputs"][1][1].splitlines()  # warnings and errors only, with the rank
+    assert all("[rank 1]" in line and "[INFO]" not in line for line in rank_1 if "][" in line)
+    assert "[INFO]" in runs["outputs"][0][1]
     checkpoint = load_checkpoint(ddp / "checkpoints" / "best.pt")
     assert not any(k.startswith("module.") for k in checkpoint["model"])
     assert checkpoint["world_size"] == 2
@@ -204,19 +207,22 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_to_the_same_result(ru
     assert _history(cut) == _history(runs["ddp"])
 
 
-def test_rerun_of_a_distributed_run_trains_it_distributed(runs, tmp_path):
-    out = tmp_path / "again"
-    finished = subprocess.run(
-        [sys.executable, "-m", "medtrain", "rerun", f"run_dir={runs['ddp']}", f"output={out}"],
-        cwd=runs["base"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
-    assert "the run trained with 2 processes; the rerun too (torchrun)" in finished.stdout
-    assert "verdict: REPRODUCED" in finished.stdout
-    assert json.loads((out / "run_info.json").read_text())["world"]["world_size"] == 2
+def test_rerun_of_a_distributed_run_trains_it_distributed(runs, tmp_path, monkeypatch):
+    """`medtrain rerun` starts torchrun with the run's two processes, and reproduces it."""
+    from medtrain.experiments.rerun import rerun
+
+    monkeypatch.chdir(runs["base"])
+    result = rerun(runs["ddp"], tmp_path / "again")
+    assert result["command"][1:5] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+    ]
+    assert "note: the run trained with 2 processes; the rerun too (torchrun)" in result["lines"]
+    assert result["verdict"] == "REPRODUCED", result["lines"]
+    info = json.loads((tmp_path / "again" / "run_info.json").read_text())
+    assert info["world"]["world_size"] == 2
 
 
 def test_rank_0_decides_and_every_rank_follows(tmp_path):
@@ -241,8 +247,17 @@ def test_rank_0_decides_and_every_rank_follows(tmp_path):
     assert seen[1]["gathered"] == []
 
 
-@pytest.mark.parametrize(("size", "batch", "processes"), [(99, 16, 2), (100, 16, 3), (10, 4, 4)])
-def test_shards_together_are_the_single_process_batches(size, batch, processes):
+@pytest.mark.parametrize(
+    ("size", "batch", "processes", "dropped"),
+    [
+        (101, 16, 2, False),
+        (99, 16, 2, True),
+        (100, 16, 3, True),
+        (10, 4, 4, True),
+        (10, 4, 1, False),
+    ],
+)
+def test_shards_together_are_the_single_process_batches(size, batch, processes, dropped):
     """Each process's share of every global batch: disjoint, and together the batches of one
     process's epoch (the same (seed, epoch) permutation), whatever the number of processes."""
     samples = [{"index": torch.tensor(k)} for k in range(size)]
@@ -255,9 +270,8 @@ def test_shards_together_are_the_single_process_batches(size, batch, processes):
         generator.manual_seed(7 * 100_003 + 3)
         torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's worker seed
         shards.append(list(ShardedBatches(size, batch, rank, processes, generator, True)))
-    # A last batch smaller than the number of processes is left out (one process would have none).
-    dropped = size % batch < processes and size % batch > 1
-    assert dropped == (processes == 4)  # of the cases here, (10, 4, 4) alone drops one
+    # A last batch that would leave a process with no sample, or with one while the other batches
+    # give it several, is left out: 99 = 6 x 16 + 3 shares 2 + 1 over two processes.
     alone = alone[:-1] if dropped else alone
     assert all(len(s) == len(alone) for s in shards)
     for k, whole in enumerate(alone):

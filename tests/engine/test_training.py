@@ -11,6 +11,7 @@ import torch
 from sklearn import metrics as skm
 
 import medtrain.engine.loop
+from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
 from tests.conftest import ON_CPU, TINY, read_metrics, run_cli, train_in_process
 
@@ -348,3 +349,17 @@ def test_resume_checks_the_config_against_the_checkpoint(tmp_path):
         tmp_path / "cos", [*TINY, "trainer.max_epochs=3", "trainer.resume=true"]
     )
     assert metrics["epochs_trained"] == 3
+
+
+def test_a_checkpoint_without_the_keys_of_later_releases_resumes(tmp_path):
+    """A checkpoint whose config predates `trainer.distributed` and `model.batch_norm` resumes:
+    a key it lacks is compared with the default it meant."""
+    train_in_process(tmp_path, [*TINY, ON_CPU])
+    last = tmp_path / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    del checkpoint["config"]["trainer"]["distributed"], checkpoint["config"]["model"]["batch_norm"]
+    torch.save(checkpoint, last)
+    longer = [*TINY, ON_CPU, "trainer.max_epochs=3", "trainer.resume=true"]
+    with pytest.raises(ConfigError, match=r"model.batch_norm; .*\(add: ~model.batch_norm\)"):
+        train_in_process(tmp_path, [*longer, "model.batch_norm=false"])
+    assert train_in_process(tmp_path, longer)["epochs_trained"] == 3

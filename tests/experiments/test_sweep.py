@@ -273,12 +273,12 @@ def test_two_workers_on_one_journal_finish_exactly_the_trials_asked(tmp_path, on
         study_name="medtrain", storage=JournalStorage(JournalFileBackend(str(journal)))
     )
     ran = [t for t in study.trials if not t.user_attrs.get("surplus")]
-    assert len(ran) == 5 and all(t.state == TrialState.COMPLETE for t in ran)
+    both = outputs[0][-3000:] + outputs[1][-3000:]
+    assert len(ran) == 5 and all(t.state == TrialState.COMPLETE for t in ran), both
     # every trial trained once, by one worker, in its own folder
     lines = [line for out in outputs for line in out.splitlines() if " - trial " in line]
-    assert sorted(int(line.split(" - trial ")[1].split()[0]) for line in lines) == [
-        t.number for t in ran
-    ]
+    numbers = sorted(int(line.split(" - trial ")[1].split()[0]) for line in lines)
+    assert numbers == [t.number for t in ran], both
     for trial in ran:
         log = (tmp_path / "sweep" / str(trial.number) / "train.log").read_text()
         assert log.count("done in ") == 1
@@ -286,8 +286,8 @@ def test_two_workers_on_one_journal_finish_exactly_the_trials_asked(tmp_path, on
     surplus = [t for t in study.trials if t.user_attrs.get("surplus")]
     assert all(t.state == TrialState.FAIL for t in surplus)
     rows = read_summary(tmp_path / "sweep")
-    assert sorted(int(r["job"]) for r in rows) == [t.number for t in ran]
-    assert all(r["status"] == "complete" for r in rows)
+    assert sorted(int(r["job"]) for r in rows) == [t.number for t in ran], both
+    assert all(r["status"] == "complete" for r in rows), rows
 
 
 def test_a_summary_lists_trials_run_on_another_machine(tmp_path, one_thread):

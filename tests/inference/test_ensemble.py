@@ -140,23 +140,21 @@ def test_segmentation_ensemble_averages_probability_maps(tmp_path):
         run_ensemble([runs[0], other], tmp_path / "mixed")
 
 
-def test_cli_usage_and_errors(classification_runs, tmp_path):
-    def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "medtrain", "ensemble", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+def test_cli_usage_and_errors(classification_runs, tmp_path, capsys):
+    from medtrain.commands import main
 
-    one = cli(f"run_dirs=[{classification_runs[0]}]")
-    assert one.returncode == 2 and "at least 2 runs" in one.stderr
-    typo = cli("run_dir=[a,b]")
-    assert typo.returncode == 2 and "unknown key 'run_dir'" in typo.stderr
+    assert main(["ensemble", f"run_dirs=[{classification_runs[0]}]"]) == 2
+    assert "at least 2 runs" in capsys.readouterr().err
+    assert main(["ensemble", "run_dir=[a,b]"]) == 2
+    assert "unknown key 'run_dir'" in capsys.readouterr().err
     out = tmp_path / "cli"
-    ok = cli(
-        f"run_dirs=[{classification_runs[0]},{classification_runs[1]}]", f"hydra.run.dir={out}"
+    ok = subprocess.run(
+        [sys.executable, "-m", "medtrain", "ensemble"]
+        + [f"run_dirs=[{classification_runs[0]},{classification_runs[1]}]", f"hydra.run.dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ok.returncode == 0, ok.stderr
     assert "ensemble" in ok.stdout and (out / "metrics.json").is_file()
