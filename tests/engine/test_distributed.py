@@ -75,6 +75,7 @@ def start_ranks(command: list[str], cwd: Path, processes: int = 2) -> list[subpr
             "MASTER_PORT": str(port),
             "OMP_NUM_THREADS": "1",
             "HYDRA_FULL_ERROR": "0",
+            "TMPDIR": str(cwd),  # a killed rank leaves its scratch folder here, not in /tmp
         }
         started.append(
             subprocess.Popen(
