@@ -48,6 +48,9 @@ class TrainJobs:
 
     started: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    # A resumed run folder's .hydra/ files before Hydra rewrote them: put back when the resume
+    # is refused, so that the folder still describes the run it holds.
+    saved_hydra: dict[Path, bytes] = field(default_factory=dict)
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -59,6 +62,13 @@ class TrainJobs:
         try:
             try:
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
+            except KeyboardInterrupt:
+                if distributed.is_main():
+                    log.warning(
+                        "interrupted; the same command with trainer.resume=true continues from "
+                        "the last finished epoch"
+                    )
+                sys.exit(130)
             except Exception as err:
                 if distributed.is_distributed() and distributed.is_communication_error(err):
                     raise distributed.peer_failed(err) from err
@@ -70,6 +80,7 @@ class TrainJobs:
         except MedtrainError as err:
             if not distributed.from_main(err):  # rank 0's own error: rank 0 has logged it
                 log.error("%s", err)
+            self.restore_hydra_files()
             if distributed.is_distributed() and not distributed.raised_everywhere(err):
                 # Raised by this rank alone (or a peer failed): the ranks are out of step, so no
                 # later job of a multirun can run; every process stops.
@@ -80,6 +91,24 @@ class TrainJobs:
             sys.exit(2)
         # The monitored validation value (never a test value), for sweepers that optimise it.
         return metrics.get(cfg.task.monitor)
+
+    def restore_hydra_files(self) -> None:
+        from medtrain.io import atomic_write
+
+        for path, content in self.saved_hydra.items():
+            atomic_write(path, lambda handle, c=content: handle.write(c), mode="wb")
+
+
+def hydra_files_of_resumed_run(overrides: Sequence[str]) -> dict[Path, bytes]:
+    """The `.hydra/*.yaml` of the folder a `trainer.resume=... hydra.run.dir=DIR` command line
+    continues (empty for any other command line)."""
+    values = dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
+    if values.get("trainer.resume", "false").lower() in ("false", "null") or not values.get(
+        "hydra.run.dir"
+    ):
+        return {}
+    folder = Path(values["hydra.run.dir"]) / ".hydra"
+    return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -114,7 +143,7 @@ def main(argv: Sequence[str]) -> int:
         from medtrain.engine.distributed import configure_rank_logging
 
         configure_rank_logging(rank)
-    jobs = TrainJobs()
+    jobs = TrainJobs(saved_hydra={} if rank > 0 else hydra_files_of_resumed_run(args.overrides))
     try:
         return _run(args, parser, jobs)
     finally:
@@ -160,6 +189,10 @@ def _run(args, parser, jobs: TrainJobs) -> int:
             return 2
         return exit_.code if isinstance(exit_.code, int) else 1
     if jobs.failed:
+        from medtrain.engine.ranks import launched_rank
+
+        if launched_rank() > 0:  # rank 0 says it
+            return 1
         print(
             f"medtrain: {len(jobs.failed)} job(s) failed (job "
             f"{', '.join(map(str, jobs.failed))}); see sweep_summary.md in the sweep folder",

@@ -92,25 +92,51 @@ def check_settings(trainer: DictConfig) -> None:
             raise ConfigError(f"trainer.distributed.{key}={values[key]}: must be true or false")
 
 
-def setup(cfg: DictConfig, device: torch.device) -> torch.device:
-    """Join the process group of a torchrun launch (once per process; the jobs of a multirun share
-    it) and return this process's device: `cuda:LOCAL_RANK` on GPUs. A single process gets `device`
-    back unchanged.
+def setup(cfg: DictConfig, validate: Callable[[], torch.device]) -> torch.device:
+    """Check the config (`validate`, medtrain's checks, returning the device) and, under torchrun,
+    join the process group (once per process; the jobs of a multirun share it). Returns this
+    process's device: `cuda:LOCAL_RANK` on GPUs.
 
     The backend is NCCL on CUDA (with Gloo beside it for small CPU messages) and Gloo on the CPU,
     unless `trainer.distributed.backend` names one. A collective that waits longer than
     `trainer.distributed.timeout_s` (a rank stuck, or dead without closing its connections) ends
-    the run with an error on every rank.
+    the run with an error on every rank. Every rank runs the checks; an error on any of them
+    (a data path missing on one node) stops all of them together.
     """
     _, world, local = launched()
     if world == 1:
-        return device
+        return validate()
+    joining = not dist.is_initialized()
+    device, chosen = (
+        _device_and_backend(cfg, local) if joining else agreed(_device_and_backend, cfg, local)
+    )
+    if joining:
+        dist.init_process_group(chosen["backend"], timeout=timedelta(seconds=chosen["timeout_s"]))
+        _joined.update(chosen)
+    elif chosen != _joined:  # the same config on every rank (checked below): the same outcome
+        raise everywhere(
+            ConfigError(
+                f"trainer.distributed: this process joined its group with {_joined}; the jobs of "
+                f"one multirun under torchrun must keep the backend, device type and timeout "
+                f"({chosen})"
+            )
+        )
+    check_same_config(cfg)
+    agreed(validate)
+    return device
+
+
+def _device_and_backend(cfg: DictConfig, local: int) -> tuple[torch.device, dict[str, Any]]:
+    """This process's device and the process group's settings, from the config."""
+    check_settings(cfg.trainer)
     options = settings(cfg.trainer)
-    if device.type == "cuda":
-        if str(cfg.trainer.device).startswith("cuda:"):
+    spec = str(cfg.trainer.device)
+    device = torch.device("cpu")
+    if spec.startswith("cuda") or (spec == "auto" and torch.cuda.is_available()):
+        if spec.startswith("cuda:"):
             raise ConfigError(
-                f"trainer.device={cfg.trainer.device} names one GPU, but under torchrun each "
-                "process takes the GPU of its LOCAL_RANK: use trainer.device=cuda (or auto)"
+                f"trainer.device={spec} names one GPU, but under torchrun each process takes the "
+                "GPU of its LOCAL_RANK: use trainer.device=cuda (or auto)"
             )
         if local >= torch.cuda.device_count():
             raise ConfigError(
@@ -130,24 +156,17 @@ def setup(cfg: DictConfig, device: torch.device) -> torch.device:
         raise ConfigError(
             "trainer.distributed.backend=nccl needs CUDA; use gloo (or auto) on the CPU"
         )
-    chosen = {"backend": backend, "timeout_s": float(options["timeout_s"])}
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=chosen["timeout_s"]))
-        _joined.update(chosen)
-    elif _joined and _joined != chosen:
-        raise ConfigError(
-            f"trainer.distributed: this process joined its group with {_joined}; the jobs of one "
-            f"multirun under torchrun must keep the backend, device type and timeout ({chosen})"
-        )
-    check_same_config(cfg)
-    return device
+    return device, {"backend": backend, "timeout_s": float(options["timeout_s"])}
 
 
 def check_same_config(cfg: DictConfig, datasets: dict | None = None) -> None:
     """Refuse to train when the ranks composed different configs (other overrides or config files
     on another node), or, given the datasets, read different data (another copy on another node:
     other cases, or other inferred classes or statistics): each rank would train something else."""
-    text = OmegaConf.to_yaml(cfg, resolve=False)
+    try:  # resolved: `${oc.env:...}` values that differ between processes count
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # a missing value: validate() names it
+        text = OmegaConf.to_yaml(cfg, resolve=False)
     if datasets is not None:
         text += repr({split: list(d.ids) for split, d in datasets.items()})
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -156,9 +175,11 @@ def check_same_config(cfg: DictConfig, datasets: dict | None = None) -> None:
     if len(set(digests)) > 1:
         odd = [r for r, d in enumerate(digests) if d != digests[0]]
         what = "read different data" if datasets is not None else "composed different configs"
-        raise ConfigError(
-            f"the processes {what} (rank(s) {odd} differ from rank 0): start every rank with the "
-            "same overrides and config files, and give every node the same data"
+        raise everywhere(
+            ConfigError(
+                f"the processes {what} (rank(s) {odd} differ from rank 0): start every rank with the "
+                "same overrides and config files, and give every node the same data"
+            )
         )
 
 
@@ -187,6 +208,38 @@ def decided(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     raise value
 
 
+def agreed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on every rank (its own result returned), then the ranks compare:
+    when it raised on any rank, every rank raises the error of the lowest such rank (marked
+    `from_main` on the others, which stay quiet), so that all stop together. For checks whose
+    outcome may differ between nodes: a data path missing on one of them, a file only one reads."""
+    if not is_distributed():
+        return fn(*args, **kwargs)
+    error: BaseException | None = None
+    result = None
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as err:  # compared with the other ranks' first
+        error = err
+    errors = [None] * world_size()
+    mine = None if error is None else _picklable(error)
+    if mine is not None and not is_main():
+        mine = type(mine)(f"rank {rank()}: {mine}") if _rebuildable(mine) else mine
+    dist.all_gather_object(errors, mine)
+    first = next((r for r, e in enumerate(errors) if e is not None), None)
+    if first is None:
+        return result
+    raised = error if first == rank() and error is not None else errors[first]
+    raised.decided = True
+    raised.from_main = first != rank()
+    raise raised
+
+
+def _rebuildable(err: BaseException) -> bool:
+    """Whether `type(err)(message)` rebuilds `err` (medtrain's errors do)."""
+    return isinstance(err, MedtrainError) and len(err.args) == 1
+
+
 def _picklable(err: BaseException) -> BaseException:
     """`err` itself when it survives pickling (a MedtrainError, optuna's TrialPruned, ...), else a
     TrainingError with its message."""
@@ -200,6 +253,12 @@ def _picklable(err: BaseException) -> BaseException:
 def from_main(err: BaseException) -> bool:
     """Whether `err` is rank 0's error re-raised here by `decided` (rank 0 reports it)."""
     return bool(getattr(err, "from_main", False))
+
+
+def everywhere(err: BaseException) -> BaseException:
+    """`err`, marked as raised by every rank together (a check whose outcome every rank shares)."""
+    err.decided = True
+    return err
 
 
 def raised_everywhere(err: BaseException) -> bool:

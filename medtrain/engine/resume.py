@@ -74,14 +74,17 @@ def is_default(config: dict, key: str, value: Any) -> bool:
     return parameter is not None and parameter.default == value
 
 
-def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
+def check_resumed_config(saved: dict, current: dict, scheduler, before_data: bool = False) -> None:
     """Refuse to continue a run with a config that differs from its checkpoint's, naming the values
-    to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ."""
+    to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ. `before_data`: the
+    current config's values inferred from the data (null until it is read) are not compared."""
     old, new = flatten(saved), flatten(current)
     changed = sorted(
         k
         for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k) and not (k not in old and is_default(current, k, new[k]))
+        if old.get(k) != new.get(k)
+        and not (k not in old and is_default(current, k, new[k]))
+        and not (before_data and k in new and new[k] is None)
     )
     allowed = {f"trainer.{key}" for key in MAY_CHANGE}
     if isinstance(scheduler, OneCycleLR):  # its length is fixed at construction
@@ -93,8 +96,24 @@ def check_resumed_config(saved: dict, current: dict, scheduler) -> None:
             f"trainer.resume: the checkpoint was trained with other values of {', '.join(refused)}; "
             f"repeat the original overrides (add: {restore})"
         )
-    if changed:
-        log.info("resuming with changed %s", ", ".join(k for k in changed if k != "trainer.resume"))
+    shown = [k for k in changed if k != "trainer.resume"]
+    if shown and not before_data:
+        log.info("resuming with changed %s", ", ".join(shown))
+
+
+def check_before_resuming(cfg, run_dir: Path) -> None:
+    """`trainer.resume`'s checks before anything of the run is written (provenance, splits, the
+    data report): a checkpoint exists, its config builds only allowed classes and matches this one
+    (the values inferred from the data are compared once it is read, by `resume`)."""
+    from omegaconf import OmegaConf
+
+    current = OmegaConf.to_container(cfg, resolve=True)
+    path = resume_path(cfg.trainer.resume, Path(run_dir) / "checkpoints")
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: no checkpoint at {path}")
+    checkpoint = load_checkpoint(path)
+    check_targets(checkpoint.get("config") or {}, path, configured_targets(current))
+    check_resumed_config(checkpoint["config"], current, None, before_data=True)
 
 
 def _copy_checkpoints(source: Path, ckpt_dir: Path) -> None:

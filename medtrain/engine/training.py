@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from medtrain import __version__
 from medtrain.analysis.report import write_report
@@ -36,6 +37,7 @@ from medtrain.engine.config import (
 from medtrain.engine.data_check import check_before_training
 from medtrain.engine.loop import fit, seed_everything, test
 from medtrain.engine.provenance import write_provenance
+from medtrain.engine.resume import check_before_resuming
 from medtrain.io import save_json
 
 log = logging.getLogger("medtrain")
@@ -58,19 +60,21 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     Under torchrun every process calls this; they train one model with DistributedDataParallel,
     rank 0's `run_dir` is the run folder, and only rank 0 writes (`medtrain.engine.distributed`).
     """
-    device = distributed.setup(cfg, validate(cfg))
+    device = distributed.setup(cfg, lambda: validate(cfg))
     # Under torchrun, rank 0's folder (every rank's Hydra resolved its own).
     run_dir = Path(distributed.decided(str, run_dir))
+    if cfg.trainer.resume:  # a refused resume must leave the run folder as it was: check first
+        distributed.decided(check_before_resuming, cfg, run_dir)
     configure_determinism(cfg.trainer.deterministic)
     # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.
     world = distributed.describe()
     distributed.decided(lambda: write_provenance(run_dir, cfg, device, world) and None)
     seed_everything(cfg.seed)
 
-    datasets = build_datasets(cfg)
+    datasets = distributed.agreed(build_datasets, cfg)  # a file missing on one node stops all
     if distributed.is_distributed():  # the same cases and inferred values on every node
         distributed.check_same_config(cfg, datasets)
-    check_against_data(cfg)
+    distributed.agreed(check_against_data, cfg)
     if cfg.trainer.get("check_data", True):  # runs saved before the key existed: on
         # Every sample is read once before training: a bad file stops the run here, one line per
         # problem, instead of mid-epoch; data_report.json in the run folder lists everything.
@@ -78,12 +82,12 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     # Which images are in which split, so that the split can be reused (dataset.split_file=...).
     splits = {split: list(d.ids) for split, d in datasets.items()}
     distributed.decided(lambda: save_json(run_dir / "splits.json", splits) and None)
-    loaders = build_loaders(cfg, datasets, device)
+    loaders = distributed.agreed(build_loaders, cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)
     task = build_task(cfg)
     first = collate([datasets["train"][0]])
-    check_model_output(model, task, first)
+    distributed.agreed(check_model_output, model, task, first)
     model = model.to(device)
     task.loss_fn.to(device)
     trained = distributed.wrap(model, cfg.trainer, device)  # DistributedDataParallel, or itself
@@ -99,16 +103,29 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     )
     processes = distributed.world_size()
     if processes > 1:
+        batch = cfg.trainer.batch_size
+        fewest, most = batch // processes, -(-batch // processes)
+        share = str(fewest) if fewest == most else f"{fewest}-{most}"
         log.info(
-            "distributed: %d processes (%s); global batch %d (about %d per process) x %d "
-            "accumulated = %d samples per optimizer step",
+            "distributed: %d processes (%s); global batch %d (%s per process) x %d accumulated = "
+            "%d samples per optimizer step",
             processes,
             world["backend"],
-            cfg.trainer.batch_size,
-            cfg.trainer.batch_size // processes,
+            batch,
+            share,
             cfg.trainer.accumulate_grad_batches,
-            cfg.trainer.batch_size * cfg.trainer.accumulate_grad_batches,
+            batch * cfg.trainer.accumulate_grad_batches,
         )
+        if fewest < 2 and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        ):
+            log.warning(
+                "trainer.batch_size=%d gives a process batches of %d sample: batch norm then "
+                "normalises single samples; raise trainer.batch_size or set "
+                "trainer.distributed.sync_batchnorm=true (CUDA)",
+                batch,
+                fewest,
+            )
 
     start = time.perf_counter()
     extra_state = {

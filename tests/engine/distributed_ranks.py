@@ -37,6 +37,16 @@ def checks(out: Path) -> None:
         distributed.decided(refuse)
     except ConfigError as err:
         seen["error"] = [str(err), distributed.from_main(err)]
+
+    def only_rank_1_fails():
+        if rank == 1:
+            raise ConfigError("dataset.path: not found on this node")
+        return "fine"
+
+    try:
+        distributed.agreed(only_rank_1_fails)
+    except ConfigError as err:
+        seen["agreed"] = [str(err), distributed.from_main(err), distributed.raised_everywhere(err)]
     seen["sum"] = distributed.sum_across(torch.tensor([rank + 1.0])).item()
 
     torch.manual_seed(rank)  # different weights on each rank, then rank 0's everywhere

@@ -138,7 +138,7 @@ def test_two_processes_train_one_model_into_one_run_folder(runs):
     provenance = json.loads((ddp / "provenance.json").read_text())
     assert provenance["distributed"]["world_size"] == 2
     log = (ddp / "train.log").read_text()
-    assert "distributed: 2 processes (gloo); global batch 16 (about 8 per process)" in log
+    assert "distributed: 2 processes (gloo); global batch 16 (8 per process)" in log
     assert "[rank 1]" not in log  # rank 0 alone writes the log
     rank_1 = runs["outputs"][1][1].splitlines()  # warnings and errors only, with the rank
     assert all("[rank 1]" in line and "[INFO]" not in line for line in rank_1 if "][" in line)
@@ -236,6 +236,10 @@ def test_rank_0_decides_and_every_rank_follows(tmp_path):
         assert (s["rank"], s["world"], s["main"]) == (r, 2, r == 0)
         assert s["decided"] == "chosen by rank 0"
         assert s["error"] == ["dataset.path: rank 0 found a bad file", r == 1]
+        # raised on rank 1 only: every rank raises it (rank 0 with where it came from), and rank 1
+        # alone reports it (its log lines carry its rank)
+        where = "rank 1: " if r == 0 else ""
+        assert s["agreed"] == [f"{where}dataset.path: not found on this node", r == 0, True]
         assert s["sum"] == 3.0
         assert s["weights"] == seen[0]["weights"] and s["weights"][3:] == [0.0, 0.0, 0.0]
         assert s["checksums"][0] != s["checksums"][1]  # two differently initialised layers
@@ -305,10 +309,10 @@ def test_distributed_settings_are_checked(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     cfg = compose_cfg(["trainer.distributed.sync_batchnorm=true", "trainer.device=cpu"])
     with pytest.raises(ConfigError, match="sync_batchnorm=true needs CUDA"):
-        distributed.setup(cfg, torch.device("cpu"))
+        distributed.setup(cfg, lambda: torch.device("cpu"))
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ConfigError, match="RANK=5 is not below WORLD_SIZE=2"):
-        distributed.setup(cfg, torch.device("cpu"))
+        distributed.setup(cfg, lambda: torch.device("cpu"))
 
 
 def test_a_global_batch_smaller_than_the_processes_is_refused(monkeypatch):

@@ -363,3 +363,20 @@ def test_a_checkpoint_without_the_keys_of_later_releases_resumes(tmp_path):
     with pytest.raises(ConfigError, match=r"model.batch_norm; .*\(add: ~model.batch_norm\)"):
         train_in_process(tmp_path, [*longer, "model.batch_norm=false"])
     assert train_in_process(tmp_path, longer)["epochs_trained"] == 3
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
+    """Resuming with overrides other than the run's is refused before anything is written: the
+    run's .hydra/ files (which Hydra rewrites first), provenance, splits and data report stay."""
+    from medtrain.commands import main
+
+    run = tmp_path / "run"
+    assert main([*TINY, ON_CPU, f"hydra.run.dir={run}"]) == 0
+    kept = [".hydra/config.yaml", ".hydra/overrides.yaml", "provenance.json", "splits.json"]
+    kept += ["data_report.json", "metrics.json"]
+    before = {name: (run / name).read_bytes() for name in kept}
+    other = [*TINY, ON_CPU, "dataset.num_train=64", "trainer.resume=true", f"hydra.run.dir={run}"]
+    assert main(other) == 2
+    captured = capsys.readouterr()
+    assert "dataset.num_train=96" in captured.out + captured.err
+    assert {name: (run / name).read_bytes() for name in kept} == before
