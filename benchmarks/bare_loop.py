@@ -50,7 +50,9 @@ class Images(Dataset):
             image = (image - image.mean()) / max(float(image.std()), 1e-6)
         else:
             image = (image - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(self.labels[index])
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(
+            self.labels[index]
+        )
 
 
 def default_workload():
@@ -60,9 +62,7 @@ def default_workload():
     for split in ("train", "val", "test"):
         data = SyntheticLesions(split=split, seed=42)
         splits[split] = (data.images, np.asarray(data.labels).reshape(-1))
-    augment = A.Compose(
-        [A.HorizontalFlip(p=0.5), A.Affine(rotate=(-10, 10), border_mode=1, p=0.5)]
-    )
+    augment = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-10, 10), border_mode=1, p=0.5)])
     model = SimpleCNN(1, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     return splits, augment, dict(zscore=False, mean=0.4, std=0.15), model, optimizer, None, False
@@ -70,11 +70,20 @@ def default_workload():
 
 def pneumoniamnist_workload(path: Path):
     arrays = np.load(path)
-    splits = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"].reshape(-1)) for s in ("train", "val", "test")}
+    splits = {
+        s: (arrays[f"{s}_images"], arrays[f"{s}_labels"].reshape(-1))
+        for s in ("train", "val", "test")
+    }
     augment = A.Compose(
         [
             A.HorizontalFlip(p=0.5),
-            A.Affine(rotate=(-10, 10), scale=(0.9, 1.2), translate_percent=(-0.06, 0.06), border_mode=1, p=0.8),
+            A.Affine(
+                rotate=(-10, 10),
+                scale=(0.9, 1.2),
+                translate_percent=(-0.06, 0.06),
+                border_mode=1,
+                p=0.8,
+            ),
             A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.3, p=0.8),
             A.RandomGamma(gamma_limit=(70, 140), p=0.5),
             A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.1, 0.8), p=0.2),
@@ -102,18 +111,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("workload", choices=["default", "pneumoniamnist"])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz")
+    parser.add_argument(
+        "--data", type=Path, default=ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
+    )
     args = parser.parse_args()
     torch.manual_seed(42)
     if args.workload == "default":
         splits, augment, norm, model, optimizer, ema_decay, flip = default_workload()
     else:
-        splits, augment, norm, model, optimizer, ema_decay, flip = pneumoniamnist_workload(args.data)
+        splits, augment, norm, model, optimizer, ema_decay, flip = pneumoniamnist_workload(
+            args.data
+        )
     train = DataLoader(Images(*splits["train"], augment, **norm), batch_size=64, shuffle=True)
     val = DataLoader(Images(*splits["val"], None, **norm), batch_size=256)
     test = DataLoader(Images(*splits["test"], None, **norm), batch_size=256)
-    scheduler = cosine_with_warmup(optimizer, args.epochs, len(train), warmup_epochs=1, min_lr_ratio=0.01)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
+    scheduler = cosine_with_warmup(
+        optimizer, args.epochs, len(train), warmup_epochs=1, min_lr_ratio=0.01
+    )
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        if ema_decay
+        else None
+    )
     evaluated = model if ema is None else ema.module
     loss_fn = nn.CrossEntropyLoss()
     epochs, best, best_state = [], -1.0, None

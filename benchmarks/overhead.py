@@ -80,7 +80,10 @@ def main() -> None:
                     f"process {r['wall_s']:.1f} s  test AUC {r['test_auc']:.4f}",
                     flush=True,
                 )
-        epoch = {n: statistics.median(statistics.mean(r["epoch_s"][1:] or r["epoch_s"]) for r in rs) for n, rs in rows.items()}
+        epoch = {
+            n: statistics.median(statistics.mean(r["epoch_s"][1:] or r["epoch_s"]) for r in rs)
+            for n, rs in rows.items()
+        }
         wall = {n: statistics.median(r["wall_s"] for r in rs) for n, rs in rows.items()}
         summary[workload] = {
             "epoch_s": epoch,
