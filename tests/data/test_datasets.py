@@ -15,7 +15,7 @@ from medtrain.data.readers import read_image_file
 from medtrain.data.synthetic import SyntheticLesions
 from medtrain.data.transforms import Normalize, SeededAugment, match_channels, to_float01
 from medtrain.errors import ConfigError, DataError
-from tests.conftest import SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA
 
 
 def write_npz(path: Path, shape=(28, 28), labels_per_split=None, n=(20, 6, 8), seed=0):
@@ -278,3 +278,38 @@ def test_medmnist_3d_volumes_are_refused_with_the_shape(tmp_path):
         DataError, match=r"vol.npz: train_images has shape \(20, 8, 8, 8\); expected 2D"
     ):
         MedMNIST(str(tmp_path / "vol.npz"), "train")
+
+
+@pytest.mark.parametrize("name", ["basic", "xray", "strong", "segmentation", "mri_slices"])
+def test_reseeding_in_place_draws_what_fresh_generators_draw(name):
+    """Every shipped augmentation: the per-sample reseeding that resets generator states in place
+    gives, seed for seed, the images and masks of albumentations' own set_random_seed."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from medtrain.data.transforms import generator_holders, reseed
+
+    node = OmegaConf.load(ROOT / "conf" / "augmentation" / f"{name}.yaml").train
+    fresh, in_place = instantiate(node, _convert_="all"), instantiate(node, _convert_="all")
+    holders = generator_holders(in_place)
+    assert holders is not None and len(holders) == 1 + len(in_place.transforms)
+    image = np.random.default_rng(0).random((24, 24, 1)).astype(np.float32)
+    mask = (image[..., 0] > 0.5).astype(np.uint8)
+    for seed in (0, 1, 7, 2**31 - 1, 4_000_000_000):
+        fresh.set_random_seed(seed)
+        expected = fresh(image=image, mask=mask)
+        reseed(in_place, holders, seed)
+        got = in_place(image=image, mask=mask)
+        assert np.array_equal(got["image"], expected["image"]) and np.array_equal(
+            got["mask"], expected["mask"]
+        )
+
+
+def test_a_transform_that_seeds_itself_otherwise_keeps_albumentations_seeding():
+    from medtrain.data.transforms import generator_holders
+
+    class Own(A.HorizontalFlip):
+        def set_random_seed(self, seed):
+            super().set_random_seed(seed)
+
+    assert generator_holders(A.Compose([Own(p=0.5)])) is None
