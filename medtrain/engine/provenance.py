@@ -217,9 +217,10 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
 
 def determinism() -> dict[str, Any]:
     """The settings that decide whether kernels repeat bit for bit (set by configure_determinism)."""
-    # MONAI sets CUBLAS_WORKSPACE_CONFIG (if unset) when imported, and every run imports it: import
-    # it first, so that the first job of a process records the value it runs with, as later jobs do.
-    import monai.utils  # noqa: F401
+    # MONAI sets CUBLAS_WORKSPACE_CONFIG (if unset) when imported, and every run of earlier
+    # releases imported it; medtrain now imports MONAI only when a run uses it, and sets the same
+    # default itself, so that every run records (and runs with) the value runs always had.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     return {
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),

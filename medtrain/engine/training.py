@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -46,11 +47,17 @@ VERSIONED = ("torch", "torchvision", "numpy", "hydra-core", "albumentations", "s
 
 def configure_determinism(deterministic: bool) -> None:
     """Deterministic mode trades speed for bitwise-repeatable CUDA kernels (CPU runs already repeat)."""
-    if deterministic:  # cuBLAS needs a fixed workspace for repeatable matrix products
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # cuBLAS needs a fixed workspace for repeatable matrix products. Every run has had it (MONAI
+    # set it when imported; see provenance.determinism), deterministic or not: keep it so.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = not deterministic
     # warn_only: an op without a deterministic CUDA kernel is logged by torch instead of failing the run.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if deterministic or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    else:
+        # The public function imports torch's whole compiler (about 1 s) to set its
+        # `deterministic` flag, which is already off; set the same global flags without it.
+        torch._C._set_deterministic_algorithms(False, warn_only=True)
 
 
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = ()) -> dict:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 from torch import nn
 
 from medtrain.errors import ConfigError
@@ -42,6 +41,8 @@ class DiceBCELoss(nn.Module):
         batch: bool = True,
     ):
         super().__init__()
+        from monai.losses import DiceLoss  # MONAI takes seconds to import: only when used
+
         self.dice = DiceLoss(
             include_background=include_background,
             to_onehot_y=True,
