@@ -28,6 +28,7 @@ TINY = [
     "trainer.max_epochs=2",
     "trainer.batch_size=16",
     "trainer.progress=false",
+    "trainer.report=false",  # the plots take most of a tiny run; tests/analysis/ check the report
 ]
 
 

@@ -35,7 +35,7 @@ usage: medtrain rerun run_dir=RUN [key=value ...]
                        folder is code: docs/deployment.md); checked before the rerun starts
 
 Exit status: 0 reproduced, 1 mismatch (metrics differ or the saved config changed, other than
-progress bars, TensorBoard and overlay counts), 2 error.
+progress bars, TensorBoard, the report and overlay counts), 2 error.
 """
 
 

@@ -115,8 +115,9 @@ def validate(cfg: DictConfig) -> torch.device:
         t.num_workers,
         "must be an integer >= 0",
     )
-    check = t.get("check_data", True)
-    require(isinstance(check, bool), "trainer.check_data", check, "must be true or false")
+    for key in ("check_data", "report"):
+        value = t.get(key, True)
+        require(isinstance(value, bool), f"trainer.{key}", value, "must be true or false")
     duplicates = t.get("check_data_duplicates", "warn")
     require(
         duplicates in ("warn", "error"),

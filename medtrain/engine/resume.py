@@ -40,6 +40,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 MAY_CHANGE = (
     "resume",
     "progress",
+    "report",
     "tensorboard",
     "max_epochs",
     "early_stopping_patience",

@@ -200,7 +200,8 @@ def finish(cfg, task, run_dir: Path, metrics: dict, train_seconds: float, device
         metrics["best_epoch"],
         summary,
     )
-    # The config was composed by this run's user and has just been built: not checked again.
-    log.info("report: %s", write_report(run_dir, checked=False))
+    if cfg.trainer.get("report", True):  # runs saved before the key existed: on
+        # The config was composed by this run's user and has just been built: not checked again.
+        log.info("report: %s", write_report(run_dir, checked=False))
     log.info("results in %s", run_dir)
     return metrics

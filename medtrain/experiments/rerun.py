@@ -115,7 +115,9 @@ def _prefixes(key: str) -> list[str]:
 
 # Settings of how a run shows its progress, not of what it computes: a change is reported but is
 # no mismatch.
-NO_EFFECT_KEYS = frozenset({"trainer.progress", "trainer.tensorboard", "task.num_overlays"})
+NO_EFFECT_KEYS = frozenset(
+    {"trainer.progress", "trainer.tensorboard", "trainer.report", "task.num_overlays"}
+)
 
 
 def config_changes(run_dir: Path) -> list[str]:
