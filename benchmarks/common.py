@@ -94,3 +94,14 @@ def run_ensemble(runs: list[Path], out: Path) -> dict:
     )
     metrics = json.loads((out / "metrics.json").read_text())
     return {**metrics, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def chosen_workloads(choice: str, workloads, needs: dict) -> list[str]:
+    """The workloads a benchmark's `--workload` names (`all` or `both`: every one), without those
+    whose data (`needs`: workload -> path) are missing, with a `skipped:` line for each."""
+    chosen = list(workloads) if choice in ("all", "both") else [choice]
+    for name, path in needs.items():
+        if name in chosen and not Path(path).exists():
+            print(f"skipped {name}: {path} not found")
+            chosen.remove(name)
+    return chosen

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, machine
+from common import ROOT, chosen_workloads, machine
 
 DSB = ROOT.parent / "shared/data/dsb2018_nuclei"
 WORKLOADS = {
@@ -85,10 +85,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/distributed"))
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    chosen = list(WORKLOADS) if args.workload == "both" else [args.workload]
-    if "dsb2018" in chosen and not DSB.is_dir():
-        print(f"skipped dsb2018: {DSB} not found")
-        chosen.remove("dsb2018")
+    chosen = chosen_workloads(args.workload, WORKLOADS, {"dsb2018": DSB})
     import torch
 
     device = "cuda" if args.gpus else "cpu"

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, machine
+from common import ROOT, chosen_workloads, machine
 
 PNEUMONIA = ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
 RECIPES = {
@@ -61,10 +61,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/overhead"))
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    workloads = list(RECIPES) if args.workload == "all" else [args.workload]
-    if "pneumoniamnist" in workloads and not PNEUMONIA.is_file():
-        print(f"skipped pneumoniamnist: {PNEUMONIA} not found")
-        workloads.remove("pneumoniamnist")
+    workloads = chosen_workloads(args.workload, RECIPES, {"pneumoniamnist": PNEUMONIA})
     summary = {}
     for workload in workloads:
         epochs = args.epochs or EPOCHS[workload]
