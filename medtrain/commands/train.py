@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,8 @@ class TrainJobs:
     # A resumed run folder's .hydra/ files before Hydra rewrote them: put back when the resume
     # is refused, so that the folder still describes the run it holds.
     saved_hydra: dict[Path, bytes] = field(default_factory=dict)
+    # Called before a hard exit: removes a rank's scratch folder.
+    cleanup: Callable[[], None] = lambda: None
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -81,10 +84,18 @@ class TrainJobs:
             if not distributed.from_main(err):  # rank 0's own error: rank 0 has logged it
                 log.error("%s", err)
             self.restore_hydra_files()
+            if isinstance(err, distributed.PeerFailed):
+                # The process group is broken: leaving it normally can abort in torch's
+                # destructors ("terminate called without an active exception"); end here.
+                self.cleanup()
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             if distributed.is_distributed() and not distributed.raised_everywhere(err):
-                # Raised by this rank alone (or a peer failed): the ranks are out of step, so no
-                # later job of a multirun can run; every process stops.
-                sys.exit(1 if isinstance(err, distributed.PeerFailed) else 2)
+                # Raised by this rank alone: the ranks are out of step, so no later job of a
+                # multirun can run; every process stops.
+                sys.exit(2)
             if hydra.mode == RunMode.MULTIRUN:
                 self.failed.append(hydra.job.num)
                 return None  # recorded as failed (no metrics.json); the grid goes on
@@ -144,6 +155,8 @@ def main(argv: Sequence[str]) -> int:
 
         configure_rank_logging(rank)
     jobs = TrainJobs(saved_hydra={} if rank > 0 else hydra_files_of_resumed_run(args.overrides))
+    if scratch is not None:
+        jobs.cleanup = scratch.cleanup
     try:
         return _run(args, parser, jobs)
     finally:

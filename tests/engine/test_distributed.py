@@ -126,7 +126,11 @@ def _history(run: Path) -> list[dict]:
 
 def test_two_processes_train_one_model_into_one_run_folder(runs):
     base, ddp = runs["base"], runs["ddp"]
-    assert sorted(p.name for p in base.iterdir()) == ["ddp"]  # no rank made a folder of its own
+    # no rank made a folder of its own (torch may keep a compiler cache in TMPDIR, here too)
+    assert sorted(p.name for p in base.iterdir() if not p.name.startswith("torchinductor")) == [
+        "ddp"
+    ]
+    assert not list(base.glob("medtrain-rank*"))  # rank 1's scratch folder was removed
     assert [p.relative_to(ddp) for p in ddp.rglob(".hydra")] == [Path(".hydra")]
     assert len(list(ddp.rglob("metrics.json"))) == 1
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
