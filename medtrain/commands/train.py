@@ -10,7 +10,6 @@ into rank 0's folder (`medtrain.engine.distributed`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -158,22 +157,27 @@ def main(argv: Sequence[str]) -> int:
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
     try:
-        return _run(args, parser, jobs)
+        status = _run(args, parser, jobs)
     finally:
         if scratch is not None:
             scratch.cleanup()
-        _leave_process_group()
+    _end_distributed_process(status)
+    return status
 
 
-def _leave_process_group() -> None:
-    """Close the process group of a distributed run that ended normally (torch warns otherwise)."""
+def _end_distributed_process(status: int) -> None:
+    """Under torchrun, end the process here with `status`: torch's process-group destructors can
+    abort ("terminate called without an active exception") when a peer has already left, which
+    would turn a finished run's exit status into SIGABRT. Nothing is left to clean up."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        with contextlib.suppress(Exception):  # the run is over; a peer already gone is no error
-            dist.destroy_process_group()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def _run(args, parser, jobs: TrainJobs) -> int:
