@@ -3,6 +3,7 @@ albumentations pipelines and normalization."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import zlib
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
 from medtrain.errors import ConfigError
 
@@ -24,6 +26,10 @@ WINDOW_PRESETS = {
     "brain": (40.0, 80.0),
 }
 INVERT_MODES = (False, True, "auto")
+# `augmentation.seeding`: `pipeline` draws every transform's decisions from one random stream per
+# sample (independent draws); `per_transform`, what a config without the key means (runs before
+# release 0.3), seeds each transform with the sample's seed, so their first draws are equal.
+SEEDING_MODES = ("pipeline", "per_transform")
 
 
 def to_float01(image: np.ndarray) -> np.ndarray:
@@ -236,25 +242,97 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return zlib.crc32(f"{seed}:{epoch}:{index}".encode())
 
 
+class SharedEpoch:
+    """The epoch that seeds augmentation and patches, in shared memory: loader workers that live
+    across epochs (persistent workers, started once) read the value the main process set before
+    each epoch began, as a fresh worker would have copied it."""
+
+    def __init__(self, epoch: int = 0):
+        self.value = torch.full((), int(epoch), dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        self.value.fill_(int(epoch))
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+
 class SeededAugment:
     """Runs an albumentations pipeline with a random state fixed by (seed, epoch, sample index).
 
     Seeding per sample makes the augmented stream identical from run to run and independent of the
     number of loader workers and of the order in which they pick samples.
+
+    Args:
+        pipeline: the albumentations transform or Compose.
+        seed: the run's seed.
+        seeding: `pipeline` (one numpy and one Python generator shared by every transform of the
+            pipeline, through albumentations' `set_random_state`, set per sample from a hash of
+            (seed, epoch, index): each draw is independent of the others) or `per_transform` (each
+            transform's own generators seeded with the sample's seed, as `Compose.set_random_seed`
+            does: what runs before release 0.3 used, kept so that they rerun and resume exactly).
     """
 
-    def __init__(self, pipeline: A.BasicTransform | A.BaseCompose, seed: int = 0):
+    def __init__(
+        self,
+        pipeline: A.BasicTransform | A.BaseCompose,
+        seed: int = 0,
+        seeding: str = "per_transform",
+    ):
+        if seeding not in SEEDING_MODES:
+            raise ConfigError(
+                f"augmentation.seeding={seeding!r} is not valid; choose one of {SEEDING_MODES}"
+            )
         self.pipeline = pipeline
         self.seed = seed
-        self.epoch = 0
-        self.holders = generator_holders(pipeline)
+        self.shared_epoch = SharedEpoch()
+        self.seeding = seeding
+        if seeding == "pipeline":
+            if not hasattr(pipeline, "set_random_state"):
+                raise ConfigError(
+                    f"augmentation.seeding=pipeline needs an albumentations transform or Compose, "
+                    f"got {type(pipeline).__name__}; set augmentation.seeding=per_transform"
+                )
+            self.stream = (np.random.Generator(np.random.PCG64(0)), random.Random(0))
+            pipeline.set_random_state(*self.stream)
+        else:
+            self.holders = generator_holders(pipeline)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.shared_epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.shared_epoch.set(epoch)
 
     def __call__(self, index: int, **arrays: np.ndarray) -> dict[str, np.ndarray]:
-        reseed(self.pipeline, self.holders, sample_seed(self.seed, self.epoch, index))
+        if self.seeding == "pipeline":
+            if (
+                self.pipeline.random_generator is not self.stream[0]
+            ):  # another owner attached its own
+                self.pipeline.set_random_state(*self.stream)
+            start_stream(*self.stream, self.seed, self.epoch, index)
+        else:
+            reseed(self.pipeline, self.holders, sample_seed(self.seed, self.epoch, index))
         return self.pipeline(**arrays)
+
+
+def start_stream(
+    numpy_random: np.random.Generator, python_random: random.Random, seed, epoch, index
+) -> None:
+    """Set both generators, in place, to the start of sample `index`'s stream in `epoch`: a
+    function of (seed, epoch, index) only, the same in every process and on every run. The states
+    come from a 256-bit BLAKE2 hash (about 7 µs a sample, against 60 µs for building the
+    generators from seeds)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=32).digest()
+    state, increment = int.from_bytes(digest[:16], "little"), int.from_bytes(digest[16:], "little")
+    numpy_random.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": state, "inc": increment | 1},
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    python_random.seed(int.from_bytes(digest, "big"))
 
 
 def generator_holders(pipeline: A.BasicTransform | A.BaseCompose) -> list | None:

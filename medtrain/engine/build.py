@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import math
 from typing import Any
 
@@ -17,11 +18,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from medtrain.data.base import SPLITS
-from medtrain.data.loading import EpochLoader, last_batch_dropped, make_loader
+from medtrain.data.loading import EpochLoader, auto_workers, last_batch_dropped, make_loader
 from medtrain.data.transforms import Normalize, SeededAugment
 from medtrain.engine import distributed
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError, MedtrainError
+
+log = logging.getLogger(__name__)
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -118,7 +121,8 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
     datasets = {}
     for split in SPLITS:
         stage = "train" if split == "train" else "eval"
-        transform = SeededAugment(build(cfg.augmentation[stage], f"augmentation.{stage}"), cfg.seed)
+        pipeline = build(cfg.augmentation[stage], f"augmentation.{stage}")
+        transform = SeededAugment(pipeline, cfg.seed, augmentation_seeding(cfg))
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
         if len(datasets[split]) == 0:
             raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
@@ -138,6 +142,12 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
             cfg.dataset.num_features = train.num_features
         task.fit_to_data(cfg, train)
     return datasets
+
+
+def augmentation_seeding(cfg: DictConfig) -> str:
+    """`augmentation.seeding`; a config without the key (a run before release 0.3) seeded every
+    transform with the sample's seed."""
+    return str(cfg.augmentation.get("seeding", "per_transform"))
 
 
 def channel_statistics(dataset: Any, max_images: int = 2000) -> tuple[list[float], list[float]]:
@@ -176,6 +186,10 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
             f"trainer.batch_size={trainer.batch_size} is the global batch, shared by {shard[1]} "
             f"processes: it must be at least {shard[1]}"
         )
+    workers = trainer.num_workers
+    if workers == "auto":
+        workers = auto_workers(device.type)
+        log.info("trainer.num_workers=auto: %d loader processes", workers)
     loaders = {}
     for split, dataset in datasets.items():
         train = split == "train"
@@ -185,10 +199,11 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
             batch_size=batch_size,
             shuffle=train,
             seed=cfg.seed,
-            num_workers=trainer.num_workers,
+            num_workers=workers,
             pin_memory=device.type == "cuda",
             drop_last=train and last_batch_dropped(len(dataset), batch_size),
             shard=shard,
+            persistent=split != "test",  # train and val are iterated every epoch
         )
     return loaders
 

@@ -53,10 +53,17 @@ MAY_CHANGE = (
 )
 
 
+# Keys a later release added whose default changed what runs do, with what a config without the
+# key meant: a checkpoint of an earlier run continues only with that value.
+MEANT_WITHOUT_KEY = {"augmentation.seeding": "per_transform"}
+
+
 def is_default(config: dict, key: str, value: Any) -> bool:
     """Whether `value` at `key` is what a config without the key meant: a key added by a later
     release (`trainer.distributed.*`, `model.batch_norm`) that a checkpoint's config lacks. The
     default is `trainer.distributed`'s, or that of the parameter of the node's `_target_` class."""
+    if key in MEANT_WITHOUT_KEY:
+        return MEANT_WITHOUT_KEY[key] == value
     parent, _, name = key.rpartition(".")
     if parent == "trainer.distributed":
         return distributed.DEFAULTS.get(name, object()) == value
@@ -92,7 +99,14 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
         allowed.discard("trainer.max_epochs")
     refused = [k for k in changed if k not in allowed]
     if refused:
-        restore = " ".join(f"{k}={old[k]}" if k in old else f"~{k}" for k in refused)
+        restore = " ".join(
+            f"{k}={old[k]}"
+            if k in old
+            else f"{k}={MEANT_WITHOUT_KEY[k]}"
+            if k in MEANT_WITHOUT_KEY
+            else f"~{k}"
+            for k in refused
+        )
         raise ConfigError(
             f"trainer.resume: the checkpoint was trained with other values of {', '.join(refused)}; "
             f"repeat the original overrides (add: {restore})"

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from medtrain.data.transforms import SeededAugment
-from medtrain.engine.build import build, build_model, build_task, task_class
+from medtrain.engine.build import augmentation_seeding, build, build_model, build_task, task_class
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError
 from medtrain.io import file_sha256, load_checkpoint
@@ -111,7 +111,8 @@ def eval_preprocessing(cfg: DictConfig, saved: dict[str, Any] | None = None) -> 
         settings = OmegaConf.to_container(cfg.dataset) | task.dataset_options(cfg)
         kwargs = {k: v for k, v in settings.items() if k in accepted}
     pipeline = build(cfg.augmentation.eval, "augmentation.eval")
-    return base("test", transform=SeededAugment(pipeline, cfg.seed), **kwargs)
+    augment = SeededAugment(pipeline, cfg.seed, augmentation_seeding(cfg))
+    return base("test", transform=augment, **kwargs)
 
 
 def volume_settings(cfg: DictConfig) -> dict[str, Any] | None:

@@ -229,6 +229,71 @@ def test_augmented_stream_is_identical_across_runs_and_workers():
     assert not torch.equal(first, augmented_stream(0, epoch=2))
 
 
+@pytest.mark.parametrize("seeding", ["pipeline", "per_transform"])
+def test_persistent_workers_follow_the_epoch(seeding):
+    """Workers started once and kept across epochs see each new epoch (written to shared memory by
+    set_epoch): epoch by epoch, their batches equal those of a loader without workers."""
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-30, 30), p=1.0)])
+
+    def loader(workers):
+        augment = SeededAugment(pipeline, seed=7, seeding=seeding)
+        ds = SyntheticLesions("train", seed=0, num_train=24, transform=augment)
+        return make_loader(ds, batch_size=8, shuffle=True, seed=7, num_workers=workers)
+
+    kept, plain = loader(2), loader(0)
+    assert kept.persistent_workers
+    streams = []
+    for epoch in range(3):
+        kept.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        streams.append(torch.cat([b["image"] for b in kept]))
+        assert torch.equal(streams[-1], torch.cat([b["image"] for b in plain]))
+    assert not torch.equal(streams[0], streams[1]) and not torch.equal(streams[1], streams[2])
+
+
+def test_pipeline_seeding_draws_each_transform_independently():
+    """`augmentation.seeding=pipeline`: two transforms of p=0.5 are applied together about a
+    quarter of the time (as independent draws), where `per_transform` seeds both alike and they are
+    applied together every time one is (the defect of runs before release 0.3, kept for them)."""
+    image = np.random.default_rng(0).random((8, 8, 1)).astype(np.float32)
+    applied = {}
+    for seeding in ("pipeline", "per_transform"):
+        augment = SeededAugment(
+            A.ReplayCompose([A.HorizontalFlip(p=0.5), A.RandomGamma(p=0.5)]),
+            seed=3,
+            seeding=seeding,
+        )
+        flags = np.array(
+            [
+                [t["applied"] for t in augment(i, image=image)["replay"]["transforms"]]
+                for i in range(2000)
+            ]
+        )
+        applied[seeding] = flags
+    independent = applied["pipeline"]
+    assert 900 < independent[:, 0].sum() < 1100 and 900 < independent[:, 1].sum() < 1100
+    assert 400 < (independent[:, 0] & independent[:, 1]).sum() < 600
+    correlated = applied["per_transform"]
+    assert (correlated[:, 0] == correlated[:, 1]).all()
+    # The same (seed, epoch, sample) gives the same draws in a new instance.
+    again = SeededAugment(
+        A.Compose([A.Affine(rotate=(-30, 30), p=1.0)]), seed=3, seeding="pipeline"
+    )
+    other = SeededAugment(
+        A.Compose([A.Affine(rotate=(-30, 30), p=1.0)]), seed=3, seeding="pipeline"
+    )
+    other(11, image=image)
+    assert all(
+        np.array_equal(again(i, image=image)["image"], other(i, image=image)["image"])
+        for i in range(20)
+    )
+
+
+def test_unknown_seeding_is_refused():
+    with pytest.raises(ConfigError, match="augmentation.seeding='each'"):
+        SeededAugment(A.Compose([]), seed=0, seeding="each")
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(
     not (SHARED_DATA / "medmnist" / "pneumoniamnist.npz").exists(), reason="shared data absent"

@@ -24,7 +24,7 @@ from PIL import Image
 
 from medtrain.engine.legacy import current_target, upgrade_targets
 from medtrain.io import load_checkpoint, save_checkpoint
-from tests.conftest import CONF, ON_CPU, run_cli
+from tests.conftest import CONF, ON_CPU, TINY, compose_cfg, run_cli
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "runs_0.1"
 
@@ -232,3 +232,17 @@ def test_a_run_with_old_paths_reruns_to_the_same_metrics(tmp_path):
     assert json.loads((tmp_path / "again" / "metrics.json").read_text()) == json.loads(
         (run / "metrics.json").read_text()
     )
+
+
+def test_a_config_without_augmentation_seeding_seeds_each_transform_as_before():
+    """Release 0.3 draws every transform of a pipeline from one stream (`augmentation.seeding:
+    pipeline`); a saved config without the key reruns with the seeding it was trained with."""
+    from omegaconf import open_dict
+
+    from medtrain.engine.build import build_datasets
+
+    cfg = compose_cfg(TINY)
+    assert build_datasets(cfg)["train"].transform.seeding == "pipeline"
+    with open_dict(cfg):
+        del cfg.augmentation["seeding"]
+    assert build_datasets(cfg)["train"].transform.seeding == "per_transform"

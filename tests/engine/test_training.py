@@ -365,6 +365,22 @@ def test_a_checkpoint_without_the_keys_of_later_releases_resumes(tmp_path):
     assert train_in_process(tmp_path, longer)["epochs_trained"] == 3
 
 
+def test_a_checkpoint_without_augmentation_seeding_resumes_only_as_it_was_seeded(tmp_path):
+    """A run before `augmentation.seeding` seeded each transform alike (`per_transform`): its
+    checkpoint continues with that value, and the new default is refused, naming the value."""
+    train_in_process(tmp_path, [*TINY, ON_CPU, "augmentation.seeding=per_transform"])
+    last = tmp_path / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    del checkpoint["config"]["augmentation"]["seeding"]
+    torch.save(checkpoint, last)
+    longer = [*TINY, ON_CPU, "trainer.max_epochs=3", "trainer.resume=true"]
+    match = r"augmentation.seeding; .*\(add: augmentation.seeding=per_transform\)"
+    with pytest.raises(ConfigError, match=match):
+        train_in_process(tmp_path, longer)
+    resumed = [*longer, "augmentation.seeding=per_transform"]
+    assert train_in_process(tmp_path, resumed)["epochs_trained"] == 3
+
+
 def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     """Resuming with overrides other than the run's is refused before anything is written: the
     run's .hydra/ files (which Hydra rewrites first), provenance, splits and data report stay."""
