@@ -3,6 +3,7 @@ and the batches of one process when several train together (`medtrain.engine.dis
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
@@ -16,6 +17,29 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+MAX_AUTO_WORKERS = 8
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or a job
+    scheduler's share), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def auto_workers(device_type: str) -> int:
+    """`trainer.num_workers=auto`. On CUDA: the cores left to each process of this node (torchrun's
+    `LOCAL_WORLD_SIZE` processes share them) minus the one that drives the GPU, at most 8, so that
+    the device is not fed from one Python thread. On the CPU: 0, since the model's own threads
+    already use every core and a loader process only takes cores from them (docs/benchmarks.md,
+    "Loader workers on the CPU")."""
+    if device_type != "cuda":
+        return 0
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return max(min(usable_cpus() // local - 1, MAX_AUTO_WORKERS), 0)
 
 
 def collate(samples: list[dict]) -> dict:
@@ -119,19 +143,20 @@ class EpochLoader(DataLoader):
         shard: tuple[int, int] = (0, 1),
         **kwargs,
     ):
-        self.generator_ = torch.Generator()
+        self.generator_ = torch.Generator()  # the loader's: its workers' base seed
+        self.order_generator = torch.Generator()  # the sampler's: the epoch's permutation
         self.base_seed = seed
         rank, processes = shard
         if processes > 1:
             if shuffle:
                 batches = ShardedBatches(
-                    len(dataset), batch_size, rank, processes, self.generator_, shuffle
+                    len(dataset), batch_size, rank, processes, self.order_generator, shuffle
                 )
             else:
                 batches = DealtBatches(len(dataset), batch_size, rank, processes)
             sizes: dict = {"batch_sampler": batches}
         else:
-            sampler = RandomSampler(dataset, generator=self.generator_) if shuffle else None
+            sampler = RandomSampler(dataset, generator=self.order_generator) if shuffle else None
             sizes = {"sampler": sampler, "batch_size": batch_size, "drop_last": drop_last}
         super().__init__(
             dataset,
@@ -144,7 +169,14 @@ class EpochLoader(DataLoader):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator_.manual_seed(self.base_seed * 100_003 + epoch)
+        seed = self.base_seed * 100_003 + epoch
+        self.generator_.manual_seed(seed)
+        # The order a new iterator of a loader sharing one generator with its sampler drew (every
+        # release so far): the iterator's base seed first, then the permutation. Drawing that
+        # number here keeps the order when persistent workers make no new iterator (which would
+        # not draw it).
+        self.order_generator.manual_seed(seed)
+        torch.empty((), dtype=torch.int64).random_(generator=self.order_generator)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
@@ -159,9 +191,16 @@ def make_loader(
     pin_memory: bool = False,
     drop_last: bool = False,
     shard: tuple[int, int] = (0, 1),
+    persistent: bool = True,
 ) -> EpochLoader:
     """Build the loader of one split; `pin_memory` only matters when training on CUDA; `shard`
-    (rank, processes) picks one process's batches when several train together."""
+    (rank, processes) picks one process's batches when several train together.
+
+    With `persistent`, loader workers are started once and kept for every epoch: they read the
+    epoch that `set_epoch` writes into shared memory (`medtrain.data.transforms.SharedEpoch`), so
+    their samples equal those of fresh workers, or of no workers at all. A loader iterated once
+    or twice (the test split) need not keep its processes.
+    """
     return EpochLoader(
         dataset,
         seed=seed,
@@ -171,5 +210,5 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         shard=shard,
-        persistent_workers=False,  # workers must see set_epoch's new augmentation epoch
+        persistent_workers=persistent and num_workers > 0,
     )

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from medtrain.data.base import SPLITS
 from medtrain.data.transforms import (
     Normalize,
+    SharedEpoch,
     as_hwc,
     match_channels,
     parse_windows,
@@ -207,7 +208,7 @@ class SegmentationDataset(Dataset):
         self.repeats = patches_per_image if split == "train" else 1
         self.spacing = spacing
         self.seed = seed
-        self.epoch = 0
+        self.shared_epoch = SharedEpoch()  # read by loader workers that outlive an epoch
         self.ids: list[str] = []
         self._file_spacing: dict[int, tuple[float, float] | None] = {}
 
@@ -353,8 +354,12 @@ class SegmentationDataset(Dataset):
         }
         return sample
 
+    @property
+    def epoch(self) -> int:
+        return int(self.shared_epoch)
+
     def set_epoch(self, epoch: int) -> None:
         """Move the augmentation and patch streams to `epoch` (called by the loader)."""
-        self.epoch = epoch
+        self.shared_epoch.set(epoch)
         if hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)

@@ -110,10 +110,10 @@ def validate(cfg: DictConfig) -> torch.device:
             "must be an integer >= 1",
         )
     require(
-        isinstance(t.num_workers, int) and t.num_workers >= 0,
+        t.num_workers == "auto" or (isinstance(t.num_workers, int) and t.num_workers >= 0),
         "trainer.num_workers",
         t.num_workers,
-        "must be an integer >= 0",
+        "must be an integer >= 0 or auto",
     )
     for key in ("check_data", "report"):
         value = t.get(key, True)
