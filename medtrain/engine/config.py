@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medtrain.engine import distributed
+from medtrain.engine.acceleration import (
+    PRECISIONS,
+    compile_options,
+    memory_format,
+    resolve_precision,
+)
 from medtrain.engine.build import target_class
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError
 from medtrain.models import call_model
 
-PRECISIONS = ("32", "bf16", "fp16")
+log = logging.getLogger(__name__)
+
 # The config groups ship inside the package (the repository's conf/ folder, see pyproject.toml).
 CONFIG_MODULE = "medtrain.conf"
 CONF = Path(str(importlib.resources.files(CONFIG_MODULE)))
@@ -141,6 +149,10 @@ def validate(cfg: DictConfig) -> torch.device:
         precision in PRECISIONS, "trainer.precision", t.precision, f"choose one of {PRECISIONS}"
     )
     device = resolve_device(t.device)
+    compile_options(t.get("compile", False))
+    memory_format(t)
+    if precision == "auto":
+        log.info("trainer.precision=auto: %s on %s", resolve_precision(precision, device), device)
     require(
         not (precision == "fp16" and device.type == "cpu"),
         "trainer.precision",

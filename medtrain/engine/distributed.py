@@ -342,14 +342,16 @@ def wrap(model: nn.Module, trainer: DictConfig, device: torch.device) -> nn.Modu
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a DistributedDataParallel wrapper: what is saved (no `module.` prefix),
-    averaged, evaluated and served."""
+    """The network inside a DistributedDataParallel wrapper (and torch.compile's): what is saved
+    (no `module.` or `_orig_mod.` prefix), averaged, evaluated and served."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper (trainer.compile)
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def no_sync(model: nn.Module, sync: bool):
     """DDP's `no_sync` for a batch whose gradients are only accumulated (no optimizer step): they
     are exchanged once, with the batch that steps."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper (trainer.compile)
     if sync or not isinstance(model, DistributedDataParallel):
         return nullcontext()
     return model.no_sync()

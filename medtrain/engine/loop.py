@@ -7,7 +7,6 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from medtrain.engine import distributed
+from medtrain.engine.acceleration import autocast, memory_format
 from medtrain.engine.callbacks import (
     Epoch,
     EpochCallback,
@@ -41,17 +41,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(device: torch.device, precision: str):
-    """Mixed precision on request (bf16 or fp16); full float32 otherwise."""
-    if str(precision) == "32":
-        return nullcontext()
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
-    )
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move a batch's tensors (and lists of tensors of different sizes) to `device`."""
+def to_device(
+    batch: dict[str, Any],
+    device: torch.device,
+    layout: torch.memory_format = torch.preserve_format,
+) -> dict[str, Any]:
+    """Move a batch's tensors (and lists of tensors of different sizes) to `device` (without
+    waiting, from pinned memory); `layout` (e.g. channels-last) applies to the 4D `image`."""
 
     def move(value):
         if torch.is_tensor(value):
@@ -60,7 +56,11 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             return [v.to(device, non_blocking=True) for v in value]
         return value
 
-    return {k: move(v) for k, v in batch.items()}
+    moved = {k: move(v) for k, v in batch.items()}
+    image = moved.get("image")
+    if layout is not torch.preserve_format and torch.is_tensor(image) and image.dim() == 4:
+        moved["image"] = image.contiguous(memory_format=layout)
+    return moved
 
 
 def train_one_epoch(
@@ -85,8 +85,9 @@ def train_one_epoch(
         leave=False,
         disable=None if cfg.progress and distributed.is_main() else True,
     )
+    layout = memory_format(cfg)
     for i, batch in enumerate(bar):
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, layout)
         # Step after `accumulate` batches (or at the end of the epoch): the effective batch is larger.
         steps = (i + 1) % accumulate == 0 or i + 1 == len(loader)
         share = shares[i] if shares else 1.0

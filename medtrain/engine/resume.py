@@ -12,6 +12,8 @@ from typing import Any
 from torch.optim.lr_scheduler import OneCycleLR
 
 from medtrain.engine import distributed
+from medtrain.engine.acceleration import resolve_precision
+from medtrain.engine.config import resolve_device
 from medtrain.engine.trust import check_targets, configured_targets
 from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
@@ -50,6 +52,8 @@ MAY_CHANGE = (
     "distributed.timeout_s",
     "distributed.backend",
     "distributed.find_unused_parameters",
+    "compile",
+    "channels_last",
 )
 
 
@@ -87,6 +91,11 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
     to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ. `before_data`: the
     current config's values inferred from the data (null until it is read) are not compared."""
     old, new = flatten(saved), flatten(current)
+    # `auto` precision is compared as what it means on this run's device.
+    device = resolve_device(str(new.get("trainer.device", "cpu")))
+    for values in (old, new):
+        if "trainer.precision" in values:
+            values["trainer.precision"] = resolve_precision(values["trainer.precision"], device)
     changed = sorted(
         k
         for k in old.keys() | new.keys()

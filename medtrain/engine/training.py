@@ -20,6 +20,7 @@ from medtrain import __version__
 from medtrain.analysis.report import write_report
 from medtrain.data.loading import collate
 from medtrain.engine import distributed
+from medtrain.engine.acceleration import accelerated, memory_format
 from medtrain.engine.build import (
     build_datasets,
     build_loaders,
@@ -95,9 +96,10 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     task = build_task(cfg)
     first = collate([datasets["train"][0]])
     distributed.agreed(check_model_output, model, task, first)
-    model = model.to(device)
+    model = model.to(device, memory_format=memory_format(cfg.trainer))
     task.loss_fn.to(device)
     trained = distributed.wrap(model, cfg.trainer, device)  # DistributedDataParallel, or itself
+    trained = accelerated(trained, cfg.trainer)  # compiled when trainer.compile asks
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(loaders["train"]))
     log.info(

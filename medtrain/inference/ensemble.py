@@ -19,9 +19,10 @@ from torch import nn
 
 from medtrain.analysis.report import write_report
 from medtrain.data.loading import make_loader
+from medtrain.engine.acceleration import autocast
 from medtrain.engine.build import build_datasets, build_task
 from medtrain.engine.config import resolve_device
-from medtrain.engine.loop import autocast, threshold_entries, to_device
+from medtrain.engine.loop import threshold_entries, to_device
 from medtrain.errors import ConfigError
 from medtrain.inference.run import LoadedRun, load_run
 from medtrain.io import save_csv, save_json
