@@ -1,11 +1,13 @@
 """Latency and throughput of `medtrain serve` against direct `Predictor.predict` calls.
 
 Usage: python benchmarks/serve_latency.py [--run-dir RUN] [--requests 2000] [--concurrency 16]
-       [--output serve_latency.json]
+       [--backends torch,onnx] [--rounds 1] [--output serve_latency.json]
 Without --run-dir it trains the default experiment (`python -m medtrain`: synthetic data, the small
 CNN) once into --out and reuses it afterwards. The server runs as its own process on loopback, started
-by the same command a user types; clients are threads of this process with keep-alive connections, so
-on a small machine they share its cores with the server.
+by the same command a user types (`medtrain serve ... backend=B`); clients are threads of this
+process with keep-alive connections, so on a small machine they share its cores with the server.
+--backends measures each backend in turn (direct calls, then a fresh server), --rounds times, so
+that backends compared on a shared machine see the same background load.
 Target: p50 under 10 ms for the small CNN on 2 cores, the HTTP layer adding under 1 ms.
 """
 
@@ -80,8 +82,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(run_dir: Path, port: int, log: Path, *keys: str) -> subprocess.Popen:
+    """`medtrain serve` on `run_dir` with further `keys` (e.g. `backend=onnx`), once it answers."""
     command = [sys.executable, "-m", "medtrain", "serve", f"run_dir={run_dir}", f"port={port}"]
+    command += list(keys)
     with open(log, "w") as handle:
         server = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -178,65 +182,97 @@ def write_results(path: Path | None, results: dict) -> None:
         print(f"wrote {path}")
 
 
-def main() -> None:
-    parser = load_arguments()
-    parser.add_argument("--direct-calls", type=int, default=500)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    run_dir = args.run_dir or default_run(args.out)
-
-    # The server's own thread setting (medtrain serve), so both paths use the same cores.
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    predictor = Predictor(run_dir)
-    data = test_image(predictor)
+def measure(predictor: Predictor, backend: str, run_dir: Path, data: bytes, args) -> dict:
+    """One backend: direct calls in this process, then HTTP at concurrency 1 and `--concurrency`
+    against a fresh `medtrain serve ... backend=<backend>`."""
     direct = time_direct(predictor, data, args.direct_calls)
-
     load_average = os.getloadavg()[0]
     port = free_port()
-    server = start_server(run_dir, port, args.out / "server.log")
+    log = args.out / f"server_{backend}.log"
+    server = start_server(run_dir, port, log, f"backend={backend}")
     try:
         body = multipart(data, "bench.png")
-        load(port, body, 100, 1)  # warm-up
+        load(port, body, args.warmup, 1)
         sequential = load(port, body, args.direct_calls, 1)
         concurrent = load(port, body, args.requests, args.concurrency)
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-    results = {
-        "machine": machine(),
-        "run_dir": str(run_dir),
-        "model": predictor.cfg.model.get("_target_"),
-        "image": "{}x{} PNG, {} bytes".format(*Image.open(io.BytesIO(data)).size, len(data)),
+    return {
+        "backend": backend,
         "load_average_1min": round(load_average, 2),  # other processes on a shared machine
-        "torch_threads": torch.get_num_threads(),
         "direct": direct,
         "http_sequential": sequential,
         "http_concurrent": concurrent,
         "http_overhead_p50_ms": round(sequential["p50_ms"] - direct["p50_ms"], 3),
     }
+
+
+def main() -> None:
+    parser = load_arguments()
+    parser.add_argument("--direct-calls", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=100, help="HTTP requests before measuring")
+    parser.add_argument("--backends", default="torch", help="comma-separated: torch, onnx")
+    parser.add_argument("--rounds", type=int, default=1, help="times each backend is measured")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_dir = args.run_dir or default_run(args.out)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+
+    # The server's own thread setting (medtrain serve), so both paths use the same cores.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    predictors = {b: Predictor(run_dir, backend=b) for b in backends}
+    first = predictors[backends[0]]
+    data = test_image(first)
+    runs = []
+    for round_ in range(args.rounds):
+        for backend in backends:
+            measured = measure(predictors[backend], backend, run_dir, data, args)
+            runs.append({"round": round_ + 1, **measured})
+
+    results = {
+        "machine": machine(),
+        "run_dir": str(run_dir),
+        "model": first.cfg.model.get("_target_"),
+        "image": "{}x{} PNG, {} bytes".format(*Image.open(io.BytesIO(data)).size, len(data)),
+        "torch_threads": torch.get_num_threads(),
+        "runs": runs,
+    }
+    loads = ", ".join(str(r["load_average_1min"]) for r in runs)
     print(
-        f"machine: {results['machine']} (load {results['load_average_1min']}); "
-        f"model {results['model']}; image {results['image']}"
+        f"machine: {results['machine']} (load {loads}); model {results['model']}; "
+        f"image {results['image']}"
     )
     print("| path | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | requests/s |")
     print("|---|---|---|---|---|---|---|---|")
-    print(
-        f"| Predictor.predict (decode + predict) | {args.direct_calls} | 1 | 0 "
-        f"| {direct['p50_ms']} | {direct['p95_ms']} | {direct['p99_ms']} | |"
-    )
-    for name, row in (("HTTP POST /predict", sequential), ("HTTP POST /predict", concurrent)):
+    for run in runs:
+        label = f"{run['backend']}" + (f", round {run['round']}" if args.rounds > 1 else "")
+        direct = run["direct"]
         print(
-            f"| {name} | {row['requests']} | {row['concurrency']} | {row['errors']} "
-            f"| {row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} | {row['requests_per_s']} |"
+            f"| Predictor.predict (decode + predict; {label}) | {args.direct_calls} | 1 | 0 "
+            f"| {direct['p50_ms']} | {direct['p95_ms']} | {direct['p99_ms']} | |"
         )
-    print(
-        f"HTTP overhead at concurrency 1 (p50 HTTP - p50 direct): "
-        f"{results['http_overhead_p50_ms']} ms; predict alone p50 {direct['predict_only_p50_ms']} ms"
-    )
+        for row in (run["http_sequential"], run["http_concurrent"]):
+            print(
+                f"| HTTP POST /predict ({label}) | {row['requests']} | {row['concurrency']} "
+                f"| {row['errors']} | {row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} "
+                f"| {row['requests_per_s']} |"
+            )
+    for run in runs:
+        print(
+            f"{run['backend']}: HTTP overhead at concurrency 1 (p50 HTTP - p50 direct): "
+            f"{run['http_overhead_p50_ms']} ms; predict alone p50 "
+            f"{run['direct']['predict_only_p50_ms']} ms"
+        )
     write_results(args.output, results)
-    if concurrent["errors"] or sequential["errors"]:
-        sys.exit(f"errors: {concurrent['first_error'] or sequential['first_error']}")
+    errors = [
+        row["first_error"]
+        for run in runs
+        for row in (run["http_sequential"], run["http_concurrent"])
+        if row["errors"]
+    ]
+    if errors:
+        sys.exit(f"errors: {errors[0]}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "inputs": None,
     "output": "predictions.csv",
     "device": "auto",
+    "backend": "torch",
     "batch_size": 32,
     "spacing": None,
     "image_column": "image",
@@ -26,7 +27,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-TEXT_KEYS = ("run_dir", "inputs", "output", "device", "image_column", "masks", "measurements")
+TEXT_KEYS = (
+    "run_dir",
+    "inputs",
+    "output",
+    "device",
+    "backend",
+    "image_column",
+    "masks",
+    "measurements",
+)
 
 
 USAGE = """\
@@ -37,6 +47,8 @@ usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
                        or a CSV manifest with an `image` column (paths relative to the CSV)
   output=FILE.csv      one row per input (default predictions.csv)
   device=auto          auto | cpu | cuda | cuda:N
+  backend=torch        what runs the network: torch, or onnx (exported at start and run by ONNX
+                       Runtime; the same predictions to float rounding)
   batch_size=32        images per forward pass
   spacing=[ROW,COL]    segmentation: pixel size in mm (default: the file's, else the run's)
   image_column=image   the manifest's image column

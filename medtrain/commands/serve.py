@@ -17,6 +17,8 @@ DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 8000,
     "device": "cpu",
+    "backend": "torch",
+    "threads": "auto",
     "api_key": None,
     "access_log": False,
     "trust": [],
@@ -36,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-TEXT_KEYS = ("run_dir", "host", "device", "api_key", "max_pixels")
+TEXT_KEYS = ("run_dir", "host", "device", "backend", "threads", "api_key", "max_pixels")
 
 
 USAGE = """\
@@ -46,6 +48,12 @@ usage: medtrain serve run_dir=<run> [key=value ...]
   host=127.0.0.1         address to listen on (0.0.0.0: every interface; set an API key then)
   port=8000              TCP port
   device=cpu             auto | cpu | cuda | cuda:N
+  backend=torch          what runs the network: torch, or onnx (exported from the checkpoint at
+                         start, checked against PyTorch and run by ONNX Runtime; /info says which
+                         serves and the ONNX model's sha256). Answers equal torch's to float
+                         rounding; onnx needs an image-only network that ONNX can express
+  threads=auto           intra-op threads of the network (torch or ONNX Runtime); auto: half the
+                         CPU cores, leaving the rest to reading requests
   api_key=SECRET         require header X-API-Key on /predict, /predict/batch and /info. Better:
                          the MEDTRAIN_API_KEY environment variable (a command line is visible to
                          every user of the machine in its process list)
@@ -85,6 +93,19 @@ def _positive(value: Any, key: str) -> float:
     if not math.isfinite(value):
         raise ConfigError(f"{key}={value!r} must be a finite number")
     return float(value)
+
+
+def _threads(value: str) -> int:
+    """The network's intra-op threads: `auto` is half the CPU cores. The event loop parses uploads
+    while the model runs, and on a shared 2-core machine 2 torch threads were also slower for the
+    small CNN than 1."""
+    if value.strip().lower() == "auto":
+        return max(1, (os.cpu_count() or 2) // 2)
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ConfigError(f"threads={value!r} must be auto or a whole number") from None
+    return whole_number(threads, "threads", 1)
 
 
 def _limits(cfg):
@@ -139,14 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         whole_number(cfg.port, "port", 0, 65535)
         true_or_false(cfg.access_log, "access_log")
         limits = _limits(cfg)
+        threads = _threads(cfg.threads)
         api_key = cfg.api_key or os.environ.get("MEDTRAIN_API_KEY") or None
-        predictor = Predictor(cfg.run_dir, device=cfg.device, trust=list(cfg.trust))
+        predictor = Predictor(
+            cfg.run_dir,
+            device=cfg.device,
+            trust=list(cfg.trust),
+            backend=cfg.backend,
+            threads=threads,
+        )
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # The event loop parses uploads while the model runs: half the cores for torch leaves it the
-    # rest. On a shared 2-core machine 2 torch threads were also slower for the small CNN than 1.
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(threads)
     if api_key is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {cfg.host} without an API key", file=sys.stderr)
     if cfg.api_key:
@@ -157,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     app = create_app(predictor, api_key=api_key, limits=limits)
     print(
-        f"serving {cfg.run_dir} ({predictor.task.name}, weights sha256 "
-        f"{predictor.weights_sha256[:12]}, max_pixels {predictor.max_pixels}) on "
+        f"serving {cfg.run_dir} ({predictor.task.name}, backend {predictor.backend}, weights "
+        f"sha256 {predictor.weights_sha256[:12]}, max_pixels {predictor.max_pixels}) on "
         f"http://{cfg.host}:{cfg.port} (page: /, docs: /docs)"
     )
     make_server(app, cfg.host, cfg.port, access_log=cfg.access_log).run()

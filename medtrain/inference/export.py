@@ -8,6 +8,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,17 @@ class ExportedModel(nn.Module):
     computes it: e.g. class probabilities, values in target units, or per-pixel probabilities and
     logits. With flip TTA the outputs of the image and of its left-right mirror (brought back by
     `Task.unflip`) are averaged inside.
+
+    With `network_only` it is the network alone (float32 outputs, no flip, no postprocessing):
+    what `Task.infer` calls as its model, for a backend that runs the network in another runtime
+    and leaves tiling, flip TTA and resizing to the task (`medtrain.inference.onnx_backend`).
     """
 
-    def __init__(self, network: nn.Module, task: Any):
+    def __init__(self, network: nn.Module, task: Any, network_only: bool = False):
         super().__init__()
         self.network = network
         self.task = task  # a plain attribute: its loss is no part of the exported model
+        self.network_only = network_only
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         out = self.network(image)
@@ -53,12 +59,29 @@ class ExportedModel(nn.Module):
         return out.float()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.network_only:
+            return self.network(image).float()
         return self.task.postprocess(self.logits(image))
 
+    def outputs(self, width: int, pixels: Sequence[Any]) -> list[dict[str, Any]]:
+        """The file's outputs (`Task.export_outputs`); `network_only`: the network's outputs, which
+        have the shape of the task's first output (class or per-pixel maps, values)."""
+        described = self.task.export_outputs(width, pixels)
+        if not self.network_only:
+            return described
+        return [
+            {
+                "name": "network",
+                "dtype": "float32",
+                "shape": described[0]["shape"],
+                "meaning": "the network's outputs, before the task's postprocessing",
+            }
+        ]
 
-def wrap(run: LoadedRun) -> ExportedModel:
-    """The run's network with its task's postprocessing (eval mode)."""
-    return ExportedModel(run.model, run.task).eval()
+
+def wrap(run: LoadedRun, network_only: bool = False) -> ExportedModel:
+    """The run's network with its task's postprocessing, or alone (`network_only`), in eval mode."""
+    return ExportedModel(run.model, run.task, network_only).eval()
 
 
 def check_exportable(model: nn.Module, preprocess: Any) -> None:
@@ -152,14 +175,31 @@ def trace(
     return buffer.getvalue()
 
 
+def onnx_session(data: bytes, threads: int | None = None, providers: Sequence[Any] = ()) -> Any:
+    """An ONNX Runtime session of a model file's bytes, with every graph optimization.
+
+    Args:
+        threads: intra-op threads; None: ONNX Runtime's default (one per physical core).
+        providers: execution providers in order of preference; empty: the CPU.
+    """
+    import onnxruntime  # imported here: only ONNX exports need it
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # failures reach the caller as exceptions; no log lines
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # the graph is one chain of operators: nothing to overlap
+        # Idle pool threads would spin on cores that a server's event loop needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    chosen = list(providers) or ["CPUExecutionProvider"]
+    return onnxruntime.InferenceSession(data, options, providers=chosen)
+
+
 def load_file(data: bytes, fmt: str) -> Callable[[np.ndarray], list[np.ndarray]]:
     """The exported model as its users run it: a float32 batch in, numpy outputs out."""
     if fmt == "onnx":
-        import onnxruntime  # imported here: only ONNX exports need it
-
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 4  # failures reach the caller as exceptions; no log lines
-        session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = onnx_session(data)
         return lambda images: session.run(None, {"image": images})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet works
@@ -215,6 +255,43 @@ def _size_error(what: str, size: tuple[int, int]) -> ConfigError:
     )
 
 
+@dataclass
+class ModelFile:
+    """A traced model file that computes what PyTorch does: its `data`, the input `sizes` it was
+    checked at, whether it takes `any_size`, its `outputs` (`ExportedModel.outputs`), the input
+    `channels` and the largest `difference` from PyTorch found."""
+
+    data: bytes
+    sizes: list[tuple[int, int]]
+    any_size: bool
+    outputs: list[dict[str, Any]]
+    channels: int
+    difference: float
+
+
+def build_model_file(run: LoadedRun, model: ExportedModel, fmt: str, preprocess: Any) -> ModelFile:
+    """`model` (`wrap`) traced to ONNX or TorchScript in the first of `size_plans` whose file
+    computes what PyTorch does (`compare`): what `medtrain export` writes and the ONNX backend of
+    `Predictor` runs.
+
+    Raises:
+        ConfigError: the file computes something else at every plan (the last plan's reason).
+    """
+    channels = _channels(run.model, preprocess)
+    width = len(run.task.class_names)
+    for sizes, any_size in size_plans(run, preprocess):
+        pixels = ["height", "width"] if any_size else list(sizes[0])
+        outputs = model.outputs(width, pixels)
+        data = trace(model, fmt, torch.zeros(2, channels, *sizes[0]), any_size, outputs)
+        try:
+            difference = compare(model, data, fmt, sizes, channels)
+        except ConfigError as err:
+            refused = err
+            continue
+        return ModelFile(data, sizes, any_size, outputs, channels, difference)
+    raise refused
+
+
 def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
     """Write `model.onnx` or `model.pt`, then `manifest.json`, into `output` (each atomically; the
     manifest last, so that its presence means a complete export).
@@ -230,22 +307,9 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         raise ConfigError(f"format={fmt!r}: choose one of {list(MODEL_FILES)}")
     preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))
     check_exportable(run.model, preprocess)
-    model = wrap(run)
-    channels = _channels(run.model, preprocess)
-    width = len(run.task.class_names)
-    for sizes, any_size in size_plans(run, preprocess):
-        pixels = ["height", "width"] if any_size else list(sizes[0])
-        outputs = run.task.export_outputs(width, pixels)
-        data = trace(model, fmt, torch.zeros(2, channels, *sizes[0]), any_size, outputs)
-        try:
-            difference = compare(model, data, fmt, sizes, channels)
-            break
-        except ConfigError as err:
-            refused = err
-    else:
-        raise refused
+    built = build_model_file(run, wrap(run), fmt, preprocess)
     name = MODEL_FILES[fmt]
-    atomic_write(Path(output) / name, lambda handle: handle.write(data), mode="wb")
+    atomic_write(Path(output) / name, lambda handle: handle.write(built.data), mode="wb")
     for other in set(MODEL_FILES.values()) - {name}:  # one format per folder: no stale model file
         (Path(output) / other).unlink(missing_ok=True)
     preprocessing = preprocessing_manifest(preprocess)
@@ -261,7 +325,7 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         "format": fmt,
         "model_file": name,
         "task": run.task.name,
-        **io_manifest(outputs, channels, None if any_size else sizes[0]),
+        **io_manifest(built.outputs, built.channels, None if built.any_size else built.sizes[0]),
         "preprocessing": preprocessing,
         **run.task.export_manifest(preprocess),
         "flip_tta": run.task.flip_tta,
@@ -274,14 +338,14 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         },
         "checked": {
             "against": "PyTorch, on random inputs of these sizes",
-            "sizes": [list(s) for s in sizes],
-            "max_abs_difference": difference,
+            "sizes": [list(s) for s in built.sizes],
+            "max_abs_difference": built.difference,
         },
         "weights_sha256": run.weights_sha256,
         "checkpoint": str(run.checkpoint_path),
         "medtrain_version": __version__,
         "trained_with": run.checkpoint.get("medtrain_version"),
-        "files": {name: hashlib.sha256(data).hexdigest()},
+        "files": {name: hashlib.sha256(built.data).hexdigest()},
     }
     save_json(Path(output) / "manifest.json", manifest)
     return manifest

@@ -134,12 +134,17 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     """Predict every input named by `cfg`, writing the output CSV (the task's columns) and the
     task's files (e.g. masks and per-object measurements). Returns a summary: counts, failures,
     the paths written. `cfg.trust` (optional): what the run may build besides the allow-list of
-    `medtrain.engine.trust`."""
+    `medtrain.engine.trust`; `cfg.backend` (optional): `torch` or `onnx` (`Predictor`)."""
     if not cfg.run_dir or not cfg.inputs:
         raise ConfigError("run_dir=<run> and inputs=<file|folder|glob|manifest> are required")
     batch_size = whole_number(cfg.batch_size, "batch_size", 1)
     spacing = spacing_arg(cfg)
-    predictor = Predictor(cfg.run_dir, device=cfg.device, trust=list(cfg.get("trust") or []))
+    predictor = Predictor(
+        cfg.run_dir,
+        device=cfg.device,
+        trust=list(cfg.get("trust") or []),
+        backend=cfg.get("backend") or "torch",
+    )
     if predictor.slices_volumes and _names_volumes(str(cfg.inputs), cfg.image_column):
         return predict_volumes(cfg, predictor)
     inputs = list_inputs(str(cfg.inputs), cfg.image_column)

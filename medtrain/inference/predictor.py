@@ -16,9 +16,10 @@ from medtrain.analysis.volume_results import structure_volumes_ml
 from medtrain.data.readers import MAX_PIXELS, Decoded, decode, read_image
 from medtrain.data.segmentation import pair
 from medtrain.data.volumes import normalize_volume, read_volume, stack_slices
+from medtrain.engine.acceleration import autocast
 from medtrain.engine.config import resolve_device
-from medtrain.engine.loop import autocast
 from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.inference.onnx_backend import check_backend, onnx_network
 from medtrain.inference.run import eval_preprocessing, load_run, volume_settings
 from medtrain.io import read_json
 from medtrain.models import input_keys
@@ -56,6 +57,10 @@ class Predictor:
         device: auto, cpu, cuda or cuda:N.
         max_pixels: images declaring more pixels are refused before decoding.
         trust: `_target_` names the run may build besides the allowed ones (`load_run`).
+        backend: what runs the network: `torch`, or `onnx` (exported at start and run by ONNX
+            Runtime, in float32: `medtrain.inference.onnx_backend`). Everything else is shared.
+        threads: intra-op threads of the ONNX Runtime session; None: as many as torch uses
+            (`torch.get_num_threads()`).
     """
 
     def __init__(
@@ -64,7 +69,10 @@ class Predictor:
         device: str = "cpu",
         max_pixels: int = MAX_PIXELS,
         trust: Sequence[str] = (),
+        backend: str = "torch",
+        threads: int | None = None,
     ):
+        check_backend(backend)
         run = load_run(run_dir, trust=trust)
         keys = input_keys(run.model)
         if keys != ("image",):
@@ -75,9 +83,18 @@ class Predictor:
         self.run = run
         self.cfg = run.cfg
         self.task = run.task
-        self.device = resolve_device(device, "device")
-        self.model = run.model.to(self.device)
         self.preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))
+        self.backend = backend
+        self.onnx_info: dict[str, Any] | None = None
+        if backend == "onnx":
+            threads = threads or torch.get_num_threads()
+            self.model, self.onnx_info = onnx_network(run, self.preprocess, device, threads)
+            # Batches stay on the host: ONNX Runtime moves them to its device itself.
+            self.device, self.precision = torch.device("cpu"), "32"
+        else:
+            self.device = resolve_device(device, "device")
+            self.model = run.model.to(self.device)
+            self.precision = self.cfg.trainer.precision
         self.max_pixels = int(max_pixels)
         self.class_names = list(self.task.class_names)
         self.weights_sha256 = run.weights_sha256
@@ -118,8 +135,21 @@ class Predictor:
             "model": self.cfg.model.get("_target_"),
             "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
             "weights_sha256": self.weights_sha256,
+            "backend": self.backend_info(),
             "medtrain_version": __version__,
             "trained_with": self.run.checkpoint.get("medtrain_version"),
+        }
+
+    def backend_info(self) -> dict[str, Any]:
+        """What runs the network, where, on how many threads; for `onnx` also the exported
+        model's sha256 and its check against PyTorch."""
+        if self.onnx_info is not None:
+            return self.onnx_info
+        return {
+            "name": "torch",
+            "runtime": f"torch {torch.__version__}",
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
         }
 
     # -- reading -------------------------------------------------------------------------------
@@ -181,7 +211,7 @@ class Predictor:
             groups.setdefault(item.shape_key, []).append(k)
         for (_, native), members in groups.items():
             batch = torch.stack([items[k].tensor for k in members]).to(self.device)
-            with autocast(self.device, self.cfg.trainer.precision):
+            with autocast(self.device, self.precision):
                 out = self.task.infer(self.model, batch, native or None)
             for j, k in enumerate(members):
                 outputs[k] = out[j : j + 1]
