@@ -3,9 +3,11 @@ the same images, the same model class, the same albumentations transforms and no
 same optimizer, schedule, batch size and epochs, validation AUC every epoch, the best weights kept
 and tested. No config, no checks, no files: what a user would write by hand.
 
-Usage: python benchmarks/bare_loop.py {default|pneumoniamnist} --epochs N [--data NPZ]
-Prints one JSON line: the seconds of each epoch (train + validation), the best validation AUC and
-the test AUC.
+Usage: python benchmarks/bare_loop.py {default|pneumoniamnist|dsb2018} --epochs N [--data PATH]
+Prints one JSON line: the seconds of each epoch (train + validation), the best validation metric
+and the test metric (AUC; for dsb2018 the mean per-image Dice). From medtrain it takes only the
+model classes, the schedule function and (dsb2018) the seeded split of the image names, so that
+both sides train the same network on the same images.
 """
 
 from __future__ import annotations
@@ -107,20 +109,149 @@ def auc(model, loader, flip: bool) -> float:
     return float(roc_auc_score(torch.cat(targets).numpy(), torch.cat(scores).numpy()))
 
 
+class Patches(Dataset):
+    """Random 128-px patches of whole images (`per_image` per image and epoch, a share centred on
+    a nucleus), augmented with the mask, normalized per image before cropping (as the recipe)."""
+
+    def __init__(self, images, masks, augment, size=128, per_image=4, foreground=0.5):
+        self.images, self.masks, self.augment = images, masks, augment
+        self.size, self.per_image, self.foreground = size, per_image, foreground
+
+    def __len__(self) -> int:
+        return len(self.images) * self.per_image
+
+    def __getitem__(self, index: int):
+        image, mask = self.images[index % len(self.images)], self.masks[index % len(self.images)]
+        out = self.augment(image=image, mask=mask)
+        image, mask = zscore_inverted(out["image"]), out["mask"]
+        pad_h, pad_w = max(self.size - mask.shape[0], 0), max(self.size - mask.shape[1], 0)
+        if pad_h or pad_w:
+            pads = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+            image, mask = (
+                np.pad(image, (*pads, (0, 0)), mode="reflect"),
+                np.pad(mask, pads, "reflect"),
+            )
+        rng = np.random.default_rng()
+        top = int(rng.integers(0, mask.shape[0] - self.size + 1))
+        left = int(rng.integers(0, mask.shape[1] - self.size + 1))
+        if rng.random() < self.foreground:
+            rows, cols = np.nonzero(mask)
+            if rows.size:
+                k = int(rng.integers(rows.size))
+                top = int(np.clip(rows[k] - self.size // 2, 0, mask.shape[0] - self.size))
+                left = int(np.clip(cols[k] - self.size // 2, 0, mask.shape[1] - self.size))
+        image = image[top : top + self.size, left : left + self.size]
+        mask = mask[top : top + self.size, left : left + self.size]
+        return (
+            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            torch.from_numpy(mask.astype(np.int64)),
+        )
+
+
+def zscore_inverted(image: np.ndarray) -> np.ndarray:
+    """Bright-field images (median above mid-grey) inverted, then z-scored per image."""
+    image = 1.0 - image if float(np.median(image)) > 0.5 else image
+    return (image - image.mean()) / max(float(image.std()), 1e-6)
+
+
+def dsb2018_main(path: Path, epochs: int) -> dict:
+    """The DSB2018 nuclei recipe (conf/experiment/dsb2018_nuclei.yaml) written by hand."""
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+    from PIL import Image
+    from skimage.morphology import remove_small_objects
+
+    from medtrain.data.seg_folder import seeded_split
+    from medtrain.models.unet import UNet
+
+    names = sorted(p.stem for p in (path / "images").glob("*.png"))
+    split = seeded_split(names, 10, 10, seed=42)
+
+    def load(name):
+        image = np.asarray(Image.open(path / "images" / f"{name}.png").convert("RGB"))
+        mask = np.asarray(Image.open(path / "masks" / f"{name}.png").convert("L")) > 127
+        return image.astype(np.float32) / 255.0, mask.astype(np.uint8)
+
+    data = {s: [load(n) for n in names] for s, names in split.items()}
+    augment = A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.Affine(rotate=(-30, 30), scale=(0.8, 1.2), border_mode=4, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        ]
+    )
+    train_images, train_masks = zip(*data["train"], strict=True)
+    train = DataLoader(Patches(train_images, train_masks, augment), batch_size=8, shuffle=True)
+    model = UNet(3, 2, depth=4, base_width=16, deep_supervision=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    scheduler = cosine_with_warmup(
+        optimizer, epochs, len(train), warmup_epochs=1, min_lr_ratio=0.01
+    )
+    loss_fn = DiceCELoss(
+        to_onehot_y=True,
+        softmax=True,
+        include_background=False,
+        batch=True,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+    )
+
+    @torch.no_grad()
+    def mean_dice(cases) -> float:
+        model.eval()
+        scores = []
+        for image, mask in cases:
+            x = torch.from_numpy(np.ascontiguousarray(zscore_inverted(image).transpose(2, 0, 1)))
+            logits = sliding_window_inference(x[None], 128, 8, model, overlap=0.5, mode="gaussian")
+            pred = remove_small_objects(logits.argmax(1)[0].numpy() == 1, max_size=20)
+            true = mask.astype(bool)
+            total = pred.sum() + true.sum()
+            scores.append(2.0 * (pred & true).sum() / total if total else 1.0)
+        return float(np.mean(scores))
+
+    epoch_s, best, best_state = [], -1.0, None
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for images, masks in train:
+            outputs = model(images)
+            weights = [0.5**k for k in range(len(outputs))]
+            target = masks[:, None]
+            loss = sum(w * loss_fn(o, target) for w, o in zip(weights, outputs, strict=True))
+            loss = loss / sum(weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        value = mean_dice(data["val"])
+        if value > best:
+            best, best_state = value, copy.deepcopy(model.state_dict())
+        epoch_s.append(round(time.perf_counter() - start, 3))
+    model.load_state_dict(best_state)
+    return {"epoch_s": epoch_s, "val_metric": best, "test_metric": mean_dice(data["test"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("workload", choices=["default", "pneumoniamnist"])
+    parser.add_argument("workload", choices=["default", "pneumoniamnist", "dsb2018"])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
-    )
+    parser.add_argument("--data", type=Path, default=None, help="default: ../shared/data/...")
     args = parser.parse_args()
     torch.manual_seed(42)
+    if args.workload == "dsb2018":
+        print(
+            json.dumps(
+                dsb2018_main(args.data or ROOT.parent / "shared/data/dsb2018_nuclei", args.epochs)
+            )
+        )
+        return
     if args.workload == "default":
         splits, augment, norm, model, optimizer, ema_decay, flip = default_workload()
     else:
         splits, augment, norm, model, optimizer, ema_decay, flip = pneumoniamnist_workload(
-            args.data
+            args.data or ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
         )
     train = DataLoader(Images(*splits["train"], augment, **norm), batch_size=64, shuffle=True)
     val = DataLoader(Images(*splits["val"], None, **norm), batch_size=256)
@@ -154,7 +285,11 @@ def main() -> None:
             best, best_state = value, copy.deepcopy(evaluated.state_dict())
         epochs.append(round(time.perf_counter() - start, 3))
     evaluated.load_state_dict(best_state)
-    print(json.dumps({"epoch_s": epochs, "val_auc": best, "test_auc": auc(evaluated, test, flip)}))
+    print(
+        json.dumps(
+            {"epoch_s": epochs, "val_metric": best, "test_metric": auc(evaluated, test, flip)}
+        )
+    )
 
 
 if __name__ == "__main__":

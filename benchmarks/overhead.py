@@ -1,7 +1,7 @@
 """Loop overhead: medtrain against a bare PyTorch script doing the same work (benchmarks/bare_loop.py),
 run alternately in one invocation.
 
-Usage: python benchmarks/overhead.py [--workload default|pneumoniamnist|all] [--pairs 3]
+Usage: python benchmarks/overhead.py [--workload default|pneumoniamnist|dsb2018|all] [--pairs 3]
        [--epochs N] [--out /tmp/medtrain-bench/overhead]
 
 For each pair it runs `medtrain <recipe>` and the bare script, each as its own process (start to
@@ -25,11 +25,14 @@ from pathlib import Path
 from common import ROOT, chosen_workloads, machine
 
 PNEUMONIA = ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
+DSB2018 = ROOT.parent / "shared/data/dsb2018_nuclei"
 RECIPES = {
     "default": [],
     "pneumoniamnist": ["experiment=pneumoniamnist", f"dataset.path={PNEUMONIA}"],
+    "dsb2018": ["experiment=dsb2018_nuclei", f"dataset.path={DSB2018}"],
 }
-EPOCHS = {"default": 8, "pneumoniamnist": 6}
+EPOCHS = {"default": 8, "pneumoniamnist": 6, "dsb2018": 4}
+TEST_METRIC = {"default": "test/auc", "pneumoniamnist": "test/auc", "dsb2018": "test/dice"}
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -44,7 +47,7 @@ def medtrain_run(workload: str, epochs: int, run_dir: Path) -> dict:
     with open(run_dir / "history.csv", newline="") as f:
         epoch_s = [float(row["time_s"]) for row in csv.DictReader(f)]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"epoch_s": epoch_s, "wall_s": wall, "test_auc": metrics["test/auc"]}
+    return {"epoch_s": epoch_s, "wall_s": wall, "test_metric": metrics[TEST_METRIC[workload]]}
 
 
 def bare_run(workload: str, epochs: int) -> dict:
@@ -53,40 +56,59 @@ def bare_run(workload: str, epochs: int) -> dict:
     return json.loads(out.strip().splitlines()[-1]) | {"wall_s": wall}
 
 
+def later_mean(result: dict) -> float:
+    """Mean seconds per epoch after the first (which also pays one-off costs)."""
+    return statistics.mean(result["epoch_s"][1:] or result["epoch_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", choices=[*RECIPES, "all"], default="all")
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=None, help="default: 8 (default), 6 (others)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="default: 8 (default), 6 (pneumoniamnist), 4 (dsb2018)",
+    )
     parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/overhead"))
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    workloads = chosen_workloads(args.workload, RECIPES, {"pneumoniamnist": PNEUMONIA})
+    workloads = chosen_workloads(
+        args.workload, RECIPES, {"pneumoniamnist": PNEUMONIA, "dsb2018": DSB2018}
+    )
     summary = {}
     for workload in workloads:
         epochs = args.epochs or EPOCHS[workload]
         rows = {"medtrain": [], "bare": []}
         for pair in range(args.pairs):
-            rows["medtrain"].append(medtrain_run(workload, epochs, args.out / f"{workload}-{pair}"))
-            rows["bare"].append(bare_run(workload, epochs))
+            # ABBA order: a drift in the machine's speed during the pairs hits both alike.
+            for name in ("medtrain", "bare") if pair % 2 == 0 else ("bare", "medtrain"):
+                if name == "medtrain":
+                    result = medtrain_run(workload, epochs, args.out / f"{workload}-{pair}")
+                else:
+                    result = bare_run(workload, epochs)
+                rows[name].append(result)
             for name in rows:
                 r = rows[name][-1]
-                later = r["epoch_s"][1:] or r["epoch_s"]
                 print(
-                    f"{workload} pair {pair} {name:8s} epoch {statistics.mean(later):.3f} s  "
-                    f"process {r['wall_s']:.1f} s  test AUC {r['test_auc']:.4f}",
+                    f"{workload} pair {pair} {name:8s} epoch {later_mean(r):.3f} s  "
+                    f"process {r['wall_s']:.1f} s  test {r['test_metric']:.4f}",
                     flush=True,
                 )
-        epoch = {
-            n: statistics.median(statistics.mean(r["epoch_s"][1:] or r["epoch_s"]) for r in rs)
-            for n, rs in rows.items()
-        }
+        epoch = {n: statistics.median(later_mean(r) for r in rs) for n, rs in rows.items()}
         wall = {n: statistics.median(r["wall_s"] for r in rs) for n, rs in rows.items()}
+        pairs = list(zip(rows["medtrain"], rows["bare"], strict=True))
         summary[workload] = {
+            "epochs": epochs,
+            "pairs": args.pairs,
             "epoch_s": epoch,
             "epoch_ratio": round(epoch["medtrain"] / epoch["bare"], 3),
+            "epoch_ratio_per_pair": [round(later_mean(m) / later_mean(b), 3) for m, b in pairs],
             "process_s": wall,
             "process_ratio": round(wall["medtrain"] / wall["bare"], 3),
+            "process_ratio_per_pair": [round(m["wall_s"] / b["wall_s"], 3) for m, b in pairs],
+            "test_metric": {n: [r["test_metric"] for r in rs] for n, rs in rows.items()},
         }
         print(f"{workload}: {json.dumps(summary[workload])}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

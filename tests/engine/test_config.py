@@ -39,8 +39,14 @@ def test_every_group_exists_and_every_option_composes():
         ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1"),
         ("trainer.num_workers=-1", "trainer.num_workers=-1: must be an integer >= 0"),
-        ("trainer.precision=16", "trainer.precision=16: choose one of ('auto', '32', 'bf16', 'fp16')"),
-        ("trainer.compile=fast", "trainer.compile='fast': choose false, true or a torch.compile mode"),
+        (
+            "trainer.precision=16",
+            "trainer.precision=16: choose one of ('auto', '32', 'bf16', 'fp16')",
+        ),
+        (
+            "trainer.compile=fast",
+            "trainer.compile='fast': choose false, true or a torch.compile mode",
+        ),
         ("trainer.channels_last=1", "trainer.channels_last=1: must be true or false"),
         ("trainer.device=gpu", "trainer.device='gpu': choose one of auto, cpu, cuda, cuda:N"),
         ("trainer.gradient_clip_norm=0", "trainer.gradient_clip_norm=0: must be null or > 0"),
