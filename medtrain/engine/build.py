@@ -186,6 +186,14 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
             f"trainer.batch_size={trainer.batch_size} is the global batch, shared by {shard[1]} "
             f"processes: it must be at least {shard[1]}"
         )
+    drop_last = {
+        split: split == "train" and last_batch_dropped(len(dataset), trainer.batch_size)
+        for split, dataset in datasets.items()
+    }
+    if trainer.get("augment_on_device", False):  # runs saved before the key: the loader path
+        from medtrain.data.device_batches import device_loaders
+
+        return device_loaders(datasets, trainer, cfg.seed, device, drop_last, shard)
     workers = trainer.num_workers
     if workers == "auto":
         workers = auto_workers(device.type)
@@ -201,7 +209,7 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
             seed=cfg.seed,
             num_workers=workers,
             pin_memory=device.type == "cuda",
-            drop_last=train and last_batch_dropped(len(dataset), batch_size),
+            drop_last=drop_last[split],
             shard=shard,
             persistent=split != "test",  # train and val are iterated every epoch
         )

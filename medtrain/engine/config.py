@@ -123,7 +123,7 @@ def validate(cfg: DictConfig) -> torch.device:
         t.num_workers,
         "must be an integer >= 0 or auto",
     )
-    for key in ("check_data", "report"):
+    for key in ("check_data", "report", "augment_on_device"):
         value = t.get(key, True)
         require(isinstance(value, bool), f"trainer.{key}", value, "must be true or false")
     duplicates = t.get("check_data_duplicates", "warn")

@@ -59,7 +59,7 @@ MAY_CHANGE = (
 
 # Keys a later release added whose default changed what runs do, with what a config without the
 # key meant: a checkpoint of an earlier run continues only with that value.
-MEANT_WITHOUT_KEY = {"augmentation.seeding": "per_transform"}
+MEANT_WITHOUT_KEY = {"augmentation.seeding": "per_transform", "trainer.augment_on_device": False}
 
 
 def is_default(config: dict, key: str, value: Any) -> bool:
