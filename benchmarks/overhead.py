@@ -2,7 +2,7 @@
 run alternately in one invocation.
 
 Usage: python benchmarks/overhead.py [--workload default|pneumoniamnist|dsb2018|all] [--pairs 3]
-       [--epochs N] [--out /tmp/medtrain-bench/overhead]
+       [--epochs N] [--out /tmp/medtrain-bench/overhead] [medtrain overrides ...]
 
 For each pair it runs `medtrain <recipe>` and the bare script, each as its own process (start to
 exit timed), and prints seconds per epoch (train + validation; medtrain's from history.csv, the
@@ -41,8 +41,13 @@ def timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
-def medtrain_run(workload: str, epochs: int, run_dir: Path) -> dict:
-    overrides = [*RECIPES[workload], f"trainer.max_epochs={epochs}", "trainer.progress=false"]
+def medtrain_run(workload: str, epochs: int, run_dir: Path, extra: list[str]) -> dict:
+    overrides = [
+        *RECIPES[workload],
+        f"trainer.max_epochs={epochs}",
+        "trainer.progress=false",
+        *extra,
+    ]
     wall, _ = timed([sys.executable, "-m", "medtrain", *overrides, f"hydra.run.dir={run_dir}"])
     with open(run_dir / "history.csv", newline="") as f:
         epoch_s = [float(row["time_s"]) for row in csv.DictReader(f)]
@@ -72,6 +77,9 @@ def main() -> None:
         help="default: 8 (default), 6 (pneumoniamnist), 4 (dsb2018)",
     )
     parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/overhead"))
+    parser.add_argument(
+        "overrides", nargs="*", help="more medtrain overrides, e.g. trainer.augment_on_device=true"
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
     workloads = chosen_workloads(
@@ -85,7 +93,8 @@ def main() -> None:
             # ABBA order: a drift in the machine's speed during the pairs hits both alike.
             for name in ("medtrain", "bare") if pair % 2 == 0 else ("bare", "medtrain"):
                 if name == "medtrain":
-                    result = medtrain_run(workload, epochs, args.out / f"{workload}-{pair}")
+                    run_dir = args.out / f"{workload}-{pair}"
+                    result = medtrain_run(workload, epochs, run_dir, args.overrides)
                 else:
                     result = bare_run(workload, epochs)
                 rows[name].append(result)
@@ -101,6 +110,7 @@ def main() -> None:
         pairs = list(zip(rows["medtrain"], rows["bare"], strict=True))
         summary[workload] = {
             "epochs": epochs,
+            "overrides": args.overrides,
             "pairs": args.pairs,
             "epoch_s": epoch,
             "epoch_ratio": round(epoch["medtrain"] / epoch["bare"], 3),
