@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medtrain.data.file_cache import DEFAULT_CACHE_MB, DecodedCache
 from medtrain.data.transforms import (
     RESIZE_MODES,
     Normalize,
@@ -50,6 +51,8 @@ class ImageDataset(Dataset):
             stacked as channels; None: images are scaled by their storage type.
         resize_mode: how `image_size` is reached: `resize` (interpolation) or `crop_or_pad`
             (centre crop or zero padding, keeping the pixel spacing).
+        cache_mb: megabytes of decoded files each loader process keeps for the next epochs
+            (datasets that read files; 0: decode every time).
     """
 
     # What the samples can hold for a task (`Task.targets`): a class per image, or numbers per
@@ -59,6 +62,7 @@ class ImageDataset(Dataset):
     # resized to the training input size (an image-level head sees one size); resize, then normalize.
     resize_to_input_size = True
     normalizes_before_resize = False
+    reads_files = False  # subclasses that decode files: keep them decoded (`cache_mb`)
 
     def __init__(
         self,
@@ -73,6 +77,7 @@ class ImageDataset(Dataset):
         regression: bool = False,
         window: Any = None,
         resize_mode: str = "resize",
+        cache_mb: float = DEFAULT_CACHE_MB,
     ):
         if num_classes is not None and num_classes < (1 if regression else 2):
             need = (
@@ -85,6 +90,10 @@ class ImageDataset(Dataset):
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
         if resize_mode not in RESIZE_MODES:
             raise ConfigError(f"dataset.resize_mode={resize_mode!r}: choose one of {RESIZE_MODES}")
+        if not isinstance(cache_mb, (int, float)) or cache_mb < 0:
+            raise ConfigError(f"dataset.cache_mb={cache_mb!r} must be a number >= 0")
+        # Datasets that decode files keep them decoded for the next epochs (`reads_files`).
+        self.decoded = DecodedCache(cache_mb) if self.reads_files and cache_mb else None
         self.split = split
         self.transform = transform
         self.normalize = Normalize(**(normalize or {}))
@@ -236,9 +245,15 @@ class ImageDataset(Dataset):
         image = self.normalize(image)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
+    def stored(self, index: int) -> np.ndarray:
+        """`read_image(index)`, from the cache of decoded files when this dataset keeps one."""
+        if self.decoded is None:
+            return self.read_image(index)
+        return self.decoded.get(index, lambda: self.read_image(index))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = {
-            "image": self.prepare(self.read_image(index), index),
+            "image": self.prepare(self.stored(index), index),
             "label": torch.as_tensor(self.labels[index]),
             "id": self.ids[index],
         }

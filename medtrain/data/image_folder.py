@@ -44,6 +44,8 @@ class ImageFolder(ImageDataset):
         **kwargs: passed to `ImageDataset` (set `image_size` when the images differ in size).
     """
 
+    reads_files = True
+
     provides = ("classes",)  # class labels only
 
     def __init__(

@@ -219,6 +219,8 @@ class Manifest(ManifestRows, ImageDataset):
         **kwargs: passed to `ImageDataset` (set `image_size` when the images differ in size).
     """
 
+    reads_files = True
+
     def __init__(
         self,
         path: str,

@@ -149,6 +149,8 @@ class SegFolder(SegmentationDataset):
         **kwargs: passed to `SegmentationDataset`.
     """
 
+    reads_files = True
+
     def __init__(
         self,
         path: str,

@@ -39,6 +39,8 @@ class SegManifest(ManifestRows, SegmentationDataset):
         **kwargs: passed to `SegmentationDataset`.
     """
 
+    reads_files = True
+
     def __init__(
         self,
         path: str,

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medtrain.data.base import SPLITS
+from medtrain.data.file_cache import DEFAULT_CACHE_MB, DecodedCache
 from medtrain.data.transforms import (
     Normalize,
     SharedEpoch,
@@ -135,6 +136,7 @@ class SegmentationDataset(Dataset):
     """
 
     provides: tuple[str, ...] = ("masks",)  # what the samples hold for a task (`Task.targets`)
+    reads_files = False  # subclasses that decode files: keep them decoded (`cache_mb`)
     # Evaluation keeps the native size (logits are resized back), and normalizes before resizing.
     resize_to_input_size = False
     normalizes_before_resize = True
@@ -156,9 +158,14 @@ class SegmentationDataset(Dataset):
         multilabel: bool = False,
         window: Any = None,
         target_spacing: Sequence[float] | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ):
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+        if not isinstance(cache_mb, (int, float)) or cache_mb < 0:
+            raise ConfigError(f"dataset.cache_mb={cache_mb!r} must be a number >= 0")
+        # Datasets that decode files keep them decoded for the next epochs (`reads_files`).
+        self.decoded = DecodedCache(cache_mb) if self.reads_files and cache_mb else None
         if multilabel:
             raise ConfigError("dataset.multilabel: segmentation masks hold one class per pixel")
         if num_classes is None or num_classes < 2:
@@ -291,15 +298,21 @@ class SegmentationDataset(Dataset):
         spacing = spacing or self.spacing
         return self.model_input(image, spacing), np.ascontiguousarray(image, dtype=np.float32)
 
+    def cached(self, kind: str, index: int, read: Callable[[int], np.ndarray]) -> np.ndarray:
+        """`read(index)`, from the cache of decoded files when this dataset keeps one."""
+        if self.decoded is None:
+            return read(index)
+        return self.decoded.get((kind, index), lambda: read(index))
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image (float H x W x C, channels matched) and its checked class mask, native size."""
-        image = self.scaled(self.read_image(index))
+        image = self.scaled(self.cached("image", index, self.read_image))
         return image, self.checked_mask(index, image.shape[:2])
 
     def checked_mask(self, index: int, image_shape: tuple[int, ...]) -> np.ndarray:
         """Sample `index`'s class mask (int64), checked against its image's (height, width) and
         the classes; errors name the file."""
-        mask = self.read_mask(index)
+        mask = self.cached("mask", index, self.read_mask)
         if mask.shape != tuple(image_shape[:2]):
             raise DataError(
                 f"{self.source(index)}: mask is {mask.shape[0]}x{mask.shape[1]} but the image is "

@@ -6,6 +6,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medtrain.data.loading import collate
@@ -349,3 +350,51 @@ def test_dsb2018_experiment_loads_the_recorded_47_10_10_split():
     assert sample["image"].shape[0] == 3 and sample["image"].shape[1:] == stored.shape
     assert np.array_equal(sample["mask"].numpy(), stored > 0)
     assert sample["spacing"].isnan().all()  # these PNGs state no pixel size: measured in px
+
+
+def test_decoded_files_are_read_once_and_give_the_same_samples(tmp_path, monkeypatch):
+    """`dataset.cache_mb`: a file-based dataset decodes each image and mask once per process; the
+    samples equal those of a dataset that decodes every time, epoch after epoch."""
+    import medtrain.data.seg_folder as seg_folder
+    from medtrain.data.file_cache import DecodedCache
+
+    root = make_folder(tmp_path, n=12)
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-20, 20), p=0.7)])
+    reads = []
+    real = seg_folder.read_image_file
+    monkeypatch.setattr(
+        seg_folder, "read_image_file", lambda *a, **k: reads.append(a[0]) or real(*a, **k)
+    )
+
+    def dataset(cache_mb):
+        augment = SeededAugment(pipeline, seed=3, seeding="pipeline")
+        return SegFolder(
+            str(root),
+            "train",
+            val_size=2,
+            test_size=2,
+            transform=augment,
+            patch_size=24,
+            patches_per_image=2,
+            cache_mb=cache_mb,
+        )
+
+    cached, plain = dataset(64), dataset(0)
+    assert plain.decoded is None and isinstance(cached.decoded, DecodedCache)
+
+    def samples(data):
+        reads.clear()
+        out = []
+        for epoch in (0, 1):
+            data.set_epoch(epoch)
+            out += [data[k] for k in range(len(data))]
+        return out, reads.count(data.image_files[0])
+
+    (want, plain_reads), (got, cached_reads) = samples(plain), samples(cached)
+    assert plain_reads == 4 and cached_reads == 1  # 2 patches an epoch, 2 epochs; or once
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    tight = DecodedCache(max_mb=2 * 40 * 40 * 3 / 2**20)  # room for two 40x40 RGB images
+    for k in range(3):
+        tight.get(k, lambda: np.zeros((40, 40, 3), np.uint8))
+    assert list(tight.arrays) == [1, 2] and not tight.arrays[1].flags.writeable
