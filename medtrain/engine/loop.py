@@ -192,6 +192,7 @@ def fit(
     run_dir: Path,
     extra_state: dict[str, Any],
     callbacks: Sequence[EpochCallback] = (),
+    kept: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train with validation after every epoch; then the epoch callbacks run in order: checkpoints
     (`checkpoints/best.pt`, `last.pt`), `history.csv`, TensorBoard, the log line, then `callbacks`.
@@ -201,6 +202,8 @@ def fit(
         extra_state: saved into every checkpoint (config, class names, seed, ...).
         callbacks: called as `callback(epoch)` (a `medtrain.engine.callbacks.Epoch`) after the
             default ones; a hyperparameter search prunes a trial by raising from one.
+        kept: when given, receives `best_val`: the best epoch's validation collector, loss and
+            epoch number, which `test` then reuses instead of evaluating the split again.
 
     Returns:
         The loop state (history, best epoch and metric, ...).
@@ -251,6 +254,8 @@ def fit(
             row["time_s"] = round(time.perf_counter() - start, 3)
             # Every rank keeps the same state from rank 0's numbers (early stopping agrees).
             improved = record(state, row, task.monitor, task.monitor_mode)
+            if improved and kept is not None:  # the weights best.pt gets: their validation
+                kept["best_val"] = (collector, val_loss, epoch + 1)
             distributed.decided(run_callbacks, every_epoch, Epoch(epoch + 1, row, improved, state))
     finally:
         for callback in every_epoch:
@@ -293,12 +298,17 @@ def record(state: dict[str, Any], row: dict[str, Any], monitor: str, mode: str) 
     return improved
 
 
-def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def test(
+    model, task, loaders, device, cfg: DictConfig, run_dir: Path, best_val: tuple | None = None
+) -> dict[str, Any]:
     """Evaluate the best checkpoint: choose the threshold on val, then touch the test split once.
 
     The task's collector writes its files (`predictions.csv`, ...); the chosen threshold is stored in
     `best.pt` so that prediction and serving use it. Returns the final metrics (on every rank; rank
-    0 reads the checkpoint, sends its weights, and computes and writes everything).
+    0 reads the checkpoint, sends its weights, and computes and writes everything). `best_val`
+    (`fit`'s `kept["best_val"]`): the validation of the best checkpoint's weights made during
+    training, used when it is the checkpoint's epoch (not one before a resume) instead of a second
+    pass over the split.
     """
     best_path = run_dir / "checkpoints" / "best.pt"
     held: dict[str, Any] = {}
@@ -310,7 +320,11 @@ def test(model, task, loaders, device, cfg: DictConfig, run_dir: Path) -> dict[s
     distributed.decided(load)
     checkpoint = held.get("checkpoint")
     distributed.broadcast_module(model)
-    val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
+    best_epoch = distributed.decided(lambda: checkpoint["best_epoch"])
+    if best_val is not None and best_val[2] == best_epoch:
+        val, val_loss = best_val[:2]
+    else:
+        val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
     threshold = distributed.decided(task.fit_threshold, val)  # only rank 0's collector is filled
     test_collector, test_loss = evaluate(
         model, loaders["test"], task, device, cfg.precision, final=True

@@ -149,6 +149,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     }
     if processes > 1:  # what resuming compares (a single-process checkpoint has no entry)
         extra_state["world_size"] = processes
+    kept: dict = {}  # the best epoch's validation, reused by `test`
     state = fit(
         trained,
         task,
@@ -160,13 +161,14 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         run_dir,
         extra_state,
         callbacks,
+        kept,
     )
     train_seconds = time.perf_counter() - start
     # The replicas must be in step (DDP averages the same gradient into each): checked, not assumed.
     checksums = distributed.parameter_checksums(model) if processes > 1 else []
     if len(set(checksums)) > 1:
         log.warning("the processes' parameters differ after training: %s", checksums)
-    metrics = test(model, task, loaders, device, cfg.trainer, run_dir) | {
+    metrics = test(model, task, loaders, device, cfg.trainer, run_dir, kept.get("best_val")) | {
         "epochs_trained": state["epoch"]
     }
     run_info = {"world": world, "parameter_checksums": checksums}

@@ -396,3 +396,23 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "dataset.num_train=96" in captured.out + captured.err
     assert {name: (run / name).read_bytes() for name in kept} == before
+
+
+def test_the_best_epochs_validation_is_reused_for_the_threshold(tmp_path, monkeypatch):
+    """`test` takes the validation made during training of the weights best.pt holds, instead of
+    a second pass over the split: one evaluation per epoch plus the test split, and the final val
+    metrics are the best epoch's."""
+    calls = []
+    real = medtrain.engine.loop.evaluate
+
+    def counted(model, loader, *args, **kwargs):
+        calls.append(len(loader.dataset))
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(medtrain.engine.loop, "evaluate", counted)
+    metrics = train_in_process(tmp_path, [*TINY, ON_CPU, "trainer.max_epochs=3"])
+    assert calls == [48, 48, 48, 48]  # val after each of the 3 epochs, then test
+    with open(tmp_path / "history.csv", newline="") as f:
+        best = next(r for r in csv.DictReader(f) if int(r["epoch"]) == metrics["best_epoch"])
+    assert metrics["val/auc"] == pytest.approx(float(best["val/auc"]), abs=1e-12)
+    assert metrics["val/loss"] == pytest.approx(float(best["val/loss"]), abs=1e-12)
