@@ -156,11 +156,8 @@ class Predictor:
     def read(self, path: str | Path) -> Decoded:
         return read_image(path, self.max_pixels, self.preprocess.reads_modality)
 
-    def decode(self, data: bytes, name: str, max_pixels: int | None = None) -> Decoded:
-        """`data` decoded, refused from its header when it declares more than `max_pixels` (at
-        most this predictor's limit)."""
-        limit = self.max_pixels if max_pixels is None else min(max_pixels, self.max_pixels)
-        return decode(data, name, limit, self.preprocess.reads_modality)
+    def decode(self, data: bytes, name: str) -> Decoded:
+        return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
 
     def accepts(self, image: Decoded, name: str) -> None:
         """Refuse inputs this run cannot read correctly.

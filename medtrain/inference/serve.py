@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +47,10 @@ MAX_NAME_CHARS = 200  # upload names are echoed in results and errors
 # on the event loop: a few dict entries, cheaper than the hop to a worker thread and back (about
 # 0.1 ms of a 2 ms request). Pixel maps (masks, measurements, overlays) are answered in a worker.
 SMALL_OUTPUT = 1024
-# A request of one file this small, declaring this few pixels, is decoded and preprocessed on the
-# event loop (about 0.2 ms) rather than handed to a worker thread and back; larger ones, and any
-# file whose header declares more pixels, go to a worker, so no upload can hold the loop longer.
-SMALL_UPLOAD_BYTES = 64 * 1024
-SMALL_UPLOAD_PIXELS = 256 * 256
-# With the ONNX backend, a model call of at most this many images runs on the event loop.
-INLINE_IMAGES = 4
+# A model call expected to take at most this long (from the last call's time per image) runs on
+# the event loop: cheaper than the hop to a worker thread and back (about 0.1-0.2 ms), and short
+# enough not to hold other requests. Uploads are always decoded in worker threads.
+INLINE_MODEL_S = 0.002
 
 
 def error_status(err: MedtrainError) -> int:
@@ -210,8 +208,7 @@ class ModelQueue:
         self.max_images = max_images
         self.pending: list[Job] = []
         self.lock = anyio.Lock()  # first come, first served
-        # ONNX Runtime runs the small CNNs it serves in well under a millisecond an image.
-        self.inline = getattr(predictor, "backend", "torch") == "onnx"
+        self.per_image_s: float | None = None  # the last model call's seconds per image
 
     async def forward(self, items: list[Prepared]) -> list[torch.Tensor]:
         """The model's outputs for one request's prepared images, in order.
@@ -224,8 +221,9 @@ class ModelQueue:
         async with self.lock:
             if not job.done:  # else an earlier holder of the lock took it along
                 jobs = self.take(job)
-                if self.inline and sum(len(j.items) for j in jobs) <= INLINE_IMAGES:
-                    self.run(jobs)  # cheaper than the hop to a worker thread and back
+                images = sum(len(j.items) for j in jobs)
+                if self.per_image_s is not None and self.per_image_s * images <= INLINE_MODEL_S:
+                    self.run(jobs)  # a short call: cheaper than the hop to a worker and back
                 else:
                     await run_in_threadpool(self.run, jobs)
         if job.error is not None:
@@ -246,7 +244,9 @@ class ModelQueue:
         """Run the model on `jobs` (in a worker thread), setting each one's outputs or error."""
         items = [item for job in jobs for item in job.items]
         try:
+            start = time.perf_counter()
             outputs = self.predictor.forward(items)
+            self.per_image_s = (time.perf_counter() - start) / max(len(items), 1)
         except Exception as err:
             if len(jobs) == 1:
                 jobs[0].error = err
@@ -311,14 +311,12 @@ def create_app(
     app.state.weights_sha256 = sha
     add_web_routes(app)
 
-    def prepare_all(
-        uploads: list[tuple[bytes, str]], max_pixels: int | None = None
-    ) -> list[Prepared]:
+    def prepare_all(uploads: list[tuple[bytes, str]]) -> list[Prepared]:
         """Decode and preprocess one request's files (one at a time, so that at most one
         decoded image is held beside the prepared ones)."""
         items, held = [], 0
         for data, name in uploads:
-            item = prepare_one(data, name, max_pixels)
+            item = prepare_one(data, name)
             held += item.nbytes
             if held > max_request_bytes:
                 raise ImageTooLargeError(
@@ -328,21 +326,11 @@ def create_app(
             items.append(item)
         return items
 
-    def prepare_small(uploads: list[tuple[bytes, str]]) -> list[Prepared] | None:
-        """A request of one small image prepared on the event loop; None when it is not one (its
-        size, or its header's pixel count) and a worker thread must do it."""
-        if len(uploads) != 1 or len(uploads[0][0]) > SMALL_UPLOAD_BYTES:
-            return None
-        try:
-            return prepare_all(uploads, SMALL_UPLOAD_PIXELS)
-        except ImageTooLargeError:  # declares more pixels (or a tight max_request_mb): a worker's
-            return None
-
-    def prepare_one(data: bytes, name: str, max_pixels: int | None = None) -> Prepared:
+    def prepare_one(data: bytes, name: str) -> Prepared:
         """One upload decoded and preprocessed; an input is never answered 500: what the readers
         did not foresee is refused naming the file (and logged with its traceback)."""
         try:
-            return predictor.prepare(predictor.decode(data, name, max_pixels), name)
+            return predictor.prepare(predictor.decode(data, name), name)
         except MedtrainError:
             raise
         except MemoryError as err:
@@ -399,9 +387,7 @@ def create_app(
             await form.close()
         # Checked always; used only where the task measures in mm.
         spacing = spacing_mm if predictor.task.uses_spacing else None
-        items = prepare_small(uploads) or await run_in_threadpool_limited(
-            working, prepare_all, uploads
-        )
+        items = await run_in_threadpool_limited(working, prepare_all, uploads)
         del uploads
         outputs = await queue.forward(items)
         if all(out.numel() <= SMALL_OUTPUT for out in outputs):

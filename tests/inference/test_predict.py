@@ -70,7 +70,7 @@ def test_other_formats_sizes_and_channels(finished_runs, tmp_path):
     probs = [[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows]
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)  # 16-bit: same values / 65535
     np.testing.assert_allclose(probs[0], probs[2], atol=1e-6)  # RGB of equal channels: grey
-    assert abs(sum(probs[0]) - 1) < 1e-9
+    assert abs(sum(probs[0]) - 1) < 1e-6  # a float32 softmax sums to 1 within its rounding
     predictor = Predictor(run)
     direct = predictor.predict([read_image(tmp_path / "in" / "a_grey.png")], ["a"])[0]
     assert list(direct["probabilities"].values()) == pytest.approx(probs[0], abs=1e-6)
