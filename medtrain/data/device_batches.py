@@ -95,6 +95,13 @@ class Affine:
                 f"{where}: Affine border_mode={transform.border_mode} has no batched version; "
                 f"use one of {sorted(PADDING)} (cv2 border modes)"
             )
+        if transform.interpolation != 1 or transform.balanced_scale:
+            raise ConfigError(
+                f"{where}: Affine interpolation other than 1 (linear) and balanced_scale have no "
+                "batched version"
+            )
+        if not np.isscalar(transform.fill):
+            raise ConfigError(f"{where}: Affine fill must be one number for {KEY}")
         self.p = transform.p
         self.rotate = transform.rotate
         self.scale = transform.scale
@@ -103,6 +110,7 @@ class Affine:
         self.relative = transform.translate_percent is not None
         self.translate = transform.translate_percent or transform.translate_px
         self.padding = PADDING[transform.border_mode]
+        self.fill = float(transform.fill)  # what border_mode 0 (constant) pads with
 
     def __call__(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         chosen = (u[:, 0] < self.p).nonzero().flatten()
@@ -113,13 +121,23 @@ class Affine:
         sx = _span(*self.scale["x"], u[:, 2])
         sy = sx if self.keep_ratio else _span(*self.scale["y"], u[:, 3])
         height, width = x.shape[-2:]
-        tx = _span(*self.translate["x"], u[:, 4]) * (width if self.relative else 1)
-        ty = _span(*self.translate["y"], u[:, 5]) * (height if self.relative else 1)
+        # Whole pixels, as albumentations shifts: a share of the size truncated, or an integer
+        # drawn from the inclusive pixel range.
+        if self.relative:
+            tx = torch.trunc(_span(*self.translate["x"], u[:, 4]) * width)
+            ty = torch.trunc(_span(*self.translate["y"], u[:, 5]) * height)
+        else:
+            tx, ty = (
+                torch.floor(u[:, k] * (int(hi) - int(lo) + 1)).clamp(max=int(hi) - int(lo))
+                + int(lo)
+                for k, (lo, hi) in ((4, self.translate["x"]), (5, self.translate["y"]))
+            )
         cos, sin = torch.cos(angle), torch.sin(angle)
-        # Forward map in pixels about the centre: p' = R S p + t. grid_sample needs the inverse,
-        # in coordinates normalized by half the width and height.
+        # Forward map in pixels about the centre, as albumentations builds it (x right, y down, a
+        # positive angle turning counter-clockwise on screen): p' = R S p + t. grid_sample needs
+        # the inverse, in coordinates normalized by half the width and height.
         forward = torch.stack(
-            [torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], -2
+            [torch.stack([cos * sx, sin * sy], -1), torch.stack([-sin * sx, cos * sy], -1)], -2
         )
         inverse = torch.linalg.inv(forward)
         half = torch.tensor([width / 2, height / 2], dtype=inverse.dtype, device=inverse.device)
@@ -127,11 +145,12 @@ class Affine:
         theta[:, :, :2] = inverse * half[None, None, :] / half[None, :, None]
         shift = -(inverse @ torch.stack([tx, ty], -1)[..., None])[..., 0]
         theta[:, :, 2] = shift / half
-        part = x[chosen]
+        part = x[chosen] - self.fill  # zeros padding then pads with `fill`
         grid = F.affine_grid(theta.to(part.dtype), list(part.shape), align_corners=False)
         moved = F.grid_sample(
             part, grid, mode="bilinear", padding_mode=self.padding, align_corners=False
         )
+        moved = moved + self.fill
         out = x.clone()
         out[chosen] = moved
         return out
@@ -141,8 +160,10 @@ class BrightnessContrast:
     draws = 3
 
     def __init__(self, transform: A.RandomBrightnessContrast, where: str):
-        if not transform.brightness_by_max:
-            raise ConfigError(f"{where}: brightness_by_max=false has no batched version")
+        if not transform.brightness_by_max or transform.ensure_safe_range:
+            raise ConfigError(
+                f"{where}: brightness_by_max=false and ensure_safe_range have no batched version"
+            )
         self.p = transform.p
         self.brightness, self.contrast = transform.brightness_limit, transform.contrast_limit
 
@@ -227,9 +248,25 @@ class BatchAugment:
         transforms = pipeline.transforms if isinstance(pipeline, A.Compose) else [pipeline]
         if not isinstance(pipeline, (A.Compose, A.BasicTransform)):
             raise ConfigError(f"{key}: {type(pipeline).__name__} has no batched version")
+        if isinstance(pipeline, A.Compose) and pipeline.p < 1:
+            raise ConfigError(f"{key}: a Compose with p < 1 has no batched version")
         self.steps = [
             batched(t, f"{key}.transforms[{k}]") for k, t in enumerate(transforms) if t.p > 0
         ]
+        self.places = [f"{key}.transforms[{k}]" for k, t in enumerate(transforms) if t.p > 0]
+
+    def check_shape(self, height: int, width: int) -> None:
+        """Refuse, at start, transforms that cannot handle images of this size.
+
+        Raises:
+            ConfigError: RandomRotate90 on images that are not square, naming its place.
+        """
+        for step, place in zip(self.steps, self.places, strict=True):
+            if isinstance(step, Rotate90) and height != width:
+                raise ConfigError(
+                    f"{place}: RandomRotate90 needs square images for {KEY}, the images are "
+                    f"{height}x{width}"
+                )
         self.draws = sum(step.draws for step in self.steps)
 
     def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -310,6 +347,8 @@ class DeviceBatches:
                 f"{len(shapes)} ({sorted(shapes)[:3]} ...): set dataset.image_size"
             )
         stacked = np.stack(images).transpose(0, 3, 1, 2)
+        if self.augment is not None:
+            self.augment.check_shape(*stacked.shape[-2:])
         check_fits(stacked.nbytes, device)
         self.images = torch.from_numpy(np.ascontiguousarray(stacked, dtype=np.float32)).to(device)
         self.labels = torch.as_tensor(dataset.labels).to(device)

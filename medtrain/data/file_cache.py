@@ -3,6 +3,7 @@ each one once per process instead of once per sample (`dataset.cache_mb`)."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -16,8 +17,9 @@ class DecodedCache:
     larger than the budget is not kept). Kept arrays are made read-only: a caller that modifies
     one in place fails loudly instead of changing what later samples see.
 
-    Each loader process has its own cache (worker processes start with a copy of the main
-    process's, which the data check fills), so the memory bound is per process.
+    Each process has its own cache (loader workers start with a copy of the main process's), and
+    each split its own: the bound is per split and process. Safe to use from several threads (the
+    data check reads with a thread pool).
     """
 
     def __init__(self, max_mb: float = DEFAULT_CACHE_MB):
@@ -26,18 +28,29 @@ class DecodedCache:
         self.budget = int(max_mb * 2**20)
         self.held = 0
         self.arrays: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
-        if key in self.arrays:
-            self.arrays.move_to_end(key)
-            return self.arrays[key]
-        array = load()
+        with self.lock:
+            if key in self.arrays:
+                self.arrays.move_to_end(key)
+                return self.arrays[key]
+        array = load()  # outside the lock: threads decode different files at once
         if not isinstance(array, np.ndarray) or array.nbytes > self.budget:
             return array
         array.setflags(write=False)
-        self.arrays[key] = array
-        self.held += array.nbytes
-        while self.held > self.budget:
-            _, dropped = self.arrays.popitem(last=False)
-            self.held -= dropped.nbytes
+        with self.lock:
+            if key not in self.arrays:
+                self.arrays[key] = array
+                self.held += array.nbytes
+            while self.held > self.budget:
+                _, dropped = self.arrays.popitem(last=False)
+                self.held -= dropped.nbytes
         return array
+
+    def __getstate__(self) -> dict:  # a lock does not pickle (loader workers started by spawn)
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()

@@ -23,8 +23,9 @@ MAX_AUTO_WORKERS = 8
 
 
 def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's or a job
-    scheduler's share), not the machine's count."""
+    """CPU cores this process may run on (its affinity mask, e.g. a job scheduler's cpuset), not
+    the machine's count. A CPU quota without a cpuset (`docker --cpus`) is not seen: set
+    `trainer.num_workers` there."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1

@@ -364,6 +364,9 @@ class NumpyBackedRandom(random.Random):
     def setstate(self, state) -> None:
         self.generator.bit_generator.state = state
 
+    def __reduce__(self):  # pickled with its generator (loader workers started by spawn)
+        return (NumpyBackedRandom, (self.generator,))
+
 
 def generator_holders(pipeline: A.BasicTransform | A.BaseCompose) -> list | None:
     """The pipeline and every transform in it, each holding its own random generators, when all

@@ -1,5 +1,5 @@
 """Speed options of the training loop, chosen by config (`trainer.precision`, `trainer.compile`,
-`trainer.channels_last`): what each does and when it helps is in docs/configuration.md, and
+`trainer.channels_last`): what each does and when it helps is in docs/performance.md, and
 docs/benchmarks.md has what was measured."""
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
         and not (k not in old and is_default(current, k, new[k]))
         and not (before_data and k in new and new[k] is None)
     )
-    allowed = {f"trainer.{key}" for key in MAY_CHANGE}
+    allowed = {f"trainer.{key}" for key in MAY_CHANGE} | {"dataset.cache_mb"}  # speed only
     if isinstance(scheduler, OneCycleLR):  # its length is fixed at construction
         allowed.discard("trainer.max_epochs")
     refused = [k for k in changed if k not in allowed]

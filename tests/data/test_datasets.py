@@ -378,3 +378,24 @@ def test_a_transform_that_seeds_itself_otherwise_keeps_albumentations_seeding():
             super().set_random_seed(seed)
 
     assert generator_holders(A.Compose([Own(p=0.5)])) is None
+
+
+def test_pipeline_seeding_pickles_with_its_stream():
+    """Loader workers started by spawn (macOS, Windows) get the augmentation pickled: the copy
+    draws what the original draws, its Python and numpy draws still one stream."""
+    import pickle
+
+    from medtrain.data.file_cache import DecodedCache
+
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-30, 30), p=0.7)])
+    augment = SeededAugment(pipeline, seed=5, seeding="pipeline")
+    copy = pickle.loads(pickle.dumps(augment))
+    assert copy.stream[1].generator is copy.stream[0]
+    image = np.random.default_rng(1).random((16, 16, 1)).astype(np.float32)
+    for index in range(10):
+        assert np.array_equal(
+            augment(index, image=image)["image"], copy(index, image=image)["image"]
+        )
+    cache = DecodedCache(1)
+    cache.get("a", lambda: np.zeros(4, np.uint8))
+    assert list(pickle.loads(pickle.dumps(cache)).arrays) == ["a"]

@@ -116,6 +116,17 @@ def test_transforms_without_a_batched_version_are_refused_by_name():
         BatchAugment(A.Compose([A.HorizontalFlip(p=0.5), A.CLAHE(p=0.5)]))
     with pytest.raises(ConfigError, match="shear"):
         BatchAugment(A.Compose([A.Affine(shear=(-5, 5), p=0.5)]))
+    with pytest.raises(ConfigError, match=r"transforms\[0\]: Affine interpolation"):
+        BatchAugment(A.Compose([A.Affine(interpolation=0, p=0.5)]))
+    with pytest.raises(ConfigError, match="ensure_safe_range"):
+        BatchAugment(A.Compose([A.RandomBrightnessContrast(ensure_safe_range=True)]))
+    with pytest.raises(ConfigError, match="Compose with p < 1"):
+        BatchAugment(A.Compose([A.HorizontalFlip()], p=0.5))
+    wide = SyntheticLesions("train", seed=0, num_train=8)
+    wide.image_size = [16, 24]  # resized by `scaled`: images that are not square
+    wide.transform = SeededAugment(A.Compose([A.HorizontalFlip(), A.RandomRotate90()]), seed=0)
+    with pytest.raises(ConfigError, match=r"transforms\[1\]: RandomRotate90 needs square"):
+        DeviceBatches(wide, batch_size=4, shuffle=True, seed=0, device=CPU)
 
 
 def test_a_run_on_device_trains_as_the_loader_path(tmp_path):
@@ -132,3 +143,25 @@ def test_a_run_on_device_trains_as_the_loader_path(tmp_path):
         DeviceBatches(
             SyntheticShapes("train", num_train=4), batch_size=2, shuffle=True, seed=0, device=CPU
         )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rotate": (30, 30)},
+        {"rotate": (-20, -20), "scale": (1.2, 1.2), "translate_percent": (0.1, 0.1)},
+        {"rotate": (0, 0), "scale": {"x": (0.8, 0.8), "y": (1.1, 1.1)}, "translate_px": (3, 3)},
+        {"rotate": (45, 45), "border_mode": 0, "fill": 0.25},
+    ],
+)
+def test_affine_moves_pixels_as_albumentations_does(options):
+    """A fixed rotation, scale and shift on an image that is not square: the batched version and
+    albumentations' (cv2's warpAffine) agree up to interpolation rounding."""
+    rows, cols = np.mgrid[0:24, 0:36].astype(np.float32)
+    image = 0.5 + 0.4 * np.exp(-((rows - 8) ** 2 + (cols - 25) ** 2) / 40) - cols / 100
+    options = {"border_mode": 1, **options}
+    want = A.Affine(p=1.0, **options)(image=image[..., None])["image"][..., 0]
+    step = BatchAugment(A.Affine(p=1.0, **options))
+    got = step(torch.from_numpy(image)[None, None], torch.zeros(1, 6))[0, 0].numpy()
+    inner = (slice(2, -2), slice(2, -2))  # the edge pixels depend on each library's border rule
+    assert np.abs(got - want)[inner].max() < 0.02

@@ -416,3 +416,16 @@ def test_the_best_epochs_validation_is_reused_for_the_threshold(tmp_path, monkey
         best = next(r for r in csv.DictReader(f) if int(r["epoch"]) == metrics["best_epoch"])
     assert metrics["val/auc"] == pytest.approx(float(best["val/auc"]), abs=1e-12)
     assert metrics["val/loss"] == pytest.approx(float(best["val/loss"]), abs=1e-12)
+
+
+def test_the_file_cache_size_may_change_on_resume():
+    """`dataset.cache_mb` changes only how fast files are read: a checkpoint of a run before the
+    key, or with another size, continues."""
+    from medtrain.engine.resume import check_resumed_config
+
+    saved = {"dataset": {"_target_": "medtrain.data.image_folder.ImageFolder", "path": "x"}}
+    for cache_mb in (512, 0):
+        current = {"dataset": {**saved["dataset"], "cache_mb": cache_mb}}
+        check_resumed_config(saved, current, None)
+    with pytest.raises(ConfigError, match="dataset.path"):
+        check_resumed_config(saved, {"dataset": {**saved["dataset"], "path": "y"}}, None)
