@@ -70,13 +70,9 @@ def default_workload():
     return splits, augment, dict(zscore=False, mean=0.4, std=0.15), model, optimizer, None, False
 
 
-def pneumoniamnist_workload(path: Path):
-    arrays = np.load(path)
-    splits = {
-        s: (arrays[f"{s}_images"], arrays[f"{s}_labels"].reshape(-1))
-        for s in ("train", "val", "test")
-    }
-    augment = A.Compose(
+def xray_pipeline() -> A.Compose:
+    """conf/augmentation/xray.yaml, written by hand."""
+    return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
             A.Affine(
@@ -91,6 +87,15 @@ def pneumoniamnist_workload(path: Path):
             A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.1, 0.8), p=0.2),
         ]
     )
+
+
+def pneumoniamnist_workload(path: Path):
+    arrays = np.load(path)
+    splits = {
+        s: (arrays[f"{s}_images"], arrays[f"{s}_labels"].reshape(-1))
+        for s in ("train", "val", "test")
+    }
+    augment = xray_pipeline()
     model = SimpleCNN(1, 2, widths=(32, 64, 128, 256), hidden=128, dropout=0.3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     return splits, augment, dict(zscore=True), model, optimizer, 0.998, True

@@ -70,8 +70,8 @@ def medtrain_rate(name: str, overrides: list[str], epochs: int, out: Path) -> di
 
 def bare_rate(epochs: int) -> dict:
     """The hand-written GPU-resident loop (same data, network, batch, augmentation, optimizer)."""
-    import albumentations as A
     import numpy as np
+    from bare_loop import xray_pipeline
 
     from medtrain.data.device_batches import BatchAugment
     from medtrain.models.torchvision_nets import torchvision_classifier
@@ -81,23 +81,7 @@ def bare_rate(epochs: int) -> dict:
     images = torch.from_numpy(arrays["train_images"][:, None].astype(np.float32) / 255).to(device)
     labels = torch.from_numpy(arrays["train_labels"].reshape(-1).astype(np.int64)).to(device)
     val = torch.from_numpy(arrays["val_images"][:, None].astype(np.float32) / 255).to(device)
-    augment = BatchAugment(
-        A.Compose(
-            [
-                A.HorizontalFlip(p=0.5),
-                A.Affine(
-                    rotate=(-10, 10),
-                    scale=(0.9, 1.2),
-                    translate_percent=(-0.06, 0.06),
-                    border_mode=1,
-                    p=0.8,
-                ),
-                A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.3, p=0.8),
-                A.RandomGamma(gamma_limit=(70, 140), p=0.5),
-                A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.1, 0.8), p=0.2),
-            ]
-        )
-    )
+    augment = BatchAugment(xray_pipeline())
     model = torchvision_classifier("resnet18", 1, 2, small_input=True).to(
         device, memory_format=torch.channels_last
     )

@@ -28,6 +28,7 @@ from medtrain.inference.serve import create_app
 from medtrain.models.cnn import SimpleCNN
 from medtrain.models.fusion import Fusion
 from medtrain.models.tabular import TabularMLP
+from tests.inference.test_export import SizeDependent
 from tests.inference.test_serve import encode, fetch, grey, post, start, stop
 
 TASKS = ("classification", "regression", "segmentation")
@@ -162,17 +163,6 @@ def test_predict_command_takes_the_backend(finished_runs, tmp_path):
 
 
 # -- refusals ------------------------------------------------------------------------------------
-class SizeDependent(nn.Module):
-    """Segmentation logits that a trace cannot generalize: a Python branch on the input width."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 1)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.conv(image) * (2.0 if image.shape[-1] % 2 else 1.0)
-
-
 class Spectral(nn.Module):
     """Class logits through an FFT, an operator the ONNX exporter lacks."""
 
