@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from optuna.trial import TrialState
 
+    from medtrain.experiments.studies import search_of
     from medtrain.experiments.sweep import log, parse_args, run_sweep
     from medtrain.experiments.sweep_summary import write_sweep_summary
 
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         # stood still meanwhile, so that the last worker to stop leaves the complete summary.
         for _ in range(5):
             before = [(t.number, t.state) for t in study.get_trials(deepcopy=False)]
-            summary = write_sweep_summary(sweep.dir, study.user_attrs.get("monitor"), study=study)
+            summary = write_sweep_summary(
+                sweep.dir, (search_of(study) or {}).get("monitor"), study=study
+            )
             if before == [(t.number, t.state) for t in study.get_trials(deepcopy=False)]:
                 break
         print(f"summary: {summary}")
@@ -93,6 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     best = study.best_trial
     print(
-        f"best: trial {best.number}  {best.params}  {study.user_attrs.get('monitor')} {best.value:.4f}"
+        f"best: trial {best.number}  {best.params}  {(search_of(study) or {}).get('monitor')} {best.value:.4f}"
     )
     return 0

@@ -15,6 +15,7 @@ from medtrain.errors import ConfigError
 STUDY_NAME = "medtrain"
 INTERRUPTED = "interrupted"
 SURPLUS = "surplus"  # a trial drawn when the others already made up the number: never run
+SEARCH = "search"  # the study attribute saying what it searches (overrides, params, monitor)
 STUDY_FILE = "study.json"  # where a shared study is kept: what `medtrain report` reopens
 
 
@@ -65,4 +66,15 @@ def read_study(sweep_dir: Path, storage: str | None = None):
         return optuna.load_study(study_name=study_name, storage=open_storage(spec, sweep_dir))
     if (sweep_dir / "study.db").exists():
         return optuna.load_study(study_name=None, storage=open_storage(None, sweep_dir))
+    return None
+
+
+def search_of(study) -> dict | None:
+    """What a study searches (`overrides`, `params`, `monitor`), or None before it is set.
+    Studies of release 0.2 kept the three as separate attributes."""
+    attrs = study.user_attrs
+    if SEARCH in attrs:
+        return attrs[SEARCH]
+    if "params" in attrs:
+        return {key: attrs.get(key) for key in ("overrides", "params", "monitor")}
     return None

@@ -37,11 +37,13 @@ from medtrain.engine.training import train
 from medtrain.errors import ConfigError
 from medtrain.experiments.studies import (
     INTERRUPTED,
+    SEARCH,
     STUDY_FILE,
     STUDY_NAME,
     SURPLUS,
     masked_url,
     open_storage,
+    search_of,
 )
 from medtrain.io import atomic_write
 
@@ -281,18 +283,20 @@ def open_study(sweep: Sweep, cfg: DictConfig):
         "params": {p.key: [p.kind, *p.values] for p in sweep.params},
         "monitor": cfg.task.monitor,
     }
-    if not study.user_attrs:
-        for key, value in search.items():
-            study.set_user_attr(key, value)
-    else:
-        stored = {key: study.user_attrs.get(key) for key in search}
-        changed = [k for k in search if _jsonish(search[k]) != _jsonish(stored[k])]
-        if changed:
-            was = "; ".join(f"{k} {stored[k]}" for k in changed)
-            raise ConfigError(
-                f"{sweep.dir} holds another search ({was}): resume it with the same arguments "
-                "or choose another sweep.dir"
-            )
+    stored = search_of(study)
+    if stored is None:
+        # One attribute, written at once: a worker starting alongside reads all of it or nothing
+        # (three attributes written one by one let it read a half-described search). Two workers
+        # that both found none compare with the one the study kept.
+        study.set_user_attr(SEARCH, search)
+        stored = search_of(study) or search
+    changed = [k for k in search if _jsonish(search[k]) != _jsonish(stored.get(k))]
+    if changed:
+        was = "; ".join(f"{k} {stored.get(k)}" for k in changed)
+        raise ConfigError(
+            f"{sweep.dir} holds another search ({was}): resume it with the same arguments "
+            "or choose another sweep.dir"
+        )
     return study
 
 

@@ -62,13 +62,13 @@ def study_trials(sweep_dir: Path, study=None) -> tuple[dict[int, dict[str, Any]]
     itself, when the caller holds it open."""
     import optuna
 
-    from medtrain.experiments.studies import SURPLUS, read_study
+    from medtrain.experiments.studies import SURPLUS, read_study, search_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = study if study is not None else read_study(sweep_dir)
     if study is None:
         return {}, {}
-    base = list(study.user_attrs.get("overrides", []))
+    base = list((search_of(study) or {}).get("overrides") or [])
     trials, scales = {}, {}
     for trial in study.get_trials(deepcopy=False):
         if trial.user_attrs.get(SURPLUS):

@@ -336,3 +336,26 @@ def test_stale_trials_are_those_of_dead_workers():
     assert not is_stale(trial("other-host:1", now - 60), shared=True, now=now)
     assert is_stale(trial("other-host:1", now - STALE_AFTER_S - 1), shared=True, now=now)
     assert is_stale(trial(this_worker(), now), shared=False)  # alone on study.db: a killed sweep's
+
+
+def test_a_study_says_what_it_searches_in_one_attribute():
+    """Workers started together read the search all at once (one attribute) or not at all; studies
+    of release 0.2, with three attributes, are still read."""
+    import optuna
+
+    from medtrain.experiments.studies import SEARCH, search_of
+
+    new, old = optuna.create_study(), optuna.create_study()
+    assert search_of(new) is None
+    search = {
+        "overrides": ["a=1"],
+        "params": {"optimizer.lr": ["log", 1e-4, 1e-2]},
+        "monitor": "val/auc",
+    }
+    new.set_user_attr(SEARCH, search)
+    assert search_of(new) == search
+    old.set_user_attr("overrides", ["a=1"])
+    assert search_of(old) is None  # half written: not yet a search
+    old.set_user_attr("params", search["params"])
+    old.set_user_attr("monitor", "val/auc")
+    assert search_of(old) == search
