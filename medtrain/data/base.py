@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medtrain.data.file_cache import DEFAULT_CACHE_MB, DecodedCache
+from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_through
 from medtrain.data.transforms import (
     RESIZE_MODES,
     Normalize,
@@ -90,10 +90,8 @@ class ImageDataset(Dataset):
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
         if resize_mode not in RESIZE_MODES:
             raise ConfigError(f"dataset.resize_mode={resize_mode!r}: choose one of {RESIZE_MODES}")
-        if not isinstance(cache_mb, (int, float)) or cache_mb < 0:
-            raise ConfigError(f"dataset.cache_mb={cache_mb!r} must be a number >= 0")
         # Datasets that decode files keep them decoded for the next epochs (`reads_files`).
-        self.decoded = DecodedCache(cache_mb) if self.reads_files and cache_mb else None
+        self.decoded = decoded_cache(self.reads_files, cache_mb)
         self.split = split
         self.transform = transform
         self.normalize = Normalize(**(normalize or {}))
@@ -247,9 +245,7 @@ class ImageDataset(Dataset):
 
     def stored(self, index: int) -> np.ndarray:
         """`read_image(index)`, from the cache of decoded files when this dataset keeps one."""
-        if self.decoded is None:
-            return self.read_image(index)
-        return self.decoded.get(index, lambda: self.read_image(index))
+        return read_through(self.decoded, index, lambda: self.read_image(index))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = {

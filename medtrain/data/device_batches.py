@@ -250,10 +250,10 @@ class BatchAugment:
             raise ConfigError(f"{key}: {type(pipeline).__name__} has no batched version")
         if isinstance(pipeline, A.Compose) and pipeline.p < 1:
             raise ConfigError(f"{key}: a Compose with p < 1 has no batched version")
-        self.steps = [
-            batched(t, f"{key}.transforms[{k}]") for k, t in enumerate(transforms) if t.p > 0
-        ]
-        self.places = [f"{key}.transforms[{k}]" for k, t in enumerate(transforms) if t.p > 0]
+        places = [(t, f"{key}.transforms[{k}]") for k, t in enumerate(transforms) if t.p > 0]
+        self.placed = [(batched(t, place), place) for t, place in places]
+        self.steps = [step for step, _ in self.placed]
+        self.draws = sum(step.draws for step in self.steps)
 
     def check_shape(self, height: int, width: int) -> None:
         """Refuse, at start, transforms that cannot handle images of this size.
@@ -261,13 +261,12 @@ class BatchAugment:
         Raises:
             ConfigError: RandomRotate90 on images that are not square, naming its place.
         """
-        for step, place in zip(self.steps, self.places, strict=True):
+        for step, place in self.placed:
             if isinstance(step, Rotate90) and height != width:
                 raise ConfigError(
                     f"{place}: RandomRotate90 needs square images for {KEY}, the images are "
                     f"{height}x{width}"
                 )
-        self.draws = sum(step.draws for step in self.steps)
 
     def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         start = 0
@@ -279,14 +278,13 @@ class BatchAugment:
 
 def normalized(images: torch.Tensor, normalize: Normalize) -> torch.Tensor:
     """`Normalize` on a batch (B x C x H x W): each image as `Normalize.__call__` treats it."""
-    flat = images.flatten(1)
+    view = (-1, 1, 1, 1)
     if normalize.invert is True:
         images = 1.0 - images
     elif normalize.invert == "auto":
-        bright = torch.quantile(flat, 0.5, dim=1) > 0.5  # numpy's median: the midpoint
-        images = torch.where(bright[:, None, None, None], 1.0 - images, images)
+        bright = torch.quantile(images.flatten(1), 0.5, dim=1) > 0.5  # numpy's median: midpoint
+        images = torch.where(bright.reshape(view), 1.0 - images, images)
     flat = images.flatten(1)
-    view = (-1, 1, 1, 1)
     if normalize.mode in ("fixed", "dataset"):
         if not normalize.std.size:
             raise ConfigError("dataset.normalize.mode=dataset: statistics not computed")

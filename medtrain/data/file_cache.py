@@ -9,6 +9,8 @@ from collections.abc import Callable, Hashable
 
 import numpy as np
 
+from medtrain.errors import ConfigError
+
 DEFAULT_CACHE_MB = 512
 
 
@@ -23,8 +25,6 @@ class DecodedCache:
     """
 
     def __init__(self, max_mb: float = DEFAULT_CACHE_MB):
-        if max_mb is None or max_mb < 0:
-            raise ValueError(f"dataset.cache_mb={max_mb!r} must be a number >= 0")
         self.budget = int(max_mb * 2**20)
         self.held = 0
         self.arrays: OrderedDict[Hashable, np.ndarray] = OrderedDict()
@@ -54,3 +54,20 @@ class DecodedCache:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.lock = threading.Lock()
+
+
+def decoded_cache(reads_files: bool, cache_mb: float) -> DecodedCache | None:
+    """A dataset's cache (`dataset.cache_mb`): None for datasets that hold their images in memory
+    (`reads_files` false) or with `cache_mb=0`.
+
+    Raises:
+        ConfigError: `cache_mb` that is not a number >= 0.
+    """
+    if not isinstance(cache_mb, (int, float)) or cache_mb < 0:
+        raise ConfigError(f"dataset.cache_mb={cache_mb!r} must be a number >= 0")
+    return DecodedCache(cache_mb) if reads_files and cache_mb else None
+
+
+def read_through(cache: DecodedCache | None, key: Hashable, load: Callable[[], np.ndarray]):
+    """`load()`, kept in `cache` when there is one."""
+    return load() if cache is None else cache.get(key, load)

@@ -34,9 +34,9 @@ def usable_cpus() -> int:
 def auto_workers(device_type: str) -> int:
     """`trainer.num_workers=auto`. On CUDA: the cores left to each process of this node (torchrun's
     `LOCAL_WORLD_SIZE` processes share them) minus the one that drives the GPU, at most 8, so that
-    the device is not fed from one Python thread. On the CPU: 0, since the model's own threads
-    already use every core and a loader process only takes cores from them (docs/benchmarks.md,
-    "Loader workers on the CPU")."""
+    the device is not fed from one Python thread. On the CPU: 0 (as before the key existed),
+    since the model's own threads already use every core and a loader process takes cores from
+    them (docs/performance.md)."""
     if device_type != "cuda":
         return 0
     local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)

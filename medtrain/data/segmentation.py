@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medtrain.data.base import SPLITS
-from medtrain.data.file_cache import DEFAULT_CACHE_MB, DecodedCache
+from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_through
 from medtrain.data.transforms import (
     Normalize,
     SharedEpoch,
@@ -162,10 +162,8 @@ class SegmentationDataset(Dataset):
     ):
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
-        if not isinstance(cache_mb, (int, float)) or cache_mb < 0:
-            raise ConfigError(f"dataset.cache_mb={cache_mb!r} must be a number >= 0")
         # Datasets that decode files keep them decoded for the next epochs (`reads_files`).
-        self.decoded = DecodedCache(cache_mb) if self.reads_files and cache_mb else None
+        self.decoded = decoded_cache(self.reads_files, cache_mb)
         if multilabel:
             raise ConfigError("dataset.multilabel: segmentation masks hold one class per pixel")
         if num_classes is None or num_classes < 2:
@@ -300,9 +298,7 @@ class SegmentationDataset(Dataset):
 
     def cached(self, kind: str, index: int, read: Callable[[int], np.ndarray]) -> np.ndarray:
         """`read(index)`, from the cache of decoded files when this dataset keeps one."""
-        if self.decoded is None:
-            return read(index)
-        return self.decoded.get((kind, index), lambda: read(index))
+        return read_through(self.decoded, (kind, index), lambda: read(index))
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image (float H x W x C, channels matched) and its checked class mask, native size."""

@@ -57,6 +57,9 @@ MAY_CHANGE = (
 )
 
 
+# Outside `trainer`: keys that change only how fast data are read.
+MAY_CHANGE_OUTSIDE_TRAINER = ("dataset.cache_mb",)
+
 # Keys a later release added whose default changed what runs do, with what a config without the
 # key meant: a checkpoint of an earlier run continues only with that value.
 MEANT_WITHOUT_KEY = {"augmentation.seeding": "per_transform", "trainer.augment_on_device": False}
@@ -103,7 +106,7 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
         and not (k not in old and is_default(current, k, new[k]))
         and not (before_data and k in new and new[k] is None)
     )
-    allowed = {f"trainer.{key}" for key in MAY_CHANGE} | {"dataset.cache_mb"}  # speed only
+    allowed = {f"trainer.{key}" for key in MAY_CHANGE} | set(MAY_CHANGE_OUTSIDE_TRAINER)
     if isinstance(scheduler, OneCycleLR):  # its length is fixed at construction
         allowed.discard("trainer.max_epochs")
     refused = [k for k in changed if k not in allowed]
