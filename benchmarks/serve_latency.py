@@ -1,13 +1,15 @@
 """Latency and throughput of `medtrain serve` against direct `Predictor.predict` calls.
 
 Usage: python benchmarks/serve_latency.py [--run-dir RUN] [--requests 2000] [--concurrency 16]
-       [--backends torch,onnx] [--rounds 1] [--output serve_latency.json]
+       [--backends torch,onnx] [--processes 1,2] [--rounds 1] [--output serve_latency.json]
 Without --run-dir it trains the default experiment (`python -m medtrain`: synthetic data, the small
 CNN) once into --out and reuses it afterwards. The server runs as its own process on loopback, started
 by the same command a user types (`medtrain serve ... backend=B`); clients are threads of this
 process with keep-alive connections, so on a small machine they share its cores with the server.
---backends measures each backend in turn (direct calls, then a fresh server), --rounds times, so
-that backends compared on a shared machine see the same background load.
+--backends and --processes measure each backend with each number of server processes in turn
+(direct calls, then a fresh server), --rounds times, so that settings compared on a shared machine
+see the same background load. The CPU time the server's processes and the clients spent per
+request is printed beside each load.
 Target: p50 under 10 ms for the small CNN on 2 cores, the HTTP layer adding under 1 ms.
 """
 
@@ -123,15 +125,47 @@ def client(port: int, body: bytes, count: int, latencies: list, errors: list) ->
             errors.append(f"{response.status}: {payload[:200]!r}")
 
 
-def load(port: int, body: bytes, requests: int, concurrency: int) -> dict[str, float]:
-    """`requests` requests from `concurrency` threads: latency percentiles, errors, requests/s."""
+def load(
+    port: int, body: bytes, requests: int, concurrency: int, server: int | None = None
+) -> dict[str, float]:
+    """`requests` requests from `concurrency` threads: latency percentiles, errors, requests/s,
+    and (given the server's pid) the CPU milliseconds per request of the server's processes and
+    of the clients."""
     latencies: list[float] = []
     errors: list[str] = []
     threads = [
         threading.Thread(target=client, args=(port, body, n, latencies, errors))
         for n in shares(requests, concurrency)
     ]
-    return {"concurrency": concurrency, **run_clients(threads, latencies, errors, requests)}
+    server_cpu, client_cpu = process_tree_cpu_s(server), time.process_time()
+    measured = run_clients(threads, latencies, errors, requests)
+    if server is not None:
+        measured["server_cpu_ms_per_request"] = round(
+            (process_tree_cpu_s(server) - server_cpu) / requests * 1000, 3
+        )
+        measured["client_cpu_ms_per_request"] = round(
+            (time.process_time() - client_cpu) / requests * 1000, 3
+        )
+    return {"concurrency": concurrency, **measured}
+
+
+def process_tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its child processes (Linux /proc;
+    0 elsewhere)."""
+    if pid is None or not os.path.isdir("/proc"):
+        return 0.0
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def shares(requests: int, concurrency: int) -> list[int]:
@@ -182,24 +216,29 @@ def write_results(path: Path | None, results: dict) -> None:
         print(f"wrote {path}")
 
 
-def measure(predictor: Predictor, backend: str, run_dir: Path, data: bytes, args) -> dict:
-    """One backend: direct calls in this process, then HTTP at concurrency 1 and `--concurrency`
-    against a fresh `medtrain serve ... backend=<backend>`."""
+def measure(
+    predictor: Predictor, backend: str, processes: int, run_dir: Path, data: bytes, args
+) -> dict:
+    """One backend and number of processes: direct calls in this process, then HTTP at
+    concurrency 1 and `--concurrency` against a fresh `medtrain serve ... backend=<backend>
+    processes=<processes>` (threads=1 with several processes: one core each)."""
     direct = time_direct(predictor, data, args.direct_calls)
     load_average = os.getloadavg()[0]
     port = free_port()
-    log = args.out / f"server_{backend}.log"
-    server = start_server(run_dir, port, log, f"backend={backend}")
+    log = args.out / f"server_{backend}_{processes}.log"
+    keys = [f"backend={backend}", f"processes={processes}"] + (["threads=1"] * (processes > 1))
+    server = start_server(run_dir, port, log, *keys)
     try:
         body = multipart(data, "bench.png")
-        load(port, body, args.warmup, 1)
-        sequential = load(port, body, args.direct_calls, 1)
-        concurrent = load(port, body, args.requests, args.concurrency)
+        load(port, body, args.warmup, args.concurrency)  # every process warmed up
+        sequential = load(port, body, args.direct_calls, 1, server.pid)
+        concurrent = load(port, body, args.requests, args.concurrency, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
     return {
         "backend": backend,
+        "processes": processes,
         "load_average_1min": round(load_average, 2),  # other processes on a shared machine
         "direct": direct,
         "http_sequential": sequential,
@@ -213,7 +252,8 @@ def main() -> None:
     parser.add_argument("--direct-calls", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=100, help="HTTP requests before measuring")
     parser.add_argument("--backends", default="torch", help="comma-separated: torch, onnx")
-    parser.add_argument("--rounds", type=int, default=1, help="times each backend is measured")
+    parser.add_argument("--processes", default="1", help="comma-separated numbers of processes")
+    parser.add_argument("--rounds", type=int, default=1, help="times each setting is measured")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.run_dir or default_run(args.out)
@@ -224,11 +264,13 @@ def main() -> None:
     predictors = {b: Predictor(run_dir, backend=b) for b in backends}
     first = predictors[backends[0]]
     data = test_image(first)
+    counts = [int(n) for n in args.processes.split(",") if n.strip()]
     runs = []
     for round_ in range(args.rounds):
         for backend in backends:
-            measured = measure(predictors[backend], backend, run_dir, data, args)
-            runs.append({"round": round_ + 1, **measured})
+            for processes in counts:
+                measured = measure(predictors[backend], backend, processes, run_dir, data, args)
+                runs.append({"round": round_ + 1, **measured})
 
     results = {
         "machine": machine(),
@@ -243,20 +285,25 @@ def main() -> None:
         f"machine: {results['machine']} (load {loads}); model {results['model']}; "
         f"image {results['image']}"
     )
-    print("| path | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | requests/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| path | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | requests/s "
+        "| server CPU ms/request | client CPU ms/request |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
-        label = f"{run['backend']}" + (f", round {run['round']}" if args.rounds > 1 else "")
+        label = f"{run['backend']}, {run['processes']} process" + "es" * (run["processes"] > 1)
+        label += f", round {run['round']}" if args.rounds > 1 else ""
         direct = run["direct"]
         print(
             f"| Predictor.predict (decode + predict; {label}) | {args.direct_calls} | 1 | 0 "
-            f"| {direct['p50_ms']} | {direct['p95_ms']} | {direct['p99_ms']} | |"
+            f"| {direct['p50_ms']} | {direct['p95_ms']} | {direct['p99_ms']} | | | |"
         )
         for row in (run["http_sequential"], run["http_concurrent"]):
             print(
                 f"| HTTP POST /predict ({label}) | {row['requests']} | {row['concurrency']} "
                 f"| {row['errors']} | {row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} "
-                f"| {row['requests_per_s']} |"
+                f"| {row['requests_per_s']} | {row['server_cpu_ms_per_request']} "
+                f"| {row['client_cpu_ms_per_request']} |"
             )
     for run in runs:
         print(

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "max_concurrent": 32,
     "max_connections": 256,
     "workers": 2,
+    "processes": 1,
     "header_timeout_s": 10,
     "body_timeout_s": 60,
     "idle_timeout_s": 5,
@@ -54,6 +55,9 @@ usage: medtrain serve run_dir=<run> [key=value ...]
                          rounding; onnx needs an image-only network that ONNX can express
   threads=auto           intra-op threads of the network (torch or ONNX Runtime); auto: half the
                          CPU cores, leaving the rest to reading requests
+  processes=1            server processes answering on the port, forked once the model is loaded
+                         (CPU only; limits apply to each). One process runs its Python on one
+                         core at a time: for throughput on N cores, processes=N and threads=1
   api_key=SECRET         require header X-API-Key on /predict, /predict/batch and /info. Better:
                          the MEDTRAIN_API_KEY environment variable (a command line is visible to
                          every user of the machine in its process list)
@@ -151,7 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from medtrain.inference.predictor import Predictor
-    from medtrain.inference.serve import create_app, make_server
+    from medtrain.inference.processes import (
+        Supervisor,
+        check_processes,
+        listening_socket,
+        parent_watch,
+    )
+    from medtrain.inference.serve import create_app, make_server, pixel_limit
 
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=TEXT_KEYS, list_keys=("trust",))
@@ -161,18 +171,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         true_or_false(cfg.access_log, "access_log")
         limits = _limits(cfg)
         threads = _threads(cfg.threads)
+        forked = whole_number(cfg.processes, "processes", 1) > 1
         api_key = cfg.api_key or os.environ.get("MEDTRAIN_API_KEY") or None
+        # Forked processes have none of their parent's threads: the parent runs the network on
+        # one (no thread pool to lose), each server process then on `threads` of its own.
+        torch.set_num_threads(1 if forked else threads)
         predictor = Predictor(
             cfg.run_dir,
             device=cfg.device,
             trust=list(cfg.trust),
             backend=cfg.backend,
-            threads=threads,
+            threads=1 if forked else threads,
         )
+        processes = check_processes(cfg.processes, predictor.on_cpu)
+        sock = listening_socket(cfg.host, cfg.port) if processes > 1 else None
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    torch.set_num_threads(threads)
     if api_key is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {cfg.host} without an API key", file=sys.stderr)
     if cfg.api_key:
@@ -181,11 +196,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             "prefer the MEDTRAIN_API_KEY environment variable",
             file=sys.stderr,
         )
-    app = create_app(predictor, api_key=api_key, limits=limits)
+    port = sock.getsockname()[1] if sock else cfg.port
+    max_pixels = limits.max_pixels or pixel_limit(predictor)
     print(
         f"serving {cfg.run_dir} ({predictor.task.name}, backend {predictor.backend}, weights "
-        f"sha256 {predictor.weights_sha256[:12]}, max_pixels {predictor.max_pixels}) on "
-        f"http://{cfg.host}:{cfg.port} (page: /, docs: /docs)"
+        f"sha256 {predictor.weights_sha256[:12]}, max_pixels {max_pixels}) on "
+        f"http://{cfg.host}:{port} (page: /, docs: /docs)"
+        + (f", {processes} processes" if processes > 1 else ""),
+        flush=True,
     )
-    make_server(app, cfg.host, cfg.port, access_log=cfg.access_log).run()
-    return 0
+    if sock is None:
+        app = create_app(predictor, api_key=api_key, limits=limits)
+        make_server(app, cfg.host, cfg.port, access_log=cfg.access_log).run()
+        return 0
+    alive = parent_watch(os.getpid())
+
+    def serve() -> None:  # in each forked process: its own threads, app and event loop
+        if threads != 1:
+            predictor.use_threads(threads)
+        app = create_app(predictor, api_key=api_key, limits=limits)
+        server = make_server(app, cfg.host, port, access_log=cfg.access_log, alive=alive)
+        server.run(sockets=[sock])
+
+    # A worker that has not stopped by its drain, shutdown deadline and a margin is killed.
+    return Supervisor(serve, processes, limits.drain_s + limits.shutdown_s + 5).run()

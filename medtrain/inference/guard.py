@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,12 +286,26 @@ class DrainingServer(uvicorn.Server):
     503) while it keeps serving for `drain_s` seconds, so a load balancer stops sending it
     requests; then it shuts down gracefully: no new connections, requests in flight finish within
     the config's `timeout_graceful_shutdown`, after which they are cancelled. A second signal
-    shuts down at once."""
+    shuts down at once. With `alive` (a worker of `medtrain serve processes=N`), a server whose
+    check says its supervisor is gone shuts down as on SIGTERM (checked once a second)."""
 
-    def __init__(self, config: uvicorn.Config, state: ServiceState, drain_s: float = 0.0):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        state: ServiceState,
+        drain_s: float = 0.0,
+        alive: Callable[[], bool] | None = None,
+    ):
         super().__init__(config)
         self.state = state
         self.drain_s = drain_s
+        self.alive = alive
+
+    async def on_tick(self, counter: int) -> bool:
+        watched = self.alive is not None and counter % 10 == 0 and not self.state.draining
+        if watched and not self.alive():  # type: ignore[misc]
+            self.handle_exit(signal.SIGTERM, None)
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame) -> None:
         drained, self.state.draining = self.state.draining, True

@@ -31,10 +31,22 @@ class OnnxNetwork(nn.Module):
     """An ONNX Runtime session standing in for a network: a float32 image batch (torch) in, the
     network's float32 outputs (torch, on the CPU) out."""
 
-    def __init__(self, session: Any):
+    def __init__(self, data: bytes, threads: int, providers: list[Any]):
         super().__init__()
-        self.session = session
+        self.data, self.providers = data, providers
+        self.session = onnx_session(data, threads, providers)
+        self.threads = threads
         self.eval()  # tasks flip-average only models out of training mode
+
+    def use_threads(self, threads: int) -> None:
+        """Run on `threads` intra-op threads from now on (a new session of the same model: its
+        thread pool is made at creation, and a forked process has none of its parent's threads)."""
+        self.session = onnx_session(self.data, threads, self.providers)
+        self.threads = threads
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.session.get_providers()[0] == "CPUExecutionProvider"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(image.detach().cpu().numpy(), dtype=np.float32)
@@ -114,10 +126,11 @@ def onnx_network(
             f"backend=onnx: the run's network ({type(run.model).__name__}) cannot be exported to "
             f"ONNX ({first}); use backend=torch"
         ) from err
-    session = onnx_session(built.data, threads, providers)
+    network = OnnxNetwork(built.data, threads, providers)
+    session = network.session
     import onnxruntime
 
-    return OnnxNetwork(session), {
+    return network, {
         "name": "onnx",
         "runtime": f"onnxruntime {onnxruntime.__version__}",
         "providers": session.get_providers(),

@@ -19,7 +19,7 @@ from medtrain.data.volumes import normalize_volume, read_volume, stack_slices
 from medtrain.engine.acceleration import autocast
 from medtrain.engine.config import resolve_device
 from medtrain.errors import ConfigError, DataError, MedtrainError
-from medtrain.inference.onnx_backend import check_backend, onnx_network
+from medtrain.inference.onnx_backend import OnnxNetwork, check_backend, onnx_network
 from medtrain.inference.run import eval_preprocessing, load_run, volume_settings
 from medtrain.io import read_json
 from medtrain.models import input_keys
@@ -139,6 +139,22 @@ class Predictor:
             "medtrain_version": __version__,
             "trained_with": self.run.checkpoint.get("medtrain_version"),
         }
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the network runs on the CPU (for `onnx`, ONNX Runtime's first provider)."""
+        if isinstance(self.model, OnnxNetwork):
+            return self.model.on_cpu
+        return self.device.type == "cpu"
+
+    def use_threads(self, threads: int) -> None:
+        """Run the network on `threads` intra-op threads from now on (torch's setting is the
+        process's; an ONNX session is made anew). A server process forked from the one that loaded
+        the model sets its own here: threads of the parent do not exist in the child."""
+        torch.set_num_threads(threads)
+        if isinstance(self.model, OnnxNetwork):
+            self.model.use_threads(threads)
+            self.onnx_info = {**self.onnx_info, "threads": threads}  # type: ignore[dict-item]
 
     def backend_info(self) -> dict[str, Any]:
         """What runs the network, where, on how many threads; for `onnx` also the exported

@@ -468,12 +468,19 @@ async def run_in_threadpool_limited(limiter: anyio.CapacityLimiter, fn, *args) -
 
 
 def make_server(
-    app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False, **config
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    access_log: bool = False,
+    alive=None,
+    **config,
 ) -> DrainingServer:
     """A uvicorn server for an app of `create_app`, with its limits' timeouts, connection limit
     and shutdown deadline (`server.run()` serves until SIGTERM/SIGINT).
 
     Args:
+        alive: for a worker of several server processes, the check that its supervisor is
+            still there (`processes.parent_watch`); the server stops when it fails.
         config: other `uvicorn.Config` arguments (e.g. `log_level`).
     """
     limits: ServeLimits = app.state.limits
@@ -488,4 +495,4 @@ def make_server(
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         **config,
     )
-    return DrainingServer(settings, app.state.service, limits.drain_s)
+    return DrainingServer(settings, app.state.service, limits.drain_s, alive)

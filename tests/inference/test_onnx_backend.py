@@ -122,6 +122,23 @@ def test_info_names_the_backend(backends):
     assert backends["classification"]["torch"].info()["backend"]["name"] == "torch"
 
 
+def test_a_new_thread_count_makes_a_new_session_with_the_same_answers(finished_runs):
+    """What each forked server process does (`processes=N`): its own session and thread pool."""
+    predictor = Predictor(finished_runs["classification"], backend="onnx", threads=1)
+    decoded = images(predictor)
+    names = [f"{k}.png" for k in range(len(decoded))]
+    before, session = predictor.predict(decoded, names), predictor.model.session
+    threads = torch.get_num_threads()
+    try:
+        predictor.use_threads(2)
+        assert predictor.model.session is not session and torch.get_num_threads() == 2
+        assert predictor.info()["backend"]["threads"] == 2 and predictor.on_cpu
+        for got, want in zip(predictor.predict(decoded, names), before, strict=True):
+            assert_same_answer(got, want)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_served_with_onnx_equals_torch(backends):
     """Over HTTP, one image and a batch (one ONNX call of three), as the torch backend answers."""
     torch_predictor, onnx_predictor = backends["classification"].values()

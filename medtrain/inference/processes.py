@@ -1,0 +1,201 @@
+"""`medtrain serve processes=N`: N server processes answering on one listening socket, forked
+from the process that loaded the model (its memory shared copy-on-write), watched by that process.
+
+One server process runs its Python (HTTP parsing, the event loop, decoding, answers) on one core
+at a time, whatever the number of cores; on a 2-core machine it served about 600 small requests
+a second with the ONNX backend, and two processes about 880 (docs/benchmarks.md, "Serving").
+
+The parent only supervises: it forwards SIGTERM and SIGINT to every worker (each drains and shuts
+down as a single server does; a second signal stops them at once), starts a new worker in place of
+one that dies, and gives up, stopping the others, when workers keep dying. Each worker applies
+the serve limits to itself (`max_concurrent`, `max_connections` are per process). Workers stop
+when the parent is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from medtrain.errors import ConfigError
+from medtrain.values import whole_number
+
+logger = logging.getLogger(__name__)
+# More than this many unexpected worker exits within RESTART_WINDOW_S seconds: something is wrong
+# with every worker (not one request), so the server stops instead of restarting them forever.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+POLL_S = 0.1  # how often the supervisor looks at its workers
+
+
+def check_processes(value, on_cpu: bool) -> int:
+    """The number of server processes: a whole number >= 1; more than one needs `os.fork` and a
+    model on the CPU.
+
+    Raises:
+        ConfigError: naming `processes`.
+    """
+    processes = whole_number(value, "processes", 1)
+    if processes == 1:
+        return 1
+    if not hasattr(os, "fork"):
+        raise ConfigError(
+            f"processes={processes}: this platform cannot fork; use processes=1 and run one "
+            "server per port behind a load balancer"
+        )
+    if not on_cpu:
+        raise ConfigError(
+            f"processes={processes} with the model on a GPU: forked processes cannot share a "
+            "CUDA context; use processes=1 (one server per GPU), or device=cpu"
+        )
+    return processes
+
+
+def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A TCP socket bound to (host, port) and listening, to be shared by forked servers.
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, not this machine's, no permission).
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )[0]
+        # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on each accepted connection (without
+        # it small answers wait for the client's delayed ACK, about 40 ms).
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:
+        raise ConfigError(f"host={host}: cannot listen there ({err})") from err
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"host={host} port={port}: cannot listen there ({err.strerror})") from err
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    """Forks `processes` workers, each calling `serve()` (which serves on the shared socket until
+    it is told to stop, then returns), and watches them; `run` returns the exit status."""
+
+    def __init__(self, serve: Callable[[], None], processes: int, stop_s: float = 30.0):
+        """
+        Args:
+            stop_s: after the first SIGTERM/SIGINT, workers still running this long later (a
+                worker stuck in native code never runs its signal handler) are killed.
+        """
+        self.serve = serve
+        self.processes = processes
+        self.stop_s = stop_s
+        self.workers: set[int] = set()
+        self.kill_at: float | None = None  # set by the first stop signal
+        self.failed = False
+        self.deaths: list[float] = []  # times of unexpected exits
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self.forward) for sig in SIGNALS}
+        try:
+            for _ in range(self.processes):
+                self.fork()
+            while self.workers:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:  # reaped elsewhere
+                    break
+                if pid == 0:
+                    self.kill_late()
+                    time.sleep(POLL_S)
+                    continue
+                self.workers.discard(pid)
+                if self.kill_at is None:
+                    self.replace(pid, status)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 1 if self.failed else 0
+
+    def kill_late(self) -> None:
+        """Past the stop deadline: SIGKILL the workers still running."""
+        if self.kill_at is None or time.monotonic() < self.kill_at:
+            return
+        for pid in list(self.workers):
+            print(
+                f"warning: server process {pid} did not stop within {self.stop_s:g} s; killed",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.send(pid, signal.SIGKILL)
+        self.kill_at = math.inf
+
+    def fork(self) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                for sig in SIGNALS:  # the server installs its own; until then, the default
+                    signal.signal(sig, signal.SIG_DFL)
+                os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent, which forwards it once
+                self.serve()
+                status = 0
+            except BaseException:
+                logger.exception("server process %d failed", os.getpid())
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        self.workers.add(pid)
+
+    def forward(self, sig: int, frame) -> None:
+        """SIGTERM/SIGINT: every worker gets it (the first drains and stops, the second stops at
+        once); no worker is started afterwards."""
+        if self.kill_at is None:
+            self.kill_at = time.monotonic() + self.stop_s
+        for pid in list(self.workers):
+            self.send(pid, sig)
+
+    def send(self, pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+            os.kill(pid, sig)
+
+    def replace(self, pid: int, status: int) -> None:
+        """A worker that exited while not asked to: start another, unless workers keep dying."""
+        how = (
+            f"signal {os.WTERMSIG(status)}"
+            if os.WIFSIGNALED(status)
+            else f"status {os.waitstatus_to_exitcode(status)}"
+        )
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW_S] + [now]
+        if len(self.deaths) > MAX_RESTARTS:
+            print(
+                f"error: server processes keep exiting ({len(self.deaths)} in "
+                f"{RESTART_WINDOW_S:g} s, the last by {how}); stopping",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.failed = True
+            self.forward(signal.SIGTERM, None)
+            return
+        print(
+            f"warning: server process {pid} exited ({how}); starting another",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.fork()
+
+
+def parent_watch(parent: int) -> Callable[[], bool]:
+    """A check that the process `parent` is still this process's parent (a worker whose
+    supervisor is gone, e.g. killed with SIGKILL, stops itself)."""
+    return lambda: os.getppid() == parent
