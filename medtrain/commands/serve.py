@@ -54,10 +54,11 @@ usage: medtrain serve run_dir=<run> [key=value ...]
                          serves and the ONNX model's sha256). Answers equal torch's to float
                          rounding; onnx needs an image-only network that ONNX can express
   threads=auto           intra-op threads of the network (torch or ONNX Runtime); auto: half the
-                         CPU cores, leaving the rest to reading requests
+                         CPU cores (shared out among the processes), leaving the rest to reading
+                         requests
   processes=1            server processes answering on the port, forked once the model is loaded
-                         (CPU only; limits apply to each). One process runs its Python on one
-                         core at a time: for throughput on N cores, processes=N and threads=1
+                         (Linux, CPU only; limits apply to each). One process runs its Python
+                         on one core at a time: for throughput on N cores, processes=N
   api_key=SECRET         require header X-API-Key on /predict, /predict/batch and /info. Better:
                          the MEDTRAIN_API_KEY environment variable (a command line is visible to
                          every user of the machine in its process list)
@@ -99,12 +100,12 @@ def _positive(value: Any, key: str) -> float:
     return float(value)
 
 
-def _threads(value: str) -> int:
-    """The network's intra-op threads: `auto` is half the CPU cores. The event loop parses uploads
-    while the model runs, and on a shared 2-core machine 2 torch threads were also slower for the
-    small CNN than 1."""
+def _threads(value: str, processes: int = 1) -> int:
+    """The network's intra-op threads in each server process: `auto` is half the CPU cores shared
+    out among the processes. The event loop parses uploads while the model runs, and on a shared
+    2-core machine 2 torch threads were also slower for the small CNN than 1."""
     if value.strip().lower() == "auto":
-        return max(1, (os.cpu_count() or 2) // 2)
+        return max(1, (os.cpu_count() or 2) // (2 * processes))
     try:
         threads = int(value)
     except ValueError:
@@ -170,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         whole_number(cfg.port, "port", 0, 65535)
         true_or_false(cfg.access_log, "access_log")
         limits = _limits(cfg)
-        threads = _threads(cfg.threads)
         forked = whole_number(cfg.processes, "processes", 1) > 1
+        if forked:  # refused before loading what cannot be used
+            check_processes(cfg.processes, on_cpu=not str(cfg.device).startswith("cuda"))
+        threads = _threads(cfg.threads, cfg.processes)
         api_key = cfg.api_key or os.environ.get("MEDTRAIN_API_KEY") or None
         # Forked processes have none of their parent's threads: the parent runs the network on
         # one (no thread pool to lose), each server process then on `threads` of its own.
@@ -219,4 +222,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.run(sockets=[sock])
 
     # A worker that has not stopped by its drain, shutdown deadline and a margin is killed.
-    return Supervisor(serve, processes, limits.drain_s + limits.shutdown_s + 5).run()
+    return Supervisor(serve, processes, limits.drain_s + limits.shutdown_s + 5, sock).run()

@@ -11,6 +11,7 @@ import hmac
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 API_KEY_HEADER = "X-API-Key"
 MODEL_HEADER = "X-Model-SHA256"
 RETRY_AFTER_S = 1
+# One signal sent to a worker of `medtrain serve processes=N` both by its supervisor and directly
+# (a terminal's Ctrl-C, a service manager signalling the whole group) arrives twice within this
+# many seconds: counted once, so that it drains instead of stopping at once.
+REPEATED_SIGNAL_S = 0.25
 MAX_HEADER_BYTES = 16 * 1024  # a request's headers together; more: 431 (h11 refuses a head
 # over this size while it trickles in, but not one that arrives in one piece)
 
@@ -300,6 +305,7 @@ class DrainingServer(uvicorn.Server):
         self.state = state
         self.drain_s = drain_s
         self.alive = alive
+        self.last_signal: tuple[int, float] | None = None
 
     async def on_tick(self, counter: int) -> bool:
         watched = self.alive is not None and counter % 10 == 0 and not self.state.draining
@@ -308,6 +314,10 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame) -> None:
+        now, last = time.monotonic(), self.last_signal
+        if last is not None and last[0] == sig and now - last[1] < REPEATED_SIGNAL_S:
+            return  # the same signal twice at once (from the supervisor and from the group)
+        self.last_signal = (sig, now)
         drained, self.state.draining = self.state.draining, True
         if drained or self.drain_s <= 0:
             super().handle_exit(sig, frame)

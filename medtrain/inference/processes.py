@@ -6,10 +6,12 @@ at a time, whatever the number of cores; on a 2-core machine it served about 600
 a second with the ONNX backend, and two processes about 880 (docs/benchmarks.md, "Serving").
 
 The parent only supervises: it forwards SIGTERM and SIGINT to every worker (each drains and shuts
-down as a single server does; a second signal stops them at once), starts a new worker in place of
-one that dies, and gives up, stopping the others, when workers keep dying. Each worker applies
-the serve limits to itself (`max_concurrent`, `max_connections` are per process). Workers stop
-when the parent is gone.
+down as a single server does; a second SIGINT stops them at once; the same signal reaching a worker
+twice within `guard.REPEATED_SIGNAL_S`, from the parent and from a terminal's Ctrl-C or a service
+manager signalling the whole group, counts once), starts a new worker in place of one that dies,
+and gives up, stopping the others, when workers keep dying. Each worker applies the serve limits
+to itself (`max_concurrent`, `max_connections` are per process). Workers shut down, as on
+SIGTERM, when the parent is gone.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ POLL_S = 0.1  # how often the supervisor looks at its workers
 
 
 def check_processes(value, on_cpu: bool) -> int:
-    """The number of server processes: a whole number >= 1; more than one needs `os.fork` and a
-    model on the CPU.
+    """The number of server processes: a whole number >= 1; more than one needs Linux and a model
+    on the CPU.
 
     Raises:
         ConfigError: naming `processes`.
@@ -46,10 +48,11 @@ def check_processes(value, on_cpu: bool) -> int:
     processes = whole_number(value, "processes", 1)
     if processes == 1:
         return 1
-    if not hasattr(os, "fork"):
+    if not sys.platform.startswith("linux"):
         raise ConfigError(
-            f"processes={processes}: this platform cannot fork; use processes=1 and run one "
-            "server per port behind a load balancer"
+            f"processes={processes}: forked server processes are supported on Linux only (after "
+            "torch is loaded, fork is not safe on macOS and absent on Windows); use processes=1 "
+            "and run one server per port behind a load balancer"
         )
     if not on_cpu:
         raise ConfigError(
@@ -87,27 +90,44 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
 
 class Supervisor:
     """Forks `processes` workers, each calling `serve()` (which serves on the shared socket until
-    it is told to stop, then returns), and watches them; `run` returns the exit status."""
+    it is told to stop, then returns), and watches them; `run` returns the exit status (0 after a
+    stop signal, 1 when workers kept dying, could not be started or had to be killed)."""
 
-    def __init__(self, serve: Callable[[], None], processes: int, stop_s: float = 30.0):
+    def __init__(
+        self,
+        serve: Callable[[], None],
+        processes: int,
+        stop_s: float = 30.0,
+        sock: socket.socket | None = None,
+    ):
         """
         Args:
             stop_s: after the first SIGTERM/SIGINT, workers still running this long later (a
                 worker stuck in native code never runs its signal handler) are killed.
+            sock: the listening socket the workers serve on: the supervisor closes its own copy
+                at the first stop signal, so that once the workers have closed theirs new
+                connections are refused (a proxy then tries another server) instead of waiting
+                in the backlog of a socket nobody accepts on.
         """
         self.serve = serve
         self.processes = processes
         self.stop_s = stop_s
+        self.sock = sock
         self.workers: set[int] = set()
         self.kill_at: float | None = None  # set by the first stop signal
         self.failed = False
         self.deaths: list[float] = []  # times of unexpected exits
 
+    @property
+    def stopping(self) -> bool:
+        return self.kill_at is not None
+
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self.forward) for sig in SIGNALS}
         try:
             for _ in range(self.processes):
-                self.fork()
+                if self.stopping or not self.fork():
+                    break
             while self.workers:
                 try:
                     pid, status = os.waitpid(-1, os.WNOHANG)
@@ -116,10 +136,10 @@ class Supervisor:
                 if pid == 0:
                     self.kill_late()
                     time.sleep(POLL_S)
-                    continue
-                self.workers.discard(pid)
-                if self.kill_at is None:
-                    self.replace(pid, status)
+                elif pid in self.workers:  # (not an orphan reparented to this process)
+                    self.workers.discard(pid)
+                    if not self.stopping:
+                        self.replace(pid, status)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -136,16 +156,30 @@ class Supervisor:
                 flush=True,
             )
             self.send(pid, signal.SIGKILL)
+            self.failed = True
         self.kill_at = math.inf
 
-    def fork(self) -> None:
-        pid = os.fork()
+    def fork(self) -> bool:
+        """Start one worker; False (the others told to stop) when the system refuses.
+
+        Stop signals are held back from fork until the new worker is in `workers` (the parent)
+        and has its own handlers (the child), so that every worker gets every stop signal once.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as err:  # e.g. EAGAIN: a container's limit on processes
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+            print(f"error: cannot start a server process ({err})", file=sys.stderr, flush=True)
+            self.failed = True
+            self.forward(signal.SIGTERM, None)
+            return False
         if pid == 0:  # the worker
             status = 1
             try:
                 for sig in SIGNALS:  # the server installs its own; until then, the default
                     signal.signal(sig, signal.SIG_DFL)
-                os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent, which forwards it once
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
                 self.serve()
                 status = 0
             except BaseException:
@@ -155,12 +189,16 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(status)
         self.workers.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        return True
 
     def forward(self, sig: int, frame) -> None:
-        """SIGTERM/SIGINT: every worker gets it (the first drains and stops, the second stops at
-        once); no worker is started afterwards."""
+        """SIGTERM/SIGINT: every worker gets it (the first drains and stops; a second SIGINT stops
+        at once); no worker is started afterwards, and the supervisor lets go of the socket."""
         if self.kill_at is None:
             self.kill_at = time.monotonic() + self.stop_s
+            if self.sock is not None:
+                self.sock.close()
         for pid in list(self.workers):
             self.send(pid, sig)
 

@@ -22,7 +22,9 @@ from tests.conftest import ROOT
 from tests.inference.test_serve import encode, fetch, grey, post
 from tests.inference.test_serve_limits import wait_until_up
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forked servers need os.fork")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="forked servers are for Linux"
+)
 
 
 def children(pid: int) -> set[int]:
@@ -147,7 +149,7 @@ def test_a_worker_that_ignores_sigterm_is_killed_at_the_deadline(capfd):
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     began = time.perf_counter()
-    assert supervisor.run() == 0
+    assert supervisor.run() == 1  # not a clean stop
     assert time.perf_counter() - began < 5
     assert not supervisor.workers
     assert capfd.readouterr().err.count("did not stop within 0.5 s; killed") == 2
@@ -162,6 +164,81 @@ def test_workers_that_keep_dying_stop_the_server(capfd):
     err = capfd.readouterr().err
     assert err.count("starting another") == forked.MAX_RESTARTS
     assert f"server processes keep exiting ({forked.MAX_RESTARTS + 1} in 60 s" in err
+
+
+def test_a_signal_during_start_up_stops_forking_and_reaches_the_workers_started():
+    class SignalledAfterFirst(Supervisor):
+        def fork(self) -> bool:
+            started = super().fork()
+            os.kill(os.getpid(), signal.SIGTERM)  # while the others are still to be started
+            return started
+
+    supervisor = SignalledAfterFirst(lambda: time.sleep(30), processes=3, stop_s=10)
+    began = time.perf_counter()
+    assert supervisor.run() == 0
+    assert time.perf_counter() - began < 5  # the one worker got SIGTERM: nobody waited for 10 s
+
+
+def test_other_children_of_the_supervisor_are_not_workers(capfd):
+    """A process the supervisor did not fork (an orphan handed to it as PID 1 of a container, a
+    helper) exits: it is reaped, not replaced."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    assert Supervisor(lambda: time.sleep(30), processes=2, stop_s=5).run() == 0
+    assert "starting another" not in capfd.readouterr().err
+    other.wait(timeout=5)
+
+
+def test_a_refused_fork_stops_the_server_with_one_line(monkeypatch, capfd):
+    supervisor = Supervisor(lambda: time.sleep(30), processes=2, stop_s=5)
+    real_fork = os.fork
+    calls = []
+
+    def fork():
+        calls.append(1)
+        if len(calls) == 2:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    assert supervisor.run() == 1
+    err = capfd.readouterr().err
+    assert "error: cannot start a server process ([Errno 11] Resource temporarily" in err
+    assert "Traceback" not in err
+
+
+def test_the_supervisor_lets_go_of_the_port_at_the_first_signal():
+    sock = listening_socket("127.0.0.1", 0)
+    supervisor = Supervisor(lambda: time.sleep(30), processes=1, stop_s=5, sock=sock)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    assert supervisor.run() == 0
+    assert sock.fileno() == -1
+
+
+def test_one_signal_arriving_twice_at_once_drains_once():
+    """From the supervisor and from the group (Ctrl-C, systemd): drain, not stop at once."""
+    import uvicorn
+
+    from medtrain.inference.guard import REPEATED_SIGNAL_S, DrainingServer, ServiceState
+
+    state = ServiceState(max_in_flight=4)
+    server = DrainingServer(uvicorn.Config(app=None), state, drain_s=30)
+    server.handle_exit(signal.SIGTERM, None)
+    server.handle_exit(signal.SIGTERM, None)  # the copy
+    assert state.draining and not server.should_exit
+    time.sleep(REPEATED_SIGNAL_S + 0.05)
+    server.handle_exit(signal.SIGTERM, None)  # a real second signal ends the drain
+    assert server.should_exit
+
+
+def test_auto_threads_are_shared_out_among_the_processes(monkeypatch):
+    from medtrain.commands.serve import _threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [_threads("auto", n) for n in (1, 2, 4, 8, 16)] == [8, 4, 2, 1, 1]
+    assert _threads("3", 4) == 3
 
 
 def test_the_processes_key_is_checked():
@@ -187,8 +264,15 @@ def test_the_port_is_refused_early_when_taken():
         sock.close()
 
 
-def test_cli_refuses_a_bad_processes_value_before_loading(finished_runs, capsys):
+def test_cli_refuses_a_bad_processes_value_before_loading(finished_runs, capsys, monkeypatch):
     from medtrain.commands.serve import main
 
-    assert main([f"run_dir={finished_runs['classification']}", "processes=0"]) == 2
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("medtrain.inference.predictor.Predictor.__init__", no_loading)
+    run = f"run_dir={finished_runs['classification']}"
+    assert main([run, "processes=0"]) == 2
     assert "processes=0" in capsys.readouterr().err
+    assert main([run, "processes=2", "device=cuda"]) == 2
+    assert "processes=2 with the model on a GPU" in capsys.readouterr().err
