@@ -43,9 +43,12 @@ def auto_workers(device_type: str) -> int:
     return max(min(usable_cpus() // local - 1, MAX_AUTO_WORKERS), 0)
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict] | dict) -> dict:
     """Stack samples into a batch; a key whose tensors differ in shape (whole images of several
-    sizes, native-size masks) stays a list of tensors."""
+    sizes, native-size masks) stays a list of tensors. A batch the dataset made whole
+    (`ImageDataset.__getitems__`) is returned as it is."""
+    if isinstance(samples, dict):
+        return samples
     batch = {}
     for key in samples[0]:
         values = [s[key] for s in samples]

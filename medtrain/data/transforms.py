@@ -268,8 +268,8 @@ class SeededAugment:
         pipeline: the albumentations transform or Compose.
         seed: the run's seed.
         seeding: `pipeline` (one numpy and one Python generator shared by every transform of the
-            pipeline, through albumentations' `set_random_state`, set per sample from a hash of
-            (seed, epoch, index): each draw is independent of the others) or `per_transform` (each
+            pipeline, through albumentations' `set_random_state`, both set per sample from a hash
+            of (seed, epoch, index): each draw is independent of the others) or `per_transform` (each
             transform's own generators seeded with the sample's seed, as `Compose.set_random_seed`
             does: what runs before release 0.3 used, kept so that they rerun and resume exactly).
     """
@@ -294,8 +294,7 @@ class SeededAugment:
                     f"augmentation.seeding=pipeline needs an albumentations transform or Compose, "
                     f"got {type(pipeline).__name__}; set augmentation.seeding=per_transform"
                 )
-            numpy_random = np.random.Generator(np.random.PCG64(0))
-            self.stream = (numpy_random, NumpyBackedRandom(numpy_random))
+            self.stream = (np.random.Generator(np.random.PCG64(0)), random.Random(0))
             pipeline.set_random_state(*self.stream)
         else:
             self.holders = generator_holders(pipeline)
@@ -315,57 +314,32 @@ class SeededAugment:
         if self.seeding == "pipeline":
             if self.pipeline.random_generator is not self.stream[0]:  # another owner took it
                 self.pipeline.set_random_state(*self.stream)
-            start_stream(self.stream[0], self.seed, self.epoch, index)
+            start_stream(self.stream, self.seed, self.epoch, index)
         else:
             reseed(self.pipeline, self.holders, sample_seed(self.seed, self.epoch, index))
         return self.pipeline(**arrays)
 
 
-def start_stream(numpy_random: np.random.Generator, seed, epoch, index) -> None:
-    """Set the generator, in place, to the start of sample `index`'s stream in `epoch`: a function
-    of (seed, epoch, index) only, the same in every process and on every run. The state comes from
-    a 256-bit BLAKE2 hash (about 3 µs a sample, against 60 µs for building generators from seeds)."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=32).digest()
-    state, increment = int.from_bytes(digest[:16], "little"), int.from_bytes(digest[16:], "little")
-    numpy_random.bit_generator.state = {
+def start_stream(stream: tuple[np.random.Generator, random.Random], seed, epoch, index) -> None:
+    """Set the pipeline's generators, in place, to the start of sample `index`'s streams in
+    `epoch`: a function of (seed, epoch, index) only, the same in every process and on every run.
+    A 384-bit BLAKE2 hash gives the numpy generator's PCG64 state (256 bits) and seeds the Python
+    generator (128 bits) that albumentations' Python-side draws (`p`, choices, uniform) use. About
+    6 µs a sample, against 60 µs for building generators from seeds; drawing the Python-side values
+    through the numpy generator instead cost 13 µs a sample more on the x-ray pipeline
+    (benchmarks/loader_ablation.py)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=48).digest()
+    state, increment = (
+        int.from_bytes(digest[:16], "little"),
+        int.from_bytes(digest[16:32], "little"),
+    )
+    stream[0].bit_generator.state = {
         "bit_generator": "PCG64",
         "state": {"state": state, "inc": increment | 1},
         "has_uint32": 0,
         "uinteger": 0,
     }
-
-
-class NumpyBackedRandom(random.Random):
-    """Python's `random.Random` drawing from a numpy Generator (Python documents overriding
-    `random` and `getrandbits` for another core generator): albumentations' Python-side draws
-    (`p`, choices, integers) and its numpy draws then come from one stream, set per sample by a
-    single state assignment instead of seeding a Mersenne Twister too."""
-
-    def __init__(self, generator: np.random.Generator):
-        self.generator = generator
-        super().__init__()
-        self.gauss_next = None
-
-    def seed(self, *args, **kwargs) -> None:  # the numpy generator's state is the seed
-        self.gauss_next = None
-
-    def random(self) -> float:
-        return float(self.generator.random())
-
-    def getrandbits(self, k: int) -> int:
-        if k <= 0:
-            return 0
-        value = int.from_bytes(self.generator.bytes((k + 7) // 8), "little")
-        return value >> ((-k) % 8)
-
-    def getstate(self):
-        return self.generator.bit_generator.state
-
-    def setstate(self, state) -> None:
-        self.generator.bit_generator.state = state
-
-    def __reduce__(self):  # pickled with its generator (loader workers started by spawn)
-        return (NumpyBackedRandom, (self.generator,))
+    stream[1].seed(int.from_bytes(digest[32:], "little"))
 
 
 def generator_holders(pipeline: A.BasicTransform | A.BaseCompose) -> list | None:

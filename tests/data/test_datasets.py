@@ -382,7 +382,7 @@ def test_a_transform_that_seeds_itself_otherwise_keeps_albumentations_seeding():
 
 def test_pipeline_seeding_pickles_with_its_stream():
     """Loader workers started by spawn (macOS, Windows) get the augmentation pickled: the copy
-    draws what the original draws, its Python and numpy draws still one stream."""
+    draws what the original draws, its pipeline still drawing from the copy's own generators."""
     import pickle
 
     from medtrain.data.file_cache import DecodedCache
@@ -390,7 +390,8 @@ def test_pipeline_seeding_pickles_with_its_stream():
     pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-30, 30), p=0.7)])
     augment = SeededAugment(pipeline, seed=5, seeding="pipeline")
     copy = pickle.loads(pickle.dumps(augment))
-    assert copy.stream[1].generator is copy.stream[0]
+    assert copy.pipeline.random_generator is copy.stream[0]
+    assert copy.pipeline.py_random is copy.stream[1]
     image = np.random.default_rng(1).random((16, 16, 1)).astype(np.float32)
     for index in range(10):
         assert np.array_equal(
@@ -399,3 +400,67 @@ def test_pipeline_seeding_pickles_with_its_stream():
     cache = DecodedCache(1)
     cache.get("a", lambda: np.zeros(4, np.uint8))
     assert list(pickle.loads(pickle.dumps(cache)).arrays) == ["a"]
+
+
+def batch_of_samples(ds, indices):
+    from medtrain.data.loading import collate
+
+    return collate([ds[i] for i in indices])
+
+
+def assert_same_batch(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if torch.is_tensor(value):
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+        elif isinstance(value, list) and value and torch.is_tensor(value[0]):
+            assert all(torch.equal(a, b) for a, b in zip(got[key], value, strict=True)), key
+        else:
+            assert got[key] == value, key
+
+
+@pytest.mark.parametrize("kind", ["augmented", "multilabel", "regression", "tabular", "sizes"])
+def test_a_batch_fetched_whole_equals_its_samples_collated(kind, tmp_path):
+    """`ImageDataset.__getitems__` (what the loader fetches) gives the batch that collating the
+    samples one by one gives, for every kind of image-level sample."""
+    from medtrain.data.synthetic_clinical import SyntheticClinical
+
+    if kind == "augmented":
+        pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-30, 30), p=0.8)])
+        augment = SeededAugment(pipeline, seed=3, seeding="pipeline")
+        ds = SyntheticLesions("train", seed=0, num_train=24, transform=augment)
+    elif kind == "multilabel":
+        labels = lambda c, rng: rng.integers(0, 2, (c, 4), dtype=np.uint8)  # noqa: E731
+        write_npz(tmp_path / "m.npz", shape=(12, 12, 3), labels_per_split=labels)
+        ds = MedMNIST(str(tmp_path / "m.npz"), "train")
+    elif kind == "regression":
+        values = lambda c, rng: rng.random((c, 2)).astype(np.float64)  # noqa: E731
+        write_npz(tmp_path / "r.npz", labels_per_split=values)
+        ds = MedMNIST(str(tmp_path / "r.npz"), "train", regression=True)
+    elif kind == "tabular":
+        ds = SyntheticClinical("train", seed=0, num_train=24)
+    else:  # images of several sizes, kept at their own size: the batch keeps a list
+        folder = tmp_path / "imgs"
+        for label in ("a", "b"):
+            (folder / label).mkdir(parents=True)
+            for k in range(4):
+                size = (10 + k, 12 + 2 * k)
+                Image.fromarray(np.full(size, 40 * k, np.uint8)).save(folder / label / f"{k}.png")
+        ds = ImageFolder(str(folder), "train", val_fraction=0.0, test_fraction=0.0)
+    indices = [5, 0, 3, 3, 1] if len(ds) > 5 else [2, 0, 1]
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(2)
+    got = ds.__getitems__(indices)
+    assert isinstance(got, dict)
+    assert isinstance(got["image"], list) == (kind == "sizes")
+    assert_same_batch(got, batch_of_samples(ds, indices))
+    loader = make_loader(ds, batch_size=4, shuffle=True, seed=1)
+    loader.set_epoch(1)
+    order = [i for batch in loader.batch_sampler for i in batch]
+    loader.set_epoch(1)
+    fetched = list(loader)
+    start = 0
+    for batch in fetched:
+        n = len(batch["id"])
+        assert_same_batch(batch, batch_of_samples(ds, order[start : start + n]))
+        start += n
