@@ -279,19 +279,20 @@ class ImageDataset(Dataset):
                 for a in arrays
             ]
         else:
+            # Allocated by torch, as `torch.stack` allocates: CPU kernels may round differently
+            # for memory of another alignment (numpy's), and reruns must be bit-identical.
             height, width, channels = arrays[0].shape
-            stacked = np.empty((len(arrays), channels, height, width), dtype=np.float32)
-            for row, array in zip(stacked, arrays, strict=True):
+            images = torch.empty((len(arrays), channels, height, width), dtype=torch.float32)
+            for row, array in zip(images.numpy(), arrays, strict=True):
                 row[...] = array.transpose(2, 0, 1)
-            images = torch.from_numpy(stacked)
         rows = np.asarray(indices, dtype=np.int64)
         batch = {
             "image": images,
-            "label": torch.as_tensor(self.labels[rows]),
+            "label": torch.tensor(self.labels[rows]),
             "id": [self.ids[i] for i in indices],
         }
         if self.tabular is not None:
-            batch["tabular"] = torch.from_numpy(self.tabular[rows])
+            batch["tabular"] = torch.tensor(self.tabular[rows])
         return batch
 
     def set_epoch(self, epoch: int) -> None:
