@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from medtrain.inference.serve import create_app, make_server, pixel_limit
 
+    threads_before = torch.get_num_threads()  # restored when refused (main called in-process)
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=TEXT_KEYS, list_keys=("trust",))
         if not cfg.run_dir:
@@ -189,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes = check_processes(cfg.processes, predictor.on_cpu)
         sock = listening_socket(cfg.host, cfg.port) if processes > 1 else None
     except MedtrainError as err:
+        torch.set_num_threads(threads_before)
         print(f"error: {err}", file=sys.stderr)
         return 2
     if api_key is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):

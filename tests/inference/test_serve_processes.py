@@ -276,3 +276,16 @@ def test_cli_refuses_a_bad_processes_value_before_loading(finished_runs, capsys,
     assert "processes=0" in capsys.readouterr().err
     assert main([run, "processes=2", "device=cuda"]) == 2
     assert "processes=2 with the model on a GPU" in capsys.readouterr().err
+
+
+def test_a_refused_start_leaves_torch_threads_as_they_were(tmp_path, capsys):
+    """`main` called in-process (tests, notebooks): a refusal after the thread setting undoes it
+    (a run trained afterwards in the same process would round differently on other threads)."""
+    import torch
+
+    from medtrain.commands.serve import main
+
+    before = torch.get_num_threads()
+    assert main([f"run_dir={tmp_path / 'missing'}", f"threads={before + 1}"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert torch.get_num_threads() == before
