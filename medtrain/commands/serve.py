@@ -172,10 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         whole_number(cfg.port, "port", 0, 65535)
         true_or_false(cfg.access_log, "access_log")
         limits = _limits(cfg)
-        forked = whole_number(cfg.processes, "processes", 1) > 1
-        if forked:  # refused before loading what cannot be used
-            check_processes(cfg.processes, on_cpu=not str(cfg.device).startswith("cuda"))
-        threads = _threads(cfg.threads, cfg.processes)
+        # Refused before loading what cannot be used (device=auto is checked once it resolved).
+        processes = check_processes(cfg.processes, on_cpu=not str(cfg.device).startswith("cuda"))
+        forked = processes > 1
+        threads = _threads(cfg.threads, processes)
         api_key = cfg.api_key or os.environ.get("MEDTRAIN_API_KEY") or None
         # Forked processes have none of their parent's threads: the parent runs the network on
         # one (no thread pool to lose), each server process then on `threads` of its own.
@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend=cfg.backend,
             threads=1 if forked else threads,
         )
-        processes = check_processes(cfg.processes, predictor.on_cpu)
-        sock = listening_socket(cfg.host, cfg.port) if processes > 1 else None
+        check_processes(processes, predictor.on_cpu)
+        sock = listening_socket(cfg.host, cfg.port) if forked else None
     except MedtrainError as err:
         torch.set_num_threads(threads_before)
         print(f"error: {err}", file=sys.stderr)
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"serving {cfg.run_dir} ({predictor.task.name}, backend {predictor.backend}, weights "
         f"sha256 {predictor.weights_sha256[:12]}, max_pixels {max_pixels}) on "
         f"http://{cfg.host}:{port} (page: /, docs: /docs)"
-        + (f", {processes} processes" if processes > 1 else ""),
+        + (f", {processes} processes" if forked else ""),
         flush=True,
     )
     if sock is None:

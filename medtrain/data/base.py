@@ -237,9 +237,7 @@ class ImageDataset(Dataset):
         `scaled`, then this split's augmentation (seeded by `index`) and normalization. Evaluation,
         `medtrain predict` and `medtrain serve` all go through here. `spacing` (the file's pixel
         size) is not used: image-level preprocessing does not resample."""
-        return torch.from_numpy(
-            np.ascontiguousarray(self.prepared(image, index).transpose(2, 0, 1), dtype=np.float32)
-        )
+        return channels_first(self.prepared(image, index))
 
     def prepared(self, image: np.ndarray, index: int = 0) -> np.ndarray:
         """What `prepare` makes, before it becomes a tensor: H x W x C, normalized."""
@@ -274,10 +272,7 @@ class ImageDataset(Dataset):
             return [self[i] for i in indices]
         arrays = [self.prepared(self.stored(i), i) for i in indices]
         if len({a.shape for a in arrays}) > 1:  # images of several sizes stay a list
-            images: Any = [
-                torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
-                for a in arrays
-            ]
+            images: Any = [channels_first(a) for a in arrays]
         else:
             # Allocated by torch, as `torch.stack` allocates: CPU kernels may round differently
             # for memory of another alignment (numpy's), and reruns must be bit-identical.
@@ -299,3 +294,8 @@ class ImageDataset(Dataset):
         """Move the augmentation stream to `epoch` (called by the loader before each epoch)."""
         if hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
+
+
+def channels_first(image: np.ndarray) -> torch.Tensor:
+    """An H x W x C image as the model's float32 C x H x W tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))

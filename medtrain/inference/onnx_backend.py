@@ -35,14 +35,12 @@ class OnnxNetwork(nn.Module):
         super().__init__()
         self.data, self.providers = data, providers
         self.session = onnx_session(data, threads, providers)
-        self.threads = threads
         self.eval()  # tasks flip-average only models out of training mode
 
     def use_threads(self, threads: int) -> None:
         """Run on `threads` intra-op threads from now on (a new session of the same model: its
         thread pool is made at creation, and a forked process has none of its parent's threads)."""
         self.session = onnx_session(self.data, threads, self.providers)
-        self.threads = threads
 
     @property
     def on_cpu(self) -> bool:

@@ -2,8 +2,8 @@
 from the process that loaded the model (its memory shared copy-on-write), watched by that process.
 
 One server process runs its Python (HTTP parsing, the event loop, decoding, answers) on one core
-at a time, whatever the number of cores; on a 2-core machine it served about 600 small requests
-a second with the ONNX backend, and two processes about 880 (docs/benchmarks.md, "Serving").
+at a time, whatever the number of cores; on a 2-core machine it served 539-605 small requests a
+second with the ONNX backend, and two processes 820-993 (docs/benchmarks.md, "Serving").
 
 The parent only supervises: it forwards SIGTERM and SIGINT to every worker (each drains and shuts
 down as a single server does; a second SIGINT stops them at once; the same signal reaching a worker

@@ -27,18 +27,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, parent, ...); None: gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def children(pid: int) -> set[int]:
-    """The processes whose parent is `pid` (from /proc)."""
+    """The live processes whose parent is `pid`."""
     found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:  # exited meanwhile
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry))
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        fields = stat_fields(entry)
+        if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
     return found
 
 
@@ -130,14 +139,6 @@ def test_workers_stop_when_their_supervisor_is_killed(finished_runs):
     finally:
         if process.poll() is None:
             process.kill()
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_worker_that_ignores_sigterm_is_killed_at_the_deadline(capfd):
