@@ -133,8 +133,21 @@ def validate(cfg: DictConfig) -> torch.device:
         duplicates,
         "choose warn or error",
     )
-    ema = t.ema_decay
+    ema, horizon = t.ema_decay, t.get("ema_horizon")
     require(ema is None or 0 < ema < 1, "trainer.ema_decay", ema, "must be null or in (0, 1)")
+    require(
+        horizon is None
+        or (isinstance(horizon, int | float) and not isinstance(horizon, bool) and 0 < horizon <= 1),
+        "trainer.ema_horizon",
+        horizon,
+        "must be null or a share of the run's optimizer steps in (0, 1]",
+    )
+    require(
+        ema is None or horizon is None,
+        "trainer.ema_horizon",
+        horizon,
+        f"and trainer.ema_decay={ema} both set the moving average: set one, the other null",
+    )
     clip, patience = t.gradient_clip_norm, t.early_stopping_patience
     require(clip is None or clip > 0, "trainer.gradient_clip_norm", clip, "must be null or > 0")
     require(

@@ -176,6 +176,56 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     return math.isnan(best) or (value > best if mode == "max" else value < best)
 
 
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps an epoch of `batches` makes, stepping every `accumulate` batches and at the
+    end of the epoch (`train_one_epoch`)."""
+    return math.ceil(batches / accumulate)
+
+
+# The share of the average the first weights may keep at the end of a run before a fixed
+# `trainer.ema_decay` is warned about (e^-3: its horizon is a third of the run's steps).
+EMA_START_SHARE = math.exp(-3)
+
+
+def ema_decay(cfg: DictConfig, steps_per_epoch: int) -> float | None:
+    """The decay of the weights' exponential moving average for this run, or None without one.
+
+    `trainer.ema_horizon` states the average's horizon, 1 / (1 - decay), as a share of the run's
+    optimizer steps (`max_epochs` x `steps_per_epoch`), so that the average forgets its start
+    (the first weights keep e^(-1/share) of it at the end) on 500 images as on 50,000.
+    `trainer.ema_decay` is used as given, with a warning when the run is too short for it.
+    """
+    steps = max(cfg.max_epochs * steps_per_epoch, 1)
+    horizon = cfg.get("ema_horizon")
+    if horizon:
+        decay = 1.0 - 1.0 / max(horizon * steps, 1.0)
+        log.info(
+            "weights averaged with decay %.6f: trainer.ema_horizon=%s of the run's %d optimizer "
+            "steps (%.0f steps)",
+            decay,
+            horizon,
+            steps,
+            horizon * steps,
+        )
+        return decay
+    if not cfg.ema_decay:
+        return None
+    decay = float(cfg.ema_decay)
+    start = decay ** (steps - 1)  # the first update copies the weights; each later one decays them
+    if start > EMA_START_SHARE:
+        log.warning(
+            "trainer.ema_decay=%s averages over about %.0f optimizer steps and this run makes %d: "
+            "the first weights keep %.0f%% of the average that is validated, saved and tested; "
+            "state the horizon as a share of the run instead (trainer.ema_decay=null "
+            "trainer.ema_horizon=0.2) or lower the decay",
+            cfg.ema_decay,
+            1.0 / (1.0 - decay),
+            steps,
+            100 * start,
+        )
+    return decay
+
+
 def new_state() -> dict[str, Any]:
     """The loop state a checkpoint carries (and resuming restores)."""
     return {"epoch": 0, "best_metric": None, "best_epoch": None, "stale_epochs": 0, "history": []}
@@ -214,8 +264,9 @@ def fit(
     # With an exponential moving average of the weights, the average is what is validated, saved
     # as "model" and tested; the raw weights are kept in the checkpoint to resume training.
     ema = None
-    if cfg.ema_decay:
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    decay = ema_decay(cfg, optimizer_steps(len(loaders["train"]), cfg.accumulate_grad_batches))
+    if decay is not None:
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     evaluated = net if ema is None else ema.module
     state = new_state()
     if cfg.resume:

@@ -62,7 +62,11 @@ MAY_CHANGE_OUTSIDE_TRAINER = ("dataset.cache_mb",)
 
 # Keys a later release added whose default changed what runs do, with what a config without the
 # key meant: a checkpoint of an earlier run continues only with that value.
-MEANT_WITHOUT_KEY = {"augmentation.seeding": "per_transform", "trainer.augment_on_device": False}
+MEANT_WITHOUT_KEY = {
+    "augmentation.seeding": "per_transform",
+    "trainer.augment_on_device": False,
+    "trainer.ema_horizon": None,
+}
 
 
 def is_default(config: dict, key: str, value: Any) -> bool:
@@ -160,7 +164,9 @@ def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None)
         check_resumed_config(checkpoint["config"], config, scheduler)
     if (ema is None) != ("training_model" not in checkpoint):
         raise ConfigError(
-            f"trainer.resume={resume!r}: trainer.ema_decay differs from the checkpoint's run"
+            f"trainer.resume={resume!r}: the checkpoint's run "
+            f"{'averaged' if ema is None else 'did not average'} the weights; set "
+            "trainer.ema_horizon and trainer.ema_decay as it did"
         )
     return checkpoint
 
