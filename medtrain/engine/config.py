@@ -137,7 +137,9 @@ def validate(cfg: DictConfig) -> torch.device:
     require(ema is None or 0 < ema < 1, "trainer.ema_decay", ema, "must be null or in (0, 1)")
     require(
         horizon is None
-        or (isinstance(horizon, int | float) and not isinstance(horizon, bool) and 0 < horizon <= 1),
+        or (
+            isinstance(horizon, int | float) and not isinstance(horizon, bool) and 0 < horizon <= 1
+        ),
         "trainer.ema_horizon",
         horizon,
         "must be null or a share of the run's optimizer steps in (0, 1]",

@@ -51,8 +51,9 @@ def test_a_fixed_decay_too_long_for_the_run_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="medtrain.engine.loop"):
         decay = ema_decay(trainer(ema_decay=0.998), steps_per_epoch=math.ceil(546 / 64))
     assert decay == 0.998
-    assert "trainer.ema_decay=0.998 averages over about 500 optimizer steps and this run makes 270" in (
-        caplog.text
+    assert (
+        "trainer.ema_decay=0.998 averages over about 500 optimizer steps and this run makes 270"
+        in (caplog.text)
     )
     assert "the first weights keep 58%" in caplog.text and "trainer.ema_horizon" in caplog.text
     caplog.clear()
@@ -102,7 +103,9 @@ def write_lesions_npz(path: Path, sizes: dict[str, int]) -> None:
     """Synthetic lesions as a MedMNIST file (28 px, grey, uint8)."""
     arrays = {}
     for split, count in sizes.items():
-        data = SyntheticLesions(split, seed=5, image_size=28, contrast=0.2, **{f"num_{split}": count})
+        data = SyntheticLesions(
+            split, seed=5, image_size=28, contrast=0.2, **{f"num_{split}": count}
+        )
         images = np.asarray(data.images).reshape(count, 28, 28)
         arrays[f"{split}_images"] = np.round(images * 255).astype(np.uint8)
         arrays[f"{split}_labels"] = np.asarray(data.labels, dtype=np.uint8)[:, None]
