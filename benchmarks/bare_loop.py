@@ -98,7 +98,8 @@ def pneumoniamnist_workload(path: Path):
     augment = xray_pipeline()
     model = SimpleCNN(1, 2, widths=(32, 64, 128, 256), hidden=128, dropout=0.3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    return splits, augment, dict(zscore=True), model, optimizer, 0.998, True
+    # The recipe's trainer.ema_horizon: 0.225 of the run's steps (decay 0.998 over 30 epochs).
+    return splits, augment, dict(zscore=True), model, optimizer, 0.225, True
 
 
 @torch.no_grad()
@@ -159,83 +160,152 @@ def zscore_inverted(image: np.ndarray) -> np.ndarray:
     return (image - image.mean()) / max(float(image.std()), 1e-6)
 
 
-def dsb2018_main(path: Path, epochs: int) -> dict:
+class Dsb2018Run:
     """The DSB2018 nuclei recipe (conf/experiment/dsb2018_nuclei.yaml) written by hand."""
-    from monai.inferers import sliding_window_inference
-    from monai.losses import DiceCELoss
-    from PIL import Image
-    from skimage.morphology import remove_small_objects
 
-    from medtrain.data.seg_folder import seeded_split
-    from medtrain.models.unet import UNet
+    def __init__(self, path: Path, epochs: int):
+        from monai.inferers import sliding_window_inference
+        from monai.losses import DiceCELoss
+        from PIL import Image
+        from skimage.morphology import remove_small_objects
 
-    names = sorted(p.stem for p in (path / "images").glob("*.png"))
-    split = seeded_split(names, 10, 10, seed=42)
+        from medtrain.data.seg_folder import seeded_split
+        from medtrain.models.unet import UNet
 
-    def load(name):
-        image = np.asarray(Image.open(path / "images" / f"{name}.png").convert("RGB"))
-        mask = np.asarray(Image.open(path / "masks" / f"{name}.png").convert("L")) > 127
-        return image.astype(np.float32) / 255.0, mask.astype(np.uint8)
+        self.infer, self.remove_small = sliding_window_inference, remove_small_objects
+        names = sorted(p.stem for p in (path / "images").glob("*.png"))
+        split = seeded_split(names, 10, 10, seed=42)
 
-    data = {s: [load(n) for n in names] for s, names in split.items()}
-    augment = A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=0.5),
-            A.Affine(rotate=(-30, 30), scale=(0.8, 1.2), border_mode=4, p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-        ]
-    )
-    train_images, train_masks = zip(*data["train"], strict=True)
-    train = DataLoader(Patches(train_images, train_masks, augment), batch_size=8, shuffle=True)
-    model = UNet(3, 2, depth=4, base_width=16, deep_supervision=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    scheduler = cosine_with_warmup(
-        optimizer, epochs, len(train), warmup_epochs=1, min_lr_ratio=0.01
-    )
-    loss_fn = DiceCELoss(
-        to_onehot_y=True,
-        softmax=True,
-        include_background=False,
-        batch=True,
-        smooth_nr=1e-5,
-        smooth_dr=1e-5,
-    )
+        def load(name):
+            image = np.asarray(Image.open(path / "images" / f"{name}.png").convert("RGB"))
+            mask = np.asarray(Image.open(path / "masks" / f"{name}.png").convert("L")) > 127
+            return image.astype(np.float32) / 255.0, mask.astype(np.uint8)
+
+        self.data = {s: [load(n) for n in names] for s, names in split.items()}
+        augment = A.Compose(
+            [
+                A.HorizontalFlip(p=0.5),
+                A.VerticalFlip(p=0.5),
+                A.RandomRotate90(p=0.5),
+                A.Affine(rotate=(-30, 30), scale=(0.8, 1.2), border_mode=4, p=0.5),
+                A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            ]
+        )
+        train_images, train_masks = zip(*self.data["train"], strict=True)
+        self.train = DataLoader(
+            Patches(train_images, train_masks, augment), batch_size=8, shuffle=True
+        )
+        self.model = UNet(3, 2, depth=4, base_width=16, deep_supervision=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-3, weight_decay=1e-4)
+        self.scheduler = cosine_with_warmup(
+            self.optimizer, epochs, len(self.train), warmup_epochs=1, min_lr_ratio=0.01
+        )
+        self.loss_fn = DiceCELoss(
+            to_onehot_y=True,
+            softmax=True,
+            include_background=False,
+            batch=True,
+            smooth_nr=1e-5,
+            smooth_dr=1e-5,
+        )
+        self.best, self.best_state = -1.0, None
 
     @torch.no_grad()
-    def mean_dice(cases) -> float:
-        model.eval()
+    def mean_dice(self, cases) -> float:
+        self.model.eval()
         scores = []
         for image, mask in cases:
             x = torch.from_numpy(np.ascontiguousarray(zscore_inverted(image).transpose(2, 0, 1)))
-            logits = sliding_window_inference(x[None], 128, 8, model, overlap=0.5, mode="gaussian")
-            pred = remove_small_objects(logits.argmax(1)[0].numpy() == 1, max_size=20)
+            logits = self.infer(x[None], 128, 8, self.model, overlap=0.5, mode="gaussian")
+            pred = self.remove_small(logits.argmax(1)[0].numpy() == 1, max_size=20)
             true = mask.astype(bool)
             total = pred.sum() + true.sum()
             scores.append(2.0 * (pred & true).sum() / total if total else 1.0)
         return float(np.mean(scores))
 
-    epoch_s, best, best_state = [], -1.0, None
-    for _ in range(epochs):
+    def epoch(self) -> float:
+        """One epoch (train + validation); returns its seconds."""
         start = time.perf_counter()
-        model.train()
-        for images, masks in train:
-            outputs = model(images)
+        self.model.train()
+        for images, masks in self.train:
+            outputs = self.model(images)
             weights = [0.5**k for k in range(len(outputs))]
             target = masks[:, None]
-            loss = sum(w * loss_fn(o, target) for w, o in zip(weights, outputs, strict=True))
+            loss = sum(w * self.loss_fn(o, target) for w, o in zip(weights, outputs, strict=True))
             loss = loss / sum(weights)
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
-        value = mean_dice(data["val"])
-        if value > best:
-            best, best_state = value, copy.deepcopy(model.state_dict())
-        epoch_s.append(round(time.perf_counter() - start, 3))
-    model.load_state_dict(best_state)
-    return {"epoch_s": epoch_s, "val_metric": best, "test_metric": mean_dice(data["test"])}
+            self.optimizer.step()
+            self.scheduler.step()
+        value = self.mean_dice(self.data["val"])
+        if value > self.best:
+            self.best, self.best_state = value, copy.deepcopy(self.model.state_dict())
+        return round(time.perf_counter() - start, 3)
+
+    def result(self) -> dict:
+        self.model.load_state_dict(self.best_state)
+        return {"val_metric": self.best, "test_metric": self.mean_dice(self.data["test"])}
+
+
+class ClassificationRun:
+    """The default experiment or the PneumoniaMNIST recipe written by hand."""
+
+    def __init__(self, workload: str, epochs: int, data: Path | None = None):
+        if workload == "default":
+            splits, augment, norm, model, optimizer, ema_horizon, flip = default_workload()
+        else:
+            splits, augment, norm, model, optimizer, ema_horizon, flip = pneumoniamnist_workload(
+                data or ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
+            )
+        self.model, self.optimizer, self.flip = model, optimizer, flip
+        self.train = DataLoader(
+            Images(*splits["train"], augment, **norm), batch_size=64, shuffle=True
+        )
+        self.val = DataLoader(Images(*splits["val"], None, **norm), batch_size=256)
+        self.test = DataLoader(Images(*splits["test"], None, **norm), batch_size=256)
+        self.scheduler = cosine_with_warmup(
+            optimizer, epochs, len(self.train), warmup_epochs=1, min_lr_ratio=0.01
+        )
+        self.ema = None
+        if ema_horizon:
+            decay = 1.0 - 1.0 / (ema_horizon * epochs * len(self.train))
+            self.ema = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+            )
+        self.evaluated = model if self.ema is None else self.ema.module
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.best, self.best_state = -1.0, None
+
+    def epoch(self) -> float:
+        """One epoch (train + validation); returns its seconds."""
+        start = time.perf_counter()
+        self.model.train()
+        total = 0.0
+        for images, labels in self.train:
+            loss = self.loss_fn(self.model(images), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            total += loss.item()
+        value = auc(self.evaluated, self.val, self.flip)
+        if value > self.best:
+            self.best, self.best_state = value, copy.deepcopy(self.evaluated.state_dict())
+        return round(time.perf_counter() - start, 3)
+
+    def result(self) -> dict:
+        self.evaluated.load_state_dict(self.best_state)
+        return {"val_metric": self.best, "test_metric": auc(self.evaluated, self.test, self.flip)}
+
+
+def bare_run(workload: str, epochs: int, data: Path | None = None):
+    """The bare loop of `workload`: `.epoch()` trains and validates one epoch and returns its
+    seconds, `.result()` tests the best weights."""
+    if workload == "dsb2018":
+        return Dsb2018Run(data or ROOT.parent / "shared/data/dsb2018_nuclei", epochs)
+    return ClassificationRun(workload, epochs, data)
 
 
 def main() -> None:
@@ -245,56 +315,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="default: ../shared/data/...")
     args = parser.parse_args()
     torch.manual_seed(42)
-    if args.workload == "dsb2018":
-        print(
-            json.dumps(
-                dsb2018_main(args.data or ROOT.parent / "shared/data/dsb2018_nuclei", args.epochs)
-            )
-        )
-        return
-    if args.workload == "default":
-        splits, augment, norm, model, optimizer, ema_decay, flip = default_workload()
-    else:
-        splits, augment, norm, model, optimizer, ema_decay, flip = pneumoniamnist_workload(
-            args.data or ROOT.parent / "shared/data/medmnist/pneumoniamnist.npz"
-        )
-    train = DataLoader(Images(*splits["train"], augment, **norm), batch_size=64, shuffle=True)
-    val = DataLoader(Images(*splits["val"], None, **norm), batch_size=256)
-    test = DataLoader(Images(*splits["test"], None, **norm), batch_size=256)
-    scheduler = cosine_with_warmup(
-        optimizer, args.epochs, len(train), warmup_epochs=1, min_lr_ratio=0.01
-    )
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-        if ema_decay
-        else None
-    )
-    evaluated = model if ema is None else ema.module
-    loss_fn = nn.CrossEntropyLoss()
-    epochs, best, best_state = [], -1.0, None
-    for _ in range(args.epochs):
-        start = time.perf_counter()
-        model.train()
-        total = 0.0
-        for images, labels in train:
-            loss = loss_fn(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            total += loss.item()
-        value = auc(evaluated, val, flip)
-        if value > best:
-            best, best_state = value, copy.deepcopy(evaluated.state_dict())
-        epochs.append(round(time.perf_counter() - start, 3))
-    evaluated.load_state_dict(best_state)
-    print(
-        json.dumps(
-            {"epoch_s": epochs, "val_metric": best, "test_metric": auc(evaluated, test, flip)}
-        )
-    )
+    run = bare_run(args.workload, args.epochs, args.data)
+    epoch_s = [run.epoch() for _ in range(args.epochs)]
+    print(json.dumps({"epoch_s": epoch_s, **run.result()}))
 
 
 if __name__ == "__main__":

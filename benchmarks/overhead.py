@@ -2,13 +2,22 @@
 run alternately in one invocation.
 
 Usage: python benchmarks/overhead.py [--workload default|pneumoniamnist|dsb2018|all] [--pairs 3]
-       [--epochs N] [--out /tmp/medtrain-bench/overhead] [medtrain overrides ...]
+       [--epochs N] [--interleaved] [--out /tmp/medtrain-bench/overhead] [medtrain overrides ...]
 
 For each pair it runs `medtrain <recipe>` and the bare script, each as its own process (start to
 exit timed), and prints seconds per epoch (train + validation; medtrain's from history.csv, the
 bare script's from its own clock; the epochs after the first) and whole-process seconds, with the
 ratios of the medians. medtrain also writes its run folder (checkpoints, report, intervals,
 provenance, the data check), which the whole-process time includes.
+
+With --interleaved, each "pair" is one process that trains both, epoch by epoch in turn: medtrain's
+training (`medtrain.engine.training.train`, as `python -m medtrain` runs it) with an epoch callback
+that trains and validates one epoch of the bare loop between medtrain's epochs (after medtrain's
+epoch time is taken). Both then see the same process and the same moments of the machine, which
+separate processes do not: on a shared 2-core machine a process's speed differs from the next
+one's by several percent, more than the overhead measured (docs/benchmarks.md). PyTorch
+Lightning's parity benchmark runs its two loops in one process for the same reason. Only epoch
+times are compared; the whole-process ratio needs separate processes.
 """
 
 from __future__ import annotations
@@ -55,6 +64,52 @@ def medtrain_run(workload: str, epochs: int, run_dir: Path, extra: list[str]) ->
     return {"epoch_s": epoch_s, "wall_s": wall, "test_metric": metrics[TEST_METRIC[workload]]}
 
 
+def interleaved_run(workload: str, epochs: int, run_dir: Path, extra: list[str]) -> dict:
+    """One process training medtrain and the bare loop epoch by epoch in turn (--interleaved)."""
+    command = [
+        sys.executable,
+        str(Path(__file__)),
+        "--child",
+        "--workload",
+        workload,
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(run_dir),
+        *extra,
+    ]
+    _, out = timed(command)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def interleaved_child(workload: str, epochs: int, run_dir: Path, extra: list[str]) -> None:
+    import torch
+    from bare_loop import bare_run as make_bare_run
+
+    from medtrain.engine.config import compose_config
+    from medtrain.engine.training import train
+
+    torch.manual_seed(42)
+    bare = make_bare_run(workload, epochs)
+    bare_s: list[float] = []
+    cfg = compose_config(
+        [*RECIPES[workload], f"trainer.max_epochs={epochs}", "trainer.progress=false", *extra]
+    )
+    # The bare epoch runs after medtrain's epoch time is taken (epoch callbacks come after it).
+    metrics = train(cfg, run_dir, callbacks=[lambda epoch: bare_s.append(bare.epoch())])
+    with open(run_dir / "history.csv", newline="") as f:
+        medtrain_s = [float(row["time_s"]) for row in csv.DictReader(f)]
+    bare_result = bare.result()
+    print(
+        json.dumps(
+            {
+                "medtrain": {"epoch_s": medtrain_s, "test_metric": metrics[TEST_METRIC[workload]]},
+                "bare": {"epoch_s": bare_s, "test_metric": bare_result["test_metric"]},
+            }
+        )
+    )
+
+
 def bare_run(workload: str, epochs: int) -> dict:
     script = Path(__file__).with_name("bare_loop.py")
     wall, out = timed([sys.executable, str(script), workload, f"--epochs={epochs}"])
@@ -78,9 +133,22 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/overhead"))
     parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="each pair: one process training both, epoch by epoch in turn",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
         "overrides", nargs="*", help="more medtrain overrides, e.g. trainer.augment_on_device=true"
     )
     args = parser.parse_args()
+    if args.child:
+        epochs = args.epochs or EPOCHS[args.workload]
+        interleaved_child(args.workload, epochs, args.out, args.overrides)
+        return
+    if args.interleaved:
+        interleaved(args)
+        return
     print(f"machine: {machine()}")
     workloads = chosen_workloads(
         args.workload, RECIPES, {"pneumoniamnist": PNEUMONIA, "dsb2018": DSB2018}
@@ -123,6 +191,47 @@ def main() -> None:
         print(f"{workload}: {json.dumps(summary[workload])}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+
+
+def interleaved(args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}; medtrain and the bare loop interleaved in one process")
+    workloads = chosen_workloads(
+        args.workload, RECIPES, {"pneumoniamnist": PNEUMONIA, "dsb2018": DSB2018}
+    )
+    summary = {}
+    for workload in workloads:
+        epochs = args.epochs or EPOCHS[workload]
+        runs = []
+        for pair in range(args.pairs):
+            result = interleaved_run(
+                workload, epochs, args.out / f"{workload}-i{pair}", args.overrides
+            )
+            runs.append(result)
+            m, b = result["medtrain"], result["bare"]
+            print(
+                f"{workload} process {pair}: medtrain epochs {m['epoch_s']} bare epochs "
+                f"{b['epoch_s']}; ratio {later_mean(m) / later_mean(b):.3f}; test "
+                f"{m['test_metric']:.4f} / {b['test_metric']:.4f}",
+                flush=True,
+            )
+        medians = {
+            name: statistics.median(later_mean(r[name]) for r in runs)
+            for name in ("medtrain", "bare")
+        }
+        summary[workload] = {
+            "epochs": epochs,
+            "overrides": args.overrides,
+            "processes": args.pairs,
+            "epoch_s": medians,
+            "epoch_ratio": round(medians["medtrain"] / medians["bare"], 3),
+            "epoch_ratio_per_process": [
+                round(later_mean(r["medtrain"]) / later_mean(r["bare"]), 3) for r in runs
+            ],
+            "test_metric": {n: [r[n]["test_metric"] for r in runs] for n in ("medtrain", "bare")},
+        }
+        print(f"{workload}: {json.dumps(summary[workload])}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "interleaved.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

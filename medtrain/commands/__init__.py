@@ -122,5 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from medtrain.engine.memory import keep_freed_memory
+
+    keep_freed_memory()  # before the verb allocates: glibc keeps what a step frees for the next
     module = importlib.import_module(f"medtrain.commands.{VERBS[verb][0]}")
     return module.main(rest)

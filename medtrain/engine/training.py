@@ -38,6 +38,7 @@ from medtrain.engine.config import (
 )
 from medtrain.engine.data_check import check_before_training
 from medtrain.engine.loop import fit, seed_everything, test
+from medtrain.engine.memory import keep_freed_memory
 from medtrain.engine.provenance import write_provenance
 from medtrain.engine.resume import check_before_resuming
 from medtrain.io import save_json
@@ -68,6 +69,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     Under torchrun every process calls this; they train one model with DistributedDataParallel,
     rank 0's `run_dir` is the run folder, and only rank 0 writes (`medtrain.engine.distributed`).
     """
+    keep_freed_memory()  # also when called from Python rather than the command line
     device = distributed.setup(cfg, lambda: validate(cfg))
     # Under torchrun, rank 0's folder (every rank's Hydra resolved its own).
     run_dir = Path(distributed.decided(str, run_dir))
