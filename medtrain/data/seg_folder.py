@@ -133,6 +133,9 @@ class SegFolder(SegmentationDataset):
 
     Images are PNG/JPEG/TIFF (8 or 16 bit, grey or colour); masks PNG/TIFF/JPEG/NPY holding class
     indices, {0, 255} binary masks, or values mapped by `class_values`; JPEG masks are thresholded.
+    With `instance_labels` the masks are instance labels (8 or 16 bit, 0 background, one number per
+    object, as the 2018 Data Science Bowl's stage-1 labels): the model learns the binary mask
+    `label > 0`, and the labels score and count the objects (`task.instances`).
 
     Args:
         path: the root folder holding `images/` and `masks/`.
@@ -146,6 +149,8 @@ class SegFolder(SegmentationDataset):
         class_values: stored mask value -> class index, e.g. {0: 0, 128: 1, 255: 2}.
         file_spacing: take the pixel spacing from metric PNG/TIFF resolution tags when present
             (False: always use `spacing`).
+        masks_folder: the name of the mask folder under `path` (`labels` for DSB2018 stage 1).
+        instance_labels: the masks hold one label per object (binary tasks only).
         **kwargs: passed to `SegmentationDataset`.
     """
 
@@ -163,24 +168,38 @@ class SegFolder(SegmentationDataset):
         mask_suffix: str = "",
         class_values: Mapping[int, int] | None = None,
         file_spacing: bool = True,
+        masks_folder: str = "masks",
+        instance_labels: bool = False,
         **kwargs: Any,
     ):
         super().__init__(split, seed=seed, **kwargs)
         root = Path(path)
-        for folder in (root, root / "images", root / "masks"):
+        if not isinstance(masks_folder, str) or not masks_folder or "/" in masks_folder:
+            raise ConfigError(
+                f"dataset.masks_folder={masks_folder!r}: the name of a folder under dataset.path"
+            )
+        for folder in (root, root / "images", root / masks_folder):
             if not folder.is_dir():
                 raise DataError(
                     f"dataset.path={path!r}: no folder {folder} (expected <path>/images and "
-                    "<path>/masks)"
+                    f"<path>/{masks_folder}"
+                    + (", or set dataset.masks_folder" if masks_folder == "masks" else "")
+                    + ")"
                 )
+        if instance_labels and (self.num_classes != 2 or class_values):
+            raise ConfigError(
+                "dataset.instance_labels: instance labels make a binary mask (label > 0); set "
+                f"dataset.num_classes=2 (now {self.num_classes}) and dataset.class_values=null"
+            )
+        self.has_instances = bool(instance_labels)
         images = list_files(root / "images", READABLE_EXTENSIONS)
-        masks = list_files(root / "masks", MASK_EXTENSIONS)
+        masks = list_files(root / masks_folder, MASK_EXTENSIONS)
         if not images:
             raise DataError(f"{root / 'images'}: no {list(READABLE_EXTENSIONS)} images")
         missing = [name for name in images if f"{name}{mask_suffix}" not in masks]
         if missing:
             raise DataError(
-                f"{root / 'masks'}: no mask for {len(missing)} image(s), e.g. "
+                f"{root / masks_folder}: no mask for {len(missing)} image(s), e.g. "
                 f"{missing[0]}{mask_suffix}.png for images/{images[missing[0]].name}"
             )
         if class_values:
@@ -247,7 +266,12 @@ class SegFolder(SegmentationDataset):
         return read_image_file(self.image_files[index], modality=self.reads_modality)
 
     def read_mask(self, index: int) -> np.ndarray:
+        if self.has_instances:
+            return (self.cached("instances", index, self.read_instances) > 0).astype(np.int64)
         return read_mask_file(self.mask_files[index], self.class_values, self.num_classes)
+
+    def read_instances(self, index: int) -> np.ndarray:
+        return read_mask_file(self.mask_files[index], labels=True)
 
     def read_spacing(self, index: int) -> tuple[float, float] | None:
         if not self.use_file_spacing:

@@ -107,7 +107,8 @@ class SegmentationDataset(Dataset):
 
     Each sample is a dict: `image` (float32 C x H x W), `mask` (int64 H x W class indices), `id`,
     `spacing` (float64 [row_mm, col_mm], NaN when unknown) and, for val/test, `intensity` (the
-    image before normalization, float32 H x W x C, for measurements and overlays).
+    image before normalization, float32 H x W x C, for measurements and overlays) and, when the
+    data have them, `instances` (int32 H x W object labels, native size).
 
     Geometry: the augmentation pipeline moves image and mask together (albumentations warps masks
     with nearest-neighbour interpolation and applies intensity transforms to the image only). Then
@@ -219,6 +220,14 @@ class SegmentationDataset(Dataset):
 
     # Subclasses implement these.
     def read_image(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    # A subclass whose masks come with one label per object sets `has_instances` and implements
+    # `read_instances`: its val and test samples then hold `instances` for instance metrics.
+    has_instances = False
+
+    def read_instances(self, index: int) -> np.ndarray:
+        """Sample `index`'s instance labels (H x W, 0 background, one number per object)."""
         raise NotImplementedError
 
     def read_mask(self, index: int) -> np.ndarray:
@@ -340,6 +349,9 @@ class SegmentationDataset(Dataset):
         if self.split != "train":
             sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
             sample["image"] = self.model_input(image, spacing)
+            if self.has_instances:
+                labels = self.cached("instances", index, self.read_instances)
+                sample["instances"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int32))
         else:
             # Normalize the whole image before cropping: a patch is scaled as in evaluation.
             image = self.normalize(image)

@@ -18,6 +18,7 @@ from skimage.morphology import remove_small_objects
 from torch import nn
 
 from medtrain.analysis.agreement import measurement_agreement
+from medtrain.analysis.instances import check_instances, separate_instances
 from medtrain.analysis.measurements import (
     MEASUREMENT_FIELDS,
     TOTAL_FIELDS,
@@ -31,6 +32,7 @@ from medtrain.analysis.volume_results import VolumeAssembler
 from medtrain.data.segmentation import SegmentationDataset, pair
 from medtrain.errors import ConfigError
 from medtrain.io import png_bytes, save_csv, save_json, save_png
+from medtrain.metrics.instances import instance_metrics, summarize_instances
 from medtrain.metrics.segmentation import case_metrics, summarize
 from medtrain.models.sliding_window import check_inference, sliding_window_inference
 from medtrain.tasks.base import REGRESSION_LOSS, Choices, Input, Task, refuse_loss
@@ -60,6 +62,12 @@ class SegmentationTask(Task):
             scoring and measuring (0 keeps everything).
         connectivity: 1 (4-connected) or 2 (8-connected) components when counting objects.
         num_overlays: test cases drawn in `overlays/`.
+        instances: None, or `{method: components | watershed, h: pixels}`: the predicted objects
+            are separated into instances (`medtrain.analysis.instances`; binary tasks), scored one
+            by one against the true objects (the dataset's instance labels, or else the connected
+            components of the true mask) with the instance score, panoptic quality and counts
+            (`medtrain.metrics.instances`), and at test time written as label images
+            (`instances/`) and measured object by object.
     """
 
     name = "segmentation"
@@ -84,6 +92,7 @@ class SegmentationTask(Task):
         min_object_size: int = 0,
         connectivity: int = 2,
         num_overlays: int = 16,
+        instances: Mapping[str, Any] | None = None,
     ):
         if connectivity not in (1, 2):
             raise ConfigError(f"task.connectivity={connectivity}: use 1 (4-) or 2 (8-connected)")
@@ -108,6 +117,13 @@ class SegmentationTask(Task):
         self.min_object_size = int(min_object_size)
         self.connectivity = connectivity
         self.num_overlays = num_overlays
+        self.instances = None if instances is None else check_instances(dict(instances))
+        if self.instances is not None and len(self.class_names) != 2:
+            raise ConfigError(
+                f"task.instances separates the objects of one class; this task has "
+                f"{len(self.class_names) - 1} foreground classes ({list(self.class_names[1:])}): "
+                "set task.instances=null"
+            )
 
     @classmethod
     def check_config(
@@ -199,6 +215,12 @@ class SegmentationTask(Task):
                     mask[(mask == klass) & ~keep] = 0
         return masks
 
+    def instance_labels(self, mask: np.ndarray) -> np.ndarray:
+        """The predicted objects of a class mask (after `predict_masks`) as an instance-label
+        image (`task.instances`)."""
+        assert self.instances is not None
+        return separate_instances(mask == 1, connectivity=self.connectivity, **self.instances)
+
     def combine(self, outputs: list[Logits], tasks: list[SegmentationTask]) -> Logits:
         """Ensemble: the mean of the members' per-pixel class probabilities, as logits (their
         softmax gives the mean back); outputs are lists when the images differ in size."""
@@ -223,17 +245,22 @@ class SegmentationTask(Task):
         """The class `mask` and, when measuring, each object's `measurements`, per-class `totals`,
         the `spacing` used and its `units` (mm, or px without a spacing)."""
         mask = self.predict_masks(output)[0]
+        separated = {} if self.instances is None else {"instances": self.instance_labels(mask)}
         if not item.measure:
-            return {"mask": mask}
+            return {"mask": mask, **separated}
         spacing = item.spacing
         units = "px" if spacing is None else "mm"
         result = {
             "mask": mask,
+            **separated,
             "intensity": item.intensity,
             "spacing": None if spacing is None else [float(s) for s in spacing],
             "units": units,
         }
         counted = self.count_objects(mask) if item.max_objects is not None else {}
+        if separated and counted:  # objects are the instances
+            name = self.class_names[1]
+            counted[name] = (int(len(np.unique(separated["instances"])) - 1), counted[name][1])
         found = sum(count for count, _ in counted.values())
         if item.max_objects is not None and found > item.max_objects:
             return result | {
@@ -245,13 +272,14 @@ class SegmentationTask(Task):
                 "totals": self.count_totals(counted, item.name, spacing, units),
             }
         rows = measure_mask(
-            mask,
+            separated.get("instances", mask),
             spacing=spacing,
             image=item.intensity,
             class_names=self.class_names,
             image_id=item.name,
             source="pred",
             connectivity=self.connectivity,
+            instances=bool(separated),
         )
         summary = totals(rows, [item.name], self.class_names[1:], source="pred", units=units)
         return result | {"measurements": rows, "totals": summary}
@@ -281,8 +309,12 @@ class SegmentationTask(Task):
         names = self.class_names
         mask = result["mask"]
         pixels = mask_pixels(np.arange(len(names)), len(names))  # as the run's masks/
-        out = {k: v for k, v in result.items() if k not in ("mask", "intensity")}
+        out = {k: v for k, v in result.items() if k not in ("mask", "intensity", "instances")}
         out["mask"] = base64.b64encode(png_bytes(mask_pixels(mask, len(names)))).decode("ascii")
+        if "instances" in result:  # a 16-bit PNG: 0 background, 1..N one number per object
+            labels = result["instances"].astype(np.uint16)
+            out["instances"] = base64.b64encode(png_bytes(labels)).decode("ascii")
+            out["instance_count"] = int(len(np.unique(labels)) - 1)
         out["mask_values"] = {n: int(v) for n, v in zip(names, pixels, strict=True)}
         out["mask_shape"] = list(mask.shape)
         if overlay:
@@ -296,12 +328,18 @@ class SegmentationTask(Task):
         per_class = [
             f"{what}_{n}" for n in self.class_names[1:] for what in ("count", "area_px", "area_mm2")
         ]
-        return ["mask", *per_class, "unit"]
+        separated = [] if self.instances is None else ["instances"]
+        return ["mask", *separated, *per_class, "unit"]
 
     def prediction_row(self, name: str, result: dict[str, Any], files: Any) -> dict[str, Any]:
         mask_path, shown = files.new_file(name, ".png")
         write_mask(mask_path, result["mask"], len(self.class_names))
         row: dict[str, Any] = {"mask": shown, "unit": result["units"]}
+        if "instances" in result:  # beside the mask: <stem>_instances.png
+            write_instances(
+                mask_path.with_name(f"{mask_path.stem}_instances.png"), result["instances"]
+            )
+            row["instances"] = shown.removesuffix(".png") + "_instances.png"
         for total in result["totals"]:
             row[f"count_{total['class']}"] = total["count"]
             row[f"area_px_{total['class']}"] = total["total_area_px"]
@@ -389,25 +427,37 @@ class SegmentationCollector:
                 self.volumes.add(batch, k, pred, true)
                 continue
             spacing = _spacing(batch["spacing"][k])
-            self.rows.append(
-                {"id": case_id, **case_metrics(pred, true, self.task.class_names, spacing)}
-            )
+            row = {"id": case_id, **case_metrics(pred, true, self.task.class_names, spacing)}
+            case = {"id": case_id, "pred": pred, "true": true, "spacing": spacing}
+            if self.task.instances is not None:
+                case |= self._instances(pred, true, batch, k)
+                row |= instance_metrics(case["true_instances"], case["pred_instances"])
+            self.rows.append(row)
             if self.final:
-                self.cases.append(
-                    {
-                        "id": case_id,
-                        "pred": pred,
-                        "true": true,
-                        "spacing": spacing,
-                        "image": batch["intensity"][k].cpu().numpy(),
-                    }
-                )
+                self.cases.append(case | {"image": batch["intensity"][k].cpu().numpy()})
+
+    def _instances(
+        self, pred: np.ndarray, true: np.ndarray, batch: dict[str, Any], k: int
+    ) -> dict[str, np.ndarray]:
+        """The case's predicted and true objects as label images: the true ones from the
+        dataset's instance labels when it has them, else the connected components of its mask."""
+        if "instances" in batch:
+            true_instances = batch["instances"][k].cpu().numpy()
+        else:
+            structure = ndimage.generate_binary_structure(2, self.task.connectivity)
+            true_instances = ndimage.label(true == 1, structure)[0]
+        return {
+            "pred_instances": self.task.instance_labels(pred),
+            "true_instances": true_instances,
+        }
 
     def metrics(self, prefix: str) -> dict[str, float]:
         self.volumes.check_complete()
         values = summarize(
             [{k: v for k, v in r.items() if k != "id"} for r in self.rows], self.task.class_names
         )
+        if self.task.instances is not None:
+            values |= summarize_instances(self.rows)
         return {f"{prefix}/{key}": value for key, value in values.items()}
 
     def save(self, run_dir: Path) -> dict[str, float]:
@@ -426,16 +476,18 @@ class SegmentationCollector:
             case["id"]: f"masks/{unique_name(safe_name(str(case['id'])), used)}.png"
             for case in self.cases
         }
+        separated = self.task.instances is not None
         for case in self.cases:
             for source in ("pred", "true"):
                 rows = measure_mask(
-                    case[source],
+                    case[f"{source}_instances"] if separated else case[source],
                     spacing=case["spacing"],
                     image=case["image"],
                     class_names=names,
                     image_id=case["id"],
                     source=source,
                     connectivity=self.task.connectivity,
+                    instances=separated,
                 )
                 objects += rows
                 units = "px" if case["spacing"] is None else "mm"
@@ -443,6 +495,9 @@ class SegmentationCollector:
                     rows, [case["id"]], names[1:], source=source, units=units
                 )
             write_mask(run_dir / mask_files[case["id"]], case["pred"], len(names))
+            if separated:
+                path = mask_files[case["id"]].replace("masks/", "instances/", 1)
+                write_instances(run_dir / path, case["pred_instances"])
         save_csv(run_dir / "measurements.csv", objects, MEASUREMENT_FIELDS)
         save_csv(
             run_dir / "measurement_totals.csv", summaries["true"] + summaries["pred"], TOTAL_FIELDS
@@ -461,6 +516,9 @@ class SegmentationCollector:
         in pixels and (when the image has a pixel spacing) in mm^2, and the unit."""
         units = {case["id"]: "px" if case["spacing"] is None else "mm" for case in self.cases}
         by_case = {case_id: {"id": case_id, "mask": mask_files[case_id]} for case_id in units}
+        if self.task.instances is not None:
+            for case_id, row in by_case.items():
+                row["instances"] = mask_files[case_id].replace("masks/", "instances/", 1)
         for total in pred_totals:
             case_id, klass = total["id"], total["class"]
             by_case[case_id][f"count_{klass}"] = total["count"]
@@ -496,3 +554,10 @@ def mask_pixels(mask: np.ndarray, num_classes: int) -> np.ndarray:
 def write_mask(path: Path, mask: np.ndarray, num_classes: int) -> None:
     """Save a predicted mask as PNG (see `mask_pixels`)."""
     save_png(path, mask_pixels(mask, num_classes))
+
+
+def write_instances(path: Path, labels: np.ndarray) -> None:
+    """Save an instance-label image as a 16-bit PNG (0 background, 1..N one number per object)."""
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{path}: {labels.max()} objects do not fit a 16-bit label image")
+    save_png(path, labels.astype(np.uint16))

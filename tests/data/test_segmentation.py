@@ -398,3 +398,62 @@ def test_decoded_files_are_read_once_and_give_the_same_samples(tmp_path, monkeyp
     for k in range(3):
         tight.get(k, lambda: np.zeros((40, 40, 3), np.uint8))
     assert list(tight.arrays) == [1, 2] and not tight.arrays[1].flags.writeable
+
+
+def make_instance_folder(root: Path, n: int = 12, size: int = 48) -> Path:
+    """Images with pairs of touching discs and their 16-bit instance labels in `labels/`, with a
+    split.json as DSB2018 stage 1 has."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    names = []
+    for i in range(n):
+        labels = np.zeros((size, size), np.uint16)
+        for k, label in enumerate((300, 301)):  # numbers above 255: 16-bit files
+            centre = (int(rng.integers(14, size - 14)) + 9 * k, int(rng.integers(14, size - 14)))
+            cv2.circle(labels, (centre[1], min(centre[0], size - 8)), 7, label, -1)
+        image = (40 + (labels > 0) * 120 + rng.integers(0, 20, labels.shape)).astype(np.uint8)
+        name = f"cell{i:02d}"
+        Image.fromarray(image).save(root / "images" / f"{name}.png")
+        Image.fromarray(labels).save(root / "labels" / f"{name}.png")
+        names.append(name)
+    split = {"train": names[:8], "val": names[8:10], "test": names[10:]}
+    (root / "split.json").write_text(__import__("json").dumps(split))
+    return root
+
+
+def test_instance_labels_give_the_binary_mask_and_the_objects(tmp_path):
+    root = make_instance_folder(tmp_path / "cells")
+    stored = np.array(Image.open(root / "labels" / "cell10.png"))
+    assert stored.dtype == np.uint16 and set(np.unique(stored)) <= {0, 300, 301}
+    kwargs = dict(
+        path=str(root),
+        split_file=str(root / "split.json"),
+        masks_folder="labels",
+        instance_labels=True,
+        class_names=["background", "nucleus"],
+    )
+    test = SegFolder(split="test", **kwargs)
+    assert test.ids == ["cell10", "cell11"]
+    sample = test[0]
+    assert np.array_equal(sample["mask"].numpy(), stored > 0)
+    assert np.array_equal(sample["instances"].numpy(), stored)  # for scoring, as stored
+    train = SegFolder(split="train", **kwargs)
+    assert "instances" not in train[0]  # training learns the mask only
+    batch = collate([test[0], test[1]])
+    assert batch["instances"].shape == (2, 48, 48)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"num_classes": 3}, ConfigError, "dataset.instance_labels: .* dataset.num_classes=2"),
+        ({"masks_folder": "../x"}, ConfigError, "dataset.masks_folder='../x'"),
+        ({"masks_folder": "masks"}, DataError, r"no folder .*cells/masks .*dataset.masks_folder"),
+    ],
+)
+def test_instance_label_settings_are_checked(tmp_path, overrides, error, message):
+    root = make_instance_folder(tmp_path / "cells")
+    kwargs = dict(path=str(root), split_file=str(root / "split.json"), masks_folder="labels")
+    with pytest.raises(error, match=message):
+        SegFolder(split="train", instance_labels=True, **(kwargs | overrides))

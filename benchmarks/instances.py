@@ -1,0 +1,159 @@
+"""Nuclei as instances on DSB2018 stage 1 (`experiment=dsb2018_instances`): train, choose the
+instance separation on val, report test once.
+
+1. Trains `medtrain experiment=dsb2018_instances dataset.path=../shared/data/dsb2018_stage1` into
+   RUN (skipped with --run-dir of a finished run), timing it.
+2. Scores the best checkpoint's val predictions (logits computed once) for every separation in the
+   grid: connected components, and the distance-transform watershed for several `h`, each with
+   several minimum object sizes; prints val Dice, instance score, PQ and median count error, and
+   picks the highest val instance score.
+3. Scores test once with the chosen setting and with connected components (the same U-Net without
+   instance separation), prints the per-image table and the means, also without 220b37f4 (an image
+   whose labels mark one of several bright objects: shared/data's README).
+
+Usage: python benchmarks/instances.py [--run-dir RUN] [--train-overrides ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medtrain.analysis.instances import separate_instances
+from medtrain.engine.build import build_datasets
+from medtrain.inference.run import load_run
+from medtrain.metrics.instances import instance_metrics, summarize_instances
+from medtrain.metrics.segmentation import case_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared/data/dsb2018_stage1"
+FLAGGED = "220b37f4"  # its labels mark one of several bright objects (shared/data/README)
+HS = (1.0, 1.5, 2.0, 3.0, 4.0)
+MIN_SIZES = (10, 20, 30)
+
+
+def train(run_dir: Path, overrides: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medtrain",
+            "experiment=dsb2018_instances",
+            f"dataset.path={DATA}",
+            "trainer.progress=false",
+            f"hydra.run.dir={run_dir}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    return time.perf_counter() - start
+
+
+def predictions(run, dataset) -> list[dict]:
+    """Per image: id, predicted class mask before the minimum size, probability logits, truth."""
+    cases = []
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            logits = run.task.forward(run.model, {"image": sample["image"][None]})
+            cases.append(
+                {
+                    "id": sample["id"],
+                    "logits": logits,
+                    "mask": sample["mask"].numpy().astype(np.uint8),
+                    "instances": sample["instances"].numpy(),
+                }
+            )
+    return cases
+
+
+def score(run, cases, method: str, h: float, min_size: int) -> tuple[list[dict], dict]:
+    task = run.task
+    task.min_object_size = min_size
+    rows = []
+    for case in cases:
+        pred = task.predict_masks(case["logits"])[0]
+        labels = separate_instances(pred == 1, method, h, task.connectivity)
+        dice = case_metrics(pred, case["mask"], task.class_names)["dice_nucleus"]
+        rows.append({"id": case["id"], "dice": dice, **instance_metrics(case["instances"], labels)})
+    summary = summarize_instances(rows) | {"dice": float(np.mean([r["dice"] for r in rows]))}
+    return rows, summary
+
+
+def line(name: str, s: dict) -> str:
+    return (
+        f"| {name} | {s['dice']:.4f} | {s['instance_score']:.4f} | {s['pq']:.4f} | "
+        f"{s['count_median_abs_rel_error']:.3f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", type=Path, default=None, help="a finished run: skip training")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/instances"))
+    parser.add_argument("train_overrides", nargs="*")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found")
+        return
+    run_dir = args.run_dir
+    if run_dir is None:
+        run_dir = args.out / "run"
+        seconds = train(run_dir, args.train_overrides)
+        print(f"trained in {seconds / 60:.1f} min (whole process)")
+    info = json.loads((run_dir / "run_info.json").read_text())
+    print(f"training: {info['train_seconds'] / 60:.1f} min; run {run_dir}")
+    torch.set_num_threads(2)
+    run = load_run(run_dir)
+    datasets = build_datasets(run.cfg)
+    val = predictions(run, datasets["val"])
+    header = "| separation | Dice | instance score | PQ | median abs. rel. count error |\n|---|---|---|---|---|"
+    print("\nval (60 images):\n" + header)
+    grid = [("components", 0.0)] + [("watershed", h) for h in HS]
+    best = None
+    for method, h in grid:
+        for min_size in MIN_SIZES:
+            _, s = score(run, val, method, h, min_size)
+            name = f"{method}{f' h={h}' if method == 'watershed' else ''}, min size {min_size}"
+            print(line(name, s))
+            if best is None or s["instance_score"] > best[0]["instance_score"]:
+                best = (s, method, h, min_size)
+    _, method, h, min_size = best
+    print(f"\nchosen on val: {method} h={h} min size {min_size}")
+    test = predictions(run, datasets["test"])
+    print("\ntest (67 images), once:\n" + header)
+    results = {}
+    for name, (m, hh) in {"chosen": (method, h), "components": ("components", 0.0)}.items():
+        rows, s = score(run, test, m, hh, min_size)
+        kept = [r for r in rows if not r["id"].startswith(FLAGGED)]
+        without = summarize_instances(kept) | {"dice": float(np.mean([r["dice"] for r in kept]))}
+        print(line(f"{name} ({m})", s))
+        print(line(f"{name} ({m}), without {FLAGGED}", without))
+        results[name] = {"rows": rows, "summary": s, "without_flagged": without}
+    print(
+        "\nper image (chosen separation):\n| image | Dice | instance score | PQ | true | predicted |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in results["chosen"]["rows"]:
+        print(
+            f"| {r['id'][:8]} | {r['dice']:.3f} | {r['instance_score']:.3f} | {r['pq']:.3f} | "
+            f"{int(r['count_true'])} | {int(r['count_pred'])} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    chosen = {"method": method, "h": h, "min_size": min_size}
+    (args.out / "results.json").write_text(
+        json.dumps({"chosen": chosen, **results}, indent=2, default=float)
+    )
+
+
+if __name__ == "__main__":
+    main()

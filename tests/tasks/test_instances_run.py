@@ -1,0 +1,129 @@
+"""Instances end to end: `experiment=dsb2018_instances` on a small folder of touching discs with
+16-bit instance labels; the files it writes agree with a recomputation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtrain.metrics.instances import instance_metrics
+from tests.conftest import ON_CPU, SHARED_DATA, compose_cfg, train_in_process
+from tests.data.test_segmentation import make_instance_folder
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def instance_run(tmp_path_factory) -> tuple[Path, Path]:
+    root = make_instance_folder(tmp_path_factory.mktemp("cells") / "cells", n=16)
+    split = {"train": [f"cell{i:02d}" for i in range(12)], "val": ["cell12", "cell13"]}
+    split["test"] = ["cell14", "cell15"]
+    (root / "split.json").write_text(json.dumps(split))
+    run_dir = tmp_path_factory.mktemp("run")
+    train_in_process(
+        run_dir,
+        [
+            "experiment=dsb2018_instances",
+            f"dataset.path={root}",
+            "dataset.patch_size=32",
+            "dataset.in_channels=1",
+            "model.depth=2",
+            "model.base_width=8",
+            "trainer.max_epochs=6",
+            "trainer.progress=false",
+            "trainer.report=false",
+            "optimizer.lr=1e-2",
+            ON_CPU,
+        ],
+    )
+    return run_dir, root
+
+
+def test_instance_metrics_are_validated_tested_and_recompute_from_the_files(instance_run):
+    run_dir, root = instance_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("instance_score", "pq", "count_median_abs_rel_error"):
+        assert f"test/{key}" in metrics and f"val/{key}" in metrics
+    assert "val/instance_score" in read_csv(run_dir / "history.csv")[0]  # the recipe's monitor
+    rows = read_csv(run_dir / "per_case_metrics.csv")
+    predictions = {r["id"]: r for r in read_csv(run_dir / "predictions.csv")}
+    assert sorted(predictions) == ["cell14", "cell15"]
+    for row in rows:
+        written = np.array(Image.open(run_dir / predictions[row["id"]]["instances"]))
+        assert written.dtype == np.uint16  # 16-bit label images
+        true = np.array(Image.open(root / "labels" / f"{row['id']}.png"))
+        recomputed = instance_metrics(true, written)
+        for key in ("instance_score", "pq", "count_true", "count_pred"):
+            assert float(row[key]) == pytest.approx(recomputed[key]), key
+        assert recomputed["count_true"] == 2  # two discs in every image
+        assert int(predictions[row["id"]]["count_nucleus"]) == recomputed["count_pred"]
+    scores = [float(row["instance_score"]) for row in rows]
+    assert metrics["test/instance_score"] == pytest.approx(np.mean(scores))
+    # Measured object by object from the instances: one measurement row per predicted label.
+    measured = [r for r in read_csv(run_dir / "measurements.csv") if r["source"] == "pred"]
+    assert len(measured) == sum(int(p["count_nucleus"]) for p in predictions.values())
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SHARED_DATA / "dsb2018_stage1").is_dir(), reason="shared data absent")
+def test_dsb2018_instances_reads_the_stage1_split_and_labels():
+    from medtrain.engine.build import build_datasets
+
+    path = SHARED_DATA / "dsb2018_stage1"
+    datasets = build_datasets(compose_cfg(["experiment=dsb2018_instances", f"dataset.path={path}"]))
+    assert {s: len(d.ids) for s, d in datasets.items()} == {"train": 537, "val": 60, "test": 67}
+    nuclei = set(p.stem for p in (SHARED_DATA / "dsb2018_nuclei" / "images").glob("*.png"))
+    assert set(datasets["test"].ids) == nuclei  # the 67 images of dsb2018_nuclei
+    sample = datasets["val"][0]
+    stored = np.array(Image.open(path / "labels" / f"{datasets['val'].ids[0]}.png"))
+    assert np.array_equal(sample["instances"].numpy(), stored)
+    assert np.array_equal(sample["mask"].numpy(), stored > 0)
+
+
+def test_predict_writes_the_instances_the_evaluation_wrote(instance_run, tmp_path):
+    from medtrain.commands.predict import main
+
+    run_dir, root = instance_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("cell14", "cell15"):
+        (inputs / f"{name}.png").write_bytes((root / "images" / f"{name}.png").read_bytes())
+    out = tmp_path / "pred.csv"
+    assert main([f"run_dir={run_dir}", f"inputs={inputs}", f"output={out}"]) == 0
+    rows = read_csv(out)
+    objects = read_csv(tmp_path / "measurements.csv")
+    for row in rows:
+        stem = Path(row["file"]).stem
+        labels = np.array(Image.open(tmp_path / row["instances"]))
+        evaluated = np.array(Image.open(run_dir / "instances" / f"{stem}.png"))
+        np.testing.assert_array_equal(labels, evaluated)  # the evaluation's own instances
+        count = len(set(np.unique(labels)) - {0})
+        assert int(row["count_nucleus"]) == count
+        assert len([o for o in objects if o["id"] == row["file"]]) == count
+
+
+def test_the_served_answer_carries_the_instances(instance_run):
+    import base64
+    import io
+
+    from medtrain.inference.predictor import Predictor
+
+    run_dir, root = instance_run
+    predictor = Predictor(run_dir)
+    image = predictor.read(root / "images" / "cell14.png")
+    result = predictor.predict([image], ["cell14.png"], None)[0]
+    answer = predictor.task.to_json(result)
+    json.dumps(answer)  # serializable as the service returns it
+    labels = np.array(Image.open(io.BytesIO(base64.b64decode(answer["instances"]))))
+    np.testing.assert_array_equal(
+        labels, np.array(Image.open(run_dir / "instances" / "cell14.png"))
+    )
+    assert answer["instance_count"] == len(set(np.unique(labels)) - {0})
