@@ -64,7 +64,8 @@ def predictions(run, dataset) -> list[dict]:
     with torch.no_grad():
         for index in range(len(dataset)):
             sample = dataset[index]
-            logits = run.task.forward(run.model, {"image": sample["image"][None]})
+            batch = {"image": sample["image"][None], "mask": sample["mask"][None]}
+            logits = run.task.forward(run.model, batch)  # eval mode: native-size logits
             cases.append(
                 {
                     "id": sample["id"],

@@ -12,6 +12,9 @@ Two methods (`task.instances.method`):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -20,8 +23,14 @@ from medtrain.errors import ConfigError
 INSTANCE_METHODS = ("components", "watershed")
 
 
-def check_instances(settings: dict) -> dict:
+def check_instances(settings: Any) -> dict:
     """`task.instances` checked: `method` (one of `INSTANCE_METHODS`) and `h` (> 0, watershed)."""
+    if not isinstance(settings, Mapping):
+        raise ConfigError(
+            f"task.instances={settings!r}: give {{method: watershed, h: 2.0}}, "
+            "{method: components}, or null"
+        )
+    settings = dict(settings)
     unknown = set(settings) - {"method", "h"}
     if unknown:
         raise ConfigError(f"task.instances has unknown keys {sorted(unknown)}; valid: method, h")

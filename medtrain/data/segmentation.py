@@ -351,6 +351,12 @@ class SegmentationDataset(Dataset):
             sample["image"] = self.model_input(image, spacing)
             if self.has_instances:
                 labels = self.cached("instances", index, self.read_instances)
+                if labels.shape != mask.shape:  # an evaluation pipeline that moved the mask
+                    raise DataError(
+                        f"{self.source(index)}: instance labels are {labels.shape} but the "
+                        f"evaluated mask is {mask.shape}; evaluation transforms must keep the "
+                        "geometry (augmentation.eval)"
+                    )
                 sample["instances"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int32))
         else:
             # Normalize the whole image before cropping: a patch is scaled as in evaluation.

@@ -51,7 +51,10 @@ def ema_entries(model: nn.Module, ema: AveragedModel | None) -> dict[str, Any]:
     `model`, since it is what is validated, tested and served."""
     if ema is None:
         return {}
-    return {"training_model": model.state_dict(), "ema_steps": int(ema.n_averaged)}
+    entries = {"training_model": model.state_dict(), "ema_steps": int(ema.n_averaged)}
+    if getattr(ema, "decay", None) is not None:  # the decay this run's horizon gave
+        entries["ema_decay"] = float(ema.decay)
+    return entries
 
 
 def save_checkpoints(

@@ -267,6 +267,7 @@ def fit(
     decay = ema_decay(cfg, optimizer_steps(len(loaders["train"]), cfg.accumulate_grad_batches))
     if decay is not None:
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        ema.decay = decay  # saved in checkpoints: a resumed run is told when it changes
     evaluated = net if ema is None else ema.module
     state = new_state()
     if cfg.resume:

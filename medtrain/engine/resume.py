@@ -199,6 +199,17 @@ def resume(
             model.load_state_dict(checkpoint["training_model"])
             ema.module.load_state_dict(checkpoint["model"])
             ema.n_averaged.fill_(checkpoint["ema_steps"])
+            saved, current = checkpoint.get("ema_decay"), getattr(ema, "decay", None)
+            changed = saved is not None and current is not None and abs(saved - current) > 1e-12
+            if changed and distributed.is_main():
+                log.warning(
+                    "the weights' average continues with decay %.6f where the checkpoint's "
+                    "run had %.6f (trainer.ema_horizon is a share of the run's steps, and "
+                    "trainer.max_epochs changed): the result will equal neither the "
+                    "interrupted run nor a new run of this length",
+                    current,
+                    saved,
+                )
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError) as err:
         raise ConfigError(

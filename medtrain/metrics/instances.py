@@ -8,10 +8,13 @@ Conventions, for one image with `T` true and `P` predicted objects:
   the matching is unique without an assignment step.
 - **Instance score** (the 2018 Data Science Bowl's metric): at each threshold `t` in 0.50, 0.55,
   ..., 0.95, `TP / (TP + FP + FN)` with `TP` the matched pairs, `FP = P - TP`, `FN = T - TP`;
-  averaged over the thresholds. An image with no true and no predicted object scores 1.
-- **Panoptic quality** (Kirillov et al. 2019) at IoU > 0.5: `PQ = SQ x RQ`, the segmentation quality
-  `SQ` the mean IoU of the matched pairs and the recognition quality
-  `RQ = TP / (TP + FP/2 + FN/2)`. No object on either side: 1; no match: SQ NaN, RQ and PQ 0.
+  averaged over the thresholds.
+- **Panoptic quality** (Kirillov et al. 2019) at IoU > 0.5, per image (as HoVer-Net and MONAI's
+  `compute_panoptic_quality` compute it for nuclei; Kirillov et al. pool the counts over a
+  dataset): `PQ = SQ x RQ`, the segmentation quality `SQ` the mean IoU of the matched pairs and
+  the recognition quality `RQ = TP / (TP + FP/2 + FN/2)`. No match: SQ NaN, RQ and PQ 0.
+- An image with no true and no predicted object has nothing to score: its instance score, PQ, SQ
+  and RQ are NaN and left out of the means.
 - **Counts**: `count_true`, `count_pred`, and the absolute relative count error
   `|P - T| / T` (NaN when T = 0).
 `summarize_instances` averages the per-image values over images (the competition's mean), ignoring
@@ -63,8 +66,8 @@ def instance_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "count_pred": float(n_pred),
         "count_abs_rel_error": abs(n_pred - n_true) / n_true if n_true else float("nan"),
     }
-    if n_true == 0 and n_pred == 0:
-        return out | {"instance_score": 1.0, "pq": 1.0, "sq": 1.0, "rq": 1.0}
+    if n_true == 0 and n_pred == 0:  # nothing to score: left out of the means
+        return out | dict.fromkeys(("instance_score", "pq", "sq", "rq"), float("nan"))
     scores = []
     for threshold in IOU_THRESHOLDS:
         tp = int(np.count_nonzero(iou > threshold))

@@ -30,7 +30,7 @@ from medtrain.analysis.overlays import draw_overlay, safe_name, save_overlays, u
 from medtrain.analysis.statistics import segmentation_intervals
 from medtrain.analysis.volume_results import VolumeAssembler
 from medtrain.data.segmentation import SegmentationDataset, pair
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, DataError
 from medtrain.io import png_bytes, save_csv, save_json, save_png
 from medtrain.metrics.instances import instance_metrics, summarize_instances
 from medtrain.metrics.segmentation import case_metrics, summarize
@@ -117,7 +117,7 @@ class SegmentationTask(Task):
         self.min_object_size = int(min_object_size)
         self.connectivity = connectivity
         self.num_overlays = num_overlays
-        self.instances = None if instances is None else check_instances(dict(instances))
+        self.instances = None if instances is None else check_instances(instances)
         if self.instances is not None and len(self.class_names) != 2:
             raise ConfigError(
                 f"task.instances separates the objects of one class; this task has "
@@ -139,6 +139,11 @@ class SegmentationTask(Task):
             "dice, dice_bce, dice_focal, tversky or seg_focal"
         )
         refuse_loss(cfg, choices, values=REGRESSION_LOSS, classes=classes)
+        if cfg.task.get("instances") and choices["dataset"] == "volume_slices":
+            raise ConfigError(
+                "task.instances separates objects of 2D images; dataset=volume_slices is scored "
+                "per volume: set task.instances=null"
+            )
 
     def check_output(self, output: torch.Tensor, model: str) -> None:
         if output.ndim != 4:
@@ -260,7 +265,7 @@ class SegmentationTask(Task):
         counted = self.count_objects(mask) if item.max_objects is not None else {}
         if separated and counted:  # objects are the instances
             name = self.class_names[1]
-            counted[name] = (int(len(np.unique(separated["instances"])) - 1), counted[name][1])
+            counted[name] = (object_count(separated["instances"]), counted[name][1])
         found = sum(count for count, _ in counted.values())
         if item.max_objects is not None and found > item.max_objects:
             return result | {
@@ -312,9 +317,9 @@ class SegmentationTask(Task):
         out = {k: v for k, v in result.items() if k not in ("mask", "intensity", "instances")}
         out["mask"] = base64.b64encode(png_bytes(mask_pixels(mask, len(names)))).decode("ascii")
         if "instances" in result:  # a 16-bit PNG: 0 background, 1..N one number per object
-            labels = result["instances"].astype(np.uint16)
+            labels = as_label_png(result["instances"], "the answer's instances")
             out["instances"] = base64.b64encode(png_bytes(labels)).decode("ascii")
-            out["instance_count"] = int(len(np.unique(labels)) - 1)
+            out["instance_count"] = object_count(labels)
         out["mask_values"] = {n: int(v) for n, v in zip(names, pixels, strict=True)}
         out["mask_shape"] = list(mask.shape)
         if overlay:
@@ -556,8 +561,23 @@ def write_mask(path: Path, mask: np.ndarray, num_classes: int) -> None:
     save_png(path, mask_pixels(mask, num_classes))
 
 
+def object_count(labels: np.ndarray) -> int:
+    """The number of objects of an instance-label image (its distinct nonzero labels)."""
+    return int(np.count_nonzero(np.unique(labels)))
+
+
+def as_label_png(labels: np.ndarray, what: str) -> np.ndarray:
+    """Instance labels as the uint16 array of a 16-bit PNG (0 background, one number per object);
+    more than 65,535 objects do not fit one and are refused, naming `what`."""
+    top = int(labels.max(initial=0))
+    if top > np.iinfo(np.uint16).max:
+        raise DataError(
+            f"{what}: object label {top} does not fit a 16-bit label image (at most 65,535 "
+            "objects an image); segment tiles of the image, or set task.instances=null"
+        )
+    return labels.astype(np.uint16)
+
+
 def write_instances(path: Path, labels: np.ndarray) -> None:
-    """Save an instance-label image as a 16-bit PNG (0 background, 1..N one number per object)."""
-    if labels.max(initial=0) > np.iinfo(np.uint16).max:
-        raise ValueError(f"{path}: {labels.max()} objects do not fit a 16-bit label image")
-    save_png(path, labels.astype(np.uint16))
+    """Save an instance-label image as a 16-bit PNG (`as_label_png`)."""
+    save_png(path, as_label_png(labels, str(path)))

@@ -149,3 +149,16 @@ def test_the_pneumoniamnist_recipe_on_10x_less_data_validates_a_recent_average(t
     # The failure the horizon prevents: an "average" whose loss is near chance's (ln 2 = 0.69).
     assert val["fixed"]["loss"] > 1.5 * val["plain"]["loss"], val
     assert val["fixed"]["auc"] < val["recipe"]["auc"] - 0.01, val
+
+
+def test_a_resumed_run_whose_horizon_changed_is_told(tmp_path, caplog):
+    from medtrain.io import load_checkpoint
+    from tests.conftest import TINY
+
+    overrides = [*TINY, "trainer.ema_horizon=0.5", ON_CPU]
+    train_in_process(tmp_path, overrides)
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert saved["ema_decay"] == pytest.approx(1 - 1 / (0.5 * 2 * 6))  # 2 epochs of 6 steps
+    with caplog.at_level(logging.WARNING):
+        train_in_process(tmp_path, [*overrides, "trainer.max_epochs=3", "trainer.resume=true"])
+    assert "continues with decay 0.888889 where the checkpoint's run had 0.833333" in caplog.text

@@ -66,7 +66,8 @@ def test_a_missed_and_a_spurious_object_by_hand():
 
 def test_empty_images_and_perfect_predictions():
     empty = np.zeros((8, 8), np.int32)
-    assert instance_metrics(empty, empty)["instance_score"] == 1.0
+    nothing = instance_metrics(empty, empty)  # nothing to score: left out of the means
+    assert all(np.isnan(nothing[k]) for k in ("instance_score", "pq", "sq", "rq"))
     one = empty.copy()
     one[2:5, 2:5] = 4
     assert instance_metrics(one, empty)["instance_score"] == 0.0
@@ -100,13 +101,14 @@ def test_random_label_images_agree_with_an_independent_computation_and_monai(see
 def test_summary_averages_images_and_takes_the_median_count_error():
     rows = [
         {"instance_score": 0.5, "pq": 0.4, "sq": 0.8, "rq": 0.5, "count_abs_rel_error": 0.1},
-        {"instance_score": 0.7, "pq": 0.6, "sq": 0.9, "rq": 0.7, "count_abs_rel_error": 0.3},
-        {"instance_score": 1.0, "pq": 1.0, "sq": 1.0, "rq": 1.0, "count_abs_rel_error": np.nan},
+        {"instance_score": 0.7, "pq": 0.6, "sq": 0.9, "rq": 0.7, "count_abs_rel_error": 0.2},
+        {"instance_score": 0.6, "pq": 0.5, "sq": 0.9, "rq": 0.6, "count_abs_rel_error": 0.9},
+        {"instance_score": np.nan, "pq": np.nan, "sq": np.nan, "rq": np.nan},  # an empty image
     ]
     s = summarize_instances(rows)
-    assert s["instance_score"] == pytest.approx(2.2 / 3)
-    assert s["count_abs_rel_error"] == pytest.approx(0.2)
-    assert s["count_median_abs_rel_error"] == pytest.approx(0.2)
+    assert s["instance_score"] == pytest.approx(0.6)  # NaN left out
+    assert s["count_abs_rel_error"] == pytest.approx(0.4)  # the mean
+    assert s["count_median_abs_rel_error"] == pytest.approx(0.2)  # the median
 
 
 def test_two_touching_discs_are_split_in_two_by_the_watershed():
@@ -138,6 +140,7 @@ def test_small_objects_without_a_peak_stay_objects_and_counts_match_a_hand_count
         ({"method": "stardist"}, "task.instances.method='stardist'"),
         ({"h": 0}, "task.instances.h=0"),
         ({"method": "watershed", "depth": 2}, "unknown keys"),
+        ("watershed", r"task.instances='watershed': give \{method: watershed"),
     ],
 )
 def test_bad_instance_settings_name_the_key(settings, message):

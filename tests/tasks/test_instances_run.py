@@ -41,6 +41,7 @@ def instance_run(tmp_path_factory) -> tuple[Path, Path]:
             "trainer.progress=false",
             "trainer.report=false",
             "optimizer.lr=1e-2",
+            "task.instances.method=watershed",  # the recipe ships components
             ON_CPU,
         ],
     )
@@ -127,3 +128,17 @@ def test_the_served_answer_carries_the_instances(instance_run):
         labels, np.array(Image.open(run_dir / "instances" / "cell14.png"))
     )
     assert answer["instance_count"] == len(set(np.unique(labels)) - {0})
+
+
+def test_instances_are_refused_for_volumes_and_several_classes():
+    from medtrain.engine.config import check_task
+    from medtrain.errors import ConfigError
+    from medtrain.tasks.segmentation import SegmentationTask
+
+    cfg = compose_cfg(["experiment=hippocampus2d", "task.instances={method: watershed}"])
+    with pytest.raises(ConfigError, match="dataset=volume_slices is scored per volume"):
+        check_task(cfg)
+    with pytest.raises(ConfigError, match="2 foreground classes"):
+        SegmentationTask(
+            loss=None, class_names=["background", "a", "b"], instances={"method": "watershed"}
+        )
