@@ -150,11 +150,8 @@ def main() -> None:
         interleaved(args)
         return
     print(f"machine: {machine()}")
-    workloads = chosen_workloads(
-        args.workload, RECIPES, {"pneumoniamnist": PNEUMONIA, "dsb2018": DSB2018}
-    )
     summary = {}
-    for workload in workloads:
+    for workload in workloads(args):
         epochs = args.epochs or EPOCHS[workload]
         rows = {"medtrain": [], "bare": []}
         for pair in range(args.pairs):
@@ -193,13 +190,17 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(summary, indent=2))
 
 
-def interleaved(args: argparse.Namespace) -> None:
-    print(f"machine: {machine()}; medtrain and the bare loop interleaved in one process")
-    workloads = chosen_workloads(
+def workloads(args: argparse.Namespace) -> list[str]:
+    """The workloads `--workload` names whose data are present."""
+    return chosen_workloads(
         args.workload, RECIPES, {"pneumoniamnist": PNEUMONIA, "dsb2018": DSB2018}
     )
+
+
+def interleaved(args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}; medtrain and the bare loop interleaved in one process")
     summary = {}
-    for workload in workloads:
+    for workload in workloads(args):
         epochs = args.epochs or EPOCHS[workload]
         runs = []
         for pair in range(args.pairs):
