@@ -4,7 +4,8 @@ instance separation on val, report test once.
 1. Trains `medtrain experiment=dsb2018_instances dataset.path=../shared/data/dsb2018_stage1` into
    RUN (skipped with --run-dir of a finished run), timing it.
 2. Scores the best checkpoint's val predictions (logits computed once) for every separation in the
-   grid: connected components, and the distance-transform watershed for several `h`, each with
+   grid: connected components, and the distance-transform watershed for several smoothings `sigma`
+   and saddle depths `h`, each with
    several minimum object sizes; prints val Dice, instance score, PQ and median count error, and
    picks the highest val instance score.
 3. Scores test once with the chosen setting and with connected components (the same U-Net without
@@ -35,8 +36,10 @@ from medtrain.metrics.segmentation import case_metrics
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/dsb2018_stage1"
 FLAGGED = "220b37f4"  # its labels mark one of several bright objects (shared/data/README)
-HS = (1.0, 1.5, 2.0, 3.0, 4.0)
-MIN_SIZES = (10, 20, 30)
+# (sigma, h) of the watershed: the distance transform smoothed by sigma pixels, saddles h deep.
+WATERSHEDS = ((0.0, 1.0), (0.0, 2.0), (1.0, 0.5), (1.0, 1.0), (2.0, 0.5), (2.0, 1.0), (2.0, 2.0))
+WATERSHEDS += ((3.0, 0.5),)
+MIN_SIZES = (20, 30)
 
 
 def train(run_dir: Path, overrides: list[str]) -> float:
@@ -77,17 +80,23 @@ def predictions(run, dataset) -> list[dict]:
     return cases
 
 
-def score(run, cases, method: str, h: float, min_size: int) -> tuple[list[dict], dict]:
+def score(run, cases, separation: dict, min_size: int) -> tuple[list[dict], dict]:
     task = run.task
     task.min_object_size = min_size
     rows = []
     for case in cases:
         pred = task.predict_masks(case["logits"])[0]
-        labels = separate_instances(pred == 1, method, h, task.connectivity)
+        labels = separate_instances(pred == 1, connectivity=task.connectivity, **separation)
         dice = case_metrics(pred, case["mask"], task.class_names)["dice_nucleus"]
         rows.append({"id": case["id"], "dice": dice, **instance_metrics(case["instances"], labels)})
     summary = summarize_instances(rows) | {"dice": float(np.mean([r["dice"] for r in rows]))}
     return rows, summary
+
+
+def describe(separation: dict) -> str:
+    if separation["method"] == "components":
+        return "components"
+    return f"watershed sigma={separation['sigma']} h={separation['h']}"
 
 
 def line(name: str, s: dict) -> str:
@@ -119,26 +128,27 @@ def main() -> None:
     val = predictions(run, datasets["val"])
     header = "| separation | Dice | instance score | PQ | median abs. rel. count error |\n|---|---|---|---|---|"
     print("\nval (60 images):\n" + header)
-    grid = [("components", 0.0)] + [("watershed", h) for h in HS]
+    grid = [{"method": "components"}] + [
+        {"method": "watershed", "sigma": sigma, "h": h} for sigma, h in WATERSHEDS
+    ]
     best = None
-    for method, h in grid:
+    for separation in grid:
         for min_size in MIN_SIZES:
-            _, s = score(run, val, method, h, min_size)
-            name = f"{method}{f' h={h}' if method == 'watershed' else ''}, min size {min_size}"
-            print(line(name, s))
+            _, s = score(run, val, separation, min_size)
+            print(line(f"{describe(separation)}, min size {min_size}", s))
             if best is None or s["instance_score"] > best[0]["instance_score"]:
-                best = (s, method, h, min_size)
-    _, method, h, min_size = best
-    print(f"\nchosen on val: {method} h={h} min size {min_size}")
+                best = (s, separation, min_size)
+    _, chosen, min_size = best
+    print(f"\nchosen on val: {describe(chosen)}, min size {min_size}")
     test = predictions(run, datasets["test"])
     print("\ntest (67 images), once:\n" + header)
     results = {}
-    for name, (m, hh) in {"chosen": (method, h), "components": ("components", 0.0)}.items():
-        rows, s = score(run, test, m, hh, min_size)
+    for name, separation in {"chosen": chosen, "components": {"method": "components"}}.items():
+        rows, s = score(run, test, separation, min_size)
         kept = [r for r in rows if not r["id"].startswith(FLAGGED)]
         without = summarize_instances(kept) | {"dice": float(np.mean([r["dice"] for r in kept]))}
-        print(line(f"{name} ({m})", s))
-        print(line(f"{name} ({m}), without {FLAGGED}", without))
+        print(line(f"{name}: {describe(separation)}", s))
+        print(line(f"{name}: {describe(separation)}, without {FLAGGED}", without))
         results[name] = {"rows": rows, "summary": s, "without_flagged": without}
     print(
         "\nper image (chosen separation):\n| image | Dice | instance score | PQ | true | predicted |"
@@ -149,8 +159,8 @@ def main() -> None:
             f"| {r['id'][:8]} | {r['dice']:.3f} | {r['instance_score']:.3f} | {r['pq']:.3f} | "
             f"{int(r['count_true'])} | {int(r['count_pred'])} |"
         )
+    chosen = chosen | {"min_size": min_size}
     args.out.mkdir(parents=True, exist_ok=True)
-    chosen = {"method": method, "h": h, "min_size": min_size}
     (args.out / "results.json").write_text(
         json.dumps({"chosen": chosen, **results}, indent=2, default=float)
     )

@@ -41,7 +41,6 @@ def instance_run(tmp_path_factory) -> tuple[Path, Path]:
             "trainer.progress=false",
             "trainer.report=false",
             "optimizer.lr=1e-2",
-            "task.instances.method=watershed",  # the recipe ships components
             ON_CPU,
         ],
     )
