@@ -28,10 +28,11 @@ INSTANCE_METHODS = ("components", "watershed")
 
 
 def check_instances(settings: Any) -> dict:
-    """`task.instances` checked: `method` (one of `INSTANCE_METHODS`) and `h` (> 0, watershed)."""
+    """`task.instances` checked, with its defaults: `method` (one of `INSTANCE_METHODS`,
+    `watershed`), and the watershed's `h` (> 0, 0.5) and `sigma` (>= 0, 2.0)."""
     if not isinstance(settings, Mapping):
         raise ConfigError(
-            f"task.instances={settings!r}: give {{method: watershed, h: 2.0}}, "
+            f"task.instances={settings!r}: give {{method: watershed, sigma: 2.0, h: 0.5}}, "
             "{method: components}, or null"
         )
     settings = dict(settings)
@@ -86,6 +87,6 @@ def separate_instances(
     # Components without a marker (no distance peak of height h: small objects) stay objects.
     unlabeled = mask & (labels == 0)
     if unlabeled.any():
-        rest, count = ndimage.label(unlabeled, structure)
+        rest = ndimage.label(unlabeled, structure)[0]
         labels[rest > 0] = rest[rest > 0] + labels.max()
     return labels

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from medtrain.data.loading import EpochLoader, auto_workers, last_batch_dropped,
 from medtrain.data.transforms import Normalize, SeededAugment
 from medtrain.engine import distributed
 from medtrain.engine.legacy import upgrade_targets
+from medtrain.engine.schedulers import optimizer_steps
 from medtrain.errors import ConfigError, MedtrainError
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, train_batches: int) -> Any:
     """The learning-rate schedule, sized by epochs and optimizer steps per epoch."""
-    steps_per_epoch = math.ceil(train_batches / cfg.trainer.accumulate_grad_batches)
+    steps_per_epoch = optimizer_steps(train_batches, cfg.trainer.accumulate_grad_batches)
     factory = build(cfg.scheduler, "scheduler")
     return call(
         factory,

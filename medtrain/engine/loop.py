@@ -27,7 +27,7 @@ from medtrain.engine.callbacks import (
     save_history,
 )
 from medtrain.engine.resume import resume
-from medtrain.engine.schedulers import steps_per_batch
+from medtrain.engine.schedulers import optimizer_steps, steps_per_batch
 from medtrain.errors import ConfigError, TrainingError
 from medtrain.io import load_checkpoint, save_checkpoint
 
@@ -174,12 +174,6 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     if math.isnan(value):
         return False
     return math.isnan(best) or (value > best if mode == "max" else value < best)
-
-
-def optimizer_steps(batches: int, accumulate: int) -> int:
-    """Optimizer steps an epoch of `batches` makes, stepping every `accumulate` batches and at the
-    end of the epoch (`train_one_epoch`)."""
-    return math.ceil(batches / accumulate)
 
 
 # The share of the average the first weights may keep at the end of a run before a fixed

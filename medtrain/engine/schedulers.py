@@ -10,6 +10,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps an epoch of `batches` makes, stepping every `accumulate` batches and at the
+    end of the epoch (`medtrain.engine.loop.train_one_epoch`): what schedules and the weights'
+    average are sized by."""
+    return math.ceil(batches / accumulate)
+
+
 def constant(optimizer: Optimizer, epochs: int, steps_per_epoch: int) -> LambdaLR:
     """No schedule: the optimizer's learning rate throughout."""
     return LambdaLR(optimizer, lambda step: 1.0)

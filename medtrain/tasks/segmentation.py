@@ -62,7 +62,8 @@ class SegmentationTask(Task):
             scoring and measuring (0 keeps everything).
         connectivity: 1 (4-connected) or 2 (8-connected) components when counting objects.
         num_overlays: test cases drawn in `overlays/`.
-        instances: None, or `{method: components | watershed, h: pixels}`: the predicted objects
+        instances: None, or `{method: watershed, sigma: px, h: px}` / `{method: components}`
+            (`medtrain.analysis.instances.check_instances`): the predicted objects
             are separated into instances (`medtrain.analysis.instances`; binary tasks), scored one
             by one against the true objects (the dataset's instance labels, or else the connected
             components of the true mask) with the instance score, panoptic quality and counts
@@ -262,10 +263,11 @@ class SegmentationTask(Task):
             "spacing": None if spacing is None else [float(s) for s in spacing],
             "units": units,
         }
-        counted = self.count_objects(mask) if item.max_objects is not None else {}
-        if separated and counted:  # objects are the instances
-            name = self.class_names[1]
-            counted[name] = (object_count(separated["instances"]), counted[name][1])
+        counted = (
+            self.count_objects(mask, separated.get("instances"))
+            if item.max_objects is not None
+            else {}
+        )
         found = sum(count for count, _ in counted.values())
         if item.max_objects is not None and found > item.max_objects:
             return result | {
@@ -289,13 +291,21 @@ class SegmentationTask(Task):
         summary = totals(rows, [item.name], self.class_names[1:], source="pred", units=units)
         return result | {"measurements": rows, "totals": summary}
 
-    def count_objects(self, mask: np.ndarray) -> dict[str, tuple[int, int]]:
-        """Per foreground class, its (object count, area in pixels): cheap, unlike measuring."""
+    def count_objects(
+        self, mask: np.ndarray, instances: np.ndarray | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """Per foreground class, its (object count, area in pixels): cheap, unlike measuring.
+        Objects are connected components, or the labels of `instances` (`task.instances`)."""
         structure = ndimage.generate_binary_structure(2, self.connectivity)
         counted = {}
         for klass, name in enumerate(self.class_names[1:], start=1):
             inside = mask == klass
-            counted[name] = (int(ndimage.label(inside, structure)[1]), int(inside.sum()))
+            count = (
+                object_count(instances)
+                if instances is not None
+                else int(ndimage.label(inside, structure)[1])
+            )
+            counted[name] = (count, int(inside.sum()))
         return counted
 
     @staticmethod
@@ -449,8 +459,9 @@ class SegmentationCollector:
         if "instances" in batch:
             true_instances = batch["instances"][k].cpu().numpy()
         else:
-            structure = ndimage.generate_binary_structure(2, self.task.connectivity)
-            true_instances = ndimage.label(true == 1, structure)[0]
+            true_instances = separate_instances(
+                true == 1, "components", connectivity=self.task.connectivity
+            )
         return {
             "pred_instances": self.task.instance_labels(pred),
             "true_instances": true_instances,
@@ -501,8 +512,9 @@ class SegmentationCollector:
                 )
             write_mask(run_dir / mask_files[case["id"]], case["pred"], len(names))
             if separated:
-                path = mask_files[case["id"]].replace("masks/", "instances/", 1)
-                write_instances(run_dir / path, case["pred_instances"])
+                write_instances(
+                    run_dir / instances_file(mask_files[case["id"]]), case["pred_instances"]
+                )
         save_csv(run_dir / "measurements.csv", objects, MEASUREMENT_FIELDS)
         save_csv(
             run_dir / "measurement_totals.csv", summaries["true"] + summaries["pred"], TOTAL_FIELDS
@@ -523,7 +535,7 @@ class SegmentationCollector:
         by_case = {case_id: {"id": case_id, "mask": mask_files[case_id]} for case_id in units}
         if self.task.instances is not None:
             for case_id, row in by_case.items():
-                row["instances"] = mask_files[case_id].replace("masks/", "instances/", 1)
+                row["instances"] = instances_file(mask_files[case_id])
         for total in pred_totals:
             case_id, klass = total["id"], total["class"]
             by_case[case_id][f"count_{klass}"] = total["count"]
@@ -559,6 +571,12 @@ def mask_pixels(mask: np.ndarray, num_classes: int) -> np.ndarray:
 def write_mask(path: Path, mask: np.ndarray, num_classes: int) -> None:
     """Save a predicted mask as PNG (see `mask_pixels`)."""
     save_png(path, mask_pixels(mask, num_classes))
+
+
+def instances_file(mask_file: str) -> str:
+    """Where a test image's instance labels go in the run folder, beside its mask: `masks/<id>.png`
+    -> `instances/<id>.png`."""
+    return "instances/" + mask_file.removeprefix("masks/")
 
 
 def object_count(labels: np.ndarray) -> int:

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from medtrain.data.synthetic import SyntheticLesions
 from medtrain.engine.config import validate
-from medtrain.engine.loop import EMA_START_SHARE, ema_decay, optimizer_steps
+from medtrain.engine.loop import EMA_START_SHARE, ema_decay
+from medtrain.engine.schedulers import optimizer_steps
 from medtrain.errors import ConfigError
 from tests.conftest import CONF, ON_CPU, compose_cfg, train_in_process
 
