@@ -40,7 +40,7 @@ BASE = [
     "trainer.progress=false",
     "trainer.precision=32",
     "trainer.num_workers=auto",
-    "task.flip_tta=false",
+    "task.tta=null",
 ]
 OPTIONS = {
     "float32, loader workers (auto)": [],

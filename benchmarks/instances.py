@@ -8,11 +8,12 @@ instance separation on val, report test once.
    and saddle depths `h`, each with
    several minimum object sizes; prints val Dice, instance score, PQ and median count error, and
    picks the highest val instance score.
+   With --tta, each test-time augmentation choice (`task.tta`) is part of the grid.
 3. Scores test once with the chosen setting and with connected components (the same U-Net without
    instance separation), prints the per-image table and the means, also without 220b37f4 (an image
    whose labels mark one of several bright objects: shared/data's README).
 
-Usage: python benchmarks/instances.py [--run-dir RUN] [--train-overrides ...]
+Usage: python benchmarks/instances.py [--run-dir RUN] [--tta none dihedral] [--train-overrides ...]
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", type=Path, default=None, help="a finished run: skip training")
     parser.add_argument("--out", type=Path, default=Path("/tmp/medtrain-bench/instances"))
+    parser.add_argument("--tta", nargs="+", default=["none"], help="task.tta choices to grid")
     parser.add_argument("train_overrides", nargs="*")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -125,21 +127,26 @@ def main() -> None:
     torch.set_num_threads(2)
     run = load_run(run_dir)
     datasets = build_datasets(run.cfg)
-    val = predictions(run, datasets["val"])
+    val_by_tta = {}
+    for tta in args.tta:
+        run.task.tta = None if tta == "none" else tta
+        val_by_tta[tta] = predictions(run, datasets["val"])
     header = "| separation | Dice | instance score | PQ | median abs. rel. count error |\n|---|---|---|---|---|"
     print("\nval (60 images):\n" + header)
     grid = [{"method": "components"}] + [
         {"method": "watershed", "sigma": sigma, "h": h} for sigma, h in WATERSHEDS
     ]
     best = None
-    for separation in grid:
-        for min_size in MIN_SIZES:
-            _, s = score(run, val, separation, min_size)
-            print(line(f"{describe(separation)}, min size {min_size}", s))
-            if best is None or s["instance_score"] > best[0]["instance_score"]:
-                best = (s, separation, min_size)
-    _, chosen, min_size = best
-    print(f"\nchosen on val: {describe(chosen)}, min size {min_size}")
+    for tta, val in val_by_tta.items():
+        for separation in grid:
+            for min_size in MIN_SIZES:
+                _, s = score(run, val, separation, min_size)
+                print(line(f"tta {tta}, {describe(separation)}, min size {min_size}", s))
+                if best is None or s["instance_score"] > best[0]["instance_score"]:
+                    best = (s, separation, min_size, tta)
+    _, chosen, min_size, tta = best
+    print(f"\nchosen on val: tta {tta}, {describe(chosen)}, min size {min_size}")
+    run.task.tta = None if tta == "none" else tta
     test = predictions(run, datasets["test"])
     print("\ntest (67 images), once:\n" + header)
     results = {}
@@ -159,7 +166,7 @@ def main() -> None:
             f"| {r['id'][:8]} | {r['dice']:.3f} | {r['instance_score']:.3f} | {r['pq']:.3f} | "
             f"{int(r['count_true'])} | {int(r['count_pred'])} |"
         )
-    chosen = chosen | {"min_size": min_size}
+    chosen = chosen | {"min_size": min_size, "tta": tta}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
         json.dumps({"chosen": chosen, **results}, indent=2, default=float)

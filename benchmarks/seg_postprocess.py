@@ -1,7 +1,7 @@
 """Choose segmentation post-processing on the validation split of a finished run.
 
 Scores a run's best checkpoint on its val and test splits once per inference variant (with and
-without `task.flip_tta`), then re-thresholds the same logits for several `task.min_object_size`
+without `task.tta=hflip`), then re-thresholds the same logits for several `task.min_object_size`
 values: mean foreground Dice and median absolute relative object-count error per image (per
 foreground class, computed as in the run's metrics.json), the two DSB2018 targets. Pick on val;
 test is printed beside it only to report the chosen setting.
@@ -25,7 +25,7 @@ from medtrain.metrics.segmentation import case_metrics, summarize
 
 def split_logits(run, dataset, flip: bool) -> list[tuple[str, torch.Tensor, np.ndarray]]:
     """(id, logits at native size, true mask) of every image of `dataset`."""
-    run.task.flip_tta = flip
+    run.task.tta = "hflip" if flip else None
     out = []
     with torch.no_grad():
         for index in range(len(dataset)):

@@ -123,6 +123,15 @@ def check_verb(verb: str, args: list[str], where: str) -> None:
             pytest.fail(f"{where}: {err}")
         check_training([*sweep.overrides, *(p.override(p.values[0]) for p in sweep.params)], where)
         return
+    if verb == "cv":
+        from medtrain.experiments.cv import parse_args as parse_cv
+
+        try:
+            cv = parse_cv(args)
+        except ConfigError as err:
+            pytest.fail(f"{where}: {err}")
+        check_training(cv.overrides, where)
+        return
     if verb == "check-data":
         check_training([a for a in args if not a.startswith("check.")], where)
         args = [a.removeprefix("check.") for a in args if a.startswith("check.")]

@@ -142,6 +142,11 @@ def gradcam_figures(
         model = build_model(cfg)
     model.load_state_dict(checkpoint["model"])
     model.eval()
+    if isinstance(getattr(model, "members", None), nn.ModuleList):  # a fold ensemble
+        raise ValueError(
+            f"this run averages {len(model.members)} networks, and Grad-CAM explains one layer of "
+            "one network: each member's report (a CV's fold_<k>/report.html) has its heat maps"
+        )
     layer = last_conv2d(model)
     if layer is None:
         raise ValueError(

@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "measure": ("measure", "measure the objects of mask files (areas, perimeters, counts)"),
     "check-data": ("check_data", "read every sample of every split and report problems"),
     "ensemble": ("ensemble", "evaluate finished runs together by averaging their outputs"),
+    "cv": ("cv", "k-fold cross-validation: out-of-fold metrics and a fold ensemble"),
 }
 HELP = ("-h", "--help", "help")
 

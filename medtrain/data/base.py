@@ -63,6 +63,10 @@ class ImageDataset(Dataset):
     resize_to_input_size = True
     normalizes_before_resize = False
     reads_files = False  # subclasses that decode files: keep them decoded (`cache_mb`)
+    # The attributes with one entry per case, aligned with `ids` (lists or arrays; None when
+    # unused): cross-validation regroups them into folds (`medtrain.data.folds`). A subclass adds
+    # its own, e.g. its file paths; None refuses folds.
+    sample_fields: tuple[str, ...] | None = ("ids", "labels", "tabular", "groups")
 
     def __init__(
         self,
@@ -113,6 +117,14 @@ class ImageDataset(Dataset):
         # the columns (after one-hot encoding of categories).
         self.tabular: np.ndarray | None = None
         self.tabular_names: list[str] = []
+        # The case's group (e.g. its patient) when the data say: cross-validation keeps a group in
+        # one fold. None: every case is its own group.
+        self.groups: list[str] | None = None
+
+    def fresh_state(self) -> None:
+        """Forget what was kept per case index (decoded files): called on a copy whose cases were
+        regrouped (`medtrain.data.folds.regrouped`)."""
+        self.decoded = None if self.decoded is None else type(self.decoded)(self.decoded.max_mb)
 
     @property
     def num_features(self) -> int:

@@ -25,6 +25,7 @@ class DecodedCache:
     """
 
     def __init__(self, max_mb: float = DEFAULT_CACHE_MB):
+        self.max_mb = max_mb
         self.budget = int(max_mb * 2**20)
         self.held = 0
         self.arrays: OrderedDict[Hashable, np.ndarray] = OrderedDict()

@@ -47,6 +47,7 @@ class ImageFolder(ImageDataset):
     reads_files = True
 
     provides = ("classes",)  # class labels only
+    sample_fields = (*ImageDataset.sample_fields, "files")
 
     def __init__(
         self,

@@ -167,9 +167,16 @@ class ManifestRows:
             )
         return assignment
 
-    def _seeded_splits(self, count, val_fraction, test_fraction, seed, labels=None) -> np.ndarray:
+    def _seeded_splits(
+        self, count, val_fraction, test_fraction, seed, labels=None, groups=None
+    ) -> np.ndarray:
         """0, 1 or 2 (train, val, test) per row; test is drawn first, then val from the rest;
-        stratified by `labels` (class targets) when given."""
+        stratified by `labels` (class targets) when given. With `groups` (one name per row) the
+        groups are split instead, unstratified, and each row follows its group."""
+        if groups is not None:
+            names, row_group = np.unique(np.asarray(groups), return_inverse=True)
+            by_group = self._seeded_splits(len(names), val_fraction, test_fraction, seed)
+            return by_group[row_group]
         assignment = np.zeros(count, dtype=np.int64)
         pool = np.arange(count)
         taken = 0.0  # fractions are of all rows: val keeps its share after test is taken
@@ -210,6 +217,9 @@ class Manifest(ManifestRows, ImageDataset):
             no such column, a seeded split by `val_fraction` and `test_fraction` is made, stratified
             by class for classification when every class has enough rows.
         id_column: column of unique case ids; None: the image paths as written.
+        group_column: column naming each image's group (its patient, say): the seeded split
+            (without a split column) keeps a group's images in one split, and `medtrain cv` in
+            one fold. None: every image is its own group.
         tabular_columns: clinical columns given to the model as `sample["tabular"]` (numbers are
             standardised, categories one-hot encoded, both with the training rows' statistics).
         val_fraction: share of rows held out for validation without a split column.
@@ -220,6 +230,7 @@ class Manifest(ManifestRows, ImageDataset):
     """
 
     reads_files = True
+    sample_fields = (*ImageDataset.sample_fields, "files", "chosen_lines")
 
     def __init__(
         self,
@@ -229,6 +240,7 @@ class Manifest(ManifestRows, ImageDataset):
         target_column: str = "target",
         split_column: str | None = "split",
         id_column: str | None = None,
+        group_column: str | None = None,
         tabular_columns: Sequence[str] = (),
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
@@ -263,6 +275,8 @@ class Manifest(ManifestRows, ImageDataset):
         wanted = {"image_column": image_column, "target_column": target_column}
         if id_column is not None:
             wanted["id_column"] = id_column
+        if group_column is not None:
+            wanted["group_column"] = group_column
         wanted |= {f"tabular_columns[{k}]": name for k, name in enumerate(tabular_columns)}
         check_columns(csv_path, header, wanted)
 
@@ -277,12 +291,24 @@ class Manifest(ManifestRows, ImageDataset):
             assignment = self._read_splits(rows, split_column)
         else:
             labels = None if self.regression else targets
-            assignment = self._seeded_splits(len(rows), val_fraction, test_fraction, seed, labels)
+            groups = None if group_column is None else [row[group_column] for row in rows]
+            assignment = self._seeded_splits(
+                len(rows), val_fraction, test_fraction, seed, labels, groups
+            )
         chosen = np.flatnonzero(assignment == SPLITS.index(split))
 
         self.files = [every_file[i] for i in chosen]
         self.ids = [every_id[i] for i in chosen]
         self.chosen_lines = [self._lines[i] for i in chosen]  # this split's CSV lines, for messages
+        if group_column is not None:
+            empty = [
+                f"line {self._lines[i]}" for i, row in enumerate(rows) if not row[group_column]
+            ]
+            if empty:
+                raise DataError(
+                    f"{csv_path}: empty {group_column!r} (dataset.group_column) at {empty[:3]}"
+                )
+            self.groups = [rows[i][group_column] for i in chosen]
         self.set_labels(targets[chosen], source=self.source, all_labels=targets)
         if tabular_columns:
             matrix, self.tabular_names = encode_tabular(

@@ -47,6 +47,8 @@ class MedMNIST(ImageDataset):
         **kwargs: passed to `ImageDataset` (transform, normalize, in_channels, num_classes, ...).
     """
 
+    sample_fields = (*ImageDataset.sample_fields, "images")
+
     def __init__(self, path: str, split: str, **kwargs: Any):
         super().__init__(split, **kwargs)
         arrays = load_npz(path, split)

@@ -155,6 +155,7 @@ class SegFolder(SegmentationDataset):
     """
 
     reads_files = True
+    sample_fields = (*SegmentationDataset.sample_fields, "image_files", "mask_files")
 
     def __init__(
         self,

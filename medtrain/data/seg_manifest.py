@@ -40,6 +40,13 @@ class SegManifest(ManifestRows, SegmentationDataset):
     """
 
     reads_files = True
+    sample_fields = (
+        *SegmentationDataset.sample_fields,
+        "image_files",
+        "mask_files",
+        "row_spacing",
+        "chosen_lines",
+    )
 
     def __init__(
         self,

@@ -138,6 +138,9 @@ class SegmentationDataset(Dataset):
 
     provides: tuple[str, ...] = ("masks",)  # what the samples hold for a task (`Task.targets`)
     reads_files = False  # subclasses that decode files: keep them decoded (`cache_mb`)
+    # The attributes with one entry per case, aligned with `ids`: cross-validation regroups them
+    # (`medtrain.data.folds`); a subclass adds its own (file paths, images); None refuses folds.
+    sample_fields: tuple[str, ...] | None = ("ids", "groups")
     # Evaluation keeps the native size (logits are resized back), and normalizes before resizing.
     resize_to_input_size = False
     normalizes_before_resize = True
@@ -163,8 +166,6 @@ class SegmentationDataset(Dataset):
     ):
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
-        # Datasets that decode files keep them decoded for the next epochs (`reads_files`).
-        self.decoded = decoded_cache(self.reads_files, cache_mb)
         if multilabel:
             raise ConfigError("dataset.multilabel: segmentation masks hold one class per pixel")
         if num_classes is None or num_classes < 2:
@@ -211,11 +212,20 @@ class SegmentationDataset(Dataset):
             raise ConfigError(
                 f"dataset.patches_per_image={patches_per_image} must be an integer >= 1"
             )
-        self.repeats = patches_per_image if split == "train" else 1
+        self.patches_per_image = patches_per_image
         self.spacing = spacing
         self.seed = seed
-        self.shared_epoch = SharedEpoch()  # read by loader workers that outlive an epoch
         self.ids: list[str] = []
+        self.groups: list[str] | None = None  # see ImageDataset.groups
+        self.decoded = decoded_cache(self.reads_files, cache_mb)
+        self.fresh_state()
+
+    def fresh_state(self) -> None:
+        """The state kept per case index and split, made anew (here and on a copy whose cases were
+        regrouped into a fold: `medtrain.data.folds.regrouped`)."""
+        self.decoded = None if self.decoded is None else type(self.decoded)(self.decoded.max_mb)
+        self.repeats = self.patches_per_image if self.split == "train" else 1
+        self.shared_epoch = SharedEpoch()  # read by loader workers that outlive an epoch
         self._file_spacing: dict[int, tuple[float, float] | None] = {}
 
     # Subclasses implement these.

@@ -49,6 +49,7 @@ class SyntheticLesions(ImageDataset):
     """
 
     provides = ("classes",)  # class labels only
+    sample_fields = (*ImageDataset.sample_fields, "images")
 
     def __init__(
         self,

@@ -76,6 +76,8 @@ class SyntheticClinical(ImageDataset):
         **kwargs: passed to `ImageDataset`.
     """
 
+    sample_fields = (*ImageDataset.sample_fields, "images", "area_mm2")
+
     def __init__(
         self,
         split: str,

@@ -53,6 +53,8 @@ class SyntheticShapes(SegmentationDataset):
         **kwargs: passed to `SegmentationDataset` (num_classes, spacing, patch_size, ...).
     """
 
+    sample_fields = (*SegmentationDataset.sample_fields, "images", "masks")
+
     def __init__(
         self,
         split: str,

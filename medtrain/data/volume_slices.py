@@ -65,6 +65,9 @@ class VolumeSlices(SegmentationDataset):
         **kwargs: passed to `SegmentationDataset` (num_classes, class_names, patch_size, ...).
     """
 
+    # Slices belong to volumes whose geometry and cache are kept per case: not split into folds yet.
+    sample_fields = None
+
     def __init__(
         self,
         path: str,

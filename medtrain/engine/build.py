@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from medtrain.data.base import SPLITS
+from medtrain.data.folds import fold_datasets
 from medtrain.data.loading import EpochLoader, auto_workers, last_batch_dropped, make_loader
 from medtrain.data.transforms import Normalize, SeededAugment
 from medtrain.engine import distributed
@@ -126,6 +127,12 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
         if len(datasets[split]) == 0:
             raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
+    fold = (cfg.get("cv") or {}).get("fold")
+    if fold is not None:  # a cross-validation fold: train and val regrouped, test as it is
+        train, val = datasets["train"], datasets["val"]
+        datasets["train"], datasets["val"] = fold_datasets(
+            train, val, cfg.cv.folds_file, fold, train.transform, val.transform
+        )
     train = datasets["train"]
     if train.normalize.mode == "dataset":
         # Statistics of the training split only, written into the config (and so into best.pt and

@@ -394,9 +394,14 @@ def test(
     return distributed.decided(results)
 
 
-def threshold_entries(threshold: float | list[float] | None, names: list[str]) -> dict[str, float]:
+def threshold_entries(threshold: Any, names: list[str]) -> dict[str, float]:
     """The decision threshold(s) as flat metrics.json entries: `threshold` (binary), one
-    `threshold_<label>` per label (multi-label), none (multi-class, segmentation, regression)."""
+    `threshold_<label>` per label (multi-label), `cut_points_<k>` (ordinal regression with fitted
+    cut points), none (multi-class, segmentation, other regression)."""
+    if isinstance(threshold, dict):  # e.g. an ordinal regression's grade cut points
+        return {
+            f"{key}_{k}": v for key, values in threshold.items() for k, v in enumerate(values, 1)
+        }
     if isinstance(threshold, list):
         return {f"threshold_{n}": t for n, t in zip(names, threshold, strict=True)}
     return {} if threshold is None else {"threshold": threshold}

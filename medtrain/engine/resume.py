@@ -58,7 +58,7 @@ MAY_CHANGE = (
 
 
 # Outside `trainer`: keys that change only how fast data are read.
-MAY_CHANGE_OUTSIDE_TRAINER = ("dataset.cache_mb",)
+MAY_CHANGE_OUTSIDE_TRAINER = ("dataset.cache_mb", "cv.folds_file")  # a CV folder may move
 
 # Keys a later release added whose default changed what runs do, with what a config without the
 # key meant: a checkpoint of an earlier run continues only with that value.
@@ -66,6 +66,8 @@ MEANT_WITHOUT_KEY = {
     "augmentation.seeding": "per_transform",
     "trainer.augment_on_device": False,
     "trainer.ema_horizon": None,
+    "cv.fold": None,
+    "cv.folds_file": None,
 }
 
 
@@ -98,6 +100,10 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
     to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ. `before_data`: the
     current config's values inferred from the data (null until it is read) are not compared."""
     old, new = flatten(saved), flatten(current)
+    for values in (old, new):  # `task.flip_tta: true` of earlier runs is `task.tta: hflip`
+        if "task.flip_tta" in values:
+            flip = values.pop("task.flip_tta")
+            values["task.tta"] = "hflip" if flip else values.get("task.tta")
     # `auto` precision is compared as what it means on this run's device.
     device = resolve_device(str(new.get("trainer.device", "cpu")))
     for values in (old, new):

@@ -234,6 +234,11 @@ def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConf
     process composes and trains `.hydra/config.yaml`, and before anything resolves it)."""
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir: {run_dir} is not a folder")
+    if (run_dir / "ensemble.json").is_file():
+        raise ConfigError(
+            f"run_dir: {run_dir} is an ensemble of other runs, not a training run: rerun its "
+            "members (a CV's folds: run `medtrain cv` again with a new cv.dir)"
+        )
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{config} not found: run_dir must be a run folder of medtrain train")

@@ -27,6 +27,7 @@ from medtrain.inference.export_manifest import (
 from medtrain.inference.run import LoadedRun, eval_preprocessing, load_run, volume_settings
 from medtrain.io import atomic_write, save_json
 from medtrain.models import input_keys
+from medtrain.tasks.tta import tta_views
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 OPSET = 17
@@ -38,12 +39,12 @@ TOLERANCE = 1e-4
 class ExportedModel(nn.Module):
     """The run's network followed by its task's postprocessing (`Task.postprocess`), as `Predictor`
     computes it: e.g. class probabilities, values in target units, or per-pixel probabilities and
-    logits. With flip TTA the outputs of the image and of its left-right mirror (brought back by
-    `Task.unflip`) are averaged inside.
+    logits. With test-time augmentation (`task.tta`) the outputs of the views (brought back by
+    `Task.unview`) are averaged inside, as the task averages them (`Task.combine`).
 
-    With `network_only` it is the network alone (float32 outputs, no flip, no postprocessing):
+    With `network_only` it is the network alone (float32 outputs, no views, no postprocessing):
     what `Task.infer` calls as its model, for a backend that runs the network in another runtime
-    and leaves tiling, flip TTA and resizing to the task (`medtrain.inference.onnx_backend`).
+    and leaves tiling, test-time views and resizing to the task (`medtrain.inference.onnx_backend`).
     """
 
     def __init__(self, network: nn.Module, task: Any, network_only: bool = False):
@@ -53,10 +54,7 @@ class ExportedModel(nn.Module):
         self.network_only = network_only
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.network(image)
-        if self.task.flip_tta:
-            out = (out + self.task.unflip(self.network(image.flip(-1)))) / 2
-        return out.float()
+        return self.task.averaged_views(lambda view: self.network(view.apply(image)).float(), image)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.network_only:
@@ -328,7 +326,11 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         **io_manifest(built.outputs, built.channels, None if built.any_size else built.sizes[0]),
         "preprocessing": preprocessing,
         **run.task.export_manifest(preprocess),
-        "flip_tta": run.task.flip_tta,
+        "tta": {
+            "choice": run.task.tta,
+            "views": len(tta_views(run.task.tta, len(built.sizes[0]) if built.sizes else 2)),
+            "inside_model": True,
+        },
         "exporter": {
             "name": "torch.onnx.export (TorchScript-based, dynamo=False)"
             if fmt == "onnx"

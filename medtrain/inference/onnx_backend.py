@@ -1,11 +1,11 @@
 """The ONNX Runtime backend of `Predictor` (`backend=onnx`): the run's network exported at start, in
 memory, by the export's own code and checked against PyTorch as `medtrain export` checks it, then
 run by an ONNX Runtime session in place of the PyTorch module. Everything around the network stays
-the task's (tiling, flip TTA, resizing logits back, results), so both backends give `result` the
+the task's (tiling, test-time views, resizing logits back, results), so both backends give `result` the
 same outputs, to float rounding.
 
 Why not the `model.onnx` of `medtrain export`: that file holds the task's postprocessing
-(probabilities, values in target units) and flip TTA, while `Predictor.forward` hands the task the
+(probabilities, values in target units) and the test-time views, while `Predictor.forward` hands the task the
 network's outputs; turning probabilities back into logits would lose what float32 rounds to 1.
 """
 
@@ -35,7 +35,7 @@ class OnnxNetwork(nn.Module):
         super().__init__()
         self.data, self.providers = data, providers
         self.session = onnx_session(data, threads, providers)
-        self.eval()  # tasks flip-average only models out of training mode
+        self.eval()  # tasks average test-time views only of models out of training mode
 
     def use_threads(self, threads: int) -> None:
         """Run on `threads` intra-op threads from now on (a new session of the same model: its

@@ -21,13 +21,28 @@ def _value_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def ordinal_metrics(
-    target: np.ndarray, pred: np.ndarray, grade_range: Sequence[float]
-) -> dict[str, float]:
-    """Accuracy and quadratic-weighted kappa of predictions rounded to the nearest grade and
-    clipped to `grade_range` ([lowest, highest])."""
+def to_grades(
+    pred: np.ndarray, grade_range: Sequence[float], cut_points: Sequence[float] | None = None
+) -> np.ndarray:
+    """Predicted values as integer grades: rounded to the nearest grade, or, with `cut_points`
+    (one fewer than the grades, ascending), the lowest grade plus the number of cut points at or
+    below the value; clipped to `grade_range` ([lowest, highest])."""
     low, high = grade_range
-    rounded = np.clip(np.rint(pred), low, high).astype(int)
+    if cut_points is None:
+        return np.clip(np.rint(pred), low, high).astype(int)
+    above = np.searchsorted(np.asarray(cut_points, dtype=np.float64), pred, side="right")
+    return np.clip(int(low) + above, low, high).astype(int)
+
+
+def ordinal_metrics(
+    target: np.ndarray,
+    pred: np.ndarray,
+    grade_range: Sequence[float],
+    cut_points: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """Accuracy and quadratic-weighted kappa of the predicted grades (`to_grades`)."""
+    low, high = grade_range
+    rounded = to_grades(pred, grade_range, cut_points)
     truth = np.rint(target).astype(int)
     # Grades outside the range seen in training still count (scikit-learn drops unlisted labels).
     labels = list(range(min(int(low), truth.min()), max(int(high), truth.max()) + 1))
@@ -37,23 +52,66 @@ def ordinal_metrics(
     }
 
 
+def fit_cut_points(
+    target: np.ndarray, pred: np.ndarray, grade_range: Sequence[float], passes: int = 10
+) -> list[float]:
+    """Cut points between successive grades that maximise the accuracy of `to_grades` on these
+    predictions: coordinate ascent from the rounding cuts (grade + 0.5), each cut moved in turn to
+    the best midpoint between neighbouring predictions (ties: the one nearest its rounding cut),
+    until no cut moves.
+
+    Fit them on many predictions the model did not train on (a CV's out-of-fold predictions):
+    on a small validation split they follow its noise.
+    """
+    low, high = int(grade_range[0]), int(grade_range[1])
+    truth = np.rint(np.asarray(target, dtype=np.float64)).astype(int)
+    pred = np.asarray(pred, dtype=np.float64)
+    cuts = [g + 0.5 for g in range(low, high)]
+    values = np.unique(pred)
+    midpoints = (values[1:] + values[:-1]) / 2
+    for _ in range(passes):
+        moved = False
+        for j in range(len(cuts)):
+            lower = cuts[j - 1] if j else -np.inf
+            upper = cuts[j + 1] if j + 1 < len(cuts) else np.inf
+            inside = midpoints[(midpoints > lower) & (midpoints < upper)]
+            if len(inside) > 512:  # many predictions: their quantiles are candidates enough
+                inside = np.quantile(inside, np.linspace(0, 1, 512))
+            candidates = np.unique(np.append(inside, cuts[j]))
+            scores = []
+            for candidate in candidates:
+                trial = [*cuts[:j], candidate, *cuts[j + 1 :]]
+                scores.append(np.mean(to_grades(pred, (low, high), trial) == truth))
+            scores = np.asarray(scores)
+            best = candidates[scores == scores.max()]
+            choice = float(best[np.argmin(np.abs(best - (low + j + 0.5)))])
+            if scores.max() > np.mean(to_grades(pred, (low, high), cuts) == truth):
+                moved = moved or choice != cuts[j]
+                cuts[j] = choice
+        if not moved:
+            break
+    return cuts
+
+
 def regression_metrics(
     target: np.ndarray,
     pred: np.ndarray,
     names: Sequence[str],
     grade_range: Sequence[float] | None = None,
+    cut_points: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Metrics of predictions against targets (N x K, target units), averaged over the K values;
     with several values each also gets `<metric>_<name>`.
 
     Args:
         grade_range: for ordinal grades, [lowest, highest]: adds `acc` and `qwk`.
+        cut_points: the grades' cut points (one value per image); None: rounding.
     """
     per_value = []
     for k in range(target.shape[1]):
         values = _value_metrics(target[:, k], pred[:, k])
         if grade_range is not None:
-            values |= ordinal_metrics(target[:, k], pred[:, k], grade_range)
+            values |= ordinal_metrics(target[:, k], pred[:, k], grade_range, cut_points)
         per_value.append(values)
     out = {key: float(np.mean([v[key] for v in per_value])) for key in per_value[0]}
     if len(per_value) > 1:

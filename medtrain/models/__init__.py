@@ -16,8 +16,9 @@ def input_keys(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "input_keys", ("image",)))
 
 
-def call_model(model: nn.Module, batch: dict[str, Any], flip: bool = False) -> torch.Tensor:
-    """Run `model` on the batch keys it reads; `flip` mirrors the image left-right (for TTA)."""
+def call_model(model: nn.Module, batch: dict[str, Any], view: Any = None) -> torch.Tensor:
+    """Run `model` on the batch keys it reads; `view` (a `medtrain.tasks.tta.View`) turns and
+    mirrors the image (test-time augmentation)."""
     keys = input_keys(model)
     missing = [k for k in keys if k not in batch]
     if missing:
@@ -27,5 +28,5 @@ def call_model(model: nn.Module, batch: dict[str, Any], flip: bool = False) -> t
             "with tabular columns (dataset=manifest with dataset.tabular_columns, or "
             "dataset=synthetic_clinical)"
         )
-    inputs = [batch[k].flip(-1) if flip and k == "image" else batch[k] for k in keys]
+    inputs = [view.apply(batch[k]) if view is not None and k == "image" else batch[k] for k in keys]
     return model(*inputs)

@@ -17,9 +17,10 @@ run meets them:
 - **finished runs**: `preprocessing_class` (what evaluation preprocessing rebuilds), `infer`
   (outputs for unlabelled images), `prediction` (one output as a result dict), `to_json`,
   `prediction_fields` / `prediction_row` / `prediction_tables` (the prediction files), `info`.
-- **export**: `postprocess` (what the exported model adds after the network), `unflip`,
+- **export**: `postprocess` (what the exported model adds after the network), `unview`,
   `export_outputs`, `export_manifest`, `export_tolerance`.
-- **ensembles**: `combine`, `combine_rule`. **reports**: `report_sections`, `report_targets`,
+- **ensembles**: `combine`, `combine_rule`, `average_rule`, `member_affine`. **reports**:
+  `report_sections`, `report_targets`,
   `report_keys`.
 
 `Task` implements what classification, regression and a task of your own usually share; a
@@ -28,7 +29,7 @@ subclass sets the class attributes and implements the methods that raise `NotImp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -42,6 +43,7 @@ from medtrain.data.base import ImageDataset
 from medtrain.errors import ConfigError
 from medtrain.losses import loss_family
 from medtrain.models import call_model
+from medtrain.tasks.tta import View, check_tta, spatial_dims_of, tta_views
 
 Choices = Mapping[str, str]  # config group -> the option chosen (`dataset` -> `seg_folder`)
 
@@ -115,7 +117,9 @@ class Task:
         class_names: one name per model output (classes, or predicted values).
         monitor: the validation metric that picks the best checkpoint; None: `default_monitor`.
         monitor_mode: `max` or `min`; None: the task's default (`default_monitor`).
-        flip_tta: at evaluation, average the outputs of the image and of its left-right mirror.
+        tta: test-time augmentation at evaluation (`medtrain.tasks.tta`): null, `hflip`, `flips`
+            or `dihedral`; the views' outputs are averaged by `combine`.
+        flip_tta: the key of runs saved before `tta`: true is `tta=hflip`.
     """
 
     name: ClassVar[str] = "task"
@@ -145,6 +149,7 @@ class Task:
         class_names: Sequence[str] | None = None,
         monitor: str | None = None,
         monitor_mode: str | None = None,
+        tta: str | None = None,
         flip_tta: bool = False,
     ):
         monitor_mode = monitor_mode or self.default_monitor[1]
@@ -154,7 +159,7 @@ class Task:
         self.class_names = list(class_names or [])
         self.monitor = monitor or self.default_monitor[0]
         self.monitor_mode = monitor_mode
-        self.flip_tta = bool(flip_tta)
+        self.tta = check_tta(tta, flip_tta)
 
     # -- config, before any data is read ---------------------------------------------------------
     @classmethod
@@ -188,14 +193,26 @@ class Task:
         """Checks of `cfg.task` against what the datasets inferred (`cfg.dataset.num_classes`,
         ...), before the model is built."""
 
+    @classmethod
+    def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:
+        """One stratum per case (its class, its grade) that cross-validation folds keep balanced,
+        from the cases' `labels`; None: folds are drawn unstratified."""
+        return None
+
     # -- the loop --------------------------------------------------------------------------------
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
-        """The model's outputs for a batch; with `flip_tta` in evaluation, averaged with those of
-        the mirrored images (mirrored back by `unflip`)."""
-        outputs = call_model(model, batch)
-        if self.flip_tta and not model.training:
-            outputs = (outputs + self.unflip(call_model(model, batch, flip=True))) / 2
-        return outputs
+        """The model's outputs for a batch; with `tta` in evaluation, the views' outputs (brought
+        back by `unview`) averaged by `combine`."""
+        if model.training or self.tta is None:
+            return call_model(model, batch)
+        return self.averaged_views(lambda view: call_model(model, batch, view), batch["image"])
+
+    def averaged_views(self, run: Callable[[View], Any], images: Any) -> Any:
+        """`run(view)` (a network's outputs for the view of the images) for each of `tta`'s views,
+        brought back to the images' frame and averaged by `combine`."""
+        views = tta_views(self.tta, spatial_dims_of(images))
+        outputs = [self.unview(view, run(view)) for view in views]
+        return outputs[0] if len(outputs) == 1 else self.combine(outputs, [self] * len(outputs))
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
@@ -266,9 +283,9 @@ class Task:
         return {"multilabel": False, "threshold": self.threshold}
 
     # -- export ----------------------------------------------------------------------------------
-    def unflip(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Outputs of a mirrored image brought back to the image's frame (image-level outputs do
-        not move; pixel maps are mirrored back)."""
+    def unview(self, view: View, outputs: torch.Tensor) -> torch.Tensor:
+        """Outputs of a test-time view brought back to the image's frame (image-level outputs do
+        not move; pixel maps are turned and mirrored back: `View.invert`)."""
         return outputs
 
     def postprocess(self, outputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -293,3 +310,13 @@ class Task:
     def combine(self, outputs: list[Any], tasks: list[Task]) -> Any:
         """The ensemble's output from its members' outputs (each member with its own task)."""
         raise NotImplementedError
+
+    def average_rule(self) -> str:
+        """How `medtrain.models.ensemble.ModelAverage` averages networks of this task, as `combine`
+        does: `softmax`, `sigmoid` (probabilities) or `mean` (values)."""
+        raise NotImplementedError
+
+    def member_affine(self, member: Task) -> tuple[list[float], list[float]] | None:
+        """Per output, (scale, shift) that turn `member`'s outputs into this task's units (members
+        standardised with other statistics); None when they are alike."""
+        return None

@@ -37,7 +37,9 @@ class ClassificationTask(Task):
         target_sensitivity: the sensitivity that `threshold=sensitivity` aims for.
         monitor: the validation metric that picks the best checkpoint (e.g. `val/auc`).
         monitor_mode: `max` or `min`.
-        flip_tta: at evaluation, average the logits of the image and its left-right mirror.
+        tta: test-time augmentation at evaluation: null, `hflip`, `flips` or `dihedral`
+            (`medtrain.tasks.tta`), averaged in probability space.
+        flip_tta: the key of runs saved before `tta` (true: `tta=hflip`).
     """
 
     name = "classification"
@@ -67,6 +69,7 @@ class ClassificationTask(Task):
         target_sensitivity: float = 0.9,
         monitor: str = "val/auc",
         monitor_mode: str = "max",
+        tta: str | None = None,
         flip_tta: bool = False,
     ):
         if isinstance(threshold, str) and threshold not in M.THRESHOLD_METHODS:
@@ -76,7 +79,7 @@ class ClassificationTask(Task):
             )
         if not isinstance(threshold, str) and not 0 < threshold < 1:
             raise ConfigError(f"task.threshold={threshold} must be in (0, 1)")
-        super().__init__(loss, class_names, monitor, monitor_mode, flip_tta)
+        super().__init__(loss, class_names, monitor, monitor_mode, tta, flip_tta)
         self.multilabel = bool(multilabel)
         self.threshold_rule = threshold
         self.target_sensitivity = target_sensitivity
@@ -121,6 +124,11 @@ class ClassificationTask(Task):
         if not 0 < sensitivity <= 1:
             raise ConfigError(f"task.target_sensitivity={sensitivity!r}: must be in (0, 1]")
 
+    @classmethod
+    def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:
+        """The class of each case (multi-label cases: unstratified)."""
+        return None if labels.ndim > 1 else labels
+
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_fn(logits.float(), batch["label"])
 
@@ -137,6 +145,9 @@ class ClassificationTask(Task):
         probs = torch.stack([t.probabilities(o) for o, t in zip(outputs, tasks, strict=True)])
         probs = probs.mean(0).clamp(1e-12, 1 - 1e-7)
         return torch.logit(probs) if self.multilabel else probs.log()
+
+    def average_rule(self) -> str:
+        return "sigmoid" if self.multilabel else "softmax"
 
     def collector(self, final: bool = False) -> ClassificationCollector:
         return ClassificationCollector(self)

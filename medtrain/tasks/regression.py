@@ -49,9 +49,14 @@ class RegressionTask(Task):
         ordinal: the targets are integer grades: adds `acc` (of the prediction rounded and clipped to
             `grade_range`) and `qwk` (quadratic-weighted Cohen's kappa).
         grade_range: [lowest, highest] grade; None: the training split's range.
+        cut_points: how ordinal predictions become grades: `round` (to the nearest grade) or
+            `fitted` (cut points between grades that maximise accuracy on the validation
+            outputs, `fit_threshold`; in a CV on the pooled out-of-fold outputs).
         monitor: the validation metric that picks the best checkpoint (e.g. `val/mae`).
         monitor_mode: `max` or `min`.
-        flip_tta: at evaluation, average the outputs of the image and its left-right mirror.
+        tta: test-time augmentation at evaluation: null, `hflip`, `flips` or `dihedral`
+            (`medtrain.tasks.tta`), averaged in target units.
+        flip_tta: the key of runs saved before `tta` (true: `tta=hflip`).
         plots: write `scatter.png` and `bland_altman.png` at test time.
     """
 
@@ -73,8 +78,10 @@ class RegressionTask(Task):
         standardize: bool = True,
         ordinal: bool = False,
         grade_range: Sequence[float] | None = None,
+        cut_points: str = "round",
         monitor: str = "val/mae",
         monitor_mode: str = "min",
+        tta: str | None = None,
         flip_tta: bool = False,
         plots: bool = True,
     ):
@@ -83,11 +90,18 @@ class RegressionTask(Task):
         std = np.atleast_1d(np.asarray(1.0 if target_std is None else target_std, dtype=np.float64))
         if (std <= 0).any():
             raise ConfigError(f"task.target_std={std.tolist()} must be > 0")
-        super().__init__(loss, target_names or ["target"], monitor, monitor_mode, flip_tta)
+        super().__init__(loss, target_names or ["target"], monitor, monitor_mode, tta, flip_tta)
         use = bool(standardize)
         self.mean = np.atleast_1d(np.asarray(target_mean or 0.0, dtype=np.float64)) * use
         self.std = std if use else np.ones_like(std)
         self.ordinal = bool(ordinal)
+        if cut_points not in ("round", "fitted"):
+            raise ConfigError(f"task.cut_points={cut_points!r}: choose round or fitted")
+        if cut_points == "fitted" and not self.ordinal:
+            raise ConfigError("task.cut_points=fitted cuts grades: set task.ordinal=true")
+        if cut_points == "fitted" and len(self.class_names) != 1:
+            raise ConfigError("task.cut_points=fitted needs one predicted value per image")
+        self.cut_rule = cut_points
         self.grade_range = None if grade_range is None else (grade_range[0], grade_range[1])
         self.plots = plots
 
@@ -124,6 +138,15 @@ class RegressionTask(Task):
                 )
             if cfg.task.get(key) is None:  # values given in the config win
                 cfg.task[key] = value
+
+    @classmethod
+    def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:
+        """Ordinal grades (one value per image): the grade of each case, so that rare grades reach
+        every fold; other values: unstratified."""
+        values = labels.reshape(len(labels), -1)
+        if not cfg.task.get("ordinal") or values.shape[1] != 1:
+            return None
+        return np.rint(values[:, 0]).astype(np.int64)
 
     @classmethod
     def check_against_data(cls, cfg: DictConfig) -> None:
@@ -164,6 +187,31 @@ class RegressionTask(Task):
         mean = torch.stack([t.values(o) for o, t in zip(outputs, tasks, strict=True)]).mean(0)
         return self.standardized(mean)
 
+    def average_rule(self) -> str:
+        return "mean"
+
+    def member_affine(self, member: RegressionTask) -> tuple[list[float], list[float]] | None:
+        """A member's standardised outputs in this task's: (out * std_m + mean_m - mean) / std."""
+        scale, shift = member.std / self.std, (member.mean - self.mean) / self.std
+        if np.allclose(scale, 1) and np.allclose(shift, 0):
+            return None
+        return scale.tolist(), shift.tolist()
+
+    def cut_points(self) -> list[float] | None:
+        """The cut points between grades chosen by `fit_threshold` (None: rounding)."""
+        return (
+            (self.threshold or {}).get("cut_points") if isinstance(self.threshold, dict) else None
+        )
+
+    def fit_threshold(self, val: RegressionCollector) -> dict[str, list[float]] | None:
+        """With `cut_points=fitted`, the grades' cut points fitted on the validation outputs."""
+        if self.cut_rule != "fitted":
+            return None
+        target, pred = val.arrays()
+        cuts = M.fit_cut_points(target[:, 0], pred[:, 0], self.grade_range)
+        self.threshold = {"cut_points": cuts}
+        return self.threshold
+
     def collector(self, final: bool = False) -> RegressionCollector:
         return RegressionCollector(self)
 
@@ -175,19 +223,26 @@ class RegressionTask(Task):
     def prediction(self, output: torch.Tensor, item: Input) -> dict[str, Any]:
         """`values` per target name in target units (and `value` when there is one)."""
         values = self.values(output)[0].cpu().numpy()
-        return {
+        result = {
             "values": {n: float(v) for n, v in zip(self.class_names, values, strict=True)},
             **({"value": float(values[0])} if len(values) == 1 else {}),
         }
+        if self.ordinal and self.grade_range is not None and len(values) == 1:
+            grade = M.to_grades(values[:1], self.grade_range, self.cut_points())[0]
+            result["grade"] = int(grade)
+        return result
 
     def prediction_fields(self) -> list[str]:
         value = ["value"] if len(self.class_names) == 1 else []
-        return [*value, *(f"value_{n}" for n in self.class_names)]
+        grade = ["grade"] if self.ordinal and len(self.class_names) == 1 else []
+        return [*grade, *value, *(f"value_{n}" for n in self.class_names)]
 
     def prediction_row(self, name: str, result: dict[str, Any], files: Any) -> dict[str, Any]:
         row = {f"value_{n}": repr(v) for n, v in result["values"].items()}
         if "value" in result:
             row["value"] = repr(result["value"])
+        if "grade" in result:
+            row["grade"] = result["grade"]
         return row
 
     # -- export ----------------------------------------------------------------------------------
@@ -216,6 +271,19 @@ class RegressionTask(Task):
                 "target_mean": [float(m) for m in self.mean],
                 "target_std": [float(s) for s in self.std],
                 "note": "`values` are in the targets' units: outputs * std + mean is in the model",
+                **(
+                    {
+                        "grades": {
+                            "range": [float(g) for g in self.grade_range],
+                            "cut_points": self.cut_points(),
+                            "rule": "grade = lowest + the number of cut points <= value, clipped "
+                            "to the range; without cut points the value rounded to the nearest "
+                            "grade",
+                        }
+                    }
+                    if self.ordinal and self.grade_range is not None
+                    else {}
+                ),
             },
         }
 
@@ -245,7 +313,9 @@ class RegressionCollector:
     def metrics(self, prefix: str) -> dict[str, float]:
         target, pred = self.arrays()
         grades = self.task.grade_range if self.task.ordinal else None
-        values = M.regression_metrics(target, pred, self.task.class_names, grades)
+        values = M.regression_metrics(
+            target, pred, self.task.class_names, grades, self.task.cut_points()
+        )
         return {f"{prefix}/{key}": value for key, value in values.items()}
 
     def save(self, run_dir: Path) -> dict[str, Any]:
@@ -267,6 +337,11 @@ class RegressionCollector:
             for i, tv, pv in zip(self.ids, target, pred, strict=True)
         ]
         fields = ["id"] + [t for t, _ in pairs] + [p for _, p in pairs]
+        if self.task.ordinal and len(names) == 1:  # the grade each prediction decides
+            grades = M.to_grades(pred[:, 0], self.task.grade_range, self.task.cut_points())
+            for row, grade in zip(rows, grades, strict=True):
+                row["grade"] = int(grade)
+            fields.append("grade")
         save_csv(run_dir / "predictions.csv", rows, fields)
         summary: dict[str, Any] = {}
         for k, name in enumerate(names):

@@ -36,6 +36,7 @@ from medtrain.metrics.instances import instance_metrics, summarize_instances
 from medtrain.metrics.segmentation import case_metrics, summarize
 from medtrain.models.sliding_window import check_inference, sliding_window_inference
 from medtrain.tasks.base import REGRESSION_LOSS, Choices, Input, Task, refuse_loss
+from medtrain.tasks.tta import View
 
 Logits = torch.Tensor | list[torch.Tensor]
 
@@ -55,7 +56,9 @@ class SegmentationTask(Task):
         inference: `window` (int, [h, w] or None for one pass over the whole image), `overlap`
             (fraction of the window), `blend` (`gaussian` or `constant`), `batch_size` (windows per
             forward pass).
-        flip_tta: at evaluation, average the logits of the image and its left-right mirror.
+        tta: test-time augmentation at evaluation: null, `hflip`, `flips` or `dihedral`
+            (`medtrain.tasks.tta`), averaged in probability space.
+        flip_tta: the key of runs saved before `tta` (true: `tta=hflip`).
         deep_supervision_decay: weight ratio between successive coarser outputs of a
             deep-supervision model (1, r, r^2, ..., normalised to sum to 1).
         min_object_size: predicted components of this many pixels or fewer are removed before
@@ -88,6 +91,7 @@ class SegmentationTask(Task):
         monitor: str = "val/dice",
         monitor_mode: str = "max",
         inference: Mapping[str, Any] | None = None,
+        tta: str | None = None,
         flip_tta: bool = False,
         deep_supervision_decay: float = 0.5,
         min_object_size: int = 0,
@@ -106,7 +110,7 @@ class SegmentationTask(Task):
                 f"task.inference has unknown keys {sorted(unknown)}; valid: window, overlap, "
                 "blend, batch_size"
             )
-        super().__init__(loss, class_names, monitor, monitor_mode, flip_tta)
+        super().__init__(loss, class_names, monitor, monitor_mode, tta, flip_tta)
         self.window = inference.get("window")
         self.blend = inference.get("blend", "gaussian")
         self.overlap = inference.get("overlap", 0.5)
@@ -172,8 +176,9 @@ class SegmentationTask(Task):
     def infer(
         self, model: nn.Module, images: torch.Tensor, size: tuple[int, int] | None = None
     ) -> torch.Tensor:
-        """Logits of whole images: tiled when `inference.window` is set, flip-averaged on request,
-        resized to `size` (the images' native height and width) when the model saw them resized."""
+        """Logits of whole images: tiled when `inference.window` is set, averaged over the views of
+        `tta` (as log-probabilities), resized to `size` (the images' native height and width) when
+        the model saw them resized."""
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             if self.window is None:
@@ -182,15 +187,13 @@ class SegmentationTask(Task):
                 model, x, self.window, self.overlap, self.blend, self.window_batch
             )
 
-        logits = predict(images).float()
-        if self.flip_tta:
-            logits = (logits + self.unflip(predict(images.flip(-1)).float())) / 2
+        logits = self.averaged_views(lambda view: predict(view.apply(images)).float(), images)
         if size is None or tuple(logits.shape[-2:]) == tuple(size):
             return logits
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
-    def unflip(self, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs.flip(-1)
+    def unview(self, view: View, outputs: torch.Tensor) -> torch.Tensor:
+        return view.invert(outputs)
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         masks = batch["mask"]
@@ -238,6 +241,9 @@ class SegmentationTask(Task):
         if isinstance(outputs[0], list):
             return [mean_log_prob(maps) for maps in zip(*outputs, strict=True)]
         return mean_log_prob(outputs)
+
+    def average_rule(self) -> str:
+        return "softmax"
 
     def collector(self, final: bool = False) -> SegmentationCollector:
         return SegmentationCollector(self, final)
@@ -409,9 +415,9 @@ class SegmentationTask(Task):
                 "the logits of overlapping windows (starts every window * (1 - overlap) pixels, "
                 "the last one at the image end; images smaller than the window zero-padded "
                 "around; gaussian weights: sigma 0.125 * window, floor 1e-3, as MONAI), as "
-                "examples/run_exported.py does; with flip_tta each window is averaged with its "
-                "mirror inside the model, which equals medtrain's whole-image mirror where the "
-                "window starts are symmetric",
+                "examples/run_exported.py does; with task.tta each window's views are averaged "
+                "inside the model, close to medtrain's views of the whole image (equal without "
+                "a window)",
             },
         }
 

@@ -25,6 +25,7 @@ def test_verbs_are_the_documented_ones():
         "measure",
         "check-data",
         "ensemble",
+        "cv",
     ]
     for verb, (module, summary) in VERBS.items():
         assert (ROOT / "medtrain" / "commands" / f"{module}.py").is_file(), verb

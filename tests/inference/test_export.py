@@ -30,6 +30,7 @@ from medtrain.inference.export import export_run
 from medtrain.models.cnn import SimpleCNN
 from medtrain.models.fusion import Fusion
 from medtrain.models.tabular import TabularMLP
+from medtrain.tasks.tta import tta_views
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "run_exported.py"
 TASKS = ("classification", "regression", "segmentation")
@@ -180,7 +181,7 @@ def test_export_matches_pytorch_predictor_and_manifest(finished_runs, tmp_path, 
     model_bytes = (out / manifest["model_file"]).read_bytes()
     assert manifest["files"] == {manifest["model_file"]: hashlib.sha256(model_bytes).hexdigest()}
     assert manifest["exporter"]["opset"] == (17 if fmt == "onnx" else None)
-    assert manifest["flip_tta"] is False
+    assert manifest["tta"] == {"choice": None, "views": 1, "inside_model": True}
     if kind == "classification":
         assert manifest["threshold"] == run.checkpoint["threshold"] == 0.5
         assert manifest["input"]["size"] == saved["input_size"]
@@ -210,7 +211,7 @@ def test_example_script_follows_other_settings(finished_runs, tmp_path):
     removal."""
     classifier = Predictor(finished_runs["classification"])
     task = classifier.task
-    task.multilabel, task.threshold, task.flip_tta = True, [0.45, 0.55], True
+    task.multilabel, task.threshold, task.tta = True, [0.45, 0.55], "hflip"
     params = {"mode": "zscore", "invert": "auto"}
     classifier.preprocess.normalize = Normalize(**params)
     classifier.run.checkpoint["preprocessing"]["normalize"] = params
@@ -233,11 +234,12 @@ def test_example_script_follows_other_settings(finished_runs, tmp_path):
     assert manifest["preprocessing"]["resize"]["size"] == [64, 64]
 
 
-def test_flip_tta_is_inside_the_export(finished_runs, tmp_path):
+@pytest.mark.parametrize("tta", ["hflip", "dihedral"])
+def test_tta_is_inside_the_export(finished_runs, tmp_path, tta):
     run = load_run(finished_runs["segmentation"])
-    run.task.flip_tta = True
+    run.task.tta = tta
     manifest = export_run(run, "onnx", tmp_path)
-    assert manifest["flip_tta"] is True
+    assert manifest["tta"]["choice"] == tta and manifest["tta"]["views"] == len(tta_views(tta))
     images = torch.randn(2, 1, 40, 56, generator=torch.Generator().manual_seed(1))
     got = load_exported(tmp_path, manifest)(images.numpy())
     for have, want in zip(got, reference(run, images), strict=True):

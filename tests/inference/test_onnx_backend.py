@@ -96,16 +96,16 @@ def test_onnx_backend_equals_torch(backends, task):
         assert_same_answer(got, want)
 
 
-def test_flip_tta_around_the_onnx_network(backends):
-    """The task mirrors and tiles around the network in both backends."""
+def test_tta_around_the_onnx_network(backends):
+    """The task turns, mirrors and tiles around the network in both backends."""
     torch_predictor, onnx_predictor = backends["segmentation"].values()
     decoded = images(torch_predictor)[:2]
-    torch_predictor.task.flip_tta = onnx_predictor.task.flip_tta = True
+    torch_predictor.task.tta = onnx_predictor.task.tta = "dihedral"
     try:
         expected = torch_predictor.predict(decoded, ["a", "b"])
         got = onnx_predictor.predict(decoded, ["a", "b"])
     finally:
-        torch_predictor.task.flip_tta = onnx_predictor.task.flip_tta = False
+        torch_predictor.task.tta = onnx_predictor.task.tta = None
     for have, want in zip(got, expected, strict=True):
         assert_same_answer(have, want)
 

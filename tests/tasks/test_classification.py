@@ -1,4 +1,4 @@
-"""The classification task object: forward (with flip TTA), thresholds, collector outputs."""
+"""The classification task object: forward (with test-time views), thresholds, collector outputs."""
 
 import numpy as np
 import pytest
@@ -18,18 +18,21 @@ class LeftHalfModel(nn.Module):
         return torch.stack([torch.zeros_like(left), left], dim=1)
 
 
-def test_flip_tta_averages_image_and_mirror_only_in_eval():
+def test_hflip_tta_averages_probabilities_of_image_and_mirror_only_in_eval():
     x = torch.zeros(1, 1, 2, 4)
     x[..., :2] = 1.0  # bright left half
     batch = {"image": x}
     model = LeftHalfModel().eval()
     plain = ClassificationTask(CrossEntropy()).forward(model, batch)
-    tta = ClassificationTask(CrossEntropy(), flip_tta=True).forward(model, batch)
-    assert plain[0, 1].item() == pytest.approx(1.0) and tta[0, 1].item() == pytest.approx(0.5)
+    tta = ClassificationTask(CrossEntropy(), tta="hflip").forward(model, batch)
+    assert plain[0, 1].item() == pytest.approx(1.0)
+    # Softmax of (0, 1) and of (0, 0) averaged: the output's softmax gives that mean back.
+    mean = (torch.softmax(torch.tensor([0.0, 1.0]), 0) + 0.5) / 2
+    torch.testing.assert_close(tta.softmax(1)[0], mean)
     model.train()
-    assert (
-        ClassificationTask(CrossEntropy(), flip_tta=True).forward(model, batch)[0, 1].item() == 1.0
-    )
+    assert ClassificationTask(CrossEntropy(), tta="hflip").forward(model, batch)[0, 1].item() == 1.0
+    # Runs before release 0.4 said flip_tta=true.
+    assert ClassificationTask(CrossEntropy(), flip_tta=True).tta == "hflip"
 
 
 def test_threshold_rules_are_checked():

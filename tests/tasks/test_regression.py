@@ -68,6 +68,35 @@ def test_ordinal_accuracy_and_quadratic_kappa():
     )
 
 
+def test_cut_points_decide_grades_and_fitting_finds_the_best_ones():
+    pred = np.array([0.1, 0.9, 1.2, 2.2, 2.6, 3.9])
+    cuts = [0.5, 1.0, 2.5, 3.0]  # grade = 0 + the cuts at or below the value
+    np.testing.assert_array_equal(M.to_grades(pred, (0, 4), cuts), [0, 1, 2, 2, 3, 4])
+    np.testing.assert_array_equal(M.to_grades(pred, (0, 4)), [0, 1, 1, 2, 3, 4])
+    # Predictions shrunk towards the middle (value = 1 + grade / 2): rounding is wrong for most,
+    # fitted cut points put every grade right, and no other cuts do better.
+    target = np.repeat(np.arange(5), 20).astype(float)
+    shrunk = 1 + target / 2 + np.tile(np.linspace(-0.2, 0.2, 20), 5)
+    cuts = M.fit_cut_points(target, shrunk, (0, 4))
+    assert M.ordinal_metrics(target, shrunk, (0, 4))["acc"] < 0.5
+    assert M.ordinal_metrics(target, shrunk, (0, 4), cuts)["acc"] == 1.0
+    assert cuts == sorted(cuts) and len(cuts) == 4
+    # A task with fitted cuts chooses them on validation outputs and reports them.
+    task = RegressionTask(torch.nn.L1Loss(), ordinal=True, grade_range=[0, 4], cut_points="fitted")
+    collector = task.collector()
+    collector.update(
+        torch.tensor(shrunk)[:, None],
+        {"id": list(map(str, range(100))), "label": torch.tensor(target)},
+    )
+    assert task.fit_threshold(collector) == {"cut_points": cuts}
+    assert collector.metrics("val")["val/acc"] == 1.0
+    # Grades 1 and 2 are predicted in 1.3-1.7 and 1.8-2.2: their cut lies between.
+    assert task.prediction(torch.tensor([[1.72]]), None)["grade"] == 1
+    assert task.prediction(torch.tensor([[1.78]]), None)["grade"] == 2
+    with pytest.raises(ConfigError, match="task.cut_points=fitted cuts grades"):
+        RegressionTask(torch.nn.L1Loss(), cut_points="fitted")
+
+
 def test_offset_and_scale_leave_r2_and_pearson_unchanged():
     rng = np.random.default_rng(2)
     target = rng.normal(0, 1, size=(40, 1))

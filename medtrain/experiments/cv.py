@@ -1,0 +1,676 @@
+"""k-fold cross-validation of any experiment (the library behind `medtrain cv`).
+
+`<cv.dir>/` holds, in the order a CV makes them:
+
+- `folds.json`: the fold of every case of the data's train and val splits (seeded; stratified by
+  class for classification and by grade for ordinal regression, `Task.fold_strata`; grouped when
+  the dataset names groups, e.g. `dataset.group_column`); the test split is in no fold. A second
+  CV in the same folder reuses it.
+- `fold_<k>/`: an ordinary run folder (`medtrain train ... cv.fold=k cv.folds_file=...`), trained
+  on the other folds, its checkpoint and threshold chosen on fold k, tested on the test split.
+  Folds with `metrics.json` are done; a killed fold resumes from its `last.pt`.
+- `oof_predictions.csv` (with a `fold` column) and `oof/` (the task's other files): every case
+  predicted by the one fold model that did not train on it; the pooled out-of-fold metrics, and
+  the decision threshold chosen on them.
+- `cv_metrics.csv`, `cv_summary.md`, `cv_metrics.png`: per-fold metrics, mean and sd (ddof 1),
+  the pooled out-of-fold metrics and the fold ensemble's test metrics.
+- `ensemble/`: the k fold models averaged (`medtrain.models.ensemble.ModelAverage`) with the
+  out-of-fold threshold, evaluated on the test split; a run folder that predicts, serves and
+  exports like any run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from medtrain.data.folds import FOLDS_VERSION, assign_folds, check_folds_file, read_folds, regrouped
+from medtrain.data.loading import make_loader
+from medtrain.engine.acceleration import autocast
+from medtrain.engine.build import build_datasets, build_model, build_task, plain, task_class
+from medtrain.engine.config import compose_config, resolve_device
+from medtrain.engine.loop import evaluate, threshold_entries, to_device
+from medtrain.engine.trust import check_targets
+from medtrain.errors import ConfigError, MedtrainError
+from medtrain.inference.run import LoadedRun, load_run
+from medtrain.io import atomic_write, read_json, save_checkpoint, save_csv, save_json
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "folds": 5,
+    "dir": None,
+    "seed": None,
+    "jobs": 1,
+    "ensemble": True,
+    "trust": [],
+}
+# Set per fold by the CV itself, never on its command line.
+SET_PER_FOLD = ("cv.fold", "cv.folds_file", "hydra.run.dir", "trainer.resume")
+
+
+class FoldsFailed(MedtrainError):
+    """Some folds ended with an error; the same command trains them again."""
+
+
+@dataclass
+class CrossValidation:
+    """A CV's settings (`cv.*` on the command line) and the training overrides of every fold."""
+
+    folds: int
+    dir: Path
+    seed: int | None
+    jobs: int
+    ensemble: bool
+    overrides: list[str] = field(default_factory=list)
+    trust: list[str] = field(default_factory=list)
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.dir / f"fold_{fold}"
+
+
+def parse_args(argv: list[str]) -> CrossValidation:
+    """Split the command line into `cv.*` settings and training overrides.
+
+    Raises:
+        ConfigError: an unknown `cv.` key, a bad value, or an override the CV sets per fold.
+    """
+    settings, overrides = dict(DEFAULTS), []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-") or not sep:
+            raise ConfigError(f"expected key=value, got {arg!r}")
+        if key.lstrip("+") in SET_PER_FOLD:
+            raise ConfigError(
+                f"{key} is set by the CV for each fold; name the CV folder with cv.dir=..."
+            )
+        if key.startswith("cv."):
+            name = key.removeprefix("cv.")
+            if name not in DEFAULTS:
+                raise ConfigError(f"unknown key {key!r}; CV keys: {', '.join(DEFAULTS)}")
+            settings[name] = value
+        else:
+            overrides.append(arg)
+    for name, low in (("folds", 2), ("jobs", 1)):
+        value = str(settings[name])
+        if not value.isdigit() or int(value) < low:
+            raise ConfigError(f"cv.{name}={value}: must be an integer >= {low}")
+        settings[name] = int(value)
+    seed = settings["seed"]
+    if seed not in (None, "null"):
+        if not str(seed).lstrip("-").isdigit():
+            raise ConfigError(f"cv.seed={seed}: must be an integer (default: the config's seed)")
+        settings["seed"] = int(seed)
+    else:
+        settings["seed"] = None
+    trust = settings["trust"]
+    if isinstance(trust, str):  # cv.trust=[my_models.TinyNet,my_pkg.]
+        trust = [t.strip() for t in trust.strip("[]").split(",") if t.strip()]
+    settings["trust"] = list(trust)
+    ensemble = str(settings["ensemble"]).lower()
+    if ensemble not in ("true", "false"):
+        raise ConfigError(f"cv.ensemble={settings['ensemble']}: true or false")
+    settings["ensemble"] = ensemble == "true"
+    directory = settings.pop("dir") or datetime.now().strftime("outputs/cv/%Y-%m-%d/%H-%M-%S")
+    return CrossValidation(dir=Path(directory).resolve(), overrides=overrides, **settings)
+
+
+# -- folds ---------------------------------------------------------------------------------------
+def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
+    """`<cv.dir>/folds.json`: drawn from the data's train and val splits, or the saved one checked
+    against them (same cases, folds and seed)."""
+    path = cv.dir / "folds.json"
+    datasets = build_datasets(cfg)
+    train, val, test = datasets["train"], datasets["val"], datasets["test"]
+    if "sample_fields" in vars(type(train)) and type(train).sample_fields is None:
+        raise ConfigError(
+            f"dataset {type(train).__name__} cannot be split into folds yet (its cases are kept "
+            "per volume); cross-validate a 2D dataset, or give splits with dataset.split_file"
+        )
+    regrouped([(train, [0])], "train", train.transform)  # a class that cannot regroup: refused
+    pool = list(train.ids) + list(val.ids)
+    twice = sorted({i for i in pool if pool.count(i) > 1}) if len(set(pool)) < len(pool) else []
+    if twice:
+        raise ConfigError(f"dataset: ids {twice[:3]} are in both the train and val splits")
+    seed = int(cfg.seed) if cv.seed is None else cv.seed
+    if path.exists():
+        saved = read_folds(path)
+        check_folds_file(saved, path, pool, list(test.ids))
+        if (saved["folds"], saved["seed"]) != (cv.folds, seed):
+            raise ConfigError(
+                f"{path} holds {saved['folds']} folds drawn with seed {saved['seed']}, not "
+                f"cv.folds={cv.folds} with seed {seed}: use a new cv.dir, or the same settings"
+            )
+        return path
+    classes = task_class(cfg).fold_strata(cfg, np.concatenate([train.labels, val.labels]))
+    stratified = classes is not None
+    grouped = train.groups is not None and val.groups is not None
+    groups = list(train.groups) + list(val.groups) if grouped else None
+    if grouped and test.groups is not None:
+        shared = sorted(set(groups) & set(test.groups))
+        if shared:
+            log.warning(
+                "cv: %d groups have cases in the test split and in the folds (e.g. %s): the "
+                "data's own split mixes them; the test metrics are then optimistic",
+                len(shared),
+                shared[:3],
+            )
+    assignment = assign_folds(pool, cv.folds, seed, classes, groups)
+    save_json(
+        path,
+        {
+            "version": FOLDS_VERSION,
+            "folds": cv.folds,
+            "seed": seed,
+            "stratified": stratified,
+            "grouped": grouped,
+            "ids": pool,
+            "fold": assignment.tolist(),
+            **({"group": groups} if grouped else {}),
+            "test": list(test.ids),
+        },
+    )
+    return path
+
+
+def check_same_overrides(cv: CrossValidation) -> None:
+    """`<cv.dir>/overrides.json`: the training overrides of the CV's first command; a command
+    that continues the CV must give the same (its finished folds were trained with them).
+
+    Raises:
+        ConfigError: other overrides than the first command's.
+    """
+    from medtrain.engine.resume import MAY_CHANGE
+
+    def what_it_learns(overrides: list[str]) -> list[str]:  # in any order; not the device, ...
+        runs_only = {f"trainer.{key}" for key in MAY_CHANGE}
+        return sorted(o for o in overrides if o.partition("=")[0].lstrip("+~") not in runs_only)
+
+    path = cv.dir / "overrides.json"
+    saved = read_json(path) if path.is_file() else None
+    if saved is None:
+        save_json(path, {"overrides": cv.overrides})
+        return
+    if what_it_learns(list(saved["overrides"])) != what_it_learns(cv.overrides):
+        added = [o for o in what_it_learns(cv.overrides) if o not in saved["overrides"]]
+        dropped = [o for o in what_it_learns(saved["overrides"]) if o not in cv.overrides]
+        raise ConfigError(
+            f"{cv.dir} holds a CV trained with other overrides (added now: {added}, dropped: "
+            f"{dropped}): continue it with {saved['overrides']}, or use a new cv.dir"
+        )
+
+
+# -- training ------------------------------------------------------------------------------------
+def fold_command(cv: CrossValidation, fold: int, folds_file: Path) -> list[str]:
+    """The `medtrain train` command of one fold (resuming from its `last.pt` when it has one)."""
+    from medtrain.experiments.rerun import _override_value
+
+    folder = cv.fold_dir(fold)
+    command = [sys.executable, "-m", "medtrain", "train", *cv.overrides]
+    command += [
+        f"cv.fold={fold}",
+        f"cv.folds_file={_override_value(str(folds_file))}",
+        f"hydra.run.dir={_override_value(str(folder))}",
+    ]
+    if (folder / "checkpoints" / "last.pt").is_file():
+        command.append("trainer.resume=true")
+    return command
+
+
+def run_folds(cv: CrossValidation, folds_file: Path) -> list[int]:
+    """Train the folds without `metrics.json`, `cv.jobs` at a time (each its own process, its
+    console in `fold_<k>/console.log`); returns the folds that failed."""
+    pending = [k for k in range(cv.folds) if not (cv.fold_dir(k) / "metrics.json").is_file()]
+    done = cv.folds - len(pending)
+    if done:
+        log.info("cv: %d of %d folds already trained in %s", done, cv.folds, cv.dir)
+    env = dict(os.environ)
+    if cv.jobs > 1 and "OMP_NUM_THREADS" not in env:  # the cores shared between the jobs
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cv.jobs))
+    running: dict[int, tuple[subprocess.Popen, float, Any]] = {}
+    failed: list[int] = []
+    try:
+        while pending or running:
+            while pending and len(running) < cv.jobs:
+                fold = pending.pop(0)
+                folder = cv.fold_dir(fold)
+                folder.mkdir(parents=True, exist_ok=True)
+                command = fold_command(cv, fold, folds_file)
+                resumed = " (resumed)" if command[-1] == "trainer.resume=true" else ""
+                log.info("cv: fold %d of %d started%s", fold, cv.folds, resumed)
+                console = (folder / "console.log").open("a")
+                process = subprocess.Popen(
+                    command,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    preexec_fn=die_with_parent if sys.platform == "linux" else None,
+                )
+                running[fold] = (process, time.perf_counter(), console)
+            time.sleep(0.2)
+            for fold, (process, start, console) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                console.close()
+                del running[fold]
+                seconds = time.perf_counter() - start
+                if process.returncode == 0 and (cv.fold_dir(fold) / "metrics.json").is_file():
+                    log.info("cv: fold %d done in %.0f s", fold, seconds)
+                else:
+                    failed.append(fold)
+                    log.error(
+                        "cv: fold %d failed (exit %s); see %s",
+                        fold,
+                        process.returncode,
+                        cv.fold_dir(fold) / "console.log",
+                    )
+    finally:  # interrupted: stop the folds in flight (they resume from last.pt next time)
+        for process, _, console in running.values():
+            process.terminate()
+            process.wait()
+            console.close()
+    return sorted(failed)
+
+
+def die_with_parent() -> None:
+    """In a fold's process before it starts (Linux): end it when the CV's process ends, even by
+    SIGKILL, so that a killed CV leaves no fold training on (the next run resumes it)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# -- out-of-fold predictions -------------------------------------------------------------------
+def load_folds(cv: CrossValidation) -> list[LoadedRun]:
+    return [load_run(cv.fold_dir(k), key="cv.dir", trust=cv.trust) for k in range(cv.folds)]
+
+
+@torch.no_grad()
+def out_of_fold(cv: CrossValidation, runs: list[LoadedRun], device: torch.device):
+    """Each fold's model over its own validation fold, pooled into one collector of fold 0's task
+    (outputs in its units through `Task.combine`); the threshold chosen on the pooled outputs.
+    Writes `oof/` and `oof_predictions.csv`; returns (task, metrics, threshold)."""
+    task = build_task(runs[0].cfg)
+    task.loss_fn.to(device)
+    collector = task.collector(final=True)
+    fold_of: dict[str, int] = {}
+    for fold, run in enumerate(runs):
+        with open_dict(run.cfg):  # the folder may have moved since the fold trained
+            run.cfg.cv.folds_file = str(cv.dir / "folds.json")
+        val = build_datasets(run.cfg)["val"]
+        run.model.to(device)
+        loader = make_loader(
+            val,
+            batch_size=int(run.cfg.trainer.eval_batch_size),
+            shuffle=False,
+            seed=0,
+            num_workers=0,
+        )
+        for batch in loader:
+            batch = to_device(batch, device)
+            with autocast(device, str(run.cfg.trainer.precision)):
+                output = run.task.forward(run.model, batch)
+            collector.update(task.combine([output], [run.task]), batch)
+        fold_of |= {str(i): fold for i in val.ids}
+        run.model.to("cpu")
+    threshold = task.fit_threshold(collector)
+    folder = cv.dir / "oof"
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = collector.save(folder) or {}
+    metrics = collector.metrics("oof") | {f"oof/{k}": v for k, v in saved.items()}
+    metrics |= threshold_entries(threshold, task.class_names)
+    predictions = folder / "predictions.csv"
+    if predictions.is_file():  # the rows with the fold that predicted them
+        import csv
+
+        with predictions.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        fields = ["id", "fold", *(k for k in rows[0] if k != "id")] if rows else ["id", "fold"]
+        for row in rows:
+            row["fold"] = fold_of[row["id"]]
+            for key, value in row.items():  # files the task wrote (masks/...): from cv.dir
+                if isinstance(value, str) and value and (folder / value).is_file():
+                    row[key] = f"{folder.name}/{value}"
+        save_csv(cv.dir / "oof_predictions.csv", rows, fields)
+        predictions.unlink()
+    return task, metrics, threshold
+
+
+# -- summaries -----------------------------------------------------------------------------------
+def summary_rows(
+    cv: CrossValidation, task: Any, oof: dict[str, Any], ensemble: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of `cv_metrics.csv`: one per fold (its val and test metrics), `mean`, `sd` (ddof 1),
+    `oof_pooled` (in the val columns) and `fold_ensemble` (in the test columns)."""
+    names = [*task.headline, "loss"]
+    per_fold = [read_json(cv.fold_dir(k) / "metrics.json") for k in range(cv.folds)]
+    columns = [
+        f"{split}/{name}"
+        for split in ("val", "test")
+        for name in names
+        if any(isinstance(m.get(f"{split}/{name}"), (int, float)) for m in per_fold)
+    ]
+    rows: list[dict[str, Any]] = [
+        {"row": f"fold_{k}", **{c: m.get(c) for c in columns}} for k, m in enumerate(per_fold)
+    ]
+    for label, ddof in (("mean", None), ("sd", 1)):
+        row: dict[str, Any] = {"row": label}
+        for column in columns:
+            values = np.array([r[column] for r in rows[: cv.folds]], dtype=np.float64)
+            values = values[np.isfinite(values)]
+            if len(values) > (ddof or 0):
+                row[column] = float(values.std(ddof=ddof) if ddof else values.mean())
+        rows.append(row)
+    rows.append(
+        {
+            "row": "oof_pooled",
+            **{c: oof.get("oof/" + c[4:]) for c in columns if c.startswith("val/")},
+        }
+    )
+    if ensemble is not None:
+        rows.append(
+            {
+                "row": "fold_ensemble",
+                **{c: ensemble.get(c) for c in columns if c.startswith("test/")},
+            }
+        )
+    return rows, ["row", *columns]
+
+
+def write_summary(
+    cv: CrossValidation, rows: list[dict[str, Any]], columns: list[str], notes: list[str]
+) -> None:
+    """`cv_metrics.csv`, `cv_summary.md` and `cv_metrics.png`."""
+    save_csv(cv.dir / "cv_metrics.csv", rows, columns)
+
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) and np.isfinite(value) else ""
+
+    # One line per metric (the CSV has one per fold): folds side by side read best.
+    labels = [str(r["row"]) for r in rows]
+    lines = [
+        f"# Cross-validation: {cv.folds} folds ({cv.dir})",
+        "",
+        "| metric | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+        *(
+            f"| {column} | " + " | ".join(cell(r.get(column)) for r in rows) + " |"
+            for column in columns[1:]
+        ),
+        "",
+        "Columns: each fold's val (its held-out fold) and test metrics; mean and sd (ddof 1) of "
+        "the folds; `oof_pooled`: every train/val case predicted by the fold model that did not "
+        "train on it, scored together (val rows); `fold_ensemble`: the fold models averaged on "
+        "the test split (test rows).",
+        "",
+        *notes,
+    ]
+    atomic_write(cv.dir / "cv_summary.md", lambda handle: handle.write("\n".join(lines) + "\n"))
+    plot_folds(cv.dir / "cv_metrics.png", rows, columns)
+
+
+def plot_folds(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Each headline metric: the folds' values (val and test), their mean +- sd, the pooled
+    out-of-fold value and the fold ensemble's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(c.split("/", 1)[1] for c in columns[1:] if not c.endswith("/loss")))[
+        :4
+    ]
+    if not names:
+        return
+    by_row = {r["row"]: r for r in rows}
+    folds = [r for r in rows if str(r["row"]).startswith("fold_") and r["row"] != "fold_ensemble"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        for x, split in enumerate(("val", "test")):
+            column = f"{split}/{name}"
+            values = [r.get(column) for r in folds if isinstance(r.get(column), (int, float))]
+            if not values:
+                continue
+            axis.scatter(
+                [x] * len(values),
+                values,
+                color="tab:blue",
+                alpha=0.6,
+                label="folds" if x == 0 else None,
+            )
+            mean, sd = by_row["mean"].get(column), by_row["sd"].get(column)
+            if mean is not None:
+                axis.errorbar(
+                    x + 0.15,
+                    mean,
+                    yerr=sd or 0,
+                    fmt="o",
+                    color="black",
+                    capsize=4,
+                    label="mean +- sd" if x == 0 else None,
+                )
+        pooled = by_row.get("oof_pooled", {}).get(f"val/{name}")
+        if isinstance(pooled, (int, float)):
+            axis.scatter([0.3], [pooled], marker="*", s=120, color="tab:orange", label="pooled OOF")
+        ensembled = by_row.get("fold_ensemble", {}).get(f"test/{name}")
+        if isinstance(ensembled, (int, float)):
+            axis.scatter(
+                [1.3], [ensembled], marker="*", s=120, color="tab:red", label="fold ensemble"
+            )
+        axis.set_xticks([0, 1], ["val (held-out fold)", "test"])
+        axis.set_xlim(-0.5, 1.6)
+        axis.set_title(name)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
+    plt.close(fig)
+
+
+# -- the fold ensemble ---------------------------------------------------------------------------
+def member_inputs(runs: list[LoadedRun], normalize: dict[str, Any]) -> dict[str, Any]:
+    """Per member, (scale, shift) per channel from the ensemble's normalized input to the member's:
+    needed when members normalize with their own training folds' statistics
+    (`dataset.normalize.mode=dataset`); empty when every member sees the same input.
+
+    Raises:
+        ConfigError: members whose preprocessing differs otherwise (size, channels, window).
+    """
+    first = dict(runs[0].checkpoint["preprocessing"])
+    for run in runs[1:]:
+        other = dict(run.checkpoint["preprocessing"])
+        differs = [k for k in first if k != "normalize" and first[k] != other.get(k)]
+        if differs:
+            raise ConfigError(
+                f"{run.run_dir}: its preprocessing differs from {runs[0].run_dir} in {differs}; "
+                "the folds of one CV share it"
+            )
+    modes = {r.checkpoint["preprocessing"]["normalize"].get("mode") for r in runs}
+    if modes != {"dataset"}:
+        return {}
+    mean0, std0 = np.asarray(normalize["mean"]), np.asarray(normalize["std"])
+    scales, shifts = [], []
+    for run in runs:
+        own = run.checkpoint["preprocessing"]["normalize"]
+        mean, std = np.asarray(own["mean"]), np.asarray(own["std"])
+        scales.append((std0 / std).tolist())
+        shifts.append(((mean0 - mean) / std).tolist())
+    return {"input_scale": scales, "input_shift": shifts}
+
+
+def fold_ensemble(
+    cv: CrossValidation,
+    runs: list[LoadedRun],
+    task: Any,
+    threshold: Any,
+    oof: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """`<cv.dir>/ensemble/`: the fold models as one `ModelAverage` network in `checkpoints/best.pt`
+    (with fold 0's config, the data's own splits, and the out-of-fold threshold), evaluated once on
+    the test split; returns its metrics."""
+    out = cv.dir / "ensemble"
+    base = runs[0]
+    cfg = OmegaConf.create(plain(base.cfg))
+    with open_dict(cfg):
+        cfg.cv = {"fold": None, "folds_file": None}
+    datasets = build_datasets(cfg)  # the test split as every fold saw it
+    affine = [task.member_affine(run.task) for run in runs]
+    outputs = {}
+    if any(a is not None for a in affine):
+        width = len(task.class_names)
+        filled = [a or ([1.0] * width, [0.0] * width) for a in affine]
+        outputs = {"output_scale": [a[0] for a in filled], "output_shift": [a[1] for a in filled]}
+    preprocessing = datasets["test"].preprocessing()
+    with open_dict(cfg):
+        cfg.model = {
+            "_target_": "medtrain.models.ensemble.ModelAverage",
+            "rule": task.average_rule(),
+            "members": [plain(run.cfg)["model"] for run in runs],
+            **member_inputs(runs, preprocessing["normalize"]),
+            **outputs,
+        }
+    model = build_model(cfg)
+    for member, run in zip(model.members, runs, strict=True):
+        member.load_state_dict(run.model.state_dict())
+    model.to(device).eval()
+    ensemble_task = build_task(cfg)
+    ensemble_task.threshold = threshold
+    ensemble_task.loss_fn.to(device)
+    loader = make_loader(
+        datasets["test"],
+        batch_size=int(cfg.trainer.eval_batch_size),
+        shuffle=False,
+        seed=0,
+        num_workers=0,
+    )
+    start = time.perf_counter()
+    collector, loss = evaluate(
+        model, loader, ensemble_task, device, str(cfg.trainer.precision), final=True
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    saved = collector.save(out) or {}
+    metrics = {
+        **collector.metrics("test"),
+        **{f"test/{k}": v for k, v in saved.items()},
+        "test/loss": loss,
+        **oof,
+        "members": len(runs),
+    }
+    metrics |= threshold_entries(threshold, ensemble_task.class_names)
+    metrics |= ensemble_task.intervals(out, metrics)
+    model.to("cpu")
+    checkpoint = {
+        "config": plain(cfg),
+        "task": ensemble_task.name,
+        "class_names": ensemble_task.class_names,
+        "seed": cfg.seed,
+        "medtrain_version": base.checkpoint.get("medtrain_version"),
+        "preprocessing": preprocessing
+        | {"input_size": base.checkpoint["preprocessing"].get("input_size")},
+        "model": model.state_dict(),
+        "threshold": threshold,
+        "best_epoch": None,
+        "epoch": None,
+    }
+    save_checkpoint(out / "checkpoints" / "best.pt", checkpoint)
+    atomic_write(
+        out / ".hydra" / "config.yaml", lambda handle: handle.write(OmegaConf.to_yaml(cfg))
+    )
+    save_json(out / "metrics.json", metrics)
+    save_json(
+        out / "ensemble.json",
+        {
+            "kind": "fold_ensemble",
+            "run_dirs": [str(run.run_dir) for run in runs],
+            "task": ensemble_task.name,
+            "task_target": type(ensemble_task).__module__ + "." + type(ensemble_task).__qualname__,
+            "combine": ensemble_task.combine_rule,
+            "threshold": "chosen on the out-of-fold predictions (../oof_predictions.csv)",
+            "seconds": round(time.perf_counter() - start, 2),
+            "device": str(device),
+        },
+    )
+    members = [
+        {"run_dir": str(run.run_dir), **read_json(run.run_dir / "metrics.json")} for run in runs
+    ]
+    keys = [k for k in metrics if k.startswith("test/") and "_ci_" not in k]
+    rows = [{"run_dir": m["run_dir"], **{k: m.get(k) for k in keys}} for m in members]
+    rows.append({"run_dir": "ensemble", **{k: metrics[k] for k in keys}})
+    save_csv(out / "members.csv", rows, ["run_dir", *keys])
+    try:
+        from medtrain.analysis.report import write_report
+
+        write_report(out, trust=cv.trust)
+    except Exception as err:  # the results stand without their page; `medtrain report` retries
+        log.warning("cv: no report.html for the ensemble (%s)", err)
+    return metrics
+
+
+# -- the whole CV --------------------------------------------------------------------------------
+def run_cv(cv: CrossValidation) -> dict[str, Any]:
+    """Draw (or reuse) the folds, train the unfinished ones, pool their out-of-fold predictions,
+    ensemble them on the test split, and write the summaries; returns what `cv.json` holds.
+
+    Raises:
+        ConfigError: bad settings or overrides (before any fold trains).
+        FoldsFailed: some folds ended with an error (the others are kept).
+    """
+    cfg = compose_config(cv.overrides)  # a typo stops the CV before anything is written
+    # The folds are loaded back as run folders: classes they may not build stop the CV now.
+    check_targets(
+        OmegaConf.to_container(cfg), "the CV's config (cv.trust=[...] allows more)", cv.trust
+    )
+    cv.dir.mkdir(parents=True, exist_ok=True)
+    folds_file = draw_folds(cv, cfg)
+    check_same_overrides(cv)
+    start = time.perf_counter()
+    failed = run_folds(cv, folds_file)
+    if failed:
+        raise FoldsFailed(
+            f"folds {failed} failed (see {cv.dir}/fold_<k>/console.log); the same command with "
+            f"cv.dir={cv.dir} trains them again and keeps the finished ones"
+        )
+    train_seconds = time.perf_counter() - start
+    dev = resolve_device(str(cfg.trainer.device), "trainer.device")  # pooling and the ensemble
+    runs = load_folds(cv)
+    task, oof, threshold = out_of_fold(cv, runs, dev)
+    ensemble = fold_ensemble(cv, runs, task, threshold, oof, dev) if cv.ensemble else None
+    rows, columns = summary_rows(cv, task, oof, ensemble)
+    notes = []
+    if threshold is not None:
+        notes.append(
+            f"Decision threshold chosen on the pooled out-of-fold predictions: {threshold}."
+        )
+    write_summary(cv, rows, columns, notes)
+    fold_seconds = [
+        (read_json(cv.fold_dir(k) / "run_info.json") or {}).get("train_seconds")
+        for k in range(cv.folds)
+    ]
+    summary = {
+        "folds": cv.folds,
+        "seed": read_folds(folds_file)["seed"],
+        "overrides": cv.overrides,
+        "fold_train_seconds": fold_seconds,
+        "seconds_this_session": round(time.perf_counter() - start, 1),
+        "folds_seconds_this_session": round(train_seconds, 1),
+        "threshold": threshold,
+        "oof": oof,
+        "ensemble": None
+        if ensemble is None
+        else {k: v for k, v in ensemble.items() if k.startswith("test/")},
+    }
+    save_json(cv.dir / "cv.json", summary)
+    return summary

@@ -1,0 +1,108 @@
+"""Several trained networks of one task as one network (`ModelAverage`): what a cross-validation's
+fold ensemble saves in its `checkpoints/best.pt`, so that it predicts, serves and exports like any
+run.
+
+The members' outputs are averaged where averaging means something: class probabilities (softmax
+or sigmoid), or values in the task's units. The average comes out as outputs of the same kind as
+one member's, so the task's own postprocessing applies unchanged: the log of the mean softmax
+(whose softmax is the mean), the logit of the mean sigmoid, or the mean value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from medtrain.errors import ConfigError
+from medtrain.models import input_keys
+
+RULES = ("softmax", "sigmoid", "mean")
+
+
+class ModelAverage(nn.Module):
+    """The average of `members`, each fed its own view of the input.
+
+    Args:
+        members: networks of identical inputs and outputs (built from their configs).
+        rule: `softmax` (class probabilities over dim 1, e.g. classes or per-pixel classes),
+            `sigmoid` (independent probabilities) or `mean` (values).
+        input_scale, input_shift: per member and image channel, `x * scale + shift` turns the
+            ensemble's normalized image into the member's (members normalized with the statistics
+            of their own training data); None: the same input for all. Other inputs (tabular
+            columns) are passed as they are.
+        output_scale, output_shift: per member and output, `out * scale + shift` turns a member's
+            values into the ensemble's units before `mean` (members standardised with their own
+            training targets); None: as they are.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        rule: str = "softmax",
+        input_scale: Sequence[Sequence[float]] | None = None,
+        input_shift: Sequence[Sequence[float]] | None = None,
+        output_scale: Sequence[Sequence[float]] | None = None,
+        output_shift: Sequence[Sequence[float]] | None = None,
+    ):
+        super().__init__()
+        if rule not in RULES:
+            raise ConfigError(f"model.rule={rule!r}: choose one of {list(RULES)}")
+        members = list(members)
+        if len(members) < 2:
+            raise ConfigError(
+                f"model.members: an average needs 2 or more networks, not {len(members)}"
+            )
+        keys = {input_keys(m) for m in members}
+        if len(keys) > 1:
+            raise ConfigError(f"model.members read different inputs: {sorted(keys)}")
+        self.members = nn.ModuleList(members)
+        self.rule = rule
+        self.input_keys = keys.pop()
+        settings = {
+            "input_scale": input_scale,
+            "input_shift": input_shift,
+            "output_scale": output_scale,
+            "output_shift": output_shift,
+        }
+        for first, second in (("input_scale", "input_shift"), ("output_scale", "output_shift")):
+            if (settings[first] is None) != (settings[second] is None):
+                raise ConfigError(f"model.{first} and model.{second}: give both or neither")
+        if input_scale is not None and "image" not in self.input_keys:
+            raise ConfigError("model.input_scale rescales images; these members read no image")
+        if output_scale is not None and rule != "mean":
+            raise ConfigError(f"model.output_scale applies to values (rule=mean), not rule={rule}")
+        self.image_index = self.input_keys.index("image") if "image" in self.input_keys else None
+        for name, value in (
+            ("input_scale", input_scale),
+            ("input_shift", input_shift),
+            ("output_scale", output_scale),
+            ("output_shift", output_shift),
+        ):
+            if value is not None and len(value) != len(members):
+                raise ConfigError(f"model.{name} has {len(value)} rows for {len(members)} members")
+            tensor = None if value is None else torch.as_tensor(value, dtype=torch.float32)
+            self.register_buffer(name, tensor)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for k, member in enumerate(self.members):
+            args = list(inputs)
+            if self.input_scale is not None:
+                image = args[self.image_index]
+                shape = (1, -1) + (1,) * (image.ndim - 2)
+                args[self.image_index] = image * self.input_scale[k].view(shape) + self.input_shift[
+                    k
+                ].view(shape)
+            out = member(*args).float()
+            if self.output_scale is not None:
+                shape = (1, -1) + (1,) * (out.ndim - 2)
+                out = out * self.output_scale[k].view(shape) + self.output_shift[k].view(shape)
+            outputs.append(out)
+        stacked = torch.stack(outputs)
+        if self.rule == "mean":
+            return stacked.mean(0)
+        if self.rule == "sigmoid":
+            return torch.logit(torch.sigmoid(stacked).mean(0).clamp(1e-7, 1 - 1e-7))
+        return stacked.softmax(2).mean(0).clamp_min(1e-12).log()

@@ -1,0 +1,303 @@
+"""`medtrain cv`: folds drawn and saved, one run folder per fold, pooled out-of-fold metrics that
+equal a recomputation from `oof_predictions.csv`, a fold ensemble that predicts and serves like a
+run, and a CV that continues after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from medtrain.errors import ConfigError
+from medtrain.experiments.cv import parse_args
+from medtrain.inference import Predictor
+from tests.conftest import ON_CPU, ROOT, TINY, run_cli
+
+FOLDS = 3
+OVERRIDES = [*TINY, ON_CPU, "trainer.max_epochs=1", "task.threshold=youden"]
+
+
+def cv_command(cv_dir: Path) -> list[str]:
+    return ["cv", f"cv.folds={FOLDS}", f"cv.dir={cv_dir}", *OVERRIDES]
+
+
+@pytest.fixture(scope="module")
+def finished_cv(tmp_path_factory) -> Path:
+    cv_dir = tmp_path_factory.mktemp("cv") / "cv"
+    done = run_cli(*cv_command(cv_dir), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cv_dir
+
+
+def predict(predictor: Predictor, files: list[bytes], names: list[str]) -> list[dict]:
+    decoded = [predictor.decode(data, name) for data, name in zip(files, names, strict=True)]
+    return predictor.predict(decoded, names)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folds_are_saved_stratified_and_hold_no_test_case(finished_cv):
+    folds = json.loads((finished_cv / "folds.json").read_text())
+    assert folds["folds"] == FOLDS and folds["seed"] == 42 and folds["stratified"]
+    assert len(folds["ids"]) == 96 + 48 and len(set(folds["ids"])) == len(folds["ids"])
+    assert not set(folds["ids"]) & set(folds["test"]) and len(folds["test"]) == 48
+    for fold in range(FOLDS):
+        splits = json.loads((finished_cv / f"fold_{fold}" / "splits.json").read_text())
+        held_out = [i for i, f in zip(folds["ids"], folds["fold"], strict=True) if f == fold]
+        assert splits["val"] == held_out and splits["test"] == folds["test"]
+        assert sorted(splits["train"]) == sorted(set(folds["ids"]) - set(held_out))
+    # The same classes in every fold (72 / 72 in the pool: 24 / 24 per fold).
+    labels = {r["id"]: r["target"] for r in rows(finished_cv / "oof_predictions.csv")}
+    for fold in range(FOLDS):
+        ids = [i for i, f in zip(folds["ids"], folds["fold"], strict=True) if f == fold]
+        counts = np.bincount([int(labels[i]) for i in ids])
+        assert abs(counts[0] - counts[1]) <= 1
+
+
+def test_pooled_out_of_fold_metrics_equal_a_recomputation(finished_cv):
+    summary = json.loads((finished_cv / "cv.json").read_text())
+    oof = rows(finished_cv / "oof_predictions.csv")
+    folds = json.loads((finished_cv / "folds.json").read_text())
+    assert sorted(r["id"] for r in oof) == sorted(folds["ids"])  # every case once
+    fold_of = dict(zip(folds["ids"], folds["fold"], strict=True))
+    assert all(int(r["fold"]) == fold_of[r["id"]] for r in oof)
+    target = np.array([int(r["target"]) for r in oof])
+    prob = np.array([float(r["prob_1"]) for r in oof])
+    pred = np.array([int(r["pred"]) for r in oof])
+    assert summary["oof"]["oof/auc"] == pytest.approx(roc_auc_score(target, prob), abs=1e-12)
+    assert summary["oof"]["oof/acc"] == pytest.approx(accuracy_score(target, pred), abs=1e-12)
+    # The threshold was chosen on these outputs, and decides them.
+    np.testing.assert_array_equal(pred, (prob >= summary["threshold"]).astype(int))
+
+
+def test_summary_holds_folds_mean_sd(finished_cv):
+    table = {r["row"]: r for r in rows(finished_cv / "cv_metrics.csv")}
+    assert list(table) == [
+        *(f"fold_{k}" for k in range(FOLDS)),
+        "mean",
+        "sd",
+        "oof_pooled",
+        "fold_ensemble",
+    ]
+    for key in ("val/auc", "test/auc", "test/acc"):
+        values = [
+            json.loads((finished_cv / f"fold_{k}" / "metrics.json").read_text())[key]
+            for k in range(FOLDS)
+        ]
+        assert float(table["mean"][key]) == pytest.approx(np.mean(values))
+        assert float(table["sd"][key]) == pytest.approx(np.std(values, ddof=1))
+    ensemble = json.loads((finished_cv / "ensemble" / "metrics.json").read_text())
+    assert float(table["fold_ensemble"]["test/auc"]) == pytest.approx(ensemble["test/auc"])
+    assert (finished_cv / "cv_metrics.png").stat().st_size > 1000
+    assert "| val/auc |" in (finished_cv / "cv_summary.md").read_text()
+
+
+def test_fold_ensemble_averages_the_folds_and_predicts_serves_like_a_run(finished_cv):
+    from medtrain.inference.serve import create_app
+    from tests.inference.test_serve import encode, grey, post, start, stop
+
+    ensemble = Predictor(finished_cv / "ensemble")
+    folds = [Predictor(finished_cv / f"fold_{k}") for k in range(FOLDS)]
+    files = [encode(grey(seed, (16, 16)), "PNG") for seed in range(4)]
+    names = [f"{k}.png" for k in range(4)]
+    got = predict(ensemble, files, names)
+    each = [predict(p, files, names) for p in folds]
+    for index, result in enumerate(got):
+        mean = np.mean(
+            [[r[index]["probabilities"][c] for c in ensemble.class_names] for r in each], axis=0
+        )
+        assert [result["probabilities"][c] for c in ensemble.class_names] == pytest.approx(
+            mean, abs=1e-6
+        )
+    assert ensemble.task.threshold == json.loads((finished_cv / "cv.json").read_text())["threshold"]
+    # Its test metrics are those of its predictions file.
+    metrics = json.loads((finished_cv / "ensemble" / "metrics.json").read_text())
+    table = rows(finished_cv / "ensemble" / "predictions.csv")
+    target = [int(r["target"]) for r in table]
+    assert metrics["test/auc"] == pytest.approx(
+        roc_auc_score(target, [float(r["prob_1"]) for r in table])
+    )
+    running = start(create_app(ensemble))
+    try:
+        status, answer = post(running.port, "/predict", ("file", "a.png", files[0]))
+    finally:
+        stop(running)
+    assert status == 200
+    assert answer["probabilities"] == pytest.approx(got[0]["probabilities"], abs=1e-6)
+
+
+def test_a_killed_fold_resumes_and_finished_folds_are_kept(finished_cv, tmp_path):
+    """A CV killed after fold 1's last epoch was saved (its last.pt, no metrics.json) trains
+    only fold 1 again, from its checkpoint, to the same metrics."""
+    cv_dir = tmp_path / "cv"
+    shutil.copytree(finished_cv, cv_dir)
+    before = {k: (cv_dir / f"fold_{k}" / "metrics.json").read_bytes() for k in range(FOLDS)}
+    stamps = {k: (cv_dir / f"fold_{k}" / "metrics.json").stat().st_mtime_ns for k in (0, 2)}
+    (cv_dir / "fold_1" / "metrics.json").unlink()
+    done = run_cli(*cv_command(cv_dir), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        "fold 1 of 3 started (resumed)" in done.stderr and "fold 0 of 3 started" not in done.stderr
+    )
+    for k in (0, 2):
+        assert (cv_dir / f"fold_{k}" / "metrics.json").stat().st_mtime_ns == stamps[k]
+    again = json.loads((cv_dir / "fold_1" / "metrics.json").read_text())
+    original = json.loads(before[1])
+    for key in ("test/auc", "test/acc", "val/auc", "best_epoch"):
+        assert again[key] == original[key]
+
+
+def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwise(tmp_path):
+    """Each fold standardises its targets and normalizes its images with its own training data
+    (`normalize.mode=dataset`): the ensemble undoes both and averages values in mm^2."""
+    cv_dir = tmp_path / "cv"
+    done = run_cli(
+        "cv",
+        "cv.folds=2",
+        f"cv.dir={cv_dir}",
+        "dataset=synthetic_clinical",
+        "task=regression",
+        "loss=mse",
+        "dataset.normalize.mode=dataset",
+        "dataset.num_train=48",
+        "dataset.num_val=16",
+        "dataset.num_test=16",
+        "dataset.image_size=16",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=16",
+        "trainer.progress=false",
+        "trainer.report=false",
+        ON_CPU,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    folds = [Predictor(cv_dir / f"fold_{k}") for k in range(2)]
+    ensemble = Predictor(cv_dir / "ensemble")
+    means = [list(p.run.cfg.task.target_mean) for p in folds]
+    pixels = [list(p.run.cfg.dataset.normalize.mean) for p in folds]
+    assert means[0] != means[1] and pixels[0] != pixels[1]  # the affines are not the identity
+    from tests.inference.test_serve import encode, grey
+
+    files = [encode(grey(seed, (16, 16)), "PNG") for seed in range(3)]
+    names = ["a.png", "b.png", "c.png"]
+    got = [r["value"] for r in predict(ensemble, files, names)]
+    each = np.array([[r["value"] for r in predict(p, files, names)] for p in folds])
+    np.testing.assert_allclose(got, each.mean(0), rtol=1e-5)
+    oof = rows(cv_dir / "oof_predictions.csv")
+    summary = json.loads((cv_dir / "cv.json").read_text())
+    target = np.array([float(r["target"]) for r in oof])
+    pred = np.array([float(r["pred"]) for r in oof])
+    assert summary["oof"]["oof/mae"] == pytest.approx(np.abs(pred - target).mean())
+
+
+@pytest.mark.slow
+def test_a_cv_killed_mid_fold_stops_its_folds_and_continues(tmp_path):
+    cv_dir = tmp_path / "cv"
+    longer = [
+        o if not o.startswith("trainer.max_epochs") else "trainer.max_epochs=4" for o in OVERRIDES
+    ]
+    args = ["cv", f"cv.folds={FOLDS}", f"cv.dir={cv_dir}", *longer]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medtrain", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (cv_dir / "fold_0" / "metrics.json").is_file():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    while not (cv_dir / "fold_1" / "checkpoints" / "last.pt").is_file():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGKILL)  # no chance to clean up: the folds die with it
+    process.wait()
+    time.sleep(3)
+    assert not (cv_dir / "fold_1" / "metrics.json").is_file()
+    kept = (cv_dir / "fold_0" / "metrics.json").read_bytes()
+    done = run_cli(*args, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fold 1 of 3 started (resumed)" in done.stderr
+    assert (cv_dir / "fold_0" / "metrics.json").read_bytes() == kept
+    assert (cv_dir / "ensemble" / "checkpoints" / "best.pt").is_file()
+
+
+def test_bad_cv_settings_are_refused():
+    for argv, message in [
+        (["cv.folds=1"], "cv.folds=1: must be an integer >= 2"),
+        (["cv.fold=2"], "cv.fold is set by the CV"),
+        (["hydra.run.dir=x"], "hydra.run.dir is set by the CV"),
+        (["cv.split=3"], "unknown key 'cv.split'"),
+        (["cv.ensemble=maybe"], "cv.ensemble=maybe"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse_args(argv)
+    cv = parse_args(["cv.folds=4", "cv.dir=somewhere", "model=cnn"])
+    assert cv.folds == 4 and cv.dir.name == "somewhere" and cv.overrides == ["model=cnn"]
+
+
+def test_folds_are_reused_and_other_settings_refused(tmp_path):
+    from medtrain.experiments.cv import check_same_overrides, draw_folds
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(TINY)
+    cv = parse_args([f"cv.dir={tmp_path}", "cv.folds=3"])
+    path = draw_folds(cv, cfg)
+    saved = path.read_bytes()
+    assert draw_folds(cv, cfg).read_bytes() == saved  # the same folds, not drawn again
+    cv.folds = 4
+    with pytest.raises(ConfigError, match="holds 3 folds drawn with seed 42, not cv.folds=4"):
+        draw_folds(cv, cfg)
+    cv.folds = 3
+    check_same_overrides(cv)
+    check_same_overrides(cv)  # the same command continues
+    with pytest.raises(ConfigError, match=r"added now: \['seed=1'\]"):
+        check_same_overrides(parse_args([f"cv.dir={tmp_path}", "seed=1"]))
+    other = compose_cfg([*TINY, "dataset.num_train=90"])
+    with pytest.raises(ConfigError, match="other cases than the data's train and val splits"):
+        draw_folds(cv, other)
+
+
+def test_folds_of_a_manifest_keep_each_patient_in_one_fold(tmp_path, caplog):
+    """dataset.group_column: a patient's images share a fold (and never straddle train and val of
+    a fold); the test rows are in no fold."""
+    from medtrain.experiments.cv import draw_folds
+    from tests.conftest import compose_cfg
+    from tests.data.test_manifest import make_cases
+
+    count = 40
+    patients = [f"p{i // 3}" for i in range(count)]  # 3 images per patient (the last one 1)
+    splits = ["test" if i >= 34 else "train" if i < 28 else "val" for i in range(count)]
+    csv_path = make_cases(
+        tmp_path, [i % 2 for i in range(count)], {"patient": patients, "split": splits}
+    )
+    cfg = compose_cfg(
+        [
+            "dataset=manifest",
+            f"dataset.path={csv_path}",
+            "dataset.group_column=patient",
+            "dataset.image_size=16",
+        ]
+    )
+    cv = parse_args([f"cv.dir={tmp_path / 'cv'}", "cv.folds=3"])
+    folds = json.loads(draw_folds(cv, cfg).read_text())
+    assert folds["grouped"] and len(folds["ids"]) == 34 and len(folds["test"]) == 6
+    fold_of_patient: dict[str, int] = {}
+    for patient, fold in zip(folds["group"], folds["fold"], strict=True):
+        assert fold_of_patient.setdefault(patient, fold) == fold
+    assert set(folds["fold"]) == {0, 1, 2}
+    # Patient p11 has images 33 (val) and 34-35 (test): the data's own split mixes them.
+    assert "1 groups have cases in the test split and in the folds (e.g. ['p11'])" in caplog.text
