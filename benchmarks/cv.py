@@ -37,8 +37,8 @@ def main() -> None:
     parser.add_argument("experiment", choices=sorted(DATA))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()  # the rest: training overrides, anywhere
+    args.overrides = overrides
     data = ROOT.parent / f"shared/data/medmnist/{DATA[args.experiment]}.npz"
     if not data.is_file():
         print(f"skipped: {data} not found")
