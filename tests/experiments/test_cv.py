@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from medtrain.experiments.cv import parse_args
 from medtrain.inference import Predictor
 from tests.conftest import ON_CPU, ROOT, TINY, run_cli
 
-FOLDS = 3
+FOLDS = 2  # the least that shows folds (each fold is a process: a few seconds)
 OVERRIDES = [*TINY, ON_CPU, "trainer.max_epochs=1", "task.threshold=youden"]
 
 
@@ -139,27 +138,6 @@ def test_fold_ensemble_averages_the_folds_and_predicts_serves_like_a_run(finishe
     assert answer["probabilities"] == pytest.approx(got[0]["probabilities"], abs=1e-6)
 
 
-def test_a_killed_fold_resumes_and_finished_folds_are_kept(finished_cv, tmp_path):
-    """A CV killed after fold 1's last epoch was saved (its last.pt, no metrics.json) trains
-    only fold 1 again, from its checkpoint, to the same metrics."""
-    cv_dir = tmp_path / "cv"
-    shutil.copytree(finished_cv, cv_dir)
-    before = {k: (cv_dir / f"fold_{k}" / "metrics.json").read_bytes() for k in range(FOLDS)}
-    stamps = {k: (cv_dir / f"fold_{k}" / "metrics.json").stat().st_mtime_ns for k in (0, 2)}
-    (cv_dir / "fold_1" / "metrics.json").unlink()
-    done = run_cli(*cv_command(cv_dir), timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (
-        "fold 1 of 3 started (resumed)" in done.stderr and "fold 0 of 3 started" not in done.stderr
-    )
-    for k in (0, 2):
-        assert (cv_dir / f"fold_{k}" / "metrics.json").stat().st_mtime_ns == stamps[k]
-    again = json.loads((cv_dir / "fold_1" / "metrics.json").read_text())
-    original = json.loads(before[1])
-    for key in ("test/auc", "test/acc", "val/auc", "best_epoch"):
-        assert again[key] == original[key]
-
-
 def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwise(tmp_path):
     """Each fold standardises its targets and normalizes its images with its own training data
     (`normalize.mode=dataset`): the ensemble undoes both and averages values in mm^2."""
@@ -172,9 +150,9 @@ def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwis
         "task=regression",
         "loss=mse",
         "dataset.normalize.mode=dataset",
-        "dataset.num_train=48",
+        "dataset.num_train=32",
         "dataset.num_val=16",
-        "dataset.num_test=16",
+        "dataset.num_test=8",
         "dataset.image_size=16",
         "trainer.max_epochs=1",
         "trainer.batch_size=16",
@@ -203,11 +181,24 @@ def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwis
     assert summary["oof"]["oof/mae"] == pytest.approx(np.abs(pred - target).mean())
 
 
+def fold_processes(cv_dir: Path) -> list[int]:
+    """The processes whose command line names `cv_dir` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(cv_dir).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="folds die with the CV through prctl (Linux)")
 def test_a_cv_killed_mid_fold_stops_its_folds_and_continues(tmp_path):
     cv_dir = tmp_path / "cv"
     longer = [
-        o if not o.startswith("trainer.max_epochs") else "trainer.max_epochs=4" for o in OVERRIDES
+        o if not o.startswith("trainer.max_epochs") else "trainer.max_epochs=2" for o in OVERRIDES
     ]
     args = ["cv", f"cv.folds={FOLDS}", f"cv.dir={cv_dir}", *longer]
     process = subprocess.Popen(
@@ -225,12 +216,15 @@ def test_a_cv_killed_mid_fold_stops_its_folds_and_continues(tmp_path):
         time.sleep(0.1)
     os.kill(process.pid, signal.SIGKILL)  # no chance to clean up: the folds die with it
     process.wait()
-    time.sleep(3)
+    deadline = time.time() + 10
+    while fold_processes(cv_dir):  # the fold in flight ends with the CV
+        assert time.time() < deadline, f"fold processes outlived the CV: {fold_processes(cv_dir)}"
+        time.sleep(0.1)
     assert not (cv_dir / "fold_1" / "metrics.json").is_file()
     kept = (cv_dir / "fold_0" / "metrics.json").read_bytes()
     done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "fold 1 of 3 started (resumed)" in done.stderr
+    assert f"fold 1 of {FOLDS} started (resumed)" in done.stderr
     assert (cv_dir / "fold_0" / "metrics.json").read_bytes() == kept
     assert (cv_dir / "ensemble" / "checkpoints" / "best.pt").is_file()
 
