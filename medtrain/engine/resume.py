@@ -109,12 +109,20 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
     for values in (old, new):
         if "trainer.precision" in values:
             values["trainer.precision"] = resolve_precision(values["trainer.precision"], device)
+    # Statistics of the training split (`normalize.mode: dataset`) are written into the config
+    # when the data are read: before that, the new config holds the YAML's placeholders.
+    from_data = (
+        {"dataset.normalize.mean", "dataset.normalize.std"}
+        if before_data and new.get("dataset.normalize.mode") == "dataset"
+        else set()
+    )
     changed = sorted(
         k
         for k in old.keys() | new.keys()
         if old.get(k) != new.get(k)
         and not (k not in old and is_default(current, k, new[k]))
         and not (before_data and k in new and new[k] is None)
+        and k not in from_data
     )
     allowed = {f"trainer.{key}" for key in MAY_CHANGE} | set(MAY_CHANGE_OUTSIDE_TRAINER)
     if isinstance(scheduler, OneCycleLR):  # its length is fixed at construction

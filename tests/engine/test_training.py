@@ -429,3 +429,24 @@ def test_the_file_cache_size_may_change_on_resume():
         check_resumed_config(saved, current, None)
     with pytest.raises(ConfigError, match="dataset.path"):
         check_resumed_config(saved, {"dataset": {**saved["dataset"], "path": "y"}}, None)
+
+
+def test_statistics_of_the_training_split_are_compared_once_the_data_are_read():
+    """With `normalize.mode=dataset` the saved mean and std were computed from the data; before
+    the data are read the config holds the YAML's placeholders, which are no change. Old runs
+    without `cv` keys, and with `flip_tta`, resume."""
+    from medtrain.engine.resume import check_resumed_config
+
+    def config(mean, tta_key=("tta", None)):
+        normalize = {"mode": "dataset", "mean": mean, "std": [0.2]}
+        return {"dataset": {"normalize": normalize}, "task": dict([tta_key])}
+
+    saved = config([0.41])
+    check_resumed_config(saved, config([0.4]), None, before_data=True)
+    with pytest.raises(ConfigError, match="dataset.normalize.mean"):
+        check_resumed_config(saved, config([0.4]), None)
+    check_resumed_config(saved, config([0.41]), None)
+    old = config([0.41], ("flip_tta", True))
+    check_resumed_config(old, config([0.41], ("tta", "hflip")) | {"cv": {"fold": None}}, None)
+    with pytest.raises(ConfigError, match="task.tta"):
+        check_resumed_config(old, config([0.41], ("tta", None)), None)

@@ -138,31 +138,84 @@ def test_fold_ensemble_averages_the_folds_and_predicts_serves_like_a_run(finishe
     assert answer["probabilities"] == pytest.approx(got[0]["probabilities"], abs=1e-6)
 
 
-def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwise(tmp_path):
-    """Each fold standardises its targets and normalizes its images with its own training data
-    (`normalize.mode=dataset`): the ensemble undoes both and averages values in mm^2."""
-    cv_dir = tmp_path / "cv"
-    done = run_cli(
-        "cv",
-        "cv.folds=2",
-        f"cv.dir={cv_dir}",
-        "dataset=synthetic_clinical",
-        "task=regression",
-        "loss=mse",
-        "dataset.normalize.mode=dataset",
-        "dataset.num_train=32",
-        "dataset.num_val=16",
-        "dataset.num_test=8",
-        "dataset.image_size=16",
-        "trainer.max_epochs=1",
-        "trainer.batch_size=16",
-        "trainer.progress=false",
-        "trainer.report=false",
-        ON_CPU,
-        timeout=600,
+def fold_processes(cv_dir: Path) -> list[int]:
+    """The processes whose command line names `cv_dir` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(cv_dir).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+# A regression CV whose folds standardise their targets and normalize their images with their own
+# training data (`normalize.mode=dataset`).
+REGRESSION = [
+    "dataset=synthetic_clinical",
+    "task=regression",
+    "loss=mse",
+    "dataset.normalize.mode=dataset",
+    "dataset.num_train=32",
+    "dataset.num_val=16",
+    "dataset.num_test=8",
+    "dataset.image_size=16",
+    "trainer.max_epochs=2",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+    "trainer.report=false",
+    ON_CPU,
+]
+
+
+@pytest.fixture(scope="module")
+def killed_cv(tmp_path_factory) -> dict:
+    """The regression CV killed with SIGKILL while fold 1 trains (after its first epoch's
+    last.pt), then the same command again."""
+    if sys.platform != "linux":
+        pytest.skip("folds die with the CV through prctl (Linux)")
+    cv_dir = tmp_path_factory.mktemp("killed") / "cv"
+    args = ["cv", f"cv.folds={FOLDS}", f"cv.dir={cv_dir}", *REGRESSION]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medtrain", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    deadline = time.time() + 300
+    while not (cv_dir / "fold_0" / "metrics.json").is_file():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    while not (cv_dir / "fold_1" / "checkpoints" / "last.pt").is_file():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # no chance to clean up: the folds die with it
+    process.wait()
+    deadline = time.time() + 10
+    while fold_processes(cv_dir):  # the fold in flight ends with the CV
+        assert time.time() < deadline, f"fold processes outlived the CV: {fold_processes(cv_dir)}"
+        time.sleep(0.1)
+    unfinished = not (cv_dir / "fold_1" / "metrics.json").is_file()
+    kept = (cv_dir / "fold_0" / "metrics.json").read_bytes()
+    done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    folds = [Predictor(cv_dir / f"fold_{k}") for k in range(2)]
+    return {"dir": cv_dir, "unfinished": unfinished, "kept": kept, "stderr": done.stderr}
+
+
+def test_a_cv_killed_mid_fold_stops_its_folds_and_continues(killed_cv):
+    assert killed_cv["unfinished"]  # fold 1 did not finish after the CV was killed
+    assert f"fold 1 of {FOLDS} started (resumed)" in killed_cv["stderr"]
+    assert f"fold 0 of {FOLDS} started" not in killed_cv["stderr"]
+    assert (killed_cv["dir"] / "fold_0" / "metrics.json").read_bytes() == killed_cv["kept"]
+    assert (killed_cv["dir"] / "ensemble" / "checkpoints" / "best.pt").is_file()
+
+
+def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwise(killed_cv):
+    """The ensemble undoes each fold's target standardisation and image normalization and
+    averages values in mm^2."""
+    cv_dir = killed_cv["dir"]
+    folds = [Predictor(cv_dir / f"fold_{k}") for k in range(FOLDS)]
     ensemble = Predictor(cv_dir / "ensemble")
     means = [list(p.run.cfg.task.target_mean) for p in folds]
     pixels = [list(p.run.cfg.dataset.normalize.mean) for p in folds]
@@ -179,54 +232,6 @@ def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwis
     target = np.array([float(r["target"]) for r in oof])
     pred = np.array([float(r["pred"]) for r in oof])
     assert summary["oof"]["oof/mae"] == pytest.approx(np.abs(pred - target).mean())
-
-
-def fold_processes(cv_dir: Path) -> list[int]:
-    """The processes whose command line names `cv_dir` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(cv_dir).encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:  # ended meanwhile
-            continue
-    return found
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux", reason="folds die with the CV through prctl (Linux)")
-def test_a_cv_killed_mid_fold_stops_its_folds_and_continues(tmp_path):
-    cv_dir = tmp_path / "cv"
-    longer = [
-        o if not o.startswith("trainer.max_epochs") else "trainer.max_epochs=2" for o in OVERRIDES
-    ]
-    args = ["cv", f"cv.folds={FOLDS}", f"cv.dir={cv_dir}", *longer]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "medtrain", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (cv_dir / "fold_0" / "metrics.json").is_file():
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.2)
-    while not (cv_dir / "fold_1" / "checkpoints" / "last.pt").is_file():
-        assert time.time() < deadline and process.poll() is None
-        time.sleep(0.1)
-    os.kill(process.pid, signal.SIGKILL)  # no chance to clean up: the folds die with it
-    process.wait()
-    deadline = time.time() + 10
-    while fold_processes(cv_dir):  # the fold in flight ends with the CV
-        assert time.time() < deadline, f"fold processes outlived the CV: {fold_processes(cv_dir)}"
-        time.sleep(0.1)
-    assert not (cv_dir / "fold_1" / "metrics.json").is_file()
-    kept = (cv_dir / "fold_0" / "metrics.json").read_bytes()
-    done = run_cli(*args, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"fold 1 of {FOLDS} started (resumed)" in done.stderr
-    assert (cv_dir / "fold_0" / "metrics.json").read_bytes() == kept
-    assert (cv_dir / "ensemble" / "checkpoints" / "best.pt").is_file()
 
 
 def test_bad_cv_settings_are_refused():
