@@ -124,7 +124,7 @@ class ImageDataset(Dataset):
     def fresh_state(self) -> None:
         """Forget what was kept per case index (decoded files): called on a copy whose cases were
         regrouped (`medtrain.data.folds.regrouped`)."""
-        self.decoded = None if self.decoded is None else type(self.decoded)(self.decoded.max_mb)
+        self.decoded = self.decoded and self.decoded.emptied()
 
     @property
     def num_features(self) -> int:

@@ -31,6 +31,10 @@ class DecodedCache:
         self.arrays: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self.lock = threading.Lock()
 
+    def emptied(self) -> DecodedCache:
+        """A new, empty cache of the same budget (for a dataset whose case indices changed)."""
+        return DecodedCache(self.max_mb)
+
     def get(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
         with self.lock:
             if key in self.arrays:

@@ -109,6 +109,29 @@ def read_folds(path: str | Path) -> dict[str, Any]:
     return saved
 
 
+def fold_fields(kind: type) -> tuple[str, ...]:
+    """The per-case attributes a dataset class declares (`sample_fields`), which folds regroup.
+
+    Raises:
+        ConfigError: a class that declares None (its cases cannot be regrouped yet, e.g. slices
+            kept per volume) or does not declare them itself (a subclass may hold per-case
+            attributes its base does not know).
+    """
+    declared = vars(kind)
+    if "sample_fields" in declared and declared["sample_fields"] is None:
+        raise ConfigError(
+            f"dataset {kind.__name__} cannot be split into folds yet (it keeps its cases per "
+            "volume); cross-validate a 2D dataset, or give fixed splits with dataset.split_file"
+        )
+    if "sample_fields" not in declared:
+        raise ConfigError(
+            f"dataset {kind.__name__} does not name its per-case attributes: it cannot be "
+            "split into folds (a class of your own: set sample_fields = (*Base.sample_fields, "
+            "'your_attribute', ...); docs/configuration.md#adding-a-dataset)"
+        )
+    return declared["sample_fields"]
+
+
 def regrouped(parts: Sequence[tuple[Any, Sequence[int]]], split: str, transform: Any) -> Any:
     """One dataset made of cases of others of the same class (`parts`: (dataset, indices)), as a
     copy of the first with its `sample_fields` concatenated in that order, its split and transform
@@ -118,14 +141,7 @@ def regrouped(parts: Sequence[tuple[Any, Sequence[int]]], split: str, transform:
         ConfigError: a dataset class that does not name its per-case attributes.
     """
     first = parts[0][0]
-    # Declared by the class itself: a subclass may hold per-case attributes its base does not know.
-    fields = vars(type(first)).get("sample_fields")
-    if fields is None:
-        raise ConfigError(
-            f"dataset {type(first).__name__} does not name its per-case attributes: it cannot be "
-            "split into folds (a class of your own: set sample_fields = (*Base.sample_fields, "
-            "'your_attribute', ...); docs/configuration.md#adding-a-dataset)"
-        )
+    fields = fold_fields(type(first))
     new = copy.copy(first)
     for name in fields:
         values = [getattr(dataset, name, AttributeError) for dataset, _ in parts]

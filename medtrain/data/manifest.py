@@ -173,10 +173,19 @@ class ManifestRows:
         """0, 1 or 2 (train, val, test) per row; test is drawn first, then val from the rest;
         stratified by `labels` (class targets) when given. With `groups` (one name per row) the
         groups are split instead, unstratified, and each row follows its group."""
-        if groups is not None:
+        if groups is None:
+            assignment = self._drawn(count, val_fraction, test_fraction, seed, labels, "rows")
+        else:
             names, row_group = np.unique(np.asarray(groups), return_inverse=True)
-            by_group = self._seeded_splits(len(names), val_fraction, test_fraction, seed)
-            return by_group[row_group]
+            drawn = self._drawn(len(names), val_fraction, test_fraction, seed, None, "groups")
+            assignment = drawn[row_group]
+        if self.split == "train":  # said once per run, not once per split
+            counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
+            log.info("%s has no split column: seeded split %s", self.manifest_path, counts)
+        return assignment
+
+    def _drawn(self, count, val_fraction, test_fraction, seed, labels, unit) -> np.ndarray:
+        """0, 1 or 2 (train, val, test) for each of `count` rows or groups (`unit`)."""
         assignment = np.zeros(count, dtype=np.int64)
         pool = np.arange(count)
         taken = 0.0  # fractions are of all rows: val keeps its share after test is taken
@@ -190,12 +199,9 @@ class ManifestRows:
             except ValueError as err:
                 raise DataError(
                     f"{self.manifest_path}: cannot hold out a {split} split of {fraction} from "
-                    f"{count} rows ({err})"
+                    f"{count} {unit} ({err})"
                 ) from err
             assignment[held] = SPLITS.index(split)
-        if self.split == "train":  # said once per run, not once per split
-            counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
-            log.info("%s has no split column: seeded split %s", self.manifest_path, counts)
         return assignment
 
 

@@ -223,7 +223,7 @@ class SegmentationDataset(Dataset):
     def fresh_state(self) -> None:
         """The state kept per case index and split, made anew (here and on a copy whose cases were
         regrouped into a fold: `medtrain.data.folds.regrouped`)."""
-        self.decoded = None if self.decoded is None else type(self.decoded)(self.decoded.max_mb)
+        self.decoded = self.decoded and self.decoded.emptied()
         self.repeats = self.patches_per_image if self.split == "train" else 1
         self.shared_epoch = SharedEpoch()  # read by loader workers that outlive an epoch
         self._file_spacing: dict[int, tuple[float, float] | None] = {}

@@ -289,6 +289,14 @@ def unknown_key_hint(args: list[str], saved_config: bool = False) -> str | None:
     return "\n".join(lines) or None
 
 
+def override_value(text: str) -> str:
+    """Quote a value for Hydra's override grammar unless it is a plain path (for verbs that start
+    training with a folder or device on the command line: rerun, cv)."""
+    if re.fullmatch(r"[\w./:+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """Compose conf/train.yaml with training's overrides, as `medtrain train` would (for tools
     that take training's command line: the sweeper and the data check)."""

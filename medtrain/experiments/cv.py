@@ -21,11 +21,13 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,11 +37,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medtrain.data.folds import FOLDS_VERSION, assign_folds, check_folds_file, read_folds, regrouped
+from medtrain.data.folds import (
+    FOLDS_VERSION,
+    assign_folds,
+    check_folds_file,
+    fold_fields,
+    read_folds,
+)
 from medtrain.data.loading import make_loader
 from medtrain.engine.acceleration import autocast
 from medtrain.engine.build import build_datasets, build_model, build_task, plain, task_class
-from medtrain.engine.config import compose_config, resolve_device
+from medtrain.engine.config import compose_config, override_value, resolve_device
 from medtrain.engine.loop import evaluate, threshold_entries, to_device
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
@@ -133,14 +141,9 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
     path = cv.dir / "folds.json"
     datasets = build_datasets(cfg)
     train, val, test = datasets["train"], datasets["val"], datasets["test"]
-    if "sample_fields" in vars(type(train)) and type(train).sample_fields is None:
-        raise ConfigError(
-            f"dataset {type(train).__name__} cannot be split into folds yet (its cases are kept "
-            "per volume); cross-validate a 2D dataset, or give splits with dataset.split_file"
-        )
-    regrouped([(train, [0])], "train", train.transform)  # a class that cannot regroup: refused
+    fold_fields(type(train))  # a class whose cases cannot be regrouped: refused before training
     pool = list(train.ids) + list(val.ids)
-    twice = sorted({i for i in pool if pool.count(i) > 1}) if len(set(pool)) < len(pool) else []
+    twice = sorted(i for i, n in Counter(pool).items() if n > 1)
     if twice:
         raise ConfigError(f"dataset: ids {twice[:3]} are in both the train and val splits")
     seed = int(cfg.seed) if cv.seed is None else cv.seed
@@ -214,14 +217,12 @@ def check_same_overrides(cv: CrossValidation) -> None:
 # -- training ------------------------------------------------------------------------------------
 def fold_command(cv: CrossValidation, fold: int, folds_file: Path) -> list[str]:
     """The `medtrain train` command of one fold (resuming from its `last.pt` when it has one)."""
-    from medtrain.experiments.rerun import _override_value
-
     folder = cv.fold_dir(fold)
     command = [sys.executable, "-m", "medtrain", "train", *cv.overrides]
     command += [
         f"cv.fold={fold}",
-        f"cv.folds_file={_override_value(str(folds_file))}",
-        f"hydra.run.dir={_override_value(str(folder))}",
+        f"cv.folds_file={override_value(str(folds_file))}",
+        f"hydra.run.dir={override_value(str(folder))}",
     ]
     if (folder / "checkpoints" / "last.pt").is_file():
         command.append("trainer.resume=true")
@@ -334,8 +335,6 @@ def out_of_fold(cv: CrossValidation, runs: list[LoadedRun], device: torch.device
     metrics |= threshold_entries(threshold, task.class_names)
     predictions = folder / "predictions.csv"
     if predictions.is_file():  # the rows with the fold that predicted them
-        import csv
-
         with predictions.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         fields = ["id", "fold", *(k for k in rows[0] if k != "id")] if rows else ["id", "fold"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medtrain.engine.config import override_value
 from medtrain.engine.provenance import collect_provenance
 from medtrain.engine.trust import check_run_folder
 from medtrain.errors import ConfigError, DataError, MedtrainError
@@ -221,13 +221,6 @@ def _device(run_dir: Path, provenance: Mapping[str, Any] | None) -> str | None:
     return info.get("device")
 
 
-def _override_value(text: str) -> str:
-    """Quote a value for Hydra's override grammar unless it is a plain path."""
-    if re.fullmatch(r"[\w./:+-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConfig, dict[str, Any]]:
     """The run's saved config (path and content) and metrics, or an error naming the bad file or
     what its configs may not build (`medtrain.engine.trust`: checked here, before the rerun's
@@ -328,9 +321,9 @@ def rerun(
     if not (run_dir / "checkpoints" / "best.pt").is_file():
         lines.append("note: no checkpoints/best.pt, so the saved config was not checked")
 
-    overrides = [f"hydra.run.dir={_override_value(str(out))}"]
+    overrides = [f"hydra.run.dir={override_value(str(out))}"]
     if device:
-        overrides.append(f"trainer.device={_override_value(device)}")
+        overrides.append(f"trainer.device={override_value(device)}")
     if OmegaConf.select(saved, "trainer.resume", default=False):
         overrides.append("trainer.resume=false")  # a rerun trains from scratch into a new folder
         lines.append(

@@ -78,14 +78,15 @@ def fit_cut_points(
             if len(inside) > 512:  # many predictions: their quantiles are candidates enough
                 inside = np.quantile(inside, np.linspace(0, 1, 512))
             candidates = np.unique(np.append(inside, cuts[j]))
-            scores = []
-            for candidate in candidates:
-                trial = [*cuts[:j], candidate, *cuts[j + 1 :]]
-                scores.append(np.mean(to_grades(pred, (low, high), trial) == truth))
-            scores = np.asarray(scores)
+            scores = np.array(
+                [
+                    np.mean(to_grades(pred, (low, high), [*cuts[:j], c, *cuts[j + 1 :]]) == truth)
+                    for c in candidates
+                ]
+            )
             best = candidates[scores == scores.max()]
             choice = float(best[np.argmin(np.abs(best - (low + j + 0.5)))])
-            if scores.max() > np.mean(to_grades(pred, (low, high), cuts) == truth):
+            if scores.max() > scores[candidates == cuts[j]][0]:  # the cut now is a candidate
                 moved = moved or choice != cuts[j]
                 cuts[j] = choice
         if not moved:

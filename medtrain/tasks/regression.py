@@ -199,9 +199,7 @@ class RegressionTask(Task):
 
     def cut_points(self) -> list[float] | None:
         """The cut points between grades chosen by `fit_threshold` (None: rounding)."""
-        return (
-            (self.threshold or {}).get("cut_points") if isinstance(self.threshold, dict) else None
-        )
+        return self.threshold.get("cut_points") if isinstance(self.threshold, dict) else None
 
     def fit_threshold(self, val: RegressionCollector) -> dict[str, list[float]] | None:
         """With `cut_points=fitted`, the grades' cut points fitted on the validation outputs."""
