@@ -147,6 +147,11 @@ def gradcam_figures(
             f"this run averages {len(model.members)} networks, and Grad-CAM explains one layer of "
             "one network: each member's report (a CV's fold_<k>/report.html) has its heat maps"
         )
+    if any(isinstance(m, nn.Conv3d) for m in model.modules()):
+        raise ValueError(
+            f"the model ({type(model).__name__}) is a 3D network; Grad-CAM heat maps are drawn "
+            "for 2D images only"
+        )
     layer = last_conv2d(model)
     if layer is None:
         raise ValueError(

@@ -1,5 +1,6 @@
-"""Slice predictions reassembled into volumes: 3D metrics per volume, structure volumes in mL against
-the ground truth, and the predicted label volumes written as NIfTI."""
+"""Volume results: 3D metrics per volume (predicted whole, or reassembled from slice predictions),
+structure volumes in mL against the ground truth, the predicted label volumes written as NIfTI, and
+overlays of three orthogonal slices."""
 
 from __future__ import annotations
 
@@ -61,25 +62,42 @@ class VolumeAssembler:
         order = [entry["slices"][i] for i in range(entry["count"])]
         pred = stack_slices([p for p, _, _ in order], entry["axis"])
         true = stack_slices([t for _, t, _ in order], entry["axis"])
-        names = self.task.class_names
-        self.rows.append({"id": case, **case_metrics(pred, true, names, entry["spacing"])})
-        true_ml = structure_volumes_ml(true, entry["spacing"], names)
-        pred_ml = structure_volumes_ml(pred, entry["spacing"], names)
-        volumes = {name: (true_ml[name], pred_ml[name]) for name in true_ml}
-        result = {"id": case, "volumes": volumes}
+        overlay = None
         if self.final:
             # The slice with the most ground truth, drawn as the volume's overlay.
             best = max(range(len(order)), key=lambda i: int((order[i][1] > 0).sum()))
-            result |= {
-                "pred": pred,
-                "affine": entry["affine"],
-                "overlay": {
-                    "id": case,
-                    "image": order[best][2],
-                    "true": order[best][1],
-                    "pred": order[best][0],
-                },
+            overlay = {
+                "id": case,
+                "image": order[best][2],
+                "true": order[best][1],
+                "pred": order[best][0],
             }
+        self._score(case, pred, true, entry["spacing"], entry["affine"], overlay)
+
+    def add_volume(
+        self,
+        case: str,
+        pred: np.ndarray,
+        true: np.ndarray,
+        spacing: Sequence[float] | None,
+        affine: np.ndarray,
+        image: np.ndarray | None = None,
+    ) -> None:
+        """Add a volume predicted whole (D x H x W labels; `image` D x H x W x C, for overlays)."""
+        overlay = None
+        if self.final and image is not None:
+            overlay = {"id": case, **orthogonal_slices(image, true, pred)}
+        self._score(case, pred, true, spacing or (1.0, 1.0, 1.0), affine, overlay)
+
+    def _score(self, case, pred, true, spacing, affine, overlay) -> None:
+        names = self.task.class_names
+        self.rows.append({"id": case, **case_metrics(pred, true, names, spacing)})
+        true_ml = structure_volumes_ml(true, spacing, names)
+        pred_ml = structure_volumes_ml(pred, spacing, names)
+        volumes = {name: (true_ml[name], pred_ml[name]) for name in true_ml}
+        result = {"id": case, "volumes": volumes}
+        if self.final:
+            result |= {"pred": pred, "affine": affine, "overlay": overlay}
         self.done.append(result)
 
     def check_complete(self) -> None:
@@ -118,9 +136,31 @@ class VolumeAssembler:
         fields = ["id", "mask", *(f"volume_ml_{n}" for n in names)]
         save_csv(run_dir / "predictions.csv", predictions, fields)
         if self.task.num_overlays:
-            cases = (r["overlay"] for r in self.done)
+            cases = (r["overlay"] for r in self.done if r["overlay"] is not None)
             save_overlays(run_dir / "overlays", cases, max_cases=self.task.num_overlays)
         return volume_agreement(self.done, names)
+
+
+def orthogonal_slices(
+    image: np.ndarray, true: np.ndarray, pred: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Three orthogonal slices (axial, coronal, sagittal: across depth, height and width) through
+    the centre of the true structures (of the volume when it has none), side by side on one
+    canvas: `image` (H' x W' x C), `true` and `pred` (H' x W'), for `save_overlays`."""
+    found = np.argwhere(true > 0)
+    centre = found.mean(0).round().astype(int) if len(found) else np.array(true.shape) // 2
+    cuts = [(slice(None),) * axis + (int(centre[axis]),) for axis in range(3)]
+    height = max(max(true[c].shape[0] for c in cuts), 1)
+
+    def canvas(volume: np.ndarray) -> np.ndarray:
+        parts = []
+        for cut in cuts:
+            part = volume[cut]
+            pad = [(0, height - part.shape[0]), (0, 1)] + [(0, 0)] * (part.ndim - 2)
+            parts.append(np.pad(part, pad))  # a 1-pixel gap between views
+        return np.concatenate(parts, axis=1)
+
+    return {"image": canvas(image), "true": canvas(true), "pred": canvas(pred)}
 
 
 def structure_volumes_ml(
@@ -154,11 +194,16 @@ def volume_agreement(done: list[dict[str, Any]], names: list[str]) -> dict[str, 
     return out
 
 
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a label volume as .nii.gz with the case's affine, atomically."""
+def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """A label volume as the bytes of a .nii.gz file with the case's affine (units mm)."""
     import nibabel as nib
 
     image = nib.Nifti1Image(np.asarray(array, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
-    data = gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a label volume as .nii.gz with the case's affine, atomically."""
+    data = nifti_bytes(array, affine)
     return atomic_write(path, lambda handle: handle.write(data), mode="wb")

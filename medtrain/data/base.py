@@ -14,13 +14,18 @@ from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_throu
 from medtrain.data.transforms import (
     RESIZE_MODES,
     Normalize,
-    as_hwc,
     crop_or_pad,
     match_channels,
     parse_windows,
     resize,
     to_float01,
     window_ct,
+)
+from medtrain.data.volume_transforms import (
+    channels_first,
+    resize_volume,
+    volume_size,
+    with_channels,
 )
 from medtrain.errors import ConfigError, DataError
 
@@ -31,7 +36,7 @@ class ImageDataset(Dataset):
     """A split of images with labels; subclasses load them and implement `read_image`.
 
     Each sample is a dict: `image` (float32 C x H x W after scaling to [0, 1], augmentation and
-    normalization), `label` (int64 class index, float32 vector of 0/1 for multi-label, or float64
+    normalization; C x D x H x W for volumes, `spatial_dims = 3`), `label` (int64 class index, float32 vector of 0/1 for multi-label, or float64
     vector of target values for regression), `id`, and `tabular` (float32 vector) when the dataset
     has tabular columns.
 
@@ -53,6 +58,8 @@ class ImageDataset(Dataset):
             (centre crop or zero padding, keeping the pixel spacing).
         cache_mb: megabytes of decoded files each loader process keeps for the next epochs
             (datasets that read files; 0: decode every time).
+        spatial_dims: 2 (images) or 3 (volumes); None: as the data are. The data decide: a
+            value that differs from them is refused (`check_dims`).
     """
 
     # What the samples can hold for a task (`Task.targets`): a class per image, or numbers per
@@ -67,6 +74,10 @@ class ImageDataset(Dataset):
     # unused): cross-validation regroups them into folds (`medtrain.data.folds`). A subclass adds
     # its own, e.g. its file paths; None refuses folds.
     sample_fields: tuple[str, ...] | None = ("ids", "labels", "tabular", "groups")
+    # 2: images (stored H x W [x C]); 3: volumes (D x H x W [x C]); a subclass whose files hold
+    # volumes sets it, and `build_datasets` writes it into `dataset.spatial_dims` for the model.
+    spatial_dims = 2
+    reads_volumes = False  # whether the class can hold volumes (`spatial_dims=3`)
 
     def __init__(
         self,
@@ -82,7 +93,21 @@ class ImageDataset(Dataset):
         window: Any = None,
         resize_mode: str = "resize",
         cache_mb: float = DEFAULT_CACHE_MB,
+        spatial_dims: int | None = None,
     ):
+        if spatial_dims not in (None, 2, 3):
+            raise ConfigError(
+                f"dataset.spatial_dims={spatial_dims!r}: use 2 (images) or 3 (volumes)"
+            )
+        if spatial_dims == 3 and not self.reads_volumes:
+            raise ConfigError(
+                f"dataset.spatial_dims=3: {type(self).__name__} reads 2D images; volumes are read "
+                "by dataset=medmnist (MedMNIST3D files), nifti_volumes, synthetic_segmentation3d "
+                "or synthetic"
+            )
+        self.declared_dims = spatial_dims
+        if spatial_dims is not None:
+            self.spatial_dims = spatial_dims
         if num_classes is not None and num_classes < (1 if regression else 2):
             need = (
                 "regression needs at least 1 value"
@@ -125,6 +150,17 @@ class ImageDataset(Dataset):
         """Forget what was kept per case index (decoded files): called on a copy whose cases were
         regrouped (`medtrain.data.folds.regrouped`)."""
         self.decoded = self.decoded and self.decoded.emptied()
+
+    def check_dims(self, found: int, source: str) -> None:
+        """The data hold images (`found` 2) or volumes (3): a different `dataset.spatial_dims`
+        is refused, naming `source`."""
+        if self.declared_dims is not None and self.declared_dims != found:
+            kind = "volumes (3D)" if found == 3 else "2D images"
+            raise ConfigError(
+                f"dataset.spatial_dims={self.declared_dims}, but {source} holds {kind}: set "
+                f"dataset.spatial_dims={found} (or null: it follows the data)"
+            )
+        self.spatial_dims = found
 
     @property
     def num_features(self) -> int:
@@ -230,12 +266,25 @@ class ImageDataset(Dataset):
             "regression": self.regression,
             "window": None if self.windows is None else [list(w) for w in self.windows],
             "resize_mode": self.resize_mode,
+            **({"spatial_dims": 3} if self.spatial_dims == 3 else {}),
         }
 
     def scaled(self, image: np.ndarray) -> np.ndarray:
-        """A stored image as float H x W x C before augmentation and normalization: windowed (or
-        scaled to [0, 1] by its storage type), channels matched, resized or cropped/padded."""
-        image = window_ct(image, self.windows) if self.windows else to_float01(as_hwc(image))
+        """A stored image as float H x W x C (D x H x W x C for volumes) before augmentation and
+        normalization: windowed (or scaled to [0, 1] by its storage type), channels matched,
+        resized or cropped/padded."""
+        if self.spatial_dims == 3:
+            if self.windows:
+                raise ConfigError("dataset.window: CT windows apply to 2D images; set it to null")
+            image = match_channels(to_float01(with_channels(image, 3)), self.in_channels)
+            if self.image_size is not None:
+                if self.resize_mode == "crop_or_pad":
+                    raise ConfigError("dataset.resize_mode=crop_or_pad: volumes are resized only")
+                image = resize_volume(image, volume_size(self.image_size, "dataset.image_size"))
+            return image
+        image = (
+            window_ct(image, self.windows) if self.windows else to_float01(with_channels(image, 2))
+        )
         image = match_channels(image, self.in_channels)
         if self.image_size is not None:
             fit = crop_or_pad if self.resize_mode == "crop_or_pad" else resize
@@ -246,16 +295,17 @@ class ImageDataset(Dataset):
         self, image: np.ndarray, index: int = 0, spacing: Sequence[float] | None = None
     ) -> torch.Tensor:
         """A stored image (H x W [x C], any bit depth) -> the model's input (float32 C x H x W):
-        `scaled`, then this split's augmentation (seeded by `index`) and normalization. Evaluation,
+        `scaled`, then this split's augmentation (seeded by `index`) and normalization (volumes:
+        D x H x W [x C] -> C x D x H x W). Evaluation,
         `medtrain predict` and `medtrain serve` all go through here. `spacing` (the file's pixel
         size) is not used: image-level preprocessing does not resample."""
         return channels_first(self.prepared(image, index))
 
     def prepared(self, image: np.ndarray, index: int = 0) -> np.ndarray:
-        """What `prepare` makes, before it becomes a tensor: H x W x C, normalized."""
+        """What `prepare` makes, before it becomes a tensor: H x W x C (D x H x W x C), normalized."""
         image = self.scaled(image)
         if self.transform is not None:
-            image = as_hwc(self.transform(index, image=image)["image"])
+            image = with_channels(self.transform(index, image=image)["image"], self.spatial_dims)
         return self.normalize(image)
 
     def stored(self, index: int) -> np.ndarray:
@@ -288,10 +338,10 @@ class ImageDataset(Dataset):
         else:
             # Allocated by torch, as `torch.stack` allocates: CPU kernels may round differently
             # for memory of another alignment (numpy's), and reruns must be bit-identical.
-            height, width, channels = arrays[0].shape
-            images = torch.empty((len(arrays), channels, height, width), dtype=torch.float32)
+            *sides, channels = arrays[0].shape
+            images = torch.empty((len(arrays), channels, *sides), dtype=torch.float32)
             for row, array in zip(images.numpy(), arrays, strict=True):
-                row[...] = array.transpose(2, 0, 1)
+                row[...] = np.moveaxis(array, -1, 0)
         rows = np.asarray(indices, dtype=np.int64)
         batch = {
             "image": images,
@@ -306,8 +356,3 @@ class ImageDataset(Dataset):
         """Move the augmentation stream to `epoch` (called by the loader before each epoch)."""
         if hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
-
-
-def channels_first(image: np.ndarray) -> torch.Tensor:
-    """An H x W x C image as the model's float32 C x H x W tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))

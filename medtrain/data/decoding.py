@@ -33,12 +33,14 @@ class ImageTooLargeError(DataError):
 
 @dataclass
 class Decoded:
-    """A decoded image: `array` (H x W or H x W x C; uint8, uint16 or float32), the pixel `spacing`
-    (row_mm, col_mm) the file states (None if none), and the `format` it was read as."""
+    """A decoded image: `array` (H x W or H x W x C; uint8, uint16 or float32; D x H x W for a
+    volume), the pixel `spacing` (row_mm, col_mm; three for a volume) the file states (None if
+    none), the `format` it was read as, and a volume's voxel-to-world `affine` (NIfTI)."""
 
     array: np.ndarray
-    spacing: tuple[float, float] | None
+    spacing: tuple[float, ...] | None
     format: str
+    affine: np.ndarray | None = None
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""MedMNIST-format `.npz` files: any size, grey or RGB, binary, multi-class or multi-label labels."""
+"""MedMNIST-format `.npz` files: 2D images (any size, grey or RGB) or MedMNIST3D volumes (28^3 and
+64^3), with binary, multi-class or multi-label labels."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ import numpy as np
 
 from medtrain.data.base import SPLITS, ImageDataset
 from medtrain.errors import DataError
+
+
+def image_dims(images: np.ndarray) -> int | None:
+    """2 for N x H x W (grey) or N x H x W x C (C in 1, 3, 4) images, 3 for N x D x H x W (grey)
+    or N x D x H x W x C volumes (MedMNIST3D), None for anything else."""
+    if images.ndim == 3:
+        return 2
+    if images.ndim == 4:
+        return 2 if images.shape[-1] in (1, 3, 4) else 3
+    if images.ndim == 5 and images.shape[-1] in (1, 3, 4):
+        return 3
+    return None
 
 
 def load_npz(path: str | Path, split: str) -> dict[str, np.ndarray]:
@@ -28,10 +41,10 @@ def load_npz(path: str | Path, split: str) -> dict[str, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+    if image_dims(images) is None:
         raise DataError(
-            f"{path}: {split}_images has shape {images.shape}; expected 2D images, N x H x W "
-            "(grey) or N x H x W x C with C in 1, 3, 4 (3D volumes are not read by dataset=medmnist)"
+            f"{path}: {split}_images has shape {images.shape}; expected 2D images (N x H x W, or "
+            "N x H x W x C with C in 1, 3, 4) or volumes (N x D x H x W [x C])"
         )
     if len(images) != len(labels):
         raise DataError(f"{path}: {len(images)} {split}_images but {len(labels)} {split}_labels")
@@ -48,13 +61,17 @@ class MedMNIST(ImageDataset):
     """
 
     sample_fields = (*ImageDataset.sample_fields, "images")
+    reads_volumes = True  # MedMNIST3D files
 
     def __init__(self, path: str, split: str, **kwargs: Any):
         super().__init__(split, **kwargs)
         arrays = load_npz(path, split)
         self.images = arrays[f"{split}_images"]
+        # MedMNIST3D files hold volumes: the data are 3D, and so must the network be.
+        self.check_dims(image_dims(self.images), str(path))
         if self.in_channels is None:
-            self.in_channels = 1 if self.images.ndim == 3 else self.images.shape[-1]
+            grey = self.images.ndim == self.spatial_dims + 1
+            self.in_channels = 1 if grey else self.images.shape[-1]
         every_label = np.concatenate(
             [arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1) for s in SPLITS]
         )

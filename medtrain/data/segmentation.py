@@ -40,41 +40,42 @@ def pair(value: int | Sequence[int] | None, key: str) -> tuple[int, int] | None:
 def random_patch(
     image: np.ndarray,
     mask: np.ndarray,
-    size: tuple[int, int],
+    size: tuple[int, ...],
     rng: np.random.Generator,
     foreground_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Crop an aligned (image, mask) patch; images smaller than the patch are padded first, the mask
-    in the same way as the image.
+    """Crop an aligned (image, mask) patch of `size` (one side per mask axis: 2D images or 3D
+    volumes; the image has a trailing channel axis); images smaller than the patch are padded
+    first, the mask in the same way as the image.
 
     With probability `foreground_fraction` the patch is centred on a random foreground pixel, which
     keeps small structures from being outnumbered by background patches.
     """
-    pad_h, pad_w = max(size[0] - mask.shape[0], 0), max(size[1] - mask.shape[1], 0)
-    if pad_h or pad_w:
-        padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+    pads = [max(s - n, 0) for s, n in zip(size, mask.shape, strict=True)]
+    if any(pads):
+        padding = tuple((p // 2, p - p // 2) for p in pads)
         # Image and mask are padded alike (mirrored, or edge-repeated when too small to mirror):
         # a mirrored structure keeps its label, so the patch never shows unlabelled anatomy.
         mode = "reflect" if _fits(image, padding) else "edge"
         image = np.pad(image, (*padding, (0, 0)), mode=mode)
         mask = np.pad(mask, padding, mode=mode)
-    height, width = mask.shape
-    top = int(rng.integers(0, height - size[0] + 1))
-    left = int(rng.integers(0, width - size[1] + 1))
+    starts = [int(rng.integers(0, n - s + 1)) for n, s in zip(mask.shape, size, strict=True)]
     if foreground_fraction and rng.random() < foreground_fraction:
-        rows, cols = np.nonzero(mask)
-        if rows.size:
-            k = int(rng.integers(rows.size))
-            top = int(np.clip(rows[k] - size[0] // 2, 0, height - size[0]))
-            left = int(np.clip(cols[k] - size[1] // 2, 0, width - size[1]))
-    window = (slice(top, top + size[0]), slice(left, left + size[1]))
+        points = np.nonzero(mask)
+        if points[0].size:
+            k = int(rng.integers(points[0].size))
+            starts = [
+                int(np.clip(axis[k] - s // 2, 0, n - s))
+                for axis, s, n in zip(points, size, mask.shape, strict=True)
+            ]
+    window = tuple(slice(a, a + s) for a, s in zip(starts, size, strict=True))
     return image[window], mask[window]
 
 
 def _fits(image: np.ndarray, padding) -> bool:
     return all(
         before < side and after < side
-        for (before, after), side in zip(padding, image.shape[:2], strict=True)
+        for (before, after), side in zip(padding, image.shape[: len(padding)], strict=True)
     )
 
 
@@ -129,6 +130,8 @@ class SegmentationDataset(Dataset):
         patches_per_image: training samples drawn from each image per epoch (different patches
             and augmentations), so that an epoch of a few large images is not a few steps.
         spacing: pixel spacing [row_mm, col_mm] used when the files do not state one.
+        spatial_dims: 2 or None (the key every dataset config may hold; volumes have their own
+            classes).
         seed: seed of the patch positions (with the epoch and the sample index).
         window: CT windowing of images in modality units (see `ImageDataset`).
         target_spacing: resample every image to this pixel spacing [row_mm, col_mm] for the model
@@ -163,7 +166,13 @@ class SegmentationDataset(Dataset):
         window: Any = None,
         target_spacing: Sequence[float] | None = None,
         cache_mb: float = DEFAULT_CACHE_MB,
+        spatial_dims: int | None = None,
     ):
+        if spatial_dims not in (None, 2):
+            raise ConfigError(
+                f"dataset.spatial_dims={spatial_dims}: this dataset holds 2D images; volumes are "
+                "read by dataset=synthetic_segmentation3d or nifti_volumes"
+            )
         if split not in SPLITS:
             raise ConfigError(f"split {split!r} is not one of {SPLITS}")
         if multilabel:

@@ -1,5 +1,6 @@
-"""A built-in synthetic classification dataset: grey 'scans' where the positive class carries a
-lesion-like blob. Generated from a seed, so it needs no files and is identical on every machine."""
+"""A built-in synthetic classification dataset: grey 'scans' (images, or volumes with
+`spatial_dims=3`) where the positive class carries a lesion-like blob. Generated from a seed, so it
+needs no files and is identical on every machine."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from medtrain.data.base import SPLITS, ImageDataset
 from medtrain.errors import ConfigError
@@ -35,6 +37,31 @@ def add_blob(image: np.ndarray, rng: np.random.Generator, contrast: float) -> No
     image += contrast * rng.uniform(0.6, 1.4) * blob
 
 
+def make_volumes(num: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The 3D `make_scans`: smooth textured cubes with a darker outside of a round 'organ'."""
+    volumes = np.empty((num, size, size, size), dtype=np.float32)
+    zoom = size / max(size // 4, 2)
+    for volume in volumes:
+        coarse = rng.normal(0.0, 1.0, size=(max(size // 4, 2),) * 3).astype(np.float32)
+        volume[...] = ndimage.zoom(coarse, zoom, order=1, grid_mode=True, mode="nearest")
+    volumes = 0.45 + 0.06 * volumes + rng.normal(0.0, 0.03, size=volumes.shape).astype(np.float32)
+    centre = (size - 1) / 2
+    grid = np.indices((size,) * 3, dtype=np.float32) - centre
+    volumes[:, (grid**2).sum(0) > (0.45 * size) ** 2] -= 0.2
+    return volumes
+
+
+def add_blob_3d(volume: np.ndarray, rng: np.random.Generator, contrast: float) -> None:
+    """The 3D `add_blob`: one Gaussian blob at a random point inside the organ, in place."""
+    size = volume.shape[0]
+    radius = rng.uniform(0.08, 0.16) * size
+    direction = rng.normal(size=3)
+    centre = (size - 1) / 2 + rng.uniform(0, 0.3 * size) * direction / np.linalg.norm(direction)
+    grid = np.indices(volume.shape, dtype=np.float32)
+    squared = sum((grid[k] - centre[k]) ** 2 for k in range(3))
+    volume += contrast * rng.uniform(0.6, 1.4) * np.exp(-squared / (2 * radius**2))
+
+
 class SyntheticLesions(ImageDataset):
     """Binary classification: label 1 images carry a faint bright blob, label 0 images do not.
 
@@ -44,12 +71,14 @@ class SyntheticLesions(ImageDataset):
         image_size: side length in pixels.
         num_train, num_val, num_test: number of images per split (half of them positive).
         contrast: peak brightness of the blob relative to the background (lower is harder).
+        spatial_dims: 2 (images of `image_size`^2) or 3 (volumes of `image_size`^3).
         path: unused (the data are built in); kept so that every dataset config has `path`.
         **kwargs: passed to `ImageDataset`.
     """
 
     provides = ("classes",)  # class labels only
     sample_fields = (*ImageDataset.sample_fields, "images")
+    reads_volumes = True  # with spatial_dims=3
 
     def __init__(
         self,
@@ -60,6 +89,7 @@ class SyntheticLesions(ImageDataset):
         num_val: int = 400,
         num_test: int = 400,
         contrast: float = 0.25,
+        spatial_dims: int = 2,
         path: str | None = None,
         **kwargs: Any,
     ):
@@ -70,15 +100,18 @@ class SyntheticLesions(ImageDataset):
             )
         kwargs.setdefault("num_classes", 2)
         kwargs.setdefault("class_names", ["normal", "lesion"])
-        super().__init__(split, **kwargs)
+        if spatial_dims not in (2, 3):
+            raise ConfigError(f"dataset.spatial_dims={spatial_dims}: use 2 (images) or 3 (volumes)")
+        super().__init__(split, spatial_dims=spatial_dims, **kwargs)
         num = {"train": num_train, "val": num_val, "test": num_test}[split]
         rng = np.random.default_rng([seed, SPLITS.index(split)])
         labels = (np.arange(num) % 2).astype(np.int64)
         rng.shuffle(labels)
-        self.images = make_scans(num, image_size, rng)
+        volumes = spatial_dims == 3
+        self.images = (make_volumes if volumes else make_scans)(num, image_size, rng)
         for image, label in zip(self.images, labels, strict=True):
             if label:
-                add_blob(image, rng, contrast)
+                (add_blob_3d if volumes else add_blob)(image, rng, contrast)
         np.clip(self.images, 0.0, 1.0, out=self.images)
         self.ids = [f"{split}_{i:05d}" for i in range(num)]
         self.set_labels(labels, source="synthetic dataset")

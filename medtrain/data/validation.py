@@ -20,6 +20,7 @@ from medtrain.data.base import SPLITS
 from medtrain.data.manifest import Manifest
 from medtrain.data.medmnist import MedMNIST
 from medtrain.data.segmentation import SegmentationDataset
+from medtrain.data.volume_segmentation import VolumeSegmentationDataset
 from medtrain.errors import ConfigError, DataError
 
 CHUNK = 32  # samples per thread task: fewer futures for large datasets of small images
@@ -37,7 +38,7 @@ class Sample:
     problem: str | None = None
     digest: bytes = b""
     dtype: str = ""
-    shape: tuple[int, int] = (0, 0)
+    shape: tuple[int, ...] = (0, 0)  # (H, W), or (D, H, W) for volumes
     channels: int = 0
     low: float = 0.0
     high: float = 0.0
@@ -85,12 +86,20 @@ class Names:
         return f"{row}{files[0]}: {text}" if files else f"{self.name(index)}: {text}"
 
 
+# Datasets of images (or volumes) with masks: their masks are checked, not their labels.
+MASK_DATASETS = (SegmentationDataset, VolumeSegmentationDataset)
+
+
 def read_sample(dataset: Any, index: int) -> Sample:
     """Read sample `index` as training would; every failure becomes `Sample.problem`."""
     try:
         raw = np.asarray(dataset.read_image(index))
-        if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[-1] not in (1, 3, 4)):
-            return Sample(index, f"not a 2D image: shape {raw.shape} (expected H x W or H x W x C)")
+        dims = getattr(dataset, "spatial_dims", 2)
+        channels_ok = raw.ndim == dims or (raw.ndim == dims + 1 and raw.shape[-1] in (1, 3, 4))
+        if not channels_ok:
+            expected = "D x H x W or D x H x W x C" if dims == 3 else "H x W or H x W x C"
+            kind = "a volume" if dims == 3 else "a 2D image"
+            return Sample(index, f"not {kind}: shape {raw.shape} (expected {expected})")
         if raw.size == 0:
             return Sample(index, f"the image has no pixels (shape {raw.shape})")
         if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
@@ -99,9 +108,9 @@ def read_sample(dataset: Any, index: int) -> Sample:
         if not np.isfinite(values).all():
             return Sample(index, "the image holds NaN or infinite values")
         class_pixels = None
-        if isinstance(dataset, SegmentationDataset):
+        if isinstance(dataset, MASK_DATASETS):
             # The check training's load() makes: mask size and values, with the same messages.
-            mask = dataset.checked_mask(index, raw.shape[:2])
+            mask = dataset.checked_mask(index, raw.shape[:dims])
             class_pixels = np.bincount(mask.ravel(), minlength=dataset.num_classes)
     except DataError as err:
         return Sample(index, str(err))
@@ -114,8 +123,8 @@ def read_sample(dataset: Any, index: int) -> Sample:
         index,
         digest=digest.digest(),
         dtype=str(raw.dtype),
-        shape=(int(raw.shape[0]), int(raw.shape[1])),
-        channels=1 if raw.ndim == 2 else int(raw.shape[-1]),
+        shape=tuple(int(n) for n in raw.shape[:dims]),
+        channels=1 if raw.ndim == dims else int(raw.shape[-1]),
         low=float(values.min()),
         high=float(values.max()),
         total=float(values.sum()),
@@ -159,7 +168,7 @@ def class_name(dataset: Any, k: int) -> str:
 
 def label_text(dataset: Any, index: int) -> str | None:
     """A sample's label as shown among duplicates (None for segmentation: masks are not compared)."""
-    if isinstance(dataset, SegmentationDataset):
+    if isinstance(dataset, MASK_DATASETS):
         return None
     label = np.asarray(dataset.labels[index])
     if label.ndim == 0 and not dataset.regression:
@@ -170,7 +179,7 @@ def label_text(dataset: Any, index: int) -> str | None:
 def label_problems(dataset: Any, names: Names) -> list[str]:
     """Labels outside the classes (or not 0/1 for multi-label), and regression targets that are
     not finite numbers; segmentation masks are checked when read."""
-    if isinstance(dataset, SegmentationDataset):
+    if isinstance(dataset, MASK_DATASETS):
         return []
     labels, k = np.asarray(dataset.labels), dataset.num_classes
     if len(labels) != len(dataset.ids):
@@ -199,7 +208,7 @@ def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, list[str]]:
     """Class counts (segmentation: pixel shares and images per class; regression: target range) and
     the classes this split lacks."""
     k, split = dataset.num_classes, dataset.split
-    if isinstance(dataset, SegmentationDataset):
+    if isinstance(dataset, MASK_DATASETS):
         masks = np.array([s.class_pixels for s in samples if s.class_pixels is not None])
         masks = masks.reshape(len(masks), k)
         pixels, images = masks.sum(axis=0), (masks > 0).sum(axis=0)
@@ -245,11 +254,13 @@ def intensity(samples: list[Sample]) -> dict[str, Any]:
     values = sum(s.values for s in read)
     mean = sum(s.total for s in read) / values
     variance = max(sum(s.squares for s in read) / values - mean**2, 0.0)
-    heights, widths = [s.shape[0] for s in read], [s.shape[1] for s in read]
+    heights, widths = [s.shape[-2] for s in read], [s.shape[-1] for s in read]
+    depths = [s.shape[0] for s in read if len(s.shape) == 3]  # volumes
     return {
         "images": len(read),
         "dtypes": dict(Counter(s.dtype for s in read)),
         "channels": {str(c): n for c, n in sorted(Counter(s.channels for s in read).items())},
+        **({"depth": [min(depths), max(depths)]} if depths else {}),
         "height": [min(heights), max(heights)],
         "width": [min(widths), max(widths)],
         "min": min(s.low for s in read),
@@ -262,11 +273,11 @@ def intensity(samples: list[Sample]) -> dict[str, Any]:
 def size_problem(dataset: Any, samples: list[Sample]) -> list[str]:
     """Images of several sizes cannot be stacked into a batch for an image-level model."""
     sizes = sorted({s.shape for s in samples if s.problem is None})
-    if isinstance(dataset, SegmentationDataset) or dataset.image_size is not None or len(sizes) < 2:
+    if isinstance(dataset, MASK_DATASETS) or dataset.image_size is not None or len(sizes) < 2:
         return []
-    (h0, w0), (h1, w1) = sizes[0], sizes[-1]
+    first, last = ("x".join(map(str, size)) for size in (sizes[0], sizes[-1]))
     return [
-        f"{dataset.split}: images have {len(sizes)} sizes ({h0}x{w0} ... {h1}x{w1}) and "
+        f"{dataset.split}: images have {len(sizes)} sizes ({first} ... {last}) and "
         "dataset.image_size is null, so batches cannot be stacked: set dataset.image_size"
     ]
 

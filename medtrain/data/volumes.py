@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +68,82 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     try:
         image = nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for broken, truncated or non-NIfTI files
+        raise DataError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from err
+    return nifti_volume(image, str(path))
+
+
+# Header extensions a NIfTI upload may carry between its header and its voxels (bytes).
+MAX_NIFTI_EXTENSIONS = 2**20
+
+
+def is_nifti_bytes(data: bytes, name: str) -> bool:
+    """Whether an upload is a NIfTI file: by its name, or a NIfTI-1/2 header size at its start."""
+    if is_nifti(name):
+        return True
+    return len(data) >= 4 and int.from_bytes(data[:4], "little") in (348, 540)
+
+
+def decode_nifti(data: bytes, name: str, max_voxels: int) -> Volume:
+    """A NIfTI-1/2 upload (`.nii`, or gzipped `.nii.gz`) as a `Volume`, its size checked from the
+    header before the voxels are decompressed: a file declaring more than `max_voxels` voxels
+    costs the reading of its header only, and a gzip stream is never inflated beyond the size its
+    header declares.
+
+    Raises:
+        ImageTooLargeError: more voxels than `max_voxels`, naming `name`.
+        DataError: a broken, truncated or non-NIfTI file, naming `name`.
+    """
+    import nibabel as nib
+
+    from medtrain.data.decoding import ImageTooLargeError
+
+    gzipped = data[:2] == b"\x1f\x8b"
+    inflate = zlib.decompressobj(wbits=31) if gzipped else None
+    try:
+        head = inflate.decompress(data, 540) if inflate else data[:540]
+        size = int.from_bytes(head[:4], "little")
+        size = size if size in (348, 540) else int.from_bytes(head[:4], "big")
+        if size not in (348, 540) or len(head) < size:
+            raise DataError(f"{name}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+        kind = nib.Nifti1Image if size == 348 else nib.Nifti2Image
+        header = kind.header_class.from_fileobj(io.BytesIO(head[:size]), check=False)
+        shape = tuple(int(n) for n in header.get_data_shape())
+        voxels = math.prod(shape) if shape else 0  # Python ints: no overflow
+        if voxels > max_voxels:
+            raise ImageTooLargeError(
+                f"{name}: declares {' x '.join(map(str, shape))} = {voxels:,} voxels; at most "
+                f"{max_voxels:,} are read"
+            )
+        offset = int(header.get_data_offset())
+        if not size <= offset <= size + MAX_NIFTI_EXTENSIONS:  # vox_offset bounds what is inflated
+            raise DataError(
+                f"{name}: NIfTI voxel offset {offset} is outside {size}..{size + MAX_NIFTI_EXTENSIONS}"
+            )
+        needed = offset + voxels * header.get_data_dtype().itemsize
+        if inflate:  # inflate only what the header declares (a bomb stops there)
+            body = head + inflate.decompress(inflate.unconsumed_tail, max(needed - len(head), 1))
+        else:
+            body = data
+        if len(body) < needed:
+            raise DataError(f"{name}: truncated NIfTI ({len(body)} of {needed} bytes)")
+        image = kind.from_bytes(body[:needed] if len(body) > needed else body)
+    except DataError:
+        raise
+    except Exception as err:  # nibabel and zlib raise many types for hostile bytes
+        raise DataError(f"{name}: cannot read NIfTI ({type(err).__name__}: {err})") from err
+    return nifti_volume(image, name)
+
+
+def nifti_volume(image, source: str) -> Volume:
+    """A loaded nibabel image as a checked 3D `Volume` (4D files must hold one volume)."""
+    try:
         array = np.asarray(image.dataobj)
         zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
         affine = np.asarray(image.affine, dtype=np.float64)
-    except Exception as err:  # nibabel raises many types for broken, truncated or non-NIfTI files
-        raise DataError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from err
+    except Exception as err:
+        raise DataError(f"{source}: cannot read NIfTI ({type(err).__name__}: {err})") from err
+    path = source
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:

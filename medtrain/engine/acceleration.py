@@ -57,14 +57,16 @@ def compile_options(value: Any) -> dict[str, Any] | None:
     )
 
 
-def memory_format(trainer) -> torch.memory_format:
+def memory_format(trainer, spatial_dims: int = 2) -> torch.memory_format:
     """`trainer.channels_last`: NHWC tensors for 2D convolutions (tensor cores read them without a
-    transpose under bf16/fp16 on CUDA); contiguous NCHW otherwise. Runs saved before the key:
-    NCHW."""
+    transpose under bf16/fp16 on CUDA; NDHWC for a 3D network's weights); contiguous NCHW
+    otherwise. Runs saved before the key: NCHW."""
     value = trainer.get("channels_last", False)
     if not isinstance(value, bool):
         raise ConfigError(f"trainer.channels_last={value!r}: must be true or false")
-    return torch.channels_last if value else torch.contiguous_format
+    if not value:
+        return torch.contiguous_format
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
 
 
 def accelerated(model: nn.Module, trainer) -> nn.Module:

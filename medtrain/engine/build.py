@@ -19,7 +19,8 @@ from torch import nn
 from medtrain.data.base import SPLITS
 from medtrain.data.folds import fold_datasets
 from medtrain.data.loading import EpochLoader, auto_workers, last_batch_dropped, make_loader
-from medtrain.data.transforms import Normalize, SeededAugment
+from medtrain.data.transforms import Normalize
+from medtrain.data.volume_transforms import check_augmentation, seeded_augment
 from medtrain.engine import distributed
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.engine.schedulers import optimizer_steps
@@ -123,10 +124,11 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
     for split in SPLITS:
         stage = "train" if split == "train" else "eval"
         pipeline = build(cfg.augmentation[stage], f"augmentation.{stage}")
-        transform = SeededAugment(pipeline, cfg.seed, augmentation_seeding(cfg))
+        transform = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg))
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
         if len(datasets[split]) == 0:
             raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
+        check_augmentation(transform, spatial_dims(datasets[split]), choice(cfg, "augmentation"))
     fold = (cfg.get("cv") or {}).get("fold")
     if fold is not None:  # a cross-validation fold: train and val regrouped, test as it is
         train, val = datasets["train"], datasets["val"]
@@ -145,6 +147,7 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
     with open_dict(cfg):
         for key in ("in_channels", "num_classes", "multilabel", "class_names"):
             cfg.dataset[key] = getattr(train, key)
+        cfg.dataset.spatial_dims = spatial_dims(train)  # the model's default follows it
         if "num_features" in cfg.dataset:  # datasets with tabular columns declare the key
             cfg.dataset.num_features = train.num_features
         task.fit_to_data(cfg, train)
@@ -197,6 +200,11 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
         split: split == "train" and last_batch_dropped(len(dataset), trainer.batch_size)
         for split, dataset in datasets.items()
     }
+    if trainer.get("augment_on_device", False) and spatial_dims(datasets["train"]) == 3:
+        raise ConfigError(
+            "trainer.augment_on_device=true augments 2D images on the device; volumes are "
+            "augmented by the loader: set it to false"
+        )
     if trainer.get("augment_on_device", False):  # runs saved before the key: the loader path
         from medtrain.data.device_batches import device_loaders
 
@@ -223,8 +231,45 @@ def build_loaders(cfg: DictConfig, datasets: dict, device: torch.device) -> dict
     return loaders
 
 
+def spatial_dims(dataset: Any) -> int:
+    """2 for images, 3 for volumes (a dataset's `spatial_dims`)."""
+    return int(getattr(dataset, "spatial_dims", 2))
+
+
+def choice(cfg: DictConfig, group: str) -> str:
+    """The option chosen for a config group (`unet` for `model`), or '?' outside a Hydra run."""
+    from medtrain.engine.config import choice as chosen  # config imports this module
+
+    return chosen(group)
+
+
+def check_spatial_dims(cfg: DictConfig) -> None:
+    """A 2D network on volumes, or a 3D one on images, is refused in one line naming the key.
+
+    Raises:
+        ConfigError: naming `model.spatial_dims`, or the model to choose.
+    """
+    data_dims = cfg.dataset.get("spatial_dims") or 2
+    model = cfg.model
+    if "spatial_dims" in model:
+        dims = OmegaConf.select(cfg, "model.spatial_dims")
+        if dims != data_dims:
+            kind = "volumes (3D)" if data_dims == 3 else "2D images"
+            raise ConfigError(
+                f"model.spatial_dims={dims}, but the data are {kind}: set "
+                f"model.spatial_dims={data_dims} (or leave it out: it follows the data)"
+            )
+    elif data_dims == 3 and "branches" not in model:
+        raise ConfigError(
+            f"model={choice(cfg, 'model')} is a 2D network, but the data are volumes (3D): choose "
+            "model=resnet, cnn, unet or basic_unet, which follow the data's dimensions"
+        )
+
+
 def build_model(cfg: DictConfig) -> nn.Module:
-    """The network of `cfg.model` (its channels and classes interpolated from the dataset)."""
+    """The network of `cfg.model` (its channels and classes interpolated from the dataset),
+    checked against the data's dimensions (`check_spatial_dims`)."""
+    check_spatial_dims(cfg)
     return build(cfg.model, "model")
 
 

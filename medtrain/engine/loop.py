@@ -58,7 +58,9 @@ def to_device(
 
     moved = {k: move(v) for k, v in batch.items()}
     image = moved.get("image")
-    if layout is not torch.preserve_format and torch.is_tensor(image) and image.dim() == 4:
+    if layout is not torch.preserve_format and torch.is_tensor(image) and image.dim() in (4, 5):
+        if image.dim() == 5 and layout == torch.channels_last:  # volumes: NDHWC
+            layout = torch.channels_last_3d
         moved["image"] = image.contiguous(memory_format=layout)
     return moved
 

@@ -24,6 +24,8 @@ import logging
 import os
 import sys
 
+import torch
+
 log = logging.getLogger(__name__)
 
 ENV = "MEDTRAIN_MALLOC"
@@ -73,3 +75,22 @@ def keep_freed_memory() -> bool:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
     return _applied
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """The process's peak memory so far, in MB: the main process's resident host memory
+    (`ru_maxrss`: the interpreter, the data, the model; loader worker processes are not counted)
+    and, on CUDA, the most the caching allocator held for tensors."""
+    peak = {}
+    try:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        peak["peak_host_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1
+        )
+    except ImportError:  # Windows
+        pass
+    if device.type == "cuda":
+        peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak

@@ -68,6 +68,7 @@ MEANT_WITHOUT_KEY = {
     "trainer.ema_horizon": None,
     "cv.fold": None,
     "cv.folds_file": None,
+    "dataset.spatial_dims": 2,  # every run before 3D networks was on 2D images
 }
 
 
@@ -116,6 +117,8 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
         if before_data and new.get("dataset.normalize.mode") == "dataset"
         else set()
     )
+    if before_data:  # written from the data (2 images, 3 volumes) when they are read
+        from_data.add("dataset.spatial_dims")
     changed = sorted(
         k
         for k in old.keys() | new.keys()

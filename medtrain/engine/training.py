@@ -38,7 +38,7 @@ from medtrain.engine.config import (
 )
 from medtrain.engine.data_check import check_before_training
 from medtrain.engine.loop import fit, seed_everything, test
-from medtrain.engine.memory import keep_freed_memory
+from medtrain.engine.memory import keep_freed_memory, peak_memory
 from medtrain.engine.provenance import write_provenance
 from medtrain.engine.resume import check_before_resuming
 from medtrain.io import save_json
@@ -98,7 +98,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     task = build_task(cfg)
     first = collate([datasets["train"][0]])
     distributed.agreed(check_model_output, model, task, first)
-    model = model.to(device, memory_format=memory_format(cfg.trainer))
+    model = model.to(device, memory_format=memory_format(cfg.trainer, cfg.dataset.spatial_dims))
     task.loss_fn.to(device)
     trained = distributed.wrap(model, cfg.trainer, device)  # DistributedDataParallel, or itself
     trained = accelerated(trained, cfg.trainer)  # compiled when trainer.compile asks
@@ -145,9 +145,10 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         "class_names": task.class_names,
         "seed": cfg.seed,
         "medtrain_version": __version__,
-        # Evaluation preprocessing and the training input size (H, W): what serving rebuilds.
+        # Evaluation preprocessing and the training input size (H, W; or D, H, W): what serving
+        # rebuilds.
         "preprocessing": datasets["test"].preprocessing()
-        | {"input_size": list(first["image"].shape[-2:])},
+        | {"input_size": list(first["image"].shape[2:])},
     }
     if processes > 1:  # what resuming compares (a single-process checkpoint has no entry)
         extra_state["world_size"] = processes
@@ -185,6 +186,7 @@ def finish(cfg, task, run_dir: Path, metrics: dict, train_seconds: float, device
     metrics |= task.intervals(run_dir, metrics)
     save_json(run_dir / "metrics.json", metrics)
     distributed_info = run_info if run_info["world"]["world_size"] > 1 else {}
+    peak = peak_memory(device)
     save_json(
         run_dir / "run_info.json",
         {
@@ -194,6 +196,7 @@ def finish(cfg, task, run_dir: Path, metrics: dict, train_seconds: float, device
             **{f"{name}": version(name) for name in VERSIONED},
             "medtrain": __version__,
             "epochs_trained": metrics["epochs_trained"],
+            **peak,
             **distributed_info,
         },
     )
@@ -205,6 +208,12 @@ def finish(cfg, task, run_dir: Path, metrics: dict, train_seconds: float, device
         train_seconds,
         metrics["best_epoch"],
         summary,
+    )
+    log.info(
+        "peak memory: %s",
+        ", ".join(
+            f"{k.removeprefix('peak_').removesuffix('_mb')} {v:.0f} MB" for k, v in peak.items()
+        ),
     )
     if cfg.trainer.get("report", True):  # runs saved before the key existed: on
         # The config was composed by this run's user and has just been built: not checked again.

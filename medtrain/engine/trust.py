@@ -20,7 +20,8 @@ shell command. `weights_only=True` protects the tensors of a checkpoint, not its
    importing a module is itself running code;
 4. the third-party classes of `THIRD_PARTY`: a class of the named kind found by `getattr` on one
    of these fixed modules (`torch.optim.AdamW`, `torch.nn.MSELoss`, `albumentations.CLAHE`,
-   `monai.networks.nets.UNet`, `monai.losses.DiceLoss`), except `REFUSED`;
+   `monai.networks.nets.UNet`, `monai.losses.DiceLoss`, `monai.transforms.RandFlipd`), except
+   `REFUSED`;
 5. names trusted on purpose: the `trust=[...]` key of the commands that load a run and the
    environment variable `MEDTRAIN_TRUSTED_TARGETS` (comma-separated), each a full name
    (`my_models.TinyNet`) or a module prefix ending in `.` (`my_pkg.`).
@@ -56,7 +57,9 @@ from medtrain.errors import ConfigError
 
 TRUST_ENV = "MEDTRAIN_TRUSTED_TARGETS"
 # Resolvers that read nothing but the clock and Hydra's own settings.
-SAFE_RESOLVERS = frozenset({"now", "hydra"})
+# `oc.select` reads another key of the same config, with a default (a model's `spatial_dims`
+# follows the data's): nothing outside the config.
+SAFE_RESOLVERS = frozenset({"now", "hydra", "oc.select"})
 # Keys of a saved config that only steer Hydra's composition (a rerun composes .hydra/config.yaml).
 HYDRA_KEYS = ("hydra", "defaults")
 # Module -> what a class named there must subclass (the `_BASES` names below), for rule 4.
@@ -67,12 +70,20 @@ THIRD_PARTY = {
     "albumentations": "transform",
     "monai.networks.nets": "module",
     "monai.losses": "module",
+    "monai.transforms": "volume_transform",
 }
 # Classes of those modules that fetch and run code when built (torch.hub).
 REFUSED = frozenset({"monai.losses.PerceptualLoss"})
 DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")  # a value naming something to download
 SHOWN_AT_MOST = 5  # refusals named in one message
+
+
+def _monai_transform() -> type:
+    """MONAI's transform base (3D augmentation pipelines), imported only when a check needs it."""
+    from monai.transforms import Transform
+
+    return Transform
 
 
 @functools.cache
@@ -90,6 +101,7 @@ def _bases() -> dict[str, tuple[type, ...]]:
         "scheduler": schedulers,
         "loss": (torch.nn.modules.loss._Loss,),
         "transform": (BasicTransform, BaseCompose),
+        "volume_transform": (_monai_transform(),),
         "module": (torch.nn.Module,),
         "medtrain": (
             torch.nn.Module,

@@ -156,7 +156,12 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
                 f"cv.folds={cv.folds} with seed {seed}: use a new cv.dir, or the same settings"
             )
         return path
-    classes = task_class(cfg).fold_strata(cfg, np.concatenate([train.labels, val.labels]))
+    labels = [getattr(data, "labels", None) for data in (train, val)]  # masks: no labels
+    classes = (
+        None
+        if labels[0] is None or labels[1] is None
+        else task_class(cfg).fold_strata(cfg, np.concatenate(labels))
+    )
     stratified = classes is not None
     grouped = train.groups is not None and val.groups is not None
     groups = list(train.groups) + list(val.groups) if grouped else None

@@ -28,6 +28,7 @@ INFERRED = (
     "dataset.multilabel",
     "dataset.class_names",
     "dataset.num_features",
+    "dataset.spatial_dims",
     "task.target_mean",
     "task.target_std",
     "task.grade_range",

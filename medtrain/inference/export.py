@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medtrain import __version__
-from medtrain.data.segmentation import pair
+from medtrain.data.volume_transforms import is_monai_pipeline, spatial_size
 from medtrain.errors import ConfigError
 from medtrain.inference.export_manifest import (
     io_manifest,
@@ -97,7 +97,8 @@ def check_exportable(model: nn.Module, preprocess: Any) -> None:
         )
     pipeline = getattr(preprocess.transform, "pipeline", None)
     steps = getattr(pipeline, "transforms", None)
-    if pipeline is not None and (not isinstance(pipeline, A.BaseCompose) or len(steps)):
+    composed = isinstance(pipeline, A.BaseCompose) or is_monai_pipeline(pipeline)
+    if pipeline is not None and (not composed or steps is None or len(steps)):
         names = [type(t).__name__ for t in steps] if steps else [type(pipeline).__name__]
         raise ConfigError(
             f"run_dir: augmentation.eval runs {names}; the manifest describes channels, resizing "
@@ -127,18 +128,28 @@ def size_plans(run: LoadedRun, preprocess: Any) -> list[tuple[list[tuple[int, in
     window size alone when a trace does not generalize (e.g. MONAI's BasicUNet pads odd sides in
     a Python branch), as tiling feeds the network nothing else.
     """
-    fixed = pair(preprocess.image_size, "dataset.image_size")
-    window = pair(run.task.window, "task.inference.window")
+    dims = spatial_dims(preprocess)
+    fixed = spatial_size(preprocess.image_size, "dataset.image_size", dims)
+    window = spatial_size(run.task.window, "task.inference.window", dims)
     if fixed is not None and window is None:
         return [([fixed], False)]
-    base = window or pair(
-        (run.checkpoint.get("preprocessing") or {}).get("input_size"), "input_size"
-    )
-    base = base or (64, 64)
+    trained = (run.checkpoint.get("preprocessing") or {}).get("input_size")
+    base = window or spatial_size(trained, "input_size", dims)
+    base = base or (64, 64) if dims == 2 else base or (32, 32, 32)
     # Traced at a size no network divides evenly, so that size-dependent padding inside it (the
     # U-Net pads to a multiple of 2**depth) is recorded as computed rather than left out.
-    plans = [([(base[0] + 1, base[1] + 1), base], True)]
+    plans = [([tuple(side + 1 for side in base), base], True)]
     return plans + [([window], False)] if window else plans
+
+
+def spatial_dims(preprocess: Any) -> int:
+    """2 for runs on images, 3 for runs of 3D networks on volumes."""
+    return int(getattr(preprocess, "spatial_dims", 2))
+
+
+def axis_names(dims: int) -> list[str]:
+    """The names of the spatial axes of inputs and per-pixel outputs."""
+    return ["depth", "height", "width"] if dims == 3 else ["height", "width"]
 
 
 def trace(
@@ -156,7 +167,10 @@ def trace(
             torch.jit.save(torch.jit.trace(model, example, check_trace=False), buffer)
         else:
             names = [output["name"] for output in outputs]
-            pixels = {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}
+            spatial = axis_names(example.ndim - 2)
+            pixels = {0: "batch"} | (
+                {2 + k: name for k, name in enumerate(spatial)} if any_size else {}
+            )
             axes = {"image": pixels} | {
                 o["name"]: pixels if "height" in o["shape"] else {0: "batch"} for o in outputs
             }
@@ -236,8 +250,8 @@ def compare(model: ExportedModel, data: bytes, fmt: str, sizes, channels: int) -
         for want, have in zip(expected, got, strict=True):
             if have.shape != tuple(want.shape):
                 raise ConfigError(
-                    f"the exported model gives outputs of shape {have.shape} for {size[0]}x"
-                    f"{size[1]} inputs, PyTorch {tuple(want.shape)}"
+                    f"the exported model gives outputs of shape {have.shape} for "
+                    f"{'x'.join(map(str, size))} inputs, PyTorch {tuple(want.shape)}"
                 )
             worst = max(worst, float(np.abs(have - want.numpy()).max()))
         if worst > allowed:
@@ -247,7 +261,7 @@ def compare(model: ExportedModel, data: bytes, fmt: str, sizes, channels: int) -
 
 def _size_error(what: str, size: tuple[int, int]) -> ConfigError:
     return ConfigError(
-        f"the exported model {what} on {size[0]}x{size[1]} inputs: its network depends on the "
+        f"the exported model {what} on {'x'.join(map(str, size))} inputs: its network depends on the "
         "input size in a way tracing cannot record; set dataset.image_size to train and export "
         "a fixed size"
     )
@@ -278,7 +292,7 @@ def build_model_file(run: LoadedRun, model: ExportedModel, fmt: str, preprocess:
     channels = _channels(run.model, preprocess)
     width = len(run.task.class_names)
     for sizes, any_size in size_plans(run, preprocess):
-        pixels = ["height", "width"] if any_size else list(sizes[0])
+        pixels = axis_names(len(sizes[0])) if any_size else list(sizes[0])
         outputs = model.outputs(width, pixels)
         data = trace(model, fmt, torch.zeros(2, channels, *sizes[0]), any_size, outputs)
         try:
@@ -323,7 +337,12 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         "format": fmt,
         "model_file": name,
         "task": run.task.name,
-        **io_manifest(built.outputs, built.channels, None if built.any_size else built.sizes[0]),
+        **io_manifest(
+            built.outputs,
+            built.channels,
+            None if built.any_size else built.sizes[0],
+            spatial_dims(preprocess),
+        ),
         "preprocessing": preprocessing,
         **run.task.export_manifest(preprocess),
         "tta": {

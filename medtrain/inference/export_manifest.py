@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medtrain.data.segmentation import pair
+from medtrain.data.volume_transforms import spatial_size
 
 NORMALIZE_RULE = (
     "first invert (true: x -> 1 - x; auto: only when the image's median is above 0.5), then fixed "
@@ -18,7 +18,8 @@ NORMALIZE_RULE = (
 
 def preprocessing_manifest(preprocess: Any) -> dict[str, Any]:
     """The evaluation preprocessing in numbers and rules (medtrain.data.transforms)."""
-    size = pair(preprocess.image_size, "dataset.image_size")
+    dims = int(getattr(preprocess, "spatial_dims", 2))
+    size = spatial_size(preprocess.image_size, "dataset.image_size", dims)
     # Segmentation datasets normalize the native image before resizing it; image-level datasets
     # the reverse.
     resize_last = preprocess.normalizes_before_resize
@@ -32,7 +33,9 @@ def preprocessing_manifest(preprocess: Any) -> dict[str, Any]:
             "rule": "by storage type: uint8 / 255, uint16 / 65535, bool as 0/1, floats unchanged",
             "uint8": 255,
             "uint16": 65535,
-        },
+        }
+        if getattr(preprocess, "scales_by_storage_type", True)
+        else {"rule": "none: voxel values as float32 (modality units, e.g. MRI intensity or HU)"},
         "channels": {
             "to": preprocess.in_channels,
             "rule": "grey from colour: 0.299 R + 0.587 G + 0.114 B; colour from grey: the grey "
@@ -67,18 +70,19 @@ def preprocessing_manifest(preprocess: Any) -> dict[str, Any]:
 
 
 def io_manifest(
-    outputs: list[dict[str, Any]], channels: int, size: tuple[int, int] | None
+    outputs: list[dict[str, Any]], channels: int, size: tuple[int, ...] | None, dims: int = 2
 ) -> dict[str, Any]:
     """The model file's input and its outputs (`Task.export_outputs`); `size` None: any height and
-    width."""
+    width (and depth, for volumes: `dims` 3)."""
+    axes = ["depth", "height", "width"] if dims == 3 else ["height", "width"]
     return {
         "input": {
             "name": "image",
             "dtype": "float32",
-            "layout": "NCHW",
+            "layout": "NCDHW" if dims == 3 else "NCHW",
             "channels": channels,
             "size": None if size is None else list(size),
-            "dynamic_axes": ["batch", "height", "width"] if size is None else ["batch"],
+            "dynamic_axes": ["batch", *axes] if size is None else ["batch"],
         },
         "outputs": outputs,
     }

@@ -70,8 +70,9 @@ def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]
 
 
 def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:
-    """The volumes named by `inputs=` for a run trained on slices of volumes: NIfTI files, DICOM
-    series folders (a folder of .dcm files is one series; a folder of such folders, one each)."""
+    """The volumes named by `inputs=` for a run on volumes (a 3D network, or a 2D one trained on
+    their slices): NIfTI files, DICOM series folders (a folder of .dcm files is one series; a
+    folder of such folders, one each)."""
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".csv" or not path.is_dir():
         return list_inputs(spec, image_column)
@@ -85,7 +86,8 @@ def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str
 
 
 def predict_volumes(cfg: DictConfig, predictor: Predictor) -> dict[str, Any]:
-    """Segment each input volume slice by slice; write its label volume and volumes in mL."""
+    """Segment each input volume (slice by slice, or whole with a 3D network); write its label
+    volume and volumes in mL."""
     inputs = list_volumes(str(cfg.inputs), cfg.image_column)
     output = Path(cfg.output)
     masks_dir = Path(cfg.masks) if cfg.masks else output.parent / "masks"
@@ -145,9 +147,16 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         trust=list(cfg.get("trust") or []),
         backend=cfg.get("backend") or "torch",
     )
-    if predictor.slices_volumes and _names_volumes(str(cfg.inputs), cfg.image_column):
+    if (
+        predictor.task.labels_volumes
+        and predictor.reads_volumes
+        and _names_volumes(str(cfg.inputs), cfg.image_column)
+    ):
         return predict_volumes(cfg, predictor)
-    inputs = list_inputs(str(cfg.inputs), cfg.image_column)
+    names_volumes = predictor.reads_volumes and _names_volumes(str(cfg.inputs), cfg.image_column)
+    # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
+    lister = list_volumes if names_volumes else list_inputs
+    inputs = lister(str(cfg.inputs), cfg.image_column)
     output = Path(cfg.output)
     files = PredictionFiles(
         output,

@@ -14,13 +14,21 @@ import torch
 from medtrain import __version__
 from medtrain.analysis.volume_results import structure_volumes_ml
 from medtrain.data.readers import MAX_PIXELS, Decoded, decode, read_image
-from medtrain.data.segmentation import pair
-from medtrain.data.volumes import normalize_volume, read_volume, stack_slices
+from medtrain.data.volume_transforms import spatial_size
+from medtrain.data.volumes import (
+    Volume,
+    decode_nifti,
+    is_nifti,
+    is_nifti_bytes,
+    normalize_volume,
+    read_volume,
+    stack_slices,
+)
 from medtrain.engine.acceleration import autocast
 from medtrain.engine.config import resolve_device
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.inference.onnx_backend import OnnxNetwork, check_backend, onnx_network
-from medtrain.inference.run import eval_preprocessing, load_run, volume_settings
+from medtrain.inference.run import eval_preprocessing, load_run, volume_run, volume_settings
 from medtrain.io import read_json
 from medtrain.models import input_keys
 from medtrain.tasks.base import Input
@@ -35,11 +43,13 @@ class Prepared:
     tensor: torch.Tensor
     intensity: np.ndarray | None
     spacing: tuple[float, ...] | None
+    affine: np.ndarray | None = None  # a volume's voxel-to-world matrix
 
     @property
     def shape_key(self) -> tuple:
         """Images with equal keys go through the model together."""
-        native = () if self.intensity is None else self.intensity.shape[:2]
+        spatial = self.tensor.ndim - 1  # C x H x W, or C x D x H x W for volumes
+        native = () if self.intensity is None else self.intensity.shape[:spatial]
         return tuple(self.tensor.shape), native
 
     @property
@@ -107,7 +117,8 @@ class Predictor:
         """What a client needs to know: task, classes, expected input, test metrics, checksum."""
         metrics = read_json(self.run.run_dir / "metrics.json") or {}
         pre = self.preprocess
-        size = pair(pre.image_size, "dataset.image_size")
+        dims = int(getattr(pre, "spatial_dims", 2))
+        size = spatial_size(pre.image_size, "dataset.image_size", dims)
         return {
             "task": self.task.name,
             "class_names": self.class_names,
@@ -121,13 +132,7 @@ class Predictor:
                 else ["png", "jpeg", "tiff", "dicom", "npy", "npz"],
                 "window": None if pre.windows is None else [list(w) for w in pre.windows],
                 "target_spacing": getattr(pre, "target_spacing", None),
-                "volumes": None
-                if not self.slices_volumes
-                else {
-                    **volume_settings(self.cfg),
-                    "note": "trained on slices of volumes: predict whole volumes (NIfTI, DICOM "
-                    "series) with medtrain predict; single images are refused",
-                },
+                "volumes": self.volume_info(),
                 "note": "any size, bit depth and grey/colour: converted by the run's evaluation "
                 "preprocessing"
                 + ("; CT windows need values in Hounsfield units" if pre.reads_modality else ""),
@@ -139,6 +144,22 @@ class Predictor:
             "medtrain_version": __version__,
             "trained_with": self.run.checkpoint.get("medtrain_version"),
         }
+
+    def volume_info(self) -> dict[str, Any] | None:
+        """How the run reads volumes, for `info`: None for runs on 2D images."""
+        if self.slices_volumes:
+            return {
+                **volume_settings(self.cfg),
+                "note": "trained on slices of volumes: predict whole volumes (NIfTI, DICOM "
+                "series) with medtrain predict; single images are refused",
+            }
+        if volume_run(self.cfg):
+            return {
+                "spatial_dims": 3,
+                "note": "a 3D network: send a NIfTI volume (.nii or .nii.gz; medtrain predict "
+                "also reads DICOM series folders); max_pixels bounds its voxels",
+            }
+        return None
 
     @property
     def on_cpu(self) -> bool:
@@ -170,9 +191,17 @@ class Predictor:
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, path: str | Path) -> Decoded:
+        if volume_run(self.cfg) and (is_nifti(path) or Path(path).is_dir()):
+            volume = read_volume(path)
+            return Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
         return read_image(path, self.max_pixels, self.preprocess.reads_modality)
 
     def decode(self, data: bytes, name: str) -> Decoded:
+        """An upload's bytes decoded: a NIfTI volume for a 3D run (`max_pixels` bounds its voxels,
+        read from the header before decompressing), else a 2D image."""
+        if volume_run(self.cfg) and is_nifti_bytes(data, name):
+            volume = decode_nifti(data, name, self.max_pixels)
+            return Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
         return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
 
     def accepts(self, image: Decoded, name: str) -> None:
@@ -183,6 +212,10 @@ class Predictor:
                 volume: give the volume), or an 8/16-bit picture for a run that windows CT values
                 (PNG/JPEG/TIFF hold display values, not Hounsfield units: give DICOM or NPY).
         """
+        if volume_run(self.cfg) and image.format != "volume":
+            raise DataError(
+                f"{name}: this run's network is 3D; give a volume (NIfTI file or DICOM series)"
+            )
         if self.slices_volumes and image.format != "volume":
             raise DataError(
                 f"{name}: this run was trained on slices of volumes, each z-scored as a whole; "
@@ -215,7 +248,7 @@ class Predictor:
                 f"{name}: its pixel values overflow to NaN or infinity in the run's preprocessing "
                 "(normalization); check the file's values and rescaling"
             )
-        return Prepared(name, tensor, intensity, image.spacing)
+        return Prepared(name, tensor, intensity, image.spacing, image.affine)
 
     @torch.no_grad()
     def forward(self, items: Sequence[Prepared]) -> list[torch.Tensor]:
@@ -258,6 +291,7 @@ class Predictor:
             spacing=given or item.spacing or self.spacing,
             measure=measure,
             max_objects=max_objects,
+            affine=item.affine,
         )
         return self.task.prediction(output, found)
 
@@ -289,6 +323,11 @@ class Predictor:
         """Whether the run was trained on slices of volumes (`dataset=volume_slices`)."""
         return volume_settings(self.cfg) is not None
 
+    @property
+    def reads_volumes(self) -> bool:
+        """Whether the run predicts whole volumes: a 3D network, or a 2D one on their slices."""
+        return self.slices_volumes or volume_run(self.cfg)
+
     @torch.no_grad()
     def predict_volume(self, path: str | Path, name: str) -> dict[str, Any]:
         """Segment a volume (NIfTI file, DICOM series folder) slice by slice, as the run's evaluation
@@ -298,10 +337,13 @@ class Predictor:
             `mask` (the label volume), `affine`, `spacing` (mm per axis) and `volumes_ml` (per
             foreground class).
         """
-        if not self.slices_volumes:
+        if not self.reads_volumes:
             raise ConfigError(
-                f"{name}: a volume needs a run trained on slices of volumes (dataset=volume_slices)"
+                f"{name}: a volume needs a run trained on volumes (a 3D network) or on their "
+                "slices (dataset=volume_slices)"
             )
+        if not self.slices_volumes:
+            return self.predict_whole_volume(read_volume(path), name)
         settings = volume_settings(self.cfg)
         axis = settings["axis"]
         volume = read_volume(path)
@@ -319,3 +361,14 @@ class Predictor:
             "spacing": list(volume.spacing),
             "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
         }
+
+    def predict_whole_volume(self, volume: Volume, name: str) -> dict[str, Any]:
+        """Segment a volume with a 3D network, as the run's evaluation does (its normalization,
+        resampling, sliding windows and test-time views), at the volume's native size.
+
+        Returns:
+            `mask`, `affine`, `spacing` and `volumes_ml`, as `predict_volume`.
+        """
+        decoded = Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
+        item = self.prepare(decoded, name)
+        return self.result(item, self.forward([item])[0])

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from medtrain.data.transforms import SeededAugment
+from medtrain.data.volume_transforms import seeded_augment
 from medtrain.engine.build import augmentation_seeding, build, build_model, build_task, task_class
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError
@@ -98,6 +98,8 @@ def eval_preprocessing(cfg: DictConfig, saved: dict[str, Any] | None = None) -> 
     """
     task = task_class(cfg)
     base = task.preprocessing_class
+    if volume_run(cfg):  # a 3D network: volumes are prepared whole
+        base = task.volume_preprocessing_class or base
     if saved is not None:
         kwargs = {k: v for k, v in saved.items() if k != "input_size"}
         if (
@@ -111,8 +113,13 @@ def eval_preprocessing(cfg: DictConfig, saved: dict[str, Any] | None = None) -> 
         settings = OmegaConf.to_container(cfg.dataset) | task.dataset_options(cfg)
         kwargs = {k: v for k, v in settings.items() if k in accepted}
     pipeline = build(cfg.augmentation.eval, "augmentation.eval")
-    augment = SeededAugment(pipeline, cfg.seed, augmentation_seeding(cfg))
+    augment = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg))
     return base("test", transform=augment, **kwargs)
+
+
+def volume_run(cfg: DictConfig) -> bool:
+    """Whether the run's network is 3D (trained on volumes: `dataset.spatial_dims=3`)."""
+    return (cfg.dataset.get("spatial_dims") or 2) == 3
 
 
 def volume_settings(cfg: DictConfig) -> dict[str, Any] | None:

@@ -5,8 +5,10 @@ optional API key; the library behind `medtrain serve`. The protections below the
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +25,9 @@ from starlette.responses import Response
 
 from medtrain import __version__
 from medtrain.analysis.measurements import check_spacing
+from medtrain.analysis.volume_results import nifti_bytes
 from medtrain.data.readers import MAX_PIXELS, ImageTooLargeError, UnsupportedFormatError
-from medtrain.data.segmentation import pair
+from medtrain.data.volume_transforms import spatial_size
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.inference.guard import (
     API_KEY_HEADER,
@@ -172,11 +175,14 @@ FLOOR_PIXELS = 2048 * 2048  # any run accepts images this large
 def pixel_limit(predictor: Predictor) -> int:
     """The most pixels an image sent to this run may declare: 64 times the model's input for a
     run that resizes its images (detail beyond that is averaged away), at least 2048 x 2048 and
-    at most `MAX_PIXELS`; 2048 x 2048 for runs that predict at the image's own size."""
-    size = pair(getattr(predictor.preprocess, "image_size", None), "dataset.image_size")
-    if size is None or not predictor.preprocess.resize_to_input_size:
+    at most `MAX_PIXELS`; 2048 x 2048 for runs that predict at the image's own size (and voxels
+    of volumes alike)."""
+    preprocess = predictor.preprocess
+    dims = int(getattr(preprocess, "spatial_dims", 2))
+    size = spatial_size(getattr(preprocess, "image_size", None), "dataset.image_size", dims)
+    if size is None or not preprocess.resize_to_input_size:
         return FLOOR_PIXELS
-    return min(MAX_PIXELS, max(FLOOR_PIXELS, 64 * size[0] * size[1]))
+    return min(MAX_PIXELS, max(FLOOR_PIXELS, 64 * math.prod(size)))
 
 
 @dataclass(eq=False)  # compared by identity: a request's job, whatever it holds
@@ -339,18 +345,18 @@ def create_app(
             logger.exception("reading upload %r failed", name)
             raise DataError(f"{name}: cannot be read ({type(err).__name__})") from err
 
-    def finish(items, outputs, spacing, overlay: bool) -> list[dict[str, Any]]:
+    def finish(items, outputs, spacing, overlay: bool, nifti: bool = False) -> list[dict]:
         task = predictor.task
-        return [
-            {
-                "file": item.name,
-                **task.to_json(
-                    predictor.result(item, out, spacing, True, limits.max_objects), overlay
-                ),
-                "weights_sha256": sha,
-            }
-            for item, out in zip(items, outputs, strict=True)
-        ]
+        answers = []
+        for item, out in zip(items, outputs, strict=True):
+            result = predictor.result(item, out, spacing, True, limits.max_objects)
+            answer = {"file": item.name, **task.to_json(result, overlay)}
+            if nifti and "affine" in result:  # a volume's label mask, as a .nii.gz file
+                answer["mask_nifti"] = base64.b64encode(
+                    nifti_bytes(result["mask"], result["affine"])
+                ).decode("ascii")
+            answers.append(answer | {"weights_sha256": sha})
+        return answers
 
     async def predict_form(request: Request, field: str, many: bool) -> list[dict]:
         """The results of the uploads in form field `field` (exactly one unless `many`), in
@@ -381,6 +387,7 @@ def create_app(
                     413, f"{len(files)} files; at most {limits.max_batch} per request"
                 )
             overlay = parse_flag("overlay", form_or_query(form, request, "overlay") or "false")
+            nifti = parse_flag("mask_nifti", form_or_query(form, request, "mask_nifti") or "false")
             spacing_mm = parse_spacing(form_or_query(form, request, "spacing"))
             uploads = [(await f.read(), (f.filename or "upload")[-MAX_NAME_CHARS:]) for f in files]
         finally:
@@ -391,8 +398,10 @@ def create_app(
         del uploads
         outputs = await queue.forward(items)
         if all(out.numel() <= SMALL_OUTPUT for out in outputs):
-            return finish(items, outputs, spacing, overlay)
-        return await run_in_threadpool_limited(working, finish, items, outputs, spacing, overlay)
+            return finish(items, outputs, spacing, overlay, nifti)
+        return await run_in_threadpool_limited(
+            working, finish, items, outputs, spacing, overlay, nifti
+        )
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> dict[str, str]:

@@ -1,7 +1,8 @@
-"""Tiled (sliding-window) inference of whole images larger than the training patch."""
+"""Tiled (sliding-window) inference of whole images and volumes larger than the training patch."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from numbers import Integral, Real
 
@@ -17,26 +18,39 @@ GAUSSIAN_SIGMA_SCALE = 0.125
 MIN_WEIGHT = 1e-3
 
 
-def _window_size(window: int | Sequence[int]) -> tuple[int, int]:
-    """(h, w) from an int (square window) or a pair; rejects anything else with a ConfigError."""
-    size = tuple(window) if isinstance(window, Iterable) else (window, window)
-    if len(size) != 2 or not all(isinstance(s, Integral) and not isinstance(s, bool) for s in size):
-        raise ConfigError(f"task.inference.window must be an int or a pair (h, w), got {window!r}")
+def _window_size(window: int | Sequence[int], spatial_dims: int | None = None) -> tuple[int, ...]:
+    """The window's size per axis from an int (a square or cube) or one int per axis ((h, w) or
+    (d, h, w)); rejects anything else with a ConfigError. `spatial_dims` None accepts 2 or 3 axes
+    and gives an int as a square."""
+    if isinstance(window, Iterable):
+        size = tuple(window)
+        axes_ok = len(size) == spatial_dims if spatial_dims else len(size) in (2, 3)
+    else:
+        size, axes_ok = (window,) * (spatial_dims or 2), True
+    if not axes_ok or not all(isinstance(s, Integral) and not isinstance(s, bool) for s in size):
+        raise ConfigError(
+            "task.inference.window must be an int or one int per axis ((h, w), or (d, h, w) for "
+            f"volumes), got {window!r}"
+        )
     if min(size) <= 0:
         raise ConfigError(f"task.inference.window must be positive, got {window!r}")
-    return int(size[0]), int(size[1])
+    return tuple(int(s) for s in size)
 
 
 def check_inference(
-    window: int | Sequence[int], overlap: float, blend: str, batch_size: int
-) -> tuple[int, int]:
+    window: int | Sequence[int],
+    overlap: float,
+    blend: str,
+    batch_size: int,
+    spatial_dims: int | None = None,
+) -> tuple[int, ...]:
     """Check the `task.inference` settings (before training, so that a typo does not surface at
-    the first validation); returns the window size (h, w).
+    the first validation); returns the window size per axis.
 
     Raises:
         ConfigError: naming the `task.inference` key that is wrong.
     """
-    size = _window_size(window)
+    size = _window_size(window, spatial_dims)
     if isinstance(overlap, bool) or not isinstance(overlap, Real) or not 0 <= overlap < 1:
         raise ConfigError(f"task.inference.overlap must be a number in [0, 1), got {overlap!r}")
     if blend not in BLEND_MODES:
@@ -57,28 +71,28 @@ def _starts(length: int, window: int, stride: int) -> list[int]:
     return [*range(0, length - window, stride), length - window]
 
 
-def importance_map(window: tuple[int, int], blend: str) -> torch.Tensor:
-    """Weight of each pixel of a window's prediction when overlapping windows are averaged.
+def importance_map(window: tuple[int, ...], blend: str) -> torch.Tensor:
+    """Weight of each pixel (voxel) of a window's prediction when overlapping windows are averaged.
 
     Args:
-        window: Window size (h, w).
+        window: Window size per axis ((h, w) or (d, h, w)).
         blend: "constant" (all ones) or "gaussian": the product of one Gaussian per axis with
             sigma = 0.125 * window size, centred on the window and equal to 1 at its centre
             (MONAI's map, whose largest sample is just below 1 for an even size), floored at 1e-3.
 
     Returns:
-        An (h, w) float32 tensor of positive weights.
+        A float32 tensor of the window's size, of positive weights.
     """
     if blend == "constant":
         return torch.ones(window)
-    axes = []
+    weight = torch.ones(())
     for size in window:
         offset = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
         sigma = GAUSSIAN_SIGMA_SCALE * size
-        axes.append(torch.exp(-(offset**2) / (2 * sigma**2)))
+        weight = weight[..., None] * torch.exp(-(offset**2) / (2 * sigma**2))
     # Far corners of the Gaussian underflow towards 0; a floor keeps every pixel's weight positive
     # so that pixels covered only by window corners are still divided by a non-zero total.
-    return (axes[0][:, None] * axes[1][None, :]).clamp(min=MIN_WEIGHT)
+    return weight.clamp(min=MIN_WEIGHT)
 
 
 def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -96,7 +110,8 @@ def sliding_window_inference(
     blend: str = "gaussian",
     batch_size: int = 4,
 ) -> torch.Tensor:
-    """Predict logits for whole images by running `predict` on overlapping windows and blending.
+    """Predict logits for whole images (or volumes) by running `predict` on overlapping windows
+    and blending.
 
     Windows start every `window * (1 - overlap)` pixels (at least 1) and the last window of each
     axis ends at the image end, so every pixel is covered. An axis shorter than the window is
@@ -104,10 +119,11 @@ def sliding_window_inference(
     is cropped back. An image that fits in one window is predicted in one call, without blending.
 
     Args:
-        predict: Maps an (N, C, h, w) tensor to (N, K, h, w) logits, or to a tuple or list whose
-            first element is those logits (deep supervision).
-        image: (B, C, H, W) batch of images.
-        window: Window size (h, w); an int means a square window (`task.inference.window`).
+        predict: Maps an (N, C, *window) tensor to (N, K, *window) logits, or to a tuple or list
+            whose first element is those logits (deep supervision).
+        image: (B, C, H, W) batch of images, or (B, C, D, H, W) of volumes.
+        window: Window size per axis; an int means a square (cube) window
+            (`task.inference.window`).
         overlap: Fraction of a window shared with its neighbour, in [0, 1)
             (`task.inference.overlap`).
         blend: "constant" averages overlapping windows; "gaussian" weights each window's pixels
@@ -116,60 +132,67 @@ def sliding_window_inference(
         batch_size: Number of windows per `predict` call, taken across all images of the batch.
 
     Returns:
-        (B, K, H, W) float32 logits on the device of `image`.
+        (B, K, *spatial) float32 logits on the device of `image`.
 
     Raises:
-        ConfigError: If `window`, `overlap`, `blend` or `batch_size` is invalid.
-        ValueError: If `image` is not 4D, or `predict` returns logits of another spatial size
-            than the window.
+        ConfigError: If `window`, `overlap`, `blend` or `batch_size` is invalid, or the window has
+            another number of axes than the image.
+        ValueError: If `image` is not 4D or 5D, or `predict` returns logits of another spatial
+            size than the window.
     """
-    size = check_inference(window, overlap, blend, batch_size)
+    if image.ndim not in (4, 5):
+        raise ValueError(
+            f"image must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(image.shape)}"
+        )
+    dims = image.ndim - 2
+    size = check_inference(window, overlap, blend, batch_size, spatial_dims=dims)
     overlap, batch_size = float(overlap), int(batch_size)
-    if image.ndim != 4:
-        raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
 
-    height, width = image.shape[-2:]
-    pad_h, pad_w = max(size[0] - height, 0), max(size[1] - width, 0)
-    top, left = pad_h // 2, pad_w // 2
-    padded = F.pad(image, (left, pad_w - left, top, pad_h - top))
-    crop = (..., slice(top, top + height), slice(left, left + width))
+    sides = tuple(image.shape[2:])
+    pads = [max(w - s, 0) for w, s in zip(size, sides, strict=True)]
+    before = [p // 2 for p in pads]
+    padded = F.pad(
+        image,
+        [v for p, b in zip(reversed(pads), reversed(before), strict=True) for v in (b, p - b)],
+    )
+    crop = (..., *(slice(b, b + s) for b, s in zip(before, sides, strict=True)))
 
     def run(windows: torch.Tensor) -> torch.Tensor:
         logits = _first_output(predict(windows))
-        if tuple(logits.shape[-2:]) != size:
+        if tuple(logits.shape[2:]) != size:
             raise ValueError(
                 f"predict must return logits of the window size {size}, got {tuple(logits.shape)}"
             )
         return logits.to(device=image.device, dtype=torch.float32)
 
-    if height <= size[0] and width <= size[1]:
+    if all(s <= w for s, w in zip(sides, size, strict=True)):
         return run(padded)[crop]
 
-    full_h, full_w = padded.shape[-2:]
-    strides = [max(int(s * (1 - overlap)), 1) for s in size]
-    corners = [
-        (row, col)
-        for row in _starts(full_h, size[0], strides[0])
-        for col in _starts(full_w, size[1], strides[1])
-    ]
+    full = tuple(padded.shape[2:])
+    strides = [max(int(w * (1 - overlap)), 1) for w in size]
+    corners = list(
+        itertools.product(
+            *(_starts(f, w, st) for f, w, st in zip(full, size, strides, strict=True))
+        )
+    )
+
+    def box(corner: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(c, c + w) for c, w in zip(corner, size, strict=True))
+
     # One job per (image, window) pair, so that small batches of large images fill each call.
-    jobs = [(b, row, col) for b in range(image.shape[0]) for row, col in corners]
+    jobs = [(b, corner) for b in range(image.shape[0]) for corner in corners]
     weight = importance_map(size, blend).to(image.device)
     total = None
-    norm = torch.zeros(full_h, full_w, device=image.device)
-    for row, col in corners:
-        norm[row : row + size[0], col : col + size[1]] += weight
+    norm = torch.zeros(full, device=image.device)
+    for corner in corners:
+        norm[box(corner)] += weight
 
     for first in range(0, len(jobs), batch_size):
         chunk = jobs[first : first + batch_size]
-        windows = torch.stack(
-            [padded[b, :, row : row + size[0], col : col + size[1]] for b, row, col in chunk]
-        )
+        windows = torch.stack([padded[(b, slice(None), *box(corner))] for b, corner in chunk])
         logits = run(windows) * weight
         if total is None:
-            total = torch.zeros(
-                image.shape[0], logits.shape[1], full_h, full_w, device=image.device
-            )
-        for (b, row, col), window_logits in zip(chunk, logits, strict=True):
-            total[b, :, row : row + size[0], col : col + size[1]] += window_logits
+            total = torch.zeros(image.shape[0], logits.shape[1], *full, device=image.device)
+        for (b, corner), window_logits in zip(chunk, logits, strict=True):
+            total[(b, slice(None), *box(corner))] += window_logits
     return (total / norm)[crop]

@@ -100,13 +100,16 @@ class Input:
         measure: measure what was found (off for slices of a volume, measured whole).
         max_objects: the most objects measured one by one (a server's bound on work and answer
             size); beyond it only totals are given. None: no limit.
+        affine: a volume's voxel-to-world matrix (written into its predicted NIfTI mask); None
+            for 2D images.
     """
 
     name: str
     intensity: np.ndarray | None = None
-    spacing: tuple[float, float] | None = None
+    spacing: tuple[float, ...] | None = None
     measure: bool = True
     max_objects: int | None = None
+    affine: np.ndarray | None = None
 
 
 class Task:
@@ -129,6 +132,11 @@ class Task:
     default_monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
     headline: ClassVar[tuple[str, ...]] = ()
     preprocessing_class: ClassVar[type] = ImageDataset
+    # What a run of a 3D network (on volumes) rebuilds instead, when the task has its own class.
+    volume_preprocessing_class: ClassVar[type | None] = None
+    # Whether a whole volume's prediction is a label volume (`medtrain predict` writes it as NIfTI
+    # with volumes in mL); false: a prediction per volume like any image's.
+    labels_volumes: ClassVar[bool] = False
     combine_rule: ClassVar[str] = "mean of the outputs"
     # report.html after its config, data, metrics and curves: names of medtrain.analysis.report's
     # sections, or a task's own as (name, title, function of the report's `Run` returning HTML);

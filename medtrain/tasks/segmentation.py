@@ -28,15 +28,17 @@ from medtrain.analysis.measurements import (
 )
 from medtrain.analysis.overlays import draw_overlay, safe_name, save_overlays, unique_name
 from medtrain.analysis.statistics import segmentation_intervals
-from medtrain.analysis.volume_results import VolumeAssembler
-from medtrain.data.segmentation import SegmentationDataset, pair
+from medtrain.analysis.volume_results import VolumeAssembler, structure_volumes_ml
+from medtrain.data.segmentation import SegmentationDataset
+from medtrain.data.volume_segmentation import VolumeSegmentationDataset
+from medtrain.data.volume_transforms import spatial_size
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import png_bytes, save_csv, save_json, save_png
 from medtrain.metrics.instances import instance_metrics, summarize_instances
 from medtrain.metrics.segmentation import case_metrics, summarize
 from medtrain.models.sliding_window import check_inference, sliding_window_inference
 from medtrain.tasks.base import REGRESSION_LOSS, Choices, Input, Task, refuse_loss
-from medtrain.tasks.tta import View
+from medtrain.tasks.tta import View, check_tta, tta_views
 
 Logits = torch.Tensor | list[torch.Tensor]
 
@@ -79,6 +81,8 @@ class SegmentationTask(Task):
     default_monitor = ("val/dice", "max")
     headline = ("dice", "iou", "hd95_mm", "precision", "recall")
     preprocessing_class = SegmentationDataset
+    volume_preprocessing_class = VolumeSegmentationDataset  # runs of 3D networks
+    labels_volumes = True
     combine_rule = "mean of probabilities"
     report_sections = ("overlays",)
     report_targets = "objects"
@@ -144,6 +148,16 @@ class SegmentationTask(Task):
             "dice, dice_bce, dice_focal, tversky or seg_focal"
         )
         refuse_loss(cfg, choices, values=REGRESSION_LOSS, classes=classes)
+        dims = cfg.dataset.get("spatial_dims") or 2
+        tta_views(check_tta(cfg.task.get("tta"), cfg.task.get("flip_tta", False)), dims)
+        window = cfg.task.get("inference", {}).get("window")
+        if window is not None:
+            check_inference(window, 0.0, "constant", 1, spatial_dims=dims)
+        if cfg.task.get("instances") and dims == 3:
+            raise ConfigError(
+                "task.instances separates objects of 2D images; volumes are scored in 3D: set "
+                "task.instances=null"
+            )
         if cfg.task.get("instances") and choices["dataset"] == "volume_slices":
             raise ConfigError(
                 "task.instances separates objects of 2D images; dataset=volume_slices is scored "
@@ -151,7 +165,7 @@ class SegmentationTask(Task):
             )
 
     def check_output(self, output: torch.Tensor, model: str) -> None:
-        if output.ndim != 4:
+        if output.ndim not in (4, 5):
             raise ConfigError(
                 f"model={model} outputs {tuple(output.shape)}, one value per image; "
                 "task=segmentation needs a mask per image: use model=unet or model=basic_unet"
@@ -165,20 +179,22 @@ class SegmentationTask(Task):
             if isinstance(images, list):  # whole images of different sizes: one at a time
                 return [model(image[None]) for image in images]
             return model(images)
+        # The masks' spatial axes: 2 for images, 3 for volumes (an image is C x [D x] H x W).
+        dims = (images[0] if isinstance(images, list) else images[0]).ndim - 1
         if isinstance(images, list) or isinstance(batch["mask"], list):
             images = images if isinstance(images, list) else list(images)
             return [
-                self.infer(model, image[None], tuple(mask.shape[-2:]))
+                self.infer(model, image[None], tuple(mask.shape[-dims:]))
                 for image, mask in zip(images, batch["mask"], strict=True)
             ]
-        return self.infer(model, images, tuple(batch["mask"].shape[-2:]))
+        return self.infer(model, images, tuple(batch["mask"].shape[-dims:]))
 
     def infer(
-        self, model: nn.Module, images: torch.Tensor, size: tuple[int, int] | None = None
+        self, model: nn.Module, images: torch.Tensor, size: tuple[int, ...] | None = None
     ) -> torch.Tensor:
-        """Logits of whole images: tiled when `inference.window` is set, averaged over the views of
-        `tta` (as log-probabilities), resized to `size` (the images' native height and width) when
-        the model saw them resized."""
+        """Logits of whole images (or volumes): tiled when `inference.window` is set, averaged over
+        the views of `tta` (as log-probabilities), resized to `size` (the native height and width,
+        or depth, height and width) when the model saw them resized."""
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             if self.window is None:
@@ -188,9 +204,10 @@ class SegmentationTask(Task):
             )
 
         logits = self.averaged_views(lambda view: predict(view.apply(images)).float(), images)
-        if size is None or tuple(logits.shape[-2:]) == tuple(size):
+        if size is None or tuple(logits.shape[2:]) == tuple(size):
             return logits
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        mode = "trilinear" if logits.ndim == 5 else "bilinear"
+        return F.interpolate(logits, size=tuple(size), mode=mode, align_corners=False)
 
     def unview(self, view: View, outputs: torch.Tensor) -> torch.Tensor:
         return view.invert(outputs)
@@ -257,6 +274,21 @@ class SegmentationTask(Task):
         """The class `mask` and, when measuring, each object's `measurements`, per-class `totals`,
         the `spacing` used and its `units` (mm, or px without a spacing)."""
         mask = self.predict_masks(output)[0]
+        if mask.ndim == 3:  # a volume: its structures in mL, the mask for a NIfTI file
+            if item.spacing is not None and len(item.spacing) != 3:
+                raise DataError(
+                    f"{item.name}: spacing={list(item.spacing)} names {len(item.spacing)} axes; "
+                    "a volume's voxel size has 3 (depth, row, col mm; a NIfTI file states its own)"
+                )
+            spacing = tuple(item.spacing) if item.spacing else (1.0, 1.0, 1.0)
+            affine = item.affine if item.affine is not None else np.diag([*spacing, 1.0])
+            return {
+                "mask": mask,
+                "affine": np.asarray(affine, dtype=np.float64),
+                "spacing": [float(s) for s in spacing],
+                "units": "mm" if item.spacing else "voxels (1 mm assumed)",
+                "volumes_ml": structure_volumes_ml(mask, spacing, self.class_names),
+            }
         separated = {} if self.instances is None else {"instances": self.instance_labels(mask)}
         if not item.measure:
             return {"mask": mask, **separated}
@@ -329,6 +361,11 @@ class SegmentationTask(Task):
         """The mask (and overlay) as base64 PNG, with the pixel value of each class."""
         names = self.class_names
         mask = result["mask"]
+        if "volumes_ml" in result:  # a volume: structure volumes, the mask's shape and values
+            out = {k: v for k, v in result.items() if k not in ("mask", "affine")}
+            out["mask_shape"] = list(mask.shape)
+            out["mask_values"] = {n: k for k, n in enumerate(names)}
+            return out
         pixels = mask_pixels(np.arange(len(names)), len(names))  # as the run's masks/
         out = {k: v for k, v in result.items() if k not in ("mask", "intensity", "instances")}
         out["mask"] = base64.b64encode(png_bytes(mask_pixels(mask, len(names)))).decode("ascii")
@@ -397,7 +434,8 @@ class SegmentationTask(Task):
 
     def export_manifest(self, preprocess: Any) -> dict[str, Any]:
         names = [str(n) for n in self.class_names]
-        window = pair(self.window, "task.inference.window")
+        dims = int(getattr(preprocess, "spatial_dims", 2))
+        window = spatial_size(self.window, "task.inference.window", dims)
         return {
             "class_names": names,
             "segmentation": {
@@ -422,9 +460,10 @@ class SegmentationTask(Task):
         }
 
 
-def _spacing(value: torch.Tensor) -> tuple[float, float] | None:
-    row, col = (float(v) for v in value)
-    return None if math.isnan(row) or math.isnan(col) else (row, col)
+def _spacing(value: torch.Tensor) -> tuple[float, ...] | None:
+    """A sample's pixel (voxel) size in mm, or None when unknown (NaN)."""
+    sizes = tuple(float(v) for v in value)
+    return None if any(math.isnan(v) for v in sizes) else sizes
 
 
 class SegmentationCollector:
@@ -446,6 +485,17 @@ class SegmentationCollector:
             true = masks[k].cpu().numpy().astype(np.uint8)
             if "volume" in batch:  # slices of volumes: scored per reassembled volume
                 self.volumes.add(batch, k, pred, true)
+                continue
+            if pred.ndim == 3:  # a whole volume: scored in 3D, its structures in mL
+                if self.task.instances is not None:
+                    raise ConfigError(
+                        "task.instances separates objects of 2D images; volumes are scored in "
+                        "3D: set task.instances=null"
+                    )
+                image = batch["intensity"][k].cpu().numpy() if self.final else None
+                spacing = _spacing(batch["spacing"][k])
+                affine = batch["affine"][k].cpu().numpy()
+                self.volumes.add_volume(case_id, pred, true, spacing, affine, image)
                 continue
             spacing = _spacing(batch["spacing"][k])
             row = {"id": case_id, **case_metrics(pred, true, self.task.class_names, spacing)}

@@ -337,12 +337,13 @@ def test_image_folder_channels_decided_once_for_all_splits(tmp_path):
     }
 
 
-def test_medmnist_3d_volumes_are_refused_with_the_shape(tmp_path):
-    write_npz(tmp_path / "vol.npz", shape=(8, 8, 8))
+def test_medmnist_arrays_of_no_image_shape_are_refused_with_the_shape(tmp_path):
+    """Volumes are read (tests/data/test_volume_segmentation.py); 5 channels are no image."""
+    write_npz(tmp_path / "odd.npz", shape=(8, 8, 8, 5))
     with pytest.raises(
-        DataError, match=r"vol.npz: train_images has shape \(20, 8, 8, 8\); expected 2D"
+        DataError, match=r"odd.npz: train_images has shape \(20, 8, 8, 8, 5\); expected 2D"
     ):
-        MedMNIST(str(tmp_path / "vol.npz"), "train")
+        MedMNIST(str(tmp_path / "odd.npz"), "train")
 
 
 @pytest.mark.parametrize("name", ["basic", "xray", "strong", "segmentation", "mri_slices"])

@@ -61,8 +61,16 @@ SMALL = [
             "dataset.num_val=6",
             "dataset.num_test=4",
         ],
+        [
+            "experiment=synthetic_segmentation3d",
+            "augmentation=none",
+            "dataset.num_train=6",
+            "dataset.num_val=3",
+            "dataset.num_test=1",
+            "dataset.test_image_size=32",
+        ],
     ],
-    ids=["synthetic", "clinical", "segmentation"],
+    ids=["synthetic", "clinical", "segmentation", "volumes"],
 )
 def test_fold_samples_are_the_cases_samples(tmp_path, overrides):
     """A fold's validation set holds exactly its fold's cases, each sample equal to the one the

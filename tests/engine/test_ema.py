@@ -23,7 +23,12 @@ from tests.conftest import CONF, ON_CPU, compose_cfg, train_in_process
 
 # Training images of the data each shipped recipe that averages weights was made for (the official
 # MedMNIST splits). A recipe that averages weights and is missing here fails the test below.
-RECIPE_TRAIN_SIZES = {"pneumoniamnist": 4708, "retinamnist_regression": 1080}
+RECIPE_TRAIN_SIZES = {
+    "adrenalmnist3d": 1188,
+    "pneumoniamnist": 4708,
+    "retinamnist_regression": 1080,
+    "vesselmnist3d": 1335,
+}
 RECIPES = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 
 

@@ -18,6 +18,10 @@ from medtrain.models.torchvision_nets import torchvision_classifier
 from tests.conftest import CONF, compose_cfg
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+# Models whose config takes `spatial_dims` (following the data's) have a 3D variant too.
+MODELS_3D = [
+    name for name in MODELS if "spatial_dims:" in (CONF / "model" / f"{name}.yaml").read_text()
+]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -38,6 +42,26 @@ def test_model_forward_backward(name, channels, classes, size):
     out.sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_3d_variants_are_checked():
+    assert {"cnn", "unet", "basic_unet", "resnet"} <= set(MODELS_3D)
+
+
+@pytest.mark.parametrize("name", MODELS_3D)
+def test_3d_model_forward_backward(name):
+    cfg = compose_cfg([f"model={name}"])
+    with open_dict(cfg):  # what build_datasets writes for volume data
+        cfg.dataset.spatial_dims = 3
+    cfg.dataset.in_channels, cfg.dataset.num_classes = 1, 3
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    out = call_model(model, {"image": torch.randn(2, 1, 16, 16, 16)})
+    segments = "unet" in name  # U-Nets: a map per voxel; classifiers: logits per volume
+    assert out.shape == ((2, 3, 16, 16, 16) if segments else (2, 3))
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_small_input_keeps_resolution_in_the_stem():

@@ -188,3 +188,46 @@ def test_numpy_and_whole_float_settings_are_accepted():
 def test_predict_with_wrong_output_size_is_reported():
     with pytest.raises(ValueError, match="window size"):
         sliding_window_inference(lambda x: x[..., ::2, ::2], torch.randn(1, 3, 40, 40), 16)
+
+
+def small_net3d(in_channels=1, classes=3, seed=0):
+    """Two 3 x 3 x 3 convolutions: each output voxel sees 2 voxels around it."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(in_channels, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv3d(4, classes, 3, padding=1),
+    ).eval()
+
+
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+@pytest.mark.parametrize(("shape", "window"), [((20, 37, 30), 16), ((12, 40, 33), (8, 16, 24))])
+def test_volumes_match_monai(blend, shape, window):
+    net = small_net3d()
+    image = torch.randn(2, 1, *shape)
+    ours = sliding_window_inference(net, image, window, 0.5, blend, batch_size=5)
+    size = (window,) * 3 if isinstance(window, int) else window
+    reference = monai_sliding_window(
+        image, size, 5, net, overlap=0.5, mode=blend, sigma_scale=0.125
+    )
+    assert ours.shape == (2, 3, *shape)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_volume_windows_equal_whole_volume_inference_away_from_window_borders():
+    net, radius, window, overlap = small_net3d(), 2, (16, 24, 24), 0.5
+    shape = (24, 36, 37)
+    volume = torch.randn(1, 1, *shape)
+    tiled = sliding_window_inference(net, volume, window, overlap, "gaussian")
+    with torch.no_grad():
+        whole = net(volume)
+    near = [window_edge_pixels(n, w, overlap, radius) for n, w in zip(shape, window, strict=True)]
+    interior = ~near[0][:, None, None] & ~near[1][None, :, None] & ~near[2][None, None, :]
+    assert interior.float().mean() > 0.25
+    torch.testing.assert_close(tiled[..., interior], whole[..., interior], rtol=0, atol=1e-5)
+    assert (tiled - whole).abs().max() > 1e-3
+
+
+def test_a_window_of_the_wrong_number_of_axes_names_the_key():
+    with pytest.raises(ConfigError, match="task.inference.window"):
+        sliding_window_inference(small_net3d(), torch.randn(1, 1, 20, 20, 20), (16, 16))

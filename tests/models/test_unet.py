@@ -53,3 +53,27 @@ def test_bad_arguments_name_the_key():
         UNet(1, 2, upsample="nearest")
     with pytest.raises(ConfigError, match="model.dropout"):
         UNet(1, 2, dropout=1.5)
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+def test_volumes_of_any_size_with_per_axis_strides(upsample):
+    torch.manual_seed(0)
+    net = UNet(
+        1, 3, depth=3, base_width=4, upsample=upsample, spatial_dims=3, strides=[[1, 2, 2], 2, 2]
+    ).eval()
+    assert net.multiples == (4, 8, 8)
+    x = torch.randn(2, 1, 7, 21, 18)
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (2, 3, 7, 21, 18) and torch.isfinite(out).all()
+
+
+def test_2d_strides_and_wrong_dimensions_are_reported():
+    with pytest.raises(ConfigError, match="model.strides"):
+        UNet(1, 2, depth=2, strides=[2])
+    with pytest.raises(ConfigError, match="model.strides"):
+        UNet(1, 2, depth=2, spatial_dims=3, strides=[[1, 2], 2])
+    with pytest.raises(ConfigError, match="model.spatial_dims"):
+        UNet(1, 2, spatial_dims=1)
+    with pytest.raises(ValueError, match="spatial_dims=3"):
+        UNet(1, 2, depth=1, base_width=2, spatial_dims=3)(torch.randn(1, 1, 8, 8))

@@ -1,0 +1,86 @@
+"""Whole 3D volumes (NIfTI, DICOM series) with label volumes, split by volume, for 3D segmentation:
+the Medical Segmentation Decathlon layout or a CSV manifest, as `dataset=volume_slices` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrain.data.volume_segmentation import VolumeSegmentationDataset
+from medtrain.data.volume_slices import VolumeSlices
+from medtrain.data.volumes import nifti_spacing, read_volume
+from medtrain.errors import DataError
+
+
+class NiftiVolumes(VolumeSegmentationDataset):
+    """Image volumes with label volumes of the same shape, one case per file (or DICOM folder).
+
+    The data are `<path>/<images>/<case>.nii.gz` with `<path>/<labels>/<case>.nii.gz`, or a CSV
+    manifest with `image` and `mask` columns and an optional `split` column. Splits are made by
+    volume with the same seeded rule as `dataset=volume_slices`, so a 3D run and a slice run with
+    the same `val_size`, `test_size` and seed hold out the same volumes. Images are read as float32
+    modality values (normalize them with `dataset.normalize`, e.g. `zscore` per volume); the
+    voxel size and affine come from the label file (predicted masks are written with them).
+
+    Args:
+        path: the data folder, or a CSV manifest.
+        split: `train`, `val` or `test`.
+        images, labels: sub-folder names of the folder layout.
+        val_size, test_size: held-out volumes, as a fraction (< 1) or a count (>= 1).
+        split_file: a JSON {split: [cases]} (an earlier run's `splits.json` also works).
+        seed: seed of the split and of the patches.
+        **kwargs: passed to `VolumeSegmentationDataset` (num_classes, patch_size, ...).
+    """
+
+    reads_files = True  # decoded volumes are kept (`dataset.cache_mb`)
+    sample_fields = (*VolumeSegmentationDataset.sample_fields, "cases")
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        images: str = "images",
+        labels: str = "labels",
+        val_size: float = 0.1,
+        test_size: float = 0.2,
+        split_file: str | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ):
+        super().__init__(split, seed=seed, **kwargs)
+        pairs, given = VolumeSlices._pairs(Path(path), images, labels)
+        names = VolumeSlices._split(sorted(pairs), val_size, test_size, split_file, given, seed)
+        self.pairs = pairs
+        self.cases = list(names[split])
+        self.ids = list(self.cases)
+        if self.in_channels is None:
+            self.in_channels = 1
+
+    def source(self, index: int) -> str:
+        return str(self.pairs[self.cases[index]][1])
+
+    def read_image(self, index: int) -> np.ndarray:
+        return read_volume(self.pairs[self.cases[index]][0]).array.astype(np.float32)
+
+    def read_mask(self, index: int) -> np.ndarray:
+        path = self.pairs[self.cases[index]][1]
+        return VolumeSlices._checked_labels(read_volume(path).array, path)
+
+    def _label_volume(self, index: int):
+        return read_volume(self.pairs[self.cases[index]][1])
+
+    def read_spacing(self, index: int) -> tuple[float, float, float]:
+        image_path, label_path = self.pairs[self.cases[index]]
+        spacing = self._label_volume(index).spacing
+        image_spacing = nifti_spacing(image_path)
+        if image_spacing and not np.allclose(image_spacing, spacing, rtol=1e-3):
+            raise DataError(
+                f"{label_path}: voxels of {spacing} mm, the image's are {image_spacing} mm "
+                f"({image_path}); volumes in mL would be wrong"
+            )
+        return spacing
+
+    def read_affine(self, index: int) -> np.ndarray:
+        return self._label_volume(index).affine

@@ -1,0 +1,394 @@
+"""The base of every 3D segmentation dataset: a volume and its label volume in; random 3D patches
+for training and whole volumes at native size for evaluation out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medtrain.data.base import SPLITS
+from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_through
+from medtrain.data.segmentation import random_patch
+from medtrain.data.transforms import (
+    Normalize,
+    SharedEpoch,
+    match_channels,
+    parse_windows,
+    sample_seed,
+)
+from medtrain.data.volume_transforms import (
+    channels_first,
+    resize_volume,
+    volume_size,
+    with_channels,
+)
+from medtrain.errors import ConfigError, DataError
+
+NAN3 = (float("nan"),) * 3
+# The most voxels a volume may have once resampled to `target_spacing` (512^3, 512 MB as float32):
+# a file stating a huge voxel size cannot make resampling allocate without bound.
+MAX_RESAMPLED_VOXELS = 512**3
+
+
+def voxel_size(value: Any, key: str) -> tuple[float, float, float] | None:
+    """A configured voxel size in mm as (depth_mm, row_mm, col_mm): three numbers, or one for
+    isotropic voxels; None stays None.
+
+    Raises:
+        ConfigError: naming `key`, unless the values are finite and > 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value] * 3
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(
+            f"{key}={value!r}: give [depth_mm, row_mm, col_mm] (or one number for isotropic "
+            "voxels), finite and > 0"
+        )
+    return values  # type: ignore[return-value]
+
+
+def window_volume(volume: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
+    """CT windowing of a grey volume (D x H x W [x 1], modality units) to [0, 1], one channel per
+    window (D x H x W x len(windows), float32)."""
+    values = volume[..., 0] if volume.ndim == 4 else volume
+    if volume.ndim == 4 and volume.shape[-1] != 1:
+        raise ConfigError("dataset.window: windowing needs grey volumes in modality units")
+    values = values.astype(np.float32, copy=False)
+    channels = [np.clip((values - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
+    return np.stack(channels, axis=-1)
+
+
+class VolumeSegmentationDataset(Dataset):
+    """A split of volumes with label volumes; subclasses fill `self.ids` and implement
+    `read_image` (D x H x W [x C]), `read_mask` (D x H x W) and optionally `read_spacing` and
+    `read_affine`.
+
+    Training samples: the volume is normalized whole, resampled to `target_spacing` when set, then
+    a random `patch_size` patch is cut (a `foreground_fraction` of them centred on a foreground
+    voxel) and augmented (`augmentation=volume`: MONAI transforms moving image and mask together).
+    Evaluation samples hold whole volumes: `image` at the model's spacing, `mask` at native size
+    (logits are resized back, so metrics and volumes in mL are native), `intensity` (D x H x W x C
+    before normalization, for overlays), `spacing` ([depth_mm, row_mm, col_mm], NaN when unknown)
+    and `affine` (the 4 x 4 voxel-to-world matrix written into predicted NIfTI masks).
+
+    Args:
+        split: `train`, `val` or `test`.
+        transform: a `SeededVolumeAugment` (called with `image=` and `mask=`), or None.
+        normalize: keyword arguments of `Normalize` (`zscore` or `percentile` suit MRI; `fixed`
+            with a window for CT).
+        in_channels: channels the model expects; None: as stored.
+        num_classes: classes including background.
+        class_names: one name per class, background first.
+        patch_size: training patch (int for a cube, or [depth, height, width]); None: whole volumes
+            (equal sizes needed to batch them).
+        foreground_fraction: share of training patches centred on a foreground voxel.
+        patches_per_image: training samples drawn from each volume per epoch.
+        spacing: voxel size [depth_mm, row_mm, col_mm] when the files state none.
+        seed: seed of the patch positions (with the epoch and the sample index).
+        target_spacing: resample volumes to this voxel size for the model (trilinear for images,
+            nearest neighbour for training masks); None: native voxels.
+        window: CT windowing in Hounsfield units (see `ImageDataset`).
+        image_size: not used for volumes (set `target_spacing`); refused when set.
+        multilabel: refused (one class per voxel).
+        spatial_dims: 3 (kept in the dataset's config, so that the model's default follows it).
+        cache_mb: megabytes of decoded volumes each loader process keeps for the next epochs.
+    """
+
+    provides: tuple[str, ...] = ("masks",)
+    spatial_dims = 3
+    reads_files = False
+    sample_fields: tuple[str, ...] | None = ("ids", "groups")
+    resize_to_input_size = False
+    normalizes_before_resize = True
+    scales_by_storage_type = False  # volumes are modality values (see `scaled`)
+    has_instances = False
+
+    def __init__(
+        self,
+        split: str,
+        transform: Callable[..., Mapping[str, np.ndarray]] | None = None,
+        normalize: Mapping[str, Any] | None = None,
+        in_channels: int | None = None,
+        num_classes: int = 2,
+        class_names: Sequence[str] | None = None,
+        patch_size: int | Sequence[int] | None = None,
+        foreground_fraction: float = 0.0,
+        patches_per_image: int = 1,
+        spacing: Sequence[float] | None = None,
+        seed: int = 0,
+        target_spacing: Sequence[float] | None = None,
+        window: Any = None,
+        image_size: Any = None,
+        multilabel: bool = False,
+        spatial_dims: int = 3,
+        cache_mb: float = DEFAULT_CACHE_MB,
+    ):
+        if spatial_dims != 3:
+            raise ConfigError(
+                f"dataset.spatial_dims={spatial_dims}: this dataset holds volumes (3)"
+            )
+        if split not in SPLITS:
+            raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+        if multilabel:
+            raise ConfigError("dataset.multilabel: segmentation masks hold one class per voxel")
+        if image_size is not None:
+            raise ConfigError(
+                "dataset.image_size: volumes keep their proportions; set dataset.target_spacing "
+                "(mm per voxel) to resample them"
+            )
+        if num_classes is None or num_classes < 2:
+            raise ConfigError(
+                f"dataset.num_classes={num_classes}: give the number of classes including "
+                "background (2 for a binary mask)"
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(
+                f"dataset.class_names has {len(class_names)} names for {num_classes} classes "
+                "(background included; set dataset.num_classes to match)"
+            )
+        if not 0 <= foreground_fraction <= 1:
+            raise ConfigError(
+                f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]"
+            )
+        if not isinstance(patches_per_image, int) or patches_per_image < 1:
+            raise ConfigError(
+                f"dataset.patches_per_image={patches_per_image} must be an integer >= 1"
+            )
+        self.split = split
+        self.transform = transform
+        self.normalize = Normalize(**(normalize or {}))
+        self.windows = parse_windows(window)
+        self.reads_modality = self.windows is not None
+        if self.windows is not None and in_channels is None:
+            in_channels = len(self.windows)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.multilabel = False
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else ["background", *(f"class_{k}" for k in range(1, num_classes))]
+        )
+        self.image_size = None
+        self.patch_size = volume_size(patch_size, "dataset.patch_size")
+        self.foreground_fraction = foreground_fraction
+        self.patches_per_image = patches_per_image
+        self.spacing = voxel_size(spacing, "dataset.spacing")
+        self.target_spacing = voxel_size(target_spacing, "dataset.target_spacing")
+        self.seed = seed
+        self.ids: list[str] = []
+        self.groups: list[str] | None = None
+        self.decoded = decoded_cache(self.reads_files, cache_mb)
+        self.fresh_state()
+
+    def fresh_state(self) -> None:
+        """The state kept per case index, made anew (see `SegmentationDataset.fresh_state`)."""
+        self.decoded = self.decoded and self.decoded.emptied()
+        self.repeats = self.patches_per_image if self.split == "train" else 1
+        self.shared_epoch = SharedEpoch()
+        self._headers: dict[tuple[str, int], Any] = {}  # spacing and affine read once per file
+
+    # Subclasses implement these.
+    def read_image(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_mask(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_spacing(self, index: int) -> tuple[float, float, float] | None:
+        """The voxel size the file states ([depth_mm, row_mm, col_mm]); None if it states none."""
+        return None
+
+    def read_affine(self, index: int) -> np.ndarray | None:
+        """The file's 4 x 4 voxel-to-world matrix (for the axis order D, H, W); None: from the
+        spacing alone."""
+        return None
+
+    def source(self, index: int) -> str:
+        return self.ids[index]
+
+    def __len__(self) -> int:
+        return len(self.ids) * self.repeats
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The evaluation preprocessing as constructor arguments (saved with each checkpoint)."""
+        return {
+            "in_channels": self.in_channels,
+            "normalize": dict(self.normalize.params),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "window": None if self.windows is None else [list(w) for w in self.windows],
+            "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
+        }
+
+    def scaled(self, image: np.ndarray) -> np.ndarray:
+        """A stored volume as float32 D x H x W x C in modality units (MRI intensities, CT
+        Hounsfield units; not scaled by its storage type, as 2D pictures are), windowed when
+        `window` is set, channels matched."""
+        if image.ndim not in (3, 4):
+            raise DataError(f"volume of shape {image.shape}: expected D x H x W [x C]")
+        image = (
+            window_volume(image, self.windows)
+            if self.windows
+            else with_channels(image, 3).astype(np.float32, copy=False)
+        )
+        return match_channels(image, self.in_channels)
+
+    def cached(self, kind: str, index: int, read: Callable[[int], Any]) -> Any:
+        return read_through(self.decoded, (kind, index), lambda: read(index))
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The scaled volume and its checked label volume (int64), native size."""
+        image = self.scaled(self.cached("image", index, self.read_image))
+        return image, self.checked_mask(index, image.shape[:3])
+
+    def checked_mask(self, index: int, shape: Sequence[int]) -> np.ndarray:
+        """Volume `index`'s label volume (int64), checked against the volume's (D, H, W) and the
+        classes; errors name the file."""
+        mask = self.cached("mask", index, self.read_mask)
+        if tuple(mask.shape) != tuple(shape[:3]):
+            raise DataError(
+                f"{self.source(index)}: mask is {'x'.join(map(str, mask.shape))} but the volume is "
+                f"{'x'.join(map(str, shape[:3]))}"
+            )
+        if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
+            raise DataError(
+                f"{self.source(index)}: mask value {int(mask.max())} is outside the "
+                f"{self.num_classes} classes of dataset.num_classes={self.num_classes}"
+            )
+        return mask.astype(np.int64)
+
+    def header(self, kind: str, index: int, read: Callable[[int], Any]) -> Any:
+        if (kind, index) not in self._headers:
+            self._headers[kind, index] = read(index)
+        return self._headers[kind, index]
+
+    def voxel_spacing(self, index: int) -> tuple[float, float, float]:
+        """The file's voxel size, else `dataset.spacing`, else NaN."""
+        return self.header("spacing", index, self.read_spacing) or self.spacing or NAN3
+
+    def affine(self, index: int, spacing: Sequence[float]) -> np.ndarray:
+        """The file's affine, or a diagonal one from the spacing (1 mm where unknown)."""
+        affine = self.header("affine", index, self.read_affine)
+        if affine is not None:
+            return np.asarray(affine, dtype=np.float64)
+        steps = [1.0 if math.isnan(s) else s for s in spacing]
+        return np.diag([*steps, 1.0])
+
+    def model_size(
+        self, shape: Sequence[int], spacing: Sequence[float] | None
+    ) -> tuple[int, int, int] | None:
+        """The (depth, height, width) the model sees at `target_spacing`, or None (native)."""
+        if self.target_spacing is None:
+            return None
+        if spacing is None or any(math.isnan(s) for s in spacing):
+            raise DataError(
+                "dataset.target_spacing needs each volume's voxel size: the file states none; "
+                "set dataset.spacing"
+            )
+        size = tuple(
+            max(1, round(n * s / t))
+            for n, s, t in zip(tuple(shape[:3]), spacing, self.target_spacing, strict=True)
+        )
+        if math.prod(size) > MAX_RESAMPLED_VOXELS:
+            raise DataError(
+                f"a {'x'.join(map(str, shape[:3]))} volume of {list(spacing)} mm voxels becomes "
+                f"{'x'.join(map(str, size))} at dataset.target_spacing={list(self.target_spacing)}"
+                f": over {MAX_RESAMPLED_VOXELS:,} voxels"
+            )
+        return size
+
+    def model_input(
+        self, image: np.ndarray, spacing: Sequence[float] | None = None
+    ) -> torch.Tensor:
+        """An evaluation volume (float D x H x W x C) -> the model's input (C x D x H x W):
+        normalized, then resampled to `target_spacing` when set."""
+        image = self.normalize(image)
+        size = self.model_size(image.shape, spacing)
+        if size is not None:
+            image = resize_volume(image, size)
+        return channels_first(image)
+
+    def prepare(
+        self, image: np.ndarray, index: int = 0, spacing: Sequence[float] | None = None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """A stored volume without a mask -> (the model's input, the intensity volume at native
+        size), exactly as evaluation prepares it (`medtrain predict` and `serve`)."""
+        image = self.scaled(image)
+        if self.transform is not None:
+            image = with_channels(self.transform(index, image=image)["image"], 3)
+        spacing = spacing or self.spacing
+        return self.model_input(image, spacing), np.ascontiguousarray(image, dtype=np.float32)
+
+    def training_volume(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The normalized volume and its mask at the model's spacing (kept decoded)."""
+        spacing = self.voxel_spacing(index)
+
+        def image(index: int) -> np.ndarray:
+            volume = self.normalize(self.load(index)[0]).astype(np.float32, copy=False)
+            size = self.model_size(volume.shape, spacing)
+            return volume if size is None else resize_volume(volume, size)
+
+        def mask(index: int) -> np.ndarray:
+            labels = self.load(index)[1]
+            size = self.model_size(labels.shape, spacing)
+            return labels if size is None else resize_volume(labels, size, labels=True)
+
+        return self.cached("train_image", index, image), self.cached("train_mask", index, mask)
+
+    def __getitem__(self, sample_index: int) -> dict[str, Any]:
+        index = sample_index % len(self.ids)
+        spacing = self.voxel_spacing(index)
+        sample: dict[str, Any] = {"id": self.ids[index]}
+        if self.split == "train":
+            image, mask = self.training_volume(index)
+            if self.patch_size is not None:
+                rng = np.random.default_rng(sample_seed(self.seed, self.epoch, sample_index))
+                image, mask = random_patch(
+                    image, mask, self.patch_size, rng, self.foreground_fraction
+                )
+            if self.transform is not None:
+                out = self.transform(sample_index, image=image, mask=mask)
+                image, mask = with_channels(out["image"], 3), out["mask"]
+                if self.patch_size is not None and tuple(mask.shape) != self.patch_size:
+                    raise ConfigError(
+                        f"augmentation.train turned a {list(self.patch_size)} patch into "
+                        f"{list(mask.shape)}: quarter turns need equal sides in their plane "
+                        "(set dataset.patch_size so, or drop RandRotate90d)"
+                    )
+            sample["image"] = channels_first(image)
+        else:
+            image, mask = self.load(index)
+            if self.transform is not None:
+                out = self.transform(sample_index, image=image, mask=mask)
+                image, mask = with_channels(out["image"], 3), out["mask"]
+            sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            sample["image"] = self.model_input(image, spacing)
+            sample["affine"] = torch.from_numpy(self.affine(index, spacing))
+        sample |= {
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "spacing": torch.tensor(spacing, dtype=torch.float64),
+        }
+        return sample
+
+    @property
+    def epoch(self) -> int:
+        return int(self.shared_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the augmentation and patch streams to `epoch` (called by the loader)."""
+        self.shared_epoch.set(epoch)
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)

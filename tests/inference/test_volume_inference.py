@@ -1,0 +1,215 @@
+"""A 3D network's run after training: `medtrain predict` on NIfTI files writes NIfTI masks with the
+input's affine and volumes in mL; `/predict` takes .nii/.nii.gz uploads (their voxel count checked
+from the header before anything is decompressed); ONNX export computes what PyTorch does."""
+
+import base64
+import csv
+import gzip
+import io
+
+import nibabel as nib
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from medtrain.data import volumes
+from medtrain.data.decoding import ImageTooLargeError
+from medtrain.data.synthetic_volumes import SyntheticVolumes
+from medtrain.errors import DataError
+from medtrain.inference.predict import predict_files
+from medtrain.inference.predictor import Predictor
+from medtrain.inference.serve import ServeLimits, create_app
+from tests.conftest import train_in_process
+from tests.inference.test_serve import post, start, stop
+
+# An oblique affine with 2 x 1 x 1.5 mm voxels: a mask written with another would lie elsewhere.
+AFFINE = np.array(
+    [[0.0, 0.0, -1.5, 10.0], [0.0, 1.0, 0.0, -5.0], [2.0, 0.0, 0.0, 3.0], [0, 0, 0, 1]]
+)
+
+
+@pytest.fixture(scope="module")
+def volume_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("vol") / "run"
+    train_in_process(
+        run_dir,
+        [
+            "experiment=synthetic_segmentation3d",
+            "dataset.num_train=8",
+            "dataset.num_val=2",
+            "dataset.num_test=2",
+            "trainer.max_epochs=2",
+            "model.base_width=4",
+            "trainer.progress=false",
+            "trainer.report=false",
+        ],
+    )
+    return run_dir
+
+
+def case_volume() -> np.ndarray:
+    return SyntheticVolumes("test", seed=1, image_size=24, test_image_size=30, num_test=1).images[0]
+
+
+def nifti(volume: np.ndarray, compress: bool = True) -> bytes:
+    data = nib.Nifti1Image(volume.astype(np.float32), AFFINE).to_bytes()
+    return gzip.compress(data) if compress else data
+
+
+def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path):
+    volume = case_volume()
+    (tmp_path / "case.nii.gz").write_bytes(nifti(volume))
+    cfg = {
+        "run_dir": str(volume_run),
+        "inputs": str(tmp_path / "case.nii.gz"),
+        "output": str(tmp_path / "out" / "predictions.csv"),
+        "masks": None,
+        "image_column": "image",
+        "device": "cpu",
+        "batch_size": 1,
+        "progress": False,
+        "spacing": None,
+        "measurements": None,
+    }
+    summary = predict_files(OmegaConf.create(cfg))
+    assert not summary["failed"]
+    row = next(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    written = nib.load(tmp_path / "out" / row["mask"])
+    np.testing.assert_array_equal(written.affine, AFFINE)
+    labels = np.asarray(written.dataobj)
+    assert labels.shape == volume.shape
+    assert float(row["volume_ml_class_1"]) == pytest.approx((labels == 1).sum() * 3.0 / 1000)
+    # The same mask as the run's own evaluation path computes for this volume.
+    predictor = Predictor(volume_run)
+    preprocess = predictor.preprocess
+    image, _ = preprocess.prepare(volume, 0, (2.0, 1.0, 1.5))
+    with torch.no_grad():
+        logits = predictor.task.infer(predictor.model, image[None], volume.shape)
+    np.testing.assert_array_equal(labels, predictor.task.predict_masks(logits)[0])
+
+
+def test_serve_answers_volumes_in_ml_and_the_mask_as_nifti(volume_run):
+    volume = case_volume()
+    running = start(create_app(Predictor(volume_run)))
+    try:
+        status, answer = post(
+            running.port, "/predict?mask_nifti=true", ("file", "case.nii.gz", nifti(volume))
+        )
+        assert status == 200, answer
+        mask = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(answer["mask_nifti"])))
+        np.testing.assert_array_equal(mask.affine, AFFINE)
+        labels = np.asarray(mask.dataobj)
+        assert list(labels.shape) == answer["mask_shape"] == list(volume.shape)
+        assert answer["volumes_ml"]["class_1"] == pytest.approx((labels == 1).sum() * 3.0 / 1000)
+        assert answer["spacing"] == [2.0, 1.0, 1.5]
+        status, plain = post(running.port, "/predict", ("file", "case.nii", nifti(volume, False)))
+        assert status == 200 and "mask_nifti" not in plain
+        assert plain["volumes_ml"] == answer["volumes_ml"]
+        status, refused = post(running.port, "/predict", ("file", "slice.npy", b"\x93NUMPY"))
+        assert status in (415, 422)
+    finally:
+        stop(running)
+
+
+def test_a_volume_over_the_voxel_limit_is_refused_before_decompression(volume_run, monkeypatch):
+    """A 600^3 float32 volume (864 MB) as a gzip of 0.8 MB: refused from its header."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((600, 600, 600))
+    header.set_data_dtype(np.float32)
+    head = io.BytesIO()
+    header.write_to(head)
+    body = head.getvalue() + b"\0" * 4  # the extension flag
+    bomb = gzip.compress(body + b"\0" * (8 * 2**20))  # 8 MB of zeros follow the header
+    inflated = []
+    real = nib.Nifti1Image.from_bytes
+    monkeypatch.setattr(
+        nib.Nifti1Image, "from_bytes", classmethod(lambda cls, b: inflated.append(1) or real(b))
+    )
+    running = start(create_app(Predictor(volume_run), limits=ServeLimits(max_pixels=10**6)))
+    try:
+        status, answer = post(running.port, "/predict", ("file", "big.nii.gz", bomb))
+    finally:
+        stop(running)
+    assert status == 413 and "216,000,000 voxels" in answer["detail"]
+    assert not inflated
+
+
+def test_onnx_export_of_a_3d_network_matches_pytorch(volume_run, tmp_path):
+    from medtrain.inference.export import export
+
+    manifest = export(str(volume_run), "onnx", str(tmp_path / "exported"))
+    assert manifest["input"]["layout"] == "NCDHW"
+    session = onnxruntime.InferenceSession(str(tmp_path / "exported" / "model.onnx"))
+    predictor = Predictor(volume_run)
+    image, _ = predictor.preprocess.prepare(case_volume()[:24, :20, :22], 0, (2.0, 1.0, 1.5))
+    probabilities, logits = session.run(None, {"image": image[None].numpy()})
+    with torch.no_grad():
+        expected = predictor.model(image[None])
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(probabilities, expected.softmax(1).numpy(), atol=1e-5)
+
+
+def nifti_header(shape, offset: float | None = None) -> bytes:
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    if offset is not None:
+        header["vox_offset"] = offset
+    head = io.BytesIO()
+    header.write_to(head)
+    return head.getvalue() + b"\0" * 4  # the extension flag
+
+
+def test_decoding_inflates_no_more_than_the_header_declares(monkeypatch):
+    """Gzip streams of zeros far longer than their headers declare: only the declared bytes are
+    inflated; a voxel offset beyond the header's extensions is refused before inflating."""
+    inflated = []
+    real = volumes.zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.inner = real(*args, **kwargs)
+
+        def decompress(self, data, max_length=0):
+            out = self.inner.decompress(data, max_length)
+            inflated.append(len(out))
+            return out
+
+        @property
+        def unconsumed_tail(self):
+            return self.inner.unconsumed_tail
+
+    monkeypatch.setattr(volumes.zlib, "decompressobj", Counting)
+    zeros = b"\0" * (16 * 2**20)
+    small = gzip.compress(nifti_header((10, 10, 10)) + zeros)  # 4,000 bytes of voxels declared
+    volume = volumes.decode_nifti(small, "small.nii.gz", 10**6)
+    assert volume.array.shape == (10, 10, 10) and sum(inflated) <= 352 + 4000
+    inflated.clear()
+    with pytest.raises(DataError, match="voxel offset"):
+        volumes.decode_nifti(gzip.compress(nifti_header((4, 4, 4), 4e9) + zeros), "o.nii.gz", 10**6)
+    assert sum(inflated) <= 540
+    with pytest.raises(ImageTooLargeError, match="voxels"):
+        volumes.decode_nifti(
+            gzip.compress(nifti_header((600, 600, 600)) + zeros), "b.nii.gz", 10**6
+        )
+    with pytest.raises(DataError, match="truncated"):
+        volumes.decode_nifti(nifti_header((10, 10, 10)) + b"\0" * 100, "t.nii", 10**6)
+
+
+def test_volumes_are_read_as_modality_values_whatever_their_storage_type(volume_run):
+    """A uint8 volume means what its float32 copy means (training reads NIfTI as float32)."""
+    preprocess = Predictor(volume_run).preprocess
+    stored = np.random.default_rng(0).integers(0, 255, (12, 14, 16), dtype=np.uint8)
+    as_uint8, _ = preprocess.prepare(stored, 0, (1.0, 1.0, 1.0))
+    as_float, _ = preprocess.prepare(stored.astype(np.float32), 0, (1.0, 1.0, 1.0))
+    assert torch.equal(as_uint8, as_float)
+
+
+def test_a_two_axis_spacing_for_a_volume_is_refused(volume_run):
+    predictor = Predictor(volume_run)
+    decoded = predictor.decode(nifti(case_volume()), "case.nii.gz")
+    item = predictor.prepare(decoded, "case.nii.gz")
+    with pytest.raises(DataError, match="3 \\(depth"):
+        predictor.result(item, predictor.forward([item])[0], spacing=(0.5, 0.5))
