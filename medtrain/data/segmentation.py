@@ -79,6 +79,61 @@ def _fits(image: np.ndarray, padding) -> bool:
     )
 
 
+def check_mask_options(
+    split: str,
+    multilabel: bool,
+    num_classes: int | None,
+    class_names: Sequence[str] | None,
+    foreground_fraction: float,
+    patches_per_image: int,
+) -> list[str]:
+    """The settings every segmentation dataset (2D or 3D) shares, checked; returns the class names
+    (`background`, `class_1`, ... when none are given).
+
+    Raises:
+        ConfigError: naming the `dataset.` key that is wrong.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} is not one of {SPLITS}")
+    if multilabel:
+        raise ConfigError("dataset.multilabel: segmentation masks hold one class per pixel")
+    if num_classes is None or num_classes < 2:
+        raise ConfigError(
+            f"dataset.num_classes={num_classes}: give the number of classes including "
+            "background (2 for a binary mask)"
+        )
+    if class_names is not None and len(class_names) != num_classes:
+        raise ConfigError(
+            f"dataset.class_names has {len(class_names)} names for {num_classes} classes "
+            "(background included; set dataset.num_classes to match)"
+        )
+    if not 0 <= foreground_fraction <= 1:
+        raise ConfigError(f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]")
+    if not isinstance(patches_per_image, int) or patches_per_image < 1:
+        raise ConfigError(f"dataset.patches_per_image={patches_per_image} must be an integer >= 1")
+    if class_names is not None:
+        return list(class_names)
+    return ["background", *(f"class_{k}" for k in range(1, num_classes))]
+
+
+class SeededSamples:
+    """The epoch that, with the seed and the sample index, seeds a dataset's patches and
+    augmentation (`shared_epoch`, a `SharedEpoch` the dataset makes in `fresh_state`)."""
+
+    shared_epoch: SharedEpoch
+    transform: Any
+
+    @property
+    def epoch(self) -> int:
+        return int(self.shared_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the augmentation and patch streams to `epoch` (called by the loader)."""
+        self.shared_epoch.set(epoch)
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)
+
+
 def pixel_size(value: Any, key: str) -> tuple[float, float] | None:
     """A configured pixel size in mm as (row_mm, col_mm): `[row, col]`, or one number for square
     pixels; None stays None.
@@ -102,7 +157,7 @@ def pixel_size(value: Any, key: str) -> tuple[float, float] | None:
     return values  # type: ignore[return-value]
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(SeededSamples, Dataset):
     """A split of images with class masks; subclasses fill `self.ids` and implement `read_image`,
     `read_mask` and (optionally) `read_spacing`.
 
@@ -173,26 +228,11 @@ class SegmentationDataset(Dataset):
                 f"dataset.spatial_dims={spatial_dims}: this dataset holds 2D images; volumes are "
                 "read by dataset=synthetic_segmentation3d or nifti_volumes"
             )
-        if split not in SPLITS:
-            raise ConfigError(f"split {split!r} is not one of {SPLITS}")
-        if multilabel:
-            raise ConfigError("dataset.multilabel: segmentation masks hold one class per pixel")
-        if num_classes is None or num_classes < 2:
-            raise ConfigError(
-                f"dataset.num_classes={num_classes}: give the number of classes including "
-                "background (2 for a binary mask)"
-            )
-        if class_names is not None and len(class_names) != num_classes:
-            raise ConfigError(
-                f"dataset.class_names has {len(class_names)} names for {num_classes} classes "
-                "(background included; set dataset.num_classes to match)"
-            )
+        names = check_mask_options(
+            split, multilabel, num_classes, class_names, foreground_fraction, patches_per_image
+        )
         spacing = pixel_size(spacing, "dataset.spacing")
         target_spacing = pixel_size(target_spacing, "dataset.target_spacing")
-        if not 0 <= foreground_fraction <= 1:
-            raise ConfigError(
-                f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]"
-            )
         if target_spacing is not None and image_size is not None:
             raise ConfigError("dataset.target_spacing and dataset.image_size: set one of them")
         self.split = split
@@ -206,21 +246,10 @@ class SegmentationDataset(Dataset):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.multilabel = False
-        self.class_names = (
-            list(class_names)
-            if class_names is not None
-            else [
-                "background",
-                *(f"class_{k}" for k in range(1, num_classes)),
-            ]
-        )
+        self.class_names = names
         self.image_size = pair(image_size, "dataset.image_size")
         self.patch_size = pair(patch_size, "dataset.patch_size")
         self.foreground_fraction = foreground_fraction
-        if not isinstance(patches_per_image, int) or patches_per_image < 1:
-            raise ConfigError(
-                f"dataset.patches_per_image={patches_per_image} must be an integer >= 1"
-            )
         self.patches_per_image = patches_per_image
         self.spacing = spacing
         self.seed = seed
@@ -399,13 +428,3 @@ class SegmentationDataset(Dataset):
             "spacing": torch.tensor(spacing, dtype=torch.float64),
         }
         return sample
-
-    @property
-    def epoch(self) -> int:
-        return int(self.shared_epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move the augmentation and patch streams to `epoch` (called by the loader)."""
-        self.shared_epoch.set(epoch)
-        if hasattr(self.transform, "set_epoch"):
-            self.transform.set_epoch(epoch)

@@ -258,7 +258,21 @@ class SharedEpoch:
         return int(self.value)
 
 
-class SeededAugment:
+class EpochStream:
+    """What seeds a pipeline's stream besides the seed and the sample: the epoch, in shared
+    memory (`SharedEpoch`), set by the loader before each epoch."""
+
+    shared_epoch: SharedEpoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self.shared_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shared_epoch.set(epoch)
+
+
+class SeededAugment(EpochStream):
     """Runs an albumentations pipeline with a random state fixed by (seed, epoch, sample index).
 
     Seeding per sample makes the augmented stream identical from run to run and independent of the
@@ -300,13 +314,6 @@ class SeededAugment:
             self.holders = generator_holders(pipeline)
         # An empty Compose (the usual eval pipeline) returns its input: skipped, with its seeding.
         self.empty = isinstance(pipeline, A.Compose) and not pipeline.transforms
-
-    @property
-    def epoch(self) -> int:
-        return int(self.shared_epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.shared_epoch.set(epoch)
 
     def __call__(self, index: int, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         if self.empty:

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medtrain.data.base import SPLITS
 from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_through
-from medtrain.data.segmentation import random_patch
+from medtrain.data.segmentation import SeededSamples, check_mask_options, random_patch
 from medtrain.data.transforms import (
     Normalize,
     SharedEpoch,
@@ -69,7 +68,7 @@ def window_volume(volume: np.ndarray, windows: Sequence[tuple[float, float]]) ->
     return np.stack(channels, axis=-1)
 
 
-class VolumeSegmentationDataset(Dataset):
+class VolumeSegmentationDataset(SeededSamples, Dataset):
     """A split of volumes with label volumes; subclasses fill `self.ids` and implement
     `read_image` (D x H x W [x C]), `read_mask` (D x H x W) and optionally `read_spacing` and
     `read_affine`.
@@ -138,33 +137,14 @@ class VolumeSegmentationDataset(Dataset):
             raise ConfigError(
                 f"dataset.spatial_dims={spatial_dims}: this dataset holds volumes (3)"
             )
-        if split not in SPLITS:
-            raise ConfigError(f"split {split!r} is not one of {SPLITS}")
-        if multilabel:
-            raise ConfigError("dataset.multilabel: segmentation masks hold one class per voxel")
         if image_size is not None:
             raise ConfigError(
                 "dataset.image_size: volumes keep their proportions; set dataset.target_spacing "
                 "(mm per voxel) to resample them"
             )
-        if num_classes is None or num_classes < 2:
-            raise ConfigError(
-                f"dataset.num_classes={num_classes}: give the number of classes including "
-                "background (2 for a binary mask)"
-            )
-        if class_names is not None and len(class_names) != num_classes:
-            raise ConfigError(
-                f"dataset.class_names has {len(class_names)} names for {num_classes} classes "
-                "(background included; set dataset.num_classes to match)"
-            )
-        if not 0 <= foreground_fraction <= 1:
-            raise ConfigError(
-                f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]"
-            )
-        if not isinstance(patches_per_image, int) or patches_per_image < 1:
-            raise ConfigError(
-                f"dataset.patches_per_image={patches_per_image} must be an integer >= 1"
-            )
+        names = check_mask_options(
+            split, multilabel, num_classes, class_names, foreground_fraction, patches_per_image
+        )
         self.split = split
         self.transform = transform
         self.normalize = Normalize(**(normalize or {}))
@@ -175,11 +155,7 @@ class VolumeSegmentationDataset(Dataset):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.multilabel = False
-        self.class_names = (
-            list(class_names)
-            if class_names is not None
-            else ["background", *(f"class_{k}" for k in range(1, num_classes))]
-        )
+        self.class_names = names
         self.image_size = None
         self.patch_size = volume_size(patch_size, "dataset.patch_size")
         self.foreground_fraction = foreground_fraction
@@ -382,13 +358,3 @@ class VolumeSegmentationDataset(Dataset):
             "spacing": torch.tensor(spacing, dtype=torch.float64),
         }
         return sample
-
-    @property
-    def epoch(self) -> int:
-        return int(self.shared_epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move the augmentation and patch streams to `epoch` (called by the loader)."""
-        self.shared_epoch.set(epoch)
-        if hasattr(self.transform, "set_epoch"):
-            self.transform.set_epoch(epoch)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from medtrain.data.transforms import SeededAugment, SharedEpoch, sample_seed
+from medtrain.data.transforms import EpochStream, SeededAugment, SharedEpoch, sample_seed
 from medtrain.errors import ConfigError
 
 
@@ -80,7 +80,7 @@ def is_monai_pipeline(pipeline: Any) -> bool:
     return type(pipeline).__module__.startswith("monai.")
 
 
-class SeededVolumeAugment:
+class SeededVolumeAugment(EpochStream):
     """Runs a MONAI dictionary-transform pipeline on a volume (and its mask) with its random state
     fixed by (seed, epoch, sample index), like `SeededAugment` does for 2D pipelines: the same
     augmented stream on every run, whatever the number of loader workers.
@@ -106,13 +106,6 @@ class SeededVolumeAugment:
         self.seed = seed
         self.shared_epoch = SharedEpoch()
         self.empty = not getattr(pipeline, "transforms", True)
-
-    @property
-    def epoch(self) -> int:
-        return int(self.shared_epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.shared_epoch.set(epoch)
 
     def __call__(self, index: int, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """`image` (D x H x W x C) and optionally `mask` (D x H x W) in, the same keys out."""

@@ -170,3 +170,8 @@ def test_2d_networks_on_volumes_and_3d_on_images_get_one_line_naming_the_key(tmp
     cfg = compose_cfg([*data3d, "model=resnet"])
     build_datasets(cfg)
     assert build_model(cfg)(torch.zeros(2, 1, 8, 8, 8)).shape == (2, 2)
+
+
+def test_volumes_asked_of_a_dataset_of_2d_images_are_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="dataset.spatial_dims=3: SyntheticClinical reads 2D"):
+        build_datasets(compose_cfg(["dataset=synthetic_clinical", "+dataset.spatial_dims=3"]))
