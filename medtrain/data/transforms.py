@@ -82,11 +82,15 @@ def parse_windows(spec) -> list[tuple[float, float]] | None:
     return windows
 
 
-def window_ct(image: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
-    """Map modality values (H x W, or H x W x 1) through each window to [0, 1], clipped: one
-    channel per window (H x W x len(windows), float32)."""
-    values = image[..., 0] if image.ndim == 3 else image
-    if image.ndim == 3 and image.shape[-1] != 1:
+def window_ct(
+    image: np.ndarray, windows: Sequence[tuple[float, float]], spatial_dims: int = 2
+) -> np.ndarray:
+    """Map modality values (H x W, or H x W x 1; D x H x W [x 1] for volumes, `spatial_dims=3`)
+    through each window to [0, 1], clipped: one channel per window (... x len(windows),
+    float32)."""
+    grey_channel = image.ndim == spatial_dims + 1
+    values = image[..., 0] if grey_channel else image
+    if grey_channel and image.shape[-1] != 1:
         raise ConfigError(
             f"dataset.window: windowing needs grey images in modality units, got {image.shape[-1]} "
             "channels"

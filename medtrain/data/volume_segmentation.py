@@ -19,6 +19,7 @@ from medtrain.data.transforms import (
     match_channels,
     parse_windows,
     sample_seed,
+    window_ct,
 )
 from medtrain.data.volume_transforms import (
     channels_first,
@@ -55,17 +56,6 @@ def voxel_size(value: Any, key: str) -> tuple[float, float, float] | None:
             "voxels), finite and > 0"
         )
     return values  # type: ignore[return-value]
-
-
-def window_volume(volume: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
-    """CT windowing of a grey volume (D x H x W [x 1], modality units) to [0, 1], one channel per
-    window (D x H x W x len(windows), float32)."""
-    values = volume[..., 0] if volume.ndim == 4 else volume
-    if volume.ndim == 4 and volume.shape[-1] != 1:
-        raise ConfigError("dataset.window: windowing needs grey volumes in modality units")
-    values = values.astype(np.float32, copy=False)
-    channels = [np.clip((values - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
-    return np.stack(channels, axis=-1)
 
 
 class VolumeSegmentationDataset(SeededSamples, Dataset):
@@ -216,7 +206,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         if image.ndim not in (3, 4):
             raise DataError(f"volume of shape {image.shape}: expected D x H x W [x C]")
         image = (
-            window_volume(image, self.windows)
+            window_ct(image, self.windows, spatial_dims=3)
             if self.windows
             else with_channels(image, 3).astype(np.float32, copy=False)
         )
@@ -318,7 +308,8 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
             return volume if size is None else resize_volume(volume, size)
 
         def mask(index: int) -> np.ndarray:
-            labels = self.load(index)[1]
+            shape = self.cached("image", index, self.read_image).shape
+            labels = self.checked_mask(index, shape[:3])
             size = self.model_size(labels.shape, spacing)
             return labels if size is None else resize_volume(labels, size, labels=True)
 

@@ -128,7 +128,7 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
         if len(datasets[split]) == 0:
             raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
-        check_augmentation(transform, spatial_dims(datasets[split]), choice(cfg, "augmentation"))
+        check_augmentation(transform, spatial_dims(datasets[split]), choice("augmentation"))
     fold = (cfg.get("cv") or {}).get("fold")
     if fold is not None:  # a cross-validation fold: train and val regrouped, test as it is
         train, val = datasets["train"], datasets["val"]
@@ -236,7 +236,7 @@ def spatial_dims(dataset: Any) -> int:
     return int(getattr(dataset, "spatial_dims", 2))
 
 
-def choice(cfg: DictConfig, group: str) -> str:
+def choice(group: str) -> str:
     """The option chosen for a config group (`unet` for `model`), or '?' outside a Hydra run."""
     from medtrain.engine.config import choice as chosen  # config imports this module
 
@@ -261,7 +261,7 @@ def check_spatial_dims(cfg: DictConfig) -> None:
             )
     elif data_dims == 3 and "branches" not in model:
         raise ConfigError(
-            f"model={choice(cfg, 'model')} is a 2D network, but the data are volumes (3D): choose "
+            f"model={choice('model')} is a 2D network, but the data are volumes (3D): choose "
             "model=resnet, cnn, unet or basic_unet, which follow the data's dimensions"
         )
 
