@@ -277,13 +277,18 @@ def _curves_section(run: Run) -> str:
     epoch = column(rows, "epoch")
     monitor = _select(run.cfg, "task.monitor") or run.task.default_monitor[0]
     figure, (loss_ax, metric_ax) = _figure(9.0, 3.5, ncols=2)
+
+    def validated(key):  # epochs without validation (trainer.val_every) have empty cells
+        values = column(rows, key)
+        return epoch[np.isfinite(values)], values[np.isfinite(values)]
+
     for key in ("train/loss", "val/loss"):
         if key in fields:
-            loss_ax.plot(epoch, column(rows, key), marker="o", markersize=3, label=key)
+            loss_ax.plot(*validated(key), marker="o", markersize=3, label=key)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     loss_ax.legend()
     if monitor in fields:
-        metric_ax.plot(epoch, column(rows, monitor), marker="o", markersize=3, color="tab:green")
+        metric_ax.plot(*validated(monitor), marker="o", markersize=3, color="tab:green")
     best = run.values.get("best_epoch")
     for ax in (loss_ax, metric_ax):
         if best is not None:

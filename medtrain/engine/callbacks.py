@@ -30,7 +30,8 @@ class Epoch:
     Attributes:
         number: the epoch, from 1.
         row: its `history.csv` row: `epoch`, `train/loss`, `train/lr`, `val/loss`, the validation
-            metrics, `time_s`.
+            metrics, `time_s` (no `val/` entries for an epoch without validation:
+            `trainer.val_every`).
         improved: whether the monitored metric beat the best so far (`best.pt` is this epoch).
         state: the loop state saved in every checkpoint: `epoch`, `best_metric`, `best_epoch`,
             `stale_epochs`, `history`.
@@ -121,6 +122,15 @@ def log_epoch(max_epochs: int, monitor: str) -> EpochCallback:
 
     def write(epoch: Epoch) -> None:
         row = epoch.row
+        if monitor not in row:  # trained, not validated (trainer.val_every)
+            log.info(
+                "epoch %d/%d  train/loss %.4f  (%.1fs)",
+                epoch.number,
+                max_epochs,
+                row["train/loss"],
+                row["time_s"],
+            )
+            return
         log.info(
             "epoch %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f%s  (%.1fs)",
             epoch.number,

@@ -123,7 +123,14 @@ def validate(cfg: DictConfig) -> torch.device:
         t.num_workers,
         "must be an integer >= 0 or auto",
     )
-    for key in ("check_data", "report", "augment_on_device"):
+    every = t.get("val_every", 1)
+    require(
+        isinstance(every, int) and not isinstance(every, bool) and every >= 1,
+        "trainer.val_every",
+        every,
+        "must be a whole number of epochs >= 1",
+    )
+    for key in ("check_data", "report", "augment_on_device", "val_tta"):
         value = t.get(key, True)
         require(isinstance(value, bool), f"trainer.{key}", value, "must be true or false")
     duplicates = t.get("check_data_duplicates", "warn")

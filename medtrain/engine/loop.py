@@ -7,6 +7,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +241,8 @@ def fit(
     callbacks: Sequence[EpochCallback] = (),
     kept: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train with validation after every epoch; then the epoch callbacks run in order: checkpoints
+    """Train with validation after every epoch (or every `trainer.val_every` epochs and after the
+    last); then the epoch callbacks run in order: checkpoints
     (`checkpoints/best.pt`, `last.pt`), `history.csv`, TensorBoard, the log line, then `callbacks`.
 
     Args:
@@ -292,24 +294,56 @@ def fit(
             row |= train_one_epoch(
                 model, loaders["train"], task, optimizer, scheduler, scaler, device, cfg, epoch, ema
             )
-            # Batch-norm statistics are each rank's own after its last batch: evaluate rank 0's.
-            distributed.broadcast_module(evaluated)
-            collector, val_loss = evaluate(evaluated, loaders["val"], task, device, cfg.precision)
-            row |= distributed.decided(
-                lambda c=collector, v=val_loss: {"val/loss": v, **c.metrics("val")}
-            )
-            step_on_plateau(scheduler, row, task.monitor, epoch)
+            if validates(cfg, epoch):
+                # Batch-norm statistics are each rank's own after its last batch: evaluate rank 0's.
+                distributed.broadcast_module(evaluated)
+                with views_in_validation(task, cfg):
+                    collector, val_loss = evaluate(
+                        evaluated, loaders["val"], task, device, cfg.precision
+                    )
+                row |= distributed.decided(
+                    lambda c=collector, v=val_loss: {"val/loss": v, **c.metrics("val")}
+                )
+                step_on_plateau(scheduler, row, task.monitor, epoch)
             row["time_s"] = round(time.perf_counter() - start, 3)
             # Every rank keeps the same state from rank 0's numbers (early stopping agrees).
             improved = record(state, row, task.monitor, task.monitor_mode)
-            if improved and kept is not None:  # the weights best.pt gets: their validation
-                kept["best_val"] = (collector, val_loss, epoch + 1)
+            if improved and kept is not None and reusable_validation(task, cfg):
+                kept["best_val"] = (collector, val_loss, epoch + 1)  # the weights best.pt gets
             distributed.decided(run_callbacks, every_epoch, Epoch(epoch + 1, row, improved, state))
     finally:
         for callback in every_epoch:
             if hasattr(callback, "close"):
                 callback.close()
     return state
+
+
+def validates(cfg: DictConfig, epoch: int) -> bool:
+    """Whether epoch `epoch` (from 0) ends with a validation: every `trainer.val_every` epochs
+    and after the last one (a long validation, e.g. whole images scored as instances, then costs
+    less of the training budget)."""
+    every = cfg.get("val_every", 1)  # checked by medtrain.engine.config
+    return (epoch + 1) % every == 0 or epoch + 1 == cfg.max_epochs
+
+
+@contextmanager
+def views_in_validation(task, cfg: DictConfig):
+    """The epochs' validation with the task's test-time views (`task.tta`), or, with
+    `trainer.val_tta=false`, on the images alone (each view is one more pass of the network); the
+    best checkpoint's validation for the threshold and the test pass always use the views."""
+    if cfg.get("val_tta", True) or getattr(task, "tta", None) is None:
+        yield
+        return
+    views, task.tta = task.tta, None
+    try:
+        yield
+    finally:
+        task.tta = views
+
+
+def reusable_validation(task, cfg: DictConfig) -> bool:
+    """Whether an epoch's validation equals the best checkpoint's final one (same views)."""
+    return cfg.get("val_tta", True) or getattr(task, "tta", None) is None
 
 
 def run_callbacks(callbacks: Sequence[EpochCallback], epoch: Epoch) -> None:
@@ -335,9 +369,11 @@ def step_on_plateau(scheduler, row: dict[str, Any], monitor: str, epoch: int) ->
 
 def record(state: dict[str, Any], row: dict[str, Any], monitor: str, mode: str) -> bool:
     """Append the epoch to the state's history and update the best epoch; returns whether the
-    monitored metric improved."""
+    monitored metric improved (never for an epoch without validation)."""
     state["history"].append(row)
     state["epoch"] = row["epoch"]
+    if monitor not in row:  # an epoch without validation (trainer.val_every)
+        return False
     improved = is_better(row[monitor], state["best_metric"], mode)
     if improved:
         state |= {"best_metric": row[monitor], "best_epoch": row["epoch"], "stale_epochs": 0}

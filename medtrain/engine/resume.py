@@ -46,6 +46,8 @@ MAY_CHANGE = (
     "tensorboard",
     "max_epochs",
     "early_stopping_patience",
+    "val_every",  # when to validate: the trained weights are the same
+    "val_tta",
     "num_workers",
     "device",
     "eval_batch_size",

@@ -421,6 +421,8 @@ def run_trial(study, sweep: Sweep, monitor: str) -> bool:
     start = time.perf_counter()
 
     def prune(epoch: Epoch) -> None:  # an epoch callback: report, and stop a poor trial
+        if monitor not in epoch.row:  # not validated this epoch (trainer.val_every)
+            return
         value = epoch.row[monitor]
         trial.report(float(value), epoch.number)
         if trial.should_prune():

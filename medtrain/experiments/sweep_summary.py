@@ -150,7 +150,8 @@ def read_job(job_dir: Path, monitor: str, trial: dict[str, Any] | None) -> dict[
         row[monitor] = _float(metrics.get(monitor))
         row |= {f"test/{k}": metrics[f"test/{k}"] for k in HEADLINE if f"test/{k}" in metrics}
     elif history:  # pruned, failed or unfinished: the last validated epoch
-        row[monitor] = _float(history[-1].get(monitor))
+        values = [_float(r.get(monitor)) for r in history]
+        row[monitor] = next((v for v in reversed(values) if v is not None), None)
     info = _read_json(job_dir / "run_info.json")
     if info is not None:
         row["train_seconds"] = info.get("train_seconds")

@@ -418,6 +418,47 @@ def test_the_best_epochs_validation_is_reused_for_the_threshold(tmp_path, monkey
     assert metrics["val/loss"] == pytest.approx(float(best["val/loss"]), abs=1e-12)
 
 
+def test_validation_every_n_epochs_and_after_the_last(tmp_path, monkeypatch):
+    """`trainer.val_every=2` over 5 epochs validates after epochs 2, 4 and 5; the others leave their
+    validation cells empty, never become best.pt, and still write last.pt."""
+    calls = []
+    real = medtrain.engine.loop.evaluate
+
+    def counted(model, loader, task, *args, **kwargs):
+        calls.append(len(loader.dataset))
+        return real(model, loader, task, *args, **kwargs)
+
+    monkeypatch.setattr(medtrain.engine.loop, "evaluate", counted)
+    overrides = [*TINY, ON_CPU, "trainer.max_epochs=5", "trainer.val_every=2"]
+    metrics = train_in_process(tmp_path, overrides)
+    assert calls == [48, 48, 48, 48]  # val after epochs 2, 4, 5; the best one reused; test
+    with open(tmp_path / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [r["epoch"] for r in rows if r["val/auc"]] == ["2", "4", "5"]
+    assert all(r["train/loss"] for r in rows)
+    assert metrics["best_epoch"] in (2, 4, 5)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 5
+    with pytest.raises(ConfigError, match="trainer.val_every"):
+        train_in_process(tmp_path / "bad", [*TINY, ON_CPU, "trainer.val_every=0"])
+
+
+def test_epochs_validate_without_the_views_when_asked(tmp_path, monkeypatch):
+    """`trainer.val_tta=false`: the epochs' validation runs on the images alone; the best
+    checkpoint's validation (for the threshold) and the test pass use `task.tta`'s views."""
+    views = []
+    real = medtrain.engine.loop.evaluate
+
+    def counted(model, loader, task, *args, **kwargs):
+        views.append(task.tta)
+        return real(model, loader, task, *args, **kwargs)
+
+    monkeypatch.setattr(medtrain.engine.loop, "evaluate", counted)
+    overrides = [*TINY, ON_CPU, "trainer.max_epochs=2", "task.tta=hflip", "trainer.val_tta=false"]
+    train_in_process(tmp_path, overrides)
+    assert views == [None, None, "hflip", "hflip"]  # 2 epochs; then val again and test, with views
+
+
 def test_the_file_cache_size_may_change_on_resume():
     """`dataset.cache_mb` changes only how fast files are read: a checkpoint of a run before the
     key, or with another size, continues."""
