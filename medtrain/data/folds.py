@@ -109,19 +109,25 @@ def read_folds(path: str | Path) -> dict[str, Any]:
     return saved
 
 
+def fold_units(dataset: Any) -> list[str]:
+    """The names cross-validation assigns to folds, aligned with the dataset's `sample_fields`:
+    its `fold_units` when it declares them (whole volumes of a slice dataset), else its ids."""
+    return list(getattr(dataset, "fold_units", dataset.ids))
+
+
 def fold_fields(kind: type) -> tuple[str, ...]:
     """The per-case attributes a dataset class declares (`sample_fields`), which folds regroup.
 
     Raises:
-        ConfigError: a class that declares None (its cases cannot be regrouped yet, e.g. slices
-            kept per volume) or does not declare them itself (a subclass may hold per-case
+        ConfigError: a class that declares None (its cases cannot be regrouped) or does not
+            declare them itself (a subclass may hold per-case
             attributes its base does not know).
     """
     declared = vars(kind)
     if "sample_fields" in declared and declared["sample_fields"] is None:
         raise ConfigError(
-            f"dataset {kind.__name__} cannot be split into folds yet (it keeps its cases per "
-            "volume); cross-validate a 2D dataset, or give fixed splits with dataset.split_file"
+            f"dataset {kind.__name__} cannot be split into folds; give fixed splits with "
+            "dataset.split_file"
         )
     if "sample_fields" not in declared:
         raise ConfigError(
@@ -189,11 +195,11 @@ def fold_datasets(
     count = int(saved.get("folds", 0))
     if not isinstance(fold, int) or not 0 <= fold < count:
         raise ConfigError(f"cv.fold={fold!r}: {folds_file} has folds 0..{count - 1}")
-    pool = list(train.ids) + list(val.ids)
+    pool = fold_units(train) + fold_units(val)
     if list(saved["ids"]) != pool:
         check_folds_file(saved, Path(folds_file), pool, [])
     assignment = np.asarray(saved["fold"])
-    n_train = len(train.ids)
+    n_train = len(fold_units(train))
 
     def parts(held_out: bool) -> list[tuple[Any, list[int]]]:
         chosen = np.flatnonzero((assignment == fold) == held_out)

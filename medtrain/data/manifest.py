@@ -145,6 +145,18 @@ class ManifestRows:
             raise self._error(f"column {column!r} must name each case once", repeated)
         return ids
 
+    def _groups(self, rows: list[dict], column: str | None) -> list[str] | None:
+        """Each row's group (`dataset.group_column`, e.g. its patient), or None without the
+        column; an empty cell is refused."""
+        if column is None:
+            return None
+        empty = [
+            f"line {line}" for row, line in zip(rows, self._lines, strict=True) if not row[column]
+        ]
+        if empty:
+            raise self._error(f"column {column!r} (dataset.group_column) is empty", empty)
+        return [row[column] for row in rows]
+
     def _read_splits(self, rows: list[dict], column: str) -> np.ndarray:
         values = [row[column].lower() for row in rows]
         bad = [
@@ -293,11 +305,11 @@ class Manifest(ManifestRows, ImageDataset):
             # A column named on purpose must exist: a typo would silently give a seeded split.
             check_columns(Path(path), header, {"split_column": split_column})
         split_column = split_column if split_column in header else None
+        groups = self._groups(rows, group_column)
         if split_column is not None:
             assignment = self._read_splits(rows, split_column)
         else:
             labels = None if self.regression else targets
-            groups = None if group_column is None else [row[group_column] for row in rows]
             assignment = self._seeded_splits(
                 len(rows), val_fraction, test_fraction, seed, labels, groups
             )
@@ -306,15 +318,8 @@ class Manifest(ManifestRows, ImageDataset):
         self.files = [every_file[i] for i in chosen]
         self.ids = [every_id[i] for i in chosen]
         self.chosen_lines = [self._lines[i] for i in chosen]  # this split's CSV lines, for messages
-        if group_column is not None:
-            empty = [
-                f"line {self._lines[i]}" for i, row in enumerate(rows) if not row[group_column]
-            ]
-            if empty:
-                raise DataError(
-                    f"{csv_path}: empty {group_column!r} (dataset.group_column) at {empty[:3]}"
-                )
-            self.groups = [rows[i][group_column] for i in chosen]
+        if groups is not None:
+            self.groups = [groups[i] for i in chosen]
         self.set_labels(targets[chosen], source=self.source, all_labels=targets)
         if tabular_columns:
             matrix, self.tabular_names = encode_tabular(

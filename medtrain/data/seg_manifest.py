@@ -33,6 +33,8 @@ class SegManifest(ManifestRows, SegmentationDataset):
         spacing_column: column of pixel spacing in mm, `0.5` (square) or `0.5 0.6` / `0.5x0.6`
             (row, column); an empty cell falls back to the file's own spacing, then `spacing`.
         id_column: column of unique case ids; None: the image paths as written.
+        group_column: column naming each image's group (its patient, say): the seeded split and
+            cross-validation folds keep a group's images together.
         val_fraction, test_fraction: held-out shares without a split column.
         seed: seed of the split.
         class_values: stored mask value -> class index, e.g. {0: 0, 128: 1, 255: 2}.
@@ -57,6 +59,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
         split_column: str | None = "split",
         spacing_column: str | None = "spacing",
         id_column: str | None = None,
+        group_column: str | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         seed: int = 0,
@@ -78,6 +81,8 @@ class SegManifest(ManifestRows, SegmentationDataset):
         wanted = {"image_column": image_column, "mask_column": mask_column}
         if id_column is not None:
             wanted["id_column"] = id_column
+        if group_column is not None:
+            wanted["group_column"] = group_column
         check_columns(csv_path, header, wanted)
         root = csv_path.absolute().parent
         images = self._image_files(rows, image_column, root)
@@ -87,12 +92,17 @@ class SegManifest(ManifestRows, SegmentationDataset):
             self._spacings(rows, spacing_column) if spacing_column in header else [None] * len(rows)
         )
         self._check_spacing_everywhere(spacings, images, masks)
+        groups = self._groups(rows, group_column)
         if split_column in header:
             assignment = self._read_splits(rows, split_column)
         else:
-            assignment = self._seeded_splits(len(rows), val_fraction, test_fraction, seed)
+            assignment = self._seeded_splits(
+                len(rows), val_fraction, test_fraction, seed, groups=groups
+            )
         chosen = np.flatnonzero(assignment == SPLITS.index(split))
         self.ids = [ids[i] for i in chosen]
+        if groups is not None:
+            self.groups = [groups[i] for i in chosen]
         self.image_files = [images[i] for i in chosen]
         self.mask_files = [masks[i] for i in chosen]
         self.row_spacing = [spacings[i] for i in chosen]

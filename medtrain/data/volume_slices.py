@@ -65,8 +65,9 @@ class VolumeSlices(SegmentationDataset):
         **kwargs: passed to `SegmentationDataset` (num_classes, class_names, patch_size, ...).
     """
 
-    # Slices belong to volumes whose geometry and cache are kept per case: not split into folds yet.
-    sample_fields = None
+    # Cross-validation splits volumes, never slices (`fold_units`): a fold regroups `cases`, and
+    # its slices are listed anew for its role (empty slices skipped in training only).
+    sample_fields = ("cases",)
 
     def __init__(
         self,
@@ -98,44 +99,69 @@ class VolumeSlices(SegmentationDataset):
         pairs, given_splits = self._pairs(Path(path), images, labels)
         names = self._split(sorted(pairs), val_size, test_size, split_file, given_splits, seed)
         self.cases = names[split]
-        self.pairs = {case: pairs[case] for case in self.cases}
+        self.pairs = pairs  # every case's files: a fold may hold cases of the other splits
+        self.skip_empty = skip_empty
         self.geometry: dict[str, Any] = {}
-        self.index: list[tuple[str, int]] = []  # (case, slice) of every sample
+        self._list_slices()
+        if self.in_channels is None:
+            self.in_channels = 1
+
+    @property
+    def fold_units(self) -> list[str]:
+        """What cross-validation assigns to folds: whole volumes."""
+        return list(self.cases)
+
+    def fresh_state(self) -> None:
+        super().fresh_state()
+        if hasattr(self, "index"):  # a copy regrouped into a fold: its slices for its role
+            self.geometry = dict(self.geometry)
+            self._list_slices()
+
+    def _list_slices(self) -> None:
+        """`index` and `ids`: the (case, slice) samples of `cases`, reading each new case's label
+        volume for its geometry; training skips slices without foreground (`skip_empty`)."""
+        self.index: list[tuple[str, int]] = []
+        axis = self.axis
         for case in self.cases:
-            image_path, label_path = self.pairs[case]
-            label_volume = read_volume(label_path)  # its geometry is the case's geometry
-            labels_volume = self._checked_labels(label_volume.array, label_path)
-            if self.cache.mode == "memory":
-                self.cache.memory[str(label_path)] = labels_volume
-            shape = self._image_volume(case).shape
-            if labels_volume.shape != shape:
-                raise DataError(
-                    f"{label_path}: label volume {labels_volume.shape} does not match the image "
-                    f"volume {shape} of {image_path}"
-                )
-            image_spacing = nifti_spacing(image_path)  # mL are computed with the label's
-            if image_spacing and not np.allclose(image_spacing, label_volume.spacing, rtol=1e-3):
-                sizes = [
-                    " x ".join(f"{v:.6g}" for v in sp)
-                    for sp in (label_volume.spacing, image_spacing)
-                ]
-                raise DataError(
-                    f"{label_path}: voxels of {sizes[0]} mm, the image's are {sizes[1]} mm "
-                    f"({image_path}); volumes in mL would be wrong"
-                )
-            self.geometry[case] = {
-                "shape": shape,
-                "spacing": label_volume.spacing,
-                "affine": label_volume.affine,
-            }
-            keep = range(shape[axis])
-            if split == "train" and skip_empty:
+            labels_volume = self._case_geometry(case)
+            keep = range(self.geometry[case]["shape"][axis])
+            if self.split == "train" and self.skip_empty:
                 other = tuple(a for a in range(3) if a != axis)
                 keep = np.flatnonzero(labels_volume.any(axis=other)).tolist()
             self.index += [(case, k) for k in keep]
         self.ids = [f"{case}#{k:03d}" for case, k in self.index]
-        if self.in_channels is None:
-            self.in_channels = 1
+
+    def _case_geometry(self, case: str) -> np.ndarray:
+        """The case's label volume, checked against its image (shape, voxel size); its shape,
+        spacing and affine kept in `geometry`."""
+        image_path, label_path = self.pairs[case]
+        if case in self.geometry:
+            return self._labels(case)
+        label_volume = read_volume(label_path)  # its geometry is the case's geometry
+        labels_volume = self._checked_labels(label_volume.array, label_path)
+        if self.cache.mode == "memory":
+            self.cache.memory[str(label_path)] = labels_volume
+        shape = self._image_volume(case).shape
+        if labels_volume.shape != shape:
+            raise DataError(
+                f"{label_path}: label volume {labels_volume.shape} does not match the image "
+                f"volume {shape} of {image_path}"
+            )
+        image_spacing = nifti_spacing(image_path)  # mL are computed with the label's
+        if image_spacing and not np.allclose(image_spacing, label_volume.spacing, rtol=1e-3):
+            sizes = [
+                " x ".join(f"{v:.6g}" for v in sp) for sp in (label_volume.spacing, image_spacing)
+            ]
+            raise DataError(
+                f"{label_path}: voxels of {sizes[0]} mm, the image's are {sizes[1]} mm "
+                f"({image_path}); volumes in mL would be wrong"
+            )
+        self.geometry[case] = {
+            "shape": shape,
+            "spacing": label_volume.spacing,
+            "affine": label_volume.affine,
+        }
+        return labels_volume
 
     # -- discovering the data ---------------------------------------------------------------
     @staticmethod

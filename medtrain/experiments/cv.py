@@ -42,6 +42,7 @@ from medtrain.data.folds import (
     assign_folds,
     check_folds_file,
     fold_fields,
+    fold_units,
     read_folds,
 )
 from medtrain.data.loading import make_loader
@@ -142,14 +143,14 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
     datasets = build_datasets(cfg)
     train, val, test = datasets["train"], datasets["val"], datasets["test"]
     fold_fields(type(train))  # a class whose cases cannot be regrouped: refused before training
-    pool = list(train.ids) + list(val.ids)
+    pool = fold_units(train) + fold_units(val)  # sample ids, or whole volumes of slices
     twice = sorted(i for i, n in Counter(pool).items() if n > 1)
     if twice:
         raise ConfigError(f"dataset: ids {twice[:3]} are in both the train and val splits")
     seed = int(cfg.seed) if cv.seed is None else cv.seed
     if path.exists():
         saved = read_folds(path)
-        check_folds_file(saved, path, pool, list(test.ids))
+        check_folds_file(saved, path, pool, fold_units(test))
         if (saved["folds"], saved["seed"]) != (cv.folds, seed):
             raise ConfigError(
                 f"{path} holds {saved['folds']} folds drawn with seed {saved['seed']}, not "
@@ -186,7 +187,7 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
             "ids": pool,
             "fold": assignment.tolist(),
             **({"group": groups} if grouped else {}),
-            "test": list(test.ids),
+            "test": fold_units(test),
         },
     )
     return path
@@ -330,7 +331,7 @@ def out_of_fold(cv: CrossValidation, runs: list[LoadedRun], device: torch.device
             with autocast(device, str(run.cfg.trainer.precision)):
                 output = run.task.forward(run.model, batch)
             collector.update(task.combine([output], [run.task]), batch)
-        fold_of |= {str(i): fold for i in val.ids}
+        fold_of |= {str(i): fold for i in [*val.ids, *fold_units(val)]}  # slices, volumes
         run.model.to("cpu")
     threshold = task.fit_threshold(collector)
     folder = cv.dir / "oof"

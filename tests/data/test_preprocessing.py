@@ -4,6 +4,7 @@ crop/pad, resampling to a target spacing, and the segmentation manifest."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -159,6 +160,52 @@ def test_segmentation_manifest_rows_splits_and_spacing(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "msk" / "2.png")
     with pytest.raises(DataError, match=r"cases.csv line 4: .*2.png: mask is 20x20"):
         SegManifest(str(csv_path), "train", num_classes=2).load(2)
+
+
+def test_segmentation_manifest_groups_stay_in_one_split_and_one_fold(tmp_path):
+    """dataset.group_column: a patient's images share a split (seeded split) and a CV fold; an empty
+    cell is refused naming its line."""
+    from medtrain.experiments.cv import draw_folds, parse_args
+    from tests.conftest import compose_cfg
+
+    csv_path = write_pairs(tmp_path / "data", count=24)
+    header, *rows = csv_path.read_text().splitlines()
+    patients = [f"p{k // 3}" for k in range(24)]  # 8 patients of 3 images
+    body = [
+        ",".join(r.split(",")[:2] + [r.split(",")[3], p])
+        for r, p in zip(rows, patients, strict=True)
+    ]
+    csv_path.write_text("image,mask,spacing,patient\n" + "\n".join(body) + "\n")
+    kwargs = {"num_classes": 2, "group_column": "patient", "val_fraction": 0.25}
+    splits = {s: SegManifest(str(csv_path), s, **kwargs) for s in ("train", "val", "test")}
+    owner = {}
+    for name, data in splits.items():
+        assert len(data.groups) == len(data.ids)
+        for patient in data.groups:
+            assert owner.setdefault(patient, name) == name  # no patient in two splits
+    cfg = compose_cfg(
+        [
+            "task=segmentation",
+            "model=unet",
+            "dataset=seg_manifest",
+            f"dataset.path={csv_path}",
+            "dataset.group_column=patient",
+            "dataset.val_fraction=0.25",
+        ]
+    )
+    folds = json.loads(
+        draw_folds(parse_args([f"cv.dir={tmp_path / 'cv'}", "cv.folds=2"]), cfg).read_text()
+    )
+    assert folds["grouped"]
+    fold_of = {}
+    for patient, fold in zip(folds["group"], folds["fold"], strict=True):
+        assert fold_of.setdefault(patient, fold) == fold
+    assert not set(folds["test"]) & set(folds["ids"])
+    csv_path.write_text(csv_path.read_text().replace(",p2\n", ",\n", 1))
+    with pytest.raises(
+        DataError, match=r"column 'patient' \(dataset.group_column\) is empty.*line 8"
+    ):
+        SegManifest(str(csv_path), "train", **kwargs)
 
 
 def test_segmentation_manifest_trains(tmp_path):

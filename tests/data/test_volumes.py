@@ -187,6 +187,43 @@ def test_slices_split_by_volume_and_skip_empty_training_slices(tmp_path):
     assert again.cases == splits["test"].cases
 
 
+def test_folds_of_slices_hold_whole_volumes(tmp_path):
+    """Cross-validation of slices assigns whole volumes to folds: a fold's validation set holds
+    every slice of its volumes (also of volumes from the data's train split, whose empty slices
+    training skipped), its training set only the foreground slices of the other volumes; each
+    pooled volume is validated in exactly one fold and the test volumes in none."""
+    from medtrain.data.folds import assign_folds, fold_datasets, fold_units
+    from medtrain.io import save_json
+
+    make_cases(tmp_path, count=10)
+    kwargs = {"num_classes": 3, "val_size": 2, "test_size": 2, "seed": 1, "axis": 0}
+    train, val, test = (VolumeSlices(str(tmp_path), s, **kwargs) for s in ("train", "val", "test"))
+    assert fold_units(train) == train.cases and len(train.ids) < 12 * 6
+    pool = fold_units(train) + fold_units(val)
+    assignment = assign_folds(pool, 4, seed=0)
+    folds_file = tmp_path / "folds.json"
+    save_json(folds_file, {"folds": 4, "seed": 0, "ids": pool, "fold": assignment.tolist()})
+    validated = []
+    for fold in range(4):
+        fold_train, fold_val = fold_datasets(train, val, folds_file, fold, None, None)
+        held_out = [c for c, f in zip(pool, assignment, strict=True) if f == fold]
+        assert fold_val.cases == held_out
+        assert fold_val.ids == [f"{c}#{k:03d}" for c in held_out for k in range(12)]
+        assert not set(fold_train.cases) & set(held_out)
+        assert sorted(fold_train.cases) == sorted(set(pool) - set(held_out))
+        assert all(fold_train.read_mask(i).any() for i in range(len(fold_train)))
+        for index in range(len(fold_val)):
+            case, k = fold_val.index[index]
+            labels = np.asarray(nib.load(str(tmp_path / "labels" / f"{case}.nii.gz")).dataobj)
+            np.testing.assert_array_equal(fold_val.read_mask(index), labels[k])
+        sample = fold_val[0]
+        assert sample["volume"] == held_out[0] and sample["num_slices"] == 12
+        validated += fold_val.cases
+    assert sorted(validated) == sorted(pool)
+    assert not set(validated) & set(test.cases)
+    assert train.cases == fold_units(train) and len(train.geometry) == 6  # the splits unchanged
+
+
 def test_mismatched_label_volume_is_named(tmp_path):
     make_cases(tmp_path, count=4)
     save_nifti(tmp_path / "labels" / "case_02.nii.gz", np.zeros((12, 20, 15), np.uint8))
