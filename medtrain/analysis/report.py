@@ -279,8 +279,8 @@ def _curves_section(run: Run) -> str:
     figure, (loss_ax, metric_ax) = _figure(9.0, 3.5, ncols=2)
 
     def validated(key):  # epochs without validation (trainer.val_every) have empty cells
-        values = column(rows, key)
-        return epoch[np.isfinite(values)], values[np.isfinite(values)]
+        kept = np.array([row[key] != "" for row in rows], dtype=bool)
+        return epoch[kept], column(rows, key)[kept]
 
     for key in ("train/loss", "val/loss"):
         if key in fields:

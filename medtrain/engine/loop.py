@@ -272,6 +272,7 @@ def fit(
         ckpt_dir, config = run_dir / "checkpoints", extra_state["config"]
         state = resume(cfg.resume, ckpt_dir, net, optimizer, scheduler, scaler, ema, config)
         distributed.decided(lambda: save_history(run_dir / "history.csv", state["history"]))
+        check_last_validated(state, cfg, task.monitor)
     checkpoints = save_checkpoints(
         run_dir / "checkpoints", net, optimizer, scheduler, scaler, ema, extra_state
     )
@@ -344,6 +345,19 @@ def views_in_validation(task, cfg: DictConfig):
 def reusable_validation(task, cfg: DictConfig) -> bool:
     """Whether an epoch's validation equals the best checkpoint's final one (same views)."""
     return cfg.get("val_tta", True) or getattr(task, "tta", None) is None
+
+
+def check_last_validated(state: dict[str, Any], cfg: DictConfig, monitor: str) -> None:
+    """A resumed run with no epoch left to train must end on a validated epoch (else its last
+    epoch, or with `trainer.val_every` every epoch so far, was never validated)."""
+    history = state["history"]
+    if state["epoch"] >= cfg.max_epochs and not (history and monitor in history[-1]):
+        raise ConfigError(
+            f"trainer.max_epochs={cfg.max_epochs}: the checkpoint has trained {state['epoch']} "
+            f"epochs and its last one was not validated (trainer.val_every="
+            f"{cfg.get('val_every', 1)}); give trainer.max_epochs > {state['epoch']} to train "
+            "and validate again"
+        )
 
 
 def run_callbacks(callbacks: Sequence[EpochCallback], epoch: Epoch) -> None:

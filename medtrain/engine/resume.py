@@ -46,8 +46,6 @@ MAY_CHANGE = (
     "tensorboard",
     "max_epochs",
     "early_stopping_patience",
-    "val_every",  # when to validate: the trained weights are the same
-    "val_tta",
     "num_workers",
     "device",
     "eval_batch_size",
@@ -71,6 +69,10 @@ MEANT_WITHOUT_KEY = {
     "cv.fold": None,
     "cv.folds_file": None,
     "dataset.spatial_dims": 2,  # every run before 3D networks was on 2D images
+    # Validated after every epoch, with the views: a schedule that follows the metric (plateau)
+    # and the best checkpoint depend on when and how the run validates.
+    "trainer.val_every": 1,
+    "trainer.val_tta": True,
 }
 
 

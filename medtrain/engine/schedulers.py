@@ -82,7 +82,8 @@ def reduce_on_plateau(
     patience: int = 3,
     min_lr: float = 0.0,
 ) -> ReduceLROnPlateau:
-    """Cut the rate by `factor` when the monitored validation metric stalls (stepped once per epoch)."""
+    """Cut the rate by `factor` when the monitored validation metric stalls (stepped after each
+    validation: `patience` counts validations, every `trainer.val_every` epochs)."""
     return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
 
 

@@ -281,7 +281,7 @@ def test_grid_goes_on_past_a_failed_job_and_says_so(tmp_path):
 @pytest.mark.slow
 def test_default_experiment_meets_the_auc_bar(tmp_path):
     """`python -m medtrain` with no overrides: test AUC >= 0.95 (timing is in benchmarks/)."""
-    metrics = train_in_process(tmp_path, ["trainer.progress=false"])
+    metrics = train_in_process(tmp_path, ["trainer.progress=false", "trainer.report=false"])
     assert metrics["test/auc"] >= 0.95
 
 
@@ -358,10 +358,14 @@ def test_a_checkpoint_without_the_keys_of_later_releases_resumes(tmp_path):
     last = tmp_path / "checkpoints" / "last.pt"
     checkpoint = load_checkpoint(last)
     del checkpoint["config"]["trainer"]["distributed"], checkpoint["config"]["model"]["batch_norm"]
+    del checkpoint["config"]["trainer"]["val_every"], checkpoint["config"]["trainer"]["val_tta"]
     torch.save(checkpoint, last)
     longer = [*TINY, ON_CPU, "trainer.max_epochs=3", "trainer.resume=true"]
     with pytest.raises(ConfigError, match=r"model.batch_norm; .*\(add: ~model.batch_norm\)"):
         train_in_process(tmp_path, [*longer, "model.batch_norm=false"])
+    # It validated after every epoch: a plateau schedule and best.pt depend on it.
+    with pytest.raises(ConfigError, match=r"trainer.val_every.*\(add: trainer.val_every=1\)"):
+        train_in_process(tmp_path, [*longer, "trainer.val_every=2"])
     assert train_in_process(tmp_path, longer)["epochs_trained"] == 3
 
 
@@ -457,6 +461,24 @@ def test_epochs_validate_without_the_views_when_asked(tmp_path, monkeypatch):
     overrides = [*TINY, ON_CPU, "trainer.max_epochs=2", "task.tta=hflip", "trainer.val_tta=false"]
     train_in_process(tmp_path, overrides)
     assert views == [None, None, "hflip", "hflip"]  # 2 epochs; then val again and test, with views
+
+
+def test_a_resume_with_no_epoch_left_must_end_on_a_validated_epoch():
+    """With `trainer.val_every`, a run killed after an epoch without validation and resumed with
+    `max_epochs` at that epoch would be tested without validating it (or without any best.pt)."""
+    from omegaconf import OmegaConf
+
+    from medtrain.engine.loop import check_last_validated
+
+    cfg = OmegaConf.create({"max_epochs": 3, "val_every": 2})
+    history = [{"epoch": 1}, {"epoch": 2, "val/auc": 0.9}, {"epoch": 3}]
+    state = {"epoch": 3, "history": history}
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs=3: .*give trainer.max_epochs > 3"):
+        check_last_validated(state, cfg, "val/auc")
+    check_last_validated({"epoch": 2, "history": history[:2]}, cfg, "val/auc")  # epoch 3 is left
+    check_last_validated(
+        {"epoch": 2, "history": history[:2]}, OmegaConf.create({"max_epochs": 2}), "val/auc"
+    )
 
 
 def test_the_file_cache_size_may_change_on_resume():

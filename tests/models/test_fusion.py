@@ -111,7 +111,7 @@ def test_two_image_models_without_tabular_data():
 def test_fusion_beats_image_only_and_tabular_only(tmp_path):
     """The acceptance check: on data where each source holds what the other lacks, the fused model
     has the highest test AUC."""
-    base = ["experiment=synthetic_fusion", "trainer.progress=false"]
+    base = ["experiment=synthetic_fusion", "trainer.progress=false", "trainer.report=false"]
     auc = {
         name: train_in_process(tmp_path / name, [*base, *extra])["test/auc"]
         for name, extra in {
