@@ -134,9 +134,9 @@ class SeededSamples:
             self.transform.set_epoch(epoch)
 
 
-def pixel_size(value: Any, key: str) -> tuple[float, float] | None:
-    """A configured pixel size in mm as (row_mm, col_mm): `[row, col]`, or one number for square
-    pixels; None stays None.
+def pixel_size(value: Any, key: str, axes: int = 2) -> tuple[float, ...] | None:
+    """A configured pixel (or, with `axes=3`, voxel) size in mm, one number per axis: (row_mm,
+    col_mm) or (depth_mm, row_mm, col_mm); one number is the same on every axis; None stays None.
 
     Raises:
         ConfigError: naming `key`, unless the values are finite and > 0.
@@ -144,17 +144,18 @@ def pixel_size(value: Any, key: str) -> tuple[float, float] | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value, value]
+        value = [value] * axes
     try:
         values = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         values = ()
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+    if len(values) != axes or not all(math.isfinite(v) and v > 0 for v in values):
+        names = "[row_mm, col_mm]" if axes == 2 else "[depth_mm, row_mm, col_mm]"
+        same = "square pixels" if axes == 2 else "isotropic voxels"
         raise ConfigError(
-            f"{key}={value!r}: give [row_mm, col_mm] (or one number for square pixels), "
-            "finite and > 0"
+            f"{key}={value!r}: give {names} (or one number for {same}), finite and > 0"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 class SegmentationDataset(SeededSamples, Dataset):

@@ -12,7 +12,12 @@ import torch
 from torch.utils.data import Dataset
 
 from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_through
-from medtrain.data.segmentation import SeededSamples, check_mask_options, random_patch
+from medtrain.data.segmentation import (
+    SeededSamples,
+    check_mask_options,
+    pixel_size,
+    random_patch,
+)
 from medtrain.data.transforms import (
     Normalize,
     SharedEpoch,
@@ -37,25 +42,8 @@ MAX_RESAMPLED_VOXELS = 512**3
 
 def voxel_size(value: Any, key: str) -> tuple[float, float, float] | None:
     """A configured voxel size in mm as (depth_mm, row_mm, col_mm): three numbers, or one for
-    isotropic voxels; None stays None.
-
-    Raises:
-        ConfigError: naming `key`, unless the values are finite and > 0.
-    """
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value] * 3
-    try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ConfigError(
-            f"{key}={value!r}: give [depth_mm, row_mm, col_mm] (or one number for isotropic "
-            "voxels), finite and > 0"
-        )
-    return values  # type: ignore[return-value]
+    isotropic voxels; None stays None (`pixel_size` with three axes)."""
+    return pixel_size(value, key, axes=3)  # type: ignore[return-value]
 
 
 class VolumeSegmentationDataset(SeededSamples, Dataset):

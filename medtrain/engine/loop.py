@@ -332,7 +332,7 @@ def views_in_validation(task, cfg: DictConfig):
     """The epochs' validation with the task's test-time views (`task.tta`), or, with
     `trainer.val_tta=false`, on the images alone (each view is one more pass of the network); the
     best checkpoint's validation for the threshold and the test pass always use the views."""
-    if cfg.get("val_tta", True) or getattr(task, "tta", None) is None:
+    if reusable_validation(task, cfg):  # the views are the final validation's
         yield
         return
     views, task.tta = task.tta, None
