@@ -5,8 +5,9 @@ instance separation on val, report test once.
    RUN (skipped with --run-dir of a finished run), timing it.
 2. Scores the best checkpoint's val predictions (logits computed once) for every separation in the
    grid: connected components, and the distance-transform watershed for several smoothings `sigma`
-   and saddle depths `h`, each with
-   several minimum object sizes; prints val Dice, instance score, PQ and median count error, and
+   and saddle depths `h`, and for a network trained with contacts (`task.instances.method=
+   contacts`) its learned separation for several contact thresholds, each with several minimum
+   object sizes; prints val Dice, instance score, PQ and median count error, and
    picks the highest val instance score.
    With --tta, each test-time augmentation choice (`task.tta`) is part of the grid.
 3. Scores test once with the chosen setting and with connected components (the same U-Net without
@@ -28,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtrain.analysis.instances import separate_instances
 from medtrain.engine.build import build_datasets
 from medtrain.inference.run import load_run
 from medtrain.metrics.instances import instance_metrics, summarize_instances
@@ -40,6 +40,8 @@ FLAGGED = "220b37f4"  # its labels mark one of several bright objects (shared/da
 # (sigma, h) of the watershed: the distance transform smoothed by sigma pixels, saddles h deep.
 WATERSHEDS = ((0.0, 1.0), (0.0, 2.0), (1.0, 0.5), (1.0, 1.0), (2.0, 0.5), (2.0, 1.0), (2.0, 2.0))
 WATERSHEDS += ((3.0, 0.5),)
+# (threshold, sigma) of the learned contacts: pixels of this contact probability separate objects.
+CONTACTS = ((0.2, 1.0), (0.3, 1.0), (0.5, 1.0), (0.7, 1.0), (0.5, 0.0), (0.5, 2.0))
 MIN_SIZES = (20, 30)
 
 
@@ -87,7 +89,7 @@ def score(run, cases, separation: dict, min_size: int) -> tuple[list[dict], dict
     rows = []
     for case in cases:
         pred = task.predict_masks(case["logits"])[0]
-        labels = separate_instances(pred == 1, connectivity=task.connectivity, **separation)
+        labels = task.instance_labels(pred, case["logits"], **separation)
         dice = case_metrics(pred, case["mask"], task.class_names)["dice_nucleus"]
         rows.append({"id": case["id"], "dice": dice, **instance_metrics(case["instances"], labels)})
     summary = summarize_instances(rows) | {"dice": float(np.mean([r["dice"] for r in rows]))}
@@ -97,6 +99,8 @@ def score(run, cases, separation: dict, min_size: int) -> tuple[list[dict], dict
 def describe(separation: dict) -> str:
     if separation["method"] == "components":
         return "components"
+    if separation["method"] == "contacts":
+        return f"contacts threshold={separation['threshold']} sigma={separation['sigma']}"
     return f"watershed sigma={separation['sigma']} h={separation['h']}"
 
 
@@ -136,6 +140,11 @@ def main() -> None:
     grid = [{"method": "components"}] + [
         {"method": "watershed", "sigma": sigma, "h": h} for sigma, h in WATERSHEDS
     ]
+    if run.task.contacts:
+        grid += [
+            {"method": "contacts", "threshold": threshold, "sigma": sigma}
+            for threshold, sigma in CONTACTS
+        ]
     best = None
     for tta, val in val_by_tta.items():
         for separation in grid:

@@ -152,7 +152,8 @@ def tiled_logits(run, image: np.ndarray, seg: dict) -> np.ndarray:
     ]
     corners = [(r, c) for r in starts[0] for c in starts[1]]
     weight = gaussian([wh, ww]) if seg["blend"] == "gaussian" else np.ones((wh, ww), np.float32)
-    total = np.zeros((seg["num_classes"], *full), np.float32)
+    channels = seg.get("channels", seg["num_classes"])  # classes, and a contact map (contacts)
+    total = np.zeros((channels, *full), np.float32)
     norm = np.zeros(full, np.float32)
     for first in range(0, len(corners), seg["batch_size"]):
         chunk = corners[first : first + seg["batch_size"]]
@@ -171,10 +172,10 @@ def segment(run, image: np.ndarray, native: tuple, seg: dict) -> np.ndarray:
             logits.transpose(1, 2, 0), native[::-1], interpolation=cv2.INTER_LINEAR
         )
         logits = resized.transpose(2, 0, 1)
-    mask = logits.argmax(0).astype(np.uint8)
+    mask = logits[: seg["num_classes"]].argmax(0).astype(np.uint8)
     if not seg["min_object_size"]:
         return mask
-    for k in range(1, logits.shape[0]):
+    for k in range(1, seg["num_classes"]):
         _, labels, stats, _ = cv2.connectedComponentsWithStats(
             (mask == k).astype(np.uint8), connectivity=4 if seg["connectivity"] == 1 else 8
         )

@@ -151,6 +151,9 @@ class SegFolder(SegmentationDataset):
             (False: always use `spacing`).
         masks_folder: the name of the mask folder under `path` (`labels` for DSB2018 stage 1).
         instance_labels: the masks hold one label per object (binary tasks only).
+        contacts: (with `instance_labels`) training masks mark the pixels where objects touch
+            (`medtrain.analysis.instances.contact_pixels`) as 2, which
+            `task.instances.method=contacts` learns in an extra output channel.
         **kwargs: passed to `SegmentationDataset`.
     """
 
@@ -171,6 +174,7 @@ class SegFolder(SegmentationDataset):
         file_spacing: bool = True,
         masks_folder: str = "masks",
         instance_labels: bool = False,
+        contacts: bool = False,
         **kwargs: Any,
     ):
         super().__init__(split, seed=seed, **kwargs)
@@ -193,6 +197,13 @@ class SegFolder(SegmentationDataset):
                 f"dataset.num_classes=2 (now {self.num_classes}) and dataset.class_values=null"
             )
         self.has_instances = bool(instance_labels)
+        if contacts and not instance_labels:
+            raise ConfigError(
+                "dataset.contacts=true marks where objects touch, which needs one label per "
+                "object: set dataset.instance_labels=true (masks of instance labels), or "
+                "dataset.contacts=false"
+            )
+        self.marks_contacts = bool(contacts)
         images = list_files(root / "images", READABLE_EXTENSIONS)
         masks = list_files(root / masks_folder, MASK_EXTENSIONS)
         if not images:

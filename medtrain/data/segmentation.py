@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medtrain.analysis.instances import contact_pixels
 from medtrain.data.base import SPLITS
 from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_through
 from medtrain.data.transforms import (
@@ -274,6 +275,9 @@ class SegmentationDataset(SeededSamples, Dataset):
     # A subclass whose masks come with one label per object sets `has_instances` and implements
     # `read_instances`: its val and test samples then hold `instances` for instance metrics.
     has_instances = False
+    # Training masks mark the pixels where objects touch as 2 (`read_contacts`), for
+    # task.instances.method=contacts (a subclass with instance labels sets it).
+    marks_contacts = False
 
     def read_instances(self, index: int) -> np.ndarray:
         """Sample `index`'s instance labels (H x W, 0 background, one number per object)."""
@@ -281,6 +285,10 @@ class SegmentationDataset(SeededSamples, Dataset):
 
     def read_mask(self, index: int) -> np.ndarray:
         raise NotImplementedError
+
+    def read_contacts(self, index: int) -> np.ndarray:
+        """Where sample `index`'s objects touch (bool H x W, `contact_pixels`)."""
+        return contact_pixels(self.cached("instances", index, self.read_instances))
 
     def read_spacing(self, index: int) -> tuple[float, float] | None:
         """Spacing stated by the file itself (DICOM, NIfTI, metric PNG/TIFF); None if it states none."""
@@ -388,6 +396,8 @@ class SegmentationDataset(SeededSamples, Dataset):
         # Repeated training samples of one image differ through the seeds of `sample_index`.
         index = sample_index % len(self.ids)
         image, mask = self.load(index)
+        if self.split == "train" and self.marks_contacts:
+            mask = np.where(self.cached("contacts", index, self.read_contacts), 2, mask)
         if self.transform is not None:
             out = self.transform(sample_index, image=image, mask=mask)
             image, mask = as_hwc(out["image"]), out["mask"]

@@ -18,7 +18,7 @@ from skimage.morphology import remove_small_objects
 from torch import nn
 
 from medtrain.analysis.agreement import measurement_agreement
-from medtrain.analysis.instances import check_instances, separate_instances
+from medtrain.analysis.instances import check_instances, contact_pixels, separate_instances
 from medtrain.analysis.measurements import (
     MEASUREMENT_FIELDS,
     TOTAL_FIELDS,
@@ -67,13 +67,16 @@ class SegmentationTask(Task):
             scoring and measuring (0 keeps everything).
         connectivity: 1 (4-connected) or 2 (8-connected) components when counting objects.
         num_overlays: test cases drawn in `overlays/`.
-        instances: None, or `{method: watershed, sigma: px, h: px}` / `{method: components}`
+        instances: None, or `{method: watershed, sigma: px, h: px}` / `{method: components}` /
+            `{method: contacts, threshold: p, sigma: px}`
             (`medtrain.analysis.instances.check_instances`): the predicted objects
             are separated into instances (`medtrain.analysis.instances`; binary tasks), scored one
             by one against the true objects (the dataset's instance labels, or else the connected
             components of the true mask) with the instance score, panoptic quality and counts
             (`medtrain.metrics.instances`), and at test time written as label images
-            (`instances/`) and measured object by object.
+            (`instances/`) and measured object by object. `contacts` learns where objects
+            touch in one more output channel than classes (`model.num_classes` = classes + 1),
+            from training masks that mark those pixels (`dataset.contacts`).
     """
 
     name = "segmentation"
@@ -127,6 +130,8 @@ class SegmentationTask(Task):
         self.connectivity = connectivity
         self.num_overlays = num_overlays
         self.instances = None if instances is None else check_instances(instances)
+        # The learned contact map: one output channel after the classes' (`instances.contacts`).
+        self.contacts = self.instances is not None and self.instances["method"] == "contacts"
         if self.instances is not None and len(self.class_names) != 2:
             raise ConfigError(
                 f"task.instances separates the objects of one class; this task has "
@@ -158,6 +163,19 @@ class SegmentationTask(Task):
                 "task.instances separates objects of 2D images; volumes are scored in 3D: set "
                 "task.instances=null"
             )
+        method = (cfg.task.get("instances") or {}).get("method")
+        marks = bool(cfg.dataset.get("contacts"))
+        if method == "contacts" and not marks:
+            raise ConfigError(
+                "task.instances.method=contacts learns where objects touch from training masks "
+                "that mark them: set dataset.contacts=true (dataset=seg_folder with "
+                "dataset.instance_labels=true)"
+            )
+        if marks and method != "contacts":
+            raise ConfigError(
+                "dataset.contacts=true marks where objects touch (mask value 2), which only "
+                "task.instances.method=contacts learns: set it, or dataset.contacts=false"
+            )
         if cfg.task.get("instances") and choices["dataset"] == "volume_slices":
             raise ConfigError(
                 "task.instances separates objects of 2D images; dataset=volume_slices is scored "
@@ -169,6 +187,15 @@ class SegmentationTask(Task):
             raise ConfigError(
                 f"model={model} outputs {tuple(output.shape)}, one value per image; "
                 "task=segmentation needs a mask per image: use model=unet or model=basic_unet"
+            )
+        width = len(self.class_names) + self.contacts
+        if output.shape[1] != width:
+            contact = " and one for the contacts (task.instances.method=contacts)"
+            raise ConfigError(
+                f"model={model} outputs {output.shape[1]} channels; task=segmentation needs "
+                f"{width}: one per class ({len(self.class_names)}, dataset.class_names)"
+                + (contact if self.contacts else "")
+                + f": set model.num_classes={width}"
             )
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
@@ -214,24 +241,48 @@ class SegmentationTask(Task):
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         masks = batch["mask"]
+        if self.contacts and "instances" in batch:  # evaluation: mark the contacts as training does
+            masks = self.marked_contacts(masks, batch["instances"])
         if isinstance(outputs, list):
             masks = masks if isinstance(masks, list) else list(masks)
             losses = [self._loss(o, m[None]) for o, m in zip(outputs, masks, strict=True)]
             return torch.stack(losses).mean()
         return self._loss(outputs, masks)
 
+    def marked_contacts(self, masks: Any, instances: Any) -> Any:
+        """Evaluation masks with the contact pixels of their instance labels as 2, as the dataset
+        marks training masks (`dataset.contacts`)."""
+
+        def marked(mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            touching = contact_pixels(labels.cpu().numpy())
+            return torch.where(torch.from_numpy(touching).to(mask.device), 2, mask)
+
+        if isinstance(masks, list) or isinstance(instances, list):
+            return [marked(m, i) for m, i in zip(masks, instances, strict=True)]
+        return torch.stack([marked(m, i) for m, i in zip(masks, instances, strict=True)])
+
     def _loss(self, outputs: torch.Tensor | tuple, masks: torch.Tensor) -> torch.Tensor:
         target = masks[:, None]
         if isinstance(outputs, tuple):  # deep supervision: finest output first, coarser weigh less
             weights = [self.decay**k for k in range(len(outputs))]
             return sum(
-                w * self.loss_fn(o.float(), target) for w, o in zip(weights, outputs, strict=True)
+                w * self._one_loss(o.float(), target) for w, o in zip(weights, outputs, strict=True)
             ) / sum(weights)
-        return self.loss_fn(outputs.float(), target)
+        return self._one_loss(outputs.float(), target)
+
+    def _one_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The configured loss of the classes; with contacts, plus the binary cross-entropy of
+        the contact channel against the marked pixels (mask value 2, a nucleus pixel)."""
+        if not self.contacts:
+            return self.loss_fn(logits, target)
+        classes = len(self.class_names)
+        touching = (target == classes).float()
+        contact = F.binary_cross_entropy_with_logits(logits[:, classes:], touching)
+        return self.loss_fn(logits[:, :classes], target.clamp_max(classes - 1)) + contact
 
     def predict_masks(self, logits: torch.Tensor) -> np.ndarray:
         """Class masks (uint8, B x H x W) from logits, with small predicted objects removed."""
-        masks = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        masks = logits[:, : len(self.class_names)].argmax(1).to(torch.uint8).cpu().numpy()
         if self.min_object_size:
             for mask in masks:
                 for klass in range(1, len(self.class_names)):
@@ -241,19 +292,36 @@ class SegmentationTask(Task):
                     mask[(mask == klass) & ~keep] = 0
         return masks
 
-    def instance_labels(self, mask: np.ndarray) -> np.ndarray:
+    def instance_labels(
+        self, mask: np.ndarray, logits: torch.Tensor | None = None, **settings: Any
+    ) -> np.ndarray:
         """The predicted objects of a class mask (after `predict_masks`) as an instance-label
-        image (`task.instances`)."""
+        image (`task.instances`, with `settings` in place of its own); `contacts` reads the
+        contact channel of the image's logits (1 x C x H x W)."""
         assert self.instances is not None
-        return separate_instances(mask == 1, connectivity=self.connectivity, **self.instances)
+        settings = self.instances | settings
+        contact = None
+        if settings["method"] == "contacts":
+            if logits is None or logits.shape[1] != len(self.class_names) + 1:
+                raise ValueError("task.instances.method=contacts needs the logits' contact channel")
+            contact = torch.sigmoid(logits[0, len(self.class_names)].float()).cpu().numpy()
+        return separate_instances(
+            mask == 1, connectivity=self.connectivity, contact=contact, **settings
+        )
 
     def combine(self, outputs: list[Logits], tasks: list[SegmentationTask]) -> Logits:
         """Ensemble: the mean of the members' per-pixel class probabilities, as logits (their
         softmax gives the mean back); outputs are lists when the images differ in size."""
 
+        classes = len(self.class_names)
+
         def mean_log_prob(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-            probs = torch.stack([m.float().softmax(1) for m in maps]).mean(0)
-            return probs.clamp_min(1e-12).log()
+            probs = torch.stack([m[:, :classes].float().softmax(1) for m in maps]).mean(0)
+            if maps[0].shape[1] == classes:
+                return probs.clamp_min(1e-12).log()
+            # The contact channel: the mean of its probabilities, as a logit.
+            contact = torch.stack([m[:, classes:].float().sigmoid() for m in maps]).mean(0)
+            return torch.cat([probs.clamp_min(1e-12).log(), torch.logit(contact, eps=1e-6)], 1)
 
         if isinstance(outputs[0], list):
             return [mean_log_prob(maps) for maps in zip(*outputs, strict=True)]
@@ -289,7 +357,9 @@ class SegmentationTask(Task):
                 "units": "mm" if item.spacing else "voxels (1 mm assumed)",
                 "volumes_ml": structure_volumes_ml(mask, spacing, self.class_names),
             }
-        separated = {} if self.instances is None else {"instances": self.instance_labels(mask)}
+        separated = (
+            {} if self.instances is None else {"instances": self.instance_labels(mask, output)}
+        )
         if not item.measure:
             return {"mask": mask, **separated}
         spacing = item.spacing
@@ -412,7 +482,11 @@ class SegmentationTask(Task):
 
     # -- export ----------------------------------------------------------------------------------
     def postprocess(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.softmax(outputs, dim=1), outputs
+        classes = len(self.class_names)
+        probs = torch.softmax(outputs[:, :classes], dim=1)
+        if outputs.shape[1] > classes:  # the contact channel (`contacts`): its own probability
+            probs = torch.cat([probs, torch.sigmoid(outputs[:, classes:])], 1)
+        return probs, outputs
 
     def export_outputs(self, width: int, pixels: Sequence[Any]) -> list[dict[str, Any]]:
         shape = ["batch", width, *pixels]
@@ -440,6 +514,9 @@ class SegmentationTask(Task):
             "class_names": names,
             "segmentation": {
                 "num_classes": len(names),
+                # The network's output channels: the classes', then with task.instances.method=
+                # contacts the logit that a pixel lies where two objects touch.
+                "channels": len(names) + self.contacts,
                 "window": None if window is None else list(window),
                 "overlap": self.overlap,
                 "blend": self.blend,
@@ -501,14 +578,14 @@ class SegmentationCollector:
             row = {"id": case_id, **case_metrics(pred, true, self.task.class_names, spacing)}
             case = {"id": case_id, "pred": pred, "true": true, "spacing": spacing}
             if self.task.instances is not None:
-                case |= self._instances(pred, true, batch, k)
+                case |= self._instances(pred, true, batch, k, output)
                 row |= instance_metrics(case["true_instances"], case["pred_instances"])
             self.rows.append(row)
             if self.final:
                 self.cases.append(case | {"image": batch["intensity"][k].cpu().numpy()})
 
     def _instances(
-        self, pred: np.ndarray, true: np.ndarray, batch: dict[str, Any], k: int
+        self, pred: np.ndarray, true: np.ndarray, batch: dict[str, Any], k: int, logits: Any
     ) -> dict[str, np.ndarray]:
         """The case's predicted and true objects as label images: the true ones from the
         dataset's instance labels when it has them, else the connected components of its mask."""
@@ -519,7 +596,7 @@ class SegmentationCollector:
                 true == 1, "components", connectivity=self.task.connectivity
             )
         return {
-            "pred_instances": self.task.instance_labels(pred),
+            "pred_instances": self.task.instance_labels(pred, logits),
             "true_instances": true_instances,
         }
 
