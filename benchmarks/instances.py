@@ -40,8 +40,8 @@ FLAGGED = "220b37f4"  # its labels mark one of several bright objects (shared/da
 # (sigma, h) of the watershed: the distance transform smoothed by sigma pixels, saddles h deep.
 WATERSHEDS = ((0.0, 1.0), (0.0, 2.0), (1.0, 0.5), (1.0, 1.0), (2.0, 0.5), (2.0, 1.0), (2.0, 2.0))
 WATERSHEDS += ((3.0, 0.5),)
-# (threshold, sigma) of the learned contacts: pixels of this contact probability separate objects.
-CONTACTS = ((0.2, 1.0), (0.3, 1.0), (0.5, 1.0), (0.7, 1.0), (0.5, 0.0), (0.5, 2.0))
+# (threshold, sigma, h) of the learned contacts: pixels of this contact probability cut the mask.
+CONTACTS = ((0.3, 1.0, 1.0), (0.5, 1.0, 1.0), (0.7, 1.0, 1.0), (0.5, 2.0, 0.5), (0.5, 1.0, 0.5))
 MIN_SIZES = (20, 30)
 
 
@@ -100,7 +100,10 @@ def describe(separation: dict) -> str:
     if separation["method"] == "components":
         return "components"
     if separation["method"] == "contacts":
-        return f"contacts threshold={separation['threshold']} sigma={separation['sigma']}"
+        return (
+            f"contacts threshold={separation['threshold']} sigma={separation['sigma']} "
+            f"h={separation['h']}"
+        )
     return f"watershed sigma={separation['sigma']} h={separation['h']}"
 
 
@@ -142,8 +145,8 @@ def main() -> None:
     ]
     if run.task.contacts:
         grid += [
-            {"method": "contacts", "threshold": threshold, "sigma": sigma}
-            for threshold, sigma in CONTACTS
+            {"method": "contacts", "threshold": threshold, "sigma": sigma, "h": h}
+            for threshold, sigma, h in CONTACTS
         ]
     best = None
     for tta, val in val_by_tta.items():

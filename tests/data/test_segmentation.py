@@ -444,10 +444,38 @@ def test_instance_labels_give_the_binary_mask_and_the_objects(tmp_path):
     assert batch["instances"].shape == (2, 48, 48)
 
 
+def test_contacts_mark_the_training_masks_only(tmp_path):
+    from medtrain.analysis.instances import contact_pixels
+
+    root = make_instance_folder(tmp_path / "cells")
+    kwargs = dict(
+        path=str(root),
+        split_file=str(root / "split.json"),
+        masks_folder="labels",
+        instance_labels=True,
+        contacts=True,
+        class_names=["background", "nucleus"],
+    )
+    train = SegFolder(split="train", **kwargs)  # no augmentation, no patches: the stored frame
+    stored = np.array(Image.open(root / "labels" / f"{train.ids[0]}.png"))
+    touching = contact_pixels(stored)
+    assert touching.sum() > 10  # the pair of discs touches
+    mask = train[0]["mask"].numpy()
+    np.testing.assert_array_equal(mask, np.where(touching, 2, stored > 0))
+    test = SegFolder(split="test", **kwargs)  # evaluation scores the binary mask
+    stored = np.array(Image.open(root / "labels" / f"{test.ids[0]}.png"))
+    np.testing.assert_array_equal(test[0]["mask"].numpy(), stored > 0)
+
+
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
         ({"num_classes": 3}, ConfigError, "dataset.instance_labels: .* dataset.num_classes=2"),
+        (
+            {"instance_labels": False, "contacts": True},
+            ConfigError,
+            "dataset.contacts=true .* set dataset.instance_labels=true",
+        ),
         ({"masks_folder": "../x"}, ConfigError, "dataset.masks_folder='../x'"),
         ({"masks_folder": "masks"}, DataError, r"no folder .*cells/masks .*dataset.masks_folder"),
     ],
@@ -456,4 +484,4 @@ def test_instance_label_settings_are_checked(tmp_path, overrides, error, message
     root = make_instance_folder(tmp_path / "cells")
     kwargs = dict(path=str(root), split_file=str(root / "split.json"), masks_folder="labels")
     with pytest.raises(error, match=message):
-        SegFolder(split="train", instance_labels=True, **(kwargs | overrides))
+        SegFolder(split="train", **({"instance_labels": True} | kwargs | overrides))

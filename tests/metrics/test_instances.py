@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from medtrain.analysis.instances import check_instances, separate_instances
+from medtrain.analysis.instances import check_instances, contact_pixels, separate_instances
 from medtrain.errors import ConfigError
 from medtrain.metrics.instances import (
     IOU_THRESHOLDS,
@@ -139,6 +139,8 @@ def test_small_objects_without_a_peak_stay_objects_and_counts_match_a_hand_count
     [
         ({"method": "stardist"}, "task.instances.method='stardist'"),
         ({"h": 0}, "task.instances.h=0"),
+        ({"method": "contacts", "threshold": 1.0}, r"task.instances.threshold=1.0: .* \(0, 1\)"),
+        ({"method": "contacts", "threshold": True}, "task.instances.threshold=True"),
         ({"method": "watershed", "depth": 2}, "unknown keys"),
         ("watershed", r"task.instances='watershed': give \{method: watershed"),
     ],
@@ -146,3 +148,37 @@ def test_small_objects_without_a_peak_stay_objects_and_counts_match_a_hand_count
 def test_bad_instance_settings_name_the_key(settings, message):
     with pytest.raises(ConfigError, match=message):
         check_instances(settings)
+
+
+def test_contact_pixels_mark_where_objects_touch_by_hand():
+    labels = np.zeros((6, 12), np.uint16)
+    labels[1:5, 1:4] = 1
+    labels[1:5, 4:7] = 300  # touches 1 along columns 3 | 4
+    labels[1:3, 8:10] = 2  # one background column away from 300: not touching
+    want = np.zeros(labels.shape, bool)
+    want[1:5, 3:5] = True  # the two columns on either side of the meeting line
+    np.testing.assert_array_equal(contact_pixels(labels), want)
+    # Two pixels away, the object beyond the gap counts (and 2's own contact pixels with it).
+    wide = contact_pixels(labels, width=2)
+    assert wide[1:5, 2:7].all() and wide[1:3, 8].all() and not wide[1:3, 9].any()
+    assert not contact_pixels(np.where(labels == 1, 1, 0)).any()  # one object alone: none
+    diagonal = np.zeros((4, 4), int)
+    diagonal[0:2, 0:2], diagonal[2:4, 2:4] = 1, 2  # corners meet: 8-connected neighbours
+    assert contact_pixels(diagonal).sum() == 2 and contact_pixels(diagonal)[1, 1]
+
+
+def test_learned_contacts_split_touching_discs_and_keep_every_pixel():
+    shape = (40, 60)
+    truth = (
+        disc(shape, (20, 20), 10) * 1 + (disc(shape, (20, 38), 10) & ~disc(shape, (20, 20), 10)) * 2
+    )
+    mask = truth > 0
+    contact = contact_pixels(truth).astype(np.float32) * 0.9  # a confident contact map
+    labels = separate_instances(mask, "contacts", contact=contact, sigma=1.0)
+    assert labels.max() == 2 and (labels > 0).sum() == mask.sum()
+    assert instance_metrics(truth, labels)["instance_score"] == pytest.approx(1.0)
+    # Below the threshold the contact is no cut; a component that is all contact stays one object.
+    assert separate_instances(mask, "contacts", contact=contact, threshold=0.95).max() == 1
+    assert separate_instances(mask, "contacts", contact=np.ones(shape)).max() == 1
+    with pytest.raises(ValueError, match="contact probability map of the mask's shape"):
+        separate_instances(mask, "contacts")

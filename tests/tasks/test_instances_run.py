@@ -1,5 +1,6 @@
 """Instances end to end: `experiment=dsb2018_instances` on a small folder of touching discs with
-16-bit instance labels; the files it writes agree with a recomputation."""
+16-bit instance labels, separated by the distance watershed or by learned contacts; the files it
+writes agree with a recomputation; the contact channel through loss, views, ensembles and export."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from medtrain.metrics.instances import instance_metrics
@@ -21,8 +24,16 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def instance_run(tmp_path_factory) -> tuple[Path, Path]:
+# Learned separation: the training masks mark where the discs touch, the U-Net has a contact channel.
+CONTACTS = [
+    "dataset.contacts=true",
+    "model.num_classes=3",
+    "task.instances.method=contacts",
+]
+
+
+@pytest.fixture(scope="module", params=["watershed", "contacts"])
+def instance_run(tmp_path_factory, request) -> tuple[Path, Path]:
     root = make_instance_folder(tmp_path_factory.mktemp("cells") / "cells", n=16)
     split = {"train": [f"cell{i:02d}" for i in range(12)], "val": ["cell12", "cell13"]}
     split["test"] = ["cell14", "cell15"]
@@ -42,6 +53,7 @@ def instance_run(tmp_path_factory) -> tuple[Path, Path]:
             "trainer.report=false",
             "optimizer.lr=1e-2",
             ON_CPU,
+            *(CONTACTS if request.param == "contacts" else []),
         ],
     )
     return run_dir, root
@@ -141,3 +153,76 @@ def test_instances_are_refused_for_volumes_and_several_classes():
         SegmentationTask(
             loss=None, class_names=["background", "a", "b"], instances={"method": "watershed"}
         )
+
+
+def contact_task():
+    from medtrain.tasks.segmentation import SegmentationTask
+
+    def cross_entropy(logits, target):
+        return F.cross_entropy(logits, target[:, 0])
+
+    return SegmentationTask(
+        loss=cross_entropy,
+        class_names=["background", "nucleus"],
+        instances={"method": "contacts", "threshold": 0.5, "sigma": 1.0},
+    )
+
+
+def test_the_contact_channel_adds_its_cross_entropy_and_evaluation_marks_it_alike():
+    from medtrain.analysis.instances import contact_pixels
+
+    task = contact_task()
+    labels = torch.zeros(2, 8, 8, dtype=torch.int32)
+    labels[:, 2:6, 1:4], labels[:, 2:6, 4:7] = 1, 2
+    binary = (labels > 0).long()
+    marked = torch.where(torch.from_numpy(contact_pixels(labels[0].numpy())), 2, binary)
+    assert set(marked.unique().tolist()) == {0, 1, 2}
+    logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    touching = (marked == 2).float()
+    probs = logits[:, 2].sigmoid()
+    dice = 1 - (2 * (probs * touching).sum() + 1) / (probs.sum() + touching.sum() + 1)
+    bce = F.binary_cross_entropy_with_logits(logits[:, 2], touching)
+    want = F.cross_entropy(logits[:, :2], marked.clamp_max(1)) + bce + dice
+    assert task.loss(logits, {"mask": marked}).item() == pytest.approx(want.item(), rel=1e-6)
+    # Evaluation batches hold the binary mask and the labels: the contacts are marked from them.
+    evaluated = task.loss(logits, {"mask": binary, "instances": labels})
+    assert evaluated.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_views_ensembles_masks_and_export_keep_the_contact_channel_apart():
+    task = contact_task()
+    generator = torch.Generator().manual_seed(1)
+    a, b = (
+        torch.randn(1, 3, 6, 6, generator=generator),
+        torch.randn(1, 3, 6, 6, generator=generator),
+    )
+    combined = task.combine([a, b], [task, task])
+    probs = (a[:, :2].softmax(1) + b[:, :2].softmax(1)) / 2
+    torch.testing.assert_close(combined[:, :2].softmax(1), probs)
+    torch.testing.assert_close(
+        combined[:, 2].sigmoid(), (a[:, 2].sigmoid() + b[:, 2].sigmoid()) / 2, atol=1e-6, rtol=0
+    )
+    loud = a.clone()
+    loud[:, 2] = 50.0  # a confident contact everywhere is no class
+    np.testing.assert_array_equal(task.predict_masks(loud), task.predict_masks(a[:, :2]))
+    exported, _ = task.postprocess(a)
+    torch.testing.assert_close(exported[:, :2], a[:, :2].softmax(1))
+    torch.testing.assert_close(exported[:, 2], a[:, 2].sigmoid())
+    with pytest.raises(Exception, match=r"outputs 2 channels.*contacts.*model.num_classes=3"):
+        task.check_output(torch.zeros(1, 2, 8, 8), "unet")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["task.instances.method=contacts"], "dataset.contacts=true"),
+        (["dataset.contacts=true"], "only task.instances.method=contacts learns"),
+    ],
+)
+def test_contacts_need_both_the_marked_masks_and_the_method(overrides, message):
+    from medtrain.engine.config import check_task
+    from medtrain.errors import ConfigError
+
+    cfg = compose_cfg(["experiment=dsb2018_instances", "dataset.path=cells", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        check_task(cfg)
