@@ -279,7 +279,8 @@ class SegFolder(SegmentationDataset):
 
     def read_mask(self, index: int) -> np.ndarray:
         if self.has_instances:
-            return (self.cached("instances", index, self.read_instances) > 0).astype(np.int64)
+            # uint8: the cache of decoded files holds 1 byte per pixel (checked_mask widens it)
+            return (self.cached("instances", index, self.read_instances) > 0).astype(np.uint8)
         return read_mask_file(self.mask_files[index], self.class_values, self.num_classes)
 
     def read_instances(self, index: int) -> np.ndarray:
