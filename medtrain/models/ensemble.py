@@ -35,6 +35,9 @@ class ModelAverage(nn.Module):
         output_scale, output_shift: per member and output, `out * scale + shift` turns a member's
             values into the ensemble's units before `mean` (members standardised with their own
             training targets); None: as they are.
+        sigmoid_channels: with `softmax`, this many last output channels are independent
+            probabilities (a segmentation's contact logit, `task.instances.method=contacts`),
+            averaged as `sigmoid` does; the softmax covers the channels before them.
     """
 
     def __init__(
@@ -45,8 +48,15 @@ class ModelAverage(nn.Module):
         input_shift: Sequence[Sequence[float]] | None = None,
         output_scale: Sequence[Sequence[float]] | None = None,
         output_shift: Sequence[Sequence[float]] | None = None,
+        sigmoid_channels: int = 0,
     ):
         super().__init__()
+        if sigmoid_channels and rule != "softmax":
+            raise ConfigError(
+                f"model.sigmoid_channels={sigmoid_channels} splits a softmax average, not "
+                f"rule={rule}"
+            )
+        self.sigmoid_channels = int(sigmoid_channels)
         if rule not in RULES:
             raise ConfigError(f"model.rule={rule!r}: choose one of {list(RULES)}")
         members = list(members)
@@ -105,4 +115,9 @@ class ModelAverage(nn.Module):
             return stacked.mean(0)
         if self.rule == "sigmoid":
             return torch.logit(torch.sigmoid(stacked).mean(0).clamp(1e-7, 1 - 1e-7))
+        if self.sigmoid_channels:
+            split = stacked.shape[2] - self.sigmoid_channels
+            classes = stacked[:, :, :split].softmax(2).mean(0).clamp_min(1e-12).log()
+            independent = torch.sigmoid(stacked[:, :, split:]).mean(0).clamp(1e-7, 1 - 1e-7)
+            return torch.cat([classes, torch.logit(independent)], 1)
         return stacked.softmax(2).mean(0).clamp_min(1e-12).log()

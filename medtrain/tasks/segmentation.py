@@ -163,7 +163,8 @@ class SegmentationTask(Task):
                 "task.instances separates objects of 2D images; volumes are scored in 3D: set "
                 "task.instances=null"
             )
-        method = (cfg.task.get("instances") or {}).get("method")
+        settings = cfg.task.get("instances")
+        method = settings.get("method") if isinstance(settings, Mapping) else None
         marks = bool(cfg.dataset.get("contacts"))
         if method == "contacts" and not marks:
             raise ConfigError(
@@ -195,7 +196,7 @@ class SegmentationTask(Task):
                 f"model={model} outputs {output.shape[1]} channels; task=segmentation needs "
                 f"{width}: one per class ({len(self.class_names)}, dataset.class_names)"
                 + (contact if self.contacts else "")
-                + f": set model.num_classes={width}"
+                + f": set model.num_classes={width} (model.out_channels for basic_unet)"
             )
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
@@ -495,7 +496,9 @@ class SegmentationTask(Task):
                 "name": "probabilities",
                 "dtype": "float32",
                 "shape": shape,
-                "meaning": "per-pixel class probabilities (softmax over classes)",
+                "meaning": "per-pixel class probabilities (softmax over classes); with "
+                "segmentation.channels > num_classes the last channel is the probability that "
+                "the pixel lies where two objects touch (sigmoid; task.instances.method=contacts)",
             },
             {
                 "name": "logits",

@@ -205,6 +205,21 @@ def test_views_ensembles_masks_and_export_keep_the_contact_channel_apart():
     loud = a.clone()
     loud[:, 2] = 50.0  # a confident contact everywhere is no class
     np.testing.assert_array_equal(task.predict_masks(loud), task.predict_masks(a[:, :2]))
+    # The fold ensemble's network (`medtrain cv`) averages the channels as `combine` does.
+    from medtrain.models.ensemble import ModelAverage
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, image):
+            return self.out
+
+    average = ModelAverage([Fixed(a), Fixed(b)], sigmoid_channels=1)
+    torch.testing.assert_close(average(torch.zeros(1, 1, 6, 6)), combined, atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="model.sigmoid_channels=1 splits a softmax average"):
+        ModelAverage([Fixed(a), Fixed(b)], rule="mean", sigmoid_channels=1)
     exported, _ = task.postprocess(a)
     torch.testing.assert_close(exported[:, :2], a[:, :2].softmax(1))
     torch.testing.assert_close(exported[:, 2], a[:, 2].sigmoid())
