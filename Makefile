@@ -1,7 +1,7 @@
 # `make run` and `make test` do all set-up on a fresh clone: create .venv when missing, install medtrain
 # with the pinned constraints (torch/torchvision install from local wheels in about a minute), then run.
-# --no-compile: Python compiles only the modules it imports, when first imported (the install took
-# 70 s instead of about 100 s; the first import of torch and friends then 11.5 s once).
+# Installed modules are compiled to bytecode at install time: with PYTHONDONTWRITEBYTECODE set (as
+# on the development machine) `--no-compile` made every test process compile torch anew.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
