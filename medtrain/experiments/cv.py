@@ -544,7 +544,7 @@ def fold_ensemble(
             "_target_": "medtrain.models.ensemble.ModelAverage",
             "rule": task.average_rule(),
             # A contact channel (task.instances.method=contacts) is averaged as a probability.
-            **({"sigmoid_channels": 1} if getattr(task, "contacts", False) else {}),
+            **({"sigmoid_channels": task.sigmoid_outputs} if task.sigmoid_outputs else {}),
             "members": [plain(run.cfg)["model"] for run in runs],
             **member_inputs(runs, preprocessing["normalize"]),
             **outputs,

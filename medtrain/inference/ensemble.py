@@ -76,7 +76,7 @@ def check_compatible(members: Sequence[Member]) -> None:
                 f"run_dirs: {pair} solve different tasks ({first.task.name} against "
                 f"{other.task.name}); an ensemble averages runs of one task"
             )
-        if getattr(first.task, "contacts", False) != getattr(other.task, "contacts", False):
+        if first.task.sigmoid_outputs != other.task.sigmoid_outputs:
             raise ConfigError(
                 f"run_dirs: {pair} differ in their contact channel (task.instances.method="
                 "contacts in one only); an ensemble averages networks of the same outputs"

@@ -290,7 +290,7 @@ def build_model_file(run: LoadedRun, model: ExportedModel, fmt: str, preprocess:
         ConfigError: the file computes something else at every plan (the last plan's reason).
     """
     channels = _channels(run.model, preprocess)
-    width = len(run.task.class_names) + int(getattr(run.task, "contacts", False))
+    width = len(run.task.class_names) + run.task.sigmoid_outputs
     for sizes, any_size in size_plans(run, preprocess):
         pixels = axis_names(len(sizes[0])) if any_size else list(sizes[0])
         outputs = model.outputs(width, pixels)

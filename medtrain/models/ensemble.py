@@ -21,6 +21,19 @@ from medtrain.models import input_keys
 RULES = ("softmax", "sigmoid", "mean")
 
 
+def mean_class_logits(stacked: torch.Tensor, sigmoid_channels: int = 0) -> torch.Tensor:
+    """The mean of members' class probabilities as logits (their softmax gives the mean back),
+    from `stacked` member outputs (members x B x C x ...): softmax over the channels but the last
+    `sigmoid_channels`, which are independent probabilities averaged as such (returned as logits).
+    """
+    split = stacked.shape[2] - sigmoid_channels
+    classes = stacked[:, :, :split].softmax(2).mean(0).clamp_min(1e-12).log()
+    if not sigmoid_channels:
+        return classes
+    independent = torch.sigmoid(stacked[:, :, split:]).mean(0).clamp(1e-7, 1 - 1e-7)
+    return torch.cat([classes, torch.logit(independent)], 1)
+
+
 class ModelAverage(nn.Module):
     """The average of `members`, each fed its own view of the input.
 
@@ -115,9 +128,4 @@ class ModelAverage(nn.Module):
             return stacked.mean(0)
         if self.rule == "sigmoid":
             return torch.logit(torch.sigmoid(stacked).mean(0).clamp(1e-7, 1 - 1e-7))
-        if self.sigmoid_channels:
-            split = stacked.shape[2] - self.sigmoid_channels
-            classes = stacked[:, :, :split].softmax(2).mean(0).clamp_min(1e-12).log()
-            independent = torch.sigmoid(stacked[:, :, split:]).mean(0).clamp(1e-7, 1 - 1e-7)
-            return torch.cat([classes, torch.logit(independent)], 1)
-        return stacked.softmax(2).mean(0).clamp_min(1e-12).log()
+        return mean_class_logits(stacked, self.sigmoid_channels)

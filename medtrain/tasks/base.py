@@ -148,6 +148,9 @@ class Task:
     # the requested `spacing` apart per request.
     uses_spacing: ClassVar[bool] = False
     output_unit: ClassVar[str] = "class"  # what each output is, in `check_output`'s message
+    # Output channels after the classes' that are independent probabilities (a segmentation's
+    # contact logit): averaged by sigmoid in ensembles, counted in an export's output width.
+    sigmoid_outputs: int = 0
     threshold: Any = None  # decision threshold(s) chosen by `fit_threshold`, stored in best.pt
     window: Any = None  # the tile size evaluation feeds the network (None: whole images)
 

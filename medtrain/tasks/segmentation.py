@@ -36,6 +36,7 @@ from medtrain.errors import ConfigError, DataError
 from medtrain.io import png_bytes, save_csv, save_json, save_png
 from medtrain.metrics.instances import instance_metrics, summarize_instances
 from medtrain.metrics.segmentation import case_metrics, summarize
+from medtrain.models.ensemble import mean_class_logits
 from medtrain.models.sliding_window import check_inference, sliding_window_inference
 from medtrain.tasks.base import REGRESSION_LOSS, Choices, Input, Task, refuse_loss
 from medtrain.tasks.tta import View, check_tta, tta_views
@@ -132,6 +133,7 @@ class SegmentationTask(Task):
         self.instances = None if instances is None else check_instances(instances)
         # The learned contact map: one output channel after the classes' (`instances.contacts`).
         self.contacts = self.instances is not None and self.instances["method"] == "contacts"
+        self.sigmoid_outputs = int(self.contacts)
         if self.instances is not None and len(self.class_names) != 2:
             raise ConfigError(
                 f"task.instances separates the objects of one class; this task has "
@@ -189,7 +191,7 @@ class SegmentationTask(Task):
                 f"model={model} outputs {tuple(output.shape)}, one value per image; "
                 "task=segmentation needs a mask per image: use model=unet or model=basic_unet"
             )
-        width = len(self.class_names) + self.contacts
+        width = len(self.class_names) + self.sigmoid_outputs
         if output.shape[1] != width:
             contact = " and one for the contacts (task.instances.method=contacts)"
             raise ConfigError(
@@ -314,15 +316,9 @@ class SegmentationTask(Task):
         """Ensemble: the mean of the members' per-pixel class probabilities, as logits (their
         softmax gives the mean back); outputs are lists when the images differ in size."""
 
-        classes = len(self.class_names)
-
         def mean_log_prob(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-            probs = torch.stack([m[:, :classes].float().softmax(1) for m in maps]).mean(0)
-            if maps[0].shape[1] == classes:
-                return probs.clamp_min(1e-12).log()
-            # The contact channel: the mean of its probabilities, as a logit.
-            contact = torch.stack([m[:, classes:].float().sigmoid() for m in maps]).mean(0)
-            return torch.cat([probs.clamp_min(1e-12).log(), torch.logit(contact, eps=1e-6)], 1)
+            stacked = torch.stack([m.float() for m in maps])
+            return mean_class_logits(stacked, self.sigmoid_outputs)
 
         if isinstance(outputs[0], list):
             return [mean_log_prob(maps) for maps in zip(*outputs, strict=True)]
@@ -519,7 +515,7 @@ class SegmentationTask(Task):
                 "num_classes": len(names),
                 # The network's output channels: the classes', then with task.instances.method=
                 # contacts the logit that a pixel lies where two objects touch.
-                "channels": len(names) + self.contacts,
+                "channels": len(names) + self.sigmoid_outputs,
                 "window": None if window is None else list(window),
                 "overlap": self.overlap,
                 "blend": self.blend,
