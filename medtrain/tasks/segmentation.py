@@ -269,19 +269,25 @@ class SegmentationTask(Task):
         if isinstance(outputs, tuple):  # deep supervision: finest output first, coarser weigh less
             weights = [self.decay**k for k in range(len(outputs))]
             return sum(
-                w * self._one_loss(o.float(), target) for w, o in zip(weights, outputs, strict=True)
+                w * self._one_loss(o.float(), target, finest=k == 0)
+                for k, (w, o) in enumerate(zip(weights, outputs, strict=True))
             ) / sum(weights)
         return self._one_loss(outputs.float(), target)
 
-    def _one_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _one_loss(
+        self, logits: torch.Tensor, target: torch.Tensor, finest: bool = True
+    ) -> torch.Tensor:
         """The configured loss of the classes; with contacts, plus `contact_loss` of the contact
-        channel against the marked pixels (mask value 2, a nucleus pixel)."""
+        channel against the marked pixels (mask value 2, a nucleus pixel) at the finest output
+        only: contacts are 1-2 px wide, which the up-sampled coarse outputs of deep supervision
+        cannot draw, so there they would only pull the shared features."""
         if not self.contacts:
             return self.loss_fn(logits, target)
         classes = len(self.class_names)
-        touching = (target == classes).float()
-        contact = contact_loss(logits[:, classes:], touching)
-        return self.loss_fn(logits[:, :classes], target.clamp_max(classes - 1)) + contact
+        loss = self.loss_fn(logits[:, :classes], target.clamp_max(classes - 1))
+        if not finest:
+            return loss
+        return loss + contact_loss(logits[:, classes:], (target == classes).float())
 
     def predict_masks(self, logits: torch.Tensor) -> np.ndarray:
         """Class masks (uint8, B x H x W) from logits, with small predicted objects removed."""

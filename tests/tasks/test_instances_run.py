@@ -189,6 +189,24 @@ def test_the_contact_channel_adds_its_cross_entropy_and_evaluation_marks_it_alik
     assert evaluated.item() == pytest.approx(want.item(), rel=1e-6)
 
 
+def test_deep_supervision_trains_the_contact_channel_at_the_finest_output_only():
+    task = contact_task()
+    marked = torch.zeros(1, 8, 8, dtype=torch.long)
+    marked[0, 2:6, 1:7], marked[0, 2:6, 3] = 1, 2
+    generator = torch.Generator().manual_seed(2)
+    outputs = tuple(torch.randn(1, 3, 8, 8, generator=generator) for _ in range(3))
+    want = task.loss(outputs[0], {"mask": marked}) + sum(
+        w * F.cross_entropy(o[:, :2], marked.clamp_max(1))
+        for w, o in zip((0.5, 0.25), outputs[1:], strict=True)
+    )
+    got = task.loss(outputs, {"mask": marked})
+    assert got.item() == pytest.approx(want.item() / 1.75, rel=1e-6)
+    # The coarse outputs' contact channel gets no gradient; their class channels do.
+    coarse = outputs[1].clone().requires_grad_(True)
+    task.loss((outputs[0], coarse, outputs[2]), {"mask": marked}).backward()
+    assert coarse.grad[:, 2].abs().max() == 0 and coarse.grad[:, :2].abs().max() > 0
+
+
 def test_views_ensembles_masks_and_export_keep_the_contact_channel_apart():
     task = contact_task()
     generator = torch.Generator().manual_seed(1)
