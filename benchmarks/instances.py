@@ -14,7 +14,8 @@ instance separation on val, report test once.
    instance separation), prints the per-image table and the means, also without 220b37f4 (an image
    whose labels mark one of several bright objects: shared/data's README).
 
-Usage: python benchmarks/instances.py [--run-dir RUN] [--tta none dihedral] [--train-overrides ...]
+Usage: python benchmarks/instances.py [--run-dir RUN] [--tta none dihedral] [training overrides ...]
+(overrides, key=value, may come before or after --tta)
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def main() -> None:
     parser.add_argument("--tta", nargs="+", default=["none"], help="task.tta choices to grid")
     parser.add_argument("train_overrides", nargs="*")
     args = parser.parse_args()
+    # --tta takes every word after it: the overrides among them (key=value) go to the training.
+    args.train_overrides += [t for t in args.tta if "=" in t]
+    args.tta = [t for t in args.tta if "=" not in t]
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
         return

@@ -24,11 +24,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# Learned separation: the training masks mark where the discs touch, the U-Net has a contact channel.
-CONTACTS = [
-    "dataset.contacts=true",
-    "model.num_classes=3",
-    "task.instances.method=contacts",
+# The recipe learns the separation (the training masks mark where the discs touch, the U-Net has a
+# contact channel); these overrides separate by the distance watershed alone.
+WATERSHED = [
+    "dataset.contacts=false",
+    "model.num_classes=2",
+    "task.instances.method=watershed",
 ]
 
 
@@ -53,7 +54,7 @@ def instance_run(tmp_path_factory, request) -> tuple[Path, Path]:
             "trainer.report=false",
             "optimizer.lr=1e-2",
             ON_CPU,
-            *(CONTACTS if request.param == "contacts" else []),
+            *(WATERSHED if request.param == "watershed" else []),
         ],
     )
     return run_dir, root
@@ -64,7 +65,7 @@ def test_instance_metrics_are_validated_tested_and_recompute_from_the_files(inst
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("instance_score", "pq", "count_median_abs_rel_error"):
         assert f"test/{key}" in metrics and f"val/{key}" in metrics
-    assert "val/instance_score" in read_csv(run_dir / "history.csv")[0]  # the recipe's monitor
+    assert "val/instance_score" in read_csv(run_dir / "history.csv")[0]  # validated every epoch
     rows = read_csv(run_dir / "per_case_metrics.csv")
     predictions = {r["id"]: r for r in read_csv(run_dir / "predictions.csv")}
     assert sorted(predictions) == ["cell14", "cell15"]
@@ -248,8 +249,8 @@ def test_views_ensembles_masks_and_export_keep_the_contact_channel_apart():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["task.instances.method=contacts"], "dataset.contacts=true"),
-        (["dataset.contacts=true"], "only task.instances.method=contacts learns"),
+        (["dataset.contacts=false"], "dataset.contacts=true"),
+        (["task.instances.method=watershed"], "only task.instances.method=contacts learns"),
     ],
 )
 def test_contacts_need_both_the_marked_masks_and_the_method(overrides, message):
