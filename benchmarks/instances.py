@@ -122,9 +122,10 @@ def main() -> None:
     parser.add_argument("--tta", nargs="+", default=["none"], help="task.tta choices to grid")
     parser.add_argument("train_overrides", nargs="*")
     args = parser.parse_args()
-    # --tta takes every word after it: the overrides among them (key=value) go to the training.
-    args.train_overrides += [t for t in args.tta if "=" in t]
-    args.tta = [t for t in args.tta if "=" not in t]
+    # --tta takes every word after it: the overrides among them (key=value, ~key) go to training.
+    overrides = [t for t in args.tta if "=" in t or t.startswith("~")]
+    args.train_overrides += overrides
+    args.tta = [t for t in args.tta if t not in overrides] or ["none"]
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
         return

@@ -346,7 +346,9 @@ def test_medmnist_arrays_of_no_image_shape_are_refused_with_the_shape(tmp_path):
         MedMNIST(str(tmp_path / "odd.npz"), "train")
 
 
-@pytest.mark.parametrize("name", ["basic", "xray", "strong", "segmentation", "mri_slices"])
+@pytest.mark.parametrize(
+    "name", ["basic", "xray", "strong", "segmentation", "nuclei", "mri_slices"]
+)
 def test_reseeding_in_place_draws_what_fresh_generators_draw(name):
     """Every shipped augmentation: the per-sample reseeding that resets generator states in place
     gives, seed for seed, the images and masks of albumentations' own set_random_seed."""
