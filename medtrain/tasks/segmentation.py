@@ -133,7 +133,6 @@ class SegmentationTask(Task):
         self.instances = None if instances is None else check_instances(instances)
         # The learned contact map: one output channel after the classes' (`instances.contacts`).
         self.contacts = self.instances is not None and self.instances["method"] == "contacts"
-        self.sigmoid_outputs = int(self.contacts)
         if self.instances is not None and len(self.class_names) != 2:
             raise ConfigError(
                 f"task.instances separates the objects of one class; this task has "
@@ -288,6 +287,11 @@ class SegmentationTask(Task):
         if not finest:
             return loss
         return loss + contact_loss(logits[:, classes:], (target == classes).float())
+
+    @property
+    def sigmoid_outputs(self) -> int:
+        """The contact channel after the classes' (`task.instances.method=contacts`)."""
+        return int(self.contacts)
 
     def predict_masks(self, logits: torch.Tensor) -> np.ndarray:
         """Class masks (uint8, B x H x W) from logits, with small predicted objects removed."""
