@@ -38,6 +38,25 @@ def pair(value: int | Sequence[int] | None, key: str) -> tuple[int, int] | None:
     return size
 
 
+def patch_shares(sizes: Sequence[float], patches_per_image: int, power: float) -> list[int]:
+    """How many of an epoch's `patches_per_image * len(sizes)` training patches each image gives,
+    in proportion to its size (pixels or voxels) to the power `power`: 0 gives every image
+    `patches_per_image`; 1 gives every pixel the same chance to be in a patch, so a large image
+    is not seen as often as a small one. Every image gives at least one patch; the shares are
+    rounded by largest remainder, so the total stays `patches_per_image * len(sizes)` (or the
+    number of images, if larger)."""
+    total = patches_per_image * len(sizes)
+    if power == 0 or not sizes:
+        return [patches_per_image] * len(sizes)
+    weights = np.asarray(sizes, dtype=np.float64) ** power
+    spare = total - len(sizes)  # one patch each first, the rest by weight
+    exact = spare * weights / weights.sum()
+    shares = np.floor(exact).astype(int)
+    left = spare - int(shares.sum())
+    shares[np.argsort(-(exact - shares), kind="stable")[:left]] += 1
+    return [int(n) + 1 for n in shares]
+
+
 def random_patch(
     image: np.ndarray,
     mask: np.ndarray,
@@ -87,6 +106,7 @@ def check_mask_options(
     class_names: Sequence[str] | None,
     foreground_fraction: float,
     patches_per_image: int,
+    patch_area_power: float = 0.0,
 ) -> list[str]:
     """The settings every segmentation dataset (2D or 3D) shares, checked; returns the class names
     (`background`, `class_1`, ... when none are given).
@@ -112,6 +132,15 @@ def check_mask_options(
         raise ConfigError(f"dataset.foreground_fraction={foreground_fraction} must be in [0, 1]")
     if not isinstance(patches_per_image, int) or patches_per_image < 1:
         raise ConfigError(f"dataset.patches_per_image={patches_per_image} must be an integer >= 1")
+    if (
+        isinstance(patch_area_power, bool)
+        or not isinstance(patch_area_power, (int, float))
+        or not 0 <= patch_area_power <= 1
+    ):
+        raise ConfigError(
+            f"dataset.patch_area_power={patch_area_power!r} must be a number in [0, 1] (0: the "
+            "same patches from every image, 1: in proportion to its size)"
+        )
     if class_names is not None:
         return list(class_names)
     return ["background", *(f"class_{k}" for k in range(1, num_classes))]
@@ -186,6 +215,9 @@ class SegmentationDataset(SeededSamples, Dataset):
         foreground_fraction: share of training patches centred on a foreground pixel.
         patches_per_image: training samples drawn from each image per epoch (different patches
             and augmentations), so that an epoch of a few large images is not a few steps.
+        patch_area_power: share the epoch's `patches_per_image * images` patches among the
+            images in proportion to their size (in the model's pixels) to this power: 0 (every
+            image alike) to 1 (every pixel alike), `patch_shares`.
         spacing: pixel spacing [row_mm, col_mm] used when the files do not state one.
         spatial_dims: 2 or None (the key every dataset config may hold; volumes have their own
             classes).
@@ -217,6 +249,7 @@ class SegmentationDataset(SeededSamples, Dataset):
         patch_size: int | Sequence[int] | None = None,
         foreground_fraction: float = 0.0,
         patches_per_image: int = 1,
+        patch_area_power: float = 0.0,
         spacing: Sequence[float] | None = None,
         seed: int = 0,
         multilabel: bool = False,
@@ -231,7 +264,13 @@ class SegmentationDataset(SeededSamples, Dataset):
                 "read by dataset=synthetic_segmentation3d or nifti_volumes"
             )
         names = check_mask_options(
-            split, multilabel, num_classes, class_names, foreground_fraction, patches_per_image
+            split,
+            multilabel,
+            num_classes,
+            class_names,
+            foreground_fraction,
+            patches_per_image,
+            patch_area_power,
         )
         spacing = pixel_size(spacing, "dataset.spacing")
         target_spacing = pixel_size(target_spacing, "dataset.target_spacing")
@@ -253,6 +292,7 @@ class SegmentationDataset(SeededSamples, Dataset):
         self.patch_size = pair(patch_size, "dataset.patch_size")
         self.foreground_fraction = foreground_fraction
         self.patches_per_image = patches_per_image
+        self.patch_area_power = float(patch_area_power)
         self.spacing = spacing
         self.seed = seed
         self.ids: list[str] = []
@@ -267,6 +307,8 @@ class SegmentationDataset(SeededSamples, Dataset):
         self.repeats = self.patches_per_image if self.split == "train" else 1
         self.shared_epoch = SharedEpoch()  # read by loader workers that outlive an epoch
         self._file_spacing: dict[int, tuple[float, float] | None] = {}
+        # (images, the image of each sample index), made on first use
+        self._sample_images: tuple[int, list[int]] | None = None
 
     # Subclasses implement these.
     def read_image(self, index: int) -> np.ndarray:
@@ -299,7 +341,32 @@ class SegmentationDataset(SeededSamples, Dataset):
         return self.ids[index]
 
     def __len__(self) -> int:
-        return len(self.ids) * self.repeats
+        return len(self.sample_images)
+
+    @property
+    def sample_images(self) -> list[int]:
+        """The image of each sample index: `repeats` samples per image, or with
+        `patch_area_power` training patches shared by image size (read once, on first use)."""
+        if self._sample_images is None or self._sample_images[0] != len(self.ids):
+            shares = [self.repeats] * len(self.ids)
+            if self.split == "train" and self.patch_area_power:
+                sizes = [math.prod(self.model_shape(i)) for i in range(len(self.ids))]
+                shares = patch_shares(sizes, self.repeats, self.patch_area_power)
+            images = [i for i, n in enumerate(shares) for _ in range(n)]
+            self._sample_images = (len(self.ids), images)
+        return self._sample_images[1]
+
+    def model_shape(self, index: int) -> tuple[int, int]:
+        """The (height, width) image `index` has for the model (training patches are cut from it)."""
+        shape = self.cached("image", index, self.read_image).shape[:2]
+        return self.model_size(shape, self.spacing_of(index)) or shape
+
+    def spacing_of(self, index: int) -> tuple[float, float]:
+        """Image `index`'s pixel spacing: the file's (read once, not every epoch), else
+        `spacing`, else NaN."""
+        if index not in self._file_spacing:
+            self._file_spacing[index] = self.read_spacing(index)
+        return self._file_spacing[index] or self.spacing or (float("nan"), float("nan"))
 
     def preprocessing(self) -> dict[str, Any]:
         """The evaluation preprocessing as constructor arguments of this class (saved in each
@@ -394,7 +461,7 @@ class SegmentationDataset(SeededSamples, Dataset):
 
     def __getitem__(self, sample_index: int) -> dict[str, Any]:
         # Repeated training samples of one image differ through the seeds of `sample_index`.
-        index = sample_index % len(self.ids)
+        index = self.sample_images[sample_index]
         image, mask = self.load(index)
         if self.split == "train" and self.marks_contacts:
             mask = np.where(self.cached("contacts", index, self.read_contacts), 2, mask)
@@ -402,9 +469,7 @@ class SegmentationDataset(SeededSamples, Dataset):
             out = self.transform(sample_index, image=image, mask=mask)
             image, mask = as_hwc(out["image"]), out["mask"]
         sample: dict[str, Any] = {"id": self.ids[index]}
-        if index not in self._file_spacing:  # a file's spacing is read once, not every epoch
-            self._file_spacing[index] = self.read_spacing(index)
-        spacing = self._file_spacing[index] or self.spacing or (float("nan"), float("nan"))
+        spacing = self.spacing_of(index)
         if self.split != "train":
             sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
             sample["image"] = self.model_input(image, spacing)
