@@ -43,6 +43,8 @@ WATERSHEDS = ((0.0, 1.0), (0.0, 2.0), (1.0, 0.5), (1.0, 1.0), (2.0, 0.5), (2.0, 
 WATERSHEDS += ((3.0, 0.5),)
 # (threshold, sigma, h) of the learned contacts: pixels of this contact probability cut the mask.
 CONTACTS = ((0.3, 1.0, 1.0), (0.5, 1.0, 1.0), (0.7, 1.0, 1.0), (0.5, 2.0, 0.5), (0.5, 1.0, 0.5))
+# The eighth run's best val setting lay at the edge of the grid above (h = 1): deeper saddles.
+CONTACTS += ((0.5, 1.0, 2.0), (0.7, 1.0, 1.5), (0.7, 1.0, 2.0), (0.7, 1.0, 3.0), (0.9, 1.0, 2.0))
 MIN_SIZES = (20, 30)
 
 

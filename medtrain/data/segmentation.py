@@ -148,10 +148,37 @@ def check_mask_options(
 
 class SeededSamples:
     """The epoch that, with the seed and the sample index, seeds a dataset's patches and
-    augmentation (`shared_epoch`, a `SharedEpoch` the dataset makes in `fresh_state`)."""
+    augmentation (`shared_epoch`, a `SharedEpoch` the dataset makes in `fresh_state`), and the
+    image each sample index draws from (`sample_images`)."""
 
     shared_epoch: SharedEpoch
     transform: Any
+    ids: list[str]
+    split: str
+    repeats: int
+    patch_area_power: float
+    # (images, the image of each sample index), made on first use; `fresh_state` resets it
+    _sample_images: tuple[int, list[int]] | None
+
+    def __len__(self) -> int:
+        return len(self.sample_images)
+
+    def model_shape(self, index: int) -> tuple[int, ...]:
+        """The shape image `index` has for the model (training patches are cut from it)."""
+        raise NotImplementedError
+
+    @property
+    def sample_images(self) -> list[int]:
+        """The image of each sample index: `repeats` samples per image, or with
+        `patch_area_power` training patches shared by image size (read once, on first use)."""
+        if self._sample_images is None or self._sample_images[0] != len(self.ids):
+            shares = [self.repeats] * len(self.ids)
+            if self.split == "train" and self.patch_area_power:
+                sizes = [math.prod(self.model_shape(i)) for i in range(len(self.ids))]
+                shares = patch_shares(sizes, self.repeats, self.patch_area_power)
+            images = [i for i, n in enumerate(shares) for _ in range(n)]
+            self._sample_images = (len(self.ids), images)
+        return self._sample_images[1]
 
     @property
     def epoch(self) -> int:
@@ -307,8 +334,7 @@ class SegmentationDataset(SeededSamples, Dataset):
         self.repeats = self.patches_per_image if self.split == "train" else 1
         self.shared_epoch = SharedEpoch()  # read by loader workers that outlive an epoch
         self._file_spacing: dict[int, tuple[float, float] | None] = {}
-        # (images, the image of each sample index), made on first use
-        self._sample_images: tuple[int, list[int]] | None = None
+        self._sample_images = None
 
     # Subclasses implement these.
     def read_image(self, index: int) -> np.ndarray:
@@ -339,22 +365,6 @@ class SegmentationDataset(SeededSamples, Dataset):
     def source(self, index: int) -> str:
         """What error messages name for a sample (a file path for file-based datasets)."""
         return self.ids[index]
-
-    def __len__(self) -> int:
-        return len(self.sample_images)
-
-    @property
-    def sample_images(self) -> list[int]:
-        """The image of each sample index: `repeats` samples per image, or with
-        `patch_area_power` training patches shared by image size (read once, on first use)."""
-        if self._sample_images is None or self._sample_images[0] != len(self.ids):
-            shares = [self.repeats] * len(self.ids)
-            if self.split == "train" and self.patch_area_power:
-                sizes = [math.prod(self.model_shape(i)) for i in range(len(self.ids))]
-                shares = patch_shares(sizes, self.repeats, self.patch_area_power)
-            images = [i for i, n in enumerate(shares) for _ in range(n)]
-            self._sample_images = (len(self.ids), images)
-        return self._sample_images[1]
 
     def model_shape(self, index: int) -> tuple[int, int]:
         """The (height, width) image `index` has for the model (training patches are cut from it)."""

@@ -71,6 +71,8 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
             (equal sizes needed to batch them).
         foreground_fraction: share of training patches centred on a foreground voxel.
         patches_per_image: training samples drawn from each volume per epoch.
+        patch_area_power: share the epoch's patches among the volumes by their size (in the
+            model's voxels) to this power (see `SegmentationDataset`).
         spacing: voxel size [depth_mm, row_mm, col_mm] when the files state none.
         seed: seed of the patch positions (with the epoch and the sample index).
         target_spacing: resample volumes to this voxel size for the model (trilinear for images,
@@ -102,6 +104,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         patch_size: int | Sequence[int] | None = None,
         foreground_fraction: float = 0.0,
         patches_per_image: int = 1,
+        patch_area_power: float = 0.0,
         spacing: Sequence[float] | None = None,
         seed: int = 0,
         target_spacing: Sequence[float] | None = None,
@@ -121,7 +124,13 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
                 "(mm per voxel) to resample them"
             )
         names = check_mask_options(
-            split, multilabel, num_classes, class_names, foreground_fraction, patches_per_image
+            split,
+            multilabel,
+            num_classes,
+            class_names,
+            foreground_fraction,
+            patches_per_image,
+            patch_area_power,
         )
         self.split = split
         self.transform = transform
@@ -138,6 +147,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         self.patch_size = volume_size(patch_size, "dataset.patch_size")
         self.foreground_fraction = foreground_fraction
         self.patches_per_image = patches_per_image
+        self.patch_area_power = float(patch_area_power)
         self.spacing = voxel_size(spacing, "dataset.spacing")
         self.target_spacing = voxel_size(target_spacing, "dataset.target_spacing")
         self.seed = seed
@@ -152,6 +162,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         self.repeats = self.patches_per_image if self.split == "train" else 1
         self.shared_epoch = SharedEpoch()
         self._headers: dict[tuple[str, int], Any] = {}  # spacing and affine read once per file
+        self._sample_images = None
 
     # Subclasses implement these.
     def read_image(self, index: int) -> np.ndarray:
@@ -171,9 +182,6 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
 
     def source(self, index: int) -> str:
         return self.ids[index]
-
-    def __len__(self) -> int:
-        return len(self.ids) * self.repeats
 
     def preprocessing(self) -> dict[str, Any]:
         """The evaluation preprocessing as constructor arguments (saved with each checkpoint)."""
@@ -264,6 +272,11 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
             )
         return size
 
+    def model_shape(self, index: int) -> tuple[int, int, int]:
+        """The (depth, height, width) volume `index` has for the model."""
+        shape = self.cached("image", index, self.read_image).shape[:3]
+        return self.model_size(shape, self.voxel_spacing(index)) or shape
+
     def model_input(
         self, image: np.ndarray, spacing: Sequence[float] | None = None
     ) -> torch.Tensor:
@@ -304,7 +317,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         return self.cached("train_image", index, image), self.cached("train_mask", index, mask)
 
     def __getitem__(self, sample_index: int) -> dict[str, Any]:
-        index = sample_index % len(self.ids)
+        index = self.sample_images[sample_index]
         spacing = self.voxel_spacing(index)
         sample: dict[str, Any] = {"id": self.ids[index]}
         if self.split == "train":

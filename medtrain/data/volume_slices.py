@@ -267,7 +267,7 @@ class VolumeSlices(SegmentationDataset):
 
     def __getitem__(self, sample_index: int) -> dict[str, Any]:
         sample = super().__getitem__(sample_index)
-        case, k = self.index[sample_index % len(self.index)]
+        case, k = self.index[self.sample_images[sample_index]]
         geometry = self.geometry[case]
         sample |= {
             "volume": case,

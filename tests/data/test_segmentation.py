@@ -13,7 +13,7 @@ from medtrain.data.loading import collate
 from medtrain.data.masks import read_mask_file
 from medtrain.data.readers import file_spacing
 from medtrain.data.seg_folder import SegFolder
-from medtrain.data.segmentation import random_patch
+from medtrain.data.segmentation import patch_shares, random_patch
 from medtrain.data.synthetic_segmentation import SyntheticShapes
 from medtrain.data.transforms import SeededAugment
 from medtrain.engine.build import build, build_datasets
@@ -488,3 +488,59 @@ def test_instance_label_settings_are_checked(tmp_path, overrides, error, message
     kwargs = dict(path=str(root), split_file=str(root / "split.json"), masks_folder="labels")
     with pytest.raises(error, match=message):
         SegFolder(split="train", **({"instance_labels": True} | kwargs | overrides))
+
+
+def test_patch_shares_follow_the_image_sizes_to_the_power_asked():
+    # power 0: every image alike (as before the option existed)
+    assert patch_shares([1, 1, 16, 4], 4, 0.0) == [4, 4, 4, 4]
+    # power 1, by hand: one patch each, the 12 left shared as 12 * (1, 1, 16, 4) / 22 =
+    # (0.55, 0.55, 8.73, 2.18) -> floors (0, 0, 8, 2), the 2 left to the largest remainders
+    # (8.73, then the first 0.55)
+    assert patch_shares([1, 1, 16, 4], 4, 1.0) == [2, 1, 10, 3]
+    # power 0.5: weights (1, 1, 4, 2): 12 * w / 8 = (1.5, 1.5, 6, 3) -> (1, 1, 6, 3) + 1 left
+    assert patch_shares([1, 1, 16, 4], 4, 0.5) == [3, 2, 7, 4]
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(100, 10_000, 50).tolist()
+    for power in (0.25, 0.5, 1.0):
+        shares = patch_shares(sizes, 3, power)
+        assert sum(shares) == 150 and min(shares) >= 1
+        # a larger image never gets fewer patches than a smaller one
+        order = np.argsort(sizes, kind="stable")
+        assert all(np.diff(np.asarray(shares)[order]) >= 0)
+
+
+def test_patch_area_power_draws_more_patches_from_larger_images(tmp_path):
+    """`dataset.patch_area_power=1`: a 64x64 image gives about 4 times the patches of a 32x32 one,
+    every sample index is a patch of its image, and the epoch keeps its length."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    for name, size in (("small", 32), ("large", 64), ("val", 32), ("test", 32)):
+        image, mask = disc_pair(size, rng)
+        Image.fromarray(image).save(tmp_path / "images" / f"{name}.png")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
+    splits = {"train": ["small", "large"], "val": ["val"], "test": ["test"]}
+
+    def train(power):
+        return SegFolder(
+            str(tmp_path),
+            "train",
+            splits=splits,
+            patch_size=16,
+            patches_per_image=5,
+            patch_area_power=power,
+        )
+
+    flat, shared = train(0.0), train(1.0)
+    assert len(flat) == len(shared) == 10
+    # 10 patches: one each, then 8 * (1, 4) / 5 = (1.6, 6.4) -> (1, 6), the last to 1.6
+    assert [flat.ids[i] for i in flat.sample_images].count("large") == 5
+    assert [shared.ids[i] for i in shared.sample_images] == ["small"] * 3 + ["large"] * 7
+    for k in range(len(shared)):
+        sample = shared[k]
+        assert sample["id"] == ("small" if k < 3 else "large")
+        assert sample["image"].shape[1:] == (16, 16)
+    val = SegFolder(str(tmp_path), "val", splits=splits, patch_area_power=1.0)
+    assert len(val) == 1  # evaluation sees each image once
+    with pytest.raises(ConfigError, match=r"dataset.patch_area_power=2"):
+        train(2)

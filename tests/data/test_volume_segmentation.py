@@ -175,3 +175,16 @@ def test_2d_networks_on_volumes_and_3d_on_images_get_one_line_naming_the_key(tmp
 def test_volumes_asked_of_a_dataset_of_2d_images_are_refused_naming_the_key():
     with pytest.raises(ConfigError, match="dataset.spatial_dims=3: SyntheticClinical reads 2D"):
         build_datasets(compose_cfg(["dataset=synthetic_clinical", "+dataset.spatial_dims=3"]))
+
+
+def test_patch_area_power_shares_patches_by_volume_size():
+    """A volume of twice the voxels of the other gives twice the patches at power 1 (6 patches:
+    one each, the 4 left shared 1 : 2 = (1.33, 2.67) -> 2 and 4), each cut from its volume."""
+    volumes = SyntheticVolumes(
+        "train", num_train=2, patch_size=16, patches_per_image=3, patch_area_power=1.0
+    )
+    volumes.images[1] = np.concatenate([volumes.images[1]] * 2, axis=0)  # 64 x 32 x 32
+    volumes.masks[1] = np.concatenate([volumes.masks[1]] * 2, axis=0)
+    assert [volumes.model_shape(i) for i in (0, 1)] == [(32, 32, 32), (64, 32, 32)]
+    assert volumes.sample_images == [0, 0, 1, 1, 1, 1] and len(volumes) == 6
+    assert [volumes[k]["id"] for k in (1, 2)] == ["train_0000", "train_0001"]
