@@ -93,11 +93,28 @@ def is_default(config: dict, key: str, value: Any) -> bool:
         return False
     from medtrain.engine.build import locate
 
-    try:
-        parameter = inspect.signature(locate(str(target))).parameters.get(name)
-    except (TypeError, ValueError):
-        return False
+    parameter = target_parameter(locate(str(target)), name)
     return parameter is not None and parameter.default == value
+
+
+def target_parameter(target: Any, name: str) -> inspect.Parameter | None:
+    """The parameter `name` of a `_target_`: of its signature, or, for a class that passes
+    `**kwargs` on to its bases (`SegFolder` to `SegmentationDataset`), of the first base that
+    names it."""
+    for function in (
+        [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
+        if inspect.isclass(target)
+        else [target]
+    ):
+        try:
+            parameters = inspect.signature(function).parameters
+        except (TypeError, ValueError):
+            return None
+        if name in parameters:
+            return parameters[name]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return None
+    return None
 
 
 def check_resumed_config(saved: dict, current: dict, scheduler, before_data: bool = False) -> None:

@@ -513,3 +513,15 @@ def test_statistics_of_the_training_split_are_compared_once_the_data_are_read():
     check_resumed_config(old, config([0.41], ("tta", "hflip")) | {"cv": {"fold": None}}, None)
     with pytest.raises(ConfigError, match="task.tta"):
         check_resumed_config(old, config([0.41], ("tta", None)), None)
+
+
+def test_a_key_a_base_class_takes_through_kwargs_is_compared_with_its_default():
+    """`dataset.patch_area_power` is a parameter of `SegmentationDataset`, which `SegFolder`
+    takes through `**kwargs`: a checkpoint without it meant the default, 0."""
+    from medtrain.engine.resume import is_default
+
+    config = {"dataset": {"_target_": "medtrain.data.seg_folder.SegFolder"}}
+    assert is_default(config, "dataset.patch_area_power", 0.0)
+    assert not is_default(config, "dataset.patch_area_power", 0.5)
+    assert is_default(config, "dataset.val_size", 0.15)  # SegFolder's own parameter
+    assert not is_default(config, "dataset.no_such_key", None)

@@ -100,6 +100,11 @@ def test_dsb2018_instances_reads_the_stage1_split_and_labels():
     path = SHARED_DATA / "dsb2018_stage1"
     datasets = build_datasets(compose_cfg(["experiment=dsb2018_instances", f"dataset.path={path}"]))
     assert {s: len(d.ids) for s, d in datasets.items()} == {"train": 537, "val": 60, "test": 67}
+    # dataset.patch_area_power=0.5: 2,148 patches, the 13 grey 1024 x 1024 images give 130 (10 each)
+    train = datasets["train"]
+    assert len(train) == 537 * 4
+    large = [i for i in range(537) if train.model_shape(i) == (1024, 1024)]
+    assert len(large) == 13 and sum(train.sample_images.count(i) for i in large) == 130
     nuclei = set(p.stem for p in (SHARED_DATA / "dsb2018_nuclei" / "images").glob("*.png"))
     assert set(datasets["test"].ids) == nuclei  # the 67 images of dsb2018_nuclei
     sample = datasets["val"][0]
