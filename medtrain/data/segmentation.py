@@ -39,12 +39,11 @@ def pair(value: int | Sequence[int] | None, key: str) -> tuple[int, int] | None:
 
 
 def patch_shares(sizes: Sequence[float], patches_per_image: int, power: float) -> list[int]:
-    """How many of an epoch's `patches_per_image * len(sizes)` training patches each image gives,
-    in proportion to its size (pixels or voxels) to the power `power`: 0 gives every image
-    `patches_per_image`; 1 gives every pixel the same chance to be in a patch, so a large image
-    is not seen as often as a small one. Every image gives at least one patch; the shares are
-    rounded by largest remainder, so the total stays `patches_per_image * len(sizes)` (or the
-    number of images, if larger)."""
+    """How many of an epoch's `patches_per_image * len(sizes)` training patches each image gives:
+    one each, and the rest in proportion to the image's size (pixels or voxels) to the power
+    `power` (0: every image `patches_per_image`; 1: the rest in proportion to the pixels, so a
+    large image is not seen as rarely as a small one). Rounded by largest remainder, so the total
+    stays `patches_per_image * len(sizes)`."""
     total = patches_per_image * len(sizes)
     if power == 0 or not sizes:
         return [patches_per_image] * len(sizes)
@@ -141,6 +140,12 @@ def check_mask_options(
             f"dataset.patch_area_power={patch_area_power!r} must be a number in [0, 1] (0: the "
             "same patches from every image, 1: in proportion to its size)"
         )
+    if patch_area_power and patches_per_image == 1:
+        raise ConfigError(
+            f"dataset.patch_area_power={patch_area_power} shares patches_per_image x images "
+            "patches, at least one per image: with dataset.patches_per_image=1 there are none "
+            "to share; raise patches_per_image (e.g. 4) or set patch_area_power=0"
+        )
     if class_names is not None:
         return list(class_names)
     return ["background", *(f"class_{k}" for k in range(1, num_classes))]
@@ -158,7 +163,7 @@ class SeededSamples:
     repeats: int
     patch_area_power: float
     # (images, the image of each sample index), made on first use; `fresh_state` resets it
-    _sample_images: tuple[int, list[int]] | None
+    _sample_images: tuple[int, list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.sample_images)
@@ -170,13 +175,19 @@ class SeededSamples:
     @property
     def sample_images(self) -> list[int]:
         """The image of each sample index: `repeats` samples per image, or with
-        `patch_area_power` training patches shared by image size (read once, on first use)."""
+        `patch_area_power` training patches shared by image size (read once, on first use).
+
+        When every image gives the same number, sample k is image k mod N, round after round,
+        as in earlier releases (the index seeds the patch and the augmentation, so a rerun of
+        an earlier run draws the same ones); otherwise the samples of an image follow each
+        other."""
         if self._sample_images is None or self._sample_images[0] != len(self.ids):
-            shares = [self.repeats] * len(self.ids)
+            images = list(range(len(self.ids))) * self.repeats
             if self.split == "train" and self.patch_area_power:
                 sizes = [math.prod(self.model_shape(i)) for i in range(len(self.ids))]
                 shares = patch_shares(sizes, self.repeats, self.patch_area_power)
-            images = [i for i, n in enumerate(shares) for _ in range(n)]
+                if len(set(shares)) > 1:
+                    images = [i for i, n in enumerate(shares) for _ in range(n)]
             self._sample_images = (len(self.ids), images)
         return self._sample_images[1]
 
@@ -243,8 +254,8 @@ class SegmentationDataset(SeededSamples, Dataset):
         patches_per_image: training samples drawn from each image per epoch (different patches
             and augmentations), so that an epoch of a few large images is not a few steps.
         patch_area_power: share the epoch's `patches_per_image * images` patches among the
-            images in proportion to their size (in the model's pixels) to this power: 0 (every
-            image alike) to 1 (every pixel alike), `patch_shares`.
+            images by their size (in the model's pixels) to this power: 0 (every image alike)
+            to 1 (one each, the rest in proportion to the pixels), `patch_shares`.
         spacing: pixel spacing [row_mm, col_mm] used when the files do not state one.
         spatial_dims: 2 or None (the key every dataset config may hold; volumes have their own
             classes).
@@ -367,7 +378,11 @@ class SegmentationDataset(SeededSamples, Dataset):
         return self.ids[index]
 
     def model_shape(self, index: int) -> tuple[int, int]:
-        """The (height, width) image `index` has for the model (training patches are cut from it)."""
+        """The (height, width) image `index` has for the model (training patches are cut from it):
+        `image_size`, else the image's (decoded once, kept in the cache of decoded files), at
+        `target_spacing` when set."""
+        if self.image_size is not None:
+            return self.image_size
         shape = self.cached("image", index, self.read_image).shape[:2]
         return self.model_size(shape, self.spacing_of(index)) or shape
 

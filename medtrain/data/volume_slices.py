@@ -259,6 +259,12 @@ class VolumeSlices(SegmentationDataset):
         case, k = self.index[index]
         return np.take(self._labels(case), k, axis=self.axis).astype(np.int64)
 
+    def model_shape(self, index: int) -> tuple[int, int]:
+        """The slice's (height, width) for the model, from its case's geometry (no volume read)."""
+        case, _ = self.index[index]
+        shape = tuple(n for a, n in enumerate(self.geometry[case]["shape"]) if a != self.axis)
+        return self.model_size(shape, self.spacing_of(index)) or shape
+
     def read_spacing(self, index: int) -> tuple[float, float] | None:
         case, _ = self.index[index]
         spacing = self.geometry[case]["spacing"]

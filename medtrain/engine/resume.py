@@ -100,7 +100,8 @@ def is_default(config: dict, key: str, value: Any) -> bool:
 def target_parameter(target: Any, name: str) -> inspect.Parameter | None:
     """The parameter `name` of a `_target_`: of its signature, or, for a class that passes
     `**kwargs` on to its bases (`SegFolder` to `SegmentationDataset`), of the first base that
-    names it."""
+    names it. (A class that changes a base's default in its body, `kwargs.setdefault`, is not
+    seen: such keys belong in `MEANT_WITHOUT_KEY` when a release adds them.)"""
     for function in (
         [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
         if inspect.isclass(target)

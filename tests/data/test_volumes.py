@@ -400,3 +400,22 @@ def test_dicom_series_slices_too_far_apart_are_refused(tmp_path):
         ds.save_as(path)
     with pytest.raises(DataError, match=r"far: its slice positions and PixelSpacing .*20000.0"):
         read_volume(tmp_path / "far")
+
+
+def test_slices_share_patches_by_their_size_from_the_geometry_alone(tmp_path, monkeypatch):
+    """`dataset.patch_area_power` on slices: their sizes come from the volumes' geometry (no
+    volume is read for them); slices of one size keep the order of earlier releases."""
+    make_cases(tmp_path, count=4)
+    train = VolumeSlices(
+        str(tmp_path),
+        "train",
+        num_classes=3,
+        val_size=1,
+        test_size=1,
+        axis=1,
+        patches_per_image=2,
+        patch_area_power=1.0,
+    )
+    monkeypatch.setattr(train, "_image_volume", lambda case: pytest.fail(f"{case} was read"))
+    assert {train.model_shape(i) for i in range(len(train.ids))} == {(12, 16)}
+    assert train.sample_images == list(range(len(train.ids))) * 2
