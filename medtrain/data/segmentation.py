@@ -162,8 +162,8 @@ class SeededSamples:
     split: str
     repeats: int
     patch_area_power: float
-    # (images, the image of each sample index), made on first use; `fresh_state` resets it
-    _sample_images: tuple[int, list[int]] | None = None
+    # the image of each sample index, made on first use; `fresh_state` resets it
+    _sample_images: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.sample_images)
@@ -181,15 +181,15 @@ class SeededSamples:
         as in earlier releases (the index seeds the patch and the augmentation, so a rerun of
         an earlier run draws the same ones); otherwise the samples of an image follow each
         other."""
-        if self._sample_images is None or self._sample_images[0] != len(self.ids):
+        if self._sample_images is None:
             images = list(range(len(self.ids))) * self.repeats
             if self.split == "train" and self.patch_area_power:
                 sizes = [math.prod(self.model_shape(i)) for i in range(len(self.ids))]
                 shares = patch_shares(sizes, self.repeats, self.patch_area_power)
                 if len(set(shares)) > 1:
                     images = [i for i, n in enumerate(shares) for _ in range(n)]
-            self._sample_images = (len(self.ids), images)
-        return self._sample_images[1]
+            self._sample_images = images
+        return self._sample_images
 
     @property
     def epoch(self) -> int:
