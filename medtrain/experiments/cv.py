@@ -98,12 +98,14 @@ def parse_args(argv: list[str]) -> CrossValidation:
     settings, overrides = dict(DEFAULTS), []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if arg.startswith("-") or not sep:
-            raise ConfigError(f"expected key=value, got {arg!r}")
-        if key.lstrip("+") in SET_PER_FOLD:
+        if arg.startswith("-") or not (sep or arg.startswith("~")):  # ~key deletes, as in Hydra
+            raise ConfigError(f"expected key=value or ~key, got {arg!r}")
+        if key.lstrip("+~") in SET_PER_FOLD:
             raise ConfigError(
                 f"{key} is set by the CV for each fold; name the CV folder with cv.dir=..."
             )
+        if key.startswith("~cv."):
+            raise ConfigError(f"{arg!r}: CV keys cannot be deleted; leave {key[1:]} out instead")
         if key.startswith("cv."):
             name = key.removeprefix("cv.")
             if name not in DEFAULTS:

@@ -190,13 +190,15 @@ def parse_args(argv: list[str]) -> Sweep:
     dirs = config_dirs(list(argv))
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if arg.startswith("-") or not sep:
+        if arg.startswith("-") or not (sep or arg.startswith("~")):  # ~key deletes, as in Hydra
             hint = (
                 " (your config folder: 'hydra.searchpath=[file://FOLDER]')"
                 if arg.startswith("-")
                 else ""
             )
-            raise ConfigError(f"expected key=value, got {arg!r}{hint}")
+            raise ConfigError(f"expected key=value or ~key, got {arg!r}{hint}")
+        if key.startswith("~sweep."):
+            raise ConfigError(f"{arg!r}: sweep keys cannot be deleted; leave {key[1:]} out instead")
         if key.startswith("sweep.params."):
             params.append(parse_spec(key.removeprefix("sweep.params."), value, dirs))
         elif key.startswith("sweep."):
@@ -213,7 +215,7 @@ def parse_args(argv: list[str]) -> Sweep:
             "nothing to search: add sweep.params.<key>=<spec>, e.g. 'sweep.params.optimizer.lr=log(1e-4,1e-1)'"
         )
     swept = {p.key for p in params}
-    fixed = [o for o in overrides if o.partition("=")[0].lstrip("+") in swept]
+    fixed = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
     if fixed:
         raise ConfigError(f"{fixed} fixes a searched key; drop it or its sweep.params entry")
     for name in ("trials", "min_epochs", "startup_trials"):

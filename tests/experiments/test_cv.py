@@ -241,11 +241,17 @@ def test_bad_cv_settings_are_refused():
         (["hydra.run.dir=x"], "hydra.run.dir is set by the CV"),
         (["cv.split=3"], "unknown key 'cv.split'"),
         (["cv.ensemble=maybe"], "cv.ensemble=maybe"),
+        (["~cv.folds"], "'~cv.folds': CV keys cannot be deleted; leave cv.folds out instead"),
+        (["~hydra.run.dir"], "~hydra.run.dir is set by the CV"),
+        (["model"], "expected key=value or ~key, got 'model'"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse_args(argv)
     cv = parse_args(["cv.folds=4", "cv.dir=somewhere", "model=cnn"])
     assert cv.folds == 4 and cv.dir.name == "somewhere" and cv.overrides == ["model=cnn"]
+    # Hydra's deletions pass to the folds, e.g. a key that another model does not take
+    cv = parse_args(["cv.folds=3", "model=resnet", "~model.dropout", "~model.norm=batch"])
+    assert cv.overrides == ["model=resnet", "~model.dropout", "~model.norm=batch"]
 
 
 def test_folds_are_reused_and_other_settings_refused(tmp_path):

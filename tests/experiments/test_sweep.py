@@ -181,6 +181,12 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, one_thread):
         (["sweep.params.optimizer.lr=log(1e-4,1)", "sweep.pruner=asha"], "choose one of"),
         (["sweep.params.optimizer.lr=log(1e-4,1)", "trainer.max_epoch=3"], "trainer.max_epochs"),
         (["sweep.params.optimizer.lrr=log(1e-4,1)"], "optimizer.lrr"),
+        (
+            ["~sweep.trials", "sweep.params.optimizer.lr=log(1e-4,1)"],
+            "sweep keys cannot be deleted",
+        ),
+        (["sweep.params.optimizer.lr=log(1e-4,1)", "~optimizer.lr"], "fixes a searched key"),
+        (["sweep.params.optimizer.lr=log(1e-4,1)", "model"], "expected key=value or ~key"),
     ],
 )
 def test_bad_sweep_arguments_exit_2_before_anything_runs(tmp_path, capsys, argv, message):
@@ -359,3 +365,10 @@ def test_a_study_says_what_it_searches_in_one_attribute():
     old.set_user_attr("params", search["params"])
     old.set_user_attr("monitor", "val/auc")
     assert search_of(old) == search
+
+
+def test_deletions_pass_to_the_trials():
+    from medtrain.experiments.sweep import parse_args
+
+    sweep = parse_args(["sweep.params.optimizer.lr=log(1e-4,1)", "model=resnet", "~model.dropout"])
+    assert sweep.overrides == ["model=resnet", "~model.dropout"]
