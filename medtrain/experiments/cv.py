@@ -104,7 +104,7 @@ def parse_args(argv: list[str]) -> CrossValidation:
             raise ConfigError(
                 f"{key} is set by the CV for each fold; name the CV folder with cv.dir=..."
             )
-        if key.startswith("~cv."):
+        if key.startswith("~") and key.lstrip("~+").split(".")[0] == "cv":
             raise ConfigError(f"{arg!r}: CV keys cannot be deleted; leave {key[1:]} out instead")
         if key.startswith("cv."):
             name = key.removeprefix("cv.")

@@ -197,7 +197,7 @@ def parse_args(argv: list[str]) -> Sweep:
                 else ""
             )
             raise ConfigError(f"expected key=value or ~key, got {arg!r}{hint}")
-        if key.startswith("~sweep."):
+        if key.startswith("~") and key.lstrip("~+").split(".")[0] == "sweep":
             raise ConfigError(f"{arg!r}: sweep keys cannot be deleted; leave {key[1:]} out instead")
         if key.startswith("sweep.params."):
             params.append(parse_spec(key.removeprefix("sweep.params."), value, dirs))

@@ -165,9 +165,14 @@ def _job_config(job_dir: Path):
     return OmegaConf.load(path) if path.exists() else None
 
 
-def _split(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+"), value
+def _split(override: str) -> tuple[str, str | None]:
+    """`key=value` as (key, value); a deletion without a value (`~key`) as (`~key`, None)."""
+    key, sep, value = override.partition("=")
+    return key.lstrip("+"), value if sep else None
+
+
+def _joined(key: str, value: str | None) -> str:
+    return key if value is None else f"{key}={value}"
 
 
 def write_sweep_summary(
@@ -207,14 +212,14 @@ def write_sweep_summary(
     }
     keys = list(dict.fromkeys(k for o in overrides.values() for k in o))
     swept = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
-    common = [f"{k}={overrides[jobs[0].name][k]}" for k in keys if k not in swept and swept]
+    common = [_joined(k, overrides[jobs[0].name][k]) for k in keys if k not in swept and swept]
     rows = []
     for job in jobs:
         trial = trials.get(numbers[job.name])
         row = read_job(job, monitor, trial)
         shown = swept or keys
         row["overrides"] = " ".join(
-            f"{k}={overrides[job.name][k]}" for k in shown if k in overrides[job.name]
+            _joined(k, overrides[job.name][k]) for k in shown if k in overrides[job.name]
         )
         row["params"] = {k: overrides[job.name].get(k) for k in swept}
         rows.append(row)

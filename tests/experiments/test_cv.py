@@ -235,6 +235,9 @@ def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwis
 
 
 def test_bad_cv_settings_are_refused():
+    from medtrain.experiments.cv import fold_command
+    from tests.conftest import compose_cfg
+
     for argv, message in [
         (["cv.folds=1"], "cv.folds=1: must be an integer >= 2"),
         (["cv.fold=2"], "cv.fold is set by the CV"),
@@ -243,6 +246,7 @@ def test_bad_cv_settings_are_refused():
         (["cv.ensemble=maybe"], "cv.ensemble=maybe"),
         (["~cv.folds"], "'~cv.folds': CV keys cannot be deleted; leave cv.folds out instead"),
         (["~hydra.run.dir"], "~hydra.run.dir is set by the CV"),
+        (["~cv"], "'~cv': CV keys cannot be deleted"),
         (["model"], "expected key=value or ~key, got 'model'"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -252,6 +256,10 @@ def test_bad_cv_settings_are_refused():
     # Hydra's deletions pass to the folds, e.g. a key that another model does not take
     cv = parse_args(["cv.folds=3", "model=resnet", "~model.dropout", "~model.norm=batch"])
     assert cv.overrides == ["model=resnet", "~model.dropout", "~model.norm=batch"]
+    command = fold_command(cv, 0, Path("folds.json"))
+    assert command.index("~model.dropout") < command.index("cv.fold=0")
+    cfg = compose_cfg(["experiment=pneumoniamnist", "model=resnet", "~model.hidden"])
+    assert cfg.model.widths == [32, 64, 128, 256] and "hidden" not in cfg.model
 
 
 def test_folds_are_reused_and_other_settings_refused(tmp_path):

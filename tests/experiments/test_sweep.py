@@ -225,7 +225,7 @@ def test_summary_of_a_grid_with_a_failed_job(tmp_path):
     for job, lr in (("0", "0.001"), ("1", "10.0")):
         (tmp_path / job / ".hydra").mkdir(parents=True)
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text(
-            f"- optimizer.lr={lr}\n- seed=1\n"
+            f"- optimizer.lr={lr}\n- seed=1\n- ~model.hidden\n"
         )
         (tmp_path / job / ".hydra" / "config.yaml").write_text(
             "task: {monitor: val/loss, monitor_mode: min}\n"
@@ -243,7 +243,8 @@ def test_summary_of_a_grid_with_a_failed_job(tmp_path):
     ]
     assert rows[0]["val/loss"] == "0.3" and rows[0]["test/mae"] == "1.5"
     assert rows[1]["error"] == "the loss became NaN at epoch 2"
-    assert "Every job: `seed=1`" in (tmp_path / "sweep_summary.md").read_text()
+    # a deletion is shown as typed, not as `~model.hidden=`
+    assert "Every job: `seed=1 ~model.hidden`." in (tmp_path / "sweep_summary.md").read_text()
 
 
 def test_callback_leaves_single_runs_alone_and_never_raises(tmp_path, caplog):
