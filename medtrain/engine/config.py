@@ -304,6 +304,26 @@ def override_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def bare_key(override: str) -> str:
+    """The key an override sets or deletes, without Hydra's `+`, `++` or `~`."""
+    return override.partition("=")[0].lstrip("+~")
+
+
+def passed_override_key(arg: str, own: str, label: str, hint: str = "") -> str:
+    """The bare key of an argument that a verb passes on to training (`medtrain cv`, `sweep`):
+    `key=value` or a Hydra deletion, `~key` / `~key=value`.
+
+    Raises:
+        ConfigError: neither form, or a deletion of the verb's own `own.*` keys.
+    """
+    key = arg.partition("=")[0]
+    if arg.startswith("-") or not ("=" in arg or arg.startswith("~")):
+        raise ConfigError(f"expected key=value or ~key, got {arg!r}{hint}")
+    if key.startswith("~") and bare_key(arg).split(".")[0] == own:
+        raise ConfigError(f"{arg!r}: {label} keys cannot be deleted; leave {key[1:]} out instead")
+    return bare_key(arg)
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """Compose conf/train.yaml with training's overrides, as `medtrain train` would (for tools
     that take training's command line: the sweeper and the data check)."""

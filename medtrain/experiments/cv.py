@@ -48,7 +48,13 @@ from medtrain.data.folds import (
 from medtrain.data.loading import make_loader
 from medtrain.engine.acceleration import autocast
 from medtrain.engine.build import build_datasets, build_model, build_task, plain, task_class
-from medtrain.engine.config import compose_config, override_value, resolve_device
+from medtrain.engine.config import (
+    bare_key,
+    compose_config,
+    override_value,
+    passed_override_key,
+    resolve_device,
+)
 from medtrain.engine.loop import evaluate, threshold_entries, to_device
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
@@ -97,15 +103,11 @@ def parse_args(argv: list[str]) -> CrossValidation:
     """
     settings, overrides = dict(DEFAULTS), []
     for arg in argv:
-        key, sep, value = arg.partition("=")
-        if arg.startswith("-") or not (sep or arg.startswith("~")):  # ~key deletes, as in Hydra
-            raise ConfigError(f"expected key=value or ~key, got {arg!r}")
-        if key.lstrip("+~") in SET_PER_FOLD:
+        key, _, value = arg.partition("=")
+        if passed_override_key(arg, "cv", "CV") in SET_PER_FOLD:
             raise ConfigError(
                 f"{key} is set by the CV for each fold; name the CV folder with cv.dir=..."
             )
-        if key.startswith("~") and key.lstrip("~+").split(".")[0] == "cv":
-            raise ConfigError(f"{arg!r}: CV keys cannot be deleted; leave {key[1:]} out instead")
         if key.startswith("cv."):
             name = key.removeprefix("cv.")
             if name not in DEFAULTS:
@@ -206,7 +208,7 @@ def check_same_overrides(cv: CrossValidation) -> None:
 
     def what_it_learns(overrides: list[str]) -> list[str]:  # in any order; not the device, ...
         runs_only = {f"trainer.{key}" for key in MAY_CHANGE}
-        return sorted(o for o in overrides if o.partition("=")[0].lstrip("+~") not in runs_only)
+        return sorted(o for o in overrides if bare_key(o) not in runs_only)
 
     path = cv.dir / "overrides.json"
     saved = read_json(path) if path.is_file() else None

@@ -32,7 +32,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from medtrain.engine.callbacks import Epoch
-from medtrain.engine.config import CONF, compose_config
+from medtrain.engine.config import CONF, bare_key, compose_config, passed_override_key
 from medtrain.engine.training import train
 from medtrain.errors import ConfigError
 from medtrain.experiments.studies import (
@@ -189,16 +189,9 @@ def parse_args(argv: list[str]) -> Sweep:
     settings, params, overrides = dict(DEFAULTS), [], []
     dirs = config_dirs(list(argv))
     for arg in argv:
-        key, sep, value = arg.partition("=")
-        if arg.startswith("-") or not (sep or arg.startswith("~")):  # ~key deletes, as in Hydra
-            hint = (
-                " (your config folder: 'hydra.searchpath=[file://FOLDER]')"
-                if arg.startswith("-")
-                else ""
-            )
-            raise ConfigError(f"expected key=value or ~key, got {arg!r}{hint}")
-        if key.startswith("~") and key.lstrip("~+").split(".")[0] == "sweep":
-            raise ConfigError(f"{arg!r}: sweep keys cannot be deleted; leave {key[1:]} out instead")
+        key, _, value = arg.partition("=")
+        folder = " (your config folder: 'hydra.searchpath=[file://FOLDER]')"
+        passed_override_key(arg, "sweep", "sweep", folder if arg.startswith("-") else "")
         if key.startswith("sweep.params."):
             params.append(parse_spec(key.removeprefix("sweep.params."), value, dirs))
         elif key.startswith("sweep."):
@@ -215,7 +208,7 @@ def parse_args(argv: list[str]) -> Sweep:
             "nothing to search: add sweep.params.<key>=<spec>, e.g. 'sweep.params.optimizer.lr=log(1e-4,1e-1)'"
         )
     swept = {p.key for p in params}
-    fixed = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
+    fixed = [o for o in overrides if bare_key(o) in swept]
     if fixed:
         raise ConfigError(f"{fixed} fixes a searched key; drop it or its sweep.params entry")
     for name in ("trials", "min_epochs", "startup_trials"):
