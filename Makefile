@@ -7,6 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+# The test suite runs in one process per core (pytest-xdist), each with one torch thread (see
+# tests/conftest.py): on 2 cores that halves its time. `make test TEST_JOBS=0` runs it in one process.
+TEST_JOBS ?= auto
+XDIST     := -n $(TEST_JOBS) --maxprocesses=8 --dist loadfile
+
 .PHONY: install run test test-fast lint format clean
 
 $(BIN)/python:
@@ -22,10 +27,10 @@ run: $(STAMP)  ## train the default experiment (synthetic data, CPU)
 	$(BIN)/python -m medtrain $(ARGS)
 
 test: $(STAMP)  ## the whole test suite
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## skip the slower end-to-end tests
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,28 @@ TINY = [
     "trainer.progress=false",
     "trainer.report=false",  # the plots take most of a tiny run; tests/analysis/ check the report
 ]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core) each worker, and every process a
+    test starts, computes with one thread: N workers of N threads each on N cores would fight over
+    them. An OMP_NUM_THREADS set by the caller is kept."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers_restored():
+    """A command's main() run in-process sets up logging on the stream pytest captures for that test;
+    removed afterwards, so that later tests do not log into a closed stream."""
+    before = list(logging.getLogger().handlers)
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
 
 
 def compose_cfg(overrides: list[str] | None = None):

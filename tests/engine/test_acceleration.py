@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -44,13 +47,22 @@ def test_auto_workers_leave_a_core_per_gpu_process(monkeypatch):
 
 def test_workers_and_channels_last_train_what_the_plain_loop_trains(tmp_path):
     """Loader workers kept across epochs, and channels-last tensors: the same run, the same
-    numbers (the CPU's NHWC convolutions round differently, hence the tolerance)."""
+    numbers (the CPU's NHWC convolutions round differently, hence the tolerance). The epochs'
+    losses are compared, not the test metrics: in a 2-epoch run whose validation AUC ties, a
+    rounding difference can choose the other epoch's checkpoint."""
     plain = train_in_process(tmp_path / "plain", [*TINY, ON_CPU, "trainer.num_workers=0"])
     workers = train_in_process(tmp_path / "workers", [*TINY, ON_CPU, "trainer.num_workers=2"])
     assert workers == plain
-    nhwc = train_in_process(tmp_path / "nhwc", [*TINY, ON_CPU, "trainer.channels_last=true"])
-    assert nhwc["test/auc"] == pytest.approx(plain["test/auc"], abs=0.02)
-    assert nhwc["test/loss"] == pytest.approx(plain["test/loss"], rel=0.02)
+    train_in_process(tmp_path / "nhwc", [*TINY, ON_CPU, "trainer.channels_last=true"])
+    for key in ("train/loss", "val/loss"):
+        assert epoch_values(tmp_path / "nhwc", key) == pytest.approx(
+            epoch_values(tmp_path / "plain", key), rel=0.01
+        )
+
+
+def epoch_values(run_dir: Path, key: str) -> list[float]:
+    with open(run_dir / "history.csv", newline="") as f:
+        return [float(row[key]) for row in csv.DictReader(f)]
 
 
 def test_compiled_training_saves_the_plain_network(tmp_path, monkeypatch):
