@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # The test suite runs in one process per core (pytest-xdist), each with one torch thread (see
 # tests/conftest.py): on 2 cores that halves its time. `make test TEST_JOBS=0` runs it in one process.
 TEST_JOBS ?= auto
-XDIST     := -n $(TEST_JOBS) --maxprocesses=8 --dist loadfile
+XDIST     := -n $(TEST_JOBS) --maxprocesses=4 --dist loadfile
 
 .PHONY: install run test test-fast lint format clean
 
