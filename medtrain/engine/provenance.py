@@ -228,6 +228,8 @@ def determinism() -> dict[str, Any]:
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        # CPU kernels split their sums by thread: another count rounds differently
+        "cpu_threads": torch.get_num_threads(),
     }
 
 

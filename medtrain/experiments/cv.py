@@ -206,8 +206,15 @@ def check_same_overrides(cv: CrossValidation) -> None:
     """
     from medtrain.engine.resume import MAY_CHANGE
 
+    # What may change between an interrupted run and its continuation, less the length of training:
+    # a fold that finished under the first command's length is not trained again under another, so
+    # the folds (and their ensemble) would have learned for different lengths.
+    runs_only = {f"trainer.{key}" for key in MAY_CHANGE} - {
+        "trainer.max_epochs",
+        "trainer.early_stopping_patience",
+    }
+
     def what_it_learns(overrides: list[str]) -> list[str]:  # in any order; not the device, ...
-        runs_only = {f"trainer.{key}" for key in MAY_CHANGE}
         return sorted(o for o in overrides if bare_key(o) not in runs_only)
 
     path = cv.dir / "overrides.json"

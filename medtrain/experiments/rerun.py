@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medtrain.engine.config import override_value
@@ -337,11 +339,22 @@ def rerun(
     command += ["--config-name", "config", *overrides]
     if world > 1:
         lines.append(f"note: the run trained with {world} processes; the rerun too (torchrun)")
+    env = dict(os.environ)
+    threads = ((provenance or {}).get("determinism") or {}).get("cpu_threads")
+    if threads:  # the run's CPU thread count (e.g. one of the cores under `medtrain cv cv.jobs=2`)
+        env["OMP_NUM_THREADS"] = str(threads)
+        if threads != torch.get_num_threads():
+            lines.append(f"note: the run computed with {threads} CPU thread(s); the rerun too")
     print(f"rerunning {run_dir} into {out} ...", flush=True)
     # Relative dataset paths resolve from the current folder, as they did for the original run.
     # One stream, stdout and stderr interleaved: Hydra logs errors to stdout, Python to stderr.
     finished = subprocess.run(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
     )
     if finished.returncode != 0:
         tail = finished.stdout.strip().splitlines()[-20:]

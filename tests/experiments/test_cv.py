@@ -279,6 +279,12 @@ def test_folds_are_reused_and_other_settings_refused(tmp_path):
     check_same_overrides(cv)  # the same command continues
     with pytest.raises(ConfigError, match=r"added now: \['seed=1'\]"):
         check_same_overrides(parse_args([f"cv.dir={tmp_path}", "seed=1"]))
+    # How a fold runs may change (device, progress, workers); how long it learns may not: the
+    # finished folds would not be trained again under the new length.
+    check_same_overrides(parse_args([f"cv.dir={tmp_path}", "trainer.device=cpu"]))
+    for length in ("trainer.max_epochs=5", "trainer.early_stopping_patience=3"):
+        with pytest.raises(ConfigError, match=rf"added now: \['{length}'\]"):
+            check_same_overrides(parse_args([f"cv.dir={tmp_path}", length]))
     other = compose_cfg([*TINY, "dataset.num_train=90"])
     with pytest.raises(ConfigError, match="other cases than the data's train and val splits"):
         draw_folds(cv, other)

@@ -185,6 +185,28 @@ def test_rerun_reproduces_metrics_exactly_on_the_cpu(name, trained, tmp_path, ca
         shutil.rmtree(again)  # keep the module's run folder for other tests tidy
 
 
+def test_a_run_reruns_with_its_own_cpu_thread_count(tmp_path, monkeypatch, capsys):
+    """A run trained with another CPU thread count than the rerun's process would have (each fold of
+    `medtrain cv cv.jobs=2` gets half the cores) reruns with its own: provenance.json records it."""
+    run = tmp_path / "run"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    done = run_cli(*RUNS["classification"], "dataset.image_size=32", f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "provenance.json").read_text())["determinism"]["cpu_threads"] == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([f"run_dir={run}", f"output={tmp_path / 'again'}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "note: the run computed with 2 CPU thread(s); the rerun too" in out
+    again = json.loads((tmp_path / "again" / "provenance.json").read_text())
+    assert again["determinism"]["cpu_threads"] == 2
+    assert read_metrics(tmp_path / "again") == read_metrics(run)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_rerun_of_a_cuda_run_reproduces_within_the_cuda_tolerance(tmp_path):
     """Deterministic kernels, each run in a fresh process (cuBLAS reads its workspace setting when
