@@ -52,6 +52,7 @@ def read_study(sweep_dir: Path, storage: str | None = None):
         ConfigError: `study.json` names an SQL URL whose password it does not keep, and no
             `storage` was given.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Study name was omitted ..."
     sweep_dir = Path(sweep_dir)
     pointer = sweep_dir / STUDY_FILE
     if pointer.is_file():

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from medtrain.errors import DataError
+from medtrain.errors import ConfigError, DataError
 from medtrain.io import atomic_write, read_json, save_csv
 
 HEADLINE = ("auc", "acc", "balanced_acc", "f1", "dice", "iou", "hd95_mm")
@@ -68,7 +68,8 @@ def study_trials(sweep_dir: Path, study=None) -> tuple[dict[int, dict[str, Any]]
     study = study if study is not None else read_study(sweep_dir)
     if study is None:
         return {}, {}
-    base = list((search_of(study) or {}).get("overrides") or [])
+    search = search_of(study) or {}
+    base = list(search.get("overrides") or [])
     trials, scales = {}, {}
     for trial in study.get_trials(deepcopy=False):
         if trial.user_attrs.get(SURPLUS):
@@ -84,6 +85,7 @@ def study_trials(sweep_dir: Path, study=None) -> tuple[dict[int, dict[str, Any]]
             # what the trial folder's overrides.yaml says (a trial killed at once has none)
             "overrides": base + [f"{k}={v}" for k, v in trial.params.items()],
             "value": trial.value if trial.value is not None else last,
+            "monitor": search.get("monitor"),  # what `value` is
             "test_metrics": trial.user_attrs.get("test_metrics", {}),
             "folder": trial.user_attrs.get("folder", ""),
         }
@@ -132,7 +134,8 @@ def read_job(job_dir: Path, monitor: str, trial: dict[str, Any] | None) -> dict[
     if trial is not None and not job_dir.is_dir():
         remote = dict(trial.get("test_metrics") or {})
         row = {"job": job_dir.name, "status": trial["status"], "error": trial["error"]}
-        row[monitor] = _float(trial.get("value"))
+        same = trial.get("monitor") in (None, monitor)  # else the study did not record it
+        row[monitor] = _float(trial.get("value")) if same else None
         row |= {f"test/{k}": remote[k] for k in HEADLINE if k in remote}
         row["train_seconds"] = remote.get("train_seconds")
         row["folder"] = trial.get("folder", "")
@@ -158,6 +161,12 @@ def read_job(job_dir: Path, monitor: str, trial: dict[str, Any] | None) -> dict[
     elif history:  # stopped before the end: the epochs it trained
         row["train_seconds"] = round(sum(_float(r.get("time_s")) or 0.0 for r in history), 2)
     return row
+
+
+def _recorded(job_dir: Path) -> list[str]:
+    """The metrics a job recorded: its metrics.json's keys and history.csv's columns."""
+    history = _history(job_dir)
+    return [*(_read_json(job_dir / "metrics.json") or {}), *(history[0] if history else {})]
 
 
 def _job_config(job_dir: Path):
@@ -199,6 +208,7 @@ def write_sweep_summary(
     numbers = {job.name: int(job.name) if job.name.isdigit() else None for job in jobs}
     configs = [c for c in map(_job_config, jobs) if c is not None]
     tasks = Counter((c.task.monitor, c.task.monitor_mode) for c in configs if "task" in c)
+    asked = monitor is not None
     monitor = monitor or (tasks.most_common(1)[0][0][0] if tasks else "val/loss")
     mode = next(
         (m for (k, m), _ in tasks.most_common() if k == monitor),
@@ -223,6 +233,10 @@ def write_sweep_summary(
         )
         row["params"] = {k: overrides[job.name].get(k) for k in swept}
         rows.append(row)
+    if asked and all(r.get(monitor) is None for r in rows):
+        known = sorted({k for job in jobs for k in _recorded(job) if k.startswith("val/")})
+        if known:  # the jobs recorded metrics, not this one: a misspelt or other task's metric
+            raise ConfigError(f"monitor={monitor}: no job recorded it; they recorded {known}")
     sign = 1 if mode == "min" else -1
     rows.sort(
         key=lambda r: (

@@ -56,7 +56,7 @@ def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread):
+def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread, capsys):
     # A log-uniform lr up to 1 gives trials that collapse to val/auc 0.5 after one epoch: the
     # median pruner stops them once two trials have completed. The seeded sampler makes it repeat.
     argv = [f"sweep.dir={tmp_path}", "sweep.trials=6", "sweep.params.optimizer.lr=log(1e-4,1)"]
@@ -92,6 +92,16 @@ def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread):
     (tmp_path / "sweep_summary.csv").unlink()  # the CLI writes it again for an old sweep
     assert report_main([f"sweep_dir={tmp_path}"]) == 0
     assert read_summary(tmp_path) == rows
+    # Ranked by another metric the jobs recorded; a metric none recorded is refused, naming it,
+    # and the summary is left as it was.
+    assert report_main([f"sweep_dir={tmp_path}", "monitor=val/loss"]) == 0
+    losses = [float(r["val/loss"]) for r in read_summary(tmp_path) if r["status"] == "complete"]
+    assert losses == sorted(losses)
+    before = (tmp_path / "sweep_summary.csv").read_bytes()
+    assert report_main([f"sweep_dir={tmp_path}", "monitor=val/aucc"]) == 2
+    err = capsys.readouterr().err
+    assert "monitor=val/aucc: no job recorded it; they recorded [" in err and "'val/auc'" in err
+    assert (tmp_path / "sweep_summary.csv").read_bytes() == before
 
 
 def _states(db: Path) -> dict[int, str]:
