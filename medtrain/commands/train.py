@@ -48,8 +48,9 @@ class TrainJobs:
 
     started: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
-    # A resumed run folder's .hydra/ files before Hydra rewrote them: put back when the resume
-    # is refused, so that the folder still describes the run it holds.
+    # The run folder's .hydra/ files before Hydra rewrote them: put back when the run is refused
+    # (a resume that does not match, a new run where a run is), so that the folder still
+    # describes the run it holds.
     saved_hydra: dict[Path, bytes] = field(default_factory=dict)
     # Called before a hard exit: removes a rank's scratch folder.
     cleanup: Callable[[], None] = lambda: None
@@ -109,13 +110,12 @@ class TrainJobs:
             atomic_write(path, lambda handle, c=content: handle.write(c), mode="wb")
 
 
-def hydra_files_of_resumed_run(overrides: Sequence[str]) -> dict[Path, bytes]:
-    """The `.hydra/*.yaml` of the folder a `trainer.resume=... hydra.run.dir=DIR` command line
-    continues (empty for any other command line)."""
+def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
+    """The `.hydra/*.yaml` of the folder a `hydra.run.dir=DIR` command line names, before Hydra
+    rewrites them: a refused resume, or a new run refused there, puts them back (empty when the
+    command line names no folder)."""
     values = dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
-    if values.get("trainer.resume", "false").lower() in ("false", "null") or not values.get(
-        "hydra.run.dir"
-    ):
+    if not values.get("hydra.run.dir"):
         return {}
     folder = Path(values["hydra.run.dir"]) / ".hydra"
     return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
@@ -153,7 +153,7 @@ def main(argv: Sequence[str]) -> int:
         from medtrain.engine.distributed import configure_rank_logging
 
         configure_rank_logging(rank)
-    jobs = TrainJobs(saved_hydra={} if rank > 0 else hydra_files_of_resumed_run(args.overrides))
+    jobs = TrainJobs(saved_hydra={} if rank > 0 else hydra_files_of_run_dir(args.overrides))
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
     try:

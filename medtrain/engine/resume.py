@@ -171,6 +171,23 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
         log.info("resuming with changed %s", ", ".join(shown))
 
 
+def check_new_run_folder(run_dir: Path) -> None:
+    """A run that does not resume starts where no run is: training into a finished or interrupted
+    run's folder would replace its checkpoints and metrics, and leave its exports and reports
+    describing weights that are gone.
+
+    Raises:
+        ConfigError: `run_dir` holds a run's metrics.json or checkpoints.
+    """
+    held = ("metrics.json", "checkpoints/best.pt", "checkpoints/last.pt")
+    held = [name for name in held if (Path(run_dir) / name).is_file()]
+    if held:
+        raise ConfigError(
+            f"the run folder {run_dir} (hydra.run.dir) already holds a run ({', '.join(held)}): "
+            "train into a new folder, or continue that run with trainer.resume=true"
+        )
+
+
 def check_before_resuming(cfg, run_dir: Path) -> None:
     """`trainer.resume`'s checks before anything of the run is written (provenance, splits, the
     data report): a checkpoint exists, its config builds only allowed classes and matches this one
@@ -184,6 +201,13 @@ def check_before_resuming(cfg, run_dir: Path) -> None:
     checkpoint = load_checkpoint(path)
     check_targets(checkpoint.get("config") or {}, path, configured_targets(current))
     check_resumed_config(checkpoint["config"], current, None, before_data=True)
+    if (Path(run_dir) / "export").is_dir():
+        log.warning(
+            "%s/export was made from this run's checkpoint before it continued: export it again "
+            "once the run is done (medtrain export run_dir=%s)",
+            run_dir,
+            run_dir,
+        )
 
 
 def _copy_checkpoints(source: Path, ckpt_dir: Path) -> None:

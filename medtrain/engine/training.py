@@ -40,7 +40,7 @@ from medtrain.engine.data_check import check_before_training
 from medtrain.engine.loop import fit, seed_everything, test
 from medtrain.engine.memory import keep_freed_memory, peak_memory
 from medtrain.engine.provenance import write_provenance
-from medtrain.engine.resume import check_before_resuming
+from medtrain.engine.resume import check_before_resuming, check_new_run_folder
 from medtrain.io import save_json
 
 log = logging.getLogger("medtrain")
@@ -75,6 +75,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     run_dir = Path(distributed.decided(str, run_dir))
     if cfg.trainer.resume:  # a refused resume must leave the run folder as it was: check first
         distributed.decided(check_before_resuming, cfg, run_dir)
+    else:
+        distributed.decided(check_new_run_folder, run_dir)
     configure_determinism(cfg.trainer.deterministic)
     # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.
     world = distributed.describe()

@@ -402,6 +402,39 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     assert {name: (run / name).read_bytes() for name in kept} == before
 
 
+def test_a_new_run_in_a_run_folder_is_refused_and_leaves_it_as_it_was(tmp_path, capsys):
+    """Training (not resuming) into a folder that holds a run would replace its checkpoints and
+    metrics and leave its export describing weights that are gone: refused before anything is
+    written."""
+    from medtrain.commands import main
+
+    run = tmp_path / "run"
+    assert main([*TINY, ON_CPU, f"hydra.run.dir={run}"]) == 0
+    kept = [".hydra/config.yaml", ".hydra/overrides.yaml", "provenance.json", "splits.json"]
+    kept += ["data_report.json", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt"]
+    before = {name: (run / name).read_bytes() for name in kept}
+    capsys.readouterr()
+    assert main([*TINY, ON_CPU, "trainer.max_epochs=1", f"hydra.run.dir={run}"]) == 2
+    captured = capsys.readouterr()
+    assert (
+        f"the run folder {run} (hydra.run.dir) already holds a run (metrics.json, "
+        "checkpoints/best.pt, checkpoints/last.pt): train into a new folder, or continue that run "
+        "with trainer.resume=true"
+    ) in captured.out + captured.err
+    assert {name: (run / name).read_bytes() for name in kept} == before
+
+
+def test_a_continued_run_says_its_export_is_out_of_date(tmp_path, caplog):
+    train_in_process(tmp_path, [*TINY, ON_CPU])
+    (tmp_path / "export").mkdir()
+    longer = [*TINY, ON_CPU, "trainer.max_epochs=3", "trainer.resume=true"]
+    with caplog.at_level("WARNING"):
+        assert train_in_process(tmp_path, longer)["epochs_trained"] == 3
+    assert f"{tmp_path}/export was made from this run's checkpoint before it continued" in (
+        caplog.text
+    )
+
+
 def test_the_best_epochs_validation_is_reused_for_the_threshold(tmp_path, monkeypatch):
     """`test` takes the validation made during training of the weights best.pt holds, instead of
     a second pass over the split: one evaluation per epoch plus the test split, and the final val
