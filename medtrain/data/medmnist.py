@@ -28,8 +28,16 @@ def image_dims(images: np.ndarray) -> int | None:
 def load_npz(path: str | Path, split: str) -> dict[str, np.ndarray]:
     """Read one split's images and every split's labels from a MedMNIST file, checking keys and sizes."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"dataset.path={str(path)!r}: a folder; dataset=medmnist reads one .npz file (for "
+            "example dataset.path=../shared/data/medmnist/pneumoniamnist.npz)"
+        )
     if not path.is_file():
         raise DataError(f"dataset.path={str(path)!r}: no such file")
+    with path.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":  # an .npz is a zip archive of .npy arrays
+            raise DataError(f"{path}: not a .npz file (a MedMNIST file is a zip of numpy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
 
 from medtrain.data.base import SPLITS
@@ -45,9 +45,80 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, MedtrainError):
             raise cause from None
+        wrong = wrong_types(get_class_quietly(node.get("_target_")), node, key)
+        if wrong:
+            raise ConfigError("; ".join(wrong)) from err
         raise ConfigError(
             f"{key}: cannot build {node.get('_target_')}: {cause or err}{_unknown_keys_hint(node, key)}"
         ) from err
+
+
+def get_class_quietly(path: Any) -> Any:
+    try:
+        return get_class(str(path))
+    except Exception:
+        return None
+
+
+# What a parameter's annotation (or, without one, its default) says its value must be.
+_KINDS = {"float": "number", "int": "whole number", "bool": "true or false"}
+_ARTICLE = {"true or false": ""}
+_SEQUENCES = ("Sequence[", "list[", "tuple[", "Iterable[", "List[", "Tuple[")
+
+
+def _expected(parameter: inspect.Parameter) -> tuple[str | None, bool]:
+    """(what the value must be: 'number', 'whole number', 'true or false', 'list' or None for
+    anything, whether None is allowed)."""
+    annotation = parameter.annotation
+    if annotation is not inspect.Parameter.empty:
+        if not isinstance(annotation, str):  # not postponed: a class, or a generic's repr
+            annotation = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        text = annotation.replace(" ", "").replace("typing.", "").replace("collections.abc.", "")
+        parts = [t for t in text.split("|") if t != "None"]
+        optional = "None" in text.split("|") or text.startswith("Optional[")
+        if len(parts) == 1:
+            part = parts[0].removeprefix("Optional[").removesuffix("]") if optional else parts[0]
+            if part in _KINDS:
+                return _KINDS[part], optional or parameter.default is None
+            if part.startswith(_SEQUENCES):
+                return "list", optional or parameter.default is None
+        return None, True
+    default = parameter.default
+    if isinstance(default, bool):
+        return _KINDS["bool"], False
+    if isinstance(default, (int, float)):
+        return "number", False
+    return None, True
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if kind == "list":
+        return isinstance(value, (list, tuple, ListConfig))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind == "number" or float(value).is_integer()
+
+
+def wrong_types(target: Any, values: Any, key: str) -> list[str]:
+    """`key.name=value: must be a number` (a whole number, true or false, a list) for each value
+    that the parameter of `target` (a class or function) it goes to cannot take, by the parameter's
+    annotation or default; empty when all fit or `target` has no signature."""
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return []
+    wrong = []
+    for name, value in dict(values).items():
+        parameter = parameters.get(str(name))
+        if parameter is None or str(name).startswith("_"):
+            continue
+        kind, optional = _expected(parameter)
+        if kind is None or (value is None and optional) or _fits(value, kind):
+            continue
+        wrong.append(f"{key}.{name}={value!r}: must be {_ARTICLE.get(kind, 'a ')}{kind}")
+    return wrong
 
 
 def _unknown_keys_hint(node: DictConfig, key: str) -> str:
@@ -106,11 +177,14 @@ def task_class(cfg: DictConfig) -> type:
 
 
 def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a `_partial_` factory (optimizer, scheduler), reporting a bad argument under `key`."""
+    """Call a `_partial_` factory (optimizer, scheduler), reporting a bad argument under `key`
+    (naming the key when its value has the wrong type)."""
     try:
         return factory(*args, **kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{key}: {err}") from err
+        target = getattr(factory, "func", factory)
+        wrong = wrong_types(target, getattr(factory, "keywords", None) or {}, key)
+        raise ConfigError("; ".join(wrong) if wrong else f"{key}: {err}") from err
 
 
 def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:

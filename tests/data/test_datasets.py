@@ -81,8 +81,13 @@ def test_medmnist_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(DataError, match=r"bad.npz: missing keys .*'train_labels'"):
         MedMNIST(str(tmp_path / "bad.npz"), "train")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="junk.npz: not a readable"):
+    with pytest.raises(DataError, match=r"junk.npz: not a .npz file \(a MedMNIST file is a zip"):
         MedMNIST(str(tmp_path / "junk.npz"), "train")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "bad.npz").read_bytes()[:60])  # a cut zip
+    with pytest.raises(DataError, match="cut.npz: not a readable .npz file"):
+        MedMNIST(str(tmp_path / "cut.npz"), "train")
+    with pytest.raises(DataError, match="a folder; dataset=medmnist reads one .npz file"):
+        MedMNIST(str(tmp_path), "train")
     write_npz(tmp_path / "d.npz")
     with pytest.raises(DataError, match="outside the 2 classes"):
         MedMNIST(str(tmp_path / "d.npz"), "train", num_classes=2)

@@ -150,6 +150,49 @@ def test_bad_optimizer_argument_names_the_group(tmp_path):
         train_in_process(tmp_path, [*TINY, "optimizer=sgd", "optimizer.momentum=0"])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset.contrast=abc"], "dataset.contrast='abc': must be a number"),
+        (["model.dropout=abc"], "model.dropout='abc': must be a number"),
+        (["model.widths=abc"], "model.widths='abc': must be a list"),
+        (["optimizer=sgd", "optimizer.momentum=abc"], "optimizer.momentum='abc': must be a number"),
+        (
+            ["scheduler=multistep", "scheduler.milestones=abc"],
+            "scheduler.milestones='abc': must be a list",
+        ),
+        (["model.hidden=1.5"], "model.hidden=1.5: must be a whole number"),
+        (["dataset.image_size=0"], "dataset.image_size=0: use a whole number of 4 or more"),
+        (["dataset.num_val=0"], "dataset.num_val=0: use a whole number of 1 or more"),
+    ],
+)
+def test_a_value_of_the_wrong_type_or_size_is_named_by_its_key(tmp_path, overrides, message):
+    """Instead of what the class said of it deep inside (OpenCV's assertion, numpy's "need at least
+    one array to stack", "'<' not supported between instances of 'str' and 'int'")."""
+    from tests.conftest import TINY, train_in_process
+
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, [*TINY, *overrides])
+    assert str(err.value) == message
+
+
+def test_wrong_types_reads_annotations_and_defaults():
+    from medtrain.engine.build import wrong_types
+
+    def target(a: float, b: int | None = None, c: bool = True, d=0.5, e: list[int] = (), f=None):
+        return None
+
+    values = {"a": "x", "b": None, "c": 1, "d": [1], "e": 3, "f": "anything", "g": "unknown"}
+    assert wrong_types(target, values, "k") == [
+        "k.a='x': must be a number",
+        "k.c=1: must be true or false",
+        "k.d=[1]: must be a number",
+        "k.e=3: must be a list",
+    ]
+    assert wrong_types(target, {"a": 2, "b": 3, "c": False, "d": 1, "e": [1]}, "k") == []
+    assert wrong_types(target, {"b": 2.5}, "k") == ["k.b=2.5: must be a whole number"]
+
+
 def test_seed_path_and_class_count_values_are_checked(tmp_path):
     from medtrain.data.synthetic import SyntheticLesions
 
