@@ -3,6 +3,7 @@ fractions or by explicit lists."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -118,14 +119,20 @@ def check_split_lists(
             raise DataError(f"{where}[{split}] names {unknown[:3]} not found among the {what}")
     left_out = [n for n in known if n not in seen]
     if left_out:
-        log.warning(
-            "%s: %d of %d %s are in no split and not used (e.g. %s)",
-            where,
-            len(left_out),
-            len(known),
-            what,
-            ", ".join(left_out[:3]),
-        )
+        _log_left_out(where, len(left_out), len(known), what, ", ".join(left_out[:3]))
+
+
+@functools.lru_cache(maxsize=64)
+def _log_left_out(where: str, count: int, total: int, what: str, examples: str) -> None:
+    """Once, not for each split that reads the same lists."""
+    log.warning(
+        "%s: %d of %d %s are in no split and not used (e.g. %s)",
+        where,
+        count,
+        total,
+        what,
+        examples,
+    )
 
 
 class SegFolder(SegmentationDataset):

@@ -201,8 +201,10 @@ def test_seg_folder_split_file_errors_name_the_file_and_unused_images_are_logged
         SegFolder(str(root), "train", split_file=str(split_file))
     split_file.write_text('{"train": ["case05"], "val": ["case06"], "test": ["case07"]}')
     with caplog.at_level("WARNING"):
-        SegFolder(str(root), "train", split_file=str(split_file))
+        for split in ("train", "val", "test"):
+            SegFolder(str(root), split, split_file=str(split_file))
     assert "17 of 20 images of images/ are in no split and not used (e.g. case00" in caplog.text
+    assert caplog.text.count("are in no split") == 1  # once, not for each split
 
 
 def test_seg_folder_sample_and_native_size_evaluation(tmp_path):
