@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -48,9 +49,35 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         wrong = wrong_types(get_class_quietly(node.get("_target_")), node, key)
         if wrong:
             raise ConfigError("; ".join(wrong)) from err
+        invalid = _validation_errors(str(err), node)
+        if invalid:  # e.g. albumentations' pydantic checks of a transform's arguments
+            raise ConfigError("; ".join(invalid)) from err
         raise ConfigError(
             f"{key}: cannot build {node.get('_target_')}: {cause or err}{_unknown_keys_hint(node, key)}"
         ) from err
+
+
+_VALIDATION = re.compile(r"\n(\w[\w.]*)\n\s+(.+?) \[type=[^,\]]*, input_value=(.*?), input_type=")
+
+
+def _validation_errors(message: str, node: DictConfig) -> list[str]:
+    """`key=value: what is wrong (Class)` for each pydantic validation error in Hydra's message of a
+    failed instantiation ("Error in call to target 'X': ... full_key: a.b.transforms0"), which
+    otherwise spans several lines and names the key as Hydra spells list items."""
+    found = _VALIDATION.findall(message.replace("\\n", "\n"))
+    full_key = re.search(r"full_key: (\S+)", message)
+    target = re.search(r"target '([\w.]+)'", message)
+    if not found or full_key is None:
+        return []
+    where = full_key.group(1)
+    root = node._get_root()
+    if (
+        OmegaConf.select(root, where) is None
+    ):  # Hydra writes list item k of `transforms` as transformsk
+        fixed = re.sub(r"(?<=[A-Za-z_])(\d+)(?=\.|$)", r".\1", where)
+        where = fixed if OmegaConf.select(root, fixed) is not None else where
+    name = f" ({target.group(1).rsplit('.', 1)[-1]})" if target else ""
+    return [f"{where}.{field}={value}: {what}{name}" for field, what, value in found]
 
 
 def get_class_quietly(path: Any) -> Any:
