@@ -104,7 +104,9 @@ def main() -> None:
             print(
                 f"{name}: AUC {auc:.4f}  acc {acc:.4f} (threshold {threshold:.3f} from OOF)  acc@0.5 {skm.accuracy_score(target, prob >= 0.5):.4f}"
             )
-        print(f"fold ensemble, {auc_resolution(target, prob, args.auc_bar)}")  # the test rows
+        target = np.array([int(r["target"]) for r in test])
+        prob = np.array([float(r["prob_1"]) for r in test])
+        print(f"fold ensemble, {auc_resolution(target, prob, args.auc_bar)}")
     else:
         from medtrain.metrics.regression import fit_cut_points, ordinal_metrics
 

@@ -53,6 +53,7 @@ def _root_log_handlers_restored():
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h not in before]:
         root.removeHandler(handler)
+        handler.close()
 
 
 def compose_cfg(overrides: list[str] | None = None):

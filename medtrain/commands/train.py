@@ -112,12 +112,18 @@ class TrainJobs:
 
 def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
     """The `.hydra/*.yaml` of the folder a `hydra.run.dir=DIR` command line names, before Hydra
-    rewrites them: a refused resume, or a new run refused there, puts them back (empty when the
-    command line names no folder)."""
+    rewrites them, when the command resumes or the folder holds a run: a refused resume, or a new
+    run refused there, puts them back (empty otherwise)."""
+    from medtrain.engine.resume import HELD
+
     values = dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
     if not values.get("hydra.run.dir"):
         return {}
-    folder = Path(values["hydra.run.dir"]) / ".hydra"
+    run_dir = Path(values["hydra.run.dir"])
+    resumes = values.get("trainer.resume", "false").lower() not in ("false", "null")
+    if not resumes and not any((run_dir / name).is_file() for name in HELD):
+        return {}  # no run there to describe: a failure keeps this command's own files
+    folder = run_dir / ".hydra"
     return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
 
 

@@ -51,7 +51,9 @@ class NiftiVolumes(VolumeSegmentationDataset):
     ):
         super().__init__(split, seed=seed, **kwargs)
         pairs, given = VolumeSlices._pairs(Path(path), images, labels)
-        names = VolumeSlices._split(sorted(pairs), val_size, test_size, split_file, given, seed)
+        names = VolumeSlices._split(
+            sorted(pairs), val_size, test_size, split_file, given, seed, split
+        )
         self.pairs = pairs
         self.cases = list(names[split])
         self.ids = list(self.cases)

@@ -3,7 +3,6 @@ fractions or by explicit lists."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -82,11 +81,16 @@ def read_split_file(path: str) -> dict[str, list[str]]:
 
 
 def check_split_lists(
-    splits: Mapping[str, Sequence[str]], known: Sequence[str], where: str, what: str = "images"
+    splits: Mapping[str, Sequence[str]],
+    known: Sequence[str],
+    where: str,
+    what: str = "images",
+    log_left_out: bool = True,
 ) -> None:
     """Explicit split lists (`where` names them in errors: `dataset.splits` or the split file):
     only train, val and test, a non-empty train list, no id in two lists, every id known; ids in
-    no list are left out of the run, which is logged.
+    no list are left out of the run, which is logged (with `log_left_out`: by one of the splits
+    that read the same lists, not by each).
 
     Raises:
         ConfigError: an unknown split name, an empty train list or an id in two lists.
@@ -118,21 +122,15 @@ def check_split_lists(
         if unknown:
             raise DataError(f"{where}[{split}] names {unknown[:3]} not found among the {what}")
     left_out = [n for n in known if n not in seen]
-    if left_out:
-        _log_left_out(where, len(left_out), len(known), what, ", ".join(left_out[:3]))
-
-
-@functools.lru_cache(maxsize=64)
-def _log_left_out(where: str, count: int, total: int, what: str, examples: str) -> None:
-    """Once, not for each split that reads the same lists."""
-    log.warning(
-        "%s: %d of %d %s are in no split and not used (e.g. %s)",
-        where,
-        count,
-        total,
-        what,
-        examples,
-    )
+    if left_out and log_left_out:
+        log.warning(
+            "%s: %d of %d %s are in no split and not used (e.g. %s)",
+            where,
+            len(left_out),
+            len(known),
+            what,
+            ", ".join(left_out[:3]),
+        )
 
 
 class SegFolder(SegmentationDataset):
@@ -228,7 +226,7 @@ class SegFolder(SegmentationDataset):
                     f"dataset.class_values maps {bad[0][0]} to class {bad[0][1]}, outside the "
                     f"{self.num_classes} classes of dataset.num_classes"
                 )
-        names = self._split(sorted(images), val_size, test_size, splits, split_file, seed)
+        names = self._split(sorted(images), val_size, test_size, splits, split_file, seed, split)
         self.ids = names[split]
         self.image_files = [images[n] for n in self.ids]
         self.mask_files = [masks[f"{n}{mask_suffix}"] for n in self.ids]
@@ -244,17 +242,17 @@ class SegFolder(SegmentationDataset):
             self.in_channels = 1 if first.ndim == 2 else first.shape[-1]
 
     @staticmethod
-    def _split(names, val_size, test_size, splits, split_file, seed) -> dict[str, list[str]]:
+    def _split(names, val_size, test_size, splits, split_file, seed, split) -> dict[str, list[str]]:
         if splits is not None and split_file is not None:
             raise ConfigError("dataset.splits and dataset.split_file: give one of them, not both")
         where = "dataset.splits"
         if split_file is not None:
             splits, where = read_split_file(split_file), f"dataset.split_file={split_file!r}"
         if splits is not None:
-            for split in SPLITS:
-                if split not in splits:
-                    raise ConfigError(f"{where} has no {split!r} list (give {list(SPLITS)})")
-            check_split_lists(splits, names, where, "images of images/")
+            for name in SPLITS:
+                if name not in splits:
+                    raise ConfigError(f"{where} has no {name!r} list (give {list(SPLITS)})")
+            check_split_lists(splits, names, where, "images of images/", split == "train")
             return {s: list(splits[s]) for s in SPLITS}
         return seeded_split(names, val_size, test_size, seed)
 

@@ -102,10 +102,10 @@ class SyntheticLesions(ImageDataset):
         kwargs.setdefault("class_names", ["normal", "lesion"])
         if spatial_dims not in (2, 3):
             raise ConfigError(f"dataset.spatial_dims={spatial_dims}: use 2 (images) or 3 (volumes)")
-        if not isinstance(image_size, int) or image_size < 4:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
             raise ConfigError(f"dataset.image_size={image_size!r}: use a whole number of 4 or more")
         for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-            if not isinstance(count, int) or count < 1:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(f"dataset.{name}={count!r}: use a whole number of 1 or more")
         super().__init__(split, spatial_dims=spatial_dims, **kwargs)
         num = {"train": num_train, "val": num_val, "test": num_test}[split]

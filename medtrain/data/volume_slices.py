@@ -97,7 +97,9 @@ class VolumeSlices(SegmentationDataset):
         self.volume_normalize = volume_normalize
         self.cache = VolumeCache(cache, cache_dir)
         pairs, given_splits = self._pairs(Path(path), images, labels)
-        names = self._split(sorted(pairs), val_size, test_size, split_file, given_splits, seed)
+        names = self._split(
+            sorted(pairs), val_size, test_size, split_file, given_splits, seed, split
+        )
         self.cases = names[split]
         self.pairs = pairs  # every case's files: a fold may hold cases of the other splits
         self.skip_empty = skip_empty
@@ -217,14 +219,14 @@ class VolumeSlices(SegmentationDataset):
         return {c: (found_images[c], found_labels[c]) for c in found_images}, None
 
     @staticmethod
-    def _split(cases, val_size, test_size, split_file, given, seed) -> dict[str, list[str]]:
+    def _split(cases, val_size, test_size, split_file, given, seed, split) -> dict[str, list[str]]:
         where = "the manifest's split column"
         if split_file is not None:
             saved = read_split_file(split_file)
             where = f"dataset.split_file={split_file!r}"
             given = {s: sorted({i.split("#")[0] for i in ids}) for s, ids in saved.items()}
         if given is not None:
-            check_split_lists(given, cases, where, "cases")
+            check_split_lists(given, cases, where, "cases", split == "train")
             return {s: sorted(given.get(s, [])) for s in SPLITS}
         return seeded_split(cases, val_size, test_size, seed)
 

@@ -46,9 +46,9 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, MedtrainError):
             raise cause from None
-        wrong = wrong_types(get_class_quietly(node.get("_target_")), node, key)
-        if wrong:
-            raise ConfigError("; ".join(wrong)) from err
+        wrong = wrong_types(locate(str(node.get("_target_"))), node, key)
+        if wrong and isinstance(cause, (TypeError, ValueError)):
+            raise ConfigError(f"{'; '.join(wrong)} ({cause})") from err
         invalid = _validation_errors(str(err), node)
         if invalid:  # e.g. albumentations' pydantic checks of a transform's arguments
             raise ConfigError("; ".join(invalid)) from err
@@ -69,7 +69,7 @@ def _validation_errors(message: str, node: DictConfig) -> list[str]:
     target = re.search(r"target '([\w.]+)'", message)
     if not found or full_key is None:
         return []
-    where = full_key.group(1)
+    where = re.sub(r"\[(\d+)\]", r".\1", full_key.group(1))  # transforms[1] as transforms.1
     root = node._get_root()
     if (
         OmegaConf.select(root, where) is None
@@ -78,13 +78,6 @@ def _validation_errors(message: str, node: DictConfig) -> list[str]:
         where = fixed if OmegaConf.select(root, fixed) is not None else where
     name = f" ({target.group(1).rsplit('.', 1)[-1]})" if target else ""
     return [f"{where}.{field}={value}: {what}{name}" for field, what, value in found]
-
-
-def get_class_quietly(path: Any) -> Any:
-    try:
-        return get_class(str(path))
-    except Exception:
-        return None
 
 
 # What a parameter's annotation (or, without one, its default) says its value must be.
@@ -211,7 +204,7 @@ def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
     except (TypeError, ValueError) as err:
         target = getattr(factory, "func", factory)
         wrong = wrong_types(target, getattr(factory, "keywords", None) or {}, key)
-        raise ConfigError("; ".join(wrong) if wrong else f"{key}: {err}") from err
+        raise ConfigError(f"{'; '.join(wrong)} ({err})" if wrong else f"{key}: {err}") from err
 
 
 def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:

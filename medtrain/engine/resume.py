@@ -171,16 +171,20 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
         log.info("resuming with changed %s", ", ".join(shown))
 
 
+# What makes a folder a run's: its results, or the checkpoint it continues from (a folder with only
+# best.pt, killed between the two saves of its first epoch, may start again).
+HELD = ("metrics.json", "checkpoints/last.pt")
+
+
 def check_new_run_folder(run_dir: Path) -> None:
     """A run that does not resume starts where no run is: training into a finished or interrupted
     run's folder would replace its checkpoints and metrics, and leave its exports and reports
     describing weights that are gone.
 
     Raises:
-        ConfigError: `run_dir` holds a run's metrics.json or checkpoints.
+        ConfigError: `run_dir` holds a run's metrics.json or last.pt.
     """
-    held = ("metrics.json", "checkpoints/best.pt", "checkpoints/last.pt")
-    held = [name for name in held if (Path(run_dir) / name).is_file()]
+    held = [name for name in HELD if (Path(run_dir) / name).is_file()]
     if held:
         raise ConfigError(
             f"the run folder {run_dir} (hydra.run.dir) already holds a run ({', '.join(held)}): "

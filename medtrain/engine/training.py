@@ -40,7 +40,7 @@ from medtrain.engine.data_check import check_before_training
 from medtrain.engine.loop import fit, seed_everything, test
 from medtrain.engine.memory import keep_freed_memory, peak_memory
 from medtrain.engine.provenance import write_provenance
-from medtrain.engine.resume import check_before_resuming, check_new_run_folder
+from medtrain.engine.resume import check_before_resuming, check_new_run_folder, resume_path
 from medtrain.io import save_json
 
 log = logging.getLogger("medtrain")
@@ -62,6 +62,14 @@ def configure_determinism(deterministic: bool) -> None:
         torch._C._set_deterministic_algorithms(False, warn_only=True)
 
 
+def in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (`medtrain -m`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = ()) -> dict:
     """Run one experiment, writing into `run_dir`, and return its final metrics.
 
@@ -75,7 +83,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     run_dir = Path(distributed.decided(str, run_dir))
     if cfg.trainer.resume:  # a refused resume must leave the run folder as it was: check first
         distributed.decided(check_before_resuming, cfg, run_dir)
-    else:
+    checkpoints = (run_dir / "checkpoints").resolve()
+    continues_here = bool(cfg.trainer.resume) and (
+        resume_path(cfg.trainer.resume, checkpoints).resolve().parent == checkpoints
+    )
+    if not continues_here and not in_multirun():  # a grid's jobs: Hydra names their folders
         distributed.decided(check_new_run_folder, run_dir)
     configure_determinism(cfg.trainer.deterministic)
     # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.

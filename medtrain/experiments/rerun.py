@@ -341,7 +341,8 @@ def rerun(
         lines.append(f"note: the run trained with {world} processes; the rerun too (torchrun)")
     env = dict(os.environ)
     threads = ((provenance or {}).get("determinism") or {}).get("cpu_threads")
-    if threads:  # the run's CPU thread count (e.g. one of the cores under `medtrain cv cv.jobs=2`)
+    on_cpu = (device or trained_on).startswith("cpu")  # CUDA kernels do not split by CPU thread
+    if threads and on_cpu:  # the run's CPU thread count (one of the cores under `cv.jobs=2` ...)
         env["OMP_NUM_THREADS"] = str(threads)
         if threads != torch.get_num_threads():
             lines.append(f"note: the run computed with {threads} CPU thread(s); the rerun too")

@@ -418,10 +418,30 @@ def test_a_new_run_in_a_run_folder_is_refused_and_leaves_it_as_it_was(tmp_path, 
     captured = capsys.readouterr()
     assert (
         f"the run folder {run} (hydra.run.dir) already holds a run (metrics.json, "
-        "checkpoints/best.pt, checkpoints/last.pt): train into a new folder, or continue that run "
-        "with trainer.resume=true"
+        "checkpoints/last.pt): train into a new folder, or continue that run with "
+        "trainer.resume=true"
     ) in captured.out + captured.err
     assert {name: (run / name).read_bytes() for name in kept} == before
+    # Nor may another run's checkpoint be continued there (its checkpoints would be copied over).
+    other = tmp_path / "other"
+    assert main([*TINY, ON_CPU, f"hydra.run.dir={other}"]) == 0
+    continued = [*TINY, ON_CPU, f"trainer.resume={other}", f"hydra.run.dir={run}"]
+    assert main(continued) == 2
+    assert "already holds a run" in capsys.readouterr().out
+    assert {name: (run / name).read_bytes() for name in kept} == before
+    # A folder with only best.pt (killed between the first epoch's two saves) may start again.
+    (run / "metrics.json").unlink()
+    (run / "checkpoints" / "last.pt").unlink()
+    assert main([*TINY, ON_CPU, "trainer.max_epochs=1", f"hydra.run.dir={run}"]) == 0
+
+
+def test_a_grid_run_again_into_its_sweep_folder_trains_its_jobs_again(tmp_path):
+    """A multirun's job folders are Hydra's to name: the same grid again replaces them, as before."""
+    from medtrain.commands import main
+
+    grid = ["-m", *TINY, ON_CPU, "trainer.max_epochs=1", "optimizer.lr=1e-3,1e-2"]
+    assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
+    assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
 
 
 def test_a_continued_run_says_its_export_is_out_of_date(tmp_path, caplog):
