@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
+from medtrain.errors import ConfigError
+
 
 def optimizer_steps(batches: int, accumulate: int) -> int:
     """Optimizer steps an epoch of `batches` makes, stepping every `accumulate` batches and at the
@@ -84,6 +86,8 @@ def reduce_on_plateau(
 ) -> ReduceLROnPlateau:
     """Cut the rate by `factor` when the monitored validation metric stalls (stepped after each
     validation: `patience` counts validations, every `trainer.val_every` epochs)."""
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ConfigError(f"scheduler.patience={patience!r}: must be a whole number >= 0")
     return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
 
 
