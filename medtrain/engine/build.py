@@ -71,9 +71,7 @@ def _validation_errors(message: str, node: DictConfig) -> list[str]:
         return []
     where = re.sub(r"\[(\d+)\]", r".\1", full_key.group(1))  # transforms[1] as transforms.1
     root = node._get_root()
-    if (
-        OmegaConf.select(root, where) is None
-    ):  # Hydra writes list item k of `transforms` as transformsk
+    if OmegaConf.select(root, where) is None:  # Hydra writes item k of `transforms` as transformsk
         fixed = re.sub(r"(?<=[A-Za-z_])(\d+)(?=\.|$)", r".\1", where)
         where = fixed if OmegaConf.select(root, fixed) is not None else where
     name = f" ({target.group(1).rsplit('.', 1)[-1]})" if target else ""
@@ -81,14 +79,13 @@ def _validation_errors(message: str, node: DictConfig) -> list[str]:
 
 
 # What a parameter's annotation (or, without one, its default) says its value must be.
-_KINDS = {"float": "number", "int": "whole number", "bool": "true or false"}
-_ARTICLE = {"true or false": ""}
+_KINDS = {"float": "a number", "int": "a whole number", "bool": "true or false"}
 _SEQUENCES = ("Sequence[", "list[", "tuple[", "Iterable[", "List[", "Tuple[")
 
 
 def _expected(parameter: inspect.Parameter) -> tuple[str | None, bool]:
-    """(what the value must be: 'number', 'whole number', 'true or false', 'list' or None for
-    anything, whether None is allowed)."""
+    """(what the value must be: one of `_KINDS`' values, 'a list', or None for anything; whether
+    None is allowed)."""
     annotation = parameter.annotation
     if annotation is not inspect.Parameter.empty:
         if not isinstance(annotation, str):  # not postponed: a class, or a generic's repr
@@ -101,24 +98,24 @@ def _expected(parameter: inspect.Parameter) -> tuple[str | None, bool]:
             if part in _KINDS:
                 return _KINDS[part], optional or parameter.default is None
             if part.startswith(_SEQUENCES):
-                return "list", optional or parameter.default is None
+                return "a list", optional or parameter.default is None
         return None, True
     default = parameter.default
     if isinstance(default, bool):
         return _KINDS["bool"], False
     if isinstance(default, (int, float)):
-        return "number", False
+        return _KINDS["float"], False
     return None, True
 
 
 def _fits(value: Any, kind: str) -> bool:
-    if kind == "true or false":
+    if kind == _KINDS["bool"]:
         return isinstance(value, bool)
-    if kind == "list":
+    if kind == "a list":
         return isinstance(value, (list, tuple, ListConfig))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return kind == "number" or float(value).is_integer()
+    return kind == _KINDS["float"] or float(value).is_integer()
 
 
 def wrong_types(target: Any, values: Any, key: str) -> list[str]:
@@ -137,7 +134,7 @@ def wrong_types(target: Any, values: Any, key: str) -> list[str]:
         kind, optional = _expected(parameter)
         if kind is None or (value is None and optional) or _fits(value, kind):
             continue
-        wrong.append(f"{key}.{name}={value!r}: must be {_ARTICLE.get(kind, 'a ')}{kind}")
+        wrong.append(f"{key}.{name}={value!r}: must be {kind}")
     return wrong
 
 

@@ -60,12 +60,10 @@ def study_trials(sweep_dir: Path, study=None) -> tuple[dict[int, dict[str, Any]]
     machine recorded of it} and {param: 'log' or 'categorical'} for params searched on a log scale
     or by choice. Surplus draws of a shared sweep (never run) are left out. `study`: the study
     itself, when the caller holds it open."""
-    import optuna
 
     from medtrain.experiments.studies import SURPLUS, read_study, search_of
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = study if study is not None else read_study(sweep_dir)
+    study = study if study is not None else read_study(sweep_dir)  # read_study quiets Optuna
     if study is None:
         return {}, {}
     search = search_of(study) or {}
