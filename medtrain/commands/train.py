@@ -120,7 +120,8 @@ def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
     if not values.get("hydra.run.dir"):
         return {}
     run_dir = Path(values["hydra.run.dir"])
-    resumes = values.get("trainer.resume", "false").lower() not in ("false", "null")
+    # `auto` resumes only where a run is (its last.pt), which the test below covers.
+    resumes = values.get("trainer.resume", "false").lower() not in ("false", "null", "auto")
     if not resumes and not any((run_dir / name).is_file() for name in HELD):
         return {}  # no run there to describe: a failure keeps this command's own files
     folder = run_dir / ".hydra"

@@ -27,6 +27,21 @@ def resume_path(resume: bool | str, ckpt_dir: Path) -> Path:
     return path / "checkpoints" / "last.pt" if path.is_dir() else path
 
 
+def resolve_auto(cfg, run_dir: Path) -> None:
+    """`trainer.resume=auto`: continue from the run folder's `checkpoints/last.pt` when it has one,
+    else start a new run there, so that one command serves a job's first start and every restart
+    (a requeued SLURM job, a preempted cloud node). Sets `trainer.resume` to what it means
+    (rank 0 looks: the other ranks need no access to the run folder)."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    found = bool(distributed.decided(last.is_file))
+    cfg.trainer.resume = found
+    if distributed.is_main():
+        log.info(
+            "trainer.resume=auto: %s",
+            f"continuing from {last}" if found else f"no checkpoint in {last.parent}: a new run",
+        )
+
+
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """A nested config dict as {"a.b.c": value}."""
     if not isinstance(node, dict):

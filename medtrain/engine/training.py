@@ -40,7 +40,12 @@ from medtrain.engine.data_check import check_before_training
 from medtrain.engine.loop import fit, seed_everything, test
 from medtrain.engine.memory import keep_freed_memory, peak_memory
 from medtrain.engine.provenance import write_provenance
-from medtrain.engine.resume import check_before_resuming, check_new_run_folder, resume_path
+from medtrain.engine.resume import (
+    check_before_resuming,
+    check_new_run_folder,
+    resolve_auto,
+    resume_path,
+)
 from medtrain.io import save_json
 
 log = logging.getLogger("medtrain")
@@ -81,6 +86,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     device = distributed.setup(cfg, lambda: validate(cfg))
     # Under torchrun, rank 0's folder (every rank's Hydra resolved its own).
     run_dir = Path(distributed.decided(str, run_dir))
+    if cfg.trainer.resume == "auto":  # the run folder's last.pt if it has one, else a new run
+        resolve_auto(cfg, run_dir)
     if cfg.trainer.resume:  # a refused resume must leave the run folder as it was: check first
         distributed.decided(check_before_resuming, cfg, run_dir)
     checkpoints = (run_dir / "checkpoints").resolve()

@@ -149,7 +149,11 @@ def config_changes(run_dir: Path) -> list[str]:
         saved = OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=True)
     except Exception as err:  # bad YAML, or an interpolation that points nowhere
         raise DataError(f"cannot read {yaml_path}: {str(err).splitlines()[0]}") from err
-    new, old = _leaves(saved), _leaves(trained)
+    # How the run started, not what it learned: a checkpoint saved before a resume says false, and
+    # `auto` is recorded as what it found; a rerun trains from scratch anyway (a note says so).
+    new, old = (
+        {k: v for k, v in _leaves(c).items() if k != "trainer.resume"} for c in (saved, trained)
+    )
     nulls = {key for key, value in new.items() if value is None}
     changes = []
     for key, value in new.items():
@@ -327,11 +331,11 @@ def rerun(
     overrides = [f"hydra.run.dir={override_value(str(out))}"]
     if device:
         overrides.append(f"trainer.device={override_value(device)}")
-    if OmegaConf.select(saved, "trainer.resume", default=False):
+    resumed = OmegaConf.select(saved, "trainer.resume", default=False)
+    if resumed:
         overrides.append("trainer.resume=false")  # a rerun trains from scratch into a new folder
-        lines.append(
-            "note: the run was resumed; the rerun trains from scratch (trainer.resume=false)"
-        )
+        how = "said trainer.resume=auto" if resumed == "auto" else "was resumed"
+        lines.append(f"note: the run {how}; the rerun trains from scratch (trainer.resume=false)")
     provenance = read_json(run_dir / "provenance.json")
     world = processes(provenance)
     trained_on = _device(run_dir, provenance) or "cpu"

@@ -192,7 +192,8 @@ def test_distributed_evaluation_equals_one_process_evaluating_best_pt(runs, tmp_
 
 def test_a_killed_rank_stops_the_other_and_the_run_resumes_to_the_same_result(runs, tmp_path):
     """Rank 1 is killed when epoch 3 starts: rank 0 stops with an error at once (not after the
-    timeout), and resuming with two processes ends exactly where the uninterrupted run ended."""
+    timeout), and resuming with two processes ends exactly where the uninterrupted run ended
+    (`trainer.resume=auto`, as a requeued job says it: rank 0 finds last.pt and tells rank 1)."""
     cut = tmp_path / "cut"
     ranks = start_ranks([str(RANKS), "dying", "2", *EXACT, f"hydra.run.dir={cut}"], tmp_path)
     start = time.monotonic()
@@ -204,7 +205,7 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_to_the_same_result(ru
     assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] == 2
 
     resumed = start_ranks(
-        ["-m", "medtrain", *EXACT, f"hydra.run.dir={cut}", "trainer.resume=true"], tmp_path
+        ["-m", "medtrain", *EXACT, f"hydra.run.dir={cut}", "trainer.resume=auto"], tmp_path
     )
     for status, output in finish(resumed):
         assert status == 0, output

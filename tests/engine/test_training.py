@@ -110,6 +110,39 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         train_in_process(tmp_path, [*TINY, "trainer.resume=true"])
 
 
+def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path, monkeypatch):
+    """`trainer.resume=auto`, one command for a job's first start and its restarts: a new run
+    where the folder has no last.pt, the interrupted run continued (equal to an uninterrupted
+    one) where it has; its rerun reproduces it."""
+    from medtrain.commands import main
+    from medtrain.experiments.rerun import rerun
+
+    overrides = [*TINY, "trainer.max_epochs=3", ON_CPU]
+    full = train_in_process(tmp_path / "full", overrides)
+    cut = tmp_path / "cut"
+    command = [*overrides, "trainer.resume=auto", f"hydra.run.dir={cut}"]
+    original = medtrain.engine.loop.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[8] == 2:  # the epoch argument
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", interrupted)
+    assert main(command) == 130  # interrupted
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", original)
+    assert main(command) == 0
+    assert read_metrics(cut) == read_metrics(tmp_path / "full") == json.loads(json.dumps(full))
+    # The checkpoints record what `auto` found; the rerun trains from scratch to the same metrics.
+    result = rerun(cut, tmp_path / "again")
+    assert result["verdict"] == "REPRODUCED", result["lines"]
+    # A folder with results but no last.pt is not continued, nor trained over.
+    (cut / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(ConfigError, match="already holds a run \\(metrics.json\\)"):
+        train_in_process(cut, [*overrides, "trainer.resume=auto"])
+
+
 def test_multiclass_image_folder_run(tmp_path):
     from PIL import Image
 

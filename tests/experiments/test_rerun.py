@@ -187,10 +187,12 @@ def test_rerun_reproduces_metrics_exactly_on_the_cpu(name, trained, tmp_path, ca
 
 def test_a_run_reruns_with_its_own_cpu_thread_count(tmp_path, monkeypatch, capsys):
     """A run trained with another CPU thread count than the rerun's process would have (each fold of
-    `medtrain cv cv.jobs=2` gets half the cores) reruns with its own: provenance.json records it."""
+    `medtrain cv cv.jobs=2` gets half the cores) reruns with its own: provenance.json records it.
+    (Trained with `trainer.resume=auto`, as a requeued job is: the rerun trains from scratch.)"""
     run = tmp_path / "run"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    done = run_cli(*RUNS["classification"], "dataset.image_size=32", f"hydra.run.dir={run}")
+    auto = "trainer.resume=auto"
+    done = run_cli(*RUNS["classification"], "dataset.image_size=32", auto, f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "provenance.json").read_text())["determinism"]["cpu_threads"] == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -202,6 +204,7 @@ def test_a_run_reruns_with_its_own_cpu_thread_count(tmp_path, monkeypatch, capsy
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "note: the run computed with 2 CPU thread(s); the rerun too" in out
+    assert "note: the run said trainer.resume=auto; the rerun trains from scratch" in out
     again = json.loads((tmp_path / "again" / "provenance.json").read_text())
     assert again["determinism"]["cpu_threads"] == 2
     assert read_metrics(tmp_path / "again") == read_metrics(run)
