@@ -1,6 +1,7 @@
 """End-to-end training on synthetic data: every model family, the run-folder contract, predictions
 that recompute to the reported metrics, resume = uninterrupted, rerun = original, a sweep."""
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -67,7 +68,22 @@ def test_run_folder_contract_and_metrics_recompute_from_predictions(tmp_path):
     assert max(float(h["val/auc"]) for h in history) == pytest.approx(best["best_metric"])
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def interrupted_at_epoch(epoch: int):
+    """Training raises KeyboardInterrupt (Ctrl-C) when `epoch` starts, inside the block."""
+    with pytest.MonkeyPatch.context() as patch:
+        original = medtrain.engine.loop.train_one_epoch
+
+        def interrupted(*args, **kwargs):
+            if args[8] == epoch:  # the epoch argument
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        patch.setattr(medtrain.engine.loop, "train_one_epoch", interrupted)
+        yield
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     overrides = [
         *TINY,
         "trainer.max_epochs=3",
@@ -81,18 +97,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert last["ema_steps"] == 3 * 6  # the average saved as "model" followed every optimizer step
     assert not torch.equal(last["model"]["head.3.weight"], last["training_model"]["head.3.weight"])
 
-    original = medtrain.engine.loop.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[8] == 2:  # the epoch argument
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_epoch(2), pytest.raises(KeyboardInterrupt):
         train_in_process(tmp_path / "cut", overrides)
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", original)
     resumed = train_in_process(tmp_path / "cut", [*overrides, "trainer.resume=true"])
     assert resumed == full
 
@@ -110,7 +117,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         train_in_process(tmp_path, [*TINY, "trainer.resume=true"])
 
 
-def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path, monkeypatch):
+def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path):
     """`trainer.resume=auto`, one command for a job's first start and its restarts: a new run
     where the folder has no last.pt, the interrupted run continued (equal to an uninterrupted
     one) where it has; its rerun reproduces it."""
@@ -121,17 +128,9 @@ def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path, monkeypatch):
     full = train_in_process(tmp_path / "full", overrides)
     cut = tmp_path / "cut"
     command = [*overrides, "trainer.resume=auto", f"hydra.run.dir={cut}"]
-    original = medtrain.engine.loop.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[8] == 2:  # the epoch argument
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", interrupted)
-    assert main(command) == 130  # interrupted
+    with interrupted_at_epoch(2):
+        assert main(command) == 130  # interrupted
     assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(medtrain.engine.loop, "train_one_epoch", original)
     assert main(command) == 0
     assert read_metrics(cut) == read_metrics(tmp_path / "full") == json.loads(json.dumps(full))
     # The checkpoints record what `auto` found; the rerun trains from scratch to the same metrics.
