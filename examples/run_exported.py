@@ -201,6 +201,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     manifest = json.loads((args.export / "manifest.json").read_text())
+    if manifest["input"]["layout"] != "NCHW":
+        sys.exit(
+            f"this example runs 2D models; this export takes {manifest['input']['layout']} volumes "
+            "(medtrain predict run_dir=<run> backend=onnx runs them; docs/deployment.md)"
+        )
     run, task, names = load_model(args.export, manifest), manifest["task"], manifest["class_names"]
     label = "labels" if manifest.get("multilabel") else "label"
     # A task of your own (medtrain's task protocol): its first output's values, one per name.

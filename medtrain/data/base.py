@@ -356,3 +356,12 @@ class ImageDataset(Dataset):
         """Move the augmentation stream to `epoch` (called by the loader before each epoch)."""
         if hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
+
+
+class VolumeImages(ImageDataset):
+    """The evaluation preprocessing of an image-level run (classification, regression) whose network
+    reads whole volumes (`dataset.spatial_dims=3`, e.g. `experiment=adrenalmnist3d`): what
+    `medtrain predict`, `serve` and `export` rebuild. It reads no files: `prepare` takes a volume
+    (D x H x W [x C]) as `ImageDataset`'s does."""
+
+    reads_volumes = True

@@ -127,6 +127,17 @@ def checked_image(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
+def checked_volume(array: np.ndarray, name: str) -> np.ndarray:
+    """A volume held in an array file: D x H x W, or D x H x W x 1; anything else is refused."""
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise DataError(f"{name}: shape {array.shape} is not a volume (D x H x W)")
+    if min(array.shape) < 1:
+        raise DataError(f"{name}: the volume has no voxels (shape {array.shape})")
+    return array
+
+
 # -- pixel spacing -------------------------------------------------------------------------------
 def spacing_problem(spacing: Sequence[float]) -> str | None:
     """Why `spacing` (mm per pixel, per axis) is unusable, or None when every value is a finite

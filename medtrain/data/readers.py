@@ -43,6 +43,7 @@ from medtrain.data.decoding import (  # noqa: F401  (re-exported: readers is whe
     check_size,
     checked_image,
     checked_spacing,
+    checked_volume,
     reading,
     spacing_problem,
 )
@@ -133,12 +134,15 @@ def sniff(data: bytes, name: str = "") -> str:
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, modality: bool = False) -> Decoded:
     """Read an image file (see `decode`), naming the file in every error."""
-    path = Path(path)
+    return decode(read_file(path), str(path), max_pixels, modality)
+
+
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes, naming it when it cannot be read."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
-    return decode(data, str(path), max_pixels, modality)
 
 
 def read_image_file(path: str | Path, modality: bool = False) -> np.ndarray:
@@ -148,7 +152,11 @@ def read_image_file(path: str | Path, modality: bool = False) -> np.ndarray:
 
 
 def decode(
-    data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS, modality: bool = False
+    data: bytes,
+    name: str = "upload",
+    max_pixels: int = MAX_PIXELS,
+    modality: bool = False,
+    volume: bool = False,
 ) -> Decoded:
     """Decode one 2D image from bytes.
 
@@ -165,6 +173,8 @@ def decode(
             `check_size` for the values and bytes allowed besides).
         modality: keep DICOM values in modality units (CT: Hounsfield units) instead of mapping
             them to [0, 1] through the file's display window; for `dataset.window`.
+        volume: an NPY/NPZ holds a volume (D x H x W, format "volume", no voxel size), for a run
+            whose network reads volumes; other formats are refused.
 
     Raises:
         DataError: naming `name`; `UnsupportedFormatError` and `ImageTooLargeError` among them.
@@ -172,18 +182,21 @@ def decode(
     if not data:
         raise DataError(f"{name}: the file is empty")
     kind = sniff(data, name)
+    if volume and kind not in ("npy", "npz"):
+        raise UnsupportedFormatError(f"{name}: a {kind.upper()} file; a volume array is NPY or NPZ")
     if kind == "dicom":
         return decode_dicom(data, name, max_pixels, modality)
+    checked = checked_volume if volume else _image_of
     with reading(name, "array" if kind in ("npy", "npz") else "image"):
         spacing = None
         if kind == "npy":
-            array = _decode_npy(data, name, max_pixels)
+            array = checked(_decode_npy(data, name, max_pixels), name)
         elif kind == "npz":
-            array = _decode_npz(data, name, max_pixels)
+            array = checked(_decode_npz(data, name, max_pixels), name)
         else:
             array, spacing = _decode_pil(data, name, kind, max_pixels)
         check_finite(array, name)
-        return Decoded(array, spacing, kind)
+        return Decoded(array, spacing, "volume" if volume else kind)
 
 
 # -- PNG, JPEG, TIFF -----------------------------------------------------------------------------
@@ -247,14 +260,14 @@ def _npy_layout(head: bytes, name: str, max_pixels: int) -> tuple[int, int]:
 
 
 def _decode_npy(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """An NPY array, its header checked before the data are read."""
+    """An NPY array, its header checked before the data are read (its shape: by the caller)."""
     offset, size = _npy_layout(data[:NPY_HEADER_BYTES], name, max_pixels)
     if len(data) - offset < size:
         raise DataError(
             f"{name}: truncated NPY: its header declares {size:,} bytes of data, the file holds "
             f"{len(data) - offset:,}"
         )
-    return _image_of(np.load(io.BytesIO(data), allow_pickle=False), name)
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _decode_npz(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -281,7 +294,7 @@ def _decode_npz(data: bytes, name: str, max_pixels: int) -> np.ndarray:
                 f"{offset + size:,}"
             )
         with archive.open(member) as stream:  # reads exactly the declared bytes
-            return _image_of(np.lib.format.read_array(stream, allow_pickle=False), name)
+            return np.lib.format.read_array(stream, allow_pickle=False)
 
 
 def _npz_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:

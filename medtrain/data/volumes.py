@@ -49,6 +49,11 @@ def read_volume(path: str | Path) -> Volume:
         volume = read_dicom_series(path)
     elif not path.is_file():
         raise DataError(f"{path}: no such file or folder")
+    elif path.suffix.lower() in (".npy", ".npz"):
+        raise DataError(
+            f"{path}: an array file holds no voxel size or orientation; give this volume as "
+            "NIfTI or a DICOM series (its label volume is measured in mL and written in place)"
+        )
     else:
         volume = read_nifti(path) if is_nifti(path) else read_dicom_frames(path)
     if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(volume.array).all():

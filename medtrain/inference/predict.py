@@ -22,6 +22,7 @@ from medtrain.data.volume_slices import case_name
 from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predictor import Predictor
+from medtrain.inference.run import volume_run
 from medtrain.io import save_csv
 from medtrain.values import whole_number
 
@@ -72,16 +73,21 @@ def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]
 def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:
     """The volumes named by `inputs=` for a run on volumes (a 3D network, or a 2D one trained on
     their slices): NIfTI files, DICOM series folders (a folder of .dcm files is one series; a
-    folder of such folders, one each)."""
+    folder of such folders, one each), NPY/NPZ arrays (read by 3D image-level runs; the others
+    refuse them by name)."""
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".csv" or not path.is_dir():
         return list_inputs(spec, image_column)
     entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
     if any(p.suffix.lower() == ".dcm" for p in entries):
         return [(path, path.name)]
-    found = [p for p in entries if is_nifti(p)] + [p for p in entries if p.is_dir()]
+    arrays = [p for p in entries if p.is_file() and p.suffix.lower() in (".npy", ".npz")]
+    found = [p for p in entries if is_nifti(p)] + arrays + [p for p in entries if p.is_dir()]
     if not found:
-        raise ConfigError(f"inputs={spec!r}: no .nii/.nii.gz volumes or DICOM series folders here")
+        raise ConfigError(
+            f"inputs={spec!r}: no .nii/.nii.gz volumes, .npy/.npz arrays or DICOM series "
+            "folders here"
+        )
     return [(p, p.name) for p in found]
 
 
@@ -140,20 +146,25 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.run_dir or not cfg.inputs:
         raise ConfigError("run_dir=<run> and inputs=<file|folder|glob|manifest> are required")
     batch_size = whole_number(cfg.batch_size, "batch_size", 1)
-    spacing = spacing_arg(cfg)
     predictor = Predictor(
         cfg.run_dir,
         device=cfg.device,
         trust=list(cfg.get("trust") or []),
         backend=cfg.get("backend") or "torch",
     )
-    if (
-        predictor.task.labels_volumes
-        and predictor.reads_volumes
-        and _names_volumes(str(cfg.inputs), cfg.image_column)
-    ):
+    if cfg.spacing is not None and predictor.reads_volumes:
+        raise ConfigError(
+            f"spacing={cfg.spacing}: this run reads volumes, whose voxel size comes from each "
+            "file (the NIfTI header, the DICOM series); spacing= is the pixel size of 2D images"
+        )
+    spacing = spacing_arg(cfg)
+    # A 3D network's inputs are volumes, whatever they are named; a 2D one trained on slices of
+    # volumes predicts the volumes `inputs=` names (its refusal of 2D images names them).
+    names_volumes = volume_run(predictor.cfg) or (
+        predictor.reads_volumes and _names_volumes(str(cfg.inputs), cfg.image_column)
+    )
+    if predictor.task.labels_volumes and names_volumes:
         return predict_volumes(cfg, predictor)
-    names_volumes = predictor.reads_volumes and _names_volumes(str(cfg.inputs), cfg.image_column)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
     lister = list_volumes if names_volumes else list_inputs
     inputs = lister(str(cfg.inputs), cfg.image_column)

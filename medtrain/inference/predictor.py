@@ -13,7 +13,14 @@ import torch
 
 from medtrain import __version__
 from medtrain.analysis.volume_results import structure_volumes_ml
-from medtrain.data.readers import MAX_PIXELS, Decoded, decode, read_image
+from medtrain.data.readers import (
+    MAX_PIXELS,
+    Decoded,
+    UnsupportedFormatError,
+    decode,
+    read_file,
+    read_image,
+)
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.data.volumes import (
     Volume,
@@ -127,9 +134,7 @@ class Predictor:
                 "channels": pre.in_channels,
                 "size": None if size is None else list(size),
                 "normalize": pre.normalize.described(),
-                "formats": ["dicom", "npy", "npz"]
-                if pre.reads_modality
-                else ["png", "jpeg", "tiff", "dicom", "npy", "npz"],
+                "formats": self.formats(),
                 "window": None if pre.windows is None else [list(w) for w in pre.windows],
                 "target_spacing": getattr(pre, "target_spacing", None),
                 "volumes": self.volume_info(),
@@ -145,6 +150,16 @@ class Predictor:
             "trained_with": self.run.checkpoint.get("medtrain_version"),
         }
 
+    def formats(self) -> list[str]:
+        """The file formats this run predicts from (`info`)."""
+        if volume_run(self.cfg):  # multi-frame DICOM files, DICOM series folders to predict
+            return ["nifti", "dicom", *(["npy", "npz"] if self.reads_volume_arrays else [])]
+        if self.slices_volumes:
+            return ["nifti", "dicom"]
+        if self.preprocess.reads_modality:
+            return ["dicom", "npy", "npz"]
+        return ["png", "jpeg", "tiff", "dicom", "npy", "npz"]
+
     def volume_info(self) -> dict[str, Any] | None:
         """How the run reads volumes, for `info`: None for runs on 2D images."""
         if self.slices_volumes:
@@ -156,8 +171,10 @@ class Predictor:
         if volume_run(self.cfg):
             return {
                 "spatial_dims": 3,
-                "note": "a 3D network: send a NIfTI volume (.nii or .nii.gz; medtrain predict "
-                "also reads DICOM series folders); max_pixels bounds its voxels",
+                "note": "a 3D network: send a NIfTI volume (.nii or .nii.gz"
+                + (", or an NPY/NPZ array D x H x W" if self.reads_volume_arrays else "")
+                + "; medtrain predict also reads DICOM series folders and multi-frame DICOM "
+                "files); max_pixels bounds its voxels",
             }
         return None
 
@@ -190,19 +207,41 @@ class Predictor:
         }
 
     # -- reading -------------------------------------------------------------------------------
+    @property
+    def reads_volume_arrays(self) -> bool:
+        """Whether NPY/NPZ inputs are volumes (D x H x W): a 3D network of an image-level task,
+        which needs no voxel size (a label volume in mL does: NIfTI or DICOM for those)."""
+        return volume_run(self.cfg) and not self.task.labels_volumes
+
     def read(self, path: str | Path) -> Decoded:
-        if volume_run(self.cfg) and (is_nifti(path) or Path(path).is_dir()):
+        """A file (or DICOM series folder) as the run reads it: a volume for a 3D network (NIfTI,
+        DICOM series or multi-frame DICOM; NPY/NPZ for an image-level task), else a 2D image."""
+        suffix = Path(path).suffix.lower()
+        if self.reads_volume_arrays and suffix in (".npy", ".npz"):
+            return self.decode(read_file(path), str(path))
+        if volume_run(self.cfg) and (is_nifti(path) or Path(path).is_dir() or suffix == ".dcm"):
             volume = read_volume(path)
             return Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
         return read_image(path, self.max_pixels, self.preprocess.reads_modality)
 
     def decode(self, data: bytes, name: str) -> Decoded:
         """An upload's bytes decoded: a NIfTI volume for a 3D run (`max_pixels` bounds its voxels,
-        read from the header before decompressing), else a 2D image."""
+        read from the header before decompressing) or an NPY/NPZ volume for a 3D image-level run,
+        else a 2D image."""
         if volume_run(self.cfg) and is_nifti_bytes(data, name):
             volume = decode_nifti(data, name, self.max_pixels)
             return Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
-        return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
+        if self.reads_volume_arrays and data.startswith((b"\x93NUMPY", b"PK\x03\x04")):
+            return decode(data, name, self.max_pixels, volume=True)
+        try:  # a 3D run refuses a 2D image in `accepts`, naming what it reads
+            return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
+        except UnsupportedFormatError as err:
+            if not volume_run(self.cfg):
+                raise
+            arrays = " or an NPY/NPZ array" if self.reads_volume_arrays else ""
+            raise UnsupportedFormatError(
+                f"{err}; this run's network is 3D: send a NIfTI volume (.nii, .nii.gz){arrays}"
+            ) from err
 
     def accepts(self, image: Decoded, name: str) -> None:
         """Refuse inputs this run cannot read correctly.
@@ -213,8 +252,10 @@ class Predictor:
                 (PNG/JPEG/TIFF hold display values, not Hounsfield units: give DICOM or NPY).
         """
         if volume_run(self.cfg) and image.format != "volume":
+            arrays = ", NPY/NPZ array (D x H x W)" if self.reads_volume_arrays else ""
             raise DataError(
-                f"{name}: this run's network is 3D; give a volume (NIfTI file or DICOM series)"
+                f"{name}: this run's network is 3D; give a volume (NIfTI file, DICOM series or "
+                f"multi-frame DICOM{arrays})"
             )
         if self.slices_volumes and image.format != "volume":
             raise DataError(

@@ -132,7 +132,7 @@ class Task:
     default_monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
     headline: ClassVar[tuple[str, ...]] = ()
     preprocessing_class: ClassVar[type] = ImageDataset
-    # What a run of a 3D network (on volumes) rebuilds instead, when the task has its own class.
+    # What a run of a 3D network (on volumes) rebuilds instead; None: `preprocessing_class`.
     volume_preprocessing_class: ClassVar[type | None] = None
     # Whether a whole volume's prediction is a label volume (`medtrain predict` writes it as NIfTI
     # with volumes in mL); false: a prediction per volume like any image's.

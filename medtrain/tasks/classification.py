@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from medtrain.analysis.statistics import classification_intervals
+from medtrain.data.base import VolumeImages
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv
 from medtrain.metrics import classification as M
@@ -43,6 +44,7 @@ class ClassificationTask(Task):
     """
 
     name = "classification"
+    volume_preprocessing_class = VolumeImages  # runs of 3D networks
     targets = "classes"
     default_monitor = ("val/auc", "max")
     headline = (

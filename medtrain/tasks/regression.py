@@ -15,6 +15,7 @@ from torch import nn
 from medtrain.analysis.agreement import bland_altman
 from medtrain.analysis.plots import save_agreement_plots
 from medtrain.analysis.statistics import regression_intervals
+from medtrain.data.base import VolumeImages
 from medtrain.errors import ConfigError
 from medtrain.io import save_csv
 from medtrain.metrics import regression as M
@@ -61,6 +62,7 @@ class RegressionTask(Task):
     """
 
     name = "regression"
+    volume_preprocessing_class = VolumeImages  # runs of 3D networks
     targets = "values"
     default_monitor = ("val/mae", "min")
     headline = ("acc", "mae", "rmse", "r2", "pearson", "qwk")

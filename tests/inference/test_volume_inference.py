@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from medtrain.data import volumes
 from medtrain.data.decoding import ImageTooLargeError
 from medtrain.data.synthetic_volumes import SyntheticVolumes
-from medtrain.errors import DataError
+from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predict import predict_files
 from medtrain.inference.predictor import Predictor
 from medtrain.inference.serve import ServeLimits, create_app
@@ -88,6 +88,18 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
     with torch.no_grad():
         logits = predictor.task.infer(predictor.model, image[None], volume.shape)
     np.testing.assert_array_equal(labels, predictor.task.predict_masks(logits)[0])
+    # An array file holds no voxel size: refused by name in its row, not skipped; a spacing is not
+    # applied to volumes but refused.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "case.nii.gz").write_bytes(nifti(volume))
+    np.save(tmp_path / "in" / "array.npy", volume)
+    cfg["inputs"] = str(tmp_path / "in")
+    summary = predict_files(OmegaConf.create(cfg))
+    assert [row["file"] for row in summary["failed"]] == ["array.npy"]
+    assert "array.npy: an array file holds no voxel size" in summary["failed"][0]["error"]
+    cfg["spacing"] = [0.5, 0.5]
+    with pytest.raises(ConfigError, match="spacing=\\[0.5, 0.5\\]: this run reads volumes"):
+        predict_files(OmegaConf.create(cfg))
 
 
 def test_serve_answers_volumes_in_ml_and_the_mask_as_nifti(volume_run):

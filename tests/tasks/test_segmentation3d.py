@@ -63,30 +63,97 @@ def test_report_overlays_show_three_orthogonal_slices(seg3d_run):
     assert "overlays" in html and html.count("data:image/png;base64") >= 2  # grid embedded
 
 
-def test_3d_classification_trains_and_predicts_end_to_end(tmp_path):
-    overrides = [
-        "dataset.spatial_dims=3",
-        "dataset.image_size=16",
-        "dataset.num_train=96",
-        "dataset.num_val=32",
-        "dataset.num_test=32",
-        "dataset.contrast=0.5",
-        "model=resnet",
-        "model.widths=[8,16]",
-        "model.blocks=[1,1]",
-        "augmentation=volume",
-        "trainer.max_epochs=3",
-        "trainer.batch_size=16",
-        "trainer.progress=false",
-        "trainer.report=false",
-    ]
-    train_in_process(tmp_path, overrides)
+CLASSIFY3D = [
+    "dataset.spatial_dims=3",
+    "dataset.image_size=16",
+    "dataset.num_train=96",
+    "dataset.num_val=32",
+    "dataset.num_test=32",
+    "dataset.contrast=0.5",
+    "model=resnet",
+    "model.widths=[8,16]",
+    "model.blocks=[1,1]",
+    "augmentation=volume",
+    "trainer.max_epochs=3",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+    "trainer.report=false",
+]
+
+
+def test_3d_classification_trains_end_to_end(tmp_path):
+    train_in_process(tmp_path, CLASSIFY3D)
     metrics = read_metrics(tmp_path)
     assert math.isfinite(metrics["test/auc"]) and metrics["test/auc"] > 0.6
     saved = json.loads((tmp_path / "run_info.json").read_text())
     assert saved["peak_host_mb"] > 100  # the run logs its peak memory
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     assert len(rows) == 32
+
+
+def test_a_3d_classifier_predicts_serves_and_exports_as_it_evaluated(tmp_path):
+    """`medtrain predict` on NPY and NIfTI volumes, `/predict`, and the ONNX export give the run's
+    own test probabilities; a 2D array, a text file and `spacing=` are refused by name."""
+    import io
+
+    from medtrain.commands import main
+    from medtrain.engine.build import build_datasets
+    from medtrain.inference.predictor import Predictor
+    from medtrain.inference.serve import create_app
+    from tests.inference.test_serve import post, start, stop
+
+    run = tmp_path / "run"
+    train_in_process(run, [*CLASSIFY3D, "trainer.max_epochs=1"])
+    test = build_datasets(Predictor(run).cfg)["test"]
+    names = Predictor(run).class_names
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(6):  # half as NPY, half as NIfTI: stored voxel order, as the arrays are
+        volume = test.read_image(i)
+        if i % 2:
+            nib.save(nib.Nifti1Image(volume, np.eye(4)), inputs / f"{test.ids[i]}.nii.gz")
+        else:
+            np.save(inputs / f"{test.ids[i]}.npy", volume)
+    (inputs / "notes.txt").write_text("not a volume")  # not listed
+    expected = {r["id"]: r for r in csv.DictReader((run / "predictions.csv").open())}
+
+    def check(rows):
+        assert len(rows) == 6
+        for row in rows:
+            truth = expected[row["file"].split(".")[0]]
+            for k, name in enumerate(names):
+                assert float(row[f"prob_{name}"]) == pytest.approx(
+                    float(truth[f"prob_{k}"]), abs=1e-5
+                )
+            assert row["error"] == ""
+
+    for backend in ("torch", "onnx"):
+        if backend == "onnx":
+            assert main(["export", f"run_dir={run}"]) == 0
+        out = tmp_path / f"{backend}.csv"
+        command = [f"run_dir={run}", f"inputs={inputs}", f"output={out}", f"backend={backend}"]
+        assert main(["predict", *command]) == 0
+        check(list(csv.DictReader(out.open())))
+    assert main(["predict", f"run_dir={run}", f"inputs={inputs}", "spacing=[1,1,1]"]) == 2
+
+    running = start(create_app(Predictor(run)))
+    try:
+        buffer = io.BytesIO()
+        np.save(buffer, test.read_image(0))
+        status, answer = post(running.port, "/predict", ("file", "v.npy", buffer.getvalue()))
+        assert status == 200, answer
+        truth = expected[test.ids[0]]
+        assert answer["probabilities"][names[0]] == pytest.approx(float(truth["prob_0"]), abs=1e-5)
+        buffer = io.BytesIO()
+        np.save(buffer, test.read_image(0)[0])
+        status, answer = post(running.port, "/predict", ("file", "slice.npy", buffer.getvalue()))
+        assert status == 422 and answer["detail"] == (
+            "slice.npy: shape (16, 16) is not a volume (D x H x W)"
+        )
+        status, answer = post(running.port, "/predict", ("file", "notes.txt", b"hello"))
+        assert status == 415 and "this run's network is 3D: send a NIfTI volume" in answer["detail"]
+    finally:
+        stop(running)
 
 
 def test_instances_and_dihedral_views_are_refused_on_volumes(tmp_path):
