@@ -62,14 +62,15 @@ class TrainJobs:
 
         self.started.append(len(self.started) + 1)
         hydra = HydraConfig.get()
+        auto = cfg.trainer.resume == "auto"  # `train` sets it to what it found
         try:
             try:
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
                     log.warning(
-                        "interrupted; the same command with trainer.resume=true continues from "
-                        "the last finished epoch"
+                        "interrupted; the same command%s continues from the last finished epoch",
+                        "" if auto else " with trainer.resume=true",
                     )
                 sys.exit(130)
             except Exception as err:

@@ -254,7 +254,8 @@ def fit(
             epoch number, which `test` then reuses instead of evaluating the split again.
 
     Returns:
-        The loop state (history, best epoch and metric, ...).
+        The loop state (history, best epoch and metric, ...), and `resumed_seconds`: the time of
+        the epochs a resumed run had trained before (0 for a new run).
     """
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     main = distributed.is_main()
@@ -267,10 +268,12 @@ def fit(
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         ema.decay = decay  # saved in checkpoints: a resumed run is told when it changes
     evaluated = net if ema is None else ema.module
-    state = new_state()
+    state, resumed_seconds = new_state(), 0.0
     if cfg.resume:
         ckpt_dir, config = run_dir / "checkpoints", extra_state["config"]
         state = resume(cfg.resume, ckpt_dir, net, optimizer, scheduler, scaler, ema, config)
+        # The epochs before the interruption: the run's training time is the whole run's.
+        resumed_seconds = sum(float(row.get("time_s") or 0) for row in state["history"])
         distributed.decided(lambda: save_history(run_dir / "history.csv", state["history"]))
         check_last_validated(state, cfg, task.monitor)
     checkpoints = save_checkpoints(
@@ -316,7 +319,7 @@ def fit(
         for callback in every_epoch:
             if hasattr(callback, "close"):
                 callback.close()
-    return state
+    return state | {"resumed_seconds": resumed_seconds}
 
 
 def validates(cfg: DictConfig, epoch: int) -> bool:

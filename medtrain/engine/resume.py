@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 from medtrain.engine import distributed
 from medtrain.engine.acceleration import resolve_precision
@@ -133,6 +134,10 @@ def target_parameter(target: Any, name: str) -> inspect.Parameter | None:
     return None
 
 
+# A refused resume names the values to put back, up to this many keys.
+MAX_KEYS_LISTED = 8
+
+
 def check_resumed_config(saved: dict, current: dict, scheduler, before_data: bool = False) -> None:
     """Refuse to continue a run with a config that differs from its checkpoint's, naming the values
     to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ. `before_data`: the
@@ -169,6 +174,12 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
         allowed.discard("trainer.max_epochs")
     refused = [k for k in changed if k not in allowed]
     if refused:
+        if len(refused) > MAX_KEYS_LISTED:  # another experiment: its values are no help to paste
+            raise ConfigError(
+                f"trainer.resume: the checkpoint was trained with other values of {len(refused)} "
+                f"keys ({', '.join(refused[:MAX_KEYS_LISTED])}, ...): repeat the original "
+                "command's overrides (its run folder's .hydra/overrides.yaml lists them)"
+            )
         restore = " ".join(
             f"{k}={old[k]}"
             if k in old
@@ -201,9 +212,14 @@ def check_new_run_folder(run_dir: Path) -> None:
     """
     held = [name for name in HELD if (Path(run_dir) / name).is_file()]
     if held:
+        how = (
+            "train into a new folder, or continue that run with trainer.resume=true"
+            if "checkpoints/last.pt" in held
+            else "train into a new folder (it has no checkpoints/last.pt to continue from)"
+        )
         raise ConfigError(
             f"the run folder {run_dir} (hydra.run.dir) already holds a run ({', '.join(held)}): "
-            "train into a new folder, or continue that run with trainer.resume=true"
+            f"{how}"
         )
 
 
@@ -220,7 +236,8 @@ def check_before_resuming(cfg, run_dir: Path) -> None:
     checkpoint = load_checkpoint(path)
     check_targets(checkpoint.get("config") or {}, path, configured_targets(current))
     check_resumed_config(checkpoint["config"], current, None, before_data=True)
-    if (Path(run_dir) / "export").is_dir():
+    trains_on = checkpoint.get("epoch", 0) < cfg.trainer.max_epochs  # else it only tests again
+    if trains_on and (Path(run_dir) / "export").is_dir():
         log.warning(
             "%s/export was made from this run's checkpoint before it continued: export it again "
             "once the run is done (medtrain export run_dir=%s)",
@@ -251,6 +268,33 @@ def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None)
             "trainer.ema_horizon and trainer.ema_decay as it did"
         )
     return checkpoint
+
+
+def continue_schedule(scheduler, optimizer) -> None:
+    """Set the rates of a resumed step-wise schedule (cosine, multistep, constant) to what this
+    run's schedule gives at the checkpoint's step. The checkpoint holds the rate its run had
+    reached, and the schedule's shape is not saved: with another `trainer.max_epochs` the schedule
+    is this run's length, so the rate moves (said in a warning); with the same, nothing changes."""
+    if not isinstance(scheduler, LambdaLR):
+        return
+    rates = [
+        base * f(scheduler.last_epoch)
+        for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    reached = [group["lr"] for group in optimizer.param_groups]
+    if any(not math.isclose(a, b, rel_tol=1e-9) for a, b in zip(reached, rates, strict=True)):
+        if distributed.is_main():
+            log.warning(
+                "the learning-rate schedule follows this run's trainer.max_epochs: the rate goes "
+                "from %.3g, where the checkpoint's run had reached, to %.3g at step %d (the "
+                "result equals neither the interrupted run nor a new run of this length)",
+                reached[0],
+                rates[0],
+                scheduler.last_epoch,
+            )
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        scheduler._last_lr = list(rates)
 
 
 def resume(
@@ -299,6 +343,7 @@ def resume(
             f"config ({str(err).splitlines()[0]})"
         ) from err
     scheduler.load_state_dict(checkpoint["scheduler"])
+    continue_schedule(scheduler, optimizer)
     scaler.load_state_dict(checkpoint["scaler"])
     saved_world, world = checkpoint.get("world_size", 1), distributed.world_size()
     if saved_world != world and distributed.is_main():

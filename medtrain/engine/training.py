@@ -187,7 +187,14 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         callbacks,
         kept,
     )
-    train_seconds = time.perf_counter() - start
+    session_seconds = time.perf_counter() - start
+    train_seconds = session_seconds + state["resumed_seconds"]  # a resumed run's: all its epochs
+    if state["resumed_seconds"]:
+        log.info(
+            "trained %.1fs in this session, after %.1fs before it was resumed",
+            session_seconds,
+            state["resumed_seconds"],
+        )
     # The replicas must be in step (DDP averages the same gradient into each): checked, not assumed.
     checksums = distributed.parameter_checksums(model) if processes > 1 else []
     if len(set(checksums)) > 1:

@@ -138,7 +138,8 @@ def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path):
     assert result["verdict"] == "REPRODUCED", result["lines"]
     # A folder with results but no last.pt is not continued, nor trained over.
     (cut / "checkpoints" / "last.pt").unlink()
-    with pytest.raises(ConfigError, match="already holds a run \\(metrics.json\\)"):
+    refused = "already holds a run \\(metrics.json\\): train into a new folder \\(it has no"
+    with pytest.raises(ConfigError, match=refused):
         train_in_process(cut, [*overrides, "trainer.resume=auto"])
 
 
@@ -362,8 +363,16 @@ def test_resume_checks_the_config_against_the_checkpoint(tmp_path):
             tmp_path, [*TINY, "scheduler=onecycle", "trainer.max_epochs=3", "trainer.resume=true"]
         )
     with pytest.raises(
+        ConfigError, match=r"other values of optimizer.lr; .*add: optimizer.lr=0.001"
+    ):
+        train_in_process(
+            tmp_path, [*TINY, "scheduler=onecycle", "optimizer.lr=0.01", "trainer.resume=true"]
+        )
+    # Another model changes many keys, whose values are no help to paste: the overrides are.
+    with pytest.raises(
         ConfigError,
-        match=r"other values of .*model._target_.*optimizer.lr.*add: .*optimizer.lr=0.001",
+        match=r"other values of 9 keys \(model._target_, .*\.\.\.\): repeat the original "
+        r"command's overrides \(its run folder's .hydra/overrides.yaml lists them\)",
     ):
         train_in_process(
             tmp_path,
@@ -476,15 +485,33 @@ def test_a_grid_run_again_into_its_sweep_folder_trains_its_jobs_again(tmp_path):
     assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
 
 
-def test_a_continued_run_says_its_export_is_out_of_date(tmp_path, caplog):
-    train_in_process(tmp_path, [*TINY, ON_CPU])
-    (tmp_path / "export").mkdir()
-    longer = [*TINY, ON_CPU, "trainer.max_epochs=3", "trainer.resume=true"]
+def test_a_run_trained_longer_follows_the_longer_schedule_and_says_so(tmp_path, caplog):
+    """Resuming a finished 2-epoch run with `trainer.max_epochs=3`: the cosine schedule is the
+    3-epoch one from the checkpoint's step on (the rate its third epoch starts with is a new
+    3-epoch run's), with a warning; the export is said to be out of date; the training time
+    counts every epoch. Resuming it again with nothing left to train says nothing of the export."""
+    run = tmp_path / "run"
+    train_in_process(run, [*TINY, ON_CPU])
+    (run / "export").mkdir()
+    longer = [*TINY, ON_CPU, "trainer.max_epochs=3"]
     with caplog.at_level("WARNING"):
-        assert train_in_process(tmp_path, longer)["epochs_trained"] == 3
-    assert f"{tmp_path}/export was made from this run's checkpoint before it continued" in (
-        caplog.text
-    )
+        assert train_in_process(run, [*longer, "trainer.resume=true"])["epochs_trained"] == 3
+    assert f"{run}/export was made from this run's checkpoint before it continued" in caplog.text
+    assert "the learning-rate schedule follows this run's trainer.max_epochs" in caplog.text
+    train_in_process(tmp_path / "new", longer)
+
+    def rows(folder):
+        with open(folder / "history.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    assert rows(run)[2]["train/lr"] == rows(tmp_path / "new")[2]["train/lr"]
+    assert float(rows(run)[2]["train/lr"]) > 10 * 0.001 * 0.01  # not where 2 epochs had ended
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["train_seconds"] >= sum(float(row["time_s"]) for row in rows(run))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_in_process(run, [*longer, "trainer.resume=true"])
+    assert "export was made" not in caplog.text and "learning-rate" not in caplog.text
 
 
 def test_the_best_epochs_validation_is_reused_for_the_threshold(tmp_path, monkeypatch):
