@@ -47,7 +47,7 @@ from medtrain.data.folds import (
 )
 from medtrain.data.loading import make_loader
 from medtrain.engine.acceleration import autocast
-from medtrain.engine.build import build_datasets, build_model, build_task, plain, task_class
+from medtrain.engine.build import build_datasets, build_task, plain, task_class
 from medtrain.engine.config import (
     bare_key,
     compose_config,
@@ -58,8 +58,9 @@ from medtrain.engine.config import (
 from medtrain.engine.loop import evaluate, threshold_entries, to_device
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
+from medtrain.inference.ensemble import average_network, save_average
 from medtrain.inference.run import LoadedRun, load_run
-from medtrain.io import atomic_write, read_json, save_checkpoint, save_csv, save_json
+from medtrain.io import atomic_write, read_json, save_csv, save_json
 
 log = logging.getLogger(__name__)
 
@@ -496,36 +497,6 @@ def plot_folds(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 
 
 # -- the fold ensemble ---------------------------------------------------------------------------
-def member_inputs(runs: list[LoadedRun], normalize: dict[str, Any]) -> dict[str, Any]:
-    """Per member, (scale, shift) per channel from the ensemble's normalized input to the member's:
-    needed when members normalize with their own training folds' statistics
-    (`dataset.normalize.mode=dataset`); empty when every member sees the same input.
-
-    Raises:
-        ConfigError: members whose preprocessing differs otherwise (size, channels, window).
-    """
-    first = dict(runs[0].checkpoint["preprocessing"])
-    for run in runs[1:]:
-        other = dict(run.checkpoint["preprocessing"])
-        differs = [k for k in first if k != "normalize" and first[k] != other.get(k)]
-        if differs:
-            raise ConfigError(
-                f"{run.run_dir}: its preprocessing differs from {runs[0].run_dir} in {differs}; "
-                "the folds of one CV share it"
-            )
-    modes = {r.checkpoint["preprocessing"]["normalize"].get("mode") for r in runs}
-    if modes != {"dataset"}:
-        return {}
-    mean0, std0 = np.asarray(normalize["mean"]), np.asarray(normalize["std"])
-    scales, shifts = [], []
-    for run in runs:
-        own = run.checkpoint["preprocessing"]["normalize"]
-        mean, std = np.asarray(own["mean"]), np.asarray(own["std"])
-        scales.append((std0 / std).tolist())
-        shifts.append(((mean0 - mean) / std).tolist())
-    return {"input_scale": scales, "input_shift": shifts}
-
-
 def fold_ensemble(
     cv: CrossValidation,
     runs: list[LoadedRun],
@@ -543,26 +514,8 @@ def fold_ensemble(
     with open_dict(cfg):
         cfg.cv = {"fold": None, "folds_file": None}
     datasets = build_datasets(cfg)  # the test split as every fold saw it
-    affine = [task.member_affine(run.task) for run in runs]
-    outputs = {}
-    if any(a is not None for a in affine):
-        width = len(task.class_names)
-        filled = [a or ([1.0] * width, [0.0] * width) for a in affine]
-        outputs = {"output_scale": [a[0] for a in filled], "output_shift": [a[1] for a in filled]}
     preprocessing = datasets["test"].preprocessing()
-    with open_dict(cfg):
-        cfg.model = {
-            "_target_": "medtrain.models.ensemble.ModelAverage",
-            "rule": task.average_rule(),
-            # A contact channel (task.instances.method=contacts) is averaged as a probability.
-            **({"sigmoid_channels": task.sigmoid_outputs} if task.sigmoid_outputs else {}),
-            "members": [plain(run.cfg)["model"] for run in runs],
-            **member_inputs(runs, preprocessing["normalize"]),
-            **outputs,
-        }
-    model = build_model(cfg)
-    for member, run in zip(model.members, runs, strict=True):
-        member.load_state_dict(run.model.state_dict())
+    model = average_network(runs, cfg, task, preprocessing["normalize"])
     model.to(device).eval()
     ensemble_task = build_task(cfg)
     ensemble_task.threshold = threshold
@@ -590,23 +543,8 @@ def fold_ensemble(
     metrics |= threshold_entries(threshold, ensemble_task.class_names)
     metrics |= ensemble_task.intervals(out, metrics)
     model.to("cpu")
-    checkpoint = {
-        "config": plain(cfg),
-        "task": ensemble_task.name,
-        "class_names": ensemble_task.class_names,
-        "seed": cfg.seed,
-        "medtrain_version": base.checkpoint.get("medtrain_version"),
-        "preprocessing": preprocessing
-        | {"input_size": base.checkpoint["preprocessing"].get("input_size")},
-        "model": model.state_dict(),
-        "threshold": threshold,
-        "best_epoch": None,
-        "epoch": None,
-    }
-    save_checkpoint(out / "checkpoints" / "best.pt", checkpoint)
-    atomic_write(
-        out / ".hydra" / "config.yaml", lambda handle: handle.write(OmegaConf.to_yaml(cfg))
-    )
+    input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
+    save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
     save_json(out / "metrics.json", metrics)
     save_json(
         out / "ensemble.json",

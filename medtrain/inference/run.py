@@ -17,7 +17,7 @@ from medtrain.data.volume_transforms import seeded_augment
 from medtrain.engine.build import augmentation_seeding, build, build_model, build_task, task_class
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError
-from medtrain.io import file_sha256, load_checkpoint
+from medtrain.io import file_sha256, load_checkpoint, read_json
 
 
 @dataclass
@@ -58,7 +58,20 @@ def load_run(
     """
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{key}: {run_dir} does not exist (or is not a folder)")
     if not path.is_file():
+        ensemble = read_json(run_dir / "ensemble.json") if checkpoint == "best" else None
+        if ensemble and ensemble.get("no_network"):
+            raise ConfigError(
+                f"{key}: {run_dir} is an ensemble whose runs cannot be one network "
+                f"({ensemble['no_network']}): predict with its members"
+            )
+        if ensemble:
+            raise ConfigError(
+                f"{key}: {run_dir} is an ensemble made by an earlier release, without a network: "
+                f"make it again (medtrain ensemble run_dirs=[...]) to predict with it"
+            )
         raise ConfigError(
             f"{key}: {run_dir} has no checkpoints/{checkpoint}.pt (is it a finished run?)"
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from medtrain.errors import ConfigError
@@ -58,6 +59,52 @@ def test_classification_ensemble_averages_member_probabilities(classification_ru
             if key.startswith("test/") and key != "test/loss":
                 assert float(value) == pytest.approx(own[key], abs=1e-9), key
     assert json.loads((out / "metrics.json").read_text())["test/auc"] == metrics["test/auc"]
+    # The folder holds the members as one network: predict gives the ensemble's test predictions.
+    from medtrain.engine.build import build_datasets
+    from medtrain.inference.predict import predict_files
+    from medtrain.inference.predictor import Predictor
+
+    assert json.loads((out / "ensemble.json").read_text())["network"] == "checkpoints/best.pt"
+    test = build_datasets(Predictor(classification_runs[0]).cfg)["test"]
+    (tmp_path / "in").mkdir()
+    for i in range(12):
+        np.save(tmp_path / "in" / f"{test.ids[i]}.npy", test.read_image(i))
+    cfg = {
+        "run_dir": str(out),
+        "inputs": str(tmp_path / "in"),
+        "output": str(tmp_path / "pred.csv"),
+        "masks": None,
+        "image_column": "image",
+        "device": "cpu",
+        "batch_size": 5,
+        "progress": False,
+        "spacing": None,
+        "measurements": None,
+    }
+    assert not predict_files(OmegaConf.create(cfg))["failed"]
+    names = Predictor(out).class_names
+    for got, want in zip(read_rows(tmp_path / "pred.csv"), rows, strict=False):
+        assert got["file"] == f"{want['id']}.npy"
+        assert float(got[f"prob_{names[1]}"]) == pytest.approx(float(want["prob_1"]), abs=1e-6)
+        assert got["label"] == names[int(want["pred"])]  # at the ensemble's threshold
+
+
+def test_an_ensemble_of_runs_that_cannot_be_one_network_says_why(classification_runs, tmp_path):
+    """Members with other test-time views are averaged as evaluated, but are not one network: the
+    folder says so, and predicting with it names the reason."""
+    other = tmp_path / "flipped"
+    train_in_process(other, [*TINY, "dataset.seed=0", "seed=3", "task.tta=hflip"])
+    out = tmp_path / "ensemble"
+    run_ensemble([classification_runs[0], other], out)
+    info = json.loads((out / "ensemble.json").read_text())
+    assert info["network"] is None and "test-time views differ" in info["no_network"]
+    assert not (out / "checkpoints").exists()
+    from medtrain.inference.predictor import Predictor
+
+    with pytest.raises(ConfigError, match="is an ensemble whose runs cannot be one network"):
+        Predictor(out)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Predictor(tmp_path / "nowhere")
 
 
 def test_runs_on_other_data_or_tasks_are_refused(classification_runs, tmp_path):
@@ -73,7 +120,7 @@ def test_runs_on_other_data_or_tasks_are_refused(classification_runs, tmp_path):
         run_ensemble([classification_runs[0], regression], tmp_path / "e2")
     with pytest.raises(ConfigError, match="at least 2 runs"):
         run_ensemble([classification_runs[0]], tmp_path / "e3")
-    with pytest.raises(ConfigError, match="no checkpoints/best.pt"):
+    with pytest.raises(ConfigError, match="e1 does not exist"):
         run_ensemble([classification_runs[0], tmp_path / "e1"], tmp_path / "e4")
     with pytest.raises(ConfigError, match="inside the member run"):
         run_ensemble(classification_runs, classification_runs[1] / "ensemble")

@@ -259,7 +259,7 @@ def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys)
     assert main(["format=onnx"]) == 2
     assert "run_dir=<finished run> is required" in capsys.readouterr().err
     assert main([f"run_dir={tmp_path / 'missing'}"]) == 2
-    assert "has no checkpoints/best.pt" in capsys.readouterr().err
+    assert "missing does not exist" in capsys.readouterr().err
     assert main([]) == 2
 
 
