@@ -63,7 +63,11 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float] | None
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"spacing={spacing!r} must be two numbers (row_mm, col_mm)") from err
-    problem = spacing_problem(values) if len(values) == 2 else f"{len(values)} values given"
+    problem = (
+        spacing_problem(values)
+        if len(values) == 2
+        else f"{len(values)} value{'s' * (len(values) != 1)} given"
+    )
     if problem:
         raise ConfigError(
             f"spacing={list(spacing)!r} must be two positive numbers (row_mm, col_mm): {problem}"

@@ -72,6 +72,10 @@ class TrainJobs:
                         "interrupted; the same command%s continues from the last finished epoch",
                         "" if auto else " with trainer.resume=true",
                     )
+                    if hydra.mode == RunMode.MULTIRUN:  # Hydra ends no job: list this one too
+                        from medtrain.experiments.hydra_callbacks import SweepSummary
+
+                        SweepSummary.write(Path(hydra.sweep.dir), plots=False)
                 sys.exit(130)
             except Exception as err:
                 if distributed.is_distributed() and distributed.is_communication_error(err):

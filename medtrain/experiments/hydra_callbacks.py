@@ -25,19 +25,21 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         # The table after every job: a multirun stopped midway still leaves a summary of what ran.
         if config.hydra.mode == RunMode.MULTIRUN:
-            self._write(config, plots=False)
+            self.write(Path(config.hydra.sweep.dir), plots=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = self._write(config, plots=True)
+        path = self.write(Path(config.hydra.sweep.dir), plots=True)
         if path is not None:
             log.info("sweep summary: %s", path.with_suffix(".md"))
 
     @staticmethod
-    def _write(config: DictConfig, plots: bool) -> Path | None:
+    def write(sweep_dir: Path, plots: bool) -> Path | None:
+        """The summary of the multirun in `sweep_dir`; None when there is none or it failed
+        (logged, never raised)."""
         if launched_rank() > 0:  # under torchrun only rank 0 writes the sweep folder
             return None
         try:
-            return write_sweep_summary(Path(config.hydra.sweep.dir), plots=plots)
+            return write_sweep_summary(sweep_dir, plots=plots)
         except Exception as err:  # a summary must never break the multirun
-            log.warning("no sweep summary for %s: %s", config.hydra.sweep.dir, err)
+            log.warning("no sweep summary for %s: %s", sweep_dir, err)
             return None

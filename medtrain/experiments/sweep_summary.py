@@ -107,6 +107,13 @@ def _last_error(job_dir: Path) -> str:
     return ""
 
 
+def _interrupted(job_dir: Path) -> bool:
+    """Whether the job's last log line says it was interrupted (`medtrain.commands.train`)."""
+    path = job_dir / "train.log"
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return bool(lines) and "interrupted; the same command" in lines[-1]
+
+
 def _history(job_dir: Path) -> list[dict[str, str]]:
     path = job_dir / "history.csv"
     if not path.exists():
@@ -140,10 +147,12 @@ def read_job(job_dir: Path, monitor: str, trial: dict[str, Any] | None) -> dict[
         return row
     if trial is not None:
         status, error = trial["status"], trial["error"]
-    else:  # a Hydra job: finished when it wrote metrics.json
-        status, error = (
-            ("complete", "") if metrics is not None else ("failed", _last_error(job_dir))
-        )
+    elif metrics is not None:  # a Hydra job: finished when it wrote metrics.json
+        status, error = "complete", ""
+    elif _interrupted(job_dir):
+        status, error = "interrupted", "stopped (Ctrl-C, SIGTERM); trainer.resume=auto continues it"
+    else:
+        status, error = "failed", _last_error(job_dir)
     if status == "failed" and not error:
         error = _last_error(job_dir)
     row: dict[str, Any] = {"job": job_dir.name, "status": status, "error": error}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from medtrain.inference.run import LoadedRun, eval_preprocessing, load_run, volu
 from medtrain.io import atomic_write, save_json
 from medtrain.models import input_keys
 from medtrain.tasks.tta import tta_views
+
+log = logging.getLogger(__name__)
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 OPSET = 17
@@ -322,8 +325,15 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
     built = build_model_file(run, wrap(run), fmt, preprocess)
     name = MODEL_FILES[fmt]
     atomic_write(Path(output) / name, lambda handle: handle.write(built.data), mode="wb")
-    for other in set(MODEL_FILES.values()) - {name}:  # one format per folder: no stale model file
-        (Path(output) / other).unlink(missing_ok=True)
+    for other in sorted(set(MODEL_FILES.values()) - {name}):  # one format per folder
+        if (Path(output) / other).is_file():  # the manifest will describe this export only
+            (Path(output) / other).unlink()
+            log.warning(
+                "removed %s/%s, the earlier export in another format (a folder holds one, which "
+                "its manifest describes): export each format to its own output=",
+                output,
+                other,
+            )
     preprocessing = preprocessing_manifest(preprocess)
     slicing = volume_settings(run.cfg)
     if slicing is not None:

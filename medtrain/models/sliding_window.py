@@ -30,7 +30,7 @@ def _window_size(window: int | Sequence[int], spatial_dims: int | None = None) -
     if not axes_ok or not all(isinstance(s, Integral) and not isinstance(s, bool) for s in size):
         raise ConfigError(
             "task.inference.window must be an int or one int per axis ((h, w), or (d, h, w) for "
-            f"volumes), got {window!r}"
+            f"volumes), got {window!r} (by default it is dataset.patch_size: check that too)"
         )
     if min(size) <= 0:
         raise ConfigError(f"task.inference.window must be positive, got {window!r}")

@@ -485,6 +485,20 @@ def test_a_grid_run_again_into_its_sweep_folder_trains_its_jobs_again(tmp_path):
     assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
 
 
+def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
+    """Ctrl-C in a grid's job ends the multirun without Hydra's end of the job: the summary is
+    written then, with the job as interrupted (not missing, not failed)."""
+    from medtrain.commands import main
+
+    grid = ["-m", *TINY, ON_CPU, "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={tmp_path}"]
+    with interrupted_at_epoch(1):
+        assert main(grid) == 130
+    rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]
+    assert "trainer.resume=auto continues it" in rows[0]["error"]
+    assert "1 jobs: 1 interrupted" in (tmp_path / "sweep_summary.md").read_text()
+
+
 def test_a_run_trained_longer_follows_the_longer_schedule_and_says_so(tmp_path, caplog):
     """Resuming a finished 2-epoch run with `trainer.max_epochs=3`: the cosine schedule is the
     3-epoch one from the checkpoint's step on (the rate its third epoch starts with is a new

@@ -246,13 +246,18 @@ def test_tta_is_inside_the_export(finished_runs, tmp_path, tta):
         np.testing.assert_allclose(have, want, atol=1e-4)
 
 
-def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys):
+def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys, caplog):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_runs["classification"], run_dir)
     assert main([f"run_dir={run_dir}"]) == 0
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and (run_dir / "export" / "model.onnx").is_file()
     assert not list((run_dir / "export").glob(".*"))  # no temporary files left behind
+    # Another format into the same folder replaces the export, and says what it removed.
+    with caplog.at_level("WARNING"):
+        assert main([f"run_dir={run_dir}", "format=torchscript"]) == 0
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["manifest.json", "model.pt"]
+    assert f"removed {run_dir / 'export'}/model.onnx, the earlier export" in caplog.text
 
     assert main([f"run_dir={run_dir}", "format=tflite"]) == 2
     assert "format='tflite'" in capsys.readouterr().err
