@@ -153,6 +153,9 @@ def nifti_volume(image, source: str) -> Volume:
         array = array[..., 0]
     if array.ndim != 3:
         raise DataError(f"{path}: NIfTI of shape {array.shape}; a 3D volume is needed")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        # complex voxels (MR k-space or phase data) or RGB records: no single intensity to learn
+        raise DataError(f"{path}: NIfTI voxels of type {array.dtype}; give real-valued intensities")
     zooms = checked_spacing(zooms, str(path), "its header's voxel sizes (pixdim)")
     return Volume(array, zooms, affine, _axcodes(affine), str(path))
 

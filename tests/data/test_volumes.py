@@ -135,6 +135,10 @@ def test_volumes_with_nan_voxels_are_refused_naming_the_file(tmp_path):
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / "bad.nii.gz"))
     with pytest.raises(DataError, match=r"bad.nii.gz: 1 voxel\(s\) are NaN or infinite"):
         read_volume(tmp_path / "bad.nii.gz")
+    # Complex voxels (MR phase data) hold no one intensity: refused, not cast to their real part.
+    nib.save(nib.Nifti1Image(array.astype(np.complex64) * 1j, np.eye(4)), str(tmp_path / "c.nii"))
+    with pytest.raises(DataError, match="c.nii: NIfTI voxels of type complex64; give real-valued"):
+        read_volume(tmp_path / "c.nii")
 
 
 @pytest.mark.realdata
