@@ -40,6 +40,7 @@ from medtrain.inference.guard import (
     protocol_with,
 )
 from medtrain.inference.predictor import Predictor, Prepared
+from medtrain.inference.run import volume_run
 from medtrain.inference.web import add_web_routes
 from medtrain.io import json_safe
 from medtrain.values import names
@@ -387,6 +388,10 @@ def create_app(
                     413, f"{len(files)} files; at most {limits.max_batch} per request"
                 )
             overlay = parse_flag("overlay", form_or_query(form, request, "overlay") or "false")
+            if overlay and volume_run(predictor.cfg):
+                raise HTTPException(
+                    422, "overlay: pictures are of 2D images; a 3D run gives mask_nifti=true"
+                )
             nifti = parse_flag("mask_nifti", form_or_query(form, request, "mask_nifti") or "false")
             spacing_mm = parse_spacing(form_or_query(form, request, "spacing"))
             uploads = [(await f.read(), (f.filename or "upload")[-MAX_NAME_CHARS:]) for f in files]

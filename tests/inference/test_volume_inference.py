@@ -121,6 +121,10 @@ def test_serve_answers_volumes_in_ml_and_the_mask_as_nifti(volume_run):
         assert plain["volumes_ml"] == answer["volumes_ml"]
         status, refused = post(running.port, "/predict", ("file", "slice.npy", b"\x93NUMPY"))
         assert status in (415, 422)
+        status, refused = post(
+            running.port, "/predict?overlay=true", ("file", "case.nii", nifti(volume, False))
+        )
+        assert status == 422 and refused["detail"].startswith("overlay: pictures are of 2D")
     finally:
         stop(running)
 
