@@ -68,14 +68,7 @@ class TrainJobs:
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
-                    log.warning(
-                        "interrupted; the same command%s continues from the last finished epoch",
-                        "" if auto else " with trainer.resume=true",
-                    )
-                    if hydra.mode == RunMode.MULTIRUN:  # Hydra ends no job: list this one too
-                        from medtrain.experiments.hydra_callbacks import SweepSummary
-
-                        SweepSummary.write(Path(hydra.sweep.dir), plots=False)
+                    say_interrupted(hydra, auto)
                 sys.exit(130)
             except Exception as err:
                 if distributed.is_distributed() and distributed.is_communication_error(err):
@@ -113,6 +106,28 @@ class TrainJobs:
 
         for path, content in self.saved_hydra.items():
             atomic_write(path, lambda handle, c=content: handle.write(c), mode="wb")
+
+
+def say_interrupted(hydra, auto: bool) -> None:
+    """How to go on after Ctrl-C: the same command (continuing with `trainer.resume`); a grid's
+    jobs in the same sweep folder, which the summary then lists with this job as interrupted
+    (Hydra ends no job when one is interrupted). The line starts `interrupted; the same command`,
+    which the summary looks for in the job's log."""
+    if hydra.mode != RunMode.MULTIRUN:
+        log.warning(
+            "interrupted; the same command%s continues from the last finished epoch",
+            "" if auto else " with trainer.resume=true",
+        )
+        return
+    # A grid's folder is time-stamped unless named: name it to go on there.
+    log.warning(
+        "interrupted; the same command with hydra.sweep.dir=%s and trainer.resume=auto continues "
+        "the grid (finished jobs are tested again, this one continues from its last finished epoch)",
+        hydra.sweep.dir,
+    )
+    from medtrain.experiments.hydra_callbacks import SweepSummary
+
+    SweepSummary.write(Path(hydra.sweep.dir), plots=False)
 
 
 def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:

@@ -300,8 +300,11 @@ def read_dicom_frames(path: str | Path) -> Volume:
         ) from err
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DataError(f"{path}: colour DICOM is not a volume")
-    if pixels.ndim == 2:
-        pixels = pixels[None]
+    if pixels.ndim == 2:  # a slice is no volume: a network on volumes would measure it as one
+        raise DataError(
+            f"{path}: a DICOM of one frame (a 2D image); a volume is a multi-frame DICOM file or "
+            "a folder of one series"
+        )
     array = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     if "RescaleIntercept" not in ds and "ModalityLUTSequence" not in ds:
         # Enhanced multi-frame objects keep slope and intercept in the functional groups.

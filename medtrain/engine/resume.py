@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 from medtrain.engine import distributed
@@ -28,7 +30,7 @@ def resume_path(resume: bool | str, ckpt_dir: Path) -> Path:
     return path / "checkpoints" / "last.pt" if path.is_dir() else path
 
 
-def resolve_auto(cfg, run_dir: Path) -> None:
+def resolve_auto(cfg: DictConfig, run_dir: Path) -> None:
     """`trainer.resume=auto`: continue from the run folder's `checkpoints/last.pt` when it has one,
     else start a new run there, so that one command serves a job's first start and every restart
     (a requeued SLURM job, a preempted cloud node). Sets `trainer.resume` to what it means
@@ -236,7 +238,9 @@ def check_before_resuming(cfg, run_dir: Path) -> None:
     checkpoint = load_checkpoint(path)
     check_targets(checkpoint.get("config") or {}, path, configured_targets(current))
     check_resumed_config(checkpoint["config"], current, None, before_data=True)
-    trains_on = checkpoint.get("epoch", 0) < cfg.trainer.max_epochs  # else it only tests again
+    patience = cfg.trainer.get("early_stopping_patience")
+    stopped = bool(patience) and checkpoint.get("stale_epochs", 0) >= patience
+    trains_on = checkpoint.get("epoch", 0) < cfg.trainer.max_epochs and not stopped  # else: tests
     if trains_on and (Path(run_dir) / "export").is_dir():
         log.warning(
             "%s/export was made from this run's checkpoint before it continued: export it again "
@@ -270,7 +274,7 @@ def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None)
     return checkpoint
 
 
-def continue_schedule(scheduler, optimizer) -> None:
+def continue_schedule(scheduler: Any, optimizer: Optimizer) -> None:
     """Set the rates of a resumed step-wise schedule (cosine, multistep, constant) to what this
     run's schedule gives at the checkpoint's step. The checkpoint holds the rate its run had
     reached, and the schedule's shape is not saved: with another `trainer.max_epochs` the schedule
@@ -294,7 +298,6 @@ def continue_schedule(scheduler, optimizer) -> None:
             )
         for group, rate in zip(optimizer.param_groups, rates, strict=True):
             group["lr"] = rate
-        scheduler._last_lr = list(rates)
 
 
 def resume(

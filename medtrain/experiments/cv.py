@@ -58,7 +58,7 @@ from medtrain.engine.config import (
 from medtrain.engine.loop import evaluate, threshold_entries, to_device
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.inference.ensemble import average_network, save_average
+from medtrain.inference.average import average_network, save_average
 from medtrain.inference.run import LoadedRun, load_run
 from medtrain.io import atomic_write, read_json, save_csv, save_json
 

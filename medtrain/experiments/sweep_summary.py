@@ -107,6 +107,13 @@ def _last_error(job_dir: Path) -> str:
     return ""
 
 
+# What an interrupted grid job's row says: how to go on.
+INTERRUPTED = (
+    "stopped (Ctrl-C); the same command with this hydra.sweep.dir and trainer.resume=auto continues "
+    "it"
+)
+
+
 def _interrupted(job_dir: Path) -> bool:
     """Whether the job's last log line says it was interrupted (`medtrain.commands.train`)."""
     path = job_dir / "train.log"
@@ -150,7 +157,7 @@ def read_job(job_dir: Path, monitor: str, trial: dict[str, Any] | None) -> dict[
     elif metrics is not None:  # a Hydra job: finished when it wrote metrics.json
         status, error = "complete", ""
     elif _interrupted(job_dir):
-        status, error = "interrupted", "stopped (Ctrl-C, SIGTERM); trainer.resume=auto continues it"
+        status, error = "interrupted", INTERRUPTED
     else:
         status, error = "failed", _last_error(job_dir)
     if status == "failed" and not error:

@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
 from medtrain.analysis.report import write_report
 from medtrain.data.loading import make_loader
 from medtrain.engine.acceleration import autocast
-from medtrain.engine.build import build_datasets, build_model, build_task, plain
+from medtrain.engine.build import build_datasets, build_task
 from medtrain.engine.config import resolve_device
 from medtrain.engine.loop import threshold_entries, to_device
 from medtrain.errors import ConfigError
+from medtrain.inference.average import deployable_average
 from medtrain.inference.run import LoadedRun, load_run
-from medtrain.io import atomic_write, save_checkpoint, save_csv, save_json
+from medtrain.io import save_csv, save_json
 
 log = logging.getLogger(__name__)
 
@@ -63,113 +64,6 @@ def member_of(run: LoadedRun) -> Member:
         )
     datasets = build_datasets(cfg)
     return Member(run_dir, cfg, run.model, run.task, datasets)
-
-
-def member_inputs(runs: list[LoadedRun], normalize: dict[str, Any]) -> dict[str, Any]:
-    """Per member, (scale, shift) per channel from the ensemble's normalized input to the member's:
-    needed when members normalize with their own training folds' statistics
-    (`dataset.normalize.mode=dataset`); empty when every member sees the same input.
-
-    Raises:
-        ConfigError: members whose preprocessing differs otherwise (size, channels, window).
-    """
-    first = dict(runs[0].checkpoint["preprocessing"])
-    for run in runs[1:]:
-        other = dict(run.checkpoint["preprocessing"])
-        differs = [k for k in first if k != "normalize" and first[k] != other.get(k)]
-        if differs:
-            raise ConfigError(
-                f"{run.run_dir}: its preprocessing differs from {runs[0].run_dir} in {differs}; "
-                "the members of one network share it"
-            )
-    modes = {r.checkpoint["preprocessing"]["normalize"].get("mode") for r in runs}
-    if modes != {"dataset"}:
-        return {}
-    mean0, std0 = np.asarray(normalize["mean"]), np.asarray(normalize["std"])
-    scales, shifts = [], []
-    for run in runs:
-        own = run.checkpoint["preprocessing"]["normalize"]
-        mean, std = np.asarray(own["mean"]), np.asarray(own["std"])
-        scales.append((std0 / std).tolist())
-        shifts.append(((mean0 - mean) / std).tolist())
-    return {"input_scale": scales, "input_shift": shifts}
-
-
-def average_network(
-    runs: Sequence[LoadedRun], cfg: DictConfig, task: Any, normalize: dict[str, Any]
-) -> nn.Module:
-    """The runs' networks as one `ModelAverage` holding their weights, averaged as `task` combines
-    them; `cfg.model` becomes its config. `normalize`: the ensemble input's normalization (each
-    member's own is mapped from it, `member_inputs`).
-
-    Raises:
-        ConfigError: runs that cannot be one network: their preprocessing (but for the
-            normalization statistics) or their test-time views differ.
-    """
-    views = {str(run.cfg.task.get("tta")) for run in runs}
-    if len(views) > 1:
-        raise ConfigError(
-            f"the runs' test-time views differ (task.tta: {sorted(views)}); the members of one "
-            "network share them"
-        )
-    affine = [task.member_affine(run.task) for run in runs]
-    outputs = {}
-    if any(a is not None for a in affine):
-        width = len(task.class_names)
-        filled = [a or ([1.0] * width, [0.0] * width) for a in affine]
-        outputs = {"output_scale": [a[0] for a in filled], "output_shift": [a[1] for a in filled]}
-    inputs = member_inputs(list(runs), normalize)
-    with open_dict(cfg):
-        cfg.model = {
-            "_target_": "medtrain.models.ensemble.ModelAverage",
-            "rule": task.average_rule(),
-            # A contact channel (task.instances.method=contacts) is averaged as a probability.
-            **({"sigmoid_channels": task.sigmoid_outputs} if task.sigmoid_outputs else {}),
-            "members": [plain(run.cfg)["model"] for run in runs],
-            **inputs,
-            **outputs,
-        }
-    model = build_model(cfg)
-    for member, run in zip(model.members, runs, strict=True):
-        member.load_state_dict(run.model.state_dict())
-    return model
-
-
-def save_average(
-    out: Path, cfg: DictConfig, model: nn.Module, task: Any, preprocessing: dict, base: LoadedRun
-) -> None:
-    """Write `average_network`'s network as a run folder's `checkpoints/best.pt` and
-    `.hydra/config.yaml` (with `task`'s threshold): it predicts, serves and exports as a run."""
-    checkpoint = {
-        "config": plain(cfg),
-        "task": task.name,
-        "class_names": task.class_names,
-        "seed": cfg.seed,
-        "medtrain_version": base.checkpoint.get("medtrain_version"),
-        "preprocessing": preprocessing,
-        "model": model.state_dict(),
-        "threshold": task.threshold,
-        "best_epoch": None,
-        "epoch": None,
-    }
-    save_checkpoint(out / "checkpoints" / "best.pt", checkpoint)
-    atomic_write(
-        out / ".hydra" / "config.yaml", lambda handle: handle.write(OmegaConf.to_yaml(cfg))
-    )
-
-
-def deployable_average(runs: Sequence[LoadedRun], task: Any, out: Path) -> str | None:
-    """Write the runs as one network (`average_network`, `save_average`) into the ensemble folder
-    `out`; returns why they cannot be one (their preprocessing or views differ), or None."""
-    cfg = OmegaConf.create(plain(runs[0].cfg))
-    preprocessing = dict(runs[0].checkpoint["preprocessing"])
-    try:
-        model = average_network(runs, cfg, task, preprocessing["normalize"])
-    except ConfigError as err:
-        log.warning("ensemble: no network to predict with (%s); its members predict", err)
-        return str(err)
-    save_average(out, cfg, model, task, preprocessing, runs[0])
-    return None
 
 
 def check_compatible(members: Sequence[Member]) -> None:
@@ -344,10 +238,10 @@ def run_ensemble(
     fields = list(dict.fromkeys(k for row in rows for k in row))
     save_csv(out_dir / "members.csv", rows, fields)
     metrics |= task.intervals(out_dir, metrics)  # from the files just written
+    save_json(out_dir / "metrics.json", metrics)
     # One network of the members (with the threshold `fit_threshold` set), to predict, serve and
     # export, when they can be one.
     not_one = deployable_average(runs, task, out_dir)
-    save_json(out_dir / "metrics.json", metrics)
     save_json(
         out_dir / "ensemble.json",
         {

@@ -151,11 +151,12 @@ class Predictor:
         }
 
     def formats(self) -> list[str]:
-        """The file formats this run predicts from (`info`)."""
-        if volume_run(self.cfg):  # multi-frame DICOM files, DICOM series folders to predict
-            return ["nifti", "dicom", *(["npy", "npz"] if self.reads_volume_arrays else [])]
-        if self.slices_volumes:
-            return ["nifti", "dicom"]
+        """The file formats the service takes for this run (`info`; `medtrain predict` also reads
+        DICOM series and multi-frame DICOM files for runs on volumes)."""
+        if volume_run(self.cfg):
+            return ["nifti", *(["npy", "npz"] if self.reads_volume_arrays else [])]
+        if self.slices_volumes:  # whole volumes, with medtrain predict
+            return []
         if self.preprocess.reads_modality:
             return ["dicom", "npy", "npz"]
         return ["png", "jpeg", "tiff", "dicom", "npy", "npz"]
@@ -252,10 +253,10 @@ class Predictor:
                 (PNG/JPEG/TIFF hold display values, not Hounsfield units: give DICOM or NPY).
         """
         if volume_run(self.cfg) and image.format != "volume":
-            arrays = ", NPY/NPZ array (D x H x W)" if self.reads_volume_arrays else ""
+            arrays = " or NPY/NPZ array (D x H x W)" if self.reads_volume_arrays else ""
             raise DataError(
-                f"{name}: this run's network is 3D; give a volume (NIfTI file, DICOM series or "
-                f"multi-frame DICOM{arrays})"
+                f"{name}: this run's network is 3D; give a volume (a NIfTI file{arrays}; medtrain "
+                "predict also reads DICOM series folders and multi-frame DICOM files)"
             )
         if self.slices_volumes and image.format != "volume":
             raise DataError(

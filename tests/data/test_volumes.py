@@ -388,7 +388,8 @@ def test_multi_frame_slice_thickness_out_of_bounds_is_refused(tmp_path, value):
 
     write_series(tmp_path / "series", [0.0])
     ds = pydicom.dcmread(tmp_path / "series" / "file_00.dcm")
-    ds.NumberOfFrames, ds.SliceThickness = 1, value  # a one-frame "volume" file
+    ds.NumberOfFrames, ds.SliceThickness = 2, value  # a two-frame volume file
+    ds.PixelData = ds.PixelData * 2
     ds.save_as(tmp_path / "frames.dcm")
     with pytest.raises(DataError, match="frames.dcm: its SpacingBetweenSlices/SliceThickness"):
         read_volume(tmp_path / "frames.dcm")

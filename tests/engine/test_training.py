@@ -495,7 +495,7 @@ def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
         assert main(grid) == 130
     rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]
-    assert "trainer.resume=auto continues it" in rows[0]["error"]
+    assert "this hydra.sweep.dir and trainer.resume=auto continues it" in rows[0]["error"]
     assert "1 jobs: 1 interrupted" in (tmp_path / "sweep_summary.md").read_text()
 
 

@@ -60,19 +60,25 @@ def test_classification_ensemble_averages_member_probabilities(classification_ru
                 assert float(value) == pytest.approx(own[key], abs=1e-9), key
     assert json.loads((out / "metrics.json").read_text())["test/auc"] == metrics["test/auc"]
     # The folder holds the members as one network: predict gives the ensemble's test predictions.
+    assert_network_predicts_as_evaluated(out, tmp_path / "in")
+
+
+def assert_network_predicts_as_evaluated(out: Path, inputs: Path) -> None:
+    """`medtrain predict` with the ensemble folder's network on 12 of its test images gives the
+    probabilities and labels of its `predictions.csv`."""
     from medtrain.engine.build import build_datasets
     from medtrain.inference.predict import predict_files
     from medtrain.inference.predictor import Predictor
 
     assert json.loads((out / "ensemble.json").read_text())["network"] == "checkpoints/best.pt"
-    test = build_datasets(Predictor(classification_runs[0]).cfg)["test"]
-    (tmp_path / "in").mkdir()
+    test = build_datasets(Predictor(out).cfg)["test"]
+    inputs.mkdir()
     for i in range(12):
-        np.save(tmp_path / "in" / f"{test.ids[i]}.npy", test.read_image(i))
+        np.save(inputs / f"{test.ids[i]}.npy", test.read_image(i))
     cfg = {
         "run_dir": str(out),
-        "inputs": str(tmp_path / "in"),
-        "output": str(tmp_path / "pred.csv"),
+        "inputs": str(inputs),
+        "output": str(inputs.parent / "pred.csv"),
         "masks": None,
         "image_column": "image",
         "device": "cpu",
@@ -83,10 +89,28 @@ def test_classification_ensemble_averages_member_probabilities(classification_ru
     }
     assert not predict_files(OmegaConf.create(cfg))["failed"]
     names = Predictor(out).class_names
-    for got, want in zip(read_rows(tmp_path / "pred.csv"), rows, strict=False):
+    rows = read_rows(out / "predictions.csv")
+    for got, want in zip(read_rows(inputs.parent / "pred.csv"), rows, strict=False):
         assert got["file"] == f"{want['id']}.npy"
         assert float(got[f"prob_{names[1]}"]) == pytest.approx(float(want["prob_1"]), abs=1e-6)
         assert got["label"] == names[int(want["pred"])]  # at the ensemble's threshold
+
+
+def test_members_with_other_fixed_statistics_are_one_network(classification_runs, tmp_path):
+    """A member normalizing with another fixed mean and std sees its own input inside the
+    network; a member normalizing each image (zscore) cannot: no network, and why."""
+    other = tmp_path / "other_stats"
+    stats = ["dataset.normalize.mean=[0.2]", "dataset.normalize.std=[0.3]"]
+    train_in_process(other, [*TINY, "dataset.seed=0", "seed=3", *stats])
+    out = tmp_path / "ensemble"
+    run_ensemble([classification_runs[0], other], out)
+    assert_network_predicts_as_evaluated(out, tmp_path / "in")
+    zscored = tmp_path / "zscored"
+    train_in_process(zscored, [*TINY, "dataset.seed=0", "seed=4", "dataset.normalize.mode=zscore"])
+    run_ensemble([classification_runs[0], zscored], tmp_path / "mixed")
+    info = json.loads((tmp_path / "mixed" / "ensemble.json").read_text())
+    assert info["network"] is None
+    assert info["no_network"].startswith("the runs normalize their inputs differently")
 
 
 def test_an_ensemble_of_runs_that_cannot_be_one_network_says_why(classification_runs, tmp_path):

@@ -22,6 +22,7 @@ from medtrain.inference.predict import predict_files
 from medtrain.inference.predictor import Predictor
 from medtrain.inference.serve import ServeLimits, create_app
 from tests.conftest import train_in_process
+from tests.hostile_files import make_dicom
 from tests.inference.test_serve import post, start, stop
 
 # An oblique affine with 2 x 1 x 1.5 mm voxels: a mask written with another would lie elsewhere.
@@ -97,6 +98,12 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
     summary = predict_files(OmegaConf.create(cfg))
     assert [row["file"] for row in summary["failed"]] == ["array.npy"]
     assert "array.npy: an array file holds no voxel size" in summary["failed"][0]["error"]
+    # Nor is a one-frame DICOM (a 2D image) a volume of one slice.
+    (tmp_path / "slice.dcm").write_bytes(make_dicom(np.zeros((24, 24), np.uint16)))
+    cfg["inputs"] = str(tmp_path / "slice.dcm")
+    failed = predict_files(OmegaConf.create(cfg))["failed"]
+    assert len(failed) == 1 and "slice.dcm: a DICOM of one frame (a 2D image)" in failed[0]["error"]
+    cfg["inputs"] = str(tmp_path / "in")
     cfg["spacing"] = [0.5, 0.5]
     with pytest.raises(ConfigError, match="spacing=\\[0.5, 0.5\\]: this run reads volumes"):
         predict_files(OmegaConf.create(cfg))

@@ -91,7 +91,7 @@ def test_3d_classification_trains_end_to_end(tmp_path):
     assert len(rows) == 32
 
 
-def test_a_3d_classifier_predicts_serves_and_exports_as_it_evaluated(tmp_path):
+def test_a_3d_classifier_predicts_serves_and_exports_as_it_evaluated(tmp_path, capsys):
     """`medtrain predict` on NPY and NIfTI volumes, `/predict`, and the ONNX export give the run's
     own test probabilities; a 2D array, a text file and `spacing=` are refused by name."""
     import io
@@ -134,7 +134,8 @@ def test_a_3d_classifier_predicts_serves_and_exports_as_it_evaluated(tmp_path):
         command = [f"run_dir={run}", f"inputs={inputs}", f"output={out}", f"backend={backend}"]
         assert main(["predict", *command]) == 0
         check(list(csv.DictReader(out.open())))
-    assert main(["predict", f"run_dir={run}", f"inputs={inputs}", "spacing=[1,1,1]"]) == 2
+    assert main(["predict", f"run_dir={run}", f"inputs={inputs}", "spacing=[0.5,0.5]"]) == 2
+    assert "spacing=[0.5, 0.5]: this run reads volumes" in capsys.readouterr().err
 
     running = start(create_app(Predictor(run)))
     try:

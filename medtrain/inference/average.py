@@ -1,0 +1,156 @@
+"""Finished runs as one network: a `medtrain.models.ensemble.ModelAverage` of their networks, saved
+as a run folder's `checkpoints/best.pt`, so that an ensemble (a CV's folds, `medtrain ensemble`)
+predicts, serves and exports like a single run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from medtrain.engine.build import build_model, plain
+from medtrain.errors import ConfigError
+from medtrain.inference.run import LoadedRun
+from medtrain.io import atomic_write, save_checkpoint
+from medtrain.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+# Normalizations that are (x - mean) / std per channel: one member's input is an affine map of
+# another's. The others (zscore, percentile, ...) depend on each image: members must share them.
+AFFINE_MODES = ("fixed", "dataset")
+
+
+def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[str, Any]:
+    """Per member, (scale, shift) per channel from the ensemble's normalized input (`normalize`)
+    to the member's own: needed when members normalize with other statistics (a CV's folds with
+    `dataset.normalize.mode=dataset`, runs with other fixed mean and std); empty when every member
+    sees the ensemble's input.
+
+    Raises:
+        ConfigError: members whose preprocessing differs otherwise (size, channels, window), or
+            whose normalizations are not all affine maps of each other (other modes, `invert`).
+    """
+    first = dict(runs[0].checkpoint["preprocessing"])
+    for run in runs[1:]:
+        other = dict(run.checkpoint["preprocessing"])
+        differs = [k for k in first if k != "normalize" and first[k] != other.get(k)]
+        if differs:
+            raise ConfigError(
+                f"{run.run_dir}: its preprocessing differs from {runs[0].run_dir} in {differs}; "
+                "the members of one network share it"
+            )
+    own = [dict(run.checkpoint["preprocessing"]["normalize"]) for run in runs]
+    if all(n == normalize for n in own):
+        return {}
+    affine = all(
+        n.get("mode") in AFFINE_MODES and n.get("invert") == normalize.get("invert")
+        for n in [normalize, *own]
+    )
+    if not affine:
+        modes = sorted({f"{n.get('mode')} (invert {n.get('invert')})" for n in own})
+        raise ConfigError(
+            f"the runs normalize their inputs differently ({', '.join(modes)}); the members of "
+            "one network share the normalization, or differ only in fixed or dataset statistics"
+        )
+    mean0, std0 = np.asarray(normalize["mean"]), np.asarray(normalize["std"])
+    scales, shifts = [], []
+    for n in own:
+        mean, std = np.asarray(n["mean"]), np.asarray(n["std"])
+        scales.append((std0 / std).tolist())
+        shifts.append(((mean0 - mean) / std).tolist())
+    return {"input_scale": scales, "input_shift": shifts}
+
+
+def average_network(
+    runs: Sequence[LoadedRun], cfg: DictConfig, task: Task, normalize: dict[str, Any]
+) -> nn.Module:
+    """The runs' networks as one `ModelAverage` holding their weights, averaged as `task` combines
+    them; `cfg.model` becomes its config. `normalize`: the ensemble input's normalization (each
+    member's own is mapped from it, `member_inputs`).
+
+    Raises:
+        ConfigError: runs that cannot be one network: their preprocessing (`member_inputs`),
+            their test-time views or their inference settings (windows, overlap) differ.
+    """
+    views = {str(run.task.tta) for run in runs}  # the built tasks: `flip_tta` of older runs too
+    if len(views) > 1:
+        raise ConfigError(
+            f"the runs' test-time views differ (task.tta: {sorted(views)}); the members of one "
+            "network share them"
+        )
+    inference = [plain(run.cfg)["task"].get("inference") for run in runs]
+    if any(i != inference[0] for i in inference):
+        raise ConfigError(
+            "the runs' task.inference settings differ (window, overlap, ...); the members of one "
+            "network share them"
+        )
+    affine = [task.member_affine(run.task) for run in runs]
+    outputs = {}
+    if any(a is not None for a in affine):
+        width = len(task.class_names)
+        filled = [a or ([1.0] * width, [0.0] * width) for a in affine]
+        outputs = {"output_scale": [a[0] for a in filled], "output_shift": [a[1] for a in filled]}
+    inputs = member_inputs(runs, normalize)
+    with open_dict(cfg):
+        cfg.model = {
+            "_target_": "medtrain.models.ensemble.ModelAverage",
+            "rule": task.average_rule(),
+            # A contact channel (task.instances.method=contacts) is averaged as a probability.
+            **({"sigmoid_channels": task.sigmoid_outputs} if task.sigmoid_outputs else {}),
+            "members": [plain(run.cfg)["model"] for run in runs],
+            **inputs,
+            **outputs,
+        }
+    model = build_model(cfg)
+    for member, run in zip(model.members, runs, strict=True):
+        member.load_state_dict(run.model.state_dict())
+    return model
+
+
+def save_average(
+    out: Path, cfg: DictConfig, model: nn.Module, task: Task, preprocessing: dict, base: LoadedRun
+) -> None:
+    """Write `average_network`'s network as a run folder's `checkpoints/best.pt` and
+    `.hydra/config.yaml` (with `task`'s threshold): it predicts, serves and exports as a run."""
+    checkpoint = {
+        "config": plain(cfg),
+        "task": task.name,
+        "class_names": task.class_names,
+        "seed": cfg.seed,
+        "medtrain_version": base.checkpoint.get("medtrain_version"),
+        "preprocessing": preprocessing,
+        "model": model.state_dict(),
+        "threshold": task.threshold,
+        "best_epoch": None,
+        "epoch": None,
+    }
+    save_checkpoint(out / "checkpoints" / "best.pt", checkpoint)
+    atomic_write(
+        out / ".hydra" / "config.yaml", lambda handle: handle.write(OmegaConf.to_yaml(cfg))
+    )
+
+
+def deployable_average(runs: Sequence[LoadedRun], task: Task, out: Path) -> str | None:
+    """Write the runs as one network (`average_network`, `save_average`) into the ensemble folder
+    `out`; returns why they cannot be one, or None. Never raises: the ensemble's results stand
+    without its network."""
+    missing = [str(run.run_dir) for run in runs if not run.checkpoint.get("preprocessing")]
+    if missing:  # saved before checkpoints recorded their preprocessing
+        why = f"{missing[0]}'s checkpoint does not record its preprocessing (an earlier release)"
+    else:
+        cfg = OmegaConf.create(plain(runs[0].cfg))
+        preprocessing = dict(runs[0].checkpoint["preprocessing"])
+        try:
+            model = average_network(runs, cfg, task, dict(preprocessing["normalize"]))
+            save_average(out, cfg, model, task, preprocessing, runs[0])
+            return None
+        except Exception as err:  # ConfigError, or a surprise: the evaluation is written anyway
+            why = str(err).splitlines()[0] if isinstance(err, ConfigError) else repr(err)
+    log.warning("ensemble: no network to predict with (%s); its members predict", why)
+    return why
