@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -24,11 +26,14 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
     """Write a file through `write(handle)` into a temporary sibling, then rename it into place.
 
     The rename is atomic on POSIX, so an interrupted run leaves either the old file or the new one.
+    The file gets the permissions a plain `open` would give (0666 less the umask), not the
+    temporary file's owner-only 0600: results on a shared server stay readable by the group.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
             write(handle)
             handle.flush()
@@ -38,6 +43,19 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@functools.cache
+def current_umask() -> int:
+    """The process's umask: from /proc on Linux, else by setting it and putting it back (there is
+    no getter; read once, as threads may write files meanwhile)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 CHUNK = 1 << 20  # hash files in 1 MiB pieces: a 100 MB npz never sits in memory whole
