@@ -44,6 +44,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
         d
         for d in Path(sweep_dir).iterdir()
         if d.is_dir()
+        and not d.name.startswith(".")  # a run folder's own .hydra/ is no job
         and ((d / ".hydra" / "overrides.yaml").exists() or (d / "overrides.yaml").exists())
     ]
     return sorted(found, key=_job_order)
@@ -212,6 +213,8 @@ def write_sweep_summary(
         FileNotFoundError: `sweep_dir` holds no job folder.
     """
     sweep_dir = Path(sweep_dir)
+    if (sweep_dir / ".hydra" / "config.yaml").is_file() and (sweep_dir / "metrics.json").is_file():
+        raise ConfigError(f"{sweep_dir} is a run folder, not a sweep's: medtrain report run_dir=...")
     jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
     trials, scales = study_trials(sweep_dir, study)
     jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in trials}, key=_job_order)

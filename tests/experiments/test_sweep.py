@@ -102,6 +102,11 @@ def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread, 
     err = capsys.readouterr().err
     assert "monitor=val/aucc: no job recorded it; they recorded [" in err and "'val/auc'" in err
     assert (tmp_path / "sweep_summary.csv").read_bytes() == before
+    # A run folder (a job's) is not a sweep's: refused, nothing written into it.
+    job = next(d for d in tmp_path.iterdir() if (d / "metrics.json").is_file())
+    assert report_main([f"sweep_dir={job}"]) == 2
+    assert "is a run folder, not a sweep's" in capsys.readouterr().err
+    assert not (job / "sweep_summary.csv").exists()
 
 
 def _states(db: Path) -> dict[int, str]:
