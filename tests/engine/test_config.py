@@ -80,6 +80,9 @@ def test_unknown_key_hint_lists_valid_keys_and_the_closest():
     assert "arch" in unknown_key_hint(["model=resnet18", "model.archh=x"])
     top = unknown_key_hint(["modle=resnet18"])
     assert "unknown key 'modle'" in top and "Did you mean model?" in top
+    # A key whose value is missing (`path: ???`) exists: only the misspelt key is named.
+    hint = unknown_key_hint(["dataset=manifest", "dataset.path=x.csv", "trainer.max_epoch=1"])
+    assert "dataset.path" not in hint and "unknown key 'trainer.max_epoch'" in hint
     # group paths are Hydra's to judge (a grid's exit 1 with them must not read as a typo)
     assert unknown_key_hint(["hydra/launcher=basic", "hydra/job_logging=disabled"]) is None
 
