@@ -101,6 +101,25 @@ def hold_out(
     return train_test_split(pool, test_size=share, random_state=seed)
 
 
+# Draws of a grouped split (seed, seed + 1, ...) tried for val and test splits with every class.
+GROUP_DRAWS = 100
+
+
+def classes_left_out(assignment: np.ndarray, labels: np.ndarray | None) -> str:
+    """Which held-out splits (val, test) of `assignment` lack a class that `labels` hold, as
+    text ('' when none does, or for labels that are not one class per row)."""
+    if labels is None or np.asarray(labels).ndim != 1:
+        return ""
+    classes = set(np.unique(labels).tolist())
+    lacking = []
+    for k in (1, 2):  # val, test
+        held = assignment == k
+        if held.any() and classes - set(np.unique(labels[held]).tolist()):
+            absent = sorted(classes - set(np.unique(labels[held]).tolist()))
+            lacking.append(f"{SPLITS[k]} without class {', '.join(map(str, absent))}")
+    return "; ".join(lacking)
+
+
 class ManifestRows:
     """Checks shared by the manifest datasets: every row's file, id and split, named by CSV line.
 
@@ -184,13 +203,40 @@ class ManifestRows:
     ) -> np.ndarray:
         """0, 1 or 2 (train, val, test) per row; test is drawn first, then val from the rest;
         stratified by `labels` (class targets) when given. With `groups` (one name per row) the
-        groups are split instead, unstratified, and each row follows its group."""
+        groups are split instead, unstratified, and each row follows its group; a draw that
+        leaves val or test without a class is drawn again with the next seeds (a val split of
+        one class has no AUC to choose the best epoch by)."""
         if groups is None:
             assignment = self._drawn(count, val_fraction, test_fraction, seed, labels, "rows")
         else:
             names, row_group = np.unique(np.asarray(groups), return_inverse=True)
-            drawn = self._drawn(len(names), val_fraction, test_fraction, seed, None, "groups")
-            assignment = drawn[row_group]
+
+            def draw(k: int) -> np.ndarray:  # with seed + k
+                drawn = self._drawn(
+                    len(names), val_fraction, test_fraction, seed + k, None, "groups"
+                )
+                return drawn[row_group]
+
+            assignment = draw(0)
+            first = classes_left_out(assignment, labels)
+            if first:  # the next seeds, until val and test hold every class
+                again = next(
+                    (k for k in range(1, GROUP_DRAWS) if not classes_left_out(draw(k), labels)),
+                    None,
+                )
+                if again is not None:
+                    assignment = draw(again)
+                if self.split == "train":
+                    log.warning(
+                        "%s: the groups drawn with seed %d left %s; %s",
+                        self.manifest_path,
+                        seed,
+                        first,
+                        f"drawn again with seed {seed + again}"
+                        if again is not None
+                        else f"so did {GROUP_DRAWS} draws (too few groups of a class): its AUC is "
+                        "undefined, and the best epoch is chosen without it",
+                    )
         if self.split == "train":  # said once per run, not once per split
             counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
             log.info("%s has no split column: seeded split %s", self.manifest_path, counts)

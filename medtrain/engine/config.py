@@ -288,7 +288,7 @@ def unknown_key_hint(args: list[str], saved_config: bool = False) -> str | None:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         # `in` is false for a key whose value is missing (`path: ???`): the key exists all the same
-        if isinstance(node, DictConfig) and leaf not in node.keys():
+        if isinstance(node, DictConfig) and leaf not in set(node):
             valid = sorted({str(k) for k in node} | (known_groups if not parent else set()))
             close = difflib.get_close_matches(leaf, valid, n=1)
             guess = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""

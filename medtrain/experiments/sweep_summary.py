@@ -214,7 +214,9 @@ def write_sweep_summary(
     """
     sweep_dir = Path(sweep_dir)
     if (sweep_dir / ".hydra" / "config.yaml").is_file() and (sweep_dir / "metrics.json").is_file():
-        raise ConfigError(f"{sweep_dir} is a run folder, not a sweep's: medtrain report run_dir=...")
+        raise ConfigError(
+            f"{sweep_dir} is a run folder, not a sweep's: medtrain report run_dir=..."
+        )
     jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
     trials, scales = study_trials(sweep_dir, study)
     jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in trials}, key=_job_order)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn import metrics as skm
+
+log = logging.getLogger(__name__)
 
 THRESHOLD_METHODS = ("youden", "sensitivity")
 
@@ -98,6 +101,11 @@ def choose_threshold(
         target_sensitivity: the sensitivity to reach for `sensitivity`.
     """
     if len(np.unique(target)) < 2:
+        log.warning(
+            "threshold %s: the validation targets hold one class, so there is nothing to choose "
+            "between; the threshold is 0.5",
+            method,
+        )
         return 0.5
     fpr, tpr, thresholds = skm.roc_curve(target, prob, drop_intermediate=False)
     thresholds = np.clip(thresholds, 0.0, 1.0)  # the first one is +inf by convention

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medtrain.data.base import SPLITS
 from medtrain.data.manifest import Manifest
 from medtrain.data.seg_manifest import SegManifest
 from medtrain.data.synthetic_segmentation import SyntheticShapes
@@ -206,6 +207,36 @@ def test_segmentation_manifest_groups_stay_in_one_split_and_one_fold(tmp_path):
         DataError, match=r"column 'patient' \(dataset.group_column\) is empty.*line 8"
     ):
         SegManifest(str(csv_path), "train", **kwargs)
+
+
+def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path, caplog):
+    """10 patients, 3 with the rare class: seed 0's draw of patients leaves val with one class
+    (no AUC to choose the best epoch by); the next seeds are drawn until val and test hold both,
+    with a warning. A draw that holds every class (seed 1) is kept as it was."""
+    rows = []
+    for p in range(10):
+        for k in range(4):
+            Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(tmp_path / f"{p}_{k}.png")
+            rows.append(f"{p}_{k}.png,{'malignant' if p < 3 else 'benign'},P{p}")
+    (tmp_path / "cases.csv").write_text("image,target,patient\n" + "\n".join(rows) + "\n")
+
+    def split(seed: int) -> dict[str, Manifest]:
+        kwargs = {"group_column": "patient", "seed": seed}
+        return {s: Manifest(str(tmp_path / "cases.csv"), s, **kwargs) for s in SPLITS}
+
+    with caplog.at_level("WARNING"):
+        drawn = split(0)
+    assert "the groups drawn with seed 0 left val without class" in caplog.text
+    for name, data in drawn.items():
+        assert set(np.asarray(data.labels).tolist()) == {0, 1}, name
+    owner: dict[str, str] = {}
+    for name, data in drawn.items():
+        for patient in data.groups:
+            assert owner.setdefault(patient, name) == name  # still no patient in two splits
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        kept = split(1)
+    assert "drawn with seed" not in caplog.text and len(kept["val"]) == 8
 
 
 def test_segmentation_manifest_trains(tmp_path):

@@ -65,6 +65,12 @@ def test_youden_threshold_maximises_sensitivity_plus_specificity():
     assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(0.75)
 
 
+def test_a_threshold_rule_on_one_class_says_it_falls_back_to_one_half(caplog):
+    with caplog.at_level("WARNING"):
+        assert M.choose_threshold(np.zeros(5), np.linspace(0, 1, 5), "youden") == 0.5
+    assert "threshold youden: the validation targets hold one class" in caplog.text
+
+
 def test_sensitivity_threshold_reaches_target():
     rng = np.random.default_rng(2)
     target = rng.integers(0, 2, 500)
