@@ -242,6 +242,30 @@ class ManifestRows:
             log.info("%s has no split column: seeded split %s", self.manifest_path, counts)
         return assignment
 
+    def _check_groups_in_one_split(
+        self, assignment: np.ndarray, groups: list[str] | None, split_column: str
+    ) -> None:
+        """Warn (once, from the train split) when the CSV's own split puts a group's rows
+        (`dataset.group_column`: a patient's images) in more than one split: val and test then
+        hold patients the model trained on, and their metrics are optimistic."""
+        if groups is None or self.split != "train":
+            return
+        seen: dict[str, set[int]] = {}
+        for group, split in zip(groups, assignment.tolist(), strict=True):
+            seen.setdefault(group, set()).add(split)
+        shared = sorted(g for g, splits in seen.items() if len(splits) > 1)
+        if shared:
+            log.warning(
+                "%s: %d of %d groups (dataset.group_column; e.g. %s) have rows in more than one "
+                "split of column %r: val and test hold groups the model trained on, so their "
+                "metrics are optimistic",
+                self.manifest_path,
+                len(shared),
+                len(seen),
+                ", ".join(shared[:3]),
+                split_column,
+            )
+
     def _drawn(self, count, val_fraction, test_fraction, seed, labels, unit) -> np.ndarray:
         """0, 1 or 2 (train, val, test) for each of `count` rows or groups (`unit`)."""
         assignment = np.zeros(count, dtype=np.int64)
@@ -354,6 +378,7 @@ class Manifest(ManifestRows, ImageDataset):
         groups = self._groups(rows, group_column)
         if split_column is not None:
             assignment = self._read_splits(rows, split_column)
+            self._check_groups_in_one_split(assignment, groups, split_column)
         else:
             labels = None if self.regression else targets
             assignment = self._seeded_splits(

@@ -95,6 +95,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
         groups = self._groups(rows, group_column)
         if split_column in header:
             assignment = self._read_splits(rows, split_column)
+            self._check_groups_in_one_split(assignment, groups, split_column)
         else:
             assignment = self._seeded_splits(
                 len(rows), val_fraction, test_fraction, seed, groups=groups

@@ -237,6 +237,15 @@ def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path, ca
     with caplog.at_level("WARNING"):
         kept = split(1)
     assert "drawn with seed" not in caplog.text and len(kept["val"]) == 8
+    # The CSV's own split column putting a patient in two splits is warned about (leakage).
+    leaky = [f"{row},{('train', 'val', 'test', 'train')[k % 4]}" for k, row in enumerate(rows)]
+    (tmp_path / "cases.csv").write_text("image,target,patient,split\n" + "\n".join(leaky) + "\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        Manifest(str(tmp_path / "cases.csv"), "train", group_column="patient")
+    assert "10 of 10 groups (dataset.group_column; e.g. P0, P1, P2) have rows in more" in (
+        caplog.text
+    )
 
 
 def test_segmentation_manifest_trains(tmp_path):
