@@ -473,6 +473,19 @@ class SegmentationDataset(SeededSamples, Dataset):
                 f"{image_shape[0]}x{image_shape[1]}"
             )
         if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
+            values = np.unique(mask)
+            if (
+                self.num_classes == 2
+                and len(values) > 2
+                and not getattr(self, "class_values", None)
+            ):
+                shown = ", ".join(map(str, values[:6].tolist()))
+                raise DataError(
+                    f"{self.source(index)}: a binary mask holds {len(values)} values ({shown}"
+                    f"{', ...' if len(values) > 6 else ''}), not two: was it resized or saved "
+                    "with smoothing? Store 0 and one foreground value (255), resized with nearest "
+                    "neighbour"
+                )
             raise DataError(
                 f"{self.source(index)}: mask value {int(mask.max())} is outside the "
                 f"{self.num_classes} classes of dataset.num_classes={self.num_classes}"

@@ -46,6 +46,10 @@ def test_mask_values_become_classes(tmp_path):
     binary = np.array([[0, 255], [255, 0]], np.uint8)
     Image.fromarray(binary).save(tmp_path / "b.png")
     assert read_mask_file(tmp_path / "b.png").tolist() == [[0, 1], [1, 0]]
+    # All foreground, stored as 255 (no 0 to tell it from class 255): binary all the same.
+    Image.fromarray(np.full((2, 2), 255, np.uint8)).save(tmp_path / "full.png")
+    assert read_mask_file(tmp_path / "full.png").tolist() == [[1, 1], [1, 1]]
+    assert read_mask_file(tmp_path / "full.png", num_classes=256).tolist() == [[255] * 2] * 2
     multi = np.array([[0, 128], [255, 0]], np.uint8)
     Image.fromarray(multi).save(tmp_path / "m.png")
     mapped = read_mask_file(tmp_path / "m.png", {0: 0, 128: 1, 255: 2})
@@ -241,6 +245,12 @@ def test_seg_folder_errors_name_the_file(tmp_path):
         if "case01" in SegFolder(str(root), s, val_size=1, test_size=1).ids
     )
     with pytest.raises(DataError, match="case01.png: mask value 3 is outside the 2 classes"):
+        holder[holder.ids.index("case01")]
+    smooth = np.zeros((41, 41), np.uint8)
+    smooth[10:30, 10:30], smooth[9, 10:30], smooth[30, 10:30] = 255, 90, 160  # resized: blurred
+    Image.fromarray(smooth).save(root / "masks" / "case01.png")
+    holder = SegFolder(str(root), holder.split, val_size=1, test_size=1)  # not the cached mask
+    with pytest.raises(DataError, match=r"case01.png: a binary mask holds 4 values \(0, 90, 160"):
         holder[holder.ids.index("case01")]
     with pytest.raises(DataError, match="no folder"):
         SegFolder(str(tmp_path / "missing"), "train")
