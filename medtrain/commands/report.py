@@ -38,10 +38,10 @@ usage: medtrain report run_dir=<run folder>
 def report_run(run_dir: Path, trust: Sequence[str] = ()) -> Path:
     from medtrain.analysis.report import write_report  # loaded only when used: `--help` is quick
 
-    if not run_dir.is_dir():
-        raise ConfigError(f"run_dir: {run_dir} is not a folder")
     if not (run_dir / "metrics.json").is_file():
-        raise ConfigError(f"run_dir: {run_dir} has no metrics.json (is it a finished run?)")
+        from medtrain.experiments.compare import not_a_run
+
+        raise ConfigError(f"run_dir: {not_a_run(run_dir)}")
     return write_report(run_dir, trust=trust)
 
 

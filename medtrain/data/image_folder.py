@@ -88,9 +88,14 @@ class ImageFolder(ImageDataset):
         split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
         base = list_class_folders(split_dirs.get("train", root), extensions)
         if not base:
-            raise DataError(
-                f"{split_dirs.get('train', root)}: no class sub-folders with {list(extensions)} images"
+            folder = split_dirs.get("train", root)
+            others = sorted(
+                {f.suffix.lower() or "(none)" for f in Path(folder).glob("*/*") if f.is_file()}
             )
+            hint = (
+                f" (the files there end in {others[:5]}: set dataset.extensions)" if others else ""
+            )
+            raise DataError(f"{folder}: no class sub-folders with {list(extensions)} images{hint}")
         if len(base) < 2:
             raise DataError(
                 f"{split_dirs.get('train', root)}: found {len(base)} class folder(s) {sorted(base)} "

@@ -40,11 +40,21 @@ def flat_config(run_dir: Path) -> dict[str, Any]:
     return leaves
 
 
+def not_a_run(run_dir: Path) -> str:
+    """Why `run_dir` is no finished run's folder, for messages: it does not exist, it is a CV's
+    folder (its runs are inside), or it has no metrics.json."""
+    if not Path(run_dir).is_dir():
+        return f"{run_dir} does not exist (or is not a folder)"
+    if (Path(run_dir) / "folds.json").is_file():
+        return f"{run_dir} is a CV folder: its runs are fold_<k>/ and ensemble/"
+    return f"{run_dir} has no metrics.json (is it a finished run?)"
+
+
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics.json plus `train_seconds` from run_info.json, flat config) of one run."""
     metrics = read_json(run_dir / "metrics.json")
     if metrics is None:
-        raise ConfigError(f"run_dirs: {run_dir} has no metrics.json (is it a finished run?)")
+        raise ConfigError(f"run_dirs: {not_a_run(run_dir)}")
     info = read_json(run_dir / "run_info.json")
     if info is not None:
         metrics["train_seconds"] = info.get("train_seconds")

@@ -340,7 +340,13 @@ def test_report_command(regression_run, tmp_path, capsys):
     assert report_main([f"run_dir={regression_run}"]) == 0
     assert capsys.readouterr().out.strip() == str(regression_run / "report.html")
     assert (regression_run / "report.html").is_file()
-    for run_dir, message in ((tmp_path / "missing", "is not a folder"), (tmp_path, "no metrics")):
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "folds.json").write_text("{}")
+    for run_dir, message in (
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path, "no metrics"),
+        (tmp_path / "cv", "is a CV folder: its runs are fold_<k>/ and ensemble/"),
+    ):
         assert report_main([f"run_dir={run_dir}"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and message in err[0]

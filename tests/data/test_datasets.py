@@ -158,6 +158,12 @@ def test_image_folder_with_split_folders(tmp_path):
 def test_image_folder_errors(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         ImageFolder(str(tmp_path / "missing"), "train")
+    for name in ("a", "b"):  # DICOM class folders: the extension to set is named
+        (tmp_path / "dcm" / name).mkdir(parents=True)
+        (tmp_path / "dcm" / name / "1.dcm").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"\(the files there end in \['.dcm'\]: set dataset"):
+        ImageFolder(str(tmp_path / "dcm"), "train", extensions=(".png", ".jpg"))
+    tmp_path = tmp_path / "png"
     make_folder(tmp_path, per_class=4)
     (tmp_path / "benign" / "3.png").write_bytes(b"\x89PNG broken")
     # The broken file is reported by name whether it is met while building a split or while loading it.
