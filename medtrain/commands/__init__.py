@@ -21,7 +21,7 @@ from medtrain import __version__
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("train", "train and test a model from the config (the default verb)"),
     "predict": ("predict", "a finished run's predictions for image files, folders or a CSV"),
-    "serve": ("serve", "a finished run behind an HTTP API (/predict, /info, /health)"),
+    "serve": ("serve", "a finished run behind an HTTP API (/predict, /info, /health, /ready)"),
     "export": ("export", "a finished run as ONNX or TorchScript with a manifest.json"),
     "sweep": ("sweep", "an Optuna search over config values, pruned and resumable"),
     "rerun": ("rerun", "train a finished run again and check that it reproduces"),

@@ -3,6 +3,7 @@ seeded stratified split by fractions."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,12 @@ class ImageFolder(ImageDataset):
                     stratify=pool_labels,
                 )
             except ValueError as err:
+                counts = Counter(pool_labels)
+                rare = [f"{class_names[k]} ({n})" for k, n in sorted(counts.items()) if n < 2]
+                why = f"too few images of class {', '.join(rare)}" if rare else str(err)
                 raise DataError(
-                    f"{root}: cannot make a stratified {split} split of {fraction} ({err})"
+                    f"{root}: cannot make a stratified {split} split of {fraction}: {why}; add "
+                    "images, or give the splits as train/, val/ and test/ folders"
                 ) from err
             files[split], labels[split] = list(held_files), list(held_labels)
         files["train"], labels["train"] = list(pool_files), list(pool_labels)

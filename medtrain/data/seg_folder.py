@@ -215,9 +215,17 @@ class SegFolder(SegmentationDataset):
             raise DataError(f"{root / 'images'}: no {list(READABLE_EXTENSIONS)} images")
         missing = [name for name in images if f"{name}{mask_suffix}" not in masks]
         if missing:
+            suffixes = sorted(  # the masks of a few missing images: named with another suffix?
+                {m.removeprefix(n) for n in missing[:10] for m in masks if m.startswith(n)} - {""}
+            )
+            hint = (
+                f" (the masks end in {suffixes[0]!r}: set dataset.mask_suffix)"
+                if (len(suffixes) == 1 and suffixes[0] != mask_suffix)
+                else ""
+            )
             raise DataError(
                 f"{root / masks_folder}: no mask for {len(missing)} image(s), e.g. "
-                f"{missing[0]}{mask_suffix}.png for images/{images[missing[0]].name}"
+                f"{missing[0]}{mask_suffix}.png for images/{images[missing[0]].name}{hint}"
             )
         if class_values:
             bad = [(v, k) for v, k in class_values.items() if not 0 <= int(k) < self.num_classes]

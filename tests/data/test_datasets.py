@@ -163,6 +163,13 @@ def test_image_folder_errors(tmp_path):
         (tmp_path / "dcm" / name / "1.dcm").write_bytes(b"x")
     with pytest.raises(DataError, match=r"\(the files there end in \['.dcm'\]: set dataset"):
         ImageFolder(str(tmp_path / "dcm"), "train", extensions=(".png", ".jpg"))
+    (tmp_path / "rare" / "a").mkdir(parents=True)  # a class of one image: named, with a way out
+    (tmp_path / "rare" / "b").mkdir()
+    for k in range(6):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "rare" / "a" / f"{k}.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "rare" / "b" / "only.png")
+    with pytest.raises(DataError, match=r"too few images of class b \(1\); add images, or give"):
+        ImageFolder(str(tmp_path / "rare"), "train")
     tmp_path = tmp_path / "png"
     make_folder(tmp_path, per_class=4)
     (tmp_path / "benign" / "3.png").write_bytes(b"\x89PNG broken")

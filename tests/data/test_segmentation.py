@@ -233,6 +233,12 @@ def test_seg_folder_errors_name_the_file(tmp_path):
     (root / "masks" / "case03.png").unlink()
     with pytest.raises(DataError, match="no mask for 1 image.*case03.png"):
         SegFolder(str(root), "train", val_size=1, test_size=1)
+    for mask in (root / "masks").glob("*.png"):  # masks named <image>_mask.png: the suffix is named
+        mask.rename(mask.with_name(f"{mask.stem}_mask.png"))
+    with pytest.raises(DataError, match="the masks end in '_mask': set dataset.mask_suffix"):
+        SegFolder(str(root), "train", val_size=1, test_size=1)
+    for mask in (root / "masks").glob("*.png"):
+        mask.rename(mask.with_name(mask.name.replace("_mask", "")))
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "masks" / "case03.png")
     data = {s: SegFolder(str(root), s, val_size=1, test_size=1) for s in ("train", "val", "test")}
     holder = next(d for d in data.values() if "case03" in d.ids)
