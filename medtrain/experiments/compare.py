@@ -92,8 +92,10 @@ def column_names(runs: list[Path]) -> list[str]:
 
 
 def _cell(value: Any) -> str:
+    """A metric to 4 decimals; a smaller number (a learning rate, 1.4e-4) to 4 significant
+    digits, so that values that differ do not read the same."""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.4g}"
     return "" if value is None else str(value)
 
 

@@ -266,6 +266,7 @@ def write_sweep_summary(
     )
 
     metric_columns = [c for c in (f"test/{k}" for k in HEADLINE) if any(c in r for r in rows)]
+    metric_columns = [c for c in metric_columns if c != monitor]  # ranked by a test metric: once
     fields = ["job", "overrides", "status", monitor, *metric_columns, "train_seconds", "error"]
     if any(r.get("folder") for r in rows):  # a shared search's trials run on other machines
         fields.append("folder")

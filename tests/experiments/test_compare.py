@@ -43,6 +43,19 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert "has no metrics.json" in capsys.readouterr().err
 
 
+def test_small_values_keep_four_significant_digits():
+    from medtrain.experiments.compare import _cell
+
+    assert [_cell(v) for v in (1e-4, 1.4e-4, 0.98765, 0.0, 12.0, None)] == [
+        "0.0001",
+        "0.00014",
+        "0.9877",
+        "0.0000",
+        "12.0000",
+        "",
+    ]
+
+
 def test_column_names_are_folder_names_or_all_full_paths():
     from medtrain.experiments.compare import column_names
 
