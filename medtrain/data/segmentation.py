@@ -474,11 +474,8 @@ class SegmentationDataset(SeededSamples, Dataset):
             )
         if mask.size and (mask.min() < 0 or mask.max() >= self.num_classes):
             values = np.unique(mask)
-            if (
-                self.num_classes == 2
-                and len(values) > 2
-                and not getattr(self, "class_values", None)
-            ):
+            smoothed = len(values) > 2 and values.max() == 255  # a 0/255 mask, blurred
+            if self.num_classes == 2 and smoothed and not getattr(self, "class_values", None):
                 shown = ", ".join(map(str, values[:6].tolist()))
                 raise DataError(
                     f"{self.source(index)}: a binary mask holds {len(values)} values ({shown}"
