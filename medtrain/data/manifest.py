@@ -101,6 +101,9 @@ def hold_out(
     return train_test_split(pool, test_size=share, random_state=seed)
 
 
+# The seeded splits this process has described (path, seed, sizes): each is logged once.
+SPLITS_SAID: set[tuple] = set()
+
 # Draws of a grouped split (seed, seed + 1, ...) tried for val and test splits with every class.
 GROUP_DRAWS = 100
 
@@ -237,8 +240,10 @@ class ManifestRows:
                         else f"so did {GROUP_DRAWS} draws (too few groups of a class): its AUC is "
                         "undefined, and the best epoch is chosen without it",
                     )
-        if self.split == "train":  # said once per run, not once per split
-            counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
+        counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
+        said = (str(self.manifest_path), seed, tuple(counts.values()))
+        if self.split == "train" and said not in SPLITS_SAID:  # once, not per split or rebuild
+            SPLITS_SAID.add(said)  # (a CV rebuilds the data for its folds, pooling and ensemble)
             log.info("%s has no split column: seeded split %s", self.manifest_path, counts)
         return assignment
 
