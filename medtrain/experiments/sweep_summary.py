@@ -240,7 +240,8 @@ def write_sweep_summary(
         for job in jobs
     }
     keys = list(dict.fromkeys(k for o in overrides.values() for k in o))
-    swept = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
+    # What differs between jobs, and what a search searched (a choice every trial drew alike too)
+    swept = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1 or k in scales]
     common = [_joined(k, overrides[jobs[0].name][k]) for k in keys if k not in swept and swept]
     rows = []
     for job in jobs:

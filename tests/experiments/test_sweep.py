@@ -182,6 +182,21 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, one_thread):
     assert (tmp_path / "sweep_optimizer.lr.png").exists()
 
 
+def test_a_searched_choice_is_a_column_even_when_every_trial_drew_alike(tmp_path, one_thread):
+    """choice(cnn) is searched (one option): its own column and plot, not an every-job setting."""
+    argv = [f"sweep.dir={tmp_path}", "sweep.trials=2", "sweep.params.model=choice(cnn)"]
+    argv += ["sweep.params.optimizer.lr=log(1e-4,1e-2)"]
+    assert main([*argv, *TINY, "trainer.max_epochs=1"]) == 0
+    every = next(
+        line
+        for line in (tmp_path / "sweep_summary.md").read_text().splitlines()
+        if line.startswith("Every job")
+    )
+    assert "model=cnn" not in every
+    assert all(row["overrides"].startswith("model=cnn ") for row in read_summary(tmp_path))
+    assert (tmp_path / "sweep_model.png").exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
