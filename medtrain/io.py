@@ -33,11 +33,11 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # (os.fchmod: not on Windows before 3.13)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

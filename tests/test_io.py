@@ -25,15 +25,22 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_written_files_are_as_readable_as_the_umask_allows(tmp_path):
     """Results written through a temporary file get 0666 less the umask, as `open` would give,
     not the temporary's owner-only 0600 (colleagues and a service user read them)."""
+    import os
+
     from medtrain.io import current_umask
 
-    save_json(tmp_path / "m.json", {"a": 1})
-    save_checkpoint(tmp_path / "c.pt", {"w": torch.zeros(1)})
-    (tmp_path / "plain.txt").write_text("x")
-    expected = (tmp_path / "plain.txt").stat().st_mode & 0o777
-    assert expected == 0o666 & ~current_umask()
+    before = os.umask(0o022)  # the 0600 of a temporary file would pass under umask 077
+    current_umask.cache_clear()
+    try:
+        save_json(tmp_path / "m.json", {"a": 1})
+        save_checkpoint(tmp_path / "c.pt", {"w": torch.zeros(1)})
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(before)
+        current_umask.cache_clear()
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
     for name in ("m.json", "c.pt"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_json_is_strict_nan_becomes_null(tmp_path):

@@ -90,8 +90,12 @@ class ImageFolder(ImageDataset):
         base = list_class_folders(split_dirs.get("train", root), extensions)
         if not base:
             folder = split_dirs.get("train", root)
-            others = sorted(
-                {f.suffix.lower() or "(none)" for f in Path(folder).glob("*/*") if f.is_file()}
+            others = sorted(  # what the class folders hold (DICOM named by UID: no suffix)
+                {
+                    f.suffix.lower() if f.suffix[1:].isalpha() else "(none)"
+                    for f in Path(folder).glob("*/**/*")
+                    if f.is_file() and not any(p.startswith((".", "__")) for p in f.parts[-3:])
+                }
             )
             hint = (
                 f" (the files there end in {others[:5]}: set dataset.extensions)" if others else ""

@@ -104,23 +104,29 @@ def hold_out(
 # The seeded splits this process has described (path, seed, sizes): each is logged once.
 SPLITS_SAID: set[tuple] = set()
 
-# Draws of a grouped split (seed, seed + 1, ...) tried for val and test splits with every class.
+# Draws of a grouped split tried for splits that each hold every class.
 GROUP_DRAWS = 100
 
 
 def classes_left_out(assignment: np.ndarray, labels: np.ndarray | None) -> str:
-    """Which held-out splits (val, test) of `assignment` lack a class that `labels` hold, as
-    text ('' when none does, or for labels that are not one class per row)."""
+    """Which splits of `assignment` (those holding rows) lack a class that `labels` hold, as text
+    ('' when none does, or for labels that are not one class per row)."""
     if labels is None or np.asarray(labels).ndim != 1:
         return ""
     classes = set(np.unique(labels).tolist())
     lacking = []
-    for k in (1, 2):  # val, test
+    for k, split in enumerate(SPLITS):
         held = assignment == k
-        if held.any() and classes - set(np.unique(labels[held]).tolist()):
-            absent = sorted(classes - set(np.unique(labels[held]).tolist()))
-            lacking.append(f"{SPLITS[k]} without class {', '.join(map(str, absent))}")
+        absent = sorted(classes - set(np.unique(labels[held]).tolist())) if held.any() else []
+        if absent:
+            lacking.append(f"{split} without class {', '.join(map(str, absent))}")
     return "; ".join(lacking)
+
+
+def redraw_seed(seed: int, attempt: int) -> int:
+    """The seed of a grouped split's `attempt`-th draw again: its own stream, so that the draws
+    of two seeds do not meet (seed + 1 would give seed 0's second draw to seed 1)."""
+    return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
 
 
 class ManifestRows:
@@ -207,22 +213,22 @@ class ManifestRows:
         """0, 1 or 2 (train, val, test) per row; test is drawn first, then val from the rest;
         stratified by `labels` (class targets) when given. With `groups` (one name per row) the
         groups are split instead, unstratified, and each row follows its group; a draw that
-        leaves val or test without a class is drawn again with the next seeds (a val split of
-        one class has no AUC to choose the best epoch by)."""
+        leaves a split without a class is drawn again (`redraw_seed`) until none does: a val split
+        of one class has no AUC to choose the best epoch by. The first draw is the seed's, so a
+        split that holds every class is what it always was."""
         if groups is None:
             assignment = self._drawn(count, val_fraction, test_fraction, seed, labels, "rows")
         else:
             names, row_group = np.unique(np.asarray(groups), return_inverse=True)
 
-            def draw(k: int) -> np.ndarray:  # with seed + k
-                drawn = self._drawn(
-                    len(names), val_fraction, test_fraction, seed + k, None, "groups"
-                )
+            def draw(k: int) -> np.ndarray:  # the seed's own draw, then its draws again
+                at = seed if k == 0 else redraw_seed(seed, k)
+                drawn = self._drawn(len(names), val_fraction, test_fraction, at, None, "groups")
                 return drawn[row_group]
 
             assignment = draw(0)
             first = classes_left_out(assignment, labels)
-            if first:  # the next seeds, until val and test hold every class
+            if first:  # drawn again until every split holds every class
                 again = next(
                     (k for k in range(1, GROUP_DRAWS) if not classes_left_out(draw(k), labels)),
                     None,
@@ -235,10 +241,11 @@ class ManifestRows:
                         self.manifest_path,
                         seed,
                         first,
-                        f"drawn again with seed {seed + again}"
+                        f"drawn again ({again} time(s)) until every split holds every class"
                         if again is not None
-                        else f"so did {GROUP_DRAWS} draws (too few groups of a class): its AUC is "
-                        "undefined, and the best epoch is chosen without it",
+                        else f"so did {GROUP_DRAWS} draws (too few groups of a class), and the "
+                        "first is kept: a val split of one class has no AUC, so best.pt would stay "
+                        "the first epoch's (give a split column, or set task.monitor=val/loss)",
                     )
         counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
         said = (str(self.manifest_path), seed, tuple(counts.values()))

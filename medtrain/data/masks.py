@@ -87,6 +87,6 @@ def read_mask_file(
     present = np.unique(mask)
     if not multi_class and len(present) <= 2 and present.max() > 1 and present.min() == 0:
         return (mask > 0).astype(np.int64)  # {0, 255} (or any {0, v}): binary
-    if not multi_class and present.tolist() == [255]:
-        return np.ones_like(mask)  # all foreground, stored as a binary mask's 255
+    if not multi_class and present.tolist() in ([255], [65535]):
+        return np.ones_like(mask)  # all foreground, stored as a binary mask's 255 (16-bit: 65535)
     return mask

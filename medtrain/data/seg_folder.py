@@ -27,6 +27,26 @@ log = logging.getLogger(__name__)
 MASK_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy")
 
 
+def mask_suffix_hint(missing: Sequence[str], masks: Mapping[str, Path], suffix: str) -> str:
+    """When the masks of images without one (`missing`, a few) are there under another suffix:
+    ' (... set dataset.mask_suffix)' naming it; '' otherwise. A suffix starts with a separator
+    (`_mask`, `-seg`): `case1` and `case10` are two images, not an image and a suffix."""
+    found = {
+        m.removeprefix(n)
+        for n in missing
+        for m in masks
+        if m == n or (m.startswith(n) and not m[len(n)].isalnum())
+    }
+    if len(found) != 1 or found == {suffix}:
+        return ""
+    (other,) = found
+    return (
+        f" (the masks end in {other!r}: set dataset.mask_suffix={other!r})"
+        if other
+        else (" (the masks have no suffix: set dataset.mask_suffix='')")
+    )
+
+
 def list_files(folder: Path, extensions: Sequence[str]) -> dict[str, Path]:
     """Map file stems to files in `folder` (hidden files and archive debris skipped)."""
     files: dict[str, Path] = {}
@@ -215,14 +235,7 @@ class SegFolder(SegmentationDataset):
             raise DataError(f"{root / 'images'}: no {list(READABLE_EXTENSIONS)} images")
         missing = [name for name in images if f"{name}{mask_suffix}" not in masks]
         if missing:
-            suffixes = sorted(  # the masks of a few missing images: named with another suffix?
-                {m.removeprefix(n) for n in missing[:10] for m in masks if m.startswith(n)} - {""}
-            )
-            hint = (
-                f" (the masks end in {suffixes[0]!r}: set dataset.mask_suffix)"
-                if (len(suffixes) == 1 and suffixes[0] != mask_suffix)
-                else ""
-            )
+            hint = mask_suffix_hint(missing[:10], masks, mask_suffix)
             raise DataError(
                 f"{root / masks_folder}: no mask for {len(missing)} image(s), e.g. "
                 f"{missing[0]}{mask_suffix}.png for images/{images[missing[0]].name}{hint}"

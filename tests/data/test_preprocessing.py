@@ -226,7 +226,10 @@ def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path, ca
 
     with caplog.at_level("WARNING"):
         drawn = split(0)
-    assert "the groups drawn with seed 0 left val without class" in caplog.text
+    assert "the groups drawn with seed 0 left train without class 1; val without class 0" in (
+        caplog.text
+    )
+    assert "until every split holds every class" in caplog.text
     for name, data in drawn.items():
         assert set(np.asarray(data.labels).tolist()) == {0, 1}, name
     owner: dict[str, str] = {}
@@ -236,7 +239,19 @@ def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path, ca
     caplog.clear()
     with caplog.at_level("WARNING"):
         kept = split(1)
-    assert "drawn with seed" not in caplog.text and len(kept["val"]) == 8
+    assert "drawn with seed" not in caplog.text
+    first = kept["train"]._drawn(10, 0.15, 0.15, 1, None, "groups")  # the seed's own draw
+    patients = {s: sorted(set(kept[s].groups)) for s in SPLITS}
+    assert patients == {
+        s: [f"P{p}" for p in np.flatnonzero(first == k)] for k, s in enumerate(SPLITS)
+    }
+    # Two patients of a class cannot be in three splits: the first draw is kept, and said.
+    rare = [r.replace("malignant", "benign") if r.split(",")[2] == "P2" else r for r in rows]
+    (tmp_path / "cases.csv").write_text("image,target,patient\n" + "\n".join(rare) + "\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        split(0)
+    assert "so did 100 draws (too few groups of a class), and the first is kept" in caplog.text
     # The CSV's own split column putting a patient in two splits is warned about (leakage).
     leaky = [f"{row},{('train', 'val', 'test', 'train')[k % 4]}" for k, row in enumerate(rows)]
     (tmp_path / "cases.csv").write_text("image,target,patient,split\n" + "\n".join(leaky) + "\n")

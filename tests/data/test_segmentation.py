@@ -239,6 +239,11 @@ def test_seg_folder_errors_name_the_file(tmp_path):
         SegFolder(str(root), "train", val_size=1, test_size=1)
     for mask in (root / "masks").glob("*.png"):
         mask.rename(mask.with_name(mask.name.replace("_mask", "")))
+    with pytest.raises(DataError, match="the masks have no suffix: set dataset.mask_suffix=''"):
+        SegFolder(str(root), "train", val_size=1, test_size=1, mask_suffix="_mask")
+    from medtrain.data.seg_folder import mask_suffix_hint
+
+    assert mask_suffix_hint(["case1"], {"case10": root, "case2": root}, "") == ""  # not a suffix
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "masks" / "case03.png")
     data = {s: SegFolder(str(root), s, val_size=1, test_size=1) for s in ("train", "val", "test")}
     holder = next(d for d in data.values() if "case03" in d.ids)
