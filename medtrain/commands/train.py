@@ -62,7 +62,7 @@ class TrainJobs:
 
         self.started.append(len(self.started) + 1)
         hydra = HydraConfig.get()
-        auto = cfg.trainer.resume == "auto"  # `train` sets it to what it found
+        auto = cfg.trainer.get("resume") == "auto"  # `train` sets it to what it found
         try:
             try:
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
