@@ -111,18 +111,21 @@ class TrainJobs:
 def say_interrupted(hydra, auto: bool) -> None:
     """How to go on after Ctrl-C: the same command (continuing with `trainer.resume`); a grid's
     jobs in the same sweep folder, which the summary then lists with this job as interrupted
-    (Hydra ends no job when one is interrupted). The line starts `interrupted; the same command`,
-    which the summary looks for in the job's log."""
+    (Hydra ends no job when one is interrupted: the summary finds `INTERRUPTED_LOG` in its log)."""
+    from medtrain.experiments.sweep_summary import INTERRUPTED_LOG
+
     if hydra.mode != RunMode.MULTIRUN:
         log.warning(
-            "interrupted; the same command%s continues from the last finished epoch",
+            "%s%s continues from the last finished epoch",
+            INTERRUPTED_LOG,
             "" if auto else " with trainer.resume=true",
         )
         return
     # A grid's folder is time-stamped unless named: name it to go on there.
     log.warning(
-        "interrupted; the same command with hydra.sweep.dir=%s and trainer.resume=auto continues "
-        "the grid (finished jobs are tested again, this one continues from its last finished epoch)",
+        "%s with hydra.sweep.dir=%s and trainer.resume=auto continues the grid (finished jobs are "
+        "tested again, this one continues from its last finished epoch)",
+        INTERRUPTED_LOG,
         hydra.sweep.dir,
     )
     from medtrain.experiments.hydra_callbacks import SweepSummary

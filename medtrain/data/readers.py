@@ -101,6 +101,11 @@ FORMAT_OF_SUFFIX = {
 }
 
 
+def is_array_file(data: bytes) -> bool:
+    """Whether `data` starts as an NPY or NPZ file (by `SIGNATURES`)."""
+    return data.startswith(tuple(m for m, kind in SIGNATURES.items() if kind in ("npy", "npz")))
+
+
 def sniff(data: bytes, name: str = "") -> str:
     """The format of `data`: png, jpeg, tiff, npy, npz or dicom.
 

@@ -115,11 +115,15 @@ INTERRUPTED = (
 )
 
 
+# How the log line of an interrupted run starts (`medtrain.commands.train.say_interrupted`).
+INTERRUPTED_LOG = "interrupted; the same command"
+
+
 def _interrupted(job_dir: Path) -> bool:
-    """Whether the job's last log line says it was interrupted (`medtrain.commands.train`)."""
+    """Whether the job's last log line says it was interrupted."""
     path = job_dir / "train.log"
     lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    return bool(lines) and "interrupted; the same command" in lines[-1]
+    return bool(lines) and INTERRUPTED_LOG in lines[-1]
 
 
 def _history(job_dir: Path) -> list[dict[str, str]]:

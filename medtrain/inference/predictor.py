@@ -18,6 +18,7 @@ from medtrain.data.readers import (
     Decoded,
     UnsupportedFormatError,
     decode,
+    is_array_file,
     read_file,
     read_image,
 )
@@ -39,6 +40,9 @@ from medtrain.inference.run import eval_preprocessing, load_run, volume_run, vol
 from medtrain.io import read_json
 from medtrain.models import input_keys
 from medtrain.tasks.base import Input
+
+# What `medtrain predict` reads for a 3D network besides what the service takes (`read`, `decode`).
+PREDICT_ALSO_READS = "medtrain predict also reads DICOM series folders and multi-frame DICOM files"
 
 
 @dataclass
@@ -174,8 +178,7 @@ class Predictor:
                 "spatial_dims": 3,
                 "note": "a 3D network: send a NIfTI volume (.nii or .nii.gz"
                 + (", or an NPY/NPZ array D x H x W" if self.reads_volume_arrays else "")
-                + "; medtrain predict also reads DICOM series folders and multi-frame DICOM "
-                "files); max_pixels bounds its voxels",
+                + f"; {PREDICT_ALSO_READS}); max_pixels bounds its voxels",
             }
         return None
 
@@ -232,7 +235,7 @@ class Predictor:
         if volume_run(self.cfg) and is_nifti_bytes(data, name):
             volume = decode_nifti(data, name, self.max_pixels)
             return Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
-        if self.reads_volume_arrays and data.startswith((b"\x93NUMPY", b"PK\x03\x04")):
+        if self.reads_volume_arrays and is_array_file(data):
             return decode(data, name, self.max_pixels, volume=True)
         try:  # a 3D run refuses a 2D image in `accepts`, naming what it reads
             return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
@@ -255,8 +258,8 @@ class Predictor:
         if volume_run(self.cfg) and image.format != "volume":
             arrays = " or NPY/NPZ array (D x H x W)" if self.reads_volume_arrays else ""
             raise DataError(
-                f"{name}: this run's network is 3D; give a volume (a NIfTI file{arrays}; medtrain "
-                "predict also reads DICOM series folders and multi-frame DICOM files)"
+                f"{name}: this run's network is 3D; give a volume (a NIfTI file{arrays}; "
+                f"{PREDICT_ALSO_READS})"
             )
         if self.slices_volumes and image.format != "volume":
             raise DataError(
