@@ -9,6 +9,11 @@ class ConfigError(MedtrainError):
     """A config key holds a value medtrain cannot use; the message names the key and what is valid."""
 
 
+class LossMismatch(ConfigError):
+    """The configured loss does not fit the task. Training refuses it; `medtrain check-data`
+    reports it and still checks the data, which the loss does not read."""
+
+
 class TrainingError(MedtrainError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 

@@ -28,7 +28,7 @@ from medtrain.engine.acceleration import (
 )
 from medtrain.engine.build import target_class
 from medtrain.engine.legacy import upgrade_targets
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, LossMismatch
 from medtrain.models import call_model
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,11 @@ def validate(cfg: DictConfig) -> torch.device:
         The device to train on.
     """
     upgrade_targets(cfg)  # runs saved by earlier releases name classes by their old paths
-    check_task(cfg)  # first: a task/dataset mismatch also breaks interpolations between them
+    try:
+        check_task(cfg)  # first: a task/dataset mismatch also breaks interpolations between them
+        wrong_loss = None
+    except LossMismatch as err:  # raised last, so that check-data knows the rest is sound
+        wrong_loss = err
     try:
         missing = OmegaConf.missing_keys(cfg)
         OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
@@ -189,6 +193,8 @@ def validate(cfg: DictConfig) -> torch.device:
             path,
             f"does not exist (relative paths start at {Path.cwd()})",
         )
+    if wrong_loss is not None:
+        raise wrong_loss
     return device
 
 

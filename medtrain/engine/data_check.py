@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 from medtrain.data.validation import check_datasets, new_report
 from medtrain.engine.build import build_datasets, target_class
 from medtrain.engine.config import check_against_data, validate
-from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.errors import ConfigError, DataError, LossMismatch, MedtrainError
 from medtrain.io import save_json
 
 log = logging.getLogger(__name__)
@@ -61,14 +61,20 @@ def check_config(
 ) -> dict[str, Any]:
     """Build the datasets of `cfg` as training does and check them (see `check_datasets`).
 
-    A config error stops there (`config_errors`); a data error found while building (a missing
-    manifest column, an unreadable first image, a label outside the classes) is reported under
-    `errors`, and the rest of the data is still checked where the datasets can be built without it.
+    A config error stops there (`config_errors`), except a loss that does not fit the task: the
+    data, which the loss does not read, is still checked. A data error found while building (a
+    missing manifest column, an unreadable first image, a label outside the classes) is reported
+    under `errors`, and the rest of the data is still checked where the datasets can be built
+    without it.
     """
     cfg = copy.deepcopy(cfg)  # build_datasets writes what it infers into cfg.dataset
     report = new_report(cfg)
+    wrong_loss = []
     try:
-        validate(on_cpu(cfg))
+        try:
+            validate(on_cpu(cfg))
+        except LossMismatch as err:  # validate raises it after every other check passed
+            wrong_loss.append(str(err))
         datasets = build_datasets(cfg)
         check_against_data(cfg)
     except ConfigError as err:
@@ -80,7 +86,10 @@ def check_config(
         if not any(str(err) in line for line in report["errors"]):
             report["errors"].insert(0, str(err))
     else:
-        return check_datasets(cfg, datasets, workers, duplicates, progress)
+        report = check_datasets(cfg, datasets, workers, duplicates, progress)
+        if not wrong_loss:
+            return report
+    report["config_errors"][:0] = wrong_loss
     report["ok"] = False
     return report
 

@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from medtrain.data.base import ImageDataset
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, LossMismatch
 from medtrain.losses import loss_family
 from medtrain.models import call_model
 from medtrain.tasks.tta import View, check_tta, spatial_dims_of, tta_views
@@ -65,11 +65,11 @@ def refuse_loss(cfg: DictConfig, choices: Choices, **refused: str) -> None:
     message formatted with the chosen options (`{dataset}`, `{loss}`, `{task}`, ...).
 
     Raises:
-        ConfigError: the message.
+        LossMismatch: the message.
     """
     family = loss_family(cfg.loss.get("_target_")) or "other"
     if family in refused:
-        raise ConfigError(refused[family].format(**choices))
+        raise LossMismatch(refused[family].format(**choices))
 
 
 class Collector(Protocol):

@@ -149,11 +149,6 @@ class SegmentationTask(Task):
                 f"task=segmentation needs masks, but dataset={choices['dataset']} holds one label "
                 "per image: use dataset=seg_folder or dataset=synthetic_segmentation"
             )
-        classes = (
-            "loss={loss} is a classification loss; for task=segmentation use loss=dice_ce, "
-            "dice, dice_bce, dice_focal, tversky or seg_focal"
-        )
-        refuse_loss(cfg, choices, values=REGRESSION_LOSS, classes=classes)
         dims = cfg.dataset.get("spatial_dims") or 2
         tta_views(check_tta(cfg.task.get("tta"), cfg.task.get("flip_tta", False)), dims)
         window = cfg.task.get("inference", {}).get("window")
@@ -183,6 +178,11 @@ class SegmentationTask(Task):
                 "task.instances separates objects of 2D images; dataset=volume_slices is scored "
                 "per volume: set task.instances=null"
             )
+        classes = (  # last: `check-data` goes on after a loss refusal
+            "loss={loss} is a classification loss; for task=segmentation use loss=dice_ce, "
+            "dice, dice_bce, dice_focal, tversky or seg_focal"
+        )
+        refuse_loss(cfg, choices, values=REGRESSION_LOSS, classes=classes)
 
     def check_output(self, output: torch.Tensor, model: str) -> None:
         if output.ndim not in (4, 5):

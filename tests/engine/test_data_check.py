@@ -166,6 +166,33 @@ def test_segmentation_mask_of_the_wrong_size_or_class_names_the_mask(tmp_path):
     assert not [w for w in report["warnings"] if "no mask holds" in w]
 
 
+def test_a_loss_that_does_not_fit_the_task_is_reported_and_the_data_still_checked(tmp_path):
+    # The loss reads no data: `task=segmentation` with the default loss=cross_entropy is refused
+    # as training would refuse it, and the masks are checked all the same.
+    write_seg_folder(tmp_path, [f"img{k}" for k in range(6)])
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "masks/img2.png")
+    overrides = [
+        "dataset=seg_folder",
+        "task=segmentation",
+        "model=unet",
+        f"dataset.path={tmp_path}",
+    ]
+    report = check(overrides + ["dataset.val_size=1", "dataset.test_size=1"])
+    assert report["config_errors"] == [
+        "loss=cross_entropy is a classification loss; for task=segmentation use loss=dice_ce, "
+        "dice, dice_bce, dice_focal, tversky or seg_focal"
+    ]
+    assert report["errors"] == [
+        f"{tmp_path / 'masks/img2.png'}: mask is 12x12 but the image is 16x16"
+    ]
+    assert sum(s["samples"] for s in report["splits"].values()) == 6
+    assert exit_status(report) == 2 and report["ok"] is False
+    # Any other config error still stops before the data.
+    report = check(overrides + ["dataset.val_size=1", "dataset.test_size=1", "optimizer.lr=0"])
+    assert len(report["config_errors"]) == 1 and "optimizer.lr" in report["config_errors"][0]
+    assert not report["splits"]
+
+
 def test_image_folder_random_bytes_and_empty_file(tmp_path):
     for k in range(12):
         write_png(tmp_path / f"class{k % 2}" / f"{k}.png", seed=k)
