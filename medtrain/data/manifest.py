@@ -7,7 +7,7 @@ import csv
 import difflib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,22 @@ class ManifestRows:
 
     def _error(self, rule: str, problems: list[str]) -> DataError:
         return DataError(f"{self.manifest_path}: {rule}: {listed(problems)}")
+
+    @staticmethod
+    def _all_checked(*checks: Callable[[], Any]) -> list[Any]:
+        """Run every column's row check and return their results; raise one `DataError` with one
+        line per failed check, so that a CSV with missing files and bad targets is told of both
+        at once instead of one fix per attempt."""
+        results, failed = [], []
+        for check in checks:
+            try:
+                results.append(check())
+            except DataError as err:
+                failed.append(str(err))
+                results.append(None)
+        if failed:
+            raise DataError("\n".join(failed))
+        return results
 
     def _image_files(self, rows: list[dict], column: str, root: Path) -> list[Path]:
         files = [root / row[column] for row in rows]  # an absolute path replaces the root
@@ -380,16 +396,18 @@ class Manifest(ManifestRows, ImageDataset):
         wanted |= {f"tabular_columns[{k}]": name for k, name in enumerate(tabular_columns)}
         check_columns(csv_path, header, wanted)
 
-        every_file = self._image_files(rows, image_column, csv_path.absolute().parent)
-        every_id = self._ids(rows, id_column or image_column)
-        targets = self._targets(rows, target_column)
         if split_column not in (None, "split") and split_column not in header:
             # A column named on purpose must exist: a typo would silently give a seeded split.
             check_columns(Path(path), header, {"split_column": split_column})
         split_column = split_column if split_column in header else None
-        groups = self._groups(rows, group_column)
+        every_file, every_id, targets, groups, assignment = self._all_checked(
+            lambda: self._image_files(rows, image_column, csv_path.absolute().parent),
+            lambda: self._ids(rows, id_column or image_column),
+            lambda: self._targets(rows, target_column),
+            lambda: self._groups(rows, group_column),
+            lambda: split_column and self._read_splits(rows, split_column),
+        )
         if split_column is not None:
-            assignment = self._read_splits(rows, split_column)
             self._check_groups_in_one_split(assignment, groups, split_column)
         else:
             labels = None if self.regression else targets
@@ -437,7 +455,22 @@ class Manifest(ManifestRows, ImageDataset):
             if self.class_names is None:  # the column names the value in predictions and plots
                 self.class_names = [column]
             return np.array(numbers, dtype=np.float32)
-        if all(x is not None for x in numbers):
+        is_number = [x is not None for x in numbers]
+        if any(is_number) and not all(is_number) and not self.class_names:
+            # A typo among class indices would otherwise turn every index into a class name.
+            names = sum(not n for n in is_number)
+            few = names <= len(values) - names  # list the rarer kind: probably the mistakes
+            odd = [
+                f"line {line}: {v!r}"
+                for v, n, line in zip(values, is_number, self._lines, strict=True)
+                if n != few
+            ]
+            raise self._error(
+                f"column {column!r} mixes class indices and names ({names} of {len(values)} "
+                "rows hold a name): write one kind (or list the names in dataset.class_names)",
+                odd,
+            )
+        if all(is_number):
             fractional = [
                 f"line {line}: {v!r}"
                 for v, x, line in zip(values, numbers, self._lines, strict=True)

@@ -85,16 +85,21 @@ class SegManifest(ManifestRows, SegmentationDataset):
             wanted["group_column"] = group_column
         check_columns(csv_path, header, wanted)
         root = csv_path.absolute().parent
-        images = self._image_files(rows, image_column, root)
-        masks = self._image_files(rows, mask_column, root)
-        ids = self._ids(rows, id_column or image_column)
-        spacings = (
-            self._spacings(rows, spacing_column) if spacing_column in header else [None] * len(rows)
+        split_column = split_column if split_column in header else None
+        images, masks, ids, spacings, groups, assignment = self._all_checked(
+            lambda: self._image_files(rows, image_column, root),
+            lambda: self._image_files(rows, mask_column, root),
+            lambda: self._ids(rows, id_column or image_column),
+            lambda: (
+                self._spacings(rows, spacing_column)
+                if spacing_column in header
+                else [None] * len(rows)
+            ),
+            lambda: self._groups(rows, group_column),
+            lambda: split_column and self._read_splits(rows, split_column),
         )
         self._check_spacing_everywhere(spacings, images, masks)
-        groups = self._groups(rows, group_column)
-        if split_column in header:
-            assignment = self._read_splits(rows, split_column)
+        if split_column is not None:
             self._check_groups_in_one_split(assignment, groups, split_column)
         else:
             assignment = self._seeded_splits(

@@ -204,9 +204,9 @@ def label_problems(dataset: Any, names: Names) -> list[str]:
     ]
 
 
-def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, list[str]]:
+def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, dict[int, str]]:
     """Class counts (segmentation: pixel shares and images per class; regression: target range) and
-    the classes this split lacks."""
+    the classes this split lacks, each with its warning."""
     k, split = dataset.num_classes, dataset.split
     if isinstance(dataset, MASK_DATASETS):
         masks = np.array([s.class_pixels for s in samples if s.class_pixels is not None])
@@ -220,9 +220,9 @@ def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, list[str]]:
             "images_with": {class_name(dataset, c): int(images[c]) for c in range(k)},
         }
         if len(masks) < len(samples):  # unreadable masks are errors already: absence means nothing
-            return section, []
+            return section, {}
         absent = [c for c in range(k) if images[c] == 0]
-        return section, [f"{split}: no mask holds class {class_name(dataset, c)!r}" for c in absent]
+        return section, {c: f"{split}: no mask holds class {class_name(dataset, c)!r}" for c in absent}
     labels = np.asarray(dataset.labels)
     if dataset.regression:
         values = labels.reshape(len(labels), -1).astype(np.float64)
@@ -234,7 +234,7 @@ def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, list[str]]:
             }
             for c in range(values.shape[1])
         }
-        return {"targets": stats}, []
+        return {"targets": stats}, {}
     if labels.ndim == 2:
         counts = labels.sum(axis=0) if labels.shape[1] == k else np.zeros(k)
         key, what = "positives", "positive sample"
@@ -243,7 +243,25 @@ def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, list[str]]:
         key, what = "counts", "sample"
     section = {key: {class_name(dataset, c): int(counts[c]) for c in range(k)}}
     absent = [c for c in range(k) if counts[c] == 0]
-    return section, [f"{split}: no {what} of class {class_name(dataset, c)!r}" for c in absent]
+    return section, {c: f"{split}: no {what} of class {class_name(dataset, c)!r}" for c in absent}
+
+
+def classes_nowhere(datasets: dict, absent: dict[str, dict[int, str]]) -> tuple[list[int], str]:
+    """The classes that no split holds, and one warning for them (instead of one per split): a
+    class index above every label in use usually comes from one mistyped label."""
+    if len(absent) < 2:
+        return [], ""
+    nowhere = sorted(set.intersection(*(set(a) for a in absent.values())))
+    if not nowhere:
+        return [], ""
+    ds = next(iter(datasets.values()))
+    listed_classes = ", ".join(repr(class_name(ds, c)) for c in nowhere)
+    verb = "occurs" if len(nowhere) == 1 else "occur"
+    return nowhere, (
+        f"class {listed_classes} of dataset.num_classes={ds.num_classes} {verb} in no split: "
+        "check dataset.num_classes and dataset.class_names (an inferred num_classes is the "
+        "largest label + 1, so one mistyped label adds classes)"
+    )
 
 
 def intensity(samples: list[Sample]) -> dict[str, Any]:
@@ -384,6 +402,7 @@ def check_datasets(
     report = new_report(cfg)
     names = {split: Names(cfg, ds) for split, ds in datasets.items()}
     samples = read_all(datasets, workers, progress)
+    absent: dict[str, dict[int, str]] = {}
     for split, ds in datasets.items():
         found = samples[split]
         if not found:
@@ -392,14 +411,17 @@ def check_datasets(
             continue
         report["errors"] += [names[split].problem(s.index, s.problem) for s in found if s.problem]
         report["errors"] += label_problems(ds, names[split]) + size_problem(ds, found)
-        section, absent = balance(ds, found)
-        report["warnings"] += absent
+        section, absent[split] = balance(ds, found)
         report["splits"][split] = {
             "samples": len(found),
             "unreadable": sum(s.problem is not None for s in found),
             "balance": section,
             "intensity": intensity(found),
         }
+    nowhere, warning = classes_nowhere(datasets, absent)
+    report["warnings"] += [warning] * bool(warning) + [
+        line for lacking in absent.values() for c, line in lacking.items() if c not in nowhere
+    ]
     section, pairs, conflicts, notes = find_duplicates(datasets, samples, names)
     report["duplicates"] = section
     report["errors" if duplicates == "error" else "warnings"] += pairs

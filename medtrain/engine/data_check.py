@@ -83,8 +83,9 @@ def check_config(
         datasets = relaxed_datasets(cfg)
         if datasets is not None:
             report = check_datasets(cfg, datasets, workers, duplicates, progress)
-        if not any(str(err) in line for line in report["errors"]):
-            report["errors"].insert(0, str(err))
+        # One line per problem (a manifest reports each failed column on its own line).
+        found = [e for e in str(err).splitlines() if not any(e in x for x in report["errors"])]
+        report["errors"][:0] = found
     else:
         report = check_datasets(cfg, datasets, workers, duplicates, progress)
         if not wrong_loss:

@@ -98,6 +98,47 @@ def test_missing_file_and_missing_column_are_data_errors_naming_the_csv(tmp_path
     assert str(path) in message and "no column 'picture'" in message
 
 
+def test_every_kind_of_row_problem_is_reported_at_once(tmp_path):
+    # A missing file, a typo among class indices and a misspelt split: one check names all three
+    # (it stopped at the first kind before), and training's error lists them too.
+    rows = good_rows(tmp_path)
+    rows[1] = ("images/gone.png", 1, "train")  # line 3
+    rows[3] = (rows[3][0], "l", "val")  # line 5: a letter typed for a 1
+    rows[4] = (rows[4][0], 0, "tset")  # line 6
+    path = write_manifest(tmp_path, rows)
+    report = check(manifest_overrides(path))
+    assert exit_status(report) == 1
+    assert report["errors"] == [
+        f"{path}: no such image file (1 of 6 rows; paths in column 'image' are relative to "
+        f"{tmp_path}): line 3: {tmp_path / 'images/gone.png'}",
+        f"{path}: column 'target' mixes class indices and names (1 of 6 rows hold a name): write "
+        "one kind (or list the names in dataset.class_names): line 5: 'l'",
+        f"{path}: column 'split' must hold train, val (or valid, validation) or test (or remove "
+        "the column to split by dataset.val_fraction and dataset.test_fraction): line 6: 'tset'",
+    ]
+    with pytest.raises(DataError) as err:
+        build_datasets(compose_config(manifest_overrides(path)))
+    assert str(err.value).splitlines() == report["errors"]
+
+
+def test_a_class_in_no_split_is_one_warning(tmp_path):
+    # A 7 typed for a 1 makes an inferred num_classes of 8: classes 2-6 occur nowhere (one warning,
+    # not one per split), class 7 only in train (val and test are told they lack it).
+    rows = good_rows(tmp_path)
+    rows[0] = (rows[0][0], 7, "train")
+    rows[1] = (rows[1][0], 1, "train")
+    report = check(manifest_overrides(write_manifest(tmp_path, rows)))
+    assert exit_status(report) == 0
+    assert report["warnings"] == [
+        "class '2', '3', '4', '5', '6' of dataset.num_classes=8 occur in no split: check "
+        "dataset.num_classes and dataset.class_names (an inferred num_classes is the largest "
+        "label + 1, so one mistyped label adds classes)",
+        "train: no sample of class '0'",
+        "val: no sample of class '7'",
+        "test: no sample of class '7'",
+    ]
+
+
 def test_label_outside_the_classes_names_the_row(tmp_path):
     rows = good_rows(tmp_path)
     write_png(tmp_path / "images/five.png", seed=7)
