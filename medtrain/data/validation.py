@@ -222,7 +222,9 @@ def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, dict[int, str]]:
         if len(masks) < len(samples):  # unreadable masks are errors already: absence means nothing
             return section, {}
         absent = [c for c in range(k) if images[c] == 0]
-        return section, {c: f"{split}: no mask holds class {class_name(dataset, c)!r}" for c in absent}
+        return section, {
+            c: f"{split}: no mask holds class {class_name(dataset, c)!r}" for c in absent
+        }
     labels = np.asarray(dataset.labels)
     if dataset.regression:
         values = labels.reshape(len(labels), -1).astype(np.float64)
