@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -122,16 +122,28 @@ def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: li
     return atomic_write(path, write)
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """A grey (H x W) or RGB (H x W x 3) uint8 array encoded as PNG."""
+def png_bytes(array: np.ndarray, spacing: Sequence[float] | None = None) -> bytes:
+    """A grey (H x W, uint8 or uint16) or RGB (H x W x 3) uint8 array encoded as PNG.
+
+    Args:
+        spacing: the pixel size (row, col) in mm, stated in the pHYs chunk as whole pixels per
+            metre (medtrain, Fiji and most viewers read it back: 0.7 mm comes back as 0.69979
+            mm, 0.325 um as 0.32500 um); None, or a size the chunk cannot hold, states none.
+    """
+    options = {}
+    if spacing is not None:
+        per_metre = [round(1000.0 / float(s)) for s in (spacing[1], spacing[0])]  # x, y
+        if all(1 <= p < 2**31 for p in per_metre):
+            # Pillow writes pHYs from dots per inch, rounding dpi / 0.0254 back to these integers.
+            options["dpi"] = tuple(p * 0.0254 for p in per_metre)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format="PNG", **options)
     return buffer.getvalue()
 
 
-def save_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a grey (H x W) or RGB (H x W x 3) uint8 array as PNG, atomically."""
-    data = png_bytes(array)
+def save_png(path: str | Path, array: np.ndarray, spacing: Sequence[float] | None = None) -> Path:
+    """Write a grey or RGB array as PNG (`png_bytes`), atomically."""
+    data = png_bytes(array, spacing)
     return atomic_write(path, lambda handle: handle.write(data), mode="wb")
 
 

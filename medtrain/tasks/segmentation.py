@@ -445,10 +445,12 @@ class SegmentationTask(Task):
             return out
         pixels = mask_pixels(np.arange(len(names)), len(names))  # as the run's masks/
         out = {k: v for k, v in result.items() if k not in ("mask", "intensity", "instances")}
-        out["mask"] = base64.b64encode(png_bytes(mask_pixels(mask, len(names)))).decode("ascii")
+        spacing = result.get("spacing")  # stated in the PNGs, as in the run's masks/
+        mask_png = png_bytes(mask_pixels(mask, len(names)), spacing)
+        out["mask"] = base64.b64encode(mask_png).decode("ascii")
         if "instances" in result:  # a 16-bit PNG: 0 background, 1..N one number per object
             labels = as_label_png(result["instances"], "the answer's instances")
-            out["instances"] = base64.b64encode(png_bytes(labels)).decode("ascii")
+            out["instances"] = base64.b64encode(png_bytes(labels, spacing)).decode("ascii")
             out["instance_count"] = object_count(labels)
         out["mask_values"] = {n: int(v) for n, v in zip(names, pixels, strict=True)}
         out["mask_shape"] = list(mask.shape)
@@ -468,11 +470,12 @@ class SegmentationTask(Task):
 
     def prediction_row(self, name: str, result: dict[str, Any], files: Any) -> dict[str, Any]:
         mask_path, shown = files.new_file(name, ".png")
-        write_mask(mask_path, result["mask"], len(self.class_names))
+        spacing = result.get("spacing")
+        write_mask(mask_path, result["mask"], len(self.class_names), spacing)
         row: dict[str, Any] = {"mask": shown, "unit": result["units"]}
         if "instances" in result:  # beside the mask: <stem>_instances.png
             write_instances(
-                mask_path.with_name(f"{mask_path.stem}_instances.png"), result["instances"]
+                mask_path.with_name(f"{mask_path.stem}_instances.png"), result["instances"], spacing
             )
             row["instances"] = shown.removesuffix(".png") + "_instances.png"
         for total in result["totals"]:
@@ -663,10 +666,13 @@ class SegmentationCollector:
                 summaries[source] += totals(
                     rows, [case["id"]], names[1:], source=source, units=units
                 )
-            write_mask(run_dir / mask_files[case["id"]], case["pred"], len(names))
+            mask_file = run_dir / mask_files[case["id"]]
+            write_mask(mask_file, case["pred"], len(names), case["spacing"])
             if separated:
                 write_instances(
-                    run_dir / instances_file(mask_files[case["id"]]), case["pred_instances"]
+                    run_dir / instances_file(mask_files[case["id"]]),
+                    case["pred_instances"],
+                    case["spacing"],
                 )
         save_csv(run_dir / "measurements.csv", objects, MEASUREMENT_FIELDS)
         save_csv(
@@ -721,9 +727,12 @@ def mask_pixels(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return (mask * 255).astype(np.uint8) if num_classes == 2 else mask.astype(np.uint8)
 
 
-def write_mask(path: Path, mask: np.ndarray, num_classes: int) -> None:
-    """Save a predicted mask as PNG (see `mask_pixels`)."""
-    save_png(path, mask_pixels(mask, num_classes))
+def write_mask(
+    path: Path, mask: np.ndarray, num_classes: int, spacing: Sequence[float] | None = None
+) -> None:
+    """Save a predicted mask as PNG (see `mask_pixels`) that states the image's pixel `spacing`
+    (row, col mm), so that measuring the file again gives mm."""
+    save_png(path, mask_pixels(mask, num_classes), spacing)
 
 
 def instances_file(mask_file: str) -> str:
@@ -749,6 +758,6 @@ def as_label_png(labels: np.ndarray, what: str) -> np.ndarray:
     return labels.astype(np.uint16)
 
 
-def write_instances(path: Path, labels: np.ndarray) -> None:
-    """Save an instance-label image as a 16-bit PNG (`as_label_png`)."""
-    save_png(path, as_label_png(labels, str(path)))
+def write_instances(path: Path, labels: np.ndarray, spacing: Sequence[float] | None = None) -> None:
+    """Save an instance-label image as a 16-bit PNG (`as_label_png`) stating the pixel `spacing`."""
+    save_png(path, as_label_png(labels, str(path)), spacing)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medtrain.commands.predict import main
-from medtrain.data.readers import read_image
+from medtrain.data.readers import file_spacing, read_image
 from medtrain.engine.build import build_datasets
 from medtrain.inference.predictor import Predictor
 
@@ -143,6 +143,9 @@ def test_segmentation_masks_and_measurements(finished_runs, tmp_path):
         evaluated = np.array(Image.open(run / "masks" / f"{stem}.png"))
         np.testing.assert_array_equal(mask, evaluated)  # the evaluation's own mask
         assert row["unit"] == "mm"  # the run's dataset.spacing [0.5, 0.5]
+        # Both masks state it (pHYs: 2,000 px per metre), so measuring them again gives mm.
+        assert file_spacing(out.parent / row["mask"]) == file_spacing(run / "masks" / f"{stem}.png")
+        assert file_spacing(out.parent / row["mask"]) == (0.5, 0.5)
         for k, name in enumerate(classes[1:], start=1):
             assert int(row[f"area_px_{name}"]) == (mask == k).sum()
             area = float(row[f"area_mm2_{name}"])
@@ -166,6 +169,23 @@ def test_segmentation_row_without_a_spacing_leaves_the_mm2_column_empty(finished
     name = predictor.class_names[1]
     assert (row["unit"], row[f"area_px_{name}"], row[f"area_mm2_{name}"]) == ("px", 40, "")
     assert row["mask"] == "masks/x.png" and (tmp_path / "masks" / "x.png").is_file()
+    assert file_spacing(tmp_path / "masks" / "x.png") is None  # no spacing stated
+
+
+def test_png_spacing_round_trips_in_whole_pixels_per_metre():
+    from medtrain.data.readers import decode
+    from medtrain.io import png_bytes
+
+    mask = np.zeros((3, 4), np.uint8)
+    # (row, col) mm -> pHYs x = round(1000 / col), y = round(1000 / row) pixels per metre
+    for spacing, back in [
+        ((0.5, 0.25), (0.5, 0.25)),
+        ((0.7, 0.7), (1000 / 1429, 1000 / 1429)),  # 0.69979 mm: the chunk holds whole numbers
+        ((0.000325, 0.000325), (1000 / 3076923, 1000 / 3076923)),  # 0.325 um microscopy
+    ]:
+        assert decode(png_bytes(mask, spacing), "m.png").spacing == pytest.approx(back, rel=1e-12)
+    assert decode(png_bytes(mask), "m.png").spacing is None
+    assert decode(png_bytes(mask, (5e4, 1.0)), "m.png").spacing is None  # < 1 px per metre
 
 
 def test_argument_errors(finished_runs, tmp_path, capsys):

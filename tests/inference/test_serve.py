@@ -22,6 +22,7 @@ import uvicorn
 from PIL import Image
 
 from medtrain.commands.serve import main
+from medtrain.data.readers import decode
 from medtrain.inference.predictor import Predictor
 from medtrain.inference.serve import ServeLimits, create_app, make_server
 from tests.conftest import SHARED_DATA
@@ -231,6 +232,8 @@ def test_segmentation_mask_measurements_overlay(servers, predictors, spacing):
     assert result["spacing"] == expected["spacing"] and result["units"] == expected["units"]
     if spacing:
         assert result["spacing"] == [0.25, 0.5] and result["units"] == "mm"
+    stated = decode(base64.b64decode(result["mask"]), "mask.png").spacing  # the PNG's pHYs
+    assert stated == (None if result["spacing"] is None else tuple(result["spacing"]))
     assert_same_rows(result["measurements"], expected["measurements"])
     assert_same_rows(result["totals"], expected["totals"])
     overlay = np.array(Image.open(io.BytesIO(base64.b64decode(result["overlay"]))))
