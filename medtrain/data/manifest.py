@@ -81,7 +81,13 @@ def check_columns(path: Path, header: list[str], wanted: dict[str, str]) -> None
             continue
         lower = {c.lower(): c for c in header}  # `Age` for `age` is a close match too
         close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
-        hint = f" (closest: {lower[close[0]]!r})" if close else ""
+        unclaimed = [c for c in header if c not in wanted.values() and c.lower() != "split"]
+        if close:
+            hint = f" (closest: {lower[close[0]]!r})"
+        elif key == "target_column" and len(unclaimed) == 1:  # e.g. image,label: say the fix
+            hint = f" (dataset.target_column={unclaimed[0]}?)"
+        else:
+            hint = ""
         problems.append(f"no column {name!r} for dataset.{key}{hint}")
     if problems:
         looks_like_data = any(Path(c).suffix.lower() in IMAGE_EXTENSIONS for c in header)

@@ -138,6 +138,9 @@ def test_missing_column_names_the_closest_one(tmp_path):
     with pytest.raises(DataError, match=r"no column 'label' .* has columns") as err:
         Manifest(str(path), "train", target_column="label")
     assert "closest" not in str(err.value)
+    # The one column nothing else claims is named as the fix.
+    with pytest.raises(DataError, match=r"target_column \(dataset.target_column=target\?\)"):
+        Manifest(str(path), "train", image_column="image", target_column="label", split_column=None)
 
 
 def test_missing_image_names_the_line_and_path(tmp_path):
