@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "spacing": None,
     "image_column": "image",
     "masks": None,
+    "instances": None,
     "measurements": None,
     "progress": True,
     "trust": [],
@@ -35,6 +36,7 @@ TEXT_KEYS = (
     "backend",
     "image_column",
     "masks",
+    "instances",
     "measurements",
 )
 
@@ -45,7 +47,8 @@ usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
   run_dir=RUN          a finished run (its checkpoints/best.pt and its evaluation preprocessing)
   inputs=PATH          an image file, a folder (searched recursively), a quoted glob ('scans/*.dcm')
                        or a CSV manifest with an `image` column (paths relative to the CSV)
-  output=FILE.csv      one row per input (default predictions.csv)
+  output=FILE.csv      one row per input (default predictions.csv); never directly in run_dir,
+                       whose own results have these names
   device=auto          auto | cpu | cuda | cuda:N
   backend=torch        what runs the network: torch, or onnx (exported at start and run by ONNX
                        Runtime; the same predictions to float rounding)
@@ -53,6 +56,8 @@ usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
   spacing=[ROW,COL]    segmentation: pixel size in mm (default: the file's, else the run's)
   image_column=image   the manifest's image column
   masks=DIR            segmentation: where mask PNGs go (default: masks/ beside the output)
+  instances=DIR        runs with task.instances: where the 16-bit instance labels go, one PNG
+                       named as its mask (default: instances/ beside the output)
   measurements=FILE    segmentation: per-object table (default: measurements.csv beside the output)
   progress=true        show a progress bar
   trust=[NAME,...]     _target_ classes (or module prefixes ending in '.') of your own that the

@@ -58,8 +58,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 READABLE_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy", ".npz", ".dcm", ".dicom")
 # The NPY magic, version and header length, and the largest header numpy parses (its default).
 NPY_HEADER_BYTES = 12 + 10_000
-# 72 and 96 dpi in pixels per metre, as rounded by common writers: display defaults, not a spacing.
-SCREEN_PPM = {2834, 2835, 2836, 3779, 3780, 3781}
+# 72, 96 and 100 dpi (matplotlib's figures) in pixels per metre, as rounded by common writers:
+# display defaults, not a spacing.
+SCREEN_PPM = {2834, 2835, 2836, 3779, 3780, 3781, 3936, 3937, 3938}
 FORMATS = "PNG, JPEG, TIFF, DICOM, NPY or NPZ"
 # Magic bytes at offset 0, tested before DICOM's `DICM` at offset 128 (see `sniff`).
 SIGNATURES = {
@@ -320,7 +321,7 @@ def _pil_spacing(img: Image.Image, stream: BinaryIO, name: str) -> tuple[float, 
     """Pixel spacing when a PNG or TIFF states a metric resolution, else None.
 
     TIFFs: OME-TIFF `PhysicalSizeX/Y`, then ImageJ/Fiji's `unit=` with X/YResolution, then a
-    resolution in centimetres. Resolutions given in inches (TIFF), and the 72 or 96 dpi that most
+    resolution in centimetres. Resolutions given in inches (TIFF), and the 72, 96 or 100 dpi that most
     software writes into PNGs by default, describe a screen rather than the specimen and are ignored.
 
     Raises:

@@ -91,12 +91,30 @@ def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str
     return [(p, p.name) for p in found]
 
 
-def predict_volumes(cfg: DictConfig, predictor: Predictor) -> dict[str, Any]:
+def not_written_here(
+    inputs: list[tuple[Path, str]], files: PredictionFiles, spec: str
+) -> list[tuple[Path, str]]:
+    """The inputs less the files this prediction writes (an output folder inside the folder of
+    inputs: a second run must not predict the first one's masks).
+
+    Raises:
+        ConfigError: nothing is left.
+    """
+    kept = [(file, name) for file, name in inputs if not files.holds(file)]
+    if len(kept) < len(inputs):
+        log.info("inputs: %d file(s) of this prediction's output left out", len(inputs) - len(kept))
+    if not kept:
+        raise ConfigError(f"inputs={spec}: it holds only this prediction's own output files")
+    return kept
+
+
+def predict_volumes(
+    cfg: DictConfig, predictor: Predictor, files: PredictionFiles
+) -> dict[str, Any]:
     """Segment each input volume (slice by slice, or whole with a 3D network); write its label
     volume and volumes in mL."""
-    inputs = list_volumes(str(cfg.inputs), cfg.image_column)
-    output = Path(cfg.output)
-    masks_dir = Path(cfg.masks) if cfg.masks else output.parent / "masks"
+    inputs = not_written_here(list_volumes(str(cfg.inputs), cfg.image_column), files, cfg.inputs)
+    output, masks_dir = files.output, files.folder
     names = predictor.class_names[1:]
     rows, used = [], set()
     for file, name in tqdm(inputs, desc="predict", disable=None if cfg.progress else True):
@@ -118,12 +136,15 @@ def predict_volumes(cfg: DictConfig, predictor: Predictor) -> dict[str, Any]:
 
 @dataclass
 class PredictionFiles:
-    """Where a prediction run writes: its CSV (`output`), per-image files such as masks (`folder`)
-    and further tables (`tables`: name -> path, default `<name>.csv` beside the CSV)."""
+    """Where a prediction run writes: its CSV (`output`), per-image files such as masks (`folder`),
+    files that go with them in folders of their own (`companions`: kind -> folder, default
+    `<kind>/` beside the CSV: `instances/<stem>.png` beside `masks/<stem>.png`, as in a run
+    folder), and further tables (`tables`: name -> path, default `<name>.csv` beside the CSV)."""
 
     output: Path
     folder: Path
     tables: dict[str, Path] = field(default_factory=dict)
+    companions: dict[str, Path] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
 
     def new_file(self, name: str, suffix: str) -> tuple[Path, str]:
@@ -133,6 +154,19 @@ class PredictionFiles:
             self.folder / f"{unique_stem(Path(name).with_suffix('').as_posix(), self.used)}{suffix}"
         )
         return path, _relative(path, self.output.parent)
+
+    def companion(self, kind: str, path: Path) -> tuple[Path, str]:
+        """The file of `kind` that goes with `new_file`'s `path`: the same name in the kind's
+        folder (so it can collide with no other input's), and how the CSV shows it."""
+        found = self.companions.get(kind, self.output.parent / kind) / path.name
+        return found, _relative(found, self.output.parent)
+
+    def holds(self, file: Path) -> bool:
+        """Whether `file` is one this prediction writes (in its folders, or its CSV): a folder
+        of inputs that holds the output is not read back as inputs."""
+        file = file.resolve()
+        folders = [f.resolve() for f in (self.folder, *self.companions.values())]
+        return file == self.output.resolve() or any(f in file.parents for f in folders)
 
     def table(self, name: str) -> Path:
         return self.tables.get(name) or self.output.parent / f"{name}.csv"
@@ -163,20 +197,23 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     names_volumes = volume_run(predictor.cfg) or (
         predictor.reads_volumes and _names_volumes(str(cfg.inputs), cfg.image_column)
     )
-    if predictor.task.labels_volumes and names_volumes:
-        return predict_volumes(cfg, predictor)
-    # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
-    lister = list_volumes if names_volumes else list_inputs
-    inputs = lister(str(cfg.inputs), cfg.image_column)
     output = Path(cfg.output)
     files = PredictionFiles(
         output,
         Path(cfg.masks) if cfg.masks else output.parent / "masks",
         {"measurements": Path(cfg.measurements)} if cfg.measurements else {},
+        {"instances": Path(cfg.instances) if cfg.get("instances") else output.parent / "instances"},
     )
+    refuse_the_run_folder(files, predictor.run.run_dir)
+    if predictor.task.labels_volumes and names_volumes:
+        return predict_volumes(cfg, predictor, files)
+    # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
+    lister = list_volumes if names_volumes else list_inputs
+    inputs = not_written_here(lister(str(cfg.inputs), cfg.image_column), files, cfg.inputs)
     task = predictor.task
     rows: list[dict[str, Any]] = []
     predicted: list[dict[str, Any]] = []
+    stated: dict[str, tuple[float, ...] | None] = {}  # what each read file states
     bar = tqdm(total=len(inputs), desc="predict", disable=None if cfg.progress else True)
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
@@ -185,6 +222,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
             try:
                 decoded.append(predictor.read(file))
                 names.append(name)
+                stated[name] = decoded[-1].spacing
             except DataError as err:
                 rows.append({"file": name, "error": str(err)})
         try:
@@ -204,6 +242,8 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
             predicted.append(result)
         bar.update(len(chunk))
     bar.close()
+    if spacing is None and predicted and "spacing" in predicted[0]:
+        warn_mixed_spacings(stated, predictor.spacing)
     order = {name: k for k, (_, name) in enumerate(inputs)}
     rows.sort(key=lambda r: order[r["file"]])
     save_csv(output, rows, ["file", *task.prediction_fields(), "error"])
@@ -212,6 +252,55 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         written.append(save_csv(files.table(table), table_rows, fields))
     failed = [r for r in rows if r.get("error")]
     return {"inputs": len(inputs), "failed": failed, "written": written}
+
+
+def warn_mixed_spacings(
+    stated: dict[str, tuple[float, ...] | None], run_spacing: tuple[float, ...] | None
+) -> None:
+    """Warn when the inputs were measured at different pixel spacings (some files state their own,
+    the others take the run's or none): areas in mm^2 then rest on each file's metadata, which
+    software sometimes writes without meaning it (a figure saved at 100 dpi)."""
+    groups: dict[tuple[float, ...] | None, list[str]] = {}
+    for name, own in stated.items():
+        groups.setdefault(own or run_spacing, []).append(name)
+    if len(groups) < 2:
+        return
+
+    def said(value: tuple[float, ...] | None, names: list[str]) -> str:
+        where = (
+            "stated in the file"
+            if any(stated[n] for n in names)
+            else ("the run's dataset.spacing" if value else "no spacing: pixels")
+        )
+        size = " x ".join(f"{v:g}" for v in value) + " mm" if value else "none"
+        return (
+            f"{size} for {len(names)} ({where}: {', '.join(names[:3])}{', ...' * (len(names) > 3)})"
+        )
+
+    log.warning(
+        "inputs have %d pixel spacings: %s. Their mm^2 are not comparable unless every stated "
+        "spacing is right: pass spacing=[row_mm,col_mm] to measure all alike",
+        len(groups),
+        "; ".join(said(value, names) for value, names in groups.items()),
+    )
+
+
+def refuse_the_run_folder(files: PredictionFiles, run_dir: Path) -> None:
+    """Refuse to write directly into the run folder, where the run keeps its own test results
+    under the same names (`predictions.csv`, `masks/`, `measurements.csv` ...): a prediction
+    there would overwrite them (a subfolder is fine).
+
+    Raises:
+        ConfigError: naming the path and the option that moves it.
+    """
+    run = Path(run_dir).resolve()
+    written = [("output", files.output), ("masks", files.folder), *files.companions.items()]
+    for key, path in [*written, *files.tables.items()]:
+        if path.resolve().parent == run:
+            raise ConfigError(
+                f"{key}={path} writes into the run folder {run_dir}, over the run's own test "
+                "results: write elsewhere (output=<folder>/predictions.csv puts every file there)"
+            )
 
 
 def unique_stem(name: str, used: set[str]) -> str:

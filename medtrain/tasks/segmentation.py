@@ -473,11 +473,9 @@ class SegmentationTask(Task):
         spacing = result.get("spacing")
         write_mask(mask_path, result["mask"], len(self.class_names), spacing)
         row: dict[str, Any] = {"mask": shown, "unit": result["units"]}
-        if "instances" in result:  # beside the mask: <stem>_instances.png
-            write_instances(
-                mask_path.with_name(f"{mask_path.stem}_instances.png"), result["instances"], spacing
-            )
-            row["instances"] = shown.removesuffix(".png") + "_instances.png"
+        if "instances" in result:  # instances/<stem>.png for masks/<stem>.png, as in a run folder
+            labels_path, row["instances"] = files.companion("instances", mask_path)
+            write_instances(labels_path, result["instances"], spacing)
         for total in result["totals"]:
             row[f"count_{total['class']}"] = total["count"]
             row[f"area_px_{total['class']}"] = total["total_area_px"]

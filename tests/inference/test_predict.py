@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,69 @@ def test_png_spacing_round_trips_in_whole_pixels_per_metre():
         assert decode(png_bytes(mask, spacing), "m.png").spacing == pytest.approx(back, rel=1e-12)
     assert decode(png_bytes(mask), "m.png").spacing is None
     assert decode(png_bytes(mask, (5e4, 1.0)), "m.png").spacing is None  # < 1 px per metre
+
+
+def test_nothing_is_written_into_the_run_folder_and_outputs_are_not_read_back(
+    finished_runs, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"  # a copy: the shared run must not gain a subfolder
+    shutil.copytree(finished_runs["segmentation"], run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    names = save_npy_inputs(split_of(run), tmp_path / "in", 2)
+    monkeypatch.chdir(run)  # the default output=predictions.csv is the run's own file
+    assert main(["run_dir=.", f"inputs={tmp_path / 'in'}"]) == 2
+    err = capsys.readouterr().err
+    assert "output=predictions.csv writes into the run folder ." in err and "over the run's" in err
+    for option in (
+        f"output={run / 'p.csv'}",
+        f"masks={run / 'masks'}",
+        f"measurements={run / 'm.csv'}",
+    ):
+        assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", option]) == 2, option
+        assert "writes into the run folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # untouched
+    # A subfolder of the run is fine; an output inside the folder of inputs is not read back.
+    sub = run / "new" / "preds.csv"
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={sub}"]) == 0
+    out = tmp_path / "in" / "preds.csv"
+    for _ in range(2):
+        assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 0
+        assert sorted(r["file"] for r in read_rows(out)) == sorted(names)
+    masks = sorted(p.name for p in (tmp_path / "in" / "masks").iterdir())
+    assert masks == sorted(n.replace(".npy", ".png") for n in names)
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'in' / 'masks'}", f"output={out}"]) == 2
+    assert "holds only this prediction's own output files" in capsys.readouterr().err
+
+
+def test_inputs_measured_at_different_spacings_are_warned_about(finished_runs, tmp_path, caplog):
+    from medtrain.io import png_bytes
+
+    run = finished_runs["segmentation"]  # dataset.spacing [0.5, 0.5]
+    image = np.asarray(split_of(run).read_image(0), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "plain.png").write_bytes(png_bytes(image))
+    buffer = io.BytesIO()  # matplotlib's figures state 100 dpi: a display default, not a size
+    Image.fromarray(image).save(buffer, format="PNG", dpi=(100, 100))
+    (tmp_path / "in" / "figure.png").write_bytes(buffer.getvalue())
+    (tmp_path / "in" / "scope.png").write_bytes(png_bytes(image, (0.25, 0.25)))
+    out = tmp_path / "o" / "pred.csv"
+    with caplog.at_level("WARNING"):
+        assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 0
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(
+        "inputs have 2 pixel spacings: 0.5 x 0.5 mm for 2 (the run's dataset.spacing: "
+        "figure.png, plain.png); 0.25 x 0.25 mm for 1 (stated in the file: scope.png)."
+    )
+    rows = {r["file"]: r for r in read_rows(out)}
+    for name in Predictor(run).class_names[1:]:  # each file measured at its own pixel size
+        for file, pixel_mm2 in (("plain.png", 0.25), ("figure.png", 0.25), ("scope.png", 0.0625)):
+            area = float(rows[file][f"area_mm2_{name}"])
+            assert area == pytest.approx(int(rows[file][f"area_px_{name}"]) * pixel_mm2)
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # one spacing for all: nothing to warn about
+        args = [f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}", "spacing=[0.5,0.5]"]
+        assert main(args) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_argument_errors(finished_runs, tmp_path, capsys):

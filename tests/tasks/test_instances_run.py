@@ -121,12 +121,18 @@ def test_predict_writes_the_instances_the_evaluation_wrote(instance_run, tmp_pat
     inputs.mkdir()
     for name in ("cell14", "cell15"):
         (inputs / f"{name}.png").write_bytes((root / "images" / f"{name}.png").read_bytes())
+    # An input named as the other's instance labels were once named (masks/<stem>_instances.png)
+    # overwrote them; each kind now has its folder.
+    (inputs / "cell14_instances.png").write_bytes((root / "images" / "cell15.png").read_bytes())
     out = tmp_path / "pred.csv"
     assert main([f"run_dir={run_dir}", f"inputs={inputs}", f"output={out}"]) == 0
     rows = read_csv(out)
+    assert [(r["mask"], r["instances"]) for r in rows] == [
+        (f"masks/{n}.png", f"instances/{n}.png") for n in ("cell14", "cell14_instances", "cell15")
+    ]
     objects = read_csv(tmp_path / "measurements.csv")
     for row in rows:
-        stem = Path(row["file"]).stem
+        stem = Path(row["file"]).stem.replace("cell14_instances", "cell15")  # the same image
         labels = np.array(Image.open(tmp_path / row["instances"]))
         evaluated = np.array(Image.open(run_dir / "instances" / f"{stem}.png"))
         np.testing.assert_array_equal(labels, evaluated)  # the evaluation's own instances
