@@ -483,14 +483,20 @@ class SegmentationDataset(SeededSamples, Dataset):
                     "with smoothing? Store 0 and one foreground value (255), resized with nearest "
                     "neighbour"
                 )
+            objects = self.num_classes == 2 and np.count_nonzero(values) >= 2
+            if objects and getattr(self, "has_instances", None) is False:  # seg_folder
+                hint = (
+                    f" ({np.count_nonzero(values)} nonzero values: if each is one object, these are "
+                    "instance labels: dataset.instance_labels=true; else map stored values with "
+                    "dataset.class_values)"
+                )
+            elif hasattr(self, "class_values"):
+                hint = " (map stored values with dataset.class_values)"
+            else:
+                hint = ""
             raise DataError(
                 f"{self.source(index)}: mask value {int(mask.max())} is outside the "
-                f"{self.num_classes} classes of dataset.num_classes={self.num_classes}"
-                + (
-                    " (map stored values with dataset.class_values)"
-                    if hasattr(self, "class_values")
-                    else ""
-                )
+                f"{self.num_classes} classes of dataset.num_classes={self.num_classes}{hint}"
             )
         return mask.astype(np.int64)
 

@@ -465,6 +465,14 @@ def test_instance_labels_give_the_binary_mask_and_the_objects(tmp_path):
     assert "instances" not in train[0]  # training learns the mask only
     batch = collate([test[0], test[1]])
     assert batch["instances"].shape == (2, 48, 48)
+    # Read as classes, the labels are refused with the option that reads them as objects.
+    as_classes = SegFolder(split="test", **(kwargs | {"instance_labels": False}))
+    with pytest.raises(
+        DataError,
+        match=r"mask value 301 is outside the 2 classes .* \(2 nonzero "
+        r"values: if each is one object, .* dataset.instance_labels=true; else",
+    ):
+        as_classes[0]
 
 
 def test_contacts_mark_the_training_masks_only(tmp_path):

@@ -192,7 +192,8 @@ def test_segmentation_mask_of_the_wrong_size_or_class_names_the_mask(tmp_path):
     assert sorted(report["errors"]) == [
         f"{tmp_path / 'masks/img2.png'}: mask is 12x12 but the image is 16x16",
         f"{tmp_path / 'masks/img4.png'}: mask value 3 is outside the 2 classes of "
-        "dataset.num_classes=2 (map stored values with dataset.class_values)",
+        "dataset.num_classes=2 (3 nonzero values: if each is one object, these are instance "
+        "labels: dataset.instance_labels=true; else map stored values with dataset.class_values)",
     ]
     shares = report["splits"]["train"]["balance"]["pixel_fraction"]
     assert shares["nucleus"] == pytest.approx(52 / 256, abs=0.01)
