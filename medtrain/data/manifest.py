@@ -334,7 +334,8 @@ class Manifest(ManifestRows, ImageDataset):
         split: `train`, `val` or `test`.
         image_column: column of image paths (PNG, JPEG, TIFF or NPY).
         target_column: column of targets: class names or indices 0..K-1 for classification (names
-            are sorted to give the class indices), a number for regression.
+            are sorted to give the class indices), a number for regression; for regression, a
+            list of columns gives several values per image (named by their columns).
         split_column: column of `train`, `val` (or `valid`, `validation`) and `test`. When the CSV has
             no such column, a seeded split by `val_fraction` and `test_fraction` is made, stratified
             by class for classification when every class has enough rows.
@@ -359,7 +360,7 @@ class Manifest(ManifestRows, ImageDataset):
         path: str,
         split: str,
         image_column: str = "image",
-        target_column: str = "target",
+        target_column: str | Sequence[str] = "target",
         split_column: str | None = "split",
         id_column: str | None = None,
         group_column: str | None = None,
@@ -382,8 +383,14 @@ class Manifest(ManifestRows, ImageDataset):
         if isinstance(tabular_columns, str):  # dataset.tabular_columns=age on the command line
             tabular_columns = [tabular_columns]
         tabular_columns = list(tabular_columns)
+        target_columns = [target_column] if isinstance(target_column, str) else list(target_column)
+        if len(target_columns) != 1 and not self.regression:
+            raise ConfigError(
+                f"dataset.target_column={target_columns}: several columns are several values "
+                "per image for task=regression; classification reads one column of classes"
+            )
         for name in tabular_columns:
-            if name in (image_column, target_column, split_column, id_column):
+            if name in (image_column, *target_columns, split_column, id_column):
                 raise ConfigError(
                     f"dataset.tabular_columns={tabular_columns}: {name!r} is the image, target, split "
                     "or id column, not a clinical input"
@@ -394,7 +401,11 @@ class Manifest(ManifestRows, ImageDataset):
         csv_path = Path(path)
         self.source = self.manifest_path = str(csv_path)
         header, rows, self._lines = read_csv(csv_path)  # lines of every row, for messages
-        wanted = {"image_column": image_column, "target_column": target_column}
+        wanted = {"image_column": image_column}
+        if len(target_columns) == 1:
+            wanted["target_column"] = target_columns[0]
+        else:
+            wanted |= {f"target_column[{k}]": name for k, name in enumerate(target_columns)}
         if id_column is not None:
             wanted["id_column"] = id_column
         if group_column is not None:
@@ -409,7 +420,7 @@ class Manifest(ManifestRows, ImageDataset):
         every_file, every_id, targets, groups, assignment = self._all_checked(
             lambda: self._image_files(rows, image_column, csv_path.absolute().parent),
             lambda: self._ids(rows, id_column or image_column),
-            lambda: self._targets(rows, target_column),
+            lambda: self._all_targets(rows, target_columns),
             lambda: self._groups(rows, group_column),
             lambda: split_column and self._read_splits(rows, split_column),
         )
@@ -440,6 +451,16 @@ class Manifest(ManifestRows, ImageDataset):
             image = read_image_file(every_file[int(np.flatnonzero(assignment == 0)[0])])
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
 
+    def _all_targets(self, rows: list[dict], columns: list[str]) -> np.ndarray:
+        """The targets of every row: one column (`_targets`), or for regression one value per
+        column (N x K), named by the columns."""
+        if len(columns) == 1:
+            return self._targets(rows, columns[0])
+        values = np.stack([self._targets(rows, column) for column in columns], axis=1)
+        if self.class_names is None or len(self.class_names) != len(columns):
+            self.class_names = list(columns)
+        return values
+
     def _targets(self, rows: list[dict], column: str) -> np.ndarray:
         values = [row[column] for row in rows]
         empty = [
@@ -460,7 +481,7 @@ class Manifest(ManifestRows, ImageDataset):
                 raise self._error(f"task=regression needs a number in column {column!r}", bad)
             if self.class_names is None:  # the column names the value in predictions and plots
                 self.class_names = [column]
-            return np.array(numbers, dtype=np.float32)
+            return np.array(numbers, dtype=np.float64)  # as written: no float32 rounding
         is_number = [x is not None for x in numbers]
         if any(is_number) and not all(is_number) and not self.class_names:
             # A typo among class indices would otherwise turn every index into a class name.

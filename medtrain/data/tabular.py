@@ -11,6 +11,9 @@ import numpy as np
 from medtrain.errors import DataError
 
 MISSING = ("", "na", "nan", "null")  # compared after stripping spaces and lower-casing
+# A column whose present training values are words in fewer than 1 of this many rows is one of
+# numbers: its words are refused as typos instead of making the column categorical.
+TYPO_RATE = 10
 
 
 def is_missing(value: str) -> bool:
@@ -124,7 +127,18 @@ class TabularEncoder:
                 "nothing can be learnt from it (leave it out of the tabular columns)"
             )
         numbers = [parse_number(v) for v in present]
-        if any(x is None for x in numbers):
+        words = [i for i in rows if not is_missing(values[i]) and parse_number(values[i]) is None]
+        if words and len(words) * TYPO_RATE < len(present):
+            # A typo in a column of numbers would otherwise make every number a category.
+            shown = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in words[:3])
+            raise DataError(
+                f"{self.source}: column {name!r} holds numbers in {len(present) - len(words)} of "
+                f"{len(present)} training rows, and not in {shown}"
+                + (f"; and {len(words) - 3} more" if len(words) > 3 else "")
+                + ": write a number, or leave the cell empty (or NA) for a missing value (codes "
+                "of categories: write each as a name, e.g. g1, g2)"
+            )
+        if words:
             return ColumnCode(name, numeric=False, categories=sorted(set(present)))
         for i in rows:  # a training value such as `inf` would poison the mean
             self._number(name, values[i], i)

@@ -87,6 +87,23 @@ def test_regression_targets_are_the_csv_values(tmp_path):
     np.testing.assert_array_equal(test.labels[:, 0], np.asarray(values[8:], dtype=float))
 
 
+def test_several_regression_columns_are_values_as_written(tmp_path):
+    # 95.295 is no float32: the targets keep the CSV's values (predictions.csv showed
+    # 95.29499816894531), one per target column, named by the columns.
+    sizes = [95.295, 12.1, 33.3, 71.7, 5.05, 64.4, 18.8, 90.9, 44.4, 52.2]
+    grades = list(range(10))
+    splits = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    path = make_cases(tmp_path, sizes, {"grade": grades, "split": splits})
+    ds = Manifest(str(path), "train", regression=True, target_column=["target", "grade"])
+    assert ds.num_classes == 2 and ds.class_names == ["target", "grade"]
+    np.testing.assert_array_equal(ds.labels, np.array([sizes[:6], grades[:6]], dtype=float).T)
+    assert repr(float(ds.labels[0, 0])) == "95.295"
+    with pytest.raises(ConfigError, match=r"several columns are several values per image for "):
+        Manifest(str(path), "train", target_column=["target", "grade"])
+    with pytest.raises(DataError, match=r"no column 'size' for dataset.target_column\[1\]"):
+        Manifest(str(path), "train", regression=True, target_column=["target", "size"])
+
+
 def test_split_column_is_honoured_with_its_aliases(tmp_path):
     splits = ["train", "Valid", "test", "TRAIN", "validation", "val", "train", "test"]
     path = make_cases(tmp_path, [0, 1] * 4, {"split": splits, "case": list("abcdefgh")})

@@ -61,6 +61,27 @@ def test_non_numeric_training_value_makes_the_column_categorical():
     np.testing.assert_array_equal(matrix, np.eye(3))
 
 
+def test_a_typo_among_numbers_is_refused_not_made_categories():
+    # 1.2x among 19 numbers: before, every number became a category (20 one-hot columns).
+    values = [f"{1 + k / 10:.1f}" for k in range(20)]
+    values[7] = "1.2x"
+    label = lambda i: f"line {i + 2}"  # noqa: E731
+    with pytest.raises(DataError) as err:
+        encode_tabular({"marker": values}, list(range(20)), source="c.csv", row_label=label)
+    assert str(err.value) == (
+        "c.csv: column 'marker' holds numbers in 19 of 20 training rows, and not in line 9: "
+        "'1.2x': write a number, or leave the cell empty (or NA) for a missing value (codes of "
+        "categories: write each as a name, e.g. g1, g2)"
+    )
+    values[7] = "NA"  # missing, as the message says: a number column with an indicator
+    _, names = encode_tabular({"marker": values}, list(range(20)))
+    assert names == ["marker", "marker_missing"]
+    # Words in 1 of 10 rows or more (2 of 20) make a column of categories, as written.
+    values[7], values[8] = "high", "low"
+    _, names = encode_tabular({"marker": values}, list(range(20)))
+    assert len(names) == 20 and "marker=high" in names
+
+
 def test_column_empty_in_training_rows_is_an_error():
     with pytest.raises(DataError, match=r"column 'x' is empty in all 2 training rows"):
         encode_tabular({"x": ["", "NA", "3"]}, [0, 1])
