@@ -51,7 +51,20 @@ def multistep(
     milestones: Sequence[float] = (0.5, 0.75),
     gamma: float = 0.1,
 ) -> LambdaLR:
-    """Multiply the rate by `gamma` at each milestone, a fraction of training (0.5 = half-way)."""
+    """Multiply the rate by `gamma` at each milestone, a fraction of training (0.5 = half-way).
+
+    Raises:
+        ConfigError: a milestone outside (0, 1], such as an epoch number, which training would
+            never reach.
+    """
+    wrong = [m for m in milestones if isinstance(m, bool) or not 0 < m <= 1]
+    if wrong:
+        as_fractions = [round(m / epochs, 3) for m in milestones]
+        raise ConfigError(
+            f"scheduler.milestones={list(milestones)}: milestones are fractions of training in "
+            f"(0, 1] (0.5: half-way), not epochs; epochs {list(milestones)} of "
+            f"trainer.max_epochs={epochs} are scheduler.milestones={as_fractions}"
+        )
     steps = sorted(int(m * epochs * steps_per_epoch) for m in milestones)
     return LambdaLR(optimizer, lambda step: gamma ** sum(step >= s for s in steps))
 

@@ -164,6 +164,17 @@ def test_bad_optimizer_argument_names_the_group(tmp_path):
             ["scheduler=multistep", "scheduler.milestones=abc"],
             "scheduler.milestones='abc': must be a list",
         ),
+        (  # epochs for fractions: the rate would never drop
+            ["scheduler=multistep", "scheduler.milestones=[2,3]"],
+            "scheduler.milestones=[2, 3]: milestones are fractions of training in (0, 1] (0.5: "
+            "half-way), not epochs; epochs [2, 3] of trainer.max_epochs=2 are "
+            "scheduler.milestones=[1.0, 1.5]",
+        ),
+        (
+            ["scheduler=none", "scheduler._target_=torch.optim.lr_scheduler.StepLR"],
+            "scheduler._target_=torch.optim.lr_scheduler.StepLR: a schedule is called with "
+            "(optimizer, epochs=, steps_per_epoch=)",
+        ),
         (["model.hidden=1.5"], "model.hidden=1.5: must be a whole number"),
         (["dataset.image_size=0"], "dataset.image_size=0: use a whole number of 4 or more"),
         (["dataset.num_val=0"], "dataset.num_val=0: use a whole number of 1 or more"),
