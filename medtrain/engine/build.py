@@ -4,16 +4,18 @@ one place where the `_target_` paths of runs saved by earlier releases are mappe
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
+import pkgutil
 import re
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -34,8 +36,11 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """Instantiate `node` (the config at `key`), reporting medtrain's own errors without Hydra's
     wrapper. `_target_` paths of earlier releases are rewritten in `node` first."""
     upgrade_targets(node)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if target is not None and locate(str(target)) is None:
+        raise ConfigError(f"{key}._target_={target}: {why_not_importable(str(target))}")
     try:
-        return instantiate(node, **kwargs, _convert_="all")
+        return instantiate(_without_null_leftovers(node), **kwargs, _convert_="all")
     except InstantiationException as err:
         cause = err.__cause__
         while (
@@ -138,20 +143,51 @@ def wrong_types(target: Any, values: Any, key: str) -> list[str]:
     return wrong
 
 
+def _taken(node: DictConfig) -> set[str] | None:
+    """The keyword arguments the class of `node` takes; None when it takes any (`**kwargs`) or
+    its signature cannot be read."""
+    try:
+        parameters = inspect.signature(locate(str(node.get("_target_")))).parameters
+    except Exception:  # nothing importable, or no signature
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return set(parameters)
+
+
+def _without_null_leftovers(node: DictConfig) -> DictConfig:
+    """`node`, or a resolved copy without the keys its class does not take whose value is null:
+    they set nothing, and Hydra cannot delete a null key (`'~loss.class_weights'` fails with
+    "does not exist"), so a `_target_` swapped on the command line would have no way out."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return node
+    taken = _taken(node)
+    written = OmegaConf.to_container(node, resolve=False)  # a `???` or `${...}` is not null
+    null = [
+        k
+        for k, v in written.items()
+        if taken is not None and not str(k).startswith("_") and k not in taken and v is None
+    ]
+    if not null:
+        return node
+    plain = OmegaConf.to_container(node, resolve=True)
+    return OmegaConf.create({k: v for k, v in plain.items() if k not in null})
+
+
 def _unknown_keys_hint(node: DictConfig, key: str) -> str:
     """Name every key of `node` its class does not take, e.g. `model.depth` left by an experiment
     written for `model=unet` when `model=basic_unet` is chosen."""
-    try:
-        parameters = inspect.signature(get_class(str(node.get("_target_")))).parameters
-    except Exception:  # not a class, or no signature: Hydra's message stands alone
+    parameters = _taken(node)
+    if parameters is None:  # Hydra's message stands alone
         return ""
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return ""
-    unknown = [k for k in node if not str(k).startswith("_") and k not in parameters]
+    written = OmegaConf.to_container(node, resolve=False)
+    unknown = [k for k, v in written.items() if not str(k).startswith("_") and k not in parameters]
+    unknown = [k for k in unknown if written[k] is not None]  # null ones are dropped
     if not unknown:
         return ""
     removals = " ".join(f"'~{key}.{k}'" for k in unknown)
-    return f". It does not take {', '.join(f'{key}.{k}' for k in unknown)}: remove them with {removals}"
+    them = "it" if len(unknown) == 1 else "them"
+    return f". It does not take {', '.join(f'{key}.{k}' for k in unknown)}: remove {them} with {removals}"
 
 
 def locate(path: str) -> Any:
@@ -170,6 +206,35 @@ def locate(path: str) -> Any:
             return None
         return obj
     return None
+
+
+def why_not_importable(path: str) -> str:
+    """Why a dotted `_target_` path names nothing: no such module, a module that fails to import
+    (naming what it lacks), or a module without that name (with the closest names it has)."""
+    parts = path.split(".")
+    found, k = None, 0
+    while k < len(parts):  # the deepest module of the path that imports
+        module = ".".join(parts[: k + 1])
+        try:
+            found, k = importlib.import_module(module), k + 1
+        except ModuleNotFoundError as err:
+            if err.name == module:  # no such module: the rest are names in `found`
+                break
+            return f"importing {module} failed: {err}"  # it exists; something it imports not
+        except Exception as err:  # a module that raises while imported
+            return f"importing {module} failed: {type(err).__name__}: {err}"
+    if found is None:
+        return f"no module {parts[0]!r} (your own code: on PYTHONPATH, or installed in this environment)"
+    for depth, name in enumerate(parts[k:]):
+        if not hasattr(found, name):
+            names = [n for n in dir(found) if not n.startswith("_")]
+            if hasattr(found, "__path__"):  # a package: its modules, imported or not
+                names += [m.name for m in pkgutil.iter_modules(found.__path__)]
+            close = difflib.get_close_matches(name, sorted(set(names)), n=3, cutoff=0.5)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            return f"{'.'.join(parts[: k + depth])} has no {name!r}{hint}"
+        found = getattr(found, name)
+    return "not importable"
 
 
 def target_class(node: DictConfig | None) -> type | None:

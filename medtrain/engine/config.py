@@ -217,21 +217,42 @@ def check_task(cfg: DictConfig) -> None:
 
 def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
     """One forward pass on a batch of one training sample: the output must fit the task
-    (`Task.check_output`), so that a wrong `model=` is named here instead of failing inside a
-    loss."""
+    (`Task.check_output`), and the loss must take it and return one number, so that a wrong
+    `model=` or `loss=` is named here instead of failing inside the first epoch."""
     was_training = model.training
     model.eval()
+    shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
     try:
         with torch.no_grad():
             out = call_model(model, batch)
     except ConfigError:
         raise
     except Exception as err:
-        shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
         raise ConfigError(f"model={choice('model')} cannot take the batch {shapes}: {err}") from err
     finally:
         model.train(was_training)
-    task.check_output(out[0] if isinstance(out, (tuple, list)) else out, choice("model"))
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    task.check_output(first, choice("model"))
+    kind = type(task.loss_fn)
+    named = f"loss._target_={kind.__module__}.{kind.__qualname__}"
+    named = named if choice("loss") == "?" else f"loss={choice('loss')} ({named})"
+    try:
+        with torch.no_grad():
+            loss = task.loss(out, batch)
+    except ConfigError:
+        raise
+    except Exception as err:
+        targets = {k: v for k, v in shapes.items() if k not in ("image", "tabular")}
+        raise ConfigError(
+            f"{named} cannot take the model's output {tuple(first.shape)} and the "
+            f"batch's targets {targets}: {err}"
+        ) from err
+    if not torch.is_tensor(loss) or loss.ndim != 0:  # (1,) for this batch of one: per sample
+        shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
+        raise ConfigError(
+            f"{named} returns {shape}, not one number (a 0-dim tensor): a loss must "
+            "reduce over the batch (reduction='mean')"
+        )
 
 
 def check_against_data(cfg: DictConfig) -> None:

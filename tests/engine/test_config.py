@@ -199,6 +199,81 @@ def test_a_value_of_the_wrong_type_or_size_is_named_by_its_key(tmp_path, overrid
     assert str(err.value).startswith(message), err.value  # then what the class said, in brackets
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (  # a loss for one output per image, on a two-class output: once a traceback mid-epoch
+            ["~loss", "+loss._target_=torch.nn.BCEWithLogitsLoss"],
+            "loss._target_=torch.nn.modules.loss.BCEWithLogitsLoss cannot take the model's "
+            "output (1, 2) and the batch's targets "
+            "{'label': (1,)}: Target size (torch.Size([1])) must be the same as input size",
+        ),
+        (
+            ["~loss", "+loss._target_=torch.nn.CrossEntropyLoss", "+loss.reduction=none"],
+            "loss._target_=torch.nn.modules.loss.CrossEntropyLoss returns (1,), not one number (a "
+            "0-dim tensor): a loss must reduce",
+        ),
+    ],
+)
+def test_a_loss_that_cannot_train_the_model_is_refused_before_training(
+    tmp_path, overrides, message
+):
+    from tests.conftest import TINY, train_in_process
+
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, [*TINY, *overrides])
+    assert str(err.value).startswith(message), err.value
+    assert not (tmp_path / "checkpoints").exists()  # refused before the first epoch
+
+
+def test_a_regression_loss_of_your_own_is_not_refused(tmp_path):
+    # Before, every loss outside mse, l1 and huber was refused for regression.
+    from tests.conftest import FINISHED_RUNS, read_metrics, train_in_process
+
+    own = ["~loss", "+loss._target_=torch.nn.SmoothL1Loss", "+loss.beta=0.5"]
+    train_in_process(tmp_path, [*FINISHED_RUNS["regression"], *own, "trainer.max_epochs=1"])
+    assert "test/mae" in read_metrics(tmp_path)
+
+
+def test_a_swapped_target_names_only_the_keys_that_can_be_removed(tmp_path):
+    # cross_entropy's class_weights is null: Hydra cannot delete a null key ('~loss.class_weights'
+    # fails with "does not exist"), and a null key sets nothing: it is dropped, not named.
+    from tests.conftest import TINY, train_in_process
+
+    swapped = [*TINY, "loss._target_=torch.nn.MultiMarginLoss"]
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path / "a", swapped)
+    assert str(err.value).endswith(
+        "It does not take loss.label_smoothing: remove it with '~loss.label_smoothing'"
+    )
+    train_in_process(tmp_path / "b", [*swapped, "~loss.label_smoothing"])
+    assert (tmp_path / "b" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "medtrain.models.cnn.SimpleCN",
+            "medtrain.models.cnn has no 'SimpleCN' (closest: SimpleCNN)",
+        ),
+        ("medtrain.models.cnnx.SimpleCNN", "medtrain.models has no 'cnnx' (closest: cnn, nn)"),
+        ("my_nets.Net", "no module 'my_nets' (your own code: on PYTHONPATH, or installed"),
+        ("my_broken_nets.Net", "importing my_broken_nets failed: No module named 'not_installed'"),
+    ],
+)
+def test_a_target_that_names_nothing_says_why(tmp_path, monkeypatch, target, message):
+    # Hydra said "No module named 'medtrain.models.cnn.SimpleCN'; 'medtrain.models.cnn' is not a
+    # package", twice, for a misspelt class.
+    from medtrain.engine.build import build
+
+    (tmp_path / "my_broken_nets.py").write_text("import not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        build(compose_cfg([f"model._target_={target}"]).model, "model")
+    assert str(err.value).startswith(f"model._target_={target}: {message}"), err.value
+
+
 def test_wrong_types_reads_annotations_and_defaults():
     from medtrain.engine.build import wrong_types
 
