@@ -286,7 +286,9 @@ def refusals(cfg: Any, trust: Sequence[str] = ()) -> list[tuple[str, str, str]]:
     return found
 
 
-def check_targets(cfg: Any, source: str | Path, trust: Sequence[str] = ()) -> None:
+def check_targets(
+    cfg: Any, source: str | Path, trust: Sequence[str] = (), option: str = "trust"
+) -> None:
     """Refuse a run's config (plain dicts and lists, or an OmegaConf node) that names anything
     outside the allow-list, before anything of it is imported or built.
 
@@ -294,6 +296,8 @@ def check_targets(cfg: Any, source: str | Path, trust: Sequence[str] = ()) -> No
         source: the file the config came from, named in the message.
         trust: names (`my_models.TinyNet`) or module prefixes ending in `.` (`my_pkg.`) to allow
             besides the allow-list, with those of `MEDTRAIN_TRUSTED_TARGETS`.
+        option: the command's key that takes `trust` (`cv.trust` for `medtrain cv`), named in
+            the message.
 
     Raises:
         ConfigError: naming each refused key path, its value and the file, and how to trust it.
@@ -315,7 +319,7 @@ def check_targets(cfg: Any, source: str | Path, trust: Sequence[str] = ()) -> No
     if names:
         listed = ",".join(names)
         why += (
-            f" If you trust this run and the code it names, allow it on purpose: trust=[{listed}]"
+            f" If you trust this run and the code it names, allow it on purpose: {option}=[{listed}]"
             f" (or the environment variable {TRUST_ENV}={listed})."
         )
     else:

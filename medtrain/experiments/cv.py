@@ -586,9 +586,7 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     """
     cfg = compose_config(cv.overrides)  # a typo stops the CV before anything is written
     # The folds are loaded back as run folders: classes they may not build stop the CV now.
-    check_targets(
-        OmegaConf.to_container(cfg), "the CV's config (cv.trust=[...] allows more)", cv.trust
-    )
+    check_targets(OmegaConf.to_container(cfg), "the CV's config", cv.trust, option="cv.trust")
     cv.dir.mkdir(parents=True, exist_ok=True)
     folds_file = draw_folds(cv, cfg)
     check_same_overrides(cv)

@@ -262,6 +262,18 @@ def test_bad_cv_settings_are_refused():
     assert cfg.model.widths == [32, 64, 128, 256] and "hidden" not in cfg.model
 
 
+def test_a_class_of_your_own_is_refused_naming_cv_trust(tmp_path):
+    # The hint said trust=[...], which `medtrain cv` refuses as an unknown key.
+    from medtrain.experiments.cv import run_cv
+
+    cv = parse_args([f"cv.dir={tmp_path / 'cv'}", "loss._target_=my_losses.SymmetricCE"])
+    with pytest.raises(ConfigError) as err:
+        run_cv(cv)
+    assert "allow it on purpose: cv.trust=[my_losses.SymmetricCE]" in str(err.value)
+    assert str(err.value).startswith("the CV's config: refused loss._target_='my_losses.")
+    assert not (tmp_path / "cv").exists()  # refused before anything is written
+
+
 def test_folds_are_reused_and_other_settings_refused(tmp_path):
     from medtrain.experiments.cv import check_same_overrides, draw_folds
     from tests.conftest import compose_cfg
