@@ -203,8 +203,9 @@ def main() -> None:
     manifest = json.loads((args.export / "manifest.json").read_text())
     if manifest["input"]["layout"] != "NCHW":
         sys.exit(
-            f"this example runs 2D models; this export takes {manifest['input']['layout']} volumes "
-            "(medtrain predict run_dir=<run> backend=onnx runs them; docs/deployment.md)"
+            f"this example runs 2D models; this export takes {manifest['input']['layout']} volumes: "
+            "run model.onnx with onnxruntime on volumes prepared as manifest.json describes, or "
+            "the run itself with medtrain predict run_dir=<run> (docs/deployment.md)"
         )
     run, task, names = load_model(args.export, manifest), manifest["task"], manifest["class_names"]
     label = "labels" if manifest.get("multilabel") else "label"

@@ -167,8 +167,13 @@ def structure_volumes_ml(
     mask: np.ndarray, spacing: Sequence[float], class_names: Sequence[str]
 ) -> dict[str, float]:
     """The volume in mL of each foreground class of a label volume with `spacing` mm per axis."""
-    voxel_ml = math.prod(spacing) / 1000.0  # mm^3 -> mL
-    return {name: float((mask == c).sum() * voxel_ml) for c, name in enumerate(class_names) if c}
+    voxel_mm3 = math.prod(spacing)
+    # mm^3 -> mL last: 1896 voxels of 1 mm^3 are 1.896 mL, not 1896 x 0.001 = 1.8960000000000001
+    return {
+        name: float(int((mask == c).sum()) * voxel_mm3 / 1000.0)
+        for c, name in enumerate(class_names)
+        if c
+    }
 
 
 def volume_agreement(done: list[dict[str, Any]], names: list[str]) -> dict[str, float | None]:

@@ -21,7 +21,7 @@ from medtrain.data.readers import READABLE_EXTENSIONS
 from medtrain.data.volume_slices import case_name
 from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError
-from medtrain.inference.predictor import Predictor
+from medtrain.inference.predictor import VOLUME_SPACING, Predictor
 from medtrain.inference.run import volume_run
 from medtrain.io import save_csv
 from medtrain.values import whole_number
@@ -187,10 +187,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         backend=cfg.get("backend") or "torch",
     )
     if cfg.spacing is not None and predictor.reads_volumes:
-        raise ConfigError(
-            f"spacing={cfg.spacing}: this run reads volumes, whose voxel size comes from each "
-            "file (the NIfTI header, the DICOM series); spacing= is the pixel size of 2D images"
-        )
+        raise ConfigError(f"spacing={cfg.spacing}: {VOLUME_SPACING}")
     spacing = spacing_arg(cfg)
     # A 3D network's inputs are volumes, whatever they are named; a 2D one trained on slices of
     # volumes predicts the volumes `inputs=` names (its refusal of 2D images names them).

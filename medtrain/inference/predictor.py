@@ -43,6 +43,11 @@ from medtrain.tasks.base import Input
 
 # What `medtrain predict` reads for a 3D network besides what the service takes (`read`, `decode`).
 PREDICT_ALSO_READS = "medtrain predict also reads DICOM series folders and multi-frame DICOM files"
+# Why a pixel spacing given for a run on volumes is refused (predict's spacing=, the service's).
+VOLUME_SPACING = (
+    "this run reads volumes, whose voxel size comes from each file (the NIfTI header, the DICOM "
+    "series); spacing= is the pixel size of 2D images"
+)
 
 
 @dataclass
@@ -142,8 +147,14 @@ class Predictor:
                 "window": None if pre.windows is None else [list(w) for w in pre.windows],
                 "target_spacing": getattr(pre, "target_spacing", None),
                 "volumes": self.volume_info(),
-                "note": "any size, bit depth and grey/colour: converted by the run's evaluation "
-                "preprocessing"
+                # The pixel spacing (row, col mm) of a 2D file that states none: measurements in mm.
+                "spacing": None if self.spacing is None else list(self.spacing),
+                "note": (
+                    "volumes of any size and voxel size"
+                    if self.reads_volumes
+                    else "images of any size, bit depth and grey/colour"
+                )
+                + ": converted by the run's evaluation preprocessing"
                 + ("; CT windows need values in Hounsfield units" if pre.reads_modality else ""),
             },
             "model": self.cfg.model.get("_target_"),

@@ -39,7 +39,7 @@ from medtrain.inference.guard import (
     Timeouts,
     protocol_with,
 )
-from medtrain.inference.predictor import Predictor, Prepared
+from medtrain.inference.predictor import VOLUME_SPACING, Predictor, Prepared
 from medtrain.inference.run import volume_run
 from medtrain.inference.web import add_web_routes
 from medtrain.io import json_safe
@@ -393,7 +393,10 @@ def create_app(
                     422, "overlay: pictures are of 2D images; a 3D run gives mask_nifti=true"
                 )
             nifti = parse_flag("mask_nifti", form_or_query(form, request, "mask_nifti") or "false")
-            spacing_mm = parse_spacing(form_or_query(form, request, "spacing"))
+            spacing_text = form_or_query(form, request, "spacing")
+            if spacing_text is not None and volume_run(predictor.cfg):  # a 3D network's input
+                raise HTTPException(422, f"spacing={spacing_text}: {VOLUME_SPACING}")
+            spacing_mm = parse_spacing(spacing_text)
             uploads = [(await f.read(), (f.filename or "upload")[-MAX_NAME_CHARS:]) for f in files]
         finally:
             await form.close()

@@ -158,6 +158,9 @@ def test_health_info_and_openapi(servers, finished_runs):
         "invert": False,
     }
     assert info["weights_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    assert info["input"]["spacing"] is None  # no dataset.spacing
+    segmentation = json.loads(fetch(servers["segmentation"].port, "GET", "/info")[2])
+    assert segmentation["input"]["spacing"] == [0.5, 0.5]  # the run's dataset.spacing
     metrics = json.loads((finished_runs["classification"] / "metrics.json").read_text())
     assert info["test_metrics"]["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-12)
     assert set(info["test_metrics"]) == {k for k in metrics if k.startswith("test/")}

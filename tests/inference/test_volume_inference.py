@@ -6,6 +6,8 @@ import base64
 import csv
 import gzip
 import io
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -21,7 +23,7 @@ from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predict import predict_files
 from medtrain.inference.predictor import Predictor
 from medtrain.inference.serve import ServeLimits, create_app
-from tests.conftest import train_in_process
+from tests.conftest import ROOT, train_in_process
 from tests.hostile_files import make_dicom
 from tests.inference.test_serve import post, start, stop
 
@@ -132,6 +134,16 @@ def test_serve_answers_volumes_in_ml_and_the_mask_as_nifti(volume_run):
             running.port, "/predict?overlay=true", ("file", "case.nii", nifti(volume, False))
         )
         assert status == 422 and refused["detail"].startswith("overlay: pictures are of 2D")
+        for given in ("1,1", "1,1,1"):  # one message for any spacing, as medtrain predict's
+            status, refused = post(
+                running.port,
+                f"/predict?spacing={given}",
+                ("file", "case.nii", nifti(volume, False)),
+            )
+            assert status == 422 and refused["detail"] == (
+                f"spacing={given}: this run reads volumes, whose voxel size comes from each file "
+                "(the NIfTI header, the DICOM series); spacing= is the pixel size of 2D images"
+            )
     finally:
         stop(running)
 
@@ -172,6 +184,19 @@ def test_onnx_export_of_a_3d_network_matches_pytorch(volume_run, tmp_path):
         expected = predictor.model(image[None])
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
     np.testing.assert_allclose(probabilities, expected.softmax(1).numpy(), atol=1e-5)
+    # The example script for exports runs 2D models, and says what runs this one.
+    example = ROOT / "examples" / "run_exported.py"
+    volume = tmp_path / "v.npy"
+    np.save(volume, case_volume())
+    done = subprocess.run(
+        [sys.executable, str(example), str(tmp_path / "exported"), str(volume)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stderr.startswith(
+        "this example runs 2D models; this export takes NCDHW volumes: run model.onnx with "
+        "onnxruntime on volumes prepared as manifest.json describes"
+    )
 
 
 def nifti_header(shape, offset: float | None = None) -> bytes:
