@@ -228,7 +228,17 @@ def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
     except ConfigError:
         raise
     except Exception as err:
-        raise ConfigError(f"model={choice('model')} cannot take the batch {shapes}: {err}") from err
+        takes = next((m.in_channels for m in model.modules() if hasattr(m, "in_channels")), None)
+        given = shapes["image"][1] if len(shapes.get("image", ())) > 1 else None
+        hint = (
+            f" (the images have {given} channel(s) and the model's first layer takes {takes}: "
+            "set model.in_channels=${dataset.in_channels})"
+            if isinstance(takes, int) and given is not None and takes != given
+            else ""
+        )
+        raise ConfigError(
+            f"model={choice('model')} cannot take the batch {shapes}: {err}{hint}"
+        ) from err
     finally:
         model.train(was_training)
     first = out[0] if isinstance(out, (tuple, list)) else out

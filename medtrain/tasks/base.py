@@ -237,8 +237,9 @@ class Task:
         if output.ndim != 2 or output.shape[1] != width:
             raise ConfigError(
                 f"model={model} outputs {tuple(output.shape)}; task={self.name} needs "
-                f"(batch, {width}), one output per {self.output_unit}: use model=cnn, resnet18, "
-                "... with num_classes=${dataset.num_classes}"
+                f"(batch, {width}), one output per {self.output_unit}: medtrain's models take "
+                f"model.num_classes={width} (${{dataset.num_classes}} follows the data); a model "
+                f"of your own must end in {width} outputs"
             )
 
     def collector(self, final: bool = False) -> Collector:

@@ -226,6 +226,22 @@ def test_a_loss_that_cannot_train_the_model_is_refused_before_training(
     assert not (tmp_path / "checkpoints").exists()  # refused before the first epoch
 
 
+def test_a_model_of_other_channels_or_outputs_is_told_the_key(tmp_path):
+    from tests.conftest import TINY, train_in_process
+
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path / "a", [*TINY, "model.in_channels=3"])
+    assert str(err.value).endswith(
+        "(the images have 1 channel(s) and the model's first layer takes 3: set "
+        "model.in_channels=${dataset.in_channels})"
+    )
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path / "b", [*TINY, "model.num_classes=3"])
+    assert "outputs (1, 3); task=classification needs (batch, 2), one output per class: " in str(
+        err.value
+    ) and "model.num_classes=2" in str(err.value)
+
+
 def test_a_regression_loss_of_your_own_is_not_refused(tmp_path):
     # Before, every loss outside mse, l1 and huber was refused for regression.
     from tests.conftest import FINISHED_RUNS, read_metrics, train_in_process
