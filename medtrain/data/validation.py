@@ -290,6 +290,28 @@ def intensity(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def mixed_images(samples: dict[str, list[Sample]], names: dict[str, Names]) -> list[str]:
+    """A note for each way the read images differ where most agree (stored type, channels),
+    naming the few that differ: each is converted as the run's preprocessing says, but a 16-bit
+    or colour image among 8-bit grey ones is often a file from elsewhere."""
+    read = [(split, s) for split, found in samples.items() for s in found if s.problem is None]
+    notes = []
+    for attr, what in (("dtype", "stored type"), ("channels", "channels")):
+        counts = Counter(getattr(s, attr) for _, s in read)
+        if len(counts) < 2:
+            continue
+        common = counts.most_common(1)[0][0]
+        odd = [(split, s) for split, s in read if getattr(s, attr) != common]
+        shown = "; ".join(names[split].name(s.index) for split, s in odd[:3])
+        more = f"; and {len(odd) - 3} more" if len(odd) > 3 else ""
+        listed = ", ".join(f"{value} ({n})" for value, n in counts.most_common())
+        notes.append(
+            f"images differ in {what}: {listed}; not {common}: {shown}{more} (each is converted "
+            "by the run's preprocessing; check that they belong)"
+        )
+    return notes
+
+
 def size_problem(dataset: Any, samples: list[Sample]) -> list[str]:
     """Images of several sizes cannot be stacked into a batch for an image-level model."""
     sizes = sorted({s.shape for s in samples if s.problem is None})
@@ -424,6 +446,7 @@ def check_datasets(
     report["warnings"] += [warning] * bool(warning) + [
         line for lacking in absent.values() for c, line in lacking.items() if c not in nowhere
     ]
+    report["notes"] += mixed_images(samples, names)
     section, pairs, conflicts, notes = find_duplicates(datasets, samples, names)
     report["duplicates"] = section
     report["errors" if duplicates == "error" else "warnings"] += pairs

@@ -139,6 +139,22 @@ def test_a_class_in_no_split_is_one_warning(tmp_path):
     ]
 
 
+def test_an_image_of_another_type_or_channels_is_noted_by_name(tmp_path):
+    rows = good_rows(tmp_path)
+    Image.fromarray(np.full((16, 16), 300, np.uint16)).save(tmp_path / rows[2][0])  # line 4
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / rows[5][0])  # line 7
+    path = write_manifest(tmp_path, rows)
+    report = check(manifest_overrides(path))
+    assert exit_status(report) == 0
+    assert report["notes"] == [
+        f"images differ in stored type: uint8 (5), uint16 (1); not uint8: "
+        f"{tmp_path / rows[2][0]} ({path} line 4) (each is converted by the run's "
+        "preprocessing; check that they belong)",
+        f"images differ in channels: 1 (5), 3 (1); not 1: {tmp_path / rows[5][0]} ({path} line 7)"
+        " (each is converted by the run's preprocessing; check that they belong)",
+    ]
+
+
 def test_label_outside_the_classes_names_the_row(tmp_path):
     rows = good_rows(tmp_path)
     write_png(tmp_path / "images/five.png", seed=7)
