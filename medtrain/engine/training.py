@@ -126,10 +126,10 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(loaders["train"]))
     log.info(
-        "data: %s | model: %s (%.2fM parameters) | device: %s | run folder: %s",
+        "data: %s | model: %s (%s parameters) | device: %s | run folder: %s",
         {s: len(d) for s, d in datasets.items()},
         type(model).__name__,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        f"{sum(p.numel() for p in model.parameters()):,}",
         device,
         run_dir,
     )

@@ -85,9 +85,9 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path = ".") -> list[di
 
 
 def column_names(runs: list[Path]) -> list[str]:
-    """The runs' folder names, or, when two runs share a folder name, every run's full path (a
-    mix would make a bare name such as `0` read as an index)."""
-    names = [run.name for run in runs]
+    """The runs' folder names (a sweep's job `0` with its sweep's: `14-02-11/0`, not a bare
+    number that reads as an index), or, when two runs share a name, every run's full path."""
+    names = [f"{run.parent.name}/{run.name}" if run.name.isdigit() else run.name for run in runs]
     return names if len(set(names)) == len(names) else [str(run) for run in runs]
 
 

@@ -605,8 +605,11 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     rows, columns = summary_rows(cv, task, oof, ensemble)
     notes = []
     if threshold is not None:
+        rule = getattr(task, "threshold_rule", None)
         notes.append(
-            f"Decision threshold chosen on the pooled out-of-fold predictions: {threshold}."
+            f"Decision threshold chosen on the pooled out-of-fold predictions ({rule}): {threshold}."
+            if isinstance(rule, str)
+            else f"Decision threshold, fixed by task.threshold: {threshold}."
         )
     write_summary(cv, rows, columns, notes)
     fold_seconds = [

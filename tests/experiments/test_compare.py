@@ -60,6 +60,11 @@ def test_column_names_are_folder_names_or_all_full_paths():
     from medtrain.experiments.compare import column_names
 
     assert column_names([Path("o/a"), Path("o/b")]) == ["a", "b"]
+    # a sweep's jobs: with their sweep's folder, not "0" and "1"
+    assert column_names([Path("m/14-02-11/0"), Path("m/14-02-11/1")]) == [
+        "14-02-11/0",
+        "14-02-11/1",
+    ]
     # two folders named 0: every column is a full path, not "0" beside paths
     assert column_names([Path("grid/0"), Path("sweep/0"), Path("x/1")]) == [
         "grid/0",
