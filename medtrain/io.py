@@ -122,6 +122,11 @@ def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: li
     return atomic_write(path, write)
 
 
+# 72, 96 and 100 dpi (matplotlib's figures) in pixels per metre, as rounded by common writers:
+# display defaults, not a spacing (`medtrain.data.readers` ignores them).
+SCREEN_PPM = {2834, 2835, 2836, 3779, 3780, 3781, 3936, 3937, 3938}
+
+
 def png_bytes(array: np.ndarray, spacing: Sequence[float] | None = None) -> bytes:
     """A grey (H x W, uint8 or uint16) or RGB (H x W x 3) uint8 array encoded as PNG.
 
@@ -131,14 +136,26 @@ def png_bytes(array: np.ndarray, spacing: Sequence[float] | None = None) -> byte
             mm, 0.325 um as 0.32500 um); None, or a size the chunk cannot hold, states none.
     """
     options = {}
-    if spacing is not None:
-        per_metre = [round(1000.0 / float(s)) for s in (spacing[1], spacing[0])]  # x, y
+    sizes = [float(s) for s in spacing] if spacing is not None else []
+    if sizes and all(math.isfinite(s) and s > 0 for s in sizes):
+        per_metre = [round(1000.0 / s) for s in (sizes[-1], sizes[0])]  # x (columns), y (rows)
         if all(1 <= p < 2**31 for p in per_metre):
+            if set(per_metre) <= SCREEN_PPM:  # 0.254 mm would read as 100 dpi, i.e. none:
+                per_metre[0] = _off_screen(per_metre[0])  # the nearest value read as a size
             # Pillow writes pHYs from dots per inch, rounding dpi / 0.0254 back to these integers.
             options["dpi"] = tuple(p * 0.0254 for p in per_metre)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", **options)
     return buffer.getvalue()
+
+
+def _off_screen(per_metre: int) -> int:
+    """The pixels per metre nearest `per_metre` that are not a display default (`SCREEN_PPM`)."""
+    for distance in range(1, len(SCREEN_PPM) + 2):
+        for near in (per_metre - distance, per_metre + distance):
+            if near not in SCREEN_PPM:
+                return near
+    return per_metre
 
 
 def save_png(path: str | Path, array: np.ndarray, spacing: Sequence[float] | None = None) -> Path:

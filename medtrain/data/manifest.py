@@ -384,6 +384,8 @@ class Manifest(ManifestRows, ImageDataset):
             tabular_columns = [tabular_columns]
         tabular_columns = list(tabular_columns)
         target_columns = [target_column] if isinstance(target_column, str) else list(target_column)
+        if not target_columns:
+            raise ConfigError("dataset.target_column=[]: name the column of targets")
         if len(target_columns) != 1 and not self.regression:
             raise ConfigError(
                 f"dataset.target_column={target_columns}: several columns are several values "
@@ -456,9 +458,15 @@ class Manifest(ManifestRows, ImageDataset):
         column (N x K), named by the columns."""
         if len(columns) == 1:
             return self._targets(rows, columns[0])
+        given = self.class_names
+        if given is not None and len(given) != len(columns):
+            raise ConfigError(
+                f"dataset.class_names={list(given)} has {len(given)} name(s), but "
+                f"dataset.target_column={columns} reads {len(columns)} columns: one name per column, or "
+                "leave class_names null (the columns name them)"
+            )
         values = np.stack([self._targets(rows, column) for column in columns], axis=1)
-        if self.class_names is None or len(self.class_names) != len(columns):
-            self.class_names = list(columns)
+        self.class_names = list(given or columns)
         return values
 
     def _targets(self, rows: list[dict], column: str) -> np.ndarray:
@@ -494,7 +502,8 @@ class Manifest(ManifestRows, ImageDataset):
             ]
             raise self._error(
                 f"column {column!r} mixes class indices and names ({names} of {len(values)} "
-                "rows hold a name): write one kind (or list the names in dataset.class_names)",
+                f"rows {'holds' if names == 1 else 'hold'} a name): write one kind (or list the "
+                "names in dataset.class_names)",
                 odd,
             )
         if all(is_number):

@@ -53,14 +53,12 @@ from medtrain.data.dicom_files import (  # noqa: F401
     dicom_pixel_spacing,
 )
 from medtrain.errors import DataError
+from medtrain.io import SCREEN_PPM
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 READABLE_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy", ".npz", ".dcm", ".dicom")
 # The NPY magic, version and header length, and the largest header numpy parses (its default).
 NPY_HEADER_BYTES = 12 + 10_000
-# 72, 96 and 100 dpi (matplotlib's figures) in pixels per metre, as rounded by common writers:
-# display defaults, not a spacing.
-SCREEN_PPM = {2834, 2835, 2836, 3779, 3780, 3781, 3936, 3937, 3938}
 FORMATS = "PNG, JPEG, TIFF, DICOM, NPY or NPZ"
 # Magic bytes at offset 0, tested before DICOM's `DICM` at offset 128 (see `sniff`).
 SIGNATURES = {

@@ -184,6 +184,7 @@ class SegFolder(SegmentationDataset):
 
     reads_files = True
     sample_fields = (*SegmentationDataset.sample_fields, "image_files", "mask_files")
+    reads_instance_labels = True  # dataset.instance_labels=true reads masks of one label per object
 
     def __init__(
         self,

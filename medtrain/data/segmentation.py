@@ -484,7 +484,7 @@ class SegmentationDataset(SeededSamples, Dataset):
                     "neighbour"
                 )
             objects = self.num_classes == 2 and np.count_nonzero(values) >= 2
-            if objects and getattr(self, "has_instances", None) is False:  # seg_folder
+            if objects and getattr(self, "reads_instance_labels", False) and not self.has_instances:
                 hint = (
                     f" ({np.count_nonzero(values)} nonzero values: if each is one object, these are "
                     "instance labels: dataset.instance_labels=true; else map stored values with "

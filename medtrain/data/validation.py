@@ -258,11 +258,17 @@ def classes_nowhere(datasets: dict, absent: dict[str, dict[int, str]]) -> tuple[
         return [], ""
     ds = next(iter(datasets.values()))
     listed_classes = ", ".join(repr(class_name(ds, c)) for c in nowhere)
-    verb = "occurs" if len(nowhere) == 1 else "occur"
+    one = len(nowhere) == 1
+    inferred = (
+        ""
+        if isinstance(ds, MASK_DATASETS)
+        else " (an inferred num_classes is the largest label + 1, so one mistyped label adds "
+        "classes)"
+    )
     return nowhere, (
-        f"class {listed_classes} of dataset.num_classes={ds.num_classes} {verb} in no split: "
-        "check dataset.num_classes and dataset.class_names (an inferred num_classes is the "
-        "largest label + 1, so one mistyped label adds classes)"
+        f"{'class' if one else 'classes'} {listed_classes} of dataset.num_classes="
+        f"{ds.num_classes} {'occurs' if one else 'occur'} in no split: check "
+        f"dataset.num_classes and dataset.class_names{inferred}"
     )
 
 

@@ -199,6 +199,8 @@ def locate(path: str) -> Any:
             obj = importlib.import_module(".".join(parts[:k]))
         except ImportError:
             continue
+        except Exception:  # a module that raises while imported: `why_not_importable` says so
+            return None
         try:
             for name in parts[k:]:
                 obj = getattr(obj, name)
@@ -444,19 +446,14 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, train_bat
     """The learning-rate schedule, sized by epochs and optimizer steps per epoch."""
     steps_per_epoch = optimizer_steps(train_batches, cfg.trainer.accumulate_grad_batches)
     factory = build(cfg.scheduler, "scheduler")
-    target = getattr(factory, "func", factory)
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):  # no signature to read: the call reports what fails
-        parameters = {"epochs": None, "steps_per_epoch": None}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    if not takes_any and not {"epochs", "steps_per_epoch"} <= set(parameters):
+    taken = _taken(cfg.scheduler)  # None: takes anything, or no signature to read
+    if taken is not None and not {"epochs", "steps_per_epoch"} <= taken:
         raise ConfigError(
             f"scheduler._target_={cfg.scheduler.get('_target_')}: a schedule is called with "
             "(optimizer, epochs=, steps_per_epoch=) and stepped after every optimizer step, so "
-            "that its lengths do not depend on the data set's size; this class takes no epochs "
-            "or steps_per_epoch: choose scheduler=cosine, multistep, onecycle, plateau or none, "
-            "or write a function of those arguments (docs/configuration.md#schedules)"
+            "that its lengths do not depend on the data set's size; it does not take both "
+            "epochs and steps_per_epoch: choose scheduler=cosine, multistep, onecycle, plateau "
+            "or none, or write a function of those arguments (docs/configuration.md#schedules)"
         )
     return call(
         factory,

@@ -215,6 +215,21 @@ def check_task(cfg: DictConfig) -> None:
     task.check_config(cfg, None if provides is None else tuple(provides), choices())
 
 
+def first_samples(train: Any) -> list[dict]:
+    """The first two training samples when they stack into a batch (so that a loss that does not
+    reduce over the batch shows it), else the first alone."""
+    samples = [train[0]]
+    if len(train) > 1:
+        second = train[1]
+        same = all(
+            not torch.is_tensor(v) or v.shape == second[k].shape
+            for k, v in samples[0].items()
+            if k in second
+        )
+        samples += [second] if same else []
+    return samples
+
+
 def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
     """One forward pass on a batch of one training sample: the output must fit the task
     (`Task.check_output`), and the loss must take it and return one number, so that a wrong
@@ -228,11 +243,13 @@ def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
     except ConfigError:
         raise
     except Exception as err:
-        takes = next((m.in_channels for m in model.modules() if hasattr(m, "in_channels")), None)
+        convolutions = (m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+        takes = next((m.in_channels for m in convolutions), None)
         given = shapes["image"][1] if len(shapes.get("image", ())) > 1 else None
         hint = (
-            f" (the images have {given} channel(s) and the model's first layer takes {takes}: "
-            "set model.in_channels=${dataset.in_channels})"
+            f" (the images have {given} channel(s) and the model's first convolution takes "
+            f"{takes}: set the model's in_channels to ${{dataset.in_channels}}: model.in_channels "
+            "for medtrain's image models)"
             if isinstance(takes, int) and given is not None and takes != given
             else ""
         )
@@ -257,10 +274,12 @@ def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
             f"{named} cannot take the model's output {tuple(first.shape)} and the "
             f"batch's targets {targets}: {err}"
         ) from err
-    if not torch.is_tensor(loss) or loss.ndim != 0:  # (1,) for this batch of one: per sample
+    # With two samples a loss per sample shows (a batch of one cannot tell); (1,) trains too.
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        batch_size = len(next(v for v in batch.values() if torch.is_tensor(v)))
         shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
         raise ConfigError(
-            f"{named} returns {shape}, not one number (a 0-dim tensor): a loss must "
+            f"{named} returns {shape} for a batch of {batch_size}, not one number: a loss must "
             "reduce over the batch (reduction='mean')"
         )
 
@@ -281,8 +300,12 @@ def check_against_data(cfg: DictConfig) -> None:
         if values is not None and min(values) < 0:
             raise ConfigError(f"loss.{key}={list(values)}: weights must be >= 0")
     task = target_class(cfg.task)
+    wrong_loss = None
     if task is not None and hasattr(task, "check_against_data"):
-        task.check_against_data(cfg)
+        try:
+            task.check_against_data(cfg)
+        except LossMismatch as err:  # raised last, as by `validate`
+            wrong_loss = err
     norm = data.get("normalize") or {}
     for key in ("mean", "std"):
         values = norm.get(key)
@@ -293,6 +316,8 @@ def check_against_data(cfg: DictConfig) -> None:
                 list(values),
                 f"give 1 value or {data.in_channels} (one per channel)",
             )
+    if wrong_loss is not None:
+        raise wrong_loss
 
 
 def unknown_key_hint(args: list[str], saved_config: bool = False) -> str | None:

@@ -76,7 +76,10 @@ def check_config(
         except LossMismatch as err:  # validate raises it after every other check passed
             wrong_loss.append(str(err))
         datasets = build_datasets(cfg)
-        check_against_data(cfg)
+        try:
+            check_against_data(cfg)
+        except LossMismatch as err:  # raised after every other check against the data passed
+            wrong_loss.append(str(err))
     except ConfigError as err:
         report["config_errors"].append(str(err))
     except MedtrainError as err:

@@ -59,11 +59,17 @@ def multistep(
     """
     wrong = [m for m in milestones if isinstance(m, bool) or not 0 < m <= 1]
     if wrong:
-        as_fractions = [round(m / epochs, 3) for m in milestones]
+        given = list(milestones)
+        within = all(not isinstance(m, bool) and 0 < m <= epochs for m in given)
+        meant = (  # read as epochs: their fractions, or that training never reaches them
+            f"as epochs of trainer.max_epochs={epochs} they are scheduler.milestones="
+            f"{[round(m / epochs, 3) for m in given]}"
+            if within
+            else f"{wrong} lie outside it, as epochs too (trainer.max_epochs={epochs})"
+        )
         raise ConfigError(
-            f"scheduler.milestones={list(milestones)}: milestones are fractions of training in "
-            f"(0, 1] (0.5: half-way), not epochs; epochs {list(milestones)} of "
-            f"trainer.max_epochs={epochs} are scheduler.milestones={as_fractions}"
+            f"scheduler.milestones={given}: milestones are fractions of training in (0, 1] "
+            f"(0.5: half-way), not epochs; {meant}"
         )
     steps = sorted(int(m * epochs * steps_per_epoch) for m in milestones)
     return LambdaLR(optimizer, lambda step: gamma ** sum(step >= s for s in steps))

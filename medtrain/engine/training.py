@@ -34,6 +34,7 @@ from medtrain.engine.callbacks import EpochCallback
 from medtrain.engine.config import (
     check_against_data,
     check_model_output,
+    first_samples,
     validate,
 )
 from medtrain.engine.data_check import check_before_training
@@ -117,7 +118,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)
     task = build_task(cfg)
-    first = collate([datasets["train"][0]])
+    first = collate(first_samples(datasets["train"]))
     distributed.agreed(check_model_output, model, task, first)
     model = model.to(device, memory_format=memory_format(cfg.trainer, cfg.dataset.spatial_dims))
     task.loss_fn.to(device)

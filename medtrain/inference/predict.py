@@ -27,6 +27,8 @@ from medtrain.io import save_csv
 from medtrain.values import whole_number
 
 log = logging.getLogger(__name__)
+# A prediction column that names a file written per input -> the folder (option) it goes to.
+FOLDER_OF = {"mask": "masks", "instances": "instances"}
 
 
 def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:
@@ -100,9 +102,20 @@ def not_written_here(
     Raises:
         ConfigError: nothing is left.
     """
+    where = Path(spec).resolve()
+    for key, folder in files.folders().items():
+        if folder.resolve() in (where, *where.parents):
+            raise ConfigError(
+                f"{key}={folder} holds the inputs ({spec}): this prediction would write its files "
+                f"among them; give {key}= another folder"
+            )
     kept = [(file, name) for file, name in inputs if not files.holds(file)]
     if len(kept) < len(inputs):
-        log.info("inputs: %d file(s) of this prediction's output left out", len(inputs) - len(kept))
+        log.warning(
+            "inputs: %d file(s) in this prediction's own output (%s) left out",
+            len(inputs) - len(kept),
+            ", ".join(str(f) for f in files.folders().values()),
+        )
     if not kept:
         raise ConfigError(f"inputs={spec}: it holds only this prediction's own output files")
     return kept
@@ -146,6 +159,7 @@ class PredictionFiles:
     tables: dict[str, Path] = field(default_factory=dict)
     companions: dict[str, Path] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
+    writes: tuple[str, ...] = ("masks",)  # the folders written: masks, and companions' kinds
 
     def new_file(self, name: str, suffix: str) -> tuple[Path, str]:
         """A path in `folder` for input `name` that no earlier input took, and how the CSV shows
@@ -161,11 +175,16 @@ class PredictionFiles:
         found = self.companions.get(kind, self.output.parent / kind) / path.name
         return found, _relative(found, self.output.parent)
 
+    def folders(self) -> dict[str, Path]:
+        """The folders this prediction writes files into, by the option that names them."""
+        every = {"masks": self.folder, **self.companions}
+        return {kind: folder for kind, folder in every.items() if kind in self.writes}
+
     def holds(self, file: Path) -> bool:
         """Whether `file` is one this prediction writes (in its folders, or its CSV): a folder
         of inputs that holds the output is not read back as inputs."""
         file = file.resolve()
-        folders = [f.resolve() for f in (self.folder, *self.companions.values())]
+        folders = [f.resolve() for f in self.folders().values()]
         return file == self.output.resolve() or any(f in file.parents for f in folders)
 
     def table(self, name: str) -> Path:
@@ -201,8 +220,11 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         {"measurements": Path(cfg.measurements)} if cfg.measurements else {},
         {"instances": Path(cfg.instances) if cfg.get("instances") else output.parent / "instances"},
     )
+    volumes = predictor.task.labels_volumes and names_volumes
+    fields = predictor.task.prediction_fields()  # a `mask` column: the rows name files written
+    files.writes = ("masks",) if volumes else tuple(FOLDER_OF[f] for f in fields if f in FOLDER_OF)
     refuse_the_run_folder(files, predictor.run.run_dir)
-    if predictor.task.labels_volumes and names_volumes:
+    if volumes:
         return predict_volumes(cfg, predictor, files)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
     lister = list_volumes if names_volumes else list_inputs
@@ -291,12 +313,17 @@ def refuse_the_run_folder(files: PredictionFiles, run_dir: Path) -> None:
         ConfigError: naming the path and the option that moves it.
     """
     run = Path(run_dir).resolve()
-    written = [("output", files.output), ("masks", files.folder), *files.companions.items()]
-    for key, path in [*written, *files.tables.items()]:
-        if path.resolve().parent == run:
+    written = [("output", files.output), *files.folders().items(), *files.tables.items()]
+    for key, path in written:
+        if run in (path.resolve(), path.resolve().parent):
+            where = (
+                "output=<folder>/predictions.csv puts every file there"
+                if key == "output"
+                else f"give {key}= another folder or file"
+            )
             raise ConfigError(
                 f"{key}={path} writes into the run folder {run_dir}, over the run's own test "
-                "results: write elsewhere (output=<folder>/predictions.csv puts every file there)"
+                f"results: write elsewhere ({where})"
             )
 
 

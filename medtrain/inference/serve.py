@@ -394,7 +394,7 @@ def create_app(
                 )
             nifti = parse_flag("mask_nifti", form_or_query(form, request, "mask_nifti") or "false")
             spacing_text = form_or_query(form, request, "spacing")
-            if spacing_text is not None and volume_run(predictor.cfg):  # a 3D network's input
+            if spacing_text is not None and predictor.reads_volumes:  # as medtrain predict
                 raise HTTPException(422, f"spacing={spacing_text}: {VOLUME_SPACING}")
             spacing_mm = parse_spacing(spacing_text)
             uploads = [(await f.read(), (f.filename or "upload")[-MAX_NAME_CHARS:]) for f in files]

@@ -13,7 +13,7 @@ from torch import nn
 
 from medtrain.analysis.statistics import classification_intervals
 from medtrain.data.base import VolumeImages
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, LossMismatch
 from medtrain.io import save_csv
 from medtrain.metrics import classification as M
 from medtrain.tasks.base import (
@@ -105,17 +105,6 @@ class ClassificationTask(Task):
     @classmethod
     def check_against_data(cls, cfg: DictConfig) -> None:
         data, task = cfg.dataset, cfg.task
-        target = str(cfg.loss.get("_target_", ""))
-        if data.multilabel and target.endswith("CrossEntropy"):
-            raise ConfigError(
-                "loss=cross_entropy cannot train multi-label targets "
-                f"(dataset {data.get('path')}); use loss=bce or loss=focal"
-            )
-        if not data.multilabel and target.endswith("BCEWithLogits"):
-            raise ConfigError(
-                "loss=bce trains independent sigmoid outputs, but the labels are one class per "
-                "image; use loss=cross_entropy or loss=focal"
-            )
         rule = task.get("threshold")
         if isinstance(rule, str) and not data.multilabel and data.num_classes > 2:
             raise ConfigError(
@@ -125,6 +114,17 @@ class ClassificationTask(Task):
         sensitivity = task.get("target_sensitivity", 0.9)
         if not 0 < sensitivity <= 1:
             raise ConfigError(f"task.target_sensitivity={sensitivity!r}: must be in (0, 1]")
+        target = str(cfg.loss.get("_target_", ""))  # last: `check-data` goes on after these
+        if data.multilabel and target.endswith("CrossEntropy"):
+            raise LossMismatch(
+                "loss=cross_entropy cannot train multi-label targets "
+                f"(dataset {data.get('path')}); use loss=bce or loss=focal"
+            )
+        if not data.multilabel and target.endswith("BCEWithLogits"):
+            raise LossMismatch(
+                "loss=bce trains independent sigmoid outputs, but the labels are one class per "
+                "image; use loss=cross_entropy or loss=focal"
+            )
 
     @classmethod
     def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:

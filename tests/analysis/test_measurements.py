@@ -275,3 +275,15 @@ def test_check_spacing_accepts_microscopy_to_metres():
     assert check_spacing((1e-4, 1e4)) == (1e-4, 1e4)  # 0.1 µm pixels, and 10 m
     assert check_spacing(["0.5", 2]) == (0.5, 2.0)
     assert check_spacing(None) is None
+
+
+def test_structure_volumes_in_ml_count_voxels_times_their_volume():
+    from medtrain.analysis.volume_results import structure_volumes_ml
+
+    labels = np.zeros(4000, np.int64)
+    labels[:1896] = 1  # 1896 voxels of 1 mm^3: 1.896 mL, written without float noise
+    labels[1896:1900] = 2
+    volumes = structure_volumes_ml(labels, (1.0, 1.0, 1.0), ["background", "a", "b"])
+    assert volumes == {"a": 1.896, "b": 0.004}
+    assert repr(volumes["a"]) == "1.896"  # once 1896 x 0.001 = 1.8960000000000001
+    assert structure_volumes_ml(labels, (2.0, 1.0, 1.5), ["background", "a", "b"])["a"] == 5.688

@@ -102,6 +102,24 @@ def test_several_regression_columns_are_values_as_written(tmp_path):
         Manifest(str(path), "train", target_column=["target", "grade"])
     with pytest.raises(DataError, match=r"no column 'size' for dataset.target_column\[1\]"):
         Manifest(str(path), "train", regression=True, target_column=["target", "size"])
+    named = Manifest(
+        str(path),
+        "train",
+        regression=True,
+        target_column=["target", "grade"],
+        class_names=["size_mm", "grade"],
+    )
+    assert named.class_names == ["size_mm", "grade"]
+    with pytest.raises(ConfigError, match=r"dataset.class_names=\['size'\] has 1 name\(s\), but"):
+        Manifest(
+            str(path),
+            "train",
+            regression=True,
+            target_column=["target", "grade"],
+            class_names=["size"],
+        )
+    with pytest.raises(ConfigError, match=r"dataset.target_column=\[\]: name the column"):
+        Manifest(str(path), "train", regression=True, target_column=[])
 
 
 def test_split_column_is_honoured_with_its_aliases(tmp_path):

@@ -111,7 +111,7 @@ def test_every_kind_of_row_problem_is_reported_at_once(tmp_path):
     assert report["errors"] == [
         f"{path}: no such image file (1 of 6 rows; paths in column 'image' are relative to "
         f"{tmp_path}): line 3: {tmp_path / 'images/gone.png'}",
-        f"{path}: column 'target' mixes class indices and names (1 of 6 rows hold a name): write "
+        f"{path}: column 'target' mixes class indices and names (1 of 6 rows holds a name): write "
         "one kind (or list the names in dataset.class_names): line 5: 'l'",
         f"{path}: column 'split' must hold train, val (or valid, validation) or test (or remove "
         "the column to split by dataset.val_fraction and dataset.test_fraction): line 6: 'tset'",
@@ -130,7 +130,7 @@ def test_a_class_in_no_split_is_one_warning(tmp_path):
     report = check(manifest_overrides(write_manifest(tmp_path, rows)))
     assert exit_status(report) == 0
     assert report["warnings"] == [
-        "class '2', '3', '4', '5', '6' of dataset.num_classes=8 occur in no split: check "
+        "classes '2', '3', '4', '5', '6' of dataset.num_classes=8 occur in no split: check "
         "dataset.num_classes and dataset.class_names (an inferred num_classes is the largest "
         "label + 1, so one mistyped label adds classes)",
         "train: no sample of class '0'",

@@ -101,7 +101,13 @@ def test_summary_holds_folds_mean_sd(finished_cv):
     ensemble = json.loads((finished_cv / "ensemble" / "metrics.json").read_text())
     assert float(table["fold_ensemble"]["test/auc"]) == pytest.approx(ensemble["test/auc"])
     assert (finished_cv / "cv_metrics.png").stat().st_size > 1000
-    assert "| val/auc |" in (finished_cv / "cv_summary.md").read_text()
+    summary = (finished_cv / "cv_summary.md").read_text()
+    assert "| val/auc |" in summary
+    threshold = json.loads((finished_cv / "cv.json").read_text())["threshold"]
+    assert (
+        f"Decision threshold chosen on the pooled out-of-fold predictions (youden): {threshold}."
+        in summary
+    )
 
 
 def test_fold_ensemble_averages_the_folds_and_predicts_serves_like_a_run(finished_cv):

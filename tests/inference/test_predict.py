@@ -188,6 +188,12 @@ def test_png_spacing_round_trips_in_whole_pixels_per_metre():
         assert decode(png_bytes(mask, spacing), "m.png").spacing == pytest.approx(back, rel=1e-12)
     assert decode(png_bytes(mask), "m.png").spacing is None
     assert decode(png_bytes(mask, (5e4, 1.0)), "m.png").spacing is None  # < 1 px per metre
+    for unusable in ((0.0, 0.5), (float("nan"), 0.5)):  # no spacing stated, no error
+        assert decode(png_bytes(mask, unusable), "m.png").spacing is None
+    # 0.254 mm is 3937 px per metre, 100 dpi: read as a display default, so the nearest value
+    # that is not one is written (0.05% off) rather than none.
+    back = decode(png_bytes(mask, (0.254, 0.254)), "m.png").spacing
+    assert back == pytest.approx((1000 / 3937, 1000 / 3935), rel=1e-12)
 
 
 def test_nothing_is_written_into_the_run_folder_and_outputs_are_not_read_back(
@@ -219,7 +225,17 @@ def test_nothing_is_written_into_the_run_folder_and_outputs_are_not_read_back(
     masks = sorted(p.name for p in (tmp_path / "in" / "masks").iterdir())
     assert masks == sorted(n.replace(".npy", ".png") for n in names)
     assert main([f"run_dir={run}", f"inputs={tmp_path / 'in' / 'masks'}", f"output={out}"]) == 2
-    assert "holds only this prediction's own output files" in capsys.readouterr().err
+    assert f"masks={tmp_path / 'in' / 'masks'} holds the inputs" in capsys.readouterr().err
+    assert (
+        main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}", f"masks={run}"]) == 2
+    )
+    assert f"masks={run} writes into the run folder" in capsys.readouterr().err
+    # A task that writes no masks leaves a folder of inputs named masks/ alone.
+    classification = finished_runs["classification"]
+    save_npy_inputs(split_of(classification), tmp_path / "cls" / "masks", 2)
+    out = tmp_path / "cls" / "p.csv"
+    assert main([f"run_dir={classification}", f"inputs={tmp_path / 'cls'}", f"output={out}"]) == 0
+    assert len(read_rows(out)) == 2
 
 
 def test_inputs_measured_at_different_spacings_are_warned_about(finished_runs, tmp_path, caplog):
