@@ -246,13 +246,22 @@ def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
         convolutions = (m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
         takes = next((m.in_channels for m in convolutions), None)
         given = shapes["image"][1] if len(shapes.get("image", ())) > 1 else None
-        hint = (
-            f" (the images have {given} channel(s) and the model's first convolution takes "
-            f"{takes}: set the model's in_channels to ${{dataset.in_channels}}: model.in_channels "
-            "for medtrain's image models)"
-            if isinstance(takes, int) and given is not None and takes != given
-            else ""
-        )
+        features = shapes["tabular"][-1] if "tabular" in shapes else None
+        linears = (m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+        if isinstance(takes, int) and given is not None and takes != given:
+            hint = (
+                f" (the images have {given} channel(s) and the model's first convolution takes "
+                f"{takes}: set the model's in_channels to ${{dataset.in_channels}}: "
+                "model.in_channels for medtrain's image models)"
+            )
+        elif features is not None and features not in set(linears):
+            hint = (  # no layer takes the encoded clinical columns
+                f" (the tabular columns encode to {features} features, which no linear layer "
+                "takes: set the tabular branch's num_features to ${dataset.num_features}: "
+                "model.branches.tabular.num_features for model=fusion)"
+            )
+        else:
+            hint = ""
         raise ConfigError(
             f"model={choice('model')} cannot take the batch {shapes}: {err}{hint}"
         ) from err

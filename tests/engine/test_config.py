@@ -248,6 +248,20 @@ def test_a_model_of_other_channels_or_outputs_is_told_the_key(tmp_path):
     ) and "model.num_classes=2" in str(err.value)
 
 
+def test_a_fusion_branch_of_other_width_is_told_the_key(tmp_path):
+    from tests.conftest import train_in_process
+
+    with pytest.raises(ConfigError) as err:
+        train_in_process(
+            tmp_path, ["experiment=synthetic_fusion", "model.branches.tabular.num_features=3"]
+        )
+    assert str(err.value).endswith(
+        "(the tabular columns encode to 4 features, which no linear layer takes: set the tabular "
+        "branch's num_features to ${dataset.num_features}: model.branches.tabular.num_features "
+        "for model=fusion)"
+    )
+
+
 def test_a_regression_loss_of_your_own_is_not_refused(tmp_path, monkeypatch):
     # Before, every loss outside mse, l1, huber and smooth L1 was refused for regression; torch's
     # losses of class scores still are (they do not fail on one batch: they train nothing).
