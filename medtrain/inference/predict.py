@@ -100,7 +100,8 @@ def not_written_here(
     inputs: a second run must not predict the first one's masks).
 
     Raises:
-        ConfigError: nothing is left.
+        ConfigError: a folder this prediction writes holds the inputs (its masks could overwrite
+            them), or nothing is left.
     """
     where = Path(spec).resolve()
     for key, folder in files.folders().items():
