@@ -226,7 +226,19 @@ def main() -> None:
             writer.writerow([path, *[""] * len(columns), f"cannot read: {err}"])
             failed += 1
             continue
-        image = prepare(pixels, manifest["preprocessing"])
+        with np.errstate(all="ignore"):  # overflow is reported in the row, not as a warning
+            image = prepare(pixels, manifest["preprocessing"])
+        if not np.isfinite(image).all():  # a corrupt scan must never come out as a finding
+            writer.writerow(
+                [
+                    path,
+                    *[""] * len(columns),
+                    "not finite (NaN or infinite) after "
+                    "preprocessing: no prediction is made from it",
+                ]
+            )
+            failed += 1
+            continue
         if task == "segmentation":
             mask = segment(run, image, pixels.shape[:2], manifest["segmentation"])
             masks = args.masks or args.export / "masks"
@@ -237,6 +249,17 @@ def main() -> None:
             row = [out, *np.bincount(mask.ravel(), minlength=len(names))]
         else:
             output = run(image[None])[0][0]
+            if not np.isfinite(output).all():
+                writer.writerow(
+                    [
+                        path,
+                        *[""] * len(columns),
+                        "the model's output is not finite "
+                        "(NaN or infinite): no prediction is made from it",
+                    ]
+                )
+                failed += 1
+                continue
             row = [decide(output, manifest)] if task == "classification" else []
             row += [repr(v) for v in output.tolist()]
         writer.writerow([path, *row, ""])

@@ -95,7 +95,7 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
 
 def png_with_dicm_at_128() -> bytes:
     """A valid 16 x 16 grey PNG whose bytes 128..131 read `DICM`, as a DICOM file's do."""
-    real = encode(np.full((16, 16), 7, np.uint8), "PNG")
+    real = encode((np.arange(256).reshape(16, 16) % 9).astype(np.uint8), "PNG")
     # signature (8) + IHDR chunk (25); the tEXt body starts after its length and type (8).
     offset = 128 - (33 + 8)
     body = b"Comment\0" + b"x" * (offset - 8) + b"DICM is not a DICOM file"
@@ -113,9 +113,10 @@ def png_declaring(width: int, height: int) -> bytes:
 
 @functools.cache
 def big_png(side: int) -> bytes:
-    """A real `side` x `side` grey PNG of zeros (8000: ~62 KiB), encoded without the image."""
+    """A real `side` x `side` grey PNG of repeated ramps 0..255 (not constant: predictions refuse
+    a constant image), encoded without the image."""
     compressor = zlib.compressobj(9)
-    row = bytes(side + 1)  # the filter byte (0: none) and the row
+    row = bytes([0]) + bytes(i % 256 for i in range(side))  # the filter byte (0: none), the row
     rows_per_chunk = max(1, MIB // len(row))
     idat = []
     for start in range(0, side, rows_per_chunk):

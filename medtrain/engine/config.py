@@ -137,6 +137,8 @@ def validate(cfg: DictConfig) -> torch.device:
     for key in ("check_data", "report", "augment_on_device", "val_tta"):
         value = t.get(key, True)
         require(isinstance(value, bool), f"trainer.{key}", value, "must be true or false")
+    mean = t.get("loss_mean", "batches")
+    require(mean in ("cases", "batches"), "trainer.loss_mean", mean, "choose cases or batches")
     duplicates = t.get("check_data_duplicates", "warn")
     require(
         duplicates in ("warn", "error"),

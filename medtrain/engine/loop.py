@@ -132,9 +132,20 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model, loader, task, device, precision: str = "32", progress: bool = False, final: bool = False
+    model,
+    loader,
+    task,
+    device,
+    precision: str = "32",
+    progress: bool = False,
+    final: bool = False,
+    loss_mean: str = "cases",
 ):
     """Run the model over a split; returns the task's collector (metrics, predictions) and mean loss.
+
+    `loss_mean` (`trainer.loss_mean`): `cases`, the loss averaged over the split's cases (each
+    batch's mean weighs by its size); `batches`, the mean of the batches' means, which counts a
+    short last batch as much as a full one (runs before release 0.3 reported that).
 
     `final` marks the test pass, whose collector keeps what its `save` writes (masks, ...). With
     several processes each evaluates whole batches of the split dealt out in turn, and rank 0's
@@ -143,7 +154,7 @@ def evaluate(
     empty and their loss is NaN.
     """
     model.eval()
-    collector, total, batches = task.collector(final), 0.0, 0
+    collector, total, weights = task.collector(final), 0.0, 0
 
     def computed():
         bar = tqdm(
@@ -157,16 +168,25 @@ def evaluate(
             with autocast(device, precision):
                 outputs = task.forward(model, batch)
             loss = task.loss(outputs, batch).item()
+            cases = len(
+                next(v for v in batch.values() if torch.is_tensor(v) or isinstance(v, list))
+            )
             if distributed.is_distributed():  # sent to rank 0
                 batch = {k: v for k, v in batch.items() if k != "image"}
                 outputs, batch = distributed.to_cpu(outputs), distributed.to_cpu(batch)
-            yield outputs, batch, loss
+            yield outputs, batch, loss, cases if loss_mean == "cases" else 1
 
     total_batches = getattr(loader.batch_sampler, "total", len(loader))
-    for outputs, batch, loss in distributed.in_batch_order(computed(), total_batches):
-        total, batches = total + loss, batches + 1
+    for outputs, batch, loss, weight in distributed.in_batch_order(computed(), total_batches):
+        total, weights = total + loss * weight, weights + weight
         collector.update(outputs, batch)
-    return collector, total / batches if batches else math.nan
+    return collector, total / weights if weights else math.nan
+
+
+def loss_mean(trainer: Any) -> dict[str, str]:
+    """`evaluate`'s `loss_mean` from the trainer config: a run saved before the key existed
+    averaged batch means, and reruns so."""
+    return {"loss_mean": str(trainer.get("loss_mean", "batches"))}
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -303,7 +323,7 @@ def fit(
                 distributed.broadcast_module(evaluated)
                 with views_in_validation(task, cfg):
                     collector, val_loss = evaluate(
-                        evaluated, loaders["val"], task, device, cfg.precision
+                        evaluated, loaders["val"], task, device, cfg.precision, **loss_mean(cfg)
                     )
                 row |= distributed.decided(
                     lambda c=collector, v=val_loss: {"val/loss": v, **c.metrics("val")}
@@ -425,10 +445,12 @@ def test(
     if best_val is not None and best_val[2] == best_epoch:
         val, val_loss = best_val[:2]
     else:
-        val, val_loss = evaluate(model, loaders["val"], task, device, cfg.precision)
+        val, val_loss = evaluate(
+            model, loaders["val"], task, device, cfg.precision, **loss_mean(cfg)
+        )
     threshold = distributed.decided(task.fit_threshold, val)  # only rank 0's collector is filled
     test_collector, test_loss = evaluate(
-        model, loaders["test"], task, device, cfg.precision, final=True
+        model, loaders["test"], task, device, cfg.precision, final=True, **loss_mean(cfg)
     )
 
     def results() -> dict[str, Any]:

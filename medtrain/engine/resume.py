@@ -91,6 +91,8 @@ MEANT_WITHOUT_KEY = {
     # and the best checkpoint depend on when and how the run validates.
     "trainer.val_every": 1,
     "trainer.val_tta": True,
+    # val/loss as the mean of batch means: the best checkpoint when it is the monitor.
+    "trainer.loss_mean": "batches",
 }
 
 

@@ -55,7 +55,7 @@ from medtrain.engine.config import (
     passed_override_key,
     resolve_device,
 )
-from medtrain.engine.loop import evaluate, threshold_entries, to_device
+from medtrain.engine.loop import evaluate, loss_mean, threshold_entries, to_device
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
 from medtrain.inference.average import average_network, save_average
@@ -529,7 +529,13 @@ def fold_ensemble(
     )
     start = time.perf_counter()
     collector, loss = evaluate(
-        model, loader, ensemble_task, device, str(cfg.trainer.precision), final=True
+        model,
+        loader,
+        ensemble_task,
+        device,
+        str(cfg.trainer.precision),
+        final=True,
+        **loss_mean(cfg.trainer),
     )
     out.mkdir(parents=True, exist_ok=True)
     saved = collector.save(out) or {}

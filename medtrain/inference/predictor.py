@@ -288,9 +288,9 @@ class Predictor:
         a prediction that needs no model, run by the server outside its model lock.
 
         Raises:
-            DataError: an input this run does not read (`accepts`), one its preprocessing refuses,
-                or one whose values overflow to NaN or infinity in preprocessing (e.g. 3e38
-                everywhere), naming `name`.
+            DataError: an input this run does not read (`accepts`), a constant image, one its
+                preprocessing refuses, or one whose values overflow to NaN or infinity in
+                preprocessing (e.g. 3e38 everywhere), naming `name`.
         """
         self.accepts(image, name)
         try:  # the file's spacing, for preprocessing that resamples (`target_spacing`)
@@ -303,6 +303,13 @@ class Predictor:
             raise DataError(
                 f"{name}: its pixel values overflow to NaN or infinity in the run's preprocessing "
                 "(normalization); check the file's values and rescaling"
+            )
+        values = image.array
+        if values.size and values.min() == values.max():  # a blank export, an empty field
+            raise DataError(
+                f"{name}: every pixel holds {values.flat[0].item()!r}: a constant image has "
+                "nothing to predict from (normalized, it is all zeros, and any answer would be "
+                "the model's guess for nothing)"
             )
         return Prepared(name, tensor, intensity, image.spacing, image.affine)
 

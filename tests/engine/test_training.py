@@ -410,6 +410,22 @@ def test_a_checkpoint_without_the_keys_of_later_releases_resumes(tmp_path):
     assert train_in_process(tmp_path, longer)["epochs_trained"] == 3
 
 
+@pytest.mark.parametrize("loss_mean", ["cases", "batches"])
+def test_the_evaluation_loss_is_the_mean_over_cases(tmp_path, loss_mean):
+    # 48 test images in batches of 20, 20 and 8: the mean of the batches' means weighed the last
+    # 8 as much as 20 (runs before release 0.3, and trainer.loss_mean=batches, report that).
+    metrics = train_in_process(
+        tmp_path, [*TINY, ON_CPU, "trainer.eval_batch_size=20", f"trainer.loss_mean={loss_mean}"]
+    )
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    losses = np.array([-np.log(float(r[f"prob_{int(r['target'])}"])) for r in rows])
+    batches = [losses[k : k + 20].mean() for k in range(0, len(losses), 20)]
+    expected = losses.mean() if loss_mean == "cases" else np.mean(batches)
+    assert abs(losses.mean() - np.mean(batches)) > 1e-4  # the two differ here
+    assert metrics["test/loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_a_checkpoint_without_augmentation_seeding_resumes_only_as_it_was_seeded(tmp_path):
     """A run before `augmentation.seeding` seeded each transform alike (`per_transform`): its
     checkpoint continues with that value, and the new default is refused, naming the value."""

@@ -234,6 +234,36 @@ def test_example_script_follows_other_settings(finished_runs, tmp_path):
     assert manifest["preprocessing"]["resize"]["size"] == [64, 64]
 
 
+def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_path):
+    # A NaN array came out "normal" (the decision rule's else): now an error row and status 1.
+    export_dir = tmp_path / "export"
+    export_run(Predictor(finished_runs["classification"]).run, "onnx", export_dir)
+    nan, huge = tmp_path / "nan.npy", tmp_path / "huge.npy"
+    np.save(nan, np.full((16, 16), np.nan, np.float32))
+    np.save(huge, np.full((16, 16), 3e38, np.float32))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            NO_MEDTRAIN,
+            str(EXAMPLE),
+            str(export_dir),
+            str(nan),
+            str(huge),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["label"] for r in rows] == ["", ""]
+    for row in rows:
+        assert row["error"].startswith("not finite (NaN or infinite) after preprocessing") or (
+            row["error"].startswith("the model's output is not finite")
+        ), row
+
+
 @pytest.mark.parametrize("tta", ["hflip", "dihedral"])
 def test_tta_is_inside_the_export(finished_runs, tmp_path, tta):
     run = load_run(finished_runs["segmentation"])

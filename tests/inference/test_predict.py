@@ -86,9 +86,10 @@ def test_manifest_inputs_and_bad_files(finished_runs, tmp_path):
     np.save(tmp_path / "imgs" / "two_channels.npy", np.zeros((16, 16, 2), np.float32))
     np.save(tmp_path / "imgs" / "nan.npy", np.full((16, 16), np.nan, np.float32))
     np.save(tmp_path / "imgs" / "huge.npy", np.full((16, 16), 3e38, np.float32))
+    np.save(tmp_path / "imgs" / "blank.npy", np.zeros((16, 16), np.float32))
     lines = ["image,age"] + [f"imgs/{n},50" for n in names]
     lines += ["imgs/broken.png,1", "imgs/missing.png,2", "imgs/two_channels.npy,3"]
-    lines += ["imgs/nan.npy,4", "imgs/huge.npy,5"]
+    lines += ["imgs/nan.npy,4", "imgs/huge.npy,5", "imgs/blank.npy,6"]
     manifest = tmp_path / "cases.csv"
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out" / "pred.csv"
@@ -100,12 +101,16 @@ def test_manifest_inputs_and_bad_files(finished_runs, tmp_path):
         "imgs/two_channels.npy",
         "imgs/nan.npy",
         "imgs/huge.npy",
+        "imgs/blank.npy",
     ]
     # A corrupt scan is never given a label: no "normal" for NaN or overflowing values.
     assert "nan.npy: pixel values are not finite" in rows["imgs/nan.npy"]["error"]
     assert rows["imgs/nan.npy"]["label"] == ""
     assert "huge.npy: its pixel values overflow" in rows["imgs/huge.npy"]["error"]
     assert rows["imgs/huge.npy"]["label"] == ""
+    # A blank image (a failed export) has nothing to predict from: it was answered confidently.
+    assert "blank.npy: every pixel holds 0.0: a constant image" in rows["imgs/blank.npy"]["error"]
+    assert rows["imgs/blank.npy"]["label"] == ""
     assert all(rows[f"imgs/{n}"]["error"] == "" and rows[f"imgs/{n}"]["label"] for n in names)
     assert "broken.png: cannot read image" in rows["imgs/broken.png"]["error"]
     assert "missing.png: cannot read file" in rows["imgs/missing.png"]["error"]
@@ -242,7 +247,8 @@ def test_inputs_measured_at_different_spacings_are_warned_about(finished_runs, t
     from medtrain.io import png_bytes
 
     run = finished_runs["segmentation"]  # dataset.spacing [0.5, 0.5]
-    image = np.asarray(split_of(run).read_image(0), dtype=np.uint8)
+    stored = np.asarray(split_of(run).read_image(0), dtype=np.float64)  # as 8-bit grey
+    image = ((stored - stored.min()) / (np.ptp(stored) or 1.0) * 255).astype(np.uint8)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "plain.png").write_bytes(png_bytes(image))
     buffer = io.BytesIO()  # matplotlib's figures state 100 dpi: a display default, not a size
