@@ -300,7 +300,7 @@ def _markdown(sweep_dir: Path, rows, fields, monitor: str, mode: str, common: li
     lines = [
         f"# Sweep summary: {sweep_dir}",
         "",
-        f"{len(rows)} jobs: "
+        f"{len(rows)} job{'s' if len(rows) != 1 else ''}: "
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f"; ranked by {monitor} ({mode}).",
     ]

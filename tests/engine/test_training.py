@@ -512,7 +512,7 @@ def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
     rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]
     assert "this hydra.sweep.dir and trainer.resume=auto continues it" in rows[0]["error"]
-    assert "1 jobs: 1 interrupted" in (tmp_path / "sweep_summary.md").read_text()
+    assert "1 job: 1 interrupted" in (tmp_path / "sweep_summary.md").read_text()
 
 
 def test_a_run_trained_longer_follows_the_longer_schedule_and_says_so(tmp_path, caplog):
