@@ -39,12 +39,14 @@ def _overrides(job_dir: Path) -> list[str]:
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Job folders (`0/`, `1/`, ...): Hydra's with `.hydra/overrides.yaml`, the sweep's with
-    `overrides.yaml`; in job-number order."""
+    `overrides.yaml`; in job-number order. A rerun of a job (`medtrain rerun` writes
+    `<job>_rerun_<time>/` beside it, with `rerun.json`) is no job of the sweep."""
     found = [
         d
         for d in Path(sweep_dir).iterdir()
         if d.is_dir()
         and not d.name.startswith(".")  # a run folder's own .hydra/ is no job
+        and not (d / "rerun.json").exists()
         and ((d / ".hydra" / "overrides.yaml").exists() or (d / "overrides.yaml").exists())
     ]
     return sorted(found, key=_job_order)

@@ -265,6 +265,11 @@ def test_summary_of_a_grid_with_a_failed_job(tmp_path):
     (tmp_path / "1" / "train.log").write_text(
         "[t][medtrain][INFO] - epoch 1\n[t][medtrain][ERROR] - the loss became NaN at epoch 2\n"
     )
+    # A rerun of job 0, written beside it by `medtrain rerun`, is no job of the sweep.
+    rerun = tmp_path / "0_rerun_2026-12-06_20-10-00"
+    (rerun / ".hydra").mkdir(parents=True)
+    (rerun / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (rerun / "rerun.json").write_text('{"verdict": "REPRODUCED"}')
     sweep_summary.write_sweep_summary(tmp_path)
     rows = read_summary(tmp_path)
     assert [(r["job"], r["overrides"], r["status"]) for r in rows] == [
