@@ -93,9 +93,14 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
+# The pixels of `png_with_dicm_at_128`: not constant, which predictions refuse.
+DICM_PNG_PIXELS = (np.arange(256).reshape(16, 16) % 9).astype(np.uint8)
+
+
 def png_with_dicm_at_128() -> bytes:
-    """A valid 16 x 16 grey PNG whose bytes 128..131 read `DICM`, as a DICOM file's do."""
-    real = encode((np.arange(256).reshape(16, 16) % 9).astype(np.uint8), "PNG")
+    """A valid 16 x 16 grey PNG (`DICM_PNG_PIXELS`) whose bytes 128..131 read `DICM`, as a
+    DICOM file's do."""
+    real = encode(DICM_PNG_PIXELS, "PNG")
     # signature (8) + IHDR chunk (25); the tEXt body starts after its length and type (8).
     offset = 128 - (33 + 8)
     body = b"Comment\0" + b"x" * (offset - 8) + b"DICM is not a DICOM file"

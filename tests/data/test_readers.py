@@ -28,6 +28,7 @@ from medtrain.data.readers import (
 )
 from medtrain.errors import DataError
 from tests.hostile_files import (
+    DICM_PNG_PIXELS,
     big_png,
     bmp_named_jpg,
     deflate_dicom,
@@ -361,7 +362,7 @@ def test_pillow_tries_only_the_format_the_magic_bytes_name(monkeypatch, tmp_path
 def test_dicm_at_offset_128_makes_dicom_only_without_an_image_signature():
     png = png_with_dicm_at_128()
     assert sniff(png, "x.dcm") == "png"
-    np.testing.assert_array_equal(decode(png, "x.dcm").array, np.full((16, 16), 7, np.uint8))
+    np.testing.assert_array_equal(decode(png, "x.dcm").array, DICM_PNG_PIXELS)
     # A DICOM preamble is 128 arbitrary bytes; one that looks like a TIFF header is still DICOM.
     dicom = make_dicom(np.full((4, 4), 9, np.uint16))
     tiff_looking = b"II*\x00" + dicom[4:]
