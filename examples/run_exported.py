@@ -218,26 +218,25 @@ def main() -> None:
     }.get(task, [f"{first}_{n}" for n in names])
     writer = csv.writer(sys.stdout)
     writer.writerow(["file", *columns, "error"])
-    failed = 0
+    failed = []
+
+    def refuse(path: Path, reason: str) -> None:  # an error row: the other files still run
+        writer.writerow([path, *[""] * len(columns), reason])
+        failed.append(path)
+
     for path in args.images:
-        try:  # one unreadable file is reported in its row; the others still run
+        try:
             pixels = read_image(path)
         except Exception as err:
-            writer.writerow([path, *[""] * len(columns), f"cannot read: {err}"])
-            failed += 1
+            refuse(path, f"cannot read: {err}")
             continue
         with np.errstate(all="ignore"):  # overflow is reported in the row, not as a warning
             image = prepare(pixels, manifest["preprocessing"])
         if not np.isfinite(image).all():  # a corrupt scan must never come out as a finding
-            writer.writerow(
-                [
-                    path,
-                    *[""] * len(columns),
-                    "not finite (NaN or infinite) after "
-                    "preprocessing: no prediction is made from it",
-                ]
+            refuse(
+                path,
+                "not finite (NaN or infinite) after preprocessing: no prediction is made from it",
             )
-            failed += 1
             continue
         if task == "segmentation":
             mask = segment(run, image, pixels.shape[:2], manifest["segmentation"])
@@ -250,15 +249,10 @@ def main() -> None:
         else:
             output = run(image[None])[0][0]
             if not np.isfinite(output).all():
-                writer.writerow(
-                    [
-                        path,
-                        *[""] * len(columns),
-                        "the model's output is not finite "
-                        "(NaN or infinite): no prediction is made from it",
-                    ]
+                refuse(
+                    path,
+                    "the model's output is not finite (NaN or infinite): no prediction is made from it",
                 )
-                failed += 1
                 continue
             row = [decide(output, manifest)] if task == "classification" else []
             row += [repr(v) for v in output.tolist()]

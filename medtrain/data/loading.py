@@ -59,6 +59,11 @@ def collate(samples: list[dict] | dict) -> dict:
     return batch
 
 
+def batch_length(batch: dict) -> int:
+    """The number of samples in a collated batch (its first tensor's, or list's, length)."""
+    return len(next(v for v in batch.values() if torch.is_tensor(v) or isinstance(v, list)))
+
+
 def last_batch_dropped(size: int, batch_size: int, processes: int = 1) -> bool:
     """Whether an epoch leaves out its last, short batch: when a process would get no sample of
     it, or a single one while the other batches give it several (a batch of one sample breaks

@@ -127,7 +127,8 @@ class TabularEncoder:
                 "nothing can be learnt from it (leave it out of the tabular columns)"
             )
         numbers = [parse_number(v) for v in present]
-        words = [i for i in rows if not is_missing(values[i]) and parse_number(values[i]) is None]
+        present_rows = [i for i in rows if not is_missing(values[i])]  # in the order of `present`
+        words = [i for i, x in zip(present_rows, numbers, strict=True) if x is None]
         if words and len(words) * TYPO_RATE < len(present):
             # A typo in a column of numbers would otherwise make every number a category.
             shown = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in words[:3])

@@ -449,7 +449,7 @@ def check_datasets(
             "intensity": intensity(found),
         }
     nowhere, warning = classes_nowhere(datasets, absent)
-    report["warnings"] += [warning] * bool(warning) + [
+    report["warnings"] += ([warning] if warning else []) + [
         line for lacking in absent.values() for c, line in lacking.items() if c not in nowhere
     ]
     report["notes"] += mixed_images(samples, names)

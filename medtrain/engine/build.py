@@ -155,19 +155,23 @@ def _taken(node: DictConfig) -> set[str] | None:
     return set(parameters)
 
 
+def _leftovers(node: DictConfig) -> dict[str, Any]:
+    """The keys of `node` (as written: a `???` or `${...}` is not null) that its class does not
+    take, with their values; empty when the class takes any or has no readable signature."""
+    taken = _taken(node)
+    if taken is None:
+        return {}
+    written = OmegaConf.to_container(node, resolve=False)
+    return {k: v for k, v in written.items() if not str(k).startswith("_") and k not in taken}
+
+
 def _without_null_leftovers(node: DictConfig) -> DictConfig:
     """`node`, or a resolved copy without the keys its class does not take whose value is null:
     they set nothing, and Hydra cannot delete a null key (`'~loss.class_weights'` fails with
     "does not exist"), so a `_target_` swapped on the command line would have no way out."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return node
-    taken = _taken(node)
-    written = OmegaConf.to_container(node, resolve=False)  # a `???` or `${...}` is not null
-    null = [
-        k
-        for k, v in written.items()
-        if taken is not None and not str(k).startswith("_") and k not in taken and v is None
-    ]
+    null = [k for k, v in _leftovers(node).items() if v is None]
     if not null:
         return node
     plain = OmegaConf.to_container(node, resolve=True)
@@ -177,13 +181,8 @@ def _without_null_leftovers(node: DictConfig) -> DictConfig:
 def _unknown_keys_hint(node: DictConfig, key: str) -> str:
     """Name every key of `node` its class does not take, e.g. `model.depth` left by an experiment
     written for `model=unet` when `model=basic_unet` is chosen."""
-    parameters = _taken(node)
-    if parameters is None:  # Hydra's message stands alone
-        return ""
-    written = OmegaConf.to_container(node, resolve=False)
-    unknown = [k for k, v in written.items() if not str(k).startswith("_") and k not in parameters]
-    unknown = [k for k in unknown if written[k] is not None]  # null ones are dropped
-    if not unknown:
+    unknown = [k for k, v in _leftovers(node).items() if v is not None]  # null ones are dropped
+    if not unknown:  # Hydra's message stands alone
         return ""
     removals = " ".join(f"'~{key}.{k}'" for k in unknown)
     them = "it" if len(unknown) == 1 else "them"

@@ -19,6 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from medtrain.data.loading import batch_length
 from medtrain.engine import distributed
 from medtrain.engine.acceleration import (
     PRECISIONS,
@@ -137,8 +138,13 @@ def validate(cfg: DictConfig) -> torch.device:
     for key in ("check_data", "report", "augment_on_device", "val_tta"):
         value = t.get(key, True)
         require(isinstance(value, bool), f"trainer.{key}", value, "must be true or false")
-    mean = t.get("loss_mean", "batches")
-    require(mean in ("cases", "batches"), "trainer.loss_mean", mean, "choose cases or batches")
+    if "loss_mean" in t:  # a run saved before the key: batch means (`MEANT_WITHOUT_KEY`)
+        require(
+            t.loss_mean in ("cases", "batches"),
+            "trainer.loss_mean",
+            t.loss_mean,
+            "choose cases or batches",
+        )
     duplicates = t.get("check_data_duplicates", "warn")
     require(
         duplicates in ("warn", "error"),
@@ -232,8 +238,32 @@ def first_samples(train: Any) -> list[dict]:
     return samples
 
 
+def input_hint(model: torch.nn.Module, shapes: dict[str, tuple]) -> str:
+    """Which input of a batch the model cannot take, when its layers show it: the images'
+    channels against its first convolution's, the encoded clinical columns against every linear
+    layer's width; else nothing."""
+    convolutions = (m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
+    takes = next((m.in_channels for m in convolutions), None)
+    given = shapes["image"][1] if len(shapes.get("image", ())) > 1 else None
+    if isinstance(takes, int) and given is not None and takes != given:
+        return (
+            f" (the images have {given} channel(s) and the model's first convolution takes "
+            f"{takes}: set the model's in_channels to ${{dataset.in_channels}}: "
+            "model.in_channels for medtrain's image models)"
+        )
+    features = shapes["tabular"][-1] if "tabular" in shapes else None
+    widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    if features is not None and features not in widths:
+        return (
+            f" (the tabular columns encode to {features} features, which no linear layer "
+            "takes: set the tabular branch's num_features to ${dataset.num_features}: "
+            "model.branches.tabular.num_features for model=fusion)"
+        )
+    return ""
+
+
 def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
-    """One forward pass on a batch of one training sample: the output must fit the task
+    """One forward pass on the first training samples (`first_samples`): the output must fit the task
     (`Task.check_output`), and the loss must take it and return one number, so that a wrong
     `model=` or `loss=` is named here instead of failing inside the first epoch."""
     was_training = model.training
@@ -245,27 +275,9 @@ def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
     except ConfigError:
         raise
     except Exception as err:
-        convolutions = (m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd))
-        takes = next((m.in_channels for m in convolutions), None)
-        given = shapes["image"][1] if len(shapes.get("image", ())) > 1 else None
-        features = shapes["tabular"][-1] if "tabular" in shapes else None
-        linears = (m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear))
-        if isinstance(takes, int) and given is not None and takes != given:
-            hint = (
-                f" (the images have {given} channel(s) and the model's first convolution takes "
-                f"{takes}: set the model's in_channels to ${{dataset.in_channels}}: "
-                "model.in_channels for medtrain's image models)"
-            )
-        elif features is not None and features not in set(linears):
-            hint = (  # no layer takes the encoded clinical columns
-                f" (the tabular columns encode to {features} features, which no linear layer "
-                "takes: set the tabular branch's num_features to ${dataset.num_features}: "
-                "model.branches.tabular.num_features for model=fusion)"
-            )
-        else:
-            hint = ""
         raise ConfigError(
-            f"model={choice('model')} cannot take the batch {shapes}: {err}{hint}"
+            f"model={choice('model')} cannot take the batch {shapes}: {err}"
+            f"{input_hint(model, shapes)}"
         ) from err
     finally:
         model.train(was_training)
@@ -287,10 +299,9 @@ def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
         ) from err
     # With two samples a loss per sample shows (a batch of one cannot tell); (1,) trains too.
     if not torch.is_tensor(loss) or loss.numel() != 1:
-        batch_size = len(next(v for v in batch.values() if torch.is_tensor(v)))
         shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
         raise ConfigError(
-            f"{named} returns {shape} for a batch of {batch_size}, not one number: a loss must "
+            f"{named} returns {shape} for a batch of {batch_length(batch)}, not one number: a loss must "
             "reduce over the batch (reduction='mean')"
         )
 

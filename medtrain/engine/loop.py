@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from medtrain.data.loading import batch_length
 from medtrain.engine import distributed
 from medtrain.engine.acceleration import autocast, memory_format
 from medtrain.engine.callbacks import (
@@ -27,7 +28,7 @@ from medtrain.engine.callbacks import (
     save_checkpoints,
     save_history,
 )
-from medtrain.engine.resume import resume
+from medtrain.engine.resume import MEANT_WITHOUT_KEY, resume
 from medtrain.engine.schedulers import optimizer_steps, steps_per_batch
 from medtrain.errors import ConfigError, TrainingError
 from medtrain.io import load_checkpoint, save_checkpoint
@@ -168,9 +169,7 @@ def evaluate(
             with autocast(device, precision):
                 outputs = task.forward(model, batch)
             loss = task.loss(outputs, batch).item()
-            cases = len(
-                next(v for v in batch.values() if torch.is_tensor(v) or isinstance(v, list))
-            )
+            cases = batch_length(batch)
             if distributed.is_distributed():  # sent to rank 0
                 batch = {k: v for k, v in batch.items() if k != "image"}
                 outputs, batch = distributed.to_cpu(outputs), distributed.to_cpu(batch)
@@ -183,10 +182,10 @@ def evaluate(
     return collector, total / weights if weights else math.nan
 
 
-def loss_mean(trainer: Any) -> dict[str, str]:
+def loss_mean(trainer: Any) -> str:
     """`evaluate`'s `loss_mean` from the trainer config: a run saved before the key existed
-    averaged batch means, and reruns so."""
-    return {"loss_mean": str(trainer.get("loss_mean", "batches"))}
+    averaged batch means, and reruns so (`MEANT_WITHOUT_KEY`)."""
+    return str(trainer.get("loss_mean", MEANT_WITHOUT_KEY["trainer.loss_mean"]))
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -323,7 +322,12 @@ def fit(
                 distributed.broadcast_module(evaluated)
                 with views_in_validation(task, cfg):
                     collector, val_loss = evaluate(
-                        evaluated, loaders["val"], task, device, cfg.precision, **loss_mean(cfg)
+                        evaluated,
+                        loaders["val"],
+                        task,
+                        device,
+                        cfg.precision,
+                        loss_mean=loss_mean(cfg),
                     )
                 row |= distributed.decided(
                     lambda c=collector, v=val_loss: {"val/loss": v, **c.metrics("val")}
@@ -446,11 +450,11 @@ def test(
         val, val_loss = best_val[:2]
     else:
         val, val_loss = evaluate(
-            model, loaders["val"], task, device, cfg.precision, **loss_mean(cfg)
+            model, loaders["val"], task, device, cfg.precision, loss_mean=loss_mean(cfg)
         )
     threshold = distributed.decided(task.fit_threshold, val)  # only rank 0's collector is filled
     test_collector, test_loss = evaluate(
-        model, loaders["test"], task, device, cfg.precision, final=True, **loss_mean(cfg)
+        model, loaders["test"], task, device, cfg.precision, final=True, loss_mean=loss_mean(cfg)
     )
 
     def results() -> dict[str, Any]:

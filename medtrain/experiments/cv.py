@@ -535,7 +535,7 @@ def fold_ensemble(
         device,
         str(cfg.trainer.precision),
         final=True,
-        **loss_mean(cfg.trainer),
+        loss_mean=loss_mean(cfg.trainer),
     )
     out.mkdir(parents=True, exist_ok=True)
     saved = collector.save(out) or {}

@@ -215,15 +215,15 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         predictor.reads_volumes and _names_volumes(str(cfg.inputs), cfg.image_column)
     )
     output = Path(cfg.output)
+    volumes = predictor.task.labels_volumes and names_volumes
+    fields = predictor.task.prediction_fields()  # a `mask` column: the rows name files written
     files = PredictionFiles(
         output,
         Path(cfg.masks) if cfg.masks else output.parent / "masks",
         {"measurements": Path(cfg.measurements)} if cfg.measurements else {},
         {"instances": Path(cfg.instances) if cfg.get("instances") else output.parent / "instances"},
+        writes=("masks",) if volumes else tuple(FOLDER_OF[f] for f in fields if f in FOLDER_OF),
     )
-    volumes = predictor.task.labels_volumes and names_volumes
-    fields = predictor.task.prediction_fields()  # a `mask` column: the rows name files written
-    files.writes = ("masks",) if volumes else tuple(FOLDER_OF[f] for f in fields if f in FOLDER_OF)
     refuse_the_run_folder(files, predictor.run.run_dir)
     if volumes:
         return predict_volumes(cfg, predictor, files)
@@ -290,7 +290,7 @@ def warn_mixed_spacings(
         where = (
             "stated in the file"
             if any(stated[n] for n in names)
-            else ("the run's dataset.spacing" if value else "no spacing: pixels")
+            else ("the run's dataset.spacing" if value else "in pixels")
         )
         size = " x ".join(f"{v:g}" for v in value) + " mm" if value else "none"
         return (
