@@ -89,13 +89,20 @@ def load_run_config(run_dir: Path) -> tuple[DictConfig | None, str]:
     path = run_dir / ".hydra" / "config.yaml"
     if path.is_file():
         return OmegaConf.load(path), ".hydra/config.yaml"
+    trained = trained_config(run_dir)
+    return (trained, "checkpoints/best.pt") if trained is not None else (None, "none")
+
+
+def trained_config(run_dir: Path) -> DictConfig | None:
+    """The config stored in `checkpoints/best.pt`: the composed one with what the data inferred
+    (`model.num_classes`, `in_channels` ...); None without a readable checkpoint."""
     best = run_dir / "checkpoints" / "best.pt"
     if best.is_file():
         try:
-            return OmegaConf.create(load_checkpoint(best)["config"]), "checkpoints/best.pt"
+            return OmegaConf.create(load_checkpoint(best)["config"])
         except Exception as err:  # an unreadable checkpoint still leaves the rest of the report
             log.warning("report: cannot read the config in %s (%s)", best, err)
-    return None, "none"
+    return None
 
 
 def _select(cfg: DictConfig | None, key: str) -> Any:
@@ -144,12 +151,21 @@ def _config_section(run: Run) -> str:
     cfg = run.cfg
     if cfg is None:
         return _note("No config found (.hydra/config.yaml or checkpoints/best.pt).")
-    rows: list[list[Any]] = [["task", _select(cfg, "task._target_")]]
-    rows += [[f"task.{key}", _select(cfg, f"task.{key}")] for key in run.task.report_keys]
-    rows += [["task.monitor", _select(cfg, "task.monitor")]]
-    rows += [[f"dataset.{k}", _select(cfg, f"dataset.{k}")] for k in ("_target_", "path")]
+    # A value the composed config leaves to the data (`model.num_classes: null`) is shown as the
+    # run trained it, from best.pt.
+    trained = trained_config(run.dir) if run.config_source != "checkpoints/best.pt" else None
+
+    def value_of(key: str) -> Any:
+        value = _select(cfg, key)
+        inferred = _select(trained, key) if value is None else None
+        return value if inferred is None else f"{inferred} (inferred from the data)"
+
+    rows: list[list[Any]] = [["task", value_of("task._target_")]]
+    rows += [[f"task.{key}", value_of(f"task.{key}")] for key in run.task.report_keys]
+    rows += [["task.monitor", value_of("task.monitor")]]
+    rows += [[f"dataset.{k}", value_of(f"dataset.{k}")] for k in ("_target_", "path")]
     for key in cfg.get("model", {}):
-        value = _select(cfg, f"model.{key}")
+        value = value_of(f"model.{key}")
         if key == "branches" and isinstance(value, dict):
             rows += [[f"model.branches.{b}", v.get("_target_")] for b, v in value.items()]
         elif key != "_partial_":
@@ -162,10 +178,10 @@ def _config_section(run: Run) -> str:
             if k != "_partial_" and not isinstance(v, dict)
         ]
     rows += [
-        [f"trainer.{k}", _select(cfg, f"trainer.{k}")]
+        [f"trainer.{k}", value_of(f"trainer.{k}")]
         for k in ("max_epochs", "batch_size", "precision", "device")
     ]
-    rows.append(["seed", _select(cfg, "seed")])
+    rows.append(["seed", value_of("seed")])
     info = read_json(run.dir / "run_info.json") or {}
     rows += [[f"run_info.{k}", v] for k, v in info.items()]
     full = escape(OmegaConf.to_yaml(cfg))

@@ -4,7 +4,6 @@ experiment, its out-of-fold metrics and its fold ensemble; the same command resu
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 USAGE = """\
@@ -28,24 +27,21 @@ Example: medtrain cv cv.folds=5 cv.dir=outputs/cv/pneumonia experiment=pneumonia
 """
 
 
-def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0
+    from medtrain.commands.interrupts import sigterm_as_interrupt
     from medtrain.errors import ConfigError, MedtrainError
     from medtrain.experiments.cv import FoldsFailed, parse_args, run_cv
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] - %(message)s")
-    previous = signal.signal(signal.SIGTERM, _interrupted)  # stop the folds in flight, as Ctrl-C
     cv = None
     try:
-        cv = parse_args(argv)
-        summary = run_cv(cv)
+        with sigterm_as_interrupt():  # stops the folds in flight, as Ctrl-C
+            cv = parse_args(argv)
+            summary = run_cv(cv)
     except ConfigError as err:
         print(f"error: {err}\n(medtrain cv --help lists the CV keys)", file=sys.stderr)
         return 2
@@ -59,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f" with cv.dir={cv.dir}" if cv is not None else ""
         print(f"interrupted; the same command{where} continues the CV", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print((cv.dir / "cv_summary.md").read_text())
     if summary.get("ensemble"):
         print(f"fold ensemble (a run folder): {cv.dir / 'ensemble'}")

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from optuna.trial import TrialState
 
+    from medtrain.commands.interrupts import sigterm_as_interrupt
     from medtrain.experiments.studies import search_of
     from medtrain.experiments.sweep import log, parse_args, run_sweep
     from medtrain.experiments.sweep_summary import write_sweep_summary
@@ -61,14 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     previous_level = root.level
     root.addHandler(console)
     root.setLevel(logging.INFO)
+    sweep = None
     try:
-        sweep = parse_args(argv)
-        study = run_sweep(sweep)
+        with sigterm_as_interrupt():  # a time limit, a preemption, `docker stop`: as Ctrl-C
+            sweep = parse_args(argv)
+            study = run_sweep(sweep)
     except ConfigError as err:
         print(f"error: {err}\n(medtrain sweep --help lists the sweep keys)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         log.warning("interrupted; the same command resumes the sweep")
+        if sweep is not None:
+            _summarize_interrupted(sweep.dir)
         return 130
     finally:
         root.removeHandler(console)
@@ -99,3 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         f"best: trial {best.number}  {best.params}  {(search_of(study) or {}).get('monitor')} {best.value:.4f}"
     )
     return 0
+
+
+def _summarize_interrupted(sweep_dir) -> None:
+    """The summary of the trials an interrupted search has finished (the interrupted one listed
+    as failed, "interrupted"), as a finished search writes it; nothing when none has started."""
+    from medtrain.experiments.sweep_summary import write_sweep_summary
+
+    try:
+        print(f"summary so far: {write_sweep_summary(sweep_dir, plots=False)}")
+    except FileNotFoundError:
+        pass
+    except Exception as err:  # the study holds every result; the summary can be written again
+        print(
+            f"warning: no summary ({err}); medtrain report sweep_dir={sweep_dir}", file=sys.stderr
+        )

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from medtrain.commands.interrupts import sigterm_as_interrupt
 from medtrain.errors import MedtrainError
 
 log = logging.getLogger("medtrain")
@@ -109,7 +110,7 @@ class TrainJobs:
 
 
 def say_interrupted(hydra, auto: bool) -> None:
-    """How to go on after Ctrl-C: the same command (continuing with `trainer.resume`); a grid's
+    """How to go on after Ctrl-C (or SIGTERM): the same command (continuing with `trainer.resume`); a grid's
     jobs in the same sweep folder, which the summary then lists with this job as interrupted
     (Hydra ends no job when one is interrupted: the summary finds `INTERRUPTED_LOG` in its log)."""
     from medtrain.experiments.sweep_summary import INTERRUPTED_LOG
@@ -187,7 +188,11 @@ def main(argv: Sequence[str]) -> int:
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
     try:
-        status = _run(args, parser, jobs)
+        if os.environ.get("WORLD_SIZE", "1") == "1":
+            with sigterm_as_interrupt():  # a time limit, a preemption, `docker stop`: as Ctrl-C
+                status = _run(args, parser, jobs)
+        else:  # under torchrun, whose agent signals its workers when one of them fails
+            status = _run(args, parser, jobs)
     finally:
         if scratch is not None:
             scratch.cleanup()

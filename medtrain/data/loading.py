@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,11 +13,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and `random` in a loader worker from the seed torch gave it (itself seeded)."""
+def start_worker(worker_id: int) -> None:
+    """Seed numpy and `random` in a loader worker from the seed torch gave it (itself seeded).
+
+    Where the process that started the worker takes SIGTERM as Ctrl-C (the verbs that train,
+    `medtrain.commands.interrupts`), so does the worker, in place of torch's worker handler (which
+    ends a worker signalled by another process by the signal itself, so that the main process
+    would report a lost worker instead of the interruption): a SIGTERM sent to the whole process
+    group then ends the run as Ctrl-C in a terminal does."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    if signal.getsignal(signal.SIGTERM) is signal.default_int_handler:  # the parent's, inherited
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 MAX_AUTO_WORKERS = 8
@@ -170,7 +179,7 @@ class EpochLoader(DataLoader):
         super().__init__(
             dataset,
             generator=self.generator_,
-            worker_init_fn=seed_worker,
+            worker_init_fn=start_worker,
             collate_fn=collate,
             **sizes,
             **kwargs,

@@ -256,6 +256,20 @@ def test_report_has_every_section_and_only_valid_inline_pngs(request, task):
         assert "full config (checkpoints/best.pt)" in html  # no .hydra/: the checkpoint's config
 
 
+def test_the_config_table_shows_values_inferred_from_the_data(classification_run, tmp_path):
+    """A value the composed config leaves to the data (`num_classes: null`, as for an image
+    folder) is shown as the run trained it (best.pt's config), not as n/a."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(classification_run, run_dir)
+    saved = run_dir / ".hydra" / "config.yaml"
+    config = OmegaConf.load(saved)
+    config.dataset.num_classes = None
+    OmegaConf.save(config, saved)
+    html = write_report(run_dir, gradcam_images=0).read_text(encoding="utf-8")
+    assert "<td>model.num_classes</td><td>2 (inferred from the data)</td>" in html
+    assert "<td>model.in_channels</td><td>1</td>" in html  # given: shown as given
+
+
 def test_report_survives_a_failing_gradcam(classification_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(classification_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
