@@ -59,8 +59,9 @@ def decode_dicom(
 
     The stored values go through the modality transform (rescale slope and intercept: CT in
     Hounsfield units), then the file's own display window (Window Center / Width) when it has one,
-    else the image's min-max, maps them to [0, 1]; MONOCHROME1 (bright = low values) is inverted so
-    that high values are bright as in every other format. Colour (RGB, YBR) images are converted to
+    else the image's min-max, maps them to [0, 1]; MONOCHROME1 (bright = low values) is then
+    inverted so that high values are bright as in every other format (with `modality`, values stay
+    as the modality transform gives them: MONOCHROME1 concerns only how they are shown). Colour (RGB, YBR) images are converted to
     RGB. The spacing is Pixel Spacing (or Imager Pixel Spacing for projection radiographs). The
     size (frames x rows x columns x samples) is checked from the header before pixel data are
     decoded or, for the deflated transfer syntax, inflated.
@@ -210,7 +211,8 @@ def _dicom_pixel_bytes(ds, name: str, max_pixels: int) -> int:
 
 def _modality_values(pixels: np.ndarray, ds, name: str) -> np.ndarray:
     """Stored values through the modality transform (rescale slope and intercept: CT in Hounsfield
-    units), MONOCHROME1 inverted so that high values are bright, as float32.
+    units), as float32. MONOCHROME1 changes only how they are shown (`_display_range`): Hounsfield
+    units stay Hounsfield units.
 
     Raises:
         DataError: a Rescale Slope or Intercept that is not finite (naming it), or values that are
@@ -224,8 +226,6 @@ def _modality_values(pixels: np.ndarray, ds, name: str) -> np.ndarray:
             raise DataError(f"{name}: DICOM {tag} is {value}, not a finite number")
     with np.errstate(over="ignore", invalid="ignore"):  # checked below, naming the file
         values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-        if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-            values = values.max() + values.min() - values
     slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
     check_finite(values, name, f" after the rescale (slope {slope}, intercept {intercept})")
     return values.astype(np.float32)
@@ -233,14 +233,20 @@ def _modality_values(pixels: np.ndarray, ds, name: str) -> np.ndarray:
 
 def _display_range(image: np.ndarray, ds) -> np.ndarray:
     """Modality values -> [0, 1] through the file's first display window, else its min-max
-    (computed in float64: values near float32's limit do not overflow on the way)."""
+    (computed in float64: values near float32's limit do not overflow on the way), then inverted
+    for MONOCHROME1 (low values bright), so that bright is 1 as in every other format. The window
+    applies to the modality values, before the inversion, as the DICOM standard orders them (VOI
+    LUT, then presentation)."""
     image = image.astype(np.float64)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and math.isfinite(center) and 0 < width < math.inf:
-        low = center - width / 2
-        return np.clip((image - low) / width, 0.0, 1.0).astype(np.float32)
-    low, high = float(image.min()), float(image.max())
-    return ((image - low) / max(high - low, 1e-6)).astype(np.float32)
+        shown = np.clip((image - (center - width / 2)) / width, 0.0, 1.0)
+    else:
+        low, high = float(image.min()), float(image.max())
+        shown = (image - low) / max(high - low, 1e-6)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        shown = 1.0 - shown
+    return shown.astype(np.float32)
 
 
 def _first(value) -> float | None:

@@ -104,6 +104,22 @@ def test_dicom_rescale_inversion_window_and_spacing():
     # The file's own window: centre -624, width 400 -> [-824, -424] maps to [0, 1], clipped.
     windowed = decode(make_dicom(raw, 2, -1024, window=(-624, 400)), "w.dcm")
     np.testing.assert_allclose(windowed.array, [[0, 0], [0.5, 1]], atol=1e-6)
+    # MONOCHROME1 with a window: the window applies to the stored (modality) values, then the
+    # picture is inverted (DICOM PS3.3 C.11.2 before C.11.6; pydicom's apply_voi_lut agrees).
+    # Window [100, 300] on raw [[0, 100], [200, 400]]: [[0, 0], [0.5, 1]], inverted.
+    cr = make_dicom(raw, photometric="MONOCHROME1", window=(200, 200))
+    np.testing.assert_allclose(decode(cr, "cr_w.dcm").array, [[1, 1], [0.5, 0]], atol=1e-6)
+    import pydicom
+    from pydicom.pixels import apply_voi_lut
+
+    ds = pydicom.dcmread(io.BytesIO(cr))
+    voi = apply_voi_lut(ds.pixel_array.astype(np.float64), ds)  # windowed, not yet inverted
+    expected = 1 - (voi - voi.min()) / (voi.max() - voi.min())
+    # (the standard's linear function uses c - 0.5 and w - 1: within 1/w of medtrain's c and w)
+    np.testing.assert_allclose(decode(cr, "cr_w.dcm").array, expected, atol=1 / 200)
+    # In modality units (for CT windows) nothing is inverted: Hounsfield units stay as they are.
+    hu = decode(make_dicom(raw, 2, -1024, photometric="MONOCHROME1"), "ct1.dcm", modality=True)
+    np.testing.assert_allclose(hu.array, [[-1024, -824], [-624, -224]])
 
 
 def test_decoding_errors_name_the_file(tmp_path):
