@@ -114,9 +114,12 @@ SPLITS_SAID: set[tuple] = set()
 GROUP_DRAWS = 100
 
 
-def classes_left_out(assignment: np.ndarray, labels: np.ndarray | None) -> str:
+def classes_left_out(
+    assignment: np.ndarray, labels: np.ndarray | None, names: list[str] | None = None
+) -> str:
     """Which splits of `assignment` (those holding rows) lack a class that `labels` hold, as text
-    ('' when none does, or for labels that are not one class per row)."""
+    naming the classes by `names` ('' when none does, or for labels that are not one class per
+    row)."""
     if labels is None or np.asarray(labels).ndim != 1:
         return ""
     classes = set(np.unique(labels).tolist())
@@ -125,7 +128,8 @@ def classes_left_out(assignment: np.ndarray, labels: np.ndarray | None) -> str:
         held = assignment == k
         absent = sorted(classes - set(np.unique(labels[held]).tolist())) if held.any() else []
         if absent:
-            lacking.append(f"{split} without class {', '.join(map(str, absent))}")
+            named = [repr(names[c]) if names and c < len(names) else str(c) for c in absent]
+            lacking.append(f"{split} without class {', '.join(named)}")
     return "; ".join(lacking)
 
 
@@ -249,7 +253,7 @@ class ManifestRows:
                 return drawn[row_group]
 
             assignment = draw(0)
-            first = classes_left_out(assignment, labels)
+            first = classes_left_out(assignment, labels, self.class_names)
             if first:  # drawn again until every split holds every class
                 again = next(
                     (k for k in range(1, GROUP_DRAWS) if not classes_left_out(draw(k), labels)),
@@ -257,18 +261,17 @@ class ManifestRows:
                 )
                 if again is not None:
                     assignment = draw(again)
-                if self.split == "train":
-                    log.warning(
-                        "%s: the groups drawn with seed %d left %s; %s",
-                        self.manifest_path,
-                        seed,
-                        first,
+                self._data_warning(
+                    "split_redrawn",
+                    f"{self.manifest_path}: the groups drawn with seed {seed} left {first}; "
+                    + (
                         f"drawn again ({again} time(s)) until every split holds every class"
                         if again is not None
                         else f"so did {GROUP_DRAWS} draws (too few groups of a class), and the "
                         "first is kept: a val split of one class has no AUC, so best.pt would stay "
-                        "the first epoch's (give a split column, or set task.monitor=val/loss)",
-                    )
+                        "the first epoch's (give a split column, or set task.monitor=val/loss)"
+                    ),
+                )
         counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}
         said = (str(self.manifest_path), seed, tuple(counts.values()))
         if self.split == "train" and said not in SPLITS_SAID:  # once, not per split or rebuild
@@ -279,26 +282,31 @@ class ManifestRows:
     def _check_groups_in_one_split(
         self, assignment: np.ndarray, groups: list[str] | None, split_column: str
     ) -> None:
-        """Warn (once, from the train split) when the CSV's own split puts a group's rows
-        (`dataset.group_column`: a patient's images) in more than one split: val and test then
-        hold patients the model trained on, and their metrics are optimistic."""
-        if groups is None or self.split != "train":
+        """A warning (`groups_in_splits`, an error with `check.duplicates=error`) when the CSV's own
+        split puts a group's rows (`dataset.group_column`: a patient's images) in more than one
+        split: val and test then hold patients the model trained on, and their metrics are
+        optimistic."""
+        if groups is None:
             return
         seen: dict[str, set[int]] = {}
         for group, split in zip(groups, assignment.tolist(), strict=True):
             seen.setdefault(group, set()).add(split)
         shared = sorted(g for g, splits in seen.items() if len(splits) > 1)
         if shared:
-            log.warning(
-                "%s: %d of %d groups (dataset.group_column; e.g. %s) have rows in more than one "
-                "split of column %r: val and test hold groups the model trained on, so their "
+            self._data_warning(
+                "groups_in_splits",
+                f"{self.manifest_path}: {len(shared)} of {len(seen)} groups (dataset.group_column;"
+                f" e.g. {', '.join(shared[:3])}) have rows in more than one split of column "
+                f"{split_column!r}: val and test hold groups the model trained on, so their "
                 "metrics are optimistic",
-                self.manifest_path,
-                len(shared),
-                len(seen),
-                ", ".join(shared[:3]),
-                split_column,
             )
+
+    def _data_warning(self, kind: str, message: str) -> None:
+        """Record a warning about the whole manifest (from its train split, so that it is said
+        once): the data check reports `data_warnings` with its own (`data_report.json`,
+        `medtrain check-data`), and training logs them."""
+        if self.split == "train":
+            self.data_warnings = {**getattr(self, "data_warnings", {}), kind: message}
 
     def _drawn(self, count, val_fraction, test_fraction, seed, labels, unit) -> np.ndarray:
         """0, 1 or 2 (train, val, test) for each of `count` rows or groups (`unit`)."""

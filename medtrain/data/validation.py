@@ -4,6 +4,7 @@ intensity summaries (the core of `medtrain check-data`)."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import time
@@ -248,6 +249,75 @@ def balance(dataset: Any, samples: list[Sample]) -> tuple[dict, dict[int, str]]:
     return section, {c: f"{split}: no {what} of class {class_name(dataset, c)!r}" for c in absent}
 
 
+# Words that name the negative finding: a binary task's positive class (index 1) named so is
+# probably the wrong way round ("abnormal"/"normal" sorts "normal" second).
+NEGATIVE_NAMES = {"normal", "negative", "healthy", "benign", "absent", "control", "none", "clear"}
+NEGATIVE_FIRST_WORDS = {"no", "non", "not", "without"}
+TYPO_MAX_SAMPLES = 3  # a class this rare, named like a class 10x larger, is probably a typo
+
+
+def reads_negative(name: str) -> bool:
+    """Whether a class name reads as the negative finding (normal, benign, no_finding ...)."""
+    words = "".join(c if c.isalnum() else " " for c in str(name).lower()).split()
+    return bool(words) and (" ".join(words) in NEGATIVE_NAMES or words[0] in NEGATIVE_FIRST_WORDS)
+
+
+def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], list[str]]:
+    """(warnings, notes) about the classes of a one-class-per-image task: which class is a binary
+    task's positive one (a warning when its name reads as the negative finding), and a class of
+    at most `TYPO_MAX_SAMPLES` images named like a class ten times larger (a misspelt label, which
+    would otherwise train a class of its own)."""
+    ds = datasets.get("train") or next(iter(datasets.values()))
+    if isinstance(ds, MASK_DATASETS) or ds.regression or np.asarray(ds.labels).ndim != 1:
+        return [], []
+    k = int(ds.num_classes)
+    class_names = [class_name(ds, c) for c in range(k)]
+    warnings: list[str] = []
+    notes: list[str] = []
+    if k == 2 and class_names != ["0", "1"]:  # labels 0/1 say which is positive themselves
+        positive, negative = class_names[1], class_names[0]
+        said = (
+            f"the positive class (index 1) is {positive!r}: AUC, sensitivity, specificity and "
+            "the decision threshold are of it"
+        )
+        if reads_negative(positive) and not reads_negative(negative):
+            warnings.append(
+                f"{said}, and its name reads as the negative finding: if {negative!r} is what "
+                f"you detect, set dataset.class_names=[{positive},{negative}]"
+            )
+        else:
+            notes.append(f"{said} (dataset.class_names orders the classes)")
+    labels = {split: np.asarray(d.labels).astype(np.int64) for split, d in datasets.items()}
+    counts = sum(np.bincount(y[(y >= 0) & (y < k)], minlength=k) for y in labels.values())
+    for c in np.flatnonzero((counts > 0) & (counts <= TYPO_MAX_SAMPLES)).tolist():
+        like = [
+            other
+            for other in np.flatnonzero(counts >= 10 * counts[c]).tolist()
+            if _similar(class_names[c], class_names[other])
+        ]
+        if like:
+            found = [
+                names[split].name(int(i))
+                for split, y in labels.items()
+                for i in np.flatnonzero(y == c)
+            ]
+            warnings.append(
+                f"class {class_names[c]!r} has {len(found)} image(s) ({'; '.join(found)}) and "
+                f"is named like {class_names[like[0]]!r} ({int(counts[like[0]])}): a typo? It "
+                "trains as a class of its own; listing the classes in dataset.class_names "
+                "makes a misspelt label an error"
+            )
+    return warnings, notes
+
+
+def _similar(a: str, b: str) -> bool:
+    """Names a typo apart (`pnuemonia`, `pneumonia`: difflib's ratio of at least 0.8), unless they
+    differ in numbers only (`grade_1`, `grade_4`: classes of a scale)."""
+    if "".join(c for c in a if not c.isdigit()) == "".join(c for c in b if not c.isdigit()):
+        return False
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.8
+
+
 def classes_nowhere(datasets: dict, absent: dict[str, dict[int, str]]) -> tuple[list[int], str]:
     """The classes that no split holds, and one warning for them (instead of one per split): a
     class index above every label in use usually comes from one mistyped label."""
@@ -383,6 +453,12 @@ def find_duplicates(
     return {"across_splits": across, "within_split": within}, pairs, conflicts, notes
 
 
+def built_warnings(datasets: dict) -> dict[str, str]:
+    """The warnings the datasets recorded about the data as a whole while they were built (a
+    manifest's `data_warnings`: groups in several splits, a grouped split drawn again)."""
+    return {k: v for ds in datasets.values() for k, v in getattr(ds, "data_warnings", {}).items()}
+
+
 def new_report(cfg: DictConfig) -> dict[str, Any]:
     return {
         "dataset": {"target": cfg.dataset.get("_target_"), "path": cfg.dataset.get("path")},
@@ -411,7 +487,8 @@ def check_datasets(
         cfg: the composed config (`cfg.dataset` names the data in messages).
         datasets: {split: dataset} from `build_datasets`.
         workers: reading threads; None: min(8, CPU count).
-        duplicates: `warn` or `error`: how images shared between splits count.
+        duplicates: `warn` or `error`: how images shared between splits count, and groups
+            (`dataset.group_column`) that a CSV's split column puts in several splits.
         progress: show a progress bar (on a terminal).
 
     Returns:
@@ -452,6 +529,12 @@ def check_datasets(
     report["warnings"] += ([warning] if warning else []) + [
         line for lacking in absent.values() for c, line in lacking.items() if c not in nowhere
     ]
+    said, noted = review_classes(datasets, names)
+    report["warnings"] += said
+    report["notes"] += noted
+    for kind, line in built_warnings(datasets).items():  # a patient in two splits leaks, too
+        leak = kind == "groups_in_splits" and duplicates == "error"
+        report["errors" if leak else "warnings"].append(line)
     report["notes"] += mixed_images(samples, names)
     section, pairs, conflicts, notes = find_duplicates(datasets, samples, names)
     report["duplicates"] = section

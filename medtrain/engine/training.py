@@ -19,6 +19,7 @@ from torch import nn
 from medtrain import __version__
 from medtrain.analysis.report import write_report
 from medtrain.data.loading import collate
+from medtrain.data.validation import built_warnings
 from medtrain.engine import distributed
 from medtrain.engine.acceleration import accelerated, memory_format
 from medtrain.engine.build import (
@@ -111,6 +112,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         # Every sample is read once before training: a bad file stops the run here, one line per
         # problem, instead of mid-epoch; data_report.json in the run folder lists everything.
         distributed.decided(check_before_training, cfg, datasets, run_dir)
+    elif distributed.is_main():  # said by the data check otherwise
+        for line in built_warnings(datasets).values():
+            log.warning("data: %s", line)
     # Which images are in which split, so that the split can be reused (dataset.split_file=...).
     splits = {split: list(d.ids) for split, d in datasets.items()}
     distributed.decided(lambda: save_json(run_dir / "splits.json", splits) and None)

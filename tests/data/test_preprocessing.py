@@ -209,7 +209,7 @@ def test_segmentation_manifest_groups_stay_in_one_split_and_one_fold(tmp_path):
         SegManifest(str(csv_path), "train", **kwargs)
 
 
-def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path, caplog):
+def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path):
     """10 patients, 3 with the rare class: seed 0's draw of patients leaves val with one class
     (no AUC to choose the best epoch by); the next seeds are drawn until val and test hold both,
     with a warning. A draw that holds every class (seed 1) is kept as it was."""
@@ -224,22 +224,20 @@ def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path, ca
         kwargs = {"group_column": "patient", "seed": seed}
         return {s: Manifest(str(tmp_path / "cases.csv"), s, **kwargs) for s in SPLITS}
 
-    with caplog.at_level("WARNING"):
-        drawn = split(0)
-    assert "the groups drawn with seed 0 left train without class 1; val without class 0" in (
-        caplog.text
-    )
-    assert "until every split holds every class" in caplog.text
+    drawn = split(0)
+    said = drawn["train"].data_warnings["split_redrawn"]  # reported by the data check
+    assert "the groups drawn with seed 0 left train without class 'malignant'; val without " in said
+    assert "val without class 'benign'; drawn again" in said
+    assert "until every split holds every class" in said
+    assert not hasattr(drawn["val"], "data_warnings")  # said once, by the train split
     for name, data in drawn.items():
         assert set(np.asarray(data.labels).tolist()) == {0, 1}, name
     owner: dict[str, str] = {}
     for name, data in drawn.items():
         for patient in data.groups:
             assert owner.setdefault(patient, name) == name  # still no patient in two splits
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        kept = split(1)
-    assert "drawn with seed" not in caplog.text
+    kept = split(1)
+    assert not hasattr(kept["train"], "data_warnings")
     first = kept["train"]._drawn(10, 0.15, 0.15, 1, None, "groups")  # the seed's own draw
     patients = {s: sorted(set(kept[s].groups)) for s in SPLITS}
     assert patients == {
@@ -248,19 +246,33 @@ def test_a_grouped_split_leaving_val_without_a_class_is_drawn_again(tmp_path, ca
     # Two patients of a class cannot be in three splits: the first draw is kept, and said.
     rare = [r.replace("malignant", "benign") if r.split(",")[2] == "P2" else r for r in rows]
     (tmp_path / "cases.csv").write_text("image,target,patient\n" + "\n".join(rare) + "\n")
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        split(0)
-    assert "so did 100 draws (too few groups of a class), and the first is kept" in caplog.text
+    said = split(0)["train"].data_warnings["split_redrawn"]
+    assert "so did 100 draws (too few groups of a class), and the first is kept" in said
     # The CSV's own split column putting a patient in two splits is warned about (leakage).
     leaky = [f"{row},{('train', 'val', 'test', 'train')[k % 4]}" for k, row in enumerate(rows)]
     (tmp_path / "cases.csv").write_text("image,target,patient,split\n" + "\n".join(leaky) + "\n")
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        Manifest(str(tmp_path / "cases.csv"), "train", group_column="patient")
-    assert "10 of 10 groups (dataset.group_column; e.g. P0, P1, P2) have rows in more" in (
-        caplog.text
+    said = Manifest(str(tmp_path / "cases.csv"), "train", group_column="patient").data_warnings
+    assert (
+        "10 of 10 groups (dataset.group_column; e.g. P0, P1, P2) have rows in more"
+        in (said["groups_in_splits"])
     )
+    # The data check counts it: a warning, an error with check.duplicates=error.
+    from medtrain.engine.data_check import check_config
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(
+        [
+            "dataset=manifest",
+            f"dataset.path={tmp_path / 'cases.csv'}",
+            "dataset.group_column=patient",
+        ]
+    )
+    for duplicates, kind in (("warn", "warnings"), ("error", "errors")):
+        report = check_config(cfg, workers=1, duplicates=duplicates, progress=False)
+        assert [w for w in report[kind] if "have rows in more than one split" in w] == [
+            said["groups_in_splits"]
+        ]
+        assert report["ok"] == (duplicates == "warn")
 
 
 def test_segmentation_manifest_trains(tmp_path):

@@ -139,6 +139,60 @@ def test_a_class_in_no_split_is_one_warning(tmp_path):
     ]
 
 
+def test_the_positive_class_is_said_and_a_negative_sounding_one_warned_about(tmp_path):
+    """A binary task's positive class is index 1, the second name in sort order: "pneumonia"
+    after "normal" is said in a note; "normal" after "abnormal" is warned about, with the fix."""
+    rows = [(name, ("normal", "pneumonia")[k], split) for name, k, split in good_rows(tmp_path)]
+    report = check(manifest_overrides(write_manifest(tmp_path, rows)))
+    assert report["warnings"] == []
+    assert (
+        "the positive class (index 1) is 'pneumonia': AUC, sensitivity, specificity and the "
+        "decision threshold are of it (dataset.class_names orders the classes)"
+    ) in report["notes"]
+    rows = [(name, ("abnormal", "normal")[k], split) for name, k, split in good_rows(tmp_path)]
+    report = check(manifest_overrides(write_manifest(tmp_path, rows)))
+    assert report["warnings"] == [
+        "the positive class (index 1) is 'normal': AUC, sensitivity, specificity and the decision "
+        "threshold are of it, and its name reads as the negative finding: if 'abnormal' is what "
+        "you detect, set dataset.class_names=[normal,abnormal]"
+    ]
+    fixed = check(
+        manifest_overrides(write_manifest(tmp_path, rows), "dataset.class_names=[normal,abnormal]")
+    )
+    assert fixed["warnings"] == [] and "the positive class (index 1) is 'abnormal'" in " ".join(
+        fixed["notes"]
+    )
+    from medtrain.data.validation import reads_negative
+
+    negative = ["Normal", "no_finding", "No Finding", "non-tumour", "healthy", "benign", "Negative"]
+    assert all(map(reads_negative, negative))
+    assert not any(map(reads_negative, ["abnormal", "nodule", "nonunion", "pneumonia", "tumour"]))
+
+
+def test_a_rare_class_named_like_a_common_one_is_a_possible_typo(tmp_path):
+    """One `pnuemonia` (a `normal` row mistyped) beside 12 `pneumonia` rows trains a third class: warned about, naming its
+    row; classes that differ in a number only (grade_1, grade_2) are not."""
+    rows = []
+    for k in range(24):
+        name = f"images/{k}.png"
+        write_png(tmp_path / name, seed=k)
+        rows.append((name, ("normal", "pneumonia")[k % 2], ("train", "val", "test")[k % 3]))
+    rows[4] = (rows[4][0], "pnuemonia", "train")  # line 6
+    report = check(manifest_overrides(write_manifest(tmp_path, rows)))
+    typo = [w for w in report["warnings"] if "a typo?" in w]
+    assert typo == [
+        f"class 'pnuemonia' has 1 image(s) ({tmp_path / 'images/4.png'} ({tmp_path / 'cases.csv'} "
+        "line 6)) and is named like 'pneumonia' (12): a typo? It trains as a class of its own; listing the "
+        "classes in dataset.class_names makes a misspelt label an error"
+    ]
+    graded = [
+        (name, f"grade_{1 if k == 4 else 2 + k % 2}", split)
+        for k, (name, _, split) in enumerate(rows)
+    ]
+    report = check(manifest_overrides(write_manifest(tmp_path, graded)))
+    assert not [w for w in report["warnings"] if "a typo?" in w]
+
+
 def test_an_image_of_another_type_or_channels_is_noted_by_name(tmp_path):
     rows = good_rows(tmp_path)
     Image.fromarray(np.full((16, 16), 300, np.uint16)).save(tmp_path / rows[2][0])  # line 4
