@@ -400,26 +400,33 @@ def choice(group: str) -> str:
     return chosen(group)
 
 
-def check_spatial_dims(cfg: DictConfig) -> None:
-    """A 2D network on volumes, or a 3D one on images, is refused in one line naming the key.
+def check_spatial_dims(cfg: DictConfig, key: str = "model") -> None:
+    """A 2D network on volumes, or a 3D one on images, is refused in one line naming the key
+    (`key`: where `cfg.model` came from, for an ensemble's members).
 
     Raises:
         ConfigError: naming `model.spatial_dims`, or the model to choose.
     """
     data_dims = cfg.dataset.get("spatial_dims") or 2
     model = cfg.model
+    if "members" in model:  # an average of finished runs (ModelAverage): each member's own
+        for k, member in enumerate(model.members):
+            alone = {"dataset": {"spatial_dims": data_dims}, "model": member}
+            check_spatial_dims(OmegaConf.create(alone), f"model.members[{k}]")
+        return
     if "spatial_dims" in model:
         dims = OmegaConf.select(cfg, "model.spatial_dims")
         if dims != data_dims:
             kind = "volumes (3D)" if data_dims == 3 else "2D images"
             raise ConfigError(
-                f"model.spatial_dims={dims}, but the data are {kind}: set "
-                f"model.spatial_dims={data_dims} (or leave it out: it follows the data)"
+                f"{key}.spatial_dims={dims}, but the data are {kind}: set "
+                f"{key}.spatial_dims={data_dims} (or leave it out: it follows the data)"
             )
     elif data_dims == 3 and "branches" not in model:
         raise ConfigError(
-            f"model={choice('model')} is a 2D network, but the data are volumes (3D): choose "
-            "model=resnet, cnn, unet or basic_unet, which follow the data's dimensions"
+            f"model={choice('model')} ({model.get('_target_')}) is a 2D network, but the data are "
+            "volumes (3D): choose model=resnet, cnn, unet or basic_unet, whose spatial_dims "
+            "follows the data"
         )
 
 
