@@ -72,6 +72,13 @@ def load_run(
                 f"{key}: {run_dir} is an ensemble made by an earlier release, without a network: "
                 f"make it again (medtrain ensemble run_dirs=[...]) to predict with it"
             )
+        if (run_dir / "folds.json").is_file():
+            ensemble = run_dir / "ensemble"
+            raise ConfigError(
+                f"{key}: {run_dir} is a CV folder: its fold ensemble is {ensemble}"
+                + ("" if ensemble.is_dir() else " (not made yet: cv.ensemble=true)")
+                + ", its folds fold_<k>/"
+            )
         raise ConfigError(
             f"{key}: {run_dir} has no checkpoints/{checkpoint}.pt (is it a finished run?)"
         )

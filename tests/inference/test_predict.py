@@ -289,3 +289,21 @@ def test_argument_errors(finished_runs, tmp_path, capsys):
     assert "no 'image' column" in capsys.readouterr().err
     assert main([f"run_dir={run}", f"inputs={manifest}", "batch_size=0"]) == 2
     assert "batch_size=0" in capsys.readouterr().err
+
+
+def test_a_cv_folder_given_as_a_run_names_its_fold_ensemble(tmp_path):
+    """`run_dir=` a CV's folder (folds.json, fold_<k>/, ensemble/): the error names the folder to
+    give instead, for predict, serve and export alike (they load runs the same way)."""
+    from medtrain.errors import ConfigError
+    from medtrain.inference.run import load_run
+
+    (tmp_path / "folds.json").write_text("{}")
+    with pytest.raises(
+        ConfigError, match=r"is a CV folder: its fold ensemble is .*ensemble \(not made"
+    ):
+        load_run(tmp_path)
+    (tmp_path / "ensemble").mkdir()
+    with pytest.raises(
+        ConfigError, match=r"is a CV folder: its fold ensemble is .*ensemble, its folds"
+    ):
+        load_run(tmp_path)
