@@ -78,8 +78,11 @@ class NiftiVolumes(VolumeSegmentationDataset):
         spacing = self._label_volume(index).spacing
         image_spacing = nifti_spacing(image_path)
         if image_spacing and not np.allclose(image_spacing, spacing, rtol=1e-3):
+            label_mm, image_mm = (
+                " x ".join(f"{v:.6g}" for v in s) for s in (spacing, image_spacing)
+            )
             raise DataError(
-                f"{label_path}: voxels of {spacing} mm, the image's are {image_spacing} mm "
+                f"{label_path}: voxels of {label_mm} mm, the image's are {image_mm} mm "
                 f"({image_path}); volumes in mL would be wrong"
             )
         return spacing

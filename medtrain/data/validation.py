@@ -113,6 +113,8 @@ def read_sample(dataset: Any, index: int) -> Sample:
             # The check training's load() makes: mask size and values, with the same messages.
             mask = dataset.checked_mask(index, raw.shape[:dims])
             class_pixels = np.bincount(mask.ravel(), minlength=dataset.num_classes)
+        if hasattr(dataset, "voxel_spacing"):  # image and label voxels, as training reads them
+            dataset.voxel_spacing(index)
     except DataError as err:
         return Sample(index, str(err))
     # Any other reader failure is this sample's problem too, never a crash of the whole check.

@@ -238,8 +238,24 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         return self._headers[kind, index]
 
     def voxel_spacing(self, index: int) -> tuple[float, float, float]:
-        """The file's voxel size, else `dataset.spacing`, else NaN."""
-        return self.header("spacing", index, self.read_spacing) or self.spacing or NAN3
+        """The file's voxel size, else `dataset.spacing`, else NaN.
+
+        Raises:
+            DataError: a file that states another voxel size than `dataset.spacing` (which would
+                be ignored, and the volumes in mL computed from the file's).
+        """
+        stated = self.header("spacing", index, self.read_spacing)
+        if stated and self.spacing and not np.allclose(stated, self.spacing, rtol=1e-3):
+            raise DataError(
+                f"{self.source(index)}: the file states voxels of "
+                f"{' x '.join(f'{v:.6g}' for v in stated)} mm, "
+                f"dataset.spacing={list(self.spacing)}: a file's own voxel size is used, "
+                "dataset.spacing only where a file states none (DICOM without Pixel Spacing, "
+                "arrays). Leave dataset.spacing null, or, if the header is wrong (1 mm in every "
+                "axis with an identity affine is often a header never filled in), write the files "
+                "again with their true affine"
+            )
+        return stated or self.spacing or NAN3
 
     def affine(self, index: int, spacing: Sequence[float]) -> np.ndarray:
         """The file's affine, or a diagonal one from the spacing (1 mm where unknown)."""

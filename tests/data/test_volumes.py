@@ -424,3 +424,32 @@ def test_slices_share_patches_by_their_size_from_the_geometry_alone(tmp_path, mo
     monkeypatch.setattr(train, "_image_volume", lambda case: pytest.fail(f"{case} was read"))
     assert {train.model_shape(i) for i in range(len(train.ids))} == {(12, 16)}
     assert train.sample_images == list(range(len(train.ids))) * 2
+
+
+def test_the_data_check_reads_voxel_sizes_as_training_does(tmp_path):
+    """`dataset.spacing` against files that state another voxel size is an error per file (it was
+    ignored, the mL computed from the files'); an image and label of other voxel sizes, which
+    training refuses, are found by the check too."""
+    from medtrain.engine.config import compose_config
+    from medtrain.engine.data_check import check_config
+
+    make_cases(tmp_path / "data", count=5)  # voxels of 1 x 0.8 x 1.5 mm
+    base = ["dataset=nifti_volumes", f"dataset.path={tmp_path / 'data'}", "dataset.num_classes=3"]
+    base += ["dataset.val_size=1", "dataset.test_size=1", "augmentation=volume"]
+    base += ["task=segmentation", "model=unet", "loss=dice_ce"]
+
+    def check(*extra: str) -> dict:
+        report = check_config(compose_config([*base, *extra]), workers=1, progress=False)
+        assert report["config_errors"] == []
+        return report
+
+    assert check()["errors"] == []
+    assert check("dataset.spacing=[1.0,0.8,1.5]")["errors"] == []  # what the files state
+    errors = check("dataset.spacing=[0.8,0.8,2.5]")["errors"]
+    assert len(errors) == 5 and all(
+        "the file states voxels of 1 x 0.8 x 1.5 mm, dataset.spacing=[0.8, 0.8, 2.5]" in e
+        for e in errors
+    )
+    labels = np.asarray(nib.load(str(tmp_path / "data" / "labels" / "case_01.nii.gz")).dataobj)
+    save_nifti(tmp_path / "data" / "labels" / "case_01.nii.gz", labels, spacing=(2.0, 0.8, 1.5))
+    assert [e for e in check()["errors"] if "voxels of 2 x 0.8 x 1.5 mm, the image's" in e]
