@@ -455,6 +455,7 @@ class Manifest(ManifestRows, ImageDataset):
                 train_rows=np.flatnonzero(assignment == 0).tolist(),
                 source=self.source,
                 row_label=lambda i: f"line {self._lines[i]}",
+                warn=lambda column, text: self._data_warning(f"categories_of:{column}", text),
             )
             self.tabular = matrix[chosen]
         if self.in_channels is None:  # decided once, from the first training image, for every split

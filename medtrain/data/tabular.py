@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,8 @@ class TabularEncoder:
         self.row_label = row_label or (lambda i: f"row {i}")
         self.codes: list[ColumnCode] | None = None
         self.names: list[str] = []
+        # {column: why it is worth a look}: a column of mostly numbers read as categories.
+        self.warnings: dict[str, str] = {}
 
     def fit(self, columns: Mapping[str, Sequence[str]], rows: Sequence[int]) -> TabularEncoder:
         """Learn each column's encoding from the training rows.
@@ -140,7 +143,19 @@ class TabularEncoder:
                 "of categories: write each as a name, e.g. g1, g2)"
             )
         if words:
-            return ColumnCode(name, numeric=False, categories=sorted(set(present)))
+            categories = sorted(set(present))
+            if len(words) * 2 < len(present):  # mostly numbers: read as categories, say so
+                counts = Counter(values[i].strip() for i in words).most_common(3)
+                self.warnings[name] = (
+                    f"{self.source}: column {name!r} holds numbers in {len(present) - len(words)} "
+                    f"of {len(present)} training rows and words in {len(words)} ("
+                    + ", ".join(f"{word!r} x{n}" for word, n in counts)
+                    + f"): it is read as categories, {len(categories)} one-hot columns, one per "
+                    "distinct value (a number no training row holds encodes as none). If the "
+                    "words mean a missing value, leave those cells empty (or NA): the column is "
+                    "then read as numbers, with a missing-value indicator"
+                )
+            return ColumnCode(name, numeric=False, categories=categories)
         for i in rows:  # a training value such as `inf` would poison the mean
             self._number(name, values[i], i)
         numbers = np.array(numbers, dtype=np.float64)
@@ -190,6 +205,7 @@ def encode_tabular(
     train_rows: Sequence[int],
     source: str = "tabular data",
     row_label: Callable[[int], str] | None = None,
+    warn: Callable[[str, str], None] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Fit a `TabularEncoder` on the training rows and encode every row.
 
@@ -198,9 +214,13 @@ def encode_tabular(
         train_rows: indices of the training rows.
         source: named in error messages.
         row_label: how error messages name row `i` (see `TabularEncoder`).
+        warn: called with (column, message) for each of the encoder's `warnings`.
 
     Returns:
         The float32 matrix (rows x features) and the name of each feature.
     """
     encoder = TabularEncoder(source, row_label).fit(columns, train_rows)
+    for column, message in encoder.warnings.items():
+        if warn is not None:
+            warn(column, message)
     return encoder.transform(columns), encoder.names

@@ -76,10 +76,28 @@ def test_a_typo_among_numbers_is_refused_not_made_categories():
     values[7] = "NA"  # missing, as the message says: a number column with an indicator
     _, names = encode_tabular({"marker": values}, list(range(20)))
     assert names == ["marker", "marker_missing"]
-    # Words in 1 of 10 rows or more (2 of 20) make a column of categories, as written.
-    values[7], values[8] = "high", "low"
-    _, names = encode_tabular({"marker": values}, list(range(20)))
-    assert len(names) == 20 and "marker=high" in names
+    # Words in 1 of 10 rows or more (2 of 20) make a column of categories, as written, and the
+    # column of mostly numbers is said (not a typo, but maybe words meant as missing values).
+    values[7], values[8] = "unknown", "unknown"
+    said = []
+    _, names = encode_tabular(
+        {"marker": values}, list(range(20)), source="c.csv", warn=lambda *w: said.append(w)
+    )
+    assert len(names) == 19 and "marker=unknown" in names
+    assert said == [
+        (
+            "marker",
+            "c.csv: column 'marker' holds numbers in 18 of 20 training rows and words in 2 "
+            "('unknown' x2): it is read as categories, 19 one-hot columns, one per distinct value "
+            "(a number no training row holds encodes as none). If the words mean a missing value, "
+            "leave those cells empty (or NA): the column is then read as numbers, with a "
+            "missing-value indicator",
+        )
+    ]
+    # A column of names with a few numbers is categories, with nothing to say.
+    said.clear()
+    encode_tabular({"site": ["a", "b", "c", "7"]}, [0, 1, 2, 3], warn=lambda *w: said.append(w))
+    assert said == []
 
 
 def test_column_empty_in_training_rows_is_an_error():
