@@ -407,6 +407,32 @@ def summary_rows(
     return rows, ["row", *columns]
 
 
+# Pooled out-of-fold AUC this far below every fold's own: the folds' scores are not comparable.
+POOLED_AUC_DROP = 0.02
+
+
+def scales_apart(fold_rows: list[dict[str, Any]], oof: dict[str, Any]) -> list[str]:
+    """A note (also logged) when the pooled out-of-fold AUC lies below every fold's own AUC by
+    `POOLED_AUC_DROP`: each fold model ranks its cases well, but their probabilities are on other
+    scales, so a threshold chosen on the pooled predictions may suit neither a fold model nor
+    their ensemble."""
+    pooled = oof.get("oof/auc")
+    folds = [r.get("val/auc") for r in fold_rows]
+    if not isinstance(pooled, (int, float)) or not all(isinstance(f, (int, float)) for f in folds):
+        return []
+    if pooled >= min(folds) - POOLED_AUC_DROP:
+        return []
+    note = (
+        f"The pooled out-of-fold AUC ({pooled:.4f}) is below every fold's own "
+        f"({min(folds):.4f}-{max(folds):.4f}): each fold model ranks its cases, but their "
+        "probabilities lie on other scales (short or unstable training?), so the threshold "
+        "chosen on the pooled predictions may suit neither a fold model nor the ensemble: check "
+        "the ensemble's sensitivity and specificity, or train the folds longer."
+    )
+    log.warning("cv: %s", note)
+    return [note]
+
+
 def write_summary(
     cv: CrossValidation, rows: list[dict[str, Any]], columns: list[str], notes: list[str]
 ) -> None:
@@ -617,6 +643,7 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
             if isinstance(rule, str)
             else f"Decision threshold, fixed by task.threshold: {threshold}."
         )
+    notes += scales_apart(rows[: cv.folds], oof)
     write_summary(cv, rows, columns, notes)
     fold_seconds = [
         (read_json(cv.fold_dir(k) / "run_info.json") or {}).get("train_seconds")

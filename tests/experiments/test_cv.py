@@ -338,3 +338,20 @@ def test_folds_of_a_manifest_keep_each_patient_in_one_fold(tmp_path, caplog):
     assert set(folds["fold"]) == {0, 1, 2}
     # Patient p11 has images 33 (val) and 34-35 (test): the data's own split mixes them.
     assert "1 groups have cases in the test split and in the folds (e.g. ['p11'])" in caplog.text
+
+
+def test_folds_whose_scores_do_not_pool_are_said(caplog):
+    """Pooled out-of-fold AUC below every fold's own (folds 0.953/0.928/0.933, pooled 0.705, as a
+    user's 2-epoch CV gave): the fold models' probabilities lie on other scales, said in the
+    summary's notes and the log; a pooled AUC among the folds' is not."""
+    from medtrain.experiments.cv import scales_apart
+
+    folds = [{"val/auc": 0.953}, {"val/auc": 0.928}, {"val/auc": 0.933}]
+    with caplog.at_level("WARNING"):
+        notes = scales_apart(folds, {"oof/auc": 0.7052})
+    assert len(notes) == 1 and notes[0].startswith(
+        "The pooled out-of-fold AUC (0.7052) is below every fold's own (0.9280-0.9530)"
+    )
+    assert notes[0] in caplog.text
+    assert scales_apart(folds, {"oof/auc": 0.93}) == []
+    assert scales_apart([{"val/dice": 0.9}], {"oof/dice": 0.5}) == []  # AUC only
