@@ -73,19 +73,35 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
     return header, rows, lines
 
 
-def check_columns(path: Path, header: list[str], wanted: dict[str, str]) -> None:
-    """Every wanted column (`dataset.<key>` -> column name) must be in the header."""
+# What a manifest's file column holds (for the hint of a missing `image_column`).
+FILE_SUFFIXES = (*IMAGE_EXTENSIONS, ".dcm", ".npy", ".npz", ".nii", ".gz")
+
+
+def check_columns(
+    path: Path, header: list[str], wanted: dict[str, str], first_row: dict[str, str] | None = None
+) -> None:
+    """Every wanted column (`dataset.<key>` -> column name) must be in the header; a missing one
+    is named with a likely fix: a column of a close name (`Age` for `age`, `diagnosis` for
+    `diagnsis`), the one column that holds file names (`first_row`) for `image_column`, or the one
+    column left for `target_column`."""
     problems = []
+    unclaimed = [c for c in header if c not in wanted.values() and c.lower() != "split"]
+    files = [
+        c
+        for c in unclaimed
+        if first_row and Path(first_row.get(c, "")).suffix.lower() in FILE_SUFFIXES
+    ]
     for key, name in wanted.items():
         if name in header:
             continue
         lower = {c.lower(): c for c in header}  # `Age` for `age` is a close match too
-        close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
-        unclaimed = [c for c in header if c not in wanted.values() and c.lower() != "split"]
+        close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.8)
         if close:
             hint = f" (closest: {lower[close[0]]!r})"
-        elif key == "target_column" and len(unclaimed) == 1:  # e.g. image,label: say the fix
-            hint = f" (dataset.target_column={unclaimed[0]}?)"
+        elif key == "image_column" and len(files) == 1:  # e.g. file,diagnosis: the file names
+            hint = f" (dataset.image_column={files[0]}?)"
+        elif key == "target_column" and len(unclaimed) - len(files) == 1:
+            hint = f" (dataset.target_column={next(c for c in unclaimed if c not in files)}?)"
         else:
             hint = ""
         problems.append(f"no column {name!r} for dataset.{key}{hint}")
@@ -421,7 +437,7 @@ class Manifest(ManifestRows, ImageDataset):
         if group_column is not None:
             wanted["group_column"] = group_column
         wanted |= {f"tabular_columns[{k}]": name for k, name in enumerate(tabular_columns)}
-        check_columns(csv_path, header, wanted)
+        check_columns(csv_path, header, wanted, rows[0])
 
         if split_column not in (None, "split") and split_column not in header:
             # A column named on purpose must exist: a typo would silently give a seeded split.

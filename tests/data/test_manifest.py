@@ -176,6 +176,16 @@ def test_missing_column_names_the_closest_one(tmp_path):
     # The one column nothing else claims is named as the fix.
     with pytest.raises(DataError, match=r"target_column \(dataset.target_column=target\?\)"):
         Manifest(str(path), "train", image_column="image", target_column="label", split_column=None)
+    # A user's own column names (file, diagnosis, age) with the default keys: the column of file
+    # names is named for image_column; no far-fetched "closest" (image -> age, target -> age).
+    csv_path = tmp_path / "mine.csv"
+    csv_path.write_text("file,diagnosis,age\nimages/case000.png,normal,40\n")
+    with pytest.raises(DataError) as err:
+        Manifest(str(csv_path), "train")
+    assert str(err.value).startswith(
+        f"{csv_path}: no column 'image' for dataset.image_column (dataset.image_column=file?); "
+        "no column 'target' for dataset.target_column; the CSV has columns"
+    )
 
 
 def test_missing_image_names_the_line_and_path(tmp_path):
