@@ -41,6 +41,7 @@ class Decoded:
     spacing: tuple[float, ...] | None
     format: str
     affine: np.ndarray | None = None
+    stored_affine: np.ndarray | None = None  # a volume read in RAS order: the file's own affine
 
 
 @contextlib.contextmanager

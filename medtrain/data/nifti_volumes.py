@@ -3,24 +3,24 @@ the Medical Segmentation Decathlon layout or a CSV manifest, as `dataset=volume_
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medtrain.data.volume_segmentation import VolumeSegmentationDataset
-from medtrain.data.volume_slices import VolumeSlices
+from medtrain.data.volume_slices import VolumeCases, VolumeSlices
 from medtrain.data.volumes import nifti_spacing, read_volume
 from medtrain.errors import DataError
 
 
-class NiftiVolumes(VolumeSegmentationDataset):
+class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
     """Image volumes with label volumes of the same shape, one case per file (or DICOM folder).
 
     The data are `<path>/<images>/<case>.nii.gz` with `<path>/<labels>/<case>.nii.gz`, or a CSV
-    manifest with `image` and `mask` columns and an optional `split` column. Splits are made by
-    volume with the same seeded rule as `dataset=volume_slices`, so a 3D run and a slice run with
-    the same `val_size`, `test_size` and seed hold out the same volumes. Images are read as float32
+    manifest with `image` and `mask` columns, an optional `split` column and, with `group_column`,
+    a column naming each case's patient. Splits are made by volume (or by patient) with the same
+    seeded rule as `dataset=volume_slices`, so a 3D run and a slice run with the same `val_size`,
+    `test_size`, `group_column` and seed hold out the same volumes. Images are read as float32
     modality values (normalize them with `dataset.normalize`, e.g. `zscore` per volume); the
     voxel size and affine come from the label file (predicted masks are written with them).
 
@@ -28,8 +28,11 @@ class NiftiVolumes(VolumeSegmentationDataset):
         path: the data folder, or a CSV manifest.
         split: `train`, `val` or `test`.
         images, labels: sub-folder names of the folder layout.
-        val_size, test_size: held-out volumes, as a fraction (< 1) or a count (>= 1).
+        val_size, test_size: held-out volumes, as a fraction (< 1) or a count (>= 1); with
+            `group_column`, held-out groups.
         split_file: a JSON {split: [cases]} (an earlier run's `splits.json` also works).
+        group_column: the CSV manifest's column naming each case's group (its patient, say), as
+            for `dataset=volume_slices`: a group's volumes share a split and a CV fold.
         seed: seed of the split and of the patches.
         **kwargs: passed to `VolumeSegmentationDataset` (num_classes, patch_size, ...).
     """
@@ -46,16 +49,14 @@ class NiftiVolumes(VolumeSegmentationDataset):
         val_size: float = 0.1,
         test_size: float = 0.2,
         split_file: str | None = None,
+        group_column: str | None = None,
         seed: int = 0,
         **kwargs: Any,
     ):
         super().__init__(split, seed=seed, **kwargs)
-        pairs, given = VolumeSlices._pairs(Path(path), images, labels)
-        names = VolumeSlices._split(
-            sorted(pairs), val_size, test_size, split_file, given, seed, split
+        self.cases = self._split_cases(
+            path, images, labels, val_size, test_size, split_file, seed, group_column
         )
-        self.pairs = pairs
-        self.cases = list(names[split])
         self.ids = list(self.cases)
         if self.in_channels is None:
             self.in_channels = 1

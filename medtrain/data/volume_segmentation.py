@@ -41,8 +41,8 @@ MAX_RESAMPLED_VOXELS = 512**3
 
 
 def voxel_size(value: Any, key: str) -> tuple[float, float, float] | None:
-    """A configured voxel size in mm as (depth_mm, row_mm, col_mm): three numbers, or one for
-    isotropic voxels; None stays None (`pixel_size` with three axes)."""
+    """A configured voxel size in mm per axis (x, y, z: the RAS order files are read in): three
+    numbers, or one for isotropic voxels; None stays None (`pixel_size` with three axes)."""
     return pixel_size(value, key, axes=3)  # type: ignore[return-value]
 
 
@@ -56,7 +56,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
     voxel) and augmented (`augmentation=volume`: MONAI transforms moving image and mask together).
     Evaluation samples hold whole volumes: `image` at the model's spacing, `mask` at native size
     (logits are resized back, so metrics and volumes in mL are native), `intensity` (D x H x W x C
-    before normalization, for overlays), `spacing` ([depth_mm, row_mm, col_mm], NaN when unknown)
+    before normalization, for overlays), `spacing` (mm per axis, NaN when unknown)
     and `affine` (the 4 x 4 voxel-to-world matrix written into predicted NIfTI masks).
 
     Args:
@@ -67,13 +67,14 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         in_channels: channels the model expects; None: as stored.
         num_classes: classes including background.
         class_names: one name per class, background first.
-        patch_size: training patch (int for a cube, or [depth, height, width]); None: whole volumes
+        patch_size: training patch (int for a cube, or one size per axis, in the RAS order files
+            are read in); None: whole volumes
             (equal sizes needed to batch them).
         foreground_fraction: share of training patches centred on a foreground voxel.
         patches_per_image: training samples drawn from each volume per epoch.
         patch_area_power: share the epoch's patches among the volumes by their size (in the
             model's voxels) to this power (see `SegmentationDataset`).
-        spacing: voxel size [depth_mm, row_mm, col_mm] when the files state none.
+        spacing: voxel size (mm per axis) when the files state none.
         seed: seed of the patch positions (with the epoch and the sample index).
         target_spacing: resample volumes to this voxel size for the model (trilinear for images,
             nearest neighbour for training masks); None: native voxels.
@@ -172,7 +173,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         raise NotImplementedError
 
     def read_spacing(self, index: int) -> tuple[float, float, float] | None:
-        """The voxel size the file states ([depth_mm, row_mm, col_mm]); None if it states none."""
+        """The voxel size the file states (mm per axis); None if it states none."""
         return None
 
     def read_affine(self, index: int) -> np.ndarray | None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from medtrain.data.base import SPLITS
-from medtrain.data.manifest import read_csv
+from medtrain.data.manifest import ManifestRows, check_columns, read_csv
 from medtrain.data.seg_folder import check_split_lists, read_split_file, seeded_split
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.data.volumes import (
@@ -33,28 +33,143 @@ def case_name(path: Path) -> str:
     return path.stem if path.is_file() else name
 
 
-class VolumeSlices(SegmentationDataset):
+class VolumeCases(ManifestRows):
+    """A volume dataset's cases, from the folder layout or a CSV manifest, and their split by
+    volume or, with `dataset.group_column`, by group (`VolumeSlices`, `NiftiVolumes`)."""
+
+    def _split_cases(
+        self, path, images, labels, val_size, test_size, split_file, seed, group_column
+    ) -> list[str]:
+        """This split's cases; sets `pairs` (every case's files: a fold may hold cases of the
+        other splits) and `groups` (the group of each of this split's cases, or None)."""
+        self.pairs, given, groups = self._pairs(Path(path), images, labels, group_column)
+        names = self._split(
+            sorted(self.pairs), val_size, test_size, split_file, given, seed, groups
+        )
+        if groups is not None:
+            self.groups = [groups[case] for case in names[self.split]]
+        return names[self.split]
+
+    def _pairs(self, root: Path, images: str, labels: str, group_column: str | None):
+        """{case: (image path, label path)}, the manifest's splits (or None) and {case: group}
+        (or None without `group_column`)."""
+        if root.is_file() and root.suffix.lower() == ".csv":
+            self.manifest_path = str(root)
+            header, rows, self._lines = read_csv(root)
+            missing = [c for c in ("image", "mask") if c not in header]
+            if missing:
+                raise DataError(f"{root}: no {missing} column (the header is {header})")
+            if group_column is not None:
+                check_columns(root, header, {"group_column": group_column})
+            groups = self._groups(rows, group_column)
+            pairs, splits = {}, {}
+            for row, line in zip(rows, self._lines, strict=True):
+                image, mask = (root.parent / row[c] for c in ("image", "mask"))
+                case = case_name(image)
+                if case in pairs:
+                    raise DataError(f"{root}: line {line}: case {case!r} is listed twice")
+                for file in (image, mask):
+                    if not file.exists():
+                        raise DataError(f"{root}: line {line}: {file} does not exist")
+                pairs[case] = (image, mask)
+                if "split" in header:
+                    if row["split"] not in SPLITS:
+                        raise DataError(
+                            f"{root}: line {line}: split {row['split']!r} is not one of {SPLITS}"
+                        )
+                    splits.setdefault(row["split"], []).append(case)
+            given = {s: splits.get(s, []) for s in SPLITS} if "split" in header else None
+            return pairs, given, None if groups is None else dict(zip(pairs, groups, strict=True))
+        if group_column is not None:
+            raise ConfigError(
+                f"dataset.group_column={group_column!r} needs a CSV manifest (image, mask and "
+                f"{group_column} columns); dataset.path={str(root)!r} is not a .csv file"
+            )
+        image_dir, label_dir = root / images, root / labels
+        for folder in (root, image_dir, label_dir):
+            if not folder.is_dir():
+                raise DataError(
+                    f"dataset.path={str(root)!r}: no folder {folder} (expected <path>/{images} and "
+                    f"<path>/{labels}, or a CSV manifest)"
+                )
+
+        def cases(folder: Path) -> dict[str, Path]:
+            found = {}
+            for p in sorted(folder.iterdir()):
+                if p.name.startswith((".", "_")):
+                    continue
+                if p.is_dir() or p.name.lower().endswith((*NIFTI_SUFFIXES, ".dcm")):
+                    found[case_name(p)] = p
+            return found
+
+        found_images, found_labels = cases(image_dir), cases(label_dir)
+        if not found_images:
+            raise DataError(f"{image_dir}: no .nii/.nii.gz volumes or DICOM series folders")
+        missing = sorted(set(found_images) - set(found_labels))
+        if missing:
+            raise DataError(
+                f"{label_dir}: no label volume for {len(missing)} case(s), e.g. {missing[0]}"
+            )
+        return {c: (found_images[c], found_labels[c]) for c in found_images}, None, None
+
+    def _split(
+        self, cases, val_size, test_size, split_file, given, seed, groups
+    ) -> dict[str, list[str]]:
+        """The cases of each split: the manifest's split column or `split_file` (a group found in
+        two splits is a `groups_in_splits` warning), else a seeded split of the cases or, with
+        `groups` ({case: group}), of the groups (sizes count groups), each case with its group."""
+        where = "the manifest's split column"
+        if split_file is not None:
+            saved = read_split_file(split_file)
+            where = f"dataset.split_file={split_file!r}"
+            given = {s: sorted({i.split("#")[0] for i in ids}) for s, ids in saved.items()}
+        if given is not None:
+            check_split_lists(given, cases, where, "cases", self.split == "train")
+            if groups is not None:
+                listed = [(case, k) for k, s in enumerate(SPLITS) for case in given.get(s, [])]
+                self._check_groups_in_one_split(
+                    np.array([k for _, k in listed]),
+                    [groups[case] for case, _ in listed],
+                    split_file or "split",
+                )
+            return {s: sorted(given.get(s, [])) for s in SPLITS}
+        if groups is None:
+            return seeded_split(cases, val_size, test_size, seed)
+        drawn = seeded_split(sorted(set(groups.values())), val_size, test_size, seed)
+        split_of = {group: s for s, names in drawn.items() for group in names}
+        return {s: [case for case in cases if split_of[groups[case]] == s] for s in SPLITS}
+
+
+class VolumeSlices(VolumeCases, SegmentationDataset):
     """Slices along `axis` of image volumes with label volumes of the same shape.
 
     The data are `<path>/<images>/<case>.nii.gz` with `<path>/<labels>/<case>.nii.gz` (the Medical
     Segmentation Decathlon layout; a DICOM series folder per case also works), or a CSV manifest
-    with `image` and `mask` columns (paths relative to the CSV) and an optional `split` column.
-    Splits are made by volume, never by slice, so no patient is in two splits. Each volume is
-    z-scored as a whole (`volume_normalize`) before slicing, so that a slice keeps its brightness
-    relative to its volume. Training may skip slices without foreground; validation and test keep
-    every slice, and the segmentation task reassembles them into volumes to score them in 3D.
+    with `image` and `mask` columns (paths relative to the CSV), an optional `split` column and,
+    with `group_column`, a column naming each case's patient. Splits are made by volume, never by
+    slice, and by patient when the patients are named. Each volume is z-scored as a whole
+    (`volume_normalize`) before slicing, so that a slice keeps its brightness relative to its
+    volume. Training may skip slices without foreground; validation and test keep every slice,
+    and the segmentation task reassembles them into volumes to score them in 3D.
 
     Sample ids are `<case>#<slice>`; samples also hold `volume` (the case), `slice` (its index),
-    `slice_axis` and `volume_spacing` (mm per volume axis) and `affine`.
+    `slice_axis` and `volume_spacing` (mm per volume axis) and `affine`. `groups` (with
+    `group_column`) holds one group per volume, aligned with `cases`: what cross-validation
+    assigns to folds.
 
     Args:
         path: the data folder, or a CSV manifest.
         split: `train`, `val` or `test`.
         axis: the volume axis the slices are taken along (0, 1 or 2).
         images, labels: sub-folder names of the folder layout.
-        val_size, test_size: held-out volumes, as a fraction (< 1) or a count (>= 1).
+        val_size, test_size: held-out volumes, as a fraction (< 1) or a count (>= 1); with
+            `group_column`, held-out groups (the fraction or count is of the groups).
         split_file: a JSON {split: [cases]} (an earlier run's `splits.json`, whose slice ids are
             read back as their cases, also works).
+        group_column: the CSV manifest's column naming each case's group (its patient, say): the
+            seeded split keeps a group's volumes in one split and `medtrain cv` in one fold; with a
+            split column or `split_file`, a group in two splits is warned about. None: every
+            volume is its own group.
         seed: seed of the split.
         skip_empty: drop training slices whose label is all background.
         volume_normalize: `zscore` (over the volume), `nonzero_zscore` (over its non-zero voxels,
@@ -65,9 +180,10 @@ class VolumeSlices(SegmentationDataset):
         **kwargs: passed to `SegmentationDataset` (num_classes, class_names, patch_size, ...).
     """
 
-    # Cross-validation splits volumes, never slices (`fold_units`): a fold regroups `cases`, and
-    # its slices are listed anew for its role (empty slices skipped in training only).
-    sample_fields = ("cases",)
+    # Cross-validation splits volumes, never slices (`fold_units`): a fold regroups `cases` (and
+    # their `groups`), and its slices are listed anew for its role (empty slices skipped in
+    # training only).
+    sample_fields = ("cases", "groups")
 
     def __init__(
         self,
@@ -79,6 +195,7 @@ class VolumeSlices(SegmentationDataset):
         val_size: float = 0.1,
         test_size: float = 0.2,
         split_file: str | None = None,
+        group_column: str | None = None,
         seed: int = 0,
         skip_empty: bool = True,
         volume_normalize: str = "zscore",
@@ -96,12 +213,9 @@ class VolumeSlices(SegmentationDataset):
         self.axis = axis
         self.volume_normalize = volume_normalize
         self.cache = VolumeCache(cache, cache_dir)
-        pairs, given_splits = self._pairs(Path(path), images, labels)
-        names = self._split(
-            sorted(pairs), val_size, test_size, split_file, given_splits, seed, split
+        self.cases = self._split_cases(
+            path, images, labels, val_size, test_size, split_file, seed, group_column
         )
-        self.cases = names[split]
-        self.pairs = pairs  # every case's files: a fold may hold cases of the other splits
         self.skip_empty = skip_empty
         self.geometry: dict[str, Any] = {}
         self._list_slices()
@@ -164,71 +278,6 @@ class VolumeSlices(SegmentationDataset):
             "affine": label_volume.affine,
         }
         return labels_volume
-
-    # -- discovering the data ---------------------------------------------------------------
-    @staticmethod
-    def _pairs(root: Path, images: str, labels: str):
-        """{case: (image path, label path)} and the manifest's splits (or None)."""
-        if root.is_file() and root.suffix.lower() == ".csv":
-            header, rows, lines = read_csv(root)
-            missing = [c for c in ("image", "mask") if c not in header]
-            if missing:
-                raise DataError(f"{root}: no {missing} column (the header is {header})")
-            pairs, splits = {}, {}
-            for row, line in zip(rows, lines, strict=True):
-                image, mask = (root.parent / row[c] for c in ("image", "mask"))
-                case = case_name(image)
-                if case in pairs:
-                    raise DataError(f"{root}: line {line}: case {case!r} is listed twice")
-                for file in (image, mask):
-                    if not file.exists():
-                        raise DataError(f"{root}: line {line}: {file} does not exist")
-                pairs[case] = (image, mask)
-                if "split" in header:
-                    if row["split"] not in SPLITS:
-                        raise DataError(
-                            f"{root}: line {line}: split {row['split']!r} is not one of {SPLITS}"
-                        )
-                    splits.setdefault(row["split"], []).append(case)
-            return pairs, ({s: splits.get(s, []) for s in SPLITS} if "split" in header else None)
-        image_dir, label_dir = root / images, root / labels
-        for folder in (root, image_dir, label_dir):
-            if not folder.is_dir():
-                raise DataError(
-                    f"dataset.path={str(root)!r}: no folder {folder} (expected <path>/{images} and "
-                    f"<path>/{labels}, or a CSV manifest)"
-                )
-
-        def cases(folder: Path) -> dict[str, Path]:
-            found = {}
-            for p in sorted(folder.iterdir()):
-                if p.name.startswith((".", "_")):
-                    continue
-                if p.is_dir() or p.name.lower().endswith((*NIFTI_SUFFIXES, ".dcm")):
-                    found[case_name(p)] = p
-            return found
-
-        found_images, found_labels = cases(image_dir), cases(label_dir)
-        if not found_images:
-            raise DataError(f"{image_dir}: no .nii/.nii.gz volumes or DICOM series folders")
-        missing = sorted(set(found_images) - set(found_labels))
-        if missing:
-            raise DataError(
-                f"{label_dir}: no label volume for {len(missing)} case(s), e.g. {missing[0]}"
-            )
-        return {c: (found_images[c], found_labels[c]) for c in found_images}, None
-
-    @staticmethod
-    def _split(cases, val_size, test_size, split_file, given, seed, split) -> dict[str, list[str]]:
-        where = "the manifest's split column"
-        if split_file is not None:
-            saved = read_split_file(split_file)
-            where = f"dataset.split_file={split_file!r}"
-            given = {s: sorted({i.split("#")[0] for i in ids}) for s, ids in saved.items()}
-        if given is not None:
-            check_split_lists(given, cases, where, "cases", split == "train")
-            return {s: sorted(given.get(s, [])) for s in SPLITS}
-        return seeded_split(cases, val_size, test_size, seed)
 
     # -- reading -----------------------------------------------------------------------------
     def _image_volume(self, case: str) -> np.ndarray:

@@ -32,6 +32,70 @@ class Volume:
     affine: np.ndarray
     orientation: tuple[str, str, str]
     source: str
+    # The file's own affine when the axes were reordered (`canonical`): results are written back
+    # in the file's voxel order with it (`to_stored`). None: the array is as stored.
+    stored_affine: np.ndarray | None = None
+
+
+# The axis order every volume is read in (`canonical`): x to the patient's Right, y Anterior,
+# z Superior (for an axial scan, slices last), as MONAI's Orientation("RAS") and nibabel's
+# as_closest_canonical give it.
+CANONICAL = ("R", "A", "S")
+
+
+def canonical(volume: Volume) -> Volume:
+    """The volume with its axes permuted and flipped to the closest RAS order (no voxel
+    resampled: an oblique volume keeps its voxels), with its affine, spacing and orientation to
+    match, and the file's affine kept as `stored_affine`. The same anatomy then reaches the
+    network in the same axis order whether a NIfTI file stored it x-first or a DICOM series
+    slice-first."""
+    from nibabel import orientations
+
+    turn = orientations.io_orientation(volume.affine)
+    if np.array_equal(turn, orientations.axcodes2ornt(CANONICAL)):
+        return volume
+    shape = volume.array.shape
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(turn):
+        spacing[int(target)] = volume.spacing[axis]
+    affine = volume.affine @ orientations.inv_ornt_aff(turn, shape)
+    return Volume(
+        np.ascontiguousarray(orientations.apply_orientation(volume.array, turn)),
+        (spacing[0], spacing[1], spacing[2]),
+        affine,
+        _axcodes(affine),
+        volume.source,
+        stored_affine=volume.affine,
+    )
+
+
+def _turn(affine: np.ndarray, stored_affine: np.ndarray) -> np.ndarray:
+    """The axis permutation and flips (nibabel's orientation array) from the order of `affine`
+    (a `canonical` volume's) to the order of `stored_affine` (the file's)."""
+    from nibabel import orientations
+
+    return orientations.ornt_transform(
+        orientations.io_orientation(affine), orientations.io_orientation(stored_affine)
+    )
+
+
+def to_stored(array: np.ndarray, affine: np.ndarray, stored_affine: np.ndarray) -> np.ndarray:
+    """An array in the axis order of `affine` back in the order of `stored_affine`, so that a
+    label volume written with the file's affine lies on the file's voxels."""
+    from nibabel import orientations
+
+    turned = orientations.apply_orientation(array, _turn(affine, stored_affine))
+    return np.ascontiguousarray(turned)
+
+
+def spacing_to_stored(
+    spacing: Sequence[float], affine: np.ndarray, stored_affine: np.ndarray
+) -> list[float]:
+    """Voxel sizes per axis of `affine`'s order, per axis of `stored_affine`'s."""
+    out = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(_turn(affine, stored_affine)):
+        out[int(target)] = float(spacing[axis])
+    return out
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -39,7 +103,8 @@ def is_nifti(path: str | Path) -> bool:
 
 
 def read_volume(path: str | Path) -> Volume:
-    """A NIfTI file, a DICOM series folder or a multi-frame DICOM file as a `Volume`.
+    """A NIfTI file, a DICOM series folder or a multi-frame DICOM file as a `Volume`, in RAS axis
+    order (`canonical`).
 
     Raises:
         DataError: naming the file or folder and what is wrong (NaN or infinite voxels included).
@@ -62,7 +127,7 @@ def read_volume(path: str | Path) -> Volume:
             f"{path}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "
             "value) before training or prediction"
         )
-    return volume
+    return canonical(volume)
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -137,7 +202,7 @@ def decode_nifti(data: bytes, name: str, max_voxels: int) -> Volume:
         raise
     except Exception as err:  # nibabel and zlib raise many types for hostile bytes
         raise DataError(f"{name}: cannot read NIfTI ({type(err).__name__}: {err})") from err
-    return nifti_volume(image, name)
+    return canonical(nifti_volume(image, name))
 
 
 def nifti_volume(image, source: str) -> Volume:
@@ -179,14 +244,20 @@ def _frame_rescale(ds, frames: int) -> list[tuple[float, float]]:
 
 
 def nifti_spacing(path: str | Path) -> tuple[float, float, float] | None:
-    """The voxel size a NIfTI header states (the header only, no voxels read); None for other
-    files or an unreadable header."""
+    """The voxel size a NIfTI header states (the header only, no voxels read), per axis in the
+    RAS order `read_volume` gives (`canonical`); None for other files or an unreadable header."""
     import nibabel as nib
+    from nibabel import orientations
 
     if not is_nifti(path):
         return None
     try:
-        return tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3])
+        image = nib.load(str(path))
+        zooms = [float(z) for z in image.header.get_zooms()[:3]]
+        spacing = [0.0, 0.0, 0.0]
+        for axis, (target, _) in enumerate(orientations.io_orientation(image.affine)):
+            spacing[int(target)] = zooms[axis]
+        return (spacing[0], spacing[1], spacing[2])
     except Exception:  # read_volume names what is wrong with the file
         return None
 
@@ -373,7 +444,8 @@ class VolumeCache:
     def _key(path: str | Path) -> str:
         """The file's path, size and modification time: an edited file is decoded again."""
         stat = Path(path).stat()
-        text = f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        # "ras": volumes are cached in RAS order (release 0.3); older cache files are not read.
+        text = f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}:ras"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

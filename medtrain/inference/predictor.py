@@ -30,7 +30,9 @@ from medtrain.data.volumes import (
     is_nifti_bytes,
     normalize_volume,
     read_volume,
+    spacing_to_stored,
     stack_slices,
+    to_stored,
 )
 from medtrain.engine.acceleration import autocast
 from medtrain.engine.config import resolve_device
@@ -50,6 +52,27 @@ VOLUME_SPACING = (
 )
 
 
+def volume_decoded(volume: Volume) -> Decoded:
+    """A volume (read in RAS order) as the predictor's input, with the file's own affine."""
+    return Decoded(
+        volume.array, tuple(volume.spacing), "volume", volume.affine, volume.stored_affine
+    )
+
+
+def in_stored_order(result: dict[str, Any], stored_affine: np.ndarray | None) -> dict[str, Any]:
+    """A volume's result (`mask`, `affine`, `spacing`) in the file's own voxel order, when the
+    volume was read reordered to RAS: the mask written with the file's affine then lies on the
+    file's voxels, array for array. Volumes in mL do not depend on the order."""
+    if stored_affine is None or "affine" not in result:
+        return result
+    affine = result["affine"]
+    return result | {
+        "mask": to_stored(result["mask"], affine, stored_affine),
+        "affine": np.asarray(stored_affine, dtype=np.float64),
+        "spacing": spacing_to_stored(result["spacing"], affine, stored_affine),
+    }
+
+
 @dataclass
 class Prepared:
     """One image ready for the model: its `name`, the preprocessed `tensor` (C x H x W), the
@@ -60,6 +83,7 @@ class Prepared:
     intensity: np.ndarray | None
     spacing: tuple[float, ...] | None
     affine: np.ndarray | None = None  # a volume's voxel-to-world matrix
+    stored_affine: np.ndarray | None = None  # the file's, when the volume was reordered to RAS
 
     @property
     def shape_key(self) -> tuple:
@@ -149,13 +173,7 @@ class Predictor:
                 "volumes": self.volume_info(),
                 # The pixel spacing (row, col mm) of a 2D file that states none: measurements in mm.
                 "spacing": None if self.spacing is None else list(self.spacing),
-                "note": (
-                    "volumes of any size and voxel size"
-                    if self.reads_volumes
-                    else "images of any size, bit depth and grey/colour"
-                )
-                + ": converted by the run's evaluation preprocessing"
-                + ("; CT windows need values in Hounsfield units" if pre.reads_modality else ""),
+                "note": self.input_note(),
             },
             "model": self.cfg.model.get("_target_"),
             "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
@@ -175,6 +193,24 @@ class Predictor:
         if self.preprocess.reads_modality:
             return ["dicom", "npy", "npz"]
         return ["png", "jpeg", "tiff", "dicom", "npy", "npz"]
+
+    def input_note(self) -> str:
+        """What `info` says the run converts: a volume's voxel size only when it resamples."""
+        pre = self.preprocess
+        if not self.reads_volumes:
+            note = (
+                "images of any size, bit depth and grey/colour: converted by the run's evaluation"
+            )
+            note += " preprocessing"
+        elif getattr(pre, "target_spacing", None) is not None:
+            note = "volumes of any size and voxel size, in any axis order: read in RAS order and "
+            note += f"resampled to {list(pre.target_spacing)} mm, as in training"
+        else:
+            note = "volumes of any size and axis order (read in RAS order); voxels are not "
+            note += (
+                "resampled (no dataset.target_spacing): give voxel sizes like the training data's"
+            )
+        return note + ("; CT windows need values in Hounsfield units" if pre.reads_modality else "")
 
     def volume_info(self) -> dict[str, Any] | None:
         """How the run reads volumes, for `info`: None for runs on 2D images."""
@@ -235,8 +271,7 @@ class Predictor:
         if self.reads_volume_arrays and suffix in (".npy", ".npz"):
             return self.decode(read_file(path), str(path))
         if volume_run(self.cfg) and (is_nifti(path) or Path(path).is_dir() or suffix == ".dcm"):
-            volume = read_volume(path)
-            return Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
+            return volume_decoded(read_volume(path))
         return read_image(path, self.max_pixels, self.preprocess.reads_modality)
 
     def decode(self, data: bytes, name: str) -> Decoded:
@@ -244,8 +279,7 @@ class Predictor:
         read from the header before decompressing) or an NPY/NPZ volume for a 3D image-level run,
         else a 2D image."""
         if volume_run(self.cfg) and is_nifti_bytes(data, name):
-            volume = decode_nifti(data, name, self.max_pixels)
-            return Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
+            return volume_decoded(decode_nifti(data, name, self.max_pixels))
         if self.reads_volume_arrays and is_array_file(data):
             return decode(data, name, self.max_pixels, volume=True)
         try:  # a 3D run refuses a 2D image in `accepts`, naming what it reads
@@ -311,7 +345,7 @@ class Predictor:
                 "nothing to predict from (normalized, it is all zeros, and any answer would be "
                 "the model's guess for nothing)"
             )
-        return Prepared(name, tensor, intensity, image.spacing, image.affine)
+        return Prepared(name, tensor, intensity, image.spacing, image.affine, image.stored_affine)
 
     @torch.no_grad()
     def forward(self, items: Sequence[Prepared]) -> list[torch.Tensor]:
@@ -356,7 +390,7 @@ class Predictor:
             max_objects=max_objects,
             affine=item.affine,
         )
-        return self.task.prediction(output, found)
+        return in_stored_order(self.task.prediction(output, found), item.stored_affine)
 
     def predict(
         self,
@@ -418,12 +452,13 @@ class Predictor:
         names = [f"{name}#{k:03d}" for k in range(len(slices))]
         results = self.predict(slices, names, spacing=plane, measure=False)
         mask = stack_slices([r["mask"] for r in results], axis)
-        return {
+        result = {
             "mask": mask,
             "affine": volume.affine,
             "spacing": list(volume.spacing),
             "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
         }
+        return in_stored_order(result, volume.stored_affine)
 
     def predict_whole_volume(self, volume: Volume, name: str) -> dict[str, Any]:
         """Segment a volume with a 3D network, as the run's evaluation does (its normalization,
@@ -432,6 +467,5 @@ class Predictor:
         Returns:
             `mask`, `affine`, `spacing` and `volumes_ml`, as `predict_volume`.
         """
-        decoded = Decoded(volume.array, tuple(volume.spacing), "volume", volume.affine)
-        item = self.prepare(decoded, name)
+        item = self.prepare(volume_decoded(volume), name)
         return self.result(item, self.forward([item])[0])

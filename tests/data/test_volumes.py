@@ -1,5 +1,6 @@
-"""Volumes: NIfTI and DICOM series reading, the decode cache, slice datasets split by volume, and
-slice predictions reassembled into volumes scored in 3D with volumes in mL."""
+"""Volumes: NIfTI and DICOM series reading, the decode cache, slice datasets split by volume (and by
+patient with dataset.group_column), and slice predictions reassembled into volumes scored in 3D with
+volumes in mL."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medtrain.data.base import SPLITS
+from medtrain.data.nifti_volumes import NiftiVolumes
 from medtrain.data.volume_slices import VolumeSlices
 from medtrain.data.volumes import VolumeCache, read_volume, stack_slices
-from medtrain.errors import DataError
+from medtrain.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA, read_metrics, train_in_process
 
 
@@ -95,10 +98,13 @@ def test_dicom_series_is_ordered_by_position_not_name(tmp_path):
     positions = [6.0, 0.0, 9.0, 3.0, 12.0]
     write_series(tmp_path / "series", positions)
     volume = read_volume(tmp_path / "series")
-    assert volume.array.shape == (5, 4, 3)
-    assert volume.spacing == (3.0, 0.5, 0.6)
-    # Each slice holds 10 z + 1000 - 100 (the rescale intercept): ordered by z.
-    np.testing.assert_array_equal(volume.array[:, 0, 0], [900, 930, 960, 990, 1020])
+    # Stored slices (S) x rows (P) x columns (L); read in RAS order: columns flipped to R, rows
+    # flipped to A, slices last.
+    assert volume.array.shape == (3, 4, 5)
+    assert volume.spacing == (0.6, 0.5, 3.0)
+    # Each slice holds 10 z + 1000 - 100 (the rescale intercept): ordered by z. The first row and
+    # column of every slice are the last along R and A.
+    np.testing.assert_array_equal(volume.array[2, 3, :], [900, 930, 960, 990, 1020])
     write_series(tmp_path / "two", [0.0, 1.0])
     write_series(tmp_path / "two", [2.0], series_uid="9.9.9")
     with pytest.raises(DataError, match="holds 2 series"):
@@ -120,12 +126,16 @@ def test_dicom_series_affine_is_ras_so_written_masks_lie_on_the_image(tmp_path):
 
     write_series(tmp_path / "series", [0.0, 3.0, 6.0])  # axial: rows run posterior, columns left
     volume = read_volume(tmp_path / "series")
-    assert volume.orientation == ("S", "P", "L")  # slices up, rows to P, columns to L (LPS +x)
-    corner = volume.affine @ [0, 1, 1, 1]  # voxel (slice 0, row 1, column 1)
+    # As stored: slices up, rows to P, columns to L (LPS +x); read in RAS order.
+    assert nib.aff2axcodes(volume.stored_affine) == ("S", "P", "L")
+    assert volume.orientation == ("R", "A", "S")
+    corner = volume.stored_affine @ [0, 1, 1, 1]  # stored voxel (slice 0, row 1, column 1)
     # in LPS that voxel is at (+0.6, +0.5, 0): in RAS, (-0.6, -0.5, 0)
     np.testing.assert_allclose(corner[:3], [-0.6, -0.5, 0.0])
+    # the same voxel in the RAS array: column 1 of 3 flipped, row 1 of 4 flipped, slice 0
+    np.testing.assert_allclose((volume.affine @ [1, 2, 0, 1])[:3], [-0.6, -0.5, 0.0])
     path = write_nifti(tmp_path / "mask.nii.gz", np.zeros((3, 4, 3), np.uint8), volume.affine)
-    assert nib.aff2axcodes(nib.load(str(path)).affine) == ("S", "P", "L")
+    assert nib.aff2axcodes(nib.load(str(path)).affine) == ("R", "A", "S")
 
 
 def test_volumes_with_nan_voxels_are_refused_naming_the_file(tmp_path):
@@ -145,7 +155,7 @@ def test_volumes_with_nan_voxels_are_refused_naming_the_file(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "dicom").is_dir(), reason="needs ../shared/data/dicom")
 def test_shared_series_is_a_17_slice_volume_with_2mm_spacing():
     volume = read_volume(SHARED_DATA / "dicom" / "series_t1_brain_17")
-    assert volume.array.shape == (17, 128, 88)
+    assert volume.array.shape == (88, 128, 17)  # stored 17 x 128 x 88 (S, A, R): read as RAS
     assert volume.spacing == (2.0, 2.0, 2.0)
 
 
@@ -226,6 +236,175 @@ def test_folds_of_slices_hold_whole_volumes(tmp_path):
     assert sorted(validated) == sorted(pool)
     assert not set(validated) & set(test.cases)
     assert train.cases == fold_units(train) and len(train.geometry) == 6  # the splits unchanged
+
+
+# Ten cases of six patients, four with two scans: what `write_volume_manifest` lists.
+PATIENTS = ["p0", "p0", "p1", "p1", "p2", "p2", "p3", "p3", "p4", "p5"]
+PATIENT_OF = {f"case_{n:02d}": patient for n, patient in enumerate(PATIENTS)}
+
+
+def write_volume_manifest(root: Path, splits: list[str] | None = None) -> Path:
+    """`make_cases` listed in `root/cases.csv` with each case's patient (`PATIENTS`) and, when
+    given, its split."""
+    make_cases(root, count=len(PATIENTS))
+    lines = ["image,mask,patient" + (",split" if splits else "")]
+    for n, patient in enumerate(PATIENTS):
+        cells = [f"images/case_{n:02d}.nii.gz", f"labels/case_{n:02d}.nii.gz", patient]
+        lines.append(",".join(cells + ([splits[n]] if splits else [])))
+    (root / "cases.csv").write_text("\n".join(lines) + "\n")
+    return root / "cases.csv"
+
+
+def test_volume_groups_share_a_split_drawn_by_patient(tmp_path):
+    """dataset.group_column: the seeded split draws patients (val_size and test_size count
+    patients), keeps each patient's volumes in one split, is the same for a seed and for both
+    volume datasets, and `groups` names each case's patient. Without it the split is by volume,
+    as it always was."""
+    csv_path = write_volume_manifest(tmp_path)
+    kwargs = {"num_classes": 3, "val_size": 1, "test_size": 1, "group_column": "patient"}
+    for seed in range(3):
+        for kind in (VolumeSlices, NiftiVolumes):
+            splits = {s: kind(str(csv_path), s, seed=seed, **kwargs) for s in SPLITS}
+            patients = {s: {PATIENT_OF[c] for c in d.cases} for s, d in splits.items()}
+            assert [len(patients[s]) for s in SPLITS] == [4, 1, 1]
+            assert set().union(*patients.values()) == set(PATIENTS)  # so no patient in two
+            for s, data in splits.items():
+                assert data.groups == [PATIENT_OF[c] for c in data.cases]
+                assert data.cases == sorted(c for c, p in PATIENT_OF.items() if p in patients[s])
+            if kind is VolumeSlices:
+                slices_split = {s: d.cases for s, d in splits.items()}
+                assert len(splits["val"].ids) == 12 * len(splits["val"].cases)  # slices of cases
+            else:
+                assert {s: d.cases for s, d in splits.items()} == slices_split
+                assert {s: d.ids for s, d in splits.items()} == slices_split
+    again = VolumeSlices(str(csv_path), "test", seed=2, **kwargs)
+    assert again.cases == slices_split["test"]  # the last seed's split, drawn again
+    val = NiftiVolumes(str(csv_path), "val", **kwargs)  # seed 0 holds out patient p2's 2 volumes
+    assert val.cases == ["case_04", "case_05"] and val.groups == ["p2", "p2"]
+    # Without group_column: the volumes are split as before (the folder layout's split, too).
+    plain = {"num_classes": 3, "val_size": 2, "test_size": 2, "seed": 1}
+    for path in (csv_path, tmp_path):
+        splits = {s: VolumeSlices(str(path), s, **plain) for s in SPLITS}
+        assert {s: d.cases for s, d in splits.items()} == {
+            "train": ["case_01", "case_02", "case_03", "case_05", "case_06", "case_09"],
+            "val": ["case_00", "case_07"],
+            "test": ["case_04", "case_08"],
+        }
+        assert all(d.groups is None for d in splits.values())
+
+
+@pytest.mark.parametrize("dataset", ["volume_slices", "nifti_volumes"])
+def test_cv_folds_of_volumes_keep_a_patient_in_one_fold(tmp_path, dataset):
+    """`medtrain cv` with dataset.group_column draws folds of patients (folds.json `grouped`),
+    the test split's patients in none; a fold's datasets keep each volume's patient."""
+    from medtrain.data.folds import fold_datasets
+    from medtrain.engine.build import build_datasets
+    from medtrain.experiments.cv import draw_folds, parse_args
+    from tests.conftest import compose_cfg
+
+    csv_path = write_volume_manifest(tmp_path / "data")
+    cfg = compose_cfg(
+        [
+            "task=segmentation",
+            "model=unet",
+            f"dataset={dataset}",
+            f"dataset.path={csv_path}",
+            "dataset.num_classes=3",
+            "dataset.val_size=1",
+            "dataset.test_size=1",
+            "dataset.group_column=patient",
+            *(["augmentation=volume"] if dataset == "nifti_volumes" else []),
+        ]
+    )
+    path = draw_folds(parse_args([f"cv.dir={tmp_path / 'cv'}", "cv.folds=3"]), cfg)
+    folds = json.loads(path.read_text())
+    assert folds["grouped"] is True
+    assert folds["group"] == [PATIENT_OF[c] for c in folds["ids"]]  # volumes, not slices
+    fold_of: dict[str, int] = {}
+    for case, fold in zip(folds["ids"], folds["fold"], strict=True):
+        assert fold_of.setdefault(PATIENT_OF[case], fold) == fold
+    assert sorted(fold_of.values()) == [0, 0, 1, 1, 2]  # 5 patients in 3 folds
+    assert sorted(folds["ids"] + folds["test"]) == sorted(PATIENT_OF)
+    assert not {PATIENT_OF[c] for c in folds["test"]} & set(fold_of)
+    datasets = build_datasets(cfg)
+    for fold in range(3):
+        fold_train, fold_val = fold_datasets(
+            datasets["train"], datasets["val"], path, fold, None, None
+        )
+        for data in (fold_train, fold_val):
+            assert data.groups == [PATIENT_OF[c] for c in data.cases]
+        assert {PATIENT_OF[c] for c in fold_val.cases} == {
+            p for p, f in fold_of.items() if f == fold
+        }
+
+
+def test_a_patient_in_two_splits_of_a_volume_manifest_is_warned(tmp_path):
+    """A split column (or dataset.split_file) putting a patient's volumes in two splits is a
+    `groups_in_splits` data warning, recorded by the train split and reported by the data check
+    (an error with check_data_duplicates=error)."""
+    from medtrain.data.validation import built_warnings
+    from medtrain.engine.config import compose_config
+    from medtrain.engine.data_check import check_config
+
+    splits = ["train", "test", "train", "train", "val", "val", "train", "train", "test", "train"]
+    csv_path = write_volume_manifest(tmp_path / "data", splits)  # p0 in train and test
+    said = (
+        f"{csv_path}: 1 of 6 groups (dataset.group_column; e.g. p0) have rows in more than one "
+        "split of column 'split': val and test hold groups the model trained on, so their "
+        "metrics are optimistic"
+    )
+    for kind in (VolumeSlices, NiftiVolumes):
+        datasets = {
+            s: kind(str(csv_path), s, num_classes=3, group_column="patient") for s in SPLITS
+        }
+        assert datasets["test"].cases == ["case_01", "case_08"]  # the column's split
+        assert datasets["train"].data_warnings == {"groups_in_splits": said}
+        assert built_warnings(datasets) == {"groups_in_splits": said}
+        assert built_warnings({"train": kind(str(csv_path), "train", num_classes=3)}) == {}
+    split_file = tmp_path / "splits.json"  # p1 in train and val, p2 in val and test
+    lists = {
+        "train": ["case_00", "case_03", "case_06", "case_07", "case_09"],
+        "val": ["case_02", "case_04"],
+        "test": ["case_05"],
+    }
+    split_file.write_text(json.dumps(lists))
+    train = NiftiVolumes(
+        str(csv_path), "train", num_classes=3, group_column="patient", split_file=str(split_file)
+    )
+    assert train.cases == lists["train"] and train.groups == ["p0", "p1", "p3", "p3", "p5"]
+    assert train.data_warnings["groups_in_splits"].startswith(
+        f"{csv_path}: 2 of 5 groups (dataset.group_column; e.g. p1, p2) have rows in more than "
+        f"one split of column '{split_file}'"
+    )
+    base = ["dataset=nifti_volumes", f"dataset.path={csv_path}", "dataset.num_classes=3"]
+    base += ["dataset.group_column=patient", "augmentation=volume", "task=segmentation"]
+    base += ["model=unet", "loss=dice_ce"]
+    report = check_config(compose_config(base), workers=1, progress=False)
+    assert report["errors"] == [] and said in report["warnings"]
+    report = check_config(compose_config(base), workers=1, duplicates="error", progress=False)
+    assert report["errors"] == [said]
+
+
+def test_volume_group_column_errors_name_the_fix(tmp_path):
+    """dataset.group_column needs a CSV manifest; a missing column names the CSV and its header,
+    an empty cell its line."""
+    csv_path = write_volume_manifest(tmp_path)
+    for kind in (VolumeSlices, NiftiVolumes):
+        with pytest.raises(
+            ConfigError, match=r"dataset.group_column='patient' needs a CSV manifest"
+        ):
+            kind(str(tmp_path), "train", num_classes=3, group_column="patient")
+        with pytest.raises(
+            DataError,
+            match=re.escape(f"{csv_path}: no column 'patient_id' for dataset.group_column")
+            + r".*the CSV has columns \['image', 'mask', 'patient'\]",
+        ):
+            kind(str(csv_path), "train", num_classes=3, group_column="patient_id")
+    csv_path.write_text(csv_path.read_text().replace(",p1\n", ",\n", 1))  # line 4
+    with pytest.raises(
+        DataError, match=r"cases.csv: column 'patient' \(dataset.group_column\) is empty: line 4$"
+    ):
+        VolumeSlices(str(csv_path), "train", num_classes=3, group_column="patient")
 
 
 def test_mismatched_label_volume_is_named(tmp_path):

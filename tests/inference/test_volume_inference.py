@@ -85,13 +85,23 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
     labels = np.asarray(written.dataobj)
     assert labels.shape == volume.shape
     assert float(row["volume_ml_class_1"]) == pytest.approx((labels == 1).sum() * 3.0 / 1000)
-    # The same mask as the run's own evaluation path computes for this volume.
+    # The same mask as the run's own evaluation path computes for this volume, which is read in
+    # RAS order (the file stores its axes as S, A, L) and the mask written back in the file's.
     predictor = Predictor(volume_run)
-    preprocess = predictor.preprocess
-    image, _ = preprocess.prepare(volume, 0, (2.0, 1.0, 1.5))
+    ras = volumes.read_volume(tmp_path / "case.nii.gz")
+    assert nib.aff2axcodes(AFFINE) == ("S", "A", "L") and ras.orientation == ("R", "A", "S")
+    image, _ = predictor.preprocess.prepare(ras.array, 0, ras.spacing)
     with torch.no_grad():
-        logits = predictor.task.infer(predictor.model, image[None], volume.shape)
-    np.testing.assert_array_equal(labels, predictor.task.predict_masks(logits)[0])
+        logits = predictor.task.infer(predictor.model, image[None], ras.array.shape)
+    in_ras = predictor.task.predict_masks(logits)[0]
+    np.testing.assert_array_equal(labels, volumes.to_stored(in_ras, ras.affine, AFFINE))
+    # The same scan stored in RAS order is segmented alike: the same voxels, the same mL.
+    nib.save(nib.Nifti1Image(ras.array, ras.affine), str(tmp_path / "ras.nii.gz"))
+    cfg_ras = {**cfg, "inputs": str(tmp_path / "ras.nii.gz"), "output": str(tmp_path / "r.csv")}
+    assert not predict_files(OmegaConf.create(cfg_ras))["failed"]
+    again = next(csv.DictReader((tmp_path / "r.csv").open()))
+    assert again["volume_ml_class_1"] == row["volume_ml_class_1"]
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / again["mask"]).dataobj), in_ras)
     # An array file holds no voxel size: refused by name in its row, not skipped; a spacing is not
     # applied to volumes but refused.
     (tmp_path / "in").mkdir()

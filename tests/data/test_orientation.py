@@ -1,0 +1,76 @@
+"""Volumes are read in RAS axis order whatever order their file stores (nibabel's
+as_closest_canonical, MONAI's Orientation("RAS")): the same anatomy reaches a network in the same
+axis order from a NIfTI stored x-first or slice-first, and results go back to the file's order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medtrain.data.volumes import nifti_spacing, read_volume, spacing_to_stored, to_stored
+
+# x, y, z voxels of 0.8 x 0.9 x 2.5 mm, RAS; and the same grid stored z-first with x flipped
+# (axes S, A, L): a slice-first export of the same scan.
+RAS = np.diag([0.8, 0.9, 2.5, 1.0])
+RAS[:3, 3] = [-10.0, 20.0, 5.0]
+
+
+def stored_slice_first(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`array` (x, y, z in RAS) stored as (z, y, x) with x reversed, and the affine that says so."""
+    stored = np.ascontiguousarray(np.transpose(array, (2, 1, 0))[:, :, ::-1])
+    nx = array.shape[0]
+    affine = np.zeros((4, 4))
+    affine[0, 2] = -0.8  # stored axis 2 runs to the Left
+    affine[1, 1] = 0.9
+    affine[2, 0] = 2.5
+    affine[:3, 3] = RAS[:3, 3] + [0.8 * (nx - 1), 0, 0]  # the first stored voxel is the last x
+    affine[3, 3] = 1
+    return stored, affine
+
+
+@pytest.fixture
+def anatomy() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(6, 5, 4)).astype(np.float32)
+
+
+def test_a_volume_stored_slice_first_reads_as_the_ras_file_does(tmp_path: Path, anatomy):
+    nib.save(nib.Nifti1Image(anatomy, RAS), str(tmp_path / "ras.nii.gz"))
+    stored, affine = stored_slice_first(anatomy)
+    nib.save(nib.Nifti1Image(stored, affine), str(tmp_path / "sal.nii.gz"))
+    assert nib.aff2axcodes(affine) == ("S", "A", "L")
+
+    plain, turned = read_volume(tmp_path / "ras.nii.gz"), read_volume(tmp_path / "sal.nii.gz")
+    assert plain.stored_affine is None  # already RAS: nothing reordered
+    np.testing.assert_array_equal(turned.array, anatomy)  # voxel for voxel the RAS file's
+    np.testing.assert_allclose(turned.affine, RAS)  # the same world coordinates
+    assert turned.spacing == pytest.approx((0.8, 0.9, 2.5)) == plain.spacing
+    assert turned.orientation == ("R", "A", "S")
+    assert nifti_spacing(tmp_path / "sal.nii.gz") == pytest.approx((0.8, 0.9, 2.5))
+    # nibabel's own canonical form agrees
+    canonical = nib.as_closest_canonical(nib.load(str(tmp_path / "sal.nii.gz")))
+    np.testing.assert_array_equal(np.asarray(canonical.dataobj), turned.array)
+    np.testing.assert_allclose(canonical.affine, turned.affine)
+    # Back in the file's order: a label volume written with the file's affine lies on its voxels.
+    np.testing.assert_array_equal(to_stored(turned.array, turned.affine, affine), stored)
+    assert spacing_to_stored(turned.spacing, turned.affine, affine) == pytest.approx(
+        [2.5, 0.9, 0.8]
+    )
+
+
+def test_a_dicom_series_reads_in_the_order_of_the_same_nifti(tmp_path: Path):
+    """A DICOM series (slices first by position) and a NIfTI of it give one array."""
+    from tests.data.test_volumes import write_series
+
+    write_series(tmp_path / "series", [0.0, 3.0, 6.0], rows=4, cols=5)
+    volume = read_volume(tmp_path / "series")
+    assert volume.orientation == ("R", "A", "S") and volume.stored_affine is not None
+    image = nib.Nifti1Image(
+        to_stored(volume.array, volume.affine, volume.stored_affine), volume.stored_affine
+    )
+    nib.save(image, str(tmp_path / "same.nii.gz"))
+    again = read_volume(tmp_path / "same.nii.gz")
+    np.testing.assert_array_equal(again.array, volume.array)
+    np.testing.assert_allclose(again.affine, volume.affine)
