@@ -282,6 +282,11 @@ class Predictor:
             return volume_decoded(decode_nifti(data, name, self.max_pixels))
         if self.reads_volume_arrays and is_array_file(data):
             return decode(data, name, self.max_pixels, volume=True)
+        if volume_run(self.cfg) and is_array_file(data):  # a label volume is measured in mL
+            raise DataError(
+                f"{name}: an array file holds no voxel size or orientation; send this volume as "
+                "NIfTI (.nii, .nii.gz), whose header states them"
+            )
         try:  # a 3D run refuses a 2D image in `accepts`, naming what it reads
             return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
         except UnsupportedFormatError as err:

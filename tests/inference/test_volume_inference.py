@@ -139,8 +139,13 @@ def test_serve_answers_volumes_in_ml_and_the_mask_as_nifti(volume_run):
         status, plain = post(running.port, "/predict", ("file", "case.nii", nifti(volume, False)))
         assert status == 200 and "mask_nifti" not in plain
         assert plain["volumes_ml"] == answer["volumes_ml"]
-        status, refused = post(running.port, "/predict", ("file", "slice.npy", b"\x93NUMPY"))
-        assert status in (415, 422)
+        buffer = io.BytesIO()
+        np.save(buffer, volume)
+        status, refused = post(running.port, "/predict", ("file", "v.npy", buffer.getvalue()))
+        assert status == 422 and refused["detail"] == (
+            "v.npy: an array file holds no voxel size or orientation; send this volume as NIfTI "
+            "(.nii, .nii.gz), whose header states them"
+        )  # as medtrain predict says it (not "not a 2D image")
         status, refused = post(
             running.port, "/predict?overlay=true", ("file", "case.nii", nifti(volume, False))
         )
