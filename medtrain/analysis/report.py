@@ -19,6 +19,7 @@ from medtrain.analysis.statistics import (
     CALIBRATION_BINS,
     as_number,
     calibration_inputs,
+    case_groups,
     column,
     expected_calibration_error,
     read_classification,
@@ -273,10 +274,17 @@ def _metrics_section(run: Run) -> str:
         if (run.dir / "predictions.csv").is_file()
         else []
     )
+    groups = case_groups(run.dir, [row["id"] for row in n]) if n and "id" in n[0] else None
+    unit = (
+        f"{len(n)} test cases, resampling their {int(groups.max()) + 1} groups "
+        "(dataset.group_column: a group's cases are not independent)"
+        if groups is not None
+        else f"{len(n)} test cases"
+    )
     return (
         _table(["metric", "test", "test 95% CI (bootstrap)", "val"], rows)
         + _note(
-            f"Intervals: percentile bootstrap over the {len(n)} test cases (1000 resamples). "
+            f"Intervals: percentile bootstrap over the {unit} (1000 resamples). "
             "Validation values are those of the best checkpoint."
         )
         + _table(["", "value"], other)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from medtrain.io import read_json
+from medtrain.io import read_json, save_json
 
 CALIBRATION_BINS = 10
 
@@ -222,10 +222,39 @@ def _segmentation_statistics(per_metric: dict[str, np.ndarray], classes: list[st
     return statistics
 
 
+GROUPS_FILE = "groups.json"  # {case id: group} of a run whose data name groups (patients)
+
+
+def case_groups(run_dir: Path, ids: list[str]) -> np.ndarray | None:
+    """The group of each of `ids` (an index per case) from the run folder's `groups.json`, when
+    the data named groups (`dataset.group_column`: a patient's images) and some group holds
+    several of these cases; None otherwise (every case its own group)."""
+    named = read_json(Path(run_dir) / GROUPS_FILE)
+    if not named or any(i not in named for i in ids):
+        return None
+    _, index = np.unique([str(named[i]) for i in ids], return_inverse=True)
+    return index if len(set(index.tolist())) < len(ids) else None
+
+
+def copy_groups(run_dir: Path, out_dir: Path) -> None:
+    """An ensemble's `groups.json`: its members' (they share the test cases), when they have it."""
+    named = read_json(Path(run_dir) / GROUPS_FILE)
+    if named:
+        save_json(Path(out_dir) / GROUPS_FILE, named)
+
+
 def _bootstrap(
-    n: int, statistics: Statistics, n_boot: int, seed: int, width: int = 1
+    n: int,
+    statistics: Statistics,
+    n_boot: int,
+    seed: int,
+    width: int = 1,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Percentile 95% intervals of `statistics` over `n_boot` resamples of the n test cases.
+    """Percentile 95% intervals of `statistics` over `n_boot` resamples of the n test cases, or,
+    with `groups` (the group index of each case: its patient), of the groups, each drawn group
+    bringing all its cases (a cluster bootstrap: cases of one patient are not independent, and
+    resampling them one by one gives too narrow intervals).
 
     Resamples where a statistic is undefined (NaN: e.g. AUC of a single class) are left out of its
     interval. Resamples are drawn in chunks that bound memory; the chunking depends only on the data,
@@ -234,12 +263,26 @@ def _bootstrap(
     if n == 0:
         return {}
     rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // (n * width))
     draws: dict[str, list[np.ndarray]] = {}
+    if groups is not None:
+        members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
+        for _ in range(n_boot):  # resamples of other sizes: one at a time
+            drawn = rng.integers(0, len(members), size=len(members))
+            idx = np.concatenate([members[g] for g in drawn])[None, :]
+            for key, values in statistics(idx).items():
+                draws.setdefault(key, []).append(values)
+        return _percentiles(draws)
+    chunk = max(1, 2_000_000 // (n * width))
     for start in range(0, n_boot, chunk):
         idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
         for key, values in statistics(idx).items():
             draws.setdefault(key, []).append(values)
+    return _percentiles(draws)
+
+
+def _percentiles(draws: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """`test/<key>_ci_low` and `_ci_high`: the 2.5th and 97.5th percentiles of each statistic's
+    finite resampled values (NaN when none is)."""
     out = {}
     for key, parts in draws.items():
         values = np.concatenate(parts)
@@ -276,7 +319,8 @@ def classification_intervals(
     threshold = metrics.get("threshold")
     statistics = _classification_statistics(classified, 0.5 if threshold is None else threshold)
     width = classified.probs.shape[1]
-    out = _bootstrap(len(classified.target), statistics, n_boot, seed, width)
+    groups = case_groups(run_dir, [r["id"] for r in read_csv_rows(predictions)[1]])
+    out = _bootstrap(len(classified.target), statistics, n_boot, seed, width, groups)
     return out | {"test/ece": expected_calibration_error(*calibration_inputs(classified)[:2])}
 
 
@@ -289,7 +333,9 @@ def regression_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> di
     fields, rows = read_csv_rows(predictions)
     pairs = regression_pairs(fields)
     values = {name: (column(rows, t), column(rows, p)) for name, (t, p) in pairs.items()}
-    return _bootstrap(len(rows), _regression_statistics(values), n_boot, seed, width=len(values))
+    groups = case_groups(run_dir, [r["id"] for r in rows])
+    statistics = _regression_statistics(values)
+    return _bootstrap(len(rows), statistics, n_boot, seed, len(values), groups)
 
 
 def segmentation_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
@@ -307,4 +353,5 @@ def segmentation_intervals(run_dir: Path, n_boot: int = 1000, seed: int = 0) -> 
         if classes and all(f"{metric}_{c}" in fields for c in classes)
     }
     statistics = _segmentation_statistics(per_metric, classes)
-    return _bootstrap(len(rows), statistics, n_boot, seed, width=2 * len(classes))
+    groups = case_groups(run_dir, [r["id"] for r in rows]) if "id" in fields else None
+    return _bootstrap(len(rows), statistics, n_boot, seed, 2 * len(classes), groups)

@@ -18,6 +18,7 @@ from torch import nn
 
 from medtrain import __version__
 from medtrain.analysis.report import write_report
+from medtrain.analysis.statistics import GROUPS_FILE
 from medtrain.data.loading import collate
 from medtrain.data.validation import built_warnings
 from medtrain.engine import distributed
@@ -118,6 +119,16 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     # Which images are in which split, so that the split can be reused (dataset.split_file=...).
     splits = {split: list(d.ids) for split, d in datasets.items()}
     distributed.decided(lambda: save_json(run_dir / "splits.json", splits) and None)
+    # The group of each case (dataset.group_column: its patient), for intervals that resample
+    # patients rather than images.
+    groups = {
+        case: group
+        for d in datasets.values()
+        if getattr(d, "groups", None) is not None and len(d.groups) == len(d.ids)
+        for case, group in zip(d.ids, d.groups, strict=True)
+    }
+    if groups:
+        distributed.decided(lambda: save_json(run_dir / GROUPS_FILE, groups) and None)
     loaders = distributed.agreed(build_loaders, cfg, datasets, device)
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from medtrain.analysis.statistics import copy_groups
 from medtrain.data.folds import (
     FOLDS_VERSION,
     assign_folds,
@@ -573,6 +574,7 @@ def fold_ensemble(
         "members": len(runs),
     }
     metrics |= threshold_entries(threshold, ensemble_task.class_names)
+    copy_groups(base.run_dir, out)  # the folds' test split is the ensemble's: its patients too
     metrics |= ensemble_task.intervals(out, metrics)
     model.to("cpu")
     input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}

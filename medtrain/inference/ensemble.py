@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from medtrain.analysis.report import write_report
+from medtrain.analysis.statistics import copy_groups
 from medtrain.data.loading import make_loader
 from medtrain.engine.acceleration import autocast
 from medtrain.engine.build import build_datasets, build_task
@@ -237,6 +238,7 @@ def run_ensemble(
     rows.append({"run_dir": "ensemble", **test.metrics("test")})
     fields = list(dict.fromkeys(k for row in rows for k in row))
     save_csv(out_dir / "members.csv", rows, fields)
+    copy_groups(members[0].run_dir, out_dir)  # the members' test cases are the same
     metrics |= task.intervals(out_dir, metrics)  # from the files just written
     save_json(out_dir / "metrics.json", metrics)
     # One network of the members (with the threshold `fit_threshold` set), to predict, serve and

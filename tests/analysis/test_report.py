@@ -364,3 +364,36 @@ def test_report_command(regression_run, tmp_path, capsys):
         assert report_main([f"run_dir={run_dir}"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_intervals_resample_patients_when_the_cases_name_them(tmp_path):
+    """Four images per patient (here four copies of one prediction): resampling images gives an
+    interval half as wide as the patients support; with groups.json (written by a run whose data
+    name a group column) the patients are resampled, as an independent recomputation does."""
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 2, 40)
+    positive = np.clip(0.5 * target + rng.normal(0.25, 0.25, 40), 0, 1)
+    probs = [[1 - p, p] for p in positive]
+    _write_predictions(tmp_path / "patients", target, probs)
+    four = lambda values: [v for v in values for _ in range(4)]  # noqa: E731
+    _write_predictions(tmp_path / "images", four(target), four(probs))
+    per_patient = classification_intervals(tmp_path / "patients")
+    per_image = classification_intervals(tmp_path / "images")
+
+    def width(ci, key):
+        return ci[f"test/{key}_ci_high"] - ci[f"test/{key}_ci_low"]
+
+    assert width(per_image, "acc") < 0.7 * width(per_patient, "acc")  # too narrow
+    groups = {f"case{i}": f"P{i // 4:02d}" for i in range(160)}
+    (tmp_path / "images" / "groups.json").write_text(json.dumps(groups))
+    grouped = classification_intervals(tmp_path / "images")
+    assert 0.8 < width(grouped, "acc") / width(per_patient, "acc") < 1.25
+    # the same resamples drawn by hand: patients with replacement, each with its four images
+    draw = np.random.default_rng(0)
+    correct = np.array(four(((positive >= 0.5) == target).tolist()), dtype=float)
+    accs = []
+    for _ in range(1000):
+        patients = draw.integers(0, 40, size=40)
+        accs.append(correct[np.concatenate([np.arange(4 * p, 4 * p + 4) for p in patients])].mean())
+    low, high = np.percentile(accs, [2.5, 97.5])
+    assert (grouped["test/acc_ci_low"], grouped["test/acc_ci_high"]) == pytest.approx((low, high))

@@ -303,3 +303,26 @@ def test_regression_trains_end_to_end_through_the_config(tmp_path):
     metrics = train_in_process(tmp_path / "run", overrides)
     assert (tmp_path / "run" / "predictions.csv").is_file()
     assert math.isfinite(metrics["test/mae"]) and math.isfinite(metrics["test/loss"])
+
+
+def test_a_run_of_grouped_data_records_each_case_s_group_for_its_intervals(tmp_path):
+    """dataset.group_column: the run folder's groups.json maps every case to its patient; the
+    report says the intervals resample the test split's patients."""
+    import json
+
+    patients = [f"p{i // 3}" for i in range(36)]  # 3 images per patient
+    path = make_cases(tmp_path / "data", [(i // 3) % 2 for i in range(36)], {"patient": patients})
+    run = tmp_path / "run"
+    overrides = ["dataset=manifest", f"dataset.path={path}", "dataset.group_column=patient"]
+    overrides += ["dataset.image_size=16", "trainer.max_epochs=1", "trainer.progress=false"]
+    train_in_process(run, overrides)
+    groups = json.loads((run / "groups.json").read_text())
+    with open(path, newline="") as f:
+        assert groups == {row["image"]: row["patient"] for row in csv.DictReader(f)}
+    html = (run / "report.html").read_text(encoding="utf-8")
+    test_ids = json.loads((run / "splits.json").read_text())["test"]
+    patients_in_test = len({groups[i] for i in test_ids})
+    assert (
+        f"percentile bootstrap over the {len(test_ids)} test cases, resampling their "
+        f"{patients_in_test} groups"
+    ) in html
