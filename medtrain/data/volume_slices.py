@@ -63,14 +63,22 @@ class VolumeCases(ManifestRows):
                 check_columns(root, header, {"group_column": group_column})
             groups = self._groups(rows, group_column)
             pairs, splits = {}, {}
+            absent = [
+                f"line {line}: {file} does not exist"
+                for row, line in zip(rows, self._lines, strict=True)
+                for file in (root.parent / row["image"], root.parent / row["mask"])
+                if not file.exists()
+            ]
+            if absent:  # every missing file at once, as a manifest of 2D images says them
+                shown = "; ".join(absent[:20]) + (
+                    f"; and {len(absent) - 20} more" if len(absent) > 20 else ""
+                )
+                raise DataError(f"{root}: {len(absent)} file(s) missing: {shown}")
             for row, line in zip(rows, self._lines, strict=True):
                 image, mask = (root.parent / row[c] for c in ("image", "mask"))
                 case = case_name(image)
                 if case in pairs:
                     raise DataError(f"{root}: line {line}: case {case!r} is listed twice")
-                for file in (image, mask):
-                    if not file.exists():
-                        raise DataError(f"{root}: line {line}: {file} does not exist")
                 pairs[case] = (image, mask)
                 if "split" in header:
                     if row["split"] not in SPLITS:
@@ -109,6 +117,12 @@ class VolumeCases(ManifestRows):
         if missing:
             raise DataError(
                 f"{label_dir}: no label volume for {len(missing)} case(s), e.g. {missing[0]}"
+            )
+        unpaired = sorted(set(found_labels) - set(found_images))
+        if unpaired:  # a label volume whose image is missing would drop its case silently
+            raise DataError(
+                f"{image_dir}: no image volume for {len(unpaired)} label volume(s) of "
+                f"{label_dir}, e.g. {unpaired[0]}"
             )
         return {c: (found_images[c], found_labels[c]) for c in found_images}, None, None
 

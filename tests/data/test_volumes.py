@@ -632,3 +632,20 @@ def test_the_data_check_reads_voxel_sizes_as_training_does(tmp_path):
     labels = np.asarray(nib.load(str(tmp_path / "data" / "labels" / "case_01.nii.gz")).dataobj)
     save_nifti(tmp_path / "data" / "labels" / "case_01.nii.gz", labels, spacing=(2.0, 0.8, 1.5))
     assert [e for e in check()["errors"] if "voxels of 2 x 0.8 x 1.5 mm, the image's" in e]
+
+
+def test_missing_volume_files_are_listed_together_and_no_label_is_dropped(tmp_path):
+    """A volume manifest's missing files are named at once (they came one per run); a label
+    volume without its image in the folder layout is an error (its case was dropped silently)."""
+    csv_path = write_volume_manifest(tmp_path / "csv")
+    for n in (1, 4):
+        (tmp_path / "csv" / "images" / f"case_{n:02d}.nii.gz").unlink()
+    (tmp_path / "csv" / "labels" / "case_07.nii.gz").unlink()
+    with pytest.raises(DataError) as err:
+        VolumeSlices(str(csv_path), "train", num_classes=3)
+    assert str(err.value).startswith(f"{csv_path}: 3 file(s) missing: line 3: ")
+    assert "line 6: " in str(err.value) and "labels/case_07.nii.gz does not exist" in str(err.value)
+    make_cases(tmp_path / "folder", count=4)
+    (tmp_path / "folder" / "images" / "case_02.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"no image volume for 1 label volume\(s\) .* case_02"):
+        NiftiVolumes(str(tmp_path / "folder"), "train", num_classes=3, val_size=1, test_size=1)
