@@ -27,17 +27,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    from medtrain.experiments.compare import compare, markdown
+    from medtrain.experiments.compare import compared, markdown
 
     try:
         cfg = parse_key_values(argv, DEFAULTS, text_keys=("output",), list_keys=("run_dirs",))
         if not cfg.run_dirs:
             raise ConfigError("run_dirs is required: run_dirs=[<run>,<run>,...]")
-        rows = compare(list(cfg.run_dirs), cfg.output)
+        rows, cautions = compared(list(cfg.run_dirs), cfg.output)
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     names = [k for k in rows[0] if k != "key"] if rows else []
     print(markdown(rows, names), end="")
+    for line in cautions:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"wrote {Path(cfg.output) / 'comparison.csv'} and comparison.md")
     return 0

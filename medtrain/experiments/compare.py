@@ -64,6 +64,14 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def compare(run_dirs: Sequence[str | Path], output: str | Path = ".") -> list[dict[str, Any]]:
     """Build the side-by-side table (one row per differing config value, then one per metric; one
     column per run), write it as CSV and Markdown into `output`, and return its rows."""
+    return compared(run_dirs, output)[0]
+
+
+def compared(
+    run_dirs: Sequence[str | Path], output: str | Path = "."
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """`compare`'s rows, and why the runs' test metrics are not like for like (`not_comparable`;
+    written below the Markdown table too)."""
     if len(run_dirs) < 2:
         raise ConfigError(f"run_dirs={list(run_dirs)}: give at least 2 runs to compare")
     runs = [Path(d) for d in run_dirs]
@@ -80,8 +88,36 @@ def compare(run_dirs: Sequence[str | Path], output: str | Path = ".") -> list[di
         rows.append({"key": key, **{n: m.get(key) for n, (m, _) in zip(names, read, strict=True)}})
     output = Path(output)
     save_csv(output / "comparison.csv", rows, ["key", *names])
-    atomic_write(output / "comparison.md", lambda f: f.write(markdown(rows, names)))
-    return rows
+    cautions = not_comparable(runs, [config for _, config in read], names)
+    text = markdown(rows, names) + "".join(f"\n> {line}\n" for line in cautions)
+    atomic_write(output / "comparison.md", lambda f: f.write(text))
+    return rows, cautions
+
+
+def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """Why the runs' test metrics are not like for like, one line each (also in comparison.md):
+    other tasks, other classes (a binary task's positive class among them), other test cases."""
+    said = []
+    for key, what in (
+        ("task._target_", "tasks"),
+        (
+            "dataset.class_names",
+            "classes (sensitivity, AUC and the threshold are of each run's "
+            "positive class, the second name)",
+        ),
+    ):
+        values = [config.get(key) for config in configs]
+        if any(v != values[0] for v in values[1:]):
+            shown = ", ".join(f"{n}: {v}" for n, v in zip(names, values, strict=True))
+            said.append(f"The runs have other {what}: {shown}.")
+    tests = [(read_json(run / "splits.json") or {}).get("test") for run in runs]
+    if all(t is not None for t in tests) and any(sorted(t) != sorted(tests[0]) for t in tests[1:]):
+        sizes = ", ".join(f"{n}: {len(t)}" for n, t in zip(names, tests, strict=True))
+        said.append(
+            f"The runs were tested on other cases ({sizes} test cases; splits.json): their test "
+            "metrics differ by data as well as by model."
+        )
+    return said
 
 
 def column_names(runs: list[Path]) -> list[str]:

@@ -33,7 +33,21 @@ def test_two_runs_side_by_side(tmp_path, capsys):
     assert [r["key"] for r in table] == [r["key"] for r in rows]
     assert "| test/auc |" in (out / "comparison.md").read_text()
     assert main([f"run_dirs=[{runs[0]},{runs[1]}]", f"output={out}"]) == 0
-    assert "config: optimizer.lr" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "config: optimizer.lr" in printed.out and "warning" not in printed.err
+    # A run on other test cases (another data seed) is compared with a caution, printed and
+    # written below the table.
+    other = tmp_path / "other"
+    train_in_process(
+        other, [*TINY, "trainer.max_epochs=1", "dataset.seed=9", "dataset.num_test=40"]
+    )
+    assert main([f"run_dirs=[{runs[0]},{other}]", f"output={out}"]) == 0
+    caution = (
+        "The runs were tested on other cases (slow: 48, other: 40 test cases; splits.json): their "
+        "test metrics differ by data as well as by model."
+    )
+    assert f"warning: {caution}" in capsys.readouterr().err
+    assert f"> {caution}" in (out / "comparison.md").read_text()
 
 
 def test_bad_input_is_one_error_line(tmp_path, capsys):
@@ -96,3 +110,20 @@ def test_a_release_0_1_run_differs_only_where_its_config_does(tmp_path):
     assert [r["key"] for r in rows if r["key"].startswith("config: ")] == [
         "config: optimizer.weight_decay"
     ]
+
+
+def test_runs_of_other_classes_are_a_caution(tmp_path):
+    """abnormal/normal against normal/pneumonia: each run's sensitivity is of its own positive
+    class, said; equal classes and no splits.json say nothing."""
+    from medtrain.experiments.compare import not_comparable
+
+    configs = [
+        {"dataset.class_names": ["normal", "pneumonia"]},
+        {"dataset.class_names": ["abnormal", "normal"]},
+    ]
+    said = not_comparable([tmp_path / "a", tmp_path / "b"], configs, ["a", "b"])
+    assert said == [
+        "The runs have other classes (sensitivity, AUC and the threshold are of each run's "
+        "positive class, the second name): a: ['normal', 'pneumonia'], b: ['abnormal', 'normal']."
+    ]
+    assert not_comparable([tmp_path / "a", tmp_path / "b"], [configs[0]] * 2, ["a", "b"]) == []
