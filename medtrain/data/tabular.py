@@ -105,13 +105,18 @@ class TabularEncoder:
             raise RuntimeError("TabularEncoder.transform called before fit")
         length = self._check_lengths(columns)
         rows = range(length) if rows is None else list(rows)
-        blocks = []
+        blocks, problems = [], []
         for code in self.codes:
             if code.name not in columns:
                 raise DataError(f"{self.source}: no column {code.name!r} to encode")
             values = columns[code.name]
             encode = self._encode_numeric if code.numeric else self._encode_categorical
-            blocks.append(encode(code, [values[i] for i in rows], rows))
+            try:
+                blocks.append(encode(code, [values[i] for i in rows], rows))
+            except DataError as err:  # every column's bad cells, then one error
+                problems.append(str(err))
+        if problems:
+            raise DataError("\n".join(problems))
         if not blocks:
             return np.zeros((len(rows), 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)
@@ -182,7 +187,19 @@ class TabularEncoder:
         return number
 
     def _encode_numeric(self, code: ColumnCode, values: list[str], rows: Sequence[int]):
-        numbers = [self._number(code.name, v, i) for v, i in zip(values, rows, strict=True)]
+        numbers, bad = [], []
+        for value, row in zip(values, rows, strict=True):
+            try:
+                numbers.append(self._number(code.name, value, row))
+            except DataError:
+                bad.append(f"{self.row_label(row)}: {value!r}")
+        if bad:
+            shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+            raise DataError(
+                f"{self.source}: column {code.name!r} holds {len(bad)} value(s) that are not "
+                f"numbers, but its training values are numbers: {shown}; write a number, or "
+                "leave the cell empty (or NA) for a missing value"
+            )
         missing = np.array([x is None for x in numbers], dtype=bool)
         filled = np.array([code.mean if x is None else x for x in numbers], dtype=np.float64)
         block = [(filled - code.mean) / code.std]

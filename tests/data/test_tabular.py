@@ -49,10 +49,19 @@ def test_indicator_only_where_a_value_is_missing_in_some_row():
     assert names == ["age", "age_missing"]
 
 
-def test_bad_number_in_a_non_training_row_names_column_and_value():
-    columns = {"age": ["40", "50", "sixty"]}
-    with pytest.raises(DataError, match=r"cases.csv: line 4: column 'age' holds 'sixty'"):
+def test_bad_numbers_in_non_training_rows_are_named_together():
+    """Every bad cell of every numeric column in one error (they came one per run)."""
+    columns = {"age": ["40", "50", "sixty", "unknown"], "psa": ["1.1", "2.0", "3", "high"]}
+    with pytest.raises(DataError) as err:
         encode_tabular(columns, [0, 1], source="cases.csv", row_label=lambda i: f"line {i + 2}")
+    assert str(err.value).split("\n") == [
+        "cases.csv: column 'age' holds 2 value(s) that are not numbers, but its training values "
+        "are numbers: line 4: 'sixty'; line 5: 'unknown'; write a number, or leave the cell empty "
+        "(or NA) for a missing value",
+        "cases.csv: column 'psa' holds 1 value(s) that are not numbers, but its training values "
+        "are numbers: line 5: 'high'; write a number, or leave the cell empty (or NA) for a "
+        "missing value",
+    ]
 
 
 def test_non_numeric_training_value_makes_the_column_categorical():
