@@ -55,7 +55,8 @@ usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
   batch_size=32        images per forward pass
   spacing=[ROW,COL]    segmentation: pixel size in mm (default: the file's, else the run's)
   image_column=image   the manifest's image column
-  masks=DIR            segmentation: where mask PNGs go (default: masks/ beside the output)
+  masks=DIR            segmentation: where masks go (PNG; NIfTI for volumes; default: masks/
+                       beside the output)
   instances=DIR        runs with task.instances: where the 16-bit instance labels go, one PNG
                        named as its mask (default: instances/ beside the output)
   measurements=FILE    segmentation: per-object table (default: measurements.csv beside the output)
@@ -64,10 +65,13 @@ usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
                        run may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS; a run
                        folder is code: docs/deployment.md)
 
-Formats: PNG, JPEG, TIFF (8/16 bit, grey or colour), DICOM, NPY, NPZ. A run trained on slices of
-volumes (dataset=volume_slices) also takes volumes: NIfTI files and DICOM series folders, segmented
-slice by slice and reassembled (masks/<case>.nii.gz, volume_ml_<class> per row). An input that cannot
-be read gets its reason in the `error` column; the exit status is then 1.
+Formats: PNG, JPEG, TIFF (8/16 bit, grey or colour), DICOM, NPY, NPZ. A run of a 3D network
+(dataset=nifti_volumes, experiment=hippocampus3d) takes volumes: NIfTI files, DICOM series folders
+and multi-frame DICOM files (a 3D classifier also NPY/NPZ arrays), segmented whole; a run trained
+on slices of volumes (dataset=volume_slices) takes the same volumes, segmented slice by slice and
+reassembled. Volumes are read in RAS axis order and their label volumes written back in each file's
+own voxel order (masks/<case>.nii.gz, volume_ml_<class> per row). An input that cannot be read
+gets its reason in the `error` column; the exit status is then 1.
 """
 
 
