@@ -148,9 +148,15 @@ MAX_NIFTI_EXTENSIONS = 2**20
 
 
 def is_nifti_bytes(data: bytes, name: str) -> bool:
-    """Whether an upload is a NIfTI file: by its name, or a NIfTI-1/2 header size at its start."""
+    """Whether an upload is a NIfTI file: by its name, or a NIfTI-1/2 header size at its start
+    (of its first inflated bytes when gzipped: a `.nii.gz` uploaded under another name)."""
     if is_nifti(name):
         return True
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = zlib.decompressobj(wbits=31).decompress(data[:4096], 4)  # 4 bytes, no more
+        except zlib.error:
+            return False
     return len(data) >= 4 and int.from_bytes(data[:4], "little") in (348, 540)
 
 

@@ -141,9 +141,14 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     trained = accelerated(trained, cfg.trainer)  # compiled when trainer.compile asks
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(loaders["train"]))
+    # Cases per split (volumes, not their patches or slices; the samples an epoch draws when
+    # they differ).
+    per_epoch = len(datasets["train"])
+    drawn = "" if per_epoch == len(datasets["train"].ids) else f" ({per_epoch} training samples)"
     log.info(
-        "data: %s | model: %s (%s parameters) | device: %s | run folder: %s",
-        {s: len(d) for s, d in datasets.items()},
+        "data: %s%s | model: %s (%s parameters) | device: %s | run folder: %s",
+        {s: len(d.ids) for s, d in datasets.items()},
+        drawn,
         type(model).__name__,
         f"{sum(p.numel() for p in model.parameters()):,}",
         device,

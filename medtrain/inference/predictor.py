@@ -176,6 +176,9 @@ class Predictor:
                 "note": self.input_note(),
             },
             "model": self.cfg.model.get("_target_"),
+            # An ensemble's members (a fold ensemble, `medtrain ensemble`); 1 for one run.
+            "members": len(self.cfg.model.get("members") or [None]),
+            "tta": self.task.tta,  # the test-time views each prediction averages
             "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
             "weights_sha256": self.weights_sha256,
             "backend": self.backend_info(),

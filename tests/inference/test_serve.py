@@ -159,6 +159,7 @@ def test_health_info_and_openapi(servers, finished_runs):
     }
     assert info["weights_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
     assert info["input"]["spacing"] is None  # no dataset.spacing
+    assert info["members"] == 1 and info["tta"] is None  # one run, no test-time views
     segmentation = json.loads(fetch(servers["segmentation"].port, "GET", "/info")[2])
     assert segmentation["input"]["spacing"] == [0.5, 0.5]  # the run's dataset.spacing
     metrics = json.loads((finished_runs["classification"] / "metrics.json").read_text())

@@ -139,6 +139,9 @@ def test_serve_answers_volumes_in_ml_and_the_mask_as_nifti(volume_run):
         status, plain = post(running.port, "/predict", ("file", "case.nii", nifti(volume, False)))
         assert status == 200 and "mask_nifti" not in plain
         assert plain["volumes_ml"] == answer["volumes_ml"]
+        # A .nii.gz uploaded under a name without its extension is known by its content.
+        status, unnamed = post(running.port, "/predict", ("file", "scan", nifti(volume)))
+        assert status == 200 and unnamed["volumes_ml"] == answer["volumes_ml"]
         buffer = io.BytesIO()
         np.save(buffer, volume)
         status, refused = post(running.port, "/predict", ("file", "v.npy", buffer.getvalue()))
@@ -290,6 +293,7 @@ def test_an_ensemble_of_3d_runs_is_one_network_that_predicts(volume_run, tmp_pat
     run_ensemble([volume_run, other], out)
     info = json.loads((out / "ensemble.json").read_text())
     assert info.get("no_network") is None and (out / "checkpoints" / "best.pt").is_file()
+    assert Predictor(out).info()["members"] == 2  # what /info says of it
     volume = case_volume()
     members = [Predictor(run) for run in (volume_run, other)]
     ensemble = Predictor(out)
