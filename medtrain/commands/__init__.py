@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "an Optuna search over config values, pruned and resumable"),
     "rerun": ("rerun", "train a finished run again and check that it reproduces"),
     "compare": ("compare", "finished runs side by side: config differences and metrics"),
+    "evaluate": ("evaluate", "a finished run scored on new labelled images (an external test set)"),
     "report": ("report", "(re)write a run's report.html or a sweep's summary"),
     "measure": ("measure", "measure the objects of mask files (areas, perimeters, counts)"),
     "check-data": ("check_data", "read every sample of every split and report problems"),

@@ -21,6 +21,7 @@ def test_verbs_are_the_documented_ones():
         "sweep",
         "rerun",
         "compare",
+        "evaluate",
         "report",
         "measure",
         "check-data",

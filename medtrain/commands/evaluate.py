@@ -1,0 +1,75 @@
+"""`medtrain evaluate run_dir=<run> inputs=<labelled.csv>`: a finished run (or ensemble) scored on
+new labelled images, an external test set, with the metrics and intervals of its own test split."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtrain.commands.args import parse_key_values, tool_args
+from medtrain.errors import MedtrainError
+
+DEFAULTS: dict[str, Any] = {
+    "run_dir": None,
+    "inputs": None,
+    "output": "evaluation",
+    "image_column": None,
+    "target_column": None,
+    "group_column": None,
+    "device": "auto",
+    "batch_size": 32,
+    "trust": [],
+}
+TEXT_KEYS = ("run_dir", "inputs", "output", "image_column", "group_column", "device")
+
+USAGE = """\
+usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
+
+  run_dir=RUN            a finished classification or regression run, an ensemble, or a CV's
+                         fold ensemble (its ensemble/ folder)
+  inputs=FILE.csv        new labelled images: a CSV with an image column (paths relative to the
+                         CSV) and a target column (the run's class names or indices; numbers for
+                         regression)
+  output=DIR             where metrics.json, predictions.csv (and confusion_matrix.csv) go
+                         (default evaluation/; never the run folder)
+  image_column=NAME      default: the run's dataset.image_column, else image
+  target_column=NAME     default: the run's dataset.target_column, else target; regression with
+                         several values: [a,b]
+  group_column=NAME      the patient of each image: the intervals resample patients
+  device=auto            auto | cpu | cuda | cuda:N
+  batch_size=32          images per forward pass
+  trust=[NAME,...]       _target_ classes of your own that the run may build (as for predict)
+
+The images are read and preprocessed as medtrain predict and the service do (the run's
+evaluation preprocessing, test-time views and decision threshold), and scored by the run's task
+with the metrics and bootstrap 95% intervals of its metrics.json. Every unreadable image or target
+is named at once (exit status 1); nothing is written then.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv, done = tool_args(argv, USAGE)
+    if done is not None:
+        return done
+    from medtrain.errors import DataError
+    from medtrain.inference.evaluate import evaluate_files
+
+    try:
+        cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS, list_keys=("trust",))
+        metrics = evaluate_files(cfg)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except MedtrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for key, value in metrics.items():
+        if key.startswith("test/") and "_ci_" not in key:
+            low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+            interval = f"  (95% CI {low:.4f}-{high:.4f})" if low is not None else ""
+            shown = f"{value:.4f}" if isinstance(value, float) else value
+            print(f"{key:<24} {shown}{interval}")
+    print(f"{metrics['cases']} cases; wrote {Path(cfg.output) / 'metrics.json'}")
+    return 0
