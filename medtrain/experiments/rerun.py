@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medtrain.engine.config import override_value
-from medtrain.engine.provenance import collect_provenance
+from medtrain.engine.provenance import collect_provenance, data_fingerprint
 from medtrain.engine.trust import check_run_folder
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.io import load_checkpoint, read_json, save_json
@@ -286,6 +286,27 @@ def launch_command(world: int, device: str) -> list[str]:
     ]
 
 
+def check_same_data(saved: Any, provenance: dict[str, Any] | None) -> None:
+    """Before anything is trained: the files the run read must be those it recorded (its data
+    fingerprint); training on changed data would end in a MISMATCH after the whole run.
+
+    Raises:
+        ConfigError: the data (a file, a manifest and its images, a folder) changed since the run.
+    """
+    before = (provenance or {}).get("data") or {}
+    if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
+        return
+    now = data_fingerprint(saved)
+    if now["kind"] == before["kind"] and now["sha256"] != before["sha256"]:
+        raise ConfigError(
+            f"the data changed since the run: {now['path']} (data fingerprint "
+            f"{before['sha256'][:12]} -> {now['sha256'][:12]}; {before.get('files')} -> "
+            f"{now['files']} files, {before.get('bytes')} -> {now['bytes']} bytes): a rerun "
+            "would train on other data and cannot reproduce the run. Restore the data, or train "
+            "a new run on them"
+        )
+
+
 def rerun(
     run_dir: str | Path,
     output: str | Path | None = None,
@@ -337,6 +358,7 @@ def rerun(
         how = "said trainer.resume=auto" if resumed == "auto" else "was resumed"
         lines.append(f"note: the run {how}; the rerun trains from scratch (trainer.resume=false)")
     provenance = read_json(run_dir / "provenance.json")
+    check_same_data(saved, provenance)
     world = processes(provenance)
     trained_on = _device(run_dir, provenance) or "cpu"
     command = [*launch_command(world, device or trained_on), "--config-path", str(config.parent)]

@@ -306,3 +306,22 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys):
     (tmp_path / "taken" / "file").write_text("")
     assert main([f"run_dir={run}", f"output={tmp_path / 'taken'}"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_changed_data_are_refused_before_anything_is_trained(tmp_path, capsys):
+    """A manifest run whose image changed since: refused at once, naming the fingerprints, with
+    no rerun folder made (the rerun used to train in full, then report a MISMATCH)."""
+    from medtrain.commands import main as medtrain
+    from tests.data.test_manifest import make_cases, write_png
+
+    csv_path = make_cases(tmp_path / "data", [0, 1] * 12)
+    run = tmp_path / "run"
+    overrides = ["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16"]
+    overrides += ["trainer.max_epochs=1", "trainer.progress=false", "trainer.report=false", ON_CPU]
+    assert medtrain([*overrides, f"hydra.run.dir={run}"]) == 0
+    write_png(tmp_path / "data" / "images" / "case003.png", 200, seed=99)  # an image replaced
+    out = tmp_path / "again"
+    assert main([f"run_dir={run}", f"output={out}"]) == 2
+    err = capsys.readouterr().err
+    assert f"the data changed since the run: {csv_path} (data fingerprint " in err
+    assert "cannot reproduce the run" in err and not out.exists()
