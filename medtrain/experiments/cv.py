@@ -373,8 +373,12 @@ def summary_rows(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of `cv_metrics.csv`: one per fold (its val and test metrics), `mean`, `sd` (ddof 1),
     `oof_pooled` (in the val columns) and `fold_ensemble` (in the test columns)."""
-    names = [*task.headline, "loss"]
     per_fold = [read_json(cv.fold_dir(k) / "metrics.json") for k in range(cv.folds)]
+    # Volumes: the structures' volume error in mL too, what a volume run is judged by besides Dice.
+    volumes = sorted(
+        {k.split("/", 1)[1] for m in per_fold for k in m if k.startswith("test/volume_mae_ml")}
+    )
+    names = [*task.headline, *volumes, "loss"]
     columns = [
         f"{split}/{name}"
         for split in ("val", "test")

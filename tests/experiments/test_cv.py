@@ -355,3 +355,21 @@ def test_folds_whose_scores_do_not_pool_are_said(caplog):
     assert notes[0] in caplog.text
     assert scales_apart(folds, {"oof/auc": 0.93}) == []
     assert scales_apart([{"val/dice": 0.9}], {"oof/dice": 0.5}) == []  # AUC only
+
+
+def test_the_summary_of_a_volume_cv_holds_the_volume_error(tmp_path):
+    """Per fold, mean and sd: the structures' volume error in mL besides Dice (volume runs)."""
+    from types import SimpleNamespace
+
+    from medtrain.experiments.cv import summary_rows
+
+    for k, (dice, ml) in enumerate([(0.8, 0.5), (0.9, 0.3)]):
+        (tmp_path / f"fold_{k}").mkdir()
+        metrics = {"val/dice": dice, "test/dice": dice, "test/volume_mae_ml_blob": ml}
+        (tmp_path / f"fold_{k}" / "metrics.json").write_text(json.dumps(metrics))
+    cv = SimpleNamespace(folds=2, fold_dir=lambda k: tmp_path / f"fold_{k}")
+    rows, columns = summary_rows(cv, SimpleNamespace(headline=["dice"]), {}, None)
+    assert "test/volume_mae_ml_blob" in columns
+    by_row = {r["row"]: r for r in rows}
+    assert by_row["mean"]["test/volume_mae_ml_blob"] == pytest.approx(0.4)
+    assert by_row["sd"]["test/volume_mae_ml_blob"] == pytest.approx(np.std([0.5, 0.3], ddof=1))
