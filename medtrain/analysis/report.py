@@ -19,9 +19,9 @@ from medtrain.analysis.statistics import (
     CALIBRATION_BINS,
     as_number,
     calibration_inputs,
-    case_groups,
     column,
     expected_calibration_error,
+    grouping_note,
     read_classification,
     read_csv_rows,
     regression_pairs,
@@ -274,13 +274,8 @@ def _metrics_section(run: Run) -> str:
         if (run.dir / "predictions.csv").is_file()
         else []
     )
-    groups = case_groups(run.dir, [row["id"] for row in n]) if n and "id" in n[0] else None
-    unit = (
-        f"{len(n)} test cases, resampling their {int(groups.max()) + 1} groups "
-        "(dataset.group_column: a group's cases are not independent)"
-        if groups is not None
-        else f"{len(n)} test cases"
-    )
+    how = grouping_note(run.dir, [row["id"] for row in n]) if n and "id" in n[0] else ""
+    unit = f"{len(n)} test cases, {how}" if how else f"{len(n)} test cases"
     return (
         _table(["metric", "test", "test 95% CI (bootstrap)", "val"], rows)
         + _note(

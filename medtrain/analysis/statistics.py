@@ -4,6 +4,7 @@ the test metrics, and calibration (reliability bins, expected calibration error)
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from scipy import stats
 from medtrain.io import read_json, save_json
 
 CALIBRATION_BINS = 10
+log = logging.getLogger(__name__)
 
 
 # Reading a run folder
@@ -225,15 +227,48 @@ def _segmentation_statistics(per_metric: dict[str, np.ndarray], classes: list[st
 GROUPS_FILE = "groups.json"  # {case id: group} of a run whose data name groups (patients)
 
 
+MIN_GROUPS = 10  # fewer groups resample too few distinct sets to give an interval
+
+
 def case_groups(run_dir: Path, ids: list[str]) -> np.ndarray | None:
     """The group of each of `ids` (an index per case) from the run folder's `groups.json`, when
-    the data named groups (`dataset.group_column`: a patient's images) and some group holds
-    several of these cases; None otherwise (every case its own group)."""
+    the data named groups (`dataset.group_column`: a patient's images), some group holds several
+    of these cases, and there are at least `MIN_GROUPS` of them; None otherwise (every case its
+    own group; `grouping_note` says why)."""
     named = read_json(Path(run_dir) / GROUPS_FILE)
-    if not named or any(i not in named for i in ids):
+    if not named:
+        return None
+    missing = [i for i in ids if i not in named]
+    if missing:
+        log.warning(
+            "%s names no group for %d of the %d test cases (e.g. %s): the intervals resample cases",
+            Path(run_dir) / GROUPS_FILE,
+            len(missing),
+            len(ids),
+            missing[0],
+        )
         return None
     _, index = np.unique([str(named[i]) for i in ids], return_inverse=True)
-    return index if len(set(index.tolist())) < len(ids) else None
+    groups = int(index.max()) + 1 if len(index) else 0
+    return index if MIN_GROUPS <= groups < len(ids) else None
+
+
+def grouping_note(run_dir: Path, ids: list[str]) -> str:
+    """How the intervals resampled the test cases, for the report: by group, or why not."""
+    named = read_json(Path(run_dir) / GROUPS_FILE) or {}
+    groups = case_groups(run_dir, ids)
+    if groups is not None:
+        return (
+            f"resampling their {int(groups.max()) + 1} groups (dataset.group_column: a group's "
+            "cases are not independent)"
+        )
+    present = {str(named[i]) for i in ids if i in named}
+    if named and len(present) < MIN_GROUPS and len(present) < len(ids):
+        return (
+            f"each case alone: their {len(present)} groups are too few to resample (at least "
+            f"{MIN_GROUPS}), so the interval is narrower than the groups support"
+        )
+    return ""
 
 
 def copy_groups(run_dir: Path, out_dir: Path) -> None:

@@ -9,8 +9,7 @@ import numpy as np
 
 from medtrain.data.volume_segmentation import VolumeSegmentationDataset
 from medtrain.data.volume_slices import VolumeCases, VolumeSlices
-from medtrain.data.volumes import nifti_spacing, read_volume
-from medtrain.errors import DataError
+from medtrain.data.volumes import check_label_geometry, read_volume
 
 
 class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
@@ -76,17 +75,9 @@ class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
 
     def read_spacing(self, index: int) -> tuple[float, float, float]:
         image_path, label_path = self.pairs[self.cases[index]]
-        spacing = self._label_volume(index).spacing
-        image_spacing = nifti_spacing(image_path)
-        if image_spacing and not np.allclose(image_spacing, spacing, rtol=1e-3):
-            label_mm, image_mm = (
-                " x ".join(f"{v:.6g}" for v in s) for s in (spacing, image_spacing)
-            )
-            raise DataError(
-                f"{label_path}: voxels of {label_mm} mm, the image's are {image_mm} mm "
-                f"({image_path}); volumes in mL would be wrong"
-            )
-        return spacing
+        label = self._label_volume(index)
+        check_label_geometry(image_path, label, label_path)
+        return label.spacing
 
     def read_affine(self, index: int) -> np.ndarray:
         return self._label_volume(index).affine

@@ -17,7 +17,7 @@ from medtrain.data.volumes import (
     NIFTI_SUFFIXES,
     VOLUME_NORMALIZE,
     VolumeCache,
-    nifti_spacing,
+    check_label_geometry,
     normalize_volume,
     read_volume,
 )
@@ -277,15 +277,7 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
                 f"{label_path}: label volume {labels_volume.shape} does not match the image "
                 f"volume {shape} of {image_path}"
             )
-        image_spacing = nifti_spacing(image_path)  # mL are computed with the label's
-        if image_spacing and not np.allclose(image_spacing, label_volume.spacing, rtol=1e-3):
-            sizes = [
-                " x ".join(f"{v:.6g}" for v in sp) for sp in (label_volume.spacing, image_spacing)
-            ]
-            raise DataError(
-                f"{label_path}: voxels of {sizes[0]} mm, the image's are {sizes[1]} mm "
-                f"({image_path}); volumes in mL would be wrong"
-            )
+        check_label_geometry(image_path, label_volume, label_path)  # mL use the label's
         self.geometry[case] = {
             "shape": shape,
             "spacing": label_volume.spacing,

@@ -52,6 +52,11 @@ def canonical(volume: Volume) -> Volume:
     from nibabel import orientations
 
     turn = orientations.io_orientation(volume.affine)
+    if np.isnan(turn).any():  # an axis the affine collapses: no direction to order it by
+        raise DataError(
+            f"{volume.source}: its affine gives no direction to an axis "
+            f"({np.round(volume.affine[:3, :3], 6).tolist()}); write the file with a full affine"
+        )
     if np.array_equal(turn, orientations.axcodes2ornt(CANONICAL)):
         return volume
     shape = volume.array.shape
@@ -266,6 +271,44 @@ def nifti_spacing(path: str | Path) -> tuple[float, float, float] | None:
         return (spacing[0], spacing[1], spacing[2])
     except Exception:  # read_volume names what is wrong with the file
         return None
+
+
+def check_label_geometry(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
+    """A label volume must lie on its image's voxels: the same voxel size (its mL would be wrong)
+    and the same stored axis order (each is read in RAS order by its own affine: a label whose
+    affine states other axes, as nibabel's default for a label saved without one does, would be
+    flipped or turned against its image). Read from the image's NIfTI header only; an image of
+    another format is not compared.
+
+    Raises:
+        DataError: naming the label, the image, and both voxel sizes or axis orders.
+    """
+    import nibabel as nib
+
+    image_spacing = nifti_spacing(image_path)
+    if image_spacing and not np.allclose(image_spacing, label.spacing, rtol=1e-3):
+        label_mm, image_mm = (
+            " x ".join(f"{v:.6g}" for v in s) for s in (label.spacing, image_spacing)
+        )
+        raise DataError(
+            f"{label_path}: voxels of {label_mm} mm, the image's are {image_mm} mm "
+            f"({image_path}); volumes in mL would be wrong"
+        )
+    if not is_nifti(image_path):
+        return
+    try:
+        image_axes = tuple(nib.aff2axcodes(nib.load(str(image_path)).affine))
+    except Exception:  # read_volume names what is wrong with the image
+        return
+    stored = label.stored_affine if label.stored_affine is not None else label.affine
+    label_axes = _axcodes(stored)
+    if image_axes != label_axes:
+        raise DataError(
+            f"{label_path}: its axes are stored as {''.join(map(str, label_axes))}, the image's as "
+            f"{''.join(map(str, image_axes))} ({image_path}): they would lie flipped or turned "
+            "against each other. A label saved without an affine gets nibabel's default (LAS): "
+            "save the labels with their image's affine"
+        )
 
 
 def _axcodes(affine: np.ndarray) -> tuple[str, str, str]:

@@ -124,8 +124,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     groups = {
         case: group
         for d in datasets.values()
-        if getattr(d, "groups", None) is not None and len(d.groups) == len(d.ids)
-        for case, group in zip(d.ids, d.groups, strict=True)
+        if getattr(d, "groups", None) is not None
+        # one group per sample, or per volume of a dataset of slices (scored per volume)
+        for cases in [d.ids if len(d.groups) == len(d.ids) else getattr(d, "cases", [])]
+        if len(cases) == len(d.groups)
+        for case, group in zip(cases, d.groups, strict=True)
     }
     if groups:
         distributed.decided(lambda: save_json(run_dir / GROUPS_FILE, groups) and None)

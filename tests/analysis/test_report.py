@@ -397,3 +397,8 @@ def test_intervals_resample_patients_when_the_cases_name_them(tmp_path):
         accs.append(correct[np.concatenate([np.arange(4 * p, 4 * p + 4) for p in patients])].mean())
     low, high = np.percentile(accs, [2.5, 97.5])
     assert (grouped["test/acc_ci_low"], grouped["test/acc_ci_high"]) == pytest.approx((low, high))
+    # Fewer than 10 patients (here 4 of 40 images each): too few distinct resamples for an
+    # interval (one patient would give a zero width); the images are resampled instead.
+    few = {f"case{i}": f"P{i // 40}" for i in range(160)}
+    (tmp_path / "images" / "groups.json").write_text(json.dumps(few))
+    assert classification_intervals(tmp_path / "images") == per_image

@@ -322,7 +322,8 @@ def test_a_run_of_grouped_data_records_each_case_s_group_for_its_intervals(tmp_p
     html = (run / "report.html").read_text(encoding="utf-8")
     test_ids = json.loads((run / "splits.json").read_text())["test"]
     patients_in_test = len({groups[i] for i in test_ids})
+    assert 1 < patients_in_test < 10  # too few to resample: said, and the cases resampled
     assert (
-        f"percentile bootstrap over the {len(test_ids)} test cases, resampling their "
-        f"{patients_in_test} groups"
+        f"percentile bootstrap over the {len(test_ids)} test cases, each case alone: their "
+        f"{patients_in_test} groups are too few to resample (at least 10)"
     ) in html

@@ -74,3 +74,26 @@ def test_a_dicom_series_reads_in_the_order_of_the_same_nifti(tmp_path: Path):
     again = read_volume(tmp_path / "same.nii.gz")
     np.testing.assert_array_equal(again.array, volume.array)
     np.testing.assert_allclose(again.affine, volume.affine)
+
+
+def test_a_label_stored_in_other_axes_than_its_image_is_refused(tmp_path: Path):
+    """A label saved without an affine (nibabel's default: LAS) beside a RAS image: each read in
+    RAS order by its own affine, they would lie mirrored; refused, naming both, for both volume
+    datasets (and so by the data check)."""
+    from medtrain.data.nifti_volumes import NiftiVolumes
+    from medtrain.data.volume_slices import VolumeSlices
+    from medtrain.errors import DataError
+    from tests.data.test_volumes import make_cases
+
+    make_cases(tmp_path, count=4, spacing=(1.0, 1.0, 1.0))
+    labels = np.asarray(nib.load(str(tmp_path / "labels" / "case_01.nii.gz")).dataobj)
+    nib.save(nib.Nifti1Image(labels, None), str(tmp_path / "labels" / "case_01.nii.gz"))
+    said = r"case_01.nii.gz: its axes are stored as LAS, the image's as RAS .* save the labels"
+    with pytest.raises(DataError, match=said):
+        for split in ("train", "val", "test"):
+            data = NiftiVolumes(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
+            for k in range(len(data.cases)):
+                data.voxel_spacing(k)
+    with pytest.raises(DataError, match=said):
+        for split in ("train", "val", "test"):
+            VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
