@@ -251,10 +251,10 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
                 f"{self.source(index)}: the file states voxels of "
                 f"{' x '.join(f'{v:.6g}' for v in stated)} mm, "
                 f"dataset.spacing={list(self.spacing)}: a file's own voxel size is used, "
-                "dataset.spacing only where a file states none (DICOM without Pixel Spacing, "
-                "arrays). Leave dataset.spacing null, or, if the header is wrong (1 mm in every "
-                "axis with an identity affine is often a header never filled in), write the files "
-                "again with their true affine"
+                "dataset.spacing only where a file states none (arrays, generated volumes). "
+                "Leave dataset.spacing null, or, if the header is wrong (1 mm in every axis with "
+                "an identity affine is often a header never filled in), write the files again "
+                "with their true affine"
             )
         return stated or self.spacing or NAN3
 

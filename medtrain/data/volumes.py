@@ -41,6 +41,7 @@ class Volume:
 # z Superior (for an axial scan, slices last), as MONAI's Orientation("RAS") and nibabel's
 # as_closest_canonical give it.
 CANONICAL = ("R", "A", "S")
+VOLUME_AXES = "".join(CANONICAL)  # what a checkpoint records of it (`volume_axes`)
 
 
 def canonical(volume: Volume) -> Volume:
@@ -107,9 +108,10 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_volume(path: str | Path) -> Volume:
+def read_volume(path: str | Path, ras: bool = True) -> Volume:
     """A NIfTI file, a DICOM series folder or a multi-frame DICOM file as a `Volume`, in RAS axis
-    order (`canonical`).
+    order (`canonical`; `ras=False`: in the file's stored order, as runs saved before release 0.3
+    read volumes).
 
     Raises:
         DataError: naming the file or folder and what is wrong (NaN or infinite voxels included).
@@ -132,7 +134,7 @@ def read_volume(path: str | Path) -> Volume:
             f"{path}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "
             "value) before training or prediction"
         )
-    return canonical(volume)
+    return canonical(volume) if ras else volume
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -165,7 +167,7 @@ def is_nifti_bytes(data: bytes, name: str) -> bool:
     return len(data) >= 4 and int.from_bytes(data[:4], "little") in (348, 540)
 
 
-def decode_nifti(data: bytes, name: str, max_voxels: int) -> Volume:
+def decode_nifti(data: bytes, name: str, max_voxels: int, ras: bool = True) -> Volume:
     """A NIfTI-1/2 upload (`.nii`, or gzipped `.nii.gz`) as a `Volume`, its size checked from the
     header before the voxels are decompressed: a file declaring more than `max_voxels` voxels
     costs the reading of its header only, and a gzip stream is never inflated beyond the size its
@@ -213,7 +215,8 @@ def decode_nifti(data: bytes, name: str, max_voxels: int) -> Volume:
         raise
     except Exception as err:  # nibabel and zlib raise many types for hostile bytes
         raise DataError(f"{name}: cannot read NIfTI ({type(err).__name__}: {err})") from err
-    return canonical(nifti_volume(image, name))
+    volume = nifti_volume(image, name)
+    return canonical(volume) if ras else volume
 
 
 def nifti_volume(image, source: str) -> Volume:

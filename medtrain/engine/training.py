@@ -21,6 +21,7 @@ from medtrain.analysis.report import write_report
 from medtrain.analysis.statistics import GROUPS_FILE
 from medtrain.data.loading import collate
 from medtrain.data.validation import built_warnings
+from medtrain.data.volumes import VOLUME_AXES
 from medtrain.engine import distributed
 from medtrain.engine.acceleration import accelerated, memory_format
 from medtrain.engine.build import (
@@ -190,6 +191,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         "class_names": task.class_names,
         "seed": cfg.seed,
         "medtrain_version": __version__,
+        # Volumes are read in RAS axis order (`medtrain.data.volumes.canonical`); a run saved
+        # without this key read them in each file's stored order, and is served so.
+        "volume_axes": VOLUME_AXES,
         # Evaluation preprocessing and the training input size (H, W; or D, H, W): what serving
         # rebuilds.
         "preprocessing": datasets["test"].preprocessing()

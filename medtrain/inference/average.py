@@ -124,6 +124,7 @@ def save_average(
         "class_names": task.class_names,
         "seed": cfg.seed,
         "medtrain_version": base.checkpoint.get("medtrain_version"),
+        "volume_axes": base.checkpoint.get("volume_axes"),  # how its members read volumes
         "preprocessing": preprocessing,
         "model": model.state_dict(),
         "threshold": task.threshold,

@@ -340,8 +340,9 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         preprocessing["volume"] = {
             **slicing,
             "rule": "trained on 2D slices along `axis` of volumes z-scored as a whole (zscore: over "
-            "all voxels; nonzero_zscore: over non-zero voxels) before slicing; slice the "
-            "normalized volume, run each slice, stack the masks back along `axis`",
+            "all voxels; nonzero_zscore: over non-zero voxels) before slicing; read the volume "
+            "in RAS axis order (nibabel.as_closest_canonical), slice the normalized volume, run "
+            "each slice, stack the masks back along `axis` and turn them to the file's own order",
         }
     manifest = {
         "format": fmt,

@@ -80,6 +80,15 @@ def io_manifest(
             "name": "image",
             "dtype": "float32",
             "layout": "NCDHW" if dims == 3 else "NCHW",
+            **(
+                {
+                    "axis_order": "RAS: a volume's axes permuted and flipped to the closest RAS "
+                    "order first (nibabel.as_closest_canonical; no voxel resampled), and a "
+                    "predicted label volume turned back to the file's own order"
+                }
+                if dims == 3
+                else {}
+            ),
             "channels": channels,
             "size": None if size is None else list(size),
             "dynamic_axes": ["batch", *axes] if size is None else ["batch"],

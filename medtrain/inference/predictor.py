@@ -3,6 +3,7 @@ preprocessing; prediction files, the HTTP service and export checks all call it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from medtrain.data.readers import (
 )
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.data.volumes import (
+    VOLUME_AXES,
     Volume,
     decode_nifti,
     is_nifti,
@@ -50,6 +52,8 @@ VOLUME_SPACING = (
     "this run reads volumes, whose voxel size comes from each file (the NIfTI header, the DICOM "
     "series); spacing= is the pixel size of 2D images"
 )
+
+log = logging.getLogger(__name__)
 
 
 def volume_decoded(volume: Volume) -> Decoded:
@@ -148,6 +152,16 @@ class Predictor:
         self.max_pixels = int(max_pixels)
         self.class_names = list(self.task.class_names)
         self.weights_sha256 = run.weights_sha256
+        # Volumes in RAS order, as the run was trained; a run saved before that read them in
+        # each file's stored order, and is given them so.
+        self.ras = run.checkpoint.get("volume_axes") == VOLUME_AXES
+        if self.reads_volumes and not self.ras:
+            log.warning(
+                "%s was trained before volumes were read in RAS axis order: its inputs are read "
+                "in their stored order, as it was trained (train it again to read any file's "
+                "order alike)",
+                run.run_dir,
+            )
         # Segmentation datasets may state one pixel spacing for files that state none.
         spacing = getattr(self.preprocess, "spacing", None)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
@@ -274,7 +288,7 @@ class Predictor:
         if self.reads_volume_arrays and suffix in (".npy", ".npz"):
             return self.decode(read_file(path), str(path))
         if volume_run(self.cfg) and (is_nifti(path) or Path(path).is_dir() or suffix == ".dcm"):
-            return volume_decoded(read_volume(path))
+            return volume_decoded(read_volume(path, self.ras))
         return read_image(path, self.max_pixels, self.preprocess.reads_modality)
 
     def decode(self, data: bytes, name: str) -> Decoded:
@@ -282,7 +296,7 @@ class Predictor:
         read from the header before decompressing) or an NPY/NPZ volume for a 3D image-level run,
         else a 2D image."""
         if volume_run(self.cfg) and is_nifti_bytes(data, name):
-            return volume_decoded(decode_nifti(data, name, self.max_pixels))
+            return volume_decoded(decode_nifti(data, name, self.max_pixels, self.ras))
         if self.reads_volume_arrays and is_array_file(data):
             return decode(data, name, self.max_pixels, volume=True)
         if volume_run(self.cfg) and is_array_file(data):  # a label volume is measured in mL
@@ -448,10 +462,10 @@ class Predictor:
                 "slices (dataset=volume_slices)"
             )
         if not self.slices_volumes:
-            return self.predict_whole_volume(read_volume(path), name)
+            return self.predict_whole_volume(read_volume(path, self.ras), name)
         settings = volume_settings(self.cfg)
         axis = settings["axis"]
-        volume = read_volume(path)
+        volume = read_volume(path, self.ras)
         array = normalize_volume(volume.array, settings["volume_normalize"])
         plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
         slices = [

@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -311,3 +312,28 @@ def test_an_ensemble_of_3d_runs_is_one_network_that_predicts(volume_run, tmp_pat
     torch.testing.assert_close(torch.softmax(averaged.float(), dim=1), mean, atol=5e-3, rtol=0)
     same = (averaged.argmax(1) == mean.argmax(1)).float().mean()
     assert same > 0.999
+
+
+def test_a_run_saved_before_volumes_were_read_in_ras_order_reads_them_as_trained(
+    volume_run, tmp_path, caplog
+):
+    """A checkpoint without `volume_axes` read volumes in each file's stored order: it is given
+    them so (with a warning), not transposed to RAS, which it never saw."""
+    from medtrain.io import load_checkpoint, save_checkpoint
+
+    old = tmp_path / "old"
+    shutil.copytree(volume_run, old)
+    best = old / "checkpoints" / "best.pt"
+    checkpoint = load_checkpoint(best)
+    assert checkpoint.pop("volume_axes") == "RAS"
+    save_checkpoint(best, checkpoint)
+    volume = case_volume()
+    (tmp_path / "case.nii.gz").write_bytes(nifti(volume))  # stored S, A, L
+    with caplog.at_level("WARNING"):
+        predictor = Predictor(old)
+    assert "was trained before volumes were read in RAS axis order" in caplog.text
+    decoded = predictor.read(tmp_path / "case.nii.gz")
+    np.testing.assert_array_equal(decoded.array, volume.astype(np.float32))  # as stored
+    assert decoded.stored_affine is None
+    ras = Predictor(volume_run).read(tmp_path / "case.nii.gz")  # a run of this release: RAS
+    assert ras.stored_affine is not None and not np.array_equal(ras.array, decoded.array)
