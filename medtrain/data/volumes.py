@@ -442,8 +442,55 @@ def read_dicom_frames(path: str | Path) -> Volume:
     spacing = checked_spacing(
         (between, row, col), str(path), "its SpacingBetweenSlices/SliceThickness and PixelSpacing"
     )
-    affine = np.diag([*spacing, 1.0])
-    return Volume(array, spacing, affine, ("?", "?", "?"), str(path))
+    affine = _frames_affine(ds, len(array), (row, col))
+    if affine is None:  # no plane geometry: the frames' order as stored, axes unknown
+        return Volume(array, spacing, np.diag([*spacing, 1.0]), ("?", "?", "?"), str(path))
+    spacing = checked_spacing(
+        tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)),
+        str(path),
+        "its frames' positions and PixelSpacing",
+    )
+    return Volume(array, spacing, affine, _axcodes(affine), str(path))
+
+
+def _frames_affine(ds, frames: int, pixel: tuple[float, float]) -> np.ndarray | None:
+    """The RAS+ affine of an enhanced multi-frame DICOM's frames from their plane geometry (the
+    functional groups' Plane Orientation and each frame's Plane Position), as a series' is built;
+    None when the file states no such geometry, or its frames are not one evenly spaced stack
+    (a segmentation object's frames of several segments)."""
+
+    def plane(group, sequence: str, key: str) -> np.ndarray | None:
+        if group is None or sequence not in group or key not in group[sequence][0]:
+            return None
+        return np.asarray([float(v) for v in group[sequence][0].get(key)], dtype=np.float64)
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    first = per_frame[0] if per_frame else None
+    orientation = plane(
+        shared[0] if shared else None, "PlaneOrientationSequence", "ImageOrientationPatient"
+    )
+    if orientation is None:
+        orientation = plane(first, "PlaneOrientationSequence", "ImageOrientationPatient")
+    positions = [plane(g, "PlanePositionSequence", "ImagePositionPatient") for g in per_frame]
+    if (
+        orientation is None
+        or orientation.shape != (6,)
+        or frames < 2
+        or len(positions) != frames
+        or any(p is None or p.shape != (3,) for p in positions)
+    ):
+        return None
+    stack = np.stack(positions)
+    steps = np.diff(stack, axis=0)
+    if np.linalg.norm(steps[0]) < 1e-6 or not np.allclose(steps, steps[0], atol=1e-3):
+        return None
+    affine = np.eye(4)
+    affine[:3, 0] = steps[0]  # frame to frame
+    affine[:3, 1] = orientation[3:] * pixel[0]  # row to row runs along the column direction
+    affine[:3, 2] = orientation[:3] * pixel[1]
+    affine[:3, 3] = stack[0]
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS+ -> NIfTI's RAS+
 
 
 class VolumeCache:

@@ -518,17 +518,24 @@ def test_training_scores_reassembled_volumes(tmp_path):
 @pytest.mark.realdata
 @pytest.mark.skipif(not (SHARED_DATA / "dicom").is_dir(), reason="needs ../shared/data/dicom")
 @pytest.mark.parametrize(
-    "name, shape, spacing",
+    "name, shape, spacing, stored",
     [
-        ("eCT_Supplemental.dcm", (2, 512, 512), (10.0, 0.388672, 0.388672)),  # enhanced CT
-        ("emri_small.dcm", (10, 64, 64), (1.2, 1.0, 1.0)),
-        ("liver.dcm", (3, 512, 512), (1.0, 0.810547, 0.810547)),  # DICOM SEG frames {0, 1}
+        # enhanced CT and a DICOM SEG (frames {0, 1}): their frames' plane geometry makes an
+        # affine, and they are read in RAS order like a series (stored frames first)
+        ("eCT_Supplemental.dcm", (512, 512, 2), (0.388672, 0.388672, 10.0), "SPR"),
+        ("emri_small.dcm", (10, 64, 64), (1.2, 1.0, 1.0), None),  # no geometry: as stored
+        ("liver.dcm", (512, 512, 3), (0.810547, 0.810547, 1.0), "SPL"),
     ],
 )
-def test_shared_multi_frame_files_load_as_volumes(name, shape, spacing):
+def test_shared_multi_frame_files_load_as_volumes(name, shape, spacing, stored):
     volume = read_volume(SHARED_DATA / "dicom" / "single" / name)
     assert volume.array.shape == shape
     assert volume.spacing == pytest.approx(spacing)
+    if stored is None:
+        assert volume.stored_affine is None and volume.orientation == ("?", "?", "?")
+    else:
+        assert "".join(nib.aff2axcodes(volume.stored_affine)) == stored
+        assert volume.orientation == ("R", "A", "S")
     assert volume.array.max() > volume.array.min()
     if name == "eCT_Supplemental.dcm":  # the intercept sits in the shared functional groups
         assert (volume.array.min(), volume.array.max()) == (-1024.0, 172.0)  # Hounsfield units
