@@ -59,12 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS, list_keys=("trust",))
         metrics = evaluate_files(cfg)
-    except DataError as err:
+    except MedtrainError as err:  # a bad row of the data (1), or of the command line (2)
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    except MedtrainError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, DataError) else 2
     for key, value in metrics.items():
         if key.startswith("test/") and "_ci_" not in key:
             low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
