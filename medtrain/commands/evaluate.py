@@ -68,5 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             interval = f"  (95% CI {low:.4f}-{high:.4f})" if low is not None else ""
             shown = f"{value:.4f}" if isinstance(value, float) else value
             print(f"{key:<24} {shown}{interval}")
+    print(f"intervals: {metrics['intervals']}")
     print(f"{metrics['cases']} cases; wrote {Path(cfg.output) / 'metrics.json'}")
     return 0

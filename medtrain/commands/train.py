@@ -116,6 +116,14 @@ def say_interrupted(hydra, auto: bool) -> None:
     from medtrain.experiments.sweep_summary import INTERRUPTED_LOG
 
     if hydra.mode != RunMode.MULTIRUN:
+        if not (Path(hydra.runtime.output_dir) / "checkpoints" / "last.pt").is_file():
+            log.warning(
+                "%s%s starts it again: no epoch had finished, so nothing was saved to continue "
+                "from",
+                INTERRUPTED_LOG,
+                "" if auto else " (without trainer.resume)",
+            )
+            return
         log.warning(
             "%s%s continues from the last finished epoch",
             INTERRUPTED_LOG,

@@ -78,7 +78,11 @@ FILE_SUFFIXES = (*IMAGE_EXTENSIONS, ".dcm", ".npy", ".npz", ".nii", ".gz")
 
 
 def check_columns(
-    path: Path, header: list[str], wanted: dict[str, str], first_row: dict[str, str] | None = None
+    path: Path,
+    header: list[str],
+    wanted: dict[str, str],
+    first_row: dict[str, str] | None = None,
+    prefix: str = "dataset.",
 ) -> None:
     """Every wanted column (`dataset.<key>` -> column name) must be in the header; a missing one
     is named with a likely fix: a column of a close name (`Age` for `age`, `diagnosis` for
@@ -99,12 +103,12 @@ def check_columns(
         if close:
             hint = f" (closest: {lower[close[0]]!r})"
         elif key == "image_column" and len(files) == 1:  # e.g. file,diagnosis: the file names
-            hint = f" (dataset.image_column={files[0]}?)"
+            hint = f" ({prefix}image_column={files[0]}?)"
         elif key == "target_column" and len(unclaimed) - len(files) == 1:
-            hint = f" (dataset.target_column={next(c for c in unclaimed if c not in files)}?)"
+            hint = f" ({prefix}target_column={next(c for c in unclaimed if c not in files)}?)"
         else:
             hint = ""
-        problems.append(f"no column {name!r} for dataset.{key}{hint}")
+        problems.append(f"no column {name!r} for {prefix}{key}{hint}")
     if problems:
         looks_like_data = any(Path(c).suffix.lower() in IMAGE_EXTENSIONS for c in header)
         note = "; the first line looks like data: add a header line" if looks_like_data else ""

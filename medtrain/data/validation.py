@@ -109,12 +109,12 @@ def read_sample(dataset: Any, index: int) -> Sample:
         if not np.isfinite(values).all():
             return Sample(index, "the image holds NaN or infinite values")
         class_pixels = None
+        if hasattr(dataset, "voxel_spacing"):  # image and label voxels and axes, as training reads
+            dataset.voxel_spacing(index)  # them (before the shapes: other axes explain those)
         if isinstance(dataset, MASK_DATASETS):
             # The check training's load() makes: mask size and values, with the same messages.
             mask = dataset.checked_mask(index, raw.shape[:dims])
             class_pixels = np.bincount(mask.ravel(), minlength=dataset.num_classes)
-        if hasattr(dataset, "voxel_spacing"):  # image and label voxels, as training reads them
-            dataset.voxel_spacing(index)
     except DataError as err:
         return Sample(index, str(err))
     # Any other reader failure is this sample's problem too, never a crash of the whole check.

@@ -359,7 +359,8 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
             if self.transform is not None:
                 out = self.transform(sample_index, image=image, mask=mask)
                 image, mask = with_channels(out["image"], 3), out["mask"]
-            sample["intensity"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            # a copy: the decoded volume may be a cache's read-only array
+            sample["intensity"] = torch.from_numpy(np.array(image, dtype=np.float32))
             sample["image"] = self.model_input(image, spacing)
             sample["affine"] = torch.from_numpy(self.affine(index, spacing))
         sample |= {

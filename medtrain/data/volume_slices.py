@@ -17,6 +17,7 @@ from medtrain.data.volumes import (
     NIFTI_SUFFIXES,
     VOLUME_NORMALIZE,
     VolumeCache,
+    check_label_axes,
     check_label_geometry,
     normalize_volume,
     read_volume,
@@ -271,6 +272,7 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
         labels_volume = self._checked_labels(label_volume.array, label_path)
         if self.cache.mode == "memory":
             self.cache.memory[str(label_path)] = labels_volume
+        check_label_axes(image_path, label_volume, label_path)  # other axes: other shapes
         shape = self._image_volume(case).shape
         if labels_volume.shape != shape:
             raise DataError(

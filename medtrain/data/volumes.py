@@ -277,17 +277,16 @@ def nifti_spacing(path: str | Path) -> tuple[float, float, float] | None:
 
 
 def check_label_geometry(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
-    """A label volume must lie on its image's voxels: the same voxel size (its mL would be wrong)
-    and the same stored axis order (each is read in RAS order by its own affine: a label whose
-    affine states other axes, as nibabel's default for a label saved without one does, would be
-    flipped or turned against its image). Read from the image's NIfTI header only; an image of
+    """A label volume must lie on its image's voxels: the same stored axis order (each is read in
+    RAS order by its own affine: a label whose affine states other axes, as nibabel's default for
+    a label saved without one does, would be flipped or turned against its image), then the same
+    voxel size (its mL would be wrong). Read from the image's NIfTI header only; an image of
     another format is not compared.
 
     Raises:
-        DataError: naming the label, the image, and both voxel sizes or axis orders.
+        DataError: naming the label, the image, and both axis orders or voxel sizes.
     """
-    import nibabel as nib
-
+    check_label_axes(image_path, label, label_path)
     image_spacing = nifti_spacing(image_path)
     if image_spacing and not np.allclose(image_spacing, label.spacing, rtol=1e-3):
         label_mm, image_mm = (
@@ -297,21 +296,27 @@ def check_label_geometry(image_path: str | Path, label: Volume, label_path: str 
             f"{label_path}: voxels of {label_mm} mm, the image's are {image_mm} mm "
             f"({image_path}); volumes in mL would be wrong"
         )
-    if not is_nifti(image_path):
-        return
-    try:
-        image_axes = tuple(nib.aff2axcodes(nib.load(str(image_path)).affine))
-    except Exception:  # read_volume names what is wrong with the image
-        return
-    stored = label.stored_affine if label.stored_affine is not None else label.affine
-    label_axes = _axcodes(stored)
-    if image_axes != label_axes:
-        raise DataError(
-            f"{label_path}: its axes are stored as {''.join(map(str, label_axes))}, the image's as "
-            f"{''.join(map(str, image_axes))} ({image_path}): they would lie flipped or turned "
-            "against each other. A label saved without an affine gets nibabel's default (LAS): "
-            "save the labels with their image's affine"
-        )
+
+
+def check_label_axes(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
+    """The axis-order half of `check_label_geometry` (before shapes are compared: other axes
+    explain other shapes)."""
+    import nibabel as nib
+
+    if is_nifti(image_path):
+        try:
+            image_axes = tuple(nib.aff2axcodes(nib.load(str(image_path)).affine))
+        except Exception:  # read_volume names what is wrong with the image
+            image_axes = None
+        stored = label.stored_affine if label.stored_affine is not None else label.affine
+        label_axes = _axcodes(stored)
+        if image_axes is not None and image_axes != label_axes:
+            raise DataError(
+                f"{label_path}: its axes are stored as {''.join(map(str, label_axes))}, the "
+                f"image's as {''.join(map(str, image_axes))} ({image_path}): they would lie "
+                "flipped or turned against each other. A label saved without an affine gets "
+                "nibabel's default (LAS): save the labels with their image's affine"
+            )
 
 
 def _axcodes(affine: np.ndarray) -> tuple[str, str, str]:

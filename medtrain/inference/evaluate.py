@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from medtrain.analysis.statistics import GROUPS_FILE
+from medtrain.analysis.statistics import GROUPS_FILE, grouping_note
 from medtrain.data.manifest import check_columns, read_csv
 from medtrain.data.tabular import parse_number
 from medtrain.engine.loop import threshold_entries
@@ -68,12 +68,29 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"inputs={cfg.inputs}: a CSV manifest of labelled images is needed")
     header, rows, lines = read_csv(path)
     wanted = {"image_column": image_column}
-    wanted |= {f"target_column[{k}]": name for k, name in enumerate(targets)}
+    wanted |= (
+        {"target_column": targets[0]}
+        if len(targets) == 1
+        else {f"target_column[{k}]": name for k, name in enumerate(targets)}
+    )
     if cfg.group_column:
         wanted["group_column"] = cfg.group_column
-    check_columns(path, header, wanted, rows[0])
+    check_columns(path, header, wanted, rows[0], prefix="")
 
     labels, problems = _labels(rows, lines, targets, task, predictor.class_names)
+    if cfg.group_column:  # an empty cell would join every such image into one "patient"
+        empty = [
+            f"line {line}"
+            for row, line in zip(rows, lines, strict=True)
+            if not row[cfg.group_column]
+        ]
+        if empty:
+            more = f"; and {len(empty) - SHOWN} more" if len(empty) > SHOWN else ""
+            problems.append(
+                f"column {cfg.group_column!r} (group_column) is empty: "
+                + "; ".join(empty[:SHOWN])
+                + more
+            )
     ids = [row[image_column] for row in rows]
     twice = sorted(i for i, n in Counter(ids).items() if n > 1)
     if twice:
@@ -111,10 +128,15 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(Path(cfg.run_dir).resolve()),
         "inputs": str(path.resolve()),
     }
+    groups_file = output / GROUPS_FILE  # this call's groups only, never an earlier call's
     if cfg.group_column:
-        groups = {i: row[cfg.group_column] for i, row in zip(ids, rows, strict=True)}
-        save_json(output / GROUPS_FILE, groups)
+        save_json(groups_file, {i: row[cfg.group_column] for i, row in zip(ids, rows, strict=True)})
+    else:
+        groups_file.unlink(missing_ok=True)
     metrics |= task.intervals(output, metrics)
+    metrics["intervals"] = f"bootstrap over the {len(rows)} cases" + (
+        f", {grouping_note(output, ids)}" if cfg.group_column else ""
+    )
     save_json(output / "metrics.json", metrics)
     return metrics
 

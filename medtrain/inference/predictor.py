@@ -131,8 +131,9 @@ class Predictor:
         keys = input_keys(run.model)
         if keys != ("image",):
             raise ConfigError(
-                f"run_dir: {run.run_dir} has a model reading {list(keys)}; prediction from image "
-                "files serves image-only models (tabular columns are not part of an upload)"
+                f"run_dir: {run.run_dir} has a model reading {list(keys)}; medtrain predict, "
+                "evaluate and serve read image files only, for models of images alone (a model "
+                "that also reads clinical columns is scored by its own test split)"
             )
         self.run = run
         self.cfg = run.cfg

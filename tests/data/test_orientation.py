@@ -97,3 +97,32 @@ def test_a_label_stored_in_other_axes_than_its_image_is_refused(tmp_path: Path):
     with pytest.raises(DataError, match=said):
         for split in ("train", "val", "test"):
             VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
+
+
+def test_a_label_without_affine_beside_a_slice_first_image_is_named_so_in_the_data_check(
+    tmp_path: Path,
+):
+    """Its shape would differ once each is turned to RAS; the check names the axes first."""
+    from medtrain.engine.config import compose_config
+    from medtrain.engine.data_check import check_config
+    from tests.data.test_volumes import make_cases
+
+    make_cases(tmp_path / "data", count=4, spacing=(1.0, 1.0, 1.0))
+    for n in range(4):
+        for kind in ("images", "labels"):
+            path = tmp_path / "data" / kind / f"case_{n:02d}.nii.gz"
+            array = np.asarray(nib.load(str(path)).dataobj)
+            stored, affine = stored_slice_first(array)
+            if kind == "labels" and n == 1:
+                affine = None  # saved without one: nibabel's LAS default
+            nib.save(nib.Nifti1Image(stored, affine), str(path))
+    cfg = compose_config(
+        ["dataset=nifti_volumes", f"dataset.path={tmp_path / 'data'}", "dataset.num_classes=3"]
+        + ["dataset.val_size=1", "dataset.test_size=1", "augmentation=volume"]
+        + ["task=segmentation", "model=unet", "loss=dice_ce"]
+    )
+    errors = check_config(cfg, workers=1, progress=False)["errors"]
+    assert (
+        len(errors) == 1
+        and "case_01.nii.gz: its axes are stored as LAS, the image's as SAL" in errors[0]
+    )

@@ -501,6 +501,21 @@ def test_a_grid_run_again_into_its_sweep_folder_trains_its_jobs_again(tmp_path):
     assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
 
 
+def test_an_interruption_before_any_epoch_finished_says_to_start_again(tmp_path):
+    """Nothing saved yet: the advice is the same command without trainer.resume (which would
+    find no checkpoint), and that command trains."""
+    from medtrain.commands import main
+
+    command = [*TINY, ON_CPU, f"hydra.run.dir={tmp_path}"]
+    with interrupted_at_epoch(0):  # the first epoch (epochs count from 0 there)
+        assert main(command) == 130
+    assert (
+        "interrupted; the same command (without trainer.resume) starts it again: no epoch had "
+        "finished, so nothing was saved to continue from"
+    ) in (tmp_path / "train.log").read_text()
+    assert main(command) == 0
+
+
 def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
     """Ctrl-C in a grid's job ends the multirun without Hydra's end of the job: the summary is
     written then, with the job as interrupted (not missing, not failed)."""

@@ -51,6 +51,27 @@ def test_the_run_s_own_test_images_score_its_test_metrics(finished_runs, tmp_pat
         main([f"run_dir={run}", f"inputs={grouped}", f"output={out}", "group_column=patient"]) == 0
     )
     assert json.loads((out / "groups.json").read_text())[names[3]] == "p1"
+    said = json.loads((out / "metrics.json").read_text())["intervals"]
+    assert said == (
+        f"bootstrap over the {len(names)} cases, resampling their {len(names) // 2} groups "
+        "(dataset.group_column: a group's cases are not independent)"
+    )
+    # Without group_column into the same folder: the earlier groups.json is not used.
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert not (out / "groups.json").exists()
+    assert again["test/auc_ci_low"] == mine["test/auc_ci_low"]
+    # Fewer than 10 patients: the images are resampled, and that is said.
+    targets = [classes[int(y)] for y in test.labels]
+    few = write_labelled(
+        tmp_path, names, targets, {"patient": [f"q{k % 4}" for k in range(len(names))]}
+    )
+    assert main([f"run_dir={run}", f"inputs={few}", f"output={out}", "group_column=patient"]) == 0
+    assert "their 4 groups are too few to resample (at least 10)" in capsys.readouterr().out
+    # An empty patient cell is refused, naming its line (it would join every such image).
+    empty = write_labelled(tmp_path, names, targets, {"patient": ["", *patients[1:]]})
+    assert main([f"run_dir={run}", f"inputs={empty}", f"output={out}", "group_column=patient"]) == 1
+    assert "column 'patient' (group_column) is empty: line 2" in capsys.readouterr().err
 
 
 def test_regression_values_score_as_the_run_s_test(finished_runs, tmp_path):
