@@ -239,7 +239,10 @@ def test_serve_refuses_at_start_without_a_traceback(finished_runs, monkeypatch, 
     fusion = Fusion(branches, num_classes=2).eval()
     monkeypatch.setattr("medtrain.inference.predictor.load_run", with_network(fusion))
     assert serve_main([f"run_dir={run_dir}", "backend=onnx", "port=0"]) == 2
-    assert "reading ['image', 'tabular']; medtrain predict, evaluate and serve read image files only" in capsys.readouterr().err
+    assert (
+        "reading ['image', 'tabular']; medtrain predict, evaluate and serve read image files only"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.skipif(has_cuda_provider(), reason="this ONNX Runtime has a CUDA provider")
