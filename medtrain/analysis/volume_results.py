@@ -19,7 +19,16 @@ from medtrain.errors import DataError
 from medtrain.io import atomic_write, save_csv
 from medtrain.metrics.segmentation import case_metrics
 
-VOLUME_FIELDS = ["id", "class", "true_ml", "pred_ml", "difference_ml", "abs_rel_error"]
+VOLUME_FIELDS = [
+    "id",
+    "class",
+    "true_ml",
+    "pred_ml",
+    "difference_ml",
+    "abs_rel_error",
+    "true_objects",
+    "pred_objects",
+]
 
 
 class VolumeAssembler:
@@ -95,7 +104,10 @@ class VolumeAssembler:
         true_ml = structure_volumes_ml(true, spacing, names)
         pred_ml = structure_volumes_ml(pred, spacing, names)
         volumes = {name: (true_ml[name], pred_ml[name]) for name in true_ml}
-        result = {"id": case, "volumes": volumes}
+        connectivity = getattr(self.task, "connectivity", 1)
+        true_n, pred_n = (structure_objects(m, names, connectivity) for m in (true, pred))
+        objects = {name: (true_n[name], pred_n[name]) for name in true_n}
+        result = {"id": case, "volumes": volumes, "objects": objects}
         if self.final:
             result |= {"pred": pred, "affine": affine, "overlay": overlay}
         self.done.append(result)
@@ -128,12 +140,16 @@ class VolumeAssembler:
                         "pred_ml": repr(pred_ml),
                         "difference_ml": repr(pred_ml - true_ml),
                         "abs_rel_error": repr(abs(pred_ml - true_ml) / true_ml) if true_ml else "",
+                        "true_objects": result["objects"][name][0],
+                        "pred_objects": result["objects"][name][1],
                     }
                 )
                 prediction[f"volume_ml_{name}"] = repr(pred_ml)
+                prediction[f"objects_{name}"] = result["objects"][name][1]
             predictions.append(prediction)
         save_csv(run_dir / "volumes.csv", rows, VOLUME_FIELDS)
         fields = ["id", "mask", *(f"volume_ml_{n}" for n in names)]
+        fields += [f"objects_{n}" for n in names]
         save_csv(run_dir / "predictions.csv", predictions, fields)
         if self.task.num_overlays:
             cases = (r["overlay"] for r in self.done if r["overlay"] is not None)
@@ -171,6 +187,22 @@ def structure_volumes_ml(
     # mm^3 -> mL last: 1896 voxels of 1 mm^3 are 1.896 mL, not 1896 x 0.001 = 1.8960000000000001
     return {
         name: float(int((mask == c).sum()) * voxel_mm3 / 1000.0)
+        for c, name in enumerate(class_names)
+        if c
+    }
+
+
+def structure_objects(
+    mask: np.ndarray, class_names: Sequence[str], connectivity: int = 1
+) -> dict[str, int]:
+    """The number of separate objects (3D connected components) of each foreground class of a
+    label volume; voxels touch through faces (`connectivity` 1: 6 neighbours) or also edges (2:
+    18), as `task.connectivity` says."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, connectivity)
+    return {
+        name: int(ndimage.label(mask == c, structure=structure)[1])
         for c, name in enumerate(class_names)
         if c
     }

@@ -141,8 +141,10 @@ def predict_volumes(
         mask_path = write_nifti(masks_dir / f"{stem}.nii.gz", result["mask"], result["affine"])
         row = {"file": name, "mask": _relative(mask_path, output.parent), "error": ""}
         row |= {f"volume_ml_{n}": repr(result["volumes_ml"][n]) for n in names}
+        row |= {f"objects_{n}": result["objects"][n] for n in names}
         rows.append(row)
-    fields = ["file", "mask", *(f"volume_ml_{n}" for n in names), "error"]
+    fields = ["file", "mask", *(f"volume_ml_{n}" for n in names)]
+    fields += [*(f"objects_{n}" for n in names), "error"]
     save_csv(output, rows, fields)
     failed = [r for r in rows if r.get("error")]
     return {"inputs": len(inputs), "failed": failed, "written": [output]}

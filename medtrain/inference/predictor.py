@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medtrain import __version__
-from medtrain.analysis.volume_results import structure_volumes_ml
+from medtrain.analysis.volume_results import structure_objects, structure_volumes_ml
 from medtrain.data.readers import (
     MAX_PIXELS,
     Decoded,
@@ -480,6 +480,7 @@ class Predictor:
             "affine": volume.affine,
             "spacing": list(volume.spacing),
             "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
+            "objects": structure_objects(mask, self.class_names, self.task.connectivity),
         }
         return in_stored_order(result, volume.stored_affine)
 

@@ -28,7 +28,11 @@ from medtrain.analysis.measurements import (
 )
 from medtrain.analysis.overlays import draw_overlay, safe_name, save_overlays, unique_name
 from medtrain.analysis.statistics import segmentation_intervals
-from medtrain.analysis.volume_results import VolumeAssembler, structure_volumes_ml
+from medtrain.analysis.volume_results import (
+    VolumeAssembler,
+    structure_objects,
+    structure_volumes_ml,
+)
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.data.volume_segmentation import VolumeSegmentationDataset
 from medtrain.data.volume_transforms import spatial_size
@@ -363,6 +367,7 @@ class SegmentationTask(Task):
                 "spacing": [float(s) for s in spacing],
                 "units": "mm" if item.spacing else "voxels (1 mm assumed)",
                 "volumes_ml": structure_volumes_ml(mask, spacing, self.class_names),
+                "objects": structure_objects(mask, self.class_names, self.connectivity),
             }
         separated = (
             {} if self.instances is None else {"instances": self.instance_labels(mask, output)}

@@ -126,3 +126,21 @@ def test_a_label_without_affine_beside_a_slice_first_image_is_named_so_in_the_da
         len(errors) == 1
         and "case_01.nii.gz: its axes are stored as LAS, the image's as SAL" in errors[0]
     )
+
+
+def test_objects_of_a_label_volume_are_counted_by_hand():
+    """Two boxes of class 1 apart, one of class 2; two cubes touching along an edge only are one
+    object with 18 neighbours (task.connectivity 2), two with 6 (1)."""
+    from medtrain.analysis.volume_results import structure_objects
+
+    mask = np.zeros((10, 10, 10), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    mask[6:9, 6:9, 6:9] = 1
+    mask[1:3, 6:8, 1:3] = 2
+    names = ["background", "lesion", "cyst"]
+    assert structure_objects(mask, names, 1) == {"lesion": 2, "cyst": 1}
+    edge = np.zeros((6, 6, 6), np.uint8)
+    edge[1:3, 1:3, 1:3] = 1
+    edge[3:5, 3:5, 1:3] = 1  # shares an edge (along the last axis) with the first cube
+    assert structure_objects(edge, names[:2], 1) == {"lesion": 2}
+    assert structure_objects(edge, names[:2], 2) == {"lesion": 1}

@@ -476,6 +476,7 @@ def test_training_scores_reassembled_volumes(tmp_path):
             row = next(r for r in rows if r["id"] == case and r["class"] == name)
             assert float(row["true_ml"]) == pytest.approx((labels == k).sum() * voxel_ml)
             assert float(row["pred_ml"]) == pytest.approx((pred == k).sum() * voxel_ml)
+            assert row["true_objects"] == "1"  # one box, one ball per case (make_cases)
             both = np.logical_and(pred == k, labels == k).sum()
             dice = 2 * both / ((pred == k).sum() + (labels == k).sum())
             assert float(per_case[case][f"dice_{name}"]) == pytest.approx(dice)

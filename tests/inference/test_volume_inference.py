@@ -86,6 +86,10 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
     labels = np.asarray(written.dataobj)
     assert labels.shape == volume.shape
     assert float(row["volume_ml_class_1"]) == pytest.approx((labels == 1).sum() * 3.0 / 1000)
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, 2)  # task.connectivity 2: 18 neighbours
+    assert int(row["objects_class_1"]) == ndimage.label(labels == 1, structure)[1]
     # The same mask as the run's own evaluation path computes for this volume, which is read in
     # RAS order (the file stores its axes as S, A, L) and the mask written back in the file's.
     predictor = Predictor(volume_run)
