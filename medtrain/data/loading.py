@@ -25,7 +25,15 @@ def start_worker(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     if signal.getsignal(signal.SIGTERM) is signal.default_int_handler:  # the parent's, inherited
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _worker_interrupted)
+
+
+def _worker_interrupted(signum, frame) -> None:
+    """A loader worker's SIGTERM as Ctrl-C, once: torch's worker loop ends quietly on it; a second
+    one (the main process ending a worker that is still closing its queues) ends the worker at
+    once, as torch's own handler would, instead of a traceback from outside that loop."""
+    signal.signal(signum, signal.SIG_DFL)
+    raise KeyboardInterrupt
 
 
 MAX_AUTO_WORKERS = 8
