@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class Classified:
     probs: np.ndarray  # (N, K)
     multilabel: bool
     names: list[str]
+    ids: list[str] = field(default_factory=list)  # each row's case id
 
 
 def _class_names(
@@ -80,7 +81,7 @@ def read_classification(
         target = column(rows, "target").astype(int)
     if not names or len(names) != k:
         names = _class_names(run_dir, k, multilabel, metrics)
-    return Classified(target, probs, multilabel, list(names))
+    return Classified(target, probs, multilabel, list(names), [row["id"] for row in rows])
 
 
 def regression_pairs(fields: list[str]) -> dict[str, tuple[str, str]]:
@@ -256,13 +257,12 @@ def case_groups(run_dir: Path, ids: list[str]) -> np.ndarray | None:
 def grouping_note(run_dir: Path, ids: list[str]) -> str:
     """How the intervals resampled the test cases, for the report: by group, or why not."""
     named = read_json(Path(run_dir) / GROUPS_FILE) or {}
-    groups = case_groups(run_dir, ids)
-    if groups is not None:
-        return (
-            f"resampling their {int(groups.max()) + 1} groups (dataset.group_column: a group's "
-            "cases are not independent)"
-        )
     present = {str(named[i]) for i in ids if i in named}
+    if case_groups(run_dir, ids) is not None:
+        return (
+            f"resampling their {len(present)} groups (dataset.group_column: a group's cases are "
+            "not independent)"
+        )
     if named and len(present) < MIN_GROUPS and len(present) < len(ids):
         return (
             f"each case alone: their {len(present)} groups are too few to resample (at least "
@@ -354,7 +354,7 @@ def classification_intervals(
     threshold = metrics.get("threshold")
     statistics = _classification_statistics(classified, 0.5 if threshold is None else threshold)
     width = classified.probs.shape[1]
-    groups = case_groups(run_dir, [r["id"] for r in read_csv_rows(predictions)[1]])
+    groups = case_groups(run_dir, classified.ids)
     out = _bootstrap(len(classified.target), statistics, n_boot, seed, width, groups)
     return out | {"test/ece": expected_calibration_error(*calibration_inputs(classified)[:2])}
 

@@ -18,7 +18,7 @@ from medtrain.data.volumes import (
     VOLUME_NORMALIZE,
     VolumeCache,
     check_label_axes,
-    check_label_geometry,
+    check_label_spacing,
     normalize_volume,
     read_volume,
 )
@@ -279,7 +279,7 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
                 f"{label_path}: label volume {labels_volume.shape} does not match the image "
                 f"volume {shape} of {image_path}"
             )
-        check_label_geometry(image_path, label_volume, label_path)  # mL use the label's
+        check_label_spacing(image_path, label_volume, label_path)  # mL use the label's
         self.geometry[case] = {
             "shape": shape,
             "spacing": label_volume.spacing,

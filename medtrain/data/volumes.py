@@ -60,11 +60,8 @@ def canonical(volume: Volume) -> Volume:
         )
     if np.array_equal(turn, orientations.axcodes2ornt(CANONICAL)):
         return volume
-    shape = volume.array.shape
-    spacing = [0.0, 0.0, 0.0]
-    for axis, (target, _) in enumerate(turn):
-        spacing[int(target)] = volume.spacing[axis]
-    affine = volume.affine @ orientations.inv_ornt_aff(turn, shape)
+    spacing = _permuted(volume.spacing, turn)
+    affine = volume.affine @ orientations.inv_ornt_aff(turn, volume.array.shape)
     return Volume(
         np.ascontiguousarray(orientations.apply_orientation(volume.array, turn)),
         (spacing[0], spacing[1], spacing[2]),
@@ -73,6 +70,15 @@ def canonical(volume: Volume) -> Volume:
         volume.source,
         stored_affine=volume.affine,
     )
+
+
+def _permuted(values: Sequence[float], turn: np.ndarray) -> list[float]:
+    """Per-axis values (voxel sizes) moved to the axes a nibabel orientation array `turn` sends
+    each axis to."""
+    out = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(turn):
+        out[int(target)] = float(values[axis])
+    return out
 
 
 def _turn(affine: np.ndarray, stored_affine: np.ndarray) -> np.ndarray:
@@ -98,10 +104,7 @@ def spacing_to_stored(
     spacing: Sequence[float], affine: np.ndarray, stored_affine: np.ndarray
 ) -> list[float]:
     """Voxel sizes per axis of `affine`'s order, per axis of `stored_affine`'s."""
-    out = [0.0, 0.0, 0.0]
-    for axis, (target, _) in enumerate(_turn(affine, stored_affine)):
-        out[int(target)] = float(spacing[axis])
-    return out
+    return _permuted(spacing, _turn(affine, stored_affine))
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -268,9 +271,7 @@ def nifti_spacing(path: str | Path) -> tuple[float, float, float] | None:
     try:
         image = nib.load(str(path))
         zooms = [float(z) for z in image.header.get_zooms()[:3]]
-        spacing = [0.0, 0.0, 0.0]
-        for axis, (target, _) in enumerate(orientations.io_orientation(image.affine)):
-            spacing[int(target)] = zooms[axis]
+        spacing = _permuted(zooms, orientations.io_orientation(image.affine))
         return (spacing[0], spacing[1], spacing[2])
     except Exception:  # read_volume names what is wrong with the file
         return None
@@ -287,6 +288,11 @@ def check_label_geometry(image_path: str | Path, label: Volume, label_path: str 
         DataError: naming the label, the image, and both axis orders or voxel sizes.
     """
     check_label_axes(image_path, label, label_path)
+    check_label_spacing(image_path, label, label_path)
+
+
+def check_label_spacing(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
+    """The voxel-size half of `check_label_geometry`."""
     image_spacing = nifti_spacing(image_path)
     if image_spacing and not np.allclose(image_spacing, label.spacing, rtol=1e-3):
         label_mm, image_mm = (

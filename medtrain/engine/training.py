@@ -120,17 +120,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     # Which images are in which split, so that the split can be reused (dataset.split_file=...).
     splits = {split: list(d.ids) for split, d in datasets.items()}
     distributed.decided(lambda: save_json(run_dir / "splits.json", splits) and None)
-    # The group of each case (dataset.group_column: its patient), for intervals that resample
-    # patients rather than images.
-    groups = {
-        case: group
-        for d in datasets.values()
-        if getattr(d, "groups", None) is not None
-        # one group per sample, or per volume of a dataset of slices (scored per volume)
-        for cases in [d.ids if len(d.groups) == len(d.ids) else getattr(d, "cases", [])]
-        if len(cases) == len(d.groups)
-        for case, group in zip(cases, d.groups, strict=True)
-    }
+    groups = groups_of_cases(datasets)
     if groups:
         distributed.decided(lambda: save_json(run_dir / GROUPS_FILE, groups) and None)
     loaders = distributed.agreed(build_loaders, cfg, datasets, device)
@@ -232,6 +222,20 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     }
     run_info = {"world": world, "parameter_checksums": checksums}
     return distributed.decided(finish, cfg, task, run_dir, metrics, train_seconds, device, run_info)
+
+
+def groups_of_cases(datasets: dict) -> dict[str, str]:
+    """{case id: group} of every split whose data name groups (`dataset.group_column`: the
+    patient), for intervals that resample patients rather than images: one group per sample, or
+    per volume of a dataset of slices (scored per volume)."""
+    groups: dict[str, str] = {}
+    for data in datasets.values():
+        if getattr(data, "groups", None) is None:
+            continue
+        cases = data.ids if len(data.groups) == len(data.ids) else getattr(data, "cases", [])
+        if len(cases) == len(data.groups):
+            groups.update(zip(cases, data.groups, strict=True))
+    return groups
 
 
 def finish(cfg, task, run_dir: Path, metrics: dict, train_seconds: float, device, run_info) -> dict:
