@@ -1,4 +1,5 @@
-"""Atomic file writing: a reader never sees a half-written checkpoint, CSV or JSON file."""
+"""Atomic file writing: a reader never sees a half-written checkpoint, CSV or JSON file (or a
+half-replaced folder: `staged_folder`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +45,28 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """Write a folder's files into a hidden sibling, then put it in the place of `target` whole:
+    an interrupted or failed write leaves `target` as it was, and a finished one leaves none of
+    the earlier folder's files behind."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = (target.with_name(f".{target.name}.{end}") for end in ("partial", "old"))
+    shutil.rmtree(staging, ignore_errors=True)  # a crashed earlier write's
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @functools.cache

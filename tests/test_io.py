@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from medtrain.io import atomic_write, load_checkpoint, save_checkpoint, save_json
+from medtrain.io import atomic_write, load_checkpoint, save_checkpoint, save_json, staged_folder
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
@@ -54,3 +54,24 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     )
     loaded = load_checkpoint(tmp_path / "c.pt")
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
+
+
+def test_staged_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "evaluation"
+    target.mkdir()
+    (target / "old.csv").write_text("earlier")
+    (target / "metrics.json").write_text("{}")
+    with pytest.raises(RuntimeError), staged_folder(target) as staging:
+        (staging / "metrics.json").write_text('{"new": 1}')
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]  # nothing left beside
+    assert (target / "old.csv").read_text() == "earlier"  # as it was
+    with staged_folder(target) as staging:
+        (staging / "metrics.json").write_text('{"new": 1}')
+        assert (target / "old.csv").is_file()  # still readable while the new one is written
+    assert sorted(p.name for p in target.iterdir()) == ["metrics.json"]
+    assert (target / "metrics.json").read_text() == '{"new": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
+    with staged_folder(tmp_path / "new" / "folder") as staging:  # parents made
+        (staging / "a.txt").write_text("a")
+    assert (tmp_path / "new" / "folder" / "a.txt").read_text() == "a"

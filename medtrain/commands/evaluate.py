@@ -17,26 +17,43 @@ DEFAULTS: dict[str, Any] = {
     "output": "evaluation",
     "image_column": None,
     "target_column": None,
+    "mask_column": None,
+    "spacing_column": None,
     "group_column": None,
     "device": "auto",
     "batch_size": 32,
     "trust": [],
 }
-TEXT_KEYS = ("run_dir", "inputs", "output", "image_column", "group_column", "device")
+TEXT_KEYS = (
+    "run_dir",
+    "inputs",
+    "output",
+    "image_column",
+    "mask_column",
+    "spacing_column",
+    "group_column",
+    "device",
+)
 
 USAGE = """\
 usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
 
-  run_dir=RUN            a finished classification or regression run, an ensemble, or a CV's
-                         fold ensemble (its ensemble/ folder)
+  run_dir=RUN            a finished run (classification, regression or 2D segmentation), an
+                         ensemble, or a CV's fold ensemble (its ensemble/ folder)
   inputs=FILE.csv        new labelled images: a CSV with an image column (paths relative to the
                          CSV) and a target column (the run's class names or indices; numbers for
-                         regression)
-  output=DIR             where metrics.json, predictions.csv (and confusion_matrix.csv) go
-                         (default evaluation/; never the run folder)
+                         regression) or, for segmentation, a mask column (mask files read as the
+                         run read its masks: class_values, instance labels)
+  output=DIR             where metrics.json, predictions.csv (and confusion_matrix.csv; for
+                         segmentation masks/, per_case_metrics.csv, measurements) go (default
+                         evaluation/; a new folder or an earlier evaluation's, never the run's)
   image_column=NAME      default: the run's dataset.image_column, else image
   target_column=NAME     default: the run's dataset.target_column, else target; regression with
                          several values: [a,b]
+  mask_column=NAME       segmentation: default the run's dataset.mask_column, else mask
+  spacing_column=NAME    segmentation: mm per pixel (0.5, or 0.5 0.6); default the column
+                         spacing when there is one; else each image file's, else the run's
+                         dataset.spacing, else pixels
   group_column=NAME      the patient of each image: the intervals resample patients
   device=auto            auto | cpu | cuda | cuda:N
   batch_size=32          images per forward pass
@@ -44,8 +61,8 @@ usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
 
 The images are read and preprocessed as medtrain predict and the service do (the run's
 evaluation preprocessing, test-time views and decision threshold), and scored by the run's task
-with the metrics and bootstrap 95% intervals of its metrics.json. Every unreadable image or target
-is named at once (exit status 1); nothing is written then.
+with the metrics and bootstrap 95% intervals of its metrics.json. Every unreadable image, target
+or mask is named at once (exit status 1); nothing is written then.
 """
 
 
@@ -62,12 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedtrainError as err:  # a bad row of the data (1), or of the command line (2)
         print(f"error: {err}", file=sys.stderr)
         return 1 if isinstance(err, DataError) else 2
-    for key, value in metrics.items():
-        if key.startswith("test/") and "_ci_" not in key:
-            low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-            interval = f"  (95% CI {low:.4f}-{high:.4f})" if low is not None else ""
-            shown = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"{key:<24} {shown}{interval}")
+    keys = [k for k in metrics if k.startswith("test/") and "_ci_" not in k]
+    width = max(24, *map(len, keys))
+    for key in keys:
+        value, low, high = (metrics.get(f"{key}{end}") for end in ("", "_ci_low", "_ci_high"))
+        interval = f"  (95% CI {low:.4f}-{high:.4f})" if low is not None else ""
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}} {shown}{interval}")
     print(f"intervals: {metrics['intervals']}")
     print(f"{metrics['cases']} cases; wrote {Path(cfg.output) / 'metrics.json'}")
     return 0

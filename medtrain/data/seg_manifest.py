@@ -17,6 +17,24 @@ from medtrain.data.readers import file_spacing, read_image
 from medtrain.data.segmentation import SegmentationDataset
 from medtrain.errors import ConfigError
 
+SPACING_CELL = "a pixel size in mm (0.5, or 0.5 0.6 for row and column)"
+
+
+def spacing_cell(text: str) -> tuple[float, float] | None:
+    """A manifest's spacing cell as (row_mm, col_mm): `0.5` (square pixels), `0.5 0.6`, `0.5x0.6`
+    or `0.5,0.6`; None for an empty cell.
+
+    Raises:
+        ValueError: anything else (words, zero, negative or infinite sizes, three numbers).
+    """
+    parts = text.replace("x", " ").replace(",", " ").split()
+    if not parts:
+        return None
+    values = [float(v) for v in parts]
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{text!r} is not {SPACING_CELL}")
+    return values[0], values[-1]
+
 
 class SegManifest(ManifestRows, SegmentationDataset):
     """Segmentation pairs from a CSV: `image,mask[,split][,spacing]`, paths relative to the CSV.
@@ -123,23 +141,13 @@ class SegManifest(ManifestRows, SegmentationDataset):
     def _spacings(self, rows: list[dict], column: str) -> list[tuple[float, float] | None]:
         found, bad = [], []
         for row, line in zip(rows, self._lines, strict=True):
-            text = row[column].replace("x", " ").replace(",", " ").split()
             try:
-                values = [float(v) for v in text]
+                found.append(spacing_cell(row[column]))
             except ValueError:
-                values = [-1.0]
-            if not text:
-                found.append(None)
-            elif len(values) in (1, 2) and all(math.isfinite(v) and v > 0 for v in values):
-                found.append((values[0], values[-1]))
-            else:
                 found.append(None)
                 bad.append(f"line {line}: {row[column]!r}")
         if bad:
-            raise self._error(
-                f"column {column!r} must hold a pixel size in mm (0.5, or 0.5 0.6 for row and column)",
-                bad,
-            )
+            raise self._error(f"column {column!r} must hold {SPACING_CELL}", bad)
         return found
 
     def _check_spacing_everywhere(self, spacings, images, masks) -> None:

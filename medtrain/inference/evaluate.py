@@ -6,53 +6,62 @@ compare with the run's `metrics.json`."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from medtrain.analysis.statistics import GROUPS_FILE, grouping_note
+from medtrain.data.decoding import Decoded
 from medtrain.data.manifest import check_columns, read_csv
+from medtrain.data.masks import read_mask_file
+from medtrain.data.readers import file_spacing
+from medtrain.data.seg_manifest import spacing_cell
 from medtrain.data.tabular import parse_number
 from medtrain.engine.loop import threshold_entries
 from medtrain.errors import ConfigError, DataError, MedtrainError
-from medtrain.inference.predictor import Predictor
-from medtrain.io import save_json
+from medtrain.inference.predictor import Predictor, Prepared
+from medtrain.io import save_json, staged_folder
 
 log = logging.getLogger(__name__)
 
 # Problems listed per kind before "and N more".
 SHOWN = 20
+ROW = re.compile(r"line (\d+): ")  # a problem of one row
 
 
 def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     """Score `cfg.run_dir` on the labelled CSV `cfg.inputs`; write `metrics.json`,
-    `predictions.csv` (and `confusion_matrix.csv` for classes) into `cfg.output`; return the
-    metrics (`test/*` with `_ci_low`/`_ci_high`, the run's threshold, `cases`).
+    `predictions.csv` (and `confusion_matrix.csv` for classes; for segmentation the predicted
+    masks, `per_case_metrics.csv` and the measurements) into `cfg.output`; return the metrics
+    (`test/*` with `_ci_low`/`_ci_high`, the run's threshold, `cases`).
 
     Raises:
-        ConfigError: a run this does not score (segmentation, multi-label, several inputs), a
-            missing option or column, an output folder that is the run's.
-        DataError: naming every row whose image or target cannot be read, at once.
+        ConfigError: a run this does not score (multi-label, volumes), a missing option or
+            column, an output folder that is the run's.
+        DataError: naming every row whose image, target or mask cannot be read, at once.
     """
     if not cfg.run_dir or not cfg.inputs:
         raise ConfigError("run_dir=<run> and inputs=<labelled.csv> are required")
     predictor = Predictor(cfg.run_dir, cfg.device, trust=list(cfg.trust))
     task = predictor.task
-    if task.targets == "masks":
+    segments = task.targets == "masks"
+    if segments and predictor.reads_volumes:
         raise ConfigError(
-            f"run_dir: {cfg.run_dir} segments images; medtrain evaluate scores classification and "
-            "regression runs (segmentation: medtrain predict, then medtrain measure or Dice "
-            "against your masks)"
+            f"run_dir: {cfg.run_dir} segments volumes; medtrain evaluate scores 2D segmentation "
+            "(volumes: medtrain predict, then compare its label volumes with yours)"
         )
     if getattr(task, "multilabel", False):
         raise ConfigError(
             f"run_dir: {cfg.run_dir} is multi-label; medtrain evaluate scores one class per "
-            "image, or regression values"
+            "image (or pixel), or regression values"
         )
     output = Path(cfg.output)
     if output.resolve() == Path(cfg.run_dir).resolve():
@@ -60,24 +69,31 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
             f"output={cfg.output}: the run folder itself, whose metrics.json and predictions.csv "
             "are the run's own; give another folder"
         )
+    if output.is_dir() and any(output.iterdir()) and not _is_evaluation(output):
+        raise ConfigError(
+            f"output={cfg.output}: a folder of other files (no earlier evaluation's metrics.json); "
+            "an evaluation writes predictions.csv and masks/ there: give a new folder"
+        )
     data = predictor.cfg.dataset  # its manifest's columns are the default ones
     image_column = cfg.image_column or data.get("image_column") or "image"
-    targets = _target_columns(cfg.target_column or data.get("target_column") or "target", task)
     path = Path(cfg.inputs)
     if path.suffix.lower() != ".csv" or not path.is_file():
-        raise ConfigError(f"inputs={cfg.inputs}: a CSV manifest of labelled images is needed")
+        what = "masks" if segments else "targets"
+        raise ConfigError(
+            f"inputs={cfg.inputs}: a CSV manifest of images and their {what} is needed"
+        )
     header, rows, lines = read_csv(path)
-    wanted = {"image_column": image_column}
-    wanted |= (
-        {"target_column": targets[0]}
-        if len(targets) == 1
-        else {f"target_column[{k}]": name for k, name in enumerate(targets)}
-    )
+    if segments:
+        truth: Truth = MaskTruth(predictor, cfg, path, header)
+    else:
+        truth = TargetTruth(predictor, cfg)
+    wanted = {"image_column": image_column, **truth.columns}
     if cfg.group_column:
         wanted["group_column"] = cfg.group_column
     check_columns(path, header, wanted, rows[0], prefix="")
 
-    labels, problems = _labels(rows, lines, targets, task, predictor.class_names)
+    ids = [row[image_column] for row in rows]
+    problems = truth.read_all(rows, lines, ids)
     if cfg.group_column:  # an empty cell would join every such image into one "patient"
         empty = [
             f"line {line}"
@@ -85,13 +101,7 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
             if not row[cfg.group_column]
         ]
         if empty:
-            more = f"; and {len(empty) - SHOWN} more" if len(empty) > SHOWN else ""
-            problems.append(
-                f"column {cfg.group_column!r} (group_column) is empty: "
-                + "; ".join(empty[:SHOWN])
-                + more
-            )
-    ids = [row[image_column] for row in rows]
+            problems.append(f"column {cfg.group_column!r} (group_column) is empty: {_few(empty)}")
     twice = sorted(i for i, n in Counter(ids).items() if n > 1)
     if twice:
         problems.append(f"images listed more than once: {', '.join(twice[:SHOWN])}")
@@ -101,44 +111,196 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
         chunk = range(start, min(start + batch, len(rows)))
         items, kept = [], []
         for k in chunk:
-            file = Path(ids[k]) if Path(ids[k]).is_absolute() else path.parent / ids[k]
             try:
-                items.append(predictor.prepare(predictor.read(file), ids[k]))
+                image = predictor.read(_file(path, ids[k]))
+                items.append(predictor.prepare(image, ids[k]))
+                truth.check_image(k, image)
                 kept.append(k)
             except MedtrainError as err:
                 problems.append(f"line {lines[k]}: {err}")
         if problems or not items:  # read everything to say every problem, compute nothing more
             continue
-        for k, outputs in zip(kept, predictor.forward(items), strict=True):
+        for k, item, outputs in zip(kept, items, predictor.forward(items), strict=True):
             if not torch.isfinite(outputs).all():
                 problems.append(f"line {lines[k]}: {ids[k]}: the model's output is not finite")
                 continue
-            collector.update(outputs, {"id": [ids[k]], "label": labels[k][None]})
-    if problems:
+            collector.update(outputs, {"id": [ids[k]], **truth.batch(k, item)})
+    if problems:  # row by row, then what concerns several rows
+        problems.sort(key=lambda p: (0, int(m[1])) if (m := ROW.match(p)) else (1, 0))
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
         raise DataError(f"{path}: " + "\n".join(problems[:SHOWN]) + more)
 
-    output.mkdir(parents=True, exist_ok=True)
-    saved = collector.save(output) or {}
-    metrics = {
-        **collector.metrics("test"),
-        **{f"test/{key}": value for key, value in saved.items()},
-        **threshold_entries(task.threshold, predictor.class_names),
-        "cases": len(rows),
-        "run_dir": str(Path(cfg.run_dir).resolve()),
-        "inputs": str(path.resolve()),
-    }
-    groups_file = output / GROUPS_FILE  # this call's groups only, never an earlier call's
-    if cfg.group_column:
-        save_json(groups_file, {i: row[cfg.group_column] for i, row in zip(ids, rows, strict=True)})
-    else:
-        groups_file.unlink(missing_ok=True)
-    metrics |= task.intervals(output, metrics)
-    metrics["intervals"] = f"bootstrap over the {len(rows)} cases" + (
-        f", {grouping_note(output, ids)}" if cfg.group_column else ""
-    )
-    save_json(output / "metrics.json", metrics)
+    with staged_folder(output) as staging:  # an earlier evaluation's files go as a whole
+        saved = collector.save(staging) or {}
+        metrics = {
+            **collector.metrics("test"),
+            **{f"test/{key}": value for key, value in saved.items()},
+            **threshold_entries(task.threshold, predictor.class_names),
+            "cases": len(rows),
+            "run_dir": str(Path(cfg.run_dir).resolve()),
+            "inputs": str(path.resolve()),
+        }
+        if cfg.group_column:
+            groups = {i: row[cfg.group_column] for i, row in zip(ids, rows, strict=True)}
+            save_json(staging / GROUPS_FILE, groups)
+        metrics |= task.intervals(staging, metrics)
+        metrics["intervals"] = f"bootstrap over the {len(rows)} cases" + (
+            f", {grouping_note(staging, ids)}" if cfg.group_column else ""
+        )
+        save_json(staging / "metrics.json", metrics)
     return metrics
+
+
+def _is_evaluation(folder: Path) -> bool:
+    """Whether `folder` holds an earlier evaluation (its metrics.json names a run and inputs)."""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and {"run_dir", "inputs"} <= metrics.keys()
+
+
+def _few(problems: list[str]) -> str:
+    more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+    return "; ".join(problems[:SHOWN]) + more
+
+
+def _file(csv_path: Path, cell: str) -> Path:
+    """A manifest cell as a path: absolute, or relative to the CSV's folder."""
+    return Path(cell) if Path(cell).is_absolute() else csv_path.parent / cell
+
+
+class Truth:
+    """The labelled part of each row: the columns it needs, each row's reference read once (every
+    unreadable row named), and the collector's batch entries for one image."""
+
+    columns: dict[str, str]
+
+    def read_all(
+        self, rows: list[dict[str, str]], lines: list[int], images: list[str]
+    ) -> list[str]:
+        raise NotImplementedError
+
+    def check_image(self, k: int, image: Decoded) -> None:
+        """Refuse row `k`'s reference when it does not fit its decoded image."""
+
+    def batch(self, k: int, item: Prepared) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class TargetTruth(Truth):
+    """A class (name or index) or regression value(s) per row."""
+
+    def __init__(self, predictor: Predictor, cfg: DictConfig):
+        self.task, self.names = predictor.task, predictor.class_names
+        data = predictor.cfg.dataset
+        self.targets = _target_columns(
+            cfg.target_column or data.get("target_column") or "target", self.task
+        )
+        self.columns = (
+            {"target_column": self.targets[0]}
+            if len(self.targets) == 1
+            else {f"target_column[{k}]": name for k, name in enumerate(self.targets)}
+        )
+
+    def read_all(
+        self, rows: list[dict[str, str]], lines: list[int], images: list[str]
+    ) -> list[str]:
+        self.labels, problems = _labels(rows, lines, self.targets, self.task, self.names)
+        return problems
+
+    def batch(self, k: int, item: Prepared) -> dict[str, Any]:
+        return {"label": self.labels[k][None]}
+
+
+class MaskTruth(Truth):
+    """A mask file per row, read as the run's dataset read its masks (`dataset.class_values`,
+    `dataset.instance_labels`), at the image's own size; the pixel spacing from the spacing
+    column, else the image file (unless the run set `dataset.file_spacing=false`), else the run's
+    `dataset.spacing`, else pixels, and then for every image or none."""
+
+    def __init__(self, predictor: Predictor, cfg: DictConfig, path: Path, header: list[str]):
+        data = predictor.cfg.dataset
+        self.path, self.predictor = path, predictor
+        self.num_classes = len(predictor.class_names)
+        values = data.get("class_values")
+        self.class_values = {int(v): int(c) for v, c in values.items()} if values else None
+        self.instance_labels = bool(data.get("instance_labels"))
+        self.file_spacing = data.get("file_spacing", True) is not False
+        self.columns = {"mask_column": cfg.mask_column or data.get("mask_column") or "mask"}
+        spacing_column = cfg.spacing_column or ("spacing" if "spacing" in header else None)
+        if spacing_column:
+            self.columns["spacing_column"] = spacing_column
+        self.masks: list[np.ndarray | None] = []
+        self.instances: list[np.ndarray | None] = []
+        self.spacing: list[tuple[float, ...] | None] = []
+
+    def read_all(
+        self, rows: list[dict[str, str]], lines: list[int], images: list[str]
+    ) -> list[str]:
+        problems = []
+        column, spacing_column = self.columns["mask_column"], self.columns.get("spacing_column")
+        for row, line, image in zip(rows, lines, images, strict=True):
+            mask = labels = spacing = None
+            try:
+                if spacing_column:
+                    spacing = spacing_cell(row[spacing_column])
+                if self.file_spacing:
+                    spacing = spacing or file_spacing(_file(self.path, image))
+                if not row[column]:
+                    raise DataError(f"column {column!r} is empty")
+                mask, labels = self._read(_file(self.path, row[column]))
+            except ValueError as err:
+                problems.append(f"line {line}: column {spacing_column!r}: {err}")
+            except MedtrainError as err:
+                problems.append(f"line {line}: {err}")
+            self.masks.append(mask)
+            self.instances.append(labels)
+            self.spacing.append(spacing or self.predictor.spacing)
+        without = [line for line, s in zip(lines, self.spacing, strict=True) if s is None]
+        if without and len(without) < len(lines):
+            stated = next(line for line, s in zip(lines, self.spacing, strict=True) if s)
+            problems.append(
+                f"a pixel spacing is stated for line {stated} (by its spacing column or image "
+                f"file) but not for {_few([f'line {n}' for n in without])}; measurements need "
+                "one unit: state it for every row (a spacing column) or for none"
+            )
+        return problems
+
+    def _read(self, file: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """A mask file's class indices, and its object labels when the run read instance labels."""
+        if self.instance_labels:
+            labels = read_mask_file(file, labels=True)
+            return (labels > 0).astype(np.int64), labels
+        mask = read_mask_file(file, self.class_values, self.num_classes)
+        if mask.size and mask.max() >= self.num_classes:
+            found = np.unique(mask)
+            hint = "" if self.class_values else "; the run maps none (dataset.class_values)"
+            raise DataError(
+                f"{file}: mask values {found[found >= self.num_classes][:10].tolist()} are not "
+                f"among the run's {self.num_classes} classes {self.predictor.class_names}{hint}"
+            )
+        return mask, None
+
+    def check_image(self, k: int, image: Decoded) -> None:
+        mask = self.masks[k]
+        shape = tuple(image.array.shape[:2])
+        if mask is not None and mask.shape != shape:
+            raise DataError(
+                f"the mask is {mask.shape[0]}x{mask.shape[1]} pixels but the image is "
+                f"{shape[0]}x{shape[1]}"
+            )
+
+    def batch(self, k: int, item: Prepared) -> dict[str, Any]:
+        spacing = self.spacing[k] or (math.nan, math.nan)
+        entries = {
+            "mask": torch.from_numpy(self.masks[k])[None],
+            "spacing": torch.tensor([spacing], dtype=torch.float64),
+            "intensity": torch.from_numpy(item.intensity)[None],
+        }
+        if self.instances[k] is not None:
+            entries["instances"] = torch.from_numpy(self.instances[k])[None]
+        return entries
 
 
 def _target_columns(value: Any, task: Any) -> list[str]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from medtrain.commands.evaluate import main
 from tests.inference.test_predict import save_npy_inputs, split_of
@@ -99,8 +102,105 @@ def test_every_bad_row_is_named_at_once_and_nothing_is_written(finished_runs, tm
     assert "line 4: class 'lession' is not one of the run's ['normal', 'lesion']" in err
     assert f"line 5: {tmp_path / 'gone.npy'}: cannot read file (No such file" in err
     assert not out.exists()
-    # A segmentation run, and the run folder as the output, are refused as config errors.
-    assert main([f"run_dir={finished_runs['segmentation']}", f"inputs={labelled}"]) == 2
-    assert "medtrain evaluate scores classification and regression runs" in capsys.readouterr().err
+    # The run folder as the output is refused as a config error.
     assert main([f"run_dir={run}", f"inputs={labelled}", f"output={run}"]) == 2
     assert "the run folder itself" in capsys.readouterr().err
+
+
+def write_segmentation_set(run: Path, folder: Path, count: int | None = None) -> tuple[Path, list]:
+    """The run's test images (NPY) and masks (PNG of class indices) with a CSV listing them."""
+    test = split_of(run)
+    count = len(test) if count is None else count
+    names = save_npy_inputs(test, folder, count)
+    rows = []
+    for k, name in enumerate(names):
+        mask_file = f"{Path(name).stem}_mask.png"
+        Image.fromarray(test.read_mask(k).astype(np.uint8)).save(folder / mask_file)
+        rows.append([name, mask_file])
+    path = folder / "labelled.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["image", "mask"], *rows])
+    return path, rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_segmentation_scores_as_the_run_s_own_test_split(finished_runs, tmp_path, capsys):
+    run = finished_runs["segmentation"]
+    labelled, rows = write_segmentation_set(run, tmp_path / "data")
+    out = tmp_path / "external"
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}", "batch_size=3"]) == 0
+    mine = json.loads((out / "metrics.json").read_text())
+    theirs = json.loads((run / "metrics.json").read_text())
+    keys = [k for k in theirs if k.startswith("test/") and not k.endswith("_ci_low")]
+    keys = [k for k in keys if not k.endswith("_ci_high") and k != "test/loss"]
+    assert {"test/dice", "test/hd95_mm", "test/area_mae_mm2_ellipse"} <= set(keys)
+    for key in keys:  # Dice, HD95 in mm (the run's dataset.spacing), count and area agreement
+        if theirs[key] is None or theirs[key] != theirs[key]:
+            assert mine[key] is None or mine[key] != mine[key], key
+        else:
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert mine["test/dice_ci_low"] == pytest.approx(theirs["test/dice_ci_low"], abs=1e-6)
+    assert mine["cases"] == len(rows) and "threshold" not in mine
+    # Image by image: the same Dice, and the same predicted masks as the run's own test pass.
+    evaluated = read_rows(run / "per_case_metrics.csv")
+    scored = read_rows(out / "per_case_metrics.csv")
+    assert [r["id"] for r in scored] == [r[0] for r in rows]
+    for own, new in zip(evaluated, scored, strict=True):
+        for key in ("dice_ellipse", "dice_rectangle", "hd95_mm_ellipse"):
+            assert float(new[key]) == pytest.approx(float(own[key]), abs=1e-6, nan_ok=True), key
+    predictions = read_rows(out / "predictions.csv")
+    for own, new in zip(read_rows(run / "predictions.csv"), predictions, strict=True):
+        np.testing.assert_array_equal(
+            np.array(Image.open(out / new["mask"])), np.array(Image.open(run / own["mask"]))
+        )
+        assert new["unit"] == "mm" and new["count_ellipse"] == own["count_ellipse"]
+    printed = capsys.readouterr().out  # keys padded to the longest one
+    assert re.search(rf"^test/dice +{mine['test/dice']:.4f}  \(95% CI", printed, re.MULTILINE)
+    # Fewer images into the same folder: the earlier evaluation's masks do not stay behind.
+    labelled, rows = write_segmentation_set(run, tmp_path / "few", 2)
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 0
+    assert (
+        len(list((out / "masks").iterdir())) == 2 and len(read_rows(out / "predictions.csv")) == 2
+    )
+
+
+def test_segmentation_masks_that_do_not_fit_are_named_at_once(finished_runs, tmp_path, capsys):
+    run = finished_runs["segmentation"]
+    data = tmp_path / "data"
+    labelled, rows = write_segmentation_set(run, data, 5)
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(data / rows[0][1])  # another size
+    Image.fromarray(np.full((96, 96), 3, np.uint8)).save(data / rows[1][1])  # a class 3
+    rows[2][1] = ""  # no mask
+    rows[3][1] = "gone.png"
+    with open(labelled, "w", newline="") as f:
+        csv.writer(f).writerows([["image", "mask"], *rows])
+    out = tmp_path / "external"
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "line 2: the mask is 10x12 pixels but the image is 96x96" in err
+    assert (
+        f"line 3: {data / rows[1][1]}: mask values [3] are not among the run's 3 classes "
+        "['background', 'ellipse', 'rectangle']; the run maps none (dataset.class_values)"
+    ) in err
+    assert "line 4: column 'mask' is empty" in err
+    assert f"line 5: {data / 'gone.png'}: cannot read file" in err
+    assert not out.exists()
+    # A spacing column for some rows only: one unit is needed for the measurements.
+    rows = write_segmentation_set(run, data, 3)[1]
+    with open(labelled, "w", newline="") as f:
+        spacing = ["0.5", "", "0.4 0.5"]
+        csv.writer(f).writerows(
+            [["image", "mask", "px_mm"], *(r + [s] for r, s in zip(rows, spacing, strict=True))]
+        )
+    argv = [f"run_dir={run}", f"inputs={labelled}", f"output={out}", "spacing_column=px_mm"]
+    assert main(argv) == 0  # the row without one takes the run's dataset.spacing, [0.5, 0.5]
+    assert [r["unit"] for r in read_rows(out / "predictions.csv")] == ["mm"] * 3
+    # A folder of other files is not written into (its masks/ could be someone's).
+    other = tmp_path / "mine"
+    (other / "masks").mkdir(parents=True)
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={other}"]) == 2
+    assert "a folder of other files" in capsys.readouterr().err
