@@ -204,3 +204,19 @@ def test_segmentation_masks_that_do_not_fit_are_named_at_once(finished_runs, tmp
     (other / "masks").mkdir(parents=True)
     assert main([f"run_dir={run}", f"inputs={labelled}", f"output={other}"]) == 2
     assert "a folder of other files" in capsys.readouterr().err
+
+
+def test_a_spacing_cell_is_one_or_two_sizes_in_mm():
+    from medtrain.data.seg_manifest import spacing_cell
+
+    assert spacing_cell("0.5") == (0.5, 0.5)
+    assert (
+        spacing_cell("0.4x0.5")
+        == spacing_cell("0.4, 0.5")
+        == spacing_cell(" 0.4 0.5")
+        == (0.4, 0.5)
+    )
+    assert spacing_cell("") is None and spacing_cell("  ") is None
+    for bad in ("abc", "0", "-1", "inf", "nan", "1 2 3"):
+        with pytest.raises(ValueError):
+            spacing_cell(bad)
