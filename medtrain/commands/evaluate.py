@@ -38,12 +38,12 @@ TEXT_KEYS = (
 USAGE = """\
 usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
 
-  run_dir=RUN            a finished run (classification, regression or 2D segmentation), an
-                         ensemble, or a CV's fold ensemble (its ensemble/ folder)
+  run_dir=RUN            a finished run (classification, regression, segmentation of images
+                         or volumes), an ensemble, or a CV's fold ensemble (its ensemble/ folder)
   inputs=FILE.csv        new labelled images: a CSV with an image column (paths relative to the
                          CSV) and a target column (the run's class names or indices; numbers for
                          regression) or, for segmentation, a mask column (mask files read as the
-                         run read its masks: class_values, instance labels)
+                         run read its masks: class_values, instance labels; label volumes)
   output=DIR             where metrics.json, predictions.csv (and confusion_matrix.csv; for
                          segmentation masks/, per_case_metrics.csv, measurements) go (default
                          evaluation/; a new folder or an earlier evaluation's, never the run's)

@@ -25,6 +25,8 @@ from medtrain.data.masks import read_mask_file
 from medtrain.data.readers import file_spacing
 from medtrain.data.seg_manifest import spacing_cell
 from medtrain.data.tabular import parse_number
+from medtrain.data.volume_slices import VolumeSlices
+from medtrain.data.volumes import Volume, check_label_geometry, read_volume
 from medtrain.engine.loop import threshold_entries
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.inference.predictor import Predictor, Prepared
@@ -44,7 +46,7 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     (`test/*` with `_ci_low`/`_ci_high`, the run's threshold, `cases`).
 
     Raises:
-        ConfigError: a run this does not score (multi-label, volumes), a missing option or
+        ConfigError: a run this does not score (multi-label), a missing option or
             column, an output folder that is the run's.
         DataError: naming every row whose image, target or mask cannot be read, at once.
     """
@@ -53,11 +55,6 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     predictor = Predictor(cfg.run_dir, cfg.device, trust=list(cfg.trust))
     task = predictor.task
     segments = task.targets == "masks"
-    if segments and predictor.reads_volumes:
-        raise ConfigError(
-            f"run_dir: {cfg.run_dir} segments volumes; medtrain evaluate scores 2D segmentation "
-            "(volumes: medtrain predict, then compare its label volumes with yours)"
-        )
     if getattr(task, "multilabel", False):
         raise ConfigError(
             f"run_dir: {cfg.run_dir} is multi-label; medtrain evaluate scores one class per "
@@ -83,8 +80,10 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
             f"inputs={cfg.inputs}: a CSV manifest of images and their {what} is needed"
         )
     header, rows, lines = read_csv(path)
-    if segments:
-        truth: Truth = MaskTruth(predictor, cfg, path, header)
+    if segments and predictor.reads_volumes:
+        truth: Truth = LabelVolumeTruth(predictor, cfg, path)
+    elif segments:
+        truth = MaskTruth(predictor, cfg, path, header)
     else:
         truth = TargetTruth(predictor, cfg)
     wanted = {"image_column": image_column, **truth.columns}
@@ -106,25 +105,8 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     if twice:
         problems.append(f"images listed more than once: {', '.join(twice[:SHOWN])}")
     collector = task.collector(final=True)
-    batch = int(cfg.batch_size)
-    for start in range(0, len(rows), batch):
-        chunk = range(start, min(start + batch, len(rows)))
-        items, kept = [], []
-        for k in chunk:
-            try:
-                image = predictor.read(_file(path, ids[k]))
-                items.append(predictor.prepare(image, ids[k]))
-                truth.check_image(k, image)
-                kept.append(k)
-            except MedtrainError as err:
-                problems.append(f"line {lines[k]}: {err}")
-        if problems or not items:  # read everything to say every problem, compute nothing more
-            continue
-        for k, item, outputs in zip(kept, items, predictor.forward(items), strict=True):
-            if not torch.isfinite(outputs).all():
-                problems.append(f"line {lines[k]}: {ids[k]}: the model's output is not finite")
-                continue
-            collector.update(outputs, {"id": [ids[k]], **truth.batch(k, item)})
+    score = _score_volumes if isinstance(truth, LabelVolumeTruth) else _score_images
+    score(predictor, truth, collector, [_file(path, i) for i in ids], ids, lines, cfg, problems)
     if problems:  # row by row, then what concerns several rows
         problems.sort(key=lambda p: (0, int(m[1])) if (m := ROW.match(p)) else (1, 0))
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
@@ -149,6 +131,65 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
         )
         save_json(staging / "metrics.json", metrics)
     return metrics
+
+
+def _score_images(
+    predictor: Predictor,
+    truth: Truth,
+    collector: Any,
+    files: list[Path],
+    ids: list[str],
+    lines: list[int],
+    cfg: DictConfig,
+    problems: list[str],
+) -> None:
+    """Every row's image through the model, `cfg.batch_size` at a time, into `collector`; every
+    unreadable row added to `problems` (once there is one, nothing more is computed)."""
+    batch = int(cfg.batch_size)
+    for start in range(0, len(files), batch):
+        items, kept = [], []
+        for k in range(start, min(start + batch, len(files))):
+            try:
+                image = predictor.read(files[k])
+                items.append(predictor.prepare(image, ids[k]))
+                truth.check_image(k, image)
+                kept.append(k)
+            except MedtrainError as err:
+                problems.append(f"line {lines[k]}: {err}")
+        if problems or not items:  # read everything to say every problem, compute nothing more
+            continue
+        for k, item, outputs in zip(kept, items, predictor.forward(items), strict=True):
+            if not torch.isfinite(outputs).all():
+                problems.append(f"line {lines[k]}: {ids[k]}: the model's output is not finite")
+                continue
+            collector.update(outputs, {"id": [ids[k]], **truth.batch(k, item)})
+
+
+def _score_volumes(
+    predictor: Predictor,
+    truth: LabelVolumeTruth,
+    collector: Any,
+    files: list[Path],
+    ids: list[str],
+    lines: list[int],
+    cfg: DictConfig,
+    problems: list[str],
+) -> None:
+    """`_score_images` for volumes: each read, checked against its label volume and segmented
+    whole (one at a time: a volume is a batch)."""
+    for k, file in enumerate(files):
+        try:
+            volume = truth.checked_volume(k, file)
+            if problems:
+                continue
+            logits, intensity = predictor.volume_logits(volume, ids[k])
+        except MedtrainError as err:
+            problems.append(f"line {lines[k]}: {err}")
+            continue
+        if not torch.isfinite(logits).all():
+            problems.append(f"line {lines[k]}: {ids[k]}: the model's output is not finite")
+            continue
+        collector.update(logits, {"id": [ids[k]], **truth.volume_batch(k, volume, intensity)})
 
 
 def _is_evaluation(folder: Path) -> bool:
@@ -301,6 +342,64 @@ class MaskTruth(Truth):
         if self.instances[k] is not None:
             entries["instances"] = torch.from_numpy(self.instances[k])[None]
         return entries
+
+
+class LabelVolumeTruth(Truth):
+    """A label volume per row (NIfTI, or a DICOM series folder), read as the run read its labels:
+    in the same axis order as its image (`check_label_geometry`: the label's affine must state
+    its image's axes and voxel size), class indices below the run's classes."""
+
+    def __init__(self, predictor: Predictor, cfg: DictConfig, path: Path):
+        self.path, self.predictor = path, predictor
+        self.num_classes = len(predictor.class_names)
+        data = predictor.cfg.dataset
+        self.columns = {"mask_column": cfg.mask_column or data.get("mask_column") or "mask"}
+        self.files: list[Path | None] = []
+        self.labels: dict[int, np.ndarray] = {}
+
+    def read_all(
+        self, rows: list[dict[str, str]], lines: list[int], images: list[str]
+    ) -> list[str]:
+        column = self.columns["mask_column"]
+        problems = [
+            f"line {line}: column {column!r} is empty"
+            for row, line in zip(rows, lines, strict=True)
+            if not row[column]
+        ]
+        self.files = [_file(self.path, row[column]) if row[column] else None for row in rows]
+        return problems
+
+    def checked_volume(self, k: int, image_file: Path) -> Volume:
+        """Row `k`'s image volume, its label volume read and checked against it (kept for
+        `volume_batch`)."""
+        volume = read_volume(image_file, self.predictor.ras)
+        if self.files[k] is None:
+            return volume
+        label = read_volume(self.files[k], self.predictor.ras)
+        check_label_geometry(image_file, label, self.files[k])
+        values = VolumeSlices._checked_labels(label.array, self.files[k])
+        if values.shape != volume.array.shape[:3]:
+            size = "x".join(map(str, values.shape))
+            raise DataError(
+                f"{self.files[k]}: the label volume is {size} voxels, its image "
+                f"{'x'.join(map(str, volume.array.shape[:3]))}"
+            )
+        if values.size and values.max() >= self.num_classes:
+            found = np.unique(values)
+            raise DataError(
+                f"{self.files[k]}: labels {found[found >= self.num_classes][:10].tolist()} are not "
+                f"among the run's {self.num_classes} classes {self.predictor.class_names}"
+            )
+        self.labels[k] = values
+        return volume
+
+    def volume_batch(self, k: int, volume: Volume, intensity: np.ndarray) -> dict[str, Any]:
+        return {
+            "mask": torch.from_numpy(self.labels.pop(k).astype(np.int64))[None],
+            "spacing": torch.tensor([volume.spacing], dtype=torch.float64),
+            "affine": torch.from_numpy(np.asarray(volume.affine, dtype=np.float64))[None],
+            "intensity": torch.from_numpy(np.ascontiguousarray(intensity))[None],
+        }
 
 
 def _target_columns(value: Any, task: Any) -> list[str]:

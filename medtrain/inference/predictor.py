@@ -484,6 +484,26 @@ class Predictor:
         }
         return in_stored_order(result, volume.stored_affine)
 
+    @torch.no_grad()
+    def volume_logits(self, volume: Volume, name: str) -> tuple[torch.Tensor, np.ndarray]:
+        """A volume's per-voxel class logits (1 x C x D x H x W, the volume's own size) and its
+        intensities (D x H x W x C), as the run's evaluation computes them: whole with a 3D
+        network, slice by slice (logits stacked along the slicing axis) with a 2D one."""
+        if not self.slices_volumes:
+            item = self.prepare(volume_decoded(volume), name)
+            return self.forward([item])[0], item.intensity
+        axis = volume_settings(self.cfg)["axis"]
+        array = normalize_volume(volume.array, volume_settings(self.cfg)["volume_normalize"])
+        plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
+        items = [
+            self.prepare(
+                Decoded(np.take(array, k, axis=axis), plane, "volume"), f"{name}#{k:03d}", k
+            )
+            for k in range(array.shape[axis])
+        ]
+        logits = torch.stack([out[0] for out in self.forward(items)], dim=1 + axis)
+        return logits[None], np.stack([item.intensity for item in items], axis=axis)
+
     def predict_whole_volume(self, volume: Volume, name: str) -> dict[str, Any]:
         """Segment a volume with a 3D network, as the run's evaluation does (its normalization,
         resampling, sliding windows and test-time views), at the volume's native size.

@@ -514,6 +514,22 @@ def test_training_scores_reassembled_volumes(tmp_path):
         )
         evaluated = next(r for r in rows if r["id"] == case and r["class"] == "box")
         assert float(row["volume_ml_box"]) == pytest.approx(float(evaluated["pred_ml"]))
+    # medtrain evaluate on the test volumes and their labels scores what the run's test did.
+    from medtrain.commands.evaluate import main as evaluate
+
+    (data / "cases.csv").write_text(  # paths relative to the CSV
+        "image,mask\n" + "".join(f"images/{c}.nii.gz,labels/{c}.nii.gz\n" for c in per_case)
+    )
+    assert (
+        evaluate([f"run_dir={run}", f"inputs={data / 'cases.csv'}", f"output={tmp_path / 'ev'}"])
+        == 0
+    )
+    scored = read_metrics(tmp_path / "ev")
+    for key in ("test/dice", "test/dice_box", "test/volume_mae_ml_ball", "test/hd95_mm"):
+        assert scored[key] == pytest.approx(metrics[key], abs=1e-6), key
+    for row in rows_of(tmp_path / "ev" / "per_case_metrics.csv"):
+        case = row["id"].removeprefix("images/").removesuffix(".nii.gz")
+        assert float(row["dice_ball"]) == pytest.approx(float(per_case[case]["dice_ball"]))
 
 
 @pytest.mark.realdata

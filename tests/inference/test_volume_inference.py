@@ -341,3 +341,45 @@ def test_a_run_saved_before_volumes_were_read_in_ras_order_reads_them_as_trained
     assert decoded.stored_affine is None
     ras = Predictor(volume_run).read(tmp_path / "case.nii.gz")  # a run of this release: RAS
     assert ras.stored_affine is not None and not np.array_equal(ras.array, decoded.array)
+
+
+def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_path, capsys):
+    from medtrain.commands.evaluate import main
+    from tests.inference.test_predict import split_of
+
+    test = split_of(volume_run)
+    spacing = np.diag([2.0, 1.0, 1.0, 1.0])  # the dataset's voxels, in RAS order as stored
+    lines = ["image,mask"]
+    for k, case in enumerate(test.ids):
+        image = nib.Nifti1Image(np.asarray(test.read_image(k), np.float32), spacing)
+        label = nib.Nifti1Image(np.asarray(test.read_mask(k), np.uint8), spacing)
+        nib.save(image, tmp_path / f"{case}.nii.gz")
+        nib.save(label, tmp_path / f"{case}_label.nii.gz")
+        lines.append(f"{case}.nii.gz,{case}_label.nii.gz")
+    labelled = tmp_path / "cases.csv"
+    labelled.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "external"
+    assert main([f"run_dir={volume_run}", f"inputs={labelled}", f"output={out}"]) == 0
+    mine = json.loads((out / "metrics.json").read_text())
+    theirs = json.loads((volume_run / "metrics.json").read_text())
+    for key in ("test/dice", "test/dice_class_1", "test/hd95_mm", "test/volume_mae_ml_class_1"):
+        assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    with open(out / "volumes.csv", newline="") as f:
+        volumes = list(csv.DictReader(f))
+    assert [r["id"] for r in volumes] == [f"{case}.nii.gz" for case in test.ids]
+    # A label of other voxels, or of another size, is named; nothing is written.
+    first = test.ids[0]
+    nib.save(
+        nib.Nifti1Image(np.asarray(test.read_mask(0), np.uint8), np.diag([1.0, 1.0, 1.0, 1.0])),
+        tmp_path / f"{first}_label.nii.gz",
+    )
+    nib.save(
+        nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), spacing),
+        tmp_path / f"{test.ids[1]}_label.nii.gz",
+    )
+    out2 = tmp_path / "refused"
+    assert main([f"run_dir={volume_run}", f"inputs={labelled}", f"output={out2}"]) == 1
+    err = capsys.readouterr().err
+    assert f"line 2: {tmp_path / (first + '_label.nii.gz')}: voxels of 1 x 1 x 1 mm" in err
+    assert f"line 3: {tmp_path / (test.ids[1] + '_label.nii.gz')}: the label volume is 4x4x4" in err
+    assert not out2.exists()
