@@ -381,7 +381,8 @@ class Manifest(ManifestRows, ImageDataset):
     """
 
     reads_files = True
-    sample_fields = (*ImageDataset.sample_fields, "files", "chosen_lines")
+    sample_fields = (*ImageDataset.sample_fields, "files", "chosen_lines", "tabular_cells")
+    tabular_cells: list[tuple[str, ...]] | None = None  # each case's clinical cells, as read
 
     def __init__(
         self,
@@ -478,9 +479,33 @@ class Manifest(ManifestRows, ImageDataset):
                 warn=lambda column, text: self._data_warning(f"categories_of:{column}", text),
             )
             self.tabular = matrix[chosen]
+            self.tabular_columns = list(tabular_columns)
+            self.tabular_cells = [tuple(rows[i][name] for name in tabular_columns) for i in chosen]
         if self.in_channels is None:  # decided once, from the first training image, for every split
             image = read_image_file(every_file[int(np.flatnonzero(assignment == 0)[0])])
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
+
+    def refit_tabular(self, others: Sequence[Manifest]) -> None:
+        """Encode the clinical columns again, fitted on this dataset's cases (a CV fold's training
+        cases: the medians, means, standard deviations and categories of the rows it trains on,
+        never of its held-out fold), for it and `others` (the fold's validation and the test
+        split). Nothing to do without clinical columns."""
+        if self.tabular_cells is None:
+            return
+        datasets = [self, *others]
+        cells = [row for dataset in datasets for row in dataset.tabular_cells]
+        lines = [line for dataset in datasets for line in dataset.chosen_lines]
+        matrix, names = encode_tabular(
+            {name: [row[j] for row in cells] for j, name in enumerate(self.tabular_columns)},
+            train_rows=range(len(self.ids)),
+            source=self.source,
+            row_label=lambda i: f"line {lines[i]}",
+        )
+        start = 0
+        for dataset in datasets:
+            dataset.tabular = matrix[start : start + len(dataset.ids)]
+            dataset.tabular_names = names
+            start += len(dataset.ids)
 
     def _all_targets(self, rows: list[dict], columns: list[str]) -> np.ndarray:
         """The targets of every row: one column (`_targets`), or for regression one value per

@@ -292,6 +292,9 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
         datasets["train"], datasets["val"] = fold_datasets(
             train, val, cfg.cv.folds_file, fold, train.transform, val.transform
         )
+        refit = getattr(datasets["train"], "refit_tabular", None)
+        if refit is not None:  # clinical columns standardized on the fold's training cases
+            refit([datasets["val"], datasets["test"]])
     train = datasets["train"]
     if train.normalize.mode == "dataset":
         # Statistics of the training split only, written into the config (and so into best.pt and

@@ -327,3 +327,42 @@ def test_a_run_of_grouped_data_records_each_case_s_group_for_its_intervals(tmp_p
         f"percentile bootstrap over the {len(test_ids)} test cases, each case alone: their "
         f"{patients_in_test} groups are too few to resample (at least 10)"
     ) in html
+
+
+def test_a_cv_fold_standardizes_clinical_columns_on_its_own_training_cases(tmp_path):
+    from medtrain.data.folds import assign_folds
+    from medtrain.engine.build import build_datasets
+    from medtrain.io import save_json
+    from tests.conftest import compose_cfg
+
+    ages = [str(30 + 3 * i) if i % 7 else "" for i in range(24)]
+    sex = ["F", "M", "M"] * 8
+    splits = ["train"] * 14 + ["val"] * 6 + ["test"] * 4
+    path = make_cases(tmp_path, [0, 1] * 12, {"split": splits, "age": ages, "sex": sex})
+    overrides = [
+        "dataset=manifest",
+        f"dataset.path={path}",
+        "augmentation=none",
+        "dataset.image_size=16",
+    ]
+    overrides.append("dataset.tabular_columns=[age,sex]")
+    native = build_datasets(compose_cfg(overrides))
+    pool = list(native["train"].ids) + list(native["val"].ids)
+    folds = assign_folds(pool, 2, seed=0)
+    save_json(tmp_path / "folds.json", {"folds": 2, "seed": 0, "ids": pool, "fold": folds.tolist()})
+    cfg = compose_cfg([*overrides, f"+cv.folds_file={tmp_path / 'folds.json'}", "+cv.fold=1"])
+    fold = build_datasets(cfg)
+    # Every case's age standardized by the mean and sd of the ages of the fold's training cases.
+    age = {f"images/case{i:03d}.png": a for i, a in enumerate(ages)}
+    known = np.array([float(age[c]) for c in fold["train"].ids if age[c]])
+    assert len(known) < 20  # not the data's own train split (14 cases) nor the pool (20)
+    for split in ("train", "val", "test"):
+        dataset = fold[split]
+        assert dataset.tabular_names == ["age", "age_missing", "sex=F", "sex=M"]
+        for k, case in enumerate(dataset.ids):
+            if age[case]:
+                expected = (float(age[case]) - known.mean()) / known.std()
+                assert dataset.tabular[k][0] == pytest.approx(expected, rel=1e-5), (split, case)
+    standardized = fold["train"].tabular[[bool(age[c]) for c in fold["train"].ids], 0]
+    assert standardized.mean() == pytest.approx(0, abs=1e-6)
+    assert standardized.std() == pytest.approx(1, abs=1e-5)
