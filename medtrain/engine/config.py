@@ -30,7 +30,7 @@ from medtrain.engine.acceleration import (
 from medtrain.engine.build import target_class
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError, LossMismatch
-from medtrain.models import call_model
+from medtrain.models import call_model, input_keys
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,22 @@ def input_hint(model: torch.nn.Module, shapes: dict[str, tuple]) -> str:
             "model.branches.tabular.num_features for model=fusion)"
         )
     return ""
+
+
+def check_inputs_read(model: torch.nn.Module, columns: Any) -> None:
+    """Clinical columns asked for (`dataset.tabular_columns`) must be read by the model: an image
+    model would train without them while the run's config lists them.
+
+    Raises:
+        ConfigError: naming the columns, the model's inputs and the fix.
+    """
+    keys = input_keys(model)
+    if columns and "tabular" not in keys:
+        raise ConfigError(
+            f"dataset.tabular_columns={list(columns)}: model={choice('model')} reads only "
+            f"{list(keys)}, so these clinical columns would be ignored; use model=fusion (images "
+            "and the columns together), or leave dataset.tabular_columns empty"
+        )
 
 
 def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:

@@ -36,6 +36,7 @@ from medtrain.engine.build import (
 from medtrain.engine.callbacks import EpochCallback
 from medtrain.engine.config import (
     check_against_data,
+    check_inputs_read,
     check_model_output,
     first_samples,
     validate,
@@ -128,6 +129,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     model = build_model(cfg)
     task = build_task(cfg)
     first = collate(first_samples(datasets["train"]))
+    check_inputs_read(model, cfg.dataset.get("tabular_columns"))
     distributed.agreed(check_model_output, model, task, first)
     model = model.to(device, memory_format=memory_format(cfg.trainer, cfg.dataset.spatial_dims))
     task.loss_fn.to(device)

@@ -303,6 +303,15 @@ def test_regression_trains_end_to_end_through_the_config(tmp_path):
     metrics = train_in_process(tmp_path / "run", overrides)
     assert (tmp_path / "run" / "predictions.csv").is_file()
     assert math.isfinite(metrics["test/mae"]) and math.isfinite(metrics["test/loss"])
+    # An image model would ignore the column the config lists: refused before training.
+    image_only = [o for o in overrides if o != "model=fusion"]
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path / "image_only", image_only)
+    assert str(err.value) == (
+        "dataset.tabular_columns=['age']: model=cnn reads only ['image'], so these clinical "
+        "columns would be ignored; use model=fusion (images and the columns together), or leave "
+        "dataset.tabular_columns empty"
+    )
 
 
 def test_a_run_of_grouped_data_records_each_case_s_group_for_its_intervals(tmp_path):
