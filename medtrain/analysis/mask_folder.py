@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig
-from scipy import ndimage as ndi
 
 from medtrain.analysis.measurements import (
     MEASUREMENT_FIELDS,
@@ -18,7 +17,7 @@ from medtrain.analysis.measurements import (
     measure_mask,
     totals,
 )
-from medtrain.data.masks import read_mask_file
+from medtrain.data.masks import read_mask_file, reading_hint
 from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import save_csv
@@ -148,7 +147,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     for mask_path in masks:
         mask = read_mask_file(mask_path, class_values, num_classes, labels=instances)
         if instances or not (class_values or class_names):
-            hint = _reading_hint(mask, instances, connectivity)
+            hint = reading_hint(mask, instances, connectivity)
             if hint:
                 suspicious.append(f"{mask_path.name}: {hint}")
         image = read_image_file(images[mask_path]) if mask_path in images else None
@@ -212,32 +211,6 @@ def _check_one_unit(masks: str, units: dict[str, str]) -> None:
             "one table needs one unit: give spacing=[row_mm,col_mm], or measure the two groups "
             "separately"
         )
-
-
-def _reading_hint(mask: np.ndarray, instances: bool, connectivity: int) -> str | None:
-    """Why `mask` may be read the wrong way, or None: with instances=true, most label values
-    spread over several separate regions (a binary or class mask); without it, ten or more values
-    that are each one connected region (object labels read as classes)."""
-    values = np.unique(mask)
-    labels = [int(v) for v in values if v != 0]
-    if not labels or (not instances and len(labels) < 10):
-        return None
-    # Values renumbered 1..n (0 stays background), so that large labels cost find_objects nothing.
-    compact = np.searchsorted(values[values != 0], mask) + 1
-    compact[mask == 0] = 0
-    structure = ndi.generate_binary_structure(2, connectivity)
-    boxes = ndi.find_objects(compact)
-    regions = {v: ndi.label(compact[boxes[k]] == k + 1, structure)[1] for k, v in enumerate(labels)}
-    if instances:
-        split = [v for v, n in regions.items() if n > 1]
-        if 2 * len(split) <= len(labels):
-            return None
-        return f"label {split[0]} covers {regions[split[0]]} separate regions" + (
-            f" (and {len(split) - 1} more labels do too)" if len(split) > 1 else ""
-        )
-    if any(n != 1 for n in regions.values()):
-        return None
-    return f"{len(labels)} values, each one connected region"
 
 
 def _reading_warning(suspicious: list[str], total: int, instances: bool) -> str | None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from medtrain.data.readers import read_image_file
 from medtrain.errors import DataError
@@ -90,3 +91,48 @@ def read_mask_file(
     if not multi_class and present.tolist() in ([255], [65535]):
         return np.ones_like(mask)  # all foreground, stored as a binary mask's 255 (16-bit: 65535)
     return mask
+
+
+def read_instance_labels(path: str | Path) -> np.ndarray:
+    """An instance-label file (0 background, one number per object) as stored.
+
+    Raises:
+        DataError: naming the file, for what `read_mask_file` refuses, and for a class or binary
+            mask (most of its values each cover several separate regions, e.g. {0, 255}): read as
+            objects it would count one object per value.
+    """
+    labels = read_mask_file(path, labels=True)
+    hint = reading_hint(labels, instances=True, connectivity=2)
+    if hint:
+        raise DataError(
+            f"{path}: {hint}: this is a class mask, not instance labels (one number per object, "
+            "as the data's instance labels are read); store one label per object, or set "
+            "dataset.instance_labels=false"
+        )
+    return labels
+
+
+def reading_hint(mask: np.ndarray, instances: bool, connectivity: int) -> str | None:
+    """Why `mask` may be read the wrong way, or None: with instances=true, most label values
+    spread over several separate regions (a binary or class mask); without it, ten or more values
+    that are each one connected region (object labels read as classes)."""
+    values = np.unique(mask)
+    labels = [int(v) for v in values if v != 0]
+    if not labels or (not instances and len(labels) < 10):
+        return None
+    # Values renumbered 1..n (0 stays background), so that large labels cost find_objects nothing.
+    compact = np.searchsorted(values[values != 0], mask) + 1
+    compact[mask == 0] = 0
+    structure = ndi.generate_binary_structure(2, connectivity)
+    boxes = ndi.find_objects(compact)
+    regions = {v: ndi.label(compact[boxes[k]] == k + 1, structure)[1] for k, v in enumerate(labels)}
+    if instances:
+        split = [v for v, n in regions.items() if n > 1]
+        if 2 * len(split) <= len(labels):
+            return None
+        return f"label {split[0]} covers {regions[split[0]]} separate regions" + (
+            f" (and {len(split) - 1} more labels do too)" if len(split) > 1 else ""
+        )
+    if any(n != 1 for n in regions.values()):
+        return None
+    return f"{len(labels)} values, each one connected region"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from medtrain.data.base import SPLITS
-from medtrain.data.masks import read_mask_file
+from medtrain.data.masks import read_instance_labels, read_mask_file
 from medtrain.data.readers import (
     IMAGE_EXTENSIONS,
     READABLE_EXTENSIONS,
@@ -311,7 +311,7 @@ class SegFolder(SegmentationDataset):
         return read_mask_file(self.mask_files[index], self.class_values, self.num_classes)
 
     def read_instances(self, index: int) -> np.ndarray:
-        return read_mask_file(self.mask_files[index], labels=True)
+        return read_instance_labels(self.mask_files[index])
 
     def read_spacing(self, index: int) -> tuple[float, float] | None:
         if not self.use_file_spacing:

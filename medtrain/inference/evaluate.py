@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from medtrain.analysis.statistics import GROUPS_FILE, grouping_note
 from medtrain.data.decoding import Decoded
 from medtrain.data.manifest import check_columns, read_csv
-from medtrain.data.masks import read_mask_file
+from medtrain.data.masks import read_instance_labels, read_mask_file
 from medtrain.data.readers import file_spacing
 from medtrain.data.seg_manifest import spacing_cell
 from medtrain.data.tabular import parse_number
@@ -311,7 +311,7 @@ class MaskTruth(Truth):
     def _read(self, file: Path) -> tuple[np.ndarray, np.ndarray | None]:
         """A mask file's class indices, and its object labels when the run read instance labels."""
         if self.instance_labels:
-            labels = read_mask_file(file, labels=True)
+            labels = read_instance_labels(file)
             return (labels > 0).astype(np.int64), labels
         mask = read_mask_file(file, self.class_values, self.num_classes)
         if mask.size and mask.max() >= self.num_classes:

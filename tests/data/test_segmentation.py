@@ -473,6 +473,17 @@ def test_instance_labels_give_the_binary_mask_and_the_objects(tmp_path):
         r"values: if each is one object, .* dataset.instance_labels=true; else",
     ):
         as_classes[0]
+    # A binary mask among the instance labels would be counted one object per image: refused.
+    binary = np.zeros((48, 48), np.uint8)
+    binary[5:12, 5:12] = binary[30:40, 30:40] = 255  # two separate objects, one value
+    Image.fromarray(binary).save(root / "labels" / "cell11.png")
+    with pytest.raises(DataError) as err:
+        SegFolder(split="test", **kwargs)[1]
+    assert str(err.value) == (
+        f"{root / 'labels' / 'cell11.png'}: label 255 covers 2 separate regions: this is a class "
+        "mask, not instance labels (one number per object, as the data's instance labels are "
+        "read); store one label per object, or set dataset.instance_labels=false"
+    )
 
 
 def test_contacts_mark_the_training_masks_only(tmp_path):
