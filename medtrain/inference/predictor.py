@@ -56,6 +56,46 @@ VOLUME_SPACING = (
 log = logging.getLogger(__name__)
 
 
+# Storage types read as 0-1 of their bit depth (`to_float01`); every other type is read as it is.
+SCALED_TYPES = {"uint8", "uint16", "bool"}
+
+
+def trained_values(run_dir: Path) -> tuple[set[str], float] | None:
+    """The storage types and largest value of a run's training images, from its data check
+    (`data_report.json`); None when it has none (a check turned off, an ensemble's folder)."""
+    report = read_json(Path(run_dir) / "data_report.json") or {}
+    intensity = ((report.get("splits") or {}).get("train") or {}).get("intensity") or {}
+    if not intensity.get("dtypes") or intensity.get("max") is None:
+        return None
+    return set(intensity["dtypes"]), float(intensity["max"])
+
+
+def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
+    """Why an input's pixel values are on another scale than the run's training images, or None.
+    8/16-bit images are read as 0-1 of their bit depth and float images as they are, so a float
+    image of 0-255 values given to a run trained on 8-bit files (or an 8-bit file to a run
+    trained on floats of 0-255) reaches the network 255 times brighter (or darker), and answers
+    without a sign of it."""
+    scaled = str(array.dtype) in SCALED_TYPES
+    if not scaled and dtypes <= SCALED_TYPES and array.size:
+        low, top = float(np.nanmin(array)), float(np.nanmax(array))
+        if low < -0.05 or top > 1.05:  # 0-1 data resampled may overshoot a little
+            kinds = "/".join(sorted(dtypes))
+            return (
+                f"{array.dtype} pixel values from {low:.4g} to {top:.4g}; this run was trained "
+                f"on {kinds} images, read as 0-1 of their bit depth, and reads {array.dtype} "
+                "values as they are (0-1 expected): save it as an 8/16-bit PNG or TIFF, or scale "
+                "it to 0-1 (divide 8-bit values by 255)"
+            )
+    if scaled and not dtypes & SCALED_TYPES and high > 1.5:
+        return (
+            f"{array.dtype} pixels are read as 0-1 of their bit depth, but this run was trained "
+            f"on {'/'.join(sorted(dtypes))} images of values up to {high:.4g}, read as they are: "
+            "give the values as its training images held them (e.g. a float NPY or TIFF)"
+        )
+    return None
+
+
 def volume_decoded(volume: Volume) -> Decoded:
     """A volume (read in RAS order) as the predictor's input, with the file's own affine."""
     return Decoded(
@@ -166,6 +206,7 @@ class Predictor:
         # Segmentation datasets may state one pixel spacing for files that state none.
         spacing = getattr(self.preprocess, "spacing", None)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.trained_values = trained_values(run.run_dir)
 
     # -- description ---------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -339,6 +380,10 @@ class Predictor:
                 f"{name}: this run windows CT values in Hounsfield units; a {image.format.upper()} "
                 "holds display values. Send the DICOM (or an NPY of HU values)"
             )
+        if self.trained_values and image.format != "volume" and not self.preprocess.reads_modality:
+            problem = other_scale(image.array, *self.trained_values)
+            if problem:
+                raise DataError(f"{name}: {problem}")
 
     def prepare(self, image: Decoded, name: str, index: int = 0) -> Prepared:
         """One decoded image as the model's input (the run's evaluation preprocessing): the part of

@@ -307,3 +307,32 @@ def test_a_cv_folder_given_as_a_run_names_its_fold_ensemble(tmp_path):
         ConfigError, match=r"is a CV folder: its fold ensemble is .*ensemble, its folds"
     ):
         load_run(tmp_path)
+
+
+def test_an_input_on_another_scale_than_the_training_images_is_refused(finished_runs):
+    from medtrain.data.decoding import Decoded
+    from medtrain.errors import DataError
+    from medtrain.inference.predictor import other_scale
+
+    ramp = np.linspace(0, 255, 32 * 32).reshape(32, 32)
+    # Trained on 8-bit files (read as 0-1): a float image of 0-255 values is 255 times too bright.
+    said = other_scale(ramp.astype(np.float32), {"uint8"}, 255.0)
+    assert said == (
+        "float32 pixel values from 0 to 255; this run was trained on uint8 images, read as 0-1 "
+        "of their bit depth, and reads float32 values as they are (0-1 expected): save it as an "
+        "8/16-bit PNG or TIFF, or scale it to 0-1 (divide 8-bit values by 255)"
+    )
+    assert other_scale(ramp.astype(np.int16), {"uint8", "uint16"}, 255.0).startswith("int16 pixel")
+    assert other_scale(ramp.astype(np.float32) / 255, {"uint8"}, 255.0) is None  # 0-1 floats
+    assert other_scale(ramp.astype(np.uint8), {"uint8"}, 255.0) is None
+    # Trained on floats of 0-255 (read as they are): an 8-bit file would be 255 times too dark.
+    assert "trained on float32 images of values up to 255" in other_scale(
+        ramp.astype(np.uint8), {"float32"}, 255.0
+    )
+    assert other_scale(ramp.astype(np.uint8), {"float32"}, 1.0) is None  # floats of 0-1
+    assert other_scale(ramp.astype(np.float32), {"float32", "uint8"}, 255.0) is None  # mixed
+    predictor = Predictor(finished_runs["classification"])
+    assert predictor.trained_values is not None  # from the run's data_report.json
+    predictor.trained_values = ({"uint8"}, 255.0)
+    with pytest.raises(DataError, match=r"^scan.npy: float32 pixel values from 0 to 255; "):
+        predictor.predict([Decoded(ramp.astype(np.float32), None, "npy")], ["scan.npy"])
