@@ -14,6 +14,7 @@ import numpy as np
 from scipy import stats
 
 from medtrain.io import read_json, save_json
+from medtrain.metrics.regression import varies
 
 CALIBRATION_BINS = 10
 log = logging.getLogger(__name__)
@@ -148,7 +149,10 @@ def rank_auc(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    return np.where(denominator > 0, numerator / np.maximum(denominator, 1), np.nan)
+    """numerator / denominator, NaN where the denominator is not positive (counts of none, or a
+    resample of equal targets); any positive denominator divides, fractions of 1 included."""
+    positive = denominator > 0
+    return np.where(positive, numerator / np.where(positive, denominator, 1), np.nan)
 
 
 def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
@@ -195,6 +199,7 @@ def _regression_statistics(values: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
         for name, (target, pred) in values.items():
             t, error = target[idx], pred[idx] - target[idx]
             total = ((t - t.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+            total[~varies(t, axis=1)] = 0.0  # equal targets (to rounding): R^2 is undefined
             per_value[name] = {
                 "mae": np.abs(error).mean(axis=1),
                 "rmse": np.sqrt((error**2).mean(axis=1)),

@@ -431,6 +431,10 @@ def _labels(
             if any(v is None or not math.isfinite(v) for v in values):
                 problems.append(f"line {line}: target {cells} is not a number")
                 values = [0.0] * len(cells)
+            elif getattr(task, "ordinal", False) and any(not v.is_integer() for v in values):
+                problems.append(
+                    f"line {line}: target {cells} is not a whole-number grade (the run is ordinal)"
+                )
             labels.append(torch.tensor(values, dtype=torch.float64))
             continue
         cell = cells[0]

@@ -3,21 +3,36 @@ computed with scikit-learn and scipy."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
+
+
+def varies(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Whether values differ by more than float rounding (relative 1e-9 of their magnitude):
+    the variance R^2 and Pearson's r divide by is then more than rounding noise."""
+    values = np.asarray(values, dtype=np.float64)
+    scale = np.maximum(np.abs(values).max(axis=axis), 1e-300)
+    return np.ptp(values, axis=axis) > 1e-9 * scale
 
 
 def _value_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE, R^2 and Pearson's r of one predicted value against its targets."""
-    constant = np.ptp(target) == 0 or np.ptp(pred) == 0  # r is undefined
+    """MAE, RMSE, R^2 and Pearson's r of one predicted value against its targets; R^2 is NaN for
+    equal targets (no variance to explain), r also for equal predictions."""
+    defined = len(target) > 1 and bool(varies(target))
     return {
         "mae": float(skm.mean_absolute_error(target, pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(target, pred))),
-        "r2": float(skm.r2_score(target, pred)) if len(target) > 1 else float("nan"),
-        "pearson": float("nan") if constant else float(stats.pearsonr(target, pred).statistic),
+        "r2": float(skm.r2_score(target, pred)) if defined else float("nan"),
+        "pearson": (
+            float(stats.pearsonr(target, pred).statistic)
+            if defined and bool(varies(pred))
+            else float("nan")
+        ),
     }
 
 
@@ -46,10 +61,10 @@ def ordinal_metrics(
     truth = np.rint(target).astype(int)
     # Grades outside the range seen in training still count (scikit-learn drops unlisted labels).
     labels = list(range(min(int(low), truth.min()), max(int(high), truth.max()) + 1))
-    return {
-        "acc": float(skm.accuracy_score(truth, rounded)),
-        "qwk": float(skm.cohen_kappa_score(truth, rounded, labels=labels, weights="quadratic")),
-    }
+    with warnings.catch_warnings():  # one grade in truth and prediction: kappa is undefined (NaN)
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        qwk = float(skm.cohen_kappa_score(truth, rounded, labels=labels, weights="quadratic"))
+    return {"acc": float(skm.accuracy_score(truth, rounded)), "qwk": qwk}
 
 
 def fit_cut_points(

@@ -16,7 +16,7 @@ from medtrain.analysis.agreement import bland_altman
 from medtrain.analysis.plots import save_agreement_plots
 from medtrain.analysis.statistics import regression_intervals
 from medtrain.data.base import VolumeImages
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, DataError
 from medtrain.io import save_csv
 from medtrain.metrics import regression as M
 from medtrain.tasks.base import MASKS_FOR_AN_IMAGE_TASK, Choices, Input, Task, refuse_loss
@@ -130,7 +130,21 @@ class RegressionTask(Task):
     @classmethod
     def fit_to_data(cls, cfg: DictConfig, train: Any) -> None:
         """The training split's target mean and standard deviation (and, for ordinal grades, their
-        range), unless the config gives them."""
+        range), unless the config gives them.
+
+        Raises:
+            DataError: ordinal grades that are not whole numbers (they would be rounded silently).
+        """
+        if cfg.task.get("ordinal"):
+            values = np.asarray(train.labels, dtype=np.float64).reshape(len(train.labels), -1)
+            off = np.flatnonzero((np.abs(values - np.rint(values)) > 1e-6).any(axis=1))
+            if len(off):
+                shown = ", ".join(f"{train.ids[i]} ({values[i, 0]:g})" for i in off[:5])
+                raise DataError(
+                    f"task.ordinal=true takes whole-number grades; {len(off)} training target(s) "
+                    f"are not: {shown}{', ...' if len(off) > 5 else ''}. Fix them, or set "
+                    "task.ordinal=false for continuous values"
+                )
         for key, value in target_statistics(train.labels).items():
             if key == "grade_range" and not cfg.task.get("ordinal"):
                 continue

@@ -4,6 +4,7 @@ written metrics are recomputed from predictions.csv."""
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,48 @@ def test_wrong_head_width_is_named_before_training(tmp_path):
     )
     assert result.returncode == 2
     assert "task=regression needs (batch, 1)" in result.stderr + result.stdout
+
+
+def test_r2_of_targets_with_little_variance_and_of_equal_targets(tmp_path):
+    from medtrain.analysis.statistics import regression_intervals
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 0.3, 40)  # a sum of squares below 1 (0.33)
+    pred = target + rng.normal(0, 0.05, 40)
+    with open(tmp_path / "predictions.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [
+                ["id", "target", "pred"],
+                *([f"c{i}", t, p] for i, (t, p) in enumerate(zip(target, pred, strict=True))),
+            ]
+        )
+    r2 = M.regression_metrics(target[:, None], pred[:, None], ["v"])["r2"]
+    ss_res, ss_tot = ((pred - target) ** 2).sum(), ((target - target.mean()) ** 2).sum()
+    assert r2 == pytest.approx(1 - ss_res / ss_tot) and ss_tot < 1
+    intervals = regression_intervals(tmp_path)
+    # The interval holds its estimate (it was 0.83-0.91 around R^2 0.61: divided by 1, not 0.33).
+    assert intervals["test/r2_ci_low"] < r2 < intervals["test/r2_ci_high"]
+    # Equal targets (a cohort of one grade, 1.4 read through float32): no variance to explain.
+    same = np.full(10, np.float32(1.4), dtype=np.float64)
+    values = M.regression_metrics(same[:, None], np.linspace(0, 3, 10)[:, None], ["v"])
+    assert np.isnan(values["r2"]) and np.isnan(values["pearson"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no scikit-learn warning on the console
+        assert np.isnan(M.ordinal_metrics(np.ones(6), np.full(6, 1.2), (0, 4))["qwk"])
+
+
+def test_ordinal_grades_must_be_whole_numbers():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from medtrain.errors import DataError
+
+    cfg = OmegaConf.create({"task": {"ordinal": True, "grade_range": None}})
+    train = SimpleNamespace(labels=np.array([[0.0], [2.5], [3.0]]), ids=["a.png", "b.png", "c.png"])
+    with pytest.raises(DataError) as err:
+        RegressionTask.fit_to_data(cfg, train)
+    assert str(err.value) == (
+        "task.ordinal=true takes whole-number grades; 1 training target(s) are not: b.png (2.5). "
+        "Fix them, or set task.ordinal=false for continuous values"
+    )
