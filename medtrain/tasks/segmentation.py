@@ -48,6 +48,9 @@ from medtrain.tasks.tta import View, check_tta, tta_views
 Logits = torch.Tensor | list[torch.Tensor]
 
 
+INSTANCE_HEADLINE = ("instance_score", "pq", "count_median_abs_rel_error")
+
+
 class SegmentationTask(Task):
     """Binary or multi-class segmentation (one class per pixel, background = class 0).
 
@@ -135,6 +138,8 @@ class SegmentationTask(Task):
         self.connectivity = connectivity
         self.num_overlays = num_overlays
         self.instances = None if instances is None else check_instances(instances)
+        if self.instances is not None:  # what an instance run is judged by: in logs and CV tables
+            self.headline = (*self.headline, *INSTANCE_HEADLINE)
         # The learned contact map: one output channel after the classes' (`instances.contacts`).
         self.contacts = self.instances is not None and self.instances["method"] == "contacts"
         if self.instances is not None and len(self.class_names) != 2:

@@ -320,3 +320,20 @@ def test_cuda_segmentation_trains_and_its_weights_give_the_cpu_masks(tmp_path, p
     assert metrics["test/dice"] > 0.85
     # TF32 / bf16 arithmetic on the GPU may flip a pixel on an object border, nothing more.
     assert agreement > 0.99
+
+
+def test_an_instance_run_is_judged_by_its_instance_metrics_too():
+    """Its headline (the training log's test line, the CV tables) adds the instance score,
+    panoptic quality and count error to Dice and the rest."""
+    from medtrain.engine.build import build_task
+    from tests.conftest import compose_cfg
+
+    plain = build_task(compose_cfg(["experiment=synthetic_segmentation"]))
+    assert plain.headline == ("dice", "iou", "hd95_mm", "precision", "recall")
+    instances = build_task(compose_cfg(["experiment=dsb2018_instances", "dataset.path=cells"]))
+    assert instances.headline == (
+        *plain.headline,
+        "instance_score",
+        "pq",
+        "count_median_abs_rel_error",
+    )
