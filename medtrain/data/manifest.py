@@ -7,6 +7,7 @@ import csv
 import difflib
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -313,12 +314,28 @@ class ManifestRows:
             seen.setdefault(group, set()).add(split)
         shared = sorted(g for g, splits in seen.items() if len(splits) > 1)
         if shared:
+            where = Counter(tuple(SPLITS[k] for k in sorted(seen[g])) for g in shared)
+            counted = "; ".join(f"{n} in {' and '.join(splits)}" for splits, n in where.items())
+            trained = sorted(
+                {s for splits in where for s in splits if "train" in splits} - {"train"}
+            )
+            if trained:
+                harm = (
+                    f"{' and '.join(trained)} hold{'s' * (len(trained) == 1)} groups the model "
+                    "trained on, so "
+                    + ("its" if len(trained) == 1 else "their")
+                    + " metrics are optimistic"
+                )
+            else:  # val and test only
+                harm = (
+                    "test holds groups the best checkpoint and the threshold were chosen on "
+                    "(val), so its metrics are optimistic"
+                )
             self._data_warning(
                 "groups_in_splits",
                 f"{self.manifest_path}: {len(shared)} of {len(seen)} groups (dataset.group_column;"
                 f" e.g. {', '.join(shared[:3])}) have rows in more than one split of column "
-                f"{split_column!r}: val and test hold groups the model trained on, so their "
-                "metrics are optimistic",
+                f"{split_column!r} ({counted}): {harm}",
             )
 
     def _data_warning(self, kind: str, message: str) -> None:

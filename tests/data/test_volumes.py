@@ -350,8 +350,8 @@ def test_a_patient_in_two_splits_of_a_volume_manifest_is_warned(tmp_path):
     csv_path = write_volume_manifest(tmp_path / "data", splits)  # p0 in train and test
     said = (
         f"{csv_path}: 1 of 6 groups (dataset.group_column; e.g. p0) have rows in more than one "
-        "split of column 'split': val and test hold groups the model trained on, so their "
-        "metrics are optimistic"
+        "split of column 'split' (1 in train and test): test holds groups the model trained on, "
+        "so its metrics are optimistic"
     )
     for kind in (VolumeSlices, NiftiVolumes):
         datasets = {
@@ -372,9 +372,21 @@ def test_a_patient_in_two_splits_of_a_volume_manifest_is_warned(tmp_path):
         str(csv_path), "train", num_classes=3, group_column="patient", split_file=str(split_file)
     )
     assert train.cases == lists["train"] and train.groups == ["p0", "p1", "p3", "p3", "p5"]
-    assert train.data_warnings["groups_in_splits"].startswith(
+    assert train.data_warnings["groups_in_splits"] == (
         f"{csv_path}: 2 of 5 groups (dataset.group_column; e.g. p1, p2) have rows in more than "
-        f"one split of column '{split_file}'"
+        f"one split of column '{split_file}' (1 in train and val; 1 in val and test): val holds "
+        "groups the model trained on, so its metrics are optimistic"
+    )
+    # A patient in val and test only: test holds what the checkpoint was chosen on.
+    train_cases = ["case_00", "case_01", "case_06", "case_07", "case_08", "case_09"]
+    lists = {"train": train_cases, "val": ["case_04"], "test": ["case_05", "case_02", "case_03"]}
+    split_file.write_text(json.dumps(lists))  # p2: case_04 in val, case_05 in test
+    train = NiftiVolumes(
+        str(csv_path), "train", num_classes=3, group_column="patient", split_file=str(split_file)
+    )
+    assert train.data_warnings["groups_in_splits"].endswith(
+        "(1 in val and test): test holds groups the best checkpoint and the threshold were "
+        "chosen on (val), so its metrics are optimistic"
     )
     base = ["dataset=nifti_volumes", f"dataset.path={csv_path}", "dataset.num_classes=3"]
     base += ["dataset.group_column=patient", "augmentation=volume", "task=segmentation"]
