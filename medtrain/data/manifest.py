@@ -51,6 +51,13 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
                 )
             header = [c.strip() for c in header]
             header_line = reader.line_num
+            separator = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
+            if separator:
+                raise DataError(
+                    f"{path}: line {header_line}: the header {header[0]!r} is one column: the "
+                    f"file separates its columns with {separator!r}; save it with commas (in "
+                    "Excel: CSV UTF-8, comma delimited), the decimal point a dot"
+                )
             duplicated = sorted({c for c in header if header.count(c) > 1})
             if duplicated or "" in header:
                 what = f"repeats {duplicated}" if duplicated else "has an unnamed column"
@@ -65,8 +72,18 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
                     )
                 rows.append({name: c.strip() for name, c in zip(header, cells, strict=True)})
                 lines.append(reader.line_num)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a UTF-8 text file ({err})") from err
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:  # decoded whole: the position of the first bad byte in the file, not in a chunk
+            raw.decode("utf-8-sig")
+            where = ""
+        except UnicodeDecodeError as whole:
+            byte, line = raw[whole.start], raw[: whole.start].count(b"\n") + 1
+            where = f"line {line}: byte 0x{byte:02x} "
+            where += f"({bytes([byte]).decode('latin-1')!r} in Latin-1) "
+        raise DataError(
+            f"{path}: {where}is not UTF-8 text; save the file as UTF-8 (in Excel: CSV UTF-8)"
+        ) from None
     except csv.Error as err:
         raise DataError(f"{path}: not a readable CSV file ({err})") from err
     if not rows:
@@ -198,9 +215,25 @@ class ManifestRows:
             if not file.is_file()
         ]
         if absent:
+            windows = next(
+                (
+                    (row[column], fixed)
+                    for row, file in zip(rows, files, strict=True)
+                    if "\\" in row[column]
+                    and not file.is_file()
+                    and (fixed := root / row[column].replace("\\", "/")).is_file()
+                ),
+                None,
+            )
+            hint = (
+                f"; the paths are written with \\ as on Windows: write them with / ('{windows[0]}'"
+                f" is {windows[1]})"
+                if windows
+                else ""
+            )
             raise self._error(
                 f"no such image file ({len(absent)} of {len(rows)} rows; paths in column "
-                f"{column!r} are relative to {root})",
+                f"{column!r} are relative to {root}{hint})",
                 absent,
             )
         return files

@@ -251,6 +251,34 @@ def test_unusable_files_and_config_are_clear_errors(tmp_path):
         Manifest(str(path), "train", tabular_columns=["target"])
     with pytest.raises(ConfigError, match=r"dataset.val_fraction=1.5"):
         Manifest(str(path), "train", val_fraction=1.5)
+    # Excel's other CSVs: semicolons, Latin-1 (the line of the first bad byte), Windows paths.
+    text = path.read_text()
+    (tmp_path / "semicolons.csv").write_text(text.replace(",", ";"))
+    with pytest.raises(DataError) as err:
+        Manifest(str(tmp_path / "semicolons.csv"), "train")
+    assert str(err.value) == (
+        f"{tmp_path / 'semicolons.csv'}: line 1: the header 'image;target' is one column: the "
+        "file separates its columns with ';'; save it with commas (in Excel: CSV UTF-8, comma "
+        "delimited), the decimal point a dot"
+    )
+    lines = text.splitlines()
+    lines[3] += ",Zürich"
+    lines[0] += ",site"
+    latin = "\n".join(line + ("" if "," * 2 in line else ",x") for line in lines) + "\n"
+    (tmp_path / "latin1.csv").write_bytes(latin.replace(",x,Zürich", ",Zürich").encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        Manifest(str(tmp_path / "latin1.csv"), "train")
+    assert str(err.value) == (
+        f"{tmp_path / 'latin1.csv'}: line 4: byte 0xfc ('ü' in Latin-1) is not UTF-8 text; save "
+        "the file as UTF-8 (in Excel: CSV UTF-8)"
+    )
+    (tmp_path / "windows.csv").write_text(text.replace("images/", "images\\"))
+    with pytest.raises(DataError) as err:
+        Manifest(str(tmp_path / "windows.csv"), "train")
+    assert (
+        "the paths are written with \\ as on Windows: write them with / ('images\\case000.png' "
+        f"is {tmp_path / 'images' / 'case000.png'})"
+    ) in str(err.value)
 
 
 def test_absolute_paths_and_rgb_images(tmp_path):
