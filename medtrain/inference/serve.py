@@ -105,6 +105,10 @@ def parse_flag(name: str, text: str) -> bool:
         raise ConfigError(f"{name}={text[:50]!r} must be true or false") from None
 
 
+# The parameters /predict and /predict/batch take besides their file field(s).
+PARAMETERS = {"overlay", "spacing", "mask_nifti"}
+
+
 def form_or_query(form: FormData, request: Request, name: str) -> str | None:
     """A text parameter from the multipart form, else from the query string; None: neither."""
     value = form.get(name)
@@ -387,12 +391,25 @@ def create_app(
                 raise HTTPException(
                     413, f"{len(files)} files; at most {limits.max_batch} per request"
                 )
+            unknown = sorted((set(form) - {field} | set(request.query_params)) - PARAMETERS)
+            if unknown:  # e.g. clinical values, which a model of images alone never reads
+                raise HTTPException(
+                    422,
+                    f"unknown parameter(s) {unknown}: {request.url.path} takes the file field "
+                    f"{field!r} and {sorted(PARAMETERS)}; this run reads the image alone",
+                )
             overlay = parse_flag("overlay", form_or_query(form, request, "overlay") or "false")
             if overlay and volume_run(predictor.cfg):
                 raise HTTPException(
                     422, "overlay: pictures are of 2D images; a 3D run gives mask_nifti=true"
                 )
             nifti = parse_flag("mask_nifti", form_or_query(form, request, "mask_nifti") or "false")
+            if nifti and not (predictor.reads_volumes and predictor.task.targets == "masks"):
+                raise HTTPException(
+                    422,
+                    "mask_nifti: label volumes are of runs that segment volumes; this run's "
+                    "answer holds all it gives",
+                )
             spacing_text = form_or_query(form, request, "spacing")
             if spacing_text is not None and predictor.reads_volumes:  # as medtrain predict
                 raise HTTPException(422, f"spacing={spacing_text}: {VOLUME_SPACING}")

@@ -259,6 +259,24 @@ def test_batch_keeps_order_and_fails_whole_naming_the_file(servers, predictors):
     assert status == 413 and "at most 4" in error["detail"]
 
 
+def test_unknown_parameters_are_refused_not_ignored(servers):
+    """Clinical values sent beside the image (a model of images alone never reads them), a
+    misspelt option, or a label volume asked of a 2D run: 422, naming them."""
+    port = servers["classification"].port
+    image = ("file", "a.png", encode(grey(40, (16, 16)), "PNG"))
+    status, error = post(port, "/predict", image, ("age", None, b"55"), ("sex", None, b"F"))
+    assert status == 422 and error["detail"] == (
+        "unknown parameter(s) ['age', 'sex']: /predict takes the file field 'file' and "
+        "['mask_nifti', 'overlay', 'spacing']; this run reads the image alone"
+    )
+    status, error = post(port, "/predict?overlays=true", image)
+    assert status == 422 and error["detail"].startswith("unknown parameter(s) ['overlays']")
+    status, error = post(port, "/predict?mask_nifti=true", image)
+    assert status == 422 and error["detail"].startswith("mask_nifti: label volumes are of runs")
+    status, _ = post(port, "/predict?overlay=true&spacing=0.5", image)  # the web page's fields
+    assert status == 200
+
+
 def test_concurrent_requests_get_their_own_results(servers, predictors):
     """Requests arriving together are predicted in one batch; each must get its own answer."""
     port, predictor = servers["classification"].port, predictors["classification"]
