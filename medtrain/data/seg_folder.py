@@ -94,7 +94,10 @@ def read_split_file(path: str) -> dict[str, list[str]]:
     try:
         splits = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"dataset.split_file={path!r}: cannot read it ({err})") from err
+        raise ConfigError(
+            f"dataset.split_file={path!r}: cannot read it ({err}); dataset.split_file=null draws "
+            "a seeded split instead"
+        ) from err
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
         raise ConfigError(f"dataset.split_file={path!r}: expected {{split: [ids]}} lists")
     return splits
@@ -211,11 +214,21 @@ class SegFolder(SegmentationDataset):
             )
         for folder in (root, root / "images", root / masks_folder):
             if not folder.is_dir():
+                others = sorted(
+                    f.name
+                    for f in (root.iterdir() if root.is_dir() else ())
+                    if f.is_dir() and f.name not in ("images", masks_folder)
+                )
+                hint = (
+                    f", or name the mask folder: dataset.masks_folder={others[0]}"
+                    if folder.name == masks_folder and len(others) == 1
+                    else ", or name the mask folder with dataset.masks_folder"
+                    if folder.name == masks_folder
+                    else ""
+                )
                 raise DataError(
                     f"dataset.path={path!r}: no folder {folder} (expected <path>/images and "
-                    f"<path>/{masks_folder}"
-                    + (", or set dataset.masks_folder" if masks_folder == "masks" else "")
-                    + ")"
+                    f"<path>/{masks_folder}{hint})"
                 )
         if instance_labels and (self.num_classes != 2 or class_values):
             raise ConfigError(

@@ -590,3 +590,21 @@ def test_patch_area_power_draws_more_patches_from_larger_images(tmp_path):
         train(2)
     with pytest.raises(ConfigError, match=r"dataset.patches_per_image=1 there are none to share"):
         SegFolder(str(tmp_path), "train", splits=splits, patch_area_power=0.5)
+
+
+def test_a_recipe_pointed_at_another_folder_names_the_options_to_set(tmp_path):
+    """dsb2018_instances reads <path>/labels and split.json: a folder of masks/ and no split
+    file is told which keys to set."""
+    root = make_instance_folder(tmp_path / "cells")
+    (root / "labels").rename(root / "masks")
+    (root / "split.json").unlink()
+    with pytest.raises(DataError) as err:
+        SegFolder(str(root), "train", masks_folder="labels", instance_labels=True)
+    assert str(err.value) == (
+        f"dataset.path={str(root)!r}: no folder {root / 'labels'} (expected <path>/images and "
+        "<path>/labels, or name the mask folder: dataset.masks_folder=masks)"
+    )
+    with pytest.raises(ConfigError) as err:
+        SegFolder(str(root), "train", split_file=str(root / "split.json"), instance_labels=True)
+    assert str(err.value).endswith("; dataset.split_file=null draws a seeded split instead")
+    assert len(SegFolder(str(root), "train", instance_labels=True).ids) > 0
