@@ -105,7 +105,8 @@ def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
         spacing = [spacing, spacing]  # one number: square pixels
     if not isinstance(spacing, (ListConfig, list)):
         raise ConfigError(f"spacing={spacing!r} must be [row_mm,col_mm] or one number")
-    return check_spacing(list(spacing))
+    values = list(spacing)
+    return check_spacing(values * 2 if len(values) == 1 else values)  # [0.5]: square, as 0.5
 
 
 def measure_files(cfg: DictConfig) -> dict[str, Any]:

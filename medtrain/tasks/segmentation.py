@@ -455,6 +455,9 @@ class SegmentationTask(Task):
             return out
         pixels = mask_pixels(np.arange(len(names)), len(names))  # as the run's masks/
         out = {k: v for k, v in result.items() if k not in ("mask", "intensity", "instances")}
+        for key in ("measurements", "totals"):  # a CSV's empty cell is JSON's null
+            if key in out:
+                out[key] = [{k: None if v == "" else v for k, v in row.items()} for row in out[key]]
         spacing = result.get("spacing")  # stated in the PNGs, as in the run's masks/
         mask_png = png_bytes(mask_pixels(mask, len(names)), spacing)
         out["mask"] = base64.b64encode(mask_png).decode("ascii")

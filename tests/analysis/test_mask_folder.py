@@ -261,3 +261,17 @@ def test_command_line_runs_as_a_module(folder):
     assert len(read_csv(out)) == 2
     assert (folder / "cli_totals.csv").exists()
     assert "wrote" in done.stdout
+
+
+def test_a_spacing_of_one_number_is_square_pixels_however_written():
+    from omegaconf import OmegaConf
+
+    from medtrain.analysis.mask_folder import spacing_arg
+    from medtrain.errors import ConfigError
+
+    for written in (0.5, [0.5]):
+        assert spacing_arg(OmegaConf.create({"spacing": written})) == (0.5, 0.5)
+    assert spacing_arg(OmegaConf.create({"spacing": [0.4, 0.5]})) == (0.4, 0.5)
+    assert spacing_arg(OmegaConf.create({"spacing": None})) is None
+    with pytest.raises(ConfigError, match="3 values given"):
+        spacing_arg(OmegaConf.create({"spacing": [0.4, 0.5, 0.6]}))
