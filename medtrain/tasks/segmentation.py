@@ -556,6 +556,15 @@ class SegmentationTask(Task):
                 "examples/run_exported.py does; with task.tta each window's views are averaged "
                 "inside the model, close to medtrain's views of the whole image (equal without "
                 "a window)",
+                "instances": None
+                if self.instances is None
+                else {
+                    **self.instances,
+                    "note": "medtrain separates touching objects of the mask into one label "
+                    "each by this method (medtrain.analysis.instances.separate_instances), and "
+                    "counts and measures those; examples/run_exported.py does not, and counts "
+                    "pixels only: use medtrain predict or the service for objects",
+                },
             },
         }
 

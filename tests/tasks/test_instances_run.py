@@ -260,6 +260,16 @@ def test_views_ensembles_masks_and_export_keep_the_contact_channel_apart():
     exported, _ = task.postprocess(a)
     torch.testing.assert_close(exported[:, :2], a[:, :2].softmax(1))
     torch.testing.assert_close(exported[:, 2], a[:, 2].sigmoid())
+    # The export's manifest names the separation it leaves to medtrain.
+    from types import SimpleNamespace
+
+    said = task.export_manifest(SimpleNamespace(spacing=None))["segmentation"]["instances"]
+    assert {k: said[k] for k in ("method", "threshold", "sigma")} == {
+        "method": "contacts",
+        "threshold": 0.5,
+        "sigma": 1.0,
+    }
+    assert "examples/run_exported.py does not" in said["note"]
     with pytest.raises(Exception, match=r"outputs 2 channels.*contacts.*model.num_classes=3"):
         task.check_output(torch.zeros(1, 2, 8, 8), "unet")
 
