@@ -81,7 +81,7 @@ def _note(text: str) -> str:
 
 def _interval(values: dict[str, Any], key: str) -> str:
     low, high = values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high")
-    return f"{_fmt(low)} - {_fmt(high)}" if f"{key}_ci_low" in values else ""
+    return f"{_fmt(low)} to {_fmt(high)}" if f"{key}_ci_low" in values else ""
 
 
 def load_run_config(run_dir: Path) -> tuple[DictConfig | None, str]:

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     width = max(24, *map(len, keys))
     for key in keys:
         value, low, high = (metrics.get(f"{key}{end}") for end in ("", "_ci_low", "_ci_high"))
-        interval = f"  (95% CI {low:.4f}-{high:.4f})" if low is not None else ""
+        interval = f"  (95% CI {low:.4f} to {high:.4f})" if low is not None else ""
         shown = f"{value:.4f}" if isinstance(value, float) else value
         print(f"{key:<{width}} {shown}{interval}")
     print(f"intervals: {metrics['intervals']}")

@@ -245,7 +245,7 @@ def test_report_has_every_section_and_only_valid_inline_pngs(request, task):
     metrics = read_metrics(run_dir)
     headline = {"classification": "auc", "segmentation": "dice", "regression": "mae"}[task]
     low = INTERVALS[task](run_dir)[f"test/{headline}_ci_low"]
-    assert f"{low:.4g} - " in html  # the interval is in the metrics table
+    assert f"{low:.4g} to " in html  # the interval is in the metrics table
     assert f"{metrics[f'test/{headline}']:.4g}" in html
     if task == "classification":
         gradcam_part = html.split('id="gradcam"')[1]
