@@ -142,6 +142,8 @@ class ImageDataset(Dataset):
         # the columns (after one-hot encoding of categories).
         self.tabular: np.ndarray | None = None
         self.tabular_names: list[str] = []
+        # How the clinical columns were encoded (`TabularEncoder.state`), saved with the run.
+        self.tabular_state: list[dict] | None = None
         # The case's group (e.g. its patient) when the data say: cross-validation keeps a group in
         # one fold. None: every case is its own group.
         self.groups: list[str] | None = None

@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset
 from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
-from medtrain.data.tabular import encode_tabular, is_missing, parse_number
+from medtrain.data.tabular import fit_tabular, is_missing, parse_number
 from medtrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -521,14 +521,16 @@ class Manifest(ManifestRows, ImageDataset):
             self.groups = [groups[i] for i in chosen]
         self.set_labels(targets[chosen], source=self.source, all_labels=targets)
         if tabular_columns:
-            matrix, self.tabular_names = encode_tabular(
-                {name: [row[name] for row in rows] for name in tabular_columns},
+            columns = {name: [row[name] for row in rows] for name in tabular_columns}
+            encoder = fit_tabular(
+                columns,
                 train_rows=np.flatnonzero(assignment == 0).tolist(),
                 source=self.source,
                 row_label=lambda i: f"line {self._lines[i]}",
                 warn=lambda column, text: self._data_warning(f"categories_of:{column}", text),
             )
-            self.tabular = matrix[chosen]
+            self.tabular_names, self.tabular_state = encoder.names, encoder.state()
+            self.tabular = encoder.transform(columns)[chosen]
             self.tabular_columns = list(tabular_columns)
             self.tabular_cells = [tuple(rows[i][name] for name in tabular_columns) for i in chosen]
         if self.in_channels is None:  # decided once, from the first training image, for every split
@@ -545,16 +547,18 @@ class Manifest(ManifestRows, ImageDataset):
         datasets = [self, *others]
         cells = [row for dataset in datasets for row in dataset.tabular_cells]
         lines = [line for dataset in datasets for line in dataset.chosen_lines]
-        matrix, names = encode_tabular(
-            {name: [row[j] for row in cells] for j, name in enumerate(self.tabular_columns)},
+        columns = {name: [row[j] for row in cells] for j, name in enumerate(self.tabular_columns)}
+        encoder = fit_tabular(
+            columns,
             train_rows=range(len(self.ids)),
             source=self.source,
             row_label=lambda i: f"line {lines[i]}",
         )
+        matrix = encoder.transform(columns)
         start = 0
         for dataset in datasets:
             dataset.tabular = matrix[start : start + len(dataset.ids)]
-            dataset.tabular_names = names
+            dataset.tabular_names, dataset.tabular_state = encoder.names, encoder.state()
             start += len(dataset.ids)
 
     def _all_targets(self, rows: list[dict], columns: list[str]) -> np.ndarray:

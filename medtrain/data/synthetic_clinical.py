@@ -11,7 +11,7 @@ import numpy as np
 
 from medtrain.data.base import SPLITS, ImageDataset
 from medtrain.data.synthetic import make_scans
-from medtrain.data.tabular import encode_tabular
+from medtrain.data.tabular import fit_tabular
 from medtrain.errors import ConfigError
 
 TARGETS = ("auto", "label", "area_mm2", "risk")
@@ -76,7 +76,8 @@ class SyntheticClinical(ImageDataset):
         **kwargs: passed to `ImageDataset`.
     """
 
-    sample_fields = (*ImageDataset.sample_fields, "images", "area_mm2")
+    sample_fields = (*ImageDataset.sample_fields, "images", "area_mm2", "tabular_cells")
+    tabular_columns = ["age", "sex", "marker"]
 
     def __init__(
         self,
@@ -135,12 +136,17 @@ class SyntheticClinical(ImageDataset):
         self.images, areas = draw_lesions(cases[split]["size"], image_size, rng, contrast)
         self.area_mm2 = areas * spacing**2
         everything = {k: np.concatenate([cases[s][k] for s in SPLITS]) for k in cases[split]}
-        columns = {name: [str(v) for v in everything[name]] for name in ("age", "sex", "marker")}
-        matrix, self.tabular_names = encode_tabular(
-            columns, list(range(num_train)), source="synthetic_clinical"
-        )
+        columns = {name: [str(v) for v in everything[name]] for name in self.tabular_columns}
+        encoder = fit_tabular(columns, list(range(num_train)), "synthetic_clinical")
+        self.tabular_names, self.tabular_state = encoder.names, encoder.state()
+        matrix = encoder.transform(columns)
         start = sum(counts[s] for s in SPLITS[: SPLITS.index(split)])
         self.tabular = matrix[start : start + counts[split]]
+        # Each case's values as a CSV would hold them (what `medtrain predict` is given).
+        self.tabular_cells = [
+            tuple(columns[name][i] for name in self.tabular_columns)
+            for i in range(start, start + counts[split])
+        ]
         self.ids = [f"{split}_{i:05d}" for i in range(counts[split])]
         own = cases[split]
         labels = {

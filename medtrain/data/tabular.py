@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -92,6 +92,28 @@ class TabularEncoder:
         self.codes = [self._fit_column(name, values, rows) for name, values in columns.items()]
         self.names = [name for code in self.codes for name in code.names]
         return self
+
+    def state(self) -> list[dict]:
+        """What `from_state` rebuilds the fitted encoder from (saved in a run's checkpoint, so
+        that a new patient's clinical values are encoded as the training rows were)."""
+        if self.codes is None:
+            raise RuntimeError("TabularEncoder.state called before fit")
+        return [asdict(code) for code in self.codes]
+
+    @classmethod
+    def from_state(
+        cls, state: Sequence[Mapping], source: str = "tabular data", row_label=None
+    ) -> TabularEncoder:
+        """The encoder `state()` describes, fitted as it was."""
+        encoder = cls(source, row_label)
+        encoder.codes = [ColumnCode(**dict(code)) for code in state]
+        encoder.names = [name for code in encoder.codes for name in code.names]
+        return encoder
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw columns it encodes, in order."""
+        return [code.name for code in self.codes or []]
 
     def transform(
         self, columns: Mapping[str, Sequence[str]], rows: Sequence[int] | None = None
@@ -236,8 +258,21 @@ def encode_tabular(
     Returns:
         The float32 matrix (rows x features) and the name of each feature.
     """
+    encoder = fit_tabular(columns, train_rows, source, row_label, warn)
+    return encoder.transform(columns), encoder.names
+
+
+def fit_tabular(
+    columns: Mapping[str, Sequence[str]],
+    train_rows: Sequence[int],
+    source: str = "tabular data",
+    row_label: Callable[[int], str] | None = None,
+    warn: Callable[[str, str], None] | None = None,
+) -> TabularEncoder:
+    """A `TabularEncoder` fitted on the training rows, its `warnings` passed to `warn` (the
+    arguments of `encode_tabular`)."""
     encoder = TabularEncoder(source, row_label).fit(columns, train_rows)
     for column, message in encoder.warnings.items():
         if warn is not None:
             warn(column, message)
-    return encoder.transform(columns), encoder.names
+    return encoder

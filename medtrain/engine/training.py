@@ -193,6 +193,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     }
     if processes > 1:  # what resuming compares (a single-process checkpoint has no entry)
         extra_state["world_size"] = processes
+    encoding = getattr(datasets["train"], "tabular_state", None)
+    if encoding is not None:  # how clinical columns become the model's input: what predict reads
+        extra_state["tabular"] = encoding
     kept: dict = {}  # the best epoch's validation, reused by `test`
     state = fit(
         trained,

@@ -37,6 +37,13 @@ def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[
             whose normalizations are not all affine maps of each other (other modes, `invert`).
     """
     first = dict(runs[0].checkpoint["preprocessing"])
+    encodings = [run.checkpoint.get("tabular") for run in runs]
+    if any(e != encodings[0] for e in encodings[1:]):  # e.g. a CV's folds: each its own
+        raise ConfigError(
+            "the runs encode their clinical columns with other statistics (each CV fold fits "
+            "them on its own training cases); one network reads one encoding, so its members "
+            "predict"
+        )
     for run in runs[1:]:
         other = dict(run.checkpoint["preprocessing"])
         differs = [k for k in first if k != "normalize" and first[k] != other.get(k)]
@@ -126,6 +133,7 @@ def save_average(
         "medtrain_version": base.checkpoint.get("medtrain_version"),
         "volume_axes": base.checkpoint.get("volume_axes"),  # how its members read volumes
         "preprocessing": preprocessing,
+        **({"tabular": base.checkpoint["tabular"]} if base.checkpoint.get("tabular") else {}),
         "model": model.state_dict(),
         "threshold": task.threshold,
         "best_epoch": None,

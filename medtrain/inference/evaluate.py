@@ -87,6 +87,11 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     else:
         truth = TargetTruth(predictor, cfg)
     wanted = {"image_column": image_column, **truth.columns}
+    # A model that also reads clinical columns: the CSV holds them, named as in training.
+    wanted |= {
+        f"the run's dataset.tabular_columns[{k}]": c
+        for k, c in enumerate(predictor.clinical_columns)
+    }
     if cfg.group_column:
         wanted["group_column"] = cfg.group_column
     check_columns(path, header, wanted, rows[0], prefix="")
@@ -106,7 +111,8 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
         problems.append(f"images listed more than once: {', '.join(twice[:SHOWN])}")
     collector = task.collector(final=True)
     score = _score_volumes if isinstance(truth, LabelVolumeTruth) else _score_images
-    score(predictor, truth, collector, [_file(path, i) for i in ids], ids, lines, cfg, problems)
+    files = [_file(path, i) for i in ids]
+    score(predictor, truth, collector, files, ids, lines, rows, cfg, problems)
     if problems:  # row by row, then what concerns several rows
         problems.sort(key=lambda p: (0, int(m[1])) if (m := ROW.match(p)) else (1, 0))
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
@@ -140,10 +146,11 @@ def _score_images(
     files: list[Path],
     ids: list[str],
     lines: list[int],
+    rows: list[dict[str, str]],
     cfg: DictConfig,
     problems: list[str],
 ) -> None:
-    """Every row's image through the model, `cfg.batch_size` at a time, into `collector`; every
+    """Every row's image (and clinical values, for a model that reads them) through the model, `cfg.batch_size` at a time, into `collector`; every
     unreadable row added to `problems` (once there is one, nothing more is computed)."""
     batch = int(cfg.batch_size)
     for start in range(0, len(files), batch):
@@ -151,7 +158,7 @@ def _score_images(
         for k in range(start, min(start + batch, len(files))):
             try:
                 image = predictor.read(files[k])
-                items.append(predictor.prepare(image, ids[k]))
+                items.append(predictor.prepare(image, ids[k], clinical=rows[k]))
                 truth.check_image(k, image)
                 kept.append(k)
             except MedtrainError as err:
@@ -172,6 +179,7 @@ def _score_volumes(
     files: list[Path],
     ids: list[str],
     lines: list[int],
+    rows: list[dict[str, str]],
     cfg: DictConfig,
     problems: list[str],
 ) -> None:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from medtrain.analysis.mask_folder import spacing_arg
 from medtrain.analysis.overlays import safe_name
 from medtrain.analysis.volume_results import write_nifti
-from medtrain.data.manifest import read_csv
+from medtrain.data.manifest import check_columns, read_csv
 from medtrain.data.readers import READABLE_EXTENSIONS
 from medtrain.data.volume_slices import case_name
 from medtrain.data.volumes import is_nifti
@@ -231,7 +231,9 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         return predict_volumes(cfg, predictor, files)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
     lister = list_volumes if names_volumes else list_inputs
-    inputs = not_written_here(lister(str(cfg.inputs), cfg.image_column), files, cfg.inputs)
+    listed = lister(str(cfg.inputs), cfg.image_column)
+    inputs = not_written_here(listed, files, cfg.inputs)
+    clinical = clinical_rows(predictor, str(cfg.inputs), listed, files)
     task = predictor.task
     rows: list[dict[str, Any]] = []
     predicted: list[dict[str, Any]] = []
@@ -239,21 +241,22 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     bar = tqdm(total=len(inputs), desc="predict", disable=None if cfg.progress else True)
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
-        decoded, names = [], []
-        for file, name in chunk:
+        decoded, names, values = [], [], []
+        for k, (file, name) in enumerate(chunk, start):
             try:
                 decoded.append(predictor.read(file))
                 names.append(name)
+                values.append(clinical[k] if clinical else None)
                 stated[name] = decoded[-1].spacing
             except DataError as err:
                 rows.append({"file": name, "error": str(err)})
         try:
-            results = predictor.predict(decoded, names, spacing) if decoded else []
+            results = predictor.predict(decoded, names, spacing, clinical=values) if decoded else []
         except DataError:  # one unusable image (e.g. 2 channels for a grey model): find it
             results = []
-            for image, name in zip(decoded, names, strict=True):
+            for image, name, value in zip(decoded, names, values, strict=True):
                 try:
-                    results += predictor.predict([image], [name], spacing)
+                    results += predictor.predict([image], [name], spacing, clinical=[value])
                 except DataError as err:
                     results.append(err)
         for name, result in zip(names, results, strict=True):
@@ -274,6 +277,34 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         written.append(save_csv(files.table(table), table_rows, fields))
     failed = [r for r in rows if r.get("error")]
     return {"inputs": len(inputs), "failed": failed, "written": written}
+
+
+def clinical_rows(
+    predictor: Predictor, spec: str, listed: list[tuple[Path, str]], files: PredictionFiles
+) -> list[dict[str, str]] | None:
+    """Each input's clinical values (its manifest row), aligned with the inputs left after
+    `not_written_here`, for a run whose model reads them; None for the others.
+
+    Raises:
+        ConfigError: inputs that are not a CSV manifest, or one without the run's columns.
+    """
+    columns = predictor.clinical_columns
+    if not columns:
+        return None
+    path = Path(spec)
+    if not (path.is_file() and path.suffix.lower() == ".csv"):
+        raise ConfigError(
+            f"inputs={spec!r}: this run's model also reads the clinical columns {columns}; give "
+            "inputs=<manifest.csv> with an image column and those columns, one row per image"
+        )
+    header, rows, _ = read_csv(path)
+    check_columns(
+        path,
+        header,
+        {f"the run's dataset.tabular_columns[{k}]": c for k, c in enumerate(columns)},
+        prefix="",
+    )
+    return [row for (file, _), row in zip(listed, rows, strict=True) if not files.holds(file)]
 
 
 def warn_mixed_spacings(

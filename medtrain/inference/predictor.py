@@ -4,7 +4,7 @@ preprocessing; prediction files, the HTTP service and export checks all call it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from medtrain.data.readers import (
     read_file,
     read_image,
 )
+from medtrain.data.tabular import TabularEncoder
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.data.volumes import (
     VOLUME_AXES,
@@ -128,6 +129,7 @@ class Prepared:
     spacing: tuple[float, ...] | None
     affine: np.ndarray | None = None  # a volume's voxel-to-world matrix
     stored_affine: np.ndarray | None = None  # the file's, when the volume was reordered to RAS
+    tabular: torch.Tensor | None = None  # the encoded clinical values, for models that read them
 
     @property
     def shape_key(self) -> tuple:
@@ -169,11 +171,25 @@ class Predictor:
         check_backend(backend)
         run = load_run(run_dir, trust=trust)
         keys = input_keys(run.model)
-        if keys != ("image",):
+        encoding = run.checkpoint.get("tabular")
+        if set(keys) not in ({"image"}, {"image", "tabular"}) or (
+            "tabular" in keys and not encoding
+        ):
+            why = (
+                "its checkpoint does not record how the clinical columns were encoded (a run "
+                "saved before predictions took them, or an ensemble of CV folds, which encode "
+                "them each their own way: its members are scored by the CV)"
+                if set(keys) == {"image", "tabular"}
+                else "medtrain predict, evaluate and serve read image files, with clinical "
+                "values for a model that also reads them"
+            )
+            raise ConfigError(f"run_dir: {run.run_dir} has a model reading {list(keys)}; {why}")
+        # A model that also reads clinical columns: each image's values, encoded as in training.
+        self.tabular_state = encoding if "tabular" in keys else None
+        self.tabular = TabularEncoder.from_state(encoding) if self.tabular_state else None
+        if self.tabular is not None and backend == "onnx":
             raise ConfigError(
-                f"run_dir: {run.run_dir} has a model reading {list(keys)}; medtrain predict, "
-                "evaluate and serve read image files only, for models of images alone (a model "
-                "that also reads clinical columns is scored by its own test split)"
+                "backend=onnx runs models of images alone; this run also reads clinical columns"
             )
         self.run = run
         self.cfg = run.cfg
@@ -235,6 +251,8 @@ class Predictor:
             # An ensemble's members (a fold ensemble, `medtrain ensemble`); 1 for one run.
             "members": len(self.cfg.model.get("members") or [None]),
             "tta": self.task.tta,  # the test-time views each prediction averages
+            # Fields each prediction needs besides the image (a model that reads clinical columns)
+            "clinical_columns": self.clinical_columns,
             "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
             "weights_sha256": self.weights_sha256,
             "backend": self.backend_info(),
@@ -385,7 +403,40 @@ class Predictor:
             if problem:
                 raise DataError(f"{name}: {problem}")
 
-    def prepare(self, image: Decoded, name: str, index: int = 0) -> Prepared:
+    @property
+    def clinical_columns(self) -> list[str]:
+        """The clinical columns the run's model reads besides the image (none for most runs)."""
+        return [] if self.tabular is None else self.tabular.columns
+
+    def clinical(self, values: Mapping[str, Any] | None, name: str) -> torch.Tensor | None:
+        """An image's clinical values (column -> cell, as in the training CSV: an empty cell or
+        NA is a missing value) encoded as the training rows were; None for models of images
+        alone.
+
+        Raises:
+            DataError: a column not given, or a value the encoding cannot read (a word in a
+                column of numbers), naming `name`.
+        """
+        if self.tabular is None:
+            return None
+        values = values or {}
+        missing = [c for c in self.tabular.columns if c not in values]
+        if missing:
+            raise DataError(
+                f"{name}: no value for the clinical column(s) {missing}; this run's model reads "
+                f"{self.tabular.columns} besides the image (an empty value is a missing one)"
+            )
+        encoder = TabularEncoder.from_state(self.tabular_state, name, lambda _: "given")
+        cells = {c: ["" if values[c] is None else str(values[c]).strip()] for c in values}
+        return torch.from_numpy(encoder.transform(cells)[0])
+
+    def prepare(
+        self,
+        image: Decoded,
+        name: str,
+        index: int = 0,
+        clinical: Mapping[str, Any] | None = None,
+    ) -> Prepared:
         """One decoded image as the model's input (the run's evaluation preprocessing): the part of
         a prediction that needs no model, run by the server outside its model lock.
 
@@ -413,7 +464,10 @@ class Predictor:
                 "nothing to predict from (normalized, it is all zeros, and any answer would be "
                 "the model's guess for nothing)"
             )
-        return Prepared(name, tensor, intensity, image.spacing, image.affine, image.stored_affine)
+        tabular = self.clinical(clinical, name)
+        return Prepared(
+            name, tensor, intensity, image.spacing, image.affine, image.stored_affine, tabular
+        )
 
     @torch.no_grad()
     def forward(self, items: Sequence[Prepared]) -> list[torch.Tensor]:
@@ -425,8 +479,13 @@ class Predictor:
             groups.setdefault(item.shape_key, []).append(k)
         for (_, native), members in groups.items():
             batch = torch.stack([items[k].tensor for k in members]).to(self.device)
+            extra = (
+                {"tabular": torch.stack([items[k].tabular for k in members]).to(self.device)}
+                if self.tabular is not None
+                else {}
+            )
             with autocast(self.device, self.precision):
-                out = self.task.infer(self.model, batch, native or None)
+                out = self.task.infer(self.model, batch, native or None, extra)
             for j, k in enumerate(members):
                 outputs[k] = out[j : j + 1]
         return outputs  # type: ignore[return-value]
@@ -466,6 +525,7 @@ class Predictor:
         names: Sequence[str],
         spacing: Sequence[float] | None = None,
         measure: bool = True,
+        clinical: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[dict[str, Any]]:
         """One result dict per image (the task's `prediction`): `prepare`, `forward`, `result`.
 
@@ -475,9 +535,12 @@ class Predictor:
             spacing: pixel spacing (row_mm, col_mm), e.g. for measurements; None: what each file
                 states, else the run's `dataset.spacing`, else pixels.
             measure: measure what was found (off for slices of a volume, measured whole).
+            clinical: each image's clinical values, for a model that reads them (`clinical`).
         """
+        values = clinical or [None] * len(images)
         items = [
-            self.prepare(im, n, k) for k, (im, n) in enumerate(zip(images, names, strict=True))
+            self.prepare(im, n, k, v)
+            for k, (im, n, v) in enumerate(zip(images, names, values, strict=True))
         ]
         outputs = self.forward(items)
         return [self.result(i, o, spacing, measure) for i, o in zip(items, outputs, strict=True)]

@@ -109,6 +109,32 @@ def parse_flag(name: str, text: str) -> bool:
 PARAMETERS = {"overlay", "spacing", "mask_nifti"}
 
 
+def clinical_fields(
+    form: FormData, request: Request, columns: list[str], count: int
+) -> list[dict[str, str]] | None:
+    """Each of `count` uploads' clinical values for a model that reads them (None for the
+    others): every column a form (or query) field, given once per file, in the files' order.
+
+    Raises:
+        HTTPException: 422 naming a column not given, or given another number of times.
+    """
+    if not columns:
+        return None
+    values = {}
+    for column in columns:
+        given = [v for v in form.getlist(column) if isinstance(v, str)]
+        given = given or request.query_params.getlist(column)
+        if len(given) != count:
+            raise HTTPException(
+                422,
+                f"{column}: this run's model reads the clinical values {columns} besides the "
+                f"image; send each as a form field, once per file ({count}; got {len(given)}; "
+                "an empty value is a missing one)",
+            )
+        values[column] = given
+    return [{c: values[c][k] for c in columns} for k in range(count)]
+
+
 def form_or_query(form: FormData, request: Request, name: str) -> str | None:
     """A text parameter from the multipart form, else from the query string; None: neither."""
     value = form.get(name)
@@ -322,12 +348,15 @@ def create_app(
     app.state.weights_sha256 = sha
     add_web_routes(app)
 
-    def prepare_all(uploads: list[tuple[bytes, str]]) -> list[Prepared]:
+    def prepare_all(
+        uploads: list[tuple[bytes, str]], clinical: list[dict[str, str]] | None = None
+    ) -> list[Prepared]:
         """Decode and preprocess one request's files (one at a time, so that at most one
-        decoded image is held beside the prepared ones)."""
+        decoded image is held beside the prepared ones), with each file's clinical values for
+        a model that reads them."""
         items, held = [], 0
-        for data, name in uploads:
-            item = prepare_one(data, name)
+        for k, (data, name) in enumerate(uploads):
+            item = prepare_one(data, name, clinical[k] if clinical else None)
             held += item.nbytes
             if held > max_request_bytes:
                 raise ImageTooLargeError(
@@ -337,11 +366,11 @@ def create_app(
             items.append(item)
         return items
 
-    def prepare_one(data: bytes, name: str) -> Prepared:
+    def prepare_one(data: bytes, name: str, clinical: dict[str, str] | None = None) -> Prepared:
         """One upload decoded and preprocessed; an input is never answered 500: what the readers
         did not foresee is refused naming the file (and logged with its traceback)."""
         try:
-            return predictor.prepare(predictor.decode(data, name), name)
+            return predictor.prepare(predictor.decode(data, name), name, clinical=clinical)
         except MedtrainError:
             raise
         except MemoryError as err:
@@ -391,13 +420,17 @@ def create_app(
                 raise HTTPException(
                     413, f"{len(files)} files; at most {limits.max_batch} per request"
                 )
-            unknown = sorted((set(form) - {field} | set(request.query_params)) - PARAMETERS)
+            columns = predictor.clinical_columns
+            taken = PARAMETERS | set(columns)
+            unknown = sorted((set(form) - {field} | set(request.query_params)) - taken)
             if unknown:  # e.g. clinical values, which a model of images alone never reads
+                reads = f"the clinical fields {columns}" if columns else "the image alone"
                 raise HTTPException(
                     422,
                     f"unknown parameter(s) {unknown}: {request.url.path} takes the file field "
-                    f"{field!r} and {sorted(PARAMETERS)}; this run reads the image alone",
+                    f"{field!r} and {sorted(taken)}; this run reads {reads}",
                 )
+            clinical = clinical_fields(form, request, columns, len(files))
             overlay = parse_flag("overlay", form_or_query(form, request, "overlay") or "false")
             if overlay and volume_run(predictor.cfg):
                 raise HTTPException(
@@ -419,7 +452,7 @@ def create_app(
             await form.close()
         # Checked always; used only where the task measures in mm.
         spacing = spacing_mm if predictor.task.uses_spacing else None
-        items = await run_in_threadpool_limited(working, prepare_all, uploads)
+        items = await run_in_threadpool_limited(working, prepare_all, uploads, clinical)
         del uploads
         outputs = await queue.forward(items)
         if all(out.numel() <= SMALL_OUTPUT for out in outputs):

@@ -259,14 +259,21 @@ class Task:
         return {}
 
     # -- finished runs ---------------------------------------------------------------------------
-    def infer(self, model: nn.Module, images: torch.Tensor, size: tuple[int, int] | None) -> Any:
+    def infer(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        size: tuple[int, int] | None,
+        extra: dict[str, torch.Tensor] | None = None,
+    ) -> Any:
         """Outputs for a batch of unlabelled images of one shape (prediction, serving).
 
         Args:
             size: the images' native (height, width) when preprocessing resized them for the
                 model; None when it did not say.
+            extra: the batch's other inputs (`tabular`: encoded clinical values), if any.
         """
-        return self.forward(model, {"image": images})
+        return self.forward(model, {"image": images, **(extra or {})})
 
     def prediction(self, output: torch.Tensor, item: Input) -> dict[str, Any]:
         """One image's result (JSON-ready numbers and names) from its output (a batch of one)."""

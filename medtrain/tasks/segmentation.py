@@ -228,7 +228,11 @@ class SegmentationTask(Task):
         return self.infer(model, images, tuple(batch["mask"].shape[-dims:]))
 
     def infer(
-        self, model: nn.Module, images: torch.Tensor, size: tuple[int, ...] | None = None
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        size: tuple[int, ...] | None = None,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits of whole images (or volumes): tiled when `inference.window` is set, averaged over
         the views of `tta` (as log-probabilities), resized to `size` (the native height and width,

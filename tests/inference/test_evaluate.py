@@ -220,3 +220,136 @@ def test_a_spacing_cell_is_one_or_two_sizes_in_mm():
     for bad in ("abc", "0", "-1", "inf", "nan", "1 2 3"):
         with pytest.raises(ValueError):
             spacing_cell(bad)
+
+
+@pytest.fixture(scope="module")
+def fusion_run(tmp_path_factory) -> Path:
+    from tests.conftest import ON_CPU, train_in_process
+
+    run = tmp_path_factory.mktemp("fusion") / "run"
+    train_in_process(
+        run,
+        [
+            "experiment=synthetic_fusion",
+            "dataset.num_train=64",
+            "dataset.num_val=24",
+            "dataset.num_test=24",
+            "trainer.max_epochs=2",
+            "trainer.progress=false",
+            "trainer.report=false",
+            ON_CPU,
+        ],
+    )
+    return run
+
+
+def test_a_fused_model_takes_each_image_s_clinical_values(fusion_run, tmp_path, capsys):
+    """The CSV's clinical columns, encoded as the training rows were (the encoding travels in
+    best.pt), give the run's own test metrics; a missing column or a word for a number is named."""
+    from medtrain.inference.predictor import Predictor
+
+    test = split_of(fusion_run)
+    names = save_npy_inputs(test, tmp_path, len(test))
+    clinical = {
+        c: [cells[j] for cells in test.tabular_cells] for j, c in enumerate(test.tabular_columns)
+    }
+    classes = test.class_names
+    labelled = write_labelled(tmp_path, names, [classes[int(y)] for y in test.labels], clinical)
+    out = tmp_path / "external"
+    assert main([f"run_dir={fusion_run}", f"inputs={labelled}", f"output={out}"]) == 0
+    mine = json.loads((out / "metrics.json").read_text())
+    theirs = json.loads((fusion_run / "metrics.json").read_text())
+    for key in ("test/auc", "test/acc"):
+        assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    predictor = Predictor(fusion_run)
+    assert predictor.clinical_columns == ["age", "sex", "marker"]
+    encoded = predictor.clinical(
+        dict(zip(test.tabular_columns, test.tabular_cells[0], strict=True)), "a"
+    )
+    np.testing.assert_allclose(encoded.numpy(), test.tabular[0], rtol=1e-6)
+    # Without the marker column, and with a word for an age: named, nothing written.
+    without = write_labelled(
+        tmp_path,
+        names,
+        [classes[int(y)] for y in test.labels],
+        {"age": ["old", *clinical["age"][1:]], "sex": clinical["sex"]},
+    )
+    assert main([f"run_dir={fusion_run}", f"inputs={without}", f"output={tmp_path / 'x'}"]) == 1
+    assert "no column 'marker' for the run's dataset.tabular_columns[2]" in capsys.readouterr().err
+    clinical["age"][0] = "old"
+    bad = write_labelled(tmp_path, names, [classes[int(y)] for y in test.labels], clinical)
+    assert main([f"run_dir={fusion_run}", f"inputs={bad}", f"output={tmp_path / 'x'}"]) == 1
+    assert (
+        f"line 2: {names[0]}: column 'age' holds 1 value(s) that are not numbers, but its "
+        "training values are numbers: given: 'old'"
+    ) in capsys.readouterr().err
+
+
+def test_predict_reads_a_fused_model_s_clinical_columns_from_its_manifest(fusion_run, tmp_path):
+    from medtrain.commands.predict import main as predict
+
+    test = split_of(fusion_run)
+    names = save_npy_inputs(test, tmp_path / "in", 10)
+    clinical = {
+        c: [cells[j] for cells in test.tabular_cells[:10]]
+        for j, c in enumerate(test.tabular_columns)
+    }
+    manifest = write_labelled(tmp_path / "in", names, ["?"] * 10, clinical)
+    out = tmp_path / "preds.csv"
+    assert (
+        predict([f"run_dir={fusion_run}", f"inputs={manifest}", f"output={out}", "batch_size=4"])
+        == 0
+    )
+    evaluated = {r["id"]: r for r in read_rows(fusion_run / "predictions.csv")}
+    classes = test.class_names
+    for row in read_rows(out):
+        own = evaluated[Path(row["file"]).stem]
+        for k, name in enumerate(classes):  # the run's columns by index, predict's by name
+            assert float(row[f"prob_{name}"]) == pytest.approx(float(own[f"prob_{k}"]), abs=1e-5)
+    # A folder of images carries no clinical values: refused, saying what to give.
+    assert predict([f"run_dir={fusion_run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 2
+
+
+def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion_run):
+    import io as bytes_io
+
+    from medtrain.errors import ConfigError
+    from medtrain.inference.predictor import Predictor
+    from medtrain.inference.serve import create_app
+    from tests.inference.test_serve import post, start, stop
+
+    test = split_of(fusion_run)
+    evaluated = {r["id"]: r for r in read_rows(fusion_run / "predictions.csv")}
+
+    def npy(k: int) -> bytes:
+        buffer = bytes_io.BytesIO()
+        np.save(buffer, test.read_image(k))
+        return buffer.getvalue()
+
+    def fields(k: int) -> list[tuple[str, None, bytes]]:
+        cells = dict(zip(test.tabular_columns, test.tabular_cells[k], strict=True))
+        return [(c, None, v.encode()) for c, v in cells.items()]
+
+    with pytest.raises(ConfigError, match="backend=onnx runs models of images alone"):
+        Predictor(fusion_run, backend="onnx")
+    running = start(create_app(Predictor(fusion_run)))
+    try:
+        status, answer = post(running.port, "/predict", ("file", "a.npy", npy(0)), *fields(0))
+        assert status == 200, answer
+        assert answer["probabilities"][test.class_names[1]] == pytest.approx(
+            float(evaluated[test.ids[0]]["prob_1"]), abs=1e-5
+        )
+        # Two files, each field given twice, in the files' order.
+        batch = [("files", "a.npy", npy(0)), ("files", "b.npy", npy(1)), *fields(0), *fields(1)]
+        status, answers = post(running.port, "/predict/batch", *batch)
+        assert status == 200 and [a["file"] for a in answers] == ["a.npy", "b.npy"]
+        assert answers[1]["probabilities"][test.class_names[1]] == pytest.approx(
+            float(evaluated[test.ids[1]]["prob_1"]), abs=1e-5
+        )
+        status, error = post(running.port, "/predict", ("file", "a.npy", npy(0)), *fields(0)[:2])
+        assert status == 422 and error["detail"].startswith(
+            "marker: this run's model reads the clinical values ['age', 'sex', 'marker'] besides "
+            "the image; send each as a form field, once per file (1; got 0"
+        )
+    finally:
+        stop(running)

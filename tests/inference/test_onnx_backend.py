@@ -234,14 +234,15 @@ def test_serve_refuses_at_start_without_a_traceback(finished_runs, monkeypatch, 
     assert err.startswith("error: backend=onnx: the run's network (Spectral)")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
-    # Fusion models read tabular columns, which no upload holds: refused for either backend.
+    # A fusion model without its clinical encoding in best.pt (this run has no clinical columns,
+    # like a run saved before the encoding was kept): refused, saying why.
     branches = {"image": SimpleCNN(1, 2, widths=(4,), hidden=8), "lab": TabularMLP(3, 2, (4,))}
     fusion = Fusion(branches, num_classes=2).eval()
     monkeypatch.setattr("medtrain.inference.predictor.load_run", with_network(fusion))
     assert serve_main([f"run_dir={run_dir}", "backend=onnx", "port=0"]) == 2
     assert (
-        "reading ['image', 'tabular']; medtrain predict, evaluate and serve read image files only"
-        in capsys.readouterr().err
+        "reading ['image', 'tabular']; its checkpoint does not record how the clinical columns "
+        "were encoded" in capsys.readouterr().err
     )
 
 
