@@ -222,7 +222,7 @@ class Predictor:
         # Segmentation datasets may state one pixel spacing for files that state none.
         spacing = getattr(self.preprocess, "spacing", None)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self.trained_values = trained_values(run.run_dir)
+        self.trained_values = trained_values(run.run_dir) if self.scale_matters else None
 
     # -- description ---------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -402,6 +402,17 @@ class Predictor:
             problem = other_scale(image.array, *self.trained_values)
             if problem:
                 raise DataError(f"{name}: {problem}")
+
+    @property
+    def scale_matters(self) -> bool:
+        """Whether the input's pixel scale reaches the network: normalization by fixed (or the
+        training split's) statistics, or none, or inverting images whose median is above 0.5;
+        per-image z-scoring, min-max and percentiles give the same input for 0-1 and 0-255
+        values."""
+        normalize = getattr(self.preprocess, "normalize", None)
+        if normalize is None:
+            return False
+        return normalize.mode in ("fixed", "dataset", "none") or normalize.invert == "auto"
 
     @property
     def clinical_columns(self) -> list[str]:

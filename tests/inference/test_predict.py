@@ -336,3 +336,11 @@ def test_an_input_on_another_scale_than_the_training_images_is_refused(finished_
     predictor.trained_values = ({"uint8"}, 255.0)
     with pytest.raises(DataError, match=r"^scan.npy: float32 pixel values from 0 to 255; "):
         predictor.predict([Decoded(ramp.astype(np.float32), None, "npy")], ["scan.npy"])
+    # Only where the scale reaches the network: per-image z-scores are the same on either scale.
+    from medtrain.data.transforms import Normalize
+
+    assert predictor.scale_matters  # this run's fixed mean and std
+    predictor.preprocess.normalize = Normalize(mode="zscore")
+    assert not predictor.scale_matters
+    predictor.preprocess.normalize = Normalize(mode="zscore", invert="auto")
+    assert predictor.scale_matters  # the median decides the inversion
