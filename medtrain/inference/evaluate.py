@@ -60,17 +60,13 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
             f"run_dir: {cfg.run_dir} is multi-label; medtrain evaluate scores one class per "
             "image (or pixel), or regression values"
         )
-    output = Path(cfg.output)
-    if output.resolve() == Path(cfg.run_dir).resolve():
+    output = Path(cfg.output).resolve()  # `.`, a symbolic link: the folder itself
+    if output == Path(cfg.run_dir).resolve():
         raise ConfigError(
             f"output={cfg.output}: the run folder itself, whose metrics.json and predictions.csv "
             "are the run's own; give another folder"
         )
-    if output.is_dir() and any(output.iterdir()) and not _is_evaluation(output):
-        raise ConfigError(
-            f"output={cfg.output}: a folder of other files (no earlier evaluation's metrics.json); "
-            "an evaluation writes predictions.csv and masks/ there: give a new folder"
-        )
+    _check_output(output, cfg.output, Path(cfg.inputs).resolve())
     data = predictor.cfg.dataset  # its manifest's columns are the default ones
     image_column = cfg.image_column or data.get("image_column") or "image"
     path = Path(cfg.inputs)
@@ -198,6 +194,50 @@ def _score_volumes(
             problems.append(f"line {lines[k]}: {ids[k]}: the model's output is not finite")
             continue
         collector.update(logits, {"id": [ids[k]], **truth.volume_batch(k, volume, intensity)})
+
+
+# Everything an evaluation writes into its folder (the tasks' test files): a folder holding only
+# these, with an evaluation's metrics.json, is an earlier evaluation, replaced whole.
+EVALUATION_FILES = {
+    "metrics.json",
+    "predictions.csv",
+    "confusion_matrix.csv",
+    GROUPS_FILE,
+    "per_case_metrics.csv",
+    "measurements.csv",
+    "measurement_totals.csv",
+    "measurement_agreement.json",
+    "volumes.csv",
+    "masks",
+    "instances",
+    "overlays",
+}
+
+
+def _check_output(output: Path, given: str, inputs: Path) -> None:
+    """The output folder must be new (or empty), or an earlier evaluation's, which is replaced
+    whole: never a file, a folder of other files (a user's masks/, run folders) or the folder
+    of the inputs.
+
+    Raises:
+        ConfigError: naming what it holds or why.
+    """
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output={given}: a file; an evaluation writes a folder")
+    if output == inputs.parent or output in inputs.parents:
+        raise ConfigError(
+            f"output={given}: holds the inputs ({inputs}); an evaluation replaces its folder "
+            "whole: give another folder"
+        )
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    others = sorted(f.name for f in output.iterdir() if f.name not in EVALUATION_FILES)
+    if others or not _is_evaluation(output):
+        shown = f" ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
+        raise ConfigError(
+            f"output={given}: a folder of other files{shown}, not an earlier evaluation's; an "
+            "evaluation replaces its folder whole: give a new folder"
+        )
 
 
 def _is_evaluation(folder: Path) -> bool:

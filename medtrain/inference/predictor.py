@@ -97,6 +97,21 @@ def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
     return None
 
 
+def refuse_constant(values: np.ndarray, name: str) -> None:
+    """Refuse an image (or volume) whose every pixel holds one value: a blank export, an empty
+    field; normalized it is all zeros, and any answer would be the model's guess for nothing.
+
+    Raises:
+        DataError: naming `name` and the value.
+    """
+    if values.size and values.min() == values.max():
+        raise DataError(
+            f"{name}: every pixel holds {values.flat[0].item()!r}: a constant image has "
+            "nothing to predict from (normalized, it is all zeros, and any answer would be "
+            "the model's guess for nothing)"
+        )
+
+
 def volume_decoded(volume: Volume) -> Decoded:
     """A volume (read in RAS order) as the predictor's input, with the file's own affine."""
     return Decoded(
@@ -469,12 +484,9 @@ class Predictor:
                 "(normalization); check the file's values and rescaling"
             )
         values = image.array
-        if values.size and values.min() == values.max():  # a blank export, an empty field
-            raise DataError(
-                f"{name}: every pixel holds {values.flat[0].item()!r}: a constant image has "
-                "nothing to predict from (normalized, it is all zeros, and any answer would be "
-                "the model's guess for nothing)"
-            )
+        # A slice of a volume may be blank (padding around the body): its volume was checked whole.
+        if not (image.format == "volume" and values.ndim == 2):
+            refuse_constant(values, name)
         tabular = self.clinical(clinical, name)
         return Prepared(
             name, tensor, intensity, image.spacing, image.affine, image.stored_affine, tabular
@@ -586,6 +598,7 @@ class Predictor:
         settings = volume_settings(self.cfg)
         axis = settings["axis"]
         volume = read_volume(path, self.ras)
+        refuse_constant(volume.array, name)
         array = normalize_volume(volume.array, settings["volume_normalize"])
         plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
         slices = [
@@ -612,6 +625,7 @@ class Predictor:
             item = self.prepare(volume_decoded(volume), name)
             return self.forward([item])[0], item.intensity
         axis = volume_settings(self.cfg)["axis"]
+        refuse_constant(volume.array, name)
         array = normalize_volume(volume.array, volume_settings(self.cfg)["volume_normalize"])
         plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
         items = [

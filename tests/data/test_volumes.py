@@ -518,6 +518,16 @@ def test_training_scores_reassembled_volumes(tmp_path):
 
     with pytest.raises(DataError, match="trained on slices of volumes"):
         Predictor(run).predict([Decoded(np.zeros((20, 16), np.float32), None, "npy")], ["x"])
+    # A blank slice (padding around the body) is segmented with the rest; a blank volume is not.
+    padded = np.asarray(nib.load(str(files[0])).dataobj).copy()
+    padded[:, :, 0] = padded[0] = 0.0
+    save_nifti(tmp_path / "padded.nii.gz", padded, (1.0, 0.8, 1.5))
+    assert Predictor(run).predict_volume(tmp_path / "padded.nii.gz", "padded")["mask"].shape == (
+        padded.shape
+    )
+    save_nifti(tmp_path / "blank.nii.gz", np.zeros_like(padded), (1.0, 0.8, 1.5))
+    with pytest.raises(DataError, match="blank: every pixel holds 0.0"):
+        Predictor(run).predict_volume(tmp_path / "blank.nii.gz", "blank")
     for row in predicted[:2]:
         case = Path(row["file"]).name.removesuffix(".nii.gz")
         mine = np.asarray(nib.load(str(out.parent / row["mask"])).dataobj)

@@ -203,7 +203,18 @@ def test_segmentation_masks_that_do_not_fit_are_named_at_once(finished_runs, tmp
     other = tmp_path / "mine"
     (other / "masks").mkdir(parents=True)
     assert main([f"run_dir={run}", f"inputs={labelled}", f"output={other}"]) == 2
-    assert "a folder of other files" in capsys.readouterr().err
+    assert "a folder of other files, not an earlier evaluation's" in capsys.readouterr().err
+    # An evaluation's folder with a file of the user's: kept, the evaluation refused.
+    (out / "notes.txt").write_text("mine")
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 2
+    assert "a folder of other files (notes.txt), not an earlier" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.json").is_file()
+    # The folder of the inputs, and a file, are never the output.
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={data}"]) == 2
+    assert f"holds the inputs ({labelled})" in capsys.readouterr().err
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={labelled}"]) == 2
+    assert "a file; an evaluation writes a folder" in capsys.readouterr().err
+    assert labelled.is_file() and (data / rows[0][1]).is_file()
 
 
 def test_a_spacing_cell_is_one_or_two_sizes_in_mm():
