@@ -6,6 +6,7 @@ compare with the run's `metrics.json`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -153,7 +154,7 @@ def _score_images(
         items, kept = [], []
         for k in range(start, min(start + batch, len(files))):
             try:
-                image = predictor.read(files[k])
+                image = truth.with_spacing(k, predictor.read(files[k]))
                 items.append(predictor.prepare(image, ids[k], clinical=rows[k]))
                 truth.check_image(k, image)
                 kept.append(k)
@@ -184,7 +185,8 @@ def _score_volumes(
     for k, file in enumerate(files):
         try:
             volume = truth.checked_volume(k, file)
-            if problems:
+            if problems:  # nothing more is computed: keep no label volume
+                truth.labels.pop(k, None)
                 continue
             logits, intensity = predictor.volume_logits(volume, ids[k])
         except MedtrainError as err:
@@ -273,6 +275,10 @@ class Truth:
     def check_image(self, k: int, image: Decoded) -> None:
         """Refuse row `k`'s reference when it does not fit its decoded image."""
 
+    def with_spacing(self, k: int, image: Decoded) -> Decoded:
+        """Row `k`'s image with the pixel spacing its evaluation uses (default: the file's)."""
+        return image
+
     def batch(self, k: int, item: Prepared) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -317,10 +323,12 @@ class MaskTruth(Truth):
         self.instance_labels = bool(data.get("instance_labels"))
         self.file_spacing = data.get("file_spacing", True) is not False
         self.columns = {"mask_column": cfg.mask_column or data.get("mask_column") or "mask"}
-        spacing_column = cfg.spacing_column or ("spacing" if "spacing" in header else None)
+        own = data.get("spacing_column") or "spacing"  # the run's manifest column, if any
+        spacing_column = cfg.spacing_column or (own if own in header else None)
         if spacing_column:
             self.columns["spacing_column"] = spacing_column
-        self.masks: list[np.ndarray | None] = []
+        self.masks: list[np.ndarray | None] = []  # uint8 (int32 for 256 classes or more)
+        self.files: list[Path | None] = []
         self.instances: list[np.ndarray | None] = []
         self.spacing: list[tuple[float, ...] | None] = []
 
@@ -334,16 +342,21 @@ class MaskTruth(Truth):
             try:
                 if spacing_column:
                     spacing = spacing_cell(row[spacing_column])
-                if self.file_spacing:
-                    spacing = spacing or file_spacing(_file(self.path, image))
                 if not row[column]:
                     raise DataError(f"column {column!r} is empty")
+                if self.file_spacing:  # the image's, else the mask's (as the run's datasets)
+                    spacing = (
+                        spacing
+                        or file_spacing(_file(self.path, image))
+                        or file_spacing(_file(self.path, row[column]))
+                    )
                 mask, labels = self._read(_file(self.path, row[column]))
-            except ValueError as err:
+            except ValueError as err:  # spacing_cell's: the only ValueError here
                 problems.append(f"line {line}: column {spacing_column!r}: {err}")
             except MedtrainError as err:
                 problems.append(f"line {line}: {err}")
             self.masks.append(mask)
+            self.files.append(_file(self.path, row[column]) if row[column] else None)
             self.instances.append(labels)
             self.spacing.append(spacing or self.predictor.spacing)
         without = [line for line, s in zip(lines, self.spacing, strict=True) if s is None]
@@ -360,7 +373,7 @@ class MaskTruth(Truth):
         """A mask file's class indices, and its object labels when the run read instance labels."""
         if self.instance_labels:
             labels = read_instance_labels(file)
-            return (labels > 0).astype(np.int64), labels
+            return (labels > 0).astype(np.uint8), labels.astype(np.int32)
         mask = read_mask_file(file, self.class_values, self.num_classes)
         if mask.size and mask.max() >= self.num_classes:
             found = np.unique(mask)
@@ -369,26 +382,34 @@ class MaskTruth(Truth):
                 f"{file}: mask values {found[found >= self.num_classes][:10].tolist()} are not "
                 f"among the run's {self.num_classes} classes {self.predictor.class_names}{hint}"
             )
-        return mask, None
+        return mask.astype(np.uint8 if self.num_classes <= 256 else np.int32), None
+
+    def with_spacing(self, k: int, image: Decoded) -> Decoded:
+        """The spacing the run's test pass would use (its column, the files' unless the run set
+        `dataset.file_spacing=false`, `dataset.spacing`): measurements, HD95 in mm and any
+        resampling to `dataset.target_spacing` follow it."""
+        return dataclasses.replace(image, spacing=self.spacing[k])
 
     def check_image(self, k: int, image: Decoded) -> None:
         mask = self.masks[k]
         shape = tuple(image.array.shape[:2])
         if mask is not None and mask.shape != shape:
             raise DataError(
-                f"the mask is {mask.shape[0]}x{mask.shape[1]} pixels but the image is "
-                f"{shape[0]}x{shape[1]}"
+                f"{self.files[k]}: the mask is {mask.shape[0]}x{mask.shape[1]} pixels but the "
+                f"image is {shape[0]}x{shape[1]}"
             )
 
     def batch(self, k: int, item: Prepared) -> dict[str, Any]:
         spacing = self.spacing[k] or (math.nan, math.nan)
+        mask, self.masks[k] = self.masks[k], None  # scored once: held no longer
         entries = {
-            "mask": torch.from_numpy(self.masks[k])[None],
+            "mask": torch.from_numpy(mask.astype(np.int64))[None],
             "spacing": torch.tensor([spacing], dtype=torch.float64),
             "intensity": torch.from_numpy(item.intensity)[None],
         }
         if self.instances[k] is not None:
             entries["instances"] = torch.from_numpy(self.instances[k])[None]
+            self.instances[k] = None
         return entries
 
 

@@ -181,7 +181,7 @@ def test_segmentation_masks_that_do_not_fit_are_named_at_once(finished_runs, tmp
     out = tmp_path / "external"
     assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 1
     err = capsys.readouterr().err
-    assert "line 2: the mask is 10x12 pixels but the image is 96x96" in err
+    assert f"line 2: {data / rows[0][1]}: the mask is 10x12 pixels but the image is 96x96" in err
     assert (
         f"line 3: {data / rows[1][1]}: mask values [3] are not among the run's 3 classes "
         "['background', 'ellipse', 'rectangle']; the run maps none (dataset.class_values)"
