@@ -93,22 +93,32 @@ def read_mask_file(
     return mask
 
 
+# Separate regions of one label that make an instance-label file of one or two values a class
+# mask: an object cut in two by a tile's edge, or drawn in two parts, stays an object.
+MASK_REGIONS = 3
+
+
 def read_instance_labels(path: str | Path) -> np.ndarray:
     """An instance-label file (0 background, one number per object) as stored.
 
     Raises:
         DataError: naming the file, for what `read_mask_file` refuses, and for a class or binary
-            mask (most of its values each cover several separate regions, e.g. {0, 255}): read as
-            objects it would count one object per value.
+            mask (one or two values, one of them over `MASK_REGIONS` or more separate regions,
+            e.g. {0, 255}): read as objects it would count one object per value.
     """
     labels = read_mask_file(path, labels=True)
-    hint = reading_hint(labels, instances=True, connectivity=2)
-    if hint:
-        raise DataError(
-            f"{path}: {hint}: this is a class mask, not instance labels (one number per object, "
-            "as the data's instance labels are read); store one label per object, or set "
-            "dataset.instance_labels=false"
-        )
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    if len(values) <= 2:  # one or two values: a class mask when one covers many separate regions
+        structure = ndi.generate_binary_structure(2, 2)
+        for value in values:
+            regions = ndi.label(labels == value, structure)[1]
+            if regions >= MASK_REGIONS:
+                raise DataError(
+                    f"{path}: label {value} covers {regions} separate regions: this is a class "
+                    "mask, not instance labels (one number per object, as the data's instance "
+                    "labels are read); store one label per object, or set "
+                    "dataset.instance_labels=false"
+                )
     return labels
 
 

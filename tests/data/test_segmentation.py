@@ -475,12 +475,16 @@ def test_instance_labels_give_the_binary_mask_and_the_objects(tmp_path):
         as_classes[0]
     # A binary mask among the instance labels would be counted one object per image: refused.
     binary = np.zeros((48, 48), np.uint8)
-    binary[5:12, 5:12] = binary[30:40, 30:40] = 255  # two separate objects, one value
+    binary[5:12, 5:12] = 255  # one object: instance labels of one object
+    binary[5:12, 30:40] = 255  # two parts of one object (cut by a tile's edge): still labels
+    Image.fromarray(binary).save(root / "labels" / "cell11.png")
+    assert SegFolder(split="test", **kwargs)[1]["instances"].max() == 255
+    binary[30:40, 30:40] = 255  # three separate regions of one value: a binary mask
     Image.fromarray(binary).save(root / "labels" / "cell11.png")
     with pytest.raises(DataError) as err:
         SegFolder(split="test", **kwargs)[1]
     assert str(err.value) == (
-        f"{root / 'labels' / 'cell11.png'}: label 255 covers 2 separate regions: this is a class "
+        f"{root / 'labels' / 'cell11.png'}: label 255 covers 3 separate regions: this is a class "
         "mask, not instance labels (one number per object, as the data's instance labels are "
         "read); store one label per object, or set dataset.instance_labels=false"
     )
