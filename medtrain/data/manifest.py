@@ -352,18 +352,16 @@ class ManifestRows:
             trained = sorted(
                 {s for splits in where for s in splits if "train" in splits} - {"train"}
             )
+            harms = []
             if trained:
-                harm = (
+                harms.append(
                     f"{' and '.join(trained)} hold{'s' * (len(trained) == 1)} groups the model "
-                    "trained on, so "
-                    + ("its" if len(trained) == 1 else "their")
-                    + " metrics are optimistic"
+                    "trained on"
                 )
-            else:  # val and test only
-                harm = (
-                    "test holds groups the best checkpoint and the threshold were chosen on "
-                    "(val), so its metrics are optimistic"
-                )
+            if ("val", "test") in where:  # a group in val and test only
+                harms.append("test holds groups the best checkpoint and threshold were chosen on")
+            few = len(harms) == 1 and len(trained) <= 1  # one split's metrics
+            harm = "; ".join(harms) + f", so {'its' if few else 'their'} metrics are optimistic"
             self._data_warning(
                 "groups_in_splits",
                 f"{self.manifest_path}: {len(shared)} of {len(seen)} groups (dataset.group_column;"
@@ -553,6 +551,7 @@ class Manifest(ManifestRows, ImageDataset):
             train_rows=range(len(self.ids)),
             source=self.source,
             row_label=lambda i: f"line {lines[i]}",
+            warn=lambda column, text: self._data_warning(f"categories_of:{column}", text),
         )
         matrix = encoder.transform(columns)
         start = 0

@@ -262,17 +262,20 @@ def input_hint(model: torch.nn.Module, shapes: dict[str, tuple]) -> str:
     return ""
 
 
-def check_inputs_read(model: torch.nn.Module, columns: Any) -> None:
+def check_inputs_read(model: torch.nn.Module, columns: Any, target: str | None = None) -> None:
     """Clinical columns asked for (`dataset.tabular_columns`) must be read by the model: an image
     model would train without them while the run's config lists them.
 
     Raises:
-        ConfigError: naming the columns, the model's inputs and the fix.
+        ConfigError: naming the columns, the model (its option, else `target`), its inputs and
+            the fix.
     """
     keys = input_keys(model)
+    named = choice("model")
+    named = f"model._target_={target}" if named == "?" and target else f"model={named}"
     if columns and "tabular" not in keys:
         raise ConfigError(
-            f"dataset.tabular_columns={list(columns)}: model={choice('model')} reads only "
+            f"dataset.tabular_columns={list(columns)}: {named} reads only "
             f"{list(keys)}, so these clinical columns would be ignored; use model=fusion (images "
             "and the columns together), or leave dataset.tabular_columns empty"
         )

@@ -111,6 +111,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     if distributed.is_distributed():  # the same cases and inferred values on every node
         distributed.check_same_config(cfg, datasets)
     distributed.agreed(check_against_data, cfg)
+    if cfg.dataset.get("tabular_columns"):  # before the data are read: the model must take them
+        check_inputs_read(build_model(cfg), cfg.dataset.tabular_columns, cfg.model.get("_target_"))
     if cfg.trainer.get("check_data", True):  # runs saved before the key existed: on
         # Every sample is read once before training: a bad file stops the run here, one line per
         # problem, instead of mid-epoch; data_report.json in the run folder lists everything.
@@ -129,7 +131,6 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     model = build_model(cfg)
     task = build_task(cfg)
     first = collate(first_samples(datasets["train"]))
-    check_inputs_read(model, cfg.dataset.get("tabular_columns"))
     distributed.agreed(check_model_output, model, task, first)
     model = model.to(device, memory_format=memory_format(cfg.trainer, cfg.dataset.spatial_dims))
     task.loss_fn.to(device)

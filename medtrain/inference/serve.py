@@ -148,6 +148,10 @@ def upload_schema(field: str, description: str) -> dict[str, Any]:
     files = {"type": "array", "items": upload} if field == "files" else upload
     overlay = {"type": "boolean", "description": "segmentation: add a base64 PNG overlay"}
     spacing = {"type": "string", "description": "segmentation: row_mm,col_mm"}
+    nifti = {
+        "type": "boolean",
+        "description": "segmentation of volumes: add the label volume as a base64 .nii.gz",
+    }
     form = {
         "type": "object",
         "required": [field],
@@ -155,12 +159,18 @@ def upload_schema(field: str, description: str) -> dict[str, Any]:
             field: {**files, "description": description},
             "overlay": overlay,
             "spacing": spacing,
+            "mask_nifti": nifti,
         },
     }
+    query = (
+        ("overlay", {**overlay, "default": False}),
+        ("spacing", spacing),
+        ("mask_nifti", {**nifti, "default": False}),
+    )
     return {
         "parameters": [
             {"name": name, "in": "query", "required": False, "schema": schema}
-            for name, schema in (("overlay", {**overlay, "default": False}), ("spacing", spacing))
+            for name, schema in query
         ],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}},
     }

@@ -375,7 +375,8 @@ def test_a_patient_in_two_splits_of_a_volume_manifest_is_warned(tmp_path):
     assert train.data_warnings["groups_in_splits"] == (
         f"{csv_path}: 2 of 5 groups (dataset.group_column; e.g. p1, p2) have rows in more than "
         f"one split of column '{split_file}' (1 in train and val; 1 in val and test): val holds "
-        "groups the model trained on, so its metrics are optimistic"
+        "groups the model trained on; test holds groups the best checkpoint and threshold were "
+        "chosen on, so their metrics are optimistic"
     )
     # A patient in val and test only: test holds what the checkpoint was chosen on.
     train_cases = ["case_00", "case_01", "case_06", "case_07", "case_08", "case_09"]
@@ -385,8 +386,8 @@ def test_a_patient_in_two_splits_of_a_volume_manifest_is_warned(tmp_path):
         str(csv_path), "train", num_classes=3, group_column="patient", split_file=str(split_file)
     )
     assert train.data_warnings["groups_in_splits"].endswith(
-        "(1 in val and test): test holds groups the best checkpoint and the threshold were "
-        "chosen on (val), so its metrics are optimistic"
+        "(1 in val and test): test holds groups the best checkpoint and threshold were chosen "
+        "on, so its metrics are optimistic"
     )
     base = ["dataset=nifti_volumes", f"dataset.path={csv_path}", "dataset.num_classes=3"]
     base += ["dataset.group_column=patient", "augmentation=volume", "task=segmentation"]

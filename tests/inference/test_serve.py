@@ -171,7 +171,9 @@ def test_health_info_and_openapi(servers, finished_runs):
     for path, field in (("/predict", "file"), ("/predict/batch", "files")):  # the upload fields
         form = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert form["required"] == [field]
-        assert set(form["properties"]) == {field, "overlay", "spacing"}
+        assert set(form["properties"]) == {field, "overlay", "spacing", "mask_nifti"}
+        query = {p["name"] for p in paths[path]["post"]["parameters"]}
+        assert query == {"overlay", "spacing", "mask_nifti"}  # what PARAMETERS takes
     assert fetch(port, "GET", "/docs")[0] == 200
 
 
