@@ -68,7 +68,7 @@ class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
 
     def read_mask(self, index: int) -> np.ndarray:
         path = self.pairs[self.cases[index]][1]
-        return VolumeSlices._checked_labels(read_volume(path).array, path)
+        return VolumeSlices.checked_labels(read_volume(path).array, path)
 
     def _label_volume(self, index: int):
         return read_volume(self.pairs[self.cases[index]][1])

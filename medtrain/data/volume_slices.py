@@ -269,7 +269,7 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
         if case in self.geometry:
             return self._labels(case)
         label_volume = read_volume(label_path)  # its geometry is the case's geometry
-        labels_volume = self._checked_labels(label_volume.array, label_path)
+        labels_volume = self.checked_labels(label_volume.array, label_path)
         if self.cache.mode == "memory":
             self.cache.memory[str(label_path)] = labels_volume
         check_label_axes(image_path, label_volume, label_path)  # other axes: other shapes
@@ -296,10 +296,10 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
 
     def _labels(self, case: str) -> np.ndarray:
         path = self.pairs[case][1]
-        return self.cache.array(path, lambda p: self._checked_labels(read_volume(p).array, p))
+        return self.cache.array(path, lambda p: self.checked_labels(read_volume(p).array, p))
 
     @staticmethod
-    def _checked_labels(array: np.ndarray, path) -> np.ndarray:
+    def checked_labels(array: np.ndarray, path) -> np.ndarray:
         if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
             raise DataError(f"{path}: label values must be whole numbers")
         if array.size and array.min() < 0:
