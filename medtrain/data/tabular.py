@@ -246,18 +246,8 @@ def encode_tabular(
     row_label: Callable[[int], str] | None = None,
     warn: Callable[[str, str], None] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Fit a `TabularEncoder` on the training rows and encode every row.
-
-    Args:
-        columns: column name -> raw string values, one per row.
-        train_rows: indices of the training rows.
-        source: named in error messages.
-        row_label: how error messages name row `i` (see `TabularEncoder`).
-        warn: called with (column, message) for each of the encoder's `warnings`.
-
-    Returns:
-        The float32 matrix (rows x features) and the name of each feature.
-    """
+    """Every row encoded by `fit_tabular`'s encoder (the same arguments): the float32 matrix
+    (rows x features) and the name of each feature."""
     encoder = fit_tabular(columns, train_rows, source, row_label, warn)
     return encoder.transform(columns), encoder.names
 
@@ -269,8 +259,15 @@ def fit_tabular(
     row_label: Callable[[int], str] | None = None,
     warn: Callable[[str, str], None] | None = None,
 ) -> TabularEncoder:
-    """A `TabularEncoder` fitted on the training rows, its `warnings` passed to `warn` (the
-    arguments of `encode_tabular`)."""
+    """A `TabularEncoder` fitted on the training rows.
+
+    Args:
+        columns: column name -> raw string values, one per row.
+        train_rows: indices of the training rows.
+        source: named in error messages.
+        row_label: how error messages name row `i` (see `TabularEncoder`).
+        warn: called with (column, message) for each of the encoder's `warnings`.
+    """
     encoder = TabularEncoder(source, row_label).fit(columns, train_rows)
     for column, message in encoder.warnings.items():
         if warn is not None:

@@ -6,6 +6,7 @@ compare with the run's `metrics.json`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -104,9 +105,11 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     if twice:
         problems.append(f"images listed more than once: {', '.join(twice[:SHOWN])}")
     collector = task.collector(final=True)
-    score = _score_volumes if isinstance(truth, LabelVolumeTruth) else _score_images
-    files = [row_file(path, i) for i in ids]
-    score(predictor, truth, collector, files, ids, lines, rows, cfg, problems)
+    listed = Listed([row_file(path, i) for i in ids], ids, lines, rows)
+    if isinstance(truth, LabelVolumeTruth):
+        _score_volumes(predictor, truth, collector, listed, problems)
+    else:
+        _score_images(predictor, truth, collector, listed, int(cfg.batch_size), problems)
     if problems:  # row by row, then what concerns several rows
         problems.sort(key=lambda p: (0, int(m[1])) if (m := ROW.match(p)) else (1, 0))
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
@@ -133,26 +136,34 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+@dataclasses.dataclass
+class Listed:
+    """The CSV's rows: each image's file, id (its cell), line, and cells (clinical values)."""
+
+    files: list[Path]
+    ids: list[str]
+    lines: list[int]
+    rows: list[dict[str, str]]
+
+
 def _score_images(
     predictor: Predictor,
     truth: Truth,
     collector: Any,
-    files: list[Path],
-    ids: list[str],
-    lines: list[int],
-    rows: list[dict[str, str]],
-    cfg: DictConfig,
+    listed: Listed,
+    batch: int,
     problems: list[str],
 ) -> None:
-    """Every row's image (and clinical values, for a model that reads them) through the model, `cfg.batch_size` at a time, into `collector`; every
-    unreadable row added to `problems` (once there is one, nothing more is computed)."""
-    batch = int(cfg.batch_size)
-    for start in range(0, len(files), batch):
+    """Every row's image (with its clinical values, for a model that reads them) through the
+    model, `batch` at a time, into `collector`; every unreadable row added to `problems` (once
+    there is one, nothing more is computed)."""
+    ids, lines = listed.ids, listed.lines
+    for start in range(0, len(ids), batch):
         items, kept = [], []
-        for k in range(start, min(start + batch, len(files))):
+        for k in range(start, min(start + batch, len(ids))):
             try:
-                image = truth.with_spacing(k, predictor.read(files[k]))
-                items.append(predictor.prepare(image, ids[k], clinical=rows[k]))
+                image = truth.with_spacing(k, predictor.read(listed.files[k]))
+                items.append(predictor.prepare(image, ids[k], clinical=listed.rows[k]))
                 truth.check_image(k, image)
                 kept.append(k)
             except MedtrainError as err:
@@ -170,29 +181,26 @@ def _score_volumes(
     predictor: Predictor,
     truth: LabelVolumeTruth,
     collector: Any,
-    files: list[Path],
-    ids: list[str],
-    lines: list[int],
-    rows: list[dict[str, str]],
-    cfg: DictConfig,
+    listed: Listed,
     problems: list[str],
 ) -> None:
     """`_score_images` for volumes: each read, checked against its label volume and segmented
     whole (one at a time: a volume is a batch)."""
-    for k, file in enumerate(files):
+    for k, file in enumerate(listed.files):
+        name, line = listed.ids[k], listed.lines[k]
         try:
             volume = truth.checked_volume(k, file)
             if problems:  # nothing more is computed: keep no label volume
                 truth.labels.pop(k, None)
                 continue
-            logits, intensity = predictor.volume_logits(volume, ids[k])
+            logits, intensity = predictor.volume_logits(volume, name)
         except MedtrainError as err:
-            problems.append(f"line {lines[k]}: {err}")
+            problems.append(f"line {line}: {err}")
             continue
         if not torch.isfinite(logits).all():
-            problems.append(f"line {lines[k]}: {ids[k]}: the model's output is not finite")
+            problems.append(f"line {line}: {name}: the model's output is not finite")
             continue
-        collector.update(logits, {"id": [ids[k]], **truth.volume_batch(k, volume, intensity)})
+        collector.update(logits, {"id": [name], **truth.volume_batch(k, volume, intensity)})
 
 
 # Everything an evaluation writes into its folder (the tasks' test files): a folder holding only

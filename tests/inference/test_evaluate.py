@@ -28,6 +28,17 @@ def write_labelled(
     return path
 
 
+def assert_scores_as_the_run(run: Path, labelled: Path, out: Path, keys) -> dict:
+    """`medtrain evaluate` of `run` on `labelled` into `out` gives the run's own test metrics
+    `keys` (its test images, as files); returns the evaluation's metrics."""
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 0
+    mine = json.loads((out / "metrics.json").read_text())
+    theirs = json.loads((run / "metrics.json").read_text())
+    for key in keys:
+        assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    return mine
+
+
 def test_the_run_s_own_test_images_score_its_test_metrics(finished_runs, tmp_path, capsys):
     run = finished_runs["classification"]
     test = split_of(run)

@@ -345,6 +345,7 @@ def test_a_run_saved_before_volumes_were_read_in_ras_order_reads_them_as_trained
 
 def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_path, capsys):
     from medtrain.commands.evaluate import main
+    from tests.inference.test_evaluate import assert_scores_as_the_run
     from tests.inference.test_predict import split_of
 
     test = split_of(volume_run)
@@ -359,11 +360,8 @@ def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_pat
     labelled = tmp_path / "cases.csv"
     labelled.write_text("\n".join(lines) + "\n")
     out = tmp_path / "external"
-    assert main([f"run_dir={volume_run}", f"inputs={labelled}", f"output={out}"]) == 0
-    mine = json.loads((out / "metrics.json").read_text())
-    theirs = json.loads((volume_run / "metrics.json").read_text())
-    for key in ("test/dice", "test/dice_class_1", "test/hd95_mm", "test/volume_mae_ml_class_1"):
-        assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    keys = ("test/dice", "test/dice_class_1", "test/hd95_mm", "test/volume_mae_ml_class_1")
+    assert_scores_as_the_run(volume_run, labelled, out, keys)
     with open(out / "volumes.csv", newline="") as f:
         volumes = list(csv.DictReader(f))
     assert [r["id"] for r in volumes] == [f"{case}.nii.gz" for case in test.ids]

@@ -291,7 +291,7 @@ def test_contacts_need_both_the_marked_masks_and_the_method(overrides, message):
 
 
 def test_evaluate_scores_instance_labels_as_the_run_s_test(instance_run, tmp_path):
-    from medtrain.commands.evaluate import main
+    from tests.inference.test_evaluate import assert_scores_as_the_run
 
     run_dir, root = instance_run
     labelled = tmp_path / "labelled.csv"
@@ -300,11 +300,8 @@ def test_evaluate_scores_instance_labels_as_the_run_s_test(instance_run, tmp_pat
         + "".join(f"{root}/images/{n}.png,{root}/labels/{n}.png\n" for n in ("cell14", "cell15"))
     )
     out = tmp_path / "external"
-    assert main([f"run_dir={run_dir}", f"inputs={labelled}", f"output={out}"]) == 0
-    mine = json.loads((out / "metrics.json").read_text())
-    theirs = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("test/dice", "test/instance_score", "test/pq", "test/count_median_abs_rel_error"):
-        assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    keys = ("test/dice", "test/instance_score", "test/pq", "test/count_median_abs_rel_error")
+    assert_scores_as_the_run(run_dir, labelled, out, keys)
     # The 16-bit labels were read as objects: two true discs per image, as in the run's test.
     rows = read_csv(out / "per_case_metrics.csv")
     assert [float(r["count_true"]) for r in rows] == [2.0, 2.0]
