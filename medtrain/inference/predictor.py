@@ -23,7 +23,7 @@ from medtrain.data.readers import (
     read_file,
     read_image,
 )
-from medtrain.data.tabular import TabularEncoder
+from medtrain.data.tabular import TabularEncoder, is_missing
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.data.volumes import (
     VOLUME_AXES,
@@ -266,8 +266,12 @@ class Predictor:
             # An ensemble's members (a fold ensemble, `medtrain ensemble`); 1 for one run.
             "members": len(self.cfg.model.get("members") or [None]),
             "tta": self.task.tta,  # the test-time views each prediction averages
-            # Fields each prediction needs besides the image (a model that reads clinical columns)
-            "clinical_columns": self.clinical_columns,
+            # Fields each prediction needs besides the image (a model that reads clinical
+            # columns): each a number, or one of its training categories.
+            "clinical_columns": {
+                code.name: "number" if code.numeric else list(code.categories)
+                for code in (self.tabular.codes if self.tabular else [])
+            },
             "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test/")},
             "weights_sha256": self.weights_sha256,
             "backend": self.backend_info(),
@@ -454,6 +458,18 @@ class Predictor:
             )
         encoder = TabularEncoder.from_state(self.tabular_state, name, lambda _: "given")
         cells = {c: ["" if values[c] is None else str(values[c]).strip()] for c in values}
+        unseen = [
+            f"{code.name}={cells[code.name][0]!r} (training: {', '.join(code.categories)})"
+            for code in encoder.codes or []
+            if not code.numeric
+            and not is_missing(cells[code.name][0])
+            and cells[code.name][0] not in code.categories
+        ]
+        if unseen:  # encoded as none of the categories, it would read as a missing value
+            raise DataError(
+                f"{name}: a category no training row holds: {'; '.join(unseen)}; give one of "
+                "the training categories (spelled alike), or an empty value for a missing one"
+            )
         return torch.from_numpy(encoder.transform(cells)[0])
 
     def prepare(

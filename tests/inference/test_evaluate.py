@@ -338,7 +338,7 @@ def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion
     from medtrain.errors import ConfigError
     from medtrain.inference.predictor import Predictor
     from medtrain.inference.serve import create_app
-    from tests.inference.test_serve import post, start, stop
+    from tests.inference.test_serve import fetch, post, start, stop
 
     test = split_of(fusion_run)
     evaluated = {r["id"]: r for r in read_rows(fusion_run / "predictions.csv")}
@@ -356,6 +356,23 @@ def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion
         Predictor(fusion_run, backend="onnx")
     running = start(create_app(Predictor(fusion_run)))
     try:
+        status, info = (
+            fetch(running.port, "GET", "/info")[0],
+            json.loads(fetch(running.port, "GET", "/info")[2]),
+        )
+        assert info["clinical_columns"] == {"age": "number", "sex": ["F", "M"], "marker": "number"}
+        status, error = post(
+            running.port,
+            "/predict",
+            ("file", "a.npy", npy(0)),
+            *fields(0)[:1],
+            ("sex", None, b"female"),
+            fields(0)[2],
+        )
+        assert status == 422 and error["detail"] == (
+            "a.npy: a category no training row holds: sex='female' (training: F, M); give one "
+            "of the training categories (spelled alike), or an empty value for a missing one"
+        )
         status, answer = post(running.port, "/predict", ("file", "a.npy", npy(0)), *fields(0))
         assert status == 200, answer
         assert answer["probabilities"][test.class_names[1]] == pytest.approx(
