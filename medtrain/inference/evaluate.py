@@ -106,6 +106,12 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
         problems.append(f"images listed more than once: {', '.join(twice[:SHOWN])}")
     collector = task.collector(final=True)
     listed = Listed([row_file(path, i) for i in ids], ids, lines, rows)
+    inside = [f for f in [*listed.files, *getattr(truth, "files", [])] if f and within(f, output)]
+    if inside:  # replaced whole, the output would take them along
+        raise ConfigError(
+            f"output={cfg.output}: holds files the CSV names (e.g. {inside[0]}); an evaluation "
+            "replaces its folder whole: give another folder"
+        )
     if isinstance(truth, LabelVolumeTruth):
         _score_volumes(predictor, truth, collector, listed, problems)
     else:
@@ -132,6 +138,8 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
         metrics["intervals"] = f"bootstrap over the {len(rows)} cases" + (
             f", {grouping_note(staging, ids)}" if cfg.group_column else ""
         )
+        # Every file written: what a later evaluation into this folder may replace, and no other.
+        metrics["files"] = folder_files(staging)
         save_json(staging / "metrics.json", metrics)
     return metrics
 
@@ -222,35 +230,55 @@ EVALUATION_FILES = {
 
 
 def _check_output(output: Path, given: str, inputs: Path) -> None:
-    """The output folder must be new (or empty), or an earlier evaluation's, which is replaced
-    whole: never a file, a folder of other files (a user's masks/, run folders) or the folder
-    of the inputs.
+    """The output folder must be new (or empty), or an earlier evaluation's holding only what it
+    wrote (listed in its metrics.json), which is replaced whole: never a file, a folder of other
+    files (a user's masks/, notes, run folders) or the folder of the inputs.
 
     Raises:
         ConfigError: naming what it holds or why.
     """
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output={given}: a file; an evaluation writes a folder")
-    if output == inputs.parent or output in inputs.parents:
+    if within(inputs, output):
         raise ConfigError(
             f"output={given}: holds the inputs ({inputs}); an evaluation replaces its folder "
             "whole: give another folder"
         )
     if not output.is_dir() or not any(output.iterdir()):
         return
-    others = sorted(f.name for f in output.iterdir() if f.name not in EVALUATION_FILES)
-    if others or not _is_evaluation(output):
+    metrics = _evaluation(output)
+    written = set(metrics.get("files") or []) if metrics else set()
+    if metrics and "files" not in metrics:  # an evaluation of release 0.2: no subfolders
+        written = {f.name for f in output.iterdir() if f.is_file() and f.name in EVALUATION_FILES}
+    others = sorted(set(folder_files(output)) - written - {"metrics.json"})
+    if others or not metrics:
         shown = f" ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
         raise ConfigError(
-            f"output={given}: a folder of other files{shown}, not an earlier evaluation's; an "
-            "evaluation replaces its folder whole: give a new folder"
+            f"output={given}: a folder of other files{shown}, not an earlier evaluation's alone; "
+            "an evaluation replaces its folder whole: give a new folder"
         )
 
 
-def _is_evaluation(folder: Path) -> bool:
-    """Whether `folder` holds an earlier evaluation (its metrics.json names a run and inputs)."""
+def folder_files(folder: Path) -> list[str]:
+    """Every file under `folder` (and every empty folder), as sorted relative paths."""
+    found = []
+    for entry in folder.rglob("*"):
+        if entry.is_file() or entry.is_symlink() or (entry.is_dir() and not any(entry.iterdir())):
+            found.append(entry.relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both resolved)."""
+    path = Path(path).resolve()
+    return path == folder or folder in path.parents
+
+
+def _evaluation(folder: Path) -> dict | None:
+    """An earlier evaluation's metrics.json in `folder` (it names a run and inputs), or None."""
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and {"run_dir", "inputs"} <= metrics.keys()
+        return None
+    evaluation = isinstance(metrics, dict) and {"run_dir", "inputs"} <= metrics.keys()
+    return metrics if evaluation else None

@@ -214,12 +214,37 @@ def test_segmentation_masks_that_do_not_fit_are_named_at_once(finished_runs, tmp
     other = tmp_path / "mine"
     (other / "masks").mkdir(parents=True)
     assert main([f"run_dir={run}", f"inputs={labelled}", f"output={other}"]) == 2
-    assert "a folder of other files, not an earlier evaluation's" in capsys.readouterr().err
-    # An evaluation's folder with a file of the user's: kept, the evaluation refused.
-    (out / "notes.txt").write_text("mine")
-    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 2
-    assert "a folder of other files (notes.txt), not an earlier" in capsys.readouterr().err
-    assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.json").is_file()
+    assert "a folder of other files (masks), not an earlier evaluation's" in capsys.readouterr().err
+    # An evaluation's folder with a file of the user's, beside its files or among its masks:
+    # kept, the evaluation refused (metrics.json lists what the evaluation wrote).
+    assert json.loads((out / "metrics.json").read_text())["files"] == sorted(
+        [
+            "per_case_metrics.csv",
+            "predictions.csv",
+            "measurements.csv",
+            "measurement_totals.csv",
+            "measurement_agreement.json",
+            *(f"masks/{Path(r[0]).stem}.png" for r in rows),
+        ]
+    )
+    for mine in (out / "notes.txt", out / "masks" / "my_annotation.png"):
+        mine.write_text("mine")
+        assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 2
+        shown = mine.relative_to(out).as_posix()
+        assert f"a folder of other files ({shown}), not an earlier" in capsys.readouterr().err
+        assert mine.read_text() == "mine" and (out / "metrics.json").is_file()
+        mine.unlink()
+    # Masks the CSV names inside the output folder (the earlier evaluation's own, as references)
+    # are never replaced with it.
+    predicted = out / read_rows(out / "predictions.csv")[0]["mask"]
+    lines = labelled.read_text().splitlines()
+    cells = lines[1].split(",")
+    lines[1] = ",".join([str(data / cells[0]), str(predicted), *cells[2:]])
+    (tmp_path / "theirs.csv").write_text("\n".join(lines) + "\n")
+    argv = [f"run_dir={run}", f"inputs={tmp_path / 'theirs.csv'}", f"output={out}"]
+    assert main(argv) == 2
+    assert f"holds files the CSV names (e.g. {predicted})" in capsys.readouterr().err
+    assert predicted.is_file()
     # The folder of the inputs, and a file, are never the output.
     assert main([f"run_dir={run}", f"inputs={labelled}", f"output={data}"]) == 2
     assert f"holds the inputs ({labelled})" in capsys.readouterr().err
