@@ -30,7 +30,10 @@ def spacing_cell(text: str) -> tuple[float, float] | None:
     parts = text.replace("x", " ").replace(",", " ").split()
     if not parts:
         return None
-    values = [float(v) for v in parts]
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []  # words: refused below, as any other bad cell
     if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{text!r} is not {SPACING_CELL}")
     return values[0], values[-1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ from medtrain.analysis.mask_folder import spacing_arg
 from medtrain.analysis.overlays import safe_name
 from medtrain.analysis.volume_results import write_nifti
 from medtrain.data.manifest import check_columns, read_csv
+from medtrain.data.manifest import listed as listed_text
 from medtrain.data.readers import READABLE_EXTENSIONS
+from medtrain.data.seg_manifest import SPACING_CELL, spacing_cell
 from medtrain.data.volume_slices import case_name
 from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError
@@ -234,6 +236,8 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     listed = lister(str(cfg.inputs), cfg.image_column)
     inputs = not_written_here(listed, files, cfg.inputs)
     clinical = clinical_rows(predictor, str(cfg.inputs), listed, files)
+    # A manifest's spacing column (as the run's datasets read it), unless spacing= is given.
+    row_spacing = None if spacing else spacing_rows(predictor, str(cfg.inputs), listed, files)
     task = predictor.task
     rows: list[dict[str, Any]] = []
     predicted: list[dict[str, Any]] = []
@@ -244,7 +248,10 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         decoded, names, values = [], [], []
         for k, (file, name) in enumerate(chunk, start):
             try:
-                decoded.append(predictor.read(file))
+                image = predictor.read(file)
+                if row_spacing and row_spacing[k]:
+                    image = replace(image, spacing=row_spacing[k])
+                decoded.append(image)
                 names.append(name)
                 values.append(clinical[k] if clinical else None)
                 stated[name] = decoded[-1].spacing
@@ -305,6 +312,38 @@ def clinical_rows(
         prefix="",
     )
     return [row for (file, _), row in zip(listed, rows, strict=True) if not files.holds(file)]
+
+
+def spacing_rows(
+    predictor: Predictor, spec: str, listed: list[tuple[Path, str]], files: PredictionFiles
+) -> list[tuple[float, float] | None] | None:
+    """Each input's pixel spacing from a manifest's spacing column (the run's
+    `dataset.spacing_column`, else `spacing`; an empty cell: the file's, else the run's), aligned
+    with the inputs left after `not_written_here`; None without such a column, or for a run that
+    does not measure.
+
+    Raises:
+        DataError: naming every cell that is not a pixel size in mm.
+    """
+    path = Path(spec)
+    if not (predictor.task.uses_spacing and path.is_file() and path.suffix.lower() == ".csv"):
+        return None
+    header, rows, lines = read_csv(path)
+    column = predictor.cfg.dataset.get("spacing_column") or "spacing"
+    if column not in header:
+        return None
+    found, bad = [], []
+    for (file, _), row, line in zip(listed, rows, lines, strict=True):
+        try:
+            value = spacing_cell(row[column])
+        except ValueError:
+            bad.append(f"line {line}: {row[column]!r}")
+            continue
+        if not files.holds(file):
+            found.append(value)
+    if bad:
+        raise DataError(f"{path}: column {column!r} must hold {SPACING_CELL}: {listed_text(bad)}")
+    return found
 
 
 def warn_mixed_spacings(

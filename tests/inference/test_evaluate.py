@@ -414,3 +414,35 @@ def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion
         )
     finally:
         stop(running)
+
+
+def test_predict_reads_a_manifest_s_spacing_column_as_evaluate_does(
+    finished_runs, tmp_path, capsys
+):
+    from medtrain.commands.predict import main as predict
+
+    run = finished_runs["segmentation"]  # dataset.spacing [0.5, 0.5]
+    labelled, rows = write_segmentation_set(run, tmp_path / "data", 3)
+    with open(labelled, "w", newline="") as f:
+        csv.writer(f).writerows(
+            [
+                ["image", "mask", "spacing"],
+                *(r + [s] for r, s in zip(rows, ["0.25", "", "0.25 0.5"], strict=True)),
+            ]
+        )
+    out = tmp_path / "preds.csv"
+    assert predict([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 0
+    predicted = read_rows(out)
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={tmp_path / 'ev'}"]) == 0
+    evaluated = read_rows(tmp_path / "ev" / "predictions.csv")
+    for mine, theirs, scale in zip(predicted, evaluated, (0.0625, 0.25, 0.125), strict=True):
+        area = float(mine["area_mm2_ellipse"])
+        assert area == pytest.approx(int(mine["area_px_ellipse"]) * scale)  # the row's mm^2
+        assert area == pytest.approx(float(theirs["area_mm2_ellipse"]))
+    with open(labelled, "a", newline="") as f:
+        f.write(f"{rows[0][0]},{rows[0][1]},abc\n")
+    assert predict([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 2
+    assert (
+        "column 'spacing' must hold a pixel size in mm (0.5, or 0.5 0.6 for row and column): "
+        "line 5: 'abc'"
+    ) in capsys.readouterr().err
