@@ -88,6 +88,14 @@ def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
                 "values as they are (0-1 expected): save it as an 8/16-bit PNG or TIFF, or scale "
                 "it to 0-1 (divide 8-bit values by 255)"
             )
+    if array.dtype == np.uint16 and dtypes <= {"uint8", "bool"} and array.size:
+        top = int(array.max())
+        if top <= 255:  # an 8-bit image saved in 16 bits: 0-1 of 65535 is 257 times darker
+            return (
+                f"uint16 pixels of values up to {top} only: an 8-bit image stored in 16 bits, "
+                "read as 0-1 of 65535, 257 times darker than this run's uint8 training images; "
+                "save it as an 8-bit PNG or TIFF"
+            )
     if scaled and not dtypes & SCALED_TYPES and high > 1.5:
         return (
             f"{array.dtype} pixels are read as 0-1 of their bit depth, but this run was trained "

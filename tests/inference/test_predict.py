@@ -325,6 +325,10 @@ def test_an_input_on_another_scale_than_the_training_images_is_refused(finished_
     assert other_scale(ramp.astype(np.int16), {"uint8", "uint16"}, 255.0).startswith("int16 pixel")
     assert other_scale(ramp.astype(np.float32) / 255, {"uint8"}, 255.0) is None  # 0-1 floats
     assert other_scale(ramp.astype(np.uint8), {"uint8"}, 255.0) is None
+    # An 8-bit image saved in 16 bits (values up to 255): 257 times too dark for an 8-bit run.
+    assert "257 times darker" in other_scale(ramp.astype(np.uint16), {"uint8"}, 255.0)
+    assert other_scale(ramp.astype(np.uint16) * 257, {"uint8"}, 255.0) is None  # a 16-bit image
+    assert other_scale(ramp.astype(np.uint16), {"uint16"}, 255.0) is None  # as trained
     # Trained on floats of 0-255 (read as they are): an 8-bit file would be 255 times too dark.
     assert "trained on float32 images of values up to 255" in other_scale(
         ramp.astype(np.uint8), {"float32"}, 255.0
