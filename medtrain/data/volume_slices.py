@@ -18,6 +18,7 @@ from medtrain.data.volumes import (
     VOLUME_NORMALIZE,
     VolumeCache,
     check_label_axes,
+    check_label_origin,
     check_label_spacing,
     normalize_volume,
     read_volume,
@@ -280,6 +281,7 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
                 f"volume {shape} of {image_path}"
             )
         check_label_spacing(image_path, label_volume, label_path)  # mL use the label's
+        check_label_origin(image_path, label_volume, label_path)
         self.geometry[case] = {
             "shape": shape,
             "spacing": label_volume.spacing,

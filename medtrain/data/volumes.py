@@ -281,7 +281,7 @@ def check_label_geometry(image_path: str | Path, label: Volume, label_path: str 
     """A label volume must lie on its image's voxels: the same stored axis order (each is read in
     RAS order by its own affine: a label whose affine states other axes, as nibabel's default for
     a label saved without one does, would be flipped or turned against its image), then the same
-    voxel size (its mL would be wrong). Read from the image's NIfTI header only; an image of
+    voxel size (its mL would be wrong) and origin (within half a voxel). Read from the image's NIfTI header only; an image of
     another format is not compared.
 
     Raises:
@@ -289,6 +289,38 @@ def check_label_geometry(image_path: str | Path, label: Volume, label_path: str 
     """
     check_label_axes(image_path, label, label_path)
     check_label_spacing(image_path, label, label_path)
+    check_label_origin(image_path, label, label_path)
+
+
+def check_label_origin(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
+    """The position half of `check_label_geometry`: the label's first voxel must lie where the
+    image's does (within half a voxel); a label shifted against its image (misregistered, or
+    saved with another origin) would be scored and trained on as if it matched.
+
+    Raises:
+        DataError: naming both files and the distance in mm and in voxels.
+    """
+    import nibabel as nib
+
+    if not is_nifti(image_path):
+        return
+    try:
+        image_affine = np.asarray(nib.load(str(image_path)).affine, dtype=np.float64)
+    except Exception:  # read_volume names what is wrong with the image
+        return
+    stored = label.stored_affine if label.stored_affine is not None else label.affine
+    shift = np.asarray(stored, dtype=np.float64)[:3, 3] - image_affine[:3, 3]
+    try:  # the shift in the image's voxels, along each of its axes
+        voxels = np.abs(np.linalg.solve(image_affine[:3, :3], shift))
+    except np.linalg.LinAlgError:
+        return
+    if float(voxels.max()) > 0.5:
+        mm = " ".join(f"{v:+.4g}" for v in shift)
+        raise DataError(
+            f"{label_path}: its first voxel lies ({mm}) mm from the image's ({image_path}), "
+            f"{float(voxels.max()):.1f} voxels along an axis: the label does not lie on its "
+            "image; save it with the image's affine"
+        )
 
 
 def check_label_spacing(image_path: str | Path, label: Volume, label_path: str | Path) -> None:

@@ -428,6 +428,32 @@ def test_mismatched_label_volume_is_named(tmp_path):
             VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
 
 
+def test_label_volume_shifted_against_its_image_is_named(tmp_path):
+    """A label 3 mm off its image (misregistered, another origin) would be trained on and scored
+    as if it matched: refused, by the slices and the whole-volume datasets alike."""
+    make_cases(tmp_path, count=4)  # voxels of 1 x 0.8 x 1.5 mm, origin (10, -20, 5)
+    path = tmp_path / "labels" / "case_01.nii.gz"
+    stored = nib.load(str(path))
+    affine = stored.affine.copy()
+    affine[:3, 3] += [3.0, 0.0, 0.0]
+    nib.save(nib.Nifti1Image(np.asarray(stored.dataobj), affine), str(path))
+    said = r"case_01.nii.gz: its first voxel lies \(\+3 \+0 \+0\) mm from the image's .*3.0 voxels along an axis"
+    with pytest.raises(DataError, match=said):
+        for split in ("train", "val", "test"):
+            VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
+    datasets = [
+        NiftiVolumes(str(tmp_path), s, num_classes=3, val_size=1, test_size=1) for s in SPLITS
+    ]
+    with pytest.raises(DataError, match=said):
+        for dataset in datasets:
+            for k in range(len(dataset.ids)):
+                dataset.read_spacing(k)
+    affine[:3, 3] -= [2.7, 0.0, 0.0]  # 0.3 mm: within half a voxel (rounding of a header)
+    nib.save(nib.Nifti1Image(np.asarray(stored.dataobj), affine), str(path))
+    for split in ("train", "val", "test"):
+        VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
+
+
 def test_label_volume_of_another_voxel_size_is_named(tmp_path):
     make_cases(tmp_path, count=4)  # voxels of 1 x 0.8 x 1.5 mm
     labels = np.asarray(nib.load(str(tmp_path / "labels" / "case_01.nii.gz")).dataobj)
