@@ -91,6 +91,20 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
     return header, rows, lines
 
 
+def windows_paths(root: Path, cells: Sequence[str]) -> str | None:
+    """Why a manifest's files are not found when its paths are written as Windows writes them
+    (`images\\a.png`, which is one odd file name elsewhere) and the `/` path exists; else None."""
+    for cell in cells:
+        if "\\" in cell and not (root / cell).exists():
+            fixed = root / cell.replace("\\", "/")
+            if fixed.exists():
+                return (
+                    f"the paths are written with \\ as on Windows: write them with / ('{cell}' "
+                    f"is {fixed})"
+                )
+    return None
+
+
 # What a manifest's file column holds (for the hint of a missing `image_column`).
 FILE_SUFFIXES = (*IMAGE_EXTENSIONS, ".dcm", ".npy", ".npz", ".nii", ".gz")
 
@@ -215,22 +229,8 @@ class ManifestRows:
             if not file.is_file()
         ]
         if absent:
-            windows = next(
-                (
-                    (row[column], fixed)
-                    for row, file in zip(rows, files, strict=True)
-                    if "\\" in row[column]
-                    and not file.is_file()
-                    and (fixed := root / row[column].replace("\\", "/")).is_file()
-                ),
-                None,
-            )
-            hint = (
-                f"; the paths are written with \\ as on Windows: write them with / ('{windows[0]}'"
-                f" is {windows[1]})"
-                if windows
-                else ""
-            )
+            hint = windows_paths(root, [row[column] for row in rows])
+            hint = f"; {hint}" if hint else ""
             raise self._error(
                 f"no such image file ({len(absent)} of {len(rows)} rows; paths in column "
                 f"{column!r} are relative to {root}{hint})",

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from medtrain.analysis.statistics import GROUPS_FILE, grouping_note
-from medtrain.data.manifest import check_columns, read_csv
+from medtrain.data.manifest import check_columns, read_csv, windows_paths
 from medtrain.engine.loop import threshold_entries
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.inference.predictor import Predictor
@@ -92,6 +92,10 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     check_columns(path, header, wanted, rows[0], prefix="")
 
     ids = [row[image_column] for row in rows]
+    for column in filter(None, (image_column, truth.columns.get("mask_column"))):
+        hint = windows_paths(path.parent, [row[column] for row in rows])
+        if hint:  # every row would fail alike
+            raise DataError(f"{path}: column {column!r}: {hint}")
     problems = truth.read_all(rows, lines, ids)
     if cfg.group_column:  # an empty cell would join every such image into one "patient"
         empty = [

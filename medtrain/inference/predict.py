@@ -16,7 +16,7 @@ from tqdm import tqdm
 from medtrain.analysis.mask_folder import spacing_arg
 from medtrain.analysis.overlays import safe_name
 from medtrain.analysis.volume_results import write_nifti
-from medtrain.data.manifest import check_columns, read_csv
+from medtrain.data.manifest import check_columns, read_csv, windows_paths
 from medtrain.data.manifest import listed as listed_text
 from medtrain.data.readers import READABLE_EXTENSIONS
 from medtrain.data.seg_manifest import SPACING_CELL, spacing_cell
@@ -54,6 +54,9 @@ def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]
                 raise DataError(f"{path}: line {line}: the {image_column!r} cell is empty")
             file = Path(name) if Path(name).is_absolute() else path.parent / name
             found.append((file, name))
+        hint = windows_paths(path.parent, [name for _, name in found])
+        if hint:  # every row would fail alike
+            raise DataError(f"{path}: column {image_column!r}: {hint}")
         return found
     if path.is_file():
         return [(path, path.name)]

@@ -446,3 +446,22 @@ def test_predict_reads_a_manifest_s_spacing_column_as_evaluate_does(
         "column 'spacing' must hold a pixel size in mm (0.5, or 0.5 0.6 for row and column): "
         "line 5: 'abc'"
     ) in capsys.readouterr().err
+
+
+def test_windows_paths_are_named_by_predict_and_evaluate(finished_runs, tmp_path, capsys):
+    from medtrain.commands.predict import main as predict
+
+    run = finished_runs["segmentation"]
+    data = tmp_path / "data"
+    (data / "scans").mkdir(parents=True)
+    labelled, rows = write_segmentation_set(run, data / "scans", 2)
+    windows = data / "windows.csv"
+    windows.write_text("image,mask\n" + "".join(f"scans\\{a},scans\\{b}\n" for a, b in rows))
+    said = (
+        f"column 'image': the paths are written with \\ as on Windows: write them with / "
+        f"('scans\\{rows[0][0]}' is {data / 'scans' / rows[0][0]})"
+    )
+    assert main([f"run_dir={run}", f"inputs={windows}", f"output={tmp_path / 'ev'}"]) == 1
+    assert said in capsys.readouterr().err
+    assert predict([f"run_dir={run}", f"inputs={windows}", f"output={tmp_path / 'p.csv'}"]) == 2
+    assert said in capsys.readouterr().err
