@@ -109,6 +109,18 @@ def parse_flag(name: str, text: str) -> bool:
 PARAMETERS = {"overlay", "spacing", "mask_nifti"}
 
 
+def used_parameters(predictor: Predictor) -> set[str]:
+    """The parameters of `PARAMETERS` that mean something for this run (its clinical fields
+    besides): `overlay` for 2D images (a picture for segmentation), `spacing` for 2D runs (a
+    volume states its own), `mask_nifti` for runs that segment volumes."""
+    used = set(predictor.clinical_columns)
+    if not predictor.reads_volumes:
+        used |= {"overlay", "spacing"}
+    elif predictor.task.targets == "masks":
+        used.add("mask_nifti")
+    return used
+
+
 def clinical_fields(
     form: FormData, request: Request, columns: list[str], count: int
 ) -> list[dict[str, str]] | None:
@@ -431,14 +443,15 @@ def create_app(
                     413, f"{len(files)} files; at most {limits.max_batch} per request"
                 )
             columns = predictor.clinical_columns
-            taken = PARAMETERS | set(columns)
-            unknown = sorted((set(form) - {field} | set(request.query_params)) - taken)
+            unknown = sorted((set(form) - {field} | set(request.query_params)) - PARAMETERS)
+            unknown = [name for name in unknown if name not in columns]
             if unknown:  # e.g. clinical values, which a model of images alone never reads
                 reads = f"the clinical fields {columns}" if columns else "the image alone"
                 raise HTTPException(
                     422,
                     f"unknown parameter(s) {unknown}: {request.url.path} takes the file field "
-                    f"{field!r} and {sorted(taken)}; this run reads {reads}",
+                    f"{field!r} and, for this run, {sorted(used_parameters(predictor))}; this "
+                    f"run reads {reads}",
                 )
             clinical = clinical_fields(form, request, columns, len(files))
             overlay = parse_flag("overlay", form_or_query(form, request, "overlay") or "false")

@@ -270,8 +270,8 @@ def test_unknown_parameters_are_refused_not_ignored(servers):
     image = ("file", "a.png", encode(grey(40, (16, 16)), "PNG"))
     status, error = post(port, "/predict", image, ("age", None, b"55"), ("sex", None, b"F"))
     assert status == 422 and error["detail"] == (
-        "unknown parameter(s) ['age', 'sex']: /predict takes the file field 'file' and "
-        "['mask_nifti', 'overlay', 'spacing']; this run reads the image alone"
+        "unknown parameter(s) ['age', 'sex']: /predict takes the file field 'file' and, for this "
+        "run, ['overlay', 'spacing']; this run reads the image alone"
     )
     status, error = post(port, "/predict?overlays=true", image)
     assert status == 422 and error["detail"].startswith("unknown parameter(s) ['overlays']")

@@ -362,6 +362,9 @@ def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_pat
     out = tmp_path / "external"
     keys = ("test/dice", "test/dice_class_1", "test/hd95_mm", "test/volume_mae_ml_class_1")
     assert_scores_as_the_run(volume_run, labelled, out, keys)
+    from medtrain.inference.serve import used_parameters
+
+    assert used_parameters(Predictor(volume_run)) == {"mask_nifti"}  # what /predict names
     with open(out / "volumes.csv", newline="") as f:
         volumes = list(csv.DictReader(f))
     assert [r["id"] for r in volumes] == [f"{case}.nii.gz" for case in test.ids]
