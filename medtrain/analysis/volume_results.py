@@ -14,7 +14,7 @@ import numpy as np
 
 from medtrain.analysis.agreement import bland_altman
 from medtrain.analysis.overlays import safe_name, save_overlays
-from medtrain.data.volumes import stack_slices
+from medtrain.data.volumes import stack_slices, to_stored
 from medtrain.errors import DataError
 from medtrain.io import atomic_write, save_csv
 from medtrain.metrics.segmentation import case_metrics
@@ -91,12 +91,20 @@ class VolumeAssembler:
         spacing: Sequence[float] | None,
         affine: np.ndarray,
         image: np.ndarray | None = None,
+        stored_affine: np.ndarray | None = None,
     ) -> None:
-        """Add a volume predicted whole (D x H x W labels; `image` D x H x W x C, for overlays)."""
+        """Add a volume predicted whole (D x H x W labels; `image` D x H x W x C, for overlays);
+        with `stored_affine` (the file's, when it was read reordered to RAS) its mask is written
+        in the file's voxel order with that affine, as `medtrain predict` writes it."""
         overlay = None
         if self.final and image is not None:
             overlay = {"id": case, **orthogonal_slices(image, true, pred)}
         self._score(case, pred, true, spacing or (1.0, 1.0, 1.0), affine, overlay)
+        if self.final and stored_affine is not None:
+            self.done[-1] |= {
+                "pred": to_stored(pred, affine, stored_affine),
+                "affine": np.asarray(stored_affine, dtype=np.float64),
+            }
 
     def _score(self, case, pred, true, spacing, affine, overlay) -> None:
         names = self.task.class_names
@@ -127,7 +135,7 @@ class VolumeAssembler:
         names = self.task.class_names[1:]
         rows, predictions = [], []
         for result in self.done:
-            mask_file = f"masks/{safe_name(result['id'])}.nii.gz"
+            mask_file = f"masks/{safe_name(nifti_stem(result['id']))}.nii.gz"
             write_nifti(run_dir / mask_file, result["pred"], result["affine"])
             prediction = {"id": result["id"], "mask": mask_file}
             for name in names:
@@ -155,6 +163,15 @@ class VolumeAssembler:
             cases = (r["overlay"] for r in self.done if r["overlay"] is not None)
             save_overlays(run_dir / "overlays", cases, max_cases=self.task.num_overlays)
         return volume_agreement(self.done, names)
+
+
+def nifti_stem(case: str) -> str:
+    """A case id without a NIfTI file's extension (`a.nii.gz` -> `a`): its mask is
+    `masks/<stem>.nii.gz`, never `a.nii.gz.nii.gz`."""
+    for suffix in (".nii.gz", ".nii"):
+        if case.lower().endswith(suffix):
+            return case[: -len(suffix)]
+    return case
 
 
 def orthogonal_slices(

@@ -239,10 +239,13 @@ class LabelVolumeTruth(Truth):
         return volume
 
     def volume_batch(self, k: int, volume: Volume, intensity: np.ndarray) -> dict[str, Any]:
+        stored = volume.affine if volume.stored_affine is None else volume.stored_affine
         return {
             "mask": torch.from_numpy(self.labels.pop(k).astype(np.int64))[None],
             "spacing": torch.tensor([volume.spacing], dtype=torch.float64),
             "affine": torch.from_numpy(np.asarray(volume.affine, dtype=np.float64))[None],
+            # the file's own: its mask is written in its voxel order, as medtrain predict does
+            "stored_affine": torch.from_numpy(np.asarray(stored, dtype=np.float64))[None],
             "intensity": torch.from_numpy(np.ascontiguousarray(intensity))[None],
         }
 

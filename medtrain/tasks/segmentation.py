@@ -619,7 +619,11 @@ class SegmentationCollector:
                 image = batch["intensity"][k].cpu().numpy() if self.final else None
                 spacing = _spacing(batch["spacing"][k])
                 affine = batch["affine"][k].cpu().numpy()
-                self.volumes.add_volume(case_id, pred, true, spacing, affine, image)
+                # The file's own affine (`medtrain evaluate`): its mask is written in its order.
+                stored = (
+                    batch["stored_affine"][k].cpu().numpy() if "stored_affine" in batch else None
+                )
+                self.volumes.add_volume(case_id, pred, true, spacing, affine, image, stored)
                 continue
             spacing = _spacing(batch["spacing"][k])
             row = {"id": case_id, **case_metrics(pred, true, self.task.class_names, spacing)}

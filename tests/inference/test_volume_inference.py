@@ -350,12 +350,18 @@ def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_pat
 
     test = split_of(volume_run)
     spacing = np.diag([2.0, 1.0, 1.0, 1.0])  # the dataset's voxels, in RAS order as stored
+    # The last case stored slice-first (its axes reversed, the affine saying so): read in RAS
+    # order it is the same volume; its mask is written in its own order, as predict writes it.
+    turned = np.array([[0.0, 0, 2, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
     lines = ["image,mask"]
     for k, case in enumerate(test.ids):
-        image = nib.Nifti1Image(np.asarray(test.read_image(k), np.float32), spacing)
-        label = nib.Nifti1Image(np.asarray(test.read_mask(k), np.uint8), spacing)
-        nib.save(image, tmp_path / f"{case}.nii.gz")
-        nib.save(label, tmp_path / f"{case}_label.nii.gz")
+        last = k == len(test.ids) - 1
+        image, label = np.asarray(test.read_image(k), np.float32), np.asarray(test.read_mask(k))
+        if last:
+            image, label = image.transpose(2, 1, 0), label.transpose(2, 1, 0)
+        affine = turned if last else spacing
+        nib.save(nib.Nifti1Image(image, affine), tmp_path / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), tmp_path / f"{case}_label.nii.gz")
         lines.append(f"{case}.nii.gz,{case}_label.nii.gz")
     labelled = tmp_path / "cases.csv"
     labelled.write_text("\n".join(lines) + "\n")
@@ -368,6 +374,11 @@ def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_pat
     with open(out / "volumes.csv", newline="") as f:
         volumes = list(csv.DictReader(f))
     assert [r["id"] for r in volumes] == [f"{case}.nii.gz" for case in test.ids]
+    last = test.ids[-1]
+    written = nib.load(str(out / "masks" / f"{last}.nii.gz"))  # not .nii.gz.nii.gz
+    np.testing.assert_allclose(written.affine, turned)  # the file's own order and affine
+    predicted = Predictor(volume_run).predict_volume(tmp_path / f"{last}.nii.gz", last)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), predicted["mask"])
     # A label of other voxels, or of another size, is named; nothing is written.
     first = test.ids[0]
     nib.save(
@@ -375,7 +386,7 @@ def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_pat
         tmp_path / f"{first}_label.nii.gz",
     )
     nib.save(
-        nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), spacing),
+        nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), turned),  # the turned case's axes
         tmp_path / f"{test.ids[1]}_label.nii.gz",
     )
     out2 = tmp_path / "refused"
