@@ -216,13 +216,17 @@ class ManifestRows:
             raise DataError("\n".join(failed))
         return results
 
-    def _image_files(self, rows: list[dict], column: str, root: Path) -> list[Path]:
+    def _image_files(
+        self, rows: list[dict], column: str, root: Path, kind: str = "image"
+    ) -> list[Path]:
+        """Each row's file of `column` (`kind` names it in errors: image, mask), relative to
+        `root` unless absolute; every empty cell, then every missing file, named at once."""
         files = [root / row[column] for row in rows]  # an absolute path replaces the root
         empty = [
             f"line {line}" for row, line in zip(rows, self._lines, strict=True) if not row[column]
         ]
         if empty:
-            raise self._error(f"column {column!r} is empty (every row needs an image path)", empty)
+            raise self._error(f"column {column!r} is empty (every row needs a {kind} path)", empty)
         absent = [
             f"line {line}: {file}"
             for file, line in zip(files, self._lines, strict=True)
@@ -232,7 +236,7 @@ class ManifestRows:
             hint = windows_paths(root, [row[column] for row in rows])
             hint = f"; {hint}" if hint else ""
             raise self._error(
-                f"no such image file ({len(absent)} of {len(rows)} rows; paths in column "
+                f"no such {kind} file ({len(absent)} of {len(rows)} rows; paths in column "
                 f"{column!r} are relative to {root}{hint})",
                 absent,
             )

@@ -109,7 +109,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
         split_column = split_column if split_column in header else None
         images, masks, ids, spacings, groups, assignment = self._all_checked(
             lambda: self._image_files(rows, image_column, root),
-            lambda: self._image_files(rows, mask_column, root),
+            lambda: self._image_files(rows, mask_column, root, "mask"),
             lambda: self._ids(rows, id_column or image_column),
             lambda: (
                 self._spacings(rows, spacing_column)

@@ -149,7 +149,9 @@ def test_segmentation_manifest_rows_splits_and_spacing(tmp_path):
     with pytest.raises(DataError, match=r"column 'spacing' .* line 5: 'inf'"):
         SegManifest(str(csv_path), "train", num_classes=2)
     csv_path.write_text(text.replace("fast", "0.5").replace("msk/4.png", "msk/missing.png"))
-    with pytest.raises(DataError, match="line 6: .*missing.png"):
+    with pytest.raises(
+        DataError, match=r"no such mask file \(1 of 12 rows; .*line 6: .*missing.png"
+    ):
         SegManifest(str(csv_path), "train", num_classes=2)
     mixed = text.replace("fast", "0.5").replace("msk/5.png,train,0.5", "msk/5.png,train,")
     csv_path.write_text(mixed)
