@@ -60,6 +60,7 @@ from medtrain.engine.loop import evaluate, loss_mean, threshold_entries, to_devi
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
 from medtrain.inference.average import average_network, save_average
+from medtrain.inference.ensemble import evaluate_members, member_of
 from medtrain.inference.run import LoadedRun, load_run
 from medtrain.io import atomic_write, read_json, save_csv, save_json
 
@@ -546,28 +547,38 @@ def fold_ensemble(
         cfg.cv = {"fold": None, "folds_file": None}
     datasets = build_datasets(cfg)  # the test split as every fold saw it
     preprocessing = datasets["test"].preprocessing()
-    model = average_network(runs, cfg, task, preprocessing["normalize"])
-    model.to(device).eval()
     ensemble_task = build_task(cfg)
     ensemble_task.threshold = threshold
     ensemble_task.loss_fn.to(device)
-    loader = make_loader(
-        datasets["test"],
-        batch_size=int(cfg.trainer.eval_batch_size),
-        shuffle=False,
-        seed=0,
-        num_workers=0,
-    )
+    batch_size = int(cfg.trainer.eval_batch_size)
     start = time.perf_counter()
-    collector, loss = evaluate(
-        model,
-        loader,
-        ensemble_task,
-        device,
-        str(cfg.trainer.precision),
-        final=True,
-        loss_mean=loss_mean(cfg.trainer),
-    )
+    encodings = [run.checkpoint.get("tabular") for run in runs]
+    model = None
+    if any(e != encodings[0] for e in encodings[1:]):
+        # Clinical columns encoded with each fold's training statistics: no one network reads
+        # them all, so each fold model reads the test split as its fold encodes it.
+        members = [member_of(run) for run in runs]
+        for member in members:
+            member.model.to(device).eval()
+            member.task.loss_fn.to(device)
+        collector, loss, _ = evaluate_members(
+            members, ensemble_task, "test", device, batch_size, final=True
+        )
+    else:
+        model = average_network(runs, cfg, task, preprocessing["normalize"])
+        model.to(device).eval()
+        loader = make_loader(
+            datasets["test"], batch_size=batch_size, shuffle=False, seed=0, num_workers=0
+        )
+        collector, loss = evaluate(
+            model,
+            loader,
+            ensemble_task,
+            device,
+            str(cfg.trainer.precision),
+            final=True,
+            loss_mean=loss_mean(cfg.trainer),
+        )
     out.mkdir(parents=True, exist_ok=True)
     saved = collector.save(out) or {}
     metrics = {
@@ -580,9 +591,17 @@ def fold_ensemble(
     metrics |= threshold_entries(threshold, ensemble_task.class_names)
     copy_groups(base.run_dir, out)  # the folds' test split is the ensemble's: its patients too
     metrics |= ensemble_task.intervals(out, metrics)
-    model.to("cpu")
-    input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
-    save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
+    no_network = None
+    if model is not None:
+        model.to("cpu")
+        input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
+        save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
+    else:
+        no_network = (
+            "the folds encode their clinical columns with their own training statistics; one "
+            "network reads one encoding: the folds are averaged here, and are not deployed as one"
+        )
+        log.warning("cv: the ensemble has no network to predict with (%s)", no_network)
     save_json(out / "metrics.json", metrics)
     save_json(
         out / "ensemble.json",
@@ -595,6 +614,8 @@ def fold_ensemble(
             "threshold": "chosen on the out-of-fold predictions (../oof_predictions.csv)",
             "seconds": round(time.perf_counter() - start, 2),
             "device": str(device),
+            "network": "checkpoints/best.pt" if model is not None else None,
+            **({"no_network": no_network} if no_network else {}),
         },
     )
     members = [

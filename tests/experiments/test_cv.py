@@ -373,3 +373,39 @@ def test_the_summary_of_a_volume_cv_holds_the_volume_error(tmp_path):
     by_row = {r["row"]: r for r in rows}
     assert by_row["mean"]["test/volume_mae_ml_blob"] == pytest.approx(0.4)
     assert by_row["sd"]["test/volume_mae_ml_blob"] == pytest.approx(np.std([0.5, 0.3], ddof=1))
+
+
+def test_a_fused_cv_s_folds_each_read_the_test_split_as_they_encode_it(tmp_path):
+    """Clinical columns are encoded with each fold's own training statistics, so the fold models
+    make no one network: the ensemble averages each fold model on the test split as its fold
+    encodes it (the average of their probabilities), and says it has no network."""
+    from tests.data.test_manifest import make_cases
+
+    ages = [str(30 + i) if i % 5 else "" for i in range(48)]
+    csv_path = make_cases(
+        tmp_path / "data", [0, 1] * 24, {"age": ages, "sex": ["F", "M", "M"] * 16}
+    )
+    cv_dir = tmp_path / "cv"
+    done = run_cli(
+        "cv",
+        f"cv.folds={FOLDS}",
+        f"cv.dir={cv_dir}",
+        ON_CPU,
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "trainer.report=false",
+        "dataset=manifest",
+        f"dataset.path={csv_path}",
+        "dataset.tabular_columns=[age,sex]",
+        "model=fusion",
+        "dataset.image_size=16",
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads((cv_dir / "ensemble" / "ensemble.json").read_text())
+    assert said["network"] is None and "own training statistics" in said["no_network"]
+    folds = [rows(cv_dir / f"fold_{k}" / "predictions.csv") for k in range(FOLDS)]
+    ensembled = rows(cv_dir / "ensemble" / "predictions.csv")
+    for k, row in enumerate(ensembled):  # each fold's own test predictions, averaged
+        mean = np.mean([float(fold[k]["prob_1"]) for fold in folds])
+        assert float(row["prob_1"]) == pytest.approx(mean, abs=1e-6)
