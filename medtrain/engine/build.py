@@ -143,22 +143,32 @@ def wrong_types(target: Any, values: Any, key: str) -> list[str]:
     return wrong
 
 
-def _taken(node: DictConfig) -> set[str] | None:
+def _taken(node: DictConfig, bases: bool = False) -> set[str] | None:
     """The keyword arguments the class of `node` takes; None when it takes any (`**kwargs`) or
-    its signature cannot be read."""
-    try:
-        parameters = inspect.signature(locate(str(node.get("_target_")))).parameters
-    except Exception:  # nothing importable, or no signature
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return None
-    return set(parameters)
+    its signature cannot be read. `bases`: a class's `**kwargs` are taken to go to its base
+    classes' `__init__` (medtrain's datasets pass them on), whose parameters are added."""
+    target = locate(str(node.get("_target_")))
+    chain = (
+        [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
+        if bases and (inspect.isclass(target))
+        else [target]
+    )
+    taken: set[str] = set()
+    for function in chain:
+        try:
+            parameters = inspect.signature(function).parameters
+        except Exception:  # nothing importable, or no signature
+            return None
+        taken |= {n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return taken - {"self"}
+    return None
 
 
-def _leftovers(node: DictConfig) -> dict[str, Any]:
+def _leftovers(node: DictConfig, bases: bool = False) -> dict[str, Any]:
     """The keys of `node` (as written: a `???` or `${...}` is not null) that its class does not
     take, with their values; empty when the class takes any or has no readable signature."""
-    taken = _taken(node)
+    taken = _taken(node, bases)
     if taken is None:
         return {}
     written = OmegaConf.to_container(node, resolve=False)
@@ -181,7 +191,7 @@ def _without_null_leftovers(node: DictConfig) -> DictConfig:
 def _unknown_keys_hint(node: DictConfig, key: str) -> str:
     """Name every key of `node` its class does not take, e.g. `model.depth` left by an experiment
     written for `model=unet` when `model=basic_unet` is chosen."""
-    unknown = [k for k, v in _leftovers(node).items() if v is not None]  # null ones are dropped
+    unknown = [k for k, v in _leftovers(node, bases=True).items() if v is not None]  # null: dropped
     if not unknown:  # Hydra's message stands alone
         return ""
     removals = " ".join(f"'~{key}.{k}'" for k in unknown)

@@ -297,6 +297,25 @@ def test_a_swapped_target_names_only_the_keys_that_can_be_removed(tmp_path):
     assert (tmp_path / "b" / "metrics.json").is_file()
 
 
+def test_a_dataset_swapped_under_an_experiment_names_the_keys_it_does_not_take(tmp_path):
+    """dsb2018_nuclei sets seg_folder's val_size and test_size; seg_manifest takes fractions
+    (its **kwargs go to its base classes, whose parameters are read too)."""
+    from medtrain.engine.build import build_datasets
+    from tests.conftest import compose_cfg
+    from tests.data.test_preprocessing import write_pairs
+
+    csv_path = write_pairs(tmp_path)
+    cfg = compose_cfg(
+        ["experiment=dsb2018_nuclei", "dataset=seg_manifest", f"dataset.path={csv_path}"]
+    )
+    with pytest.raises(ConfigError) as err:
+        build_datasets(cfg)
+    assert str(err.value).endswith(
+        "It does not take dataset.val_size, dataset.test_size: remove them with "
+        "'~dataset.val_size' '~dataset.test_size'"
+    )
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [
