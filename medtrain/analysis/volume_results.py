@@ -58,6 +58,10 @@ class VolumeAssembler:
                 "axis": int(batch["slice_axis"][k]),
                 "spacing": tuple(float(v) for v in batch["volume_spacing"][k]),
                 "affine": batch["affine"][k].cpu().numpy(),
+                # the file's own affine: the mask is written in the file's voxel order
+                "stored_affine": (
+                    batch["stored_affine"][k].cpu().numpy() if "stored_affine" in batch else None
+                ),
                 "slices": {},
             },
         )
@@ -82,6 +86,19 @@ class VolumeAssembler:
                 "pred": order[best][0],
             }
         self._score(case, pred, true, entry["spacing"], entry["affine"], overlay)
+        self._in_stored_order(pred, entry["affine"], entry["stored_affine"])
+
+    def _in_stored_order(
+        self, pred: np.ndarray, affine: np.ndarray, stored_affine: np.ndarray | None
+    ) -> None:
+        """The last volume's mask in its file's voxel order, with the file's affine, when the
+        volume was read reordered to RAS: the written mask then lies on the file's voxels array
+        for array, as `medtrain predict` writes it."""
+        if self.final and stored_affine is not None:
+            self.done[-1] |= {
+                "pred": to_stored(pred, affine, stored_affine),
+                "affine": np.asarray(stored_affine, dtype=np.float64),
+            }
 
     def add_volume(
         self,
@@ -100,11 +117,7 @@ class VolumeAssembler:
         if self.final and image is not None:
             overlay = {"id": case, **orthogonal_slices(image, true, pred)}
         self._score(case, pred, true, spacing or (1.0, 1.0, 1.0), affine, overlay)
-        if self.final and stored_affine is not None:
-            self.done[-1] |= {
-                "pred": to_stored(pred, affine, stored_affine),
-                "affine": np.asarray(stored_affine, dtype=np.float64),
-            }
+        self._in_stored_order(pred, affine, stored_affine)
 
     def _score(self, case, pred, true, spacing, affine, overlay) -> None:
         names = self.task.class_names

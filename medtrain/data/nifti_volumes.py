@@ -81,3 +81,6 @@ class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
 
     def read_affine(self, index: int) -> np.ndarray:
         return self._label_volume(index).affine
+
+    def read_stored_affine(self, index: int) -> np.ndarray | None:
+        return self._label_volume(index).stored_affine

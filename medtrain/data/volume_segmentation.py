@@ -266,6 +266,16 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
         steps = [1.0 if math.isnan(s) else s for s in spacing]
         return np.diag([*steps, 1.0])
 
+    def read_stored_affine(self, index: int) -> np.ndarray | None:
+        """The file's own affine when the volume was read reordered to RAS (its written mask
+        follows the file's voxel order); None when it was stored in RAS order."""
+        return None
+
+    def stored_affine(self, index: int, spacing: Sequence[float]) -> np.ndarray:
+        """The affine of the file's own voxel order (`affine` when it is stored in RAS order)."""
+        stored = self.header("stored_affine", index, self.read_stored_affine)
+        return self.affine(index, spacing) if stored is None else np.asarray(stored, np.float64)
+
     def model_size(
         self, shape: Sequence[int], spacing: Sequence[float] | None
     ) -> tuple[int, int, int] | None:
@@ -363,6 +373,7 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
             sample["intensity"] = torch.from_numpy(np.array(image, dtype=np.float32))
             sample["image"] = self.model_input(image, spacing)
             sample["affine"] = torch.from_numpy(self.affine(index, spacing))
+            sample["stored_affine"] = torch.from_numpy(self.stored_affine(index, spacing))
         sample |= {
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "spacing": torch.tensor(spacing, dtype=torch.float64),

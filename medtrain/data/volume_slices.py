@@ -286,6 +286,9 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
             "shape": shape,
             "spacing": label_volume.spacing,
             "affine": label_volume.affine,
+            "stored_affine": label_volume.affine
+            if label_volume.stored_affine is None
+            else label_volume.stored_affine,
         }
         return labels_volume
 
@@ -343,5 +346,8 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
             "slice_axis": self.axis,
             "volume_spacing": torch.tensor(geometry["spacing"], dtype=torch.float64),
             "affine": torch.from_numpy(np.asarray(geometry["affine"], dtype=np.float64)),
+            "stored_affine": torch.from_numpy(
+                np.asarray(geometry["stored_affine"], dtype=np.float64)
+            ),
         }
         return sample

@@ -722,3 +722,46 @@ def test_missing_volume_files_are_listed_together_and_no_label_is_dropped(tmp_pa
     (tmp_path / "folder" / "images" / "case_02.nii.gz").unlink()
     with pytest.raises(DataError, match=r"no image volume for 1 label volume\(s\) .* case_02"):
         NiftiVolumes(str(tmp_path / "folder"), "train", num_classes=3, val_size=1, test_size=1)
+
+
+def test_a_run_writes_its_test_masks_in_each_file_s_own_voxel_order(tmp_path):
+    """Volumes stored slice-first are read in RAS order; the run's masks/ are written back in
+    each file's own order with its affine (as medtrain predict and evaluate write them), so
+    that they compare with the label files array for array."""
+    data = tmp_path / "data"
+    make_cases(data, count=6)
+    for folder in ("images", "labels"):  # each file stored slice-first, the affine saying so
+        for path in (data / folder).glob("*.nii.gz"):
+            stored = nib.load(str(path))
+            affine = stored.affine[:, [2, 1, 0, 3]]
+            turned = np.asarray(stored.dataobj).transpose(2, 1, 0)
+            nib.save(nib.Nifti1Image(turned, affine), str(path))
+    run = tmp_path / "run"
+    train_in_process(
+        run,
+        [
+            "experiment=hippocampus2d",
+            f"dataset.path={data}",
+            "dataset.val_size=1",
+            "dataset.test_size=2",
+            "dataset.patch_size=[24,16]",
+            "dataset.class_names=[background,box,ball]",
+            "model.base_width=8",
+            "trainer.max_epochs=1",
+            "trainer.progress=false",
+            "trainer.report=false",
+        ],
+    )
+    per_case = {r["id"]: r for r in rows_of(run / "per_case_metrics.csv")}
+    assert len(per_case) == 2
+    for case, row in per_case.items():
+        label = nib.load(str(data / "labels" / f"{case}.nii.gz"))
+        saved = nib.load(str(run / "masks" / f"{case}.nii.gz"))
+        np.testing.assert_allclose(saved.affine, label.affine)
+        pred, true = np.asarray(saved.dataobj), np.asarray(label.dataobj)
+        assert pred.shape == true.shape == (16, 20, 12)  # stored slice-first
+        for k, name in ((1, "box"), (2, "ball")):
+            both = np.logical_and(pred == k, true == k).sum()
+            total = (pred == k).sum() + (true == k).sum()
+            dice = 2 * both / total if total else float("nan")
+            assert float(row[f"dice_{name}"]) == pytest.approx(dice, nan_ok=True)
