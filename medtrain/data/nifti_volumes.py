@@ -3,13 +3,14 @@ the Medical Segmentation Decathlon layout or a CSV manifest, as `dataset=volume_
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from medtrain.data.volume_segmentation import VolumeSegmentationDataset
 from medtrain.data.volume_slices import VolumeCases, VolumeSlices
-from medtrain.data.volumes import check_label_geometry, read_volume
+from medtrain.data.volumes import Volume, check_label_geometry, read_volume
 
 
 class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
@@ -70,8 +71,15 @@ class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
         path = self.pairs[self.cases[index]][1]
         return VolumeSlices.checked_labels(read_volume(path).array, path)
 
-    def _label_volume(self, index: int):
-        return read_volume(self.pairs[self.cases[index]][1])
+    def _label_volume(self, index: int) -> Volume:
+        """Case `index`'s label volume without its voxels (`read_mask` reads them): its spacing
+        and affines, read once for `read_spacing`, `read_affine` and `read_stored_affine`."""
+
+        def geometry(i: int) -> Volume:
+            label = read_volume(self.pairs[self.cases[i]][1])
+            return dataclasses.replace(label, array=np.empty((0, 0, 0), np.uint8))
+
+        return self.header("label_volume", index, geometry)
 
     def read_spacing(self, index: int) -> tuple[float, float, float]:
         image_path, label_path = self.pairs[self.cases[index]]

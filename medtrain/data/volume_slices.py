@@ -286,9 +286,7 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
             "shape": shape,
             "spacing": label_volume.spacing,
             "affine": label_volume.affine,
-            "stored_affine": label_volume.affine
-            if label_volume.stored_affine is None
-            else label_volume.stored_affine,
+            "stored_affine": label_volume.file_affine,
         }
         return labels_volume
 

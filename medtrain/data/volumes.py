@@ -36,6 +36,11 @@ class Volume:
     # in the file's voxel order with it (`to_stored`). None: the array is as stored.
     stored_affine: np.ndarray | None = None
 
+    @property
+    def file_affine(self) -> np.ndarray:
+        """The affine of the file's own voxel order (`affine` when it is stored in RAS order)."""
+        return self.affine if self.stored_affine is None else self.stored_affine
+
 
 # The axis order every volume is read in (`canonical`): x to the patient's Right, y Anterior,
 # z Superior (for an axial scan, slices last), as MONAI's Orientation("RAS") and nibabel's
@@ -281,8 +286,8 @@ def check_label_geometry(image_path: str | Path, label: Volume, label_path: str 
     """A label volume must lie on its image's voxels: the same stored axis order (each is read in
     RAS order by its own affine: a label whose affine states other axes, as nibabel's default for
     a label saved without one does, would be flipped or turned against its image), then the same
-    voxel size (its mL would be wrong) and origin (within half a voxel). Read from the image's NIfTI header only; an image of
-    another format is not compared.
+    voxel size (its mL would be wrong) and origin (within half a voxel). Read from the image's
+    NIfTI header only; an image of another format is not compared.
 
     Raises:
         DataError: naming the label, the image, and both axis orders or voxel sizes.
@@ -300,16 +305,10 @@ def check_label_origin(image_path: str | Path, label: Volume, label_path: str | 
     Raises:
         DataError: naming both files and the distance in mm and in voxels.
     """
-    import nibabel as nib
-
-    if not is_nifti(image_path):
+    image_affine = _nifti_affine(image_path)
+    if image_affine is None:
         return
-    try:
-        image_affine = np.asarray(nib.load(str(image_path)).affine, dtype=np.float64)
-    except Exception:  # read_volume names what is wrong with the image
-        return
-    stored = label.stored_affine if label.stored_affine is not None else label.affine
-    shift = np.asarray(stored, dtype=np.float64)[:3, 3] - image_affine[:3, 3]
+    shift = np.asarray(label.file_affine, dtype=np.float64)[:3, 3] - image_affine[:3, 3]
     try:  # the shift in the image's voxels, along each of its axes
         voxels = np.abs(np.linalg.solve(image_affine[:3, :3], shift))
     except np.linalg.LinAlgError:
@@ -339,22 +338,29 @@ def check_label_spacing(image_path: str | Path, label: Volume, label_path: str |
 def check_label_axes(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
     """The axis-order half of `check_label_geometry` (before shapes are compared: other axes
     explain other shapes)."""
-    import nibabel as nib
-
-    if is_nifti(image_path):
-        try:
-            image_axes = tuple(nib.aff2axcodes(nib.load(str(image_path)).affine))
-        except Exception:  # read_volume names what is wrong with the image
-            image_axes = None
-        stored = label.stored_affine if label.stored_affine is not None else label.affine
-        label_axes = _axcodes(stored)
-        if image_axes is not None and image_axes != label_axes:
+    image_affine = _nifti_affine(image_path)
+    if image_affine is not None:
+        image_axes, label_axes = _axcodes(image_affine), _axcodes(label.file_affine)
+        if image_axes != label_axes:
             raise DataError(
                 f"{label_path}: its axes are stored as {''.join(map(str, label_axes))}, the "
                 f"image's as {''.join(map(str, image_axes))} ({image_path}): they would lie "
                 "flipped or turned against each other. A label saved without an affine gets "
                 "nibabel's default (LAS): save the labels with their image's affine"
             )
+
+
+def _nifti_affine(path: str | Path) -> np.ndarray | None:
+    """A NIfTI file's affine from its header (no voxels read); None for other files or an
+    unreadable header (`read_volume` names what is wrong with it)."""
+    import nibabel as nib
+
+    if not is_nifti(path):
+        return None
+    try:
+        return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+    except Exception:
+        return None
 
 
 def _axcodes(affine: np.ndarray) -> tuple[str, str, str]:

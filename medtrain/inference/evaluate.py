@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from medtrain.analysis.statistics import GROUPS_FILE, grouping_note
-from medtrain.data.manifest import check_columns, read_csv, windows_paths
+from medtrain.data.manifest import check_columns, listed, read_csv, windows_paths
 from medtrain.engine.loop import threshold_entries
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.inference.predictor import Predictor
@@ -28,7 +28,6 @@ from medtrain.inference.truth import (
     MaskTruth,
     TargetTruth,
     Truth,
-    few,
     row_file,
 )
 from medtrain.io import save_json, staged_folder
@@ -104,22 +103,24 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
             if not row[cfg.group_column]
         ]
         if empty:
-            problems.append(f"column {cfg.group_column!r} (group_column) is empty: {few(empty)}")
+            problems.append(
+                f"column {cfg.group_column!r} (group_column) is empty: {listed(empty, SHOWN)}"
+            )
     twice = sorted(i for i, n in Counter(ids).items() if n > 1)
     if twice:
         problems.append(f"images listed more than once: {', '.join(twice[:SHOWN])}")
     collector = task.collector(final=True)
-    listed = Listed([row_file(path, i) for i in ids], ids, lines, rows)
-    inside = [f for f in [*listed.files, *getattr(truth, "files", [])] if f and within(f, output)]
+    cases = Listed([row_file(path, i) for i in ids], ids, lines, rows)
+    inside = [f for f in [*cases.files, *getattr(truth, "files", [])] if f and within(f, output)]
     if inside:  # replaced whole, the output would take them along
         raise ConfigError(
             f"output={cfg.output}: holds files the CSV names (e.g. {inside[0]}); an evaluation "
             "replaces its folder whole: give another folder"
         )
     if isinstance(truth, LabelVolumeTruth):
-        _score_volumes(predictor, truth, collector, listed, problems)
+        _score_volumes(predictor, truth, collector, cases, problems)
     else:
-        _score_images(predictor, truth, collector, listed, int(cfg.batch_size), problems)
+        _score_images(predictor, truth, collector, cases, int(cfg.batch_size), problems)
     if problems:  # row by row, then what concerns several rows
         problems.sort(key=lambda p: (0, int(m[1])) if (m := ROW.match(p)) else (1, 0))
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
@@ -215,8 +216,8 @@ def _score_volumes(
         collector.update(logits, {"id": [name], **truth.volume_batch(k, volume, intensity)})
 
 
-# Everything an evaluation writes into its folder (the tasks' test files): a folder holding only
-# these, with an evaluation's metrics.json, is an earlier evaluation, replaced whole.
+# The files an evaluation may write (the tasks' test files): what an earlier evaluation whose
+# metrics.json lists no `files` (release 0.2's, of classes or values) may hold, replaced whole.
 EVALUATION_FILES = {
     "metrics.json",
     "predictions.csv",

@@ -238,9 +238,13 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     lister = list_volumes if names_volumes else list_inputs
     listed = lister(str(cfg.inputs), cfg.image_column)
     inputs = not_written_here(listed, files, cfg.inputs)
-    clinical = clinical_rows(predictor, str(cfg.inputs), listed, files)
-    # A manifest's spacing column (as the run's datasets read it), unless spacing= is given.
-    row_spacing = None if spacing else spacing_rows(predictor, str(cfg.inputs), listed, files)
+    # A manifest's rows (read once), as `inputs` keeps them: clinical values and pixel spacings.
+    manifest = Path(str(cfg.inputs))
+    table = read_csv(manifest) if manifest.suffix.lower() == ".csv" and manifest.is_file() else None
+    kept = [not files.holds(file) for file, _ in listed]
+    clinical = clinical_rows(predictor, manifest, table, kept)
+    # Its spacing column (as the run's datasets read it), unless spacing= is given.
+    row_spacing = None if spacing else spacing_rows(predictor, manifest, table, kept)
     task = predictor.task
     rows: list[dict[str, Any]] = []
     predicted: list[dict[str, Any]] = []
@@ -289,60 +293,61 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     return {"inputs": len(inputs), "failed": failed, "written": written}
 
 
+Table = tuple[list[str], list[dict[str, str]], list[int]]  # `read_csv`: header, rows, lines
+
+
 def clinical_rows(
-    predictor: Predictor, spec: str, listed: list[tuple[Path, str]], files: PredictionFiles
+    predictor: Predictor, path: Path, table: Table | None, kept: list[bool]
 ) -> list[dict[str, str]] | None:
-    """Each input's clinical values (its manifest row), aligned with the inputs left after
-    `not_written_here`, for a run whose model reads them; None for the others.
+    """Each kept input's clinical values (its manifest row), for a run whose model reads them;
+    None for the others.
 
     Raises:
-        ConfigError: inputs that are not a CSV manifest, or one without the run's columns.
+        ConfigError: inputs that are not a CSV manifest (`table` None), or one without the run's
+            columns.
     """
     columns = predictor.clinical_columns
     if not columns:
         return None
-    path = Path(spec)
-    if not (path.is_file() and path.suffix.lower() == ".csv"):
+    if table is None:
         raise ConfigError(
-            f"inputs={spec!r}: this run's model also reads the clinical columns {columns}; give "
-            "inputs=<manifest.csv> with an image column and those columns, one row per image"
+            f"inputs={str(path)!r}: this run's model also reads the clinical columns {columns}; "
+            "give inputs=<manifest.csv> with an image column and those columns, one row per image"
         )
-    header, rows, _ = read_csv(path)
+    header, rows, _ = table
     check_columns(
         path,
         header,
         {f"the run's dataset.tabular_columns[{k}]": c for k, c in enumerate(columns)},
         prefix="",
     )
-    return [row for (file, _), row in zip(listed, rows, strict=True) if not files.holds(file)]
+    return [row for row, keep in zip(rows, kept, strict=True) if keep]
 
 
 def spacing_rows(
-    predictor: Predictor, spec: str, listed: list[tuple[Path, str]], files: PredictionFiles
+    predictor: Predictor, path: Path, table: Table | None, kept: list[bool]
 ) -> list[tuple[float, float] | None] | None:
-    """Each input's pixel spacing from a manifest's spacing column (the run's
-    `dataset.spacing_column`, else `spacing`; an empty cell: the file's, else the run's), aligned
-    with the inputs left after `not_written_here`; None without such a column, or for a run that
-    does not measure.
+    """Each kept input's pixel spacing from a manifest's spacing column (the run's
+    `dataset.spacing_column`, else `spacing`; an empty cell: the file's, else the run's); None
+    without such a column, or for a run that does not measure.
 
     Raises:
         DataError: naming every cell that is not a pixel size in mm.
     """
-    path = Path(spec)
-    if not (predictor.task.uses_spacing and path.is_file() and path.suffix.lower() == ".csv"):
+    if table is None or not predictor.task.uses_spacing:
         return None
-    header, rows, lines = read_csv(path)
+    header, rows, lines = table
     column = predictor.cfg.dataset.get("spacing_column") or "spacing"
     if column not in header:
         return None
     found, bad = [], []
-    for (file, _), row, line in zip(listed, rows, lines, strict=True):
+    for row, line, keep in zip(rows, lines, kept, strict=True):
         try:
             value = spacing_cell(row[column])
         except ValueError:
             bad.append(f"line {line}: {row[column]!r}")
             continue
-        if not files.holds(file):
+        if keep:
             found.append(value)
     if bad:
         raise DataError(f"{path}: column {column!r} must hold {SPACING_CELL}: {listed_text(bad)}")

@@ -619,17 +619,9 @@ class Predictor:
             )
         if not self.slices_volumes:
             return self.predict_whole_volume(read_volume(path, self.ras), name)
-        settings = volume_settings(self.cfg)
-        axis = settings["axis"]
         volume = read_volume(path, self.ras)
-        refuse_constant(volume.array, name)
-        array = normalize_volume(volume.array, settings["volume_normalize"])
-        plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
-        slices = [
-            Decoded(np.take(array, k, axis=axis), plane, "volume") for k in range(array.shape[axis])
-        ]
-        names = [f"{name}#{k:03d}" for k in range(len(slices))]
-        results = self.predict(slices, names, spacing=plane, measure=False)
+        axis, slices, names = self.volume_slices(volume, name)
+        results = self.predict(slices, names, spacing=slices[0].spacing, measure=False)
         mask = stack_slices([r["mask"] for r in results], axis)
         result = {
             "mask": mask,
@@ -648,18 +640,23 @@ class Predictor:
         if not self.slices_volumes:
             item = self.prepare(volume_decoded(volume), name)
             return self.forward([item])[0], item.intensity
-        axis = volume_settings(self.cfg)["axis"]
-        refuse_constant(volume.array, name)
-        array = normalize_volume(volume.array, volume_settings(self.cfg)["volume_normalize"])
-        plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
-        items = [
-            self.prepare(
-                Decoded(np.take(array, k, axis=axis), plane, "volume"), f"{name}#{k:03d}", k
-            )
-            for k in range(array.shape[axis])
-        ]
+        axis, slices, names = self.volume_slices(volume, name)
+        items = [self.prepare(s, n, k) for k, (s, n) in enumerate(zip(slices, names, strict=True))]
         logits = torch.stack([out[0] for out in self.forward(items)], dim=1 + axis)
         return logits[None], np.stack([item.intensity for item in items], axis=axis)
+
+    def volume_slices(self, volume: Volume, name: str) -> tuple[int, list[Decoded], list[str]]:
+        """A volume as the run trained on it (`dataset=volume_slices`): normalized whole (a blank
+        volume refused), then its slices along the run's axis, each with the in-plane spacing,
+        named `<name>#<k>`; returns the axis, the slices and their names."""
+        settings = volume_settings(self.cfg)
+        axis = settings["axis"]
+        refuse_constant(volume.array, name)
+        array = normalize_volume(volume.array, settings["volume_normalize"])
+        plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
+        count = array.shape[axis]
+        slices = [Decoded(np.take(array, k, axis=axis), plane, "volume") for k in range(count)]
+        return axis, slices, [f"{name}#{k:03d}" for k in range(count)]
 
     def predict_whole_volume(self, volume: Volume, name: str) -> dict[str, Any]:
         """Segment a volume with a 3D network, as the run's evaluation does (its normalization,

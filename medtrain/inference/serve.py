@@ -443,8 +443,8 @@ def create_app(
                     413, f"{len(files)} files; at most {limits.max_batch} per request"
                 )
             columns = predictor.clinical_columns
-            unknown = sorted((set(form) - {field} | set(request.query_params)) - PARAMETERS)
-            unknown = [name for name in unknown if name not in columns]
+            given = set(form) - {field} | set(request.query_params)
+            unknown = sorted(given - PARAMETERS - set(columns))
             if unknown:  # e.g. clinical values, which a model of images alone never reads
                 reads = f"the clinical fields {columns}" if columns else "the image alone"
                 raise HTTPException(
@@ -460,7 +460,7 @@ def create_app(
                     422, "overlay: pictures are of 2D images; a 3D run gives mask_nifti=true"
                 )
             nifti = parse_flag("mask_nifti", form_or_query(form, request, "mask_nifti") or "false")
-            if nifti and not (predictor.reads_volumes and predictor.task.targets == "masks"):
+            if nifti and "mask_nifti" not in used_parameters(predictor):
                 raise HTTPException(
                     422,
                     "mask_nifti: label volumes are of runs that segment volumes; this run's "

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from medtrain.data.decoding import Decoded
+from medtrain.data.manifest import listed
 from medtrain.data.masks import read_instance_labels, read_mask_file
 from medtrain.data.readers import file_spacing
 from medtrain.data.seg_manifest import spacing_cell
@@ -27,14 +28,10 @@ from medtrain.inference.predictor import Predictor, Prepared
 SHOWN = 20
 
 
-def few(problems: list[str]) -> str:
-    more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-    return "; ".join(problems[:SHOWN]) + more
-
-
 def row_file(csv_path: Path, cell: str) -> Path:
-    """A manifest cell as a path: absolute, or relative to the CSV's folder."""
-    return Path(cell) if Path(cell).is_absolute() else csv_path.parent / cell
+    """A manifest cell as a path: absolute, or relative to the CSV's folder (an absolute cell
+    replaces the folder)."""
+    return csv_path.parent / cell
 
 
 class Truth:
@@ -140,7 +137,7 @@ class MaskTruth(Truth):
             stated = next(line for line, s in zip(lines, self.spacing, strict=True) if s)
             problems.append(
                 f"a pixel spacing is stated for line {stated} (by its spacing column or image "
-                f"file) but not for {few([f'line {n}' for n in without])}; measurements need "
+                f"file) but not for {listed([f'line {n}' for n in without], SHOWN)}; measurements need "
                 "one unit: state it for every row (a spacing column) or for none"
             )
         return problems
@@ -239,13 +236,14 @@ class LabelVolumeTruth(Truth):
         return volume
 
     def volume_batch(self, k: int, volume: Volume, intensity: np.ndarray) -> dict[str, Any]:
-        stored = volume.affine if volume.stored_affine is None else volume.stored_affine
         return {
             "mask": torch.from_numpy(self.labels.pop(k).astype(np.int64))[None],
             "spacing": torch.tensor([volume.spacing], dtype=torch.float64),
             "affine": torch.from_numpy(np.asarray(volume.affine, dtype=np.float64))[None],
             # the file's own: its mask is written in its voxel order, as medtrain predict does
-            "stored_affine": torch.from_numpy(np.asarray(stored, dtype=np.float64))[None],
+            "stored_affine": torch.from_numpy(np.asarray(volume.file_affine, dtype=np.float64))[
+                None
+            ],
             "intensity": torch.from_numpy(np.ascontiguousarray(intensity))[None],
         }
 
