@@ -10,6 +10,7 @@ into rank 0's folder (`medtrain.engine.distributed`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -55,6 +56,9 @@ class TrainJobs:
     saved_hydra: dict[Path, bytes] = field(default_factory=dict)
     # Called before a hard exit: removes a rank's scratch folder.
     cleanup: Callable[[], None] = lambda: None
+    # Whether `hydra.run.dir` named a folder that existed before this command: such a folder is
+    # never removed when the run is refused (a new time-stamped one is).
+    run_dir_existed: bool = False
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -83,6 +87,12 @@ class TrainJobs:
             if not distributed.from_main(err):  # rank 0's own error: rank 0 has logged it
                 log.error("%s", err)
             self.restore_hydra_files()
+            if (
+                hydra.mode != RunMode.MULTIRUN
+                and not distributed.is_distributed()
+                and not self.run_dir_existed
+            ):
+                discard_refused_run(Path(hydra.runtime.output_dir), hydra.overrides.task)
             if isinstance(err, distributed.PeerFailed):
                 # The process group is broken: leaving it normally can abort in torch's
                 # destructors ("terminate called without an active exception"); end here.
@@ -107,6 +117,48 @@ class TrainJobs:
 
         for path, content in self.saved_hydra.items():
             atomic_write(path, lambda handle, c=content: handle.write(c), mode="wb")
+
+
+# What Hydra and the log leave in a run folder before training writes anything.
+REFUSED_RUN_FILES = frozenset({".hydra", "train.log"})
+HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
+
+
+def discard_refused_run(run_dir: Path, overrides: Sequence[str]) -> bool:
+    """Remove the folder this command made for a run refused before it wrote anything (a config
+    or data error): it holds only Hydra's copy of the refused config and the log of the error,
+    which the console has shown, and every typo would leave one more folder among the runs.
+
+    Only a folder that holds nothing else and whose `.hydra/overrides.yaml` is this command's
+    goes; the caller never passes a folder that existed before the command (`hydra.run.dir` named
+    an existing one). The date folder above goes too when it is left empty. Returns whether the
+    folder was removed."""
+    import shutil
+
+    import yaml
+
+    hydra_dir = run_dir / ".hydra"
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        saved = {p.name for p in hydra_dir.iterdir()}
+        same = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) == list(overrides)
+    except (OSError, yaml.YAMLError):
+        return False
+    if not (names <= REFUSED_RUN_FILES and saved <= HYDRA_FILES and same):
+        return False
+    # The log file's handler is closed first: a later record would open the file again.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if (
+            isinstance(handler, logging.FileHandler)
+            and Path(handler.baseFilename).parent == run_dir
+        ):
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # only when empty: the day's other runs keep it
+    return not run_dir.exists()
 
 
 def say_interrupted(hydra, auto: bool) -> None:
@@ -142,13 +194,18 @@ def say_interrupted(hydra, auto: bool) -> None:
     SweepSummary.write(Path(hydra.sweep.dir), plots=False)
 
 
+def override_values(overrides: Sequence[str]) -> dict[str, str]:
+    """The command line's `key=value` overrides as a dict (a leading `+` dropped)."""
+    return dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
+
+
 def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
     """The `.hydra/*.yaml` of the folder a `hydra.run.dir=DIR` command line names, before Hydra
     rewrites them, when the command resumes or the folder holds a run: a refused resume, or a new
     run refused there, puts them back (empty otherwise)."""
     from medtrain.engine.resume import HELD
 
-    values = dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
+    values = override_values(overrides)
     if not values.get("hydra.run.dir"):
         return {}
     run_dir = Path(values["hydra.run.dir"])
@@ -158,6 +215,12 @@ def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
         return {}  # no run there to describe: a failure keeps this command's own files
     folder = run_dir / ".hydra"
     return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
+
+
+def named_run_dir_exists(overrides: Sequence[str]) -> bool:
+    """Whether the command line's `hydra.run.dir` names a folder that exists already."""
+    values = override_values(overrides)
+    return bool(values.get("hydra.run.dir")) and Path(values["hydra.run.dir"]).exists()
 
 
 def main(argv: Sequence[str]) -> int:
@@ -192,7 +255,10 @@ def main(argv: Sequence[str]) -> int:
         from medtrain.engine.distributed import configure_rank_logging
 
         configure_rank_logging(rank)
-    jobs = TrainJobs(saved_hydra={} if rank > 0 else hydra_files_of_run_dir(args.overrides))
+    jobs = TrainJobs(
+        saved_hydra={} if rank > 0 else hydra_files_of_run_dir(args.overrides),
+        run_dir_existed=named_run_dir_exists(args.overrides),
+    )
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
     try:

@@ -459,6 +459,28 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     assert {name: (run / name).read_bytes() for name in kept} == before
 
 
+def test_a_run_refused_by_a_config_error_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    """A refused run's time-stamped folder would hold only the refused config and the log of the
+    error the console shows: it goes, with its date folder when that is left empty. A folder that
+    `hydra.run.dir` named and that existed before the command stays, as does a new one's
+    neighbour."""
+    from medtrain.commands import main
+
+    monkeypatch.chdir(tmp_path)
+    neighbour = tmp_path / "outputs" / "2020-01-01" / "00-00-00"
+    neighbour.mkdir(parents=True)
+    assert main([*TINY, ON_CPU, "optimizer.lr=abc"]) == 2
+    assert "optimizer.lr='abc': must be a number > 0" in "".join(capsys.readouterr())
+    assert [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "outputs").rglob("*")] == [
+        "outputs/2020-01-01",
+        "outputs/2020-01-01/00-00-00",
+    ]
+    assert main([*TINY, ON_CPU, "optimizer.lr=abc", "hydra.run.dir=new"]) == 2
+    assert not (tmp_path / "new").exists()
+    assert main([*TINY, ON_CPU, "optimizer.lr=abc", f"hydra.run.dir={neighbour}"]) == 2
+    assert sorted(p.name for p in neighbour.iterdir()) == [".hydra", "train.log"]
+
+
 def test_a_new_run_in_a_run_folder_is_refused_and_leaves_it_as_it_was(tmp_path, capsys):
     """Training (not resuming) into a folder that holds a run would replace its checkpoints and
     metrics and leave its export describing weights that are gone: refused before anything is
