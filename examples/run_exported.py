@@ -1,6 +1,7 @@
 """Run a model exported by `medtrain export` on image files, without medtrain.
 
     python examples/run_exported.py <export folder> scan1.png scan2.png ... [--masks FOLDER]
+        [--format onnx|torchscript]
 
 Segmentation masks go to FOLDER (default: `masks/` inside the export folder).
 
@@ -199,8 +200,23 @@ def main() -> None:
     parser.add_argument(
         "--masks", type=Path, default=None, help="where masks go (default: <export>/masks)"
     )
+    parser.add_argument(
+        "--format",
+        choices=["onnx", "torchscript"],
+        default=None,
+        help="which export to run when the folder holds both (default: manifest.json's format, "
+        "the latest)",
+    )
     args = parser.parse_args()
     manifest = json.loads((args.export / "manifest.json").read_text())
+    if args.format and args.format != manifest["format"]:
+        models = manifest.get("models") or {manifest["format"]: {}}
+        if args.format not in models:
+            sys.exit(
+                f"{args.export} holds no {args.format} export (it holds {', '.join(models)}): "
+                f"medtrain export run_dir=<run> format={args.format} output={args.export}"
+            )
+        manifest = {**manifest, **models[args.format], "format": args.format}
     if manifest["input"]["layout"] != "NCHW":
         sys.exit(
             f"this example runs 2D models; this export takes {manifest['input']['layout']} volumes: "

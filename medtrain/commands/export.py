@@ -20,7 +20,8 @@ usage: medtrain export run_dir=<finished run> [format=onnx|torchscript] [output=
 
   run_dir=PATH      a finished run (with checkpoints/best.pt)
   format=onnx       onnx (model.onnx, for onnxruntime) or torchscript (model.pt, for torch.jit.load)
-  output=FOLDER     where model and manifest.json go (default <run_dir>/export; one format per folder)
+  output=FOLDER     where model and manifest.json go (default <run_dir>/export; the other format of
+                    the same run stays beside it)
   trust=[NAME,...]  _target_ classes (or module prefixes ending in '.') of your own that the run
                     may build besides medtrain's (also MEDTRAIN_TRUSTED_TARGETS; a run folder is
                     code: docs/deployment.md)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -309,7 +310,9 @@ def build_model_file(run: LoadedRun, model: ExportedModel, fmt: str, preprocess:
 
 def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
     """Write `model.onnx` or `model.pt`, then `manifest.json`, into `output` (each atomically; the
-    manifest last, so that its presence means a complete export).
+    manifest last, so that its presence means a complete export). The other format's file already
+    there stays when it is an export of the same weights and settings, unchanged since its
+    manifest was written (`manifest.json`'s `models` then lists both); otherwise it is removed.
 
     Returns:
         The manifest.
@@ -324,16 +327,6 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
     check_exportable(run.model, preprocess)
     built = build_model_file(run, wrap(run), fmt, preprocess)
     name = MODEL_FILES[fmt]
-    atomic_write(Path(output) / name, lambda handle: handle.write(built.data), mode="wb")
-    for other in sorted(set(MODEL_FILES.values()) - {name}):  # one format per folder
-        if (Path(output) / other).is_file():  # the manifest will describe this export only
-            (Path(output) / other).unlink()
-            log.warning(
-                "removed %s/%s, the earlier export in another format (a folder holds one, which "
-                "its manifest describes): export each format to its own output=",
-                output,
-                other,
-            )
     preprocessing = preprocessing_manifest(preprocess)
     slicing = volume_settings(run.cfg)
     if slicing is not None:
@@ -344,16 +337,8 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
             "in RAS axis order (nibabel.as_closest_canonical), slice the normalized volume, run "
             "each slice, stack the masks back along `axis` and turn them to the file's own order",
         }
-    manifest = {
-        "format": fmt,
-        "model_file": name,
+    shared = {
         "task": run.task.name,
-        **io_manifest(
-            built.outputs,
-            built.channels,
-            None if built.any_size else built.sizes[0],
-            spatial_dims(preprocess),
-        ),
         "preprocessing": preprocessing,
         **run.task.export_manifest(preprocess),
         "tta": {
@@ -361,6 +346,19 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
             "views": len(tta_views(run.task.tta, len(built.sizes[0]) if built.sizes else 2)),
             "inside_model": True,
         },
+        "weights_sha256": run.weights_sha256,
+        "checkpoint": str(run.checkpoint_path),
+        "medtrain_version": __version__,
+        "trained_with": run.checkpoint.get("medtrain_version"),
+    }
+    entry = {
+        "model_file": name,
+        **io_manifest(
+            built.outputs,
+            built.channels,
+            None if built.any_size else built.sizes[0],
+            spatial_dims(preprocess),
+        ),
         "exporter": {
             "name": "torch.onnx.export (TorchScript-based, dynamo=False)"
             if fmt == "onnx"
@@ -373,14 +371,75 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
             "sizes": [list(s) for s in built.sizes],
             "max_abs_difference": built.difference,
         },
-        "weights_sha256": run.weights_sha256,
-        "checkpoint": str(run.checkpoint_path),
-        "medtrain_version": __version__,
-        "trained_with": run.checkpoint.get("medtrain_version"),
-        "files": {name: hashlib.sha256(built.data).hexdigest()},
+        "sha256": hashlib.sha256(built.data).hexdigest(),
+    }
+    folder = Path(output)
+    kept = kept_exports(folder, fmt, shared)
+    atomic_write(folder / name, lambda handle: handle.write(built.data), mode="wb")
+    for other_fmt, other in sorted(MODEL_FILES.items()):
+        if other_fmt != fmt and other_fmt not in kept and (folder / other).is_file():
+            (folder / other).unlink()  # the manifest could not describe it
+            log.warning(
+                "removed %s/%s, an earlier export of other weights or settings (or changed since "
+                "its manifest was written): a folder holds the formats of one export",
+                output,
+                other,
+            )
+    models = {**kept, fmt: entry}
+    # The top level describes this export (`format`, `model_file`, `input`, `outputs`, ...);
+    # `models` every format the folder holds, with the same settings and weights.
+    manifest = {
+        "format": fmt,
+        **{key: value for key, value in entry.items() if key != "sha256"},
+        **shared,
+        "files": {e["model_file"]: e["sha256"] for e in models.values()},
+        "models": dict(sorted(models.items())),
     }
     save_json(Path(output) / "manifest.json", manifest)
     return manifest
+
+
+# The manifest's keys that describe one format's file (the rest is the run's and its settings').
+FORMAT_KEYS = frozenset(
+    {"format", "model_file", "input", "outputs", "exporter", "checked", "files", "models"}
+)
+
+
+def kept_exports(folder: Path, fmt: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The other formats' entries of the export already in `folder` that stay beside a new `fmt`
+    file: those of an export with the same weights and settings (`shared` equal to its manifest's
+    other keys) whose file is as its manifest recorded it. Empty without a readable manifest."""
+    import json
+
+    try:
+        before = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(before, dict):
+        return {}
+    same = {k: v for k, v in before.items() if k not in FORMAT_KEYS} == json.loads(
+        json.dumps(shared)
+    )
+    if not same:
+        return {}
+    entries = before.get("models") or {  # written before formats could share a folder
+        before.get("format"): {
+            **{
+                k: before[k]
+                for k in ("model_file", "input", "outputs", "exporter", "checked")
+                if k in before
+            },
+            "sha256": (before.get("files") or {}).get(before.get("model_file")),
+        }
+    }
+    kept = {}
+    for other, entry in entries.items():
+        path = folder / MODEL_FILES.get(other, "")
+        if other == fmt or other not in MODEL_FILES or not path.is_file():
+            continue
+        if hashlib.sha256(path.read_bytes()).hexdigest() == entry.get("sha256"):
+            kept[other] = entry
+    return kept
 
 
 def export(

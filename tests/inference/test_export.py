@@ -110,9 +110,11 @@ def reference(run, images: torch.Tensor) -> list[np.ndarray]:
     return [task.values(outputs).numpy()]
 
 
-def run_example(export_dir: Path, files: list[Path], masks: Path | None) -> list[dict]:
+def run_example(
+    export_dir: Path, files: list[Path], masks: Path | None, *options: str
+) -> list[dict]:
     """The example's CSV rows, run isolated (-I) and with medtrain made unimportable."""
-    args = [str(EXAMPLE), str(export_dir), *map(str, files)]
+    args = [str(EXAMPLE), str(export_dir), *map(str, files), *options]
     args += [] if masks is None else ["--masks", str(masks)]
     done = subprocess.run(
         [sys.executable, "-I", "-c", NO_MEDTRAIN, *args], capture_output=True, text=True
@@ -234,6 +236,36 @@ def test_example_script_follows_other_settings(finished_runs, tmp_path):
     assert manifest["preprocessing"]["resize"]["size"] == [64, 64]
 
 
+def test_example_script_runs_either_format_of_a_shared_folder(finished_runs, tmp_path):
+    """Both formats of one run in one folder: `--format` picks either, and both predict what the
+    run does; a format the folder lacks is named."""
+    predictor = Predictor(finished_runs["classification"])
+    folder = tmp_path / "export"
+    export_run(predictor.run, "torchscript", folder)
+    export_run(predictor.run, "onnx", folder)
+    files = write_scans(tmp_path / "scans")
+    expected = predictor.predict([read_image(f) for f in files], [f.name for f in files])
+    for fmt in ("onnx", "torchscript"):
+        rows = run_example(folder, files, None, "--format", fmt)
+        assert_same_predictions(rows, expected, "classification", predictor.class_names)
+    (folder / "model.pt").unlink()
+    export_run(predictor.run, "onnx", tmp_path / "only")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE),
+            str(tmp_path / "only"),
+            str(files[0]),
+            "--format",
+            "torchscript",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert f"{tmp_path / 'only'} holds no torchscript export (it holds onnx)" in done.stderr
+
+
 def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_path):
     # A NaN array came out "normal" (the decision rule's else): now an error row and status 1.
     export_dir = tmp_path / "export"
@@ -283,11 +315,49 @@ def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys,
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and (run_dir / "export" / "model.onnx").is_file()
     assert not list((run_dir / "export").glob(".*"))  # no temporary files left behind
-    # Another format into the same folder replaces the export, and says what it removed.
+    onnx_bytes = (run_dir / "export" / "model.onnx").read_bytes()
+    # Another format of the same run joins the folder; the manifest describes both.
     with caplog.at_level("WARNING"):
         assert main([f"run_dir={run_dir}", "format=torchscript"]) == 0
-    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["manifest.json", "model.pt"]
-    assert f"removed {run_dir / 'export'}/model.onnx, the earlier export" in caplog.text
+    assert not caplog.text
+    folder = run_dir / "export"
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx", "model.pt"]
+    both = json.loads((folder / "manifest.json").read_text())
+    assert both["format"] == "torchscript" and both["model_file"] == "model.pt"
+    assert both["models"]["onnx"] == {
+        **{k: manifest[k] for k in ("model_file", "input", "outputs", "exporter", "checked")},
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+    }
+    assert both["models"]["torchscript"]["exporter"]["name"] == "torch.jit.trace"
+    assert both["files"] == {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in ("model.onnx", "model.pt")
+    }
+    assert (folder / "model.onnx").read_bytes() == onnx_bytes
+    # Exported again (both formats kept), then with other settings: the file the manifest can no
+    # longer describe goes, with a warning.
+    assert main([f"run_dir={run_dir}", "format=onnx"]) == 0
+    assert sorted(json.loads((folder / "manifest.json").read_text())["models"]) == [
+        "onnx",
+        "torchscript",
+    ]
+    best = run_dir / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first] = state["model"][first] + 0.5  # other weights
+    torch.save(state, best)
+    with caplog.at_level("WARNING"):
+        assert main([f"run_dir={run_dir}", "format=onnx"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx"]
+    assert (
+        f"removed {folder}/model.pt, an earlier export of other weights or settings" in caplog.text
+    )
+    assert list(json.loads((folder / "manifest.json").read_text())["models"]) == ["onnx"]
+    # A file changed since its manifest was written is not described either.
+    assert main([f"run_dir={run_dir}", "format=torchscript"]) == 0
+    (folder / "model.pt").write_bytes(b"changed")
+    assert main([f"run_dir={run_dir}", "format=onnx"]) == 0
+    assert not (folder / "model.pt").exists()
 
     assert main([f"run_dir={run_dir}", "format=tflite"]) == 2
     assert "format='tflite'" in capsys.readouterr().err
