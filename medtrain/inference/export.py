@@ -409,8 +409,6 @@ def kept_exports(folder: Path, fmt: str, shared: dict[str, Any]) -> dict[str, di
     """The other formats' entries of the export already in `folder` that stay beside a new `fmt`
     file: those of an export with the same weights and settings (`shared` equal to its manifest's
     other keys) whose file is as its manifest recorded it. Empty without a readable manifest."""
-    import json
-
     try:
         before = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
