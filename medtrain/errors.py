@@ -20,3 +20,9 @@ class TrainingError(MedtrainError):
 
 class DataError(MedtrainError):
     """A data file or its content is unusable; the message names the file (and row or key)."""
+
+
+class DataRowsError(DataError):
+    """Rows of an input table whose files or values are unusable, each named with its line, after
+    the table itself (its header and columns) was read: `medtrain evaluate` exits with status 1
+    for these, and 2 for a table it cannot read."""

@@ -62,7 +62,8 @@ usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
 The images are read and preprocessed as medtrain predict and the service do (the run's
 evaluation preprocessing, test-time views and decision threshold), and scored by the run's task
 with the metrics and bootstrap 95% intervals of its metrics.json. Every unreadable image, target
-or mask is named at once (exit status 1); nothing is written then.
+or mask is named at once (exit status 1); nothing is written then. A CSV that cannot be read as
+a table (its separator, header or columns, Windows paths) exits with status 2, as predict does.
 """
 
 
@@ -70,15 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, done = tool_args(argv, USAGE)
     if done is not None:
         return done
-    from medtrain.errors import DataError
+    from medtrain.errors import DataRowsError
     from medtrain.inference.evaluate import evaluate_files
 
     try:
         cfg = parse_key_values(argv, DEFAULTS, TEXT_KEYS, list_keys=("trust",))
         metrics = evaluate_files(cfg)
-    except MedtrainError as err:  # a bad row of the data (1), or of the command line (2)
+    except MedtrainError as err:  # bad rows of the CSV (1); the command line or the CSV (2)
         print(f"error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, DataError) else 2
+        return 1 if isinstance(err, DataRowsError) else 2
     keys = [k for k in metrics if k.startswith("test/") and "_ci_" not in k]
     width = max(24, *map(len, keys))
     for key in keys:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from medtrain.analysis.statistics import GROUPS_FILE, grouping_note
 from medtrain.data.manifest import check_columns, listed, read_csv, windows_paths
 from medtrain.engine.loop import threshold_entries
-from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.errors import ConfigError, DataError, DataRowsError, MedtrainError
 from medtrain.inference.predictor import Predictor
 from medtrain.inference.truth import (
     SHOWN,
@@ -124,7 +124,7 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     if problems:  # row by row, then what concerns several rows
         problems.sort(key=lambda p: (0, int(m[1])) if (m := ROW.match(p)) else (1, 0))
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-        raise DataError(f"{path}: " + "\n".join(problems[:SHOWN]) + more)
+        raise DataRowsError(f"{path}: " + "\n".join(problems[:SHOWN]) + more)
 
     with staged_folder(output) as staging:  # an earlier evaluation's files go as a whole
         saved = collector.save(staging) or {}

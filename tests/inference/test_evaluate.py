@@ -321,7 +321,7 @@ def test_a_fused_model_takes_each_image_s_clinical_values(fusion_run, tmp_path, 
         [classes[int(y)] for y in test.labels],
         {"age": ["old", *clinical["age"][1:]], "sex": clinical["sex"]},
     )
-    assert main([f"run_dir={fusion_run}", f"inputs={without}", f"output={tmp_path / 'x'}"]) == 1
+    assert main([f"run_dir={fusion_run}", f"inputs={without}", f"output={tmp_path / 'x'}"]) == 2
     assert "no column 'marker' for the run's dataset.tabular_columns[2]" in capsys.readouterr().err
     clinical["age"][0] = "old"
     bad = write_labelled(tmp_path, names, [classes[int(y)] for y in test.labels], clinical)
@@ -461,7 +461,15 @@ def test_windows_paths_are_named_by_predict_and_evaluate(finished_runs, tmp_path
         f"column 'image': the paths are written with \\ as on Windows: write them with / "
         f"('scans\\{rows[0][0]}' is {data / 'scans' / rows[0][0]})"
     )
-    assert main([f"run_dir={run}", f"inputs={windows}", f"output={tmp_path / 'ev'}"]) == 1
+    assert main([f"run_dir={run}", f"inputs={windows}", f"output={tmp_path / 'ev'}"]) == 2
     assert said in capsys.readouterr().err
     assert predict([f"run_dir={run}", f"inputs={windows}", f"output={tmp_path / 'p.csv'}"]) == 2
+    assert said in capsys.readouterr().err
+    # A CSV that is not a table of the columns is the command's input: status 2 from both.
+    semicolons = data / "semicolons.csv"
+    semicolons.write_text("image;mask\n" + "".join(f"scans/{a};scans/{b}\n" for a, b in rows))
+    said = f"{semicolons}: line 1: the header 'image;mask' is one column"
+    assert main([f"run_dir={run}", f"inputs={semicolons}", f"output={tmp_path / 'ev'}"]) == 2
+    assert said in capsys.readouterr().err
+    assert predict([f"run_dir={run}", f"inputs={semicolons}", f"output={tmp_path / 'p.csv'}"]) == 2
     assert said in capsys.readouterr().err
