@@ -4,6 +4,7 @@ preprocessing; prediction files, the HTTP service and export checks all call it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from medtrain.data.readers import (
     read_file,
     read_image,
 )
-from medtrain.data.tabular import TabularEncoder, is_missing
+from medtrain.data.tabular import TabularEncoder, is_missing, parse_number
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.data.volumes import (
     VOLUME_AXES,
@@ -466,6 +467,19 @@ class Predictor:
             )
         encoder = TabularEncoder.from_state(self.tabular_state, name, lambda _: "given")
         cells = {c: ["" if values[c] is None else str(values[c]).strip()] for c in values}
+        # Worded for a CSV's cells and a request's form fields alike.
+        words = [
+            f"{code.name}={cells[code.name][0]!r}"
+            for code in encoder.codes or []
+            if code.numeric
+            and not is_missing(cells[code.name][0])
+            and not math.isfinite(parse_number(cells[code.name][0]) or math.nan)
+        ]
+        if words:
+            raise DataError(
+                f"{name}: not a number: {'; '.join(words)}, where the training values are "
+                "numbers; give a number, or an empty value (or NA) for a missing one"
+            )
         unseen = [
             f"{code.name}={cells[code.name][0]!r} (training: {', '.join(code.categories)})"
             for code in encoder.codes or []

@@ -327,8 +327,8 @@ def test_a_fused_model_takes_each_image_s_clinical_values(fusion_run, tmp_path, 
     bad = write_labelled(tmp_path, names, [classes[int(y)] for y in test.labels], clinical)
     assert main([f"run_dir={fusion_run}", f"inputs={bad}", f"output={tmp_path / 'x'}"]) == 1
     assert (
-        f"line 2: {names[0]}: column 'age' holds 1 value(s) that are not numbers, but its "
-        "training values are numbers: given: 'old'"
+        f"line 2: {names[0]}: not a number: age='old', where the training values are numbers; "
+        "give a number, or an empty value (or NA) for a missing one"
     ) in capsys.readouterr().err
 
 
@@ -394,6 +394,17 @@ def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion
         assert status == 422 and error["detail"] == (
             "a.npy: a category no training row holds: sex='female' (training: F, M); give one "
             "of the training categories (spelled alike), or an empty value for a missing one"
+        )
+        status, error = post(
+            running.port,
+            "/predict",
+            ("file", "a.npy", npy(0)),
+            ("age", None, b"sixty"),
+            *fields(0)[1:],
+        )
+        assert status == 422 and error["detail"] == (
+            "a.npy: not a number: age='sixty', where the training values are numbers; give a "
+            "number, or an empty value (or NA) for a missing one"
         )
         status, answer = post(running.port, "/predict", ("file", "a.npy", npy(0)), *fields(0))
         assert status == 200, answer
