@@ -135,10 +135,18 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _config_cell(value: Any) -> str:
+    """A config value as the YAML and the command line write it: `0.001`, `true`, `null`."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
 def markdown(rows: list[dict[str, Any]], names: list[str]) -> str:
-    """The table as Markdown: a header of run names, one line per row."""
+    """The table as Markdown: a header of run names, one line per row (config values as given,
+    metrics rounded)."""
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [
-        f"| {row['key']} | " + " | ".join(_cell(row[n]) for n in names) + " |" for row in rows
-    ]
+    for row in rows:
+        cell = _config_cell if row["key"].startswith("config: ") else _cell
+        lines.append(f"| {row['key']} | " + " | ".join(cell(row[n]) for n in names) + " |")
     return "\n".join(lines) + "\n"

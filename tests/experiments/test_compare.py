@@ -31,7 +31,9 @@ def test_two_runs_side_by_side(tmp_path, capsys):
     with (out / "comparison.csv").open(newline="") as handle:
         table = list(csv.DictReader(handle))
     assert [r["key"] for r in table] == [r["key"] for r in rows]
-    assert "| test/auc |" in (out / "comparison.md").read_text()
+    table_text = (out / "comparison.md").read_text()
+    assert "| test/auc |" in table_text
+    assert "| config: optimizer.lr | 0.001 | 0.01 |" in table_text  # as given, not rounded
     assert main([f"run_dirs=[{runs[0]},{runs[1]}]", f"output={out}"]) == 0
     printed = capsys.readouterr()
     assert "config: optimizer.lr" in printed.out and "warning" not in printed.err
@@ -67,6 +69,21 @@ def test_small_values_keep_four_significant_digits():
         "0.0000",
         "12.0000",
         "",
+    ]
+
+
+def test_config_values_read_as_the_yaml_writes_them():
+    from medtrain.experiments.compare import markdown
+
+    rows = [
+        {"key": "config: trainer.resume", "a": False, "b": True},
+        {"key": "config: trainer.ema_decay", "a": None, "b": 0.998},
+        {"key": "test/auc", "a": 0.987654, "b": None},
+    ]
+    assert markdown(rows, ["a", "b"]).splitlines()[2:] == [
+        "| config: trainer.resume | false | true |",
+        "| config: trainer.ema_decay | null | 0.998 |",
+        "| test/auc | 0.9877 |  |",
     ]
 
 
