@@ -91,6 +91,42 @@ class Names:
 MASK_DATASETS = (SegmentationDataset, VolumeSegmentationDataset)
 
 
+def content_digest(raw: np.ndarray, dims: int) -> bytes:
+    """A hash of what the image shows, the same for copies stored another way.
+
+    - A grey image saved as RGB (equal channels) or with a constant alpha is its grey image.
+    - A 2D image is hashed by the order of its values (each pixel's rank among the image's
+      distinct values), which no strictly increasing rescale changes: a PNG, its 16-bit copy and
+      a DICOM of the same pixels (read scaled to 0-1) hash alike. Values clipped by a window are
+      another image.
+    - A volume is hashed by its values, whole values in 8 or 16 bits alike (ranks would sort
+      every voxel).
+    """
+    pixels = raw
+    if pixels.ndim == dims + 1:
+        if pixels.shape[-1] == 4 and (pixels[..., 3] == pixels[..., 3].flat[0]).all():
+            pixels = pixels[..., :3]  # a constant alpha shows nothing
+        if (pixels == pixels[..., :1]).all():
+            pixels = pixels[..., 0]  # grey, whatever the channels
+    small = pixels.dtype == bool or (
+        np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() <= 65535
+    )
+    if dims == 2 and small:  # ranks in one pass: a lookup of the values present
+        present = np.bincount(pixels.ravel().astype(np.int64)) > 0
+        ranks = (np.cumsum(present) - 1)[pixels.astype(np.int64)]
+        pixels = ranks.astype(np.uint16)
+    elif dims == 2:
+        pixels = np.unique(pixels, return_inverse=True)[1].reshape(pixels.shape)
+        pixels = pixels.astype(np.uint16 if pixels.max() <= 65535 else np.uint32)
+    elif (small or bool((pixels == np.round(pixels)).all())) and 0 <= pixels.min() <= (
+        pixels.max()
+    ) <= 65535:
+        pixels = pixels.astype(np.uint8 if pixels.max() <= 255 else np.uint16)
+    digest = hashlib.blake2b(f"{pixels.shape}{pixels.dtype}".encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(pixels).data)
+    return digest.digest()
+
+
 def read_sample(dataset: Any, index: int) -> Sample:
     """Read sample `index` as training would; every failure becomes `Sample.problem`."""
     try:
@@ -120,11 +156,9 @@ def read_sample(dataset: Any, index: int) -> Sample:
     # Any other reader failure is this sample's problem too, never a crash of the whole check.
     except Exception as err:
         return Sample(index, f"cannot be read ({type(err).__name__}: {err})")
-    digest = hashlib.blake2b(f"{raw.shape}{raw.dtype}".encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(raw).data)
     return Sample(
         index,
-        digest=digest.digest(),
+        digest=content_digest(raw, dims),
         dtype=str(raw.dtype),
         shape=tuple(int(n) for n in raw.shape[:dims]),
         channels=1 if raw.ndim == dims else int(raw.shape[-1]),

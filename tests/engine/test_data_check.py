@@ -364,6 +364,35 @@ def test_duplicates_balance_and_intensity_match_numpy(tmp_path):
     ]
 
 
+def test_copies_stored_another_way_are_duplicates(tmp_path):
+    """A grey PNG, its RGB and RGBA copies and a 16-bit DICOM of the same pixels show one image:
+    across splits they are one duplicate; other pixels are not."""
+    pixels = write_png(tmp_path / "images/a.png", seed=7)
+    Image.fromarray(np.repeat(pixels[..., None], 3, -1)).save(tmp_path / "images/a_rgb.png")
+    rgba = np.concatenate([np.repeat(pixels[..., None], 3, -1), np.full((16, 16, 1), 255)], -1)
+    Image.fromarray(rgba.astype(np.uint8)).save(tmp_path / "images/a_rgba.png")
+    (tmp_path / "images/a.dcm").write_bytes(make_dicom(pixels.astype(np.uint16), spacing=None))
+    # Values rescaled (as a DICOM is shown: min-max) are the same picture; other pixels are not.
+    (tmp_path / "images/a_x3.dcm").write_bytes(make_dicom(pixels.astype(np.uint16) * 3 + 40))
+    other = np.random.default_rng(8).integers(0, 256, (16, 16)).astype(np.uint16)
+    (tmp_path / "images/b.dcm").write_bytes(make_dicom(other, spacing=None))
+    rows = [("images/a.png", 0, "train"), ("images/a_rgb.png", 0, "val")]
+    rows += [("images/a_rgba.png", 0, "test"), ("images/a.dcm", 0, "test")]
+    rows += [("images/a_x3.dcm", 0, "test"), ("images/b.dcm", 1, "test")]
+    rows += good_rows(tmp_path)
+    report = check(manifest_overrides(write_manifest(tmp_path, rows), "dataset.in_channels=3"))
+    across = report["duplicates"]["across_splits"]
+    assert {pair: found["images"] for pair, found in across.items()} == {
+        "train/val": 1,
+        "train/test": 1,
+        "val/test": 1,
+    }
+    flat = json.dumps(across)
+    assert all(name in flat for name in ("a.dcm", "a_rgba.png", "a_x3.dcm")) and "b.dcm" not in flat
+    within = report["duplicates"]["within_split"]["test"]  # a_rgba.png, a.dcm and a_x3.dcm
+    assert (within["images"], within["copies"]) == (1, 2)
+
+
 def test_images_of_several_sizes_need_an_image_size(tmp_path):
     rows = good_rows(tmp_path)
     write_png(tmp_path / "images/wide.png", seed=9, size=(16, 20))
