@@ -112,9 +112,9 @@ def content_digest(raw: np.ndarray, dims: int) -> bytes:
         np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() <= 65535
     )
     if dims == 2 and small:  # ranks in one pass: a lookup of the values present
-        present = np.bincount(pixels.ravel().astype(np.int64)) > 0
-        ranks = (np.cumsum(present) - 1)[pixels.astype(np.int64)]
-        pixels = ranks.astype(np.uint16)
+        values = pixels if pixels.dtype in (np.uint8, np.uint16) else pixels.astype(np.int64)
+        present = np.bincount(values.ravel()) > 0
+        pixels = (np.cumsum(present) - 1).astype(np.uint16)[values]
     elif dims == 2:
         pixels = np.unique(pixels, return_inverse=True)[1].reshape(pixels.shape)
         pixels = pixels.astype(np.uint16 if pixels.max() <= 65535 else np.uint32)
