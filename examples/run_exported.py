@@ -1,14 +1,16 @@
 """Run a model exported by `medtrain export` on image files, without medtrain.
 
     python examples/run_exported.py <export folder> scan1.png scan2.png ... [--masks FOLDER]
-        [--format onnx|torchscript]
+        [--spacing MM] [--format onnx|torchscript]
 
 Segmentation masks go to FOLDER (default: `masks/` inside the export folder).
 
 Needs numpy, Pillow, OpenCV and onnxruntime (or torch for a TorchScript export); manifest.json holds
 the preprocessing. Prints CSV to stdout, one row per image: the label and class probabilities, the
-predicted values, or (segmentation) the mask file written and its pixels per class. Segmentation
-runs with an inference window are tiled into blended windows, as medtrain evaluates them.
+predicted values, or (segmentation) the mask file written, its pixels per class, its objects per
+foreground class (connected components, as medtrain counts them without `task.instances`), and with
+`--spacing` each class's area in mm^2. Segmentation runs with an inference window are tiled into
+blended windows, as medtrain evaluates them.
 """
 
 import argparse
@@ -185,6 +187,19 @@ def segment(run, image: np.ndarray, native: tuple, seg: dict) -> np.ndarray:
     return mask
 
 
+def parse_spacing(text: str | None) -> tuple[float, float] | None:
+    """`--spacing`: mm per pixel, one value (square pixels) or row,column."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v < float("inf") for v in values):
+        sys.exit(f"--spacing {text}: give mm per pixel, one number or row,column (0.5 or 0.5,0.6)")
+    return (values[0], values[-1])
+
+
 def decide(output: np.ndarray, manifest: dict) -> str:
     """The label (multi-label: labels joined by ;) from class probabilities."""
     names, threshold = manifest["class_names"], manifest["threshold"]
@@ -199,6 +214,12 @@ def main() -> None:
     parser.add_argument("images", type=Path, nargs="+", help="PNG, JPEG, TIFF or NPY files")
     parser.add_argument(
         "--masks", type=Path, default=None, help="where masks go (default: <export>/masks)"
+    )
+    parser.add_argument(
+        "--spacing",
+        default=None,
+        help="segmentation: mm per pixel, one value or row,column (e.g. 0.5 or 0.5,0.6): adds "
+        "each class's area in mm^2 (default: pixels only)",
     )
     parser.add_argument(
         "--format",
@@ -223,6 +244,7 @@ def main() -> None:
             "run model.onnx with onnxruntime on volumes prepared as manifest.json describes, or "
             "the run itself with medtrain predict run_dir=<run> (docs/deployment.md)"
         )
+    spacing = parse_spacing(args.spacing)
     run, task, names = load_model(args.export, manifest), manifest["task"], manifest["class_names"]
     label = "labels" if manifest.get("multilabel") else "label"
     # A task of your own (medtrain's task protocol): its first output's values, one per name.
@@ -230,7 +252,12 @@ def main() -> None:
     columns = {
         "classification": [label, *(f"prob_{n}" for n in names)],
         "regression": names,
-        "segmentation": ["mask", *(f"pixels_{n}" for n in names)],
+        "segmentation": [
+            "mask",
+            *(f"pixels_{n}" for n in names),
+            *(f"count_{n}" for n in names[1:]),
+            *(f"area_mm2_{n}" for n in names[1:] if spacing),
+        ],
     }.get(task, [f"{first}_{n}" for n in names])
     writer = csv.writer(sys.stdout)
     writer.writerow(["file", *columns, "error"])
@@ -261,7 +288,16 @@ def main() -> None:
             out = masks / f"{path.stem}.png"
             # As medtrain's masks/: binary masks as 0/255, multi-class masks as class indices.
             Image.fromarray(mask * 255 if len(names) == 2 else mask).save(out)
-            row = [out, *np.bincount(mask.ravel(), minlength=len(names))]
+            pixels_per_class = np.bincount(mask.ravel(), minlength=len(names))
+            connectivity = 4 if manifest["segmentation"]["connectivity"] == 1 else 8
+            counts = [
+                cv2.connectedComponents((mask == k).astype(np.uint8), connectivity=connectivity)[0]
+                - 1  # component 0 is everything else
+                for k in range(1, len(names))
+            ]
+            row = [out, *pixels_per_class, *counts]
+            if spacing:
+                row += [repr(float(n) * spacing[0] * spacing[1]) for n in pixels_per_class[1:]]
         else:
             output = run(image[None])[0][0]
             if not np.isfinite(output).all():

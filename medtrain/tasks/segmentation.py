@@ -566,8 +566,9 @@ class SegmentationTask(Task):
                     **self.instances,
                     "note": "medtrain separates touching objects of the mask into one label "
                     "each by this method (medtrain.analysis.instances.separate_instances), and "
-                    "counts and measures those; examples/run_exported.py does not, and counts "
-                    "pixels only: use medtrain predict or the service for objects",
+                    "counts and measures those; examples/run_exported.py does not: it counts "
+                    "connected components, which merges touching objects; use medtrain predict "
+                    "or the service for objects",
                 },
             },
         }

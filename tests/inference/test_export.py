@@ -236,6 +236,26 @@ def test_example_script_follows_other_settings(finished_runs, tmp_path):
     assert manifest["preprocessing"]["resize"]["size"] == [64, 64]
 
 
+def test_example_script_counts_objects_and_measures_areas_in_mm2(finished_runs, tmp_path):
+    """Per foreground class the objects medtrain counts in the same mask (connected components),
+    and with --spacing the area in mm^2; without it, pixels only."""
+    predictor = Predictor(finished_runs["segmentation"])
+    export_run(predictor.run, "onnx", tmp_path / "export")
+    files = write_scans(tmp_path / "scans")
+    expected = predictor.predict([read_image(f) for f in files], [f.name for f in files])
+    rows = run_example(tmp_path / "export", files, tmp_path / "masks", "--spacing", "0.5,0.25")
+    names = predictor.class_names
+    for row, want in zip(rows, expected, strict=True):
+        counted = predictor.task.count_objects(want["mask"])
+        for name in names[1:]:
+            count, area = counted[name]
+            assert int(row[f"count_{name}"]) == count and int(row[f"pixels_{name}"]) == area
+            assert float(row[f"area_mm2_{name}"]) == pytest.approx(area * 0.125)
+    assert any(int(row[f"count_{names[1]}"]) > 1 for row in rows)  # not a trivial count
+    plain = run_example(tmp_path / "export", files[:1], tmp_path / "masks")
+    assert not [c for c in plain[0] if c.startswith("area_mm2_")]
+
+
 def test_example_script_runs_either_format_of_a_shared_folder(finished_runs, tmp_path):
     """Both formats of one run in one folder: `--format` picks either, and both predict what the
     run does; a format the folder lacks is named."""
