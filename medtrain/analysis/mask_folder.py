@@ -17,7 +17,7 @@ from medtrain.analysis.measurements import (
     measure_mask,
     totals,
 )
-from medtrain.data.masks import read_mask_file, reading_hint
+from medtrain.data.masks import folder_hint, numbered_regions, read_mask_file, reading_hint
 from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import save_csv
@@ -145,12 +145,15 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     num_classes = len(class_names) if class_names and not instances else None
     rows, found_classes = [], set()
     suspicious: list[str] = []  # masks that look read the wrong way (labels vs classes)
+    numbered: list[int | None] = []  # masks read as classes: n for values 1..n, one region each
     for mask_path in masks:
         mask = read_mask_file(mask_path, class_values, num_classes, labels=instances)
         if instances or not (class_values or class_names):
             hint = reading_hint(mask, instances, connectivity)
             if hint:
                 suspicious.append(f"{mask_path.name}: {hint}")
+        if not (instances or class_values or class_names):
+            numbered.append(numbered_regions(mask, connectivity))
         image = read_image_file(images[mask_path]) if mask_path in images else None
         try:
             measured = measure_mask(
@@ -191,12 +194,14 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         )
     except OSError as err:
         raise DataError(f"cannot write {object_table} ({err})") from err
+    hint = None if suspicious else folder_hint(numbered)
     return {
         "files": len(masks),
         "objects": {c: sum(r["class"] == c for r in rows) for c in classes},
         "units": dict(Counter(units.values())),
         "written": [object_table, totals_table],
-        "warnings": _reading_warning(suspicious, len(masks), instances),
+        "warnings": _reading_warning(suspicious, len(masks), instances)
+        or (hint and f"the masks look misread ({hint}): {LABELS_ADVICE}"),
     }
 
 
@@ -214,13 +219,18 @@ def _check_one_unit(masks: str, units: dict[str, str]) -> None:
         )
 
 
+LABELS_ADVICE = (
+    "read as classes; if they are object labels (Cellpose, StarDist), pass instances=true (class "
+    "masks of that many classes can ignore this)"
+)
+
+
 def _reading_warning(suspicious: list[str], total: int, instances: bool) -> str | None:
     if not suspicious:
         return None
     advice = (
         "with instances=true each value is one object: drop it for binary or class masks"
         if instances
-        else "read as classes; if they are object labels (Cellpose, StarDist), pass instances=true "
-        "(class masks of that many classes can ignore this)"
+        else LABELS_ADVICE
     )
     return f"{len(suspicious)} of {total} masks look misread ({suspicious[0]}): {advice}"

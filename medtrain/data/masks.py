@@ -122,6 +122,37 @@ def read_instance_labels(path: str | Path) -> np.ndarray:
     return labels
 
 
+def numbered_regions(mask: np.ndarray, connectivity: int) -> int | None:
+    """n when the mask's values are 1..n (0 the background) and each is one connected region, as
+    object labels are; None otherwise (a value of several regions, a gap in the numbers)."""
+    labels = np.unique(mask)
+    labels = labels[labels != 0]
+    if not labels.size or labels[0] != 1 or labels[-1] != labels.size:
+        return None
+    structure = ndi.generate_binary_structure(2, connectivity)
+    boxes = ndi.find_objects(mask.astype(np.int64))
+    for k, box in enumerate(boxes, start=1):
+        if ndi.label(mask[box] == k, structure)[1] != 1:
+            return None
+    return int(labels.size)
+
+
+def folder_hint(numbered: list[int | None]) -> str | None:
+    """Why a folder of masks read as classes looks like object labels, though each mask has under
+    the ten values `reading_hint` needs: most masks are numbered regions (`numbered_regions`) and
+    their number varies between masks, as objects' counts do (the classes of class masks do not,
+    much)."""
+    counts = [n for n in numbered if n is not None]
+    if len(counts) < 2 or 2 * len(counts) < len(numbered) or max(counts) < 3:
+        return None
+    if len(set(counts)) < 3 and max(counts) - min(counts) < 2:
+        return None
+    return (
+        f"{len(counts)} masks hold values 1..n, each value one connected region, with n from "
+        f"{min(counts)} to {max(counts)}"
+    )
+
+
 def reading_hint(mask: np.ndarray, instances: bool, connectivity: int) -> str | None:
     """Why `mask` may be read the wrong way, or None: with instances=true, most label values
     spread over several separate regions (a binary or class mask); without it, ten or more values

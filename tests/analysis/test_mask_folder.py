@@ -215,6 +215,35 @@ def test_masks_that_look_read_the_wrong_way_are_named(tmp_path, capsys):
     assert "c.npy: 12 values, each one connected region" in capsys.readouterr().err
 
 
+def test_a_folder_of_few_object_labels_each_is_named_as_labels(tmp_path, capsys):
+    """Masks of 3 to 7 cells each (too few values for one mask to tell) read as classes: their
+    numbers 1..n vary between masks as counts do, so the folder is named; organ masks of the same
+    three classes each are not."""
+    (tmp_path / "cells").mkdir()
+    for n in (3, 5, 7, 4):
+        labels = np.zeros((30, 30), np.uint8)
+        for k in range(n):
+            labels[(k // 4) * 10 : (k // 4) * 10 + 6, (k % 4) * 7 : (k % 4) * 7 + 5] = k + 1
+        Image.fromarray(labels).save(tmp_path / "cells" / f"c{n}.png")
+    args = [f"masks={tmp_path / 'cells'}", f"output={tmp_path / 'c.csv'}"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert (
+        "the masks look misread (4 masks hold values 1..n, each value one connected region, "
+        "with n from 3 to 7): read as classes; if they are object labels"
+    ) in err
+    assert main([*args, "instances=true"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert len(read_csv(tmp_path / "c.csv")) == 3 + 5 + 7 + 4
+    (tmp_path / "organs").mkdir()
+    for k in range(4):
+        organs = np.zeros((30, 30), np.uint8)
+        organs[0:8, k : k + 8], organs[12:20, 0:8], organs[22:28, 10:20] = 1, 2, 3
+        Image.fromarray(organs).save(tmp_path / "organs" / f"o{k}.png")
+    assert main([f"masks={tmp_path / 'organs'}", f"output={tmp_path / 'o.csv'}"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
