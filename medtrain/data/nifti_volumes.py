@@ -69,7 +69,7 @@ class NiftiVolumes(VolumeCases, VolumeSegmentationDataset):
 
     def read_mask(self, index: int) -> np.ndarray:
         path = self.pairs[self.cases[index]][1]
-        return VolumeSlices.checked_labels(read_volume(path).array, path)
+        return VolumeSlices.checked_labels(read_volume(path).array, path, self.num_classes)
 
     def _label_volume(self, index: int) -> Volume:
         """Case `index`'s label volume without its voxels (`read_mask` reads them): its spacing

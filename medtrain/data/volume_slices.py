@@ -270,7 +270,7 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
         if case in self.geometry:
             return self._labels(case)
         label_volume = read_volume(label_path)  # its geometry is the case's geometry
-        labels_volume = self.checked_labels(label_volume.array, label_path)
+        labels_volume = self.checked_labels(label_volume.array, label_path, self.num_classes)
         if self.cache.mode == "memory":
             self.cache.memory[str(label_path)] = labels_volume
         check_label_axes(image_path, label_volume, label_path)  # other axes: other shapes
@@ -299,15 +299,26 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
 
     def _labels(self, case: str) -> np.ndarray:
         path = self.pairs[case][1]
-        return self.cache.array(path, lambda p: self.checked_labels(read_volume(p).array, p))
+        return self.cache.array(
+            path, lambda p: self.checked_labels(read_volume(p).array, p, self.num_classes)
+        )
 
     @staticmethod
-    def checked_labels(array: np.ndarray, path) -> np.ndarray:
+    def checked_labels(array: np.ndarray, path, num_classes: int | None = None) -> np.ndarray:
+        """A label volume's values as class indices, in the smallest type that holds them
+        (values over 255 are kept, for the class check to name, never wrapped). As for 2D masks,
+        a binary run's (`num_classes` 2) volume holding only {0, v} maps v to 1: labels saved as
+        {0, 255} or {0, 1000}."""
         if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
             raise DataError(f"{path}: label values must be whole numbers")
-        if array.size and array.min() < 0:
-            raise DataError(f"{path}: negative label value {array.min()}")
-        return array.astype(np.uint8)
+        if not array.size:
+            return array.astype(np.uint8)
+        low, high = array.min(), array.max()
+        if low < 0:
+            raise DataError(f"{path}: negative label value {low}")
+        if num_classes == 2 and high > 1 and not ((array != 0) & (array != high)).any():
+            return (array != 0).astype(np.uint8)
+        return array.astype(np.uint8 if high <= 255 else np.uint16 if high <= 65535 else np.int64)
 
     def source(self, index: int) -> str:
         case, k = self.index[index]

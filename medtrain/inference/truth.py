@@ -219,7 +219,7 @@ class LabelVolumeTruth(Truth):
             return volume
         label = read_volume(self.files[k], self.predictor.ras)
         check_label_geometry(image_file, label, self.files[k])
-        values = VolumeSlices.checked_labels(label.array, self.files[k])
+        values = VolumeSlices.checked_labels(label.array, self.files[k], self.num_classes)
         if values.shape != volume.array.shape[:3]:
             size = "x".join(map(str, values.shape))
             raise DataError(

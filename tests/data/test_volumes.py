@@ -428,6 +428,28 @@ def test_mismatched_label_volume_is_named(tmp_path):
             VolumeSlices(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
 
 
+def test_binary_label_volumes_saved_as_0_and_255_read_as_classes_0_and_1(tmp_path):
+    """As a binary run's 2D masks: a label volume of {0, 255} (or {0, 1000}) is {0, 1}, for slices
+    and whole volumes; a value over 255 of a multi-class run is named, never wrapped to a class."""
+    make_cases(tmp_path, count=4)
+    for n, value in ((0, 255), (1, 1000), (2, 1), (3, 255)):
+        path = tmp_path / "labels" / f"case_{n:02d}.nii.gz"
+        labels = np.asarray(nib.load(str(path)).dataobj) > 0
+        save_nifti(path, (labels * value).astype(np.uint16), (1.0, 0.8, 1.5))
+    for kind in (VolumeSlices, NiftiVolumes):
+        data = kind(str(tmp_path), "train", num_classes=2, val_size=1, test_size=1)
+        masks = [data.read_mask(i) for i in range(len(data.ids))]
+        assert all(set(np.unique(m)) <= {0, 1} for m in masks) and any(m.any() for m in masks)
+    three = tmp_path / "labels" / "case_01.nii.gz"
+    labels = np.asarray(nib.load(str(three)).dataobj)
+    save_nifti(three, np.where(labels > 0, 300, 0).astype(np.uint16), (1.0, 0.8, 1.5))
+    with pytest.raises(DataError, match="300"):  # 300 read as uint8 was 44, a class of none
+        for split in ("train", "val", "test"):
+            data = NiftiVolumes(str(tmp_path), split, num_classes=3, val_size=1, test_size=1)
+            for i in range(len(data.ids)):
+                data.checked_mask(i, data.read_image(i).shape)
+
+
 def test_label_volume_shifted_against_its_image_is_named(tmp_path):
     """A label 3 mm off its image (misregistered, another origin) would be trained on and scored
     as if it matched: refused, by the slices and the whole-volume datasets alike."""
