@@ -27,7 +27,7 @@ from medtrain.inference.export_manifest import (
     preprocessing_manifest,
 )
 from medtrain.inference.run import LoadedRun, eval_preprocessing, load_run, volume_settings
-from medtrain.io import atomic_write, save_json
+from medtrain.io import atomic_write, json_safe, save_json
 from medtrain.models import input_keys
 from medtrain.tasks.tta import tta_views
 
@@ -415,8 +415,9 @@ def kept_exports(folder: Path, fmt: str, shared: dict[str, Any]) -> dict[str, di
         return {}
     if not isinstance(before, dict):
         return {}
+    # As save_json writes it (NaN as null, tuples as lists), to compare with what it wrote.
     same = {k: v for k, v in before.items() if k not in FORMAT_KEYS} == json.loads(
-        json.dumps(shared)
+        json.dumps(json_safe(shared), allow_nan=False)
     )
     if not same:
         return {}
