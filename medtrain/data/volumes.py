@@ -3,6 +3,7 @@ multi-frame DICOM files; a cache so that decoded volumes are read once; slices b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -287,7 +288,8 @@ def check_label_geometry(image_path: str | Path, label: Volume, label_path: str 
     RAS order by its own affine: a label whose affine states other axes, as nibabel's default for
     a label saved without one does, would be flipped or turned against its image), then the same
     voxel size (its mL would be wrong) and origin (within half a voxel). Read from the image's
-    NIfTI header only; an image of another format is not compared.
+    headers only: a NIfTI file's, a DICOM series' or a multi-frame DICOM file's plane geometry
+    (one without plane geometry is not compared).
 
     Raises:
         DataError: naming the label, the image, and both axis orders or voxel sizes.
@@ -305,7 +307,7 @@ def check_label_origin(image_path: str | Path, label: Volume, label_path: str | 
     Raises:
         DataError: naming both files and the distance in mm and in voxels.
     """
-    image_affine = _nifti_affine(image_path)
+    image_affine = _image_affine(image_path)
     if image_affine is None:
         return
     shift = np.asarray(label.file_affine, dtype=np.float64)[:3, 3] - image_affine[:3, 3]
@@ -324,7 +326,7 @@ def check_label_origin(image_path: str | Path, label: Volume, label_path: str | 
 
 def check_label_spacing(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
     """The voxel-size half of `check_label_geometry`."""
-    image_spacing = nifti_spacing(image_path)
+    image_spacing = _image_spacing(image_path)
     if image_spacing and not np.allclose(image_spacing, label.spacing, rtol=1e-3):
         label_mm, image_mm = (
             " x ".join(f"{v:.6g}" for v in s) for s in (label.spacing, image_spacing)
@@ -338,7 +340,7 @@ def check_label_spacing(image_path: str | Path, label: Volume, label_path: str |
 def check_label_axes(image_path: str | Path, label: Volume, label_path: str | Path) -> None:
     """The axis-order half of `check_label_geometry` (before shapes are compared: other axes
     explain other shapes)."""
-    image_affine = _nifti_affine(image_path)
+    image_affine = _image_affine(image_path)
     if image_affine is not None:
         image_axes, label_axes = _axcodes(image_affine), _axcodes(label.file_affine)
         if image_axes != label_axes:
@@ -350,17 +352,57 @@ def check_label_axes(image_path: str | Path, label: Volume, label_path: str | Pa
             )
 
 
-def _nifti_affine(path: str | Path) -> np.ndarray | None:
-    """A NIfTI file's affine from its header (no voxels read); None for other files or an
-    unreadable header (`read_volume` names what is wrong with it)."""
+def _image_affine(path: str | Path) -> np.ndarray | None:
+    """An image volume's stored affine from its headers alone (no voxels read): a NIfTI file's,
+    a DICOM series folder's (`dicom_series_geometry`) or a multi-frame DICOM file's (its plane
+    geometry); None for other files, a multi-frame file without plane geometry, or unreadable
+    headers (`read_volume` names what is wrong with them). Kept per file and modification time:
+    the label checks ask three times per case, and a series' headers are many files."""
+    try:
+        changed = Path(path).stat().st_mtime_ns
+    except OSError:
+        return None
+    affine = _cached_image_affine(str(path), changed)
+    return None if affine is None else affine.copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_image_affine(path: str, changed: int) -> np.ndarray | None:
     import nibabel as nib
 
-    if not is_nifti(path):
-        return None
     try:
-        return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+        if is_nifti(path):
+            return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+        if Path(path).is_dir():
+            return dicom_series_geometry(path)[2]
+        if Path(path).suffix.lower() in (".npy", ".npz") or not Path(path).is_file():
+            return None
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        measures = ds
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared and "PixelMeasuresSequence" in shared[0]:
+            measures = shared[0].PixelMeasuresSequence[0]
+        pixel = dicom_pixel_spacing(measures, str(path)) or (1.0, 1.0)
+        return _frames_affine(ds, int(ds.get("NumberOfFrames", 1) or 1), pixel)
     except Exception:
         return None
+
+
+def _image_spacing(path: str | Path) -> tuple[float, float, float] | None:
+    """An image volume's voxel size per RAS axis from its headers alone (`nifti_spacing` for
+    NIfTI; the affine's for DICOM); None where `_image_affine` gives no affine."""
+    from nibabel import orientations
+
+    if is_nifti(path):
+        return nifti_spacing(path)
+    affine = _image_affine(path)
+    if affine is None:
+        return None
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = _permuted(sizes, orientations.io_orientation(affine))
+    return (spacing[0], spacing[1], spacing[2])
 
 
 def _axcodes(affine: np.ndarray) -> tuple[str, str, str]:
@@ -383,6 +425,37 @@ def read_dicom_series(folder: str | Path) -> Volume:
     """
     import pydicom
     from pydicom.pixels import apply_modality_lut
+
+    folder = Path(folder)
+    ordered, spacing, affine = dicom_series_geometry(folder)
+    slices = []
+    for path, _ in ordered:
+        ds = pydicom.dcmread(path)
+        try:
+            pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+        except Exception as err:
+            raise DataError(
+                f"{path}: cannot decode DICOM pixel data ({err})".splitlines()[0]
+            ) from err
+        if slices and pixels.shape != slices[0].shape:
+            raise DataError(
+                f"{path}: slice of {pixels.shape}, the series' first is {slices[0].shape}"
+            )
+        slices.append(pixels)
+    array = np.stack(slices)
+    return Volume(array, spacing, affine, _axcodes(affine), str(folder))
+
+
+def dicom_series_geometry(
+    folder: str | Path,
+) -> tuple[list, tuple[float, float, float], np.ndarray]:
+    """A DICOM series folder's files in slice order (path, header without pixels), its voxel
+    size per array axis (slices, rows, columns) and its RAS+ affine, from the headers alone.
+
+    Raises:
+        DataError: as `read_dicom_series`.
+    """
+    import pydicom
 
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -432,21 +505,6 @@ def read_dicom_series(folder: str | Path) -> Volume:
     spacing = checked_spacing(
         (abs(slice_spacing), *pixel_spacing), str(folder), "its slice positions and PixelSpacing"
     )
-    slices = []
-    for path, _ in ordered:
-        ds = pydicom.dcmread(path)
-        try:
-            pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
-        except Exception as err:
-            raise DataError(
-                f"{path}: cannot decode DICOM pixel data ({err})".splitlines()[0]
-            ) from err
-        if slices and pixels.shape != slices[0].shape:
-            raise DataError(
-                f"{path}: slice of {pixels.shape}, the series' first is {slices[0].shape}"
-            )
-        slices.append(pixels)
-    array = np.stack(slices)
     affine = np.eye(4)
     # Columns of the affine: slice direction, row direction (down the image), column direction.
     affine[:3, 0] = normal * slice_spacing
@@ -454,7 +512,7 @@ def read_dicom_series(folder: str | Path) -> Volume:
     affine[:3, 2] = orientation[:3] * pixel_spacing[1]
     affine[:3, 3] = np.asarray(ordered[0][1].ImagePositionPatient, float)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS+ -> NIfTI's RAS+
-    return Volume(array, spacing, affine, _axcodes(affine), str(folder))
+    return ordered, spacing, affine
 
 
 def read_dicom_frames(path: str | Path) -> Volume:

@@ -243,6 +243,45 @@ PATIENTS = ["p0", "p0", "p1", "p1", "p2", "p2", "p3", "p3", "p4", "p5"]
 PATIENT_OF = {f"case_{n:02d}": patient for n, patient in enumerate(PATIENTS)}
 
 
+def test_a_nifti_label_of_a_dicom_series_is_checked_against_the_series(tmp_path):
+    """A DICOM series' geometry comes from its headers: a NIfTI label saved without the series'
+    affine (nibabel's LAS default), with another voxel size or shifted is refused, as against a
+    NIfTI image; one saved with the series' affine lies on it."""
+    import nibabel as nib
+
+    from medtrain.data.volumes import check_label_geometry
+
+    series = tmp_path / "series"
+    write_series(series, [0.0, 3.0, 6.0, 9.0, 12.0])
+    stored = read_volume(series, ras=False)
+    labels = np.zeros(stored.array.shape, np.uint8)
+    labels[1:3, 1:3, 1:2] = 1
+
+    def label(name: str, affine) -> tuple[Path, object]:
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(labels, affine), str(path))
+        return path, read_volume(path)
+
+    check_label_geometry(series, *reversed(label("same", stored.affine)))
+    path, volume = label("no_affine", None)
+    with pytest.raises(
+        DataError, match=r"no_affine.nii.gz: its axes are stored as LAS, the image's as SPL"
+    ):
+        check_label_geometry(series, volume, path)
+    wider = stored.affine.copy()
+    wider[:3, :3] *= 2.0
+    path, volume = label("wider", wider)
+    with pytest.raises(
+        DataError, match=r"wider.nii.gz: voxels of .* mm, the image's are 0.6 x 0.5 x 3 mm"
+    ):
+        check_label_geometry(series, volume, path)
+    shifted = stored.affine.copy()
+    shifted[2, 3] += 3.0
+    path, volume = label("shifted", shifted)
+    with pytest.raises(DataError, match=r"shifted.nii.gz: its first voxel lies \(\+0 \+0 \+3\) mm"):
+        check_label_geometry(series, volume, path)
+
+
 def write_volume_manifest(root: Path, splits: list[str] | None = None) -> Path:
     """`make_cases` listed in `root/cases.csv` with each case's patient (`PATIENTS`) and, when
     given, its split."""
