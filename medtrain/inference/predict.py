@@ -4,6 +4,7 @@ columns plus its per-image files and tables; the library behind `medtrain predic
 
 from __future__ import annotations
 
+import csv
 import glob
 import logging
 from dataclasses import dataclass, field, replace
@@ -120,7 +121,7 @@ def not_written_here(
         log.warning(
             "inputs: %d file(s) in this prediction's own output (%s) left out",
             len(inputs) - len(kept),
-            ", ".join(str(f) for f in files.folders().values()),
+            ", ".join(str(f) for f in (files.output, *files.folders().values())),
         )
     if not kept:
         raise ConfigError(f"inputs={spec}: it holds only this prediction's own output files")
@@ -232,6 +233,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         writes=("masks",) if volumes else tuple(FOLDER_OF[f] for f in fields if f in FOLDER_OF),
     )
     refuse_the_run_folder(files, predictor.run.run_dir)
+    check_overwrites(files, predictor.task)
     if volumes:
         return predict_volumes(cfg, predictor, files)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
@@ -405,6 +407,63 @@ def refuse_the_run_folder(files: PredictionFiles, run_dir: Path) -> None:
             raise ConfigError(
                 f"{key}={path} writes into the run folder {run_dir}, over the run's own test "
                 f"results: write elsewhere ({where})"
+            )
+
+
+def _header(path: Path) -> list[str] | None:
+    """A CSV file's first line as columns; None for a file that is not UTF-8 CSV text."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
+def check_overwrites(files: PredictionFiles, task: Any) -> None:
+    """Nothing a user keeps is overwritten: the output CSV may replace only an earlier
+    prediction's (columns `file` ... `error`), the mask folders may hold only files that CSV
+    lists (another prediction's masks would be replaced while its CSV still names them), and a
+    table such as `measurements.csv` only an earlier one of its columns. Checked before anything
+    is predicted.
+
+    Raises:
+        ConfigError: naming the file or folder, what it holds and the option that moves it.
+    """
+    output, listed = files.output, set()
+    if output.is_dir():
+        raise ConfigError(f"output={output} is a folder; give a CSV file name in it")
+    if output.exists():
+        header = _header(output)
+        if not header or header[0] != "file" or header[-1] != "error":
+            what = f"the columns {header[:4]}" if header else "no CSV text"
+            raise ConfigError(
+                f"output={output} exists and is not an earlier prediction's CSV (it holds "
+                f"{what}): give a new file name; nothing was written"
+            )
+        with open(output, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            for column in ("mask", *FOLDER_OF.values()):
+                if row.get(column):
+                    listed.add((output.parent / row[column]).resolve())
+    for key, folder in files.folders().items():
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{key}={folder} is a file; give a folder")
+        held = sorted(folder.iterdir()) if folder.is_dir() else []
+        foreign = [p for p in held if p.resolve() not in listed]
+        if foreign:
+            raise ConfigError(
+                f"{key}={folder} holds {len(foreign)} file(s) that {output} does not list (e.g. "
+                f"{foreign[0].name}): another prediction's or your own, which this one could "
+                f"replace; give {key}= another folder, or output= a CSV in another folder; "
+                "nothing was written"
+            )
+    for name, (_, fields) in task.prediction_tables([]).items():
+        path = files.table(name)
+        if path.exists() and _header(path) != list(fields):
+            raise ConfigError(
+                f"{path} exists and is not an earlier prediction's {name} table: give "
+                f"{name}= another file; nothing was written"
             )
 
 

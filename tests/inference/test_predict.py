@@ -243,6 +243,59 @@ def test_nothing_is_written_into_the_run_folder_and_outputs_are_not_read_back(
     assert len(read_rows(out)) == 2
 
 
+def test_nothing_a_user_keeps_is_overwritten(finished_runs, tmp_path, capsys):
+    """The output CSV replaces only an earlier prediction's; a masks folder may hold only the
+    masks that CSV lists (a second prediction beside the first must not replace the first's
+    masks while its CSV names them); measurements.csv only an earlier one. Each refusal comes
+    before anything is predicted, and leaves every file as it was."""
+    run = finished_runs["segmentation"]
+    names = save_npy_inputs(split_of(run), tmp_path / "in", 2)
+    manifest = tmp_path / "in" / "cases.csv"
+    manifest.write_text("image\n" + "".join(f"{n}\n" for n in names))
+    image = tmp_path / "in" / names[0]
+    other_run = tmp_path / "other_run.csv"
+    shutil.copy(finished_runs["classification"] / "predictions.csv", other_run)
+    kept = {p: p.read_bytes() for p in (manifest, image, other_run)}
+    for path, holds in (
+        (manifest, "the columns ['image']"),
+        (image, "no CSV text"),
+        (other_run, "the columns ['id', 'target', 'pred', 'prob_0']"),
+    ):
+        assert main([f"run_dir={run}", f"inputs={manifest}", f"output={path}"]) == 2
+        assert (
+            f"output={path} exists and is not an earlier prediction's CSV (it holds {holds})"
+        ) in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={tmp_path}"]) == 2
+    assert "is a folder; give a CSV file name" in capsys.readouterr().err
+
+    out = tmp_path / "res" / "first.csv"
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={out}"]) == 0
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={out}"]) == 0  # the same again
+    masks = {p: p.read_bytes() for p in (out.parent / "masks").iterdir()}
+    second = out.parent / "second.csv"
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={second}"]) == 2
+    said = capsys.readouterr().err
+    assert f"masks={out.parent / 'masks'} holds 2 file(s) that {second} does not list" in said
+    assert "give masks= another folder" in said and not second.exists()
+    assert {p: p.read_bytes() for p in (out.parent / "masks").iterdir()} == masks
+    options = [
+        f"masks={tmp_path / 'res' / 'masks2'}",
+        f"measurements={tmp_path / 'res' / 'm2.csv'}",
+    ]
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={second}", *options]) == 0
+    # A measurements.csv of the user's own is not replaced either.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "measurements.csv").write_text("patient,volume\np1,3\n")
+    assert (
+        main([f"run_dir={run}", f"inputs={manifest}", f"output={tmp_path / 'mine' / 'p.csv'}"]) == 2
+    )
+    assert "measurements.csv exists and is not an earlier prediction's measurements table" in (
+        capsys.readouterr().err
+    )
+    assert (tmp_path / "mine" / "measurements.csv").read_text() == "patient,volume\np1,3\n"
+
+
 def test_inputs_measured_at_different_spacings_are_warned_about(finished_runs, tmp_path, caplog):
     from medtrain.io import png_bytes
 
