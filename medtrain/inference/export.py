@@ -374,6 +374,7 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         "sha256": hashlib.sha256(built.data).hexdigest(),
     }
     folder = Path(output)
+    refuse_foreign_manifest(folder)
     kept = kept_exports(folder, fmt, shared)
     atomic_write(folder / name, lambda handle: handle.write(built.data), mode="wb")
     for other_fmt, other in sorted(MODEL_FILES.items()):
@@ -403,6 +404,27 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
 FORMAT_KEYS = frozenset(
     {"format", "model_file", "input", "outputs", "exporter", "checked", "files", "models"}
 )
+
+
+def refuse_foreign_manifest(folder: Path) -> None:
+    """An export replaces `manifest.json` only where it is an earlier export's.
+
+    Raises:
+        ConfigError: the folder holds a manifest.json of something else (or a file that is not
+            JSON), naming it.
+    """
+    path = folder / "manifest.json"
+    if not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = None
+    if not (isinstance(before, dict) and {"format", "model_file"} <= set(before)):
+        raise ConfigError(
+            f"output={folder}: its manifest.json is not an earlier export's, and an export would "
+            "replace it: give output= another folder"
+        )
 
 
 def kept_exports(folder: Path, fmt: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -379,6 +379,13 @@ def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys,
     assert main([f"run_dir={run_dir}", "format=onnx"]) == 0
     assert not (folder / "model.pt").exists()
 
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "manifest.json").write_text('{"study": "site B"}')
+    assert main([f"run_dir={run_dir}", f"output={tmp_path / 'mine'}"]) == 2
+    assert "its manifest.json is not an earlier export's" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "manifest.json").read_text() == '{"study": "site B"}'
+    assert not (tmp_path / "mine" / "model.onnx").exists()
+
     assert main([f"run_dir={run_dir}", "format=tflite"]) == 2
     assert "format='tflite'" in capsys.readouterr().err
     assert main(["format=onnx"]) == 2
