@@ -223,8 +223,7 @@ def check_same_overrides(cv: CrossValidation) -> None:
     path = cv.dir / "overrides.json"
     saved = read_json(path) if path.is_file() else None
     if saved is None:
-        save_json(path, {"overrides": cv.overrides})
-        return
+        return  # written once the folds are drawn (`draw_folds`): a refused start leaves none
     if what_it_learns(list(saved["overrides"])) != what_it_learns(cv.overrides):
         added = [o for o in what_it_learns(cv.overrides) if o not in saved["overrides"]]
         dropped = [o for o in what_it_learns(saved["overrides"]) if o not in cv.overrides]
@@ -232,6 +231,39 @@ def check_same_overrides(cv: CrossValidation) -> None:
             f"{cv.dir} holds a CV trained with other overrides (added now: {added}, dropped: "
             f"{dropped}): continue it with {saved['overrides']}, or use a new cv.dir"
         )
+
+
+def save_overrides(cv: CrossValidation) -> None:
+    """`<cv.dir>/overrides.json`, once: what `check_same_overrides` holds a later command to."""
+    if not (cv.dir / "overrides.json").is_file():
+        save_json(cv.dir / "overrides.json", {"overrides": cv.overrides})
+
+
+def check_same_data(cv: CrossValidation, cfg: DictConfig) -> None:
+    """The data must be what the CV's folds trained on so far (each fold's `provenance.json`
+    records its data fingerprint): folds of the old labels or images would be pooled and
+    ensembled with folds of the new ones, and the out-of-fold predictions scored against the new
+    labels.
+
+    Raises:
+        ConfigError: naming the first fold that trained on other data and what changed.
+    """
+    from medtrain.engine.provenance import data_fingerprint
+
+    now = None
+    for fold in range(cv.folds):
+        before = ((read_json(cv.fold_dir(fold) / "provenance.json") or {}).get("data")) or {}
+        if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
+            continue
+        now = now or data_fingerprint(cfg)
+        if now["sha256"] != before["sha256"]:
+            raise ConfigError(
+                f"the data changed since fold {fold} of {cv.dir} trained: {now['path']} (data "
+                f"fingerprint {before['sha256'][:12]} -> {now['sha256'][:12]}; "
+                f"{before.get('files')} -> {now['files']} files, {before.get('bytes')} -> "
+                f"{now['bytes']} bytes). Its folds would be pooled and ensembled with folds of "
+                "other labels or images: restore the data, or run the CV again in a new cv.dir"
+            )
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -647,8 +679,10 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     # The folds are loaded back as run folders: classes they may not build stop the CV now.
     check_targets(OmegaConf.to_container(cfg), "the CV's config", cv.trust, option="cv.trust")
     cv.dir.mkdir(parents=True, exist_ok=True)
+    check_same_overrides(cv)  # first: a dropped override is named, not its consequence
+    check_same_data(cv, cfg)
     folds_file = draw_folds(cv, cfg)
-    check_same_overrides(cv)
+    save_overrides(cv)
     start = time.perf_counter()
     failed = run_folds(cv, folds_file)
     if failed:

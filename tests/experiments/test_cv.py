@@ -281,12 +281,13 @@ def test_a_class_of_your_own_is_refused_naming_cv_trust(tmp_path):
 
 
 def test_folds_are_reused_and_other_settings_refused(tmp_path):
-    from medtrain.experiments.cv import check_same_overrides, draw_folds
+    from medtrain.experiments.cv import check_same_overrides, draw_folds, save_overrides
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(TINY)
     cv = parse_args([f"cv.dir={tmp_path}", "cv.folds=3"])
     path = draw_folds(cv, cfg)
+    save_overrides(cv)
     saved = path.read_bytes()
     assert draw_folds(cv, cfg).read_bytes() == saved  # the same folds, not drawn again
     cv.folds = 4
@@ -306,6 +307,33 @@ def test_folds_are_reused_and_other_settings_refused(tmp_path):
     other = compose_cfg([*TINY, "dataset.num_train=90"])
     with pytest.raises(ConfigError, match="other cases than the data's train and val splits"):
         draw_folds(cv, other)
+
+
+def test_a_cv_continued_on_changed_data_is_refused(tmp_path):
+    """A fold trained on the data as it was (its provenance.json's fingerprint) is not pooled
+    with folds of other labels: continuing the CV after a label of the manifest changed is
+    refused, naming the fold; the same data goes on."""
+    from medtrain.engine.provenance import data_fingerprint
+    from medtrain.experiments.cv import check_same_data
+    from tests.conftest import compose_cfg
+    from tests.data.test_manifest import make_cases
+
+    csv_path = make_cases(tmp_path, [i % 2 for i in range(20)])
+    cfg = compose_cfg(["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16"])
+    cv = parse_args([f"cv.dir={tmp_path / 'cv'}", "cv.folds=3"])
+    check_same_data(cv, cfg)  # no fold trained yet
+    (tmp_path / "cv" / "fold_1").mkdir(parents=True)
+    provenance = {"data": data_fingerprint(cfg)}
+    (tmp_path / "cv" / "fold_1" / "provenance.json").write_text(json.dumps(provenance))
+    check_same_data(cv, cfg)
+    lines = csv_path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[1].split(",")
+    column = header.index("target")
+    cells[column] = str(1 - int(cells[column]))  # one label changed
+    csv_path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"the data changed since fold 1 of .*cv trained"):
+        check_same_data(cv, cfg)
 
 
 def test_folds_of_a_manifest_keep_each_patient_in_one_fold(tmp_path, caplog):
