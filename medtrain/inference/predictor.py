@@ -385,6 +385,12 @@ class Predictor:
         else a 2D image."""
         if volume_run(self.cfg) and is_nifti_bytes(data, name):
             return volume_decoded(decode_nifti(data, name, self.max_pixels, self.ras))
+        if self.slices_volumes and is_nifti_bytes(data, name):
+            raise UnsupportedFormatError(
+                f"{name}: a NIfTI volume; this run was trained on slices of volumes, which the "
+                "service does not take: medtrain predict run_dir=<run> inputs=<volumes> "
+                "segments whole volumes slice by slice"
+            )
         if self.reads_volume_arrays and is_array_file(data):
             return decode(data, name, self.max_pixels, volume=True)
         if volume_run(self.cfg) and is_array_file(data):  # a label volume is measured in mL

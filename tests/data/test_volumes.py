@@ -606,6 +606,9 @@ def test_training_scores_reassembled_volumes(tmp_path):
 
     with pytest.raises(DataError, match="trained on slices of volumes"):
         Predictor(run).predict([Decoded(np.zeros((20, 16), np.float32), None, "npy")], ["x"])
+    # The service is told so for a NIfTI upload, not that gzip is an unknown format.
+    with pytest.raises(DataError, match="a NIfTI volume; this run was trained on slices of"):
+        Predictor(run).decode(files[0].read_bytes(), "case.nii.gz")
     # A blank slice (padding around the body) is segmented with the rest; a blank volume is not.
     padded = np.asarray(nib.load(str(files[0])).dataobj).copy()
     padded[:, :, 0] = padded[0] = 0.0
