@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
         if any(v != values[0] for v in values[1:]):
             shown = ", ".join(f"{n}: {v}" for n, v in zip(names, values, strict=True))
             said.append(f"The runs have other {what}: {shown}.")
-    tests = [(read_json(run / "splits.json") or {}).get("test") for run in runs]
+    tests = [test_cases(run) for run in runs]
     if all(t is not None for t in tests) and any(sorted(t) != sorted(tests[0]) for t in tests[1:]):
         sizes = ", ".join(f"{n}: {len(t)}" for n, t in zip(names, tests, strict=True))
         said.append(
@@ -118,6 +119,20 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
             "metrics differ by data as well as by model."
         )
     return said
+
+
+def test_cases(run: Path) -> list[str] | None:
+    """The ids of a run's test cases: its `splits.json`'s, else (an ensemble, a CV's fold
+    ensemble, which keep no splits.json) the `id` column of its `predictions.csv`."""
+    split = (read_json(run / "splits.json") or {}).get("test")
+    if split is not None:
+        return [str(i) for i in split]
+    path = run / "predictions.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        ids = [row.get("id") for row in csv.DictReader(handle)]
+    return None if not ids or None in ids else ids
 
 
 def column_names(runs: list[Path]) -> list[str]:

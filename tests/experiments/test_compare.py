@@ -50,6 +50,14 @@ def test_two_runs_side_by_side(tmp_path, capsys):
     )
     assert f"warning: {caution}" in capsys.readouterr().err
     assert f"> {caution}" in (out / "comparison.md").read_text()
+    # An ensemble keeps no splits.json: its predictions.csv names its test cases.
+    ensemble_like = tmp_path / "ensemble_like"
+    shutil.copytree(other, ensemble_like)
+    (ensemble_like / "splits.json").unlink()
+    assert main([f"run_dirs=[{runs[0]},{ensemble_like}]", f"output={out}"]) == 0
+    assert "tested on other cases (slow: 48, ensemble_like: 40" in capsys.readouterr().err
+    assert main([f"run_dirs=[{other},{ensemble_like}]", f"output={out}"]) == 0
+    assert "tested on other cases" not in capsys.readouterr().err
 
 
 def test_bad_input_is_one_error_line(tmp_path, capsys):
