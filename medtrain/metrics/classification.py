@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,13 +57,18 @@ def multiclass_metrics(
     recall = skm.recall_score(target, pred, labels=labels, average=None, zero_division=0)
     specificity = _specificity(target, pred, labels)
     f1 = skm.f1_score(target, pred, labels=labels, average=None, zero_division=0)
+    with warnings.catch_warnings():  # a prediction of a class no case is: counted, not warned
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        balanced = float(skm.balanced_accuracy_score(target, pred))
     out = {
         "acc": float(skm.accuracy_score(target, pred)),
-        "balanced_acc": float(skm.balanced_accuracy_score(target, pred)),
+        "balanced_acc": balanced,
         "auc": auc,
         "sensitivity": float(recall[present].mean()),
         "specificity": float(np.nanmean(specificity)),
-        "f1": float(skm.f1_score(target, pred, labels=labels, average="macro", zero_division=0)),
+        # Over the classes in the targets or the predictions (scikit-learn's default): a class
+        # in neither has no F1, and counted as 0 it would pull the mean down.
+        "f1": float(skm.f1_score(target, pred, average="macro", zero_division=0)),
     }
     for k, name in enumerate(names):
         out |= {

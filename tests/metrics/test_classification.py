@@ -42,6 +42,13 @@ def test_multiclass_auc_with_a_class_missing_from_targets_is_finite():
     m = M.multiclass_metrics(target, probs, ["a", "b", "c"])
     assert m["auc"] == pytest.approx(1.0)
     assert np.isnan(m["auc_c"])
+    # F1 over the classes in the targets or predictions, as sensitivity leaves the absent out:
+    # 1.0 here, not (1 + 1 + 0) / 3 for a class nobody had or was called.
+    assert m["f1"] == pytest.approx(1.0) == skm.f1_score(target, probs.argmax(1), average="macro")
+    probs[0] = [0.1, 0.1, 0.8]  # one case called c, which no case is: its F1 of 0 counts
+    m = M.multiclass_metrics(target, probs, ["a", "b", "c"])
+    assert m["f1"] == pytest.approx(skm.f1_score(target, probs.argmax(1), average="macro"))
+    assert m["f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
 
 
 def test_multilabel_metrics_average_labels():
