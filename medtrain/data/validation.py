@@ -489,6 +489,55 @@ def find_duplicates(
     return {"across_splits": across, "within_split": within}, pairs, conflicts, notes
 
 
+# Resolution tags that image software writes by default (dots per inch), not pixel sizes.
+SOFTWARE_DPI = (72, 96, 100, 150, 200, 300, 600, 1200)
+
+
+def unused_spacing(datasets: dict) -> str | None:
+    """A warning when `dataset.spacing` is set and images of 2D segmentation data state another
+    pixel spacing in their files, which wins over it (`dataset.file_spacing`): their areas and mm
+    distances then rest on the files' tags, which image software writes without meaning them
+    (300 dpi is 0.0847 mm), and a run can mix the two scales. A manifest row's own spacing is
+    the user's and not counted."""
+    differ, total, example = 0, 0, None
+    for dataset in datasets.values():
+        given = getattr(dataset, "spacing", None)
+        if not isinstance(dataset, SegmentationDataset) or given is None:
+            continue
+        rows = getattr(dataset, "row_spacing", None)
+        for index in range(len(dataset.ids)):
+            total += 1
+            if rows is not None and rows[index]:
+                continue
+            stated = dataset.spacing_of(index)
+            if not np.allclose(stated, given, rtol=1e-4):
+                differ += 1
+                example = example or (dataset, index, stated)
+    if not differ:
+        return None
+    dataset, index, stated = example
+    where = dataset.image_files[index] if hasattr(dataset, "image_files") else dataset.ids[index]
+    dpi = 25.4 / stated[0]
+    tag = (
+        f", a {round(dpi)} dpi resolution tag"
+        if round(dpi) in SOFTWARE_DPI and abs(dpi - round(dpi)) < 0.01
+        else ""
+    )
+    size = " x ".join(f"{v:.4g}" for v in stated)
+    given_text = ", ".join(f"{v:g}" for v in dataset.spacing)
+    fix = (
+        "dataset.file_spacing=false measures every image with dataset.spacing"
+        if hasattr(dataset, "use_file_spacing")
+        else "a spacing column in the manifest gives each row its own"
+    )
+    return (
+        f"dataset.spacing=[{given_text}] is not used for {differ} of {total} images, whose files "
+        f"state another pixel spacing (e.g. {where}: {size} mm{tag}); their areas and mm "
+        "distances use the file's. Resolution tags that image software writes by default (72, "
+        f"96, 300 dpi) are not pixel sizes: {fix}"
+    )
+
+
 def built_warnings(datasets: dict) -> dict[str, str]:
     """The warnings the datasets recorded about the data as a whole while they were built (a
     manifest's `data_warnings`: groups in several splits, a grouped split drawn again)."""
@@ -572,6 +621,8 @@ def check_datasets(
         leak = kind == "groups_in_splits" and duplicates == "error"
         report["errors" if leak else "warnings"].append(line)
     report["notes"] += mixed_images(samples, names)
+    spacing_said = unused_spacing(datasets)
+    report["warnings"] += [spacing_said] if spacing_said else []
     section, pairs, conflicts, notes = find_duplicates(datasets, samples, names)
     report["duplicates"] = section
     report["errors" if duplicates == "error" else "warnings"] += pairs

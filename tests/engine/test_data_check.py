@@ -278,6 +278,33 @@ def test_segmentation_mask_of_the_wrong_size_or_class_names_the_mask(tmp_path):
     assert not [w for w in report["warnings"] if "no mask holds" in w]
 
 
+def test_a_dataset_spacing_the_files_override_is_warned_about(tmp_path):
+    """PNGs saved at 300 dpi (image software's default) state 0.0847 mm, which wins over
+    dataset.spacing: said, with the fix; with dataset.file_spacing=false, or tags that agree,
+    nothing is said."""
+    names = [f"img{k}" for k in range(6)]
+    write_seg_folder(tmp_path, names)
+    for name in names[:2]:
+        path = tmp_path / "images" / f"{name}.png"
+        Image.open(path).save(path, dpi=(300, 300))
+    base = ["experiment=dsb2018_nuclei", f"dataset.path={tmp_path}", "dataset.val_size=1"]
+    base += ["dataset.test_size=1", "dataset.spacing=[0.00025,0.00025]"]
+    said = [w for w in check(base)["warnings"] if "dataset.spacing" in w]
+    assert len(said) == 1 and said[0].startswith(
+        "dataset.spacing=[0.00025, 0.00025] is not used for 2 of 6 images, whose files state "
+        "another pixel spacing (e.g. "
+    )
+    assert "0.08467 x 0.08467 mm, a 300 dpi resolution tag)" in said[0]
+    assert said[0].endswith("dataset.file_spacing=false measures every image with dataset.spacing")
+    ignored = check([*base, "dataset.file_spacing=false"])["warnings"]
+    assert not [w for w in ignored if "dataset.spacing" in w]
+    agreeing = [*base[:-1], f"dataset.spacing=[{25.4 / 300},{25.4 / 300}]"]
+    for name in names[2:]:  # every file states 300 dpi, as dataset.spacing does
+        path = tmp_path / "images" / f"{name}.png"
+        Image.open(path).save(path, dpi=(300, 300))
+    assert not [w for w in check(agreeing)["warnings"] if "dataset.spacing" in w]
+
+
 def test_a_loss_that_does_not_fit_the_task_is_reported_and_the_data_still_checked(tmp_path):
     # The loss reads no data: `task=segmentation` with the default loss=cross_entropy is refused
     # as training would refuse it, and the masks are checked all the same.
