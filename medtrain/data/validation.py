@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import time
 from collections import Counter, defaultdict
@@ -538,6 +539,52 @@ def unused_spacing(datasets: dict) -> str | None:
     )
 
 
+def anisotropic_turns(datasets: dict) -> str | None:
+    """An error when the training augmentation turns volumes by quarter turns (MONAI's
+    RandRotate90d) in a plane whose two axes have other voxel sizes: the turn swaps them, and the
+    network learns anatomy stretched by their ratio (an axial scan read in RAS order has its
+    slices along axis 2, so turns in axes 1 and 2 swap 0.7 mm and 3 mm voxels). The voxel sizes
+    are those training sees: `target_spacing` when set, else each volume's."""
+    train = datasets.get("train")
+    pipeline = getattr(getattr(train, "transform", None), "pipeline", None)
+    if not isinstance(train, VolumeSegmentationDataset) or pipeline is None:
+        return None
+    planes = [
+        tuple(int(a) for a in t.spatial_axes)
+        for t in getattr(pipeline, "transforms", [pipeline])
+        if type(t).__name__ in ("RandRotate90d", "RandRotate90") and hasattr(t, "spatial_axes")
+    ]
+    if not planes:
+        return None
+    for index in range(len(train.ids)):
+        try:
+            spacing = train.target_spacing or train.voxel_spacing(index)
+        except DataError:  # named among the samples' problems
+            continue
+        for a, b in planes:
+            if not math.isclose(spacing[a], spacing[b], rel_tol=0.1):
+                equal = [
+                    (i, j)
+                    for i, j in ((0, 1), (0, 2), (1, 2))
+                    if math.isclose(spacing[i], spacing[j], rel_tol=0.1)
+                ]
+                hint = (
+                    f" (here axes {list(equal[0])}: augmentation.train.transforms.<k>.spatial_axes"
+                    f"=[{equal[0][0]},{equal[0][1]}])"
+                    if equal
+                    else ""
+                )
+                size = " x ".join(f"{v:g}" for v in spacing)
+                return (
+                    f"augmentation.train: quarter turns in the plane of axes {a} and {b} "
+                    f"(RandRotate90d spatial_axes) swap voxels of {spacing[a]:g} and "
+                    f"{spacing[b]:g} mm ({train.ids[index]}: {size} mm), stretching what the "
+                    "network learns: turn in a plane of equal voxel sizes" + hint + ", set "
+                    "dataset.target_spacing to equal sizes, or drop RandRotate90d"
+                )
+    return None
+
+
 def built_warnings(datasets: dict) -> dict[str, str]:
     """The warnings the datasets recorded about the data as a whole while they were built (a
     manifest's `data_warnings`: groups in several splits, a grouped split drawn again)."""
@@ -623,6 +670,8 @@ def check_datasets(
     report["notes"] += mixed_images(samples, names)
     spacing_said = unused_spacing(datasets)
     report["warnings"] += [spacing_said] if spacing_said else []
+    turned = anisotropic_turns(datasets)
+    report["errors"] += [turned] if turned else []
     section, pairs, conflicts, notes = find_duplicates(datasets, samples, names)
     report["duplicates"] = section
     report["errors" if duplicates == "error" else "warnings"] += pairs

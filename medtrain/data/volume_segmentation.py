@@ -360,8 +360,10 @@ class VolumeSegmentationDataset(SeededSamples, Dataset):
                 if self.patch_size is not None and tuple(mask.shape) != self.patch_size:
                     raise ConfigError(
                         f"augmentation.train turned a {list(self.patch_size)} patch into "
-                        f"{list(mask.shape)}: quarter turns need equal sides in their plane "
-                        "(set dataset.patch_size so, or drop RandRotate90d)"
+                        f"{list(mask.shape)}: quarter turns need equal sides in their plane; "
+                        "turn in the plane of equal patch sides and voxel sizes (RandRotate90d "
+                        "spatial_axes; for axial scans read in RAS order [0, 1]), or drop "
+                        "RandRotate90d"
                     )
             sample["image"] = channels_first(image)
         else:

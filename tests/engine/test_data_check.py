@@ -305,6 +305,27 @@ def test_a_dataset_spacing_the_files_override_is_warned_about(tmp_path):
     assert not [w for w in check(agreeing)["warnings"] if "dataset.spacing" in w]
 
 
+def test_quarter_turns_across_anisotropic_voxels_are_refused(tmp_path):
+    """Axial volumes read in RAS order (0.7 x 0.7 x 3 mm): augmentation=volume's quarter turns in
+    axes 1 and 2 would swap 0.7 and 3 mm voxels; refused, naming the plane of equal voxels.
+    Turned there, or at an isotropic target_spacing, they pass."""
+    from tests.data.test_volumes import make_cases
+
+    make_cases(tmp_path, count=6, spacing=(0.7, 0.7, 3.0))
+    base = ["experiment=hippocampus3d", "augmentation=volume", f"dataset.path={tmp_path}"]
+    base += ["dataset.val_size=1", "dataset.test_size=1", "dataset.patch_size=[8,8,8]"]
+    errors = check(base)["errors"]
+    assert errors == [
+        "augmentation.train: quarter turns in the plane of axes 1 and 2 (RandRotate90d "
+        "spatial_axes) swap voxels of 0.7 and 3 mm (case_00: 0.7 x 0.7 x 3 mm), stretching what "
+        "the network learns: turn in a plane of equal voxel sizes (here axes [0, 1]: "
+        "augmentation.train.transforms.<k>.spatial_axes=[0,1]), set dataset.target_spacing to "
+        "equal sizes, or drop RandRotate90d"
+    ]
+    assert not check([*base, "augmentation.train.transforms.3.spatial_axes=[0,1]"])["errors"]
+    assert not check([*base, "dataset.target_spacing=[1.0,1.0,1.0]"])["errors"]
+
+
 def test_a_loss_that_does_not_fit_the_task_is_reported_and_the_data_still_checked(tmp_path):
     # The loss reads no data: `task=segmentation` with the default loss=cross_entropy is refused
     # as training would refuse it, and the masks are checked all the same.
