@@ -322,10 +322,12 @@ def run_folds(cv: CrossValidation, folds_file: Path) -> list[int]:
                     log.info("cv: fold %d done in %.0f s", fold, seconds)
                 else:
                     failed.append(fold)
+                    cause = last_error(cv.fold_dir(fold) / "console.log")
                     log.error(
-                        "cv: fold %d failed (exit %s); see %s",
+                        "cv: fold %d failed (exit %s)%s; see %s",
                         fold,
                         process.returncode,
+                        f": {cause}" if cause else "",
                         cv.fold_dir(fold) / "console.log",
                     )
     finally:  # interrupted: stop the folds in flight (they resume from last.pt next time)
@@ -334,6 +336,35 @@ def run_folds(cv: CrossValidation, folds_file: Path) -> list[int]:
             process.wait()
             console.close()
     return sorted(failed)
+
+
+def last_error(console: Path) -> str | None:
+    """The last error a fold's console shows (medtrain's `ERROR` log line, or a command-line
+    `error:`), without its time stamp: why the fold failed, said where the CV is watched."""
+    try:
+        lines = console.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "][ERROR] - " in line:
+            return line.split("][ERROR] - ", 1)[1].strip()
+        if line.startswith("error: "):
+            return line[len("error: ") :].strip()
+    return None
+
+
+def fold_warnings(cv: CrossValidation) -> list[str]:
+    """The folds' data-check warnings (each fold's `data_report.json`), each once with the folds
+    that gave it: duplicates across the splits, a class missing from a fold's validation cases."""
+    folds_of: dict[str, list[int]] = {}
+    for fold in range(cv.folds):
+        report = read_json(cv.fold_dir(fold) / "data_report.json") or {}
+        for warning in report.get("warnings") or []:
+            folds_of.setdefault(str(warning), []).append(fold)
+    return [
+        f"Data check of {'every fold' if len(folds) == cv.folds else f'folds {folds}'}: {text}"
+        for text, folds in folds_of.items()
+    ]
 
 
 def die_with_parent() -> None:
@@ -444,6 +475,9 @@ def summary_rows(
         )
     return rows, ["row", *columns]
 
+
+# The folds' data-check warnings said on the console (all of them in cv_summary.md).
+MAX_SAID = 10
 
 # Pooled out-of-fold AUC this far below every fold's own: the folds' scores are not comparable.
 POOLED_AUC_DROP = 0.02
@@ -705,6 +739,12 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
             else f"Decision threshold, fixed by task.threshold: {threshold}."
         )
     notes += scales_apart(rows[: cv.folds], oof)
+    checked = fold_warnings(cv)
+    for line in checked[:MAX_SAID]:
+        log.warning("cv: %s", line)
+    if len(checked) > MAX_SAID:
+        log.warning("cv: and %d more data-check warnings in cv_summary.md", len(checked) - MAX_SAID)
+    notes += checked
     write_summary(cv, rows, columns, notes)
     fold_seconds = [
         (read_json(cv.fold_dir(k) / "run_info.json") or {}).get("train_seconds")

@@ -309,6 +309,40 @@ def test_folds_are_reused_and_other_settings_refused(tmp_path):
         draw_folds(cv, other)
 
 
+def test_a_failed_fold_s_cause_and_the_folds_data_warnings_are_said(tmp_path):
+    """Where the CV is watched: why a fold failed (its console's last error, not only "see
+    console.log"), and each data-check warning of the folds once, with the folds that gave it."""
+    from medtrain.experiments.cv import fold_warnings, last_error
+
+    cv = parse_args([f"cv.dir={tmp_path}", "cv.folds=3"])
+    console = tmp_path / "fold_1" / "console.log"
+    console.parent.mkdir()
+    console.write_text(
+        "[2026-12-07 02:21:40,001][medtrain][INFO] - training\n"
+        "[2026-12-07 02:21:48,839][medtrain][ERROR] - /data/P000_0.png: cannot read image "
+        "(OSError: image file is truncated)\n"
+    )
+    assert (
+        last_error(console)
+        == "/data/P000_0.png: cannot read image (OSError: image file is truncated)"
+    )
+    console.write_text("usage: ...\nerror: unknown key 'x'\n")
+    assert last_error(console) == "unknown key 'x'"
+    assert last_error(tmp_path / "nowhere.log") is None
+    duplicate = "test image a.png is identical to train image b.png"
+    for fold, warnings in enumerate(
+        [[duplicate], [duplicate, "val holds no 'effusion'"], [duplicate]]
+    ):
+        (tmp_path / f"fold_{fold}").mkdir(exist_ok=True)
+        (tmp_path / f"fold_{fold}" / "data_report.json").write_text(
+            json.dumps({"warnings": warnings})
+        )
+    assert fold_warnings(cv) == [
+        f"Data check of every fold: {duplicate}",
+        "Data check of folds [1]: val holds no 'effusion'",
+    ]
+
+
 def test_a_cv_continued_on_changed_data_is_refused(tmp_path):
     """A fold trained on the data as it was (its provenance.json's fingerprint) is not pooled
     with folds of other labels: continuing the CV after a label of the manifest changed is
