@@ -585,6 +585,11 @@ def _section(
     try:
         return build(run) if build is not None else builders[section]()
     except Exception as err:  # one unreadable file costs its section, not the whole report
+        if isinstance(err, FileNotFoundError) and not any(
+            k.startswith("test/") for k in run.values
+        ):
+            # A cross-validation's fold of data without a test split: tested by nothing.
+            return _note("Not tested: the data has no test split (a cross-validation fold).")
         log.warning("report: section %s failed (%s: %s)", section, type(err).__name__, err)
         return _note(f"This section could not be built: {type(err).__name__}: {err}")
 

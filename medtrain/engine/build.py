@@ -280,11 +280,16 @@ def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
         raise ConfigError(f"{'; '.join(wrong)} ({err})" if wrong else f"{key}: {err}") from err
 
 
-def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
+def build_datasets(
+    cfg: DictConfig, empty_test: bool = False
+) -> dict[str, torch.utils.data.Dataset]:
     """Build the train/val/test datasets and write what they inferred (channels, classes, label type,
     tabular width) back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for
     the model; then the task writes what the training split decides for it (`Task.fit_to_data`,
-    e.g. regression target statistics) into `cfg.task`."""
+    e.g. regression target statistics) into `cfg.task`.
+
+    An empty split is refused, except the test split of a cross-validation (`empty_test`, or a
+    fold's run: `cv.fold`), which then judges by its out-of-fold predictions alone."""
     task = task_class(cfg)
     extra = task.dataset_options(cfg)
     datasets = {}
@@ -293,8 +298,14 @@ def build_datasets(cfg: DictConfig) -> dict[str, torch.utils.data.Dataset]:
         pipeline = build(cfg.augmentation[stage], f"augmentation.{stage}")
         transform = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg))
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
-        if len(datasets[split]) == 0:
-            raise ConfigError(f"dataset: the {split} split is empty ({cfg.dataset.get('path')})")
+        cross_validated = empty_test or (cfg.get("cv") or {}).get("fold") is not None
+        if len(datasets[split]) == 0 and not (split == "test" and cross_validated):
+            also = (
+                "; a cross-validation (medtrain cv) needs no test split" if split == "test" else ""
+            )
+            raise ConfigError(
+                f"dataset: the {split} split is empty ({cfg.dataset.get('path')}){also}"
+            )
         check_augmentation(transform, spatial_dims(datasets[split]), choice("augmentation"))
     fold = (cfg.get("cv") or {}).get("fold")
     if fold is not None:  # a cross-validation fold: train and val regrouped, test as it is

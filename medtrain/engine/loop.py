@@ -453,16 +453,27 @@ def test(
             model, loaders["val"], task, device, cfg.precision, loss_mean=loss_mean(cfg)
         )
     threshold = distributed.decided(task.fit_threshold, val)  # only rank 0's collector is filled
-    test_collector, test_loss = evaluate(
-        model, loaders["test"], task, device, cfg.precision, final=True, loss_mean=loss_mean(cfg)
+    tested = len(loaders["test"].dataset) > 0  # a CV's fold without a test split: val alone
+    test_collector, test_loss = (
+        evaluate(
+            model,
+            loaders["test"],
+            task,
+            device,
+            cfg.precision,
+            final=True,
+            loss_mean=loss_mean(cfg),
+        )
+        if tested
+        else (None, None)
     )
 
     def results() -> dict[str, Any]:
-        saved = test_collector.save(run_dir) or {}  # task files; some tasks add summary numbers
+        saved = (test_collector.save(run_dir) or {}) if tested else {}  # task files and numbers
         values = {
-            **test_collector.metrics("test"),
+            **(test_collector.metrics("test") if tested else {}),
             **{f"test/{key}": value for key, value in saved.items()},
-            "test/loss": test_loss,
+            **({"test/loss": test_loss} if tested else {}),
             **val.metrics("val"),
             "val/loss": val_loss,
             "best_epoch": checkpoint["best_epoch"],

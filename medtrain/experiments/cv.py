@@ -147,7 +147,7 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
     """`<cv.dir>/folds.json`: drawn from the data's train and val splits, or the saved one checked
     against them (same cases, folds and seed)."""
     path = cv.dir / "folds.json"
-    datasets = build_datasets(cfg)
+    datasets = build_datasets(cfg, empty_test=True)  # without a test split: out-of-fold alone
     train, val, test = datasets["train"], datasets["val"], datasets["test"]
     fold_fields(type(train))  # a class whose cases cannot be regrouped: refused before training
     pool = fold_units(train) + fold_units(val)  # sample ids, or whole volumes of slices
@@ -728,7 +728,12 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     dev = resolve_device(str(cfg.trainer.device), "trainer.device")  # pooling and the ensemble
     runs = load_folds(cv)
     task, oof, threshold = out_of_fold(cv, runs, dev)
-    ensemble = fold_ensemble(cv, runs, task, threshold, oof, dev) if cv.ensemble else None
+    tested = bool(read_folds(folds_file)["test"])
+    if cv.ensemble and not tested:
+        log.info("cv: the data has no test split: no fold ensemble is tested (out-of-fold only)")
+    ensemble = (
+        fold_ensemble(cv, runs, task, threshold, oof, dev) if cv.ensemble and tested else None
+    )
     rows, columns = summary_rows(cv, task, oof, ensemble)
     notes = []
     if threshold is not None:
@@ -739,6 +744,11 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
             else f"Decision threshold, fixed by task.threshold: {threshold}."
         )
     notes += scales_apart(rows[: cv.folds], oof)
+    if not tested:
+        notes.append(
+            "The data has no test split: the folds are judged by their held-out folds and the "
+            "pooled out-of-fold predictions alone; no fold ensemble was tested."
+        )
     checked = fold_warnings(cv)
     for line in checked[:MAX_SAID]:
         log.warning("cv: %s", line)

@@ -402,6 +402,36 @@ def test_folds_of_a_manifest_keep_each_patient_in_one_fold(tmp_path, caplog):
     assert "1 groups have cases in the test split and in the folds (e.g. ['p11'])" in caplog.text
 
 
+def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path):
+    """A manifest of train and val rows only: each fold trains and is judged on its held-out
+    fold, the out-of-fold predictions are pooled and recomputable, and no ensemble is tested
+    (said); a plain run on the same data is refused, naming the CV."""
+    from medtrain.commands import main
+    from tests.data.test_manifest import make_cases
+
+    splits = ["val" if i % 5 == 0 else "train" for i in range(30)]
+    csv_path = make_cases(tmp_path, [i % 2 for i in range(30)], {"split": splits})
+    data = ["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16", ON_CPU]
+    data += ["trainer.max_epochs=1", "trainer.report=false"]
+    assert main([*data, f"hydra.run.dir={tmp_path / 'plain'}"]) == 2
+    cv_dir = tmp_path / "cv"
+    done = run_cli("cv", "cv.folds=2", f"cv.dir={cv_dir}", *data, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the data has no test split: no fold ensemble is tested" in done.stderr
+    summary = json.loads((cv_dir / "cv.json").read_text())
+    assert summary["ensemble"] is None and not (cv_dir / "ensemble").exists()
+    for fold in range(2):
+        metrics = json.loads((cv_dir / f"fold_{fold}" / "metrics.json").read_text())
+        assert "val/auc" in metrics and not [k for k in metrics if k.startswith("test/")]
+    pooled = rows(cv_dir / "oof_predictions.csv")
+    assert sorted(r["id"] for r in pooled) == sorted(
+        json.loads((cv_dir / "folds.json").read_text())["ids"]
+    )
+    auc = roc_auc_score([int(r["target"]) for r in pooled], [float(r["prob_1"]) for r in pooled])
+    assert summary["oof"]["oof/auc"] == pytest.approx(auc)
+    assert "The data has no test split" in (cv_dir / "cv_summary.md").read_text()
+
+
 def test_folds_whose_scores_do_not_pool_are_said(caplog):
     """Pooled out-of-fold AUC below every fold's own (folds 0.953/0.928/0.933, pooled 0.705, as a
     user's 2-epoch CV gave): the fold models' probabilities lie on other scales, said in the
