@@ -32,12 +32,35 @@ def read_image(path: Path) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
         return (array[..., None] if array.ndim == 2 else array)[..., :3]
     with Image.open(path) as img:
+        if img.format not in ("PNG", "JPEG", "TIFF"):  # as medtrain: a GIF named .png is refused
+            raise ValueError(f"a {img.format} image; this reads PNG, JPEG, TIFF or NPY")
         if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
             img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
         array = np.array(img)
     if array.dtype in (np.int32, np.uint32):  # Pillow's mode "I" holds 16-bit PNG and TIFF
         array = array.astype(np.uint16)
     return (array[..., None] if array.ndim == 2 else array)[..., :3]
+
+
+SCALED = ("uint8", "uint16", "bool")  # read as 0-1 of their bit depth; floats as they are
+
+
+def other_scale(pixels: np.ndarray, trained: dict | None) -> str | None:
+    """Why an image is on another pixel scale than the run's training images (the manifest's
+    `preprocessing.training_images`), where that scale reaches the network; else None."""
+    if not trained or not trained["scale_matters"] or not pixels.size:
+        return None
+    kinds, kind = set(trained["dtypes"]), pixels.dtype.name
+    finite = pixels[np.isfinite(pixels)]  # NaN and infinities are refused after preprocessing
+    if kind not in SCALED and kinds <= set(SCALED) and finite.size:
+        low, top = float(finite.min()), float(finite.max())
+        if low < -0.05 or top > 1.05:
+            return f"{kind} values from {low:.4g} to {top:.4g}; the run read its images as 0-1"
+    if kind == "uint16" and kinds <= {"uint8", "bool"} and int(pixels.max()) <= 255:
+        return "an 8-bit image stored in 16 bits, 257 times darker than the run's uint8 images"
+    if kind in SCALED and not kinds & set(SCALED) and trained["max"] > 1.5:
+        return f"{kind} pixels read as 0-1; the run's float images held values up to {trained['max']:.4g}"
+    return None
 
 
 def match_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
@@ -272,6 +295,15 @@ def main() -> None:
             pixels = read_image(path)
         except Exception as err:
             refuse(path, f"cannot read: {err}")
+            continue
+        if pixels.size and np.isfinite(pixels).all() and pixels.min() == pixels.max():
+            refuse(
+                path, "every pixel has the same value: no prediction is made from it"
+            )  # as medtrain
+            continue
+        scale = other_scale(pixels, manifest["preprocessing"].get("training_images"))
+        if scale:
+            refuse(path, f"another pixel scale than the run's training images: {scale}")
             continue
         with np.errstate(all="ignore"):  # overflow is reported in the row, not as a warning
             image = prepare(pixels, manifest["preprocessing"])

@@ -26,7 +26,14 @@ from medtrain.inference.export_manifest import (
     io_manifest,
     preprocessing_manifest,
 )
-from medtrain.inference.run import LoadedRun, eval_preprocessing, load_run, volume_settings
+from medtrain.inference.run import (
+    LoadedRun,
+    eval_preprocessing,
+    load_run,
+    scale_matters,
+    trained_values,
+    volume_settings,
+)
 from medtrain.io import atomic_write, json_safe, save_json
 from medtrain.models import input_keys
 from medtrain.tasks.tta import tta_views
@@ -336,6 +343,17 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
             "all voxels; nonzero_zscore: over non-zero voxels) before slicing; read the volume "
             "in RAS axis order (nibabel.as_closest_canonical), slice the normalized volume, run "
             "each slice, stack the masks back along `axis` and turn them to the file's own order",
+        }
+    trained = trained_values(run.run_dir)
+    if trained is not None:  # what an outside reader checks an input's pixel scale against
+        preprocessing["training_images"] = {
+            "dtypes": sorted(trained[0]),
+            "max": trained[1],
+            "scale_matters": scale_matters(preprocess),
+            "rule": "8/16-bit images are read as 0-1 of their bit depth, floats as they are: "
+            "where scale_matters, refuse a float image outside 0-1 for a run of 8/16-bit images, "
+            "a uint16 image of values up to 255 for a run of uint8 images, and an 8/16-bit image "
+            "for a run of float images of values above 1.5",
         }
     shared = {
         "task": run.task.name,

@@ -42,7 +42,14 @@ from medtrain.engine.acceleration import autocast
 from medtrain.engine.config import resolve_device
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.inference.onnx_backend import OnnxNetwork, check_backend, onnx_network
-from medtrain.inference.run import eval_preprocessing, load_run, volume_run, volume_settings
+from medtrain.inference.run import (
+    eval_preprocessing,
+    load_run,
+    scale_matters,
+    trained_values,
+    volume_run,
+    volume_settings,
+)
 from medtrain.io import read_json
 from medtrain.models import input_keys
 from medtrain.tasks.base import Input
@@ -60,16 +67,6 @@ log = logging.getLogger(__name__)
 
 # Storage types read as 0-1 of their bit depth (`to_float01`); every other type is read as it is.
 SCALED_TYPES = {"uint8", "uint16", "bool"}
-
-
-def trained_values(run_dir: Path) -> tuple[set[str], float] | None:
-    """The storage types and largest value of a run's training images, from its data check
-    (`data_report.json`); None when it has none (a check turned off, an ensemble's folder)."""
-    report = read_json(Path(run_dir) / "data_report.json") or {}
-    intensity = ((report.get("splits") or {}).get("train") or {}).get("intensity") or {}
-    if not intensity.get("dtypes") or intensity.get("max") is None:
-        return None
-    return set(intensity["dtypes"]), float(intensity["max"])
 
 
 def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
@@ -439,14 +436,8 @@ class Predictor:
 
     @property
     def scale_matters(self) -> bool:
-        """Whether the input's pixel scale reaches the network: normalization by fixed (or the
-        training split's) statistics, or none, or inverting images whose median is above 0.5;
-        per-image z-scoring, min-max and percentiles give the same input for 0-1 and 0-255
-        values."""
-        normalize = getattr(self.preprocess, "normalize", None)
-        if normalize is None:
-            return False
-        return normalize.mode in ("fixed", "dataset", "none") or normalize.invert == "auto"
+        """Whether the input's pixel scale reaches the network (`scale_matters`)."""
+        return scale_matters(self.preprocess)
 
     @property
     def clinical_columns(self) -> list[str]:

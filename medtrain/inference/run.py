@@ -152,3 +152,24 @@ def volume_settings(cfg: DictConfig) -> dict[str, Any] | None:
         "axis": int(data.get("axis", 0)),
         "volume_normalize": data.get("volume_normalize", "zscore"),
     }
+
+
+def trained_values(run_dir: Path) -> tuple[set[str], float] | None:
+    """The storage types and largest value of a run's training images, from its data check
+    (`data_report.json`); None when it has none (a check turned off, an ensemble's folder)."""
+    report = read_json(Path(run_dir) / "data_report.json") or {}
+    intensity = ((report.get("splits") or {}).get("train") or {}).get("intensity") or {}
+    if not intensity.get("dtypes") or intensity.get("max") is None:
+        return None
+    return set(intensity["dtypes"]), float(intensity["max"])
+
+
+def scale_matters(preprocess: Any) -> bool:
+    """Whether an input's pixel scale reaches the network through `preprocess`: normalization by
+    fixed (or the training split's) statistics, or none, or inverting images whose median is
+    above 0.5; per-image z-scoring, min-max and percentiles give the same input for 0-1 and
+    0-255 values."""
+    normalize = getattr(preprocess, "normalize", None)
+    if normalize is None:
+        return False
+    return normalize.mode in ("fixed", "dataset", "none") or normalize.invert == "auto"

@@ -292,7 +292,9 @@ def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_pa
     export_run(Predictor(finished_runs["classification"]).run, "onnx", export_dir)
     nan, huge = tmp_path / "nan.npy", tmp_path / "huge.npy"
     np.save(nan, np.full((16, 16), np.nan, np.float32))
-    np.save(huge, np.full((16, 16), 3e38, np.float32))
+    huge_values = np.full((16, 16), 3e38, np.float32)
+    huge_values[0, 0] = 2e38  # not constant: refused for its scale (far from 0-1), not as blank
+    np.save(huge, huge_values)
     done = subprocess.run(
         [
             sys.executable,
@@ -314,6 +316,59 @@ def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_pa
         assert row["error"].startswith("not finite (NaN or infinite) after preprocessing") or (
             row["error"].startswith("the model's output is not finite")
         ), row
+
+
+def test_example_script_refuses_what_predict_refuses(finished_runs, tmp_path):
+    """A constant image, a GIF named .png, an 8-bit image stored in 16 bits and a float image of
+    0-255 values for a run of 8-bit images that normalizes by fixed statistics: medtrain predict
+    refuses each, and so does the example, which answered them before."""
+    from medtrain.commands.predict import main as predict
+
+    run = tmp_path / "run"  # a copy whose data check saw 8-bit training images
+    shutil.copytree(finished_runs["classification"], run)
+    report = json.loads((run / "data_report.json").read_text())
+    report["splits"]["train"]["intensity"] |= {"dtypes": ["uint8"], "max": 255.0}
+    (run / "data_report.json").write_text(json.dumps(report))
+    manifest = export_run(Predictor(run).run, "onnx", tmp_path / "export")
+    trained = manifest["preprocessing"]["training_images"]
+    assert trained["dtypes"] == ["uint8"] and trained["scale_matters"]
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16)).astype(np.uint8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(inputs / "constant.png")
+    Image.fromarray(pixels).save(inputs / "gif.png", format="GIF")
+    Image.fromarray(pixels.astype(np.uint16)).save(inputs / "wide.tif")
+    np.save(inputs / "float255.npy", pixels.astype(np.float32))
+    Image.fromarray(pixels).save(inputs / "good.png")
+    files = sorted(inputs.iterdir())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            NO_MEDTRAIN,
+            str(EXAMPLE),
+            str(tmp_path / "export"),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stderr
+    errors = {Path(r["file"]).name: r["error"] for r in csv.DictReader(io.StringIO(done.stdout))}
+    assert errors["good.png"] == ""
+    assert errors["constant.png"] == "every pixel has the same value: no prediction is made from it"
+    assert errors["gif.png"].startswith("cannot read: a GIF image")
+    assert errors["wide.tif"].startswith(
+        "another pixel scale than the run's training images: an 8-bit image stored in 16 bits"
+    )
+    assert errors["float255.npy"].startswith(
+        "another pixel scale than the run's training images: float32 values from"
+    )
+    assert predict([f"run_dir={run}", f"inputs={inputs}", f"output={tmp_path / 'p.csv'}"]) == 1
+    with open(tmp_path / "p.csv", newline="") as handle:
+        refused = {r["file"] for r in csv.DictReader(handle) if r["error"]}
+    assert refused == {"constant.png", "gif.png", "wide.tif", "float255.npy"}
 
 
 @pytest.mark.parametrize("tta", ["hflip", "dihedral"])
