@@ -206,6 +206,14 @@ class Normalize:
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
         self.invert = invert
 
+    @property
+    def scale_matters(self) -> bool:
+        """Whether an image's pixel scale reaches the network: fixed (or the training split's)
+        statistics, none, or inverting images whose median is above 0.5 (`invert: auto`);
+        per-image z-scoring, min-max and percentiles give the same input for 0-1 and 0-255
+        values."""
+        return self.mode in ("fixed", "dataset", "none") or self.invert == "auto"
+
     def described(self) -> dict:
         """`params` without the values this mode ignores (mean and std outside fixed and dataset,
         percentiles outside percentile): what a person reading the settings needs."""

@@ -425,6 +425,46 @@ def mixed_images(samples: dict[str, list[Sample]], names: dict[str, Names]) -> l
     return notes
 
 
+def mixed_scales(
+    datasets: dict, samples: dict[str, list[Sample]], names: dict[str, Names]
+) -> list[str]:
+    """Errors for images on another pixel scale than most, where the scale reaches the network
+    (`Normalize.scale_matters`: fixed or dataset statistics, none, `invert: auto`): 8/16-bit
+    images are read as 0-1 of their bit depth and floats as they are, so among 8-bit images a
+    16-bit one of values up to 255 reaches the network 257 times darker, and a float one of
+    0-255 values 255 times brighter, with nothing to show it."""
+    normalize = getattr(datasets.get("train"), "normalize", None)
+    if not getattr(normalize, "scale_matters", False):
+        return []
+    read = [(split, s) for split, found in samples.items() for s in found if s.problem is None]
+    eight = sum(s.dtype == "uint8" for _, s in read)
+    if not eight:
+        return []
+    odd = {
+        "8-bit values stored in 16 bits (uint16 up to 255), read 257 times darker": [
+            (split, s) for split, s in read if s.dtype == "uint16" and s.high <= 255
+        ],
+        "float values of 0-255, read as they are, 255 times brighter": [
+            (split, s)
+            for split, s in read
+            if s.dtype.startswith("float") and s.high > 1.05 and s.high <= 255.0
+        ],
+    }
+    problems = []
+    for what, found in odd.items():
+        if found:
+            shown = "; ".join(names[split].name(s.index) for split, s in found[:3])
+            more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
+            problems.append(
+                f"{len(found)} image(s) are {what} than the {eight} uint8 images read as 0-1 "
+                f"(dataset.normalize.mode={normalize.mode}"
+                + (", invert=auto" if normalize.invert == "auto" else "")
+                + f"): {shown}{more}; save them as 8-bit, or normalize each image "
+                "(dataset.normalize.mode=zscore or percentile)"
+            )
+    return problems
+
+
 def size_problem(dataset: Any, samples: list[Sample]) -> list[str]:
     """Images of several sizes cannot be stacked into a batch for an image-level model."""
     sizes = sorted({s.shape for s in samples if s.problem is None})
@@ -670,6 +710,7 @@ def check_datasets(
         leak = kind == "groups_in_splits" and duplicates == "error"
         report["errors" if leak else "warnings"].append(line)
     report["notes"] += mixed_images(samples, names)
+    report["errors"] += mixed_scales(datasets, samples, names)
     spacing_said = unused_spacing(datasets)
     report["warnings"] += [spacing_said] if spacing_said else []
     turned = anisotropic_turns(datasets)

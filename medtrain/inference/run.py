@@ -170,6 +170,4 @@ def scale_matters(preprocess: Any) -> bool:
     above 0.5; per-image z-scoring, min-max and percentiles give the same input for 0-1 and
     0-255 values."""
     normalize = getattr(preprocess, "normalize", None)
-    if normalize is None:
-        return False
-    return normalize.mode in ("fixed", "dataset", "none") or normalize.invert == "auto"
+    return bool(getattr(normalize, "scale_matters", False))

@@ -209,6 +209,32 @@ def test_an_image_of_another_type_or_channels_is_noted_by_name(tmp_path):
     ]
 
 
+def test_images_on_another_pixel_scale_are_refused_where_the_scale_matters(tmp_path):
+    """Among 8-bit images, an 8-bit one stored in 16 bits reaches a fixed-statistics network 257
+    times darker, a float one of 0-255 values 255 times brighter: errors naming them. Normalized
+    per image, the scale does not reach the network: a note only."""
+    rows = good_rows(tmp_path)
+    pixels = np.random.default_rng(3).integers(0, 256, (16, 16))
+    Image.fromarray(pixels.astype(np.uint16)).save(tmp_path / rows[2][0])  # line 4
+    np.save(tmp_path / "images" / "float.npy", pixels.astype(np.float32))
+    rows.append(("images/float.npy", 1, "train"))  # line 8
+    path = write_manifest(tmp_path, rows)
+    report = check(manifest_overrides(path, "dataset.normalize.mode=fixed"))
+    assert exit_status(report) == 1
+    assert report["errors"] == [
+        f"1 image(s) are 8-bit values stored in 16 bits (uint16 up to 255), read 257 times darker "
+        f"than the 5 uint8 images read as 0-1 (dataset.normalize.mode=fixed): "
+        f"{tmp_path / rows[2][0]} ({path} line 4); save them as 8-bit, or normalize each image "
+        "(dataset.normalize.mode=zscore or percentile)",
+        f"1 image(s) are float values of 0-255, read as they are, 255 times brighter than the 5 "
+        f"uint8 images read as 0-1 (dataset.normalize.mode=fixed): {tmp_path / 'images/float.npy'}"
+        f" ({path} line 8); save them as 8-bit, or normalize each image "
+        "(dataset.normalize.mode=zscore or percentile)",
+    ]
+    report = check(manifest_overrides(path, "dataset.normalize.mode=zscore"))
+    assert exit_status(report) == 0 and not report["errors"]
+
+
 def test_label_outside_the_classes_names_the_row(tmp_path):
     rows = good_rows(tmp_path)
     write_png(tmp_path / "images/five.png", seed=7)
