@@ -118,7 +118,7 @@ def test_a_label_without_affine_beside_a_slice_first_image_is_named_so_in_the_da
             nib.save(nib.Nifti1Image(stored, affine), str(path))
     cfg = compose_config(
         ["dataset=nifti_volumes", f"dataset.path={tmp_path / 'data'}", "dataset.num_classes=3"]
-        + ["dataset.val_size=1", "dataset.test_size=1", "augmentation=volume"]
+        + ["dataset.val_size=1", "dataset.test_size=1", "augmentation=mri_volume"]
         + ["task=segmentation", "model=unet", "loss=dice_ce"]
     )
     errors = check_config(cfg, workers=1, progress=False)["errors"]

@@ -429,7 +429,7 @@ def test_a_patient_in_two_splits_of_a_volume_manifest_is_warned(tmp_path):
         "on, so its metrics are optimistic"
     )
     base = ["dataset=nifti_volumes", f"dataset.path={csv_path}", "dataset.num_classes=3"]
-    base += ["dataset.group_column=patient", "augmentation=volume", "task=segmentation"]
+    base += ["dataset.group_column=patient", "augmentation=mri_volume", "task=segmentation"]
     base += ["model=unet", "loss=dice_ce"]
     report = check_config(compose_config(base), workers=1, progress=False)
     assert report["errors"] == [] and said in report["warnings"]
@@ -751,7 +751,7 @@ def test_the_data_check_reads_voxel_sizes_as_training_does(tmp_path):
 
     make_cases(tmp_path / "data", count=5)  # voxels of 1 x 0.8 x 1.5 mm
     base = ["dataset=nifti_volumes", f"dataset.path={tmp_path / 'data'}", "dataset.num_classes=3"]
-    base += ["dataset.val_size=1", "dataset.test_size=1", "augmentation=volume"]
+    base += ["dataset.val_size=1", "dataset.test_size=1", "augmentation=mri_volume"]
     base += ["task=segmentation", "model=unet", "loss=dice_ce"]
 
     def check(*extra: str) -> dict:
