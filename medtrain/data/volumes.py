@@ -137,13 +137,22 @@ def read_volume(path: str | Path, ras: bool = True) -> Volume:
         )
     else:
         volume = read_nifti(path) if is_nifti(path) else read_dicom_frames(path)
+    check_finite_voxels(volume, path)
+    return canonical(volume) if ras else volume
+
+
+def check_finite_voxels(volume: Volume, name: str | Path) -> None:
+    """A volume's voxels must be finite numbers (a file, an upload: the same message).
+
+    Raises:
+        DataError: naming `name` and how many voxels are NaN or infinite.
+    """
     if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(volume.array).all():
         bad = int((~np.isfinite(volume.array)).sum())
         raise DataError(
-            f"{path}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "
+            f"{name}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "
             "value) before training or prediction"
         )
-    return canonical(volume) if ras else volume
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -225,6 +234,7 @@ def decode_nifti(data: bytes, name: str, max_voxels: int, ras: bool = True) -> V
     except Exception as err:  # nibabel and zlib raise many types for hostile bytes
         raise DataError(f"{name}: cannot read NIfTI ({type(err).__name__}: {err})") from err
     volume = nifti_volume(image, name)
+    check_finite_voxels(volume, name)
     return canonical(volume) if ras else volume
 
 

@@ -145,6 +145,12 @@ def test_volumes_with_nan_voxels_are_refused_naming_the_file(tmp_path):
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / "bad.nii.gz"))
     with pytest.raises(DataError, match=r"bad.nii.gz: 1 voxel\(s\) are NaN or infinite"):
         read_volume(tmp_path / "bad.nii.gz")
+    # An upload (the service) is told the same, not that preprocessing overflowed.
+    from medtrain.data.volumes import decode_nifti
+
+    data = (tmp_path / "bad.nii.gz").read_bytes()
+    with pytest.raises(DataError, match=r"upload.nii.gz: 1 voxel\(s\) are NaN or infinite"):
+        decode_nifti(data, "upload.nii.gz", 10**6)
     # Complex voxels (MR phase data) hold no one intensity: refused, not cast to their real part.
     nib.save(nib.Nifti1Image(array.astype(np.complex64) * 1j, np.eye(4)), str(tmp_path / "c.nii"))
     with pytest.raises(DataError, match="c.nii: NIfTI voxels of type complex64; give real-valued"):
