@@ -219,6 +219,12 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
         cache_dir: str | None = None,
         **kwargs: Any,
     ):
+        if kwargs.get("spacing") is not None:  # it would be ignored: each slice has its volume's
+            raise ConfigError(
+                f"dataset.spacing={list(kwargs['spacing'])}: the volumes state their voxel sizes, "
+                "and each slice is measured with its volume's; leave dataset.spacing null (give "
+                "the volumes the right voxel size in their headers)"
+            )
         super().__init__(split, seed=seed, **kwargs)
         if axis not in (0, 1, 2):
             raise ConfigError(f"dataset.axis={axis} must be 0, 1 or 2")

@@ -234,6 +234,10 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     )
     refuse_the_run_folder(files, predictor.run.run_dir)
     check_overwrites(files, predictor.task)
+    manifest = Path(str(cfg.inputs))
+    listed_as_csv = manifest.suffix.lower() == ".csv" and manifest.is_file()
+    if predictor.reads_volumes and listed_as_csv and "spacing" in read_csv(manifest)[0]:
+        raise ConfigError(f"{manifest}: column 'spacing': {VOLUME_SPACING}; remove it")
     if volumes:
         return predict_volumes(cfg, predictor, files)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).

@@ -465,6 +465,12 @@ def test_volume_group_column_errors_name_the_fix(tmp_path):
         VolumeSlices(str(csv_path), "train", num_classes=3, group_column="patient")
 
 
+def test_a_dataset_spacing_of_slices_of_volumes_is_refused_not_ignored(tmp_path):
+    make_cases(tmp_path, count=4)
+    with pytest.raises(ConfigError, match=r"dataset.spacing=\[1.0, 1.0\]: the volumes state"):
+        VolumeSlices(str(tmp_path), "train", num_classes=3, spacing=[1.0, 1.0])
+
+
 def test_mismatched_label_volume_is_named(tmp_path):
     make_cases(tmp_path, count=4)
     save_nifti(tmp_path / "labels" / "case_02.nii.gz", np.zeros((12, 20, 15), np.uint8))

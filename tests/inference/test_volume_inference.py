@@ -395,3 +395,16 @@ def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_pat
     assert f"line 2: {tmp_path / (first + '_label.nii.gz')}: voxels of 1 x 1 x 1 mm" in err
     assert f"line 3: {tmp_path / (test.ids[1] + '_label.nii.gz')}: the label volume is 4x4x4" in err
     assert not out2.exists()
+    # A spacing column would be ignored (a volume's voxels come from its file): refused by
+    # evaluate and predict alike.
+    from medtrain.commands.predict import main as predict
+
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("image,mask,spacing\n" + "".join(f"{line},0.5\n" for line in lines[1:]))
+    said = f"{spaced}: column 'spacing': this run reads volumes"
+    assert main([f"run_dir={volume_run}", f"inputs={spaced}", f"output={tmp_path / 'ev'}"]) == 2
+    assert said in capsys.readouterr().err
+    assert (
+        predict([f"run_dir={volume_run}", f"inputs={spaced}", f"output={tmp_path / 'p.csv'}"]) == 2
+    )
+    assert said in capsys.readouterr().err
