@@ -51,6 +51,12 @@ def report_sweep(sweep_dir: Path, monitor: str | None, storage: str | None = Non
 
     if not sweep_dir.is_dir():
         raise ConfigError(f"sweep_dir: {sweep_dir} is not a folder")
+    if (sweep_dir / "folds.json").is_file():  # its folds are no trials to rank
+        raise ConfigError(
+            f"sweep_dir: {sweep_dir} is a cross-validation (folds.json): its summary is "
+            "cv_summary.md; a fold's or the ensemble's report is medtrain report "
+            f"run_dir={sweep_dir}/fold_<k> (or {sweep_dir}/ensemble)"
+        )
     try:
         return write_sweep_summary(sweep_dir, monitor, study=read_study(sweep_dir, storage))
     except FileNotFoundError as err:

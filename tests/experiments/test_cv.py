@@ -280,6 +280,24 @@ def test_a_class_of_your_own_is_refused_naming_cv_trust(tmp_path):
     assert not (tmp_path / "cv").exists()  # refused before anything is written
 
 
+def test_a_run_folder_is_no_cv_folder_nor_a_cv_folder_a_sweep(tmp_path, capsys):
+    from medtrain.commands.report import main as report
+    from medtrain.experiments.cv import run_cv
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds a run \(metrics.json, checkpoints\): give"):
+        run_cv(parse_args([f"cv.dir={run}"]))
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json"]
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "folds.json").write_text("{}")
+    assert report([f"sweep_dir={tmp_path / 'cv'}"]) == 2
+    assert "is a cross-validation (folds.json): its summary is cv_summary.md" in (
+        capsys.readouterr().err
+    )
+
+
 def test_folds_are_reused_and_other_settings_refused(tmp_path):
     from medtrain.experiments.cv import check_same_overrides, draw_folds, save_overrides
     from tests.conftest import compose_cfg
