@@ -225,6 +225,19 @@ def check_new_run_folder(run_dir: Path) -> None:
             f"the run folder {run_dir} (hydra.run.dir) already holds a run ({', '.join(held)}): "
             f"{how}"
         )
+    # Files a run writes at its end only (so no earlier attempt of this run left them): a
+    # folder holding them holds someone's results, which this run would replace.
+    ends = [name for name in ENDING_FILES if (Path(run_dir) / name).exists()]
+    if ends:
+        raise ConfigError(
+            f"the folder {run_dir} (hydra.run.dir) holds {', '.join(ends)}, which this run would "
+            "replace: train into a new folder"
+        )
+
+
+# What a run writes after its test pass, never before: found in a folder without a metrics.json,
+# they are not a failed attempt's files.
+ENDING_FILES = ("predictions.csv", "report.html", "confusion_matrix.csv", "per_case_metrics.csv")
 
 
 def check_before_resuming(cfg, run_dir: Path) -> None:

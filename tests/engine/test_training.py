@@ -12,6 +12,7 @@ import torch
 from sklearn import metrics as skm
 
 import medtrain.engine.loop
+from medtrain.engine.resume import ENDING_FILES
 from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
 from tests.conftest import ON_CPU, TINY, read_metrics, run_cli, train_in_process
@@ -481,6 +482,21 @@ def test_a_run_refused_by_a_config_error_leaves_no_folder_behind(tmp_path, monke
     assert sorted(p.name for p in neighbour.iterdir()) == [".hydra", "train.log"]
 
 
+def test_a_new_run_in_a_folder_of_someone_s_results_is_refused(tmp_path, capsys):
+    """A folder that is no run but holds a predictions.csv (or report.html): a run writes those
+    at its end only, so they are someone's, and would be replaced."""
+    from medtrain.commands import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "predictions.csv").write_text("patient,score\np1,0.3\n")
+    assert main([*TINY, ON_CPU, f"hydra.run.dir={folder}"]) == 2
+    assert f"the folder {folder} (hydra.run.dir) holds predictions.csv, which this run would" in (
+        "".join(capsys.readouterr())
+    )
+    assert (folder / "predictions.csv").read_text() == "patient,score\np1,0.3\n"
+
+
 def test_a_new_run_in_a_run_folder_is_refused_and_leaves_it_as_it_was(tmp_path, capsys):
     """Training (not resuming) into a folder that holds a run would replace its checkpoints and
     metrics and leave its export describing weights that are gone: refused before anything is
@@ -511,6 +527,8 @@ def test_a_new_run_in_a_run_folder_is_refused_and_leaves_it_as_it_was(tmp_path, 
     # A folder with only best.pt (killed between the first epoch's two saves) may start again.
     (run / "metrics.json").unlink()
     (run / "checkpoints" / "last.pt").unlink()
+    for name in ENDING_FILES:  # written at a run's end: such a folder holds none
+        (run / name).unlink(missing_ok=True)
     assert main([*TINY, ON_CPU, "trainer.max_epochs=1", f"hydra.run.dir={run}"]) == 0
 
 
