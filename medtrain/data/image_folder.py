@@ -80,6 +80,22 @@ class ImageFolder(ImageDataset):
             source=str(root),
             all_labels=np.concatenate([np.array(labels[s], dtype=np.int64) for s in SPLITS]),
         )
+        carved = [
+            s
+            for s, fraction in (("val", val_fraction), ("test", test_fraction))
+            if fraction > 0 and not (root / s).is_dir()
+        ]
+        depth = 3 if (root / "train").is_dir() else 2  # [<split>/]<class>/<image>
+        nested = [f for s in SPLITS for f in files[s] if len(f.relative_to(root).parts) > depth]
+        if carved and nested:  # a subfolder is often one patient, whose images then straddle
+            example = nested[0].relative_to(root).as_posix()
+            self.data_warnings = {
+                "nested_folders": f"{root}: {len(nested)} images lie in subfolders of their class "
+                f"folders (e.g. {example}), and {' and '.join(carved)} are drawn image by image: "
+                "the images of one subfolder (a patient?) can land in two splits. List them in a "
+                "CSV with a patient column (dataset=manifest dataset.group_column=patient) to keep "
+                "each patient in one split"
+            }
         if self.in_channels is None:  # decided once, from the first training image, for every split
             image = read_image_file(files["train"][0])
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]

@@ -1,5 +1,7 @@
 """Datasets, preprocessing and seeded loading."""
 
+import re
+import shutil
 from pathlib import Path
 
 import albumentations as A
@@ -143,6 +145,27 @@ def test_training_data_with_non_finite_pixels_is_refused_naming_the_file(tmp_pat
     (split,) = [d for d in splits if "benign/corrupt.tif" in d.ids]
     with pytest.raises(DataError, match=r"corrupt\.tif: pixel values are not finite"):
         split[split.ids.index("benign/corrupt.tif")]
+
+
+def test_patient_subfolders_split_image_by_image_are_warned_about(tmp_path):
+    """<class>/<patient>/<image>: the seeded split draws images, so a patient's images can
+    straddle splits; said (the data check prints it), and not for flat class folders."""
+    for patient in ("P1", "P2", "P3", "P4"):
+        make_folder(tmp_path / "nested" / "x", per_class=3)
+        for name in ("benign", "malignant"):
+            target = tmp_path / "nested" / name / patient
+            target.mkdir(parents=True)
+            for image in (tmp_path / "nested" / "x" / name).iterdir():
+                image.rename(target / image.name)
+        shutil.rmtree(tmp_path / "nested" / "x")
+    data = ImageFolder(str(tmp_path / "nested"), "train", image_size=8)
+    said = data.data_warnings["nested_folders"]
+    assert said.startswith(f"{tmp_path / 'nested'}: 24 images lie in subfolders of their class")
+    assert re.search(r"\(e\.g\. (benign|malignant)/P\d/\d\.png\), and val and test are drawn", said)
+    make_folder(tmp_path / "flat", per_class=6)
+    assert not getattr(
+        ImageFolder(str(tmp_path / "flat"), "train", image_size=8), "data_warnings", {}
+    )
 
 
 def test_image_folder_with_split_folders(tmp_path):
