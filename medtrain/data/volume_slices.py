@@ -260,13 +260,21 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
         volume for its geometry; training skips slices without foreground (`skip_empty`)."""
         self.index: list[tuple[str, int]] = []
         axis = self.axis
+        problems = []
         for case in self.cases:
-            labels_volume = self._case_geometry(case)
+            try:
+                labels_volume = self._case_geometry(case)
+            except DataError as err:  # every bad volume at once, not one per attempt
+                problems.append(f"{self.split} case {case}: {err}")
+                continue
             keep = range(self.geometry[case]["shape"][axis])
             if self.split == "train" and self.skip_empty:
                 other = tuple(a for a in range(3) if a != axis)
                 keep = np.flatnonzero(labels_volume.any(axis=other)).tolist()
             self.index += [(case, k) for k in keep]
+        if problems:
+            more = f"\nand {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise DataError("\n".join(problems[:10]) + more)
         self.ids = [f"{case}#{k:03d}" for case, k in self.index]
 
     def _case_geometry(self, case: str) -> np.ndarray:

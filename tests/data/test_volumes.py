@@ -471,6 +471,19 @@ def test_a_dataset_spacing_of_slices_of_volumes_is_refused_not_ignored(tmp_path)
         VolumeSlices(str(tmp_path), "train", num_classes=3, spacing=[1.0, 1.0])
 
 
+def test_every_bad_volume_of_slices_is_named_at_once(tmp_path):
+    """Slices of volumes read each case's label when the split is built: every bad case is
+    named in one error (it stopped at the first, one fix at a time)."""
+    make_cases(tmp_path, count=6)
+    save_nifti(tmp_path / "labels" / "case_01.nii.gz", np.zeros((12, 20, 15), np.uint8))
+    save_nifti(tmp_path / "labels" / "case_03.nii.gz", np.zeros((12, 20, 14), np.uint8))
+    with pytest.raises(DataError) as err:
+        VolumeSlices(str(tmp_path), "train", num_classes=3, val_size=0, test_size=0)
+    lines = str(err.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["train case case_01", "train case case_03"]
+    assert "label volume (12, 20, 15) does not match" in lines[0]
+
+
 def test_mismatched_label_volume_is_named(tmp_path):
     make_cases(tmp_path, count=4)
     save_nifti(tmp_path / "labels" / "case_02.nii.gz", np.zeros((12, 20, 15), np.uint8))
