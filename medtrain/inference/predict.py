@@ -89,14 +89,30 @@ def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str
     entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
     if any(p.suffix.lower() == ".dcm" for p in entries):
         return [(path, path.name)]
-    arrays = [p for p in entries if p.is_file() and p.suffix.lower() in (".npy", ".npz")]
-    found = [p for p in entries if is_nifti(p)] + arrays + [p for p in entries if p.is_dir()]
+    found = _volumes_under(path)
     if not found:
         raise ConfigError(
             f"inputs={spec!r}: no .nii/.nii.gz volumes, .npy/.npz arrays or DICOM series "
             "folders here"
         )
-    return [(p, p.name) for p in found]
+    return [(p, p.relative_to(path).as_posix()) for p in found]
+
+
+def _volumes_under(folder: Path) -> list[Path]:
+    """The volumes in `folder` and its subfolders, named by their path below it: NIfTI files
+    and NPY/NPZ arrays, and DICOM series folders (a folder holding .dcm files, or files but no
+    volume and no subfolder: DICOM named by UID). A BIDS-like `sub-01/anat/T1w.nii.gz` is found
+    (each subfolder was taken for a DICOM series)."""
+    entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+    files = [p for p in entries if p.is_file()]
+    arrays = [p for p in files if p.suffix.lower() in (".npy", ".npz")]
+    found = [p for p in files if is_nifti(p)] + arrays
+    for sub in (p for p in entries if p.is_dir()):
+        inside = [p for p in sub.iterdir() if not p.name.startswith(".")]
+        dicom = any(p.suffix.lower() == ".dcm" for p in inside)
+        plain = not any(p.is_dir() or is_nifti(p) for p in inside)
+        found += [sub] if dicom or (plain and inside) else _volumes_under(sub)
+    return found
 
 
 def not_written_here(

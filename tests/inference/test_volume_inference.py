@@ -127,6 +127,22 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
         predict_files(OmegaConf.create(cfg))
 
 
+def test_predict_finds_volumes_in_subfolders_as_bids_lays_them_out(volume_run, tmp_path, capsys):
+    """sub-01/anat/T1w.nii.gz: the volumes below a folder are found (each subfolder was taken for
+    a DICOM series), named by their path below it, each with a mask of its own."""
+    from medtrain.commands.predict import main as predict
+
+    data = nifti(case_volume())
+    for subject in ("sub-01", "sub-02"):
+        (tmp_path / "bids" / subject / "anat").mkdir(parents=True)
+        (tmp_path / "bids" / subject / "anat" / "T1w.nii.gz").write_bytes(data)
+    out = tmp_path / "out" / "p.csv"
+    assert predict([f"run_dir={volume_run}", f"inputs={tmp_path / 'bids'}", f"output={out}"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows] == ["sub-01/anat/T1w.nii.gz", "sub-02/anat/T1w.nii.gz"]
+    assert len({r["mask"] for r in rows}) == 2 and all(not r["error"] for r in rows)
+
+
 def test_serve_answers_volumes_in_ml_and_the_mask_as_nifti(volume_run):
     volume = case_volume()
     running = start(create_app(Predictor(volume_run)))
