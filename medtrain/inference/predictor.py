@@ -166,6 +166,21 @@ class Prepared:
         return held + (0 if self.intensity is None else self.intensity.nbytes)
 
 
+@dataclass
+class SlicedVolume:
+    """A volume for a run trained on its slices (`Predictor.prepare_sliced`): each slice ready
+    for the model (`items`, along `axis`), and the volume's geometry to put the masks back."""
+
+    name: str
+    items: list[Prepared]
+    axis: int
+    volume: Decoded
+
+    @property
+    def nbytes(self) -> int:
+        return sum(item.nbytes for item in self.items)
+
+
 class Predictor:
     """Predictions of a finished run for new images, as its evaluation computes them.
 
@@ -290,8 +305,8 @@ class Predictor:
         DICOM series and multi-frame DICOM files for runs on volumes)."""
         if volume_run(self.cfg):
             return ["nifti", *(["npy", "npz"] if self.reads_volume_arrays else [])]
-        if self.slices_volumes:  # whole volumes, with medtrain predict
-            return []
+        if self.slices_volumes:  # whole volumes, segmented slice by slice
+            return ["nifti"]
         if self.preprocess.reads_modality:
             return ["dicom", "npy", "npz"]
         return ["png", "jpeg", "tiff", "dicom", "npy", "npz"]
@@ -319,8 +334,9 @@ class Predictor:
         if self.slices_volumes:
             return {
                 **volume_settings(self.cfg),
-                "note": "trained on slices of volumes: predict whole volumes (NIfTI, DICOM "
-                "series) with medtrain predict; single images are refused",
+                "note": "trained on slices of volumes: send whole NIfTI volumes, segmented "
+                "slice by slice (medtrain predict also reads DICOM series); single images are "
+                "refused",
             }
         if volume_run(self.cfg):
             return {
@@ -382,12 +398,8 @@ class Predictor:
         else a 2D image."""
         if volume_run(self.cfg) and is_nifti_bytes(data, name):
             return volume_decoded(decode_nifti(data, name, self.max_pixels, self.ras))
-        if self.slices_volumes and is_nifti_bytes(data, name):
-            raise UnsupportedFormatError(
-                f"{name}: a NIfTI volume; this run was trained on slices of volumes, which the "
-                "service does not take: medtrain predict run_dir=<run> inputs=<volumes> "
-                "segments whole volumes slice by slice"
-            )
+        if self.slices_volumes and is_nifti_bytes(data, name):  # segmented slice by slice
+            return volume_decoded(decode_nifti(data, name, self.max_pixels, self.ras))
         if self.reads_volume_arrays and is_array_file(data):
             return decode(data, name, self.max_pixels, volume=True)
         if volume_run(self.cfg) and is_array_file(data):  # a label volume is measured in mL
@@ -615,6 +627,33 @@ class Predictor:
         return self.slices_volumes or volume_run(self.cfg)
 
     @torch.no_grad()
+    def prepare_sliced(self, volume: Decoded, name: str) -> SlicedVolume:
+        """A decoded volume (`decode`) as a run trained on its slices reads it: normalized whole,
+        each slice along the run's axis ready for the model (`volume_slices`)."""
+        axis, slices, names = self.volume_slices(volume, name)
+        items = [self.prepare(s, n, k) for k, (s, n) in enumerate(zip(slices, names, strict=True))]
+        return SlicedVolume(name, items, axis, volume)
+
+    def sliced_result(self, sliced: SlicedVolume, outputs: Sequence[torch.Tensor]) -> dict:
+        """A sliced volume's result from its slices' outputs, as `predict_volume` gives it."""
+        masks = [
+            self.result(item, out, measure=False)["mask"]
+            for item, out in zip(sliced.items, outputs, strict=True)
+        ]
+        return self.assembled(stack_slices(masks, sliced.axis), sliced.volume)
+
+    def assembled(self, mask: np.ndarray, volume: Decoded | Volume) -> dict[str, Any]:
+        """A volume's mask put together from its slices' (in RAS order), with its volumes in mL
+        and objects, in the file's own voxel order."""
+        result = {
+            "mask": mask,
+            "affine": volume.affine,
+            "spacing": list(volume.spacing),
+            "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
+            "objects": structure_objects(mask, self.class_names, self.task.connectivity),
+        }
+        return in_stored_order(result, volume.stored_affine)
+
     def predict_volume(self, path: str | Path, name: str) -> dict[str, Any]:
         """Segment a volume (NIfTI file, DICOM series folder) slice by slice, as the run's evaluation
         does (the same axis and volume normalization), and reassemble the slices.
@@ -633,15 +672,7 @@ class Predictor:
         volume = read_volume(path, self.ras)
         axis, slices, names = self.volume_slices(volume, name)
         results = self.predict(slices, names, spacing=slices[0].spacing, measure=False)
-        mask = stack_slices([r["mask"] for r in results], axis)
-        result = {
-            "mask": mask,
-            "affine": volume.affine,
-            "spacing": list(volume.spacing),
-            "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
-            "objects": structure_objects(mask, self.class_names, self.task.connectivity),
-        }
-        return in_stored_order(result, volume.stored_affine)
+        return self.assembled(stack_slices([r["mask"] for r in results], axis), volume)
 
     @torch.no_grad()
     def volume_logits(self, volume: Volume, name: str) -> tuple[torch.Tensor, np.ndarray]:

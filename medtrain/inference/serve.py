@@ -39,7 +39,7 @@ from medtrain.inference.guard import (
     Timeouts,
     protocol_with,
 )
-from medtrain.inference.predictor import VOLUME_SPACING, Predictor, Prepared
+from medtrain.inference.predictor import VOLUME_SPACING, Predictor, Prepared, SlicedVolume
 from medtrain.inference.run import volume_run
 from medtrain.inference.web import add_web_routes
 from medtrain.io import json_safe
@@ -388,11 +388,17 @@ def create_app(
             items.append(item)
         return items
 
-    def prepare_one(data: bytes, name: str, clinical: dict[str, str] | None = None) -> Prepared:
-        """One upload decoded and preprocessed; an input is never answered 500: what the readers
-        did not foresee is refused naming the file (and logged with its traceback)."""
+    def prepare_one(
+        data: bytes, name: str, clinical: dict[str, str] | None = None
+    ) -> Prepared | SlicedVolume:
+        """One upload decoded and preprocessed (a volume for a run trained on its slices: each
+        slice); an input is never answered 500: what the readers did not foresee is refused
+        naming the file (and logged with its traceback)."""
         try:
-            return predictor.prepare(predictor.decode(data, name), name, clinical=clinical)
+            decoded = predictor.decode(data, name)
+            if predictor.slices_volumes and decoded.format == "volume":
+                return predictor.prepare_sliced(decoded, name)
+            return predictor.prepare(decoded, name, clinical=clinical)
         except MedtrainError:
             raise
         except MemoryError as err:
@@ -405,7 +411,10 @@ def create_app(
         task = predictor.task
         answers = []
         for item, out in zip(items, outputs, strict=True):
-            result = predictor.result(item, out, spacing, True, limits.max_objects)
+            if isinstance(item, SlicedVolume):  # its slices' outputs, put back together
+                result = predictor.sliced_result(item, out)
+            else:
+                result = predictor.result(item, out, spacing, True, limits.max_objects)
             answer = {"file": item.name, **task.to_json(result, overlay)}
             if nifti and "affine" in result:  # a volume's label mask, as a .nii.gz file
                 answer["mask_nifti"] = base64.b64encode(
@@ -477,8 +486,16 @@ def create_app(
         spacing = spacing_mm if predictor.task.uses_spacing else None
         items = await run_in_threadpool_limited(working, prepare_all, uploads, clinical)
         del uploads
-        outputs = await queue.forward(items)
-        if all(out.numel() <= SMALL_OUTPUT for out in outputs):
+        # A sliced volume's slices go through the model like images; their outputs come back
+        # to it as a list.
+        parts = [item.items if isinstance(item, SlicedVolume) else [item] for item in items]
+        flat = await queue.forward([part for group in parts for part in group])
+        outputs, start = [], 0
+        for item, group in zip(items, parts, strict=True):
+            got = flat[start : start + len(group)]
+            outputs.append(got if isinstance(item, SlicedVolume) else got[0])
+            start += len(group)
+        if all(out.numel() <= SMALL_OUTPUT for out in flat):
             return finish(items, outputs, spacing, overlay, nifti)
         return await run_in_threadpool_limited(
             working, finish, items, outputs, spacing, overlay, nifti

@@ -631,9 +631,31 @@ def test_training_scores_reassembled_volumes(tmp_path):
 
     with pytest.raises(DataError, match="trained on slices of volumes"):
         Predictor(run).predict([Decoded(np.zeros((20, 16), np.float32), None, "npy")], ["x"])
-    # The service is told so for a NIfTI upload, not that gzip is an unknown format.
-    with pytest.raises(DataError, match="a NIfTI volume; this run was trained on slices of"):
-        Predictor(run).decode(files[0].read_bytes(), "case.nii.gz")
+    # The service segments an uploaded volume slice by slice, as predict does (mask_nifti in
+    # the file's own voxel order, volumes in mL), batched with other requests' slices.
+    import base64
+    import gzip
+
+    from medtrain.inference.serve import create_app
+    from tests.inference.test_serve import fetch, post, start, stop
+
+    expected = Predictor(run).predict_volume(files[0], files[0].name)
+    running = start(create_app(Predictor(run)))
+    try:
+        assert json.loads(fetch(running.port, "GET", "/info")[2])["input"]["formats"] == ["nifti"]
+        status, answer = post(
+            running.port, "/predict?mask_nifti=true", ("file", "case.nii.gz", files[0].read_bytes())
+        )
+        assert status == 200, answer
+        mask = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(answer["mask_nifti"])))
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), expected["mask"])
+        np.testing.assert_allclose(mask.affine, expected["affine"])
+        assert answer["volumes_ml"] == pytest.approx(expected["volumes_ml"])
+        assert answer["objects"] == expected["objects"]
+        status, refused = post(running.port, "/predict", ("file", "x.npy", np.zeros(3).tobytes()))
+        assert status in (415, 422)
+    finally:
+        stop(running)
     # A blank slice (padding around the body) is segmented with the rest; a blank volume is not.
     padded = np.asarray(nib.load(str(files[0])).dataobj).copy()
     padded[:, :, 0] = padded[0] = 0.0
