@@ -110,15 +110,19 @@ def reference(run, images: torch.Tensor) -> list[np.ndarray]:
     return [task.values(outputs).numpy()]
 
 
+def example(export_dir: Path, files: list[Path], *options: str) -> subprocess.CompletedProcess:
+    """The example run isolated (-I) and with medtrain made unimportable."""
+    args = [str(EXAMPLE), str(export_dir), *map(str, files), *options]
+    return subprocess.run(
+        [sys.executable, "-I", "-c", NO_MEDTRAIN, *args], capture_output=True, text=True
+    )
+
+
 def run_example(
     export_dir: Path, files: list[Path], masks: Path | None, *options: str
 ) -> list[dict]:
-    """The example's CSV rows, run isolated (-I) and with medtrain made unimportable."""
-    args = [str(EXAMPLE), str(export_dir), *map(str, files), *options]
-    args += [] if masks is None else ["--masks", str(masks)]
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", NO_MEDTRAIN, *args], capture_output=True, text=True
-    )
+    """The example's CSV rows (it must succeed)."""
+    done = example(export_dir, files, *options, *([] if masks is None else ["--masks", str(masks)]))
     assert done.returncode == 0, done.stderr
     return list(csv.DictReader(io.StringIO(done.stdout)))
 
@@ -270,18 +274,7 @@ def test_example_script_runs_either_format_of_a_shared_folder(finished_runs, tmp
         assert_same_predictions(rows, expected, "classification", predictor.class_names)
     (folder / "model.pt").unlink()
     export_run(predictor.run, "onnx", tmp_path / "only")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLE),
-            str(tmp_path / "only"),
-            str(files[0]),
-            "--format",
-            "torchscript",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = example(tmp_path / "only", files[:1], "--format", "torchscript")
     assert done.returncode == 1
     assert f"{tmp_path / 'only'} holds no torchscript export (it holds onnx)" in done.stderr
 
@@ -293,22 +286,9 @@ def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_pa
     nan, huge = tmp_path / "nan.npy", tmp_path / "huge.npy"
     np.save(nan, np.full((16, 16), np.nan, np.float32))
     huge_values = np.full((16, 16), 3e38, np.float32)
-    huge_values[0, 0] = 2e38  # not constant: refused for its scale (far from 0-1), not as blank
+    huge_values[0, 0] = 2e38  # not constant (a constant image is refused as blank first)
     np.save(huge, huge_values)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-c",
-            NO_MEDTRAIN,
-            str(EXAMPLE),
-            str(export_dir),
-            str(nan),
-            str(huge),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = example(export_dir, [nan, huge])
     assert done.returncode == 1
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert [r["label"] for r in rows] == ["", ""]
@@ -340,20 +320,7 @@ def test_example_script_refuses_what_predict_refuses(finished_runs, tmp_path):
     Image.fromarray(pixels.astype(np.uint16)).save(inputs / "wide.tif")
     np.save(inputs / "float255.npy", pixels.astype(np.float32))
     Image.fromarray(pixels).save(inputs / "good.png")
-    files = sorted(inputs.iterdir())
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-c",
-            NO_MEDTRAIN,
-            str(EXAMPLE),
-            str(tmp_path / "export"),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = example(tmp_path / "export", sorted(inputs.iterdir()))
     assert done.returncode == 1, done.stderr
     errors = {Path(r["file"]).name: r["error"] for r in csv.DictReader(io.StringIO(done.stdout))}
     assert errors["good.png"] == ""
