@@ -313,6 +313,8 @@ def build_datasets(
         datasets["train"], datasets["val"] = fold_datasets(
             train, val, cfg.cv.folds_file, fold, train.transform, val.transform
         )
+        for dataset in (train, datasets["train"]):  # said of the data's own val split
+            getattr(dataset, "data_warnings", {}).pop("split_redrawn", None)
         refit = getattr(datasets["train"], "refit_tabular", None)
         if refit is not None:  # clinical columns standardized on the fold's training cases
             refit([datasets["val"], datasets["test"]])

@@ -298,6 +298,28 @@ def test_a_run_folder_is_no_cv_folder_nor_a_cv_folder_a_sweep(tmp_path, capsys):
     )
 
 
+def test_a_fold_does_not_repeat_a_warning_about_the_data_s_own_val_split(tmp_path):
+    """Three patients hold the positive class: the data's own grouped split is drawn again (said
+    by a plain run); a CV fold's val is its fold, drawn otherwise, so the fold does not say it."""
+    from medtrain.engine.build import build_datasets
+    from medtrain.experiments.cv import draw_folds
+    from tests.conftest import compose_cfg
+    from tests.data.test_manifest import make_cases
+
+    groups = [f"p{i // 2}" for i in range(30)]
+    targets = [1 if g in ("p0", "p1", "p2") else 0 for g in groups]
+    csv_path = make_cases(tmp_path, targets, {"patient": groups})
+    overrides = ["dataset=manifest", f"dataset.path={csv_path}", "dataset.group_column=patient"]
+    overrides.append("dataset.image_size=16")
+    plain = build_datasets(compose_cfg(overrides))["train"]
+    assert "split_redrawn" in plain.data_warnings
+    folds = draw_folds(
+        parse_args([f"cv.dir={tmp_path / 'cv'}", "cv.folds=2"]), compose_cfg(overrides)
+    )
+    fold = build_datasets(compose_cfg([*overrides, "cv.fold=0", f"cv.folds_file={folds}"]))
+    assert "split_redrawn" not in getattr(fold["train"], "data_warnings", {})
+
+
 def test_folds_are_reused_and_other_settings_refused(tmp_path):
     from medtrain.experiments.cv import check_same_overrides, draw_folds, save_overrides
     from tests.conftest import compose_cfg
