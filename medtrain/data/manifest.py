@@ -105,6 +105,9 @@ def windows_paths(root: Path, cells: Sequence[str]) -> str | None:
     return None
 
 
+# Column names that usually hold the targets (for the hint of a missing `target_column`).
+TARGET_NAMES = ("label", "labels", "class", "diagnosis", "finding", "outcome", "grade", "y")
+
 # What a manifest's file column holds (for the hint of a missing `image_column`).
 FILE_SUFFIXES = (*IMAGE_EXTENSIONS, ".dcm", ".npy", ".npz", ".nii", ".gz")
 
@@ -138,6 +141,10 @@ def check_columns(
             hint = f" ({prefix}image_column={files[0]}?)"
         elif key == "target_column" and len(unclaimed) - len(files) == 1:
             hint = f" ({prefix}target_column={next(c for c in unclaimed if c not in files)}?)"
+        elif key == "target_column" and (
+            named := [c for c in unclaimed if c.lower() in TARGET_NAMES and c not in files]
+        ):
+            hint = f" ({prefix}target_column={named[0]}?)"  # e.g. label beside a patient column
         else:
             hint = ""
         problems.append(f"no column {name!r} for {prefix}{key}{hint}")

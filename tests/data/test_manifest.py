@@ -184,8 +184,13 @@ def test_missing_column_names_the_closest_one(tmp_path):
         Manifest(str(csv_path), "train")
     assert str(err.value).startswith(
         f"{csv_path}: no column 'image' for dataset.image_column (dataset.image_column=file?); "
-        "no column 'target' for dataset.target_column; the CSV has columns"
+        "no column 'target' for dataset.target_column (dataset.target_column=diagnosis?); the "
+        "CSV has columns"
     )
+    # A label column beside a patient column (two unclaimed): named by its usual name.
+    csv_path.write_text("image,patient,label\nimages/case000.png,p1,normal\n")
+    with pytest.raises(DataError, match=r"target_column \(dataset.target_column=label\?\)"):
+        Manifest(str(csv_path), "train")
 
 
 def test_missing_image_names_the_line_and_path(tmp_path):
