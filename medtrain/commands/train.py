@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -131,8 +132,8 @@ def discard_refused_run(run_dir: Path, overrides: Sequence[str]) -> bool:
 
     Only a folder that holds nothing else and whose `.hydra/overrides.yaml` is this command's
     goes; the caller never passes a folder that existed before the command (`hydra.run.dir` named
-    an existing one). The date folder above goes too when it is left empty. Returns whether the
-    folder was removed."""
+    an existing one). The date folder of the default `outputs/<date>/<time>` goes too when it is
+    left empty; no other folder above. Returns whether the folder was removed."""
     import shutil
 
     import yaml
@@ -156,9 +157,15 @@ def discard_refused_run(run_dir: Path, overrides: Sequence[str]) -> bool:
             root.removeHandler(handler)
             handler.close()
     shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # only when empty: the day's other runs keep it
+    if DATE_FOLDER.fullmatch(run_dir.parent.name):  # the default outputs/<date>/<time>
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only when empty: the day's other runs keep it
     return not run_dir.exists()
+
+
+# The date folder of conf/train.yaml's hydra.run.dir (outputs/<date>/<time>): the only folder
+# above a refused run's that its removal may take along (when left empty).
+DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def say_interrupted(hydra, auto: bool) -> None:

@@ -478,6 +478,12 @@ def test_a_run_refused_by_a_config_error_leaves_no_folder_behind(tmp_path, monke
     ]
     assert main([*TINY, ON_CPU, "optimizer.lr=abc", "hydra.run.dir=new"]) == 2
     assert not (tmp_path / "new").exists()
+    # The folder above a named run folder stays, even left empty (here the working folder).
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    assert main([*TINY, ON_CPU, "optimizer.lr=abc", "hydra.run.dir=run1"]) == 2
+    assert (tmp_path / "project").is_dir() and not (tmp_path / "project" / "run1").exists()
+    monkeypatch.chdir(tmp_path)
     assert main([*TINY, ON_CPU, "optimizer.lr=abc", f"hydra.run.dir={neighbour}"]) == 2
     assert sorted(p.name for p in neighbour.iterdir()) == [".hydra", "train.log"]
 
