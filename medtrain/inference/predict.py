@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,8 @@ def predict_volumes(
     """Segment each input volume (slice by slice, or whole with a 3D network); write its label
     volume and volumes in mL."""
     inputs = not_written_here(list_volumes(str(cfg.inputs), cfg.image_column), files, cfg.inputs)
+    planned = planned_files(files, inputs, volumes=True)
+    stale = check_overwrites(files, predictor.task, planned, volumes=True)
     output, masks_dir = files.output, files.folder
     names = predictor.class_names[1:]
     rows, used = [], set()
@@ -160,16 +164,24 @@ def predict_volumes(
             rows.append({"file": name, "error": str(err)})
             continue
         stem = unique_stem(case_name(Path(name)) if "/" not in name else name, used)
-        mask_path = write_nifti(masks_dir / f"{stem}.nii.gz", result["mask"], result["affine"])
-        row = {"file": name, "mask": _relative(mask_path, output.parent), "error": ""}
+        final = masks_dir / f"{stem}.nii.gz"
+        write_nifti(files.stage(final), result["mask"], result["affine"])
+        row = {"file": name, "mask": _relative(final, output.parent), "error": ""}
         row |= {f"volume_ml_{n}": repr(result["volumes_ml"][n]) for n in names}
         row |= {f"objects_{n}": result["objects"][n] for n in names}
         rows.append(row)
     fields = ["file", "mask", *(f"volume_ml_{n}" for n in names)]
     fields += [*(f"objects_{n}" for n in names), "error"]
+    files.commit()
     save_csv(output, rows, fields)
+    for path in stale:  # the replaced prediction's masks that this one did not write again
+        path.unlink(missing_ok=True)
     failed = [r for r in rows if r.get("error")]
     return {"inputs": len(inputs), "failed": failed, "written": [output]}
+
+
+# The hidden folder a prediction writes its files into before moving them into place.
+STAGING = f".partial-{os.getpid()}"
 
 
 @dataclass
@@ -185,20 +197,45 @@ class PredictionFiles:
     companions: dict[str, Path] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
     writes: tuple[str, ...] = ("masks",)  # the folders written: masks, and companions' kinds
+    staged: list[tuple[Path, Path]] = field(default_factory=list)  # (written to, moved to)
+
+    def stage(self, final: Path) -> Path:
+        """Where to write the file that `commit` moves to `final`: a hidden folder beside it, so
+        that an interrupted prediction replaces none of the files there."""
+        staged = final.parent / STAGING / final.name
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        self.staged.append((staged, final))
+        return staged
+
+    def commit(self) -> None:
+        """Move the staged files into place (each `os.replace`), and remove the staging folders,
+        an interrupted prediction's too."""
+        for staged, final in self.staged:
+            os.replace(staged, final)
+        for folder in {final.parent for _, final in self.staged} | set(self.folders().values()):
+            for partial in folder.glob(".partial-*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        self.staged.clear()
 
     def new_file(self, name: str, suffix: str) -> tuple[Path, str]:
-        """A path in `folder` for input `name` that no earlier input took, and how the CSV shows
-        it (relative to the CSV's folder when inside it)."""
-        path = (
+        """A path to write input `name`'s file to (`stage`: it lands in `folder` under a name no
+        earlier input took), and how the CSV shows it (relative to the CSV's folder when inside
+        it)."""
+        final = (
             self.folder / f"{unique_stem(Path(name).with_suffix('').as_posix(), self.used)}{suffix}"
         )
-        return path, _relative(path, self.output.parent)
+        return self.stage(final), _relative(final, self.output.parent)
 
     def companion(self, kind: str, path: Path) -> tuple[Path, str]:
         """The file of `kind` that goes with `new_file`'s `path`: the same name in the kind's
-        folder (so it can collide with no other input's), and how the CSV shows it."""
-        found = self.companions.get(kind, self.output.parent / kind) / path.name
-        return found, _relative(found, self.output.parent)
+        folder (so it can collide with no other input's), staged alike, and how the CSV shows
+        it."""
+        final = self.companion_folder(kind) / path.name
+        return self.stage(final), _relative(final, self.output.parent)
+
+    def companion_folder(self, kind: str) -> Path:
+        """The folder of the files of `kind` (`instances/` beside the CSV by default)."""
+        return self.companions.get(kind, self.output.parent / kind)
 
     def folders(self) -> dict[str, Path]:
         """The folders this prediction writes files into, by the option that names them."""
@@ -249,7 +286,6 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         writes=("masks",) if volumes else tuple(FOLDER_OF[f] for f in fields if f in FOLDER_OF),
     )
     refuse_the_run_folder(files, predictor.run.run_dir)
-    check_overwrites(files, predictor.task)
     manifest = Path(str(cfg.inputs))
     listed_as_csv = manifest.suffix.lower() == ".csv" and manifest.is_file()
     if predictor.reads_volumes and listed_as_csv and "spacing" in read_csv(manifest)[0]:
@@ -260,6 +296,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     lister = list_volumes if names_volumes else list_inputs
     listed = lister(str(cfg.inputs), cfg.image_column)
     inputs = not_written_here(listed, files, cfg.inputs)
+    stale = check_overwrites(files, predictor.task, planned_files(files, inputs))
     # A manifest's rows (read once), as `inputs` keeps them: clinical values and pixel spacings.
     manifest = Path(str(cfg.inputs))
     table = read_csv(manifest) if manifest.suffix.lower() == ".csv" and manifest.is_file() else None
@@ -307,7 +344,10 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         warn_mixed_spacings(stated, predictor.spacing)
     order = {name: k for k, (_, name) in enumerate(inputs)}
     rows.sort(key=lambda r: order[r["file"]])
+    files.commit()
     save_csv(output, rows, ["file", *task.prediction_fields(), "error"])
+    for path in stale:  # the replaced prediction's files that this one did not write again
+        path.unlink(missing_ok=True)
     written = [output]
     for table, (table_rows, fields) in task.prediction_tables(predicted).items():
         written.append(save_csv(files.table(table), table_rows, fields))
@@ -439,12 +479,44 @@ def _header(path: Path) -> list[str] | None:
         return None
 
 
-def check_overwrites(files: PredictionFiles, task: Any) -> None:
+# Files that file browsers leave in any folder: never a prediction's, never in the way.
+JUNK_FILES = ("Thumbs.db", "desktop.ini")
+
+
+def planned_files(
+    files: PredictionFiles, inputs: list[tuple[Path, str]], volumes: bool = False
+) -> set[Path]:
+    """The files this prediction will write into its folders, named as it names them
+    (`PredictionFiles.new_file`, `companion`; a volume's `masks/<case>.nii.gz`)."""
+    used: set[str] = set()
+    planned = set()
+    for _, name in inputs:
+        if volumes:
+            stem = unique_stem(case_name(Path(name)) if "/" not in name else name, used)
+            planned.add(files.folder / f"{stem}.nii.gz")
+            continue
+        stem = unique_stem(Path(name).with_suffix("").as_posix(), used)
+        planned.add(files.folder / f"{stem}.png")
+        for kind in files.writes:
+            if kind != "masks":
+                planned.add(files.companion_folder(kind) / f"{stem}.png")
+    return {path.resolve() for path in planned}
+
+
+def check_overwrites(
+    files: PredictionFiles, task: Any, planned: set[Path], volumes: bool = False
+) -> list[Path]:
     """Nothing a user keeps is overwritten: the output CSV may replace only an earlier
-    prediction's (columns `file` ... `error`), the mask folders may hold only files that CSV
-    lists (another prediction's masks would be replaced while its CSV still names them), and a
-    table such as `measurements.csv` only an earlier one of its columns. Checked before anything
-    is predicted.
+    prediction's (columns `file` ... `error`), the mask folders may hold only the files that CSV
+    lists (another prediction's masks would be replaced while its CSV still names them; an
+    interrupted prediction leaves its files in a hidden staging folder, `PredictionFiles.stage`),
+    and a table such as `measurements.csv` only an earlier one of its columns. Checked before
+    anything is predicted.
+
+    Returns:
+        The files the replaced CSV lists that this prediction does not write again (`planned`
+        are those it writes): removed once its CSV is written, so that the folders hold what it
+        lists.
 
     Raises:
         ConfigError: naming the file or folder, what it holds and the option that moves it.
@@ -463,13 +535,17 @@ def check_overwrites(files: PredictionFiles, task: Any) -> None:
         with open(output, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         for row in rows:
-            for column in ("mask", *FOLDER_OF.values()):
-                if row.get(column):
+            for column in FOLDER_OF:  # the columns naming files: mask, instances
+                if row.get(column):  # relative to the CSV's folder, or absolute
                     listed.add((output.parent / row[column]).resolve())
     for key, folder in files.folders().items():
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{key}={folder} is a file; give a folder")
-        held = sorted(folder.iterdir()) if folder.is_dir() else []
+        held = [
+            p
+            for p in (sorted(folder.iterdir()) if folder.is_dir() else [])
+            if not p.name.startswith(".") and p.name not in JUNK_FILES
+        ]
         foreign = [p for p in held if p.resolve() not in listed]
         if foreign:
             raise ConfigError(
@@ -478,13 +554,15 @@ def check_overwrites(files: PredictionFiles, task: Any) -> None:
                 f"replace; give {key}= another folder, or output= a CSV in another folder; "
                 "nothing was written"
             )
-    for name, (_, fields) in task.prediction_tables([]).items():
+    tables = {} if volumes else task.prediction_tables([])  # volumes write no tables
+    for name, (_, fields) in tables.items():
         path = files.table(name)
         if path.exists() and _header(path) != list(fields):
             raise ConfigError(
                 f"{path} exists and is not an earlier prediction's {name} table: give "
                 f"{name}= another file; nothing was written"
             )
+    return sorted(p for p in listed if p.exists() and p not in planned)
 
 
 def unique_stem(name: str, used: set[str]) -> str:
@@ -515,7 +593,9 @@ def _names_volumes(spec: str, image_column: str) -> bool:
 
 
 def _relative(path: Path, base: Path) -> str:
+    """`path` as a CSV beside `base` names it: relative to it when inside, else absolute (a path
+    relative to the working folder would be read against the CSV's)."""
     try:
         return path.resolve().relative_to(base.resolve()).as_posix()
     except ValueError:
-        return str(path)
+        return str(path.resolve())

@@ -173,6 +173,7 @@ def test_segmentation_row_without_a_spacing_leaves_the_mm2_column_empty(finished
     result = {"units": "px", "totals": totals, "mask": np.zeros((4, 5), np.uint8)}
     files = PredictionFiles(tmp_path / "predictions.csv", tmp_path / "masks")
     row = predictor.task.prediction_row("x.png", result, files)
+    files.commit()  # the staged mask into place
     name = predictor.class_names[1]
     assert (row["unit"], row[f"area_px_{name}"], row[f"area_mm2_{name}"]) == ("px", 40, "")
     assert row["mask"] == "masks/x.png" and (tmp_path / "masks" / "x.png").is_file()
@@ -284,6 +285,29 @@ def test_nothing_a_user_keeps_is_overwritten(finished_runs, tmp_path, capsys):
         f"measurements={tmp_path / 'res' / 'm2.csv'}",
     ]
     assert main([f"run_dir={run}", f"inputs={manifest}", f"output={second}", *options]) == 0
+    # A file browser's files are no one's masks; an interrupted prediction left its files in a
+    # hidden staging folder (and none among the masks): the same command goes on, and clears it.
+    (out.parent / "masks" / ".DS_Store").write_bytes(b"\0")
+    (out.parent / "masks" / "Thumbs.db").write_bytes(b"\0")
+    (out.parent / "masks" / ".partial-1").mkdir()
+    (out.parent / "masks" / ".partial-1" / "half.png").write_bytes(b"\0")
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={out}"]) == 0
+    assert not (out.parent / "masks" / ".partial-1").exists()
+    # Other inputs into the same CSV: the masks the replaced CSV listed and this one does not
+    # write are removed with it, so the folder holds what the CSV lists (and a third run goes).
+    one = tmp_path / "in" / "one.csv"
+    one.write_text(f"image\n{names[0]}\n")
+    assert main([f"run_dir={run}", f"inputs={one}", f"output={out}"]) == 0
+    listed = {(out.parent / r["mask"]).resolve() for r in read_rows(out)}
+    kept = {p.resolve() for p in (out.parent / "masks").glob("*.png")}
+    assert kept == listed and len(kept) == 1
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={out}"]) == 0
+    # masks= outside the CSV's folder: the CSV names them by absolute path, and a rerun goes.
+    elsewhere = [f"masks={tmp_path / 'apart'}", f"measurements={tmp_path / 'apart.csv'}"]
+    third = tmp_path / "third" / "p.csv"
+    for _ in range(2):
+        assert main([f"run_dir={run}", f"inputs={manifest}", f"output={third}", *elsewhere]) == 0
+    assert all(Path(r["mask"]).is_absolute() for r in read_rows(third))
     # A measurements.csv of the user's own is not replaced either.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "measurements.csv").write_text("patient,volume\np1,3\n")
