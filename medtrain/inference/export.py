@@ -418,6 +418,9 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
     return manifest
 
 
+# Where the weights were read and which medtrain wrote the manifest: not what the files compute.
+PROVENANCE_KEYS = frozenset({"checkpoint", "medtrain_version"})
+
 # The manifest's keys that describe one format's file (the rest is the run's and its settings').
 FORMAT_KEYS = frozenset(
     {"format", "model_file", "input", "outputs", "exporter", "checked", "files", "models"}
@@ -455,10 +458,12 @@ def kept_exports(folder: Path, fmt: str, shared: dict[str, Any]) -> dict[str, di
         return {}
     if not isinstance(before, dict):
         return {}
-    # As save_json writes it (NaN as null, tuples as lists), to compare with what it wrote.
-    same = {k: v for k, v in before.items() if k not in FORMAT_KEYS} == json.loads(
-        json.dumps(json_safe(shared), allow_nan=False)
-    )
+    # As save_json writes it (NaN as null, tuples as lists), to compare with what it wrote; the
+    # same weights and settings, however the run folder was named or medtrain updated since.
+    now = json.loads(json.dumps(json_safe(shared), allow_nan=False))
+    same = {k: v for k, v in before.items() if k not in FORMAT_KEYS | PROVENANCE_KEYS} == {
+        k: v for k, v in now.items() if k not in PROVENANCE_KEYS
+    }
     if not same:
         return {}
     entries = before.get("models") or {  # written before formats could share a folder
