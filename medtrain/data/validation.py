@@ -579,49 +579,59 @@ def unused_spacing(datasets: dict) -> str | None:
     )
 
 
+# Voxel sizes this far apart (the larger over the smaller) are not turned into each other: a
+# quarter turn would stretch what the network learns by more than a quarter.
+TURN_RATIO = 1.25
+
+
 def anisotropic_turns(datasets: dict) -> str | None:
     """An error when the training augmentation turns volumes by quarter turns (MONAI's
-    RandRotate90d) in a plane whose two axes have other voxel sizes: the turn swaps them, and the
-    network learns anatomy stretched by their ratio (an axial scan read in RAS order has its
-    slices along axis 2, so turns in axes 1 and 2 swap 0.7 mm and 3 mm voxels). The voxel sizes
-    are those training sees: `target_spacing` when set, else each volume's."""
+    RandRotate90d) in a plane whose two axes have voxel sizes more than `TURN_RATIO` apart: the
+    turn swaps them, and the network learns anatomy stretched by their ratio (an axial scan read
+    in RAS order has its slices along axis 2, so turns in axes 1 and 2 swap 0.7 mm and 3 mm
+    voxels). The voxel sizes are those training sees: `target_spacing` when set, else each
+    volume's; volumes of unknown voxel size are not judged."""
     train = datasets.get("train")
     pipeline = getattr(getattr(train, "transform", None), "pipeline", None)
     if not isinstance(train, VolumeSegmentationDataset) or pipeline is None:
         return None
+    transforms = list(getattr(pipeline, "transforms", [pipeline]))
     planes = [
-        tuple(int(a) for a in t.spatial_axes)
-        for t in getattr(pipeline, "transforms", [pipeline])
+        (k, tuple(int(a) for a in t.spatial_axes))
+        for k, t in enumerate(transforms)
         if type(t).__name__ in ("RandRotate90d", "RandRotate90") and hasattr(t, "spatial_axes")
     ]
-    if not planes:
-        return None
-    for index in range(len(train.ids)):
+
+    def apart(x: float, y: float) -> bool:
+        return max(x, y) > TURN_RATIO * min(x, y)
+
+    for index in range(len(train.ids) if planes else 0):
         try:
             spacing = train.target_spacing or train.voxel_spacing(index)
         except DataError:  # named among the samples' problems
             continue
-        for a, b in planes:
-            if not math.isclose(spacing[a], spacing[b], rel_tol=0.1):
-                equal = [
-                    (i, j)
-                    for i, j in ((0, 1), (0, 2), (1, 2))
-                    if math.isclose(spacing[i], spacing[j], rel_tol=0.1)
-                ]
-                hint = (
-                    f" (here axes {list(equal[0])}: augmentation.train.transforms.<k>.spatial_axes"
-                    f"=[{equal[0][0]},{equal[0][1]}])"
-                    if equal
-                    else ""
-                )
-                size = " x ".join(f"{v:g}" for v in spacing)
-                return (
-                    f"augmentation.train: quarter turns in the plane of axes {a} and {b} "
-                    f"(RandRotate90d spatial_axes) swap voxels of {spacing[a]:g} and "
-                    f"{spacing[b]:g} mm ({train.ids[index]}: {size} mm), stretching what the "
-                    "network learns: turn in a plane of equal voxel sizes" + hint + ", set "
-                    "dataset.target_spacing to equal sizes, or drop RandRotate90d"
-                )
+        if not all(math.isfinite(v) and v > 0 for v in spacing):
+            continue  # no voxel size known: nothing to compare
+        for k, (a, b) in planes:
+            if not apart(spacing[a], spacing[b]):
+                continue
+            equal = [
+                (i, j) for i, j in ((0, 1), (0, 2), (1, 2)) if not apart(spacing[i], spacing[j])
+            ]
+            hint = (
+                f" (here axes {list(equal[0])}: augmentation.train.transforms.{k}.spatial_axes"
+                f"=[{equal[0][0]},{equal[0][1]}])"
+                if equal
+                else ""
+            )
+            size = " x ".join(f"{v:g}" for v in spacing)
+            return (
+                f"augmentation.train: quarter turns in the plane of axes {a} and {b} "
+                f"(RandRotate90d spatial_axes) swap voxels of {spacing[a]:g} and "
+                f"{spacing[b]:g} mm ({train.ids[index]}: {size} mm), stretching what the "
+                "network learns: turn in a plane of equal voxel sizes" + hint + ", set "
+                "dataset.target_spacing to equal sizes, or drop RandRotate90d"
+            )
     return None
 
 

@@ -345,11 +345,21 @@ def test_quarter_turns_across_anisotropic_voxels_are_refused(tmp_path):
         "augmentation.train: quarter turns in the plane of axes 1 and 2 (RandRotate90d "
         "spatial_axes) swap voxels of 0.7 and 3 mm (case_00: 0.7 x 0.7 x 3 mm), stretching what "
         "the network learns: turn in a plane of equal voxel sizes (here axes [0, 1]: "
-        "augmentation.train.transforms.<k>.spatial_axes=[0,1]), set dataset.target_spacing to "
+        "augmentation.train.transforms.3.spatial_axes=[0,1]), set dataset.target_spacing to "
         "equal sizes, or drop RandRotate90d"
     ]
     assert not check([*base, "augmentation.train.transforms.3.spatial_axes=[0,1]"])["errors"]
     assert not check([*base, "dataset.target_spacing=[1.0,1.0,1.0]"])["errors"]
+    # Voxels 1.2 times apart (an MRI of 1 x 1 x 1.2 mm) are turned; unknown sizes are not judged.
+    assert not check([*base, "dataset.target_spacing=[1.0,1.0,1.2]"])["errors"]
+    from medtrain.data.validation import anisotropic_turns
+    from medtrain.engine.build import build_datasets
+    from tests.conftest import compose_cfg
+
+    unknown = build_datasets(
+        compose_cfg(["experiment=synthetic_segmentation3d", "dataset.spacing=null"])
+    )
+    assert anisotropic_turns(unknown) is None
 
 
 def test_a_loss_that_does_not_fit_the_task_is_reported_and_the_data_still_checked(tmp_path):
