@@ -286,7 +286,9 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
         label_volume = read_volume(label_path)  # its geometry is the case's geometry
         labels_volume = self.checked_labels(label_volume.array, label_path, self.num_classes)
         if self.cache.mode == "memory":
-            self.cache.memory[str(label_path)] = labels_volume
+            self.cache.memory[self.cache.memory_key(label_path, self.labels_variant)] = (
+                labels_volume
+            )
         check_label_axes(image_path, label_volume, label_path)  # other axes: other shapes
         shape = self._image_volume(case).shape
         if labels_volume.shape != shape:
@@ -309,13 +311,20 @@ class VolumeSlices(VolumeCases, SegmentationDataset):
         def read(path):
             return normalize_volume(read_volume(path).array, self.volume_normalize)
 
-        return self.cache.array(self.pairs[case][0], read)
+        return self.cache.array(self.pairs[case][0], read, f"image:{self.volume_normalize}")
 
     def _labels(self, case: str) -> np.ndarray:
         path = self.pairs[case][1]
         return self.cache.array(
-            path, lambda p: self.checked_labels(read_volume(p).array, p, self.num_classes)
+            path,
+            lambda p: self.checked_labels(read_volume(p).array, p, self.num_classes),
+            self.labels_variant,
         )
+
+    @property
+    def labels_variant(self) -> str:
+        """How label volumes are read (`VolumeCache.array`'s variant): for these classes."""
+        return f"labels:{self.num_classes}"
 
     @staticmethod
     def checked_labels(array: np.ndarray, path, num_classes: int | None = None) -> np.ndarray:

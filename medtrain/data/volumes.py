@@ -631,10 +631,12 @@ class VolumeCache:
         self.folder = Path(folder) if folder else None
         self.memory: dict[str, np.ndarray] = {}
 
-    def array(self, path: str | Path, read=None) -> np.ndarray:
-        """The volume array of `path` (decoded by `read(path)`, default `read_volume`)."""
+    def array(self, path: str | Path, read=None, variant: str = "") -> np.ndarray:
+        """The volume array of `path` (decoded by `read(path)`, default `read_volume`);
+        `variant` names how `read` makes it (its normalization, the classes labels are read
+        for), so that another reading of the same file is not taken from the cache."""
         read = read or (lambda p: read_volume(p).array)
-        key = str(path)
+        key = self.memory_key(path, variant)
         if self.mode == "none":
             return read(path)
         if self.mode == "memory":
@@ -643,7 +645,7 @@ class VolumeCache:
             return self.memory[key]
         if key in self.memory:  # opened once per process, then kept (memory-mapped)
             return self.memory[key]
-        file = self.folder / f"{self._key(path)}.npy"
+        file = self.folder / f"{self._key(path, variant)}.npy"
         if file.is_file():
             array = np.load(file, mmap_mode="r")
         else:
@@ -657,11 +659,18 @@ class VolumeCache:
         return array
 
     @staticmethod
-    def _key(path: str | Path) -> str:
-        """The file's path, size and modification time: an edited file is decoded again."""
+    def memory_key(path: str | Path, variant: str = "") -> str:
+        """The key of `path` read as `variant` in this process's dict."""
+        return f"{path}|{variant}" if variant else str(path)
+
+    @staticmethod
+    def _key(path: str | Path, variant: str = "") -> str:
+        """The file's path, size and modification time, and how it is read: an edited file, or
+        one read another way, is decoded again."""
         stat = Path(path).stat()
-        # "ras": volumes are cached in RAS order (release 0.3); older cache files are not read.
-        text = f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}:ras"
+        # "ras": volumes are cached in RAS order (release 0.3); "v2": label volumes keep values
+        # over 255 and read binary {0, v} as {0, 1}; older cache files are not read.
+        text = f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}:ras:v2:{variant}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

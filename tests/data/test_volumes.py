@@ -184,6 +184,13 @@ def test_cache_decodes_once_and_disk_cache_survives(tmp_path):
     (tmp_path / "v.nii").write_bytes(b"edited")  # a changed file is decoded again
     VolumeCache("disk", tmp_path / "cache").array(tmp_path / "v.nii", read)
     assert len(calls) == 3
+    # The same file read another way (other classes, another normalization) is its own entry.
+    other = VolumeCache("disk", tmp_path / "cache").array(
+        tmp_path / "v.nii", lambda p: np.zeros((2, 3)), "labels:2"
+    )
+    assert not other.any()
+    found = VolumeCache("disk", tmp_path / "cache").array(tmp_path / "v.nii", read)
+    assert found.any() and len(calls) == 3
 
 
 def test_slices_split_by_volume_and_skip_empty_training_slices(tmp_path):
