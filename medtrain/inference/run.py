@@ -74,10 +74,14 @@ def load_run(
             )
         if (run_dir / "folds.json").is_file():
             ensemble = run_dir / "ensemble"
+            untested = not (read_json(run_dir / "folds.json") or {}).get("test")
+            if untested:  # nothing to test an ensemble on: none is made
+                where = " (none: the data has no test split)"
+            else:
+                where = "" if ensemble.is_dir() else " (not made yet: cv.ensemble=true)"
             raise ConfigError(
-                f"{key}: {run_dir} is a CV folder: its fold ensemble is {ensemble}"
-                + ("" if ensemble.is_dir() else " (not made yet: cv.ensemble=true)")
-                + ", its folds fold_<k>/"
+                f"{key}: {run_dir} is a CV folder: its fold ensemble is {ensemble}{where}, its "
+                "folds fold_<k>/"
             )
         raise ConfigError(
             f"{key}: {run_dir} has no checkpoints/{checkpoint}.pt (is it a finished run?)"

@@ -442,7 +442,7 @@ def test_folds_of_a_manifest_keep_each_patient_in_one_fold(tmp_path, caplog):
     assert "1 groups have cases in the test split and in the folds (e.g. ['p11'])" in caplog.text
 
 
-def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path):
+def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path, capsys, caplog):
     """A manifest of train and val rows only: each fold trains and is judged on its held-out
     fold, the out-of-fold predictions are pooled and recomputable, and no ensemble is tested
     (said); a plain run on the same data is refused, naming the CV."""
@@ -454,6 +454,9 @@ def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path):
     data = ["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16", ON_CPU]
     data += ["trainer.max_epochs=1", "trainer.report=false"]
     assert main([*data, f"hydra.run.dir={tmp_path / 'plain'}"]) == 2
+    said = "".join(capsys.readouterr()) + caplog.text
+    assert "the test split is empty" in said
+    assert "a cross-validation (medtrain cv) needs no test split" in said
     cv_dir = tmp_path / "cv"
     done = run_cli("cv", "cv.folds=2", f"cv.dir={cv_dir}", *data, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -470,6 +473,10 @@ def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path):
     auc = roc_auc_score([int(r["target"]) for r in pooled], [float(r["prob_1"]) for r in pooled])
     assert summary["oof"]["oof/auc"] == pytest.approx(auc)
     assert "The data has no test split" in (cv_dir / "cv_summary.md").read_text()
+    from medtrain.inference.run import load_run
+
+    with pytest.raises(ConfigError, match=r"its fold ensemble is .* \(none: the data has no test"):
+        load_run(cv_dir)
 
 
 def test_folds_whose_scores_do_not_pool_are_said(caplog):
