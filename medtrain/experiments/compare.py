@@ -111,7 +111,10 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
         if any(v != values[0] for v in values[1:]):
             shown = ", ".join(f"{n}: {v}" for n, v in zip(names, values, strict=True))
             said.append(f"The runs have other {what}: {shown}.")
-    tests = [test_cases(run) for run in runs]
+    # Like for like: splits.json when every run has one (its ids may be slices of volumes, which
+    # predictions.csv names by volume), else every run's predictions.csv.
+    every = all((run / "splits.json").is_file() for run in runs)
+    tests = [test_cases(run, splits=every) for run in runs]
     if all(t is not None for t in tests) and any(sorted(t) != sorted(tests[0]) for t in tests[1:]):
         sizes = ", ".join(f"{n}: {len(t)}" for n, t in zip(names, tests, strict=True))
         said.append(
@@ -121,10 +124,10 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
     return said
 
 
-def test_cases(run: Path) -> list[str] | None:
-    """The ids of a run's test cases: its `splits.json`'s, else (an ensemble, a CV's fold
-    ensemble, which keep no splits.json) the `id` column of its `predictions.csv`."""
-    split = (read_json(run / "splits.json") or {}).get("test")
+def test_cases(run: Path, splits: bool = True) -> list[str] | None:
+    """The ids of a run's test cases: its `splits.json`'s (with `splits`), else (an ensemble, a
+    CV's fold ensemble, which keep no splits.json) the `id` column of its `predictions.csv`."""
+    split = (read_json(run / "splits.json") or {}).get("test") if splits else None
     if split is not None:
         return [str(i) for i in split]
     path = run / "predictions.csv"

@@ -80,6 +80,30 @@ def test_small_values_keep_four_significant_digits():
     ]
 
 
+def test_runs_on_slices_and_their_ensemble_compare_by_their_predictions(tmp_path):
+    """A run on slices of volumes lists slices in splits.json and volumes in predictions.csv:
+    beside an ensemble (no splits.json) every run is compared by its predictions.csv, and the
+    same volumes give no caution; other volumes do."""
+    from medtrain.experiments.compare import compared
+
+    for name, volumes, slices in (("run", ["a", "b"], True), ("ensemble", ["a", "b"], False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text('{"test/dice": 0.8}')
+        (tmp_path / name / "predictions.csv").write_text(
+            "id,mask\n" + "".join(f"{v},m\n" for v in volumes)
+        )
+        if slices:
+            split = {
+                "train": [],
+                "val": [],
+                "test": [f"{v}#{k:03d}" for v in volumes for k in range(3)],
+            }
+            (tmp_path / name / "splits.json").write_text(json.dumps(split))
+    assert compared([tmp_path / "run", tmp_path / "ensemble"], tmp_path / "cmp")[1] == []
+    (tmp_path / "ensemble" / "predictions.csv").write_text("id,mask\nc,m\n")
+    assert compared([tmp_path / "run", tmp_path / "ensemble"], tmp_path / "cmp")[1]
+
+
 def test_config_values_read_as_the_yaml_writes_them():
     from medtrain.experiments.compare import markdown
 
