@@ -102,6 +102,7 @@ def content_digest(raw: np.ndarray, dims: int) -> bytes:
       another image.
     - A volume is hashed by its values, whole values in 8 or 16 bits alike (ranks would sort
       every voxel).
+    - A constant image is hashed by its value: blank images of other values are not one image.
     """
     pixels = raw
     if pixels.ndim == dims + 1:
@@ -109,6 +110,11 @@ def content_digest(raw: np.ndarray, dims: int) -> bytes:
             pixels = pixels[..., :3]  # a constant alpha shows nothing
         if (pixels == pixels[..., :1]).all():
             pixels = pixels[..., 0]  # grey, whatever the channels
+    if pixels.size and (pixels == pixels.flat[0]).all():  # a blank image: ranks say nothing
+        digest = hashlib.blake2b(
+            f"{pixels.shape}{float(pixels.flat[0])!r}".encode(), digest_size=16
+        )
+        return digest.digest()
     small = pixels.dtype == bool or (
         np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() <= 65535
     )

@@ -477,6 +477,18 @@ def test_copies_stored_another_way_are_duplicates(tmp_path):
     assert (within["images"], within["copies"]) == (1, 2)
 
 
+def test_blank_images_of_other_values_are_not_one_image():
+    """Ranks make every constant image alike; their value tells blank images apart."""
+    from medtrain.data.validation import content_digest
+
+    zero, dark = np.zeros((8, 8), np.float32), np.full((8, 8), -0.7, np.float32)
+    assert content_digest(zero, 2) != content_digest(dark, 2)
+    assert content_digest(zero, 2) == content_digest(np.zeros((8, 8), np.uint8), 2)
+    two_levels = np.zeros((8, 8), np.uint8)
+    two_levels[:4] = 200
+    assert content_digest(two_levels, 2) == content_digest((two_levels > 0).astype(np.uint16), 2)
+
+
 def test_images_of_several_sizes_need_an_image_size(tmp_path):
     rows = good_rows(tmp_path)
     write_png(tmp_path / "images/wide.png", seed=9, size=(16, 20))
