@@ -144,6 +144,27 @@ def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     return as_hwc(out)
 
 
+# Storage types read as 0-1 of their bit depth (`to_float01`); every other type is read as it is.
+SCALED_TYPES = frozenset({"uint8", "uint16", "bool"})
+
+
+def scale_mismatch(kind: str, low: float, top: float, dtypes: set[str], high: float) -> str | None:
+    """How an image stored as `kind` with finite values `low`..`top` lies on another pixel scale
+    than images stored as `dtypes` with values up to `high` (the rule of the data check and of
+    every prediction): `float_outside_0_1` (a float image read as it is beside 8/16-bit ones
+    read as 0-1: 0-255 values are 255 times brighter), `eight_bit_in_16` (8-bit values stored in
+    16 bits beside 8-bit images: 257 times darker), `scaled_for_float` (an 8/16-bit image read as
+    0-1 beside float images of larger values), or None."""
+    scaled = kind in SCALED_TYPES
+    if not scaled and dtypes <= SCALED_TYPES and (low < -0.05 or top > 1.05):
+        return "float_outside_0_1"  # 0-1 data resampled may overshoot a little
+    if kind == "uint16" and dtypes <= {"uint8", "bool"} and top <= 255:
+        return "eight_bit_in_16"
+    if scaled and not dtypes & SCALED_TYPES and high > 1.5:
+        return "scaled_for_float"
+    return None
+
+
 class Normalize:
     """Intensity normalization after augmentation.
 

@@ -22,6 +22,7 @@ from medtrain.data.base import SPLITS
 from medtrain.data.manifest import Manifest
 from medtrain.data.medmnist import MedMNIST
 from medtrain.data.segmentation import SegmentationDataset
+from medtrain.data.transforms import scale_mismatch
 from medtrain.data.volume_segmentation import VolumeSegmentationDataset
 from medtrain.errors import ConfigError, DataError
 
@@ -431,43 +432,49 @@ def mixed_images(samples: dict[str, list[Sample]], names: dict[str, Names]) -> l
     return notes
 
 
+# How the data check says each `scale_mismatch`, against the training split's common type.
+SCALE_SAID = {
+    "float_outside_0_1": "float images of values outside 0-1, read as they are (0-255 values 255 "
+    "times brighter)",
+    "eight_bit_in_16": "8-bit values stored in 16 bits (uint16 up to 255), read 257 times darker",
+    "scaled_for_float": "8/16-bit images read as 0-1 of their bit depth",
+}
+
+
 def mixed_scales(
     datasets: dict, samples: dict[str, list[Sample]], names: dict[str, Names]
 ) -> list[str]:
-    """Errors for images on another pixel scale than most, where the scale reaches the network
-    (`Normalize.scale_matters`: fixed or dataset statistics, none, `invert: auto`): 8/16-bit
-    images are read as 0-1 of their bit depth and floats as they are, so among 8-bit images a
-    16-bit one of values up to 255 reaches the network 257 times darker, and a float one of
-    0-255 values 255 times brighter, with nothing to show it."""
+    """Errors for images on another pixel scale than the training split's most common storage
+    type, where the scale reaches the network (`Normalize.scale_matters`: fixed or dataset
+    statistics, none, `invert: auto`), by the rule predictions are refused by
+    (`scale_mismatch`): 8/16-bit images are read as 0-1 of their bit depth and floats as they
+    are, so among 8-bit images a 16-bit one of values up to 255 reaches the network 257 times
+    darker, and a float one of 0-255 values 255 times brighter, with nothing to show it."""
     normalize = getattr(datasets.get("train"), "normalize", None)
     if not getattr(normalize, "scale_matters", False):
         return []
-    read = [(split, s) for split, found in samples.items() for s in found if s.problem is None]
-    eight = sum(s.dtype == "uint8" for _, s in read)
-    if not eight:
+    train = [s for s in samples.get("train", []) if s.problem is None]
+    if not train:
         return []
-    odd = {
-        "8-bit values stored in 16 bits (uint16 up to 255), read 257 times darker": [
-            (split, s) for split, s in read if s.dtype == "uint16" and s.high <= 255
-        ],
-        "float values of 0-255, read as they are, 255 times brighter": [
-            (split, s)
-            for split, s in read
-            if s.dtype.startswith("float") and s.high > 1.05 and s.high <= 255.0
-        ],
-    }
+    common = Counter(s.dtype for s in train).most_common(1)[0][0]
+    high = max(s.high for s in train if s.dtype == common)
+    read = [(split, s) for split, found in samples.items() for s in found if s.problem is None]
+    odd: dict[str, list] = {}
+    for split, s in read:
+        mismatch = scale_mismatch(s.dtype, s.low, s.high, {common}, high)
+        if mismatch:
+            odd.setdefault(mismatch, []).append((split, s))
     problems = []
-    for what, found in odd.items():
-        if found:
-            shown = "; ".join(names[split].name(s.index) for split, s in found[:3])
-            more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
-            problems.append(
-                f"{len(found)} image(s) are {what} than the {eight} uint8 images read as 0-1 "
-                f"(dataset.normalize.mode={normalize.mode}"
-                + (", invert=auto" if normalize.invert == "auto" else "")
-                + f"): {shown}{more}; save them as 8-bit, or normalize each image "
-                "(dataset.normalize.mode=zscore or percentile)"
-            )
+    for mismatch, found in odd.items():
+        shown = "; ".join(names[split].name(s.index) for split, s in found[:3])
+        more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
+        problems.append(
+            f"{len(found)} image(s) are {SCALE_SAID[mismatch]}, where most training images are "
+            f"{common} of values up to {high:.4g} (dataset.normalize.mode={normalize.mode}"
+            + (", invert=auto" if normalize.invert == "auto" else "")
+            + f"): {shown}{more}; store them as the others are, or normalize each image "
+            "(dataset.normalize.mode=zscore or percentile)"
+        )
     return problems
 
 

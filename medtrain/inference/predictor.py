@@ -25,6 +25,7 @@ from medtrain.data.readers import (
     read_image,
 )
 from medtrain.data.tabular import TabularEncoder, is_missing, parse_number
+from medtrain.data.transforms import scale_mismatch
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.data.volumes import (
     VOLUME_AXES,
@@ -65,39 +66,35 @@ VOLUME_SPACING = (
 log = logging.getLogger(__name__)
 
 
-# Storage types read as 0-1 of their bit depth (`to_float01`); every other type is read as it is.
-SCALED_TYPES = {"uint8", "uint16", "bool"}
-
-
 def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
-    """Why an input's pixel values are on another scale than the run's training images, or None.
-    8/16-bit images are read as 0-1 of their bit depth and float images as they are, so a float
-    image of 0-255 values given to a run trained on 8-bit files (or an 8-bit file to a run
-    trained on floats of 0-255) reaches the network 255 times brighter (or darker), and answers
-    without a sign of it."""
-    scaled = str(array.dtype) in SCALED_TYPES
-    if not scaled and dtypes <= SCALED_TYPES and array.size:
-        low, top = float(np.nanmin(array)), float(np.nanmax(array))
-        if low < -0.05 or top > 1.05:  # 0-1 data resampled may overshoot a little
-            kinds = "/".join(sorted(dtypes))
-            return (
-                f"{array.dtype} pixel values from {low:.4g} to {top:.4g}; this run was trained "
-                f"on {kinds} images, read as 0-1 of their bit depth, and reads {array.dtype} "
-                "values as they are (0-1 expected): save it as an 8/16-bit PNG or TIFF, or scale "
-                "it to 0-1 (divide 8-bit values by 255)"
-            )
-    if array.dtype == np.uint16 and dtypes <= {"uint8", "bool"} and array.size:
-        top = int(array.max())
-        if top <= 255:  # an 8-bit image saved in 16 bits: 0-1 of 65535 is 257 times darker
-            return (
-                f"uint16 pixels of values up to {top} only: an 8-bit image stored in 16 bits, "
-                "read as 0-1 of 65535, 257 times darker than this run's uint8 training images; "
-                "save it as an 8-bit PNG or TIFF"
-            )
-    if scaled and not dtypes & SCALED_TYPES and high > 1.5:
+    """Why an input's pixel values are on another scale than the run's training images, or None
+    (`scale_mismatch`, the data check's rule). 8/16-bit images are read as 0-1 of their bit depth
+    and float images as they are, so a float image of 0-255 values given to a run trained on
+    8-bit files (or an 8-bit file to a run trained on floats of 0-255) reaches the network 255
+    times brighter (or darker), and answers without a sign of it."""
+    finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+    if not finite.size:
+        return None  # NaN and infinities are refused after preprocessing
+    low, top = float(finite.min()), float(finite.max())
+    kinds = "/".join(sorted(dtypes))
+    mismatch = scale_mismatch(str(array.dtype), low, top, dtypes, high)
+    if mismatch == "float_outside_0_1":
+        return (
+            f"{array.dtype} pixel values from {low:.4g} to {top:.4g}; this run was trained "
+            f"on {kinds} images, read as 0-1 of their bit depth, and reads {array.dtype} "
+            "values as they are (0-1 expected): save it as an 8/16-bit PNG or TIFF, or scale "
+            "it to 0-1 (divide 8-bit values by 255)"
+        )
+    if mismatch == "eight_bit_in_16":
+        return (
+            f"uint16 pixels of values up to {int(top)} only: an 8-bit image stored in 16 bits, "
+            "read as 0-1 of 65535, 257 times darker than this run's uint8 training images; "
+            "save it as an 8-bit PNG or TIFF"
+        )
+    if mismatch == "scaled_for_float":
         return (
             f"{array.dtype} pixels are read as 0-1 of their bit depth, but this run was trained "
-            f"on {'/'.join(sorted(dtypes))} images of values up to {high:.4g}, read as they are: "
+            f"on {kinds} images of values up to {high:.4g}, read as they are: "
             "give the values as its training images held them (e.g. a float NPY or TIFF)"
         )
     return None

@@ -74,7 +74,7 @@ def load_run(
             )
         if (run_dir / "folds.json").is_file():
             ensemble = run_dir / "ensemble"
-            untested = not (read_json(run_dir / "folds.json") or {}).get("test")
+            untested = (read_json(run_dir / "folds.json") or {}).get("test") == []
             if untested:  # nothing to test an ensemble on: none is made
                 where = " (none: the data has no test split)"
             else:
