@@ -21,7 +21,7 @@ from medtrain.analysis.statistics import GROUPS_FILE, grouping_note
 from medtrain.data.manifest import check_columns, listed, read_csv, windows_paths
 from medtrain.engine.loop import threshold_entries
 from medtrain.errors import ConfigError, DataError, DataRowsError, MedtrainError
-from medtrain.inference.predictor import VOLUME_SPACING, Predictor
+from medtrain.inference.predictor import Predictor, warn_unread_spacing
 from medtrain.inference.truth import (
     SHOWN,
     LabelVolumeTruth,
@@ -74,9 +74,8 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
             f"inputs={cfg.inputs}: a CSV manifest of images and their {what} is needed"
         )
     header, rows, lines = read_csv(path)
-    if predictor.reads_volumes and (cfg.spacing_column or "spacing" in header):
-        column = cfg.spacing_column or "spacing"  # it would be ignored
-        raise ConfigError(f"{path}: column {column!r}: {VOLUME_SPACING}; remove it")
+    if predictor.reads_volumes:
+        warn_unread_spacing(path, header, cfg.spacing_column or "spacing")
     if segments and predictor.reads_volumes:
         truth: Truth = LabelVolumeTruth(predictor, cfg, path)
     elif segments:

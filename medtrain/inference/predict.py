@@ -26,7 +26,7 @@ from medtrain.data.seg_manifest import SPACING_CELL, spacing_cell
 from medtrain.data.volume_slices import case_name
 from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError
-from medtrain.inference.predictor import VOLUME_SPACING, Predictor
+from medtrain.inference.predictor import VOLUME_SPACING, Predictor, warn_unread_spacing
 from medtrain.inference.run import volume_run
 from medtrain.io import save_csv
 from medtrain.values import whole_number
@@ -287,9 +287,8 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     )
     refuse_the_run_folder(files, predictor.run.run_dir)
     manifest = Path(str(cfg.inputs))
-    listed_as_csv = manifest.suffix.lower() == ".csv" and manifest.is_file()
-    if predictor.reads_volumes and listed_as_csv and "spacing" in read_csv(manifest)[0]:
-        raise ConfigError(f"{manifest}: column 'spacing': {VOLUME_SPACING}; remove it")
+    if predictor.reads_volumes and manifest.suffix.lower() == ".csv" and manifest.is_file():
+        warn_unread_spacing(manifest, read_csv(manifest)[0])
     if volumes:
         return predict_volumes(cfg, predictor, files)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).

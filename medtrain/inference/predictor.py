@@ -66,6 +66,14 @@ VOLUME_SPACING = (
 log = logging.getLogger(__name__)
 
 
+def warn_unread_spacing(path: Path, header: Sequence[str], column: str = "spacing") -> None:
+    """Warn that a CSV's spacing column is not read for a run on volumes (each volume's voxel
+    size comes from its file): it may be metadata that agrees, but a value meant to change the
+    measurements would be ignored without a word."""
+    if column in header:
+        log.warning("%s: column %r is not read: %s", path, column, VOLUME_SPACING)
+
+
 def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
     """Why an input's pixel values are on another scale than the run's training images, or None
     (`scale_mismatch`, the data check's rule). 8/16-bit images are read as 0-1 of their bit depth

@@ -359,7 +359,7 @@ def test_a_run_saved_before_volumes_were_read_in_ras_order_reads_them_as_trained
     assert ras.stored_affine is not None and not np.array_equal(ras.array, decoded.array)
 
 
-def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_path, capsys):
+def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_path, capsys, caplog):
     from medtrain.commands.evaluate import main
     from tests.inference.test_evaluate import assert_scores_as_the_run
     from tests.inference.test_predict import split_of
@@ -411,16 +411,19 @@ def test_evaluate_scores_label_volumes_as_the_run_s_own_test(volume_run, tmp_pat
     assert f"line 2: {tmp_path / (first + '_label.nii.gz')}: voxels of 1 x 1 x 1 mm" in err
     assert f"line 3: {tmp_path / (test.ids[1] + '_label.nii.gz')}: the label volume is 4x4x4" in err
     assert not out2.exists()
-    # A spacing column would be ignored (a volume's voxels come from its file): refused by
-    # evaluate and predict alike.
+    # A spacing column is not read (a volume's voxels come from its file): said by evaluate and
+    # predict alike, which score and predict from the files' voxel sizes.
     from medtrain.commands.predict import main as predict
 
     spaced = tmp_path / "spaced.csv"
-    spaced.write_text("image,mask,spacing\n" + "".join(f"{line},0.5\n" for line in lines[1:]))
-    said = f"{spaced}: column 'spacing': this run reads volumes"
-    assert main([f"run_dir={volume_run}", f"inputs={spaced}", f"output={tmp_path / 'ev'}"]) == 2
-    assert said in capsys.readouterr().err
-    assert (
-        predict([f"run_dir={volume_run}", f"inputs={spaced}", f"output={tmp_path / 'p.csv'}"]) == 2
-    )
-    assert said in capsys.readouterr().err
+    last_label = np.asarray(test.read_mask(len(test.ids) - 1), np.uint8).transpose(2, 1, 0)
+    nib.save(nib.Nifti1Image(last_label, turned), tmp_path / f"{test.ids[-1]}_label.nii.gz")
+    spaced.write_text(f"image,mask,spacing\n{lines[-1]},0.5\n")
+    said = f"{spaced}: column 'spacing' is not read: this run reads volumes"
+    with caplog.at_level("WARNING"):
+        assert main([f"run_dir={volume_run}", f"inputs={spaced}", f"output={tmp_path / 'ev'}"]) == 0
+        assert said in caplog.text
+        caplog.clear()
+        out = tmp_path / "p.csv"
+        assert predict([f"run_dir={volume_run}", f"inputs={spaced}", f"output={out}"]) == 0
+        assert said in caplog.text
