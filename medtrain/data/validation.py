@@ -574,7 +574,7 @@ def unused_spacing(datasets: dict) -> str | None:
     dpi = 25.4 / stated[0]
     tag = (
         f", a {round(dpi)} dpi resolution tag"
-        if round(dpi) in SOFTWARE_DPI and abs(dpi - round(dpi)) < 0.01
+        if round(dpi) in SOFTWARE_DPI and abs(dpi - round(dpi)) < 0.001 * dpi  # 150.012 too
         else ""
     )
     size = " x ".join(f"{v:.4g}" for v in stated)

@@ -370,6 +370,8 @@ def _image_affine(path: str | Path) -> np.ndarray | None:
     the label checks ask three times per case, and a series' headers are many files."""
     try:
         changed = Path(path).stat().st_mtime_ns
+        if Path(path).is_dir():  # a series' file rewritten in place leaves the folder's time
+            changed = max([changed, *(p.stat().st_mtime_ns for p in Path(path).iterdir())])
     except OSError:
         return None
     affine = _cached_image_affine(str(path), changed)

@@ -169,9 +169,6 @@ def trained_values(run_dir: Path) -> tuple[set[str], float] | None:
 
 
 def scale_matters(preprocess: Any) -> bool:
-    """Whether an input's pixel scale reaches the network through `preprocess`: normalization by
-    fixed (or the training split's) statistics, or none, or inverting images whose median is
-    above 0.5; per-image z-scoring, min-max and percentiles give the same input for 0-1 and
-    0-255 values."""
+    """`Normalize.scale_matters` of `preprocess`'s normalization (False without one)."""
     normalize = getattr(preprocess, "normalize", None)
     return bool(getattr(normalize, "scale_matters", False))
