@@ -477,6 +477,11 @@ def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path, capsys, cap
 
     with pytest.raises(ConfigError, match=r"its fold ensemble is .* \(none: the data has no test"):
         load_run(cv_dir)
+    # A label changed since: the same command is refused by what the folds' own provenance.json
+    # recorded, before anything is trained or pooled.
+    csv_path.write_text(csv_path.read_text().replace("case000.png,0,", "case000.png,1,"))
+    again = run_cli("cv", "cv.folds=2", f"cv.dir={cv_dir}", *data, timeout=600)
+    assert again.returncode == 2 and "the data changed since fold 0" in again.stderr
 
 
 def test_folds_whose_scores_do_not_pool_are_said(caplog):
