@@ -3,6 +3,7 @@ preprocessing; prediction files, the HTTP service and export checks all call it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -395,7 +396,15 @@ class Predictor:
             return self.decode(read_file(path), str(path))
         if volume_run(self.cfg) and (is_nifti(path) or Path(path).is_dir() or suffix == ".dcm"):
             return volume_decoded(read_volume(path, self.ras))
-        return read_image(path, self.max_pixels, self.preprocess.reads_modality)
+        return self.as_run_reads(read_image(path, self.max_pixels, self.preprocess.reads_modality))
+
+    def as_run_reads(self, image: Decoded) -> Decoded:
+        """A 2D file without its own pixel spacing when the run ignored its files'
+        (`dataset.file_spacing=false`: `dataset.spacing` measures every image, as in training);
+        as it is otherwise."""
+        if image.format == "volume" or self.reads_file_spacing:
+            return image
+        return dataclasses.replace(image, spacing=None)
 
     def decode(self, data: bytes, name: str) -> Decoded:
         """An upload's bytes decoded: a NIfTI volume for a 3D run (`max_pixels` bounds its voxels,
@@ -413,7 +422,9 @@ class Predictor:
                 "NIfTI (.nii, .nii.gz), whose header states them"
             )
         try:  # a 3D run refuses a 2D image in `accepts`, naming what it reads
-            return decode(data, name, self.max_pixels, self.preprocess.reads_modality)
+            return self.as_run_reads(
+                decode(data, name, self.max_pixels, self.preprocess.reads_modality)
+            )
         except UnsupportedFormatError as err:
             if not volume_run(self.cfg):
                 raise
@@ -450,6 +461,12 @@ class Predictor:
             problem = other_scale(image.array, *self.trained_values)
             if problem:
                 raise DataError(f"{name}: {problem}")
+
+    @property
+    def reads_file_spacing(self) -> bool:
+        """Whether a 2D file's own pixel spacing counts (the run's `dataset.file_spacing`, true
+        unless set false: then `dataset.spacing` measures every image, as in training)."""
+        return self.cfg.dataset.get("file_spacing", True) is not False
 
     @property
     def scale_matters(self) -> bool:

@@ -180,6 +180,33 @@ def test_segmentation_row_without_a_spacing_leaves_the_mm2_column_empty(finished
     assert file_spacing(tmp_path / "masks" / "x.png") is None  # no spacing stated
 
 
+def test_a_run_that_ignored_its_files_spacing_is_predicted_so(finished_runs, tmp_path):
+    """dataset.file_spacing=false (the data check's fix for a 300 dpi tag): the run measured every
+    image with dataset.spacing, and predict and the service do too; they took the file's tag."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_runs["segmentation"], run)  # dataset.spacing [0.5, 0.5]
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    state["config"]["dataset"]["file_spacing"] = False
+    torch.save(state, best)
+    stored = np.asarray(split_of(finished_runs["segmentation"]).read_image(0), dtype=np.float64)
+    image = ((stored - stored.min()) / (np.ptp(stored) or 1.0) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "tagged.png", dpi=(300, 300))
+    out = tmp_path / "o" / "pred.csv"
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 0
+    row = read_rows(out)[0]
+    for name in Predictor(run).class_names[1:]:
+        area = float(row[f"area_mm2_{name}"])
+        assert area == pytest.approx(int(row[f"area_px_{name}"]) * 0.25)
+    assert file_spacing(out.parent / row["mask"]) == (0.5, 0.5)
+    predictor = Predictor(run)
+    served = predictor.decode((tmp_path / "in" / "tagged.png").read_bytes(), "tagged.png")
+    assert served.spacing is None  # the service reads the upload as the run read its files
+
+
 def test_png_spacing_round_trips_in_whole_pixels_per_metre():
     from medtrain.data.readers import decode
     from medtrain.io import png_bytes
