@@ -88,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what is there stays as it was
+        print(
+            "interrupted: nothing was replaced (the files written so far wait in a hidden "
+            ".partial-<pid> folder, which the next prediction removes)",
+            file=sys.stderr,
+        )
+        return 130
     failed = summary["failed"]
     log.info(
         "%d input(s), %d predicted, %d failed; wrote %s",

@@ -286,6 +286,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         writes=("masks",) if volumes else tuple(FOLDER_OF[f] for f in fields if f in FOLDER_OF),
     )
     refuse_the_run_folder(files, predictor.run.run_dir)
+    check_output(files.output)  # before the inputs are listed: an input given as output=
     manifest = Path(str(cfg.inputs))
     if predictor.reads_volumes and manifest.suffix.lower() == ".csv" and manifest.is_file():
         warn_unread_spacing(manifest, read_csv(manifest)[0])
@@ -502,6 +503,26 @@ def planned_files(
     return {path.resolve() for path in planned}
 
 
+def check_output(output: Path) -> None:
+    """`output=` must be a new file or an earlier prediction's CSV (columns `file` ... `error`):
+    never a manifest, an image or a run's predictions.csv. Checked first, before the inputs are
+    listed.
+
+    Raises:
+        ConfigError: naming the file and what it holds.
+    """
+    if output.is_dir():
+        raise ConfigError(f"output={output} is a folder; give a CSV file name in it")
+    if output.exists():
+        header = _header(output)
+        if not header or header[0] != "file" or header[-1] != "error":
+            what = f"the columns {header[:4]}" if header else "no CSV text"
+            raise ConfigError(
+                f"output={output} exists and is not an earlier prediction's CSV (it holds "
+                f"{what}): give a new file name; nothing was written"
+            )
+
+
 def check_overwrites(
     files: PredictionFiles, task: Any, planned: set[Path], volumes: bool = False
 ) -> list[Path]:
@@ -521,29 +542,23 @@ def check_overwrites(
         ConfigError: naming the file or folder, what it holds and the option that moves it.
     """
     output, listed = files.output, set()
-    if output.is_dir():
-        raise ConfigError(f"output={output} is a folder; give a CSV file name in it")
+    check_output(output)
     if output.exists():
-        header = _header(output)
-        if not header or header[0] != "file" or header[-1] != "error":
-            what = f"the columns {header[:4]}" if header else "no CSV text"
-            raise ConfigError(
-                f"output={output} exists and is not an earlier prediction's CSV (it holds "
-                f"{what}): give a new file name; nothing was written"
-            )
         with open(output, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         for row in rows:
             for column in FOLDER_OF:  # the columns naming files: mask, instances
                 if row.get(column):  # relative to the CSV's folder, or absolute
                     listed.add((output.parent / row[column]).resolve())
+    tables = {} if volumes else task.prediction_tables([])  # volumes write no tables
     for key, folder in files.folders().items():
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{key}={folder} is a file; give a folder")
+        own = {output.resolve(), *(files.table(name).resolve() for name in tables)}
         held = [
             p
             for p in (sorted(folder.iterdir()) if folder.is_dir() else [])
-            if not p.name.startswith(".") and p.name not in JUNK_FILES
+            if not p.name.startswith(".") and p.name not in JUNK_FILES and p.resolve() not in own
         ]
         foreign = [p for p in held if p.resolve() not in listed]
         if foreign:
@@ -553,12 +568,16 @@ def check_overwrites(
                 f"replace; give {key}= another folder, or output= a CSV in another folder; "
                 "nothing was written"
             )
-    tables = {} if volumes else task.prediction_tables([])  # volumes write no tables
     for name, (_, fields) in tables.items():
         path = files.table(name)
         if path.exists() and _header(path) != list(fields):
             raise ConfigError(
                 f"{path} exists and is not an earlier prediction's {name} table: give "
+                f"{name}= another file; nothing was written"
+            )
+        if path.exists() and not output.exists():  # it goes with another CSV
+            raise ConfigError(
+                f"{path} is another prediction's {name} table ({output} is a new CSV): give "
                 f"{name}= another file; nothing was written"
             )
     return sorted(p for p in listed if p.exists() and p not in planned)

@@ -450,7 +450,7 @@ class Predictor:
         if self.slices_volumes and image.format != "volume":
             raise DataError(
                 f"{name}: this run was trained on slices of volumes, each z-scored as a whole; "
-                "give the volume (NIfTI file or DICOM series) to medtrain predict"
+                "give the whole volume (a NIfTI file; medtrain predict also reads DICOM series)"
             )
         if self.preprocess.reads_modality and image.format in ("png", "jpeg", "tiff"):
             raise DataError(

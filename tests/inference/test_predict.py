@@ -207,6 +207,24 @@ def test_a_run_that_ignored_its_files_spacing_is_predicted_so(finished_runs, tmp
     assert served.spacing is None  # the service reads the upload as the run read its files
 
 
+def test_ctrl_c_during_a_prediction_says_nothing_was_replaced(finished_runs, tmp_path, capsys):
+    import medtrain.inference.predict as predict_module
+
+    run = finished_runs["classification"]
+    save_npy_inputs(split_of(run), tmp_path / "in", 2)
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    original = predict_module.predict_files
+    predict_module.predict_files = interrupted
+    try:
+        assert main([f"run_dir={run}", f"inputs={tmp_path / 'in'}"]) == 130
+    finally:
+        predict_module.predict_files = original
+    assert "interrupted: nothing was replaced" in capsys.readouterr().err
+
+
 def test_png_spacing_round_trips_in_whole_pixels_per_metre():
     from medtrain.data.readers import decode
     from medtrain.io import png_bytes
@@ -311,7 +329,26 @@ def test_nothing_a_user_keeps_is_overwritten(finished_runs, tmp_path, capsys):
         f"masks={tmp_path / 'res' / 'masks2'}",
         f"measurements={tmp_path / 'res' / 'm2.csv'}",
     ]
+    # masks= of its own is not enough: measurements.csv beside it is the first one's.
+    assert main([f"run_dir={run}", f"inputs={manifest}", f"output={second}", options[0]]) == 2
+    assert f"{out.parent / 'measurements.csv'} is another prediction's measurements table" in (
+        capsys.readouterr().err
+    )
     assert main([f"run_dir={run}", f"inputs={manifest}", f"output={second}", *options]) == 0
+    # masks= the CSV's own folder: its CSV and measurements.csv are its own, not in the way.
+    here = tmp_path / "here"
+    for _ in range(2):
+        assert (
+            main(
+                [
+                    f"run_dir={run}",
+                    f"inputs={manifest}",
+                    f"output={here / 'p.csv'}",
+                    f"masks={here}",
+                ]
+            )
+            == 0
+        )
     # A file browser's files are no one's masks; an interrupted prediction left its files in a
     # hidden staging folder (and none among the masks): the same command goes on, and clears it.
     (out.parent / "masks" / ".DS_Store").write_bytes(b"\0")
