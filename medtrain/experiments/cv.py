@@ -602,16 +602,20 @@ def fold_ensemble(
     threshold: Any,
     oof: dict[str, Any],
     device: torch.device,
-) -> dict[str, Any]:
+    tested: bool = True,
+) -> dict[str, Any] | None:
     """`<cv.dir>/ensemble/`: the fold models as one `ModelAverage` network in `checkpoints/best.pt`
     (with fold 0's config, the data's own splits, and the out-of-fold threshold), evaluated once on
-    the test split; returns its metrics."""
+    the test split; returns its metrics. Without a test split (`tested` false) the network is
+    made and saved untested (None for folds with no one network)."""
     out = cv.dir / "ensemble"
     base = runs[0]
     cfg = OmegaConf.create(plain(base.cfg))
     with open_dict(cfg):
         cfg.cv = {"fold": None, "folds_file": None}
-    datasets = build_datasets(cfg)  # the test split as every fold saw it
+    datasets = build_datasets(cfg, empty_test=not tested)  # the test split every fold saw
+    if not tested:
+        return untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets)
     preprocessing = datasets["test"].preprocessing()
     ensemble_task = build_task(cfg)
     ensemble_task.threshold = threshold
@@ -700,6 +704,44 @@ def fold_ensemble(
     return metrics
 
 
+def untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets) -> dict[str, Any] | None:
+    """A fold ensemble of data without a test split: the folds' average network, saved to
+    predict, serve and export with, and never tested (`metrics.json` holds the out-of-fold
+    metrics and the threshold only). None when the folds encode clinical columns each their own
+    way, which no one network reads."""
+    encodings = [run.checkpoint.get("tabular") for run in runs]
+    if any(e != encodings[0] for e in encodings[1:]):
+        log.info("cv: no fold ensemble: the folds encode their clinical columns each their way")
+        return None
+    out = cv.dir / "ensemble"
+    base = runs[0]
+    preprocessing = datasets["train"].preprocessing()
+    ensemble_task = build_task(cfg)
+    ensemble_task.threshold = threshold
+    model = average_network(runs, cfg, task, preprocessing["normalize"])
+    out.mkdir(parents=True, exist_ok=True)
+    input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
+    save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
+    metrics = {**oof, "members": len(runs)}
+    metrics |= threshold_entries(threshold, ensemble_task.class_names)
+    save_json(out / "metrics.json", metrics)
+    save_json(
+        out / "ensemble.json",
+        {
+            "kind": "fold_ensemble",
+            "run_dirs": [str(run.run_dir) for run in runs],
+            "task": ensemble_task.name,
+            "task_target": type(ensemble_task).__module__ + "." + type(ensemble_task).__qualname__,
+            "combine": ensemble_task.combine_rule,
+            "threshold": "chosen on the out-of-fold predictions (../oof_predictions.csv)",
+            "network": "checkpoints/best.pt",
+            "tested": False,
+            "note": "the data has no test split: judge the folds by ../oof_predictions.csv",
+        },
+    )
+    return metrics
+
+
 # -- the whole CV --------------------------------------------------------------------------------
 def run_cv(cv: CrossValidation) -> dict[str, Any]:
     """Draw (or reuse) the folds, train the unfinished ones, pool their out-of-fold predictions,
@@ -735,11 +777,9 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     task, oof, threshold = out_of_fold(cv, runs, dev)
     tested = bool(read_folds(folds_file)["test"])
     if cv.ensemble and not tested:
-        log.info("cv: the data has no test split: no fold ensemble is tested (out-of-fold only)")
-    ensemble = (
-        fold_ensemble(cv, runs, task, threshold, oof, dev) if cv.ensemble and tested else None
-    )
-    rows, columns = summary_rows(cv, task, oof, ensemble)
+        log.info("cv: the data has no test split: the fold ensemble is made, not tested")
+    ensemble = fold_ensemble(cv, runs, task, threshold, oof, dev, tested) if cv.ensemble else None
+    rows, columns = summary_rows(cv, task, oof, ensemble if tested else None)
     notes = []
     if threshold is not None:
         rule = getattr(task, "threshold_rule", None)
@@ -752,7 +792,8 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     if not tested:
         notes.append(
             "The data has no test split: the folds are judged by their held-out folds and the "
-            "pooled out-of-fold predictions alone; no fold ensemble was tested."
+            "pooled out-of-fold predictions alone; the fold ensemble (ensemble/) averages them "
+            "for deployment, untested."
         )
     checked = fold_warnings(cv)
     for line in checked[:MAX_SAID]:

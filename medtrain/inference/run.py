@@ -75,10 +75,12 @@ def load_run(
         if (run_dir / "folds.json").is_file():
             ensemble = run_dir / "ensemble"
             untested = (read_json(run_dir / "folds.json") or {}).get("test") == []
-            if untested:  # nothing to test an ensemble on: none is made
-                where = " (none: the data has no test split)"
+            if ensemble.is_dir():
+                where = ""
+            elif untested:  # made untested, unless the folds have no one network
+                where = " (none: the folds encode clinical columns each their own way)"
             else:
-                where = "" if ensemble.is_dir() else " (not made yet: cv.ensemble=true)"
+                where = " (not made yet: cv.ensemble=true)"
             raise ConfigError(
                 f"{key}: {run_dir} is a CV folder: its fold ensemble is {ensemble}{where}, its "
                 "folds fold_<k>/"

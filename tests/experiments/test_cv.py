@@ -460,9 +460,10 @@ def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path, capsys, cap
     cv_dir = tmp_path / "cv"
     done = run_cli("cv", "cv.folds=2", f"cv.dir={cv_dir}", *data, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "the data has no test split: no fold ensemble is tested" in done.stderr
+    assert "the data has no test split: the fold ensemble is made, not tested" in done.stderr
     summary = json.loads((cv_dir / "cv.json").read_text())
-    assert summary["ensemble"] is None and not (cv_dir / "ensemble").exists()
+    assert summary["ensemble"] == {}  # no test metrics
+    assert json.loads((cv_dir / "ensemble" / "ensemble.json").read_text())["tested"] is False
     for fold in range(2):
         metrics = json.loads((cv_dir / f"fold_{fold}" / "metrics.json").read_text())
         assert "val/auc" in metrics and not [k for k in metrics if k.startswith("test/")]
@@ -475,7 +476,15 @@ def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path, capsys, cap
     assert "The data has no test split" in (cv_dir / "cv_summary.md").read_text()
     from medtrain.inference.run import load_run
 
-    with pytest.raises(ConfigError, match=r"its fold ensemble is .* \(none: the data has no test"):
+    # The untested ensemble predicts as the folds' average.
+    folds = [Predictor(cv_dir / f"fold_{k}") for k in range(2)]
+    ensemble = Predictor(cv_dir / "ensemble")
+    image = folds[0].read(csv_path.parent / "images" / "case000.png")
+    got = ensemble.predict([image], ["a"])[0]["probabilities"]
+    each = [f.predict([image], ["a"])[0]["probabilities"] for f in folds]
+    for name, value in got.items():
+        assert value == pytest.approx(np.mean([e[name] for e in each]), abs=1e-5)
+    with pytest.raises(ConfigError, match=r"is a CV folder: its fold ensemble is .*ensemble, its"):
         load_run(cv_dir)
     # A label changed since: the same command is refused by what the folds' own provenance.json
     # recorded, before anything is trained or pooled.
