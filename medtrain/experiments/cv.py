@@ -672,21 +672,15 @@ def fold_ensemble(
             "network reads one encoding: the folds are averaged here, and are not deployed as one"
         )
         log.warning("cv: the ensemble has no network to predict with (%s)", no_network)
-    save_json(out / "metrics.json", metrics)
-    save_json(
-        out / "ensemble.json",
-        {
-            "kind": "fold_ensemble",
-            "run_dirs": [str(run.run_dir) for run in runs],
-            "task": ensemble_task.name,
-            "task_target": type(ensemble_task).__module__ + "." + type(ensemble_task).__qualname__,
-            "combine": ensemble_task.combine_rule,
-            "threshold": "chosen on the out-of-fold predictions (../oof_predictions.csv)",
-            "seconds": round(time.perf_counter() - start, 2),
-            "device": str(device),
-            "network": "checkpoints/best.pt" if model is not None else None,
-            **({"no_network": no_network} if no_network else {}),
-        },
+    save_ensemble(
+        out,
+        metrics,
+        runs,
+        ensemble_task,
+        seconds=round(time.perf_counter() - start, 2),
+        device=str(device),
+        network="checkpoints/best.pt" if model is not None else None,
+        **({"no_network": no_network} if no_network else {}),
     )
     members = [
         {"run_dir": str(run.run_dir), **read_json(run.run_dir / "metrics.json")} for run in runs
@@ -702,6 +696,23 @@ def fold_ensemble(
     except Exception as err:  # the results stand without their page; `medtrain report` retries
         log.warning("cv: no report.html for the ensemble (%s)", err)
     return metrics
+
+
+def save_ensemble(
+    out: Path, metrics: dict[str, Any], runs: list[LoadedRun], task: Any, **extra: Any
+) -> None:
+    """A fold ensemble's `metrics.json` and `ensemble.json` (its folds, task, rule and threshold,
+    then `extra`)."""
+    save_json(out / "metrics.json", metrics)
+    record = {
+        "kind": "fold_ensemble",
+        "run_dirs": [str(run.run_dir) for run in runs],
+        "task": task.name,
+        "task_target": type(task).__module__ + "." + type(task).__qualname__,
+        "combine": task.combine_rule,
+        "threshold": "chosen on the out-of-fold predictions (../oof_predictions.csv)",
+    }
+    save_json(out / "ensemble.json", record | extra)
 
 
 def untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets) -> dict[str, Any] | None:
@@ -724,20 +735,14 @@ def untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets) -> dict[str
     save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
     metrics = {**oof, "members": len(runs)}
     metrics |= threshold_entries(threshold, ensemble_task.class_names)
-    save_json(out / "metrics.json", metrics)
-    save_json(
-        out / "ensemble.json",
-        {
-            "kind": "fold_ensemble",
-            "run_dirs": [str(run.run_dir) for run in runs],
-            "task": ensemble_task.name,
-            "task_target": type(ensemble_task).__module__ + "." + type(ensemble_task).__qualname__,
-            "combine": ensemble_task.combine_rule,
-            "threshold": "chosen on the out-of-fold predictions (../oof_predictions.csv)",
-            "network": "checkpoints/best.pt",
-            "tested": False,
-            "note": "the data has no test split: judge the folds by ../oof_predictions.csv",
-        },
+    save_ensemble(
+        out,
+        metrics,
+        runs,
+        ensemble_task,
+        network="checkpoints/best.pt",
+        tested=False,
+        note="the data has no test split: judge the folds by ../oof_predictions.csv",
     )
     return metrics
 
