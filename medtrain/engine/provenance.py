@@ -215,6 +215,22 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     return {"kind": "missing", "path": str(path), "sha256": None, "files": 0, "bytes": 0}
 
 
+def fingerprint_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """What changed between a recorded data fingerprint (`data_fingerprint`) and today's, as
+    `<path> (data fingerprint a -> b; files, bytes)`; None when they agree, or when either is not
+    of a file or folder of the same kind (generated data, a path now missing: reported where the
+    data are read)."""
+    if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
+        return None
+    if now["kind"] != before["kind"] or now["sha256"] == before["sha256"]:
+        return None
+    return (
+        f"{now['path']} (data fingerprint {before['sha256'][:12]} -> {now['sha256'][:12]}; "
+        f"{before.get('files')} -> {now['files']} files, {before.get('bytes')} -> "
+        f"{now['bytes']} bytes)"
+    )
+
+
 def determinism() -> dict[str, Any]:
     """The settings that decide whether kernels repeat bit for bit (set by configure_determinism)."""
     # MONAI sets CUBLAS_WORKSPACE_CONFIG (if unset) when imported, and every run of earlier

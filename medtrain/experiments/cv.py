@@ -248,21 +248,20 @@ def check_same_data(cv: CrossValidation, cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the first fold that trained on other data and what changed.
     """
-    from medtrain.engine.provenance import data_fingerprint
+    from medtrain.engine.provenance import data_fingerprint, fingerprint_change
 
-    now = None
+    now = None  # hashed once, for the first fold that recorded a fingerprint
     for fold in range(cv.folds):
         before = ((read_json(cv.fold_dir(fold) / "provenance.json") or {}).get("data")) or {}
         if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
             continue
         now = now or data_fingerprint(cfg)
-        if now["sha256"] != before["sha256"]:
+        changed = fingerprint_change(before, now)
+        if changed:
             raise ConfigError(
-                f"the data changed since fold {fold} of {cv.dir} trained: {now['path']} (data "
-                f"fingerprint {before['sha256'][:12]} -> {now['sha256'][:12]}; "
-                f"{before.get('files')} -> {now['files']} files, {before.get('bytes')} -> "
-                f"{now['bytes']} bytes). Its folds would be pooled and ensembled with folds of "
-                "other labels or images: restore the data, or run the CV again in a new cv.dir"
+                f"the data changed since fold {fold} of {cv.dir} trained: {changed}. Its folds "
+                "would be pooled and ensembled with folds of other labels or images: restore "
+                "the data, or run the CV again in a new cv.dir"
             )
 
 

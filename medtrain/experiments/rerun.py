@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medtrain.engine.config import override_value
-from medtrain.engine.provenance import collect_provenance, data_fingerprint
+from medtrain.engine.provenance import collect_provenance, data_fingerprint, fingerprint_change
 from medtrain.engine.trust import check_run_folder
 from medtrain.errors import ConfigError, DataError, MedtrainError
 from medtrain.io import load_checkpoint, read_json, save_json
@@ -296,14 +296,11 @@ def check_same_data(saved: Any, provenance: dict[str, Any] | None) -> None:
     before = (provenance or {}).get("data") or {}
     if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
         return
-    now = data_fingerprint(saved)
-    if now["kind"] == before["kind"] and now["sha256"] != before["sha256"]:
+    changed = fingerprint_change(before, data_fingerprint(saved))
+    if changed:
         raise ConfigError(
-            f"the data changed since the run: {now['path']} (data fingerprint "
-            f"{before['sha256'][:12]} -> {now['sha256'][:12]}; {before.get('files')} -> "
-            f"{now['files']} files, {before.get('bytes')} -> {now['bytes']} bytes): a rerun "
-            "would train on other data and cannot reproduce the run. Restore the data, or train "
-            "a new run on them"
+            f"the data changed since the run: {changed}: a rerun would train on other data and "
+            "cannot reproduce the run. Restore the data, or train a new run on them"
         )
 
 

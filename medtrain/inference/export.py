@@ -392,8 +392,7 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         "sha256": hashlib.sha256(built.data).hexdigest(),
     }
     folder = Path(output)
-    refuse_foreign_manifest(folder)
-    kept = kept_exports(folder, fmt, shared)
+    kept = kept_exports(folder, earlier_manifest(folder), fmt, shared)
     atomic_write(folder / name, lambda handle: handle.write(built.data), mode="wb")
     for other_fmt, other in sorted(MODEL_FILES.items()):
         if other_fmt != fmt and other_fmt not in kept and (folder / other).is_file():
@@ -427,8 +426,9 @@ FORMAT_KEYS = frozenset(
 )
 
 
-def refuse_foreign_manifest(folder: Path) -> None:
-    """An export replaces `manifest.json` only where it is an earlier export's.
+def earlier_manifest(folder: Path) -> dict[str, Any] | None:
+    """The `manifest.json` of the export already in `folder`, or None when there is none; an
+    export replaces it only where it is an earlier export's.
 
     Raises:
         ConfigError: the folder holds a manifest.json of something else (or a file that is not
@@ -436,7 +436,7 @@ def refuse_foreign_manifest(folder: Path) -> None:
     """
     path = folder / "manifest.json"
     if not path.exists():
-        return
+        return None
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -446,17 +446,16 @@ def refuse_foreign_manifest(folder: Path) -> None:
             f"output={folder}: its manifest.json is not an earlier export's, and an export would "
             "replace it: give output= another folder"
         )
+    return before
 
 
-def kept_exports(folder: Path, fmt: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The other formats' entries of the export already in `folder` that stay beside a new `fmt`
-    file: those of an export with the same weights and settings (`shared` equal to its manifest's
-    other keys) whose file is as its manifest recorded it. Empty without a readable manifest."""
-    try:
-        before = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(before, dict):
+def kept_exports(
+    folder: Path, before: dict[str, Any] | None, fmt: str, shared: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The other formats' entries of the export already in `folder` (its manifest `before`) that
+    stay beside a new `fmt` file: those of an export with the same weights and settings (`shared`
+    equal to its manifest's other keys) whose file is as its manifest recorded it."""
+    if before is None:
         return {}
     # As save_json writes it (NaN as null, tuples as lists), to compare with what it wrote; the
     # same weights and settings, however the run folder was named or medtrain updated since.

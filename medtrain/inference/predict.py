@@ -163,8 +163,7 @@ def predict_volumes(
         except DataError as err:
             rows.append({"file": name, "error": str(err)})
             continue
-        stem = unique_stem(case_name(Path(name)) if "/" not in name else name, used)
-        final = masks_dir / f"{stem}.nii.gz"
+        final = masks_dir / f"{volume_stem(name, used)}.nii.gz"
         write_nifti(files.stage(final), result["mask"], result["affine"])
         row = {"file": name, "mask": _relative(final, output.parent), "error": ""}
         row |= {f"volume_ml_{n}": repr(result["volumes_ml"][n]) for n in names}
@@ -221,9 +220,7 @@ class PredictionFiles:
         """A path to write input `name`'s file to (`stage`: it lands in `folder` under a name no
         earlier input took), and how the CSV shows it (relative to the CSV's folder when inside
         it)."""
-        final = (
-            self.folder / f"{unique_stem(Path(name).with_suffix('').as_posix(), self.used)}{suffix}"
-        )
+        final = self.folder / f"{image_stem(name, self.used)}{suffix}"
         return self.stage(final), _relative(final, self.output.parent)
 
     def companion(self, kind: str, path: Path) -> tuple[Path, str]:
@@ -288,8 +285,9 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     refuse_the_run_folder(files, predictor.run.run_dir)
     check_output(files.output)  # before the inputs are listed: an input given as output=
     manifest = Path(str(cfg.inputs))
-    if predictor.reads_volumes and manifest.suffix.lower() == ".csv" and manifest.is_file():
-        warn_unread_spacing(manifest, read_csv(manifest)[0])
+    listed_in_csv = manifest.suffix.lower() == ".csv" and manifest.is_file()
+    if predictor.reads_volumes and listed_in_csv:
+        warn_unread_spacing(manifest, _header(manifest) or [])  # the header alone
     if volumes:
         return predict_volumes(cfg, predictor, files)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
@@ -298,8 +296,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     inputs = not_written_here(listed, files, cfg.inputs)
     stale = check_overwrites(files, predictor.task, planned_files(files, inputs))
     # A manifest's rows (read once), as `inputs` keeps them: clinical values and pixel spacings.
-    manifest = Path(str(cfg.inputs))
-    table = read_csv(manifest) if manifest.suffix.lower() == ".csv" and manifest.is_file() else None
+    table = read_csv(manifest) if listed_in_csv else None
     kept = [not files.holds(file) for file, _ in listed]
     clinical = clinical_rows(predictor, manifest, table, kept)
     # Its spacing column (as the run's datasets read it), unless spacing= is given.
@@ -492,10 +489,9 @@ def planned_files(
     planned = set()
     for _, name in inputs:
         if volumes:
-            stem = unique_stem(case_name(Path(name)) if "/" not in name else name, used)
-            planned.add(files.folder / f"{stem}.nii.gz")
+            planned.add(files.folder / f"{volume_stem(name, used)}.nii.gz")
             continue
-        stem = unique_stem(Path(name).with_suffix("").as_posix(), used)
+        stem = image_stem(name, used)
         planned.add(files.folder / f"{stem}.png")
         for kind in files.writes:
             if kind != "masks":
@@ -526,8 +522,8 @@ def check_output(output: Path) -> None:
 def check_overwrites(
     files: PredictionFiles, task: Any, planned: set[Path], volumes: bool = False
 ) -> list[Path]:
-    """Nothing a user keeps is overwritten: the output CSV may replace only an earlier
-    prediction's (columns `file` ... `error`), the mask folders may hold only the files that CSV
+    """Nothing a user keeps is overwritten: the output CSV (checked by `check_output`) may replace
+    only an earlier prediction's, the mask folders may hold only the files that CSV
     lists (another prediction's masks would be replaced while its CSV still names them; an
     interrupted prediction leaves its files in a hidden staging folder, `PredictionFiles.stage`),
     and a table such as `measurements.csv` only an earlier one of its columns. Checked before
@@ -541,8 +537,7 @@ def check_overwrites(
     Raises:
         ConfigError: naming the file or folder, what it holds and the option that moves it.
     """
-    output, listed = files.output, set()
-    check_output(output)
+    output, listed = files.output, set()  # `check_output` has checked what output= is
     if output.exists():
         with open(output, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -551,10 +546,10 @@ def check_overwrites(
                 if row.get(column):  # relative to the CSV's folder, or absolute
                     listed.add((output.parent / row[column]).resolve())
     tables = {} if volumes else task.prediction_tables([])  # volumes write no tables
+    own = {output.resolve(), *(files.table(name).resolve() for name in tables)}
     for key, folder in files.folders().items():
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{key}={folder} is a file; give a folder")
-        own = {output.resolve(), *(files.table(name).resolve() for name in tables)}
         held = [
             p
             for p in (sorted(folder.iterdir()) if folder.is_dir() else [])
@@ -581,6 +576,17 @@ def check_overwrites(
                 f"{name}= another file; nothing was written"
             )
     return sorted(p for p in listed if p.exists() and p not in planned)
+
+
+def image_stem(name: str, used: set[str]) -> str:
+    """The stem of a 2D input's files (`masks/<stem>.png`, `instances/<stem>.png`)."""
+    return unique_stem(Path(name).with_suffix("").as_posix(), used)
+
+
+def volume_stem(name: str, used: set[str]) -> str:
+    """The stem of a volume's mask (`masks/<stem>.nii.gz`): its case name, or its path below the
+    folder of inputs."""
+    return unique_stem(case_name(Path(name)) if "/" not in name else name, used)
 
 
 def unique_stem(name: str, used: set[str]) -> str:

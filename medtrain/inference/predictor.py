@@ -410,9 +410,7 @@ class Predictor:
         """An upload's bytes decoded: a NIfTI volume for a 3D run (`max_pixels` bounds its voxels,
         read from the header before decompressing) or an NPY/NPZ volume for a 3D image-level run,
         else a 2D image."""
-        if volume_run(self.cfg) and is_nifti_bytes(data, name):
-            return volume_decoded(decode_nifti(data, name, self.max_pixels, self.ras))
-        if self.slices_volumes and is_nifti_bytes(data, name):  # segmented slice by slice
+        if self.reads_volumes and is_nifti_bytes(data, name):  # a 3D network's, or its slices'
             return volume_decoded(decode_nifti(data, name, self.max_pixels, self.ras))
         if self.reads_volume_arrays and is_array_file(data):
             return decode(data, name, self.max_pixels, volume=True)
@@ -648,8 +646,7 @@ class Predictor:
         """Whether the run predicts whole volumes: a 3D network, or a 2D one on their slices."""
         return self.slices_volumes or volume_run(self.cfg)
 
-    @torch.no_grad()
-    def prepare_sliced(self, volume: Decoded, name: str) -> SlicedVolume:
+    def prepare_sliced(self, volume: Decoded | Volume, name: str) -> SlicedVolume:
         """A decoded volume (`decode`) as a run trained on its slices reads it: normalized whole,
         each slice along the run's axis ready for the model (`volume_slices`)."""
         axis, slices, names = self.volume_slices(volume, name)
@@ -657,16 +654,13 @@ class Predictor:
         return SlicedVolume(name, items, axis, volume)
 
     def sliced_result(self, sliced: SlicedVolume, outputs: Sequence[torch.Tensor]) -> dict:
-        """A sliced volume's result from its slices' outputs, as `predict_volume` gives it."""
+        """A sliced volume's result from its slices' outputs: the slices' masks put back together
+        (in RAS order), its volumes in mL and objects, in the file's own voxel order."""
         masks = [
             self.result(item, out, measure=False)["mask"]
             for item, out in zip(sliced.items, outputs, strict=True)
         ]
-        return self.assembled(stack_slices(masks, sliced.axis), sliced.volume)
-
-    def assembled(self, mask: np.ndarray, volume: Decoded | Volume) -> dict[str, Any]:
-        """A volume's mask put together from its slices' (in RAS order), with its volumes in mL
-        and objects, in the file's own voxel order."""
+        mask, volume = stack_slices(masks, sliced.axis), sliced.volume
         result = {
             "mask": mask,
             "affine": volume.affine,
@@ -676,6 +670,7 @@ class Predictor:
         }
         return in_stored_order(result, volume.stored_affine)
 
+    @torch.no_grad()
     def predict_volume(self, path: str | Path, name: str) -> dict[str, Any]:
         """Segment a volume (NIfTI file, DICOM series folder) slice by slice, as the run's evaluation
         does (the same axis and volume normalization), and reassemble the slices.
@@ -691,10 +686,8 @@ class Predictor:
             )
         if not self.slices_volumes:
             return self.predict_whole_volume(read_volume(path, self.ras), name)
-        volume = read_volume(path, self.ras)
-        axis, slices, names = self.volume_slices(volume, name)
-        results = self.predict(slices, names, spacing=slices[0].spacing, measure=False)
-        return self.assembled(stack_slices([r["mask"] for r in results], axis), volume)
+        sliced = self.prepare_sliced(read_volume(path, self.ras), name)
+        return self.sliced_result(sliced, self.forward(sliced.items))
 
     @torch.no_grad()
     def volume_logits(self, volume: Volume, name: str) -> tuple[torch.Tensor, np.ndarray]:
