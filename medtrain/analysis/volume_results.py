@@ -262,10 +262,16 @@ def volume_agreement(done: list[dict[str, Any]], names: list[str]) -> dict[str, 
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """A label volume as the bytes of a .nii.gz file with the case's affine (units mm)."""
+    """A label volume as the bytes of a .nii.gz file with the case's affine (units mm), stated in
+    both the qform and the sform with code 1 (scanner coordinates, as dcm2niix writes): nibabel
+    alone leaves the qform's code 0, and tools that read only the qform (ITK's older readers,
+    some viewers) then place the mask at the voxel grid's origin instead of on its image."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(np.asarray(array, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(np.asarray(array, dtype=np.uint8), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 

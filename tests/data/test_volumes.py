@@ -135,7 +135,12 @@ def test_dicom_series_affine_is_ras_so_written_masks_lie_on_the_image(tmp_path):
     # the same voxel in the RAS array: column 1 of 3 flipped, row 1 of 4 flipped, slice 0
     np.testing.assert_allclose((volume.affine @ [1, 2, 0, 1])[:3], [-0.6, -0.5, 0.0])
     path = write_nifti(tmp_path / "mask.nii.gz", np.zeros((3, 4, 3), np.uint8), volume.affine)
-    assert nib.aff2axcodes(nib.load(str(path)).affine) == ("R", "A", "S")
+    written = nib.load(str(path))
+    assert nib.aff2axcodes(written.affine) == ("R", "A", "S")
+    # Both the qform and the sform state it, as scanner coordinates (a reader of either agrees).
+    for stated, code in (written.header.get_qform(coded=True), written.header.get_sform(coded=True)):
+        assert int(code) == 1
+        np.testing.assert_allclose(stated, volume.affine, atol=1e-5)
 
 
 def test_volumes_with_nan_voxels_are_refused_naming_the_file(tmp_path):
