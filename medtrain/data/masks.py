@@ -141,11 +141,14 @@ def folder_hint(numbered: list[int | None]) -> str | None:
     """Why a folder of masks read as classes looks like object labels, though each mask has under
     the ten values `reading_hint` needs: most masks are numbered regions (`numbered_regions`) and
     their number varies between masks, as objects' counts do (the classes of class masks do not,
-    much)."""
+    much: when at least half the masks hold the largest n, that is a fixed set of classes which
+    some masks lack, as the apical slices of cardiac masks lack the right ventricle)."""
     counts = [n for n in numbered if n is not None]
     if len(counts) < 2 or 2 * len(counts) < len(numbered) or max(counts) < 3:
         return None
     if len(set(counts)) < 3 and max(counts) - min(counts) < 2:
+        return None
+    if 2 * counts.count(max(counts)) >= len(counts):
         return None
     return (
         f"{len(counts)} masks hold values 1..n, each value one connected region, with n from "

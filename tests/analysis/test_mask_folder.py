@@ -242,6 +242,16 @@ def test_a_folder_of_few_object_labels_each_is_named_as_labels(tmp_path, capsys)
         Image.fromarray(organs).save(tmp_path / "organs" / f"o{k}.png")
     assert main([f"masks={tmp_path / 'organs'}", f"output={tmp_path / 'o.csv'}"]) == 0
     assert "warning" not in capsys.readouterr().err
+    # Cardiac slices (ACDC's 1 RV, 2 myocardium, 3 LV): most hold all three, the apex fewer; the
+    # numbers vary, but the largest is the most common: classes, not counts.
+    (tmp_path / "heart").mkdir()
+    for k, n in enumerate((3, 3, 3, 3, 2, 1)):
+        heart = np.zeros((30, 30), np.uint8)
+        for c in range(n):
+            heart[2 + 9 * c : 8 + 9 * c, 5:15] = c + 1
+        Image.fromarray(heart).save(tmp_path / "heart" / f"s{k}.png")
+    assert main([f"masks={tmp_path / 'heart'}", f"output={tmp_path / 'h.csv'}"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
