@@ -133,6 +133,25 @@ def _visible_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda f: f.relative_to(folder).as_posix())
 
 
+# Files of a data folder that no dataset reads: notes, licences and the desktop's thumbnails. A
+# README added beside the images does not make other data (a rerun or a CV's later folds would
+# be refused). Plain .txt files count, except by these names: a custom dataset may read labels
+# from them.
+DOCUMENT_SUFFIXES = (".md", ".markdown", ".rst", ".pdf", ".html", ".htm", ".log", ".doc", ".docx")
+DOCUMENT_STEMS = ("readme", "license", "licence", "changelog", "notice", "citation", "authors")
+DESKTOP_FILES = ("thumbs.db", "desktop.ini")
+# Version of the folder rule: records without it hashed every visible file (documents included)
+# and are compared by that rule, so that an old run's folder is not reported as changed.
+FOLDER_RULE = 2
+
+
+def is_document(file: Path) -> bool:
+    """Whether a file of a data folder is a note or desktop file, not data (`DOCUMENT_SUFFIXES`)."""
+    name = file.name.lower()
+    stem = name.split(".", 1)[0]
+    return name.endswith(DOCUMENT_SUFFIXES) or stem in DOCUMENT_STEMS or name in DESKTOP_FILES
+
+
 def _listed_images(manifest: Path, columns: list[str]) -> list[Path]:
     """The existing files that a CSV manifest's `columns` (image, mask) name, relative to the CSV,
     in row order (a listed folder, such as a DICOM series, by its files); none for other files."""
@@ -155,16 +174,21 @@ def _listed_images(manifest: Path, columns: list[str]) -> list[Path]:
     return files
 
 
-def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+def data_fingerprint(cfg: DictConfig, like: dict[str, Any] | None = None) -> dict[str, Any]:
     """A SHA-256 of the data a run reads.
 
     A file (`dataset.path`) is hashed byte for byte, a CSV manifest with the images and masks it
-    lists; a folder by its files' relative paths and bytes
-    (hidden files left out); built-in generated data (`dataset.path` null) by the resolved dataset
+    lists; a folder by its files' relative paths and bytes (hidden files and documents left out:
+    `is_document`); built-in generated data (`dataset.path` null) by the resolved dataset
     settings, which determine every generated sample.
 
+    Args:
+        like: a recorded fingerprint to compare with: a folder is hashed by its rule (records
+            from before `FOLDER_RULE` hashed documents too).
+
     Returns:
-        `kind` (file, folder, generated or missing), `path`, `sha256`, `files`, `bytes`.
+        `kind` (file, folder, generated or missing), `path`, `sha256`, `files`, `bytes`; for a
+        folder `rule` and the documents left out (`documents`, relative paths).
     """
     if "dataset" not in cfg or OmegaConf.is_missing(cfg.dataset, "path"):
         return {"kind": "missing", "path": None, "sha256": None, "files": 0, "bytes": 0}
@@ -199,6 +223,9 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
         }
     if path.is_dir():
         files = _visible_files(path)
+        rule = FOLDER_RULE if like is None else like.get("rule", 1)
+        documents = [f for f in files if is_document(f)] if rule >= 2 else []
+        files = [f for f in files if f not in documents]
         size = 0
         for file in files:
             name = file.relative_to(path).as_posix().encode()
@@ -211,6 +238,8 @@ def data_fingerprint(cfg: DictConfig) -> dict[str, Any]:
             "sha256": digest.hexdigest(),
             "files": len(files),
             "bytes": size,
+            "rule": rule,
+            "documents": [f.relative_to(path).as_posix() for f in documents],
         }
     return {"kind": "missing", "path": str(path), "sha256": None, "files": 0, "bytes": 0}
 

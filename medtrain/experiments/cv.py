@@ -250,13 +250,14 @@ def check_same_data(cv: CrossValidation, cfg: DictConfig) -> None:
     """
     from medtrain.engine.provenance import data_fingerprint, fingerprint_change
 
-    now = None  # hashed once, for the first fold that recorded a fingerprint
+    now = {}  # hashed once per folder rule the folds recorded (`data_fingerprint`'s `like`)
     for fold in range(cv.folds):
         before = ((read_json(cv.fold_dir(fold) / "provenance.json") or {}).get("data")) or {}
         if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
             continue
-        now = now or data_fingerprint(cfg)
-        changed = fingerprint_change(before, now)
+        rule = before.get("rule", 1)
+        now[rule] = now.get(rule) or data_fingerprint(cfg, like=before)
+        changed = fingerprint_change(before, now[rule])
         if changed:
             raise ConfigError(
                 f"the data changed since fold {fold} of {cv.dir} trained: {changed}. Its folds "

@@ -296,7 +296,7 @@ def check_same_data(saved: Any, provenance: dict[str, Any] | None) -> None:
     before = (provenance or {}).get("data") or {}
     if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
         return
-    changed = fingerprint_change(before, data_fingerprint(saved))
+    changed = fingerprint_change(before, data_fingerprint(saved, like=before))
     if changed:
         raise ConfigError(
             f"the data changed since the run: {changed}: a rerun would train on other data and "

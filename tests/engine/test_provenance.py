@@ -126,6 +126,42 @@ def test_fingerprint_of_a_folder_covers_names_and_bytes_not_hidden_files(tmp_pat
     assert fingerprint(tmp_path / "flat")["sha256"] != one["sha256"]
 
 
+def test_documents_beside_folder_data_do_not_change_its_fingerprint(tmp_path):
+    """A README, a licence, a PDF of the protocol or a desktop thumbnail file is not data: adding
+    one does not refuse a rerun or a CV's later folds. A plain .txt file counts (a dataset may
+    read labels from it); a record of the earlier rule (every visible file) is compared by it."""
+    from medtrain.engine.provenance import fingerprint_change
+
+    files = {"images/a.png": b"aaa", "masks/a.png": b"m"}
+    write_tree(tmp_path / "data", files)
+    cfg = compose_cfg([f"dataset.path={tmp_path / 'data'}"])
+    before = data_fingerprint(cfg)
+    assert before["rule"] == 2 and before["documents"] == [] and before["files"] == 2
+    notes = {
+        "README.md": b"# cases",
+        "LICENSE": b"CC0",
+        "images/Thumbs.db": b"t",
+        "protocol.pdf": b"%PDF",
+        "readme.txt": b"r",
+    }
+    write_tree(tmp_path / "data", notes)
+    now = data_fingerprint(cfg)
+    assert now["sha256"] == before["sha256"] and now["files"] == 2
+    assert now["documents"] == sorted(notes)
+    assert fingerprint_change(before, data_fingerprint(cfg, like=before)) is None
+    write_tree(tmp_path / "data", {"labels.txt": b"a 1"})  # may be read: it is data
+    assert fingerprint_change(before, data_fingerprint(cfg, like=before)) is not None
+    # A run recorded before the rule hashed every visible file: compared by that rule, its folder
+    # with the same files is unchanged, and a document added since is a change by that rule.
+    (tmp_path / "data" / "labels.txt").unlink()
+    old = {k: v for k, v in data_fingerprint(cfg, like={}).items() if k not in ("rule", "documents")}
+    assert old["files"] == 7 and old["sha256"] != before["sha256"]
+    assert fingerprint_change(old, data_fingerprint(cfg, like=old)) is None
+    write_tree(tmp_path / "data", {"NOTES.md": b"n"})
+    assert fingerprint_change(old, data_fingerprint(cfg, like=old)) is not None
+    assert fingerprint_change(before, data_fingerprint(cfg, like=before)) is None
+
+
 def test_fingerprint_of_generated_data_is_that_of_its_settings(tmp_path):
     base = data_fingerprint(compose_cfg(TINY))
     assert base["kind"] == "generated" and base["path"] is None
