@@ -138,7 +138,10 @@ def test_dicom_series_affine_is_ras_so_written_masks_lie_on_the_image(tmp_path):
     written = nib.load(str(path))
     assert nib.aff2axcodes(written.affine) == ("R", "A", "S")
     # Both the qform and the sform state it, as scanner coordinates (a reader of either agrees).
-    for stated, code in (written.header.get_qform(coded=True), written.header.get_sform(coded=True)):
+    for stated, code in (
+        written.header.get_qform(coded=True),
+        written.header.get_sform(coded=True),
+    ):
         assert int(code) == 1
         np.testing.assert_allclose(stated, volume.affine, atol=1e-5)
 

@@ -154,7 +154,9 @@ def test_documents_beside_folder_data_do_not_change_its_fingerprint(tmp_path):
     # A run recorded before the rule hashed every visible file: compared by that rule, its folder
     # with the same files is unchanged, and a document added since is a change by that rule.
     (tmp_path / "data" / "labels.txt").unlink()
-    old = {k: v for k, v in data_fingerprint(cfg, like={}).items() if k not in ("rule", "documents")}
+    old = {
+        k: v for k, v in data_fingerprint(cfg, like={}).items() if k not in ("rule", "documents")
+    }
     assert old["files"] == 7 and old["sha256"] != before["sha256"]
     assert fingerprint_change(old, data_fingerprint(cfg, like=old)) is None
     write_tree(tmp_path / "data", {"NOTES.md": b"n"})
