@@ -17,11 +17,13 @@
 - `ensemble/`: the k fold models averaged (`medtrain.models.ensemble.ModelAverage`) with the
   out-of-fold threshold, evaluated on the test split; a run folder that predicts, serves and
   exports like any run.
+
+This module draws the folds and trains them; `cv_results` pools and summarizes them and
+`cv_ensemble` makes the fold ensemble.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import subprocess
@@ -34,10 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from medtrain.analysis.statistics import copy_groups
 from medtrain.data.folds import (
     FOLDS_VERSION,
     assign_folds,
@@ -46,9 +46,7 @@ from medtrain.data.folds import (
     fold_units,
     read_folds,
 )
-from medtrain.data.loading import make_loader
-from medtrain.engine.acceleration import autocast
-from medtrain.engine.build import build_datasets, build_task, plain, task_class
+from medtrain.engine.build import build_datasets, task_class
 from medtrain.engine.config import (
     bare_key,
     compose_config,
@@ -56,13 +54,17 @@ from medtrain.engine.config import (
     passed_override_key,
     resolve_device,
 )
-from medtrain.engine.loop import evaluate, loss_mean, threshold_entries, to_device
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
-from medtrain.inference.average import average_network, save_average
-from medtrain.inference.ensemble import evaluate_members, member_of
-from medtrain.inference.run import LoadedRun, load_run
-from medtrain.io import atomic_write, read_json, save_csv, save_json
+from medtrain.experiments.cv_ensemble import fold_ensemble
+from medtrain.experiments.cv_results import (
+    load_folds,
+    out_of_fold,
+    scales_apart,
+    summary_rows,
+    write_summary,
+)
+from medtrain.io import read_json, save_json
 
 log = logging.getLogger(__name__)
 
@@ -377,374 +379,8 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-# -- out-of-fold predictions -------------------------------------------------------------------
-def load_folds(cv: CrossValidation) -> list[LoadedRun]:
-    return [load_run(cv.fold_dir(k), key="cv.dir", trust=cv.trust) for k in range(cv.folds)]
-
-
-@torch.no_grad()
-def out_of_fold(cv: CrossValidation, runs: list[LoadedRun], device: torch.device):
-    """Each fold's model over its own validation fold, pooled into one collector of fold 0's task
-    (outputs in its units through `Task.combine`); the threshold chosen on the pooled outputs.
-    Writes `oof/` and `oof_predictions.csv`; returns (task, metrics, threshold)."""
-    task = build_task(runs[0].cfg)
-    task.loss_fn.to(device)
-    collector = task.collector(final=True)
-    fold_of: dict[str, int] = {}
-    for fold, run in enumerate(runs):
-        with open_dict(run.cfg):  # the folder may have moved since the fold trained
-            run.cfg.cv.folds_file = str(cv.dir / "folds.json")
-        val = build_datasets(run.cfg)["val"]
-        run.model.to(device)
-        loader = make_loader(
-            val,
-            batch_size=int(run.cfg.trainer.eval_batch_size),
-            shuffle=False,
-            seed=0,
-            num_workers=0,
-        )
-        for batch in loader:
-            batch = to_device(batch, device)
-            with autocast(device, str(run.cfg.trainer.precision)):
-                output = run.task.forward(run.model, batch)
-            collector.update(task.combine([output], [run.task]), batch)
-        fold_of |= {str(i): fold for i in [*val.ids, *fold_units(val)]}  # slices, volumes
-        run.model.to("cpu")
-    threshold = task.fit_threshold(collector)
-    folder = cv.dir / "oof"
-    folder.mkdir(parents=True, exist_ok=True)
-    saved = collector.save(folder) or {}
-    metrics = collector.metrics("oof") | {f"oof/{k}": v for k, v in saved.items()}
-    metrics |= threshold_entries(threshold, task.class_names)
-    predictions = folder / "predictions.csv"
-    if predictions.is_file():  # the rows with the fold that predicted them
-        with predictions.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        fields = ["id", "fold", *(k for k in rows[0] if k != "id")] if rows else ["id", "fold"]
-        for row in rows:
-            row["fold"] = fold_of[row["id"]]
-            for key, value in row.items():  # files the task wrote (masks/...): from cv.dir
-                if isinstance(value, str) and value and (folder / value).is_file():
-                    row[key] = f"{folder.name}/{value}"
-        save_csv(cv.dir / "oof_predictions.csv", rows, fields)
-        predictions.unlink()
-    return task, metrics, threshold
-
-
-# -- summaries -----------------------------------------------------------------------------------
-def summary_rows(
-    cv: CrossValidation, task: Any, oof: dict[str, Any], ensemble: dict[str, Any] | None
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of `cv_metrics.csv`: one per fold (its val and test metrics), `mean`, `sd` (ddof 1),
-    `oof_pooled` (in the val columns) and `fold_ensemble` (in the test columns)."""
-    per_fold = [read_json(cv.fold_dir(k) / "metrics.json") for k in range(cv.folds)]
-    # Volumes: the structures' volume error in mL too, what a volume run is judged by besides Dice.
-    volumes = sorted(
-        {k.split("/", 1)[1] for m in per_fold for k in m if k.startswith("test/volume_mae_ml")}
-    )
-    names = [*task.headline, *volumes, "loss"]
-    columns = [
-        f"{split}/{name}"
-        for split in ("val", "test")
-        for name in names
-        if any(isinstance(m.get(f"{split}/{name}"), (int, float)) for m in per_fold)
-    ]
-    rows: list[dict[str, Any]] = [
-        {"row": f"fold_{k}", **{c: m.get(c) for c in columns}} for k, m in enumerate(per_fold)
-    ]
-    for label, ddof in (("mean", None), ("sd", 1)):
-        row: dict[str, Any] = {"row": label}
-        for column in columns:
-            values = np.array([r[column] for r in rows[: cv.folds]], dtype=np.float64)
-            values = values[np.isfinite(values)]
-            if len(values) > (ddof or 0):
-                row[column] = float(values.std(ddof=ddof) if ddof else values.mean())
-        rows.append(row)
-    rows.append(
-        {
-            "row": "oof_pooled",
-            **{c: oof.get("oof/" + c[4:]) for c in columns if c.startswith("val/")},
-        }
-    )
-    if ensemble is not None:
-        rows.append(
-            {
-                "row": "fold_ensemble",
-                **{c: ensemble.get(c) for c in columns if c.startswith("test/")},
-            }
-        )
-    return rows, ["row", *columns]
-
-
 # The folds' data-check warnings said on the console (all of them in cv_summary.md).
 MAX_SAID = 10
-
-# Pooled out-of-fold AUC this far below every fold's own: the folds' scores are not comparable.
-POOLED_AUC_DROP = 0.02
-
-
-def scales_apart(fold_rows: list[dict[str, Any]], oof: dict[str, Any]) -> list[str]:
-    """A note (also logged) when the pooled out-of-fold AUC lies below every fold's own AUC by
-    `POOLED_AUC_DROP`: each fold model ranks its cases well, but their probabilities are on other
-    scales, so a threshold chosen on the pooled predictions may suit neither a fold model nor
-    their ensemble."""
-    pooled = oof.get("oof/auc")
-    folds = [r.get("val/auc") for r in fold_rows]
-    if not isinstance(pooled, (int, float)) or not all(isinstance(f, (int, float)) for f in folds):
-        return []
-    if pooled >= min(folds) - POOLED_AUC_DROP:
-        return []
-    note = (
-        f"The pooled out-of-fold AUC ({pooled:.4f}) is below every fold's own "
-        f"({min(folds):.4f}-{max(folds):.4f}): each fold model ranks its cases, but their "
-        "probabilities lie on other scales (short or unstable training?), so the threshold "
-        "chosen on the pooled predictions may suit neither a fold model nor the ensemble: check "
-        "the ensemble's sensitivity and specificity, or train the folds longer."
-    )
-    log.warning("cv: %s", note)
-    return [note]
-
-
-def write_summary(
-    cv: CrossValidation, rows: list[dict[str, Any]], columns: list[str], notes: list[str]
-) -> None:
-    """`cv_metrics.csv`, `cv_summary.md` and `cv_metrics.png`."""
-    save_csv(cv.dir / "cv_metrics.csv", rows, columns)
-
-    def cell(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, (int, float)) and np.isfinite(value) else ""
-
-    # One line per metric (the CSV has one per fold): folds side by side read best.
-    labels = [str(r["row"]) for r in rows]
-    lines = [
-        f"# Cross-validation: {cv.folds} folds ({cv.dir})",
-        "",
-        "| metric | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
-        *(
-            f"| {column} | " + " | ".join(cell(r.get(column)) for r in rows) + " |"
-            for column in columns[1:]
-        ),
-        "",
-        "Columns: each fold's val (its held-out fold) and test metrics; mean and sd (ddof 1) of "
-        "the folds; `oof_pooled`: every train/val case predicted by the fold model that did not "
-        "train on it, scored together (val rows); `fold_ensemble`: the fold models averaged on "
-        "the test split (test rows).",
-        "",
-        *notes,
-    ]
-    atomic_write(cv.dir / "cv_summary.md", lambda handle: handle.write("\n".join(lines) + "\n"))
-    plot_folds(cv.dir / "cv_metrics.png", rows, columns)
-
-
-def plot_folds(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """Each headline metric: the folds' values (val and test), their mean +- sd, the pooled
-    out-of-fold value and the fold ensemble's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(dict.fromkeys(c.split("/", 1)[1] for c in columns[1:] if not c.endswith("/loss")))[
-        :4
-    ]
-    if not names:
-        return
-    by_row = {r["row"]: r for r in rows}
-    folds = [r for r in rows if str(r["row"]).startswith("fold_") and r["row"] != "fold_ensemble"]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
-    for axis, name in zip(axes[0], names, strict=True):
-        for x, split in enumerate(("val", "test")):
-            column = f"{split}/{name}"
-            values = [r.get(column) for r in folds if isinstance(r.get(column), (int, float))]
-            if not values:
-                continue
-            axis.scatter(
-                [x] * len(values),
-                values,
-                color="tab:blue",
-                alpha=0.6,
-                label="folds" if x == 0 else None,
-            )
-            mean, sd = by_row["mean"].get(column), by_row["sd"].get(column)
-            if mean is not None:
-                axis.errorbar(
-                    x + 0.15,
-                    mean,
-                    yerr=sd or 0,
-                    fmt="o",
-                    color="black",
-                    capsize=4,
-                    label="mean +- sd" if x == 0 else None,
-                )
-        pooled = by_row.get("oof_pooled", {}).get(f"val/{name}")
-        if isinstance(pooled, (int, float)):
-            axis.scatter([0.3], [pooled], marker="*", s=120, color="tab:orange", label="pooled OOF")
-        ensembled = by_row.get("fold_ensemble", {}).get(f"test/{name}")
-        if isinstance(ensembled, (int, float)):
-            axis.scatter(
-                [1.3], [ensembled], marker="*", s=120, color="tab:red", label="fold ensemble"
-            )
-        axis.set_xticks([0, 1], ["val (held-out fold)", "test"])
-        axis.set_xlim(-0.5, 1.6)
-        axis.set_title(name)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110), mode="wb")
-    plt.close(fig)
-
-
-# -- the fold ensemble ---------------------------------------------------------------------------
-def fold_ensemble(
-    cv: CrossValidation,
-    runs: list[LoadedRun],
-    task: Any,
-    threshold: Any,
-    oof: dict[str, Any],
-    device: torch.device,
-    tested: bool = True,
-) -> dict[str, Any] | None:
-    """`<cv.dir>/ensemble/`: the fold models as one `ModelAverage` network in `checkpoints/best.pt`
-    (with fold 0's config, the data's own splits, and the out-of-fold threshold), evaluated once on
-    the test split; returns its metrics. Without a test split (`tested` false) the network is
-    made and saved untested (None for folds with no one network)."""
-    out = cv.dir / "ensemble"
-    base = runs[0]
-    cfg = OmegaConf.create(plain(base.cfg))
-    with open_dict(cfg):
-        cfg.cv = {"fold": None, "folds_file": None}
-    datasets = build_datasets(cfg, empty_test=not tested)  # the test split every fold saw
-    if not tested:
-        return untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets)
-    preprocessing = datasets["test"].preprocessing()
-    ensemble_task = build_task(cfg)
-    ensemble_task.threshold = threshold
-    ensemble_task.loss_fn.to(device)
-    batch_size = int(cfg.trainer.eval_batch_size)
-    start = time.perf_counter()
-    encodings = [run.checkpoint.get("tabular") for run in runs]
-    model = None
-    if any(e != encodings[0] for e in encodings[1:]):
-        # Clinical columns encoded with each fold's training statistics: no one network reads
-        # them all, so each fold model reads the test split as its fold encodes it.
-        members = [member_of(run) for run in runs]
-        for member in members:
-            member.model.to(device).eval()
-            member.task.loss_fn.to(device)
-        collector, loss, _ = evaluate_members(
-            members, ensemble_task, "test", device, batch_size, final=True
-        )
-    else:
-        model = average_network(runs, cfg, task, preprocessing["normalize"])
-        model.to(device).eval()
-        loader = make_loader(
-            datasets["test"], batch_size=batch_size, shuffle=False, seed=0, num_workers=0
-        )
-        collector, loss = evaluate(
-            model,
-            loader,
-            ensemble_task,
-            device,
-            str(cfg.trainer.precision),
-            final=True,
-            loss_mean=loss_mean(cfg.trainer),
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    saved = collector.save(out) or {}
-    metrics = {
-        **collector.metrics("test"),
-        **{f"test/{k}": v for k, v in saved.items()},
-        "test/loss": loss,
-        **oof,
-        "members": len(runs),
-    }
-    metrics |= threshold_entries(threshold, ensemble_task.class_names)
-    copy_groups(base.run_dir, out)  # the folds' test split is the ensemble's: its patients too
-    metrics |= ensemble_task.intervals(out, metrics)
-    no_network = None
-    if model is not None:
-        model.to("cpu")
-        input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
-        save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
-    else:
-        no_network = (
-            "the folds encode their clinical columns with their own training statistics; one "
-            "network reads one encoding: the folds are averaged here, and are not deployed as one"
-        )
-        log.warning("cv: the ensemble has no network to predict with (%s)", no_network)
-    save_ensemble(
-        out,
-        metrics,
-        runs,
-        ensemble_task,
-        seconds=round(time.perf_counter() - start, 2),
-        device=str(device),
-        network="checkpoints/best.pt" if model is not None else None,
-        **({"no_network": no_network} if no_network else {}),
-    )
-    members = [
-        {"run_dir": str(run.run_dir), **read_json(run.run_dir / "metrics.json")} for run in runs
-    ]
-    keys = [k for k in metrics if k.startswith("test/") and "_ci_" not in k]
-    rows = [{"run_dir": m["run_dir"], **{k: m.get(k) for k in keys}} for m in members]
-    rows.append({"run_dir": "ensemble", **{k: metrics[k] for k in keys}})
-    save_csv(out / "members.csv", rows, ["run_dir", *keys])
-    try:
-        from medtrain.analysis.report import write_report
-
-        write_report(out, trust=cv.trust)
-    except Exception as err:  # the results stand without their page; `medtrain report` retries
-        log.warning("cv: no report.html for the ensemble (%s)", err)
-    return metrics
-
-
-def save_ensemble(
-    out: Path, metrics: dict[str, Any], runs: list[LoadedRun], task: Any, **extra: Any
-) -> None:
-    """A fold ensemble's `metrics.json` and `ensemble.json` (its folds, task, rule and threshold,
-    then `extra`)."""
-    save_json(out / "metrics.json", metrics)
-    record = {
-        "kind": "fold_ensemble",
-        "run_dirs": [str(run.run_dir) for run in runs],
-        "task": task.name,
-        "task_target": type(task).__module__ + "." + type(task).__qualname__,
-        "combine": task.combine_rule,
-        "threshold": "chosen on the out-of-fold predictions (../oof_predictions.csv)",
-    }
-    save_json(out / "ensemble.json", record | extra)
-
-
-def untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets) -> dict[str, Any] | None:
-    """A fold ensemble of data without a test split: the folds' average network, saved to
-    predict, serve and export with, and never tested (`metrics.json` holds the out-of-fold
-    metrics and the threshold only). None when the folds encode clinical columns each their own
-    way, which no one network reads."""
-    encodings = [run.checkpoint.get("tabular") for run in runs]
-    if any(e != encodings[0] for e in encodings[1:]):
-        log.info("cv: no fold ensemble: the folds encode their clinical columns each their way")
-        return None
-    out = cv.dir / "ensemble"
-    base = runs[0]
-    preprocessing = datasets["train"].preprocessing()
-    ensemble_task = build_task(cfg)
-    ensemble_task.threshold = threshold
-    model = average_network(runs, cfg, task, preprocessing["normalize"])
-    out.mkdir(parents=True, exist_ok=True)
-    input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
-    save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
-    metrics = {**oof, "members": len(runs)}
-    metrics |= threshold_entries(threshold, ensemble_task.class_names)
-    save_ensemble(
-        out,
-        metrics,
-        runs,
-        ensemble_task,
-        network="checkpoints/best.pt",
-        tested=False,
-        note="the data has no test split: judge the folds by ../oof_predictions.csv",
-    )
-    return metrics
 
 
 # -- the whole CV --------------------------------------------------------------------------------

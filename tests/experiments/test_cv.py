@@ -497,7 +497,7 @@ def test_folds_whose_scores_do_not_pool_are_said(caplog):
     """Pooled out-of-fold AUC below every fold's own (folds 0.953/0.928/0.933, pooled 0.705, as a
     user's 2-epoch CV gave): the fold models' probabilities lie on other scales, said in the
     summary's notes and the log; a pooled AUC among the folds' is not."""
-    from medtrain.experiments.cv import scales_apart
+    from medtrain.experiments.cv_results import scales_apart
 
     folds = [{"val/auc": 0.953}, {"val/auc": 0.928}, {"val/auc": 0.933}]
     with caplog.at_level("WARNING"):
@@ -514,7 +514,7 @@ def test_the_summary_of_a_volume_cv_holds_the_volume_error(tmp_path):
     """Per fold, mean and sd: the structures' volume error in mL besides Dice (volume runs)."""
     from types import SimpleNamespace
 
-    from medtrain.experiments.cv import summary_rows
+    from medtrain.experiments.cv_results import summary_rows
 
     for k, (dice, ml) in enumerate([(0.8, 0.5), (0.9, 0.3)]):
         (tmp_path / f"fold_{k}").mkdir()
