@@ -11,7 +11,8 @@ from pathlib import Path
 from medtrain.tasks.base import Input, Task
 from medtrain.tasks.classification import ClassificationCollector, ClassificationTask
 from medtrain.tasks.regression import RegressionCollector, RegressionTask
-from medtrain.tasks.segmentation import SegmentationCollector, SegmentationTask
+from medtrain.tasks.segmentation import SegmentationTask
+from medtrain.tasks.segmentation_results import SegmentationCollector
 
 __all__ = [
     "ClassificationCollector",
