@@ -357,7 +357,7 @@ def test_quarter_turns_across_anisotropic_voxels_are_refused(tmp_path):
     assert not check([*base, "dataset.target_spacing=[1.0,1.0,1.0]"])["errors"]
     # Voxels 1.2 times apart (an MRI of 1 x 1 x 1.2 mm) are turned; unknown sizes are not judged.
     assert not check([*base, "dataset.target_spacing=[1.0,1.0,1.2]"])["errors"]
-    from medtrain.data.validation import anisotropic_turns
+    from medtrain.data.image_checks import anisotropic_turns
     from medtrain.engine.build import build_datasets
     from tests.conftest import compose_cfg
 
@@ -484,7 +484,7 @@ def test_copies_stored_another_way_are_duplicates(tmp_path):
 
 def test_blank_images_of_other_values_are_not_one_image():
     """Ranks make every constant image alike; their value tells blank images apart."""
-    from medtrain.data.validation import content_digest
+    from medtrain.data.image_checks import content_digest
 
     zero, dark = np.zeros((8, 8), np.float32), np.full((8, 8), -0.7, np.float32)
     assert content_digest(zero, 2) != content_digest(dark, 2)
