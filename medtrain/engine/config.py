@@ -215,12 +215,31 @@ def check_task(cfg: DictConfig) -> None:
     """The dataset and the loss must fit the task (`Task.check_config`, which names the overrides
     that fix a mismatch); nothing is checked when the task class cannot be imported (reported when
     it is built)."""
+    check_monitor(cfg)
     task = target_class(cfg.task)
     if task is None or not hasattr(task, "check_config"):
         return
     dataset = target_class(cfg.dataset)
     provides = getattr(dataset, "provides", None)
     task.check_config(cfg, None if provides is None else tuple(provides), choices())
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """`task.monitor_mode` must be the way `task.monitor` improves, where its name says
+    (`metric_direction`): `task.monitor=val/r2` with the regression default `min` kept the
+    worst epoch's checkpoint without a word."""
+    from medtrain.metrics.direction import metric_direction
+
+    monitor, mode = cfg.task.get("monitor"), cfg.task.get("monitor_mode")
+    if not isinstance(monitor, str) or mode not in ("max", "min"):
+        return  # the task's defaults, or a mode the task refuses by name
+    wanted = metric_direction(monitor)
+    if wanted is not None and wanted != mode:
+        way = "higher" if wanted == "max" else "lower"
+        raise ConfigError(
+            f"task.monitor={monitor} is better {way}, but task.monitor_mode={mode}: the best "
+            f"checkpoint would be the worst epoch's; set task.monitor_mode={wanted}"
+        )
 
 
 def first_samples(train: Any) -> list[dict]:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import atomic_write, read_json, save_csv
+from medtrain.metrics.direction import metric_direction
 
 HEADLINE = ("auc", "acc", "balanced_acc", "f1", "dice", "iou", "hd95_mm")
 HEADLINE += ("mae", "rmse", "r2", "pearson", "qwk")
@@ -237,7 +238,7 @@ def write_sweep_summary(
     monitor = monitor or (tasks.most_common(1)[0][0][0] if tasks else "val/loss")
     mode = next(
         (m for (k, m), _ in tasks.most_common() if k == monitor),
-        "min" if "loss" in monitor else "max",
+        metric_direction(monitor) or "max",  # val/rmse ranked upwards put the worst job first
     )
     overrides = {
         job.name: dict(

@@ -4,6 +4,7 @@ summary of a sweep folder and the Hydra grid multirun that writes it."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import sqlite3
@@ -280,6 +281,24 @@ def test_summary_of_a_grid_with_a_failed_job(tmp_path):
     assert rows[1]["error"] == "the loss became NaN at epoch 2"
     # a deletion is shown as typed, not as `~model.hidden=`
     assert "Every job: `seed=1 ~model.hidden`." in (tmp_path / "sweep_summary.md").read_text()
+
+
+def test_summary_ranked_by_another_metric_goes_its_way(tmp_path):
+    """Ranked by a metric other than the runs' monitor, an error metric puts the smallest first
+    (val/rmse was ranked upwards: the worst job first); a score, the largest."""
+    for job, (rmse, pearson) in {"0": (72.0, 0.1), "1": (42.0, 0.9), "2": (55.0, 0.5)}.items():
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / job / ".hydra" / "config.yaml").write_text(
+            "task: {monitor: val/mae, monitor_mode: min}\n"
+        )
+        metrics = {"val/mae": 1.0, "val/rmse": rmse, "val/pearson": pearson}
+        (tmp_path / job / "metrics.json").write_text(json.dumps(metrics))
+    sweep_summary.write_sweep_summary(tmp_path, "val/rmse", plots=False)
+    assert [r["job"] for r in read_summary(tmp_path)] == ["1", "2", "0"]
+    assert "val/rmse (min)" in (tmp_path / "sweep_summary.md").read_text()
+    sweep_summary.write_sweep_summary(tmp_path, "val/pearson", plots=False)
+    assert [r["job"] for r in read_summary(tmp_path)] == ["1", "2", "0"]
 
 
 def test_callback_leaves_single_runs_alone_and_never_raises(tmp_path, caplog):
