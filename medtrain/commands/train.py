@@ -35,6 +35,8 @@ log = logging.getLogger("medtrain")
 # line sets them itself.
 SAVED_CONFIG_DEFAULTS = (
     ("hydra.job.name", "train"),
+    # Hydra's own default moves into the run folder, where a relative dataset.path is not found
+    ("hydra.job.chdir", "false"),
     ("hydra.sweep.dir", "outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}"),
     (
         "+hydra.callbacks.sweep_summary._target_",

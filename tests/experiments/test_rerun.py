@@ -325,3 +325,21 @@ def test_changed_data_are_refused_before_anything_is_trained(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"the data changed since the run: {csv_path} (data fingerprint " in err
     assert "cannot reproduce the run" in err and not out.exists()
+
+
+def test_a_run_of_a_relative_data_path_reruns_from_the_same_folder(tmp_path, monkeypatch, capsys):
+    """`dataset.path` relative to the folder the run was trained in (as the README's commands
+    give it): the rerun reads it from there too. Hydra's default for a saved config moved into
+    the rerun's folder, where the path was not found."""
+    from medtrain.commands import main as medtrain
+    from tests.data.test_manifest import make_cases
+
+    make_cases(tmp_path / "data", [0, 1] * 12)
+    monkeypatch.chdir(tmp_path)
+    overrides = ["dataset=manifest", "dataset.path=data/cases.csv", "dataset.image_size=16"]
+    overrides += ["trainer.max_epochs=1", "trainer.progress=false", "trainer.report=false", ON_CPU]
+    assert medtrain([*overrides, "hydra.run.dir=runs/first"]) == 0
+    assert main(["run_dir=runs/first", "output=runs/again"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("verdict: REPRODUCED")
+    assert Path.cwd() == tmp_path
+    assert read_metrics(tmp_path / "runs" / "again") == read_metrics(tmp_path / "runs" / "first")
