@@ -12,7 +12,13 @@ from medtrain.errors import ConfigError
 
 def input_keys(model: nn.Module) -> tuple[str, ...]:
     """The batch keys a model reads, in the order of its `forward` arguments: its `input_keys`
-    attribute (fusion and tabular models declare one), else just the image."""
+    attribute (fusion and tabular models declare one), else just the image. A wrapper's
+    network is asked (DistributedDataParallel's `module`): the wrapper itself declares none, and
+    a fusion model trained under torchrun was fed the image alone."""
+    while not hasattr(model, "input_keys") and isinstance(
+        getattr(model, "module", None), nn.Module
+    ):
+        model = model.module
     return tuple(getattr(model, "input_keys", ("image",)))
 
 

@@ -56,6 +56,25 @@ def checks(out: Path) -> None:
     seen["weights"] = layer.weight.tolist() + layer.running_mean.tolist()
     seen["checksums"] = distributed.parameter_checksums(nn.Linear(2, 2))
 
+    # A model wrapped for training still reads the batch keys it declares (a fusion model was
+    # fed the image alone under torchrun).
+    from medtrain.models import call_model, input_keys
+
+    class TwoInputs(nn.Module):
+        input_keys = ("image", "tabular")
+
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 1)
+
+        def forward(self, image, tabular):
+            return self.layer(tabular) + image.mean()
+
+    wrapped = nn.parallel.DistributedDataParallel(TwoInputs())
+    batch = {"image": torch.ones(2, 1, 4, 4), "tabular": torch.zeros(2, 3), "id": ["a", "b"]}
+    seen["wrapped_keys"] = list(input_keys(wrapped))
+    seen["wrapped_output"] = list(call_model(wrapped, batch).shape)
+
     # 10 samples in batches of 3: 4 batches dealt 0,1,0,1; rank 0 yields them in batch order.
     batches = DealtBatches(10, 3, rank, 2)
     items = ({"batch": list(b), "by": rank} for b in batches)

@@ -248,6 +248,7 @@ def test_rank_0_decides_and_every_rank_follows(tmp_path):
         assert s["sum"] == 3.0
         assert s["weights"] == seen[0]["weights"] and s["weights"][3:] == [0.0, 0.0, 0.0]
         assert s["checksums"][0] != s["checksums"][1]  # two differently initialised layers
+        assert s["wrapped_keys"] == ["image", "tabular"] and s["wrapped_output"] == [2, 1]
     assert seen[0]["gathered"] == [
         {"batch": [0, 1, 2], "by": 0},
         {"batch": [3, 4, 5], "by": 1},
