@@ -230,7 +230,11 @@ class ImageDataset(Dataset):
             values = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError) as err:
             raise DataError(f"{source}: regression targets must be numbers ({err})") from err
-        values = values.reshape(len(values), -1)
+        if values.size:
+            values = values.reshape(len(values), -1)
+        else:  # an empty split (none for test: a CV's data): as many columns as it would have
+            width = values.shape[1] if values.ndim == 2 else (self.num_classes or 1)
+            values = values.reshape(0, width)
         bad = np.argwhere(~np.isfinite(values))
         if len(bad):
             raise DataError(

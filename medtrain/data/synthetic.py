@@ -14,6 +14,13 @@ from medtrain.data.base import SPLITS, ImageDataset
 from medtrain.errors import ConfigError
 
 
+def check_counts(**counts: Any) -> None:
+    """Generated data's split sizes (`num_train=...`) must be whole numbers of 1 or more."""
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"dataset.{name}={count!r}: use a whole number of 1 or more")
+
+
 def make_scans(num: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Smooth textured backgrounds with a darker round 'organ' outline, float32 in [0, 1]."""
     coarse = rng.normal(0.0, 1.0, size=(num, size // 4, size // 4)).astype(np.float32)
@@ -104,9 +111,7 @@ class SyntheticLesions(ImageDataset):
             raise ConfigError(f"dataset.spatial_dims={spatial_dims}: use 2 (images) or 3 (volumes)")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
             raise ConfigError(f"dataset.image_size={image_size!r}: use a whole number of 4 or more")
-        for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigError(f"dataset.{name}={count!r}: use a whole number of 1 or more")
+        check_counts(num_train=num_train, num_val=num_val, num_test=num_test)
         super().__init__(split, spatial_dims=spatial_dims, **kwargs)
         num = {"train": num_train, "val": num_val, "test": num_test}[split]
         rng = np.random.default_rng([seed, SPLITS.index(split)])

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from medtrain.data.base import SPLITS, ImageDataset
-from medtrain.data.synthetic import make_scans
+from medtrain.data.synthetic import check_counts, make_scans
 from medtrain.data.tabular import fit_tabular
 from medtrain.errors import ConfigError
 
@@ -104,6 +104,7 @@ class SyntheticClinical(ImageDataset):
             raise ConfigError(f"dataset.target={target!r}: choose one of {TARGETS}")
         if spacing <= 0:
             raise ConfigError(f"dataset.spacing={spacing} must be > 0 (mm per pixel)")
+        check_counts(num_train=num_train, num_val=num_val, num_test=num_test)
         regression = kwargs.get("regression", False)
         target = ("area_mm2" if regression else "label") if target == "auto" else target
         if regression and target == "label":

@@ -303,9 +303,11 @@ def build_datasets(
             also = (
                 "; a cross-validation (medtrain cv) needs no test split" if split == "test" else ""
             )
-            raise ConfigError(
-                f"dataset: the {split} split is empty ({cfg.dataset.get('path')}){also}"
-            )
+            path = cfg.dataset.get("path")
+            count = cfg.dataset.get(f"num_{split}")  # generated data
+            source = f" ({path})" if path is not None else ""
+            source += f" (dataset.num_{split}={count})" if count is not None else ""
+            raise ConfigError(f"dataset: the {split} split is empty{source}{also}")
         check_augmentation(transform, spatial_dims(datasets[split]), choice("augmentation"))
     fold = (cfg.get("cv") or {}).get("fold")
     if fold is not None:  # a cross-validation fold: train and val regrouped, test as it is

@@ -183,6 +183,10 @@ def test_bad_optimizer_argument_names_the_group(tmp_path):
         (["model.hidden=1.5"], "model.hidden=1.5: must be a whole number"),
         (["dataset.image_size=0"], "dataset.image_size=0: use a whole number of 4 or more"),
         (["dataset.num_val=0"], "dataset.num_val=0: use a whole number of 1 or more"),
+        (  # it failed inside numpy ("need at least one array to stack")
+            ["dataset=synthetic_clinical", "dataset.num_test=0"],
+            "dataset.num_test=0: use a whole number of 1 or more",
+        ),
         (
             ["scheduler=plateau", "scheduler.patience=-3"],
             "scheduler.patience=-3: must be a whole number >= 0",

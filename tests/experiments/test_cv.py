@@ -493,6 +493,25 @@ def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path, capsys, cap
     assert again.returncode == 2 and "the data changed since fold 0" in again.stderr
 
 
+def test_regression_data_without_a_test_split_builds_for_a_cv(tmp_path):
+    """Regression targets of an empty split: no rows, one column per target. A manifest of
+    train and val rows failed inside numpy (reshape of size 0), so its CV could not start, and a
+    plain run was not told that a CV needs no test split."""
+    from medtrain.engine.build import build_datasets
+    from tests.conftest import compose_cfg
+    from tests.data.test_manifest import make_cases
+
+    splits = ["val" if i % 5 == 0 else "train" for i in range(20)]
+    csv_path = make_cases(tmp_path, [float(10 * i) for i in range(20)], {"split": splits})
+    data = ["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16"]
+    cfg = compose_cfg([*data, "task=regression", "loss=mse"])
+    datasets = build_datasets(cfg, empty_test=True)
+    assert [len(datasets[s]) for s in ("train", "val", "test")] == [16, 4, 0]
+    assert datasets["test"].labels.shape == (0, 1)
+    with pytest.raises(ConfigError, match="the test split is empty .*needs no test split"):
+        build_datasets(cfg)
+
+
 def test_folds_whose_scores_do_not_pool_are_said(caplog):
     """Pooled out-of-fold AUC below every fold's own (folds 0.953/0.928/0.933, pooled 0.705, as a
     user's 2-epoch CV gave): the fold models' probabilities lie on other scales, said in the
