@@ -91,7 +91,38 @@ class TabularEncoder:
         self._check_lengths(columns)
         self.codes = [self._fit_column(name, values, rows) for name, values in columns.items()]
         self.names = [name for code in self.codes for name in code.names]
+        self._say_unseen(columns, rows)
         return self
+
+    def _say_unseen(self, columns: Mapping[str, Sequence[str]], rows: Sequence[int]) -> None:
+        """A warning per categorical column whose other rows (val, test) hold a category no
+        training row holds: it is encoded as missing there, while `medtrain predict` and the
+        service refuse it, so the run would be scored on inputs its deployment turns away (and
+        a typo such as `f` for `F` would go unnoticed)."""
+        training = set(rows)
+        for code in self.codes or []:
+            if code.numeric:
+                continue
+            known = set(code.categories)
+            values = columns[code.name]
+            unseen = [
+                i
+                for i in range(len(values))
+                if i not in training
+                and not is_missing(values[i])
+                and values[i].strip() not in known
+            ]
+            if not unseen:
+                continue
+            shown = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in unseen[:5])
+            more = f"; and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+            self.warnings[f"{code.name}:unseen"] = (
+                f"{self.source}: column {code.name!r} holds categories that no training row holds "
+                f"in {len(unseen)} other row(s) ({shown}{more}; training: "
+                f"{', '.join(code.categories)}): they are encoded as missing, while medtrain "
+                "predict and the service refuse them; correct a misspelt category, or leave the "
+                "cell empty (or NA) for a missing value"
+            )
 
     def state(self) -> list[dict]:
         """What `from_state` rebuilds the fitted encoder from (saved in a run's checkpoint, so

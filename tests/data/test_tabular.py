@@ -31,6 +31,36 @@ def test_categories_are_one_hot_sorted_and_unseen_gives_zeros():
     matrix = encoder.transform(columns)
     np.testing.assert_array_equal(matrix, [[0, 1], [1, 0], [0, 1], [0, 0], [0, 0]])
     np.testing.assert_array_equal(encoder.transform(columns, rows=[1]), [[1, 0]])
+    # The unseen category of a val or test row is said (predict and the service refuse it).
+    assert encoder.warnings == {
+        "sex:unseen": "tabular data: column 'sex' holds categories that no training row holds "
+        "in 1 other row(s) (row 3: 'X'; training: F, M): they are encoded as missing, while "
+        "medtrain predict and the service refuse them; correct a misspelt category, or leave "
+        "the cell empty (or NA) for a missing value"
+    }
+
+
+def test_unseen_categories_of_a_manifest_are_a_data_check_warning(tmp_path):
+    """A misspelt category in the val and test rows (`f` for `F`) was trained and scored as
+    missing without a word, while evaluate and predict refuse the same rows."""
+    from medtrain.data.validation import built_warnings
+    from medtrain.engine.build import build_datasets
+    from tests.conftest import compose_cfg
+    from tests.data.test_manifest import make_cases
+
+    sexes = ["F", "M"] * 10
+    splits = ["train"] * 14 + ["val"] * 3 + ["test"] * 3
+    sexes[15], sexes[18] = "f", "male"
+    csv_path = make_cases(tmp_path, [i % 2 for i in range(20)], {"sex": sexes, "split": splits})
+    cfg = compose_cfg(
+        ["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16"]
+        + ["dataset.tabular_columns=[sex]"]
+    )
+    said = built_warnings(build_datasets(cfg))
+    assert said["categories_of:sex:unseen"].startswith(
+        f"{csv_path}: column 'sex' holds categories that no training row holds in 2 other "
+        "row(s) (line 17: 'f'; line 20: 'male'; training: F, M)"
+    )
 
 
 def test_missing_numbers_get_the_mean_and_an_indicator():
