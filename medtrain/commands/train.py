@@ -92,8 +92,9 @@ class TrainJobs:
             self.restore_hydra_files()
             if (
                 hydra.mode != RunMode.MULTIRUN
-                and not distributed.is_distributed()
+                and distributed.is_main()  # the others write to scratch folders
                 and not self.run_dir_existed
+                and (not distributed.is_distributed() or distributed.raised_everywhere(err))
             ):
                 discard_refused_run(Path(hydra.runtime.output_dir), hydra.overrides.task)
             if isinstance(err, distributed.PeerFailed):
@@ -122,8 +123,9 @@ class TrainJobs:
             atomic_write(path, lambda handle, c=content: handle.write(c), mode="wb")
 
 
-# What Hydra and the log leave in a run folder before training writes anything.
-REFUSED_RUN_FILES = frozenset({".hydra", "train.log"})
+# What Hydra, the log and the run's first record (its provenance, written before the data are
+# read) leave in a run folder before training writes anything.
+REFUSED_RUN_FILES = frozenset({".hydra", "train.log", "provenance.json", "git_diff.patch"})
 HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
 
 

@@ -486,6 +486,12 @@ def test_a_run_refused_by_a_config_error_leaves_no_folder_behind(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert main([*TINY, ON_CPU, "optimizer.lr=abc", f"hydra.run.dir={neighbour}"]) == 2
     assert sorted(p.name for p in neighbour.iterdir()) == [".hydra", "train.log"]
+    # Refused by its data after the run recorded its provenance: the folder goes too.
+    (tmp_path / "cases.csv").write_text("image,target\nimages/nope.png,1\n")
+    data = ["dataset=manifest", f"dataset.path={tmp_path / 'cases.csv'}"]
+    assert main([ON_CPU, *data, "trainer.max_epochs=1", "hydra.run.dir=bad_data"]) == 2
+    assert "nope.png" in "".join(capsys.readouterr())
+    assert not (tmp_path / "bad_data").exists()
 
 
 def test_a_new_run_in_a_folder_of_someone_s_results_is_refused(tmp_path, capsys):
