@@ -330,6 +330,9 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
     """
     if fmt not in MODEL_FILES:
         raise ConfigError(f"format={fmt!r}: choose one of {list(MODEL_FILES)}")
+    folder = Path(output)
+    before = earlier_manifest(folder)  # before the export is built: a refusal comes at once
+    check_own_files(folder, before)
     preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))
     check_exportable(run.model, preprocess)
     built = build_model_file(run, wrap(run), fmt, preprocess)
@@ -391,8 +394,7 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         },
         "sha256": hashlib.sha256(built.data).hexdigest(),
     }
-    folder = Path(output)
-    kept = kept_exports(folder, earlier_manifest(folder), fmt, shared)
+    kept = kept_exports(folder, before, fmt, shared)
     atomic_write(folder / name, lambda handle: handle.write(built.data), mode="wb")
     for other_fmt, other in sorted(MODEL_FILES.items()):
         if other_fmt != fmt and other_fmt not in kept and (folder / other).is_file():
@@ -447,6 +449,23 @@ def earlier_manifest(folder: Path) -> dict[str, Any] | None:
             "replace it: give output= another folder"
         )
     return before
+
+
+def check_own_files(folder: Path, before: dict[str, Any] | None) -> None:
+    """An export replaces or removes only model files an earlier export wrote (named by its
+    `manifest.json`): a `model.onnx` or `model.pt` of someone's own in `output=` was removed.
+
+    Raises:
+        ConfigError: naming the model files that no manifest names.
+    """
+    named = set((before or {}).get("files") or {}) | {(before or {}).get("model_file")}
+    foreign = [n for n in sorted(MODEL_FILES.values()) if (folder / n).exists() and n not in named]
+    if foreign:
+        raise ConfigError(
+            f"output={folder} holds {', '.join(foreign)}, which "
+            + ("its manifest.json does not name" if before else "no export's manifest.json names")
+            + ": an export would replace or remove it; give output= another folder"
+        )
 
 
 def kept_exports(

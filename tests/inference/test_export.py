@@ -409,6 +409,17 @@ def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys,
     assert "its manifest.json is not an earlier export's" in capsys.readouterr().err
     assert (tmp_path / "mine" / "manifest.json").read_text() == '{"study": "site B"}'
     assert not (tmp_path / "mine" / "model.onnx").exists()
+    # A model file of one's own, without a manifest or beside an export that does not name it,
+    # is neither replaced nor removed.
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "model.onnx").write_bytes(b"my model")
+    assert main([f"run_dir={run_dir}", "format=torchscript", f"output={tmp_path / 'own'}"]) == 2
+    assert "holds model.onnx, which no export's manifest.json names" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["model.onnx"]
+    (folder / "model.pt").write_bytes(b"mine")  # beside an ONNX export that does not name it
+    assert main([f"run_dir={run_dir}", "format=onnx"]) == 2
+    assert "holds model.pt, which its manifest.json does not name" in capsys.readouterr().err
+    assert (folder / "model.pt").read_bytes() == b"mine"
 
     assert main([f"run_dir={run_dir}", "format=tflite"]) == 2
     assert "format='tflite'" in capsys.readouterr().err
