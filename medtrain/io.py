@@ -146,6 +146,16 @@ def save_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: li
     return atomic_write(path, write)
 
 
+def csv_header(path: str | Path) -> list[str] | None:
+    """A CSV file's first line as columns; None for a file that is not UTF-8 CSV text (how a
+    command tells its own earlier table, which it may replace, from anyone else's file)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
 # 72, 96 and 100 dpi (matplotlib's figures) in pixels per metre, as rounded by common writers:
 # display defaults, not a spacing (`medtrain.data.readers` ignores them).
 SCREEN_PPM = {2834, 2835, 2836, 3779, 3780, 3781, 3936, 3937, 3938}

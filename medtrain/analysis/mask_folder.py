@@ -20,7 +20,7 @@ from medtrain.analysis.measurements import (
 from medtrain.data.masks import folder_hint, numbered_regions, read_mask_file, reading_hint
 from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError
-from medtrain.io import save_csv
+from medtrain.io import csv_header, save_csv
 from medtrain.values import whole_number
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
@@ -109,6 +109,34 @@ def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
     return check_spacing(values * 2 if len(values) == 1 else values)  # [0.5]: square, as 0.5
 
 
+def check_tables(object_table: Path, totals_table: Path) -> None:
+    """The tables may replace only earlier tables of `medtrain measure` (by their columns), never
+    a run's (a run folder's `measurements.csv` holds the ground truth's rows too), a manifest,
+    a mask or anything else. Checked before any mask is read.
+
+    Raises:
+        ConfigError: naming the file and what it holds.
+    """
+    if object_table.is_dir():
+        raise ConfigError(
+            f"output={object_table} is a folder; give a file name such as results.csv"
+        )
+    run = any((object_table.parent / held).exists() for held in ("metrics.json", "checkpoints"))
+    for path, fields in ((object_table, MEASUREMENT_FIELDS), (totals_table, TOTAL_FIELDS)):
+        if path.exists() and run:  # a run's measurements.csv has the same columns
+            raise ConfigError(
+                f"{path} is a run's file (its folder holds a run), which measure would replace: "
+                "give output= a new file name; nothing was written"
+            )
+        if path.exists() and csv_header(path) != list(fields):
+            header = csv_header(path)
+            what = f"the columns {header[:4]}" if header else "no CSV text"
+            raise ConfigError(
+                f"{path} exists and is not an earlier table of medtrain measure (it holds "
+                f"{what}): give output= a new file name; nothing was written"
+            )
+
+
 def measure_files(cfg: DictConfig) -> dict[str, Any]:
     """Measure every mask named by `cfg` and write the object and totals tables.
 
@@ -127,6 +155,9 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"instances={instances!r} must be true or false")
     if instances and class_values:
         raise ConfigError("instances=true reads mask values as object labels; drop class_values")
+    object_table = Path(cfg.output)
+    totals_table = object_table.with_name(f"{object_table.stem}_totals.csv")
+    check_tables(object_table, totals_table)
     masks = list_masks(Path(cfg.masks))
     images = match_images(masks, Path(cfg.images)) if cfg.images else {}
     ids = [m.stem for m in masks]
@@ -179,12 +210,6 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     else:
         indices = found_classes | {k for k in (class_values or {}).values() if k != 0}
         classes = [f"class_{k}" for k in sorted(indices)]
-    object_table = Path(cfg.output)
-    if object_table.is_dir():
-        raise ConfigError(
-            f"output={cfg.output!r} is a folder; give a file name such as results.csv"
-        )
-    totals_table = object_table.with_name(f"{object_table.stem}_totals.csv")
     try:
         save_csv(object_table, rows, MEASUREMENT_FIELDS)
         save_csv(

@@ -28,7 +28,7 @@ from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predictor import VOLUME_SPACING, Predictor, warn_unread_spacing
 from medtrain.inference.run import volume_run
-from medtrain.io import save_csv
+from medtrain.io import csv_header, save_csv
 from medtrain.values import whole_number
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     manifest = Path(str(cfg.inputs))
     listed_in_csv = manifest.suffix.lower() == ".csv" and manifest.is_file()
     if predictor.reads_volumes and listed_in_csv:
-        warn_unread_spacing(manifest, _header(manifest) or [])  # the header alone
+        warn_unread_spacing(manifest, csv_header(manifest) or [])  # the header alone
     if volumes:
         return predict_volumes(cfg, predictor, files)
     # A 3D classifier's inputs are volumes, each predicted like an image (one row each).
@@ -467,15 +467,6 @@ def refuse_the_run_folder(files: PredictionFiles, run_dir: Path) -> None:
             )
 
 
-def _header(path: Path) -> list[str] | None:
-    """A CSV file's first line as columns; None for a file that is not UTF-8 CSV text."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-
-
 # Files that file browsers leave in any folder: never a prediction's, never in the way.
 JUNK_FILES = ("Thumbs.db", "desktop.ini")
 
@@ -510,7 +501,7 @@ def check_output(output: Path) -> None:
     if output.is_dir():
         raise ConfigError(f"output={output} is a folder; give a CSV file name in it")
     if output.exists():
-        header = _header(output)
+        header = csv_header(output)
         if not header or header[0] != "file" or header[-1] != "error":
             what = f"the columns {header[:4]}" if header else "no CSV text"
             raise ConfigError(
@@ -565,7 +556,7 @@ def check_overwrites(
             )
     for name, (_, fields) in tables.items():
         path = files.table(name)
-        if path.exists() and _header(path) != list(fields):
+        if path.exists() and csv_header(path) != list(fields):
             raise ConfigError(
                 f"{path} exists and is not an earlier prediction's {name} table: give "
                 f"{name}= another file; nothing was written"

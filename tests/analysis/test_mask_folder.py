@@ -285,6 +285,32 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert message in err
 
 
+def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
+    """output= replaced anything: a mask (made CSV text), a manifest, a run's measurements.csv
+    (the ground truth's rows lost). It replaces only an earlier table of measure, outside runs."""
+    (tmp_path / "masks").mkdir()
+    mask = tmp_path / "masks" / "m.png"
+    Image.fromarray(np.eye(5, dtype=np.uint8) * 255).save(mask)
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("image,target\nmasks/m.png,1\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    (run / "measurements.csv").write_text(",".join(MEASUREMENT_FIELDS) + "\n")
+    for output, said in (
+        (mask, "exists and is not an earlier table of medtrain measure (it holds no CSV text)"),
+        (manifest, "(it holds the columns ['image', 'target'])"),
+        (run / "measurements.csv", "is a run's file (its folder holds a run)"),
+    ):
+        before = output.read_bytes()
+        assert main([f"masks={tmp_path / 'masks'}", f"output={output}"]) == 2
+        assert said in capsys.readouterr().err
+        assert output.read_bytes() == before
+    assert main([f"masks={tmp_path / 'masks'}", f"output={tmp_path / 'm.csv'}"]) == 0
+    assert main([f"masks={tmp_path / 'masks'}", f"output={tmp_path / 'm.csv'}"]) == 0  # its own
+    assert main([f"masks={tmp_path / 'masks'}", f"output={run / 'mine.csv'}"]) == 0  # a new file
+
+
 def test_command_line_runs_as_a_module(folder):
     # One real process (a few seconds, mostly importing torch through medtrain.data); the error
     # paths run in-process above.
