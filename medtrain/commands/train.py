@@ -62,6 +62,8 @@ class TrainJobs:
     # Whether `hydra.run.dir` named a folder that existed before this command: such a folder is
     # never removed when the run is refused (a new time-stamped one is).
     run_dir_existed: bool = False
+    # What that folder held before (its names): a refused run removes only what it added there.
+    held_before: frozenset[str] = frozenset()
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -93,10 +95,13 @@ class TrainJobs:
             if (
                 hydra.mode != RunMode.MULTIRUN
                 and distributed.is_main()  # the others write to scratch folders
-                and not self.run_dir_existed
                 and (not distributed.is_distributed() or distributed.raised_everywhere(err))
             ):
-                discard_refused_run(Path(hydra.runtime.output_dir), hydra.overrides.task)
+                run_dir = Path(hydra.runtime.output_dir)
+                if self.run_dir_existed:
+                    undo_refused_run(run_dir, self.held_before)
+                else:
+                    discard_refused_run(run_dir, hydra.overrides.task)
             if isinstance(err, distributed.PeerFailed):
                 # The process group is broken: leaving it normally can abort in torch's
                 # destructors ("terminate called without an active exception"); end here.
@@ -151,7 +156,17 @@ def discard_refused_run(run_dir: Path, overrides: Sequence[str]) -> bool:
         return False
     if not (names <= REFUSED_RUN_FILES and saved <= HYDRA_FILES and same):
         return False
-    # The log file's handler is closed first: a later record would open the file again.
+    close_log_in(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if DATE_FOLDER.fullmatch(run_dir.parent.name):  # the default outputs/<date>/<time>
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only when empty: the day's other runs keep it
+    return not run_dir.exists()
+
+
+def close_log_in(run_dir: Path) -> None:
+    """Close the log file's handler in `run_dir` before its removal: a later record would open
+    the file again."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if (
@@ -160,11 +175,28 @@ def discard_refused_run(run_dir: Path, overrides: Sequence[str]) -> bool:
         ):
             root.removeHandler(handler)
             handler.close()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    if DATE_FOLDER.fullmatch(run_dir.parent.name):  # the default outputs/<date>/<time>
-        with contextlib.suppress(OSError):
-            run_dir.parent.rmdir()  # only when empty: the day's other runs keep it
-    return not run_dir.exists()
+
+
+def undo_refused_run(run_dir: Path, held_before: frozenset[str]) -> None:
+    """In a folder that existed before the command (`hydra.run.dir`), remove what a refused run
+    added there before it wrote anything (`REFUSED_RUN_FILES`: Hydra's `.hydra/`, the log, the
+    provenance), so that the folder is as it was: a data folder given as the run folder kept a
+    `train.log` among the data."""
+    import shutil
+
+    try:
+        added = {p.name for p in run_dir.iterdir()} - held_before
+    except OSError:
+        return
+    if not added or not added <= REFUSED_RUN_FILES:
+        return  # the run wrote more (its data report): kept, as a new folder is
+    close_log_in(run_dir)
+    for name in added:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 # The date folder of conf/train.yaml's hydra.run.dir (outputs/<date>/<time>): the only folder
@@ -228,6 +260,16 @@ def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
 
 
+def held_by_run_dir(overrides: Sequence[str]) -> frozenset[str]:
+    """The names in the folder `hydra.run.dir` names, before Hydra writes there (none when it does
+    not exist yet)."""
+    folder = override_values(overrides).get("hydra.run.dir")
+    try:
+        return frozenset(p.name for p in Path(folder).iterdir()) if folder else frozenset()
+    except OSError:
+        return frozenset()
+
+
 def named_run_dir_exists(overrides: Sequence[str]) -> bool:
     """Whether the command line's `hydra.run.dir` names a folder that exists already."""
     values = override_values(overrides)
@@ -269,6 +311,7 @@ def main(argv: Sequence[str]) -> int:
     jobs = TrainJobs(
         saved_hydra={} if rank > 0 else hydra_files_of_run_dir(args.overrides),
         run_dir_existed=named_run_dir_exists(args.overrides),
+        held_before=held_by_run_dir(args.overrides),
     )
     if scratch is not None:
         jobs.cleanup = scratch.cleanup

@@ -51,6 +51,7 @@ from medtrain.engine.resume import (
     resolve_auto,
     resume_path,
 )
+from medtrain.errors import ConfigError
 from medtrain.io import save_json
 
 log = logging.getLogger("medtrain")
@@ -72,6 +73,28 @@ def configure_determinism(deterministic: bool) -> None:
         torch._C._set_deterministic_algorithms(False, warn_only=True)
 
 
+def check_apart_from_data(cfg: DictConfig, run_dir: Path) -> None:
+    """The run folder and the data must not hold each other: a run in a `seg_folder` dataset's
+    folder wrote its predicted masks over the ground truth's `masks/`, a run in a manifest's
+    folder writes beside its images, and a run inside an image folder is read as a class (and
+    changes the data's fingerprint).
+
+    Raises:
+        ConfigError: naming both paths.
+    """
+    path = cfg.dataset.get("path") if "dataset" in cfg else None
+    if not path:
+        return  # generated data
+    data, run = Path(str(path)).resolve(), run_dir.resolve()
+    if data == run or run in data.parents or data in run.parents:
+        where = "is" if data == run else "holds" if run in data.parents else "is inside"
+        raise ConfigError(
+            f"the run folder {run_dir} (hydra.run.dir) {where} the data (dataset.path={path}): "
+            "a run writes masks, predictions and overlays where the data lie (and a folder "
+            "dataset would read the run's files as data); train into a folder apart from the data"
+        )
+
+
 def in_multirun() -> bool:
     """Whether this is a job of a Hydra multirun (`medtrain -m`)."""
     from hydra.core.hydra_config import HydraConfig
@@ -91,6 +114,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     device = distributed.setup(cfg, lambda: validate(cfg))
     # Under torchrun, rank 0's folder (every rank's Hydra resolved its own).
     run_dir = Path(distributed.decided(str, run_dir))
+    distributed.decided(check_apart_from_data, cfg, run_dir)
     if cfg.trainer.resume == "auto":  # the run folder's last.pt if it has one, else a new run
         resolve_auto(cfg, run_dir)
     if cfg.trainer.resume:  # a refused resume must leave the run folder as it was: check first

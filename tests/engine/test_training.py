@@ -484,8 +484,9 @@ def test_a_run_refused_by_a_config_error_leaves_no_folder_behind(tmp_path, monke
     assert main([*TINY, ON_CPU, "optimizer.lr=abc", "hydra.run.dir=run1"]) == 2
     assert (tmp_path / "project").is_dir() and not (tmp_path / "project" / "run1").exists()
     monkeypatch.chdir(tmp_path)
+    (neighbour / "notes.txt").write_text("mine")
     assert main([*TINY, ON_CPU, "optimizer.lr=abc", f"hydra.run.dir={neighbour}"]) == 2
-    assert sorted(p.name for p in neighbour.iterdir()) == [".hydra", "train.log"]
+    assert sorted(p.name for p in neighbour.iterdir()) == ["notes.txt"]  # as it was
     # Refused by its data after the run recorded its provenance: the folder goes too.
     (tmp_path / "cases.csv").write_text("image,target\nimages/nope.png,1\n")
     data = ["dataset=manifest", f"dataset.path={tmp_path / 'cases.csv'}"]
@@ -507,6 +508,25 @@ def test_a_new_run_in_a_folder_of_someone_s_results_is_refused(tmp_path, capsys)
         "".join(capsys.readouterr())
     )
     assert (folder / "predictions.csv").read_text() == "patient,score\np1,0.3\n"
+
+
+def test_a_run_folder_that_is_holds_or_lies_in_the_data_is_refused(tmp_path, capsys):
+    """A run in a seg_folder dataset's own folder wrote its predicted masks over the ground
+    truth's masks/ (exit 0); the data are left as they were."""
+    from medtrain.commands import main
+    from tests.data.test_segmentation import make_folder
+
+    data = make_folder(tmp_path / "seg")
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    seg = ["task=segmentation", "model=unet", "loss=dice_ce", "dataset=seg_folder", ON_CPU]
+    seg += [f"dataset.path={data}", "trainer.max_epochs=1"]
+    for run, where in ((data, "is"), (tmp_path, "holds"), (data / "runs" / "r1", "is inside")):
+        assert main([*seg, f"hydra.run.dir={run}"]) == 2
+        said = "".join(capsys.readouterr())
+        assert (
+            f"the run folder {run} (hydra.run.dir) {where} the data (dataset.path={data})" in said
+        )
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
 
 
 def test_a_new_run_in_a_run_folder_is_refused_and_leaves_it_as_it_was(tmp_path, capsys):
