@@ -60,6 +60,9 @@ def other_scale(pixels: np.ndarray, trained: dict | None) -> str | None:
         return "an 8-bit image stored in 16 bits, 257 times darker than the run's uint8 images"
     if kind in SCALED and not kinds & set(SCALED) and trained["max"] > 1.5:
         return f"{kind} pixels read as 0-1; the run's float images held values up to {trained['max']:.4g}"
+    floats_0_1 = not kinds & set(SCALED) and trained["max"] <= 1.05
+    if kind not in SCALED and floats_0_1 and finite.size and float(finite.max()) > 1.5:
+        return f"{kind} values up to {float(finite.max()):.4g}; the run's float images lay in 0-1"
     return None
 
 

@@ -135,6 +135,8 @@ SCALE_SAID = {
     "times brighter)",
     "eight_bit_in_16": "8-bit values stored in 16 bits (uint16 up to 255), read 257 times darker",
     "scaled_for_float": "8/16-bit images read as 0-1 of their bit depth",
+    "float_beyond_0_1": "float images of values above 1.5 (0-255 values are 255 times brighter "
+    "than floats of 0-1)",
 }
 
 

@@ -154,7 +154,8 @@ def scale_mismatch(kind: str, low: float, top: float, dtypes: set[str], high: fl
     every prediction): `float_outside_0_1` (a float image read as it is beside 8/16-bit ones
     read as 0-1: 0-255 values are 255 times brighter), `eight_bit_in_16` (8-bit values stored in
     16 bits beside 8-bit images: 257 times darker), `scaled_for_float` (an 8/16-bit image read as
-    0-1 beside float images of larger values), or None."""
+    0-1 beside float images of larger values), `float_beyond_0_1` (a float image of values above
+    1.5 beside float images of 0-1: 0-255 values 255 times brighter), or None."""
     scaled = kind in SCALED_TYPES
     if not scaled and dtypes <= SCALED_TYPES and (low < -0.05 or top > 1.05):
         return "float_outside_0_1"  # 0-1 data resampled may overshoot a little
@@ -162,6 +163,8 @@ def scale_mismatch(kind: str, low: float, top: float, dtypes: set[str], high: fl
         return "eight_bit_in_16"
     if scaled and not dtypes & SCALED_TYPES and high > 1.5:
         return "scaled_for_float"
+    if not scaled and dtypes and not dtypes & SCALED_TYPES and high <= 1.05 and top > 1.5:
+        return "float_beyond_0_1"
     return None
 
 

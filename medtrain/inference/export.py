@@ -355,8 +355,9 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
             "scale_matters": scale_matters(preprocess),
             "rule": "8/16-bit images are read as 0-1 of their bit depth, floats as they are: "
             "where scale_matters, refuse a float image outside 0-1 for a run of 8/16-bit images, "
-            "a uint16 image of values up to 255 for a run of uint8 images, and an 8/16-bit image "
-            "for a run of float images of values above 1.5",
+            "a uint16 image of values up to 255 for a run of uint8 images, an 8/16-bit image "
+            "for a run of float images of values above 1.5, and a float image of values above "
+            "1.5 for a run of float images of 0-1",
         }
     shared = {
         "task": run.task.name,

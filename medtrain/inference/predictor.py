@@ -106,6 +106,12 @@ def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
             f"on {kinds} images of values up to {high:.4g}, read as they are: "
             "give the values as its training images held them (e.g. a float NPY or TIFF)"
         )
+    if mismatch == "float_beyond_0_1":
+        return (
+            f"{array.dtype} pixel values from {low:.4g} to {top:.4g}; this run was trained on "
+            f"{kinds} images of values up to {high:.4g}, read as they are: scale it as they "
+            "were (0-1: divide 8-bit values by 255)"
+        )
     return None
 
 

@@ -88,6 +88,15 @@ def load_run(
         raise ConfigError(
             f"{key}: {run_dir} has no checkpoints/{checkpoint}.pt (is it a finished run?)"
         )
+    unfinished = (run_dir / "checkpoints" / "last.pt").is_file() and not (
+        run_dir / "metrics.json"
+    ).is_file()
+    if unfinished:  # its best.pt has no decision threshold yet: predictions would use a default
+        raise ConfigError(
+            f"{key}: {run_dir} is an unfinished run (checkpoints/last.pt, no metrics.json: "
+            "interrupted, or still training): its decision threshold and test pass come at its "
+            "end; finish it with its command and hydra.run.dir=<the folder> trainer.resume=true"
+        )
     try:
         state = load_checkpoint(path)
         cfg = OmegaConf.create(state["config"])

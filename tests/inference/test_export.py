@@ -286,8 +286,9 @@ def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_pa
     export_run(Predictor(finished_runs["classification"]).run, "onnx", export_dir)
     nan, huge = tmp_path / "nan.npy", tmp_path / "huge.npy"
     np.save(nan, np.full((16, 16), np.nan, np.float32))
-    huge_values = np.full((16, 16), 3e38, np.float32)
-    huge_values[0, 0] = 2e38  # not constant (a constant image is refused as blank first)
+    # Negative: values above 1.5 are another pixel scale than the run's 0-1 floats, refused first
+    huge_values = np.full((16, 16), -3e38, np.float32)
+    huge_values[0, 0] = -2e38  # not constant (a constant image is refused as blank first)
     np.save(huge, huge_values)
     done = example(export_dir, [nan, huge])
     assert done.returncode == 1

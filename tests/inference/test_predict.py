@@ -475,6 +475,14 @@ def test_an_input_on_another_scale_than_the_training_images_is_refused(finished_
         ramp.astype(np.uint8), {"float32"}, 255.0
     )
     assert other_scale(ramp.astype(np.uint8), {"float32"}, 1.0) is None  # floats of 0-1
+    # Trained on floats of 0-1 (the default experiment's scans): floats of 0-255 are 255 times
+    # brighter (answered with confidence: lesion 1.0 where the 0-1 copy read normal 0.978).
+    assert other_scale(ramp.astype(np.float32), {"float32"}, 1.0) == (
+        "float32 pixel values from 0 to 255; this run was trained on float32 images of values "
+        "up to 1, read as they are: scale it as they were (0-1: divide 8-bit values by 255)"
+    )
+    assert other_scale(ramp.astype(np.float32) / 255, {"float32"}, 1.0) is None
+    assert other_scale(ramp.astype(np.float32), {"float32"}, 255.0) is None  # floats of 0-255
     assert other_scale(ramp.astype(np.float32), {"float32", "uint8"}, 255.0) is None  # mixed
     predictor = Predictor(finished_runs["classification"])
     assert predictor.trained_values is not None  # from the run's data_report.json
