@@ -450,6 +450,24 @@ def test_a_cv_folder_given_as_a_run_names_its_fold_ensemble(tmp_path):
         load_run(tmp_path)
 
 
+def test_an_unfinished_run_is_refused_until_it_is_finished(finished_runs, tmp_path, capsys):
+    """An interrupted run (its last.pt, no metrics.json) has no decision threshold in best.pt:
+    predict answered with the task's default 0.5 where the finished run chose Youden's."""
+    from medtrain.commands.export import main as export
+    from medtrain.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_runs["classification"], run)
+    shutil.copy(run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt")
+    (run / "metrics.json").unlink()
+    with pytest.raises(ConfigError, match=r"is an unfinished run \(checkpoints/last.pt, no "):
+        Predictor(run)
+    assert main([f"run_dir={run}", f"inputs={tmp_path}", f"output={tmp_path / 'p.csv'}"]) == 2
+    assert "trainer.resume=true" in capsys.readouterr().err
+    assert export([f"run_dir={run}", f"output={tmp_path / 'export'}"]) == 2
+    assert "is an unfinished run" in capsys.readouterr().err
+
+
 def test_an_input_on_another_scale_than_the_training_images_is_refused(finished_runs):
     from medtrain.data.decoding import Decoded
     from medtrain.errors import DataError
