@@ -16,6 +16,9 @@ from medtrain.errors import ConfigError
 from medtrain.io import save_json
 from medtrain.values import true_or_false, whole_number
 
+# What makes a folder a run's (its data_report.json is the run's own, read by predict and serve).
+RUN_FILES = ("metrics.json", "checkpoints", ".hydra")
+
 DEFAULTS: dict[str, Any] = {"output": None, "workers": None, "duplicates": "warn", "progress": True}
 
 
@@ -103,6 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     output = options.output or datetime.now().strftime("outputs/check_data/%Y-%m-%d/%H-%M-%S")
+    held = [n for n in RUN_FILES if (Path(output) / n).exists()]
+    if held:  # predict, serve and export read a run's data_report.json for its pixel scale
+        print(
+            f"error: check.output={output} holds a run ({', '.join(held)}), whose "
+            f"{REPORT} the check would replace: give check.output= another folder",
+            file=sys.stderr,
+        )
+        return 2
     report = check_config(cfg, options.workers, options.duplicates, options.progress)
     try:
         path = save_json(Path(output) / REPORT, report)

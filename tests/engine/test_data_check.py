@@ -552,6 +552,13 @@ def test_cli_options_and_config_errors(tmp_path, capsys):
     )
     assert status == 2 and "config error: dataset.path=" in capsys.readouterr().err
     assert json.loads((tmp_path / "data_report.json").read_text())["config_errors"]
+    # A run's folder keeps its own report (predict and serve read its pixel scale from it).
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "data_report.json").write_text('{"mine": 1}')
+    assert main([f"check.output={run}"]) == 2
+    assert "holds a run (checkpoints), whose data_report.json" in capsys.readouterr().err
+    assert (run / "data_report.json").read_text() == '{"mine": 1}'
 
 
 def test_python_m_check_data_prints_one_line_per_problem(tmp_path):
