@@ -32,6 +32,30 @@ from medtrain.errors import ConfigError, DataError
 SPLITS = ("train", "val", "test")
 
 
+def checked_image_size(value: Any, dims: int | None) -> Any:
+    """`dataset.image_size` as given (an int, or one int per axis), checked: a positive whole
+    number, or a list of 2 (or, for volumes, 3) of them. A wrong one failed inside OpenCV's
+    resize (`inv_scale_x > 0`) or in unpacking, after the data check had passed it."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    lengths = (dims,) if dims else (2, 3)
+    size = None if isinstance(value, (str, bytes, bool, int, float)) else value
+    try:
+        size = list(size) if size is not None else None
+    except TypeError:
+        size = None
+    if (
+        size is None
+        or len(size) not in lengths
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
+    ):
+        axes = "[depth, height, width]" if dims == 3 else "[height, width]"
+        raise ConfigError(f"dataset.image_size={value!r}: give a positive whole number or {axes}")
+    return value
+
+
 class ImageDataset(Dataset):
     """A split of images with labels; subclasses load them and implement `read_image`.
 
@@ -134,7 +158,7 @@ class ImageDataset(Dataset):
         self.num_classes = num_classes
         self.multilabel = multilabel
         self.class_names = list(class_names) if class_names is not None else None
-        self.image_size = image_size
+        self.image_size = checked_image_size(image_size, spatial_dims)
         self.regression = bool(regression)
         self.ids: list[str] = []
         self.labels: np.ndarray = np.zeros(0, dtype=np.int64)

@@ -510,3 +510,22 @@ def test_a_batch_fetched_whole_equals_its_samples_collated(kind, tmp_path):
         n = len(batch["id"])
         assert_same_batch(batch, batch_of_samples(ds, order[start : start + n]))
         start += n
+
+
+@pytest.mark.parametrize("value", [-5, 0, "abc", [32], [32, 0], [32, 32, 32, 32], 1.5, True])
+def test_a_wrong_image_size_is_a_config_error_naming_the_key(value):
+    """image_folder and manifest passed it on: OpenCV's resize failed (`inv_scale_x > 0`), or an
+    unpacking did, after the data check had passed it."""
+    from medtrain.data.base import checked_image_size
+
+    with pytest.raises(ConfigError, match=r"dataset.image_size=.*: give a positive whole number"):
+        checked_image_size(value, 2 if isinstance(value, list) and len(value) == 3 else None)
+
+
+def test_image_sizes_of_images_and_volumes_pass():
+    from medtrain.data.base import checked_image_size
+
+    assert checked_image_size(32, 2) == 32
+    assert checked_image_size([24, 32], None) == [24, 32]
+    assert checked_image_size([8, 24, 32], 3) == [8, 24, 32]
+    assert checked_image_size(None, 2) is None
