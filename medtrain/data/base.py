@@ -32,6 +32,19 @@ from medtrain.errors import ConfigError, DataError
 SPLITS = ("train", "val", "test")
 
 
+def check_fractions(val_fraction: Any, test_fraction: Any, unit: str = "rows") -> None:
+    """The shares of a seeded split: each a number in [0, 1), together below 1 (else no
+    training `unit` are left; scikit-learn's message said only "Got 1.0 instead")."""
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"dataset.{key}={value!r} must be a number in [0, 1)")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"dataset.val_fraction + dataset.test_fraction = {val_fraction + test_fraction:g} "
+            f"leaves no training {unit}; their sum must be below 1"
+        )
+
+
 def checked_image_size(value: Any, dims: int | None) -> Any:
     """`dataset.image_size` as given (an int, or one int per axis), checked: a positive whole
     number, or a list of 2 (or, for volumes, 3) of them. A wrong one failed inside OpenCV's

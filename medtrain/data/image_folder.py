@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from medtrain.data.base import SPLITS, ImageDataset
+from medtrain.data.base import SPLITS, ImageDataset, check_fractions
 from medtrain.data.readers import READABLE_EXTENSIONS, read_image_file
-from medtrain.errors import ConfigError, DataError
+from medtrain.errors import DataError
 
 
 def list_class_folders(root: Path, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -64,9 +64,7 @@ class ImageFolder(ImageDataset):
         root = Path(path)
         if not root.is_dir():
             raise DataError(f"dataset.path={path!r}: no such folder")
-        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 <= value < 1:
-                raise ConfigError(f"dataset.{key}={value} must be in [0, 1)")
+        check_fractions(val_fraction, test_fraction, "images")
         extensions = tuple(e.lower() for e in extensions)
         files, labels, class_names = self._collect(
             root, extensions, val_fraction, test_fraction, seed

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from medtrain.data.base import SPLITS, ImageDataset
+from medtrain.data.base import SPLITS, ImageDataset, check_fractions
 from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.data.tabular import fit_tabular, is_missing, parse_number
 from medtrain.errors import ConfigError, DataError
@@ -460,14 +460,7 @@ class Manifest(ManifestRows, ImageDataset):
         **kwargs: Any,
     ):
         super().__init__(split, **kwargs)
-        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 <= value < 1:
-                raise ConfigError(f"dataset.{key}={value} must be in [0, 1)")
-        if val_fraction + test_fraction >= 1:
-            raise ConfigError(
-                f"dataset.val_fraction + dataset.test_fraction = {val_fraction + test_fraction} "
-                "leaves no training rows; their sum must be below 1"
-            )
+        check_fractions(val_fraction, test_fraction)
         if isinstance(tabular_columns, str):  # dataset.tabular_columns=age on the command line
             tabular_columns = [tabular_columns]
         tabular_columns = list(tabular_columns)

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from medtrain.data.base import SPLITS
+from medtrain.data.base import SPLITS, check_fractions
 from medtrain.data.manifest import ManifestRows, check_columns, read_csv
 from medtrain.data.masks import read_mask_file
 from medtrain.data.readers import file_spacing, read_image
 from medtrain.data.segmentation import SegmentationDataset
-from medtrain.errors import ConfigError
 
 SPACING_CELL = "a pixel size in mm (0.5, or 0.5 0.6 for row and column)"
 
@@ -88,14 +87,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
         **kwargs: Any,
     ):
         super().__init__(split, seed=seed, **kwargs)
-        if (
-            not (0 <= val_fraction < 1 and 0 <= test_fraction < 1)
-            or val_fraction + test_fraction >= 1
-        ):
-            raise ConfigError(
-                f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} "
-                "must be in [0, 1) and leave training rows"
-            )
+        check_fractions(val_fraction, test_fraction)
         csv_path = Path(path)
         self.manifest_path = str(csv_path)
         header, rows, self._lines = read_csv(csv_path)

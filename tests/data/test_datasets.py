@@ -529,3 +529,21 @@ def test_image_sizes_of_images_and_volumes_pass():
     assert checked_image_size([24, 32], None) == [24, 32]
     assert checked_image_size([8, 24, 32], 3) == [8, 24, 32]
     assert checked_image_size(None, 2) is None
+
+
+@pytest.mark.parametrize(
+    "val, test, said",
+    [
+        (0.5, 0.5, "dataset.val_fraction + dataset.test_fraction = 1 leaves no training images"),
+        (1.5, 0.1, "dataset.val_fraction=1.5 must be a number in [0, 1)"),
+        (0.1, "a", "dataset.test_fraction='a' must be a number in [0, 1)"),
+    ],
+)
+def test_split_fractions_that_leave_no_training_images_are_named(tmp_path, val, test, said):
+    """image_folder passed a sum of 1 on to scikit-learn ("...Got 1.0 instead.")."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        ImageFolder(str(tmp_path), "train", val_fraction=val, test_fraction=test)
