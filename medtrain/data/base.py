@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medtrain.data.file_cache import DEFAULT_CACHE_MB, decoded_cache, read_through
+from medtrain.data.tabular import FLOAT32_MAX
 from medtrain.data.transforms import (
     RESIZE_MODES,
     Normalize,
@@ -272,11 +273,18 @@ class ImageDataset(Dataset):
         else:  # an empty split (none for test: a CV's data): as many columns as it would have
             width = values.shape[1] if values.ndim == 2 else (self.num_classes or 1)
             values = values.reshape(0, width)
-        bad = np.argwhere(~np.isfinite(values))
+        bad = np.argwhere(~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX))
         if len(bad):
+            value = values[tuple(bad[0])]
+            why = (
+                "regression needs finite values"
+                if not np.isfinite(value)
+                else "beyond the float32 range (+-3.4e38) the network computes in: a typo? (the "
+                "loss became NaN, or the metrics overflowed)"
+            )
             raise DataError(
                 f"{source}: target of {self.ids[bad[0][0]] if self.ids else f'row {bad[0][0]}'} "
-                f"in split {self.split!r} is {values[tuple(bad[0])]}; regression needs finite values"
+                f"in split {self.split!r} is {value}; {why}"
             )
         if self.num_classes is None:
             self.num_classes = values.shape[1]

@@ -17,6 +17,11 @@ MISSING = ("", "na", "nan", "null")  # compared after stripping spaces and lower
 TYPO_RATE = 10
 
 
+# The largest float32: a clinical value (or target) beyond it overflows where the network reads
+# it (standardised values are float32).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def is_missing(value: str) -> bool:
     """Whether a raw cell counts as missing: empty, NA, NaN or null (any case)."""
     return value.strip().lower() in MISSING
@@ -231,6 +236,12 @@ class TabularEncoder:
         if is_missing(value):
             return None
         number = parse_number(value)
+        if number is not None and math.isfinite(number) and abs(number) > FLOAT32_MAX:
+            raise DataError(
+                f"{self.source}: {self.row_label(row)}: column {name!r} holds {value!r}, beyond "
+                "the float32 range (+-3.4e38) the network computes in (standardised, it "
+                "overflowed); correct it, or leave the cell empty (or NA) for a missing value"
+            )
         if number is None or not math.isfinite(number):
             raise DataError(
                 f"{self.source}: {self.row_label(row)}: column {name!r} holds {value!r}, but its "
@@ -240,19 +251,26 @@ class TabularEncoder:
         return number
 
     def _encode_numeric(self, code: ColumnCode, values: list[str], rows: Sequence[int]):
-        numbers, bad = [], []
+        numbers, bad, huge = [], [], []
         for value, row in zip(values, rows, strict=True):
             try:
                 numbers.append(self._number(code.name, value, row))
             except DataError:
-                bad.append(f"{self.row_label(row)}: {value!r}")
-        if bad:
-            shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-            raise DataError(
-                f"{self.source}: column {code.name!r} holds {len(bad)} value(s) that are not "
-                f"numbers, but its training values are numbers: {shown}; write a number, or "
-                "leave the cell empty (or NA) for a missing value"
-            )
+                number = parse_number(value)
+                out = huge if number is not None and math.isfinite(number) else bad
+                out.append(f"{self.row_label(row)}: {value!r}")
+        for cells, what in (
+            (bad, "that are not numbers, but its training values are numbers"),
+            (huge, "beyond the float32 range (+-3.4e38) the network computes in"),
+        ):
+            if cells:
+                shown = "; ".join(cells[:10]) + (
+                    f"; and {len(cells) - 10} more" if len(cells) > 10 else ""
+                )
+                raise DataError(
+                    f"{self.source}: column {code.name!r} holds {len(cells)} value(s) {what}: "
+                    f"{shown}; write a number, or leave the cell empty (or NA) for a missing value"
+                )
         missing = np.array([x is None for x in numbers], dtype=bool)
         filled = np.array([code.mean if x is None else x for x in numbers], dtype=np.float64)
         block = [(filled - code.mean) / code.std]

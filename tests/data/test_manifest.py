@@ -408,3 +408,13 @@ def test_a_cv_fold_standardizes_clinical_columns_on_its_own_training_cases(tmp_p
     standardized = fold["train"].tabular[[bool(age[c]) for c in fold["train"].ids], 0]
     assert standardized.mean() == pytest.approx(0, abs=1e-6)
     assert standardized.std() == pytest.approx(1, abs=1e-5)
+
+
+def test_a_regression_target_beyond_float32_is_named(tmp_path):
+    """1e300 for a target: in a training row the loss became NaN (with advice about the learning
+    rate), in a val row training ended with val/loss inf and val/mae 1.7e299."""
+    targets = [float(10 * i) for i in range(12)]
+    targets[5] = 1e300
+    csv_path = make_cases(tmp_path, targets)
+    with pytest.raises(DataError, match=r"target of images/case005.png in split .* is 1e\+300; "):
+        Manifest(str(csv_path), "train", regression=True, seed=0)

@@ -142,3 +142,13 @@ def test_a_typo_among_numbers_is_refused_not_made_categories():
 def test_column_empty_in_training_rows_is_an_error():
     with pytest.raises(DataError, match=r"column 'x' is empty in all 2 training rows"):
         encode_tabular({"x": ["", "NA", "3"]}, [0, 1])
+
+
+def test_a_value_beyond_float32_is_named_not_standardised_into_nan():
+    """1e308 in an age column: standardised it overflowed, the outputs became NaN and validation
+    failed inside scikit-learn without naming the row."""
+    columns = {"age": ["50", "60", "1e308", "70"]}
+    with pytest.raises(DataError, match=r"row 2: column 'age' holds '1e308', beyond the float32"):
+        encode_tabular(columns, [0, 1, 2])
+    with pytest.raises(DataError, match=r"1 value\(s\) beyond the float32 range .*: row 2"):
+        encode_tabular(columns, [0, 1, 3])  # in a val or test row
