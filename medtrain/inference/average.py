@@ -38,11 +38,17 @@ def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[
     """
     first = dict(runs[0].checkpoint["preprocessing"])
     encodings = [run.checkpoint.get("tabular") for run in runs]
-    if any(e != encodings[0] for e in encodings[1:]):  # e.g. a CV's folds: each its own
-        raise ConfigError(
-            "the runs encode their clinical columns with other statistics (each CV fold fits "
-            "them on its own training cases); one network reads one encoding, so its members "
-            "predict"
+    if any(e != encodings[0] for e in encodings[1:]):
+        readers = [run for run, e in zip(runs, encodings, strict=True) if e is not None]
+        if len(readers) < len(runs):  # an image model beside a fusion model
+            raise ConfigError(
+                f"{len(readers)} of the {len(runs)} runs read clinical columns (e.g. "
+                f"{readers[0].run_dir}) and the others do not; one network reads one set of "
+                "inputs, so its members predict"
+            )
+        raise ConfigError(  # e.g. a CV's folds: each fits the encoding on its training cases
+            "the runs encode their clinical columns with other statistics (fitted on each run's "
+            "own training cases); one network reads one encoding, so its members predict"
         )
     for run in runs[1:]:
         other = dict(run.checkpoint["preprocessing"])

@@ -257,3 +257,22 @@ def test_combine_averages_in_probability_space():
     second = RegressionTask(torch.nn.MSELoss(), target_mean=[12.0], target_std=[4.0])
     out = first.combine([torch.tensor([[1.0]]), torch.tensor([[0.5]])], [first, second])
     assert first.values(out).item() == pytest.approx((12.0 + 14.0) / 2)
+
+
+def test_runs_that_cannot_be_one_network_are_told_why():
+    """An image-only run beside fusion runs was said to encode its clinical columns "with other
+    statistics (each CV fold ...)": it reads none, and no CV was involved."""
+    from types import SimpleNamespace
+
+    from medtrain.errors import ConfigError
+    from medtrain.inference.average import member_inputs
+
+    def run(name, tabular):
+        return SimpleNamespace(run_dir=name, checkpoint={"tabular": tabular, "preprocessing": {}})
+
+    fusion = {"columns": ["age"], "state": [{"mean": 50.0}]}
+    with pytest.raises(ConfigError, match=r"^2 of the 3 runs read clinical columns \(e.g. fus1\)"):
+        member_inputs([run("img", None), run("fus1", fusion), run("fus2", fusion)], {})
+    other = {"columns": ["age"], "state": [{"mean": 60.0}]}
+    with pytest.raises(ConfigError, match=r"with other statistics \(fitted on each run's own"):
+        member_inputs([run("fold0", fusion), run("fold1", other)], {})
