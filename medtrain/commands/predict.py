@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "torch",
     "batch_size": 32,
     "spacing": None,
-    "image_column": "image",
+    "image_column": None,
     "masks": None,
     "instances": None,
     "measurements": None,
@@ -54,7 +54,8 @@ usage: medtrain predict run_dir=RUN inputs=PATH [key=value ...]
                        Runtime; the same predictions to float rounding)
   batch_size=32        images per forward pass
   spacing=[ROW,COL]    segmentation: pixel size in mm (default: the file's, else the run's)
-  image_column=image   the manifest's image column
+  image_column=NAME    the manifest's image column (default: the run's dataset.image_column,
+                       else image)
   masks=DIR            segmentation: where masks go (PNG; NIfTI for volumes; default: masks/
                        beside the output)
   instances=DIR        runs with task.instances: where the 16-bit instance labels go, one PNG

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
 from medtrain.analysis.mask_folder import spacing_arg
@@ -266,6 +266,10 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.spacing is not None and predictor.reads_volumes:
         raise ConfigError(f"spacing={cfg.spacing}: {VOLUME_SPACING}")
+    with open_dict(cfg):  # the run's own column name by default, as evaluate reads it
+        cfg.image_column = (
+            cfg.get("image_column") or predictor.cfg.dataset.get("image_column") or "image"
+        )
     spacing = spacing_arg(cfg)
     # A 3D network's inputs are volumes, whatever they are named; a 2D one trained on slices of
     # volumes predicts the volumes `inputs=` names (its refusal of 2D images names them).

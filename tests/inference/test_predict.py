@@ -450,6 +450,25 @@ def test_a_cv_folder_given_as_a_run_names_its_fold_ensemble(tmp_path):
         load_run(tmp_path)
 
 
+def test_a_manifest_is_read_by_the_run_s_own_image_column(finished_runs, tmp_path):
+    """A run trained with dataset.image_column=file: evaluate read its CSVs, predict refused
+    them (its default was `image`)."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_runs["classification"], run)
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    state["config"]["dataset"]["image_column"] = "file"
+    torch.save(state, best)
+    image = build_datasets(Predictor(finished_runs["classification"]).cfg)["test"].read_image(0)
+    np.save(tmp_path / "a.npy", image)
+    (tmp_path / "cases.csv").write_text("file\na.npy\n")
+    out = tmp_path / "out" / "p.csv"
+    assert main([f"run_dir={run}", f"inputs={tmp_path / 'cases.csv'}", f"output={out}"]) == 0
+    assert [r["file"] for r in csv.DictReader(out.open())] == ["a.npy"]
+
+
 def test_an_unfinished_run_is_refused_until_it_is_finished(finished_runs, tmp_path, capsys):
     """An interrupted run (its last.pt, no metrics.json) has no decision threshold in best.pt:
     predict answered with the task's default 0.5 where the finished run chose Youden's."""
