@@ -203,5 +203,25 @@ def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a medtrain checkpoint without unpickling arbitrary objects (`weights_only=True`)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a medtrain checkpoint without unpickling arbitrary objects (`weights_only=True`).
+
+    Raises:
+        DataError: the file is empty, or cut short (a copy or a sync that did not finish, a full
+            disk: medtrain's own writes are atomic), which torch reports from inside its zip
+            reader (a RuntimeError) or as a bare EOFError.
+    """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path} is an empty file (0 bytes), not a checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except EOFError as err:
+        raise DataError(f"{path} is truncated: it ends before the checkpoint does") from err
+    except RuntimeError as err:
+        if "PytorchStreamReader" not in str(err):  # not the file's fault (e.g. map_location)
+            raise
+        reason = str(err).split(". ")[0].removeprefix("PytorchStreamReader ")
+        raise DataError(
+            f"{path} is truncated or damaged ({path.stat().st_size} bytes): torch cannot read it "
+            f"({reason})"
+        ) from err

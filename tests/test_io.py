@@ -75,3 +75,23 @@ def test_staged_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
     with staged_folder(tmp_path / "new" / "folder") as staging:  # parents made
         (staging / "a.txt").write_text("a")
     assert (tmp_path / "new" / "folder" / "a.txt").read_text() == "a"
+
+
+def test_an_empty_or_truncated_checkpoint_is_named_as_such(tmp_path):
+    """torch reports a cut-short checkpoint from inside its zip reader (or as a bare EOFError for
+    an empty file): the error names the file and says what is wrong with it."""
+    from medtrain.errors import DataError
+
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    with pytest.raises(DataError) as caught:
+        load_checkpoint(empty)
+    assert str(caught.value) == f"{empty} is an empty file (0 bytes), not a checkpoint"
+    whole = save_checkpoint(tmp_path / "whole.pt", {"model": {"w": torch.ones(100)}})
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(DataError) as caught:
+        load_checkpoint(cut)
+    assert str(caught.value).startswith(
+        f"{cut} is truncated or damaged ({cut.stat().st_size} bytes): torch cannot read it ("
+    )

@@ -18,7 +18,7 @@ from medtrain.engine import distributed
 from medtrain.engine.acceleration import resolve_precision
 from medtrain.engine.config import resolve_device
 from medtrain.engine.trust import check_targets, configured_targets
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, DataError
 from medtrain.io import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -248,9 +248,7 @@ def check_before_resuming(cfg, run_dir: Path) -> None:
 
     current = OmegaConf.to_container(cfg, resolve=True)
     path = resume_path(cfg.trainer.resume, Path(run_dir) / "checkpoints")
-    if not path.is_file():
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: no checkpoint at {path}")
-    checkpoint = load_checkpoint(path)
+    checkpoint = _readable_checkpoint(cfg.trainer.resume, path)
     check_targets(checkpoint.get("config") or {}, path, configured_targets(current))
     check_resumed_config(checkpoint["config"], current, None, before_data=True)
     patience = cfg.trainer.get("early_stopping_patience")
@@ -272,11 +270,28 @@ def _copy_checkpoints(source: Path, ckpt_dir: Path) -> None:
             shutil.copyfile(source / name, ckpt_dir / name)
 
 
-def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None) -> dict:
-    """The checkpoint at `path`, after the checks of `resume`."""
+def _readable_checkpoint(resume, path: Path) -> dict:
+    """The checkpoint `trainer.resume` points at, read.
+
+    Raises:
+        ConfigError: there is none.
+        DataError: it is empty or truncated (say, copied back from a backup that did not finish).
+    """
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
-    checkpoint = load_checkpoint(path)
+    try:
+        return load_checkpoint(path)
+    except DataError as err:
+        raise DataError(
+            f"trainer.resume={resume!r}: {err}. Restore it from a copy to continue the run, or "
+            "delete it to start the run over (train without trainer.resume, or with "
+            "trainer.resume=auto)"
+        ) from err
+
+
+def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None) -> dict:
+    """The checkpoint at `path`, after the checks of `resume`."""
+    checkpoint = _readable_checkpoint(resume, path)
     check_targets(checkpoint.get("config") or {}, path, configured_targets(config or {}))
     if config is not None:
         check_resumed_config(checkpoint["config"], config, scheduler)

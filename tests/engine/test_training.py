@@ -118,6 +118,48 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         train_in_process(tmp_path, [*TINY, "trainer.resume=true"])
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_resume_from_a_damaged_checkpoint_says_what_to_do(tmp_path, capsys, damage):
+    """A last.pt cut short (a copy back from a backup that did not finish) or emptied is one
+    error naming the file, not torch's zip reader's traceback; the best.pt of a finished run the
+    same, through what reads it for prediction and export."""
+    from medtrain.commands import main
+    from medtrain.inference.run import load_run
+
+    overrides = [*TINY, "trainer.max_epochs=1", ON_CPU]
+    run = tmp_path / "run"
+    assert main([*overrides, f"hydra.run.dir={run}"]) == 0
+    (run / "metrics.json").unlink()  # as if interrupted
+    for name in ("last.pt", "best.pt"):
+        checkpoint = run / "checkpoints" / name
+        data = checkpoint.read_bytes()
+        checkpoint.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    capsys.readouterr()
+    assert main([*overrides, "trainer.resume=true", f"hydra.run.dir={run}"]) == 2
+    last = run / "checkpoints" / "last.pt"
+    what = (
+        f"is truncated or damaged ({last.stat().st_size} bytes): torch cannot read it (failed "
+        "reading zip archive: failed finding central directory)"
+        if damage == "truncated"
+        else "is an empty file (0 bytes), not a checkpoint"
+    )
+    captured = capsys.readouterr()
+    assert (
+        f"trainer.resume=True: {last} {what}. Restore it from a copy to continue the run, or "
+        "delete it to start the run over (train without trainer.resume, or with "
+        "trainer.resume=auto)"
+    ) in captured.out + captured.err
+    assert "Traceback" not in captured.out + captured.err
+    best = run / "checkpoints" / "best.pt"
+    if damage == "empty":
+        with pytest.raises(ConfigError) as caught:
+            load_run(run)
+        assert str(caught.value) == (
+            f"run_dir: cannot read {best} as a medtrain checkpoint ({best} is an empty file "
+            "(0 bytes), not a checkpoint)"
+        )
+
+
 def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path):
     """`trainer.resume=auto`, one command for a job's first start and its restarts: a new run
     where the folder has no last.pt, the interrupted run continued (equal to an uninterrupted
