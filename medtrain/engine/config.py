@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medtrain.data.loading import batch_length
-from medtrain.engine import distributed
+from medtrain.engine import distributed, schedulers
 from medtrain.engine.acceleration import (
     PRECISIONS,
     compile_options,
@@ -114,6 +114,7 @@ def validate(cfg: DictConfig) -> torch.device:
     )
     lr = cfg.optimizer.get("lr")
     require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "must be a number > 0")
+    schedulers.check_settings(cfg.get("scheduler"), lr)
     t = cfg.trainer
     for key in ("batch_size", "eval_batch_size", "max_epochs", "accumulate_grad_batches"):
         require(

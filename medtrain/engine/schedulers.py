@@ -4,8 +4,9 @@ given in epochs (or fractions of training) so a config does not depend on the da
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from omegaconf import DictConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
@@ -108,6 +109,82 @@ def reduce_on_plateau(
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
         raise ConfigError(f"scheduler.patience={patience!r}: must be a whole number >= 0")
     return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+
+
+# The keys of the schedules above that a value out of range turns into a rate that goes negative
+# (training climbs the loss), is zero or rises where it should fall; torch and these functions
+# take such values without a word (or fail deep inside: a division by zero). Each key: a test
+# of the value (and optimizer.lr) and the rule an error states. Documented in
+# docs/configuration.md#schedules; a schedule of the user's own is not checked, its keys may mean
+# something else.
+RANGES: dict[str, dict[str, tuple[Callable[[float, float], bool], str]]] = {
+    "cosine_with_warmup": {
+        "warmup_epochs": (lambda v, lr: v >= 0, "must be a number of epochs >= 0"),
+        "min_lr_ratio": (
+            lambda v, lr: 0 <= v <= 1,
+            "must be in [0, 1], the share of optimizer.lr the rate decays to (below 0 the rate "
+            "turns negative and training climbs the loss; above 1 it rises)",
+        ),
+    },
+    "multistep": {
+        "gamma": (
+            lambda v, lr: 0 < v <= 1,
+            "must be in (0, 1], the factor the rate is multiplied by at each milestone (0 stops "
+            "training, a negative factor makes the rate negative, above 1 it rises)",
+        ),
+    },
+    "one_cycle": {
+        "pct_start": (
+            lambda v, lr: 0 < v < 1,
+            "must be in (0, 1), the share of training the rate rises for",
+        ),
+        "div_factor": (
+            lambda v, lr: v >= 1,
+            "must be >= 1: the rate starts at optimizer.lr / div_factor (below 1 it starts above "
+            "its peak, 0 or less: infinite or negative)",
+        ),
+        "final_div_factor": (
+            lambda v, lr: v >= 1,
+            "must be >= 1: the rate ends at its start / final_div_factor (below 1 it ends above "
+            "its start, 0 or less: infinite or negative)",
+        ),
+    },
+    "reduce_on_plateau": {
+        "factor": (
+            lambda v, lr: 0 < v < 1,
+            "must be in (0, 1), the factor the rate is multiplied by when the metric stalls",
+        ),
+        "min_lr": (
+            lambda v, lr: 0 <= v <= lr,
+            "must be in [0, optimizer.lr={lr}], the floor of the rate (above optimizer.lr a "
+            "cut raises the rate)",
+        ),
+    },
+}
+
+
+def check_settings(scheduler: DictConfig | None, lr: float) -> None:
+    """Refuse a value of one of medtrain's schedules that `RANGES` rules out, before anything
+    is built.
+
+    Args:
+        lr: `optimizer.lr`, already checked to be a number > 0.
+
+    Raises:
+        ConfigError: naming the key, its value and the valid range.
+    """
+    if scheduler is None:
+        return
+    module, _, name = str(scheduler.get("_target_", "")).rpartition(".")
+    if module != __name__:
+        return
+    for key, (ok, rule) in RANGES.get(name, {}).items():
+        if key not in scheduler:  # the function's default
+            continue
+        value = scheduler[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and ok(value, lr)):
+            raise ConfigError(f"scheduler.{key}={value!r}: {rule.format(lr=lr)}")
 
 
 def steps_per_batch(scheduler: LRScheduler | ReduceLROnPlateau) -> bool:

@@ -63,3 +63,68 @@ def test_plateau_steps_per_epoch_only():
     plateau.step(0.9)
     plateau.step(0.8)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (  # the rate went negative: gradient ascent
+            ["scheduler.min_lr_ratio=-1"],
+            "scheduler.min_lr_ratio=-1: must be in [0, 1], the share of optimizer.lr the rate "
+            "decays to (below 0 the rate turns negative and training climbs the loss; above 1 it "
+            "rises)",
+        ),
+        (["scheduler.min_lr_ratio=5"], "scheduler.min_lr_ratio=5: must be in [0, 1]"),
+        (["scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1: must be a number of epochs"),
+        (
+            ["scheduler=multistep", "scheduler.gamma=-1"],
+            "scheduler.gamma=-1: must be in (0, 1], the factor the rate is multiplied by at each "
+            "milestone (0 stops training, a negative factor makes the rate negative, above 1 it "
+            "rises)",
+        ),
+        (["scheduler=multistep", "scheduler.gamma=0"], "scheduler.gamma=0: must be in (0, 1]"),
+        (["scheduler=multistep", "scheduler.gamma=2"], "scheduler.gamma=2: must be in (0, 1]"),
+        (
+            ["scheduler=onecycle", "scheduler.pct_start=1"],
+            "scheduler.pct_start=1: must be in (0, 1)",
+        ),
+        (  # a division by zero inside torch
+            ["scheduler=onecycle", "scheduler.div_factor=0"],
+            "scheduler.div_factor=0: must be >= 1",
+        ),
+        (
+            ["scheduler=onecycle", "scheduler.final_div_factor=0.5"],
+            "scheduler.final_div_factor=0.5: must be >= 1",
+        ),
+        (
+            ["scheduler=plateau", "scheduler.factor=-0.5"],
+            "scheduler.factor=-0.5: must be in (0, 1)",
+        ),
+        (
+            ["scheduler=plateau", "scheduler.factor=abc"],
+            "scheduler.factor='abc': must be in (0, 1)",
+        ),
+        (
+            ["scheduler=plateau", "optimizer.lr=0.01", "scheduler.min_lr=0.1"],
+            "scheduler.min_lr=0.1: must be in [0, optimizer.lr=0.01], the floor of the rate (above "
+            "optimizer.lr a cut raises the rate)",
+        ),
+    ],
+)
+def test_a_schedule_that_would_raise_or_negate_the_rate_is_refused_by_its_key(overrides, message):
+    """torch takes them without a word: the rate went negative, rose to 5x, or fell to zero."""
+    from medtrain.engine.config import validate
+    from medtrain.errors import ConfigError
+    from tests.conftest import compose_cfg
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(overrides))
+    assert str(err.value).startswith(message), err.value
+
+
+@pytest.mark.parametrize("option", ["cosine", "multistep", "onecycle", "plateau", "none"])
+def test_the_shipped_schedules_are_within_their_ranges(option):
+    from medtrain.engine.config import validate
+    from tests.conftest import compose_cfg
+
+    validate(compose_cfg([f"scheduler={option}"]))
