@@ -18,7 +18,8 @@ USAGE = """\
 usage: medtrain compare run_dirs=[RUN,RUN,...] [output=FOLDER]
 
   run_dirs=[A,B,...]   finished runs (folders with metrics.json)
-  output=FOLDER        where comparison.csv and comparison.md go (default: the current folder)
+  output=FOLDER        where comparison.csv and comparison.md go (default: the current folder);
+                       files of those names there must be an earlier comparison's
 """
 
 

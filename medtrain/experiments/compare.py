@@ -75,6 +75,7 @@ def compared(
     written below the Markdown table too)."""
     if len(run_dirs) < 2:
         raise ConfigError(f"run_dirs={list(run_dirs)}: give at least 2 runs to compare")
+    check_output(Path(output))
     runs = [Path(d) for d in run_dirs]
     names = column_names(runs)
     read = [read_run(run) for run in runs]
@@ -93,6 +94,69 @@ def compared(
     text = markdown(rows, names) + "".join(f"\n> {line}\n" for line in cautions)
     atomic_write(output / "comparison.md", lambda f: f.write(text))
     return rows, cautions
+
+
+def check_output(output: Path) -> None:
+    """`output=` must be a folder (or a path to one not made yet) whose comparison.csv and
+    comparison.md, where they exist, are an earlier comparison's: recognised by their first lines
+    (the CSV's column `key` first, the Markdown table's empty corner cell and rule), so that a
+    file of the user's with that name is not replaced. Checked before anything is read or written.
+
+    Raises:
+        ConfigError: naming the file and what it holds.
+    """
+    for place in (output, *output.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise ConfigError(
+                    f"output={output}: {place} is a file; give a folder (comparison.csv and "
+                    "comparison.md are written into it)"
+                )
+            break
+    for name, ours in (
+        ("comparison.csv", _is_comparison_csv),
+        ("comparison.md", _is_comparison_md),
+    ):
+        path = output / name
+        if path.exists() and not (path.is_file() and ours(path)):
+            first = (_first_lines(path, 1) or [""])[0] if path.is_file() else ""
+            what = f"its first line: {first[:60]!r}" if first else "no text"
+            raise ConfigError(
+                f"output={output}: {path} exists and is not an earlier comparison's ({what}): "
+                "give output= another folder; nothing was written"
+            )
+
+
+def _first_lines(path: Path, count: int) -> list[str] | None:
+    """The first `count` lines of a text file (fewer when it is shorter); None when it is not
+    UTF-8 text."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [line.rstrip("\r\n") for line, _ in zip(handle, range(count), strict=False)]
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _is_comparison_csv(path: Path) -> bool:
+    """Whether `path` holds what `compared` writes as comparison.csv: a header of `key`, then the
+    column of each run."""
+    lines = _first_lines(path, 1)
+    if not lines:
+        return False
+    try:
+        header = next(csv.reader(lines))
+    except csv.Error:
+        return False
+    return len(header) >= 3 and header[0] == "key"
+
+
+def _is_comparison_md(path: Path) -> bool:
+    """Whether `path` holds what `markdown` writes: `| | <run> | <run> |`, then `|---|---|---|`."""
+    lines = _first_lines(path, 2)
+    if not lines or len(lines) < 2:
+        return False
+    head, rule = lines
+    return head.startswith("| | ") and rule.startswith("|---|---|---|") and set(rule) == {"|", "-"}
 
 
 def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[str]) -> list[str]:

@@ -176,3 +176,41 @@ def test_runs_of_other_classes_are_a_caution(tmp_path):
         "positive class, the second name): a: ['normal', 'pneumonia'], b: ['abnormal', 'normal']."
     ]
     assert not_comparable([tmp_path / "a", tmp_path / "b"], [configs[0]] * 2, ["a", "b"]) == []
+
+
+def test_an_output_that_is_a_file_or_holds_someone_s_files_is_refused(tmp_path, capsys):
+    """output= a file was a FileExistsError traceback; a comparison.csv or comparison.md of the
+    user's in the folder was replaced without a word. An earlier comparison's files are
+    replaced."""
+    runs = []
+    for name, auc in (("a", 0.7), ("b", 0.8)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"test/auc": auc}))
+        runs.append(tmp_path / name)
+    arg = f"run_dirs=[{runs[0]},{runs[1]}]"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for output in (a_file, a_file / "sub"):
+        assert main([arg, f"output={output}"]) == 2
+        assert capsys.readouterr().err == (
+            f"error: output={output}: {a_file} is a file; give a folder (comparison.csv and "
+            "comparison.md are written into it)\n"
+        )
+    assert a_file.read_text() == "mine"
+    out = tmp_path / "out"
+    assert main([arg, f"output={out}"]) == 0
+    assert main([arg, f"output={out}"]) == 0  # its own earlier files
+    assert "| test/auc | 0.7000 | 0.8000 |" in (out / "comparison.md").read_text()
+    for name, text in (("comparison.csv", "patient,age\n1,50\n"), ("comparison.md", "# Notes\n")):
+        mine = tmp_path / "mine"
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.copytree(out, mine)
+        (mine / name).write_text(text)
+        before = {p.name: p.read_bytes() for p in mine.iterdir()}
+        assert main([arg, f"output={mine}"]) == 2
+        first = text.splitlines()[0]
+        assert capsys.readouterr().err == (
+            f"error: output={mine}: {mine / name} exists and is not an earlier comparison's "
+            f"(its first line: {first!r}): give output= another folder; nothing was written\n"
+        )
+        assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
