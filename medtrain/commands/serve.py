@@ -193,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(threads_before)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while the model loads
+        torch.set_num_threads(threads_before)
+        print("interrupted: the server was not started", file=sys.stderr)
+        return 130
     if api_key is None and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {cfg.host} without an API key", file=sys.stderr)
     if cfg.api_key:
@@ -212,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if sock is None:
         app = create_app(predictor, api_key=api_key, limits=limits)
-        make_server(app, cfg.host, cfg.port, access_log=cfg.access_log).run()
+        try:
+            make_server(app, cfg.host, cfg.port, access_log=cfg.access_log).run()
+        except KeyboardInterrupt:  # uvicorn shut down on Ctrl-C, then raised SIGINT again
+            print("interrupted: the server stopped", file=sys.stderr)
+            return 130
         return 0
     alive = parent_watch(os.getpid())
 

@@ -99,3 +99,38 @@ def test_a_search_stopped_by_sigterm_writes_its_summary_and_resumes(
     with open(tmp_path / "sweep_summary.csv", newline="") as f:
         statuses = sorted((row["job"], row["status"]) for row in csv.DictReader(f))
     assert statuses == [("0", "complete"), ("1", "failed"), ("2", "complete")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_stops_on_ctrl_c_with_one_line(tmp_path, sig):
+    """Ctrl-C after start-up ended in a KeyboardInterrupt traceback through asyncio and uvicorn:
+    now one line and status 130, as `predict` stops; SIGTERM (a service manager) stays quiet."""
+    from tests.conftest import train_in_process
+    from tests.inference.test_serve_limits import wait_until_up
+    from tests.inference.test_serve_processes import free_port
+
+    run = tmp_path / "run"
+    train_in_process(run, [*TINY, ON_CPU, "trainer.max_epochs=1"])
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medtrain", "serve", f"run_dir={run}", f"port={port}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # pytest-xdist workers ignore SIGINT, and a child would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        wait_until_up(port, process)
+        process.send_signal(sig)
+        err = process.communicate(timeout=30)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    if sig == signal.SIGINT:
+        assert process.returncode == 130
+        assert err.splitlines()[-1] == "interrupted: the server stopped"
+    else:
+        assert process.returncode == -signal.SIGTERM  # uvicorn's stop: the signal's own status
