@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import zlib
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from albumentations.augmentations.crops.transforms import CropSizeError
 
 from medtrain.errors import ConfigError
 
@@ -322,6 +324,7 @@ class SeededAugment(EpochStream):
             of (seed, epoch, index): each draw is independent of the others) or `per_transform` (each
             transform's own generators seeded with the sample's seed, as `Compose.set_random_seed`
             does: what runs before release 0.3 used, kept so that they rerun and resume exactly).
+        key: the config key of the pipeline (`augmentation.train`), named in errors.
     """
 
     def __init__(
@@ -329,6 +332,7 @@ class SeededAugment(EpochStream):
         pipeline: A.BasicTransform | A.BaseCompose,
         seed: int = 0,
         seeding: str = "per_transform",
+        key: str = "augmentation",
     ):
         if seeding not in SEEDING_MODES:
             raise ConfigError(
@@ -336,6 +340,7 @@ class SeededAugment(EpochStream):
             )
         self.pipeline = pipeline
         self.seed = seed
+        self.key = key
         self.shared_epoch = SharedEpoch()
         self.seeding = seeding
         if seeding == "pipeline":
@@ -360,7 +365,51 @@ class SeededAugment(EpochStream):
             start_stream(self.stream, self.seed, self.epoch, index)
         else:
             reseed(self.pipeline, self.holders, sample_seed(self.seed, self.epoch, index))
-        return self.pipeline(**arrays)
+        try:
+            return self.pipeline(**arrays)
+        except CropSizeError as err:  # albumentations' traceback from deep inside the pipeline
+            raise ConfigError(crop_too_large(self.key, self.pipeline, err)) from None
+
+
+def crop_too_large(key: str, pipeline: A.BasicTransform | A.BaseCompose, err: Exception) -> str:
+    """What to say of a crop larger than the image it is given (albumentations' CropSizeError):
+    the transform by its config key, the two sizes, and the ways out."""
+    transform = None  # the innermost transform running when it raised
+    trace = err.__traceback__
+    while trace is not None:
+        running = trace.tb_frame.f_locals.get("self")
+        if isinstance(running, A.BasicTransform):
+            transform = running
+        trace = trace.tb_next
+    where = key
+    if transform is not None:
+        path = _transform_path(pipeline, transform)
+        name = type(transform).__name__
+        where = f"{key}.{path} ({name})" if path else f"{key} ({name})"
+    sizes = re.search(r"\((\d+), (\d+)\) vs \((\d+), (\d+)\)", str(err))
+    what = (
+        f"crops {sizes[1]} x {sizes[2]} pixels (height x width) out of an image of {sizes[3]} x "
+        f"{sizes[4]}"
+        if sizes
+        else f"crops more than the image holds ({err})"
+    )
+    return (
+        f"{where} {what}: make the crop at most the image size (after dataset.image_size and the "
+        "transforms before it), or let it pad (pad_if_needed: true, or an albumentations."
+        "PadIfNeeded before it)"
+    )
+
+
+def _transform_path(node: A.BasicTransform | A.BaseCompose, transform: A.BasicTransform) -> str:
+    """Where `transform` sits in a (nested) Compose, as its config key below the pipeline's
+    (`transforms.0`, `transforms.1.transforms.0`); '' when not found."""
+    for i, child in enumerate(getattr(node, "transforms", [])):
+        if child is transform:
+            return f"transforms.{i}"
+        below = _transform_path(child, transform)
+        if below:
+            return f"transforms.{i}.{below}"
+    return ""
 
 
 def start_stream(stream: tuple[np.random.Generator, random.Random], seed, epoch, index) -> None:

@@ -131,11 +131,12 @@ class SeededVolumeAugment(EpochStream):
         return result
 
 
-def seeded_augment(pipeline: Any, seed: int, seeding: str) -> Any:
-    """The seeded wrapper of an augmentation pipeline: 3D (MONAI) or 2D (albumentations)."""
+def seeded_augment(pipeline: Any, seed: int, seeding: str, key: str = "augmentation") -> Any:
+    """The seeded wrapper of an augmentation pipeline: 3D (MONAI) or 2D (albumentations). `key`:
+    the pipeline's config key (`augmentation.train`), named in errors."""
     if is_monai_pipeline(pipeline):
         return SeededVolumeAugment(pipeline, seed)
-    return SeededAugment(pipeline, seed, seeding)
+    return SeededAugment(pipeline, seed, seeding, key)
 
 
 def check_augmentation(transform: Any, spatial_dims: int, choice: str) -> None:

@@ -295,8 +295,9 @@ def build_datasets(
     datasets = {}
     for split in SPLITS:
         stage = "train" if split == "train" else "eval"
-        pipeline = build(cfg.augmentation[stage], f"augmentation.{stage}")
-        transform = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg))
+        key = f"augmentation.{stage}"
+        pipeline = build(cfg.augmentation[stage], key)
+        transform = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg), key)
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
         cross_validated = empty_test or (cfg.get("cv") or {}).get("fold") is not None
         if len(datasets[split]) == 0 and not (split == "test" and cross_validated):

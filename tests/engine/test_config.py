@@ -374,3 +374,35 @@ def test_seed_path_and_class_count_values_are_checked(tmp_path):
         SyntheticLesions("train", path=str(tmp_path))
     with pytest.raises(ConfigError, match="dataset.num_classes=1: classification needs at least 2"):
         SyntheticLesions("train", num_classes=1)
+
+
+@pytest.mark.parametrize(
+    ("transforms", "where", "sizes"),
+    [
+        (
+            "[{_target_: albumentations.RandomCrop, height: 64, width: 64}]",
+            "augmentation.train.transforms.0 (RandomCrop)",
+            "64 x 64",
+        ),
+        (
+            "[{_target_: albumentations.HorizontalFlip}, {_target_: albumentations.OneOf, "
+            "p: 1.0, transforms: [{_target_: albumentations.CenterCrop, height: 20, width: 8}]}]",
+            "augmentation.train.transforms.1.transforms.0 (CenterCrop)",
+            "20 x 8",
+        ),
+    ],
+)
+def test_a_crop_larger_than_the_images_is_refused_at_the_first_sample(
+    tmp_path, transforms, where, sizes
+):
+    """It was albumentations' CropSizeError traceback from inside the data loading."""
+    from tests.conftest import TINY, train_in_process
+
+    with pytest.raises(ConfigError) as err:  # TINY's images are 16 x 16
+        train_in_process(tmp_path, [*TINY, f"augmentation.train.transforms={transforms}"])
+    assert str(err.value) == (
+        f"{where} crops {sizes} pixels (height x width) out of an image of 16 x 16: make the "
+        "crop at most the image size (after dataset.image_size and the transforms before it), or "
+        "let it pad (pad_if_needed: true, or an albumentations.PadIfNeeded before it)"
+    )
+    assert not (tmp_path / "checkpoints").exists()  # refused before the first epoch
