@@ -19,6 +19,23 @@ def _safe_auc(target: np.ndarray, score: np.ndarray) -> float:
     return float(skm.roc_auc_score(target, score)) if len(np.unique(target)) == 2 else float("nan")
 
 
+def _mean_defined(values: Sequence[float]) -> float:
+    """Mean of the defined (non-NaN) values; NaN, without numpy's "Mean of empty slice" warning,
+    when none is defined (every class's AUC of targets that hold one class)."""
+    array = np.asarray(values, dtype=float)
+    kept = array[~np.isnan(array)]
+    return float(kept.mean()) if kept.size else float("nan")
+
+
+def _balanced_accuracy(target: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes in the targets. A prediction of a class no case is counts (as
+    a miss), and targets of one class give that class's recall: neither is warned of."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", "A single label was found in 'y_true' and 'y_pred'")
+        return float(skm.balanced_accuracy_score(target, pred))
+
+
 def _specificity(target: np.ndarray, pred: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """Per-class specificity TN / (TN + FP) from scikit-learn's one-vs-rest confusion matrices."""
     mcm = skm.multilabel_confusion_matrix(target, pred, labels=list(labels))
@@ -29,12 +46,14 @@ def _specificity(target: np.ndarray, pred: np.ndarray, labels: Sequence[int]) ->
 def binary_metrics(target: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
     """Metrics of one positive-class probability against 0/1 targets at `threshold`."""
     pred = (prob >= threshold).astype(int)
+    balanced = _balanced_accuracy(target, pred)
     return {
         "acc": float(skm.accuracy_score(target, pred)),
-        "balanced_acc": float(skm.balanced_accuracy_score(target, pred)),
+        "balanced_acc": balanced,
         "auc": _safe_auc(target, prob),
-        "sensitivity": float(skm.recall_score(target, pred, pos_label=1, zero_division=0)),
-        "specificity": float(skm.recall_score(target, pred, pos_label=0, zero_division=0)),
+        # Undefined (NaN) without positive, or negative, cases, as AUC is: not a rate of 0.
+        "sensitivity": float(skm.recall_score(target, pred, pos_label=1, zero_division=np.nan)),
+        "specificity": float(skm.recall_score(target, pred, pos_label=0, zero_division=np.nan)),
         "precision": float(skm.precision_score(target, pred, zero_division=0)),
         "f1": float(skm.f1_score(target, pred, zero_division=0)),
         "acc@0.5": float(skm.accuracy_score(target, (prob >= 0.5).astype(int))),
@@ -52,20 +71,18 @@ def multiclass_metrics(
     auc = (
         float(skm.roc_auc_score(target, probs, multi_class="ovr", average="macro", labels=labels))
         if present.all()
-        else float(np.nanmean(per_class_auc))
+        else _mean_defined(per_class_auc)  # NaN when no class is both present and absent
     )
     recall = skm.recall_score(target, pred, labels=labels, average=None, zero_division=0)
     specificity = _specificity(target, pred, labels)
     f1 = skm.f1_score(target, pred, labels=labels, average=None, zero_division=0)
-    with warnings.catch_warnings():  # a prediction of a class no case is: counted, not warned
-        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
-        balanced = float(skm.balanced_accuracy_score(target, pred))
+    balanced = _balanced_accuracy(target, pred)
     out = {
         "acc": float(skm.accuracy_score(target, pred)),
         "balanced_acc": balanced,
         "auc": auc,
         "sensitivity": float(recall[present].mean()),
-        "specificity": float(np.nanmean(specificity)),
+        "specificity": _mean_defined(specificity),
         # Over the classes in the targets or the predictions (scikit-learn's default): a class
         # in neither has no F1, and counted as 0 it would pull the mean down.
         "f1": float(skm.f1_score(target, pred, average="macro", zero_division=0)),
@@ -87,7 +104,7 @@ def multilabel_metrics(
     per_label = [
         binary_metrics(target[:, k], probs[:, k], thresholds[k]) for k in range(probs.shape[1])
     ]
-    out = {key: float(np.nanmean([m[key] for m in per_label])) for key in per_label[0]}
+    out = {key: _mean_defined([m[key] for m in per_label]) for key in per_label[0]}
     out["subset_acc"] = float(skm.accuracy_score(target, probs >= np.asarray(thresholds)))
     for name, m in zip(names, per_label, strict=True):
         out |= {f"{key}_{name}": m[key] for key in ("auc", "sensitivity", "specificity", "f1")}

@@ -94,3 +94,26 @@ def test_confusion_matrix_uses_threshold_for_binary():
     probs = np.array([[0.6, 0.4], [0.7, 0.3], [0.2, 0.8]])
     assert M.confusion(target, probs, False, 0.5).tolist() == [[1, 0], [1, 1]]
     assert M.confusion(target, probs, False, 0.25).tolist() == [[0, 1], [0, 2]]
+
+
+def test_targets_of_one_class_give_undefined_metrics_quietly():
+    """`medtrain evaluate` on cases of one class leaked numpy's "Mean of empty slice" (the macro
+    AUC of classes that are each all present or all absent) and scikit-learn's warnings; the
+    binary specificity of positive cases alone read 0.0. Undefined is NaN (null in JSON)."""
+    import warnings
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        many = M.multiclass_metrics(np.zeros(4, int), probs, ["a", "b", "c"])
+        labels = M.multilabel_metrics(np.ones((4, 2), int), probs[:, :2], [0.5, 0.5], ["a", "b"])
+        binary = M.binary_metrics(np.ones(4, int), probs[:, 0], 0.5)
+        none_called = M.binary_metrics(np.ones(4, int), np.full(4, 0.9), 0.5)
+    assert np.isnan(many["auc"]) and all(np.isnan(many[f"auc_{n}"]) for n in "abc")
+    assert many["sensitivity"] == pytest.approx(2 / 4) == many["balanced_acc"]
+    assert many["specificity"] == pytest.approx(3 / 4)  # of b and c: a has no negatives
+    assert np.isnan(labels["auc"]) and np.isnan(labels["specificity"])
+    assert labels["sensitivity"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert np.isnan(binary["auc"]) and np.isnan(binary["specificity"])
+    assert binary["sensitivity"] == pytest.approx(2 / 4) == binary["balanced_acc"]
+    assert none_called["balanced_acc"] == 1.0 and np.isnan(none_called["specificity"])
