@@ -85,7 +85,8 @@ def test_manifest_inputs_and_bad_files(finished_runs, tmp_path):
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     np.save(tmp_path / "imgs" / "two_channels.npy", np.zeros((16, 16, 2), np.float32))
     np.save(tmp_path / "imgs" / "nan.npy", np.full((16, 16), np.nan, np.float32))
-    np.save(tmp_path / "imgs" / "huge.npy", np.full((16, 16), 3e38, np.float32))
+    # negative: values above 1.5 are another pixel scale than this run's floats of 0-1
+    np.save(tmp_path / "imgs" / "huge.npy", np.full((16, 16), -3e38, np.float32))
     np.save(tmp_path / "imgs" / "blank.npy", np.zeros((16, 16), np.float32))
     lines = ["image,age"] + [f"imgs/{n},50" for n in names]
     lines += ["imgs/broken.png,1", "imgs/missing.png,2", "imgs/two_channels.npy,3"]
