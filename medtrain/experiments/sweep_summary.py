@@ -238,7 +238,8 @@ def write_sweep_summary(
     monitor = monitor or (tasks.most_common(1)[0][0][0] if tasks else "val/loss")
     mode = next(
         (m for (k, m), _ in tasks.most_common() if k == monitor),
-        metric_direction(monitor) or "max",  # val/rmse ranked upwards put the worst job first
+        # val/rmse ranked upwards put the worst job first
+        metric_direction(monitor) or ("min" if "loss" in monitor else "max"),
     )
     overrides = {
         job.name: dict(

@@ -1,16 +1,33 @@
 """Which way a metric improves, read from its name: `val/auc` and `val/dice_nucleus` upwards,
 `val/mae` and `test/hd95_mm` downwards. It holds the checkpoint rule (`task.monitor_mode`) to its
-metric and ranks a sweep by a metric other than the runs' monitor."""
+metric and ranks a sweep by a metric other than the runs' monitor.
+
+Only the metric's own name counts, at the start of the key's last part: what follows is a class,
+label or target name of the user's (`val/auc_hearing_loss` is an AUC, not a loss)."""
 
 from __future__ import annotations
 
-# Name parts (between underscores) of metrics that improve downwards; checked first, so that
-# `count_mae_nucleus` and `area_mean_abs_rel_error` are errors however else they are named.
-LOWER = ("loss", "mae", "mse", "rmse", "error", "hd95", "hd", "ece", "brier", "nll")
-# ... and upwards.
+LOWER = (
+    "loss",
+    "mae",
+    "mse",
+    "rmse",
+    "nll",
+    "ece",
+    "brier",
+    "hd95",
+    "count_mae",
+    "count_median_abs_rel_error",
+    "area_mae_mm2",
+    "area_mean_abs_rel_error",
+    "volume_mae_ml",
+)
 HIGHER = (
     "auc",
+    "acc",
     "accuracy",
+    "balanced_acc",
+    "balanced_accuracy",
     "f1",
     "sensitivity",
     "specificity",
@@ -27,19 +44,20 @@ HIGHER = (
     "qwk",
     "kappa",
     "mcc",
-    "score",
+    "ap",
+    "average_precision",
+    "instance_score",
     "pq",
     "sq",
     "rq",
 )
+DIRECTIONS = {**{name: "min" for name in LOWER}, **{name: "max" for name in HIGHER}}
 
 
 def metric_direction(key: str) -> str | None:
-    """`max` or `min` for a metric key (`val/auc`, `test/count_mae_nucleus`), None when its name
-    does not say (a signed bias, a limit of agreement, a metric of one's own)."""
-    parts = key.rsplit("/", 1)[-1].lower().split("_")
-    if any(part in LOWER for part in parts):
-        return "min"
-    if any(part in HIGHER for part in parts):
-        return "max"
-    return None
+    """`max` or `min` for a metric key (`val/auc`, `test/count_mae_nucleus`), by the longest known
+    metric name its last part starts with (followed by `_` or nothing); None when it starts with
+    none (a signed bias, a limit of agreement, a metric of one's own)."""
+    name = key.rsplit("/", 1)[-1].lower()
+    known = [m for m in DIRECTIONS if name == m or name.startswith(m + "_")]
+    return DIRECTIONS[max(known, key=len)] if known else None

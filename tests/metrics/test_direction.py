@@ -28,6 +28,14 @@ from tests.conftest import compose_cfg
         ("val/ece", "min"),
         ("test/volume_bias_ml_left", None),  # signed: neither way is better
         ("val/my_metric", None),
+        # what follows the metric's name is a class, label or target of the user's
+        ("val/auc_hearing_loss", "max"),
+        ("val/sensitivity_weight_loss", "max"),
+        ("val/r2_refractive_error", "max"),
+        ("val/mae_score", "min"),
+        ("val/dice_loss_region", "max"),
+        ("val/accuracy", "max"),
+        ("val/auc_macro", "max"),
     ],
 )
 def test_metric_direction_from_its_name(key, way):
