@@ -88,20 +88,25 @@ def load_run(
         raise ConfigError(
             f"{key}: {run_dir} has no checkpoints/{checkpoint}.pt (is it a finished run?)"
         )
-    unfinished = (run_dir / "checkpoints" / "last.pt").is_file() and not (
-        run_dir / "metrics.json"
-    ).is_file()
-    if unfinished:  # its best.pt has no decision threshold yet: predictions would use a default
-        raise ConfigError(
-            f"{key}: {run_dir} is an unfinished run (checkpoints/last.pt, no metrics.json: "
-            "interrupted, or still training): its decision threshold and test pass come at its "
-            "end; finish it with its command and hydra.run.dir=<the folder> trainer.resume=true"
-        )
     try:
         state = load_checkpoint(path)
         cfg = OmegaConf.create(state["config"])
     except Exception as err:  # not a medtrain checkpoint, or written by an incompatible version
         raise ConfigError(f"{key}: cannot read {path} as a medtrain checkpoint ({err})") from err
+    # A run's end writes `threshold` into best.pt (None where the task chooses none); an
+    # interrupted run's best.pt lacks it, and its predictions would take the task's default.
+    unfinished = (
+        "threshold" not in state
+        and (run_dir / "checkpoints" / "last.pt").is_file()
+        and not (run_dir / "metrics.json").is_file()
+    )
+    if unfinished:
+        raise ConfigError(
+            f"{key}: {run_dir} is an unfinished run (interrupted, or still training: its "
+            "checkpoints/best.pt was saved before the run's end, which chooses the decision "
+            "threshold where the task has one and tests the run); finish it with its command "
+            "and hydra.run.dir=<the folder> trainer.resume=true"
+        )
     check_targets(state["config"], path, trust)  # before anything it names is imported or built
     with open_dict(cfg):
         cfg.trainer.num_workers = 0

@@ -478,14 +478,23 @@ def test_an_unfinished_run_is_refused_until_it_is_finished(finished_runs, tmp_pa
 
     run = tmp_path / "run"
     shutil.copytree(finished_runs["classification"], run)
-    shutil.copy(run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt")
+    import torch
+
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    state.pop("threshold")  # as saved during training, before the run's end
+    torch.save(state, best)
+    torch.save(state, run / "checkpoints" / "last.pt")
     (run / "metrics.json").unlink()
-    with pytest.raises(ConfigError, match=r"is an unfinished run \(checkpoints/last.pt, no "):
+    with pytest.raises(ConfigError, match=r"is an unfinished run \(interrupted, or still "):
         Predictor(run)
     assert main([f"run_dir={run}", f"inputs={tmp_path}", f"output={tmp_path / 'p.csv'}"]) == 2
     assert "trainer.resume=true" in capsys.readouterr().err
     assert export([f"run_dir={run}", f"output={tmp_path / 'export'}"]) == 2
     assert "is an unfinished run" in capsys.readouterr().err
+    # A finished run's checkpoints copied without its metrics.json (to a serving host) serve.
+    shutil.copy(finished_runs["classification"] / "checkpoints" / "best.pt", best)
+    Predictor(run)
 
 
 def test_an_input_on_another_scale_than_the_training_images_is_refused(finished_runs):
