@@ -109,6 +109,10 @@ def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
     return check_spacing(values * 2 if len(values) == 1 else values)  # [0.5]: square, as 0.5
 
 
+# The tables a segmentation run writes with measure's columns (its test split's objects).
+RUN_TABLES = ("measurements.csv", "measurement_totals.csv")
+
+
 def check_tables(object_table: Path, totals_table: Path) -> None:
     """The tables may replace only earlier tables of `medtrain measure` (by their columns), never
     a run's (a run folder's `measurements.csv` holds the ground truth's rows too), a manifest,
@@ -121,9 +125,9 @@ def check_tables(object_table: Path, totals_table: Path) -> None:
         raise ConfigError(
             f"output={object_table} is a folder; give a file name such as results.csv"
         )
-    run = any((object_table.parent / held).exists() for held in ("metrics.json", "checkpoints"))
+    run = (object_table.parent / "metrics.json").is_file()
     for path, fields in ((object_table, MEASUREMENT_FIELDS), (totals_table, TOTAL_FIELDS)):
-        if path.exists() and run:  # a run's measurements.csv has the same columns
+        if path.exists() and run and path.name in RUN_TABLES:  # the same columns as measure's
             raise ConfigError(
                 f"{path} is a run's file (its folder holds a run), which measure would replace: "
                 "give output= a new file name; nothing was written"

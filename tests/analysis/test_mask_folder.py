@@ -309,6 +309,7 @@ def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
     assert main([f"masks={tmp_path / 'masks'}", f"output={tmp_path / 'm.csv'}"]) == 0
     assert main([f"masks={tmp_path / 'masks'}", f"output={tmp_path / 'm.csv'}"]) == 0  # its own
     assert main([f"masks={tmp_path / 'masks'}", f"output={run / 'mine.csv'}"]) == 0  # a new file
+    assert main([f"masks={tmp_path / 'masks'}", f"output={run / 'mine.csv'}"]) == 0  # its own
 
 
 def test_command_line_runs_as_a_module(folder):
