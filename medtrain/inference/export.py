@@ -465,7 +465,8 @@ def check_own_files(folder: Path, before: dict[str, Any] | None) -> None:
         raise ConfigError(
             f"output={folder} holds {', '.join(foreign)}, which "
             + ("its manifest.json does not name" if before else "no export's manifest.json names")
-            + ": an export would replace or remove it; give output= another folder"
+            + ": an export would replace or remove it; give output= another folder (or, if it "
+            "is what an interrupted export left before its manifest, delete it)"
         )
 
 

@@ -153,7 +153,7 @@ def eval_preprocessing(cfg: DictConfig, saved: dict[str, Any] | None = None) -> 
         settings = OmegaConf.to_container(cfg.dataset) | task.dataset_options(cfg)
         kwargs = {k: v for k, v in settings.items() if k in accepted}
     pipeline = build(cfg.augmentation.eval, "augmentation.eval")
-    augment = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg))
+    augment = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg), "augmentation.eval")
     return base("test", transform=augment, **kwargs)
 
 
