@@ -87,12 +87,15 @@ def multiclass_metrics(
         # in neither has no F1, and counted as 0 it would pull the mean down.
         "f1": float(skm.f1_score(target, pred, average="macro", zero_division=0)),
     }
+    predicted = np.isin(labels, pred)
     for k, name in enumerate(names):
+        # A class without cases has no sensitivity, and one neither in the targets nor the
+        # predictions no F1: null, as its AUC is (they read 0).
         out |= {
             f"auc_{name}": per_class_auc[k],
-            f"sensitivity_{name}": float(recall[k]),
+            f"sensitivity_{name}": float(recall[k]) if present[k] else float("nan"),
             f"specificity_{name}": float(specificity[k]),
-            f"f1_{name}": float(f1[k]),
+            f"f1_{name}": float(f1[k]) if present[k] or predicted[k] else float("nan"),
         }
     return out
 

@@ -117,3 +117,17 @@ def test_targets_of_one_class_give_undefined_metrics_quietly():
     assert np.isnan(binary["auc"]) and np.isnan(binary["specificity"])
     assert binary["sensitivity"] == pytest.approx(2 / 4) == binary["balanced_acc"]
     assert none_called["balanced_acc"] == 1.0 and np.isnan(none_called["specificity"])
+
+
+def test_a_class_without_cases_has_no_sensitivity_and_one_never_seen_no_f1():
+    """Targets of classes a and b only, of a, b, c: sensitivity_c read 0 (while auc_c was NaN)."""
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    out = M.multiclass_metrics(np.array([0, 0, 1, 1]), probs, ["a", "b", "c"])
+    assert np.isnan(out["sensitivity_c"]) and np.isnan(out["auc_c"])
+    assert out["f1_c"] == 0.0  # predicted once, never true: a real 0
+    pred = probs.argmax(axis=1)
+    assert (
+        out["sensitivity_a"] == skm.recall_score([0, 0, 1, 1], pred, labels=[0, 1], average=None)[0]
+    )
+    never = M.multiclass_metrics(np.array([0, 0, 1, 1]), probs[:, [0, 1, 1]] * [1, 1, 0], "abc")
+    assert np.isnan(never["f1_c"]) and np.isnan(never["sensitivity_c"])
