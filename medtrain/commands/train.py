@@ -64,6 +64,9 @@ class TrainJobs:
     run_dir_existed: bool = False
     # What that folder held before (its names): a refused run removes only what it added there.
     held_before: frozenset[str] = frozenset()
+    # The folders above it that this command's Hydra makes (deepest first): a refused run's
+    # removal takes them along while they are empty (`hydra.run.dir=<data>/runs/r1` left runs/).
+    made_above: tuple[Path, ...] = ()
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -100,8 +103,10 @@ class TrainJobs:
                 run_dir = Path(hydra.runtime.output_dir)
                 if self.run_dir_existed:
                     undo_refused_run(run_dir, self.held_before)
-                else:
-                    discard_refused_run(run_dir, hydra.overrides.task)
+                elif discard_refused_run(run_dir, hydra.overrides.task):
+                    for folder in self.made_above:  # deepest first; only while left empty
+                        with contextlib.suppress(OSError):
+                            folder.rmdir()
             if isinstance(err, distributed.PeerFailed):
                 # The process group is broken: leaving it normally can abort in torch's
                 # destructors ("terminate called without an active exception"); end here.
@@ -270,6 +275,14 @@ def held_by_run_dir(overrides: Sequence[str]) -> frozenset[str]:
         return frozenset()
 
 
+def missing_parents(overrides: Sequence[str]) -> tuple[Path, ...]:
+    """The folders above `hydra.run.dir` that do not exist yet, deepest first (none without it)."""
+    folder = override_values(overrides).get("hydra.run.dir")
+    if not folder:
+        return ()
+    return tuple(p for p in Path(folder).absolute().parents if not p.exists())
+
+
 def named_run_dir_exists(overrides: Sequence[str]) -> bool:
     """Whether the command line's `hydra.run.dir` names a folder that exists already."""
     values = override_values(overrides)
@@ -312,6 +325,7 @@ def main(argv: Sequence[str]) -> int:
         saved_hydra={} if rank > 0 else hydra_files_of_run_dir(args.overrides),
         run_dir_existed=named_run_dir_exists(args.overrides),
         held_before=held_by_run_dir(args.overrides),
+        made_above=missing_parents(args.overrides),
     )
     if scratch is not None:
         jobs.cleanup = scratch.cleanup

@@ -154,6 +154,10 @@ RANGES: dict[str, dict[str, tuple[Callable[[float, float], bool], str]]] = {
             lambda v, lr: 0 < v < 1,
             "must be in (0, 1), the factor the rate is multiplied by when the metric stalls",
         ),
+        "patience": (
+            lambda v, lr: isinstance(v, int) and v >= 0,
+            "must be a whole number >= 0 (validations without improvement before a cut)",
+        ),
         "min_lr": (
             lambda v, lr: 0 <= v <= lr,
             "must be in [0, optimizer.lr={lr}], the floor of the rate (above optimizer.lr a "

@@ -569,6 +569,7 @@ def test_a_run_folder_that_is_holds_or_lies_in_the_data_is_refused(tmp_path, cap
             f"the run folder {run} (hydra.run.dir) {where} the data (dataset.path={data})" in said
         )
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    assert not (data / "runs").exists()  # the folders Hydra made above the refused run too
 
 
 def test_a_new_run_in_a_run_folder_is_refused_and_leaves_it_as_it_was(tmp_path, capsys):
