@@ -16,7 +16,7 @@ from torch import nn
 from medtrain.data.volume_transforms import seeded_augment
 from medtrain.engine.build import augmentation_seeding, build, build_model, build_task, task_class
 from medtrain.engine.trust import check_targets
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, DataError
 from medtrain.io import file_sha256, load_checkpoint, read_json
 
 
@@ -91,6 +91,8 @@ def load_run(
     try:
         state = load_checkpoint(path)
         cfg = OmegaConf.create(state["config"])
+    except DataError as err:  # empty or truncated: the message names the file
+        raise ConfigError(f"{key}: {err}") from err
     except Exception as err:  # not a medtrain checkpoint, or written by an incompatible version
         raise ConfigError(f"{key}: cannot read {path} as a medtrain checkpoint ({err})") from err
     # A run's end writes `threshold` into best.pt (None where the task chooses none); an
