@@ -91,7 +91,8 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
 class Supervisor:
     """Forks `processes` workers, each calling `serve()` (which serves on the shared socket until
     it is told to stop, then returns), and watches them; `run` returns the exit status (0 after a
-    stop signal, 1 when workers kept dying, could not be started or had to be killed)."""
+    stop signal, 130 after Ctrl-C (SIGINT) as one server process exits, 1 when workers kept
+    dying, could not be started or had to be killed)."""
 
     def __init__(
         self,
@@ -115,6 +116,7 @@ class Supervisor:
         self.sock = sock
         self.workers: set[int] = set()
         self.kill_at: float | None = None  # set by the first stop signal
+        self.stopped_by: int | None = None  # that signal
         self.failed = False
         self.deaths: list[float] = []  # times of unexpected exits
 
@@ -143,7 +145,12 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 1 if self.failed else 0
+        if self.failed:
+            return 1
+        if self.stopped_by == signal.SIGINT:  # Ctrl-C: as one server process says it
+            print("interrupted: the servers stopped", file=sys.stderr, flush=True)
+            return 130
+        return 0
 
     def kill_late(self) -> None:
         """Past the stop deadline: SIGKILL the workers still running."""
@@ -197,6 +204,7 @@ class Supervisor:
         at once); no worker is started afterwards, and the supervisor lets go of the socket."""
         if self.kill_at is None:
             self.kill_at = time.monotonic() + self.stop_s
+            self.stopped_by = sig
             if self.sock is not None:
                 self.sock.close()
         for pid in list(self.workers):

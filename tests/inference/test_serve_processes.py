@@ -209,6 +209,15 @@ def test_a_refused_fork_stops_the_server_with_one_line(monkeypatch, capfd):
     assert "Traceback" not in err
 
 
+def test_ctrl_c_stops_the_servers_with_status_130(capfd):
+    """SIGINT (Ctrl-C) ends the supervisor as it ends one server process: one line, status 130
+    (it returned 0); SIGTERM stays 0 (a service manager's stop)."""
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    assert Supervisor(lambda: time.sleep(30), processes=1, stop_s=5).run() == 130
+    assert "interrupted: the servers stopped" in capfd.readouterr().err
+
+
 def test_the_supervisor_lets_go_of_the_port_at_the_first_signal():
     sock = listening_socket("127.0.0.1", 0)
     supervisor = Supervisor(lambda: time.sleep(30), processes=1, stop_s=5, sock=sock)
