@@ -82,6 +82,11 @@ class Names:
         if files:
             return f"{files[0]} ({row})" if row else files[0]
         if isinstance(self.dataset, MedMNIST):
+            # By its id (`train_4422`): a CV fold's splits hold entries of the file's train and
+            # val arrays, at other positions than in the file.
+            split, _, entry = str(self.dataset.ids[index]).rpartition("_")
+            if split and entry.isdigit():
+                return f"{self.path} {split}_images[{entry}]"
             return f"{self.path} {self.dataset.split}_images[{index}]"
         return f"{self.dataset.split} sample {self.dataset.ids[index]}"
 

@@ -596,3 +596,22 @@ def test_pneumoniamnist_train_and_val_share_8_images():
     assert (within["test"]["images"], within["test"]["copies"]) == (3, 3)
     assert exit_status(report) == 0 and len(report["warnings"]) == 10
     assert report["splits"]["train"]["balance"]["counts"] == {"normal": 1214, "pneumonia": 3494}
+
+
+def test_entries_of_a_cv_fold_are_named_by_their_place_in_the_file(tmp_path):
+    """A fold's val split holds entries of the file's train array: messages named them by their
+    position in the fold (val_images[2211] of a file of 524 val images)."""
+    from omegaconf import OmegaConf
+
+    from medtrain.data.folds import regrouped
+    from medtrain.data.medmnist import MedMNIST
+    from medtrain.data.validation import Names
+    from tests.data.test_datasets import write_npz
+
+    path = tmp_path / "d.npz"
+    write_npz(path)
+    train = MedMNIST(str(path), "train")
+    fold_val = regrouped([(train, [7, 3])], "val", None)
+    names = Names(OmegaConf.create({"dataset": {"path": str(path)}}), fold_val)
+    assert names.name(0) == f"{path} train_images[7]"
+    assert names.name(1) == f"{path} train_images[3]"
