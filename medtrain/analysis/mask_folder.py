@@ -17,7 +17,7 @@ from medtrain.analysis.measurements import (
     measure_mask,
     totals,
 )
-from medtrain.data.masks import folder_hint, numbered_regions, read_mask_file, reading_hint
+from medtrain.data.masks import LOSSY, folder_hint, numbered_regions, read_mask_file, reading_hint
 from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import csv_header, save_csv
@@ -109,6 +109,23 @@ def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
     return check_spacing(values * 2 if len(values) == 1 else values)  # [0.5]: square, as 0.5
 
 
+def folder_classes(masks: list[Path]) -> int | None:
+    """The classes (with background) of a folder of class masks read without names: one more
+    than the largest value when the masks hold two or more values besides 0 together, so that a
+    mask holding only {0, 2} keeps class 2 as its neighbours do (read alone, it is a binary
+    {0, v} mask, v -> 1: the same value was class_2 in one file and class_1 in the next). None
+    for a folder of binary masks (or JPEG ones, whose values compression blurs)."""
+    if any(m.suffix.lower() in LOSSY for m in masks):
+        return None
+    values: set[int] = set()
+    for mask in masks:
+        found = np.unique(read_image_file(mask))
+        if not np.array_equal(found, np.round(found)):
+            return None  # read_mask_file refuses fractions, naming the file
+        values |= {int(v) for v in found if v != 0}
+    return max(values) + 1 if len(values) >= 2 else None
+
+
 # The tables a segmentation run writes with measure's columns (its test split's objects).
 RUN_TABLES = ("measurements.csv", "measurement_totals.csv")
 
@@ -178,6 +195,8 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     units = {m.stem: "mm" if spacings[m] else "px" for m in masks}
     _check_one_unit(cfg.masks, units)
     num_classes = len(class_names) if class_names and not instances else None
+    if not (instances or class_values or class_names):
+        num_classes = folder_classes(masks)
     rows, found_classes = [], set()
     suspicious: list[str] = []  # masks that look read the wrong way (labels vs classes)
     numbered: list[int | None] = []  # masks read as classes: n for values 1..n, one region each

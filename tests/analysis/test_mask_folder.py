@@ -285,6 +285,30 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert message in err
 
 
+def test_a_value_is_one_class_in_every_mask_of_a_folder(tmp_path):
+    """Read without names, a mask holding only {0, 2} beside masks of {0, 1, 2} was taken for a
+    binary {0, v} mask: its value 2 became class_1 while the others' was class_2."""
+    (tmp_path / "masks").mkdir()
+    both = np.zeros((20, 20), np.uint8)
+    both[2:6, 2:6], both[10:14, 10:14] = 1, 2
+    only_two = np.zeros((20, 20), np.uint8)
+    only_two[10:14, 10:14] = 2
+    Image.fromarray(both).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(only_two).save(tmp_path / "masks" / "b.png")
+    assert main([f"masks={tmp_path / 'masks'}", f"output={tmp_path / 'm.csv'}"]) == 0
+    rows = read_csv(tmp_path / "m.csv")
+    assert sorted((r["id"], r["class"]) for r in rows) == [
+        ("a", "class_1"),
+        ("a", "class_2"),
+        ("b", "class_2"),
+    ]
+    # A folder of binary masks ({0, 255}) still reads as one class.
+    (tmp_path / "binary").mkdir()
+    Image.fromarray(only_two * 127).save(tmp_path / "binary" / "c.png")
+    assert main([f"masks={tmp_path / 'binary'}", f"output={tmp_path / 'b.csv'}"]) == 0
+    assert [r["class"] for r in read_csv(tmp_path / "b.csv")] == ["class_1"]
+
+
 def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
     """output= replaced anything: a mask (made CSV text), a manifest, a run's measurements.csv
     (the ground truth's rows lost). It replaces only an earlier table of measure, outside runs."""
