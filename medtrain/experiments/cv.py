@@ -395,10 +395,18 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     cfg = compose_config(cv.overrides)  # a typo stops the CV before anything is written
     # The folds are loaded back as run folders: classes they may not build stop the CV now.
     check_targets(OmegaConf.to_container(cfg), "the CV's config", cv.trust, option="cv.trust")
+    if cv.dir.exists() and not cv.dir.is_dir():
+        raise ConfigError(f"cv.dir={cv.dir} is a file; give a folder")
     held = [name for name in ("metrics.json", "checkpoints") if (cv.dir / name).exists()]
     if held:  # a run's folder: the CV would write its files among the run's
         raise ConfigError(
             f"cv.dir={cv.dir} holds a run ({', '.join(held)}): give the CV a folder of its own"
+        )
+    searched = [n for n in ("study.db", "study.json", "sweep_summary.md") if (cv.dir / n).exists()]
+    if searched:  # a sweep's folder: its trials and summary would be mixed with the folds
+        raise ConfigError(
+            f"cv.dir={cv.dir} holds a sweep ({', '.join(searched)}): give the CV a folder of its "
+            "own"
         )
     cv.dir.mkdir(parents=True, exist_ok=True)
     check_same_overrides(cv)  # first: a dropped override is named, not its consequence

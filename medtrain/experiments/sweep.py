@@ -45,7 +45,7 @@ from medtrain.experiments.studies import (
     open_storage,
     search_of,
 )
-from medtrain.io import atomic_write
+from medtrain.io import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 60  # a running trial's worker says it is alive this often
@@ -231,10 +231,40 @@ def parse_args(argv: list[str]) -> Sweep:
     return Sweep(dir=Path(directory).resolve(), params=params, overrides=overrides, **settings)
 
 
+def check_sweep_dir(sweep: Sweep) -> None:
+    """`sweep.dir` must be a folder of its own (not a file, a run's or a CV's folder), and a
+    shared study is resumed from the storage it was started with (`study.json`).
+
+    Raises:
+        ConfigError: naming the folder and what it holds.
+    """
+    folder = sweep.dir
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"sweep.dir={folder} is a file; give a folder")
+    held = [n for n in ("metrics.json", "checkpoints", "folds.json") if (folder / n).exists()]
+    if held:
+        what = "a cross-validation" if "folds.json" in held else "a run"
+        raise ConfigError(
+            f"sweep.dir={folder} holds {what} ({', '.join(held)}): give the sweep a folder of "
+            "its own"
+        )
+    pointer = read_json(folder / STUDY_FILE) if (folder / STUDY_FILE).is_file() else None
+    named = (pointer or {}).get("storage")
+    given = masked_url(sweep.storage) if sweep.storage else None
+    if named and named != given:
+        raise ConfigError(
+            f"sweep.dir={folder} holds a search stored in {named} ({STUDY_FILE}), not "
+            f"{given or 'study.db'}: resume it with sweep.storage={named}, or give another "
+            "sweep.dir"
+        )
+
+
 def open_study(sweep: Sweep, cfg: DictConfig):
     """Create the study (in `<dir>/study.db`, or the shared `sweep.storage`), or load it and check
     that it belongs to the same search."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_sweep_dir(sweep)
+    own_db = sweep.storage is None and not (sweep.dir / "study.db").exists()
     sweep.dir.mkdir(parents=True, exist_ok=True)
     if sweep.pruner == "median":
         pruner = optuna.pruners.MedianPruner(
@@ -254,6 +284,18 @@ def open_study(sweep: Sweep, cfg: DictConfig):
         direction="maximize" if cfg.task.monitor_mode == "max" else "minimize",
         load_if_exists=True,
     )
+    known = {t.number for t in study.get_trials(deepcopy=False)}
+    strangers = sorted(int(p.name) for p in sweep.dir.iterdir() if p.is_dir() and p.name.isdigit())
+    strangers = [n for n in strangers if n not in known]
+    if strangers:  # its trials would be numbered alike: their folders' configs rewritten
+        if own_db:
+            (sweep.dir / "study.db").unlink(missing_ok=True)  # made just now, empty
+        raise ConfigError(
+            f"sweep.dir={sweep.dir} holds trial folders {strangers[:5]} that its study ("
+            f"{masked_url(sweep.storage) if sweep.storage else 'study.db'}) does not know: "
+            "another study's (a deleted study.db, or another sweep.storage); new trials would "
+            "be numbered alike and write into them: give another sweep.dir"
+        )
     if sweep.storage is None:
         # Seeded by `seed` plus the trials so far: a resumed sweep draws new values instead of
         # replaying the first run's draws.

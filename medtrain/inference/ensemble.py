@@ -198,6 +198,8 @@ def run_ensemble(
                 f"hydra.run.dir={out_dir} is inside the member run {run}: writing there would "
                 "replace that run's files; choose another folder"
             )
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"hydra.run.dir={out_dir} is a file; name a new folder")
     if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         raise ConfigError(
             f"hydra.run.dir={out_dir} exists and is not empty: the ensemble would mix its files "

@@ -290,6 +290,14 @@ def test_a_run_folder_is_no_cv_folder_nor_a_cv_folder_a_sweep(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"holds a run \(metrics.json, checkpoints\): give"):
         run_cv(parse_args([f"cv.dir={run}"]))
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json"]
+    # Nor is a sweep's folder (its summary ranked the folds as trials), nor a file.
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "study.db").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"holds a sweep \(study.db\): give the CV a folder"):
+        run_cv(parse_args([f"cv.dir={tmp_path / 'sweep'}"]))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match=r"is a file; give a folder"):
+        run_cv(parse_args([f"cv.dir={tmp_path / 'a_file'}"]))
     (tmp_path / "cv").mkdir()
     (tmp_path / "cv" / "folds.json").write_text("{}")
     assert report([f"sweep_dir={tmp_path / 'cv'}"]) == 2

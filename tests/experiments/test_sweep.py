@@ -427,3 +427,34 @@ def test_deletions_pass_to_the_trials():
 
     sweep = parse_args(["sweep.params.optimizer.lr=log(1e-4,1)", "model=resnet", "~model.dropout"])
     assert sweep.overrides == ["model=resnet", "~model.dropout"]
+
+
+def test_a_sweep_writes_only_into_a_folder_of_its_own_study(tmp_path):
+    """Finished trials whose study is gone (a deleted study.db) or stored elsewhere (another
+    sweep.storage): a new study numbered its trials alike and rewrote their saved configs, and
+    the summary paired new values with old metrics. Refused, as are a file, a run's folder and
+    a CV's, before anything is written."""
+    from medtrain.errors import ConfigError
+    from medtrain.experiments.sweep import open_study, parse_args
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(TINY)
+    spec = "sweep.params.optimizer.lr=log(1e-4,1e-2)"
+    old = tmp_path / "old"
+    (old / "0" / ".hydra").mkdir(parents=True)
+    (old / "0" / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds trial folders \[0\] that its study \(study.db\)"):
+        open_study(parse_args([f"sweep.dir={old}", spec]), cfg)
+    assert sorted(p.name for p in old.iterdir()) == ["0"]  # no new study.db left
+    (old / "study.json").write_text(json.dumps({"storage": str(tmp_path / "a.log")}))
+    with pytest.raises(ConfigError, match=r"holds a search stored in .*a.log \(study.json\)"):
+        open_study(parse_args([f"sweep.dir={old}", spec, f"sweep.storage={tmp_path}/b.log"]), cfg)
+    for name, said in (("metrics.json", "holds a run"), ("folds.json", "a cross-validation")):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text("{}")
+        with pytest.raises(ConfigError, match=said):
+            open_study(parse_args([f"sweep.dir={folder}", spec]), cfg)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file; give a folder"):
+        open_study(parse_args([f"sweep.dir={tmp_path / 'file'}", spec]), cfg)

@@ -156,6 +156,9 @@ def test_runs_on_other_data_or_tasks_are_refused(classification_runs, tmp_path):
     (taken / "checkpoints").mkdir(parents=True)
     with pytest.raises(ConfigError, match="exists and is not empty"):
         run_ensemble(classification_runs, taken)
+    (tmp_path / "a_file").write_text("x")  # os.listdir's NotADirectoryError, a traceback
+    with pytest.raises(ConfigError, match="is a file; name a new folder"):
+        run_ensemble(classification_runs, tmp_path / "a_file")
     renamed = tmp_path / "renamed"
     train_in_process(
         renamed,
