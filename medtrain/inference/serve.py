@@ -105,6 +105,11 @@ def parse_flag(name: str, text: str) -> bool:
         raise ConfigError(f"{name}={text[:50]!r} must be true or false") from None
 
 
+def flag_text(value: str | None) -> str:
+    """A flag's text as given, `false` when it is not given."""
+    return "false" if value is None else value
+
+
 # The parameters /predict and /predict/batch take besides their file field(s).
 PARAMETERS = {"overlay", "spacing", "mask_nifti"}
 
@@ -148,9 +153,16 @@ def clinical_fields(
 
 
 def form_or_query(form: FormData, request: Request, name: str) -> str | None:
-    """A text parameter from the multipart form, else from the query string; None: neither."""
-    value = form.get(name)
-    return value if isinstance(value, str) and value else request.query_params.get(name)
+    """A text parameter from the multipart form or the query string; None: neither.
+
+    Raises:
+        ConfigError: given more than once (`?overlay=true&overlay=false`: the last one won).
+    """
+    given = [v for v in form.getlist(name) if isinstance(v, str)]
+    given += request.query_params.getlist(name)
+    if len(given) > 1:
+        raise ConfigError(f"{name} is given {len(given)} times ({given[:3]}); give it once")
+    return given[0] if given else None
 
 
 def upload_schema(field: str, description: str) -> dict[str, Any]:
@@ -463,19 +475,20 @@ def create_app(
                     f"run reads {reads}",
                 )
             clinical = clinical_fields(form, request, columns, len(files))
-            overlay = parse_flag("overlay", form_or_query(form, request, "overlay") or "false")
+            # An empty value (`?overlay=`) is refused as any other that is not true or false.
+            overlay = parse_flag("overlay", flag_text(form_or_query(form, request, "overlay")))
             if overlay and volume_run(predictor.cfg):
                 raise HTTPException(
                     422, "overlay: pictures are of 2D images; a 3D run gives mask_nifti=true"
                 )
-            nifti = parse_flag("mask_nifti", form_or_query(form, request, "mask_nifti") or "false")
+            nifti = parse_flag("mask_nifti", flag_text(form_or_query(form, request, "mask_nifti")))
             if nifti and "mask_nifti" not in used_parameters(predictor):
                 raise HTTPException(
                     422,
                     "mask_nifti: label volumes are of runs that segment volumes; this run's "
                     "answer holds all it gives",
                 )
-            spacing_text = form_or_query(form, request, "spacing")
+            spacing_text = form_or_query(form, request, "spacing") or None  # empty: none
             if spacing_text is not None and predictor.reads_volumes:  # as medtrain predict
                 raise HTTPException(422, f"spacing={spacing_text}: {VOLUME_SPACING}")
             spacing_mm = parse_spacing(spacing_text)

@@ -516,6 +516,22 @@ PROTOCOL = [
         422,  # the lenient parser drops the unfinished part
     ),
     ("bad-overlay", "POST", "/predict?overlay=maybe", *form(("file", "a.png", PNG)), 422),
+    # the last of two values won, and an empty one read false
+    (
+        "twice-overlay",
+        "POST",
+        "/predict?overlay=true&overlay=false",
+        *form(("file", "a.png", PNG)),
+        422,
+    ),
+    ("empty-overlay", "POST", "/predict?overlay=", *form(("file", "a.png", PNG)), 422),
+    (
+        "overlay-in-form-and-query",
+        "POST",
+        "/predict?overlay=false",
+        *form(("file", "a.png", PNG), ("overlay", None, b"true")),
+        422,
+    ),
     (
         "bad-overlay-field",
         "POST",
