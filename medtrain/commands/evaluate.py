@@ -3,6 +3,7 @@ new labelled images, an external test set, with the metrics and intervals of its
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,5 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = f"{value:.4f}" if isinstance(value, float) else value
         print(f"{key:<{width}} {shown}{interval}")
     print(f"intervals: {metrics['intervals']}")
+    undefined = [k for k in keys if isinstance(metrics[k], float) and math.isnan(metrics[k])]
+    if undefined:  # e.g. the AUC of cases of one class, beside a balanced accuracy that is not
+        shown = ", ".join(undefined[:6]) + (
+            f" and {len(undefined) - 6} more" if len(undefined) > 6 else ""
+        )
+        print(
+            f"note: {shown} undefined (null in metrics.json): the cases lack what they need "
+            "(a class, or a label, without cases); the other metrics are of the cases there are",
+            file=sys.stderr,
+        )
     print(f"{metrics['cases']} cases; wrote {Path(cfg.output) / 'metrics.json'}")
     return 0

@@ -86,6 +86,10 @@ def test_the_run_s_own_test_images_score_its_test_metrics(finished_runs, tmp_pat
     empty = write_labelled(tmp_path, names, targets, {"patient": ["", *patients[1:]]})
     assert main([f"run_dir={run}", f"inputs={empty}", f"output={out}", "group_column=patient"]) == 1
     assert "column 'patient' (group_column) is empty: line 2" in capsys.readouterr().err
+    # Cases of one class: the AUC is undefined, said beside a balanced accuracy that is not.
+    one = write_labelled(tmp_path, names[:4], [classes[0]] * 4)
+    assert main([f"run_dir={run}", f"inputs={one}", f"output={tmp_path / 'one'}"]) == 0
+    assert "note: test/auc, test/sensitivity" in capsys.readouterr().err
 
 
 def test_regression_values_score_as_the_run_s_test(finished_runs, tmp_path):
