@@ -149,8 +149,8 @@ def check_tables(object_table: Path, totals_table: Path) -> None:
                 f"{path} is a run's file (its folder holds a run), which measure would replace: "
                 "give output= a new file name; nothing was written"
             )
-        if path.exists() and csv_header(path) != list(fields):
-            header = csv_header(path)
+        header = csv_header(path) if path.exists() else list(fields)
+        if header != list(fields):
             what = f"the columns {header[:4]}" if header else "no CSV text"
             raise ConfigError(
                 f"{path} exists and is not an earlier table of medtrain measure (it holds "

@@ -59,11 +59,10 @@ class TrainJobs:
     saved_hydra: dict[Path, bytes] = field(default_factory=dict)
     # Called before a hard exit: removes a rank's scratch folder.
     cleanup: Callable[[], None] = lambda: None
-    # Whether `hydra.run.dir` named a folder that existed before this command: such a folder is
-    # never removed when the run is refused (a new time-stamped one is).
-    run_dir_existed: bool = False
-    # What that folder held before (its names): a refused run removes only what it added there.
-    held_before: frozenset[str] = frozenset()
+    # What the folder `hydra.run.dir` named held before this command (its names; None: it did not
+    # exist). Such a folder is never removed when the run is refused (a new time-stamped one is),
+    # only what the refused run added there.
+    held_before: frozenset[str] | None = None
     # The folders above it that this command's Hydra makes (deepest first): a refused run's
     # removal takes them along while they are empty (`hydra.run.dir=<data>/runs/r1` left runs/).
     made_above: tuple[Path, ...] = ()
@@ -101,7 +100,7 @@ class TrainJobs:
                 and (not distributed.is_distributed() or distributed.raised_everywhere(err))
             ):
                 run_dir = Path(hydra.runtime.output_dir)
-                if self.run_dir_existed:
+                if self.held_before is not None:
                     undo_refused_run(run_dir, self.held_before)
                 elif discard_refused_run(run_dir, hydra.overrides.task):
                     for folder in self.made_above:  # deepest first; only while left empty
@@ -265,13 +264,15 @@ def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
 
 
-def held_by_run_dir(overrides: Sequence[str]) -> frozenset[str]:
-    """The names in the folder `hydra.run.dir` names, before Hydra writes there (none when it does
-    not exist yet)."""
+def held_by_run_dir(overrides: Sequence[str]) -> frozenset[str] | None:
+    """The names in the folder `hydra.run.dir` names, before Hydra writes there; None when the
+    command line names none, or one that does not exist yet."""
     folder = override_values(overrides).get("hydra.run.dir")
+    if not folder or not Path(folder).exists():
+        return None
     try:
-        return frozenset(p.name for p in Path(folder).iterdir()) if folder else frozenset()
-    except OSError:
+        return frozenset(p.name for p in Path(folder).iterdir())
+    except OSError:  # a file, or unreadable: nothing of it is removed
         return frozenset()
 
 
@@ -281,12 +282,6 @@ def missing_parents(overrides: Sequence[str]) -> tuple[Path, ...]:
     if not folder:
         return ()
     return tuple(p for p in Path(folder).absolute().parents if not p.exists())
-
-
-def named_run_dir_exists(overrides: Sequence[str]) -> bool:
-    """Whether the command line's `hydra.run.dir` names a folder that exists already."""
-    values = override_values(overrides)
-    return bool(values.get("hydra.run.dir")) and Path(values["hydra.run.dir"]).exists()
 
 
 def main(argv: Sequence[str]) -> int:
@@ -323,7 +318,6 @@ def main(argv: Sequence[str]) -> int:
         configure_rank_logging(rank)
     jobs = TrainJobs(
         saved_hydra={} if rank > 0 else hydra_files_of_run_dir(args.overrides),
-        run_dir_existed=named_run_dir_exists(args.overrides),
         held_before=held_by_run_dir(args.overrides),
         made_above=missing_parents(args.overrides),
     )

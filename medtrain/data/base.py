@@ -50,24 +50,18 @@ def checked_image_size(value: Any, dims: int | None) -> Any:
     """`dataset.image_size` as given (an int, or one int per axis), checked: a positive whole
     number, or a list of 2 (or, for volumes, 3) of them. A wrong one failed inside OpenCV's
     resize (`inv_scale_x > 0`) or in unpacking, after the data check had passed it."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if value is None or whole(value):
         return value
     lengths = (dims,) if dims else (2, 3)
-    size = None if isinstance(value, (str, bytes, bool, int, float)) else value
-    try:
-        size = list(size) if size is not None else None
-    except TypeError:
-        size = None
-    if (
-        size is None
-        or len(size) not in lengths
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size)
-    ):
-        axes = "[depth, height, width]" if dims == 3 else "[height, width]"
-        raise ConfigError(f"dataset.image_size={value!r}: give a positive whole number or {axes}")
-    return value
+    listed = isinstance(value, Sequence) and not isinstance(value, str)
+    if listed and len(value) in lengths and all(whole(v) for v in value):
+        return value
+    axes = "[depth, height, width]" if dims == 3 else "[height, width]"
+    raise ConfigError(f"dataset.image_size={value!r}: give a positive whole number or {axes}")
 
 
 class ImageDataset(Dataset):

@@ -224,8 +224,9 @@ def data_fingerprint(cfg: DictConfig, like: dict[str, Any] | None = None) -> dic
     if path.is_dir():
         files = _visible_files(path)
         rule = FOLDER_RULE if like is None else like.get("rule", 1)
-        documents = [f for f in files if is_document(f)] if rule >= 2 else []
-        files = [f for f in files if f not in documents]
+        noted = {f: rule >= 2 and is_document(f) for f in files}
+        documents = [f for f in files if noted[f]]
+        files = [f for f in files if not noted[f]]
         size = 0
         for file in files:
             name = file.relative_to(path).as_posix().encode()
