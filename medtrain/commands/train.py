@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from medtrain.commands.interrupts import sigterm_as_interrupt
-from medtrain.errors import MedtrainError
+from medtrain.errors import ConfigError, MedtrainError
 
 log = logging.getLogger("medtrain")
 
@@ -66,6 +66,11 @@ class TrainJobs:
     # The folders above it that this command's Hydra makes (deepest first): a refused run's
     # removal takes them along while they are empty (`hydra.run.dir=<data>/runs/r1` left runs/).
     made_above: tuple[Path, ...] = ()
+    # A grid's job folders that held a run before this command (`hydra.sweep.dir` named an
+    # earlier grid's folder), with their `.hydra/` files before Hydra rewrote them, and the
+    # folder's `multirun.yaml`: put back when a job is refused there.
+    grid_runs: dict[Path, dict[Path, bytes]] = field(default_factory=dict)
+    grid_file: tuple[Path, bytes] | None = None
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -77,6 +82,10 @@ class TrainJobs:
         auto = cfg.trainer.get("resume") == "auto"  # `train` sets it to what it found
         try:
             try:
+                if hydra.mode == RunMode.MULTIRUN:
+                    job = Path(hydra.runtime.output_dir).resolve()
+                    self.saved_hydra = self.grid_runs.get(job, {})
+                    check_same_job(job, self.saved_hydra, cfg, list(hydra.overrides.task))
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
@@ -106,6 +115,11 @@ class TrainJobs:
                     for folder in self.made_above:  # deepest first; only while left empty
                         with contextlib.suppress(OSError):
                             folder.rmdir()
+            if isinstance(err, OtherGridsJob):
+                # Every later job may be another grid's too: the grid stops, its folder as it was.
+                if self.grid_file is not None:
+                    restore_file(*self.grid_file)
+                sys.exit(2)
             if isinstance(err, distributed.PeerFailed):
                 # The process group is broken: leaving it normally can abort in torch's
                 # destructors ("terminate called without an active exception"); end here.
@@ -126,10 +140,99 @@ class TrainJobs:
         return metrics.get(cfg.task.monitor)
 
     def restore_hydra_files(self) -> None:
-        from medtrain.io import atomic_write
-
         for path, content in self.saved_hydra.items():
-            atomic_write(path, lambda handle, c=content: handle.write(c), mode="wb")
+            restore_file(path, content)
+
+
+def restore_file(path: Path, content: bytes) -> None:
+    from medtrain.io import atomic_write
+
+    atomic_write(path, lambda handle: handle.write(content), mode="wb")
+
+
+class OtherGridsJob(ConfigError):
+    """A grid's job folder holds a run of other overrides: another grid's (`check_same_job`)."""
+
+
+# What makes a folder another command's, which a grid's `hydra.sweep.dir` may not be.
+NOT_A_GRID = {
+    "metrics.json": "a run",
+    "checkpoints": "a run",
+    "folds.json": "a cross-validation",
+    "study.db": "a search (medtrain sweep)",
+    "study.json": "a search (medtrain sweep)",
+}
+
+
+def check_grid_folder(folder: Path) -> None:
+    """A grid's `hydra.sweep.dir` must be a folder of its own or an earlier grid's: a grid in a
+    run's, a CV's or a search's folder would mix its jobs and summary with theirs (and number its
+    jobs as a search numbers its trials).
+
+    Raises:
+        ConfigError: naming the folder and what it holds.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"hydra.sweep.dir={folder} is a file; give the grid a folder")
+    held = [name for name in NOT_A_GRID if (folder / name).exists()]
+    if held:
+        raise ConfigError(
+            f"hydra.sweep.dir={folder} holds {NOT_A_GRID[held[0]]} ({', '.join(held)}): give the "
+            "grid a folder of its own"
+        )
+
+
+def runs_of_grid(folder: Path) -> dict[Path, dict[Path, bytes]]:
+    """The job folders in an earlier grid's sweep folder that hold a run, with their `.hydra/`
+    files as they are before Hydra rewrites them (empty when there is no such folder)."""
+    from medtrain.engine.resume import HELD
+
+    if not folder.is_dir():
+        return {}
+    runs = {}
+    for job in folder.resolve().iterdir():
+        if job.is_dir() and any((job / name).is_file() for name in HELD):
+            runs[job] = {p: p.read_bytes() for p in (job / ".hydra").glob("*.yaml")}
+    return runs
+
+
+def check_same_job(job: Path, saved: dict[Path, bytes], cfg: DictConfig, overrides: list) -> None:
+    """A grid's job may start a new run in a job folder that holds one only when that run had the
+    same overrides: the same grid run again trains its jobs again (a continued job, with
+    `trainer.resume`, is checked against its checkpoint instead). Another grid given the same
+    `hydra.sweep.dir` numbers its jobs alike and would replace the first grid's runs.
+
+    Raises:
+        OtherGridsJob: naming the job folder and both sets of overrides.
+    """
+    import yaml
+
+    from medtrain.engine.resume import HELD
+
+    if not any((job / name).is_file() for name in HELD):
+        return  # nothing there before, or a failed job's folder
+    resume = cfg.trainer.get("resume")
+    if resume is True or (resume == "auto" and (job / "checkpoints" / "last.pt").is_file()):
+        return
+    text = saved.get(job / ".hydra" / "overrides.yaml")
+    before = yaml.safe_load(text) if text is not None else None
+
+    def kept(values):  # how a job runs, not which job it is
+        return sorted(v for v in values if not v.lstrip("+").startswith("trainer.resume="))
+
+    if isinstance(before, list) and kept(before) == kept(overrides):
+        return
+    if isinstance(before, list):  # the overrides that differ, each side's
+        was = " ".join(v for v in kept(map(str, before)) if v not in overrides) or "nothing else"
+        now = " ".join(v for v in kept(overrides) if v not in before) or "nothing else"
+        said = f"there: {was}; this job: {now}"
+    else:
+        said = "its overrides are not recorded"
+    raise OtherGridsJob(
+        f"hydra.sweep.dir={job.parent}: job folder {job.name} holds another grid's run ({said}), "
+        "which this grid would replace. Give the grid another hydra.sweep.dir (the same grid "
+        "run again trains its jobs again; with trainer.resume=auto it continues them)"
+    )
 
 
 # What Hydra, the log and the run's first record (its provenance, written before the data are
@@ -321,6 +424,19 @@ def main(argv: Sequence[str]) -> int:
         held_before=held_by_run_dir(args.overrides),
         made_above=missing_parents(args.overrides),
     )
+    grid = override_values(args.overrides).get("hydra.sweep.dir")
+    if args.multirun and grid and rank == 0:
+        try:
+            check_grid_folder(Path(grid))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        jobs.grid_runs = runs_of_grid(Path(grid))
+        if (Path(grid) / "multirun.yaml").is_file():
+            jobs.grid_file = (
+                Path(grid) / "multirun.yaml",
+                (Path(grid) / "multirun.yaml").read_bytes(),
+            )
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
     try:

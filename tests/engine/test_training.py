@@ -613,6 +613,51 @@ def test_a_grid_run_again_into_its_sweep_folder_trains_its_jobs_again(tmp_path):
     assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
 
 
+def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(tmp_path, capsys):
+    """Another grid given the same hydra.sweep.dir numbers its jobs alike: its first job whose
+    folder holds a run of other overrides stops the grid, before it trains, with the first grid's
+    runs, their .hydra/ files and multirun.yaml as they were (only the refusal is added to the
+    job's log). Run, CV and search folders, and a file, are refused before any job starts."""
+    from medtrain.commands import main
+
+    grid = tmp_path / "grid"
+    first = ["-m", *TINY, ON_CPU, "trainer.max_epochs=1", f"hydra.sweep.dir={grid}"]
+    assert main([*first, "optimizer.lr=1e-3,1e-2"]) == 0
+
+    def files():
+        return {
+            p.relative_to(grid): p.read_bytes()
+            for p in grid.rglob("*")
+            if p.is_file() and p.name != "train.log"
+        }
+
+    before, log = files(), (grid / "0" / "train.log").read_text()
+    capsys.readouterr()
+    assert main([*first, "optimizer.lr=1e-1,1e-2"]) == 2
+    said = capsys.readouterr()
+    assert (
+        f"hydra.sweep.dir={grid}: job folder 0 holds another grid's run (there: "
+        "optimizer.lr=0.001; this job: optimizer.lr=0.1), which this grid would replace"
+    ) in said.out + said.err
+    assert files() == before
+    assert (grid / "0" / "train.log").read_text().startswith(log)
+    assert main([*first, "optimizer.lr=1e-3,1e-2", "trainer.resume=auto"]) == 0  # the same grid
+
+    for folder, what in [("0", "a run"), ("cv", "a cross-validation"), ("search", "a search")]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        marker = {"0": None, "cv": "folds.json", "search": "study.db"}[folder]
+        if marker:
+            (tmp_path / folder / marker).write_text("{}")
+        target = grid / "0" if folder == "0" else tmp_path / folder
+        held = sorted(p.name for p in target.iterdir())
+        assert main([*first[:-1], f"hydra.sweep.dir={target}", "optimizer.lr=1e-3,1e-2"]) == 2
+        assert f"hydra.sweep.dir={target} holds {what}" in capsys.readouterr().err
+        assert sorted(p.name for p in target.iterdir()) == held
+    (tmp_path / "file").write_text("mine")
+    assert main([*first[:-1], f"hydra.sweep.dir={tmp_path / 'file'}", "optimizer.lr=1e-3"]) == 2
+    assert "is a file; give the grid a folder" in capsys.readouterr().err
+
+
 def test_an_interruption_before_any_epoch_finished_says_to_start_again(tmp_path):
     """Nothing saved yet: the advice is the same command without trainer.resume (which would
     find no checkpoint), and that command trains."""
