@@ -82,9 +82,9 @@ class TrainJobs:
         auto = cfg.trainer.get("resume") == "auto"  # `train` sets it to what it found
         try:
             try:
-                if hydra.mode == RunMode.MULTIRUN:
-                    job = Path(hydra.runtime.output_dir).resolve()
-                    self.saved_hydra = self.grid_runs.get(job, {})
+                job = Path(hydra.runtime.output_dir).resolve()
+                if hydra.mode == RunMode.MULTIRUN and job in self.grid_runs:
+                    self.saved_hydra = self.grid_runs[job]
                     check_same_job(job, self.saved_hydra, cfg, list(hydra.overrides.task))
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
@@ -197,20 +197,17 @@ def runs_of_grid(folder: Path) -> dict[Path, dict[Path, bytes]]:
 
 
 def check_same_job(job: Path, saved: dict[Path, bytes], cfg: DictConfig, overrides: list) -> None:
-    """A grid's job may start a new run in a job folder that holds one only when that run had the
-    same overrides: the same grid run again trains its jobs again (a continued job, with
-    `trainer.resume`, is checked against its checkpoint instead). Another grid given the same
-    `hydra.sweep.dir` numbers its jobs alike and would replace the first grid's runs.
+    """A grid's job may start a new run in a job folder that held one before the command
+    (`saved`: its `.hydra/` files then) only when that run had the same overrides: the same grid
+    run again trains its jobs again (a continued job, with `trainer.resume`, is checked against
+    its checkpoint instead). Another grid given the same `hydra.sweep.dir` numbers its jobs alike
+    and would replace the first grid's runs.
 
     Raises:
-        OtherGridsJob: naming the job folder and both sets of overrides.
+        OtherGridsJob: naming the job folder and the overrides that differ.
     """
     import yaml
 
-    from medtrain.engine.resume import HELD
-
-    if not any((job / name).is_file() for name in HELD):
-        return  # nothing there before, or a failed job's folder
     resume = cfg.trainer.get("resume")
     if resume is True or (resume == "auto" and (job / "checkpoints" / "last.pt").is_file()):
         return
