@@ -75,12 +75,20 @@ def warn_unread_spacing(path: Path, header: Sequence[str], column: str = "spacin
         log.warning("%s: column %r is not read: %s", path, column, VOLUME_SPACING)
 
 
-def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
+def other_scale(
+    array: np.ndarray, dtypes: set[str], high: float, volume: bool = False
+) -> str | None:
     """Why an input's pixel values are on another scale than the run's training images, or None
     (`scale_mismatch`, the data check's rule). 8/16-bit images are read as 0-1 of their bit depth
     and float images as they are, so a float image of 0-255 values given to a run trained on
     8-bit files (or an 8-bit file to a run trained on floats of 0-255) reaches the network 255
-    times brighter (or darker), and answers without a sign of it."""
+    times brighter (or darker), and answers without a sign of it. Volumes (`volume`) follow the
+    same rule; the advice names the files they are saved in."""
+    integers, eight_bit, floats = (
+        ("an 8/16-bit (uint8/uint16) NIfTI or NPY", "a uint8 NIfTI or NPY", "a float NIfTI or NPY")
+        if volume
+        else ("an 8/16-bit PNG or TIFF", "an 8-bit PNG or TIFF", "a float NPY or TIFF")
+    )
     finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
     if not finite.size:
         return None  # NaN and infinities are refused after preprocessing
@@ -91,20 +99,20 @@ def other_scale(array: np.ndarray, dtypes: set[str], high: float) -> str | None:
         return (
             f"{array.dtype} pixel values from {low:.4g} to {top:.4g}; this run was trained "
             f"on {kinds} images, read as 0-1 of their bit depth, and reads {array.dtype} "
-            "values as they are (0-1 expected): save it as an 8/16-bit PNG or TIFF, or scale "
-            "it to 0-1 (divide 8-bit values by 255)"
+            f"values as they are (0-1 expected): save it as {integers}, or scale it to 0-1 "
+            "(divide 8-bit values by 255)"
         )
     if mismatch == "eight_bit_in_16":
         return (
             f"uint16 pixels of values up to {int(top)} only: an 8-bit image stored in 16 bits, "
             "read as 0-1 of 65535, 257 times darker than this run's uint8 training images; "
-            "save it as an 8-bit PNG or TIFF"
+            f"save it as {eight_bit}"
         )
     if mismatch == "scaled_for_float":
         return (
             f"{array.dtype} pixels are read as 0-1 of their bit depth, but this run was trained "
             f"on {kinds} images of values up to {high:.4g}, read as they are: "
-            "give the values as its training images held them (e.g. a float NPY or TIFF)"
+            f"give the values as its training images held them (e.g. {floats})"
         )
     if mismatch == "float_beyond_0_1":
         return (
@@ -461,8 +469,9 @@ class Predictor:
                 f"{name}: this run windows CT values in Hounsfield units; a {image.format.upper()} "
                 "holds display values. Send the DICOM (or an NPY of HU values)"
             )
-        if self.trained_values and image.format != "volume" and not self.preprocess.reads_modality:
-            problem = other_scale(image.array, *self.trained_values)
+        if self.trained_values and not self.preprocess.reads_modality:
+            volume = image.format == "volume"
+            problem = other_scale(image.array, *self.trained_values, volume=volume)
             if problem:
                 raise DataError(f"{name}: {problem}")
 

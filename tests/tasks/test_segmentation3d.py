@@ -136,6 +136,22 @@ def test_a_3d_classifier_predicts_serves_and_exports_as_it_evaluated(tmp_path, c
         check(list(csv.DictReader(out.open())))
     assert main(["predict", f"run_dir={run}", f"inputs={inputs}", "spacing=[0.5,0.5]"]) == 2
     assert "spacing=[0.5, 0.5]: this run reads volumes" in capsys.readouterr().err
+    # A volume on another scale than the training volumes (floats of 0-1), as NPY and NIfTI: refused
+    # by name (it was answered with certainty), as a 2D image is.
+    bright = tmp_path / "bright"
+    bright.mkdir()
+    np.save(bright / "b.npy", test.read_image(0) * 255)
+    nib.save(nib.Nifti1Image(test.read_image(0) * 255, np.eye(4)), bright / "b.nii.gz")
+    out = tmp_path / "bright.csv"
+    assert main(["predict", f"run_dir={run}", f"inputs={bright}", f"output={out}"]) == 1
+    for row in csv.DictReader(out.open()):
+        assert row["label"] == "" and row["error"].startswith(
+            f"{row['file']}: float32 pixel values from "
+        ), row
+        assert row["error"].endswith(
+            "this run was trained on float32 images of values up to 1, read as they are: "
+            "scale it as they were (0-1: divide 8-bit values by 255)"
+        ), row
 
     running = start(create_app(Predictor(run)))
     try:
