@@ -126,14 +126,25 @@ def folder_classes(masks: list[Path]) -> int | None:
     return max(values) + 1 if len(values) >= 2 else None
 
 
-# The tables a segmentation run writes with measure's columns (its test split's objects).
+# The tables a segmentation run, and `medtrain predict`, write with measure's columns (the test
+# split's objects; the predicted masks' objects, instances when the run separates them).
 RUN_TABLES = ("measurements.csv", "measurement_totals.csv")
+
+
+def prediction_csv(folder: Path) -> Path | None:
+    """A `medtrain predict` CSV in `folder` (columns `file` ... `error`), or None."""
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        header = csv_header(path)
+        if header and header[0] == "file" and header[-1] == "error":
+            return path
+    return None
 
 
 def check_tables(object_table: Path, totals_table: Path) -> None:
     """The tables may replace only earlier tables of `medtrain measure` (by their columns), never
-    a run's (a run folder's `measurements.csv` holds the ground truth's rows too), a manifest,
-    a mask or anything else. Checked before any mask is read.
+    a run's (a run folder's `measurements.csv` holds the ground truth's rows too) or a
+    prediction's (`medtrain predict` writes its tables beside its CSV, of instances where the run
+    separates them), a manifest, a mask or anything else. Checked before any mask is read.
 
     Raises:
         ConfigError: naming the file and what it holds.
@@ -144,11 +155,18 @@ def check_tables(object_table: Path, totals_table: Path) -> None:
         )
     run = (object_table.parent / "metrics.json").is_file()
     for path, fields in ((object_table, MEASUREMENT_FIELDS), (totals_table, TOTAL_FIELDS)):
-        if path.exists() and run and path.name in RUN_TABLES:  # the same columns as measure's
-            raise ConfigError(
-                f"{path} is a run's file (its folder holds a run), which measure would replace: "
-                "give output= a new file name; nothing was written"
-            )
+        if path.exists() and path.name in RUN_TABLES:  # the same columns as measure's
+            predicted = None if run else prediction_csv(path.parent)
+            if run or predicted:
+                owner = (
+                    "a run's file (its folder holds a run)"
+                    if run
+                    else f"a prediction's table (beside {predicted.name}, which names its masks)"
+                )
+                raise ConfigError(
+                    f"{path} is {owner}, which measure would replace: give output= a new file "
+                    "name; nothing was written"
+                )
         header = csv_header(path) if path.exists() else list(fields)
         if header != list(fields):
             what = f"the columns {header[:4]}" if header else "no CSV text"

@@ -311,7 +311,8 @@ def test_a_value_is_one_class_in_every_mask_of_a_folder(tmp_path):
 
 def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
     """output= replaced anything: a mask (made CSV text), a manifest, a run's measurements.csv
-    (the ground truth's rows lost). It replaces only an earlier table of measure, outside runs."""
+    (the ground truth's rows lost), a prediction's (its instances' rows lost). It replaces only an
+    earlier table of measure, outside runs and predictions."""
     (tmp_path / "masks").mkdir()
     mask = tmp_path / "masks" / "m.png"
     Image.fromarray(np.eye(5, dtype=np.uint8) * 255).save(mask)
@@ -321,10 +322,19 @@ def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
     run.mkdir()
     (run / "metrics.json").write_text("{}")
     (run / "measurements.csv").write_text(",".join(MEASUREMENT_FIELDS) + "\n")
+    predicted = tmp_path / "predicted"  # medtrain predict's folder: its CSV names its masks
+    predicted.mkdir()
+    (predicted / "preds.csv").write_text("file,count_nucleus,mask,error\na.png,2,masks/a.png,\n")
+    (predicted / "measurements.csv").write_text(",".join(MEASUREMENT_FIELDS) + "\n")
     for output, said in (
         (mask, "exists and is not an earlier table of medtrain measure (it holds no CSV text)"),
         (manifest, "(it holds the columns ['image', 'target'])"),
         (run / "measurements.csv", "is a run's file (its folder holds a run)"),
+        (
+            predicted / "measurements.csv",
+            "measurements.csv is a prediction's table (beside preds.csv, which names its masks), "
+            "which measure would replace",
+        ),
     ):
         before = output.read_bytes()
         assert main([f"masks={tmp_path / 'masks'}", f"output={output}"]) == 2
