@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medtrain.data.readers import checked_spacing, dicom_pixel_spacing
+from medtrain.data.readers import (
+    OTHER_SIGNATURES,
+    PIL_FORMATS,
+    SIGNATURES,
+    TIFF_SIGNATURES,
+    checked_spacing,
+    dicom_pixel_spacing,
+)
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import atomic_write
 
@@ -135,10 +142,34 @@ def read_volume(path: str | Path, ras: bool = True) -> Volume:
             f"{path}: an array file holds no voxel size or orientation; give this volume as "
             "NIfTI or a DICOM series (its label volume is measured in mL and written in place)"
         )
+    elif is_nifti(path):
+        volume = read_nifti(path)
     else:
-        volume = read_nifti(path) if is_nifti(path) else read_dicom_frames(path)
+        picture = image_format(path)
+        if picture:  # it was read as DICOM, and failed as one
+            raise DataError(
+                f"{path}: a {picture} image, not a volume; give a NIfTI file (.nii, .nii.gz), a "
+                "DICOM series folder or a multi-frame DICOM file"
+            )
+        volume = read_dicom_frames(path)
     check_finite_voxels(volume, path)
     return canonical(volume) if ras else volume
+
+
+def image_format(path: Path) -> str | None:
+    """The 2D picture format a file is by its first bytes (PNG, JPEG, TIFF, GIF, BMP ...), or None
+    (DICOM, or nothing medtrain knows: read as DICOM, whose error names what fails)."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if head[128:132] == b"DICM":  # a DICOM preamble may look like anything
+        return None
+    for magic, kind in SIGNATURES.items():
+        if head.startswith(magic) and kind in PIL_FORMATS:
+            return PIL_FORMATS[kind]
+    if head[:4] in TIFF_SIGNATURES:
+        return "TIFF"
+    others = {magic: name for magic, name in OTHER_SIGNATURES.items() if name != "gzip"}
+    return next((name for magic, name in others.items() if head.startswith(magic)), None)
 
 
 def check_finite_voxels(volume: Volume, name: str | Path) -> None:

@@ -64,6 +64,25 @@ def test_nifti_keeps_spacing_affine_and_orientation(tmp_path):
         read_volume(tmp_path / "nothing.nii")
 
 
+def test_a_picture_given_as_a_volume_is_named_by_its_format(tmp_path):
+    """A PNG, JPEG or TIFF given to a run on volumes was read as DICOM and failed as one
+    ("missing DICOM File Meta Information header ... Use force=True")."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.eye(8, dtype=np.uint8) * 255)
+    for name, kind in (("s.png", "PNG"), ("s.jpg", "JPEG"), ("s.tif", "TIFF"), ("s.dcm", "PNG")):
+        picture.save(tmp_path / name, format=kind)
+        with pytest.raises(DataError) as err:
+            read_volume(tmp_path / name)
+        assert str(err.value) == (
+            f"{tmp_path / name}: a {kind} image, not a volume; give a NIfTI file (.nii, "
+            ".nii.gz), a DICOM series folder or a multi-frame DICOM file"
+        )
+    (tmp_path / "odd.dcm").write_bytes(b"\x00" * 200)  # nothing known: read as DICOM, which says so
+    with pytest.raises(DataError, match="odd.dcm: cannot read DICOM"):
+        read_volume(tmp_path / "odd.dcm")
+
+
 def write_series(folder: Path, positions, series_uid="1.2.3", rows=4, cols=3) -> None:
     """DICOM slices whose file names do NOT follow their positions (and whose instance numbers
     are reversed), each filled with its z position so the order can be checked."""
