@@ -156,6 +156,12 @@ def csv_header(path: str | Path) -> list[str] | None:
         return None
 
 
+def is_prediction_csv(path: str | Path) -> bool:
+    """Whether `path` is a `medtrain predict` CSV: its columns run from `file` to `error`."""
+    header = csv_header(path)
+    return bool(header) and header[0] == "file" and header[-1] == "error"
+
+
 # 72, 96 and 100 dpi (matplotlib's figures) in pixels per metre, as rounded by common writers:
 # display defaults, not a spacing (`medtrain.data.readers` ignores them).
 SCREEN_PPM = {2834, 2835, 2836, 3779, 3780, 3781, 3936, 3937, 3938}

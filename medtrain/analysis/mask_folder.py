@@ -20,7 +20,7 @@ from medtrain.analysis.measurements import (
 from medtrain.data.masks import LOSSY, folder_hint, numbered_regions, read_mask_file, reading_hint
 from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError
-from medtrain.io import csv_header, save_csv
+from medtrain.io import csv_header, is_prediction_csv, save_csv
 from medtrain.values import whole_number
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
@@ -133,11 +133,8 @@ RUN_TABLES = ("measurements.csv", "measurement_totals.csv")
 
 def prediction_csv(folder: Path) -> Path | None:
     """A `medtrain predict` CSV in `folder` (columns `file` ... `error`), or None."""
-    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        header = csv_header(path)
-        if header and header[0] == "file" and header[-1] == "error":
-            return path
-    return None
+    found = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+    return next((path for path in found if is_prediction_csv(path)), None)
 
 
 def check_tables(object_table: Path, totals_table: Path) -> None:

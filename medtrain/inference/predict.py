@@ -28,7 +28,7 @@ from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predictor import VOLUME_SPACING, Predictor, warn_unread_spacing
 from medtrain.inference.run import volume_run
-from medtrain.io import csv_header, save_csv
+from medtrain.io import csv_header, is_prediction_csv, save_csv
 from medtrain.values import whole_number
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,48 @@ def not_written_here(
             len(inputs) - len(kept),
             ", ".join(str(f) for f in (files.output, *files.folders().values())),
         )
+    if Path(spec).is_dir():  # earlier predictions written among the inputs: their masks too
+        written, tables = written_by_predictions(Path(spec))
+        before = len(kept)
+        kept = [(file, name) for file, name in kept if file.resolve() not in written]
+        if len(kept) < before:
+            log.warning(
+                "inputs: %d file(s) that earlier predictions wrote (listed by %s) left out",
+                before - len(kept),
+                ", ".join(tables),
+            )
     if not kept:
-        raise ConfigError(f"inputs={spec}: it holds only this prediction's own output files")
+        raise ConfigError(f"inputs={spec}: it holds only predictions' own output files")
     return kept
+
+
+def written_by_predictions(folder: Path) -> tuple[set[Path], list[str]]:
+    """The files (masks, instance labels) that the `medtrain predict` CSVs in `folder` and below
+    list, and those CSVs (by their path below `folder`): a folder of inputs that holds an earlier
+    prediction's output, predicted again, would have its masks segmented as images."""
+    written: set[Path] = set()
+    tables = []
+    for table in sorted(folder.rglob("*.csv")):
+        if any(part.startswith(".") for part in table.relative_to(folder).parts):
+            continue
+        named = files_listed(table) if is_prediction_csv(table) else set()
+        if named:
+            written |= named
+            tables.append(table.relative_to(folder).as_posix())
+    return written, tables
+
+
+def files_listed(table: Path) -> set[Path]:
+    """The files a prediction's CSV lists as written for its inputs (its `mask` and `instances`
+    columns: relative to the CSV's folder, or absolute), resolved."""
+    with open(table, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        (table.parent / row[column]).resolve()
+        for row in rows
+        for column in FOLDER_OF  # the columns naming files
+        if row.get(column)
+    }
 
 
 def predict_volumes(
@@ -504,14 +543,13 @@ def check_output(output: Path) -> None:
     """
     if output.is_dir():
         raise ConfigError(f"output={output} is a folder; give a CSV file name in it")
-    if output.exists():
+    if output.exists() and not is_prediction_csv(output):
         header = csv_header(output)
-        if not header or header[0] != "file" or header[-1] != "error":
-            what = f"the columns {header[:4]}" if header else "no CSV text"
-            raise ConfigError(
-                f"output={output} exists and is not an earlier prediction's CSV (it holds "
-                f"{what}): give a new file name; nothing was written"
-            )
+        what = f"the columns {header[:4]}" if header else "no CSV text"
+        raise ConfigError(
+            f"output={output} exists and is not an earlier prediction's CSV (it holds {what}): "
+            "give a new file name; nothing was written"
+        )
 
 
 def check_overwrites(
@@ -532,14 +570,8 @@ def check_overwrites(
     Raises:
         ConfigError: naming the file or folder, what it holds and the option that moves it.
     """
-    output, listed = files.output, set()  # `check_output` has checked what output= is
-    if output.exists():
-        with open(output, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        for row in rows:
-            for column in FOLDER_OF:  # the columns naming files: mask, instances
-                if row.get(column):  # relative to the CSV's folder, or absolute
-                    listed.add((output.parent / row[column]).resolve())
+    output = files.output  # `check_output` has checked what output= is
+    listed = files_listed(output) if output.exists() else set()
     tables = {} if volumes else task.prediction_tables([])  # volumes write no tables
     own = {output.resolve(), *(files.table(name).resolve() for name in tables)}
     for key, folder in files.folders().items():

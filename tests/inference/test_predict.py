@@ -276,6 +276,19 @@ def test_nothing_is_written_into_the_run_folder_and_outputs_are_not_read_back(
         assert sorted(r["file"] for r in read_rows(out)) == sorted(names)
     masks = sorted(p.name for p in (tmp_path / "in" / "masks").iterdir())
     assert masks == sorted(n.replace(".npy", ".png") for n in names)
+    # Another prediction of that folder (beside the first, or elsewhere) leaves out the masks the
+    # first one's CSV lists: they were segmented as images.
+    for output, extra in (
+        (
+            tmp_path / "in" / "other.csv",
+            [f"masks={tmp_path / 'in' / 'masks2'}", f"measurements={tmp_path / 'in' / 'm2.csv'}"],
+        ),
+        (tmp_path / "elsewhere" / "p.csv", []),
+    ):
+        assert (
+            main([f"run_dir={run}", f"inputs={tmp_path / 'in'}", f"output={output}", *extra]) == 0
+        )
+        assert sorted(r["file"] for r in read_rows(output)) == sorted(names)
     assert main([f"run_dir={run}", f"inputs={tmp_path / 'in' / 'masks'}", f"output={out}"]) == 2
     assert f"masks={tmp_path / 'in' / 'masks'} holds the inputs" in capsys.readouterr().err
     assert (
