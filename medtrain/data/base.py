@@ -60,7 +60,7 @@ def checked_image_size(value: Any, dims: int | None) -> Any:
     listed = isinstance(value, Sequence) and not isinstance(value, str)
     if listed and len(value) in lengths and all(whole(v) for v in value):
         return value
-    axes = "[depth, height, width]" if dims == 3 else "[height, width]"
+    axes = "one per axis of the volumes, as they are read" if dims == 3 else "[height, width]"
     raise ConfigError(f"dataset.image_size={value!r}: give a positive whole number or {axes}")
 
 

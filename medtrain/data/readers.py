@@ -86,6 +86,8 @@ OTHER_SIGNATURES = {
     b"qoif": "QOI",
     b"\x1f\x8b": "gzip",
 }
+# An uncompressed NIfTI-1 or NIfTI-2 file's first bytes: its header size, either byte order.
+NIFTI_HEADERS = tuple(size.to_bytes(4, order) for size in (348, 540) for order in ("little", "big"))
 # The format an extension names, when the content has no signature medtrain knows.
 FORMAT_OF_SUFFIX = {
     ".png": "png",
@@ -126,6 +128,11 @@ def sniff(data: bytes, name: str = "") -> str:
     if data[:4] in TIFF_SIGNATURES:
         return "tiff"
     source = name or "upload"
+    if name.lower().endswith((".nii", ".nii.gz")) or data[:4] in NIFTI_HEADERS:
+        raise UnsupportedFormatError(
+            f"{source}: a NIfTI volume, not a 2D image; here medtrain reads {FORMATS} (volumes are "
+            "read by runs on volumes: a 3D network, or one trained on their slices)"
+        )
     for magic, other in OTHER_SIGNATURES.items():
         if data.startswith(magic):
             raise UnsupportedFormatError(f"{source}: a {other} file; medtrain reads {FORMATS}")

@@ -61,7 +61,10 @@ def volume_size(value: Any, key: str) -> tuple[int, int, int] | None:
     except TypeError:
         size = ()
     if len(size) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-        raise ConfigError(f"{key}={value!r}: give a positive int or [depth, height, width]")
+        raise ConfigError(
+            f"{key}={value!r}: give a positive int or three, one per axis in the order volumes "
+            "are read (NIfTI and DICOM: right, anterior, superior; arrays: as stored)"
+        )
     return size  # type: ignore[return-value]
 
 

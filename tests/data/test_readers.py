@@ -356,6 +356,23 @@ def test_other_formats_are_refused_unopened_whatever_their_name(monkeypatch, bui
     assert str(refused.value).startswith(f"{name}: {words}; medtrain reads PNG, JPEG, TIFF")
 
 
+def test_a_nifti_volume_given_as_a_2d_image_is_named(tmp_path):
+    """It was "a gzip file" (or "not a PNG ... file, it starts with 5c 01 00 00")."""
+    import nibabel as nib
+
+    volume = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    for name in ("v.nii.gz", "v.nii"):
+        nib.save(volume, tmp_path / name)
+    said = (
+        ": a NIfTI volume, not a 2D image; here medtrain reads PNG, JPEG, TIFF, DICOM, NPY or NPZ "
+        "(volumes are read by runs on volumes: a 3D network, or one trained on their slices)"
+    )
+    for name, given in (("v.nii.gz", "v.nii.gz"), ("v.nii", "v.nii"), ("v.nii", "upload.bin")):
+        with pytest.raises(UnsupportedFormatError) as refused:
+            decode((tmp_path / name).read_bytes(), given)
+        assert str(refused.value) == given + said
+
+
 def test_pillow_tries_only_the_format_the_magic_bytes_name(monkeypatch, tmp_path):
     opened = []
     real_open = Image.open
