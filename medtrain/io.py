@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medtrain.errors import DataError
+from medtrain.errors import ConfigError, DataError
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w") -> Path:
@@ -45,6 +45,31 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], mode: str = "w")
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_in_the_way(path: str | Path, folder: bool = False) -> Path | None:
+    """The file that stands where a folder on the way to `path` (with `folder`, or `path` itself)
+    must be, so that nothing can be written there: the nearest of them that exists, when it is
+    not a folder; None when it is one (or none exists yet)."""
+    path = Path(path)
+    for place in [path] * folder + list(path.parents):
+        if place.exists():
+            return None if place.is_dir() else place
+    return None
+
+
+def refuse_file_in_the_way(key: str, path: str | Path, folder: bool = False) -> None:
+    """Refuse the option `key=path` when a file stands where a folder must be
+    (`file_in_the_way`): a command checks this before it computes anything, which a write there
+    would only fail after.
+
+    Raises:
+        ConfigError: naming the option and the file.
+    """
+    place = file_in_the_way(path, folder)
+    if place is not None:
+        where = "" if place == Path(path) else f": {place}"
+        raise ConfigError(f"{key}={path}{where} is a file, not a folder")
 
 
 @contextlib.contextmanager

@@ -5,7 +5,16 @@ import json
 import pytest
 import torch
 
-from medtrain.io import atomic_write, load_checkpoint, save_checkpoint, save_json, staged_folder
+from medtrain.errors import ConfigError
+from medtrain.io import (
+    atomic_write,
+    file_in_the_way,
+    load_checkpoint,
+    refuse_file_in_the_way,
+    save_checkpoint,
+    save_json,
+    staged_folder,
+)
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
@@ -95,3 +104,20 @@ def test_an_empty_or_truncated_checkpoint_is_named_as_such(tmp_path):
     assert str(caught.value).startswith(
         f"{cut} is truncated or damaged ({cut.stat().st_size} bytes): torch cannot read it ("
     )
+
+
+def test_a_file_where_a_folder_must_be_is_named(tmp_path):
+    """The nearest existing path on the way decides: a file there stops every write below it."""
+    afile = tmp_path / "afile"
+    afile.write_text("x\n")
+    assert file_in_the_way(afile / "sub" / "preds.csv") == afile
+    assert file_in_the_way(afile) is None  # a file to be replaced: its folder is there
+    assert file_in_the_way(afile, folder=True) == afile  # a folder to be written
+    assert file_in_the_way(tmp_path / "new" / "preds.csv", folder=True) is None
+    with pytest.raises(ConfigError) as err:
+        refuse_file_in_the_way("output", afile / "preds.csv")
+    assert str(err.value) == f"output={afile / 'preds.csv'}: {afile} is a file, not a folder"
+    with pytest.raises(ConfigError) as err:
+        refuse_file_in_the_way("masks", afile, folder=True)
+    assert str(err.value) == f"masks={afile} is a file, not a folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"] and afile.read_text() == "x\n"

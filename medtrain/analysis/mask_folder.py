@@ -20,7 +20,7 @@ from medtrain.analysis.measurements import (
 from medtrain.data.masks import LOSSY, folder_hint, numbered_regions, read_mask_file, reading_hint
 from medtrain.data.readers import file_spacing, read_image_file
 from medtrain.errors import ConfigError, DataError
-from medtrain.io import csv_header, is_prediction_csv, save_csv
+from medtrain.io import csv_header, is_prediction_csv, refuse_file_in_the_way, save_csv
 from medtrain.values import whole_number
 
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
@@ -146,6 +146,7 @@ def check_tables(object_table: Path, totals_table: Path) -> None:
     Raises:
         ConfigError: naming the file and what it holds.
     """
+    refuse_file_in_the_way("output", object_table)
     if object_table.is_dir():
         raise ConfigError(
             f"output={object_table} is a folder; give a file name such as results.csv"

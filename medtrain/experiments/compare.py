@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from medtrain.engine.legacy import current_target
 from medtrain.errors import ConfigError
-from medtrain.io import atomic_write, load_checkpoint, read_json, save_csv
+from medtrain.io import atomic_write, file_in_the_way, load_checkpoint, read_json, save_csv
 
 
 def flat_config(run_dir: Path) -> dict[str, Any]:
@@ -105,14 +105,12 @@ def check_output(output: Path) -> None:
     Raises:
         ConfigError: naming the file and what it holds.
     """
-    for place in (output, *output.parents):
-        if place.exists():
-            if not place.is_dir():
-                raise ConfigError(
-                    f"output={output}: {place} is a file; give a folder (comparison.csv and "
-                    "comparison.md are written into it)"
-                )
-            break
+    place = file_in_the_way(output, folder=True)
+    if place is not None:
+        raise ConfigError(
+            f"output={output}: {place} is a file; give a folder (comparison.csv and "
+            "comparison.md are written into it)"
+        )
     for name, ours in (
         ("comparison.csv", _is_comparison_csv),
         ("comparison.md", _is_comparison_md),

@@ -30,7 +30,7 @@ from medtrain.inference.truth import (
     Truth,
     row_file,
 )
-from medtrain.io import save_json, staged_folder
+from medtrain.io import refuse_file_in_the_way, save_json, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -238,14 +238,16 @@ EVALUATION_FILES = {
 
 def _check_output(output: Path, given: str, inputs: Path) -> None:
     """The output folder must be new (or empty), or an earlier evaluation's holding only what it
-    wrote (listed in its metrics.json), which is replaced whole: never a file, a folder of other
-    files (a user's masks/, notes, run folders) or the folder of the inputs.
+    wrote (listed in its metrics.json), which is replaced whole: never a file, a folder in a file's
+    place (`afile/evaluation`), a folder of other files (a user's masks/, notes, run folders) or
+    the folder of the inputs.
 
     Raises:
         ConfigError: naming what it holds or why.
     """
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output={given}: a file; an evaluation writes a folder")
+    refuse_file_in_the_way("output", given)
     if within(inputs, output):
         raise ConfigError(
             f"output={given}: holds the inputs ({inputs}); an evaluation replaces its folder "

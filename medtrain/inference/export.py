@@ -34,7 +34,7 @@ from medtrain.inference.run import (
     trained_values,
     volume_settings,
 )
-from medtrain.io import atomic_write, json_safe, save_json
+from medtrain.io import atomic_write, json_safe, refuse_file_in_the_way, save_json
 from medtrain.models import input_keys
 from medtrain.tasks.tta import tta_views
 
@@ -325,12 +325,14 @@ def export_run(run: LoadedRun, fmt: str, output: str | Path) -> dict[str, Any]:
         The manifest.
 
     Raises:
-        ConfigError: an unknown format, a model or preprocessing that cannot be exported, or an
-            exported file that does not compute what PyTorch does.
+        ConfigError: an unknown format, an output folder in a file's place, a model or
+            preprocessing that cannot be exported, or an exported file that does not compute
+            what PyTorch does.
     """
     if fmt not in MODEL_FILES:
         raise ConfigError(f"format={fmt!r}: choose one of {list(MODEL_FILES)}")
     folder = Path(output)
+    refuse_file_in_the_way("output", folder, folder=True)
     before = earlier_manifest(folder)  # before the export is built: a refusal comes at once
     check_own_files(folder, before)
     preprocess = eval_preprocessing(run.cfg, run.checkpoint.get("preprocessing"))

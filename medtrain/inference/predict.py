@@ -28,7 +28,7 @@ from medtrain.data.volumes import is_nifti
 from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predictor import VOLUME_SPACING, Predictor, warn_unread_spacing
 from medtrain.inference.run import volume_run
-from medtrain.io import csv_header, is_prediction_csv, save_csv
+from medtrain.io import csv_header, is_prediction_csv, refuse_file_in_the_way, save_csv
 from medtrain.values import whole_number
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
         writes=("masks",) if volumes else tuple(FOLDER_OF[f] for f in fields if f in FOLDER_OF),
     )
     refuse_the_run_folder(files, predictor.run.run_dir)
-    check_output(files.output)  # before the inputs are listed: an input given as output=
+    check_output(files)  # before the inputs are listed: an input given as output=
     manifest = Path(str(cfg.inputs))
     listed_in_csv = manifest.suffix.lower() == ".csv" and manifest.is_file()
     if predictor.reads_volumes and listed_in_csv:
@@ -533,14 +533,20 @@ def planned_files(
     return {path.resolve() for path in planned}
 
 
-def check_output(output: Path) -> None:
+def check_output(files: PredictionFiles) -> None:
     """`output=` must be a new file or an earlier prediction's CSV (columns `file` ... `error`):
-    never a manifest, an image or a run's predictions.csv. Checked first, before the inputs are
-    listed.
+    never a manifest, an image or a run's predictions.csv; no file may stand where it, a table
+    or a folder of files goes. Checked first, before the inputs are listed.
 
     Raises:
         ConfigError: naming the file and what it holds.
     """
+    output = files.output
+    refuse_file_in_the_way("output", output)
+    for key, table in files.tables.items():
+        refuse_file_in_the_way(key, table)
+    for key, folder in files.folders().items():
+        refuse_file_in_the_way(key, folder, folder=True)
     if output.is_dir():
         raise ConfigError(f"output={output} is a folder; give a CSV file name in it")
     if output.exists() and not is_prediction_csv(output):
@@ -575,8 +581,6 @@ def check_overwrites(
     tables = {} if volumes else task.prediction_tables([])  # volumes write no tables
     own = {output.resolve(), *(files.table(name).resolve() for name in tables)}
     for key, folder in files.folders().items():
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{key}={folder} is a file; give a folder")
         held = [
             p
             for p in (sorted(folder.iterdir()) if folder.is_dir() else [])

@@ -174,6 +174,26 @@ def test_masks_with_and_without_a_file_spacing_are_refused_unless_spacing_is_giv
     assert {r["unit"] for r in read_csv(out)} == {"mm"}
 
 
+def test_an_output_in_a_file_s_place_is_refused_before_any_mask_is_read(
+    folder, capsys, monkeypatch
+):
+    from medtrain.analysis import mask_folder
+
+    (folder / "afile").write_text("x\n")
+    monkeypatch.chdir(folder)
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the refusal")
+
+    monkeypatch.setattr(mask_folder, "measure_mask", measured)
+    before = sorted(folder.rglob("*"))
+    assert main(["masks=masks", "output=afile/objects.csv"]) == 2
+    assert capsys.readouterr().err == (
+        "error: output=afile/objects.csv: afile is a file, not a folder\n"
+    )
+    assert sorted(folder.rglob("*")) == before and (folder / "afile").read_text() == "x\n"
+
+
 def test_masks_that_look_read_the_wrong_way_are_named(tmp_path, capsys):
     binary = np.zeros((20, 20), np.uint8)
     binary[2:5, 2:5] = binary[10:15, 10:15] = 255  # two nuclei of a binary mask

@@ -92,6 +92,30 @@ def test_the_run_s_own_test_images_score_its_test_metrics(finished_runs, tmp_pat
     assert "note: test/auc, test/sensitivity" in capsys.readouterr().err
 
 
+def test_an_output_in_a_file_s_place_is_refused_at_once(
+    finished_runs, tmp_path, capsys, monkeypatch
+):
+    """Before any image is read: `output=afile/ev` with `afile` a file, named in one line;
+    nothing written."""
+    from medtrain.inference.predictor import Predictor
+    from tests.inference.test_predict import tree
+
+    run = finished_runs["classification"]
+    names = save_npy_inputs(split_of(run), tmp_path, 2)
+    write_labelled(tmp_path, names, [0, 1])
+    (tmp_path / "afile").write_text("x\n")
+    monkeypatch.chdir(tmp_path)
+
+    def predicted(*args, **kwargs):
+        raise AssertionError("predicted before the refusal")
+
+    monkeypatch.setattr(Predictor, "forward", predicted)
+    before = tree(tmp_path)
+    assert main([f"run_dir={run}", "inputs=labelled.csv", "output=afile/ev"]) == 2
+    assert capsys.readouterr().err == "error: output=afile/ev: afile is a file, not a folder\n"
+    assert tree(tmp_path) == before
+
+
 def test_regression_values_score_as_the_run_s_test(finished_runs, tmp_path):
     run = finished_runs["regression"]
     test = split_of(run)

@@ -431,6 +431,29 @@ def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys,
     assert main([]) == 2
 
 
+def test_an_output_in_a_file_s_place_is_refused_before_exporting(
+    finished_runs, tmp_path, capsys, monkeypatch
+):
+    from medtrain.inference import export as exporting
+
+    (tmp_path / "afile").write_text("x\n")
+    monkeypatch.chdir(tmp_path)
+
+    def built(*args, **kwargs):
+        raise AssertionError("exported before the refusal")
+
+    monkeypatch.setattr(exporting, "build_model_file", built)
+    run = finished_runs["classification"]
+    for output, said in (
+        ("afile/exp", "output=afile/exp: afile is a file, not a folder"),
+        ("afile", "output=afile is a file, not a folder"),
+    ):
+        assert main([f"run_dir={run}", f"output={output}"]) == 2
+        assert capsys.readouterr().err == f"error: {said}\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+        assert (tmp_path / "afile").read_text() == "x\n"
+
+
 def test_refuses_fusion_models_and_eval_augmentation(finished_runs, tmp_path):
     run = load_run(finished_runs["classification"])
     branches = {"image": SimpleCNN(1, 2, widths=(4,), hidden=8), "lab": TabularMLP(3, 2, (4,))}

@@ -398,6 +398,53 @@ def test_nothing_a_user_keeps_is_overwritten(finished_runs, tmp_path, capsys):
     assert (tmp_path / "mine" / "measurements.csv").read_text() == "patient,volume\np1,3\n"
 
 
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` with its bytes (None for a folder): what a refusal must leave."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_a_file_where_an_output_folder_must_be_is_refused_before_predicting(
+    finished_runs, tmp_path, capsys, monkeypatch
+):
+    """`output=afile/preds.csv` with `afile` a file (or masks=, measurements= in or as a file):
+    one line naming the option and the file, before any image is predicted; nothing written."""
+    save_npy_inputs(split_of(finished_runs["segmentation"]), tmp_path / "in", 2)
+    (tmp_path / "afile").write_text("x\n")
+    monkeypatch.chdir(tmp_path)
+
+    def predicted(*args, **kwargs):
+        raise AssertionError("predicted before the refusal")
+
+    monkeypatch.setattr(Predictor, "predict", predicted)
+    before = tree(tmp_path)
+    in_a_file = "output=afile/preds.csv: afile is a file, not a folder"
+    for task, options, said in (
+        ("classification", ["output=afile/preds.csv"], in_a_file),
+        ("segmentation", ["output=afile/preds.csv"], in_a_file),
+        (
+            "segmentation",
+            ["output=out/p.csv", "masks=afile"],
+            "masks=afile is a file, not a folder",
+        ),
+        (
+            "segmentation",
+            ["output=out/p.csv", "masks=afile/masks"],
+            "masks=afile/masks: afile is a file, not a folder",
+        ),
+        (
+            "segmentation",
+            ["output=out/p.csv", "measurements=afile/m.csv"],
+            "measurements=afile/m.csv: afile is a file, not a folder",
+        ),
+    ):
+        assert main([f"run_dir={finished_runs[task]}", "inputs=in", *options]) == 2, options
+        assert capsys.readouterr().err == f"error: {said}\n"
+        assert tree(tmp_path) == before, options
+
+
 def test_inputs_measured_at_different_spacings_are_warned_about(finished_runs, tmp_path, caplog):
     from medtrain.io import png_bytes
 

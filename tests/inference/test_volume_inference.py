@@ -127,6 +127,38 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
         predict_files(OmegaConf.create(cfg))
 
 
+def test_an_output_in_a_file_s_place_is_refused_before_any_volume_is_segmented(
+    volume_run, tmp_path, monkeypatch
+):
+    (tmp_path / "case.nii.gz").write_bytes(nifti(case_volume()))
+    (tmp_path / "afile").write_text("x\n")
+
+    def segmented(*args, **kwargs):
+        raise AssertionError("segmented before the refusal")
+
+    monkeypatch.setattr(Predictor, "predict_volume", segmented)
+    cfg = {
+        "run_dir": str(volume_run),
+        "inputs": str(tmp_path / "case.nii.gz"),
+        "output": str(tmp_path / "afile" / "predictions.csv"),
+        "masks": None,
+        "image_column": "image",
+        "device": "cpu",
+        "batch_size": 1,
+        "progress": False,
+        "spacing": None,
+        "measurements": None,
+    }
+    with pytest.raises(ConfigError) as err:
+        predict_files(OmegaConf.create(cfg))
+    assert str(err.value) == (
+        f"output={tmp_path / 'afile' / 'predictions.csv'}: {tmp_path / 'afile'} is a file, not a "
+        "folder"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["afile", "case.nii.gz"]
+    assert (tmp_path / "afile").read_text() == "x\n"
+
+
 def test_predict_finds_volumes_in_subfolders_as_bids_lays_them_out(volume_run, tmp_path, capsys):
     """sub-01/anat/T1w.nii.gz: the volumes below a folder are found (each subfolder was taken for
     a DICOM series), named by their path below it, each with a mask of its own."""
