@@ -68,6 +68,8 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     data = predictor.cfg.dataset  # its manifest's columns are the default ones
     image_column = cfg.image_column or data.get("image_column") or "image"
     path = Path(cfg.inputs)
+    if not path.exists():
+        raise ConfigError(f"inputs={cfg.inputs}: no such file")
     if path.suffix.lower() != ".csv" or not path.is_file():
         what = "masks" if segments else "targets"
         raise ConfigError(

@@ -92,11 +92,11 @@ def test_the_run_s_own_test_images_score_its_test_metrics(finished_runs, tmp_pat
     assert "note: test/auc, test/sensitivity" in capsys.readouterr().err
 
 
-def test_an_output_in_a_file_s_place_is_refused_at_once(
+def test_an_output_in_a_file_s_place_and_missing_inputs_are_refused_at_once(
     finished_runs, tmp_path, capsys, monkeypatch
 ):
-    """Before any image is read: `output=afile/ev` with `afile` a file, named in one line;
-    nothing written."""
+    """Before any image is read: `output=afile/ev` with `afile` a file, and an inputs= CSV that
+    does not exist, each named in one line; nothing written."""
     from medtrain.inference.predictor import Predictor
     from tests.inference.test_predict import tree
 
@@ -113,6 +113,11 @@ def test_an_output_in_a_file_s_place_is_refused_at_once(
     before = tree(tmp_path)
     assert main([f"run_dir={run}", "inputs=labelled.csv", "output=afile/ev"]) == 2
     assert capsys.readouterr().err == "error: output=afile/ev: afile is a file, not a folder\n"
+    assert tree(tmp_path) == before
+    # An inputs= CSV that does not exist is named as such (it read "a CSV manifest of images and
+    # their targets is needed").
+    assert main([f"run_dir={run}", "inputs=nonexist.csv", "output=ev"]) == 2
+    assert capsys.readouterr().err == "error: inputs=nonexist.csv: no such file\n"
     assert tree(tmp_path) == before
 
 
