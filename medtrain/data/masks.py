@@ -98,8 +98,16 @@ def read_mask_file(
 MASK_REGIONS = 3
 
 
-def read_instance_labels(path: str | Path) -> np.ndarray:
+# What to do about a class mask where instance labels are read, in training (`dataset.*` keys).
+CLASS_MASK_ADVICE = "store one label per object, or set dataset.instance_labels=false"
+
+
+def read_instance_labels(path: str | Path, advice: str = CLASS_MASK_ADVICE) -> np.ndarray:
     """An instance-label file (0 background, one number per object) as stored.
+
+    Args:
+        advice: what the refusal of a class mask tells the user to do, in the options of the
+            command that reads the file (`medtrain evaluate` takes no `dataset.*` keys).
 
     Raises:
         DataError: naming the file, for what `read_mask_file` refuses, and for a class or binary
@@ -116,8 +124,7 @@ def read_instance_labels(path: str | Path) -> np.ndarray:
                 raise DataError(
                     f"{path}: label {value} covers {regions} separate regions: this is a class "
                     "mask, not instance labels (one number per object, as the data's instance "
-                    "labels are read); store one label per object, or set "
-                    "dataset.instance_labels=false"
+                    f"labels are read); {advice}"
                 )
     return labels
 

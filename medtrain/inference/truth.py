@@ -81,6 +81,14 @@ class TargetTruth(Truth):
         return {"label": self.labels[k][None]}
 
 
+# A run that read instance labels (`dataset.instance_labels=true`) is scored on them: evaluate
+# reads every mask as the run read its own, and takes no `dataset.*` keys to read them otherwise.
+INSTANCE_MASKS_NEEDED = (
+    "the run was trained on instance labels (dataset.instance_labels=true) and evaluate scores "
+    "it on them: give masks of one label per object"
+)
+
+
 class MaskTruth(Truth):
     """A mask file per row, read as the run's dataset read its masks (`dataset.class_values`,
     `dataset.instance_labels`), at the image's own size; the pixel spacing from the spacing
@@ -145,7 +153,7 @@ class MaskTruth(Truth):
     def _read(self, file: Path) -> tuple[np.ndarray, np.ndarray | None]:
         """A mask file's class indices, and its object labels when the run read instance labels."""
         if self.instance_labels:
-            labels = read_instance_labels(file)
+            labels = read_instance_labels(file, INSTANCE_MASKS_NEEDED)
             return (labels > 0).astype(np.uint8), labels.astype(np.int32)
         mask = read_mask_file(file, self.class_values, self.num_classes)
         if mask.size and mask.max() >= self.num_classes:

@@ -290,7 +290,8 @@ def test_contacts_need_both_the_marked_masks_and_the_method(overrides, message):
         check_task(cfg)
 
 
-def test_evaluate_scores_instance_labels_as_the_run_s_test(instance_run, tmp_path):
+def test_evaluate_scores_instance_labels_as_the_run_s_test(instance_run, tmp_path, capsys):
+    from medtrain.commands.evaluate import main
     from tests.inference.test_evaluate import assert_scores_as_the_run
 
     run_dir, root = instance_run
@@ -311,3 +312,18 @@ def test_evaluate_scores_instance_labels_as_the_run_s_test(instance_run, tmp_pat
             np.array(Image.open(out / row["instances"])),
             np.array(Image.open(run_dir / "instances" / f"{stem}.png")),
         )
+    # A binary class mask is refused as such, with advice evaluate can follow (it takes no
+    # dataset.* keys: dataset.instance_labels=false was an unknown key there); nothing written.
+    binary = np.zeros((48, 48), np.uint8)
+    binary[2:8, 2:8] = binary[20:26, 20:26] = binary[38:44, 38:44] = 255
+    Image.fromarray(binary).save(tmp_path / "binary.png")
+    labelled.write_text(f"image,mask\n{root}/images/cell14.png,binary.png\n")
+    assert main([f"run_dir={run_dir}", f"inputs={labelled}", f"output={tmp_path / 'b'}"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {labelled}: line 2: {tmp_path / 'binary.png'}: label 255 covers 3 separate "
+        "regions: this is a class mask, not instance labels (one number per object, as the "
+        "data's instance labels are read); the run was trained on instance labels "
+        "(dataset.instance_labels=true) and evaluate scores it on them: give masks of one label "
+        "per object\n"
+    )
+    assert not (tmp_path / "b").exists()
