@@ -4,7 +4,8 @@ every `task.tta` choice, timed, and scored (a choice is made on validation data,
     python benchmarks/tta.py --run-dir RUN [--repeats 3] [--split val]
 
 Prints one line per choice: views, seconds per pass over the split (best of the repeats), the
-ratio to no TTA, and the task's headline metrics on the split.
+ratio to no TTA, and the task's headline metrics on the split. A choice the run's images do not
+take (`dihedral` for a volume run: volumes are not turned) is skipped, and its line says why.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ import torch
 from medtrain.data.loading import make_loader
 from medtrain.engine.build import build_datasets
 from medtrain.engine.loop import evaluate
+from medtrain.errors import ConfigError
 from medtrain.inference.run import load_run
 from medtrain.tasks.tta import TTA_CHOICES, tta_views
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--split", default="val", choices=("val", "test"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run = load_run(args.run_dir)
     data = build_datasets(run.cfg)[args.split]
     loader = make_loader(
@@ -35,11 +37,18 @@ def main() -> None:
     )
     device = torch.device("cpu")
     headline = list(run.task.headline)[:3]
+    dims = int(run.cfg.dataset.get("spatial_dims") or 2)  # 3: a 3D network's volumes
     base = None
+    items = "volumes" if dims == 3 else "images"
     print(
-        f"{args.run_dir}: {len(data)} {args.split} images, torch threads {torch.get_num_threads()}"
+        f"{args.run_dir}: {len(data)} {args.split} {items}, torch threads {torch.get_num_threads()}"
     )
     for choice in (None, *TTA_CHOICES):
+        try:
+            views = len(tta_views(choice, dims))
+        except ConfigError as err:  # dihedral turns volumes, which the task refuses
+            print(f"tta={choice!s:9} skipped: {err}")
+            continue
         run.task.tta = choice
         best = float("inf")
         for _ in range(args.repeats):
@@ -51,7 +60,6 @@ def main() -> None:
         shown = "  ".join(
             f"{k} {metrics.get(f'{args.split}/{k}', float('nan')):.4f}" for k in headline
         )
-        views = len(tta_views(choice, 2))
         print(f"tta={choice!s:9} views {views}  {best:.3f} s  x{best / base:.2f}  {shown}")
 
 

@@ -107,3 +107,32 @@ def test_regression_views_average_target_units():
     image[..., 0] = 1.0  # left column bright: the mirror sees its right column
     out = task.forward(MeanOfLeftColumn().eval(), {"image": image})
     assert task.values(out).item() == pytest.approx(10.0 + 2.0 * 0.5)
+
+
+def test_the_benchmark_skips_the_choices_a_volume_run_does_not_take(tmp_path, capsys):
+    """`benchmarks/tta.py` (docs/configuration.md recommends it) on a 3D network's run: every
+    choice a volume takes, with a volume's number of views, and dihedral skipped with the reason
+    (it stopped there with a traceback)."""
+    import runpy
+
+    from tests.conftest import ON_CPU, ROOT, train_in_process
+    from tests.inference.test_volume_inference import VOLUME_RUN
+
+    run = tmp_path / "run"
+    train_in_process(run, [*VOLUME_RUN, "trainer.max_epochs=1", "task.tta=flips", ON_CPU])
+    benchmark = runpy.run_path(str(ROOT / "benchmarks" / "tta.py"))
+    capsys.readouterr()
+    benchmark["main"](["--run-dir", str(run), "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{run}: 2 val volumes")
+    assert [line.split("  ")[0].split()[0] for line in lines[1:]] == [
+        "tta=None",
+        "tta=hflip",
+        "tta=flips",
+        "tta=dihedral",
+    ]
+    assert [int(line.split()[2]) for line in lines[1:4]] == [1, 2, 8]
+    assert lines[4] == (
+        "tta=dihedral  skipped: task.tta=dihedral turns images in their plane; volumes take "
+        "task.tta=flips"
+    )
