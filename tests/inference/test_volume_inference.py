@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -63,13 +64,12 @@ def nifti(volume: np.ndarray, compress: bool = True) -> bytes:
     return gzip.compress(data) if compress else data
 
 
-def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path):
-    volume = case_volume()
-    (tmp_path / "case.nii.gz").write_bytes(nifti(volume))
-    cfg = {
-        "run_dir": str(volume_run),
-        "inputs": str(tmp_path / "case.nii.gz"),
-        "output": str(tmp_path / "out" / "predictions.csv"),
+def predict_options(run: Path, inputs: Path, output: Path) -> dict:
+    """`medtrain predict`'s options with their defaults (the command's config)."""
+    return {
+        "run_dir": str(run),
+        "inputs": str(inputs),
+        "output": str(output),
         "masks": None,
         "image_column": "image",
         "device": "cpu",
@@ -78,6 +78,14 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
         "spacing": None,
         "measurements": None,
     }
+
+
+def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path):
+    volume = case_volume()
+    (tmp_path / "case.nii.gz").write_bytes(nifti(volume))
+    cfg = predict_options(
+        volume_run, tmp_path / "case.nii.gz", tmp_path / "out" / "predictions.csv"
+    )
     summary = predict_files(OmegaConf.create(cfg))
     assert not summary["failed"]
     row = next(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
@@ -137,18 +145,9 @@ def test_an_output_in_a_file_s_place_is_refused_before_any_volume_is_segmented(
         raise AssertionError("segmented before the refusal")
 
     monkeypatch.setattr(Predictor, "predict_volume", segmented)
-    cfg = {
-        "run_dir": str(volume_run),
-        "inputs": str(tmp_path / "case.nii.gz"),
-        "output": str(tmp_path / "afile" / "predictions.csv"),
-        "masks": None,
-        "image_column": "image",
-        "device": "cpu",
-        "batch_size": 1,
-        "progress": False,
-        "spacing": None,
-        "measurements": None,
-    }
+    cfg = predict_options(
+        volume_run, tmp_path / "case.nii.gz", tmp_path / "afile" / "predictions.csv"
+    )
     with pytest.raises(ConfigError) as err:
         predict_files(OmegaConf.create(cfg))
     assert str(err.value) == (
