@@ -469,7 +469,10 @@ class Predictor:
                 f"{name}: this run windows CT values in Hounsfield units; a {image.format.upper()} "
                 "holds display values. Send the DICOM (or an NPY of HU values)"
             )
-        if self.trained_values and not self.preprocess.reads_modality:
+        # Volumes of a 3D image-level run are scaled by their storage type, as 2D images are;
+        # a segmentation run's, or one trained on slices, reads them as stored (modality units).
+        scaled = image.format != "volume" or self.reads_volume_arrays
+        if self.trained_values and scaled and not self.preprocess.reads_modality:
             volume = image.format == "volume"
             problem = other_scale(image.array, *self.trained_values, volume=volume)
             if problem:

@@ -158,6 +158,22 @@ def test_an_output_in_a_file_s_place_is_refused_before_any_volume_is_segmented(
     assert (tmp_path / "afile").read_text() == "x\n"
 
 
+def test_a_segmentation_run_reads_volumes_as_stored_whatever_their_storage_type(volume_run):
+    """A 3D segmentation run reads volumes in modality units, never scaled by their storage type
+    (unlike a 3D classifier's, or a 2D image): an integer NIfTI is no other pixel scale. The first
+    volume scale check refused a run's own uint16 training volumes (trained as float32)."""
+    from medtrain.data.decoding import Decoded
+
+    predictor = Predictor(volume_run)
+    predictor.trained_values = ({"float32"}, 4999.0)  # as a run of uint16 NIfTI files records
+    stored = np.round(case_volume() * 1000).clip(0, 4999).astype(np.uint16)
+    item = predictor.prepare(Decoded(stored, (1.0, 1.0, 1.0), "volume", AFFINE), "c0.nii.gz")
+    as_float = predictor.prepare(
+        Decoded(stored.astype(np.float32), (1.0, 1.0, 1.0), "volume", AFFINE), "c0.nii.gz"
+    )
+    torch.testing.assert_close(item.tensor, as_float.tensor, rtol=0, atol=0)
+
+
 def test_predict_finds_volumes_in_subfolders_as_bids_lays_them_out(volume_run, tmp_path, capsys):
     """sub-01/anat/T1w.nii.gz: the volumes below a folder are found (each subfolder was taken for
     a DICOM series), named by their path below it, each with a mask of its own."""
