@@ -181,10 +181,13 @@ def csv_header(path: str | Path) -> list[str] | None:
         return None
 
 
-def is_prediction_csv(path: str | Path) -> bool:
-    """Whether `path` is a `medtrain predict` CSV: its columns run from `file` to `error`."""
+def is_prediction_csv(path: str | Path, of_masks: bool = False) -> bool:
+    """Whether `path` is a `medtrain predict` CSV: its columns run from `file` to `error` (with
+    `of_masks`, a segmentation's, which names the masks it wrote: a `mask` column)."""
     header = csv_header(path)
-    return bool(header) and header[0] == "file" and header[-1] == "error"
+    if not header or header[0] != "file" or header[-1] != "error":
+        return False
+    return not of_masks or "mask" in header
 
 
 # 72, 96 and 100 dpi (matplotlib's figures) in pixels per metre, as rounded by common writers:

@@ -132,9 +132,10 @@ RUN_TABLES = ("measurements.csv", "measurement_totals.csv")
 
 
 def prediction_csv(folder: Path) -> Path | None:
-    """A `medtrain predict` CSV in `folder` (columns `file` ... `error`), or None."""
+    """A segmentation's `medtrain predict` CSV in `folder` (columns `file`, ... `mask`, ...
+    `error`), or None."""
     found = sorted(folder.glob("*.csv")) if folder.is_dir() else []
-    return next((path for path in found if is_prediction_csv(path)), None)
+    return next((path for path in found if is_prediction_csv(path, of_masks=True)), None)
 
 
 def check_tables(object_table: Path, totals_table: Path) -> None:

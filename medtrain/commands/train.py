@@ -71,6 +71,7 @@ class TrainJobs:
     # folder's `multirun.yaml`: put back when a job is refused there.
     grid_runs: dict[Path, dict[Path, bytes]] = field(default_factory=dict)
     grid_file: tuple[Path, bytes] | None = None
+    grid_dir: str = ""  # `hydra.sweep.dir` as given, for messages
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -80,12 +81,14 @@ class TrainJobs:
         self.started.append(len(self.started) + 1)
         hydra = HydraConfig.get()
         auto = cfg.trainer.get("resume") == "auto"  # `train` sets it to what it found
+        job = Path(hydra.runtime.output_dir).resolve()
         try:
             try:
-                job = Path(hydra.runtime.output_dir).resolve()
+                if hydra.mode == RunMode.MULTIRUN:  # each job puts back its own files only
+                    self.saved_hydra = self.grid_runs.get(job, {})
                 if hydra.mode == RunMode.MULTIRUN and job in self.grid_runs:
-                    self.saved_hydra = self.grid_runs[job]
-                    check_same_job(job, self.saved_hydra, cfg, list(hydra.overrides.task))
+                    overrides = list(hydra.overrides.task)
+                    check_same_job(job, self.grid_dir, self.saved_hydra, cfg, overrides)
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
@@ -103,6 +106,8 @@ class TrainJobs:
             if not distributed.from_main(err):  # rank 0's own error: rank 0 has logged it
                 log.error("%s", err)
             self.restore_hydra_files()
+            if hydra.mode == RunMode.MULTIRUN and job in self.grid_runs:
+                self.put_back_grid_job(job)
             if (
                 hydra.mode != RunMode.MULTIRUN
                 and distributed.is_main()  # the others write to scratch folders
@@ -116,10 +121,7 @@ class TrainJobs:
                         with contextlib.suppress(OSError):
                             folder.rmdir()
             if isinstance(err, OtherGridsJob):
-                # Every later job may be another grid's too: the grid stops, its folder as it was.
-                if self.grid_file is not None:
-                    restore_file(*self.grid_file)
-                sys.exit(2)
+                sys.exit(2)  # every later job may be another grid's too: the grid stops
             if isinstance(err, distributed.PeerFailed):
                 # The process group is broken: leaving it normally can abort in torch's
                 # destructors ("terminate called without an active exception"); end here.
@@ -142,6 +144,19 @@ class TrainJobs:
     def restore_hydra_files(self) -> None:
         for path, content in self.saved_hydra.items():
             restore_file(path, content)
+
+    def put_back_grid_job(self, job: Path) -> None:
+        """A refused job whose folder held a run before the command: its `.hydra/` as it was
+        (what Hydra added there removed; `restore_hydra_files` put back the rest) and the sweep
+        folder's `multirun.yaml`, which Hydra rewrote for this grid."""
+        saved = self.grid_runs[job]
+        for path in (job / ".hydra").glob("*.yaml"):
+            if path not in saved:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (job / ".hydra").rmdir()  # only when left empty: the run had none
+        if self.grid_file is not None:
+            restore_file(*self.grid_file)
 
 
 def restore_file(path: Path, content: bytes) -> None:
@@ -192,15 +207,22 @@ def runs_of_grid(folder: Path) -> dict[Path, dict[Path, bytes]]:
     runs = {}
     for job in folder.resolve().iterdir():
         if job.is_dir() and any((job / name).is_file() for name in HELD):
-            runs[job] = {p: p.read_bytes() for p in (job / ".hydra").glob("*.yaml")}
+            runs[job] = hydra_files(job)
     return runs
 
 
-def check_same_job(job: Path, saved: dict[Path, bytes], cfg: DictConfig, overrides: list) -> None:
+def hydra_files(run_dir: Path) -> dict[Path, bytes]:
+    """A run folder's `.hydra/*.yaml` files and their bytes."""
+    return {p: p.read_bytes() for p in (run_dir / ".hydra").glob("*.yaml")}
+
+
+def check_same_job(
+    job: Path, grid: str, saved: dict[Path, bytes], cfg: DictConfig, overrides: list
+) -> None:
     """A grid's job may start a new run in a job folder that held one before the command
-    (`saved`: its `.hydra/` files then) only when that run had the same overrides: the same grid
-    run again trains its jobs again (a continued job, with `trainer.resume`, is checked against
-    its checkpoint instead). Another grid given the same `hydra.sweep.dir` numbers its jobs alike
+    (`saved`: its `.hydra/` files then; `grid`: `hydra.sweep.dir` as given) only when that run
+    had the same overrides: the same grid run again trains its jobs again (a continued job, with
+    `trainer.resume`, is checked against its checkpoint instead). Another grid given the same `hydra.sweep.dir` numbers its jobs alike
     and would replace the first grid's runs.
 
     Raises:
@@ -226,7 +248,7 @@ def check_same_job(job: Path, saved: dict[Path, bytes], cfg: DictConfig, overrid
     else:
         said = "its overrides are not recorded"
     raise OtherGridsJob(
-        f"hydra.sweep.dir={job.parent}: job folder {job.name} holds another grid's run ({said}), "
+        f"hydra.sweep.dir={grid}: job folder {job.name} holds another grid's run ({said}), "
         "which this grid would replace. Give the grid another hydra.sweep.dir (the same grid "
         "run again trains its jobs again; with trainer.resume=auto it continues them)"
     )
@@ -360,8 +382,7 @@ def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
     resumes = values.get("trainer.resume", "false").lower() not in ("false", "null", "auto")
     if not resumes and not any((run_dir / name).is_file() for name in HELD):
         return {}  # no run there to describe: a failure keeps this command's own files
-    folder = run_dir / ".hydra"
-    return {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder.is_dir() else {}
+    return hydra_files(run_dir)
 
 
 def held_by_run_dir(overrides: Sequence[str]) -> frozenset[str] | None:
@@ -428,7 +449,7 @@ def main(argv: Sequence[str]) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        jobs.grid_runs = runs_of_grid(Path(grid))
+        jobs.grid_runs, jobs.grid_dir = runs_of_grid(Path(grid)), grid
         if (Path(grid) / "multirun.yaml").is_file():
             jobs.grid_file = (
                 Path(grid) / "multirun.yaml",

@@ -102,6 +102,11 @@ FORMAT_OF_SUFFIX = {
 }
 
 
+def a_file(kind: str) -> str:
+    """ "a GIF file", "an EPS file": a format named with its article."""
+    return f"{'an' if kind[0] in 'AEIO' else 'a'} {kind} file"
+
+
 def is_array_file(data: bytes) -> bool:
     """Whether `data` starts as an NPY or NPZ file (by `SIGNATURES`)."""
     return data.startswith(tuple(m for m, kind in SIGNATURES.items() if kind in ("npy", "npz")))
@@ -135,7 +140,7 @@ def sniff(data: bytes, name: str = "") -> str:
         )
     for magic, other in OTHER_SIGNATURES.items():
         if data.startswith(magic):
-            raise UnsupportedFormatError(f"{source}: a {other} file; medtrain reads {FORMATS}")
+            raise UnsupportedFormatError(f"{source}: {a_file(other)}; medtrain reads {FORMATS}")
     suffix = Path(name).suffix.lower()
     if suffix in FORMAT_OF_SUFFIX:
         return FORMAT_OF_SUFFIX[suffix]

@@ -19,6 +19,7 @@ from medtrain.data.readers import (
     PIL_FORMATS,
     SIGNATURES,
     TIFF_SIGNATURES,
+    a_file,
     checked_spacing,
     dicom_pixel_spacing,
 )
@@ -148,8 +149,8 @@ def read_volume(path: str | Path, ras: bool = True) -> Volume:
         picture = image_format(path)
         if picture:  # it was read as DICOM, and failed as one
             raise DataError(
-                f"{path}: a {picture} image, not a volume; give a NIfTI file (.nii, .nii.gz), a "
-                "DICOM series folder or a multi-frame DICOM file"
+                f"{path}: {picture}, not a volume; give a NIfTI file (.nii, .nii.gz), a DICOM "
+                "series folder or a multi-frame DICOM file"
             )
         volume = read_dicom_frames(path)
     check_finite_voxels(volume, path)
@@ -157,19 +158,19 @@ def read_volume(path: str | Path, ras: bool = True) -> Volume:
 
 
 def image_format(path: Path) -> str | None:
-    """The 2D picture format a file is by its first bytes (PNG, JPEG, TIFF, GIF, BMP ...), or None
-    (DICOM, or nothing medtrain knows: read as DICOM, whose error names what fails)."""
+    """What 2D picture or document a file is by its first bytes ("a PNG image", "a PDF file"),
+    or None (DICOM, or nothing medtrain knows: read as DICOM, whose error names what fails)."""
     with open(path, "rb") as handle:
         head = handle.read(132)
     if head[128:132] == b"DICM":  # a DICOM preamble may look like anything
         return None
     for magic, kind in SIGNATURES.items():
         if head.startswith(magic) and kind in PIL_FORMATS:
-            return PIL_FORMATS[kind]
+            return f"a {PIL_FORMATS[kind]} image"
     if head[:4] in TIFF_SIGNATURES:
-        return "TIFF"
+        return "a TIFF image"
     others = {magic: name for magic, name in OTHER_SIGNATURES.items() if name != "gzip"}
-    return next((name for magic, name in others.items() if head.startswith(magic)), None)
+    return next((a_file(name) for magic, name in others.items() if head.startswith(magic)), None)
 
 
 def check_finite_voxels(volume: Volume, name: str | Path) -> None:

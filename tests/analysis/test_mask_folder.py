@@ -364,6 +364,14 @@ def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
     assert main([f"masks={tmp_path / 'masks'}", f"output={tmp_path / 'm.csv'}"]) == 0  # its own
     assert main([f"masks={tmp_path / 'masks'}", f"output={run / 'mine.csv'}"]) == 0  # a new file
     assert main([f"masks={tmp_path / 'masks'}", f"output={run / 'mine.csv'}"]) == 0  # its own
+    # Beside a classification's predictions (no masks), its own earlier table is replaced.
+    classified = tmp_path / "classified"
+    classified.mkdir()
+    (classified / "preds.csv").write_text("file,label,prob_lesion,error\na.png,lesion,0.9,\n")
+    for _ in range(2):
+        assert (
+            main([f"masks={tmp_path / 'masks'}", f"output={classified / 'measurements.csv'}"]) == 0
+        )
 
 
 def test_command_line_runs_as_a_module(folder):

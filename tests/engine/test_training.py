@@ -642,6 +642,18 @@ def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(tmp_path,
     assert files() == before
     assert (grid / "0" / "train.log").read_text().startswith(log)
     assert main([*first, "optimizer.lr=1e-3,1e-2", "trainer.resume=auto"]) == 0  # the same grid
+    # Continued jobs keep the .hydra/ files that describe them when a later, new job is refused
+    # (that job put back the files of the last job whose folder held a run).
+    longer = ["-m", *TINY, ON_CPU, "trainer.max_epochs=2", f"hydra.sweep.dir={grid}"]
+    assert main([*longer, "trainer.resume=auto", "optimizer.lr=1e-3,1e-2,-1"]) == 1
+    for job in ("0", "1"):
+        assert "max_epochs: 2" in (grid / job / ".hydra" / "config.yaml").read_text()
+    # A job of another grid refused by its checkpoint (trainer.resume=auto) leaves the folder's
+    # multirun.yaml and the job's .hydra/ as they were, too.
+    kept = {p: p.read_bytes() for p in [grid / "multirun.yaml", *(grid / "0" / ".hydra").iterdir()]}
+    assert main([*longer, "trainer.resume=auto", "optimizer.lr=1e-1"]) == 1
+    assert "trainer.resume: the checkpoint was trained with other values" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in kept} == kept
 
     for folder, what in [("0", "a run"), ("cv", "a cross-validation"), ("search", "a search")]:
         (tmp_path / folder).mkdir(exist_ok=True)
