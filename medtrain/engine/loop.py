@@ -182,6 +182,22 @@ def evaluate(
     return collector, total / weights if weights else math.nan
 
 
+def validation_row(collector: Any, val_loss: float, batches: int, epoch: int) -> dict:
+    """An epoch's validation values (rank 0's), refused when the weights diverged in the epoch's
+    last optimizer step, after the training loss was checked: the validation loss is then NaN or
+    infinite (the metrics failed inside scikit-learn on NaN scores).
+
+    Raises:
+        TrainingError: saying what to change, as a training loss that diverges does.
+    """
+    if batches and not math.isfinite(val_loss):
+        raise TrainingError(
+            f"the validation loss became {val_loss} after epoch {epoch + 1} (the weights "
+            "diverged in its last steps); lower optimizer.lr or set trainer.gradient_clip_norm"
+        )
+    return {"val/loss": val_loss, **collector.metrics("val")}
+
+
 def loss_mean(trainer: Any) -> str:
     """`evaluate`'s `loss_mean` from the trainer config: a run saved before the key existed
     averaged batch means, and reruns so (`MEANT_WITHOUT_KEY`)."""
@@ -330,7 +346,7 @@ def fit(
                         loss_mean=loss_mean(cfg),
                     )
                 row |= distributed.decided(
-                    lambda c=collector, v=val_loss: {"val/loss": v, **c.metrics("val")}
+                    validation_row, collector, val_loss, len(loaders["val"]), epoch
                 )
                 step_on_plateau(scheduler, row, task.monitor, epoch)
             row["time_s"] = round(time.perf_counter() - start, 3)

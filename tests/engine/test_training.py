@@ -351,6 +351,21 @@ def test_grid_goes_on_past_a_failed_job_and_says_so(tmp_path):
     assert "failed" in summary and "optimizer.lr" in summary
 
 
+def test_weights_that_diverge_in_an_epoch_s_last_step_stop_with_advice(tmp_path):
+    """The training loss is checked before each step; weights made NaN by an epoch's last step
+    showed first in validation, where scikit-learn raised "Input contains NaN" (a traceback, and
+    an empty error in a grid's summary)."""
+    from medtrain.errors import TrainingError
+
+    sizes = ["dataset.num_train=40", "dataset.num_val=20", "dataset.num_test=20"]
+    with pytest.raises(TrainingError) as err:
+        train_in_process(tmp_path, [*sizes, "dataset.image_size=16", ON_CPU, "optimizer.lr=100"])
+    assert str(err.value) == (
+        "the validation loss became nan after epoch 1 (the weights diverged in its last steps); "
+        "lower optimizer.lr or set trainer.gradient_clip_norm"
+    )
+
+
 @pytest.mark.slow
 def test_default_experiment_meets_the_auc_bar(tmp_path):
     """`python -m medtrain` with no overrides: test AUC >= 0.95 (timing is in benchmarks/)."""
