@@ -12,11 +12,14 @@ from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset, check_fractions
 from medtrain.data.readers import READABLE_EXTENSIONS, read_image_file
-from medtrain.errors import DataError
+from medtrain.errors import ConfigError, DataError
 
 
-def list_class_folders(root: Path, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
-    """Map each class folder name under `root` to its sorted image files."""
+def list_class_folders(
+    root: Path, extensions: tuple[str, ...], empty: bool = False
+) -> dict[str, list[Path]]:
+    """Map each class folder name under `root` to its sorted image files (with `empty`, the
+    folders that hold none are kept, with no files: they are no class)."""
     # Hidden entries and archive debris (__MACOSX/, ._name.png) are not classes or images.
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     found = {
@@ -25,7 +28,22 @@ def list_class_folders(root: Path, extensions: tuple[str, ...]) -> dict[str, lis
         )
         for c in classes
     }
-    return {name: files for name, files in found.items() if files}
+    return {name: files for name, files in found.items() if files or empty}
+
+
+def empty_class_folders(root: Path, extensions: tuple[str, ...]) -> str | None:
+    """A warning naming the folders under `root` that hold no images of `extensions` (left out
+    of the classes, so that a 3-class folder with an empty class trained as binary), or None."""
+    empty = [
+        name for name, files in list_class_folders(root, extensions, True).items() if not files
+    ]
+    if not empty:
+        return None
+    return (
+        f"{root}: {', '.join(f'{name}/' for name in empty)} hold(s) no {'/'.join(extensions)} "
+        "images and is left out of the classes; add its images (or set dataset.extensions to "
+        "their suffix), or remove the folder"
+    )
 
 
 class ImageFolder(ImageDataset):
@@ -69,8 +87,15 @@ class ImageFolder(ImageDataset):
         files, labels, class_names = self._collect(
             root, extensions, val_fraction, test_fraction, seed
         )
+        depth = 3 if (root / "train").is_dir() else 2  # [<split>/]<class>/<image>
+        empty = empty_class_folders(root / "train" if depth == 3 else root, extensions)
         if self.class_names is None:
             self.class_names = class_names
+        elif empty and len(self.class_names) != len(class_names):
+            raise ConfigError(
+                f"dataset.class_names has {len(self.class_names)} names for the "
+                f"{len(class_names)} class folders with images {class_names}; {empty}"
+            )
         self.files = files[split]
         self.ids = [str(f.relative_to(root)) for f in self.files]
         self.set_labels(
@@ -83,17 +108,19 @@ class ImageFolder(ImageDataset):
             for s, fraction in (("val", val_fraction), ("test", test_fraction))
             if fraction > 0 and not (root / s).is_dir()
         ]
-        depth = 3 if (root / "train").is_dir() else 2  # [<split>/]<class>/<image>
         nested = [f for s in SPLITS for f in files[s] if len(f.relative_to(root).parts) > depth]
+        self.data_warnings = {}
         if carved and nested:  # a subfolder is often one patient, whose images then straddle
             example = nested[0].relative_to(root).as_posix()
-            self.data_warnings = {
-                "nested_folders": f"{root}: {len(nested)} images lie in subfolders of their class "
+            self.data_warnings["nested_folders"] = (
+                f"{root}: {len(nested)} images lie in subfolders of their class "
                 f"folders (e.g. {example}), and {' and '.join(carved)} are drawn image by image: "
                 "the images of one subfolder (a patient?) can land in two splits. List them in a "
                 "CSV with a patient column (dataset=manifest dataset.group_column=patient) to keep "
                 "each patient in one split"
-            }
+            )
+        if empty:
+            self.data_warnings["empty_class_folders"] = empty
         if self.in_channels is None:  # decided once, from the first training image, for every split
             image = read_image_file(files["train"][0])
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]

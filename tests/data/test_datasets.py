@@ -168,6 +168,28 @@ def test_patient_subfolders_split_image_by_image_are_warned_about(tmp_path):
     )
 
 
+def test_a_class_folder_without_images_is_named(tmp_path):
+    """A 3-class folder whose third class holds no readable image trained as binary without a
+    word; its class names then failed with "3 names for 2 classes" alone."""
+    make_folder(tmp_path, per_class=6)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.bmp").write_bytes(b"BM")
+    said = (
+        f"{tmp_path}: other/ hold(s) no .png images and is left out of the classes; add its "
+        "images (or set dataset.extensions to their suffix), or remove the folder"
+    )
+    data = ImageFolder(str(tmp_path), "train", image_size=8, extensions=(".png",))
+    assert data.class_names == ["benign", "malignant"]
+    assert data.data_warnings == {"empty_class_folders": said}
+    with pytest.raises(ConfigError) as err:
+        names = ["benign", "malignant", "other"]
+        ImageFolder(str(tmp_path), "train", image_size=8, extensions=(".png",), class_names=names)
+    assert str(err.value) == (
+        "dataset.class_names has 3 names for the 2 class folders with images ['benign', "
+        f"'malignant']; {said}"
+    )
+
+
 def test_image_folder_with_split_folders(tmp_path):
     make_folder(tmp_path / "train", per_class=6)
     make_folder(tmp_path / "test", per_class=2)
