@@ -255,6 +255,12 @@ def main() -> None:
         "the latest)",
     )
     args = parser.parse_args()
+    if not (args.export / "manifest.json").is_file():
+        exported = args.export / "export" / "manifest.json"
+        sys.exit(
+            f"{args.export}: no manifest.json here; give the export folder ("
+            + (f"{exported.parent})" if exported.is_file() else "medtrain export's output=)")
+        )
     manifest = json.loads((args.export / "manifest.json").read_text())
     if args.format and args.format != manifest["format"]:
         models = manifest.get("models") or {manifest["format"]: {}}

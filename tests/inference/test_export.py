@@ -278,6 +278,14 @@ def test_example_script_runs_either_format_of_a_shared_folder(finished_runs, tmp
     done = example(tmp_path / "only", files[:1], "--format", "torchscript")
     assert done.returncode == 1
     assert f"{tmp_path / 'only'} holds no torchscript export (it holds onnx)" in done.stderr
+    # A run folder given for its export folder (a traceback: no manifest.json)
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    shutil.copy(tmp_path / "only" / "manifest.json", run / "export" / "manifest.json")
+    for given, folder in ((run, run / "export"), (tmp_path, "medtrain export's output=")):
+        done = example(given, files[:1])
+        assert done.returncode == 1
+        assert done.stderr == f"{given}: no manifest.json here; give the export folder ({folder})\n"
 
 
 def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_path):
