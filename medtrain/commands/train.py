@@ -417,8 +417,14 @@ def main(argv: Sequence[str]) -> int:
             for key, value in SAVED_CONFIG_DEFAULTS
             if not any(a.startswith(f"{key.lstrip('+')}=") for a in given)
         ]
+    from medtrain.engine.config_files import check_yaml_syntax, own_config_folders
     from medtrain.engine.ranks import launched_rank
 
+    try:  # before Hydra reads them: its report of a YAML error is a traceback
+        check_yaml_syntax(own_config_folders(args.overrides, args.config_dir))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     rank = launched_rank()
     scratch = None
     if rank > 0:

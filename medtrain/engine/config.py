@@ -28,6 +28,7 @@ from medtrain.engine.acceleration import (
     resolve_precision,
 )
 from medtrain.engine.build import target_class
+from medtrain.engine.config_files import check_yaml_syntax, own_config_folders
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError, LossMismatch
 from medtrain.models import call_model, input_keys
@@ -451,6 +452,7 @@ def passed_override_key(arg: str, own: str, label: str, hint: str = "") -> str:
 def compose_config(overrides: list[str]) -> DictConfig:
     """Compose conf/train.yaml with training's overrides, as `medtrain train` would (for tools
     that take training's command line: the sweeper and the data check)."""
+    check_yaml_syntax(own_config_folders(overrides))  # Hydra's own report names no file
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

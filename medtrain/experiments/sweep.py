@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from medtrain.engine.callbacks import Epoch
 from medtrain.engine.config import CONF, bare_key, compose_config, passed_override_key
+from medtrain.engine.config_files import own_config_folders
 from medtrain.engine.training import train
 from medtrain.errors import ConfigError
 from medtrain.experiments.studies import (
@@ -134,14 +135,7 @@ def _items(text: str) -> list[str]:
 
 def config_dirs(overrides: list[str]) -> list[Path]:
     """medtrain's config folder and those a `hydra.searchpath=[file://...]` override adds."""
-    dirs = [CONF]
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key.lstrip("+") == "hydra.searchpath":
-            for entry in value.strip("[]").split(","):
-                if entry.strip().startswith("file://"):
-                    dirs.append(Path(entry.strip().removeprefix("file://")))
-    return dirs
+    return [CONF, *own_config_folders(overrides)]
 
 
 def parse_spec(key: str, spec: str, dirs: list[Path] | None = None) -> Param:

@@ -90,6 +90,22 @@ def test_version_and_help_words(capsys):
     assert "hydra.searchpath" in capsys.readouterr().err
 
 
+def test_a_yaml_error_in_ones_own_config_folder_is_one_line_naming_the_file(tmp_path, capsys):
+    """It was Hydra's 89-line PyYAML traceback (train) or one line naming no file (check-data)."""
+    (tmp_path / "my_conf" / "dataset").mkdir(parents=True)
+    bad = tmp_path / "my_conf" / "dataset" / "mine.yaml"
+    bad.write_text("defaults:\n  - manifest\n  - _self_\npath: cases.csv\nimage_size: [16, 16\n")
+    said = (
+        f"error: {bad} line 6: not valid YAML (expected ',' or ']', but got '<stream end>', "
+        "while parsing a flow sequence on line 5)\n"
+    )
+    assert main(["--config-dir", str(tmp_path / "my_conf"), "dataset=mine"]) == 2
+    assert capsys.readouterr().err == said
+    searched = f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"
+    assert main(["check-data", searched, "dataset=mine"]) == 2
+    assert capsys.readouterr().err.startswith(said)
+
+
 def test_no_command_module_keeps_state_or_rewrites_argv():
     """Commands take their arguments as a list and keep no module-level lists or dicts that a run
     changes; nothing assigns to sys.argv; nothing outside the command layer imports it."""
