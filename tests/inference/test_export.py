@@ -282,7 +282,10 @@ def test_example_script_runs_either_format_of_a_shared_folder(finished_runs, tmp
     run = tmp_path / "run"
     (run / "export").mkdir(parents=True)
     shutil.copy(tmp_path / "only" / "manifest.json", run / "export" / "manifest.json")
-    for given, folder in ((run, run / "export"), (tmp_path, "medtrain export's output=")):
+    for given, folder in (
+        (run, run / "export"),
+        (run / "checkpoints", "medtrain export's output="),
+    ):
         done = example(given, files[:1])
         assert done.returncode == 1
         assert done.stderr == f"{given}: no manifest.json here; give the export folder ({folder})\n"
