@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -137,3 +138,13 @@ def finished_runs(tmp_path_factory) -> dict[str, Path]:
     for task, overrides in FINISHED_RUNS.items():
         train_in_process(root / task, list(overrides))
     return {task: root / task for task in FINISHED_RUNS}
+
+
+def fail_if_called(monkeypatch, owner: Any, name: str, what: str) -> None:
+    """Make `owner.name` fail the test when called: a refusal must come before it (`what` it
+    does, e.g. "predicted")."""
+
+    def called(*args, **kwargs):
+        raise AssertionError(f"{what} before the refusal")
+
+    monkeypatch.setattr(owner, name, called)

@@ -86,9 +86,9 @@ class TrainJobs:
             try:
                 if hydra.mode == RunMode.MULTIRUN:  # each job puts back its own files only
                     self.saved_hydra = self.grid_runs.get(job, {})
-                if hydra.mode == RunMode.MULTIRUN and job in self.grid_runs:
-                    overrides = list(hydra.overrides.task)
-                    check_same_job(job, self.grid_dir, self.saved_hydra, cfg, overrides)
+                    if job in self.grid_runs:
+                        overrides = list(hydra.overrides.task)
+                        check_same_job(job, self.grid_dir, self.saved_hydra, cfg, overrides)
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
@@ -222,8 +222,8 @@ def check_same_job(
     """A grid's job may start a new run in a job folder that held one before the command
     (`saved`: its `.hydra/` files then; `grid`: `hydra.sweep.dir` as given) only when that run
     had the same overrides: the same grid run again trains its jobs again (a continued job, with
-    `trainer.resume`, is checked against its checkpoint instead). Another grid given the same `hydra.sweep.dir` numbers its jobs alike
-    and would replace the first grid's runs.
+    `trainer.resume`, is checked against its checkpoint instead). Another grid given the same
+    `hydra.sweep.dir` numbers its jobs alike and would replace the first grid's runs.
 
     Raises:
         OtherGridsJob: naming the job folder and the overrides that differ.
@@ -456,11 +456,9 @@ def main(argv: Sequence[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         jobs.grid_runs, jobs.grid_dir = runs_of_grid(Path(grid)), grid
-        if (Path(grid) / "multirun.yaml").is_file():
-            jobs.grid_file = (
-                Path(grid) / "multirun.yaml",
-                (Path(grid) / "multirun.yaml").read_bytes(),
-            )
+        described = Path(grid) / "multirun.yaml"  # Hydra rewrites it before the first job
+        if described.is_file():
+            jobs.grid_file = (described, described.read_bytes())
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
     try:

@@ -112,6 +112,26 @@ def is_array_file(data: bytes) -> bool:
     return data.startswith(tuple(m for m, kind in SIGNATURES.items() if kind in ("npy", "npz")))
 
 
+# The formats `signature` names that medtrain reads (the others are OTHER_SIGNATURES' names).
+READ_BY_SIGNATURE = frozenset((*SIGNATURES.values(), "dicom", "tiff"))
+
+
+def signature(data: bytes) -> str | None:
+    """The format `data`'s first bytes name, in `sniff`'s order: one medtrain reads (png, jpeg,
+    npy, npz, dicom, tiff; `READ_BY_SIGNATURE`), another's name from `OTHER_SIGNATURES` (GIF,
+    BMP ...), or None."""
+    for magic, kind in SIGNATURES.items():
+        if data.startswith(magic):
+            return kind
+    if data[128:132] == b"DICM":
+        return "dicom"
+    if data[:4] in TIFF_SIGNATURES:
+        return "tiff"
+    return next(
+        (other for magic, other in OTHER_SIGNATURES.items() if data.startswith(magic)), None
+    )
+
+
 def sniff(data: bytes, name: str = "") -> str:
     """The format of `data`: png, jpeg, tiff, npy, npz or dicom.
 
@@ -125,22 +145,17 @@ def sniff(data: bytes, name: str = "") -> str:
         UnsupportedFormatError: the content is another format (GIF, BMP, EPS ...), or neither the
             content nor the extension names a readable format.
     """
-    for magic, kind in SIGNATURES.items():
-        if data.startswith(magic):
-            return kind
-    if data[128:132] == b"DICM":
-        return "dicom"
-    if data[:4] in TIFF_SIGNATURES:
-        return "tiff"
+    kind = signature(data)
+    if kind in READ_BY_SIGNATURE:
+        return kind
     source = name or "upload"
     if name.lower().endswith((".nii", ".nii.gz")) or data[:4] in NIFTI_HEADERS:
         raise UnsupportedFormatError(
             f"{source}: a NIfTI volume, not a 2D image; here medtrain reads {FORMATS} (volumes are "
             "read by runs on volumes: a 3D network, or one trained on their slices)"
         )
-    for magic, other in OTHER_SIGNATURES.items():
-        if data.startswith(magic):
-            raise UnsupportedFormatError(f"{source}: {a_file(other)}; medtrain reads {FORMATS}")
+    if kind is not None:  # another format's (OTHER_SIGNATURES)
+        raise UnsupportedFormatError(f"{source}: {a_file(kind)}; medtrain reads {FORMATS}")
     suffix = Path(name).suffix.lower()
     if suffix in FORMAT_OF_SUFFIX:
         return FORMAT_OF_SUFFIX[suffix]

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from medtrain.data.readers import (
-    OTHER_SIGNATURES,
     PIL_FORMATS,
-    SIGNATURES,
-    TIFF_SIGNATURES,
+    READ_BY_SIGNATURE,
     a_file,
     checked_spacing,
     dicom_pixel_spacing,
+    signature,
 )
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import atomic_write
@@ -161,16 +160,10 @@ def image_format(path: Path) -> str | None:
     """What 2D picture or document a file is by its first bytes ("a PNG image", "a PDF file"),
     or None (DICOM, or nothing medtrain knows: read as DICOM, whose error names what fails)."""
     with open(path, "rb") as handle:
-        head = handle.read(132)
-    if head[128:132] == b"DICM":  # a DICOM preamble may look like anything
-        return None
-    for magic, kind in SIGNATURES.items():
-        if head.startswith(magic) and kind in PIL_FORMATS:
-            return f"a {PIL_FORMATS[kind]} image"
-    if head[:4] in TIFF_SIGNATURES:
-        return "a TIFF image"
-    others = {magic: name for magic, name in OTHER_SIGNATURES.items() if name != "gzip"}
-    return next((a_file(name) for magic, name in others.items() if head.startswith(magic)), None)
+        kind = signature(handle.read(132))
+    if kind in PIL_FORMATS:
+        return f"a {PIL_FORMATS[kind]} image"
+    return a_file(kind) if kind not in (*READ_BY_SIGNATURE, None, "gzip") else None
 
 
 def check_finite_voxels(volume: Volume, name: str | Path) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS
 from medtrain.commands.measure import main
+from tests.conftest import fail_if_called
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,10 +183,7 @@ def test_an_output_in_a_file_s_place_is_refused_before_any_mask_is_read(
     (folder / "afile").write_text("x\n")
     monkeypatch.chdir(folder)
 
-    def measured(*args, **kwargs):
-        raise AssertionError("measured before the refusal")
-
-    monkeypatch.setattr(mask_folder, "measure_mask", measured)
+    fail_if_called(monkeypatch, mask_folder, "measure_mask", "measured")
     before = sorted(folder.rglob("*"))
     assert main(["masks=masks", "output=afile/objects.csv"]) == 2
     assert capsys.readouterr().err == (

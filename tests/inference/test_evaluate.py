@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from medtrain.commands.evaluate import main
+from tests.conftest import fail_if_called
 from tests.inference.test_predict import save_npy_inputs, split_of
 
 
@@ -106,10 +107,7 @@ def test_an_output_in_a_file_s_place_and_missing_inputs_are_refused_at_once(
     (tmp_path / "afile").write_text("x\n")
     monkeypatch.chdir(tmp_path)
 
-    def predicted(*args, **kwargs):
-        raise AssertionError("predicted before the refusal")
-
-    monkeypatch.setattr(Predictor, "forward", predicted)
+    fail_if_called(monkeypatch, Predictor, "forward", "predicted")
     before = tree(tmp_path)
     assert main([f"run_dir={run}", "inputs=labelled.csv", "output=afile/ev"]) == 2
     assert capsys.readouterr().err == "error: output=afile/ev: afile is a file, not a folder\n"

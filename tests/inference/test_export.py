@@ -32,6 +32,7 @@ from medtrain.models.cnn import SimpleCNN
 from medtrain.models.fusion import Fusion
 from medtrain.models.tabular import TabularMLP
 from medtrain.tasks.tta import tta_views
+from tests.conftest import fail_if_called
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "run_exported.py"
 TASKS = ("classification", "regression", "segmentation")
@@ -450,10 +451,7 @@ def test_an_output_in_a_file_s_place_is_refused_before_exporting(
     (tmp_path / "afile").write_text("x\n")
     monkeypatch.chdir(tmp_path)
 
-    def built(*args, **kwargs):
-        raise AssertionError("exported before the refusal")
-
-    monkeypatch.setattr(exporting, "build_model_file", built)
+    fail_if_called(monkeypatch, exporting, "build_model_file", "exported")
     run = finished_runs["classification"]
     for output, said in (
         ("afile/exp", "output=afile/exp: afile is a file, not a folder"),

@@ -15,6 +15,7 @@ from medtrain.commands.predict import main
 from medtrain.data.readers import file_spacing, read_image
 from medtrain.engine.build import build_datasets
 from medtrain.inference.predictor import Predictor
+from tests.conftest import fail_if_called
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -415,10 +416,7 @@ def test_a_file_where_an_output_folder_must_be_is_refused_before_predicting(
     (tmp_path / "afile").write_text("x\n")
     monkeypatch.chdir(tmp_path)
 
-    def predicted(*args, **kwargs):
-        raise AssertionError("predicted before the refusal")
-
-    monkeypatch.setattr(Predictor, "predict", predicted)
+    fail_if_called(monkeypatch, Predictor, "predict", "predicted")
     before = tree(tmp_path)
     in_a_file = "output=afile/preds.csv: afile is a file, not a folder"
     for task, options, said in (

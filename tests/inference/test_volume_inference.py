@@ -26,7 +26,7 @@ from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predict import predict_files
 from medtrain.inference.predictor import Predictor
 from medtrain.inference.serve import ServeLimits, create_app
-from tests.conftest import ROOT, train_in_process
+from tests.conftest import ROOT, fail_if_called, train_in_process
 from tests.hostile_files import make_dicom
 from tests.inference.test_serve import post, start, stop
 
@@ -141,10 +141,7 @@ def test_an_output_in_a_file_s_place_is_refused_before_any_volume_is_segmented(
     (tmp_path / "case.nii.gz").write_bytes(nifti(case_volume()))
     (tmp_path / "afile").write_text("x\n")
 
-    def segmented(*args, **kwargs):
-        raise AssertionError("segmented before the refusal")
-
-    monkeypatch.setattr(Predictor, "predict_volume", segmented)
+    fail_if_called(monkeypatch, Predictor, "predict_volume", "segmented")
     cfg = predict_options(
         volume_run, tmp_path / "case.nii.gz", tmp_path / "afile" / "predictions.csv"
     )
