@@ -19,9 +19,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from hydra._internal.utils import _run_hydra, get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -42,6 +44,7 @@ SAVED_CONFIG_DEFAULTS = (
         "+hydra.callbacks.sweep_summary._target_",
         "medtrain.experiments.hydra_callbacks.SweepSummary",
     ),
+    ("+hydra.callbacks.grid_guard._target_", "medtrain.commands.train.GridGuard"),
 )
 
 
@@ -72,6 +75,8 @@ class TrainJobs:
     grid_runs: dict[Path, dict[Path, bytes]] = field(default_factory=dict)
     grid_file: tuple[Path, bytes] | None = None
     grid_dir: str = ""  # `hydra.sweep.dir` as given, for messages
+    # The command's task function while it runs: `GridGuard` records a grid's runs into it.
+    current: ClassVar[TrainJobs | None] = None
 
     def __call__(self, cfg: DictConfig) -> float | None:
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
@@ -163,6 +168,31 @@ def restore_file(path: Path, content: bytes) -> None:
     from medtrain.io import atomic_write
 
     atomic_write(path, lambda handle: handle.write(content), mode="wb")
+
+
+class GridGuard(Callback):
+    """Hydra callback (conf/train.yaml, `hydra.callbacks`): at a grid's start, before Hydra writes
+    its sweep folder, checks that folder (`check_grid_folder`) and records the runs it holds and
+    its `multirun.yaml` for the command's jobs. The folder is read from the composed config, so a
+    `hydra.sweep.dir` set in a config file or through an interpolation is checked as one given on
+    the command line. Rank 0 alone: the other ranks' sweep folder is their scratch folder."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from medtrain.engine.ranks import launched_rank
+
+        jobs = TrainJobs.current
+        if jobs is None or launched_rank() > 0:
+            return
+        grid = str(config.hydra.sweep.dir)
+        try:
+            check_grid_folder(Path(grid))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from err  # not caught by Hydra: no traceback, no job started
+        jobs.grid_runs, jobs.grid_dir = runs_of_grid(Path(grid)), grid
+        described = Path(grid) / "multirun.yaml"  # Hydra rewrites it before the first job
+        if described.is_file():
+            jobs.grid_file = (described, described.read_bytes())
 
 
 class OtherGridsJob(ConfigError):
@@ -448,19 +478,9 @@ def main(argv: Sequence[str]) -> int:
         held_before=held_by_run_dir(args.overrides),
         made_above=missing_parents(args.overrides),
     )
-    grid = override_values(args.overrides).get("hydra.sweep.dir")
-    if args.multirun and grid and rank == 0:
-        try:
-            check_grid_folder(Path(grid))
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        jobs.grid_runs, jobs.grid_dir = runs_of_grid(Path(grid)), grid
-        described = Path(grid) / "multirun.yaml"  # Hydra rewrites it before the first job
-        if described.is_file():
-            jobs.grid_file = (described, described.read_bytes())
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
+    TrainJobs.current = jobs
     try:
         if os.environ.get("WORLD_SIZE", "1") == "1":
             with sigterm_as_interrupt():  # a time limit, a preemption, `docker stop`: as Ctrl-C
@@ -468,6 +488,7 @@ def main(argv: Sequence[str]) -> int:
         else:  # under torchrun, whose agent signals its workers when one of them fails
             status = _run(args, parser, jobs)
     finally:
+        TrainJobs.current = None
         if scratch is not None:
             scratch.cleanup()
     _end_distributed_process(status)

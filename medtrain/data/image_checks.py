@@ -129,6 +129,26 @@ def mixed_images(samples: dict[str, list[Sample]], names: dict[str, Names]) -> l
     return notes
 
 
+def blank_images(samples: dict[str, list[Sample]], names: dict[str, Names]) -> list[str]:
+    """A warning per split for images of one value only: nothing to learn or see in them (an
+    empty export, a failed acquisition, a reader that missed the pixel data), and per-image
+    normalisation divides by their zero spread."""
+    warnings = []
+    for split, found in samples.items():
+        blank = [s for s in found if s.problem is None and s.low == s.high]
+        if not blank:
+            continue
+        shown = "; ".join(names[split].name(s.index) for s in blank[:3])
+        more = f"; and {len(blank) - 3} more" if len(blank) > 3 else ""
+        values = sorted({s.low for s in blank})
+        value = f"{values[0]:g}" if len(values) == 1 else "one value each"
+        warnings.append(
+            f"{split}: {len(blank)} of {len(found)} images hold a single value ({value}): "
+            f"{shown}{more}; check that they were exported or read as they should"
+        )
+    return warnings
+
+
 # How the data check says each `scale_mismatch`, against the training split's common type.
 SCALE_SAID = {
     "float_outside_0_1": "float images of values outside 0-1, read as they are (0-255 values 255 "

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from medtrain.data.image_checks import (
     MASK_DATASETS,
     anisotropic_turns,
+    blank_images,
     class_name,
     content_digest,
     find_duplicates,
@@ -420,6 +421,7 @@ def check_datasets(
         leak = kind == "groups_in_splits" and duplicates == "error"
         report["errors" if leak else "warnings"].append(line)
     report["notes"] += mixed_images(samples, names)
+    report["warnings"] += blank_images(samples, names)
     report["errors"] += mixed_scales(datasets, samples, names)
     spacing_said = unused_spacing(datasets)
     report["warnings"] += [spacing_said] if spacing_said else []

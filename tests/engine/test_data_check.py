@@ -209,6 +209,25 @@ def test_an_image_of_another_type_or_channels_is_noted_by_name(tmp_path):
     ]
 
 
+def test_images_of_one_value_are_warned_about_by_name(tmp_path):
+    """Blank images (an empty export, a failed acquisition) train and test on nothing: one
+    warning per split, naming them and their value; images that vary are not listed."""
+    rows = good_rows(tmp_path)
+    for k, value in ((0, 0), (1, 0), (4, 255)):  # two training images and one test image
+        Image.fromarray(np.full((16, 16), value, np.uint8)).save(tmp_path / rows[k][0])
+    path = write_manifest(tmp_path, rows)
+    report = check(manifest_overrides(path))
+    assert exit_status(report) == 0  # a warning: training may go on
+    blank = [line for line in report["warnings"] if "single value" in line]
+    assert blank == [
+        f"train: 2 of 2 images hold a single value (0): {tmp_path / rows[0][0]} ({path} line 2); "
+        f"{tmp_path / rows[1][0]} ({path} line 3); check that they were exported or read as "
+        "they should",
+        f"test: 1 of 2 images hold a single value (255): {tmp_path / rows[4][0]} ({path} line 6)"
+        "; check that they were exported or read as they should",
+    ]
+
+
 def test_images_on_another_pixel_scale_are_refused_where_the_scale_matters(tmp_path):
     """Among 8-bit images, an 8-bit one stored in 16 bits reaches a fixed-statistics network 257
     times darker, a float one of 0-255 values 255 times brighter: errors naming them. Normalized

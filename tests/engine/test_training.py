@@ -628,11 +628,14 @@ def test_a_grid_run_again_into_its_sweep_folder_trains_its_jobs_again(tmp_path):
     assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
 
 
-def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(tmp_path, capsys):
+def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(
+    tmp_path, capsys, monkeypatch
+):
     """Another grid given the same hydra.sweep.dir numbers its jobs alike: its first job whose
     folder holds a run of other overrides stops the grid, before it trains, with the first grid's
     runs, their .hydra/ files and multirun.yaml as they were (only the refusal is added to the
-    job's log). Run, CV and search folders, and a file, are refused before any job starts."""
+    job's log). Run, CV and search folders, and a file, are refused before any job starts. The
+    folder is the composed config's: one named through an interpolation is checked too."""
     from medtrain.commands import main
 
     grid = tmp_path / "grid"
@@ -656,6 +659,12 @@ def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(tmp_path,
     ) in said.out + said.err
     assert files() == before
     assert (grid / "0" / "train.log").read_text().startswith(log)
+    monkeypatch.setenv("MEDTRAIN_GRID", str(grid))
+    through_env = [*first[:-1], "hydra.sweep.dir=${oc.env:MEDTRAIN_GRID}", "optimizer.lr=1e-1"]
+    assert main(through_env) == 2
+    said = capsys.readouterr()
+    assert f"hydra.sweep.dir={grid}: job folder 0 holds another grid's run" in said.out + said.err
+    assert files() == before
     assert main([*first, "optimizer.lr=1e-3,1e-2", "trainer.resume=auto"]) == 0  # the same grid
     # Continued jobs keep the .hydra/ files that describe them when a later, new job is refused
     # (that job put back the files of the last job whose folder held a run).
