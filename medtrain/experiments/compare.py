@@ -183,7 +183,27 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
             f"The runs were tested on other cases ({sizes} test cases; splits.json): their test "
             "metrics differ by data as well as by model."
         )
+    else:  # the same ids (`test_images[3]` of any MedMNIST file) may name other images
+        data = [data_read(run) for run in runs]
+        if all(d is not None for d in data) and len({d["sha256"] for d in data}) > 1:
+            shown = ", ".join(f"{n}: {data_said(d)}" for n, d in zip(names, data, strict=True))
+            said.append(
+                f"The runs read other data ({shown}; provenance.json): their test metrics "
+                "differ by data as well as by model, whatever their test cases are called."
+            )
     return said
+
+
+def data_read(run: Path) -> dict[str, Any] | None:
+    """The fingerprint of the data a run read (its `provenance.json`'s `data`); None when the run
+    records none (an ensemble, a run from before provenance)."""
+    data = (read_json(run / "provenance.json") or {}).get("data")
+    return data if isinstance(data, dict) and data.get("sha256") else None
+
+
+def data_said(data: dict[str, Any]) -> str:
+    where = data.get("path") or data.get("kind", "data")
+    return f"{where} (sha256 {str(data['sha256'])[:12]})"
 
 
 def test_cases(run: Path, splits: bool = True) -> list[str] | None:

@@ -58,6 +58,20 @@ def test_two_runs_side_by_side(tmp_path, capsys):
     assert "tested on other cases (slow: 48, ensemble_like: 40" in capsys.readouterr().err
     assert main([f"run_dirs=[{other},{ensemble_like}]", f"output={out}"]) == 0
     assert "tested on other cases" not in capsys.readouterr().err
+    # The same test ids on other data (MedMNIST ids are alike in every file): the runs'
+    # provenance.json tell them apart.
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(other, relabelled)
+    provenance = json.loads((relabelled / "provenance.json").read_text())
+    provenance["data"] |= {"kind": "file", "path": "/data/other.npz", "sha256": "ab" * 32}
+    (relabelled / "provenance.json").write_text(json.dumps(provenance))
+    assert main([f"run_dirs=[{other},{relabelled}]", f"output={out}"]) == 0
+    theirs = json.loads((other / "provenance.json").read_text())["data"]["sha256"][:12]
+    assert (
+        f"The runs read other data (other: generated (sha256 {theirs}), relabelled: "
+        "/data/other.npz (sha256 abababababab); provenance.json): their test metrics differ by "
+        "data as well as by model, whatever their test cases are called."
+    ) in capsys.readouterr().err
 
 
 def test_bad_input_is_one_error_line(tmp_path, capsys):
