@@ -45,6 +45,10 @@ def report_run(run_dir: Path, trust: Sequence[str] = ()) -> Path:
     return write_report(run_dir, trust=trust)
 
 
+# What a sweep folder holds: a grid's (Hydra's record of it), a search's study, or a summary.
+SWEEP_FILES = ("multirun.yaml", "study.db", "study.json", "sweep_summary.csv")
+
+
 def report_sweep(sweep_dir: Path, monitor: str | None, storage: str | None = None) -> Path:
     from medtrain.experiments.studies import read_study
     from medtrain.experiments.sweep_summary import write_sweep_summary
@@ -56,6 +60,13 @@ def report_sweep(sweep_dir: Path, monitor: str | None, storage: str | None = Non
             f"sweep_dir: {sweep_dir} is a cross-validation (folds.json): its summary is "
             "cv_summary.md; a fold's or the ensemble's report is medtrain report "
             f"run_dir={sweep_dir}/fold_<k> (or {sweep_dir}/ensemble)"
+        )
+    marked = [name for name in SWEEP_FILES if (sweep_dir / name).exists()]
+    if not marked and not (sweep_dir / "metrics.json").is_file():  # a run's: said below
+        raise ConfigError(
+            f"sweep_dir: {sweep_dir} is no grid's or search's folder (it has no "
+            f"{', '.join(SWEEP_FILES)}): its runs were not trained as one sweep; put runs side "
+            "by side with medtrain compare 'run_dirs=[...]'"
         )
     try:
         return write_sweep_summary(sweep_dir, monitor, study=read_study(sweep_dir, storage))

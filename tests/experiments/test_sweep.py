@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -108,6 +109,13 @@ def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread, 
     assert report_main([f"sweep_dir={job}"]) == 2
     assert "is a run folder, not a sweep's" in capsys.readouterr().err
     assert not (job / "sweep_summary.csv").exists()
+    # Nor is a folder of runs that were not trained as one sweep (a day's outputs/<date>/).
+    day = tmp_path.with_name(f"{tmp_path.name}_day")
+    shutil.copytree(job, day / "10-00-00")
+    shutil.copytree(job, day / "11-00-00")
+    assert report_main([f"sweep_dir={day}"]) == 2
+    assert f"sweep_dir: {day} is no grid's or search's folder" in capsys.readouterr().err
+    assert sorted(p.name for p in day.iterdir()) == ["10-00-00", "11-00-00"]
 
 
 def _states(db: Path) -> dict[int, str]:
