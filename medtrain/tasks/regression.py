@@ -177,10 +177,14 @@ class RegressionTask(Task):
                 )
 
     def standardized(self, values: torch.Tensor) -> torch.Tensor:
-        """Targets in target units (B x K) -> what the network learns."""
+        """Targets in target units (B or B x K) -> what the network learns (B x K)."""
+        if values.ndim == 1:  # one value per image, as labels are batched
+            values = values.unsqueeze(1)
+        # No reshape by the batch's length: inside an exported model (the average of test-time
+        # views, `combine`) that length would be traced as a constant.
         mean = torch.as_tensor(self.mean, dtype=torch.float32, device=values.device)
         std = torch.as_tensor(self.std, dtype=torch.float32, device=values.device)
-        return (values.float().reshape(len(values), -1) - mean) / std
+        return (values.float() - mean) / std
 
     def values(self, outputs: torch.Tensor) -> torch.Tensor:
         """Network outputs -> predictions in target units (float64, B x K)."""

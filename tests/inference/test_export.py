@@ -352,16 +352,31 @@ def test_example_script_refuses_what_predict_refuses(finished_runs, tmp_path):
     assert refused == {"constant.png", "gif.png", "wide.tif", "float255.npy"}
 
 
-@pytest.mark.parametrize("tta", ["hflip", "dihedral"])
-def test_tta_is_inside_the_export(finished_runs, tmp_path, tta):
-    run = load_run(finished_runs["segmentation"])
+@pytest.mark.parametrize(
+    ("kind", "tta", "fmt"),
+    [
+        ("segmentation", "hflip", "onnx"),
+        ("segmentation", "dihedral", "onnx"),
+        ("regression", "hflip", "onnx"),  # its views' average went through a traced batch size
+        ("regression", "flips", "torchscript"),
+        ("classification", "hflip", "torchscript"),
+    ],
+)
+def test_tta_is_inside_the_export(finished_runs, tmp_path, kind, tta, fmt):
+    """The views are averaged inside the exported model, for a batch of another size than the
+    one it was traced with."""
+    run = load_run(finished_runs[kind])
     run.task.tta = tta
-    manifest = export_run(run, "onnx", tmp_path)
+    manifest = export_run(run, fmt, tmp_path)
     assert manifest["tta"]["choice"] == tta and manifest["tta"]["views"] == len(tta_views(tta))
-    images = torch.randn(2, 1, 40, 56, generator=torch.Generator().manual_seed(1))
-    got = load_exported(tmp_path, manifest)(images.numpy())
-    for have, want in zip(got, reference(run, images), strict=True):
-        np.testing.assert_allclose(have, want, atol=1e-4)
+    size = (
+        (40, 56) if kind == "segmentation" else tuple(run.checkpoint["preprocessing"]["input_size"])
+    )
+    for batch in (1, 3):
+        images = torch.randn(batch, 1, *size, generator=torch.Generator().manual_seed(batch))
+        got = load_exported(tmp_path, manifest)(images.numpy())
+        for have, want in zip(got, reference(run, images), strict=True):
+            np.testing.assert_allclose(have, want, atol=1e-4)
 
 
 def test_command_line_default_output_and_errors(finished_runs, tmp_path, capsys, caplog):
