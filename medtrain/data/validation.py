@@ -171,9 +171,10 @@ def read_all(datasets: dict, workers: int, progress: bool) -> dict[str, list[Sam
     return {split: sorted(samples, key=lambda s: s.index) for split, samples in found.items()}
 
 
-def label_problems(dataset: Any, names: Names) -> list[str]:
-    """Labels outside the classes (or not 0/1 for multi-label), and regression targets that are
-    not finite numbers; segmentation masks are checked when read."""
+def label_problems(dataset: Any, names: Names, grades: Any = None) -> list[str]:
+    """Labels outside the classes (or not 0/1 for multi-label), regression targets that are not
+    finite numbers, and ordinal grades outside `grades` (`task.grade_range` of an ordinal task:
+    given, or the training split's); segmentation masks are checked when read."""
     if isinstance(dataset, MASK_DATASETS):
         return []
     labels, k = np.asarray(dataset.labels), dataset.num_classes
@@ -182,9 +183,23 @@ def label_problems(dataset: Any, names: Names) -> list[str]:
     if dataset.regression:
         values = labels.reshape(len(labels), -1).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
-        return [
+        said = [
             names.problem(i, f"target {values[i].tolist()} is not a finite number") for i in bad
         ]
+        if grades is not None:  # the grades the model predicts
+            low, high = float(grades[0]), float(grades[1])
+            finite = np.isfinite(values).all(axis=1)
+            off = np.flatnonzero(finite & ((values < low) | (values > high)).any(axis=1))
+            said += [
+                names.problem(
+                    i,
+                    f"grade {values[i, 0]:g} is outside task.grade_range=[{low:g}, {high:g}] (the "
+                    "grades the model predicts; without the key, the training split's): fix the "
+                    "target or set task.grade_range to cover every grade",
+                )
+                for i in off
+            ]
+        return said
     if labels.ndim == 2:
         if labels.shape[1] != k:
             return [f"{dataset.split}: {labels.shape[1]} label columns, dataset.num_classes={k}"]
@@ -392,6 +407,8 @@ def check_datasets(
     report = new_report(cfg)
     names = {split: Names(cfg, ds) for split, ds in datasets.items()}
     samples = read_all(datasets, workers, progress)
+    task = cfg.get("task") or {}
+    grades = task.get("grade_range") if task.get("ordinal") else None
     absent: dict[str, dict[int, str]] = {}
     for split, ds in datasets.items():
         found = samples[split]
@@ -402,7 +419,7 @@ def check_datasets(
             report["splits"][split] = {"samples": 0}
             continue
         report["errors"] += [names[split].problem(s.index, s.problem) for s in found if s.problem]
-        report["errors"] += label_problems(ds, names[split]) + size_problem(ds, found)
+        report["errors"] += label_problems(ds, names[split], grades) + size_problem(ds, found)
         section, absent[split] = balance(ds, found)
         report["splits"][split] = {
             "samples": len(found),

@@ -27,7 +27,7 @@ from medtrain.engine.acceleration import (
     memory_format,
     resolve_precision,
 )
-from medtrain.engine.build import target_class
+from medtrain.engine.build import build_task, target_class
 from medtrain.engine.config_files import check_yaml_syntax, own_config_folders
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError, LossMismatch
@@ -205,6 +205,7 @@ def validate(cfg: DictConfig) -> torch.device:
         )
     if wrong_loss is not None:
         raise wrong_loss
+    check_task_settings(cfg)
     return device
 
 
@@ -224,6 +225,30 @@ def check_task(cfg: DictConfig) -> None:
     dataset = target_class(cfg.dataset)
     provides = getattr(dataset, "provides", None)
     task.check_config(cfg, None if provides is None else tuple(provides), choices())
+
+
+def check_task_settings(cfg: DictConfig) -> None:
+    """Build the task and its loss once from the config alone, so that a value they refuse
+    (`task.tta`, `task.grade_range`, `task.target_std`, `task.cut_points`, a loss's settings)
+    stops the run before the data are read and anything is written, and `medtrain check-data`
+    reports it. Values the data decide (target statistics, class names) are not known yet: a
+    build that fails for want of them is left to the build after the data check."""
+    loss = cfg.get("loss") or {}
+    if loss.get("_target_") == "torch.nn.HuberLoss":  # torch checks it only in the first batch
+        delta = loss.get("delta", 1.0)
+        require(
+            isinstance(delta, int | float) and not isinstance(delta, bool) and delta > 0,
+            "loss.delta",
+            delta,
+            "must be a number > 0 (the error, in target standard deviations, where the loss turns "
+            "from squared to absolute)",
+        )
+    try:
+        build_task(cfg)
+    except ConfigError:
+        raise
+    except Exception:  # wants what the data decide: built again, and reported, after the check
+        return
 
 
 def check_monitor(cfg: DictConfig) -> None:

@@ -228,6 +228,10 @@ def check_new_run_folder(run_dir: Path) -> None:
     # Files a run writes at its end only (so no earlier attempt of this run left them): a
     # folder holding them holds someone's results, which this run would replace.
     ends = [name for name in ENDING_FILES if (Path(run_dir) / name).exists()]
+    # Files a run writes before training, after its provenance.json: without one beside them
+    # they are no earlier attempt's but someone's own (a split file kept there).
+    if not (Path(run_dir) / "provenance.json").is_file():
+        ends += [name for name in EARLY_FILES if (Path(run_dir) / name).exists()]
     if ends:
         raise ConfigError(
             f"the folder {run_dir} (hydra.run.dir) holds {', '.join(ends)}, which this run would "
@@ -238,6 +242,9 @@ def check_new_run_folder(run_dir: Path) -> None:
 # What a run writes after its test pass, never before: found in a folder without a metrics.json,
 # they are not a failed attempt's files.
 ENDING_FILES = ("predictions.csv", "report.html", "confusion_matrix.csv", "per_case_metrics.csv")
+# What a run writes before training, after its provenance.json (an earlier attempt's, when that
+# provenance.json is there too).
+EARLY_FILES = ("splits.json", "data_report.json", "groups.json")
 
 
 def check_before_resuming(cfg, run_dir: Path) -> None:

@@ -269,6 +269,14 @@ def _target_columns(value: Any, task: Any) -> list[str]:
     return columns
 
 
+def outside_grades(values: Any, grade_range: Any) -> bool:
+    """Whether any of an ordinal target's `values` lies outside `grade_range` (None: any range)."""
+    if grade_range is None:
+        return False
+    low, high = grade_range
+    return any(v < low or v > high for v in np.atleast_1d(values).tolist())
+
+
 def _labels(
     rows: list[dict[str, str]], lines: list[int], columns: list[str], task: Any, names: list[str]
 ) -> tuple[list[torch.Tensor], list[str]]:
@@ -288,6 +296,12 @@ def _labels(
             elif getattr(task, "ordinal", False) and any(not v.is_integer() for v in values):
                 problems.append(
                     f"line {line}: target {cells} is not a whole-number grade (the run is ordinal)"
+                )
+            elif getattr(task, "ordinal", False) and outside_grades(values, task.grade_range):
+                low, high = task.grade_range
+                problems.append(
+                    f"line {line}: grade {cells} is outside the run's grades {low:g}-{high:g} "
+                    "(task.grade_range: the grades it predicts)"
                 )
             labels.append(torch.tensor(values, dtype=torch.float64))
             continue

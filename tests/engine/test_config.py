@@ -58,6 +58,33 @@ def test_bad_values_are_refused_with_the_key(override, message):
     assert message in str(err.value)
 
 
+REGRESSION = ["task=regression", "dataset=synthetic_clinical", "loss=mse"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["task.tta=hflp"],
+            "task.tta='hflp': choose null or one of ['hflip', 'flips', 'dihedral']",
+        ),
+        (
+            [*REGRESSION, "task.ordinal=true", "task.grade_range=[4,0]"],
+            "task.grade_range=[4, 0] must be [lowest, highest]",
+        ),
+        ([*REGRESSION, "task.target_std=[0]"], "task.target_std=[0.0] must be > 0"),
+        ([*REGRESSION, "task.cut_points=mean"], "task.cut_points='mean': choose round or fitted"),
+        ([*REGRESSION, "loss=huber", "loss.delta=-1"], "loss.delta=-1: must be a number > 0"),
+    ],
+)
+def test_task_and_loss_settings_are_refused_before_the_data_are_read(overrides, message):
+    """Values the task or its loss refuse were found only when the task was built, after the
+    data check had written into the run folder (and `check-data` passed them)."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(overrides))
+    assert message in str(err.value)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_refused():
     with pytest.raises(ConfigError, match="trainer.device='cuda': CUDA is not available"):

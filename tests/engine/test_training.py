@@ -497,6 +497,26 @@ def test_a_checkpoint_without_augmentation_seeding_resumes_only_as_it_was_seeded
     assert train_in_process(tmp_path, resumed)["epochs_trained"] == 3
 
 
+def test_a_folder_with_a_split_file_of_ones_own_is_no_run_folder(tmp_path, capsys):
+    """splits.json or data_report.json without the provenance.json a run writes first are no
+    earlier attempt's: the run is refused and the folder left as it was (the run replaced them)."""
+    from medtrain.commands import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "splits.json").write_text('{"mine": 1}')
+    assert main([*TINY, ON_CPU, f"hydra.run.dir={folder}"]) == 2
+    said = capsys.readouterr()
+    assert (
+        f"the folder {folder} (hydra.run.dir) holds splits.json, which this run would replace"
+    ) in said.out + said.err
+    assert [p.name for p in folder.iterdir()] == ["splits.json"]
+    assert (folder / "splits.json").read_text() == '{"mine": 1}'
+    # An earlier attempt's (its provenance.json beside them) may be trained over.
+    (folder / "provenance.json").write_text("{}")
+    assert main([*TINY, ON_CPU, "trainer.max_epochs=1", f"hydra.run.dir={folder}"]) == 0
+
+
 def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     """Resuming with overrides other than the run's is refused before anything is written: the
     run's .hydra/ files (which Hydra rewrites first), provenance, splits and data report stay."""

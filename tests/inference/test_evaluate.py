@@ -149,6 +149,25 @@ def test_every_bad_row_is_named_at_once_and_nothing_is_written(finished_runs, tm
     assert "the run folder itself" in capsys.readouterr().err
 
 
+def test_an_ordinal_run_s_grades_must_be_whole_and_within_its_range():
+    """The grades an ordinal run predicts (task.grade_range); 7 and -1 were scored as they were."""
+    from types import SimpleNamespace
+
+    from medtrain.inference.truth import _labels
+
+    task = SimpleNamespace(targets="values", ordinal=True, grade_range=(0, 4))
+    rows = [{"target": cell} for cell in ("7", "-1", "2", "2.5", "4")]
+    labels, problems = _labels(rows, [2, 3, 4, 5, 6], ["target"], task, ["grade"])
+    assert problems == [
+        "line 2: grade ['7'] is outside the run's grades 0-4 (task.grade_range: the grades it "
+        "predicts)",
+        "line 3: grade ['-1'] is outside the run's grades 0-4 (task.grade_range: the grades it "
+        "predicts)",
+        "line 5: target ['2.5'] is not a whole-number grade (the run is ordinal)",
+    ]
+    assert [float(v) for v in labels] == [7, -1, 2, 2.5, 4]
+
+
 def write_segmentation_set(run: Path, folder: Path, count: int | None = None) -> tuple[Path, list]:
     """The run's test images (NPY) and masks (PNG of class indices) with a CSV listing them."""
     test = split_of(run)
