@@ -25,7 +25,7 @@ from hydra._internal.utils import _run_hydra, get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medtrain.commands.interrupts import sigterm_as_interrupt
 from medtrain.errors import ConfigError, MedtrainError
@@ -92,7 +92,7 @@ class TrainJobs:
                 if hydra.mode == RunMode.MULTIRUN:  # each job puts back its own files only
                     self.saved_hydra = self.grid_runs.get(job, {})
                     if job in self.grid_runs:
-                        overrides = list(hydra.overrides.task)
+                        overrides = task_overrides(hydra)
                         check_same_job(job, self.grid_dir, self.saved_hydra, cfg, overrides)
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
@@ -121,7 +121,7 @@ class TrainJobs:
                 run_dir = Path(hydra.runtime.output_dir)
                 if self.held_before is not None:
                     undo_refused_run(run_dir, self.held_before)
-                elif discard_refused_run(run_dir, hydra.overrides.task):
+                elif discard_refused_run(run_dir, task_overrides(hydra)):
                     for folder in self.made_above:  # deepest first; only while left empty
                         with contextlib.suppress(OSError):
                             folder.rmdir()
@@ -162,6 +162,13 @@ class TrainJobs:
             (job / ".hydra").rmdir()  # only when left empty: the run had none
         if self.grid_file is not None:
             restore_file(*self.grid_file)
+
+
+def task_overrides(hydra: DictConfig) -> list[str]:
+    """The job's overrides as given (`.hydra/overrides.yaml` keeps them so): a `${...}` in one is
+    text here, not an interpolation to resolve (`optimizer.lr=${nope}` raised while its refusal
+    was being tidied up)."""
+    return [str(o) for o in OmegaConf.to_container(hydra.overrides.task, resolve=False)]
 
 
 def restore_file(path: Path, content: bytes) -> None:

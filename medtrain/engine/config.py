@@ -102,7 +102,8 @@ def validate(cfg: DictConfig) -> torch.device:
                 "no tabular columns: use dataset=manifest with dataset.tabular_columns=[...] or "
                 "dataset=synthetic_clinical, or drop the branch (~model@model.branches.tabular)"
             ) from None
-        raise ConfigError(f"config: {err}".splitlines()[0]) from None
+        key = getattr(err, "full_key", None)  # the key that holds the interpolation
+        raise ConfigError(f"{key or 'config'}: {err}".splitlines()[0]) from None
     if missing:
         first = sorted(missing)[0]
         hint = " (the file or folder to read)" if first == "dataset.path" else ""

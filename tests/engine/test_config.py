@@ -131,6 +131,23 @@ def test_cli_errors_stop_before_training(tmp_path, capsys):
     assert "Traceback" not in out.err and not (tmp_path / "c" / "checkpoints").exists()
 
 
+def test_an_interpolation_in_an_override_is_refused_by_its_key_and_leaves_no_folder(
+    tmp_path, capsys
+):
+    """`${...}` in an override stays text when the refused run is tidied up: one line naming the
+    key (it was a traceback, exit 1, and a folder left behind), and no folder either when the
+    interpolation resolves but another value is refused."""
+    from medtrain.commands import main
+
+    assert main([f"hydra.run.dir={tmp_path / 'x'}", "optimizer.lr=${nope}"]) == 2
+    said = capsys.readouterr()
+    assert "optimizer.lr: Interpolation key 'nope' not found" in said.out + said.err
+    assert "Traceback" not in said.err and not (tmp_path / "x").exists()
+    refused = ["optimizer.lr=-1", "trainer.eval_batch_size=${trainer.batch_size}"]
+    assert main([*refused, f"hydra.run.dir={tmp_path / 'y'}"]) == 2
+    assert not (tmp_path / "y").exists()
+
+
 @pytest.mark.slow
 def test_cli_help_lists_groups():
     done = run_cli("train", "--help")
