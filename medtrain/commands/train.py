@@ -119,9 +119,12 @@ class TrainJobs:
                 and (not distributed.is_distributed() or distributed.raised_everywhere(err))
             ):
                 run_dir = Path(hydra.runtime.output_dir)
+                # A config error found once the data were read (a model that cannot be built)
+                # takes the data check's files along; a data error keeps them: they list it.
+                written = REFUSED_RUN_FILES | (DATA_READ_FILES if config_error(err) else set())
                 if self.held_before is not None:
-                    undo_refused_run(run_dir, self.held_before)
-                elif discard_refused_run(run_dir, task_overrides(hydra)):
+                    undo_refused_run(run_dir, self.held_before, written)
+                elif discard_refused_run(run_dir, task_overrides(hydra), written):
                     for folder in self.made_above:  # deepest first; only while left empty
                         with contextlib.suppress(OSError):
                             folder.rmdir()
@@ -295,17 +298,28 @@ def check_same_job(
 # read) leave in a run folder before training writes anything.
 REFUSED_RUN_FILES = frozenset({".hydra", "train.log", "provenance.json", "git_diff.patch"})
 HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
+# What a run writes once its data are read, before its first epoch (`resume.EARLY_FILES`).
+DATA_READ_FILES = frozenset({"splits.json", "data_report.json", "groups.json"})
 
 
-def discard_refused_run(run_dir: Path, overrides: Sequence[str]) -> bool:
+def config_error(err: Exception) -> bool:
+    """A config error (not a data error, whose data report names the problems)."""
+    return isinstance(err, ConfigError)
+
+
+def discard_refused_run(
+    run_dir: Path, overrides: Sequence[str], written: frozenset[str] = REFUSED_RUN_FILES
+) -> bool:
     """Remove the folder this command made for a run refused before it wrote anything (a config
     or data error): it holds only Hydra's copy of the refused config and the log of the error,
     which the console has shown, and every typo would leave one more folder among the runs.
 
     Only a folder that holds nothing else and whose `.hydra/overrides.yaml` is this command's
-    goes; the caller never passes a folder that existed before the command (`hydra.run.dir` named
-    an existing one). The date folder of the default `outputs/<date>/<time>` goes too when it is
-    left empty; no other folder above. Returns whether the folder was removed."""
+    goes (`written`: what a refused run may have written, `REFUSED_RUN_FILES` and, for a config
+    error found after the data were read, `DATA_READ_FILES`); the caller never passes a folder that
+    existed before the command (`hydra.run.dir` named an existing one). The date folder of the
+    default `outputs/<date>/<time>` goes too when it is left empty; no other folder above. Returns
+    whether the folder was removed."""
     import shutil
 
     import yaml
@@ -317,7 +331,7 @@ def discard_refused_run(run_dir: Path, overrides: Sequence[str]) -> bool:
         same = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) == list(overrides)
     except (OSError, yaml.YAMLError):
         return False
-    if not (names <= REFUSED_RUN_FILES and saved <= HYDRA_FILES and same):
+    if not (names <= written and saved <= HYDRA_FILES and same):
         return False
     close_log_in(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -340,19 +354,21 @@ def close_log_in(run_dir: Path) -> None:
             handler.close()
 
 
-def undo_refused_run(run_dir: Path, held_before: frozenset[str]) -> None:
+def undo_refused_run(
+    run_dir: Path, held_before: frozenset[str], written: frozenset[str] = REFUSED_RUN_FILES
+) -> None:
     """In a folder that existed before the command (`hydra.run.dir`), remove what a refused run
-    added there before it wrote anything (`REFUSED_RUN_FILES`: Hydra's `.hydra/`, the log, the
-    provenance), so that the folder is as it was: a data folder given as the run folder kept a
-    `train.log` among the data."""
+    added there before it trained (`written`: Hydra's `.hydra/`, the log, the provenance, and for a
+    config error found once the data were read, their split and report), so that the folder is as
+    it was: a data folder given as the run folder kept a `train.log` among the data."""
     import shutil
 
     try:
         added = {p.name for p in run_dir.iterdir()} - held_before
     except OSError:
         return
-    if not added or not added <= REFUSED_RUN_FILES:
-        return  # the run wrote more (its data report): kept, as a new folder is
+    if not added or not added <= written:
+        return  # the run wrote more (a data error's report): kept, as a new folder is
     close_log_in(run_dir)
     for name in added:
         path = run_dir / name

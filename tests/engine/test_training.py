@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn import metrics as skm
 
 import medtrain.engine.loop
@@ -495,6 +496,35 @@ def test_a_checkpoint_without_augmentation_seeding_resumes_only_as_it_was_seeded
         train_in_process(tmp_path, longer)
     resumed = [*longer, "augmentation.seeding=per_transform"]
     assert train_in_process(tmp_path, resumed)["epochs_trained"] == 3
+
+
+def test_a_config_error_found_after_the_data_check_leaves_no_folder(tmp_path, capsys):
+    """A model that cannot be built is found once the data were read: the run's split and data
+    report go with the rest of the refused run, in a new folder and in one of one's own; a data
+    error keeps its report, which lists the problems."""
+    from medtrain.commands import main
+
+    new = tmp_path / "new"
+    assert main([*TINY, ON_CPU, "model.dropout=1.5", f"hydra.run.dir={new}"]) == 2
+    assert "dropout probability has to be between 0 and 1" in capsys.readouterr().out
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main([*TINY, ON_CPU, "model.dropout=1.5", f"hydra.run.dir={mine}"]) == 2
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    rows = ["image,target,split"]  # a file that does not decode: the data check's error
+    for k, split in enumerate(["train", "train", "val", "val", "test", "test"]):
+        (tmp_path / f"{k}.png").write_bytes(b"not a picture" if k == 5 else b"")
+        rows.append(f"{k}.png,{k % 2},{split}")
+    for k in range(5):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    kept = tmp_path / "kept"
+    data = ["dataset=manifest", f"dataset.path={tmp_path / 'cases.csv'}", "trainer.max_epochs=1"]
+    assert main([*data, ON_CPU, f"hydra.run.dir={kept}"]) == 2
+    assert "the data check found 1 problem(s)" in capsys.readouterr().out
+    assert (kept / "data_report.json").is_file()
 
 
 def test_a_folder_with_a_split_file_of_ones_own_is_no_run_folder(tmp_path, capsys):
