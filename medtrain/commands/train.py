@@ -521,12 +521,16 @@ def main(argv: Sequence[str]) -> int:
 def _end_distributed_process(status: int) -> None:
     """Under torchrun, end the process here with `status`: torch's process-group destructors can
     abort ("terminate called without an active exception") when a peer has already left, which
-    would turn a finished run's exit status into SIGABRT. Nothing is left to clean up."""
+    would turn a finished run's exit status into SIGABRT. Nothing is left to clean up. The ranks
+    leave together: torchrun ends the others as soon as one exits with an error, and rank 0 may
+    still be writing (a grid's summary and plots after a failed job)."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):  # a peer that has gone: nothing to wait for
+            dist.barrier()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

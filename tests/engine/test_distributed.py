@@ -231,6 +231,18 @@ def test_rerun_of_a_distributed_run_trains_it_distributed(runs, tmp_path, monkey
     assert info["world"]["world_size"] == 2
 
 
+def test_a_grid_with_a_failed_job_ends_on_every_rank_after_its_summary(tmp_path):
+    """The ranks leave together: rank 1 exited as soon as the grid ended, and torchrun then
+    stopped rank 0 (SIGTERM) before its summary's plots and its 'job(s) failed' line."""
+    grid = tmp_path / "grid"
+    argv = ["-m", *EXACT, "trainer.max_epochs=1", "optimizer.lr=-1,1e-2", f"hydra.sweep.dir={grid}"]
+    done = torchrun(argv, tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "medtrain: 1 job(s) failed (job 0)" in done.stderr
+    assert (grid / "sweep_optimizer.lr.png").is_file()
+    assert (grid / "1" / "metrics.json").is_file()
+
+
 def test_rank_0_decides_and_every_rank_follows(tmp_path):
     """The exchanges, in a real two-process Gloo group: decisions and errors from rank 0,
     sums, rank 0's weights, checksums, and evaluation batches gathered in order."""
