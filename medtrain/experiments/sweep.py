@@ -235,9 +235,15 @@ def check_sweep_dir(sweep: Sweep) -> None:
     folder = sweep.dir
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"sweep.dir={folder} is a file; give a folder")
-    held = [n for n in ("metrics.json", "checkpoints", "folds.json") if (folder / n).exists()]
+    held = [
+        n
+        for n in ("metrics.json", "checkpoints", "folds.json", "multirun.yaml")
+        if (folder / n).exists()
+    ]
     if held:
-        what = "a cross-validation" if "folds.json" in held else "a run"
+        what = {"folds.json": "a cross-validation", "multirun.yaml": "a grid (medtrain -m)"}.get(
+            held[-1], "a run"
+        )
         raise ConfigError(
             f"sweep.dir={folder} holds {what} ({', '.join(held)}): give the sweep a folder of "
             "its own"

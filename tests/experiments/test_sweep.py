@@ -457,7 +457,11 @@ def test_a_sweep_writes_only_into_a_folder_of_its_own_study(tmp_path):
     (old / "study.json").write_text(json.dumps({"storage": str(tmp_path / "a.log")}))
     with pytest.raises(ConfigError, match=r"holds a search stored in .*a.log \(study.json\)"):
         open_study(parse_args([f"sweep.dir={old}", spec, f"sweep.storage={tmp_path}/b.log"]), cfg)
-    for name, said in (("metrics.json", "holds a run"), ("folds.json", "a cross-validation")):
+    for name, said in (
+        ("metrics.json", "holds a run"),
+        ("folds.json", "a cross-validation"),
+        ("multirun.yaml", r"holds a grid \(medtrain -m\) \(multirun.yaml\)"),
+    ):
         folder = tmp_path / name.split(".")[0]
         folder.mkdir()
         (folder / name).write_text("{}")
