@@ -180,6 +180,7 @@ def validate(cfg: DictConfig) -> torch.device:
         patience,
         "must be null or an integer >= 1",
     )
+    check_keys(cfg)
     distributed.check_settings(t)
     precision = str(t.precision)
     require(
@@ -226,6 +227,39 @@ def check_task(cfg: DictConfig) -> None:
     dataset = target_class(cfg.dataset)
     provides = getattr(dataset, "provides", None)
     task.check_config(cfg, None if provides is None else tuple(provides), choices())
+
+
+def packaged_keys() -> tuple[set[str], set[str]]:
+    """The root keys of conf/train.yaml with its groups, and every key of conf/trainer/*.yaml."""
+    import yaml
+
+    groups = {p.name for p in CONF.iterdir() if p.is_dir() and p.name not in IGNORED_DIRS}
+    root = set(yaml.safe_load((CONF / "train.yaml").read_text())) - {"defaults", "hydra"}
+    trainer: set[str] = set()
+    for path in (CONF / "trainer").glob("*.yaml"):
+        trainer |= set(yaml.safe_load(path.read_text()) or {})
+    return root | groups, trainer
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """A `trainer` key medtrain does not read, and a root key a letter or two from one of
+    medtrain's, are refused, naming the closest: they were added silently (in an experiment file,
+    or with `+` on the command line) and the run went on with the value they were meant to change.
+    Root keys of one's own (values for interpolations, `paths.data_root`) are kept."""
+    root, trainer = packaged_keys()
+    for key in sorted(set(cfg.trainer) - trainer):
+        close = difflib.get_close_matches(key, sorted(trainer), n=1)
+        hint = f" (did you mean trainer.{close[0]}?)" if close else ""
+        raise ConfigError(
+            f"trainer.{key} is not a key medtrain reads{hint}; its keys: {', '.join(sorted(trainer))}"
+        )
+    for key in sorted(set(cfg) - root):
+        close = difflib.get_close_matches(key, sorted(root), n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(
+                f"{key} is not a key medtrain reads: did you mean {close[0]}? (a root key of your "
+                "own, for interpolations, is kept when it is not named like one of medtrain's)"
+            )
 
 
 def check_task_settings(cfg: DictConfig) -> None:

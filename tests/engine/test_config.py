@@ -85,6 +85,23 @@ def test_task_and_loss_settings_are_refused_before_the_data_are_read(overrides, 
     assert message in str(err.value)
 
 
+def test_keys_medtrain_does_not_read_are_refused_by_their_closest(tmp_path):
+    """A trainer key added by `+` or in an experiment file, and a root key named like one of
+    medtrain's, were kept silently and the run used the value they were meant to change. A root
+    key of one's own (for interpolations) is kept."""
+    with pytest.raises(ConfigError, match=r"trainer.max_epoch is not a key medtrain reads \(did "):
+        validate(compose_cfg(["+trainer.max_epoch=3"]))
+    with pytest.raises(ConfigError, match="seeed is not a key medtrain reads: did you mean seed?"):
+        validate(compose_cfg(["+seeed=1"]))
+    validate(compose_cfg(["+paths.data_root=/data", "trainer.max_epochs=1"]))
+    experiments = tmp_path / "experiment"
+    experiments.mkdir()
+    (experiments / "typo.yaml").write_text("# @package _global_\ntrainer:\n  max_epoch: 1\n")
+    cfg = compose_cfg([f"hydra.searchpath=[file://{tmp_path}]", "experiment=typo"])
+    with pytest.raises(ConfigError, match="did you mean trainer.max_epochs"):
+        validate(cfg)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_refused():
     with pytest.raises(ConfigError, match="trainer.device='cuda': CUDA is not available"):
