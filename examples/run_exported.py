@@ -7,10 +7,11 @@ Segmentation masks go to FOLDER (default: `masks/` inside the export folder).
 
 Needs numpy, Pillow, OpenCV and onnxruntime (or torch for a TorchScript export); manifest.json holds
 the preprocessing. Prints CSV to stdout, one row per image: the label and class probabilities, the
-predicted values, or (segmentation) the mask file written, its pixels per class, its objects per
-foreground class (connected components, as medtrain counts them without `task.instances`), and with
-`--spacing` each class's area in mm^2. Segmentation runs with an inference window are tiled into
-blended windows, as medtrain evaluates them.
+predicted values (as medtrain predict names them: `value_<target>`, and for one target `value`,
+with `grade` by the manifest's rule for ordinal grades), or (segmentation) the mask file written,
+its pixels per class, its objects per foreground class (connected components, as medtrain counts
+them without `task.instances`), and with `--spacing` each class's area in mm^2. Segmentation runs
+with an inference window are tiled into blended windows, as medtrain evaluates them.
 """
 
 import argparse
@@ -234,6 +235,19 @@ def decide(output: np.ndarray, manifest: dict) -> str:
     return names[int(output[1] >= threshold) if len(names) == 2 else int(output.argmax())]
 
 
+def grade(value: float, grades: dict) -> int:
+    """An ordinal run's grade of a predicted value, by the manifest's `regression.grades` rule:
+    the lowest grade plus the number of cut points at or below the value, or without cut points
+    the value rounded to the nearest grade (halves to even, as numpy rounds); clipped to the range."""
+    low, high = grades["range"]
+    if grades["cut_points"] is None:
+        raw = float(np.rint(value))
+    else:
+        cuts = np.asarray(grades["cut_points"], dtype=np.float64)
+        raw = low + int(np.searchsorted(cuts, value, side="right"))
+    return int(min(max(raw, low), high))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path, help="folder with manifest.json and the model")
@@ -281,9 +295,12 @@ def main() -> None:
     label = "labels" if manifest.get("multilabel") else "label"
     # A task of your own (medtrain's task protocol): its first output's values, one per name.
     first = manifest["outputs"][0]["name"]
+    # Regression columns as medtrain predict's: an ordinal run's grade and the value of one target.
+    grades = (manifest.get("regression") or {}).get("grades") if len(names) == 1 else None
+    one = ["value"] if len(names) == 1 else []
     columns = {
         "classification": [label, *(f"prob_{n}" for n in names)],
-        "regression": names,
+        "regression": [*(["grade"] if grades else []), *one, *(f"value_{n}" for n in names)],
         "segmentation": [
             "mask",
             *(f"pixels_{n}" for n in names),
@@ -347,8 +364,14 @@ def main() -> None:
                     "the model's output is not finite (NaN or infinite): no prediction is made from it",
                 )
                 continue
-            row = [decide(output, manifest)] if task == "classification" else []
-            row += [repr(v) for v in output.tolist()]
+            values = [repr(v) for v in output.tolist()]
+            if task == "classification":
+                row = [decide(output, manifest), *values]
+            elif task == "regression":
+                row = [grade(float(output[0]), grades)] if grades else []
+                row += [*values[: len(one)], *values]
+            else:
+                row = values
         writer.writerow([path, *row, ""])
     sys.exit(1 if failed else 0)
 

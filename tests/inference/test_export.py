@@ -32,7 +32,7 @@ from medtrain.models.cnn import SimpleCNN
 from medtrain.models.fusion import Fusion
 from medtrain.models.tabular import TabularMLP
 from medtrain.tasks.tta import tta_views
-from tests.conftest import fail_if_called
+from tests.conftest import ON_CPU, fail_if_called
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "run_exported.py"
 TASKS = ("classification", "regression", "segmentation")
@@ -140,7 +140,7 @@ def assert_same_predictions(rows: list[dict], expected: list[dict], kind: str, n
             else:
                 assert row["label"] == want["label"]
         elif kind == "regression":
-            values = [float(row[n]) for n in names]
+            values = [float(row[f"value_{n}"]) for n in names]  # medtrain predict's columns
             np.testing.assert_allclose(values, list(want["values"].values()), rtol=1e-6, atol=1e-4)
         else:
             mask = np.asarray(Image.open(row["mask"]))
@@ -350,6 +350,56 @@ def test_example_script_refuses_what_predict_refuses(finished_runs, tmp_path):
     with open(tmp_path / "p.csv", newline="") as handle:
         refused = {r["file"] for r in csv.DictReader(handle) if r["error"]}
     assert refused == {"constant.png", "gif.png", "wide.tif", "float255.npy"}
+
+
+def test_example_script_gives_predict_s_columns_and_grades_of_an_ordinal_run(tmp_path):
+    """An ordinal run's grade by the manifest's rule (rounding, or cut points), beside the value,
+    under medtrain predict's column names: the example labelled the value `grade`."""
+    from medtrain.commands.predict import main as predict
+    from medtrain.metrics.regression import to_grades
+    from tests.conftest import train_in_process
+
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in (("train", 120), ("val", 40), ("test", 8)):
+        grades = rng.integers(0, 5, n)
+        images = (rng.normal(0, 8, (n, 12, 12)) + 40 * grades[:, None, None] + 20).clip(0, 255)
+        arrays |= {f"{split}_images": images.astype(np.uint8), f"{split}_labels": grades[:, None]}
+    np.savez(tmp_path / "grades.npz", **arrays)
+    run = tmp_path / "run"
+    overrides = ["dataset=medmnist", f"dataset.path={tmp_path / 'grades.npz'}"]
+    overrides += ["dataset.class_names=[grade]", "task=regression", "task.ordinal=true"]
+    overrides += ["loss=mse", "model.widths=[8,16]", "optimizer.lr=3e-3", "trainer.max_epochs=6"]
+    overrides += ["trainer.batch_size=16", "trainer.progress=false", "trainer.report=false"]
+    train_in_process(run, [*overrides, ON_CPU])
+    export = tmp_path / "export"
+    manifest = export_run(load_run(run), "onnx", export)
+    assert manifest["regression"]["grades"]["range"] == [0.0, 4.0]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k, level in enumerate(np.linspace(20, 190, 12)):  # grades 0-4 and the values between
+        noise = rng.normal(0, 8, (12, 12))
+        Image.fromarray((noise + level).clip(0, 255).astype(np.uint8)).save(inputs / f"s{k:02}.png")
+    files = sorted(inputs.iterdir())
+    assert predict([f"run_dir={run}", f"inputs={inputs}", f"output={tmp_path / 'p.csv'}"]) == 0
+    with open(tmp_path / "p.csv", newline="") as handle:
+        predicted = list(csv.DictReader(handle))
+    rows = run_example(export, files, None)
+    assert list(rows[0]) == list(predicted[0]) == ["file", "grade", "value", "value_grade", "error"]
+    assert [Path(r["file"]).name for r in rows] == [r["file"] for r in predicted]
+    for row, want in zip(rows, predicted, strict=True):
+        assert int(row["grade"]) == int(want["grade"]), (row, want)
+        for column in ("value", "value_grade"):
+            assert float(row[column]) == pytest.approx(float(want[column]), abs=1e-4)
+    assert len({r["grade"] for r in rows}) >= 4  # the images span the grades
+    # Fitted cut points (task.cut_points=fitted) where rounding would give other grades.
+    cuts = [1.2, 1.3, 2.9, 3.0]
+    manifest["regression"]["grades"]["cut_points"] = cuts
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    rows = run_example(export, files, None)
+    values = np.array([float(r["value"]) for r in rows])
+    assert [int(r["grade"]) for r in rows] == to_grades(values, (0, 4), cuts).tolist()
+    assert (to_grades(values, (0, 4), cuts) != to_grades(values, (0, 4))).any()
 
 
 @pytest.mark.parametrize(
