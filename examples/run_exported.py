@@ -25,22 +25,38 @@ import cv2
 import numpy as np
 from PIL import Image
 
+NOT_READ = "this example reads PNG, JPEG, TIFF or NPY"
+# An uncompressed NIfTI-1 or NIfTI-2 file's first bytes: its header size, either byte order.
+NIFTI_HEADERS = tuple(n.to_bytes(4, order) for n in (348, 540) for order in ("little", "big"))
 
-def read_image(path: Path) -> np.ndarray:
-    """Pixels (H x W x C) as medtrain reads them: palette images as RGB, alpha dropped, 16-bit kept;
-    an .npy array as stored (e.g. Hounsfield units for a CT-windowed model)."""
+
+def read_image(path: Path) -> tuple[np.ndarray, str]:
+    """Pixels (H x W x C) as medtrain reads them, and the file's format (PNG, JPEG, TIFF or NPY):
+    palette images as RGB, alpha dropped, 16-bit kept; an .npy array as stored (e.g. Hounsfield
+    units for a CT-windowed model). DICOM and NIfTI files are named, not read."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    # By content first: a DICOM preamble may look like a TIFF header (Pillow then fails on it).
+    if head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom"):
+        raise ValueError(
+            f"a DICOM file; {NOT_READ}, not DICOM: medtrain predict reads it, or save its pixel "
+            "values as NPY (in Hounsfield units for a CT-windowed model)"
+        )
+    if head[:4] in NIFTI_HEADERS or path.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"a NIfTI volume; {NOT_READ} (2D images)")
     if path.suffix.lower() == ".npy":
         array = np.load(path, allow_pickle=False)
-        return (array[..., None] if array.ndim == 2 else array)[..., :3]
+        return (array[..., None] if array.ndim == 2 else array)[..., :3], "NPY"
     with Image.open(path) as img:
         if img.format not in ("PNG", "JPEG", "TIFF"):  # as medtrain: a GIF named .png is refused
-            raise ValueError(f"a {img.format} image; this reads PNG, JPEG, TIFF or NPY")
+            raise ValueError(f"a {img.format} image; {NOT_READ}")
+        kind = img.format
         if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
             img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
         array = np.array(img)
     if array.dtype in (np.int32, np.uint32):  # Pillow's mode "I" holds 16-bit PNG and TIFF
         array = array.astype(np.uint16)
-    return (array[..., None] if array.ndim == 2 else array)[..., :3]
+    return (array[..., None] if array.ndim == 2 else array)[..., :3], kind
 
 
 SCALED = ("uint8", "uint16", "bool")  # read as 0-1 of their bit depth; floats as they are
@@ -251,7 +267,12 @@ def grade(value: float, grades: dict) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path, help="folder with manifest.json and the model")
-    parser.add_argument("images", type=Path, nargs="+", help="PNG, JPEG, TIFF or NPY files")
+    parser.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        help="PNG, JPEG, TIFF or NPY files (NPY of HU values for a CT-windowed model)",
+    )
     parser.add_argument(
         "--masks", type=Path, default=None, help="where masks go (default: <export>/masks)"
     )
@@ -318,16 +339,26 @@ def main() -> None:
 
     for path in args.images:
         try:
-            pixels = read_image(path)
+            pixels, kind = read_image(path)
         except Exception as err:
             refuse(path, f"cannot read: {err}")
+            continue
+        windowed = bool(manifest["preprocessing"].get("window"))
+        if windowed and kind != "NPY":  # as medtrain predict
+            refuse(
+                path,
+                f"this run windows CT values in Hounsfield units; a {kind} holds display values. "
+                "Give an NPY of HU values (or the DICOM to medtrain predict)",
+            )
             continue
         if pixels.size and np.isfinite(pixels).all() and pixels.min() == pixels.max():
             refuse(
                 path, "every pixel has the same value: no prediction is made from it"
             )  # as medtrain
             continue
-        scale = other_scale(pixels, manifest["preprocessing"].get("training_images"))
+        # A windowed run reads values in modality units, not on a pixel scale (predict's rule).
+        trained = None if windowed else manifest["preprocessing"].get("training_images")
+        scale = other_scale(pixels, trained)
         if scale:
             refuse(path, f"another pixel scale than the run's training images: {scale}")
             continue

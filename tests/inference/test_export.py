@@ -25,7 +25,7 @@ from torch import nn
 from medtrain.commands.export import main
 from medtrain.data.readers import read_image
 from medtrain.data.transforms import Normalize
-from medtrain.errors import ConfigError
+from medtrain.errors import ConfigError, DataError
 from medtrain.inference import Predictor, load_run
 from medtrain.inference.export import export_run
 from medtrain.models.cnn import SimpleCNN
@@ -400,6 +400,64 @@ def test_example_script_gives_predict_s_columns_and_grades_of_an_ordinal_run(tmp
     values = np.array([float(r["value"]) for r in rows])
     assert [int(r["grade"]) for r in rows] == to_grades(values, (0, 4), cuts).tolist()
     assert (to_grades(values, (0, 4), cuts) != to_grades(values, (0, 4))).any()
+
+
+def test_example_script_refuses_display_images_for_a_windowed_run_and_names_dicom(
+    finished_runs, tmp_path
+):
+    """A run that windows CT values: PNG, JPEG and TIFF hold display values, refused by the
+    example as by medtrain predict (the example answered them); an NPY of HU values is read, held
+    to no pixel scale, as predict holds it (the run's training images were floats of 0-1). A
+    DICOM (by its content, also without a suffix and behind a preamble that looks like a TIFF
+    header) is named plainly: it was "cannot identify image file" and Pillow's EXIF warning."""
+    from tests.hostile_files import make_dicom
+
+    predictor = Predictor(finished_runs["classification"])
+    predictor.preprocess.windows, predictor.preprocess.reads_modality = [(40.0, 400.0)], True
+    predictor.run.checkpoint["preprocessing"]["window"] = [[40.0, 400.0]]
+    manifest = export_run(predictor.run, "onnx", tmp_path / "export")
+    assert manifest["preprocessing"]["window"]["windows"] == [[40.0, 400.0]]
+    rng = np.random.default_rng(0)
+    hu = rng.normal(60, 120, (16, 16)).astype(np.float32)
+    pixels = rng.integers(0, 256, (16, 16)).astype(np.uint8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    np.save(inputs / "hu.npy", hu)
+    for name in ("display.png", "display.jpg", "display.tif"):
+        Image.fromarray(pixels).save(inputs / name)
+    files = sorted(inputs.iterdir())
+    refused = {}
+    for path in files:
+        try:
+            predictor.accepts(predictor.read(path), path.name)
+        except DataError as err:
+            refused[path.name] = str(err)
+    assert sorted(refused) == ["display.jpg", "display.png", "display.tif"]
+    done = example(tmp_path / "export", files)
+    assert done.returncode == 1 and done.stderr == ""
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(io.StringIO(done.stdout))}
+    for name, kind in (("display.jpg", "JPEG"), ("display.png", "PNG"), ("display.tif", "TIFF")):
+        assert rows[name]["error"] == (
+            f"this run windows CT values in Hounsfield units; a {kind} holds display values. "
+            "Give an NPY of HU values (or the DICOM to medtrain predict)"
+        )
+        assert f"a {kind} holds display values" in refused[name]
+    (want,) = predictor.predict([predictor.read(inputs / "hu.npy")], ["hu.npy"])
+    assert rows["hu.npy"]["error"] == "" and rows["hu.npy"]["label"] == want["label"]
+    probabilities = [float(rows["hu.npy"][f"prob_{n}"]) for n in predictor.class_names]
+    np.testing.assert_allclose(probabilities, list(want["probabilities"].values()), atol=1e-4)
+
+    dicom = make_dicom(np.full((16, 16), 1024, np.uint16) + pixels, 1.0, -1024.0)
+    (tmp_path / "IM000001").write_bytes(b"II*\x00" + dicom[4:])  # a TIFF-like preamble
+    (tmp_path / "scan.dcm").write_bytes(dicom)
+    done = example(tmp_path / "export", [tmp_path / "IM000001", tmp_path / "scan.dcm"])
+    assert done.returncode == 1 and done.stderr == ""  # no warning from Pillow
+    for row in csv.DictReader(io.StringIO(done.stdout)):
+        assert row["error"] == (
+            "cannot read: a DICOM file; this example reads PNG, JPEG, TIFF or NPY, not DICOM: "
+            "medtrain predict reads it, or save its pixel values as NPY (in Hounsfield units for "
+            "a CT-windowed model)"
+        )
 
 
 @pytest.mark.parametrize(
