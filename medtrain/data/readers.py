@@ -132,6 +132,16 @@ def signature(data: bytes) -> str | None:
     )
 
 
+def file_signature(path: str | Path) -> str | None:
+    """`signature` of a file's first bytes (DICOM's `DICM` lies at bytes 128..131); None for a
+    file that names no format by them, or cannot be opened."""
+    try:
+        with open(path, "rb") as handle:
+            return signature(handle.read(132))
+    except OSError:
+        return None
+
+
 def sniff(data: bytes, name: str = "") -> str:
     """The format of `data`: png, jpeg, tiff, npy, npz or dicom.
 

@@ -21,10 +21,11 @@ from medtrain.analysis.overlays import safe_name
 from medtrain.analysis.volume_results import write_nifti
 from medtrain.data.manifest import check_columns, read_csv, windows_paths
 from medtrain.data.manifest import listed as listed_text
-from medtrain.data.readers import READABLE_EXTENSIONS
+from medtrain.data.readers import FORMATS, READ_BY_SIGNATURE, READABLE_EXTENSIONS, file_signature
 from medtrain.data.seg_manifest import SPACING_CELL, spacing_cell
 from medtrain.data.volume_slices import case_name
 from medtrain.data.volumes import is_nifti
+from medtrain.engine.provenance import is_document
 from medtrain.errors import ConfigError, DataError
 from medtrain.inference.predictor import VOLUME_SPACING, Predictor, warn_unread_spacing
 from medtrain.inference.run import volume_run
@@ -64,20 +65,58 @@ def list_inputs(spec: str, image_column: str = "image") -> list[tuple[Path, str]
     if path.is_file():
         return [(path, path.name)]
     if path.is_dir():
-        files = sorted(
-            f
-            for f in path.rglob("*")
-            if f.is_file()
-            and f.suffix.lower() in READABLE_EXTENSIONS
-            and not any(part.startswith(".") for part in f.relative_to(path).parts)
-        )
+        files, others = images_in_folder(path)
         if not files:
-            raise ConfigError(f"inputs={spec!r}: no {'/'.join(READABLE_EXTENSIONS)} files here")
+            held = f" (it holds {_named(path, others)})" if others else ""
+            raise ConfigError(
+                f"inputs={spec!r}: no image here: no {FORMATS} file by its extension or "
+                f"content{held}"
+            )
+        if others:
+            log.warning(
+                "inputs=%s: %d file(s) left out that are not %s files by their extension or "
+                "content: %s",
+                spec,
+                len(others),
+                FORMATS,
+                _named(path, others),
+            )
         return [(f, str(f.relative_to(path))) for f in files]
     matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
     if not matches:
         raise ConfigError(f"inputs={spec!r}: no such file or folder, and no file matches it")
     return [(f, str(f)) for f in matches]
+
+
+# Notes and tables beside images (besides `is_document`'s): never an image, left out unsaid (a
+# prediction's own CSV among them).
+TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml")
+
+
+def images_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images below `folder` (hidden files and folders left out), and the other files that
+    are neither documents nor tables. An image is a file named as one (`READABLE_EXTENSIONS`), or
+    one whose first bytes say PNG, JPEG, TIFF, DICOM, NPY or NPZ (`file_signature`): PACS name
+    DICOM files IM000001 or by UID (1.2.840...), without an extension to go by."""
+    images, others = [], []
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file() or any(p.startswith(".") for p in file.relative_to(folder).parts):
+            continue
+        if file.suffix.lower() in READABLE_EXTENSIONS:
+            images.append(file)
+        elif is_document(file) or file.suffix.lower() in TEXT_SUFFIXES:
+            continue
+        elif file_signature(file) in READ_BY_SIGNATURE:
+            images.append(file)
+        else:
+            others.append(file)
+    return images, others
+
+
+def _named(folder: Path, files: list[Path]) -> str:
+    """The first three of `files` by their path below `folder` ("a, b, c and 4 more")."""
+    named = ", ".join(f.relative_to(folder).as_posix() for f in files[:3])
+    return named + (f" and {len(files) - 3} more" if len(files) > 3 else "")
 
 
 def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str]]:
@@ -89,7 +128,7 @@ def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str
     if path.is_file() and path.suffix.lower() == ".csv" or not path.is_dir():
         return list_inputs(spec, image_column)
     entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
-    if any(p.suffix.lower() == ".dcm" for p in entries):
+    if holds_dicom(entries):
         return [(path, path.name)]
     found = _volumes_under(path)
     if not found:
@@ -98,6 +137,15 @@ def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str
             "folders here"
         )
     return [(p, p.relative_to(path).as_posix()) for p in found]
+
+
+def holds_dicom(entries: list[Path]) -> bool:
+    """Whether any of these files is DICOM: named `.dcm`, or by its content (`DICM` after the
+    preamble: PACS name files IM000001 or by UID, without an extension)."""
+    if any(p.suffix.lower() == ".dcm" for p in entries):
+        return True
+    files = (p for p in entries if p.is_file() and not is_nifti(p) and not is_document(p))
+    return any(file_signature(p) == "dicom" for p in files)
 
 
 def _volumes_under(folder: Path) -> list[Path]:
@@ -637,9 +685,7 @@ def _names_volumes(spec: str, image_column: str) -> bool:
         return True
     if path.is_dir():
         entries = list(path.iterdir())
-        return any(is_nifti(p) or p.is_dir() for p in entries) or any(
-            p.suffix.lower() == ".dcm" for p in entries
-        )
+        return any(is_nifti(p) or p.is_dir() for p in entries) or holds_dicom(entries)
     if path.is_file() and path.suffix.lower() == ".csv":
         header, rows, _ = read_csv(path)
         first = rows[0].get(image_column, "") if rows else ""

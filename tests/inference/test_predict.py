@@ -602,3 +602,72 @@ def test_an_input_on_another_scale_than_the_training_images_is_refused(finished_
     assert not predictor.scale_matters
     predictor.preprocess.normalize = Normalize(mode="zscore", invert="auto")
     assert predictor.scale_matters  # the median decides the inversion
+
+
+def test_a_folder_s_images_are_recognised_by_their_content(finished_runs, tmp_path, caplog, capsys):
+    """Files of a folder without an image's extension (PACS name DICOM files IM000001 or by UID)
+    are read by their content, as the same file given by its path is; files that are no image are
+    left out with one warning naming them (they were dropped without a word, and a folder of
+    extensionless DICOM files was "no .png/.../.dcm files here"); documents, tables and hidden
+    files are left out unsaid, as before."""
+    from medtrain.inference.predict import list_volumes
+    from tests.hostile_files import make_dicom
+
+    run = finished_runs["classification"]
+    rng = np.random.default_rng(0)
+    pacs = tmp_path / "pacs"
+    pacs.mkdir()
+    for name in ("IM000001", "1.2.840.113619.2.55.3.6046"):
+        stored = rng.integers(0, 4096, (16, 16)).astype(np.uint16)
+        (pacs / name).write_bytes(make_dicom(stored, 1.0, -1024.0, window=(40, 400)))
+    out = tmp_path / "o" / "pacs.csv"
+    with caplog.at_level("WARNING"):
+        assert main([f"run_dir={run}", f"inputs={pacs}", f"output={out}"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    by_folder = {r["file"]: r for r in read_rows(out)}
+    assert sorted(by_folder) == ["1.2.840.113619.2.55.3.6046", "IM000001"]
+    for name, row in by_folder.items():  # as the file given by its path
+        alone = tmp_path / "o" / f"{name}.csv"
+        assert main([f"run_dir={run}", f"inputs={pacs / name}", f"output={alone}"]) == 0
+        (want,) = read_rows(alone)
+        assert row["error"] == want["error"] == "" and row["label"] == want["label"]
+        for column in (c for c in row if c.startswith("prob_")):  # within a batch's rounding
+            assert float(row[column]) == pytest.approx(float(want[column]), abs=1e-6)
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(pacs, mixed)
+    grey = rng.integers(0, 256, (16, 16)).astype(np.uint8)
+    Image.fromarray(grey).save(mixed / "scan.png")
+    Image.fromarray(grey).save(mixed / "slide", format="TIFF")  # a TIFF without its extension
+    Image.fromarray(grey).save(mixed / "thumb.gif")  # another format: warned about
+    (mixed / "blob.bin").write_bytes(bytes(range(256)))
+    for quiet in ("notes.txt", "README.md", "cases.json", ".DS_Store"):
+        (mixed / quiet).write_text("not an image")
+    out = mixed / "pred.csv"  # the prediction's own CSV among the inputs: unsaid, as before
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert main([f"run_dir={run}", f"inputs={mixed}", f"output={out}"]) == 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warnings == [
+            f"inputs={mixed}: 2 file(s) left out that are not PNG, JPEG, TIFF, DICOM, NPY or NPZ "
+            "files by their extension or content: blob.bin, thumb.gif"
+        ]
+        rows = {r["file"]: r for r in read_rows(out)}
+        assert sorted(rows) == [*sorted(by_folder), "scan.png", "slide"]
+        assert rows["IM000001"]["label"] == by_folder["IM000001"]["label"]
+        assert rows["slide"]["error"] == rows["scan.png"]["error"] == ""
+        for column in (c for c in rows["slide"] if c.startswith("prob_")):  # the same pixels
+            assert float(rows["slide"][column]) == pytest.approx(float(rows["scan.png"][column]))
+    # A folder without an image names what it holds.
+    for name in ("IM000001", "1.2.840.113619.2.55.3.6046", "scan.png", "slide", "pred.csv"):
+        (mixed / name).unlink()
+    capsys.readouterr()
+    assert main([f"run_dir={run}", f"inputs={mixed}", f"output={tmp_path / 'none.csv'}"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: inputs='{mixed}': no image here: no PNG, JPEG, TIFF, DICOM, NPY or NPZ file by "
+        "its extension or content (it holds blob.bin, thumb.gif)\n"
+    )
+    assert not (tmp_path / "none.csv").exists()
+    # A run on volumes takes a folder of extensionless DICOM files for one series, as .dcm ones.
+    assert list_volumes(str(pacs)) == [(pacs, "pacs")]
