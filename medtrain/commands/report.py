@@ -37,11 +37,20 @@ usage: medtrain report run_dir=<run folder>
 
 def report_run(run_dir: Path, trust: Sequence[str] = ()) -> Path:
     from medtrain.analysis.report import write_report  # loaded only when used: `--help` is quick
+    from medtrain.inference.evaluate import evaluation_record
 
     if not (run_dir / "metrics.json").is_file():
         from medtrain.experiments.compare import not_a_run
 
         raise ConfigError(f"run_dir: {not_a_run(run_dir)}")
+    evaluation = evaluation_record(run_dir)
+    if evaluation is not None:  # a report there was a run's without its run, in evaluate's way
+        raise ConfigError(
+            f"run_dir: {run_dir} is an evaluation's output folder (medtrain evaluate of "
+            f"{evaluation['run_dir']} on {evaluation['inputs']}), not a run: its metrics.json "
+            "and the files beside it are the evaluation's results; the run's report is medtrain "
+            f"report run_dir={evaluation['run_dir']}"
+        )
     return write_report(run_dir, trust=trust)
 
 

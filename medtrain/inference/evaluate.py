@@ -257,7 +257,7 @@ def _check_output(output: Path, given: str, inputs: Path) -> None:
         )
     if not output.is_dir() or not any(output.iterdir()):
         return
-    metrics = _evaluation(output)
+    metrics = evaluation_record(output)
     written = set(metrics.get("files") or []) if metrics else set()
     if metrics and "files" not in metrics:  # an evaluation of release 0.2: no subfolders
         written = {f.name for f in output.iterdir() if f.is_file() and f.name in EVALUATION_FILES}
@@ -285,7 +285,7 @@ def within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _evaluation(folder: Path) -> dict | None:
+def evaluation_record(folder: Path) -> dict | None:
     """An earlier evaluation's metrics.json in `folder` (it names a run and inputs), or None."""
     try:
         metrics = json.loads((folder / "metrics.json").read_text())

@@ -366,6 +366,32 @@ def test_report_command(regression_run, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
 
 
+def test_report_refuses_an_evaluation_s_folder(finished_runs, tmp_path, capsys):
+    """An evaluation's output folder is no run: refused, and nothing written into it; a run-style
+    report.html ("No config found") was written there, after which evaluate refused the folder."""
+    from medtrain.commands.evaluate import main as evaluate
+    from tests.inference.test_evaluate import write_labelled
+    from tests.inference.test_predict import save_npy_inputs, split_of
+
+    run = finished_runs["classification"]
+    test = split_of(run)
+    names = save_npy_inputs(test, tmp_path, 8)
+    labelled = write_labelled(tmp_path, names, [test.class_names[int(y)] for y in test.labels[:8]])
+    out = tmp_path / "evaluation"
+    assert evaluate([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert report_main([f"run_dir={out}"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: run_dir: {out} is an evaluation's output folder (medtrain evaluate of "
+        f"{run.resolve()} on {labelled.resolve()}), not a run: its metrics.json and the files "
+        f"beside it are the evaluation's results; the run's report is medtrain report "
+        f"run_dir={run.resolve()}\n"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert evaluate([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 0  # again
+
+
 def test_intervals_resample_patients_when_the_cases_name_them(tmp_path):
     """Four images per patient (here four copies of one prediction): resampling images gives an
     interval half as wide as the patients support; with groups.json (written by a run whose data
