@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medtrain.inference.processes import (
         Supervisor,
         check_processes,
-        listening_socket,
+        listening_sockets,
         parent_watch,
     )
     from medtrain.inference.serve import create_app, make_server, pixel_limit
@@ -188,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=1 if forked else threads,
         )
         check_processes(processes, predictor.on_cpu)
-        sock = listening_socket(cfg.host, cfg.port) if forked else None
+        # Bound here, before "serving ... on": a port in use is an error line, not uvicorn's.
+        # Forked workers share one socket (the host's first address).
+        sockets = listening_sockets(cfg.host, cfg.port, every=not forked)
     except MedtrainError as err:
         torch.set_num_threads(threads_before)
         print(f"error: {err}", file=sys.stderr)
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "prefer the MEDTRAIN_API_KEY environment variable",
             file=sys.stderr,
         )
-    port = sock.getsockname()[1] if sock else cfg.port
+    port = sockets[0].getsockname()[1]  # port=0: the one the system chose
     max_pixels = limits.max_pixels or pixel_limit(predictor)
     print(
         f"serving {cfg.run_dir} ({predictor.task.name}, backend {predictor.backend}, weights "
@@ -214,10 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f", {processes} processes" if forked else ""),
         flush=True,
     )
-    if sock is None:
+    if not forked:
         app = create_app(predictor, api_key=api_key, limits=limits)
         try:
-            make_server(app, cfg.host, cfg.port, access_log=cfg.access_log).run()
+            make_server(app, cfg.host, port, access_log=cfg.access_log).run(sockets=sockets)
         except KeyboardInterrupt:  # uvicorn shut down on Ctrl-C, then raised SIGINT again
             print("interrupted: the server stopped", file=sys.stderr)
             return 130
@@ -229,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             predictor.use_threads(threads)
         app = create_app(predictor, api_key=api_key, limits=limits)
         server = make_server(app, cfg.host, port, access_log=cfg.access_log, alive=alive)
-        server.run(sockets=[sock])
+        server.run(sockets=sockets)
 
     # A worker that has not stopped by its drain, shutdown deadline and a margin is killed.
-    return Supervisor(serve, processes, limits.drain_s + limits.shutdown_s + 5, sock).run()
+    return Supervisor(serve, processes, limits.drain_s + limits.shutdown_s + 5, sockets[0]).run()

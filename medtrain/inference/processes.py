@@ -17,6 +17,7 @@ SIGTERM, when the parent is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -62,28 +63,68 @@ def check_processes(value, on_cpu: bool) -> int:
     return processes
 
 
+# What a refused address means, by errno, for the error line.
+BIND_ADVICE = {
+    errno.EADDRINUSE: "another program listens on that port: give port= another, or stop it",
+    errno.EADDRNOTAVAIL: "not an address of this machine: give one of its own (127.0.0.1, or "
+    "0.0.0.0 for every interface)",
+    errno.EACCES: "ports below 1024 need administrator rights: give port= one above 1023",
+}
+
+
+def listening_sockets(
+    host: str, port: int, backlog: int = 2048, every: bool = True
+) -> list[socket.socket]:
+    """TCP sockets bound to (host, port) and listening: one per address `host` names, as uvicorn
+    (asyncio's `create_server`) binds them (`localhost`: IPv4 and IPv6), or the first address
+    alone (`every=False`). Bound before the server says it serves, so that a port in use is a
+    one-line error rather than uvicorn's, after "serving ... on http://...".
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, not this machine's, no permission), or
+            `host` names no address.
+    """
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )
+    except OSError as err:
+        raise ConfigError(
+            f"host={host}: cannot listen there ({err.strerror or err}): give an address of this "
+            "machine (127.0.0.1, or 0.0.0.0 for every interface)"
+        ) from err
+    unique = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in unique if every else unique[:1]:
+            # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on each accepted connection
+            # (without it small answers wait for the client's delayed ACK, about 40 ms).
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if every and family == socket.AF_INET6:  # as asyncio: IPv6 alone, beside IPv4
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+    except OSError as err:
+        for sock in sockets:
+            sock.close()
+        advice = BIND_ADVICE.get(err.errno)
+        raise ConfigError(
+            f"host={host} port={port}: cannot listen there ({err.strerror or err})"
+            + (f": {advice}" if advice else "")
+        ) from err
+    return sockets
+
+
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A TCP socket bound to (host, port) and listening, to be shared by forked servers.
+    """A TCP socket bound to (host, port)'s first address and listening, to be shared by forked
+    servers (`listening_sockets`).
 
     Raises:
         ConfigError: the address cannot be bound (in use, not this machine's, no permission).
     """
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )[0]
-        # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on each accepted connection (without
-        # it small answers wait for the client's delayed ACK, about 40 ms).
-        sock = socket.socket(family, kind, proto)
-    except OSError as err:
-        raise ConfigError(f"host={host}: cannot listen there ({err})") from err
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-    except OSError as err:
-        sock.close()
-        raise ConfigError(f"host={host} port={port}: cannot listen there ({err.strerror})") from err
+    sock = listening_sockets(host, port, backlog, every=False)[0]
     sock.set_inheritable(True)
     return sock
 

@@ -386,6 +386,35 @@ def test_cli_errors(capsys, tmp_path):
     assert main(["--help"]) == 0 and "X-API-Key" in capsys.readouterr().out
 
 
+def test_a_port_in_use_or_an_address_not_here_is_an_error_line_before_serving(
+    finished_runs, capsys, monkeypatch
+):
+    """The address is bound before "serving ... on http://..." is said: a port in use (or an
+    address of another machine) is one error line and status 2; it was uvicorn's "[Errno 98]"
+    after the serving line, and status 3."""
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    run = f"run_dir={finished_runs['classification']}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for processes in ("1", "2"):  # uvicorn's own sockets, or the one forked workers share
+            assert main([run, f"port={port}", f"processes={processes}", "device=cpu"]) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and err == (
+                f"error: host=127.0.0.1 port={port}: cannot listen there (Address already in "
+                "use): another program listens on that port: give port= another, or stop it\n"
+            )
+    # TEST-NET-1 (RFC 5737): an address no machine of ours has; no name to look up
+    assert main([run, "host=192.0.2.1", "port=8123"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        "error: host=192.0.2.1 port=8123: cannot listen there (Cannot assign requested "
+        "address): not an address of this machine: give one of its own (127.0.0.1, or 0.0.0.0 "
+        "for every interface)\n"
+    )
+
+
 # -- hostile uploads -----------------------------------------------------------------------------
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose IHDR declares `width` x `height` (with a valid CRC)."""
