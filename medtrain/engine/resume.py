@@ -17,9 +17,10 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 from medtrain.engine import distributed
 from medtrain.engine.acceleration import resolve_precision
 from medtrain.engine.config import resolve_device
+from medtrain.engine.provenance import data_fingerprint, fingerprint_change
 from medtrain.engine.trust import check_targets, configured_targets
 from medtrain.errors import ConfigError, DataError
-from medtrain.io import load_checkpoint
+from medtrain.io import load_checkpoint, read_json
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,16 @@ def target_parameter(target: Any, name: str) -> inspect.Parameter | None:
 MAX_KEYS_LISTED = 8
 
 
-def check_resumed_config(saved: dict, current: dict, scheduler, before_data: bool = False) -> None:
+def check_resumed_config(
+    saved: dict, current: dict, scheduler, before_data: bool = False
+) -> dict[str, list]:
     """Refuse to continue a run with a config that differs from its checkpoint's, naming the values
     to put back; `trainer.max_epochs` and other `MAY_CHANGE` keys may differ. `before_data`: the
-    current config's values inferred from the data (null until it is read) are not compared."""
+    current config's values inferred from the data (null until it is read) are not compared.
+
+    Returns:
+        The allowed differences (`trainer.resume` left out), as {key: [checkpoint's, this one's]}.
+    """
     old, new = flatten(saved), flatten(current)
     for values in (old, new):  # `task.flip_tta: true` of earlier runs is `task.tta: hflip`
         if "task.flip_tta" in values:
@@ -199,6 +206,7 @@ def check_resumed_config(saved: dict, current: dict, scheduler, before_data: boo
     shown = [k for k in changed if k != "trainer.resume"]
     if shown and not before_data:
         log.info("resuming with changed %s", ", ".join(shown))
+    return {k: [old.get(k, MEANT_WITHOUT_KEY.get(k)), new.get(k)] for k in shown}
 
 
 # What makes a folder a run's: its results, or the checkpoint it continues from (a folder with only
@@ -247,17 +255,27 @@ ENDING_FILES = ("predictions.csv", "report.html", "confusion_matrix.csv", "per_c
 EARLY_FILES = ("splits.json", "data_report.json", "groups.json")
 
 
-def check_before_resuming(cfg, run_dir: Path) -> None:
+def check_before_resuming(cfg, run_dir: Path) -> dict[str, Any]:
     """`trainer.resume`'s checks before anything of the run is written (provenance, splits, the
     data report): a checkpoint exists, its config builds only allowed classes and matches this one
-    (the values inferred from the data are compared once it is read, by `resume`)."""
+    (the values inferred from the data are compared once it is read, by `resume`), and the data
+    are those its run recorded (`check_same_data`).
+
+    Returns:
+        What `write_provenance` records of this session: `checkpoint`, `after_epoch` (the
+        checkpoint's), `config_changes` ({key: [checkpoint's, this one's]}, the `MAY_CHANGE`
+        values), `world_size` (the checkpoint's processes) and `run` (the folder whose
+        `checkpoints/` hold it, whose provenance the run continues; None for a file elsewhere).
+    """
     from omegaconf import OmegaConf
 
     current = OmegaConf.to_container(cfg, resolve=True)
     path = resume_path(cfg.trainer.resume, Path(run_dir) / "checkpoints")
     checkpoint = _readable_checkpoint(cfg.trainer.resume, path)
     check_targets(checkpoint.get("config") or {}, path, configured_targets(current))
-    check_resumed_config(checkpoint["config"], current, None, before_data=True)
+    changes = check_resumed_config(checkpoint["config"], current, None, before_data=True)
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    check_same_data(cfg, run)
     patience = cfg.trainer.get("early_stopping_patience")
     stopped = bool(patience) and checkpoint.get("stale_epochs", 0) >= patience
     trains_on = checkpoint.get("epoch", 0) < cfg.trainer.max_epochs and not stopped  # else: tests
@@ -267,6 +285,58 @@ def check_before_resuming(cfg, run_dir: Path) -> None:
             "once the run is done (medtrain export run_dir=%s)",
             run_dir,
             run_dir,
+        )
+    return {
+        "checkpoint": str(path),
+        "after_epoch": checkpoint.get("epoch", 0),
+        "config_changes": changes,
+        "world_size": checkpoint.get("world_size", 1),
+        "run": None if run is None else str(run),
+    }
+
+
+def run_provenance(run: Path | None) -> dict[str, Any] | None:
+    """The `provenance.json` of the run a checkpoint belongs to; None when there is none (a run of
+    a release before provenance, a checkpoint kept apart from its run folder).
+
+    Raises:
+        DataError: the file is there but is no JSON object.
+    """
+    if run is None:
+        return None
+    path = Path(run) / "provenance.json"
+    advice = (
+        "the continued run would lose its record of the data and environment it started with. "
+        "Restore it from a copy, or delete it (the continuation then records its own)"
+    )
+    try:
+        provenance = read_json(path)
+    except DataError as err:
+        raise DataError(f"trainer.resume: {err}: {advice}") from err
+    if provenance is not None and not isinstance(provenance, dict):
+        raise DataError(f"trainer.resume: {path} holds no JSON object: {advice}")
+    return provenance
+
+
+def check_same_data(cfg, run: Path | None) -> None:
+    """The data must be those the run recorded when it started (its `provenance.json`'s
+    fingerprint), as `medtrain cv` holds its folds to them: the epochs after the checkpoint would
+    train on other labels or images than those before it, and the run's record would describe
+    neither.
+
+    Raises:
+        ConfigError: naming the data, both digests and the run folder.
+    """
+    before = (run_provenance(run) or {}).get("data") or {}
+    if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
+        return  # generated data: their settings are compared with the checkpoint's config
+    changed = fingerprint_change(before, data_fingerprint(cfg, like=before))
+    if changed:
+        raise ConfigError(
+            f"trainer.resume: the data changed since the run in {run} started: {changed}. Its "
+            "remaining epochs would train on other labels or images than its first: restore "
+            "the data to continue the run, or train a new run on them (a new hydra.run.dir, "
+            "without trainer.resume)"
         )
 
 

@@ -13,10 +13,11 @@ from PIL import Image
 from sklearn import metrics as skm
 
 import medtrain.engine.loop
+from medtrain.engine.provenance import data_fingerprint
 from medtrain.engine.resume import ENDING_FILES
 from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
-from tests.conftest import ON_CPU, TINY, read_metrics, run_cli, train_in_process
+from tests.conftest import ON_CPU, TINY, compose_cfg, read_metrics, run_cli, train_in_process
 
 
 def read_predictions(run_dir: Path) -> list[dict]:
@@ -925,3 +926,42 @@ def test_a_key_a_base_class_takes_through_kwargs_is_compared_with_its_default():
     assert not is_default(config, "dataset.patch_area_power", 0.5)
     assert is_default(config, "dataset.val_size", 0.15)  # SegFolder's own parameter
     assert not is_default(config, "dataset.no_such_key", None)
+
+
+def test_a_resume_on_changed_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Labels flipped in the manifest after the run was interrupted: continuing is refused,
+    naming the data, both digests and the run folder, as `medtrain cv` refuses its folds; the
+    run folder is left as it was (its provenance still records the data it started on). With
+    the data restored, the same command continues it."""
+    from medtrain.commands import main
+    from tests.data.test_manifest import make_cases
+
+    csv_path = make_cases(tmp_path / "data", [0, 1] * 12)
+    run = tmp_path / "run"
+    command = ["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16"]
+    command += ["trainer.max_epochs=2", "trainer.progress=false", "trainer.report=false", ON_CPU]
+    command.append(f"hydra.run.dir={run}")
+    with interrupted_at_epoch(1):
+        assert main(command) == 130
+    recorded = json.loads((run / "provenance.json").read_text())["data"]["sha256"]
+    original = csv_path.read_bytes()
+    flipped = original.replace(b",0\r\n", b",x\r\n").replace(b",1\r\n", b",0\r\n")
+    csv_path.write_bytes(flipped.replace(b",x\r\n", b",1\r\n"))
+    assert csv_path.read_bytes() != original
+    now = data_fingerprint(compose_cfg(command[:2]))["sha256"]
+    kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log"}
+    capsys.readouterr()
+    assert main([*command, "trainer.resume=true"]) == 2
+    said = "".join(capsys.readouterr())
+    assert (
+        f"trainer.resume: the data changed since the run in {run} started: {csv_path} (data "
+        f"fingerprint {recorded[:12]} -> {now[:12]}; 25 -> 25 files"
+    ) in said
+    assert "restore the data to continue the run, or train a new run on them" in said
+    assert "Traceback" not in said
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log"} == (
+        kept
+    )
+    csv_path.write_bytes(original)
+    assert main([*command, "trainer.resume=true"]) == 0
+    assert read_metrics(run)["epochs_trained"] == 2
