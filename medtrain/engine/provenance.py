@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import medtrain
-from medtrain.io import atomic_write, hash_file, save_json
+from medtrain.io import atomic_write, hash_file, read_json, save_json
 
 PACKAGES = (
     "torch",
@@ -279,8 +279,11 @@ def determinism() -> dict[str, Any]:
     }
 
 
-def collect_provenance(cfg: DictConfig, device: torch.device | str) -> dict[str, Any]:
-    """Everything `write_provenance` records, with the git diff kept under `git.diff`."""
+def collect_provenance(
+    cfg: DictConfig, device: torch.device | str, data: bool = True
+) -> dict[str, Any]:
+    """Everything `write_provenance` records, with the git diff kept under `git.diff`; `data`:
+    with the data's fingerprint (a resumed session's record has none: the resume checked it)."""
     seeds = {"seed": cfg.get("seed")}
     if "dataset" in cfg and "seed" in cfg.dataset:
         try:
@@ -288,7 +291,7 @@ def collect_provenance(cfg: DictConfig, device: torch.device | str) -> dict[str,
         except Exception:  # an unresolvable interpolation
             seeds["dataset.seed"] = None
     trainer = cfg.get("trainer") or {}
-    return {
+    provenance = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": list(sys.argv),
         "cwd": str(Path.cwd()),
@@ -297,12 +300,18 @@ def collect_provenance(cfg: DictConfig, device: torch.device | str) -> dict[str,
         "determinism": {"trainer.deterministic": trainer.get("deterministic"), **determinism()},
         "environment": environment(),
         "git": git_state(Path(medtrain.__file__).resolve().parents[1]),
-        "data": data_fingerprint(cfg),
     }
+    if data:
+        provenance["data"] = data_fingerprint(cfg)
+    return provenance
 
 
 def write_provenance(
-    run_dir: Path, cfg: DictConfig, device: torch.device | str, world: dict | None = None
+    run_dir: Path,
+    cfg: DictConfig,
+    device: torch.device | str,
+    world: dict | None = None,
+    resumed: dict | None = None,
 ) -> dict[str, Any]:
     """Write `provenance.json` into `run_dir` (and, when the checkout is dirty, `git_diff.patch`: the
     untracked files' names as comments, then `git diff HEAD`).
@@ -313,17 +322,125 @@ def write_provenance(
     `world` (`medtrain.engine.distributed.describe`): the processes of a distributed run, recorded
     as `distributed` (what `medtrain rerun` launches again); a single process records nothing.
 
+    `resumed` (`medtrain.engine.resume.check_before_resuming`): this session continues a run, whose
+    record is kept and gets this session appended (`record_resumed_session`).
+
     Returns:
         What `provenance.json` holds.
     """
-    run_dir = Path(run_dir)
+    if resumed is not None:
+        return record_resumed_session(run_dir, cfg, device, world, resumed)
+    provenance = _new_record(Path(run_dir), cfg, device, world)
+    save_json(Path(run_dir) / "provenance.json", provenance)
+    return provenance
+
+
+def _new_record(run_dir: Path, cfg: DictConfig, device, world: dict | None) -> dict[str, Any]:
+    """A run's provenance from its start, its diff written to `git_diff.patch`."""
     provenance = collect_provenance(cfg, device)
     if world and world.get("world_size", 1) > 1:
         provenance["distributed"] = world
     diff = provenance["git"].pop("diff")
     if provenance["git"]["dirty"]:
-        # `git apply` skips the lines before the first diff, so the untracked names can go there.
-        untracked = "".join(f"# untracked: {name}\n" for name in provenance["git"]["untracked"])
-        atomic_write(run_dir / "git_diff.patch", lambda f: f.write(untracked + diff))
+        _write_diff(run_dir / "git_diff.patch", provenance["git"], diff)
+    return provenance
+
+
+def _write_diff(path: Path, git: dict[str, Any], diff: str) -> None:
+    # `git apply` skips the lines before the first diff, so the untracked names can go there.
+    untracked = "".join(f"# untracked: {name}\n" for name in git["untracked"])
+    atomic_write(path, lambda f: f.write(untracked + diff))
+
+
+# What a resumed session is compared by with its run's record: what its epochs computed with.
+SESSION_SECTIONS = ("device", "environment", "git", "determinism")
+# How the checkout is named and what it holds besides its diff: no change to what is computed.
+SESSION_IGNORED = ("git.branch", "git.reason", "git.untracked")
+
+
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    """Dotted key -> value of every leaf of nested dicts (`environment.packages.numpy`)."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    leaves: dict[str, Any] = {}
+    for key, value in node.items():
+        leaves |= _leaves(value, f"{prefix}.{key}")
+    return leaves
+
+
+def session_differences(run: dict[str, Any], session: dict[str, Any]) -> dict[str, list]:
+    """What a resumed session computed with differently from its run's record (`SESSION_SECTIONS`;
+    a section the record lacks is not compared).
+
+    Returns:
+        {dotted key: [the run's value, the session's]}.
+    """
+    differences = {}
+    for section in SESSION_SECTIONS:
+        if section not in run or section not in session:
+            continue
+        before, now = _leaves(run[section], section), _leaves(session[section], section)
+        for key in [*before, *(k for k in now if k not in before)]:
+            if key.startswith(SESSION_IGNORED) or before.get(key) == now.get(key):
+                continue
+            differences[key] = [before.get(key), now.get(key)]
+    return differences
+
+
+def record_resumed_session(
+    run_dir: Path,
+    cfg: DictConfig,
+    device: torch.device | str,
+    world: dict | None,
+    resumed: dict[str, Any],
+) -> dict[str, Any]:
+    """Keep the provenance of the run a resumed session continues (its start: when, the command,
+    the data, the environment, the processes) and append the session under `resumed`: when, its
+    command, the checkpoint and epoch it continued from, its processes, the `MAY_CHANGE` config
+    values it changed and what it computed with differently (`session_differences`). A dirty
+    checkout whose diff is not the run's is written to `git_diff_resumed_<n>.patch`.
+
+    Continuing into another folder brings the run's record (and its diffs) along, as its
+    checkpoints are. A run without a record (of a release before provenance, or a checkpoint kept
+    apart from its run folder) gets this session's, as a new run's, with `recorded_from_epoch`.
+
+    Returns:
+        What `provenance.json` holds.
+    """
+    run_dir = Path(run_dir)
+    source = Path(resumed["run"]) if resumed.get("run") else None
+    record = read_json(source / "provenance.json") if source else None
+    processes = int((world or {}).get("world_size", 1))
+    session: dict[str, Any] = {
+        "checkpoint": resumed["checkpoint"],
+        "after_epoch": resumed["after_epoch"],
+        "processes": processes,
+    }
+    if processes > 1:
+        session["distributed"] = world
+    session["config_changes"] = resumed["config_changes"]
+    if record is None:
+        provenance = _new_record(run_dir, cfg, device, world)
+        provenance["recorded_from_epoch"] = resumed["after_epoch"]
+        provenance["resumed"] = [
+            {k: provenance[k] for k in ("created", "command", "cwd", "device")} | session
+        ]
+        save_json(run_dir / "provenance.json", provenance)
+        return provenance
+    if source.resolve() != run_dir.resolve():  # the run's diffs come along with its record
+        for patch in sorted(source.glob("git_diff*.patch")):
+            content = patch.read_bytes()
+            atomic_write(run_dir / patch.name, lambda f, c=content: f.write(c), mode="wb")
+    now = collect_provenance(cfg, device, data=False)
+    diff = now["git"].pop("diff")
+    sessions = list(record.get("resumed") or [])
+    session = {k: now[k] for k in ("created", "command", "cwd", "device")} | session
+    session["environment_changes"] = session_differences(record, now)
+    other_diff = now["git"]["diff_sha256"] != (record.get("git") or {}).get("diff_sha256")
+    if now["git"]["dirty"] and other_diff:
+        name = f"git_diff_resumed_{len(sessions) + 1}.patch"
+        _write_diff(run_dir / name, now["git"], diff)
+        session["git_diff"] = name
+    provenance = record | {"resumed": [*sessions, session]}
     save_json(run_dir / "provenance.json", provenance)
     return provenance

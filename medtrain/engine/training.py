@@ -117,8 +117,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     distributed.decided(check_apart_from_data, cfg, run_dir)
     if cfg.trainer.resume == "auto":  # the run folder's last.pt if it has one, else a new run
         resolve_auto(cfg, run_dir)
+    resumed = None  # what this session continues from, for its record in provenance.json
     if cfg.trainer.resume:  # a refused resume must leave the run folder as it was: check first
-        distributed.decided(check_before_resuming, cfg, run_dir)
+        resumed = distributed.decided(check_before_resuming, cfg, run_dir)
     checkpoints = (run_dir / "checkpoints").resolve()
     continues_here = bool(cfg.trainer.resume) and (
         resume_path(cfg.trainer.resume, checkpoints).resolve().parent == checkpoints
@@ -126,9 +127,10 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     if not continues_here and not in_multirun():  # a grid's jobs: Hydra names their folders
         distributed.decided(check_new_run_folder, run_dir)
     configure_determinism(cfg.trainer.deterministic)
-    # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked against.
+    # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked
+    # against. A resumed session keeps the run's record and adds its own.
     world = distributed.describe()
-    distributed.decided(lambda: write_provenance(run_dir, cfg, device, world) and None)
+    distributed.decided(lambda: write_provenance(run_dir, cfg, device, world, resumed) and None)
     seed_everything(cfg.seed)
 
     datasets = distributed.agreed(build_datasets, cfg)  # a file missing on one node stops all

@@ -211,6 +211,27 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_to_the_same_result(ru
         assert status == 0, output
     assert read_metrics(cut) == read_metrics(runs["ddp"])
     assert _history(cut) == _history(runs["ddp"])
+    provenance = json.loads((cut / "provenance.json").read_text())
+    assert provenance["distributed"]["world_size"] == 2  # the run's start, kept
+    [session] = provenance["resumed"]
+    assert session["after_epoch"] == 2 and session["distributed"]["world_size"] == 2
+
+
+def test_a_distributed_run_continued_by_one_process_keeps_its_record(runs, tmp_path):
+    """The 2-process run trained one epoch longer by 1 process: provenance.json still says the
+    run was trained by 2 (what `medtrain rerun` launches again; the resume dropped it) and
+    records the session's single process and its longer run."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["ddp"], run)
+    started = json.loads((run / "provenance.json").read_text())
+    train_in_process(run, [*EXACT, "trainer.max_epochs=4", "trainer.resume=true"])
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert {k: v for k, v in provenance.items() if k != "resumed"} == started
+    assert provenance["distributed"]["world_size"] == 2
+    [session] = provenance["resumed"]
+    assert session["processes"] == 1 and "distributed" not in session
+    assert session["after_epoch"] == 3
+    assert session["config_changes"] == {"trainer.max_epochs": [3, 4]}
 
 
 def test_rerun_of_a_distributed_run_trains_it_distributed(runs, tmp_path, monkeypatch):

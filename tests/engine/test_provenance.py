@@ -204,3 +204,75 @@ def test_cublas_setting_is_recorded_as_the_run_uses_it():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT
     )
     assert done.stdout.strip() == ":4096:8", done.stderr[-2000:]
+
+
+def test_a_resumed_session_keeps_the_runs_record_and_is_appended(tmp_path, monkeypatch):
+    """A run of 2 processes continued by 1: its record (created, command, data, environment,
+    `distributed`) stays; the session is appended with its own command, processes and what
+    differs. Continued into another folder, the record comes along with the session added; a
+    run without a record gets the session's, marked `recorded_from_epoch`."""
+    cfg = compose_cfg([*TINY, "seed=7"])
+    run, other, bare = tmp_path / "run", tmp_path / "other", tmp_path / "bare"
+    for folder in (run, other, bare):
+        folder.mkdir()
+    two = {"world_size": 2, "nodes": 1, "processes_per_node": 2, "backend": "gloo"}
+    monkeypatch.setattr(sys, "argv", ["medtrain", "trainer.max_epochs=3"])
+    original = write_provenance(run, cfg, "cpu", two)
+    original_bytes = (run / "provenance.json").read_bytes()
+    (run / "git_diff.patch").write_text("diff of the run's start\n")  # as a dirty checkout's
+    monkeypatch.setattr(sys, "argv", ["medtrain", "trainer.max_epochs=4", "trainer.resume=true"])
+    newer = environment()
+    newer["packages"] = newer["packages"] | {"numpy": "99.0"}
+    monkeypatch.setattr(medtrain.engine.provenance, "environment", lambda: newer)
+    resumed = {
+        "checkpoint": str(run / "checkpoints" / "last.pt"),
+        "after_epoch": 3,
+        "config_changes": {"trainer.max_epochs": [3, 4]},
+        "world_size": 2,
+        "run": str(run),
+    }
+    written = write_provenance(run, cfg, "cpu", {"world_size": 1}, resumed)
+    stored = json.loads((run / "provenance.json").read_text())
+    assert stored == written
+    assert {k: v for k, v in stored.items() if k != "resumed"} == json.loads(original_bytes)
+    assert stored["distributed"] == two and stored["created"] == original["created"]
+    assert stored["command"] == ["medtrain", "trainer.max_epochs=3"]
+    [session] = stored["resumed"]
+    assert session["command"] == ["medtrain", "trainer.max_epochs=4", "trainer.resume=true"]
+    assert session["after_epoch"] == 3 and session["processes"] == 1
+    assert "distributed" not in session and session["device"] == "cpu"
+    assert session["config_changes"] == {"trainer.max_epochs": [3, 4]}
+    numpy_then = original["environment"]["packages"]["numpy"]
+    assert session["environment_changes"] == {"environment.packages.numpy": [numpy_then, "99.0"]}
+    assert (run / "git_diff.patch").read_text() == "diff of the run's start\n"
+
+    # Continued again, into another folder: the record and its diff come along.
+    again = resumed | {"after_epoch": 4, "config_changes": {}, "world_size": 1}
+    write_provenance(other, cfg, "cpu", two, again)
+    moved = json.loads((other / "provenance.json").read_text())
+    assert moved["created"] == original["created"] and moved["data"] == original["data"]
+    assert [s["after_epoch"] for s in moved["resumed"]] == [3, 4]
+    assert moved["resumed"][1]["processes"] == 2 and moved["resumed"][1]["distributed"] == two
+    assert (other / "git_diff.patch").read_text() == "diff of the run's start\n"
+
+    # A checkpoint whose run recorded nothing (a release before provenance.json).
+    alone = resumed | {"run": str(tmp_path / "old")}
+    recorded = write_provenance(bare, cfg, "cpu", {"world_size": 1}, alone)
+    assert recorded["recorded_from_epoch"] == 3 and recorded["data"]["kind"] == "generated"
+    assert recorded["command"] == recorded["resumed"][0]["command"]
+    assert recorded["resumed"][0]["config_changes"] == {"trainer.max_epochs": [3, 4]}
+    assert "distributed" not in recorded
+
+
+def test_a_provenance_json_that_cannot_be_read_stops_a_resume(tmp_path):
+    """A damaged record is named with what to do: the resume would otherwise replace it."""
+    from medtrain.engine.resume import run_provenance
+    from medtrain.errors import DataError
+
+    assert run_provenance(None) is None and run_provenance(tmp_path) is None
+    (tmp_path / "provenance.json").write_text('{"created": ')
+    with pytest.raises(DataError, match=r"trainer.resume: cannot read .*provenance.json"):
+        run_provenance(tmp_path)
+    (tmp_path / "provenance.json").write_text("[]")
+    with pytest.raises(DataError, match="holds no JSON object: the continued run would lose"):
+        run_provenance(tmp_path)

@@ -965,3 +965,34 @@ def test_a_resume_on_changed_data_is_refused_before_anything_is_written(tmp_path
     csv_path.write_bytes(original)
     assert main([*command, "trainer.resume=true"]) == 0
     assert read_metrics(run)["epochs_trained"] == 2
+
+
+def test_a_resumed_run_keeps_its_provenance_and_records_each_session(tmp_path, monkeypatch):
+    """An interrupted run continued, then trained longer: provenance.json still records the
+    run's start (when, its command, data and environment) and lists each session with its own
+    command, the epoch it continued from and the values it changed (it was rewritten by each
+    session, so the run's start was lost)."""
+    from medtrain.commands import main
+
+    run = tmp_path / "run"
+    command = [*TINY, ON_CPU, f"hydra.run.dir={run}"]
+    sessions = [command, [*command, "trainer.resume=true"]]
+    sessions.append([*sessions[1], "trainer.max_epochs=3"])
+    monkeypatch.setattr("sys.argv", ["medtrain", *sessions[0]])
+    with interrupted_at_epoch(1):
+        assert main(sessions[0]) == 130
+    started = json.loads((run / "provenance.json").read_text())
+    for argv in sessions[1:]:
+        monkeypatch.setattr("sys.argv", ["medtrain", *argv])
+        assert main(argv) == 0
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert {k: v for k, v in provenance.items() if k != "resumed"} == started
+    assert started["command"] == ["medtrain", *sessions[0]] and "distributed" not in started
+    resumed = provenance["resumed"]
+    assert [s["command"] for s in resumed] == [["medtrain", *argv] for argv in sessions[1:]]
+    assert [s["after_epoch"] for s in resumed] == [1, 2]
+    assert [s["config_changes"] for s in resumed] == [{}, {"trainer.max_epochs": [2, 3]}]
+    assert [s["processes"] for s in resumed] == [1, 1]
+    assert [s["environment_changes"] for s in resumed] == [{}, {}]
+    assert started["created"] <= resumed[0]["created"] <= resumed[1]["created"]
+    assert read_metrics(run)["epochs_trained"] == 3
