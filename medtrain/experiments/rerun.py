@@ -38,6 +38,8 @@ INFERRED = (
 # Provenance entries that say nothing about reproducibility: when and how the run was started.
 IGNORED_PROVENANCE = {"created", "command", "cwd", "git.branch", "git.reason", "git.untracked"}
 IGNORED_PROVENANCE |= {"data.files", "data.bytes", "environment.packages.torch"}  # said elsewhere
+# The sessions that continued the run: said apart (`resumed_changes`), not compared.
+IGNORED_PROVENANCE |= {"resumed", "recorded_from_epoch"}
 SHOWN_AT_MOST = 5  # differences named in the verdict line; rerun.json and the lines above list all
 
 
@@ -169,6 +171,75 @@ def config_changes(run_dir: Path) -> list[str]:
             continue
         changes.append(f"{key} {_text(value)} -> (not in the config)")
     return changes
+
+
+# What a resumed session may change that changes nothing computed (its device is compared as
+# the device it resolved to, in its `environment_changes`).
+NO_EFFECT_ON_RESUME = NO_EFFECT_KEYS | {
+    "trainer.num_workers",
+    "trainer.device",
+    "trainer.distributed.timeout_s",
+    "trainer.distributed.find_unused_parameters",
+    "dataset.cache_mb",
+    "cv.folds_file",
+}
+# Provenance entries a session may differ in without computing differently (a requeued job's
+# node may run another kernel).
+NO_EFFECT_ON_RESUME_ENVIRONMENT = ("environment.platform",)
+
+
+def _sessions(provenance: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The resumed sessions `provenance.json` records (`resumed`; none for a run of a release
+    before them, or one never resumed)."""
+    sessions = (provenance or {}).get("resumed") or []
+    return [s for s in sessions if isinstance(s, dict)] if isinstance(sessions, list) else []
+
+
+def _pairs(changes: Any) -> dict[str, list]:
+    """A session's {key: [before, after]}, entries of another shape left out."""
+    if not isinstance(changes, Mapping):
+        return {}
+    return {k: v for k, v in changes.items() if isinstance(v, list) and len(v) == 2}
+
+
+def resumed_changes(provenance: Mapping[str, Any] | None) -> list[str]:
+    """How the run's resumed sessions (`provenance.json`'s `resumed`) differed from its start:
+    config values (`trainer.max_epochs 3 -> 4`), the number of processes, the device and the
+    environment. A rerun from scratch trains the run in one go, with the last values: it is not
+    expected to reproduce such a run bit for bit.
+
+    Returns:
+        One `after epoch N: ...` per session that differed; empty for a run that never resumed or
+        was continued as it started (an interrupted run: it reproduces).
+    """
+    started = processes(provenance)
+    described = []
+    for session in _sessions(provenance):
+        items = [
+            f"{key} {_pair(*values)}"
+            for key, values in _pairs(session.get("config_changes")).items()
+            if key not in NO_EFFECT_ON_RESUME
+        ]
+        count = session.get("processes", 1)
+        if count != started:
+            items.append(f"{count} process(es) where the run started with {started}")
+        items += [
+            f"{_label(key)} {_pair(_short(key, a), _short(key, b))}"
+            for key, (a, b) in _pairs(session.get("environment_changes")).items()
+            if key not in NO_EFFECT_ON_RESUME_ENVIRONMENT
+            and not any(p in IGNORED_PROVENANCE for p in _prefixes(key))
+        ]
+        if items:
+            described.append(f"after epoch {session.get('after_epoch')}: {', '.join(items)}")
+    return described
+
+
+def resumed_values(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The config values the run's resumed sessions set, the last session's where several did."""
+    values = {}
+    for session in _sessions(provenance):
+        values |= {key: pair[1] for key, pair in _pairs(session.get("config_changes")).items()}
+    return values
 
 
 def _short(key: str, value: Any) -> Any:
@@ -335,7 +406,19 @@ def rerun(
         raise ConfigError(f"output: {out} is inside the run being checked ({run_dir})")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output: {out} exists and is not empty; name a new folder")
-    changes = config_changes(run_dir)
+    provenance = read_json(run_dir / "provenance.json")
+    # A value a resumed session set (trainer.max_epochs=4 for a longer run) is in the saved
+    # config and not in a best.pt saved before: said as the resume's (`resumed_changes`), not
+    # as an edit.
+    by_resume = resumed_values(provenance)
+    changes = [
+        change
+        for change in config_changes(run_dir)
+        if not (
+            (key := change.split(" ", 1)[0]) in by_resume
+            and OmegaConf.select(saved, key, default=None) == by_resume[key]
+        )
+    ]
     changed = [c for c in changes if c.split(" ", 1)[0] not in NO_EFFECT_KEYS]
     lines = [f"config changed since the run: {change}" for change in changed]
     lines += [
@@ -354,7 +437,18 @@ def rerun(
         overrides.append("trainer.resume=false")  # a rerun trains from scratch into a new folder
         how = "said trainer.resume=auto" if resumed == "auto" else "was resumed"
         lines.append(f"note: the run {how}; the rerun trains from scratch (trainer.resume=false)")
-    provenance = read_json(run_dir / "provenance.json")
+    resumed_otherwise = resumed_changes(provenance)
+    if resumed_otherwise:
+        lines.append(
+            "note: the run was resumed with other values than it started with "
+            f"({'; '.join(resumed_otherwise)}): the rerun trains it from scratch in one go, so it "
+            "is not expected to reproduce the run bit for bit"
+        )
+    if (provenance or {}).get("recorded_from_epoch") is not None:
+        lines.append(
+            "note: the run's provenance.json was first written when it was resumed after epoch "
+            f"{provenance['recorded_from_epoch']}: the environment compared is that session's"
+        )
     check_same_data(saved, provenance)
     world = processes(provenance)
     trained_on = _device(run_dir, provenance) or "cpu"
@@ -438,6 +532,12 @@ def rerun(
                 )
                 parts.append(name + shown)
         line = "verdict: MISMATCH: " + "; ".join(parts)
+        if resumed_otherwise:
+            line += (
+                f"; the run was resumed with other values ({'; '.join(resumed_otherwise)}): a "
+                "rerun from scratch trains it in one go and is not expected to reproduce it bit "
+                "for bit"
+            )
     result = {
         "verdict": "REPRODUCED" if reproduced else "MISMATCH",
         "line": line,
@@ -450,6 +550,7 @@ def rerun(
         "metric_differences": differences,
         "config_changes": changed,
         "environment_changes": environment,
+        "resumed_changes": resumed_otherwise,
         "command": command,
     }
     save_json(out / "rerun.json", result)

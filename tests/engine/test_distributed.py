@@ -220,7 +220,9 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_to_the_same_result(ru
 def test_a_distributed_run_continued_by_one_process_keeps_its_record(runs, tmp_path):
     """The 2-process run trained one epoch longer by 1 process: provenance.json still says the
     run was trained by 2 (what `medtrain rerun` launches again; the resume dropped it) and
-    records the session's single process and its longer run."""
+    records the session's single process and its longer run, which a rerun names."""
+    from medtrain.experiments.rerun import processes, resumed_changes
+
     run = tmp_path / "run"
     shutil.copytree(runs["ddp"], run)
     started = json.loads((run / "provenance.json").read_text())
@@ -232,6 +234,11 @@ def test_a_distributed_run_continued_by_one_process_keeps_its_record(runs, tmp_p
     assert session["processes"] == 1 and "distributed" not in session
     assert session["after_epoch"] == 3
     assert session["config_changes"] == {"trainer.max_epochs": [3, 4]}
+    assert processes(provenance) == 2  # a rerun trains it with torchrun, and says why it differs
+    [said] = resumed_changes(provenance)  # and the CPU threads, where this process has others
+    assert said.startswith(
+        "after epoch 3: trainer.max_epochs 3 -> 4, 1 process(es) where the run started with 2"
+    )
 
 
 def test_rerun_of_a_distributed_run_trains_it_distributed(runs, tmp_path, monkeypatch):

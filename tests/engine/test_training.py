@@ -178,6 +178,7 @@ def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path):
     # The checkpoints record what `auto` found; the rerun trains from scratch to the same metrics.
     result = rerun(cut, tmp_path / "again")
     assert result["verdict"] == "REPRODUCED", result["lines"]
+    assert result["resumed_changes"] == []  # continued as it started: nothing to say
     # A folder with results but no last.pt is not continued, nor trained over.
     (cut / "checkpoints" / "last.pt").unlink()
     refused = "already holds a run \\(metrics.json\\): train into a new folder \\(it has no"

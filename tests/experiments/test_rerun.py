@@ -343,3 +343,78 @@ def test_a_run_of_a_relative_data_path_reruns_from_the_same_folder(tmp_path, mon
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("verdict: REPRODUCED")
     assert Path.cwd() == tmp_path
     assert read_metrics(tmp_path / "runs" / "again") == read_metrics(tmp_path / "runs" / "first")
+
+
+def test_what_resumed_sessions_changed_is_named_by_epoch():
+    """Sessions of a run's provenance.json that changed what is computed: config values (not
+    how progress shows or how fast data are read), processes, the environment (not the kernel
+    named by platform); a run of a release before sessions, or continued as it started, has
+    none."""
+    from medtrain.experiments.rerun import resumed_changes, resumed_values
+
+    provenance = {
+        "distributed": {"world_size": 2},
+        "resumed": [
+            {
+                "after_epoch": 2,
+                "processes": 2,
+                "config_changes": {"trainer.num_workers": [0, 4], "trainer.progress": [1, 0]},
+                "environment_changes": {"environment.platform": ["Linux-6.1", "Linux-6.2"]},
+            },
+            {
+                "after_epoch": 3,
+                "processes": 1,
+                "config_changes": {"trainer.max_epochs": [3, 4]},
+                "environment_changes": {
+                    "environment.packages.numpy": ["2.4.6", "2.5.0"],
+                    "determinism.cpu_threads": [2, 1],
+                    "git.commit": ["a" * 40, "b" * 40],
+                },
+            },
+            {"after_epoch": 4, "processes": 2, "config_changes": {"trainer.max_epochs": [4, 5]}},
+        ],
+    }
+    assert resumed_changes(provenance) == [
+        "after epoch 3: trainer.max_epochs 3 -> 4, 1 process(es) where the run started with 2, "
+        "numpy 2.4.6 -> 2.5.0, determinism.cpu_threads 2 -> 1, git commit aaaaaaaaaaaa -> "
+        "bbbbbbbbbbbb",
+        "after epoch 4: trainer.max_epochs 4 -> 5",
+    ]
+    assert resumed_values(provenance) == {
+        "trainer.num_workers": 4,
+        "trainer.progress": 0,
+        "trainer.max_epochs": 5,
+    }
+    unchanged = {"resumed": [{"after_epoch": 2, "processes": 1, "config_changes": {}}]}
+    for record in (None, {}, {"created": "2026-12-05"}, unchanged, {"resumed": "damaged"}):
+        assert resumed_changes(record) == [] and resumed_values(record) == {}
+
+
+def test_a_run_trained_longer_on_resume_is_said_not_to_reproduce_bit_for_bit(tmp_path, capsys):
+    """A finished 2-epoch run continued to 3 epochs (allowed, warned about): its rerun trains 3
+    epochs in one go, so its metrics differ; the verdict says the run was resumed with another
+    trainer.max_epochs, rather than 18 differing metrics with no config or environment change."""
+    from medtrain.commands import main as medtrain
+
+    run, again = tmp_path / "run", tmp_path / "again"
+    overrides = [*RUNS["classification"], "trainer.max_epochs=2", f"hydra.run.dir={run}"]
+    assert medtrain(overrides) == 0
+    assert medtrain([*overrides, "trainer.resume=true", "trainer.max_epochs=3"]) == 0
+    capsys.readouterr()
+    assert main([f"run_dir={run}", f"output={again}"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    said = (
+        "the run was resumed with other values (after epoch 2: trainer.max_epochs 2 -> 3): a "
+        "rerun from scratch trains it in one go and is not expected to reproduce it bit for bit"
+    )
+    assert lines[-1].startswith("verdict: MISMATCH: ") and lines[-1].endswith(said)
+    assert (
+        "note: the run was resumed with other values than it started with (after epoch 2: "
+        "trainer.max_epochs 2 -> 3): the rerun trains it from scratch in one go, so it is not "
+        "expected to reproduce the run bit for bit"
+    ) in lines
+    report = json.loads((again / "rerun.json").read_text())
+    assert report["resumed_changes"] == ["after epoch 2: trainer.max_epochs 2 -> 3"]
+    assert report["config_changes"] == [] and report["environment_changes"] == []
+    assert not any(line.startswith("config changed") for line in lines)
+    assert read_metrics(again)["epochs_trained"] == read_metrics(run)["epochs_trained"] == 3
