@@ -299,6 +299,15 @@ def _device(run_dir: Path, provenance: Mapping[str, Any] | None) -> str | None:
     return info.get("device")
 
 
+# What a folder of runs is, by the file that says so.
+SWEEP_OR_CV = {
+    "multirun.yaml": "a grid's folder (medtrain -m)",
+    "folds.json": "a cross-validation's folder",
+    "study.db": "a search's folder (medtrain sweep)",
+    "study.json": "a search's folder (medtrain sweep)",
+}
+
+
 def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConfig, dict[str, Any]]:
     """The run's saved config (path and content) and metrics, or an error naming the bad file or
     what its configs may not build (`medtrain.engine.trust`: checked here, before the rerun's
@@ -312,6 +321,20 @@ def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConf
         )
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
+        jobs = sorted(
+            (p.name for p in run_dir.iterdir() if (p / ".hydra" / "config.yaml").is_file()),
+            key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name),
+        )
+        kind = next(
+            (what for name, what in SWEEP_OR_CV.items() if (run_dir / name).is_file()),
+            "a folder of runs",
+        )
+        if jobs:  # a grid's, a search's or a CV's folder: its runs are the folders below it
+            raise ConfigError(
+                f"run_dir: {run_dir} is {kind}, not a run: rerun one of its runs, "
+                f"run_dir={run_dir / jobs[0]} (its runs: {', '.join(jobs[:8])}"
+                f"{', ...' if len(jobs) > 8 else ''})"
+            )
         raise ConfigError(f"{config} not found: run_dir must be a run folder of medtrain train")
     try:
         saved = OmegaConf.load(config)

@@ -297,6 +297,16 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    grid = tmp_path / "grid"  # a grid's folder: its runs are the job folders below it
+    for job in ("0", "1", "10", "2"):
+        (grid / job / ".hydra").mkdir(parents=True)
+        (grid / job / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (grid / "multirun.yaml").write_text("{}")
+    assert main([f"run_dir={grid}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: run_dir: {grid} is a grid's folder (medtrain -m), not a run: rerun one of its "
+        f"runs, run_dir={grid / '0'} (its runs: 0, 1, 2, 10)"
+    )
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
     assert main([f"run_dir={run}"]) == 2
