@@ -27,7 +27,7 @@ from medtrain.engine.acceleration import (
     memory_format,
     resolve_precision,
 )
-from medtrain.engine.build import build_task, target_class
+from medtrain.engine.build import target_class
 from medtrain.engine.config_files import check_yaml_syntax, own_config_folders
 from medtrain.engine.legacy import upgrade_targets
 from medtrain.errors import ConfigError, LossMismatch
@@ -263,11 +263,13 @@ def check_keys(cfg: DictConfig) -> None:
 
 
 def check_task_settings(cfg: DictConfig) -> None:
-    """Build the task and its loss once from the config alone, so that a value they refuse
-    (`task.tta`, `task.grade_range`, `task.target_std`, `task.cut_points`, a loss's settings)
-    stops the run before the data are read and anything is written, and `medtrain check-data`
-    reports it. Values the data decide (target statistics, class names) are not known yet: a
-    build that fails for want of them is left to the build after the data check."""
+    """The task's and the loss's own settings that the config alone decides (`task.tta`, and a
+    task's `check_settings`: `task.grade_range`, `task.target_std`, `task.cut_points`; the Huber
+    loss's `delta`), so that a refused value stops the run before the data are read and anything
+    is written, and `medtrain check-data` reports it. Values the data decide (class names, target
+    statistics) are checked when the task is built, after the data check."""
+    from medtrain.tasks.tta import check_tta
+
     loss = cfg.get("loss") or {}
     if loss.get("_target_") == "torch.nn.HuberLoss":  # torch checks it only in the first batch
         delta = loss.get("delta", 1.0)
@@ -278,12 +280,11 @@ def check_task_settings(cfg: DictConfig) -> None:
             "must be a number > 0 (the error, in target standard deviations, where the loss turns "
             "from squared to absolute)",
         )
-    try:
-        build_task(cfg)
-    except ConfigError:
-        raise
-    except Exception:  # wants what the data decide: built again, and reported, after the check
-        return
+    if "tta" in cfg.task or "flip_tta" in cfg.task:
+        check_tta(cfg.task.get("tta"), bool(cfg.task.get("flip_tta", False)))
+    task = target_class(cfg.task)
+    if task is not None and hasattr(task, "check_settings"):
+        task.check_settings(cfg.task)
 
 
 def check_monitor(cfg: DictConfig) -> None:

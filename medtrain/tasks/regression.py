@@ -87,25 +87,43 @@ class RegressionTask(Task):
         flip_tta: bool = False,
         plots: bool = True,
     ):
-        if grade_range is not None and (len(grade_range) != 2 or grade_range[0] >= grade_range[1]):
-            raise ConfigError(f"task.grade_range={list(grade_range)} must be [lowest, highest]")
+        self.check_settings(
+            {
+                "grade_range": grade_range,
+                "target_std": target_std,
+                "cut_points": cut_points,
+                "ordinal": ordinal,
+            }
+        )
         std = np.atleast_1d(np.asarray(1.0 if target_std is None else target_std, dtype=np.float64))
-        if (std <= 0).any():
-            raise ConfigError(f"task.target_std={std.tolist()} must be > 0")
         super().__init__(loss, target_names or ["target"], monitor, monitor_mode, tta, flip_tta)
         use = bool(standardize)
         self.mean = np.atleast_1d(np.asarray(target_mean or 0.0, dtype=np.float64)) * use
         self.std = std if use else np.ones_like(std)
         self.ordinal = bool(ordinal)
-        if cut_points not in ("round", "fitted"):
-            raise ConfigError(f"task.cut_points={cut_points!r}: choose round or fitted")
-        if cut_points == "fitted" and not self.ordinal:
-            raise ConfigError("task.cut_points=fitted cuts grades: set task.ordinal=true")
         if cut_points == "fitted" and len(self.class_names) != 1:
             raise ConfigError("task.cut_points=fitted needs one predicted value per image")
         self.cut_rule = cut_points
         self.grade_range = None if grade_range is None else (grade_range[0], grade_range[1])
         self.plots = plots
+
+    @staticmethod
+    def check_settings(task: Mapping[str, Any]) -> None:
+        """The settings the config alone decides (`medtrain.engine.config.check_task_settings`
+        calls this before the data are read; the constructor, again, with the values the data
+        decided)."""
+        grade_range, target_std = task.get("grade_range"), task.get("target_std")
+        if grade_range is not None and (len(grade_range) != 2 or grade_range[0] >= grade_range[1]):
+            raise ConfigError(f"task.grade_range={list(grade_range)} must be [lowest, highest]")
+        if target_std is not None:
+            std = np.atleast_1d(np.asarray(target_std, dtype=np.float64))
+            if (std <= 0).any():
+                raise ConfigError(f"task.target_std={std.tolist()} must be > 0")
+        cut_points = task.get("cut_points", "round")
+        if cut_points not in ("round", "fitted"):
+            raise ConfigError(f"task.cut_points={cut_points!r}: choose round or fitted")
+        if cut_points == "fitted" and not task.get("ordinal"):
+            raise ConfigError("task.cut_points=fitted cuts grades: set task.ordinal=true")
 
     @classmethod
     def check_config(

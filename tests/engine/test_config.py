@@ -85,6 +85,14 @@ def test_task_and_loss_settings_are_refused_before_the_data_are_read(overrides, 
     assert message in str(err.value)
 
 
+def test_settings_the_data_decide_are_not_refused_before_the_data_are_read():
+    """Class names left to the data (null until they are read): a task that needs them is
+    checked when it is built, not refused by the early check (and saved runs resume)."""
+    segmentation = ["dataset=synthetic_segmentation", "task=segmentation", "model=unet"]
+    validate(compose_cfg([*segmentation, "loss=dice", "task.instances={method:watershed}"]))
+    validate(compose_cfg([*REGRESSION, "task.ordinal=true", "task.cut_points=fitted"]))
+
+
 def test_keys_medtrain_does_not_read_are_refused_by_their_closest(tmp_path):
     """A trainer key added by `+` or in an experiment file, and a root key named like one of
     medtrain's, were kept silently and the run used the value they were meant to change. A root
