@@ -74,7 +74,10 @@ class TrainJobs:
     # folder's `multirun.yaml`: put back when a job is refused there.
     grid_runs: dict[Path, dict[Path, bytes]] = field(default_factory=dict)
     grid_file: tuple[Path, bytes] | None = None
-    grid_dir: str = ""  # `hydra.sweep.dir` as given, for messages
+    grid_dir: str = ""  # `hydra.sweep.dir` (resolved), for messages
+    # Whether the command ended with every job run to its end on every rank (no job stopped the
+    # process): under torchrun, the ranks then leave together (`_end_distributed_process`).
+    in_step: bool = False
     # The command's task function while it runs: `GridGuard` records a grid's runs into it.
     current: ClassVar[TrainJobs | None] = None
 
@@ -514,23 +517,28 @@ def main(argv: Sequence[str]) -> int:
         TrainJobs.current = None
         if scratch is not None:
             scratch.cleanup()
-    _end_distributed_process(status)
+    _end_distributed_process(status, together=jobs.in_step)
     return status
 
 
-def _end_distributed_process(status: int) -> None:
+def _end_distributed_process(status: int, together: bool = False) -> None:
     """Under torchrun, end the process here with `status`: torch's process-group destructors can
     abort ("terminate called without an active exception") when a peer has already left, which
-    would turn a finished run's exit status into SIGABRT. Nothing is left to clean up. The ranks
-    leave together: torchrun ends the others as soon as one exits with an error, and rank 0 may
-    still be writing (a grid's summary and plots after a failed job)."""
+    would turn a finished run's exit status into SIGABRT. Nothing is left to clean up.
+
+    `together`: the ranks ended the command in step (every job ran on all of them), and leave
+    together: torchrun ends the others as soon as one exits with an error, and rank 0 may still
+    be writing (a grid's summary and plots after a failed job). A rank that stopped alone (an
+    error of its own, a refusal of rank 0's) does not wait: its peers may be inside a collective
+    until the group's timeout."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        with contextlib.suppress(Exception):  # a peer that has gone: nothing to wait for
-            dist.barrier()
+        if together:
+            with contextlib.suppress(Exception):  # a peer that has gone: nothing to wait for
+                dist.barrier()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -562,6 +570,7 @@ def _run(args, parser, jobs: TrainJobs) -> int:
                 print(hint, file=sys.stderr)
             return 2
         return exit_.code if isinstance(exit_.code, int) else 1
+    jobs.in_step = True  # every job ended on every rank (a job's error raised on all of them)
     if jobs.failed:
         from medtrain.engine.ranks import launched_rank
 
