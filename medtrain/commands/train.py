@@ -44,7 +44,7 @@ SAVED_CONFIG_DEFAULTS = (
         "+hydra.callbacks.sweep_summary._target_",
         "medtrain.experiments.hydra_callbacks.SweepSummary",
     ),
-    ("+hydra.callbacks.grid_guard._target_", "medtrain.commands.train.GridGuard"),
+    ("+hydra.callbacks.folder_guard._target_", "medtrain.commands.train.FolderGuard"),
 )
 
 
@@ -78,7 +78,7 @@ class TrainJobs:
     # Whether the command ended with every job run to its end on every rank (no job stopped the
     # process): under torchrun, the ranks then leave together (`_end_distributed_process`).
     in_step: bool = False
-    # The command's task function while it runs: `GridGuard` records a grid's runs into it.
+    # The command's task function while it runs: `FolderGuard` records what its folders held.
     current: ClassVar[TrainJobs | None] = None
 
     def __call__(self, cfg: DictConfig) -> float | None:
@@ -183,12 +183,28 @@ def restore_file(path: Path, content: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(content), mode="wb")
 
 
-class GridGuard(Callback):
-    """Hydra callback (conf/train.yaml, `hydra.callbacks`): at a grid's start, before Hydra writes
-    its sweep folder, checks that folder (`check_grid_folder`) and records the runs it holds and
-    its `multirun.yaml` for the command's jobs. The folder is read from the composed config, so a
-    `hydra.sweep.dir` set in a config file or through an interpolation is checked as one given on
-    the command line. Rank 0 alone: the other ranks' sweep folder is their scratch folder."""
+class FolderGuard(Callback):
+    """Hydra callback (conf/train.yaml, `hydra.callbacks`): before Hydra writes a run's or a
+    grid's folder, records what it holds for the command's jobs, so that a refused run leaves it
+    as it was (`on_run_start`), and checks a grid's folder (`check_grid_folder`), recording the
+    runs it holds and its `multirun.yaml` (`on_multirun_start`). The folders are read from the
+    composed config, so one set in a config file or through an interpolation is guarded as one
+    given on the command line. Rank 0 alone: the other ranks' folders are their scratch folder."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from medtrain.engine.ranks import launched_rank
+
+        jobs = TrainJobs.current
+        if jobs is None or launched_rank() > 0:
+            return
+        try:
+            folder = Path(str(config.hydra.run.dir))
+            resume = (config.get("trainer") or {}).get("resume")
+        except Exception:  # an interpolation that points nowhere: Hydra's run reports it
+            return
+        jobs.saved_hydra = hydra_files_before(folder, resume)
+        jobs.held_before = held_by(folder)
+        jobs.made_above = missing_parents(folder)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from medtrain.engine.ranks import launched_rank
@@ -419,46 +435,32 @@ def say_interrupted(hydra, auto: bool) -> None:
     SweepSummary.write(Path(hydra.sweep.dir), plots=False)
 
 
-def override_values(overrides: Sequence[str]) -> dict[str, str]:
-    """The command line's `key=value` overrides as a dict (a leading `+` dropped)."""
-    return dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
-
-
-def hydra_files_of_run_dir(overrides: Sequence[str]) -> dict[Path, bytes]:
-    """The `.hydra/*.yaml` of the folder a `hydra.run.dir=DIR` command line names, before Hydra
-    rewrites them, when the command resumes or the folder holds a run: a refused resume, or a new
-    run refused there, puts them back (empty otherwise)."""
+def hydra_files_before(run_dir: Path, resume: object) -> dict[Path, bytes]:
+    """The `.hydra/*.yaml` of a run folder before Hydra rewrites them, when the command resumes
+    (`resume`: `trainer.resume`) or the folder holds a run: a refused resume, or a new run
+    refused there, puts them back (empty otherwise)."""
     from medtrain.engine.resume import HELD
 
-    values = override_values(overrides)
-    if not values.get("hydra.run.dir"):
-        return {}
-    run_dir = Path(values["hydra.run.dir"])
     # `auto` resumes only where a run is (its last.pt), which the test below covers.
-    resumes = values.get("trainer.resume", "false").lower() not in ("false", "null", "auto")
+    resumes = resume not in (None, False, "auto") and str(resume).lower() not in ("false", "null")
     if not resumes and not any((run_dir / name).is_file() for name in HELD):
         return {}  # no run there to describe: a failure keeps this command's own files
     return hydra_files(run_dir)
 
 
-def held_by_run_dir(overrides: Sequence[str]) -> frozenset[str] | None:
-    """The names in the folder `hydra.run.dir` names, before Hydra writes there; None when the
-    command line names none, or one that does not exist yet."""
-    folder = override_values(overrides).get("hydra.run.dir")
-    if not folder or not Path(folder).exists():
+def held_by(folder: Path) -> frozenset[str] | None:
+    """The names in a run folder before Hydra writes there; None when it does not exist yet."""
+    if not folder.exists():
         return None
     try:
-        return frozenset(p.name for p in Path(folder).iterdir())
+        return frozenset(p.name for p in folder.iterdir())
     except OSError:  # a file, or unreadable: nothing of it is removed
         return frozenset()
 
 
-def missing_parents(overrides: Sequence[str]) -> tuple[Path, ...]:
-    """The folders above `hydra.run.dir` that do not exist yet, deepest first (none without it)."""
-    folder = override_values(overrides).get("hydra.run.dir")
-    if not folder:
-        return ()
-    return tuple(p for p in Path(folder).absolute().parents if not p.exists())
+def missing_parents(folder: Path) -> tuple[Path, ...]:
+    """The folders above a run folder that do not exist yet, deepest first."""
+    return tuple(p for p in folder.absolute().parents if not p.exists())
 
 
 def main(argv: Sequence[str]) -> int:
@@ -499,11 +501,7 @@ def main(argv: Sequence[str]) -> int:
         from medtrain.engine.distributed import configure_rank_logging
 
         configure_rank_logging(rank)
-    jobs = TrainJobs(
-        saved_hydra={} if rank > 0 else hydra_files_of_run_dir(args.overrides),
-        held_before=held_by_run_dir(args.overrides),
-        made_above=missing_parents(args.overrides),
-    )
+    jobs = TrainJobs()  # what the run folder holds: `FolderGuard`, once the config is composed
     if scratch is not None:
         jobs.cleanup = scratch.cleanup
     TrainJobs.current = jobs

@@ -529,21 +529,24 @@ def test_a_config_error_found_after_the_data_check_leaves_no_folder(tmp_path, ca
     assert (kept / "data_report.json").is_file()
 
 
-def test_a_folder_with_a_split_file_of_ones_own_is_no_run_folder(tmp_path, capsys):
+def test_a_folder_with_a_split_file_of_ones_own_is_no_run_folder(tmp_path, capsys, monkeypatch):
     """splits.json or data_report.json without the provenance.json a run writes first are no
-    earlier attempt's: the run is refused and the folder left as it was (the run replaced them)."""
+    earlier attempt's: the run is refused and the folder left as it was (the run replaced them),
+    however hydra.run.dir names it (through an interpolation, the refusal removed the folder)."""
     from medtrain.commands import main
 
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "splits.json").write_text('{"mine": 1}')
-    assert main([*TINY, ON_CPU, f"hydra.run.dir={folder}"]) == 2
-    said = capsys.readouterr()
-    assert (
-        f"the folder {folder} (hydra.run.dir) holds splits.json, which this run would replace"
-    ) in said.out + said.err
-    assert [p.name for p in folder.iterdir()] == ["splits.json"]
-    assert (folder / "splits.json").read_text() == '{"mine": 1}'
+    monkeypatch.setenv("MEDTRAIN_RUN", str(folder))
+    for named in (str(folder), "${oc.env:MEDTRAIN_RUN}"):
+        assert main([*TINY, ON_CPU, f"hydra.run.dir={named}"]) == 2
+        said = capsys.readouterr()
+        assert (
+            f"the folder {folder} (hydra.run.dir) holds splits.json, which this run would replace"
+        ) in said.out + said.err
+        assert [p.name for p in folder.iterdir()] == ["splits.json"]
+        assert (folder / "splits.json").read_text() == '{"mine": 1}'
     # An earlier attempt's (its provenance.json beside them) may be trained over.
     (folder / "provenance.json").write_text("{}")
     assert main([*TINY, ON_CPU, "trainer.max_epochs=1", f"hydra.run.dir={folder}"]) == 0
