@@ -171,10 +171,45 @@ def read_all(datasets: dict, workers: int, progress: bool) -> dict[str, list[Sam
     return {split: sorted(samples, key=lambda s: s.index) for split, samples in found.items()}
 
 
-def label_problems(dataset: Any, names: Names, grades: Any = None) -> list[str]:
-    """Labels outside the classes (or not 0/1 for multi-label), regression targets that are not
-    finite numbers, and ordinal grades outside `grades` (`task.grade_range` of an ordinal task:
-    given, or the training split's); segmentation masks are checked when read."""
+def grades_outside(
+    datasets: dict, names: dict[str, Names], grades: Any
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for ordinal grades outside `grades` (`task.grade_range`), naming their
+    rows: errors where the range was given (it is not the training split's own), warnings where
+    it is the training split's (a grade only val or test hold, which the model cannot predict;
+    the split decides that, not the data)."""
+    if grades is None:
+        return [], []
+    low, high = float(grades[0]), float(grades[1])
+
+    def targets(ds: Any) -> np.ndarray:
+        values = np.asarray(ds.labels).reshape(len(ds.labels), -1).astype(np.float64)
+        return np.where(np.isfinite(values), values, np.nan)
+
+    train = datasets.get("train")
+    seen = targets(train) if train is not None and len(train.labels) else np.empty((0, 1))
+    given = not len(seen) or (np.nanmin(seen), np.nanmax(seen)) != (low, high)
+    said = []
+    for split, ds in datasets.items():
+        if isinstance(ds, MASK_DATASETS) or not getattr(ds, "regression", False):
+            continue
+        values = targets(ds)
+        for i in np.flatnonzero(((values < low) | (values > high)).any(axis=1)):
+            text = (
+                f"grade {values[i, 0]:g} is outside task.grade_range=[{low:g}, {high:g}]: fix "
+                "the target or widen task.grade_range"
+                if given
+                else f"grade {values[i, 0]:g} is outside the training split's grades {low:g}-"
+                f"{high:g} (task.grade_range unset): the model cannot predict it; set "
+                "task.grade_range=[lowest,highest] to cover every grade"
+            )
+            said.append(names[split].problem(int(i), text))
+    return (said, []) if given else ([], said)
+
+
+def label_problems(dataset: Any, names: Names) -> list[str]:
+    """Labels outside the classes (or not 0/1 for multi-label), and regression targets that are
+    not finite numbers; segmentation masks are checked when read."""
     if isinstance(dataset, MASK_DATASETS):
         return []
     labels, k = np.asarray(dataset.labels), dataset.num_classes
@@ -183,23 +218,9 @@ def label_problems(dataset: Any, names: Names, grades: Any = None) -> list[str]:
     if dataset.regression:
         values = labels.reshape(len(labels), -1).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
-        said = [
+        return [
             names.problem(i, f"target {values[i].tolist()} is not a finite number") for i in bad
         ]
-        if grades is not None:  # the grades the model predicts
-            low, high = float(grades[0]), float(grades[1])
-            finite = np.isfinite(values).all(axis=1)
-            off = np.flatnonzero(finite & ((values < low) | (values > high)).any(axis=1))
-            said += [
-                names.problem(
-                    i,
-                    f"grade {values[i, 0]:g} is outside task.grade_range=[{low:g}, {high:g}] (the "
-                    "grades the model predicts; without the key, the training split's): fix the "
-                    "target or set task.grade_range to cover every grade",
-                )
-                for i in off
-            ]
-        return said
     if labels.ndim == 2:
         if labels.shape[1] != k:
             return [f"{dataset.split}: {labels.shape[1]} label columns, dataset.num_classes={k}"]
@@ -419,7 +440,7 @@ def check_datasets(
             report["splits"][split] = {"samples": 0}
             continue
         report["errors"] += [names[split].problem(s.index, s.problem) for s in found if s.problem]
-        report["errors"] += label_problems(ds, names[split], grades) + size_problem(ds, found)
+        report["errors"] += label_problems(ds, names[split]) + size_problem(ds, found)
         section, absent[split] = balance(ds, found)
         report["splits"][split] = {
             "samples": len(found),
@@ -427,6 +448,9 @@ def check_datasets(
             "balance": section,
             "intensity": intensity(found),
         }
+    wrong, unseen = grades_outside(datasets, names, grades)
+    report["errors"] += wrong
+    report["warnings"] += unseen
     nowhere, warning = classes_nowhere(datasets, absent)
     report["warnings"] += ([warning] if warning else []) + [
         line for lacking in absent.values() for c, line in lacking.items() if c not in nowhere

@@ -5,6 +5,7 @@ class or regression value (`TargetTruth`), a mask file (`MaskTruth`) or a label 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from medtrain.inference.predictor import Predictor, Prepared
 
 # Problems listed per kind before "and N more".
 SHOWN = 20
+
+log = logging.getLogger("medtrain")
 
 
 def row_file(csv_path: Path, cell: str) -> Path:
@@ -284,6 +287,7 @@ def _labels(
     name of the run (or an index 0..K-1), or the numbers of a regression run."""
     labels: list[torch.Tensor] = []
     problems: list[str] = []
+    unseen: list[int] = []  # lines of grades the run cannot predict: scored, and said
     regression = task.targets == "values"
     index = {str(n): k for k, n in enumerate(names)}
     for row, line in zip(rows, lines, strict=True):
@@ -298,11 +302,7 @@ def _labels(
                     f"line {line}: target {cells} is not a whole-number grade (the run is ordinal)"
                 )
             elif getattr(task, "ordinal", False) and outside_grades(values, task.grade_range):
-                low, high = task.grade_range
-                problems.append(
-                    f"line {line}: grade {cells} is outside the run's grades {low:g}-{high:g} "
-                    "(task.grade_range: the grades it predicts)"
-                )
+                unseen.append(line)
             labels.append(torch.tensor(values, dtype=torch.float64))
             continue
         cell = cells[0]
@@ -314,4 +314,15 @@ def _labels(
         else:
             problems.append(f"line {line}: class {cell!r} is not one of the run's {names}")
             labels.append(torch.tensor(0))
+    if unseen:
+        low, high = task.grade_range
+        shown = ", ".join(map(str, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
+        log.warning(
+            "%d grade(s) outside the grades the run predicts, %g-%g (task.grade_range), lines %s: "
+            "scored as they are; the run cannot predict them",
+            len(unseen),
+            low,
+            high,
+            shown,
+        )
     return labels, problems

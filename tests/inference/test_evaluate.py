@@ -149,23 +149,23 @@ def test_every_bad_row_is_named_at_once_and_nothing_is_written(finished_runs, tm
     assert "the run folder itself" in capsys.readouterr().err
 
 
-def test_an_ordinal_run_s_grades_must_be_whole_and_within_its_range():
-    """The grades an ordinal run predicts (task.grade_range); 7 and -1 were scored as they were."""
+def test_an_ordinal_run_s_grades_must_be_whole_and_those_it_cannot_predict_are_said(caplog):
+    """Grades outside the run's range (task.grade_range) are scored as they are, with a warning
+    naming their lines: the run cannot predict them."""
     from types import SimpleNamespace
 
     from medtrain.inference.truth import _labels
 
     task = SimpleNamespace(targets="values", ordinal=True, grade_range=(0, 4))
     rows = [{"target": cell} for cell in ("7", "-1", "2", "2.5", "4")]
-    labels, problems = _labels(rows, [2, 3, 4, 5, 6], ["target"], task, ["grade"])
-    assert problems == [
-        "line 2: grade ['7'] is outside the run's grades 0-4 (task.grade_range: the grades it "
-        "predicts)",
-        "line 3: grade ['-1'] is outside the run's grades 0-4 (task.grade_range: the grades it "
-        "predicts)",
-        "line 5: target ['2.5'] is not a whole-number grade (the run is ordinal)",
-    ]
+    with caplog.at_level("WARNING", logger="medtrain"):
+        labels, problems = _labels(rows, [2, 3, 4, 5, 6], ["target"], task, ["grade"])
+    assert problems == ["line 5: target ['2.5'] is not a whole-number grade (the run is ordinal)"]
     assert [float(v) for v in labels] == [7, -1, 2, 2.5, 4]
+    assert (
+        "2 grade(s) outside the grades the run predicts, 0-4 (task.grade_range), lines 2, 3: "
+        "scored as they are; the run cannot predict them"
+    ) in caplog.text
 
 
 def write_segmentation_set(run: Path, folder: Path, count: int | None = None) -> tuple[Path, list]:
