@@ -242,24 +242,42 @@ def packaged_keys() -> tuple[set[str], set[str]]:
 
 
 def check_keys(cfg: DictConfig) -> None:
-    """A `trainer` key medtrain does not read, and a root key a letter or two from one of
-    medtrain's, are refused, naming the closest: they were added silently (in an experiment file,
-    or with `+` on the command line) and the run went on with the value they were meant to change.
-    Root keys of one's own (values for interpolations, `paths.data_root`) are kept."""
+    """Keys added by a file or by `+` that are a letter or two from one medtrain reads are refused,
+    naming it: `trainer.max_epoch` in an experiment file, `+seeed=1` (they were kept silently and
+    the run trained with the value they were meant to change). Other keys are one's own: a root
+    key (`paths`, `seeds`, for interpolations) is kept, and a `trainer` key medtrain does not read
+    (for one's own callbacks) is kept with a warning."""
     root, trainer = packaged_keys()
     for key in sorted(set(cfg.trainer) - trainer):
-        close = difflib.get_close_matches(key, sorted(trainer), n=1)
-        hint = f" (did you mean trainer.{close[0]}?)" if close else ""
-        raise ConfigError(
-            f"trainer.{key} is not a key medtrain reads{hint}; its keys: {', '.join(sorted(trainer))}"
-        )
-    for key in sorted(set(cfg) - root):
-        close = difflib.get_close_matches(key, sorted(root), n=1, cutoff=0.8)
+        close = near_miss(key, trainer, OmegaConf.to_container(cfg.trainer))
         if close:
             raise ConfigError(
-                f"{key} is not a key medtrain reads: did you mean {close[0]}? (a root key of your "
-                "own, for interpolations, is kept when it is not named like one of medtrain's)"
+                f"trainer.{key} is not a key medtrain reads: did you mean "
+                f"trainer.{close}? (its keys: {', '.join(sorted(trainer))})"
             )
+        log.warning("trainer.%s is not a key medtrain reads: kept for your own code", key)
+    for key in sorted(set(cfg) - root):
+        values = {k: cfg.get(k) for k in root if k in cfg} | {key: cfg.get(key)}
+        close = near_miss(key, root, values, plurals=True)
+        if close:
+            raise ConfigError(
+                f"{key} is not a key medtrain reads: did you mean {close}? (a root key of your "
+                "own, for interpolations, is kept when it is not a letter or two from one of "
+                "medtrain's)"
+            )
+
+
+def near_miss(key: str, known: set[str], values: dict, plurals: bool = False) -> str | None:
+    """The key of `known` that `key` misspells: as close as a typo (difflib's ratio 0.8), holding
+    the same kind of value (a section, or a single value: `mode=fast` is not the `model` section),
+    and with `plurals`, not its plural or singular (`seeds` beside `seed`: a root key's own)."""
+    for close in difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.8):
+        if plurals and key.rstrip("s") == close.rstrip("s"):
+            continue
+        section = isinstance(values.get(key), dict | DictConfig)
+        if close not in values or section == isinstance(values.get(close), dict | DictConfig):
+            return close
+    return None
 
 
 def check_task_settings(cfg: DictConfig) -> None:
