@@ -185,7 +185,8 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
         )
     else:  # the same ids (`test_images[3]` of any MedMNIST file) may name other images
         data = [data_read(run) for run in runs]
-        if all(d is not None for d in data) and len({d["sha256"] for d in data}) > 1:
+        comparable = all(d is not None for d in data) and len({d.get("rule") for d in data}) == 1
+        if comparable and len({d["sha256"] for d in data}) > 1:
             shown = ", ".join(f"{n}: {data_said(d)}" for n, d in zip(names, data, strict=True))
             said.append(
                 f"The runs read other data ({shown}; provenance.json): their test metrics "
@@ -195,10 +196,14 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
 
 
 def data_read(run: Path) -> dict[str, Any] | None:
-    """The fingerprint of the data a run read (its `provenance.json`'s `data`); None when the run
-    records none (an ensemble, a run from before provenance)."""
+    """The fingerprint of the files a run read (its `provenance.json`'s `data`, of a file or a
+    folder; digests are compared only under the same `rule`); None when the run records none (an
+    ensemble, a run from before provenance) or read generated data, whose digest is of its
+    settings (a key added to them in a later release changes it)."""
     data = (read_json(run / "provenance.json") or {}).get("data")
-    return data if isinstance(data, dict) and data.get("sha256") else None
+    if not isinstance(data, dict) or not data.get("sha256"):
+        return None
+    return data if data.get("kind") in ("file", "folder") else None
 
 
 def data_said(data: dict[str, Any]) -> str:

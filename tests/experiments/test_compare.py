@@ -66,9 +66,12 @@ def test_two_runs_side_by_side(tmp_path, capsys):
     provenance["data"] |= {"kind": "file", "path": "/data/other.npz", "sha256": "ab" * 32}
     (relabelled / "provenance.json").write_text(json.dumps(provenance))
     assert main([f"run_dirs=[{other},{relabelled}]", f"output={out}"]) == 0
-    theirs = json.loads((other / "provenance.json").read_text())["data"]["sha256"][:12]
+    assert "read other data" not in capsys.readouterr().err  # generated data: a settings digest
+    provenance["data"] |= {"path": "/data/first.npz", "sha256": "cd" * 32}
+    (other / "provenance.json").write_text(json.dumps(provenance))
+    assert main([f"run_dirs=[{other},{relabelled}]", f"output={out}"]) == 0
     assert (
-        f"The runs read other data (other: generated (sha256 {theirs}), relabelled: "
+        "The runs read other data (other: /data/first.npz (sha256 cdcdcdcdcdcd), relabelled: "
         "/data/other.npz (sha256 abababababab); provenance.json): their test metrics differ by "
         "data as well as by model, whatever their test cases are called."
     ) in capsys.readouterr().err
