@@ -102,6 +102,8 @@ def images_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     for file in sorted(folder.rglob("*")):
         if not file.is_file() or any(p.startswith(".") for p in file.relative_to(folder).parts):
             continue
+        if is_dicom_index(file):  # lists the images, which are read from their own files
+            continue
         if file.suffix.lower() in READABLE_EXTENSIONS:
             images.append(file)
         elif is_document(file) or file.suffix.lower() in TEXT_SUFFIXES:
@@ -140,12 +142,22 @@ def list_volumes(spec: str, image_column: str = "image") -> list[tuple[Path, str
 
 
 def holds_dicom(entries: list[Path]) -> bool:
-    """Whether any of these files is DICOM: named `.dcm`, or by its content (`DICM` after the
-    preamble: PACS name files IM000001 or by UID, without an extension)."""
+    """Whether any of these files is a DICOM image: named `.dcm`, or by its content (`DICM` after
+    the preamble: PACS name files IM000001 or by UID, without an extension). A CD's or an
+    export's `DICOMDIR` is their index, not an image: the series lie in the folders below it."""
     if any(p.suffix.lower() == ".dcm" for p in entries):
         return True
-    files = (p for p in entries if p.is_file() and not is_nifti(p) and not is_document(p))
+    files = (
+        p
+        for p in entries
+        if p.is_file() and not is_nifti(p) and not is_document(p) and not is_dicom_index(p)
+    )
     return any(file_signature(p) == "dicom" for p in files)
+
+
+def is_dicom_index(path: Path) -> bool:
+    """A DICOM media's directory file (`DICOMDIR`), which lists images and holds none."""
+    return path.name.upper() == "DICOMDIR"
 
 
 def _volumes_under(folder: Path) -> list[Path]:
@@ -158,7 +170,7 @@ def _volumes_under(folder: Path) -> list[Path]:
     arrays = [p for p in files if p.suffix.lower() in (".npy", ".npz")]
     found = [p for p in files if is_nifti(p)] + arrays
     for sub in (p for p in entries if p.is_dir()):
-        inside = [p for p in sub.iterdir() if not p.name.startswith(".")]
+        inside = [p for p in sub.iterdir() if not p.name.startswith(".") and not is_dicom_index(p)]
         dicom = any(p.suffix.lower() == ".dcm" for p in inside)
         plain = not any(p.is_dir() or is_nifti(p) for p in inside)
         found += [sub] if dicom or (plain and inside) else _volumes_under(sub)

@@ -671,3 +671,15 @@ def test_a_folder_s_images_are_recognised_by_their_content(finished_runs, tmp_pa
     assert not (tmp_path / "none.csv").exists()
     # A run on volumes takes a folder of extensionless DICOM files for one series, as .dcm ones.
     assert list_volumes(str(pacs)) == [(pacs, "pacs")]
+    # A CD's or an export's DICOMDIR is their index, no image: its series are the folders below.
+    disc = tmp_path / "disc"
+    for series in ("S0001", "S0002"):
+        shutil.copytree(pacs, disc / series)
+    (disc / "DICOMDIR").write_bytes((pacs / "IM000001").read_bytes())  # its preamble, as one
+    assert list_volumes(str(disc)) == [(disc / "S0001", "S0001"), (disc / "S0002", "S0002")]
+    caplog.clear()
+    out = tmp_path / "o" / "disc.csv"
+    with caplog.at_level("WARNING"):
+        assert main([f"run_dir={run}", f"inputs={disc}", f"output={out}"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(read_rows(out)) == 4
