@@ -124,7 +124,9 @@ class TrainJobs:
                 run_dir = Path(hydra.runtime.output_dir)
                 # A config error found once the data were read (a model that cannot be built)
                 # takes the data check's files along; a data error keeps them: they list it.
-                written = REFUSED_RUN_FILES | (DATA_READ_FILES if config_error(err) else set())
+                from medtrain.engine.resume import EARLY_FILES  # written once data are read
+
+                written = REFUSED_RUN_FILES | (set(EARLY_FILES) if config_error(err) else set())
                 if self.held_before is not None:
                     undo_refused_run(run_dir, self.held_before, written)
                 elif discard_refused_run(run_dir, task_overrides(hydra), written):
@@ -228,16 +230,6 @@ class OtherGridsJob(ConfigError):
     """A grid's job folder holds a run of other overrides: another grid's (`check_same_job`)."""
 
 
-# What makes a folder another command's, which a grid's `hydra.sweep.dir` may not be.
-NOT_A_GRID = {
-    "metrics.json": "a run",
-    "checkpoints": "a run",
-    "folds.json": "a cross-validation",
-    "study.db": "a search (medtrain sweep)",
-    "study.json": "a search (medtrain sweep)",
-}
-
-
 def check_grid_folder(folder: Path) -> None:
     """A grid's `hydra.sweep.dir` must be a folder of its own or an earlier grid's: a grid in a
     run's, a CV's or a search's folder would mix its jobs and summary with theirs (and number its
@@ -248,11 +240,13 @@ def check_grid_folder(folder: Path) -> None:
     """
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"hydra.sweep.dir={folder} is a file; give the grid a folder")
-    held = [name for name in NOT_A_GRID if (folder / name).exists()]
-    if held:
+    from medtrain.experiments.folders import MARKERS, marked_as
+
+    marked = marked_as(folder, [name for name in MARKERS if name != "multirun.yaml"])
+    if marked:
         raise ConfigError(
-            f"hydra.sweep.dir={folder} holds {NOT_A_GRID[held[0]]} ({', '.join(held)}): give the "
-            "grid a folder of its own"
+            f"hydra.sweep.dir={folder} holds {marked[0]} ({', '.join(marked[1])}): give the grid "
+            "a folder of its own"
         )
 
 
@@ -317,8 +311,6 @@ def check_same_job(
 # read) leave in a run folder before training writes anything.
 REFUSED_RUN_FILES = frozenset({".hydra", "train.log", "provenance.json", "git_diff.patch"})
 HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
-# What a run writes once its data are read, before its first epoch (`resume.EARLY_FILES`).
-DATA_READ_FILES = frozenset({"splits.json", "data_report.json", "groups.json"})
 
 
 def config_error(err: Exception) -> bool:
@@ -335,7 +327,7 @@ def discard_refused_run(
 
     Only a folder that holds nothing else and whose `.hydra/overrides.yaml` is this command's
     goes (`written`: what a refused run may have written, `REFUSED_RUN_FILES` and, for a config
-    error found after the data were read, `DATA_READ_FILES`); the caller never passes a folder that
+    error found after the data were read, `resume.EARLY_FILES`); the caller never passes a folder that
     existed before the command (`hydra.run.dir` named an existing one). The date folder of the
     default `outputs/<date>/<time>` goes too when it is left empty; no other folder above. Returns
     whether the folder was removed."""

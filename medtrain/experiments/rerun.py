@@ -21,6 +21,7 @@ from medtrain.engine.config import override_value
 from medtrain.engine.provenance import collect_provenance, data_fingerprint, fingerprint_change
 from medtrain.engine.trust import check_run_folder
 from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.experiments.folders import marked_as
 from medtrain.io import load_checkpoint, read_json, save_json
 
 # Keys that build_datasets fills in from the data (null in .hydra/config.yaml, values in best.pt).
@@ -299,15 +300,6 @@ def _device(run_dir: Path, provenance: Mapping[str, Any] | None) -> str | None:
     return info.get("device")
 
 
-# What a folder of runs is, by the file that says so.
-SWEEP_OR_CV = {
-    "multirun.yaml": "a grid's folder (medtrain -m)",
-    "folds.json": "a cross-validation's folder",
-    "study.db": "a search's folder (medtrain sweep)",
-    "study.json": "a search's folder (medtrain sweep)",
-}
-
-
 def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConfig, dict[str, Any]]:
     """The run's saved config (path and content) and metrics, or an error naming the bad file or
     what its configs may not build (`medtrain.engine.trust`: checked here, before the rerun's
@@ -325,14 +317,11 @@ def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConf
             (p.name for p in run_dir.iterdir() if (p / ".hydra" / "config.yaml").is_file()),
             key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name),
         )
-        kind = next(
-            (what for name, what in SWEEP_OR_CV.items() if (run_dir / name).is_file()),
-            "a folder of runs",
-        )
+        marked = marked_as(run_dir, ("multirun.yaml", "folds.json", "study.db", "study.json"))
         if jobs:  # a grid's, a search's or a CV's folder: its runs are the folders below it
             raise ConfigError(
-                f"run_dir: {run_dir} is {kind}, not a run: rerun one of its runs, "
-                f"run_dir={run_dir / jobs[0]} (its runs: {', '.join(jobs[:8])}"
+                f"run_dir: {run_dir} holds {marked[0] if marked else 'runs'}, not a run: rerun "
+                f"one of its runs, run_dir={run_dir / jobs[0]} (its runs: {', '.join(jobs[:8])}"
                 f"{', ...' if len(jobs) > 8 else ''})"
             )
         raise ConfigError(f"{config} not found: run_dir must be a run folder of medtrain train")

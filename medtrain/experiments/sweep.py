@@ -36,6 +36,7 @@ from medtrain.engine.config import CONF, bare_key, compose_config, passed_overri
 from medtrain.engine.config_files import own_config_folders
 from medtrain.engine.training import train
 from medtrain.errors import ConfigError
+from medtrain.experiments.folders import marked_as
 from medtrain.experiments.studies import (
     INTERRUPTED,
     SEARCH,
@@ -235,18 +236,11 @@ def check_sweep_dir(sweep: Sweep) -> None:
     folder = sweep.dir
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"sweep.dir={folder} is a file; give a folder")
-    held = [
-        n
-        for n in ("metrics.json", "checkpoints", "folds.json", "multirun.yaml")
-        if (folder / n).exists()
-    ]
-    if held:
-        what = {"folds.json": "a cross-validation", "multirun.yaml": "a grid (medtrain -m)"}.get(
-            held[-1], "a run"
-        )
+    marked = marked_as(folder, ("folds.json", "multirun.yaml", "metrics.json", "checkpoints"))
+    if marked:
         raise ConfigError(
-            f"sweep.dir={folder} holds {what} ({', '.join(held)}): give the sweep a folder of "
-            "its own"
+            f"sweep.dir={folder} holds {marked[0]} ({', '.join(marked[1])}): give the sweep a "
+            "folder of its own"
         )
     pointer = read_json(folder / STUDY_FILE) if (folder / STUDY_FILE).is_file() else None
     named = (pointer or {}).get("storage")

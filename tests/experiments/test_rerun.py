@@ -304,8 +304,8 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys):
     (grid / "multirun.yaml").write_text("{}")
     assert main([f"run_dir={grid}"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: run_dir: {grid} is a grid's folder (medtrain -m), not a run: rerun one of its "
-        f"runs, run_dir={grid / '0'} (its runs: 0, 1, 2, 10)"
+        f"error: run_dir: {grid} holds a grid (medtrain -m), not a run: rerun one of its runs, "
+        f"run_dir={grid / '0'} (its runs: 0, 1, 2, 10)"
     )
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
