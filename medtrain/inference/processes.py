@@ -95,26 +95,44 @@ def listening_sockets(
         ) from err
     unique = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
     sockets: list[socket.socket] = []
-    try:
-        for family, address in unique if every else unique[:1]:
+    skipped: OSError | None = None
+    for family, address in unique if every else unique[:1]:
+        sock = None
+        try:
             # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on each accepted connection
             # (without it small answers wait for the client's delayed ACK, about 40 ms).
             sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if every and family == socket.AF_INET6:  # as asyncio: IPv6 alone, beside IPv4
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
             sock.listen(backlog)
-    except OSError as err:
-        for sock in sockets:
-            sock.close()
-        advice = BIND_ADVICE.get(err.errno)
-        raise ConfigError(
-            f"host={host} port={port}: cannot listen there ({err.strerror or err})"
-            + (f": {advice}" if advice else "")
-        ) from err
+            sockets.append(sock)
+        except OSError as err:
+            if sock is not None:
+                sock.close()
+            if every and err.errno in UNUSABLE_FAMILY:  # `localhost`'s ::1 without IPv6: skipped,
+                skipped = err  # as asyncio skips it
+                continue
+            for bound in sockets:
+                bound.close()
+            raise bind_error(host, port, err) from err
+    if not sockets:  # every address skipped
+        assert skipped is not None
+        raise bind_error(host, port, skipped) from skipped
     return sockets
+
+
+# An address family this machine cannot use (IPv6 disabled): one of several addresses is skipped.
+UNUSABLE_FAMILY = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def bind_error(host: str, port: int, err: OSError) -> ConfigError:
+    advice = BIND_ADVICE.get(err.errno)
+    return ConfigError(
+        f"host={host} port={port}: cannot listen there ({err.strerror or err})"
+        + (f": {advice}" if advice else "")
+    )
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:

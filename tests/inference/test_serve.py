@@ -386,6 +386,38 @@ def test_cli_errors(capsys, tmp_path):
     assert main(["--help"]) == 0 and "X-API-Key" in capsys.readouterr().out
 
 
+def test_an_address_family_the_machine_lacks_is_skipped_among_several(monkeypatch):
+    """`localhost` names ::1 too, which a machine without IPv6 cannot bind: skipped, as asyncio
+    skips it, while the others serve; a machine that can bind none of them is refused."""
+    import errno
+
+    from medtrain.errors import ConfigError
+    from medtrain.inference import processes
+
+    real = socket.socket
+
+    def no_ipv6(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    both = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+    ]
+    monkeypatch.setattr(processes.socket, "socket", no_ipv6)
+    monkeypatch.setattr(processes.socket, "getaddrinfo", lambda *a, **k: both)
+    sockets = processes.listening_sockets("localhost", 0)
+    try:
+        assert [s.family for s in sockets] == [socket.AF_INET]
+    finally:
+        for sock in sockets:
+            sock.close()
+    monkeypatch.setattr(processes.socket, "getaddrinfo", lambda *a, **k: both[:1])
+    with pytest.raises(ConfigError, match="host=localhost port=0: cannot listen there"):
+        processes.listening_sockets("localhost", 0)
+
+
 def test_a_port_in_use_or_an_address_not_here_is_an_error_line_before_serving(
     finished_runs, capsys, monkeypatch
 ):
