@@ -138,7 +138,7 @@ def validate(cfg: DictConfig) -> torch.device:
         every,
         "must be a whole number of epochs >= 1",
     )
-    for key in ("check_data", "report", "augment_on_device", "val_tta"):
+    for key in ("check_data", "report", "augment_on_device", "val_tta", "resume_on_changed_data"):
         value = t.get(key, True)
         require(isinstance(value, bool), f"trainer.{key}", value, "must be true or false")
     if "loss_mean" in t:  # a run saved before the key: batch means (`MEANT_WITHOUT_KEY`)

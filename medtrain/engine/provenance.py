@@ -419,6 +419,8 @@ def record_resumed_session(
     if processes > 1:
         session["distributed"] = world
     session["config_changes"] = resumed["config_changes"]
+    if resumed.get("data_changed"):  # trainer.resume_on_changed_data: its epochs' data differ
+        session["data_changed"] = resumed["data_changed"]
     if record is None:
         provenance = _new_record(run_dir, cfg, device, world)
         provenance["recorded_from_epoch"] = resumed["after_epoch"]

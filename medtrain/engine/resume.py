@@ -73,6 +73,7 @@ MAY_CHANGE = (
     "distributed.find_unused_parameters",
     "compile",
     "channels_last",
+    "resume_on_changed_data",
 )
 
 
@@ -275,7 +276,7 @@ def check_before_resuming(cfg, run_dir: Path) -> dict[str, Any]:
     check_targets(checkpoint.get("config") or {}, path, configured_targets(current))
     changes = check_resumed_config(checkpoint["config"], current, None, before_data=True)
     run = path.parent.parent if path.parent.name == "checkpoints" else None
-    check_same_data(cfg, run)
+    data_changed = check_same_data(cfg, run)
     patience = cfg.trainer.get("early_stopping_patience")
     stopped = bool(patience) and checkpoint.get("stale_epochs", 0) >= patience
     trains_on = checkpoint.get("epoch", 0) < cfg.trainer.max_epochs and not stopped  # else: tests
@@ -292,7 +293,7 @@ def check_before_resuming(cfg, run_dir: Path) -> dict[str, Any]:
         "config_changes": changes,
         "world_size": checkpoint.get("world_size", 1),
         "run": None if run is None else str(run),
-    }
+    } | ({"data_changed": data_changed} if data_changed else {})
 
 
 def run_provenance(run: Path | None) -> dict[str, Any] | None:
@@ -318,26 +319,39 @@ def run_provenance(run: Path | None) -> dict[str, Any] | None:
     return provenance
 
 
-def check_same_data(cfg, run: Path | None) -> None:
+def check_same_data(cfg, run: Path | None) -> str | None:
     """The data must be those the run recorded when it started (its `provenance.json`'s
     fingerprint), as `medtrain cv` holds its folds to them: the epochs after the checkpoint would
     train on other labels or images than those before it, and the run's record would describe
-    neither.
+    neither. `trainer.resume_on_changed_data=true` continues all the same, with a warning.
+
+    Returns:
+        What changed, when the run continues on changed data (recorded with the session).
 
     Raises:
         ConfigError: naming the data, both digests and the run folder.
     """
     before = (run_provenance(run) or {}).get("data") or {}
     if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
-        return  # generated data: their settings are compared with the checkpoint's config
+        return None  # generated data: their settings are compared with the checkpoint's config
     changed = fingerprint_change(before, data_fingerprint(cfg, like=before))
+    if changed and cfg.trainer.get("resume_on_changed_data", False):
+        log.warning(
+            "trainer.resume: the data changed since the run in %s started (%s); continuing on "
+            "them (trainer.resume_on_changed_data=true): its epochs are of two data sets",
+            run,
+            changed,
+        )
+        return changed
     if changed:
         raise ConfigError(
             f"trainer.resume: the data changed since the run in {run} started: {changed}. Its "
             "remaining epochs would train on other labels or images than its first: restore "
             "the data to continue the run, or train a new run on them (a new hydra.run.dir, "
-            "without trainer.resume)"
+            "without trainer.resume), or continue on them knowingly with "
+            "trainer.resume_on_changed_data=true"
         )
+    return None
 
 
 def _copy_checkpoints(source: Path, ckpt_dir: Path) -> None:

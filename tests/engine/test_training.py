@@ -4,6 +4,7 @@ that recompute to the reported metrics, resume = uninterrupted, rerun = original
 import contextlib
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -966,6 +967,15 @@ def test_a_resume_on_changed_data_is_refused_before_anything_is_written(tmp_path
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log"} == (
         kept
     )
+    copy = tmp_path / "copy"  # continued knowingly on the changed data: said and recorded
+    shutil.copytree(run, copy)
+    knowingly = [*command[:-1], f"hydra.run.dir={copy}", "trainer.resume=true"]
+    assert main([*knowingly, "trainer.resume_on_changed_data=true"]) == 0
+    assert "continuing on them (trainer.resume_on_changed_data=true)" in "".join(
+        capsys.readouterr()
+    )
+    (session,) = json.loads((copy / "provenance.json").read_text())["resumed"]
+    assert session["data_changed"].startswith(f"{csv_path} (data fingerprint {recorded[:12]}")
     csv_path.write_bytes(original)
     assert main([*command, "trainer.resume=true"]) == 0
     assert read_metrics(run)["epochs_trained"] == 2
