@@ -78,6 +78,9 @@ class TrainJobs:
     # Whether the command ended with every job run to its end on every rank (no job stopped the
     # process): under torchrun, the ranks then leave together (`_end_distributed_process`).
     in_step: bool = False
+    # Whether `FolderGuard` recorded what the run folder held: a refused run removes nothing
+    # without that record (a folder of one's own might be taken for one this command made).
+    guarded: bool = False
     # The command's task function while it runs: `FolderGuard` records what its folders held.
     current: ClassVar[TrainJobs | None] = None
 
@@ -127,7 +130,9 @@ class TrainJobs:
                 from medtrain.engine.resume import EARLY_FILES  # written once data are read
 
                 written = REFUSED_RUN_FILES | (set(EARLY_FILES) if config_error(err) else set())
-                if self.held_before is not None:
+                if not self.guarded:
+                    pass  # what the folder held is unknown (no FolderGuard): nothing is removed
+                elif self.held_before is not None:
                     undo_refused_run(run_dir, self.held_before, written)
                 elif discard_refused_run(run_dir, task_overrides(hydra), written):
                     for folder in self.made_above:  # deepest first; only while left empty
@@ -150,6 +155,7 @@ class TrainJobs:
             if hydra.mode == RunMode.MULTIRUN:
                 self.failed.append(hydra.job.num)
                 return None  # recorded as failed (no metrics.json); the grid goes on
+            self.in_step = True  # refused on every rank: rank 0 may still be tidying its folder
             sys.exit(2)
         # The monitored validation value (never a test value), for sweepers that optimise it.
         return metrics.get(cfg.task.monitor)
@@ -199,6 +205,7 @@ class FolderGuard(Callback):
         jobs = TrainJobs.current
         if jobs is None or launched_rank() > 0:
             return
+        HydraConfig.instance().set_config(config)  # as the job will: `${hydra:...}` resolves
         try:
             folder = Path(str(config.hydra.run.dir))
             resume = (config.get("trainer") or {}).get("resume")
@@ -207,6 +214,7 @@ class FolderGuard(Callback):
         jobs.saved_hydra = hydra_files_before(folder, resume)
         jobs.held_before = held_by(folder)
         jobs.made_above = missing_parents(folder)
+        jobs.guarded = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from medtrain.engine.ranks import launched_rank
@@ -214,6 +222,7 @@ class FolderGuard(Callback):
         jobs = TrainJobs.current
         if jobs is None or launched_rank() > 0:
             return
+        HydraConfig.instance().set_config(config)  # `${hydra:...}` in the folder resolves
         grid = str(config.hydra.sweep.dir)
         try:
             check_grid_folder(Path(grid))

@@ -95,6 +95,8 @@ MEANT_WITHOUT_KEY = {
     "trainer.val_tta": True,
     # val/loss as the mean of batch means: the best checkpoint when it is the monitor.
     "trainer.loss_mean": "batches",
+    # Resumes refused changed data before the key (release 0.3): a run without it never allowed it.
+    "trainer.resume_on_changed_data": False,
 }
 
 

@@ -183,6 +183,7 @@ NO_EFFECT_ON_RESUME = NO_EFFECT_KEYS | {
     "trainer.distributed.find_unused_parameters",
     "dataset.cache_mb",
     "cv.folds_file",
+    "trainer.resume_on_changed_data",  # what it allowed is said by the session's data_changed
 }
 # Provenance entries a session may differ in without computing differently (a requeued job's
 # node may run another kernel).
@@ -230,6 +231,8 @@ def resumed_changes(provenance: Mapping[str, Any] | None) -> list[str]:
             if key not in NO_EFFECT_ON_RESUME_ENVIRONMENT
             and not any(p in IGNORED_PROVENANCE for p in _prefixes(key))
         ]
+        if session.get("data_changed"):  # trainer.resume_on_changed_data
+            items.append(f"other data ({session['data_changed']})")
         if items:
             described.append(f"after epoch {session.get('after_epoch')}: {', '.join(items)}")
     return described

@@ -548,6 +548,13 @@ def test_a_folder_with_a_split_file_of_ones_own_is_no_run_folder(tmp_path, capsy
         ) in said.out + said.err
         assert [p.name for p in folder.iterdir()] == ["splits.json"]
         assert (folder / "splits.json").read_text() == '{"mine": 1}'
+    # Named by Hydra's own resolver (`${hydra:job.name}` is train), and refused by a bad value.
+    mine = tmp_path / "hj" / "train"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    named = f"hydra.run.dir={tmp_path / 'hj'}/${{hydra:job.name}}"
+    assert main([*TINY, ON_CPU, named, "optimizer.lr=-1"]) == 2
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     # An earlier attempt's (its provenance.json beside them) may be trained over.
     (folder / "provenance.json").write_text("{}")
     assert main([*TINY, ON_CPU, "trainer.max_epochs=1", f"hydra.run.dir={folder}"]) == 0
