@@ -175,9 +175,9 @@ def grades_outside(
     datasets: dict, names: dict[str, Names], grades: Any
 ) -> tuple[list[str], list[str]]:
     """(errors, warnings) for ordinal grades outside `grades` (`task.grade_range`), naming their
-    rows: errors where the range was given (it is not the training split's own), warnings where
-    it is the training split's (a grade only val or test hold, which the model cannot predict;
-    the split decides that, not the data)."""
+    rows: errors where the config gives the range, warnings where it is the training split's
+    (`RegressionTask.fit_to_data` marks the training set so: a grade only val or test hold,
+    which the model cannot predict; the split decides that, not the data)."""
     if grades is None:
         return [], []
     low, high = float(grades[0]), float(grades[1])
@@ -186,9 +186,7 @@ def grades_outside(
         values = np.asarray(ds.labels).reshape(len(ds.labels), -1).astype(np.float64)
         return np.where(np.isfinite(values), values, np.nan)
 
-    train = datasets.get("train")
-    seen = targets(train) if train is not None and len(train.labels) else np.empty((0, 1))
-    given = not len(seen) or (np.nanmin(seen), np.nanmax(seen)) != (low, high)
+    given = not getattr(datasets.get("train"), "grade_range_of_split", False)
     said = []
     for split, ds in datasets.items():
         if isinstance(ds, MASK_DATASETS) or not getattr(ds, "regression", False):

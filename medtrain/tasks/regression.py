@@ -173,6 +173,8 @@ class RegressionTask(Task):
                 )
             if cfg.task.get(key) is None:  # values given in the config win
                 cfg.task[key] = value
+                if key == "grade_range":  # the data check says so of grades outside it
+                    train.grade_range_of_split = True
 
     @classmethod
     def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:

@@ -570,6 +570,11 @@ def test_ordinal_grades_outside_the_grade_range_name_their_rows(tmp_path):
         "task.grade_range=[lowest,highest] to cover every grade"
     ) in report["warnings"]
     assert check(manifest_overrides(path, "task=regression", "loss=mse"))["errors"] == []
+    # A range given that happens to be the training split's own is still given: an error.
+    report = check(manifest_overrides(path, *ordinal, "task.grade_range=[0,9]"))
+    assert [line.split(": grade ")[1][:30] for line in report["errors"]] == [
+        "-2 is outside task.grade_range"
+    ]
 
 
 def test_training_hook_writes_the_report_and_stops_on_errors(tmp_path):
