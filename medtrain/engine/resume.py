@@ -356,6 +356,38 @@ def check_same_data(cfg, run: Path | None) -> str | None:
     return None
 
 
+def check_same_splits(cfg, resumed: dict[str, Any], datasets: dict) -> None:
+    """A continued run keeps its cases in their splits (its `splits.json`): a seeded split drawn
+    again on changed data (`trainer.resume_on_changed_data`: a file added to a folder) moves cases,
+    and a training image in val or test would be scored as unseen.
+
+    Raises:
+        ConfigError: naming the cases that moved and the split file that keeps them where they were.
+    """
+    run = resumed.get("run")
+    before = read_json(Path(run) / "splits.json") if run else None
+    if not isinstance(before, dict):
+        return  # a checkpoint apart from its run folder, or a run of a release before splits.json
+    was = {str(case): split for split, cases in before.items() for case in cases or []}
+    moved = [
+        f"{case}: {was[str(case)]} -> {split}"
+        for split, ds in datasets.items()
+        for case in ds.ids
+        if str(case) in was and was[str(case)] != split
+    ]
+    if moved:
+        shown = "; ".join(moved[:5]) + ("; ..." if len(moved) > 5 else "")
+        keep = (
+            f"continue with the run's split, dataset.split_file={Path(run) / 'splits.json'}"
+            if "split_file" in cfg.dataset
+            else "restore the data to continue the run, or train a new run on them"
+        )
+        raise ConfigError(
+            f"trainer.resume: {len(moved)} case(s) are in another split than when the run "
+            f"started ({shown}): training images would be scored as unseen; {keep}"
+        )
+
+
 def _copy_checkpoints(source: Path, ckpt_dir: Path) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for name in ("best.pt", "last.pt"):

@@ -48,6 +48,7 @@ from medtrain.engine.provenance import write_provenance
 from medtrain.engine.resume import (
     check_before_resuming,
     check_new_run_folder,
+    check_same_splits,
     resolve_auto,
     resume_path,
 )
@@ -128,15 +129,19 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
         distributed.decided(check_new_run_folder, run_dir)
     configure_determinism(cfg.trainer.deterministic)
     # Environment, git state, data fingerprint, seeds and determinism: what a rerun is checked
-    # against. A resumed session keeps the run's record and adds its own.
+    # against. A resumed session keeps the run's record and adds its own once its data passed
+    # their checks (a refused session leaves no record).
     world = distributed.describe()
-    distributed.decided(lambda: write_provenance(run_dir, cfg, device, world, resumed) and None)
+    if resumed is None:
+        distributed.decided(lambda: write_provenance(run_dir, cfg, device, world) and None)
     seed_everything(cfg.seed)
 
     datasets = distributed.agreed(build_datasets, cfg)  # a file missing on one node stops all
     if distributed.is_distributed():  # the same cases and inferred values on every node
         distributed.check_same_config(cfg, datasets)
     distributed.agreed(check_against_data, cfg)
+    if resumed is not None:  # before the data check rewrites anything of the run
+        distributed.decided(check_same_splits, cfg, resumed, datasets)
     if cfg.dataset.get("tabular_columns"):  # before the data are read: the model must take them
         check_inputs_read(build_model(cfg), cfg.dataset.tabular_columns, cfg.model.get("_target_"))
     if cfg.trainer.get("check_data", True):  # runs saved before the key existed: on
@@ -146,6 +151,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     elif distributed.is_main():  # said by the data check otherwise
         for line in built_warnings(datasets).values():
             log.warning("data: %s", line)
+    if resumed is not None:
+        distributed.decided(lambda: write_provenance(run_dir, cfg, device, world, resumed) and None)
     # Which images are in which split, so that the split can be reused (dataset.split_file=...).
     splits = {split: list(d.ids) for split, d in datasets.items()}
     distributed.decided(lambda: save_json(run_dir / "splits.json", splits) and None)

@@ -974,18 +974,61 @@ def test_a_resume_on_changed_data_is_refused_before_anything_is_written(tmp_path
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.log"} == (
         kept
     )
-    copy = tmp_path / "copy"  # continued knowingly on the changed data: said and recorded
+    copy = tmp_path / "copy"  # continued knowingly on changed data: said and recorded
     shutil.copytree(run, copy)
     knowingly = [*command[:-1], f"hydra.run.dir={copy}", "trainer.resume=true"]
-    assert main([*knowingly, "trainer.resume_on_changed_data=true"]) == 0
+    knowingly.append("trainer.resume_on_changed_data=true")
+    # The flipped labels draw the stratified split again: cases move, and that is refused.
+    assert main(knowingly) == 2
+    assert "case(s) are in another split than when the run started" in "".join(capsys.readouterr())
+    csv_path.write_bytes(original)  # an image corrected instead: the cases stay where they were
+    image = csv_path.parent / "images" / "case000.png"
+    pixels = image.read_bytes()
+    Image.fromarray(np.full((16, 16), 99, np.uint8)).save(image)
+    assert main(knowingly) == 0
     assert "continuing on them (trainer.resume_on_changed_data=true)" in "".join(
         capsys.readouterr()
     )
     (session,) = json.loads((copy / "provenance.json").read_text())["resumed"]
     assert session["data_changed"].startswith(f"{csv_path} (data fingerprint {recorded[:12]}")
-    csv_path.write_bytes(original)
+    image.write_bytes(pixels)
     assert main([*command, "trainer.resume=true"]) == 0
     assert read_metrics(run)["epochs_trained"] == 2
+
+
+def test_a_resume_keeps_every_case_in_the_split_it_started_in(tmp_path):
+    """A seeded split drawn again on changed data (a file added to the folder) can move a
+    training image into test: the resume is refused, naming the cases that moved; new cases and
+    cases in their old split pass."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from medtrain.engine.resume import check_same_splits
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "splits.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"], "test": ["d"]}))
+
+    def splits(**ids):
+        return {split: SimpleNamespace(ids=cases) for split, cases in ids.items()}
+
+    moved = splits(train=["a", "c", "e"], val=["b"], test=["d"])
+    for dataset, advice in (
+        ({"path": "x"}, "restore the data to continue the run, or train a new run on them"),
+        (
+            {"split_file": None},
+            f"continue with the run's split, dataset.split_file={run / 'splits.json'}",
+        ),
+    ):
+        with pytest.raises(ConfigError) as err:
+            check_same_splits(OmegaConf.create({"dataset": dataset}), {"run": str(run)}, moved)
+        assert str(err.value) == (
+            "trainer.resume: 2 case(s) are in another split than when the run started (c: val "
+            f"-> train; b: train -> val): training images would be scored as unseen; {advice}"
+        )
+    kept = splits(train=["a", "b", "e"], val=["c"], test=["d"])
+    check_same_splits(OmegaConf.create({"dataset": {"path": "x"}}), {"run": str(run)}, kept)
 
 
 def test_a_resumed_run_keeps_its_provenance_and_records_each_session(tmp_path, monkeypatch):
