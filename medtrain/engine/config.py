@@ -281,11 +281,13 @@ def near_miss(key: str, known: set[str], values: dict, plurals: bool = False) ->
 
 
 def check_task_settings(cfg: DictConfig) -> None:
-    """The task's and the loss's own settings that the config alone decides (`task.tta`, and a
-    task's `check_settings`: `task.grade_range`, `task.target_std`, `task.cut_points`; the Huber
-    loss's `delta`), so that a refused value stops the run before the data are read and anything
-    is written, and `medtrain check-data` reports it. Values the data decide (class names, target
-    statistics) are checked when the task is built, after the data check."""
+    """The task's and the loss's own settings that the config alone decides (`task.tta`, and the
+    task class's `check_settings`: the monitor's direction, a classification's threshold, a
+    segmentation's connectivity, sizes, tiled inference and instance settings, a regression's
+    grade range, target spread and cut points; the Huber loss's `delta`), so that a refused
+    value stops the run before the data are read and anything is written, and `medtrain
+    check-data` reports it. Values the data decide (class names, target statistics) are checked
+    when the task is built, after the data check."""
     from medtrain.tasks.tta import check_tta
 
     loss = cfg.get("loss") or {}

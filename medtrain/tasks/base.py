@@ -164,8 +164,7 @@ class Task:
         flip_tta: bool = False,
     ):
         monitor_mode = monitor_mode or self.default_monitor[1]
-        if monitor_mode not in ("max", "min"):
-            raise ConfigError(f"task.monitor_mode={monitor_mode!r}: choose 'max' or 'min'")
+        Task.check_settings({"monitor_mode": monitor_mode})
         self.loss_fn = loss
         self.class_names = list(class_names or [])
         self.monitor = monitor or self.default_monitor[0]
@@ -173,6 +172,15 @@ class Task:
         self.tta = check_tta(tta, flip_tta)
 
     # -- config, before any data is read ---------------------------------------------------------
+    @staticmethod
+    def check_settings(task: Mapping[str, Any]) -> None:
+        """The task's settings that the config alone decides, checked before the data are read
+        (`medtrain.engine.config.check_task_settings`) and again by the constructor; a task adds
+        its own (calling this one)."""
+        monitor_mode = task.get("monitor_mode")
+        if monitor_mode is not None and monitor_mode not in ("max", "min"):
+            raise ConfigError(f"task.monitor_mode={monitor_mode!r}: choose 'max' or 'min'")
+
     @classmethod
     def check_config(
         cls, cfg: DictConfig, provides: Sequence[str] | None, choices: Choices

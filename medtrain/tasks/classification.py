@@ -74,13 +74,7 @@ class ClassificationTask(Task):
         tta: str | None = None,
         flip_tta: bool = False,
     ):
-        if isinstance(threshold, str) and threshold not in M.THRESHOLD_METHODS:
-            raise ConfigError(
-                f"task.threshold={threshold!r}: use a number in (0, 1) or one of "
-                f"{M.THRESHOLD_METHODS}"
-            )
-        if not isinstance(threshold, str) and not 0 < threshold < 1:
-            raise ConfigError(f"task.threshold={threshold} must be in (0, 1)")
+        self.check_settings({"threshold": threshold})
         super().__init__(loss, class_names, monitor, monitor_mode, tta, flip_tta)
         self.multilabel = bool(multilabel)
         self.threshold_rule = threshold
@@ -89,6 +83,18 @@ class ClassificationTask(Task):
         self.threshold: float | list[float] = (
             0.5 if isinstance(threshold, str) else float(threshold)
         )
+
+    @staticmethod
+    def check_settings(task: Mapping[str, Any]) -> None:
+        Task.check_settings(task)
+        threshold = task.get("threshold", 0.5)
+        if isinstance(threshold, str) and threshold not in M.THRESHOLD_METHODS:
+            raise ConfigError(
+                f"task.threshold={threshold!r}: use a number in (0, 1) or one of "
+                f"{M.THRESHOLD_METHODS}"
+            )
+        if not isinstance(threshold, str) and not 0 < threshold < 1:
+            raise ConfigError(f"task.threshold={threshold} must be in (0, 1)")
 
     @classmethod
     def check_config(

@@ -112,6 +112,7 @@ class RegressionTask(Task):
         """The settings the config alone decides (`medtrain.engine.config.check_task_settings`
         calls this before the data are read; the constructor, again, with the values the data
         decided)."""
+        Task.check_settings(task)
         grade_range, target_std = task.get("grade_range"), task.get("target_std")
         if grade_range is not None and (len(grade_range) != 2 or grade_range[0] >= grade_range[1]):
             raise ConfigError(f"task.grade_range={list(grade_range)} must be [lowest, highest]")

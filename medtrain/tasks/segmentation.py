@@ -114,17 +114,10 @@ class SegmentationTask(Task):
         num_overlays: int = 16,
         instances: Mapping[str, Any] | None = None,
     ):
-        if connectivity not in (1, 2):
-            raise ConfigError(f"task.connectivity={connectivity}: use 1 (4-) or 2 (8-connected)")
-        if min_object_size < 0 or num_overlays < 0:
-            raise ConfigError("task.min_object_size and task.num_overlays must be >= 0")
+        settings = {"connectivity": connectivity, "min_object_size": min_object_size}
+        settings |= {"num_overlays": num_overlays, "inference": inference, "instances": instances}
+        self.check_settings(settings)
         inference = dict(inference or {})
-        unknown = set(inference) - {"window", "overlap", "blend", "batch_size"}
-        if unknown:
-            raise ConfigError(
-                f"task.inference has unknown keys {sorted(unknown)}; valid: window, overlap, "
-                "blend, batch_size"
-            )
         super().__init__(loss, class_names, monitor, monitor_mode, tta, flip_tta)
         self.window = inference.get("window")
         self.blend = inference.get("blend", "gaussian")
@@ -148,6 +141,34 @@ class SegmentationTask(Task):
                 f"{len(self.class_names) - 1} foreground classes ({list(self.class_names[1:])}): "
                 "set task.instances=null"
             )
+
+    @staticmethod
+    def check_settings(task: Mapping[str, Any]) -> None:
+        """Connectivity, sizes, the tiled inference's keys and values, and `task.instances`'s
+        keys (its one foreground class is checked with the class names, which the data may
+        decide)."""
+        Task.check_settings(task)
+        connectivity = task.get("connectivity", 2)
+        if connectivity not in (1, 2):
+            raise ConfigError(f"task.connectivity={connectivity}: use 1 (4-) or 2 (8-connected)")
+        if task.get("min_object_size", 0) < 0 or task.get("num_overlays", 16) < 0:
+            raise ConfigError("task.min_object_size and task.num_overlays must be >= 0")
+        inference = dict(task.get("inference") or {})
+        unknown = set(inference) - {"window", "overlap", "blend", "batch_size"}
+        if unknown:
+            raise ConfigError(
+                f"task.inference has unknown keys {sorted(unknown)}; valid: window, overlap, "
+                "blend, batch_size"
+            )
+        if inference.get("window") is not None:
+            check_inference(
+                inference["window"],
+                inference.get("overlap", 0.5),
+                inference.get("blend", "gaussian"),
+                inference.get("batch_size", 8),
+            )
+        if task.get("instances") is not None:
+            check_instances(task["instances"])
 
     @classmethod
     def check_config(

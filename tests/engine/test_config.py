@@ -59,6 +59,7 @@ def test_bad_values_are_refused_with_the_key(override, message):
 
 
 REGRESSION = ["task=regression", "dataset=synthetic_clinical", "loss=mse"]
+SEGMENTATION = ["dataset=synthetic_segmentation", "task=segmentation", "model=unet", "loss=dice"]
 
 
 @pytest.mark.parametrize(
@@ -75,6 +76,11 @@ REGRESSION = ["task=regression", "dataset=synthetic_clinical", "loss=mse"]
         ([*REGRESSION, "task.target_std=[0]"], "task.target_std=[0.0] must be > 0"),
         ([*REGRESSION, "task.cut_points=mean"], "task.cut_points='mean': choose round or fitted"),
         ([*REGRESSION, "loss=huber", "loss.delta=-1"], "loss.delta=-1: must be a number > 0"),
+        (["task.threshold=2"], "task.threshold=2 must be in (0, 1)"),
+        (["task.monitor_mode=up"], "task.monitor_mode='up': choose 'max' or 'min'"),
+        ([*SEGMENTATION, "task.connectivity=3"], "task.connectivity=3: use 1 (4-) or 2"),
+        ([*SEGMENTATION, "+task.inference.windw=3"], "task.inference has unknown keys ['windw']"),
+        ([*SEGMENTATION, "task.instances={method:x}"], "task.instances.method='x': choose one"),
     ],
 )
 def test_task_and_loss_settings_are_refused_before_the_data_are_read(overrides, message):
