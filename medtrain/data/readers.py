@@ -132,6 +132,18 @@ def signature(data: bytes) -> str | None:
     )
 
 
+def cut_in_signature(data: bytes, kind: str) -> bool:
+    """Whether `data` is a damaged file of `kind`: it ends inside the format's magic bytes (cut
+    short), or starts with their first four and loses them after (`\x89PNG` and then other
+    bytes)."""
+    magics = [m for m, k in SIGNATURES.items() if k == kind]
+    magics += list(TIFF_SIGNATURES) if kind == "tiff" else []
+    return any(
+        (len(data) < len(magic) and magic.startswith(data)) or data[:4] == magic[:4]
+        for magic in magics
+    )
+
+
 def file_signature(path: str | Path) -> str | None:
     """`signature` of a file's first bytes (DICOM's `DICM` lies at bytes 128..131); None for a
     file that names no format by them, or cannot be opened."""
@@ -148,8 +160,9 @@ def sniff(data: bytes, name: str = "") -> str:
     By magic bytes: PNG, JPEG, NPY and NPZ at offset 0, then DICOM's `DICM` at offset 128, then
     TIFF. A DICOM preamble is 128 arbitrary bytes: it may look like a TIFF header (read as DICOM),
     while a file that starts as a PNG or JPEG is one even if its bytes 128..131 read `DICM`.
-    Content without a known signature goes by its extension: a DICOM file without its preamble
-    (anything else then fails to decode, as a broken file of that format).
+    Content without a known signature is a DICOM file without its preamble when its name says
+    DICOM (it then fails to decode if it is not one); PNG, JPEG, TIFF, NPY and NPZ files always
+    start with their signature, so one named so without it is another format, whatever its name.
 
     Raises:
         UnsupportedFormatError: the content is another format (GIF, BMP, EPS ...), or neither the
@@ -167,10 +180,12 @@ def sniff(data: bytes, name: str = "") -> str:
     if kind is not None:  # another format's (OTHER_SIGNATURES)
         raise UnsupportedFormatError(f"{source}: {a_file(kind)}; medtrain reads {FORMATS}")
     suffix = Path(name).suffix.lower()
-    if suffix in FORMAT_OF_SUFFIX:
-        return FORMAT_OF_SUFFIX[suffix]
+    named = FORMAT_OF_SUFFIX.get(suffix)
+    if named == "dicom" or (named is not None and cut_in_signature(data, named)):
+        return named  # decoded as such: a broken file of its format, not another format
     head = data[:8].hex(" ") if data else "nothing"
-    raise UnsupportedFormatError(f"{source}: not a {FORMATS} file (it starts with {head})")
+    named = ", whatever its name says" if suffix in FORMAT_OF_SUFFIX else ""
+    raise UnsupportedFormatError(f"{source}: not a {FORMATS} file{named} (it starts with {head})")
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, modality: bool = False) -> Decoded:

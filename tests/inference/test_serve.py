@@ -484,8 +484,12 @@ def hostile_uploads() -> list[tuple[str, str, object, int]]:
     named = {".png": 422, ".jpg": 422, ".tif": 422, ".npy": 422, ".npz": 422, ".dcm": 422}
     for size in (1, 7, 100, 131, 1000, 20000):
         noise = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
-        for suffix, status in {**named, "": 415, ".bmp": 415}.items():
+        # Named PNG, JPEG, TIFF, NPY or NPZ without their magic bytes: another format, whatever
+        # the name says (415); named DICOM, perhaps a file without its preamble (422).
+        for suffix in (*named, "", ".bmp"):
+            status = 422 if suffix == ".dcm" else 415
             cases.append((f"random{size}{suffix or '-noname'}", f"r{suffix}", noise, status))
+    cases.append(("text-named-png", "notes.png", b"a note, not an image\n", 415))
     for suffix in (*named, ""):
         cases.append((f"empty{suffix or '-noname'}", f"e{suffix}", b"", 422))
     valid = {
