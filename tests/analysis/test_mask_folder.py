@@ -277,7 +277,7 @@ def test_a_folder_of_few_object_labels_each_is_named_as_labels(tmp_path, capsys)
     [
         (["masks={tmp}/nowhere"], "no such file or folder"),
         (["masks={tmp}/empty"], "no .png"),
-        (["masks={tmp}/bad"], "cannot read"),
+        (["masks={tmp}/bad"], "bad/m.png: not a PNG, JPEG, TIFF, DICOM, NPY or NPZ file"),
         (["masks={tmp}/good", "spacing=[0.5,-1]"], "positive"),
         (["masks={tmp}/good", "spacing=[0.5"], "cannot parse"),
         (["masks={tmp}/good", "colour=red"], "unknown key 'colour'; valid keys: masks, images"),
