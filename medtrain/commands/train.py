@@ -124,20 +124,7 @@ class TrainJobs:
                 and distributed.is_main()  # the others write to scratch folders
                 and (not distributed.is_distributed() or distributed.raised_everywhere(err))
             ):
-                run_dir = Path(hydra.runtime.output_dir)
-                # A config error found once the data were read (a model that cannot be built)
-                # takes the data check's files along; a data error keeps them: they list it.
-                from medtrain.engine.resume import EARLY_FILES  # written once data are read
-
-                written = REFUSED_RUN_FILES | (set(EARLY_FILES) if config_error(err) else set())
-                if not self.guarded:
-                    pass  # what the folder held is unknown (no FolderGuard): nothing is removed
-                elif self.held_before is not None:
-                    undo_refused_run(run_dir, self.held_before, written)
-                elif discard_refused_run(run_dir, task_overrides(hydra), written):
-                    for folder in self.made_above:  # deepest first; only while left empty
-                        with contextlib.suppress(OSError):
-                            folder.rmdir()
+                self.tidy_refused_run(Path(hydra.runtime.output_dir), hydra, err)
             if isinstance(err, OtherGridsJob):
                 sys.exit(2)  # every later job may be another grid's too: the grid stops
             if isinstance(err, distributed.PeerFailed):
@@ -159,6 +146,24 @@ class TrainJobs:
             sys.exit(2)
         # The monitored validation value (never a test value), for sweepers that optimise it.
         return metrics.get(cfg.task.monitor)
+
+    def tidy_refused_run(self, run_dir: Path, hydra: DictConfig, err: MedtrainError) -> None:
+        """Leave the run folder of a refused run as it was before the command: what the refused
+        run added to a folder that existed is removed, and a folder it made goes (with the
+        folders above it made for it). A config error found once the data were read (a model
+        that cannot be built) takes the data check's files along; a data error keeps them: they
+        list it. Without `FolderGuard`'s record of the folder nothing is removed."""
+        from medtrain.engine.resume import EARLY_FILES  # written once the data are read
+
+        if not self.guarded:
+            return
+        written = REFUSED_RUN_FILES | (set(EARLY_FILES) if isinstance(err, ConfigError) else set())
+        if self.held_before is not None:
+            undo_refused_run(run_dir, self.held_before, written)
+        elif discard_refused_run(run_dir, task_overrides(hydra), written):
+            for folder in self.made_above:  # deepest first; only while left empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def restore_hydra_files(self) -> None:
         for path, content in self.saved_hydra.items():
@@ -320,11 +325,6 @@ def check_same_job(
 # read) leave in a run folder before training writes anything.
 REFUSED_RUN_FILES = frozenset({".hydra", "train.log", "provenance.json", "git_diff.patch"})
 HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
-
-
-def config_error(err: Exception) -> bool:
-    """A config error (not a data error, whose data report names the problems)."""
-    return isinstance(err, ConfigError)
 
 
 def discard_refused_run(

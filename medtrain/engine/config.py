@@ -7,6 +7,7 @@ this module rejects values that would only fail later, or silently do the wrong 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.resources
 import logging
 import re
@@ -229,8 +230,10 @@ def check_task(cfg: DictConfig) -> None:
     task.check_config(cfg, None if provides is None else tuple(provides), choices())
 
 
-def packaged_keys() -> tuple[set[str], set[str]]:
-    """The root keys of conf/train.yaml with its groups, and every key of conf/trainer/*.yaml."""
+@functools.cache
+def packaged_keys() -> tuple[frozenset[str], frozenset[str]]:
+    """The root keys of conf/train.yaml with its groups, and every key of conf/trainer/*.yaml
+    (read once a process: every run's `validate` asks)."""
     import yaml
 
     groups = {p.name for p in CONF.iterdir() if p.is_dir() and p.name not in IGNORED_DIRS}
@@ -238,7 +241,7 @@ def packaged_keys() -> tuple[set[str], set[str]]:
     trainer: set[str] = set()
     for path in (CONF / "trainer").glob("*.yaml"):
         trainer |= set(yaml.safe_load(path.read_text()) or {})
-    return root | groups, trainer
+    return frozenset(root | groups), frozenset(trainer)
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -267,7 +270,7 @@ def check_keys(cfg: DictConfig) -> None:
             )
 
 
-def near_miss(key: str, known: set[str], values: dict, plurals: bool = False) -> str | None:
+def near_miss(key: str, known: frozenset[str], values: dict, plurals: bool = False) -> str | None:
     """The key of `known` that `key` misspells: as close as a typo (difflib's ratio 0.8), holding
     the same kind of value (a section, or a single value: `mode=fast` is not the `model` section),
     and with `plurals`, not its plural or singular (`seeds` beside `seed`: a root key's own)."""

@@ -245,6 +245,15 @@ def data_fingerprint(cfg: DictConfig, like: dict[str, Any] | None = None) -> dic
     return {"kind": "missing", "path": str(path), "sha256": None, "files": 0, "bytes": 0}
 
 
+def files_fingerprint(data: Any) -> dict[str, Any] | None:
+    """A recorded data fingerprint (`provenance.json`'s `data`) when it is of files, a file or a
+    folder, with its digest; None otherwise: none recorded, or generated data, whose digest is of
+    its settings (compared through the config; a key a later release adds to them changes it)."""
+    if not isinstance(data, dict) or not data.get("sha256"):
+        return None
+    return data if data.get("kind") in ("file", "folder") else None
+
+
 def fingerprint_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
     """What changed between a recorded data fingerprint (`data_fingerprint`) and today's, as
     `<path> (data fingerprint a -> b; files, bytes)`; None when they agree, or when either is not

@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 from medtrain.engine import distributed
 from medtrain.engine.acceleration import resolve_precision
 from medtrain.engine.config import resolve_device
-from medtrain.engine.provenance import data_fingerprint, fingerprint_change
+from medtrain.engine.provenance import data_fingerprint, files_fingerprint, fingerprint_change
 from medtrain.engine.trust import check_targets, configured_targets
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import load_checkpoint, read_json
@@ -333,9 +333,9 @@ def check_same_data(cfg, run: Path | None) -> str | None:
     Raises:
         ConfigError: naming the data, both digests and the run folder.
     """
-    before = (run_provenance(run) or {}).get("data") or {}
-    if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
-        return None  # generated data: their settings are compared with the checkpoint's config
+    before = files_fingerprint((run_provenance(run) or {}).get("data"))
+    if before is None:  # generated data: their settings are compared with the checkpoint's config
+        return None
     changed = fingerprint_change(before, data_fingerprint(cfg, like=before))
     if changed and cfg.trainer.get("resume_on_changed_data", False):
         log.warning(

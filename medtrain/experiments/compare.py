@@ -200,10 +200,9 @@ def data_read(run: Path) -> dict[str, Any] | None:
     folder; digests are compared only under the same `rule`); None when the run records none (an
     ensemble, a run from before provenance) or read generated data, whose digest is of its
     settings (a key added to them in a later release changes it)."""
-    data = (read_json(run / "provenance.json") or {}).get("data")
-    if not isinstance(data, dict) or not data.get("sha256"):
-        return None
-    return data if data.get("kind") in ("file", "folder") else None
+    from medtrain.engine.provenance import files_fingerprint
+
+    return files_fingerprint((read_json(run / "provenance.json") or {}).get("data"))
 
 
 def data_said(data: dict[str, Any]) -> str:
