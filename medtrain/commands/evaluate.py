@@ -68,6 +68,34 @@ a table (its separator, header or columns, Windows paths) exits with status 2, a
 """
 
 
+# What an undefined metric needed that the cases lack, by the words of its name.
+_NEEDS = (
+    (("r2",), "R^2 needs targets that vary"),
+    (("pearson", "spearman"), "a correlation needs targets and predictions that vary"),
+    (("kappa",), "kappa needs more than one grade"),
+    (
+        ("auc", "ap", "precision", "recall", "sensitivity", "specificity", "f1"),
+        "a class's AUC, AP, recall or precision needs cases of that class (or called it)",
+    ),
+    (("hd95", "dice", "iou", "pq", "sq", "rq", "aji"), "a mask metric needs a mask with the class"),
+)
+
+
+def _why_undefined(keys: list[str]) -> str:
+    """Why these metrics are undefined, in the words of their kind (a regression's R^2 is not a
+    classification's AUC); a generic reason for names `_NEEDS` does not know."""
+    reasons = []
+    for key in keys:
+        words = key.rsplit("/", 1)[-1].split("_")
+        found = next(
+            (why for names, why in _NEEDS if any(w in names for w in words)),
+            "the cases lack a class, a label or a spread it needs",
+        )
+        if found not in reasons:
+            reasons.append(found)
+    return "; ".join(reasons)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv, done = tool_args(argv, USAGE)
     if done is not None:
@@ -95,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" and {len(undefined) - 6} more" if len(undefined) > 6 else ""
         )
         print(
-            f"note: {shown} undefined (null in metrics.json): the cases lack what they need "
-            "(a class, or a label, without cases); the other metrics are of the cases there are",
+            f"note: {shown} undefined (null in metrics.json): {_why_undefined(undefined)}; "
+            "the other metrics are of the cases there are",
             file=sys.stderr,
         )
     print(f"{metrics['cases']} cases; wrote {Path(cfg.output) / 'metrics.json'}")

@@ -90,7 +90,9 @@ def test_the_run_s_own_test_images_score_its_test_metrics(finished_runs, tmp_pat
     # Cases of one class: the AUC is undefined, said beside a balanced accuracy that is not.
     one = write_labelled(tmp_path, names[:4], [classes[0]] * 4)
     assert main([f"run_dir={run}", f"inputs={one}", f"output={tmp_path / 'one'}"]) == 0
-    assert "note: test/auc, test/sensitivity" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: test/auc, test/sensitivity" in err
+    assert "needs cases of that class" in err and "R^2" not in err
 
 
 def test_an_output_in_a_file_s_place_and_missing_inputs_are_refused_at_once(
@@ -119,7 +121,7 @@ def test_an_output_in_a_file_s_place_and_missing_inputs_are_refused_at_once(
     assert tree(tmp_path) == before
 
 
-def test_regression_values_score_as_the_run_s_test(finished_runs, tmp_path):
+def test_regression_values_score_as_the_run_s_test(finished_runs, tmp_path, capsys):
     run = finished_runs["regression"]
     test = split_of(run)
     names = save_npy_inputs(test, tmp_path, len(test))
@@ -130,6 +132,13 @@ def test_regression_values_score_as_the_run_s_test(finished_runs, tmp_path):
     mine = json.loads((out / "metrics.json").read_text())
     theirs = json.loads((run / "metrics.json").read_text())
     assert mine["test/mae"] == pytest.approx(theirs["test/mae"], rel=1e-6)
+    # Equal targets: R^2 and r are undefined, said in a regression's words (not of classes).
+    equal = write_labelled(tmp_path, names[:3], ["1.5"] * 3)
+    capsys.readouterr()
+    assert main([f"run_dir={run}", f"inputs={equal}", f"output={tmp_path / 'eq'}", argv[3]]) == 0
+    err = capsys.readouterr().err
+    assert "note: test/r2, test/pearson undefined" in err
+    assert "R^2 needs targets that vary; a correlation needs" in err and "class" not in err
 
 
 def test_every_bad_row_is_named_at_once_and_nothing_is_written(finished_runs, tmp_path, capsys):
