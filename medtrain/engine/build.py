@@ -468,7 +468,23 @@ def build_model(cfg: DictConfig) -> nn.Module:
 
 def build_task(cfg: DictConfig) -> Any:
     """The task object of `cfg.task`, holding the loss of `cfg.loss`."""
-    return build(cfg.task, "task", loss=build(cfg.loss, "loss"))
+    return build(cfg.task, "task", loss=build(cfg.loss, "loss", **monai_class_weights(cfg.loss)))
+
+
+def monai_class_weights(loss: DictConfig) -> dict[str, Any]:
+    """A MONAI loss's `weight` as MONAI takes it, from medtrain's one value per class, background
+    first (`check_against_data` holds the list to that). `DiceCELoss` wants a tensor of every class
+    (it drops the background for its Dice term itself); `DiceLoss`, `DiceFocalLoss` and
+    `FocalLoss` without the background want the foreground classes' values only."""
+    target, weight = str(loss.get("_target_") or ""), loss.get("weight")
+    if not target.startswith("monai.losses.") or not OmegaConf.is_list(weight):
+        return {}
+    values = [float(v) for v in weight]
+    if target.rsplit(".", 1)[-1] == "DiceCELoss":
+        return {"weight": torch.tensor(values)}
+    if loss.get("include_background", True) is False:
+        return {"weight": values[1:]}
+    return {}
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:

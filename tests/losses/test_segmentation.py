@@ -45,3 +45,29 @@ def test_dice_bce_pos_weight_weighs_the_positive_pixels_of_each_class():
     assert np.isclose(float(loss(logits, target)), expected, rtol=1e-5)
     with pytest.raises(ConfigError, match="loss.pos_weight has 2 values for 3 classes"):
         DiceBCELoss(pos_weight=[1.0, 2.0])(logits, target)
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "seg_focal"])
+def test_class_weights_are_one_per_class_background_first_for_every_monai_loss(name):
+    """`loss.weight` is one value per class, background first, for each MONAI loss; each gets it in
+    its own form (DiceCELoss: a tensor of every class; the others: the foreground's values when
+    the background is left out), so weighting a class changes the loss as MONAI's own call does."""
+    from monai import losses
+
+    from medtrain.engine.build import build_task
+
+    logits, target, _ = _example()
+    key = "loss.weight" if name == "dice_ce" else "+loss.weight"
+    cfg = compose_cfg(["experiment=synthetic_segmentation", f"loss={name}", f"{key}=[0.5,1,3]"])
+    mine = build_task(cfg).loss_fn(logits, target)
+    settings = {k: v for k, v in cfg.loss.items() if k not in ("_target_", "weight")}
+    without = settings.get("include_background", True) is False
+    weight = {
+        "dice_ce": torch.tensor([0.5, 1.0, 3.0]),
+        "dice_focal": [1.0, 3.0] if without else [0.5, 1.0, 3.0],
+        "seg_focal": [1.0, 3.0] if without else [0.5, 1.0, 3.0],
+    }[name]
+    theirs = getattr(losses, cfg.loss._target_.rsplit(".", 1)[-1])(**settings, weight=weight)
+    unweighted = build(compose_cfg(["experiment=synthetic_segmentation", f"loss={name}"]).loss, "l")
+    assert float(mine) == pytest.approx(float(theirs(logits, target)), rel=1e-6)
+    assert float(mine) != pytest.approx(float(unweighted(logits, target)), rel=1e-3)
