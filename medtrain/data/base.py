@@ -288,13 +288,23 @@ class ImageDataset(Dataset):
                 f"dataset.num_classes={self.num_classes}"
             )
         self.multilabel = False
-        if self.class_names is None or len(self.class_names) != self.num_classes:
+        given = self.class_names
+        if given is None or len(given) != self.num_classes:
             # Class names of the classification view (e.g. 5 grade names) do not name one value.
             self.class_names = (
                 ["target"]
                 if self.num_classes == 1
                 else [f"target_{k}" for k in range(self.num_classes)]
             )
+            if given is not None:  # said once by the data check and training (`built_warnings`)
+                self.data_warnings = {
+                    **getattr(self, "data_warnings", {}),
+                    "regression_names": (
+                        f"dataset.class_names={list(given)} names {len(given)} value(s), but "
+                        f"the regression has {self.num_classes} target value(s) per image: they "
+                        f"are named {self.class_names} (give one name per target value, or null)"
+                    ),
+                }
         self.labels = values
 
     def __len__(self) -> int:

@@ -526,10 +526,9 @@ def test_images_of_several_sizes_need_an_image_size(tmp_path):
 
 
 def test_regression_targets_and_an_empty_split(tmp_path):
-    cfg = compose_config(
-        ["dataset=synthetic_clinical", "task=regression", "loss=mse"]
-        + ["dataset.num_train=20", "dataset.num_val=6", "dataset.num_test=6"]
-    )
+    cfg_overrides = ["dataset=synthetic_clinical", "task=regression", "loss=mse"]
+    cfg_overrides += ["dataset.num_train=20", "dataset.num_val=6", "dataset.num_test=6"]
+    cfg = compose_config(cfg_overrides)
     datasets = build_datasets(cfg)
     targets = datasets["train"].labels[:, 0].copy()
     datasets["val"].labels[2] = np.nan
@@ -543,6 +542,13 @@ def test_regression_targets_and_an_empty_split(tmp_path):
     assert summary == pytest.approx(
         {"min": targets.min(), "mean": targets.mean(), "max": targets.max()}
     )
+    # Names for as many values as a regression does not have are replaced, with a warning.
+    named = compose_config([*cfg_overrides, "dataset.class_names=[a,b]"])
+    report = check_datasets(named, build_datasets(named), workers=2, progress=False)
+    assert report["warnings"] == [
+        "dataset.class_names=['a', 'b'] names 2 value(s), but the regression has 1 target "
+        "value(s) per image: they are named ['target'] (give one name per target value, or null)"
+    ]
 
 
 def test_ordinal_grades_outside_the_grade_range_name_their_rows(tmp_path):
