@@ -96,7 +96,12 @@ def _read_dicom(data: bytes, name: str, max_pixels: int):
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for missing decoders and broken data
         what = f"transfer syntax {syntax.name} ({syntax})" if syntax is not None else "pixel data"
-        raise DataError(f"{name}: cannot decode DICOM {what}: {err}".splitlines()[0]) from err
+        # pydicom lists the decoders it lacks one per line: all of them, on one line.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        said = lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+        if "missing dependencies" in said:
+            said += " (pip install one of these into medtrain's environment)"
+        raise DataError(f"{name}: cannot decode DICOM {what}: {said}") from err
     if int(ds.get("NumberOfFrames", 1) or 1) == 1:
         pixels = pixels[None]
     if int(ds.get("SamplesPerPixel", 1) or 1) == 3:

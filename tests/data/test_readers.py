@@ -342,6 +342,31 @@ def test_valid_deflated_dicom_decodes_as_its_explicit_original():
         decode(broken, "broken.dcm")
 
 
+def test_a_dicom_without_its_decoder_names_every_package_that_would_decode_it():
+    """pydicom lists the decoders a compressed transfer syntax lacks one per line; the error keeps
+    them all (the first line alone named none)."""
+    pydicom_data = pytest.importorskip("pydicom.data")
+    try:
+        path = pydicom_data.get_testdata_file("JPEGLSNearLossless_08.dcm", download=False)
+    except TypeError:  # an older pydicom without `download`
+        path = pydicom_data.get_testdata_file("JPEGLSNearLossless_08.dcm")
+    if path is None:
+        pytest.skip("pydicom's JPEG-LS test file is not installed")
+    try:
+        import pydicom
+
+        pydicom.dcmread(path).pixel_array  # noqa: B018 - decodes where a plugin is installed
+        pytest.skip("a JPEG-LS decoder is installed")
+    except RuntimeError:
+        pass
+    with pytest.raises(DataError) as err:
+        decode(Path(path).read_bytes(), "ls.dcm")
+    said = str(err.value)
+    assert said.startswith("ls.dcm: cannot decode DICOM transfer syntax JPEG-LS Lossy")
+    assert "\n" not in said and "pylibjpeg - requires pylibjpeg>=2.0" in said
+    assert said.endswith("(pip install one of these into medtrain's environment)")
+
+
 @pytest.mark.parametrize(
     "build, name, words",
     [
