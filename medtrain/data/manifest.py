@@ -582,6 +582,21 @@ class Manifest(ManifestRows, ImageDataset):
 
     def _targets(self, rows: list[dict], column: str) -> np.ndarray:
         values = [row[column] for row in rows]
+        if self.regression:  # every cell that is not a finite number at once, missing or not
+            numbers = [None if is_missing(v) else parse_number(v) for v in values]
+            bad = [
+                f"line {line}: {v!r}" if v else f"line {line}"
+                for v, x, line in zip(values, numbers, self._lines, strict=True)
+                if x is None or not math.isfinite(x)
+            ]
+            if bad:
+                missing = sum(is_missing(v) for v in values)
+                kinds = f" ({missing} missing)" if 0 < missing < len(bad) else ""
+                what = "is missing a target" if missing == len(bad) else "needs a number"
+                raise self._error(f"task=regression: column {column!r} {what}{kinds}", bad)
+            if self.class_names is None:  # the column names the value in predictions and plots
+                self.class_names = [column]
+            return np.array(numbers, dtype=np.float64)  # as written: no float32 rounding
         empty = [
             f"line {line}: {v!r}" if v else f"line {line}"
             for v, line in zip(values, self._lines, strict=True)
@@ -590,17 +605,6 @@ class Manifest(ManifestRows, ImageDataset):
         if empty:
             raise self._error(f"column {column!r} is missing a target", empty)
         numbers = [parse_number(v) for v in values]
-        if self.regression:
-            bad = [
-                f"line {line}: {v!r}"
-                for v, x, line in zip(values, numbers, self._lines, strict=True)
-                if x is None or not math.isfinite(x)
-            ]
-            if bad:
-                raise self._error(f"task=regression needs a number in column {column!r}", bad)
-            if self.class_names is None:  # the column names the value in predictions and plots
-                self.class_names = [column]
-            return np.array(numbers, dtype=np.float64)  # as written: no float32 rounding
         is_number = [x is not None for x in numbers]
         if any(is_number) and not all(is_number) and not self.class_names:
             # A typo among class indices would otherwise turn every index into a class name.

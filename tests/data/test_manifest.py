@@ -220,7 +220,22 @@ def test_non_numeric_regression_target_names_the_line(tmp_path):
     rows = read_rows(path)
     rows[4][1] = "n/a?"
     write_csv(path, rows[0], rows[1:])
-    with pytest.raises(DataError, match=r"task=regression needs a number .*: line 5: 'n/a\?'"):
+    with pytest.raises(DataError, match=r"column 'target' needs a number: line 5: 'n/a\?'$"):
+        Manifest(str(path), "train", regression=True)
+    # Missing, misspelt and infinite targets are named together (a missing one hid the others).
+    rows[2][1], rows[3][1], rows[4][1] = "nan", "x", "inf"
+    write_csv(path, rows[0], rows[1:])
+    with pytest.raises(DataError) as err:
+        Manifest(str(path), "train", regression=True)
+    assert str(err.value).endswith(
+        "task=regression: column 'target' needs a number (1 missing): "
+        "line 3: 'nan'; line 4: 'x'; line 5: 'inf'"
+    )
+    rows[2][1], rows[3][1], rows[4][1] = "", "NA", "4.5"
+    write_csv(path, rows[0], rows[1:])
+    with pytest.raises(
+        DataError, match=r"column 'target' is missing a target: line 3; line 4: 'NA'$"
+    ):
         Manifest(str(path), "train", regression=True)
 
 
