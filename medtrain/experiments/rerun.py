@@ -382,7 +382,18 @@ def check_same_data(saved: Any, provenance: dict[str, Any] | None) -> None:
     before = (provenance or {}).get("data") or {}
     if before.get("kind") not in ("file", "folder") or not before.get("sha256"):
         return
-    changed = fingerprint_change(before, data_fingerprint(saved, like=before))
+    now = data_fingerprint(saved, like=before)
+    if now["kind"] == "missing":  # before the rerun's process starts and fails on it
+        raw, started = str(saved.dataset.path), (provenance or {}).get("cwd")
+        there = started and not Path(raw).is_absolute() and (Path(started) / raw).exists()
+        advice = (
+            f"it is relative, and the run started in {started}, where it is: run the rerun from "
+            "there"
+            if there
+            else f"the run read {before.get('path')}; restore the data there"
+        )
+        raise ConfigError(f"dataset.path={raw} is not found from {Path.cwd()}: {advice}")
+    changed = fingerprint_change(before, now)
     if changed:
         raise ConfigError(
             f"the data changed since the run: {changed}: a rerun would train on other data and "

@@ -353,6 +353,14 @@ def test_a_run_of_a_relative_data_path_reruns_from_the_same_folder(tmp_path, mon
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("verdict: REPRODUCED")
     assert Path.cwd() == tmp_path
     assert read_metrics(tmp_path / "runs" / "again") == read_metrics(tmp_path / "runs" / "first")
+    # From another folder the path is not found: said before the rerun's process starts.
+    monkeypatch.chdir(tmp_path / "runs")
+    assert main(["run_dir=first", "output=third"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: dataset.path=data/cases.csv is not found from {tmp_path / 'runs'}: it is "
+        f"relative, and the run started in {tmp_path}, where it is: run the rerun from there\n"
+    )
+    assert not (tmp_path / "runs" / "third").exists()
 
 
 def test_what_resumed_sessions_changed_is_named_by_epoch():
