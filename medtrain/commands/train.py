@@ -99,7 +99,7 @@ class TrainJobs:
                     self.saved_hydra = self.grid_runs.get(job, {})
                     if job in self.grid_runs:
                         overrides = task_overrides(hydra)
-                        check_same_job(job, self.grid_dir, self.saved_hydra, cfg, overrides)
+                        check_same_job(job, self.grid_dir, self.grid_runs, cfg, overrides)
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
@@ -284,10 +284,10 @@ def hydra_files(run_dir: Path) -> dict[Path, bytes]:
 
 
 def check_same_job(
-    job: Path, grid: str, saved: dict[Path, bytes], cfg: DictConfig, overrides: list
+    job: Path, grid: str, runs: dict[Path, dict[Path, bytes]], cfg: DictConfig, overrides: list
 ) -> None:
     """A grid's job may start a new run in a job folder that held one before the command
-    (`saved`: its `.hydra/` files then; `grid`: `hydra.sweep.dir` as given) only when that run
+    (`runs`: each such folder's `.hydra/` files then; `grid`: `hydra.sweep.dir` as given) only when that run
     had the same overrides: the same grid run again trains its jobs again (a continued job, with
     `trainer.resume`, is checked against its checkpoint instead). Another grid given the same
     `hydra.sweep.dir` numbers its jobs alike and would replace the first grid's runs.
@@ -300,7 +300,7 @@ def check_same_job(
     resume = cfg.trainer.get("resume")
     if resume is True or (resume == "auto" and (job / "checkpoints" / "last.pt").is_file()):
         return
-    text = saved.get(job / ".hydra" / "overrides.yaml")
+    text = runs[job].get(job / ".hydra" / "overrides.yaml")
     before = yaml.safe_load(text) if text is not None else None
 
     def kept(values):  # how a job runs, not which job it is
@@ -314,10 +314,30 @@ def check_same_job(
         said = f"there: {was}; this job: {now}"
     else:
         said = "its overrides are not recorded"
+    # The same grid with its swept keys in another order numbers its jobs otherwise.
+    mine = next(
+        (
+            folder.name
+            for folder, files in runs.items()
+            if folder != job
+            and isinstance(
+                other := yaml.safe_load(files.get(folder / ".hydra" / "overrides.yaml", b"")), list
+            )
+            and kept(map(str, other)) == kept(overrides)
+        ),
+        None,
+    )
+    order = (
+        f" Job folder {mine} holds a run of this job's overrides: the same grid with its swept "
+        "keys or values in another order numbers its jobs otherwise; give them in the first "
+        "grid's order"
+        if mine is not None
+        else ""
+    )
     raise OtherGridsJob(
         f"hydra.sweep.dir={grid}: job folder {job.name} holds another grid's run ({said}), "
         "which this grid would replace. Give the grid another hydra.sweep.dir (the same grid "
-        "run again trains its jobs again; with trainer.resume=auto it continues them)"
+        f"run again trains its jobs again; with trainer.resume=auto it continues them).{order}"
     )
 
 

@@ -722,6 +722,13 @@ def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(
     ) in said.out + said.err
     assert files() == before
     assert (grid / "0" / "train.log").read_text().startswith(log)
+    assert main([*first, "optimizer.lr=1e-2,1e-3"]) == 2  # the same grid in another order
+    said = capsys.readouterr()
+    assert (
+        "Job folder 1 holds a run of this job's overrides: the same grid with its swept keys or "
+        "values in another order numbers its jobs otherwise; give them in the first grid's order"
+    ) in said.out + said.err
+    assert files() == before
     monkeypatch.setenv("MEDTRAIN_GRID", str(grid))
     through_env = [*first[:-1], "hydra.sweep.dir=${oc.env:MEDTRAIN_GRID}", "optimizer.lr=1e-1"]
     assert main(through_env) == 2
