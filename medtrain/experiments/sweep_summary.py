@@ -113,9 +113,41 @@ def _last_error(job_dir: Path) -> str:
 
 # What an interrupted grid job's row says: how to go on.
 INTERRUPTED = (
-    "stopped (Ctrl-C); the same command with this hydra.sweep.dir and trainer.resume=auto continues "
-    "it"
+    "stopped (Ctrl-C or SIGTERM); the same command with this hydra.sweep.dir and "
+    "trainer.resume=auto continues it"
 )
+# A job that ended without a word (no metrics, no error, no interruption logged).
+ENDED_SILENTLY = (
+    "ended without a word (killed, e.g. kill -9 or out of memory), or still running; the same "
+    "command with this hydra.sweep.dir and trainer.resume=auto continues it"
+)
+# A job the grid planned (its multirun.yaml) that has no folder.
+NOT_STARTED = (
+    "the grid stopped before this job (or has not reached it yet); the same command with this "
+    "hydra.sweep.dir and trainer.resume=auto runs it"
+)
+
+
+def planned_jobs(sweep_dir: Path) -> list[list[str]]:
+    """Each job's overrides, in job order, as a grid (Hydra's basic sweeper) planned them from
+    its `multirun.yaml` (`hydra.sweeper.params`, then the command's overrides); [] for another
+    sweeper or a file that cannot be read or expanded (a `glob` of config names)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return []
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        hydra = OmegaConf.load(path).hydra
+        if not str(hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+            return []
+        params = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides([*params, *hydra.overrides.task])
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # a summary must not fail on what it only adds
+        return []
+    return [list(map(str, job)) for batch in batches for job in batch]
 
 
 # How the log line of an interrupted run starts (`medtrain.commands.train.say_interrupted`).
@@ -162,12 +194,16 @@ def read_job(job_dir: Path, monitor: str, trial: dict[str, Any] | None) -> dict[
         return row
     if trial is not None:
         status, error = trial["status"], trial["error"]
+    elif not job_dir.is_dir():  # planned by the grid, not started
+        status, error = "not started", NOT_STARTED
     elif metrics is not None:  # a Hydra job: finished when it wrote metrics.json
         status, error = "complete", ""
     elif _interrupted(job_dir):
         status, error = "interrupted", INTERRUPTED
     else:
         status, error = "failed", _last_error(job_dir)
+        if not error:
+            status, error = "interrupted", ENDED_SILENTLY
     if status == "failed" and not error:
         error = _last_error(job_dir)
     row: dict[str, Any] = {"job": job_dir.name, "status": status, "error": error}
@@ -227,6 +263,8 @@ def write_sweep_summary(
     jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
     trials, scales = study_trials(sweep_dir, study)
     jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in trials}, key=_job_order)
+    planned = [] if trials or not jobs else planned_jobs(sweep_dir)
+    jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in range(len(planned))}, key=_job_order)
     if not jobs:
         raise FileNotFoundError(
             f"{sweep_dir}: no job folders (with .hydra/overrides.yaml or overrides.yaml)"
@@ -241,9 +279,18 @@ def write_sweep_summary(
         # val/rmse ranked upwards put the worst job first
         metric_direction(monitor) or ("min" if "loss" in monitor else "max"),
     )
+
+    def planned_for(n: int | None) -> list[str]:
+        return planned[n] if n is not None and n < len(planned) else []
+
     overrides = {
         job.name: dict(
-            map(_split, _overrides(job) or trials.get(numbers[job.name], {}).get("overrides", []))
+            map(
+                _split,
+                _overrides(job)
+                or trials.get(numbers[job.name], {}).get("overrides", [])
+                or planned_for(numbers[job.name]),
+            )
         )
         for job in jobs
     }

@@ -781,16 +781,27 @@ def test_an_interruption_before_any_epoch_finished_says_to_start_again(tmp_path)
 
 def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
     """Ctrl-C in a grid's job ends the multirun without Hydra's end of the job: the summary is
-    written then, with the job as interrupted (not missing, not failed)."""
+    written then, with the job as interrupted (not missing, not failed) and the jobs the grid
+    planned as not started. A job killed without a word (kill -9) is interrupted too."""
     from medtrain.commands import main
+    from medtrain.experiments.sweep_summary import write_sweep_summary
 
     grid = ["-m", *TINY, ON_CPU, "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={tmp_path}"]
     with interrupted_at_epoch(1):
         assert main(grid) == 130
     rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
-    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted"), ("1", "not started")]
+    assert rows[0]["error"].startswith("stopped (Ctrl-C or SIGTERM); the same command")
     assert "this hydra.sweep.dir and trainer.resume=auto continues it" in rows[0]["error"]
-    assert "1 job: 1 interrupted" in (tmp_path / "sweep_summary.md").read_text()
+    assert rows[1]["overrides"] == "optimizer.lr=0.01"
+    assert rows[1]["error"].startswith("the grid stopped before this job")
+    assert "2 jobs: 1 interrupted, 1 not started" in (tmp_path / "sweep_summary.md").read_text()
+    log = tmp_path / "0" / "train.log"  # as kill -9 leaves it: no last word
+    log.write_text("\n".join(log.read_text().splitlines()[:-1]) + "\n")
+    write_sweep_summary(tmp_path, plots=False)
+    rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    assert rows[0]["status"] == "interrupted"
+    assert rows[0]["error"].startswith("ended without a word (killed, e.g. kill -9")
 
 
 def test_a_run_trained_longer_follows_the_longer_schedule_and_says_so(tmp_path, caplog):
