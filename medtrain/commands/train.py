@@ -565,6 +565,11 @@ def _end_distributed_process(status: int, together: bool = False) -> None:
 
 
 def _run(args, parser, jobs: TrainJobs) -> int:
+    path = args.config_path
+    if path and "://" not in path and not Path(path).is_absolute():
+        # Hydra resolves a relative --config-path against medtrain's package, not the current
+        # folder the user means ("Primary config module ... not found").
+        args.config_path = str(Path(path).resolve())
     try:
         # Hydra's public decorator reads sys.argv; its runner takes the parsed arguments instead.
         _run_hydra(

@@ -144,6 +144,10 @@ def test_a_saved_config_run_leaves_argv_alone(tmp_path, capsys, monkeypatch):
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(compose_cfg([*TINY])))
     assert main(["--config-path", str(folder), "--config-name", "config", "--cfg", "job"]) == 0
     assert sys.argv == ["medtrain"] and "num_train: 96" in capsys.readouterr().out
+    # A relative --config-path is the current folder's (Hydra alone looks in the package).
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config-path", "saved", "--config-name", "config", "--cfg", "job"]) == 0
+    assert "num_train: 96" in capsys.readouterr().out
 
 
 def test_python_dash_m_medtrain_without_a_verb_is_train(tmp_path):
