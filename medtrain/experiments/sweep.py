@@ -531,12 +531,28 @@ def _headline(metrics: dict[str, Any], trial_dir: Path) -> dict[str, float]:
     return {k: v for k, v in values.items() if isinstance(v, (int, float))}
 
 
+def check_every_trial(cfg: DictConfig, sweep: Sweep) -> None:
+    """The config checks of a run (`validate`), on a trial's config before the first trial: an
+    error no searched value changes (a missing `dataset.path`, a value out of range) would fail
+    every trial alike, each counted towards `sweep.trials`. An error naming a searched key is left
+    to the trials that draw it."""
+    from medtrain.engine.config import validate
+
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        if not any(p.key in str(err) for p in sweep.params):
+            raise ConfigError(f"{err} (every trial would fail so; no trial was run)") from err
+
+
 def run_sweep(sweep: Sweep) -> Any:
     """Run (or resume, or join) the search until `sweep.trials` trials have finished or are running
     in other workers; return the study."""
     # The base config and one trial's config must compose: a typo stops the sweep before it starts.
     cfg = compose_config(sweep.overrides)
-    compose_config(sweep.overrides + [p.override(p.values[0]) for p in sweep.params])
+    check_every_trial(
+        compose_config(sweep.overrides + [p.override(p.values[0]) for p in sweep.params]), sweep
+    )
     study = open_study(sweep, cfg)
     shared = sweep.storage is not None
     lock = None if shared else _lock(sweep.dir)

@@ -226,6 +226,15 @@ def test_a_searched_choice_is_a_column_even_when_every_trial_drew_alike(tmp_path
         ),
         (["sweep.params.optimizer.lr=log(1e-4,1)", "~optimizer.lr"], "fixes a searched key"),
         (["sweep.params.optimizer.lr=log(1e-4,1)", "model"], "expected key=value or ~key"),
+        # What no searched value changes would fail every trial alike: before the first.
+        (
+            ["sweep.params.optimizer.lr=log(1e-4,1)", "dataset=manifest", "dataset.path=/no.csv"],
+            "dataset.path='/no.csv': does not exist",
+        ),
+        (
+            ["sweep.params.optimizer.lr=log(1e-4,1)", "trainer.batch_size=0"],
+            "trainer.batch_size=0: must be an integer >= 1 (every trial would fail so; no trial",
+        ),
     ],
 )
 def test_bad_sweep_arguments_exit_2_before_anything_runs(tmp_path, capsys, argv, message):
