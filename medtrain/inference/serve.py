@@ -353,6 +353,9 @@ def create_app(
         api_key: required on POST /predict, /predict/batch and GET /info when given.
     """
     limits = limits or ServeLimits()
+    # The multipart parser logs each malformed body it refuses (a stray, unformatted line on the
+    # console); the refusal is the 400 answer, which the access log records.
+    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
     max_pixels = limits.max_pixels or pixel_limit(predictor)
     predictor.max_pixels = max_pixels
     info = predictor.info()  # a finished run does not change: read metrics.json once

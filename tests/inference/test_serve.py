@@ -573,6 +573,14 @@ PROTOCOL = [
         400,
     ),
     (
+        "no-cr-after-boundary",
+        "POST",
+        "/predict",
+        f"--{BOUNDARY}Z".encode(),
+        form()[1],
+        400,
+    ),
+    (
         "unterminated-multipart",
         "POST",
         "/predict",
@@ -624,13 +632,15 @@ PROTOCOL = [
     [c[1:] for c in PROTOCOL],
     ids=[c[0] for c in PROTOCOL],
 )
-def test_broken_request_is_refused_cleanly(servers, method, path, body, headers, expected):
+def test_broken_request_is_refused_cleanly(servers, method, path, body, headers, expected, caplog):
     running = servers["segmentation"]
     status, response_headers, payload = fetch(running.port, method, path, body, headers)
     assert status == expected, payload
     assert response_headers["content-type"] == "application/json"
     detail = json.loads(payload)["detail"]
     assert isinstance(detail, str) and detail and "Traceback" not in detail
+    # The parser's own log of a body it refused is no line on the console: the answer says it.
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart")]
 
 
 def test_server_survives_everything(servers):
