@@ -5,6 +5,8 @@ start them (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the environment):
   two-process Gloo group; each rank writes what it saw to OUT/rank<r>.json.
 - `python distributed_ranks.py dying EPOCH medtrain-args...`: `medtrain` whose rank 1 kills itself
   (SIGKILL, as the kernel's OOM killer would) when epoch EPOCH (from 0) starts.
+- `python distributed_ranks.py failing EPOCH medtrain-args...`: `medtrain` whose rank 1 alone
+  raises an error of its own (a bug, an out-of-memory GPU) when epoch EPOCH starts.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def checks(out: Path) -> None:
     dist.destroy_process_group()
 
 
-def dying(epoch: int, argv: list[str]) -> int:
+def dying(epoch: int, argv: list[str], how: str = "dying") -> int:
     import medtrain.engine.loop as loop
     from medtrain.commands import main
 
@@ -97,6 +99,8 @@ def dying(epoch: int, argv: list[str]) -> int:
 
     def train_one_epoch(*args, **kwargs):
         if os.environ.get("RANK") == "1" and args[8] == epoch:  # the epoch argument
+            if how == "failing":
+                raise RuntimeError("rank 1's own failure")
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
 
@@ -108,4 +112,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "checks":
         checks(Path(sys.argv[2]))
     else:
-        sys.exit(dying(int(sys.argv[2]), sys.argv[3:]))
+        sys.exit(dying(int(sys.argv[2]), sys.argv[3:], how=sys.argv[1]))

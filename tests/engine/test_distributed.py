@@ -217,6 +217,19 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_to_the_same_result(ru
     assert session["after_epoch"] == 2 and session["distributed"]["world_size"] == 2
 
 
+def test_a_rank_failing_alone_leaves_at_once_and_stops_the_other(tmp_path):
+    """Rank 1 raises an error of its own (not a config error every rank raises): it says so and
+    leaves without waiting for its peer at a barrier, and rank 0 stops at once too."""
+    cut = tmp_path / "cut"
+    ranks = start_ranks([str(RANKS), "failing", "1", *EXACT, f"hydra.run.dir={cut}"], tmp_path)
+    start = time.monotonic()
+    (status_0, output_0), (status_1, output_1) = finish(ranks)
+    assert time.monotonic() - start < 60  # well inside trainer.distributed.timeout_s
+    assert status_1 == 1 and "rank 1 failed" in output_1 and "rank 1's own failure" in output_1
+    assert status_0 == 1, output_0
+    assert "another process of this run failed, was killed or stopped answering" in output_0
+
+
 def test_a_distributed_run_continued_by_one_process_keeps_its_record(runs, tmp_path):
     """The 2-process run trained one epoch longer by 1 process: provenance.json still says the
     run was trained by 2 (what `medtrain rerun` launches again; the resume dropped it) and
