@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             sweep = parse_args(argv)
             study = run_sweep(sweep)
     except ConfigError as err:
-        print(f"error: {err}\n(medtrain sweep --help lists the sweep keys)", file=sys.stderr)
+        # The sweep keys' list helps with the command line, not with the config of every trial.
+        hint = "\n(medtrain sweep --help lists the sweep keys)" if sweep is None else ""
+        print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         log.warning("interrupted; the same command resumes the sweep")
