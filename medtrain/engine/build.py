@@ -86,6 +86,12 @@ def _validation_errors(message: str, node: DictConfig) -> list[str]:
 # What a parameter's annotation (or, without one, its default) says its value must be.
 _KINDS = {"float": "a number", "int": "a whole number", "bool": "true or false"}
 _SEQUENCES = ("Sequence[", "list[", "tuple[", "Iterable[", "List[", "Tuple[")
+# A list whose items have one of `_KINDS` (`Sequence[int]`, `tuple[float, ...]`).
+_LIST_OF = {
+    "float": "a list of numbers",
+    "int": "a list of whole numbers",
+    "bool": "a list of true or false",
+}
 
 
 def _expected(parameter: inspect.Parameter) -> tuple[str | None, bool]:
@@ -103,7 +109,8 @@ def _expected(parameter: inspect.Parameter) -> tuple[str | None, bool]:
             if part in _KINDS:
                 return _KINDS[part], optional or parameter.default is None
             if part.startswith(_SEQUENCES):
-                return "a list", optional or parameter.default is None
+                inner = part.split("[", 1)[1].removesuffix("]").removesuffix(",...")
+                return _LIST_OF.get(inner, "a list"), optional or parameter.default is None
         return None, True
     default = parameter.default
     if isinstance(default, bool):
@@ -118,6 +125,11 @@ def _fits(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "a list":
         return isinstance(value, (list, tuple, ListConfig))
+    if kind in _LIST_OF.values():
+        item = next(k for k, v in _LIST_OF.items() if v == kind)
+        return isinstance(value, (list, tuple, ListConfig)) and all(
+            _fits(v, _KINDS[item]) for v in value
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return kind == _KINDS["float"] or float(value).is_integer()

@@ -240,6 +240,7 @@ def test_bad_optimizer_argument_names_the_group(tmp_path):
         (["dataset.contrast=abc"], "dataset.contrast='abc': must be a number"),
         (["model.dropout=abc"], "model.dropout='abc': must be a number"),
         (["model.widths=abc"], "model.widths='abc': must be a list"),
+        (["model.widths=[a,b]"], "model.widths=['a', 'b']: must be a list of whole numbers"),
         (["optimizer=sgd", "optimizer.momentum=abc"], "optimizer.momentum='abc': must be a number"),
         (
             ["scheduler=multistep", "scheduler.milestones=abc"],
@@ -438,10 +439,15 @@ def test_wrong_types_reads_annotations_and_defaults():
         "k.a='x': must be a number",
         "k.c=1: must be true or false",
         "k.d=[1]: must be a number",
-        "k.e=3: must be a list",
+        "k.e=3: must be a list of whole numbers",
     ]
     assert wrong_types(target, {"a": 2, "b": 3, "c": False, "d": 1, "e": [1]}, "k") == []
     assert wrong_types(target, {"b": 2.5}, "k") == ["k.b=2.5: must be a whole number"]
+    # A list's items by the annotation's item type (torch said "must be tuple of ints, not str").
+    assert wrong_types(target, {"e": [8, "a"]}, "k") == [
+        "k.e=[8, 'a']: must be a list of whole numbers"
+    ]
+    assert wrong_types(target, {"e": [8.0, 16]}, "k") == []  # 8.0 is a whole number
 
 
 def test_seed_path_and_class_count_values_are_checked(tmp_path):
