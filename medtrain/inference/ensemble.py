@@ -27,7 +27,7 @@ from medtrain.engine.loop import threshold_entries, to_device
 from medtrain.errors import ConfigError
 from medtrain.inference.average import deployable_average
 from medtrain.inference.run import LoadedRun, load_run
-from medtrain.io import save_csv, save_json
+from medtrain.io import read_json, save_csv, save_json
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,26 @@ def member_of(run: LoadedRun) -> Member:
         )
     datasets = build_datasets(cfg)
     return Member(run_dir, cfg, run.model, run.task, datasets)
+
+
+def check_not_an_ensemble(run_dir: Path) -> None:
+    """An ensemble is no member of another. A CV's fold ensemble least of all: its folds trained
+    on every case outside the test split, the val split an ensemble is validated on and chooses
+    its threshold on included, so those would be scored on what the members learned."""
+    recorded = read_json(run_dir / "ensemble.json")
+    if not isinstance(recorded, dict):
+        return
+    if recorded.get("kind") == "fold_ensemble":
+        raise ConfigError(
+            f"run_dirs: {run_dir} is a CV's fold ensemble: its folds trained on the val split "
+            "an ensemble validates and chooses its threshold on, so its metrics and threshold "
+            "would be optimistic. Ensemble runs trained on the train split, or train the models "
+            "as folds of one CV (medtrain cv)"
+        )
+    raise ConfigError(
+        f"run_dirs: {run_dir} is an ensemble, not a run: list its members instead "
+        f"({', '.join(map(str, recorded.get('run_dirs') or [])) or 'its ensemble.json'})"
+    )
 
 
 def check_compatible(members: Sequence[Member]) -> None:
@@ -192,6 +212,8 @@ def run_ensemble(
     ]
     if twice:
         raise ConfigError(f"run_dirs lists {twice[0]} twice: each member is one run")
+    for run in run_dirs:
+        check_not_an_ensemble(Path(run))
     for run in run_dirs:
         if Path(out_dir).resolve().is_relative_to(Path(run).resolve()):
             raise ConfigError(

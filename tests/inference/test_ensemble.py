@@ -221,6 +221,19 @@ def test_cli_usage_and_errors(classification_runs, tmp_path, capsys):
     assert "at least 2 runs" in capsys.readouterr().err
     assert main(["ensemble", "run_dir=[a,b]"]) == 2
     assert "unknown key 'run_dir'" in capsys.readouterr().err
+    # An ensemble is no member; a CV's fold ensemble trained on the val split it would be scored on.
+    folded = tmp_path / "folds"
+    folded.mkdir()
+    (folded / "ensemble.json").write_text(json.dumps({"kind": "fold_ensemble", "run_dirs": []}))
+    assert main(["ensemble", f"run_dirs=[{classification_runs[0]},{folded}]"]) == 2
+    assert "is a CV's fold ensemble: its folds trained on the val split" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "ensemble.json").write_text(json.dumps({"run_dirs": ["r1", "r2"]}))
+    assert main(["ensemble", f"run_dirs=[{plain},{classification_runs[0]}]"]) == 2
+    assert f"{plain} is an ensemble, not a run: list its members instead (r1, r2)" in (
+        capsys.readouterr().err
+    )
     out = tmp_path / "cli"
     ok = subprocess.run(
         [sys.executable, "-m", "medtrain", "ensemble"]
