@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,11 +94,19 @@ def summary_rows(
         {k.split("/", 1)[1] for m in per_fold for k in m if k.startswith("test/volume_mae_ml")}
     )
     names = [*task.headline, *volumes, "loss"]
+    # A metric no fold defines may still be pooled (the AUC of folds of one class each, as in a
+    # leave-one-patient-out CV) or the ensemble's: its column stays.
+    pooled = {"val": {k.removeprefix("oof/"): v for k, v in oof.items()}, "test": ensemble or {}}
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
     columns = [
         f"{split}/{name}"
         for split in ("val", "test")
         for name in names
-        if any(isinstance(m.get(f"{split}/{name}"), (int, float)) for m in per_fold)
+        if any(number(m.get(f"{split}/{name}")) for m in per_fold)
+        or number(pooled[split].get(name if split == "val" else f"test/{name}"))
     ]
     rows: list[dict[str, Any]] = [
         {"row": f"fold_{k}", **{c: m.get(c) for c in columns}} for k, m in enumerate(per_fold)

@@ -589,3 +589,23 @@ def test_a_fused_cv_s_folds_each_read_the_test_split_as_they_encode_it(tmp_path)
     for k, row in enumerate(ensembled):  # each fold's own test predictions, averaged
         mean = np.mean([float(fold[k]["prob_1"]) for fold in folds])
         assert float(row["prob_1"]) == pytest.approx(mean, abs=1e-6)
+
+
+def test_a_pooled_metric_no_fold_defines_keeps_its_column(tmp_path):
+    """Folds of one class each (a leave-one-patient-out CV) have no AUC of their own; the pooled
+    out-of-fold AUC is then the only one, and its column stays in cv_metrics.csv and the summary."""
+    from types import SimpleNamespace
+
+    from medtrain.experiments.cv_results import summary_rows
+
+    for k in range(2):
+        (tmp_path / f"fold_{k}").mkdir()
+        metrics = {"val/auc": None, "val/acc": 1.0, "val/loss": 0.1 * (k + 1), "test/auc": 0.8}
+        (tmp_path / f"fold_{k}" / "metrics.json").write_text(json.dumps(metrics))
+    cv = SimpleNamespace(folds=2, fold_dir=lambda k: tmp_path / f"fold_{k}")
+    task = SimpleNamespace(headline=["auc", "acc"])
+    rows, columns = summary_rows(cv, task, {"oof/auc": 0.75, "oof/acc": 0.5}, {"test/auc": 0.9})
+    assert columns == ["row", "val/auc", "val/acc", "val/loss", "test/auc"]
+    by_row = {r["row"]: r for r in rows}
+    assert by_row["oof_pooled"]["val/auc"] == 0.75 and by_row["fold_0"]["val/auc"] is None
+    assert "val/auc" not in by_row["mean"] and by_row["fold_ensemble"]["test/auc"] == 0.9
