@@ -293,7 +293,7 @@ def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def build_datasets(
-    cfg: DictConfig, empty_test: bool = False
+    cfg: DictConfig, empty_test: bool = False, empty_val: bool = False
 ) -> dict[str, torch.utils.data.Dataset]:
     """Build the train/val/test datasets and write what they inferred (channels, classes, label type,
     tabular width) back into `cfg.dataset`, so that `${dataset.num_classes}` and friends resolve for
@@ -301,7 +301,8 @@ def build_datasets(
     e.g. regression target statistics) into `cfg.task`.
 
     An empty split is refused, except the test split of a cross-validation (`empty_test`, or a
-    fold's run: `cv.fold`), which then judges by its out-of-fold predictions alone."""
+    fold's run: `cv.fold`), which then judges by its out-of-fold predictions alone, and its val
+    split (`empty_val`, or a fold's run: its folds are drawn from train and val together)."""
     task = task_class(cfg)
     extra = task.dataset_options(cfg)
     datasets = {}
@@ -311,10 +312,13 @@ def build_datasets(
         pipeline = build(cfg.augmentation[stage], key)
         transform = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg), key)
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
-        cross_validated = empty_test or (cfg.get("cv") or {}).get("fold") is not None
-        if len(datasets[split]) == 0 and not (split == "test" and cross_validated):
+        in_fold = (cfg.get("cv") or {}).get("fold") is not None
+        may_be_empty = {"train": False, "val": empty_val or in_fold, "test": empty_test or in_fold}
+        if len(datasets[split]) == 0 and not may_be_empty[split]:
             also = (
-                "; a cross-validation (medtrain cv) needs no test split" if split == "test" else ""
+                f"; a cross-validation (medtrain cv) needs no {split} split"
+                if split != "train"
+                else ""
             )
             path = cfg.dataset.get("path")
             count = cfg.dataset.get(f"num_{split}")  # generated data

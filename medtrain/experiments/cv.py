@@ -149,7 +149,8 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
     """`<cv.dir>/folds.json`: drawn from the data's train and val splits, or the saved one checked
     against them (same cases, folds and seed)."""
     path = cv.dir / "folds.json"
-    datasets = build_datasets(cfg, empty_test=True)  # without a test split: out-of-fold alone
+    # Without a test split: out-of-fold alone; without a val split: the folds of train alone.
+    datasets = build_datasets(cfg, empty_test=True, empty_val=True)
     train, val, test = datasets["train"], datasets["val"], datasets["test"]
     fold_fields(type(train))  # a class whose cases cannot be regrouped: refused before training
     pool = fold_units(train) + fold_units(val)  # sample ids, or whole volumes of slices

@@ -45,7 +45,8 @@ def fold_ensemble(
     cfg = OmegaConf.create(plain(base.cfg))
     with open_dict(cfg):
         cfg.cv = {"fold": None, "folds_file": None}
-    datasets = build_datasets(cfg, empty_test=not tested)  # the test split every fold saw
+    # The test split every fold saw; the data's val split may be empty (the folds pooled it).
+    datasets = build_datasets(cfg, empty_test=not tested, empty_val=True)
     if not tested:
         return untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets)
     preprocessing = datasets["test"].preprocessing()

@@ -451,20 +451,20 @@ def test_folds_of_a_manifest_keep_each_patient_in_one_fold(tmp_path, caplog):
 
 
 def test_a_cv_of_data_without_a_test_split_pools_its_folds(tmp_path, capsys, caplog):
-    """A manifest of train and val rows only: each fold trains and is judged on its held-out
-    fold, the out-of-fold predictions are pooled and recomputable, and no ensemble is tested
-    (said); a plain run on the same data is refused, naming the CV."""
+    """A manifest of train rows only (no val, no test: the folds pool what there is): each fold
+    trains and is judged on its held-out fold, the out-of-fold predictions are pooled and
+    recomputable, and no ensemble is tested (said); a plain run on the same data is refused,
+    naming the CV."""
     from medtrain.commands import main
     from tests.data.test_manifest import make_cases
 
-    splits = ["val" if i % 5 == 0 else "train" for i in range(30)]
-    csv_path = make_cases(tmp_path, [i % 2 for i in range(30)], {"split": splits})
+    csv_path = make_cases(tmp_path, [i % 2 for i in range(30)], {"split": ["train"] * 30})
     data = ["dataset=manifest", f"dataset.path={csv_path}", "dataset.image_size=16", ON_CPU]
     data += ["trainer.max_epochs=1", "trainer.report=false"]
     assert main([*data, f"hydra.run.dir={tmp_path / 'plain'}"]) == 2
     said = "".join(capsys.readouterr()) + caplog.text
-    assert "the test split is empty" in said
-    assert "a cross-validation (medtrain cv) needs no test split" in said
+    assert "the val split is empty" in said
+    assert "a cross-validation (medtrain cv) needs no val split" in said
     cv_dir = tmp_path / "cv"
     done = run_cli("cv", "cv.folds=2", f"cv.dir={cv_dir}", *data, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
