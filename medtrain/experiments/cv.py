@@ -228,12 +228,26 @@ def check_same_overrides(cv: CrossValidation) -> None:
     if saved is None:
         return  # written once the folds are drawn (`draw_folds`): a refused start leaves none
     if what_it_learns(list(saved["overrides"])) != what_it_learns(cv.overrides):
+        if not any_fold_trained(cv):  # every fold failed before it trained (a config value)
+            log.info(
+                "cv: no fold of %s has trained yet: the CV goes on with this command's overrides "
+                "(before: %s)",
+                cv.dir,
+                saved["overrides"],
+            )
+            save_json(path, {"overrides": cv.overrides})
+            return
         added = [o for o in what_it_learns(cv.overrides) if o not in saved["overrides"]]
         dropped = [o for o in what_it_learns(saved["overrides"]) if o not in cv.overrides]
         raise ConfigError(
             f"{cv.dir} holds a CV trained with other overrides (added now: {added}, dropped: "
             f"{dropped}): continue it with {saved['overrides']}, or use a new cv.dir"
         )
+
+
+def any_fold_trained(cv: CrossValidation) -> bool:
+    """Whether a fold of the CV has trained: finished (`metrics.json`) or saved a checkpoint."""
+    return any(cv.dir.glob("fold_*/metrics.json")) or any(cv.dir.glob("fold_*/checkpoints/*.pt"))
 
 
 def save_overrides(cv: CrossValidation) -> None:
@@ -417,9 +431,14 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     start = time.perf_counter()
     failed = run_folds(cv, folds_file)
     if failed:
+        again = (
+            "trains them again and keeps the finished ones"
+            if any_fold_trained(cv)
+            else "and the cause fixed trains them (no fold has trained, so the overrides may change)"
+        )
         raise FoldsFailed(
             f"folds {failed} failed (see {cv.dir}/fold_<k>/console.log); the same command with "
-            f"cv.dir={cv.dir} trains them again and keeps the finished ones"
+            f"cv.dir={cv.dir} {again}"
         )
     train_seconds = time.perf_counter() - start
     dev = resolve_device(str(cfg.trainer.device), "trainer.device")  # pooling and the ensemble

@@ -344,6 +344,12 @@ def test_folds_are_reused_and_other_settings_refused(tmp_path):
     cv.folds = 3
     check_same_overrides(cv)
     check_same_overrides(cv)  # the same command continues
+    # Before any fold has trained (each failed on a config value) the overrides may change.
+    check_same_overrides(parse_args([f"cv.dir={tmp_path}", "seed=1"]))
+    assert json.loads((tmp_path / "overrides.json").read_text()) == {"overrides": ["seed=1"]}
+    check_same_overrides(cv)
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / "metrics.json").write_text("{}")  # once a fold has trained, not
     with pytest.raises(ConfigError, match=r"added now: \['seed=1'\]"):
         check_same_overrides(parse_args([f"cv.dir={tmp_path}", "seed=1"]))
     # How a fold runs may change (device, progress, workers); how long it learns may not: the
