@@ -24,6 +24,7 @@ This module draws the folds and trains them; `cv_results` pools and summarizes t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -423,11 +424,18 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
             f"cv.dir={cv.dir} holds a sweep ({', '.join(searched)}): give the CV a folder of its "
             "own"
         )
+    made = [p for p in (cv.dir, *cv.dir.parents) if not p.exists()]  # the deepest first
     cv.dir.mkdir(parents=True, exist_ok=True)
-    check_same_overrides(cv)  # first: a dropped override is named, not its consequence
-    check_same_data(cv, cfg)
-    folds_file = draw_folds(cv, cfg)
-    save_overrides(cv)
+    try:
+        check_same_overrides(cv)  # first: a dropped override is named, not its consequence
+        check_same_data(cv, cfg)
+        folds_file = draw_folds(cv, cfg)
+        save_overrides(cv)
+    except MedtrainError:  # refused before anything was written: no folder left behind
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: kept
+                folder.rmdir()
+        raise
     start = time.perf_counter()
     failed = run_folds(cv, folds_file)
     if failed:

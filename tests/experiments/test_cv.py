@@ -240,9 +240,22 @@ def test_regression_fold_ensemble_averages_values_of_folds_standardised_otherwis
     assert summary["oof"]["oof/mae"] == pytest.approx(np.abs(pred - target).mean())
 
 
-def test_bad_cv_settings_are_refused():
-    from medtrain.experiments.cv import fold_command
+def test_bad_cv_settings_are_refused(tmp_path):
+    from medtrain.experiments.cv import fold_command, run_cv
     from tests.conftest import compose_cfg
+
+    # More folds than cases: refused before anything is written, without an empty cv.dir.
+    many = parse_args(
+        [
+            f"cv.dir={tmp_path / 'new' / 'cv'}",
+            "cv.folds=50",
+            "dataset.num_train=20",
+            "dataset.num_val=10",
+        ]
+    )
+    with pytest.raises(ConfigError, match="cv.folds=50"):
+        run_cv(many)
+    assert not (tmp_path / "new").exists()
 
     for argv, message in [
         (["cv.folds=1"], "cv.folds=1: must be an integer >= 2"),
