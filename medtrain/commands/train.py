@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,7 @@ class TrainJobs:
         hydra = HydraConfig.get()
         auto = cfg.trainer.get("resume") == "auto"  # `train` sets it to what it found
         job = Path(hydra.runtime.output_dir).resolve()
+        began = time.time()  # a metrics.json from then on is this job's
         try:
             try:
                 if hydra.mode == RunMode.MULTIRUN:  # each job puts back its own files only
@@ -103,7 +106,7 @@ class TrainJobs:
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
-                    say_interrupted(hydra, auto)
+                    say_interrupted(hydra, auto, began)
                 sys.exit(130)
             except Exception as err:
                 if distributed.is_distributed() and distributed.is_communication_error(err):
@@ -423,12 +426,23 @@ def undo_refused_run(
 DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def say_interrupted(hydra, auto: bool) -> None:
+def say_interrupted(hydra, auto: bool, began: float = math.inf) -> None:
     """How to go on after Ctrl-C (or SIGTERM): the same command (continuing with `trainer.resume`); a grid's
     jobs in the same sweep folder, which the summary then lists with this job as interrupted
-    (Hydra ends no job when one is interrupted: the summary finds `INTERRUPTED_LOG` in its log)."""
+    (Hydra ends no job when one is interrupted: the summary finds `INTERRUPTED_LOG` in its log).
+    A run stopped after it wrote its metrics (at `began` or later), while it wrote its report,
+    has finished: `medtrain report` writes what was left."""
     from medtrain.experiments.sweep_summary import INTERRUPTED_LOG
 
+    out = Path(hydra.runtime.output_dir)
+    metrics = out / "metrics.json"
+    if metrics.is_file() and metrics.stat().st_mtime >= began:
+        log.warning(
+            "stopped after the run finished (metrics.json is written) while it wrote its report: "
+            "medtrain report run_dir=%s writes it",
+            out,
+        )
+        return
     if hydra.mode != RunMode.MULTIRUN:
         if not (Path(hydra.runtime.output_dir) / "checkpoints" / "last.pt").is_file():
             log.warning(

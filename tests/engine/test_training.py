@@ -779,6 +779,25 @@ def test_an_interruption_before_any_epoch_finished_says_to_start_again(tmp_path)
     assert main(command) == 0
 
 
+def test_a_run_stopped_while_it_writes_its_report_is_said_to_have_finished(tmp_path, monkeypatch):
+    """Ctrl-C after metrics.json was written (a CV counts the fold as finished): the advice is
+    `medtrain report`, not a resume of a finished run."""
+    import medtrain.engine.training
+    from medtrain.commands import main
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medtrain.engine.training, "write_report", stopped)
+    command = [*TINY, ON_CPU, "trainer.max_epochs=1", "trainer.report=true"]
+    assert main([*command, f"hydra.run.dir={tmp_path}"]) == 130
+    last = (tmp_path / "train.log").read_text().splitlines()[-1]
+    assert last.endswith(
+        "stopped after the run finished (metrics.json is written) while it wrote its report: "
+        f"medtrain report run_dir={tmp_path} writes it"
+    )
+
+
 def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
     """Ctrl-C in a grid's job ends the multirun without Hydra's end of the job: the summary is
     written then, with the job as interrupted (not missing, not failed) and the jobs the grid
