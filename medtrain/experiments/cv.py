@@ -299,6 +299,14 @@ def fold_command(cv: CrossValidation, fold: int, folds_file: Path) -> list[str]:
     return command
 
 
+def report_wanted(fold: Path) -> bool:
+    """Whether a fold's saved config asks for its report (`trainer.report`)."""
+    config = fold / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return False
+    return bool(OmegaConf.select(OmegaConf.load(config), "trainer.report", default=True))
+
+
 def run_folds(cv: CrossValidation, folds_file: Path) -> list[int]:
     """Train the folds without `metrics.json`, `cv.jobs` at a time (each its own process, its
     console in `fold_<k>/console.log`); returns the folds that failed."""
@@ -306,6 +314,20 @@ def run_folds(cv: CrossValidation, folds_file: Path) -> list[int]:
     done = cv.folds - len(pending)
     if done:
         log.info("cv: %d of %d folds already trained in %s", done, cv.folds, cv.dir)
+    for k in sorted(set(range(cv.folds)) - set(pending)):
+        fold = cv.fold_dir(k)
+        if not (fold / "report.html").is_file() and report_wanted(fold):
+            # Stopped while it wrote its report, after metrics.json: written now.
+            from medtrain.analysis.report import write_report
+
+            try:
+                written = write_report(fold, checked=False)
+            except Exception as err:  # the fold's results stand; its report can be written later
+                log.warning(
+                    "cv: fold %d has no report (%s): medtrain report run_dir=%s", k, err, fold
+                )
+            else:
+                log.info("cv: fold %d's report, left unwritten: %s", k, written)
     env = dict(os.environ)
     if cv.jobs > 1 and "OMP_NUM_THREADS" not in env:  # the cores shared between the jobs
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cv.jobs))

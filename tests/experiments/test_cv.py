@@ -628,3 +628,24 @@ def test_a_pooled_metric_no_fold_defines_keeps_its_column(tmp_path):
     by_row = {r["row"]: r for r in rows}
     assert by_row["oof_pooled"]["val/auc"] == 0.75 and by_row["fold_0"]["val/auc"] is None
     assert "val/auc" not in by_row["mean"] and by_row["fold_ensemble"]["test/auc"] == 0.9
+
+
+def test_a_finished_fold_without_its_report_gets_it_when_the_cv_goes_on(
+    finished_cv, tmp_path, caplog
+):
+    """A fold stopped while it wrote its report (after metrics.json) counts as trained: the CV
+    run again writes the report instead of leaving the fold without it."""
+    import shutil
+
+    from medtrain.experiments.cv import run_folds
+
+    cv_dir = tmp_path / "cv"
+    shutil.copytree(finished_cv, cv_dir)
+    config = cv_dir / "fold_1" / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("report: false", "report: true"))
+    cv = parse_args([f"cv.folds={FOLDS}", f"cv.dir={cv_dir}", *OVERRIDES])
+    with caplog.at_level("INFO"):
+        assert run_folds(cv, cv_dir / "folds.json") == []  # nothing trained again
+    assert (cv_dir / "fold_1" / "report.html").is_file()
+    assert "fold 1's report, left unwritten" in caplog.text
+    assert not (cv_dir / "fold_0" / "report.html").exists()  # trainer.report=false: none
