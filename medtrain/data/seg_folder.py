@@ -24,10 +24,6 @@ from medtrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# The split lists whose left-out images this process has said (where, what, left out, known):
-# each once, not per member of an ensemble or fold of a CV that rebuilds the data.
-LEFT_OUT_SAID: set[tuple] = set()
-
 MASK_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy")
 
 
@@ -149,9 +145,7 @@ def check_split_lists(
         if unknown:
             raise DataError(f"{where}[{split}] names {unknown[:3]} not found among the {what}")
     left_out = [n for n in known if n not in seen]
-    said = (str(where), what, tuple(left_out), tuple(known))
-    if left_out and log_left_out and said not in LEFT_OUT_SAID:
-        LEFT_OUT_SAID.add(said)
+    if left_out and log_left_out:
         log.warning(
             "%s: %d of %d %s are in no split and not used (e.g. %s)",
             where,
