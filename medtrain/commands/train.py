@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +93,7 @@ class TrainJobs:
         hydra = HydraConfig.get()
         auto = cfg.trainer.get("resume") == "auto"  # `train` sets it to what it found
         job = Path(hydra.runtime.output_dir).resolve()
-        began = time.time()  # a metrics.json from then on is this job's
+        metrics_before = file_stamp(job / "metrics.json")  # another one is this job's
         try:
             try:
                 if hydra.mode == RunMode.MULTIRUN:  # each job puts back its own files only
@@ -106,7 +104,7 @@ class TrainJobs:
                 metrics = train(cfg, Path(hydra.runtime.output_dir))
             except KeyboardInterrupt:
                 if distributed.is_main():
-                    say_interrupted(hydra, auto, began)
+                    say_interrupted(hydra, auto, metrics_before)
                 sys.exit(130)
             except Exception as err:
                 if distributed.is_distributed() and distributed.is_communication_error(err):
@@ -115,6 +113,10 @@ class TrainJobs:
                     # this rank alone (an out-of-memory GPU, a bug): the others cannot go on
                     log.exception("rank %d failed", distributed.rank())
                     sys.exit(1)
+                if hydra.mode == RunMode.MULTIRUN and not isinstance(err, MedtrainError):
+                    # Hydra reports it after the grid, not in the job's train.log, where the
+                    # summary reads why a job failed (else it reads as killed without a word).
+                    log.exception("job %s failed: %s: %s", hydra.job.num, type(err).__name__, err)
                 raise
         except MedtrainError as err:
             if not distributed.from_main(err):  # rank 0's own error: rank 0 has logged it
@@ -426,23 +428,33 @@ def undo_refused_run(
 DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def say_interrupted(hydra, auto: bool, began: float = math.inf) -> None:
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, modification time in ns) of a file, None without it: an atomic rewrite changes it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def say_interrupted(hydra, auto: bool, metrics_before: tuple[int, int] | None = None) -> None:
     """How to go on after Ctrl-C (or SIGTERM): the same command (continuing with `trainer.resume`); a grid's
     jobs in the same sweep folder, which the summary then lists with this job as interrupted
     (Hydra ends no job when one is interrupted: the summary finds `INTERRUPTED_LOG` in its log).
-    A run stopped after it wrote its metrics (at `began` or later), while it wrote its report,
-    has finished: `medtrain report` writes what was left."""
+    A run stopped after it wrote a metrics.json (not the one of `metrics_before`, there when the
+    job began), while it wrote its last files, has finished: `medtrain report` writes its report."""
     from medtrain.experiments.sweep_summary import INTERRUPTED_LOG
 
     out = Path(hydra.runtime.output_dir)
-    metrics = out / "metrics.json"
-    if metrics.is_file() and metrics.stat().st_mtime >= began:
+    stamp = file_stamp(out / "metrics.json")
+    if stamp is not None and stamp != metrics_before:
         log.warning(
-            "stopped after the run finished (metrics.json is written) while it wrote its report: "
-            "medtrain report run_dir=%s writes it",
+            "stopped after the run finished (metrics.json is written), while it wrote its last "
+            "files: medtrain report run_dir=%s writes its report",
             out,
         )
-        return
+        if hydra.mode != RunMode.MULTIRUN:
+            return
     if hydra.mode != RunMode.MULTIRUN:
         if not (Path(hydra.runtime.output_dir) / "checkpoints" / "last.pt").is_file():
             log.warning(

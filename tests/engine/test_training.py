@@ -793,8 +793,8 @@ def test_a_run_stopped_while_it_writes_its_report_is_said_to_have_finished(tmp_p
     assert main([*command, f"hydra.run.dir={tmp_path}"]) == 130
     last = (tmp_path / "train.log").read_text().splitlines()[-1]
     assert last.endswith(
-        "stopped after the run finished (metrics.json is written) while it wrote its report: "
-        f"medtrain report run_dir={tmp_path} writes it"
+        "stopped after the run finished (metrics.json is written), while it wrote its last "
+        f"files: medtrain report run_dir={tmp_path} writes its report"
     )
 
 
@@ -815,6 +815,16 @@ def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
     assert rows[1]["overrides"] == "optimizer.lr=0.01"
     assert rows[1]["error"].startswith("the grid stopped before this job")
     assert "2 jobs: 1 interrupted, 1 not started" in (tmp_path / "sweep_summary.md").read_text()
+    # A job that crashed (an error of no medtrain kind) is failed, with its error, not killed.
+    def crashing(cfg, run_dir, callbacks=()):
+        raise RuntimeError("boom")
+
+    crashed = tmp_path / "crashed"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(medtrain.engine.training, "train", crashing)
+        assert main(["-m", *TINY, ON_CPU, "optimizer.lr=1e-3", f"hydra.sweep.dir={crashed}"]) == 1
+    [row] = list(csv.DictReader((crashed / "sweep_summary.csv").open()))
+    assert (row["status"], row["error"]) == ("failed", "job 0 failed: RuntimeError: boom")
     log = tmp_path / "0" / "train.log"  # as kill -9 leaves it: no last word
     log.write_text("\n".join(log.read_text().splitlines()[:-1]) + "\n")
     write_sweep_summary(tmp_path, plots=False)
