@@ -125,10 +125,12 @@ def _fits(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "a list":
         return isinstance(value, (list, tuple, ListConfig))
-    if kind in _LIST_OF.values():
-        item = next(k for k, v in _LIST_OF.items() if v == kind)
+    if kind in _LIST_OF.values():  # items as typed: torch takes no 8.0 for a size of 8
+        item = {"float": (int, float), "int": int, "bool": bool}[
+            next(k for k, v in _LIST_OF.items() if v == kind)
+        ]
         return isinstance(value, (list, tuple, ListConfig)) and all(
-            _fits(v, _KINDS[item]) for v in value
+            isinstance(v, item) and (item is bool or not isinstance(v, bool)) for v in value
         )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False

@@ -447,7 +447,12 @@ def test_wrong_types_reads_annotations_and_defaults():
     assert wrong_types(target, {"e": [8, "a"]}, "k") == [
         "k.e=[8, 'a']: must be a list of whole numbers"
     ]
-    assert wrong_types(target, {"e": [8.0, 16]}, "k") == []  # 8.0 is a whole number
+    assert wrong_types(target, {"e": [8.0, 16]}, "k") == [  # torch takes no 8.0 for a size
+        "k.e=[8.0, 16]: must be a list of whole numbers"
+    ]
+    assert wrong_types(target, {"e": [True]}, "k") == [
+        "k.e=[True]: must be a list of whole numbers"
+    ]
 
 
 def test_seed_path_and_class_count_values_are_checked(tmp_path):
