@@ -531,18 +531,24 @@ def _headline(metrics: dict[str, Any], trial_dir: Path) -> dict[str, float]:
     return {k: v for k, v in values.items() if isinstance(v, (int, float))}
 
 
-def check_every_trial(cfg: DictConfig, sweep: Sweep) -> None:
-    """The config checks of a run (`validate`), on a trial's config before the first trial: an
-    error no searched value changes (a missing `dataset.path`, a value out of range) would fail
-    every trial alike, each counted towards `sweep.trials`. An error naming a searched key is left
-    to the trials that draw it."""
+def check_every_trial(sweep: Sweep) -> None:
+    """The config checks of a run (`validate`) on two trials' configs, one of each param's first
+    value and one of its last, before the first trial: an error both raise alike and that names
+    no searched key (a missing `dataset.path`, a value out of range) would fail every trial the
+    same way, each counted towards `sweep.trials`. Anything else is left to the trials."""
     from medtrain.engine.config import validate
 
-    try:
-        validate(cfg)
-    except ConfigError as err:
-        if not any(p.key in str(err) for p in sweep.params):
-            raise ConfigError(f"{err} (every trial would fail so; no trial was run)") from err
+    said = []
+    for pick in (0, -1):
+        cfg = compose_config(sweep.overrides + [p.override(p.values[pick]) for p in sweep.params])
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            said.append(str(err))
+        else:
+            return
+    if said[0] == said[1] and not any(p.key in said[0] for p in sweep.params):
+        raise ConfigError(f"{said[0]} (every trial would fail the same way; no trial was run)")
 
 
 def run_sweep(sweep: Sweep) -> Any:
@@ -550,9 +556,7 @@ def run_sweep(sweep: Sweep) -> Any:
     in other workers; return the study."""
     # The base config and one trial's config must compose: a typo stops the sweep before it starts.
     cfg = compose_config(sweep.overrides)
-    check_every_trial(
-        compose_config(sweep.overrides + [p.override(p.values[0]) for p in sweep.params]), sweep
-    )
+    check_every_trial(sweep)
     study = open_study(sweep, cfg)
     shared = sweep.storage is not None
     lock = None if shared else _lock(sweep.dir)

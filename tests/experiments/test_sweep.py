@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from medtrain.commands.report import main as report_main
 from medtrain.commands.sweep import main
+from medtrain.errors import ConfigError
 from medtrain.experiments import sweep_summary
 from medtrain.experiments.hydra_callbacks import SweepSummary
 from tests.conftest import ROOT, TINY, read_metrics, run_cli
@@ -233,7 +234,7 @@ def test_a_searched_choice_is_a_column_even_when_every_trial_drew_alike(tmp_path
         ),
         (
             ["sweep.params.optimizer.lr=log(1e-4,1)", "trainer.batch_size=0"],
-            "trainer.batch_size=0: must be an integer >= 1 (every trial would fail so; no trial",
+            "trainer.batch_size=0: must be an integer >= 1 (every trial would fail the same way",
         ),
     ],
 )
@@ -245,6 +246,17 @@ def test_bad_sweep_arguments_exit_2_before_anything_runs(tmp_path, capsys, argv,
     if "no trial was run" in err:  # the trials' config, not the command line's sweep keys
         assert "sweep --help" not in err
     assert not sweep_dir.exists()
+
+
+def test_a_config_error_of_some_drawn_values_is_left_to_their_trials(tmp_path):
+    """A key interpolated from a searched one fails for some values only (scheduler.factor of
+    optimizer.lr=2.0, valid at 0.5): the search is not refused before its trials."""
+    from medtrain.experiments.sweep import check_every_trial, parse_args
+
+    argv = [f"sweep.dir={tmp_path}", "sweep.params.optimizer.lr=choice(2.0,0.5)"]
+    check_every_trial(parse_args([*argv, "scheduler=plateau", "scheduler.factor=${optimizer.lr}"]))
+    with pytest.raises(ConfigError, match="every trial would fail the same way"):
+        check_every_trial(parse_args([*argv, "trainer.batch_size=0"]))
 
 
 def test_grid_multirun_writes_the_summary(tmp_path, one_thread):
