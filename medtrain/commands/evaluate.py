@@ -68,11 +68,12 @@ a table (its separator, header or columns, Windows paths) exits with status 2, a
 """
 
 
-# What an undefined metric needed that the cases lack, by the words of its name.
+# What an undefined metric needed that the cases lack, by its name's first word (per-class and
+# per-value keys are `<metric>_<name>`).
 _NEEDS = (
     (("r2",), "R^2 needs targets that vary"),
     (("pearson", "spearman"), "a correlation needs targets and predictions that vary"),
-    (("kappa",), "kappa needs more than one grade"),
+    (("qwk", "kappa"), "kappa (qwk) needs more than one grade"),
     (
         ("auc", "ap", "precision", "recall", "sensitivity", "specificity", "f1"),
         "a class's AUC, AP, recall or precision needs cases of that class (or called it)",
@@ -86,9 +87,9 @@ def _why_undefined(keys: list[str]) -> str:
     classification's AUC); a generic reason for names `_NEEDS` does not know."""
     reasons = []
     for key in keys:
-        words = key.rsplit("/", 1)[-1].split("_")
+        metric = key.rsplit("/", 1)[-1].split("_", 1)[0]
         found = next(
-            (why for names, why in _NEEDS if any(w in names for w in words)),
+            (why for names, why in _NEEDS if metric in names),
             "the cases lack a class, a label or a spread it needs",
         )
         if found not in reasons:

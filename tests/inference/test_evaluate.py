@@ -543,3 +543,15 @@ def test_windows_paths_are_named_by_predict_and_evaluate(finished_runs, tmp_path
     assert said in capsys.readouterr().err
     assert predict([f"run_dir={run}", f"inputs={semicolons}", f"output={tmp_path / 'p.csv'}"]) == 2
     assert said in capsys.readouterr().err
+
+
+def test_an_undefined_metric_is_explained_by_its_own_kind():
+    """By the metric's name (its first word), not a class or value name after it."""
+    from medtrain.commands.evaluate import _why_undefined
+
+    assert _why_undefined(["test/qwk"]) == "kappa (qwk) needs more than one grade"
+    assert _why_undefined(["test/specificity_r2"]).startswith("a class's AUC, AP, recall")
+    assert _why_undefined(["test/r2_age", "test/pearson"]) == (
+        "R^2 needs targets that vary; a correlation needs targets and predictions that vary"
+    )
+    assert _why_undefined(["test/hd95_mm_nucleus"]) == "a mask metric needs a mask with the class"
