@@ -100,7 +100,10 @@ def _read_dicom(data: bytes, name: str, max_pixels: int):
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         said = lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
         if "missing dependencies" in said:
-            said += " (pip install one of these into medtrain's environment)"
+            said += (
+                " (install the packages one of these names into medtrain's environment, e.g. "
+                "pip install pylibjpeg pylibjpeg-libjpeg; gdcm's package is python-gdcm)"
+            )
         raise DataError(f"{name}: cannot decode DICOM {what}: {said}") from err
     if int(ds.get("NumberOfFrames", 1) or 1) == 1:
         pixels = pixels[None]

@@ -364,7 +364,10 @@ def test_a_dicom_without_its_decoder_names_every_package_that_would_decode_it():
     said = str(err.value)
     assert said.startswith("ls.dcm: cannot decode DICOM transfer syntax JPEG-LS Lossy")
     assert "\n" not in said and "pylibjpeg - requires pylibjpeg>=2.0" in said
-    assert said.endswith("(pip install one of these into medtrain's environment)")
+    assert said.endswith(
+        "(install the packages one of these names into medtrain's environment, e.g. pip install "
+        "pylibjpeg pylibjpeg-libjpeg; gdcm's package is python-gdcm)"
+    )
 
 
 @pytest.mark.parametrize(
