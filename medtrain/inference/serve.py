@@ -355,7 +355,8 @@ def create_app(
     limits = limits or ServeLimits()
     # The multipart parser logs each malformed body it refuses (a stray, unformatted line on the
     # console); the refusal is the 400 answer, which the access log records.
-    logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
+    for name in ("python_multipart", "multipart"):  # the package's logger before 0.0.13
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     max_pixels = limits.max_pixels or pixel_limit(predictor)
     predictor.max_pixels = max_pixels
     info = predictor.info()  # a finished run does not change: read metrics.json once
