@@ -436,6 +436,12 @@ def check_against_data(cfg: DictConfig) -> None:
     data, loss = cfg.dataset, cfg.loss
     for key in ("class_weights", "pos_weight", "alpha", "weight"):
         values = loss.get(key)
+        per_class = str(loss.get("_target_", "")).endswith(".DiceCELoss") and key == "weight"
+        if isinstance(values, int | float) and not isinstance(values, bool) and per_class:
+            raise ConfigError(  # MONAI's DiceCELoss slices it: "'float' is not subscriptable"
+                f"loss.weight={values}: give one value per class, background first "
+                f"({data.num_classes} values), or null"
+            )
         if not OmegaConf.is_list(values):  # a scalar (MONAI focal alpha) applies to every class
             continue
         if len(values) != data.num_classes:

@@ -47,8 +47,17 @@ def test_dice_bce_pos_weight_weighs_the_positive_pixels_of_each_class():
         DiceBCELoss(pos_weight=[1.0, 2.0])(logits, target)
 
 
-@pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "seg_focal"])
-def test_class_weights_are_one_per_class_background_first_for_every_monai_loss(name):
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("dice_ce", []),
+        ("dice", []),
+        ("dice_focal", []),
+        ("seg_focal", []),
+        ("seg_focal", ["loss.include_background=false"]),
+    ],
+)
+def test_class_weights_are_one_per_class_background_first_for_every_monai_loss(name, extra):
     """`loss.weight` is one value per class, background first, for each MONAI loss; each gets it in
     its own form (DiceCELoss: a tensor of every class; the others: the foreground's values when
     the background is left out), so weighting a class changes the loss as MONAI's own call does."""
@@ -58,16 +67,27 @@ def test_class_weights_are_one_per_class_background_first_for_every_monai_loss(n
 
     logits, target, _ = _example()
     key = "loss.weight" if name == "dice_ce" else "+loss.weight"
-    cfg = compose_cfg(["experiment=synthetic_segmentation", f"loss={name}", f"{key}=[0.5,1,3]"])
+    cfg = compose_cfg(
+        ["experiment=synthetic_segmentation", f"loss={name}", f"{key}=[0.5,1,3]", *extra]
+    )
     mine = build_task(cfg).loss_fn(logits, target)
     settings = {k: v for k, v in cfg.loss.items() if k not in ("_target_", "weight")}
     without = settings.get("include_background", True) is False
-    weight = {
-        "dice_ce": torch.tensor([0.5, 1.0, 3.0]),
-        "dice_focal": [1.0, 3.0] if without else [0.5, 1.0, 3.0],
-        "seg_focal": [1.0, 3.0] if without else [0.5, 1.0, 3.0],
-    }[name]
+    weight = (
+        torch.tensor([0.5, 1.0, 3.0])
+        if name == "dice_ce"
+        else ([1.0, 3.0] if without else [0.5, 1.0, 3.0])
+    )
     theirs = getattr(losses, cfg.loss._target_.rsplit(".", 1)[-1])(**settings, weight=weight)
-    unweighted = build(compose_cfg(["experiment=synthetic_segmentation", f"loss={name}"]).loss, "l")
+    plain = compose_cfg(["experiment=synthetic_segmentation", f"loss={name}", *extra])
+    unweighted = build(plain.loss, "l")
     assert float(mine) == pytest.approx(float(theirs(logits, target)), rel=1e-6)
     assert float(mine) != pytest.approx(float(unweighted(logits, target)), rel=1e-3)
+
+
+def test_a_scalar_weight_of_dice_ce_is_refused_by_key():
+    from medtrain.engine.config import check_against_data
+
+    cfg = compose_cfg(["experiment=synthetic_segmentation", "loss=dice_ce", "loss.weight=2.0"])
+    with pytest.raises(ConfigError, match=r"loss.weight=2.0: give one value per class"):
+        check_against_data(cfg)
