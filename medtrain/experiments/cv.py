@@ -204,9 +204,13 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
     return path
 
 
-def check_same_overrides(cv: CrossValidation) -> None:
+def check_same_overrides(cv: CrossValidation) -> bool:
     """`<cv.dir>/overrides.json`: the training overrides of the CV's first command; a command
     that continues the CV must give the same (its finished folds were trained with them).
+
+    Returns:
+        Whether this command's overrides replace the recorded ones (other ones, taken while no
+        fold has trained; `save_overrides` writes them once the other checks passed).
 
     Raises:
         ConfigError: other overrides than the first command's.
@@ -227,7 +231,7 @@ def check_same_overrides(cv: CrossValidation) -> None:
     path = cv.dir / "overrides.json"
     saved = read_json(path) if path.is_file() else None
     if saved is None:
-        return  # written once the folds are drawn (`draw_folds`): a refused start leaves none
+        return False  # written once the folds are drawn (`draw_folds`): a refused start, none
     if what_it_learns(list(saved["overrides"])) != what_it_learns(cv.overrides):
         if not any_fold_trained(cv):  # every fold failed before it trained (a config value)
             log.info(
@@ -236,14 +240,14 @@ def check_same_overrides(cv: CrossValidation) -> None:
                 cv.dir,
                 saved["overrides"],
             )
-            save_json(path, {"overrides": cv.overrides})
-            return
+            return True
         added = [o for o in what_it_learns(cv.overrides) if o not in saved["overrides"]]
         dropped = [o for o in what_it_learns(saved["overrides"]) if o not in cv.overrides]
         raise ConfigError(
             f"{cv.dir} holds a CV trained with other overrides (added now: {added}, dropped: "
             f"{dropped}): continue it with {saved['overrides']}, or use a new cv.dir"
         )
+    return False
 
 
 def any_fold_trained(cv: CrossValidation) -> bool:
@@ -251,9 +255,10 @@ def any_fold_trained(cv: CrossValidation) -> bool:
     return any(cv.dir.glob("fold_*/metrics.json")) or any(cv.dir.glob("fold_*/checkpoints/*.pt"))
 
 
-def save_overrides(cv: CrossValidation) -> None:
-    """`<cv.dir>/overrides.json`, once: what `check_same_overrides` holds a later command to."""
-    if not (cv.dir / "overrides.json").is_file():
+def save_overrides(cv: CrossValidation, replace: bool = False) -> None:
+    """`<cv.dir>/overrides.json`, once (or again, `replace`d: see `check_same_overrides`): what
+    `check_same_overrides` holds a later command to."""
+    if replace or not (cv.dir / "overrides.json").is_file():
         save_json(cv.dir / "overrides.json", {"overrides": cv.overrides})
 
 
@@ -449,11 +454,11 @@ def run_cv(cv: CrossValidation) -> dict[str, Any]:
     made = [p for p in (cv.dir, *cv.dir.parents) if not p.exists()]  # the deepest first
     cv.dir.mkdir(parents=True, exist_ok=True)
     try:
-        check_same_overrides(cv)  # first: a dropped override is named, not its consequence
+        replace = check_same_overrides(cv)  # first: a dropped override is named, not its effect
         check_same_data(cv, cfg)
         folds_file = draw_folds(cv, cfg)
-        save_overrides(cv)
-    except MedtrainError:  # refused before anything was written: no folder left behind
+        save_overrides(cv, replace)
+    except (MedtrainError, KeyboardInterrupt):  # stopped before anything was written: no folder
         for folder in made:
             with contextlib.suppress(OSError):  # not empty: kept
                 folder.rmdir()

@@ -358,9 +358,13 @@ def test_folds_are_reused_and_other_settings_refused(tmp_path):
     check_same_overrides(cv)
     check_same_overrides(cv)  # the same command continues
     # Before any fold has trained (each failed on a config value) the overrides may change.
-    check_same_overrides(parse_args([f"cv.dir={tmp_path}", "seed=1"]))
+    fixed = parse_args([f"cv.dir={tmp_path}", "seed=1"])
+    assert check_same_overrides(fixed) is True  # recorded by save_overrides, after the checks
+    assert json.loads((tmp_path / "overrides.json").read_text()) == {"overrides": []}
+    save_overrides(fixed, replace=True)
     assert json.loads((tmp_path / "overrides.json").read_text()) == {"overrides": ["seed=1"]}
-    check_same_overrides(cv)
+    save_overrides(cv, replace=True)
+    assert check_same_overrides(cv) is False
     (tmp_path / "fold_0").mkdir()
     (tmp_path / "fold_0" / "metrics.json").write_text("{}")  # once a fold has trained, not
     with pytest.raises(ConfigError, match=r"added now: \['seed=1'\]"):
