@@ -3,7 +3,9 @@ seeded stratified split by fractions."""
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,41 @@ def empty_class_folders(root: Path, extensions: tuple[str, ...]) -> str | None:
     )
 
 
+def named_classes(
+    folder: Path, found: list[str], given: Sequence[str] | None, empty: str | None
+) -> list[str]:
+    """The classes in index order: the class folders' names sorted, or `dataset.class_names`
+    (`given`), which must name every class folder with images, each once, and nothing else: a
+    class is its folder's name, never a position in the list (a list in another order than the
+    folders' would otherwise swap the labels).
+
+    Raises:
+        DataError: a class folder the names leave out (a misspelt name?).
+        ConfigError: a name given twice, or one without a class folder with images.
+    """
+    if given is None:
+        return found
+    given = [str(name) for name in given]
+    twice = sorted({name for name in given if given.count(name) > 1})
+    if twice:
+        raise ConfigError(f"dataset.class_names={given} names {twice} twice; each class once")
+    unknown = [name for name in found if name not in given]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], given, n=1, cutoff=0.6)
+        like = f" ({unknown[0]!r} is like {close[0]!r}: a typo?)" if close else ""
+        raise DataError(
+            f"{folder}: class folder(s) {unknown} are not in dataset.class_names={given}{like}; "
+            "the names are the class folders' names, in the order of the class indices"
+        )
+    missing = [name for name in given if name not in found]
+    if missing:
+        raise ConfigError(
+            f"dataset.class_names={given} names {missing}, which have no class folder with images "
+            f"in {folder} (the folders: {found})" + (f"; {empty}" if empty else "")
+        )
+    return given
+
+
 class ImageFolder(ImageDataset):
     """Classification images stored as `<path>/<class>/<image>` or `<path>/<split>/<class>/<image>`.
 
@@ -84,18 +121,11 @@ class ImageFolder(ImageDataset):
             raise DataError(f"dataset.path={path!r}: no such folder")
         check_fractions(val_fraction, test_fraction, "images")
         extensions = tuple(e.lower() for e in extensions)
-        files, labels, class_names = self._collect(
-            root, extensions, val_fraction, test_fraction, seed
-        )
         depth = 3 if (root / "train").is_dir() else 2  # [<split>/]<class>/<image>
         empty = empty_class_folders(root / "train" if depth == 3 else root, extensions)
-        if self.class_names is None:
-            self.class_names = class_names
-        elif empty and len(self.class_names) != len(class_names):
-            raise ConfigError(
-                f"dataset.class_names has {len(self.class_names)} names for the "
-                f"{len(class_names)} class folders with images {class_names}; {empty}"
-            )
+        files, labels, self.class_names = self._collect(
+            root, extensions, val_fraction, test_fraction, seed, self.class_names, empty
+        )
         self.files = files[split]
         self.ids = [str(f.relative_to(root)) for f in self.files]
         self.set_labels(
@@ -126,7 +156,7 @@ class ImageFolder(ImageDataset):
             self.in_channels = 1 if image.ndim == 2 else image.shape[-1]
 
     @staticmethod
-    def _collect(root, extensions, val_fraction, test_fraction, seed):
+    def _collect(root, extensions, val_fraction, test_fraction, seed, given=None, empty=None):
         split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
         base = list_class_folders(split_dirs.get("train", root), extensions)
         if not base:
@@ -147,7 +177,7 @@ class ImageFolder(ImageDataset):
                 f"{split_dirs.get('train', root)}: found {len(base)} class folder(s) {sorted(base)} "
                 "with images; classification needs one sub-folder per class, at least 2"
             )
-        class_names = sorted(base)
+        class_names = named_classes(split_dirs.get("train", root), sorted(base), given, empty)
         index = {name: k for k, name in enumerate(class_names)}
         files = {s: [] for s in SPLITS}
         labels = {s: [] for s in SPLITS}

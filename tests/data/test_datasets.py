@@ -185,9 +185,39 @@ def test_a_class_folder_without_images_is_named(tmp_path):
         names = ["benign", "malignant", "other"]
         ImageFolder(str(tmp_path), "train", image_size=8, extensions=(".png",), class_names=names)
     assert str(err.value) == (
-        "dataset.class_names has 3 names for the 2 class folders with images ['benign', "
-        f"'malignant']; {said}"
+        "dataset.class_names=['benign', 'malignant', 'other'] names ['other'], which have no "
+        f"class folder with images in {tmp_path} (the folders: ['benign', 'malignant']); {said}"
     )
+
+
+def test_class_names_name_the_class_folders_in_index_order(tmp_path):
+    """`dataset.class_names` orders the classes by the folders' names: listed in another order
+    than the folders sort, each image keeps its folder's class (they were renamed by position,
+    which swapped the labels); a name that is no folder's, or a folder left out, is an error."""
+    make_folder(tmp_path, per_class=6)
+    sorted_ = ImageFolder(str(tmp_path), "train", image_size=8, val_fraction=0, test_fraction=0)
+    swapped = ImageFolder(
+        str(tmp_path),
+        "train",
+        image_size=8,
+        val_fraction=0,
+        test_fraction=0,
+        class_names=["malignant", "benign"],
+    )
+    assert sorted_.class_names == ["benign", "malignant"]
+    assert swapped.class_names == ["malignant", "benign"]
+    for ds in (sorted_, swapped):
+        for file, label in zip(ds.files, ds.labels, strict=True):
+            assert ds.class_names[label] == file.parent.name
+    with pytest.raises(DataError) as err:
+        ImageFolder(str(tmp_path), "train", image_size=8, class_names=["Benign", "malignant"])
+    assert str(err.value) == (
+        f"{tmp_path}: class folder(s) ['benign'] are not in dataset.class_names=['Benign', "
+        "'malignant'] ('benign' is like 'Benign': a typo?); the names are the class folders' "
+        "names, in the order of the class indices"
+    )
+    with pytest.raises(ConfigError, match="names \\['benign'\\] twice"):
+        ImageFolder(str(tmp_path), "train", image_size=8, class_names=["benign", "benign"])
 
 
 def test_image_folder_with_split_folders(tmp_path):
