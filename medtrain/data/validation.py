@@ -318,11 +318,16 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
     labels = {split: np.asarray(d.labels).astype(np.int64) for split, d in datasets.items()}
     counts = sum(np.bincount(y[(y >= 0) & (y < k)], minlength=k) for y in labels.values())
     for c in np.flatnonzero((counts > 0) & (counts <= TYPO_MAX_SAMPLES)).tolist():
-        like = [
-            other
-            for other in np.flatnonzero(counts >= 10 * counts[c]).tolist()
-            if _similar(class_names[c], class_names[other])
-        ]
+        like = sorted(  # the closest name first ('Normal' is like 'normal' before 'abnormal')
+            (
+                other
+                for other in np.flatnonzero(counts >= 10 * counts[c]).tolist()
+                if _similar(class_names[c], class_names[other])
+            ),
+            key=lambda other: -difflib.SequenceMatcher(
+                None, class_names[c].lower(), class_names[other].lower()
+            ).ratio(),
+        )
         if like:
             found = [
                 names[split].name(int(i))

@@ -185,6 +185,12 @@ def test_a_rare_class_named_like_a_common_one_is_a_possible_typo(tmp_path):
         "line 6)) and is named like 'pneumonia' (12): a typo? It trains as a class of its own; listing the "
         "classes in dataset.class_names makes a misspelt label an error"
     ]
+    # The closest name is the one named ('Normal' is like 'normal' before 'abnormal').
+    cased = [(n, ("abnormal", "normal")[k % 2], s) for k, (n, _, s) in enumerate(rows)]
+    cased[4] = (cased[4][0], "Normal", "train")
+    report = check(manifest_overrides(write_manifest(tmp_path, cased)))
+    [typo] = [w for w in report["warnings"] if "a typo?" in w]
+    assert "is named like 'normal' (12): a typo?" in typo
     graded = [
         (name, f"grade_{1 if k == 4 else 2 + k % 2}", split)
         for k, (name, _, split) in enumerate(rows)
