@@ -653,6 +653,16 @@ class Manifest(ManifestRows, ImageDataset):
                 )
             self.class_names = list(names)
             labels = np.array([index[v] for v in values], dtype=np.int64)
+            joined = sorted({v for v in values if any(mark in v for mark in ";|")})
+            if joined:  # findings of several labels per image: each combination a class
+                self._data_warning(
+                    "joined_labels",
+                    f"{self.manifest_path}: column {column!r} holds {len(joined)} value(s) that "
+                    f"join labels (e.g. {joined[0]!r}): each distinct value is one class of its "
+                    f"own ({len(self.class_names)} classes), not several labels of one image: "
+                    "a manifest holds one class per image (multi-label targets are read from "
+                    "MedMNIST files, dataset=medmnist)",
+                )
         if len(np.unique(labels)) < 2:
             raise DataError(
                 f"{self.source}: column {column!r} holds {values[0]!r} in every row; "

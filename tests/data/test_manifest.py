@@ -433,3 +433,17 @@ def test_a_regression_target_beyond_float32_is_named(tmp_path):
     csv_path = make_cases(tmp_path, targets)
     with pytest.raises(DataError, match=r"target of images/case005.png in split .* is 1e\+300; "):
         Manifest(str(csv_path), "train", regression=True, seed=0)
+
+
+def test_joined_labels_are_said_to_be_classes_of_their_own(tmp_path):
+    """`effusion;nodule` is one class of its own (a manifest holds one class per image): warned
+    about, since a user meant several labels of one image."""
+    path = make_cases(tmp_path, ["effusion", "effusion;nodule", "nodule"] * 3)
+    data = Manifest(str(path), "train", val_fraction=0, test_fraction=0)
+    assert data.class_names == ["effusion", "effusion;nodule", "nodule"]
+    assert data.data_warnings["joined_labels"] == (
+        f"{path}: column 'target' holds 1 value(s) that join labels (e.g. 'effusion;nodule'): "
+        "each distinct value is one class of its own (3 classes), not several labels of one "
+        "image: a manifest holds one class per image (multi-label targets are read from MedMNIST "
+        "files, dataset=medmnist)"
+    )
