@@ -324,9 +324,11 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
                 for other in np.flatnonzero(counts >= 10 * counts[c]).tolist()
                 if _similar(class_names[c], class_names[other])
             ),
-            key=lambda other: -difflib.SequenceMatcher(
-                None, class_names[c].lower(), class_names[other].lower()
-            ).ratio(),
+            key=lambda other: (
+                -difflib.SequenceMatcher(
+                    None, class_names[c].lower(), class_names[other].lower()
+                ).ratio()
+            ),
         )
         if like:
             found = [

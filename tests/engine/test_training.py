@@ -815,6 +815,7 @@ def test_an_interrupted_grid_lists_the_interrupted_job(tmp_path):
     assert rows[1]["overrides"] == "optimizer.lr=0.01"
     assert rows[1]["error"].startswith("the grid stopped before this job")
     assert "2 jobs: 1 interrupted, 1 not started" in (tmp_path / "sweep_summary.md").read_text()
+
     # A job that crashed (an error of no medtrain kind) is failed, with its error, not killed.
     def crashing(cfg, run_dir, callbacks=()):
         raise RuntimeError("boom")
