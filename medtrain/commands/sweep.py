@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             study = run_sweep(sweep)
     except ConfigError as err:
         # The sweep keys' list helps with the command line, not with the config of every trial.
-        hint = "\n(medtrain sweep --help lists the sweep keys)" if sweep is None else ""
+        hint = (
+            "\n(medtrain sweep --help lists the sweep keys)"
+            if sweep is None or "sweep." in str(err)
+            else ""
+        )
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -392,7 +392,8 @@ def check_same_data(saved: Any, provenance: dict[str, Any] | None) -> None:
             if there
             else f"the run read {before.get('path')}; restore the data there"
         )
-        raise ConfigError(f"dataset.path={raw} is not found from {Path.cwd()}: {advice}")
+        where = "does not exist" if Path(raw).is_absolute() else f"is not found from {Path.cwd()}"
+        raise ConfigError(f"dataset.path={raw} {where}: {advice}")
     changed = fingerprint_change(before, now)
     if changed:
         raise ConfigError(
