@@ -210,8 +210,18 @@ class ImageFolder(ImageDataset):
                 )
             except ValueError as err:
                 counts = Counter(pool_labels)
-                rare = [f"{class_names[k]} ({n})" for k, n in sorted(counts.items()) if n < 2]
-                why = f"too few images of class {', '.join(rare)}" if rare else str(err)
+                rare = [k for k, n in sorted(counts.items()) if n < 2]
+                why = (
+                    "too few images of class "
+                    + ", ".join(f"{class_names[k]} ({counts[k]})" for k in rare)
+                    if rare
+                    else str(err)
+                )
+                for k in rare:  # a folder of one image beside a large one: a misspelt name?
+                    others = [n for n in class_names if n != class_names[k]]
+                    close = difflib.get_close_matches(class_names[k], others, n=1, cutoff=0.8)
+                    if close:
+                        why += f" ({class_names[k]!r} is like {close[0]!r}: a misspelt folder?)"
                 raise DataError(
                     f"{root}: cannot make a stratified {split} split of {fraction}: {why}; add "
                     "images, or give the splits as train/, val/ and test/ folders"

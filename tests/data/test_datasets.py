@@ -220,6 +220,21 @@ def test_class_names_name_the_class_folders_in_index_order(tmp_path):
         ImageFolder(str(tmp_path), "train", image_size=8, class_names=["benign", "benign"])
 
 
+def test_a_class_of_one_image_that_stops_the_split_is_named_with_its_like(tmp_path):
+    """One image in `malignnt/` beside `malignant/`: the stratified split cannot be made, and the
+    error says which class and that its name is like another's."""
+    make_folder(tmp_path, per_class=6)
+    (tmp_path / "malignnt").mkdir()
+    shutil.copy(tmp_path / "malignant" / "0.png", tmp_path / "malignnt" / "0.png")
+    with pytest.raises(DataError) as err:
+        ImageFolder(str(tmp_path), "train", image_size=8)
+    assert str(err.value) == (
+        f"{tmp_path}: cannot make a stratified test split of 0.15: too few images of class "
+        "malignnt (1) ('malignnt' is like 'malignant': a misspelt folder?); add images, or give "
+        "the splits as train/, val/ and test/ folders"
+    )
+
+
 def test_image_folder_with_split_folders(tmp_path):
     make_folder(tmp_path / "train", per_class=6)
     make_folder(tmp_path / "test", per_class=2)
