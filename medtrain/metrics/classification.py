@@ -137,6 +137,13 @@ def choose_threshold(
     thresholds = np.clip(thresholds, 0.0, 1.0)  # the first one is +inf by convention
     if method == "youden":
         best = int(np.argmax(tpr - fpr))
+        if tpr[best] - fpr[best] <= 0:  # its "best" would call no case positive (threshold 1)
+            log.warning(
+                "threshold youden: no threshold separates the classes better than chance on "
+                "these cases (Youden's J <= 0, AUC %.3f); the threshold is 0.5",
+                skm.roc_auc_score(target, prob),
+            )
+            return 0.5
     elif method == "sensitivity":
         best = int(np.argmax(tpr >= target_sensitivity))
     else:

@@ -76,6 +76,16 @@ def test_a_threshold_rule_on_one_class_says_it_falls_back_to_one_half(caplog):
     with caplog.at_level("WARNING"):
         assert M.choose_threshold(np.zeros(5), np.linspace(0, 1, 5), "youden") == 0.5
     assert "threshold youden: the validation targets hold one class" in caplog.text
+    # Every positive ranked below every negative (AUC 0): no threshold beats chance, and the
+    # "best" J of 0 would call no case positive (threshold 1.0); 0.5 instead, said.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert (
+            M.choose_threshold(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.8, 0.9]), "youden")
+            == 0.5
+        )
+    assert "no threshold separates the classes better than chance" in caplog.text
+    assert "AUC 0.000" in caplog.text
 
 
 def test_sensitivity_threshold_reaches_target():
