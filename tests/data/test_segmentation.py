@@ -94,6 +94,20 @@ def test_jpeg_masks_are_thresholded(tmp_path):
     read = read_mask_file(tmp_path / "m.jpg")
     assert set(np.unique(read)) == {0, 1}
     assert np.mean(read == (mask > 0)) > 0.99
+    # Small discs at quality 50: the most ringing, still binary.
+    small = np.zeros((64, 64), np.uint8)
+    for x in range(8, 64, 12):
+        cv2.circle(small, (x, x), 3, 255, -1)
+    Image.fromarray(small).save(tmp_path / "s.jpg", quality=50)
+    assert np.mean(read_mask_file(tmp_path / "s.jpg") == (small > 0)) > 0.99
+    # A third level (an interior of 128 in a border of 255) is no binary mask: it was cut at its
+    # own value, a quarter of the foreground lost without a word.
+    cv2.circle(mask, (32, 32), 11, 128, -1)
+    Image.fromarray(mask).save(tmp_path / "three.jpg", quality=75)
+    with pytest.raises(DataError, match=r"three.jpg: a JPEG mask read as binary holds a level"):
+        read_mask_file(tmp_path / "three.jpg")
+    three = read_mask_file(tmp_path / "three.jpg", {0: 0, 128: 1, 255: 2}, num_classes=3)
+    assert np.mean(three == np.select([mask == 128, mask == 255], [1, 2], 0)) > 0.98
 
 
 def test_spacing_from_metric_png_and_tiff_but_not_screen_dpi(tmp_path):
