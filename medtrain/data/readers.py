@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from medtrain.data.decoding import (  # noqa: F401  (re-exported: readers is where they are looked for)
     BYTES_PER_VALUE,
@@ -256,6 +256,8 @@ def decode(
 
 
 # -- PNG, JPEG, TIFF -----------------------------------------------------------------------------
+EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and/or turned (5-8 swap rows and columns)
+
 def _decode_pil(
     data: bytes, name: str, kind: str, max_pixels: int
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -273,6 +275,13 @@ def _decode_pil(
                 )
             spacing = _pil_spacing(img, io.BytesIO(data), name)
             img.load()
+            # A camera's or scanner's EXIF Orientation: the image as every viewer (and the
+            # annotation tool a mask was drawn in) shows it, not as its pixels are stored.
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation in range(2, 9):
+                img = ImageOps.exif_transpose(img)
+                if orientation >= 5 and spacing is not None:  # rows and columns swapped
+                    spacing = (spacing[1], spacing[0])
             if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
                 img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
             array = np.array(img)
@@ -519,6 +528,9 @@ def file_spacing(path: str | Path) -> tuple[float, float] | None:
             if kind not in ("png", "tiff"):
                 return None
             with Image.open(handle, formats=[PIL_FORMATS[kind]]) as img:
-                return _pil_spacing(img, handle, str(path))
+                spacing = _pil_spacing(img, handle, str(path))
+                if spacing is not None and img.getexif().get(EXIF_ORIENTATION, 1) >= 5:
+                    spacing = (spacing[1], spacing[0])  # as `_decode_pil` turns the image
+                return spacing
     except (UnsupportedFormatError, OSError, ValueError, SyntaxError):
         return None  # UnidentifiedImageError is an OSError; a refused spacing is raised
