@@ -482,13 +482,22 @@ class SegmentationDataset(SeededSamples, Dataset):
                     f"{', ...' if len(values) > 6 else ''}), not two: was it resized or saved "
                     "with smoothing? Store 0 and one foreground value (255), resized with nearest "
                     "neighbour"
+                    + (  # a few levels: classes of their own
+                        f"; or, if the {len(values)} values are classes, set "
+                        f"dataset.num_classes={len(values)} and dataset.class_values"
+                        if len(values) <= 4
+                        else ""
+                    )
                 )
             objects = self.num_classes == 2 and np.count_nonzero(values) >= 2
+            more = int(values.max()) + 1  # class indices 0..max: that many classes
             if objects and getattr(self, "reads_instance_labels", False) and not self.has_instances:
                 hint = (
                     f" ({np.count_nonzero(values)} nonzero values: if each is one object, these are "
-                    "instance labels: dataset.instance_labels=true; else map stored values with "
-                    "dataset.class_values)"
+                    "instance labels: dataset.instance_labels=true; if they are classes, "
+                    f"dataset.num_classes={more}"
+                    + (" (with dataset.class_names)" if more <= 8 else "")
+                    + "; else map stored values with dataset.class_values)"
                 )
             elif hasattr(self, "class_values"):
                 hint = " (map stored values with dataset.class_values)"

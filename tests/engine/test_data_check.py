@@ -319,10 +319,25 @@ def test_segmentation_mask_of_the_wrong_size_or_class_names_the_mask(tmp_path):
         f"{tmp_path / 'masks/img2.png'}: mask is 12x12 but the image is 16x16",
         f"{tmp_path / 'masks/img4.png'}: mask value 3 is outside the 2 classes of "
         "dataset.num_classes=2 (3 nonzero values: if each is one object, these are instance "
-        "labels: dataset.instance_labels=true; else map stored values with dataset.class_values)",
+        "labels: dataset.instance_labels=true; if they are classes, dataset.num_classes=4 (with "
+        "dataset.class_names); else map stored values with dataset.class_values)",
     ]
     shares = report["splits"]["train"]["balance"]["pixel_fraction"]
     assert shares["nucleus"] == pytest.approx(52 / 256, abs=0.01)
+    levels = np.zeros((16, 16), np.uint8)
+    levels[:4, :4], levels[8:, 8:] = 128, 255  # three levels: classes, or a smoothed 0/255 mask
+    Image.fromarray(levels).save(tmp_path / "masks/img4.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "masks/img2.png")  # 16x16 now
+    report = check(
+        ["experiment=dsb2018_nuclei", f"dataset.path={tmp_path}", "dataset.val_size=1"]
+        + ["dataset.test_size=1"]
+    )
+    assert report["errors"] == [
+        f"{tmp_path / 'masks/img4.png'}: a binary mask holds 3 values (0, 128, 255), not two: was "
+        "it resized or saved with smoothing? Store 0 and one foreground value (255), resized with "
+        "nearest neighbour; or, if the 3 values are classes, set dataset.num_classes=3 and "
+        "dataset.class_values"
+    ]
     # every mask unreadable as classes: the errors say so, no "no mask holds class" warnings
     for k in range(6):
         Image.fromarray(three).save(tmp_path / f"masks/img{k}.png")
