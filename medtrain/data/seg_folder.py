@@ -254,6 +254,17 @@ class SegFolder(SegmentationDataset):
                 f"{root / masks_folder}: no mask for {len(missing)} image(s), e.g. "
                 f"{missing[0]}{mask_suffix}.png for images/{images[missing[0]].name}{hint}"
             )
+        expected = {f"{name}{mask_suffix}" for name in images}
+        alone = sorted(name for name in masks if name not in expected)
+        if alone and split == "train":  # a misspelt image name leaves its mask unused
+            self.data_warnings = {
+                **getattr(self, "data_warnings", {}),
+                "masks_without_image": (
+                    f"{root / masks_folder}: {len(alone)} mask(s) match no image in "
+                    f"{root / 'images'} and are not used (e.g. {masks[alone[0]].name}): a "
+                    "misspelt or missing image?"
+                ),
+            }
         if class_values:
             bad = [(v, k) for v, k in class_values.items() if not 0 <= int(k) < self.num_classes]
             if bad:

@@ -161,6 +161,20 @@ def test_seg_folder_refuses_images_with_and_without_a_pixel_spacing(tmp_path):
     )
 
 
+def test_a_mask_without_its_image_is_warned_about(tmp_path):
+    """A misspelt image name leaves its mask unused: said, naming the mask."""
+    root = make_folder(tmp_path / "data", n=6)
+    assert not getattr(SegFolder(str(root), "train", val_size=1, test_size=1), "data_warnings", {})
+    (root / "images" / "case03.png").rename(root / "images" / "cas03.png")
+    (root / "masks" / "case03.png").rename(root / "masks" / "cas03.png")
+    (root / "masks" / "extra.png").write_bytes((root / "masks" / "case00.png").read_bytes())
+    data = SegFolder(str(root), "train", val_size=1, test_size=1)
+    assert data.data_warnings["masks_without_image"] == (
+        f"{root / 'masks'}: 1 mask(s) match no image in {root / 'images'} and are not used "
+        "(e.g. extra.png): a misspelt or missing image?"
+    )
+
+
 def test_seg_folder_seeded_split_by_counts_and_explicit_lists(tmp_path):
     root = make_folder(tmp_path / "data", n=20)
     splits = {
