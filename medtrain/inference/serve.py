@@ -102,7 +102,9 @@ def parse_flag(name: str, text: str) -> bool:
     try:
         return FLAGS[text.strip().lower()]
     except KeyError:
-        raise ConfigError(f"{name}={text[:50]!r} must be true or false") from None
+        raise ConfigError(
+            f"{name}={text[:50]!r} must be true or false (or yes/no, on/off, 1/0)"
+        ) from None
 
 
 def flag_text(value: str | None) -> str:

@@ -647,3 +647,14 @@ def test_server_survives_everything(servers):
     for running in servers.values():
         assert running.thread.is_alive()
         assert fetch(running.port, "GET", "/health")[0] == 200
+
+
+def test_a_flag_takes_the_spellings_its_refusal_names():
+    from medtrain.errors import ConfigError
+    from medtrain.inference.serve import parse_flag
+
+    assert [parse_flag("overlay", t) for t in ("true", "Yes", "on", "1")] == [True] * 4
+    assert [parse_flag("overlay", t) for t in ("false", "no", "OFF", "0")] == [False] * 4
+    with pytest.raises(ConfigError) as err:
+        parse_flag("overlay", "banana")
+    assert str(err.value) == "overlay='banana' must be true or false (or yes/no, on/off, 1/0)"
