@@ -10,7 +10,8 @@ the preprocessing. Prints CSV to stdout, one row per image: the label and class 
 predicted values (as medtrain predict names them: `value_<target>`, and for one target `value`,
 with `grade` by the manifest's rule for ordinal grades), or (segmentation) the mask file written,
 its pixels per class, its objects per foreground class (connected components, as medtrain counts
-them without `task.instances`), and with `--spacing` each class's area in mm^2. Segmentation runs
+them without `task.instances`), and each class's area in mm^2 with `--spacing` or the run's own
+`dataset.spacing` (files' own spacing tags are not read here: give `--spacing`). Segmentation runs
 with an inference window are tiled into blended windows, as medtrain evaluates them.
 """
 
@@ -311,7 +312,10 @@ def main() -> None:
             "run model.onnx with onnxruntime on volumes prepared as manifest.json describes, or "
             "the run itself with medtrain predict run_dir=<run> (docs/deployment.md)"
         )
-    spacing = parse_spacing(args.spacing)
+    # Without --spacing, the run's own (dataset.spacing), as medtrain predict uses it for files
+    # that state none (this example reads no file's own spacing tag).
+    recorded = (manifest.get("segmentation") or {}).get("spacing")
+    spacing = parse_spacing(args.spacing) or (tuple(map(float, recorded)) if recorded else None)
     run, task, names = load_model(args.export, manifest), manifest["task"], manifest["class_names"]
     label = "labels" if manifest.get("multilabel") else "label"
     # A task of your own (medtrain's task protocol): its first output's values, one per name.

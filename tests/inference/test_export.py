@@ -244,7 +244,7 @@ def test_example_script_follows_other_settings(finished_runs, tmp_path):
 
 def test_example_script_counts_objects_and_measures_areas_in_mm2(finished_runs, tmp_path):
     """Per foreground class the objects medtrain counts in the same mask (connected components),
-    and with --spacing the area in mm^2; without it, pixels only."""
+    and with --spacing the area in mm^2; without it, in the run's own spacing (the manifest's)."""
     predictor = Predictor(finished_runs["segmentation"])
     export_run(predictor.run, "onnx", tmp_path / "export")
     files = write_scans(tmp_path / "scans")
@@ -259,7 +259,9 @@ def test_example_script_counts_objects_and_measures_areas_in_mm2(finished_runs, 
             assert float(row[f"area_mm2_{name}"]) == pytest.approx(area * 0.125)
     assert any(int(row[f"count_{names[1]}"]) > 1 for row in rows)  # not a trivial count
     plain = run_example(tmp_path / "export", files[:1], tmp_path / "masks")
-    assert not [c for c in plain[0] if c.startswith("area_mm2_")]
+    own = predictor.cfg.dataset.spacing  # the synthetic data's 0.5 mm pixels
+    pixels = int(plain[0][f"pixels_{names[1]}"])
+    assert float(plain[0][f"area_mm2_{names[1]}"]) == pytest.approx(pixels * own[0] * own[1])
 
 
 def test_example_script_runs_either_format_of_a_shared_folder(finished_runs, tmp_path):
