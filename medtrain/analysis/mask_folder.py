@@ -42,8 +42,9 @@ def list_masks(path: Path) -> list[Path]:
     return files
 
 
-def match_images(masks: list[Path], images: Path) -> dict[Path, Path]:
-    """The image of each mask: the file in `images` with the mask's stem (or `images` itself)."""
+def match_images(masks: list[Path], images: Path, suffix: str = "") -> dict[Path, Path]:
+    """The image of each mask: the file in `images` with the mask's stem less `suffix`
+    (`case00_mask.png` -> `case00.*` with `_mask`), or `images` itself."""
     if images.is_file() and len(masks) == 1:
         return {masks[0]: images}
     if not images.is_dir():
@@ -63,9 +64,21 @@ def match_images(masks: list[Path], images: Path) -> dict[Path, Path]:
             by_stem.setdefault(path.stem, []).append(path)
     matched = {}
     for mask in masks:
-        found = by_stem.get(mask.stem, [])
+        stem = mask.stem.removesuffix(suffix) if suffix else mask.stem
+        found = by_stem.get(stem, [])
         if not found:
-            raise DataError(f"{mask}: no image named {mask.stem}.* in images={str(images)!r}")
+            cut = next(  # the mask names carry a suffix the images lack
+                (
+                    mask.stem[len(other) :]
+                    for other in by_stem
+                    if mask.stem.startswith(other) and len(mask.stem) > len(other)
+                ),
+                None,
+            )
+            hint = (
+                f" (the masks end in {cut!r}: set mask_suffix={cut})" if cut and not suffix else ""
+            )
+            raise DataError(f"{mask}: no image named {stem}.* in images={str(images)!r}{hint}")
         if len(found) > 1:
             raise DataError(f"{mask}: several images match it: {[p.name for p in found]}")
         matched[mask] = found[0]
@@ -197,7 +210,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     totals_table = object_table.with_name(f"{object_table.stem}_totals.csv")
     check_tables(object_table, totals_table)
     masks = list_masks(Path(cfg.masks))
-    images = match_images(masks, Path(cfg.images)) if cfg.images else {}
+    images = match_images(masks, Path(cfg.images), str(cfg.mask_suffix or "")) if cfg.images else {}
     ids = [m.stem for m in masks]
     repeated = [i for i, n in Counter(ids).items() if n > 1]
     if repeated:

@@ -15,6 +15,7 @@ from medtrain.errors import MedtrainError
 DEFAULTS: dict[str, Any] = {
     "masks": None,
     "images": None,
+    "mask_suffix": "",
     "spacing": None,
     "output": "measurements.csv",
     "class_values": None,
@@ -27,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 # Taken as typed, never parsed as YAML, which would turn a source `true` or a class `no` into booleans.
-TEXT_KEYS = ("masks", "images", "output", "source")
+TEXT_KEYS = ("masks", "images", "mask_suffix", "output", "source")
 
 
 USAGE = """\
@@ -35,6 +36,7 @@ usage: medtrain measure masks=<folder or file> [key=value ...]
 
   masks=PATH          a mask file, or a folder of .png/.tif/.tiff/.jpg/.jpeg/.npy masks
   images=FOLDER       images with the masks' file names (any extension): adds mean_intensity
+  mask_suffix=_mask   text after the image's name in the mask's (case00_mask.png: case00.png)
   spacing=[ROW,COL]   pixel size in mm (default: from the mask's or image's file, else pixels)
   output=FILE.csv     object table (default measurements.csv); totals go to FILE_totals.csv
   class_values='{0:0,128:1,255:2}'   mask pixel value -> class index (quote the braces)

@@ -41,6 +41,25 @@ def folder(tmp_path):
     return tmp_path
 
 
+def test_masks_named_with_a_suffix_find_their_images(folder, capsys):
+    """`case_mask.png` beside `case.png` (what `dataset.mask_suffix` reads in training): named by
+    mask_suffix=, and its absence said with the suffix to set."""
+    for name in ("a", "b"):
+        (folder / "masks" / f"{name}.png").rename(folder / "masks" / f"{name}_mask.png")
+    argv = [f"masks={folder / 'masks'}", f"images={folder / 'images'}"]
+    assert main([*argv, f"output={folder / 'no.csv'}"]) == 2
+    err = capsys.readouterr().err
+    assert "a_mask.png: no image named a_mask.* in images=" in err
+    assert err.rstrip().endswith("(the masks end in '_mask': set mask_suffix=_mask)")
+    out = folder / "suffixed.csv"
+    assert main([*argv, "mask_suffix=_mask", f"output={out}"]) == 0
+    rows = read_csv(out)
+    assert [(r["id"], r["mean_intensity"]) for r in rows] == [
+        ("a_mask", "10.0"),
+        ("a_mask", "10.0"),
+    ]
+
+
 def test_folder_with_images_and_spacing(folder, capsys):
     out = folder / "out" / "objects.csv"
     code = main(
