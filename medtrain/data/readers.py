@@ -258,6 +258,7 @@ def decode(
 # -- PNG, JPEG, TIFF -----------------------------------------------------------------------------
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and/or turned (5-8 swap rows and columns)
 
+
 def _decode_pil(
     data: bytes, name: str, kind: str, max_pixels: int
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
