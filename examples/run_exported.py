@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 NOT_READ = "this example reads PNG, JPEG, TIFF or NPY"
 # An uncompressed NIfTI-1 or NIfTI-2 file's first bytes: its header size, either byte order.
@@ -52,6 +52,7 @@ def read_image(path: Path) -> tuple[np.ndarray, str]:
         if img.format not in ("PNG", "JPEG", "TIFF"):  # as medtrain: a GIF named .png is refused
             raise ValueError(f"a {img.format} image; {NOT_READ}")
         kind = img.format
+        img = ImageOps.exif_transpose(img)  # as viewers (and medtrain) show it: Orientation tag
         if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
             img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
         array = np.array(img)

@@ -67,14 +67,9 @@ def match_images(masks: list[Path], images: Path, suffix: str = "") -> dict[Path
         stem = mask.stem.removesuffix(suffix) if suffix else mask.stem
         found = by_stem.get(stem, [])
         if not found:
-            cut = next(  # the mask names carry a suffix the images lack
-                (
-                    mask.stem[len(other) :]
-                    for other in by_stem
-                    if mask.stem.startswith(other) and len(mask.stem) > len(other)
-                ),
-                None,
-            )
+            # The mask names carry a suffix the images lack: after the longest image name.
+            prefixes = [o for o in by_stem if mask.stem.startswith(o) and len(mask.stem) > len(o)]
+            cut = mask.stem[len(max(prefixes, key=len)) :] if prefixes else None
             hint = (
                 f" (the masks end in {cut!r}: set mask_suffix={cut})" if cut and not suffix else ""
             )

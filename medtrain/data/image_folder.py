@@ -48,6 +48,11 @@ def empty_class_folders(root: Path, extensions: tuple[str, ...]) -> str | None:
     )
 
 
+def _letters(name: str) -> str:
+    """A class name without its digits: `grade1` and `grade2` are classes of one scale."""
+    return "".join(c for c in name if not c.isdigit())
+
+
 def named_classes(
     folder: Path, found: list[str], given: Sequence[str] | None, empty: str | None
 ) -> list[str]:
@@ -218,7 +223,9 @@ class ImageFolder(ImageDataset):
                     else str(err)
                 )
                 for k in rare:  # a folder of one image beside a large one: a misspelt name?
-                    others = [n for n in class_names if n != class_names[k]]
+                    others = [  # not a class of a scale (grade1, grade2)
+                        n for n in class_names if _letters(n) != _letters(class_names[k])
+                    ]
                     close = difflib.get_close_matches(class_names[k], others, n=1, cutoff=0.8)
                     if close:
                         why += f" ({class_names[k]!r} is like {close[0]!r}: a misspelt folder?)"

@@ -15,8 +15,26 @@ from medtrain.errors import DataError
 LOSSY = (".jpg", ".jpeg")
 # The share of a binary JPEG mask's foreground whose values may lie between a quarter and three
 # quarters of its maximum (compression ringing at edges: at most ~2% at quality 50, measured on
-# DSB2018 masks); more is a level of its own.
+# DSB2018 masks); more, gathered at one value, is a level of its own.
 MIDDLE_SHARE = 0.1
+# The share of those values within an eighth of the range that makes them one level (a mask of
+# three levels: 0.87-0.94; a binary mask smoothed by resizing spreads them: ~0.5).
+LEVEL_SHARE = 0.6
+
+
+def middle_level(mask: np.ndarray, high: float) -> int | None:
+    """The value around which a JPEG mask read as binary holds a level of its own (more than
+    `MIDDLE_SHARE` of its foreground between a quarter and three quarters of `high`, and
+    `LEVEL_SHARE` of those within two sixteenths of the range), else None."""
+    middle = mask[(mask > 0.25 * high) & (mask < 0.75 * high)]
+    if middle.size <= MIDDLE_SHARE * np.count_nonzero(mask > 0.25 * high):
+        return None
+    counts, edges = np.histogram(middle, bins=8, range=(0.25 * high, 0.75 * high))
+    pairs = counts[:-1] + counts[1:]
+    best = int(np.argmax(pairs))
+    if pairs[best] < LEVEL_SHARE * middle.size:
+        return None
+    return int(round(edges[best + 1]))
 
 
 def read_mask_file(
@@ -89,16 +107,17 @@ def read_mask_file(
         high = mask.max()
         if high <= 0:
             return mask
-        middle = ((mask > 0.25 * high) & (mask < 0.75 * high)).sum()
-        if middle > MIDDLE_SHARE * (mask > 0.25 * high).sum():
-            # Compression rings a binary mask's edges (a few % of its foreground); a third level
-            # (0, 128, 255) would be cut in half at its own value, silently.
+        level = middle_level(mask, high)
+        if level is not None:
+            # Compression rings a binary mask's edges (a few % of its foreground, spread over
+            # the values between); a third level (0, 128, 255) would be cut at its own value.
             raise DataError(
                 f"{path}: a JPEG mask read as binary holds a level between background and "
-                f"foreground ({middle} pixels near half its maximum {int(high)}): a mask of more "
+                f"foreground (values near {level}, its maximum {int(high)}): a mask of more "
                 "classes? Set the number of classes and class_values (stored value -> class "
                 "index: dataset.num_classes and dataset.class_values in a run, class_names= and "
-                "class_values= for medtrain measure); better, store it as PNG"
+                "class_values= for medtrain measure). Objects of a few pixels blurred by JPEG "
+                "look so too; either way, better store the mask as PNG"
             )
         return (mask > high / 2).astype(np.int64)
     if mask.min() < 0:

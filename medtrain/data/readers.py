@@ -257,6 +257,26 @@ def decode(
 
 # -- PNG, JPEG, TIFF -----------------------------------------------------------------------------
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and/or turned (5-8 swap rows and columns)
+TURNED = (5, 6, 7, 8)
+
+
+def pil_orientation(img: Image.Image) -> int:
+    """A Pillow image's Orientation tag (1-8; 1 without one, or an invalid one), read without
+    decoding pixels where the header holds it: a TIFF's tags, a JPEG's EXIF, a PNG's eXIf chunk
+    before its pixels."""
+    try:
+        if img.format == "TIFF":
+            value = img.tag_v2.get(EXIF_ORIENTATION, 1)
+        elif img.format == "PNG":  # its getexif() would decode the pixels to look further
+            exif = Image.Exif()
+            if img.info.get("exif"):
+                exif.load(img.info["exif"])
+            value = exif.get(EXIF_ORIENTATION, 1)
+        else:
+            value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a broken tag: read as stored
+        return 1
+    return int(value) if value in range(1, 9) else 1
 
 
 def _decode_pil(
@@ -275,13 +295,15 @@ def _decode_pil(
                     "send one 2D image"
                 )
             spacing = _pil_spacing(img, io.BytesIO(data), name)
+            orientation = pil_orientation(img)  # before load: Pillow turns a TIFF on load
             img.load()
-            # A camera's or scanner's EXIF Orientation: the image as every viewer (and the
+            if orientation == 1 and kind == "png":  # an eXIf chunk after the pixels
+                orientation = pil_orientation(img)
+            # A camera's or scanner's Orientation tag: the image as every viewer (and the
             # annotation tool a mask was drawn in) shows it, not as its pixels are stored.
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-            if orientation in range(2, 9):
-                img = ImageOps.exif_transpose(img)
-                if orientation >= 5 and spacing is not None:  # rows and columns swapped
+            if orientation != 1:
+                img = ImageOps.exif_transpose(img)  # nothing left to do where Pillow turned it
+                if orientation in TURNED and spacing is not None:  # rows and columns swapped
                     spacing = (spacing[1], spacing[0])
             if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
                 img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
@@ -530,7 +552,7 @@ def file_spacing(path: str | Path) -> tuple[float, float] | None:
                 return None
             with Image.open(handle, formats=[PIL_FORMATS[kind]]) as img:
                 spacing = _pil_spacing(img, handle, str(path))
-                if spacing is not None and img.getexif().get(EXIF_ORIENTATION, 1) >= 5:
+                if spacing is not None and pil_orientation(img) in TURNED:
                     spacing = (spacing[1], spacing[0])  # as `_decode_pil` turns the image
                 return spacing
     except (UnsupportedFormatError, OSError, ValueError, SyntaxError):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS
 from medtrain.commands.measure import main
+from medtrain.errors import DataError
 from tests.conftest import fail_if_called
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,13 @@ def test_masks_named_with_a_suffix_find_their_images(folder, capsys):
     err = capsys.readouterr().err
     assert "a_mask.png: no image named a_mask.* in images=" in err
     assert err.rstrip().endswith("(the masks end in '_mask': set mask_suffix=_mask)")
+    # The suffix after the longest image name: case12_mask beside case1 and case12 is _mask.
+    from medtrain.analysis.mask_folder import match_images
+
+    for name in ("case1", "case12"):
+        (folder / "images" / f"{name}.png").write_bytes((folder / "images" / "a.png").read_bytes())
+    with pytest.raises(DataError, match=r"\(the masks end in '_mask': set mask_suffix=_mask\)"):
+        match_images([folder / "case12_mask.png"], folder / "images")
     out = folder / "suffixed.csv"
     assert main([*argv, "mask_suffix=_mask", f"output={out}"]) == 0
     rows = read_csv(out)

@@ -100,6 +100,13 @@ def test_jpeg_masks_are_thresholded(tmp_path):
         cv2.circle(small, (x, x), 3, 255, -1)
     Image.fromarray(small).save(tmp_path / "s.jpg", quality=50)
     assert np.mean(read_mask_file(tmp_path / "s.jpg") == (small > 0)) > 0.99
+    # Drawn large and shrunk smoothly (LANCZOS): values between, spread, no level of their own.
+    drawn = np.zeros((256, 256), np.uint8)
+    for x in range(20, 256, 40):
+        cv2.circle(drawn, (x, x), 32, 255, -1)
+    shrunk = Image.fromarray(drawn).resize((64, 64), Image.LANCZOS)
+    shrunk.save(tmp_path / "shrunk.jpg", quality=90)
+    assert np.mean(read_mask_file(tmp_path / "shrunk.jpg") == (np.asarray(shrunk) > 127)) > 0.98
     # A third level (an interior of 128 in a border of 255) is no binary mask: it was cut at its
     # own value, a quarter of the foreground lost without a word.
     cv2.circle(mask, (32, 32), 11, 128, -1)

@@ -319,7 +319,7 @@ def test_segmentation_mask_of_the_wrong_size_or_class_names_the_mask(tmp_path):
         f"{tmp_path / 'masks/img2.png'}: mask is 12x12 but the image is 16x16",
         f"{tmp_path / 'masks/img4.png'}: mask value 3 is outside the 2 classes of "
         "dataset.num_classes=2 (3 nonzero values: if each is one object, these are instance "
-        "labels: dataset.instance_labels=true; if they are classes, dataset.num_classes=4 (with "
+        "labels: dataset.instance_labels=true; if they are classes, dataset.num_classes=4 (and "
         "dataset.class_names); else map stored values with dataset.class_values)",
     ]
     shares = report["splits"]["train"]["balance"]["pixel_fraction"]
