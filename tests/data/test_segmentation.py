@@ -505,7 +505,8 @@ def test_instance_labels_give_the_binary_mask_and_the_objects(tmp_path):
     with pytest.raises(
         DataError,
         match=r"mask value 301 is outside the 2 classes .* \(2 nonzero "
-        r"values: if each is one object, .* dataset.instance_labels=true; else",
+        r"values: if each is one object, .* dataset.instance_labels=true; if they are classes, "
+        r"dataset.num_classes=3 with dataset.class_values mapping them to 0..2\)$",
     ):
         as_classes[0]
     # A binary mask among the instance labels would be counted one object per image: refused.
