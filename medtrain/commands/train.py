@@ -291,8 +291,8 @@ def hydra_files(run_dir: Path) -> dict[Path, bytes]:
 def check_same_job(
     job: Path, grid: str, runs: dict[Path, dict[Path, bytes]], cfg: DictConfig, overrides: list
 ) -> None:
-    """A grid's job may start a new run in a job folder that held one before the command
-    (`runs`: each such folder's `.hydra/` files then; `grid`: `hydra.sweep.dir` as given) only when that run
+    """A grid's job may start a new run in a job folder that held one before the command (`runs`:
+    each such folder's `.hydra/` files then; `grid`: `hydra.sweep.dir` as given) only when that run
     had the same overrides: the same grid run again trains its jobs again (a continued job, with
     `trainer.resume`, is checked against its checkpoint instead). Another grid given the same
     `hydra.sweep.dir` numbers its jobs alike and would replace the first grid's runs.
@@ -305,38 +305,33 @@ def check_same_job(
     resume = cfg.trainer.get("resume")
     if resume is True or (resume == "auto" and (job / "checkpoints" / "last.pt").is_file()):
         return
-    text = runs[job].get(job / ".hydra" / "overrides.yaml")
-    before = yaml.safe_load(text) if text is not None else None
 
-    def kept(values):  # how a job runs, not which job it is
-        return sorted(v for v in values if not v.lstrip("+").startswith("trainer.resume="))
+    def kept(folder: Path) -> list[str] | None:  # how its run ran, not which job it was
+        text = runs[folder].get(folder / ".hydra" / "overrides.yaml")
+        values = yaml.safe_load(text) if text is not None else None
+        return sorted_overrides(values) if isinstance(values, list) else None
 
-    if isinstance(before, list) and kept(before) == kept(overrides):
+    def sorted_overrides(values) -> list[str]:
+        return sorted(
+            v for v in map(str, values) if not v.lstrip("+").startswith("trainer.resume=")
+        )
+
+    before, mine = kept(job), sorted_overrides(overrides)
+    if before == mine:
         return
-    if isinstance(before, list):  # the overrides that differ, each side's
-        was = " ".join(v for v in kept(map(str, before)) if v not in overrides) or "nothing else"
-        now = " ".join(v for v in kept(overrides) if v not in before) or "nothing else"
+    if before is not None:  # the overrides that differ, each side's
+        was = " ".join(v for v in before if v not in overrides) or "nothing else"
+        now = " ".join(v for v in mine if v not in before) or "nothing else"
         said = f"there: {was}; this job: {now}"
     else:
         said = "its overrides are not recorded"
     # The same grid with its swept keys in another order numbers its jobs otherwise.
-    mine = next(
-        (
-            folder.name
-            for folder, files in runs.items()
-            if folder != job
-            and isinstance(
-                other := yaml.safe_load(files.get(folder / ".hydra" / "overrides.yaml", b"")), list
-            )
-            and kept(map(str, other)) == kept(overrides)
-        ),
-        None,
-    )
+    same = next((f.name for f in runs if f != job and kept(f) == mine), None)
     order = (
-        f" Job folder {mine} holds a run of this job's overrides: the same grid with its swept "
+        f" Job folder {same} holds a run of this job's overrides: the same grid with its swept "
         "keys or values in another order numbers its jobs otherwise; give them in the first "
         "grid's order"
-        if mine is not None
+        if same is not None
         else ""
     )
     raise OtherGridsJob(
@@ -456,7 +451,7 @@ def say_interrupted(hydra, auto: bool, metrics_before: tuple[int, int] | None = 
         if hydra.mode != RunMode.MULTIRUN:
             return
     if hydra.mode != RunMode.MULTIRUN:
-        if not (Path(hydra.runtime.output_dir) / "checkpoints" / "last.pt").is_file():
+        if not (out / "checkpoints" / "last.pt").is_file():
             log.warning(
                 "%s%s starts it again: no epoch had finished, so nothing was saved to continue "
                 "from",

@@ -33,6 +33,13 @@ from medtrain.errors import ConfigError, DataError
 SPLITS = ("train", "val", "test")
 
 
+def add_data_warning(dataset: Any, kind: str, message: str) -> None:
+    """Record on `dataset` a warning about the data as a whole, by `kind` (said once however many
+    splits or rebuilds record it): the data check reports `data_warnings` with its own
+    (`data_report.json`, `medtrain check-data`), and training logs them (`built_warnings`)."""
+    dataset.data_warnings = {**getattr(dataset, "data_warnings", {}), kind: message}
+
+
 def check_fractions(val_fraction: Any, test_fraction: Any, unit: str = "rows") -> None:
     """The shares of a seeded split: each a number in [0, 1), together below 1 (else no
     training `unit` are left; scikit-learn's message said only "Got 1.0 instead")."""
@@ -296,15 +303,14 @@ class ImageDataset(Dataset):
                 if self.num_classes == 1
                 else [f"target_{k}" for k in range(self.num_classes)]
             )
-            if given is not None:  # said once by the data check and training (`built_warnings`)
-                self.data_warnings = {
-                    **getattr(self, "data_warnings", {}),
-                    "regression_names": (
-                        f"dataset.class_names={list(given)} names {len(given)} value(s), but "
-                        f"the regression has {self.num_classes} target value(s) per image: they "
-                        f"are named {self.class_names} (give one name per target value, or null)"
-                    ),
-                }
+            if given is not None:
+                add_data_warning(
+                    self,
+                    "regression_names",
+                    f"dataset.class_names={list(given)} names {len(given)} value(s), but the "
+                    f"regression has {self.num_classes} target value(s) per image: they are "
+                    f"named {self.class_names} (give one name per target value, or null)",
+                )
         self.labels = values
 
     def __len__(self) -> int:

@@ -48,11 +48,6 @@ def empty_class_folders(root: Path, extensions: tuple[str, ...]) -> str | None:
     )
 
 
-def _letters(name: str) -> str:
-    """A class name without its digits: `grade1` and `grade2` are classes of one scale."""
-    return "".join(c for c in name if not c.isdigit())
-
-
 def named_classes(
     folder: Path, found: list[str], given: Sequence[str] | None, empty: str | None
 ) -> list[str]:
@@ -222,13 +217,12 @@ class ImageFolder(ImageDataset):
                     if rare
                     else str(err)
                 )
+                from medtrain.data.validation import closest_similar
+
                 for k in rare:  # a folder of one image beside a large one: a misspelt name?
-                    others = [  # not a class of a scale (grade1, grade2)
-                        n for n in class_names if _letters(n) != _letters(class_names[k])
-                    ]
-                    close = difflib.get_close_matches(class_names[k], others, n=1, cutoff=0.8)
-                    if close:
-                        why += f" ({class_names[k]!r} is like {close[0]!r}: a misspelt folder?)"
+                    like = closest_similar(class_names[k], class_names)
+                    if like is not None:
+                        why += f" ({class_names[k]!r} is like {like!r}: a misspelt folder?)"
                 raise DataError(
                     f"{root}: cannot make a stratified {split} split of {fraction}: {why}; add "
                     "images, or give the splits as train/, val/ and test/ folders"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from medtrain.data.base import SPLITS, ImageDataset, check_fractions
+from medtrain.data.base import SPLITS, ImageDataset, add_data_warning, check_fractions
 from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.data.tabular import fit_tabular, is_missing, parse_number
 from medtrain.errors import ConfigError, DataError
@@ -385,7 +385,7 @@ class ManifestRows:
         once): the data check reports `data_warnings` with its own (`data_report.json`,
         `medtrain check-data`), and training logs them."""
         if self.split == "train":
-            self.data_warnings = {**getattr(self, "data_warnings", {}), kind: message}
+            add_data_warning(self, kind, message)
 
     def _drawn(self, count, val_fraction, test_fraction, seed, labels, unit) -> np.ndarray:
         """0, 1 or 2 (train, val, test) for each of `count` rows or groups (`unit`)."""

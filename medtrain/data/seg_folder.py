@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medtrain.data.base import SPLITS
+from medtrain.data.base import SPLITS, add_data_warning
 from medtrain.data.masks import read_instance_labels, read_mask_file
 from medtrain.data.readers import (
     IMAGE_EXTENSIONS,
@@ -257,14 +257,13 @@ class SegFolder(SegmentationDataset):
         expected = {f"{name}{mask_suffix}" for name in images}
         alone = sorted(name for name in masks if name not in expected)
         if alone and split == "train":  # a misspelt image name leaves its mask unused
-            self.data_warnings = {
-                **getattr(self, "data_warnings", {}),
-                "masks_without_image": (
-                    f"{root / masks_folder}: {len(alone)} mask(s) match no image in "
-                    f"{root / 'images'} and are not used (e.g. {masks[alone[0]].name}): a "
-                    "misspelt or missing image?"
-                ),
-            }
+            add_data_warning(
+                self,
+                "masks_without_image",
+                f"{root / masks_folder}: {len(alone)} mask(s) match no image in "
+                f"{root / 'images'} and are not used (e.g. {masks[alone[0]].name}): a misspelt or "
+                "missing image?",
+            )
         if class_values:
             bad = [(v, k) for v, k in class_values.items() if not 0 <= int(k) < self.num_classes]
             if bad:

@@ -490,15 +490,16 @@ class SegmentationDataset(SeededSamples, Dataset):
                     )
                 )
             objects = self.num_classes == 2 and np.count_nonzero(values) >= 2
-            # Class indices 0..k-1: k classes; other values (0, 100, 200): mapped by class_values.
-            k = len(values)
-            classes = (
-                f"dataset.num_classes={k} (and dataset.class_names); else map stored values with "
-                "dataset.class_values"
-                if values.tolist() == list(range(k))
-                else f"dataset.num_classes={k} with dataset.class_values mapping them to 0..{k - 1}"
-            )
             if objects and getattr(self, "reads_instance_labels", False) and not self.has_instances:
+                # Class indices 0..k-1: k classes; other values (0, 100, 200): class_values.
+                k = len(values)
+                classes = (
+                    f"dataset.num_classes={k} (and dataset.class_names); else map stored values "
+                    "with dataset.class_values"
+                    if values.tolist() == list(range(k))
+                    else f"dataset.num_classes={k} with dataset.class_values mapping them to "
+                    f"0..{k - 1}"
+                )
                 hint = (
                     f" ({np.count_nonzero(values)} nonzero values: if each is one object, these are "
                     "instance labels: dataset.instance_labels=true; if they are classes, "

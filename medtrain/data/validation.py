@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -318,19 +319,9 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
     labels = {split: np.asarray(d.labels).astype(np.int64) for split, d in datasets.items()}
     counts = sum(np.bincount(y[(y >= 0) & (y < k)], minlength=k) for y in labels.values())
     for c in np.flatnonzero((counts > 0) & (counts <= TYPO_MAX_SAMPLES)).tolist():
-        like = sorted(  # the closest name first ('Normal' is like 'normal' before 'abnormal')
-            (
-                other
-                for other in np.flatnonzero(counts >= 10 * counts[c]).tolist()
-                if _similar(class_names[c], class_names[other])
-            ),
-            key=lambda other: (
-                -difflib.SequenceMatcher(
-                    None, class_names[c].lower(), class_names[other].lower()
-                ).ratio()
-            ),
-        )
-        if like:
+        larger = {class_names[o]: o for o in np.flatnonzero(counts >= 10 * counts[c]).tolist()}
+        like = closest_similar(class_names[c], list(larger))
+        if like is not None:
             found = [
                 names[split].name(int(i))
                 for split, y in labels.items()
@@ -338,11 +329,15 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
             ]
             warnings.append(
                 f"class {class_names[c]!r} has {len(found)} image(s) ({'; '.join(found)}) and "
-                f"is named like {class_names[like[0]]!r} ({int(counts[like[0]])}): a typo? It "
+                f"is named like {like!r} ({int(counts[larger[like]])}): a typo? It "
                 "trains as a class of its own; listing the classes in dataset.class_names "
                 "makes a misspelt label an error"
             )
     return warnings, notes
+
+
+def _ratio(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
 
 
 def _similar(a: str, b: str) -> bool:
@@ -350,7 +345,14 @@ def _similar(a: str, b: str) -> bool:
     differ in numbers only (`grade_1`, `grade_4`: classes of a scale)."""
     if "".join(c for c in a if not c.isdigit()) == "".join(c for c in b if not c.isdigit()):
         return False
-    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.8
+    return _ratio(a, b) >= 0.8
+
+
+def closest_similar(name: str, others: Sequence[str]) -> str | None:
+    """The name of `others` a typo away from `name` (`_similar`), the closest of several ('Normal'
+    is like 'normal' before 'abnormal'); None when none is."""
+    like = [other for other in others if other != name and _similar(name, other)]
+    return max(like, key=lambda other: _ratio(name, other)) if like else None
 
 
 def classes_nowhere(datasets: dict, absent: dict[str, dict[int, str]]) -> tuple[list[int], str]:

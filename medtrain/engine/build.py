@@ -92,6 +92,8 @@ _LIST_OF = {
     "int": "a list of whole numbers",
     "bool": "a list of true or false",
 }
+# The types each such list's items may have: as typed (torch takes no 8.0 for a size of 8).
+_ITEMS = {_LIST_OF["float"]: (int, float), _LIST_OF["int"]: int, _LIST_OF["bool"]: bool}
 
 
 def _expected(parameter: inspect.Parameter) -> tuple[str | None, bool]:
@@ -125,10 +127,8 @@ def _fits(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "a list":
         return isinstance(value, (list, tuple, ListConfig))
-    if kind in _LIST_OF.values():  # items as typed: torch takes no 8.0 for a size of 8
-        item = {"float": (int, float), "int": int, "bool": bool}[
-            next(k for k, v in _LIST_OF.items() if v == kind)
-        ]
+    if kind in _ITEMS:
+        item = _ITEMS[kind]
         return isinstance(value, (list, tuple, ListConfig)) and all(
             isinstance(v, item) and (item is bool or not isinstance(v, bool)) for v in value
         )
@@ -307,6 +307,8 @@ def build_datasets(
     split (`empty_val`, or a fold's run: its folds are drawn from train and val together)."""
     task = task_class(cfg)
     extra = task.dataset_options(cfg)
+    in_fold = (cfg.get("cv") or {}).get("fold") is not None
+    may_be_empty = {"train": False, "val": empty_val or in_fold, "test": empty_test or in_fold}
     datasets = {}
     for split in SPLITS:
         stage = "train" if split == "train" else "eval"
@@ -314,8 +316,6 @@ def build_datasets(
         pipeline = build(cfg.augmentation[stage], key)
         transform = seeded_augment(pipeline, cfg.seed, augmentation_seeding(cfg), key)
         datasets[split] = build(cfg.dataset, "dataset", split=split, transform=transform, **extra)
-        in_fold = (cfg.get("cv") or {}).get("fold") is not None
-        may_be_empty = {"train": False, "val": empty_val or in_fold, "test": empty_test or in_fold}
         if len(datasets[split]) == 0 and not may_be_empty[split]:
             also = (
                 f"; a cross-validation (medtrain cv) needs no {split} split"

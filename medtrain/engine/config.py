@@ -434,14 +434,14 @@ def check_against_data(cfg: DictConfig) -> None:
     """Checks that need what the datasets inferred (classes, channels, label type); run before the
     model is built, so that a mismatch is reported by key instead of failing inside torch."""
     data, loss = cfg.dataset, cfg.loss
+    weight = loss.get("weight")
+    if str(loss.get("_target_", "")).endswith(".DiceCELoss") and type(weight) in (int, float):
+        raise ConfigError(  # MONAI's DiceCELoss slices it: "'float' is not subscriptable"
+            f"loss.weight={weight}: give one value per class, background first "
+            f"({data.num_classes} values), or null"
+        )
     for key in ("class_weights", "pos_weight", "alpha", "weight"):
         values = loss.get(key)
-        per_class = str(loss.get("_target_", "")).endswith(".DiceCELoss") and key == "weight"
-        if isinstance(values, int | float) and not isinstance(values, bool) and per_class:
-            raise ConfigError(  # MONAI's DiceCELoss slices it: "'float' is not subscriptable"
-                f"loss.weight={values}: give one value per class, background first "
-                f"({data.num_classes} values), or null"
-            )
         if not OmegaConf.is_list(values):  # a scalar (MONAI focal alpha) applies to every class
             continue
         if len(values) != data.num_classes:

@@ -260,11 +260,12 @@ def write_sweep_summary(
         raise ConfigError(
             f"{sweep_dir} is a run folder, not a sweep's: medtrain report run_dir=..."
         )
-    jobs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    found = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
     trials, scales = study_trials(sweep_dir, study)
-    jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in trials}, key=_job_order)
-    planned = [] if trials or not jobs else planned_jobs(sweep_dir)
-    jobs = sorted(set(jobs) | {sweep_dir / str(n) for n in range(len(planned))}, key=_job_order)
+    # A grid's jobs that never started: those its multirun.yaml plans beyond the folders.
+    planned = {} if trials or not found else dict(enumerate(planned_jobs(sweep_dir)))
+    numbered = {sweep_dir / str(n) for n in (*trials, *planned)}
+    jobs = sorted(set(found) | numbered, key=_job_order)
     if not jobs:
         raise FileNotFoundError(
             f"{sweep_dir}: no job folders (with .hydra/overrides.yaml or overrides.yaml)"
@@ -280,16 +281,13 @@ def write_sweep_summary(
         metric_direction(monitor) or ("min" if "loss" in monitor else "max"),
     )
 
-    def planned_for(n: int | None) -> list[str]:
-        return planned[n] if n is not None and n < len(planned) else []
-
     overrides = {
         job.name: dict(
             map(
                 _split,
                 _overrides(job)
                 or trials.get(numbers[job.name], {}).get("overrides", [])
-                or planned_for(numbers[job.name]),
+                or planned.get(numbers[job.name], []),
             )
         )
         for job in jobs

@@ -214,7 +214,6 @@ def run_ensemble(
         raise ConfigError(f"run_dirs lists {twice[0]} twice: each member is one run")
     for run in run_dirs:
         check_not_an_ensemble(Path(run))
-    for run in run_dirs:
         if Path(out_dir).resolve().is_relative_to(Path(run).resolve()):
             raise ConfigError(
                 f"hydra.run.dir={out_dir} is inside the member run {run}: writing there would "
