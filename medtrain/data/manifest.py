@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset, add_data_warning, check_fractions
+from medtrain.data.multilabel import joined_names, label_vector
 from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.data.tabular import fit_tabular, is_missing, parse_number
 from medtrain.errors import ConfigError, DataError
@@ -422,7 +423,9 @@ class Manifest(ManifestRows, ImageDataset):
         image_column: column of image paths (PNG, JPEG, TIFF or NPY).
         target_column: column of targets: class names or indices 0..K-1 for classification (names
             are sorted to give the class indices), a number for regression; for regression, a
-            list of columns gives several values per image (named by their columns).
+            list of columns gives several values per image (named by their columns). With
+            `multilabel`: one 0/1 column per label (a list, naming the labels), or one column of
+            label names joined by `label_separator`.
         split_column: column of `train`, `val` (or `valid`, `validation`) and `test`. When the CSV has
             no such column, a seeded split by `val_fraction` and `test_fraction` is made, stratified
             by class for classification when every class has enough rows.
@@ -435,6 +438,10 @@ class Manifest(ManifestRows, ImageDataset):
         val_fraction: share of rows held out for validation without a split column.
         test_fraction: share held out for testing without a split column.
         seed: seed of the split.
+        label_separator: with `multilabel` and one target column, what joins an image's labels
+            (`Effusion|Nodule`).
+        no_label: with `multilabel` and one target column, the cell of an image with none of the
+            labels (`No Finding`; '' for an empty cell); None: every image has a label.
         num_features: ignored; the width of `tabular`, written back into the config once built.
         **kwargs: passed to `ImageDataset` (set `image_size` when the images differ in size).
     """
@@ -456,6 +463,8 @@ class Manifest(ManifestRows, ImageDataset):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         seed: int = 0,
+        label_separator: str = "|",
+        no_label: str | None = None,
         num_features: int | None = None,
         **kwargs: Any,
     ):
@@ -467,11 +476,23 @@ class Manifest(ManifestRows, ImageDataset):
         target_columns = [target_column] if isinstance(target_column, str) else list(target_column)
         if not target_columns:
             raise ConfigError("dataset.target_column=[]: name the column of targets")
-        if len(target_columns) != 1 and not self.regression:
+        if self.multilabel and self.regression:
+            raise ConfigError(
+                "dataset.multilabel=true reads labels to classify; task=regression predicts "
+                "numbers (several per image from a list of target columns): set one of them"
+            )
+        if len(target_columns) != 1 and not (self.regression or self.multilabel):
             raise ConfigError(
                 f"dataset.target_column={target_columns}: several columns are several values "
-                "per image for task=regression; classification reads one column of classes"
+                "per image for task=regression, or one 0/1 column per label with "
+                "dataset.multilabel=true; classification reads one column of classes"
             )
+        if self.multilabel and not (isinstance(label_separator, str) and label_separator):
+            raise ConfigError(
+                f"dataset.label_separator={label_separator!r}: give the text that joins an "
+                "image's labels in its cell, e.g. '|'"
+            )
+        self.label_separator, self.no_label = label_separator, no_label
         for name in tabular_columns:
             if name in (image_column, *target_columns, split_column, id_column):
                 raise ConfigError(
@@ -566,7 +587,10 @@ class Manifest(ManifestRows, ImageDataset):
 
     def _all_targets(self, rows: list[dict], columns: list[str]) -> np.ndarray:
         """The targets of every row: one column (`_targets`), or for regression one value per
-        column (N x K), named by the columns."""
+        column (N x K), named by the columns; with `multilabel`, a 0/1 vector per row
+        (`_label_sets`)."""
+        if self.multilabel:
+            return self._label_sets(rows, columns)
         if len(columns) == 1:
             return self._targets(rows, columns[0])
         given = self.class_names
@@ -579,6 +603,52 @@ class Manifest(ManifestRows, ImageDataset):
         values = np.stack([self._targets(rows, column) for column in columns], axis=1)
         self.class_names = list(given or columns)
         return values
+
+    def _label_sets(self, rows: list[dict], columns: list[str]) -> np.ndarray:
+        """Each row's labels as a 0/1 vector (N x K): one 0/1 column per label, named by the
+        columns (or `dataset.class_names`), or one column of names joined by `label_separator`
+        (the classes: `dataset.class_names`, else the sorted names found). Every row that holds
+        no such labels is named at once; a label no row has, or every row has, is a warning."""
+        joined = len(columns) == 1
+        cells = [[row[c] for c in columns] for row in rows]
+        names = self.class_names
+        if names is None:
+            found = [c[0] for c in cells]
+            names = joined_names(found, self.label_separator, self.no_label) if joined else columns
+        elif not joined and len(names) != len(columns):
+            raise ConfigError(
+                f"dataset.class_names={list(names)} has {len(names)} name(s), but "
+                f"dataset.target_column={columns} reads {len(columns)} label columns: one name "
+                "per column, or leave class_names null (the columns name them)"
+            )
+        if len(names) < 2:
+            raise DataError(
+                f"{self.manifest_path}: column {columns[0]!r} holds {len(names)} label "
+                f"({', '.join(map(repr, names))}): dataset.multilabel=true needs at least 2; one "
+                "label present or absent is binary classification (dataset.multilabel=false)"
+            )
+        vectors, bad = [], []
+        for row_cells, line in zip(cells, self._lines, strict=True):
+            try:
+                vectors.append(
+                    label_vector(row_cells, columns, names, self.label_separator, self.no_label)
+                )
+            except ValueError as err:
+                bad.append(f"line {line}: {err}")
+        if bad:
+            raise self._error("dataset.multilabel=true: rows without readable labels", bad)
+        labels = np.stack(vectors)
+        self.class_names = list(names)
+        positives = labels.sum(axis=0)
+        for kind, which in (("no", positives == 0), ("every", positives == len(labels))):
+            if which.any():
+                named = ", ".join(repr(names[k]) for k in np.flatnonzero(which))
+                self._data_warning(
+                    f"labels_in_{kind}_row",
+                    f"{self.manifest_path}: label(s) {named} in {kind} row: the model cannot "
+                    "learn them, and their AUC is undefined",
+                )
+        return labels
 
     def _targets(self, rows: list[dict], column: str) -> np.ndarray:
         values = [row[column] for row in rows]
@@ -659,9 +729,9 @@ class Manifest(ManifestRows, ImageDataset):
                     "joined_labels",
                     f"{self.manifest_path}: column {column!r} holds {len(joined)} value(s) that "
                     f"join labels (e.g. {joined[0]!r}): each distinct value is one class of its "
-                    f"own ({len(self.class_names)} classes), not several labels of one image: "
-                    "a manifest holds one class per image (multi-label targets are read from "
-                    "MedMNIST files, dataset=medmnist)",
+                    f"own ({len(self.class_names)} classes), not several labels of one image; "
+                    "for several labels per image set dataset.multilabel=true (and "
+                    "dataset.label_separator when they are not joined by '|')",
                 )
         if len(np.unique(labels)) < 2:
             raise DataError(

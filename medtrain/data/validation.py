@@ -292,18 +292,21 @@ def reads_negative(name: str) -> bool:
 
 
 def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], list[str]]:
-    """(warnings, notes) about the classes of a one-class-per-image task: which class is a binary
-    task's positive one (a warning when its name reads as the negative finding), and a class of
-    at most `TYPO_MAX_SAMPLES` images named like a class ten times larger (a misspelt label, which
-    would otherwise train a class of its own)."""
+    """(warnings, notes) about the classes of a classification task: which class is a binary
+    task's positive one (a warning when its name reads as the negative finding), and a class (or
+    a multi-label task's label) of at most `TYPO_MAX_SAMPLES` images named like one ten times
+    larger (a misspelt label, which would otherwise train a class of its own)."""
     ds = datasets.get("train") or next(iter(datasets.values()))
-    if isinstance(ds, MASK_DATASETS) or ds.regression or np.asarray(ds.labels).ndim != 1:
+    if isinstance(ds, MASK_DATASETS) or ds.regression:
         return [], []
+    multilabel = np.asarray(ds.labels).ndim == 2
     k = int(ds.num_classes)
     class_names = [class_name(ds, c) for c in range(k)]
     warnings: list[str] = []
     notes: list[str] = []
-    if k == 2 and class_names != ["0", "1"]:  # labels 0/1 say which is positive themselves
+    if (
+        k == 2 and class_names != ["0", "1"] and not multilabel
+    ):  # labels 0/1 say which is positive themselves
         positive, negative = class_names[1], class_names[0]
         said = (
             f"the positive class (index 1) is {positive!r}: AUC, sensitivity, specificity and "
@@ -317,7 +320,19 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
         else:
             notes.append(f"{said} (dataset.class_names orders the classes)")
     labels = {split: np.asarray(d.labels).astype(np.int64) for split, d in datasets.items()}
-    counts = sum(np.bincount(y[(y >= 0) & (y < k)], minlength=k) for y in labels.values())
+    if multilabel:  # the images that hold each label
+
+        def holding(y: np.ndarray, c: int) -> np.ndarray:
+            return y[:, c] > 0
+
+        counts = sum(y.sum(axis=0) for y in labels.values())
+    else:
+
+        def holding(y: np.ndarray, c: int) -> np.ndarray:
+            return y == c
+
+        counts = sum(np.bincount(y[(y >= 0) & (y < k)], minlength=k) for y in labels.values())
+    kind, plural = ("label", "labels") if multilabel else ("class", "classes")
     for c in np.flatnonzero((counts > 0) & (counts <= TYPO_MAX_SAMPLES)).tolist():
         larger = {class_names[o]: o for o in np.flatnonzero(counts >= 10 * counts[c]).tolist()}
         like = closest_similar(class_names[c], list(larger))
@@ -325,12 +340,12 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
             found = [
                 names[split].name(int(i))
                 for split, y in labels.items()
-                for i in np.flatnonzero(y == c)
+                for i in np.flatnonzero(holding(y, c))
             ]
             warnings.append(
-                f"class {class_names[c]!r} has {len(found)} image(s) ({'; '.join(found)}) and "
+                f"{kind} {class_names[c]!r} has {len(found)} image(s) ({'; '.join(found)}) and "
                 f"is named like {like!r} ({int(counts[larger[like]])}): a typo? It "
-                "trains as a class of its own; listing the classes in dataset.class_names "
+                f"trains as a {kind} of its own; listing the {plural} in dataset.class_names "
                 "makes a misspelt label an error"
             )
     return warnings, notes

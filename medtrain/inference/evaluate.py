@@ -44,8 +44,7 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     (`test/*` with `_ci_low`/`_ci_high`, the run's threshold, `cases`).
 
     Raises:
-        ConfigError: a run this does not score (multi-label), a missing option or
-            column, an output folder that is the run's.
+        ConfigError: a missing option or column, an output folder that is the run's.
         DataError: naming every row whose image, target or mask cannot be read, at once.
     """
     if not cfg.run_dir or not cfg.inputs:
@@ -53,11 +52,6 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
     predictor = Predictor(cfg.run_dir, cfg.device, trust=list(cfg.trust))
     task = predictor.task
     segments = task.targets == "masks"
-    if getattr(task, "multilabel", False):
-        raise ConfigError(
-            f"run_dir: {cfg.run_dir} is multi-label; medtrain evaluate scores one class per "
-            "image (or pixel), or regression values"
-        )
     output = Path(cfg.output).resolve()  # `.`, a symbolic link: the folder itself
     if output == Path(cfg.run_dir).resolve():
         raise ConfigError(

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from medtrain.data.decoding import Decoded
 from medtrain.data.manifest import listed
 from medtrain.data.masks import read_instance_labels, read_mask_file
+from medtrain.data.multilabel import label_vector
 from medtrain.data.readers import file_spacing
 from medtrain.data.seg_manifest import spacing_cell
 from medtrain.data.tabular import parse_number
@@ -60,11 +61,14 @@ class Truth:
 
 
 class TargetTruth(Truth):
-    """A class (name or index) or regression value(s) per row."""
+    """A class (name or index), a multi-label run's labels (as its manifest holds them: a 0/1
+    column per label, or one column of joined names) or regression value(s) per row."""
 
     def __init__(self, predictor: Predictor, cfg: DictConfig):
         self.task, self.names = predictor.task, predictor.class_names
         data = predictor.cfg.dataset
+        self.separator = data.get("label_separator") or "|"
+        self.no_label = data.get("no_label")
         self.targets = _target_columns(
             cfg.target_column or data.get("target_column") or "target", self.task
         )
@@ -77,6 +81,19 @@ class TargetTruth(Truth):
     def read_all(
         self, rows: list[dict[str, str]], lines: list[int], images: list[str]
     ) -> list[str]:
+        if getattr(self.task, "multilabel", False):
+            self.labels, problems = [], []
+            for row, line in zip(rows, lines, strict=True):
+                cells = [row[c] for c in self.targets]
+                try:
+                    vector = label_vector(
+                        cells, self.targets, self.names, self.separator, self.no_label
+                    )
+                except ValueError as err:
+                    problems.append(f"line {line}: {err}")
+                    vector = np.zeros(len(self.names))
+                self.labels.append(torch.tensor(vector, dtype=torch.float32))
+            return problems
         self.labels, problems = _labels(rows, lines, self.targets, self.task, self.names)
         return problems
 
@@ -260,8 +277,17 @@ class LabelVolumeTruth(Truth):
 
 
 def _target_columns(value: Any, task: Any) -> list[str]:
-    """The target column(s): one for classes; for regression one per value the run predicts."""
+    """The target column(s): one for classes; for regression one per value the run predicts; for
+    a multi-label run one of joined labels or one 0/1 column per label."""
     columns = [str(c) for c in value] if not isinstance(value, str) else [value]
+    if getattr(task, "multilabel", False):
+        if len(columns) not in (1, len(task.class_names)):
+            raise ConfigError(
+                f"target_column={columns}: the run has {len(task.class_names)} labels "
+                f"({task.class_names}); name one 0/1 column for each, or one column of "
+                "joined labels"
+            )
+        return columns
     if task.targets == "values" and len(columns) != len(task.class_names):
         raise ConfigError(
             f"target_column={columns}: the run predicts {len(task.class_names)} value(s) "

@@ -444,6 +444,144 @@ def test_joined_labels_are_said_to_be_classes_of_their_own(tmp_path):
     assert data.data_warnings["joined_labels"] == (
         f"{path}: column 'target' holds 1 value(s) that join labels (e.g. 'effusion;nodule'): "
         "each distinct value is one class of its own (3 classes), not several labels of one "
-        "image: a manifest holds one class per image (multi-label targets are read from MedMNIST "
-        "files, dataset=medmnist)"
+        "image; for several labels per image set dataset.multilabel=true (and "
+        "dataset.label_separator when they are not joined by '|')"
+    )
+
+
+def multilabel_cases(folder: Path, columns: dict[str, list]) -> Path:
+    """Six images (two per split) and a `cases.csv` with columns image, split and `columns`."""
+    splits = ["train", "train", "val", "val", "test", "test"]
+    rows = []
+    for k, split in enumerate(splits):
+        name = f"images/case{k}.png"
+        write_png(folder / name, 60 + 20 * k, seed=k)
+        rows.append([name, split, *(values[k] for values in columns.values())])
+    return write_csv(folder / "cases.csv", ["image", "split", *columns], rows)
+
+
+def test_multilabel_targets_from_one_0_1_column_per_label(tmp_path):
+    """CheXpert's form: a 0/1 column per finding (also true/false, yes/no), the columns naming the
+    labels; each image a 0/1 vector, in the order of `dataset.target_column`."""
+    path = multilabel_cases(
+        tmp_path,
+        {
+            "effusion": ["1", "0", "true", "no", "1.0", "0"],
+            "nodule": ["0", "1", "yes", "0", "1", "False"],
+            "age": ["50"] * 6,
+        },
+    )
+    data = build_all(path, multilabel=True, target_column=["nodule", "effusion"])
+    for ds in data.values():
+        assert ds.multilabel and ds.num_classes == 2 and ds.class_names == ["nodule", "effusion"]
+    assert data["train"].labels.tolist() == [[0, 1], [1, 0]]
+    assert data["val"].labels.tolist() == [[1, 1], [0, 0]]
+    assert data["test"].labels.tolist() == [[1, 1], [0, 0]]
+    assert data["train"].labels.dtype == np.float32  # BCE's targets
+    assert data["val"][0]["label"].tolist() == [1.0, 1.0]
+    renamed = Manifest(
+        str(path),
+        "train",
+        multilabel=True,
+        target_column=["nodule", "effusion"],
+        class_names=["Nodule", "Effusion"],
+    )
+    assert renamed.class_names == ["Nodule", "Effusion"]
+    with pytest.raises(
+        ConfigError, match=r"has 1 name\(s\), but dataset.target_column=\['nodule', "
+    ):
+        Manifest(
+            str(path),
+            "train",
+            multilabel=True,
+            target_column=["nodule", "effusion"],
+            class_names=["Nodule"],
+        )
+
+
+def test_multilabel_targets_from_one_column_of_joined_names(tmp_path):
+    """ChestX-ray14's form: `Effusion|Nodule` in one column, `dataset.no_label` for an image with
+    none; the labels are the sorted names found, or `dataset.class_names` in its order."""
+    cells = ["Effusion|Nodule", "No Finding", "Nodule", "Effusion", "Nodule | Effusion", "Mass"]
+    path = multilabel_cases(tmp_path, {"finding": cells})
+    data = build_all(path, multilabel=True, target_column="finding", no_label="No Finding")
+    assert data["train"].class_names == ["Effusion", "Mass", "Nodule"]
+    assert data["train"].labels.tolist() == [[1, 0, 1], [0, 0, 0]]
+    assert data["val"].labels.tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert data["test"].labels.tolist() == [[1, 0, 1], [0, 1, 0]]
+    ordered = Manifest(
+        str(path),
+        "test",
+        multilabel=True,
+        target_column="finding",
+        no_label="No Finding",
+        class_names=["Nodule", "Mass", "Effusion"],
+    )
+    assert ordered.labels.tolist() == [[1, 0, 1], [0, 1, 0]]
+    # Another separator, and an empty cell for none of the labels.
+    path = multilabel_cases(tmp_path, {"finding": ["a;b", "", "b", "a", "a", "b"]})
+    ds = Manifest(
+        str(path),
+        "train",
+        multilabel=True,
+        target_column="finding",
+        label_separator=";",
+        no_label="",
+    )
+    assert ds.class_names == ["a", "b"] and ds.labels.tolist() == [[1, 1], [0, 0]]
+
+
+def test_multilabel_cells_that_are_no_labels_are_named_by_line_at_once(tmp_path):
+    """A CheXpert uncertain -1, an empty 0/1 cell, a name outside `dataset.class_names`, 'No
+    Finding' joined with a finding and an empty cell without `dataset.no_label`: each row named
+    in one error, with what to do."""
+    path = multilabel_cases(
+        tmp_path,
+        {"effusion": ["-1", "", "1", "0", "1", "2"], "nodule": ["0", "1", "1", "0", "1", "0"]},
+    )
+    with pytest.raises(DataError) as err:
+        Manifest(str(path), "train", multilabel=True, target_column=["effusion", "nodule"])
+    assert str(err.value) == (
+        f"{path}: dataset.multilabel=true: rows without readable labels: line 2: column "
+        "'effusion' holds '-1', not 0 or 1 (uncertain: decide it as 0 or 1 in the CSV); line 3: "
+        "column 'effusion' holds '', not 0 or 1 (an empty cell is no answer: write 0 or 1); "
+        "line 7: column 'effusion' holds '2', not 0 or 1"
+    )
+    cells = ["Effusion", "No Finding|Nodule", "", "Nodle", "Nodule", "Effusion"]
+    path = multilabel_cases(tmp_path, {"finding": cells})
+    with pytest.raises(DataError) as err:
+        Manifest(
+            str(path),
+            "train",
+            multilabel=True,
+            target_column="finding",
+            no_label="No Finding",
+            class_names=["Effusion", "Nodule"],
+        )
+    assert str(err.value) == (
+        f"{path}: dataset.multilabel=true: rows without readable labels: line 3: 'No "
+        "Finding|Nodule' joins 'No Finding' (dataset.no_label) with labels; line 4: column "
+        "'finding' is empty (an image without any label: set dataset.no_label to the value that "
+        "says so, e.g. 'No Finding', or '' for an empty cell); line 5: 'Nodle': 'Nodle' not in "
+        "['Effusion', 'Nodule']"
+    )
+
+
+def test_multilabel_settings_that_cannot_hold_are_refused(tmp_path):
+    path = multilabel_cases(tmp_path, {"finding": ["a", "a", "a", "a", "a", "a"], "b": ["1"] * 6})
+    with pytest.raises(
+        DataError, match="holds 1 label \\('a'\\): dataset.multilabel=true needs at"
+    ):
+        Manifest(str(path), "train", multilabel=True, target_column="finding")
+    with pytest.raises(ConfigError, match="task=regression predicts numbers"):
+        Manifest(str(path), "train", multilabel=True, regression=True, target_column="b")
+    with pytest.raises(ConfigError, match="or one 0/1 column per label with dataset.multilabel"):
+        Manifest(str(path), "train", target_column=["finding", "b"])
+    with pytest.raises(ConfigError, match="dataset.label_separator=''"):
+        Manifest(str(path), "train", multilabel=True, target_column="finding", label_separator="")
+    # A label in no row (or in every row) cannot be learnt: a warning naming it.
+    path = multilabel_cases(tmp_path, {"a": ["1", "0", "1", "0", "1", "0"], "b": ["0"] * 6})
+    ds = Manifest(str(path), "train", multilabel=True, target_column=["a", "b"])
+    assert ds.data_warnings["labels_in_no_row"] == (
+        f"{path}: label(s) 'b' in no row: the model cannot learn them, and their AUC is undefined"
     )

@@ -197,6 +197,18 @@ def test_a_rare_class_named_like_a_common_one_is_a_possible_typo(tmp_path):
     ]
     report = check(manifest_overrides(write_manifest(tmp_path, graded)))
     assert not [w for w in report["warnings"] if "a typo?" in w]
+    # A multi-label manifest's labels alike: 'nodle' among 'nodule' findings.
+    findings = [
+        (n, ("effusion", "nodule", "effusion|nodule")[k % 3], s) for k, (n, _, s) in enumerate(rows)
+    ]
+    findings[4] = (findings[4][0], "effusion|nodle", "train")
+    path = write_manifest(tmp_path, findings)
+    report = check(manifest_overrides(path, "dataset.multilabel=true", "loss=bce"))
+    assert [w for w in report["warnings"] if "a typo?" in w] == [
+        f"label 'nodle' has 1 image(s) ({tmp_path / 'images/4.png'} ({path} line 6)) and is "
+        "named like 'nodule' (15): a typo? It trains as a label of its own; listing the labels "
+        "in dataset.class_names makes a misspelt label an error"
+    ]
 
 
 def test_an_image_of_another_type_or_channels_is_noted_by_name(tmp_path):

@@ -141,6 +141,75 @@ def test_regression_values_score_as_the_run_s_test(finished_runs, tmp_path, caps
     assert "R^2 needs targets that vary; a correlation needs" in err and "class" not in err
 
 
+def test_a_multilabel_manifest_run_scores_its_test_rows_as_its_own_test(tmp_path, capsys):
+    """A run trained on a manifest of 0/1 label columns, evaluated on its own test rows (as its
+    columns, and as one column of joined names): its own test metrics; each label's AUC that
+    of scikit-learn on the evaluation's predictions."""
+    from sklearn.metrics import roc_auc_score
+
+    from tests.conftest import train_in_process
+    from tests.data.test_manifest import write_csv, write_png
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(36):
+        name = f"images/case{k:02d}.png"
+        a, b = int(rng.random() < 0.5), int(rng.random() < 0.5)
+        write_png(tmp_path / name, 60 + 100 * a, seed=k)
+        joined = "|".join(n for n, y in (("effusion", a), ("nodule", b)) if y) or "none"
+        rows.append([name, a, b, joined, ("train", "val", "test")[k % 3]])
+    header = ["image", "effusion", "nodule", "finding", "split"]
+    cases = write_csv(tmp_path / "cases.csv", header, rows)
+    run = tmp_path / "run"
+    overrides = [
+        "dataset=manifest",
+        f"dataset.path={cases}",
+        "dataset.multilabel=true",
+        "dataset.target_column=[effusion,nodule]",
+        "loss=bce",
+        "dataset.image_size=16",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=6",
+        "trainer.progress=false",
+    ]
+    theirs = train_in_process(run, overrides)
+    test = [r for r in rows if r[-1] == "test"]
+    labelled = write_csv(tmp_path / "labelled.csv", header, test)
+    out = tmp_path / "external"
+    assert main([f"run_dir={run}", f"inputs={labelled}", f"output={out}"]) == 0
+    mine = json.loads((out / "metrics.json").read_text())
+    keys = ["test/auc", "test/auc_effusion", "test/auc_nodule", "test/subset_acc", "test/f1"]
+    for key in keys:
+        assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    with open(out / "predictions.csv", newline="") as f:
+        predicted = list(csv.DictReader(f))
+    truth = {r[0]: r[1:3] for r in test}
+    for k, label in enumerate(("effusion", "nodule")):
+        target = [truth[p["id"]][k] for p in predicted]
+        probs = [float(p[f"prob_{k}"]) for p in predicted]
+        assert mine[f"test/auc_{label}"] == pytest.approx(roc_auc_score(target, probs))
+    # The same rows as one column of joined names (the run's separator '|'; 'none' for none).
+    for row in test:
+        row[3] = row[3].replace("none", "")
+    joined = write_csv(tmp_path / "joined.csv", header, test)
+    argv = [f"run_dir={run}", f"inputs={joined}", f"output={tmp_path / 'j'}"]
+    assert main([*argv, "target_column=finding"]) == 1
+    assert "is empty (an image without any label: set dataset.no_label" in capsys.readouterr().err
+    for row in test:
+        row[3] = row[3] or "nodule"  # every empty cell made a nodule: another AUC
+    joined = write_csv(tmp_path / "joined.csv", header, test)
+    assert main([*argv, "target_column=finding"]) == 0
+    again = json.loads((tmp_path / "j" / "metrics.json").read_text())
+    assert again["test/auc_effusion"] == pytest.approx(theirs["test/auc_effusion"], abs=1e-6)
+    assert main([*argv, "target_column=[effusion]"]) == 1
+    assert (
+        "line 2: column 'effusion' holds '0', not label names: one column is read as the labels "
+        "joined by '|'; 0/1 columns need one per label (['effusion', 'nodule'])"
+    ) in capsys.readouterr().err
+    assert main([*argv, "target_column=[effusion,nodule,finding]"]) == 2
+    assert "the run has 2 labels (['effusion', 'nodule'])" in capsys.readouterr().err
+
+
 def test_every_bad_row_is_named_at_once_and_nothing_is_written(finished_runs, tmp_path, capsys):
     run = finished_runs["classification"]
     test = split_of(run)
