@@ -134,8 +134,11 @@ class ClassificationTask(Task):
 
     @classmethod
     def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:
-        """The class of each case (multi-label cases: unstratified)."""
-        return None if labels.ndim > 1 else labels
+        """The class of each case; a multi-label case's combination of labels (folds are drawn
+        unstratified when a combination has fewer cases than folds)."""
+        if labels.ndim > 1:
+            return np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1)
+        return labels
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_fn(logits.float(), batch["label"])

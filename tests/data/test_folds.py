@@ -25,6 +25,20 @@ def test_stratified_folds_keep_the_class_balance_and_repeat_with_the_seed():
     assert not np.array_equal(folds, assign_folds(ids, 5, seed=4, classes=classes))
 
 
+def test_multilabel_folds_keep_each_combination_of_labels_balanced():
+    """Multi-label cases are stratified by their combination of labels: each fold holds a fifth
+    of every combination (the rare both-labels cases too)."""
+    from medtrain.tasks.classification import ClassificationTask
+
+    labels = np.array([[0, 0]] * 40 + [[1, 0]] * 30 + [[0, 1]] * 20 + [[1, 1]] * 10)
+    strata = ClassificationTask.fold_strata(None, labels)
+    assert strata.shape == (100,) and len(set(strata.tolist())) == 4
+    folds = assign_folds([f"c{i}" for i in range(100)], 5, seed=0, classes=strata)
+    for fold in range(5):
+        held = labels[folds == fold]
+        assert Counter(map(tuple, held.tolist())) == {(0, 0): 8, (1, 0): 6, (0, 1): 4, (1, 1): 2}
+
+
 def test_grouped_folds_keep_each_group_in_one_fold():
     rng = np.random.default_rng(0)
     groups = [f"patient{rng.integers(0, 23)}" for _ in range(120)]
