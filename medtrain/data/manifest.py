@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset, add_data_warning, check_fractions
-from medtrain.data.multilabel import joined_names, label_vector
+from medtrain.data.multilabel import NEGATIVE, POSITIVE, joined_names, label_vector
 from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.data.tabular import fit_tabular, is_missing, parse_number
 from medtrain.errors import ConfigError, DataError
@@ -611,6 +611,13 @@ class Manifest(ManifestRows, ImageDataset):
         no such labels is named at once; a label no row has, or every row has, is a warning."""
         joined = len(columns) == 1
         cells = [[row[c] for c in columns] for row in rows]
+        if joined and all(c[0].strip().lower() in POSITIVE | NEGATIVE for c in cells):
+            raise ConfigError(
+                f"dataset.target_column={columns[0]}: column {columns[0]!r} of {self.manifest_path} "
+                "holds 0/1 values, one label: that is binary classification "
+                "(dataset.multilabel=false); for several labels name a 0/1 column for each, "
+                "'dataset.target_column=[effusion,nodule]'"
+            )
         names = self.class_names
         if names is None:
             found = [c[0] for c in cells]

@@ -577,6 +577,8 @@ def test_multilabel_settings_that_cannot_hold_are_refused(tmp_path):
         Manifest(str(path), "train", multilabel=True, regression=True, target_column="b")
     with pytest.raises(ConfigError, match="or one 0/1 column per label with dataset.multilabel"):
         Manifest(str(path), "train", target_column=["finding", "b"])
+    with pytest.raises(ConfigError, match="holds 0/1 values, one label: that is binary class"):
+        Manifest(str(path), "train", multilabel=True, target_column="b")
     with pytest.raises(ConfigError, match="dataset.label_separator=''"):
         Manifest(str(path), "train", multilabel=True, target_column="finding", label_separator="")
     # A label in no row (or in every row) cannot be learnt: a warning naming it.
