@@ -84,22 +84,38 @@ def content_digest(raw: np.ndarray, dims: int) -> bytes:
 
 
 def intensity(samples: list[Sample]) -> dict[str, Any]:
-    """Stored pixel types, channels, sizes and value range, mean and std over every read image."""
+    """Stored pixel types, channels, sizes and value range, mean and std over every read image;
+    images of several stored types also each type's own (`by_dtype`): 8-bit and 16-bit values
+    pooled describe neither."""
     read = [s for s in samples if s.problem is None]
     if not read:
         return {"images": 0}
-    values = sum(s.values for s in read)
-    mean = sum(s.total for s in read) / values
-    variance = max(sum(s.squares for s in read) / values - mean**2, 0.0)
     heights, widths = [s.shape[-2] for s in read], [s.shape[-1] for s in read]
     depths = [s.shape[0] for s in read if len(s.shape) == 3]  # volumes
-    return {
+    dtypes = Counter(s.dtype for s in read)
+    summary = {
         "images": len(read),
-        "dtypes": dict(Counter(s.dtype for s in read)),
+        "dtypes": dict(dtypes),
         "channels": {str(c): n for c, n in sorted(Counter(s.channels for s in read).items())},
         **({"depth": [min(depths), max(depths)]} if depths else {}),
         "height": [min(heights), max(heights)],
         "width": [min(widths), max(widths)],
+        **_values(read),
+    }
+    if len(dtypes) > 1:
+        summary["by_dtype"] = {
+            dtype: {"images": n, **_values([s for s in read if s.dtype == dtype])}
+            for dtype, n in dtypes.most_common()
+        }
+    return summary
+
+
+def _values(read: list[Sample]) -> dict[str, float]:
+    """The stored values' range, mean and std over the images `read`."""
+    values = sum(s.values for s in read)
+    mean = sum(s.total for s in read) / values
+    variance = max(sum(s.squares for s in read) / values - mean**2, 0.0)
+    return {
         "min": min(s.low for s in read),
         "max": max(s.high for s in read),
         "mean": mean,

@@ -225,6 +225,24 @@ def test_an_image_of_another_type_or_channels_is_noted_by_name(tmp_path):
         f"images differ in channels: 1 (5), 3 (1); not 1: {tmp_path / rows[5][0]} ({path} line 7)"
         " (each is converted by the run's preprocessing; check that they belong)",
     ]
+    # The val split's summary: 8-bit and 16-bit values each by their own type, beside the pool.
+    other = np.asarray(Image.open(tmp_path / rows[3][0]), dtype=np.float64)
+    stats = report["splits"]["val"]["intensity"]
+    assert stats["by_dtype"]["uint16"] == {
+        "images": 1,
+        "min": 300,
+        "max": 300,
+        "mean": 300,
+        "std": 0,
+    }
+    assert stats["by_dtype"]["uint8"] == {
+        "images": 1,
+        "min": other.min(),
+        "max": other.max(),
+        "mean": pytest.approx(other.mean()),
+        "std": pytest.approx(other.std()),
+    }
+    assert "by_dtype" not in report["splits"]["train"]["intensity"]
 
 
 def test_images_of_one_value_are_warned_about_by_name(tmp_path):
