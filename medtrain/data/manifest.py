@@ -501,6 +501,13 @@ class Manifest(ManifestRows, ImageDataset):
                 )
         if len(set(tabular_columns)) < len(tabular_columns):
             raise ConfigError(f"dataset.tabular_columns={tabular_columns} names a column twice")
+        if group_column in tabular_columns:
+            self._data_warning(
+                "group_as_input",
+                f"dataset.tabular_columns holds {group_column!r}, the dataset.group_column: the "
+                "model gets each image's group (its patient) as an input and can memorise it, "
+                "while val and test hold groups it never trained on",
+            )
 
         csv_path = Path(path)
         self.source = self.manifest_path = str(csv_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -11,7 +12,8 @@ import numpy as np
 
 from medtrain.errors import DataError
 
-MISSING = ("", "na", "nan", "null")  # compared after stripping spaces and lower-casing
+# Compared after stripping spaces and lower-casing (pandas' defaults but `none`, a category's name).
+MISSING = ("", "na", "n/a", "#n/a", "<na>", "nan", "null")
 # A column whose present training values are words in fewer than 1 of this many rows is one of
 # numbers: its words are refused as typos instead of making the column categorical.
 TYPO_RATE = 10
@@ -22,8 +24,37 @@ TYPO_RATE = 10
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+# A number written with its unit (`72 kg`, `5.5 %`) or a decimal comma (`1,5`): a measurement that
+# float() does not read, which would otherwise make every value a category of its own.
+WITH_UNIT = re.compile(r"^[+-]?\d+(?:[.,]\d+)?\s*(?P<unit>[^\d\s].*)$")
+DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
+# Units a number may carry; a one-letter one (`2a`, a stage) counts only after a space (`5 g`).
+UNITS = {
+    *("kg", "mg", "ug", "µg", "lb", "lbs", "cm", "mm", "ml", "dl", "mmhg", "bpm", "%", "yr", "yrs"),
+    *("year", "years", "mo", "month", "months", "wk", "week", "weeks", "day", "days", "hr", "hrs"),
+    *("hour", "hours", "min", "sec", "mmol/l", "mg/dl", "g/dl", "g/l", "u/l", "iu/l", "iu", "kpa"),
+    *("°c", "°f", "kg/m2", "kg/m²", "ng/ml", "pg/ml", "µmol/l", "umol/l", "meq/l", "/min"),
+}
+ONE_LETTER_UNITS = set("gmldhsycfk")
+MANY_CATEGORIES = 10  # a categorical column of more training values than this, one for every ...
+CATEGORY_SHARE = 0.5  # ... row or two, is an identifier or a measurement, not categories
+
+
+def with_unit(value: str) -> bool:
+    """Whether a cell is a number with a unit (`72 kg`) or a decimal comma (`1,5`)."""
+    value = value.strip()
+    if DECIMAL_COMMA.match(value):
+        return True
+    found = WITH_UNIT.match(value)
+    if found is None:
+        return False
+    unit = found["unit"].strip().lower()
+    spaced = value[found.start("unit") - 1].isspace()
+    return unit in UNITS or (unit in ONE_LETTER_UNITS and spaced)
+
+
 def is_missing(value: str) -> bool:
-    """Whether a raw cell counts as missing: empty, NA, NaN or null (any case)."""
+    """Whether a raw cell counts as missing: empty, NA, N/A, NaN or null (any case)."""
     return value.strip().lower() in MISSING
 
 
@@ -58,7 +89,7 @@ class TabularEncoder:
 
     A column whose present training values all parse as numbers is numeric: it is standardised with
     the training mean and standard deviation (a standard deviation of 0 is taken as 1). A missing cell
-    (empty, NA, NaN or null, any case) is filled with the training mean, so it reads 0, and when a
+    (empty, NA, N/A, NaN or null, any case) is filled with the training mean, so it reads 0, and when a
     numeric column has a missing cell in any row an indicator column `<name>_missing` (1.0 where
     missing) follows it. Any other column is categorical and one-hot encoded over the categories of
     the training rows, sorted, as columns `<name>=<category>`; a category that no training row holds,
@@ -205,8 +236,20 @@ class TabularEncoder:
                 + ": write a number, or leave the cell empty (or NA) for a missing value (codes "
                 "of categories: write each as a name, e.g. g1, g2)"
             )
+        measured = [i for i in words if with_unit(values[i])]
+        if measured and (len(words) - len(measured)) * TYPO_RATE < len(present):
+            shown = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in measured[:3])
+            raise DataError(
+                f"{self.source}: column {name!r} holds numbers written with a unit or a decimal "
+                f"comma in {len(measured)} of {len(present)} training rows ({shown}"
+                + (f"; and {len(measured) - 3} more" if len(measured) > 3 else "")
+                + "): read as they are, each value would be a category of its own; write the "
+                "number alone with a decimal point (72, 1.5), the unit in the column's name "
+                "(weight_kg)"
+            )
         if words:
             categories = sorted(set(present))
+            self._review_categories(name, present, categories)
             if len(words) * 2 < len(present):  # mostly numbers: read as categories, say so
                 counts = Counter(values[i].strip() for i in words).most_common(3)
                 self.warnings[name] = (
@@ -223,12 +266,50 @@ class TabularEncoder:
             self._number(name, values[i], i)
         numbers = np.array(numbers, dtype=np.float64)
         std = float(numbers.std())
+        if std == 0:
+            self._say_constant(name, present[0], len(present))
         return ColumnCode(
             name,
             numeric=True,
             mean=float(numbers.mean()),
             std=std if std > 0 else 1.0,
             indicator=any(is_missing(v) for v in values),
+        )
+
+    def _review_categories(self, name: str, present: list[str], categories: list[str]) -> None:
+        """Warnings about a categorical column's training values: one value in every row;
+        categories that differ only in case (`f`, `F`: one category, misspelt); more than
+        `MANY_CATEGORIES`, most of them distinct (an identifier such as a patient id, or a
+        measurement: one-hot columns of a row or two each, which the model memorises)."""
+        if len(categories) == 1:
+            self._say_constant(name, categories[0], len(present))
+        cased: dict[str, list[str]] = {}
+        for category in categories:
+            cased.setdefault(category.lower(), []).append(category)
+        alike = [names for names in cased.values() if len(names) > 1]
+        if alike:
+            counts = Counter(present)
+            shown = "; ".join(
+                ", ".join(f"{c!r} x{counts[c]}" for c in names) for names in alike[:3]
+            )
+            self.warnings[f"{name}:case"] = (
+                f"{self.source}: column {name!r} holds categories that differ only in case "
+                f"({shown}): each is a one-hot column of its own; write each category one way"
+            )
+        if len(categories) > MANY_CATEGORIES and len(categories) >= CATEGORY_SHARE * len(present):
+            self.warnings[f"{name}:many"] = (
+                f"{self.source}: column {name!r} holds {len(categories)} distinct values in "
+                f"{len(present)} training rows (e.g. {', '.join(map(repr, categories[:3]))}): "
+                "read as categories, one one-hot column each, which the model can only memorise; "
+                "an identifier (a patient id: dataset.group_column, not an input) or a "
+                "measurement written as text?"
+            )
+
+    def _say_constant(self, name: str, value: str, rows: int) -> None:
+        """A warning for a column of one value in every training row: it carries nothing."""
+        self.warnings[f"{name}:constant"] = (
+            f"{self.source}: column {name!r} holds {value!r} in all {rows} training rows (missing "
+            "cells aside): it tells the model nothing; leave it out of dataset.tabular_columns"
         )
 
     def _number(self, name: str, value: str, row: int) -> float | None:

@@ -178,7 +178,9 @@ def grades_outside(
     """(errors, warnings) for ordinal grades outside `grades` (`task.grade_range`), naming their
     rows: errors where the config gives the range, warnings where it is the training split's
     (`RegressionTask.fit_to_data` marks the training set so: a grade only val or test hold,
-    which the model cannot predict; the split decides that, not the data)."""
+    which the model cannot predict; the split decides that, not the data). A grade that is not a
+    whole number is an error in any split (training refuses it in its own; in val or test the
+    metrics would round it without a word)."""
     if grades is None:
         return [], []
     low, high = float(grades[0]), float(grades[1])
@@ -188,11 +190,17 @@ def grades_outside(
         return np.where(np.isfinite(values), values, np.nan)
 
     given = not getattr(datasets.get("train"), "grade_range_of_split", False)
-    said = []
+    said, fractional = [], []
     for split, ds in datasets.items():
         if isinstance(ds, MASK_DATASETS) or not getattr(ds, "regression", False):
             continue
         values = targets(ds)
+        for i in np.flatnonzero((np.abs(values - np.rint(values)) > 1e-6).any(axis=1)):
+            text = (
+                f"grade {values[i, 0]:g} is not a whole number (task.ordinal=true): fix the "
+                "target, or set task.ordinal=false for continuous values"
+            )
+            fractional.append(names[split].problem(int(i), text))
         for i in np.flatnonzero(((values < low) | (values > high)).any(axis=1)):
             text = (
                 f"grade {values[i, 0]:g} is outside task.grade_range=[{low:g}, {high:g}]: fix "
@@ -203,7 +211,24 @@ def grades_outside(
                 "task.grade_range=[lowest,highest] to cover every grade"
             )
             said.append(names[split].problem(int(i), text))
-    return (said, []) if given else ([], said)
+    return (fractional + said, []) if given else (fractional, said)
+
+
+def constant_targets(datasets: dict) -> list[str]:
+    """A warning per regression value whose training targets are all one number: the model has
+    nothing to learn (it predicts that number), and R^2 and correlations are undefined."""
+    train = datasets.get("train")
+    if train is None or not getattr(train, "regression", False) or not len(train.labels):
+        return []
+    values = np.asarray(train.labels, dtype=np.float64).reshape(len(train.labels), -1)
+    names = list(train.class_names or range(values.shape[1]))
+    return [
+        f"train: every target of {names[k]!r} is {values[0, k]:g} ({len(values)} rows): the "
+        "model has nothing to learn, and R^2 and correlations are undefined; check the target "
+        "column"
+        for k in range(values.shape[1])
+        if np.ptp(values[:, k]) == 0
+    ]
 
 
 def label_problems(dataset: Any, names: Names) -> list[str]:
@@ -472,7 +497,7 @@ def check_datasets(
         }
     wrong, unseen = grades_outside(datasets, names, grades)
     report["errors"] += wrong
-    report["warnings"] += unseen
+    report["warnings"] += unseen + constant_targets(datasets)
     nowhere, warning = classes_nowhere(datasets, absent)
     report["warnings"] += ([warning] if warning else []) + [
         line for lacking in absent.values() for c, line in lacking.items() if c not in nowhere

@@ -11,8 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from medtrain.data.validation import check_datasets, new_report
-from medtrain.engine.build import build_datasets, target_class
-from medtrain.engine.config import check_against_data, validate
+from medtrain.engine.build import build_datasets, build_model, target_class
+from medtrain.engine.config import check_against_data, check_inputs_read, validate
 from medtrain.errors import ConfigError, DataError, LossMismatch, MedtrainError
 from medtrain.io import save_json
 
@@ -80,6 +80,9 @@ def check_config(
             check_against_data(cfg)
         except LossMismatch as err:  # raised after every other check against the data passed
             wrong_loss.append(str(err))
+        columns = cfg.dataset.get("tabular_columns")
+        if columns:  # as training: the model must read them (built on the CPU, not trained)
+            check_inputs_read(build_model(cfg), columns, cfg.model.get("_target_"))
     except ConfigError as err:
         report["config_errors"].append(str(err))
     except MedtrainError as err:

@@ -587,3 +587,17 @@ def test_multilabel_settings_that_cannot_hold_are_refused(tmp_path):
     assert ds.data_warnings["labels_in_no_row"] == (
         f"{path}: label(s) 'b' in no row: the model cannot learn them, and their AUC is undefined"
     )
+
+
+def test_a_group_column_given_as_a_clinical_input_is_warned_about(tmp_path):
+    patients = [f"p{k // 2}" for k in range(12)]
+    path = make_cases(tmp_path, [0, 1] * 6, {"patient": patients, "age": list(range(12))})
+    ds = Manifest(str(path), "train", group_column="patient", tabular_columns=["patient", "age"])
+    assert ds.data_warnings["group_as_input"] == (
+        "dataset.tabular_columns holds 'patient', the dataset.group_column: the model gets each "
+        "image's group (its patient) as an input and can memorise it, while val and test hold "
+        "groups it never trained on"
+    )
+    assert "group_as_input" not in Manifest(
+        str(path), "train", group_column="patient", tabular_columns=["age"]
+    ).__dict__.get("data_warnings", {})

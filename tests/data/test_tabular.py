@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medtrain.data.tabular import TabularEncoder, encode_tabular, is_missing
+from medtrain.data.tabular import TabularEncoder, encode_tabular, is_missing, with_unit
 from medtrain.errors import DataError
 
 
@@ -125,13 +125,20 @@ def test_a_typo_among_numbers_is_refused_not_made_categories():
     assert len(names) == 19 and "marker=unknown" in names
     assert said == [
         (
+            "marker:many",
+            "c.csv: column 'marker' holds 19 distinct values in 20 training rows (e.g. '1.0', "
+            "'1.1', '1.2'): read as categories, one one-hot column each, which the model can "
+            "only memorise; an identifier (a patient id: dataset.group_column, not an input) or "
+            "a measurement written as text?",
+        ),
+        (
             "marker",
             "c.csv: column 'marker' holds numbers in 18 of 20 training rows and words in 2 "
             "('unknown' x2): it is read as categories, 19 one-hot columns, one per distinct value "
             "(a number no training row holds encodes as none). If the words mean a missing value, "
             "leave those cells empty (or NA): the column is then read as numbers, with a "
             "missing-value indicator",
-        )
+        ),
     ]
     # A column of names with a few numbers is categories, with nothing to say.
     said.clear()
@@ -152,3 +159,73 @@ def test_a_value_beyond_float32_is_named_not_standardised_into_nan():
         encode_tabular(columns, [0, 1, 2])
     with pytest.raises(DataError, match=r"1 value\(s\) beyond the float32 range .*: row 2"):
         encode_tabular(columns, [0, 1, 3])  # in a val or test row
+
+
+def test_numbers_with_units_or_decimal_commas_are_refused_not_made_categories():
+    """`72 kg` and `1,5` are measurements float() cannot read: one category per value before (45
+    one-hot columns for 160 weights, and a new patient's weight refused by the service)."""
+    label = lambda i: f"line {i + 2}"  # noqa: E731
+    weights = [f"{60 + k} kg" for k in range(12)]
+    with pytest.raises(DataError) as err:
+        encode_tabular({"weight": weights}, list(range(12)), source="c.csv", row_label=label)
+    assert str(err.value) == (
+        "c.csv: column 'weight' holds numbers written with a unit or a decimal comma in 12 of 12 "
+        "training rows (line 2: '60 kg'; line 3: '61 kg'; line 4: '62 kg'; and 9 more): read as "
+        "they are, each value would be a category of its own; write the number alone with a "
+        "decimal point (72, 1.5), the unit in the column's name (weight_kg)"
+    )
+    hba1c = ["5.5", "6,1", "4.9", "7,2"]
+    with pytest.raises(
+        DataError, match=r"in 2 of 4 training rows \(line 3: '6,1'; line 5: '7,2'\)"
+    ):
+        encode_tabular({"hba1c": hba1c}, list(range(4)), source="c.csv", row_label=label)
+    for cell in ("72 kg", "72kg", "5.5 %", "1,5", "-3 mmHg", "37 c", "12 years"):
+        assert with_unit(cell), cell
+    for cell in ("2a", "3c", "T2", "kg", "M", "stage 2", "1.5", "n/a"):  # stages, names
+        assert not with_unit(cell), cell
+    # Stage codes stay categories.
+    matrix, names = encode_tabular({"stage": ["2a", "2b", "3c", "2a"]}, [0, 1, 2, 3])
+    assert names == ["stage=2a", "stage=2b", "stage=3c"]
+
+
+def test_spellings_of_missing_values_are_missing():
+    for cell in ("", " ", "NA", "n/a", "N/A", "#N/A", "<NA>", "NaN", "null"):
+        assert is_missing(cell), cell
+    for cell in ("none", "None", "-", "0", "unknown"):  # a category's name, or a value
+        assert not is_missing(cell), cell
+    matrix, names = encode_tabular({"bp": ["120", "n/a", "140", "N/A"]}, [0, 1, 2, 3])
+    assert names == ["bp", "bp_missing"]
+    np.testing.assert_allclose(matrix[:, 1], [0, 1, 0, 1])
+
+
+def test_categories_that_cannot_inform_the_model_are_warned_about():
+    """One value in every training row, categories that differ only in case, and a column of
+    mostly distinct values (a patient id given as an input)."""
+    said = {}
+    encode_tabular(
+        {
+            "const": ["1"] * 6,
+            "site": ["a"] * 5 + ["b"],  # `b` in a test row only: the training rows hold one value
+            "sex": ["F", "f", "M", "F", "m", "M"],
+            "patient": [f"p{k}" for k in range(6)],
+        },
+        [0, 1, 2, 3, 4],
+        source="c.csv",
+        warn=lambda column, text: said.setdefault(column, text),
+    )
+    assert said["const:constant"] == (
+        "c.csv: column 'const' holds '1' in all 5 training rows (missing cells aside): it tells "
+        "the model nothing; leave it out of dataset.tabular_columns"
+    )
+    assert said["site:constant"].startswith("c.csv: column 'site' holds 'a' in all 5 training")
+    assert said["sex:case"] == (
+        "c.csv: column 'sex' holds categories that differ only in case ('F' x2, 'f' x1; 'M' x1, "
+        "'m' x1): each is a one-hot column of its own; write each category one way"
+    )
+    assert "patient:many" not in said  # 5 values: too few to tell
+    patients = {"patient": [f"p{k // 2}" for k in range(40)]}
+    encode_tabular(patients, range(40), warn=lambda column, text: said.setdefault(column, text))
+    assert said["patient:many"].startswith(
+        "tabular data: column 'patient' holds 20 distinct values in 40 training rows (e.g. 'p0', "
+        "'p1', 'p10'): read as categories"
+    )

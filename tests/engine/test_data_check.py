@@ -632,6 +632,49 @@ def test_ordinal_grades_outside_the_grade_range_name_their_rows(tmp_path):
     assert [line.split(": grade ")[1][:30] for line in report["errors"]] == [
         "-2 is outside task.grade_range"
     ]
+    # A grade of a val or test row that is not whole: an error (the metrics would round it).
+    halves = [
+        (name, g, split) for (name, _, split), g in zip(rows, (0, 4, 2.5, 1, 3, 1.5), strict=True)
+    ]
+    path = write_manifest(tmp_path, halves)
+    for extra in ([], ["task.grade_range=[0,4]"]):
+        report = check(manifest_overrides(path, *ordinal, *extra))
+        assert report["errors"] == [
+            f"{path} line {line}: {tmp_path / rows[k][0]}: grade {g} is not a whole number "
+            "(task.ordinal=true): fix the target, or set task.ordinal=false for continuous values"
+            for line, k, g in ((4, 2, 2.5), (7, 5, 1.5))
+        ]
+
+
+def test_clinical_columns_an_image_model_would_ignore_are_a_config_error(tmp_path):
+    """As training refuses them: `dataset.tabular_columns` with a model that reads only images."""
+    rows = good_rows(tmp_path)
+    path = tmp_path / "cases.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "target", "split", "age"])
+        writer.writerows([(*row, 40 + k) for k, row in enumerate(rows)])
+    report = check(manifest_overrides(path, "dataset.tabular_columns=[age]"))
+    assert report["config_errors"] == [
+        "dataset.tabular_columns=['age']: model=cnn reads only ['image'], so these clinical columns would be ignored; use model=fusion (images and the "
+        "columns together), or leave dataset.tabular_columns empty"
+    ]
+    fused = check(manifest_overrides(path, "dataset.tabular_columns=[age]", "model=fusion"))
+    assert fused["config_errors"] == [] and fused["errors"] == []
+
+
+def test_a_regression_target_of_one_value_is_warned_about(tmp_path):
+    rows = [(name, 50, split) for name, _, split in good_rows(tmp_path)]
+    path = write_manifest(tmp_path, rows)
+    report = check(manifest_overrides(path, "task=regression", "loss=mse"))
+    assert (
+        report["errors"] == []
+        and (
+            "train: every target of 'target' is 50 (2 rows): the model has nothing to learn, and "
+            "R^2 and correlations are undefined; check the target column"
+        )
+        in report["warnings"]
+    )
 
 
 def test_training_hook_writes_the_report_and_stops_on_errors(tmp_path):
