@@ -403,3 +403,62 @@ def fit_tabular(
         if warn is not None:
             warn(column, message)
     return encoder
+
+
+def union_encoding(states: Sequence[Sequence[Mapping]]) -> list[dict]:
+    """One encoding from which each of `states` (encoders fitted on other rows, e.g. a CV's
+    folds) is a linear map (`member_map`): per column, the first state's mean and standard
+    deviation, a missing indicator where any has one, and every category any holds.
+
+    Raises:
+        ValueError: states of other columns, or a column of numbers in one and categories in
+            another.
+    """
+    columns = [[code["name"] for code in state] for state in states]
+    if any(names != columns[0] for names in columns[1:]):
+        raise ValueError(f"the encodings hold other columns: {columns}")
+    union = []
+    for codes in zip(*states, strict=True):
+        first = dict(codes[0])
+        if any(bool(code["numeric"]) != bool(first["numeric"]) for code in codes):
+            raise ValueError(
+                f"column {first['name']!r} is read as numbers by one encoding and as categories "
+                "by another"
+            )
+        if first["numeric"]:
+            first["indicator"] = any(code["indicator"] for code in codes)
+        else:
+            first["categories"] = sorted({c for code in codes for c in code["categories"]})
+        union.append(first)
+    return union
+
+
+def member_map(
+    union: Sequence[Mapping], member: Sequence[Mapping]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) with `member encoding = union encoding @ weight.T + bias` for every row:
+    a standardised number rescaled to the member's mean and standard deviation (a missing one,
+    0 with its indicator set, stays the member's 0), a category moved to the member's column
+    (one the member never saw: all zeros, as its own encoder gives)."""
+    union_codes = [ColumnCode(**dict(code)) for code in union]
+    member_codes = [ColumnCode(**dict(code)) for code in member]
+    width_in = sum(len(code.names) for code in union_codes)
+    width_out = sum(len(code.names) for code in member_codes)
+    weight = np.zeros((width_out, width_in), dtype=np.float64)
+    bias = np.zeros(width_out, dtype=np.float64)
+    row = col = 0
+    for u, m in zip(union_codes, member_codes, strict=True):
+        if u.numeric:  # m = (raw - mean_m) / std_m with raw = u * std_u + mean_u
+            shift = (u.mean - m.mean) / m.std
+            weight[row, col] = u.std / m.std
+            bias[row] = shift
+            if u.indicator:  # missing: u reads 0 and the indicator 1; the member reads 0
+                weight[row, col + 1] = -shift
+                if m.indicator:
+                    weight[row + 1, col + 1] = 1.0
+        else:
+            index = {c: k for k, c in enumerate(u.categories)}
+            for k, category in enumerate(m.categories):
+                weight[row + k, col + index[category]] = 1.0
+        row, col = row + len(m.names), col + len(u.names)
+    return weight, bias

@@ -16,6 +16,7 @@ from medtrain.analysis.statistics import copy_groups
 from medtrain.data.loading import make_loader
 from medtrain.engine.build import build_datasets, build_task, plain
 from medtrain.engine.loop import evaluate, loss_mean, threshold_entries
+from medtrain.errors import ConfigError
 from medtrain.inference.average import average_network, save_average
 from medtrain.inference.ensemble import evaluate_members, member_of
 from medtrain.inference.run import LoadedRun
@@ -56,10 +57,11 @@ def fold_ensemble(
     batch_size = int(cfg.trainer.eval_batch_size)
     start = time.perf_counter()
     encodings = [run.checkpoint.get("tabular") for run in runs]
-    model = None
+    model, no_network = None, None
     if any(e != encodings[0] for e in encodings[1:]):
-        # Clinical columns encoded with each fold's training statistics: no one network reads
-        # them all, so each fold model reads the test split as its fold encodes it.
+        # Clinical columns encoded with each fold's training statistics: each fold model reads
+        # the test split as its fold encodes it. The network saved to deploy maps one encoding
+        # (every fold's categories) to each fold's (`member_inputs`).
         members = [member_of(run) for run in runs]
         for member in members:
             member.model.to(device).eval()
@@ -67,6 +69,11 @@ def fold_ensemble(
         collector, loss, _ = evaluate_members(
             members, ensemble_task, "test", device, batch_size, final=True
         )
+        try:
+            model = average_network(runs, cfg, task, preprocessing["normalize"])
+        except ConfigError as err:
+            no_network = str(err)
+            log.warning("cv: the ensemble has no network to predict with (%s)", no_network)
     else:
         model = average_network(runs, cfg, task, preprocessing["normalize"])
         model.to(device).eval()
@@ -94,17 +101,10 @@ def fold_ensemble(
     metrics |= threshold_entries(threshold, ensemble_task.class_names)
     copy_groups(base.run_dir, out)  # the folds' test split is the ensemble's: its patients too
     metrics |= ensemble_task.intervals(out, metrics)
-    no_network = None
     if model is not None:
         model.to("cpu")
         input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
         save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)
-    else:
-        no_network = (
-            "the folds encode their clinical columns with their own training statistics; one "
-            "network reads one encoding: the folds are averaged here, and are not deployed as one"
-        )
-        log.warning("cv: the ensemble has no network to predict with (%s)", no_network)
     save_ensemble(
         out,
         metrics,
@@ -152,17 +152,17 @@ def untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets) -> dict[str
     """A fold ensemble of data without a test split: the folds' average network, saved to
     predict, serve and export with, and never tested (`metrics.json` holds the out-of-fold
     metrics and the threshold only). None when the folds encode clinical columns each their own
-    way, which no one network reads."""
-    encodings = [run.checkpoint.get("tabular") for run in runs]
-    if any(e != encodings[0] for e in encodings[1:]):
-        log.info("cv: no fold ensemble: the folds encode their clinical columns each their way")
-        return None
+    way that no one encoding maps to (`member_inputs`)."""
     out = cv.dir / "ensemble"
     base = runs[0]
     preprocessing = datasets["train"].preprocessing()
     ensemble_task = build_task(cfg)
     ensemble_task.threshold = threshold
-    model = average_network(runs, cfg, task, preprocessing["normalize"])
+    try:
+        model = average_network(runs, cfg, task, preprocessing["normalize"])
+    except ConfigError as err:
+        log.info("cv: no fold ensemble: %s", err)
+        return None
     out.mkdir(parents=True, exist_ok=True)
     input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}
     save_average(out, cfg, model, ensemble_task, preprocessing | input_size, base)

@@ -13,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from medtrain.data.tabular import union_encoding
 from medtrain.engine.build import build_model, plain
 from medtrain.errors import ConfigError
 from medtrain.inference.run import LoadedRun
@@ -29,15 +30,21 @@ AFFINE_MODES = ("fixed", "dataset")
 def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[str, Any]:
     """Per member, (scale, shift) per channel from the ensemble's normalized input (`normalize`)
     to the member's own: needed when members normalize with other statistics (a CV's folds with
-    `dataset.normalize.mode=dataset`, runs with other fixed mean and std); empty when every member
-    sees the ensemble's input.
+    `dataset.normalize.mode=dataset`, runs with other fixed mean and std); and for members that
+    encode clinical columns with other statistics (a CV's folds: each fits them on its own
+    training cases), the ensemble's encoding (`union_encoding`) and each member's, which the
+    network maps to (`tabular_state`, `tabular_members`). Empty when every member sees the
+    ensemble's input.
 
     Raises:
-        ConfigError: members whose preprocessing differs otherwise (size, channels, window), or
-            whose normalizations are not all affine maps of each other (other modes, `invert`).
+        ConfigError: members whose preprocessing differs otherwise (size, channels, window),
+            whose normalizations are not all affine maps of each other (other modes, `invert`),
+            or whose clinical encodings are not (other columns, a column of numbers in one and
+            of categories in another), or an image model beside one of clinical columns.
     """
     first = dict(runs[0].checkpoint["preprocessing"])
     encodings = [run.checkpoint.get("tabular") for run in runs]
+    tabular: dict[str, Any] = {}
     if any(e != encodings[0] for e in encodings[1:]):
         readers = [run for run, e in zip(runs, encodings, strict=True) if e is not None]
         if len(readers) < len(runs):  # an image model beside a fusion model
@@ -46,10 +53,14 @@ def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[
                 f"{readers[0].run_dir}) and the others do not; one network reads one set of "
                 "inputs, so its members predict"
             )
-        raise ConfigError(  # e.g. a CV's folds: each fits the encoding on its training cases
-            "the runs encode their clinical columns with other statistics (fitted on each run's "
-            "own training cases); one network reads one encoding, so its members predict"
-        )
+        try:
+            union = union_encoding(encodings)
+        except ValueError as err:
+            raise ConfigError(
+                f"the runs encode their clinical columns in ways no one encoding maps to ({err}); "
+                "one network reads one encoding, so its members predict"
+            ) from err
+        tabular = {"tabular_state": union, "tabular_members": [list(e) for e in encodings]}
     for run in runs[1:]:
         other = dict(run.checkpoint["preprocessing"])
         differs = [k for k in first if k != "normalize" and first[k] != other.get(k)]
@@ -60,7 +71,7 @@ def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[
             )
     own = [dict(run.checkpoint["preprocessing"]["normalize"]) for run in runs]
     if all(n == normalize for n in own):
-        return {}
+        return tabular
     affine = all(
         n.get("mode") in AFFINE_MODES and n.get("invert") == normalize.get("invert")
         for n in [normalize, *own]
@@ -77,7 +88,7 @@ def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[
         mean, std = np.asarray(n["mean"]), np.asarray(n["std"])
         scales.append((std0 / std).tolist())
         shifts.append(((mean0 - mean) / std).tolist())
-    return {"input_scale": scales, "input_shift": shifts}
+    return {"input_scale": scales, "input_shift": shifts, **tabular}
 
 
 def average_network(
@@ -130,7 +141,11 @@ def save_average(
     out: Path, cfg: DictConfig, model: nn.Module, task: Task, preprocessing: dict, base: LoadedRun
 ) -> None:
     """Write `average_network`'s network as a run folder's `checkpoints/best.pt` and
-    `.hydra/config.yaml` (with `task`'s threshold): it predicts, serves and exports as a run."""
+    `.hydra/config.yaml` (with `task`'s threshold): it predicts, serves and exports as a run.
+    Its clinical columns are encoded as the network reads them: the ensemble's own encoding
+    where the members' differ (`member_inputs`), else theirs."""
+    union = cfg.model.get("tabular_state")
+    tabular = OmegaConf.to_container(union) if union is not None else base.checkpoint.get("tabular")
     checkpoint = {
         "config": plain(cfg),
         "task": task.name,
@@ -139,7 +154,7 @@ def save_average(
         "medtrain_version": base.checkpoint.get("medtrain_version"),
         "volume_axes": base.checkpoint.get("volume_axes"),  # how its members read volumes
         "preprocessing": preprocessing,
-        **({"tabular": base.checkpoint["tabular"]} if base.checkpoint.get("tabular") else {}),
+        **({"tabular": tabular} if tabular else {}),
         "model": model.state_dict(),
         "threshold": task.threshold,
         "best_epoch": None,

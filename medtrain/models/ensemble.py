@@ -11,10 +11,12 @@ one member's, so the task's own postprocessing applies unchanged: the log of the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from medtrain.data.tabular import member_map
 from medtrain.errors import ConfigError
 from medtrain.models import input_keys
 
@@ -43,8 +45,11 @@ class ModelAverage(nn.Module):
             `sigmoid` (independent probabilities) or `mean` (values).
         input_scale, input_shift: per member and image channel, `x * scale + shift` turns the
             ensemble's normalized image into the member's (members normalized with the statistics
-            of their own training data); None: the same input for all. Other inputs (tabular
-            columns) are passed as they are.
+            of their own training data); None: the same input for all.
+        tabular_state, tabular_members: the ensemble's encoding of clinical columns and each
+            member's own (`TabularEncoder.state`; members fitted on other rows, e.g. a CV's
+            folds): each member reads its own encoding, a linear map of the ensemble's
+            (`medtrain.data.tabular.member_map`). None: the tabular input as it is.
         output_scale, output_shift: per member and output, `out * scale + shift` turns a member's
             values into the ensemble's units before `mean` (members standardised with their own
             training targets); None: as they are.
@@ -62,6 +67,8 @@ class ModelAverage(nn.Module):
         output_scale: Sequence[Sequence[float]] | None = None,
         output_shift: Sequence[Sequence[float]] | None = None,
         sigmoid_channels: int = 0,
+        tabular_state: Sequence[Any] | None = None,
+        tabular_members: Sequence[Sequence[Any]] | None = None,
     ):
         super().__init__()
         if sigmoid_channels and rule != "softmax":
@@ -107,6 +114,30 @@ class ModelAverage(nn.Module):
                 raise ConfigError(f"model.{name} has {len(value)} rows for {len(members)} members")
             tensor = None if value is None else torch.as_tensor(value, dtype=torch.float32)
             self.register_buffer(name, tensor)
+        self.tabular_index = self._tabular_maps(tabular_state, tabular_members, len(members))
+
+    def _tabular_maps(self, state: Any, members: Any, count: int) -> int | None:
+        """Register each member's (weight, bias) from the ensemble's clinical encoding to its own
+        (buffers `tabular_weight_<k>`, `tabular_bias_<k>`: their widths differ); the position of
+        the tabular input, or None without maps."""
+        if (state is None) != (members is None):
+            raise ConfigError("model.tabular_state and model.tabular_members: give both or neither")
+        if state is None:
+            return None
+        if "tabular" not in self.input_keys:
+            raise ConfigError("model.tabular_state maps clinical columns; the members read none")
+        if len(members) != count:
+            raise ConfigError(f"model.tabular_members has {len(members)} rows for {count} members")
+        for k, member in enumerate(members):
+            try:
+                weight, bias = member_map(state, member)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ConfigError(f"model.tabular_members[{k}]: {err}") from err
+            self.register_buffer(
+                f"tabular_weight_{k}", torch.as_tensor(weight, dtype=torch.float32)
+            )
+            self.register_buffer(f"tabular_bias_{k}", torch.as_tensor(bias, dtype=torch.float32))
+        return self.input_keys.index("tabular")
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         outputs = []
@@ -118,6 +149,10 @@ class ModelAverage(nn.Module):
                 args[self.image_index] = image * self.input_scale[k].view(shape) + self.input_shift[
                     k
                 ].view(shape)
+            if self.tabular_index is not None:
+                weight = getattr(self, f"tabular_weight_{k}")
+                bias = getattr(self, f"tabular_bias_{k}")
+                args[self.tabular_index] = args[self.tabular_index].float() @ weight.T + bias
             out = member(*args).float()
             if self.output_scale is not None:
                 shape = (1, -1) + (1,) * (out.ndim - 2)

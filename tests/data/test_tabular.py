@@ -229,3 +229,31 @@ def test_categories_that_cannot_inform_the_model_are_warned_about():
         "tabular data: column 'patient' holds 20 distinct values in 40 training rows (e.g. 'p0', "
         "'p1', 'p10'): read as categories"
     )
+
+
+def test_each_member_s_encoding_is_a_linear_map_of_the_union():
+    """Encoders fitted on other rows (a CV's folds: other means, deviations and categories): every
+    row's member encoding, missing values and categories a member never saw included, equals
+    the union encoding through `member_map`."""
+    from medtrain.data.tabular import member_map, union_encoding
+
+    rng = np.random.default_rng(0)
+    age = [f"{v:.1f}" for v in rng.normal(60, 10, 40)]
+    age[3] = age[17] = ""  # missing: an indicator column
+    sex = list(rng.choice(["F", "M"], 40))
+    site = ["a"] * 15 + ["b"] * 15 + ["c"] * 10  # `c` only in the last rows
+    columns = {"age": age, "sex": sex, "site": site}
+    folds = [range(0, 20), range(10, 30), range(20, 40)]
+    encoders = [TabularEncoder().fit(columns, list(rows)) for rows in folds]
+    assert encoders[0].codes[2].categories == ["a", "b"]  # fold 0 never saw `c`
+    union = union_encoding([e.state() for e in encoders])
+    assert union[2]["categories"] == ["a", "b", "c"] and union[0]["indicator"] is True
+    whole = TabularEncoder.from_state(union).transform(columns)
+    for encoder in encoders:
+        weight, bias = member_map(union, encoder.state())
+        np.testing.assert_allclose(whole @ weight.T + bias, encoder.transform(columns), atol=1e-5)
+    with pytest.raises(ValueError, match="read as numbers by one encoding and as categories"):
+        words = TabularEncoder().fit(
+            {"age": ["x", "y"] + age[2:], "sex": sex, "site": site}, [0, 1]
+        )
+        union_encoding([encoders[0].state(), words.state()])

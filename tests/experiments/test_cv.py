@@ -579,9 +579,10 @@ def test_the_summary_of_a_volume_cv_holds_the_volume_error(tmp_path):
 
 
 def test_a_fused_cv_s_folds_each_read_the_test_split_as_they_encode_it(tmp_path):
-    """Clinical columns are encoded with each fold's own training statistics, so the fold models
-    make no one network: the ensemble averages each fold model on the test split as its fold
-    encodes it (the average of their probabilities), and says it has no network."""
+    """Clinical columns are encoded with each fold's own training statistics: the ensemble
+    averages each fold model on the test split as its fold encodes it (the average of their
+    probabilities), and its network maps one encoding to each fold's, so that `medtrain predict`
+    on the test images and their columns gives the ensemble's own test predictions."""
     from tests.data.test_manifest import make_cases
 
     ages = [str(30 + i) if i % 5 else "" for i in range(48)]
@@ -606,12 +607,28 @@ def test_a_fused_cv_s_folds_each_read_the_test_split_as_they_encode_it(tmp_path)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     said = json.loads((cv_dir / "ensemble" / "ensemble.json").read_text())
-    assert said["network"] is None and "own training statistics" in said["no_network"]
+    assert said["network"] == "checkpoints/best.pt" and "no_network" not in said
     folds = [rows(cv_dir / f"fold_{k}" / "predictions.csv") for k in range(FOLDS)]
     ensembled = rows(cv_dir / "ensemble" / "predictions.csv")
     for k, row in enumerate(ensembled):  # each fold's own test predictions, averaged
         mean = np.mean([float(fold[k]["prob_1"]) for fold in folds])
         assert float(row["prob_1"]) == pytest.approx(mean, abs=1e-6)
+    # The network: the test images with their columns (a missing age among them) as new cases.
+    cases = {r["image"]: r for r in rows(csv_path)}
+    test = [cases[r["id"]] for r in ensembled]
+    assert any(not r["age"] for r in test)
+    inputs = tmp_path / "data" / "test.csv"
+    with open(inputs, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "age", "sex"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("image", "age", "sex")} for r in test)
+    out = tmp_path / "predicted.csv"
+    done = run_cli("predict", f"run_dir={cv_dir / 'ensemble'}", f"inputs={inputs}", f"output={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    predicted = rows(out)
+    assert len(predicted) == len(ensembled)
+    for row, mine in zip(ensembled, predicted, strict=True):
+        assert float(mine["prob_1"]) == pytest.approx(float(row["prob_1"]), abs=1e-5)
 
 
 def test_a_pooled_metric_no_fold_defines_keeps_its_column(tmp_path):

@@ -284,11 +284,30 @@ def test_runs_that_cannot_be_one_network_are_told_why():
     from medtrain.inference.average import member_inputs
 
     def run(name, tabular):
-        return SimpleNamespace(run_dir=name, checkpoint={"tabular": tabular, "preprocessing": {}})
+        normalize = {"mode": "fixed", "mean": [0.5], "std": [0.5], "invert": False}
+        checkpoint = {"tabular": tabular, "preprocessing": {"normalize": normalize}}
+        return SimpleNamespace(run_dir=name, checkpoint=checkpoint)
 
-    fusion = {"columns": ["age"], "state": [{"mean": 50.0}]}
+    def age(mean, numeric=True):
+        return [
+            {
+                "name": "age",
+                "numeric": numeric,
+                "mean": mean,
+                "std": 10.0,
+                "indicator": False,
+                "categories": [] if numeric else ["old", "young"],
+            }
+        ]
+
+    fusion = age(50.0)
     with pytest.raises(ConfigError, match=r"^2 of the 3 runs read clinical columns \(e.g. fus1\)"):
         member_inputs([run("img", None), run("fus1", fusion), run("fus2", fusion)], {})
-    other = {"columns": ["age"], "state": [{"mean": 60.0}]}
-    with pytest.raises(ConfigError, match=r"with other statistics \(fitted on each run's own"):
-        member_inputs([run("fold0", fusion), run("fold1", other)], {})
+    # Other statistics (a CV's folds): one encoding, mapped to each run's own.
+    normalize = run("x", None).checkpoint["preprocessing"]["normalize"]
+    mapped = member_inputs([run("fold0", fusion), run("fold1", age(60.0))], normalize)
+    assert mapped == {"tabular_state": fusion, "tabular_members": [fusion, age(60.0)]}
+    with pytest.raises(
+        ConfigError, match=r"in ways no one encoding maps to \(column 'age' is read"
+    ):
+        member_inputs([run("fold0", fusion), run("fold1", age(0.0, numeric=False))], normalize)
