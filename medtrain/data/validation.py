@@ -206,8 +206,8 @@ def grades_outside(
                 f"grade {values[i, 0]:g} is outside task.grade_range=[{low:g}, {high:g}]: fix "
                 "the target or widen task.grade_range"
                 if given
-                else f"grade {values[i, 0]:g} is outside the training split's grades {low:g}-"
-                f"{high:g} (task.grade_range unset): the model cannot predict it; set "
+                else f"grade {values[i, 0]:g} is outside the training split's grades {low:g} "
+                f"to {high:g} (task.grade_range unset): the model cannot predict it; set "
                 "task.grade_range=[lowest,highest] to cover every grade"
             )
             said.append(names[split].problem(int(i), text))

@@ -344,7 +344,7 @@ def _labels(
         low, high = task.grade_range
         shown = ", ".join(map(str, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
         log.warning(
-            "%d grade(s) outside the grades the run predicts, %g-%g (task.grade_range), lines %s: "
+            "%d grade(s) outside the grades the run predicts, %g to %g (task.grade_range), lines %s: "
             "scored as they are; the run cannot predict them",
             len(unseen),
             low,

@@ -623,7 +623,7 @@ def test_ordinal_grades_outside_the_grade_range_name_their_rows(tmp_path):
     assert report["errors"] == []
     assert (
         f"{path} line 6: {tmp_path / rows[4][0]}: grade -2 is outside the training split's grades "
-        "0-9 (task.grade_range unset): the model cannot predict it; set "
+        "0 to 9 (task.grade_range unset): the model cannot predict it; set "
         "task.grade_range=[lowest,highest] to cover every grade"
     ) in report["warnings"]
     assert check(manifest_overrides(path, "task=regression", "loss=mse"))["errors"] == []

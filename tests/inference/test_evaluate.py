@@ -241,7 +241,7 @@ def test_an_ordinal_run_s_grades_must_be_whole_and_those_it_cannot_predict_are_s
     assert problems == ["line 5: target ['2.5'] is not a whole-number grade (the run is ordinal)"]
     assert [float(v) for v in labels] == [7, -1, 2, 2.5, 4]
     assert (
-        "2 grade(s) outside the grades the run predicts, 0-4 (task.grade_range), lines 2, 3: "
+        "2 grade(s) outside the grades the run predicts, 0 to 4 (task.grade_range), lines 2, 3: "
         "scored as they are; the run cannot predict them"
     ) in caplog.text
 
