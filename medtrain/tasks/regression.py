@@ -3,6 +3,7 @@ standardised targets and reported in the targets' own units."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ from medtrain.errors import ConfigError, DataError
 from medtrain.io import save_csv
 from medtrain.metrics import regression as M
 from medtrain.tasks.base import MASKS_FOR_AN_IMAGE_TASK, Choices, Input, Task, refuse_loss
+
+log = logging.getLogger(__name__)
+
+# Several values whose standard deviations differ by more than this: an average of their errors in
+# their own units follows the widest one.
+UNITS_APART = 3.0
 
 
 def target_statistics(values: np.ndarray) -> dict[str, list[float]]:
@@ -196,6 +203,31 @@ class RegressionTask(Task):
                     f"task.{key} has {len(given)} values for {values} predicted value(s) per "
                     "image; give one per value"
                 )
+        cls._say_mixed_units(cfg)
+
+    @staticmethod
+    def _say_mixed_units(cfg: DictConfig) -> None:
+        """A warning when the monitored metric averages errors of several values in their own
+        units (`val/mae` of an age in years and a grade): the best checkpoint then follows the
+        value of the widest spread alone."""
+        monitor, std = cfg.task.get("monitor"), cfg.task.get("target_std")
+        averaged = {f"val/{m}" for m in ("mae", "rmse", "bias")}
+        if monitor not in averaged or not OmegaConf.is_list(std) or len(std) < 2:
+            return
+        spread = [float(s) for s in std]
+        if max(spread) <= UNITS_APART * min(spread):
+            return
+        names = list(cfg.task.get("target_names") or range(len(spread)))
+        said = ", ".join(f"{n} {s:.3g}" for n, s in zip(names, spread, strict=True))
+        log.warning(
+            "task.monitor=%s averages the values' errors in their own units (training standard "
+            "deviations: %s): the best checkpoint follows %s; set task.monitor=val/loss "
+            "(standardised values) or %s_<name> for the value that matters",
+            monitor,
+            said,
+            names[int(np.argmax(spread))],
+            monitor,
+        )
 
     def standardized(self, values: torch.Tensor) -> torch.Tensor:
         """Targets in target units (B or B x K) -> what the network learns (B x K)."""

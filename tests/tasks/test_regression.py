@@ -279,3 +279,33 @@ def test_ordinal_grades_must_be_whole_numbers():
         "task.ordinal=true takes whole-number grades; 1 training target(s) are not: b.png (2.5). "
         "Fix them, or set task.ordinal=false for continuous values"
     )
+
+
+def test_a_monitor_averaging_values_of_other_units_is_warned_about(caplog):
+    """val/mae of an age (std 11) and a grade (std 1.2) follows the age alone."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {
+            "dataset": {"num_classes": 2},
+            "task": {
+                "monitor": "val/mae",
+                "target_std": [11.1, 1.2],
+                "target_names": ["age", "grade"],
+                "target_mean": [50.0, 2.0],
+            },
+        }
+    )
+    with caplog.at_level("WARNING"):
+        RegressionTask.check_against_data(cfg)
+    assert caplog.messages == [
+        "task.monitor=val/mae averages the values' errors in their own units (training standard "
+        "deviations: age 11.1, grade 1.2): the best checkpoint follows age; set "
+        "task.monitor=val/loss (standardised values) or val/mae_<name> for the value that matters"
+    ]
+    caplog.clear()
+    cfg.task.target_std = [11.1, 5.0]  # alike enough
+    RegressionTask.check_against_data(cfg)
+    cfg.task.target_std, cfg.task.monitor = [11.1, 1.2], "val/loss"
+    RegressionTask.check_against_data(cfg)
+    assert caplog.messages == []
