@@ -66,6 +66,12 @@ def parse_number(value: str) -> float | None:
         return None
 
 
+def is_finite_number(value: str) -> bool:
+    """Whether the cell is a finite number (0 is one)."""
+    number = parse_number(value)
+    return number is not None and math.isfinite(number)
+
+
 @dataclass
 class ColumnCode:
     """How one column is encoded: standardised number (with a missing indicator) or one-hot."""

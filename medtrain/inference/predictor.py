@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from medtrain.data.readers import (
     read_file,
     read_image,
 )
-from medtrain.data.tabular import TabularEncoder, is_missing, parse_number
+from medtrain.data.tabular import TabularEncoder, is_finite_number, is_missing
 from medtrain.data.transforms import scale_mismatch
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.data.volumes import (
@@ -520,7 +519,7 @@ class Predictor:
             for code in encoder.codes or []
             if code.numeric
             and not is_missing(cells[code.name][0])
-            and not math.isfinite(parse_number(cells[code.name][0]) or math.nan)
+            and not is_finite_number(cells[code.name][0])
         ]
         if words:
             raise DataError(

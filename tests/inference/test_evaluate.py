@@ -485,6 +485,25 @@ def test_predict_reads_a_fused_model_s_clinical_columns_from_its_manifest(fusion
     assert predict([f"run_dir={fusion_run}", f"inputs={tmp_path / 'in'}", f"output={out}"]) == 2
 
 
+def test_a_clinical_value_of_zero_is_a_number(fusion_run):
+    """0 (a 0/1 flag, a lab value of zero) was refused as 'not a number' by predict, evaluate
+    and the service: the check read the parsed 0.0 as false."""
+    from medtrain.errors import DataError
+    from medtrain.inference.predictor import Predictor
+
+    predictor = Predictor(fusion_run)
+    codes = {code.name: code for code in predictor.tabular.codes}
+    numeric = [name for name, code in codes.items() if code.numeric]
+    test = split_of(fusion_run)
+    first = dict(zip(test.tabular_columns, test.tabular_cells[0], strict=True))
+    for zero in ("0", "0.0", "-0"):
+        encoded = predictor.clinical(first | {numeric[0]: zero}, "case")
+        code = codes[numeric[0]]
+        assert encoded[0].item() == pytest.approx((0 - code.mean) / code.std, rel=1e-6)
+    with pytest.raises(DataError, match=f"not a number: {numeric[0]}='zero'"):
+        predictor.clinical(first | {numeric[0]: "zero"}, "case")
+
+
 def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion_run):
     import io as bytes_io
 
