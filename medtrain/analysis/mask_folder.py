@@ -117,12 +117,20 @@ def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
     return check_spacing(values * 2 if len(values) == 1 else values)  # [0.5]: square, as 0.5
 
 
+# The largest value a folder of masks of one value besides 0 may hold as a class index: {0, 2}
+# masks (a multi-class run's predictions of its class 2 alone) are class 2; {0, 255} (or 1, or
+# 128) are binary masks, one class.
+LONE_CLASS_INDEX = 32
+
+
 def folder_classes(masks: list[Path]) -> int | None:
     """The classes (with background) of a folder of class masks read without names: one more
     than the largest value when the masks hold two or more values besides 0 together, so that a
     mask holding only {0, 2} keeps class 2 as its neighbours do (read alone, it is a binary
-    {0, v} mask, v -> 1: the same value was class_2 in one file and class_1 in the next). None
-    for a folder of binary masks (or JPEG ones, whose values compression blurs)."""
+    {0, v} mask, v -> 1: the same value was class_2 in one file and class_1 in the next), or one
+    value from 2 to `LONE_CLASS_INDEX` (a class index: a multi-class run's masks that hold one
+    of its classes). None for a folder of binary masks (or JPEG ones, whose values compression
+    blurs)."""
     if any(m.suffix.lower() in LOSSY for m in masks):
         return None
     values: set[int] = set()
@@ -131,7 +139,8 @@ def folder_classes(masks: list[Path]) -> int | None:
         if not np.array_equal(found, np.round(found)):
             return None  # read_mask_file refuses fractions, naming the file
         values |= {int(v) for v in found if v != 0}
-    return max(values) + 1 if len(values) >= 2 else None
+    indices = len(values) >= 2 or (len(values) == 1 and 2 <= max(values) <= LONE_CLASS_INDEX)
+    return max(values) + 1 if indices else None
 
 
 # The tables a segmentation run, and `medtrain predict`, write with measure's columns (the test

@@ -347,11 +347,18 @@ def test_a_value_is_one_class_in_every_mask_of_a_folder(tmp_path):
         ("a", "class_2"),
         ("b", "class_2"),
     ]
-    # A folder of binary masks ({0, 255}) still reads as one class.
-    (tmp_path / "binary").mkdir()
-    Image.fromarray(only_two * 127).save(tmp_path / "binary" / "c.png")
-    assert main([f"masks={tmp_path / 'binary'}", f"output={tmp_path / 'b.csv'}"]) == 0
-    assert [r["class"] for r in read_csv(tmp_path / "b.csv")] == ["class_1"]
+    # A folder of binary masks ({0, 255}, {0, 1}) still reads as one class.
+    for scale in (127, 0.5):
+        (tmp_path / "binary").mkdir(exist_ok=True)
+        Image.fromarray((only_two * scale).astype(np.uint8)).save(tmp_path / "binary" / "c.png")
+        assert main([f"masks={tmp_path / 'binary'}", f"output={tmp_path / 'b.csv'}"]) == 0
+        assert [r["class"] for r in read_csv(tmp_path / "b.csv")] == ["class_1"]
+    # A folder whose masks all hold {0, 2} (a 3-class run's predictions of class 2 alone): the
+    # docs' "a mask of only {0, 2} keeps class 2" held only beside masks of other classes.
+    (tmp_path / "twos").mkdir()
+    Image.fromarray(only_two).save(tmp_path / "twos" / "d.png")
+    assert main([f"masks={tmp_path / 'twos'}", f"output={tmp_path / 't.csv'}"]) == 0
+    assert [r["class"] for r in read_csv(tmp_path / "t.csv")] == ["class_2"]
 
 
 def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
