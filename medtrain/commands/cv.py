@@ -13,7 +13,7 @@ usage: medtrain cv [cv.KEY=VALUE ...] [override ...]
                       (stratified by class for classification; grouped by dataset.group_column
                       when set); the test split stays held out
   cv.dir=DIR          the CV folder: folds.json, fold_<k>/ run folders, oof_predictions.csv,
-                      cv_metrics.csv/.md/.png, ensemble/ (default outputs/cv/<date>/<time>);
+                      cv_metrics.csv/.png, cv_summary.md, ensemble/ (default outputs/cv/<date>/<time>);
                       the same command with the same cv.dir continues a killed CV
   cv.seed=N           seed of the fold assignment (default: the config's seed)
   cv.jobs=1           folds trained at once, each its own process (the CPU cores shared)

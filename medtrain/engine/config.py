@@ -524,14 +524,18 @@ def bare_key(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
 
 
-def passed_override_key(arg: str, own: str, label: str, hint: str = "") -> str:
+def passed_override_key(arg: str, own: str, label: str) -> str:
     """The bare key of an argument that a verb passes on to training (`medtrain cv`, `sweep`):
     `key=value` or a Hydra deletion, `~key` / `~key=value`.
 
     Raises:
-        ConfigError: neither form, or a deletion of the verb's own `own.*` keys.
+        ConfigError: neither form (a flag such as `--config-dir` named with the override that
+            does its work), or a deletion of the verb's own `own.*` keys.
     """
     key = arg.partition("=")[0]
+    hint = (
+        " (your config folder: 'hydra.searchpath=[file://FOLDER]')" if arg.startswith("-") else ""
+    )
     if arg.startswith("-") or not ("=" in arg or arg.startswith("~")):
         raise ConfigError(f"expected key=value or ~key, got {arg!r}{hint}")
     if key.startswith("~") and bare_key(arg).split(".")[0] == own:

@@ -185,8 +185,7 @@ def parse_args(argv: list[str]) -> Sweep:
     dirs = config_dirs(list(argv))
     for arg in argv:
         key, _, value = arg.partition("=")
-        folder = " (your config folder: 'hydra.searchpath=[file://FOLDER]')"
-        passed_override_key(arg, "sweep", "sweep", folder if arg.startswith("-") else "")
+        passed_override_key(arg, "sweep", "sweep")
         if key.startswith("sweep.params."):
             params.append(parse_spec(key.removeprefix("sweep.params."), value, dirs))
         elif key.startswith("sweep."):
