@@ -90,8 +90,10 @@ def save_checkpoints(
 
 
 def save_history(path: Path, history: list[dict[str, Any]]) -> None:
-    """`history.csv`: one row per epoch, columns in the order they first appear."""
+    """`history.csv`: one row per epoch, columns in the order they first appear, `time_s` last
+    (an epoch without validation, `trainer.val_every`, comes before the `val/*` columns)."""
     fields = list(dict.fromkeys(key for row in history for key in row))
+    fields = [f for f in fields if f != "time_s"] + ["time_s"] * ("time_s" in fields)
     save_csv(path, history, fields)
 
 

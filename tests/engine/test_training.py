@@ -901,6 +901,9 @@ def test_validation_every_n_epochs_and_after_the_last(tmp_path, monkeypatch):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert [r["epoch"] for r in rows if r["val/auc"]] == ["2", "4", "5"]
+    header = list(rows[0])  # as every run's: epoch, train/*, val/*, time_s
+    assert header[:3] == ["epoch", "train/loss", "train/lr"] and header[-1] == "time_s"
+    assert header[3] == "val/loss"
     assert all(r["train/loss"] for r in rows)
     assert metrics["best_epoch"] in (2, 4, 5)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 5
