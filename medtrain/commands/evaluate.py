@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "mask_column": None,
     "spacing_column": None,
     "group_column": None,
+    "label_separator": None,
+    "no_label": None,
     "device": "auto",
     "batch_size": 32,
     "trust": [],
@@ -33,6 +35,8 @@ TEXT_KEYS = (
     "mask_column",
     "spacing_column",
     "group_column",
+    "label_separator",
+    "no_label",
     "device",
 )
 
@@ -50,7 +54,12 @@ usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
                          evaluation/; a new folder or an earlier evaluation's, never the run's)
   image_column=NAME      default: the run's dataset.image_column, else image
   target_column=NAME     default: the run's dataset.target_column, else target; regression with
-                         several values: [a,b]
+                         several values: [a,b]; multi-label: one column of labels joined by
+                         label_separator, or a 0/1 column per label ([effusion,nodule], matched
+                         to the run's labels by name)
+  label_separator=TEXT   multi-label: what joins an image's labels (default the run's, else |)
+  no_label=TEXT          multi-label: the cell of an image with none (default the run's; '' for
+                         an empty cell)
   mask_column=NAME       segmentation: default the run's dataset.mask_column, else mask
   spacing_column=NAME    segmentation: mm per pixel (0.5, or 0.5 0.6); default the column
                          spacing when there is one; else each image file's, else the run's

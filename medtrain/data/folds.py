@@ -51,12 +51,12 @@ def assign_folds(
     if groups is not None:
         # Group names are hashed with the seed: GroupKFold itself is not shuffled.
         keys = np.array([_seeded_key(g, seed) for g in groups])
-        if classes is not None and _stratifiable(classes, folds):
+        if classes is not None and stratifiable(classes, folds):
             splitter: Any = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
             parts = splitter.split(index, classes, keys)
         else:
             parts = GroupKFold(folds).split(index, groups=keys)
-    elif classes is not None and _stratifiable(classes, folds):
+    elif classes is not None and stratifiable(classes, folds):
         parts = StratifiedKFold(folds, shuffle=True, random_state=seed).split(index, classes)
     else:
         parts = KFold(folds, shuffle=True, random_state=seed).split(index)
@@ -66,7 +66,7 @@ def assign_folds(
     return assignment
 
 
-def _stratifiable(classes: np.ndarray, folds: int) -> bool:
+def stratifiable(classes: np.ndarray, folds: int) -> bool:
     """Whether every class has at least one case per fold (else folds are drawn unstratified)."""
     _, counts = np.unique(classes, return_counts=True)
     return bool(counts.min() >= folds)

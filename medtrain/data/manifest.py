@@ -16,7 +16,14 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset, add_data_warning, check_fractions
-from medtrain.data.multilabel import NEGATIVE, POSITIVE, joined_names, label_vector
+from medtrain.data.multilabel import (
+    NEGATIVE,
+    POSITIVE,
+    checked_settings,
+    joined_names,
+    label_strata,
+    label_vectors,
+)
 from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.data.tabular import fit_tabular, is_missing, parse_number
 from medtrain.errors import ConfigError, DataError
@@ -487,11 +494,8 @@ class Manifest(ManifestRows, ImageDataset):
                 "per image for task=regression, or one 0/1 column per label with "
                 "dataset.multilabel=true; classification reads one column of classes"
             )
-        if self.multilabel and not (isinstance(label_separator, str) and label_separator):
-            raise ConfigError(
-                f"dataset.label_separator={label_separator!r}: give the text that joins an "
-                "image's labels in its cell, e.g. '|'"
-            )
+        if self.multilabel:
+            label_separator, no_label = checked_settings(label_separator, no_label)
         self.label_separator, self.no_label = label_separator, no_label
         for name in tabular_columns:
             if name in (image_column, *target_columns, split_column, id_column):
@@ -539,6 +543,9 @@ class Manifest(ManifestRows, ImageDataset):
             self._check_groups_in_one_split(assignment, groups, split_column)
         else:
             labels = None if self.regression else targets
+            if self.multilabel:  # by combination of labels, the rare ones pooled; a grouped
+                # split draws groups unstratified (and redraws for classes, not label sets)
+                labels = None if groups is not None else label_strata(targets)
             assignment = self._seeded_splits(
                 len(rows), val_fraction, test_fraction, seed, labels, groups
             )
@@ -636,19 +643,15 @@ class Manifest(ManifestRows, ImageDataset):
                 "per column, or leave class_names null (the columns name them)"
             )
         if len(names) < 2:
+            held = f"only the label {names[0]!r}" if names else "no label"
             raise DataError(
-                f"{self.manifest_path}: column {columns[0]!r} holds {len(names)} label "
-                f"({', '.join(map(repr, names))}): dataset.multilabel=true needs at least 2; one "
-                "label present or absent is binary classification (dataset.multilabel=false)"
+                f"{self.manifest_path}: column {columns[0]!r} holds {held}: "
+                "dataset.multilabel=true needs at least 2; one label present or absent is binary "
+                "classification (dataset.multilabel=false)"
             )
-        vectors, bad = [], []
-        for row_cells, line in zip(cells, self._lines, strict=True):
-            try:
-                vectors.append(
-                    label_vector(row_cells, columns, names, self.label_separator, self.no_label)
-                )
-            except ValueError as err:
-                bad.append(f"line {line}: {err}")
+        vectors, bad = label_vectors(
+            cells, self._lines, columns, names, self.label_separator, self.no_label
+        )
         if bad:
             raise self._error("dataset.multilabel=true: rows without readable labels", bad)
         labels = np.stack(vectors)

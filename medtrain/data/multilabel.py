@@ -5,19 +5,73 @@ vector; shared by the manifest dataset and `medtrain evaluate`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from medtrain.errors import ConfigError
+
+# Combinations of labels held by fewer cases than this are pooled into one stratum when folds or
+# a seeded split are stratified by combination (ten: enough for 10 folds).
+POOLED_BELOW = 10
 
 # The cells a 0/1 label column may hold (compared in lower case).
 POSITIVE = {"1", "1.0", "true", "yes"}
 NEGATIVE = {"0", "0.0", "false", "no"}
 
 
+def checked_settings(separator: Any, no_label: Any, prefix: str = "dataset.") -> tuple[str, Any]:
+    """`label_separator` and `no_label` as text (Hydra reads `no_label=0` as a number: its
+    text), or a ConfigError naming the key (`prefix`): an empty separator, a yes/no flag."""
+    if not (isinstance(separator, str) and separator):
+        raise ConfigError(
+            f"{prefix}label_separator={separator!r}: give the text that joins an image's labels "
+            "in its cell, e.g. '|'"
+        )
+    if isinstance(no_label, bool) or not (no_label is None or isinstance(no_label, str | int)):
+        raise ConfigError(
+            f"{prefix}no_label={no_label!r}: give the text of a cell that holds none of the labels "
+            "(quoted: 'No Finding'; '' for an empty cell), or null"
+        )
+    return separator, None if no_label is None else str(no_label).strip()
+
+
+def is_no_label(cell: str, no_label: str | None) -> bool:
+    """Whether a cell says the image holds none of the labels (`no_label`, any case)."""
+    return no_label is not None and cell.strip().lower() == no_label.lower()
+
+
 def joined_names(cells: Sequence[str], separator: str, no_label: str | None) -> list[str]:
     """The sorted label names that cells of joined names hold (`no_label` and empty parts left
     out): the classes when `dataset.class_names` does not list them."""
-    names = {part.strip() for cell in cells if cell != no_label for part in cell.split(separator)}
+    names = {
+        part.strip()
+        for cell in cells
+        if not is_no_label(cell, no_label)
+        for part in cell.split(separator)
+    }
     return sorted(names - {""})
+
+
+def label_vectors(
+    cells: Sequence[Sequence[str]],
+    lines: Sequence[int],
+    columns: Sequence[str],
+    names: Sequence[str],
+    separator: str,
+    no_label: str | None,
+    prefix: str = "dataset.",
+) -> tuple[list[np.ndarray], list[str]]:
+    """Every row's `label_vector` (its cells of `columns`), and `line N: why` for each row that
+    holds no readable labels (its vector all zeros), so that every such row is named at once."""
+    vectors, problems = [], []
+    for row, line in zip(cells, lines, strict=True):
+        try:
+            vectors.append(label_vector(row, columns, names, separator, no_label, prefix))
+        except ValueError as err:
+            problems.append(f"line {line}: {err}")
+            vectors.append(np.zeros(len(names), dtype=np.int64))
+    return vectors, problems
 
 
 def label_vector(
@@ -26,10 +80,12 @@ def label_vector(
     names: Sequence[str],
     separator: str,
     no_label: str | None,
+    prefix: str = "dataset.",
 ) -> np.ndarray:
     """One image's labels as a 0/1 vector over `names`, from its cells of `columns`: one cell per
     label column (0/1, true/false, yes/no), or the one cell of names joined by `separator`
-    (`no_label`, e.g. 'No Finding', for none of them).
+    (`no_label`, e.g. 'No Finding', for none of them). `prefix` names the keys in messages
+    (`dataset.` for training's).
 
     Raises:
         ValueError: a cell that is neither, worded for a message that names the row.
@@ -52,16 +108,16 @@ def label_vector(
         return vector
     cell = cells[0].strip()
     vector = np.zeros(len(names), dtype=np.int64)
-    if no_label is not None and cell == no_label.strip():
+    if is_no_label(cell, no_label):
         return vector
     parts = [part.strip() for part in cell.split(separator)]
     if not cell:
         raise ValueError(
-            f"column {columns[0]!r} is empty (an image without any label: set dataset.no_label to "
+            f"column {columns[0]!r} is empty (an image without any label: set {prefix}no_label to "
             "the value that says so, e.g. 'No Finding', or '' for an empty cell)"
         )
-    if no_label is not None and no_label.strip() in parts:
-        raise ValueError(f"{cell!r} joins {no_label!r} (dataset.no_label) with labels")
+    if any(is_no_label(part, no_label) for part in parts):
+        raise ValueError(f"{cell!r} joins {no_label!r} ({prefix}no_label) with labels")
     index = {name: k for k, name in enumerate(names)}
     unknown = [part for part in parts if part not in index]
     if unknown and cell.lower() in POSITIVE | NEGATIVE:  # a 0/1 column read as joined names
@@ -73,3 +129,17 @@ def label_vector(
         raise ValueError(f"{cell!r}: {', '.join(map(repr, unknown))} not in {list(names)}")
     vector[[index[part] for part in parts]] = 1
     return vector
+
+
+def label_strata(labels: np.ndarray, minimum: int = POOLED_BELOW) -> np.ndarray:
+    """One stratum per case (N x K 0/1 labels): its combination of labels, the combinations of
+    fewer than `minimum` cases pooled into one stratum (joined to the most common combination
+    when the pool itself is too small). Stratifying by every combination fails as soon as one is
+    rarer than the folds, which with a dozen labels is always: the common combinations (no
+    finding, one finding) are then still balanced."""
+    _, index, counts = np.unique(labels, axis=0, return_inverse=True, return_counts=True)
+    strata = index.reshape(-1).copy()
+    rare = (counts < minimum)[strata]
+    if rare.any():
+        strata[rare] = len(counts) if rare.sum() >= minimum else int(np.argmax(counts))
+    return np.unique(strata, return_inverse=True)[1].reshape(-1)

@@ -28,7 +28,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # float() does not read, which would otherwise make every value a category of its own.
 WITH_UNIT = re.compile(r"^[+-]?\d+(?:[.,]\d+)?\s*(?P<unit>[^\d\s].*)$")
 DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
-# Units a number may carry; a one-letter one (`2a`, a stage) counts only after a space (`5 g`).
+# Units a number may carry; a one-letter one counts only in lower case after a space (`5 g`; not
+# `2a` or `4 S`, stages).
 UNITS = {
     *("kg", "mg", "ug", "µg", "lb", "lbs", "cm", "mm", "ml", "dl", "mmhg", "bpm", "%", "yr", "yrs"),
     *("year", "years", "mo", "month", "months", "wk", "week", "weeks", "day", "days", "hr", "hrs"),
@@ -48,9 +49,9 @@ def with_unit(value: str) -> bool:
     found = WITH_UNIT.match(value)
     if found is None:
         return False
-    unit = found["unit"].strip().lower()
+    written = found["unit"].strip()
     spaced = value[found.start("unit") - 1].isspace()
-    return unit in UNITS or (unit in ONE_LETTER_UNITS and spaced)
+    return written.lower() in UNITS or (written in ONE_LETTER_UNITS and spaced)
 
 
 def is_missing(value: str) -> bool:
@@ -250,8 +251,8 @@ class TabularEncoder:
                 f"comma in {len(measured)} of {len(present)} training rows ({shown}"
                 + (f"; and {len(measured) - 3} more" if len(measured) > 3 else "")
                 + "): read as they are, each value would be a category of its own; write the "
-                "number alone with a decimal point (72, 1.5), the unit in the column's name "
-                "(weight_kg)"
+                "number alone with a decimal point (72, 1.5; 1500 for a thousands separator), "
+                "the unit in the column's name (weight_kg)"
             )
         if words:
             categories = sorted(set(present))
@@ -414,7 +415,8 @@ def fit_tabular(
 def union_encoding(states: Sequence[Sequence[Mapping]]) -> list[dict]:
     """One encoding from which each of `states` (encoders fitted on other rows, e.g. a CV's
     folds) is a linear map (`member_map`): per column, the first state's mean and standard
-    deviation, a missing indicator where any has one, and every category any holds.
+    deviation, a missing indicator where any has one or their means differ, and every category
+    any holds.
 
     Raises:
         ValueError: states of other columns, or a column of numbers in one and categories in
@@ -431,8 +433,10 @@ def union_encoding(states: Sequence[Sequence[Mapping]]) -> list[dict]:
                 f"column {first['name']!r} is read as numbers by one encoding and as categories "
                 "by another"
             )
-        if first["numeric"]:
-            first["indicator"] = any(code["indicator"] for code in codes)
+        if first["numeric"]:  # an indicator also where the means differ: a missing value is
+            # each member's own mean (0), which the map reaches only through the indicator
+            differ = any(code["mean"] != first["mean"] for code in codes)
+            first["indicator"] = differ or any(code["indicator"] for code in codes)
         else:
             first["categories"] = sorted({c for code in codes for c in code["categories"]})
         union.append(first)

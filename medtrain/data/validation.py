@@ -32,6 +32,7 @@ from medtrain.data.image_checks import (
 from medtrain.data.manifest import Manifest
 from medtrain.data.medmnist import MedMNIST
 from medtrain.errors import ConfigError, DataError
+from medtrain.metrics.regression import whole_grades
 
 CHUNK = 32  # samples per thread task: fewer futures for large datasets of small images
 
@@ -195,7 +196,7 @@ def grades_outside(
         if isinstance(ds, MASK_DATASETS) or not getattr(ds, "regression", False):
             continue
         values = targets(ds)
-        for i in np.flatnonzero((np.abs(values - np.rint(values)) > 1e-6).any(axis=1)):
+        for i in np.flatnonzero(~whole_grades(values)):
             text = (
                 f"grade {values[i, 0]:g} is not a whole number (task.ordinal=true): fix the "
                 "target, or set task.ordinal=false for continuous values"
@@ -329,9 +330,8 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
     class_names = [class_name(ds, c) for c in range(k)]
     warnings: list[str] = []
     notes: list[str] = []
-    if (
-        k == 2 and class_names != ["0", "1"] and not multilabel
-    ):  # labels 0/1 say which is positive themselves
+    # Labels 0/1 say which is positive themselves; a multi-label task's labels are each positive.
+    if k == 2 and class_names != ["0", "1"] and not multilabel:
         positive, negative = class_names[1], class_names[0]
         said = (
             f"the positive class (index 1) is {positive!r}: AUC, sensitivity, specificity and "
@@ -345,18 +345,9 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
         else:
             notes.append(f"{said} (dataset.class_names orders the classes)")
     labels = {split: np.asarray(d.labels).astype(np.int64) for split, d in datasets.items()}
-    if multilabel:  # the images that hold each label
-
-        def holding(y: np.ndarray, c: int) -> np.ndarray:
-            return y[:, c] > 0
-
-        counts = sum(y.sum(axis=0) for y in labels.values())
-    else:
-
-        def holding(y: np.ndarray, c: int) -> np.ndarray:
-            return y == c
-
-        counts = sum(np.bincount(y[(y >= 0) & (y < k)], minlength=k) for y in labels.values())
+    # Which images hold each class (label): one column per class, rows as the split's.
+    held = {s: y > 0 if y.ndim == 2 else y[:, None] == np.arange(k) for s, y in labels.items()}
+    counts = sum(h.sum(axis=0) for h in held.values())
     kind, plural = ("label", "labels") if multilabel else ("class", "classes")
     for c in np.flatnonzero((counts > 0) & (counts <= TYPO_MAX_SAMPLES)).tolist():
         larger = {class_names[o]: o for o in np.flatnonzero(counts >= 10 * counts[c]).tolist()}
@@ -364,8 +355,8 @@ def review_classes(datasets: dict, names: dict[str, Names]) -> tuple[list[str], 
         if like is not None:
             found = [
                 names[split].name(int(i))
-                for split, y in labels.items()
-                for i in np.flatnonzero(holding(y, c))
+                for split, h in held.items()
+                for i in np.flatnonzero(h[:, c])
             ]
             warnings.append(
                 f"{kind} {class_names[c]!r} has {len(found)} image(s) ({'; '.join(found)}) and "

@@ -46,6 +46,7 @@ from medtrain.data.folds import (
     fold_fields,
     fold_units,
     read_folds,
+    stratifiable,
 )
 from medtrain.engine.build import build_datasets, task_class
 from medtrain.engine.config import (
@@ -174,7 +175,12 @@ def draw_folds(cv: CrossValidation, cfg: DictConfig) -> Path:
         if labels[0] is None or labels[1] is None
         else task_class(cfg).fold_strata(cfg, np.concatenate(labels))
     )
-    stratified = classes is not None
+    stratified = classes is not None and stratifiable(classes, cv.folds)
+    if classes is not None and not stratified:
+        log.info(
+            "cv: folds drawn unstratified: a class (or grade) has fewer cases than cv.folds=%d",
+            cv.folds,
+        )
     grouped = train.groups is not None and val.groups is not None
     groups = list(train.groups) + list(val.groups) if grouped else None
     if grouped and test.groups is not None:

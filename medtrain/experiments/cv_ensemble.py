@@ -161,7 +161,7 @@ def untested_ensemble(cv, runs, cfg, task, threshold, oof, datasets) -> dict[str
     try:
         model = average_network(runs, cfg, task, preprocessing["normalize"])
     except ConfigError as err:
-        log.info("cv: no fold ensemble: %s", err)
+        log.warning("cv: no fold ensemble: %s", err)
         return None
     out.mkdir(parents=True, exist_ok=True)
     input_size = {"input_size": base.checkpoint["preprocessing"].get("input_size")}

@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from medtrain.data.tabular import union_encoding
+from medtrain.data.tabular import TabularEncoder, union_encoding
 from medtrain.engine.build import build_model, plain
 from medtrain.errors import ConfigError
 from medtrain.inference.run import LoadedRun
@@ -122,6 +122,9 @@ def average_network(
         outputs = {"output_scale": [a[0] for a in filled], "output_shift": [a[1] for a in filled]}
     inputs = member_inputs(runs, normalize)
     with open_dict(cfg):
+        if "tabular_state" in inputs:  # the network reads the ensemble's own encoding
+            union = TabularEncoder.from_state(inputs["tabular_state"])
+            cfg.dataset.num_features = len(union.names)
         cfg.model = {
             "_target_": "medtrain.models.ensemble.ModelAverage",
             "rule": task.average_rule(),

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from medtrain.data.decoding import Decoded
 from medtrain.data.manifest import listed
 from medtrain.data.masks import read_instance_labels, read_mask_file
-from medtrain.data.multilabel import label_vector
+from medtrain.data.multilabel import checked_settings, label_vectors
 from medtrain.data.readers import file_spacing
 from medtrain.data.seg_manifest import spacing_cell
 from medtrain.data.tabular import parse_number
@@ -67,11 +67,13 @@ class TargetTruth(Truth):
     def __init__(self, predictor: Predictor, cfg: DictConfig):
         self.task, self.names = predictor.task, predictor.class_names
         data = predictor.cfg.dataset
-        self.separator = data.get("label_separator") or "|"
-        self.no_label = data.get("no_label")
-        self.targets = _target_columns(
-            cfg.target_column or data.get("target_column") or "target", self.task
-        )
+        own = data.get("target_column") or "target"
+        self.targets = _target_columns(cfg.target_column or own, self.task)
+        if getattr(self.task, "multilabel", False):  # the run's manifest's forms, or the CSV's
+            separator = cfg.get("label_separator") or data.get("label_separator") or "|"
+            no_label = cfg.no_label if cfg.get("no_label") is not None else data.get("no_label")
+            self.separator, self.no_label = checked_settings(separator, no_label, prefix="")
+            self.targets = _by_name(self.targets, own, self.names)
         self.columns = (
             {"target_column": self.targets[0]}
             if len(self.targets) == 1
@@ -82,17 +84,11 @@ class TargetTruth(Truth):
         self, rows: list[dict[str, str]], lines: list[int], images: list[str]
     ) -> list[str]:
         if getattr(self.task, "multilabel", False):
-            self.labels, problems = [], []
-            for row, line in zip(rows, lines, strict=True):
-                cells = [row[c] for c in self.targets]
-                try:
-                    vector = label_vector(
-                        cells, self.targets, self.names, self.separator, self.no_label
-                    )
-                except ValueError as err:
-                    problems.append(f"line {line}: {err}")
-                    vector = np.zeros(len(self.names))
-                self.labels.append(torch.tensor(vector, dtype=torch.float32))
+            cells = [[row[c] for c in self.targets] for row in rows]
+            vectors, problems = label_vectors(
+                cells, lines, self.targets, self.names, self.separator, self.no_label, prefix=""
+            )
+            self.labels = [torch.tensor(v, dtype=torch.float32) for v in vectors]
             return problems
         self.labels, problems = _labels(rows, lines, self.targets, self.task, self.names)
         return problems
@@ -295,6 +291,18 @@ def _target_columns(value: Any, task: Any) -> list[str]:
         )
     if task.targets != "values" and len(columns) != 1:
         raise ConfigError(f"target_column={columns}: a classification run takes one column")
+    return columns
+
+
+def _by_name(columns: list[str], own: Any, names: list[str]) -> list[str]:
+    """A multi-label run's 0/1 columns in the order of its labels: the CSV's columns named as the
+    run's own target columns (or its labels) are matched by name, in any order; other names by
+    position."""
+    if len(columns) < 2:
+        return columns
+    for reference in ([str(c) for c in own] if not isinstance(own, str) else [], names):
+        if sorted(columns) == sorted(reference):
+            return list(reference)
     return columns
 
 

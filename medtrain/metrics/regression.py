@@ -36,6 +36,11 @@ def _value_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
+def whole_grades(values: np.ndarray) -> np.ndarray:
+    """Per row of `values` (N x K), whether every value is a whole-number grade (to 1e-6)."""
+    return (np.abs(values - np.rint(values)) <= 1e-6).all(axis=1)
+
+
 def to_grades(
     pred: np.ndarray, grade_range: Sequence[float], cut_points: Sequence[float] | None = None
 ) -> np.ndarray:

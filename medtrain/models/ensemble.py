@@ -139,6 +139,13 @@ class ModelAverage(nn.Module):
             self.register_buffer(f"tabular_bias_{k}", torch.as_tensor(bias, dtype=torch.float32))
         return self.input_keys.index("tabular")
 
+    def _member_tabular(self, k: int, tabular: torch.Tensor) -> torch.Tensor:
+        """Member `k`'s encoding of the clinical columns, in float32 also under autocast: bf16
+        would round the one-hot and indicator columns it moves (errors of 0.05 measured)."""
+        weight, bias = getattr(self, f"tabular_weight_{k}"), getattr(self, f"tabular_bias_{k}")
+        with torch.autocast(tabular.device.type, enabled=False):
+            return tabular.float() @ weight.T + bias
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         outputs = []
         for k, member in enumerate(self.members):
@@ -150,9 +157,7 @@ class ModelAverage(nn.Module):
                     k
                 ].view(shape)
             if self.tabular_index is not None:
-                weight = getattr(self, f"tabular_weight_{k}")
-                bias = getattr(self, f"tabular_bias_{k}")
-                args[self.tabular_index] = args[self.tabular_index].float() @ weight.T + bias
+                args[self.tabular_index] = self._member_tabular(k, args[self.tabular_index])
             out = member(*args).float()
             if self.output_scale is not None:
                 shape = (1, -1) + (1,) * (out.ndim - 2)

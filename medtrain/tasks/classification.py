@@ -13,6 +13,7 @@ from torch import nn
 
 from medtrain.analysis.statistics import classification_intervals
 from medtrain.data.base import VolumeImages
+from medtrain.data.multilabel import label_strata
 from medtrain.errors import ConfigError, LossMismatch
 from medtrain.io import save_csv
 from medtrain.metrics import classification as M
@@ -134,11 +135,9 @@ class ClassificationTask(Task):
 
     @classmethod
     def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:
-        """The class of each case; a multi-label case's combination of labels (folds are drawn
-        unstratified when a combination has fewer cases than folds)."""
-        if labels.ndim > 1:
-            return np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1)
-        return labels
+        """The class of each case; a multi-label case's combination of labels, the rare ones
+        pooled (`label_strata`)."""
+        return label_strata(labels) if labels.ndim > 1 else labels
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_fn(logits.float(), batch["label"])

@@ -163,7 +163,7 @@ class RegressionTask(Task):
         """
         if cfg.task.get("ordinal"):
             values = np.asarray(train.labels, dtype=np.float64).reshape(len(train.labels), -1)
-            off = np.flatnonzero((np.abs(values - np.rint(values)) > 1e-6).any(axis=1))
+            off = np.flatnonzero(~M.whole_grades(values))
             if len(off):
                 shown = ", ".join(f"{train.ids[i]} ({values[i, 0]:g})" for i in off[:5])
                 raise DataError(

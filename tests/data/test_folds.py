@@ -27,16 +27,33 @@ def test_stratified_folds_keep_the_class_balance_and_repeat_with_the_seed():
 
 def test_multilabel_folds_keep_each_combination_of_labels_balanced():
     """Multi-label cases are stratified by their combination of labels: each fold holds a fifth
-    of every combination (the rare both-labels cases too)."""
+    of every combination (the rare both-labels cases too). Combinations rarer than 10 cases are
+    pooled: without, one rare combination made every fold unstratified (with a dozen labels,
+    always)."""
+    from medtrain.data.folds import stratifiable
     from medtrain.tasks.classification import ClassificationTask
 
-    labels = np.array([[0, 0]] * 40 + [[1, 0]] * 30 + [[0, 1]] * 20 + [[1, 1]] * 10)
+    labels = np.array([[0, 0, 0]] * 40 + [[1, 0, 0]] * 30 + [[0, 1, 0]] * 20 + [[1, 1, 0]] * 10)
     strata = ClassificationTask.fold_strata(None, labels)
     assert strata.shape == (100,) and len(set(strata.tolist())) == 4
     folds = assign_folds([f"c{i}" for i in range(100)], 5, seed=0, classes=strata)
     for fold in range(5):
         held = labels[folds == fold]
-        assert Counter(map(tuple, held.tolist())) == {(0, 0): 8, (1, 0): 6, (0, 1): 4, (1, 1): 2}
+        assert Counter(map(tuple, held.tolist())) == {
+            (0, 0, 0): 8,
+            (1, 0, 0): 6,
+            (0, 1, 0): 4,
+            (1, 1, 0): 2,
+        }
+    # Five rare combinations of 2-3 cases (12 together): one pooled stratum, 4 + 1 in all.
+    rare = [[0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]]
+    more = np.array([*labels, *[rare[k % 4] for k in range(10)], [0, 0, 1], [0, 0, 1]])
+    strata = ClassificationTask.fold_strata(None, more)
+    assert len(set(strata.tolist())) == 5 and stratifiable(strata, 5)
+    # A pool smaller than the folds joins the commonest combination.
+    few = np.array([*labels, [1, 1, 1], [0, 1, 1]])
+    strata = ClassificationTask.fold_strata(None, few)
+    assert len(set(strata.tolist())) == 4 and strata[-1] == strata[0] and stratifiable(strata, 5)
 
 
 def test_grouped_folds_keep_each_group_in_one_fold():

@@ -529,6 +529,20 @@ def test_multilabel_targets_from_one_column_of_joined_names(tmp_path):
         no_label="",
     )
     assert ds.class_names == ["a", "b"] and ds.labels.tolist() == [[1, 1], [0, 0]]
+    # `no_label` in any case ('no finding' among 'No Finding'); a number is its text; a yes/no
+    # flag (YAML's `no_label: No`) is refused by key.
+    path = multilabel_cases(tmp_path, {"finding": ["a", "no finding", "b", "0", "a|b", "b"]})
+    ds = Manifest(
+        str(path), "train", multilabel=True, target_column="finding", no_label="No Finding"
+    )
+    assert ds.labels.tolist() == [[0, 1, 0], [0, 0, 0]] and ds.class_names == ["0", "a", "b"]
+    ds = Manifest(str(path), "val", multilabel=True, target_column="finding", no_label=0)
+    assert ds.class_names == ["a", "b", "no finding"] and ds.labels.tolist() == [
+        [0, 1, 0],
+        [0, 0, 0],
+    ]
+    with pytest.raises(ConfigError, match="dataset.no_label=False: give the text of a cell"):
+        Manifest(str(path), "train", multilabel=True, target_column="finding", no_label=False)
 
 
 def test_multilabel_cells_that_are_no_labels_are_named_by_line_at_once(tmp_path):
@@ -570,7 +584,7 @@ def test_multilabel_cells_that_are_no_labels_are_named_by_line_at_once(tmp_path)
 def test_multilabel_settings_that_cannot_hold_are_refused(tmp_path):
     path = multilabel_cases(tmp_path, {"finding": ["a", "a", "a", "a", "a", "a"], "b": ["1"] * 6})
     with pytest.raises(
-        DataError, match="holds 1 label \\('a'\\): dataset.multilabel=true needs at"
+        DataError, match="holds only the label 'a': dataset.multilabel=true needs at"
     ):
         Manifest(str(path), "train", multilabel=True, target_column="finding")
     with pytest.raises(ConfigError, match="task=regression predicts numbers"):

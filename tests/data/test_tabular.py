@@ -172,7 +172,8 @@ def test_numbers_with_units_or_decimal_commas_are_refused_not_made_categories():
         "c.csv: column 'weight' holds numbers written with a unit or a decimal comma in 12 of 12 "
         "training rows (line 2: '60 kg'; line 3: '61 kg'; line 4: '62 kg'; and 9 more): read as "
         "they are, each value would be a category of its own; write the number alone with a "
-        "decimal point (72, 1.5), the unit in the column's name (weight_kg)"
+        "decimal point (72, 1.5; 1500 for a thousands separator), the unit in the column's name "
+        "(weight_kg)"
     )
     hba1c = ["5.5", "6,1", "4.9", "7,2"]
     with pytest.raises(
@@ -181,7 +182,7 @@ def test_numbers_with_units_or_decimal_commas_are_refused_not_made_categories():
         encode_tabular({"hba1c": hba1c}, list(range(4)), source="c.csv", row_label=label)
     for cell in ("72 kg", "72kg", "5.5 %", "1,5", "-3 mmHg", "37 c", "12 years"):
         assert with_unit(cell), cell
-    for cell in ("2a", "3c", "T2", "kg", "M", "stage 2", "1.5", "n/a"):  # stages, names
+    for cell in ("2a", "3c", "4 S", "T2", "kg", "M", "stage 2", "1.5", "n/a"):  # stages, names
         assert not with_unit(cell), cell
     # Stage codes stay categories.
     matrix, names = encode_tabular({"stage": ["2a", "2b", "3c", "2a"]}, [0, 1, 2, 3])
@@ -252,6 +253,18 @@ def test_each_member_s_encoding_is_a_linear_map_of_the_union():
     for encoder in encoders:
         weight, bias = member_map(union, encoder.state())
         np.testing.assert_allclose(whole @ weight.T + bias, encoder.transform(columns), atol=1e-5)
+    # No missing training cell, but other means: a missing value at prediction reads as each
+    # member's own mean (its 0), through the indicator the union adds.
+    full = {"age": [str(v) for v in range(40)], "sex": sex, "site": site}
+    encoders = [TabularEncoder().fit(full, list(rows)) for rows in folds]
+    assert not any(e.codes[0].indicator for e in encoders)
+    union = union_encoding([e.state() for e in encoders])
+    assert union[0]["indicator"] is True
+    new = {"age": ["", "12"], "sex": ["F", "M"], "site": ["a", "c"]}
+    whole = TabularEncoder.from_state(union).transform(new)
+    for encoder in encoders:
+        weight, bias = member_map(union, encoder.state())
+        np.testing.assert_allclose(whole @ weight.T + bias, encoder.transform(new), atol=1e-5)
     with pytest.raises(ValueError, match="read as numbers by one encoding and as categories"):
         words = TabularEncoder().fit(
             {"age": ["x", "y"] + age[2:], "sex": sex, "site": site}, [0, 1]

@@ -188,19 +188,22 @@ def test_a_multilabel_manifest_run_scores_its_test_rows_as_its_own_test(tmp_path
         target = [truth[p["id"]][k] for p in predicted]
         probs = [float(p[f"prob_{k}"]) for p in predicted]
         assert mine[f"test/auc_{label}"] == pytest.approx(roc_auc_score(target, probs))
-    # The same rows as one column of joined names (the run's separator '|'; 'none' for none).
+    # The 0/1 columns in another order: matched to the run's labels by name.
+    swapped = [f"run_dir={run}", f"inputs={labelled}", f"output={tmp_path / 's'}"]
+    assert main([*swapped, "target_column=[nodule,effusion]"]) == 0
+    again = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert [again[k] for k in keys] == pytest.approx([theirs[k] for k in keys], abs=1e-6)
+    # The same rows as one column of joined names (the run's separator '|'), an empty cell for an
+    # image without any: evaluate's no_label= says so (the run, of 0/1 columns, has none).
     for row in test:
         row[3] = row[3].replace("none", "")
     joined = write_csv(tmp_path / "joined.csv", header, test)
     argv = [f"run_dir={run}", f"inputs={joined}", f"output={tmp_path / 'j'}"]
     assert main([*argv, "target_column=finding"]) == 1
-    assert "is empty (an image without any label: set dataset.no_label" in capsys.readouterr().err
-    for row in test:
-        row[3] = row[3] or "nodule"  # every empty cell made a nodule: another AUC
-    joined = write_csv(tmp_path / "joined.csv", header, test)
-    assert main([*argv, "target_column=finding"]) == 0
+    assert "is empty (an image without any label: set no_label to" in capsys.readouterr().err
+    assert main([*argv, "target_column=finding", "no_label="]) == 0
     again = json.loads((tmp_path / "j" / "metrics.json").read_text())
-    assert again["test/auc_effusion"] == pytest.approx(theirs["test/auc_effusion"], abs=1e-6)
+    assert [again[k] for k in keys] == pytest.approx([theirs[k] for k in keys], abs=1e-6)
     assert main([*argv, "target_column=[effusion]"]) == 1
     assert (
         "line 2: column 'effusion' holds '0', not label names: one column is read as the labels "
