@@ -306,7 +306,8 @@ def test_runs_that_cannot_be_one_network_are_told_why():
     # Other statistics (a CV's folds): one encoding, mapped to each run's own.
     normalize = run("x", None).checkpoint["preprocessing"]["normalize"]
     mapped = member_inputs([run("fold0", fusion), run("fold1", age(60.0))], normalize)
-    assert mapped == {"tabular_state": fusion, "tabular_members": [fusion, age(60.0)]}
+    union = [fusion[0] | {"indicator": True}]  # other means: a missing value needs its indicator
+    assert mapped == {"tabular_state": union, "tabular_members": [fusion, age(60.0)]}
     with pytest.raises(
         ConfigError, match=r"in ways no one encoding maps to \(column 'age' is read"
     ):
