@@ -75,6 +75,9 @@ class TrainJobs:
     grid_runs: dict[Path, dict[Path, bytes]] = field(default_factory=dict)
     grid_file: tuple[Path, bytes] | None = None
     grid_dir: str = ""  # `hydra.sweep.dir` (resolved), for messages
+    # The job folders this command's earlier jobs ran in: their job number and `.hydra/` files.
+    # A `hydra.sweep.subdir` without every swept key gives two jobs one folder.
+    ran_in: dict[Path, tuple[int, dict[Path, bytes]]] = field(default_factory=dict)
     # Whether the command ended with every job run to its end on every rank (no job stopped the
     # process): under torchrun, the ranks then leave together (`_end_distributed_process`).
     in_step: bool = False
@@ -85,19 +88,28 @@ class TrainJobs:
     current: ClassVar[TrainJobs | None] = None
 
     def __call__(self, cfg: DictConfig) -> float | None:
+        self.started.append(len(self.started) + 1)
+        hydra = HydraConfig.get()
+        job = Path(hydra.runtime.output_dir).resolve()
+        try:
+            return self.run_job(cfg, hydra, job)
+        finally:
+            if hydra.mode == RunMode.MULTIRUN:
+                self.keep_own_folder(job)
+
+    def run_job(self, cfg: DictConfig, hydra: DictConfig, job: Path) -> float | None:
+        """One job of the command (see `__call__`): trained, or refused with its folder put back."""
         # Loaded with the first job: `--help` and `--cfg job` answer without torch.
         from medtrain.engine import distributed
         from medtrain.engine.training import train
 
-        self.started.append(len(self.started) + 1)
-        hydra = HydraConfig.get()
         auto = cfg.trainer.get("resume") == "auto"  # `train` sets it to what it found
-        job = Path(hydra.runtime.output_dir).resolve()
         metrics_before = file_stamp(job / "metrics.json")  # another one is this job's
         try:
             try:
                 if hydra.mode == RunMode.MULTIRUN:  # each job puts back its own files only
                     self.saved_hydra = self.grid_runs.get(job, {})
+                    self.check_own_folder(job, hydra)
                     if job in self.grid_runs:
                         overrides = task_overrides(hydra)
                         check_same_job(job, self.grid_dir, self.grid_runs, cfg, overrides)
@@ -151,6 +163,33 @@ class TrainJobs:
             sys.exit(2)
         # The monitored validation value (never a test value), for sweepers that optimise it.
         return metrics.get(cfg.task.monitor)
+
+    def check_own_folder(self, job: Path, hydra: DictConfig) -> None:
+        """A grid's job must not run in a folder an earlier job of the same command ran in (a
+        `hydra.sweep.subdir` that leaves out a swept key: `lr${optimizer.lr}` for a grid of
+        seeds): it would replace that job's run. Recorded for the next jobs, then checked.
+
+        Raises:
+            OtherGridsJob: naming both jobs and the folder; the grid stops.
+        """
+        earlier = self.ran_in.get(job)
+        if earlier is None:
+            self.ran_in[job] = (int(hydra.job.num), {})
+            return
+        number, files = earlier
+        self.saved_hydra = files  # the earlier job's, put back over this job's
+        raise OtherGridsJob(
+            f"hydra.sweep.subdir gives job {hydra.job.num} the folder {job}, where job {number} "
+            "of this grid ran: it would replace that run. Name the job folders by every swept "
+            "key (the default, hydra.sweep.subdir=${hydra.job.num}, numbers them)"
+        )
+
+    def keep_own_folder(self, job: Path) -> None:
+        """After a grid's job: its `.hydra/` files as it left them, to put back if a later job
+        of the command is refused in its folder (`check_own_folder`)."""
+        number, files = self.ran_in.get(job, (None, None))
+        if number is not None and not files:
+            self.ran_in[job] = (number, hydra_files(job))
 
     def tidy_refused_run(self, run_dir: Path, hydra: DictConfig, err: MedtrainError) -> None:
         """Leave the run folder of a refused run as it was before the command: what the refused

@@ -38,6 +38,12 @@ def _overrides(job_dir: Path) -> list[str]:
     return []
 
 
+def _same_job(overrides: list[str]) -> frozenset[str]:
+    """A job's overrides as a set, without `trainer.resume` (a grid continued with it is the same
+    grid)."""
+    return frozenset(o for o in overrides if not o.lstrip("+").startswith("trainer.resume="))
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Job folders (`0/`, `1/`, ...): Hydra's with `.hydra/overrides.yaml`, the sweep's with
     `overrides.yaml`; in job-number order. A rerun of a job (`medtrain rerun` writes
@@ -262,8 +268,11 @@ def write_sweep_summary(
         )
     found = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
     trials, scales = study_trials(sweep_dir, study)
-    # A grid's jobs that never started: those its multirun.yaml plans beyond the folders.
+    # A grid's jobs that never started: those its multirun.yaml plans that no folder ran (job
+    # folders named otherwise than by number, `hydra.sweep.subdir`, are matched by overrides).
     planned = {} if trials or not found else dict(enumerate(planned_jobs(sweep_dir)))
+    ran = {_same_job(_overrides(job)) for job in found}
+    planned = {n: job for n, job in planned.items() if _same_job(job) not in ran}
     numbered = {sweep_dir / str(n) for n in (*trials, *planned)}
     jobs = sorted(set(found) | numbered, key=_job_order)
     if not jobs:

@@ -1111,3 +1111,25 @@ def test_a_resumed_run_keeps_its_provenance_and_records_each_session(tmp_path, m
     assert [s["environment_changes"] for s in resumed] == [{}, {}]
     assert started["created"] <= resumed[0]["created"] <= resumed[1]["created"]
     assert read_metrics(run)["epochs_trained"] == 3
+
+
+def test_a_grid_whose_job_folders_leave_out_a_swept_key_stops_before_a_job_replaces_another(
+    tmp_path, capsys
+):
+    """`hydra.sweep.subdir=lr${optimizer.lr}` over seeds gave both jobs one folder: the second
+    replaced the first's run without a word, and the summary listed jobs planned as 'not
+    started' that had run (its folders are not numbered). Folders named by every swept key are
+    summarised as run."""
+    from medtrain.commands import main
+
+    grid = ["-m", *TINY, ON_CPU, "optimizer.lr=1e-3", "seed=1,2", f"hydra.sweep.dir={tmp_path}"]
+    assert main([*grid, "hydra.sweep.subdir=lr${optimizer.lr}"]) == 2
+    assert "hydra.sweep.subdir gives job 1 the folder" in capsys.readouterr().out
+    first = tmp_path / "lr0.001"
+    assert "seed=1" in (first / ".hydra" / "overrides.yaml").read_text()
+    assert load_checkpoint(first / "checkpoints" / "best.pt")["seed"] == 1
+    named = tmp_path / "named"
+    grid = ["-m", *TINY, ON_CPU, "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={named}"]
+    assert main([*grid, "hydra.sweep.subdir=lr${optimizer.lr}"]) == 0
+    text = (named / "sweep_summary.md").read_text()
+    assert "2 jobs: 2 complete" in text and "not started" not in text
