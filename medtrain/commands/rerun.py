@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, status = tool_args(argv, USAGE)
     if status is not None:
         return status
-    from medtrain.experiments.rerun import is_number, rerun
+    from medtrain.commands.interrupts import sigterm_as_interrupt
+    from medtrain.experiments.rerun import RerunInterrupted, is_number, rerun
 
     try:
         cfg = parse_key_values(
@@ -60,12 +61,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = cfg[key]
             if not is_number(value) or not value >= 0:
                 raise ConfigError(f"{key}={value}: must be a number >= 0")
-        result = rerun(
-            cfg.run_dir, cfg.output, cfg.atol, cfg.cuda_atol, cfg.device, trust=list(cfg.trust)
-        )
+        with sigterm_as_interrupt():  # its training is stopped too, not left running alone
+            result = rerun(
+                cfg.run_dir, cfg.output, cfg.atol, cfg.cuda_atol, cfg.device, trust=list(cfg.trust)
+            )
     except MedtrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RerunInterrupted as stopped:
+        print(
+            f"interrupted: the rerun's training stopped, and gave no verdict; {stopped.folder} "
+            "holds what it trained: remove it (or give another output=) and run the rerun again",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:  # before its training started: nothing written
+        print("interrupted", file=sys.stderr)
+        return 130
     for line in result["lines"]:
         print(line)
     print(f"details in {Path(result['rerun']) / 'rerun.json'}")

@@ -58,6 +58,7 @@ from medtrain.engine.config import (
 )
 from medtrain.engine.trust import check_targets
 from medtrain.errors import ConfigError, MedtrainError
+from medtrain.experiments import children
 from medtrain.experiments.cv_ensemble import fold_ensemble
 from medtrain.experiments.cv_results import (
     load_folds,
@@ -354,13 +355,7 @@ def run_folds(cv: CrossValidation, folds_file: Path) -> list[int]:
                 resumed = " (resumed)" if command[-1] == "trainer.resume=true" else ""
                 log.info("cv: fold %d of %d started%s", fold, cv.folds, resumed)
                 console = (folder / "console.log").open("a")
-                process = subprocess.Popen(
-                    command,
-                    stdout=console,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    preexec_fn=die_with_parent if sys.platform == "linux" else None,
-                )
+                process = children.start(command, stdout=console, stderr=subprocess.STDOUT, env=env)
                 running[fold] = (process, time.perf_counter(), console)
             time.sleep(0.2)
             for fold, (process, start, console) in list(running.items()):
@@ -383,8 +378,7 @@ def run_folds(cv: CrossValidation, folds_file: Path) -> list[int]:
                     )
     finally:  # interrupted: stop the folds in flight (they resume from last.pt next time)
         for process, _, console in running.values():
-            process.terminate()
-            process.wait()
+            children.stop(process)
             console.close()
     return sorted(failed)
 
@@ -416,16 +410,6 @@ def fold_warnings(cv: CrossValidation) -> list[str]:
         f"Data check of {'every fold' if len(folds) == cv.folds else f'folds {folds}'}: {text}"
         for text, folds in folds_of.items()
     ]
-
-
-def die_with_parent() -> None:
-    """In a fold's process before it starts (Linux): end it when the CV's process ends, even by
-    SIGKILL, so that a killed CV leaves no fold training on (the next run resumes it)."""
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # The folds' data-check warnings said on the console (all of them in cv_summary.md).

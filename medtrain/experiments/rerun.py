@@ -21,6 +21,7 @@ from medtrain.engine.config import override_value
 from medtrain.engine.provenance import collect_provenance, data_fingerprint, fingerprint_change
 from medtrain.engine.trust import check_run_folder
 from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.experiments import children
 from medtrain.experiments.folders import marked_as
 from medtrain.io import load_checkpoint, read_json, save_json
 
@@ -46,6 +47,14 @@ SHOWN_AT_MOST = 5  # differences named in the verdict line; rerun.json and the l
 
 class RerunFailed(MedtrainError):
     """The rerun's training process exited with an error."""
+
+
+class RerunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a rerun: its training was stopped too, in `folder`."""
+
+    def __init__(self, folder: Path):
+        super().__init__(str(folder))
+        self.folder = folder
 
 
 def _text(value: Any, width: int = 60) -> str:
@@ -493,7 +502,7 @@ def rerun(
     print(f"rerunning {run_dir} into {out} ...", flush=True)
     # Relative dataset paths resolve from the current folder, as they did for the original run.
     # One stream, stdout and stderr interleaved: Hydra logs errors to stdout, Python to stderr.
-    finished = subprocess.run(
+    process = children.start(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -501,11 +510,16 @@ def rerun(
         errors="replace",
         env=env,
     )
-    if finished.returncode != 0:
-        tail = finished.stdout.strip().splitlines()[-20:]
+    try:
+        output, _ = process.communicate()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`medtrain rerun` takes it so): the training too
+        children.stop(process)
+        raise RerunInterrupted(out) from None
+    if process.returncode != 0:
+        tail = output.strip().splitlines()[-20:]
         context = f" (config changed since the run: {', '.join(changed)})" if changed else ""
         raise RerunFailed(
-            f"the rerun exited with status {finished.returncode}{context}; the last lines of its "
+            f"the rerun exited with status {process.returncode}{context}; the last lines of its "
             "output:\n" + "\n".join(tail)
         )
     rerun_metrics = read_json(out / "metrics.json")

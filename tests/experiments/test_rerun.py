@@ -436,3 +436,38 @@ def test_a_run_trained_longer_on_resume_is_said_not_to_reproduce_bit_for_bit(tmp
     assert report["config_changes"] == [] and report["environment_changes"] == []
     assert not any(line.startswith("config changed") for line in lines)
     assert read_metrics(again)["epochs_trained"] == read_metrics(run)["epochs_trained"] == 3
+
+
+def test_a_rerun_stopped_by_sigterm_stops_its_training_and_says_what_is_left(tmp_path):
+    """SIGTERM (a batch system's time limit) to `medtrain rerun` ended it alone: its training
+    went on as an orphan and wrote a run folder without a verdict. Its training now stops with
+    it, and the command says what the folder holds (exit status 130, as Ctrl-C)."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    trained = run_cli(f"hydra.run.dir={run}", *TINY, ON_CPU, "trainer.max_epochs=10")
+    assert trained.returncode == 0, trained.stderr[-2000:]  # the rerun is caught after epoch 1
+    out = tmp_path / "again"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medtrain", "rerun", f"run_dir={run}", f"output={out}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "history.csv").exists():  # the rerun's first epoch is done
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted: the rerun's training stopped, and gave no verdict" in err
+    assert not (out / "rerun.json").exists() and not (out / "metrics.json").exists()
+    leftover = [
+        p
+        for p in Path("/proc").glob("[0-9]*")
+        if str(out) in (p / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    ]
+    assert leftover == []
