@@ -102,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not complete and sweep.storage is not None and running:
+        # A worker that joined as the last trials were taken: nothing failed, nothing is left.
+        print(
+            f"no trial left for this worker: {len(running)} trial(s) still run on other workers; "
+            f"the last to finish writes the summary (or: medtrain report sweep_dir={sweep.dir})"
+        )
+        return 0
     if not complete:
         print("error: no trial completed; see error.txt in the trial folders", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ killed leaves a trial that the others (or the same command run again) record as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -179,6 +180,17 @@ def parse_spec(key: str, spec: str, dirs: list[Path] | None = None) -> Param:
     return Param(key, kind, (low, high))
 
 
+def absolute_sqlite(url: str) -> str:
+    """An SQLite URL with a relative file (`sqlite:///s7/shared.db`, relative to the folder the
+    command runs in) made absolute, as journal paths are: saved in `study.json`, it is read again
+    from other folders (`medtrain report`) and by workers started elsewhere."""
+    prefix = "sqlite:///"
+    path = url[len(prefix) :] if url.startswith(prefix) else None
+    if not path or path.startswith("/") or path.startswith(":memory:"):
+        return url
+    return prefix + str(Path(path).resolve())
+
+
 def parse_args(argv: list[str]) -> Sweep:
     """Split the command line into sweep settings, searched params and ordinary overrides."""
     settings, params, overrides = dict(DEFAULTS), [], []
@@ -220,6 +232,8 @@ def parse_args(argv: list[str]) -> Sweep:
         settings["storage"] = None
     if settings["storage"] is not None and "://" not in settings["storage"]:
         settings["storage"] = str(Path(settings["storage"]).resolve())  # a journal file
+    elif settings["storage"] is not None:
+        settings["storage"] = absolute_sqlite(settings["storage"])
     if not re.fullmatch(r"[\w.-]+", str(settings["study"])):
         raise ConfigError(f"sweep.study={settings['study']}: letters, digits, '.', '-', '_' only")
     return Sweep(dir=Path(directory).resolve(), params=params, overrides=overrides, **settings)
@@ -258,6 +272,7 @@ def open_study(sweep: Sweep, cfg: DictConfig):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_sweep_dir(sweep)
     own_db = sweep.storage is None and not (sweep.dir / "study.db").exists()
+    made = not sweep.dir.exists()  # removed again, while empty, when the search is refused
     sweep.dir.mkdir(parents=True, exist_ok=True)
     if sweep.pruner == "median":
         pruner = optuna.pruners.MedianPruner(
@@ -297,10 +312,6 @@ def open_study(sweep: Sweep, cfg: DictConfig):
         # Workers started together must not draw the same values: each seeds its own sampler
         # (a shared sweep is reproducible trial by trial, from each trial's saved config).
         seed = (cfg.seed * 1_000_003 + os.getpid() + hash(socket.gethostname())) % 2**31
-        _write_text(
-            sweep.dir / STUDY_FILE,
-            json.dumps({"storage": masked_url(sweep.storage), "study": sweep.study}) + "\n",
-        )
     if sweep.sampler == "tpe":
         # constant_liar: a trial still running counts as a poor one, so parallel workers spread
         study.sampler = optuna.samplers.TPESampler(
@@ -323,9 +334,22 @@ def open_study(sweep: Sweep, cfg: DictConfig):
     changed = [k for k in search if _jsonish(search[k]) != _jsonish(stored.get(k))]
     if changed:
         was = "; ".join(f"{k} {stored.get(k)}" for k in changed)
+        if made:
+            with contextlib.suppress(OSError):
+                sweep.dir.rmdir()  # only while empty
+        if sweep.storage is not None:  # the study, not the folder, holds it
+            raise ConfigError(
+                f"the study {sweep.study!r} in {masked_url(sweep.storage)} holds another search "
+                f"({was}): resume it with the same arguments, or give another sweep.study"
+            )
         raise ConfigError(
             f"{sweep.dir} holds another search ({was}): resume it with the same arguments "
             "or choose another sweep.dir"
+        )
+    if sweep.storage is not None:  # where the folder's search is stored, once it is this one
+        _write_text(
+            sweep.dir / STUDY_FILE,
+            json.dumps({"storage": masked_url(sweep.storage), "study": sweep.study}) + "\n",
         )
     return study
 

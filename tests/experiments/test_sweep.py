@@ -493,3 +493,25 @@ def test_a_sweep_writes_only_into_a_folder_of_its_own_study(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file; give a folder"):
         open_study(parse_args([f"sweep.dir={tmp_path / 'file'}", spec]), cfg)
+
+
+def test_a_shared_study_of_another_search_is_named_and_leaves_no_folder(tmp_path, monkeypatch):
+    """A second search given the shared storage of another blamed its own new sweep.dir and left
+    its study.json there; a relative SQLite URL was kept relative (another folder's `medtrain
+    report` then opened another database)."""
+    from medtrain.errors import ConfigError
+    from medtrain.experiments.sweep import absolute_sqlite, open_study, parse_args
+    from tests.conftest import compose_cfg
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_sqlite("sqlite:///s7/shared.db") == f"sqlite:///{tmp_path}/s7/shared.db"
+    for url in ("sqlite:////abs/x.db", "sqlite:///:memory:", "postgresql://h/db"):
+        assert absolute_sqlite(url) == url
+    cfg = compose_cfg(TINY)
+    shared = f"sweep.storage={tmp_path}/shared.log"
+    open_study(parse_args(["sweep.dir=a", "sweep.params.optimizer.lr=log(1e-4,1e-2)", shared]), cfg)
+    assert (tmp_path / "a" / "study.json").is_file()
+    other = ["sweep.dir=b", "sweep.params.optimizer.lr=log(1e-3,1e-1)", shared]
+    with pytest.raises(ConfigError, match=r"^the study 'medtrain' in .*shared.log holds another"):
+        open_study(parse_args(other), cfg)
+    assert not (tmp_path / "b").exists()
