@@ -395,6 +395,11 @@ def _copy_checkpoints(source: Path, ckpt_dir: Path) -> None:
             shutil.copyfile(source / name, ckpt_dir / name)
 
 
+def said(resume: Any) -> str:
+    """`trainer.resume`'s value as the command line writes it (`true`, not Python's `True`)."""
+    return str(resume).lower() if isinstance(resume, bool) else str(resume)
+
+
 def _readable_checkpoint(resume, path: Path) -> dict:
     """The checkpoint `trainer.resume` points at, read.
 
@@ -403,12 +408,12 @@ def _readable_checkpoint(resume, path: Path) -> dict:
         DataError: it is empty or truncated (say, copied back from a backup that did not finish).
     """
     if not path.is_file():
-        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path}")
+        raise ConfigError(f"trainer.resume={said(resume)}: no checkpoint at {path}")
     try:
         return load_checkpoint(path)
     except DataError as err:
         raise DataError(
-            f"trainer.resume={resume!r}: {err}. Restore it from a copy to continue the run, or "
+            f"trainer.resume={said(resume)}: {err}. Restore it from a copy to continue the run, or "
             "delete it to start the run over (train without trainer.resume, or with "
             "trainer.resume=auto)"
         ) from err
@@ -422,7 +427,7 @@ def _checked_checkpoint(resume, path: Path, scheduler, ema, config: dict | None)
         check_resumed_config(checkpoint["config"], config, scheduler)
     if (ema is None) != ("training_model" not in checkpoint):
         raise ConfigError(
-            f"trainer.resume={resume!r}: the checkpoint's run "
+            f"trainer.resume={said(resume)}: the checkpoint's run "
             f"{'averaged' if ema is None else 'did not average'} the weights; set "
             "trainer.ema_horizon and trainer.ema_decay as it did"
         )
@@ -497,7 +502,7 @@ def resume(
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError) as err:
         raise ConfigError(
-            f"trainer.resume={resume!r}: {path} was saved by a different model or optimizer "
+            f"trainer.resume={said(resume)}: {path} was saved by a different model or optimizer "
             f"config ({str(err).splitlines()[0]})"
         ) from err
     scheduler.load_state_dict(checkpoint["scheduler"])

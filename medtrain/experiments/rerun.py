@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,6 +44,14 @@ IGNORED_PROVENANCE |= {"data.files", "data.bytes", "environment.packages.torch"}
 # The sessions that continued the run: said apart (`resumed_changes`), not compared.
 IGNORED_PROVENANCE |= {"resumed", "recorded_from_epoch"}
 SHOWN_AT_MOST = 5  # differences named in the verdict line; rerun.json and the lines above list all
+
+
+def pruned_at(run_dir: Path) -> str | None:
+    """'pruned at epoch N' when the folder is a search's pruned trial (its train.log says so)."""
+    log_file = run_dir / "train.log"
+    text = log_file.read_text(errors="replace") if log_file.is_file() else ""
+    found = re.search(r"pruned at epoch \d+", text)
+    return found.group(0) if found else None
 
 
 class RerunFailed(MedtrainError):
@@ -344,6 +353,12 @@ def _check_run(run_dir: Path, trust: Sequence[str] = ()) -> tuple[Path, DictConf
     check_run_folder(run_dir, trust)  # .hydra/config.yaml and the config in checkpoints/best.pt
     metrics = read_json(run_dir / "metrics.json")
     if metrics is None:
+        pruned = pruned_at(run_dir)
+        if pruned:
+            raise ConfigError(
+                f"{run_dir} is a search's trial {pruned} (medtrain sweep): it has no final "
+                "metrics to reproduce; rerun a complete trial"
+            )
         raise ConfigError(f"{run_dir / 'metrics.json'} not found: did the run finish?")
     return config, saved, metrics
 

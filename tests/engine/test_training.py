@@ -117,7 +117,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     from medtrain.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="trainer.resume=True: no checkpoint"):
+    with pytest.raises(ConfigError, match="trainer.resume=true: no checkpoint"):
         train_in_process(tmp_path, [*TINY, "trainer.resume=true"])
 
 
@@ -148,7 +148,7 @@ def test_resume_from_a_damaged_checkpoint_says_what_to_do(tmp_path, capsys, dama
     )
     captured = capsys.readouterr()
     assert (
-        f"trainer.resume=True: {last} {what}. Restore it from a copy to continue the run, or "
+        f"trainer.resume=true: {last} {what}. Restore it from a copy to continue the run, or "
         "delete it to start the run over (train without trainer.resume, or with "
         "trainer.resume=auto)"
     ) in captured.out + captured.err

@@ -74,6 +74,11 @@ def test_search_prunes_poor_trials_and_writes_the_summary(tmp_path, one_thread, 
     for trial in pruned:  # stopped early: fewer epochs than max_epochs, no test metrics
         assert len(trial.intermediate_values) < 3
         assert not (tmp_path / str(trial.number) / "metrics.json").exists()
+    from medtrain.commands.rerun import main as rerun_main
+
+    capsys.readouterr()
+    assert rerun_main([f"run_dir={tmp_path / str(pruned[0].number)}"]) == 2
+    assert "trial pruned at epoch " in capsys.readouterr().err  # not "did the run finish?"
     for trial in complete:  # the objective is the monitored validation value of the run
         assert trial.value == pytest.approx(read_metrics(tmp_path / str(trial.number))["val/auc"])
         saved = OmegaConf.load(tmp_path / str(trial.number) / ".hydra" / "config.yaml")
