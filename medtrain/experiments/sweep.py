@@ -197,7 +197,11 @@ def parse_args(argv: list[str]) -> Sweep:
     dirs = config_dirs(list(argv))
     for arg in argv:
         key, _, value = arg.partition("=")
-        passed_override_key(arg, "sweep", "sweep")
+        if passed_override_key(arg, "sweep", "sweep") in ("hydra.run.dir", "hydra.sweep.dir"):
+            raise ConfigError(
+                f"{key}: a search's trials go in sweep.dir/<trial>; name the folder with "
+                "sweep.dir=..."
+            )
         if key.startswith("sweep.params."):
             params.append(parse_spec(key.removeprefix("sweep.params."), value, dirs))
         elif key.startswith("sweep."):

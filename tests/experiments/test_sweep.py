@@ -520,3 +520,13 @@ def test_a_shared_study_of_another_search_is_named_and_leaves_no_folder(tmp_path
     with pytest.raises(ConfigError, match=r"^the study 'medtrain' in .*shared.log holds another"):
         open_study(parse_args(other), cfg)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_run_folder_given_to_a_search_is_refused_by_key():
+    """`hydra.run.dir=` was ignored without a word: the trials went into sweep.dir."""
+    from medtrain.errors import ConfigError
+    from medtrain.experiments.sweep import parse_args
+
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        with pytest.raises(ConfigError, match=f"^{key}: a search's trials go in sweep.dir"):
+            parse_args(["sweep.params.optimizer.lr=log(1e-4,1e-2)", f"{key}=somewhere"])
