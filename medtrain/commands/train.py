@@ -279,6 +279,11 @@ class FolderGuard(Callback):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from err  # not caught by Hydra: no traceback, no job started
         jobs.grid_runs, jobs.grid_dir = runs_of_grid(Path(grid)), grid
+        try:  # every job whose folder holds another grid's run: refused before any job trains
+            check_planned_jobs(config, Path(grid), jobs.grid_runs)
+        except OtherGridsJob as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from err
         described = Path(grid) / "multirun.yaml"  # Hydra rewrites it before the first job
         if described.is_file():
             jobs.grid_file = (described, described.read_bytes())
@@ -286,6 +291,26 @@ class FolderGuard(Callback):
 
 class OtherGridsJob(ConfigError):
     """A grid's job folder holds a run of other overrides: another grid's (`check_same_job`)."""
+
+
+def check_planned_jobs(config: DictConfig, grid: Path, runs: dict[Path, dict[Path, bytes]]):
+    """`check_same_job` for every job the grid plans, before the first one starts: a grid whose
+    later job folder holds another grid's run would otherwise train its first jobs (those alike
+    in both grids) again before it is stopped. Job folders named by `hydra.sweep.subdir` are
+    checked as each job starts instead.
+
+    Raises:
+        OtherGridsJob: the first such job's.
+    """
+    from medtrain.experiments.sweep_summary import grid_jobs
+
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if not runs or subdir != "${hydra.job.num}":
+        return
+    for number, overrides in enumerate(grid_jobs(config.hydra)):
+        folder = grid.resolve() / str(number)
+        if folder in runs:
+            check_same_job(folder, str(grid), runs, config, overrides)
 
 
 def check_grid_folder(folder: Path) -> None:

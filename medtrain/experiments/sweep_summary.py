@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import atomic_write, read_json, save_csv
@@ -142,10 +142,20 @@ def planned_jobs(sweep_dir: Path) -> list[list[str]]:
     if not path.is_file():
         return []
     try:
+        hydra = OmegaConf.load(path).hydra
+    except Exception:  # a summary must not fail on what it only adds
+        return []
+    return grid_jobs(hydra)
+
+
+def grid_jobs(hydra: DictConfig) -> list[list[str]]:
+    """Each job's overrides, in job order, that a grid's `hydra` config node plans (Hydra's
+    basic sweeper: `hydra.sweeper.params`, then the command's overrides); [] for another sweeper
+    or a plan that cannot be expanded here."""
+    try:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        hydra = OmegaConf.load(path).hydra
         if not str(hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
             return []
         params = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()]

@@ -722,6 +722,11 @@ def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(
     ) in said.out + said.err
     assert files() == before
     assert (grid / "0" / "train.log").read_text().startswith(log)
+    # A grid whose first job is the first grid's and whose second is not: refused before its
+    # first job trains again (it did, and was stopped at the second).
+    assert main([*first, "optimizer.lr=1e-3,1e-1"]) == 2
+    assert "job folder 1 holds another grid's run" in "".join(capsys.readouterr())
+    assert files() == before and (grid / "0" / "train.log").read_text() == log
     assert main([*first, "optimizer.lr=1e-2,1e-3"]) == 2  # the same grid in another order
     said = capsys.readouterr()
     assert (
