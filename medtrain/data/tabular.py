@@ -157,11 +157,9 @@ class TabularEncoder:
             ]
             if not unseen:
                 continue
-            shown = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in unseen[:5])
-            more = f"; and {len(unseen) - 5} more" if len(unseen) > 5 else ""
             self.warnings[f"{code.name}:unseen"] = (
                 f"{self.source}: column {code.name!r} holds categories that no training row holds "
-                f"in {len(unseen)} other row(s) ({shown}{more}; training: "
+                f"in {len(unseen)} other row(s) ({self._cells(unseen, values, 5)}; training: "
                 f"{', '.join(code.categories)}): they are encoded as missing, while medtrain "
                 "predict and the service refuse them; correct a misspelt category, or leave the "
                 "cell empty (or NA) for a missing value"
@@ -235,24 +233,20 @@ class TabularEncoder:
         words = [i for i, x in zip(present_rows, numbers, strict=True) if x is None]
         if words and len(words) * TYPO_RATE < len(present):
             # A typo in a column of numbers would otherwise make every number a category.
-            shown = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in words[:3])
             raise DataError(
                 f"{self.source}: column {name!r} holds numbers in {len(present) - len(words)} of "
-                f"{len(present)} training rows, and not in {shown}"
-                + (f"; and {len(words) - 3} more" if len(words) > 3 else "")
-                + ": write a number, or leave the cell empty (or NA) for a missing value (codes "
-                "of categories: write each as a name, e.g. g1, g2)"
+                f"{len(present)} training rows, and not in {self._cells(words, values)}: write a "
+                "number, or leave the cell empty (or NA) for a missing value (codes of "
+                "categories: write each as a name, e.g. g1, g2)"
             )
         measured = [i for i in words if with_unit(values[i])]
         if measured and (len(words) - len(measured)) * TYPO_RATE < len(present):
-            shown = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in measured[:3])
             raise DataError(
                 f"{self.source}: column {name!r} holds numbers written with a unit or a decimal "
-                f"comma in {len(measured)} of {len(present)} training rows ({shown}"
-                + (f"; and {len(measured) - 3} more" if len(measured) > 3 else "")
-                + "): read as they are, each value would be a category of its own; write the "
-                "number alone with a decimal point (72, 1.5; 1500 for a thousands separator), "
-                "the unit in the column's name (weight_kg)"
+                f"comma in {len(measured)} of {len(present)} training rows "
+                f"({self._cells(measured, values)}): read as they are, each value would be a "
+                "category of its own; write the number alone with a decimal point (72, 1.5; "
+                "1500 for a thousands separator), the unit in the column's name (weight_kg)"
             )
         if words:
             categories = sorted(set(present))
@@ -282,6 +276,11 @@ class TabularEncoder:
             std=std if std > 0 else 1.0,
             indicator=any(is_missing(v) for v in values),
         )
+
+    def _cells(self, rows: list[int], values: Sequence[str], shown: int = 3) -> str:
+        """`line 3: '1.2x'; ...` for the first `shown` of `rows`, then `and N more`."""
+        text = "; ".join(f"{self.row_label(i)}: {values[i]!r}" for i in rows[:shown])
+        return text + (f"; and {len(rows) - shown} more" if len(rows) > shown else "")
 
     def _review_categories(self, name: str, present: list[str], categories: list[str]) -> None:
         """Warnings about a categorical column's training values: one value in every row;
