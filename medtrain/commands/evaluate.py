@@ -59,7 +59,7 @@ usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
                          to the run's labels by name)
   label_separator=TEXT   multi-label: what joins an image's labels (default the run's, else |)
   no_label=TEXT          multi-label: the cell of an image with none (default the run's; '' for
-                         an empty cell)
+                         an empty cell; null for none: every image has a label)
   mask_column=NAME       segmentation: default the run's dataset.mask_column, else mask
   spacing_column=NAME    segmentation: mm per pixel (0.5, or 0.5 0.6); default the column
                          spacing when there is one; else each image file's, else the run's

@@ -1,4 +1,4 @@
-"""SIGTERM taken as Ctrl-C by the verbs that train (train, cv, sweep): a batch system's time limit
+"""SIGTERM taken as Ctrl-C by the verbs that train (train, cv, sweep, rerun): a batch system's time limit
 or preemption (SLURM and Kubernetes send SIGTERM some seconds before SIGKILL), `docker stop` or
 `kill` ends a run as Ctrl-C does: the interruption logged, a grid's or a search's summary written,
 exit status 130, and the same command continues it."""

@@ -69,14 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RerunInterrupted as stopped:
-        print(
-            f"interrupted: the rerun's training stopped, and gave no verdict; {stopped.folder} "
-            "holds what it trained: remove it (or give another output=) and run the rerun again",
-            file=sys.stderr,
-        )
+        if stopped.finished:  # the signal came as the training ended
+            said = (
+                f"interrupted as the rerun's training finished: {stopped.folder} holds its run, "
+                f"not compared; medtrain compare 'run_dirs=[{cfg.run_dir},{stopped.folder}]'"
+            )
+        else:
+            said = (
+                f"interrupted: the rerun's training stopped, and gave no verdict; {stopped.folder} "
+                "holds what it trained: remove it (or give another output=) and run the rerun again"
+            )
+        print(said, file=sys.stderr)
         return 130
-    except KeyboardInterrupt:  # before its training started: nothing written
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before its training, or while the runs were compared
+        print("interrupted: no verdict", file=sys.stderr)
         return 130
     for line in result["lines"]:
         print(line)

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from medtrain.commands.interrupts import sigterm_as_interrupt
     from medtrain.experiments.studies import search_of
-    from medtrain.experiments.sweep import log, parse_args, run_sweep
+    from medtrain.experiments.sweep import counts, log, parse_args, run_sweep
+    from medtrain.experiments.sweep import this_worker as worker
     from medtrain.experiments.sweep_summary import write_sweep_summary
 
     console = logging.StreamHandler()
@@ -103,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if not complete and sweep.storage is not None and running:
-        # A worker that joined as the last trials were taken: nothing failed, nothing is left.
+    mine = [  # the trials this worker ran (not one drawn as surplus, nor one interrupted)
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("worker") == worker() and counts(t)
+    ]
+    if not complete and sweep.storage is not None and running and not mine:
+        # A worker that joined as the last trials were taken: it ran none, nothing is left.
         print(
             f"no trial left for this worker: {len(running)} trial(s) still run on other workers; "
             f"the last to finish writes the summary (or: medtrain report sweep_dir={sweep.dir})"

@@ -28,15 +28,15 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # float() does not read, which would otherwise make every value a category of its own.
 WITH_UNIT = re.compile(r"^[+-]?\d+(?:[.,]\d+)?\s*(?P<unit>[^\d\s].*)$")
 DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
-# Units a number may carry; a one-letter one counts only in lower case after a space (`5 g`; not
-# `2a` or `4 S`, stages).
+# Units a number may carry; a one-letter one counts only after a space (`5 g`, `37 C`; not `2a`),
+# in upper case only those no stage is named by (`4 S`, `2 A` are stages).
 UNITS = {
     *("kg", "mg", "ug", "µg", "lb", "lbs", "cm", "mm", "ml", "dl", "mmhg", "bpm", "%", "yr", "yrs"),
     *("year", "years", "mo", "month", "months", "wk", "week", "weeks", "day", "days", "hr", "hrs"),
     *("hour", "hours", "min", "sec", "mmol/l", "mg/dl", "g/dl", "g/l", "u/l", "iu/l", "iu", "kpa"),
     *("°c", "°f", "kg/m2", "kg/m²", "ng/ml", "pg/ml", "µmol/l", "umol/l", "meq/l", "/min"),
 }
-ONE_LETTER_UNITS = set("gmldhsycfk")
+ONE_LETTER_UNITS = set("gmldhsycfkCFKL")
 MANY_CATEGORIES = 10  # a categorical column of more training values than this, one for every ...
 CATEGORY_SHARE = 0.5  # ... row or two, is an identifier or a measurement, not categories
 

@@ -29,7 +29,8 @@ def start(command: list[str], **kwargs: Any) -> subprocess.Popen:
 
 def stop(process: subprocess.Popen) -> None:
     """End a child training as Ctrl-C does (SIGTERM, which medtrain's training takes so: its
-    interruption logged, its checkpoints kept), waiting `STOP_S` before killing it."""
+    interruption logged, its checkpoints kept; torchrun passes it on to its processes, which
+    stop without that line), waiting `STOP_S` before killing it."""
     process.terminate()
     try:
         process.wait(timeout=STOP_S)

@@ -59,11 +59,12 @@ class RerunFailed(MedtrainError):
 
 
 class RerunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) during a rerun: its training was stopped too, in `folder`."""
+    """Ctrl-C (or SIGTERM) during a rerun's training: the training was stopped too, in `folder`
+    (`finished`: it had just finished, its run complete but not compared)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, finished: bool = False):
         super().__init__(str(folder))
-        self.folder = folder
+        self.folder, self.finished = folder, finished
 
 
 def _text(value: Any, width: int = 60) -> str:
@@ -529,7 +530,8 @@ def rerun(
         output, _ = process.communicate()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (`medtrain rerun` takes it so): the training too
         children.stop(process)
-        raise RerunInterrupted(out) from None
+        finished = process.returncode == 0 and (out / "metrics.json").is_file()
+        raise RerunInterrupted(out, finished) from None
     if process.returncode != 0:
         tail = output.strip().splitlines()[-20:]
         context = f" (config changed since the run: {', '.join(changed)})" if changed else ""

@@ -184,11 +184,18 @@ def absolute_sqlite(url: str) -> str:
     """An SQLite URL with a relative file (`sqlite:///s7/shared.db`, relative to the folder the
     command runs in) made absolute, as journal paths are: saved in `study.json`, it is read again
     from other folders (`medtrain report`) and by workers started elsewhere."""
-    prefix = "sqlite:///"
-    path = url[len(prefix) :] if url.startswith(prefix) else None
-    if not path or path.startswith("/") or path.startswith(":memory:"):
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not an SQLAlchemy URL: the storage reports it when opened
         return url
-    return prefix + str(Path(path).resolve())
+    path = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not path or Path(path).is_absolute():
+        return url
+    if path.startswith((":memory:", "file:")):  # in memory; an SQLite URI of its own
+        return url
+    return parsed.set(database=str(Path(path).resolve())).render_as_string(hide_password=False)
 
 
 def parse_args(argv: list[str]) -> Sweep:

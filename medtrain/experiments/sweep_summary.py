@@ -38,7 +38,7 @@ def _overrides(job_dir: Path) -> list[str]:
     return []
 
 
-def _same_job(overrides: list[str]) -> frozenset[str]:
+def same_job(overrides: list[str]) -> frozenset[str]:
     """A job's overrides as a set, without `trainer.resume` (a grid continued with it is the same
     grid)."""
     return frozenset(o for o in overrides if not o.lstrip("+").startswith("trainer.resume="))
@@ -281,8 +281,8 @@ def write_sweep_summary(
     # A grid's jobs that never started: those its multirun.yaml plans that no folder ran (job
     # folders named otherwise than by number, `hydra.sweep.subdir`, are matched by overrides).
     planned = {} if trials or not found else dict(enumerate(planned_jobs(sweep_dir)))
-    ran = {_same_job(_overrides(job)) for job in found}
-    planned = {n: job for n, job in planned.items() if _same_job(job) not in ran}
+    ran = {same_job(_overrides(job)) for job in found}
+    planned = {n: job for n, job in planned.items() if same_job(job) not in ran}
     numbered = {sweep_dir / str(n) for n in (*trials, *planned)}
     jobs = sorted(set(found) | numbered, key=_job_order)
     if not jobs:

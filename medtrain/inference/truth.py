@@ -71,7 +71,8 @@ class TargetTruth(Truth):
         self.targets = _target_columns(cfg.target_column or own, self.task)
         if getattr(self.task, "multilabel", False):  # the run's manifest's forms, or the CSV's
             separator = cfg.get("label_separator") or data.get("label_separator") or "|"
-            no_label = cfg.no_label if cfg.get("no_label") is not None else data.get("no_label")
+            given = cfg.get("no_label")  # text as typed: `null` unsets the run's
+            no_label = data.get("no_label") if given is None else None if given == "null" else given
             self.separator, self.no_label = checked_settings(separator, no_label, prefix="")
             self.targets = _by_name(self.targets, own, self.names)
         self.columns = (

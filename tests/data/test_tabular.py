@@ -180,9 +180,9 @@ def test_numbers_with_units_or_decimal_commas_are_refused_not_made_categories():
         DataError, match=r"in 2 of 4 training rows \(line 3: '6,1'; line 5: '7,2'\)"
     ):
         encode_tabular({"hba1c": hba1c}, list(range(4)), source="c.csv", row_label=label)
-    for cell in ("72 kg", "72kg", "5.5 %", "1,5", "-3 mmHg", "37 c", "12 years"):
+    for cell in ("72 kg", "72kg", "5.5 %", "1,5", "-3 mmHg", "37 c", "37 C", "5 L", "12 years"):
         assert with_unit(cell), cell
-    for cell in ("2a", "3c", "4 S", "T2", "kg", "M", "stage 2", "1.5", "n/a"):  # stages, names
+    for cell in ("2a", "3c", "4 S", "2 A", "T2", "kg", "M", "stage 2", "1.5", "n/a"):  # stages
         assert not with_unit(cell), cell
     # Stage codes stay categories.
     matrix, names = encode_tabular({"stage": ["2a", "2b", "3c", "2a"]}, [0, 1, 2, 3])

@@ -510,7 +510,15 @@ def test_a_shared_study_of_another_search_is_named_and_leaves_no_folder(tmp_path
 
     monkeypatch.chdir(tmp_path)
     assert absolute_sqlite("sqlite:///s7/shared.db") == f"sqlite:///{tmp_path}/s7/shared.db"
-    for url in ("sqlite:////abs/x.db", "sqlite:///:memory:", "postgresql://h/db"):
+    assert absolute_sqlite("sqlite+pysqlite:///a.db?timeout=10") == (
+        f"sqlite+pysqlite:///{tmp_path}/a.db?timeout=10"
+    )
+    for url in (
+        "sqlite:////abs/x.db",
+        "sqlite:///:memory:",
+        "sqlite:///file:a.db?mode=ro&uri=true",
+        "postgresql://u:p@h/db",
+    ):
         assert absolute_sqlite(url) == url
     cfg = compose_cfg(TINY)
     shared = f"sweep.storage={tmp_path}/shared.log"
@@ -530,3 +538,31 @@ def test_a_run_folder_given_to_a_search_is_refused_by_key():
     for key in ("hydra.run.dir", "hydra.sweep.dir"):
         with pytest.raises(ConfigError, match=f"^{key}: a search's trials go in sweep.dir"):
             parse_args(["sweep.params.optimizer.lr=log(1e-4,1e-2)", f"{key}=somewhere"])
+
+
+def test_a_shared_worker_that_found_no_trial_left_exits_0_and_one_whose_trials_failed_1(
+    tmp_path, monkeypatch, capsys
+):
+    """A worker joining as the last trials were taken said 'no trial completed' and exited 1
+    (a job array read it as failed); one whose own trial failed must still exit 1."""
+    import optuna
+
+    import medtrain.experiments.sweep as sweep_module
+    from medtrain.commands.sweep import main as sweep_main
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    other = study.ask()
+    other.set_user_attr("worker", "elsewhere:1")  # still running on another worker
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda sweep: study)
+    argv = [
+        f"sweep.dir={tmp_path / 's'}",
+        f"sweep.storage={tmp_path / 'j.log'}",
+        "sweep.params.optimizer.lr=log(1e-4,1e-2)",
+    ]
+    assert sweep_main(argv) == 0
+    assert "no trial left for this worker: 1 trial(s) still run" in capsys.readouterr().out
+    mine = study.ask()
+    mine.set_user_attr("worker", sweep_module.this_worker())
+    study.tell(mine, state=optuna.trial.TrialState.FAIL)
+    assert sweep_main(argv) == 1
+    assert "error: no trial completed" in capsys.readouterr().err
