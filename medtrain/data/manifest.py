@@ -624,6 +624,8 @@ class Manifest(ManifestRows, ImageDataset):
         (the classes: `dataset.class_names`, else the sorted names found). Every row that holds
         no such labels is named at once; a label no row has, or every row has, is a warning."""
         joined = len(columns) == 1
+        if not joined and self.class_names is not None:  # the columns name the labels
+            columns = self._columns_named(columns, list(self.class_names))
         cells = [[row[c] for c in columns] for row in rows]
         if joined and all(c[0].strip().lower() in POSITIVE | NEGATIVE for c in cells):
             raise ConfigError(
@@ -636,12 +638,6 @@ class Manifest(ManifestRows, ImageDataset):
         if names is None:
             found = [c[0] for c in cells]
             names = joined_names(found, self.label_separator, self.no_label) if joined else columns
-        elif not joined and len(names) != len(columns):
-            raise ConfigError(
-                f"dataset.class_names={list(names)} has {len(names)} name(s), but "
-                f"dataset.target_column={columns} reads {len(columns)} label columns: one name "
-                "per column, or leave class_names null (the columns name them)"
-            )
         if len(names) < 2:
             held = f"only the label {names[0]!r}" if names else "no label"
             raise DataError(
@@ -666,6 +662,34 @@ class Manifest(ManifestRows, ImageDataset):
                     "learn them, and their AUC is undefined",
                 )
         return labels
+
+    @staticmethod
+    def _columns_named(columns: list[str], names: list[str]) -> list[str]:
+        """The 0/1 label columns in the order of `dataset.class_names`, which names them (in any
+        order: a list in another order than the columns renamed them by position, and trained
+        each label under another's name).
+
+        Raises:
+            ConfigError: a name that is no column (with the closest), or a column left out.
+        """
+        unknown = [n for n in names if n not in columns]
+        left_out = [c for c in columns if c not in names]
+        if not unknown and not left_out and len(set(names)) == len(names):
+            return list(names)
+        problems = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
+            problems.append(
+                f"{name!r} names no column" + (f" (like {close[0]!r}?)" if close else "")
+            )
+        problems += [f"column {c!r} is left out" for c in left_out]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        problems += [f"{n!r} is named twice" for n in twice]
+        raise ConfigError(
+            f"dataset.class_names={names}: with one 0/1 column per label the names are the "
+            f"columns of dataset.target_column={columns}, in the order wanted: "
+            f"{'; '.join(problems)}"
+        )
 
     def _targets(self, rows: list[dict], column: str) -> np.ndarray:
         values = [row[column] for row in rows]

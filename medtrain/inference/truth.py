@@ -74,7 +74,7 @@ class TargetTruth(Truth):
             given = cfg.get("no_label")  # text as typed: `null` unsets the run's
             no_label = data.get("no_label") if given is None else None if given == "null" else given
             self.separator, self.no_label = checked_settings(separator, no_label, prefix="")
-            self.targets = _by_name(self.targets, own, self.names)
+            self.targets = _by_name(self.targets, self.names)
         self.columns = (
             {"target_column": self.targets[0]}
             if len(self.targets) == 1
@@ -295,15 +295,11 @@ def _target_columns(value: Any, task: Any) -> list[str]:
     return columns
 
 
-def _by_name(columns: list[str], own: Any, names: list[str]) -> list[str]:
-    """A multi-label run's 0/1 columns in the order of its labels: the CSV's columns named as the
-    run's own target columns (or its labels) are matched by name, in any order; other names by
-    position."""
-    if len(columns) < 2:
-        return columns
-    for reference in ([str(c) for c in own] if not isinstance(own, str) else [], names):
-        if sorted(columns) == sorted(reference):
-            return list(reference)
+def _by_name(columns: list[str], names: list[str]) -> list[str]:
+    """A multi-label run's 0/1 columns in the order of its labels: columns named as its labels
+    (a manifest's 0/1 columns name them) are matched by name, in any order; others by position."""
+    if len(columns) > 1 and sorted(columns) == sorted(names):
+        return list(names)
     return columns
 
 

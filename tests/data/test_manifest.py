@@ -479,23 +479,37 @@ def test_multilabel_targets_from_one_0_1_column_per_label(tmp_path):
     assert data["test"].labels.tolist() == [[1, 1], [0, 0]]
     assert data["train"].labels.dtype == np.float32  # BCE's targets
     assert data["val"][0]["label"].tolist() == [1.0, 1.0]
-    renamed = Manifest(
+    # dataset.class_names names the columns, in the order wanted (it renamed them by position:
+    # each label trained under another's name).
+    ordered = Manifest(
         str(path),
         "train",
         multilabel=True,
         target_column=["nodule", "effusion"],
-        class_names=["Nodule", "Effusion"],
+        class_names=["effusion", "nodule"],
     )
-    assert renamed.class_names == ["Nodule", "Effusion"]
-    with pytest.raises(
-        ConfigError, match=r"has 1 name\(s\), but dataset.target_column=\['nodule', "
+    assert ordered.class_names == ["effusion", "nodule"]
+    assert ordered.labels.tolist() == [[1, 0], [0, 1]]
+    for names, said in (
+        (
+            ["Nodule", "effusion"],
+            "'Nodule' names no column (like 'nodule'?); column 'nodule' is left out",
+        ),
+        (["nodule"], "column 'effusion' is left out"),
+        (["nodule", "nodule", "effusion"], "'nodule' is named twice"),
     ):
-        Manifest(
-            str(path),
-            "train",
-            multilabel=True,
-            target_column=["nodule", "effusion"],
-            class_names=["Nodule"],
+        with pytest.raises(ConfigError) as err:
+            Manifest(
+                str(path),
+                "train",
+                multilabel=True,
+                target_column=["nodule", "effusion"],
+                class_names=names,
+            )
+        assert str(err.value) == (
+            f"dataset.class_names={names}: with one 0/1 column per label the names are the "
+            "columns of dataset.target_column=['nodule', 'effusion'], in the order wanted: "
+            f"{said}"
         )
 
 
