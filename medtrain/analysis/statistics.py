@@ -56,10 +56,17 @@ def _class_names(
     run_dir: Path, k: int, multilabel: bool, metrics: dict[str, Any] | None = None
 ) -> list[str]:
     """Class names from the run's files: the confusion matrix's rows, or (multi-label) the labels of
-    the thresholds in `metrics` (default: metrics.json); indices when neither fits."""
+    the thresholds in `metrics` (default: metrics.json), else of its per-label AUCs (a threshold
+    fixed for all labels names none); indices when neither fits."""
     if multilabel:
         metrics = metrics if metrics is not None else read_json(run_dir / "metrics.json") or {}
         names = [key.removeprefix("threshold_") for key in metrics if key.startswith("threshold_")]
+        if len(names) != k:
+            names = [
+                key.removeprefix("test/auc_")
+                for key in metrics
+                if key.startswith("test/auc_") and not key.endswith(("_ci_low", "_ci_high"))
+            ]
     elif (run_dir / "confusion_matrix.csv").is_file():
         names = [row["true"] for row in read_csv_rows(run_dir / "confusion_matrix.csv")[1]]
     else:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from medtrain.analysis.statistics import classification_intervals
@@ -80,9 +80,14 @@ class ClassificationTask(Task):
         self.multilabel = bool(multilabel)
         self.threshold_rule = threshold
         self.target_sensitivity = target_sensitivity
-        # Until chosen on validation data, a rule-based threshold evaluates at 0.5.
+        # Until chosen on validation data, a rule-based threshold evaluates at 0.5; a list holds
+        # one per label (multi-label).
         self.threshold: float | list[float] = (
-            0.5 if isinstance(threshold, str) else float(threshold)
+            0.5
+            if isinstance(threshold, str)
+            else [float(t) for t in threshold]
+            if isinstance(threshold, Sequence)
+            else float(threshold)
         )
 
     @staticmethod
@@ -94,8 +99,15 @@ class ClassificationTask(Task):
                 f"task.threshold={threshold!r}: use a number in (0, 1) or one of "
                 f"{M.THRESHOLD_METHODS}"
             )
-        if not isinstance(threshold, str) and not 0 < threshold < 1:
-            raise ConfigError(f"task.threshold={threshold} must be in (0, 1)")
+        many = OmegaConf.is_list(threshold) or isinstance(threshold, list | tuple)
+        values = list(threshold) if many else [threshold]
+        if not isinstance(threshold, str) and not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1 for v in values
+        ):
+            each = "each of its numbers" if many else "it"
+            raise ConfigError(
+                f"task.threshold={list(values) if many else threshold}: {each} must be in (0, 1)"
+            )
 
     @classmethod
     def check_config(
@@ -117,6 +129,15 @@ class ClassificationTask(Task):
             raise ConfigError(
                 f"task.threshold={rule!r} applies to binary and multi-label tasks; this dataset "
                 f"has {data.num_classes} classes (the prediction is the most probable one): use 0.5"
+            )
+        if OmegaConf.is_list(rule) and (not data.multilabel or len(rule) != data.num_classes):
+            raise ConfigError(
+                f"task.threshold={list(rule)}: a list is one threshold per label of a multi-label "
+                + (
+                    f"task; this one has {data.num_classes} labels ({list(data.class_names)})"
+                    if data.multilabel
+                    else "task; this one has one class per image: give one number"
+                )
             )
         sensitivity = task.get("target_sensitivity", 0.9)
         if not 0 < sensitivity <= 1:

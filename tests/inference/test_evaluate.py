@@ -173,6 +173,8 @@ def test_a_multilabel_manifest_run_scores_its_test_rows_as_its_own_test(tmp_path
         "trainer.progress=false",
     ]
     theirs = train_in_process(run, overrides)
+    # The intervals of each label are named by it also at a fixed threshold (they were by index).
+    assert "test/auc_effusion_ci_low" in theirs and "test/auc_0_ci_low" not in theirs
     test = [r for r in rows if r[-1] == "test"]
     labelled = write_csv(tmp_path / "labelled.csv", header, test)
     out = tmp_path / "external"

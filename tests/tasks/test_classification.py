@@ -54,3 +54,33 @@ def test_youden_threshold_is_fitted_on_validation_outputs():
     assert fields == ["id", "target", "pred", "prob_0", "prob_1"]
     assert [r["pred"] for r in rows] == [0, 0, 1, 1]
     assert np.isclose(float(rows[2]["prob_1"]), threshold)
+
+
+def test_a_threshold_per_label_is_a_list_of_a_multi_label_task():
+    """`task.threshold=[0.3,0.5]` crashed with a TypeError deep in the settings check: a list is
+    one threshold per label of a multi-label task, each in (0, 1); elsewhere it is refused."""
+    from omegaconf import OmegaConf
+
+    from medtrain.losses import BCEWithLogits
+
+    ClassificationTask.check_settings(OmegaConf.create({"threshold": [0.3, 0.5]}))
+    with pytest.raises(ConfigError, match=r"task.threshold=\[0.3, 1.5\]: each of its numbers"):
+        ClassificationTask.check_settings(OmegaConf.create({"threshold": [0.3, 1.5]}))
+    task = ClassificationTask(BCEWithLogits(), multilabel=True, threshold=[0.3, 0.7])
+    assert task.threshold == [0.3, 0.7]
+
+    def checked(multilabel, threshold):
+        cfg = OmegaConf.create(
+            {
+                "dataset": {"multilabel": multilabel, "num_classes": 2, "class_names": ["a", "b"]},
+                "task": {"threshold": threshold},
+                "loss": {"_target_": "medtrain.losses.classification.BCEWithLogits"},
+            }
+        )
+        ClassificationTask.check_against_data(cfg)
+
+    checked(True, [0.3, 0.7])
+    with pytest.raises(ConfigError, match=r"this one has 2 labels \(\['a', 'b'\]\)"):
+        checked(True, [0.3, 0.7, 0.5])
+    with pytest.raises(ConfigError, match="this one has one class per image: give one number"):
+        checked(False, [0.3, 0.7])
