@@ -184,19 +184,31 @@ GROUP_DRAWS = 100
 def classes_left_out(
     assignment: np.ndarray, labels: np.ndarray | None, names: list[str] | None = None
 ) -> str:
-    """Which splits of `assignment` (those holding rows) lack a class that `labels` hold, as text
-    naming the classes by `names` ('' when none does, or for labels that are not one class per
-    row)."""
-    if labels is None or np.asarray(labels).ndim != 1:
+    """Which splits of `assignment` (those holding rows) lack a class that `labels` hold (one
+    class per row), or a label they hold (N x K 0/1 labels: a split without its positives), as
+    text naming them by `names` ('' when none does)."""
+    if labels is None:
         return ""
-    classes = set(np.unique(labels).tolist())
+    labels = np.asarray(labels)
+    multilabel = labels.ndim == 2
+    if multilabel:
+        classes = set(np.flatnonzero(labels.sum(axis=0) > 0).tolist())
+    else:
+        classes = set(np.unique(labels).tolist())
     lacking = []
     for k, split in enumerate(SPLITS):
         held = assignment == k
-        absent = sorted(classes - set(np.unique(labels[held]).tolist())) if held.any() else []
+        if not held.any():
+            continue
+        if multilabel:
+            present = set(np.flatnonzero(labels[held].sum(axis=0) > 0).tolist())
+        else:
+            present = set(np.unique(labels[held]).tolist())
+        absent = sorted(classes - present)
         if absent:
             named = [repr(names[c]) if names and c < len(names) else str(c) for c in absent]
-            lacking.append(f"{split} without class {', '.join(named)}")
+            kind = "positives of label" if multilabel else "class"
+            lacking.append(f"{split} without {kind} {', '.join(named)}")
     return "; ".join(lacking)
 
 
@@ -543,9 +555,8 @@ class Manifest(ManifestRows, ImageDataset):
             self._check_groups_in_one_split(assignment, groups, split_column)
         else:
             labels = None if self.regression else targets
-            if self.multilabel:  # by combination of labels, the rare ones pooled; a grouped
-                # split draws groups unstratified (and redraws for classes, not label sets)
-                labels = None if groups is not None else label_strata(targets)
+            if self.multilabel and groups is None:  # by combination of labels, rare ones pooled
+                labels = label_strata(targets, self.class_names)
             assignment = self._seeded_splits(
                 len(rows), val_fraction, test_fraction, seed, labels, groups
             )
@@ -652,6 +663,8 @@ class Manifest(ManifestRows, ImageDataset):
             raise self._error("dataset.multilabel=true: rows without readable labels", bad)
         labels = np.stack(vectors)
         self.class_names = list(names)
+        if joined:
+            self._review_joined(labels, list(names))
         positives = labels.sum(axis=0)
         for kind, which in (("no", positives == 0), ("every", positives == len(labels))):
             if which.any():
@@ -662,6 +675,33 @@ class Manifest(ManifestRows, ImageDataset):
                     "learn them, and their AUC is undefined",
                 )
         return labels
+
+    def _review_joined(self, labels: np.ndarray, names: list[str]) -> None:
+        """Warnings about labels found in a column of joined names that are likely no labels: a
+        name holding another separator (`Pneumonia;Bright` where `|` joins), and a name of the
+        negative finding that no image holds with another label (`No Finding` without
+        `dataset.no_label`: trained as a label of its own)."""
+        from medtrain.data.validation import reads_negative  # the data check's (it reads us)
+
+        others = [s for s in ";|,/" if s != self.label_separator]
+        joined = [n for n in names if any(s in n for s in others)]
+        if joined:
+            self._data_warning(
+                "labels_joined_otherwise",
+                f"{self.manifest_path}: label(s) {', '.join(map(repr, joined))} hold another "
+                f"separator than dataset.label_separator={self.label_separator!r}: each is a "
+                "label of its own; set dataset.label_separator, or correct those cells",
+            )
+        alone = labels.sum(axis=1) == 1
+        for k, name in enumerate(names):
+            held = labels[:, k] > 0
+            if self.no_label is None and reads_negative(name) and held.any() and alone[held].all():
+                self._data_warning(
+                    f"no_label:{name}",
+                    f"{self.manifest_path}: label {name!r} is never given with another: if it "
+                    "says an image has none of the labels, set "
+                    f"'dataset.no_label={name}' (it trains as a label of its own)",
+                )
 
     @staticmethod
     def _columns_named(columns: list[str], names: list[str]) -> list[str]:

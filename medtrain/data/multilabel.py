@@ -110,7 +110,11 @@ def label_vector(
     vector = np.zeros(len(names), dtype=np.int64)
     if is_no_label(cell, no_label):
         return vector
-    parts = [part.strip() for part in cell.split(separator)]
+    # Empty parts (`Effusion|`, a separator at an end or doubled) name nothing, as when the
+    # labels were found (`joined_names`).
+    parts = [part.strip() for part in cell.split(separator) if part.strip()]
+    if not parts and cell:
+        raise ValueError(f"column {columns[0]!r} holds {cell!r}: separators without labels")
     if not cell:
         raise ValueError(
             f"column {columns[0]!r} is empty (an image without any label: set {prefix}no_label to "
@@ -126,18 +130,36 @@ def label_vector(
             f"labels joined by {separator!r}; 0/1 columns need one per label ({list(names)})"
         )
     if unknown:
-        raise ValueError(f"{cell!r}: {', '.join(map(repr, unknown))} not in {list(names)}")
+        from medtrain.data.validation import reads_negative  # the data check's (it reads us)
+
+        negative = [p for p in unknown if reads_negative(p)] if no_label is None else []
+        hint = (
+            f" (an image without any label? set {prefix}no_label={negative[0]!r})"
+            if negative
+            else ""
+        )
+        raise ValueError(f"{cell!r}: {', '.join(map(repr, unknown))} not in {list(names)}{hint}")
     vector[[index[part] for part in parts]] = 1
     return vector
 
 
-def label_strata(labels: np.ndarray, minimum: int = POOLED_BELOW) -> np.ndarray:
+def label_strata(
+    labels: np.ndarray, names: Sequence[str] | None = None, minimum: int = POOLED_BELOW
+) -> np.ndarray:
     """One stratum per case (N x K 0/1 labels): its combination of labels, the combinations of
     fewer than `minimum` cases pooled into one stratum (joined to the most common combination
     when the pool itself is too small). Stratifying by every combination fails as soon as one is
     rarer than the folds, which with a dozen labels is always: the common combinations (no
-    finding, one finding) are then still balanced."""
-    _, index, counts = np.unique(labels, axis=0, return_inverse=True, return_counts=True)
+    finding, one finding) are then still balanced. With the labels' `names`, a combination is
+    known by the names it holds, so that the strata (and the split drawn from them) do not
+    depend on the order of the labels (0/1 columns in another order, or joined names sorted)."""
+    if names is not None:
+        keys = [
+            "|".join(sorted(str(n) for n, y in zip(names, row, strict=True) if y)) for row in labels
+        ]
+        _, index, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    else:
+        _, index, counts = np.unique(labels, axis=0, return_inverse=True, return_counts=True)
     strata = index.reshape(-1).copy()
     rare = (counts < minimum)[strata]
     if rare.any():

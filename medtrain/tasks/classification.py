@@ -158,7 +158,10 @@ class ClassificationTask(Task):
     def fold_strata(cls, cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:
         """The class of each case; a multi-label case's combination of labels, the rare ones
         pooled (`label_strata`)."""
-        return label_strata(labels) if labels.ndim > 1 else labels
+        if labels.ndim == 1:
+            return labels
+        names = None if cfg is None else cfg.dataset.get("class_names")
+        return label_strata(labels, None if names is None else list(names))
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_fn(logits.float(), batch["label"])
