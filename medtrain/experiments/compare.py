@@ -165,8 +165,8 @@ def not_comparable(runs: list[Path], configs: list[dict[str, Any]], names: list[
         ("task._target_", "tasks"),
         (
             "dataset.class_names",
-            "classes (sensitivity, AUC and the threshold are of each run's "
-            "positive class, the second name)",
+            "classes (a binary task's sensitivity, AUC and threshold are of its positive class, "
+            "the second name; the per-class or per-label metrics follow each run's names)",
         ),
     ):
         values = [config.get(key) for config in configs]

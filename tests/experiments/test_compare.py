@@ -189,8 +189,9 @@ def test_runs_of_other_classes_are_a_caution(tmp_path):
     ]
     said = not_comparable([tmp_path / "a", tmp_path / "b"], configs, ["a", "b"])
     assert said == [
-        "The runs have other classes (sensitivity, AUC and the threshold are of each run's "
-        "positive class, the second name): a: ['normal', 'pneumonia'], b: ['abnormal', 'normal']."
+        "The runs have other classes (a binary task's sensitivity, AUC and threshold are of its "
+        "positive class, the second name; the per-class or per-label metrics follow each run's "
+        "names): a: ['normal', 'pneumonia'], b: ['abnormal', 'normal']."
     ]
     assert not_comparable([tmp_path / "a", tmp_path / "b"], [configs[0]] * 2, ["a", "b"]) == []
 
