@@ -104,10 +104,8 @@ class ClassificationTask(Task):
         if not isinstance(threshold, str) and not all(
             isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1 for v in values
         ):
-            each = "each of its numbers" if many else "it"
-            raise ConfigError(
-                f"task.threshold={list(values) if many else threshold}: {each} must be in (0, 1)"
-            )
+            said = f"{list(values)}: each of its numbers" if many else f"{threshold}"
+            raise ConfigError(f"task.threshold={said} must be in (0, 1)")
 
     @classmethod
     def check_config(
