@@ -346,15 +346,24 @@ class ManifestRows:
                 )
                 if again is not None:
                     assignment = draw(again)
+                multilabel = np.asarray(labels).ndim == 2
+                kept = (
+                    "first is kept: a label without val positives has no val AUC (val/auc averages "
+                    "the others) and its threshold is 0.5 (give a split column)"
+                    if multilabel
+                    else "first is kept: a val split of one class has no AUC, so best.pt would "
+                    "stay the first epoch's (give a split column, or set task.monitor=val/loss)"
+                )
                 self._data_warning(
                     "split_redrawn",
                     f"{self.manifest_path}: the groups drawn with seed {seed} left {first}; "
                     + (
-                        f"drawn again ({again} time(s)) until every split holds every class"
+                        f"drawn again ({again} time(s)) until every split holds every "
+                        + ("label" if multilabel else "class")
                         if again is not None
-                        else f"so did {GROUP_DRAWS} draws (too few groups of a class), and the "
-                        "first is kept: a val split of one class has no AUC, so best.pt would stay "
-                        "the first epoch's (give a split column, or set task.monitor=val/loss)"
+                        else f"so did {GROUP_DRAWS} draws (too few groups of a "
+                        + ("label" if multilabel else "class")
+                        + f"), and the {kept}"
                     ),
                 )
         counts = {s: int((assignment == k).sum()) for k, s in enumerate(SPLITS)}

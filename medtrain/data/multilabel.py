@@ -44,13 +44,15 @@ def is_no_label(cell: str, no_label: str | None) -> bool:
 def joined_names(cells: Sequence[str], separator: str, no_label: str | None) -> list[str]:
     """The sorted label names that cells of joined names hold (`no_label` and empty parts left
     out): the classes when `dataset.class_names` does not list them."""
-    names = {
-        part.strip()
-        for cell in cells
-        if not is_no_label(cell, no_label)
-        for part in cell.split(separator)
-    }
-    return sorted(names - {""})
+    names = {part for cell in cells for part in label_parts(cell, separator, no_label)}
+    return sorted(names)
+
+
+def label_parts(cell: str, separator: str, no_label: str | None) -> list[str]:
+    """The label names of a cell of joined names, without empty parts (`Effusion|`: a separator
+    at an end, or doubled); none for the cell of `no_label` (`No Finding`, `No Finding|`)."""
+    parts = [part.strip() for part in cell.split(separator) if part.strip()]
+    return [] if len(parts) == 1 and is_no_label(parts[0], no_label) else parts
 
 
 def label_vectors(
@@ -110,9 +112,9 @@ def label_vector(
     vector = np.zeros(len(names), dtype=np.int64)
     if is_no_label(cell, no_label):
         return vector
-    # Empty parts (`Effusion|`, a separator at an end or doubled) name nothing, as when the
-    # labels were found (`joined_names`).
     parts = [part.strip() for part in cell.split(separator) if part.strip()]
+    if len(parts) == 1 and is_no_label(parts[0], no_label):  # `No Finding|`, as `label_parts`
+        return vector
     if not parts and cell:
         raise ValueError(f"column {columns[0]!r} holds {cell!r}: separators without labels")
     if not cell:

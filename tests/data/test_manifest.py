@@ -649,6 +649,13 @@ def test_joined_labels_that_are_likely_no_labels_are_said(tmp_path):
         f"{path}: label 'No Finding' is never given with another: if it says an image has none "
         "of the labels, set 'dataset.no_label=No Finding' (it trains as a label of its own)"
     )
+    # `No Finding|` is the cell of no label too (a trailing separator after it).
+    cells = ["a", "No Finding|", "b", "a|b", "No Finding", "b"]
+    path = multilabel_cases(tmp_path, {"finding": cells})
+    ds = Manifest(
+        str(path), "train", multilabel=True, target_column="finding", no_label="No Finding"
+    )
+    assert ds.class_names == ["a", "b"] and ds.labels.tolist() == [[1, 0], [0, 0]]
     path = multilabel_cases(tmp_path, {"finding": ["a", "|", "b", "a|b", "a", "b"]})
     with pytest.raises(DataError, match=r"line 3: column 'finding' holds '\|': separators without"):
         Manifest(str(path), "train", multilabel=True, target_column="finding")
