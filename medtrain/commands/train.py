@@ -103,7 +103,7 @@ class TrainJobs:
             return self.run_job(cfg, hydra, job)
         finally:
             if hydra.mode == RunMode.MULTIRUN:
-                self.keep_own_folder(job)
+                self.keep_own_folder(job, int(hydra.job.num))
 
     def run_job(self, cfg: DictConfig, hydra: DictConfig, job: Path) -> float | None:
         """One job of the command (see `__call__`): trained, or refused with its folder put back."""
@@ -175,16 +175,14 @@ class TrainJobs:
     def check_own_folder(self, job: Path, hydra: DictConfig) -> None:
         """A grid's job must not run in a folder an earlier job of the same command ran in (a
         `hydra.sweep.subdir` that leaves out a swept key: `lr${optimizer.lr}` for a grid of
-        seeds): it would replace that job's run. Recorded for the next jobs, then checked.
+        seeds): it would replace that job's run (`keep_own_folder` records the jobs).
 
         Raises:
             OtherGridsJob: naming both jobs and the folder; the grid stops.
         """
-        earlier = self.ran_in.get(job)
-        if earlier is None:
-            self.ran_in[job] = (int(hydra.job.num), {})
+        if job not in self.ran_in:
             return
-        number, files = earlier
+        number, files = self.ran_in[job]
         self.saved_hydra = files  # the earlier job's, put back over this job's
         raise OtherGridsJob(
             f"hydra.sweep.subdir gives job {hydra.job.num} the folder {job}, which job {number} "
@@ -192,11 +190,10 @@ class TrainJobs:
             "every swept key (the default, hydra.sweep.subdir=${hydra.job.num}, numbers them)"
         )
 
-    def keep_own_folder(self, job: Path) -> None:
-        """After a grid's job: its `.hydra/` files as it left them, to put back if a later job
-        of the command is refused in its folder (`check_own_folder`)."""
-        number, files = self.ran_in.get(job, (None, None))
-        if number is not None and not files:
+    def keep_own_folder(self, job: Path, number: int) -> None:
+        """After a grid's job (the first in its folder): its `.hydra/` files as it left them, to
+        put back if a later job of the command is refused there (`check_own_folder`)."""
+        if job not in self.ran_in:
             self.ran_in[job] = (number, hydra_files(job))
 
     def tidy_refused_run(self, run_dir: Path, hydra: DictConfig, err: MedtrainError) -> None:

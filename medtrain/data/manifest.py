@@ -17,9 +17,8 @@ from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset, add_data_warning, check_fractions
 from medtrain.data.multilabel import (
-    NEGATIVE,
-    POSITIVE,
     checked_settings,
+    is_flag,
     joined_names,
     label_strata,
     label_vectors,
@@ -647,7 +646,7 @@ class Manifest(ManifestRows, ImageDataset):
         if not joined and self.class_names is not None:  # the columns name the labels
             columns = self._columns_named(columns, list(self.class_names))
         cells = [[row[c] for c in columns] for row in rows]
-        if joined and all(c[0].strip().lower() in POSITIVE | NEGATIVE for c in cells):
+        if joined and all(is_flag(c[0]) for c in cells):
             raise ConfigError(
                 f"dataset.target_column={columns[0]}: column {columns[0]!r} of {self.manifest_path} "
                 "holds 0/1 values, one label: that is binary classification "

@@ -36,23 +36,38 @@ def checked_settings(separator: Any, no_label: Any, prefix: str = "dataset.") ->
     return separator, None if no_label is None else str(no_label).strip()
 
 
+def is_flag(cell: str) -> bool:
+    """Whether a cell is a 0/1 label's (0/1, true/false, yes/no)."""
+    return cell.strip().lower() in POSITIVE | NEGATIVE
+
+
 def is_no_label(cell: str, no_label: str | None) -> bool:
     """Whether a cell says the image holds none of the labels (`no_label`, any case)."""
     return no_label is not None and cell.strip().lower() == no_label.lower()
 
 
+def split_names(cell: str, separator: str) -> list[str]:
+    """The names a cell of joined names holds, without empty parts (`Effusion|`: a separator at
+    an end, or doubled)."""
+    return [part.strip() for part in cell.split(separator) if part.strip()]
+
+
+def says_no_label(cell: str, separator: str, no_label: str | None) -> bool:
+    """Whether a cell of joined names is the one of `no_label` (`No Finding`, `No Finding|`)."""
+    parts = split_names(cell, separator)
+    return is_no_label(cell, no_label) or (len(parts) == 1 and is_no_label(parts[0], no_label))
+
+
 def joined_names(cells: Sequence[str], separator: str, no_label: str | None) -> list[str]:
     """The sorted label names that cells of joined names hold (`no_label` and empty parts left
     out): the classes when `dataset.class_names` does not list them."""
-    names = {part for cell in cells for part in label_parts(cell, separator, no_label)}
+    names = {
+        part
+        for cell in cells
+        if not says_no_label(cell, separator, no_label)
+        for part in split_names(cell, separator)
+    }
     return sorted(names)
-
-
-def label_parts(cell: str, separator: str, no_label: str | None) -> list[str]:
-    """The label names of a cell of joined names, without empty parts (`Effusion|`: a separator
-    at an end, or doubled); none for the cell of `no_label` (`No Finding`, `No Finding|`)."""
-    parts = [part.strip() for part in cell.split(separator) if part.strip()]
-    return [] if len(parts) == 1 and is_no_label(parts[0], no_label) else parts
 
 
 def label_vectors(
@@ -110,11 +125,9 @@ def label_vector(
         return vector
     cell = cells[0].strip()
     vector = np.zeros(len(names), dtype=np.int64)
-    if is_no_label(cell, no_label):
+    if says_no_label(cell, separator, no_label):
         return vector
-    parts = [part.strip() for part in cell.split(separator) if part.strip()]
-    if len(parts) == 1 and is_no_label(parts[0], no_label):  # `No Finding|`, as `label_parts`
-        return vector
+    parts = split_names(cell, separator)
     if not parts and cell:
         raise ValueError(f"column {columns[0]!r} holds {cell!r}: separators without labels")
     if not cell:
@@ -126,7 +139,7 @@ def label_vector(
         raise ValueError(f"{cell!r} joins {no_label!r} ({prefix}no_label) with labels")
     index = {name: k for k, name in enumerate(names)}
     unknown = [part for part in parts if part not in index]
-    if unknown and cell.lower() in POSITIVE | NEGATIVE:  # a 0/1 column read as joined names
+    if unknown and is_flag(cell):  # a 0/1 column read as joined names
         raise ValueError(
             f"column {columns[0]!r} holds {cell!r}, not label names: one column is read as the "
             f"labels joined by {separator!r}; 0/1 columns need one per label ({list(names)})"

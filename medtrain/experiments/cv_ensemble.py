@@ -57,11 +57,19 @@ def fold_ensemble(
     batch_size = int(cfg.trainer.eval_batch_size)
     start = time.perf_counter()
     encodings = [run.checkpoint.get("tabular") for run in runs]
+    # Clinical columns encoded with each fold's training statistics: each fold model reads the
+    # test split as its fold encodes it. The network saved to deploy maps one encoding (every
+    # fold's categories) to each fold's (`member_inputs`); without such columns it is tested.
+    own_encodings = any(e != encodings[0] for e in encodings[1:])
     model, no_network = None, None
-    if any(e != encodings[0] for e in encodings[1:]):
-        # Clinical columns encoded with each fold's training statistics: each fold model reads
-        # the test split as its fold encodes it. The network saved to deploy maps one encoding
-        # (every fold's categories) to each fold's (`member_inputs`).
+    try:
+        model = average_network(runs, cfg, task, preprocessing["normalize"])
+    except ConfigError as err:
+        if not own_encodings:
+            raise
+        no_network = str(err)
+        log.warning("cv: the ensemble has no network to predict with (%s)", no_network)
+    if own_encodings:
         members = [member_of(run) for run in runs]
         for member in members:
             member.model.to(device).eval()
@@ -69,13 +77,7 @@ def fold_ensemble(
         collector, loss, _ = evaluate_members(
             members, ensemble_task, "test", device, batch_size, final=True
         )
-        try:
-            model = average_network(runs, cfg, task, preprocessing["normalize"])
-        except ConfigError as err:
-            no_network = str(err)
-            log.warning("cv: the ensemble has no network to predict with (%s)", no_network)
     else:
-        model = average_network(runs, cfg, task, preprocessing["normalize"])
         model.to(device).eval()
         loader = make_loader(
             datasets["test"], batch_size=batch_size, shuffle=False, seed=0, num_workers=0

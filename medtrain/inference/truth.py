@@ -71,8 +71,11 @@ class TargetTruth(Truth):
         self.targets = _target_columns(cfg.target_column or own, self.task)
         if getattr(self.task, "multilabel", False):  # the run's manifest's forms, or the CSV's
             separator = cfg.get("label_separator") or data.get("label_separator") or "|"
-            given = cfg.get("no_label")  # text as typed: `null` unsets the run's
-            no_label = data.get("no_label") if given is None else None if given == "null" else given
+            no_label = cfg.get("no_label")  # text as typed: `null` unsets the run's
+            if no_label is None:
+                no_label = data.get("no_label")
+            elif no_label == "null":
+                no_label = None
             self.separator, self.no_label = checked_settings(separator, no_label, prefix="")
             self.targets = _by_name(self.targets, self.names)
         self.columns = (
