@@ -87,6 +87,14 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.Comp
     )
 
 
+def run_main(*args: str) -> int:
+    """`medtrain <args>` in this process; returns its exit status. For tests of what a command
+    does rather than of its process: it saves the interpreter's start-up (about 4 s of imports)."""
+    from medtrain.commands import main
+
+    return main(list(args))
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from medtrain.engine.legacy import current_target, upgrade_targets
 from medtrain.io import load_checkpoint, save_checkpoint
-from tests.conftest import CONF, ON_CPU, TINY, compose_cfg, run_cli
+from tests.conftest import CONF, ON_CPU, TINY, compose_cfg, run_main
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "runs_0.1"
 
@@ -212,8 +212,7 @@ def test_a_run_with_old_paths_reruns_to_the_same_metrics(tmp_path):
         "task.num_overlays=0",
         ON_CPU,
     ]
-    done = run_cli(*overrides, f"hydra.run.dir={run}")
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert run_main(*overrides, f"hydra.run.dir={run}") == 0
     text = (run / ".hydra" / "config.yaml").read_text()
     for new, old in OLD_PATHS.items():
         assert new in text

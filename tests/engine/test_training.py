@@ -18,7 +18,7 @@ from medtrain.engine.provenance import data_fingerprint
 from medtrain.engine.resume import ENDING_FILES
 from medtrain.errors import ConfigError
 from medtrain.io import load_checkpoint
-from tests.conftest import ON_CPU, TINY, compose_cfg, read_metrics, run_cli, train_in_process
+from tests.conftest import ON_CPU, TINY, compose_cfg, read_metrics, run_main, train_in_process
 
 
 def read_predictions(run_dir: Path) -> list[dict]:
@@ -305,49 +305,24 @@ def test_gradient_accumulation_steps_and_early_stopping(tmp_path):
     assert metrics["epochs_trained"] == min(6, metrics["best_epoch"] + 1)
 
 
-@pytest.mark.slow
-def test_cli_rerun_from_saved_config_equals_original(tmp_path):
+def test_a_run_trains_again_from_its_saved_config_to_equal_results(tmp_path):
+    """`medtrain --config-path <run>/.hydra --config-name config`: the saved config alone trains
+    the same run again (in this process; `medtrain rerun` runs it as a process of its own)."""
     first = tmp_path / "first"
-    done = run_cli(*TINY, "augmentation=strong", ON_CPU, f"hydra.run.dir={first}")
-    assert done.returncode == 0, done.stderr
+    assert run_main(*TINY, "augmentation=strong", ON_CPU, f"hydra.run.dir={first}") == 0
     assert (first / "train.log").is_file() and (first / ".hydra" / "config.yaml").is_file()
-    again = run_cli(
-        "--config-path",
-        str(first / ".hydra"),
-        "--config-name",
-        "config",
-        f"hydra.run.dir={tmp_path / 'again'}",
-    )
-    assert again.returncode == 0, again.stderr
-    assert read_metrics(tmp_path / "again") == read_metrics(first)
-    assert (tmp_path / "again" / "train.log").is_file()  # the rerun keeps the run-folder contract
-    assert (tmp_path / "again" / "predictions.csv").read_text() == (
-        first / "predictions.csv"
-    ).read_text()
+    again = tmp_path / "again"
+    config = ["--config-path", str(first / ".hydra"), "--config-name", "config"]
+    assert run_main(*config, f"hydra.run.dir={again}") == 0
+    assert read_metrics(again) == read_metrics(first)
+    assert (again / "train.log").is_file()  # the rerun keeps the run-folder contract
+    assert (again / "predictions.csv").read_text() == (first / "predictions.csv").read_text()
 
 
-@pytest.mark.slow
-def test_cli_two_job_sweep(tmp_path):
-    done = run_cli(
-        "-m", *TINY, "trainer.max_epochs=1", "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={tmp_path}"
-    )
-    assert done.returncode == 0, done.stderr
-    runs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
-    assert [p.name for p in runs] == ["0", "1"]
-    lrs = {
-        float(load_checkpoint(p / "checkpoints" / "best.pt")["config"]["optimizer"]["lr"])
-        for p in runs
-    }
-    assert lrs == {1e-3, 1e-2}
-
-
-@pytest.mark.slow
-def test_grid_goes_on_past_a_failed_job_and_says_so(tmp_path):
-    done = run_cli(
-        "-m", *TINY, "trainer.max_epochs=1", "optimizer.lr=-1,1e-2", f"hydra.sweep.dir={tmp_path}"
-    )
-    assert done.returncode == 1
-    assert "1 job(s) failed (job 0)" in done.stderr
+def test_grid_goes_on_past_a_failed_job_and_says_so(tmp_path, capsys):
+    grid = ["-m", *TINY, "trainer.max_epochs=1", "optimizer.lr=-1,1e-2"]
+    assert run_main(*grid, f"hydra.sweep.dir={tmp_path}") == 1
+    assert "1 job(s) failed (job 0)" in capsys.readouterr().err
     assert (tmp_path / "1" / "metrics.json").is_file() and not (
         tmp_path / "0" / "metrics.json"
     ).exists()
@@ -371,10 +346,11 @@ def test_weights_that_diverge_in_an_epoch_s_last_step_stop_with_advice(tmp_path)
 
 
 @pytest.mark.slow
-def test_default_experiment_meets_the_auc_bar(tmp_path):
-    """`python -m medtrain` with no overrides: test AUC >= 0.95 (timing is in benchmarks/)."""
-    metrics = train_in_process(tmp_path, ["trainer.progress=false", "trainer.report=false"])
-    assert metrics["test/auc"] >= 0.95
+def test_default_experiment_clears_the_auc_bar_in_two_of_its_epochs(tmp_path):
+    """`python -m medtrain`, its cosine schedule cut to 2 of the 8 epochs: test AUC >= 0.95
+    (measured 0.988; the full run's 0.989, and its timing, are benchmarks/default_run.py's)."""
+    overrides = ["trainer.progress=false", "trainer.report=false", "trainer.max_epochs=2"]
+    assert train_in_process(tmp_path, overrides)["test/auc"] >= 0.95
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):

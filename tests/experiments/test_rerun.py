@@ -21,7 +21,7 @@ from medtrain.experiments.rerun import (
     environment_changes,
     metric_tolerance,
 )
-from tests.conftest import ON_CPU, ROOT, TINY, read_metrics, run_cli
+from tests.conftest import ON_CPU, ROOT, TINY, read_metrics, run_cli, run_main
 from tests.tasks.test_regression import TINY_CLINICAL
 from tests.tasks.test_segmentation import TINY_SEG
 
@@ -60,14 +60,14 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """`trained(name)`: a finished run of RUNS[name] made with the CLI (so .hydra/ exists), once."""
+    """`trained(name)`: a finished run of RUNS[name] made by the train command (so .hydra/ exists),
+    once."""
     runs = {}
 
     def get(name: str) -> Path:
         if name not in runs:
             run = tmp_path_factory.mktemp(name) / "run"
-            done = run_cli(*RUNS[name], f"hydra.run.dir={run}")
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            assert run_main(*RUNS[name], f"hydra.run.dir={run}") == 0
             # Once __main__ writes provenance at the start of every run this file is always there.
             if not (run / "provenance.json").is_file():
                 device = json.loads((run / "run_info.json").read_text())["device"]
@@ -190,15 +190,18 @@ def test_a_run_reruns_with_its_own_cpu_thread_count(tmp_path, monkeypatch, capsy
     `medtrain cv cv.jobs=2` gets half the cores) reruns with its own: provenance.json records it.
     (Trained with `trainer.resume=auto`, as a requeued job is: the rerun trains from scratch.)"""
     run = tmp_path / "run"
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     auto = "trainer.resume=auto"
-    done = run_cli(*RUNS["classification"], "dataset.image_size=32", auto, f"hydra.run.dir={run}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((run / "provenance.json").read_text())["determinism"]["cpu_threads"] == 2
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        assert (
+            run_main(*RUNS["classification"], "dataset.image_size=32", auto, f"hydra.run.dir={run}")
+            == 0
+        )
+        assert json.loads((run / "provenance.json").read_text())["determinism"]["cpu_threads"] == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
         assert main([f"run_dir={run}", f"output={tmp_path / 'again'}"]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -446,8 +449,8 @@ def test_a_rerun_stopped_by_sigterm_stops_its_training_and_says_what_is_left(tmp
     import time
 
     run = tmp_path / "run"
-    trained = run_cli(f"hydra.run.dir={run}", *TINY, ON_CPU, "trainer.max_epochs=10")
-    assert trained.returncode == 0, trained.stderr[-2000:]  # the rerun is caught after epoch 1
+    # Ten epochs: the rerun is caught after its first.
+    assert run_main(f"hydra.run.dir={run}", *TINY, ON_CPU, "trainer.max_epochs=10") == 0
     out = tmp_path / "again"
     process = subprocess.Popen(
         [sys.executable, "-m", "medtrain", "rerun", f"run_dir={run}", f"output={out}"],

@@ -27,6 +27,7 @@ from medtrain.commands.sweep import main
 from medtrain.errors import ConfigError
 from medtrain.experiments import sweep_summary
 from medtrain.experiments.hydra_callbacks import SweepSummary
+from medtrain.io import load_checkpoint
 from tests.conftest import ROOT, TINY, read_metrics, run_cli
 
 # Trials of well under a second: a small CNN on tiny synthetic images, three epochs.
@@ -283,6 +284,14 @@ def test_grid_multirun_writes_the_summary(tmp_path, one_thread):
         assert float(row["test/auc"]) == pytest.approx(metrics["test/auc"])
         assert float(row["train_seconds"]) > 0
     assert float(rows[0]["val/auc"]) >= float(rows[1]["val/auc"])
+    trained = {  # each job trained with its own value
+        row["overrides"]: load_checkpoint(sweep_dir / row["job"] / "checkpoints" / "best.pt")
+        for row in rows
+    }
+    assert {k: v["config"]["optimizer"]["lr"] for k, v in trained.items()} == {
+        "optimizer.lr=0.001": 1e-3,
+        "optimizer.lr=0.01": 1e-2,
+    }
     assert "trainer.max_epochs=1" in (sweep_dir / "sweep_summary.md").read_text()  # common values
     assert (sweep_dir / "sweep_optimizer.lr.png").exists()
 

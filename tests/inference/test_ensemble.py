@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from medtrain.errors import ConfigError
 from medtrain.inference.ensemble import run_ensemble
-from tests.conftest import ROOT, TINY, train_in_process
+from tests.conftest import TINY, train_in_process
 from tests.tasks.test_regression import TINY_CLINICAL
 from tests.tasks.test_segmentation import TINY_SEG
 
@@ -235,16 +233,9 @@ def test_cli_usage_and_errors(classification_runs, tmp_path, capsys):
         capsys.readouterr().err
     )
     out = tmp_path / "cli"
-    ok = subprocess.run(
-        [sys.executable, "-m", "medtrain", "ensemble"]
-        + [f"run_dirs=[{classification_runs[0]},{classification_runs[1]}]", f"hydra.run.dir={out}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert "ensemble" in ok.stdout and (out / "metrics.json").is_file()
+    members = f"run_dirs=[{classification_runs[0]},{classification_runs[1]}]"
+    assert main(["ensemble", members, f"hydra.run.dir={out}"]) == 0
+    assert "ensemble" in capsys.readouterr().out and (out / "metrics.json").is_file()
 
 
 def test_combine_averages_in_probability_space():

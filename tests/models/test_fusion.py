@@ -110,8 +110,10 @@ def test_two_image_models_without_tabular_data():
 
 def test_fusion_beats_image_only_and_tabular_only(tmp_path):
     """The acceptance check: on data where each source holds what the other lacks, the fused model
-    has the highest test AUC."""
+    has the highest test AUC. Half the experiment's epochs: the margins stay about 0.15 (4 epochs,
+    seed 42: fusion 0.986, image 0.835, tabular 0.835; benchmarks/fusion.py runs all 8)."""
     base = ["experiment=synthetic_fusion", "trainer.progress=false", "trainer.report=false"]
+    base.append("trainer.max_epochs=4")
     auc = {
         name: train_in_process(tmp_path / name, [*base, *extra])["test/auc"]
         for name, extra in {
