@@ -109,10 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         for t in study.get_trials(deepcopy=False)
         if t.user_attrs.get("worker") == worker() and counts(t)
     ]
-    if not complete and sweep.storage is not None and running and not mine:
-        # A worker that joined as the last trials were taken: it ran none, nothing is left.
+    pruned = [t for t in mine if t.state == TrialState.PRUNED]
+    if not complete and sweep.storage is not None and running and pruned == mine:
+        # A worker that joined as the last trials were taken ran none; one whose trials were
+        # all pruned (by the startup trials' reports so far) did its share. Neither failed.
+        ran = f"this worker's {len(pruned)} trial(s) were pruned" if pruned else "no trial left"
         print(
-            f"no trial left for this worker: {len(running)} trial(s) still run on other workers; "
+            f"{ran}{'' if pruned else ' for this worker'}: {len(running)} trial(s) still run on "
+            "other workers; "
             f"the last to finish writes the summary (or: medtrain report sweep_dir={sweep.dir})"
         )
         return 0

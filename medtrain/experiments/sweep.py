@@ -565,6 +565,46 @@ def _headline(metrics: dict[str, Any], trial_dir: Path) -> dict[str, float]:
     return {k: v for k, v in values.items() if isinstance(v, (int, float))}
 
 
+def check_whole_numbers(sweep: Sweep) -> None:
+    """A `float(...)` or `log(...)` search of a key that takes whole numbers only (a batch size,
+    a network's width) fails every trial, each counted towards `sweep.trials`: refused before the
+    first, by the run's config checks (`validate`) and by the annotation of the parameter the
+    value goes to (`model.hidden` is `SimpleCNN(hidden: int)`), on a fractional draw."""
+    from hydra.utils import get_object
+
+    from medtrain.engine.build import wrong_types
+    from medtrain.engine.config import validate
+
+    for param in sweep.params:
+        if param.kind not in ("float", "log"):
+            continue
+        low, high = param.values
+        draw = low + 0.37 * (high - low)  # a fraction between the bounds
+        where = f"sweep.params.{param.key}={param.kind}({low:g},{high:g})"
+        others = [p.override(p.values[0]) for p in sweep.params if p is not param]
+        cfg = compose_config([*sweep.overrides, *others, param.override(draw)])
+        said = ""
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            whole = ("integer", "whole number")
+            if f"{param.key}=" in str(err) and any(w in str(err) for w in whole):
+                said = str(err)
+        parent, _, name = param.key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else None
+        if not said and isinstance(node, DictConfig) and "_target_" in node:
+            try:
+                target = get_object(str(node._target_))
+            except Exception:  # not importable: the trial's own build names it
+                target = None
+            said = "; ".join(wrong_types(target, {name: draw}, parent)) if target else ""
+        if said:
+            raise ConfigError(
+                f"{where} draws fractions, which {param.key} does not take ({said}): search it "
+                f"with int({math.ceil(low)},{math.floor(high)}); no trial was run"
+            )
+
+
 def check_every_trial(sweep: Sweep) -> None:
     """The config checks of a run (`validate`) on two trials' configs, one of each param's first
     value and one of its last, before the first trial: an error both raise alike and that names
@@ -572,6 +612,7 @@ def check_every_trial(sweep: Sweep) -> None:
     same way, each counted towards `sweep.trials`. Anything else is left to the trials."""
     from medtrain.engine.config import validate
 
+    check_whole_numbers(sweep)
     said = []
     for pick in (0, -1):
         cfg = compose_config(sweep.overrides + [p.override(p.values[pick]) for p in sweep.params])

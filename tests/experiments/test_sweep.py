@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -263,6 +264,35 @@ def test_a_config_error_of_some_drawn_values_is_left_to_their_trials(tmp_path):
     check_every_trial(parse_args([*argv, "scheduler=plateau", "scheduler.factor=${optimizer.lr}"]))
     with pytest.raises(ConfigError, match="every trial would fail the same way"):
         check_every_trial(parse_args([*argv, "trainer.batch_size=0"]))
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [  # a run's config check; a network's parameter annotated int
+        ("trainer.batch_size=float(8,64)", "trainer.batch_size=28.72: must be an integer >= 1"),
+        ("model.hidden=log(16,64.5)", "model.hidden=33.945: must be a whole number"),
+    ],
+)
+def test_a_search_of_fractions_for_a_whole_number_key_is_refused_before_a_trial(
+    spec, said, tmp_path
+):
+    """Each trial failed alike (an error.txt per trial, the search counting them); refused before
+    the first, with the int() to use. Keys that take fractions are searched as before."""
+    from medtrain.experiments.sweep import check_every_trial, parse_args
+
+    key, bounds = spec.split("=")
+    low, high = bounds[bounds.index("(") + 1 : -1].split(",")
+    with pytest.raises(ConfigError) as err:
+        check_every_trial(parse_args([f"sweep.dir={tmp_path}", f"sweep.params.{spec}"]))
+    assert str(err.value) == (
+        f"sweep.params.{key}={bounds} draws fractions, which {key} does not take ({said}): "
+        f"search it with int({math.ceil(float(low))},{math.floor(float(high))}); no trial was run"
+    )
+    fractions = ["optimizer.lr=log(1e-4,1e-2)", "model.dropout=float(0,0.5)"]
+    check_every_trial(
+        parse_args([f"sweep.dir={tmp_path}", *(f"sweep.params.{f}" for f in fractions)])
+    )
+    assert not any(tmp_path.iterdir())
 
 
 def test_grid_multirun_writes_the_summary(tmp_path, one_thread):
@@ -552,8 +582,9 @@ def test_a_run_folder_given_to_a_search_is_refused_by_key():
 def test_a_shared_worker_that_found_no_trial_left_exits_0_and_one_whose_trials_failed_1(
     tmp_path, monkeypatch, capsys
 ):
-    """A worker joining as the last trials were taken said 'no trial completed' and exited 1
-    (a job array read it as failed); one whose own trial failed must still exit 1."""
+    """A worker joining as the last trials were taken, or whose trials were all pruned while the
+    first trials still ran elsewhere, said 'no trial completed' and exited 1 (a job array read it
+    as failed); one whose own trial failed must still exit 1."""
     import optuna
 
     import medtrain.experiments.sweep as sweep_module
@@ -570,6 +601,14 @@ def test_a_shared_worker_that_found_no_trial_left_exits_0_and_one_whose_trials_f
     ]
     assert sweep_main(argv) == 0
     assert "no trial left for this worker: 1 trial(s) still run" in capsys.readouterr().out
+    pruned = study.ask()  # pruned against the reports of the other worker's trial so far
+    pruned.set_user_attr("worker", sweep_module.this_worker())
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    assert sweep_main(argv) == 0
+    assert (
+        "this worker's 1 trial(s) were pruned: 1 trial(s) still run on other workers"
+        in capsys.readouterr().out
+    )
     mine = study.ask()
     mine.set_user_attr("worker", sweep_module.this_worker())
     study.tell(mine, state=optuna.trial.TrialState.FAIL)

@@ -106,13 +106,15 @@ def test_classification_loss_or_model_with_segmentation_data_is_refused(tmp_path
 
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory) -> Path:
-    """The shipped synthetic experiment, trained once for the tests below (about 20 s)."""
+    """The shipped synthetic experiment, its cosine schedule cut to 6 of its 8 epochs, trained once
+    for the tests below (about 40 s on one core; measured test Dice 0.937, ellipse 0.903,
+    rectangle 0.971)."""
     run_dir = tmp_path_factory.mktemp("seg") / "run"
-    train_in_process(run_dir, SEG)
+    train_in_process(run_dir, [*SEG, "trainer.max_epochs=6"])
     return run_dir
 
 
-def test_synthetic_segmentation_experiment_meets_the_dice_bar(seg_run):
+def test_synthetic_segmentation_experiment_clears_the_dice_bar_in_six_epochs(seg_run):
     metrics = read_metrics(seg_run)
     assert metrics["test/dice"] >= 0.90
     assert metrics["test/dice_ellipse"] >= 0.85 and metrics["test/dice_rectangle"] >= 0.85
