@@ -52,8 +52,8 @@ from medtrain.engine.resume import (
     resolve_auto,
     resume_path,
 )
-from medtrain.errors import ConfigError
-from medtrain.io import save_json
+from medtrain.errors import ConfigError, DataError
+from medtrain.io import read_json, save_json
 
 log = logging.getLogger("medtrain")
 VERSIONED = ("torch", "torchvision", "numpy", "hydra-core", "albumentations", "scikit-learn")
@@ -246,7 +246,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     )
     session_seconds = time.perf_counter() - start
     train_seconds = session_seconds + state["resumed_seconds"]  # a resumed run's: all its epochs
-    if state["resumed_seconds"]:
+    if resumed is not None and state["epoch"] == resumed["after_epoch"]:
+        # Tested again only (a finished job of a grid continued with trainer.resume=auto): its
+        # training time is the one its run recorded, not its epochs' sum plus this test pass.
+        train_seconds = recorded_train_seconds(resumed.get("run")) or train_seconds
+    elif state["resumed_seconds"]:
         log.info(
             "trained %.1fs in this session, after %.1fs before it was resumed",
             session_seconds,
@@ -275,6 +279,16 @@ def groups_of_cases(datasets: dict) -> dict[str, str]:
         if len(cases) == len(data.groups):
             groups.update(zip(cases, data.groups, strict=True))
     return groups
+
+
+def recorded_train_seconds(run: str | None) -> float | None:
+    """The `train_seconds` a run folder's run_info.json recorded; None without a readable one."""
+    try:
+        info = read_json(Path(run) / "run_info.json") if run else None
+    except DataError:
+        return None
+    seconds = info.get("train_seconds") if isinstance(info, dict) else None
+    return float(seconds) if isinstance(seconds, (int, float)) else None
 
 
 def finish(cfg, task, run_dir: Path, metrics: dict, train_seconds: float, device, run_info) -> dict:

@@ -187,6 +187,19 @@ def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path):
         train_in_process(cut, [*overrides, "trainer.resume=auto"])
 
 
+def test_a_finished_run_continued_with_resume_auto_is_tested_again_as_it_was(tmp_path):
+    """A grid continued with trainer.resume=auto tests its finished jobs again: their metrics
+    and their recorded training time stand (the time was rewritten as the epochs' sum plus the
+    test pass)."""
+    command = [*TINY, "trainer.max_epochs=1", ON_CPU, "trainer.resume=auto"]
+    assert run_main(*command, f"hydra.run.dir={tmp_path}") == 0
+    before = json.loads((tmp_path / "run_info.json").read_text())["train_seconds"]
+    metrics = read_metrics(tmp_path)
+    assert run_main(*command, f"hydra.run.dir={tmp_path}") == 0
+    assert json.loads((tmp_path / "run_info.json").read_text())["train_seconds"] == before
+    assert read_metrics(tmp_path) == metrics
+
+
 def test_multiclass_image_folder_run(tmp_path):
     from PIL import Image
 
