@@ -104,9 +104,19 @@ def check_compatible(members: Sequence[Member]) -> None:
                 "contacts in one only); an ensemble averages networks of the same outputs"
             )
         if first.task.class_names != other.task.class_names:
+            mine, theirs = list(first.task.class_names), list(other.task.class_names)
+            reordered = sorted(map(str, mine)) == sorted(map(str, theirs))
             raise ConfigError(
-                f"run_dirs: {pair} have different classes ({first.task.class_names} against "
-                f"{other.task.class_names})"
+                f"run_dirs: {pair} have "
+                + ("the same classes in another order" if reordered else "different classes")
+                + f" ({mine} against {theirs})"
+                + (
+                    ": an ensemble averages outputs position by position; train the runs with "
+                    "one order (dataset.class_names, or the order of dataset.target_column's "
+                    "columns)"
+                    if reordered
+                    else ""
+                )
             )
         for split in ("val", "test"):
             a, b = first.datasets[split], other.datasets[split]

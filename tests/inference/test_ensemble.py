@@ -166,6 +166,28 @@ def test_runs_on_other_data_or_tasks_are_refused(classification_runs, tmp_path):
         run_ensemble([classification_runs[0], renamed], tmp_path / "e6")
 
 
+def test_runs_of_the_same_labels_in_another_order_are_told_so():
+    """Two multi-label runs of a manifest's columns given in another order: refused as outputs
+    that do not line up, with what to train alike (it read as different classes)."""
+    from types import SimpleNamespace
+
+    from medtrain.inference.ensemble import check_compatible
+
+    def member(names, where):
+        task = SimpleNamespace(class_names=names, sigmoid_outputs=False)
+        return SimpleNamespace(task=task, run_dir=where)
+
+    members = [member(["effusion", "nodule"], "a"), member(["nodule", "effusion"], "b")]
+    with pytest.raises(ConfigError) as err:
+        check_compatible(members)
+    assert str(err.value) == (
+        "run_dirs: a and b have the same classes in another order (['effusion', 'nodule'] "
+        "against ['nodule', 'effusion']): an ensemble averages outputs position by position; "
+        "train the runs with one order (dataset.class_names, or the order of "
+        "dataset.target_column's columns)"
+    )
+
+
 def test_regression_ensemble_averages_values(tmp_path):
     runs = []
     for seed in (1, 2):
