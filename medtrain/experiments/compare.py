@@ -51,8 +51,38 @@ def not_a_run(run_dir: Path) -> str:
     return f"{run_dir} has no metrics.json (is it a finished run?)"
 
 
+def is_cv_folder(run_dir: Path) -> bool:
+    """A finished `medtrain cv` folder (its folds.json and cv.json)."""
+    return (run_dir / "folds.json").is_file() and (run_dir / "cv.json").is_file()
+
+
+def stands_for(run_dir: Path) -> Path:
+    """The run folder whose data a compared folder's test metrics are of: a CV's first fold
+    (every fold has the CV's test split), else the run itself."""
+    return run_dir / "fold_0" if is_cv_folder(run_dir) else run_dir
+
+
+def read_cv(cv_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, flat config) of a CV folder: its pooled out-of-fold metrics (`oof/...`) and its
+    fold ensemble's test metrics (`test/...`, like a run's), the folds' training time summed; the
+    config of its first fold, with `cv.folds` for the fold and folds file it was trained as."""
+    summary = read_json(cv_dir / "cv.json") or {}
+    metrics = {k: v for k, v in (summary.get("oof") or {}).items() if k != "threshold"}
+    metrics |= summary.get("ensemble") or {}
+    if summary.get("threshold") is not None:
+        metrics["threshold"] = summary["threshold"]
+    seconds = summary.get("fold_train_seconds") or []
+    if seconds and all(isinstance(s, (int, float)) for s in seconds):
+        metrics["train_seconds"] = round(sum(seconds), 2)
+    config = {k: v for k, v in flat_config(cv_dir / "fold_0").items() if not k.startswith("cv.")}
+    return metrics, config | {"cv.folds": summary.get("folds")}
+
+
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metrics.json plus `train_seconds` from run_info.json, flat config) of one run."""
+    """(metrics.json plus `train_seconds` from run_info.json, flat config) of one run; a CV
+    folder's by `read_cv`."""
+    if is_cv_folder(run_dir):
+        return read_cv(run_dir)
     metrics = read_json(run_dir / "metrics.json")
     if metrics is None:
         raise ConfigError(f"run_dirs: {not_a_run(run_dir)}")
@@ -90,7 +120,7 @@ def compared(
         rows.append({"key": key, **{n: m.get(key) for n, (m, _) in zip(names, read, strict=True)}})
     output = Path(output)
     save_csv(output / "comparison.csv", rows, ["key", *names])
-    cautions = not_comparable(runs, [config for _, config in read], names)
+    cautions = not_comparable([stands_for(r) for r in runs], [c for _, c in read], names)
     text = markdown(rows, names) + "".join(f"\n> {line}\n" for line in cautions)
     atomic_write(output / "comparison.md", lambda f: f.write(text))
     return rows, cautions

@@ -65,6 +65,30 @@ def test_folds_are_saved_stratified_and_hold_no_test_case(finished_cv):
         assert abs(counts[0] - counts[1]) <= 1
 
 
+def test_a_cv_folder_is_compared_by_its_pooled_and_fold_ensemble_metrics(finished_cv, tmp_path):
+    """`medtrain compare` of a CV folder (it was refused, naming its fold folders): its pooled
+    out-of-fold metrics and its fold ensemble's test metrics, beside a run's of the same test
+    split, with the folds it was trained as among the config rows."""
+    from medtrain.experiments.compare import compared
+
+    fold = finished_cv / "fold_1"
+    rows, cautions = compared([finished_cv, fold], tmp_path)
+    by_key = {row["key"]: row for row in rows}
+    summary = json.loads((finished_cv / "cv.json").read_text())
+    fold_metrics = json.loads((fold / "metrics.json").read_text())
+    assert (
+        by_key["oof/auc"]["cv"] == summary["oof"]["oof/auc"] and by_key["oof/auc"]["fold_1"] is None
+    )
+    assert by_key["test/auc"]["cv"] == summary["ensemble"]["test/auc"]
+    assert by_key["test/auc"]["fold_1"] == fold_metrics["test/auc"]
+    assert by_key["train_seconds"]["cv"] == pytest.approx(sum(summary["fold_train_seconds"]))
+    assert (
+        by_key["config: cv.folds"]["cv"] == FOLDS and by_key["config: cv.folds"]["fold_1"] is None
+    )
+    assert cautions == []  # the same test split
+    assert (tmp_path / "comparison.md").is_file()
+
+
 def test_pooled_out_of_fold_metrics_equal_a_recomputation(finished_cv):
     summary = json.loads((finished_cv / "cv.json").read_text())
     oof = rows(finished_cv / "oof_predictions.csv")
