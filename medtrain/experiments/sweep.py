@@ -381,16 +381,36 @@ def finished_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False, states=done) if counts(t)]
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (its inode on Linux), '' where there is none to read: two
+    containers on one host may share its hostname (host networking) and number their processes
+    alike, so that `host:pid` alone named two workers as one."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
 def this_worker() -> str:
-    """`host:pid`: which worker runs a trial."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host:pid`, and `/<PID namespace>` where there is one: which worker runs a trial."""
+    space = _pid_namespace()
+    return f"{socket.gethostname()}:{os.getpid()}" + (f"/{space}" if space else "")
+
+
+def _process_here(worker: str) -> int | None:
+    """The process id of a worker (`this_worker`'s form, or release 0.3's `host:pid`) when it
+    runs on this machine, in this PID namespace: only then does its id name a process here."""
+    host, _, rest = worker.rpartition(":")
+    pid, _, space = rest.partition("/")
+    same = host == socket.gethostname() and (not space or space == _pid_namespace())
+    return int(pid) if same and pid.isdigit() else None
 
 
 def is_stale(trial, shared: bool, now: float | None = None) -> bool:
     """Whether a RUNNING trial's worker is gone. Alone on a study (the default `study.db`, locked),
     every running trial is a killed sweep's. Shared: one whose worker sent no heartbeat for
     `STALE_AFTER_S` (written every `HEARTBEAT_S`; the hosts' clocks must agree within minutes), or,
-    on this machine, whose process is dead."""
+    on this machine and in this PID namespace, whose process is dead."""
     if not shared:
         return True
     beat = trial.user_attrs.get("heartbeat")
@@ -398,10 +418,10 @@ def is_stale(trial, shared: bool, now: float | None = None) -> bool:
         beat = trial.datetime_start.timestamp()
     if beat is None or (now or time.time()) - float(beat) > STALE_AFTER_S:
         return True
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
+    pid = _process_here(str(trial.user_attrs.get("worker", "")))
+    if pid is not None:
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
         except PermissionError:  # alive, another user's

@@ -467,8 +467,14 @@ def test_stale_trials_are_those_of_dead_workers():
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    host = this_worker().rsplit(":", 1)[0]
-    assert is_stale(trial(f"{host}:{dead.stdout.strip()}", now), shared=True)
+    host, _, rest = this_worker().rpartition(":")
+    space = rest.partition("/")[2]
+    pid = dead.stdout.strip()
+    assert is_stale(trial(f"{host}:{pid}/{space}", now), shared=True)
+    assert is_stale(trial(f"{host}:{pid}", now), shared=True)  # a worker of release 0.3
+    # The same host name and a dead pid in another PID namespace (another container on this
+    # host, host networking): no process of ours; it is stale by its heartbeat only.
+    assert not is_stale(trial(f"{host}:{pid}/1", now - 60), shared=True, now=now)
     assert not is_stale(trial("other-host:1", now - 60), shared=True, now=now)
     assert is_stale(trial("other-host:1", now - STALE_AFTER_S - 1), shared=True, now=now)
     assert is_stale(trial(this_worker(), now), shared=False)  # alone on study.db: a killed sweep's
