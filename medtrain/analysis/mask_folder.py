@@ -23,7 +23,11 @@ from medtrain.errors import ConfigError, DataError
 from medtrain.io import csv_header, is_prediction_csv, refuse_file_in_the_way, save_csv
 from medtrain.values import whole_number
 
-MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy", ".npz")
+# A pixel spacing above this many mm is more likely written in micrometres (0.25 um -> 250?).
+LARGEST_PIXEL_MM = 10.0
+# More class values than this, read without names, are more likely a grey image than classes.
+MOST_CLASSES = 32
 
 
 def list_masks(path: Path) -> list[Path]:
@@ -134,11 +138,16 @@ def folder_classes(masks: list[Path]) -> int | None:
     if any(m.suffix.lower() in LOSSY for m in masks):
         return None
     values: set[int] = set()
+    lone = True  # every mask holds one value besides 0 at most
     for mask in masks:
         found = np.unique(read_image_file(mask))
         if not np.array_equal(found, np.round(found)):
             return None  # read_mask_file refuses fractions, naming the file
-        values |= {int(v) for v in found if v != 0}
+        held = {int(v) for v in found if v != 0}
+        lone = lone and len(held) <= 1
+        values |= held
+    if lone and values and max(values) > LONE_CLASS_INDEX:
+        return None  # binary masks saved two ways ({0, 1} and {0, 255}): one class, as each alone
     indices = len(values) >= 2 or (len(values) == 1 and 2 <= max(values) <= LONE_CLASS_INDEX)
     return max(values) + 1 if indices else None
 
@@ -226,6 +235,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         m: spacing or file_spacing(m) or (file_spacing(images[m]) if m in images else None)
         for m in masks
     }
+    notes = spacing_notes(masks, images, spacing, spacings)
     units = {m.stem: "mm" if spacings[m] else "px" for m in masks}
     _check_one_unit(cfg.masks, units)
     num_classes = len(class_names) if class_names and not instances else None
@@ -266,7 +276,14 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         classes = class_names[1:]
     else:
         indices = found_classes | {k for k in (class_values or {}).values() if k != 0}
-        classes = [f"class_{k}" for k in sorted(indices)]
+        # Masks without any object are binary masks of nothing: each image keeps its row (0).
+        classes = [f"class_{k}" for k in sorted(indices or {1})]
+        if len(indices) > MOST_CLASSES:
+            notes.append(
+                f"the masks hold {len(indices)} values, read as {len(indices)} classes (class_"
+                f"{min(indices)} to class_{max(indices)}): are they masks? A grey image is none; "
+                "object labels take instances=true, class masks their class_names"
+            )
     try:
         save_csv(object_table, rows, MEASUREMENT_FIELDS)
         save_csv(
@@ -277,14 +294,51 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     except OSError as err:
         raise DataError(f"cannot write {object_table} ({err})") from err
     hint = None if suspicious else folder_hint(numbered)
+    misread = _reading_warning(suspicious, len(masks), instances) or (
+        hint and f"the masks look misread ({hint}): {LABELS_ADVICE}"
+    )
     return {
         "files": len(masks),
         "objects": {c: sum(r["class"] == c for r in rows) for c in classes},
         "units": dict(Counter(units.values())),
         "written": [object_table, totals_table],
-        "warnings": _reading_warning(suspicious, len(masks), instances)
-        or (hint and f"the masks look misread ({hint}): {LABELS_ADVICE}"),
+        "warnings": "\nwarning: ".join([*([misread] if misread else []), *notes]) or None,
     }
+
+
+def spacing_notes(
+    masks: list[Path],
+    images: dict[Path, Path],
+    given: tuple[float, float] | None,
+    used: dict[Path, tuple[float, float] | None],
+) -> list[str]:
+    """Warnings about the pixel spacings used: one that reads as micrometres written as mm, and
+    a mask whose file states another spacing than its image's (the mask's is used)."""
+    notes = []
+    large = sorted({v for s in used.values() if s for v in s if v > LARGEST_PIXEL_MM})
+    if large:
+        notes.append(
+            f"a pixel spacing of {large[-1]:g} mm: spacing is in mm per pixel (0.25 um is "
+            "0.00025); areas are in mm^2"
+        )
+    if given is None:
+        differ = [
+            m
+            for m in masks
+            if m in images
+            and (theirs := file_spacing(images[m])) is not None
+            and used[m] is not None
+            and not np.allclose(theirs, used[m], rtol=1e-3)
+        ]
+        if differ:
+            m = differ[0]
+            notes.append(
+                f"{len(differ)} mask(s) state another pixel spacing than their image (e.g. "
+                f"{m.name}: {tuple(map(float, used[m]))} mm, its image "
+                f"{tuple(map(float, file_spacing(images[m])))} mm): the mask's is used; give "
+                "spacing=[row_mm,col_mm] to choose"
+            )
+    return notes
 
 
 def _check_one_unit(masks: str, units: dict[str, str]) -> None:

@@ -34,7 +34,7 @@ TEXT_KEYS = ("masks", "images", "mask_suffix", "output", "source")
 USAGE = """\
 usage: medtrain measure masks=<folder or file> [key=value ...]
 
-  masks=PATH          a mask file, or a folder of .png/.tif/.tiff/.jpg/.jpeg/.npy masks
+  masks=PATH          a mask file, or a folder of .png/.tif/.tiff/.jpg/.jpeg/.npy/.npz masks
   images=FOLDER       images with the masks' file names (any extension): adds mean_intensity
   mask_suffix=_mask   text after the image's name in the mask's (case00_mask.png: case00.png)
   spacing=[ROW,COL]   pixel size in mm (default: from the mask's or image's file, else pixels)

@@ -361,6 +361,64 @@ def test_a_value_is_one_class_in_every_mask_of_a_folder(tmp_path):
     assert [r["class"] for r in read_csv(tmp_path / "t.csv")] == ["class_2"]
 
 
+def test_binary_masks_saved_two_ways_are_one_class_and_empty_masks_keep_their_rows(
+    tmp_path, capsys
+):
+    """{0, 255} and {0, 1} masks in one folder (two tools' masks of the same objects) were read
+    as class_1 and class_255, each image counted 0 in the other; a folder of empty masks wrote
+    a totals table without a row. An .npz mask beside them is measured (it was skipped)."""
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:6, 2:6], mask[10:14, 10:15] = 1, 1
+    Image.fromarray(mask * 255).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "b.png")
+    np.savez(tmp_path / "masks" / "c.npz", mask=mask)
+    assert main([f"masks={tmp_path / 'masks'}", f"output={tmp_path / 'm.csv'}"]) == 0
+    assert "objects per class: class_1: 6" in capsys.readouterr().out
+    totals = read_csv(tmp_path / "m_totals.csv")
+    assert [(r["id"], r["class"], r["count"]) for r in totals] == [
+        ("a", "class_1", "2"),
+        ("b", "class_1", "2"),
+        ("c", "class_1", "2"),
+    ]
+    (tmp_path / "empty").mkdir()
+    for name in ("d", "e"):
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "empty" / f"{name}.png")
+    assert main([f"masks={tmp_path / 'empty'}", f"output={tmp_path / 'e.csv'}"]) == 0
+    totals = read_csv(tmp_path / "e_totals.csv")
+    assert [(r["id"], r["class"], r["count"]) for r in totals] == [
+        ("d", "class_1", "0"),
+        ("e", "class_1", "0"),
+    ]
+
+
+def test_a_grey_image_and_doubtful_spacings_are_warned_about(tmp_path, capsys):
+    """A grey image given as a mask was measured as 254 classes without a word; a spacing in
+    micrometres typed as mm, and a mask stating another spacing than its image, went unsaid."""
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32)).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "grey.png")
+    assert main([f"masks={tmp_path / 'grey.png'}", f"output={tmp_path / 'g.csv'}"]) == 0
+    err = capsys.readouterr().err
+    n = len(np.unique(noise[noise > 0]))
+    assert f"the masks hold {n} values, read as {n} classes (class_1 to class_255): are they" in err
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:6, 2:6] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png", dpi=(101.6, 101.6))  # 0.25 mm
+    assert main([f"masks={tmp_path / 'm.png'}", "spacing=500", f"output={tmp_path / 's.csv'}"]) == 0
+    assert (
+        "warning: a pixel spacing of 500 mm: spacing is in mm per pixel" in capsys.readouterr().err
+    )
+    (tmp_path / "images").mkdir()
+    Image.fromarray(mask).save(tmp_path / "images" / "m.png", dpi=(254, 254))  # 0.1 mm
+    argv = [f"masks={tmp_path / 'm.png'}", f"images={tmp_path / 'images'}"]
+    assert main([*argv, f"output={tmp_path / 'i.csv'}"]) == 0
+    err = capsys.readouterr().err
+    assert "1 mask(s) state another pixel spacing than their image (e.g. m.png: (0.25, 0.25)" in err
+    assert float(read_csv(tmp_path / "i.csv")[0]["spacing_row"]) == pytest.approx(0.25, rel=1e-3)
+    assert main([*argv, "spacing=0.1", f"output={tmp_path / 'j.csv'}"]) == 0  # chosen: no word
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_tables_replace_only_earlier_tables_of_measure(tmp_path, capsys):
     """output= replaced anything: a mask (made CSV text), a manifest, a run's measurements.csv
     (the ground truth's rows lost), a prediction's (its instances' rows lost). It replaces only an
