@@ -122,8 +122,8 @@ class VolumeAssembler:
     def _score(self, case, pred, true, spacing, affine, overlay) -> None:
         names = self.task.class_names
         self.rows.append({"id": case, **case_metrics(pred, true, names, spacing)})
-        true_ml = structure_volumes_ml(true, spacing, names)
-        pred_ml = structure_volumes_ml(pred, spacing, names)
+        true_ml = structure_volumes_ml(true, spacing, names, affine)
+        pred_ml = structure_volumes_ml(pred, spacing, names, affine)
         volumes = {name: (true_ml[name], pred_ml[name]) for name in true_ml}
         connectivity = getattr(self.task, "connectivity", 1)
         true_n, pred_n = (structure_objects(m, names, connectivity) for m in (true, pred))
@@ -209,11 +209,27 @@ def orthogonal_slices(
     return {"image": canvas(image), "true": canvas(true), "pred": canvas(pred)}
 
 
+def voxel_volume_mm3(spacing: Sequence[float], affine: np.ndarray | None = None) -> float:
+    """A voxel's volume: |det| of the affine's 3 x 3 part, the product of `spacing` without one.
+    They differ where the affine shears the grid (a gantry-tilted CT): its voxel sizes (pixdim,
+    the columns' lengths) then overstate the volume (by 4.4% for a shear of 0.3)."""
+    if affine is not None:
+        matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+        det = abs(float(np.linalg.det(matrix))) if matrix.shape == (3, 3) else 0.0
+        if math.isfinite(det) and det > 0:
+            return det
+    return math.prod(spacing)
+
+
 def structure_volumes_ml(
-    mask: np.ndarray, spacing: Sequence[float], class_names: Sequence[str]
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    class_names: Sequence[str],
+    affine: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The volume in mL of each foreground class of a label volume with `spacing` mm per axis."""
-    voxel_mm3 = math.prod(spacing)
+    """The volume in mL of each foreground class of a label volume with `spacing` mm per axis
+    (with `affine`, the grid's voxel-to-mm matrix, a voxel's volume is `voxel_volume_mm3`'s)."""
+    voxel_mm3 = voxel_volume_mm3(spacing, affine)
     # mm^3 -> mL last: 1896 voxels of 1 mm^3 are 1.896 mL, not 1896 x 0.001 = 1.8960000000000001
     return {
         name: float(int((mask == c).sum()) * voxel_mm3 / 1000.0)

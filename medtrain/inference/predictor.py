@@ -682,7 +682,9 @@ class Predictor:
             "mask": mask,
             "affine": volume.affine,
             "spacing": list(volume.spacing),
-            "volumes_ml": structure_volumes_ml(mask, volume.spacing, self.class_names),
+            "volumes_ml": structure_volumes_ml(
+                mask, volume.spacing, self.class_names, volume.affine
+            ),
             "objects": structure_objects(mask, self.class_names, self.task.connectivity),
         }
         return in_stored_order(result, volume.stored_affine)

@@ -396,7 +396,7 @@ class SegmentationTask(Task):
                 "affine": np.asarray(affine, dtype=np.float64),
                 "spacing": [float(s) for s in spacing],
                 "units": "mm" if item.spacing else "voxels (1 mm assumed)",
-                "volumes_ml": structure_volumes_ml(mask, spacing, self.class_names),
+                "volumes_ml": structure_volumes_ml(mask, spacing, self.class_names, affine),
                 "objects": structure_objects(mask, self.class_names, self.connectivity),
             }
         separated = (

@@ -115,6 +115,23 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
     again = next(csv.DictReader((tmp_path / "r.csv").open()))
     assert again["volume_ml_class_1"] == row["volume_ml_class_1"]
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / again["mask"]).dataobj), in_ras)
+    # A sheared grid (a gantry-tilted CT): a voxel's volume is |det| of the affine, which its
+    # voxel sizes (the columns' lengths, pixdim) overstated, and the volumes with them.
+    sheared = ras.affine.copy()
+    sheared[0, 1] = 0.3 * sheared[1, 1]
+    nib.save(nib.Nifti1Image(ras.array, sheared), str(tmp_path / "tilted.nii.gz"))
+    zooms = nib.load(tmp_path / "tilted.nii.gz").header.get_zooms()
+    assert np.prod(zooms) > 1.04 * abs(np.linalg.det(sheared[:3, :3]))
+    cfg_tilted = {
+        **cfg_ras,
+        "inputs": str(tmp_path / "tilted.nii.gz"),
+        "output": str(tmp_path / "t" / "t.csv"),
+    }
+    assert not predict_files(OmegaConf.create(cfg_tilted))["failed"]
+    tilted = next(csv.DictReader((tmp_path / "t" / "t.csv").open()))
+    voxels = (np.asarray(nib.load(tmp_path / "t" / tilted["mask"]).dataobj) == 1).sum()
+    det = abs(np.linalg.det(sheared[:3, :3]))
+    assert float(tilted["volume_ml_class_1"]) == pytest.approx(voxels * det / 1000)
     # An array file holds no voxel size: refused by name in its row, not skipped; a spacing is not
     # applied to volumes but refused.
     (tmp_path / "in").mkdir()
