@@ -572,8 +572,14 @@ class SegmentationTask(Task):
                 "min_object_size": self.min_object_size,
                 "connectivity": self.connectivity,
                 "spacing": None if preprocess.spacing is None else list(preprocess.spacing),
-                "mask": "the most probable class of each pixel; then objects of min_object_size "
-                "pixels or fewer (connectivity 1: 4-, 2: 8-connected) become background",
+                "mask": f"the most probable class of each {'voxel' if dims == 3 else 'pixel'}; "
+                f"then objects of min_object_size {'voxels' if dims == 3 else 'pixels'} or fewer "
+                + (
+                    "(connectivity 1: 6-, 2: 18-connected)"
+                    if dims == 3
+                    else "(connectivity 1: 4-, 2: 8-connected)"
+                )
+                + " become background",
                 "note": "the model file is the whole-image network; with a window, medtrain blends "
                 "the logits of overlapping windows (starts every window * (1 - overlap) pixels, "
                 "the last one at the image end; images smaller than the window zero-padded "
