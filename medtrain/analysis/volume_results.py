@@ -281,12 +281,17 @@ def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     """A label volume as the bytes of a .nii.gz file with the case's affine (units mm), stated in
     both the qform and the sform with code 1 (scanner coordinates, as dcm2niix writes): nibabel
     alone leaves the qform's code 0, and tools that read only the qform (ITK's older readers,
-    some viewers) then place the mask at the voxel grid's origin instead of on its image."""
+    some viewers) then place the mask at the voxel grid's origin instead of on its image. An
+    affine a qform cannot state (a sheared grid: a rotation and voxel sizes have no shear) is the
+    sform's alone, with the qform's code 0: a qform of its nearest rotation would place the mask
+    elsewhere than the sform, for a reader that prefers the qform."""
     import nibabel as nib
 
     affine = np.asarray(affine, dtype=np.float64)
     image = nib.Nifti1Image(np.asarray(array, dtype=np.uint8), affine)
     image.set_qform(affine, code=1)
+    if not np.allclose(image.get_qform(), affine, atol=1e-4):
+        image.set_qform(affine, code=0)
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)

@@ -132,6 +132,12 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
     voxels = (np.asarray(nib.load(tmp_path / "t" / tilted["mask"]).dataobj) == 1).sum()
     det = abs(np.linalg.det(sheared[:3, :3]))
     assert float(tilted["volume_ml_class_1"]) == pytest.approx(voxels * det / 1000)
+    # Its mask states the affine in the sform alone: a qform cannot hold a shear, and one of the
+    # nearest rotation (code 1) put the mask elsewhere for readers that prefer the qform.
+    header = nib.load(tmp_path / "t" / tilted["mask"]).header
+    assert (int(header["sform_code"]), int(header["qform_code"])) == (1, 0)
+    np.testing.assert_allclose(header.get_sform(), sheared, atol=1e-5)
+    assert (int(nib.load(tmp_path / again["mask"]).header["qform_code"])) == 1  # unsheared: both
     # An array file holds no voxel size: refused by name in its row, not skipped; a spacing is not
     # applied to volumes but refused.
     (tmp_path / "in").mkdir()
