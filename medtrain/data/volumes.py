@@ -381,9 +381,11 @@ def check_label_axes(image_path: str | Path, label: Volume, label_path: str | Pa
         if image_axes != label_axes:
             raise DataError(
                 f"{label_path}: its axes are stored as {''.join(map(str, label_axes))}, the "
-                f"image's as {''.join(map(str, image_axes))} ({image_path}): they would lie "
-                "flipped or turned against each other. A label saved without an affine gets "
-                "nibabel's default (LAS): save the labels with their image's affine"
+                f"image's as {''.join(map(str, image_axes))} ({image_path}): a label must be "
+                "saved with its image's affine. One saved without an affine gets nibabel's "
+                "default (LAS), and would lie flipped against its image, which cannot be told "
+                "apart from a label saved in other axes on purpose: save the labels with their "
+                "image's affine"
             )
 
 
