@@ -380,8 +380,11 @@ def main() -> None:
             masks = args.masks or args.export / "masks"
             masks.mkdir(parents=True, exist_ok=True)
             out = masks / f"{path.stem}.png"
-            # As medtrain's masks/: binary masks as 0/255, multi-class masks as class indices.
-            Image.fromarray(mask * 255 if len(names) == 2 else mask).save(out)
+            # As medtrain's masks/: binary masks as 0/255, multi-class masks as class indices,
+            # with the spacing in the PNG's pHYs chunk (dpi: columns, then rows), so that
+            # `medtrain measure` on them measures in mm as on medtrain's own.
+            dpi = {"dpi": (25.4 / spacing[1], 25.4 / spacing[0])} if spacing else {}
+            Image.fromarray(mask * 255 if len(names) == 2 else mask).save(out, **dpi)
             pixels_per_class = np.bincount(mask.ravel(), minlength=len(names))
             connectivity = 4 if manifest["segmentation"]["connectivity"] == 1 else 8
             counts = [

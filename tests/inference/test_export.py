@@ -258,6 +258,12 @@ def test_example_script_counts_objects_and_measures_areas_in_mm2(finished_runs, 
             assert int(row[f"count_{name}"]) == count and int(row[f"pixels_{name}"]) == area
             assert float(row[f"area_mm2_{name}"]) == pytest.approx(area * 0.125)
     assert any(int(row[f"count_{names[1]}"]) > 1 for row in rows)  # not a trivial count
+    # The masks carry their spacing (rows, columns), as medtrain's own: `medtrain measure` on
+    # them measures in mm (they were written without one, and measured in pixels).
+    from medtrain.data.readers import file_spacing
+
+    for mask in (tmp_path / "masks").glob("*.png"):
+        assert file_spacing(mask) == pytest.approx((0.5, 0.25), rel=1e-3)
     plain = run_example(tmp_path / "export", files[:1], tmp_path / "masks")
     own = predictor.cfg.dataset.spacing  # the synthetic data's 0.5 mm pixels
     pixels = int(plain[0][f"pixels_{names[1]}"])
