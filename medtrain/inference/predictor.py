@@ -122,16 +122,18 @@ def other_scale(
     return None
 
 
-def refuse_constant(values: np.ndarray, name: str) -> None:
-    """Refuse an image (or volume) whose every pixel holds one value: a blank export, an empty
-    field; normalized it is all zeros, and any answer would be the model's guess for nothing.
+def refuse_constant(values: np.ndarray, name: str, volume: bool = False) -> None:
+    """Refuse an image (or `volume`) whose every pixel (voxel) holds one value: a blank export,
+    an empty field; normalized it is all zeros, and any answer would be the model's guess for
+    nothing.
 
     Raises:
         DataError: naming `name` and the value.
     """
     if values.size and values.min() == values.max():
+        unit, kind = ("voxel", "volume") if volume else ("pixel", "image")
         raise DataError(
-            f"{name}: every pixel holds {values.flat[0].item()!r}: a constant image has "
+            f"{name}: every {unit} holds {values.flat[0].item()!r}: a constant {kind} has "
             "nothing to predict from (normalized, it is all zeros, and any answer would be "
             "the model's guess for nothing)"
         )
@@ -570,7 +572,7 @@ class Predictor:
         values = image.array
         # A slice of a volume may be blank (padding around the body): its volume was checked whole.
         if not (image.format == "volume" and values.ndim == 2):
-            refuse_constant(values, name)
+            refuse_constant(values, name, volume=image.format == "volume")
         tabular = self.clinical(clinical, name)
         return Prepared(
             name, tensor, intensity, image.spacing, image.affine, image.stored_affine, tabular
@@ -727,7 +729,7 @@ class Predictor:
         named `<name>#<k>`; returns the axis, the slices and their names."""
         settings = volume_settings(self.cfg)
         axis = settings["axis"]
-        refuse_constant(volume.array, name)
+        refuse_constant(volume.array, name, volume=True)
         array = normalize_volume(volume.array, settings["volume_normalize"])
         plane = tuple(volume.spacing[a] for a in range(3) if a != axis)
         count = array.shape[axis]

@@ -698,7 +698,7 @@ def test_training_scores_reassembled_volumes(tmp_path):
         padded.shape
     )
     save_nifti(tmp_path / "blank.nii.gz", np.zeros_like(padded), (1.0, 0.8, 1.5))
-    with pytest.raises(DataError, match="blank: every pixel holds 0.0"):
+    with pytest.raises(DataError, match="blank: every voxel holds 0.0: a constant volume"):
         Predictor(run).predict_volume(tmp_path / "blank.nii.gz", "blank")
     for row in predicted[:2]:
         case = Path(row["file"]).name.removesuffix(".nii.gz")
