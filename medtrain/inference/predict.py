@@ -245,6 +245,13 @@ def files_listed(table: Path) -> set[Path]:
     }
 
 
+def named_error(err: Exception, file: Any, name: str) -> str:
+    """An error row's text beginning with the file's name as the `file` column gives it, where
+    the reader named the file by its whole path (rows of one CSV began either way)."""
+    text, path = str(err), str(file)
+    return name + text[len(path) :] if path != name and text.startswith(path) else text
+
+
 def predict_volumes(
     cfg: DictConfig, predictor: Predictor, files: PredictionFiles
 ) -> dict[str, Any]:
@@ -260,7 +267,7 @@ def predict_volumes(
         try:
             result = predictor.predict_volume(file, name)
         except DataError as err:
-            rows.append({"file": name, "error": str(err)})
+            rows.append({"file": name, "error": named_error(err, file, name)})
             continue
         final = masks_dir / f"{volume_stem(name, used)}.nii.gz"
         write_nifti(files.stage(final), result["mask"], result["affine"])
@@ -422,7 +429,7 @@ def predict_files(cfg: DictConfig) -> dict[str, Any]:
                 values.append(clinical[k] if clinical else None)
                 stated[name] = decoded[-1].spacing
             except DataError as err:
-                rows.append({"file": name, "error": str(err)})
+                rows.append({"file": name, "error": named_error(err, file, name)})
         try:
             results = predictor.predict(decoded, names, spacing, clinical=values) if decoded else []
         except DataError:  # one unusable image (e.g. 2 channels for a grey model): find it

@@ -158,6 +158,19 @@ def test_predict_writes_nifti_masks_with_the_inputs_affine(volume_run, tmp_path)
         predict_files(OmegaConf.create(cfg))
 
 
+def test_error_rows_begin_with_the_file_as_the_file_column_names_it(volume_run, tmp_path):
+    """A reader's error named the file by its whole path, others by its name: rows of one CSV
+    began either way."""
+    (tmp_path / "in").mkdir()
+    four_d = np.zeros((12, 12, 12, 2), np.float32)
+    nib.save(nib.Nifti1Image(four_d, np.eye(4)), str(tmp_path / "in" / "fourd.nii.gz"))
+    nib.save(nib.Nifti1Image(four_d[..., 0], np.eye(4)), str(tmp_path / "in" / "blank.nii.gz"))
+    cfg = predict_options(volume_run, tmp_path / "in", tmp_path / "out" / "p.csv")
+    failed = {r["file"]: r["error"] for r in predict_files(OmegaConf.create(cfg))["failed"]}
+    assert failed["fourd.nii.gz"].startswith("fourd.nii.gz: NIfTI of shape (12, 12, 12, 2)")
+    assert failed["blank.nii.gz"].startswith("blank.nii.gz: every voxel holds 0.0")
+
+
 def test_an_output_in_a_file_s_place_is_refused_before_any_volume_is_segmented(
     volume_run, tmp_path, monkeypatch
 ):
