@@ -205,7 +205,8 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     """Measure every mask named by `cfg` and write the object and totals tables.
 
     Returns:
-        A summary: files, objects per class, units per file count, the paths written.
+        A summary: files, objects per class, units per file count, the paths written, and
+        the warnings (one line each).
     """
     if not cfg.masks:
         raise ConfigError("masks=<folder or file> is required")
@@ -302,7 +303,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         "objects": {c: sum(r["class"] == c for r in rows) for c in classes},
         "units": dict(Counter(units.values())),
         "written": [object_table, totals_table],
-        "warnings": "\nwarning: ".join([*([misread] if misread else []), *notes]) or None,
+        "warnings": [*([misread] if misread else []), *notes],
     }
 
 
@@ -321,23 +322,21 @@ def spacing_notes(
             f"a pixel spacing of {large[-1]:g} mm: spacing is in mm per pixel (0.25 um is "
             "0.00025); areas are in mm^2"
         )
-    if given is None:
-        differ = [
-            m
-            for m in masks
-            if m in images
-            and (theirs := file_spacing(images[m])) is not None
-            and used[m] is not None
-            and not np.allclose(theirs, used[m], rtol=1e-3)
-        ]
-        if differ:
-            m = differ[0]
-            notes.append(
-                f"{len(differ)} mask(s) state another pixel spacing than their image (e.g. "
-                f"{m.name}: {tuple(map(float, used[m]))} mm, its image "
-                f"{tuple(map(float, file_spacing(images[m])))} mm): the mask's is used; give "
-                "spacing=[row_mm,col_mm] to choose"
-            )
+    stated = {m: file_spacing(images[m]) for m in masks if given is None and m in images}
+    differ = [
+        (m, theirs)
+        for m, theirs in stated.items()
+        if theirs is not None
+        and used[m] is not None
+        and not np.allclose(theirs, used[m], rtol=1e-3)
+    ]
+    if differ:
+        m, theirs = differ[0]
+        notes.append(
+            f"{len(differ)} mask(s) state another pixel spacing than their image (e.g. {m.name}: "
+            f"{tuple(map(float, used[m]))} mm, its image {tuple(map(float, theirs))} mm): the "
+            "mask's is used; give spacing=[row_mm,col_mm] to choose"
+        )
     return notes
 
 

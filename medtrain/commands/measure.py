@@ -85,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     objects = ", ".join(f"{c}: {n}" for c, n in summary["objects"].items()) or "no classes"
     units = ", ".join(f"{n} in {u}" for u, n in sorted(summary["units"].items()))
-    if summary["warnings"]:
-        print(f"warning: {summary['warnings']}", file=sys.stderr)
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"measured {summary['files']} mask file(s) ({units}); objects per class: {objects}")
     print("wrote " + " and ".join(str(p) for p in summary["written"]))
     return 0

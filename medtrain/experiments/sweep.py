@@ -590,9 +590,7 @@ def check_whole_numbers(sweep: Sweep) -> None:
     a network's width) fails every trial, each counted towards `sweep.trials`: refused before the
     first, by the run's config checks (`validate`) and by the annotation of the parameter the
     value goes to (`model.hidden` is `SimpleCNN(hidden: int)`), on a fractional draw."""
-    from hydra.utils import get_object
-
-    from medtrain.engine.build import wrong_types
+    from medtrain.engine.build import locate, wrong_types
     from medtrain.engine.config import validate
 
     for param in sweep.params:
@@ -613,10 +611,7 @@ def check_whole_numbers(sweep: Sweep) -> None:
         parent, _, name = param.key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else None
         if not said and isinstance(node, DictConfig) and "_target_" in node:
-            try:
-                target = get_object(str(node._target_))
-            except Exception:  # not importable: the trial's own build names it
-                target = None
+            target = locate(str(node._target_))  # None if not importable: the trial names it
             said = "; ".join(wrong_types(target, {name: draw}, parent)) if target else ""
         if said:
             raise ConfigError(

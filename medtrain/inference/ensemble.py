@@ -105,19 +105,14 @@ def check_compatible(members: Sequence[Member]) -> None:
             )
         if first.task.class_names != other.task.class_names:
             mine, theirs = list(first.task.class_names), list(other.task.class_names)
-            reordered = sorted(map(str, mine)) == sorted(map(str, theirs))
-            raise ConfigError(
-                f"run_dirs: {pair} have "
-                + ("the same classes in another order" if reordered else "different classes")
-                + f" ({mine} against {theirs})"
-                + (
-                    ": an ensemble averages outputs position by position; train the runs with "
-                    "one order (dataset.class_names, or the order of dataset.target_column's "
-                    "columns)"
-                    if reordered
-                    else ""
+            if sorted(map(str, mine)) == sorted(map(str, theirs)):
+                raise ConfigError(
+                    f"run_dirs: {pair} have the same classes in another order ({mine} against "
+                    f"{theirs}): an ensemble averages outputs position by position; train the "
+                    "runs with one order (dataset.class_names, or the order of "
+                    "dataset.target_column's columns)"
                 )
-            )
+            raise ConfigError(f"run_dirs: {pair} have different classes ({mine} against {theirs})")
         for split in ("val", "test"):
             a, b = first.datasets[split], other.datasets[split]
             if list(a.ids) != list(b.ids):
