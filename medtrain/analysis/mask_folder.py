@@ -3,6 +3,7 @@ perimeters, counts per class, in mm when a spacing is known; the library behind 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -108,17 +109,40 @@ def _class_names(cfg: DictConfig) -> list[str] | None:
     return [str(n) for n in names]
 
 
-def spacing_arg(cfg: DictConfig) -> tuple[float, float] | None:
-    """The `spacing=` argument as (row_mm, col_mm): one number for square pixels; None if unset."""
+# The physical units `measure` writes lengths in (`units=`), each with its size in mm.
+UNIT_MM = {"mm": 1.0, "um": 0.001}
+
+
+def length_unit(cfg: DictConfig) -> str:
+    """The `units=` argument: `mm`, or `um` (micrometres, also written µm) for microscopy."""
+    unit = str(cfg.units).strip().replace("µ", "u").replace("μ", "u")
+    if unit not in UNIT_MM:
+        raise ConfigError(f"units={cfg.units!r} must be mm or um (micrometres)")
+    return unit
+
+
+def spacing_arg(cfg: DictConfig, unit: str = "mm") -> tuple[float, float] | None:
+    """The `spacing=` argument, in `unit` per pixel, as (row, col): one number for square pixels;
+    None if unset."""
     spacing = cfg.spacing
     if spacing is None:
         return None
     if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
         spacing = [spacing, spacing]  # one number: square pixels
     if not isinstance(spacing, (ListConfig, list)):
-        raise ConfigError(f"spacing={spacing!r} must be [row_mm,col_mm] or one number")
+        raise ConfigError(f"spacing={spacing!r} must be [row_{unit},col_{unit}] or one number")
     values = list(spacing)
-    return check_spacing(values * 2 if len(values) == 1 else values)  # [0.5]: square, as 0.5
+    values = values * 2 if len(values) == 1 else values  # [0.5]: square, as 0.5
+    if unit == "mm":
+        return check_spacing(values)
+    try:  # checked in mm, the bounds a file's own spacing must meet, and kept as given
+        check_spacing([float(v) * UNIT_MM[unit] for v in values])
+    except (TypeError, ValueError, ConfigError) as err:
+        raise ConfigError(
+            f"spacing={values!r} must be two positive numbers (row_{unit}, col_{unit}) from "
+            f"{1e-6 / UNIT_MM[unit]:g} to {1e4 / UNIT_MM[unit]:g}"
+        ) from err
+    return (float(values[0]), float(values[1]))
 
 
 # The largest value a folder of masks of one value besides 0 may hold as a class index: {0, 2}
@@ -212,7 +236,8 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("masks=<folder or file> is required")
     class_values = _class_values(cfg)
     class_names = _class_names(cfg)
-    spacing = spacing_arg(cfg)
+    unit = length_unit(cfg)
+    spacing = spacing_arg(cfg, unit)
     connectivity = whole_number(cfg.connectivity, "connectivity")
     min_size = whole_number(cfg.min_size, "min_size")
     instances = cfg.instances
@@ -232,13 +257,21 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
 
     # The spacing argument wins over file metadata; the mask's metadata over the image's. Read from
     # the file headers first, so that a folder of mixed units is refused before any measuring.
+    # Files state mm; the spacing argument is in `unit`. Measured in `unit` (kept as given).
+    in_mm = tuple(v * UNIT_MM[unit] for v in spacing) if spacing else None
     spacings = {
-        m: spacing or file_spacing(m) or (file_spacing(images[m]) if m in images else None)
+        m: in_mm or file_spacing(m) or (file_spacing(images[m]) if m in images else None)
         for m in masks
     }
-    notes = spacing_notes(masks, images, spacing, spacings)
-    units = {m.stem: "mm" if spacings[m] else "px" for m in masks}
-    _check_one_unit(cfg.masks, units)
+    notes = spacing_notes(masks, images, in_mm, spacings, unit)
+    units = {m.stem: unit if spacings[m] else "px" for m in masks}
+    _check_one_unit(cfg.masks, units, unit)
+    if spacing:
+        spacings = dict.fromkeys(masks, spacing)
+    elif unit != "mm":
+        spacings = {
+            m: tuple(v / UNIT_MM[unit] for v in s) if s else None for m, s in spacings.items()
+        }
     num_classes = len(class_names) if class_names and not instances else None
     if not (instances or class_values or class_names):
         num_classes = folder_classes(masks)
@@ -265,6 +298,7 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
                 connectivity=connectivity,
                 min_size=min_size,
                 instances=instances,
+                unit=unit,
             )
         except DataError as err:
             raise DataError(f"{mask_path}: {err}") from err
@@ -285,13 +319,10 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
                 f"{min(indices)} to class_{max(indices)}): are they masks? A grey image is none; "
                 "object labels take instances=true, class masks their class_names"
             )
+    sums = totals(rows, ids, classes, source=str(cfg.source), units=units)
     try:
-        save_csv(object_table, rows, MEASUREMENT_FIELDS)
-        save_csv(
-            totals_table,
-            totals(rows, ids, classes, source=str(cfg.source), units=units),
-            TOTAL_FIELDS,
-        )
+        save_csv(object_table, *in_unit(rows, MEASUREMENT_FIELDS, unit))
+        save_csv(totals_table, *in_unit(sums, TOTAL_FIELDS, unit))
     except OSError as err:
         raise DataError(f"cannot write {object_table} ({err})") from err
     hint = None if suspicious else folder_hint(numbered)
@@ -307,20 +338,35 @@ def measure_files(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def in_unit(
+    rows: list[dict[str, Any]], fields: list[str], unit: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows and fields of a measurement table with the `_mm`/`_mm2` columns named for `unit`
+    (their values are measured in it already)."""
+    if unit == "mm":
+        return rows, fields
+
+    def name(field: str) -> str:
+        return re.sub(r"_mm(2?)(?=_|$)", rf"_{unit}\1", field)
+
+    return [{name(k): v for k, v in row.items()} for row in rows], [name(f) for f in fields]
+
+
 def spacing_notes(
     masks: list[Path],
     images: dict[Path, Path],
     given: tuple[float, float] | None,
     used: dict[Path, tuple[float, float] | None],
+    unit: str = "mm",
 ) -> list[str]:
-    """Warnings about the pixel spacings used: one that reads as micrometres written as mm, and
-    a mask whose file states another spacing than its image's (the mask's is used)."""
+    """Warnings about the pixel spacings used (in mm): one that reads as micrometres written as
+    mm, and a mask whose file states another spacing than its image's (the mask's is used)."""
     notes = []
     large = sorted({v for s in used.values() if s for v in s if v > LARGEST_PIXEL_MM})
-    if large:
+    if large and unit == "mm":
         notes.append(
             f"a pixel spacing of {large[-1]:g} mm: spacing is in mm per pixel (0.25 um is "
-            "0.00025); areas are in mm^2"
+            "0.00025); areas are in mm^2. Microscopy in micrometres: units=um"
         )
     stated = {m: file_spacing(images[m]) for m in masks if given is None and m in images}
     differ = [
@@ -335,22 +381,22 @@ def spacing_notes(
         notes.append(
             f"{len(differ)} mask(s) state another pixel spacing than their image (e.g. {m.name}: "
             f"{tuple(map(float, used[m]))} mm, its image {tuple(map(float, theirs))} mm): the "
-            "mask's is used; give spacing=[row_mm,col_mm] to choose"
+            f"mask's is used; give spacing=[row_{unit},col_{unit}] to choose"
         )
     return notes
 
 
-def _check_one_unit(masks: str, units: dict[str, str]) -> None:
+def _check_one_unit(masks: str, units: dict[str, str], unit: str = "mm") -> None:
     """One table, one unit: refuse masks of which some state a pixel spacing and others do not
     (before anything is written), as training on such a folder is refused."""
-    stated = [i for i, u in units.items() if u == "mm"]
+    stated = [i for i, u in units.items() if u != "px"]
     without = [i for i, u in units.items() if u == "px"]
     if stated and without:
         raise DataError(
             f"masks={masks!r}: {len(stated)} mask(s) state a pixel spacing in the file or their "
             f"image (e.g. {stated[0]}) and {len(without)} do not (e.g. {', '.join(without[:3])}); "
-            "one table needs one unit: give spacing=[row_mm,col_mm], or measure the two groups "
-            "separately"
+            f"one table needs one unit: give spacing=[row_{unit},col_{unit}], or measure the two "
+            "groups separately"
         )
 
 

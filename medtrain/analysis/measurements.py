@@ -127,6 +127,7 @@ def measure_mask(
     connectivity: int = 2,
     min_size: int = 0,
     instances: bool = False,
+    unit: str = "mm",
 ) -> list[dict[str, Any]]:
     """Measure every connected object of every foreground class in a class mask (or every object
     of an instance-label mask).
@@ -153,6 +154,8 @@ def measure_mask(
             as Cellpose, StarDist or CellProfiler write them): touching objects stay apart, every
             object is of one class (`class_names[1]`, default `object`) and keeps its label as its
             `object` number. `connectivity` does not apply.
+        unit: the unit `spacing` is in, written in the `unit` column (`um` for microscopy: the
+            `_mm` columns then hold micrometres, as `medtrain measure units=um` names them).
 
     Returns:
         One dict per object with the keys of `MEASUREMENT_FIELDS`, objects numbered 1..n per class
@@ -164,7 +167,8 @@ def measure_mask(
         ConfigError: bad spacing, connectivity or min_size.
     """
     mask = _check_mask(mask)
-    physical = check_spacing(spacing)
+    # The bounds are in mm; another unit's spacing was checked by its caller.
+    physical = check_spacing(spacing) if unit == "mm" or spacing is None else tuple(spacing)
     if connectivity not in (1, 2):
         raise ConfigError(
             f"connectivity={connectivity!r} must be 1 (4-connected) or 2 (8-connected)"
@@ -173,7 +177,7 @@ def measure_mask(
         raise ConfigError(f"min_size={min_size!r} must be a whole number >= 0")
     intensity = _check_image(image, mask.shape)
     scale = physical or (1.0, 1.0)
-    unit = "mm" if physical else "px"
+    unit = unit if physical else "px"
 
     if instances:
         name = str(class_names[1]) if class_names and len(class_names) > 1 else "object"

@@ -24,11 +24,12 @@ DEFAULTS: dict[str, Any] = {
     "min_size": 0,
     "source": "mask",
     "instances": False,
+    "units": "mm",
 }
 
 
 # Taken as typed, never parsed as YAML, which would turn a source `true` or a class `no` into booleans.
-TEXT_KEYS = ("masks", "images", "mask_suffix", "output", "source")
+TEXT_KEYS = ("masks", "images", "mask_suffix", "output", "source", "units")
 
 
 USAGE = """\
@@ -37,7 +38,10 @@ usage: medtrain measure masks=<folder or file> [key=value ...]
   masks=PATH          a mask file, or a folder of .png/.tif/.tiff/.jpg/.jpeg/.npy/.npz masks
   images=FOLDER       images with the masks' file names (any extension): adds mean_intensity
   mask_suffix=_mask   text after the image's name in the mask's (case00_mask.png: case00.png)
-  spacing=[ROW,COL]   pixel size in mm (default: from the mask's or image's file, else pixels)
+  spacing=[ROW,COL]   pixel size in mm, or in um with units=um (default: from the mask's or
+                      image's file, else pixels)
+  units=mm            mm, or um (micrometres, for microscopy): the unit of spacing= and of the
+                      length and area columns (area_um2, perimeter_um, ...)
   output=FILE.csv     object table (default measurements.csv); totals go to FILE_totals.csv
   class_values='{0:0,128:1,255:2}'   mask pixel value -> class index (quote the braces)
   class_names=[background,nucleus]   name of each class index (default class_1, class_2, ...)

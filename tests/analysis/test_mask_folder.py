@@ -136,6 +136,30 @@ def test_spacing_from_file_metadata_unless_given(tmp_path):
     assert float(row["area_mm2"]) == 16 * 0.25
 
 
+def test_microscopy_measures_in_micrometres(tmp_path, capsys):
+    """units=um: spacing= is in um and the length and area columns are named and given in um; a
+    file's own spacing (mm) is converted. In mm, 0.25 um pixels gave areas of 1e-06 mm^2."""
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:6, 2:6] = 255  # 16 pixels, perimeter (Crofton) as in pixels times the spacing
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "um.csv"
+    assert main([f"masks={tmp_path / 'm.png'}", "units=um", "spacing=0.25", f"output={out}"]) == 0
+    assert "(1 in um)" in capsys.readouterr().out
+    (row,) = read_csv(out)
+    assert (row["unit"], float(row["area_um2"]), float(row["spacing_row"])) == ("um", 1.0, 0.25)
+    assert float(row["perimeter_um"]) == pytest.approx(float(row["perimeter_px"]) * 0.25)
+    assert "area_mm2" not in row and "major_axis_um" in row
+    (total,) = read_csv(tmp_path / "um_totals.csv")
+    assert (total["total_area_um2"], total["mean_area_um2"], total["unit"]) == ("1.0", "1.0", "um")
+    Image.fromarray(mask).save(tmp_path / "f.png", dpi=(101600, 101600))  # 0.25 um per pixel
+    assert main([f"masks={tmp_path / 'f.png'}", "units=µm", f"output={tmp_path / 'f.csv'}"]) == 0
+    (row,) = read_csv(tmp_path / "f.csv")
+    assert float(row["area_um2"]) == pytest.approx(1.0, rel=1e-3)
+    assert main([f"masks={tmp_path / 'm.png'}", "units=cm", f"output={tmp_path / 'c.csv'}"]) == 2
+    assert "units='cm' must be mm or um" in capsys.readouterr().err
+    assert not (tmp_path / "c.csv").exists()
+
+
 def test_connectivity_and_min_size(tmp_path):
     mask = np.zeros((10, 10), np.uint8)
     mask[2, 2] = mask[3, 3] = 1
