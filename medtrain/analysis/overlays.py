@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -86,7 +87,11 @@ def _edges(mask: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
 
 
 def save_overlays(
-    out_dir: str | Path, cases: Iterable[Mapping[str, Any]], max_cases: int = 16, columns: int = 4
+    out_dir: str | Path,
+    cases: Iterable[Mapping[str, Any]],
+    max_cases: int = 16,
+    columns: int = 4,
+    stems: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write `<id>.png` overlays of the first `max_cases` cases and `grid.png` with their thumbnails.
 
@@ -98,6 +103,7 @@ def save_overlays(
             None) and `pred` (H x W class mask).
         max_cases: how many cases to draw.
         columns: thumbnails per grid row.
+        stems: the file stem of each case id (as its mask's); default the id made safe.
 
     Returns:
         The paths written: one per case (ids made safe as file names), then the grid; empty when
@@ -120,7 +126,8 @@ def save_overlays(
             overlay = draw_overlay(case["image"], case.get("true"), case["pred"])
         except DataError as err:
             raise DataError(f"case {case['id']!r}: {err}") from err
-        name = unique_name(safe_name(str(case["id"])), used)
+        stem = stems.get(str(case["id"])) if stems else None
+        name = unique_name(stem or safe_name(str(case["id"])), used)
         paths.append(save_png(out_dir / f"{name}.png", overlay))
         tiles.append((str(case["id"]), overlay))
     if tiles:
@@ -136,6 +143,25 @@ def safe_name(text: str) -> str:
     extension that ids taken from paths carry (a manifest's `img/a.png` -> `img_a`)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", IMAGE_SUFFIX.sub("", text)).strip("._")[:120]
     return name or "case"
+
+
+def case_stems(ids: Iterable[str], used: set[str] | None = None) -> dict[str, str]:
+    """A file-name stem per case id (`safe_name`), unique ignoring case (`unique_name`). Ids that
+    are absolute paths lose the folders they all share: `/data/lab/images/a.png` is `a`, not
+    `data_lab_images_a`, as a manifest's relative `img/a.png` is `img_a`."""
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    absolute = {i: i.replace("\\", "/") for i in ids if re.match(r"(/|[A-Za-z]:[\\/])", i)}
+    try:
+        shared = posixpath.commonpath([posixpath.dirname(p) for p in absolute.values()])
+    except ValueError:  # none, or Windows and POSIX paths together
+        shared = ""
+    used = set() if used is None else used
+    return {
+        case: unique_name(
+            safe_name(absolute[case][len(shared) :] if case in absolute else case), used
+        )
+        for case in ids
+    }
 
 
 def unique_name(name: str, used: set[str]) -> str:

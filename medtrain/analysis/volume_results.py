@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from medtrain.analysis.agreement import bland_altman
-from medtrain.analysis.overlays import safe_name, save_overlays
+from medtrain.analysis.overlays import case_stems, save_overlays
 from medtrain.data.volumes import stack_slices, to_stored
 from medtrain.errors import DataError
 from medtrain.io import atomic_write, save_csv
@@ -147,8 +147,10 @@ class VolumeAssembler:
         self.check_complete()
         names = self.task.class_names[1:]
         rows, predictions = [], []
+        # Two ids of one safe name (`a/b`, `a_b`) would write one file: the second gets `_2`.
+        stems = case_stems(nifti_stem(r["id"]) for r in self.done)
         for result in self.done:
-            mask_file = f"masks/{safe_name(nifti_stem(result['id']))}.nii.gz"
+            mask_file = f"masks/{stems[nifti_stem(result['id'])]}.nii.gz"
             write_nifti(run_dir / mask_file, result["pred"], result["affine"])
             prediction = {"id": result["id"], "mask": mask_file}
             for name in names:

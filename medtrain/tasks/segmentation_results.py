@@ -15,7 +15,7 @@ import torch
 from medtrain.analysis.agreement import measurement_agreement
 from medtrain.analysis.instances import separate_instances
 from medtrain.analysis.measurements import MEASUREMENT_FIELDS, TOTAL_FIELDS, measure_mask, totals
-from medtrain.analysis.overlays import safe_name, save_overlays, unique_name
+from medtrain.analysis.overlays import case_stems, save_overlays
 from medtrain.analysis.volume_results import VolumeAssembler
 from medtrain.errors import ConfigError, DataError
 from medtrain.io import save_csv, save_json, save_png
@@ -115,11 +115,9 @@ class SegmentationCollector:
         names = self.task.class_names
         objects: list[dict[str, Any]] = []
         summaries = {"pred": [], "true": []}
-        used: set[str] = set()  # ids that differ only in punctuation or case get _2, _3 ...
-        mask_files = {
-            case["id"]: f"masks/{unique_name(safe_name(str(case['id'])), used)}.png"
-            for case in self.cases
-        }
+        # Ids that differ only in punctuation or case get _2, _3 ...
+        stems = case_stems(case["id"] for case in self.cases)
+        mask_files = {case["id"]: f"masks/{stems[str(case['id'])]}.png" for case in self.cases}
         separated = self.task.instances is not None
         for case in self.cases:
             for source in ("pred", "true"):
@@ -154,7 +152,9 @@ class SegmentationCollector:
         save_json(run_dir / "measurement_agreement.json", agreement)
         self._save_predictions(run_dir, summaries["pred"], mask_files)
         if self.task.num_overlays:
-            save_overlays(run_dir / "overlays", self.cases, max_cases=self.task.num_overlays)
+            save_overlays(
+                run_dir / "overlays", self.cases, max_cases=self.task.num_overlays, stems=stems
+            )
         return headline_agreement(agreement)
 
     def _save_predictions(

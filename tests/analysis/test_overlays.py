@@ -10,6 +10,7 @@ from medtrain.analysis.overlays import (
     BOTH_COLOUR,
     PRED_COLOUR,
     TRUE_COLOUR,
+    case_stems,
     display_rgb,
     draw_overlay,
     save_overlays,
@@ -94,6 +95,30 @@ def test_files_grid_and_safe_names(tmp_path):
         width, height = grid.size
     assert width >= 2 * 160 and height >= 3 * 160  # 6 tiles in 2 columns: 3 rows
     assert not list((tmp_path / "overlays").glob(".*"))  # no temporary files left
+
+
+def test_absolute_ids_name_files_without_the_folders_they_share(tmp_path):
+    """An evaluation CSV of absolute paths wrote masks/data_lab_images_a.png for /data/lab/images/a.png."""
+    ids = ["/data/lab/images/a.png", "/data/lab/images/b.png", "/data/lab/old/A.png", "img/a.png"]
+    assert case_stems(ids) == {
+        "/data/lab/images/a.png": "images_a",
+        "/data/lab/images/b.png": "images_b",
+        "/data/lab/old/A.png": "old_A",
+        "img/a.png": "img_a",  # relative ids keep their folders, as before
+    }
+    assert case_stems(["/data/lab/a.png", "/data/lab/b.png"]) == {
+        "/data/lab/a.png": "a",
+        "/data/lab/b.png": "b",
+    }
+    assert case_stems(["C:\\scans\\a.png", "C:\\scans\\x\\a.png", "a"]) == {
+        "C:\\scans\\a.png": "a",
+        "C:\\scans\\x\\a.png": "x_a",
+        "a": "a_2",  # one name each, whatever the ids
+    }
+    pred = square(2, 2, 8, (30, 60))
+    cases = [{"id": i, "image": pred, "true": None, "pred": pred} for i in ids[:2]]
+    paths = save_overlays(tmp_path, cases, stems=case_stems(ids))
+    assert [p.name for p in paths] == ["images_a.png", "images_b.png", "grid.png"]
 
 
 def test_max_cases_stops_reading_cases(tmp_path):
