@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "group_column": None,
     "label_separator": None,
     "no_label": None,
+    "instance_labels": None,
     "device": "auto",
     "batch_size": 32,
     "trust": [],
@@ -64,6 +65,11 @@ usage: medtrain evaluate run_dir=RUN inputs=LABELLED.csv [key=value ...]
   spacing_column=NAME    segmentation: mm per pixel (0.5, or 0.5 0.6); default the column
                          spacing when there is one; else each image file's, else the run's
                          dataset.spacing, else pixels
+  instance_labels=BOOL   how the masks are read for a run that scores instances (task.instances):
+                         true, one label per object; false, class masks (e.g. binary), its
+                         instance scores and counts then against their connected components
+                         (touching objects count as one); default the run's
+                         dataset.instance_labels
   group_column=NAME      the patient of each image: the intervals resample patients
   device=auto            auto | cpu | cuda | cuda:N
   batch_size=32          images per forward pass

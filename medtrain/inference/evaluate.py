@@ -134,6 +134,10 @@ def evaluate_files(cfg: DictConfig) -> dict[str, Any]:
             "run_dir": str(Path(cfg.run_dir).resolve()),
             "inputs": str(path.resolve()),
         }
+        if getattr(task, "instances", None) is not None and isinstance(truth, MaskTruth):
+            metrics["true_objects"] = (
+                "instance labels" if truth.instance_labels else "connected components of the masks"
+            )
         if cfg.group_column:
             groups = {i: row[cfg.group_column] for i, row in zip(ids, rows, strict=True)}
             save_json(staging / GROUPS_FILE, groups)

@@ -105,7 +105,8 @@ class TargetTruth(Truth):
 # reads every mask as the run read its own, and takes no `dataset.*` keys to read them otherwise.
 INSTANCE_MASKS_NEEDED = (
     "the run was trained on instance labels (dataset.instance_labels=true) and evaluate scores "
-    "it on them: give masks of one label per object"
+    "it on them: give masks of one label per object, or instance_labels=false to score on class "
+    "masks (objects: their connected components)"
 )
 
 
@@ -121,7 +122,18 @@ class MaskTruth(Truth):
         self.num_classes = len(predictor.class_names)
         values = data.get("class_values")
         self.class_values = {int(v): int(c) for v, c in values.items()} if values else None
-        self.instance_labels = bool(data.get("instance_labels"))
+        own = bool(data.get("instance_labels"))
+        given = cfg.get("instance_labels")
+        if given is not None and not isinstance(given, bool):
+            raise ConfigError(f"instance_labels={given!r} must be true or false")
+        if given and getattr(predictor.task, "instances", None) is None:
+            raise ConfigError(
+                "instance_labels=true: the run scores no instances (task.instances is null), so "
+                "it has no use for object labels; give its class masks"
+            )
+        # True on a run separating objects of binary masks: scored on the true objects. False on
+        # an instance-label run: class masks, the true objects their connected components.
+        self.instance_labels = own if given is None else given
         self.file_spacing = data.get("file_spacing", True) is not False
         self.columns = {"mask_column": cfg.mask_column or data.get("mask_column") or "mask"}
         own = data.get("spacing_column") or "spacing"  # the run's manifest column, if any

@@ -310,6 +310,12 @@ def test_segmentation_scores_as_the_run_s_own_test_split(finished_runs, tmp_path
     assert (
         len(list((out / "masks").iterdir())) == 2 and len(read_rows(out / "predictions.csv")) == 2
     )
+    # Object labels are of no use to a run that scores no instances: refused, nothing replaced.
+    assert (
+        main([f"run_dir={run}", f"inputs={labelled}", f"output={out}", "instance_labels=true"]) == 2
+    )
+    assert "instance_labels=true: the run scores no instances" in capsys.readouterr().err
+    assert len(list((out / "masks").iterdir())) == 2
 
 
 def test_segmentation_masks_that_do_not_fit_are_named_at_once(finished_runs, tmp_path, capsys):

@@ -324,6 +324,35 @@ def test_evaluate_scores_instance_labels_as_the_run_s_test(instance_run, tmp_pat
         "regions: this is a class mask, not instance labels (one number per object, as the "
         "data's instance labels are read); the run was trained on instance labels "
         "(dataset.instance_labels=true) and evaluate scores it on them: give masks of one label "
-        "per object\n"
+        "per object, or instance_labels=false to score on class masks (objects: their connected "
+        "components)\n"
     )
     assert not (tmp_path / "b").exists()
+    # Binary masks of the same test images, as instance_labels=false reads them: the same Dice as
+    # the run's test; the instance scores against their connected components (8-connected, the
+    # task's connectivity), which merge touching discs, recomputed here from the files written.
+    from scipy import ndimage
+
+    binary_rows = []
+    for n in ("cell14", "cell15"):
+        labels = np.array(Image.open(root / "labels" / f"{n}.png"))
+        Image.fromarray(((labels > 0) * 255).astype(np.uint8)).save(tmp_path / f"{n}_bin.png")
+        binary_rows.append(f"{root}/images/{n}.png,{n}_bin.png\n")
+    labelled.write_text("image,mask\n" + "".join(binary_rows))
+    argv = [f"run_dir={run_dir}", f"inputs={labelled}", f"output={tmp_path / 'b'}"]
+    assert main([*argv, "instance_labels=false"]) == 0
+    mine = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    theirs = json.loads((run_dir / "metrics.json").read_text())
+    assert mine["test/dice"] == pytest.approx(theirs["test/dice"], abs=1e-6)
+    assert mine["true_objects"] == "connected components of the masks"
+    scores = []
+    for row in read_csv(tmp_path / "b" / "predictions.csv"):
+        n = Path(row["id"]).stem
+        merged = ndimage.label(
+            np.array(Image.open(root / "labels" / f"{n}.png")) > 0, np.ones((3, 3))
+        )[0]
+        pred = np.array(Image.open(tmp_path / "b" / row["instances"]))
+        scores.append(instance_metrics(merged, pred)["instance_score"])
+    assert mine["test/instance_score"] == pytest.approx(np.mean(scores), abs=1e-6)
+    assert main([*argv, "instance_labels=maybe"]) == 2
+    assert "instance_labels='maybe' must be true or false" in capsys.readouterr().err
