@@ -84,7 +84,8 @@ def io_manifest(
                 {
                     "axis_order": "RAS: a volume's axes permuted and flipped to the closest RAS "
                     "order first (nibabel.as_closest_canonical; no voxel resampled), and a "
-                    "predicted label volume turned back to the file's own order"
+                    "predicted label volume turned back to the file's own order; the layout's "
+                    "D, H, W (dynamic axes depth, height, width) are x (to R), y (to A), z (to S)"
                 }
                 if dims == 3
                 else {}
