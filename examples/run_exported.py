@@ -246,10 +246,14 @@ def parse_spacing(text: str | None) -> tuple[float, float] | None:
 
 
 def decide(output: np.ndarray, manifest: dict) -> str:
-    """The label (multi-label: labels joined by ;) from class probabilities."""
+    """The label (multi-label: the labels present, joined as the training data joined them)
+    from class probabilities."""
     names, threshold = manifest["class_names"], manifest["threshold"]
     if manifest["multilabel"]:
-        return ";".join(n for n, p, t in zip(names, output, threshold, strict=True) if p >= t)
+        present = [n for n, p, t in zip(names, output, threshold, strict=True) if p >= t]
+        # Exports before these keys joined with ';' and left an image of none empty.
+        joined = manifest.get("label_separator", ";").join(present)
+        return joined or manifest.get("no_label") or ""
     return names[int(output[1] >= threshold) if len(names) == 2 else int(output.argmax())]
 
 

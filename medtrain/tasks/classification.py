@@ -13,7 +13,7 @@ from torch import nn
 
 from medtrain.analysis.statistics import classification_intervals
 from medtrain.data.base import VolumeImages
-from medtrain.data.multilabel import label_strata
+from medtrain.data.multilabel import checked_settings, label_strata
 from medtrain.errors import ConfigError, LossMismatch
 from medtrain.io import save_csv
 from medtrain.metrics import classification as M
@@ -42,6 +42,8 @@ class ClassificationTask(Task):
         tta: test-time augmentation at evaluation: null, `hflip`, `flips` or `dihedral`
             (`medtrain.tasks.tta`), averaged in probability space.
         flip_tta: the key of runs saved before `tta` (true: `tta=hflip`).
+        label_separator: what joins a multi-label prediction's labels in its CSV cell.
+        no_label: the cell of a multi-label prediction of none of the labels (None: empty).
     """
 
     name = "classification"
@@ -74,10 +76,14 @@ class ClassificationTask(Task):
         monitor_mode: str = "max",
         tta: str | None = None,
         flip_tta: bool = False,
+        label_separator: str = "|",
+        no_label: str | None = None,
     ):
         self.check_settings({"threshold": threshold})
         super().__init__(loss, class_names, monitor, monitor_mode, tta, flip_tta)
         self.multilabel = bool(multilabel)
+        # How a multi-label prediction's CSV cell joins its labels: as the data's cells did.
+        self.label_separator, self.no_label = checked_settings(label_separator, no_label, "task.")
         self.threshold_rule = threshold
         self.target_sensitivity = target_sensitivity
         # Until chosen on validation data, a rule-based threshold evaluates at 0.5; a list holds
@@ -230,8 +236,8 @@ class ClassificationTask(Task):
     def prediction_row(self, name: str, result: dict[str, Any], files: Any) -> dict[str, Any]:
         """The label(s) and each class's probability (full precision)."""
         row: dict[str, Any] = {}
-        if "labels" in result:
-            row["labels"] = ";".join(result["labels"])
+        if "labels" in result:  # as the training data wrote them, so a manifest reads them back
+            row["labels"] = self.label_separator.join(result["labels"]) or self.no_label or ""
         else:
             row["label"] = result["label"]
         return row | {f"prob_{n}": repr(p) for n, p in result["probabilities"].items()}
@@ -264,11 +270,13 @@ class ClassificationTask(Task):
             decision = f"{names[1]} when probabilities[1] >= threshold, else {names[0]}"
         else:
             threshold, decision = None, "the most probable class"
+        written = {"label_separator": self.label_separator, "no_label": self.no_label}
         return {
             "class_names": names,
             "multilabel": self.multilabel,
             "threshold": threshold,
             "decision": decision,
+            **(written if self.multilabel else {}),  # how medtrain predict writes the labels
         }
 
 

@@ -190,6 +190,20 @@ def test_a_multilabel_manifest_run_scores_its_test_rows_as_its_own_test(tmp_path
         target = [truth[p["id"]][k] for p in predicted]
         probs = [float(p[f"prob_{k}"]) for p in predicted]
         assert mine[f"test/auc_{label}"] == pytest.approx(roc_auc_score(target, probs))
+    # medtrain predict writes each image's labels as a cell of the run's data (joined by '|',
+    # none: an empty cell, the run having no dataset.no_label), the decisions evaluate scored.
+    from medtrain.commands.predict import main as predict
+
+    images = [tmp_path / r[0] for r in test]
+    listed = write_csv(tmp_path / "images.csv", ["image"], [[str(f)] for f in images])
+    assert predict([f"run_dir={run}", f"inputs={listed}", f"output={tmp_path / 'p.csv'}"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        cells = [r["labels"] for r in csv.DictReader(f)]
+    decided = {
+        p["id"]: "|".join(n for k, n in enumerate(("effusion", "nodule")) if p[f"pred_{k}"] == "1")
+        for p in predicted
+    }
+    assert cells == [decided[r[0]] for r in test]
     # The 0/1 columns in another order: matched to the run's labels by name.
     swapped = [f"run_dir={run}", f"inputs={labelled}", f"output={tmp_path / 's'}"]
     assert main([*swapped, "target_column=[nodule,effusion]"]) == 0

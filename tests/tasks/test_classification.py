@@ -84,3 +84,24 @@ def test_a_threshold_per_label_is_a_list_of_a_multi_label_task():
         checked(True, [0.3, 0.7, 0.5])
     with pytest.raises(ConfigError, match="this one has one class per image: give one number"):
         checked(False, [0.3, 0.7])
+
+
+def test_multi_label_predictions_are_written_as_the_data_wrote_its_labels():
+    """predict joined an image's labels with ';' and left an image of none empty, whatever the
+    training data's `dataset.label_separator` and `dataset.no_label`; the task follows them."""
+    from medtrain.losses import BCEWithLogits
+
+    def row(task, probs):
+        result = task.prediction(torch.logit(torch.tensor([probs])), None)
+        return task.prediction_row("a.png", result, None)["labels"]
+
+    names = ["Effusion", "Nodule", "Mass"]
+    plain = ClassificationTask(BCEWithLogits(), multilabel=True, class_names=names)
+    assert row(plain, [0.9, 0.2, 0.8]) == "Effusion|Mass" and row(plain, [0.1, 0.2, 0.3]) == ""
+    chest = ClassificationTask(
+        BCEWithLogits(), True, names, label_separator=";", no_label="No Finding"
+    )
+    assert row(chest, [0.9, 0.2, 0.8]) == "Effusion;Mass"
+    assert row(chest, [0.1, 0.2, 0.3]) == "No Finding"
+    with pytest.raises(ConfigError, match="task.label_separator=''"):
+        ClassificationTask(BCEWithLogits(), True, names, label_separator="")
