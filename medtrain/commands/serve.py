@@ -74,7 +74,7 @@ limits (413 / 503 beyond them; docs/deployment.md says what memory they bound):
                          at the image's own size)
   max_request_mb=256     memory the decoded images of one request may hold
   max_objects=1000       objects measured one by one per image (segmentation; beyond: totals)
-  max_concurrent=32      prediction requests in flight; more: 503 with Retry-After
+  max_concurrent=32      prediction requests in flight (bodies in); more: 503 with Retry-After
   max_connections=256    open connections; more: 503 and closed
   workers=2              requests decoding, preprocessing or measuring at once
 

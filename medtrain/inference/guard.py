@@ -86,8 +86,8 @@ class RequestGuard:
     Refused before the body: headers over `MAX_HEADER_BYTES` (431), a missing, wrong or repeated API key on the protected paths (401,
     400), both Content-Length and Transfer-Encoding or a malformed Content-Length (400), a
     declared Content-Length over the limit (413), a prediction while `max_in_flight` others are
-    in flight (503 with Retry-After). Every answer carries the model's weights hash
-    (`X-Model-SHA256`).
+    in flight (503 with Retry-After; a prediction is in flight from when its whole body is in:
+    `CountedRequest`). Every answer carries the model's weights hash (`X-Model-SHA256`).
     """
 
     def __init__(
@@ -129,28 +129,18 @@ class RequestGuard:
             response = Response(json_bytes({"detail": detail}), status, headers, "application/json")
             await response(scope, receive, send_with_model)
             return
-        limited = path in self.limited
-        if limited:
-            self.state.in_flight += 1
+        request = CountedRequest(receive, self, limited=path in self.limited)
         try:
-            await self.app(scope, self._counted(receive), send_with_model)
+            await self.app(scope, request.receive, send_with_model)
         finally:
-            if limited:
+            if request.in_flight:
                 self.state.in_flight -= 1
 
-    def _counted(self, receive: Receive) -> Receive:
-        received = 0
-
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            # Raised inside FastAPI's body parsing, which passes HTTPExceptions on to the handler.
-            if received > self.max_bytes:
-                raise HTTPException(413, self.too_large)
-            return message
-
-        return counted_receive
+    def busy(self) -> str:
+        return (
+            f"busy: {self.state.in_flight} prediction requests in flight (max_concurrent); "
+            f"retry in {RETRY_AFTER_S} s"
+        )
 
     def _refusal(
         self, path: str, raw: list[tuple[bytes, bytes]], head_bytes: int = 0
@@ -176,12 +166,35 @@ class RequestGuard:
         if lengths and int(lengths[0]) > self.max_bytes:
             return 413, self.too_large, {}
         if path in self.limited and self.state.saturated:
-            detail = (
-                f"busy: {self.state.in_flight} prediction requests in flight (max_concurrent); "
-                f"retry in {RETRY_AFTER_S} s"
-            )
-            return 503, detail, {"Retry-After": str(RETRY_AFTER_S)}
+            return 503, self.busy(), {"Retry-After": str(RETRY_AFTER_S)}
         return None
+
+
+class CountedRequest:
+    """One request's body as it arrives: over the upload limit it is stopped (413); a
+    prediction's counts as in flight once its whole body is in (503 if `max_in_flight` others
+    are by then), so that uploads still arriving, slow or stalled, never make the service busy
+    or not ready (they are bounded by the connection limit and the body timeout instead)."""
+
+    def __init__(self, receive: Receive, guard: RequestGuard, limited: bool):
+        self.next, self.guard, self.limited = receive, guard, limited
+        self.received = 0
+        self.in_flight = False
+
+    async def receive(self) -> Message:
+        message = await self.next()
+        self.received += len(message.get("body", b""))
+        # Raised inside FastAPI's body parsing, which passes HTTPExceptions on to the handler.
+        if self.received > self.guard.max_bytes:
+            raise HTTPException(413, self.guard.too_large)
+        whole = message["type"] == "http.request" and not message.get("more_body", False)
+        if whole and self.limited and not self.in_flight:
+            state = self.guard.state
+            if state.saturated:
+                raise HTTPException(503, self.guard.busy(), {"Retry-After": str(RETRY_AFTER_S)})
+            state.in_flight += 1
+            self.in_flight = True
+        return message
 
 
 @dataclass(frozen=True)

@@ -215,8 +215,8 @@ class ServeLimits:
         max_request_mb: memory the decoded and preprocessed images of one request may hold.
         max_objects: objects measured one by one per image (segmentation); beyond it the answer
             gives totals only.
-        max_concurrent: prediction requests in flight (queued or running); more: 503 with
-            Retry-After, and /ready answers 503.
+        max_concurrent: prediction requests in flight (queued or running), from when their
+            whole body is in; more: 503 with Retry-After, and /ready answers 503.
         workers: requests decoding, preprocessing or measuring at once (outside the model lock).
         timeouts: header, body and idle timeouts and the connection limit (`guard.Timeouts`).
         shutdown_s: on SIGTERM, how long requests in flight may take before they are cancelled.

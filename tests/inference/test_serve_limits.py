@@ -240,6 +240,36 @@ def test_over_max_concurrent_is_503_and_not_ready(predictors):
         stop(running)
 
 
+def test_uploads_still_arriving_do_not_make_the_service_busy(predictors):
+    """Requests count as in flight once their whole body is in: 32 slow uploaders (450 bytes
+    each, then a pause) made the service refuse every prediction and /ready say 503 for the
+    body timeout."""
+    limits = ServeLimits(max_concurrent=1, timeouts=Timeouts(body=5.0, max_connections=8))
+    running = start(create_app(predictors["classification"], limits=limits))
+    small = encode(grey(1), "PNG")
+    body, headers = form(("file", "a.png", small))
+    head = (
+        "POST /predict HTTP/1.1\r\nhost: x\r\n"
+        f"content-type: {headers['Content-Type']}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    stalled = []
+    try:
+        for _ in range(3):  # more than max_concurrent, each with part of its body sent
+            sock = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+            sock.sendall(head + body[:100])
+            stalled.append(sock)
+        time.sleep(0.3)
+        assert fetch(running.port, "GET", "/ready")[0] == 200
+        assert post(running.port, "/predict", ("file", "b.png", small))[0] == 200
+        stalled[0].sendall(body[100:])  # its body whole: answered as any other
+        answer = stalled[0].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        for sock in stalled:
+            sock.close()
+        stop(running)
+
+
 # -- 6. timeouts, connections, framing ------------------------------------------------------------
 def raw_exchange(port: int, chunks: list[bytes], pause: float = 0.0, wait: float = 5.0) -> bytes:
     """Send `chunks` with `pause` seconds between them, then read until the server closes."""
