@@ -317,13 +317,18 @@ def check_monitor(cfg: DictConfig) -> None:
     from medtrain.metrics.direction import metric_direction
 
     monitor, mode = cfg.task.get("monitor"), cfg.task.get("monitor_mode")
+    named = f"task.monitor={monitor}"
+    if monitor is None:  # the task's default metric, with the mode the config gives
+        default = getattr(target_class(cfg.task), "default_monitor", None)
+        monitor = default[0] if default else None
+        named = f"task.monitor=null (the task's default, {monitor})"
     if not isinstance(monitor, str) or mode not in ("max", "min"):
         return  # the task's defaults, or a mode the task refuses by name
     wanted = metric_direction(monitor)
     if wanted is not None and wanted != mode:
         way = "higher" if wanted == "max" else "lower"
         raise ConfigError(
-            f"task.monitor={monitor} is better {way}, but task.monitor_mode={mode}: the best "
+            f"{named} is better {way}, but task.monitor_mode={mode}: the best "
             f"checkpoint would be the worst epoch's; set task.monitor_mode={wanted}"
         )
 

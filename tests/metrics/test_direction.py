@@ -54,3 +54,16 @@ def test_a_monitor_against_its_metric_is_refused_before_training():
         check_monitor(compose_cfg(["task.monitor=val/loss"]))  # classification's max
     check_monitor(compose_cfg(["task=regression", "task.monitor=val/r2", "task.monitor_mode=max"]))
     check_monitor(compose_cfg(["task.monitor=val/my_metric", "task.monitor_mode=min"]))
+    # task.monitor=null is the task's default metric: held to the config's mode all the same
+    # (the RetinaMNIST recipe's max with regression's val/mae kept its first, worst epoch).
+    with pytest.raises(
+        ConfigError,
+        match=r"task.monitor=null \(the task's default, val/mae\) is better lower, but "
+        r"task.monitor_mode=max: .* set task.monitor_mode=min",
+    ):
+        check_monitor(compose_cfg(["experiment=retinamnist_regression", "task.monitor=null"]))
+    check_monitor(
+        compose_cfg(
+            ["experiment=retinamnist_regression", "task.monitor=null", "task.monitor_mode=min"]
+        )
+    )
