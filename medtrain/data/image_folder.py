@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from medtrain.data.base import SPLITS, ImageDataset, check_fractions
 from medtrain.data.readers import READABLE_EXTENSIONS, read_image_file
+from medtrain.data.transforms import refuse_windowed_pictures
 from medtrain.errors import ConfigError, DataError
 
 
@@ -126,6 +127,7 @@ class ImageFolder(ImageDataset):
         files, labels, self.class_names = self._collect(
             root, extensions, val_fraction, test_fraction, seed, self.class_names, empty
         )
+        refuse_windowed_pictures(self.windows, [f for s in SPLITS for f in files[s]], str(root))
         self.files = files[split]
         self.ids = [str(f.relative_to(root)) for f in self.files]
         self.set_labels(

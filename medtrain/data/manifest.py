@@ -25,6 +25,7 @@ from medtrain.data.multilabel import (
 )
 from medtrain.data.readers import IMAGE_EXTENSIONS, read_image_file
 from medtrain.data.tabular import fit_tabular, is_missing, parse_number
+from medtrain.data.transforms import refuse_windowed_pictures
 from medtrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -570,6 +571,7 @@ class Manifest(ManifestRows, ImageDataset):
             )
         chosen = np.flatnonzero(assignment == SPLITS.index(split))
 
+        refuse_windowed_pictures(self.windows, every_file, str(csv_path))
         self.files = [every_file[i] for i in chosen]
         self.ids = [every_id[i] for i in chosen]
         self.chosen_lines = [self._lines[i] for i in chosen]  # this split's CSV lines, for messages

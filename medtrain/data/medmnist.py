@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from medtrain.data.base import SPLITS, ImageDataset
-from medtrain.errors import DataError
+from medtrain.errors import ConfigError, DataError
 
 
 def image_dims(images: np.ndarray) -> int | None:
@@ -73,6 +73,11 @@ class MedMNIST(ImageDataset):
 
     def __init__(self, path: str, split: str, **kwargs: Any):
         super().__init__(split, **kwargs)
+        if self.windows is not None:  # its pictures are 8-bit display values
+            raise ConfigError(
+                f"dataset.window windows CT values in Hounsfield units, but {path} holds MedMNIST's "
+                "8-bit display values: set dataset.window=null"
+            )
         arrays = load_npz(path, split)
         self.images = arrays[f"{split}_images"]
         # MedMNIST3D files hold volumes: the data are 3D, and so must the network be.

@@ -20,6 +20,7 @@ from medtrain.data.readers import (
     read_image_file,
 )
 from medtrain.data.segmentation import SegmentationDataset
+from medtrain.data.transforms import refuse_windowed_pictures
 from medtrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class SegFolder(SegmentationDataset):
                     f"{self.num_classes} classes of dataset.num_classes"
                 )
         names = self._split(sorted(images), val_size, test_size, splits, split_file, seed, split)
+        refuse_windowed_pictures(self.windows, [images[n] for n in sorted(images)], str(root))
         self.ids = names[split]
         self.image_files = [images[n] for n in self.ids]
         self.mask_files = [masks[f"{n}{mask_suffix}"] for n in self.ids]

@@ -15,6 +15,7 @@ from medtrain.data.manifest import ManifestRows, check_columns, read_csv
 from medtrain.data.masks import read_mask_file
 from medtrain.data.readers import file_spacing, read_image
 from medtrain.data.segmentation import SegmentationDataset
+from medtrain.data.transforms import refuse_windowed_pictures
 
 SPACING_CELL = "a pixel size in mm (0.5, or 0.5 0.6 for row and column)"
 
@@ -118,6 +119,7 @@ class SegManifest(ManifestRows, SegmentationDataset):
             assignment = self._seeded_splits(
                 len(rows), val_fraction, test_fraction, seed, groups=groups
             )
+        refuse_windowed_pictures(self.windows, images, str(csv_path))
         chosen = np.flatnonzero(assignment == SPLITS.index(split))
         self.ids = [ids[i] for i in chosen]
         if groups is not None:

@@ -8,6 +8,7 @@ import random
 import re
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -44,6 +45,30 @@ def to_float01(image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32)
     # A read-only array (kept decoded by a dataset's cache) is copied: what follows may write.
     return image.astype(np.float32, copy=not image.flags.writeable)
+
+
+# Files of display values (8/16-bit pictures), never of Hounsfield units: no CT window applies.
+DISPLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def refuse_windowed_pictures(windows: Any, files: Sequence[Any], source: str) -> None:
+    """A CT window (`dataset.window`) reads images in Hounsfield units: refuse data of pictures,
+    whose values are display grey levels (a lung window maps 0-255 to 0.9-1.0 and clips every
+    value above 150), as `medtrain predict` refuses such files for a windowed run.
+
+    Raises:
+        ConfigError: naming the first such file (or `source`) and how many there are.
+    """
+    if windows is None:
+        return
+    pictures = [f for f in files if str(f).lower().endswith(DISPLAY_SUFFIXES)]
+    if pictures:
+        more = f" (and {len(pictures) - 1} more)" if len(pictures) > 1 else ""
+        raise ConfigError(
+            f"dataset.window windows CT values in Hounsfield units, but {pictures[0]}{more} holds "
+            f"display values ({source}): window DICOM files or NPY/NPZ arrays of HU values, or set "
+            "dataset.window=null"
+        )
 
 
 def parse_windows(spec) -> list[tuple[float, float]] | None:

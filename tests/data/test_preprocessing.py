@@ -71,6 +71,31 @@ def test_windowed_runs_refuse_display_images(tmp_path, finished_runs):
     assert predictor.info()["input"]["window"] == [[40.0, 80.0]]
 
 
+def test_a_window_on_pictures_is_refused_before_training(tmp_path):
+    """dataset.window on PNG files trained on wrecked inputs (a lung window maps 0-255 to
+    0.9-1.0 and clips every value above 150) and the run then refused its own kind of files."""
+    from medtrain.data.image_folder import ImageFolder
+    from medtrain.data.seg_folder import SegFolder
+
+    for name in ("a", "b"):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(np.full((8, 8), k, np.uint8)).save(tmp_path / f"folder/{name}/{k}.png")
+    with pytest.raises(ConfigError, match=r"dataset.window windows CT values .* holds display"):
+        ImageFolder(str(tmp_path / "folder"), "train", window="lung")
+    ImageFolder(str(tmp_path / "folder"), "train")  # without a window: read as pictures
+    rows = [f"folder/{name}/{k}.png,{name}" for name in ("a", "b") for k in range(4)]
+    (tmp_path / "cases.csv").write_text("image,target\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=r"a/0.png \(and 7 more\) holds display .*cases.csv"):
+        Manifest(str(tmp_path / "cases.csv"), "train", window="lung")
+    for sub in ("images", "masks"):
+        (tmp_path / "seg" / sub).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"seg/{sub}/{k}.tif")
+    with pytest.raises(ConfigError, match=r"0.tif \(and 2 more\) holds display values"):
+        SegFolder(str(tmp_path / "seg"), "train", window=[40, 80])
+
+
 def test_dataset_statistics_come_from_the_training_split_and_are_saved(tmp_path, tiny):
     overrides = [*tiny, "dataset.normalize.mode=dataset", "trainer.max_epochs=1"]
     cfg = compose_cfg(overrides)
