@@ -394,23 +394,39 @@ class SeededAugment(EpochStream):
             return self.pipeline(**arrays)
         except CropSizeError as err:  # albumentations' traceback from deep inside the pipeline
             raise ConfigError(crop_too_large(self.key, self.pipeline, err)) from None
+        except (cv2.error, ValueError, TypeError, IndexError) as err:
+            # A setting a transform takes but cannot apply to these arrays (an Affine's linear
+            # `mask_interpolation` on a class mask stopped OpenCV's remap with an assertion).
+            shapes = ", ".join(f"{k} {getattr(v, 'shape', '?')}" for k, v in arrays.items())
+            what = str(err).strip().splitlines()[-1] if str(err).strip() else "no message"
+            kind = "OpenCV" if isinstance(err, cv2.error) else type(err).__name__
+            raise ConfigError(
+                f"{failed_at(self.key, self.pipeline, err)} cannot be applied to a sample "
+                f"({shapes}): {kind}: {what}; check its arguments"
+            ) from None
 
 
-def crop_too_large(key: str, pipeline: A.BasicTransform | A.BaseCompose, err: Exception) -> str:
-    """What to say of a crop larger than the image it is given (albumentations' CropSizeError):
-    the transform by its config key, the two sizes, and the ways out."""
-    transform = None  # the innermost transform running when it raised
+def failed_at(key: str, pipeline: A.BasicTransform | A.BaseCompose, err: Exception) -> str:
+    """The config key and class of the innermost transform running when `err` was raised
+    (`augmentation.train.transforms.1 (Affine)`), else `key`."""
+    transform = None
     trace = err.__traceback__
     while trace is not None:
         running = trace.tb_frame.f_locals.get("self")
         if isinstance(running, A.BasicTransform):
             transform = running
         trace = trace.tb_next
-    where = key
-    if transform is not None:
-        path = _transform_path(pipeline, transform)
-        name = type(transform).__name__
-        where = f"{key}.{path} ({name})" if path else f"{key} ({name})"
+    if transform is None:
+        return key
+    path = _transform_path(pipeline, transform)
+    name = type(transform).__name__
+    return f"{key}.{path} ({name})" if path else f"{key} ({name})"
+
+
+def crop_too_large(key: str, pipeline: A.BasicTransform | A.BaseCompose, err: Exception) -> str:
+    """What to say of a crop larger than the image it is given (albumentations' CropSizeError):
+    the transform by its config key, the two sizes, and the ways out."""
+    where = failed_at(key, pipeline, err)
     sizes = re.search(r"\((\d+), (\d+)\) vs \((\d+), (\d+)\)", str(err))
     what = (
         f"crops {sizes[1]} x {sizes[2]} pixels (height x width) out of an image of {sizes[3]} x "

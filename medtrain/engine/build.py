@@ -39,6 +39,7 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if target is not None and locate(str(target)) is None:
         raise ConfigError(f"{key}._target_={target}: {why_not_importable(str(target))}")
+    check_nested(node, key)
     try:
         return instantiate(_without_null_leftovers(node), **kwargs, _convert_="all")
     except InstantiationException as err:
@@ -60,6 +61,53 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise ConfigError(
             f"{key}: cannot build {node.get('_target_')}: {cause or err}{_unknown_keys_hint(node, key)}"
         ) from err
+
+
+def nested_targets(node: Any, key: str) -> list[tuple[str, DictConfig]]:
+    """(key, node) of every config node with a `_target_` inside `node` (not `node` itself), as
+    a pipeline's transforms: `augmentation.train.transforms.0`."""
+    found: list[tuple[str, DictConfig]] = []
+    if isinstance(node, DictConfig):
+        names: Any = [k for k in node if not str(k).startswith("_")]
+    elif isinstance(node, ListConfig):
+        names = range(len(node))
+    else:
+        return found
+    for name in names:
+        child = node._get_node(name)  # as written: interpolations are not resolved here
+        path = f"{key}.{name}"
+        if isinstance(child, DictConfig) and "_target_" in child:
+            found.append((path, child))
+        if isinstance(child, (DictConfig, ListConfig)):
+            found += nested_targets(child, path)
+    return found
+
+
+def check_nested(node: Any, key: str) -> None:
+    """Every `_target_` inside `node` names something importable, and an albumentations
+    transform takes every argument it is given: albumentations warns about others and ignores
+    them (a Rotate given `limitt: 20` rotated by its default 90 degrees, and the saved config
+    said 20).
+
+    Raises:
+        ConfigError: naming the nested key, with the closest names there are.
+    """
+    for path, child in nested_targets(node, key):
+        target = str(child.get("_target_"))
+        if locate(target) is None:
+            raise ConfigError(f"{path}._target_={target}: {why_not_importable(target)}")
+        if not target.startswith("albumentations."):
+            continue  # other classes refuse unknown arguments themselves
+        unknown = list(_leftovers(child))
+        if unknown:
+            taken = sorted(_taken(child) or ())
+            close = difflib.get_close_matches(unknown[0], taken, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            name = target.rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"{path}.{unknown[0]}: {name} takes no argument {unknown[0]!r}{hint}; it takes "
+                f"{', '.join(taken)}"
+            )
 
 
 _VALIDATION = re.compile(r"\n(\w[\w.]*)\n\s+(.+?) \[type=[^,\]]*, input_value=(.*?), input_type=")

@@ -498,3 +498,54 @@ def test_a_crop_larger_than_the_images_is_refused_at_the_first_sample(
         "let it pad (pad_if_needed: true, or an albumentations.PadIfNeeded before it)"
     )
     assert not (tmp_path / "checkpoints").exists()  # refused before the first epoch
+
+
+@pytest.mark.parametrize(
+    ("transforms", "message"),
+    [
+        (  # albumentations warned and rotated by its default 90 degrees; the config said 20
+            "[{_target_: albumentations.HorizontalFlip}, {_target_: albumentations.Rotate, "
+            "limitt: 20}]",
+            "augmentation.train.transforms.1.limitt: Rotate takes no argument 'limitt' (did you "
+            "mean limit?); it takes border_mode, crop_border, fill, fill_mask, interpolation, "
+            "limit, mask_interpolation, p, rotate_method",
+        ),
+        (  # it was "No module named 'albumentations.HorizontalFlipp'", without the key
+            "[{_target_: albumentations.OneOf, transforms: [{_target_: "
+            "albumentations.HorizontalFlipp}]}]",
+            "augmentation.train.transforms.0.transforms.0._target_=albumentations.HorizontalFlipp"
+            ": albumentations has no 'HorizontalFlipp' (closest: HorizontalFlip",
+        ),
+    ],
+)
+def test_a_transform_s_misspelt_name_or_argument_is_refused_naming_its_key(
+    tmp_path, transforms, message
+):
+    from tests.conftest import TINY, train_in_process
+
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, [*TINY, f"augmentation.train.transforms={transforms}"])
+    assert str(err.value).startswith(message)
+
+
+def test_a_transform_that_cannot_be_applied_names_its_key_not_an_opencv_traceback(tmp_path):
+    """A linear mask_interpolation stopped OpenCV's remap on the class mask with a cv2.error
+    traceback (exit 1) and a half-written run."""
+    from tests.conftest import train_in_process
+
+    affine = "{_target_: albumentations.Affine, rotate: 10, mask_interpolation: 1, p: 1.0}"
+    overrides = [
+        "experiment=synthetic_segmentation",
+        "dataset.num_train=4",
+        "dataset.num_val=2",
+        "dataset.num_test=2",
+        "trainer.max_epochs=1",
+        f"augmentation.train.transforms=[{affine}]",
+    ]
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, overrides)
+    assert str(err.value).startswith(
+        "augmentation.train.transforms.0 (Affine) cannot be applied to a sample (image "
+    )
+    assert "OpenCV: " in str(err.value) and str(err.value).endswith("check its arguments")
+    assert not (tmp_path / "checkpoints").exists()
