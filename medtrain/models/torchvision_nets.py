@@ -22,11 +22,14 @@ def _first_conv(model: nn.Module) -> tuple[nn.Module, str]:
     return model.features[0], "0"  # EfficientNet: features[0] is Conv-BN-act
 
 
-def _adapt_stem(model: nn.Module, in_channels: int, small_input: bool) -> None:
+def _adapt_stem(
+    model: nn.Module, in_channels: int, small_input: bool, pretrained: bool = False
+) -> None:
     """Replace the first convolution for `in_channels`; for small inputs also drop its down-sampling.
 
     Pretrained RGB filters are summed over colour for grey input (or tiled for more channels) so that
-    loaded weights still respond to the same structures.
+    loaded weights still respond to the same structures; a small input's 3x3 stem takes the centre
+    3x3 of larger filters (a ResNet's 7x7): they were left random, and the file's stem unused.
     """
     parent, name = _first_conv(model)
     old: nn.Conv2d = getattr(parent, name)
@@ -38,12 +41,17 @@ def _adapt_stem(model: nn.Module, in_channels: int, small_input: bool) -> None:
     new = nn.Conv2d(
         in_channels, old.out_channels, kernel, stride, padding, bias=old.bias is not None
     )
-    if kernel == old.kernel_size:
+    # Untrained, a 3x3 stem keeps its own initialisation (as runs before had it).
+    if kernel == old.kernel_size or pretrained:
         with torch.no_grad():
+            weight = old.weight
+            if kernel != old.kernel_size:  # the centre of each filter (7x7 -> 3x3)
+                top, left = ((o - k) // 2 for o, k in zip(old.kernel_size, kernel, strict=True))
+                weight = weight[:, :, top : top + kernel[0], left : left + kernel[1]]
             weight = (
-                old.weight.sum(dim=1, keepdim=True)
+                weight.sum(dim=1, keepdim=True)
                 if in_channels == 1
-                else old.weight.repeat(1, -(-in_channels // old.in_channels), 1, 1)[:, :in_channels]
+                else weight.repeat(1, -(-in_channels // old.in_channels), 1, 1)[:, :in_channels]
             )
             new.weight.copy_(weight * (1.0 if in_channels == 1 else old.in_channels / in_channels))
     setattr(parent, name, new)
@@ -84,14 +92,22 @@ def torchvision_classifier(
         raise ConfigError(f"model.arch={arch!r} is not supported; choose one of {ARCHITECTURES}")
     model = getattr(torchvision.models, arch)(weights=None)
     if weights is not None:
+        if not isinstance(weights, (str, Path)):
+            raise ConfigError(
+                f"model.weights={weights!r}: give the path of a local state-dict file, or null"
+            )
         if not Path(weights).is_file():
-            raise ConfigError(f"model.weights={weights!r}: no such file")
+            raise ConfigError(
+                f"model.weights={weights!r}: no such file. medtrain never downloads weights: give "
+                f"a state-dict file in torchvision's layout that you downloaded (e.g. {arch}'s "
+                "ImageNet weights from torchvision), or null"
+            )
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state))
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             raise ConfigError(f"model.weights={weights!r} does not fit {arch}: {err}") from err
-    _adapt_stem(model, in_channels, small_input)
+    _adapt_stem(model, in_channels, small_input, pretrained=weights is not None)
     _replace_head(model, num_classes)
     return model

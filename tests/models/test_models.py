@@ -80,11 +80,27 @@ def test_local_weights_are_loaded_and_grey_stem_sums_rgb_filters(tmp_path: Path)
     assert torch.equal(model.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
     assert torch.allclose(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
     assert model.fc.out_features == 3
+    # A small input's 3x3 stem (model=resnet18's default) takes the centre of the file's 7x7
+    # filters: it was left random, and the file's stem unused, without a word.
+    small = torchvision_classifier("resnet18", 1, 3, small_input=True, weights=str(weights))
+    centre = reference.conv1.weight[:, :, 2:5, 2:5].sum(1, keepdim=True)
+    assert small.conv1.kernel_size == (3, 3) and torch.allclose(small.conv1.weight, centre)
+    # Untrained, the 3x3 stem keeps its own initialisation (earlier runs rerun alike).
+    torch.manual_seed(0)
+    untrained = torchvision_classifier("resnet18", 1, 3, small_input=True)
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    fresh = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+    assert torch.equal(untrained.conv1.weight, fresh.weight)
 
 
 def test_missing_or_mismatched_weights_give_config_errors(tmp_path: Path):
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file. medtrain never downloads weights"):
         torchvision_classifier("resnet18", 1, 2, weights=str(tmp_path / "none.pth"))
+    with pytest.raises(ConfigError, match="model.weights='IMAGENET1K_V1': no such file"):
+        torchvision_classifier("resnet18", 1, 2, weights="IMAGENET1K_V1")
+    with pytest.raises(ConfigError, match="model.weights=True: give the path of a local"):
+        torchvision_classifier("resnet18", 1, 2, weights=True)
     bad = tmp_path / "bad.pth"
     torch.save({"fc.weight": torch.zeros(1)}, bad)
     with pytest.raises(ConfigError, match="does not fit resnet18"):
