@@ -5,7 +5,7 @@ before anything is loaded."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import yaml
@@ -28,6 +28,30 @@ def own_config_folders(overrides: Sequence[str], config_dir: str | None = None) 
     return folders + ([Path(config_dir)] if config_dir else [])
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader refusing a key given twice in one mapping, as Hydra's loader does
+    (with a traceback; PyYAML alone keeps the last value)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key != "<<" and isinstance(key, Hashable):
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {key!r} is given twice (first on line {first[key] + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def check_yaml_syntax(folders: Sequence[Path]) -> None:
     """Every `.yaml` file of the config groups in `folders` must parse as YAML.
 
@@ -42,7 +66,7 @@ def check_yaml_syntax(folders: Sequence[Path]) -> None:
         )
         for path in files:
             try:
-                yaml.safe_load(path.read_text(encoding="utf-8"))
+                yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
             except (OSError, UnicodeDecodeError) as err:
                 raise ConfigError(f"{path}: cannot read it as a config file ({err})") from None
             except yaml.YAMLError as err:

@@ -104,6 +104,12 @@ def test_a_yaml_error_in_ones_own_config_folder_is_one_line_naming_the_file(tmp_
     searched = f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"
     assert main(["check-data", searched, "dataset=mine"]) == 2
     assert capsys.readouterr().err.startswith(said)
+    # A key given twice: Hydra's loader refused it with a 73-line traceback.
+    bad.write_text("defaults:\n  - manifest\n  - _self_\npath: a.csv\npath: b.csv\n")
+    assert main(["--config-dir", str(tmp_path / "my_conf"), "dataset=mine"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {bad} line 5: not valid YAML (the key 'path' is given twice (first on line 4))\n"
+    )
 
 
 def test_no_command_module_keeps_state_or_rewrites_argv():
