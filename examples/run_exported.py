@@ -13,6 +13,11 @@ its pixels per class, its objects per foreground class (connected components, as
 them without `task.instances`), and each class's area in mm^2 with `--spacing` or the run's own
 `dataset.spacing` (files' own spacing tags are not read here: give `--spacing`). Segmentation runs
 with an inference window are tiled into blended windows, as medtrain evaluates them.
+
+A file that medtrain predict refuses (not one 2D image: a volume, a channel-first array, pages of
+a stack; values that are not finite; a constant image ...) gets an error row saying why in
+medtrain's words, as does a file that fails in any other way; the other files still run, and the
+script exits with status 1.
 """
 
 import argparse
@@ -31,10 +36,19 @@ NOT_READ = "this example reads PNG, JPEG, TIFF or NPY"
 NIFTI_HEADERS = tuple(n.to_bytes(4, order) for n in (348, 540) for order in ("little", "big"))
 
 
+class Refused(Exception):
+    """A file medtrain predict refuses too; the reason is its own, in medtrain's words."""
+
+
 def read_image(path: Path) -> tuple[np.ndarray, str]:
     """Pixels (H x W x C) as medtrain reads them, and the file's format (PNG, JPEG, TIFF or NPY):
     palette images as RGB, alpha dropped, 16-bit kept; an .npy array as stored (e.g. Hounsfield
-    units for a CT-windowed model). DICOM and NIfTI files are named, not read."""
+    units for a CT-windowed model). DICOM and NIfTI files are named, not read.
+
+    Raises:
+        Refused: what medtrain refuses once read (`image_of`, `finite`), or a TIFF or PNG of
+            several pages.
+    """
     with open(path, "rb") as handle:
         head = handle.read(132)
     # By content first: a DICOM preamble may look like a TIFF header (Pillow then fails on it).
@@ -46,19 +60,73 @@ def read_image(path: Path) -> tuple[np.ndarray, str]:
     if head[:4] in NIFTI_HEADERS or path.name.lower().endswith((".nii", ".nii.gz")):
         raise ValueError(f"a NIfTI volume; {NOT_READ} (2D images)")
     if path.suffix.lower() == ".npy":
-        array = np.load(path, allow_pickle=False)
-        return (array[..., None] if array.ndim == 2 else array)[..., :3], "NPY"
+        return finite(image_of(npy_array(path))), "NPY"
     with Image.open(path) as img:
         if img.format not in ("PNG", "JPEG", "TIFF"):  # as medtrain: a GIF named .png is refused
             raise ValueError(f"a {img.format} image; {NOT_READ}")
         kind = img.format
+        if getattr(img, "is_animated", False):  # a stack, or an animated PNG: which page?
+            raise Refused(f"the {kind} holds several pages (a stack or series); send one 2D image")
         img = ImageOps.exif_transpose(img)  # as viewers (and medtrain) show it: Orientation tag
         if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr"):
             img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
         array = np.array(img)
     if array.dtype in (np.int32, np.uint32):  # Pillow's mode "I" holds 16-bit PNG and TIFF
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise Refused("32-bit integer pixels outside 0..65535 are not supported")
         array = array.astype(np.uint16)
-    return (array[..., None] if array.ndim == 2 else array)[..., :3], kind
+    return finite(image_of(array)), kind
+
+
+def npy_array(path: Path) -> np.ndarray:
+    """An NPY file's array; its header is read first, so that an array of anything but numbers
+    or bool (objects, strings, complex numbers) is refused unread, as medtrain refuses it."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0  # versions 2 and 3
+        )
+        _, _, dtype = read_header(handle)
+    if dtype.kind not in "biuf":
+        raise Refused(f"array of {dtype} is not an image")
+    return np.load(path, allow_pickle=False)
+
+
+def image_of(array: np.ndarray) -> np.ndarray:
+    """A 2D image as H x W x C, by medtrain's rule: H x W, or H x W x C of 1, 3 or 4 channels
+    (alpha dropped). A volume, a channel-first array or any other channel count is refused
+    rather than read as some image."""
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        raise Refused(f"shape {array.shape} is not a 2D image (H x W, or H x W x 3 for colour)")
+    if min(array.shape[:2]) < 1:
+        raise Refused(f"the image has no pixels (shape {array.shape})")
+    return array[..., None] if array.ndim == 2 else array
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite(array: np.ndarray) -> np.ndarray:
+    """`array`, unless its float pixels are NaN, infinite or beyond float32 (as medtrain, which
+    would otherwise find a corrupt scan "normal")."""
+    if array.dtype.kind != "f":
+        return array
+    low, high = float(array.min()), float(array.max())  # NaN propagates to both
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        raise Refused(f"pixel values are not finite (NaN or infinite): {bad} of {array.size}")
+    if max(-low, high) > FLOAT32_MAX:
+        raise Refused(
+            f"pixel values overflow float32: magnitudes up to {max(-low, high):.3g}, float32 "
+            f"holds at most {FLOAT32_MAX:.3g}"
+        )
+    return array
 
 
 SCALED = ("uint8", "uint16", "bool")  # read as 0-1 of their bit depth; floats as they are
@@ -270,6 +338,77 @@ def grade(value: float, grades: dict) -> int:
     return int(min(max(raw, low), high))
 
 
+def ordinal_grades(manifest: dict) -> dict | None:
+    """The grading rule (`regression.grades`) of an ordinal run of one target, else None."""
+    one_target = len(manifest["class_names"]) == 1
+    return (manifest.get("regression") or {}).get("grades") if one_target else None
+
+
+def answer(path: Path, run, manifest: dict, spacing: tuple | None, masks: Path) -> list:
+    """The CSV row of one file (after its name): the prediction, under main's columns.
+
+    Raises:
+        Refused: medtrain predict refuses the file too: no prediction is made from it.
+    """
+    try:
+        pixels, kind = read_image(path)
+    except Refused:
+        raise
+    except Exception as err:  # whatever Pillow or numpy raise for a file they cannot read
+        raise Refused(f"cannot read: {err}") from err
+    task, names, pre = manifest["task"], manifest["class_names"], manifest["preprocessing"]
+    if pre.get("window") and kind != "NPY":  # as medtrain predict
+        raise Refused(
+            f"this run windows CT values in Hounsfield units; a {kind} holds display values. "
+            "Give an NPY of HU values (or the DICOM to medtrain predict)"
+        )
+    if pixels.min() == pixels.max():  # as medtrain
+        raise Refused("every pixel has the same value: no prediction is made from it")
+    # A windowed run reads values in modality units, not on a pixel scale (predict's rule).
+    scale = other_scale(pixels, None if pre.get("window") else pre.get("training_images"))
+    if scale:
+        raise Refused(f"another pixel scale than the run's training images: {scale}")
+    with np.errstate(all="ignore"):  # overflow is reported in the row, not as a warning
+        image = prepare(pixels, pre)
+    if not np.isfinite(image).all():  # a corrupt scan must never come out as a finding
+        raise Refused(
+            "not finite (NaN or infinite) after preprocessing: no prediction is made from it"
+        )
+    if task == "segmentation":
+        mask = segment(run, image, pixels.shape[:2], manifest["segmentation"])
+        masks.mkdir(parents=True, exist_ok=True)
+        out = masks / f"{path.stem}.png"
+        # As medtrain's masks/: binary masks as 0/255, multi-class masks as class indices,
+        # with the spacing in the PNG's pHYs chunk (dpi: columns, then rows), so that
+        # `medtrain measure` on them measures in mm as on medtrain's own.
+        dpi = {"dpi": (25.4 / spacing[1], 25.4 / spacing[0])} if spacing else {}
+        Image.fromarray(mask * 255 if len(names) == 2 else mask).save(out, **dpi)
+        pixels_per_class = np.bincount(mask.ravel(), minlength=len(names))
+        connectivity = 4 if manifest["segmentation"]["connectivity"] == 1 else 8
+        counts = [
+            cv2.connectedComponents((mask == k).astype(np.uint8), connectivity=connectivity)[0]
+            - 1  # component 0 is everything else
+            for k in range(1, len(names))
+        ]
+        row = [out, *pixels_per_class, *counts]
+        if spacing:
+            row += [repr(float(n) * spacing[0] * spacing[1]) for n in pixels_per_class[1:]]
+        return row
+    output = run(image[None])[0][0]
+    if not np.isfinite(output).all():
+        raise Refused(
+            "the model's output is not finite (NaN or infinite): no prediction is made from it"
+        )
+    values = [repr(v) for v in output.tolist()]
+    if task == "classification":
+        return [decide(output, manifest), *values]
+    if task == "regression":  # an ordinal run's grade, the value of one target, each target's
+        grades = ordinal_grades(manifest)
+        row = [grade(float(output[0]), grades)] if grades else []
+        return [*row, *(values[:1] if len(names) == 1 else []), *values]
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path, help="folder with manifest.json and the model")
@@ -326,7 +465,7 @@ def main() -> None:
     # A task of your own (medtrain's task protocol): its first output's values, one per name.
     first = manifest["outputs"][0]["name"]
     # Regression columns as medtrain predict's: an ordinal run's grade and the value of one target.
-    grades = (manifest.get("regression") or {}).get("grades") if len(names) == 1 else None
+    grades = ordinal_grades(manifest)
     one = ["value"] if len(names) == 1 else []
     columns = {
         "classification": [label, *(f"prob_{n}" for n in names)],
@@ -348,74 +487,13 @@ def main() -> None:
 
     for path in args.images:
         try:
-            pixels, kind = read_image(path)
-        except Exception as err:
-            refuse(path, f"cannot read: {err}")
-            continue
-        windowed = bool(manifest["preprocessing"].get("window"))
-        if windowed and kind != "NPY":  # as medtrain predict
-            refuse(
-                path,
-                f"this run windows CT values in Hounsfield units; a {kind} holds display values. "
-                "Give an NPY of HU values (or the DICOM to medtrain predict)",
-            )
-            continue
-        if pixels.size and np.isfinite(pixels).all() and pixels.min() == pixels.max():
-            refuse(
-                path, "every pixel has the same value: no prediction is made from it"
-            )  # as medtrain
-            continue
-        # A windowed run reads values in modality units, not on a pixel scale (predict's rule).
-        trained = None if windowed else manifest["preprocessing"].get("training_images")
-        scale = other_scale(pixels, trained)
-        if scale:
-            refuse(path, f"another pixel scale than the run's training images: {scale}")
-            continue
-        with np.errstate(all="ignore"):  # overflow is reported in the row, not as a warning
-            image = prepare(pixels, manifest["preprocessing"])
-        if not np.isfinite(image).all():  # a corrupt scan must never come out as a finding
-            refuse(
-                path,
-                "not finite (NaN or infinite) after preprocessing: no prediction is made from it",
-            )
-            continue
-        if task == "segmentation":
-            mask = segment(run, image, pixels.shape[:2], manifest["segmentation"])
-            masks = args.masks or args.export / "masks"
-            masks.mkdir(parents=True, exist_ok=True)
-            out = masks / f"{path.stem}.png"
-            # As medtrain's masks/: binary masks as 0/255, multi-class masks as class indices,
-            # with the spacing in the PNG's pHYs chunk (dpi: columns, then rows), so that
-            # `medtrain measure` on them measures in mm as on medtrain's own.
-            dpi = {"dpi": (25.4 / spacing[1], 25.4 / spacing[0])} if spacing else {}
-            Image.fromarray(mask * 255 if len(names) == 2 else mask).save(out, **dpi)
-            pixels_per_class = np.bincount(mask.ravel(), minlength=len(names))
-            connectivity = 4 if manifest["segmentation"]["connectivity"] == 1 else 8
-            counts = [
-                cv2.connectedComponents((mask == k).astype(np.uint8), connectivity=connectivity)[0]
-                - 1  # component 0 is everything else
-                for k in range(1, len(names))
-            ]
-            row = [out, *pixels_per_class, *counts]
-            if spacing:
-                row += [repr(float(n) * spacing[0] * spacing[1]) for n in pixels_per_class[1:]]
+            row = answer(path, run, manifest, spacing, args.masks or args.export / "masks")
+        except Refused as err:
+            refuse(path, str(err))
+        except Exception as err:  # this file's error row: the others still run
+            refuse(path, f"failed: {type(err).__name__}: {err}")
         else:
-            output = run(image[None])[0][0]
-            if not np.isfinite(output).all():
-                refuse(
-                    path,
-                    "the model's output is not finite (NaN or infinite): no prediction is made from it",
-                )
-                continue
-            values = [repr(v) for v in output.tolist()]
-            if task == "classification":
-                row = [decide(output, manifest), *values]
-            elif task == "regression":
-                row = [grade(float(output[0]), grades)] if grades else []
-                row += [*values[: len(one)], *values]
-            else:
-                row = values
-        writer.writerow([path, *row, ""])
+            writer.writerow([path, *row, ""])
     sys.exit(1 if failed else 0)
 
 

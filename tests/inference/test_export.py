@@ -315,10 +315,11 @@ def test_example_script_makes_no_finding_of_a_corrupt_scan(finished_runs, tmp_pa
     assert done.returncode == 1
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert [r["label"] for r in rows] == ["", ""]
-    for row in rows:
-        assert row["error"].startswith("not finite (NaN or infinite) after preprocessing") or (
-            row["error"].startswith("the model's output is not finite")
-        ), row
+    # As medtrain reads them: NaN refused in the file, -3e38 once normalized.
+    assert rows[0]["error"] == "pixel values are not finite (NaN or infinite): 256 of 256"
+    assert rows[1]["error"].startswith("not finite (NaN or infinite) after preprocessing") or (
+        rows[1]["error"].startswith("the model's output is not finite")
+    ), rows[1]
 
 
 def test_example_script_refuses_what_predict_refuses(finished_runs, tmp_path):
@@ -359,6 +360,55 @@ def test_example_script_refuses_what_predict_refuses(finished_runs, tmp_path):
     with open(tmp_path / "p.csv", newline="") as handle:
         refused = {r["file"] for r in csv.DictReader(handle) if r["error"]}
     assert refused == {"constant.png", "gif.png", "wide.tif", "float255.npy"}
+
+
+def test_example_script_refuses_what_is_no_2d_image_and_goes_on(finished_runs, tmp_path):
+    """A volume, a channel-first or 5-channel array, a stack of pages or an animated PNG are no
+    one 2D image: medtrain predict refuses each, and the example (which read a slice, some
+    channels or the first page of them, and crashed on a 4-D array, losing every later file)
+    gives each the same reason in an error row and still predicts the file after them."""
+    from medtrain.commands.predict import main as predict
+
+    run = finished_runs["classification"]
+    export_run(Predictor(run).run, "onnx", tmp_path / "export")
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    arrays = {
+        "4d.npy": (2, 8, 32, 32),  # first: it crashed the run
+        "vol3d.npy": (8, 32, 32),
+        "rgb_chw.npy": (3, 32, 32),
+        "c5.npy": (32, 32, 5),
+    }
+    for name, shape in arrays.items():
+        np.save(inputs / name, rng.random(shape, dtype=np.float32))
+    pages = [Image.fromarray(scan(32, 32, seed)) for seed in (1, 2)]
+    pages[0].save(inputs / "multi.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(inputs / "apng.png", save_all=True, append_images=pages[1:])
+    np.save(inputs / "complex.npy", rng.random((32, 32)) + 1j)
+    Image.fromarray(scan(32, 32, 3)).save(inputs / "good.png")
+    names = [*arrays, "multi.tif", "apng.png", "complex.npy", "good.png"]
+    done = example(tmp_path / "export", [inputs / name for name in names])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ""
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(io.StringIO(done.stdout))}
+    assert list(rows) == names
+    assert rows["good.png"]["error"] == "" and rows["good.png"]["label"] in ("normal", "lesion")
+    errors = {name: row["error"] for name, row in rows.items()}
+    assert errors["vol3d.npy"] == (
+        "shape (8, 32, 32) is not a 2D image (H x W, or H x W x 3 for colour)"
+    )
+    assert errors["multi.tif"] == (
+        "the TIFF holds several pages (a stack or series); send one 2D image"
+    )
+    assert errors["apng.png"].startswith("the PNG holds several pages")
+    assert errors["complex.npy"] == "array of complex128 is not an image"
+    # In medtrain predict's own words, which name the file first.
+    output = tmp_path / "predictions.csv"
+    assert predict([f"run_dir={run}", f"inputs={inputs}", f"output={output}"]) == 1
+    with open(output, newline="") as handle:
+        said = {r["file"]: r["error"] for r in csv.DictReader(handle)}
+    assert said == {name: f"{name}: {errors[name]}" if errors[name] else "" for name in names}
 
 
 def test_example_script_gives_predict_s_columns_and_grades_of_an_ordinal_run(tmp_path):
