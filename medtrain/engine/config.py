@@ -117,6 +117,7 @@ def validate(cfg: DictConfig) -> torch.device:
     )
     lr = cfg.optimizer.get("lr")
     require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "must be a number > 0")
+    check_optimizer_settings(cfg.optimizer)
     schedulers.check_settings(cfg.get("scheduler"), lr)
     t = cfg.trainer
     for key in ("batch_size", "eval_batch_size", "max_epochs", "accumulate_grad_batches"):
@@ -308,6 +309,37 @@ def check_task_settings(cfg: DictConfig) -> None:
     task = target_class(cfg.task)
     if task is not None and hasattr(task, "check_settings"):
         task.check_settings(cfg.task)
+
+
+def check_optimizer_settings(optimizer: DictConfig) -> None:
+    """The shipped optimizers' other settings, where torch would take nonsense or say so only
+    once training starts: a weight decay >= 0, a momentum and betas in [0, 1) (SGD took a
+    momentum of 2 and diverged without a word)."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    decay = optimizer.get("weight_decay")
+    if decay is not None:
+        require(number(decay) and decay >= 0, "optimizer.weight_decay", decay, "must be >= 0")
+    momentum = optimizer.get("momentum")
+    if momentum is not None:
+        require(
+            number(momentum) and 0 <= momentum < 1,
+            "optimizer.momentum",
+            momentum,
+            "must be in [0, 1) (0.9 is usual); 1 or more makes the steps grow without end",
+        )
+    betas = optimizer.get("betas")
+    if betas is not None:
+        require(
+            OmegaConf.is_list(betas)
+            and len(betas) == 2
+            and all(number(b) and 0 <= b < 1 for b in betas),
+            "optimizer.betas",
+            betas,
+            "must be two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
 
 
 def check_monitor(cfg: DictConfig) -> None:

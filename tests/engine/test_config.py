@@ -36,6 +36,9 @@ def test_every_group_exists_and_every_option_composes():
     [
         ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
         ("optimizer.lr=-1e-3", "optimizer.lr=-0.001: must be a number > 0"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1: must be >= 0"),
+        ("optimizer=sgd optimizer.momentum=2", "optimizer.momentum=2: must be in [0, 1)"),
+        ("+optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
         ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0: must be an integer >= 1"),
         ("trainer.num_workers=-1", "trainer.num_workers=-1: must be an integer >= 0"),
@@ -54,7 +57,7 @@ def test_every_group_exists_and_every_option_composes():
 )
 def test_bad_values_are_refused_with_the_key(override, message):
     with pytest.raises(ConfigError) as err:
-        validate(compose_cfg([override]))
+        validate(compose_cfg(override.split(" ")))
     assert message in str(err.value)
 
 
