@@ -54,8 +54,13 @@ MASKS_FOR_AN_IMAGE_TASK = (
     "model=unet loss=dice_ce (see experiment=synthetic_segmentation)"
 )
 REGRESSION_LOSS = (
-    "loss={loss} is a regression loss; task={task} needs a classification or segmentation loss "
-    "(cross_entropy, bce, focal; dice_ce, dice, ...), or use task=regression"
+    "loss={loss} is a regression loss; task={task} needs a classification loss (cross_entropy, "
+    "bce, focal), or use task=regression"
+)
+# The same refusal for segmentation: its losses are others (cross_entropy is refused there).
+REGRESSION_LOSS_FOR_MASKS = (
+    "loss={loss} is a regression loss; task={task} needs a segmentation loss (dice_ce, dice, "
+    "dice_bce, dice_focal, seg_focal, tversky), or use task=regression"
 )
 
 

@@ -36,7 +36,7 @@ from medtrain.errors import ConfigError, DataError
 from medtrain.io import png_bytes
 from medtrain.models.ensemble import mean_class_logits
 from medtrain.models.sliding_window import check_inference, sliding_window_inference
-from medtrain.tasks.base import REGRESSION_LOSS, Choices, Input, Task, refuse_loss
+from medtrain.tasks.base import REGRESSION_LOSS_FOR_MASKS, Choices, Input, Task, refuse_loss
 from medtrain.tasks.segmentation_results import (
     Logits,
     SegmentationCollector,
@@ -212,7 +212,7 @@ class SegmentationTask(Task):
             "loss={loss} is a classification loss; for task=segmentation use loss=dice_ce, "
             "dice, dice_bce, dice_focal, tversky or seg_focal"
         )
-        refuse_loss(cfg, choices, values=REGRESSION_LOSS, classes=classes)
+        refuse_loss(cfg, choices, values=REGRESSION_LOSS_FOR_MASKS, classes=classes)
 
     def check_output(self, output: torch.Tensor, model: str) -> None:
         if output.ndim not in (4, 5):

@@ -150,7 +150,11 @@ def test_bad_task_values_are_config_errors():
         (["task=regression", "dataset=synthetic_clinical"], "loss=cross_entropy does not compare"),
         (["task=regression", "loss=mse"], "dataset=synthetic holds class labels"),
         (["task=regression", "loss=mse", "dataset=image_folder", "dataset.path=."], "class labels"),
-        (["loss=mse"], "regression loss"),
+        (["loss=mse"], r"regression loss; task=classification needs a classification loss \("),
+        (  # it offered cross_entropy and bce, which segmentation refuses in turn
+            ["experiment=synthetic_segmentation", "loss=huber"],
+            r"task=segmentation needs a segmentation loss \(dice_ce, dice, dice_bce, dice_focal",
+        ),
         (["task=regression", "loss=l1", "dataset=synthetic_segmentation"], "holds masks"),
     ],
 )
