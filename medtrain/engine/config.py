@@ -423,10 +423,13 @@ def check_inputs_read(model: torch.nn.Module, columns: Any, target: str | None =
         )
 
 
-def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
+def check_model_output(
+    model: torch.nn.Module, task: Any, batch: dict, loss: DictConfig | None = None
+) -> None:
     """One forward pass on the first training samples (`first_samples`): the output must fit the task
     (`Task.check_output`), and the loss must take it and return one number, so that a wrong
-    `model=` or `loss=` is named here instead of failing inside the first epoch."""
+    `model=` or `loss=` is named here instead of failing inside the first epoch. A loss's error
+    that names one of its settings (`loss`, the config) is said of that setting."""
     was_training = model.training
     model.eval()
     shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
@@ -453,6 +456,14 @@ def check_model_output(model: torch.nn.Module, task: Any, batch: dict) -> None:
     except ConfigError:
         raise
     except Exception as err:
+        settings = [
+            k
+            for k in (loss or {})
+            if not str(k).startswith("_") and re.search(rf"\b{k}\b", str(err))
+        ]
+        if settings:  # torch's label_smoothing=1.5 error is of the value, not of any shape
+            value = OmegaConf.select(loss, settings[0])
+            raise ConfigError(f"loss.{settings[0]}={value!r}: {err} ({named})") from err
         targets = {k: v for k, v in shapes.items() if k not in ("image", "tabular")}
         raise ConfigError(
             f"{named} cannot take the model's output {tuple(first.shape)} and the "

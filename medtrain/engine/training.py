@@ -164,7 +164,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     model = build_model(cfg)
     task = build_task(cfg)
     first = collate(first_samples(datasets["train"]))
-    distributed.agreed(check_model_output, model, task, first)
+    distributed.agreed(check_model_output, model, task, first, cfg.loss)
     model = model.to(device, memory_format=memory_format(cfg.trainer, cfg.dataset.spatial_dims))
     task.loss_fn.to(device)
     trained = distributed.wrap(model, cfg.trainer, device)  # DistributedDataParallel, or itself

@@ -552,3 +552,15 @@ def test_a_transform_that_cannot_be_applied_names_its_key_not_an_opencv_tracebac
     )
     assert "OpenCV: " in str(err.value) and str(err.value).endswith("check its arguments")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_loss_setting_torch_refuses_is_named_as_that_setting(tmp_path):
+    """torch's "label_smoothing must be between 0.0 and 1.0" was said of the output's and the
+    targets' shapes."""
+    from tests.conftest import TINY, train_in_process
+
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, [*TINY, "loss.label_smoothing=1.5"])
+    assert str(err.value).startswith(
+        "loss.label_smoothing=1.5: label_smoothing must be between 0.0 and 1.0"
+    )
