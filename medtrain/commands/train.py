@@ -68,6 +68,8 @@ class TrainJobs:
     # (a resume that does not match, a new run where a run is), so that the folder still
     # describes the run it holds.
     saved_hydra: dict[Path, bytes] = field(default_factory=dict)
+    # With them, the run's train.log and its length: a refused run's lines are cut off again.
+    log_before: tuple[Path, int] | None = None
     # Called before a hard exit: removes a rank's scratch folder.
     cleanup: Callable[[], None] = lambda: None
     # What the folder `hydra.run.dir` named held before this command (its names; None: it did not
@@ -217,6 +219,10 @@ class TrainJobs:
     def restore_hydra_files(self) -> None:
         for path, content in self.saved_hydra.items():
             restore_file(path, content)
+        if self.saved_hydra and self.log_before is not None:
+            log_file, length = self.log_before
+            with contextlib.suppress(OSError), open(log_file, "r+b") as handle:
+                handle.truncate(length)  # its handler appends: later lines go after the run's
 
     def put_back_grid_job(self, job: Path) -> None:
         """A refused job whose folder held a run before the command: its `.hydra/` as it was
@@ -266,6 +272,8 @@ class FolderGuard(Callback):
         except Exception:  # an interpolation that points nowhere: Hydra's run reports it
             return
         jobs.saved_hydra = hydra_files_before(folder, resume)
+        log_file = folder / "train.log"
+        jobs.log_before = (log_file, log_file.stat().st_size) if log_file.is_file() else None
         jobs.held_before = held_by(folder)
         jobs.made_above = missing_parents(folder)
         jobs.guarded = True

@@ -557,12 +557,15 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*TINY, ON_CPU, f"hydra.run.dir={run}"]) == 0
     kept = [".hydra/config.yaml", ".hydra/overrides.yaml", "provenance.json", "splits.json"]
-    kept += ["data_report.json", "metrics.json"]
+    kept += ["data_report.json", "metrics.json", "train.log"]
     before = {name: (run / name).read_bytes() for name in kept}
     other = [*TINY, ON_CPU, "dataset.num_train=64", "trainer.resume=true", f"hydra.run.dir={run}"]
     assert main(other) == 2
     captured = capsys.readouterr()
     assert "dataset.num_train=96" in captured.out + captured.err
+    assert {name: (run / name).read_bytes() for name in kept} == before
+    # A new run aimed at it, refused: its log lines were appended to the run's train.log.
+    assert main([*TINY, ON_CPU, "optimizer.lr=-1", f"hydra.run.dir={run}"]) == 2
     assert {name: (run / name).read_bytes() for name in kept} == before
 
 
