@@ -202,6 +202,11 @@ class SlicedVolume:
         return sum(item.nbytes for item in self.items)
 
 
+# A clinical value this many training standard deviations from the training mean is refused: no
+# measurement of the training data lies there (a unit slip, days for years, is far beyond it).
+FAR_SD = 20.0
+
+
 class Predictor:
     """Predictions of a finished run for new images, as its evaluation computes them.
 
@@ -539,6 +544,19 @@ class Predictor:
             raise DataError(
                 f"{name}: a category no training row holds: {'; '.join(unseen)}; give one of "
                 "the training categories (spelled alike), or an empty value for a missing one"
+            )
+        far = [
+            f"{code.name}={cells[code.name][0]} is {abs(z):.3g} standard deviations from the "
+            f"training mean ({code.mean:.4g} +- {code.std:.3g})"
+            for code in encoder.codes or []
+            if code.numeric
+            and not is_missing(cells[code.name][0])
+            and abs(z := (float(cells[code.name][0]) - code.mean) / code.std) > FAR_SD
+        ]
+        if far:  # age=1e30, or an age in days, answered "high risk, 1.0" without a word
+            raise DataError(
+                f"{name}: {'; '.join(far)}: far beyond any training value, where the model's "
+                "answer means nothing; check the value and its unit"
             )
         return torch.from_numpy(encoder.transform(cells)[0])
 

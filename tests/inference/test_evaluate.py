@@ -578,6 +578,22 @@ def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion
             "a.npy: not a number: age='sixty', where the training values are numbers; give a "
             "number, or an empty value (or NA) for a missing one"
         )
+        # An age of 1e30 (or one in days) was answered with a confident probability.
+        predictor = Predictor(fusion_run)
+        code = next(c for c in predictor.tabular.codes if c.name == "age")
+        z = (1e30 - code.mean) / code.std
+        status, error = post(
+            running.port,
+            "/predict",
+            ("file", "a.npy", npy(0)),
+            ("age", None, b"1e30"),
+            *fields(0)[1:],
+        )
+        assert status == 422 and error["detail"] == (
+            f"a.npy: age=1e30 is {z:.3g} standard deviations from the training mean "
+            f"({code.mean:.4g} +- {code.std:.3g}): far beyond any training value, where the "
+            "model's answer means nothing; check the value and its unit"
+        )
         status, answer = post(running.port, "/predict", ("file", "a.npy", npy(0)), *fields(0))
         assert status == 200, answer
         assert answer["probabilities"][test.class_names[1]] == pytest.approx(
