@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -597,9 +597,16 @@ class Predictor:
         )
 
     @torch.no_grad()
-    def forward(self, items: Sequence[Prepared]) -> list[torch.Tensor]:
+    def forward(
+        self, items: Sequence[Prepared], network: Callable[..., Any] | None = None
+    ) -> list[torch.Tensor]:
         """The model's outputs for prepared images, one 1 x ... tensor each, in order; images of
-        the same shape go through the model together."""
+        the same shape go through the model together.
+
+        Args:
+            network: what to call in place of the model, with the same inputs and outputs (the
+                server's wrapper that takes its turn before each call of a tiled inference).
+        """
         outputs: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for k, item in enumerate(items):
@@ -612,7 +619,7 @@ class Predictor:
                 else {}
             )
             with autocast(self.device, self.precision):
-                out = self.task.infer(self.model, batch, native or None, extra)
+                out = self.task.infer(network or self.model, batch, native or None, extra)
             for j, k in enumerate(members):
                 outputs[k] = out[j : j + 1]
         return outputs  # type: ignore[return-value]

@@ -265,6 +265,26 @@ class Job:
         return self.outputs is not None or self.error is not None
 
 
+class TakingTurns:
+    """A network whose every call, made in a worker thread, waits for `turn` (the model queue's:
+    one model call at a time) and gives it back after: the requests that queued up during one
+    call of a long inference are served before its next one. Other attributes are the network's."""
+
+    def __init__(self, network: Any, turn: anyio.Semaphore):
+        self.network = network
+        self.turn = turn
+
+    def __call__(self, *inputs: Any, **named: Any) -> Any:
+        anyio.from_thread.run(self.turn.acquire)
+        try:
+            return self.network(*inputs, **named)
+        finally:
+            anyio.from_thread.run_sync(self.turn.release)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.network, name)
+
+
 class ModelQueue:
     """A `Predictor`'s model shared by concurrent requests: one model call at a time, run in a
     worker thread (so the event loop keeps reading requests and answering /health), each call
@@ -274,13 +294,22 @@ class ModelQueue:
     Batching spreads the fixed cost of a call (Python, torch dispatch) over the requests waiting;
     batched and single predictions agree to float rounding (about 1e-7). One request's bad input
     fails only that request.
+
+    An image larger than a segmentation run's window (`task.inference.window`) is predicted in
+    many model calls, one a batch of windows: such a request takes its turn before each call
+    rather than once for all of them (`TakingTurns`), so that the requests queued meanwhile are
+    served between its windows instead of after its whole image. Its result is the same as
+    `Predictor.predict`'s: the same calls on the same windows, in the same order.
     """
 
     def __init__(self, predictor: Predictor, max_images: int = 32):
         self.predictor = predictor
         self.max_images = max_images
         self.pending: list[Job] = []
-        self.lock = anyio.Lock()  # first come, first served
+        # Held for each model call. A semaphore, not a lock: a tiled request's worker thread
+        # takes and gives it back through the event loop, as different tasks. First come, first
+        # served (anyio hands it to the longest waiter).
+        self.turn = anyio.Semaphore(1)
         self.per_image_s: float | None = None  # the last model call's seconds per image
 
     async def forward(self, items: list[Prepared]) -> list[torch.Tensor]:
@@ -289,10 +318,13 @@ class ModelQueue:
         Raises:
             Exception: what the model raised for this request's images.
         """
+        if self.tiled(items):  # many calls, each taking its turn: not batched with others
+            network = TakingTurns(self.predictor.model, self.turn)
+            return await run_in_threadpool(self.predictor.forward, items, network)
         job = Job(items)
         self.pending.append(job)
-        async with self.lock:
-            if not job.done:  # else an earlier holder of the lock took it along
+        async with self.turn:
+            if not job.done:  # else an earlier holder of the turn took it along
                 jobs = self.take(job)
                 images = sum(len(j.items) for j in jobs)
                 if self.per_image_s is not None and self.per_image_s * images <= INLINE_MODEL_S:
@@ -302,6 +334,19 @@ class ModelQueue:
         if job.error is not None:
             raise job.error
         return job.outputs  # type: ignore[return-value]
+
+    def tiled(self, items: list[Prepared]) -> bool:
+        """Whether some image is larger than the run's sliding window along an axis (predicted
+        in several windows, and so in several model calls unless one batch holds them all)."""
+        window = getattr(self.predictor.task, "window", None)
+        if window is None:
+            return False
+        for item in items:
+            sides = tuple(item.tensor.shape[1:])  # C x H x W, or C x D x H x W
+            size = spatial_size(window, "task.inference.window", len(sides))
+            if any(side > w for side, w in zip(sides, size, strict=True)):
+                return True
+        return False
 
     def take(self, job: Job) -> list[Job]:
         """`job` and the requests queued behind it, up to `max_images` images in all."""

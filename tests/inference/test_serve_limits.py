@@ -19,6 +19,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -28,7 +29,17 @@ from medtrain.inference.serve import FLOOR_PIXELS, ServeLimits, create_app, pixe
 from tests import hostile_files as hostile
 from tests.conftest import ROOT
 from tests.hostile_files import big_png
-from tests.inference.test_serve import encode, fetch, form, grey, png_declaring, post, start, stop
+from tests.inference.test_serve import (
+    decode_mask,
+    encode,
+    fetch,
+    form,
+    grey,
+    png_declaring,
+    post,
+    start,
+    stop,
+)
 
 FAST = Timeouts(header=1.0, body=1.0, idle=1.0, max_connections=8)
 
@@ -215,6 +226,32 @@ def test_decoding_happens_outside_the_model_lock(classifier, predictors):
         assert time.perf_counter() - began < 1.5  # not queued behind the slow upload
         thread.join(10)
     assert out[0][0] == 200
+
+
+def test_a_large_tiled_image_lets_other_requests_through_between_its_windows(segmenter, predictors):
+    """A 2048 x 2048 PNG held the model lock for its whole sliding-window inference (20 s), and
+    a 32-pixel request queued behind it waited as long; now it waits for one batch of windows.
+    The large image's answer is still `Predictor.predict`'s."""
+    predictor = predictors["segmentation"]
+    assert predictor.task.window == 48  # the run's patch size: 400 windows of the large image
+    big = encode(grey(3, (480, 480)), "PNG")
+    small = encode(grey(4, (32, 32)), "PNG")
+    slowed = predictor.model.register_forward_pre_hook(lambda module, inputs: time.sleep(0.05))
+    try:
+        thread, out = in_background(post, segmenter.port, "/predict", ("file", "big.png", big))
+        time.sleep(0.5)  # its windows are going through the model
+        began = time.perf_counter()
+        status, _ = post(segmenter.port, "/predict", ("file", "small.png", small))
+        waited = time.perf_counter() - began
+        assert status == 200 and thread.is_alive()  # answered while the large one still runs
+        assert waited < 1.0, f"the small request waited {waited:.1f} s"
+        thread.join(30)
+    finally:
+        slowed.remove()
+    status, result = out[0]
+    expected = predictor.predict([predictor.decode(big, "big.png")], ["big.png"])[0]
+    assert status == 200 and result["mask_shape"] == [480, 480]
+    np.testing.assert_array_equal(decode_mask(result), expected["mask"])
 
 
 def test_over_max_concurrent_is_503_and_not_ready(predictors):
