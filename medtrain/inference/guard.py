@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import signal
 import threading
 import time
@@ -23,6 +24,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+# Server events go to uvicorn's log, in its format, beside its own lines about the shutdown.
+server_log = logging.getLogger("uvicorn.error")
 API_KEY_HEADER = "X-API-Key"
 MODEL_HEADER = "X-Model-SHA256"
 RETRY_AFTER_S = 1
@@ -87,7 +90,8 @@ class RequestGuard:
     400), both Content-Length and Transfer-Encoding or a malformed Content-Length (400), a
     declared Content-Length over the limit (413), a prediction while `max_in_flight` others are
     in flight (503 with Retry-After; a prediction is in flight from when its whole body is in:
-    `CountedRequest`). Every answer carries the model's weights hash (`X-Model-SHA256`).
+    `CountedRequest`). A request cancelled unanswered at the shutdown deadline is answered 503
+    (Retry-After). Every answer carries the model's weights hash (`X-Model-SHA256`).
     """
 
     def __init__(
@@ -116,9 +120,13 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_model(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), self.model_header]
+                started = True
             await send(message)
 
         path = scope["path"].rstrip("/") or "/"
@@ -132,6 +140,22 @@ class RequestGuard:
         request = CountedRequest(receive, self, limited=path in self.limited)
         try:
             await self.app(scope, request.receive, send_with_model)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running at the shutdown deadline (`shutdown_s`),
+            # then answers a plain-text 500 and logs a traceback for each. Answered here instead,
+            # as any refusal, and not raised on: uvicorn does not wait for the task, and the
+            # request is over. One whose answer had begun can only be cut off (uvicorn closes it).
+            if started:
+                raise
+            server_log.warning(
+                "%s %s: cancelled at the shutdown deadline (shutdown_s); answered 503",
+                scope["method"],
+                path,
+            )
+            detail = "the server is shutting down: retry"
+            headers = {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"}
+            response = Response(json_bytes({"detail": detail}), 503, headers, "application/json")
+            await response(scope, receive, send_with_model)
         finally:
             if request.in_flight:
                 self.state.in_flight -= 1

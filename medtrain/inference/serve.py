@@ -389,7 +389,8 @@ def create_app(
     files; 415 bytes of no accepted format; 422 a file that does not decode, holds NaN/infinite
     values or does not fit the model, a missing or repeated `file` field or a bad parameter; 400 a
     malformed request; 401 a missing or wrong `X-API-Key` when `api_key` is set (on /predict,
-    /predict/batch and /info); 503 over `max_concurrent` requests in flight (Retry-After); 404/405
+    /predict/batch and /info); 503 over `max_concurrent` requests in flight, or still unanswered at
+    the shutdown deadline (Retry-After); 404/405
     unknown paths and methods; 500 anything unexpected (logged by the server with its traceback,
     which the client never sees). Every answer carries the model's weights hash
     (`X-Model-SHA256`).

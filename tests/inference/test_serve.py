@@ -42,11 +42,12 @@ class Running:
     thread: threading.Thread
 
 
-def start(app) -> Running:
-    """Serve `app` with uvicorn on a free loopback port, in a background thread."""
+def start(app, **config) -> Running:
+    """Serve `app` with uvicorn on a free loopback port, in a background thread; `config`:
+    `make_server`'s (quiet unless `log_level` says otherwise)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = make_server(app, log_level="critical")
+    server = make_server(app, **({"log_level": "critical"} | config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 20

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import select
@@ -483,3 +484,47 @@ def test_cli_key_from_the_environment_and_sigterm_drains_then_stops(finished_run
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_request_cancelled_at_the_shutdown_deadline_is_answered_503_as_json(predictors, caplog):
+    """uvicorn cancels the requests still running `shutdown_s` after SIGTERM: one whose upload
+    had stalled was answered a plain-text 500 and logged with a traceback."""
+    limits = ServeLimits(shutdown_s=1, timeouts=Timeouts(body=30))
+    running = start(create_app(predictors["classification"], limits=limits), log_level="warning")
+    body, headers = form(("file", "a.png", encode(grey(1), "PNG")))
+    head = (
+        "POST /predict HTTP/1.1\r\nhost: x\r\n"
+        f"content-type: {headers['Content-Type']}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    server_log = logging.getLogger("uvicorn.error")  # uvicorn's own: it does not propagate
+    server_log.addHandler(caplog.handler)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(head + body[:100])  # a body that stalls
+            time.sleep(0.3)
+            began = time.perf_counter()
+            running.server.handle_exit(signal.SIGTERM, None)
+            answer = b""
+            while data := sock.recv(65536):
+                answer += data
+        took = time.perf_counter() - began
+        running.thread.join(10)
+    finally:
+        server_log.removeHandler(caplog.handler)
+        stop(running)
+    lines, _, payload = answer.partition(b"\r\n\r\n")
+    lines = lines.decode().lower().split("\r\n")
+    assert lines[0] == "http/1.1 503 service unavailable" and took < 4
+    sha = predictors["classification"].weights_sha256
+    for header in ("content-type: application/json", "retry-after: 1", f"x-model-sha256: {sha}"):
+        assert header in lines
+    assert json.loads(payload) == {"detail": "the server is shutting down: retry"}
+    messages = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert [m for m in messages if "cancelled at the shutdown deadline" in m[1]] == [
+        (
+            "WARNING",
+            "POST /predict: cancelled at the shutdown deadline (shutdown_s); answered 503",
+            None,
+        )
+    ]
+    assert not [m for m in messages if m[2] or "Exception in ASGI" in m[1]]  # no traceback
