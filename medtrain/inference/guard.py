@@ -10,12 +10,14 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import h11
 import uvicorn
@@ -26,6 +28,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Server events go to uvicorn's log, in its format, beside its own lines about the shutdown.
 server_log = logging.getLogger("uvicorn.error")
+# One line a request when `access_log=true` (`make_server` sets its level and handler).
+access_log = logging.getLogger("medtrain.access")
+MAX_DETAIL_CHARS = 200  # of an error's detail in its access-log line
+MAX_ERROR_BYTES = 4096  # of an error's body read for it
 API_KEY_HEADER = "X-API-Key"
 MODEL_HEADER = "X-Model-SHA256"
 RETRY_AFTER_S = 1
@@ -82,6 +88,57 @@ def raw_response(
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+@dataclass
+class Answer:
+    """What a request was answered, for its access-log line: status (0: none yet), the body of an
+    error (its JSON detail), or the exception that made it a 500."""
+
+    status: int = 0
+    body: bytes = b""
+    failure: str = ""
+
+
+def private_text(scope: Scope) -> list[str]:
+    """The request's texts its log line must not show (uploaded file names, form and query
+    values: patient data, in a clinic), which the application adds to as it reads them."""
+    return scope.setdefault("medtrain.private", [])
+
+
+def redacted(text: str, private: list[str]) -> str:
+    """`text` with each of `private`'s texts, as given or quoted and cut as errors quote them,
+    replaced by `<redacted>` where it stands apart from other letters and digits."""
+    forms = {f for value in private if value for f in (value, value[:50])}
+    forms |= {repr(f)[1:-1] for f in forms}
+    for value in sorted(forms, key=len, reverse=True):
+        text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", "<redacted>", text)
+    return text
+
+
+def access_line(scope: Scope, answer: Answer, received: int, began: float) -> str:
+    """One request's access-log line: client, method, path (not the query, which may hold
+    clinical values), status, milliseconds, bytes received and, for an error, its detail
+    (without the request's file names and values, cut at `MAX_DETAIL_CHARS`)."""
+    client = scope.get("client")
+    where = f"{client[0]}:{client[1]}" if client else "-"
+    status = answer.status or (500 if answer.failure else 0)
+    ms = (time.perf_counter() - began) * 1000
+    line = f"{where} - {scope['method']} {scope['path'][:200]} {status or '-'} {ms:.1f} ms"
+    line += f" {received} B in"
+    if answer.failure:
+        return f"{line}: unexpected {answer.failure} (traceback in the server log)"
+    if status < 400:
+        return line
+    try:
+        detail = str(json.loads(answer.body)["detail"])
+    except (ValueError, TypeError, KeyError):
+        return line
+    private = private_text(scope)
+    private += [v for _, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)]
+    detail = redacted(detail, private)
+    cut = detail[:MAX_DETAIL_CHARS] + ("..." if len(detail) > MAX_DETAIL_CHARS else "")
+    return f"{line}: {cut}"
+
+
 class RequestGuard:
     """ASGI middleware that refuses a request before its body is read and stops one whose body
     grows over the limit while it arrives (chunked, or a Content-Length that lies).
@@ -119,33 +176,49 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
-        started = False
+        began = time.perf_counter()
+        answer = Answer()
+        request = CountedRequest(receive, self, limited=False)
 
         async def send_with_model(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), self.model_header]
-                started = True
+                answer.status = message["status"]
+            elif answer.status >= 400 and len(answer.body) < MAX_ERROR_BYTES:
+                answer.body += message.get("body", b"")
             await send(message)
 
+        try:
+            await self._guarded(scope, request, send_with_model, answer)
+        except Exception as err:  # answered 500 by the application's outermost handler
+            answer.failure = type(err).__name__
+            raise
+        finally:
+            if request.in_flight:
+                self.state.in_flight -= 1
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(access_line(scope, answer, request.received, began))
+
+    async def _guarded(
+        self, scope: Scope, request: CountedRequest, send: Send, answer: Answer
+    ) -> None:
         path = scope["path"].rstrip("/") or "/"
         line = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
         refusal = self._refusal(path, scope["headers"], line)
         if refusal is not None:
             status, detail, headers = refusal
             response = Response(json_bytes({"detail": detail}), status, headers, "application/json")
-            await response(scope, receive, send_with_model)
+            await response(scope, request.receive, send)
             return
-        request = CountedRequest(receive, self, limited=path in self.limited)
+        request.limited = path in self.limited
         try:
-            await self.app(scope, request.receive, send_with_model)
+            await self.app(scope, request.receive, send)
         except asyncio.CancelledError:
             # uvicorn cancels the requests still running at the shutdown deadline (`shutdown_s`),
             # then answers a plain-text 500 and logs a traceback for each. Answered here instead,
             # as any refusal, and not raised on: uvicorn does not wait for the task, and the
             # request is over. One whose answer had begun can only be cut off (uvicorn closes it).
-            if started:
+            if answer.status:
                 raise
             server_log.warning(
                 "%s %s: cancelled at the shutdown deadline (shutdown_s); answered 503",
@@ -155,10 +228,7 @@ class RequestGuard:
             detail = "the server is shutting down: retry"
             headers = {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"}
             response = Response(json_bytes({"detail": detail}), 503, headers, "application/json")
-            await response(scope, receive, send_with_model)
-        finally:
-            if request.in_flight:
-                self.state.in_flight -= 1
+            await response(scope, request.receive, send)
 
     def busy(self) -> str:
         return (

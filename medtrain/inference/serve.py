@@ -6,6 +6,7 @@ optional API key; the library behind `medtrain serve`. The protections below the
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from medtrain.inference.guard import (
     RequestGuard,
     ServiceState,
     Timeouts,
+    private_text,
     protocol_with,
 )
 from medtrain.inference.predictor import VOLUME_SPACING, Predictor, Prepared, SlicedVolume
@@ -500,6 +502,16 @@ def create_app(
             raise
         except Exception as err:  # the multipart parser's other refusals, as FastAPI answered them
             raise HTTPException(400, "There was an error parsing the body") from err
+        # Never shown in the access log: the errors that quote them are logged without them.
+        private_text(request.scope).extend(
+            text
+            for _, value in form.multi_items()
+            for text in (
+                [value]
+                if isinstance(value, str)
+                else [value.filename or "", (value.filename or "")[-MAX_NAME_CHARS:]]
+            )
+        )
         try:
             files = form.getlist(field)
             hint = f"send each image as a multipart/form-data file field named {field!r}"
@@ -639,6 +651,24 @@ async def run_in_threadpool_limited(limiter: anyio.CapacityLimiter, fn, *args) -
     return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
+def log_config(access_log: bool) -> dict[str, Any]:
+    """uvicorn's logging, with medtrain's access log (`medtrain.access`: one line a request, on
+    standard output as uvicorn's was) on or off."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["handlers"]["requests"] = {
+        "formatter": "default",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+    }
+    level = "INFO" if access_log else "WARNING"
+    config["loggers"]["medtrain.access"] = {
+        "handlers": ["requests"],
+        "level": level,
+        "propagate": False,
+    }
+    return config
+
+
 def make_server(
     app: FastAPI,
     host: str = "127.0.0.1",
@@ -651,16 +681,20 @@ def make_server(
     and shutdown deadline (`server.run()` serves until SIGTERM/SIGINT).
 
     Args:
+        access_log: one line a request (`guard.access_line`): client, method, path, status,
+            milliseconds, bytes received and an error's detail, without the request's file
+            names and form and query values.
         alive: for a worker of several server processes, the check that its supervisor is
             still there (`processes.parent_watch`); the server stops when it fails.
         config: other `uvicorn.Config` arguments (e.g. `log_level`).
     """
     limits: ServeLimits = app.state.limits
+    config.setdefault("log_config", log_config(access_log))
     settings = uvicorn.Config(
         app,
         host=host,
         port=port,
-        access_log=access_log,
+        access_log=False,  # RequestGuard logs each request, with more than uvicorn's line
         http=protocol_with(limits.timeouts, app.state.weights_sha256),
         timeout_keep_alive=max(1, round(limits.timeouts.idle)),
         timeout_graceful_shutdown=max(1, round(limits.shutdown_s)),

@@ -8,7 +8,9 @@ import hashlib
 import http.client
 import io
 import json
+import logging
 import os
+import re
 import socket
 import struct
 import threading
@@ -373,6 +375,50 @@ def test_unexpected_error_is_json_500_without_traceback(predictors):
         assert fetch(running.port, "GET", "/health")[0] == 200 and running.thread.is_alive()
     finally:
         stop(running)
+
+
+def test_access_log_is_one_line_a_request_without_file_names_or_values(predictors, caplog):
+    """With `access_log=true` each request is one line of medtrain's (uvicorn's said neither the
+    time taken nor why a request was refused); the names and values a request carries, which
+    may be a patient's, are not in it."""
+    data = encode(grey(1), "PNG")
+    quiet = start(create_app(predictors["classification"]))
+    running = start(create_app(predictors["classification"]), access_log=True)
+    # After the servers started: their logging configuration replaces the loggers' handlers.
+    names = ("medtrain.access", "uvicorn.access")  # neither propagates: listened to directly
+    for name in names:
+        logging.getLogger(name).addHandler(caplog.handler)
+    try:
+        body, head = form(("file", "jane-doe-1961.png", data))
+        assert fetch(running.port, "POST", "/predict", body, head)[0] == 200
+        bad = ("file", "jane-doe-1961.png", data)
+        assert post(running.port, "/predict?overlay=jane%20doe", bad)[0] == 422
+        unread = ("file", "jane-doe-1961.png", b"not an image")
+        assert post(running.port, "/predict", unread, ("spacing", None, b"1961"))[0] == 415
+        assert fetch(running.port, "GET", "/nowhere")[0] == 404
+        time.sleep(0.2)  # a line is written once its answer is sent
+        # access_log=false: no line (both servers share the logger; the last started set it)
+        logging.getLogger("medtrain.access").setLevel(logging.WARNING)
+        assert post(quiet.port, "/predict", ("file", "a.png", data))[0] == 200
+        time.sleep(0.2)  # a line is written once its answer is sent
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(caplog.handler)
+        stop(running)
+        stop(quiet)
+    assert {r.name for r in caplog.records} == {"medtrain.access"}  # uvicorn's line is gone
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    took = r"\d+\.\d ms"
+    assert re.fullmatch(rf"127\.0\.0\.1:\d+ - POST /predict 200 {took} {len(body)} B in", lines[0])
+    assert re.fullmatch(
+        rf"127\.0\.0\.1:\d+ - POST /predict 422 {took} \d+ B in: overlay='<redacted>' must be "
+        r"true or false \(or yes/no, on/off, 1/0\)",
+        lines[1],
+    )
+    assert " 415 " in lines[2] and "<redacted>" in lines[2]
+    assert re.fullmatch(rf"127\.0\.0\.1:\d+ - GET /nowhere 404 {took} 0 B in: Not Found", lines[3])
+    assert "jane" not in " ".join(lines) and "1961" not in " ".join(lines)
 
 
 def test_cli_errors(capsys, tmp_path):
