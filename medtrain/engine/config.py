@@ -380,6 +380,36 @@ def first_samples(train: Any) -> list[dict]:
     return samples
 
 
+def other_sizes(datasets: dict[str, Any], task: Any) -> str | None:
+    """A warning when an image-level task's training augmentation changes the size of its images
+    and evaluation's does not: a train-only crop of 24 px with 32-px evaluation trains the network
+    at one scale and tests it at another. (Segmentation trains on patches by design.) The first
+    training image is read with each of the two pipelines."""
+    train, val = datasets["train"], datasets.get("val")
+    if getattr(task, "name", None) == "segmentation" or val is None or not len(train):
+        return None
+    if not hasattr(train, "transform") or not hasattr(val, "transform"):
+        return None
+    sample = train[0]
+    if not torch.is_tensor(sample.get("image")):
+        return None
+    augmented = tuple(sample["image"].shape[1:])
+    own = train.transform
+    train.transform = val.transform
+    try:
+        evaluated = tuple(train[0]["image"].shape[1:])
+    finally:
+        train.transform = own
+    if augmented == evaluated:
+        return None
+    sizes = (" x ".join(map(str, augmented)), " x ".join(map(str, evaluated)))
+    return (
+        f"training images are {sizes[0]} after augmentation.train, and {sizes[1]} as evaluated: "
+        "the network is trained at one scale and tested at another; give augmentation.eval the "
+        "same final size (e.g. a CenterCrop or Resize), or crop in training to the image size"
+    )
+
+
 def input_hint(model: torch.nn.Module, shapes: dict[str, tuple]) -> str:
     """Which input of a batch the model cannot take, when its layers show it: the images'
     channels against its first convolution's, the encoded clinical columns against every linear

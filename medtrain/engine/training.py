@@ -39,6 +39,7 @@ from medtrain.engine.config import (
     check_inputs_read,
     check_model_output,
     first_samples,
+    other_sizes,
     validate,
 )
 from medtrain.engine.data_check import check_before_training
@@ -164,6 +165,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     model = build_model(cfg)
     task = build_task(cfg)
     first = collate(first_samples(datasets["train"]))
+    sizes = other_sizes(datasets, task)
+    if sizes and distributed.is_main():
+        log.warning("%s", sizes)
     distributed.agreed(check_model_output, model, task, first, cfg.loss)
     model = model.to(device, memory_format=memory_format(cfg.trainer, cfg.dataset.spatial_dims))
     task.loss_fn.to(device)

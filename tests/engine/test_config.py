@@ -564,3 +564,27 @@ def test_a_loss_setting_torch_refuses_is_named_as_that_setting(tmp_path):
     assert str(err.value).startswith(
         "loss.label_smoothing=1.5: label_smoothing must be between 0.0 and 1.0"
     )
+
+
+def test_training_images_of_another_size_than_evaluation_s_are_warned_about(tmp_path, caplog):
+    """A train-only RandomResizedCrop of 24 px with 32-px evaluation trained without a word."""
+    import logging
+
+    from medtrain.engine.build import build_datasets, build_task
+    from medtrain.engine.config import other_sizes
+    from tests.conftest import TINY, train_in_process
+
+    crop = "{_target_: albumentations.RandomResizedCrop, size: [12, 12]}"
+    cfg = compose_cfg([*TINY, f"augmentation.train.transforms=[{crop}]"])
+    datasets = build_datasets(cfg)
+    assert other_sizes(datasets, build_task(cfg)) == (
+        "training images are 12 x 12 after augmentation.train, and 16 x 16 as evaluated: the "
+        "network is trained at one scale and tested at another; give augmentation.eval the same "
+        "final size (e.g. a CenterCrop or Resize), or crop in training to the image size"
+    )
+    assert tuple(datasets["train"][0]["image"].shape) == (1, 12, 12)  # its pipeline put back
+    plain = compose_cfg(TINY)
+    assert other_sizes(build_datasets(plain), build_task(plain)) is None
+    with caplog.at_level(logging.WARNING, logger="medtrain.engine.training"):
+        train_in_process(tmp_path, [*TINY, f"augmentation.train.transforms=[{crop}]"])
+    assert "training images are 12 x 12 after augmentation.train" in caplog.text
