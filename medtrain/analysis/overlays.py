@@ -6,7 +6,7 @@ import itertools
 import math
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +145,13 @@ def safe_name(text: str) -> str:
     return name or "case"
 
 
-def case_stems(ids: Iterable[str], used: set[str] | None = None) -> dict[str, str]:
-    """A file-name stem per case id (`safe_name`), unique ignoring case (`unique_name`). Ids that
-    are absolute paths lose the folders they all share: `/data/lab/images/a.png` is `a`, not
-    `data_lab_images_a`, as a manifest's relative `img/a.png` is `img_a`."""
+def case_stems(
+    ids: Iterable[str], used: set[str] | None = None, strip: Callable[[str], str] = str
+) -> dict[str, str]:
+    """A file-name stem per case id (`safe_name` of `strip(id)`, e.g. without a NIfTI extension),
+    unique ignoring case (`unique_name`). Ids that are absolute paths lose the folders they all
+    share: `/data/lab/images/a.png` is `a`, not `data_lab_images_a`, as a manifest's relative
+    `img/a.png` is `img_a`."""
     ids = list(dict.fromkeys(str(i) for i in ids))
     absolute = {i: i.replace("\\", "/") for i in ids if re.match(r"(/|[A-Za-z]:[\\/])", i)}
     try:
@@ -158,7 +161,7 @@ def case_stems(ids: Iterable[str], used: set[str] | None = None) -> dict[str, st
     used = set() if used is None else used
     return {
         case: unique_name(
-            safe_name(absolute[case][len(shared) :] if case in absolute else case), used
+            safe_name(strip(absolute[case][len(shared) :] if case in absolute else case)), used
         )
         for case in ids
     }

@@ -148,9 +148,9 @@ class VolumeAssembler:
         names = self.task.class_names[1:]
         rows, predictions = [], []
         # Two ids of one safe name (`a/b`, `a_b`) would write one file: the second gets `_2`.
-        stems = case_stems(nifti_stem(r["id"]) for r in self.done)
+        stems = case_stems((r["id"] for r in self.done), strip=nifti_stem)
         for result in self.done:
-            mask_file = f"masks/{stems[nifti_stem(result['id'])]}.nii.gz"
+            mask_file = f"masks/{stems[str(result['id'])]}.nii.gz"
             write_nifti(run_dir / mask_file, result["pred"], result["affine"])
             prediction = {"id": result["id"], "mask": mask_file}
             for name in names:
@@ -176,7 +176,9 @@ class VolumeAssembler:
         save_csv(run_dir / "predictions.csv", predictions, fields)
         if self.task.num_overlays:
             cases = (r["overlay"] for r in self.done if r["overlay"] is not None)
-            save_overlays(run_dir / "overlays", cases, max_cases=self.task.num_overlays)
+            save_overlays(
+                run_dir / "overlays", cases, max_cases=self.task.num_overlays, stems=stems
+            )
         return volume_agreement(self.done, names)
 
 

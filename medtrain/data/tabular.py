@@ -82,6 +82,9 @@ class ColumnCode:
     mean: float = 0.0
     std: float = 1.0
     indicator: bool = False  # numeric only: adds `<name>_missing`
+    # Numeric only: the smallest and largest training value (None in runs saved before them).
+    low: float | None = None
+    high: float | None = None
     categories: list[str] = field(default_factory=list)  # categorical only: sorted training values
 
     @property
@@ -275,6 +278,8 @@ class TabularEncoder:
             mean=float(numbers.mean()),
             std=std if std > 0 else 1.0,
             indicator=any(is_missing(v) for v in values),
+            low=float(numbers.min()),
+            high=float(numbers.max()),
         )
 
     def _cells(self, rows: list[int], values: Sequence[str], shown: int = 3) -> str:
@@ -436,6 +441,11 @@ def union_encoding(states: Sequence[Sequence[Mapping]]) -> list[dict]:
             # each member's own mean (0), which the map reaches only through the indicator
             differ = any(code["mean"] != first["mean"] for code in codes)
             first["indicator"] = differ or any(code["indicator"] for code in codes)
+            lows, highs = [c.get("low") for c in codes], [c.get("high") for c in codes]
+            if None in lows or None in highs:  # a member saved before ranges: none for all
+                first.pop("low", None), first.pop("high", None)
+            else:
+                first["low"], first["high"] = min(lows), max(highs)
         else:
             first["categories"] = sorted({c for code in codes for c in code["categories"]})
         union.append(first)

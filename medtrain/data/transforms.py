@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import CropSizeError
 
+from medtrain.data.readers import IMAGE_EXTENSIONS  # pictures: what predict refuses too
 from medtrain.errors import ConfigError
 
 NORMALIZE_MODES = ("fixed", "dataset", "zscore", "minmax", "percentile", "none")
@@ -47,10 +48,6 @@ def to_float01(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=not image.flags.writeable)
 
 
-# Files of display values (8/16-bit pictures), never of Hounsfield units: no CT window applies.
-DISPLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
 def refuse_windowed_pictures(windows: Any, files: Sequence[Any], source: str) -> None:
     """A CT window (`dataset.window`) reads images in Hounsfield units: refuse data of pictures,
     whose values are display grey levels (a lung window maps 0-255 to 0.9-1.0 and clips every
@@ -61,7 +58,7 @@ def refuse_windowed_pictures(windows: Any, files: Sequence[Any], source: str) ->
     """
     if windows is None:
         return
-    pictures = [f for f in files if str(f).lower().endswith(DISPLAY_SUFFIXES)]
+    pictures = [f for f in files if str(f).lower().endswith(IMAGE_EXTENSIONS)]
     if pictures:
         more = f" (and {len(pictures) - 1} more)" if len(pictures) > 1 else ""
         raise ConfigError(
@@ -394,16 +391,15 @@ class SeededAugment(EpochStream):
             return self.pipeline(**arrays)
         except CropSizeError as err:  # albumentations' traceback from deep inside the pipeline
             raise ConfigError(crop_too_large(self.key, self.pipeline, err)) from None
-        except (cv2.error, ValueError, TypeError, IndexError) as err:
-            # A setting a transform takes but cannot apply to these arrays (an Affine's linear
-            # `mask_interpolation` on a class mask stopped OpenCV's remap with an assertion).
+        except cv2.error as err:
+            # A setting a transform takes but OpenCV cannot apply to these arrays (an Affine's
+            # linear `mask_interpolation` on a class mask stopped its remap with an assertion).
             shapes = ", ".join(f"{k} {getattr(v, 'shape', '?')}" for k, v in arrays.items())
             what = str(err).strip().splitlines()[-1] if str(err).strip() else "no message"
-            kind = "OpenCV" if isinstance(err, cv2.error) else type(err).__name__
             raise ConfigError(
                 f"{failed_at(self.key, self.pipeline, err)} cannot be applied to a sample "
-                f"({shapes}): {kind}: {what}; check its arguments"
-            ) from None
+                f"({shapes}): OpenCV: {what}; check its arguments"
+            ) from err
 
 
 def failed_at(key: str, pipeline: A.BasicTransform | A.BaseCompose, err: Exception) -> str:

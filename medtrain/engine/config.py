@@ -319,13 +319,14 @@ def check_optimizer_settings(optimizer: DictConfig) -> None:
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+    # A value of another type is named by the check of types when the optimizer is built.
     decay = optimizer.get("weight_decay")
-    if decay is not None:
-        require(number(decay) and decay >= 0, "optimizer.weight_decay", decay, "must be >= 0")
+    if number(decay):
+        require(decay >= 0, "optimizer.weight_decay", decay, "must be >= 0")
     momentum = optimizer.get("momentum")
-    if momentum is not None:
+    if number(momentum):
         require(
-            number(momentum) and 0 <= momentum < 1,
+            0 <= momentum < 1,
             "optimizer.momentum",
             momentum,
             "must be in [0, 1) (0.9 is usual); 1 or more makes the steps grow without end",
@@ -383,10 +384,10 @@ def first_samples(train: Any) -> list[dict]:
 def other_sizes(datasets: dict[str, Any], task: Any) -> str | None:
     """A warning when an image-level task's training augmentation changes the size of its images
     and evaluation's does not: a train-only crop of 24 px with 32-px evaluation trains the network
-    at one scale and tests it at another. (Segmentation trains on patches by design.) The first
-    training image is read with each of the two pipelines."""
+    at one scale and tests it at another (unless the task `trains_on_patches`, as segmentation
+    does by design). The first training image is read with each of the two pipelines."""
     train, val = datasets["train"], datasets.get("val")
-    if getattr(task, "name", None) == "segmentation" or val is None or not len(train):
+    if getattr(task, "trains_on_patches", False) or val is None or not len(train):
         return None
     if not hasattr(train, "transform") or not hasattr(val, "transform"):
         return None
@@ -454,12 +455,12 @@ def check_inputs_read(model: torch.nn.Module, columns: Any, target: str | None =
 
 
 def check_model_output(
-    model: torch.nn.Module, task: Any, batch: dict, loss: DictConfig | None = None
+    model: torch.nn.Module, task: Any, batch: dict, loss_cfg: DictConfig | None = None
 ) -> None:
     """One forward pass on the first training samples (`first_samples`): the output must fit the task
     (`Task.check_output`), and the loss must take it and return one number, so that a wrong
     `model=` or `loss=` is named here instead of failing inside the first epoch. A loss's error
-    that names one of its settings (`loss`, the config) is said of that setting."""
+    that names one of its settings (`loss_cfg`, set to a value) is said of that setting."""
     was_training = model.training
     model.eval()
     shapes = {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)}
@@ -488,11 +489,11 @@ def check_model_output(
     except Exception as err:
         settings = [
             k
-            for k in (loss or {})
-            if not str(k).startswith("_") and re.search(rf"\b{k}\b", str(err))
+            for k, v in (loss_cfg or {}).items()
+            if not str(k).startswith("_") and v is not None and re.search(rf"\b{k}\b", str(err))
         ]
         if settings:  # torch's label_smoothing=1.5 error is of the value, not of any shape
-            value = OmegaConf.select(loss, settings[0])
+            value = OmegaConf.select(loss_cfg, settings[0])
             raise ConfigError(f"loss.{settings[0]}={value!r}: {err} ({named})") from err
         targets = {k: v for k, v in shapes.items() if k not in ("image", "tabular")}
         raise ConfigError(

@@ -78,7 +78,15 @@ MAY_CHANGE = (
 
 
 # Outside `trainer`: keys that change only how fast data are read.
-MAY_CHANGE_OUTSIDE_TRAINER = ("dataset.cache_mb", "cv.folds_file")  # a CV folder may move
+# A CV folder may move; how predictions are written; how a stem is first made (a checkpoint's
+# weights replace it).
+MAY_CHANGE_OUTSIDE_TRAINER = (
+    "dataset.cache_mb",
+    "cv.folds_file",
+    "task.label_separator",
+    "task.no_label",
+    "model.stem_from_weights",
+)
 
 # Keys a later release added whose default changed what runs do, with what a config without the
 # key meant: a checkpoint of an earlier run continues only with that value.

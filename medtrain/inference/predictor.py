@@ -202,9 +202,16 @@ class SlicedVolume:
         return sum(item.nbytes for item in self.items)
 
 
-# A clinical value this many training standard deviations from the training mean is refused: no
-# measurement of the training data lies there (a unit slip, days for years, is far beyond it).
+# A clinical value this many training standard deviations beyond the training values (below
+# the smallest or above the largest) is refused: a unit slip, days for years, is far beyond them.
+# Measured from the range, not the mean: a rare 0/1 flag's 1 lies 22 SD from its mean.
 FAR_SD = 20.0
+
+
+def far_beyond(value: float, code: Any) -> float:
+    """How many of the column's training standard deviations `value` lies outside its training
+    range (0 inside it)."""
+    return max(code.low - value, value - code.high, 0.0) / code.std
 
 
 class Predictor:
@@ -546,17 +553,20 @@ class Predictor:
                 "the training categories (spelled alike), or an empty value for a missing one"
             )
         far = [
-            f"{code.name}={cells[code.name][0]} is {abs(z):.3g} standard deviations from the "
-            f"training mean ({code.mean:.4g} +- {code.std:.3g})"
+            f"{code.name}={cells[code.name][0]} lies {beyond:.3g} training standard deviations "
+            f"beyond the training values ({code.low:.4g} to {code.high:.4g})"
             for code in encoder.codes or []
             if code.numeric
+            and code.low is not None
+            and code.high is not None
+            and code.high > code.low  # a column of one value: nothing was learnt from it
             and not is_missing(cells[code.name][0])
-            and abs(z := (float(cells[code.name][0]) - code.mean) / code.std) > FAR_SD
+            and (beyond := far_beyond(float(cells[code.name][0]), code)) > FAR_SD
         ]
         if far:  # age=1e30, or an age in days, answered "high risk, 1.0" without a word
             raise DataError(
-                f"{name}: {'; '.join(far)}: far beyond any training value, where the model's "
-                "answer means nothing; check the value and its unit"
+                f"{name}: {'; '.join(far)}, where the model's answer means nothing; check the "
+                "value and its unit"
             )
         return torch.from_numpy(encoder.transform(cells)[0])
 

@@ -312,6 +312,10 @@ class ModelQueue:
         # takes and gives it back through the event loop, as different tasks. First come, first
         # served (anyio hands it to the longest waiter).
         self.turn = anyio.Semaphore(1)
+        # Tiled requests' threads, one at a time: one image's window buffers in memory (as when
+        # the turn was held for a whole image), and threads of their own, so that those waiting
+        # for a turn never take the threads the holder of the turn needs.
+        self.tiling = anyio.CapacityLimiter(1)
         self.per_image_s: float | None = None  # the last model call's seconds per image
 
     async def forward(self, items: list[Prepared]) -> list[torch.Tensor]:
@@ -322,7 +326,9 @@ class ModelQueue:
         """
         if self.tiled(items):  # many calls, each taking its turn: not batched with others
             network = TakingTurns(self.predictor.model, self.turn)
-            return await run_in_threadpool(self.predictor.forward, items, network)
+            return await run_in_threadpool_limited(
+                self.tiling, self.predictor.forward, items, network
+            )
         job = Job(items)
         self.pending.append(job)
         async with self.turn:

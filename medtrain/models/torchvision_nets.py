@@ -77,6 +77,7 @@ def torchvision_classifier(
     num_classes: int,
     small_input: bool = False,
     weights: str | None = None,
+    stem_from_weights: bool = False,
 ) -> nn.Module:
     """Build a torchvision classifier for medical images.
 
@@ -87,6 +88,9 @@ def torchvision_classifier(
         small_input: drop the stem's down-sampling for images of about 28-64 px.
         weights: optional local state-dict file in torchvision's layout (e.g. ImageNet weights you
             downloaded yourself); loaded before the stem and head are adapted.
+        stem_from_weights: with `small_input` and `weights`, the 3x3 stem takes the centre 3x3
+            of the loaded filters (the shipped configs set it); false, as runs saved before the
+            key: a new 3x3 stem of its own initialisation.
     """
     if arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch={arch!r} is not supported; choose one of {ARCHITECTURES}")
@@ -108,6 +112,8 @@ def torchvision_classifier(
             model.load_state_dict(state)
         except RuntimeError as err:
             raise ConfigError(f"model.weights={weights!r} does not fit {arch}: {err}") from err
-    _adapt_stem(model, in_channels, small_input, pretrained=weights is not None)
+    _adapt_stem(
+        model, in_channels, small_input, pretrained=weights is not None and stem_from_weights
+    )
     _replace_head(model, num_classes)
     return model

@@ -152,6 +152,9 @@ class Task:
     # Whether predictions use the pixel spacing (measurements in mm); the HTTP service then keeps
     # the requested `spacing` apart per request.
     uses_spacing: ClassVar[bool] = False
+    # Whether training on crops of another size than evaluation's is by design (patches of a
+    # segmentation, evaluated whole); else a train-only size change is warned about.
+    trains_on_patches: ClassVar[bool] = False
     output_unit: ClassVar[str] = "class"  # what each output is, in `check_output`'s message
     # Output channels after the classes' that are independent probabilities (a segmentation's
     # contact logit): averaged by sigmoid in ensembles, counted in an export's output width.

@@ -42,7 +42,8 @@ class ClassificationTask(Task):
         tta: test-time augmentation at evaluation: null, `hflip`, `flips` or `dihedral`
             (`medtrain.tasks.tta`), averaged in probability space.
         flip_tta: the key of runs saved before `tta` (true: `tta=hflip`).
-        label_separator: what joins a multi-label prediction's labels in its CSV cell.
+        label_separator: what joins a multi-label prediction's labels in its CSV cell (the
+            training data's, from conf/task/classification.yaml; `;` for runs saved before).
         no_label: the cell of a multi-label prediction of none of the labels (None: empty).
     """
 
@@ -76,7 +77,7 @@ class ClassificationTask(Task):
         monitor_mode: str = "max",
         tta: str | None = None,
         flip_tta: bool = False,
-        label_separator: str = "|",
+        label_separator: str = ";",
         no_label: str | None = None,
     ):
         self.check_settings({"threshold": threshold})

@@ -98,6 +98,7 @@ class SegmentationTask(Task):
     report_sections = ("overlays",)
     report_targets = "objects"
     uses_spacing = True
+    trains_on_patches = True
 
     def __init__(
         self,

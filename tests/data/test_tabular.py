@@ -260,6 +260,9 @@ def test_each_member_s_encoding_is_a_linear_map_of_the_union():
     assert not any(e.codes[0].indicator for e in encoders)
     union = union_encoding([e.state() for e in encoders])
     assert union[0]["indicator"] is True
+    # The training range of the union is the members' together (fold 0: 0-19, fold 2: 20-39).
+    assert [encoders[0].codes[0].low, encoders[2].codes[0].high] == [0.0, 39.0]
+    assert (union[0]["low"], union[0]["high"]) == (0.0, 39.0)
     new = {"age": ["", "12"], "sex": ["F", "M"], "site": ["a", "c"]}
     whole = TabularEncoder.from_state(union).transform(new)
     for encoder in encoders:

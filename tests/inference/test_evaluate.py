@@ -581,7 +581,7 @@ def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion
         # An age of 1e30 (or one in days) was answered with a confident probability.
         predictor = Predictor(fusion_run)
         code = next(c for c in predictor.tabular.codes if c.name == "age")
-        z = (1e30 - code.mean) / code.std
+        beyond = (1e30 - code.high) / code.std
         status, error = post(
             running.port,
             "/predict",
@@ -590,10 +590,20 @@ def test_the_service_takes_a_fused_model_s_clinical_values_as_form_fields(fusion
             *fields(0)[1:],
         )
         assert status == 422 and error["detail"] == (
-            f"a.npy: age=1e30 is {z:.3g} standard deviations from the training mean "
-            f"({code.mean:.4g} +- {code.std:.3g}): far beyond any training value, where the "
-            "model's answer means nothing; check the value and its unit"
+            f"a.npy: age=1e30 lies {beyond:.3g} training standard deviations beyond the training "
+            f"values ({code.low:.4g} to {code.high:.4g}), where the model's answer means "
+            "nothing; check the value and its unit"
         )
+        # Measured from the training values, not their mean: a rare flag's 1 lies 22 SD from
+        # the mean of a column of 2 ones in 1,000 rows, and is no outlier.
+        from types import SimpleNamespace
+
+        from medtrain.inference.predictor import FAR_SD, far_beyond
+
+        flags = np.array([1.0] * 2 + [0.0] * 998)
+        flag = SimpleNamespace(low=0.0, high=1.0, std=float(flags.std()))
+        assert (1 - flags.mean()) / flags.std() > FAR_SD and far_beyond(1.0, flag) == 0.0
+        assert far_beyond(-1.0, flag) == pytest.approx(1 / flags.std())
         status, answer = post(running.port, "/predict", ("file", "a.npy", npy(0)), *fields(0))
         assert status == 200, answer
         assert answer["probabilities"][test.class_names[1]] == pytest.approx(

@@ -82,9 +82,17 @@ def test_local_weights_are_loaded_and_grey_stem_sums_rgb_filters(tmp_path: Path)
     assert model.fc.out_features == 3
     # A small input's 3x3 stem (model=resnet18's default) takes the centre of the file's 7x7
     # filters: it was left random, and the file's stem unused, without a word.
-    small = torchvision_classifier("resnet18", 1, 3, small_input=True, weights=str(weights))
+    small = torchvision_classifier(
+        "resnet18", 1, 3, small_input=True, weights=str(weights), stem_from_weights=True
+    )
     centre = reference.conv1.weight[:, :, 2:5, 2:5].sum(1, keepdim=True)
     assert small.conv1.kernel_size == (3, 3) and torch.allclose(small.conv1.weight, centre)
+    # Runs saved before the key (no model.stem_from_weights) are built as they were: rerun alike.
+    before = torchvision_classifier("resnet18", 1, 3, small_input=True, weights=str(weights))
+    assert not torch.allclose(before.conv1.weight, centre)
+    from tests.conftest import compose_cfg
+
+    assert compose_cfg(["model=resnet18"]).model.stem_from_weights is True
     # Untrained, the 3x3 stem keeps its own initialisation (earlier runs rerun alike).
     torch.manual_seed(0)
     untrained = torchvision_classifier("resnet18", 1, 3, small_input=True)

@@ -96,12 +96,15 @@ def test_multi_label_predictions_are_written_as_the_data_wrote_its_labels():
         return task.prediction_row("a.png", result, None)["labels"]
 
     names = ["Effusion", "Nodule", "Mass"]
+    # Runs saved before (no task.label_separator) write as they did.
     plain = ClassificationTask(BCEWithLogits(), multilabel=True, class_names=names)
-    assert row(plain, [0.9, 0.2, 0.8]) == "Effusion|Mass" and row(plain, [0.1, 0.2, 0.3]) == ""
+    assert row(plain, [0.9, 0.2, 0.8]) == "Effusion;Mass" and row(plain, [0.1, 0.2, 0.3]) == ""
+    data = ClassificationTask(BCEWithLogits(), True, names, label_separator="|")
+    assert row(data, [0.9, 0.2, 0.8]) == "Effusion|Mass"
     chest = ClassificationTask(
-        BCEWithLogits(), True, names, label_separator=";", no_label="No Finding"
+        BCEWithLogits(), True, names, label_separator=", ", no_label="No Finding"
     )
-    assert row(chest, [0.9, 0.2, 0.8]) == "Effusion;Mass"
+    assert row(chest, [0.9, 0.2, 0.8]) == "Effusion, Mass"
     assert row(chest, [0.1, 0.2, 0.3]) == "No Finding"
     with pytest.raises(ConfigError, match="task.label_separator=''"):
         ClassificationTask(BCEWithLogits(), True, names, label_separator="")
