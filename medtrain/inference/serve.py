@@ -6,7 +6,6 @@ optional API key; the library behind `medtrain serve`. The protections below the
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from medtrain.analysis.volume_results import nifti_bytes
 from medtrain.data.readers import MAX_PIXELS, ImageTooLargeError, UnsupportedFormatError
 from medtrain.data.volume_transforms import spatial_size
 from medtrain.errors import ConfigError, DataError, MedtrainError
+from medtrain.inference.access_log import log_config, private_text
 from medtrain.inference.guard import (
     API_KEY_HEADER,
     MAX_HEADER_BYTES,
@@ -38,7 +38,6 @@ from medtrain.inference.guard import (
     RequestGuard,
     ServiceState,
     Timeouts,
-    private_text,
     protocol_with,
 )
 from medtrain.inference.predictor import VOLUME_SPACING, Predictor, Prepared, SlicedVolume
@@ -657,24 +656,6 @@ async def run_in_threadpool_limited(limiter: anyio.CapacityLimiter, fn, *args) -
     return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
-def log_config(access_log: bool) -> dict[str, Any]:
-    """uvicorn's logging, with medtrain's access log (`medtrain.access`: one line a request, on
-    standard output as uvicorn's was) on or off."""
-    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["handlers"]["requests"] = {
-        "formatter": "default",
-        "class": "logging.StreamHandler",
-        "stream": "ext://sys.stdout",
-    }
-    level = "INFO" if access_log else "WARNING"
-    config["loggers"]["medtrain.access"] = {
-        "handlers": ["requests"],
-        "level": level,
-        "propagate": False,
-    }
-    return config
-
-
 def make_server(
     app: FastAPI,
     host: str = "127.0.0.1",
@@ -687,7 +668,7 @@ def make_server(
     and shutdown deadline (`server.run()` serves until SIGTERM/SIGINT).
 
     Args:
-        access_log: one line a request (`guard.access_line`): client, method, path, status,
+        access_log: one line a request (`access_log.access_line`): client, method, path, status,
             milliseconds, bytes received and an error's detail, without the request's file
             names and form and query values.
         alive: for a worker of several server processes, the check that its supervisor is

@@ -414,7 +414,7 @@ def test_access_log_is_one_line_a_request_without_file_names_or_values(predictor
     assert re.fullmatch(rf"127\.0\.0\.1:\d+ - GET /nowhere 404 {took} 0 B in: Not Found", lines[3])
     assert "jane" not in " ".join(lines) and "1961" not in " ".join(lines)
     # access_log=false: its logger writes only warnings.
-    from medtrain.inference.serve import log_config
+    from medtrain.inference.access_log import log_config
 
     for on in (True, False):
         loggers = log_config(on)["loggers"]
