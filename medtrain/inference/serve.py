@@ -44,6 +44,7 @@ from medtrain.inference.predictor import VOLUME_SPACING, Predictor, Prepared, Sl
 from medtrain.inference.run import volume_run
 from medtrain.inference.web import add_web_routes
 from medtrain.io import json_safe
+from medtrain.models.sliding_window import window_count
 from medtrain.values import names
 
 logger = logging.getLogger(__name__)
@@ -343,15 +344,17 @@ class ModelQueue:
         return job.outputs  # type: ignore[return-value]
 
     def tiled(self, items: list[Prepared]) -> bool:
-        """Whether some image is larger than the run's sliding window along an axis (predicted
-        in several windows, and so in several model calls unless one batch holds them all)."""
-        window = getattr(self.predictor.task, "window", None)
+        """Whether some image takes several model calls: more windows of the run's sliding
+        window (`task.inference.window`) than one call holds (`task.inference.batch_size`). An
+        image of fewer is one call, batched with the others' as any image."""
+        task = self.predictor.task
+        window = getattr(task, "window", None)
         if window is None:
             return False
         for item in items:
             sides = tuple(item.tensor.shape[1:])  # C x H x W, or C x D x H x W
             size = spatial_size(window, "task.inference.window", len(sides))
-            if any(side > w for side, w in zip(sides, size, strict=True)):
+            if window_count(sides, size, float(task.overlap)) > int(task.window_batch):
                 return True
         return False
 

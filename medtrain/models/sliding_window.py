@@ -71,6 +71,17 @@ def _starts(length: int, window: int, stride: int) -> list[int]:
     return [*range(0, length - window, stride), length - window]
 
 
+def window_count(sides: tuple[int, ...], window: tuple[int, ...], overlap: float) -> int:
+    """How many windows `sliding_window_inference` predicts an image of `sides` in (one when it
+    fits in the window)."""
+    if all(s <= w for s, w in zip(sides, window, strict=True)):
+        return 1
+    count = 1
+    for s, w in zip(sides, window, strict=True):
+        count *= len(_starts(max(s, w), w, max(int(w * (1 - overlap)), 1)))
+    return count
+
+
 def importance_map(window: tuple[int, ...], blend: str) -> torch.Tensor:
     """Weight of each pixel (voxel) of a window's prediction when overlapping windows are averaged.
 

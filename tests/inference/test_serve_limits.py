@@ -236,7 +236,8 @@ def test_a_large_tiled_image_lets_other_requests_through_between_its_windows(seg
     predictor = predictors["segmentation"]
     assert predictor.task.window == 48  # the run's patch size: 400 windows of the large image
     big = encode(grey(3, (480, 480)), "PNG")
-    small = encode(grey(4, (32, 32)), "PNG")
+    # 64 x 64: 4 windows, one model call, batched as any image (not queued behind the tiling)
+    small = encode(grey(4, (64, 64)), "PNG")
     slowed = predictor.model.register_forward_pre_hook(lambda module, inputs: time.sleep(0.05))
     try:
         started = time.perf_counter()
