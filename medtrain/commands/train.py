@@ -83,6 +83,7 @@ class TrainJobs:
     # earlier grid's folder), with their `.hydra/` files before Hydra rewrote them, and the
     # folder's `multirun.yaml`: put back when a job is refused there.
     grid_runs: dict[Path, dict[Path, bytes]] = field(default_factory=dict)
+    grid_logs: dict[Path, int] = field(default_factory=dict)  # their train.log's lengths
     grid_file: tuple[Path, bytes] | None = None
     grid_dir: str = ""  # `hydra.sweep.dir` (resolved), for messages
     # The job folders this command's earlier jobs ran in: their job number and `.hydra/` files.
@@ -119,6 +120,8 @@ class TrainJobs:
             try:
                 if hydra.mode == RunMode.MULTIRUN:  # each job puts back its own files only
                     self.saved_hydra = self.grid_runs.get(job, {})
+                    length = self.grid_logs.get(job)
+                    self.log_before = None if length is None else (job / "train.log", length)
                     self.check_own_folder(job, hydra)
                     if job in self.grid_runs:
                         overrides = task_overrides(hydra)
@@ -292,6 +295,11 @@ class FolderGuard(Callback):
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from err  # not caught by Hydra: no traceback, no job started
         jobs.grid_runs, jobs.grid_dir = runs_of_grid(Path(grid)), grid
+        jobs.grid_logs = {
+            job: (job / "train.log").stat().st_size
+            for job in jobs.grid_runs
+            if (job / "train.log").is_file()
+        }
         try:  # every job whose folder holds another grid's run: refused before any job trains
             check_planned_jobs(config, Path(grid), jobs.grid_runs)
         except OtherGridsJob as err:

@@ -688,8 +688,7 @@ def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(
 ):
     """Another grid given the same hydra.sweep.dir numbers its jobs alike: its first job whose
     folder holds a run of other overrides stops the grid, before it trains, with the first grid's
-    runs, their .hydra/ files and multirun.yaml as they were (only the refusal is added to the
-    job's log). Run, CV and search folders, and a file, are refused before any job starts. The
+    runs, their .hydra/ files, multirun.yaml and logs as they were. Run, CV and search folders, and a file, are refused before any job starts. The
     folder is the composed config's: one named through an interpolation is checked too."""
     from medtrain.commands import main
 
@@ -713,7 +712,7 @@ def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(
         "optimizer.lr=0.001; this job: optimizer.lr=0.1), which this grid would replace"
     ) in said.out + said.err
     assert files() == before
-    assert (grid / "0" / "train.log").read_text().startswith(log)
+    assert (grid / "0" / "train.log").read_text() == log  # the refusal's lines were appended
     # A grid whose first job is the first grid's and whose second is not: refused before its
     # first job trains again (it did, and was stopped at the second).
     assert main([*first, "optimizer.lr=1e-3,1e-1"]) == 2
