@@ -683,6 +683,32 @@ def test_a_grid_run_again_into_its_sweep_folder_trains_its_jobs_again(tmp_path):
     assert main([*grid, f"hydra.sweep.dir={tmp_path}"]) == 0
 
 
+def test_a_grid_job_refused_in_its_earlier_run_s_folder_leaves_its_log(tmp_path, capsys):
+    """The same grid again, its jobs refused because their data are gone: each job's run,
+    .hydra/ files and train.log stay as they were (the refusal's lines were appended)."""
+    from PIL import Image
+
+    from medtrain.commands import main
+
+    data = tmp_path / "scans"
+    for k in range(16):
+        (data / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 40 * (k % 2) + k, np.uint8)).save(
+            data / "ab"[k % 2] / f"{k}.png"
+        )
+    grid = tmp_path / "grid"
+    argv = ["-m", "dataset=image_folder", f"dataset.path={data}", "dataset.image_size=8"]
+    argv += [*TINY[-4:], ON_CPU, f"hydra.sweep.dir={grid}", "optimizer.lr=1e-3,1e-2"]
+    assert main(argv) == 0
+    logs = {k: (grid / k / "train.log").read_bytes() for k in ("0", "1")}
+    import shutil
+
+    shutil.rmtree(data)
+    assert main(argv) == 1  # every job refused
+    assert "dataset.path" in "".join(capsys.readouterr())
+    assert {k: (grid / k / "train.log").read_bytes() for k in ("0", "1")} == logs
+
+
 def test_another_grid_in_a_grids_folder_is_refused_and_the_folder_kept(
     tmp_path, capsys, monkeypatch
 ):
