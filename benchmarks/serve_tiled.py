@@ -5,7 +5,8 @@ Without --run-dir it trains `experiment=synthetic_segmentation` for one epoch in
 network's quality does not matter here, only its windows: 48-px patches, so a 2048 x 2048 image is
 predicted as about three thousand overlapping windows). The server runs as its own process (`medtrain serve`,
 default limits). One client sends a `--side` x `--side` noise PNG; while it is predicted, another
-sends a 64 x 64 image every 0.5 s, one after another. Reported: the large request's time, and the
+sends a `--small-side` image (default 64 x 64: 4 windows, one call; 80: 9 windows, two calls)
+every 0.5 s, one after another. Reported: the large request's time, and the
 small ones' latencies while it was in flight (a service that holds the model for the whole large
 image makes the first of them wait for nearly all of it).
 """
@@ -60,12 +61,14 @@ def post(port: int, body: bytes) -> tuple[int, float]:
 def main() -> None:
     parser = load_arguments()
     parser.add_argument("--side", type=int, default=2048)
+    parser.add_argument("--small-side", type=int, default=64)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.run_dir or segmentation_run(args.out)
     rng = np.random.default_rng(0)
     large = multipart(png(rng.integers(0, 256, (args.side, args.side), np.uint8)), "large.png")
-    small = multipart(png(rng.integers(0, 256, (64, 64), np.uint8)), "small.png")
+    small_pixels = rng.integers(0, 256, (args.small_side, args.small_side), np.uint8)
+    small = multipart(png(small_pixels), "small.png")
     port = free_port()
     server = start_server(run_dir, port, args.out / "serve_tiled.log")
     try:
@@ -91,6 +94,7 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
         "side": args.side,
+        "small_side": args.small_side,
         "large_status": done[0][0],
         "large_s": round(done[0][1], 2),
         "small_statuses": sorted(set(statuses)),

@@ -45,6 +45,7 @@ from medtrain.inference.run import volume_run
 from medtrain.inference.web import add_web_routes
 from medtrain.io import json_safe
 from medtrain.models.sliding_window import window_count
+from medtrain.tasks.tta import tta_views
 from medtrain.values import names
 
 logger = logging.getLogger(__name__)
@@ -297,14 +298,17 @@ class ModelQueue:
     batched and single predictions agree to float rounding (about 1e-7). One request's bad input
     fails only that request.
 
-    An image larger than a segmentation run's window (`task.inference.window`) is predicted in
-    many model calls, one a batch of windows: such a request takes its turn before each call
-    rather than once for all of them (`TakingTurns`), so that the requests queued meanwhile are
-    served between its windows instead of after its whole image. Its result is the same as
-    `Predictor.predict`'s: the same calls on the same windows, in the same order.
+    A segmentation run with a sliding window (`task.inference.window`) predicts an image in
+    calls of `task.inference.batch_size` windows. A request whose windows (all its images and
+    test-time views) need more than one call takes its turn before each call rather than once
+    for all of them (`TakingTurns`), so that the requests queued meanwhile are served between
+    its calls instead of after its whole image; its result is `Predictor.predict`'s, the same
+    calls on the same windows in the same order. At most `tiling` such requests run at once (the
+    window buffers of each are held in memory), and the others are batched only as far as their
+    windows fit in one call.
     """
 
-    def __init__(self, predictor: Predictor, max_images: int = 32):
+    def __init__(self, predictor: Predictor, max_images: int = 32, tiling: int = 2):
         self.predictor = predictor
         self.max_images = max_images
         self.pending: list[Job] = []
@@ -312,11 +316,14 @@ class ModelQueue:
         # takes and gives it back through the event loop, as different tasks. First come, first
         # served (anyio hands it to the longest waiter).
         self.turn = anyio.Semaphore(1)
-        # Tiled requests' threads, one at a time: one image's window buffers in memory (as when
-        # the turn was held for a whole image), and threads of their own, so that those waiting
-        # for a turn never take the threads the holder of the turn needs.
-        self.tiling = anyio.CapacityLimiter(1)
+        # Tiled requests' threads: a bounded number at once (each holds its images' window
+        # buffers), on threads of their own, so that those waiting for a turn never take the
+        # threads the holder of the turn needs.
+        self.tiling = anyio.CapacityLimiter(tiling)
         self.per_image_s: float | None = None  # the last model call's seconds per image
+        task = predictor.task
+        self.window = getattr(task, "window", None)
+        self.window_batch = int(getattr(task, "window_batch", 1) or 1)
 
     async def forward(self, items: list[Prepared]) -> list[torch.Tensor]:
         """The model's outputs for one request's prepared images, in order.
@@ -324,7 +331,7 @@ class ModelQueue:
         Raises:
             Exception: what the model raised for this request's images.
         """
-        if self.tiled(items):  # many calls, each taking its turn: not batched with others
+        if self.windows(items) > self.window_batch:  # many calls, each taking its turn
             network = TakingTurns(self.predictor.model, self.turn)
             return await run_in_threadpool_limited(
                 self.tiling, self.predictor.forward, items, network
@@ -335,7 +342,8 @@ class ModelQueue:
             if not job.done:  # else an earlier holder of the turn took it along
                 jobs = self.take(job)
                 images = sum(len(j.items) for j in jobs)
-                if self.per_image_s is not None and self.per_image_s * images <= INLINE_MODEL_S:
+                quick = self.per_image_s is not None and self.per_image_s * images <= INLINE_MODEL_S
+                if quick and self.window is None:
                     self.run(jobs)  # a short call: cheaper than the hop to a worker and back
                 else:
                     await run_in_threadpool(self.run, jobs)
@@ -343,28 +351,32 @@ class ModelQueue:
             raise job.error
         return job.outputs  # type: ignore[return-value]
 
-    def tiled(self, items: list[Prepared]) -> bool:
-        """Whether some image takes several model calls: more windows of the run's sliding
-        window (`task.inference.window`) than one call holds (`task.inference.batch_size`). An
-        image of fewer is one call, batched with the others' as any image."""
-        task = self.predictor.task
-        window = getattr(task, "window", None)
-        if window is None:
-            return False
+    def windows(self, items: list[Prepared]) -> int:
+        """The windows the model sees for `items` (every image and test-time view; a rotated
+        view of a non-square image counted as its largest), 0 without a sliding window."""
+        if self.window is None:
+            return 0
+        count = 0
         for item in items:
             sides = tuple(item.tensor.shape[1:])  # C x H x W, or C x D x H x W
-            size = spatial_size(window, "task.inference.window", len(sides))
-            if window_count(sides, size, float(task.overlap)) > int(task.window_batch):
-                return True
-        return False
+            size = spatial_size(self.window, "task.inference.window", len(sides))
+            turned = (*sides[:-2], sides[-1], sides[-2])
+            overlap = float(self.predictor.task.overlap)
+            views = len(tta_views(getattr(self.predictor.task, "tta", None), len(sides)))
+            count += views * max(window_count(s, size, overlap) for s in (sides, turned))
+        return count
 
     def take(self, job: Job) -> list[Job]:
-        """`job` and the requests queued behind it, up to `max_images` images in all."""
+        """`job` and the requests queued behind it, up to `max_images` images in all (and, with
+        a sliding window, as many as one call of windows holds)."""
         if job in self.pending:
             self.pending.remove(job)
-        jobs, images = [job], len(job.items)
+        jobs, images, windows = [job], len(job.items), self.windows(job.items)
         while self.pending and images + len(self.pending[0].items) <= self.max_images:
-            images += len(self.pending[0].items)
+            more = self.windows(self.pending[0].items)
+            if self.window is not None and windows + more > self.window_batch:
+                break
+            images, windows = images + len(self.pending[0].items), windows + more
             jobs.append(self.pending.pop(0))
         return jobs
 
@@ -424,7 +436,7 @@ def create_app(
         "max_pixels": max_pixels,
         "max_objects": limits.max_objects,
     }
-    queue = ModelQueue(predictor, max_images=limits.max_batch)
+    queue = ModelQueue(predictor, max_images=limits.max_batch, tiling=limits.workers)
     state = ServiceState(max_in_flight=limits.max_concurrent)
     working = anyio.CapacityLimiter(limits.workers)
     max_request_bytes = int(limits.max_request_mb * 2**20)
