@@ -77,9 +77,9 @@ MAY_CHANGE = (
 )
 
 
-# Outside `trainer`: keys that change only how fast data are read.
-# A CV folder may move; how predictions are written; how a stem is first made (a checkpoint's
-# weights replace it).
+# Outside `trainer`, keys that may differ on resume: how fast data are read; where a CV's folds
+# file is (a CV folder may move); how predictions are written; how a stem is first made (the
+# checkpoint's weights replace it).
 MAY_CHANGE_OUTSIDE_TRAINER = (
     "dataset.cache_mb",
     "cv.folds_file",

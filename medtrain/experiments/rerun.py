@@ -203,6 +203,8 @@ NO_EFFECT_ON_RESUME = NO_EFFECT_KEYS | {
     "dataset.cache_mb",
     "cv.folds_file",
     "trainer.resume_on_changed_data",  # what it allowed is said by the session's data_changed
+    "task.label_separator",  # how predictions are written
+    "task.no_label",
 }
 # Provenance entries a session may differ in without computing differently (a requeued job's
 # node may run another kernel).
