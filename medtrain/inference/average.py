@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 AFFINE_MODES = ("fixed", "dataset")
 
 
+def encoding_of(state: Any) -> Any:
+    """A run's clinical encoding without each column's training range (`low`, `high`: it says
+    what the run was trained on, not how it encodes; runs saved before have none)."""
+    if state is None:
+        return None
+    return [{k: v for k, v in dict(code).items() if k not in ("low", "high")} for code in state]
+
+
 def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[str, Any]:
     """Per member, (scale, shift) per channel from the ensemble's normalized input (`normalize`)
     to the member's own: needed when members normalize with other statistics (a CV's folds with
@@ -45,7 +53,7 @@ def member_inputs(runs: Sequence[LoadedRun], normalize: dict[str, Any]) -> dict[
     first = dict(runs[0].checkpoint["preprocessing"])
     encodings = [run.checkpoint.get("tabular") for run in runs]
     tabular: dict[str, Any] = {}
-    if any(e != encodings[0] for e in encodings[1:]):
+    if any(encoding_of(e) != encoding_of(encodings[0]) for e in encodings[1:]):
         readers = [run for run, e in zip(runs, encodings, strict=True) if e is not None]
         if len(readers) < len(runs):  # an image model beside a fusion model
             raise ConfigError(

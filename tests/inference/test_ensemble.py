@@ -318,6 +318,10 @@ def test_runs_that_cannot_be_one_network_are_told_why():
         member_inputs([run("img", None), run("fus1", fusion), run("fus2", fusion)], {})
     # Other statistics (a CV's folds): one encoding, mapped to each run's own.
     normalize = run("x", None).checkpoint["preprocessing"]["normalize"]
+    # A run saved with its columns' training ranges beside one saved before: the same encoding
+    # (a union network could not be exported).
+    ranged = [fusion[0] | {"low": 20.0, "high": 90.0}]
+    assert member_inputs([run("old", fusion), run("new", ranged)], normalize) == {}
     mapped = member_inputs([run("fold0", fusion), run("fold1", age(60.0))], normalize)
     union = [fusion[0] | {"indicator": True}]  # other means: a missing value needs its indicator
     assert mapped == {"tabular_state": union, "tabular_members": [fusion, age(60.0)]}
