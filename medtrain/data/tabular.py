@@ -351,6 +351,7 @@ class TabularEncoder:
                 number = parse_number(value)
                 out = huge if number is not None and math.isfinite(number) else bad
                 out.append(f"{self.row_label(row)}: {value!r}")
+        said = []  # both kinds, one line each (the words alone were named, the huge unsaid)
         for cells, what in (
             (bad, "that are not numbers, but its training values are numbers"),
             (huge, "beyond the float32 range (+-3.4e38) the network computes in"),
@@ -359,10 +360,12 @@ class TabularEncoder:
                 shown = "; ".join(cells[:10]) + (
                     f"; and {len(cells) - 10} more" if len(cells) > 10 else ""
                 )
-                raise DataError(
+                said.append(
                     f"{self.source}: column {code.name!r} holds {len(cells)} value(s) {what}: "
                     f"{shown}; write a number, or leave the cell empty (or NA) for a missing value"
                 )
+        if said:
+            raise DataError("\n".join(said))
         missing = np.array([x is None for x in numbers], dtype=bool)
         filled = np.array([code.mean if x is None else x for x in numbers], dtype=np.float64)
         block = [(filled - code.mean) / code.std]

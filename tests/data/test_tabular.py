@@ -94,6 +94,17 @@ def test_bad_numbers_in_non_training_rows_are_named_together():
     ]
 
 
+def test_words_and_numbers_beyond_float32_in_one_column_are_both_named():
+    """A column with a word and a number beyond float32 named the word only."""
+    columns = {"age": ["40", "50", "sixty", "1e39"]}
+    with pytest.raises(DataError) as err:
+        encode_tabular(columns, [0, 1], source="cases.csv", row_label=lambda i: f"line {i + 2}")
+    lines = str(err.value).split("\n")
+    assert len(lines) == 2
+    assert "1 value(s) that are not numbers" in lines[0] and "line 4: 'sixty'" in lines[0]
+    assert "1 value(s) beyond the float32 range" in lines[1] and "line 5: '1e39'" in lines[1]
+
+
 def test_non_numeric_training_value_makes_the_column_categorical():
     matrix, names = encode_tabular({"grade": ["1", "2", "high"]}, [0, 1, 2])
     assert names == ["grade=1", "grade=2", "grade=high"]
