@@ -381,17 +381,18 @@ def first_samples(train: Any) -> list[dict]:
     return samples
 
 
-def other_sizes(datasets: dict[str, Any], task: Any) -> str | None:
+def other_sizes(datasets: dict[str, Any], task: Any, sample: dict | None = None) -> str | None:
     """A warning when an image-level task's training augmentation changes the size of its images
     and evaluation's does not: a train-only crop of 24 px with 32-px evaluation trains the network
     at one scale and tests it at another (unless the task `trains_on_patches`, as segmentation
-    does by design). The first training image is read with each of the two pipelines."""
+    does by design). The first training image is compared as augmented (`sample`, when read
+    already) and read with the evaluation pipeline."""
     train, val = datasets["train"], datasets.get("val")
     if getattr(task, "trains_on_patches", False) or val is None or not len(train):
         return None
     if not hasattr(train, "transform") or not hasattr(val, "transform"):
         return None
-    sample = train[0]
+    sample = train[0] if sample is None else sample
     if not torch.is_tensor(sample.get("image")):
         return None
     augmented = tuple(sample["image"].shape[1:])

@@ -164,8 +164,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[EpochCallback] = (
     seed_everything(cfg.seed)  # model initialisation does not depend on how the data were made
     model = build_model(cfg)
     task = build_task(cfg)
-    first = collate(first_samples(datasets["train"]))
-    sizes = other_sizes(datasets, task)
+    samples = first_samples(datasets["train"])
+    first = collate(samples)
+    sizes = other_sizes(datasets, task, samples[0])
     if sizes and distributed.is_main():
         log.warning("%s", sizes)
     distributed.agreed(check_model_output, model, task, first, cfg.loss)

@@ -356,14 +356,15 @@ class ModelQueue:
         view of a non-square image counted as its largest), 0 without a sliding window."""
         if self.window is None:
             return 0
-        count = 0
+        task, count = self.predictor.task, 0
         for item in items:
             sides = tuple(item.tensor.shape[1:])  # C x H x W, or C x D x H x W
             size = spatial_size(self.window, "task.inference.window", len(sides))
             turned = (*sides[:-2], sides[-1], sides[-2])
-            overlap = float(self.predictor.task.overlap)
-            views = len(tta_views(getattr(self.predictor.task, "tta", None), len(sides)))
-            count += views * max(window_count(s, size, overlap) for s in (sides, turned))
+            views = len(tta_views(getattr(task, "tta", None), len(sides)))
+            count += views * max(
+                window_count(s, size, float(task.overlap)) for s in (sides, turned)
+            )
         return count
 
     def take(self, job: Job) -> list[Job]:
@@ -373,8 +374,8 @@ class ModelQueue:
             self.pending.remove(job)
         jobs, images, windows = [job], len(job.items), self.windows(job.items)
         while self.pending and images + len(self.pending[0].items) <= self.max_images:
-            more = self.windows(self.pending[0].items)
-            if self.window is not None and windows + more > self.window_batch:
+            more = self.windows(self.pending[0].items)  # 0 without a window
+            if windows + more > self.window_batch:
                 break
             images, windows = images + len(self.pending[0].items), windows + more
             jobs.append(self.pending.pop(0))

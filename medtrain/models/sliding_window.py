@@ -77,9 +77,14 @@ def window_count(sides: tuple[int, ...], window: tuple[int, ...], overlap: float
     if all(s <= w for s, w in zip(sides, window, strict=True)):
         return 1
     count = 1
-    for s, w in zip(sides, window, strict=True):
-        count *= len(_starts(max(s, w), w, max(int(w * (1 - overlap)), 1)))
+    for s, w, stride in zip(sides, window, _strides(window, overlap), strict=True):
+        count *= len(_starts(max(s, w), w, stride))
     return count
+
+
+def _strides(window: tuple[int, ...], overlap: float) -> list[int]:
+    """The step between neighbouring windows along each axis."""
+    return [max(int(w * (1 - overlap)), 1) for w in window]
 
 
 def importance_map(window: tuple[int, ...], blend: str) -> torch.Tensor:
@@ -180,7 +185,7 @@ def sliding_window_inference(
         return run(padded)[crop]
 
     full = tuple(padded.shape[2:])
-    strides = [max(int(w * (1 - overlap)), 1) for w in size]
+    strides = _strides(size, overlap)
     corners = list(
         itertools.product(
             *(_starts(f, w, st) for f, w, st in zip(full, size, strides, strict=True))

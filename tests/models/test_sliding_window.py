@@ -231,3 +231,27 @@ def test_volume_windows_equal_whole_volume_inference_away_from_window_borders():
 def test_a_window_of_the_wrong_number_of_axes_names_the_key():
     with pytest.raises(ConfigError, match="task.inference.window"):
         sliding_window_inference(small_net3d(), torch.randn(1, 1, 20, 20, 20), (16, 16))
+
+
+@pytest.mark.parametrize(
+    ("sides", "window", "overlap"),
+    [
+        ((32, 32), (48, 48), 0.5),
+        ((64, 64), (48, 48), 0.5),
+        ((80, 40), (48, 48), 0.25),
+        ((100, 30), (32, 48), 0.0),
+        ((20, 70, 40), (16, 32, 32), 0.5),
+    ],
+)
+def test_window_count_is_the_number_of_windows_the_inference_predicts(sides, window, overlap):
+    """The service decides from it whether a request takes several model calls."""
+    from medtrain.models.sliding_window import window_count
+
+    seen = []
+
+    def predict(windows: torch.Tensor) -> torch.Tensor:
+        seen.append(len(windows))
+        return windows
+
+    sliding_window_inference(predict, torch.zeros(1, 1, *sides), window, overlap, batch_size=3)
+    assert sum(seen) == window_count(sides, window, overlap)
